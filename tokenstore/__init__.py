@@ -1,0 +1,3 @@
+"""API tokens and outbound webhooks for applications that embed SQLite."""
+
+__version__ = "0.1.0"
