@@ -1,0 +1,370 @@
+"""Change capture in SQL and dispatch after commit.
+
+Triggers write a ``tokenstore_change_event`` row in the same transaction as
+the change they record, so a rollback takes the event with it and writes from
+any process (or the sqlite3 shell) are captured alike. Just before a
+transaction commits, its events are *claimed* by this process inside the same
+transaction (so capture costs no extra commit, and two processes can never both
+claim one event); consumers that must survive a crash, such as webhook
+deliveries, record their work there too. Right after the commit the claimed
+events become blinker signals. A process that dies in between leaves its
+claims behind; ``dispatch()`` in any later process takes them over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import peewee
+
+from . import signals
+from .errors import ValidationError
+from .models import format_time
+
+logger = logging.getLogger("tokenstore.changes")
+
+EVENT_TABLE = "tokenstore_change_event"
+
+_WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+
+#: SQLite's default limit on function arguments bounds json_object() to this many columns.
+MAX_CAPTURED_COLUMNS = 63
+
+_CLAIM_COLUMNS = "id, table_name, op, row_pk, old_row, new_row, created_at"
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One captured row change, as the trigger recorded it."""
+
+    id: int
+    table: str
+    op: str
+    pk: str | None
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+    created_at: str
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> ChangeEvent:
+        id_, table, op, pk, old, new, created_at = row
+        return cls(
+            id=id_,
+            table=table,
+            op=op,
+            pk=None if pk is None else str(pk),
+            old=None if old is None else json.loads(old),
+            new=None if new is None else json.loads(new),
+            created_at=created_at,
+        )
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The row as it is after the change (before it, for a delete)."""
+        return (self.new if self.op != "DELETE" else self.old) or {}
+
+
+#: Runs inside the committing transaction with the claimed events; what it
+#: returns (if anything) runs after the commit. Webhook deliveries use this.
+Consumer = Callable[[sqlite3.Connection, list["ChangeEvent"]], Callable[[], None] | None]
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def capture_triggers(model: type[peewee.Model]) -> list[str]:
+    """The CREATE TRIGGER statements that capture changes to a model's table.
+
+    Private fields are left out of the recorded rows; an UPDATE that changes
+    only quiet fields (or nothing) records no event.
+    """
+    meta = model._meta
+    table = meta.table_name
+    pk = meta.primary_key
+    if not isinstance(pk, peewee.Field) or isinstance(pk, peewee.CompositeKey):
+        raise ValidationError(f"{model.__name__}: change capture needs a single-column primary key")
+    private = set(getattr(model, "private_fields", ()))
+    quiet = set(getattr(model, "quiet_fields", ()))
+    fields = list(meta.sorted_fields)
+    recorded = [f for f in fields if f.name not in private]
+    if len(recorded) > MAX_CAPTURED_COLUMNS:
+        raise ValidationError(
+            f"{model.__name__}: change capture records at most {MAX_CAPTURED_COLUMNS} columns, "
+            f"this table has {len(recorded)}"
+        )
+    watched = [f for f in fields if f.name not in quiet]
+
+    def row(alias: str) -> str:
+        pairs = []
+        for f in recorded:
+            value = f"{alias}.{_quote(f.column_name)}"
+            if isinstance(f, peewee.BlobField):
+                value = f"hex({value})"
+            pairs.append(f"'{f.column_name}', {value}")
+        return "json_object(" + ", ".join(pairs) + ")"
+
+    changed = " OR ".join(
+        f"OLD.{_quote(f.column_name)} IS NOT NEW.{_quote(f.column_name)}" for f in watched
+    )
+    pk_col = _quote(pk.column_name)
+    insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
+    name = table.replace('"', "")
+    return [
+        f"CREATE TRIGGER {_quote(name + '_capture_insert')} AFTER INSERT ON {_quote(table)}\n"
+        f"BEGIN\n  {insert}\n  VALUES ('{name}', 'INSERT', NEW.{pk_col}, NULL, {row('NEW')});\n"
+        "END",
+        f"CREATE TRIGGER {_quote(name + '_capture_update')} AFTER UPDATE ON {_quote(table)}\n"
+        f"WHEN {changed or '0'}\n"
+        f"BEGIN\n  {insert}\n  VALUES ('{name}', 'UPDATE', NEW.{pk_col}, {row('OLD')}, "
+        f"{row('NEW')});\nEND",
+        f"CREATE TRIGGER {_quote(name + '_capture_delete')} AFTER DELETE ON {_quote(table)}\n"
+        f"BEGIN\n  {insert}\n  VALUES ('{name}', 'DELETE', OLD.{pk_col}, {row('OLD')}, NULL);\n"
+        "END",
+    ]
+
+
+def install_capture(conn: sqlite3.Connection, model: type[peewee.Model]) -> None:
+    """(Re)create a model's capture triggers so they match its current fields."""
+    name = model._meta.table_name
+    for suffix in ("insert", "update", "delete"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {_quote(f'{name}_capture_{suffix}')}")
+    for statement in capture_triggers(model):
+        conn.execute(statement)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child its parent has not reaped yet is as dead as it gets
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class _ThreadState(threading.local):
+    """Per thread: what committed transactions claimed, and whether it is being fired."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[list[ChangeEvent], list[Callable[[], None]]]] = []
+        self.running = False
+
+
+class Dispatcher:
+    """Claims events inside committing transactions and fires them after commit."""
+
+    def __init__(
+        self,
+        models_by_table: dict[str, type[peewee.Model]],
+        clock: Callable[[], datetime],
+        retention: timedelta,
+        claim_timeout: timedelta,
+    ) -> None:
+        self.models_by_table = models_by_table
+        self.clock = clock
+        self.retention = retention
+        self.claim_timeout = claim_timeout
+        self.consumers: list[tuple[Consumer, Callable[[sqlite3.Connection], bool]]] = []
+        self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._local = _ThreadState()
+
+    def add_consumer(
+        self, consumer: Consumer, wants_events: Callable[[sqlite3.Connection], bool]
+    ) -> None:
+        """Register work that must be made durable with the events it reacts to."""
+        self.consumers.append((consumer, wants_events))
+
+    def _now(self) -> str:
+        return format_time(self.clock())
+
+    # -- inside the transaction ---------------------------------------------------------
+
+    def claim(self, conn: sqlite3.Connection) -> tuple[list[ChangeEvent], list[Callable[[], None]]]:
+        """Take this transaction's unclaimed events, or drop them if nobody listens."""
+        now = self._now()
+        wanted = [c for c, wants in self.consumers if wants(conn)]
+        if not wanted and not any(s.receivers for s in signals.EVENT_SIGNALS):
+            if self.retention:
+                conn.execute(
+                    f"UPDATE {EVENT_TABLE} SET claimed_by = ?, claimed_at = ?, dispatched_at = ? "
+                    "WHERE dispatched_at IS NULL AND claimed_by IS NULL",
+                    (self.claimant, now, now),
+                )
+            else:
+                conn.execute(
+                    f"DELETE FROM {EVENT_TABLE} WHERE dispatched_at IS NULL AND claimed_by IS NULL"
+                )
+            return [], []
+        rows = conn.execute(
+            f"UPDATE {EVENT_TABLE} SET claimed_by = ?, claimed_at = ? "
+            f"WHERE dispatched_at IS NULL AND claimed_by IS NULL RETURNING {_CLAIM_COLUMNS}",
+            (self.claimant, now),
+        ).fetchall()
+        if not rows:
+            return [], []
+        events = sorted((ChangeEvent.from_row(r) for r in rows), key=lambda e: e.id)
+        followups = [f for f in (c(conn, events) for c in wanted) if f is not None]
+        return events, followups
+
+    def queue(self, claimed: tuple[list[ChangeEvent], list[Callable[[], None]]]) -> None:
+        """Remember what a transaction claimed, once its commit has succeeded."""
+        if claimed[0] or claimed[1]:
+            self._local.pending.append(claimed)
+
+    # -- after the commit ---------------------------------------------------------------
+
+    def after_commit(self, conn: sqlite3.Connection) -> None:
+        """Fire what committed transactions claimed. Never raises: the commit is done."""
+        state = self._local
+        if state.running:  # a receiver wrote: its events join the loop below
+            return
+        state.running = True
+        try:
+            while state.pending:
+                events, followups = state.pending.pop(0)
+                for event in events:
+                    self.fire(event)
+                try:
+                    self.finish(conn, [e.id for e in events])
+                except Exception:
+                    logger.exception("could not mark %d events dispatched", len(events))
+                for followup in followups:
+                    try:
+                        followup()
+                    except Exception:
+                        logger.exception("post-commit work %r failed", followup)
+        finally:
+            state.running = False
+
+    def fire(self, event: ChangeEvent) -> None:
+        """Turn one event into blinker signals; the sender is the model class."""
+        model = self.models_by_table.get(event.table)
+        sender: Any = model if model is not None else event.table
+        signals.send_isolated(signals.row_changed, sender, event=event)
+        if model is None:
+            return
+        signal = signals.post_delete if event.op == "DELETE" else signals.post_save
+        if not signals.has_receivers(signal, model):
+            return
+        try:
+            instance = instance_from_row(model, event.row)
+        except Exception:
+            logger.exception(
+                "could not rebuild %s %s from event %d", model.__name__, event.pk, event.id
+            )
+            return
+        if event.op == "DELETE":
+            signals.send_isolated(signal, model, instance=instance, event=event)
+        else:
+            signals.send_isolated(
+                signal, model, instance=instance, created=event.op == "INSERT", event=event
+            )
+
+    def finish(self, conn: sqlite3.Connection, ids: list[int]) -> None:
+        """Delete (or, with a retention time, stamp) events that have been fired."""
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            if self.retention:
+                conn.execute(
+                    f"UPDATE {EVENT_TABLE} SET dispatched_at = ? WHERE id IN ({marks})",
+                    (self._now(), *chunk),
+                )
+            else:
+                conn.execute(f"DELETE FROM {EVENT_TABLE} WHERE id IN ({marks})", chunk)
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def stale_claimants(self, conn: sqlite3.Connection) -> list[str]:
+        """Claimants whose process is gone (or has held its claim past the timeout)."""
+        host = socket.gethostname()
+        cutoff = format_time(self.clock() - self.claim_timeout)
+        stale = []
+        for claimant, oldest in conn.execute(
+            f"SELECT claimed_by, min(claimed_at) FROM {EVENT_TABLE} "
+            "WHERE dispatched_at IS NULL AND claimed_by IS NOT NULL GROUP BY claimed_by"
+        ):
+            if claimant == self.claimant:
+                continue
+            claim_host, _, rest = claimant.partition(":")
+            pid = rest.partition(":")[0]
+            dead = claim_host == host and pid.isdigit() and not _process_alive(int(pid))
+            if dead or oldest < cutoff:
+                stale.append(claimant)
+        return stale
+
+    def release(self, conn: sqlite3.Connection, claimants: Iterable[str]) -> None:
+        """Hand abandoned claims back, so the enclosing transaction claims them anew."""
+        for claimant in claimants:
+            conn.execute(
+                f"UPDATE {EVENT_TABLE} SET claimed_by = NULL, claimed_at = NULL "
+                "WHERE dispatched_at IS NULL AND claimed_by = ?",
+                (claimant,),
+            )
+
+    def purge(self, conn: sqlite3.Connection) -> None:
+        """Forget dispatched events older than the retention time."""
+        if self.retention:
+            conn.execute(
+                f"DELETE FROM {EVENT_TABLE} WHERE dispatched_at IS NOT NULL AND dispatched_at < ?",
+                (format_time(self.clock() - self.retention),),
+            )
+
+
+def instance_from_row(model: type[peewee.Model], row: dict[str, Any]) -> peewee.Model:
+    """A model instance from a captured row, as if it had been read from the table."""
+    columns = model._meta.columns
+    values = {}
+    for column, raw in row.items():
+        f = columns.get(column)
+        if f is None:
+            continue
+        if isinstance(f, peewee.BlobField) and raw is not None:
+            raw = bytes.fromhex(raw)
+        values[f.name] = f.python_value(raw)
+    return model(__no_default__=True, **values)
+
+
+class CapturingDatabase(peewee.SqliteDatabase):
+    """SqliteDatabase that knows when its transactions commit.
+
+    Every write runs in a transaction (a lone statement gets one of its own),
+    every transaction takes the write lock up front (``BEGIN IMMEDIATE``, so
+    concurrent writers wait on the busy timeout instead of failing), and every
+    commit claims the transaction's change events first and fires them after.
+    """
+
+    def __init__(self, database: str, *, dispatcher: Dispatcher, **kwargs: Any) -> None:
+        super().__init__(database, lock_type="IMMEDIATE", **kwargs)
+        self.dispatcher = dispatcher
+        self.system_user_id: int | None = None
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        is_write = sql[:7].lstrip().upper().startswith(_WRITE_PREFIXES)
+        if is_write and not self.connection().in_transaction:
+            with self.atomic():
+                return super().execute_sql(sql, params)
+        return super().execute_sql(sql, params)
+
+    def commit(self) -> None:
+        conn = self.connection()
+        claimed = self.dispatcher.claim(conn) if conn.in_transaction else ([], [])
+        super().commit()
+        self.dispatcher.queue(claimed)
+        if not self.in_transaction():
+            self.dispatcher.after_commit(conn)

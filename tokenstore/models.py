@@ -1,0 +1,387 @@
+"""peewee models: the ABID base class and tokenstore's own tables.
+
+The models describe the tables that ``schema.sql`` creates; a test keeps the
+two in agreement. Behaviour that needs a store (issuing tokens, delivering
+webhooks) lives in the modules that own it, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import peewee
+
+from . import abid as abids
+from . import signals
+from .errors import ABIDDriftError, ValidationError
+
+#: A source of an ABID part: an attribute name, or a function of the instance.
+ABIDSource = str | Callable[[Any], Any]
+
+ABID_PARTS = ("ts", "uri", "subtype", "rand")
+
+#: How many fresh ids an insert tries when its ABID collides with an existing one.
+ABID_COLLISION_RETRIES = 5
+
+
+def utcnow() -> datetime:
+    """The current time as stored: aware UTC, cut to milliseconds."""
+    return to_stored_time(datetime.now(UTC))
+
+
+def to_stored_time(value: datetime) -> datetime:
+    """Aware UTC with millisecond precision: what a round trip through the file gives back."""
+    if not isinstance(value, datetime):
+        raise ValidationError(f"expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(
+            f"naive datetime {value.isoformat()} refused: pass a timezone-aware time"
+        )
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def format_time(value: datetime) -> str:
+    """The stored text of a time: fixed-width ISO-8601 UTC with milliseconds."""
+    value = to_stored_time(value)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+class UTCDateTimeField(peewee.Field):
+    """ISO-8601 UTC text with milliseconds, e.g. ``2024-10-24T12:00:00.123Z``.
+
+    Fixed width, so text order is time order and SQL can compare it with
+    ``strftime('%Y-%m-%dT%H:%M:%fZ', 'now')``; readable in the sqlite3 shell.
+    """
+
+    field_type = "TEXT"
+
+    def db_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = self.python_value(value)
+        return format_time(value)
+
+    def python_value(self, value: Any) -> datetime | None:
+        if value is None or isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise ValidationError(f"{self.name}: {value!r} is not an ISO-8601 time") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+
+
+class JSONField(peewee.TextField):
+    """JSON kept as compact text, so the sqlite3 shell and json_extract() can read it."""
+
+    def db_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    def python_value(self, value: Any) -> Any:
+        if value is None or not isinstance(value, str):
+            return value
+        return json.loads(value)
+
+
+class BaseModel(peewee.Model):
+    """Models of tables that change capture watches.
+
+    ``private_fields`` never leave the database: they are left out of change
+    events, signal payloads and webhook bodies. A change that touches only
+    ``quiet_fields`` produces no event (bookkeeping such as ``last_used_at``).
+    """
+
+    private_fields: ClassVar[tuple[str, ...]] = ()
+    quiet_fields: ClassVar[tuple[str, ...]] = ()
+
+    def save(self, force_insert: bool = False, only: Any = None) -> int:
+        signals.send_isolated(signals.pre_save, type(self), instance=self, created=force_insert)
+        return int(super().save(force_insert=force_insert, only=only))
+
+    def delete_instance(self, recursive: bool = False, delete_nullable: bool = False) -> int:
+        signals.send_isolated(signals.pre_delete, type(self), instance=self)
+        return int(super().delete_instance(recursive, delete_nullable))
+
+
+class User(BaseModel):
+    """An owner of tokens and hooks; the embedding application maps its users onto these."""
+
+    id = peewee.AutoField()
+    username = peewee.TextField(unique=True)
+    is_superuser = peewee.BooleanField(default=False)
+    created_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "tokenstore_user"
+
+    def __repr__(self) -> str:
+        return f"<User {self.username!r} id={self.id}>"
+
+
+def _class_name(instance: Any) -> str:
+    return type(instance).__name__
+
+
+class ABIDModel(BaseModel):
+    """Base of every record with a prefixed, sortable ABID.
+
+    Subclasses name the sources of each ABID part as an attribute name or a
+    function of the instance. The ABID is issued once, on insert; later saves
+    recompute it only to detect *drift* (a source changed), which is refused
+    unless ``abid_drift_allowed``. ``regenerate_abid()`` issues a new one on
+    purpose.
+    """
+
+    abid_prefix: ClassVar[str] = "obj_"
+    abid_ts_src: ClassVar[ABIDSource] = "created_at"
+    abid_uri_src: ClassVar[ABIDSource] = "created_by_id"
+    abid_subtype_src: ClassVar[ABIDSource] = _class_name
+    abid_rand_src: ClassVar[ABIDSource] = "id"
+    abid_salt: ClassVar[str] = abids.DEFAULT_ABID_URI_SALT
+    abid_drift_allowed: ClassVar[bool] = False
+    quiet_fields: ClassVar[tuple[str, ...]] = ("modified_at",)
+
+    id = peewee.UUIDField(primary_key=True)
+    abid = peewee.CharField(max_length=30, unique=True)
+    created_by = peewee.ForeignKeyField(
+        User, column_name="created_by_id", on_delete="CASCADE", backref="+", index=True
+    )
+    created_by_id: Any  # peewee's accessor for the raw foreign key
+    created_at = UTCDateTimeField()
+    modified_at = UTCDateTimeField()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        loaded = bool(kwargs.get("__no_default__"))
+        generated_id = not loaded and kwargs.get("id") is None
+        super().__init__(*args, **kwargs)
+        # What the row held when read: drift is judged against it without a SELECT.
+        self._stored: dict[str, Any] | None = dict(self.__data__) if loaded else None
+        self._id_generated = generated_id
+        if generated_id:
+            self.id = self.new_id()
+
+    @classmethod
+    def new_id(cls) -> uuid.UUID:
+        """The primary key of a new record; override to choose ids yourself."""
+        return uuid.uuid4()
+
+    @classmethod
+    def _source_value(cls, instance: ABIDModel, source: ABIDSource) -> Any:
+        return source(instance) if callable(source) else getattr(instance, source)
+
+    def compute_abid(self) -> abids.ABID:
+        """The ABID the current field values give (not necessarily the stored one)."""
+        cls = type(self)
+        return abids.abid_from_values(
+            prefix=cls.abid_prefix,
+            ts=self._source_value(self, cls.abid_ts_src),
+            uri=self._source_value(self, cls.abid_uri_src),
+            subtype=self._source_value(self, cls.abid_subtype_src),
+            rand=self._source_value(self, cls.abid_rand_src),
+            salt=cls.abid_salt,
+        )
+
+    @property
+    def ABID(self) -> abids.ABID:
+        """The stored ABID as a value, with its ULID, UUID, TypeID and datetime views."""
+        return abids.ABID.parse(self.abid, prefix=type(self).abid_prefix)
+
+    def save(self, force_insert: bool = False, only: Any = None) -> int:
+        if force_insert or self._stored is None:
+            return self._insert()
+        signals.send_isolated(signals.pre_save, type(self), instance=self, created=False)
+        self.modified_at = utcnow()
+        if only is not None:
+            only = [*only, type(self).modified_at]
+        if not type(self).abid_drift_allowed:
+            self._refuse_drift()
+        rows = int(peewee.Model.save(self, only=only))
+        self._stored = dict(self.__data__)
+        return rows
+
+    def _insert(self) -> int:
+        cls = type(self)
+        signals.send_isolated(signals.pre_save, cls, instance=self, created=True)
+        self.created_at = utcnow() if self.created_at is None else to_stored_time(self.created_at)
+        if self.modified_at is None:
+            self.modified_at = self.created_at
+        if self.created_by_id is None:
+            self.created_by_id = cls._meta.database.system_user_id
+        for attempt in range(ABID_COLLISION_RETRIES + 1):
+            self.abid = str(self.compute_abid())
+            try:
+                peewee.Model.save(self, force_insert=True)
+            except peewee.IntegrityError as exc:
+                collided = f"{cls._meta.table_name}.abid" in str(exc)
+                if not (collided and self._id_generated) or attempt == ABID_COLLISION_RETRIES:
+                    raise
+                self.id = cls.new_id()
+                continue
+            break
+        self._stored = dict(self.__data__)
+        return 1
+
+    def _refuse_drift(self) -> None:
+        """Raise if this update would change a part of the stored ABID."""
+        cls = type(self)
+        stored = abids.ABID.parse(self.abid, prefix=cls.abid_prefix)
+        current = self.compute_abid()
+        for part, source in zip(
+            ABID_PARTS,
+            (cls.abid_ts_src, cls.abid_uri_src, cls.abid_subtype_src, cls.abid_rand_src),
+            strict=True,
+        ):
+            old_part, new_part = getattr(stored, part), getattr(current, part)
+            if old_part == new_part:
+                continue
+            if isinstance(source, str):
+                old = (self._stored or {}).get(source)
+                what = f"{cls.__name__}.{source} from {old!r} to {getattr(self, source)!r}"
+            else:
+                what = f"{cls.__name__} (the source of its ABID {part} part)"
+            raise ABIDDriftError(
+                f"cannot update {what}: it would change {cls.__name__}.ABID.{part} "
+                f"from {old_part} to {new_part}; {cls.__name__} does not allow ABID drift "
+                f"(call regenerate_abid() to issue a new ABID on purpose)"
+            )
+
+    def regenerate_abid(self) -> abids.ABID:
+        """Issue a new ABID from the current values and save it with the record."""
+        new = self.compute_abid()
+        self.abid = str(new)
+        self.modified_at = utcnow()
+        peewee.Model.save(self)
+        self._stored = dict(self.__data__)
+        return new
+
+
+class APIToken(ABIDModel):
+    """An API key. The secret itself is never stored: only its digest and a hint."""
+
+    abid_prefix = "apt_"
+    abid_ts_src = "created_at"
+    abid_uri_src = "created_by_id"
+    abid_subtype_src: ClassVar[ABIDSource] = staticmethod(lambda _: "01")
+    abid_rand_src = "id"
+    abid_drift_allowed = True
+    private_fields = ("token_digest",)
+    quiet_fields = ("modified_at", "last_used_at")
+
+    name = peewee.TextField(null=True)
+    token_digest = peewee.CharField(max_length=64, unique=True)
+    token_hint = peewee.CharField(max_length=8)
+    expires = UTCDateTimeField(null=True)
+    revoked_at = UTCDateTimeField(null=True)
+    last_used_at = UTCDateTimeField(null=True)
+    scopes = JSONField(default=list)
+
+    class Meta:
+        table_name = "tokenstore_api_token"
+
+
+class OutboundWebhook(ABIDModel):
+    """A URL told about changes to one model, with the fields of django-signal-webhooks."""
+
+    abid_prefix = "whk_"
+    abid_ts_src = "created_at"
+    abid_uri_src = "endpoint"
+    abid_subtype_src = "ref"
+    abid_rand_src = "id"
+    abid_drift_allowed = True
+    private_fields = ("auth_token", "secret", "previous_secret")
+    quiet_fields = (
+        "modified_at",
+        "last_response",
+        "last_success",
+        "last_failure",
+        "failure_count",
+        "failing_since",
+    )
+
+    name = peewee.CharField(max_length=255, unique=True)
+    signal = peewee.CharField(max_length=64, default="CREATE_UPDATE_OR_DELETE")
+    ref = peewee.CharField(max_length=1023)
+    endpoint = peewee.CharField(max_length=2047)
+    headers = JSONField(default=dict)
+    auth_token = peewee.TextField(default="")
+    enabled = peewee.BooleanField(default=True)
+    keep_last_response = peewee.BooleanField(default=False)
+    last_response = peewee.TextField(default="")
+    last_success = UTCDateTimeField(null=True)
+    last_failure = UTCDateTimeField(null=True)
+    secret = peewee.TextField()
+    previous_secret = peewee.TextField(null=True)
+    previous_secret_expires = UTCDateTimeField(null=True)
+    failure_count = peewee.IntegerField(default=0)
+    failing_since = UTCDateTimeField(null=True)
+    disabled_reason = peewee.TextField(default="")
+
+    class Meta:
+        table_name = "tokenstore_outbound_webhook"
+        indexes = ((("ref", "endpoint"), True),)
+
+    @property
+    def created(self) -> datetime:
+        """django-signal-webhooks' name for ``created_at``."""
+        return self.created_at  # type: ignore[no-any-return]
+
+    @property
+    def updated(self) -> datetime:
+        """django-signal-webhooks' name for ``modified_at``."""
+        return self.modified_at  # type: ignore[no-any-return]
+
+    def __str__(self) -> str:
+        return f"[{self.abid}] {self.ref} -> {self.endpoint}"
+
+    def __repr__(self) -> str:
+        return f"<OutboundWebhook {self.name!r} {self.signal} {self.ref} -> {self.endpoint}>"
+
+
+class WebhookDelivery(ABIDModel):
+    """One event for one hook: the message, its attempts and its outcome.
+
+    Its ABID is the ``webhook-id`` header, stable across retries, so receivers
+    can drop duplicates of an at-least-once delivery.
+    """
+
+    abid_prefix = "msg_"
+    abid_ts_src = "created_at"
+    abid_uri_src = "hook_id"
+    abid_subtype_src = "event_type"
+    abid_rand_src = "id"
+
+    hook = peewee.ForeignKeyField(
+        OutboundWebhook, column_name="hook_id", on_delete="CASCADE", backref="deliveries"
+    )
+    event_id = peewee.IntegerField(null=True)
+    event_type = peewee.CharField(max_length=255)
+    payload = peewee.TextField()
+    status = peewee.CharField(max_length=16, default="pending")
+    attempts = peewee.IntegerField(default=0)
+    next_attempt_at = UTCDateTimeField(null=True)
+    last_attempt_at = UTCDateTimeField(null=True)
+    last_status_code = peewee.IntegerField(null=True)
+    last_error = peewee.TextField(default="")
+    duration_ms = peewee.IntegerField(null=True)
+    delivered_at = UTCDateTimeField(null=True)
+
+    class Meta:
+        table_name = "tokenstore_webhook_delivery"
+        indexes = ((("hook", "event_id"), True),)
+
+    def __repr__(self) -> str:
+        return f"<WebhookDelivery {self.abid} {self.event_type} {self.status}>"
+
+
+#: tokenstore's own models, in creation order (each after what it references).
+OWN_MODELS: tuple[type[peewee.Model], ...] = (User, APIToken, OutboundWebhook, WebhookDelivery)

@@ -1,0 +1,69 @@
+"""The blinker signals tokenstore sends, and the one way it sends them.
+
+The sender of every model signal is the model class, so a receiver can listen
+to one model (``post_save.connect(fn, sender=APIToken)``) or to all of them.
+Receivers are isolated from each other and from the write that caused them: a
+receiver that raises is logged and the rest still run.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from blinker import Namespace, Signal
+
+logger = logging.getLogger("tokenstore.signals")
+
+namespace = Namespace()
+
+pre_save = namespace.signal(
+    "pre_save", doc="Before an instance is inserted or updated (instance, created)."
+)
+pre_delete = namespace.signal("pre_delete", doc="Before an instance is deleted (instance).")
+post_save = namespace.signal(
+    "post_save",
+    doc="After a committed insert or update is dispatched (instance, created, event).",
+)
+post_delete = namespace.signal(
+    "post_delete", doc="After a committed delete is dispatched (instance, event)."
+)
+row_changed = namespace.signal(
+    "row_changed", doc="After any committed change is dispatched (event)."
+)
+webhook_delivered = namespace.signal(
+    "webhook_delivered", doc="A delivery attempt got a 2xx answer (hook, delivery)."
+)
+webhook_failed = namespace.signal(
+    "webhook_failed", doc="A delivery attempt failed (hook, delivery, error)."
+)
+webhook_disabled = namespace.signal(
+    "webhook_disabled", doc="A hook was disabled after failures or a 410 (hook, reason)."
+)
+
+#: The signals fired from change events; if none has a receiver, events are dropped early.
+EVENT_SIGNALS = (post_save, post_delete, row_changed)
+
+
+def has_receivers(signal: Signal, sender: Any) -> bool:
+    """Cheap check used to skip building payloads nobody will read."""
+    if not signal.receivers:
+        return False
+    return any(True for _ in signal.receivers_for(sender))
+
+
+def send_isolated(signal: Signal, sender: Any, **kwargs: Any) -> None:
+    """Call every receiver, logging (not raising) what any of them raises.
+
+    blinker's own ``send`` stops at the first exception; here one faulty
+    receiver must not cost the others their call, nor the application its write.
+    """
+    if not signal.receivers:
+        return
+    for receiver in signal.receivers_for(sender):
+        try:
+            receiver(sender, **kwargs)
+        except Exception:
+            logger.exception(
+                "receiver %r of signal %r raised", receiver, getattr(signal, "name", signal)
+            )

@@ -1,0 +1,269 @@
+"""Opening the store file: pragmas, schema, versions, and the ``Store`` object.
+
+``tokenstore.open(path)`` is the public entry point. It refuses, before
+changing anything, files that are not SQLite and files written by a newer
+tokenstore; it creates missing files readable by their owner only, since they
+hold webhook signing secrets.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import peewee
+
+from .changes import EVENT_TABLE, CapturingDatabase, Dispatcher, install_capture
+from .errors import StoreError, ValidationError
+from .models import OWN_MODELS, User, format_time, utcnow
+
+#: The ``PRAGMA user_version`` of files this code writes.
+SCHEMA_VERSION = 1
+
+#: Steps that bring a file from version N to N+1, run in one transaction each.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+SYSTEM_USERNAME = "system"
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def schema_sql() -> str:
+    """The canonical DDL (also at the top of the source tree as ``schema.sql``)."""
+    return resources.files("tokenstore").joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a script into statements; triggers hold semicolons, so ask SQLite."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statement = buffer.strip()
+            buffer = ""
+            if statement.strip(";").strip() and not _only_comments(statement):
+                yield statement
+    if buffer.strip() and not _only_comments(buffer):
+        raise StoreError(f"schema.sql ends with an incomplete statement: {buffer.strip()[:60]!r}")
+
+
+def _only_comments(text: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())
+
+
+def _check_file(path: Path) -> int:
+    """Read a file's schema version without writing to it; refuse what is not ours to open."""
+    if not path.exists():
+        return 0
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a tokenstore file")
+    with path.open("rb") as f:
+        header = f.read(len(_SQLITE_HEADER))
+    if not header:
+        return 0
+    if header != _SQLITE_HEADER:
+        raise StoreError(
+            f"{path} is not an SQLite database (its first bytes are not an SQLite header)"
+        )
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} cannot be read as an SQLite database: {exc}") from None
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this tokenstore understands "
+            f"({SCHEMA_VERSION}); upgrade tokenstore to open it"
+        )
+    return int(version)
+
+
+def _create_private(path: Path) -> None:
+    """Create the file mode 0600 before SQLite does, so secrets are never world-readable."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create {path}: {exc.strerror}") from None
+    os.close(fd)
+
+
+def _apply_schema(conn: sqlite3.Connection) -> None:
+    """Bring the file to SCHEMA_VERSION, once, even with several processes opening it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == 0:
+            for statement in _statements(schema_sql()):
+                conn.execute(statement)
+        else:
+            for step in range(version, SCHEMA_VERSION):
+                MIGRATIONS[step](conn)
+        conn.execute(
+            "INSERT OR IGNORE INTO tokenstore_user (username, is_superuser, created_at) "
+            "VALUES (?, 1, ?)",
+            (SYSTEM_USERNAME, format_time(utcnow())),
+        )
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class Store:
+    """One tokenstore file: its database, its models, tokens, users and webhooks.
+
+    Use ``tokenstore.open()`` rather than the constructor. The Store binds
+    tokenstore's models (and the application's, via ``register``) to its
+    database, so one process works with one open store at a time.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        token_prefix: str = "tsk",
+        webhook_allow: Iterable[str] = (),
+        event_retention: timedelta = timedelta(0),
+        claim_timeout: timedelta = timedelta(hours=1),
+        busy_timeout: float = 10.0,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 10.0,
+        clock: Callable[[], datetime] | None = None,
+        dispatch_on_open: bool = True,
+    ) -> None:
+        if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
+            raise StoreError("tokenstore needs a file path; an in-memory database is not shared")
+        if busy_timeout < 5:
+            raise ValidationError(f"busy_timeout must be at least 5 seconds, got {busy_timeout}")
+        self.path = Path(path)
+        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        version = _check_file(self.path)
+        _create_private(self.path)
+        self.models: dict[str, type[peewee.Model]] = {m._meta.table_name: m for m in OWN_MODELS}
+        self.dispatcher = Dispatcher(self.models, self.clock, event_retention, claim_timeout)
+        self.db = CapturingDatabase(
+            str(self.path),
+            dispatcher=self.dispatcher,
+            timeout=busy_timeout,
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "normal",
+                "foreign_keys": 1,
+                "busy_timeout": int(busy_timeout * 1000),
+            },
+        )
+        conn = self.db.connection()
+        if version < SCHEMA_VERSION:
+            _apply_schema(conn)
+        self.db.bind(list(OWN_MODELS), bind_refs=False, bind_backrefs=False)
+        system = User.get_or_none(User.username == SYSTEM_USERNAME)
+        if system is None:
+            raise StoreError(f"{self.path}: the {SYSTEM_USERNAME!r} user is missing")
+        self.system_user: User = system
+        self.db.system_user_id = system.id
+
+        from .tokens import Tokens, Users
+        from .webhooks import Webhooks
+
+        self.users = Users(self)
+        self.tokens = Tokens(self, prefix=token_prefix)
+        self.webhooks = Webhooks(
+            self,
+            allow=webhook_allow,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
+        if dispatch_on_open:
+            self.dispatch()
+
+    def __repr__(self) -> str:
+        return f"<Store {str(self.path)!r}>"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close this thread's connection (other threads close theirs as they end)."""
+        self.webhooks.close()
+        self.db.close()
+
+    def atomic(self) -> Any:
+        """A transaction (a savepoint when nested); changes dispatch as the outermost commits."""
+        return self.db.atomic()
+
+    def ref(self, model: type[peewee.Model]) -> str:
+        """The name hooks use for a model: ``module.ClassName``."""
+        return f"{model.__module__}.{model.__qualname__}"
+
+    def register(self, model: type[peewee.Model]) -> type[peewee.Model]:
+        """Bind an application model to this store, create its table and capture its changes.
+
+        Usable as a class decorator. Registering again is harmless and
+        refreshes the triggers to match the model's current fields.
+        """
+        if not (isinstance(model, type) and issubclass(model, peewee.Model)):
+            raise ValidationError(f"register() takes a peewee model class, got {model!r}")
+        table = model._meta.table_name
+        known = self.models.get(table)
+        if known is not None and known is not model:
+            raise ValidationError(
+                f"table {table!r} already belongs to {self.ref(known)}; "
+                f"cannot register {self.ref(model)} for it"
+            )
+        model.bind(self.db, bind_refs=False, bind_backrefs=False)
+        with self.db.atomic():
+            self.db.create_tables([model], safe=True)
+            install_capture(self.db.connection(), model)
+        self.models[table] = model
+        return model
+
+    def model_for_ref(self, ref: str | type[peewee.Model]) -> type[peewee.Model]:
+        """The registered model a hook's ``ref`` names; unknown refs list the known ones."""
+        wanted = self.ref(ref) if isinstance(ref, type) else str(ref)
+        for model in self.models.values():
+            if self.ref(model) == wanted:
+                return model
+        known = ", ".join(sorted(self.ref(m) for m in self.models.values()))
+        raise ValidationError(f"unknown model ref {wanted!r}; registered models: {known}")
+
+    def dispatch(self) -> int:
+        """Fire events nobody has fired yet: other processes' writes, shell edits, crashes.
+
+        Returns how many events this call claimed. Dispatch also happens by
+        itself after every commit made through this store.
+        """
+        conn = self.db.connection()
+        with self.db.atomic():
+            self.dispatcher.release(conn, self.dispatcher.stale_claimants(conn))
+            self.dispatcher.purge(conn)
+            (count,) = conn.execute(
+                f"SELECT count(*) FROM {EVENT_TABLE} "
+                "WHERE dispatched_at IS NULL AND claimed_by IS NULL"
+            ).fetchone()
+        # The commit above claimed those events and fired them.
+        return int(count)
+
+
+def open(path: str | os.PathLike[str], **options: Any) -> Store:
+    """Open (creating if needed) the tokenstore file at ``path``; see ``Store`` for options."""
+    return Store(path, **options)
