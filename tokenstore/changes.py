@@ -40,7 +40,12 @@ _WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 #: SQLite's default limit on function arguments bounds json_object() to this many columns.
 MAX_CAPTURED_COLUMNS = 63
 
-_CLAIM_COLUMNS = "id, table_name, op, row_pk, old_row, new_row, created_at"
+_DROP_UNCLAIMED = f"DELETE FROM {EVENT_TABLE} WHERE claimed_by IS NULL"
+_CLAIM = (
+    f"UPDATE {EVENT_TABLE} SET claimed_by = ?, claimed_at = ?, claims = claims + 1 "
+    "WHERE claimed_by IS NULL "
+    "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at, claims"
+)
 
 
 @dataclass(frozen=True)
@@ -157,11 +162,16 @@ def _process_alive(pid: int) -> bool:
         return True
 
 
+#: What one transaction claimed: its events, and the work to do after it commits.
+Claimed = tuple[list[ChangeEvent], list[Callable[[], None]]]
+_NOTHING: Claimed = ([], [])
+
+
 class _ThreadState(threading.local):
     """Per thread: what committed transactions claimed, and whether it is being fired."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[list[ChangeEvent], list[Callable[[], None]]]] = []
+        self.pending: list[Claimed] = []
         self.running = False
 
 
@@ -172,12 +182,10 @@ class Dispatcher:
         self,
         models_by_table: dict[str, type[peewee.Model]],
         clock: Callable[[], datetime],
-        retention: timedelta,
         claim_timeout: timedelta,
     ) -> None:
         self.models_by_table = models_by_table
         self.clock = clock
-        self.retention = retention
         self.claim_timeout = claim_timeout
         self.consumers: list[tuple[Consumer, Callable[[sqlite3.Connection], bool]]] = []
         self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -189,39 +197,30 @@ class Dispatcher:
         """Register work that must be made durable with the events it reacts to."""
         self.consumers.append((consumer, wants_events))
 
-    def _now(self) -> str:
-        return format_time(self.clock())
-
     # -- inside the transaction ---------------------------------------------------------
 
-    def claim(self, conn: sqlite3.Connection) -> tuple[list[ChangeEvent], list[Callable[[], None]]]:
-        """Take this transaction's unclaimed events, or drop them if nobody listens."""
-        now = self._now()
+    def claim(self, conn: sqlite3.Connection) -> Claimed:
+        """Take the unclaimed events (this transaction's, and any left by others).
+
+        If nothing in this process listens, they are deleted on the spot: the
+        commit then costs one statement more than it would without capture.
+        Consumers see an event only on its first claim; a re-claimed event's
+        consumer work was committed with that first claim.
+        """
         wanted = [c for c, wants in self.consumers if wants(conn)]
         if not wanted and not any(s.receivers for s in signals.EVENT_SIGNALS):
-            if self.retention:
-                conn.execute(
-                    f"UPDATE {EVENT_TABLE} SET claimed_by = ?, claimed_at = ?, dispatched_at = ? "
-                    "WHERE dispatched_at IS NULL AND claimed_by IS NULL",
-                    (self.claimant, now, now),
-                )
-            else:
-                conn.execute(
-                    f"DELETE FROM {EVENT_TABLE} WHERE dispatched_at IS NULL AND claimed_by IS NULL"
-                )
-            return [], []
-        rows = conn.execute(
-            f"UPDATE {EVENT_TABLE} SET claimed_by = ?, claimed_at = ? "
-            f"WHERE dispatched_at IS NULL AND claimed_by IS NULL RETURNING {_CLAIM_COLUMNS}",
-            (self.claimant, now),
-        ).fetchall()
+            conn.execute(_DROP_UNCLAIMED)
+            return _NOTHING
+        rows = conn.execute(_CLAIM, (self.claimant, format_time(self.clock()))).fetchall()
         if not rows:
-            return [], []
-        events = sorted((ChangeEvent.from_row(r) for r in rows), key=lambda e: e.id)
-        followups = [f for f in (c(conn, events) for c in wanted) if f is not None]
+            return _NOTHING
+        rows.sort(key=lambda row: row[0])
+        events = [ChangeEvent.from_row(row[:-1]) for row in rows]
+        first = [event for event, row in zip(events, rows, strict=True) if row[-1] == 1]
+        followups = [f for f in (c(conn, first) for c in wanted) if f is not None] if first else []
         return events, followups
 
-    def queue(self, claimed: tuple[list[ChangeEvent], list[Callable[[], None]]]) -> None:
+    def queue(self, claimed: Claimed) -> None:
         """Remember what a transaction claimed, once its commit has succeeded."""
         if claimed[0] or claimed[1]:
             self._local.pending.append(claimed)
@@ -242,7 +241,7 @@ class Dispatcher:
                 try:
                     self.finish(conn, [e.id for e in events])
                 except Exception:
-                    logger.exception("could not mark %d events dispatched", len(events))
+                    logger.exception("could not delete %d dispatched events", len(events))
                 for followup in followups:
                     try:
                         followup()
@@ -264,9 +263,7 @@ class Dispatcher:
         try:
             instance = instance_from_row(model, event.row)
         except Exception:
-            logger.exception(
-                "could not rebuild %s %s from event %d", model.__name__, event.pk, event.id
-            )
+            logger.exception("could not rebuild %s from event %d", model.__name__, event.id)
             return
         if event.op == "DELETE":
             signals.send_isolated(signal, model, instance=instance, event=event)
@@ -276,17 +273,14 @@ class Dispatcher:
             )
 
     def finish(self, conn: sqlite3.Connection, ids: list[int]) -> None:
-        """Delete (or, with a retention time, stamp) events that have been fired."""
+        """Delete events that have been fired, only if this process still holds their claim."""
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            if self.retention:
-                conn.execute(
-                    f"UPDATE {EVENT_TABLE} SET dispatched_at = ? WHERE id IN ({marks})",
-                    (self._now(), *chunk),
-                )
-            else:
-                conn.execute(f"DELETE FROM {EVENT_TABLE} WHERE id IN ({marks})", chunk)
+            conn.execute(
+                f"DELETE FROM {EVENT_TABLE} WHERE claimed_by = ? AND id IN ({marks})",
+                (self.claimant, *chunk),
+            )
 
     # -- recovery -----------------------------------------------------------------------
 
@@ -297,7 +291,7 @@ class Dispatcher:
         stale = []
         for claimant, oldest in conn.execute(
             f"SELECT claimed_by, min(claimed_at) FROM {EVENT_TABLE} "
-            "WHERE dispatched_at IS NULL AND claimed_by IS NOT NULL GROUP BY claimed_by"
+            "WHERE claimed_by IS NOT NULL GROUP BY claimed_by"
         ):
             if claimant == self.claimant:
                 continue
@@ -312,17 +306,7 @@ class Dispatcher:
         """Hand abandoned claims back, so the enclosing transaction claims them anew."""
         for claimant in claimants:
             conn.execute(
-                f"UPDATE {EVENT_TABLE} SET claimed_by = NULL, claimed_at = NULL "
-                "WHERE dispatched_at IS NULL AND claimed_by = ?",
-                (claimant,),
-            )
-
-    def purge(self, conn: sqlite3.Connection) -> None:
-        """Forget dispatched events older than the retention time."""
-        if self.retention:
-            conn.execute(
-                f"DELETE FROM {EVENT_TABLE} WHERE dispatched_at IS NOT NULL AND dispatched_at < ?",
-                (format_time(self.clock() - self.retention),),
+                f"UPDATE {EVENT_TABLE} SET claimed_by = NULL WHERE claimed_by = ?", (claimant,)
             )
 
 
@@ -363,7 +347,7 @@ class CapturingDatabase(peewee.SqliteDatabase):
 
     def commit(self) -> None:
         conn = self.connection()
-        claimed = self.dispatcher.claim(conn) if conn.in_transaction else ([], [])
+        claimed = self.dispatcher.claim(conn) if conn.in_transaction else _NOTHING
         super().commit()
         self.dispatcher.queue(claimed)
         if not self.in_transaction():

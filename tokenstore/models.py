@@ -377,7 +377,6 @@ class WebhookDelivery(ABIDModel):
 
     class Meta:
         table_name = "tokenstore_webhook_delivery"
-        indexes = ((("hook", "event_id"), True),)
 
     def __repr__(self) -> str:
         return f"<WebhookDelivery {self.abid} {self.event_type} {self.status}>"

@@ -96,17 +96,17 @@ CREATE TABLE "tokenstore_webhook_delivery" (
 CREATE UNIQUE INDEX "tokenstore_webhook_delivery_abid" ON "tokenstore_webhook_delivery" ("abid");
 CREATE INDEX "tokenstore_webhook_delivery_created_by_id" ON "tokenstore_webhook_delivery" ("created_by_id");
 CREATE INDEX "tokenstore_webhook_delivery_hook_id" ON "tokenstore_webhook_delivery" ("hook_id");
-CREATE UNIQUE INDEX "tokenstore_webhook_delivery_hook_id_event_id" ON "tokenstore_webhook_delivery" ("hook_id", "event_id");
 CREATE INDEX "tokenstore_webhook_delivery_due" ON "tokenstore_webhook_delivery" ("next_attempt_at")
   WHERE "status" IN ('pending', 'failed');
 
--- Captured row changes, written by the triggers below (and by the triggers
--- tokenstore creates for each registered application model) in the same
--- transaction as the change. claimed_by names the process that fires an event;
--- fired events are deleted, or stamped with dispatched_at and kept for the
--- store's event_retention.
+-- Captured row changes: a queue of events not yet fired, written by the
+-- triggers below (and by the triggers tokenstore creates for each registered
+-- application model) in the same transaction as the change. claimed_by names
+-- the process that fires an event; claims counts how often it was claimed
+-- (more than once only when its first claimant died). Fired events are
+-- deleted, so the table holds only what is pending and needs no index.
 CREATE TABLE "tokenstore_change_event" (
-  "id" INTEGER PRIMARY KEY AUTOINCREMENT,
+  "id" INTEGER PRIMARY KEY,
   "table_name" TEXT NOT NULL,
   "op" TEXT NOT NULL CHECK ("op" IN ('INSERT', 'UPDATE', 'DELETE')),
   "row_pk" TEXT,
@@ -115,10 +115,8 @@ CREATE TABLE "tokenstore_change_event" (
   "created_at" TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
   "claimed_by" TEXT,
   "claimed_at" TEXT,
-  "dispatched_at" TEXT
+  "claims" INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX "tokenstore_change_event_pending" ON "tokenstore_change_event" ("claimed_by")
-  WHERE "dispatched_at" IS NULL;
 
 -- What happened to each webhook message, for people reading the file.
 CREATE VIEW "tokenstore_delivery_log" AS

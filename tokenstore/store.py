@@ -135,7 +135,6 @@ class Store:
         *,
         token_prefix: str = "tsk",
         webhook_allow: Iterable[str] = (),
-        event_retention: timedelta = timedelta(0),
         claim_timeout: timedelta = timedelta(hours=1),
         busy_timeout: float = 10.0,
         connect_timeout: float = 3.0,
@@ -152,7 +151,7 @@ class Store:
         version = _check_file(self.path)
         _create_private(self.path)
         self.models: dict[str, type[peewee.Model]] = {m._meta.table_name: m for m in OWN_MODELS}
-        self.dispatcher = Dispatcher(self.models, self.clock, event_retention, claim_timeout)
+        self.dispatcher = Dispatcher(self.models, self.clock, claim_timeout)
         self.db = CapturingDatabase(
             str(self.path),
             dispatcher=self.dispatcher,
@@ -255,10 +254,8 @@ class Store:
         conn = self.db.connection()
         with self.db.atomic():
             self.dispatcher.release(conn, self.dispatcher.stale_claimants(conn))
-            self.dispatcher.purge(conn)
             (count,) = conn.execute(
-                f"SELECT count(*) FROM {EVENT_TABLE} "
-                "WHERE dispatched_at IS NULL AND claimed_by IS NULL"
+                f"SELECT count(*) FROM {EVENT_TABLE} WHERE claimed_by IS NULL"
             ).fetchone()
         # The commit above claimed those events and fired them.
         return int(count)
