@@ -1,0 +1,298 @@
+"""The stdlib webhook receiver, exercised over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+
+from tokenstore.errors import ValidationError
+from tokenstore.receiver import MAX_BODY_BYTES, make_receiver
+from tokenstore.signing import new_signing_secret, sign, signature_header
+
+TIMEOUT = 5
+SECRET = new_signing_secret()
+
+
+@dataclass
+class Events:
+    received: list[tuple[dict[str, Any], dict[str, str]]] = field(default_factory=list)
+    fail: bool = False
+
+    def __call__(self, payload: dict[str, Any], headers: Mapping[str, str]) -> None:
+        if self.fail:
+            raise RuntimeError("handler broke")
+        self.received.append((payload, dict(headers)))
+
+
+@dataclass
+class Running:
+    server: ThreadingHTTPServer
+    events: Events
+
+    @property
+    def url(self) -> str:
+        port = self.server.server_address[1]
+        return f"http://127.0.0.1:{port}/hooks"
+
+
+def run(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def receiver() -> Iterator[Running]:
+    events = Events()
+    server = make_receiver("127.0.0.1", 0, SECRET, events)
+    thread = run(server)
+    yield Running(server, events)
+    server.shutdown()
+    server.server_close()
+    thread.join(TIMEOUT)
+    assert not thread.is_alive()
+
+
+def signed_headers(body: bytes, *, secret: str = SECRET, ts: int | None = None) -> dict[str, str]:
+    timestamp = int(time.time()) if ts is None else ts
+    return {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(secret, "msg_1", timestamp, body),
+        "content-type": "application/json",
+    }
+
+
+PAYLOAD = {"type": "user.created", "timestamp": "2024-01-01T00:00:00+00:00", "data": {"pk": 7}}
+BODY = json.dumps(PAYLOAD).encode()
+
+
+def test_binds_an_os_chosen_port(receiver: Running) -> None:
+    assert receiver.server.server_address[0] == "127.0.0.1"
+    assert receiver.server.server_address[1] > 0
+
+
+def test_valid_webhook_is_delivered_and_answered_204(receiver: Running) -> None:
+    response = requests.post(receiver.url, data=BODY, headers=signed_headers(BODY), timeout=TIMEOUT)
+    assert response.status_code == 204
+    assert response.content == b""
+    assert len(receiver.events.received) == 1
+    payload, headers = receiver.events.received[0]
+    assert payload == PAYLOAD
+    assert headers["webhook-id"] == "msg_1"
+    assert headers["content-type"] == "application/json"
+
+
+def test_rotation_header_with_two_signatures(receiver: Running) -> None:
+    ts = int(time.time())
+    headers = {
+        "webhook-id": "msg_2",
+        "webhook-timestamp": str(ts),
+        "webhook-signature": signature_header([new_signing_secret(), SECRET], "msg_2", ts, BODY),
+    }
+    response = requests.post(receiver.url, data=BODY, headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 204
+    assert [p for p, _ in receiver.events.received] == [PAYLOAD]
+
+
+def assert_rejected(response: requests.Response, status: int, message: str) -> None:
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    assert message in response.json()["error"]
+
+
+def test_unsigned_request_is_401(receiver: Running) -> None:
+    response = requests.post(receiver.url, data=BODY, timeout=TIMEOUT)
+    assert_rejected(response, 401, "missing webhook-id header")
+    assert receiver.events.received == []
+
+
+def test_tampered_body_is_401(receiver: Running) -> None:
+    headers = signed_headers(BODY)
+    tampered = BODY.replace(b"7", b"8")
+    response = requests.post(receiver.url, data=tampered, headers=headers, timeout=TIMEOUT)
+    assert_rejected(response, 401, "no v1 signature")
+    assert receiver.events.received == []
+
+
+def test_wrong_secret_is_401(receiver: Running) -> None:
+    headers = signed_headers(BODY, secret=new_signing_secret())
+    response = requests.post(receiver.url, data=BODY, headers=headers, timeout=TIMEOUT)
+    assert_rejected(response, 401, "no v1 signature")
+    assert receiver.events.received == []
+
+
+def test_stale_request_is_401(receiver: Running) -> None:
+    headers = signed_headers(BODY, ts=int(time.time()) - 3600)
+    response = requests.post(receiver.url, data=BODY, headers=headers, timeout=TIMEOUT)
+    assert_rejected(response, 401, "seconds old")
+    assert receiver.events.received == []
+
+
+def test_only_the_valid_one_of_a_mix_is_delivered(receiver: Running) -> None:
+    good = {**PAYLOAD, "data": {"pk": 1}}
+    bad = {**PAYLOAD, "data": {"pk": 2}}
+    good_body, bad_body = json.dumps(good).encode(), json.dumps(bad).encode()
+    with requests.Session() as session:  # one keep-alive connection for all three
+        statuses = [
+            session.post(receiver.url, data=bad_body, timeout=TIMEOUT).status_code,
+            session.post(
+                receiver.url, data=good_body, headers=signed_headers(good_body), timeout=TIMEOUT
+            ).status_code,
+            session.post(
+                receiver.url, data=bad_body, headers=signed_headers(good_body), timeout=TIMEOUT
+            ).status_code,
+        ]
+    assert statuses == [401, 204, 401]
+    assert [p for p, _ in receiver.events.received] == [good]
+
+
+def test_duplicate_signed_header_is_401(receiver: Running) -> None:
+    host, port = receiver.server.server_address[:2]
+    conn = http.client.HTTPConnection(str(host), int(port), timeout=TIMEOUT)
+    try:
+        conn.putrequest("POST", "/")
+        for name, value in signed_headers(BODY).items():
+            conn.putheader(name, value)
+        conn.putheader("webhook-id", "msg_other")
+        conn.putheader("Content-Length", str(len(BODY)))
+        conn.endheaders(BODY)
+        response = conn.getresponse()
+        assert response.status == 401
+        assert "more than once" in json.loads(response.read())["error"]
+    finally:
+        conn.close()
+    assert receiver.events.received == []
+
+
+def test_non_object_payload_is_400(receiver: Running) -> None:
+    body = b"[1, 2, 3]"
+    response = requests.post(receiver.url, data=body, headers=signed_headers(body), timeout=TIMEOUT)
+    assert_rejected(response, 400, "JSON object")
+    assert receiver.events.received == []
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+def test_other_methods_are_405(receiver: Running, method: str) -> None:
+    response = requests.request(method, receiver.url, timeout=TIMEOUT)
+    assert_rejected(response, 405, "only POST")
+    assert response.headers["Allow"] == "POST"
+
+
+def test_head_is_405_without_a_body(receiver: Running) -> None:
+    response = requests.head(receiver.url, timeout=TIMEOUT)
+    assert response.status_code == 405
+    assert response.content == b""
+
+
+def test_oversized_body_is_413_without_reading_it(receiver: Running) -> None:
+    host, port = receiver.server.server_address[:2]
+    conn = http.client.HTTPConnection(str(host), int(port), timeout=TIMEOUT)
+    try:
+        conn.putrequest("POST", "/")
+        conn.putheader("Content-Length", str(MAX_BODY_BYTES + 1))
+        conn.endheaders()  # the body is never sent: the answer must not wait for it
+        response = conn.getresponse()
+        assert response.status == 413
+        assert "larger than" in json.loads(response.read())["error"]
+    finally:
+        conn.close()
+    assert receiver.events.received == []
+
+
+def test_body_at_the_cap_is_accepted(receiver: Running) -> None:
+    prefix = b'{"type": "big", "pad": "'
+    body = prefix + b"x" * (MAX_BODY_BYTES - len(prefix) - 2) + b'"}'
+    assert len(body) == MAX_BODY_BYTES
+    response = requests.post(receiver.url, data=body, headers=signed_headers(body), timeout=TIMEOUT)
+    assert response.status_code == 204
+    assert receiver.events.received[0][0]["type"] == "big"
+
+
+def test_missing_content_length_is_411(receiver: Running) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield BODY
+
+    response = requests.post(
+        receiver.url, data=chunks(), headers=signed_headers(BODY), timeout=TIMEOUT
+    )
+    assert_rejected(response, 411, "Content-Length")
+    assert receiver.events.received == []
+
+
+def test_failing_handler_is_500_so_the_sender_retries(
+    receiver: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    receiver.events.fail = True
+    response = requests.post(receiver.url, data=BODY, headers=signed_headers(BODY), timeout=TIMEOUT)
+    assert_rejected(response, 500, "failed to handle")
+    # The application's own bug is not hidden: its traceback reaches stderr.
+    err = ""
+    deadline = time.monotonic() + TIMEOUT
+    while "RuntimeError: handler broke" not in err and time.monotonic() < deadline:
+        time.sleep(0.01)
+        err += capsys.readouterr().err
+    assert "RuntimeError: handler broke" in err
+
+
+def test_quiet_logging(receiver: Running, capfd: pytest.CaptureFixture[str]) -> None:
+    requests.post(receiver.url, data=BODY, headers=signed_headers(BODY), timeout=TIMEOUT)
+    requests.post(receiver.url, data=BODY, timeout=TIMEOUT)
+    requests.get(receiver.url, timeout=TIMEOUT)
+    captured = capfd.readouterr()
+    assert captured.err == ""
+    assert captured.out == ""
+
+
+def test_ipv6_receiver() -> None:
+    events = Events()
+    try:
+        server = make_receiver("::1", 0, SECRET, events)
+    except OSError as exc:
+        pytest.skip(f"IPv6 loopback is not available: {exc}")
+    assert server.address_family == socket.AF_INET6
+    thread = run(server)
+    try:
+        port = server.server_address[1]
+        response = requests.post(
+            f"http://[::1]:{port}/", data=BODY, headers=signed_headers(BODY), timeout=TIMEOUT
+        )
+        assert response.status_code == 204
+        assert [p for p, _ in events.received] == [PAYLOAD]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
+
+
+def test_tolerance_is_passed_to_verification() -> None:
+    events = Events()
+    server = make_receiver("127.0.0.1", 0, SECRET, events, tolerance=5)
+    thread = run(server)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        old = signed_headers(BODY, ts=int(time.time()) - 60)
+        response = requests.post(url, data=BODY, headers=old, timeout=TIMEOUT)
+        assert_rejected(response, 401, "tolerance 5 s")
+        fresh = signed_headers(BODY)
+        assert requests.post(url, data=BODY, headers=fresh, timeout=TIMEOUT).status_code == 204
+        assert len(events.received) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
+
+
+def test_bad_secret_fails_at_construction() -> None:
+    with pytest.raises(ValidationError, match="whsec_"):
+        make_receiver("127.0.0.1", 0, "not a secret", Events())

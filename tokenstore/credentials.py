@@ -1,0 +1,101 @@
+"""The shape of an API token secret, independent of any database.
+
+Tokens follow GitHub's scheme: ``<prefix>_<30 random base62 chars><6 char
+checksum>``. The prefix makes leaked tokens findable by secret scanners; the
+CRC32 checksum lets :func:`looks_like_token` reject typos and random strings
+offline, before spending a database lookup on them. Only a SHA-256 digest and a
+four-character hint are ever stored, so a copy of the database file does not
+hand out working credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import zlib
+
+from .errors import ValidationError
+
+__all__ = [
+    "DEFAULT_TOKEN_PREFIX",
+    "generate_token",
+    "looks_like_token",
+    "token_digest",
+    "token_hint",
+]
+
+DEFAULT_TOKEN_PREFIX = "tsk"
+
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_RANDOM_LENGTH = 30  # 30 * log2(62) ~ 178 bits of entropy
+_CHECKSUM_LENGTH = 6  # 62**6 > 2**32, so any CRC32 fits
+_HINT_LENGTH = 4
+# A hint of a very short secret would disclose most of it.
+_MIN_HINT_SOURCE = 16
+
+_PREFIX_RE = re.compile(r"[a-z]{2,8}")
+_TOKEN_RE = re.compile(
+    rf"(?P<prefix>[a-z]{{2,8}})_(?P<random>[0-9A-Za-z]{{{_RANDOM_LENGTH}}})"
+    rf"(?P<checksum>[0-9A-Za-z]{{{_CHECKSUM_LENGTH}}})"
+)
+
+
+def _base62(number: int, width: int) -> str:
+    digits: list[str] = []
+    while number:
+        number, rest = divmod(number, 62)
+        digits.append(_ALPHABET[rest])
+    return "".join(reversed(digits)).rjust(width, "0")
+
+
+def _checksum(random_part: str) -> str:
+    return _base62(zlib.crc32(random_part.encode("ascii")), _CHECKSUM_LENGTH)
+
+
+def _check_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        raise ValidationError(
+            f"token prefix must be 2 to 8 lowercase ASCII letters (a-z), got {prefix!r}"
+        )
+    return prefix
+
+
+def generate_token(prefix: str = DEFAULT_TOKEN_PREFIX) -> str:
+    """Return a new secret; show it to the user once, then keep only its digest."""
+    _check_prefix(prefix)
+    random_part = "".join(secrets.choice(_ALPHABET) for _ in range(_RANDOM_LENGTH))
+    return f"{prefix}_{random_part}{_checksum(random_part)}"
+
+
+def looks_like_token(text: object, prefix: str | None = None) -> bool:
+    """Cheap offline pre-check, so garbage never reaches the database.
+
+    Safe to call on anything a client sent: it never raises.
+    """
+    if not isinstance(text, str):
+        return False
+    match = _TOKEN_RE.fullmatch(text)
+    if match is None:
+        return False
+    if prefix is not None and match["prefix"] != prefix:
+        return False
+    return secrets.compare_digest(_checksum(match["random"]), match["checksum"])
+
+
+def token_digest(secret: str) -> str:
+    """The only form of a secret the database keeps: a leaked file grants nothing."""
+    if not isinstance(secret, str):
+        raise ValidationError(f"token secret must be a str, got {type(secret).__name__}")
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def token_hint(secret: str) -> str:
+    """Lets people tell their tokens apart (``'************' + hint``) without revealing one."""
+    if not isinstance(secret, str):
+        raise ValidationError(f"token secret must be a str, got {type(secret).__name__}")
+    if len(secret) < _MIN_HINT_SOURCE:
+        raise ValidationError(
+            f"token secret is too short for a hint (need at least {_MIN_HINT_SOURCE} characters)"
+        )
+    return secret[-_HINT_LENGTH:]

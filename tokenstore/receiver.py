@@ -1,0 +1,128 @@
+"""A tiny webhook receiver that verifies Standard Webhooks signatures.
+
+It exists for demos, tests and local tools that want to react to a store's
+webhooks without a web framework, using only the standard library. It is not
+meant to face the internet: it has no TLS and one thread per request.
+
+Responses follow what senders expect: 2xx only after the event was handled
+(so a crash in ``on_event`` leads to a retry), 4xx for requests that will
+never succeed, with a short JSON reason.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from .errors import ValidationError, WebhookVerificationError
+from .signing import signing_key, verify_webhook
+
+__all__ = ["MAX_BODY_BYTES", "make_receiver"]
+
+MAX_BODY_BYTES = 1024 * 1024
+_SIGNED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+EventCallback = Callable[[dict[str, Any], Mapping[str, str]], None]
+
+
+class _IPv6ThreadingHTTPServer(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def make_receiver(
+    host: str,
+    port: int,
+    secret: str,
+    on_event: EventCallback,
+    *,
+    tolerance: int = 300,
+) -> ThreadingHTTPServer:
+    """Build (and bind) a receiver; the caller runs ``serve_forever()`` where it likes.
+
+    ``on_event`` gets the decoded payload and the request headers, with
+    lower-cased names. Use port 0 to let the OS pick a free port and read it
+    back from ``server.server_address``.
+    """
+    signing_key(secret)  # fail at start-up, not on the first request
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
+        raise ValidationError(f"tolerance must be a non-negative int of seconds, got {tolerance!r}")
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "tokenstore-receiver"
+        protocol_version = "HTTP/1.1"
+        timeout = 30  # a stalled client must not pin a thread forever
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Stay quiet: the application decides what to print."""
+
+        def _reply(self, status: int, error: str | None = None, **headers: str) -> None:
+            body = b"" if error is None else json.dumps({"error": error}).encode()
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name.replace("_", "-"), value)
+            if body:
+                self.send_header("Content-Type", "application/json")
+            if status != 204:
+                self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if body and self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _not_allowed(self) -> None:
+            self._reply(405, "only POST is accepted", Allow="POST")
+
+        do_GET = do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_allowed
+
+        def _read_body(self) -> bytes | None:
+            if self.headers.get("Transfer-Encoding"):
+                self.close_connection = True
+                self._reply(411, "send the body with a Content-Length header")
+                return None
+            length_text = self.headers.get("Content-Length")
+            if length_text is None:
+                self.close_connection = True
+                self._reply(411, "Content-Length header is required")
+                return None
+            if not length_text.strip().isdecimal():
+                self.close_connection = True
+                self._reply(400, "Content-Length header is not a number")
+                return None
+            length = int(length_text)
+            if length > MAX_BODY_BYTES:
+                # The body stays unread, so the connection cannot be reused.
+                self.close_connection = True
+                self._reply(413, f"body is larger than {MAX_BODY_BYTES} bytes")
+                return None
+            return self.rfile.read(length)
+
+        def do_POST(self) -> None:
+            body = self._read_body()
+            if body is None:
+                return
+            for name in _SIGNED_HEADERS:
+                if len(self.headers.get_all(name, [])) > 1:
+                    self._reply(401, f"{name} header appears more than once")
+                    return
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            try:
+                payload = verify_webhook(secret, headers, body, tolerance=tolerance)
+            except WebhookVerificationError as exc:
+                self._reply(401, str(exc))
+                return
+            if not isinstance(payload, dict):
+                self._reply(400, "payload must be a JSON object")
+                return
+            try:
+                on_event(payload, headers)
+            except BaseException:
+                # Tell the sender to retry; the traceback goes to handle_error.
+                self.close_connection = True
+                self._reply(500, "the receiver failed to handle the event")
+                raise
+            self._reply(204)
+
+    server_class = _IPv6ThreadingHTTPServer if ":" in host else ThreadingHTTPServer
+    return server_class((host, port), Handler)

@@ -1,0 +1,172 @@
+"""Standard Webhooks signatures (https://www.standardwebhooks.com).
+
+Following the published spec rather than inventing a scheme means any
+receiver library for it (``standardwebhooks``, Svix, ...) can verify what we
+send, and :func:`verify_webhook` can check what they send.
+
+The signed content is ``f"{webhook-id}.{webhook-timestamp}."`` followed by the
+raw body bytes; the signature header carries ``v1,<base64 HMAC-SHA256>``
+entries separated by spaces, so a sender can sign with an old and a new secret
+while receivers switch over.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import secrets as _secrets
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import ValidationError, WebhookVerificationError
+
+__all__ = [
+    "new_signing_secret",
+    "sign",
+    "signature_header",
+    "signing_key",
+    "verify_webhook",
+]
+
+SECRET_PREFIX = "whsec_"
+_SECRET_BYTES = 24  # the size the spec's reference implementations generate
+_BAD_SECRET = "signing secret must look like whsec_<base64>"
+# Timestamps are whole seconds; the cap keeps int() away from absurd inputs.
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
+
+
+def new_signing_secret() -> str:
+    """A fresh secret in the spec's ``whsec_<base64>`` form, ready to give to a receiver."""
+    return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(_SECRET_BYTES)).decode("ascii")
+
+
+def signing_key(secret: str) -> bytes:
+    """Decode a secret into HMAC key bytes.
+
+    The bare base64 form (without ``whsec_``) and missing ``=`` padding are
+    accepted because other Standard Webhooks libraries accept them too. Error
+    messages never quote the secret.
+    """
+    if not isinstance(secret, str):
+        raise ValidationError(_BAD_SECRET)
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    if "=" not in encoded:
+        encoded += "=" * (-len(encoded) % 4)
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError(_BAD_SECRET) from None
+    if not key:
+        raise ValidationError(_BAD_SECRET)
+    return key
+
+
+def _signature_bytes(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> bytes:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return hmac.new(key, signed, hashlib.sha256).digest()
+
+
+def _check_message(msg_id: str, timestamp: int, body: bytes) -> None:
+    if not isinstance(msg_id, str) or not msg_id:
+        raise ValidationError("webhook message id must be a non-empty str")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
+        raise ValidationError(
+            f"webhook timestamp must be a non-negative int (Unix seconds), got {timestamp!r}"
+        )
+    if not isinstance(body, bytes):
+        raise ValidationError(f"webhook body must be bytes, got {type(body).__name__}")
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One ``v1,<base64>`` signature: the value of ``webhook-signature`` for one secret."""
+    _check_message(msg_id, timestamp, body)
+    digest = _signature_bytes(signing_key(secret), msg_id, timestamp, body)
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def signature_header(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
+    """Sign with every secret, so receivers on either side of a rotation accept the message."""
+    if isinstance(secrets, str) or not secrets:
+        raise ValidationError("signature_header needs a non-empty sequence of signing secrets")
+    return " ".join(sign(secret, msg_id, timestamp, body) for secret in secrets)
+
+
+def _header(headers: Mapping[str, str], wanted: str) -> str:
+    for name, value in headers.items():
+        if name.lower() == wanted:
+            if not value:
+                raise WebhookVerificationError(f"{wanted} header is empty")
+            return value
+    raise WebhookVerificationError(f"missing {wanted} header")
+
+
+def verify_webhook(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes | str,
+    *,
+    tolerance: int = 300,
+    now: float | None = None,
+) -> Any:
+    """Check a received webhook and return its decoded JSON body.
+
+    The timestamp window stops replays of captured requests; the signature
+    check is constant-time so it leaks nothing about the expected value.
+    ``body`` must be the exact bytes received: re-serialised JSON will not
+    verify.
+    """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
+        raise ValidationError(f"tolerance must be a non-negative int of seconds, got {tolerance!r}")
+    key = signing_key(secret)
+    raw = body.encode("utf-8") if isinstance(body, str) else body
+
+    msg_id = _header(headers, "webhook-id")
+    timestamp_text = _header(headers, "webhook-timestamp").strip()
+    signatures = _header(headers, "webhook-signature")
+
+    if not _TIMESTAMP_RE.fullmatch(timestamp_text):
+        raise WebhookVerificationError(
+            "webhook-timestamp header must be an integer number of seconds since the epoch"
+        )
+    timestamp = int(timestamp_text)
+    current = time.time() if now is None else now
+    drift = current - timestamp
+    if drift > tolerance:
+        raise WebhookVerificationError(
+            f"webhook-timestamp is {drift:.0f} seconds old (tolerance {tolerance} s)"
+        )
+    if -drift > tolerance:
+        raise WebhookVerificationError(
+            f"webhook-timestamp is {-drift:.0f} seconds in the future (tolerance {tolerance} s)"
+        )
+
+    # Sign the header text as received, as the sender did, not a re-formatted int.
+    expected = _signature_bytes(key, msg_id, timestamp_text, raw)
+    checked = 0
+    for entry in signatures.split():
+        version, _, encoded = entry.partition(",")
+        if version != "v1":
+            continue
+        checked += 1
+        try:
+            candidate = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if hmac.compare_digest(candidate, expected):
+            break
+    else:
+        if checked == 0:
+            raise WebhookVerificationError("webhook-signature header has no v1 signature")
+        raise WebhookVerificationError(
+            f"no v1 signature in the webhook-signature header matches ({checked} checked)"
+        )
+
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise WebhookVerificationError("webhook body is not valid JSON") from None
