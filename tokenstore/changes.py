@@ -337,6 +337,7 @@ class CapturingDatabase(peewee.SqliteDatabase):
         super().__init__(database, lock_type="IMMEDIATE", **kwargs)
         self.dispatcher = dispatcher
         self.system_user_id: int | None = None
+        self.store: Any = None  # the Store this database belongs to, for model validation
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         is_write = sql[:7].lstrip().upper().startswith(_WRITE_PREFIXES)

@@ -139,6 +139,9 @@ class Store:
         busy_timeout: float = 10.0,
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
+        disable_after_failures: int = 10,
+        disable_after: timedelta = timedelta(days=1),
+        secret_grace: timedelta = timedelta(hours=24),
         clock: Callable[[], datetime] | None = None,
         dispatch_on_open: bool = True,
     ) -> None:
@@ -163,6 +166,7 @@ class Store:
                 "busy_timeout": int(busy_timeout * 1000),
             },
         )
+        self.db.store = self
         conn = self.db.connection()
         if version < SCHEMA_VERSION:
             _apply_schema(conn)
@@ -183,6 +187,9 @@ class Store:
             allow=webhook_allow,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
+            disable_after_failures=disable_after_failures,
+            disable_after=disable_after,
+            secret_grace=secret_grace,
         )
         if dispatch_on_open:
             self.dispatch()

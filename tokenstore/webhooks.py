@@ -1,16 +1,77 @@
-"""``store.webhooks``: outbound hooks, their deliveries, and the calls that manage them."""
+"""``store.webhooks``: outbound hooks, their deliveries, and the calls that manage them.
+
+Every CLI ``tokenstore webhooks ...`` command is one of these methods.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+import builtins
+import contextlib
+import logging
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import peewee
+
+from .abid import ABID
+from .delivery import Deliverer, Sender, dumps
+from .errors import InvalidABID, NotFound, ValidationError
+from .models import OutboundWebhook, User, WebhookDelivery, format_time, to_stored_time
+from .netguard import AddressGuard
+from .signing import new_signing_secret
 
 if TYPE_CHECKING:
     from .store import Store
 
+logger = logging.getLogger("tokenstore.webhooks")
+
+#: django-signal-webhooks' signal choices; an event fires every choice whose name contains its kind.
+SIGNAL_CHOICES = (
+    "CREATE",
+    "UPDATE",
+    "DELETE",
+    "M2M",
+    "CREATE_OR_UPDATE",
+    "CREATE_OR_DELETE",
+    "CREATE_OR_M2M",
+    "UPDATE_OR_DELETE",
+    "UPDATE_OR_M2M",
+    "DELETE_OR_M2M",
+    "CREATE_UPDATE_OR_DELETE",
+    "CREATE_UPDATE_OR_M2M",
+    "CREATE_DELETE_OR_M2M",
+    "UPDATE_DELETE_OR_M2M",
+    "CREATE_UPDATE_DELETE_OR_M2M",
+)
+
+DELIVERY_STATUSES = ("pending", "failed", "delivered", "dead")
+
+#: The fields ``update()`` may change; the rest is bookkeeping.
+EDITABLE = (
+    "name",
+    "signal",
+    "ref",
+    "endpoint",
+    "headers",
+    "auth_token",
+    "enabled",
+    "keep_last_response",
+)
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
 
 class Webhooks:
-    """Create, change and inspect outbound webhooks; send what is due."""
+    """Create, change and inspect outbound webhooks; send what is due.
+
+    ``allow`` lists hosts or networks hooks may reach although the address
+    guard would refuse them (loopback for a desktop app's local tools).
+    A hook that has failed ``disable_after_failures`` times in a row over at
+    least ``disable_after`` is disabled, with the reason recorded.
+    """
 
     def __init__(
         self,
@@ -18,8 +79,264 @@ class Webhooks:
         allow: Iterable[str] = (),
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
+        disable_after_failures: int = 10,
+        disable_after: timedelta = timedelta(days=1),
+        secret_grace: timedelta = timedelta(hours=24),
     ) -> None:
         self.store = store
+        self.guard = AddressGuard(allow)
+        self.secret_grace = secret_grace
+        self.deliverer = Deliverer(
+            store,
+            Sender(self.guard, connect_timeout, read_timeout),
+            disable_after_failures,
+            disable_after,
+        )
+        store.dispatcher.add_consumer(self.deliverer.on_events, self.deliverer.wants_events)
 
     def close(self) -> None:
         """Close this thread's HTTP session."""
+        self.deliverer.sender.close()
+
+    # -- hooks --------------------------------------------------------------------------
+
+    def validate(self, hook: OutboundWebhook) -> None:
+        """Check a hook's fields before it is saved; raise ValidationError at the first fault."""
+        name = hook.name
+        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+            raise ValidationError(f"webhook name must be 1-255 characters, got {name!r}")
+        if not isinstance(hook.signal, str) or hook.signal.upper() not in SIGNAL_CHOICES:
+            raise ValidationError(
+                f"webhook signal {hook.signal!r} is not one of: {', '.join(SIGNAL_CHOICES)}"
+            )
+        hook.signal = hook.signal.upper()
+        ref = hook.ref
+        hook.ref = self.store.ref(self.store.model_for_ref(ref))
+        if not isinstance(hook.endpoint, str) or len(hook.endpoint) > 2047:
+            raise ValidationError("webhook endpoint must be a URL of at most 2047 characters")
+        self.guard.check_endpoint(hook.endpoint)
+        headers = {} if hook.headers is None else hook.headers
+        if not isinstance(headers, Mapping):
+            raise ValidationError(f"webhook headers must be a JSON object, got {headers!r}")
+        for key, value in headers.items():
+            if not isinstance(key, str) or not _HEADER_NAME.fullmatch(key):
+                raise ValidationError(
+                    f"webhook header name {key!r} is not a valid HTTP header name"
+                )
+            if not isinstance(value, str) or "\r" in value or "\n" in value:
+                raise ValidationError(
+                    f"webhook header {key!r} must have a string value without line breaks"
+                )
+        hook.headers = dict(headers)
+        token = hook.auth_token
+        if not isinstance(token, str) or "\r" in token or "\n" in token:
+            raise ValidationError("webhook auth_token must be a string without line breaks")
+        for flag in ("enabled", "keep_last_response"):
+            if not isinstance(getattr(hook, flag), bool):
+                raise ValidationError(f"webhook {flag} must be true or false")
+
+    def create(
+        self,
+        name: str,
+        ref: str | type[peewee.Model],
+        endpoint: str,
+        signal: str = "CREATE_UPDATE_OR_DELETE",
+        headers: Mapping[str, str] | None = None,
+        auth_token: str = "",
+        keep_last_response: bool = False,
+        created_by: User | None = None,
+    ) -> OutboundWebhook:
+        """Add a hook that POSTs each matching change of model ``ref`` to ``endpoint``."""
+        hook = OutboundWebhook(
+            name=name,
+            ref=self.store.ref(ref) if isinstance(ref, type) else ref,
+            endpoint=endpoint,
+            signal=signal,
+            headers=dict(headers) if headers is not None else {},
+            auth_token=auth_token,
+            keep_last_response=keep_last_response,
+            secret=new_signing_secret(),
+            created_by=created_by,
+        )
+        self._save(hook)
+        return hook
+
+    def _save(self, hook: OutboundWebhook) -> None:
+        try:
+            with self.store.atomic():
+                hook.save()
+        except peewee.IntegrityError as exc:
+            if ".name" in str(exc):
+                raise ValidationError(f"a webhook named {hook.name!r} already exists") from None
+            if ".ref" in str(exc) or ".endpoint" in str(exc):
+                raise ValidationError(
+                    f"a webhook for {hook.ref} at {hook.endpoint} already exists"
+                ) from None
+            raise
+
+    def list(self, enabled: bool | None = None) -> list[OutboundWebhook]:
+        """Hooks, oldest first; ``enabled`` filters by state."""
+        query = OutboundWebhook.select().order_by(OutboundWebhook.created_at)
+        if enabled is not None:
+            query = query.where(OutboundWebhook.enabled == enabled)
+        return list(query)
+
+    def get(self, key: str) -> OutboundWebhook:
+        """A hook by ABID (any case) or by name."""
+        match = OutboundWebhook.name == key
+        with contextlib.suppress(InvalidABID):  # not an ABID: a name, then
+            match |= OutboundWebhook.abid == str(ABID.parse(key, prefix="whk_"))
+        hook = OutboundWebhook.get_or_none(match)
+        if hook is None:
+            raise NotFound(f"no webhook with ABID or name {key!r}")
+        return hook
+
+    def update(self, hook: OutboundWebhook | str, **changes: Any) -> OutboundWebhook:
+        """Change the given fields of a hook, all or nothing."""
+        hook = self._hook(hook)
+        unknown = sorted(set(changes) - set(EDITABLE))
+        if unknown:
+            raise ValidationError(
+                f"cannot update {', '.join(unknown)}; editable fields: {', '.join(EDITABLE)}"
+            )
+        if "ref" in changes and isinstance(changes["ref"], type):
+            changes["ref"] = self.store.ref(changes["ref"])
+        for key, value in changes.items():
+            setattr(hook, key, value)
+        try:
+            self._save(hook)
+        except Exception:
+            hook = OutboundWebhook.get_by_id(hook.id)  # what is stored is unchanged
+            raise
+        return hook
+
+    def delete(self, hook: OutboundWebhook | str) -> None:
+        """Remove a hook and its delivery log."""
+        self._hook(hook).delete_instance()
+
+    def enable(self, hook: OutboundWebhook | str) -> OutboundWebhook:
+        """Turn a hook back on, forgetting its failure streak."""
+        hook = self._hook(hook)
+        with self.store.atomic():
+            hook.enabled = True
+            hook.disabled_reason = ""
+            hook.failure_count = 0
+            hook.failing_since = None
+            hook.save()
+        return hook
+
+    def disable(
+        self, hook: OutboundWebhook | str, reason: str = "disabled by hand"
+    ) -> OutboundWebhook:
+        """Turn a hook off; what it still had to send is given up (``redeliver`` brings it back)."""
+        hook = self._hook(hook)
+        self.deliverer.disable(hook, reason)
+        return hook
+
+    def rotate_secret(
+        self, hook: OutboundWebhook | str, grace: timedelta | None = None
+    ) -> OutboundWebhook:
+        """Give a hook a new signing secret; the old one keeps signing too for ``grace``."""
+        hook = self._hook(hook)
+        grace = self.secret_grace if grace is None else grace
+        with self.store.atomic():
+            hook.previous_secret = hook.secret
+            hook.previous_secret_expires = to_stored_time(self.store.clock()) + grace
+            hook.secret = new_signing_secret()
+            hook.save()
+        return hook
+
+    def _hook(self, hook: OutboundWebhook | str) -> OutboundWebhook:
+        return hook if isinstance(hook, OutboundWebhook) else self.get(hook)
+
+    # -- deliveries ---------------------------------------------------------------------
+
+    def deliveries(
+        self,
+        hook: OutboundWebhook | str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[WebhookDelivery]:
+        """The delivery log, newest first, optionally for one hook or one status."""
+        query = WebhookDelivery.select().order_by(
+            WebhookDelivery.created_at.desc(), WebhookDelivery.abid.desc()
+        )
+        if hook is not None:
+            query = query.where(WebhookDelivery.hook == self._hook(hook).id)
+        if status is not None:
+            if status not in DELIVERY_STATUSES:
+                raise ValidationError(
+                    f"delivery status {status!r} is not one of: {', '.join(DELIVERY_STATUSES)}"
+                )
+            query = query.where(WebhookDelivery.status == status)
+        if limit is not None:
+            query = query.limit(limit)
+        return list(query)
+
+    def delivery(self, abid: str) -> WebhookDelivery:
+        """One delivery by its ABID (the ``webhook-id`` its receiver saw)."""
+        try:
+            found = WebhookDelivery.get_or_none(
+                WebhookDelivery.abid == str(ABID.parse(abid, prefix="msg_"))
+            )
+        except InvalidABID as exc:
+            raise NotFound(f"no delivery {abid!r}: {exc}") from None
+        if found is None:
+            raise NotFound(f"no delivery {abid!r}")
+        return found
+
+    def deliver_due(self, now: Any = None, limit: int = 100) -> int:
+        """Attempt the deliveries whose retry time has come; returns how many were attempted."""
+        return self.deliverer.deliver_due(now, limit)
+
+    def ping(self, hook: OutboundWebhook | str) -> WebhookDelivery:
+        """Send a ``webhook.ping`` message now, to check a receiver and its secret."""
+        hook = self._hook(hook)
+        now = to_stored_time(self.store.clock())
+        payload = {
+            "type": "webhook.ping",
+            "timestamp": format_time(now),
+            "data": {"hook": hook.abid, "name": hook.name, "ref": hook.ref},
+        }
+        delivery = WebhookDelivery(
+            hook=hook, event_type="webhook.ping", payload=dumps(payload), next_attempt_at=None
+        )
+        delivery.save()
+        return self.deliverer.attempt(delivery)
+
+    def redeliver(self, delivery: WebhookDelivery | str) -> WebhookDelivery:
+        """Send a delivery again now, with the same ``webhook-id``."""
+        if not isinstance(delivery, WebhookDelivery):
+            delivery = self.delivery(delivery)
+        return self.deliverer.attempt(delivery)
+
+    def start_retry_thread(self, interval: float = 5.0) -> RetryThread:
+        """Run ``deliver_due`` every ``interval`` seconds in a daemon thread until stopped."""
+        thread = RetryThread(self, interval)
+        thread.start()
+        return thread
+
+
+class RetryThread(threading.Thread):
+    """Sends due retries in the background for applications that want that."""
+
+    def __init__(self, webhooks: Webhooks, interval: float) -> None:
+        super().__init__(name="tokenstore-webhook-retries", daemon=True)
+        self.webhooks = webhooks
+        self.interval = interval
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.wait(self.interval):
+                try:
+                    self.webhooks.deliver_due()
+                except Exception:
+                    logger.exception("sending due webhook retries failed")
+        finally:
+            self.webhooks.close()
+            self.webhooks.store.db.close()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stopping.set()
+        self.join(timeout)
