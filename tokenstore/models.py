@@ -340,6 +340,13 @@ class OutboundWebhook(ABIDModel):
         """django-signal-webhooks' name for ``modified_at``."""
         return self.modified_at  # type: ignore[no-any-return]
 
+    def save(self, force_insert: bool = False, only: Any = None) -> int:
+        """Validate (against the store's registered models and address guard), then save."""
+        store = getattr(self._meta.database, "store", None)
+        if store is not None and only is None:
+            store.webhooks.validate(self)
+        return super().save(force_insert=force_insert, only=only)
+
     def __str__(self) -> str:
         return f"[{self.abid}] {self.ref} -> {self.endpoint}"
 
@@ -363,6 +370,7 @@ class WebhookDelivery(ABIDModel):
     hook = peewee.ForeignKeyField(
         OutboundWebhook, column_name="hook_id", on_delete="CASCADE", backref="deliveries"
     )
+    hook_id: Any  # peewee's accessor for the raw foreign key
     event_id = peewee.IntegerField(null=True)
     event_type = peewee.CharField(max_length=255)
     payload = peewee.TextField()
