@@ -1,0 +1,558 @@
+"""ABIDs: the vectors of shared/spec/abid.md, each derivation rule, the views, parsing.
+
+Expected values come from the spec, from hashlib, or from python-ulid, never
+from tokenstore itself, so a bug cannot confirm itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import pickle
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ulid import ULID
+
+from tokenstore.abid import ABID, DEFAULT_ABID_URI_SALT, abid_from_values
+from tokenstore.errors import InvalidABID
+
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+SALT = DEFAULT_ABID_URI_SALT
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+T1 = datetime(2024, 10, 24, 12, 0, 0, tzinfo=UTC)
+U1 = uuid.UUID("0192c63e-6a1b-7d45-9c1e-3f2a7b8c9d0e")
+V1 = "apt_01JAZ6BQG0D53BD22B01XRS78E"
+
+
+def salted(text: str, salt: str = SALT) -> str:
+    return hashlib.sha256((text + salt).encode()).hexdigest().upper()
+
+
+def make(**changes: object) -> ABID:
+    """The first vector's inputs, with some replaced."""
+    values: dict[str, object] = {
+        "prefix": "apt_",
+        "ts": T1,
+        "uri": 1,
+        "subtype": "01",
+        "rand": U1,
+    }
+    values.update(changes)
+    return abid_from_values(**values)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# vectors
+
+
+def test_salt_is_the_originals() -> None:
+    assert DEFAULT_ABID_URI_SALT == "687c2fff14e3a7780faa5a40c237b19b5b51b089"
+
+
+@pytest.mark.parametrize(
+    ("prefix", "ts", "uri", "subtype", "rand", "expected"),
+    [
+        ("apt_", T1, 1, "01", U1, V1),
+        (
+            "whk_",
+            datetime(2024, 10, 24, 12, 0, 0, 123000, tzinfo=UTC),
+            "https://example.com/webhook/receiver",
+            "core.models.Snapshot",
+            uuid.UUID("550e8400-e29b-41d4-a716-446655440000"),
+            "whk_01JAZ6BQKV9063B8A606AM8000",
+        ),
+        (
+            "tag_",
+            datetime(2024, 1, 1, tzinfo=UTC),
+            "news",
+            "Tag",
+            42,
+            "tag_01HK153X00FFA6386515000042",
+        ),
+    ],
+)
+def test_spec_vectors(
+    prefix: str, ts: datetime, uri: object, subtype: object, rand: object, expected: str
+) -> None:
+    abid = abid_from_values(prefix, ts, uri, subtype, rand)  # type: ignore[arg-type]
+    assert str(abid) == expected
+    assert len(str(abid)) == 30
+    assert ABID.parse(expected) == abid
+
+
+def test_first_vector_parts_and_views() -> None:
+    abid = make()
+    assert abid.prefix == "apt_"
+    assert abid.ts == "01JAZ6BQG0"
+    assert abid.uri == "D53BD22B"
+    assert abid.subtype == "01"
+    assert abid.rand == "XRS78E"
+    assert abid.suffix == "01JAZ6BQG0D53BD22B01XRS78E"
+    assert abid.ulid == abid.suffix
+    assert abid.uuid == uuid.UUID("0192be65-de00-6946-b688-4b007b8c9d0e")
+    assert abid.typeid == "apt_01jaz6bqg0d53bd22b01xrs78e"
+    assert abid.datetime == T1
+    assert repr(abid) == f"ABID({V1!r})"
+
+
+def test_salted_hash_of_example_com() -> None:
+    assert salted("example.com").startswith("9063B8A6082A31C0")
+    assert make(uri="https://example.com/webhook/receiver").uri == "9063B8A6"
+
+
+# ---------------------------------------------------------------------------
+# ts
+
+
+def test_ts_truncates_microseconds_instead_of_rounding() -> None:
+    late = make(ts=datetime(2024, 10, 24, 12, 0, 0, 999999, tzinfo=UTC))
+    exact = make(ts=datetime(2024, 10, 24, 12, 0, 0, 999000, tzinfo=UTC))
+    next_second = make(ts=datetime(2024, 10, 24, 12, 0, 1, tzinfo=UTC))
+    assert late.ts == exact.ts
+    assert late.ts != next_second.ts
+    assert late.datetime == datetime(2024, 10, 24, 12, 0, 0, 999000, tzinfo=UTC)
+
+
+def test_ts_matches_python_ulid_for_the_same_datetime() -> None:
+    when = datetime(2031, 5, 6, 7, 8, 9, 654321, tzinfo=UTC)
+    assert make(ts=when).ts == str(ULID.from_datetime(when))[:10]
+
+
+def test_ts_keeps_the_originals_float_formula() -> None:
+    # int(ts.timestamp() * 1000) lands 1 ms low for this exact-millisecond time;
+    # the original and python-ulid do the same, so the ABID must too.
+    when = datetime(2004, 7, 2, 14, 55, 23, 495000, tzinfo=UTC)
+    abid = make(ts=when)
+    assert abid.ts == str(ULID.from_datetime(when))[:10]
+    assert abid.datetime == when - timedelta(milliseconds=1)
+
+
+def test_non_utc_aware_datetime_is_converted() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    assert str(make(ts=datetime(2024, 10, 24, 14, 0, 0, tzinfo=plus_two))) == V1
+    minus_five = timezone(timedelta(hours=-5))
+    assert str(make(ts=datetime(2024, 10, 24, 7, 0, 0, tzinfo=minus_five))) == V1
+
+
+def test_naive_datetime_is_refused() -> None:
+    with pytest.raises(InvalidABID, match="timezone-aware"):
+        make(ts=datetime(2024, 10, 24, 12, 0, 0))
+
+
+@pytest.mark.parametrize("ts", [None, 1729771200, "2024-10-24T12:00:00Z", T1.date()])
+def test_non_datetime_ts_is_refused(ts: object) -> None:
+    with pytest.raises(InvalidABID, match="datetime"):
+        make(ts=ts)
+
+
+def test_ts_before_the_epoch_is_refused() -> None:
+    with pytest.raises(InvalidABID, match="1970"):
+        make(ts=datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=UTC))
+
+
+def test_ts_cache_does_not_leak_between_times() -> None:
+    first = make(ts=datetime(2024, 1, 1, tzinfo=UTC))
+    second = make(ts=datetime(2024, 1, 1, 0, 0, 0, 1000, tzinfo=UTC))
+    again = make(ts=datetime(2024, 1, 1, tzinfo=UTC))
+    assert first.ts != second.ts
+    assert first == again
+
+
+# ---------------------------------------------------------------------------
+# uri
+
+
+def test_only_the_netloc_of_a_url_is_hashed_with_case_and_port_kept() -> None:
+    assert make(uri="https://Example.com:8080/x").uri == salted("Example.com:8080")[:8]
+    assert make(uri="https://Example.com:8080/x").uri != make(uri="https://example.com:8080/").uri
+    assert make(uri="https://example.com/a").uri == make(uri="http://example.com/b?c").uri
+
+
+def test_userinfo_is_part_of_the_netloc() -> None:
+    assert make(uri="https://me@example.com/x").uri == salted("me@example.com")[:8]
+
+
+def test_url_without_netloc_hashes_the_whole_string() -> None:
+    assert make(uri="file:///archive/x").uri == salted("file:///archive/x")[:8]
+
+
+def test_uri_source_is_stripped() -> None:
+    assert make(uri="  news\n").uri == salted("news")[:8]
+
+
+def test_int_uri_hashes_like_its_str() -> None:
+    assert make(uri=1).uri == make(uri="1").uri == salted("1")[:8]
+    assert make(uri=123456789).uri == salted("123456789")[:8]
+
+
+def test_other_uri_objects_hash_as_their_str() -> None:
+    owner = uuid.UUID(int=7)
+    assert make(uri=owner).uri == salted(str(owner))[:8]
+
+
+@pytest.mark.parametrize("uri", ["", "   ", "None", None])
+def test_empty_or_none_uri_is_refused(uri: object) -> None:
+    with pytest.raises(InvalidABID, match="uri"):
+        make(uri=uri)
+
+
+def test_custom_salt_changes_only_the_uri_part() -> None:
+    default = make()
+    mine = make(salt="my own salt")
+    assert mine.uri == salted("1", "my own salt")[:8]
+    assert mine.uri != default.uri
+    assert (mine.prefix, mine.ts, mine.subtype, mine.rand) == (
+        default.prefix,
+        default.ts,
+        default.subtype,
+        default.rand,
+    )
+
+
+def test_unparseable_url_raises_invalid_abid() -> None:
+    with pytest.raises(InvalidABID, match="URL"):
+        make(uri="http://[::1/x")
+
+
+# ---------------------------------------------------------------------------
+# subtype
+
+
+@pytest.mark.parametrize("subtype", ["01", "ab", "Ab", "zZ", "-_"])
+def test_two_char_subtype_is_verbatim_with_case_kept(subtype: str) -> None:
+    assert make(subtype=subtype).subtype == subtype
+
+
+@pytest.mark.parametrize("subtype", ["Tag", "APIToken", "a", "", "core.models.Snapshot"])
+def test_other_subtypes_are_hashed(subtype: str) -> None:
+    expected = hashlib.sha256(subtype.encode()).hexdigest()[:2].upper()
+    assert make(subtype=subtype).subtype == expected
+
+
+def test_non_str_subtype_goes_through_str_like_the_original() -> None:
+    # The original does str(subtype) first, so 42 is "42", used verbatim.
+    assert make(subtype=42).subtype == "42"
+    assert make(subtype=None).subtype == hashlib.sha256(b"None").hexdigest()[:2].upper()
+
+
+# ---------------------------------------------------------------------------
+# rand
+
+
+def test_uuid_rand_is_the_low_30_bits_in_base32() -> None:
+    assert make(rand=uuid.UUID(int=0)).rand == "000000"
+    assert make(rand=uuid.UUID(int=(1 << 30) - 1)).rand == "ZZZZZZ"
+    assert make(rand=uuid.UUID(int=(1 << 30) | 33)).rand == "000011"
+    rand = uuid.uuid4()
+    assert make(rand=rand).rand == str(ULID.from_uuid(rand))[-6:]
+
+
+@pytest.mark.parametrize(
+    ("rand", "expected"), [(42, "000042"), (1234567890, "567890"), (0, "000000")]
+)
+def test_int_rand_is_the_last_six_digits(rand: int, expected: str) -> None:
+    assert make(rand=rand).rand == expected
+
+
+@pytest.mark.parametrize(
+    ("rand", "expected"), [("abcdefgh", "CDEFGH"), ("xyz123", "XYZ123"), ("ab", "0000AB")]
+)
+def test_str_rand_is_the_last_six_chars_uppercased(rand: str, expected: str) -> None:
+    assert make(rand=rand).rand == expected
+
+
+def test_none_rand_is_random_base32() -> None:
+    rands = {make(rand=None).rand for _ in range(20)}
+    assert len(rands) > 1
+    for rand in rands:
+        assert len(rand) == 6
+        assert set(rand) <= set(CROCKFORD)
+
+
+# ---------------------------------------------------------------------------
+# prefix
+
+
+@pytest.mark.parametrize("prefix", ["apt_", "apt", "APT", "_apt_", "Apt_"])
+def test_prefix_is_normalised(prefix: str) -> None:
+    assert make(prefix=prefix).prefix == "apt_"
+
+
+def test_none_prefix_is_obj() -> None:
+    assert make(prefix=None).prefix == "obj_"
+
+
+@pytest.mark.parametrize("prefix", ["", "_", "ap", "apte", "ap1", "a-b", "a_b", "\u212apt", 7])
+def test_bad_prefix_is_refused(prefix: object) -> None:
+    with pytest.raises(InvalidABID, match="prefix"):
+        make(prefix=prefix)
+
+
+# ---------------------------------------------------------------------------
+# views
+
+
+def test_uuid_agrees_with_python_ulid() -> None:
+    for _ in range(50):
+        abid = make(ts=datetime.now(UTC), uri=uuid.uuid4().hex, rand=uuid.uuid4())
+        assert ULID.from_str(abid.ulid).to_uuid() == abid.uuid
+
+
+def test_datetime_round_trips_milliseconds() -> None:
+    when = datetime(2025, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
+    assert make(ts=when).datetime == when
+    assert make(ts=when).datetime.tzinfo is UTC
+
+
+def test_views_of_non_base32_abid_say_which_char() -> None:
+    abid = make(subtype="-x", rand="a-b")
+    assert str(abid) == "apt_01JAZ6BQG0D53BD22B-x000A-B"
+    assert abid.ulid == "01JAZ6BQG0D53BD22B-x000A-B"
+    assert abid.datetime == T1  # the ts part is fine
+    with pytest.raises(InvalidABID, match=r"'-' at position 18 \(0-based\).*subtype"):
+        _ = abid.uuid
+
+
+def test_lowercase_verbatim_subtype_still_decodes() -> None:
+    abid = make(subtype="ab")
+    assert abid.uuid == make(subtype="AB").uuid
+
+
+# ---------------------------------------------------------------------------
+# the value
+
+
+def test_equality_and_hash_include_the_prefix() -> None:
+    apt = ABID.parse(V1)
+    whk = ABID.parse("whk_" + V1[4:])
+    assert apt.suffix == whk.suffix
+    assert apt != whk
+    assert len({apt, whk}) == 2
+    assert apt == ABID.parse(V1)
+    assert hash(apt) == hash(ABID.parse(V1))
+
+
+def test_abid_is_not_equal_to_its_string() -> None:
+    assert ABID.parse(V1) != V1
+
+
+def test_abid_is_immutable() -> None:
+    abid = ABID.parse(V1)
+    with pytest.raises(AttributeError):
+        abid.prefix = "whk_"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        abid._text = "x"
+    with pytest.raises(AttributeError):
+        abid.extra = 1  # type: ignore[attr-defined]
+
+
+def test_abid_pickles_and_copies() -> None:
+    abid = make(subtype="-x")  # not parseable, must still survive pickling
+    assert pickle.loads(pickle.dumps(abid)) == abid
+    assert copy.deepcopy(abid) == abid
+
+
+def test_constructor_from_parts() -> None:
+    assert ABID("apt_", "01JAZ6BQG0", "D53BD22B", "01", "XRS78E") == ABID.parse(V1)
+    with pytest.raises(InvalidABID, match="uri part must be 8 chars, got 7"):
+        ABID("apt_", "01JAZ6BQG0", "D53BD22", "01", "XRS78E")
+    with pytest.raises(InvalidABID, match="prefix"):
+        ABID("ap_", "01JAZ6BQG0", "D53BD22B", "01", "XRS78E")
+
+
+def test_match_args() -> None:
+    match ABID.parse(V1):
+        case ABID(prefix, ts, uri, subtype, rand):
+            assert (prefix, ts, uri, subtype, rand) == (
+                "apt_",
+                "01JAZ6BQG0",
+                "D53BD22B",
+                "01",
+                "XRS78E",
+            )
+        case _:  # pragma: no cover
+            pytest.fail("no match")
+
+
+# ---------------------------------------------------------------------------
+# parsing
+
+
+def test_parse_is_case_insensitive_and_reads_typeids() -> None:
+    abid = ABID.parse(V1)
+    assert ABID.parse(V1.lower()) == abid
+    assert ABID.parse(abid.typeid) == abid
+    assert ABID.parse("APT_" + V1[4:]) == abid
+
+
+def test_parse_bare_suffix_takes_the_given_prefix_or_obj() -> None:
+    assert ABID.parse(V1[4:]).prefix == "obj_"
+    assert ABID.parse(V1[4:], prefix="apt_") == ABID.parse(V1)
+    assert ABID.parse(V1[4:], prefix="apt") == ABID.parse(V1)
+
+
+def test_parse_accepts_matching_prefix_argument() -> None:
+    assert ABID.parse(V1, prefix="apt_") == ABID.parse(V1)
+
+
+def test_parse_refuses_other_prefix_naming_both() -> None:
+    with pytest.raises(InvalidABID) as caught:
+        ABID.parse(V1, prefix="whk_")
+    assert "whk_" in str(caught.value)
+    assert "apt_" in str(caught.value)
+
+
+def test_parse_refuses_wrong_length() -> None:
+    with pytest.raises(InvalidABID, match="expected 26 chars for the suffix, got 25"):
+        ABID.parse(V1[:-1])
+    with pytest.raises(InvalidABID, match="expected 26 chars for the suffix, got 27"):
+        ABID.parse(V1 + "0")
+
+
+def test_parse_names_the_bad_char_and_its_position() -> None:
+    bad = V1[:4] + V1[4:16] + "U" + V1[17:]
+    with pytest.raises(InvalidABID, match=r"bad character 'U' at position 12 \(0-based\)"):
+        ABID.parse(bad)
+    with pytest.raises(InvalidABID, match="'\u017f' at position 0"):
+        ABID.parse("apt_\u017f" + V1[5:])
+
+
+def test_parse_refuses_more_than_one_underscore() -> None:
+    with pytest.raises(InvalidABID, match="exactly one '_'"):
+        ABID.parse("apt_" + V1[4:14] + "_" + V1[15:])
+
+
+def test_parse_refuses_bad_prefix_shape() -> None:
+    with pytest.raises(InvalidABID, match="prefix"):
+        ABID.parse("ap_" + V1[4:])
+    with pytest.raises(InvalidABID, match="prefix"):
+        ABID.parse("_" + V1[4:])
+    with pytest.raises(InvalidABID, match="prefix"):
+        ABID.parse("a1b_" + V1[4:])
+
+
+def test_parse_refuses_values_over_128_bits() -> None:
+    with pytest.raises(InvalidABID, match="position 0"):
+        ABID.parse("apt_8" + V1[5:])
+
+
+@pytest.mark.parametrize("value", [None, 42, b"apt_01JAZ6BQG0D53BD22B01XRS78E", uuid.uuid4()])
+def test_parse_refuses_non_str(value: object) -> None:
+    with pytest.raises(InvalidABID, match="str"):
+        ABID.parse(value)
+
+
+def test_parse_accepts_an_abid_and_str_subclasses() -> None:
+    class Text(str):
+        __slots__ = ()
+
+    abid = ABID.parse(V1)
+    assert ABID.parse(abid) == abid
+    assert ABID.parse(Text(V1)) == abid
+
+
+def test_error_message_does_not_echo_long_input() -> None:
+    secret = "s3cr3t-token-value-do-not-log"
+    with pytest.raises(InvalidABID) as caught:
+        ABID.parse(secret + "_" + V1[4:])
+    assert secret not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------
+# properties
+
+prefixes = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=3, max_size=3
+)
+times = st.datetimes(
+    min_value=datetime(1970, 1, 2),
+    max_value=datetime(9999, 12, 30),
+    timezones=st.sampled_from(
+        [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
+    ),
+)
+uris = st.one_of(
+    st.integers(min_value=0),
+    st.text(min_size=1).filter(lambda s: s.strip() not in ("", "None")),
+    st.builds(
+        lambda host: f"https://{host}/path", st.from_regex(r"[A-Za-z0-9.:-]{1,30}", fullmatch=True)
+    ),
+)
+# A 2-char subtype is kept verbatim, so only uppercase base32 pairs survive the
+# uppercasing in parse; longer or shorter ones are hashed.
+subtypes = st.one_of(
+    st.text(alphabet=CROCKFORD, min_size=2, max_size=2),
+    st.text(max_size=20).filter(lambda s: len(s) != 2),
+)
+rands = st.one_of(
+    st.uuids(),
+    st.none(),
+    st.integers(min_value=0),
+    st.text(alphabet=CROCKFORD + CROCKFORD.lower(), max_size=12),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(prefixes, times, uris, subtypes, rands)
+def test_parse_round_trips(
+    prefix: str, ts: datetime, uri: object, subtype: str, rand: object
+) -> None:
+    abid = abid_from_values(prefix, ts, uri, subtype, rand)  # type: ignore[arg-type]
+    text = str(abid)
+    assert len(text) == 30
+    parsed = ABID.parse(text)
+    assert parsed == abid
+    assert hash(parsed) == hash(abid)
+    assert ABID.parse(text.lower()) == abid
+    assert ABID.parse(abid.typeid) == abid
+    assert ABID.parse(abid.suffix, prefix=abid.prefix) == abid
+    assert ULID.from_str(abid.ulid).to_uuid() == abid.uuid
+    assert abid.ts == str(ULID.from_datetime(ts))[:10]
+    assert abid.datetime == EPOCH + timedelta(milliseconds=int(ts.timestamp() * 1000))
+
+
+def check_only_invalid_abid(text: str, prefix: str | None = None) -> None:
+    try:
+        abid = ABID.parse(text, prefix=prefix)
+    except InvalidABID:
+        return
+    # Whatever parses must be a well-formed, decodable ABID.
+    assert len(str(abid)) == 30
+    assert abid.uuid == ULID.from_str(abid.suffix).to_uuid()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_fuzz_parse_any_text(text: str) -> None:
+    check_only_invalid_abid(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=8), st.text(max_size=30), st.none() | st.text(max_size=6))
+def test_fuzz_parse_text_with_underscore(head: str, tail: str, prefix: str | None) -> None:
+    check_only_invalid_abid(head + "_" + tail, prefix)
+
+
+near_miss = CROCKFORD + CROCKFORD.lower() + "ILOUilou_-\u017f\u0130\u212a "
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(min_size=26, max_size=26)
+    | st.text(alphabet=near_miss, min_size=26, max_size=26)
+    | st.text(alphabet=near_miss, min_size=29, max_size=31)
+)
+def test_fuzz_parse_suffix_sized_text(text: str) -> None:
+    check_only_invalid_abid(text)
+    check_only_invalid_abid("apt_" + text)
+
+
+@pytest.mark.parametrize("prefix", [7, "ap", "a1c"])
+def test_parse_refuses_bad_prefix_argument(prefix: object) -> None:
+    with pytest.raises(InvalidABID, match="prefix"):
+        ABID.parse(V1[4:], prefix=prefix)  # type: ignore[arg-type]
