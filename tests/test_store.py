@@ -1,0 +1,277 @@
+"""The store file: creation, pragmas, versions, schema agreement, and ABIDModel behaviour."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import ClassVar
+
+import peewee
+import pytest
+
+import tokenstore
+from tokenstore import ABIDDriftError, ABIDModel, StoreError, ValidationError
+from tokenstore.changes import capture_triggers
+from tokenstore.models import OWN_MODELS, APIToken, OutboundWebhook, User
+from tokenstore.store import SCHEMA_VERSION, Store, schema_sql
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Note(ABIDModel):
+    abid_prefix = "not_"
+    title = peewee.TextField()
+
+
+class Pinned(ABIDModel):
+    """A model that refuses drift, with a uri source that can change."""
+
+    abid_prefix = "pin_"
+    abid_uri_src = "url"
+    url = peewee.TextField()
+    title = peewee.TextField(default="")
+
+
+class Scripted(ABIDModel):
+    """Hands out ids from a list, to force an ABID collision on purpose."""
+
+    abid_prefix = "scr_"
+    abid_uri_src = "title"
+    ids: ClassVar[list[uuid.UUID]] = []
+    title = peewee.TextField()
+
+    @classmethod
+    def new_id(cls) -> uuid.UUID:
+        return cls.ids.pop(0) if cls.ids else uuid.uuid4()
+
+
+@pytest.fixture
+def app_store(store: Store) -> Iterator[Store]:
+    for model in (Note, Pinned, Scripted):
+        store.register(model)
+    yield store
+
+
+def pragma(path: Path, name: str) -> object:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_new_file_is_private_wal_and_versioned(store: Store, db_path: Path) -> None:
+    assert stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
+    assert pragma(db_path, "journal_mode") == "wal"
+    assert pragma(db_path, "user_version") == SCHEMA_VERSION
+    conn = store.db.connection()
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    assert store.system_user.username == "system"
+    assert store.system_user.is_superuser
+
+
+def test_reopening_keeps_records_and_the_system_user(db_path: Path) -> None:
+    with tokenstore.open(db_path) as first:
+        first.register(Note)
+        note = Note.create(title="kept")
+        system_id = first.system_user.id
+    with tokenstore.open(db_path) as second:
+        second.register(Note)
+        assert Note.get_by_id(note.id).abid == note.abid
+        assert second.system_user.id == system_id
+        assert User.select().where(User.username == "system").count() == 1
+
+
+def test_newer_schema_version_is_refused_and_file_left_alone(db_path: Path) -> None:
+    tokenstore.open(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    before = db_path.read_bytes()
+    with pytest.raises(StoreError, match=r"schema version 2, newer than .* \(1\)"):
+        tokenstore.open(db_path)
+    assert db_path.read_bytes() == before
+
+
+def test_a_file_that_is_not_sqlite_is_refused_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"just some text, certainly not a database\n" * 10)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not an SQLite database"):
+        tokenstore.open(path)
+    assert path.read_bytes() == before
+    assert not (tmp_path / "notes.txt-wal").exists()
+
+
+def test_memory_databases_and_short_busy_timeouts_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="file path"):
+        tokenstore.open(":memory:")
+    with pytest.raises(ValidationError, match="busy_timeout must be at least 5"):
+        tokenstore.open(tmp_path / "x.sqlite3", busy_timeout=1)
+
+
+def test_schema_sql_at_the_top_is_the_one_the_package_applies() -> None:
+    assert (ROOT / "schema.sql").read_text() == schema_sql()
+
+
+def _table_shape(conn: sqlite3.Connection, table: str) -> tuple[object, ...]:
+    columns = tuple(
+        (name, ctype.upper(), bool(notnull), bool(pk))
+        for _, name, ctype, notnull, _, pk in conn.execute(f'PRAGMA table_info("{table}")')
+    )
+    indexes = set()
+    for _, name, unique, origin, _ in conn.execute(f'PRAGMA index_list("{table}")'):
+        if origin == "pk":
+            continue
+        cols = tuple(r[2] for r in conn.execute(f'PRAGMA index_info("{name}")'))
+        indexes.add((cols, bool(unique)))
+    fks = {
+        (r[3], r[2], r[4], r[6].upper())
+        for r in conn.execute(f'PRAGMA foreign_key_list("{table}")')
+    }
+    return columns, frozenset(indexes), frozenset(fks)
+
+
+def test_models_agree_with_schema_sql(store: Store, tmp_path: Path) -> None:
+    """peewee's idea of each table must match what schema.sql created, column for column."""
+    from_models = peewee.SqliteDatabase(str(tmp_path / "models.sqlite3"))
+    with from_models.bind_ctx(list(OWN_MODELS), bind_refs=False, bind_backrefs=False):
+        from_models.create_tables(list(OWN_MODELS))
+    theirs = from_models.connection()
+    ours = store.db.connection()
+    for model in OWN_MODELS:
+        table = model._meta.table_name
+        expected = _table_shape(theirs, table)
+        actual = _table_shape(ours, table)
+        # schema.sql adds a partial index the models cannot express; compare the rest.
+        assert actual[0] == expected[0], table
+        assert expected[1] <= actual[1], table
+        assert actual[2] == expected[2], table
+    from_models.close()
+
+
+def test_schema_sql_triggers_are_the_generated_ones(store: Store) -> None:
+    conn = store.db.connection()
+    stored = {
+        name: sql
+        for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+    }
+    for model in (User, APIToken, OutboundWebhook):
+        for statement in capture_triggers(model):
+            name = statement.split('"')[1]
+            assert " ".join(stored[name].split()) == " ".join(statement.split()), name
+
+
+def test_abid_is_issued_on_insert_from_its_sources(app_store: Store) -> None:
+    note = Note.create(title="hello")
+    assert note.abid.startswith("not_") and len(note.abid) == 30
+    assert note.created_at == note.modified_at
+    assert note.created_at.microsecond % 1000 == 0
+    assert note.created_by_id == app_store.system_user.id
+    expected = tokenstore.abid_from_values(
+        "not_", note.created_at, app_store.system_user.id, "Note", note.id
+    )
+    assert note.abid == str(expected)
+    assert note.ABID.datetime == note.created_at
+
+
+def test_naive_created_at_is_refused(app_store: Store) -> None:
+    with pytest.raises(ValidationError, match="naive datetime"):
+        Note.create(title="x", created_at=datetime(2024, 1, 1))
+    assert Note.select().count() == 0
+
+
+def test_drift_is_refused_with_field_values_and_part(app_store: Store) -> None:
+    pin = Pinned.create(url="https://example.com/a")
+    pin.title = "title changes are fine"
+    pin.save()
+    pin.url = "https://other.example/a"
+    with pytest.raises(ABIDDriftError) as caught:
+        pin.save()
+    message = str(caught.value)
+    assert "Pinned.url from 'https://example.com/a' to 'https://other.example/a'" in message
+    assert "Pinned.ABID.uri from" in message
+    assert Pinned.get_by_id(pin.id).url == "https://example.com/a"
+
+
+def test_drift_is_refused_for_a_row_read_back_from_the_file(app_store: Store) -> None:
+    pin = Pinned.create(url="https://example.com/a")
+    again = Pinned.get_by_id(pin.id)
+    again.url = "https://elsewhere.example/"
+    with pytest.raises(ABIDDriftError, match=r"would change Pinned\.ABID\.uri"):
+        again.save()
+
+
+def test_regenerate_abid_is_the_explicit_way(app_store: Store) -> None:
+    pin = Pinned.create(url="https://example.com/a")
+    old = pin.abid
+    pin.url = "https://other.example/a"
+    new = pin.regenerate_abid()
+    assert str(new) != old and new.uri != old[12:20]
+    assert Pinned.get_by_id(pin.id).abid == str(new)
+
+
+def test_drift_is_allowed_where_the_model_says_so(store: Store) -> None:
+    user = store.users.create("owner")
+    token, _ = store.tokens.create(user)
+    original = token.abid
+    token.created_by = store.system_user
+    token.save()
+    assert APIToken.get_by_id(token.id).abid == original
+
+
+def test_abid_collision_retries_with_a_new_id(app_store: Store) -> None:
+    when = datetime(2024, 10, 24, 12, 0, tzinfo=UTC)
+    low_bits = 0x2BADBEEF
+    first_id = uuid.UUID(int=(1 << 100) | low_bits)
+    clash_id = uuid.UUID(int=(2 << 100) | low_bits)  # same low 30 bits: same rand part
+    Scripted.ids[:] = [first_id, clash_id]
+    first = Scripted.create(title="same", created_at=when)
+    second = Scripted.create(title="same", created_at=when)
+    assert first.id == first_id
+    assert second.id not in (first_id, clash_id)
+    assert second.abid != first.abid
+    assert Scripted.select().count() == 2
+
+
+def test_an_explicit_id_that_collides_is_not_silently_replaced(app_store: Store) -> None:
+    when = datetime(2024, 10, 24, 12, 0, tzinfo=UTC)
+    Scripted.create(id=uuid.UUID(int=(1 << 100) | 7), title="same", created_at=when)
+    with pytest.raises(peewee.IntegrityError, match="abid"):
+        Scripted.create(id=uuid.UUID(int=(2 << 100) | 7), title="same", created_at=when)
+
+
+def test_register_refuses_a_second_model_for_one_table(store: Store) -> None:
+    store.register(Note)
+
+    class Impostor(ABIDModel):
+        abid_prefix = "imp_"
+
+        class Meta:
+            table_name = "note"
+
+    with pytest.raises(ValidationError, match="already belongs to"):
+        store.register(Impostor)
+    with pytest.raises(ValidationError, match="peewee model class"):
+        store.register("note")  # type: ignore[arg-type]
+
+
+def test_times_are_stored_as_fixed_width_utc_text(app_store: Store, db_path: Path) -> None:
+    note = Note.create(
+        title="t", created_at=datetime(2024, 10, 24, 14, 0, 0, 123456, tzinfo=timedelta_tz(2))
+    )
+    conn = sqlite3.connect(db_path)
+    (stored,) = conn.execute("SELECT created_at FROM note WHERE abid = ?", (note.abid,)).fetchone()
+    conn.close()
+    assert stored == "2024-10-24T12:00:00.123Z"
+
+
+def timedelta_tz(hours: int) -> timezone:
+    return timezone(timedelta(hours=hours))
