@@ -1,0 +1,40 @@
+"""The code style and type checks, run as tests so CI enforces them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("ruff", "check", "tokenstore", "tests", "bench"),
+        ("ruff", "format", "--check", "tokenstore", "tests", "bench"),
+        ("mypy",),
+    ],
+    ids=["ruff-check", "ruff-format", "mypy"],
+)
+def test_clean(command: tuple[str, ...]) -> None:
+    result = run(*command)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_does_not_load_requests() -> None:
+    """``import tokenstore`` stays light: requests loads only when something is sent."""
+    code = "import sys, tokenstore; print('requests' in sys.modules, 'urllib3' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["False", "False"]

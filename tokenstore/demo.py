@@ -1,0 +1,135 @@
+"""``tokenstore demo``: the whole story on a throwaway file, printed as it happens.
+
+It is also the shortest complete example of using tokenstore from Python.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import peewee
+
+from .errors import AuthenticationError
+from .models import ABIDModel
+from .receiver import make_receiver
+from .store import open as open_store
+
+
+class Snapshot(ABIDModel):
+    """An application's own record, as ArchiveBox would have: its ABID comes from its URL."""
+
+    abid_prefix = "snp_"
+    abid_uri_src = "url"
+    url = peewee.TextField()
+    title = peewee.TextField(default="")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _step(text: str) -> None:
+    print(f"\n== {text}")
+
+
+def run_demo(directory: str | None = None) -> int:
+    folder = Path(directory or tempfile.mkdtemp(prefix="tokenstore-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "demo.sqlite3"
+    received: list[dict[str, Any]] = []
+    arrived = threading.Condition()
+
+    def on_event(payload: dict[str, Any], headers: Mapping[str, str]) -> None:
+        with arrived:
+            received.append(payload)
+            arrived.notify_all()
+        print(f"   receiver: {headers.get('webhook-id')} {payload['type']} (signature verified)")
+
+    _step(f"open a store at {path}")
+    store = open_store(path, webhook_allow=["127.0.0.1/32"])
+    store.register(Snapshot)
+    print("   tables, triggers and the 'system' user are in place; Snapshot is registered")
+
+    _step("a user and an API token, shown once")
+    alice = store.users.create("alice")
+    token, secret = store.tokens.create(
+        alice, name="backup script", expires=timedelta(days=30), scopes=("snapshots:read",)
+    )
+    print(f"   secret (shown once, stored only as a SHA-256 digest): {secret}")
+    print(f"   the record: {token!r}, valid until {token.expires_as_iso8601}")
+    print(f"   authenticate(secret) -> {store.tokens.authenticate(secret)!r}")
+    tampered = secret[:-1] + ("A" if secret[-1] != "A" else "B")
+    try:
+        store.tokens.authenticate(tampered)
+    except AuthenticationError as exc:
+        print(f"   a mistyped secret is refused offline: {type(exc).__name__}: {exc}")
+
+    _step("a webhook to a receiver on 127.0.0.1")
+    port = _free_port()
+    hook = store.webhooks.create(
+        "demo receiver", Snapshot, f"http://127.0.0.1:{port}/hooks/snapshots"
+    )
+    server = make_receiver("127.0.0.1", port, hook.secret, on_event)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(f"   {hook!r}")
+    print("   the receiver verifies each request with tokenstore.verify_webhook(hook.secret, ...)")
+
+    try:
+        _step("changes: each committed one is signed and delivered before save() returns")
+        snap = Snapshot.create(url="https://example.com/article", title="An article")
+        print(f"   created {snap.abid}")
+        snap.title = "An article (edited)"
+        snap.save()
+        print(f"   updated {snap.abid}")
+        try:
+            with store.atomic():
+                Snapshot.create(url="https://example.com/never", title="rolled back")
+                raise RuntimeError("something went wrong")
+        except RuntimeError:
+            print("   a transaction that created a snapshot rolled back: nothing is sent for it")
+        with store.atomic():
+            for n in range(2):
+                Snapshot.create(url=f"https://example.com/batch/{n}")
+        print("   two snapshots created in one transaction: sent when it commits")
+        snap.delete_instance()
+        print(f"   deleted {snap.abid}")
+        with arrived:
+            arrived.wait_for(lambda: len(received) >= 5, timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    _step(f"the receiver got {len(received)} verified messages")
+    print("   " + "\n   ".join(json.dumps(p)[:150] for p in received))
+    rolled_back = any("never" in json.dumps(p) for p in received)
+    print(f"   anything from the rolled-back transaction? {'YES (bug!)' if rolled_back else 'no'}")
+
+    _step("the delivery log (store.webhooks.deliveries())")
+    for d in reversed(store.webhooks.deliveries(hook)):
+        print(f"   {d.abid}  {d.event_type:<18} {d.status:<9} HTTP {d.last_status_code}"
+              f"  {d.duration_ms} ms")  # fmt: skip
+    store.close()
+
+    query = "SELECT webhook_id, event_type, status, last_status_code FROM tokenstore_delivery_log"
+    _step("look inside with sqlite3")
+    print(f'   sqlite3 {path} "{query}"')
+    conn = sqlite3.connect(path)
+    for row in conn.execute(query):
+        print("   " + "|".join("" if v is None else str(v) for v in row))
+    (digests,) = conn.execute("SELECT count(*) FROM tokenstore_api_token").fetchone()
+    conn.close()
+    print(f"   ({digests} token row; the file holds its digest, never the secret)")
+    print(f"\nThe demo's file stays at {path}; delete the folder when you are done.")
+    ok = len(received) == 5 and not rolled_back
+    return 0 if ok else 1
