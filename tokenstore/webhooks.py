@@ -114,7 +114,10 @@ class Webhooks:
         hook.ref = self.store.ref(self.store.model_for_ref(ref))
         if not isinstance(hook.endpoint, str) or len(hook.endpoint) > 2047:
             raise ValidationError("webhook endpoint must be a URL of at most 2047 characters")
-        self.guard.check_endpoint(hook.endpoint)
+        # Judged when set: another process (the CLI, say) may run with a different allowlist,
+        # and must still be able to enable or rename a hook the application allowed.
+        if hook._stored is None or hook._stored.get("endpoint") != hook.endpoint:
+            self.guard.check_endpoint(hook.endpoint)
         headers = {} if hook.headers is None else hook.headers
         if not isinstance(headers, Mapping):
             raise ValidationError(f"webhook headers must be a JSON object, got {headers!r}")
