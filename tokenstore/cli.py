@@ -169,9 +169,9 @@ class Output:
 Handler = Callable[[argparse.Namespace, Output], int]
 
 
-def _store(args: argparse.Namespace) -> Store:
+def _store(args: argparse.Namespace, dispatch_on_open: bool = True) -> Store:
     allow = [a for a in args.allow or [] if a]
-    return open_store(args.db, webhook_allow=allow)
+    return open_store(args.db, webhook_allow=allow, dispatch_on_open=dispatch_on_open)
 
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
@@ -257,7 +257,7 @@ def cmd_tokens_verify(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_dispatch(args: argparse.Namespace, out: Output) -> int:
-    with _store(args) as store:
+    with _store(args, dispatch_on_open=False) as store:
         if not args.watch:
             fired = store.dispatch()
             sent = store.webhooks.deliver_due()

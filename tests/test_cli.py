@@ -1,0 +1,268 @@
+"""The tokenstore command, end to end, in subprocesses on real files and real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import requests
+
+from tokenstore.signing import sign
+
+COMMAND = [sys.executable, "-m", "tokenstore.cli"]
+
+
+def tokenstore(
+    db: Path, *args: str, expect: int = 0, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TOKENSTORE_DB": str(db)}
+    env.pop("TOKENSTORE_WEBHOOK_ALLOW", None)
+    result = subprocess.run(
+        [*COMMAND, *args], capture_output=True, text=True, timeout=60, env=env, input=stdin
+    )
+    assert result.returncode == expect, (result.returncode, result.stdout, result.stderr)
+    return result
+
+
+def as_json(db: Path, *args: str, expect: int = 0) -> Any:
+    return json.loads(tokenstore(db, "--json", *args, expect=expect).stdout)
+
+
+class Recorder(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((dict(self.headers), body))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+    handler = type("Handler", (Recorder,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_init_creates_the_file_and_reports_the_schema(db_path: Path) -> None:
+    shown = as_json(db_path, "init")
+    assert shown["schema_version"] == 1
+    assert db_path.exists()
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("SELECT username FROM tokenstore_user").fetchall() == [("system",)]
+    conn.close()
+
+
+def test_db_option_wins_over_the_environment(tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite3"
+    tokenstore(tmp_path / "env.sqlite3", "--db", str(other), "init")
+    assert other.exists() and not (tmp_path / "env.sqlite3").exists()
+
+
+def test_abid_parse_shows_parts_and_views(db_path: Path) -> None:
+    shown = as_json(db_path, "abid", "parse", "apt_01JAZ6BQG0D53BD22B01XRS78E")
+    assert shown["ts"] == "01JAZ6BQG0" and shown["uri"] == "D53BD22B"
+    assert shown["subtype"] == "01" and shown["rand"] == "XRS78E"
+    assert shown["uuid"] == "0192be65-de00-6946-b688-4b007b8c9d0e"
+    assert shown["typeid"] == "apt_01jaz6bqg0d53bd22b01xrs78e"
+    assert shown["datetime"] == "2024-10-24T12:00:00+00:00"
+    human = tokenstore(db_path, "abid", "parse", "apt_01JAZ6BQG0D53BD22B01XRS78E").stdout
+    assert "uuid" in human and "0192be65-de00-6946-b688-4b007b8c9d0e" in human
+
+
+def test_abid_new_and_bad_input_exit_2(db_path: Path) -> None:
+    shown = as_json(db_path, "abid", "new", "--prefix", "snp", "--uri", "https://example.com/x")
+    assert shown["abid"].startswith("snp_") and shown["uri"] == "9063B8A6"
+    bad = tokenstore(db_path, "abid", "parse", "apt_01JAZ6BQG0D53BD22B01XRS78", expect=2)
+    assert "tokenstore: error:" in bad.stderr and "26" in bad.stderr
+    assert bad.stdout == ""
+
+
+def test_users_and_tokens_round_trip(db_path: Path) -> None:
+    as_json(db_path, "users", "add", "alice")
+    assert [u["username"] for u in as_json(db_path, "users", "list")] == ["system", "alice"]
+    dup = tokenstore(db_path, "users", "add", "alice", expect=2)
+    assert "already taken" in dup.stderr
+
+    created = tokenstore(db_path, "--json", "tokens", "create", "alice", "--name", "ci")
+    assert "will not be shown again" in created.stderr
+    token = json.loads(created.stdout)
+    secret = token["secret"]
+    assert token["token"] == "************" + secret[-4:]
+
+    listed = as_json(db_path, "tokens", "list")
+    assert [t["abid"] for t in listed] == [token["abid"]]
+    assert secret not in json.dumps(listed)
+
+    ok = as_json(db_path, "tokens", "verify", secret)
+    assert ok["valid"] is True and ok["abid"] == token["abid"]
+    via_stdin = tokenstore(db_path, "--json", "tokens", "verify", "-", stdin=secret + "\n")
+    assert json.loads(via_stdin.stdout)["valid"] is True
+
+    as_json(db_path, "tokens", "revoke", token["abid"])
+    refused = tokenstore(db_path, "--json", "tokens", "verify", secret, expect=1)
+    assert json.loads(refused.stdout)["reason"] == "RevokedToken"
+    assert secret not in refused.stdout + refused.stderr
+    assert as_json(db_path, "tokens", "list") == []
+    assert len(as_json(db_path, "tokens", "list", "--all")) == 1
+
+
+def test_token_expiry_option_and_its_errors(db_path: Path) -> None:
+    as_json(db_path, "users", "add", "bob")
+    token = as_json(db_path, "tokens", "create", "bob", "--expires", "2h")
+    assert token["expires"] is not None
+    bad = tokenstore(db_path, "tokens", "create", "bob", "--expires", "soon", expect=2)
+    assert "--expires 'soon'" in bad.stderr
+    naive = tokenstore(
+        db_path, "tokens", "create", "bob", "--expires", "2030-01-01T00:00", expect=2
+    )
+    assert "timezone" in naive.stderr
+    missing = tokenstore(db_path, "tokens", "create", "nobody", expect=2)
+    assert "no user 'nobody'" in missing.stderr
+
+
+def test_webhooks_commands_end_to_end(
+    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    url, received = receiver
+    ref = "tokenstore.models.User"
+    refused = tokenstore(db_path, "webhooks", "add", "users", ref, url, expect=2)
+    assert "127.0.0.1 is a loopback address" in refused.stderr
+
+    allow = ("--allow", "127.0.0.1/32")
+    added = as_json(db_path, *allow, "webhooks", "add", "users", ref, url, "--header", "X-App=demo")
+    secret = added["secret"]
+    assert secret.startswith("whsec_")
+    assert [h["name"] for h in as_json(db_path, "webhooks", "list")] == ["users"]
+    shown = as_json(db_path, "webhooks", "show", "users")
+    assert shown["abid"] == added["abid"] and "secret" not in shown
+
+    pinged = as_json(db_path, *allow, "webhooks", "ping", added["abid"])
+    assert pinged["status"] == "delivered" and pinged["event_type"] == "webhook.ping"
+    headers, body = received[-1]
+    assert json.loads(body)["type"] == "webhook.ping"
+    assert headers["X-App"] == "demo"
+
+    as_json(db_path, *allow, "users", "add", "carol")  # a change the hook reports
+    assert json.loads(received[-1][1])["type"] == "user.created"
+    log = as_json(db_path, "webhooks", "deliveries", "users")
+    assert [d["event_type"] for d in log] == ["user.created", "webhook.ping"]
+
+    again = as_json(db_path, *allow, "webhooks", "redeliver", log[0]["webhook_id"])
+    assert again["attempts"] == 2
+    assert received[-1][0]["webhook-id"] == log[0]["webhook_id"]
+
+    disabled = as_json(db_path, "webhooks", "disable", "users", "--reason", "maintenance")
+    assert disabled["enabled"] is False and disabled["disabled_reason"] == "maintenance"
+    assert as_json(db_path, "webhooks", "enable", "users")["enabled"] is True
+
+    rotated = as_json(db_path, *allow, "webhooks", "rotate-secret", "users")
+    assert rotated["secret"] != secret and rotated["secret_rotating_until"] is not None
+    assert as_json(db_path, *allow, "webhooks", "retry") == {"deliveries_attempted": 0}
+    as_json(db_path, "webhooks", "delete", "users")
+    assert as_json(db_path, "webhooks", "list") == []
+    gone = tokenstore(db_path, "webhooks", "show", "users", expect=2)
+    assert "no webhook" in gone.stderr
+
+
+def test_dispatch_fires_events_written_by_the_sqlite3_module(
+    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    url, received = receiver
+    allow = ("--allow", "127.0.0.1/32")
+    as_json(db_path, *allow, "webhooks", "add", "users", "tokenstore.models.User", url)
+    conn = sqlite3.connect(db_path)
+    conn.execute(
+        "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
+        "VALUES ('shell', 0, '2024-01-01T00:00:00.000Z')"
+    )
+    conn.commit()
+    conn.close()
+    assert received == []
+    done = as_json(db_path, *allow, "dispatch")
+    assert done["events"] == 1
+    assert [json.loads(b)["data"]["fields"]["username"] for _, b in received] == ["shell"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_listen_verifies_prints_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*COMMAND, "listen", "--port", str(port), "--secret", secret],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "listen did not start"
+                time.sleep(0.1)
+        body = b'{"type":"note.created","timestamp":"2024-01-01T00:00:00.000Z","data":{}}'
+        stamp = int(time.time())
+        good = {
+            "webhook-id": "msg_1",
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": sign(secret, "msg_1", stamp, body),
+        }
+        url = f"http://127.0.0.1:{port}/"
+        assert requests.post(url, data=body, headers=good, timeout=5).status_code == 204
+        forged = {**good, "webhook-signature": sign(secret, "msg_1", stamp, body + b" ")}
+        assert requests.post(url, data=body, headers=forged, timeout=5).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert "msg_1 note.created verified" in out
+    assert out.count("verified") == 1
+    assert "stopped" in err
+
+
+def test_demo_runs_to_completion(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*COMMAND, "demo", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the receiver got 5 verified messages" in result.stdout
+    assert "anything from the rolled-back transaction? no" in result.stdout
+    conn = sqlite3.connect(tmp_path / "demo.sqlite3")
+    statuses = conn.execute("SELECT status FROM tokenstore_delivery_log").fetchall()
+    conn.close()
+    assert statuses == [("delivered",)] * 5
