@@ -266,3 +266,40 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     statuses = conn.execute("SELECT status FROM tokenstore_delivery_log").fetchall()
     conn.close()
     assert statuses == [("delivered",)] * 5
+
+
+def test_app_models_are_registered_with_app_and_their_changes_delivered(
+    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    url, received = receiver
+    here = str(Path(__file__).parent)
+    env_path = os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
+    app = ("--allow", "127.0.0.1/32", "--app", "_app_models")
+
+    def run(*args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "TOKENSTORE_DB": str(db_path), "PYTHONPATH": env_path}
+        result = subprocess.run(
+            [*COMMAND, "--json", *args], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert result.returncode == expect, result.stderr
+        return result
+
+    unknown = run("webhooks", "add", "b", "_app_models.Bookmark", url, expect=2)
+    assert (
+        "unknown model ref '_app_models.Bookmark'" in unknown.stderr and "--app" in unknown.stderr
+    )
+    run(*app, "webhooks", "add", "bookmarks", "_app_models.Bookmark", url)
+    conn = sqlite3.connect(db_path)
+    conn.execute(
+        "INSERT INTO bookmark (id, abid, created_by_id, created_at, modified_at, url) VALUES "
+        "('0192c63e6a1b7d459c1e3f2a7b8c9d0e', 'bkm_01JAZ6BQG09063B8A6AEXRS78E', 1, "
+        "'2024-10-24T12:00:00.000Z', '2024-10-24T12:00:00.000Z', 'https://example.com/')"
+    )
+    conn.commit()
+    conn.close()
+    assert received == []
+    run(*app, "dispatch")
+    (payload,) = [json.loads(body) for _, body in received]
+    assert payload["type"] == "bookmark.created"
+    assert payload["data"]["pk"] == "0192c63e-6a1b-7d45-9c1e-3f2a7b8c9d0e"
+    assert payload["data"]["fields"]["url"] == "https://example.com/"

@@ -8,6 +8,7 @@ Each command calls one documented method (``tokenstore tokens create`` is
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
@@ -16,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import peewee
 
 from . import __version__
 from .abid import ABID, abid_from_values
@@ -171,7 +174,34 @@ Handler = Callable[[argparse.Namespace, Output], int]
 
 def _store(args: argparse.Namespace, dispatch_on_open: bool = True) -> Store:
     allow = [a for a in args.allow or [] if a]
-    return open_store(args.db, webhook_allow=allow, dispatch_on_open=dispatch_on_open)
+    store = open_store(args.db, webhook_allow=allow, dispatch_on_open=False)
+    for name in (a for a in args.app or [] if a):
+        register_module(store, name)
+    if dispatch_on_open:
+        store.dispatch()
+    return store
+
+
+def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
+    """Register every peewee model a module defines, as the application itself would.
+
+    The command runs in its own process: to name an application's models in
+    hooks, or to fire their events with full field types, it needs the classes.
+    """
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise ValidationError(f"--app {name!r} cannot be imported: {exc}") from None
+    models = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, peewee.Model)
+        and obj.__module__ == module.__name__
+    ]
+    for model in models:
+        store.register(model)
+    return models
 
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
@@ -412,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("TOKENSTORE_WEBHOOK_ALLOW", "").split(","),
         metavar="HOST_OR_CIDR",
         help="let webhooks reach this host or network (repeatable; $TOKENSTORE_WEBHOOK_ALLOW)",
+    )
+    parser.add_argument(
+        "--app",
+        action="append",
+        default=os.environ.get("TOKENSTORE_APP", "").split(","),
+        metavar="MODULE",
+        help="import MODULE and register the peewee models it defines "
+        "(repeatable; $TOKENSTORE_APP)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

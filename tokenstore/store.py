@@ -250,7 +250,10 @@ class Store:
             if self.ref(model) == wanted:
                 return model
         known = ", ".join(sorted(self.ref(m) for m in self.models.values()))
-        raise ValidationError(f"unknown model ref {wanted!r}; registered models: {known}")
+        raise ValidationError(
+            f"unknown model ref {wanted!r}; registered models: {known} "
+            "(the tokenstore command registers an application's models with --app MODULE)"
+        )
 
     def dispatch(self) -> int:
         """Fire events nobody has fired yet: other processes' writes, shell edits, crashes.
