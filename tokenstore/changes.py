@@ -40,10 +40,10 @@ _WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 #: SQLite's default limit on function arguments bounds json_object() to this many columns.
 MAX_CAPTURED_COLUMNS = 63
 
-_DROP_UNCLAIMED = f"DELETE FROM {EVENT_TABLE} WHERE claimed_by IS NULL"
+_DROP_UNCLAIMED = f"DELETE FROM {EVENT_TABLE} WHERE claimed_by IS NULL AND table_name IN "
 _CLAIM = (
     f"UPDATE {EVENT_TABLE} SET claimed_by = ?, claimed_at = ?, claims = claims + 1 "
-    "WHERE claimed_by IS NULL "
+    "WHERE claimed_by IS NULL AND table_name IN {tables} "
     "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at, claims"
 )
 
@@ -88,6 +88,10 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def capture_triggers(model: type[peewee.Model]) -> list[str]:
     """The CREATE TRIGGER statements that capture changes to a model's table.
 
@@ -127,14 +131,14 @@ def capture_triggers(model: type[peewee.Model]) -> list[str]:
     name = table.replace('"', "")
     return [
         f"CREATE TRIGGER {_quote(name + '_capture_insert')} AFTER INSERT ON {_quote(table)}\n"
-        f"BEGIN\n  {insert}\n  VALUES ('{name}', 'INSERT', NEW.{pk_col}, NULL, {row('NEW')});\n"
+        f"BEGIN\n  {insert}\n  VALUES ({_literal(table)}, 'INSERT', NEW.{pk_col}, NULL, {row('NEW')});\n"
         "END",
         f"CREATE TRIGGER {_quote(name + '_capture_update')} AFTER UPDATE ON {_quote(table)}\n"
         f"WHEN {changed or '0'}\n"
-        f"BEGIN\n  {insert}\n  VALUES ('{name}', 'UPDATE', NEW.{pk_col}, {row('OLD')}, "
+        f"BEGIN\n  {insert}\n  VALUES ({_literal(table)}, 'UPDATE', NEW.{pk_col}, {row('OLD')}, "
         f"{row('NEW')});\nEND",
         f"CREATE TRIGGER {_quote(name + '_capture_delete')} AFTER DELETE ON {_quote(table)}\n"
-        f"BEGIN\n  {insert}\n  VALUES ('{name}', 'DELETE', OLD.{pk_col}, {row('OLD')}, NULL);\n"
+        f"BEGIN\n  {insert}\n  VALUES ({_literal(table)}, 'DELETE', OLD.{pk_col}, {row('OLD')}, NULL);\n"
         "END",
     ]
 
@@ -190,6 +194,20 @@ class Dispatcher:
         self.consumers: list[tuple[Consumer, Callable[[sqlite3.Connection], bool]]] = []
         self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local = _ThreadState()
+        self._table_names: tuple[str, ...] = ()
+        self._table_list = "()"
+
+    def _tables(self) -> str:
+        """The SQL list of tables this process has models for; only their events are its to take.
+
+        An event of a table this process knows nothing of (an application model
+        the ``tokenstore`` command was not told about) waits for one that does.
+        """
+        names = tuple(self.models_by_table)
+        if names != self._table_names:
+            self._table_names = names
+            self._table_list = "(" + ",".join(_literal(n) for n in names) + ")"
+        return self._table_list
 
     def add_consumer(
         self, consumer: Consumer, wants_events: Callable[[sqlite3.Connection], bool]
@@ -207,11 +225,13 @@ class Dispatcher:
         Consumers see an event only on its first claim; a re-claimed event's
         consumer work was committed with that first claim.
         """
+        tables = self._tables()
         wanted = [c for c, wants in self.consumers if wants(conn)]
         if not wanted and not any(s.receivers for s in signals.EVENT_SIGNALS):
-            conn.execute(_DROP_UNCLAIMED)
+            conn.execute(_DROP_UNCLAIMED + tables)
             return _NOTHING
-        rows = conn.execute(_CLAIM, (self.claimant, format_time(self.clock()))).fetchall()
+        claim = _CLAIM.format(tables=tables)
+        rows = conn.execute(claim, (self.claimant, format_time(self.clock()))).fetchall()
         if not rows:
             return _NOTHING
         rows.sort(key=lambda row: row[0])

@@ -237,10 +237,15 @@ class Store:
                 f"cannot register {self.ref(model)} for it"
             )
         model.bind(self.db, bind_refs=False, bind_backrefs=False)
-        with self.db.atomic():
-            self.db.create_tables([model], safe=True)
-            install_capture(self.db.connection(), model)
-        self.models[table] = model
+        self.models[table] = model  # known before the commit below claims its pending events
+        try:
+            with self.db.atomic():
+                self.db.create_tables([model], safe=True)
+                install_capture(self.db.connection(), model)
+        except BaseException:
+            if known is None:
+                del self.models[table]
+            raise
         return model
 
     def model_for_ref(self, ref: str | type[peewee.Model]) -> type[peewee.Model]:
