@@ -1,0 +1,642 @@
+"""API tokens: the APIToken members of the spec, issuing, authenticating, revoking."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tokenstore.store
+from tokenstore import signals, tokens
+from tokenstore.credentials import generate_token, looks_like_token
+from tokenstore.errors import (
+    AuthenticationError,
+    ExpiredToken,
+    InvalidToken,
+    MissingScope,
+    NotFound,
+    RevokedToken,
+    ValidationError,
+)
+from tokenstore.models import APIToken, format_time
+from tokenstore.store import Store
+from tokenstore.tokens import Tokens, token_from_request
+
+START = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+MS = timedelta(milliseconds=1)
+
+
+class Clock:
+    """A store clock the test moves by hand."""
+
+    def __init__(self, now: datetime = START) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ts(db_path: Path, clock: Clock) -> Iterator[Store]:
+    """A store on a real file whose clock the test controls."""
+    s = tokenstore.store.open(db_path, clock=clock)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def statements_during(store: Store, action: Any) -> list[str]:
+    """The SQL this thread's connection runs while ``action()`` runs."""
+    seen: list[str] = []
+    conn = store.db.connection()
+    conn.set_trace_callback(seen.append)
+    try:
+        action()
+    finally:
+        conn.set_trace_callback(None)
+    return seen
+
+
+def stored_row(store: Store, token: APIToken) -> dict[str, Any]:
+    conn = sqlite3.connect(store.path)
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute(
+            "SELECT * FROM tokenstore_api_token WHERE id = ?", (token.id.hex,)
+        ).fetchone()
+    finally:
+        conn.close()
+    return dict(row)
+
+
+# -- the model's members -----------------------------------------------------------------
+
+
+def test_generate_secret_token_gives_a_checksummed_secret() -> None:
+    secret = APIToken.generate_secret_token()
+    assert secret.startswith("tsk_") and len(secret) == 40
+    assert looks_like_token(secret)
+    assert APIToken.generate_secret_token("acme").startswith("acme_")
+    assert APIToken.generate_secret_token() != secret
+
+
+def test_create_fills_every_member(ts: Store, clock: Clock) -> None:
+    alice = ts.users.create("alice")
+    token, secret = ts.tokens.create(alice, name="laptop")
+    assert isinstance(token.id, uuid.UUID) and token.id.version == 4
+    assert token.abid.startswith("apt_") and len(token.abid) == 30
+    assert token.abid == str(token.compute_abid())
+    assert token.ABID.datetime == token.created_at == START
+    assert token.created_by_id == alice.id and token.created_by.username == "alice"
+    assert token.modified_at == token.created_at
+    assert token.name == "laptop"
+    assert token.expires is None and token.revoked_at is None and token.last_used_at is None
+    assert token.scopes == []
+    assert token.token_hint == secret[-4:]
+    assert token.token_digest == hashlib.sha256(secret.encode()).hexdigest()
+    again = ts.tokens.get(token.abid)
+    for field in APIToken._meta.sorted_fields:
+        assert getattr(again, field.name) == getattr(token, field.name), field.name
+
+
+def test_owner_defaults_to_the_system_user_and_accepts_name_or_id(ts: Store) -> None:
+    bob = ts.users.create("bob")
+    assert ts.tokens.create()[0].created_by_id == ts.system_user.id
+    assert ts.tokens.create("bob")[0].created_by_id == bob.id
+    assert ts.tokens.create(bob.id)[0].created_by_id == bob.id
+    with pytest.raises(NotFound, match="nobody"):
+        ts.tokens.create("nobody")
+    with pytest.raises(ValidationError, match="must be a User"):
+        ts.tokens.create(1.5)  # type: ignore[arg-type]
+
+
+def test_redacted_forms_show_only_the_hint(ts: Store) -> None:
+    ts.users.create("admin")
+    token, secret = ts.tokens.create("admin")
+    assert token.token_redacted == "************" + secret[-4:]
+    assert str(token) == token.token_redacted
+    assert repr(token) == f"<APIToken user=admin token=************{secret[-4:]}>"
+    for shown in (str(token), repr(token), json.dumps(token.__json__())):
+        assert secret not in shown and secret[4:-6] not in shown
+
+
+def test_repr_survives_a_missing_owner() -> None:
+    token = APIToken(token_hint="abcd")
+    assert repr(token) == "<APIToken user=None token=************abcd>"
+
+
+def test_json_has_the_original_keys_in_order(ts: Store, clock: Clock) -> None:
+    token, _ = ts.tokens.create(expires=timedelta(days=1))
+    data = token.__json__()
+    assert list(data) == ["TYPE", "id", "abid", "created_by_id", "token", "created_at", "expires"]
+    assert data == {
+        "TYPE": "APIToken",
+        "id": str(token.id),
+        "abid": token.abid,
+        "created_by_id": str(ts.system_user.id),
+        "token": token.token_redacted,
+        "created_at": START.isoformat(),
+        "expires": (START + timedelta(days=1)).isoformat(),
+    }
+    json.dumps(data)
+
+
+def test_expires_as_iso8601_is_none_without_expiry(ts: Store) -> None:
+    token, _ = ts.tokens.create()
+    assert token.expires_as_iso8601 is None
+    token, _ = ts.tokens.create(expires=START + timedelta(hours=1))
+    assert token.expires_as_iso8601 == "2030-01-02T04:04:05.678000+00:00"
+
+
+def test_is_valid_until_and_at_the_exact_instant_of_expiry(ts: Store) -> None:
+    token, _ = ts.tokens.create(expires=timedelta(hours=1))
+    expires = START + timedelta(hours=1)
+    assert token.expires == expires
+    assert token.is_valid(for_date=expires - MS)
+    assert token.is_valid(for_date=expires)
+    assert not token.is_valid(for_date=expires + timedelta(microseconds=1))
+    assert token.is_valid(for_date=expires.astimezone(timezone(timedelta(hours=5))))
+    with pytest.raises(ValidationError, match="timezone-aware"):
+        token.is_valid(for_date=datetime(2030, 1, 1))
+
+
+def test_is_valid_without_expiry_and_after_revocation(ts: Store) -> None:
+    token, _ = ts.tokens.create()
+    assert token.is_valid()
+    assert token.is_valid(for_date=datetime(9999, 1, 1, tzinfo=UTC))
+    ts.tokens.revoke(token)
+    assert not token.is_valid()
+    assert not token.is_valid(for_date=START)
+
+
+# -- creating ----------------------------------------------------------------------------
+
+
+def test_expires_takes_a_timedelta_from_the_store_clock(ts: Store, clock: Clock) -> None:
+    clock.advance(days=3)
+    token, _ = ts.tokens.create(expires=timedelta(minutes=5, microseconds=1500))
+    assert token.expires == START + timedelta(days=3, minutes=5, milliseconds=1)
+    assert token.created_at == START + timedelta(days=3)
+    assert stored_row(ts, token)["expires"] == format_time(token.expires)
+
+
+@pytest.mark.parametrize(
+    ("expires", "message"),
+    [
+        (datetime(2031, 1, 1), "naive datetime"),
+        (START - MS, "not in the future"),
+        (START, "not in the future"),
+        (timedelta(0), "positive timedelta"),
+        (timedelta(seconds=-1), "positive timedelta"),
+        ("2031-01-01T00:00:00Z", "datetime, a timedelta or None"),
+    ],
+)
+def test_bad_expiry_is_refused_and_nothing_written(ts: Store, expires: Any, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ts.tokens.create(expires=expires)
+    assert APIToken.select().count() == 0
+
+
+def test_scopes_are_checked_deduplicated_and_sorted(ts: Store) -> None:
+    token, _ = ts.tokens.create(scopes=["write", "read:all", "read:all", "a.b_c-d"])
+    assert token.scopes == ["a.b_c-d", "read:all", "write"]
+    assert json.loads(stored_row(ts, token)["scopes"]) == token.scopes
+    for bad in (["Read"], ["has space"], [""], [3], ["x" * 101]):
+        with pytest.raises(ValidationError, match="scope"):
+            ts.tokens.create(scopes=bad)
+    with pytest.raises(ValidationError, match=r"\['read'\]"):
+        ts.tokens.create(scopes="read")
+    assert APIToken.select().count() == 1
+
+
+def test_name_must_be_short_text(ts: Store) -> None:
+    assert ts.tokens.create(name="x" * 255)[0].name == "x" * 255
+    for bad in ("x" * 256, 42):
+        with pytest.raises(ValidationError, match="name"):
+            ts.tokens.create(name=bad)  # type: ignore[arg-type]
+
+
+def test_token_prefix_is_configurable_and_old_prefixes_still_work(
+    db_path: Path, clock: Clock
+) -> None:
+    with tokenstore.store.open(db_path, token_prefix="acme", clock=clock) as s:
+        _, old = s.tokens.create()
+        assert old.startswith("acme_") and looks_like_token(old, prefix="acme")
+    with tokenstore.store.open(db_path, token_prefix="corp", clock=clock) as s:
+        _, new = s.tokens.create()
+        assert new.startswith("corp_")
+        assert s.tokens.authenticate(old).token_hint == old[-4:]
+    with pytest.raises(ValidationError, match="prefix"):
+        tokenstore.store.open(db_path, token_prefix="Bad")
+
+
+# -- the per-user limit ------------------------------------------------------------------
+
+
+def test_limit_refuses_creation_beyond_live_tokens(ts: Store, clock: Clock) -> None:
+    limited = Tokens(ts, max_tokens_per_user=2)
+    alice = ts.users.create("alice")
+    first, _ = limited.create(alice)
+    limited.create(alice, expires=timedelta(minutes=1))
+    with pytest.raises(ValidationError, match="already has 2 live API tokens"):
+        limited.create(alice)
+    limited.create("system")  # another user has their own allowance
+    limited.revoke(first)
+    limited.create(alice)  # a revoked token no longer counts
+    with pytest.raises(ValidationError):
+        limited.create(alice)
+    clock.advance(minutes=1, milliseconds=1)
+    limited.create(alice)  # nor does an expired one
+    assert len(limited.list(alice)) == 3
+    assert len(limited.list(alice, include_revoked=True)) == 4
+
+
+def test_limit_holds_against_concurrent_creators(ts: Store) -> None:
+    limited = Tokens(ts, max_tokens_per_user=3)
+    owner = ts.users.create("busy")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def create() -> None:
+        barrier.wait()
+        try:
+            limited.create(owner)
+            outcomes.append("created")
+        except ValidationError:
+            outcomes.append("refused")
+        finally:
+            ts.db.close()
+
+    def linger(sender: Any, **kwargs: Any) -> None:
+        time.sleep(0.05)  # between counting and inserting: time for the others to count
+
+    signals.pre_save.connect(linger, sender=APIToken)
+    try:
+        threads = [threading.Thread(target=create) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        signals.pre_save.disconnect(linger, sender=APIToken)
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
+    assert APIToken.select().where(APIToken.created_by == owner.id).count() == 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "3"])
+def test_limit_must_be_a_positive_int(ts: Store, bad: Any) -> None:
+    with pytest.raises(ValidationError, match="max_tokens_per_user"):
+        Tokens(ts, max_tokens_per_user=bad)
+
+
+# -- authenticating ----------------------------------------------------------------------
+
+
+def test_authenticate_returns_the_token_as_a_select_would(ts: Store) -> None:
+    token, secret = ts.tokens.create(name="ci", scopes=["read"], expires=timedelta(days=1))
+    found = ts.tokens.authenticate(secret)
+    loaded = APIToken.get_by_id(token.id)
+    assert found.__data__ == loaded.__data__
+    assert found.last_used_at == START
+    assert vars(found).keys() == vars(loaded).keys()
+    assert found._stored == loaded._stored and not found._dirty and not found.dirty_fields
+    assert found.created_by.username == "system"
+    found.name = "renamed"  # the instance is a normal one: it saves
+    found.save()
+    assert ts.tokens.get(token.abid).name == "renamed"
+
+
+def test_fast_reader_covers_every_field() -> None:
+    assert set(tokens._COLUMNS) == {f.column_name for f in APIToken._meta.sorted_fields}
+
+
+def test_rows_written_by_hand_still_convert(ts: Store, clock: Clock) -> None:
+    token, secret = ts.tokens.create(scopes=["read"])
+    conn = sqlite3.connect(ts.path)
+    with conn:  # another program writes a time with an offset and one without a zone
+        conn.execute(
+            "UPDATE tokenstore_api_token SET expires = '2030-01-02T07:00:00+02:00', "
+            "last_used_at = '2030-01-02T03:04:05' WHERE id = ?",
+            (token.id.hex,),
+        )
+    conn.close()
+    found = ts.tokens.authenticate(secret)
+    assert found.id == token.id
+    assert found.expires == datetime(2030, 1, 2, 5, 0, tzinfo=UTC)
+    assert found.last_used_at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert found.scopes == ["read"]
+
+
+def test_lookup_uses_the_digest_index(ts: Store) -> None:
+    plan = " ".join(
+        str(row)
+        for row in ts.db.connection().execute(
+            "EXPLAIN QUERY PLAN " + tokens._SELECT_BY_DIGEST, ("x",)
+        )
+    )
+    assert "USING INDEX tokenstore_api_token_token_digest" in plan
+
+
+def test_authentication_is_one_select_and_writes_at_most_once_a_minute(
+    ts: Store, clock: Clock
+) -> None:
+    token, secret = ts.tokens.create()
+    first = statements_during(ts, lambda: ts.tokens.authenticate(secret))
+    assert first[0].startswith("SELECT") and "token_digest = " in first[0]
+    assert any(s.startswith("UPDATE") and "last_used_at" in s for s in first)
+    assert stored_row(ts, token)["last_used_at"] == format_time(START)
+
+    clock.advance(seconds=59, milliseconds=999)
+    again = statements_during(ts, lambda: ts.tokens.authenticate(secret))
+    assert len(again) == 1 and again[0].startswith("SELECT")
+    assert stored_row(ts, token)["last_used_at"] == format_time(START)
+
+    clock.advance(milliseconds=1)
+    found = ts.tokens.authenticate(secret)
+    assert found.last_used_at == START + timedelta(minutes=1)
+    assert stored_row(ts, token)["last_used_at"] == format_time(START + timedelta(minutes=1))
+
+
+def test_last_used_at_is_quiet_but_revocation_is_an_event(ts: Store, clock: Clock) -> None:
+    token, secret = ts.tokens.create()
+    events: list[Any] = []
+
+    def receive(sender: Any, event: Any) -> None:
+        events.append(event)
+
+    signals.row_changed.connect(receive)
+    try:
+        ts.tokens.authenticate(secret)
+        clock.advance(minutes=2)
+        ts.tokens.authenticate(secret)
+        assert stored_row(ts, token)["last_used_at"] == format_time(clock.now)
+        assert events == []
+        ts.tokens.revoke(token)
+    finally:
+        signals.row_changed.disconnect(receive)
+    assert [(e.table, e.op) for e in events] == [("tokenstore_api_token", "UPDATE")]
+    assert events[0].new["revoked_at"] == format_time(clock.now)
+    assert "token_digest" not in events[0].new
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [None, b"tsk_x", 42, "", "tsk_", "not a token", "tsk_" + "A" * 36, "x" * 10_000, "tsk_\ud800"],
+)
+def test_malformed_secrets_are_refused_without_touching_the_database(
+    ts: Store, garbage: Any
+) -> None:
+    def attempt() -> None:
+        with pytest.raises(InvalidToken):
+            ts.tokens.authenticate(garbage)
+
+    assert statements_during(ts, attempt) == []
+
+
+def test_a_changed_character_fails_the_checksum_offline(ts: Store) -> None:
+    _, secret = ts.tokens.create()
+    for index in (4, 20, len(secret) - 1):
+        original = secret[index]
+        replacement = "B" if original != "B" else "C"
+        changed = secret[:index] + replacement + secret[index + 1 :]
+
+        def attempt(changed: str = changed) -> None:
+            with pytest.raises(InvalidToken, match="checksum") as caught:
+                ts.tokens.authenticate(changed)
+            assert changed not in str(caught.value) and secret[4:-6] not in str(caught.value)
+
+        assert statements_during(ts, attempt) == []
+
+
+def test_a_well_formed_unknown_secret_costs_one_select(ts: Store) -> None:
+    ts.tokens.create()
+
+    def attempt() -> None:
+        with pytest.raises(InvalidToken, match="not recognised"):
+            ts.tokens.authenticate(generate_token())
+
+    seen = statements_during(ts, attempt)
+    assert len(seen) == 1 and seen[0].startswith("SELECT")
+
+
+def test_expiry_boundaries(ts: Store, clock: Clock) -> None:
+    token, secret = ts.tokens.create(expires=timedelta(hours=2))
+    clock.now = START + timedelta(hours=2)  # the exact instant: still valid
+    assert ts.tokens.authenticate(secret).id == token.id
+    clock.now += timedelta(microseconds=1)
+    with pytest.raises(ExpiredToken, match=r"expired at 2030-01-02T05:04:05\.678") as caught:
+        ts.tokens.authenticate(secret)
+    assert token.abid in str(caught.value) and secret not in str(caught.value)
+    assert isinstance(caught.value, AuthenticationError)
+    clock.now = START + timedelta(hours=1)  # a clock set back sees it valid again
+    assert ts.tokens.authenticate(secret).id == token.id
+
+
+def test_revoke_is_immediate_irreversible_and_idempotent(ts: Store, clock: Clock) -> None:
+    token, secret = ts.tokens.create()
+    ts.tokens.authenticate(secret)
+    returned = ts.tokens.revoke(token)
+    assert returned.revoked_at == token.revoked_at == START
+    with pytest.raises(RevokedToken, match=r"revoked at 2030-01-02T03:04:05\.678") as caught:
+        ts.tokens.authenticate(secret)
+    assert secret not in str(caught.value)
+
+    clock.advance(hours=1)
+    assert ts.tokens.revoke(token.abid).revoked_at == START  # the first revocation stands
+    again = ts.tokens.get(token.abid)
+    again.revoked_at = None
+    with pytest.raises(ValidationError, match="cannot be undone"):
+        again.save()
+    again.revoked_at = clock.now
+    with pytest.raises(ValidationError, match="cannot be undone"):
+        again.save()
+    assert stored_row(ts, token)["revoked_at"] == format_time(START)
+    with pytest.raises(NotFound):
+        ts.tokens.revoke("apt_01J0000000000000000000000000")
+
+
+def test_revoked_beats_expired(ts: Store, clock: Clock) -> None:
+    token, secret = ts.tokens.create(expires=timedelta(minutes=1))
+    ts.tokens.revoke(token)
+    clock.advance(hours=1)
+    with pytest.raises(RevokedToken):
+        ts.tokens.authenticate(secret)
+
+
+def test_scopes_restrict_and_no_scopes_means_unrestricted(ts: Store) -> None:
+    scoped, scoped_secret = ts.tokens.create(scopes=["read", "snapshots:write"])
+    _, open_secret = ts.tokens.create()
+    assert ts.tokens.authenticate(scoped_secret, scope="read").id == scoped.id
+    assert ts.tokens.authenticate(scoped_secret, scope="snapshots:write").id == scoped.id
+    with pytest.raises(MissingScope, match="lacks scope 'admin'; it has: read, snapshots:write"):
+        ts.tokens.authenticate(scoped_secret, scope="admin")
+    assert ts.tokens.authenticate(open_secret, scope="admin").scopes == []
+    with pytest.raises(ValidationError, match="scope"):
+        ts.tokens.authenticate(open_secret, scope="Not Valid")
+    assert scoped.has_scope("read") and not scoped.has_scope("admin")
+
+
+def test_returned_scopes_are_the_callers_to_change(ts: Store) -> None:
+    _, secret = ts.tokens.create(scopes=["read"])
+    for _ in range(3):  # the first call reads the row, later ones reuse its conversion
+        scopes = ts.tokens.authenticate(secret).scopes
+        assert scopes == ["read"]
+        scopes.append("admin")
+    with pytest.raises(MissingScope):
+        ts.tokens.authenticate(secret, scope="admin")
+
+
+def test_a_row_changed_elsewhere_is_seen_on_the_next_call(ts: Store) -> None:
+    token, secret = ts.tokens.create(scopes=["read"])
+    ts.tokens.authenticate(secret, scope="read")
+    conn = sqlite3.connect(ts.path)
+    with conn:
+        conn.execute(
+            "UPDATE tokenstore_api_token SET scopes = '[\"write\"]', "
+            "revoked_at = '2030-01-01T00:00:00.000Z' WHERE id = ?",
+            (token.id.hex,),
+        )
+    conn.close()
+    with pytest.raises(RevokedToken):
+        ts.tokens.authenticate(secret, scope="read")
+
+
+def test_concurrent_authentication_from_threads(ts: Store, clock: Clock) -> None:
+    issued = [ts.tokens.create(name=f"t{i}") for i in range(5)]
+    revoked, revoked_secret = ts.tokens.create()
+    ts.tokens.revoke(revoked)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def work(n: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(150):
+                token, secret = issued[(n + i) % len(issued)]
+                assert ts.tokens.authenticate(secret).id == token.id
+                with pytest.raises(RevokedToken):
+                    ts.tokens.authenticate(revoked_secret)
+                if i % 25 == 0:
+                    clock.advance(minutes=1)  # every thread now also races to write
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            ts.db.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for token, _ in issued:
+        assert stored_row(ts, token)["last_used_at"] is not None
+
+
+# -- listing and getting -----------------------------------------------------------------
+
+
+def test_list_and_get(ts: Store, clock: Clock) -> None:
+    alice = ts.users.create("alice")
+    a1, _ = ts.tokens.create(alice, name="a1")
+    clock.advance(seconds=1)
+    s1, _ = ts.tokens.create(name="s1", expires=timedelta(seconds=1))
+    clock.advance(seconds=1)
+    a2, _ = ts.tokens.create(alice, name="a2")
+    ts.tokens.revoke(a1)
+    clock.advance(hours=1)
+    assert [t.name for t in ts.tokens.list()] == ["s1", "a2"]  # expired ones are listed
+    assert [t.name for t in ts.tokens.list(include_revoked=True)] == ["a1", "s1", "a2"]
+    assert [t.name for t in ts.tokens.list("alice", include_revoked=True)] == ["a1", "a2"]
+    assert [t.name for t in ts.tokens.list(alice)] == ["a2"]
+    assert ts.tokens.get(s1.abid).name == "s1"
+    with pytest.raises(NotFound, match="apt_"):
+        ts.tokens.get("apt_01J0000000000000000000000000")
+    with pytest.raises(ValidationError):
+        ts.tokens.get(a2.id)  # type: ignore[arg-type]
+
+
+# -- reading a token from a request ------------------------------------------------------
+
+
+def test_token_from_request_follows_archivebox_order() -> None:
+    assert token_from_request({"X-API-Key": "k1", "Authorization": "Bearer k2"}, "api_key=k3") == (
+        "k1"
+    )
+    assert token_from_request({"Authorization": "Bearer k2"}, {"api_key": "k3"}) == "k2"
+    assert token_from_request({}, {"api_key": "k3"}) == "k3"
+    assert token_from_request({}, {"api_key": ["k3", "k4"]}) == "k3"
+    assert token_from_request({}, "a=1&api_key=k3") == "k3"
+    assert token_from_request({}, None) is None
+    assert token_from_request({}, "") is None
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_bearer_scheme_is_case_insensitive(scheme: str) -> None:
+    assert token_from_request({"Authorization": f"{scheme} k2"}) == "k2"
+
+
+@pytest.mark.parametrize("absent", ["", "string", "None", "null", "  ", " null "])
+def test_placeholder_values_count_as_absent(absent: str) -> None:
+    assert token_from_request({"X-API-Key": absent, "Authorization": "Bearer k2"}) == "k2"
+    assert token_from_request({"Authorization": f"Bearer {absent}"}, "api_key=k3") == "k3"
+    assert token_from_request({}, {"api_key": absent}) is None
+
+
+def test_header_names_ignore_case_and_other_schemes_are_ignored() -> None:
+    assert token_from_request({"x-api-key": "k1"}) == "k1"
+    assert token_from_request({"authorization": "bearer k2"}) == "k2"
+    assert token_from_request({"Authorization": "Basic dXNlcjpwYXNz"}) is None
+    assert token_from_request({"Authorization": "Bearerk2"}) is None
+    assert token_from_request({"X-Custom": "k1"}, header="X-Custom") == "k1"
+    assert token_from_request({"X-API-Key": "k1"}, header="X-Custom") is None
+
+
+def test_store_tokens_use_their_configured_header(ts: Store) -> None:
+    assert ts.tokens.token_from_request({"X-API-Key": "k1"}) == "k1"
+    custom = Tokens(ts, header="X-ArchiveBox-API-Key")
+    assert custom.token_from_request({"X-ArchiveBox-API-Key": "k1", "X-API-Key": "k0"}) == "k1"
+
+
+# -- the secret goes nowhere -------------------------------------------------------------
+
+
+def test_secret_is_absent_from_the_database_files_and_logs(
+    ts: Store, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    token, secret = ts.tokens.create(name="ci", scopes=["read"])
+    ts.tokens.authenticate(secret, scope="read")
+    clock.advance(minutes=5)
+    ts.tokens.authenticate(secret)
+    with pytest.raises(MissingScope):
+        ts.tokens.authenticate(secret, scope="write")
+    wal = Path(f"{ts.path}-wal")
+    assert wal.exists()
+    data = ts.path.read_bytes() + wal.read_bytes()
+    random_part = secret[4:34]
+    assert secret.encode() not in data
+    assert random_part.encode() not in data
+    # The check can fail: what is stored instead is there to be found.
+    assert token.token_digest.encode() in data
+    assert token.abid.encode() in data
+    assert secret not in caplog.text and random_part not in caplog.text

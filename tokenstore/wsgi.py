@@ -1,0 +1,99 @@
+"""WSGI middleware: only requests with a valid API token reach the application.
+
+The token is read where ArchiveBox reads it (see ``tokens.token_from_request``)
+and the authenticated ``APIToken`` is handed on as
+``environ["tokenstore.token"]``. Refusals are JSON, so API clients can show
+the reason: 401 when the token is missing, unknown, expired or revoked, 403
+when it is valid but lacks the required scope (RFC 6750's codes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from .errors import AuthenticationError, MissingScope, ValidationError
+from .tokens import DEFAULT_API_KEY_HEADER, _check_scope, token_from_request
+
+if TYPE_CHECKING:
+    from .store import Store
+
+ENVIRON_KEY = "tokenstore.token"
+
+
+class TokenAuthMiddleware:
+    """Wrap ``app`` so that it only sees requests carrying a token of ``store``.
+
+    With ``scope``, the token must also grant that scope (tokens issued
+    without scopes grant all). Safe under threaded servers: each thread
+    authenticates on its own connection.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        store: Store,
+        scope: str | None = None,
+        header: str = DEFAULT_API_KEY_HEADER,
+    ) -> None:
+        if scope is not None:
+            _check_scope(scope)  # fail at startup, not on the first request
+        if not isinstance(header, str) or not header or not header.isascii():
+            raise ValidationError(f"header must be a non-empty ASCII header name, got {header!r}")
+        self.app = app
+        self.store = store
+        self.scope = scope
+        self.header = header
+        self._environ_key = "HTTP_" + header.upper().replace("-", "_")
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        headers = {
+            name: value
+            for name, value in (
+                (self.header, environ.get(self._environ_key)),
+                ("Authorization", environ.get("HTTP_AUTHORIZATION")),
+            )
+            if isinstance(value, str)
+        }
+        secret = token_from_request(headers, environ.get("QUERY_STRING", ""), header=self.header)
+        if secret is None:
+            return _refuse(
+                start_response,
+                "401 Unauthorized",
+                f"API token required: send it in the {self.header} header, as "
+                "'Authorization: Bearer <token>', or as the api_key query parameter",
+                "Bearer",
+            )
+        try:
+            token = self.store.tokens.authenticate(secret, self.scope)
+        except MissingScope as exc:
+            return _refuse(
+                start_response,
+                "403 Forbidden",
+                str(exc),
+                f'Bearer error="insufficient_scope", scope="{self.scope}"',
+            )
+        except AuthenticationError as exc:
+            return _refuse(
+                start_response, "401 Unauthorized", str(exc), 'Bearer error="invalid_token"'
+            )
+        environ[ENVIRON_KEY] = token
+        return self.app(environ, start_response)
+
+
+def _refuse(
+    start_response: StartResponse, status: str, message: str, challenge: str
+) -> list[bytes]:
+    body = json.dumps({"error": message}).encode("utf-8")
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("WWW-Authenticate", challenge),
+            ("Cache-Control", "no-store"),
+        ],
+    )
+    return [body]
