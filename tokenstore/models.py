@@ -177,7 +177,18 @@ class ABIDModel(BaseModel):
 
     @classmethod
     def _source_value(cls, instance: ABIDModel, source: ABIDSource) -> Any:
-        return source(instance) if callable(source) else getattr(instance, source)
+        """A source's value in the form a round trip through the file gives it.
+
+        A foreign key set as a hex string and the same key read back as a UUID
+        must give the same ABID, or every later save would look like drift.
+        """
+        if callable(source):
+            return source(instance)
+        value = getattr(instance, source)
+        field = cls._meta.combined.get(source)
+        if field is None or value is None:
+            return value
+        return field.python_value(field.db_value(value))
 
     def compute_abid(self) -> abids.ABID:
         """The ABID the current field values give (not necessarily the stored one)."""
@@ -245,7 +256,8 @@ class ABIDModel(BaseModel):
             if old_part == new_part:
                 continue
             if isinstance(source, str):
-                old = (self._stored or {}).get(source)
+                field = cls._meta.combined.get(source)
+                old = (self._stored or {}).get(field.name if field else source)
                 what = f"{cls.__name__}.{source} from {old!r} to {getattr(self, source)!r}"
             else:
                 what = f"{cls.__name__} (the source of its ABID {part} part)"
@@ -287,6 +299,103 @@ class APIToken(ABIDModel):
 
     class Meta:
         table_name = "tokenstore_api_token"
+
+    @staticmethod
+    def generate_secret_token(prefix: str | None = None) -> str:
+        """A new secret; it exists only in the caller's hands, the table keeps its digest."""
+        from . import credentials
+
+        return credentials.generate_token(
+            credentials.DEFAULT_TOKEN_PREFIX if prefix is None else prefix
+        )
+
+    @classmethod
+    def _from_row(cls, data: dict[str, Any]) -> APIToken:
+        """An instance exactly as a SELECT would load it, minus peewee's per-field setattr.
+
+        ``authenticate()`` builds one per request; going through ``__init__``
+        costs more than the indexed lookup itself. ``data`` maps field names to
+        Python values and becomes the instance's own.
+        """
+        token = cls.__new__(cls)
+        vars(token).update(
+            __data__=data, _dirty=set(), __rel__={}, _stored=dict(data), _id_generated=False
+        )
+        return token
+
+    @property
+    def token_redacted(self) -> str:
+        """What people see instead of the secret: 12 asterisks and the stored hint."""
+        return "*" * 12 + (self.token_hint or "")
+
+    @property
+    def expires_as_iso8601(self) -> str | None:
+        """ISO 8601 of ``expires``; ``None`` when it never expires.
+
+        The original returned now + 36500 days for a token without expiry, a
+        date that moved on every call; ``None`` says "never" without inventing one.
+        """
+        expires: datetime | None = self.expires
+        return None if expires is None else expires.isoformat()
+
+    def is_valid(self, for_date: datetime | None = None) -> bool:
+        """False once revoked, or when ``expires < for_date`` (default: now, wall clock).
+
+        As in the original, a token is still valid at the exact instant it
+        expires. ``for_date`` must be timezone-aware; it is not rounded.
+        """
+        if self.revoked_at is not None:
+            return False
+        expires: datetime | None = self.expires
+        if expires is None:
+            return True
+        if for_date is None:
+            for_date = datetime.now(UTC)
+        elif not isinstance(for_date, datetime) or for_date.utcoffset() is None:
+            raise ValidationError(f"for_date must be a timezone-aware datetime, got {for_date!r}")
+        return not expires < for_date
+
+    def has_scope(self, scope: str) -> bool:
+        """A token issued without scopes is unrestricted (as every ArchiveBox token is)."""
+        scopes: list[str] = self.scopes or []
+        return not scopes or scope in scopes
+
+    def save(self, force_insert: bool = False, only: Any = None) -> int:
+        """Refuse to undo or move a revocation: revoked is revoked for good."""
+        revoked_at = (self._stored or {}).get("revoked_at")
+        if revoked_at is not None and self.revoked_at != revoked_at:
+            raise ValidationError(
+                f"API token {self.abid} was revoked at {revoked_at.isoformat()}; "
+                "revocation cannot be undone or changed"
+            )
+        return super().save(force_insert=force_insert, only=only)
+
+    def __str__(self) -> str:
+        return self.token_redacted
+
+    def __repr__(self) -> str:
+        return f"<APIToken user={self._owner_name()} token={self.token_redacted}>"
+
+    def _owner_name(self) -> str:
+        if self.created_by_id is None:
+            return "None"
+        try:
+            return str(self.created_by.username)
+        except Exception:  # a repr must not fail: a deleted owner or closed file shows the id
+            return f"#{self.created_by_id}"
+
+    def __json__(self) -> dict[str, Any]:
+        """The original's keys in its order; ``token`` is the redacted form."""
+        created_at: datetime | None = self.created_at
+        return {
+            "TYPE": "APIToken",
+            "id": None if self.id is None else str(self.id),
+            "abid": self.abid,
+            "created_by_id": None if self.created_by_id is None else str(self.created_by_id),
+            "token": self.token_redacted,
+            "created_at": None if created_at is None else created_at.isoformat(),
+            "expires": self.expires_as_iso8601,
+        }
 
 
 class OutboundWebhook(ABIDModel):
