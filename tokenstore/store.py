@@ -127,6 +127,24 @@ class Store:
     Use ``tokenstore.open()`` rather than the constructor. The Store binds
     tokenstore's models (and the application's, via ``register``) to its
     database, so one process works with one open store at a time.
+
+    Options (all keyword-only):
+
+    - ``token_prefix``: the scannable prefix of new API token secrets (``tsk``).
+    - ``max_tokens_per_user``: at most this many live tokens per user; creating
+      one more is refused (``None``: no limit).
+    - ``api_key_header``: the header ``tokens.token_from_request`` reads first.
+    - ``webhook_allow``: hosts or networks hooks may reach although the
+      address guard refuses them by default (``["127.0.0.1/32"]``).
+    - ``connect_timeout`` / ``read_timeout``: seconds, per webhook request.
+    - ``disable_after_failures`` / ``disable_after``: a hook failing that many
+      times in a row, over at least that long, is disabled.
+    - ``secret_grace``: how long a rotated-out signing secret still signs.
+    - ``claim_timeout``: after this long, another process may take over change
+      events a live process claimed but never finished.
+    - ``busy_timeout``: seconds a writer waits for the lock (at least 5).
+    - ``clock``: a function returning the current aware UTC time (for tests).
+    - ``dispatch_on_open``: fire events left behind by dead processes at once.
     """
 
     def __init__(
@@ -134,6 +152,8 @@ class Store:
         path: str | os.PathLike[str],
         *,
         token_prefix: str = "tsk",
+        max_tokens_per_user: int | None = None,
+        api_key_header: str = "X-API-Key",
         webhook_allow: Iterable[str] = (),
         claim_timeout: timedelta = timedelta(hours=1),
         busy_timeout: float = 10.0,
@@ -181,7 +201,12 @@ class Store:
         from .webhooks import Webhooks
 
         self.users = Users(self)
-        self.tokens = Tokens(self, prefix=token_prefix)
+        self.tokens = Tokens(
+            self,
+            prefix=token_prefix,
+            max_tokens_per_user=max_tokens_per_user,
+            header=api_key_header,
+        )
         self.webhooks = Webhooks(
             self,
             allow=webhook_allow,
