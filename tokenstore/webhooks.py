@@ -21,7 +21,7 @@ from .delivery import Deliverer, Sender, dumps
 from .errors import InvalidABID, NotFound, ValidationError
 from .models import OutboundWebhook, User, WebhookDelivery, format_time, to_stored_time
 from .netguard import AddressGuard
-from .signing import new_signing_secret
+from .signing import SECRET_PREFIX, new_signing_secret, signing_key
 
 if TYPE_CHECKING:
     from .store import Store
@@ -62,6 +62,24 @@ EDITABLE = (
 )
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# What http.client can put in a header value: Latin-1 without controls (tab is allowed).
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+#: The fewest random bytes a signing secret may have (what the Standard Webhooks libraries make).
+MIN_SECRET_BYTES = 24
+
+
+def _header_value_ok(value: object) -> bool:
+    return isinstance(value, str) and _HEADER_VALUE.fullmatch(value) is not None
+
+
+def _secret_ok(secret: object) -> bool:
+    if not isinstance(secret, str) or not secret.startswith(SECRET_PREFIX):
+        return False
+    try:
+        return len(signing_key(secret)) >= MIN_SECRET_BYTES
+    except ValidationError:
+        return False
 
 
 class Webhooks:
@@ -110,8 +128,13 @@ class Webhooks:
                 f"webhook signal {hook.signal!r} is not one of: {', '.join(SIGNAL_CHOICES)}"
             )
         hook.signal = hook.signal.upper()
-        ref = hook.ref
-        hook.ref = self.store.ref(self.store.model_for_ref(ref))
+        model = self.store.model_for_ref(hook.ref)
+        if model is WebhookDelivery:
+            raise ValidationError(
+                f"{self.store.ref(model)} cannot have webhooks: its changes are not "
+                "captured (a hook on it would report its own deliveries)"
+            )
+        hook.ref = self.store.ref(model)
         if not isinstance(hook.endpoint, str) or len(hook.endpoint) > 2047:
             raise ValidationError("webhook endpoint must be a URL of at most 2047 characters")
         # Judged when set: another process (the CLI, say) may run with a different allowlist,
@@ -126,17 +149,42 @@ class Webhooks:
                 raise ValidationError(
                     f"webhook header name {key!r} is not a valid HTTP header name"
                 )
-            if not isinstance(value, str) or "\r" in value or "\n" in value:
+            if not _header_value_ok(value):
                 raise ValidationError(
-                    f"webhook header {key!r} must have a string value without line breaks"
+                    f"webhook header {key!r} must have a string value of Latin-1 "
+                    "characters without line breaks or other control characters"
                 )
         hook.headers = dict(headers)
-        token = hook.auth_token
-        if not isinstance(token, str) or "\r" in token or "\n" in token:
-            raise ValidationError("webhook auth_token must be a string without line breaks")
+        if not _header_value_ok(hook.auth_token):
+            # The value is secret: the message does not quote it.
+            raise ValidationError(
+                "webhook auth_token must be a string of Latin-1 characters without "
+                "line breaks or other control characters"
+            )
         for flag in ("enabled", "keep_last_response"):
             if not isinstance(getattr(hook, flag), bool):
                 raise ValidationError(f"webhook {flag} must be true or false")
+        if not hook.secret:
+            hook.secret = new_signing_secret()  # made like Django's Model.objects.create()
+        if not _secret_ok(hook.secret) or (
+            hook.previous_secret is not None and not _secret_ok(hook.previous_secret)
+        ):
+            raise ValidationError(
+                f"webhook signing secret must be {SECRET_PREFIX}<base64> of at least "
+                f"{MIN_SECRET_BYTES} bytes"
+            )
+        self._refuse_duplicates(hook)
+
+    def _refuse_duplicates(self, hook: OutboundWebhook) -> None:
+        """Say which unique field clashes, also for ``hook.save()`` outside ``create``."""
+        others = OutboundWebhook.select(OutboundWebhook.id).where(OutboundWebhook.id != hook.id)
+        if others.where(OutboundWebhook.name == hook.name).exists():
+            raise ValidationError(f"a webhook named {hook.name!r} already exists")
+        same_target = (OutboundWebhook.ref == hook.ref) & (
+            OutboundWebhook.endpoint == hook.endpoint
+        )
+        if others.where(same_target).exists():
+            raise ValidationError(f"a webhook for {hook.ref} at {hook.endpoint} already exists")
 
     def create(
         self,
@@ -155,7 +203,7 @@ class Webhooks:
             ref=self.store.ref(ref) if isinstance(ref, type) else ref,
             endpoint=endpoint,
             signal=signal,
-            headers=dict(headers) if headers is not None else {},
+            headers={} if headers is None else headers,  # validate() checks and copies it
             auth_token=auth_token,
             keep_last_response=keep_last_response,
             secret=new_signing_secret(),
@@ -204,12 +252,16 @@ class Webhooks:
             )
         if "ref" in changes and isinstance(changes["ref"], type):
             changes["ref"] = self.store.ref(changes["ref"])
+        before = {key: getattr(hook, key) for key in changes}
         for key, value in changes.items():
             setattr(hook, key, value)
         try:
             self._save(hook)
         except Exception:
-            hook = OutboundWebhook.get_by_id(hook.id)  # what is stored is unchanged
+            # Nothing was stored; the caller's object must not claim otherwise,
+            # or its next save() would write the refused values after all.
+            for key, value in before.items():
+                setattr(hook, key, value)
             raise
         return hook
 
@@ -301,11 +353,9 @@ class Webhooks:
             "timestamp": format_time(now),
             "data": {"hook": hook.abid, "name": hook.name, "ref": hook.ref},
         }
-        delivery = WebhookDelivery(
-            hook=hook, event_type="webhook.ping", payload=dumps(payload), next_attempt_at=None
-        )
-        delivery.save()
-        return self.deliverer.attempt(delivery)
+        # Held like a change's delivery: if this process dies before the attempt, it is retried.
+        delivery = self.deliverer.create_ping(hook, dumps(payload), now)
+        return self.deliverer.attempt(delivery, now)
 
     def redeliver(self, delivery: WebhookDelivery | str) -> WebhookDelivery:
         """Send a delivery again now, with the same ``webhook-id``."""

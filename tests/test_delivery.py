@@ -1,0 +1,1099 @@
+"""Sending webhooks: requests, signatures, outcomes, retries, the address guard, crashes.
+
+Every test talks to a real HTTP server on 127.0.0.1 (the stdlib's, or a raw
+socket where HTTP itself must misbehave) and a real SQLite file. Stores use
+short timeouts and an injected clock, so outcomes and the retry schedule are
+checked exactly and quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import Message
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import peewee
+import pytest
+from blinker import Signal
+from standardwebhooks.webhooks import Webhook
+
+import tokenstore
+from tokenstore import signals
+from tokenstore.delivery import RESPONSE_LIMIT, RETRY_SCHEDULE
+from tokenstore.errors import BlockedAddress
+from tokenstore.models import ABIDModel, OutboundWebhook, WebhookDelivery, to_stored_time
+from tokenstore.signing import verify_webhook
+from tokenstore.store import Store
+
+HERE = Path(__file__).resolve().parent
+LOOPBACK = ["127.0.0.1/32", "::1/128", "localhost"]
+TIMEOUT = 0.5  # connect and read timeout of the stores under test, in seconds
+
+
+class Note(ABIDModel):
+    """The application model the hooks watch."""
+
+    abid_prefix = "not_"
+    text = peewee.TextField(default="")
+
+
+class Clock:
+    """An injected store clock: starts at the real time (whole seconds) and moves when told."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)  # HTTP dates have whole seconds
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> datetime:
+        self.now += delta
+        return self.now
+
+
+# -- a recording HTTP server ----------------------------------------------------------
+
+
+@dataclass
+class Hit:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    headers: Message
+    body: bytes
+    client_port: int
+
+    def header_dict(self) -> dict[str, str]:
+        return {name: value for name, value in self.headers.items()}
+
+
+def answer(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> None:
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def ok(handler: BaseHTTPRequestHandler) -> None:
+    answer(handler, 200, b"thanks")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
+    server: _Server
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        receiver = self.server.receiver
+        receiver.hits.append(
+            Hit(self.command, self.path, self.headers, body, self.client_address[1])
+        )
+        receiver.respond(self)
+
+    do_GET = do_POST
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        # The sender may hang up early, on purpose in some tests.
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            super().handle()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    receiver: Receiver
+
+
+@dataclass
+class Receiver:
+    """A stdlib HTTP/1.1 server on 127.0.0.1 that records requests and answers as told."""
+
+    respond: Callable[[BaseHTTPRequestHandler], None] = ok
+    hits: list[Hit] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.server.receiver = self
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
+        self.thread.daemon = True
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def open_store(path: Path, clock: Clock, **options: Any) -> Store:
+    options.setdefault("webhook_allow", LOOPBACK)
+    s = tokenstore.open(path, connect_timeout=TIMEOUT, read_timeout=TIMEOUT, clock=clock, **options)
+    s.register(Note)
+    return s
+
+
+@pytest.fixture
+def store(db_path: Path, clock: Clock) -> Iterator[Store]:
+    """Overrides conftest's: loopback allowed, short timeouts, the injected clock, Note."""
+    s = open_store(db_path, clock)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@contextmanager
+def listening(sig: Signal) -> Iterator[list[dict[str, Any]]]:
+    """Record a signal's calls; strong reference, always disconnected afterwards."""
+    calls: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        calls.append({"sender": sender, **kwargs})
+
+    sig.connect(receiver, weak=False)
+    try:
+        yield calls
+    finally:
+        sig.disconnect(receiver)
+
+
+def only_delivery(store: Store) -> WebhookDelivery:
+    (delivery,) = store.webhooks.deliveries()
+    return delivery
+
+
+def reload(hook: OutboundWebhook) -> OutboundWebhook:
+    fresh: OutboundWebhook = OutboundWebhook.get_by_id(hook.id)
+    return fresh
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the request --------------------------------------------------------------------
+
+
+def test_save_sends_one_signed_request_before_returning(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    hook = store.webhooks.create(
+        "notes", Note, receiver.url(), headers={"X-Team": "blue"}, auth_token="Bearer s3cret"
+    )
+    with listening(signals.webhook_delivered) as delivered:
+        note = Note.create(text="hello")
+        # save() has returned: the attempt is made and recorded already.
+        delivery = only_delivery(store)
+        assert delivery.status == "delivered"
+    (hit,) = receiver.hits
+    assert (hit.method, hit.path) == ("POST", "/hook")
+
+    payload = json.loads(hit.body)
+    assert hit.body == json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    assert payload["type"] == "note.created"
+    datetime.fromisoformat(payload["timestamp"])
+    data = payload["data"]
+    assert data["model"] == store.ref(Note)
+    assert data["pk"] == str(note.id)
+    assert data["abid"] == note.abid
+    assert data["fields"]["text"] == "hello"
+
+    h = hit.headers
+    assert h["X-Team"] == "blue"
+    assert h["Content-Type"] == "application/json"
+    assert h["Authorization"] == "Bearer s3cret"
+    assert h["User-Agent"] == f"tokenstore/{tokenstore.__version__}"
+    assert h["webhook-id"] == delivery.abid
+    assert h["webhook-timestamp"] == str(int(clock.now.timestamp()))
+    assert Webhook(hook.secret).verify(hit.body, hit.header_dict()) == payload
+    assert verify_webhook(hook.secret, hit.header_dict(), hit.body) == payload
+
+    assert delivery.attempts == 1
+    assert delivery.last_status_code == 200
+    assert delivery.duration_ms is not None
+    assert delivery.next_attempt_at is None
+    hook = reload(hook)
+    assert hook.last_success == delivery.delivered_at
+    assert hook.last_failure is None
+    assert hook.last_response == ""  # keep_last_response is off
+    assert [c["delivery"].abid for c in delivered] == [delivery.abid]
+    assert delivered[0]["sender"] is OutboundWebhook
+
+
+def test_deliveries_are_ordinary_rows_of_their_model(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """Deliveries are written with direct SQL on the hot path; they must read back, and
+    save again, exactly like rows the model wrote itself."""
+    hook = store.webhooks.create("notes", Note, receiver.url())
+    Note.create(text="x")
+    delivery = only_delivery(store)
+    assert str(delivery.compute_abid()) == delivery.abid
+    assert delivery.abid == receiver.hits[0].headers["webhook-id"]
+    assert (delivery.hook_id, delivery.created_by_id) == (hook.id, store.system_user.id)
+    assert delivery.created_at == to_stored_time(clock.now)
+    assert delivery.event_type == "note.created"
+    delivery.last_error = "annotated by hand"
+    delivery.save()  # no ABID drift, no integrity error
+    assert WebhookDelivery.get_by_id(delivery.id).last_error == "annotated by hand"
+    row = store.db.execute_sql(
+        "SELECT webhook_id, hook, status, attempts FROM tokenstore_delivery_log"
+    ).fetchall()
+    assert row == [(delivery.abid, "notes", "delivered", 1)]
+
+
+def test_update_and_delete_are_sent_with_their_types(store: Store, receiver: Receiver) -> None:
+    store.webhooks.create("notes", Note, receiver.url())
+    note = Note.create(text="one")
+    note.text = "two"
+    note.save()
+    note.delete_instance()
+    bodies = [json.loads(hit.body) for hit in receiver.hits]
+    assert [b["type"] for b in bodies] == ["note.created", "note.updated", "note.deleted"]
+    assert [b["data"]["fields"]["text"] for b in bodies] == ["one", "two", "two"]
+    assert {b["data"]["pk"] for b in bodies} == {str(note.id)}
+
+
+def test_user_headers_cannot_override_the_signature_headers(
+    store: Store, receiver: Receiver
+) -> None:
+    hook = store.webhooks.create(
+        "notes",
+        Note,
+        receiver.url(),
+        auth_token="ignored: the user's Authorization comes first",
+        headers={
+            "Authorization": "Basic dXNlcg==",
+            "Content-Type": "application/vnd.notes+json",
+            "User-Agent": "spoof/1.0",
+            "webhook-id": "msg_forged",
+            "Webhook-Timestamp": "1",
+            "webhook-signature": "v1,Zm9yZ2Vk",
+        },
+    )
+    Note.create(text="x")
+    (hit,) = receiver.hits
+    h = hit.headers
+    assert h["Authorization"] == "Basic dXNlcg=="
+    assert h["Content-Type"] == "application/vnd.notes+json"
+    assert h.get_all("User-Agent") == [f"tokenstore/{tokenstore.__version__}"]
+    assert h.get_all("webhook-id") == [only_delivery(store).abid]
+    assert len(h.get_all("webhook-timestamp") or []) == 1
+    assert len(h.get_all("webhook-signature") or []) == 1
+    Webhook(hook.secret).verify(hit.body, hit.header_dict())
+
+
+def test_hooks_fire_by_signal_substring_model_and_enabled(store: Store, receiver: Receiver) -> None:
+    for name in ("CREATE", "UPDATE_OR_DELETE", "M2M", "CREATE_OR_M2M", "DISABLED", "TOKENS"):
+        signal_name = {"DISABLED": "CREATE_UPDATE_OR_DELETE", "TOKENS": "CREATE_UPDATE_OR_DELETE"}
+        store.webhooks.create(
+            name,
+            "tokenstore.models.APIToken" if name == "TOKENS" else Note,
+            receiver.url(f"/{name}"),
+            signal=signal_name.get(name, name),
+        )
+    store.webhooks.update("DISABLED", enabled=False)
+    note = Note.create(text="a")
+    note.text = "b"
+    note.save()
+    note.delete_instance()
+    got = sorted((hit.path, json.loads(hit.body)["type"]) for hit in receiver.hits)
+    assert got == [
+        ("/CREATE", "note.created"),
+        ("/CREATE_OR_M2M", "note.created"),
+        ("/UPDATE_OR_DELETE", "note.deleted"),
+        ("/UPDATE_OR_DELETE", "note.updated"),
+    ]
+
+
+def test_nothing_is_written_or_sent_when_no_enabled_hook_matches(
+    store: Store, receiver: Receiver
+) -> None:
+    store.webhooks.create("tokens", "tokenstore.models.APIToken", receiver.url("/t"))
+    store.webhooks.create("off", Note, receiver.url("/n"))
+    store.webhooks.disable("off")
+    for i in range(3):
+        Note.create(text=str(i))
+    assert receiver.hits == []
+    assert store.webhooks.deliveries() == []
+
+
+def test_no_thread_is_started_per_save_and_one_connection_is_kept_alive(
+    store: Store, receiver: Receiver
+) -> None:
+    store.webhooks.create("notes", Note, receiver.url())
+    Note.create(text="warm-up")  # the first send opens the connection
+
+    def ours() -> set[threading.Thread]:
+        # The test server starts a thread per connection; those are not ours.
+        return {t for t in threading.enumerate() if "process_request" not in t.name}
+
+    before = ours()
+    for i in range(5):
+        Note.create(text=str(i))
+    assert ours() == before
+    assert len(receiver.hits) == 6
+    assert len({hit.client_port for hit in receiver.hits}) == 1
+
+
+def test_rolled_back_changes_send_nothing_and_nested_ones_wait_for_the_outer_commit(
+    store: Store, receiver: Receiver
+) -> None:
+    store.webhooks.create("notes", Note, receiver.url())
+    with store.atomic() as txn:
+        Note.create(text="rolled back")
+        txn.rollback()
+    with pytest.raises(RuntimeError), store.atomic():
+        Note.create(text="raised")
+        raise RuntimeError("abort")
+    assert receiver.hits == []
+    assert store.webhooks.deliveries() == []
+
+    with store.atomic():
+        with store.atomic():
+            Note.create(text="inner")
+        assert receiver.hits == []
+    assert [json.loads(hit.body)["data"]["fields"]["text"] for hit in receiver.hits] == ["inner"]
+
+
+def test_secrets_never_appear_in_payloads(store: Store, receiver: Receiver) -> None:
+    store.webhooks.create("tokens", "tokenstore.models.APIToken", receiver.url("/tokens"))
+    store.webhooks.create(
+        "hooks", OutboundWebhook, receiver.url("/hooks"), auth_token="hook-auth-token"
+    )
+    token, token_secret = store.tokens.create(name="ci")
+    other = store.webhooks.create(
+        "other", Note, receiver.url("/other"), auth_token="other-auth-token"
+    )
+    store.webhooks.rotate_secret(other)
+    other = reload(other)
+    bodies = {hit.path: hit.body.decode() for hit in receiver.hits}
+    assert set(bodies) == {"/tokens", "/hooks"}
+    token_fields = json.loads(bodies["/tokens"])["data"]["fields"]
+    assert token_fields["token_hint"] == token.token_hint
+    for body in bodies.values():
+        for secret in (
+            token_secret,
+            token.token_digest,
+            "hook-auth-token",
+            "other-auth-token",
+            other.secret,
+            other.previous_secret,
+        ):
+            assert secret not in body
+    for body in (d.payload for d in store.webhooks.deliveries()):
+        assert "auth-token" not in body
+        assert "whsec_" not in body
+
+
+# -- outcomes -----------------------------------------------------------------------
+
+
+def test_receiver_down_is_a_failure_retried_after_five_seconds(store: Store, clock: Clock) -> None:
+    hook = store.webhooks.create("down", Note, f"http://127.0.0.1:{closed_port()}/")
+    with listening(signals.webhook_failed) as failed:
+        Note.create(text="x")
+    delivery = only_delivery(store)
+    assert delivery.status == "failed"
+    assert delivery.attempts == 1
+    assert delivery.last_status_code is None
+    assert "ConnectionError" in delivery.last_error
+    assert delivery.last_attempt_at == to_stored_time(clock.now)
+    assert delivery.next_attempt_at == delivery.last_attempt_at + timedelta(seconds=5)
+    hook = reload(hook)
+    assert hook.last_failure is not None
+    assert hook.last_success is None
+    assert hook.failure_count == 1
+    assert [c["error"] for c in failed] == [delivery.last_error]
+
+
+def test_a_receiver_slower_than_the_read_timeout_is_a_timeout(
+    store: Store, receiver: Receiver
+) -> None:
+    def slow(handler: BaseHTTPRequestHandler) -> None:
+        time.sleep(TIMEOUT + 0.4)
+        ok(handler)
+
+    receiver.respond = slow
+    store.webhooks.create("slow", Note, receiver.url())
+    start = time.monotonic()
+    Note.create(text="x")
+    elapsed = time.monotonic() - start
+    delivery = only_delivery(store)
+    assert delivery.status == "failed"
+    assert "timed out" in delivery.last_error
+    assert elapsed < TIMEOUT + 0.35
+
+
+def test_http_500_is_a_failure_and_its_body_is_kept(store: Store, receiver: Receiver) -> None:
+    receiver.respond = lambda h: answer(h, 500, b"database on fire")
+    hook = store.webhooks.create("notes", Note, receiver.url(), keep_last_response=True)
+    Note.create(text="x")
+    delivery = only_delivery(store)
+    assert (delivery.status, delivery.last_status_code, delivery.last_error) == (
+        "failed",
+        500,
+        "HTTP 500",
+    )
+    assert reload(hook).last_response == "database on fire"
+
+
+def test_http_410_disables_the_hook_and_gives_up_its_deliveries(
+    store: Store, receiver: Receiver
+) -> None:
+    receiver.respond = lambda h: answer(h, 500)
+    hook = store.webhooks.create("gone", Note, receiver.url())
+    Note.create(text="waiting for a retry")
+    receiver.respond = lambda h: answer(h, 410)
+    with listening(signals.webhook_disabled) as disabled:
+        Note.create(text="gone now")
+    hook = reload(hook)
+    assert hook.enabled is False
+    assert "410" in hook.disabled_reason
+    assert [c["reason"] for c in disabled] == [hook.disabled_reason]
+    assert {d.status for d in store.webhooks.deliveries()} == {"dead"}
+    Note.create(text="after")
+    assert len(receiver.hits) == 2
+    assert len(store.webhooks.deliveries()) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after", "expected"),
+    [
+        (429, "120", timedelta(seconds=120)),
+        (503, "http-date in 90 s", timedelta(seconds=90)),
+        (429, "9" * 30, timedelta(hours=10)),  # absurd: capped, not a crash
+        (503, "soon", RETRY_SCHEDULE[1]),  # nonsense: the schedule applies
+        (429, "\u00b2", RETRY_SCHEDULE[1]),  # a Unicode digit is not a number of seconds
+    ],
+)
+def test_429_and_503_honour_retry_after(
+    store: Store, receiver: Receiver, clock: Clock, status: int, retry_after: str, expected: Any
+) -> None:
+    if retry_after.startswith("http-date"):
+        retry_after = format_datetime(clock.now + timedelta(seconds=90), usegmt=True)
+    receiver.respond = lambda h: answer(h, status, headers={"Retry-After": retry_after})
+    Note.create(text="warm-up")  # no hook yet; the store is ready
+    store.webhooks.create("busy", Note, receiver.url())
+    Note.create(text="x")
+    delivery = only_delivery(store)
+    assert (delivery.status, delivery.last_status_code) == ("failed", status)
+    assert delivery.next_attempt_at is not None
+    assert delivery.last_attempt_at is not None
+    assert delivery.next_attempt_at - delivery.last_attempt_at == expected
+
+
+def test_redirects_are_not_followed_and_count_as_failures(store: Store, receiver: Receiver) -> None:
+    receiver.respond = lambda h: answer(h, 302, headers={"Location": receiver.url("/elsewhere")})
+    store.webhooks.create("moved", Note, receiver.url())
+    Note.create(text="x")
+    assert [(hit.method, hit.path) for hit in receiver.hits] == [("POST", "/hook")]
+    delivery = only_delivery(store)
+    assert delivery.status == "failed"
+    assert delivery.last_status_code == 302
+    assert "/elsewhere" in delivery.last_error
+
+
+def test_a_non_utf8_body_is_decoded_with_replacement(store: Store, receiver: Receiver) -> None:
+    receiver.respond = lambda h: answer(h, 200, b"caf\xe9 \xff\xfe ok")
+    hook = store.webhooks.create("latin", Note, receiver.url(), keep_last_response=True)
+    Note.create(text="x")
+    assert only_delivery(store).status == "delivered"
+    assert reload(hook).last_response == "caf\ufffd \ufffd\ufffd ok"
+
+
+def test_a_10_mb_body_is_cut_to_8000_characters_without_reading_it_all(
+    store: Store, receiver: Receiver
+) -> None:
+    big = b"x" * (10 * 1024 * 1024)
+    receiver.respond = lambda h: answer(h, 200, big)
+    hook = store.webhooks.create("big", Note, receiver.url(), keep_last_response=True)
+    start = time.monotonic()
+    Note.create(text="x")
+    assert time.monotonic() - start < 1.0
+    assert only_delivery(store).status == "delivered"
+    assert reload(hook).last_response == "x" * RESPONSE_LIMIT
+    Note.create(text="again")  # the connection left half-read is not reused
+    assert [d.status for d in store.webhooks.deliveries()] == ["delivered", "delivered"]
+
+
+def test_a_body_trickled_slowly_does_not_hold_the_writer_for_long(
+    store: Store, receiver: Receiver
+) -> None:
+    stop = threading.Event()
+
+    def trickle(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100000")
+        handler.end_headers()
+        for _ in range(100):  # 10 s at most, each piece well inside the read timeout
+            if stop.wait(0.1):
+                return
+            handler.wfile.write(b"." * 10)
+            handler.wfile.flush()
+
+    receiver.respond = trickle
+    hook = store.webhooks.create("drip", Note, receiver.url(), keep_last_response=True)
+    start = time.monotonic()
+    try:
+        Note.create(text="x")
+        elapsed = time.monotonic() - start
+    finally:
+        stop.set()
+    assert elapsed < 3 * TIMEOUT
+    assert only_delivery(store).status == "delivered"
+    assert reload(hook).last_response.startswith("..........")
+
+
+def test_a_connection_reset_is_a_failure(store: Store) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def reset_each() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    threading.Thread(target=reset_each, daemon=True).start()
+    try:
+        store.webhooks.create("reset", Note, f"http://127.0.0.1:{listener.getsockname()[1]}/")
+        Note.create(text="x")
+    finally:
+        listener.close()
+    delivery = only_delivery(store)
+    assert delivery.status == "failed"
+    assert delivery.last_status_code is None
+    # Linux reports the RST as a reset or as a close, depending on timing.
+    assert delivery.last_error.startswith("ConnectionError: ('Connection aborted.'")
+    assert delivery.next_attempt_at is not None
+
+
+def test_outcomes_are_recorded_per_hook(store: Store, receiver: Receiver) -> None:
+    receiver.respond = lambda h: answer(h, 500 if h.path == "/bad" else 200, h.path.encode())
+    good = store.webhooks.create("good", Note, receiver.url("/good"), keep_last_response=True)
+    bad = store.webhooks.create("bad", Note, receiver.url("/bad"), keep_last_response=True)
+    Note.create(text="x")
+    good, bad = reload(good), reload(bad)
+    assert (good.last_success is not None, good.last_failure, good.last_response) == (
+        True,
+        None,
+        "/good",
+    )
+    assert (bad.last_success, bad.last_failure is not None, bad.last_response) == (
+        None,
+        True,
+        "/bad",
+    )
+    assert (good.failure_count, bad.failure_count) == (0, 1)
+    statuses = {d.hook_id: d.status for d in store.webhooks.deliveries()}
+    assert statuses == {good.id: "delivered", bad.id: "failed"}
+
+
+def test_a_header_the_wire_cannot_carry_is_a_recorded_failure(
+    store: Store, receiver: Receiver
+) -> None:
+    """A hook edited in the sqlite3 shell may hold what validation would refuse."""
+    hook = store.webhooks.create("notes", Note, receiver.url())
+    with sqlite3.connect(store.path) as conn:
+        conn.execute(
+            "UPDATE tokenstore_outbound_webhook SET headers = ? WHERE id = ?",
+            (json.dumps({"X-Mood": "\u2615"}), hook.id.hex),
+        )
+    conn.close()
+    Note.create(text="x")
+    delivery = only_delivery(store)
+    assert delivery.status == "failed"
+    assert delivery.attempts == 1
+    assert delivery.last_error
+    assert receiver.hits == []
+
+
+# -- retries ------------------------------------------------------------------------
+
+
+def test_retries_follow_the_schedule_then_the_delivery_dies(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    receiver.respond = lambda h: answer(h, 500)
+    store.webhooks.create("flaky", Note, receiver.url())
+    Note.create(text="x")
+    assert len(receiver.hits) == 1
+    tick = timedelta(milliseconds=1)
+    for attempt, delay in enumerate(RETRY_SCHEDULE[1:], start=2):
+        clock.advance(delay - tick)
+        assert store.webhooks.deliver_due() == 0, f"attempt {attempt} came early"
+        clock.advance(tick)
+        assert store.webhooks.deliver_due() == 1, f"attempt {attempt} did not come"
+        delivery = only_delivery(store)
+        assert delivery.attempts == attempt
+        assert delivery.last_attempt_at == to_stored_time(clock.now)
+    assert delivery.status == "dead"
+    assert delivery.next_attempt_at is None
+    clock.advance(timedelta(days=30))
+    assert store.webhooks.deliver_due() == 0
+    assert len(receiver.hits) == len(RETRY_SCHEDULE) == 8
+    assert len({hit.headers["webhook-id"] for hit in receiver.hits}) == 1
+    stamps = [int(hit.headers["webhook-timestamp"]) for hit in receiver.hits]
+    assert stamps == sorted(stamps) and stamps[-1] - stamps[0] > 27 * 3600
+
+
+def test_a_retry_that_succeeds_delivers_and_resets_the_failure_count(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    receiver.respond = lambda h: answer(h, 500)
+    hook = store.webhooks.create("flaky", Note, receiver.url())
+    Note.create(text="x")
+    assert reload(hook).failure_count == 1
+    receiver.respond = ok
+    clock.advance(timedelta(seconds=5))
+    assert store.webhooks.deliver_due() == 1
+    delivery = only_delivery(store)
+    assert (delivery.status, delivery.attempts) == ("delivered", 2)
+    hook = reload(hook)
+    assert (hook.failure_count, hook.failing_since) == (0, None)
+    assert hook.last_success is not None and hook.last_failure is not None
+
+
+def test_deliver_due_records_attempts_at_the_time_it_was_given(
+    db_path: Path, receiver: Receiver
+) -> None:
+    """``deliver_due(now=...)`` acts at that time, also for the outcome and the next retry."""
+    s = tokenstore.open(
+        db_path, webhook_allow=LOOPBACK, connect_timeout=TIMEOUT, read_timeout=TIMEOUT
+    )
+    try:
+        s.register(Note)
+        receiver.respond = lambda h: answer(h, 500)
+        s.webhooks.create("flaky", Note, receiver.url())
+        Note.create(text="x")
+        later = datetime.now(UTC) + timedelta(hours=3)
+        assert s.webhooks.deliver_due(now=later) == 1
+        delivery = only_delivery(s)
+        assert delivery.last_attempt_at == to_stored_time(later)
+        assert delivery.next_attempt_at == delivery.last_attempt_at + RETRY_SCHEDULE[2]
+        assert receiver.hits[-1].headers["webhook-timestamp"] == str(int(later.timestamp()))
+    finally:
+        s.close()
+
+
+def test_deliver_due_reads_the_clock_again_for_each_delivery(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """Each attempt is held and recorded from its own start, not from the batch's:
+    a hold counted from the start would have run out while the earlier ones were sent."""
+    receiver.respond = lambda h: answer(h, 500)
+    store.webhooks.create("flaky", Note, receiver.url())
+    with store.atomic():
+        for i in range(3):
+            Note.create(text=str(i))
+    clock.advance(timedelta(seconds=5))
+    held_while_sending: list[bool] = []
+
+    def slow_ok(handler: BaseHTTPRequestHandler) -> None:
+        with sqlite3.connect(store.path) as conn:
+            (hold,) = conn.execute(
+                "SELECT next_attempt_at FROM tokenstore_webhook_delivery WHERE abid = ?",
+                (handler.headers["webhook-id"],),
+            ).fetchone()
+        conn.close()
+        held_while_sending.append(datetime.fromisoformat(hold) > clock.now)
+        clock.advance(timedelta(minutes=1))  # each send takes a minute, as far as the store knows
+        ok(handler)
+
+    receiver.respond = slow_ok
+    start = clock.now
+    assert store.webhooks.deliver_due() == 3
+    assert held_while_sending == [True, True, True]
+    attempted = sorted(d.last_attempt_at for d in store.webhooks.deliveries())
+    assert attempted == [start + timedelta(minutes=i) for i in range(3)]
+
+
+def test_a_hook_failing_for_long_enough_is_disabled(
+    db_path: Path, receiver: Receiver, clock: Clock
+) -> None:
+    s = open_store(db_path, clock, disable_after_failures=3, disable_after=timedelta(minutes=1))
+    try:
+        receiver.respond = lambda h: answer(h, 500)
+        hook = s.webhooks.create("flaky", Note, receiver.url())
+        for i in range(3):
+            Note.create(text=str(i))  # three failures in a row, but within a second
+        assert reload(hook).enabled
+        clock.advance(timedelta(minutes=1))
+        with listening(signals.webhook_disabled) as disabled:
+            assert s.webhooks.deliver_due() == 1  # disabling gives up the other two
+        hook = reload(hook)
+        assert hook.enabled is False
+        assert "failed attempts in a row" in hook.disabled_reason
+        assert "HTTP 500" in hook.disabled_reason
+        assert [c["hook"].id for c in disabled] == [hook.id]
+        assert {d.status for d in s.webhooks.deliveries()} == {"dead"}
+        hits = len(receiver.hits)
+        clock.advance(timedelta(hours=1))
+        Note.create(text="after")
+        assert s.webhooks.deliver_due() == 0
+        assert len(receiver.hits) == hits
+    finally:
+        s.close()
+
+
+def test_two_threads_running_deliver_due_never_send_one_delivery_twice(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    receiver.respond = lambda h: answer(h, 500)
+    store.webhooks.create("flaky", Note, receiver.url())
+    with store.atomic():
+        for i in range(20):
+            Note.create(text=str(i))
+    receiver.hits.clear()
+    receiver.respond = ok
+    clock.advance(timedelta(seconds=5))
+    counts: list[int] = []
+    go = threading.Barrier(2)
+
+    def run() -> None:
+        go.wait()
+        try:
+            counts.append(store.webhooks.deliver_due())
+        finally:
+            store.webhooks.close()
+            store.db.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sum(counts) == 20
+    ids = [hit.headers["webhook-id"] for hit in receiver.hits]
+    assert len(ids) == len(set(ids)) == 20
+
+
+def test_sends_queued_behind_a_slow_one_are_taken_before_they_go(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """After one commit the writer sends its deliveries one by one. If the first
+    outlasts the hold on the others, a retry runner elsewhere may take them; the
+    writer must then leave them alone rather than send them a second time."""
+    store.webhooks.create("first", Note, receiver.url("/first"))
+    store.webhooks.create("second", Note, receiver.url("/second"))
+    others: list[int] = []
+
+    def meanwhile(sender: Any, **kwargs: Any) -> None:
+        if kwargs["hook"].name != "first":
+            return
+        clock.advance(timedelta(minutes=5))  # the first send took longer than the hold
+
+        def retry_runner() -> None:
+            try:
+                others.append(store.webhooks.deliver_due())
+            finally:
+                store.webhooks.close()
+                store.db.close()
+
+        runner = threading.Thread(target=retry_runner)
+        runner.start()
+        runner.join(10)
+
+    signals.webhook_delivered.connect(meanwhile, weak=False)
+    try:
+        Note.create(text="x")
+    finally:
+        signals.webhook_delivered.disconnect(meanwhile)
+    assert others == [1]
+    assert sorted(hit.path for hit in receiver.hits) == ["/first", "/second"]
+    assert {d.status for d in store.webhooks.deliveries()} == {"delivered"}
+    assert {d.attempts for d in store.webhooks.deliveries()} == {1}
+
+
+def test_ping_and_redeliver(store: Store, receiver: Receiver) -> None:
+    hook = store.webhooks.create("notes", Note, receiver.url())
+    ping = store.webhooks.ping(hook)
+    assert ping.status == "delivered"
+    body = Webhook(hook.secret).verify(receiver.hits[0].body, receiver.hits[0].header_dict())
+    assert body["type"] == "webhook.ping"
+    assert body["data"]["hook"] == hook.abid
+
+    Note.create(text="x")
+    (delivery,) = [d for d in store.webhooks.deliveries() if d.event_type == "note.created"]
+    again = store.webhooks.redeliver(delivery.abid)
+    assert again.attempts == 2
+    first, second = receiver.hits[1:]
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == delivery.abid
+    assert first.body == second.body
+    Webhook(hook.secret).verify(second.body, second.header_dict())
+
+
+def test_a_rotated_secret_signs_alongside_the_old_one_for_the_grace_period(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    hook = store.webhooks.create("notes", Note, receiver.url())
+    old = hook.secret
+    hook = store.webhooks.rotate_secret(hook, grace=timedelta(seconds=30))
+    assert hook.secret != old
+    Note.create(text="during")
+    clock.advance(timedelta(seconds=31))
+    Note.create(text="after")
+    during, after = receiver.hits
+    assert len(during.headers["webhook-signature"].split()) == 2
+    Webhook(old).verify(during.body, during.header_dict())
+    Webhook(hook.secret).verify(during.body, during.header_dict())
+    assert len(after.headers["webhook-signature"].split()) == 1
+    Webhook(hook.secret).verify(after.body, after.header_dict())
+    with pytest.raises(Exception, match="signature"):
+        Webhook(old).verify(after.body, after.header_dict())
+
+
+def test_the_retry_thread_sends_what_is_due(store: Store, receiver: Receiver, clock: Clock) -> None:
+    receiver.respond = lambda h: answer(h, 503)
+    store.webhooks.create("flaky", Note, receiver.url())
+    Note.create(text="x")
+    receiver.respond = ok
+    clock.advance(timedelta(seconds=5))
+    with listening(signals.webhook_delivered) as delivered:
+        thread = store.webhooks.start_retry_thread(interval=0.02)
+        try:
+            deadline = time.monotonic() + 5
+            while not delivered and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            thread.stop(5)
+    assert not thread.is_alive()
+    assert only_delivery(store).status == "delivered"
+    assert len(receiver.hits) == 2
+
+
+def test_a_row_edited_into_nonsense_does_not_block_later_writes(
+    store: Store, receiver: Receiver
+) -> None:
+    """Webhook work runs inside every commit; one bad captured row must not fail them all."""
+    store.webhooks.create("notes", Note, receiver.url())
+    note = Note.create(text="fine")
+    with sqlite3.connect(store.path) as conn:  # someone in the sqlite3 shell
+        conn.execute(
+            "UPDATE note SET created_at = 'yesterday-ish', text = 'edited' WHERE id = ?",
+            (note.id.hex,),
+        )
+    conn.close()
+    Note.create(text="next")
+    types = [json.loads(hit.body)["type"] for hit in receiver.hits]
+    assert types == ["note.created", "note.updated", "note.created"]
+    edited = json.loads(receiver.hits[1].body)["data"]["fields"]
+    assert (edited["text"], edited["created_at"]) == ("edited", "yesterday-ish")
+
+
+# -- crash after commit -------------------------------------------------------------
+
+
+def test_a_process_killed_after_commit_has_its_delivery_sent_by_deliver_due(
+    db_path: Path, receiver: Receiver
+) -> None:
+    child = subprocess.run(
+        [sys.executable, str(HERE / "_crash_sender.py"), str(db_path), receiver.url()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert receiver.hits == []
+
+    s = tokenstore.open(
+        db_path, webhook_allow=LOOPBACK, connect_timeout=TIMEOUT, read_timeout=TIMEOUT
+    )
+    try:
+        pending = only_delivery(s)
+        assert (pending.status, pending.attempts) == ("pending", 0)
+        assert s.webhooks.deliver_due() == 0  # still held by the dead writer's lease
+        lease = timedelta(seconds=2 * TIMEOUT + 5)
+        later = datetime.now(UTC) + lease + timedelta(seconds=1)
+        assert s.webhooks.deliver_due(now=later) == 1
+        assert s.webhooks.deliver_due(now=later + timedelta(days=1)) == 0
+        s.dispatch()
+        (hit,) = receiver.hits
+        assert hit.headers["webhook-id"] == pending.abid
+        assert json.loads(hit.body)["data"]["fields"]["text"] == "written before the crash"
+        assert only_delivery(s).status == "delivered"
+    finally:
+        s.close()
+
+
+# -- the address guard --------------------------------------------------------------
+
+
+@pytest.fixture
+def guarded(db_path: Path, clock: Clock) -> Iterator[Store]:
+    """A store with the default guard: no allowlist."""
+    s = open_store(db_path, clock, webhook_allow=())
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.1.2.3",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "169.254.169.254",
+        "10.0.0.7",
+        "192.168.1.1",
+        "0.0.0.0",
+        "2130706433",
+    ],
+)
+def test_a_literal_blocked_address_is_refused_at_creation(guarded: Store, host: str) -> None:
+    with pytest.raises(BlockedAddress, match="not allowed"):
+        guarded.webhooks.create("internal", Note, f"http://{host}:8080/hook")
+    assert guarded.webhooks.list() == []
+
+
+def test_a_hostname_resolving_to_loopback_is_blocked_when_sending(
+    guarded: Store, receiver: Receiver
+) -> None:
+    hook = guarded.webhooks.create("sneaky", Note, f"http://localhost:{receiver.port}/hook")
+    Note.create(text="x")
+    delivery = only_delivery(guarded)
+    assert delivery.status == "failed"
+    assert "blocked" in delivery.last_error
+    assert "loopback" in delivery.last_error
+    assert receiver.hits == []
+    assert reload(hook).last_failure is not None
+
+
+def _point_at(store: Store, hook: OutboundWebhook, endpoint: str) -> None:
+    """Change an endpoint behind validation's back, as the sqlite3 shell could."""
+    with sqlite3.connect(store.path) as conn:
+        conn.execute(
+            "UPDATE tokenstore_outbound_webhook SET endpoint = ? WHERE id = ?",
+            (endpoint, hook.id.hex),
+        )
+    conn.close()
+
+
+def test_an_ipv4_mapped_ipv6_address_is_judged_by_the_address_it_wraps(
+    guarded: Store, receiver: Receiver
+) -> None:
+    hook = guarded.webhooks.create("mapped", Note, "https://hooks.example.com/in")
+    _point_at(guarded, hook, f"http://[::ffff:127.0.0.1]:{receiver.port}/hook")
+    Note.create(text="x")
+    delivery = only_delivery(guarded)
+    assert delivery.status == "failed"
+    assert "embeds the IPv4 address 127.0.0.1" in delivery.last_error
+    assert receiver.hits == []
+
+
+def test_an_allowlist_lets_loopback_through_also_when_mapped(
+    db_path: Path, clock: Clock, receiver: Receiver
+) -> None:
+    s = open_store(db_path, clock, webhook_allow=["127.0.0.1/32"])
+    try:
+        hook = s.webhooks.create("local", Note, receiver.url())
+        Note.create(text="direct")
+        _point_at(s, hook, f"http://[::ffff:127.0.0.1]:{receiver.port}/hook")
+        Note.create(text="mapped")
+        assert [d.status for d in s.webhooks.deliveries()] == ["delivered", "delivered"]
+        assert len(receiver.hits) == 2
+        with pytest.raises(BlockedAddress):
+            s.webhooks.create("other", Note, "http://127.0.0.2/")
+    finally:
+        s.close()
+
+
+def test_a_shell_edit_made_while_the_store_was_closed_is_sent(
+    db_path: Path, clock: Clock, receiver: Receiver
+) -> None:
+    s = open_store(db_path, clock)
+    s.webhooks.create("notes", Note, receiver.url())
+    note = Note.create(text="before")
+    s.close()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE note SET text = 'from the shell' WHERE id = ?", (note.id.hex,))
+    conn.close()
+    s = open_store(db_path, clock)
+    try:
+        s.dispatch()
+        clock.advance(timedelta(minutes=1))
+        s.webhooks.deliver_due()
+        assert [json.loads(hit.body)["type"] for hit in receiver.hits] == [
+            "note.created",
+            "note.updated",
+        ]
+    finally:
+        s.close()
+
+
+def test_default_and_configured_timeouts(db_path: Path) -> None:
+    s = tokenstore.open(db_path)
+    try:
+        assert s.webhooks.deliverer.sender.timeout == (3.0, 10.0)
+    finally:
+        s.close()
+    s = tokenstore.open(db_path, connect_timeout=1.5, read_timeout=4)
+    try:
+        assert s.webhooks.deliverer.sender.timeout == (1.5, 4)
+    finally:
+        s.close()
+
+
+def test_signals_carry_the_hook_class_as_sender(store: Store, receiver: Receiver) -> None:
+    receiver.respond = lambda h: answer(h, 500)
+    store.webhooks.create("notes", Note, receiver.url())
+    with listening(signals.webhook_failed) as failed:
+        Note.create(text="x")
+    assert [c["sender"] for c in failed] == [OutboundWebhook]
+    assert isinstance(failed[0]["hook"], OutboundWebhook)
+    assert isinstance(failed[0]["delivery"], WebhookDelivery)

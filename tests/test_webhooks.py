@@ -1,0 +1,377 @@
+"""OutboundWebhook: fields, validation on save, and the ``store.webhooks`` API.
+
+Sending is covered in test_delivery.py; here hooks point at addresses nothing
+is sent to, and no app model is saved while an enabled hook matches it.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import peewee
+import pytest
+
+import tokenstore
+from tokenstore.errors import BlockedAddress, NotFound, ValidationError
+from tokenstore.models import ABIDModel, OutboundWebhook, WebhookDelivery
+from tokenstore.store import Store
+from tokenstore.webhooks import SIGNAL_CHOICES
+
+URL = "http://127.0.0.1:9/hook"  # allowed by the store fixture; never reached here
+
+
+class Doc(ABIDModel):
+    abid_prefix = "doc_"
+    title = peewee.TextField(default="")
+
+
+class Frozen:
+    """A clock that stands still."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2024, 10, 24, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Frozen:
+    return Frozen()
+
+
+@pytest.fixture
+def store(db_path: Path, clock: Frozen) -> Iterator[Store]:
+    """Overrides conftest's to add a fixed clock and the Doc model."""
+    s = tokenstore.open(db_path, webhook_allow=["127.0.0.1/32"], clock=clock)
+    s.register(Doc)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def hook_count() -> int:
+    return int(OutboundWebhook.select().count())
+
+
+# -- fields and defaults ------------------------------------------------------------
+
+
+def test_create_fills_every_field_of_the_original_and_a_secret(store: Store) -> None:
+    hook = store.webhooks.create("docs", Doc, URL)
+    assert hook.abid.startswith("whk_")
+    assert hook.ABID.prefix == "whk_"
+    assert (hook.name, hook.signal, hook.ref, hook.endpoint) == (
+        "docs",
+        "CREATE_UPDATE_OR_DELETE",
+        store.ref(Doc),
+        URL,
+    )
+    assert (hook.headers, hook.auth_token, hook.enabled, hook.keep_last_response) == (
+        {},
+        "",
+        True,
+        False,
+    )
+    assert (hook.last_response, hook.last_success, hook.last_failure) == ("", None, None)
+    assert (hook.failure_count, hook.disabled_reason) == (0, "")
+    assert hook.created == hook.created_at and hook.updated == hook.modified_at
+
+    stored = OutboundWebhook.get_by_id(hook.id)
+    assert stored.secret == hook.secret
+    assert stored.headers == {}
+    assert stored.created.tzinfo is not None
+
+
+def test_secrets_are_whsec_base64_of_24_random_bytes_per_hook(store: Store) -> None:
+    secrets = {store.webhooks.create(f"h{i}", Doc, f"{URL}/{i}").secret for i in range(5)}
+    assert len(secrets) == 5
+    for secret in secrets:
+        assert secret.startswith("whsec_")
+        assert len(base64.b64decode(secret.removeprefix("whsec_"), validate=True)) >= 24
+
+
+def test_the_model_can_be_created_directly_and_is_validated(store: Store) -> None:
+    """As with Django's ``OutboundWebhook.objects.create(...)``: a secret is made for it."""
+    hook = OutboundWebhook.create(name="direct", ref=store.ref(Doc), endpoint=URL)
+    assert hook.secret.startswith("whsec_")
+    with pytest.raises(ValidationError, match="scheme must be http or https"):
+        OutboundWebhook.create(name="ftp", ref=store.ref(Doc), endpoint="ftp://example.com/")
+    with pytest.raises(ValidationError, match="already exists"):
+        OutboundWebhook.create(name="direct", ref=store.ref(Doc), endpoint=URL + "/2")
+    with pytest.raises(ValidationError, match="already exists"):
+        OutboundWebhook.create(name="same-target", ref=store.ref(Doc), endpoint=URL)
+    assert hook_count() == 1
+
+
+def test_a_bad_signing_secret_is_refused_on_save(store: Store) -> None:
+    hook = store.webhooks.create("docs", Doc, URL)
+    for bad in ("nope", "whsec_!!!", "whsec_" + base64.b64encode(b"short").decode()):
+        hook.secret = bad
+        with pytest.raises(ValidationError, match="signing secret"):
+            hook.save()
+    assert OutboundWebhook.get_by_id(hook.id).secret.startswith("whsec_")
+
+
+# -- validation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signal", SIGNAL_CHOICES)
+def test_every_signal_choice_is_accepted_and_stored(store: Store, signal: str) -> None:
+    hook = store.webhooks.create("docs", Doc, URL, signal=signal)
+    assert OutboundWebhook.get_by_id(hook.id).signal == signal
+
+
+def test_signal_choices_include_the_m2m_family() -> None:
+    assert {"M2M", "CREATE_OR_M2M", "CREATE_UPDATE_DELETE_OR_M2M"} <= set(SIGNAL_CHOICES)
+    assert len(SIGNAL_CHOICES) == 15
+
+
+def test_signal_case_is_normalised_and_unknown_signals_are_refused(store: Store) -> None:
+    assert store.webhooks.create("docs", Doc, URL, signal="create_or_update").signal == (
+        "CREATE_OR_UPDATE"
+    )
+    with pytest.raises(ValidationError, match="is not one of: CREATE, UPDATE"):
+        store.webhooks.create("bad", Doc, URL + "/2", signal="SAVE")
+
+
+def test_ref_accepts_a_model_class_or_its_name_and_refuses_unknown_ones(store: Store) -> None:
+    by_class = store.webhooks.create("a", Doc, URL + "/a")
+    by_name = store.webhooks.create("b", store.ref(Doc), URL + "/b")
+    assert by_class.ref == by_name.ref == f"{Doc.__module__}.Doc"
+    with pytest.raises(ValidationError) as info:
+        store.webhooks.create("c", "app.models.Missing", URL)
+    message = str(info.value)
+    assert "app.models.Missing" in message
+    assert store.ref(Doc) in message and "tokenstore.models.APIToken" in message
+
+
+def test_a_hook_on_the_delivery_log_is_refused(store: Store) -> None:
+    with pytest.raises(ValidationError, match="not captured"):
+        store.webhooks.create("loop", WebhookDelivery, URL)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("ftp://example.com/in", "scheme must be http or https"),
+        ("javascript:alert(1)", "scheme must be http or https"),
+        ("example.com/in", "scheme must be http or https"),
+        ("http:///in", "no host"),
+        ("http://exa mple.com/", "spaces or control characters"),
+        ("http://example.com:99999/", "malformed"),
+        ("https://example.com/" + "a" * 2048, "at most 2047"),
+        ("", "URL"),
+    ],
+)
+def test_bad_endpoints_are_refused(store: Store, endpoint: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        store.webhooks.create("docs", Doc, endpoint)
+    assert hook_count() == 0
+
+
+def test_https_and_hostnames_are_accepted(store: Store) -> None:
+    hook = store.webhooks.create("docs", Doc, "https://hooks.example.com/in?x=1")
+    assert hook.endpoint == "https://hooks.example.com/in?x=1"
+
+
+def test_a_literal_private_address_is_refused_without_an_allowlist(db_path: Path) -> None:
+    s = tokenstore.open(db_path)
+    try:
+        s.register(Doc)
+        with pytest.raises(BlockedAddress, match="loopback"):
+            s.webhooks.create("docs", Doc, URL)
+        with pytest.raises(BlockedAddress, match="metadata"):
+            s.webhooks.create("docs", Doc, "http://169.254.169.254/latest/")
+        assert s.webhooks.list() == []
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        (["X-A", "1"], "must be a JSON object"),
+        ("X-A: 1", "must be a JSON object"),
+        ({"X-A": 1}, "string value"),
+        ({"X-A": None}, "string value"),
+        ({"X-A": "a\r\nX-Injected: 1"}, "line breaks"),
+        ({"X-A": "tea \u2615"}, "Latin-1"),
+        ({"X-A": "bell\x07"}, "control characters"),
+        ({"Bad Name": "1"}, "not a valid HTTP header name"),
+        ({"": "1"}, "not a valid HTTP header name"),
+    ],
+)
+def test_bad_headers_are_refused(store: Store, headers: Any, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        store.webhooks.create("docs", Doc, URL, headers=headers)
+    assert hook_count() == 0
+
+
+def test_headers_are_stored_as_a_json_object(store: Store) -> None:
+    hook = store.webhooks.create("docs", Doc, URL, headers={"X-Team": "blue", "X-Tab": "a\tb"})
+    assert OutboundWebhook.get_by_id(hook.id).headers == {"X-Team": "blue", "X-Tab": "a\tb"}
+    row = store.db.execute_sql(
+        "SELECT json_extract(headers, '$.X-Team') FROM tokenstore_outbound_webhook"
+    ).fetchone()
+    assert row == ("blue",)
+
+
+@pytest.mark.parametrize("token", ["line\nbreak", "caf\u00e9 \u2615", 42])
+def test_bad_auth_tokens_are_refused_without_being_quoted(store: Store, token: Any) -> None:
+    with pytest.raises(ValidationError, match="auth_token") as info:
+        store.webhooks.create("docs", Doc, URL, auth_token=token)
+    assert str(token) not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("", "1-255 characters"), ("   ", "1-255 characters"), ("n" * 256, "1-255 characters")],
+)
+def test_bad_names_are_refused(store: Store, name: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        store.webhooks.create(name, Doc, URL)
+
+
+def test_names_are_unique_and_so_are_ref_and_endpoint_together(store: Store) -> None:
+    store.webhooks.create("docs", Doc, URL)
+    with pytest.raises(ValidationError, match="named 'docs' already exists"):
+        store.webhooks.create("docs", Doc, URL + "/other")
+    with pytest.raises(ValidationError, match=f"for {store.ref(Doc)} at {URL} already exists"):
+        store.webhooks.create("docs-2", Doc, URL)
+    store.webhooks.create("tokens", "tokenstore.models.APIToken", URL)  # another model: fine
+    assert hook_count() == 2
+
+
+def test_flags_must_be_booleans(store: Store) -> None:
+    hook = store.webhooks.create("docs", Doc, URL)
+    with pytest.raises(ValidationError, match="enabled must be true or false"):
+        store.webhooks.update(hook, enabled="yes")
+    with pytest.raises(ValidationError, match="keep_last_response must be true or false"):
+        store.webhooks.update(hook, keep_last_response=1)
+
+
+# -- the API ------------------------------------------------------------------------
+
+
+def test_list_get_by_abid_or_name(store: Store) -> None:
+    a = store.webhooks.create("a", Doc, URL + "/a")
+    b = store.webhooks.create("b", Doc, URL + "/b", signal="CREATE")
+    assert [h.name for h in store.webhooks.list()] == ["a", "b"]
+    store.webhooks.disable(b)
+    assert [h.name for h in store.webhooks.list(enabled=True)] == ["a"]
+    assert [h.name for h in store.webhooks.list(enabled=False)] == ["b"]
+    assert store.webhooks.get(a.abid).id == a.id
+    assert store.webhooks.get(a.abid.lower()).id == a.id
+    assert store.webhooks.get("b").id == b.id
+    with pytest.raises(NotFound, match="'nope'"):
+        store.webhooks.get("nope")
+    with pytest.raises(NotFound):
+        store.webhooks.get("whk_01M8BBKATK13B00F815ESVYW7G")
+
+
+def test_update_changes_fields_all_or_nothing(store: Store) -> None:
+    hook = store.webhooks.create("docs", Doc, URL)
+    updated = store.webhooks.update(
+        "docs",
+        name="renamed",
+        signal="DELETE",
+        endpoint=URL + "/v2",
+        headers={"X-V": "2"},
+        auth_token="Bearer t",
+        keep_last_response=True,
+    )
+    stored = OutboundWebhook.get_by_id(hook.id)
+    assert (stored.name, stored.signal, stored.endpoint, stored.headers) == (
+        "renamed",
+        "DELETE",
+        URL + "/v2",
+        {"X-V": "2"},
+    )
+    assert (stored.auth_token, stored.keep_last_response) == ("Bearer t", True)
+    assert updated.abid == hook.abid  # the ABID is issued once, drift is allowed
+
+    with pytest.raises(ValidationError, match="scheme"):
+        store.webhooks.update(stored, name="half", endpoint="gopher://x/")
+    assert OutboundWebhook.get_by_id(hook.id).name == "renamed"
+    assert (stored.name, stored.endpoint) == ("renamed", URL + "/v2")  # the caller's copy too
+    with pytest.raises(
+        ValidationError, match="cannot update failure_count, secret; editable fields: name"
+    ):
+        store.webhooks.update(stored, secret="whsec_x", failure_count=0)
+
+
+def test_delete_removes_the_hook_and_its_deliveries(store: Store) -> None:
+    hook = store.webhooks.create("docs", Doc, URL)
+    other = store.webhooks.create("other", Doc, URL + "/2")
+    store.webhooks.disable(other)
+    for h in (hook, other):
+        WebhookDelivery.create(hook=h.id, event_type="doc.created", payload="{}")
+    store.webhooks.delete(hook)
+    assert [h.name for h in store.webhooks.list()] == ["other"]
+    assert [d.hook_id for d in store.webhooks.deliveries()] == [other.id]
+    with pytest.raises(NotFound):
+        store.webhooks.delete("docs")
+
+
+def test_deliveries_filter_by_hook_and_status(store: Store, clock: Frozen) -> None:
+    a = store.webhooks.create("a", Doc, URL + "/a")
+    b = store.webhooks.create("b", Doc, URL + "/b")
+    made = []
+    for i, (hook, status) in enumerate([(a, "delivered"), (a, "dead"), (b, "delivered")]):
+        made.append(
+            WebhookDelivery.create(
+                hook=hook.id,
+                event_type="doc.created",
+                payload="{}",
+                status=status,
+                created_at=clock.now + timedelta(seconds=i),
+            )
+        )
+    assert [d.abid for d in store.webhooks.deliveries()] == [d.abid for d in reversed(made)]
+    assert [d.abid for d in store.webhooks.deliveries(hook=a)] == [made[1].abid, made[0].abid]
+    assert [d.abid for d in store.webhooks.deliveries(hook="b")] == [made[2].abid]
+    assert [d.abid for d in store.webhooks.deliveries(status="delivered")] == [
+        made[2].abid,
+        made[0].abid,
+    ]
+    assert [d.abid for d in store.webhooks.deliveries(hook=a, status="dead")] == [made[1].abid]
+    assert store.webhooks.delivery(made[0].abid.lower()).id == made[0].id
+    with pytest.raises(ValidationError, match="is not one of: pending, failed"):
+        store.webhooks.deliveries(status="sent")
+    with pytest.raises(NotFound):
+        store.webhooks.delivery("msg_nope")
+
+
+def test_rotate_secret_keeps_the_old_one_for_the_grace_period(store: Store, clock: Frozen) -> None:
+    hook = store.webhooks.create("docs", Doc, URL)
+    old = hook.secret
+    store.webhooks.rotate_secret("docs")
+    stored = OutboundWebhook.get_by_id(hook.id)
+    assert stored.secret != old and stored.secret.startswith("whsec_")
+    assert stored.previous_secret == old
+    assert stored.previous_secret_expires == clock.now + timedelta(hours=24)
+    second = stored.secret
+    store.webhooks.rotate_secret(stored, grace=timedelta(minutes=5))
+    again = OutboundWebhook.get_by_id(hook.id)
+    assert again.previous_secret == second
+    assert again.previous_secret_expires == clock.now + timedelta(minutes=5)
+
+
+def test_disable_and_enable(store: Store) -> None:
+    hook = store.webhooks.create("docs", Doc, URL)
+    pending = WebhookDelivery.create(hook=hook.id, event_type="doc.created", payload="{}")
+    store.webhooks.disable(hook, reason="maintenance")
+    stored = OutboundWebhook.get_by_id(hook.id)
+    assert (stored.enabled, stored.disabled_reason) == (False, "maintenance")
+    assert WebhookDelivery.get_by_id(pending.id).status == "dead"
+    stored.failure_count = 4
+    stored.save()
+    store.webhooks.enable("docs")
+    stored = OutboundWebhook.get_by_id(hook.id)
+    assert (stored.enabled, stored.disabled_reason, stored.failure_count) == (True, "", 0)
