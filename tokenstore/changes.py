@@ -16,16 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import Any
 
 import peewee
+from peewee import __exception_wrapper__ as _as_peewee_errors  # type: ignore[attr-defined]
 
 from . import signals
 from .errors import ValidationError
@@ -36,6 +39,11 @@ logger = logging.getLogger("tokenstore.changes")
 EVENT_TABLE = "tokenstore_change_event"
 
 _WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+#: Whitespace and comments that may come before a statement's first keyword.
+_LEADING = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
+#: A data-changing keyword anywhere in a ``WITH ...`` statement (a false positive costs
+#: a transaction; a miss would leave events unclaimed, so the test errs on the safe side).
+_DML_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
 
 #: SQLite's default limit on function arguments bounds json_object() to this many columns.
 MAX_CAPTURED_COLUMNS = 63
@@ -129,16 +137,17 @@ def capture_triggers(model: type[peewee.Model]) -> list[str]:
     pk_col = _quote(pk.column_name)
     insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
     name = table.replace('"', "")
+    values = f"VALUES ({_literal(table)}"
     return [
         f"CREATE TRIGGER {_quote(name + '_capture_insert')} AFTER INSERT ON {_quote(table)}\n"
-        f"BEGIN\n  {insert}\n  VALUES ({_literal(table)}, 'INSERT', NEW.{pk_col}, NULL, {row('NEW')});\n"
+        f"BEGIN\n  {insert}\n  {values}, 'INSERT', NEW.{pk_col}, NULL, {row('NEW')});\n"
         "END",
         f"CREATE TRIGGER {_quote(name + '_capture_update')} AFTER UPDATE ON {_quote(table)}\n"
         f"WHEN {changed or '0'}\n"
-        f"BEGIN\n  {insert}\n  VALUES ({_literal(table)}, 'UPDATE', NEW.{pk_col}, {row('OLD')}, "
+        f"BEGIN\n  {insert}\n  {values}, 'UPDATE', NEW.{pk_col}, {row('OLD')}, "
         f"{row('NEW')});\nEND",
         f"CREATE TRIGGER {_quote(name + '_capture_delete')} AFTER DELETE ON {_quote(table)}\n"
-        f"BEGIN\n  {insert}\n  VALUES ({_literal(table)}, 'DELETE', OLD.{pk_col}, {row('OLD')}, NULL);\n"
+        f"BEGIN\n  {insert}\n  {values}, 'DELETE', OLD.{pk_col}, {row('OLD')}, NULL);\n"
         "END",
     ]
 
@@ -194,20 +203,22 @@ class Dispatcher:
         self.consumers: list[tuple[Consumer, Callable[[sqlite3.Connection], bool]]] = []
         self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local = _ThreadState()
-        self._table_names: tuple[str, ...] = ()
-        self._table_list = "()"
+        self._statements_for: tuple[tuple[str, ...], str, str] | None = None
 
-    def _tables(self) -> str:
-        """The SQL list of tables this process has models for; only their events are its to take.
+    def _statements(self) -> tuple[str, str]:
+        """The drop and claim statements, limited to the tables this process has models for.
 
         An event of a table this process knows nothing of (an application model
         the ``tokenstore`` command was not told about) waits for one that does.
+        Built again only when the registered tables change, not on every commit.
         """
         names = tuple(self.models_by_table)
-        if names != self._table_names:
-            self._table_names = names
-            self._table_list = "(" + ",".join(_literal(n) for n in names) + ")"
-        return self._table_list
+        built = self._statements_for
+        if built is None or built[0] != names:
+            tables = "(" + ",".join(_literal(n) for n in names) + ")"
+            built = (names, _DROP_UNCLAIMED + tables, _CLAIM.format(tables=tables))
+            self._statements_for = built  # one assignment: threads never see a half-built pair
+        return built[1], built[2]
 
     def add_consumer(
         self, consumer: Consumer, wants_events: Callable[[sqlite3.Connection], bool]
@@ -225,12 +236,11 @@ class Dispatcher:
         Consumers see an event only on its first claim; a re-claimed event's
         consumer work was committed with that first claim.
         """
-        tables = self._tables()
+        drop, claim = self._statements()
         wanted = [c for c, wants in self.consumers if wants(conn)]
         if not wanted and not any(s.receivers for s in signals.EVENT_SIGNALS):
-            conn.execute(_DROP_UNCLAIMED + tables)
+            conn.execute(drop)
             return _NOTHING
-        claim = _CLAIM.format(tables=tables)
         rows = conn.execute(claim, (self.claimant, format_time(self.clock()))).fetchall()
         if not rows:
             return _NOTHING
@@ -250,7 +260,7 @@ class Dispatcher:
     def after_commit(self, conn: sqlite3.Connection) -> None:
         """Fire what committed transactions claimed. Never raises: the commit is done."""
         state = self._local
-        if state.running:  # a receiver wrote: its events join the loop below
+        if state.running or not state.pending:  # a receiver that wrote: the loop below has it
             return
         state.running = True
         try:
@@ -344,6 +354,58 @@ def instance_from_row(model: type[peewee.Model], row: dict[str, Any]) -> peewee.
     return model(__no_default__=True, **values)
 
 
+def _is_write(sql: str) -> bool:
+    """Whether a statement may change rows, and so fire capture triggers.
+
+    peewee's own statements are decided by their first word; hand-written SQL
+    may start with whitespace or comments, and a ``WITH`` prefix may lead to
+    a write or to a plain read.
+    """
+    head = sql[:7].upper()
+    if head.startswith(_WRITE_PREFIXES):
+        return True
+    if head.startswith("SELECT"):
+        return False
+    match = _LEADING.match(sql)
+    start = match.end() if match else 0
+    head = sql[start : start + 7].upper()
+    if head.startswith(_WRITE_PREFIXES):
+        return True
+    return head.startswith("WITH") and _DML_WORD.search(sql, start) is not None
+
+
+class _FetchedCursor:
+    """The rows of a finished statement, read the way peewee reads a cursor.
+
+    A lone ``... RETURNING`` write must run to its end before its transaction
+    can commit, yet peewee reads the returned rows only after ``execute_sql``.
+    """
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        rows = cursor.fetchall()
+        self.description = cursor.description
+        self.rowcount = cursor.rowcount
+        self.lastrowid = cursor.lastrowid
+        self.arraysize = cursor.arraysize
+        self._rows: Iterator[Any] = iter(rows)
+        cursor.close()
+
+    def fetchone(self) -> Any:
+        return next(self._rows, None)
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        return list(islice(self._rows, self.arraysize if size is None else size))
+
+    def fetchall(self) -> list[Any]:
+        return list(self._rows)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._rows
+
+    def close(self) -> None:
+        self._rows = iter(())
+
+
 class CapturingDatabase(peewee.SqliteDatabase):
     """SqliteDatabase that knows when its transactions commit.
 
@@ -360,16 +422,39 @@ class CapturingDatabase(peewee.SqliteDatabase):
         self.store: Any = None  # the Store this database belongs to, for model validation
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
-        is_write = sql[:7].lstrip().upper().startswith(_WRITE_PREFIXES)
-        if is_write and not self.connection().in_transaction:
-            with self.atomic():
-                return super().execute_sql(sql, params)
-        return super().execute_sql(sql, params)
+        """Run a statement; a write outside a transaction gets a transaction of its own.
+
+        The lone write's transaction is opened and committed here directly
+        rather than through ``atomic()``: it is the hottest path of every
+        ``save()``, and nothing can run inside it but the statement itself.
+        """
+        conn = self.connection()
+        if conn.in_transaction or not _is_write(sql):
+            return super().execute_sql(sql, params)
+        with _as_peewee_errors:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = super().execute_sql(sql, params)
+            if cursor.description is not None:  # RETURNING rows: finish before COMMIT
+                cursor = _FetchedCursor(cursor)
+            self.commit()
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return cursor
 
     def commit(self) -> None:
         conn = self.connection()
         claimed = self.dispatcher.claim(conn) if conn.in_transaction else _NOTHING
-        super().commit()
+        with _as_peewee_errors:
+            conn.execute("COMMIT")
         self.dispatcher.queue(claimed)
         if not self.in_transaction():
             self.dispatcher.after_commit(conn)
+
+    def rollback(self) -> None:
+        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires."""
+        super().rollback()
+        if not self.in_transaction():
+            self.dispatcher.after_commit(self.connection())

@@ -1,0 +1,632 @@
+"""Change capture in SQL and dispatch after commit, on real files and real processes.
+
+Receivers are connected with ``weak=False`` (mostly through the ``listen``
+fixture) and always disconnected, in a fixture or a ``finally``: blinker
+signals are module globals and would otherwise leak into later tests.
+Subprocesses run ``tests/_writer.py``, which also defines the ``Memo`` model.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import peewee
+import pytest
+from _writer import Memo
+from blinker import ANY, Signal
+
+import tokenstore.store
+from tokenstore import signals
+from tokenstore.changes import EVENT_TABLE, ChangeEvent
+from tokenstore.models import User, utcnow
+from tokenstore.store import Store
+
+WRITER = str(Path(__file__).with_name("_writer.py"))
+
+Calls = list[dict[str, Any]]
+Listen = Callable[..., Calls]
+
+
+@pytest.fixture
+def listen() -> Iterator[Listen]:
+    """``listen(signal, sender=ANY)`` records each call as a dict of sender and arguments."""
+    connected: list[tuple[Signal, Callable[..., None]]] = []
+
+    def connect(sig: Signal, sender: Any = ANY) -> Calls:
+        calls: Calls = []
+
+        def receiver(sender: Any, **kwargs: Any) -> None:
+            calls.append({"sender": sender, **kwargs})
+
+        sig.connect(receiver, sender=sender, weak=False)
+        connected.append((sig, receiver))
+        return calls
+
+    try:
+        yield connect
+    finally:
+        for sig, receiver in connected:
+            sig.disconnect(receiver)
+
+
+@pytest.fixture
+def memos(store: Store) -> Store:
+    store.register(Memo)
+    return store
+
+
+def events_left(path: Path) -> list[tuple[Any, ...]]:
+    """The event table as another connection sees it: what is committed."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            f"SELECT id, table_name, op, claimed_by FROM {EVENT_TABLE} ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def committed_names(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute(f"SELECT name FROM {Memo._meta.table_name} ORDER BY n, name")
+        return [name for (name,) in rows]
+    finally:
+        conn.close()
+
+
+def memo_events(calls: Calls) -> list[tuple[str, str | None]]:
+    return [(c["event"].op, c["event"].row.get("name")) for c in calls if c["sender"] is Memo]
+
+
+# -- signal arguments ---------------------------------------------------------------------
+
+
+def test_post_save_gets_the_model_a_fresh_instance_created_and_the_event(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    saved = listen(signals.post_save, Memo)
+    seen_committed: list[list[str]] = []
+
+    def look(sender: Any, **kwargs: Any) -> None:
+        seen_committed.append(committed_names(db_path))
+
+    signals.post_save.connect(look, sender=Memo, weak=False)
+    try:
+        memo = Memo(name="first", n=1, secret="s3cret")
+        memo.save()
+        memo.name = "renamed"
+        memo.save()
+    finally:
+        signals.post_save.disconnect(look)
+
+    assert [c["created"] for c in saved] == [True, False]
+    for call in saved:
+        assert call["sender"] is Memo
+        assert isinstance(call["instance"], Memo)
+        assert call["instance"] is not memo
+        assert call["instance"].id == memo.id
+        assert call["instance"].abid == memo.abid
+        assert call["instance"].created_by_id == memo.created_by_id
+        assert isinstance(call["event"], ChangeEvent)
+        assert call["event"].table == Memo._meta.table_name
+        assert call["event"].pk == memo.id.hex
+        assert "secret" not in call["event"].row
+        assert call["instance"].secret is None  # private fields never leave the database
+    insert, update = saved
+    assert (insert["instance"].name, insert["instance"].n) == ("first", 1)
+    assert insert["event"].op == "INSERT" and insert["event"].old is None
+    assert update["instance"].name == "renamed"
+    assert update["event"].op == "UPDATE"
+    assert update["event"].old["name"] == "first"
+    assert update["event"].new["name"] == "renamed"
+    # Each receiver call happened after its change was committed (seen from another connection).
+    assert seen_committed == [["first"], ["renamed"]]
+    assert events_left(db_path) == []
+
+
+def test_post_delete_gets_the_deleted_row_and_row_changed_every_event(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    deleted = listen(signals.post_delete, Memo)
+    changed = listen(signals.row_changed, Memo)
+    memo = Memo(name="doomed", n=7)
+    memo.save()
+    memo.delete_instance()
+
+    [call] = deleted
+    assert call["sender"] is Memo
+    assert set(call) == {"sender", "instance", "event"}
+    assert isinstance(call["instance"], Memo)
+    assert (call["instance"].id, call["instance"].name, call["instance"].n) == (
+        memo.id,
+        "doomed",
+        7,
+    )
+    assert call["event"].op == "DELETE" and call["event"].new is None
+    assert [c["event"].op for c in changed] == ["INSERT", "DELETE"]
+    assert all(c["sender"] is Memo and set(c) == {"sender", "event"} for c in changed)
+    assert Memo.select().count() == 0
+    assert events_left(db_path) == []
+
+
+def test_pre_save_and_pre_delete_fire_in_process_before_the_write(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    before: list[tuple[str, bool | None, list[str]]] = []
+
+    def pre_save(sender: Any, instance: Memo, created: bool, **kwargs: Any) -> None:
+        before.append(("save", created, committed_names(db_path)))
+
+    def pre_delete(sender: Any, instance: Memo, **kwargs: Any) -> None:
+        before.append(("delete", None, committed_names(db_path)))
+
+    signals.pre_save.connect(pre_save, sender=Memo, weak=False)
+    signals.pre_delete.connect(pre_delete, sender=Memo, weak=False)
+    try:
+        memo = Memo(name="a")
+        memo.save()
+        memo.name = "b"
+        memo.save()
+        memo.delete_instance()
+    finally:
+        signals.pre_save.disconnect(pre_save)
+        signals.pre_delete.disconnect(pre_delete)
+    assert before == [("save", True, []), ("save", False, ["a"]), ("delete", None, ["b"])]
+
+
+# -- when dispatch happens ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opener", ["store.atomic", "db.atomic", "db.transaction", "begin"])
+def test_a_transaction_dispatches_once_its_outermost_commit_is_done(
+    memos: Store, listen: Listen, db_path: Path, opener: str
+) -> None:
+    saved = listen(signals.post_save, Memo)
+    db = Memo._meta.database
+
+    # peewee's atomic() cannot nest in a transaction begun by hand; a savepoint can.
+    inner = db.savepoint if opener == "begin" else memos.atomic
+
+    def work() -> None:
+        Memo(name="a", n=1).save()
+        with inner():
+            Memo(name="b", n=2).save()
+        Memo.update(n=Memo.n + 10).where(Memo.name == "a").execute()
+        assert saved == []
+        assert events_left(db_path) == []  # nothing is visible outside yet
+
+    if opener == "begin":
+        db.begin()
+        work()
+        db.commit()
+    else:
+        with {
+            "store.atomic": memos.atomic,
+            "db.atomic": db.atomic,
+            "db.transaction": db.transaction,
+        }[opener]():
+            work()
+    assert memo_events(saved) == [("INSERT", "a"), ("INSERT", "b"), ("UPDATE", "a")]
+    assert events_left(db_path) == []
+
+
+def test_work_committed_mid_transaction_fires_even_if_the_rest_rolls_back(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    saved = listen(signals.post_save, Memo)
+    db = Memo._meta.database
+    with pytest.raises(RuntimeError), db.transaction() as txn:
+        Memo(name="kept").save()
+        txn.commit()
+        Memo(name="lost").save()
+        raise RuntimeError("roll back the rest")
+    assert memo_events(saved) == [("INSERT", "kept")]
+    assert committed_names(db_path) == ["kept"]
+    assert events_left(db_path) == []
+
+
+def test_a_receiver_that_writes_has_its_events_fired_too(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    changed = listen(signals.row_changed, Memo)
+
+    def follow_up(sender: Any, instance: Memo, created: bool, **kwargs: Any) -> None:
+        if instance.name == "first":
+            Memo(name="second").save()
+
+    signals.post_save.connect(follow_up, sender=Memo, weak=False)
+    try:
+        Memo(name="first").save()
+    finally:
+        signals.post_save.disconnect(follow_up)
+    assert memo_events(changed) == [("INSERT", "first"), ("INSERT", "second")]
+    assert events_left(db_path) == []
+
+
+# -- rollback silence ---------------------------------------------------------------------
+
+
+def test_a_rolled_back_transaction_leaves_no_event_and_fires_nothing(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    changed = listen(signals.row_changed)
+    saved = listen(signals.post_save)
+    with pytest.raises(RuntimeError), memos.atomic():
+        Memo(name="ghost").save()
+        Memo.update(n=5).execute()
+        raise RuntimeError("roll back")
+    with memos.atomic():
+        Memo(name="kept").save()
+        with pytest.raises(RuntimeError), memos.atomic():
+            Memo(name="inner ghost").save()
+            raise RuntimeError("roll back the savepoint only")
+    existing = Memo.get(Memo.name == "kept")
+    with pytest.raises(peewee.IntegrityError):  # a failing lone write rolls back alone
+        Memo.insert(
+            id=existing.id,
+            abid="mem_dup",
+            created_by=existing.created_by_id,
+            created_at=existing.created_at,
+            modified_at=existing.created_at,
+            name="dup",
+        ).execute()
+
+    assert memo_events(changed) == [("INSERT", "kept")]
+    assert memo_events(saved) == [("INSERT", "kept")]
+    assert committed_names(db_path) == ["kept"]
+    assert events_left(db_path) == []
+
+
+# -- what SQL produces events -------------------------------------------------------------
+
+
+def test_bulk_update_delete_and_insert_produce_one_event_per_row(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    changed = listen(signals.row_changed, Memo)
+    saved = listen(signals.post_save, Memo)
+    deleted = listen(signals.post_delete, Memo)
+    for i in range(5):
+        Memo(name=f"m{i}", n=i).save()
+    changed.clear()
+    saved.clear()
+
+    assert Memo.update(n=Memo.n + 100).where(Memo.n >= 2).execute() == 3
+    assert sorted((c["instance"].name, c["instance"].n) for c in saved) == [
+        ("m2", 102),
+        ("m3", 103),
+        ("m4", 104),
+    ]
+    assert all(c["created"] is False for c in saved)
+    assert sorted(c["event"].old["n"] for c in saved) == [2, 3, 4]
+
+    assert Memo.delete().where(Memo.n < 2).execute() == 2
+    assert sorted(c["instance"].name for c in deleted) == ["m0", "m1"]
+
+    now = utcnow()
+    Memo.insert_many(
+        [
+            {
+                "id": f"{i:032x}",
+                "abid": f"mem_bulk{i}",
+                "created_by": memos.system_user.id,
+                "created_at": now,
+                "modified_at": now,
+                "name": f"bulk{i}",
+            }
+            for i in range(3)
+        ]
+    ).execute()
+    assert [op for op, _ in memo_events(changed)] == ["UPDATE"] * 3 + ["DELETE"] * 2 + [
+        "INSERT"
+    ] * 3
+    assert events_left(db_path) == []
+
+
+def test_an_update_that_changes_nothing_observable_produces_no_event(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    memo = Memo(name="same", n=1)
+    memo.save()
+    changed = listen(signals.row_changed)
+    assert Memo.update(name=Memo.name, n=Memo.n).execute() == 1
+    memo.save()  # nothing changed but modified_at, a quiet field
+    Memo.update(modified_at=Memo.created_at).execute()
+    assert changed == []
+    assert events_left(db_path) == []
+    memo.n = 2
+    memo.save()
+    assert [c["event"].op for c in changed] == ["UPDATE"]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE test_changes_memo SET n = n + 1",
+        "\n    UPDATE test_changes_memo\n    SET n = n + 1\n",
+        "-- a comment first\nUPDATE test_changes_memo SET n = n + 1",
+        "/* a comment */ update test_changes_memo SET n = n + 1",
+        "WITH t AS (SELECT id FROM test_changes_memo) "
+        "UPDATE test_changes_memo SET n = n + 1 WHERE id IN (SELECT id FROM t)",
+    ],
+    ids=["plain", "leading-whitespace", "line-comment", "block-comment", "cte"],
+)
+def test_raw_sql_writes_dispatch_right_after_they_commit(
+    memos: Store, listen: Listen, db_path: Path, sql: str
+) -> None:
+    Memo(name="raw", n=1).save()
+    changed = listen(signals.row_changed, Memo)
+    memos.db.execute_sql(sql)
+    assert memo_events(changed) == [("UPDATE", "raw")]
+    assert events_left(db_path) == []
+
+
+def test_a_cte_read_that_looks_like_a_write_still_returns_its_rows(memos: Store) -> None:
+    """A ``WITH`` statement naming a write keyword gets a transaction, and keeps its rows."""
+    Memo(name="x").save()
+    cursor = memos.db.execute_sql(
+        "WITH t AS (SELECT 'update' AS word) SELECT word, (SELECT count(*) FROM "
+        "test_changes_memo) FROM t"
+    )
+    assert cursor.fetchall() == [("update", 1)]
+    assert not memos.db.connection().in_transaction
+
+
+def test_a_peewee_cte_update_dispatches(memos: Store, listen: Listen, db_path: Path) -> None:
+    Memo(name="cte", n=1).save()
+    changed = listen(signals.row_changed, Memo)
+    ids = Memo.select(Memo.id).cte("ids")
+    query = Memo.update(n=Memo.n + 1).with_cte(ids).where(Memo.id.in_(ids.select(ids.c.id)))
+    query.execute()  # its row count is -1: Python 3.11's sqlite3 counts only INSERT/UPDATE/...
+    assert memo_events(changed) == [("UPDATE", "cte")]
+    assert Memo.get().n == 2
+    assert events_left(db_path) == []
+
+
+def test_a_lone_write_with_returning_commits_and_dispatches(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    for i in range(3):
+        Memo(name=f"r{i}", n=i).save()
+    changed = listen(signals.row_changed, Memo)
+    returned = list(Memo.update(n=Memo.n + 1).returning(Memo.name, Memo.n).execute())
+    assert sorted((m.name, m.n) for m in returned) == [("r0", 1), ("r1", 2), ("r2", 3)]
+    assert sorted(name for _, name in memo_events(changed)) == ["r0", "r1", "r2"]
+    assert committed_names(db_path) == ["r0", "r1", "r2"]
+    assert events_left(db_path) == []
+
+
+def test_a_read_outside_a_transaction_takes_no_write_lock(memos: Store, db_path: Path) -> None:
+    """Reads (CTE reads too) must not queue behind another process's write transaction."""
+    Memo(name="read me").save()
+    other = sqlite3.connect(db_path, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        started = time.monotonic()
+        assert [m.name for m in Memo.select()] == ["read me"]
+        ids = Memo.select(Memo.id).cte("ids")
+        query = Memo.select(Memo.name).join(ids, on=(Memo.id == ids.c.id)).with_cte(ids)
+        assert [m.name for m in query] == ["read me"]
+        assert time.monotonic() - started < 1
+    finally:
+        other.rollback()
+        other.close()
+
+
+def test_an_edit_in_the_sqlite3_module_of_another_process_is_dispatched(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    keep, gone = Memo(name="keep", n=1), Memo(name="gone", n=2)
+    keep.save()
+    gone.save()
+    edit = (
+        "import sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1])\n"
+        "conn.execute(\"UPDATE test_changes_memo SET name = 'edited' WHERE n = 1\")\n"
+        "conn.execute('DELETE FROM test_changes_memo WHERE n = 2')\n"
+        "conn.commit()\n"
+    )
+    subprocess.run([sys.executable, "-c", edit, str(db_path)], check=True, timeout=30)
+    assert [op for _, _, op, _ in events_left(db_path)] == ["UPDATE", "DELETE"]
+
+    saved = listen(signals.post_save, Memo)
+    deleted = listen(signals.post_delete, Memo)
+    assert memos.dispatch() == 2
+    [update] = saved
+    assert (update["instance"].id, update["instance"].name, update["created"]) == (
+        keep.id,
+        "edited",
+        False,
+    )
+    [delete] = deleted
+    assert (delete["instance"].id, delete["instance"].name) == (gone.id, "gone")
+    assert events_left(db_path) == []
+    assert memos.dispatch() == 0
+
+
+# -- receivers ----------------------------------------------------------------------------
+
+
+def test_a_receiver_that_raises_is_logged_and_stops_nothing(
+    memos: Store, listen: Listen, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(sender: Any, **kwargs: Any) -> None:
+        raise ValueError("receiver bug")
+
+    good = [listen(signals.post_save, Memo) for _ in range(3)]
+    signals.post_save.connect(broken, sender=Memo, weak=False)
+    try:
+        with caplog.at_level(logging.ERROR, logger="tokenstore"), memos.atomic():
+            for i in range(3):
+                Memo(name=f"m{i}", n=i).save()
+        Memo(name="later", n=9).save()
+    finally:
+        signals.post_save.disconnect(broken)
+    for calls in good:
+        assert [c["instance"].name for c in calls] == ["m0", "m1", "m2", "later"]
+    assert committed_names(db_path) == ["m0", "m1", "m2", "later"]
+    assert events_left(db_path) == []
+    failures = [r for r in caplog.records if r.exc_info and r.exc_info[0] is ValueError]
+    assert len(failures) == 4
+    assert "broken" in failures[0].getMessage()
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, sender: Any, **kwargs: Any) -> None:
+        self.calls += 1
+
+    def method(self, sender: Any, **kwargs: Any) -> None:
+        self.calls += 1
+
+
+def test_weak_and_strong_receivers_behave_as_blinker_says(memos: Store) -> None:
+    strong, weak, method_owner = Counter(), Counter(), Counter()
+    dropped_calls = [0]
+
+    def dropped_receiver(sender: Any, **kwargs: Any) -> None:
+        dropped_calls[0] += 1
+
+    signals.post_save.connect(strong, sender=Memo, weak=False)
+    signals.post_save.connect(weak, sender=Memo)
+    signals.post_save.connect(method_owner.method, sender=Memo)
+    signals.post_save.connect(dropped_receiver, sender=Memo)
+    try:
+        del dropped_receiver  # weakly connected and now unreferenced: blinker forgets it
+        gc.collect()
+        Memo(name="one").save()
+        assert (strong.calls, weak.calls, method_owner.calls, dropped_calls[0]) == (1, 1, 1, 0)
+    finally:
+        for receiver in (strong, weak, method_owner.method):
+            signals.post_save.disconnect(receiver)
+    assert not signals.post_save.receivers
+
+
+def test_receivers_for_another_sender_are_not_called(memos: Store, listen: Listen) -> None:
+    other = listen(signals.post_save, sender=User)
+    mine = listen(signals.post_save, sender=Memo)
+    Memo(name="mine").save()
+    assert other == [] and len(mine) == 1
+
+
+# -- durability ---------------------------------------------------------------------------
+
+
+def test_sigkill_between_commit_and_dispatch_is_recovered_by_dispatch_exactly_once(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    crashed = run_crashing_writer(db_path, "memo", "survivor")
+    assert committed_names(db_path) == ["survivor"]  # the change itself was committed
+    assert crashed != os.getpid()
+
+    saved = listen(signals.post_save, Memo)
+    assert memos.dispatch() == 1
+    assert [(c["instance"].name, c["created"]) for c in saved] == [("survivor", True)]
+    assert events_left(db_path) == []
+    assert memos.dispatch() == 0
+    Memo(name="after").save()
+    assert [c["instance"].name for c in saved] == ["survivor", "after"]
+
+
+def test_sigkill_between_commit_and_dispatch_is_recovered_by_the_next_open(
+    db_path: Path, listen: Listen
+) -> None:
+    tokenstore.store.open(db_path).close()
+    run_crashing_writer(db_path, "user", "survivor")
+    saved = listen(signals.post_save, User)
+    with tokenstore.store.open(db_path) as reopened:
+        assert [(c["instance"].username, c["created"]) for c in saved] == [("survivor", True)]
+        assert events_left(db_path) == []
+        assert reopened.dispatch() == 0
+    assert len(saved) == 1
+
+
+def run_crashing_writer(db_path: Path, kind: str, name: str) -> int:
+    """Run a writer that SIGKILLs itself after its commit; return its pid (from its claim)."""
+    result = subprocess.run(
+        [sys.executable, WRITER, "crash", str(db_path), kind, name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    [(_, _, op, claimed_by)] = events_left(db_path)  # claimed, never finished
+    assert op == "INSERT"
+    return int(claimed_by.split(":")[1])
+
+
+def test_processed_events_are_deleted_so_the_table_stays_empty(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    changed = listen(signals.row_changed, Memo)
+    for i in range(200):
+        memo = Memo(name=f"m{i}", n=i)
+        memo.save()
+        memo.n += 1000
+        memo.save()
+    Memo.delete().execute()
+    assert len(changed) == 600
+    assert events_left(db_path) == []
+
+
+# -- concurrency --------------------------------------------------------------------------
+
+WRITERS = 4
+ROWS_EACH = 2_000
+
+
+def test_four_processes_write_concurrently_and_every_event_fires_exactly_once(
+    memos: Store, tmp_path: Path, db_path: Path
+) -> None:
+    barrier = tmp_path / "go"
+    outs = [tmp_path / f"out{i}.txt" for i in range(WRITERS)]
+    errs = [tmp_path / f"err{i}.txt" for i in range(WRITERS)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(WRITERS):
+            args = [WRITER, "write", str(db_path), str(outs[i]), str(ROWS_EACH), str(barrier)]
+            with errs[i].open("wb") as err:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, *args, *(["dispatch"] if i == 0 else [])],
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                    )
+                )
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.glob("go.ready.*"))) < WRITERS:
+            assert time.monotonic() < deadline, "writers did not start"
+            assert all(p.poll() is None for p in procs), [e.read_text() for e in errs]
+            time.sleep(0.01)
+        barrier.touch()
+        deadline = time.monotonic() + 60
+        for proc in procs:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    stderr = [e.read_text() for e in errs]
+    assert not any("database is locked" in text for text in stderr), stderr
+    assert [p.returncode for p in procs] == [0] * WRITERS, stderr
+    fired = [pk for out in outs for pk in out.read_text().split()]
+    rows = {memo.id.hex for memo in Memo.select(Memo.id)}
+    assert len(rows) == WRITERS * ROWS_EACH
+    assert len(fired) == len(set(fired)), "some event fired twice"
+    assert set(fired) == rows
+    assert events_left(db_path) == []
