@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -286,6 +287,29 @@ def test_deliveries_are_ordinary_rows_of_their_model(
         "SELECT webhook_id, hook, status, attempts FROM tokenstore_delivery_log"
     ).fetchall()
     assert row == [(delivery.abid, "notes", "delivered", 1)]
+
+
+def test_deliveries_whose_abids_collide_get_new_ids_instead_of_failing_the_commit(
+    store: Store, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deliveries of one commit share a hook, a type and a millisecond; the ABID keeps
+    only 30 bits of the id. Two ids with the same low bits must not break the save."""
+    store.webhooks.create("notes", Note, receiver.url())
+    base = uuid.uuid4().int & ~((1 << 30) - 1)
+    ids = iter(
+        [uuid.UUID(int=base | 7), uuid.UUID(int=(base ^ (1 << 40)) | 7), uuid.UUID(int=base | 8)]
+    )
+    monkeypatch.setattr(WebhookDelivery, "new_id", classmethod(lambda cls: next(ids)))
+    with store.atomic():
+        Note.create(text="one")
+        Note.create(text="two")
+    deliveries = store.webhooks.deliveries()
+    assert len({d.abid for d in deliveries}) == 2
+    assert {d.status for d in deliveries} == {"delivered"}
+    assert sorted(json.loads(hit.body)["data"]["fields"]["text"] for hit in receiver.hits) == [
+        "one",
+        "two",
+    ]
 
 
 def test_update_and_delete_are_sent_with_their_types(store: Store, receiver: Receiver) -> None:

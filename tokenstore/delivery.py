@@ -29,7 +29,14 @@ import peewee
 from . import __version__, signals
 from .changes import ChangeEvent
 from .errors import BlockedAddress
-from .models import OutboundWebhook, WebhookDelivery, format_time, to_stored_time, utcnow
+from .models import (
+    ABID_COLLISION_RETRIES,
+    OutboundWebhook,
+    WebhookDelivery,
+    format_time,
+    to_stored_time,
+    utcnow,
+)
 from .netguard import AddressGuard
 from .signing import signature_header
 
@@ -407,22 +414,36 @@ class Deliverer:
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, delivery: WebhookDelivery) -> None:
+        """Insert a new delivery; on an ABID collision draw a new id, as ABIDModel does.
+
+        An ABID keeps 30 random bits; one bulk change makes its deliveries for
+        a hook in the same millisecond with the same type, so among thousands
+        a collision is likely, and it must not fail the commit carrying them.
+        """
         created = format_time(delivery.created_at)
-        conn.execute(
-            _INSERT_DELIVERY,
-            (
-                delivery.id.hex,
-                delivery.abid,
-                delivery.created_by_id,
-                created,
-                created,
-                delivery.hook_id.hex,
-                delivery.event_id,
-                delivery.event_type,
-                delivery.payload,
-                format_time(delivery.next_attempt_at),
-            ),
-        )
+        for attempt in range(ABID_COLLISION_RETRIES + 1):
+            try:
+                conn.execute(
+                    _INSERT_DELIVERY,
+                    (
+                        delivery.id.hex,
+                        delivery.abid,
+                        delivery.created_by_id,
+                        created,
+                        created,
+                        delivery.hook_id.hex,
+                        delivery.event_id,
+                        delivery.event_type,
+                        delivery.payload,
+                        format_time(delivery.next_attempt_at),
+                    ),
+                )
+                return
+            except sqlite3.IntegrityError as exc:
+                if f"{_DELIVERY_TABLE}.abid" not in str(exc) or attempt == ABID_COLLISION_RETRIES:
+                    raise
+                delivery.id = WebhookDelivery.new_id()
+                delivery.abid = str(delivery.compute_abid())
 
     def create_ping(self, hook: OutboundWebhook, body: str, now: datetime) -> WebhookDelivery:
         """A delivery that no change caused (``ping``): written now, sent by the caller."""
