@@ -9,7 +9,7 @@ mode is a separate process touching the same store file:
 - ``write PATH OUT COUNT BARRIER [dispatch]``: waits for BARRIER to exist,
   saves COUNT Memos one commit each, and writes the pk of every event its
   receiver got to OUT, one a line; with ``dispatch`` it also calls
-  ``store.dispatch()`` every 50 saves.
+  ``store.dispatch()`` every 50 saves; with ``quiet`` it connects no receiver.
 """
 
 from __future__ import annotations
@@ -57,13 +57,14 @@ def crash(path: str, kind: str, name: str) -> None:
     raise SystemExit("still alive after SIGKILL")
 
 
-def write(path: str, out: str, count: int, barrier: str, dispatch: bool) -> None:
+def write(path: str, out: str, count: int, barrier: str, dispatch: bool, quiet: bool) -> None:
     seen: list[str] = []
 
     def record(sender: Any, event: Any, **kwargs: Any) -> None:
         seen.append(str(event.pk))
 
-    signals.post_save.connect(record, sender=Memo, weak=False)
+    if not quiet:
+        signals.post_save.connect(record, sender=Memo, weak=False)
     store = tokenstore.store.open(path)
     store.register(Memo)
     Path(barrier + f".ready.{os.getpid()}").touch()
@@ -88,7 +89,7 @@ def main(argv: list[str]) -> None:
         crash(path, rest[0], rest[1])
     elif mode == "write":
         out, count, barrier, *flags = rest
-        write(path, out, int(count), barrier, dispatch="dispatch" in flags)
+        write(path, out, int(count), barrier, "dispatch" in flags, "quiet" in flags)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

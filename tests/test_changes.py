@@ -430,6 +430,9 @@ def test_an_edit_in_the_sqlite3_module_of_another_process_is_dispatched(
     keep, gone = Memo(name="keep", n=1), Memo(name="gone", n=2)
     keep.save()
     gone.save()
+    saved = listen(signals.post_save, Memo)
+    deleted = listen(signals.post_delete, Memo)
+    assert memos.dispatch() == 0  # with receivers connected, this registers as a listener
     edit = (
         "import sqlite3, sys\n"
         "conn = sqlite3.connect(sys.argv[1])\n"
@@ -439,9 +442,7 @@ def test_an_edit_in_the_sqlite3_module_of_another_process_is_dispatched(
     )
     subprocess.run([sys.executable, "-c", edit, str(db_path)], check=True, timeout=30)
     assert [op for _, _, op, _ in events_left(db_path)] == ["UPDATE", "DELETE"]
-
-    saved = listen(signals.post_save, Memo)
-    deleted = listen(signals.post_delete, Memo)
+    assert saved == [] and deleted == []
     assert memos.dispatch() == 2
     [update] = saved
     assert (update["instance"].id, update["instance"].name, update["created"]) == (
@@ -453,6 +454,74 @@ def test_an_edit_in_the_sqlite3_module_of_another_process_is_dispatched(
     assert (delete["instance"].id, delete["instance"].name) == (gone.id, "gone")
     assert events_left(db_path) == []
     assert memos.dispatch() == 0
+
+
+# -- capture only while someone listens ---------------------------------------------------
+
+
+def listeners(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return [c for (c,) in conn.execute("SELECT claimant FROM tokenstore_listener")]
+    finally:
+        conn.close()
+
+
+def shell_edit(path: Path, sql: str) -> None:
+    """Run SQL from another process with the plain sqlite3 module, as a person might."""
+    edit = (
+        f"import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute({sql!r})\nc.commit()\n"
+    )
+    subprocess.run([sys.executable, "-c", edit, str(path)], check=True, timeout=30)
+
+
+def test_with_nobody_listening_writes_record_no_events(memos: Store, db_path: Path) -> None:
+    Memo(name="unheard", n=1).save()
+    Memo.update(n=2).execute()
+    shell_edit(db_path, "UPDATE test_changes_memo SET name = 'shell'")
+    assert listeners(db_path) == []
+    assert events_left(db_path) == []
+
+
+def test_a_store_with_receivers_registers_and_close_unregisters(
+    db_path: Path, listen: Listen
+) -> None:
+    listen(signals.row_changed)
+    store = tokenstore.store.open(db_path)  # opening dispatches: registers at once
+    try:
+        [claimant] = listeners(db_path)
+        assert claimant == store.dispatcher.claimant
+    finally:
+        store.close()
+    assert listeners(db_path) == []
+
+
+def test_a_listener_elsewhere_gets_the_writes_of_a_process_that_does_not_listen(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    """A writer with no receivers leaves its events for the process that listens."""
+    saved = listen(signals.post_save, Memo)
+    memos.dispatch()  # registers this process as a listener
+    result = subprocess.run(
+        [sys.executable, WRITER, "write", str(db_path), os.devnull, "3", str(db_path), "quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [op for _, _, op, _ in events_left(db_path)] == ["INSERT"] * 3
+    assert memos.dispatch() == 3
+    assert sorted(c["instance"].n for c in saved) == [0, 1, 2]
+    assert events_left(db_path) == []
+
+
+def test_a_listener_that_died_is_forgotten_and_capture_stops(memos: Store, db_path: Path) -> None:
+    pid = run_crashing_writer(db_path, "memo", "last words")
+    assert any(c.split(":")[1] == str(pid) for c in listeners(db_path))
+    assert memos.dispatch() == 1  # the dead writer's event: fired (to nobody) and gone
+    assert listeners(db_path) == []
+    shell_edit(db_path, "UPDATE test_changes_memo SET name = 'unheard'")
+    assert events_left(db_path) == []
 
 
 # -- receivers ----------------------------------------------------------------------------

@@ -37,6 +37,8 @@ from .models import format_time
 logger = logging.getLogger("tokenstore.changes")
 
 EVENT_TABLE = "tokenstore_change_event"
+LISTENER_TABLE = "tokenstore_listener"
+HOOK_TABLE = "tokenstore_outbound_webhook"
 
 _WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 #: Whitespace and comments that may come before a statement's first keyword.
@@ -48,7 +50,14 @@ _DML_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
 #: SQLite's default limit on function arguments bounds json_object() to this many columns.
 MAX_CAPTURED_COLUMNS = 63
 
-_DROP_UNCLAIMED = f"DELETE FROM {EVENT_TABLE} WHERE claimed_by IS NULL AND table_name IN "
+_DROP_UNCLAIMED = (
+    f"DELETE FROM {EVENT_TABLE} WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE}) "
+    "AND claimed_by IS NULL AND table_name IN "
+)
+_REGISTER = (
+    f"INSERT INTO {LISTENER_TABLE} (claimant, since) SELECT ?, ? "
+    f"WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE} WHERE claimant = ?)"
+)
 _CLAIM = (
     f"UPDATE {EVENT_TABLE} SET claimed_by = ?, claimed_at = ?, claims = claims + 1 "
     "WHERE claimed_by IS NULL AND table_name IN {tables} "
@@ -100,11 +109,19 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def model_ref(model: type[peewee.Model]) -> str:
+    """The name hooks use for a model: ``module.ClassName``."""
+    return f"{model.__module__}.{model.__qualname__}"
+
+
 def capture_triggers(model: type[peewee.Model]) -> list[str]:
     """The CREATE TRIGGER statements that capture changes to a model's table.
 
     Private fields are left out of the recorded rows; an UPDATE that changes
-    only quiet fields (or nothing) records no event.
+    only quiet fields (or nothing) records no event. Rows are recorded only
+    while someone can use them: a process listening for signals is registered
+    in ``tokenstore_listener``, or an enabled hook watches the model. Otherwise
+    a write costs the trigger's check and nothing more.
     """
     meta = model._meta
     table = meta.table_name
@@ -131,8 +148,14 @@ def capture_triggers(model: type[peewee.Model]) -> list[str]:
             pairs.append(f"'{f.column_name}', {value}")
         return "json_object(" + ", ".join(pairs) + ")"
 
+    # UPDATE OF: a statement that sets only quiet columns never even runs the trigger.
+    of = "OF " + ", ".join(_quote(f.column_name) for f in watched) + " " if watched else ""
     changed = " OR ".join(
         f"OLD.{_quote(f.column_name)} IS NOT NEW.{_quote(f.column_name)}" for f in watched
+    )
+    gate = (
+        f"(EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
+        f"WHERE ref = {_literal(model_ref(model))} AND enabled))"
     )
     pk_col = _quote(pk.column_name)
     insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
@@ -140,13 +163,16 @@ def capture_triggers(model: type[peewee.Model]) -> list[str]:
     values = f"VALUES ({_literal(table)}"
     return [
         f"CREATE TRIGGER {_quote(name + '_capture_insert')} AFTER INSERT ON {_quote(table)}\n"
+        f"WHEN {gate}\n"
         f"BEGIN\n  {insert}\n  {values}, 'INSERT', NEW.{pk_col}, NULL, {row('NEW')});\n"
         "END",
-        f"CREATE TRIGGER {_quote(name + '_capture_update')} AFTER UPDATE ON {_quote(table)}\n"
-        f"WHEN {changed or '0'}\n"
+        f"CREATE TRIGGER {_quote(name + '_capture_update')} AFTER UPDATE {of}"
+        f"ON {_quote(table)}\n"
+        f"WHEN {gate}\n  AND ({changed or '0'})\n"
         f"BEGIN\n  {insert}\n  {values}, 'UPDATE', NEW.{pk_col}, {row('OLD')}, "
         f"{row('NEW')});\nEND",
         f"CREATE TRIGGER {_quote(name + '_capture_delete')} AFTER DELETE ON {_quote(table)}\n"
+        f"WHEN {gate}\n"
         f"BEGIN\n  {insert}\n  {values}, 'DELETE', OLD.{pk_col}, {row('OLD')}, NULL);\n"
         "END",
     ]
@@ -228,11 +254,25 @@ class Dispatcher:
 
     # -- inside the transaction ---------------------------------------------------------
 
+    def on_begin(self, conn: sqlite3.Connection) -> None:
+        """Register this process as a listener before its first write, if it has receivers.
+
+        The triggers record rows only while someone listens; registering
+        inside the transaction means its own writes are already captured.
+        Registering again is a read: no page is written once the row is there.
+        """
+        if any(s.receivers for s in signals.EVENT_SIGNALS):
+            conn.execute(_REGISTER, (self.claimant, format_time(self.clock()), self.claimant))
+
+    def unregister(self, conn: sqlite3.Connection) -> None:
+        """Stop capture on this process's account (its store is closing)."""
+        conn.execute(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?", (self.claimant,))
+
     def claim(self, conn: sqlite3.Connection) -> Claimed:
         """Take the unclaimed events (this transaction's, and any left by others).
 
-        If nothing in this process listens, they are deleted on the spot: the
-        commit then costs one statement more than it would without capture.
+        If nothing in this process listens, they are left for the listening
+        processes, or, when there are none (any more), deleted on the spot.
         Consumers see an event only on its first claim; a re-claimed event's
         consumer work was committed with that first claim.
         """
@@ -314,23 +354,25 @@ class Dispatcher:
 
     # -- recovery -----------------------------------------------------------------------
 
+    def _gone(self, claimant: str) -> bool:
+        """Whether a claimant's process has ended (on this host; others cannot be asked)."""
+        if claimant == self.claimant:
+            return False
+        claim_host, _, rest = claimant.partition(":")
+        pid = rest.partition(":")[0]
+        return claim_host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
+
     def stale_claimants(self, conn: sqlite3.Connection) -> list[str]:
         """Claimants whose process is gone (or has held its claim past the timeout)."""
-        host = socket.gethostname()
         cutoff = format_time(self.clock() - self.claim_timeout)
-        stale = []
-        for claimant, oldest in conn.execute(
-            f"SELECT claimed_by, min(claimed_at) FROM {EVENT_TABLE} "
-            "WHERE claimed_by IS NOT NULL GROUP BY claimed_by"
-        ):
-            if claimant == self.claimant:
-                continue
-            claim_host, _, rest = claimant.partition(":")
-            pid = rest.partition(":")[0]
-            dead = claim_host == host and pid.isdigit() and not _process_alive(int(pid))
-            if dead or oldest < cutoff:
-                stale.append(claimant)
-        return stale
+        return [
+            claimant
+            for claimant, oldest in conn.execute(
+                f"SELECT claimed_by, min(claimed_at) FROM {EVENT_TABLE} "
+                "WHERE claimed_by IS NOT NULL GROUP BY claimed_by"
+            )
+            if claimant != self.claimant and (self._gone(claimant) or oldest < cutoff)
+        ]
 
     def release(self, conn: sqlite3.Connection, claimants: Iterable[str]) -> None:
         """Hand abandoned claims back, so the enclosing transaction claims them anew."""
@@ -338,6 +380,12 @@ class Dispatcher:
             conn.execute(
                 f"UPDATE {EVENT_TABLE} SET claimed_by = NULL WHERE claimed_by = ?", (claimant,)
             )
+
+    def forget_dead_listeners(self, conn: sqlite3.Connection) -> None:
+        """Listeners whose process ended without closing its store no longer keep capture on."""
+        for (claimant,) in conn.execute(f"SELECT claimant FROM {LISTENER_TABLE}").fetchall():
+            if self._gone(claimant):
+                conn.execute(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?", (claimant,))
 
 
 def instance_from_row(model: type[peewee.Model], row: dict[str, Any]) -> peewee.Model:
@@ -434,6 +482,7 @@ class CapturingDatabase(peewee.SqliteDatabase):
         with _as_peewee_errors:
             conn.execute("BEGIN IMMEDIATE")
         try:
+            self.dispatcher.on_begin(conn)
             cursor = super().execute_sql(sql, params)
             if cursor.description is not None:  # RETURNING rows: finish before COMMIT
                 cursor = _FetchedCursor(cursor)
@@ -443,6 +492,15 @@ class CapturingDatabase(peewee.SqliteDatabase):
                 conn.execute("ROLLBACK")
             raise
         return cursor
+
+    def begin(self, lock_type: str | None = None) -> None:
+        super().begin(lock_type)
+        conn = self.connection()
+        try:
+            self.dispatcher.on_begin(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def commit(self) -> None:
         conn = self.connection()

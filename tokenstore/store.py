@@ -8,6 +8,7 @@ hold webhook signing secrets.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -19,9 +20,11 @@ from typing import Any
 
 import peewee
 
-from .changes import EVENT_TABLE, CapturingDatabase, Dispatcher, install_capture
+from .changes import EVENT_TABLE, CapturingDatabase, Dispatcher, install_capture, model_ref
 from .errors import StoreError, ValidationError
 from .models import OWN_MODELS, User, format_time, utcnow
+
+logger = logging.getLogger("tokenstore.store")
 
 #: The ``PRAGMA user_version`` of files this code writes.
 SCHEMA_VERSION = 1
@@ -234,9 +237,17 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        """Close this thread's connection (other threads close theirs as they end)."""
+        """Close this thread's connection (other threads close theirs as they end).
+
+        The store stops counting as a listener, so capture stops on its account.
+        """
         self.webhooks.close()
-        self.db.close()
+        if not self.db.is_closed():
+            try:
+                self.dispatcher.unregister(self.db.connection())
+            except sqlite3.Error as exc:  # a read-only or vanished file still closes
+                logger.warning("could not unregister %s as a listener: %s", self.path, exc)
+            self.db.close()
 
     def atomic(self) -> Any:
         """A transaction (a savepoint when nested); changes dispatch as the outermost commits."""
@@ -244,7 +255,7 @@ class Store:
 
     def ref(self, model: type[peewee.Model]) -> str:
         """The name hooks use for a model: ``module.ClassName``."""
-        return f"{model.__module__}.{model.__qualname__}"
+        return model_ref(model)
 
     def register(self, model: type[peewee.Model]) -> type[peewee.Model]:
         """Bind an application model to this store, create its table and capture its changes.
@@ -293,6 +304,7 @@ class Store:
         """
         conn = self.db.connection()
         with self.db.atomic():
+            self.dispatcher.forget_dead_listeners(conn)
             self.dispatcher.release(conn, self.dispatcher.stale_claimants(conn))
             (count,) = conn.execute(
                 f"SELECT count(*) FROM {EVENT_TABLE} WHERE claimed_by IS NULL"
