@@ -17,6 +17,8 @@ a bulk update of 10,000 rows with capture takes at most 2x as long.
 from __future__ import annotations
 
 import gc
+import os
+import socket
 import sys
 import tempfile
 import time
@@ -56,6 +58,10 @@ class PlainDatabase(peewee.SqliteDatabase):
     system_user_id: int | None = None
 
 
+FLOOR_LABEL = "plain + row triggers that do nothing (floor)"
+LISTENED_LABEL = "tokenstore capture, a listener elsewhere"
+
+
 def plain_database(path: Path) -> PlainDatabase:
     """The baseline: same pragmas, same tables, no triggers, autocommit writes."""
     db = PlainDatabase(str(path), timeout=10, pragmas=PRAGMAS)
@@ -63,6 +69,33 @@ def plain_database(path: Path) -> PlainDatabase:
         db.create_tables([User, Item])
         db.system_user_id = User.create(username="system", is_superuser=True).id
     return db
+
+
+def floor_database(path: Path) -> PlainDatabase:
+    """The baseline plus triggers that never run their body: what any row trigger costs."""
+    db = plain_database(path)
+    for op in ("INSERT", "UPDATE", "DELETE"):
+        db.execute_sql(
+            f"CREATE TRIGGER bench_item_{op.lower()} AFTER {op} ON bench_item WHEN 0 "
+            "BEGIN SELECT 1; END"
+        )
+    return db
+
+
+def listened_store(path: Path) -> tokenstore.store.Store:
+    """A store whose file names a listener in another (live) process: every row is recorded.
+
+    This process has no receivers, so it leaves the events for that listener,
+    as a real writer would; the cost measured is capture's whole write side.
+    """
+    store = tokenstore.store.open(path)
+    store.register(Item)
+    conn = store.db.connection()
+    conn.execute(
+        "INSERT INTO tokenstore_listener (claimant, since) VALUES (?, '2024-01-01T00:00:00.000Z')",
+        (f"{socket.gethostname()}:{os.getppid()}:bench",),
+    )
+    return store
 
 
 def bind(db: peewee.Database) -> None:
@@ -128,7 +161,14 @@ def main() -> int:
         store.register(Item)
         check_capture_is_on(store)
         plain = plain_database(Path(tmp) / "plain.sqlite3")
-        variants: dict[str, peewee.Database] = {"plain": plain, "capture": store.db}
+        floor = floor_database(Path(tmp) / "floor.sqlite3")
+        listened = listened_store(Path(tmp) / "listened.sqlite3")
+        variants: dict[str, peewee.Database] = {
+            "plain": plain,
+            "capture": store.db,
+            "floor": floor,
+            "listened": listened.db,
+        }
 
         for db in variants.values():
             fill(db)
@@ -137,8 +177,15 @@ def main() -> int:
 
         conn = store.db.connection()
         (left,) = conn.execute("SELECT count(*) FROM tokenstore_change_event").fetchone()
+        (recorded,) = (
+            listened.db.connection()
+            .execute("SELECT count(*) FROM tokenstore_change_event")
+            .fetchone()
+        )
         store.close()
+        listened.close()
         plain.close()
+        floor.close()
 
     print(f"python {sys.version.split()[0]}, best of {REPEATS} interleaved rounds")
     print(f"\nsave() of a new {Item.__name__}, {SAVES:,} per round")
@@ -147,6 +194,9 @@ def main() -> int:
     print(f"  {'plain peewee  [baseline]':<44} {plain_rate:>10,.0f} {1:>8.2f}x")
     ratio_save = capture_rate / plain_rate
     print(f"  {'tokenstore capture, no receivers':<44} {capture_rate:>10,.0f} {ratio_save:>8.2f}x")
+    for name, label in (("floor", FLOOR_LABEL), ("listened", LISTENED_LABEL)):
+        rate = SAVES / single[name]
+        print(f"  {label:<44} {rate:>10,.0f} {rate / plain_rate:>8.2f}x")
 
     print(f"\nItem.update(count=count + 1) of {BULK_ROWS:,} rows")
     print(f"  {'variant':<44} {'ms':>10} {'vs plain':>9}")
@@ -156,7 +206,10 @@ def main() -> int:
         f"  {'tokenstore capture, no receivers':<44} {bulk['capture'] * 1000:>10.1f}"
         f" {ratio_bulk:>8.2f}x"
     )
+    for name, label in (("floor", FLOOR_LABEL), ("listened", LISTENED_LABEL)):
+        print(f"  {label:<44} {bulk[name] * 1000:>10.1f} {bulk[name] / bulk['plain']:>8.2f}x")
     print(f"\nevents left in the capture file afterwards: {left}")
+    print(f"events recorded for the listener elsewhere: {recorded:,}")
 
     ok_save = ratio_save >= GOAL_SAVE
     ok_bulk = ratio_bulk <= GOAL_BULK

@@ -212,6 +212,7 @@ class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.pending: list[Claimed] = []
         self.running = False
+        self.claimed = 0  # events this thread has claimed, ever: dispatch() counts by it
 
 
 class Dispatcher:
@@ -267,28 +268,42 @@ class Dispatcher:
     def unregister(self, conn: sqlite3.Connection) -> None:
         """Stop capture on this process's account (its store is closing)."""
         conn.execute(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?", (self.claimant,))
+        self.drop_unheard(conn)
+
+    def drop_unheard(self, conn: sqlite3.Connection) -> None:
+        """Delete unclaimed events nobody will hear: no process listens, no hook wants them.
+
+        Events are recorded only while someone listens, so these are the few
+        left over when the last listener went away or a hook was disabled.
+        """
+        if not any(wants(conn) for _, wants in self.consumers):
+            conn.execute(self._statements()[0])
 
     def claim(self, conn: sqlite3.Connection) -> Claimed:
         """Take the unclaimed events (this transaction's, and any left by others).
 
-        If nothing in this process listens, they are left for the listening
-        processes, or, when there are none (any more), deleted on the spot.
-        Consumers see an event only on its first claim; a re-claimed event's
-        consumer work was committed with that first claim.
+        If nothing in this process listens, they are left for the processes
+        that do; this costs the commit no statement at all. Consumers see an
+        event only on its first claim; a re-claimed event's consumer work was
+        committed with that first claim.
         """
-        drop, claim = self._statements()
+        claim = self._statements()[1]
         wanted = [c for c, wants in self.consumers if wants(conn)]
         if not wanted and not any(s.receivers for s in signals.EVENT_SIGNALS):
-            conn.execute(drop)
-            return _NOTHING
+            return _NOTHING  # they are a listening process's to take (see drop_unheard)
         rows = conn.execute(claim, (self.claimant, format_time(self.clock()))).fetchall()
         if not rows:
             return _NOTHING
         rows.sort(key=lambda row: row[0])
+        self._local.claimed += len(rows)
         events = [ChangeEvent.from_row(row[:-1]) for row in rows]
         first = [event for event, row in zip(events, rows, strict=True) if row[-1] == 1]
         followups = [f for f in (c(conn, first) for c in wanted) if f is not None] if first else []
         return events, followups
+
+    def claimed_count(self) -> int:
+        """How many events this thread has claimed so far."""
+        return self._local.claimed
 
     def queue(self, claimed: Claimed) -> None:
         """Remember what a transaction claimed, once its commit has succeeded."""

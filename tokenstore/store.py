@@ -20,7 +20,7 @@ from typing import Any
 
 import peewee
 
-from .changes import EVENT_TABLE, CapturingDatabase, Dispatcher, install_capture, model_ref
+from .changes import CapturingDatabase, Dispatcher, install_capture, model_ref
 from .errors import StoreError, ValidationError
 from .models import OWN_MODELS, User, format_time, utcnow
 
@@ -303,14 +303,12 @@ class Store:
         itself after every commit made through this store.
         """
         conn = self.db.connection()
-        with self.db.atomic():
+        before = self.dispatcher.claimed_count()
+        with self.db.atomic():  # its commit claims what is unclaimed, then fires it
             self.dispatcher.forget_dead_listeners(conn)
             self.dispatcher.release(conn, self.dispatcher.stale_claimants(conn))
-            (count,) = conn.execute(
-                f"SELECT count(*) FROM {EVENT_TABLE} WHERE claimed_by IS NULL"
-            ).fetchone()
-        # The commit above claimed those events and fired them.
-        return int(count)
+            self.dispatcher.drop_unheard(conn)
+        return self.dispatcher.claimed_count() - before
 
 
 def open(path: str | os.PathLike[str], **options: Any) -> Store:
