@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,6 +31,7 @@ from .changes import ChangeEvent
 from .errors import BlockedAddress
 from .models import (
     ABID_COLLISION_RETRIES,
+    BaseModel,
     OutboundWebhook,
     WebhookDelivery,
     format_time,
@@ -70,9 +71,7 @@ _MAX_RETRY_SECONDS = int(MAX_RETRY_AFTER.total_seconds())
 KIND_BY_OP = {"INSERT": "CREATE", "UPDATE": "UPDATE", "DELETE": "DELETE"}
 TYPE_BY_OP = {"INSERT": "created", "UPDATE": "updated", "DELETE": "deleted"}
 
-_ENABLED_HOOKS = (
-    "SELECT id, ref, signal FROM tokenstore_outbound_webhook WHERE enabled = 1 ORDER BY created_at"
-)
+_ANY_ENABLED_HOOK = "SELECT 1 FROM tokenstore_outbound_webhook WHERE enabled = 1 LIMIT 1"
 
 
 def signal_matches(signal: str, kind: str) -> bool:
@@ -272,6 +271,10 @@ def _columns(model: type[peewee.Model]) -> str:
 _HOOK_TABLE = OutboundWebhook._meta.table_name
 _DELIVERY_TABLE = WebhookDelivery._meta.table_name
 _SELECT_HOOK = f'SELECT {_columns(OutboundWebhook)} FROM "{_HOOK_TABLE}" WHERE "id" = ?'
+_ENABLED_HOOKS = (
+    f'SELECT {_columns(OutboundWebhook)} FROM "{_HOOK_TABLE}" WHERE "enabled" = 1 '
+    'ORDER BY "created_at"'
+)
 _SELECT_DELIVERY = f'SELECT {_columns(WebhookDelivery)} FROM "{_DELIVERY_TABLE}" WHERE "id" = ?'
 _INSERT_DELIVERY = (
     f'INSERT INTO "{_DELIVERY_TABLE}" ("id", "abid", "created_by_id", "created_at", '
@@ -310,15 +313,19 @@ _SELECT_DUE = (
 _TAKE_HELD = _TAKE + '"attempts" = 0 AND "next_attempt_at" = ?'
 
 
-def _load(model: type[peewee.Model], sql: str, db: peewee.Database, pk: Any) -> Any:
-    """One row by primary key as a model instance (as a SELECT would give it), or None."""
+def _from_row(model: type[BaseModel], row: Sequence[Any]) -> Any:
+    """A model instance from a row of all its columns, in field order."""
     fields = model._meta.sorted_fields
+    return model.from_stored(
+        {f.name: f.python_value(raw) for f, raw in zip(fields, row, strict=True)}
+    )
+
+
+def _load(model: type[BaseModel], sql: str, db: peewee.Database, pk: Any) -> Any:
+    """One row by primary key as a model instance (as a SELECT would give it), or None."""
     pk_field = model._meta.primary_key
     row = db.execute_sql(sql, (pk_field.db_value(pk),)).fetchone()  # type: ignore[union-attr]
-    if row is None:
-        return None
-    values = {f.name: f.python_value(raw) for f, raw in zip(fields, row, strict=True)}
-    return model(__no_default__=True, **values)
+    return None if row is None else _from_row(model, row)
 
 
 class Deliverer:
@@ -344,18 +351,20 @@ class Deliverer:
     # -- inside the committing transaction ----------------------------------------------
 
     def wants_events(self, conn: sqlite3.Connection) -> bool:
-        return conn.execute(_ENABLED_HOOKS + " LIMIT 1").fetchone() is not None
+        return conn.execute(_ANY_ENABLED_HOOK).fetchone() is not None
 
     def on_events(
         self, conn: sqlite3.Connection, events: list[ChangeEvent]
     ) -> Callable[[], None] | None:
         """Write a pending delivery per matching hook and event; send them after commit."""
-        hooks = conn.execute(_ENABLED_HOOKS).fetchall()
+        hooks: list[OutboundWebhook] = [
+            _from_row(OutboundWebhook, row) for row in conn.execute(_ENABLED_HOOKS)
+        ]
         if not hooks:
             return None
         store = self.store
         refs = {table: store.ref(model) for table, model in store.models.items()}
-        created: list[WebhookDelivery] = []
+        created: list[tuple[WebhookDelivery, OutboundWebhook]] = []
         now = to_stored_time(store.clock())
         # The creator holds the delivery for one lease, so deliver_due elsewhere
         # does not send it at the same time; if this process dies, it is due after that.
@@ -363,18 +372,18 @@ class Deliverer:
         for event in events:
             ref = refs.get(event.table)
             kind = KIND_BY_OP[event.op]
-            matching = [h for h in hooks if h[1] == ref and signal_matches(h[2], kind)]
+            matching = [h for h in hooks if h.ref == ref and signal_matches(h.signal, kind)]
             if not matching:
                 continue
             model = store.models[event.table]
             payload = event_payload(store, model, event)
             body = dumps(payload)
-            for hook_id, _, _ in matching:
+            for hook in matching:
                 delivery = self._new_delivery(
-                    uuid.UUID(hook_id), payload["type"], body, now, held_until, event.id
+                    hook.id, payload["type"], body, now, held_until, event.id
                 )
                 self._insert(conn, delivery)
-                created.append(delivery)
+                created.append((delivery, hook))
         if not created:
             return None
         return lambda: self.attempt_all(created, held_until)
@@ -388,26 +397,27 @@ class Deliverer:
         next_attempt_at: datetime,
         event_id: int | None = None,
     ) -> WebhookDelivery:
-        """A pending delivery, made as ABIDModel would make it on insert."""
-        delivery = WebhookDelivery(
-            __no_default__=True,
-            id=WebhookDelivery.new_id(),
-            abid="",
-            created_by=self.store.db.system_user_id,
-            created_at=now,
-            modified_at=now,
-            hook=hook_id,
-            event_id=event_id,
-            event_type=event_type,
-            payload=body,
-            status="pending",
-            attempts=0,
-            next_attempt_at=next_attempt_at,
-            last_attempt_at=None,
-            last_status_code=None,
-            last_error="",
-            duration_ms=None,
-            delivered_at=None,
+        """A pending delivery, made as ABIDModel would make it on insert (which follows)."""
+        delivery = WebhookDelivery.from_stored(
+            {
+                "id": WebhookDelivery.new_id(),
+                "abid": "",
+                "created_by": self.store.db.system_user_id,
+                "created_at": now,
+                "modified_at": now,
+                "hook": hook_id,
+                "event_id": event_id,
+                "event_type": event_type,
+                "payload": body,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": next_attempt_at,
+                "last_attempt_at": None,
+                "last_status_code": None,
+                "last_error": "",
+                "duration_ms": None,
+                "delivered_at": None,
+            }
         )
         delivery.abid = str(delivery.compute_abid())
         return delivery
@@ -454,8 +464,14 @@ class Deliverer:
 
     # -- sending ------------------------------------------------------------------------
 
-    def attempt_all(self, deliveries: Iterable[WebhookDelivery], held_until: datetime) -> None:
+    def attempt_all(
+        self,
+        deliveries: Iterable[tuple[WebhookDelivery, OutboundWebhook]],
+        held_until: datetime,
+    ) -> None:
         """Send, one after another, the deliveries one commit wrote and held until ``held_until``.
+
+        Each comes with its hook as that commit read it, so the hook is not read again.
 
         An attempt may take the sender's connect and read timeouts. A delivery
         whose hold would run out before its attempt could end (the ones queued
@@ -465,13 +481,13 @@ class Deliverer:
         """
         budget = timedelta(seconds=sum(self.sender.timeout))
         hold = format_time(held_until)
-        for delivery in deliveries:
+        for delivery, hook in deliveries:
             now = to_stored_time(self.store.clock())
             if now + budget >= held_until and not self._take(
                 _TAKE_HELD, delivery.id.hex, now, hold
             ):
                 continue
-            self.attempt(delivery, now)
+            self.attempt(delivery, now, hook)
 
     def _take(self, sql: str, delivery_id: str, now: datetime, condition: str) -> bool:
         """Hold an unsent delivery (by stored id) for one lease from ``now``, if ``sql`` agrees."""
@@ -480,15 +496,20 @@ class Deliverer:
             cursor = self.store.db.execute_sql(sql, (hold, delivery_id, condition))
             return bool(cursor.rowcount)
 
-    def attempt(self, delivery: WebhookDelivery, now: datetime | None = None) -> WebhookDelivery:
+    def attempt(
+        self,
+        delivery: WebhookDelivery,
+        now: datetime | None = None,
+        hook: OutboundWebhook | None = None,
+    ) -> WebhookDelivery:
         """Send one delivery and record the outcome on it and on its hook.
 
         ``now`` (default: the store's clock) is the time the attempt is made
         and recorded at, and the ``webhook-timestamp`` it is signed with.
+        ``hook`` is the delivery's hook when the caller has just read it.
         """
-        hook: OutboundWebhook | None = _load(
-            OutboundWebhook, _SELECT_HOOK, self.store.db, delivery.hook_id
-        )
+        if hook is None:
+            hook = _load(OutboundWebhook, _SELECT_HOOK, self.store.db, delivery.hook_id)
         if hook is None:  # deleted meanwhile, and its deliveries with it
             return delivery
         now = to_stored_time(self.store.clock() if now is None else now)

@@ -400,7 +400,7 @@ class Tokens:
         last_used = data["last_used_at"]
         if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
             data["last_used_at"] = self._touch(data, now)
-        return APIToken._from_row(data)
+        return APIToken.from_stored(data)
 
     def _touch(self, data: dict[str, Any], now: datetime) -> datetime | None:
         """Record use with one conditional UPDATE; a quiet field, so no change event.
