@@ -510,6 +510,10 @@ class WebhookDelivery(ABIDModel):
     abid_subtype_src = "event_type"
     abid_rand_src = "id"
 
+    # Always the system user: not worth an index page written on every delivery.
+    created_by = peewee.ForeignKeyField(
+        User, column_name="created_by_id", on_delete="CASCADE", backref="+", index=False
+    )
     hook = peewee.ForeignKeyField(
         OutboundWebhook, column_name="hook_id", on_delete="CASCADE", backref="deliveries"
     )

@@ -75,9 +75,9 @@ CREATE UNIQUE INDEX "tokenstore_outbound_webhook_ref_endpoint" ON "tokenstore_ou
 CREATE TABLE "tokenstore_webhook_delivery" (
   "id" TEXT NOT NULL PRIMARY KEY,
   "abid" VARCHAR(30) NOT NULL,
-  "created_by_id" INTEGER NOT NULL,
   "created_at" TEXT NOT NULL,
   "modified_at" TEXT NOT NULL,
+  "created_by_id" INTEGER NOT NULL,
   "hook_id" TEXT NOT NULL,
   "event_id" INTEGER,
   "event_type" VARCHAR(255) NOT NULL,
@@ -94,7 +94,6 @@ CREATE TABLE "tokenstore_webhook_delivery" (
   FOREIGN KEY ("hook_id") REFERENCES "tokenstore_outbound_webhook" ("id") ON DELETE CASCADE
 );
 CREATE UNIQUE INDEX "tokenstore_webhook_delivery_abid" ON "tokenstore_webhook_delivery" ("abid");
-CREATE INDEX "tokenstore_webhook_delivery_created_by_id" ON "tokenstore_webhook_delivery" ("created_by_id");
 CREATE INDEX "tokenstore_webhook_delivery_hook_id" ON "tokenstore_webhook_delivery" ("hook_id");
 CREATE INDEX "tokenstore_webhook_delivery_due" ON "tokenstore_webhook_delivery" ("next_attempt_at")
   WHERE "status" IN ('pending', 'failed');
