@@ -32,6 +32,7 @@ from typing import Any
 import peewee
 import pytest
 from blinker import Signal
+from conftest import Clock
 from standardwebhooks.webhooks import Webhook
 
 import tokenstore
@@ -52,20 +53,6 @@ class Note(ABIDModel):
 
     abid_prefix = "not_"
     text = peewee.TextField(default="")
-
-
-class Clock:
-    """An injected store clock: starts at the real time (whole seconds) and moves when told."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0)  # HTTP dates have whole seconds
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> datetime:
-        self.now += delta
-        return self.now
 
 
 # -- a recording HTTP server ----------------------------------------------------------
@@ -162,11 +149,6 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 def open_store(path: Path, clock: Clock, **options: Any) -> Store:

@@ -9,12 +9,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Clock
 
 import tokenstore.store
 from tokenstore import signals, tokens
@@ -36,32 +36,9 @@ START = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
 
 
-class Clock:
-    """A store clock the test moves by hand."""
-
-    def __init__(self, now: datetime = START) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def ts(db_path: Path, clock: Clock) -> Iterator[Store]:
-    """A store on a real file whose clock the test controls."""
-    s = tokenstore.store.open(db_path, clock=clock)
-    try:
-        yield s
-    finally:
-        s.close()
+    return Clock(START)
 
 
 def statements_during(store: Store, action: Any) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import peewee
 import pytest
+from conftest import Clock
 
 import tokenstore
 from tokenstore.errors import BlockedAddress, NotFound, ValidationError
@@ -29,23 +30,13 @@ class Doc(ABIDModel):
     title = peewee.TextField(default="")
 
 
-class Frozen:
-    """A clock that stands still."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2024, 10, 24, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(datetime(2024, 10, 24, 12, 0, tzinfo=UTC))
 
 
 @pytest.fixture
-def clock() -> Frozen:
-    return Frozen()
-
-
-@pytest.fixture
-def store(db_path: Path, clock: Frozen) -> Iterator[Store]:
+def store(db_path: Path, clock: Clock) -> Iterator[Store]:
     """Overrides conftest's to add a fixed clock and the Doc model."""
     s = tokenstore.open(db_path, webhook_allow=["127.0.0.1/32"], clock=clock)
     s.register(Doc)
@@ -319,7 +310,7 @@ def test_delete_removes_the_hook_and_its_deliveries(store: Store) -> None:
         store.webhooks.delete("docs")
 
 
-def test_deliveries_filter_by_hook_and_status(store: Store, clock: Frozen) -> None:
+def test_deliveries_filter_by_hook_and_status(store: Store, clock: Clock) -> None:
     a = store.webhooks.create("a", Doc, URL + "/a")
     b = store.webhooks.create("b", Doc, URL + "/b")
     made = []
@@ -348,7 +339,7 @@ def test_deliveries_filter_by_hook_and_status(store: Store, clock: Frozen) -> No
         store.webhooks.delivery("msg_nope")
 
 
-def test_rotate_secret_keeps_the_old_one_for_the_grace_period(store: Store, clock: Frozen) -> None:
+def test_rotate_secret_keeps_the_old_one_for_the_grace_period(store: Store, clock: Clock) -> None:
     hook = store.webhooks.create("docs", Doc, URL)
     old = hook.secret
     store.webhooks.rotate_secret("docs")

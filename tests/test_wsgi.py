@@ -6,7 +6,6 @@ import json
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -14,21 +13,13 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import pytest
 import requests
+from conftest import Clock
 
-import tokenstore.store
 from tokenstore.errors import ValidationError
 from tokenstore.store import Store
 from tokenstore.wsgi import TokenAuthMiddleware
 
 START = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -50,16 +41,7 @@ def echo(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[by
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def ts(db_path: Path, clock: Clock) -> Iterator[Store]:
-    s = tokenstore.store.open(db_path, clock=clock)
-    try:
-        yield s
-    finally:
-        s.close()
+    return Clock(START)
 
 
 def serve(app: WSGIApplication) -> Iterator[str]:
