@@ -303,3 +303,36 @@ def test_app_models_are_registered_with_app_and_their_changes_delivered(
     assert payload["type"] == "bookmark.created"
     assert payload["data"]["pk"] == "0192c63e-6a1b-7d45-9c1e-3f2a7b8c9d0e"
     assert payload["data"]["fields"]["url"] == "https://example.com/"
+
+
+def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
+    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    url, received = receiver
+    allow = ("--allow", "127.0.0.1/32")
+    as_json(db_path, *allow, "webhooks", "add", "users", "tokenstore.models.User", url)
+    env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
+    proc = subprocess.Popen(
+        [*COMMAND, *allow, "dispatch", "--watch", "--interval", "0.05"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        conn = sqlite3.connect(db_path)
+        conn.execute(
+            "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
+            "VALUES ('watched', 0, '2024-01-01T00:00:00.000Z')"
+        )
+        conn.commit()
+        conn.close()
+        deadline = time.monotonic() + 20
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert [json.loads(b)["data"]["fields"]["username"] for _, b in received] == ["watched"]
+    assert proc.returncode == 0, err
+    assert "fired 1 events" in out and "stopped" in err
