@@ -415,7 +415,11 @@ def test_secrets_never_appear_in_payloads(store: Store, receiver: Receiver) -> N
     )
     token, token_secret = store.tokens.create(name="ci")
     other = store.webhooks.create(
-        "other", Note, receiver.url("/other"), auth_token="other-auth-token"
+        "other",
+        Note,
+        receiver.url("/other"),
+        auth_token="other-auth-token",
+        headers={"X-Receiver-Key": "header-held-key"},
     )
     store.webhooks.rotate_secret(other)
     other = reload(other)
@@ -431,6 +435,7 @@ def test_secrets_never_appear_in_payloads(store: Store, receiver: Receiver) -> N
             "other-auth-token",
             other.secret,
             other.previous_secret,
+            "header-held-key",
         ):
             assert secret not in body
     for body in (d.payload for d in store.webhooks.deliveries()):

@@ -441,7 +441,8 @@ class OutboundWebhook(ABIDModel):
     abid_subtype_src = "ref"
     abid_rand_src = "id"
     abid_drift_allowed = True
-    private_fields = ("auth_token", "secret", "previous_secret")
+    # headers often carry credentials of their own (an API key for the receiver).
+    private_fields = ("auth_token", "secret", "previous_secret", "headers")
     quiet_fields = (
         "modified_at",
         "last_response",
