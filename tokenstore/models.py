@@ -192,9 +192,10 @@ class ABIDModel(BaseModel):
 
     @classmethod
     def from_stored(cls, values: dict[str, Any]) -> Self:
-        instance = super().from_stored(values)
-        instance._stored = dict(values)
-        instance._id_generated = False
+        instance = cls.__new__(cls)
+        vars(instance).update(
+            __data__=values, _dirty=set(), __rel__={}, _stored=dict(values), _id_generated=False
+        )
         return instance
 
     @classmethod
