@@ -451,6 +451,30 @@ def test_revoke_is_immediate_irreversible_and_idempotent(ts: Store, clock: Clock
         ts.tokens.revoke("apt_01J0000000000000000000000000")
 
 
+def test_saving_a_copy_read_before_the_revocation_does_not_undo_it(ts: Store) -> None:
+    token, secret = ts.tokens.create(name="before")
+    stale = ts.tokens.authenticate(secret)  # a copy read while the token was live
+    ts.tokens.revoke(token.abid)
+    stale.name = "renamed"
+    stale.save()
+    assert stored_row(ts, token)["name"] == "renamed"
+    assert stored_row(ts, token)["revoked_at"] is not None
+    with pytest.raises(RevokedToken):
+        ts.tokens.authenticate(secret)
+
+
+def test_the_file_itself_refuses_to_undo_a_revocation(ts: Store) -> None:
+    token, _ = ts.tokens.create()
+    ts.tokens.revoke(token)
+    conn = sqlite3.connect(ts.path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="revocation is final"):
+            conn.execute("UPDATE tokenstore_api_token SET revoked_at = NULL")
+    finally:
+        conn.close()
+    assert stored_row(ts, token)["revoked_at"] is not None
+
+
 def test_revoked_beats_expired(ts: Store, clock: Clock) -> None:
     token, secret = ts.tokens.create(expires=timedelta(minutes=1))
     ts.tokens.revoke(token)

@@ -366,3 +366,25 @@ def test_disable_and_enable(store: Store) -> None:
     store.webhooks.enable("docs")
     stored = OutboundWebhook.get_by_id(hook.id)
     assert (stored.enabled, stored.disabled_reason, stored.failure_count) == (True, "", 0)
+
+
+def test_saving_a_stale_copy_does_not_re_enable_a_disabled_hook(store: Store) -> None:
+    hook = store.webhooks.create("stale", Doc, "https://example.com/stale")
+    store.webhooks.disable(hook.abid, "the receiver answered 410")
+    store.webhooks.update(hook, keep_last_response=True)  # ``hook`` was read before that
+    stored = OutboundWebhook.get_by_id(hook.id)
+    assert stored.keep_last_response is True
+    assert stored.enabled is False
+    assert stored.disabled_reason == "the receiver answered 410"
+
+
+def test_saving_only_some_fields_is_still_validated(store: Store) -> None:
+    hook = store.webhooks.create("partial", Doc, "https://example.com/partial")
+    hook.signal = "bogus"
+    with pytest.raises(ValidationError, match="signal 'bogus'"):
+        hook.save(only=[OutboundWebhook.signal])
+    hook.signal = "CREATE"
+    hook.endpoint = "http://169.254.169.254/latest/meta-data"
+    with pytest.raises(BlockedAddress, match="link-local"):
+        hook.save(only=[OutboundWebhook.endpoint])
+    assert OutboundWebhook.get_by_id(hook.id).endpoint == "https://example.com/partial"

@@ -125,7 +125,8 @@ class BaseModel(peewee.Model):
         return instance
 
     def save(self, force_insert: bool = False, only: Any = None) -> int:
-        signals.send_isolated(signals.pre_save, type(self), instance=self, created=force_insert)
+        created = force_insert or self._pk is None  # type: ignore[attr-defined]
+        signals.send_isolated(signals.pre_save, type(self), instance=self, created=created)
         return int(super().save(force_insert=force_insert, only=only))
 
     def delete_instance(self, recursive: bool = False, delete_nullable: bool = False) -> int:
@@ -170,6 +171,12 @@ class ABIDModel(BaseModel):
     abid_salt: ClassVar[str] = abids.DEFAULT_ABID_URI_SALT
     abid_drift_allowed: ClassVar[bool] = False
     quiet_fields: ClassVar[tuple[str, ...]] = ("modified_at",)
+
+    class Meta:
+        # An update writes only what this instance changed: saving a copy read
+        # earlier must not put back what another writer changed meanwhile (a
+        # revocation, a hook disabled after a 410).
+        only_save_dirty = True
 
     id = peewee.UUIDField(primary_key=True)
     abid = peewee.CharField(max_length=30, unique=True)
@@ -488,7 +495,7 @@ class OutboundWebhook(ABIDModel):
     def save(self, force_insert: bool = False, only: Any = None) -> int:
         """Validate (against the store's registered models and address guard), then save."""
         store = getattr(self._meta.database, "store", None)
-        if store is not None and only is None:
+        if store is not None:
             store.webhooks.validate(self)
         return super().save(force_insert=force_insert, only=only)
 

@@ -34,6 +34,13 @@ CREATE TABLE "tokenstore_api_token" (
 CREATE UNIQUE INDEX "tokenstore_api_token_abid" ON "tokenstore_api_token" ("abid");
 CREATE INDEX "tokenstore_api_token_created_by_id" ON "tokenstore_api_token" ("created_by_id");
 CREATE UNIQUE INDEX "tokenstore_api_token_token_digest" ON "tokenstore_api_token" ("token_digest");
+-- Revocation is for good, whoever writes (a stale copy, the sqlite3 shell).
+CREATE TRIGGER "tokenstore_api_token_revocation_is_final"
+BEFORE UPDATE OF "revoked_at" ON "tokenstore_api_token"
+WHEN OLD."revoked_at" IS NOT NULL AND NEW."revoked_at" IS NOT OLD."revoked_at"
+BEGIN
+  SELECT RAISE(ABORT, 'API token revocation is final: revoked_at cannot be changed');
+END;
 
 -- Outbound webhooks: the fields of django-signal-webhooks, plus a Standard
 -- Webhooks signing secret (and the previous one, during a rotation) and

@@ -82,6 +82,12 @@ def _secret_ok(secret: object) -> bool:
         return False
 
 
+def _set_if_changed(hook: OutboundWebhook, name: str, value: object) -> None:
+    """Normalise a field, marking it changed only if it was not normal: saves write changes."""
+    if getattr(hook, name) != value:
+        setattr(hook, name, value)
+
+
 class Webhooks:
     """Create, change and inspect outbound webhooks; send what is due.
 
@@ -127,19 +133,22 @@ class Webhooks:
             raise ValidationError(
                 f"webhook signal {hook.signal!r} is not one of: {', '.join(SIGNAL_CHOICES)}"
             )
-        hook.signal = hook.signal.upper()
-        model = self.store.model_for_ref(hook.ref)
-        if model is WebhookDelivery:
-            raise ValidationError(
-                f"{self.store.ref(model)} cannot have webhooks: its changes are not "
-                "captured (a hook on it would report its own deliveries)"
-            )
-        hook.ref = self.store.ref(model)
+        _set_if_changed(hook, "signal", hook.signal.upper())
+        # The ref and the endpoint are judged when set: another process (the CLI, say)
+        # may know other models or allow other addresses, and must still be able to
+        # enable or rename a hook the application made.
+        stored = hook._stored or {}
+        if not stored or stored.get("ref") != hook.ref:
+            model = self.store.model_for_ref(hook.ref)
+            if model is WebhookDelivery:
+                raise ValidationError(
+                    f"{self.store.ref(model)} cannot have webhooks: its changes are not "
+                    "captured (a hook on it would report its own deliveries)"
+                )
+            _set_if_changed(hook, "ref", self.store.ref(model))
         if not isinstance(hook.endpoint, str) or len(hook.endpoint) > 2047:
             raise ValidationError("webhook endpoint must be a URL of at most 2047 characters")
-        # Judged when set: another process (the CLI, say) may run with a different allowlist,
-        # and must still be able to enable or rename a hook the application allowed.
-        if hook._stored is None or hook._stored.get("endpoint") != hook.endpoint:
+        if not stored or stored.get("endpoint") != hook.endpoint:
             self.guard.check_endpoint(hook.endpoint)
         headers = {} if hook.headers is None else hook.headers
         if not isinstance(headers, Mapping):
@@ -154,7 +163,7 @@ class Webhooks:
                     f"webhook header {key!r} must have a string value of Latin-1 "
                     "characters without line breaks or other control characters"
                 )
-        hook.headers = dict(headers)
+        _set_if_changed(hook, "headers", dict(headers))
         if not _header_value_ok(hook.auth_token):
             # The value is secret: the message does not quote it.
             raise ValidationError(
