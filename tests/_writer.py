@@ -95,4 +95,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # Run as the module the tests import, so Memo's ref (``_writer.Memo``) is the same here.
+    import _writer
+
+    _writer.main(sys.argv[1:])

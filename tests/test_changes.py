@@ -515,6 +515,26 @@ def test_a_listener_elsewhere_gets_the_writes_of_a_process_that_does_not_listen(
     assert events_left(db_path) == []
 
 
+def test_a_writer_with_a_hook_but_no_receivers_leaves_the_events_to_listeners(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    """The writer makes the webhook deliveries; the listener still hears every change."""
+    memos.webhooks.create("memos", Memo, "http://127.0.0.1:9/never-answers")
+    saved = listen(signals.post_save, Memo)
+    memos.dispatch()  # registers this process as a listener
+    result = subprocess.run(
+        [sys.executable, WRITER, "write", str(db_path), os.devnull, "3", str(db_path), "quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert memos.dispatch() == 3
+    assert sorted(c["instance"].n for c in saved) == [0, 1, 2]
+    assert events_left(db_path) == []
+    assert len(memos.webhooks.deliveries()) == 3  # made once, by the writer
+
+
 def test_a_listener_that_died_is_forgotten_and_capture_stops(memos: Store, db_path: Path) -> None:
     pid = run_crashing_writer(db_path, "memo", "last words")
     assert any(c.split(":")[1] == str(pid) for c in listeners(db_path))

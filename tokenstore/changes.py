@@ -68,6 +68,13 @@ _CONSUME = (
     f"DELETE FROM {EVENT_TABLE} WHERE claimed_by IS NULL AND table_name IN {{tables}} "
     "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at, claims"
 )
+#: Run consumers on new events but leave them to the processes that listen.
+_CONSUME_AND_LEAVE = (
+    f"UPDATE {EVENT_TABLE} SET claims = claims + 1 "
+    "WHERE claimed_by IS NULL AND claims = 0 AND table_name IN {tables} "
+    "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at, 0"
+)
+_ANY_LISTENER = f"SELECT 1 FROM {LISTENER_TABLE} LIMIT 1"
 
 
 @dataclass(frozen=True)
@@ -235,10 +242,10 @@ class Dispatcher:
         self.consumers: list[tuple[Consumer, Callable[[sqlite3.Connection], bool]]] = []
         self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local = _ThreadState()
-        self._statements_for: tuple[tuple[str, ...], str, str, str] | None = None
+        self._statements_for: tuple[tuple[str, ...], str, str, str, str] | None = None
 
-    def _statements(self) -> tuple[str, str, str]:
-        """The drop, claim and consume statements, limited to the tables this process knows.
+    def _statements(self) -> tuple[str, str, str, str]:
+        """The drop, claim and two consume statements, limited to the tables this process knows.
 
         An event of a table this process knows nothing of (an application model
         the ``tokenstore`` command was not told about) waits for one that does.
@@ -253,9 +260,10 @@ class Dispatcher:
                 _DROP_UNCLAIMED + tables,
                 _CLAIM.format(tables=tables),
                 _CONSUME.format(tables=tables),
+                _CONSUME_AND_LEAVE.format(tables=tables),
             )
             self._statements_for = built  # one assignment: threads never see a half-built set
-        return built[1], built[2], built[3]
+        return built[1], built[2], built[3], built[4]
 
     def add_consumer(
         self, consumer: Consumer, wants_events: Callable[[sqlite3.Connection], bool]
@@ -294,19 +302,21 @@ class Dispatcher:
 
         If nothing in this process listens, they are left for the processes
         that do; this costs the commit no statement at all. With consumers but
-        no receivers, nothing is left to fire after the commit, so the events
-        are deleted here, inside the transaction, instead of claimed and
-        deleted after it: one commit fewer. Consumers see an event only on its
-        first claim; a re-claimed event's consumer work was committed with
-        that first claim.
+        no receivers, the consumers run on the new events, which are then left
+        for the listening processes if there are any, or else deleted here,
+        inside the transaction (one commit fewer than claiming them and
+        deleting them after it). Consumers see an event only once: on its
+        first claim, whose transaction also commits their work.
         """
-        _, claim, consume = self._statements()
+        _, claim, consume, consume_and_leave = self._statements()
         wanted = [c for c, wants in self.consumers if wants(conn)]
         receivers = any(s.receivers for s in signals.EVENT_SIGNALS)
         if not wanted and not receivers:
             return _NOTHING  # they are a listening process's to take (see drop_unheard)
         if receivers:
             rows = conn.execute(claim, (self.claimant, format_time(self.clock()))).fetchall()
+        elif conn.execute(_ANY_LISTENER).fetchone() is not None:
+            rows = conn.execute(consume_and_leave).fetchall()
         else:
             rows = conn.execute(consume).fetchall()
         if not rows:
