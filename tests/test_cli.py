@@ -122,6 +122,8 @@ def test_users_and_tokens_round_trip(db_path: Path) -> None:
     via_stdin = tokenstore(db_path, "--json", "tokens", "verify", "-", stdin=secret + "\n")
     assert json.loads(via_stdin.stdout)["valid"] is True
 
+    mistaken = tokenstore(db_path, "tokens", "revoke", secret, expect=2)
+    assert "secret, not a token's ABID" in mistaken.stderr and secret not in mistaken.stderr
     as_json(db_path, "tokens", "revoke", token["abid"])
     refused = tokenstore(db_path, "--json", "tokens", "verify", secret, expect=1)
     assert json.loads(refused.stdout)["reason"] == "RevokedToken"
@@ -289,6 +291,10 @@ def test_app_models_are_registered_with_app_and_their_changes_delivered(
         "unknown model ref '_app_models.Bookmark'" in unknown.stderr and "--app" in unknown.stderr
     )
     run(*app, "webhooks", "add", "bookmarks", "_app_models.Bookmark", url)
+    # Without --app the command cannot name the model, but can still manage the hook.
+    assert json.loads(run("webhooks", "disable", "bookmarks").stdout)["enabled"] is False
+    assert json.loads(run("webhooks", "enable", "bookmarks").stdout)["enabled"] is True
+    run("webhooks", "rotate-secret", "bookmarks")
     conn = sqlite3.connect(db_path)
     conn.execute(
         "INSERT INTO bookmark (id, abid, created_by_id, created_at, modified_at, url) VALUES "

@@ -447,8 +447,13 @@ def test_revoke_is_immediate_irreversible_and_idempotent(ts: Store, clock: Clock
     with pytest.raises(ValidationError, match="cannot be undone"):
         again.save()
     assert stored_row(ts, token)["revoked_at"] == format_time(START)
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match="no API token apt_01J00000000000000000000000"):
+        ts.tokens.revoke("apt_01j00000000000000000000000")
+    with pytest.raises(ValidationError, match="not an API token ABID"):
         ts.tokens.revoke("apt_01J0000000000000000000000000")
+    with pytest.raises(ValidationError, match="secret, not a token's ABID") as caught:
+        ts.tokens.revoke(secret)
+    assert secret not in str(caught.value)
 
 
 def test_saving_a_copy_read_before_the_revocation_does_not_undo_it(ts: Store) -> None:
@@ -571,7 +576,7 @@ def test_list_and_get(ts: Store, clock: Clock) -> None:
     assert [t.name for t in ts.tokens.list(alice)] == ["a2"]
     assert ts.tokens.get(s1.abid).name == "s1"
     with pytest.raises(NotFound, match="apt_"):
-        ts.tokens.get("apt_01J0000000000000000000000000")
+        ts.tokens.get("apt_01J00000000000000000000000")
     with pytest.raises(ValidationError):
         ts.tokens.get(a2.id)  # type: ignore[arg-type]
 

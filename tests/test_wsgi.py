@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -15,6 +16,7 @@ import pytest
 import requests
 from conftest import Clock
 
+import tokenstore.store
 from tokenstore.errors import ValidationError
 from tokenstore.store import Store
 from tokenstore.wsgi import TokenAuthMiddleware
@@ -155,3 +157,16 @@ def test_concurrent_requests(ts: Store, url: str) -> None:
 def test_a_bad_scope_is_refused_at_construction(ts: Store) -> None:
     with pytest.raises(ValidationError, match="scope"):
         TokenAuthMiddleware(echo, ts, scope="Write Access")
+
+
+def test_the_store_s_api_key_header_is_the_default(db_path: Path, clock: Clock) -> None:
+    store = tokenstore.store.open(db_path, clock=clock, api_key_header="X-ArchiveBox-API-Key")
+    try:
+        _, secret = store.tokens.create()
+        for url in serve(TokenAuthMiddleware(echo, store)):
+            response = requests.get(url, headers={"X-ArchiveBox-API-Key": secret}, timeout=5)
+            assert response.status_code == 200
+            response = requests.get(url, headers={"X-API-Key": secret}, timeout=5)
+            assert "X-ArchiveBox-API-Key header" in refused(response, 401)
+    finally:
+        store.close()

@@ -17,9 +17,11 @@ from urllib.parse import parse_qs
 
 import peewee
 
+from .abid import ABID
 from .credentials import DEFAULT_TOKEN_PREFIX, looks_like_token, token_digest, token_hint
 from .errors import (
     ExpiredToken,
+    InvalidABID,
     InvalidToken,
     MissingScope,
     NotFound,
@@ -455,12 +457,20 @@ class Tokens:
         return current
 
     def get(self, abid: str) -> APIToken:
-        """A token by its ABID (``apt_...``), revoked or not."""
-        if not isinstance(abid, str):
-            raise ValidationError(f"an API token ABID must be a str, got {type(abid).__name__}")
-        token: APIToken | None = APIToken.get_or_none(APIToken.abid == abid)
+        """A token by its ABID (``apt_...``, any case), revoked or not.
+
+        Error messages never repeat what was given unless it is an ABID: a
+        secret pasted here by mistake must not end up in a log.
+        """
+        if looks_like_token(abid):
+            raise ValidationError("that is an API token secret, not a token's ABID (apt_...)")
+        try:
+            wanted = str(ABID.parse(abid, prefix=APIToken.abid_prefix))
+        except InvalidABID as exc:
+            raise ValidationError(f"not an API token ABID: {exc}") from None
+        token: APIToken | None = APIToken.get_or_none(APIToken.abid == wanted)
         if token is None:
-            raise NotFound(f"no API token {abid!r}")
+            raise NotFound(f"no API token {wanted}")
         return token
 
     def list(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import peewee
 
 from .abid import ABID
+from .credentials import looks_like_token
 from .delivery import Deliverer, Sender, dumps
 from .errors import InvalidABID, NotFound, ValidationError
 from .models import OutboundWebhook, User, WebhookDelivery, format_time, to_stored_time
@@ -248,7 +249,9 @@ class Webhooks:
             match |= OutboundWebhook.abid == str(ABID.parse(key, prefix="whk_"))
         hook = OutboundWebhook.get_or_none(match)
         if hook is None:
-            raise NotFound(f"no webhook with ABID or name {key!r}")
+            secretish = looks_like_token(key) or str(key).startswith(SECRET_PREFIX)
+            shown = "(a secret, not shown)" if secretish else repr(str(key)[:80])
+            raise NotFound(f"no webhook with ABID or name {shown}")
         return hook
 
     def update(self, hook: OutboundWebhook | str, **changes: Any) -> OutboundWebhook:

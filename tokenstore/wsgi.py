@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from .errors import AuthenticationError, MissingScope, ValidationError
-from .tokens import DEFAULT_API_KEY_HEADER, _check_scope, token_from_request
+from .tokens import _check_scope, token_from_request
 
 if TYPE_CHECKING:
     from .store import Store
@@ -27,7 +27,8 @@ class TokenAuthMiddleware:
     """Wrap ``app`` so that it only sees requests carrying a token of ``store``.
 
     With ``scope``, the token must also grant that scope (tokens issued
-    without scopes grant all). Safe under threaded servers: each thread
+    without scopes grant all). ``header`` defaults to the store's
+    ``api_key_header``. Safe under threaded servers: each thread
     authenticates on its own connection.
     """
 
@@ -36,8 +37,10 @@ class TokenAuthMiddleware:
         app: WSGIApplication,
         store: Store,
         scope: str | None = None,
-        header: str = DEFAULT_API_KEY_HEADER,
+        header: str | None = None,
     ) -> None:
+        if header is None:
+            header = store.tokens.header
         if scope is not None:
             _check_scope(scope)  # fail at startup, not on the first request
         if not isinstance(header, str) or not header or not header.isascii():
