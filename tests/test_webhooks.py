@@ -353,6 +353,17 @@ def test_rotate_secret_keeps_the_old_one_for_the_grace_period(store: Store, cloc
     assert again.previous_secret == second
     assert again.previous_secret_expires == clock.now + timedelta(minutes=5)
 
+    store.webhooks.deliver_due()
+    assert OutboundWebhook.get_by_id(hook.id).previous_secret == second  # still in grace
+    clock.now += timedelta(minutes=5)
+    store.webhooks.deliver_due()
+    erased = OutboundWebhook.get_by_id(hook.id)
+    assert (erased.previous_secret, erased.previous_secret_expires) == (None, None)
+    conn = store.db.connection()
+    assert conn.execute(
+        "SELECT count(*) FROM tokenstore_outbound_webhook WHERE previous_secret = ?", (second,)
+    ).fetchone() == (0,)
+
 
 def test_disable_and_enable(store: Store) -> None:
     hook = store.webhooks.create("docs", Doc, URL)

@@ -289,7 +289,7 @@ def cmd_tokens_verify(args: argparse.Namespace, out: Output) -> int:
 def cmd_dispatch(args: argparse.Namespace, out: Output) -> int:
     with _store(args, dispatch_on_open=False) as store:
         if not args.watch:
-            fired = store.dispatch()
+            fired = store.dispatch(deliver=False)
             sent = store.webhooks.deliver_due()
             out.record({"events": fired, "deliveries_attempted": sent})
             return 0
@@ -301,7 +301,7 @@ def cmd_dispatch(args: argparse.Namespace, out: Output) -> int:
                 (version,) = conn.execute("PRAGMA data_version").fetchone()
                 if version != seen:
                     seen = version
-                    fired = store.dispatch()
+                    fired = store.dispatch(deliver=False)
                     if fired:
                         print(f"{format_time(store.clock())} fired {fired} events", flush=True)
                 sent = store.webhooks.deliver_due()

@@ -147,7 +147,8 @@ class Store:
       events a live process claimed but never finished.
     - ``busy_timeout``: seconds a writer waits for the lock (at least 5).
     - ``clock``: a function returning the current aware UTC time (for tests).
-    - ``dispatch_on_open``: fire events left behind by dead processes at once.
+    - ``dispatch_on_open``: fire events left behind by dead processes at once
+      (deliveries wait for ``dispatch()`` or ``webhooks.deliver_due()``).
     """
 
     def __init__(
@@ -219,8 +220,8 @@ class Store:
             disable_after=disable_after,
             secret_grace=secret_grace,
         )
-        if dispatch_on_open:
-            self.dispatch()
+        if dispatch_on_open:  # events only: opening a file should not wait on the network
+            self.dispatch(deliver=False)
 
     def __repr__(self) -> str:
         return f"<Store {str(self.path)!r}>"
@@ -296,9 +297,11 @@ class Store:
             "(the tokenstore command registers an application's models with --app MODULE)"
         )
 
-    def dispatch(self) -> int:
+    def dispatch(self, deliver: bool = True) -> int:
         """Fire events nobody has fired yet: other processes' writes, shell edits, crashes.
 
+        With ``deliver`` it then sends the webhook deliveries that are due,
+        those a crashed process committed but never sent among them.
         Returns how many events this call claimed. Dispatch also happens by
         itself after every commit made through this store.
         """
@@ -308,7 +311,10 @@ class Store:
             self.dispatcher.forget_dead_listeners(conn)
             self.dispatcher.release(conn, self.dispatcher.stale_claimants(conn))
             self.dispatcher.drop_unheard(conn)
-        return self.dispatcher.claimed_count() - before
+        claimed = self.dispatcher.claimed_count() - before
+        if deliver:
+            self.webhooks.deliver_due()
+        return claimed
 
 
 def open(path: str | os.PathLike[str], **options: Any) -> Store:

@@ -353,7 +353,15 @@ class Webhooks:
         return found
 
     def deliver_due(self, now: Any = None, limit: int = 100) -> int:
-        """Attempt the deliveries whose retry time has come; returns how many were attempted."""
+        """Attempt the deliveries whose retry time has come; returns how many were attempted.
+
+        Rotated-out signing secrets whose grace period is over are erased
+        first: a secret nobody signs with should not stay in the file.
+        """
+        cutoff = to_stored_time(self.store.clock() if now is None else now)
+        OutboundWebhook.update(previous_secret=None, previous_secret_expires=None).where(
+            OutboundWebhook.previous_secret_expires <= cutoff
+        ).execute()
         return self.deliverer.deliver_due(now, limit)
 
     def ping(self, hook: OutboundWebhook | str) -> WebhookDelivery:
