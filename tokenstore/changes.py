@@ -32,7 +32,7 @@ from peewee import __exception_wrapper__ as _as_peewee_errors  # type: ignore[at
 
 from . import signals
 from .errors import ValidationError
-from .models import BaseModel, format_time
+from .models import BaseModel, format_time, quote_name
 
 logger = logging.getLogger("tokenstore.changes")
 
@@ -113,10 +113,6 @@ class ChangeEvent:
 Consumer = Callable[[sqlite3.Connection, list["ChangeEvent"]], Callable[[], None] | None]
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -154,36 +150,37 @@ def capture_triggers(model: type[peewee.Model]) -> list[str]:
     def row(alias: str) -> str:
         pairs = []
         for f in recorded:
-            value = f"{alias}.{_quote(f.column_name)}"
+            value = f"{alias}.{quote_name(f.column_name)}"
             if isinstance(f, peewee.BlobField):
                 value = f"hex({value})"
             pairs.append(f"'{f.column_name}', {value}")
         return "json_object(" + ", ".join(pairs) + ")"
 
     # UPDATE OF: a statement that sets only quiet columns never even runs the trigger.
-    of = "OF " + ", ".join(_quote(f.column_name) for f in watched) + " " if watched else ""
+    of = "OF " + ", ".join(quote_name(f.column_name) for f in watched) + " " if watched else ""
     changed = " OR ".join(
-        f"OLD.{_quote(f.column_name)} IS NOT NEW.{_quote(f.column_name)}" for f in watched
+        f"OLD.{quote_name(f.column_name)} IS NOT NEW.{quote_name(f.column_name)}" for f in watched
     )
     gate = (
         f"(EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
         f"WHERE ref = {_literal(model_ref(model))} AND enabled))"
     )
-    pk_col = _quote(pk.column_name)
+    pk_col = quote_name(pk.column_name)
     insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
     name = table.replace('"', "")
     values = f"VALUES ({_literal(table)}"
+    on = quote_name(table)
     return [
-        f"CREATE TRIGGER {_quote(name + '_capture_insert')} AFTER INSERT ON {_quote(table)}\n"
+        f"CREATE TRIGGER {quote_name(name + '_capture_insert')} AFTER INSERT ON {on}\n"
         f"WHEN {gate}\n"
         f"BEGIN\n  {insert}\n  {values}, 'INSERT', NEW.{pk_col}, NULL, {row('NEW')});\n"
         "END",
-        f"CREATE TRIGGER {_quote(name + '_capture_update')} AFTER UPDATE {of}"
-        f"ON {_quote(table)}\n"
+        f"CREATE TRIGGER {quote_name(name + '_capture_update')} AFTER UPDATE {of}"
+        f"ON {on}\n"
         f"WHEN {gate}\n  AND ({changed or '0'})\n"
         f"BEGIN\n  {insert}\n  {values}, 'UPDATE', NEW.{pk_col}, {row('OLD')}, "
         f"{row('NEW')});\nEND",
-        f"CREATE TRIGGER {_quote(name + '_capture_delete')} AFTER DELETE ON {_quote(table)}\n"
+        f"CREATE TRIGGER {quote_name(name + '_capture_delete')} AFTER DELETE ON {on}\n"
         f"WHEN {gate}\n"
         f"BEGIN\n  {insert}\n  {values}, 'DELETE', OLD.{pk_col}, {row('OLD')}, NULL);\n"
         "END",
@@ -194,7 +191,7 @@ def install_capture(conn: sqlite3.Connection, model: type[peewee.Model]) -> None
     """(Re)create a model's capture triggers so they match its current fields."""
     name = model._meta.table_name
     for suffix in ("insert", "update", "delete"):
-        conn.execute(f"DROP TRIGGER IF EXISTS {_quote(f'{name}_capture_{suffix}')}")
+        conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(f'{name}_capture_{suffix}')}")
     for statement in capture_triggers(model):
         conn.execute(statement)
 

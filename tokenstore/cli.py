@@ -107,10 +107,10 @@ def hook_dict(hook: OutboundWebhook) -> dict[str, Any]:
     }
 
 
-def delivery_dict(delivery: WebhookDelivery) -> dict[str, Any]:
+def delivery_dict(delivery: WebhookDelivery, hook_name: str) -> dict[str, Any]:
     return {
         "webhook_id": delivery.abid,
-        "hook": OutboundWebhook.get_by_id(delivery.hook_id).name,
+        "hook": hook_name,
         "event_type": delivery.event_type,
         "status": delivery.status,
         "attempts": delivery.attempts,
@@ -259,9 +259,10 @@ def cmd_tokens_create(args: argparse.Namespace, out: Output) -> int:
 def cmd_tokens_list(args: argparse.Namespace, out: Output) -> int:
     with _store(args) as store:
         user = store.users.get(args.user) if args.user else None
+        names = {str(u.id): u.username for u in store.users.list()}
         tokens = [token_dict(t) for t in store.tokens.list(user, include_revoked=args.all)]
         for item in tokens:
-            item["user"] = User.get_by_id(item["created_by_id"]).username
+            item["user"] = names[item["created_by_id"]]
         out.rows(tokens, ["abid", "user", "name", "token", "expires", "revoked_at", "valid"])
     return 0
 
@@ -371,7 +372,7 @@ def _delivery_command(
     def run(args: argparse.Namespace, out: Output) -> int:
         with _store(args) as store:
             delivery = action(store, args)
-            out.record(delivery_dict(delivery))
+            out.record(delivery_dict(delivery, delivery.hook.name))
         return 0 if delivery.status == "delivered" else 1
 
     return run
@@ -380,8 +381,9 @@ def _delivery_command(
 def cmd_webhooks_deliveries(args: argparse.Namespace, out: Output) -> int:
     with _store(args) as store:
         found = store.webhooks.deliveries(args.hook, status=args.status, limit=args.limit)
+        names = {hook.id: hook.name for hook in store.webhooks.list()}
         out.rows(
-            [delivery_dict(d) for d in found],
+            [delivery_dict(d, names[d.hook_id]) for d in found],
             ["webhook_id", "hook", "event_type", "status", "attempts", "last_status_code",
              "last_error", "created_at"],
         )  # fmt: skip

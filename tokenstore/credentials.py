@@ -3,9 +3,9 @@
 Tokens follow GitHub's scheme: ``<prefix>_<30 random base62 chars><6 char
 checksum>``. The prefix makes leaked tokens findable by secret scanners; the
 CRC32 checksum lets :func:`looks_like_token` reject typos and random strings
-offline, before spending a database lookup on them. Only a SHA-256 digest and a
-four-character hint are ever stored, so a copy of the database file does not
-hand out working credentials.
+offline (in a client, a secret scanner, or to tell a typo from an unknown key).
+Only a SHA-256 digest and a four-character hint are ever stored, so a copy of
+the database file does not hand out working credentials.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .errors import ValidationError
 
 __all__ = [
     "DEFAULT_TOKEN_PREFIX",
+    "check_prefix",
     "generate_token",
     "looks_like_token",
     "token_digest",
@@ -54,7 +55,8 @@ def _checksum(random_part: str) -> str:
     return _PAIRS[high] + _PAIRS[middle] + _PAIRS[low]
 
 
-def _check_prefix(prefix: object) -> str:
+def check_prefix(prefix: object) -> str:
+    """A token prefix as given, if it is one: 2 to 8 lowercase ASCII letters."""
     if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
         raise ValidationError(
             f"token prefix must be 2 to 8 lowercase ASCII letters (a-z), got {prefix!r}"
@@ -64,13 +66,13 @@ def _check_prefix(prefix: object) -> str:
 
 def generate_token(prefix: str = DEFAULT_TOKEN_PREFIX) -> str:
     """Return a new secret; show it to the user once, then keep only its digest."""
-    _check_prefix(prefix)
+    check_prefix(prefix)
     random_part = "".join(secrets.choice(_ALPHABET) for _ in range(_RANDOM_LENGTH))
     return f"{prefix}_{random_part}{_checksum(random_part)}"
 
 
 def looks_like_token(text: object, prefix: str | None = None) -> bool:
-    """Cheap offline pre-check, so garbage never reaches the database.
+    """Whether ``text`` has a token's shape and a correct checksum, checked offline.
 
     Safe to call on anything a client sent: it never raises.
     """

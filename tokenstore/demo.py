@@ -73,7 +73,7 @@ def run_demo(directory: str | None = None) -> int:
     try:
         store.tokens.authenticate(tampered)
     except AuthenticationError as exc:
-        print(f"   a mistyped secret is refused offline: {type(exc).__name__}: {exc}")
+        print(f"   a mistyped secret is refused, and its checksum says why: {exc}")
 
     _step("a webhook to a receiver on 127.0.0.1")
     port = _free_port()

@@ -28,7 +28,8 @@ ABID_PARTS = ("ts", "uri", "subtype", "rand")
 _INSERT_SQL: dict[tuple[type[peewee.Model], tuple[str, ...]], str] = {}
 
 
-def _quote(name: str) -> str:
+def quote_name(name: str) -> str:
+    """A table or column name as an SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -121,8 +122,13 @@ class BaseModel(peewee.Model):
         that read the row. ``values`` becomes the instance's own.
         """
         instance = cls.__new__(cls)
-        vars(instance).update(__data__=values, _dirty=set(), __rel__={})
+        vars(instance).update(__data__=values, _dirty=set(), __rel__={}, **cls._loaded(values))
         return instance
+
+    @classmethod
+    def _loaded(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Further instance state for a row read from the file (see ``from_stored``)."""
+        return {}
 
     def save(self, force_insert: bool = False, only: Any = None) -> int:
         created = force_insert or self._pk is None  # type: ignore[attr-defined]
@@ -198,12 +204,8 @@ class ABIDModel(BaseModel):
             self.id = self.new_id()
 
     @classmethod
-    def from_stored(cls, values: dict[str, Any]) -> Self:
-        instance = cls.__new__(cls)
-        vars(instance).update(
-            __data__=values, _dirty=set(), __rel__={}, _stored=dict(values), _id_generated=False
-        )
-        return instance
+    def _loaded(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return {"_stored": dict(values), "_id_generated": False}
 
     @classmethod
     def new_id(cls) -> uuid.UUID:
@@ -291,9 +293,9 @@ class ABIDModel(BaseModel):
         sql = _INSERT_SQL.get((cls, names))
         fields = cls._meta.fields
         if sql is None:
-            columns = ", ".join(_quote(fields[name].column_name) for name in names)
+            columns = ", ".join(quote_name(fields[name].column_name) for name in names)
             marks = ", ".join("?" * len(names))
-            sql = f"INSERT INTO {_quote(cls._meta.table_name)} ({columns}) VALUES ({marks})"
+            sql = f"INSERT INTO {quote_name(cls._meta.table_name)} ({columns}) VALUES ({marks})"
             _INSERT_SQL[(cls, names)] = sql
         cls._meta.database.execute_sql(sql, [fields[name].db_value(data[name]) for name in names])
         self._dirty.clear()  # type: ignore[attr-defined]

@@ -18,7 +18,13 @@ from urllib.parse import parse_qs
 import peewee
 
 from .abid import ABID
-from .credentials import DEFAULT_TOKEN_PREFIX, looks_like_token, token_digest, token_hint
+from .credentials import (
+    DEFAULT_TOKEN_PREFIX,
+    check_prefix,
+    looks_like_token,
+    token_digest,
+    token_hint,
+)
 from .errors import (
     ExpiredToken,
     InvalidABID,
@@ -36,7 +42,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tokenstore.tokens")
 
 _USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,150}")
-_PREFIX = re.compile(r"[a-z]{2,8}")
 _SCOPE = re.compile(r"[a-z0-9:._-]{1,100}")
 
 DEFAULT_API_KEY_HEADER = "X-API-Key"
@@ -263,10 +268,7 @@ class Tokens:
         max_tokens_per_user: int | None = None,
         header: str = DEFAULT_API_KEY_HEADER,
     ) -> None:
-        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
-            raise ValidationError(
-                f"token prefix must be 2 to 8 lowercase ASCII letters (a-z), got {prefix!r}"
-            )
+        check_prefix(prefix)
         if max_tokens_per_user is not None and (
             type(max_tokens_per_user) is not int or max_tokens_per_user < 1
         ):
