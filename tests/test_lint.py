@@ -31,10 +31,21 @@ def test_clean(command: tuple[str, ...]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_import_does_not_load_requests() -> None:
-    """``import tokenstore`` stays light: requests loads only when something is sent."""
-    code = "import sys, tokenstore; print('requests' in sys.modules, 'urllib3' in sys.modules)"
+def test_requests_loads_only_when_something_is_sent(tmp_path: Path) -> None:
+    """Opening a store, issuing and checking tokens, writing records: no requests yet."""
+    code = (
+        "import sys, tokenstore\n"
+        "store = tokenstore.open(sys.argv[1])\n"
+        "token, secret = store.tokens.create(store.users.create('alice'))\n"
+        "store.tokens.authenticate(secret)\n"
+        "store.dispatch()\n"
+        "print('requests' in sys.modules, 'urllib3' in sys.modules)\n"
+    )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", code, str(tmp_path / "store.sqlite3")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert result.stdout.split() == ["False", "False"]
