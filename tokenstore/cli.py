@@ -12,8 +12,9 @@ import importlib
 import json
 import os
 import re
+import signal
 import sys
-import time
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -294,24 +295,36 @@ def cmd_dispatch(args: argparse.Namespace, out: Output) -> int:
             sent = store.webhooks.deliver_due()
             out.record({"events": fired, "deliveries_attempted": sent})
             return 0
-        conn = store.db.connection()
-        seen = None
-        print(f"watching {store.path} (Ctrl-C to stop)", file=sys.stderr)
-        try:
-            while True:
-                (version,) = conn.execute("PRAGMA data_version").fetchone()
-                if version != seen:
-                    seen = version
-                    fired = store.dispatch(deliver=False)
-                    if fired:
-                        print(f"{format_time(store.clock())} fired {fired} events", flush=True)
-                sent = store.webhooks.deliver_due()
-                if sent:
-                    print(f"{format_time(store.clock())} attempted {sent} deliveries", flush=True)
-                time.sleep(args.interval)
-        except KeyboardInterrupt:
-            print("stopped", file=sys.stderr)
+        watch(store, args.interval)
     return 0
+
+
+def watch(store: Store, interval: float) -> None:
+    """Dispatch whenever another connection commits, and send due retries, until Ctrl-C.
+
+    Ctrl-C is taken between rounds, never in the middle of one: a transaction
+    or a delivery's bookkeeping is not cut short.
+    """
+    stopping = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    conn = store.db.connection()
+    seen = None
+    print(f"watching {store.path} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        while not stopping.is_set():
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+            if version != seen:  # another connection committed since the last round
+                seen = version
+                fired = store.dispatch(deliver=False)
+                if fired:
+                    print(f"{format_time(store.clock())} fired {fired} events", flush=True)
+            sent = store.webhooks.deliver_due()
+            if sent:
+                print(f"{format_time(store.clock())} attempted {sent} deliveries", flush=True)
+            stopping.wait(interval)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print("stopped", file=sys.stderr)
 
 
 def cmd_webhooks_add(args: argparse.Namespace, out: Output) -> int:
