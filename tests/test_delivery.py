@@ -673,6 +673,24 @@ def test_a_header_the_wire_cannot_carry_is_a_recorded_failure(
     assert receiver.hits == []
 
 
+def test_a_refused_secret_header_value_is_not_copied_into_the_error(
+    store: Store, receiver: Receiver
+) -> None:
+    hook = store.webhooks.create("notes", Note, receiver.url())
+    with sqlite3.connect(store.path) as conn:  # values validation would refuse
+        conn.execute(
+            "UPDATE tokenstore_outbound_webhook SET auth_token = ?, headers = ? WHERE id = ?",
+            ("Bearer sk-live-SECRET\n", json.dumps({"X-Key": "key-\u2615-SECRET"}), hook.id.hex),
+        )
+    conn.close()
+    with listening(signals.webhook_failed) as failed:
+        Note.create(text="x")
+    delivery = only_delivery(store)
+    assert delivery.status == "failed" and delivery.last_error
+    for text in (delivery.last_error, failed[0]["error"]):
+        assert "SECRET" not in text
+
+
 # -- retries ------------------------------------------------------------------------
 
 

@@ -350,6 +350,19 @@ class Sender:
         return outcome
 
 
+def _redacted(error: str, hook: OutboundWebhook) -> str:
+    """An error text with the hook's secrets blanked out.
+
+    HTTP libraries quote a header value they refuse to send; that value may be
+    the auth token or a credential in the hook's headers, and the error goes to
+    the delivery log, the command's output and the ``webhook_failed`` signal.
+    """
+    secrets = [hook.auth_token, hook.secret, hook.previous_secret, *(hook.headers or {}).values()]
+    for secret in sorted((x for x in secrets if x and len(x) >= 4), key=len, reverse=True):
+        error = error.replace(secret, "***").replace(repr(secret)[1:-1], "***")
+    return error
+
+
 def _since(start: float) -> int:
     return round((time.perf_counter() - start) * 1000)
 
@@ -666,6 +679,8 @@ class Deliverer:
             outcome = Outcome(False, error=f"cannot build the request: {_short(exc)}")
         else:
             outcome = self.sender.post(hook.endpoint, body, headers, now)
+        if outcome.error:
+            outcome.error = _redacted(outcome.error, hook)
         self.record(hook, delivery, outcome, now)
         return delivery
 
