@@ -967,9 +967,8 @@ def test_a_row_edited_into_nonsense_does_not_block_later_writes(
 # -- crash after commit -------------------------------------------------------------
 
 
-def test_a_process_killed_after_commit_has_its_delivery_sent_by_deliver_due(
-    db_path: Path, receiver: Receiver
-) -> None:
+def run_crash_sender(db_path: Path, receiver: Receiver) -> None:
+    """A writer that commits a Note and SIGKILLs itself before its delivery is sent."""
     child = subprocess.run(
         [sys.executable, str(HERE / "_crash_sender.py"), str(db_path), receiver.url()],
         capture_output=True,
@@ -977,6 +976,12 @@ def test_a_process_killed_after_commit_has_its_delivery_sent_by_deliver_due(
         timeout=60,
     )
     assert child.returncode == -signal.SIGKILL, child.stderr
+
+
+def test_a_process_killed_after_commit_has_its_delivery_sent_by_deliver_due(
+    db_path: Path, receiver: Receiver
+) -> None:
+    run_crash_sender(db_path, receiver)
     assert receiver.hits == []
 
     s = tokenstore.open(
@@ -1133,13 +1138,7 @@ def test_signals_carry_the_hook_class_as_sender(store: Store, receiver: Receiver
 def test_a_process_killed_after_commit_has_its_delivery_sent_by_the_next_dispatch(
     db_path: Path, receiver: Receiver
 ) -> None:
-    child = subprocess.run(
-        [sys.executable, str(HERE / "_crash_sender.py"), str(db_path), receiver.url()],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert child.returncode == -signal.SIGKILL, child.stderr
+    run_crash_sender(db_path, receiver)
     lease = timedelta(seconds=2 * TIMEOUT + 5)
     clock = Clock(datetime.now(UTC).replace(microsecond=0) + lease + timedelta(seconds=1))
     s = tokenstore.open(
