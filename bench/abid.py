@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from ulid import ULID
 
-from tokenstore.abid import ABID, abid_from_values
+from tokenstore._abid import ABID, abid_from_values
 
 N = 200_000
 REPEATS = 5

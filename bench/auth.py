@@ -31,10 +31,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import tokenstore.store
-from tokenstore.abid import abid_from_values
-from tokenstore.credentials import generate_token, token_digest, token_hint
-from tokenstore.models import APIToken, format_time
+import tokenstore._store
+from tokenstore._abid import abid_from_values
+from tokenstore._credentials import generate_token, token_digest, token_hint
+from tokenstore._models import APIToken, format_time
 
 # The same row authenticate() reads, so (a) differs from it only in the Python around it.
 RAW_SELECT = (
@@ -51,9 +51,9 @@ GOAL_RAW = 0.7
 GOAL_PEEWEE = 8.0
 
 
-def build(path: Path, count: int) -> tuple[tokenstore.store.Store, list[str], str]:
+def build(path: Path, count: int) -> tuple[tokenstore._store.Store, list[str], str]:
     """A store of ``count`` tokens, inserted in one transaction; its secrets; their time."""
-    store = tokenstore.store.open(path)
+    store = tokenstore._store.open(path)
     user_id = store.users.create("bench").id
     now = datetime.now(UTC)
     stamp = format_time(now)

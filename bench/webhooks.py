@@ -46,7 +46,7 @@ import peewee
 import requests
 
 import tokenstore
-from tokenstore.models import ABIDModel, format_time
+from tokenstore._models import ABIDModel, format_time
 
 HERE = Path(__file__).resolve().parent
 DJANGO_VENV = HERE / ".venv-django"

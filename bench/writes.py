@@ -27,8 +27,8 @@ from pathlib import Path
 
 import peewee
 
-import tokenstore.store
-from tokenstore.models import ABIDModel, User
+import tokenstore._store
+from tokenstore._models import ABIDModel, User
 
 SAVES = 2_000
 BULK_ROWS = 10_000
@@ -82,13 +82,13 @@ def floor_database(path: Path) -> PlainDatabase:
     return db
 
 
-def listened_store(path: Path) -> tokenstore.store.Store:
+def listened_store(path: Path) -> tokenstore._store.Store:
     """A store whose file names a listener in another (live) process: every row is recorded.
 
     This process has no receivers, so it leaves the events for that listener,
     as a real writer would; the cost measured is capture's whole write side.
     """
-    store = tokenstore.store.open(path)
+    store = tokenstore._store.open(path)
     store.register(Item)
     conn = store.db.connection()
     conn.execute(
@@ -145,7 +145,7 @@ def interleaved(variants: dict[str, peewee.Database], run: Callable[[], None]) -
     return best
 
 
-def check_capture_is_on(store: tokenstore.store.Store) -> None:
+def check_capture_is_on(store: tokenstore._store.Store) -> None:
     """The measured store really has triggers on the table (and the plain one none)."""
     conn = store.db.connection()
     (triggers,) = conn.execute(
@@ -157,7 +157,7 @@ def check_capture_is_on(store: tokenstore.store.Store) -> None:
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tokenstore-bench-") as tmp:
-        store = tokenstore.store.open(Path(tmp) / "capture.sqlite3")
+        store = tokenstore._store.open(Path(tmp) / "capture.sqlite3")
         store.register(Item)
         check_capture_is_on(store)
         plain = plain_database(Path(tmp) / "plain.sqlite3")

@@ -17,7 +17,7 @@ import peewee
 
 import tokenstore
 from tokenstore import signals
-from tokenstore.models import ABIDModel
+from tokenstore._models import ABIDModel
 
 
 class Note(ABIDModel):

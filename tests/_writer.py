@@ -23,9 +23,9 @@ from typing import Any
 
 import peewee
 
-import tokenstore.store
+import tokenstore._store
 from tokenstore import signals
-from tokenstore.models import ABIDModel, User
+from tokenstore._models import ABIDModel, User
 
 
 class Memo(ABIDModel):
@@ -48,7 +48,7 @@ def crash(path: str, kind: str, name: str) -> None:
 
     model = Memo if kind == "memo" else User
     signals.post_save.connect(die, sender=model, weak=False)
-    store = tokenstore.store.open(path)
+    store = tokenstore._store.open(path)
     store.register(Memo)
     if model is Memo:
         Memo(name=name).save()
@@ -65,7 +65,7 @@ def write(path: str, out: str, count: int, barrier: str, dispatch: bool, quiet: 
 
     if not quiet:
         signals.post_save.connect(record, sender=Memo, weak=False)
-    store = tokenstore.store.open(path)
+    store = tokenstore._store.open(path)
     store.register(Memo)
     Path(barrier + f".ready.{os.getpid()}").touch()
     deadline = time.monotonic() + 30

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import tokenstore.store
-from tokenstore.store import Store
+import tokenstore._store
+from tokenstore._store import Store
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def db_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def store(db_path: Path) -> Iterator[Store]:
     """A fresh store on a real file; loopback is allowed so tests can run local receivers."""
-    s = tokenstore.store.open(db_path, webhook_allow=["127.0.0.1/32", "::1/128", "localhost"])
+    s = tokenstore._store.open(db_path, webhook_allow=["127.0.0.1/32", "::1/128", "localhost"])
     try:
         yield s
     finally:
@@ -53,7 +53,7 @@ def clock() -> Clock:
 @pytest.fixture
 def ts(db_path: Path, clock: Clock) -> Iterator[Store]:
     """A store on a real file whose clock the test controls."""
-    s = tokenstore.store.open(db_path, clock=clock)
+    s = tokenstore._store.open(db_path, clock=clock)
     try:
         yield s
     finally:

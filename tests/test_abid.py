@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ulid import ULID
 
-from tokenstore.abid import ABID, DEFAULT_ABID_URI_SALT, abid_from_values
-from tokenstore.errors import InvalidABID
+from tokenstore._abid import ABID, DEFAULT_ABID_URI_SALT, abid_from_values
+from tokenstore._errors import InvalidABID
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 SALT = DEFAULT_ABID_URI_SALT

@@ -25,11 +25,11 @@ import pytest
 from _writer import Memo
 from blinker import ANY, Signal
 
-import tokenstore.store
+import tokenstore._store
 from tokenstore import signals
-from tokenstore.changes import EVENT_TABLE, ChangeEvent
-from tokenstore.models import User, utcnow
-from tokenstore.store import Store
+from tokenstore._changes import EVENT_TABLE, ChangeEvent
+from tokenstore._models import User, utcnow
+from tokenstore._store import Store
 
 WRITER = str(Path(__file__).with_name("_writer.py"))
 
@@ -487,7 +487,7 @@ def test_a_store_with_receivers_registers_and_close_unregisters(
     db_path: Path, listen: Listen
 ) -> None:
     listen(signals.row_changed)
-    store = tokenstore.store.open(db_path)  # opening dispatches: registers at once
+    store = tokenstore._store.open(db_path)  # opening dispatches: registers at once
     try:
         [claimant] = listeners(db_path)
         assert claimant == store.dispatcher.claimant
@@ -634,10 +634,10 @@ def test_sigkill_between_commit_and_dispatch_is_recovered_by_dispatch_exactly_on
 def test_sigkill_between_commit_and_dispatch_is_recovered_by_the_next_open(
     db_path: Path, listen: Listen
 ) -> None:
-    tokenstore.store.open(db_path).close()
+    tokenstore._store.open(db_path).close()
     run_crashing_writer(db_path, "user", "survivor")
     saved = listen(signals.post_save, User)
-    with tokenstore.store.open(db_path) as reopened:
+    with tokenstore._store.open(db_path) as reopened:
         assert [(c["instance"].username, c["created"]) for c in saved] == [("survivor", True)]
         assert events_left(db_path) == []
         assert reopened.dispatch() == 0

@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 import pytest
 import requests
 
-from tokenstore.signing import sign
+from tokenstore._signing import sign
 
-COMMAND = [sys.executable, "-m", "tokenstore.cli"]
+COMMAND = [sys.executable, "-m", "tokenstore._cli"]
 
 
 def tokenstore(
@@ -150,7 +150,7 @@ def test_webhooks_commands_end_to_end(
     db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
 ) -> None:
     url, received = receiver
-    ref = "tokenstore.models.User"
+    ref = "tokenstore.User"
     refused = tokenstore(db_path, "webhooks", "add", "users", ref, url, expect=2)
     assert "127.0.0.1 is a loopback address" in refused.stderr
 
@@ -195,7 +195,7 @@ def test_dispatch_fires_events_written_by_the_sqlite3_module(
 ) -> None:
     url, received = receiver
     allow = ("--allow", "127.0.0.1/32")
-    as_json(db_path, *allow, "webhooks", "add", "users", "tokenstore.models.User", url)
+    as_json(db_path, *allow, "webhooks", "add", "users", "tokenstore.User", url)
     conn = sqlite3.connect(db_path)
     conn.execute(
         "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
@@ -316,7 +316,7 @@ def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
 ) -> None:
     url, received = receiver
     allow = ("--allow", "127.0.0.1/32")
-    as_json(db_path, *allow, "webhooks", "add", "users", "tokenstore.models.User", url)
+    as_json(db_path, *allow, "webhooks", "add", "users", "tokenstore.User", url)
     env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
     proc = subprocess.Popen(
         [*COMMAND, *allow, "dispatch", "--watch", "--interval", "0.05"],

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokenstore.credentials import (
+from tokenstore._credentials import (
     DEFAULT_TOKEN_PREFIX,
     generate_token,
     looks_like_token,
     token_digest,
     token_hint,
 )
-from tokenstore.errors import ValidationError
+from tokenstore._errors import ValidationError
 
 BASE62 = string.digits + string.ascii_uppercase + string.ascii_lowercase
 TOKEN_RE = re.compile(

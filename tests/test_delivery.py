@@ -37,11 +37,11 @@ from standardwebhooks.webhooks import Webhook
 
 import tokenstore
 from tokenstore import signals
-from tokenstore.delivery import RESPONSE_LIMIT, RETRY_SCHEDULE
-from tokenstore.errors import BlockedAddress
-from tokenstore.models import ABIDModel, OutboundWebhook, WebhookDelivery, to_stored_time
-from tokenstore.signing import verify_webhook
-from tokenstore.store import Store
+from tokenstore._delivery import RESPONSE_LIMIT, RETRY_SCHEDULE
+from tokenstore._errors import BlockedAddress
+from tokenstore._models import ABIDModel, OutboundWebhook, WebhookDelivery, to_stored_time
+from tokenstore._signing import verify_webhook
+from tokenstore._store import Store
 
 HERE = Path(__file__).resolve().parent
 LOOPBACK = ["127.0.0.1/32", "::1/128", "localhost"]
@@ -340,7 +340,7 @@ def test_hooks_fire_by_signal_substring_model_and_enabled(store: Store, receiver
         signal_name = {"DISABLED": "CREATE_UPDATE_OR_DELETE", "TOKENS": "CREATE_UPDATE_OR_DELETE"}
         store.webhooks.create(
             name,
-            "tokenstore.models.APIToken" if name == "TOKENS" else Note,
+            "tokenstore.APIToken" if name == "TOKENS" else Note,
             receiver.url(f"/{name}"),
             signal=signal_name.get(name, name),
         )
@@ -361,7 +361,7 @@ def test_hooks_fire_by_signal_substring_model_and_enabled(store: Store, receiver
 def test_nothing_is_written_or_sent_when_no_enabled_hook_matches(
     store: Store, receiver: Receiver
 ) -> None:
-    store.webhooks.create("tokens", "tokenstore.models.APIToken", receiver.url("/t"))
+    store.webhooks.create("tokens", "tokenstore.APIToken", receiver.url("/t"))
     store.webhooks.create("off", Note, receiver.url("/n"))
     store.webhooks.disable("off")
     for i in range(3):
@@ -409,7 +409,7 @@ def test_rolled_back_changes_send_nothing_and_nested_ones_wait_for_the_outer_com
 
 
 def test_secrets_never_appear_in_payloads(store: Store, receiver: Receiver) -> None:
-    store.webhooks.create("tokens", "tokenstore.models.APIToken", receiver.url("/tokens"))
+    store.webhooks.create("tokens", "tokenstore.APIToken", receiver.url("/tokens"))
     store.webhooks.create(
         "hooks", OutboundWebhook, receiver.url("/hooks"), auth_token="hook-auth-token"
     )

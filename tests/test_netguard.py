@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from tokenstore.errors import BlockedAddress, ValidationError
-from tokenstore.netguard import AddressGuard, _find_blocked, guarded_session
+from tokenstore._errors import BlockedAddress, ValidationError
+from tokenstore._netguard import AddressGuard, _find_blocked, guarded_session
 
 TIMEOUT = 5
 
@@ -229,9 +229,9 @@ def test_find_blocked_digs_through_real_wrappers() -> None:
 
 def test_importing_tokenstore_does_not_import_requests() -> None:
     code = (
-        "import sys, tokenstore, tokenstore.netguard, tokenstore.signing, "
-        "tokenstore.credentials, tokenstore.receiver\n"
-        "tokenstore.netguard.AddressGuard(['127.0.0.1']).check_endpoint('http://127.0.0.1/')\n"
+        "import sys, tokenstore, tokenstore._netguard, tokenstore._signing, "
+        "tokenstore._credentials, tokenstore._receiver\n"
+        "tokenstore._netguard.AddressGuard(['127.0.0.1']).check_endpoint('http://127.0.0.1/')\n"
         "bad = sorted(m for m in ('requests', 'urllib3') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import requests
 
-from tokenstore.errors import ValidationError
-from tokenstore.receiver import MAX_BODY_BYTES, make_receiver
-from tokenstore.signing import new_signing_secret, sign, signature_header
+from tokenstore._errors import ValidationError
+from tokenstore._receiver import MAX_BODY_BYTES, make_receiver
+from tokenstore._signing import new_signing_secret, sign, signature_header
 
 TIMEOUT = 5
 SECRET = new_signing_secret()

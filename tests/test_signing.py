@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 import pytest
 import standardwebhooks
 
-from tokenstore.errors import ValidationError, WebhookVerificationError
-from tokenstore.signing import (
+from tokenstore._errors import ValidationError, WebhookVerificationError
+from tokenstore._signing import (
     new_signing_secret,
     sign,
     signature_header,

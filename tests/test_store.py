@@ -16,9 +16,9 @@ import pytest
 
 import tokenstore
 from tokenstore import ABIDDriftError, ABIDModel, StoreError, ValidationError
-from tokenstore.changes import capture_triggers
-from tokenstore.models import OWN_MODELS, APIToken, OutboundWebhook, User
-from tokenstore.store import SCHEMA_VERSION, Store, schema_sql
+from tokenstore._changes import capture_triggers
+from tokenstore._models import OWN_MODELS, APIToken, OutboundWebhook, User
+from tokenstore._store import SCHEMA_VERSION, Store, schema_sql
 
 ROOT = Path(__file__).resolve().parent.parent
 

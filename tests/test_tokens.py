@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from conftest import Clock
 
-import tokenstore.store
-from tokenstore import signals, tokens
-from tokenstore.credentials import generate_token, looks_like_token
-from tokenstore.errors import (
+import tokenstore._store
+from tokenstore import _tokens as tokens
+from tokenstore import signals
+from tokenstore._credentials import generate_token, looks_like_token
+from tokenstore._errors import (
     AuthenticationError,
     ExpiredToken,
     InvalidToken,
@@ -28,9 +29,9 @@ from tokenstore.errors import (
     RevokedToken,
     ValidationError,
 )
-from tokenstore.models import APIToken, format_time
-from tokenstore.store import Store
-from tokenstore.tokens import Tokens, token_from_request
+from tokenstore._models import APIToken, format_time
+from tokenstore._store import Store
+from tokenstore._tokens import Tokens, token_from_request
 
 START = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
@@ -215,15 +216,15 @@ def test_name_must_be_short_text(ts: Store) -> None:
 def test_token_prefix_is_configurable_and_old_prefixes_still_work(
     db_path: Path, clock: Clock
 ) -> None:
-    with tokenstore.store.open(db_path, token_prefix="acme", clock=clock) as s:
+    with tokenstore._store.open(db_path, token_prefix="acme", clock=clock) as s:
         _, old = s.tokens.create()
         assert old.startswith("acme_") and looks_like_token(old, prefix="acme")
-    with tokenstore.store.open(db_path, token_prefix="corp", clock=clock) as s:
+    with tokenstore._store.open(db_path, token_prefix="corp", clock=clock) as s:
         _, new = s.tokens.create()
         assert new.startswith("corp_")
         assert s.tokens.authenticate(old).token_hint == old[-4:]
     with pytest.raises(ValidationError, match="prefix"):
-        tokenstore.store.open(db_path, token_prefix="Bad")
+        tokenstore._store.open(db_path, token_prefix="Bad")
 
 
 # -- the per-user limit ------------------------------------------------------------------

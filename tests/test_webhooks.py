@@ -17,10 +17,10 @@ import pytest
 from conftest import Clock
 
 import tokenstore
-from tokenstore.errors import BlockedAddress, NotFound, ValidationError
-from tokenstore.models import ABIDModel, OutboundWebhook, WebhookDelivery
-from tokenstore.store import Store
-from tokenstore.webhooks import SIGNAL_CHOICES
+from tokenstore._errors import BlockedAddress, NotFound, ValidationError
+from tokenstore._models import ABIDModel, OutboundWebhook, WebhookDelivery
+from tokenstore._store import Store
+from tokenstore._webhooks import SIGNAL_CHOICES
 
 URL = "http://127.0.0.1:9/hook"  # allowed by the store fixture; never reached here
 
@@ -139,7 +139,7 @@ def test_ref_accepts_a_model_class_or_its_name_and_refuses_unknown_ones(store: S
         store.webhooks.create("c", "app.models.Missing", URL)
     message = str(info.value)
     assert "app.models.Missing" in message
-    assert store.ref(Doc) in message and "tokenstore.models.APIToken" in message
+    assert store.ref(Doc) in message and "tokenstore.APIToken" in message
 
 
 def test_a_hook_on_the_delivery_log_is_refused(store: Store) -> None:
@@ -235,7 +235,7 @@ def test_names_are_unique_and_so_are_ref_and_endpoint_together(store: Store) -> 
         store.webhooks.create("docs", Doc, URL + "/other")
     with pytest.raises(ValidationError, match=f"for {store.ref(Doc)} at {URL} already exists"):
         store.webhooks.create("docs-2", Doc, URL)
-    store.webhooks.create("tokens", "tokenstore.models.APIToken", URL)  # another model: fine
+    store.webhooks.create("tokens", "tokenstore.APIToken", URL)  # another model: fine
     assert hook_count() == 2
 
 

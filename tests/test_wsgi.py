@@ -16,10 +16,10 @@ import pytest
 import requests
 from conftest import Clock
 
-import tokenstore.store
-from tokenstore.errors import ValidationError
-from tokenstore.store import Store
-from tokenstore.wsgi import TokenAuthMiddleware
+import tokenstore._store
+from tokenstore._errors import ValidationError
+from tokenstore._store import Store
+from tokenstore._wsgi import TokenAuthMiddleware
 
 START = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -160,7 +160,7 @@ def test_a_bad_scope_is_refused_at_construction(ts: Store) -> None:
 
 
 def test_the_store_s_api_key_header_is_the_default(db_path: Path, clock: Clock) -> None:
-    store = tokenstore.store.open(db_path, clock=clock, api_key_header="X-ArchiveBox-API-Key")
+    store = tokenstore._store.open(db_path, clock=clock, api_key_header="X-ArchiveBox-API-Key")
     try:
         _, secret = store.tokens.create()
         for url in serve(TokenAuthMiddleware(echo, store)):

@@ -4,17 +4,18 @@
     token, secret = store.tokens.create(store.users.create("alice"))
     store.tokens.authenticate(secret)
 
-Everything public is importable from here; ``tokenstore.signals`` holds the
-blinker signals.
+Everything public is importable from here, and only from here: the modules
+whose names start with an underscore are private and may change at any time.
+``tokenstore.signals`` holds the blinker signals.
 """
 
 __version__ = "0.1.0"
 
 from . import signals
-from .abid import ABID, DEFAULT_ABID_URI_SALT, abid_from_values
-from .changes import ChangeEvent
-from .credentials import looks_like_token
-from .errors import (
+from ._abid import ABID, DEFAULT_ABID_URI_SALT, abid_from_values
+from ._changes import ChangeEvent
+from ._credentials import looks_like_token
+from ._errors import (
     ABIDDriftError,
     AuthenticationError,
     BlockedAddress,
@@ -29,9 +30,13 @@ from .errors import (
     ValidationError,
     WebhookVerificationError,
 )
-from .models import ABIDModel, APIToken, OutboundWebhook, User, WebhookDelivery
-from .signing import verify_webhook
-from .store import Store, open
+from ._models import ABIDModel, APIToken, OutboundWebhook, User, WebhookDelivery
+from ._receiver import make_receiver
+from ._signing import verify_webhook
+from ._store import Store, open
+from ._tokens import Tokens, Users, token_from_request
+from ._webhooks import RetryThread, Webhooks
+from ._wsgi import TokenAuthMiddleware
 
 __all__ = [
     "ABID",
@@ -48,18 +53,25 @@ __all__ = [
     "MissingScope",
     "NotFound",
     "OutboundWebhook",
+    "RetryThread",
     "RevokedToken",
     "Store",
     "StoreError",
+    "TokenAuthMiddleware",
+    "Tokens",
     "TokenstoreError",
     "User",
+    "Users",
     "ValidationError",
     "WebhookDelivery",
     "WebhookVerificationError",
+    "Webhooks",
     "__version__",
     "abid_from_values",
     "looks_like_token",
+    "make_receiver",
     "open",
     "signals",
+    "token_from_request",
     "verify_webhook",
 ]

@@ -148,14 +148,14 @@ ORDER BY d.created_at;
 -- recorded, and an UPDATE of only bookkeeping columns records nothing.
 
 CREATE TRIGGER "tokenstore_user_capture_insert" AFTER INSERT ON "tokenstore_user"
-WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.models.User' AND enabled))
+WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.User' AND enabled))
 BEGIN
   INSERT INTO tokenstore_change_event (table_name, op, row_pk, old_row, new_row)
   VALUES ('tokenstore_user', 'INSERT', NEW."id", NULL, json_object('id', NEW."id", 'username', NEW."username", 'is_superuser', NEW."is_superuser", 'created_at', NEW."created_at"));
 END;
 
 CREATE TRIGGER "tokenstore_user_capture_update" AFTER UPDATE OF "id", "username", "is_superuser", "created_at" ON "tokenstore_user"
-WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.models.User' AND enabled))
+WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.User' AND enabled))
   AND (OLD."id" IS NOT NEW."id" OR OLD."username" IS NOT NEW."username" OR OLD."is_superuser" IS NOT NEW."is_superuser" OR OLD."created_at" IS NOT NEW."created_at")
 BEGIN
   INSERT INTO tokenstore_change_event (table_name, op, row_pk, old_row, new_row)
@@ -163,21 +163,21 @@ BEGIN
 END;
 
 CREATE TRIGGER "tokenstore_user_capture_delete" AFTER DELETE ON "tokenstore_user"
-WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.models.User' AND enabled))
+WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.User' AND enabled))
 BEGIN
   INSERT INTO tokenstore_change_event (table_name, op, row_pk, old_row, new_row)
   VALUES ('tokenstore_user', 'DELETE', OLD."id", json_object('id', OLD."id", 'username', OLD."username", 'is_superuser', OLD."is_superuser", 'created_at', OLD."created_at"), NULL);
 END;
 
 CREATE TRIGGER "tokenstore_api_token_capture_insert" AFTER INSERT ON "tokenstore_api_token"
-WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.models.APIToken' AND enabled))
+WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.APIToken' AND enabled))
 BEGIN
   INSERT INTO tokenstore_change_event (table_name, op, row_pk, old_row, new_row)
   VALUES ('tokenstore_api_token', 'INSERT', NEW."id", NULL, json_object('id', NEW."id", 'abid', NEW."abid", 'created_by_id', NEW."created_by_id", 'created_at', NEW."created_at", 'modified_at', NEW."modified_at", 'name', NEW."name", 'token_hint', NEW."token_hint", 'expires', NEW."expires", 'revoked_at', NEW."revoked_at", 'last_used_at', NEW."last_used_at", 'scopes', NEW."scopes"));
 END;
 
 CREATE TRIGGER "tokenstore_api_token_capture_update" AFTER UPDATE OF "id", "abid", "created_by_id", "created_at", "name", "token_digest", "token_hint", "expires", "revoked_at", "scopes" ON "tokenstore_api_token"
-WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.models.APIToken' AND enabled))
+WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.APIToken' AND enabled))
   AND (OLD."id" IS NOT NEW."id" OR OLD."abid" IS NOT NEW."abid" OR OLD."created_by_id" IS NOT NEW."created_by_id" OR OLD."created_at" IS NOT NEW."created_at" OR OLD."name" IS NOT NEW."name" OR OLD."token_digest" IS NOT NEW."token_digest" OR OLD."token_hint" IS NOT NEW."token_hint" OR OLD."expires" IS NOT NEW."expires" OR OLD."revoked_at" IS NOT NEW."revoked_at" OR OLD."scopes" IS NOT NEW."scopes")
 BEGIN
   INSERT INTO tokenstore_change_event (table_name, op, row_pk, old_row, new_row)
@@ -185,21 +185,21 @@ BEGIN
 END;
 
 CREATE TRIGGER "tokenstore_api_token_capture_delete" AFTER DELETE ON "tokenstore_api_token"
-WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.models.APIToken' AND enabled))
+WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.APIToken' AND enabled))
 BEGIN
   INSERT INTO tokenstore_change_event (table_name, op, row_pk, old_row, new_row)
   VALUES ('tokenstore_api_token', 'DELETE', OLD."id", json_object('id', OLD."id", 'abid', OLD."abid", 'created_by_id', OLD."created_by_id", 'created_at', OLD."created_at", 'modified_at', OLD."modified_at", 'name', OLD."name", 'token_hint', OLD."token_hint", 'expires', OLD."expires", 'revoked_at', OLD."revoked_at", 'last_used_at', OLD."last_used_at", 'scopes', OLD."scopes"), NULL);
 END;
 
 CREATE TRIGGER "tokenstore_outbound_webhook_capture_insert" AFTER INSERT ON "tokenstore_outbound_webhook"
-WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.models.OutboundWebhook' AND enabled))
+WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.OutboundWebhook' AND enabled))
 BEGIN
   INSERT INTO tokenstore_change_event (table_name, op, row_pk, old_row, new_row)
   VALUES ('tokenstore_outbound_webhook', 'INSERT', NEW."id", NULL, json_object('id', NEW."id", 'abid', NEW."abid", 'created_by_id', NEW."created_by_id", 'created_at', NEW."created_at", 'modified_at', NEW."modified_at", 'name', NEW."name", 'signal', NEW."signal", 'ref', NEW."ref", 'endpoint', NEW."endpoint", 'enabled', NEW."enabled", 'keep_last_response', NEW."keep_last_response", 'last_response', NEW."last_response", 'last_success', NEW."last_success", 'last_failure', NEW."last_failure", 'previous_secret_expires', NEW."previous_secret_expires", 'failure_count', NEW."failure_count", 'failing_since', NEW."failing_since", 'disabled_reason', NEW."disabled_reason"));
 END;
 
 CREATE TRIGGER "tokenstore_outbound_webhook_capture_update" AFTER UPDATE OF "id", "abid", "created_by_id", "created_at", "name", "signal", "ref", "endpoint", "headers", "auth_token", "enabled", "keep_last_response", "secret", "previous_secret", "previous_secret_expires", "disabled_reason" ON "tokenstore_outbound_webhook"
-WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.models.OutboundWebhook' AND enabled))
+WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.OutboundWebhook' AND enabled))
   AND (OLD."id" IS NOT NEW."id" OR OLD."abid" IS NOT NEW."abid" OR OLD."created_by_id" IS NOT NEW."created_by_id" OR OLD."created_at" IS NOT NEW."created_at" OR OLD."name" IS NOT NEW."name" OR OLD."signal" IS NOT NEW."signal" OR OLD."ref" IS NOT NEW."ref" OR OLD."endpoint" IS NOT NEW."endpoint" OR OLD."headers" IS NOT NEW."headers" OR OLD."auth_token" IS NOT NEW."auth_token" OR OLD."enabled" IS NOT NEW."enabled" OR OLD."keep_last_response" IS NOT NEW."keep_last_response" OR OLD."secret" IS NOT NEW."secret" OR OLD."previous_secret" IS NOT NEW."previous_secret" OR OLD."previous_secret_expires" IS NOT NEW."previous_secret_expires" OR OLD."disabled_reason" IS NOT NEW."disabled_reason")
 BEGIN
   INSERT INTO tokenstore_change_event (table_name, op, row_pk, old_row, new_row)
@@ -207,7 +207,7 @@ BEGIN
 END;
 
 CREATE TRIGGER "tokenstore_outbound_webhook_capture_delete" AFTER DELETE ON "tokenstore_outbound_webhook"
-WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.models.OutboundWebhook' AND enabled))
+WHEN (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.OutboundWebhook' AND enabled))
 BEGIN
   INSERT INTO tokenstore_change_event (table_name, op, row_pk, old_row, new_row)
   VALUES ('tokenstore_outbound_webhook', 'DELETE', OLD."id", json_object('id', OLD."id", 'abid', OLD."abid", 'created_by_id', OLD."created_by_id", 'created_at', OLD."created_at", 'modified_at', OLD."modified_at", 'name', OLD."name", 'signal', OLD."signal", 'ref', OLD."ref", 'endpoint', OLD."endpoint", 'enabled', OLD."enabled", 'keep_last_response', OLD."keep_last_response", 'last_response', OLD."last_response", 'last_success', OLD."last_success", 'last_failure', OLD."last_failure", 'previous_secret_expires', OLD."previous_secret_expires", 'failure_count', OLD."failure_count", 'failing_since', OLD."failing_since", 'disabled_reason', OLD."disabled_reason"), NULL);

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .errors import BlockedAddress, ValidationError
+from ._errors import BlockedAddress, ValidationError
 
 if TYPE_CHECKING:
     import requests

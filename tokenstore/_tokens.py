@@ -17,15 +17,15 @@ from urllib.parse import parse_qs
 
 import peewee
 
-from .abid import ABID
-from .credentials import (
+from ._abid import ABID
+from ._credentials import (
     DEFAULT_TOKEN_PREFIX,
     check_prefix,
     looks_like_token,
     token_digest,
     token_hint,
 )
-from .errors import (
+from ._errors import (
     ExpiredToken,
     InvalidABID,
     InvalidToken,
@@ -34,12 +34,12 @@ from .errors import (
     RevokedToken,
     ValidationError,
 )
-from .models import APIToken, User, format_time, to_stored_time
+from ._models import APIToken, User, format_time, to_stored_time
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ._store import Store
 
-logger = logging.getLogger("tokenstore.tokens")
+logger = logging.getLogger("tokenstore._tokens")
 
 _USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,150}")
 _SCOPE = re.compile(r"[a-z0-9:._-]{1,100}")

@@ -20,11 +20,11 @@ from typing import Any
 
 import peewee
 
-from .changes import CapturingDatabase, Dispatcher, install_capture, model_ref
-from .errors import StoreError, ValidationError
-from .models import OWN_MODELS, User, format_time, utcnow
+from ._changes import CapturingDatabase, Dispatcher, install_capture, model_ref
+from ._errors import StoreError, ValidationError
+from ._models import OWN_MODELS, User, format_time, utcnow
 
-logger = logging.getLogger("tokenstore.store")
+logger = logging.getLogger("tokenstore._store")
 
 #: The ``PRAGMA user_version`` of files this code writes.
 SCHEMA_VERSION = 1
@@ -201,8 +201,8 @@ class Store:
         self.system_user: User = system
         self.db.system_user_id = system.id
 
-        from .tokens import Tokens, Users
-        from .webhooks import Webhooks
+        from ._tokens import Tokens, Users
+        from ._webhooks import Webhooks
 
         self.users = Users(self)
         self.tokens = Tokens(

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import ValidationError, WebhookVerificationError
+from ._errors import ValidationError, WebhookVerificationError
 
 __all__ = [
     "new_signing_secret",

@@ -15,7 +15,7 @@ import re
 import secrets
 import zlib
 
-from .errors import ValidationError
+from ._errors import ValidationError
 
 __all__ = [
     "DEFAULT_TOKEN_PREFIX",

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import peewee
 
 from . import __version__, signals
-from .changes import ChangeEvent
-from .errors import BlockedAddress
-from .models import (
+from ._changes import ChangeEvent
+from ._errors import BlockedAddress
+from ._models import (
     ABID_COLLISION_RETRIES,
     BaseModel,
     OutboundWebhook,
@@ -40,15 +40,15 @@ from .models import (
     to_stored_time,
     utcnow,
 )
-from .netguard import AddressGuard
-from .signing import signature_header
+from ._netguard import AddressGuard
+from ._signing import signature_header
 
 if TYPE_CHECKING:
     import requests
 
-    from .store import Store
+    from ._store import Store
 
-logger = logging.getLogger("tokenstore.delivery")
+logger = logging.getLogger("tokenstore._delivery")
 
 #: When each attempt is made, counted from the previous one (Standard Webhooks' schedule).
 RETRY_SCHEDULE: tuple[timedelta, ...] = (
@@ -243,7 +243,7 @@ class Sender:
     def session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
-            from .netguard import guarded_session
+            from ._netguard import guarded_session
 
             session = guarded_session(self.guard)
             self._local.session = session

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .errors import ValidationError, WebhookVerificationError
-from .signing import signing_key, verify_webhook
+from ._errors import ValidationError, WebhookVerificationError
+from ._signing import signing_key, verify_webhook
 
 __all__ = ["MAX_BODY_BYTES", "make_receiver"]
 

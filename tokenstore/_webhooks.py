@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from .abid import ABID
-from .credentials import looks_like_token
-from .delivery import Deliverer, Sender, dumps
-from .errors import InvalidABID, NotFound, ValidationError
-from .models import OutboundWebhook, User, WebhookDelivery, format_time, to_stored_time
-from .netguard import AddressGuard
-from .signing import SECRET_PREFIX, new_signing_secret, signing_key
+from ._abid import ABID
+from ._credentials import looks_like_token
+from ._delivery import Deliverer, Sender, dumps
+from ._errors import InvalidABID, NotFound, ValidationError
+from ._models import OutboundWebhook, User, WebhookDelivery, format_time, to_stored_time
+from ._netguard import AddressGuard
+from ._signing import SECRET_PREFIX, new_signing_secret, signing_key
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ._store import Store
 
-logger = logging.getLogger("tokenstore.webhooks")
+logger = logging.getLogger("tokenstore._webhooks")
 
 #: django-signal-webhooks' signal choices; an event fires every choice whose name contains its kind.
 SIGNAL_CHOICES = (

@@ -22,11 +22,11 @@ from typing import Any
 import peewee
 
 from . import __version__
-from .abid import ABID, abid_from_values
-from .errors import AuthenticationError, TokenstoreError, ValidationError
-from .models import APIToken, OutboundWebhook, User, WebhookDelivery, format_time
-from .store import SCHEMA_VERSION, Store
-from .store import open as open_store
+from ._abid import ABID, abid_from_values
+from ._errors import AuthenticationError, TokenstoreError, ValidationError
+from ._models import APIToken, OutboundWebhook, User, WebhookDelivery, format_time
+from ._store import SCHEMA_VERSION, Store
+from ._store import open as open_store
 
 DEFAULT_DB = "tokenstore.sqlite3"
 
@@ -410,7 +410,7 @@ def cmd_webhooks_retry(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_listen(args: argparse.Namespace, out: Output) -> int:
-    from .receiver import make_receiver
+    from ._receiver import make_receiver
 
     def show(payload: dict[str, Any], headers: Any) -> None:
         if out.as_json:
@@ -432,7 +432,7 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
-    from .demo import run_demo
+    from ._demo import run_demo
 
     return run_demo(args.dir)
 

@@ -15,9 +15,9 @@ from typing import Any, ClassVar, Self
 
 import peewee
 
-from . import abid as abids
+from . import _abid as abids
 from . import signals
-from .errors import ABIDDriftError, ValidationError
+from ._errors import ABIDDriftError, ValidationError
 
 #: A source of an ABID part: an attribute name, or a function of the instance.
 ABIDSource = str | Callable[[Any], Any]
@@ -370,7 +370,7 @@ class APIToken(ABIDModel):
     @staticmethod
     def generate_secret_token(prefix: str | None = None) -> str:
         """A new secret; it exists only in the caller's hands, the table keeps its digest."""
-        from . import credentials
+        from . import _credentials as credentials
 
         return credentials.generate_token(
             credentials.DEFAULT_TOKEN_PREFIX if prefix is None else prefix
@@ -559,3 +559,8 @@ class WebhookDelivery(ABIDModel):
 
 #: tokenstore's own models, in creation order (each after what it references).
 OWN_MODELS: tuple[type[peewee.Model], ...] = (User, APIToken, OutboundWebhook, WebhookDelivery)
+
+# Hooks name a model by ``module.ClassName``; tokenstore's own models go by their
+# public name, which does not move when the private modules behind it do.
+for _model in (ABIDModel, *OWN_MODELS):
+    _model.__module__ = "tokenstore"

@@ -14,11 +14,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from .errors import AuthenticationError, MissingScope, ValidationError
-from .tokens import _check_scope, token_from_request
+from ._errors import AuthenticationError, MissingScope, ValidationError
+from ._tokens import _check_scope, token_from_request
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ._store import Store
 
 ENVIRON_KEY = "tokenstore.token"
 

@@ -31,10 +31,10 @@ import peewee
 from peewee import __exception_wrapper__ as _as_peewee_errors  # type: ignore[attr-defined]
 
 from . import signals
-from .errors import ValidationError
-from .models import BaseModel, format_time, quote_name
+from ._errors import ValidationError
+from ._models import BaseModel, format_time, quote_name
 
-logger = logging.getLogger("tokenstore.changes")
+logger = logging.getLogger("tokenstore._changes")
 
 EVENT_TABLE = "tokenstore_change_event"
 LISTENER_TABLE = "tokenstore_listener"

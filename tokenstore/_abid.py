@@ -18,11 +18,11 @@ it to the byte, including the original's quirks where compatibility needs them:
 
 Where tokenstore departs from the original, it is only to refuse what the original
 would have guessed at or let through: naive datetimes, empty uri sources and
-malformed prefixes raise :class:`~tokenstore.errors.InvalidABID` (never an
+malformed prefixes raise :class:`~tokenstore._errors.InvalidABID` (never an
 ``assert``, which ``python -O`` removes), and equality and hashing include the
 prefix, so an ``apt_`` and a ``whk_`` with the same suffix are different keys.
 
-This module knows nothing of databases; :mod:`tokenstore.models` feeds it values.
+This module knows nothing of databases; :mod:`tokenstore._models` feeds it values.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Final, NoReturn
 from urllib.parse import urlparse
 
-from .errors import InvalidABID
+from ._errors import InvalidABID
 
 __all__ = [
     "ABID",

@@ -17,10 +17,10 @@ from typing import Any
 
 import peewee
 
-from .errors import AuthenticationError
-from .models import ABIDModel
-from .receiver import make_receiver
-from .store import open as open_store
+from ._errors import AuthenticationError
+from ._models import ABIDModel
+from ._receiver import make_receiver
+from ._store import open as open_store
 
 
 class Snapshot(ABIDModel):
