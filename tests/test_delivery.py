@@ -39,9 +39,10 @@ import tokenstore
 from tokenstore import signals
 from tokenstore._delivery import RESPONSE_LIMIT, RETRY_SCHEDULE
 from tokenstore._errors import BlockedAddress
-from tokenstore._models import ABIDModel, OutboundWebhook, WebhookDelivery, to_stored_time
+from tokenstore._models import ABIDModel, OutboundWebhook, WebhookDelivery
 from tokenstore._signing import verify_webhook
 from tokenstore._store import Store
+from tokenstore._times import to_stored_time
 
 HERE = Path(__file__).resolve().parent
 LOOPBACK = ["127.0.0.1/32", "::1/128", "localhost"]

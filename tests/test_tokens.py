@@ -29,8 +29,9 @@ from tokenstore._errors import (
     RevokedToken,
     ValidationError,
 )
-from tokenstore._models import APIToken, format_time
+from tokenstore._models import APIToken
 from tokenstore._store import Store
+from tokenstore._times import format_time
 from tokenstore._tokens import Tokens, token_from_request
 
 START = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)

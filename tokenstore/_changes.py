@@ -32,7 +32,9 @@ from peewee import __exception_wrapper__ as _as_peewee_errors  # type: ignore[at
 
 from . import signals
 from ._errors import ValidationError
-from ._models import BaseModel, format_time, quote_name
+from ._models import BaseModel
+from ._rows import quote_name
+from ._times import format_time
 
 logger = logging.getLogger("tokenstore._changes")
 

@@ -30,18 +30,11 @@ import peewee
 from . import __version__, signals
 from ._changes import ChangeEvent
 from ._errors import BlockedAddress
-from ._models import (
-    ABID_COLLISION_RETRIES,
-    BaseModel,
-    OutboundWebhook,
-    UTCDateTimeField,
-    WebhookDelivery,
-    format_time,
-    to_stored_time,
-    utcnow,
-)
+from ._fields import UTCDateTimeField
+from ._models import ABID_COLLISION_RETRIES, BaseModel, OutboundWebhook, WebhookDelivery
 from ._netguard import AddressGuard
 from ._signing import signature_header
+from ._times import format_time, to_stored_time, utcnow
 
 if TYPE_CHECKING:
     import requests

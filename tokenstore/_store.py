@@ -22,7 +22,8 @@ import peewee
 
 from ._changes import CapturingDatabase, Dispatcher, install_capture, model_ref
 from ._errors import StoreError, ValidationError
-from ._models import OWN_MODELS, User, format_time, utcnow
+from ._models import OWN_MODELS, User
+from ._times import format_time, utcnow
 
 logger = logging.getLogger("tokenstore._store")
 

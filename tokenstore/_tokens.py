@@ -34,7 +34,8 @@ from ._errors import (
     RevokedToken,
     ValidationError,
 )
-from ._models import APIToken, User, format_time, to_stored_time
+from ._models import APIToken, User
+from ._times import format_time, to_stored_time
 
 if TYPE_CHECKING:
     from ._store import Store

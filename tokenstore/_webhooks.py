@@ -20,9 +20,10 @@ from ._abid import ABID
 from ._credentials import looks_like_token
 from ._delivery import Deliverer, Sender, dumps
 from ._errors import InvalidABID, NotFound, ValidationError
-from ._models import OutboundWebhook, User, WebhookDelivery, format_time, to_stored_time
+from ._models import OutboundWebhook, User, WebhookDelivery
 from ._netguard import AddressGuard
 from ._signing import SECRET_PREFIX, new_signing_secret, signing_key
+from ._times import format_time, to_stored_time
 
 if TYPE_CHECKING:
     from ._store import Store
