@@ -47,8 +47,13 @@ def loaded_instance(model: type[M], values: dict[str, Any], **state: Any) -> M:
     ``values`` becomes the instance's own; ``state`` sets further attributes.
     """
     instance = model.__new__(model)
-    vars(instance).update(__data__=values, _dirty=set(), __rel__={}, **state)
+    adopt_state(instance, values, **state)
     return instance
+
+
+def adopt_state(instance: peewee.Model, values: dict[str, Any], **state: Any) -> None:
+    """Make ``instance`` hold ``values`` as freshly loaded, nothing marked changed."""
+    vars(instance).update(__data__=values, _dirty=set(), __rel__={}, **state)
 
 
 def instance_without_defaults(model: type[M], values: dict[str, Any]) -> M:

@@ -26,6 +26,9 @@ ABIDSource = str | Callable[[Any], Any]
 
 ABID_PARTS = ("ts", "uri", "subtype", "rand")
 
+#: The user that owns what nobody else owns (records made without ``created_by``).
+SYSTEM_USERNAME = "system"
+
 #: INSERT statements by model and the field names they set (see ``ABIDModel._insert_row``).
 _INSERT_SQL: dict[tuple[type[peewee.Model], tuple[str, ...]], str] = {}
 
@@ -155,6 +158,10 @@ class ABIDModel(BaseModel):
     @classmethod
     def _loaded(cls, values: dict[str, Any]) -> dict[str, Any]:
         return {"_stored": dict(values), "_id_generated": False}
+
+    def adopt(self, other: Self) -> None:
+        """Take on the stored state of another instance of the same row (a fresher read)."""
+        _compat.adopt_state(self, dict(other.__data__), **self._loaded(dict(other.__data__)))
 
     @classmethod
     def new_id(cls) -> uuid.UUID:
@@ -437,11 +444,14 @@ class OutboundWebhook(ABIDModel):
         """django-signal-webhooks' name for ``modified_at``."""
         return self.modified_at  # type: ignore[no-any-return]
 
+    #: Checks a hook before every save; a store binds its ``HookValidator`` here when it opens.
+    validator: ClassVar[Callable[[OutboundWebhook], None] | None] = None
+
     def save(self, force_insert: bool = False, only: Any = None) -> int:
-        """Validate (against the store's registered models and address guard), then save."""
-        store = getattr(self._meta.database, "store", None)
-        if store is not None:
-            store.webhooks.validate(self)
+        """Validate (against the registered models and the address guard), then save."""
+        validator = OutboundWebhook.validator
+        if validator is not None:
+            validator(self)
         return super().save(force_insert=force_insert, only=only)
 
     def __str__(self) -> str:
