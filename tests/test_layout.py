@@ -55,7 +55,7 @@ def test_no_module_imports_itself_back() -> None:
             if nxt == "tokenstore":
                 raise AssertionError(f"{node} imports the package itself (import a module)")
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt) :] + [nxt]
+                cycle = [*stack[stack.index(nxt) :], nxt]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)
