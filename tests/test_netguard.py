@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import re
 import select
 import socket
@@ -254,6 +255,37 @@ def test_check_endpoint_refuses_names_dns_cannot_hold(url: str, message: str) ->
 )
 def test_check_endpoint_accepts_names_dns_can_hold(url: str) -> None:
     AddressGuard().check_endpoint(url)
+
+
+@pytest.mark.parametrize("host", ["xn--", "a..b", "a" * 64 + ".example", "\udcff.example"])
+def test_a_hook_on_a_name_dns_cannot_hold_is_refused_at_creation(db_path: Path, host: str) -> None:
+    store = tokenstore._store.open(db_path, webhook_allow=())
+    try:
+        with pytest.raises(ValidationError, match="is not a valid host name"):
+            store.webhooks.create("bad", "tokenstore.APIToken", f"http://{host}/hook")
+        assert store.webhooks.list() == []
+    finally:
+        store.close()
+
+
+CLI = [sys.executable, "-m", "tokenstore._cli"]
+
+
+def test_the_command_refuses_a_name_dns_cannot_hold_in_one_line(db_path: Path) -> None:
+    env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
+    env.pop("TOKENSTORE_WEBHOOK_ALLOW", None)
+    result = subprocess.run(
+        [*CLI, "webhooks", "add", "bad", "tokenstore.APIToken", "http://a..b/hook"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert "webhook URL host 'a..b' is not a valid host name" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_allowlist_names_are_held_in_their_ascii_form() -> None:

@@ -214,8 +214,11 @@ class AddressGuard:
         return any(ip in net for net in self._networks)
 
     def _refusal(self, ip: _IPAddress) -> tuple[ipaddress.IPv4Address | None, str] | None:
-        """Why ``ip`` is refused: the IPv4 address it wraps (if any) and that destination's
-        kind; None when it may be reached."""
+        """Why ``ip`` is refused, as (the IPv4 address it wraps or None, the kind), or None.
+
+        The kind is that of the destination packets really reach: for a
+        wrapping IPv6 address, the IPv4 address inside.
+        """
         embedded = _embedded_ipv4(ip)
         if self._network_allowed(ip) or (embedded is not None and self._network_allowed(embedded)):
             return None
@@ -293,6 +296,8 @@ class AddressGuard:
             raise ValidationError(f"webhook URL scheme must be http or https, not {shown}")
         if not host:
             raise ValidationError("webhook URL has no host")
+        if self.host_allowed(host):
+            return
         address = _literal_address(host)
         if address is None:
             try:
@@ -383,8 +388,8 @@ def guarded_session(guard: AddressGuard) -> requests.Session:
     Environment proxies are ignored (``trust_env = False``) and explicit
     proxies are refused with :class:`ValidationError`: through a proxy the
     guard would only see the proxy's address, not the destination's.
-    A refused connection raises :class:`BlockedAddress` from the request call,
-    before any packet is sent.
+    A refused connection raises :class:`BlockedAddress` from the request call
+    before the endpoint has received a single packet.
     """
     import requests
     from requests.adapters import HTTPAdapter
