@@ -208,11 +208,12 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
     with _store(args) as store:
+        path = store.path
         out.record(
             {
-                "path": str(store.path.resolve()),
+                "path": store.location if path is None else str(path.resolve()),
                 "schema_version": SCHEMA_VERSION,
-                "inspect_with": f"sqlite3 {store.path}",
+                "inspect_with": f"psql {store.location}" if path is None else f"sqlite3 {path}",
             }
         )
     return 0
@@ -308,21 +309,19 @@ def watch(store: Store, interval: float) -> None:
     """
     stopping = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    conn = store.db.connection()
-    seen = None
-    print(f"watching {store.path} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    store.wait_for_changes(0)  # from here on, commits elsewhere are noticed
+    changed = True  # the first round takes what is already waiting
+    print(f"watching {store.location} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         while not stopping.is_set():
-            (version,) = conn.execute("PRAGMA data_version").fetchone()
-            if version != seen:  # another connection committed since the last round
-                seen = version
+            if changed:  # another connection committed since the last round
                 fired = store.dispatch(deliver=False)
                 if fired:
                     print(f"{format_time(store.clock())} fired {fired} events", flush=True)
             sent = store.webhooks.deliver_due()
             if sent:
                 print(f"{format_time(store.clock())} attempted {sent} deliveries", flush=True)
-            stopping.wait(interval)
+            changed = store.wait_for_changes(interval)
     finally:
         signal.signal(signal.SIGINT, previous)
     print("stopped", file=sys.stderr)
@@ -449,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--db",
         default=os.environ.get("TOKENSTORE_DB", DEFAULT_DB),
-        help=f"the store file (default: $TOKENSTORE_DB, else ./{DEFAULT_DB})",
+        help=f"the store file or postgresql:// URL (default: $TOKENSTORE_DB, else ./{DEFAULT_DB})",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument(

@@ -29,8 +29,9 @@ ABID_PARTS = ("ts", "uri", "subtype", "rand")
 #: The user that owns what nobody else owns (records made without ``created_by``).
 SYSTEM_USERNAME = "system"
 
-#: INSERT statements by model and the field names they set (see ``ABIDModel._insert_row``).
-_INSERT_SQL: dict[tuple[type[peewee.Model], tuple[str, ...]], str] = {}
+#: INSERT statements by model, the field names they set and the driver's placeholder
+#: (see ``ABIDModel._insert_row``).
+_INSERT_SQL: dict[tuple[type[peewee.Model], tuple[str, ...], str], str] = {}
 
 #: How many fresh ids an insert tries when its ABID collides with an existing one.
 ABID_COLLISION_RETRIES = 5
@@ -51,7 +52,8 @@ def insert_with_fresh_ids(
             insert()
             return
         except peewee.IntegrityError as exc:
-            collided = f"{table}.abid" in str(exc)
+            # SQLite names the column (table.abid), PostgreSQL the unique index (table_abid).
+            collided = f"{table}.abid" in str(exc) or f'"{table}_abid"' in str(exc)
             if renew is None or not collided or attempt == ABID_COLLISION_RETRIES:
                 raise
             renew()
@@ -242,14 +244,16 @@ class ABIDModel(BaseModel):
         cls = type(self)
         data = self.__data__
         names = tuple(data)
-        sql = _INSERT_SQL.get((cls, names))
+        database = cls._meta.database
+        key = (cls, names, database.param)
+        sql = _INSERT_SQL.get(key)
         fields = cls._meta.fields
         if sql is None:
             columns = ", ".join(quote_name(fields[name].column_name) for name in names)
-            marks = ", ".join("?" * len(names))
+            marks = ", ".join([database.param] * len(names))
             sql = f"INSERT INTO {quote_name(cls._meta.table_name)} ({columns}) VALUES ({marks})"
-            _INSERT_SQL[(cls, names)] = sql
-        cls._meta.database.execute_sql(sql, [fields[name].db_value(data[name]) for name in names])
+            _INSERT_SQL[key] = sql
+        database.execute_sql(sql, [fields[name].db_value(data[name]) for name in names])
         _compat.mark_clean(self)
 
     def _refuse_drift(self) -> None:

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import signals
+from ._backend import Backend
 from ._capture import ChangeEvent, model_ref
 from ._compat import peewee_errors
 from ._dispatch import Connection
@@ -29,7 +30,6 @@ from ._policy import KIND_BY_OP, RetryPolicy, parse_retry_after, signal_matches
 from ._registry import Registry
 from ._rows import Loader
 from ._sending import Outcome, Sender, message_headers, redacted
-from ._sqlite import SQLiteDatabase
 from ._times import format_time, to_stored_time, utcnow
 
 _HOOKS = Loader(OutboundWebhook)
@@ -95,7 +95,7 @@ class Outbox:
 
     def __init__(
         self,
-        db: SQLiteDatabase,
+        db: Backend,
         registry: Registry,
         clock: Callable[[], datetime],
         sender: Sender,

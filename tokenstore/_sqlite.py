@@ -12,7 +12,6 @@ this module with the same surface.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +19,11 @@ from contextlib import contextmanager
 from importlib import resources
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import peewee
 
+from ._backend import CommitHooks, is_write, quote_literal
 from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec
 from ._compat import peewee_errors
 from ._dispatch import ClaimStatements
@@ -42,18 +42,6 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
 MAX_CAPTURED_COLUMNS = 63
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-class CommitHooks(Protocol):
-    """What the database tells the change dispatcher about each of its transactions."""
-
-    def on_begin(self, conn: Any) -> None: ...
-
-    def claim(self, conn: Any) -> Any: ...
-
-    def queue(self, claimed: Any) -> None: ...
-
-    def after_commit(self, conn: Any) -> None: ...
 
 
 # -- the file -------------------------------------------------------------------------------
@@ -126,10 +114,6 @@ def create_private(path: Path) -> None:
 # -- capture --------------------------------------------------------------------------------
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def capture_triggers(spec: CaptureSpec) -> list[str]:
     """The CREATE TRIGGER statements that record a table's changes (see ``CaptureSpec``)."""
     if len(spec.recorded) > MAX_CAPTURED_COLUMNS:
@@ -153,12 +137,12 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
     changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in watched)
     gate = (
         f"(EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
-        f"WHERE ref = {_literal(spec.ref)} AND enabled))"
+        f"WHERE ref = {quote_literal(spec.ref)} AND enabled))"
     )
     pk = quote_name(spec.pk_column)
     insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
     name = spec.table.replace('"', "")
-    values = f"VALUES ({_literal(spec.table)}"
+    values = f"VALUES ({quote_literal(spec.table)}"
     on = quote_name(spec.table)
     return [
         f"CREATE TRIGGER {quote_name(name + '_capture_insert')} AFTER INSERT ON {on}\n"
@@ -182,7 +166,7 @@ _RETURNED = "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at"
 
 def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
     """The dispatcher's claim statements for these tables (see ``ClaimStatements``)."""
-    among = "table_name IN (" + ",".join(_literal(t) for t in tables) + ")"
+    among = "table_name IN (" + ",".join(quote_literal(t) for t in tables) + ")"
     return ClaimStatements(
         drop_unheard=(
             f"DELETE FROM {EVENT_TABLE} WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE}) "
@@ -203,33 +187,6 @@ def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
 
 
 # -- the connection -------------------------------------------------------------------------
-
-_WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
-#: Whitespace and comments that may come before a statement's first keyword.
-_LEADING = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
-#: A data-changing keyword anywhere in a ``WITH ...`` statement (a false positive costs
-#: a transaction; a miss would leave events unclaimed, so the test errs on the safe side).
-_DML_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
-
-
-def _is_write(sql: str) -> bool:
-    """Whether a statement may change rows, and so fire capture triggers.
-
-    peewee's own statements are decided by their first word; hand-written SQL
-    may start with whitespace or comments, and a ``WITH`` prefix may lead to
-    a write or to a plain read.
-    """
-    head = sql[:7].upper()
-    if head.startswith(_WRITE_PREFIXES):
-        return True
-    if head.startswith("SELECT"):
-        return False
-    match = _LEADING.match(sql)
-    start = match.end() if match else 0
-    head = sql[start : start + 7].upper()
-    if head.startswith(_WRITE_PREFIXES):
-        return True
-    return head.startswith("WITH") and _DML_WORD.search(sql, start) is not None
 
 
 class _FetchedCursor:
@@ -329,7 +286,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own."""
         conn = self.connection()
-        if conn.in_transaction or not _is_write(sql):
+        if conn.in_transaction or not is_write(sql):
             return super().execute_sql(sql, params)
         with self.write():
             cursor = super().execute_sql(sql, params)

@@ -25,6 +25,8 @@ from ._netguard import AddressGuard
 from ._options import Options
 from ._outbox import Outbox
 from ._policy import RetryPolicy
+from ._postgres import PostgresDatabase, is_url, redacted_url
+from ._postgres import open_database as open_postgres
 from ._registry import Registry
 from ._sending import Sender
 from ._sqlite import SCHEMA_VERSION, SQLiteDatabase, open_database
@@ -37,14 +39,15 @@ logger = logging.getLogger("tokenstore.store")
 
 
 class Store:
-    """One tokenstore file: its database, its models, tokens, users and webhooks.
+    """One tokenstore database: its models, tokens, users and webhooks.
 
     Use ``tokenstore.open()`` rather than the constructor. The Store binds
     tokenstore's models (and the application's, via ``register``) to its
     database, so one process works with one open store at a time.
 
-    ``options`` are those of ``Options``; ``clock`` is a function returning
-    the current aware UTC time, for tests that move time by hand.
+    ``path`` is an SQLite file or a ``postgresql://`` URL; ``options`` are
+    those of ``Options``; ``clock`` is a function returning the current aware
+    UTC time, for tests that move time by hand.
     """
 
     def __init__(
@@ -55,15 +58,31 @@ class Store:
         **options: Any,
     ) -> None:
         self.options = opts = Options.from_kwargs(options)
-        self.path = Path(path)
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.registry = Registry(OWN_MODELS)
-        self.dispatcher = Dispatcher(self.registry, SQLiteDatabase, self.clock, opts.claim_timeout)
-        self.db = open_database(self.path, self.dispatcher, opts.busy_timeout)
+        location = os.fspath(path)
+        self.db: SQLiteDatabase | PostgresDatabase
+        #: The SQLite file (None on PostgreSQL).
+        self.path: Path | None
+        if is_url(location):
+            self.path = None
+            #: Where the store is, for people: the file, or the URL without its password.
+            self.location = redacted_url(location)
+            self.dispatcher = Dispatcher(
+                self.registry, PostgresDatabase, self.clock, opts.claim_timeout
+            )
+            self.db = open_postgres(location, self.dispatcher)
+        else:
+            self.path = Path(location)
+            self.location = location
+            self.dispatcher = Dispatcher(
+                self.registry, SQLiteDatabase, self.clock, opts.claim_timeout
+            )
+            self.db = open_database(self.path, self.dispatcher, opts.busy_timeout)
         self.db.bind(list(OWN_MODELS), bind_refs=False, bind_backrefs=False)
         system = User.get_or_none(User.username == SYSTEM_USERNAME)
         if system is None:
-            raise StoreError(f"{self.path}: the {SYSTEM_USERNAME!r} user is missing")
+            raise StoreError(f"{self.location}: the {SYSTEM_USERNAME!r} user is missing")
         self.system_user: User = system
         self.db.system_user_id = system.id
 
@@ -91,7 +110,7 @@ class Store:
             self.dispatch(deliver=False)
 
     def __repr__(self) -> str:
-        return f"<Store {str(self.path)!r}>"
+        return f"<Store {self.location!r}>"
 
     def __enter__(self) -> Store:
         return self
@@ -115,7 +134,7 @@ class Store:
                 with self.db.write(quiet=True) as conn:
                     self.dispatcher.unregister(conn)
             except peewee.DatabaseError as exc:  # a read-only or vanished file still closes
-                logger.warning("could not unregister %s as a listener: %s", self.path, exc)
+                logger.warning("could not unregister %s as a listener: %s", self.location, exc)
             self.db.close()
 
     def atomic(self) -> Any:
@@ -181,5 +200,8 @@ class Store:
 
 
 def open(path: str | os.PathLike[str], **options: Any) -> Store:
-    """Open (creating if needed) the tokenstore file at ``path``; ``options`` are ``Options``'."""
+    """Open (creating if needed) the tokenstore file at ``path``, or a ``postgresql://`` URL.
+
+    ``options`` are ``Options``'.
+    """
     return Store(path, **options)

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 import peewee
 
 from ._abid import ABID
+from ._backend import Backend
 from ._credentials import (
     DEFAULT_TOKEN_PREFIX,
     check_prefix,
@@ -33,7 +34,6 @@ from ._errors import (
 )
 from ._models import SYSTEM_USERNAME, APIToken, User
 from ._rows import Loader
-from ._sqlite import SQLiteDatabase
 from ._times import format_time, to_stored_time
 
 logger = logging.getLogger("tokenstore.tokens")
@@ -201,7 +201,7 @@ class Tokens:
 
     def __init__(
         self,
-        db: SQLiteDatabase,
+        db: Backend,
         users: Users,
         clock: Callable[[], datetime],
         prefix: str = DEFAULT_TOKEN_PREFIX,

@@ -17,6 +17,7 @@ from typing import Any
 import peewee
 
 from ._abid import ABID
+from ._backend import Backend
 from ._capture import model_ref
 from ._credentials import looks_like_token
 from ._errors import InvalidABID, NotFound, ValidationError
@@ -26,7 +27,6 @@ from ._outbox import Outbox
 from ._payload import dumps
 from ._registry import Registry
 from ._signing import SECRET_PREFIX, new_signing_secret, signing_key
-from ._sqlite import SQLiteDatabase
 from ._times import format_time, to_stored_time
 
 logger = logging.getLogger("tokenstore.webhooks")
@@ -185,7 +185,7 @@ class Webhooks:
 
     def __init__(
         self,
-        db: SQLiteDatabase,
+        db: Backend,
         outbox: Outbox,
         clock: Callable[[], datetime],
         secret_grace: timedelta = timedelta(hours=24),

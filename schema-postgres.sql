@@ -1,0 +1,1 @@
+tokenstore/schema-postgres.sql

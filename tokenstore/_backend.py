@@ -1,0 +1,91 @@
+"""What the rest of tokenstore needs of a database backend (SQLite or PostgreSQL).
+
+Services are typed against ``Backend`` rather than one backend's class, so
+the same service code runs on either; the helpers here are the few pieces of
+SQL handling both backends share.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from ._capture import CaptureSpec
+from ._dispatch import ClaimStatements
+
+
+class CommitHooks(Protocol):
+    """What the database tells the change dispatcher about each of its transactions."""
+
+    def on_begin(self, conn: Any) -> None: ...
+
+    def claim(self, conn: Any) -> Any: ...
+
+    def queue(self, claimed: Any) -> None: ...
+
+    def after_commit(self, conn: Any) -> None: ...
+
+
+class Backend(Protocol):
+    """A peewee database that runs tokenstore's transactions, schema and capture.
+
+    Besides peewee's own API (``connection()``, ``execute_sql()``, ``atomic()``,
+    ...), every backend offers these.
+    """
+
+    #: The id of the ``system`` user, owner of records nobody else owns.
+    system_user_id: int | None
+
+    def sql(self, text: str) -> str:
+        """A statement written with ``?`` placeholders, in this driver's style."""
+
+    def write(self, *, quiet: bool = False) -> AbstractContextManager[Any]:
+        """A write transaction of tokenstore's own (joining one already open)."""
+
+    def connection(self) -> Any: ...
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any: ...
+
+    def atomic(self) -> Any: ...
+
+    def close(self) -> bool: ...
+
+    def claim_statements(self, tables: tuple[str, ...]) -> ClaimStatements: ...
+
+    def install_capture(self, spec: CaptureSpec) -> None: ...
+
+    def wait_for_changes(self, timeout: float) -> bool: ...
+
+
+def quote_literal(text: str) -> str:
+    """A string as an SQL literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+_WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE")
+#: Whitespace and comments that may come before a statement's first keyword.
+_LEADING = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
+#: A data-changing keyword anywhere in a ``WITH ...`` statement (a false positive costs
+#: a transaction; a miss would leave events unclaimed, so the test errs on the safe side).
+_DML_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE|MERGE)\b", re.IGNORECASE)
+
+
+def is_write(sql: str) -> bool:
+    """Whether a statement may change rows, and so fire capture triggers.
+
+    peewee's own statements are decided by their first word; hand-written SQL
+    may start with whitespace or comments, and a ``WITH`` prefix may lead to
+    a write or to a plain read.
+    """
+    head = sql[:7].upper()
+    if head.startswith(_WRITE_PREFIXES):
+        return True
+    if head.startswith("SELECT"):
+        return False
+    match = _LEADING.match(sql)
+    start = match.end() if match else 0
+    head = sql[start : start + 7].upper()
+    if head.startswith(_WRITE_PREFIXES):
+        return True
+    return head.startswith("WITH") and _DML_WORD.search(sql, start) is not None

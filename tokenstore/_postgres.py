@@ -1,0 +1,372 @@
+"""The PostgreSQL backend: the same surface as the SQLite one, on a shared server.
+
+Many processes on many machines may use one database at once, so what the
+SQLite backend gets from its single write lock is done here with row locks
+and notifications: migrations run under an advisory lock, events are claimed
+with ``FOR UPDATE SKIP LOCKED`` (each taken by exactly one transaction, none
+waiting on another), and capture triggers ``NOTIFY`` a channel that
+dispatchers ``LISTEN`` on, so a commit anywhere wakes them at once.
+Statements are written with ``?`` like everywhere else; ``sql()`` turns
+them into psycopg's ``%s``. psycopg (3) is an optional extra.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import peewee
+
+from ._backend import CommitHooks, is_write, quote_literal
+from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec
+from ._compat import peewee_errors
+from ._dispatch import ClaimStatements
+from ._errors import StoreError, ValidationError
+from ._models import SYSTEM_USERNAME
+from ._rows import quote_name
+from ._times import format_time, utcnow
+
+if TYPE_CHECKING:
+    import psycopg
+
+#: The schema version this code writes, kept in ``tokenstore_schema_version``.
+SCHEMA_VERSION = 1
+
+#: The table that records which schema version a database is at.
+VERSION_TABLE = "tokenstore_schema_version"
+
+#: The channel capture triggers notify when they record an event.
+CHANNEL = "tokenstore_changes"
+
+#: Advisory lock key held while a database's schema is created or migrated.
+_SCHEMA_LOCK = 0x746F6B656E  # "token"
+
+#: json_build_object takes at most 100 arguments: a name and a value per column.
+MAX_CAPTURED_COLUMNS = 50
+
+_INSTALL_HINT = "PostgreSQL support needs psycopg: pip install 'tokenstore[postgres]'"
+
+
+def is_url(location: str) -> bool:
+    """Whether ``tokenstore.open`` was given a PostgreSQL URL rather than a file path."""
+    return location.startswith(("postgresql://", "postgres://"))
+
+
+def redacted_url(url: str) -> str:
+    """The URL without its password, for messages and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+
+
+def schema_sql() -> str:
+    """The canonical DDL (also at the top of the source tree as ``schema-postgres.sql``)."""
+    return resources.files("tokenstore").joinpath("schema-postgres.sql").read_text(encoding="utf-8")
+
+
+# -- capture --------------------------------------------------------------------------------
+
+
+def _function_name(spec: CaptureSpec) -> str:
+    return quote_name(spec.table.replace('"', "") + "_capture")
+
+
+def capture_triggers(spec: CaptureSpec) -> list[str]:
+    """The function and triggers that record a table's changes (see ``CaptureSpec``).
+
+    The gate (someone listens, or an enabled hook has the ref) needs a
+    subquery, which a trigger's WHEN cannot hold, so the function checks it;
+    the WHEN of the UPDATE trigger skips updates of quiet columns alone.
+    """
+    if len(spec.recorded) > MAX_CAPTURED_COLUMNS:
+        raise ValidationError(
+            f"{spec.ref}: change capture records at most {MAX_CAPTURED_COLUMNS} columns, "
+            f"this table has {len(spec.recorded)}"
+        )
+
+    def row(alias: str) -> str:
+        pairs = []
+        for column in spec.recorded:
+            value = f"{alias}.{quote_name(column.name)}"
+            if column.is_blob:
+                value = f"encode({value}, 'hex')"
+            pairs.append(f"'{column.name}', {value}")
+        return "json_build_object(" + ", ".join(pairs) + ")::text"
+
+    pk = quote_name(spec.pk_column)
+    function = _function_name(spec)
+    insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
+    table = quote_literal(spec.table)
+    on = quote_name(spec.table)
+    name = spec.table.replace('"', "")
+    watched = [quote_name(c) for c in spec.watched]
+    of = "OF " + ", ".join(watched) + " " if watched else ""
+    changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in watched) or "false"
+    return [
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+        "BEGIN\n"
+        f"  IF NOT (EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM "
+        f"{HOOK_TABLE} WHERE ref = {quote_literal(spec.ref)} AND enabled)) THEN\n"
+        "    RETURN NULL;\n"
+        "  END IF;\n"
+        "  IF TG_OP = 'INSERT' THEN\n"
+        f"    {insert}\n"
+        f"    VALUES ({table}, 'INSERT', NEW.{pk}::text, NULL, {row('NEW')});\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n"
+        f"    {insert}\n"
+        f"    VALUES ({table}, 'UPDATE', NEW.{pk}::text, {row('OLD')}, {row('NEW')});\n"
+        "  ELSE\n"
+        f"    {insert}\n"
+        f"    VALUES ({table}, 'DELETE', OLD.{pk}::text, {row('OLD')}, NULL);\n"
+        "  END IF;\n"
+        f"  PERFORM pg_notify('{CHANNEL}', '');\n"
+        "  RETURN NULL;\n"
+        "END\n"
+        "$$",
+        f"CREATE TRIGGER {quote_name(name + '_capture_insert')} AFTER INSERT ON {on}\n"
+        f"FOR EACH ROW EXECUTE FUNCTION {function}()",
+        f"CREATE TRIGGER {quote_name(name + '_capture_update')} AFTER UPDATE {of}ON {on}\n"
+        f"FOR EACH ROW WHEN ({changed})\nEXECUTE FUNCTION {function}()",
+        f"CREATE TRIGGER {quote_name(name + '_capture_delete')} AFTER DELETE ON {on}\n"
+        f"FOR EACH ROW EXECUTE FUNCTION {function}()",
+    ]
+
+
+_RETURNED = "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at"
+
+
+def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
+    """The dispatcher's claim statements: rows another transaction holds are skipped, not awaited.
+
+    Each statement takes the rows it may take with ``FOR UPDATE SKIP LOCKED``:
+    two dispatchers committing at once take disjoint sets of events, and an
+    event is taken by exactly one of them.
+    """
+    among = "table_name IN (" + ",".join(quote_literal(t) for t in tables) + ")"
+
+    def unclaimed(extra: str = "") -> str:
+        return (
+            f"id IN (SELECT id FROM {EVENT_TABLE} WHERE claimed_by IS NULL AND {among}{extra} "
+            "FOR UPDATE SKIP LOCKED)"
+        )
+
+    return ClaimStatements(
+        drop_unheard=(
+            f"DELETE FROM {EVENT_TABLE} WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE}) "
+            f"AND {unclaimed()}"
+        ),
+        claim=(
+            f"UPDATE {EVENT_TABLE} SET claimed_by = %s, claimed_at = %s, claims = claims + 1 "
+            f"WHERE {unclaimed()} {_RETURNED}, claims - 1"
+        ),
+        consume=f"DELETE FROM {EVENT_TABLE} WHERE {unclaimed()} {_RETURNED}, claims",
+        consume_and_leave=(
+            f"UPDATE {EVENT_TABLE} SET claims = claims + 1 "
+            f"WHERE {unclaimed(' AND claims = 0')} {_RETURNED}, 0"
+        ),
+    )
+
+
+# -- the connection -------------------------------------------------------------------------
+
+
+def _driver() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError(_INSTALL_HINT) from None
+    return psycopg
+
+
+def _in_transaction(conn: psycopg.Connection[Any]) -> bool:
+    return bool(conn.info.transaction_status != _driver().pq.TransactionStatus.IDLE)
+
+
+class PostgresDatabase(peewee.PostgresqlDatabase):
+    """PostgresqlDatabase (psycopg 3) that knows when its transactions commit.
+
+    Like the SQLite backend: every write runs in a transaction (a lone
+    statement gets one of its own), and every commit lets the change
+    dispatcher claim the transaction's events first and fire them after.
+    """
+
+    def __init__(self, url: str, *, hooks: CommitHooks) -> None:
+        # A registered model's UUID primary key is stored as 32 hex digits, as on SQLite.
+        super().__init__(url, prefer_psycopg3=True, field_types={"UUID": "TEXT"})
+        self.url = url
+        self.hooks = hooks
+        #: The id of the ``system`` user, owner of records nobody else owns.
+        self.system_user_id: int | None = None
+        self._listener: psycopg.Connection[Any] | None = None
+        self._listener_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<PostgresDatabase {redacted_url(self.url)!r}>"
+
+    @staticmethod
+    def sql(text: str) -> str:
+        """A statement written with ``?`` placeholders, in psycopg's ``%s`` style."""
+        return text.replace("%", "%%").replace("?", "%s")
+
+    @contextmanager
+    def write(self, *, quiet: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """The one way tokenstore opens a write transaction of its own (see the SQLite one)."""
+        conn = self.connection()
+        if _in_transaction(conn):
+            yield conn
+            return
+        with peewee_errors:
+            conn.execute("BEGIN")
+            try:
+                if not quiet:
+                    self.hooks.on_begin(conn)
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if quiet:
+                conn.execute("COMMIT")
+            else:
+                self.commit()
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        """Run a statement; a write outside a transaction gets a transaction of its own."""
+        conn = self.connection()
+        if _in_transaction(conn) or not is_write(sql):
+            return super().execute_sql(sql, params)
+        with self.write():
+            return super().execute_sql(sql, params)
+
+    def begin(self, isolation_level: Any = None) -> None:
+        super().begin(isolation_level)
+        conn = self.connection()
+        try:
+            self.hooks.on_begin(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def commit(self) -> None:
+        conn = self.connection()
+        claimed = self.hooks.claim(conn) if _in_transaction(conn) else None
+        with peewee_errors:
+            conn.execute("COMMIT")
+        if claimed is not None:
+            self.hooks.queue(claimed)
+        if not self.in_transaction():
+            self.hooks.after_commit(conn)
+
+    def rollback(self) -> None:
+        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires."""
+        super().rollback()
+        if not self.in_transaction():
+            self.hooks.after_commit(self.connection())
+
+    def close(self) -> bool:
+        with self._listener_lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+        return bool(super().close())
+
+    # -- schema and capture ---------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        """The database's schema version; 0 for a database tokenstore has not set up."""
+        conn = self.connection()
+        row = conn.execute("SELECT to_regclass(%s)", (VERSION_TABLE,)).fetchone()
+        if row is None or row[0] is None:
+            return 0
+        (version,) = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone() or (0,)
+        return int(version or 0)
+
+    def apply_schema(self) -> None:
+        """Bring the database to SCHEMA_VERSION, once, however many processes open it at once.
+
+        The advisory lock makes concurrent openers wait for the first, which
+        creates the tables; the others then find them there.
+        """
+        with self.write(quiet=True) as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            version = self.schema_version()
+            if version > SCHEMA_VERSION:
+                raise StoreError(_newer(redacted_url(self.url), version))
+            if version == 0:
+                conn.execute(schema_sql())
+            conn.execute(
+                f"INSERT INTO {VERSION_TABLE} (version, applied_at) VALUES (%s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (SCHEMA_VERSION, format_time(utcnow())),
+            )
+            conn.execute(
+                "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
+                "VALUES (%s, true, %s) ON CONFLICT DO NOTHING",
+                (SYSTEM_USERNAME, format_time(utcnow())),
+            )
+
+    def install_capture(self, spec: CaptureSpec) -> None:
+        """(Re)create a table's capture triggers so they match its model's current fields."""
+        conn = self.connection()
+        for suffix in ("insert", "update", "delete"):
+            trigger = quote_name(f"{spec.table}_capture_{suffix}")
+            conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {quote_name(spec.table)}")
+        for statement in capture_triggers(spec):
+            conn.execute(statement)
+
+    @staticmethod
+    def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
+        return claim_statements(tables)
+
+    def wait_for_changes(self, timeout: float) -> bool:
+        """Whether another connection committed captured changes since the last call.
+
+        The first call starts listening on the channel the capture triggers
+        notify; later calls return as soon as a notification arrives (or has
+        arrived since), or False after ``timeout`` seconds. This thread's
+        own commits do not count, as on SQLite.
+        """
+        own = self.connection().info.backend_pid
+        deadline = time.monotonic() + timeout
+        with self._listener_lock:
+            if self._listener is None:
+                self._listener = _driver().connect(self.url, autocommit=True)
+                self._listener.execute(f"LISTEN {CHANNEL}")
+            while True:
+                remaining = max(0.0, deadline - time.monotonic())
+                notes = list(self._listener.notifies(timeout=remaining, stop_after=1))
+                if any(note.pid != own for note in notes):
+                    return True
+                if not notes or time.monotonic() >= deadline:
+                    return False
+
+
+def _newer(where: str, version: int) -> str:
+    return (
+        f"{where} has schema version {version}, newer than this tokenstore understands "
+        f"({SCHEMA_VERSION}); upgrade tokenstore to open it"
+    )
+
+
+def open_database(url: str, hooks: CommitHooks) -> PostgresDatabase:
+    """The database at ``url``, its schema created or brought up to date."""
+    driver = _driver()
+    db = PostgresDatabase(url, hooks=hooks)
+    try:
+        db.connection()
+    except peewee.OperationalError as exc:
+        db.close()
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreError(f"cannot connect to {redacted_url(url)}: {detail}") from None
+    except driver.Error as exc:
+        raise StoreError(f"cannot connect to {redacted_url(url)}: {exc}") from None
+    if db.schema_version() < SCHEMA_VERSION or db.schema_version() > SCHEMA_VERSION:
+        db.apply_schema()
+    return db
