@@ -113,7 +113,7 @@ def start() -> Server:
     psql = [*as_user, str(bindir / "psql"), "-h", str(folder / "sock"), "-p", str(port)]
     run(
         *psql, "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1",
-        "-c", "CREATE ROLE app LOGIN PASSWORD 'app-password'",
+        "-c", "CREATE ROLE app LOGIN CREATEDB PASSWORD 'app-password'",
         "-c", "CREATE DATABASE app OWNER app",
     )  # fmt: skip
     return Server(f"postgresql://app:app-password@127.0.0.1:{port}/app", folder, pg_ctl)

@@ -1,19 +1,88 @@
-"""Shared fixtures: every test gets real files in its own temporary folder."""
+"""Shared fixtures: every test gets a real store of its own, on SQLite and on PostgreSQL.
+
+Tests that use ``db_path`` (directly or through ``store``) run twice: once
+on an SQLite file in their temporary folder, once on a fresh database of a
+PostgreSQL server. The server is a throwaway cluster started for the session
+from the machine's binaries (see ``_pg_server``), or the one named by
+``TOKENSTORE_TEST_PG_URL`` (its role must be allowed to create databases).
+Without either, the PostgreSQL half is skipped, except under ``CI=true``,
+where that is a failure. Tests about the SQLite file itself carry the
+``sqlite_only`` mark.
+"""
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import _pg_server
 import pytest
 
 import tokenstore._store
 from tokenstore import Store
 
+BACKENDS = ("sqlite", "postgres")
+_databases = itertools.count()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: about the SQLite file itself")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        only_sqlite = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        metafunc.parametrize("backend", BACKENDS[:1] if only_sqlite else BACKENDS)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """A URL whose role may create databases: the given server's, or a throwaway one's."""
+    given = os.environ.get("TOKENSTORE_TEST_PG_URL")
+    if given:
+        yield given
+        return
+    if _pg_server.binaries() is None:
+        reason = "no PostgreSQL binaries (apt-get install postgresql, or TOKENSTORE_TEST_PG_URL)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs PostgreSQL: {reason}")
+        pytest.skip(reason)
+    server = _pg_server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _admin(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)
+
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
+def pg_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, empty database on the test server, dropped after the test."""
+    name = f"tokenstore_test_{os.getpid()}_{next(_databases)}"
+    with _admin(pg_admin_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(pg_admin_url)._replace(path=f"/{name}"))
+    finally:
+        with _admin(pg_admin_url) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_path(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Path | str:
+    """Where the test's store lives: an SQLite file, or a PostgreSQL URL."""
+    if backend == "postgres":
+        return str(request.getfixturevalue("pg_url"))
     return tmp_path / "store.sqlite3"
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -13,6 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import _db
 import pytest
 from conftest import Clock
 
@@ -42,28 +42,10 @@ def clock() -> Clock:
     return Clock(START)
 
 
-def statements_during(store: Store, action: Any) -> list[str]:
-    """The SQL this thread's connection runs while ``action()`` runs."""
-    seen: list[str] = []
-    conn = store.db.connection()
-    conn.set_trace_callback(seen.append)
-    try:
-        action()
-    finally:
-        conn.set_trace_callback(None)
-    return seen
-
-
 def stored_row(store: Store, token: APIToken) -> dict[str, Any]:
-    conn = sqlite3.connect(store.path)
-    conn.row_factory = sqlite3.Row
-    try:
-        row = conn.execute(
-            "SELECT * FROM tokenstore_api_token WHERE id = ?", (token.id.hex,)
-        ).fetchone()
-    finally:
-        conn.close()
-    return dict(row)
+    with _db.Raw(store) as raw:
+        [row] = raw.dicts("SELECT * FROM tokenstore_api_token WHERE id = ?", (token.id.hex,))
+    return row
 
 
 # -- the model's members -----------------------------------------------------------------
@@ -305,14 +287,12 @@ def test_authenticate_returns_the_token_as_a_select_would(ts: Store) -> None:
 
 def test_rows_written_by_hand_still_convert(ts: Store, clock: Clock) -> None:
     token, secret = ts.tokens.create(scopes=["read"])
-    conn = sqlite3.connect(ts.path)
-    with conn:  # another program writes a time with an offset and one without a zone
-        conn.execute(
+    with _db.Raw(ts) as raw:  # another program writes a time with an offset and one without a zone
+        raw.execute(
             "UPDATE tokenstore_api_token SET expires = '2030-01-02T07:00:00+02:00', "
             "last_used_at = '2030-01-02T03:04:05' WHERE id = ?",
             (token.id.hex,),
         )
-    conn.close()
     found = ts.tokens.authenticate(secret)
     assert found.id == token.id
     assert found.expires == datetime(2030, 1, 2, 5, 0, tzinfo=UTC)
@@ -320,6 +300,7 @@ def test_rows_written_by_hand_still_convert(ts: Store, clock: Clock) -> None:
     assert found.scopes == ["read"]
 
 
+@pytest.mark.sqlite_only
 def test_lookup_uses_the_digest_index(ts: Store) -> None:
     plan = " ".join(
         str(row)
@@ -334,13 +315,13 @@ def test_authentication_is_one_select_and_writes_at_most_once_a_minute(
     ts: Store, clock: Clock
 ) -> None:
     token, secret = ts.tokens.create()
-    first = statements_during(ts, lambda: ts.tokens.authenticate(secret))
+    first = _db.statements_during(ts, lambda: ts.tokens.authenticate(secret))
     assert first[0].startswith("SELECT") and "token_digest = " in first[0]
     assert any(s.startswith("UPDATE") and "last_used_at" in s for s in first)
     assert stored_row(ts, token)["last_used_at"] == format_time(START)
 
     clock.advance(seconds=59, milliseconds=999)
-    again = statements_during(ts, lambda: ts.tokens.authenticate(secret))
+    again = _db.statements_during(ts, lambda: ts.tokens.authenticate(secret))
     assert len(again) == 1 and again[0].startswith("SELECT")
     assert stored_row(ts, token)["last_used_at"] == format_time(START)
 
@@ -381,7 +362,7 @@ def test_malformed_secrets_are_refused_with_at_most_one_read(ts: Store, garbage:
         with pytest.raises(InvalidToken, match=r"malformed|missing"):
             ts.tokens.authenticate(garbage)
 
-    ran = statements_during(ts, attempt)
+    ran = _db.statements_during(ts, attempt)
     assert len(ran) <= 1 and all(sql.startswith("SELECT") for sql in ran)
 
 
@@ -397,7 +378,7 @@ def test_a_changed_character_fails_the_checksum(ts: Store) -> None:
                 ts.tokens.authenticate(changed)
             assert changed not in str(caught.value) and secret[4:-6] not in str(caught.value)
 
-        ran = statements_during(ts, attempt)
+        ran = _db.statements_during(ts, attempt)
         assert len(ran) == 1 and ran[0].startswith("SELECT")
 
 
@@ -408,7 +389,7 @@ def test_a_well_formed_unknown_secret_costs_one_select(ts: Store) -> None:
         with pytest.raises(InvalidToken, match="not recognised"):
             ts.tokens.authenticate(generate_token())
 
-    seen = statements_during(ts, attempt)
+    seen = _db.statements_during(ts, attempt)
     assert len(seen) == 1 and seen[0].startswith("SELECT")
 
 
@@ -468,12 +449,12 @@ def test_saving_a_copy_read_before_the_revocation_does_not_undo_it(ts: Store) ->
 def test_the_file_itself_refuses_to_undo_a_revocation(ts: Store) -> None:
     token, _ = ts.tokens.create()
     ts.tokens.revoke(token)
-    conn = sqlite3.connect(ts.path)
+    raw = _db.Raw(ts)
     try:
-        with pytest.raises(sqlite3.IntegrityError, match="revocation is final"):
-            conn.execute("UPDATE tokenstore_api_token SET revoked_at = NULL")
+        with pytest.raises(raw.errors.IntegrityError, match="revocation is final"):
+            raw.execute("UPDATE tokenstore_api_token SET revoked_at = NULL")
     finally:
-        conn.close()
+        raw.close()
     assert stored_row(ts, token)["revoked_at"] is not None
 
 
@@ -511,14 +492,12 @@ def test_returned_scopes_are_the_callers_to_change(ts: Store) -> None:
 def test_a_row_changed_elsewhere_is_seen_on_the_next_call(ts: Store) -> None:
     token, secret = ts.tokens.create(scopes=["read"])
     ts.tokens.authenticate(secret, scope="read")
-    conn = sqlite3.connect(ts.path)
-    with conn:
-        conn.execute(
+    with _db.Raw(ts) as raw:
+        raw.execute(
             "UPDATE tokenstore_api_token SET scopes = '[\"write\"]', "
             "revoked_at = '2030-01-01T00:00:00.000Z' WHERE id = ?",
             (token.id.hex,),
         )
-    conn.close()
     with pytest.raises(RevokedToken):
         ts.tokens.authenticate(secret, scope="read")
 
@@ -623,6 +602,7 @@ def test_store_tokens_use_their_configured_header(ts: Store) -> None:
 # -- the secret goes nowhere -------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 def test_secret_is_absent_from_the_database_files_and_logs(
     ts: Store, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -65,6 +65,9 @@ _TOUCH = (
     f'UPDATE "{_TABLE}" SET "last_used_at" = ? '
     'WHERE "id" = ? AND ("last_used_at" IS NULL OR "last_used_at" <= ?)'
 )
+# Takes the owner's row lock (a no-op write, captured by nobody): on PostgreSQL two
+# creators for one owner then count one after the other; SQLite holds its write lock anyway.
+_LOCK_OWNER = 'UPDATE "tokenstore_user" SET "id" = "id" WHERE "id" = ?'
 _COUNT_LIVE = (
     f'SELECT count(*) FROM "{_TABLE}" WHERE "created_by_id" = ? AND "revoked_at" IS NULL '
     'AND ("expires" IS NULL OR "expires" >= ?)'
@@ -226,6 +229,7 @@ class Tokens:
         self._select_by_digest = db.sql(_SELECT_BY_DIGEST)
         self._touch_sql = db.sql(_TOUCH)
         self._count_live = db.sql(_COUNT_LIVE)
+        self._lock_owner = db.sql(_LOCK_OWNER)
 
     # -- issuing -----------------------------------------------------------------------
 
@@ -300,9 +304,9 @@ class Tokens:
         """Runs inside the insert's write transaction, so two creators cannot both squeeze in."""
         if self.max_tokens_per_user is None:
             return
-        (live,) = (
-            self.db.connection().execute(self._count_live, (owner.id, format_time(now))).fetchone()
-        )
+        conn = self.db.connection()
+        conn.execute(self._lock_owner, (owner.id,))
+        (live,) = conn.execute(self._count_live, (owner.id, format_time(now))).fetchone()
         if live >= self.max_tokens_per_user:
             raise ValidationError(
                 f"user {owner.username!r} already has {live} live API tokens, the most allowed "

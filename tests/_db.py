@@ -1,0 +1,148 @@
+"""Reaching a store's database the way another program would, on either backend.
+
+Tests look at what is committed, and edit rows behind tokenstore's back, with
+the plain driver: sqlite3 for a file, psycopg for a PostgreSQL URL.
+Statements are written with ``?`` placeholders and SQLite's spelling where the
+two differ only in placeholders.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tokenstore import Store
+
+Target = Store | Path | str
+
+
+def location(target: Target) -> str:
+    """The file path or the full URL (password included) of a store or fixture value."""
+    if isinstance(target, Store):
+        return target.db.url if target.path is None else str(target.path)
+    return str(target)
+
+
+def is_postgres(target: Target) -> bool:
+    return location(target).startswith("postgresql://")
+
+
+class Raw:
+    """A plain driver connection; like sqlite3's, ``with`` commits (or rolls back)."""
+
+    def __init__(self, target: Target) -> None:
+        self.postgres = is_postgres(target)
+        if self.postgres:
+            import psycopg
+
+            self.conn: Any = psycopg.connect(location(target))
+            #: The driver's exception classes (``raw.errors.IntegrityError``).
+            self.errors: Any = psycopg
+        else:
+            import sqlite3
+
+            self.conn = sqlite3.connect(location(target))
+            self.errors = sqlite3
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        if self.postgres:
+            sql = sql.replace("%", "%%").replace("?", "%s") if params else sql
+            return self.conn.execute(sql, params or None)
+        return self.conn.execute(sql, params)
+
+    def rows(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self.execute(sql, params).fetchall()]
+
+    def dicts(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        cursor = self.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Raw:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+
+def rows(target: Target, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    """What a fresh connection reads: only committed rows."""
+    raw = Raw(target)
+    try:
+        return raw.rows(sql, params)
+    finally:
+        raw.close()
+
+
+def edit(target: Target, *statements: str) -> None:
+    """Run statements and commit, in another process, as a person in a shell might."""
+    script = (
+        "import sys\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "import _db\n"
+        "with _db.Raw(sys.argv[1]) as raw:\n"
+        "    for statement in sys.argv[3:]:\n"
+        "        raw.execute(statement)\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script, location(target), str(Path(__file__).parent), *statements],
+        check=True,
+        timeout=30,
+    )
+
+
+def statements_during(store: Store, action: Callable[[], Any]) -> list[str]:
+    """The SQL this thread's connection runs while ``action()`` runs."""
+    seen: list[str] = []
+    conn = store.db.connection()
+    if store.path is not None:
+        conn.set_trace_callback(seen.append)
+        try:
+            action()
+        finally:
+            conn.set_trace_callback(None)
+        return seen
+    cursor = conn.cursor  # psycopg's Connection.execute makes its cursor with it too
+
+    class Traced:
+        def __init__(self, made: Any) -> None:
+            self.made = made
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.made, name)
+
+        def __iter__(self) -> Any:
+            return iter(self.made)
+
+        def execute(self, sql: Any, *args: Any, **kwargs: Any) -> Any:
+            seen.append(str(sql))
+            self.made.execute(sql, *args, **kwargs)
+            return self
+
+    conn.cursor = lambda *args, **kwargs: Traced(cursor(*args, **kwargs))
+    try:
+        action()
+    finally:
+        del conn.cursor
+    return seen
