@@ -146,3 +146,13 @@ def statements_during(store: Store, action: Callable[[], Any]) -> list[str]:
     finally:
         del conn.cursor
     return seen
+
+
+def in_transaction(store: Store) -> bool:
+    """Whether this thread's connection has a transaction open (not peewee's own count)."""
+    conn = store.db.connection()
+    if store.path is not None:
+        return bool(conn.in_transaction)
+    import psycopg
+
+    return bool(conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)

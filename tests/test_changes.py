@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import _db
 import peewee
 import pytest
 from _writer import Memo
@@ -67,22 +68,13 @@ def memos(store: Store) -> Store:
 
 def events_left(path: Path) -> list[tuple[Any, ...]]:
     """The event table as another connection sees it: what is committed."""
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(
-            f"SELECT id, table_name, op, claimed_by FROM {EVENT_TABLE} ORDER BY id"
-        ).fetchall()
-    finally:
-        conn.close()
+    return _db.rows(path, f"SELECT id, table_name, op, claimed_by FROM {EVENT_TABLE} ORDER BY id")
 
 
 def committed_names(path: Path) -> list[str]:
-    conn = sqlite3.connect(path)
-    try:
-        rows = conn.execute(f"SELECT name FROM {Memo._meta.table_name} ORDER BY n, name")
-        return [name for (name,) in rows]
-    finally:
-        conn.close()
+    return [
+        name for (name,) in _db.rows(path, "SELECT name FROM test_changes_memo ORDER BY n, name")
+    ]
 
 
 def memo_events(calls: Calls) -> list[tuple[str, str | None]]:
@@ -380,7 +372,7 @@ def test_a_cte_read_that_looks_like_a_write_still_returns_its_rows(memos: Store)
         "test_changes_memo) FROM t"
     )
     assert cursor.fetchall() == [("update", 1)]
-    assert not memos.db.connection().in_transaction
+    assert not _db.in_transaction(memos)
 
 
 def test_a_peewee_cte_update_dispatches(memos: Store, listen: Listen, db_path: Path) -> None:
@@ -407,6 +399,7 @@ def test_a_lone_write_with_returning_commits_and_dispatches(
     assert events_left(db_path) == []
 
 
+@pytest.mark.sqlite_only
 def test_a_read_outside_a_transaction_takes_no_write_lock(memos: Store, db_path: Path) -> None:
     """Reads (CTE reads too) must not queue behind another process's write transaction."""
     Memo(name="read me").save()
@@ -433,14 +426,11 @@ def test_an_edit_in_the_sqlite3_module_of_another_process_is_dispatched(
     saved = listen(signals.post_save, Memo)
     deleted = listen(signals.post_delete, Memo)
     assert memos.dispatch() == 0  # with receivers connected, this registers as a listener
-    edit = (
-        "import sqlite3, sys\n"
-        "conn = sqlite3.connect(sys.argv[1])\n"
-        "conn.execute(\"UPDATE test_changes_memo SET name = 'edited' WHERE n = 1\")\n"
-        "conn.execute('DELETE FROM test_changes_memo WHERE n = 2')\n"
-        "conn.commit()\n"
+    _db.edit(
+        db_path,
+        "UPDATE test_changes_memo SET name = 'edited' WHERE n = 1",
+        "DELETE FROM test_changes_memo WHERE n = 2",
     )
-    subprocess.run([sys.executable, "-c", edit, str(db_path)], check=True, timeout=30)
     assert [op for _, _, op, _ in events_left(db_path)] == ["UPDATE", "DELETE"]
     assert saved == [] and deleted == []
     assert memos.dispatch() == 2
@@ -460,19 +450,12 @@ def test_an_edit_in_the_sqlite3_module_of_another_process_is_dispatched(
 
 
 def listeners(path: Path) -> list[str]:
-    conn = sqlite3.connect(path)
-    try:
-        return [c for (c,) in conn.execute("SELECT claimant FROM tokenstore_listener")]
-    finally:
-        conn.close()
+    return [c for (c,) in _db.rows(path, "SELECT claimant FROM tokenstore_listener")]
 
 
 def shell_edit(path: Path, sql: str) -> None:
-    """Run SQL from another process with the plain sqlite3 module, as a person might."""
-    edit = (
-        f"import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute({sql!r})\nc.commit()\n"
-    )
-    subprocess.run([sys.executable, "-c", edit, str(path)], check=True, timeout=30)
+    """Run SQL from another process with the plain driver, as a person in a shell might."""
+    _db.edit(path, sql)
 
 
 def test_with_nobody_listening_writes_record_no_events(memos: Store, db_path: Path) -> None:
@@ -496,14 +479,22 @@ def test_a_store_with_receivers_registers_and_close_unregisters(
     assert listeners(db_path) == []
 
 
+def open_barrier(folder: Path) -> str:
+    """A barrier for tests/_writer.py that is already open: the writer starts at once."""
+    barrier = folder / "go"
+    barrier.touch()
+    return str(barrier)
+
+
 def test_a_listener_elsewhere_gets_the_writes_of_a_process_that_does_not_listen(
-    memos: Store, listen: Listen, db_path: Path
+    memos: Store, listen: Listen, db_path: Path, tmp_path: Path
 ) -> None:
     """A writer with no receivers leaves its events for the process that listens."""
     saved = listen(signals.post_save, Memo)
     memos.dispatch()  # registers this process as a listener
     result = subprocess.run(
-        [sys.executable, WRITER, "write", str(db_path), os.devnull, "3", str(db_path), "quiet"],
+        [sys.executable, WRITER, "write", str(db_path), os.devnull, "3", open_barrier(tmp_path)]
+        + ["quiet"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -516,14 +507,15 @@ def test_a_listener_elsewhere_gets_the_writes_of_a_process_that_does_not_listen(
 
 
 def test_a_writer_with_a_hook_but_no_receivers_leaves_the_events_to_listeners(
-    memos: Store, listen: Listen, db_path: Path
+    memos: Store, listen: Listen, db_path: Path, tmp_path: Path
 ) -> None:
     """The writer makes the webhook deliveries; the listener still hears every change."""
     memos.webhooks.create("memos", Memo, "http://127.0.0.1:9/never-answers")
     saved = listen(signals.post_save, Memo)
     memos.dispatch()  # registers this process as a listener
     result = subprocess.run(
-        [sys.executable, WRITER, "write", str(db_path), os.devnull, "3", str(db_path), "quiet"],
+        [sys.executable, WRITER, "write", str(db_path), os.devnull, "3", open_barrier(tmp_path)]
+        + ["quiet"],
         capture_output=True,
         text=True,
         timeout=60,

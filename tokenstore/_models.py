@@ -37,26 +37,29 @@ _INSERT_SQL: dict[tuple[type[peewee.Model], tuple[str, ...], str], str] = {}
 ABID_COLLISION_RETRIES = 5
 
 
-def insert_with_fresh_ids(
-    table: str, insert: Callable[[], None], renew: Callable[[], None] | None
-) -> None:
-    """Run ``insert``; if it collides on the table's unique ABID, ``renew`` the id and retry.
+#: Ends every INSERT of an ABID record: a taken ABID inserts nothing instead of failing,
+#: so the transaction stays usable (PostgreSQL aborts a transaction on any error).
+ON_ABID_CONFLICT = ' ON CONFLICT ("abid") DO NOTHING'
 
-    An ABID keeps 30 random bits, and a bulk change writes many records of one
-    kind in the same millisecond, so among thousands a collision is likely; it
-    must not fail the write. Without ``renew`` (the caller chose the id) a
-    collision is the caller's error and is raised.
+
+def insert_with_fresh_ids(
+    table: str, insert: Callable[[], int], renew: Callable[[], None] | None
+) -> None:
+    """Run ``insert``; if its ABID is taken, ``renew`` the id and retry.
+
+    ``insert`` runs an INSERT ending in ``ON_ABID_CONFLICT`` and returns its
+    row count: 0 means the ABID was taken. An ABID keeps 30 random bits, and
+    a bulk change writes many records of one kind in the same millisecond, so
+    among thousands a collision is likely; it must not fail the write.
+    Without ``renew`` (the caller chose the id) a collision is the caller's
+    error and is raised.
     """
     for attempt in range(ABID_COLLISION_RETRIES + 1):
-        try:
-            insert()
+        if insert():
             return
-        except peewee.IntegrityError as exc:
-            # SQLite names the column (table.abid), PostgreSQL the unique index (table_abid).
-            collided = f"{table}.abid" in str(exc) or f'"{table}_abid"' in str(exc)
-            if renew is None or not collided or attempt == ABID_COLLISION_RETRIES:
-                raise
-            renew()
+        if renew is None or attempt == ABID_COLLISION_RETRIES:
+            raise peewee.IntegrityError(f"{table}.abid: this ABID is taken by another record")
+        renew()
 
 
 class BaseModel(peewee.Model):
@@ -235,8 +238,10 @@ class ABIDModel(BaseModel):
         self._stored = dict(self.__data__)
         return 1
 
-    def _insert_row(self) -> None:
+    def _insert_row(self) -> int:
         """INSERT the instance's values with a statement built once per model and column set.
+
+        Returns the row count: 0 when the ABID was taken (see ``insert_with_fresh_ids``).
 
         It is what ``Model.save(force_insert=True)`` sends (the columns the
         instance holds), without building the same SQL again on every save.
@@ -251,10 +256,15 @@ class ABIDModel(BaseModel):
         if sql is None:
             columns = ", ".join(quote_name(fields[name].column_name) for name in names)
             marks = ", ".join([database.param] * len(names))
-            sql = f"INSERT INTO {quote_name(cls._meta.table_name)} ({columns}) VALUES ({marks})"
+            sql = (
+                f"INSERT INTO {quote_name(cls._meta.table_name)} ({columns}) VALUES ({marks})"
+                + ON_ABID_CONFLICT
+            )
             _INSERT_SQL[key] = sql
-        database.execute_sql(sql, [fields[name].db_value(data[name]) for name in names])
-        _compat.mark_clean(self)
+        cursor = database.execute_sql(sql, [fields[name].db_value(data[name]) for name in names])
+        if cursor.rowcount:
+            _compat.mark_clean(self)
+        return int(cursor.rowcount)
 
     def _refuse_drift(self) -> None:
         """Raise if this update would change a part of the stored ABID."""

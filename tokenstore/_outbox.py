@@ -24,7 +24,7 @@ from ._backend import Backend
 from ._capture import ChangeEvent, model_ref
 from ._compat import peewee_errors
 from ._dispatch import Connection
-from ._models import OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
+from ._models import ON_ABID_CONFLICT, OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
 from ._payload import PayloadBuilder, dumps
 from ._policy import KIND_BY_OP, RetryPolicy, parse_retry_after, signal_matches
 from ._registry import Registry
@@ -49,7 +49,7 @@ _INSERT_DELIVERY = (
     f'INSERT INTO "{_DELIVERY_TABLE}" ("id", "abid", "created_by_id", "created_at", '
     '"modified_at", "hook_id", "event_id", "event_type", "payload", "next_attempt_at", '
     '"status", "attempts", "last_error") '
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, '')"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, '')" + ON_ABID_CONFLICT
 )
 _RECORD_DELIVERY = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "status" = ?, "attempts" = ?, "next_attempt_at" = ?, '
@@ -226,22 +226,24 @@ class Outbox:
         """
         created, next_attempt = stamps
 
-        def insert() -> None:
+        def insert() -> int:
             with peewee_errors:
-                conn.execute(
-                    self._insert_delivery,
-                    (
-                        delivery.id.hex,
-                        delivery.abid,
-                        delivery.created_by_id,
-                        created,
-                        created,
-                        delivery.hook_id.hex,
-                        delivery.event_id,
-                        delivery.event_type,
-                        delivery.payload,
-                        next_attempt,
-                    ),
+                return int(
+                    conn.execute(
+                        self._insert_delivery,
+                        (
+                            delivery.id.hex,
+                            delivery.abid,
+                            delivery.created_by_id,
+                            created,
+                            created,
+                            delivery.hook_id.hex,
+                            delivery.event_id,
+                            delivery.event_type,
+                            delivery.payload,
+                            next_attempt,
+                        ),
+                    ).rowcount
                 )
 
         def renew() -> None:

@@ -295,7 +295,7 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         creates the tables; the others then find them there.
         """
         with self.write(quiet=True) as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            self._lock_schema(conn)
             version = self.schema_version()
             if version > SCHEMA_VERSION:
                 raise StoreError(_newer(redacted_url(self.url), version))
@@ -312,14 +312,29 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
                 (SYSTEM_USERNAME, format_time(utcnow())),
             )
 
+    def _lock_schema(self, conn: psycopg.Connection[Any]) -> None:
+        """Wait for other processes changing tables or triggers, until this transaction ends.
+
+        Concurrent DDL on the same objects deadlocks or collides in the catalogs
+        (several processes registering one model at once); under the lock it queues.
+        """
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+
+    def create_tables(self, models: Any, **options: Any) -> None:
+        with self.atomic():
+            self._lock_schema(self.connection())
+            super().create_tables(models, **options)
+
     def install_capture(self, spec: CaptureSpec) -> None:
         """(Re)create a table's capture triggers so they match its model's current fields."""
-        conn = self.connection()
-        for suffix in ("insert", "update", "delete"):
-            trigger = quote_name(f"{spec.table}_capture_{suffix}")
-            conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {quote_name(spec.table)}")
-        for statement in capture_triggers(spec):
-            conn.execute(statement)
+        with self.atomic():
+            conn = self.connection()
+            self._lock_schema(conn)
+            for suffix in ("insert", "update", "delete"):
+                trigger = quote_name(f"{spec.table}_capture_{suffix}")
+                conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {quote_name(spec.table)}")
+            for statement in capture_triggers(spec):
+                conn.execute(statement)
 
     @staticmethod
     def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
