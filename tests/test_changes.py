@@ -479,11 +479,11 @@ def test_a_store_with_receivers_registers_and_close_unregisters(
     assert listeners(db_path) == []
 
 
-def open_barrier(folder: Path) -> str:
-    """A barrier for tests/_writer.py that is already open: the writer starts at once."""
+def quiet_at(folder: Path) -> list[str]:
+    """The rest of a quiet writer's arguments: a barrier already open, so it starts at once."""
     barrier = folder / "go"
     barrier.touch()
-    return str(barrier)
+    return [str(barrier), "quiet"]
 
 
 def test_a_listener_elsewhere_gets_the_writes_of_a_process_that_does_not_listen(
@@ -493,8 +493,7 @@ def test_a_listener_elsewhere_gets_the_writes_of_a_process_that_does_not_listen(
     saved = listen(signals.post_save, Memo)
     memos.dispatch()  # registers this process as a listener
     result = subprocess.run(
-        [sys.executable, WRITER, "write", str(db_path), os.devnull, "3", open_barrier(tmp_path)]
-        + ["quiet"],
+        [sys.executable, WRITER, "write", str(db_path), os.devnull, "3", *quiet_at(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -514,8 +513,7 @@ def test_a_writer_with_a_hook_but_no_receivers_leaves_the_events_to_listeners(
     saved = listen(signals.post_save, Memo)
     memos.dispatch()  # registers this process as a listener
     result = subprocess.run(
-        [sys.executable, WRITER, "write", str(db_path), os.devnull, "3", open_barrier(tmp_path)]
-        + ["quiet"],
+        [sys.executable, WRITER, "write", str(db_path), os.devnull, "3", *quiet_at(tmp_path)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -5,17 +5,21 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import ClassVar
 
+import _db
 import peewee
 import pytest
 
 import tokenstore
 from tokenstore import ABIDDriftError, ABIDModel, Store, StoreError, ValidationError
+from tokenstore import _postgres as postgres
 from tokenstore._capture import CaptureSpec
 from tokenstore._models import OWN_MODELS, APIToken, OutboundWebhook, User
 from tokenstore._sqlite import SCHEMA_VERSION, capture_triggers, schema_sql
@@ -65,6 +69,7 @@ def pragma(path: Path, name: str) -> object:
         conn.close()
 
 
+@pytest.mark.sqlite_only
 def test_new_file_is_private_wal_and_versioned(store: Store, db_path: Path) -> None:
     assert stat.S_IMODE(os.stat(db_path).st_mode) == 0o600
     assert pragma(db_path, "journal_mode") == "wal"
@@ -89,6 +94,7 @@ def test_reopening_keeps_records_and_the_system_user(db_path: Path) -> None:
         assert User.select().where(User.username == "system").count() == 1
 
 
+@pytest.mark.sqlite_only
 def test_newer_schema_version_is_refused_and_file_left_alone(db_path: Path) -> None:
     tokenstore.open(db_path).close()
     conn = sqlite3.connect(db_path)
@@ -98,6 +104,41 @@ def test_newer_schema_version_is_refused_and_file_left_alone(db_path: Path) -> N
     with pytest.raises(StoreError, match=r"schema version 2, newer than .* \(1\)"):
         tokenstore.open(db_path)
     assert db_path.read_bytes() == before
+
+
+def test_a_newer_postgres_schema_is_refused_and_left_alone(pg_url: str) -> None:
+    tokenstore.open(pg_url).close()
+    with _db.Raw(pg_url) as raw:
+        raw.execute(
+            "INSERT INTO tokenstore_schema_version (version, applied_at) VALUES (?, ?)",
+            (SCHEMA_VERSION + 1, "2030-01-01T00:00:00.000Z"),
+        )
+    with pytest.raises(StoreError, match=r"schema version 2, newer than .* \(1\)"):
+        tokenstore.open(pg_url)
+    assert _db.rows(pg_url, "SELECT version FROM tokenstore_schema_version ORDER BY 1") == [
+        (1,),
+        (2,),
+    ]
+
+
+def test_concurrent_first_opens_create_the_schema_once(pg_url: str) -> None:
+    """Processes opening an empty database at once queue on the advisory lock."""
+    script = "import sys, tokenstore; tokenstore.open(sys.argv[1]).close()"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, pg_url], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    errors = [proc.communicate(timeout=60)[1].decode() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4, errors
+    assert _db.rows(pg_url, "SELECT version FROM tokenstore_schema_version") == [(1,)]
+    assert _db.rows(pg_url, "SELECT count(*) FROM tokenstore_user") == [(1,)]
+
+
+def test_a_postgres_url_that_does_not_answer_is_a_clear_error(pg_url: str) -> None:
+    wrong = pg_url.replace("app-password", "wrong-password")
+    with pytest.raises(StoreError, match="cannot connect to postgresql://app:\\*\\*\\*@") as caught:
+        tokenstore.open(wrong)
+    assert "wrong-password" not in str(caught.value)
 
 
 def test_a_file_that_is_not_sqlite_is_refused_unchanged(tmp_path: Path) -> None:
@@ -119,6 +160,7 @@ def test_memory_databases_and_short_busy_timeouts_are_refused(tmp_path: Path) ->
 
 def test_schema_sql_at_the_top_is_the_one_the_package_applies() -> None:
     assert (ROOT / "schema.sql").read_text() == schema_sql()
+    assert (ROOT / "schema-postgres.sql").read_text() == postgres.schema_sql()
 
 
 def _table_shape(conn: sqlite3.Connection, table: str) -> tuple[object, ...]:
@@ -139,6 +181,7 @@ def _table_shape(conn: sqlite3.Connection, table: str) -> tuple[object, ...]:
     return columns, frozenset(indexes), frozenset(fks)
 
 
+@pytest.mark.sqlite_only
 def test_models_agree_with_schema_sql(store: Store, tmp_path: Path) -> None:
     """peewee's idea of each table must match what schema.sql created, column for column."""
     from_models = peewee.SqliteDatabase(str(tmp_path / "models.sqlite3"))
@@ -157,6 +200,87 @@ def test_models_agree_with_schema_sql(store: Store, tmp_path: Path) -> None:
     from_models.close()
 
 
+def _pg_table_shape(raw: _db.Raw, table: str) -> tuple[object, ...]:
+    """The same shape as ``_table_shape``, read from PostgreSQL's catalogs, in SQLite's words."""
+    pk = {
+        name
+        for (name,) in raw.rows(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+            "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = ?::regclass AND i.indisprimary",
+            (table,),
+        )
+    }
+    words = {"boolean": "INTEGER", "bigint": "INTEGER", "character varying": "VARCHAR"}
+    columns = tuple(
+        (
+            name,
+            words.get(kind, kind.upper()) + (f"({length})" if length else ""),
+            nullable == "NO" and name not in pk,
+            name in pk,
+        )
+        for name, kind, length, nullable in raw.rows(
+            "SELECT column_name, data_type, character_maximum_length, is_nullable "
+            "FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+            (table,),
+        )
+    )
+    indexes = {
+        (tuple(cols), unique)
+        for cols, unique in raw.rows(
+            "SELECT array(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY AS k(n, o) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o), "
+            "i.indisunique FROM pg_index i WHERE i.indrelid = ?::regclass AND NOT i.indisprimary",
+            (table,),
+        )
+    }
+    fks = {
+        (column, ref_table, ref_column, action)
+        for column, ref_table, ref_column, action in raw.rows(
+            "SELECT k.column_name, c.table_name, c.column_name, r.delete_rule "
+            "FROM information_schema.referential_constraints r "
+            "JOIN information_schema.key_column_usage k ON k.constraint_name = r.constraint_name "
+            "JOIN information_schema.constraint_column_usage c "
+            "ON c.constraint_name = r.unique_constraint_name WHERE k.table_name = ?",
+            (table,),
+        )
+    }
+    return columns, frozenset(indexes), frozenset(fks)
+
+
+def test_both_schemas_have_the_same_tables_columns_indexes_and_keys(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """schema-postgres.sql says what schema.sql says; SQLite's INTEGER PRIMARY KEY is NOT NULL."""
+    tokenstore.open(tmp_path / "s.sqlite3").close()
+    tokenstore.open(pg_url).close()
+    lite = sqlite3.connect(tmp_path / "s.sqlite3")
+    raw = _db.Raw(pg_url)
+    try:
+        tables = {"tokenstore_change_event", "tokenstore_listener"}
+        tables |= {model._meta.table_name for model in OWN_MODELS}
+        for table in sorted(tables):
+            columns, indexes, fks = _table_shape(lite, table)
+            columns = tuple(
+                (name, kind, notnull and not pk, pk) for name, kind, notnull, pk in columns
+            )
+            assert (columns, indexes, fks) == _pg_table_shape(raw, table), table
+        views = "SELECT table_name FROM information_schema.views WHERE table_schema = 'public'"
+        assert raw.rows(views) == [("tokenstore_delivery_log",)]
+        pg_tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        assert {t for (t,) in raw.rows(pg_tables)} == tables | {"tokenstore_schema_version"}
+    finally:
+        raw.close()
+        lite.close()
+
+
+def test_schema_postgres_sql_holds_the_generated_capture() -> None:
+    script = " ".join(postgres.schema_sql().split())
+    for model in (User, APIToken, OutboundWebhook):
+        for statement in postgres.capture_triggers(CaptureSpec.of(model)):
+            assert " ".join(statement.split()) + ";" in script
+
+
+@pytest.mark.sqlite_only
 def test_schema_sql_triggers_are_the_generated_ones(store: Store) -> None:
     conn = store.db.connection()
     stored = {
@@ -267,9 +391,7 @@ def test_times_are_stored_as_fixed_width_utc_text(app_store: Store, db_path: Pat
     note = Note.create(
         title="t", created_at=datetime(2024, 10, 24, 14, 0, 0, 123456, tzinfo=timedelta_tz(2))
     )
-    conn = sqlite3.connect(db_path)
-    (stored,) = conn.execute("SELECT created_at FROM note WHERE abid = ?", (note.abid,)).fetchone()
-    conn.close()
+    [(stored,)] = _db.rows(db_path, "SELECT created_at FROM note WHERE abid = ?", (note.abid,))
     assert stored == "2024-10-24T12:00:00.123Z"
 
 

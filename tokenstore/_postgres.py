@@ -282,8 +282,14 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
     def schema_version(self) -> int:
         """The database's schema version; 0 for a database tokenstore has not set up."""
         conn = self.connection()
-        row = conn.execute("SELECT to_regclass(%s)", (VERSION_TABLE,)).fetchone()
-        if row is None or row[0] is None:
+        # A plain query of the catalog sees what committed before it started (to_regclass
+        # may answer from a catalog cache older than the advisory lock just taken).
+        row = conn.execute(
+            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "
+            "AND tablename = %s",
+            (VERSION_TABLE,),
+        ).fetchone()
+        if row is None:
             return 0
         (version,) = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone() or (0,)
         return int(version or 0)
@@ -382,6 +388,6 @@ def open_database(url: str, hooks: CommitHooks) -> PostgresDatabase:
         raise StoreError(f"cannot connect to {redacted_url(url)}: {detail}") from None
     except driver.Error as exc:
         raise StoreError(f"cannot connect to {redacted_url(url)}: {exc}") from None
-    if db.schema_version() < SCHEMA_VERSION or db.schema_version() > SCHEMA_VERSION:
+    if db.schema_version() != SCHEMA_VERSION:
         db.apply_schema()
     return db
