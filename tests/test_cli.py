@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import _db
 import pytest
 import requests
 
@@ -70,10 +71,7 @@ def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
 def test_init_creates_the_file_and_reports_the_schema(db_path: Path) -> None:
     shown = as_json(db_path, "init")
     assert shown["schema_version"] == 1
-    assert db_path.exists()
-    conn = sqlite3.connect(db_path)
-    assert conn.execute("SELECT username FROM tokenstore_user").fetchall() == [("system",)]
-    conn.close()
+    assert _db.rows(db_path, "SELECT username FROM tokenstore_user") == [("system",)]
 
 
 def test_db_option_wins_over_the_environment(tmp_path: Path) -> None:
@@ -196,13 +194,11 @@ def test_dispatch_fires_events_written_by_the_sqlite3_module(
     url, received = receiver
     allow = ("--allow", "127.0.0.1/32")
     as_json(db_path, *allow, "webhooks", "add", "users", "tokenstore.User", url)
-    conn = sqlite3.connect(db_path)
-    conn.execute(
+    _db.edit(
+        db_path,
         "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
-        "VALUES ('shell', 0, '2024-01-01T00:00:00.000Z')"
+        "VALUES ('shell', FALSE, '2024-01-01T00:00:00.000Z')",
     )
-    conn.commit()
-    conn.close()
     assert received == []
     done = as_json(db_path, *allow, "dispatch")
     assert done["events"] == 1
@@ -295,14 +291,12 @@ def test_app_models_are_registered_with_app_and_their_changes_delivered(
     assert json.loads(run("webhooks", "disable", "bookmarks").stdout)["enabled"] is False
     assert json.loads(run("webhooks", "enable", "bookmarks").stdout)["enabled"] is True
     run("webhooks", "rotate-secret", "bookmarks")
-    conn = sqlite3.connect(db_path)
-    conn.execute(
+    _db.edit(
+        db_path,
         "INSERT INTO bookmark (id, abid, created_by_id, created_at, modified_at, url) VALUES "
         "('0192c63e6a1b7d459c1e3f2a7b8c9d0e', 'bkm_01JAZ6BQG09063B8A6AEXRS78E', 1, "
-        "'2024-10-24T12:00:00.000Z', '2024-10-24T12:00:00.000Z', 'https://example.com/')"
+        "'2024-10-24T12:00:00.000Z', '2024-10-24T12:00:00.000Z', 'https://example.com/')",
     )
-    conn.commit()
-    conn.close()
     assert received == []
     run(*app, "dispatch")
     (payload,) = [json.loads(body) for _, body in received]
@@ -326,13 +320,11 @@ def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
         env=env,
     )
     try:
-        conn = sqlite3.connect(db_path)
-        conn.execute(
+        _db.edit(
+            db_path,
             "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
-            "VALUES ('watched', 0, '2024-01-01T00:00:00.000Z')"
+            "VALUES ('watched', FALSE, '2024-01-01T00:00:00.000Z')",
         )
-        conn.commit()
-        conn.close()
         deadline = time.monotonic() + 20
         while not received and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -12,7 +12,6 @@ import contextlib
 import json
 import signal
 import socket
-import sqlite3
 import struct
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import _db
 import peewee
 import pytest
 from blinker import Signal
@@ -660,7 +660,7 @@ def test_a_header_the_wire_cannot_carry_is_a_recorded_failure(
 ) -> None:
     """A hook edited in the sqlite3 shell may hold what validation would refuse."""
     hook = store.webhooks.create("notes", Note, receiver.url())
-    with sqlite3.connect(store.path) as conn:
+    with _db.Raw(store) as conn:
         conn.execute(
             "UPDATE tokenstore_outbound_webhook SET headers = ? WHERE id = ?",
             (json.dumps({"X-Mood": "\u2615"}), hook.id.hex),
@@ -678,7 +678,7 @@ def test_a_refused_secret_header_value_is_not_copied_into_the_error(
     store: Store, receiver: Receiver
 ) -> None:
     hook = store.webhooks.create("notes", Note, receiver.url())
-    with sqlite3.connect(store.path) as conn:  # values validation would refuse
+    with _db.Raw(store) as conn:  # values validation would refuse
         conn.execute(
             "UPDATE tokenstore_outbound_webhook SET auth_token = ?, headers = ? WHERE id = ?",
             ("Bearer sk-live-SECRET\n", json.dumps({"X-Key": "key-\u2615-SECRET"}), hook.id.hex),
@@ -774,7 +774,7 @@ def test_deliver_due_reads_the_clock_again_for_each_delivery(
     held_while_sending: list[bool] = []
 
     def slow_ok(handler: BaseHTTPRequestHandler) -> None:
-        with sqlite3.connect(store.path) as conn:
+        with _db.Raw(store) as conn:
             (hold,) = conn.execute(
                 "SELECT next_attempt_at FROM tokenstore_webhook_delivery WHERE abid = ?",
                 (handler.headers["webhook-id"],),
@@ -952,7 +952,7 @@ def test_a_row_edited_into_nonsense_does_not_block_later_writes(
     """Webhook work runs inside every commit; one bad captured row must not fail them all."""
     store.webhooks.create("notes", Note, receiver.url())
     note = Note.create(text="fine")
-    with sqlite3.connect(store.path) as conn:  # someone in the sqlite3 shell
+    with _db.Raw(store) as conn:  # someone in the sqlite3 shell
         conn.execute(
             "UPDATE note SET created_at = 'yesterday-ish', text = 'edited' WHERE id = ?",
             (note.id.hex,),
@@ -1053,7 +1053,7 @@ def test_a_hostname_resolving_to_loopback_is_blocked_when_sending(
 
 def _point_at(store: Store, hook: OutboundWebhook, endpoint: str) -> None:
     """Change an endpoint behind validation's back, as the sqlite3 shell could."""
-    with sqlite3.connect(store.path) as conn:
+    with _db.Raw(store) as conn:
         conn.execute(
             "UPDATE tokenstore_outbound_webhook SET endpoint = ? WHERE id = ?",
             (endpoint, hook.id.hex),
@@ -1097,7 +1097,7 @@ def test_a_shell_edit_made_while_the_store_was_closed_is_sent(
     s.webhooks.create("notes", Note, receiver.url())
     note = Note.create(text="before")
     s.close()
-    with sqlite3.connect(db_path) as conn:
+    with _db.Raw(db_path) as conn:
         conn.execute("UPDATE note SET text = 'from the shell' WHERE id = ?", (note.id.hex,))
     conn.close()
     s = open_store(db_path, clock)
