@@ -28,6 +28,7 @@ from ._errors import (
     ValidationError,
     WebhookVerificationError,
 )
+from ._migrate import migrate
 from ._models import ABIDModel, APIToken, OutboundWebhook, User, WebhookDelivery
 from ._options import Options
 from ._receiver import make_receiver
@@ -71,6 +72,7 @@ __all__ = [
     "abid_from_values",
     "looks_like_token",
     "make_receiver",
+    "migrate",
     "open",
     "signals",
     "token_from_request",

@@ -23,6 +23,7 @@ import peewee
 
 from ._abid import ABID, abid_from_values
 from ._errors import AuthenticationError, TokenstoreError, ValidationError
+from ._migrate import migrate
 from ._models import APIToken, OutboundWebhook, User, WebhookDelivery
 from ._store import SCHEMA_VERSION, Store
 from ._store import open as open_store
@@ -431,6 +432,12 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
+    copied = migrate(args.source, args.dest, force=args.force)
+    out.record(dict(copied))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     from ._demo import run_demo
 
@@ -594,6 +601,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
     p.add_argument("--secret", required=True, help="the hook's whsec_... signing secret")
+
+    p = add(
+        commands,
+        "migrate",
+        cmd_migrate,
+        "copy users, tokens, hooks and deliveries to another store (tokenstore.migrate); "
+        "give PostgreSQL passwords by PGPASSWORD or ~/.pgpass, not on the command line",
+    )
+    p.add_argument("source", help="the store file or postgresql:// URL to copy from")
+    p.add_argument("dest", help="the store file or postgresql:// URL to copy to")
+    p.add_argument("--force", action="store_true", help="replace what the destination holds")
 
     p = add(commands, "demo", cmd_demo, "run the whole story on a throwaway file")
     p.add_argument("--dir", help="where to put the demo's file (default: a new temporary folder)")

@@ -346,6 +346,14 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
     def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
         return claim_statements(tables)
 
+    def sync_identity(self, table: str, column: str) -> None:
+        """Let generated ids continue after the largest one, once rows came with their own."""
+        self.connection().execute(
+            f"SELECT setval(pg_get_serial_sequence(%s, %s), "
+            f"coalesce((SELECT max({quote_name(column)}) FROM {quote_name(table)}), 0) + 1, false)",
+            (quote_name(table), column),
+        )
+
     def wait_for_changes(self, timeout: float) -> bool:
         """Whether another connection committed captured changes since the last call.
 

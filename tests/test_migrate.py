@@ -1,0 +1,125 @@
+"""Moving a store between SQLite and PostgreSQL: everything kept, ids and secrets included."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import _db
+import pytest
+
+import tokenstore
+from tokenstore import StoreError
+
+LOOPBACK = ["127.0.0.1/32"]
+TABLES = (
+    "tokenstore_user",
+    "tokenstore_api_token",
+    "tokenstore_outbound_webhook",
+    "tokenstore_webhook_delivery",
+)
+
+
+def fill(location: Path | str) -> dict[str, Any]:
+    """A store with a user, a live and a revoked token, a hook and a failed delivery."""
+    with tokenstore.open(location, webhook_allow=LOOPBACK, connect_timeout=1) as store:
+        alice = store.users.create("alice")
+        token, secret = store.tokens.create(alice, name="ci", scopes=["read"])
+        revoked, _ = store.tokens.create(alice, name="old")
+        store.tokens.revoke(revoked)
+        hook = store.webhooks.create("users", tokenstore.User, "http://127.0.0.1:9/never")
+        store.users.create("bob")  # its delivery fails: nothing listens on port 9
+        [delivery] = store.webhooks.deliveries(hook)
+        assert delivery.status == "failed"
+        return {
+            "secret": secret,
+            "token": token.abid,
+            "hook_secret": hook.secret,
+            "delivery": (delivery.abid, delivery.status, delivery.next_attempt_at),
+        }
+
+
+def snapshot(location: Path | str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every copied table, booleans as 0/1."""
+    raw = _db.Raw(location)
+    try:
+        return {
+            table: [
+                tuple(int(v) if isinstance(v, bool) else v for v in row)
+                for row in raw.rows(f"SELECT * FROM {table} ORDER BY 1")
+            ]
+            for table in TABLES
+        }
+    finally:
+        raw.close()
+
+
+def test_a_store_moves_to_postgres_and_back_unchanged(tmp_path: Path, pg_url: str) -> None:
+    source = tmp_path / "source.sqlite3"
+    made = fill(source)
+    before = snapshot(source)
+
+    copied = tokenstore.migrate(source, pg_url)
+    assert copied == {table: len(before[table]) for table in TABLES}
+    assert snapshot(pg_url) == before
+    assert _db.rows(pg_url, "SELECT count(*) FROM tokenstore_change_event") == [(0,)]
+
+    with tokenstore.open(pg_url, webhook_allow=LOOPBACK) as moved:
+        assert moved.tokens.authenticate(made["secret"], scope="read").abid == made["token"]
+        hook = moved.webhooks.get("users")
+        assert hook.secret == made["hook_secret"]
+        [delivery] = moved.webhooks.deliveries(hook)
+        assert (delivery.abid, delivery.status, delivery.next_attempt_at) == made["delivery"]
+        carol = moved.users.create("carol")  # new ids continue after the copied ones
+        assert carol.id == max(row[0] for row in before["tokenstore_user"]) + 1
+
+    back = tmp_path / "back.sqlite3"
+    tokenstore.migrate(pg_url, back)
+    after = snapshot(back)
+    assert {t: rows for t, rows in after.items() if t != "tokenstore_user"} == {
+        t: rows for t, rows in snapshot(pg_url).items() if t != "tokenstore_user"
+    }
+    assert [row[1] for row in after["tokenstore_user"]] == ["system", "alice", "bob", "carol"]
+
+
+def test_a_destination_with_data_is_refused_unless_forced(tmp_path: Path, pg_url: str) -> None:
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    with tokenstore.open(pg_url) as other:
+        other.users.create("someone-else")
+    held = snapshot(pg_url)
+    with pytest.raises(StoreError, match=r"already holds data \(2 tokenstore_user\).*force"):
+        tokenstore.migrate(source, pg_url)
+    assert snapshot(pg_url) == held
+    tokenstore.migrate(source, pg_url, force=True)
+    assert snapshot(pg_url) == snapshot(source)
+
+
+def test_a_missing_source_is_refused_and_creates_nothing(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        tokenstore.migrate(tmp_path / "nothing.sqlite3", tmp_path / "dest.sqlite3")
+    assert not (tmp_path / "nothing.sqlite3").exists()
+
+
+def test_the_command_migrates_and_refuses_in_one_line(tmp_path: Path, pg_url: str) -> None:
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    parts = urlsplit(pg_url)
+    env = {**os.environ, "PGPASSWORD": parts.password or ""}
+    without_password = pg_url.replace(f":{parts.password}@", "@")
+    command = [sys.executable, "-m", "tokenstore._cli", "--json", "migrate"]
+    done = subprocess.run(
+        [*command, str(source), without_password], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"tokenstore_api_token": 2' in done.stdout
+    again = subprocess.run(
+        [*command, str(source), without_password], capture_output=True, text=True, env=env
+    )
+    assert again.returncode == 2
+    assert again.stderr.count("\n") == 1 and "already holds data" in again.stderr
+    assert "Traceback" not in again.stderr
