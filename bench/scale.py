@@ -146,19 +146,15 @@ def worker(kind: str, location: str, url: str, count: int, barrier: str, body: s
 def run_round(kind: str, location: str, url: str, processes: int, body: str, tmp: Path) -> float:
     """Saves per second of ``processes`` workers of one kind, started together."""
     barrier = tmp / f"go-{uuid.uuid4().hex}"
+    body_file = tmp / "body.json"
+    body_file.write_text(body, encoding="utf-8")
+    args = [kind, location, url, str(SAVES), str(barrier), str(body_file)]
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--worker", kind, location, url, str(SAVES), str(barrier)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+            [sys.executable, __file__, "--worker", *args], stdout=subprocess.PIPE, text=True
         )
         for _ in range(processes)
     ]
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write(body)
-        proc.stdin.close()
     deadline = time.monotonic() + 120
     while len(list(tmp.glob(f"{barrier.name}.ready.*"))) < processes:
         if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
@@ -319,7 +315,8 @@ def new_database(admin_url: str, name: str) -> str:
 
 def main() -> int:
     if sys.argv[1:2] == ["--worker"]:
-        worker(*sys.argv[2:7], sys.stdin.read())  # type: ignore[call-arg]
+        kind, location, url, count, barrier, body = sys.argv[2:8]
+        worker(kind, location, url, int(count), barrier, Path(body).read_text(encoding="utf-8"))
         return 0
     sqlite_only = "--sqlite-only" in sys.argv
     print(

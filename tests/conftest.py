@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -74,8 +75,26 @@ def pg_url(pg_admin_url: str) -> Iterator[str]:
     try:
         yield urlunsplit(urlsplit(pg_admin_url)._replace(path=f"/{name}"))
     finally:
-        with _admin(pg_admin_url) as conn:
-            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        _drop(pg_admin_url, name)
+
+
+def _drop(admin_url: str, name: str) -> None:
+    """Drop a test database; FORCE ends the test's leftover connections.
+
+    It cannot end an autovacuum worker (a superuser's) that happens to be in
+    the database: those finish quickly, so try again a few times.
+    """
+    import psycopg
+
+    with _admin(admin_url) as conn:
+        for attempt in range(50):
+            try:
+                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
 
 
 @pytest.fixture

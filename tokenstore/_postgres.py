@@ -190,6 +190,17 @@ def _in_transaction(conn: psycopg.Connection[Any]) -> bool:
     return bool(conn.info.transaction_status != _driver().pq.TransactionStatus.IDLE)
 
 
+@contextmanager
+def _rolled_back_on_error(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """End an open transaction with ROLLBACK if the block fails (errors of a pipeline too)."""
+    try:
+        yield
+    except BaseException:
+        if _in_transaction(conn):
+            conn.execute("ROLLBACK")
+        raise
+
+
 class PostgresDatabase(peewee.PostgresqlDatabase):
     """PostgresqlDatabase (psycopg 3) that knows when its transactions commit.
 
@@ -218,23 +229,27 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
 
     @contextmanager
     def write(self, *, quiet: bool = False) -> Iterator[psycopg.Connection[Any]]:
-        """The one way tokenstore opens a write transaction of its own (see the SQLite one)."""
+        """The one way tokenstore opens a write transaction of its own (see the SQLite one).
+
+        Statements are pipelined: ``BEGIN`` travels with what follows, and a
+        quiet transaction (bookkeeping, whose results are rarely read) goes to
+        the server in one round trip with its ``COMMIT``. A result read on the
+        way (``fetchone()``) waits for what was sent before it, as usual; row
+        counts are valid once the block has ended.
+        """
         conn = self.connection()
         if _in_transaction(conn):
             yield conn
             return
         with peewee_errors:
-            conn.execute("BEGIN")
-            try:
+            with _rolled_back_on_error(conn), conn.pipeline():
+                conn.execute("BEGIN")
                 if not quiet:
                     self.hooks.on_begin(conn)
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            if quiet:
-                conn.execute("COMMIT")
-            else:
+                if quiet:
+                    conn.execute("COMMIT")
+            if not quiet:
                 self.commit()
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
@@ -300,7 +315,9 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         The advisory lock makes concurrent openers wait for the first, which
         creates the tables; the others then find them there.
         """
-        with self.write(quiet=True) as conn:
+        conn = self.connection()
+        with peewee_errors, _rolled_back_on_error(conn):  # a script cannot be pipelined
+            conn.execute("BEGIN")
             self._lock_schema(conn)
             version = self.schema_version()
             if version > SCHEMA_VERSION:
@@ -317,6 +334,7 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
                 "VALUES (%s, true, %s) ON CONFLICT DO NOTHING",
                 (SYSTEM_USERNAME, format_time(utcnow())),
             )
+            conn.execute("COMMIT")
 
     def _lock_schema(self, conn: psycopg.Connection[Any]) -> None:
         """Wait for other processes changing tables or triggers, until this transaction ends.
