@@ -104,8 +104,7 @@ def start() -> Server:
     )
     options = (
         f"-c listen_addresses=127.0.0.1 -p {port} -k {folder / 'sock'} -c fsync=off "
-        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
-        "-c autovacuum=off"
+        "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
     )
     run(
         *pg_ctl, "-D", str(folder / "data"), "-l", str(folder / "server.log"), "-w", "-t", "60",
