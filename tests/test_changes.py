@@ -710,3 +710,36 @@ def test_four_processes_write_concurrently_and_every_event_fires_exactly_once(
     assert len(fired) == len(set(fired)), "some event fired twice"
     assert set(fired) == rows
     assert events_left(db_path) == []
+
+
+# -- waiting for other processes' commits ----------------------------------------------
+
+
+def test_wait_for_changes_wakes_for_another_programs_commit_only(
+    memos: Store, db_path: Path
+) -> None:
+    """SQLite polls data_version; PostgreSQL waits for the capture triggers' NOTIFY."""
+    memos.webhooks.create("memos", Memo, "http://127.0.0.1:9/never-answers")
+    assert memos.wait_for_changes(0.05) is False  # starts watching; nothing happened
+    Memo(name="mine", n=1).save()  # this thread's own commit does not count
+    assert memos.wait_for_changes(0.05) is False
+    started = time.monotonic()
+    shell_edit(db_path, "UPDATE test_changes_memo SET name = 'theirs'")
+    assert memos.wait_for_changes(10) is True
+    assert time.monotonic() - started < 10
+    assert memos.wait_for_changes(0.05) is False  # heard once, not again
+
+
+def test_opening_a_url_without_the_postgres_extra_names_it(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['psycopg'] = None  # as if the extra were not installed\n"
+        "from tokenstore._cli import main\n"
+        "sys.exit(main(['--db', 'postgresql://app@127.0.0.1:9/app', 'init']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "pip install 'tokenstore[postgres]'" in done.stderr
