@@ -216,8 +216,8 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         self.hooks = hooks
         #: The id of the ``system`` user, owner of records nobody else owns.
         self.system_user_id: int | None = None
-        self._listener: psycopg.Connection[Any] | None = None
-        self._listener_lock = threading.Lock()
+        #: Per thread, like the connection: the connection that LISTENs, once it waited.
+        self._listening = threading.local()
 
     def __repr__(self) -> str:
         return f"<PostgresDatabase {redacted_url(self.url)!r}>"
@@ -286,10 +286,11 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
             self.hooks.after_commit(self.connection())
 
     def close(self) -> bool:
-        with self._listener_lock:
-            if self._listener is not None:
-                self._listener.close()
-                self._listener = None
+        """Close this thread's connection, and its listening one if it waited."""
+        listener = getattr(self._listening, "conn", None)
+        if listener is not None:
+            listener.close()
+            self._listening.conn = None
         return bool(super().close())
 
     # -- schema and capture ---------------------------------------------------------------
@@ -321,7 +322,10 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
             self._lock_schema(conn)
             version = self.schema_version()
             if version > SCHEMA_VERSION:
-                raise StoreError(_newer(redacted_url(self.url), version))
+                raise StoreError(
+                    f"{redacted_url(self.url)} has schema version {version}, newer than this "
+                    f"tokenstore understands ({SCHEMA_VERSION}); upgrade tokenstore to open it"
+                )
             if version == 0:
                 conn.execute(schema_sql())
             conn.execute(
@@ -382,29 +386,22 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         """
         own = self.connection().info.backend_pid
         deadline = time.monotonic() + timeout
-        with self._listener_lock:
-            if self._listener is None:
-                self._listener = _driver().connect(self.url, autocommit=True)
-                self._listener.execute(f"LISTEN {CHANNEL}")
-            while True:
-                remaining = max(0.0, deadline - time.monotonic())
-                notes = list(self._listener.notifies(timeout=remaining, stop_after=1))
-                if any(note.pid != own for note in notes):
-                    return True
-                if not notes or time.monotonic() >= deadline:
-                    return False
-
-
-def _newer(where: str, version: int) -> str:
-    return (
-        f"{where} has schema version {version}, newer than this tokenstore understands "
-        f"({SCHEMA_VERSION}); upgrade tokenstore to open it"
-    )
+        listener = getattr(self._listening, "conn", None)
+        if listener is None:
+            listener = self._listening.conn = _driver().connect(self.url, autocommit=True)
+            listener.execute(f"LISTEN {CHANNEL}")
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            notes = list(listener.notifies(timeout=remaining, stop_after=1))
+            if any(note.pid != own for note in notes):
+                return True
+            if not notes or time.monotonic() >= deadline:
+                return False
 
 
 def open_database(url: str, hooks: CommitHooks) -> PostgresDatabase:
     """The database at ``url``, its schema created or brought up to date."""
-    driver = _driver()
+    _driver()  # without psycopg, say which extra brings it before peewee complains
     db = PostgresDatabase(url, hooks=hooks)
     try:
         db.connection()
@@ -412,8 +409,6 @@ def open_database(url: str, hooks: CommitHooks) -> PostgresDatabase:
         db.close()
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StoreError(f"cannot connect to {redacted_url(url)}: {detail}") from None
-    except driver.Error as exc:
-        raise StoreError(f"cannot connect to {redacted_url(url)}: {exc}") from None
     if db.schema_version() != SCHEMA_VERSION:
         db.apply_schema()
     return db
