@@ -743,3 +743,19 @@ def test_opening_a_url_without_the_postgres_extra_names_it(tmp_path: Path) -> No
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1, done.stderr
     assert "pip install 'tokenstore[postgres]'" in done.stderr
+
+
+def test_registering_again_on_postgres_leaves_triggers_that_match_alone(pg_url: str) -> None:
+    """Every process registers its models when it starts; writers must not queue behind that."""
+    with tokenstore._store.open(pg_url) as first:
+        first.register(Memo)
+    writer = _db.Raw(pg_url)
+    try:
+        writer.execute("LOCK TABLE test_changes_memo IN ROW EXCLUSIVE MODE")  # a write under way
+        with tokenstore._store.open(pg_url) as second:
+            second.db.execute_sql("SET lock_timeout = '2s'")  # a DROP TRIGGER would wait: fail
+            second.register(Memo)
+            assert second.dispatch() == 0
+    finally:
+        writer.rollback()
+        writer.close()

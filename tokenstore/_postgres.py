@@ -12,6 +12,7 @@ them into psycopg's ``%s``. psycopg (3) is an optional extra.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -348,21 +349,44 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         """
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
 
-    def create_tables(self, models: Any, **options: Any) -> None:
+    def create_tables(self, models: Any, safe: bool = True, **options: Any) -> None:
+        """Create the tables that do not exist yet.
+
+        With ``safe``, tables that exist are skipped outright: even
+        ``CREATE INDEX IF NOT EXISTS`` locks its table against writers first.
+        """
         with self.atomic():
             self._lock_schema(self.connection())
-            super().create_tables(models, **options)
+            if safe:
+                tables = set(self.get_tables())
+                models = [m for m in models if m._meta.table_name not in tables]
+            super().create_tables(models, safe=safe, **options)
 
     def install_capture(self, spec: CaptureSpec) -> None:
-        """(Re)create a table's capture triggers so they match its model's current fields."""
+        """(Re)create a table's capture triggers so they match its model's current fields.
+
+        Dropping a trigger locks its table against every reader and writer, so
+        triggers that are already as they should be (their function's comment
+        holds a digest of the statements) are left alone: every process
+        registers its models when it starts.
+        """
+        statements = capture_triggers(spec)
+        digest = hashlib.sha256("\n".join(statements).encode()).hexdigest()[:32]
+        function = f"{_function_name(spec)}()"
         with self.atomic():
             conn = self.connection()
             self._lock_schema(conn)
+            (current,) = conn.execute(
+                "SELECT obj_description(to_regprocedure(%s), 'pg_proc')", (function,)
+            ).fetchone() or (None,)
+            if current == digest:
+                return
             for suffix in ("insert", "update", "delete"):
                 trigger = quote_name(f"{spec.table}_capture_{suffix}")
                 conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {quote_name(spec.table)}")
-            for statement in capture_triggers(spec):
+            for statement in statements:
                 conn.execute(statement)
+            conn.execute(f"COMMENT ON FUNCTION {function} IS {quote_literal(digest)}")
 
     @staticmethod
     def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
