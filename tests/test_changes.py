@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -759,3 +760,46 @@ def test_registering_again_on_postgres_leaves_triggers_that_match_alone(pg_url: 
     finally:
         writer.rollback()
         writer.close()
+
+
+def test_events_waiting_for_dispatch_fire_once_among_four_processes(
+    memos: Store, listen: Listen, db_path: Path, tmp_path: Path
+) -> None:
+    """Dispatchers racing for the same events each take a disjoint share (SKIP LOCKED)."""
+    listen(signals.post_save, Memo)
+    memos.dispatch()  # a listener is registered, so the inserts below are captured
+    stamp = "2024-10-24T12:00:00.000Z"
+    ids = [uuid.uuid4().hex for _ in range(300)]
+    rows = ", ".join(
+        f"('{row_id}', 'mem_{row_id[:26].upper()}', 1, '{stamp}', '{stamp}', 'w{i}', {i}, '')"
+        for i, row_id in enumerate(ids)
+    )
+    _db.edit(db_path, f"INSERT INTO test_changes_memo VALUES {rows}")
+    assert len(events_left(db_path)) == len(ids)
+    barrier = tmp_path / "go"
+    outs = [tmp_path / f"out{i}.txt" for i in range(WRITERS)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                WRITER,
+                "write",
+                str(db_path),
+                str(out),
+                "0",
+                str(barrier),
+                "dispatch",
+            ],
+            stderr=subprocess.PIPE,
+        )
+        for out in outs
+    ]
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.glob("go.ready.*"))) < WRITERS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    barrier.touch()
+    errors = [proc.communicate(timeout=60)[1].decode() for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * WRITERS, errors
+    fired = [pk for out in outs for pk in out.read_text().split()]
+    assert sorted(fired) == sorted(ids)  # every event, none twice
+    assert events_left(db_path) == []
