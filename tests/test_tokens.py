@@ -623,3 +623,12 @@ def test_secret_is_absent_from_the_database_files_and_logs(
     assert token.token_digest.encode() in data
     assert token.abid.encode() in data
     assert secret not in caplog.text and random_part not in caplog.text
+
+
+def test_a_taken_username_is_refused_and_the_transaction_goes_on(ts: Store) -> None:
+    ts.users.create("alice")
+    with ts.atomic():
+        with pytest.raises(ValidationError, match="'alice' is already taken"):
+            ts.users.create("alice")
+        ts.users.create("bob")  # on PostgreSQL too: the failed insert had a savepoint
+    assert sorted(u.username for u in ts.users.list()) == ["alice", "bob", "system"]

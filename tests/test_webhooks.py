@@ -238,6 +238,21 @@ def test_names_are_unique_and_so_are_ref_and_endpoint_together(store: Store) -> 
     assert hook_count() == 2
 
 
+def test_a_duplicate_that_only_the_database_catches_is_still_named(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes may both pass the check before either saves: the unique index decides."""
+    store.webhooks.create("docs", Doc, URL)
+    monkeypatch.setattr(OutboundWebhook, "validator", None)
+    with store.atomic():
+        with pytest.raises(ValidationError, match="named 'docs' already exists"):
+            store.webhooks.create("docs", Doc, URL + "/other")
+        with pytest.raises(ValidationError, match=f"for {store.ref(Doc)} at {URL} already"):
+            store.webhooks.create("docs-2", Doc, URL)
+        store.webhooks.create("docs-3", Doc, URL + "/third")  # the transaction goes on
+    assert hook_count() == 2
+
+
 def test_flags_must_be_booleans(store: Store) -> None:
     hook = store.webhooks.create("docs", Doc, URL)
     with pytest.raises(ValidationError, match="enabled must be true or false"):

@@ -84,7 +84,10 @@ class Users:
                 f"username {username!r} is not valid: use 1-150 letters, digits or _.@+-"
             )
         try:
-            user: User = User.create(username=username, is_superuser=bool(superuser))
+            # A savepoint inside an open transaction: on PostgreSQL a failed statement
+            # would otherwise abort the caller's whole transaction.
+            with User._meta.database.atomic():
+                user: User = User.create(username=username, is_superuser=bool(superuser))
         except peewee.IntegrityError:
             raise ValidationError(f"username {username!r} is already taken") from None
         return user

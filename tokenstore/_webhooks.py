@@ -230,9 +230,10 @@ class Webhooks:
             with self.db.atomic():
                 hook.save()
         except peewee.IntegrityError as exc:
-            if ".name" in str(exc):
+            # SQLite names the columns (table.name), PostgreSQL the unique index (table_name).
+            if ".name" in str(exc) or "webhook_name" in str(exc):
                 raise ValidationError(f"a webhook named {hook.name!r} already exists") from None
-            if ".ref" in str(exc) or ".endpoint" in str(exc):
+            if ".ref" in str(exc) or ".endpoint" in str(exc) or "_ref_endpoint" in str(exc):
                 raise ValidationError(
                     f"a webhook for {hook.ref} at {hook.endpoint} already exists"
                 ) from None
