@@ -148,10 +148,14 @@ def run_round(kind: str, location: str, url: str, processes: int, body: str, tmp
     barrier = tmp / f"go-{uuid.uuid4().hex}"
     body_file = tmp / "body.json"
     body_file.write_text(body, encoding="utf-8")
-    args = [kind, location, url, str(SAVES), str(barrier), str(body_file)]
+    args = [kind, url, str(SAVES), str(barrier), str(body_file)]
+    env = {**os.environ, "TOKENSTORE_DB": location}  # a URL's password stays out of argv
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--worker", *args], stdout=subprocess.PIPE, text=True
+            [sys.executable, __file__, "--worker", *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for _ in range(processes)
     ]
@@ -315,7 +319,8 @@ def new_database(admin_url: str, name: str) -> str:
 
 def main() -> int:
     if sys.argv[1:2] == ["--worker"]:
-        kind, location, url, count, barrier, body = sys.argv[2:8]
+        kind, url, count, barrier, body = sys.argv[2:7]
+        location = os.environ["TOKENSTORE_DB"]
         worker(kind, location, url, int(count), barrier, Path(body).read_text(encoding="utf-8"))
         return 0
     sqlite_only = "--sqlite-only" in sys.argv

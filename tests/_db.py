@@ -8,6 +8,7 @@ two differ only in placeholders.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -98,15 +99,16 @@ def rows(target: Target, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
 def edit(target: Target, *statements: str) -> None:
     """Run statements and commit, in another process, as a person in a shell might."""
     script = (
-        "import sys\n"
-        "sys.path.insert(0, sys.argv[2])\n"
+        "import os, sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
         "import _db\n"
-        "with _db.Raw(sys.argv[1]) as raw:\n"
-        "    for statement in sys.argv[3:]:\n"
+        "with _db.Raw(os.environ['TOKENSTORE_TEST_TARGET']) as raw:\n"
+        "    for statement in sys.argv[2:]:\n"
         "        raw.execute(statement)\n"
     )
-    subprocess.run(
-        [sys.executable, "-c", script, location(target), str(Path(__file__).parent), *statements],
+    subprocess.run(  # the URL (password and all) goes by the environment, not argv
+        [sys.executable, "-c", script, str(Path(__file__).parent), *statements],
+        env={**os.environ, "TOKENSTORE_TEST_TARGET": location(target)},
         check=True,
         timeout=30,
     )
