@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import _db
 import peewee
@@ -119,6 +119,28 @@ def test_a_newer_postgres_schema_is_refused_and_left_alone(pg_url: str) -> None:
         (1,),
         (2,),
     ]
+
+
+def test_a_postgres_migration_step_runs_once_under_the_lock(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokenstore.open(pg_url).close()
+    ran: list[int] = []
+
+    def step(conn: Any) -> None:
+        ran.append(1)
+        conn.execute("ALTER TABLE tokenstore_listener ADD COLUMN note TEXT")
+
+    monkeypatch.setattr(postgres, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setitem(postgres.MIGRATIONS, SCHEMA_VERSION, step)
+    tokenstore.open(pg_url).close()
+    tokenstore.open(pg_url).close()
+    assert ran == [1]
+    assert _db.rows(pg_url, "SELECT version FROM tokenstore_schema_version ORDER BY 1") == [
+        (1,),
+        (2,),
+    ]
+    assert _db.rows(pg_url, "SELECT note FROM tokenstore_listener") == []
 
 
 def test_concurrent_first_opens_create_the_schema_once(pg_url: str) -> None:

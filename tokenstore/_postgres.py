@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 #: The schema version this code writes, kept in ``tokenstore_schema_version``.
 SCHEMA_VERSION = 1
+
+#: Steps that bring a database from version N to N+1, run under the schema lock.
+MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {}
 
 #: The table that records which schema version a database is at.
 VERSION_TABLE = "tokenstore_schema_version"
@@ -329,6 +332,9 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
                 )
             if version == 0:
                 conn.execute(schema_sql())
+            else:
+                for step in range(version, SCHEMA_VERSION):
+                    MIGRATIONS[step](conn)
             conn.execute(
                 f"INSERT INTO {VERSION_TABLE} (version, applied_at) VALUES (%s, %s) "
                 "ON CONFLICT DO NOTHING",
