@@ -228,7 +228,10 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
 
     @staticmethod
     def sql(text: str) -> str:
-        """A statement written with ``?`` placeholders, in psycopg's ``%s`` style."""
+        """A statement written with ``?`` placeholders, in psycopg's ``%s`` style.
+
+        Every ``?`` is a placeholder (tokenstore's statements hold none in literals).
+        """
         return text.replace("%", "%%").replace("?", "%s")
 
     @contextmanager
@@ -245,8 +248,8 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         if _in_transaction(conn):
             yield conn
             return
-        with peewee_errors:
-            with _rolled_back_on_error(conn), conn.pipeline():
+        with peewee_errors, _rolled_back_on_error(conn):
+            with conn.pipeline():
                 conn.execute("BEGIN")
                 if not quiet:
                     self.hooks.on_begin(conn)
@@ -254,7 +257,7 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
                 if quiet:
                     conn.execute("COMMIT")
             if not quiet:
-                self.commit()
+                self.commit()  # a claim that fails is rolled back with the rest
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own."""
