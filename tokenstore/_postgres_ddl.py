@@ -1,0 +1,122 @@
+"""The SQL that PostgreSQL runs for change capture: PL/pgSQL trigger DDL and the claims.
+
+Generated from the backend-neutral descriptions in ``_capture``, as the
+SQLite backend generates its own; the rows recorded are the same.
+"""
+
+from __future__ import annotations
+
+from ._backend import quote_literal
+from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec
+from ._dispatch import ClaimStatements
+from ._errors import ValidationError
+from ._rows import quote_name
+
+#: The channel capture triggers notify when they record an event.
+CHANNEL = "tokenstore_changes"
+
+#: json_build_object takes at most 100 arguments: a name and a value per column.
+MAX_CAPTURED_COLUMNS = 50
+
+# -- capture --------------------------------------------------------------------------------
+
+
+def function_name(spec: CaptureSpec) -> str:
+    """The PL/pgSQL function a table's three capture triggers share (one per table)."""
+    return quote_name(spec.table.replace('"', "") + "_capture")
+
+
+def capture_triggers(spec: CaptureSpec) -> list[str]:
+    """The function and triggers that record a table's changes (see ``CaptureSpec``).
+
+    The gate (someone listens, or an enabled hook has the ref) needs a
+    subquery, which a trigger's WHEN cannot hold, so the function checks it;
+    the WHEN of the UPDATE trigger skips updates of quiet columns alone.
+    """
+    if len(spec.recorded) > MAX_CAPTURED_COLUMNS:
+        raise ValidationError(
+            f"{spec.ref}: change capture records at most {MAX_CAPTURED_COLUMNS} columns, "
+            f"this table has {len(spec.recorded)}"
+        )
+
+    def row(alias: str) -> str:
+        pairs = []
+        for column in spec.recorded:
+            value = f"{alias}.{quote_name(column.name)}"
+            if column.is_blob:
+                value = f"encode({value}, 'hex')"
+            pairs.append(f"'{column.name}', {value}")
+        return "json_build_object(" + ", ".join(pairs) + ")::text"
+
+    pk = quote_name(spec.pk_column)
+    function = function_name(spec)
+    insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
+    table = quote_literal(spec.table)
+    on = quote_name(spec.table)
+    name = spec.table.replace('"', "")
+    watched = [quote_name(c) for c in spec.watched]
+    of = "OF " + ", ".join(watched) + " " if watched else ""
+    changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in watched) or "false"
+    return [
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+        "BEGIN\n"
+        f"  IF NOT (EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM "
+        f"{HOOK_TABLE} WHERE ref = {quote_literal(spec.ref)} AND enabled)) THEN\n"
+        "    RETURN NULL;\n"
+        "  END IF;\n"
+        "  IF TG_OP = 'INSERT' THEN\n"
+        f"    {insert}\n"
+        f"    VALUES ({table}, 'INSERT', NEW.{pk}::text, NULL, {row('NEW')});\n"
+        "  ELSIF TG_OP = 'UPDATE' THEN\n"
+        f"    {insert}\n"
+        f"    VALUES ({table}, 'UPDATE', NEW.{pk}::text, {row('OLD')}, {row('NEW')});\n"
+        "  ELSE\n"
+        f"    {insert}\n"
+        f"    VALUES ({table}, 'DELETE', OLD.{pk}::text, {row('OLD')}, NULL);\n"
+        "  END IF;\n"
+        f"  PERFORM pg_notify('{CHANNEL}', '');\n"
+        "  RETURN NULL;\n"
+        "END\n"
+        "$$",
+        f"CREATE TRIGGER {quote_name(name + '_capture_insert')} AFTER INSERT ON {on}\n"
+        f"FOR EACH ROW EXECUTE FUNCTION {function}()",
+        f"CREATE TRIGGER {quote_name(name + '_capture_update')} AFTER UPDATE {of}ON {on}\n"
+        f"FOR EACH ROW WHEN ({changed})\nEXECUTE FUNCTION {function}()",
+        f"CREATE TRIGGER {quote_name(name + '_capture_delete')} AFTER DELETE ON {on}\n"
+        f"FOR EACH ROW EXECUTE FUNCTION {function}()",
+    ]
+
+
+_RETURNED = "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at"
+
+
+def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
+    """The dispatcher's claim statements: rows another transaction holds are skipped, not awaited.
+
+    Each statement takes the rows it may take with ``FOR UPDATE SKIP LOCKED``:
+    two dispatchers committing at once take disjoint sets of events, and an
+    event is taken by exactly one of them.
+    """
+    among = "table_name IN (" + ",".join(quote_literal(t) for t in tables) + ")"
+
+    def unclaimed(extra: str = "") -> str:
+        return (
+            f"id IN (SELECT id FROM {EVENT_TABLE} WHERE claimed_by IS NULL AND {among}{extra} "
+            "FOR UPDATE SKIP LOCKED)"
+        )
+
+    return ClaimStatements(
+        drop_unheard=(
+            f"DELETE FROM {EVENT_TABLE} WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE}) "
+            f"AND {unclaimed()}"
+        ),
+        claim=(
+            f"UPDATE {EVENT_TABLE} SET claimed_by = %s, claimed_at = %s, claims = claims + 1 "
+            f"WHERE {unclaimed()} {_RETURNED}, claims - 1"
+        ),
+        consume=f"DELETE FROM {EVENT_TABLE} WHERE {unclaimed()} {_RETURNED}, claims",
+        consume_and_leave=(
+            f"UPDATE {EVENT_TABLE} SET claims = claims + 1 "
+            f"WHERE {unclaimed(' AND claims = 0')} {_RETURNED}, 0"
+        ),
+    )
