@@ -21,7 +21,7 @@ import requests
 
 from tokenstore._signing import sign
 
-COMMAND = [sys.executable, "-m", "tokenstore._cli"]
+COMMAND = [sys.executable, "-m", "tokenstore"]
 
 
 def tokenstore(
@@ -88,7 +88,7 @@ def test_abid_parse_shows_parts_and_views(db_path: Path) -> None:
     assert shown["subtype"] == "01" and shown["rand"] == "XRS78E"
     assert shown["uuid"] == "0192be65-de00-6946-b688-4b007b8c9d0e"
     assert shown["typeid"] == "apt_01jaz6bqg0d53bd22b01xrs78e"
-    assert shown["datetime"] == "2024-10-24T12:00:00+00:00"
+    assert shown["datetime"] == "2024-10-24T12:00:00.000Z"
     human = tokenstore(db_path, "abid", "parse", "apt_01JAZ6BQG0D53BD22B01XRS78E").stdout
     assert "uuid" in human and "0192be65-de00-6946-b688-4b007b8c9d0e" in human
 
@@ -205,7 +205,7 @@ def test_dispatch_fires_events_written_by_the_sqlite3_module(
     conn.close()
     assert received == []
     done = as_json(db_path, *allow, "dispatch")
-    assert done["events"] == 1
+    assert done["events_dispatched"] == 1 and done["deliveries_delivered"] == 1
     assert [json.loads(b)["data"]["fields"]["username"] for _, b in received] == ["shell"]
 
 
@@ -319,7 +319,7 @@ def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
     as_json(db_path, *allow, "webhooks", "add", "users", "tokenstore.User", url)
     env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
     proc = subprocess.Popen(
-        [*COMMAND, *allow, "dispatch", "--watch", "--interval", "0.05"],
+        [*COMMAND, *allow, "dispatch", "--watch", "--interval", "0.05s"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -341,4 +341,4 @@ def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
         out, err = proc.communicate(timeout=20)
     assert [json.loads(b)["data"]["fields"]["username"] for _, b in received] == ["watched"]
     assert proc.returncode == 0, err
-    assert "fired 1 events" in out and "stopped" in err
+    assert "dispatched 1 events" in out and "stopped" in err
