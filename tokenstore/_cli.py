@@ -54,7 +54,7 @@ CLI_ONLY = {"demo"}
 
 # -- durations and other values -----------------------------------------------------------
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_DURATION = re.compile(r"(-?)(\d+(?:\.\d+)?)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 #: Longer spans are a typo: nothing in tokenstore needs to wait a century.
 MAX_DURATION = timedelta(days=36500)
@@ -70,7 +70,9 @@ def parse_duration(text: str, option: str, allow_zero: bool = False) -> timedelt
     match = _DURATION.fullmatch(text.strip())
     if match is None:
         raise ValidationError(f"{option} {text!r} is not a duration: use {DURATION_SYNTAX}")
-    seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+    if match[1]:
+        raise ValidationError(f"{option} {text!r} is negative: durations count forward")
+    seconds = float(match[2]) * _UNIT_SECONDS[match[3]]
     if seconds > MAX_DURATION.total_seconds():
         raise ValidationError(f"{option} {text!r} is too long: at most {MAX_DURATION.days}d")
     if seconds == 0 and not allow_zero:
