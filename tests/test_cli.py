@@ -498,11 +498,19 @@ def test_a_zero_grace_ends_the_old_secret_at_once(db_path: Path) -> None:
     assert later["secret_rotating_until"] > rotated["secret_rotating_until"]
 
 
-def test_a_blocked_address_says_how_to_allow_it(db_path: Path) -> None:
+def test_a_blocked_address_says_how_to_allow_it(
+    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    url, received = receiver
     refused = tokenstore(db_path, "webhooks", "create", "h", "tokenstore.User",
                          "http://127.0.0.1:9/", expect=2)  # fmt: skip
     assert refused.stderr.count("\n") == 1
     assert "--allow" in refused.stderr and "TOKENSTORE_WEBHOOK_ALLOW" in refused.stderr
+    # Made by a process that allows the address, sent by one that does not:
+    as_json(db_path, "--allow", "127.0.0.1/32", "webhooks", "create", "h", "tokenstore.User", url)
+    blocked = tokenstore(db_path, "--json", "webhooks", "ping", "h", expect=1)
+    assert json.loads(blocked.stdout)["last_error"].startswith("blocked:") and received == []
+    assert "--allow" in blocked.stderr and "TOKENSTORE_WEBHOOK_ALLOW" in blocked.stderr
 
 
 def test_update_delivery_and_deliver_due(

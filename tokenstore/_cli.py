@@ -12,6 +12,7 @@ one way for every option.
 from __future__ import annotations
 
 import argparse
+import getpass
 import importlib
 import json
 import os
@@ -120,8 +121,15 @@ def _header(text: str) -> tuple[str, str]:
 
 
 def _secret(value: str) -> str:
-    """``-`` reads the value from stdin, which keeps a secret out of argv and shell history."""
-    return sys.stdin.readline().strip() if value == "-" else value
+    """``-`` reads the value from stdin, which keeps a secret out of argv and shell history.
+
+    At a terminal it is asked for without echo, so it stays off the screen too.
+    """
+    if value != "-":
+        return value
+    if sys.stdin.isatty():
+        return getpass.getpass("secret (not shown): ").strip()
+    return sys.stdin.readline().strip()
 
 
 # -- how records are shown ----------------------------------------------------------------
@@ -838,7 +846,7 @@ def cmd_webhooks_deliver_due(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def _sent(args: argparse.Namespace, out: Output, delivery: WebhookDelivery, hook: str) -> int:
+def _sent(out: Output, delivery: WebhookDelivery, hook: str) -> int:
     out.record(delivery_dict(delivery, hook))
     _warn_if_blocked(delivery)
     return 0 if delivery.status == "delivered" else 1
@@ -847,13 +855,13 @@ def _sent(args: argparse.Namespace, out: Output, delivery: WebhookDelivery, hook
 def cmd_webhooks_ping(args: argparse.Namespace, out: Output) -> int:
     with _open(args) as store:
         hook = store.webhooks.get(args.hook)
-        return _sent(args, out, store.webhooks.ping(hook), hook.name)
+        return _sent(out, store.webhooks.ping(hook), hook.name)
 
 
 def cmd_webhooks_redeliver(args: argparse.Namespace, out: Output) -> int:
     with _open(args) as store:
         delivery = store.webhooks.redeliver(args.delivery)
-        return _sent(args, out, delivery, delivery.hook.name)
+        return _sent(out, delivery, delivery.hook.name)
 
 
 def _hook_argument(parser: argparse.ArgumentParser) -> None:
