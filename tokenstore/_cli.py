@@ -890,7 +890,11 @@ def add_webhooks_commands(commands: Commands) -> None:
     p.add_argument("name", help="a unique name for the hook")
     p.add_argument("ref", help="the model, as module.ClassName, e.g. tokenstore.User")
     p.add_argument("endpoint", help="the http(s) URL to POST to")
-    p.add_argument("--signal", default="CREATE_UPDATE_OR_DELETE", help="which changes to send")
+    p.add_argument(
+        "--signal",
+        default="CREATE_UPDATE_OR_DELETE",
+        help="which changes to send: CREATE, UPDATE, DELETE or a combination like CREATE_OR_UPDATE",
+    )
     p.add_argument(
         "--header",
         action="append",
@@ -934,16 +938,17 @@ def add_webhooks_commands(commands: Commands) -> None:
     _hook_argument(p)
     unchanged = "(default: unchanged)"
     p.add_argument("--name", help=f"a new name {unchanged}")
-    p.add_argument("--signal", help=f"which changes to send {unchanged}")
+    p.add_argument("--signal", help=f"which changes to send, e.g. CREATE_OR_UPDATE {unchanged}")
     p.add_argument("--ref", help=f"another model, as module.ClassName {unchanged}")
     p.add_argument("--endpoint", help=f"another URL {unchanged}")
-    p.add_argument(
+    headers = p.add_mutually_exclusive_group()
+    headers.add_argument(
         "--header",
         action="append",
         metavar="NAME=VALUE",
         help=f"replace the headers with these (repeatable) {unchanged}",
     )
-    p.add_argument("--no-headers", action="store_true", help="remove every header")
+    headers.add_argument("--no-headers", action="store_true", help="remove every header")
     p.add_argument(
         "--auth-token", help=f"a new Authorization header; - reads it from stdin {unchanged}"
     )
