@@ -467,7 +467,7 @@ class Tokens:
         if looks_like_token(abid):
             raise ValidationError("that is an API token secret, not a token's ABID (apt_...)")
         try:
-            wanted = str(ABID.parse(abid, prefix=APIToken.abid_prefix))
+            wanted = ABID.parse(abid, prefix=APIToken.abid_prefix).canonical
         except InvalidABID as exc:
             raise ValidationError(f"not an API token ABID: {exc}") from None
         token: APIToken | None = APIToken.get_or_none(APIToken.abid == wanted)

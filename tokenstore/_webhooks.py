@@ -246,7 +246,7 @@ class Webhooks:
         """A hook by ABID (any case) or by name."""
         match = OutboundWebhook.name == key
         with contextlib.suppress(InvalidABID):  # not an ABID: a name, then
-            match |= OutboundWebhook.abid == str(ABID.parse(key, prefix="whk_"))
+            match |= OutboundWebhook.abid == ABID.parse(key, prefix="whk_").canonical
         hook = OutboundWebhook.get_or_none(match)
         if hook is None:
             secretish = looks_like_token(key) or str(key).startswith(SECRET_PREFIX)
@@ -344,7 +344,7 @@ class Webhooks:
         """One delivery by its ABID (the ``webhook-id`` its receiver saw)."""
         try:
             found = WebhookDelivery.get_or_none(
-                WebhookDelivery.abid == str(ABID.parse(abid, prefix="msg_"))
+                WebhookDelivery.abid == ABID.parse(abid, prefix="msg_").canonical
             )
         except InvalidABID as exc:
             raise NotFound(f"no delivery {abid!r}: {exc}") from None
