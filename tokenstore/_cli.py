@@ -8,6 +8,7 @@ Each command calls one documented method (``tokenstore tokens create`` is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -409,6 +410,49 @@ def cmd_webhooks_retry(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_import_archivebox(args: argparse.Namespace, out: Output) -> int:
+    ref_map: dict[str, str] = {}
+    for item in args.map or ():
+        old, sep, new = item.partition("=")
+        if not (sep and old.strip() and new.strip()):
+            raise ValidationError(
+                f"--map {item!r} must look like core.models.Snapshot=app.Snapshot"
+            )
+        ref_map[old.strip()] = new.strip()
+    cipher_key = sys.stdin.readline().strip() if args.cipher_key == "-" else args.cipher_key
+    with _store(args) as store:
+        report = store.import_archivebox(
+            args.path, ref_map=ref_map, cipher_key=cipher_key, dry_run=args.dry_run
+        )
+        counts = [{"table": t, **dataclasses.asdict(c)} for t, c in report.counts.items()]
+        notes = {
+            "refused": [dataclasses.asdict(note) for note in report.refused],
+            "disabled": [dataclasses.asdict(note) for note in report.disabled],
+        }
+        hooks = [{**hook_dict(hook), "secret": hook.secret} for hook in report.hooks]
+    if out.as_json:
+        out.record(
+            {"source": str(report.source), "dry_run": report.dry_run, "counts": counts}
+            | notes
+            | {"hooks": hooks}
+        )
+    else:
+        out.rows(counts, ["table", "imported", "present", "refused"])
+        for kind, listed in notes.items():
+            for note in listed:
+                print(f"{kind}: {note['table']} {note['row']}: {note['reason']}")
+        if hooks:
+            print("signing secrets of the imported hooks:")
+            out.rows(hooks, ["abid", "name", "enabled", "secret"])
+    if report.dry_run:
+        print("dry run: nothing was written", file=sys.stderr)
+    elif hooks:
+        print(
+            "Give each hook's secret to its receiver so it can verify signatures.", file=sys.stderr
+        )
+    return 0
+
+
 def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     from ._receiver import make_receiver
 
@@ -584,6 +628,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("hook", help="ABID or name")
     p.add_argument("--grace", type=float, help="seconds the old secret keeps signing")
+
+    imports = commands.add_parser("import", help="import from other systems").add_subparsers(
+        dest="import_command", required=True, metavar="SOURCE"
+    )
+    p = add(
+        imports,
+        "archivebox",
+        cmd_import_archivebox,
+        "copy users, API tokens and webhooks from an ArchiveBox 0.8 index.sqlite3, which is "
+        "only read (store.import_archivebox)",
+    )
+    p.add_argument("path", help="ArchiveBox's index.sqlite3, or its data folder")
+    p.add_argument(
+        "--map",
+        action="append",
+        metavar="DJANGO_REF=REF",
+        help="hooks on this ArchiveBox model watch this registered model (repeatable)",
+    )
+    p.add_argument(
+        "--cipher-key",
+        metavar="KEY",
+        help="ArchiveBox's SIGNAL_WEBHOOKS CIPHER_KEY, to carry hooks' auth tokens over; "
+        "- reads it from stdin (keeps it out of the process list)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="report what would happen; write nothing")
 
     p = add(
         commands,

@@ -11,18 +11,21 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import peewee
 
 from ._changes import CapturingDatabase, Dispatcher, install_capture, model_ref
 from ._errors import StoreError, ValidationError
 from ._models import OWN_MODELS, User, format_time, utcnow
+
+if TYPE_CHECKING:
+    from ._archivebox import ArchiveBoxImport
 
 logger = logging.getLogger("tokenstore._store")
 
@@ -315,6 +318,39 @@ class Store:
         if deliver:
             self.webhooks.deliver_due()
         return claimed
+
+    def import_archivebox(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        ref_map: Mapping[str, str | type[peewee.Model]] | None = None,
+        cipher_key: str | None = None,
+        dry_run: bool = False,
+    ) -> ArchiveBoxImport:
+        """Copy users, API tokens and webhooks from ArchiveBox 0.8's ``index.sqlite3``.
+
+        The file is only read. Ids and ABIDs are kept; each plain-text token is
+        stored as its digest, so the same string authenticates here. A hook's
+        ``ref`` (a Django model path) is mapped through ``ref_map`` to a
+        registered model (``api.models.APIToken`` maps to ``tokenstore.APIToken``);
+        a hook whose ref is unmapped, whose endpoint the address guard refuses, or
+        whose encrypted auth token cannot be read (``cipher_key`` is ArchiveBox's
+        ``SIGNAL_WEBHOOKS["CIPHER_KEY"]``; it needs ``tokenstore[archivebox]``) is
+        imported disabled, saying why. Each imported hook gets a new signing
+        secret. All in one transaction; rows already here are left alone, so a
+        second import changes nothing; ``dry_run`` reports and writes nothing.
+        """
+        from ._archivebox import import_archivebox
+
+        return import_archivebox(
+            path,
+            db=self.db,
+            users=self.users,
+            webhooks=self.webhooks,
+            ref_map=ref_map,
+            cipher_key=cipher_key,
+            dry_run=dry_run,
+        )
 
 
 def open(path: str | os.PathLike[str], **options: Any) -> Store:

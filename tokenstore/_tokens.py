@@ -21,6 +21,7 @@ from ._abid import ABID
 from ._credentials import (
     DEFAULT_TOKEN_PREFIX,
     check_prefix,
+    looks_like_legacy_token,
     looks_like_token,
     token_digest,
     token_hint,
@@ -388,7 +389,7 @@ class Tokens:
         if row is None or not hmac.compare_digest(row[_DIGEST_INDEX], digest):
             # Checked only on a miss, where it tells a mistyped secret from an unknown one:
             # on the way to a hit it would cost a tenth of the lookup for nothing.
-            if not looks_like_token(secret):
+            if not (looks_like_token(secret) or looks_like_legacy_token(secret)):
                 raise InvalidToken("API token is malformed or fails its checksum")
             raise InvalidToken("API token is not recognised")
         data = self._values(row)

@@ -125,8 +125,22 @@ class Webhooks:
 
     # -- hooks --------------------------------------------------------------------------
 
-    def validate(self, hook: OutboundWebhook) -> None:
-        """Check a hook's fields before it is saved; raise ValidationError at the first fault."""
+    def check_ref(self, ref: str | type[peewee.Model]) -> str:
+        """The ref of the registered model ``ref`` names, if hooks may watch it."""
+        model = self.store.model_for_ref(ref)
+        if model is WebhookDelivery:
+            raise ValidationError(
+                f"{self.store.ref(model)} cannot have webhooks: its changes are not "
+                "captured (a hook on it would report its own deliveries)"
+            )
+        return self.store.ref(model)
+
+    def validate(self, hook: OutboundWebhook, *, judge_target: bool = True) -> None:
+        """Check a hook's fields before it is saved; raise ValidationError at the first fault.
+
+        ``judge_target=False`` leaves the ref and the endpoint to the caller: an
+        import keeps a hook whose model or address is refused here, disabled.
+        """
         name = hook.name
         if not isinstance(name, str) or not name.strip() or len(name) > 255:
             raise ValidationError(f"webhook name must be 1-255 characters, got {name!r}")
@@ -139,17 +153,11 @@ class Webhooks:
         # may know other models or allow other addresses, and must still be able to
         # enable or rename a hook the application made.
         stored = hook._stored or {}
-        if not stored or stored.get("ref") != hook.ref:
-            model = self.store.model_for_ref(hook.ref)
-            if model is WebhookDelivery:
-                raise ValidationError(
-                    f"{self.store.ref(model)} cannot have webhooks: its changes are not "
-                    "captured (a hook on it would report its own deliveries)"
-                )
-            _set_if_changed(hook, "ref", self.store.ref(model))
+        if judge_target and (not stored or stored.get("ref") != hook.ref):
+            _set_if_changed(hook, "ref", self.check_ref(hook.ref))
         if not isinstance(hook.endpoint, str) or len(hook.endpoint) > 2047:
             raise ValidationError("webhook endpoint must be a URL of at most 2047 characters")
-        if not stored or stored.get("endpoint") != hook.endpoint:
+        if judge_target and (not stored or stored.get("endpoint") != hook.endpoint):
             self.guard.check_endpoint(hook.endpoint)
         headers = {} if hook.headers is None else hook.headers
         if not isinstance(headers, Mapping):
