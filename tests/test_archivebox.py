@@ -233,6 +233,7 @@ def test_users_tokens_and_hooks_come_over_with_ids_and_abids(store: Store, tmp_p
 
     token = APIToken.get_by_id(TOKEN_ID)
     assert token.abid == TOKEN_ABID
+    assert store.tokens.get(TOKEN_ABID.lower()).id == TOKEN_ID  # the TypeID spelling finds it
     assert token.created_by_id == store.system_user.id
     assert token.created_at == T1.replace(tzinfo=UTC)  # stored without a fraction
     assert token.modified_at == T1.replace(tzinfo=UTC)  # 417 µs, cut to the millisecond

@@ -156,11 +156,12 @@ def _open_source(source: Path) -> sqlite3.Connection:
     immutable = f"{uri}?mode=ro&immutable=1"
     if header[18] == _WAL_FORMAT and not wal.exists():
         return sqlite3.connect(immutable, uri=True)
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
     try:
-        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return conn
     except sqlite3.DatabaseError as exc:
+        conn.close()
         if pending:
             raise ValidationError(
                 f"{source} cannot be opened read-only ({exc}) and its -wal file holds "
@@ -200,7 +201,6 @@ def _check_source(conn: sqlite3.Connection, source: Path) -> None:
 def _rows(conn: sqlite3.Connection, table: str) -> list[sqlite3.Row]:
     columns = ", ".join(f'"{column}"' for column in _COLUMNS[table])
     order = "id" if table == USERS else "created_at, id"
-    conn.row_factory = sqlite3.Row
     return list(conn.execute(f'SELECT {columns} FROM "{table}" ORDER BY {order}'))
 
 
@@ -464,6 +464,7 @@ def import_archivebox(
         except ValidationError as exc:
             raise ValidationError(f"cannot map {old} to {new}: {exc}") from None
     conn = _open_source(source)
+    conn.row_factory = sqlite3.Row
     try:
         _check_source(conn, source)
         report = ArchiveBoxImport(source=source, dry_run=dry_run)
