@@ -431,6 +431,29 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, out: Output) -> int:
+    from .admin import make_admin_server
+
+    with _store(args) as store:
+        server = make_admin_server(store, args.host, args.port, public=args.public)
+        port = server.server_address[1]
+        if args.public:
+            print(
+                f"warning: the admin page listens on {args.host}, beyond this machine: "
+                "put TLS in front of it (sessions and secrets shown once travel in clear text)",
+                file=sys.stderr,
+            )
+        print(f"admin page on http://{args.host}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
+        sys.stderr.flush()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+        finally:
+            server.server_close()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     from ._demo import run_demo
 
@@ -594,6 +617,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
     p.add_argument("--secret", required=True, help="the hook's whsec_... signing secret")
+
+    p = add(
+        commands,
+        "serve",
+        cmd_serve,
+        "serve the admin page (tokenstore.admin.make_app); needs tokenstore[admin]",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="loopback unless --public")
+    p.add_argument("--port", type=int, default=8787, help="0 picks a free port")
+    p.add_argument(
+        "--public", action="store_true", help="allow a non-loopback --host (put TLS in front)"
+    )
 
     p = add(commands, "demo", cmd_demo, "run the whole story on a throwaway file")
     p.add_argument("--dir", help="where to put the demo's file (default: a new temporary folder)")
