@@ -432,18 +432,16 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> int:
-    from .admin import make_admin_server
+    from .admin import make_admin_server, public_warning
 
     with _store(args) as store:
         server = make_admin_server(store, args.host, args.port, public=args.public)
         port = server.server_address[1]
-        if args.public:
-            print(
-                f"warning: the admin page listens on {args.host}, beyond this machine: "
-                "put TLS in front of it (sessions and secrets shown once travel in clear text)",
-                file=sys.stderr,
-            )
-        print(f"admin page on http://{args.host}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
+        warning = public_warning(args.host)
+        if warning:
+            print(warning, file=sys.stderr)
+        shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
+        print(f"admin page on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
         sys.stderr.flush()
         try:
             server.serve_forever()

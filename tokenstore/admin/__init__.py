@@ -10,7 +10,7 @@ or a superuser's token without scopes). It needs the optional extra
 """
 
 from ._app import ADMIN_SCOPE, AdminApp, grants_admin, make_app
-from ._server import AdminServer, make_admin_server
+from ._server import AdminServer, make_admin_server, public_warning
 from ._templates import AdminUnavailable
 
 __all__ = [
@@ -21,4 +21,5 @@ __all__ = [
     "grants_admin",
     "make_admin_server",
     "make_app",
+    "public_warning",
 ]

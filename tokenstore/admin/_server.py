@@ -53,6 +53,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def public_warning(host: str) -> str | None:
+    """What to tell the operator when the page listens beyond this machine."""
+    if is_loopback(host):
+        return None
+    return (
+        f"warning: the admin page listens on {host}, beyond this machine: put TLS in front "
+        "of it (session cookies and secrets shown once travel in clear text)"
+    )
+
+
 def make_admin_server(
     store: tokenstore.Store, host: str = "127.0.0.1", port: int = 8787, public: bool = False
 ) -> AdminServer:
