@@ -394,7 +394,8 @@ def test_overview_counts_and_draws_the_last_day(
     svg = page.text[page.text.index("<svg") : page.text.index("</svg>")]
     assert svg.count('<rect class="delivered"') == 1
     assert svg.count('<rect class="failed"') == 1
-    assert "0–-1 h ago" not in svg and "1–0 h ago: 2 delivered, 1 failed" in svg
+    assert "<title>the last hour: 2 delivered, 1 failed</title>" in svg
+    assert "<title>2 to 1 hours ago: 0 delivered, 0 failed</title>" in svg
     # The busiest hour fills the plot: 2 delivered over 3 in all is 80 of 120 pixels.
     assert 'height="80.0"' in svg and 'height="40.0"' in svg
 
