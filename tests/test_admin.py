@@ -418,6 +418,9 @@ def test_users_list_and_add(client: Client, store: tokenstore.Store) -> None:
     assert added.status == 303 and added.header("Location") == "/users"
     page = client.get("/users")
     assert "User bob added." in page.text and "<td>bob</td>" in page.text
+    # Tokens not revoked per user: root holds the admin token, bob none yet.
+    assert re.search(r"<td>root</td><td>no</td>\s*<td>1</td>", page.text), page.text
+    assert re.search(r"<td>bob</td><td>yes</td>\s*<td>0</td>", page.text), page.text
     assert store.users.get("bob").is_superuser
     refused = client.post("/users", {"username": "bob"})
     assert refused.status == 400 and "already taken" in refused.text
