@@ -55,8 +55,10 @@ class Visit:
     def url(self, path: str) -> str:
         return self.request.base + path
 
-    def render(self, template: str, status: int = 200, **context: Any) -> Response:
+    def render(self, template: str, **context: Any) -> Response:
+        """A page; one shown again with the error of a refused change is a 400."""
         context.setdefault("error", "")
+        status = 400 if context["error"] else 200
         html = self.templates.get_template(template).render(
             base=self.request.base,
             csrf=self.session.csrf,

@@ -43,7 +43,7 @@ def _names(store: tokenstore.Store) -> dict[int, str]:
 # -- overview -------------------------------------------------------------------------------
 
 
-def overview(visit: Visit, error: str = "") -> Response:
+def overview(visit: Visit) -> Response:
     store = visit.store
     now = store.clock()
     live_tokens = APIToken.select().where(
@@ -81,7 +81,6 @@ def users(visit: Visit, error: str = "") -> Response:
     shown = [u for u in store.users.list() if u.id != store.system_user.id]
     return visit.render(
         "users.html",
-        status=400 if error else 200,
         page="users",
         users=shown,
         owned=owned,
@@ -111,7 +110,6 @@ def tokens(visit: Visit, error: str = "") -> Response:
     listed.reverse()  # newest first
     return visit.render(
         "tokens.html",
-        status=400 if error else 200,
         page="tokens",
         tokens=[(token, token_state(token, now)) for token in listed],
         names=_names(store),
@@ -210,7 +208,6 @@ def webhooks(visit: Visit, error: str = "") -> Response:
     hooks = store.webhooks.list()
     return visit.render(
         "webhooks.html",
-        status=400 if error else 200,
         page="webhooks",
         hooks=[(hook, next_attempt(hook)) for hook in hooks],
         refs=_refs(store),
@@ -239,7 +236,6 @@ def webhook(visit: Visit, abid: str, error: str = "") -> Response:
     recent = store.webhooks.deliveries(hook, limit=10)
     return visit.render(
         "webhook.html",
-        status=400 if error else 200,
         page="webhooks",
         hook=hook,
         header_names=sorted(hook.headers or {}),
@@ -320,7 +316,7 @@ def delete_webhook(visit: Visit, abid: str) -> Response:
 # -- deliveries -----------------------------------------------------------------------------
 
 
-def deliveries(visit: Visit, error: str = "") -> Response:
+def deliveries(visit: Visit) -> Response:
     """The log, newest first, paged by a cursor: the last ABID of the page before."""
     store = visit.store
     query = visit.request.query
@@ -347,7 +343,6 @@ def deliveries(visit: Visit, error: str = "") -> Response:
         status_filter=status,
         statuses=STATUSES,
         first_page=not after,
-        error=error,
     )
 
 
@@ -384,7 +379,6 @@ def delivery(visit: Visit, abid: str, error: str = "") -> Response:
     )
     return visit.render(
         "delivery.html",
-        status=400 if error else 200,
         page="deliveries",
         delivery=sent,
         hook=hook,
