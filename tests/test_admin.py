@@ -12,16 +12,16 @@ import json
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlencode, urlsplit
 from wsgiref.util import setup_testing_defaults
 
 import pytest
+import requests
+from _admin_helpers import Received, receiving, serving
 
 import tokenstore
 from tokenstore import admin
@@ -106,34 +106,11 @@ class Client:
         return page
 
 
-class Receiver(BaseHTTPRequestHandler):
-    received: ClassVar[list[tuple[dict[str, str], bytes]]]
-    status: ClassVar[list[int]]
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.received.append((dict(self.headers), body))
-        self.send_response(self.status[0])
-        self.send_header("Content-Length", "8")
-        self.end_headers()
-        self.wfile.write(b"received")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]], list[int]]]:
+def receiver() -> Iterator[tuple[str, Received, list[int]]]:
     """A loopback endpoint; tests set ``status[0]`` to the code it answers."""
-    received: list[tuple[dict[str, str], bytes]] = []
-    status = [200]
-    handler = type("Handler", (Receiver,), {"received": received, "status": status})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received, status
-    server.shutdown()
-    server.server_close()
+    with receiving() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
@@ -712,3 +689,13 @@ def test_a_clear_error_names_the_extra_when_jinja2_is_missing(db_path: Path) -> 
         [sys.executable, "-c", code, str(db_path)], capture_output=True, text=True, timeout=60
     )
     assert shown.stdout.startswith("AdminUnavailable ") and "tokenstore[admin]" in shown.stdout
+
+
+def test_serve_answers_on_loopback_and_asks_to_sign_in(tmp_path: Path) -> None:
+    with serving(tmp_path / "store.sqlite3", tmp_path / "serve.log") as url:
+        first = requests.get(f"{url}/deliveries", allow_redirects=False, timeout=10)
+        assert first.status_code == 303 and first.headers["Location"] == "/login"
+        form = requests.get(f"{url}/login", timeout=10)
+        assert form.status_code == 200 and 'name="csrf"' in form.text
+        assert "HttpOnly" in form.headers["Set-Cookie"]
+    assert "GET /deliveries" in (tmp_path / "serve.log").read_text()

@@ -8,18 +8,13 @@ to write the screenshot to docs/admin.png (the README shows it).
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
 
 import pytest
+from _admin_helpers import Received, receiving, serving
 
 import tokenstore
 
@@ -52,69 +47,26 @@ if _missing() and not os.environ.get("CI"):
     pytest.skip(f"browser test outside CI: {_missing()}", allow_module_level=True)
 
 
-class Receiver(BaseHTTPRequestHandler):
-    received: ClassVar[list[tuple[dict[str, str], bytes]]]
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.received.append((dict(self.headers), body))
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, Received, list[int]]]:
+    with receiving() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
-def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
-    received: list[tuple[dict[str, str], bytes]] = []
-    server = ThreadingHTTPServer(
-        ("127.0.0.1", 0), type("Handler", (Receiver,), {"received": received})
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """`tokenstore serve` in a subprocess on a free loopback port; yields its URL and the file."""
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     db = tmp_path / "admin.sqlite3"
-    log = tmp_path / "serve.log"
-    env = {**os.environ, "TOKENSTORE_DB": str(db)}
-    env.pop("TOKENSTORE_WEBHOOK_ALLOW", None)
-    with log.open("w") as errors:
-        command = [sys.executable, "-m", "tokenstore._cli", "--allow", "127.0.0.1/32"]
-        server = subprocess.Popen(
-            [*command, "serve", "--port", "0"], stderr=errors, stdout=errors, env=env
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            found = re.search(r"admin page on (http://127\.0\.0\.1:\d+)/", log.read_text())
-            if found:
-                break
-            assert server.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"serve did not start: {log.read_text()}"
-            time.sleep(0.05)
-        yield found[1], str(db)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
+    with serving(db, tmp_path / "serve.log") as url:
+        yield url, db
 
 
 def test_sign_in_tokens_webhooks_and_deliveries_in_chromium(
-    served: tuple[str, str], receiver: tuple[str, list[Any]], tmp_path: Path
+    served: tuple[str, Path], receiver: tuple[str, Received, list[int]], tmp_path: Path
 ) -> None:
     from playwright.sync_api import sync_playwright
 
     url, db = served
-    endpoint, received = receiver
+    endpoint, received, answer = receiver
     with tokenstore.open(db) as store:
         root = store.users.create("root")
         _, admin_secret = store.tokens.create(root, name="admin", scopes=["admin"])
@@ -180,8 +132,18 @@ def test_sign_in_tokens_webhooks_and_deliveries_in_chromium(
             assert "after 2 attempt(s)" in page.inner_text("dl")
             assert len(received) == 2 and received[1][0]["webhook-id"] == headers["webhook-id"]
 
+            # A receiver in trouble: the ping fails, and the hook's health says so.
+            answer[0] = 500
+            page.click("text=receiver")
+            page.click("#ping")
+            assert page.text_content("#status") == "failed"
+            assert page.text_content("#response-status") == "500"
+            page.click("text=receiver")
+            assert "1 failures in a row" in page.inner_text("dl")
+
             page.click("nav >> text=Overview")
             assert page.locator("svg.chart rect.delivered").count() == 1
+            assert page.locator("svg.chart rect.failed").count() == 1
             shot = tmp_path / "admin.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
