@@ -34,7 +34,8 @@ from typing import Any
 import tokenstore._store
 from tokenstore._abid import abid_from_values
 from tokenstore._credentials import generate_token, token_digest, token_hint
-from tokenstore._models import APIToken, format_time
+from tokenstore._models import APIToken
+from tokenstore._times import format_time
 
 # The same row authenticate() reads, so (a) differs from it only in the Python around it.
 RAW_SELECT = (

@@ -46,7 +46,8 @@ import peewee
 import requests
 
 import tokenstore
-from tokenstore._models import ABIDModel, format_time
+from tokenstore._models import ABIDModel
+from tokenstore._times import format_time
 
 HERE = Path(__file__).resolve().parent
 DJANGO_VENV = HERE / ".venv-django"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import tokenstore._store
-from tokenstore._store import Store
+from tokenstore import Store
 
 
 @pytest.fixture

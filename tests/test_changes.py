@@ -26,10 +26,10 @@ from _writer import Memo
 from blinker import ANY, Signal
 
 import tokenstore._store
-from tokenstore import signals
-from tokenstore._changes import EVENT_TABLE, ChangeEvent
-from tokenstore._models import User, utcnow
-from tokenstore._store import Store
+from tokenstore import ChangeEvent, Store, signals
+from tokenstore._capture import EVENT_TABLE
+from tokenstore._models import User
+from tokenstore._times import utcnow
 
 WRITER = str(Path(__file__).with_name("_writer.py"))
 

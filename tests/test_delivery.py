@@ -36,12 +36,13 @@ from conftest import Clock
 from standardwebhooks.webhooks import Webhook
 
 import tokenstore
-from tokenstore import signals
-from tokenstore._delivery import RESPONSE_LIMIT, RETRY_SCHEDULE
+from tokenstore import Store, signals
 from tokenstore._errors import BlockedAddress
-from tokenstore._models import ABIDModel, OutboundWebhook, WebhookDelivery, to_stored_time
+from tokenstore._models import ABIDModel, OutboundWebhook, WebhookDelivery
+from tokenstore._policy import RETRY_SCHEDULE
+from tokenstore._sending import RESPONSE_LIMIT
 from tokenstore._signing import verify_webhook
-from tokenstore._store import Store
+from tokenstore._times import to_stored_time
 
 HERE = Path(__file__).resolve().parent
 LOOPBACK = ["127.0.0.1/32", "::1/128", "localhost"]
@@ -1115,12 +1116,12 @@ def test_a_shell_edit_made_while_the_store_was_closed_is_sent(
 def test_default_and_configured_timeouts(db_path: Path) -> None:
     s = tokenstore.open(db_path)
     try:
-        assert s.webhooks.deliverer.sender.timeout == (3.0, 10.0)
+        assert (s.options.connect_timeout, s.options.read_timeout) == (3.0, 10.0)
     finally:
         s.close()
     s = tokenstore.open(db_path, connect_timeout=1.5, read_timeout=4)
     try:
-        assert s.webhooks.deliverer.sender.timeout == (1.5, 4)
+        assert (s.options.connect_timeout, s.options.read_timeout) == (1.5, 4)
     finally:
         s.close()
 

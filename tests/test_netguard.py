@@ -1,9 +1,13 @@
-"""The address guard: unit checks plus real connections to servers on loopback."""
+"""The address guard: unit checks, then real connections to listeners and servers on loopback."""
 
 from __future__ import annotations
 
 import gc
+import os
+import re
+import select
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -11,10 +15,13 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
+import tokenstore._store
 from tokenstore._errors import BlockedAddress, ValidationError
 from tokenstore._netguard import AddressGuard, _find_blocked, guarded_session
 
@@ -208,6 +215,86 @@ def test_check_endpoint_respects_allowlist() -> None:
         AddressGuard(["127.0.0.1/32"]).check_endpoint("http://127.0.0.2:8000/")
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://xn--/", "label 'xn--' is not 1-63 letters"),
+        ("http://xn--abc.example/", "not a valid IDNA A-label"),
+        ("http://xn--n3h.net/", "not a valid IDNA A-label"),  # a snowman: IDNA 2003 only
+        ("http://a..b/", "label '' is not 1-63"),
+        ("http://.example.com/", "label '' is not 1-63"),
+        ("http://example.com../", "label '' is not 1-63"),
+        (f"http://{'a' * 64}.example/", f"label '{'a' * 64}' is not 1-63"),
+        (f"http://{'abcdefghi.' * 25}example/", "257 characters long; DNS allows 253"),
+        ("http://-lead.example/", "label '-lead'"),
+        ("http://ex%41mple.com/", "label 'ex%41mple'"),
+        ("http://\udcff.example/", "not a valid internationalized domain name"),
+        ("http://\u2603.net/", "not a valid internationalized domain name"),
+        ("http://999.1.1.1/", "last label is all digits"),
+        ("http://a\x00b.example/", "control characters"),
+    ],
+)
+def test_check_endpoint_refuses_names_dns_cannot_hold(url: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)) as info:
+        AddressGuard().check_endpoint(url)
+    assert not isinstance(info.value, BlockedAddress)
+    str(info.value).encode("utf-8")  # printable as it is, lone surrogates included
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://b\u00fccher.example/",
+        "http://xn--bcher-kva.example/",
+        "http://r3---sn-abc.googlevideo.com/",  # hyphens in places only IDNA labels forbid
+        "http://_hooks.example.com/",
+        "http://example.com./",
+        f"http://{'a' * 63}.example/",
+        f"http://{'abcdefghi.' * 24}example.co.uk/",  # 253 characters
+    ],
+)
+def test_check_endpoint_accepts_names_dns_can_hold(url: str) -> None:
+    AddressGuard().check_endpoint(url)
+
+
+@pytest.mark.parametrize("host", ["xn--", "a..b", "a" * 64 + ".example", "\udcff.example"])
+def test_a_hook_on_a_name_dns_cannot_hold_is_refused_at_creation(db_path: Path, host: str) -> None:
+    store = tokenstore._store.open(db_path, webhook_allow=())
+    try:
+        with pytest.raises(ValidationError, match="is not a valid host name"):
+            store.webhooks.create("bad", "tokenstore.APIToken", f"http://{host}/hook")
+        assert store.webhooks.list() == []
+    finally:
+        store.close()
+
+
+CLI = [sys.executable, "-m", "tokenstore._cli"]
+
+
+def test_the_command_refuses_a_name_dns_cannot_hold_in_one_line(db_path: Path) -> None:
+    env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
+    env.pop("TOKENSTORE_WEBHOOK_ALLOW", None)
+    result = subprocess.run(
+        [*CLI, "webhooks", "add", "bad", "tokenstore.APIToken", "http://a..b/hook"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert "webhook URL host 'a..b' is not a valid host name" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_allowlist_names_are_held_in_their_ascii_form() -> None:
+    guard = AddressGuard(["B\u00fccher.example"])
+    assert guard.host_allowed("xn--bcher-kva.example")  # the form requests connects with
+    with pytest.raises(ValidationError, match="not a valid IDNA A-label"):
+        AddressGuard(["xn--abc.example"])
+
+
 def test_find_blocked_digs_through_real_wrappers() -> None:
     """The unwrapping used if a future urllib3/requests wraps BlockedAddress."""
     from urllib3.exceptions import MaxRetryError, ProtocolError
@@ -232,26 +319,166 @@ def test_importing_tokenstore_does_not_import_requests() -> None:
         "import sys, tokenstore, tokenstore._netguard, tokenstore._signing, "
         "tokenstore._credentials, tokenstore._receiver\n"
         "tokenstore._netguard.AddressGuard(['127.0.0.1']).check_endpoint('http://127.0.0.1/')\n"
-        "bad = sorted(m for m in ('requests', 'urllib3') if m in sys.modules)\n"
+        "tokenstore._netguard.AddressGuard().check_endpoint('https://hooks.example.com/')\n"
+        "bad = sorted(m for m in ('requests', 'urllib3', 'idna') if m in sys.modules)\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
 
 
+# --------------------------------------------------------------------------- resolution
+
+HOW_TO_ALLOW = (
+    "to allow it, add the host or its network to the store's webhook allowlist "
+    "(webhook_allow= / --allow)"
+)
+
+
+@pytest.fixture
+def names(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Test-only DNS names: fill the dict with name -> addresses; other names resolve as usual.
+
+    The resolver is the one thing replaced: what the guard does with its
+    answers, and every connection, is real.
+    """
+    table: dict[str, list[str]] = {}
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        name = str(host).lower().removesuffix(".")
+        if name not in table:
+            return real(host, port, *args, **kwargs)
+        return [
+            info for address in table[name] for info in real(address, port, type=socket.SOCK_STREAM)
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return table
+
+
+def test_addresses_returns_what_a_public_name_resolves_to(names: dict[str, list[str]]) -> None:
+    names["public.test"] = ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]
+    assert AddressGuard().addresses("public.test", 443) == names["public.test"]
+
+
+@pytest.mark.parametrize(
+    ("resolved", "kind"),
+    [
+        (["10.1.2.3"], "a private address"),
+        (["93.184.215.14", "10.1.2.3"], "a private address"),  # one bad apple refuses all
+        (["2606:4700::1111", "::1"], "a loopback address"),
+        (["169.254.169.254"], "a link-local address (the cloud metadata service)"),
+        (["::ffff:127.0.0.1"], "an IPv6 address wrapping a loopback address"),
+        (["64:ff9b::a01:203"], "an IPv6 address wrapping a private address"),
+        (["2002:a01:203::1"], "an IPv6 address wrapping a private address"),
+        (["127.0.0.1", "10.1.2.3"], "a loopback address and a private address"),
+    ],
+)
+def test_a_name_is_refused_by_the_kind_of_address_never_the_address(
+    names: dict[str, list[str]], resolved: list[str], kind: str
+) -> None:
+    names["tricky.test"] = resolved
+    with pytest.raises(BlockedAddress) as info:
+        AddressGuard().addresses("tricky.test", 80)
+    assert str(info.value) == f"tricky.test resolves to {kind}; {HOW_TO_ALLOW}"
+    for address in ("127.0.0.1", "10.1.2.3", "169.254", "::1", "ffff", "64:ff9b", "2002"):
+        assert address not in str(info.value)
+
+
+def test_an_allowlisted_name_may_resolve_anywhere(names: dict[str, list[str]]) -> None:
+    names["hooks.internal"] = ["10.1.2.3", "127.0.0.1"]
+    assert AddressGuard(["hooks.internal"]).addresses("HOOKS.internal.", 80) == [
+        "10.1.2.3",
+        "127.0.0.1",
+    ]
+
+
+def test_an_allowlisted_network_must_cover_every_address(names: dict[str, list[str]]) -> None:
+    names["both.test"] = ["127.0.0.1", "::1"]
+    with pytest.raises(BlockedAddress, match=r"both\.test resolves to a loopback address"):
+        AddressGuard(["127.0.0.1/32"]).addresses("both.test", 80)
+    assert AddressGuard(["127.0.0.1/32", "::1/128"]).addresses("both.test", 80) == [
+        "127.0.0.1",
+        "::1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("127.0.0.1", "127.0.0.1 is a loopback address"),
+        ("[::ffff:10.0.0.1]", "::ffff:10.0.0.1 embeds the IPv4 address 10.0.0.1, and 10.0.0.1 is"),
+        ("2130706433", "2130706433 is a loopback address"),
+    ],
+)
+def test_an_address_literal_is_refused_in_its_own_words(host: str, message: str) -> None:
+    with pytest.raises(BlockedAddress) as info:
+        AddressGuard().addresses(host, 80)
+    assert str(info.value).startswith(message)
+    assert str(info.value).endswith(HOW_TO_ALLOW)
+
+
+def test_a_name_that_does_not_resolve_is_the_resolvers_error() -> None:
+    with pytest.raises(socket.gaierror):
+        AddressGuard().addresses("no-such-host.invalid", 80)
+
+
 # --------------------------------------------------------------------------- live
+
+
+class Listener:
+    """A raw TCP listener on 127.0.0.1 that counts the connections it accepts."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.accepted += 1
+            conn.close()
+
+    def stop(self) -> int:
+        """Stop, count what is still waiting in the backlog too, and return the count."""
+        if self.sock.fileno() == -1:
+            return self.accepted
+        self._stop.set()
+        self._thread.join(TIMEOUT)
+        while select.select([self.sock], [], [], 0.2)[0]:
+            conn, _ = self.sock.accept()
+            self.accepted += 1
+            conn.close()
+        self.sock.close()
+        return self.accepted
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    live = Listener()
+    yield live
+    live.stop()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (it was just bound, then freed)."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        return int(sock.getsockname()[1])
 
 
 @dataclass
 class Recorder:
-    connections: int = 0
-    eofs: int = 0
     request_lines: list[bytes] = field(default_factory=list)
-    lock: threading.Condition = field(default_factory=threading.Condition)
-
-    def wait_for_connections(self, count: int) -> None:
-        """Accepting is asynchronous: wait, so that stopping the server does not drop one."""
-        with self.lock:
-            self.lock.wait_for(lambda: self.connections >= count, timeout=TIMEOUT)
+    hosts: list[str] = field(default_factory=list)
+    server_names: list[str | None] = field(default_factory=list)
 
 
 class RecordingServer(ThreadingHTTPServer):
@@ -270,23 +497,10 @@ class RecordingHandler(BaseHTTPRequestHandler):
     timeout = 3  # a connection the client forgot to close shows up as a timeout
     server: RecordingServer
 
-    def setup(self) -> None:
-        super().setup()
-        with self.server.recorder.lock:
-            self.server.recorder.connections += 1
-            self.server.recorder.lock.notify_all()
-
-    def handle_one_request(self) -> None:
-        super().handle_one_request()
-        line = getattr(self, "raw_requestline", None)
-        with self.server.recorder.lock:
-            if line:
-                self.server.recorder.request_lines.append(line)
-            elif line == b"":
-                self.server.recorder.eofs += 1
-
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.server.recorder.request_lines.append(self.raw_requestline)
+        self.server.recorder.hosts.append(self.headers.get("Host", ""))
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()
@@ -300,7 +514,6 @@ class RecordingHandler(BaseHTTPRequestHandler):
 class LiveServer:
     server: RecordingServer
     thread: threading.Thread
-    host: str
 
     @property
     def port(self) -> int:
@@ -318,11 +531,15 @@ class LiveServer:
         return self.recorder
 
 
-def start_server(host: str, family: socket.AddressFamily) -> LiveServer:
+def start_server(
+    host: str, family: socket.AddressFamily, tls: ssl.SSLContext | None = None
+) -> LiveServer:
     server = RecordingServer((host, 0), family)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    return LiveServer(server, thread, host)
+    return LiveServer(server, thread)
 
 
 @pytest.fixture
@@ -343,7 +560,7 @@ def server6() -> Iterator[LiveServer]:
 
 
 def post_blocked(session: requests.Session, url: str) -> BlockedAddress:
-    """Post, expect BlockedAddress, and check the refused socket was closed, not dropped."""
+    """Post, expect BlockedAddress, and check no socket was left behind."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         with pytest.raises(BlockedAddress) as info:
@@ -356,54 +573,73 @@ def post_blocked(session: requests.Session, url: str) -> BlockedAddress:
     return error
 
 
-def assert_nothing_sent(live: LiveServer) -> None:
-    live.recorder.wait_for_connections(1)
-    recorder = live.stop()
-    assert recorder.request_lines == []
-    # The guard judges the real connection, so the server saw one; the client
-    # then closed it at once (EOF, not a timeout).
-    assert recorder.connections >= 1
-    assert recorder.eofs == recorder.connections
-
-
-def test_default_guard_blocks_loopback_ip(server4: LiveServer) -> None:
+def test_a_blocked_address_receives_no_connection(listener: Listener) -> None:
     session = guarded_session(AddressGuard())
-    error = post_blocked(session, f"http://127.0.0.1:{server4.port}/hook")
-    assert "127.0.0.1 is a loopback address" in str(error)
-    assert_nothing_sent(server4)
-    assert server4.recorder.connections == 1  # and it did not retry
+    error = post_blocked(session, f"http://127.0.0.1:{listener.port}/hook")
+    assert str(error) == f"127.0.0.1 is a loopback address; {HOW_TO_ALLOW}"
+    assert listener.stop() == 0
 
 
-def test_default_guard_blocks_https_before_the_tls_handshake(server4: LiveServer) -> None:
+def test_a_blocked_https_address_receives_no_connection(listener: Listener) -> None:
+    post_blocked(guarded_session(AddressGuard()), f"https://127.0.0.1:{listener.port}/hook")
+    assert listener.stop() == 0  # not a SYN, let alone a ClientHello
+
+
+def test_a_hostname_resolving_to_loopback_is_blocked_before_connecting(
+    listener: Listener,
+) -> None:
+    error = post_blocked(guarded_session(AddressGuard()), f"http://localhost:{listener.port}/")
+    assert str(error) == f"localhost resolves to a loopback address; {HOW_TO_ALLOW}"
+    assert listener.stop() == 0
+
+
+def test_a_name_with_an_allowed_and_a_private_address_gets_no_connection(
+    listener: Listener, names: dict[str, list[str]]
+) -> None:
+    names["rebind.test"] = ["127.0.0.1", "10.1.2.3"]
+    session = guarded_session(AddressGuard(["127.0.0.1/32"]))
+    error = post_blocked(session, f"http://rebind.test:{listener.port}/")
+    assert "rebind.test resolves to a private address" in str(error)
+    assert listener.stop() == 0  # not even the allowed address was tried
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_open_and_closed_blocked_ports_read_the_same(listener: Listener, host: str) -> None:
     session = guarded_session(AddressGuard())
-    post_blocked(session, f"https://127.0.0.1:{server4.port}/hook")
-    assert_nothing_sent(server4)  # not even a ClientHello arrived
+    open_error = post_blocked(session, f"http://{host}:{listener.port}/")
+    closed_error = post_blocked(session, f"http://{host}:{closed_port()}/")
+    assert str(open_error) == str(closed_error)
+    assert listener.stop() == 0
 
 
-def test_hostname_resolving_to_loopback_is_blocked(server4: LiveServer) -> None:
-    session = guarded_session(AddressGuard())
-    error = post_blocked(session, f"http://localhost:{server4.port}/")
-    assert "localhost" in str(error)
-    assert "loopback" in str(error)
-    assert_nothing_sent(server4)
-
-
-def test_ipv4_mapped_ipv6_is_blocked(server4: LiveServer) -> None:
-    probe = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+def test_the_delivery_log_tells_nothing_about_blocked_ports(
+    db_path: Path, listener: Listener
+) -> None:
+    store = tokenstore._store.open(db_path, webhook_allow=())
     try:
-        probe.settimeout(TIMEOUT)
-        probe.connect(("::ffff:127.0.0.1", server4.port))
-    except OSError as exc:
-        pytest.skip(f"this OS cannot connect to IPv4-mapped IPv6 addresses: {exc}")
+        errors = []
+        for port in (listener.port, closed_port()):
+            hook = store.webhooks.create(
+                f"probe-{port}", "tokenstore.APIToken", f"http://localhost:{port}/"
+            )
+            delivery = store.webhooks.ping(hook)
+            assert delivery.status == "failed"
+            errors.append(delivery.last_error)
     finally:
-        probe.close()
+        store.close()
+    assert (
+        errors[0]
+        == errors[1]
+        == f"blocked: localhost resolves to a loopback address; {HOW_TO_ALLOW}"
+    )
+    assert listener.stop() == 0
+
+
+def test_literal_ipv4_mapped_ipv6_is_blocked(listener: Listener) -> None:
     session = guarded_session(AddressGuard())
-    error = post_blocked(session, f"http://[::ffff:127.0.0.1]:{server4.port}/")
+    error = post_blocked(session, f"http://[::ffff:127.0.0.1]:{listener.port}/")
     assert "embeds the IPv4 address 127.0.0.1" in str(error)
-    server4.recorder.wait_for_connections(2)
-    recorder = server4.stop()
-    assert recorder.request_lines == []
-    assert recorder.connections == recorder.eofs == 2  # the probe and the refused one
+    assert listener.stop() == 0
 
 
 def test_allowlisted_cidr_gets_through(server4: LiveServer) -> None:
@@ -427,6 +663,88 @@ def test_allowlisted_hostname_gets_through(server4: LiveServer) -> None:
     post_blocked(session, f"http://127.0.0.1:{server4.port}/")
 
 
+def test_a_pinned_connection_is_resolved_once_and_keeps_the_host_header(
+    server4: LiveServer, names: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names["hooks.test"] = ["127.0.0.1"]
+    lookups: list[str] = []
+    resolve = socket.getaddrinfo
+
+    def counting(host: Any, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(host)
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", counting)
+    session = guarded_session(AddressGuard(["hooks.test"]))
+    url = f"http://hooks.test:{server4.port}/hook"
+    assert session.post(url, data=b"{}", timeout=TIMEOUT).status_code == 200
+    session.close()
+    # The test name exists only in the table above: the request reached the
+    # server through the address the guard returned, by way of no other lookup.
+    assert lookups.count("hooks.test") == 1
+    assert server4.stop().hosts == [f"hooks.test:{server4.port}"]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for hooks.test, made by the openssl command."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    try:
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=hooks.test",
+                "-addext",
+                "subjectAltName=DNS:hooks.test",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"openssl cannot make a test certificate: {exc}")
+    return cert, key
+
+
+def test_a_pinned_https_connection_verifies_and_names_the_host(
+    certificate: tuple[Path, Path], names: dict[str, list[str]]
+) -> None:
+    cert, key = certificate
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    live = start_server("127.0.0.1", socket.AF_INET, tls)
+    tls.sni_callback = lambda sock, name, context: live.recorder.server_names.append(name)
+    names["hooks.test"] = ["127.0.0.1"]
+    try:
+        session = guarded_session(AddressGuard(["hooks.test", "127.0.0.1/32"]))
+        session.verify = str(cert)
+        response = session.post(f"https://hooks.test:{live.port}/", data=b"{}", timeout=TIMEOUT)
+        assert response.status_code == 200
+        # The same server by its address: the certificate does not name it.
+        with pytest.raises(requests.exceptions.SSLError, match=r"127\.0\.0\.1"):
+            session.post(f"https://127.0.0.1:{live.port}/", data=b"{}", timeout=TIMEOUT)
+        session.close()
+    finally:
+        recorder = live.stop()
+    assert recorder.server_names[0] == "hooks.test"
+    assert recorder.hosts == [f"hooks.test:{live.port}"]
+
+
 def test_allowlisted_https_reaches_the_tls_handshake(server4: LiveServer) -> None:
     session = guarded_session(AddressGuard(["127.0.0.1/32"]))
     # The test server speaks plain HTTP, so TLS fails: proof the guard let it through.
@@ -444,6 +762,18 @@ def test_ipv6_loopback_server(server6: LiveServer) -> None:
     assert len(recorder.request_lines) == 1
 
 
+def test_an_allowed_closed_port_is_an_ordinary_connection_error() -> None:
+    session = guarded_session(AddressGuard(["127.0.0.1/32"]))
+    with pytest.raises(requests.exceptions.ConnectionError, match="Connection refused"):
+        session.post(f"http://127.0.0.1:{closed_port()}/", data=b"{}", timeout=TIMEOUT)
+
+
+def test_an_unknown_name_is_an_ordinary_connection_error() -> None:
+    session = guarded_session(AddressGuard())
+    with pytest.raises(requests.exceptions.ConnectionError, match="Failed to resolve"):
+        session.post("http://no-such-host.invalid/", data=b"{}", timeout=TIMEOUT)
+
+
 def test_environment_proxies_are_ignored(
     server4: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -457,12 +787,12 @@ def test_environment_proxies_are_ignored(
     assert response.status_code == 200
 
 
-def test_explicit_proxies_are_refused(server4: LiveServer) -> None:
+def test_explicit_proxies_are_refused(listener: Listener) -> None:
     session = guarded_session(AddressGuard(["127.0.0.1/32"]))
     with pytest.raises(ValidationError, match="does not use proxies"):
         session.post(
-            f"http://127.0.0.1:{server4.port}/",
-            proxies={"http": f"http://127.0.0.1:{server4.port}"},
+            f"http://127.0.0.1:{listener.port}/",
+            proxies={"http": f"http://127.0.0.1:{listener.port}"},
             timeout=TIMEOUT,
         )
-    assert server4.stop().connections == 0
+    assert listener.stop() == 0

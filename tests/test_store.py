@@ -15,10 +15,10 @@ import peewee
 import pytest
 
 import tokenstore
-from tokenstore import ABIDDriftError, ABIDModel, StoreError, ValidationError
-from tokenstore._changes import capture_triggers
+from tokenstore import ABIDDriftError, ABIDModel, Store, StoreError, ValidationError
+from tokenstore._capture import CaptureSpec
 from tokenstore._models import OWN_MODELS, APIToken, OutboundWebhook, User
-from tokenstore._store import SCHEMA_VERSION, Store, schema_sql
+from tokenstore._sqlite import SCHEMA_VERSION, capture_triggers, schema_sql
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,7 +164,7 @@ def test_schema_sql_triggers_are_the_generated_ones(store: Store) -> None:
         for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
     }
     for model in (User, APIToken, OutboundWebhook):
-        for statement in capture_triggers(model):
+        for statement in capture_triggers(CaptureSpec.of(model)):
             name = statement.split('"')[1]
             assert " ".join(stored[name].split()) == " ".join(statement.split()), name
 

@@ -17,9 +17,9 @@ import pytest
 from conftest import Clock
 
 import tokenstore
+from tokenstore import Store
 from tokenstore._errors import BlockedAddress, NotFound, ValidationError
 from tokenstore._models import ABIDModel, OutboundWebhook, WebhookDelivery
-from tokenstore._store import Store
 from tokenstore._webhooks import SIGNAL_CHOICES
 
 URL = "http://127.0.0.1:9/hook"  # allowed by the store fixture; never reached here

@@ -17,8 +17,8 @@ import requests
 from conftest import Clock
 
 import tokenstore._store
+from tokenstore import Store
 from tokenstore._errors import ValidationError
-from tokenstore._store import Store
 from tokenstore._wsgi import TokenAuthMiddleware
 
 START = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -9,11 +9,9 @@ whose names start with an underscore are private and may change at any time.
 ``tokenstore.signals`` holds the blinker signals.
 """
 
-__version__ = "0.1.0"
-
 from . import signals
 from ._abid import ABID, DEFAULT_ABID_URI_SALT, abid_from_values
-from ._changes import ChangeEvent
+from ._capture import ChangeEvent
 from ._credentials import looks_like_token
 from ._errors import (
     ABIDDriftError,
@@ -31,10 +29,12 @@ from ._errors import (
     WebhookVerificationError,
 )
 from ._models import ABIDModel, APIToken, OutboundWebhook, User, WebhookDelivery
+from ._options import Options
 from ._receiver import make_receiver
 from ._signing import verify_webhook
 from ._store import Store, open
 from ._tokens import Tokens, Users, token_from_request
+from ._version import __version__
 from ._webhooks import RetryThread, Webhooks
 from ._wsgi import TokenAuthMiddleware
 
@@ -52,6 +52,7 @@ __all__ = [
     "InvalidToken",
     "MissingScope",
     "NotFound",
+    "Options",
     "OutboundWebhook",
     "RetryThread",
     "RevokedToken",

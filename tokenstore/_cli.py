@@ -21,12 +21,13 @@ from typing import Any
 
 import peewee
 
-from . import __version__
 from ._abid import ABID, abid_from_values
 from ._errors import AuthenticationError, TokenstoreError, ValidationError
-from ._models import APIToken, OutboundWebhook, User, WebhookDelivery, format_time
+from ._models import APIToken, OutboundWebhook, User, WebhookDelivery
 from ._store import SCHEMA_VERSION, Store
 from ._store import open as open_store
+from ._times import format_time
+from ._version import __version__
 
 DEFAULT_DB = "tokenstore.sqlite3"
 

@@ -7,7 +7,6 @@ webhooks) lives in the modules that own it, not here.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,99 +15,46 @@ from typing import Any, ClassVar, Self
 import peewee
 
 from . import _abid as abids
-from . import signals
+from . import _compat, _credentials, signals
 from ._errors import ABIDDriftError, ValidationError
+from ._fields import JSONField, UTCDateTimeField
+from ._rows import quote_name
+from ._times import to_stored_time, utcnow
 
 #: A source of an ABID part: an attribute name, or a function of the instance.
 ABIDSource = str | Callable[[Any], Any]
 
 ABID_PARTS = ("ts", "uri", "subtype", "rand")
 
+#: The user that owns what nobody else owns (records made without ``created_by``).
+SYSTEM_USERNAME = "system"
+
 #: INSERT statements by model and the field names they set (see ``ABIDModel._insert_row``).
 _INSERT_SQL: dict[tuple[type[peewee.Model], tuple[str, ...]], str] = {}
-
-
-def quote_name(name: str) -> str:
-    """A table or column name as an SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
 
 #: How many fresh ids an insert tries when its ABID collides with an existing one.
 ABID_COLLISION_RETRIES = 5
 
 
-def utcnow() -> datetime:
-    """The current time as stored: aware UTC, cut to milliseconds."""
-    return to_stored_time(datetime.now(UTC))
+def insert_with_fresh_ids(
+    table: str, insert: Callable[[], None], renew: Callable[[], None] | None
+) -> None:
+    """Run ``insert``; if it collides on the table's unique ABID, ``renew`` the id and retry.
 
-
-def to_stored_time(value: datetime) -> datetime:
-    """Aware UTC with millisecond precision: what a round trip through the file gives back."""
-    if not isinstance(value, datetime):
-        raise ValidationError(f"expected a datetime, got {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValidationError(
-            f"naive datetime {value.isoformat()} refused: pass a timezone-aware time"
-        )
-    value = value.astimezone(UTC)
-    return value.replace(microsecond=value.microsecond // 1000 * 1000)
-
-
-def format_time(value: datetime) -> str:
-    """The stored text of a time: fixed-width ISO-8601 UTC with milliseconds.
-
-    Every insert and every webhook send formats several times; a time already
-    in stored form skips the conversion, and ``isoformat`` gives the same text
-    as ``strftime`` in a third of the time (``strftime`` does not pad years
-    before 1000 to four digits, so those keep its output).
+    An ABID keeps 30 random bits, and a bulk change writes many records of one
+    kind in the same millisecond, so among thousands a collision is likely; it
+    must not fail the write. Without ``renew`` (the caller chose the id) a
+    collision is the caller's error and is raised.
     """
-    if not (type(value) is datetime and value.tzinfo is UTC and value.microsecond % 1000 == 0):
-        value = to_stored_time(value)
-    if value.year >= 1000:
-        return value.isoformat(timespec="milliseconds")[:-6] + "Z"
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
-class UTCDateTimeField(peewee.Field):
-    """ISO-8601 UTC text with milliseconds, e.g. ``2024-10-24T12:00:00.123Z``.
-
-    Fixed width, so text order is time order and SQL can compare it with
-    ``strftime('%Y-%m-%dT%H:%M:%fZ', 'now')``; readable in the sqlite3 shell.
-    """
-
-    field_type = "TEXT"
-
-    def db_value(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = self.python_value(value)
-        return format_time(value)
-
-    def python_value(self, value: Any) -> datetime | None:
-        if value is None or isinstance(value, datetime):
-            return value
+    for attempt in range(ABID_COLLISION_RETRIES + 1):
         try:
-            parsed = datetime.fromisoformat(str(value))
-        except ValueError:
-            raise ValidationError(f"{self.name}: {value!r} is not an ISO-8601 time") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
-
-
-class JSONField(peewee.TextField):
-    """JSON kept as compact text, so the sqlite3 shell and json_extract() can read it."""
-
-    def db_value(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-    def python_value(self, value: Any) -> Any:
-        if value is None or not isinstance(value, str):
-            return value
-        return json.loads(value)
+            insert()
+            return
+        except peewee.IntegrityError as exc:
+            collided = f"{table}.abid" in str(exc)
+            if renew is None or not collided or attempt == ABID_COLLISION_RETRIES:
+                raise
+            renew()
 
 
 class BaseModel(peewee.Model):
@@ -126,13 +72,10 @@ class BaseModel(peewee.Model):
     def from_stored(cls, values: dict[str, Any]) -> Self:
         """An instance as a SELECT would load it, from Python values keyed by field name.
 
-        It skips peewee's per-field ``setattr``, which on the hot paths
-        (authenticating a token, sending a webhook) costs more than the query
-        that read the row. ``values`` becomes the instance's own.
+        No defaults run and no field is marked changed; ``values`` becomes the
+        instance's own.
         """
-        instance = cls.__new__(cls)
-        vars(instance).update(__data__=values, _dirty=set(), __rel__={}, **cls._loaded(values))
-        return instance
+        return _compat.loaded_instance(cls, values, **cls._loaded(values))
 
     @classmethod
     def _loaded(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +83,7 @@ class BaseModel(peewee.Model):
         return {}
 
     def save(self, force_insert: bool = False, only: Any = None) -> int:
-        created = force_insert or self._pk is None  # type: ignore[attr-defined]
+        created = force_insert or not _compat.was_saved(self)
         signals.send_isolated(signals.pre_save, type(self), instance=self, created=created)
         return int(super().save(force_insert=force_insert, only=only))
 
@@ -216,6 +159,10 @@ class ABIDModel(BaseModel):
     def _loaded(cls, values: dict[str, Any]) -> dict[str, Any]:
         return {"_stored": dict(values), "_id_generated": False}
 
+    def adopt(self, other: Self) -> None:
+        """Take on the stored state of another instance of the same row (a fresher read)."""
+        _compat.adopt_state(self, dict(other.__data__), **self._loaded(dict(other.__data__)))
+
     @classmethod
     def new_id(cls) -> uuid.UUID:
         """The primary key of a new record; override to choose ids yourself."""
@@ -274,27 +221,23 @@ class ABIDModel(BaseModel):
             self.modified_at = self.created_at
         if self.created_by_id is None:
             self.created_by_id = cls._meta.database.system_user_id
-        for attempt in range(ABID_COLLISION_RETRIES + 1):
+        self.abid = str(self.compute_abid())
+
+        def renew() -> None:
+            self.id = cls.new_id()
             self.abid = str(self.compute_abid())
-            try:
-                self._insert_row()
-            except peewee.IntegrityError as exc:
-                collided = f"{cls._meta.table_name}.abid" in str(exc)
-                if not (collided and self._id_generated) or attempt == ABID_COLLISION_RETRIES:
-                    raise
-                self.id = cls.new_id()
-                continue
-            break
+
+        insert_with_fresh_ids(
+            cls._meta.table_name, self._insert_row, renew if self._id_generated else None
+        )
         self._stored = dict(self.__data__)
         return 1
 
     def _insert_row(self) -> None:
         """INSERT the instance's values with a statement built once per model and column set.
 
-        It is what ``Model.save(force_insert=True)`` sends, without peewee
-        building the same SQL again on every save: that took more time than
-        SQLite took to run it (the columns are those the instance holds, as
-        peewee's own insert uses).
+        It is what ``Model.save(force_insert=True)`` sends (the columns the
+        instance holds), without building the same SQL again on every save.
         """
         cls = type(self)
         data = self.__data__
@@ -307,7 +250,7 @@ class ABIDModel(BaseModel):
             sql = f"INSERT INTO {quote_name(cls._meta.table_name)} ({columns}) VALUES ({marks})"
             _INSERT_SQL[(cls, names)] = sql
         cls._meta.database.execute_sql(sql, [fields[name].db_value(data[name]) for name in names])
-        self._dirty.clear()  # type: ignore[attr-defined]
+        _compat.mark_clean(self)
 
     def _refuse_drift(self) -> None:
         """Raise if this update would change a part of the stored ABID."""
@@ -370,10 +313,8 @@ class APIToken(ABIDModel):
     @staticmethod
     def generate_secret_token(prefix: str | None = None) -> str:
         """A new secret; it exists only in the caller's hands, the table keeps its digest."""
-        from . import _credentials as credentials
-
-        return credentials.generate_token(
-            credentials.DEFAULT_TOKEN_PREFIX if prefix is None else prefix
+        return _credentials.generate_token(
+            _credentials.DEFAULT_TOKEN_PREFIX if prefix is None else prefix
         )
 
     @property
@@ -503,11 +444,14 @@ class OutboundWebhook(ABIDModel):
         """django-signal-webhooks' name for ``modified_at``."""
         return self.modified_at  # type: ignore[no-any-return]
 
+    #: Checks a hook before every save; a store binds its ``HookValidator`` here when it opens.
+    validator: ClassVar[Callable[[OutboundWebhook], None] | None] = None
+
     def save(self, force_insert: bool = False, only: Any = None) -> int:
-        """Validate (against the store's registered models and address guard), then save."""
-        store = getattr(self._meta.database, "store", None)
-        if store is not None:
-            store.webhooks.validate(self)
+        """Validate (against the registered models and the address guard), then save."""
+        validator = OutboundWebhook.validator
+        if validator is not None:
+            validator(self)
         return super().save(force_insert=force_insert, only=only)
 
     def __str__(self) -> str:

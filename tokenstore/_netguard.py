@@ -8,13 +8,19 @@ only public (global) addresses may be reached.
 
 Checking the URL text is not enough: a hostname can resolve (or re-resolve,
 after a DNS rebinding) to a private address, and IPv6 can wrap an IPv4
-address (``::ffff:127.0.0.1``, NAT64, 6to4). :func:`guarded_session` therefore
-judges the peer address of the socket actually connected, before a byte of
-the request is written. :meth:`AddressGuard.check_endpoint` is the early,
-friendly check for when a hook is created.
+address (``::ffff:127.0.0.1``, NAT64, 6to4). Judging a socket once it is
+connected is too late: the blocked address has had a TCP handshake by then,
+and whether it answered or refused tells an open port from a closed one. So
+:func:`guarded_session` resolves the host itself, judges every address, and
+connects only to an address it allowed, pinned for that connection (the name
+is not resolved again). The Host header, TLS SNI and certificate checks still
+use the name. A refusal names the kind of address, never the address a name
+resolved to, and reads the same whatever listens there.
+:meth:`AddressGuard.check_endpoint` is the early, friendly check for when a
+hook is created.
 
-``requests`` and ``urllib3`` are imported only inside :func:`guarded_session`,
-so importing tokenstore stays cheap for applications that never send.
+``requests``, ``urllib3`` and ``idna`` are imported only when needed, so
+importing tokenstore stays cheap for applications that never send.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -30,6 +37,7 @@ from ._errors import BlockedAddress, ValidationError
 
 if TYPE_CHECKING:
     import requests
+    from urllib3.connection import HTTPConnection
 
 __all__ = ["AddressGuard", "guarded_session"]
 
@@ -49,9 +57,59 @@ _UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
 _LABEL_RE = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _CONTROL_RE = re.compile(r"[\x00-\x20\x7f]")
 
+#: How a refusal says what lifts it.
+_HOW_TO_ALLOW = (
+    "to allow it, add the host or its network to the store's webhook allowlist "
+    "(webhook_allow= / --allow)"
+)
+
 
 def _normalize_host(host: str) -> str:
     return host.strip().lower().rstrip(".")
+
+
+def _printable(exc: Exception) -> str:
+    """An error's text with what a terminal cannot show (lone surrogates) escaped."""
+    return str(exc).encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _host_name(host: str) -> str:
+    """``host`` as an ASCII DNS name (IDNA A-labels); ValueError saying why it cannot be one.
+
+    Non-ASCII names are encoded as requests encodes them (IDNA 2008 with
+    UTS 46 mapping), so a name refused here is one no request could use.
+    """
+    name = host.strip().lower().removesuffix(".")
+    if not name.isascii():
+        import idna
+
+        try:
+            name = idna.encode(name, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError) as exc:
+            raise ValueError(
+                f"it is not a valid internationalized domain name ({_printable(exc)})"
+            ) from None
+    if len(name) > 253:
+        raise ValueError(f"it is {len(name)} characters long; DNS allows 253")
+    labels = name.split(".")
+    for label in labels:
+        if not _LABEL_RE.fullmatch(label):
+            raise ValueError(
+                f"its label {label!r} is not 1-63 letters, digits, hyphens or "
+                "underscores with no hyphen at either end"
+            )
+        if label.startswith("xn--"):
+            import idna
+
+            try:
+                idna.decode(label)
+            except (idna.IDNAError, UnicodeError) as exc:
+                raise ValueError(
+                    f"its label {label!r} is not a valid IDNA A-label ({_printable(exc)})"
+                ) from None
+    if labels[-1].isdigit():
+        raise ValueError("its last label is all digits, yet it is not an IP address")
+    return name
 
 
 def _parse_allow_entry(entry: object) -> _IPNetwork | str:
@@ -71,17 +129,12 @@ def _parse_allow_entry(entry: object) -> _IPNetwork | str:
         pass
     else:
         return ipaddress.ip_network(address)
-    host = _normalize_host(text)
-    labels = host.split(".")
-    if (
-        len(host) > 253
-        or not all(_LABEL_RE.fullmatch(label) for label in labels)
-        or labels[-1].isdigit()
-    ):
+    try:
+        return _host_name(text)
+    except ValueError as exc:
         raise ValidationError(
-            f"allowlist entry {entry!r} is not an IP address, a CIDR network or a hostname"
-        )
-    return host
+            f"allowlist entry {entry!r} is not an IP address, a CIDR network or a hostname: {exc}"
+        ) from None
 
 
 def _embedded_ipv4(ip: _IPAddress) -> ipaddress.IPv4Address | None:
@@ -95,32 +148,32 @@ def _embedded_ipv4(ip: _IPAddress) -> ipaddress.IPv4Address | None:
     return ip.sixtofour
 
 
-def _own_reason(ip: _IPAddress, shown: str) -> str | None:
-    """Why ``ip`` itself is not a public destination, or None if it is one."""
+def _kind(ip: _IPAddress) -> str | None:
+    """What kind of non-public destination ``ip`` is, or None if it is a public one."""
     if ip.is_unspecified:
-        return f"{shown} is the unspecified address"
+        return "the unspecified address"
     if ip.is_loopback:
-        return f"{shown} is a loopback address"
+        return "a loopback address"
     if ip == _METADATA:
-        return f"{shown} is a link-local address (the cloud metadata service)"
+        return "a link-local address (the cloud metadata service)"
     if ip.is_link_local:
-        return f"{shown} is a link-local address"
+        return "a link-local address"
     if ip.is_multicast:
-        return f"{shown} is a multicast address"
+        return "a multicast address"
     if isinstance(ip, ipaddress.IPv4Address):
         if ip in _CGNAT:
-            return f"{shown} is a carrier-grade NAT address (100.64.0.0/10)"
+            return "a carrier-grade NAT address (100.64.0.0/10)"
         if any(ip in net for net in _RFC1918):
-            return f"{shown} is a private address"
+            return "a private address"
     else:
         if ip in _UNIQUE_LOCAL:
-            return f"{shown} is a unique local (private) address"
+            return "a unique local (private) address"
         if ip.is_site_local:
-            return f"{shown} is a site-local address"
+            return "a site-local address"
     if ip.is_reserved:
-        return f"{shown} is a reserved address"
+        return "a reserved address"
     if ip.is_private or not ip.is_global:
-        return f"{shown} is a special-purpose address, not a public one"
+        return "a special-purpose address, not a public one"
     return None
 
 
@@ -160,6 +213,18 @@ class AddressGuard:
     def _network_allowed(self, ip: _IPAddress) -> bool:
         return any(ip in net for net in self._networks)
 
+    def _refusal(self, ip: _IPAddress) -> tuple[ipaddress.IPv4Address | None, str] | None:
+        """Why ``ip`` is refused, as (the IPv4 address it wraps or None, the kind), or None.
+
+        The kind is that of the destination packets really reach: for a
+        wrapping IPv6 address, the IPv4 address inside.
+        """
+        embedded = _embedded_ipv4(ip)
+        if self._network_allowed(ip) or (embedded is not None and self._network_allowed(embedded)):
+            return None
+        kind = _kind(ip if embedded is None else embedded)
+        return None if kind is None else (embedded, kind)
+
     def blocked_reason(self, ip: str) -> str | None:
         """Why connecting to ``ip`` is refused, or None when it may be reached.
 
@@ -169,24 +234,52 @@ class AddressGuard:
             address = ipaddress.ip_address(ip.strip())
         except (ValueError, AttributeError):
             raise ValidationError(f"{ip!r} is not an IP address") from None
-        shown = ip.strip()
-        embedded = _embedded_ipv4(address)
-        if self._network_allowed(address) or (
-            embedded is not None and self._network_allowed(embedded)
-        ):
+        return self._explain(address, ip.strip())
+
+    def _explain(self, ip: _IPAddress, shown: str) -> str | None:
+        """:meth:`blocked_reason` for ``ip``, written as ``shown``."""
+        refusal = self._refusal(ip)
+        if refusal is None:
             return None
-        if embedded is not None:
-            inner = _own_reason(embedded, str(embedded))
-            if inner is None:
-                return None
-            return f"{shown} embeds the IPv4 address {embedded}, and {inner}"
-        return _own_reason(address, shown)
+        embedded, kind = refusal
+        if embedded is None:
+            return f"{shown} is {kind}"
+        return f"{shown} embeds the IPv4 address {embedded}, and {embedded} is {kind}"
+
+    def addresses(self, host: str, port: int) -> list[str]:
+        """The addresses to connect to for ``host``, every one of them allowed.
+
+        Raises :class:`BlockedAddress` if any address the host resolves to is
+        refused: a name mixing public and internal addresses is a DNS trick
+        (or an allowlist to complete), and nothing is sent either way. The
+        message gives the kind of address, not the address, so a delivery
+        log does not map the internal network for whoever sets hook URLs.
+        Resolution errors are the resolver's ``socket.gaierror``.
+        """
+        name = host.strip("[]")
+        found = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+        if self.host_allowed(name):
+            return addresses
+        kinds: list[str] = []
+        for address in addresses:
+            refusal = self._refusal(ipaddress.ip_address(address))
+            if refusal is not None:
+                embedded, kind = refusal
+                kinds.append(kind if embedded is None else f"an IPv6 address wrapping {kind}")
+        if not kinds:
+            return addresses
+        literal = _literal_address(name)  # its own text says no more than the URL does
+        reason = None if literal is None else self._explain(literal, name)
+        if reason is None:
+            reason = f"{name} resolves to {' and '.join(dict.fromkeys(kinds))}"
+        raise BlockedAddress(f"{reason}; {_HOW_TO_ALLOW}")
 
     def check_endpoint(self, url: str) -> None:
         """Reject a hook URL early, with a clear message, when it is plainly unusable.
 
-        Hostnames pass: what they resolve to can change, so they are judged
-        when the connection is made.
+        A host name must be one DNS could hold, but passes whatever it
+        resolves to: that can change, so it is judged when connecting.
         """
         if not isinstance(url, str) or not url:
             raise ValidationError("webhook URL must be a non-empty string")
@@ -197,7 +290,7 @@ class AddressGuard:
             host = parts.hostname
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError as exc:
-            raise ValidationError(f"webhook URL is malformed: {exc}") from None
+            raise ValidationError(f"webhook URL is malformed: {_printable(exc)}") from None
         if parts.scheme.lower() not in ("http", "https"):
             shown = parts.scheme or "(none)"
             raise ValidationError(f"webhook URL scheme must be http or https, not {shown}")
@@ -207,8 +300,14 @@ class AddressGuard:
             return
         address = _literal_address(host)
         if address is None:
+            try:
+                _host_name(host)
+            except ValueError as exc:
+                raise ValidationError(
+                    f"webhook URL host {host!r} is not a valid host name: {exc}"
+                ) from None
             return
-        reason = self.blocked_reason(str(address))
+        reason = self._explain(address, host)
         if reason is not None:
             raise BlockedAddress(f"webhook URL host {host} is not allowed: {reason}")
 
@@ -231,19 +330,39 @@ def _literal_address(host: str) -> _IPAddress | None:
     return None
 
 
-def _vet_socket(guard: AddressGuard, host: str, sock: socket.socket) -> socket.socket:
-    """Close ``sock`` and raise unless its peer is one the guard accepts."""
+def _connect_pinned(conn: HTTPConnection, guard: AddressGuard) -> socket.socket:
+    """Open ``conn``'s socket to an address the guard allowed for its host.
+
+    Stands in for urllib3's ``HTTPConnection._new_conn``: the same socket
+    options and the same exceptions, but the name is resolved once, by the
+    guard, and each connection attempt goes to an address it returned.
+    """
+    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+    from urllib3.util.connection import create_connection
+
     try:
-        peer = str(sock.getpeername()[0])
-        reason = None if guard.host_allowed(host) else guard.blocked_reason(peer)
-    except BaseException:
-        sock.close()
-        raise
-    if reason is not None:
-        sock.close()
-        shown = host if host == peer else f"{host} ({peer})"
-        raise BlockedAddress(f"refusing to connect to {shown}: {reason}")
-    return sock
+        addresses = guard.addresses(conn.host, conn.port)
+    except socket.gaierror as exc:
+        raise NameResolutionError(conn.host, conn, exc) from exc
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            sock = create_connection(
+                (address, conn.port),  # an IP: create_connection does not look it up
+                conn.timeout,
+                source_address=conn.source_address,
+                socket_options=conn.socket_options,
+            )
+        except OSError as exc:
+            error = exc
+            continue
+        sys.audit("http.client.connect", conn, conn.host, conn.port)
+        return sock
+    if isinstance(error, TimeoutError):
+        raise ConnectTimeoutError(
+            conn, f"Connection to {conn.host} timed out. (connect timeout={conn.timeout})"
+        ) from error
+    raise NewConnectionError(conn, f"Failed to establish a new connection: {error}") from error
 
 
 def _find_blocked(exc: BaseException) -> BlockedAddress | None:
@@ -269,22 +388,24 @@ def guarded_session(guard: AddressGuard) -> requests.Session:
     Environment proxies are ignored (``trust_env = False``) and explicit
     proxies are refused with :class:`ValidationError`: through a proxy the
     guard would only see the proxy's address, not the destination's.
-    A refused connection raises :class:`BlockedAddress` from the request call.
+    A refused connection raises :class:`BlockedAddress` from the request call
+    before the endpoint has received a single packet.
     """
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-    # _new_conn() returns the connected socket before http.client or TLS write
-    # anything, and its peer is the address really reached whatever DNS said.
+    # _new_conn() only opens the socket; connect() then speaks TLS over it with
+    # self.host (the name) for SNI and certificate checks, and requests sets the
+    # Host header from the URL: pinning the address changes neither.
     class GuardedHTTPConnection(HTTPConnection):
         def _new_conn(self) -> socket.socket:
-            return _vet_socket(guard, self.host, super()._new_conn())
+            return _connect_pinned(self, guard)
 
     class GuardedHTTPSConnection(HTTPSConnection):
         def _new_conn(self) -> socket.socket:
-            return _vet_socket(guard, self.host, super()._new_conn())
+            return _connect_pinned(self, guard)
 
     class GuardedHTTPConnectionPool(HTTPConnectionPool):
         ConnectionCls = GuardedHTTPConnection

@@ -5,14 +5,11 @@ from __future__ import annotations
 import builtins
 import hashlib
 import hmac
-import json
 import logging
 import re
-import sqlite3
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 
 import peewee
@@ -34,12 +31,12 @@ from ._errors import (
     RevokedToken,
     ValidationError,
 )
-from ._models import APIToken, User, format_time, to_stored_time
+from ._models import SYSTEM_USERNAME, APIToken, User
+from ._rows import Loader
+from ._sqlite import SQLiteDatabase
+from ._times import format_time, to_stored_time
 
-if TYPE_CHECKING:
-    from ._store import Store
-
-logger = logging.getLogger("tokenstore._tokens")
+logger = logging.getLogger("tokenstore.tokens")
 
 _USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,150}")
 _SCOPE = re.compile(r"[a-z0-9:._-]{1,100}")
@@ -58,66 +55,11 @@ MAX_NAME_LENGTH = 255
 #: How many distinct token rows ``Tokens._values`` keeps converted.
 _CONVERTED_ROWS = 1024
 
+_TOKENS = Loader(APIToken)
 _TABLE = APIToken._meta.table_name
-# Columns spelled out, in the order _read() unpacks them; a test checks every field is here.
-_COLUMNS = (
-    "id",
-    "abid",
-    "created_by_id",
-    "created_at",
-    "modified_at",
-    "name",
-    "token_digest",
-    "token_hint",
-    "expires",
-    "revoked_at",
-    "last_used_at",
-    "scopes",
-)
-_SELECT_BY_DIGEST = f'SELECT {", ".join(_COLUMNS)} FROM "{_TABLE}" WHERE token_digest = ?'
-_DIGEST_INDEX = 6
-_REVOKED_INDEX = 9
-
-
-def _utc(text: str) -> datetime:
-    if text[-1] != "Z":
-        raise ValueError(text)
-    return datetime.fromisoformat(text)  # reads format_time's Z as UTC
-
-
-def _read(row: tuple[Any, ...]) -> dict[str, Any]:
-    """A row as Python values, the way the fields convert it, at a third of the cost.
-
-    authenticate() converts one row per call, and peewee's generic per-field
-    path costs nearly as much as the lookup. The shortcuts cover what
-    tokenstore writes; anything else (say, a time typed into the sqlite3 shell)
-    goes through the fields themselves.
-    """
-    (id_, abid, owner, created, modified, name, digest, hint, expires, revoked, used, scopes) = row
-    try:
-        if type(owner) is not int:
-            raise ValueError(owner)
-        return {
-            "id": uuid.UUID(id_),
-            "abid": abid,
-            "created_by": owner,
-            "created_at": _utc(created),
-            "modified_at": _utc(modified),
-            "name": name,
-            "token_digest": digest,
-            "token_hint": hint,
-            "expires": None if expires is None else _utc(expires),
-            "revoked_at": None if revoked is None else _utc(revoked),
-            "last_used_at": None if used is None else _utc(used),
-            "scopes": [] if scopes == "[]" else json.loads(scopes),
-        }
-    except (ValueError, TypeError, IndexError):
-        fields = APIToken._meta.columns
-        return {
-            fields[column].name: fields[column].python_value(value)
-            for column, value in zip(_COLUMNS, row, strict=True)
-        }
-
+_SELECT_BY_DIGEST = f'SELECT {_TOKENS.columns} FROM "{_TABLE}" WHERE token_digest = ?'
+_DIGEST_AT = _TOKENS.at["token_digest"]
+_REVOKED_AT = _TOKENS.at["revoked_at"]
 
 _TOUCH = (
     f'UPDATE "{_TABLE}" SET "last_used_at" = ? '
@@ -131,9 +73,6 @@ _COUNT_LIVE = (
 
 class Users:
     """``store.users``: the owners tokens and hooks belong to."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
 
     def create(self, username: str, superuser: bool = False) -> User:
         """Add a user; usernames are 1-150 letters, digits or ``_.@+-``, unique."""
@@ -262,7 +201,9 @@ class Tokens:
 
     def __init__(
         self,
-        store: Store,
+        db: SQLiteDatabase,
+        users: Users,
+        clock: Callable[[], datetime],
         prefix: str = DEFAULT_TOKEN_PREFIX,
         *,
         max_tokens_per_user: int | None = None,
@@ -275,11 +216,16 @@ class Tokens:
             raise ValidationError(
                 f"max_tokens_per_user must be a positive int or None, got {max_tokens_per_user!r}"
             )
-        self.store = store
+        self.db = db
+        self.users = users
+        self.clock = clock
         self.prefix = prefix
         self.max_tokens_per_user = max_tokens_per_user
         self.header = header
         self._converted: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._select_by_digest = db.sql(_SELECT_BY_DIGEST)
+        self._touch_sql = db.sql(_TOUCH)
+        self._count_live = db.sql(_COUNT_LIVE)
 
     # -- issuing -----------------------------------------------------------------------
 
@@ -302,7 +248,7 @@ class Tokens:
             raise ValidationError(
                 f"token name must be a string of at most {MAX_NAME_LENGTH} characters or None"
             )
-        now = to_stored_time(self.store.clock())
+        now = to_stored_time(self.clock())
         expiry = self._expiry(expires, now)
         scope_list = _check_scopes(scopes)
         secret = APIToken.generate_secret_token(self.prefix)
@@ -315,20 +261,20 @@ class Tokens:
             expires=expiry,
             scopes=scope_list,
         )
-        with self.store.atomic():
+        with self.db.atomic():
             self._check_limit(owner, now)
             token.save(force_insert=True)
         return token, secret
 
     def _owner(self, user: User | str | int | None) -> User:
         if user is None:
-            return self.store.system_user
+            return self.users.get(SYSTEM_USERNAME)
         if isinstance(user, User):
             if user.id is None:
                 raise ValidationError(f"user {user.username!r} is not saved yet")
             return user
         if isinstance(user, str | int) and not isinstance(user, bool):
-            return self.store.users.get(user)
+            return self.users.get(user)
         raise ValidationError(f"user must be a User, a username or an id, got {user!r}")
 
     @staticmethod
@@ -355,7 +301,7 @@ class Tokens:
         if self.max_tokens_per_user is None:
             return
         (live,) = (
-            self.store.db.connection().execute(_COUNT_LIVE, (owner.id, format_time(now))).fetchone()
+            self.db.connection().execute(self._count_live, (owner.id, format_time(now))).fetchone()
         )
         if live >= self.max_tokens_per_user:
             raise ValidationError(
@@ -384,16 +330,16 @@ class Tokens:
             digest = hashlib.sha256(secret.encode()).hexdigest()
         except UnicodeEncodeError:
             raise InvalidToken("API token is malformed") from None
-        row = self.store.db.connection().execute(_SELECT_BY_DIGEST, (digest,)).fetchone()
-        if row is None or not hmac.compare_digest(row[_DIGEST_INDEX], digest):
+        row = self.db.connection().execute(self._select_by_digest, (digest,)).fetchone()
+        if row is None or not hmac.compare_digest(row[_DIGEST_AT], digest):
             # Checked only on a miss, where it tells a mistyped secret from an unknown one:
             # on the way to a hit it would cost a tenth of the lookup for nothing.
             if not looks_like_token(secret):
                 raise InvalidToken("API token is malformed or fails its checksum")
             raise InvalidToken("API token is not recognised")
         data = self._values(row)
-        now = self.store.clock()
-        if row[_REVOKED_INDEX] is not None:
+        now = self.clock()
+        if row[_REVOKED_AT] is not None:
             raise RevokedToken(
                 f"API token {_shown(data)} was revoked at {data['revoked_at'].isoformat()}"
             )
@@ -421,7 +367,7 @@ class Tokens:
         if cached is None:
             if len(self._converted) >= _CONVERTED_ROWS:
                 self._converted.clear()
-            cached = self._converted[row] = _read(row)
+            cached = self._converted[row] = _TOKENS.values(row)
         values = dict(cached)
         values["scopes"] = list(cached["scopes"])  # the caller's to change, not the memo's
         return values
@@ -437,8 +383,8 @@ class Tokens:
         stamp = to_stored_time(now)
         cutoff = format_time(stamp - LAST_USED_RESOLUTION)
         try:
-            self.store.db.execute_sql(_TOUCH, (format_time(stamp), data["id"].hex, cutoff))
-        except (peewee.OperationalError, sqlite3.OperationalError) as exc:
+            self.db.execute_sql(self._touch_sql, (format_time(stamp), data["id"].hex, cutoff))
+        except peewee.OperationalError as exc:
             logger.warning("could not record use of API token %s: %s", data["abid"], exc)
             return data["last_used_at"]  # type: ignore[no-any-return]
         return stamp
@@ -447,15 +393,13 @@ class Tokens:
 
     def revoke(self, token: APIToken | str) -> APIToken:
         """Revoke a token (or its ABID) for good; revoking it again changes nothing."""
-        with self.store.atomic():
+        with self.db.atomic():
             current = self.get(token.abid if isinstance(token, APIToken) else token)
             if current.revoked_at is None:
-                current.revoked_at = to_stored_time(self.store.clock())
+                current.revoked_at = to_stored_time(self.clock())
                 current.save()
         if isinstance(token, APIToken):  # so the caller's copy says revoked too
-            vars(token).update(
-                __data__=dict(current.__data__), _stored=dict(current.__data__), _dirty=set()
-            )
+            token.adopt(current)
         return current
 
     def get(self, abid: str) -> APIToken:

@@ -10,24 +10,26 @@ import contextlib
 import logging
 import re
 import threading
-from collections.abc import Iterable, Mapping
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
 
 import peewee
 
 from ._abid import ABID
+from ._capture import model_ref
 from ._credentials import looks_like_token
-from ._delivery import Deliverer, Sender, dumps
 from ._errors import InvalidABID, NotFound, ValidationError
-from ._models import OutboundWebhook, User, WebhookDelivery, format_time, to_stored_time
+from ._models import OutboundWebhook, User, WebhookDelivery
 from ._netguard import AddressGuard
+from ._outbox import Outbox
+from ._payload import dumps
+from ._registry import Registry
 from ._signing import SECRET_PREFIX, new_signing_secret, signing_key
+from ._sqlite import SQLiteDatabase
+from ._times import format_time, to_stored_time
 
-if TYPE_CHECKING:
-    from ._store import Store
-
-logger = logging.getLogger("tokenstore._webhooks")
+logger = logging.getLogger("tokenstore.webhooks")
 
 #: django-signal-webhooks' signal choices; an event fires every choice whose name contains its kind.
 SIGNAL_CHOICES = (
@@ -89,43 +91,19 @@ def _set_if_changed(hook: OutboundWebhook, name: str, value: object) -> None:
         setattr(hook, name, value)
 
 
-class Webhooks:
-    """Create, change and inspect outbound webhooks; send what is due.
+class HookValidator:
+    """Checks a hook before every save, through the API or ``hook.save()`` alike.
 
-    ``allow`` lists hosts or networks hooks may reach although the address
-    guard would refuse them (loopback for a desktop app's local tools).
-    A hook that has failed ``disable_after_failures`` times in a row over at
-    least ``disable_after`` is disabled, with the reason recorded.
+    It knows the registered models (a hook's ``ref`` must name one) and the
+    address guard (its endpoint must be reachable); the store binds it to
+    ``OutboundWebhook`` when it opens.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        allow: Iterable[str] = (),
-        connect_timeout: float = 3.0,
-        read_timeout: float = 10.0,
-        disable_after_failures: int = 10,
-        disable_after: timedelta = timedelta(days=1),
-        secret_grace: timedelta = timedelta(hours=24),
-    ) -> None:
-        self.store = store
-        self.guard = AddressGuard(allow)
-        self.secret_grace = secret_grace
-        self.deliverer = Deliverer(
-            store,
-            Sender(self.guard, connect_timeout, read_timeout),
-            disable_after_failures,
-            disable_after,
-        )
-        store.dispatcher.add_consumer(self.deliverer.on_events, self.deliverer.wants_events)
+    def __init__(self, registry: Registry, guard: AddressGuard) -> None:
+        self.registry = registry
+        self.guard = guard
 
-    def close(self) -> None:
-        """Close this thread's HTTP session."""
-        self.deliverer.sender.close()
-
-    # -- hooks --------------------------------------------------------------------------
-
-    def validate(self, hook: OutboundWebhook) -> None:
+    def __call__(self, hook: OutboundWebhook) -> None:
         """Check a hook's fields before it is saved; raise ValidationError at the first fault."""
         name = hook.name
         if not isinstance(name, str) or not name.strip() or len(name) > 255:
@@ -140,13 +118,13 @@ class Webhooks:
         # enable or rename a hook the application made.
         stored = hook._stored or {}
         if not stored or stored.get("ref") != hook.ref:
-            model = self.store.model_for_ref(hook.ref)
+            model = self.registry.for_ref(hook.ref)
             if model is WebhookDelivery:
                 raise ValidationError(
-                    f"{self.store.ref(model)} cannot have webhooks: its changes are not "
+                    f"{model_ref(model)} cannot have webhooks: its changes are not "
                     "captured (a hook on it would report its own deliveries)"
                 )
-            _set_if_changed(hook, "ref", self.store.ref(model))
+            _set_if_changed(hook, "ref", model_ref(model))
         if not isinstance(hook.endpoint, str) or len(hook.endpoint) > 2047:
             raise ValidationError("webhook endpoint must be a URL of at most 2047 characters")
         if not stored or stored.get("endpoint") != hook.endpoint:
@@ -196,6 +174,31 @@ class Webhooks:
         if others.where(same_target).exists():
             raise ValidationError(f"a webhook for {hook.ref} at {hook.endpoint} already exists")
 
+
+class Webhooks:
+    """Create, change and inspect outbound webhooks; send what is due.
+
+    Hooks are checked by the ``HookValidator`` bound to the model. Deliveries
+    are the outbox's: this is the API over it. ``secret_grace`` is how long a
+    rotated-out signing secret still signs.
+    """
+
+    def __init__(
+        self,
+        db: SQLiteDatabase,
+        outbox: Outbox,
+        clock: Callable[[], datetime],
+        secret_grace: timedelta = timedelta(hours=24),
+    ) -> None:
+        self.db = db
+        self.outbox = outbox
+        self.clock = clock
+        self.secret_grace = secret_grace
+
+    def close(self) -> None:
+        """Close this thread's HTTP session."""
+        self.outbox.sender.close()
+
     def create(
         self,
         name: str,
@@ -210,7 +213,7 @@ class Webhooks:
         """Add a hook that POSTs each matching change of model ``ref`` to ``endpoint``."""
         hook = OutboundWebhook(
             name=name,
-            ref=self.store.ref(ref) if isinstance(ref, type) else ref,
+            ref=model_ref(ref) if isinstance(ref, type) else ref,
             endpoint=endpoint,
             signal=signal,
             headers={} if headers is None else headers,  # validate() checks and copies it
@@ -224,7 +227,7 @@ class Webhooks:
 
     def _save(self, hook: OutboundWebhook) -> None:
         try:
-            with self.store.atomic():
+            with self.db.atomic():
                 hook.save()
         except peewee.IntegrityError as exc:
             if ".name" in str(exc):
@@ -263,7 +266,7 @@ class Webhooks:
                 f"cannot update {', '.join(unknown)}; editable fields: {', '.join(EDITABLE)}"
             )
         if "ref" in changes and isinstance(changes["ref"], type):
-            changes["ref"] = self.store.ref(changes["ref"])
+            changes["ref"] = model_ref(changes["ref"])
         before = {key: getattr(hook, key) for key in changes}
         for key, value in changes.items():
             setattr(hook, key, value)
@@ -284,7 +287,7 @@ class Webhooks:
     def enable(self, hook: OutboundWebhook | str) -> OutboundWebhook:
         """Turn a hook back on, forgetting its failure streak."""
         hook = self._hook(hook)
-        with self.store.atomic():
+        with self.db.atomic():
             hook.enabled = True
             hook.disabled_reason = ""
             hook.failure_count = 0
@@ -297,7 +300,7 @@ class Webhooks:
     ) -> OutboundWebhook:
         """Turn a hook off; what it still had to send is given up (``redeliver`` brings it back)."""
         hook = self._hook(hook)
-        self.deliverer.disable(hook, reason)
+        self.outbox.disable(hook, reason)
         return hook
 
     def rotate_secret(
@@ -306,9 +309,9 @@ class Webhooks:
         """Give a hook a new signing secret; the old one keeps signing too for ``grace``."""
         hook = self._hook(hook)
         grace = self.secret_grace if grace is None else grace
-        with self.store.atomic():
+        with self.db.atomic():
             hook.previous_secret = hook.secret
-            hook.previous_secret_expires = to_stored_time(self.store.clock()) + grace
+            hook.previous_secret_expires = to_stored_time(self.clock()) + grace
             hook.secret = new_signing_secret()
             hook.save()
         return hook
@@ -358,30 +361,30 @@ class Webhooks:
         Rotated-out signing secrets whose grace period is over are erased
         first: a secret nobody signs with should not stay in the file.
         """
-        cutoff = to_stored_time(self.store.clock() if now is None else now)
+        cutoff = to_stored_time(self.clock() if now is None else now)
         OutboundWebhook.update(previous_secret=None, previous_secret_expires=None).where(
             OutboundWebhook.previous_secret_expires <= cutoff
         ).execute()
-        return self.deliverer.deliver_due(now, limit)
+        return self.outbox.deliver_due(now, limit)
 
     def ping(self, hook: OutboundWebhook | str) -> WebhookDelivery:
         """Send a ``webhook.ping`` message now, to check a receiver and its secret."""
         hook = self._hook(hook)
-        now = to_stored_time(self.store.clock())
+        now = to_stored_time(self.clock())
         payload = {
             "type": "webhook.ping",
             "timestamp": format_time(now),
             "data": {"hook": hook.abid, "name": hook.name, "ref": hook.ref},
         }
         # Held like a change's delivery: if this process dies before the attempt, it is retried.
-        delivery = self.deliverer.create_ping(hook, dumps(payload), now)
-        return self.deliverer.attempt(delivery, now)
+        delivery = self.outbox.create_ping(hook, dumps(payload), now)
+        return self.outbox.attempt(delivery, now)
 
     def redeliver(self, delivery: WebhookDelivery | str) -> WebhookDelivery:
         """Send a delivery again now, with the same ``webhook-id``."""
         if not isinstance(delivery, WebhookDelivery):
             delivery = self.delivery(delivery)
-        return self.deliverer.attempt(delivery)
+        return self.outbox.attempt(delivery)
 
     def start_retry_thread(self, interval: float = 5.0) -> RetryThread:
         """Run ``deliver_due`` every ``interval`` seconds in a daemon thread until stopped."""
@@ -408,7 +411,7 @@ class RetryThread(threading.Thread):
                     logger.exception("sending due webhook retries failed")
         finally:
             self.webhooks.close()
-            self.webhooks.store.db.close()
+            self.webhooks.db.close()  # this thread's connection
 
     def stop(self, timeout: float | None = None) -> None:
         self._stopping.set()

@@ -45,11 +45,9 @@ webhook_disabled = namespace.signal(
 EVENT_SIGNALS = (post_save, post_delete, row_changed)
 
 
-def has_receivers(signal: Signal, sender: Any) -> bool:
-    """Cheap check used to skip building payloads nobody will read."""
-    if not signal.receivers:
-        return False
-    return any(True for _ in signal.receivers_for(sender))
+def any_event_receivers() -> bool:
+    """Whether this process listens for change events at all (so capture must record them)."""
+    return any(signal.receivers for signal in EVENT_SIGNALS)
 
 
 def send_isolated(signal: Signal, sender: Any, **kwargs: Any) -> None:

@@ -1,0 +1,80 @@
+"""The package's shape: no import cycles, private modules behind one public surface."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tokenstore
+
+PACKAGE = Path(tokenstore.__file__).resolve().parent
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every tokenstore module a file imports, TYPE_CHECKING and function-level imports included."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if candidate in MODULES else base)
+    return {m for m in found if m in MODULES}
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def graph() -> dict[str, set[str]]:
+    return {name: imports_of(path) - {name} for name, path in MODULES.items()}
+
+
+def test_no_module_imports_itself_back() -> None:
+    edges = graph()
+    edges.pop("tokenstore")  # the public surface imports everything; nothing imports it back
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if nxt == "tokenstore":
+                raise AssertionError(f"{node} imports the package itself (import a module)")
+            if state.get(nxt) == 1:
+                cycle = [*stack[stack.index(nxt) :], nxt]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for name in sorted(edges):
+        if name not in state:
+            visit(name)
+
+
+def test_every_module_but_the_public_ones_is_private() -> None:
+    public = {"tokenstore", "tokenstore.signals", "tokenstore.admin"}
+    for name in MODULES:
+        leaf = name.rpartition(".")[2]
+        assert name in public or leaf.startswith("_") or name.startswith("tokenstore.admin"), name
+
+
+def test_the_public_surface_is_explicit() -> None:
+    assert sorted(tokenstore.__all__) == sorted(set(tokenstore.__all__))
+    for name in tokenstore.__all__:
+        assert hasattr(tokenstore, name), name

@@ -1,0 +1,106 @@
+"""What change capture records: the event rows, and which columns of a model go in them.
+
+Triggers (written by each backend from a ``CaptureSpec``) insert one
+``tokenstore_change_event`` row per changed row, in the same transaction as
+the change, so a rollback takes the event with it and writes from any
+process, or from the sqlite3 shell, are captured alike.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import peewee
+
+from ._errors import ValidationError
+
+EVENT_TABLE = "tokenstore_change_event"
+LISTENER_TABLE = "tokenstore_listener"
+HOOK_TABLE = "tokenstore_outbound_webhook"
+
+
+def model_ref(model: type[peewee.Model]) -> str:
+    """The name hooks use for a model: ``module.ClassName``."""
+    return f"{model.__module__}.{model.__qualname__}"
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One captured row change, as the trigger recorded it."""
+
+    id: int
+    table: str
+    op: str
+    pk: str | None
+    old: dict[str, Any] | None
+    new: dict[str, Any] | None
+    created_at: str
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> ChangeEvent:
+        """From ``id, table_name, op, row_pk, old_row, new_row, created_at``."""
+        id_, table, op, pk, old, new, created_at = row
+        return cls(
+            id=id_,
+            table=table,
+            op=op,
+            pk=None if pk is None else str(pk),
+            old=None if old is None else json.loads(old),
+            new=None if new is None else json.loads(new),
+            created_at=created_at,
+        )
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The row as it is after the change (before it, for a delete)."""
+        return (self.new if self.op != "DELETE" else self.old) or {}
+
+
+@dataclass(frozen=True)
+class CapturedColumn:
+    name: str
+    is_blob: bool
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    """What the triggers of one table record, whatever SQL dialect writes them.
+
+    Private fields are left out of the recorded rows (``recorded``); an
+    UPDATE that changes none of the ``watched`` columns (only quiet fields,
+    or nothing) records no event. ``ref`` is what enabled hooks name the
+    model by: while no process listens and no enabled hook has that ref, a
+    write records nothing.
+    """
+
+    table: str
+    ref: str
+    pk_column: str
+    recorded: tuple[CapturedColumn, ...]
+    watched: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: type[peewee.Model]) -> CaptureSpec:
+        meta = model._meta
+        pk = meta.primary_key
+        if not isinstance(pk, peewee.Field) or isinstance(pk, peewee.CompositeKey):
+            raise ValidationError(
+                f"{model.__name__}: change capture needs a single-column primary key"
+            )
+        private = set(getattr(model, "private_fields", ()))
+        quiet = set(getattr(model, "quiet_fields", ()))
+        fields = list(meta.sorted_fields)
+        return cls(
+            table=meta.table_name,
+            ref=model_ref(model),
+            pk_column=pk.column_name,
+            recorded=tuple(
+                CapturedColumn(f.column_name, isinstance(f, peewee.BlobField))
+                for f in fields
+                if f.name not in private
+            ),
+            watched=tuple(f.column_name for f in fields if f.name not in quiet),
+        )

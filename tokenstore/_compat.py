@@ -1,0 +1,132 @@
+"""Every use of a peewee or requests internal, in one place.
+
+tokenstore leans on a few things its dependencies do not document as API.
+Each is used only through this module, so an upgrade that moves one breaks
+here, visibly, and ``install_requires`` bounds the majors these were read
+from (peewee 4, requests 2 with urllib3 1 or 2). What is relied on:
+
+peewee
+  - ``peewee.__exception_wrapper__``: turns driver errors into peewee's own
+    classes, for statements tokenstore runs on the raw connection.
+  - a model instance's ``__data__``, ``_dirty`` and ``__rel__`` slots and the
+    ``__no_default__`` constructor flag: building an instance from stored
+    values without running defaults or per-field ``setattr``.
+  - ``Model._pk``: whether an instance was ever saved.
+  - ``_StringField.adapt`` / ``IntegerField.adapt``: recognising fields that
+    read a stored value unchanged.
+
+requests
+  - ``PreparedRequest.prepare_*``: a POST prepared step by step, so the URL of
+    an endpoint is prepared once and no session state is merged in.
+  - ``Session.get_adapter(url).send``: sending through the adapter that holds
+    the address guard.
+  - ``Response.raw.read1(n, decode_content=True)`` (urllib3): reading a body a
+    chunk at a time, so a deadline can stop a trickle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import peewee
+
+if TYPE_CHECKING:
+    import requests
+
+M = TypeVar("M", bound=peewee.Model)
+
+#: Driver errors raised inside it come out as peewee's classes (IntegrityError, ...).
+peewee_errors: AbstractContextManager[None] = peewee.__exception_wrapper__  # type: ignore[attr-defined]
+
+
+def loaded_instance(model: type[M], values: dict[str, Any], **state: Any) -> M:
+    """An instance as a SELECT would load it, from Python values keyed by field name.
+
+    ``values`` becomes the instance's own; ``state`` sets further attributes.
+    """
+    instance = model.__new__(model)
+    adopt_state(instance, values, **state)
+    return instance
+
+
+def adopt_state(instance: peewee.Model, values: dict[str, Any], **state: Any) -> None:
+    """Make ``instance`` hold ``values`` as freshly loaded, nothing marked changed."""
+    vars(instance).update(__data__=values, _dirty=set(), __rel__={}, **state)
+
+
+def instance_without_defaults(model: type[M], values: dict[str, Any]) -> M:
+    """An instance of any peewee model holding exactly ``values``, defaults not applied."""
+    return model(__no_default__=True, **values)
+
+
+def was_saved(instance: peewee.Model) -> bool:
+    return instance._pk is not None  # type: ignore[attr-defined]
+
+
+def mark_clean(instance: peewee.Model) -> None:
+    instance._dirty.clear()  # type: ignore[attr-defined]
+
+
+def plain_python_type(field: peewee.Field) -> type | None:
+    """``str`` or ``int`` when the field gives a stored value of that type back unchanged."""
+    kind = type(field)
+    if kind.python_value is not peewee.Field.python_value:
+        return None
+    if kind.adapt is peewee._StringField.adapt:
+        return str
+    if kind.adapt is peewee.IntegerField.adapt:
+        return int
+    return None
+
+
+def prepare_post(
+    url: str, prepared_url: str | None, body: bytes, headers: dict[str, str]
+) -> requests.PreparedRequest:
+    """What ``PreparedRequest.prepare`` makes of a POST without cookies or hooks.
+
+    ``prepared_url`` is this URL as an earlier call prepared it (``request.url``),
+    or None to prepare it now: it depends on the URL alone.
+    """
+    import requests
+
+    request = requests.PreparedRequest()
+    request.prepare_method("POST")
+    if prepared_url is None:
+        request.prepare_url(url, None)
+    else:
+        request.url = prepared_url
+    request.prepare_headers(headers)
+    request.prepare_body(body, None)
+    request.prepare_auth(None, url)  # credentials in the URL become Basic auth
+    return request
+
+
+def send_prepared(
+    session: requests.Session, request: requests.PreparedRequest, timeout: Any
+) -> requests.Response:
+    """Send through the session's adapter (the one holding the guard), streaming the body.
+
+    ``Session.send`` would add only cookie bookkeeping and a lookup for
+    redirects, which are never followed.
+    """
+    return session.get_adapter(request.url or "").send(
+        request,
+        stream=True,
+        timeout=timeout,
+        verify=True if session.verify is None else session.verify,
+        cert=session.cert,
+        proxies=session.proxies,
+    )
+
+
+def chunk_reader(response: requests.Response) -> Callable[[int], bytes]:
+    """A function reading at most n decoded bytes of the body, waiting on the socket once."""
+    raw = response.raw
+    read = getattr(raw, "read1", raw.read)  # urllib3 < 2 has no read1
+
+    def read_chunk(size: int) -> bytes:
+        return bytes(read(size, decode_content=True))
+
+    return read_chunk

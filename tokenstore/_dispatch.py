@@ -1,0 +1,306 @@
+"""Claiming change events inside the committing transaction, and firing them after it.
+
+Just before a transaction commits, its events are *claimed* by this process
+inside the same transaction (so capture costs no extra commit, and two
+processes can never both claim one event); consumers that must survive a
+crash, such as webhook deliveries, record their work there too. Right after
+the commit the claimed events become blinker signals. A process that dies in
+between leaves its claims behind; a later ``dispatch()`` in any process takes
+them over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple, Protocol
+
+from . import signals
+from ._capture import EVENT_TABLE, LISTENER_TABLE, ChangeEvent
+from ._registry import Registry
+from ._rows import Loader
+from ._times import format_time
+
+logger = logging.getLogger("tokenstore.dispatch")
+
+
+class Connection(Protocol):
+    """The DB-API connection of the committing transaction (sqlite3 or psycopg)."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
+
+
+#: Runs inside the committing transaction with the events it claimed first; what it
+#: returns (if anything) runs after the commit. Webhook deliveries use this.
+Consumer = Callable[[Connection, list[ChangeEvent]], Callable[[], None] | None]
+
+
+class ClaimStatements(NamedTuple):
+    """The statements that take events, limited to the tables one process knows.
+
+    Each backend writes them in its own dialect; all return event rows as
+    ``id, table_name, op, row_pk, old_row, new_row, created_at, claims``
+    (``claims`` counted before this claim: 0 the first time).
+    """
+
+    drop_unheard: str  #: delete unclaimed events while nobody listens
+    claim: str  #: (claimant, claimed_at): take the unclaimed events
+    consume: str  #: take and delete them at once (consumers, no receivers, no listeners)
+    consume_and_leave: str  #: let consumers see new events, leave them to the listeners
+
+
+class Statements(Protocol):
+    """What the dispatcher needs of a backend."""
+
+    def sql(self, text: str) -> str: ...
+
+    def claim_statements(self, tables: tuple[str, ...]) -> ClaimStatements: ...
+
+
+@dataclass
+class Claimed:
+    """What one transaction claimed: the events to fire, and the work to do after commit."""
+
+    events: list[ChangeEvent] = field(default_factory=list)
+    followups: list[Callable[[], None]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.followups)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child its parent has not reaped yet is as dead as it gets
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class _ThreadState(threading.local):
+    """Per thread: what committed transactions claimed, and whether it is being fired."""
+
+    def __init__(self) -> None:
+        self.pending: list[Claimed] = []
+        self.running = False
+        self.claimed = 0  # events this thread has claimed, ever: dispatch() counts by it
+
+
+class Dispatcher:
+    """Claims events inside committing transactions and fires them after commit.
+
+    The database calls ``on_begin``, ``claim``, ``queue`` and ``after_commit``
+    around each of its transactions; nothing else here knows about SQL dialects.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        statements: Statements,
+        clock: Callable[[], datetime],
+        claim_timeout: timedelta,
+    ) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.claim_timeout = claim_timeout
+        self.consumers: list[tuple[Consumer, Callable[[Connection], bool]]] = []
+        self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._local = _ThreadState()
+        self._backend = statements
+        self._claims: tuple[tuple[str, ...], ClaimStatements] | None = None
+        self._loaders: dict[type[Any], Loader[Any]] = {}
+        sql = statements.sql
+        self._register = sql(
+            f"INSERT INTO {LISTENER_TABLE} (claimant, since) SELECT ?, ? "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE} WHERE claimant = ?)"
+        )
+        self._unregister = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
+        self._any_listener = f"SELECT 1 FROM {LISTENER_TABLE} LIMIT 1"
+        self._finish = sql(f"DELETE FROM {EVENT_TABLE} WHERE claimed_by = ? AND id IN ({{marks}})")
+        self._claimants = (
+            f"SELECT claimed_by, min(claimed_at) FROM {EVENT_TABLE} "
+            "WHERE claimed_by IS NOT NULL GROUP BY claimed_by"
+        )
+        self._release = sql(f"UPDATE {EVENT_TABLE} SET claimed_by = NULL WHERE claimed_by = ?")
+        self._listeners = f"SELECT claimant FROM {LISTENER_TABLE}"
+        self._forget = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
+
+    def _statements(self) -> ClaimStatements:
+        """This process's claim statements, built again only when its tables change."""
+        tables = self.registry.tables()
+        built = self._claims
+        if built is None or built[0] != tables:
+            built = (tables, self._backend.claim_statements(tables))
+            self._claims = built  # one assignment: threads never see a half-built pair
+        return built[1]
+
+    def add_consumer(self, consumer: Consumer, wants_events: Callable[[Connection], bool]) -> None:
+        """Register work that must be made durable with the events it reacts to."""
+        self.consumers.append((consumer, wants_events))
+
+    # -- inside the transaction ---------------------------------------------------------
+
+    def on_begin(self, conn: Connection) -> None:
+        """Register this process as a listener before its first write, if it has receivers.
+
+        The triggers record rows only while someone listens; registering
+        inside the transaction means its own writes are already captured.
+        Registering again is a read: no page is written once the row is there.
+        """
+        if signals.any_event_receivers():
+            conn.execute(self._register, (self.claimant, format_time(self.clock()), self.claimant))
+
+    def unregister(self, conn: Connection) -> None:
+        """Stop capture on this process's account (its store is closing)."""
+        conn.execute(self._unregister, (self.claimant,))
+        self.drop_unheard(conn)
+
+    def drop_unheard(self, conn: Connection) -> None:
+        """Delete unclaimed events nobody will hear: no process listens, no hook wants them.
+
+        Events are recorded only while someone listens, so these are the few
+        left over when the last listener went away or a hook was disabled.
+        """
+        if not any(wants(conn) for _, wants in self.consumers):
+            conn.execute(self._statements().drop_unheard)
+
+    def claim(self, conn: Connection) -> Claimed:
+        """Take the unclaimed events (this transaction's, and any left by others).
+
+        If nothing in this process listens, they are left for the processes
+        that do, and the commit runs no statement at all. With consumers but
+        no receivers, the consumers run on the new events, which are then left
+        for the listening processes if there are any, or else deleted here,
+        inside the transaction. Consumers see an event only once: on its
+        first claim, whose transaction also commits their work.
+        """
+        wanted = [c for c, wants in self.consumers if wants(conn)]
+        receivers = signals.any_event_receivers()
+        if not wanted and not receivers:
+            return Claimed()  # they are a listening process's to take (see drop_unheard)
+        statements = self._statements()
+        if receivers:
+            rows = conn.execute(
+                statements.claim, (self.claimant, format_time(self.clock()))
+            ).fetchall()
+        elif conn.execute(self._any_listener).fetchone() is not None:
+            rows = conn.execute(statements.consume_and_leave).fetchall()
+        else:
+            rows = conn.execute(statements.consume).fetchall()
+        if not rows:
+            return Claimed()
+        rows.sort(key=lambda row: row[0])
+        self._local.claimed += len(rows)
+        events = [ChangeEvent.from_row(row[:-1]) for row in rows]
+        first = [event for event, row in zip(events, rows, strict=True) if row[-1] == 0]
+        followups = [f for f in (c(conn, first) for c in wanted) if f is not None] if first else []
+        return Claimed(events if receivers else [], followups)
+
+    def claimed_count(self) -> int:
+        """How many events this thread has claimed so far."""
+        return self._local.claimed
+
+    def queue(self, claimed: Claimed) -> None:
+        """Remember what a transaction claimed, once its commit has succeeded."""
+        if claimed:
+            self._local.pending.append(claimed)
+
+    # -- after the commit ---------------------------------------------------------------
+
+    def after_commit(self, conn: Connection) -> None:
+        """Fire what committed transactions claimed. Never raises: the commit is done."""
+        state = self._local
+        if state.running or not state.pending:  # a receiver that wrote: the loop below has it
+            return
+        state.running = True
+        try:
+            while state.pending:
+                claimed = state.pending.pop(0)
+                for event in claimed.events:
+                    self.fire(event)
+                try:
+                    self.finish(conn, [e.id for e in claimed.events])
+                except Exception:
+                    logger.exception("could not delete %d dispatched events", len(claimed.events))
+                for followup in claimed.followups:
+                    try:
+                        followup()
+                    except Exception:
+                        logger.exception("post-commit work %r failed", followup)
+        finally:
+            state.running = False
+
+    def fire(self, event: ChangeEvent) -> None:
+        """Turn one event into blinker signals; the sender is the model class."""
+        model = self.registry.for_table(event.table)
+        sender: Any = model if model is not None else event.table
+        signals.send_isolated(signals.row_changed, sender, event=event)
+        if model is None:
+            return
+        signal = signals.post_delete if event.op == "DELETE" else signals.post_save
+        if not signal.has_receivers_for(model):
+            return
+        try:
+            loader = self._loaders.get(model)
+            if loader is None:
+                loader = self._loaders[model] = Loader(model)
+            instance = loader.from_columns(event.row)
+        except Exception:
+            logger.exception("could not rebuild %s from event %d", model.__name__, event.id)
+            return
+        if event.op == "DELETE":
+            signals.send_isolated(signal, model, instance=instance, event=event)
+        else:
+            signals.send_isolated(
+                signal, model, instance=instance, created=event.op == "INSERT", event=event
+            )
+
+    def finish(self, conn: Connection, ids: list[int]) -> None:
+        """Delete events that have been fired, only if this process still holds their claim."""
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            conn.execute(
+                self._finish.format(marks=",".join([self._backend.sql("?")] * len(chunk))),
+                (self.claimant, *chunk),
+            )
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def _gone(self, claimant: str) -> bool:
+        """Whether a claimant's process has ended (on this host; others cannot be asked)."""
+        if claimant == self.claimant:
+            return False
+        claim_host, _, rest = claimant.partition(":")
+        pid = rest.partition(":")[0]
+        return claim_host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
+
+    def stale_claimants(self, conn: Connection) -> list[str]:
+        """Claimants whose process is gone (or has held its claim past the timeout)."""
+        cutoff = format_time(self.clock() - self.claim_timeout)
+        return [
+            claimant
+            for claimant, oldest in conn.execute(self._claimants)
+            if claimant != self.claimant and (self._gone(claimant) or oldest < cutoff)
+        ]
+
+    def release(self, conn: Connection, claimants: Iterable[str]) -> None:
+        """Hand abandoned claims back, so the enclosing transaction claims them anew."""
+        for claimant in claimants:
+            conn.execute(self._release, (claimant,))
+
+    def forget_dead_listeners(self, conn: Connection) -> None:
+        """Listeners whose process ended without closing its store no longer keep capture on."""
+        for (claimant,) in conn.execute(self._listeners).fetchall():
+            if self._gone(claimant):
+                conn.execute(self._forget, (claimant,))

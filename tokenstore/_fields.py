@@ -1,0 +1,51 @@
+"""Field types whose stored form stays readable in the sqlite3 shell."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import peewee
+
+from ._errors import ValidationError
+from ._times import format_time, parse_time
+
+
+class UTCDateTimeField(peewee.Field):
+    """ISO-8601 UTC text with milliseconds, e.g. ``2024-10-24T12:00:00.123Z``.
+
+    Fixed width, so text order is time order and SQL can compare it with
+    ``strftime('%Y-%m-%dT%H:%M:%fZ', 'now')``; readable in the sqlite3 shell.
+    """
+
+    field_type = "TEXT"
+
+    def db_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = self.python_value(value)
+        return format_time(value)
+
+    def python_value(self, value: Any) -> datetime | None:
+        if value is None or isinstance(value, datetime):
+            return value
+        try:
+            return parse_time(value)
+        except ValueError:
+            raise ValidationError(f"{self.name}: {value!r} is not an ISO-8601 time") from None
+
+
+class JSONField(peewee.TextField):
+    """JSON kept as compact text, so the sqlite3 shell and json_extract() can read it."""
+
+    def db_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+    def python_value(self, value: Any) -> Any:
+        if value is None or not isinstance(value, str):
+            return value
+        return json.loads(value)

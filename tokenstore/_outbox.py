@@ -1,0 +1,447 @@
+"""The outbox: webhook deliveries written with the change they report, then sent and recorded.
+
+A delivery row is written in the same transaction as the change it reports
+(inside the commit, as a consumer of the change dispatcher), so a committed
+change is never lost and a rolled-back one is never sent. The first attempt
+is made right after the commit, in the writing thread; later attempts follow
+the retry policy and are made by ``deliver_due()``.
+
+A delivery is *held* while an attempt may be running: its ``next_attempt_at``
+is moved one lease ahead before it is sent, with a conditional update, so two
+senders never take it at once, and a sender that dies leaves it due again
+once the lease runs out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from . import signals
+from ._capture import ChangeEvent, model_ref
+from ._compat import peewee_errors
+from ._dispatch import Connection
+from ._models import OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
+from ._payload import PayloadBuilder, dumps
+from ._policy import KIND_BY_OP, RetryPolicy, parse_retry_after, signal_matches
+from ._registry import Registry
+from ._rows import Loader
+from ._sending import Outcome, Sender, message_headers, redacted
+from ._sqlite import SQLiteDatabase
+from ._times import format_time, to_stored_time, utcnow
+
+_HOOKS = Loader(OutboundWebhook)
+_DELIVERIES = Loader(WebhookDelivery)
+_HOOK_TABLE = OutboundWebhook._meta.table_name
+_DELIVERY_TABLE = WebhookDelivery._meta.table_name
+
+# The hot path (one delivery per matching hook on every save) runs these
+# statements directly rather than through peewee's query builder.
+_SELECT_HOOK = f'SELECT {_HOOKS.columns} FROM "{_HOOK_TABLE}" WHERE "id" = ?'
+_ENABLED_HOOKS = (
+    f'SELECT {_HOOKS.columns} FROM "{_HOOK_TABLE}" WHERE "enabled" ORDER BY "created_at"'
+)
+_ANY_ENABLED_HOOK = f'SELECT 1 FROM "{_HOOK_TABLE}" WHERE "enabled" LIMIT 1'
+_SELECT_DELIVERY = f'SELECT {_DELIVERIES.columns} FROM "{_DELIVERY_TABLE}" WHERE "id" = ?'
+_INSERT_DELIVERY = (
+    f'INSERT INTO "{_DELIVERY_TABLE}" ("id", "abid", "created_by_id", "created_at", '
+    '"modified_at", "hook_id", "event_id", "event_type", "payload", "next_attempt_at", '
+    '"status", "attempts", "last_error") '
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, '')"
+)
+_RECORD_DELIVERY = (
+    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = ?, "attempts" = ?, "next_attempt_at" = ?, '
+    '"last_attempt_at" = ?, "last_status_code" = ?, "last_error" = ?, "duration_ms" = ?, '
+    '"delivered_at" = ?, "modified_at" = ? WHERE "id" = ?'
+)
+# Counted in SQL, so attempts recorded at once by two threads both count. Like
+# django-signal-webhooks' bulk_update of these fields, outcomes leave ``updated`` alone.
+_HOOK_SUCCEEDED = (
+    f'UPDATE "{_HOOK_TABLE}" SET "last_success" = ?, "failure_count" = 0, '
+    '"failing_since" = NULL, "last_response" = '
+    'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ?'
+)
+_HOOK_FAILED = (
+    f'UPDATE "{_HOOK_TABLE}" SET "last_failure" = ?, "failure_count" = "failure_count" + 1, '
+    '"failing_since" = coalesce("failing_since", ?), "last_response" = '
+    'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ? '
+    'RETURNING "failure_count", "failing_since"'
+)
+_TAKE = (
+    f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
+    "WHERE \"id\" = ? AND \"status\" IN ('pending', 'failed') AND "
+)
+_TAKE_DUE = _TAKE + '"next_attempt_at" <= ?'
+_TAKE_HELD = _TAKE + '"attempts" = 0 AND "next_attempt_at" = ?'
+_SELECT_DUE = (
+    f'SELECT "id" FROM "{_DELIVERY_TABLE}" '
+    "WHERE \"status\" IN ('pending', 'failed') AND \"next_attempt_at\" <= ? "
+    'ORDER BY "next_attempt_at" LIMIT ?'
+)
+_GIVE_UP = (
+    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL '
+    "WHERE \"hook_id\" = ? AND \"status\" IN ('pending', 'failed')"
+)
+
+
+class Outbox:
+    """Creates, sends and records deliveries.
+
+    ``lease`` is how long an attempt may take: a delivery being attempted is
+    not due again before it runs out.
+    """
+
+    def __init__(
+        self,
+        db: SQLiteDatabase,
+        registry: Registry,
+        clock: Callable[[], datetime],
+        sender: Sender,
+        policy: RetryPolicy,
+    ) -> None:
+        self.db = db
+        self.registry = registry
+        self.clock = clock
+        self.sender = sender
+        self.policy = policy
+        self.payloads = PayloadBuilder()
+        sql = db.sql
+        self._select_hook = sql(_SELECT_HOOK)
+        self._select_delivery = sql(_SELECT_DELIVERY)
+        self._insert_delivery = sql(_INSERT_DELIVERY)
+        self._record_delivery = sql(_RECORD_DELIVERY)
+        self._hook_succeeded = sql(_HOOK_SUCCEEDED)
+        self._hook_failed = sql(_HOOK_FAILED)
+        self._take_due = sql(_TAKE_DUE)
+        self._take_held = sql(_TAKE_HELD)
+        self._select_due = sql(_SELECT_DUE)
+        self._give_up = sql(_GIVE_UP)
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.sender.attempt_time + 5)
+
+    def _now(self) -> datetime:
+        return to_stored_time(self.clock())
+
+    def hook(self, hook_id: uuid.UUID) -> OutboundWebhook | None:
+        row = self.db.connection().execute(self._select_hook, (hook_id.hex,)).fetchone()
+        return None if row is None else _HOOKS.instance(row)
+
+    def delivery(self, delivery_id: str) -> WebhookDelivery | None:
+        """A delivery by its stored id (hex)."""
+        row = self.db.connection().execute(self._select_delivery, (delivery_id,)).fetchone()
+        return None if row is None else _DELIVERIES.instance(row)
+
+    # -- inside the committing transaction ----------------------------------------------
+
+    @staticmethod
+    def wants_events(conn: Connection) -> bool:
+        return conn.execute(_ANY_ENABLED_HOOK).fetchone() is not None
+
+    def on_events(self, conn: Connection, events: list[ChangeEvent]) -> Callable[[], None] | None:
+        """Write a pending delivery per matching hook and event; send them after commit.
+
+        Hooks are matched on their ``ref`` and ``signal`` columns alone; only
+        a hook that matches is made into an instance (once per commit).
+        """
+        rows = conn.execute(_ENABLED_HOOKS).fetchall()
+        if not rows:
+            return None
+        ref_at, signal_at = _HOOKS.at["ref"], _HOOKS.at["signal"]
+        candidates = [(row[ref_at], row[signal_at]) for row in rows]
+        hooks: dict[int, OutboundWebhook] = {}
+        created: list[tuple[WebhookDelivery, OutboundWebhook]] = []
+        now = self._now()
+        # The creator holds the delivery for one lease, so deliver_due elsewhere
+        # does not send it at the same time; if this process dies, it is due after that.
+        held_until = now + self.lease
+        stamps = (format_time(now), format_time(held_until))
+        for event in events:
+            model = self.registry.for_table(event.table)
+            if model is None:
+                continue
+            ref = model_ref(model)
+            kind = KIND_BY_OP[event.op]
+            matching = [
+                i
+                for i, (hook_ref, signal) in enumerate(candidates)
+                if hook_ref == ref and signal_matches(signal, kind)
+            ]
+            if not matching:
+                continue
+            payload = self.payloads.change(model, ref, event)
+            body = dumps(payload)
+            for i in matching:
+                hook = hooks.get(i)
+                if hook is None:
+                    hook = hooks[i] = _HOOKS.instance(rows[i])
+                delivery = self._new_delivery(hook.id, payload["type"], body, now, event.id)
+                self._insert(conn, delivery, stamps)
+                created.append((delivery, hook))
+        if not created:
+            return None
+        return lambda: self.attempt_all(created, held_until)
+
+    def _new_delivery(
+        self,
+        hook_id: uuid.UUID,
+        event_type: str,
+        body: str,
+        now: datetime,
+        event_id: int | None = None,
+    ) -> WebhookDelivery:
+        """A pending delivery, made as ABIDModel would make it on insert (which follows)."""
+        delivery = WebhookDelivery.from_stored(
+            {
+                "id": WebhookDelivery.new_id(),
+                "abid": "",
+                "created_by": self.db.system_user_id,
+                "created_at": now,
+                "modified_at": now,
+                "hook": hook_id,
+                "event_id": event_id,
+                "event_type": event_type,
+                "payload": body,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now + self.lease,
+                "last_attempt_at": None,
+                "last_status_code": None,
+                "last_error": "",
+                "duration_ms": None,
+                "delivered_at": None,
+            }
+        )
+        delivery.abid = str(delivery.compute_abid())
+        return delivery
+
+    def _insert(self, conn: Connection, delivery: WebhookDelivery, stamps: tuple[str, str]) -> None:
+        """Insert a new delivery, drawing a new id if its ABID collides.
+
+        ``stamps`` are its ``created_at`` and ``next_attempt_at`` as stored,
+        formatted once by the caller for all the deliveries of one commit.
+        """
+        created, next_attempt = stamps
+
+        def insert() -> None:
+            with peewee_errors:
+                conn.execute(
+                    self._insert_delivery,
+                    (
+                        delivery.id.hex,
+                        delivery.abid,
+                        delivery.created_by_id,
+                        created,
+                        created,
+                        delivery.hook_id.hex,
+                        delivery.event_id,
+                        delivery.event_type,
+                        delivery.payload,
+                        next_attempt,
+                    ),
+                )
+
+        def renew() -> None:
+            delivery.id = WebhookDelivery.new_id()
+            delivery.abid = str(delivery.compute_abid())
+
+        insert_with_fresh_ids(_DELIVERY_TABLE, insert, renew)
+
+    def create_ping(self, hook: OutboundWebhook, body: str, now: datetime) -> WebhookDelivery:
+        """A delivery that no change caused (``ping``): written now, sent by the caller."""
+        delivery = self._new_delivery(hook.id, "webhook.ping", body, now)
+        stamps = (format_time(delivery.created_at), format_time(delivery.next_attempt_at))
+        with self.db.atomic():
+            self._insert(self.db.connection(), delivery, stamps)
+        return delivery
+
+    # -- sending ------------------------------------------------------------------------
+
+    def attempt_all(
+        self,
+        deliveries: Iterable[tuple[WebhookDelivery, OutboundWebhook]],
+        held_until: datetime,
+    ) -> None:
+        """Send, one after another, the deliveries one commit wrote and held until ``held_until``.
+
+        Each comes with its hook as that commit read it. A delivery whose hold
+        would run out before its attempt could end (one queued behind slow
+        receivers) is taken again first, as ``deliver_due`` takes it, and
+        skipped if a retry runner elsewhere took it meanwhile: sending it here
+        too would deliver it twice.
+        """
+        budget = timedelta(seconds=self.sender.attempt_time)
+        for delivery, hook in deliveries:
+            now = self._now()
+            if now + budget >= held_until and not self._take(
+                self._take_held, delivery.id.hex, now, format_time(held_until)
+            ):
+                continue
+            self.attempt(delivery, now, hook)
+
+    def _take(self, sql: str, delivery_id: str, now: datetime, condition: str) -> bool:
+        """Hold an unsent delivery (by stored id) for one lease from ``now``, if ``sql`` agrees."""
+        hold = format_time(now + self.lease)
+        with self.db.atomic():
+            cursor = self.db.execute_sql(sql, (hold, delivery_id, condition))
+            return bool(cursor.rowcount)
+
+    def attempt(
+        self,
+        delivery: WebhookDelivery,
+        now: datetime | None = None,
+        hook: OutboundWebhook | None = None,
+    ) -> WebhookDelivery:
+        """Send one delivery and record the outcome on it and on its hook.
+
+        ``now`` (default: the clock) is the time the attempt is made and
+        recorded at, and the ``webhook-timestamp`` it is signed with. ``hook``
+        is the delivery's hook when the caller has just read it.
+        """
+        if hook is None:
+            hook = self.hook(delivery.hook_id)
+        if hook is None:  # deleted meanwhile, and its deliveries with it
+            return delivery
+        now = self._now() if now is None else to_stored_time(now)
+        if not hook.enabled:
+            self._bury(delivery, f"hook disabled: {hook.disabled_reason or 'by hand'}")
+            return delivery
+        body = delivery.payload.encode("utf-8")
+        try:
+            headers = message_headers(hook, delivery.abid, body, now)
+        except Exception as exc:
+            # A hook edited outside the API (the sqlite3 shell) may not make a request.
+            outcome = Outcome(False, error=f"cannot build the request: {str(exc)[:500]}")
+        else:
+            outcome = self.sender.post(hook.endpoint, body, headers)
+        if outcome.error:
+            outcome.error = redacted(outcome.error, hook)
+        self.record(hook, delivery, outcome, now)
+        return delivery
+
+    def record(
+        self, hook: OutboundWebhook, delivery: WebhookDelivery, outcome: Outcome, now: datetime
+    ) -> None:
+        """Write the attempt's outcome, schedule the next one, and disable hopeless hooks."""
+        delivery.attempts += 1
+        delivery.last_attempt_at = now
+        delivery.last_status_code = outcome.status_code
+        delivery.last_error = outcome.error
+        delivery.duration_ms = outcome.duration_ms
+        if hook.keep_last_response:
+            hook.last_response = outcome.body
+        stamp = format_time(now)
+        disabled_reason = ""
+        with self.db.write(quiet=True) as conn:
+            if outcome.ok:
+                conn.execute(self._hook_succeeded, (stamp, outcome.body, hook.id.hex))
+                hook.last_success = now
+                hook.failure_count = 0
+                hook.failing_since = None
+                delivery.status = "delivered"
+                delivery.delivered_at = now
+                delivery.next_attempt_at = None
+            else:
+                row = conn.execute(
+                    self._hook_failed, (stamp, stamp, outcome.body, hook.id.hex)
+                ).fetchone()
+                hook.last_failure = now
+                if row is None:  # the hook was deleted meanwhile
+                    row = (hook.failure_count + 1, stamp)
+                hook.failure_count = row[0]
+                hook.failing_since = OutboundWebhook.failing_since.python_value(row[1])
+                disabled_reason = self.policy.disabled_reason(
+                    now=now,
+                    gone=outcome.gone,
+                    failure_count=hook.failure_count,
+                    failing_since=hook.failing_since,
+                    error=outcome.error,
+                )
+                retry_after = parse_retry_after(outcome.retry_after, now)
+                next_attempt = self.policy.next_attempt(delivery.attempts, now, retry_after)
+                delivery.status = "dead" if disabled_reason or next_attempt is None else "failed"
+                delivery.next_attempt_at = None if disabled_reason else next_attempt
+            self._write(conn, delivery)
+        if disabled_reason:
+            self.disable(hook, disabled_reason)
+        if outcome.ok:
+            signals.send_isolated(
+                signals.webhook_delivered, OutboundWebhook, hook=hook, delivery=delivery
+            )
+        else:
+            signals.send_isolated(
+                signals.webhook_failed,
+                OutboundWebhook,
+                hook=hook,
+                delivery=delivery,
+                error=outcome.error,
+            )
+        if disabled_reason:
+            signals.send_isolated(
+                signals.webhook_disabled, OutboundWebhook, hook=hook, reason=disabled_reason
+            )
+
+    def _write(self, conn: Connection, delivery: WebhookDelivery) -> None:
+        """Store a delivery's outcome fields, as they are on the instance."""
+        delivery.modified_at = utcnow()
+        db_value = WebhookDelivery.last_attempt_at.db_value
+
+        def time_value(value: Any) -> str | None:
+            return format_time(value) if isinstance(value, datetime) else db_value(value)
+
+        conn.execute(
+            self._record_delivery,
+            (
+                delivery.status,
+                delivery.attempts,
+                time_value(delivery.next_attempt_at),
+                time_value(delivery.last_attempt_at),
+                delivery.last_status_code,
+                delivery.last_error,
+                delivery.duration_ms,
+                time_value(delivery.delivered_at),
+                time_value(delivery.modified_at),
+                delivery.id.hex,
+            ),
+        )
+
+    def disable(self, hook: OutboundWebhook, reason: str) -> None:
+        """Stop a hook and give up on what it still had to send."""
+        with self.db.atomic():
+            hook.enabled = False
+            hook.disabled_reason = reason
+            hook.save(only=[OutboundWebhook.enabled, OutboundWebhook.disabled_reason])
+            self.db.execute_sql(self._give_up, (hook.id.hex,))
+
+    def _bury(self, delivery: WebhookDelivery, reason: str) -> None:
+        delivery.status = "dead"
+        delivery.next_attempt_at = None
+        delivery.last_error = reason
+        with self.db.write(quiet=True) as conn:
+            self._write(conn, delivery)
+
+    def deliver_due(self, now: datetime | None = None, limit: int = 100) -> int:
+        """Attempt every delivery whose time has come; returns how many were attempted.
+
+        Each is taken with a conditional update first, so two processes
+        running this at once never both send it. Without ``now`` the clock is
+        read again for each one: sending the others took time, and a hold
+        counted from the start could run out before the attempt ends.
+        """
+        fixed = now is not None
+        start = self._now() if now is None else to_stored_time(now)
+        stamp = format_time(start)
+        due = [row[0] for row in self.db.execute_sql(self._select_due, (stamp, limit)).fetchall()]
+        attempted = 0
+        for delivery_id in due:
+            at = start if fixed else self._now()
+            if not self._take(self._take_due, delivery_id, at, stamp):
+                continue
+            delivery = self.delivery(delivery_id)
+            if delivery is not None:
+                self.attempt(delivery, at)
+                attempted += 1
+        return attempted

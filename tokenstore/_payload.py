@@ -1,0 +1,127 @@
+"""The body of a webhook message, built from a captured change.
+
+The body is the exact text that is signed and stored with the delivery, so
+it is built once, as compact JSON. Private fields were never captured, so
+they cannot appear in it.
+"""
+
+from __future__ import annotations
+
+import base64
+import decimal
+import json
+import re
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import peewee
+
+from ._capture import ChangeEvent
+from ._rows import value_kind
+from ._times import format_time
+
+#: The event type's last word for each captured operation.
+TYPE_BY_OP = {"INSERT": "created", "UPDATE": "updated", "DELETE": "deleted"}
+
+_CANONICAL_TIME = re.compile(
+    r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z"
+)
+_UUID_HEX = re.compile(r"[0-9a-f]{32}")
+
+
+def jsonable(value: Any) -> Any:
+    """A field value as JSON: times as ISO-8601, UUIDs dashed, bytes base64."""
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return value
+
+
+def dumps(payload: Any) -> str:
+    """Compact JSON, the exact bytes that are signed and sent."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def json_converter(field: peewee.Field) -> Callable[[Any], Any]:
+    """The function that turns one captured value of ``field`` into JSON.
+
+    A value the field cannot read (a row edited into nonsense in the sqlite3
+    shell) is sent as stored: the conversion runs inside the commit of
+    whatever transaction claims the event, and must not fail it. Values that
+    are already their own JSON (text of a text field, a time in stored form)
+    are passed through; the output is the same as the general path's.
+    """
+
+    def general(raw: Any) -> Any:
+        try:
+            return jsonable(field.python_value(raw))
+        except Exception:
+            return raw
+
+    kind = value_kind(field)
+    if kind == "time":
+
+        def time_json(raw: Any) -> Any:
+            if raw is None or (type(raw) is str and _CANONICAL_TIME.fullmatch(raw)):
+                return raw
+            return general(raw)
+
+        return time_json
+    if kind == "uuid":
+
+        def uuid_json(raw: Any) -> Any:
+            if type(raw) is str and _UUID_HEX.fullmatch(raw):
+                return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+            return None if raw is None else general(raw)
+
+        return uuid_json
+    if isinstance(kind, type):
+        same: type = kind
+
+        def plain_json(raw: Any) -> Any:
+            return raw if raw is None or type(raw) is same else general(raw)
+
+        return plain_json
+    return general
+
+
+class PayloadBuilder:
+    """Builds message bodies, keeping each model's converters once made."""
+
+    def __init__(self) -> None:
+        self._converters: dict[type[peewee.Model], dict[str, tuple[str, Callable[[Any], Any]]]] = {}
+
+    def _for(self, model: type[peewee.Model]) -> dict[str, tuple[str, Callable[[Any], Any]]]:
+        known = self._converters.get(model)
+        if known is None:
+            known = self._converters[model] = {
+                f.column_name: (f.name, json_converter(f)) for f in model._meta.sorted_fields
+            }
+        return known
+
+    def change(self, model: type[peewee.Model], ref: str, event: ChangeEvent) -> dict[str, Any]:
+        """``{"type", "timestamp", "data": {"model", "pk", "abid", "fields"}}`` for one change."""
+        converters = self._for(model)
+        fields: dict[str, Any] = {}
+        for column, raw in event.row.items():
+            known = converters.get(column)
+            if known is not None:
+                fields[known[0]] = known[1](raw)
+        pk = fields.get(model._meta.primary_key.name, event.pk)  # type: ignore[union-attr]
+        return {
+            "type": f"{model.__name__.lower()}.{TYPE_BY_OP[event.op]}",
+            "timestamp": event.created_at,
+            "data": {
+                "model": ref,
+                "pk": None if pk is None else str(pk),
+                "abid": fields.get("abid"),
+                "fields": fields,
+            },
+        }

@@ -1,0 +1,141 @@
+"""Stored rows into Python values and model instances: the one row loader.
+
+Rows come from several places: SELECTs written by hand on the hot paths
+(authenticating a token, sending a webhook), and the JSON rows that capture
+triggers record. All of them become values through the same per-field
+converters, which take shortcuts for the forms tokenstore itself writes and
+hand anything else (a time typed into the sqlite3 shell) to the field.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import peewee
+
+from . import _compat
+from ._fields import UTCDateTimeField
+
+M = TypeVar("M", bound=peewee.Model)
+
+Converter = Callable[[Any], Any]
+
+
+def quote_name(name: str) -> str:
+    """A table or column name as an SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def column_list(model: type[peewee.Model]) -> str:
+    """Every column of a model, quoted, in field order: what ``Loader.values`` reads."""
+    return ", ".join(quote_name(f.column_name) for f in model._meta.sorted_fields)
+
+
+def value_kind(field: peewee.Field) -> str | type | None:
+    """How a field reads stored values: ``"time"``, ``"uuid"``, ``str``/``int`` (unchanged).
+
+    None means only the field itself knows. A foreign key reads its values as
+    the field it references does.
+    """
+    if isinstance(field, peewee.ForeignKeyField):
+        field = field.rel_field
+    if type(field).python_value is UTCDateTimeField.python_value:
+        return "time"
+    if type(field).python_value is peewee.UUIDField.python_value:
+        return "uuid"
+    return _compat.plain_python_type(field)
+
+
+def _stored_time(raw: Any) -> datetime | None:
+    """A time as tokenstore stores it (``...Z``), parsed; None if it is in any other form."""
+    if type(raw) is str and raw[-1:] == "Z":
+        try:
+            return datetime.fromisoformat(raw)
+        except ValueError:
+            return None
+    return None
+
+
+def converter(field: peewee.Field) -> Converter:
+    """The function that turns one stored value of ``field`` into its Python value."""
+    general: Converter = field.python_value
+    kind = value_kind(field)
+    if kind == "time":
+
+        def time_value(raw: Any) -> Any:
+            if raw is None:
+                return None
+            parsed = _stored_time(raw)
+            return general(raw) if parsed is None else parsed
+
+        return time_value
+    if kind == "uuid":
+
+        def uuid_value(raw: Any) -> Any:
+            if type(raw) is str and len(raw) == 32:
+                try:
+                    return uuid.UUID(hex=raw)
+                except ValueError:
+                    pass
+            return general(raw)
+
+        return uuid_value
+    if isinstance(kind, type):
+        same: type = kind
+
+        def plain_value(raw: Any) -> Any:
+            return raw if raw is None or type(raw) is same else general(raw)
+
+        return plain_value
+    return general
+
+
+class Loader(Generic[M]):
+    """Turns rows of one model's table into values and instances.
+
+    ``columns`` is the SELECT list that rows given to ``values`` and
+    ``instance`` must follow; ``at`` gives a column's position in it by field name.
+    """
+
+    def __init__(self, model: type[M]) -> None:
+        self.model = model
+        fields = model._meta.sorted_fields
+        self.columns = column_list(model)
+        self.at = {f.name: i for i, f in enumerate(fields)}
+        self._plan = [(f.name, converter(f)) for f in fields]
+        self._by_column = {f.column_name: (f, converter(f)) for f in fields}
+
+    def values(self, row: Sequence[Any]) -> dict[str, Any]:
+        """A row of ``columns`` as Python values keyed by field name."""
+        return {name: convert(raw) for (name, convert), raw in zip(self._plan, row, strict=True)}
+
+    def instance(self, row: Sequence[Any]) -> M:
+        """A row of ``columns`` as a model instance, as if a SELECT had loaded it."""
+        return build(self.model, self.values(row))
+
+    def from_columns(self, row: Mapping[str, Any]) -> M:
+        """An instance from stored values keyed by column (a captured row).
+
+        Blobs arrive hex-encoded (JSON has no bytes); unknown columns are ignored.
+        """
+        values = {}
+        for column, raw in row.items():
+            known = self._by_column.get(column)
+            if known is None:
+                continue
+            field, convert = known
+            if isinstance(field, peewee.BlobField) and raw is not None:
+                raw = bytes.fromhex(raw)
+            values[field.name] = convert(raw)
+        return build(self.model, values)
+
+
+def build(model: type[M], values: dict[str, Any]) -> M:
+    """An instance holding ``values`` as loaded state (``from_stored`` where the model has it)."""
+    from_stored = getattr(model, "from_stored", None)
+    if from_stored is not None:
+        return from_stored(values)  # type: ignore[no-any-return]
+    return _compat.instance_without_defaults(model, values)

@@ -1,0 +1,196 @@
+"""Sending one webhook message: the signed request, the guarded HTTP session, the outcome.
+
+Nothing here touches the database. A send never raises for what the network
+or the receiver does: every way it can go is an ``Outcome`` to record.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from . import _compat
+from ._errors import BlockedAddress
+from ._models import OutboundWebhook
+from ._netguard import AddressGuard
+from ._signing import signature_header
+from ._version import __version__
+
+if TYPE_CHECKING:
+    import requests
+
+#: How much of a response body is kept, in characters (as django-signal-webhooks).
+RESPONSE_LIMIT = 8000
+_RESPONSE_BYTES = RESPONSE_LIMIT * 4  # enough bytes for that many UTF-8 characters
+
+#: How many endpoints' prepared URLs a sender keeps (all of them are forgotten past that).
+_PREPARED_URLS = 1024
+
+#: Headers a hook may not set: they identify and sign the message.
+_OWN_HEADERS = frozenset({"user-agent", "webhook-id", "webhook-timestamp", "webhook-signature"})
+
+
+@dataclass
+class Outcome:
+    """What one HTTP attempt came to."""
+
+    ok: bool
+    status_code: int | None = None
+    error: str = ""
+    body: str = ""
+    retry_after: str | None = None  #: the Retry-After header of a 429 or 503
+    gone: bool = False
+    duration_ms: int = 0
+
+
+def message_headers(
+    hook: OutboundWebhook, msg_id: str, body: bytes, now: datetime
+) -> dict[str, str]:
+    """The hook's headers, then defaults, then the signature headers nobody may override.
+
+    While a rotation's grace period lasts, the message is signed with the old
+    secret too, so receivers on either side of the switch accept it.
+    """
+    headers = dict(hook.headers or {})
+    present = {name.lower() for name in headers}
+    if "content-type" not in present:
+        headers["Content-Type"] = "application/json"
+    if hook.auth_token and "authorization" not in present:
+        headers["Authorization"] = hook.auth_token
+    headers = {k: v for k, v in headers.items() if k.lower() not in _OWN_HEADERS}
+    secrets = [hook.secret]
+    if (
+        hook.previous_secret
+        and hook.previous_secret_expires is not None
+        and hook.previous_secret_expires > now
+    ):
+        secrets.append(hook.previous_secret)
+    timestamp = int(now.timestamp())
+    headers["User-Agent"] = f"tokenstore/{__version__}"
+    headers["webhook-id"] = msg_id
+    headers["webhook-timestamp"] = str(timestamp)
+    headers["webhook-signature"] = signature_header(secrets, msg_id, timestamp, body)
+    return headers
+
+
+def redacted(error: str, hook: OutboundWebhook) -> str:
+    """An error text with the hook's secrets blanked out.
+
+    HTTP libraries quote a header value they refuse to send; that value may be
+    the auth token or a credential in the hook's headers, and the error goes to
+    the delivery log, the command's output and the ``webhook_failed`` signal.
+    """
+    secrets = [hook.auth_token, hook.secret, hook.previous_secret, *(hook.headers or {}).values()]
+    for secret in sorted((x for x in secrets if x and len(x) >= 4), key=len, reverse=True):
+        error = error.replace(secret, "***").replace(repr(secret)[1:-1], "***")
+    return error
+
+
+class Sender:
+    """Posts messages over one keep-alive session per thread, through the address guard."""
+
+    def __init__(self, guard: AddressGuard, connect_timeout: float, read_timeout: float) -> None:
+        self.guard = guard
+        self.timeout = (connect_timeout, read_timeout)
+        self._local = threading.local()
+        self._urls: dict[str, str | None] = {}  # endpoint -> its prepared URL
+
+    @property
+    def attempt_time(self) -> float:
+        """The longest an attempt may take, in seconds."""
+        return float(sum(self.timeout))
+
+    def session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            from ._netguard import guarded_session
+
+            session = guarded_session(self.guard)
+            self._local.session = session
+        return session
+
+    def close(self) -> None:
+        """Close this thread's session."""
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
+    def _prepare(self, url: str, body: bytes, headers: dict[str, str]) -> requests.PreparedRequest:
+        """A POST request; a hook posts to one endpoint every time, so its URL is prepared once."""
+        request = _compat.prepare_post(url, self._urls.get(url), body, headers)
+        if url not in self._urls:
+            if len(self._urls) >= _PREPARED_URLS:
+                self._urls.clear()
+            self._urls[url] = request.url
+        return request
+
+    def post(self, url: str, body: bytes, headers: dict[str, str]) -> Outcome:
+        """One POST; never raises for what the network or the receiver does."""
+        import requests
+
+        start = time.perf_counter()
+        try:
+            request = self._prepare(url, body, headers)
+            response = _compat.send_prepared(self.session(), request, self.timeout)
+        except BlockedAddress as exc:
+            return Outcome(False, error=f"blocked: {exc}", duration_ms=_since(start))
+        except requests.Timeout as exc:
+            return Outcome(False, error=f"timed out: {_short(exc)}", duration_ms=_since(start))
+        except Exception as exc:
+            # RequestException and its kind, but also what a hook's stored settings can
+            # provoke (a header value http.client cannot encode): recorded, never raised.
+            return Outcome(
+                False, error=f"{type(exc).__name__}: {_short(exc)}", duration_ms=_since(start)
+            )
+        try:
+            text = _read_limited(response, time.monotonic() + self.timeout[1])
+        except Exception as exc:
+            text = f"(response body unreadable: {type(exc).__name__}: {_short(exc)})"
+        finally:
+            response.close()
+        code = response.status_code
+        outcome = Outcome(200 <= code < 300, code, body=text, duration_ms=_since(start))
+        if outcome.ok:
+            return outcome
+        if 300 <= code < 400:
+            where = response.headers.get("Location", "(no Location)")
+            outcome.error = f"HTTP {code}: redirect to {where} not followed"
+        elif code == 410:
+            outcome.error = "HTTP 410 Gone: the receiver asked for this hook to stop"
+            outcome.gone = True
+        else:
+            outcome.error = f"HTTP {code}"
+            if code in (429, 503):
+                outcome.retry_after = response.headers.get("Retry-After")
+        return outcome
+
+
+def _since(start: float) -> int:
+    return round((time.perf_counter() - start) * 1000)
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc)[:500]
+
+
+def _read_limited(response: requests.Response, deadline: float) -> str:
+    """Up to RESPONSE_LIMIT characters of the body, decoded with replacement.
+
+    A body larger than that is not read to the end; closing the response then
+    drops the connection rather than draining megabytes from it. Reading also
+    stops at ``deadline`` (a ``time.monotonic()`` value): the read timeout
+    bounds each wait, not the total, and a receiver trickling a byte at a time
+    must not hold the writing thread.
+    """
+    read = _compat.chunk_reader(response)
+    data = bytearray()
+    while len(data) < _RESPONSE_BYTES and time.monotonic() < deadline:
+        chunk = read(8192)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data[:_RESPONSE_BYTES]).decode("utf-8", errors="replace")[:RESPONSE_LIMIT]

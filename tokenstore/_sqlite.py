@@ -1,0 +1,428 @@
+"""The SQLite backend: everything tokenstore does that only SQLite does.
+
+One file holds everything. This module opens it (refusing, before changing
+anything, files that are not SQLite or were written by a newer tokenstore),
+sets its pragmas, brings its schema up to date, writes the capture triggers,
+runs every write in a ``BEGIN IMMEDIATE`` transaction that tells the change
+dispatcher when it commits, and tells a watcher when another connection
+committed (``PRAGMA data_version``). A PostgreSQL backend is a sibling of
+this module with the same surface.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from itertools import islice
+from pathlib import Path
+from typing import Any, Protocol
+
+import peewee
+
+from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec
+from ._compat import peewee_errors
+from ._dispatch import ClaimStatements
+from ._errors import StoreError, ValidationError
+from ._models import SYSTEM_USERNAME
+from ._rows import quote_name
+from ._times import format_time, utcnow
+
+#: The ``PRAGMA user_version`` of files this code writes.
+SCHEMA_VERSION = 1
+
+#: Steps that bring a file from version N to N+1, run in one transaction each.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+#: SQLite's default limit on function arguments bounds json_object() to this many columns.
+MAX_CAPTURED_COLUMNS = 63
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class CommitHooks(Protocol):
+    """What the database tells the change dispatcher about each of its transactions."""
+
+    def on_begin(self, conn: Any) -> None: ...
+
+    def claim(self, conn: Any) -> Any: ...
+
+    def queue(self, claimed: Any) -> None: ...
+
+    def after_commit(self, conn: Any) -> None: ...
+
+
+# -- the file -------------------------------------------------------------------------------
+
+
+def schema_sql() -> str:
+    """The canonical DDL (also at the top of the source tree as ``schema.sql``)."""
+    return resources.files("tokenstore").joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a script into statements; triggers hold semicolons, so ask SQLite."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statement = buffer.strip()
+            buffer = ""
+            if statement.strip(";").strip() and not _only_comments(statement):
+                yield statement
+    if buffer.strip() and not _only_comments(buffer):
+        raise StoreError(f"schema.sql ends with an incomplete statement: {buffer.strip()[:60]!r}")
+
+
+def _only_comments(text: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())
+
+
+def check_file(path: Path) -> int:
+    """Read a file's schema version without writing to it; refuse what is not ours to open."""
+    if not path.exists():
+        return 0
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a tokenstore file")
+    with path.open("rb") as f:
+        header = f.read(len(_SQLITE_HEADER))
+    if not header:
+        return 0
+    if header != _SQLITE_HEADER:
+        raise StoreError(
+            f"{path} is not an SQLite database (its first bytes are not an SQLite header)"
+        )
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} cannot be read as an SQLite database: {exc}") from None
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this tokenstore understands "
+            f"({SCHEMA_VERSION}); upgrade tokenstore to open it"
+        )
+    return int(version)
+
+
+def create_private(path: Path) -> None:
+    """Create the file mode 0600 before SQLite does, so secrets are never world-readable."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create {path}: {exc.strerror}") from None
+    os.close(fd)
+
+
+# -- capture --------------------------------------------------------------------------------
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def capture_triggers(spec: CaptureSpec) -> list[str]:
+    """The CREATE TRIGGER statements that record a table's changes (see ``CaptureSpec``)."""
+    if len(spec.recorded) > MAX_CAPTURED_COLUMNS:
+        raise ValidationError(
+            f"{spec.ref}: change capture records at most {MAX_CAPTURED_COLUMNS} columns, "
+            f"this table has {len(spec.recorded)}"
+        )
+
+    def row(alias: str) -> str:
+        pairs = []
+        for column in spec.recorded:
+            value = f"{alias}.{quote_name(column.name)}"
+            if column.is_blob:
+                value = f"hex({value})"
+            pairs.append(f"'{column.name}', {value}")
+        return "json_object(" + ", ".join(pairs) + ")"
+
+    watched = [quote_name(c) for c in spec.watched]
+    # UPDATE OF: a statement that sets only quiet columns never even runs the trigger.
+    of = "OF " + ", ".join(watched) + " " if watched else ""
+    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in watched)
+    gate = (
+        f"(EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
+        f"WHERE ref = {_literal(spec.ref)} AND enabled))"
+    )
+    pk = quote_name(spec.pk_column)
+    insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
+    name = spec.table.replace('"', "")
+    values = f"VALUES ({_literal(spec.table)}"
+    on = quote_name(spec.table)
+    return [
+        f"CREATE TRIGGER {quote_name(name + '_capture_insert')} AFTER INSERT ON {on}\n"
+        f"WHEN {gate}\n"
+        f"BEGIN\n  {insert}\n  {values}, 'INSERT', NEW.{pk}, NULL, {row('NEW')});\n"
+        "END",
+        f"CREATE TRIGGER {quote_name(name + '_capture_update')} AFTER UPDATE {of}"
+        f"ON {on}\n"
+        f"WHEN {gate}\n  AND ({changed or '0'})\n"
+        f"BEGIN\n  {insert}\n  {values}, 'UPDATE', NEW.{pk}, {row('OLD')}, "
+        f"{row('NEW')});\nEND",
+        f"CREATE TRIGGER {quote_name(name + '_capture_delete')} AFTER DELETE ON {on}\n"
+        f"WHEN {gate}\n"
+        f"BEGIN\n  {insert}\n  {values}, 'DELETE', OLD.{pk}, {row('OLD')}, NULL);\n"
+        "END",
+    ]
+
+
+_RETURNED = "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at"
+
+
+def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
+    """The dispatcher's claim statements for these tables (see ``ClaimStatements``)."""
+    among = "table_name IN (" + ",".join(_literal(t) for t in tables) + ")"
+    return ClaimStatements(
+        drop_unheard=(
+            f"DELETE FROM {EVENT_TABLE} WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE}) "
+            f"AND claimed_by IS NULL AND {among}"
+        ),
+        claim=(
+            f"UPDATE {EVENT_TABLE} SET claimed_by = ?, claimed_at = ?, claims = claims + 1 "
+            f"WHERE claimed_by IS NULL AND {among} {_RETURNED}, claims - 1"
+        ),
+        consume=(
+            f"DELETE FROM {EVENT_TABLE} WHERE claimed_by IS NULL AND {among} {_RETURNED}, claims"
+        ),
+        consume_and_leave=(
+            f"UPDATE {EVENT_TABLE} SET claims = claims + 1 "
+            f"WHERE claimed_by IS NULL AND claims = 0 AND {among} {_RETURNED}, 0"
+        ),
+    )
+
+
+# -- the connection -------------------------------------------------------------------------
+
+_WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+#: Whitespace and comments that may come before a statement's first keyword.
+_LEADING = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
+#: A data-changing keyword anywhere in a ``WITH ...`` statement (a false positive costs
+#: a transaction; a miss would leave events unclaimed, so the test errs on the safe side).
+_DML_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+
+
+def _is_write(sql: str) -> bool:
+    """Whether a statement may change rows, and so fire capture triggers.
+
+    peewee's own statements are decided by their first word; hand-written SQL
+    may start with whitespace or comments, and a ``WITH`` prefix may lead to
+    a write or to a plain read.
+    """
+    head = sql[:7].upper()
+    if head.startswith(_WRITE_PREFIXES):
+        return True
+    if head.startswith("SELECT"):
+        return False
+    match = _LEADING.match(sql)
+    start = match.end() if match else 0
+    head = sql[start : start + 7].upper()
+    if head.startswith(_WRITE_PREFIXES):
+        return True
+    return head.startswith("WITH") and _DML_WORD.search(sql, start) is not None
+
+
+class _FetchedCursor:
+    """The rows of a finished statement, read the way peewee reads a cursor.
+
+    A lone ``... RETURNING`` write must run to its end before its transaction
+    can commit, yet peewee reads the returned rows only after ``execute_sql``.
+    """
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        rows = cursor.fetchall()
+        self.description = cursor.description
+        self.rowcount = cursor.rowcount
+        self.lastrowid = cursor.lastrowid
+        self.arraysize = cursor.arraysize
+        self._rows: Iterator[Any] = iter(rows)
+        cursor.close()
+
+    def fetchone(self) -> Any:
+        return next(self._rows, None)
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        return list(islice(self._rows, self.arraysize if size is None else size))
+
+    def fetchall(self) -> list[Any]:
+        return list(self._rows)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._rows
+
+    def close(self) -> None:
+        self._rows = iter(())
+
+
+class SQLiteDatabase(peewee.SqliteDatabase):
+    """SqliteDatabase that knows when its transactions commit.
+
+    Every write runs in a transaction (a lone statement gets one of its own),
+    every transaction takes the write lock up front (``BEGIN IMMEDIATE``, so
+    concurrent writers wait on the busy timeout instead of failing), and every
+    commit lets the change dispatcher claim the transaction's events first
+    and fire them after.
+    """
+
+    def __init__(self, path: Path, *, hooks: CommitHooks, busy_timeout: float) -> None:
+        super().__init__(
+            str(path),
+            lock_type="IMMEDIATE",
+            timeout=busy_timeout,
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "normal",
+                "foreign_keys": 1,
+                "busy_timeout": int(busy_timeout * 1000),
+            },
+        )
+        self.path = path
+        self.hooks = hooks
+        #: The id of the ``system`` user, owner of records nobody else owns.
+        self.system_user_id: int | None = None
+        self._data_version: int | None = None
+
+    @staticmethod
+    def sql(text: str) -> str:
+        """A statement written with ``?`` placeholders, in this driver's style (the same)."""
+        return text
+
+    @contextmanager
+    def write(self, *, quiet: bool = False) -> Iterator[sqlite3.Connection]:
+        """The one way tokenstore opens a write transaction of its own.
+
+        Inside an open transaction it simply joins it. Otherwise it takes the
+        write lock up front, commits at the end and rolls back on any error.
+        ``quiet`` is for bookkeeping that capture never records (a delivery's
+        outcome): its commit skips the dispatcher's claim. Driver errors come
+        out as peewee's classes.
+        """
+        conn = self.connection()
+        if conn.in_transaction:
+            yield conn
+            return
+        with peewee_errors:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if not quiet:
+                    self.hooks.on_begin(conn)
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            if quiet:
+                conn.execute("COMMIT")
+            else:
+                self.commit()
+
+    def execute_sql(self, sql: str, params: Any = None) -> Any:
+        """Run a statement; a write outside a transaction gets a transaction of its own."""
+        conn = self.connection()
+        if conn.in_transaction or not _is_write(sql):
+            return super().execute_sql(sql, params)
+        with self.write():
+            cursor = super().execute_sql(sql, params)
+            if cursor.description is not None:  # RETURNING rows: finish before COMMIT
+                cursor = _FetchedCursor(cursor)
+        return cursor
+
+    def begin(self, lock_type: str | None = None) -> None:
+        super().begin(lock_type)
+        conn = self.connection()
+        try:
+            self.hooks.on_begin(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def commit(self) -> None:
+        conn = self.connection()
+        claimed = self.hooks.claim(conn) if conn.in_transaction else None
+        with peewee_errors:
+            conn.execute("COMMIT")
+        if claimed is not None:
+            self.hooks.queue(claimed)
+        if not self.in_transaction():
+            self.hooks.after_commit(conn)
+
+    def rollback(self) -> None:
+        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires."""
+        super().rollback()
+        if not self.in_transaction():
+            self.hooks.after_commit(self.connection())
+
+    # -- schema and capture ---------------------------------------------------------------
+
+    def apply_schema(self) -> None:
+        """Bring the file to SCHEMA_VERSION, once, even with several processes opening it."""
+        with self.write(quiet=True) as conn:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version == 0:
+                for statement in _statements(schema_sql()):
+                    conn.execute(statement)
+            else:
+                for step in range(version, SCHEMA_VERSION):
+                    MIGRATIONS[step](conn)
+            conn.execute(
+                "INSERT OR IGNORE INTO tokenstore_user (username, is_superuser, created_at) "
+                "VALUES (?, 1, ?)",
+                (SYSTEM_USERNAME, format_time(utcnow())),
+            )
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def install_capture(self, spec: CaptureSpec) -> None:
+        """(Re)create a table's capture triggers so they match its model's current fields."""
+        conn = self.connection()
+        name = spec.table
+        for suffix in ("insert", "update", "delete"):
+            conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(f'{name}_capture_{suffix}')}")
+        for statement in capture_triggers(spec):
+            conn.execute(statement)
+
+    @staticmethod
+    def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
+        return claim_statements(tables)
+
+    def wait_for_changes(self, timeout: float, poll: float = 0.01) -> bool:
+        """Whether another connection committed since the last call, waiting up to ``timeout``.
+
+        SQLite has no notifications; ``PRAGMA data_version`` changes when
+        another connection commits and costs no I/O to read, so it is polled.
+        """
+        conn = self.connection()
+        deadline = time.monotonic() + timeout
+        while True:
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+            if version != self._data_version:
+                first = self._data_version is None
+                self._data_version = version
+                if not first:
+                    return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(poll, remaining))
+
+
+def open_database(path: Path, hooks: CommitHooks, busy_timeout: float) -> SQLiteDatabase:
+    """The database of the tokenstore file at ``path``, created and brought up to date."""
+    if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
+        raise StoreError("tokenstore needs a file path; an in-memory database is not shared")
+    version = check_file(path)
+    create_private(path)
+    db = SQLiteDatabase(path, hooks=hooks, busy_timeout=busy_timeout)
+    db.connection()
+    if version < SCHEMA_VERSION:
+        db.apply_schema()
+    return db
