@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 import tokenstore
@@ -21,6 +20,7 @@ from . import _pages as pages
 from ._http import HTTPError, Request, Response, redirect
 from ._sessions import SESSION_LIFETIME, SIGN_IN_LIFETIME, Session, Sessions
 from ._templates import environment
+from ._visit import Visit
 
 COOKIE = "tokenstore_admin"
 #: The scope a token needs to sign in (unless it is a superuser's unrestricted token).
@@ -39,40 +39,6 @@ def grants_admin(token: tokenstore.APIToken, owner: tokenstore.User) -> bool:
     """
     scopes: list[str] = token.scopes or []
     return ADMIN_SCOPE in scopes or (bool(owner.is_superuser) and not scopes)
-
-
-@dataclass
-class Visit:
-    """One request of a session: what a page handler needs to answer it."""
-
-    request: Request
-    session: Session
-    token: tokenstore.APIToken | None
-    owner: tokenstore.User | None
-    store: tokenstore.Store
-    templates: Any  # jinja2.Environment, imported only when the page is made
-
-    def url(self, path: str) -> str:
-        return self.request.base + path
-
-    def render(self, template: str, **context: Any) -> Response:
-        """A page; one shown again with the error of a refused change is a 400."""
-        context.setdefault("error", "")
-        status = 400 if context["error"] else 200
-        html = self.templates.get_template(template).render(
-            base=self.request.base,
-            csrf=self.session.csrf,
-            admin=self.owner,
-            notice=self.session.take_notice(),
-            reveal=self.session.take_reveal(),
-            **context,
-        )
-        return Response(status, html.encode("utf-8"))
-
-    def done(self, path: str, notice: str) -> Response:
-        """Redirect after a change, with a line saying what was done on the next page."""
-        self.session.notice = notice
-        return redirect(self.url(path))
 
 
 Handler = Callable[..., Response]
@@ -182,7 +148,7 @@ class AdminApp:
         if not token.is_valid(self.store.clock()) or not grants_admin(token, owner):
             self.sessions.end(session)
             return None
-        return Visit(request, session, token, owner, self.store, self.templates)
+        return Visit(request, session, owner, self.store, self.templates)
 
     # -- signing in and out -----------------------------------------------------------------
 

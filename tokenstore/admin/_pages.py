@@ -1,7 +1,8 @@
 """The pages: each function answers one route for a signed-in visit.
 
-They use tokenstore's public API only (``store.users``, ``store.tokens``,
-``store.webhooks`` and the public models). Secrets are put on a page once,
+They use tokenstore's public API (``store.users``, ``store.tokens``,
+``store.webhooks`` and the public models), and one private helper: the
+sender's ``message_headers``, to show a delivery's request headers. Secrets are put on a page once,
 through the session's ``reveal``, on the page after the one that made them;
 header values and auth tokens are never shown, only their names or presence.
 """
@@ -16,13 +17,14 @@ import peewee
 
 import tokenstore
 from tokenstore import APIToken, OutboundWebhook, User, WebhookDelivery
+from tokenstore._sending import message_headers
 
 from ._chart import chart, hourly_outcomes
 from ._sessions import Reveal
 
 if TYPE_CHECKING:
-    from ._app import Visit
     from ._http import Response
+    from ._visit import Visit
 
 #: What masked values are shown as.
 MASK = "••••••"
@@ -353,11 +355,11 @@ def request_headers(
 
     They are built again for the attempt's time (now, if it was never sent)
     from the hook as it is now; the signature is the one sent unless the hook
-    was edited or its secret rotated since.
+    was edited or its secret rotated since. The one use of a private helper
+    here: the public API has no way to ask for a message's headers.
     """
     when = sent.last_attempt_at or store.clock()
-    body = sent.payload.encode("utf-8")
-    built = store.webhooks.deliverer.headers(hook, sent, body, when)
+    built = message_headers(hook, sent.abid, sent.payload.encode("utf-8"), when)
     private = {name.lower() for name in hook.headers or {}}
     if hook.auth_token:
         private.add("authorization")
