@@ -26,7 +26,15 @@ class Options:
     - ``api_key_header``: the header ``tokens.token_from_request`` reads first.
     - ``webhook_allow``: hosts or networks hooks may reach although the
       address guard refuses them by default (``["127.0.0.1/32"]``).
-    - ``connect_timeout`` / ``read_timeout``: seconds, per webhook request.
+    - ``connect_timeout`` / ``read_timeout``: seconds, per wait of a webhook request.
+    - ``delivery_deadline``: seconds one delivery attempt may take in all:
+      connecting, sending, and reading the status line, headers and body. An
+      attempt past it is recorded as failed and retried.
+    - ``sync_budget``: seconds the writing thread may spend, after a commit,
+      sending the webhooks that commit produced. What does not fit is left to
+      the retry path (``dispatch()``, ``webhooks.deliver_due()``, the retry
+      thread, ``tokenstore dispatch --watch``). A hook whose last attempt
+      failed is never tried from the writing thread.
     - ``disable_after_failures`` / ``disable_after``: a hook failing that many
       times in a row, over at least that long, is disabled.
     - ``secret_grace``: how long a rotated-out signing secret still signs.
@@ -43,6 +51,8 @@ class Options:
     webhook_allow: tuple[str, ...] = ()
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
+    delivery_deadline: float = 10.0
+    sync_budget: float = 5.0
     disable_after_failures: int = 10
     disable_after: timedelta = timedelta(days=1)
     secret_grace: timedelta = timedelta(hours=24)

@@ -15,6 +15,7 @@ once the lease runs out.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -77,9 +78,22 @@ _TAKE = (
 _TAKE_DUE = _TAKE + '"next_attempt_at" <= ?'
 _TAKE_HELD = _TAKE + '"attempts" = 0 AND "next_attempt_at" = ?'
 _SELECT_DUE = (
-    f'SELECT "id" FROM "{_DELIVERY_TABLE}" '
+    f'SELECT "id", "hook_id" FROM "{_DELIVERY_TABLE}" '
     "WHERE \"status\" IN ('pending', 'failed') AND \"next_attempt_at\" <= ? "
-    'ORDER BY "next_attempt_at" LIMIT ?'
+    'ORDER BY "next_attempt_at", "created_at" LIMIT ?'
+)
+# Deliveries this writer held but did not send: due at the given time instead.
+_RELEASE = (
+    f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
+    'WHERE "next_attempt_at" = ? AND "attempts" = 0 AND "id" IN ({marks})'
+)
+_NEXT_RETRY = (
+    f'SELECT min("next_attempt_at") FROM "{_DELIVERY_TABLE}" '
+    'WHERE "hook_id" = ? AND "status" = \'failed\''
+)
+_WAIT_BEHIND = (
+    f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
+    'WHERE "hook_id" = ? AND "status" IN (\'pending\', \'failed\') AND "next_attempt_at" <= ?'
 )
 _GIVE_UP = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL '
@@ -98,8 +112,8 @@ class _Tally(threading.local):
 class Outbox:
     """Creates, sends and records deliveries.
 
-    ``lease`` is how long an attempt may take: a delivery being attempted is
-    not due again before it runs out.
+    ``sync_budget`` is how long the writing thread may spend sending what its
+    commit produced; the rest goes out through ``deliver_due``.
     """
 
     def __init__(
@@ -109,8 +123,10 @@ class Outbox:
         clock: Callable[[], datetime],
         sender: Sender,
         policy: RetryPolicy,
+        sync_budget: float,
     ) -> None:
         self.db = db
+        self.sync_budget = sync_budget
         self.registry = registry
         self.clock = clock
         self.sender = sender
@@ -128,6 +144,9 @@ class Outbox:
         self._take_held = sql(_TAKE_HELD)
         self._select_due = sql(_SELECT_DUE)
         self._give_up = sql(_GIVE_UP)
+        self._release_sql = sql(_RELEASE)
+        self._next_retry = sql(_NEXT_RETRY)
+        self._wait_behind = sql(_WAIT_BEHIND)
 
     def attempts_recorded(self) -> tuple[int, int]:
         """Delivered and failed attempts this thread has recorded so far."""
@@ -135,7 +154,8 @@ class Outbox:
 
     @property
     def lease(self) -> timedelta:
-        return timedelta(seconds=self.sender.attempt_time + 5)
+        """How long a delivery is held for an attempt: its whole deadline, and a margin."""
+        return timedelta(seconds=self.sender.deadline + 5)
 
     def _now(self) -> datetime:
         return to_stored_time(self.clock())
@@ -279,22 +299,63 @@ class Outbox:
         deliveries: Iterable[tuple[WebhookDelivery, OutboundWebhook]],
         held_until: datetime,
     ) -> None:
-        """Send, one after another, the deliveries one commit wrote and held until ``held_until``.
+        """Send, in the writing thread, what one commit wrote and held until ``held_until``.
 
-        Each comes with its hook as that commit read it. A delivery whose hold
-        would run out before its attempt could end (one queued behind slow
-        receivers) is taken again first, as ``deliver_due`` takes it, and
-        skipped if a retry runner elsewhere took it meanwhile: sending it here
-        too would deliver it twice.
+        Each comes with its hook as that commit read it. The thread spends at
+        most ``sync_budget`` seconds here: what does not fit goes to the retry
+        path at once, oldest first. A hook whose last attempt failed is not
+        tried here at all, nor again after one of these attempts fails: its
+        deliveries wait behind its retry, so a dead receiver costs the writer
+        one deadline, not one per save.
+
+        A delivery whose hold could run out during its attempt is taken again
+        first, as ``deliver_due`` takes it, and skipped if a retry runner
+        elsewhere took it meanwhile: sending it here too would deliver it twice.
         """
-        budget = timedelta(seconds=self.sender.attempt_time)
+        stop_at = time.monotonic() + self.sync_budget
+        behind: dict[uuid.UUID, list[str]] = {}  # per failing hook, what waits behind its retry
+        later: list[str] = []
         for delivery, hook in deliveries:
+            if hook.failing_since is not None or hook.id in behind:
+                behind.setdefault(hook.id, []).append(delivery.id.hex)
+                continue
+            left = stop_at - time.monotonic()
+            if left <= 0:
+                later.append(delivery.id.hex)
+                continue
             now = self._now()
-            if now + budget >= held_until and not self._take(
+            could_end = now + timedelta(seconds=min(left, self.sender.deadline))
+            if could_end >= held_until and not self._take(
                 self._take_held, delivery.id.hex, now, format_time(held_until)
             ):
                 continue
-            self.attempt(delivery, now, hook)
+            self.attempt(delivery, now, hook, deadline=left)
+            if delivery.status != "delivered":
+                behind.setdefault(hook.id, [])
+        if later or any(behind.values()):
+            self._release(later, behind, held_until)
+
+    def _release(
+        self, later: list[str], behind: dict[uuid.UUID, list[str]], held_until: datetime
+    ) -> None:
+        """Hand unsent deliveries (still held by this writer) to the retry path.
+
+        ``later`` are due now; those ``behind`` a failing hook are due with its
+        next retry, so they go out together once the receiver is back.
+        """
+        held = format_time(held_until)
+        now = format_time(self._now())
+        with self.db.write(quiet=True) as conn:
+            groups = [(now, later)]
+            for hook_id, ids in behind.items():
+                if ids:
+                    row = conn.execute(self._next_retry, (hook_id.hex,)).fetchone()
+                    groups.append((max(row[0] or now, now), ids))
+            for when, ids in groups:
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    marks = ",".join([self.db.sql("?")] * len(chunk))
+                    conn.execute(self._release_sql.format(marks=marks), (when, held, *chunk))
 
     def _take(self, sql: str, delivery_id: str, now: datetime, condition: str) -> bool:
         """Hold an unsent delivery (by stored id) for one lease from ``now``, if ``sql`` agrees."""
@@ -308,12 +369,14 @@ class Outbox:
         delivery: WebhookDelivery,
         now: datetime | None = None,
         hook: OutboundWebhook | None = None,
+        deadline: float | None = None,
     ) -> WebhookDelivery:
         """Send one delivery and record the outcome on it and on its hook.
 
         ``now`` (default: the clock) is the time the attempt is made and
         recorded at, and the ``webhook-timestamp`` it is signed with. ``hook``
-        is the delivery's hook when the caller has just read it.
+        is the delivery's hook when the caller has just read it. ``deadline``
+        shortens the sender's deadline (seconds).
         """
         if hook is None:
             hook = self.hook(delivery.hook_id)
@@ -330,7 +393,7 @@ class Outbox:
             # A hook edited outside the API (the sqlite3 shell) may not make a request.
             outcome = Outcome(False, error=f"cannot build the request: {str(exc)[:500]}")
         else:
-            outcome = self.sender.post(hook.endpoint, body, headers)
+            outcome = self.sender.post(hook.endpoint, body, headers, deadline)
         if outcome.error:
             outcome.error = redacted(outcome.error, hook)
         self.record(hook, delivery, outcome, now)
@@ -442,24 +505,36 @@ class Outbox:
             self._write(conn, delivery)
 
     def deliver_due(self, now: datetime | None = None, limit: int = 100) -> int:
-        """Attempt every delivery whose time has come; returns how many were attempted.
+        """Attempt every delivery whose time has come, oldest first; returns how many.
 
         Each is taken with a conditional update first, so two processes
         running this at once never both send it. Without ``now`` the clock is
         read again for each one: sending the others took time, and a hold
-        counted from the start could run out before the attempt ends.
+        counted from the start could run out before the attempt ends. Once an
+        attempt to a hook fails, the hook's other due deliveries wait behind
+        its retry instead of being tried one after another.
         """
         fixed = now is not None
         start = self._now() if now is None else to_stored_time(now)
         stamp = format_time(start)
-        due = [row[0] for row in self.db.execute_sql(self._select_due, (stamp, limit)).fetchall()]
+        due = self.db.execute_sql(self._select_due, (stamp, limit)).fetchall()
+        failing: dict[str, str] = {}  # hook id -> when its retry is due
         attempted = 0
-        for delivery_id in due:
+        for delivery_id, hook_id in due:
+            if hook_id in failing:
+                continue
             at = start if fixed else self._now()
             if not self._take(self._take_due, delivery_id, at, stamp):
                 continue
             delivery = self.delivery(delivery_id)
-            if delivery is not None:
-                self.attempt(delivery, at)
-                attempted += 1
+            if delivery is None:
+                continue
+            self.attempt(delivery, at)
+            attempted += 1
+            if delivery.status == "failed" and delivery.next_attempt_at is not None:
+                failing[hook_id] = format_time(delivery.next_attempt_at)
+        if failing:
+            with self.db.write(quiet=True) as conn:
+                for hook_id, retry_at in failing.items():
+                    conn.execute(self._wait_behind, (retry_at, hook_id, stamp))
         return attempted

@@ -93,8 +93,9 @@ class Store:
             self.db,
             self.registry,
             self.clock,
-            Sender(guard, opts.connect_timeout, opts.read_timeout),
+            Sender(guard, opts.connect_timeout, opts.read_timeout, opts.delivery_deadline),
             RetryPolicy(opts.disable_after_failures, opts.disable_after),
+            opts.sync_budget,
         )
         self.dispatcher.add_consumer(self.outbox.on_events, self.outbox.wants_events)
         self.users = Users()
