@@ -240,7 +240,7 @@ def test_sql_on_the_join_table_from_another_process_fires_at_dispatch(store: Sto
         args = [str(store.path), JOIN, snap.id.hex, a.id.hex, b.id.hex]
         subprocess.run([sys.executable, "-c", edit, *args], check=True, timeout=30)
         assert calls == []
-        assert store.dispatch() == 3
+        assert store.dispatch().events == 3
     assert summary(calls) == [
         ("Snapshot", snap.id, "tags", "add", {a.id, b.id}),
         ("Tag", a.id, "snapshots", "add", {snap.id}),

@@ -61,6 +61,16 @@ def instance_without_defaults(model: type[M], values: dict[str, Any]) -> M:
     return model(__no_default__=True, **values)
 
 
+def values_of(instance: peewee.Model) -> dict[str, Any]:
+    """The instance's field values by name (not a copy)."""
+    return instance.__data__  # type: ignore[no-any-return]
+
+
+def loading(kwargs: dict[str, Any]) -> bool:
+    """Whether a model is being built from a row peewee read (defaults are not applied)."""
+    return bool(kwargs.get("__no_default__"))
+
+
 def was_saved(instance: peewee.Model) -> bool:
     return instance._pk is not None  # type: ignore[attr-defined]
 

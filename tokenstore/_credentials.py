@@ -43,7 +43,7 @@ _TOKEN_RE = re.compile(
 
 
 # Every two-character base62 string, by value: three lookups encode any CRC32
-# (62**6 > 2**32), a few times faster than a digit loop on the authentication path.
+# (62**6 > 2**32) without a loop over digits.
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 _PAIR_BASE = len(_PAIRS)
 

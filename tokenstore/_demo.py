@@ -21,6 +21,7 @@ from ._errors import AuthenticationError
 from ._models import ABIDModel
 from ._receiver import make_receiver
 from ._store import open as open_store
+from ._times import format_time
 
 
 class Tag(ABIDModel):
@@ -77,7 +78,7 @@ def run_demo(directory: str | None = None) -> int:
         alice, name="backup script", expires=timedelta(days=30), scopes=("snapshots:read",)
     )
     print(f"   secret (shown once, stored only as a SHA-256 digest): {secret}")
-    print(f"   the record: {token!r}, valid until {token.expires_as_iso8601}")
+    print(f"   the record: {token!r}, valid until {format_time(token.expires)}")
     print(f"   authenticate(secret) -> {store.tokens.authenticate(secret)!r}")
     tampered = secret[:-1] + ("A" if secret[-1] != "A" else "B")
     try:

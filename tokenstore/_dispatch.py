@@ -208,6 +208,17 @@ class Dispatcher:
         followups = [f for f in (c(conn, first) for c in wanted) if f is not None] if first else []
         return Claimed(events if receivers else [], followups)
 
+    def waiting(self, conn: Connection) -> dict[str, int]:
+        """Events of tables this process has no model for, by table: they wait for one that has."""
+        tables = self.registry.tables()
+        marks = ",".join([self._backend.sql("?")] * len(tables))
+        rows = conn.execute(
+            f"SELECT table_name, count(*) FROM {EVENT_TABLE} "
+            f"WHERE table_name NOT IN ({marks}) GROUP BY table_name ORDER BY table_name",
+            tables,
+        )
+        return {table: count for table, count in rows}
+
     def claimed_count(self) -> int:
         """How many events this thread has claimed so far."""
         return self._local.claimed

@@ -14,6 +14,7 @@ once the lease runs out.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -87,6 +88,14 @@ _GIVE_UP = (
 )
 
 
+class _Tally(threading.local):
+    """Per thread: how many attempts this thread has recorded, by outcome."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failed = 0
+
+
 class Outbox:
     """Creates, sends and records deliveries.
 
@@ -108,6 +117,7 @@ class Outbox:
         self.sender = sender
         self.policy = policy
         self.payloads = PayloadBuilder()
+        self._tally = _Tally()
         sql = db.sql
         self._select_hook = sql(_SELECT_HOOK)
         self._select_delivery = sql(_SELECT_DELIVERY)
@@ -119,6 +129,10 @@ class Outbox:
         self._take_held = sql(_TAKE_HELD)
         self._select_due = sql(_SELECT_DUE)
         self._give_up = sql(_GIVE_UP)
+
+    def attempts_recorded(self) -> tuple[int, int]:
+        """Delivered and failed attempts this thread has recorded so far."""
+        return self._tally.delivered, self._tally.failed
 
     @property
     def lease(self) -> timedelta:
@@ -396,6 +410,10 @@ class Outbox:
             self._write(conn, delivery)
         if disabled_reason:
             self.disable(hook, disabled_reason)
+        if outcome.ok:
+            self._tally.delivered += 1
+        else:
+            self._tally.failed += 1
         if outcome.ok:
             signals.send_isolated(
                 signals.webhook_delivered, OutboundWebhook, hook=hook, delivery=delivery

@@ -67,8 +67,8 @@ class RetryPolicy:
     not end it, nor does one failure a week.
     """
 
-    disable_after_failures: int = 10
-    disable_after: timedelta = timedelta(days=1)
+    disable_after_failures: int
+    disable_after: timedelta
 
     def next_attempt(
         self, attempts: int, now: datetime, retry_after: timedelta | None = None

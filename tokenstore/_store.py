@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +36,21 @@ from ._webhooks import HookValidator, Webhooks
 __all__ = ["SCHEMA_VERSION", "Store", "open"]
 
 logger = logging.getLogger("tokenstore.store")
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """What one ``store.dispatch()`` did.
+
+    ``events`` it fired; webhook attempts it made, ``delivered`` or
+    ``failed``; and events ``waiting`` for a process that has a model for
+    their table (by table), which this process cannot fire.
+    """
+
+    events: int
+    delivered: int
+    failed: int
+    waiting: dict[str, int]
 
 
 class Store:
@@ -141,9 +157,9 @@ class Store:
         spec = CaptureSpec.of(model)
         relations = [Relation.of(m2m) for m2m in model._meta.manytomany.values()]
         model.bind(self.db, bind_refs=False, bind_backrefs=False)
-        added = self.registry.add(model)  # known before the commit below claims its events
+        added = self.registry.add(model)
         try:
-            with self.db.atomic():
+            with self.db.write(quiet=True):  # DDL only: its events wait for a dispatch
                 self.db.create_tables([model], safe=True)
                 self.db.install_capture(spec)
                 for relation in relations:
@@ -180,24 +196,30 @@ class Store:
         """The registered models by table name, tokenstore's own included."""
         return {m._meta.table_name: m for m in self.registry}
 
-    def dispatch(self, deliver: bool = True) -> int:
+    def dispatch(self, deliver: bool = True) -> Dispatched:
         """Fire events nobody has fired yet: other processes' writes, shell edits, crashes.
 
         With ``deliver`` it then sends the webhook deliveries that are due,
         those a crashed process committed but never sent among them.
-        Returns how many events this call claimed. Dispatch also happens by
-        itself after every commit made through this store.
+        Dispatch also happens by itself after every commit made through this
+        store; this call is for what happened elsewhere.
         """
-        before = self.dispatcher.claimed_count()
+        claimed_before = self.dispatcher.claimed_count()
+        delivered_before, failed_before = self.outbox.attempts_recorded()
         with self.db.atomic():  # its commit claims what is unclaimed, then fires it
             conn = self.db.connection()
             self.dispatcher.forget_dead_listeners(conn)
             self.dispatcher.release(conn, self.dispatcher.stale_claimants(conn))
             self.dispatcher.drop_unheard(conn)
-        claimed = self.dispatcher.claimed_count() - before
         if deliver:
             self.webhooks.deliver_due()
-        return claimed
+        delivered, failed = self.outbox.attempts_recorded()
+        return Dispatched(
+            events=self.dispatcher.claimed_count() - claimed_before,
+            delivered=delivered - delivered_before,
+            failed=failed - failed_before,
+            waiting=self.dispatcher.waiting(self.db.connection()),
+        )
 
     def wait_for_changes(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for another connection to commit; True if one did."""

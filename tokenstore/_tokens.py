@@ -332,8 +332,8 @@ class Tokens:
             raise InvalidToken("API token is malformed") from None
         row = self.db.connection().execute(self._select_by_digest, (digest,)).fetchone()
         if row is None or not hmac.compare_digest(row[_DIGEST_AT], digest):
-            # Checked only on a miss, where it tells a mistyped secret from an unknown one:
-            # on the way to a hit it would cost a tenth of the lookup for nothing.
+            # Checked only on a miss, where it tells a mistyped secret from an unknown one;
+            # a hit has proved the secret already.
             if not looks_like_token(secret):
                 raise InvalidToken("API token is malformed or fails its checksum")
             raise InvalidToken("API token is not recognised")
@@ -359,9 +359,9 @@ class Tokens:
     def _values(self, row: tuple[Any, ...]) -> dict[str, Any]:
         """A token row's Python values, converted once per distinct row.
 
-        A script uses its key over and over, and converting the row costs a
-        quarter of a lookup. The memo is keyed by the whole row, so a row that
-        changed in any way (revoked, used, edited) is simply a new key.
+        A script uses its key over and over. The memo is keyed by the whole
+        row, so a row that changed in any way (revoked, used, edited) is
+        simply a new key.
         """
         cached = self._converted.get(row)
         if cached is None:

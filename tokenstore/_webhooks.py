@@ -188,7 +188,7 @@ class Webhooks:
         db: SQLiteDatabase,
         outbox: Outbox,
         clock: Callable[[], datetime],
-        secret_grace: timedelta = timedelta(hours=24),
+        secret_grace: timedelta,
     ) -> None:
         self.db = db
         self.outbox = outbox
