@@ -12,6 +12,7 @@ one way for every option.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import importlib
 import json
@@ -1003,6 +1004,50 @@ def add_webhooks_commands(commands: Commands) -> None:
 # -- tools --------------------------------------------------------------------------------
 
 
+def cmd_import_archivebox(args: argparse.Namespace, out: Output) -> int:
+    """Import an ArchiveBox database and show the counts, the refusals and the new secrets."""
+    ref_map: dict[str, str] = {}
+    for item in args.map or ():
+        old, sep, new = item.partition("=")
+        if not (sep and old.strip() and new.strip()):
+            raise ValidationError(
+                f"--map {item!r} must look like core.models.Snapshot=app.Snapshot"
+            )
+        ref_map[old.strip()] = new.strip()
+    cipher_key = sys.stdin.readline().strip() if args.cipher_key == "-" else args.cipher_key
+    with _open(args) as store:
+        report = store.import_archivebox(
+            args.path, ref_map=ref_map, cipher_key=cipher_key, dry_run=args.dry_run
+        )
+        counts = [{"table": t, **dataclasses.asdict(c)} for t, c in report.counts.items()]
+        notes = {
+            "refused": [dataclasses.asdict(note) for note in report.refused],
+            "disabled": [dataclasses.asdict(note) for note in report.disabled],
+        }
+        hooks = [{**hook_dict(hook), "secret": hook.secret} for hook in report.hooks]
+    if out.as_json:
+        out.record(
+            {"source": str(report.source), "dry_run": report.dry_run, "counts": counts}
+            | notes
+            | {"hooks": hooks}
+        )
+    else:
+        out.rows(counts, ["table", "imported", "present", "refused"])
+        for kind, listed in notes.items():
+            for note in listed:
+                print(f"{kind}: {note['table']} {note['row']}: {note['reason']}")
+        if hooks:
+            print("signing secrets of the imported hooks:")
+            out.rows(hooks, ["abid", "name", "enabled", "secret"])
+    if report.dry_run:
+        print("dry run: nothing was written", file=sys.stderr)
+    elif hooks:
+        print(
+            "Give each hook's secret to its receiver so it can verify signatures.", file=sys.stderr
+        )
+    return 0
+
+
 def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     from ._receiver import make_receiver
 
@@ -1029,6 +1074,39 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     from ._demo import run_demo
 
     return run_demo(args.dir)
+
+
+def add_import_commands(commands: Commands) -> None:
+    imports = _group(
+        commands,
+        "import",
+        "import users, tokens and hooks from other systems",
+        "  tokenstore import archivebox ~/archivebox/data --dry-run\n"
+        "  tokenstore --app myapp.models import archivebox index.sqlite3 "
+        "--map core.models.Snapshot=myapp.models.Snapshot",
+    )
+    p = _command(
+        imports,
+        "archivebox",
+        cmd_import_archivebox,
+        "store.import_archivebox",
+        "copy users, API tokens and webhooks from an ArchiveBox 0.8 index.sqlite3, "
+        "which is only read",
+    )
+    p.add_argument("path", help="ArchiveBox's index.sqlite3, or its data folder")
+    p.add_argument(
+        "--map",
+        action="append",
+        metavar="DJANGO_REF=REF",
+        help="hooks on this ArchiveBox model watch this registered model (repeatable)",
+    )
+    p.add_argument(
+        "--cipher-key",
+        metavar="KEY",
+        help="ArchiveBox's SIGNAL_WEBHOOKS CIPHER_KEY, to carry hooks' auth tokens over; "
+        "- reads it from stdin (keeps it out of the process list)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="report what would happen; write nothing")
 
 
 def add_tool_commands(commands: Commands) -> None:
@@ -1073,6 +1151,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_users_commands(commands)
     add_tokens_commands(commands)
     add_webhooks_commands(commands)
+    add_import_commands(commands)
     add_tool_commands(commands)
     return parser
 

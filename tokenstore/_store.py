@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import peewee
 
@@ -34,6 +34,9 @@ from ._tokens import Tokens, Users
 from ._webhooks import HookValidator, Webhooks
 
 __all__ = ["SCHEMA_VERSION", "Store", "open"]
+
+if TYPE_CHECKING:
+    from ._archivebox import ArchiveBoxImport
 
 logger = logging.getLogger("tokenstore.store")
 
@@ -85,7 +88,8 @@ class Store:
         self.db.system_user_id = system.id
 
         guard = AddressGuard(opts.webhook_allow)
-        OutboundWebhook.validator = HookValidator(self.registry, guard)
+        self.hook_validator = HookValidator(self.registry, guard)
+        OutboundWebhook.validator = self.hook_validator
         self.outbox = Outbox(
             self.db,
             self.registry,
@@ -224,6 +228,39 @@ class Store:
     def wait_for_changes(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for another connection to commit; True if one did."""
         return self.db.wait_for_changes(timeout)
+
+    def import_archivebox(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        ref_map: Mapping[str, str | type[peewee.Model]] | None = None,
+        cipher_key: str | None = None,
+        dry_run: bool = False,
+    ) -> ArchiveBoxImport:
+        """Copy users, API tokens and webhooks from ArchiveBox 0.8's ``index.sqlite3``.
+
+        The file is only read. Ids and ABIDs are kept; each plain-text token is
+        stored as its digest, so the same string authenticates here. A hook's
+        ``ref`` (a Django model path) is mapped through ``ref_map`` to a
+        registered model (``api.models.APIToken`` maps to ``tokenstore.APIToken``);
+        a hook whose ref is unmapped, whose endpoint the address guard refuses, or
+        whose encrypted auth token cannot be read (``cipher_key`` is ArchiveBox's
+        ``SIGNAL_WEBHOOKS["CIPHER_KEY"]``; it needs ``tokenstore[archivebox]``) is
+        imported disabled, saying why. Each imported hook gets a new signing
+        secret. All in one transaction; rows already here are left alone, so a
+        second import changes nothing; ``dry_run`` reports and writes nothing.
+        """
+        from ._archivebox import import_archivebox
+
+        return import_archivebox(
+            path,
+            db=self.db,
+            users=self.users,
+            validator=self.hook_validator,
+            ref_map=ref_map,
+            cipher_key=cipher_key,
+            dry_run=dry_run,
+        )
 
 
 def open(path: str | os.PathLike[str], **options: Any) -> Store:

@@ -18,6 +18,7 @@ from ._abid import ABID
 from ._credentials import (
     DEFAULT_TOKEN_PREFIX,
     check_prefix,
+    looks_like_legacy_token,
     looks_like_token,
     token_digest,
     token_hint,
@@ -334,7 +335,7 @@ class Tokens:
         if row is None or not hmac.compare_digest(row[_DIGEST_AT], digest):
             # Checked only on a miss, where it tells a mistyped secret from an unknown one;
             # a hit has proved the secret already.
-            if not looks_like_token(secret):
+            if not (looks_like_token(secret) or looks_like_legacy_token(secret)):
                 raise InvalidToken("API token is malformed or fails its checksum")
             raise InvalidToken("API token is not recognised")
         data = self._values(row)
@@ -411,7 +412,7 @@ class Tokens:
         if looks_like_token(abid):
             raise ValidationError("that is an API token secret, not a token's ABID (apt_...)")
         try:
-            wanted = str(ABID.parse(abid, prefix=APIToken.abid_prefix))
+            wanted = ABID.parse(abid, prefix=APIToken.abid_prefix).canonical
         except InvalidABID as exc:
             raise ValidationError(f"not an API token ABID: {exc}") from None
         token: APIToken | None = APIToken.get_or_none(APIToken.abid == wanted)

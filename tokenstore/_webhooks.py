@@ -103,8 +103,22 @@ class HookValidator:
         self.registry = registry
         self.guard = guard
 
-    def __call__(self, hook: OutboundWebhook) -> None:
-        """Check a hook's fields before it is saved; raise ValidationError at the first fault."""
+    def check_ref(self, ref: str | type[peewee.Model]) -> str:
+        """The ref of the registered model ``ref`` names, if hooks may watch it."""
+        model = self.registry.for_ref(ref)
+        if model is WebhookDelivery:
+            raise ValidationError(
+                f"{model_ref(model)} cannot have webhooks: its changes are not "
+                "captured (a hook on it would report its own deliveries)"
+            )
+        return model_ref(model)
+
+    def __call__(self, hook: OutboundWebhook, *, judge_target: bool = True) -> None:
+        """Check a hook's fields before it is saved; raise ValidationError at the first fault.
+
+        ``judge_target=False`` leaves the ref and the endpoint to the caller: an
+        import keeps a hook whose model or address is refused here, disabled.
+        """
         name = hook.name
         if not isinstance(name, str) or not name.strip() or len(name) > 255:
             raise ValidationError(f"webhook name must be 1-255 characters, got {name!r}")
@@ -117,17 +131,11 @@ class HookValidator:
         # may know other models or allow other addresses, and must still be able to
         # enable or rename a hook the application made.
         stored = hook._stored or {}
-        if not stored or stored.get("ref") != hook.ref:
-            model = self.registry.for_ref(hook.ref)
-            if model is WebhookDelivery:
-                raise ValidationError(
-                    f"{model_ref(model)} cannot have webhooks: its changes are not "
-                    "captured (a hook on it would report its own deliveries)"
-                )
-            _set_if_changed(hook, "ref", model_ref(model))
+        if judge_target and (not stored or stored.get("ref") != hook.ref):
+            _set_if_changed(hook, "ref", self.check_ref(hook.ref))
         if not isinstance(hook.endpoint, str) or len(hook.endpoint) > 2047:
             raise ValidationError("webhook endpoint must be a URL of at most 2047 characters")
-        if not stored or stored.get("endpoint") != hook.endpoint:
+        if judge_target and (not stored or stored.get("endpoint") != hook.endpoint):
             self.guard.check_endpoint(hook.endpoint)
         headers = {} if hook.headers is None else hook.headers
         if not isinstance(headers, Mapping):
@@ -249,7 +257,7 @@ class Webhooks:
         """A hook by ABID (any case) or by name."""
         match = OutboundWebhook.name == key
         with contextlib.suppress(InvalidABID):  # not an ABID: a name, then
-            match |= OutboundWebhook.abid == str(ABID.parse(key, prefix="whk_"))
+            match |= OutboundWebhook.abid == ABID.parse(key, prefix="whk_").canonical
         hook = OutboundWebhook.get_or_none(match)
         if hook is None:
             secretish = looks_like_token(key) or str(key).startswith(SECRET_PREFIX)
@@ -347,7 +355,7 @@ class Webhooks:
         """One delivery by its ABID (the ``webhook-id`` its receiver saw)."""
         try:
             found = WebhookDelivery.get_or_none(
-                WebhookDelivery.abid == str(ABID.parse(abid, prefix="msg_"))
+                WebhookDelivery.abid == ABID.parse(abid, prefix="msg_").canonical
             )
         except InvalidABID as exc:
             raise NotFound(f"no delivery {abid!r}: {exc}") from None
