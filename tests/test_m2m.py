@@ -279,6 +279,24 @@ def test_the_join_table_cannot_be_registered_as_a_model(store: Store) -> None:
         store.register(Through)
 
 
+def test_a_relation_of_a_model_with_itself_is_refused_before_anything_is_written(
+    store: Store,
+) -> None:
+    class Person(ABIDModel):
+        abid_prefix = "per_"
+
+    class Friendship(peewee.Model):
+        a = peewee.ForeignKeyField(Person, backref="+")
+        b = peewee.ForeignKeyField(Person, backref="+")
+
+    friends = peewee.ManyToManyField(Person, through_model=Friendship, backref="+")
+    Person._meta.add_field("friends", friends)
+    with pytest.raises(ValidationError, match=r"Person\.friends: .* with itself"):
+        store.register(Person)
+    assert not store.db.table_exists(Person._meta.table_name)
+    assert Person not in list(store.registry)
+
+
 # -- webhooks -------------------------------------------------------------------------
 
 
