@@ -1070,6 +1070,28 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, out: Output) -> int:
+    """Serve the admin page until Ctrl-C."""
+    from .admin import make_admin_server, public_warning
+
+    with _open(args) as store:
+        server = make_admin_server(store, args.host, args.port, public=args.public)
+        port = server.server_address[1]
+        warning = public_warning(args.host)
+        if warning:
+            print(warning, file=sys.stderr)
+        shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
+        print(f"admin page on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
+        sys.stderr.flush()
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+        finally:
+            server.server_close()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     from ._demo import run_demo
 
@@ -1123,6 +1145,18 @@ def add_tool_commands(commands: Commands) -> None:
         "--secret",
         required=True,
         help="the hook's whsec_... signing secret, or - to read it from stdin",
+    )
+    p = _command(
+        commands,
+        "serve",
+        cmd_serve,
+        "tokenstore.admin.make_app",
+        "serve the admin page; needs tokenstore[admin]",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="the address; loopback unless --public")
+    p.add_argument("--port", type=int, default=8787, help="the port; 0 picks a free one")
+    p.add_argument(
+        "--public", action="store_true", help="allow a non-loopback --host (put TLS in front)"
     )
     p = _command(commands, "demo", cmd_demo, None, "run the whole story on a throwaway file")
     p.add_argument("--dir", help="where to put the demo's file (default: a new temporary folder)")
