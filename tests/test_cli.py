@@ -268,12 +268,21 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "the receiver got 5 verified messages" in result.stdout
+    assert "the receiver got 7 verified messages" in result.stdout
     assert "anything from the rolled-back transaction? no" in result.stdout
     conn = sqlite3.connect(tmp_path / "demo.sqlite3")
-    statuses = conn.execute("SELECT status FROM tokenstore_delivery_log").fetchall()
+    log = conn.execute("SELECT event_type, status FROM tokenstore_delivery_log").fetchall()
     conn.close()
-    assert statuses == [("delivered",)] * 5
+    assert {status for _, status in log} == {"delivered"}
+    assert [event_type for event_type, _ in log] == [
+        "snapshot.created",
+        "snapshot.updated",
+        "snapshot.tags.added",
+        "snapshot.tags.removed",
+        "snapshot.created",
+        "snapshot.created",
+        "snapshot.deleted",
+    ]
 
 
 def test_app_models_are_registered_with_app_and_their_changes_delivered(

@@ -49,6 +49,7 @@ def test_readme_opens_with_its_name_a_line_and_the_two_commands() -> None:
 def test_python_blocks_run_twice_in_a_row(tmp_path: Path) -> None:
     python = [body for lang, body in BLOCKS if lang == "python"]
     assert python
+    outputs = []
     for n, body in enumerate(python):
         (tmp_path / f"example{n}.py").write_text(body)
         for _ in range(2):
@@ -61,7 +62,9 @@ def test_python_blocks_run_twice_in_a_row(tmp_path: Path) -> None:
                 timeout=120,
             )
             assert result.returncode == 0, result.stdout + result.stderr
-    assert "['snapshot.created']" in result.stdout
+        outputs.append(result.stdout)
+    assert "['snapshot.created']" in outputs[0]
+    assert "[('snapshot.tags.added', 2), ('snapshot.tags.removed', 1)]" in outputs[1]
 
 
 @pytest.mark.skipif(shutil.which("sqlite3") is None, reason="the README uses the sqlite3 shell")

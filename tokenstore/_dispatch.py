@@ -23,8 +23,9 @@ from typing import Any, NamedTuple, Protocol
 
 from . import signals
 from ._capture import EVENT_TABLE, LISTENER_TABLE, ChangeEvent
+from ._m2m import RelationChange, runs
 from ._registry import Registry
-from ._rows import Loader
+from ._rows import Converter, Loader, build, quote_name
 from ._times import format_time
 
 logger = logging.getLogger("tokenstore.dispatch")
@@ -238,8 +239,7 @@ class Dispatcher:
         try:
             while state.pending:
                 claimed = state.pending.pop(0)
-                for event in claimed.events:
-                    self.fire(event)
+                self.fire_all(conn, claimed.events)
                 try:
                     self.finish(conn, [e.id for e in claimed.events])
                 except Exception:
@@ -252,6 +252,61 @@ class Dispatcher:
         finally:
             state.running = False
 
+    def fire_all(self, conn: Connection, events: list[ChangeEvent]) -> None:
+        """Fire a claim's events in order; a run of relation events also fires ``m2m_changed``."""
+        for item in runs(events, self.registry.relation_for):
+            if isinstance(item, ChangeEvent):
+                self.fire(item)
+                continue
+            for event in item.events:
+                self.fire(event)
+            if signals.m2m_changed.receivers:
+                for change in item.changes(self.registry.knows):
+                    self.fire_relation(conn, change)
+
+    def fire_relation(self, conn: Connection, change: RelationChange) -> None:
+        """Send ``m2m_changed`` for one instance; the instance is read as it is now.
+
+        A row deleted since (its relations removed by the delete's cascade,
+        say) comes as an instance holding only its primary key.
+        """
+        model = change.side.model
+        if not signals.m2m_changed.has_receivers_for(model):
+            return
+        try:
+            instance = self._current(conn, model, change.key, change.side.convert)
+            pks = {change.other.convert(key) for key in change.keys}
+        except Exception:
+            logger.exception("could not rebuild %s from event %d", model.__name__, change.event.id)
+            return
+        signals.send_isolated(
+            signals.m2m_changed,
+            model,
+            instance=instance,
+            field=change.side.field,
+            action=change.action,
+            pks=pks,
+        )
+
+    def _current(self, conn: Connection, model: type[Any], key: Any, convert: Converter) -> Any:
+        """The row of ``model`` whose primary key is stored as ``key``, or just its key."""
+        loader = self._loader(model)
+        pk = model._meta.primary_key
+        row = conn.execute(
+            self._backend.sql(
+                f"SELECT {loader.columns} FROM {quote_name(model._meta.table_name)} "
+                f"WHERE {quote_name(pk.column_name)} = ?"
+            ),
+            (key,),
+        ).fetchone()
+        return build(model, {pk.name: convert(key)}) if row is None else loader.instance(row)
+
+    def _loader(self, model: type[Any]) -> Loader[Any]:
+        loader = self._loaders.get(model)
+        if loader is None:
+            loader = self._loaders[model] = Loader(model)
+        return loader
+
     def fire(self, event: ChangeEvent) -> None:
         """Turn one event into blinker signals; the sender is the model class."""
         model = self.registry.for_table(event.table)
@@ -263,10 +318,7 @@ class Dispatcher:
         if not signal.has_receivers_for(model):
             return
         try:
-            loader = self._loaders.get(model)
-            if loader is None:
-                loader = self._loaders[model] = Loader(model)
-            instance = loader.from_columns(event.row)
+            instance = self._loader(model).from_columns(event.row)
         except Exception:
             logger.exception("could not rebuild %s from event %d", model.__name__, event.id)
             return

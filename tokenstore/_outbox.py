@@ -25,11 +25,12 @@ from . import signals
 from ._capture import ChangeEvent, model_ref
 from ._compat import peewee_errors
 from ._dispatch import Connection
+from ._m2m import RelationRun, runs
 from ._models import OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
 from ._payload import PayloadBuilder, dumps
-from ._policy import KIND_BY_OP, RetryPolicy, parse_retry_after, signal_matches
+from ._policy import KIND_BY_OP, RELATION_KIND, RetryPolicy, parse_retry_after, signal_matches
 from ._registry import Registry
-from ._rows import Loader
+from ._rows import Loader, quote_name
 from ._sending import Outcome, Sender, message_headers, redacted
 from ._sqlite import SQLiteDatabase
 from ._times import format_time, to_stored_time, utcnow
@@ -179,7 +180,9 @@ class Outbox:
         """Write a pending delivery per matching hook and event; send them after commit.
 
         Hooks are matched on their ``ref`` and ``signal`` columns alone; only
-        a hook that matches is made into an instance (once per commit).
+        a hook that matches is made into an instance (once per commit). A
+        relation change (see ``_m2m``) is one delivery per hook with M2M in
+        its signal on the side's model.
         """
         rows = conn.execute(_ENABLED_HOOKS).fetchall()
         if not rows:
@@ -193,31 +196,57 @@ class Outbox:
         # does not send it at the same time; if this process dies, it is due after that.
         held_until = now + self.lease
         stamps = (format_time(now), format_time(held_until))
-        for event in events:
-            model = self.registry.for_table(event.table)
-            if model is None:
-                continue
-            ref = model_ref(model)
-            kind = KIND_BY_OP[event.op]
-            matching = [
+
+        def matching(ref: str, kind: str) -> list[int]:
+            return [
                 i
                 for i, (hook_ref, signal) in enumerate(candidates)
                 if hook_ref == ref and signal_matches(signal, kind)
             ]
-            if not matching:
-                continue
-            payload = self.payloads.change(model, ref, event)
+
+        def write(hook_indexes: list[int], payload: dict[str, Any], event_id: int) -> None:
             body = dumps(payload)
-            for i in matching:
+            for i in hook_indexes:
                 hook = hooks.get(i)
                 if hook is None:
                     hook = hooks[i] = _HOOKS.instance(rows[i])
-                delivery = self._new_delivery(hook.id, payload["type"], body, now, event.id)
+                delivery = self._new_delivery(hook.id, payload["type"], body, now, event_id)
                 self._insert(conn, delivery, stamps)
                 created.append((delivery, hook))
+
+        for item in runs(events, self.registry.relation_for):
+            if isinstance(item, RelationRun):
+                for change in item.changes(self.registry.knows):
+                    ref = model_ref(change.side.model)
+                    found = matching(ref, RELATION_KIND)
+                    if found:
+                        abid = self._abid(conn, change.side.model, change.key)
+                        write(found, self.payloads.relation(change, ref, abid), change.event.id)
+                continue
+            model = self.registry.for_table(item.table)
+            if model is None:
+                continue
+            ref = model_ref(model)
+            found = matching(ref, KIND_BY_OP[item.op])
+            if found:
+                write(found, self.payloads.change(model, ref, item), item.id)
         if not created:
             return None
         return lambda: self.attempt_all(created, held_until)
+
+    def _abid(self, conn: Connection, model: type[Any], key: Any) -> str | None:
+        """The ABID of a row by its stored primary key; None if it has none (or is gone)."""
+        if "abid" not in model._meta.fields:
+            return None
+        pk = model._meta.primary_key.column_name
+        row = conn.execute(
+            self.db.sql(
+                f"SELECT {quote_name('abid')} FROM {quote_name(model._meta.table_name)} "
+                f"WHERE {quote_name(pk)} = ?"
+            ),
+            (key,),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def _new_delivery(
         self,

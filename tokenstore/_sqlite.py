@@ -24,11 +24,12 @@ from typing import Any, Protocol
 
 import peewee
 
-from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec
+from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec, RelationSpec
 from ._compat import peewee_errors
 from ._dispatch import ClaimStatements
 from ._errors import StoreError, ValidationError
 from ._models import SYSTEM_USERNAME
+from ._policy import RELATION_KIND
 from ._rows import quote_name
 from ._times import format_time, utcnow
 
@@ -174,6 +175,41 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
         f"WHEN {gate}\n"
         f"BEGIN\n  {insert}\n  {values}, 'DELETE', OLD.{pk}, {row('OLD')}, NULL);\n"
         "END",
+    ]
+
+
+def relation_triggers(spec: RelationSpec) -> list[str]:
+    """The CREATE TRIGGER statements that record a join table's changes (see ``RelationSpec``)."""
+    refs = ", ".join(_literal(ref) for ref in spec.refs)
+    gate = (
+        f"(EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
+        f"WHERE ref IN ({refs}) AND enabled AND instr(signal, {_literal(RELATION_KIND)})))"
+    )
+    first, second = (quote_name(c) for c in spec.columns)
+
+    def event(op: str, alias: str) -> str:
+        pk = "NULL" if spec.pk_column is None else f"{alias}.{quote_name(spec.pk_column)}"
+        pair = (
+            f"json_object({_literal(spec.columns[0])}, {alias}.{first}, "
+            f"{_literal(spec.columns[1])}, {alias}.{second})"
+        )
+        old, new = (pair, "NULL") if op == "DELETE" else ("NULL", pair)
+        return (
+            f"  INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)\n"
+            f"  VALUES ({_literal(spec.table)}, '{op}', {pk}, {old}, {new});\n"
+        )
+
+    name = spec.table.replace('"', "")
+    on = quote_name(spec.table)
+    return [
+        f"CREATE TRIGGER {quote_name(name + '_relation_insert')} AFTER INSERT ON {on}\n"
+        f"WHEN {gate}\nBEGIN\n{event('INSERT', 'NEW')}END",
+        f"CREATE TRIGGER {quote_name(name + '_relation_update')} "
+        f"AFTER UPDATE OF {first}, {second} ON {on}\n"
+        f"WHEN {gate}\n  AND (OLD.{first} IS NOT NEW.{first} OR OLD.{second} IS NOT NEW.{second})\n"
+        f"BEGIN\n{event('DELETE', 'OLD')}{event('INSERT', 'NEW')}END",
+        f"CREATE TRIGGER {quote_name(name + '_relation_delete')} AFTER DELETE ON {on}\n"
+        f"WHEN {gate}\nBEGIN\n{event('DELETE', 'OLD')}END",
     ]
 
 
@@ -388,6 +424,15 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         for suffix in ("insert", "update", "delete"):
             conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(f'{name}_capture_{suffix}')}")
         for statement in capture_triggers(spec):
+            conn.execute(statement)
+
+    def install_relation_capture(self, spec: RelationSpec) -> None:
+        """(Re)create a join table's triggers so they match the sides registered now."""
+        conn = self.connection()
+        name = spec.table.replace('"', "")
+        for suffix in ("insert", "update", "delete"):
+            conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(f'{name}_relation_{suffix}')}")
+        for statement in relation_triggers(spec):
             conn.execute(statement)
 
     @staticmethod

@@ -21,6 +21,7 @@ import peewee
 from ._capture import CaptureSpec, model_ref
 from ._dispatch import Dispatcher
 from ._errors import StoreError, ValidationError
+from ._m2m import Relation
 from ._models import OWN_MODELS, SYSTEM_USERNAME, OutboundWebhook, User
 from ._netguard import AddressGuard
 from ._options import Options
@@ -151,22 +152,45 @@ class Store:
         """Bind an application model to this store, create its table and capture its changes.
 
         Usable as a class decorator. Registering again is harmless and
-        refreshes the triggers to match the model's current fields.
+        refreshes the triggers to match the model's current fields. Each of
+        its many-to-many fields (its own, and the backrefs of other models'
+        fields) gets its join table and triggers that capture every relation
+        added or removed (``signals.m2m_changed``, hooks with M2M).
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
             raise ValidationError(f"register() takes a peewee model class, got {model!r}")
         spec = CaptureSpec.of(model)
+        relations = [Relation.of(m2m) for m2m in model._meta.manytomany.values()]
         model.bind(self.db, bind_refs=False, bind_backrefs=False)
         added = self.registry.add(model)
         try:
             with self.db.write(quiet=True):  # DDL only: its events wait for a dispatch
                 self.db.create_tables([model], safe=True)
                 self.db.install_capture(spec)
+                for relation in relations:
+                    self._capture_relation(relation)
         except BaseException:
             if added:
                 self.registry.remove(model)
             raise
         return model
+
+    def _capture_relation(self, relation: Relation) -> None:
+        """Create a relation's join table and (re)install its triggers for the registered sides.
+
+        The table is created even if the other side's is not there yet (its
+        foreign key waits for it); registering the other side later refreshes
+        the triggers so they count its hooks too.
+        """
+        relation.through.bind(self.db, bind_refs=False, bind_backrefs=False)
+        self.registry.add_relation(relation)
+        self.db.create_tables([relation.through], safe=True)
+        refs = tuple(
+            model_ref(s.model)
+            for s in relation.sides
+            if s.field is not None and self.registry.knows(s.model)
+        )
+        self.db.install_relation_capture(relation.spec(refs))
 
     def model_for_ref(self, ref: str | type[peewee.Model]) -> type[peewee.Model]:
         """The registered model a hook's ``ref`` names; unknown refs list the known ones."""
