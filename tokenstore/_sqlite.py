@@ -25,9 +25,17 @@ from typing import Any, Protocol
 import peewee
 
 from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec
-from ._compat import peewee_errors
+from ._compat import driver_error, peewee_errors
 from ._dispatch import ClaimStatements
-from ._errors import StoreError, ValidationError
+from ._errors import (
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreIOError,
+    StoreLocked,
+    StoreReadOnly,
+    ValidationError,
+)
 from ._models import SYSTEM_USERNAME
 from ._rows import quote_name
 from ._times import format_time, utcnow
@@ -232,6 +240,32 @@ def _is_write(sql: str) -> bool:
     return head.startswith("WITH") and _DML_WORD.search(sql, start) is not None
 
 
+#: What a failed SQLite call means for the store, by primary result code. Other codes
+#: (a constraint, a syntax error) are the caller's business and stay peewee's errors.
+_FAULTS: dict[int, tuple[type[StoreError], str]] = {
+    sqlite3.SQLITE_FULL: (StoreFull, "the disk is full"),
+    sqlite3.SQLITE_IOERR: (StoreIOError, "I/O error"),
+    sqlite3.SQLITE_CANTOPEN: (StoreIOError, "the file cannot be opened"),
+    sqlite3.SQLITE_BUSY: (StoreLocked, "the database stayed locked for {timeout:g} s"),
+    sqlite3.SQLITE_READONLY: (StoreReadOnly, "the store is read-only"),
+    sqlite3.SQLITE_CORRUPT: (StoreCorrupt, "the file is damaged (see PRAGMA integrity_check)"),
+    sqlite3.SQLITE_NOTADB: (StoreCorrupt, "the file is damaged (see PRAGMA integrity_check)"),
+}
+
+
+def _verb(sql: str) -> str:
+    """A statement's first keyword, to say in an error what was being done."""
+    match = _LEADING.match(sql)
+    words = sql[match.end() if match else 0 :].split(None, 1)
+    return words[0].upper() if words else "an empty statement"
+
+
+def _abandon(conn: sqlite3.Connection) -> None:
+    """Roll back what is left of a failed transaction; SQLite may have done it already."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
 class _FetchedCursor:
     """The rows of a finished statement, read the way peewee reads a cursor.
 
@@ -288,6 +322,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         )
         self.path = path
         self.hooks = hooks
+        self.busy_timeout = busy_timeout
         #: The id of the ``system`` user, owner of records nobody else owns.
         self.system_user_id: int | None = None
         self._data_version: int | None = None
@@ -304,63 +339,123 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         Inside an open transaction it simply joins it. Otherwise it takes the
         write lock up front, commits at the end and rolls back on any error.
         ``quiet`` is for bookkeeping that capture never records (a delivery's
-        outcome): its commit skips the dispatcher's claim. Driver errors come
-        out as peewee's classes.
+        outcome): its commit skips the dispatcher's claim. Storage faults come
+        out as StoreError subclasses, other driver errors as peewee's classes.
         """
         conn = self.connection()
         if conn.in_transaction:
             yield conn
             return
-        with peewee_errors:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if not quiet:
-                    self.hooks.on_begin(conn)
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            if quiet:
-                conn.execute("COMMIT")
-            else:
-                self.commit()
+        try:
+            with peewee_errors:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if not quiet:
+                        self.hooks.on_begin(conn)
+                    yield conn
+                except BaseException:
+                    _abandon(conn)
+                    raise
+            self._commit(conn, claim=not quiet)
+        except peewee.DatabaseError as exc:
+            self._raise_fault(exc, "a write")
+            raise
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own."""
         conn = self.connection()
         if conn.in_transaction or not _is_write(sql):
-            return super().execute_sql(sql, params)
+            return self._execute(sql, params)
         with self.write():
-            cursor = super().execute_sql(sql, params)
+            cursor = self._execute(sql, params)
             if cursor.description is not None:  # RETURNING rows: finish before COMMIT
                 cursor = _FetchedCursor(cursor)
         return cursor
 
-    def begin(self, lock_type: str | None = None) -> None:
-        super().begin(lock_type)
-        conn = self.connection()
+    def _execute(self, sql: str, params: Any) -> Any:
         try:
-            self.hooks.on_begin(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
+            return super().execute_sql(sql, params)
+        except peewee.DatabaseError as exc:
+            self._raise_fault(exc, _verb(sql))
+            raise
+
+    def begin(self, lock_type: str | None = None) -> None:
+        try:
+            super().begin(lock_type)
+            conn = self.connection()
+            try:
+                self.hooks.on_begin(conn)
+            except BaseException:
+                _abandon(conn)
+                raise
+        except (sqlite3.Error, peewee.DatabaseError) as exc:
+            self._raise_fault(exc, "BEGIN")
             raise
 
     def commit(self) -> None:
-        conn = self.connection()
-        claimed = self.hooks.claim(conn) if conn.in_transaction else None
-        with peewee_errors:
-            conn.execute("COMMIT")
+        """Claim the transaction's events, commit, then fire them (outside any transaction)."""
+        self._commit(self.connection(), claim=True)
+
+    def _commit(self, conn: sqlite3.Connection, *, claim: bool) -> None:
+        """COMMIT; one that fails leaves nothing of its transaction and raises its own cause.
+
+        SQLite rolls back a transaction whose COMMIT failed on a full disk or
+        an I/O error, and keeps one that was refused (a busy lock, a deferred
+        constraint): that one is rolled back here, so either way the
+        connection is out of the transaction and nothing claimed fires.
+        """
+        if not conn.in_transaction:
+            raise StoreError(
+                f"{self.path}: the transaction had already ended when it was to commit "
+                "(SQLite rolls a transaction back when one of its statements meets a full "
+                "disk or an I/O error); nothing of it was saved"
+            )
+        try:
+            with peewee_errors:
+                claimed = self.hooks.claim(conn) if claim else None
+                conn.execute("COMMIT")
+        except BaseException as exc:
+            _abandon(conn)
+            self._raise_fault(exc, "COMMIT")
+            raise
         if claimed is not None:
             self.hooks.queue(claimed)
-        if not self.in_transaction():
+        if claim and not self.in_transaction():
             self.hooks.after_commit(conn)
 
     def rollback(self) -> None:
-        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires."""
-        super().rollback()
+        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires.
+
+        SQLite may have rolled back already (a failed COMMIT, a full disk): then
+        there is nothing to do, and the failure that ended it is what the caller sees.
+        """
+        conn = self.connection()
+        if conn.in_transaction:
+            try:
+                super().rollback()
+            except peewee.DatabaseError as exc:
+                self._raise_fault(exc, "ROLLBACK")
+                raise
         if not self.in_transaction():
-            self.hooks.after_commit(self.connection())
+            self.hooks.after_commit(conn)
+
+    def _raise_fault(self, exc: BaseException, doing: str) -> None:
+        """Raise the StoreError that a failed SQLite call amounts to, if it is a storage fault.
+
+        It names the file, the cause and SQLite's own name for it; returns
+        (for the caller to re-raise ``exc``) on any other error.
+        """
+        cause = driver_error(exc)
+        if not isinstance(cause, sqlite3.Error):
+            return
+        code = getattr(cause, "sqlite_errorcode", None)
+        fault = _FAULTS.get(code & 0xFF) if code is not None else None
+        if fault is None:
+            return
+        kind, what = fault
+        name = getattr(cause, "sqlite_errorname", "")
+        message = what.format(timeout=self.busy_timeout)
+        raise kind(f"{self.path}: {message} ({name} at {doing})") from cause
 
     # -- schema and capture ---------------------------------------------------------------
 
