@@ -253,11 +253,17 @@ _FAULTS: dict[int, tuple[type[StoreError], str]] = {
 }
 
 
+#: A statement's first keyword (a pragma's name too), to say in an error what was being done.
+_VERB = re.compile(_LEADING.pattern + r"(PRAGMA\s+\w+|\w+)", re.DOTALL | re.IGNORECASE)
+
+
 def _verb(sql: str) -> str:
-    """A statement's first keyword, to say in an error what was being done."""
-    match = _LEADING.match(sql)
-    words = sql[match.end() if match else 0 :].split(None, 1)
-    return words[0].upper() if words else "an empty statement"
+    match = _VERB.match(sql)
+    return " ".join(match.group(1).split()) if match else "a statement"
+
+
+#: How peewee ends a savepoint (``atomic()`` nested in a transaction).
+_SAVEPOINT_ENDS = ("ROLLBACK TO SAVEPOINT", "RELEASE SAVEPOINT")
 
 
 def _abandon(conn: sqlite3.Connection) -> None:
@@ -346,31 +352,37 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         if conn.in_transaction:
             yield conn
             return
+        self._begin(conn, "BEGIN IMMEDIATE", announce=not quiet)
         try:
             with peewee_errors:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    if not quiet:
-                        self.hooks.on_begin(conn)
-                    yield conn
-                except BaseException:
-                    _abandon(conn)
-                    raise
-            self._commit(conn, claim=not quiet)
-        except peewee.DatabaseError as exc:
+                yield conn
+        except BaseException as exc:
+            _abandon(conn)
             self._raise_fault(exc, "a write")
             raise
+        self._commit(conn, claim=not quiet)
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
-        """Run a statement; a write outside a transaction gets a transaction of its own."""
+        """Run a statement; a write outside a transaction gets a transaction of its own.
+
+        A savepoint's end outside any SQLite transaction, while peewee still
+        holds one open, belongs to a transaction a storage fault already
+        rolled back: its rollback has nothing left to do, its release fails.
+        """
         conn = self.connection()
-        if conn.in_transaction or not _is_write(sql):
+        if conn.in_transaction:
             return self._execute(sql, params)
-        with self.write():
-            cursor = self._execute(sql, params)
-            if cursor.description is not None:  # RETURNING rows: finish before COMMIT
-                cursor = _FetchedCursor(cursor)
-        return cursor
+        if _is_write(sql):
+            with self.write():
+                cursor = self._execute(sql, params)
+                if cursor.description is not None:  # RETURNING rows: finish before COMMIT
+                    cursor = _FetchedCursor(cursor)
+            return cursor
+        if sql.startswith(_SAVEPOINT_ENDS) and self.in_transaction():
+            if sql.startswith("RELEASE"):
+                raise self._ended_early()
+            return conn.cursor()
+        return self._execute(sql, params)
 
     def _execute(self, sql: str, params: Any) -> Any:
         try:
@@ -380,15 +392,20 @@ class SQLiteDatabase(peewee.SqliteDatabase):
             raise
 
     def begin(self, lock_type: str | None = None) -> None:
+        self._begin(self.connection(), f"BEGIN {lock_type or 'IMMEDIATE'}", announce=True)
+
+    def _begin(self, conn: sqlite3.Connection, statement: str, *, announce: bool) -> None:
+        """Start a transaction; ``announce`` lets the dispatcher register this process first."""
         try:
-            super().begin(lock_type)
-            conn = self.connection()
-            try:
-                self.hooks.on_begin(conn)
-            except BaseException:
-                _abandon(conn)
-                raise
-        except (sqlite3.Error, peewee.DatabaseError) as exc:
+            with peewee_errors:
+                conn.execute(statement)
+                try:
+                    if announce:
+                        self.hooks.on_begin(conn)
+                except BaseException:
+                    _abandon(conn)
+                    raise
+        except peewee.DatabaseError as exc:
             self._raise_fault(exc, "BEGIN")
             raise
 
@@ -405,11 +422,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         connection is out of the transaction and nothing claimed fires.
         """
         if not conn.in_transaction:
-            raise StoreError(
-                f"{self.path}: the transaction had already ended when it was to commit "
-                "(SQLite rolls a transaction back when one of its statements meets a full "
-                "disk or an I/O error); nothing of it was saved"
-            )
+            raise self._ended_early()
         try:
             with peewee_errors:
                 claimed = self.hooks.claim(conn) if claim else None
@@ -438,6 +451,13 @@ class SQLiteDatabase(peewee.SqliteDatabase):
                 raise
         if not self.in_transaction():
             self.hooks.after_commit(conn)
+
+    def _ended_early(self) -> StoreError:
+        return StoreError(
+            f"{self.path}: the transaction had already ended when it was to commit "
+            "(SQLite rolls a transaction back when one of its statements meets a full "
+            "disk or an I/O error); nothing of it was saved"
+        )
 
     def _raise_fault(self, exc: BaseException, doing: str) -> None:
         """Raise the StoreError that a failed SQLite call amounts to, if it is a storage fault.
