@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -262,14 +263,19 @@ def _verb(sql: str) -> str:
     return " ".join(match.group(1).split()) if match else "a statement"
 
 
-#: How peewee ends a savepoint (``atomic()`` nested in a transaction).
-_SAVEPOINT_ENDS = ("ROLLBACK TO SAVEPOINT", "RELEASE SAVEPOINT")
-
-
 def _abandon(conn: sqlite3.Connection) -> None:
     """Roll back what is left of a failed transaction; SQLite may have done it already."""
     if conn.in_transaction:
         conn.execute("ROLLBACK")
+
+
+class _Begun(threading.local):
+    """Per thread: whether a transaction opened by ``begin()`` (peewee's) has yet to end.
+
+    If SQLite no longer has one, a storage fault rolled it back under peewee.
+    """
+
+    open = False
 
 
 class _FetchedCursor:
@@ -332,6 +338,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         #: The id of the ``system`` user, owner of records nobody else owns.
         self.system_user_id: int | None = None
         self._data_version: int | None = None
+        self._begun = _Begun()
 
     @staticmethod
     def sql(text: str) -> str:
@@ -365,23 +372,23 @@ class SQLiteDatabase(peewee.SqliteDatabase):
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own.
 
-        A savepoint's end outside any SQLite transaction, while peewee still
-        holds one open, belongs to a transaction a storage fault already
-        rolled back: its rollback has nothing left to do, its release fails.
+        Inside a transaction that a storage fault rolled back under peewee,
+        nothing more runs (it would commit on its own): a nested block's
+        rollback has nothing left to undo, anything else raises.
         """
         conn = self.connection()
         if conn.in_transaction:
             return self._execute(sql, params)
+        if self._begun.open:
+            if sql.startswith("ROLLBACK TO SAVEPOINT"):
+                return conn.cursor()
+            raise self._ended_early()
         if _is_write(sql):
             with self.write():
                 cursor = self._execute(sql, params)
                 if cursor.description is not None:  # RETURNING rows: finish before COMMIT
                     cursor = _FetchedCursor(cursor)
             return cursor
-        if sql.startswith(_SAVEPOINT_ENDS) and self.in_transaction():
-            if sql.startswith("RELEASE"):
-                raise self._ended_early()
-            return conn.cursor()
         return self._execute(sql, params)
 
     def _execute(self, sql: str, params: Any) -> Any:
@@ -393,6 +400,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
 
     def begin(self, lock_type: str | None = None) -> None:
         self._begin(self.connection(), f"BEGIN {lock_type or 'IMMEDIATE'}", announce=True)
+        self._begun.open = True
 
     def _begin(self, conn: sqlite3.Connection, statement: str, *, announce: bool) -> None:
         """Start a transaction; ``announce`` lets the dispatcher register this process first."""
@@ -411,7 +419,10 @@ class SQLiteDatabase(peewee.SqliteDatabase):
 
     def commit(self) -> None:
         """Claim the transaction's events, commit, then fire them (outside any transaction)."""
-        self._commit(self.connection(), claim=True)
+        try:
+            self._commit(self.connection(), claim=True)
+        finally:
+            self._begun.open = False
 
     def _commit(self, conn: sqlite3.Connection, *, claim: bool) -> None:
         """COMMIT; one that fails leaves nothing of its transaction and raises its own cause.
@@ -443,6 +454,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         there is nothing to do, and the failure that ended it is what the caller sees.
         """
         conn = self.connection()
+        self._begun.open = False
         if conn.in_transaction:
             try:
                 super().rollback()
@@ -454,9 +466,9 @@ class SQLiteDatabase(peewee.SqliteDatabase):
 
     def _ended_early(self) -> StoreError:
         return StoreError(
-            f"{self.path}: the transaction had already ended when it was to commit "
-            "(SQLite rolls a transaction back when one of its statements meets a full "
-            "disk or an I/O error); nothing of it was saved"
+            f"{self.path}: this transaction was already rolled back by SQLite (as it is "
+            "when one of its statements meets a full disk or an I/O error); nothing of it "
+            "was saved and nothing more runs in it"
         )
 
     def _raise_fault(self, exc: BaseException, doing: str) -> None:
