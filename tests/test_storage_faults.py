@@ -252,7 +252,7 @@ def test_every_kind_of_write_on_a_full_disk_raises_store_full_and_leaves_nothing
     ]
     for write in writes:
         message = expect_fault(StoreFull, write, str(world.path), "the disk is full", "SQLITE_FULL")
-        assert message.endswith("at COMMIT)"), message
+        assert message.endswith("during COMMIT)"), message
         assert not store.db.connection().in_transaction
         assert world.state() == before
     assert world.saved == ["before"] and world.receiver.count == 1
@@ -291,7 +291,7 @@ def test_a_statement_that_finds_no_room_ends_the_transaction_and_says_so(
             for n in range(50):
                 Entry.create(key=f"n{n}", body=os.urandom(3000).hex())
 
-    expect_fault(StoreFull, nested, str(world.path), "the disk is full (SQLITE_FULL at INSERT)")
+    expect_fault(StoreFull, nested, str(world.path), "the disk is full (SQLITE_FULL during INSERT)")
     assert not store.db.connection().in_transaction and not store.db.in_transaction()
 
     def carries_on() -> None:
@@ -325,7 +325,7 @@ def test_a_checkpoint_on_a_full_disk_raises_store_full(on_disk: World, disk: Dis
         StoreFull,
         lambda: store.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)"),
         str(world.path),
-        "SQLITE_FULL at PRAGMA wal_checkpoint",
+        "SQLITE_FULL during PRAGMA wal_checkpoint",
     )
     assert world.state()["integrity"] == [("ok",)]
     disk.free()
@@ -373,7 +373,7 @@ def test_a_file_size_limit_fails_writes_with_store_io_error_in_a_child_process(
         assert fault["type"] == StoreIOError.__name__, (name, fault)
         assert fault["tokenstore_error"], name
         message = fault["message"]
-        assert message.startswith(f"{path}: I/O error (SQLITE_IOERR_WRITE at "), message
+        assert message.startswith(f"{path}: I/O error (SQLITE_IOERR_WRITE during "), message
     assert report["in_transaction"] is False
     assert report["readable"] == ["before"]
     assert report["saved"] == ["before", "after"]
@@ -403,7 +403,7 @@ def test_the_command_under_a_file_size_limit_exits_2_with_one_line(
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
 
         result = cli(world.path, "users", "add", "bob", preexec_fn=limited)
-        one_line_error(result, str(world.path), "I/O error (SQLITE_IOERR_WRITE at COMMIT)")
+        one_line_error(result, str(world.path), "I/O error (SQLITE_IOERR_WRITE during COMMIT)")
         assert "Traceback" not in result.stderr
         listed = cli(world.path, "users", "list", preexec_fn=limited)
         assert listed.returncode == 0 and "alice" in listed.stdout, listed.stderr
@@ -431,7 +431,7 @@ def test_a_lock_held_past_the_busy_timeout_raises_store_locked(
             StoreLocked,
             lambda: Entry.create(key="late"),
             str(world.path),
-            "the database stayed locked for 5 s (SQLITE_BUSY at BEGIN)",
+            "the database stayed locked for 5 s (SQLITE_BUSY during BEGIN)",
         )
         waited = time.monotonic() - started
         assert 4.5 <= waited < 30, waited
@@ -460,7 +460,7 @@ def test_a_read_only_connection_raises_store_read_only(
             StoreReadOnly,
             lambda: store.users.create("bob"),
             str(world.path),
-            "the store is read-only (SQLITE_READONLY at ",
+            "the store is read-only (SQLITE_READONLY during ",
         )
         assert world.state() == before
         store.db.execute_sql("PRAGMA query_only = 0")
@@ -513,4 +513,35 @@ def test_a_constraint_is_the_callers_data_and_stays_an_integrity_error(
         Entry.create(key="next")
         assert world.saved == ["before", "next"]
     finally:
+        world.store.close()
+
+
+def test_a_thread_that_cannot_open_the_file_gets_store_io_error(
+    tmp_path: Path, receiver: Receiver, saved: list[str]
+) -> None:
+    """peewee opens a connection per thread when it is first used: here the folder is gone."""
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    world = make_world(folder / "store.sqlite3", receiver, saved)
+    try:
+        for p in store_files(world.path):
+            p.unlink()
+        folder.rmdir()
+        caught: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                world.store.users.list()
+            except BaseException as exc:
+                caught.append(exc)
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join(30)
+        assert len(caught) == 1 and isinstance(caught[0], StoreIOError), caught
+        assert str(caught[0]) == (
+            f"{world.path}: the file cannot be opened (SQLITE_CANTOPEN during open)"
+        )
+    finally:
+        folder.mkdir(exist_ok=True)
         world.store.close()

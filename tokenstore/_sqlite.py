@@ -270,12 +270,12 @@ def _abandon(conn: sqlite3.Connection) -> None:
 
 
 class _Begun(threading.local):
-    """Per thread: whether a transaction opened by ``begin()`` (peewee's) has yet to end.
+    """Per thread: the connection whose transaction ``begin()`` (peewee's) opened, until it ends.
 
-    If SQLite no longer has one, a storage fault rolled it back under peewee.
+    If SQLite no longer has one there, a storage fault rolled it back under peewee.
     """
 
-    open = False
+    conn: sqlite3.Connection | None = None
 
 
 class _FetchedCursor:
@@ -369,6 +369,14 @@ class SQLiteDatabase(peewee.SqliteDatabase):
             raise
         self._commit(conn, claim=not quiet)
 
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        """Open this thread's connection (peewee opens one per thread, when first used)."""
+        try:
+            return bool(super().connect(reuse_if_open))
+        except peewee.DatabaseError as exc:
+            self._raise_fault(exc, "open")
+            raise
+
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own.
 
@@ -379,7 +387,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         conn = self.connection()
         if conn.in_transaction:
             return self._execute(sql, params)
-        if self._begun.open:
+        if self._begun.conn is conn:
             if sql.startswith("ROLLBACK TO SAVEPOINT"):
                 return conn.cursor()
             raise self._ended_early()
@@ -399,8 +407,9 @@ class SQLiteDatabase(peewee.SqliteDatabase):
             raise
 
     def begin(self, lock_type: str | None = None) -> None:
-        self._begin(self.connection(), f"BEGIN {lock_type or 'IMMEDIATE'}", announce=True)
-        self._begun.open = True
+        conn = self.connection()
+        self._begin(conn, f"BEGIN {lock_type or 'IMMEDIATE'}", announce=True)
+        self._begun.conn = conn
 
     def _begin(self, conn: sqlite3.Connection, statement: str, *, announce: bool) -> None:
         """Start a transaction; ``announce`` lets the dispatcher register this process first."""
@@ -422,7 +431,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         try:
             self._commit(self.connection(), claim=True)
         finally:
-            self._begun.open = False
+            self._begun.conn = None
 
     def _commit(self, conn: sqlite3.Connection, *, claim: bool) -> None:
         """COMMIT; one that fails leaves nothing of its transaction and raises its own cause.
@@ -454,7 +463,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         there is nothing to do, and the failure that ended it is what the caller sees.
         """
         conn = self.connection()
-        self._begun.open = False
+        self._begun.conn = None
         if conn.in_transaction:
             try:
                 super().rollback()
@@ -487,7 +496,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         kind, what = fault
         name = getattr(cause, "sqlite_errorname", "")
         message = what.format(timeout=self.busy_timeout)
-        raise kind(f"{self.path}: {message} ({name} at {doing})") from cause
+        raise kind(f"{self.path}: {message} ({name} during {doing})") from cause
 
     # -- schema and capture ---------------------------------------------------------------
 
