@@ -384,7 +384,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         nothing more runs (it would commit on its own): a nested block's
         rollback has nothing left to undo, anything else raises.
         """
-        conn = self.connection()
+        conn: sqlite3.Connection = self.connection()
         if conn.in_transaction:
             return self._execute(sql, params)
         if self._begun.conn is conn:
