@@ -4,9 +4,10 @@ One file holds everything. This module opens it (refusing, before changing
 anything, files that are not SQLite or were written by a newer tokenstore),
 sets its pragmas, brings its schema up to date, writes the capture triggers,
 runs every write in a ``BEGIN IMMEDIATE`` transaction that tells the change
-dispatcher when it commits, and tells a watcher when another connection
-committed (``PRAGMA data_version``). A PostgreSQL backend is a sibling of
-this module with the same surface.
+dispatcher when it commits, reports a full disk, an I/O error or a lock that
+never came as a StoreError subclass, and tells a watcher when another
+connection committed (``PRAGMA data_version``). A PostgreSQL backend is a
+sibling of this module with the same surface.
 """
 
 from __future__ import annotations
@@ -317,7 +318,8 @@ class SQLiteDatabase(peewee.SqliteDatabase):
     every transaction takes the write lock up front (``BEGIN IMMEDIATE``, so
     concurrent writers wait on the busy timeout instead of failing), and every
     commit lets the change dispatcher claim the transaction's events first
-    and fire them after.
+    and fire them after. Storage faults are translated here, the one place
+    that tokenstore's calls, applications' models and ``atomic()`` all pass.
     """
 
     def __init__(self, path: Path, *, hooks: CommitHooks, busy_timeout: float) -> None:
