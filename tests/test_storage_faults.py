@@ -476,6 +476,21 @@ def test_a_read_only_connection_raises_store_read_only(
         store.close()
 
 
+def damage_table(path: Path, table: str) -> None:
+    """Give a closed store's table a root page of a type that does not exist."""
+    conn = sqlite3.connect(path)
+    try:
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        (root,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
+        ).fetchone()
+    finally:
+        conn.close()
+    with path.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff")
+
+
 def test_a_damaged_page_raises_store_corrupt(
     tmp_path: Path, receiver: Receiver, saved: list[str]
 ) -> None:
@@ -484,15 +499,7 @@ def test_a_damaged_page_raises_store_corrupt(
     for n in range(50):
         Entry.create(key=f"e{n}", body="x" * 200)
     world.store.close()
-    conn = sqlite3.connect(path)
-    (page_size,) = conn.execute("PRAGMA page_size").fetchone()
-    (root,) = conn.execute(
-        "SELECT rootpage FROM sqlite_master WHERE name = 'test_storage_entry'"
-    ).fetchone()
-    conn.close()
-    with path.open("r+b") as f:  # the table's root page gets a page type that does not exist
-        f.seek((root - 1) * page_size)
-        f.write(b"\xff")
+    damage_table(path, "test_storage_entry")
     store = tokenstore.open(path)
     try:
         store.register(Entry)
@@ -551,3 +558,18 @@ def test_a_thread_that_cannot_open_the_file_gets_store_io_error(
     finally:
         folder.mkdir(exist_ok=True)
         world.store.close()
+
+
+def test_the_command_reading_a_damaged_page_exits_2_with_one_line(
+    tmp_path: Path, receiver: Receiver, saved: list[str]
+) -> None:
+    """Token checks read on the raw connection, past the database class: the command still
+    reports the error in one line, with the file's name."""
+    path = tmp_path / "store.sqlite3"
+    world = make_world(path, receiver, saved)
+    _, secret = world.store.tokens.create(world.alice, name="ci")
+    world.store.close()
+    damage_table(path, "tokenstore_api_token")
+    result = cli(path, "tokens", "verify", secret)
+    one_line_error(result, f"{path}: database disk image is malformed")
+    assert secret not in result.stderr
