@@ -387,18 +387,17 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         rollback has nothing left to undo, anything else raises.
         """
         conn: sqlite3.Connection = self.connection()
-        if conn.in_transaction:
-            return self._execute(sql, params)
-        if self._begun.conn is conn:
-            if sql.startswith("ROLLBACK TO SAVEPOINT"):
-                return conn.cursor()
-            raise self._ended_early()
-        if _is_write(sql):
-            with self.write():
-                cursor = self._execute(sql, params)
-                if cursor.description is not None:  # RETURNING rows: finish before COMMIT
-                    cursor = _FetchedCursor(cursor)
-            return cursor
+        if not conn.in_transaction:
+            if self._begun.conn is conn:
+                if sql.startswith("ROLLBACK TO SAVEPOINT"):
+                    return conn.cursor()
+                raise self._ended_early()
+            if _is_write(sql):
+                with self.write():
+                    cursor = self._execute(sql, params)
+                    if cursor.description is not None:  # RETURNING rows: finish before COMMIT
+                        cursor = _FetchedCursor(cursor)
+                return cursor
         return self._execute(sql, params)
 
     def _execute(self, sql: str, params: Any) -> Any:
