@@ -19,6 +19,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -1201,6 +1202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except TokenstoreError as exc:
         print(f"tokenstore: error: {exc}", file=sys.stderr)
+        return 2
+    except (sqlite3.Error, peewee.DatabaseError) as exc:  # a read on the raw connection
+        print(f"tokenstore: error: {args.db}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

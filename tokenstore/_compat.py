@@ -8,6 +8,8 @@ from (peewee 4, requests 2 with urllib3 1 or 2). What is relied on:
 peewee
   - ``peewee.__exception_wrapper__``: turns driver errors into peewee's own
     classes, for statements tokenstore runs on the raw connection.
+  - a peewee error's ``orig``: the driver exception it wraps (which holds
+    SQLite's result code).
   - a model instance's ``__data__``, ``_dirty`` and ``__rel__`` slots and the
     ``__no_default__`` constructor flag: building an instance from stored
     values without running defaults or per-field ``setattr``.
@@ -39,6 +41,20 @@ M = TypeVar("M", bound=peewee.Model)
 
 #: Driver errors raised inside it come out as peewee's classes (IntegrityError, ...).
 peewee_errors: AbstractContextManager[None] = peewee.__exception_wrapper__  # type: ignore[attr-defined]
+
+
+def driver_error(exc: BaseException) -> BaseException | None:
+    """The driver exception behind ``exc``: itself if peewee did not wrap it, else ``orig``.
+
+    peewee may wrap an error twice (a statement inside a wrapped block), so
+    the chain of ``orig`` is followed to its end.
+    """
+    while isinstance(exc, peewee.PeeweeException):
+        orig = getattr(exc, "orig", None)
+        if orig is None:
+            return None
+        exc = orig
+    return exc
 
 
 def loaded_instance(model: type[M], values: dict[str, Any], **state: Any) -> M:
