@@ -720,3 +720,35 @@ def test_four_processes_write_concurrently_and_every_event_fires_exactly_once(
     assert len(fired) == len(set(fired)), "some event fired twice"
     assert set(fired) == rows
     assert events_left(db_path) == []
+
+
+@pytest.mark.parametrize("how", ["any-sender", "one-sender", "connect_via", "weak-gone"])
+def test_listening_follows_blinker_s_receivers_whichever_way_they_left(
+    memos: Store, how: str
+) -> None:
+    """A process stops counting as a listener once its last receiver is gone."""
+
+    def receiver(sender: Any, **extra: Any) -> None:
+        pass
+
+    if how == "any-sender":
+        signals.post_save.connect(receiver, weak=False)
+        assert signals.any_event_receivers()
+        signals.post_save.disconnect(receiver)
+    elif how == "one-sender":
+        signals.post_save.connect(receiver, sender=Memo, weak=False)
+        assert signals.any_event_receivers()
+        signals.post_save.disconnect(receiver, sender=Memo)
+    elif how == "connect_via":
+        signals.row_changed.connect_via(Memo)(receiver)
+        assert signals.any_event_receivers()
+        signals.row_changed.disconnect(receiver, sender=Memo)
+    else:
+        signals.post_delete.connect(receiver, sender=Memo)  # weak: goes with the function
+        assert signals.any_event_receivers()
+        del receiver
+        gc.collect()
+    assert not signals.any_event_receivers()
+    memos.dispatch()
+    Memo.create(name="nobody hears this")
+    assert events_left(memos.path) == []  # nothing recorded: no listener, no hook

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 import os
@@ -384,7 +385,10 @@ def _resolve(call: str, store: Store) -> Any:
     root, *names = call.split(".")
     target: Any = {"store": store, "tokenstore": tokenstore_package}[root]
     for name in names:
-        target = getattr(target, name)
+        if root == "tokenstore" and not hasattr(target, name):  # a public subpackage
+            target = importlib.import_module(f"{target.__name__}.{name}")
+        else:
+            target = getattr(target, name)
     return target
 
 

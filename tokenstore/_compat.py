@@ -17,6 +17,11 @@ peewee
   - ``_StringField.adapt`` / ``IntegerField.adapt``: recognising fields that
     read a stored value unchanged.
 
+blinker
+  - ``Signal._by_sender``: which receivers are still connected, to which
+    senders. ``Signal.receivers`` keeps a receiver disconnected from the one
+    sender it was connected to, so it cannot tell.
+
 requests
   - ``PreparedRequest.prepare_*``: a POST prepared step by step, so the URL of
     an endpoint is prepared once and no session state is merged in.
@@ -85,6 +90,11 @@ def values_of(instance: peewee.Model) -> dict[str, Any]:
 def loading(kwargs: dict[str, Any]) -> bool:
     """Whether a model is being built from a row peewee read (defaults are not applied)."""
     return bool(kwargs.get("__no_default__"))
+
+
+def is_connected(signal: Any) -> bool:
+    """Whether any receiver is connected to a blinker signal, for any sender."""
+    return any(signal._by_sender.values())
 
 
 def was_saved(instance: peewee.Model) -> bool:

@@ -132,6 +132,7 @@ class Store:
         The store stops counting as a listener, so capture stops on its account.
         """
         self.webhooks.close()
+        self.tokens.flush_uses()
         if not self.db.is_closed():
             try:
                 with self.db.write(quiet=True) as conn:

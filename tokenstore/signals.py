@@ -13,6 +13,8 @@ from typing import Any
 
 from blinker import Namespace, Signal
 
+from . import _compat
+
 logger = logging.getLogger("tokenstore.signals")
 
 namespace = Namespace()
@@ -51,7 +53,7 @@ EVENT_SIGNALS = (post_save, post_delete, row_changed, m2m_changed)
 
 def any_event_receivers() -> bool:
     """Whether this process listens for change events at all (so capture must record them)."""
-    return any(signal.receivers for signal in EVENT_SIGNALS)
+    return any(_compat.is_connected(signal) for signal in EVENT_SIGNALS)
 
 
 def send_isolated(signal: Signal, sender: Any, **kwargs: Any) -> None:
