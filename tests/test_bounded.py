@@ -7,6 +7,7 @@ wait in these tests is bounded, and every server stops when its test ends.
 from __future__ import annotations
 
 import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -20,9 +21,11 @@ from pathlib import Path
 import peewee
 import pytest
 from _http import Receiver, ok
+from conftest import Clock
 
 import tokenstore
 from tokenstore import ABIDModel, Store
+from tokenstore._times import format_time
 
 LOOPBACK = ["127.0.0.1/32"]
 
@@ -253,3 +256,114 @@ def test_a_process_bulk_updating_against_a_dead_hook_returns_in_budget_and_nothi
     ids = {h.headers["webhook-id"] for h in updates}
     assert len(ids) == 30  # every change arrived, once per webhook-id (the first one twice)
     assert len(updates) == 31
+
+
+# -- the file does not grow without bound ----------------------------------------------
+
+
+def clocked(path: Path, clock: Clock, **options: object) -> Store:
+    return open_store(path, clock=clock, **options)
+
+
+def test_prune_deletes_old_finished_deliveries_but_each_hook_keeps_its_latest(
+    tmp_path: Path, receiver: Receiver, clock: Clock
+) -> None:
+    s = clocked(tmp_path / "s.sqlite3", clock)
+    try:
+        s.webhooks.create("a", Item, receiver.url("/a"))
+        for n in range(3):
+            Item.create(n=n)  # three delivered
+        clock.advance(days=31)
+        receiver.respond = lambda h: h.send_error(500)
+        Item.create(n=3)  # failed: not finished, never pruned
+        s.webhooks.create("b", Item, receiver.url("/b"), signal="DELETE")
+        assert s.webhooks.prune() == 2  # a's two older ones; its latest finished one stays
+        statuses = sorted(d.status for d in s.webhooks.deliveries())
+        assert statuses == ["delivered", "failed"]
+        assert s.webhooks.prune(timedelta(0)) == 0
+        assert s.webhooks.prune(timedelta(days=400)) == 0
+    finally:
+        s.close()
+
+
+def test_the_delivery_log_pages_with_a_cursor(tmp_path: Path, receiver: Receiver) -> None:
+    s = open_store(tmp_path / "s.sqlite3")
+    try:
+        s.webhooks.create("a", Item, receiver.url())
+        with s.atomic():
+            for n in range(25):
+                Item.create(n=n)
+        every = s.webhooks.deliveries(limit=1000)
+        pages, before = [], None
+        while True:
+            page = s.webhooks.deliveries(limit=10, before=before)
+            if not page:
+                break
+            pages.append(page)
+            before = page[-1].abid
+        assert [len(p) for p in pages] == [10, 10, 5]
+        assert [d.abid for p in pages for d in p] == [d.abid for d in every]
+        assert every == sorted(every, key=lambda d: (d.created_at, d.abid), reverse=True)
+        with pytest.raises(tokenstore.ValidationError, match="limit"):
+            s.webhooks.deliveries(limit=-1)
+        assert len(s.webhooks.deliveries()) == 25  # the default page is 100
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("by_hook", [False, True])
+def test_an_index_serves_the_delivery_log_s_order(tmp_path: Path, by_hook: bool) -> None:
+    s = open_store(tmp_path / "s.sqlite3")
+    try:
+        hook = s.webhooks.create("a", Item, "http://127.0.0.1:9/")
+        query = tokenstore.WebhookDelivery.select().order_by(
+            tokenstore.WebhookDelivery.created_at.desc(), tokenstore.WebhookDelivery.abid.desc()
+        )
+        if by_hook:
+            query = query.where(tokenstore.WebhookDelivery.hook == hook.id)
+        sql, params = query.limit(20).sql()
+        plan = " ".join(
+            str(row) for row in s.db.connection().execute("EXPLAIN QUERY PLAN " + sql, params)
+        )
+    finally:
+        s.close()
+    assert "TEMP B-TREE" not in plan  # no sort: the rows come in index order
+    wanted = "hook_id_created_at_abid" if by_hook else "delivery_created_at_abid"
+    assert wanted in plan
+
+
+def test_a_silent_listener_is_removed_and_its_backlog_dropped(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    s = clocked(path, clock, listener_timeout=timedelta(hours=1))
+    try:
+        elsewhere = "another-host:1234:cafe"  # a listener this host cannot ask about
+        with s.db.write(quiet=True) as conn:
+            conn.execute(
+                "INSERT INTO tokenstore_listener (claimant, since, seen) VALUES (?, ?, ?)",
+                (elsewhere, "2000-01-01T00:00:00.000Z", format_time(clock.now)),
+            )
+        Item.create(n=1)  # recorded: someone listens
+        assert _count(path, "tokenstore_change_event") == 1
+        clock.advance(minutes=59)
+        s.dispatch()
+        assert _count(path, "tokenstore_listener") == 1  # not silent for long enough yet
+        clock.advance(minutes=2)
+        with caplog.at_level("WARNING", logger="tokenstore.dispatch"):
+            s.dispatch()
+        assert _count(path, "tokenstore_listener") == 0
+        assert _count(path, "tokenstore_change_event") == 0
+        assert elsewhere in caplog.text
+        Item.create(n=2)
+        assert _count(path, "tokenstore_change_event") == 0  # nobody listens: nothing kept
+    finally:
+        s.close()
+
+
+def _count(path: Path, table: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()

@@ -26,6 +26,7 @@ import requests
 import tokenstore as tokenstore_package
 from tokenstore._cli import CLI_ONLY, NOT_COMMANDS, build_parser
 from tokenstore._signing import sign
+from tokenstore._sqlite import SCHEMA_VERSION
 from tokenstore._store import Store
 
 COMMAND = [sys.executable, "-m", "tokenstore"]
@@ -76,7 +77,7 @@ def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
 
 def test_init_creates_the_file_and_reports_the_schema(db_path: Path) -> None:
     shown = as_json(db_path, "init")
-    assert shown["schema_version"] == 1
+    assert shown["schema_version"] == SCHEMA_VERSION
     assert db_path.exists()
     conn = sqlite3.connect(db_path)
     assert conn.execute("SELECT username FROM tokenstore_user").fetchall() == [("system",)]

@@ -36,6 +36,7 @@ from ._store import SCHEMA_VERSION, Store
 from ._store import open as open_store
 from ._times import format_time
 from ._version import __version__
+from ._webhooks import DELIVERIES_PAGE, DELIVERY_STATUSES
 
 DEFAULT_DB = "tokenstore.sqlite3"
 
@@ -780,13 +781,22 @@ def cmd_webhooks_rotate_secret(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_webhooks_deliveries(args: argparse.Namespace, out: Output) -> int:
     with _open(args) as store:
-        found = store.webhooks.deliveries(args.hook, status=args.status, limit=args.limit)
+        found = store.webhooks.deliveries(
+            args.hook, status=args.status, limit=args.limit, before=args.before
+        )
         names = {hook.id: hook.name for hook in store.webhooks.list()}
     out.rows(
         [delivery_dict(d, names[d.hook_id]) for d in found],
         ["webhook_id", "hook", "event_type", "status", "attempts", "last_status_code",
          "last_error", "created_at"],
     )  # fmt: skip
+    return 0
+
+
+def cmd_webhooks_prune(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.prune``, reporting how many deliveries went."""
+    with _open(args, dispatch=False) as store:
+        out.record({"deliveries_deleted": store.webhooks.prune(args.older_than)})
     return 0
 
 
@@ -964,10 +974,28 @@ def add_webhooks_commands(commands: Commands) -> None:
     p.add_argument("hook", nargs="?", help="the hook's ABID or name (default: every hook)")
     p.add_argument(
         "--status",
-        choices=("pending", "failed", "delivered", "dead"),
+        choices=DELIVERY_STATUSES,
         help="only deliveries in this state (default: all)",
     )
-    p.add_argument("--limit", type=_positive_int, default=50, help="at most this many")
+    p.add_argument("--limit", type=_positive_int, default=DELIVERIES_PAGE, help="at most this many")
+    p.add_argument(
+        "--before",
+        metavar="WEBHOOK_ID",
+        help="only deliveries older than this one (msg_...): the next page after it",
+    )
+    p = _command(
+        hooks,
+        "prune",
+        cmd_webhooks_prune,
+        "store.webhooks.prune",
+        "delete finished deliveries older than the store keeps; each hook's latest stays",
+    )
+    p.add_argument(
+        "--older-than",
+        type=_duration_type("--older-than", allow_zero=True),
+        metavar="DURATION",
+        help="delete those older than this (default: the store's keep_deliveries, 30d)",
+    )
     p = _command(
         hooks,
         "delivery",

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -111,10 +112,13 @@ class Dispatcher:
         statements: Statements,
         clock: Callable[[], datetime],
         claim_timeout: timedelta,
+        listener_timeout: timedelta,
     ) -> None:
         self.registry = registry
         self.clock = clock
         self.claim_timeout = claim_timeout
+        self.listener_timeout = listener_timeout
+        self._next_housekeeping = 0.0  # time.monotonic() of the next look at the listeners
         self.consumers: list[tuple[Consumer, Callable[[Connection], bool]]] = []
         self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local = _ThreadState()
@@ -123,8 +127,12 @@ class Dispatcher:
         self._loaders: dict[type[Any], Loader[Any]] = {}
         sql = statements.sql
         self._register = sql(
-            f"INSERT INTO {LISTENER_TABLE} (claimant, since) SELECT ?, ? "
+            f"INSERT INTO {LISTENER_TABLE} (claimant, since, seen) SELECT ?, ?, ? "
             f"WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE} WHERE claimant = ?)"
+        )
+        self._seen = sql(
+            f"UPDATE {LISTENER_TABLE} SET seen = ? "
+            "WHERE claimant = ? AND (seen IS NULL OR seen < ?)"
         )
         self._unregister = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
         self._any_listener = f"SELECT 1 FROM {LISTENER_TABLE} LIMIT 1"
@@ -134,7 +142,7 @@ class Dispatcher:
             "WHERE claimed_by IS NOT NULL GROUP BY claimed_by"
         )
         self._release = sql(f"UPDATE {EVENT_TABLE} SET claimed_by = NULL WHERE claimed_by = ?")
-        self._listeners = f"SELECT claimant FROM {LISTENER_TABLE}"
+        self._listeners = f"SELECT claimant, coalesce(seen, since) FROM {LISTENER_TABLE}"
         self._forget = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
 
     def _statements(self) -> ClaimStatements:
@@ -160,7 +168,8 @@ class Dispatcher:
         Registering again is a read: no page is written once the row is there.
         """
         if signals.any_event_receivers():
-            conn.execute(self._register, (self.claimant, format_time(self.clock()), self.claimant))
+            now = format_time(self.clock())
+            conn.execute(self._register, (self.claimant, now, now, self.claimant))
 
     def unregister(self, conn: Connection) -> None:
         """Stop capture on this process's account (its store is closing)."""
@@ -186,15 +195,20 @@ class Dispatcher:
         inside the transaction. Consumers see an event only once: on its
         first claim, whose transaction also commits their work.
         """
+        if time.monotonic() >= self._next_housekeeping:
+            self.housekeeping(conn)
         wanted = [c for c, wants in self.consumers if wants(conn)]
         receivers = signals.any_event_receivers()
         if not wanted and not receivers:
             return Claimed()  # they are a listening process's to take (see drop_unheard)
         statements = self._statements()
         if receivers:
-            rows = conn.execute(
-                statements.claim, (self.claimant, format_time(self.clock()))
-            ).fetchall()
+            now = self.clock()
+            conn.execute(  # writes only once a minute: this listener is alive
+                self._seen,
+                (format_time(now), self.claimant, format_time(now - timedelta(minutes=1))),
+            )
+            rows = conn.execute(statements.claim, (self.claimant, format_time(now))).fetchall()
         elif conn.execute(self._any_listener).fetchone() is not None:
             rows = conn.execute(statements.consume_and_leave).fetchall()
         else:
@@ -362,8 +376,33 @@ class Dispatcher:
         for claimant in claimants:
             conn.execute(self._release, (claimant,))
 
+    def housekeeping(self, conn: Connection) -> None:
+        """Forget dead and silent listeners, and drop what nobody will hear; once a minute.
+
+        Run by every process's commits, so events cannot pile up for a
+        listener that stopped listening, even where nothing calls ``dispatch``.
+        """
+        self._next_housekeeping = time.monotonic() + 60
+        self.forget_dead_listeners(conn)
+        self.drop_unheard(conn)
+
     def forget_dead_listeners(self, conn: Connection) -> None:
-        """Listeners whose process ended without closing its store no longer keep capture on."""
-        for (claimant,) in conn.execute(self._listeners).fetchall():
+        """Listeners whose process ended, or that claimed nothing for ``listener_timeout``.
+
+        Such a listener no longer keeps capture on; once no listener is left,
+        its backlog is dropped (``drop_unheard``).
+        """
+        silent_since = format_time(self.clock() - self.listener_timeout)
+        for claimant, seen in conn.execute(self._listeners).fetchall():
+            if claimant == self.claimant:
+                continue
             if self._gone(claimant):
+                conn.execute(self._forget, (claimant,))
+            elif seen < silent_since:
+                logger.warning(
+                    "listener %s has claimed nothing since %s; removed, and the events "
+                    "waiting only for it are dropped",
+                    claimant,
+                    seen,
+                )
                 conn.execute(self._forget, (claimant,))

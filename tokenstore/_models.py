@@ -480,7 +480,11 @@ class WebhookDelivery(ABIDModel):
         User, column_name="created_by_id", on_delete="CASCADE", backref="+", index=False
     )
     hook = peewee.ForeignKeyField(
-        OutboundWebhook, column_name="hook_id", on_delete="CASCADE", backref="deliveries"
+        OutboundWebhook,
+        column_name="hook_id",
+        on_delete="CASCADE",
+        backref="deliveries",
+        index=False,  # the (hook_id, created_at, abid) index serves it
     )
     hook_id: Any  # peewee's accessor for the raw foreign key
     event_id = peewee.IntegerField(null=True)
@@ -497,6 +501,8 @@ class WebhookDelivery(ABIDModel):
 
     class Meta:
         table_name = "tokenstore_webhook_delivery"
+        # The delivery log's order, newest first, over all hooks and within one.
+        indexes = ((("created_at", "abid"), False), (("hook", "created_at", "abid"), False))
 
     def __repr__(self) -> str:
         return f"<WebhookDelivery {self.abid} {self.event_type} {self.status}>"

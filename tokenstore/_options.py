@@ -41,6 +41,12 @@ class Options:
     - ``claim_timeout``: after this long, another process may take over change
       events a live process claimed but never finished.
     - ``busy_timeout``: seconds a writer waits for the lock (at least 5).
+    - ``keep_deliveries``: finished deliveries (delivered, dead) older than
+      this are deleted, a batch at a time, by the retry path and by
+      ``webhooks.prune()``; each hook's latest is kept (``None``: keep all).
+    - ``listener_timeout``: a process registered as a listener that has claimed
+      nothing for this long is removed, and the events waiting only for it
+      are dropped, with a warning in the log.
     - ``dispatch_on_open``: fire events left behind by dead processes at once
       (deliveries wait for ``dispatch()`` or ``webhooks.deliver_due()``).
     """
@@ -58,6 +64,8 @@ class Options:
     secret_grace: timedelta = timedelta(hours=24)
     claim_timeout: timedelta = timedelta(hours=1)
     busy_timeout: float = 10.0
+    keep_deliveries: timedelta | None = timedelta(days=30)
+    listener_timeout: timedelta = timedelta(hours=1)
     dispatch_on_open: bool = True
 
     def __post_init__(self) -> None:

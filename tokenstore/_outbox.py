@@ -96,6 +96,16 @@ _WAIT_BEHIND = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
     'WHERE "hook_id" = ? AND "status" IN (\'pending\', \'failed\') AND "next_attempt_at" <= ?'
 )
+# Finished deliveries created before a time, but never a hook's latest finished one.
+_PRUNE = (
+    f'DELETE FROM "{_DELIVERY_TABLE}" WHERE "id" IN ('
+    f'SELECT d."id" FROM "{_DELIVERY_TABLE}" AS d '
+    "WHERE d.\"created_at\" < ? AND d.\"status\" IN ('delivered', 'dead') "
+    f'AND d."id" != (SELECT k."id" FROM "{_DELIVERY_TABLE}" AS k '
+    'WHERE k."hook_id" = d."hook_id" AND k."status" IN (\'delivered\', \'dead\') '
+    'ORDER BY k."created_at" DESC, k."abid" DESC LIMIT 1) '
+    "LIMIT ?)"
+)
 _GIVE_UP = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL '
     "WHERE \"hook_id\" = ? AND \"status\" IN ('pending', 'failed')"
@@ -148,6 +158,7 @@ class Outbox:
         self._release_sql = sql(_RELEASE)
         self._next_retry = sql(_NEXT_RETRY)
         self._wait_behind = sql(_WAIT_BEHIND)
+        self._prune = sql(_PRUNE)
 
     def attempts_recorded(self) -> tuple[int, int]:
         """Delivered and failed attempts this thread has recorded so far."""
@@ -532,6 +543,24 @@ class Outbox:
         delivery.last_error = reason
         with self.db.write(quiet=True) as conn:
             self._write(conn, delivery)
+
+    def prune(self, older_than: timedelta, batches: int | None = None, batch: int = 500) -> int:
+        """Delete finished deliveries created over ``older_than`` ago; returns how many.
+
+        In batches of ``batch`` rows, one short transaction each, so writers
+        never wait long behind it; ``batches`` caps how many (None: until done).
+        """
+        cutoff = format_time(self._now() - older_than)
+        deleted = 0
+        done = 0
+        while batches is None or done < batches:
+            with self.db.write(quiet=True) as conn:
+                count = conn.execute(self._prune, (cutoff, batch)).rowcount
+            deleted += count
+            done += 1
+            if count < batch:
+                break
+        return deleted
 
     def deliver_due(self, now: datetime | None = None, limit: int = 100) -> int:
         """Attempt every delivery whose time has come, oldest first; returns how many.

@@ -44,10 +44,7 @@ from ._rows import quote_name
 from ._times import format_time, utcnow
 
 #: The ``PRAGMA user_version`` of files this code writes.
-SCHEMA_VERSION = 1
-
-#: Steps that bring a file from version N to N+1, run in one transaction each.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+SCHEMA_VERSION = 2
 
 #: SQLite's default limit on function arguments bounds json_object() to this many columns.
 MAX_CAPTURED_COLUMNS = 63
@@ -91,6 +88,46 @@ def _statements(script: str) -> Iterator[str]:
 
 def _only_comments(text: str) -> bool:
     return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())
+
+
+_CREATES = re.compile(r'CREATE (?:UNIQUE )?(?:TABLE|INDEX|VIEW|TRIGGER) "([^"]+)"')
+
+
+def schema_statement(name: str) -> str:
+    """The statement of schema.sql that creates ``name``: migrations reuse the canonical DDL."""
+    for statement in _statements(schema_sql()):
+        code = "\n".join(line for line in statement.splitlines() if not line.startswith("--"))
+        match = _CREATES.match(code.strip())
+        if match and match[1] == name:
+            return code
+    raise StoreError(f"schema.sql creates nothing named {name!r}")
+
+
+def _to_version_2(conn: sqlite3.Connection) -> None:
+    """Own models' refs by their public name; the delivery log's indexes; listeners' ``seen``;
+    the allowlist table; the hooks' overview without secrets."""
+    conn.execute(
+        "UPDATE tokenstore_outbound_webhook SET ref = 'tokenstore.' || substr(ref, 19) "
+        "WHERE ref LIKE 'tokenstore.models.%'"
+    )
+    conn.execute('DROP INDEX IF EXISTS "tokenstore_webhook_delivery_hook_id"')
+    conn.execute('ALTER TABLE "tokenstore_listener" ADD COLUMN "seen" TEXT')
+    for name in (
+        "tokenstore_webhook_delivery_created_at_abid",
+        "tokenstore_webhook_delivery_hook_id_created_at_abid",
+        "tokenstore_webhook_allow",
+        "tokenstore_webhook_overview",
+    ):
+        conn.execute(schema_statement(name))
+    for table in ("tokenstore_user", "tokenstore_api_token", "tokenstore_outbound_webhook"):
+        for suffix in ("insert", "update", "delete"):
+            trigger = f"{table}_capture_{suffix}"
+            conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(trigger)}")
+            conn.execute(schema_statement(trigger))
+
+
+#: Steps that bring a file from version N to N+1, all in the opening transaction.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_version_2}
 
 
 def check_file(path: Path) -> int:

@@ -78,7 +78,9 @@ class Store:
         self.path = Path(path)
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.registry = Registry(OWN_MODELS)
-        self.dispatcher = Dispatcher(self.registry, SQLiteDatabase, self.clock, opts.claim_timeout)
+        self.dispatcher = Dispatcher(
+            self.registry, SQLiteDatabase, self.clock, opts.claim_timeout, opts.listener_timeout
+        )
         self.db = open_database(self.path, self.dispatcher, opts.busy_timeout)
         self.db.bind(list(OWN_MODELS), bind_refs=False, bind_backrefs=False)
         system = User.get_or_none(User.username == SYSTEM_USERNAME)
@@ -108,7 +110,9 @@ class Store:
             max_tokens_per_user=opts.max_tokens_per_user,
             header=opts.api_key_header,
         )
-        self.webhooks = Webhooks(self.db, self.outbox, self.clock, opts.secret_grace)
+        self.webhooks = Webhooks(
+            self.db, self.outbox, self.clock, opts.secret_grace, opts.keep_deliveries
+        )
         if opts.dispatch_on_open:  # events only: opening a file should not wait on the network
             self.dispatch(deliver=False)
 
@@ -214,9 +218,8 @@ class Store:
         delivered_before, failed_before = self.outbox.attempts_recorded()
         with self.db.atomic():  # its commit claims what is unclaimed, then fires it
             conn = self.db.connection()
-            self.dispatcher.forget_dead_listeners(conn)
             self.dispatcher.release(conn, self.dispatcher.stale_claimants(conn))
-            self.dispatcher.drop_unheard(conn)
+            self.dispatcher.housekeeping(conn)
         if deliver:
             self.webhooks.deliver_due()
         delivered, failed = self.outbox.attempts_recorded()

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,6 +52,13 @@ SIGNAL_CHOICES = (
 )
 
 DELIVERY_STATUSES = ("pending", "failed", "delivered", "dead")
+
+#: How many batches of the delivery log the retry path prunes once a minute.
+PRUNE_BATCHES = 4
+
+#: How many deliveries ``deliveries()`` returns unless told, and at most.
+DELIVERIES_PAGE = 100
+MAX_DELIVERIES_PAGE = 10_000
 
 #: The fields ``update()`` may change; the rest is bookkeeping.
 EDITABLE = (
@@ -197,11 +205,14 @@ class Webhooks:
         outbox: Outbox,
         clock: Callable[[], datetime],
         secret_grace: timedelta,
+        keep_deliveries: timedelta | None,
     ) -> None:
         self.db = db
         self.outbox = outbox
         self.clock = clock
         self.secret_grace = secret_grace
+        self.keep_deliveries = keep_deliveries
+        self._next_prune = 0.0  # time.monotonic() of the retry path's next pruning
 
     def close(self) -> None:
         """Close this thread's HTTP session."""
@@ -333,12 +344,27 @@ class Webhooks:
         self,
         hook: OutboundWebhook | str | None = None,
         status: str | None = None,
-        limit: int | None = None,
+        limit: int = DELIVERIES_PAGE,
+        before: WebhookDelivery | str | None = None,
     ) -> builtins.list[WebhookDelivery]:
-        """The delivery log, newest first, optionally for one hook or one status."""
+        """A page of the delivery log, newest first, optionally for one hook or one status.
+
+        ``before`` (a delivery or its ``msg_...`` ABID) is the cursor: the page
+        starts after it, so passing the last delivery of one page gives the next.
+        """
+        if type(limit) is not int or not 1 <= limit <= MAX_DELIVERIES_PAGE:
+            raise ValidationError(
+                f"limit must be a whole number from 1 to {MAX_DELIVERIES_PAGE}, got {limit!r}"
+            )
         query = WebhookDelivery.select().order_by(
             WebhookDelivery.created_at.desc(), WebhookDelivery.abid.desc()
         )
+        if before is not None:
+            after = before if isinstance(before, WebhookDelivery) else self.delivery(before)
+            query = query.where(
+                peewee.Tuple(WebhookDelivery.created_at, WebhookDelivery.abid)
+                < peewee.Tuple(format_time(after.created_at), after.abid)
+            )
         if hook is not None:
             query = query.where(WebhookDelivery.hook == self._hook(hook).id)
         if status is not None:
@@ -347,9 +373,21 @@ class Webhooks:
                     f"delivery status {status!r} is not one of: {', '.join(DELIVERY_STATUSES)}"
                 )
             query = query.where(WebhookDelivery.status == status)
-        if limit is not None:
-            query = query.limit(limit)
-        return list(query)
+        return list(query.limit(limit))
+
+    def prune(self, older_than: timedelta | None = None) -> int:
+        """Delete finished deliveries (delivered, dead) older than ``older_than``; how many.
+
+        The default is the store's ``keep_deliveries``. Each hook's latest
+        finished delivery is kept, so its last outcome stays readable. The
+        retry path also prunes, a little at a time, off the writing thread.
+        """
+        keep = self.keep_deliveries if older_than is None else older_than
+        if keep is None:
+            return 0
+        if not isinstance(keep, timedelta) or keep < timedelta(0):
+            raise ValidationError(f"older_than must be a timedelta of 0 or more, got {keep!r}")
+        return self.outbox.prune(keep)
 
     def delivery(self, abid: str) -> WebhookDelivery:
         """One delivery by its ABID (the ``webhook-id`` its receiver saw)."""
@@ -367,13 +405,18 @@ class Webhooks:
         """Attempt the deliveries whose retry time has come; returns how many were attempted.
 
         Rotated-out signing secrets whose grace period is over are erased
-        first: a secret nobody signs with should not stay in the file.
+        first: a secret nobody signs with should not stay in the file. Once a
+        minute it also prunes a few batches of the delivery log (see ``prune``).
         """
         cutoff = to_stored_time(self.clock() if now is None else now)
         OutboundWebhook.update(previous_secret=None, previous_secret_expires=None).where(
             OutboundWebhook.previous_secret_expires <= cutoff
         ).execute()
-        return self.outbox.deliver_due(now, limit)
+        attempted = self.outbox.deliver_due(now, limit)
+        if self.keep_deliveries is not None and time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + 60
+            self.outbox.prune(self.keep_deliveries, batches=PRUNE_BATCHES)
+        return attempted
 
     def ping(self, hook: OutboundWebhook | str) -> WebhookDelivery:
         """Send a ``webhook.ping`` message now, to check a receiver and its secret."""
