@@ -264,8 +264,9 @@ class Output:
 
 def _allow_hint() -> str:
     return (
-        "to allow an address, pass --allow HOST_OR_CIDR (e.g. --allow 127.0.0.1/32) "
-        "or set TOKENSTORE_WEBHOOK_ALLOW"
+        "to allow an address for every process that opens the file, run "
+        "`tokenstore webhooks allow HOST_OR_CIDR` (e.g. 127.0.0.1/32), or pass --allow "
+        "HOST_OR_CIDR or set TOKENSTORE_WEBHOOK_ALLOW once"
     )
 
 
@@ -361,7 +362,8 @@ _GLOBAL_OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
         "allow",
         {"action": "append", "metavar": "HOST_OR_CIDR"},
         "let webhooks reach this host or network, which the address guard refuses by "
-        "default, e.g. 127.0.0.1/32 (repeatable; added to $TOKENSTORE_WEBHOOK_ALLOW, "
+        "default, e.g. 127.0.0.1/32; it is added to the file's allowlist, which every "
+        "process applies (repeatable; added to $TOKENSTORE_WEBHOOK_ALLOW, "
         "comma-separated) (default: none)",
     ),
     (
@@ -729,6 +731,31 @@ def cmd_webhooks_list(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _show_allowlist(out: Output, entries: list[str]) -> None:
+    out.rows([{"entry": entry} for entry in entries], ["entry"])
+
+
+def cmd_webhooks_allowlist(args: argparse.Namespace, out: Output) -> int:
+    """The file's allowlist, which every process applies."""
+    with _open(args, dispatch=False) as store:
+        _show_allowlist(out, store.webhooks.allowlist())
+    return 0
+
+
+def cmd_webhooks_allow(args: argparse.Namespace, out: Output) -> int:
+    """Add to the file's allowlist."""
+    with _open(args, dispatch=False) as store:
+        _show_allowlist(out, store.webhooks.allow(args.entry))
+    return 0
+
+
+def cmd_webhooks_disallow(args: argparse.Namespace, out: Output) -> int:
+    """Take an entry off the file's allowlist."""
+    with _open(args, dispatch=False) as store:
+        _show_allowlist(out, store.webhooks.disallow(args.entry))
+    return 0
+
+
 def cmd_webhooks_get(args: argparse.Namespace, out: Output) -> int:
     with _open(args) as store:
         out.record(hook_dict(store.webhooks.get(args.hook)))
@@ -877,6 +904,19 @@ def add_webhooks_commands(commands: Commands) -> None:
         "--keep-last-response", action="store_true", help="keep the receiver's last answer"
     )
 
+    _command(
+        hooks,
+        "allowlist",
+        cmd_webhooks_allowlist,
+        "store.webhooks.allowlist",
+        "show the hosts and networks hooks may reach beyond public addresses",
+    )
+    for name, handler, what in (
+        ("allow", cmd_webhooks_allow, "let hooks reach a host, address or network"),
+        ("disallow", cmd_webhooks_disallow, "take an entry off the allowlist"),
+    ):
+        p = _command(hooks, name, handler, f"store.webhooks.{name}", f"{what}, in every process")
+        p.add_argument("entry", help="a host name, an IP address or a CIDR network")
     p = _command(hooks, "list", cmd_webhooks_list, "store.webhooks.list", "list hooks")
     state = p.add_mutually_exclusive_group()
     state.add_argument(

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from . import signals
+from ._allowlist import AllowList
 from ._capture import ChangeEvent, model_ref
 from ._compat import peewee_errors
 from ._dispatch import Connection
@@ -135,9 +136,11 @@ class Outbox:
         sender: Sender,
         policy: RetryPolicy,
         sync_budget: float,
+        allowlist: AllowList,
     ) -> None:
         self.db = db
         self.sync_budget = sync_budget
+        self.allowlist = allowlist
         self.registry = registry
         self.clock = clock
         self.sender = sender
@@ -433,6 +436,7 @@ class Outbox:
             # A hook edited outside the API (the sqlite3 shell) may not make a request.
             outcome = Outcome(False, error=f"cannot build the request: {str(exc)[:500]}")
         else:
+            self.allowlist.refresh()  # judged by the file's list as it is now
             outcome = self.sender.post(hook.endpoint, body, headers, deadline)
         if outcome.error:
             outcome.error = redacted(outcome.error, hook)

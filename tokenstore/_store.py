@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
+from ._allowlist import AllowList
 from ._capture import CaptureSpec, model_ref
 from ._dispatch import Dispatcher
 from ._errors import StoreError, ValidationError
@@ -89,8 +90,12 @@ class Store:
         self.system_user: User = system
         self.db.system_user_id = system.id
 
-        guard = AddressGuard(opts.webhook_allow)
-        self.hook_validator = HookValidator(self.registry, guard)
+        guard = AddressGuard()
+        allowlist = AllowList(self.db, guard, self.clock)
+        if opts.webhook_allow:
+            allowlist.add(opts.webhook_allow)  # into the file: every process applies it
+        allowlist.refresh()
+        self.hook_validator = HookValidator(self.registry, allowlist)
         OutboundWebhook.validator = self.hook_validator
         self.outbox = Outbox(
             self.db,
@@ -99,6 +104,7 @@ class Store:
             Sender(guard, opts.connect_timeout, opts.read_timeout, opts.delivery_deadline),
             RetryPolicy(opts.disable_after_failures, opts.disable_after),
             opts.sync_budget,
+            allowlist,
         )
         self.dispatcher.add_consumer(self.outbox.on_events, self.outbox.wants_events)
         self.users = Users()
@@ -111,7 +117,7 @@ class Store:
             header=opts.api_key_header,
         )
         self.webhooks = Webhooks(
-            self.db, self.outbox, self.clock, opts.secret_grace, opts.keep_deliveries
+            self.db, self.outbox, allowlist, self.clock, opts.secret_grace, opts.keep_deliveries
         )
         if opts.dispatch_on_open:  # events only: opening a file should not wait on the network
             self.dispatch(deliver=False)

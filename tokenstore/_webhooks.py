@@ -18,11 +18,11 @@ from typing import Any
 import peewee
 
 from ._abid import ABID
+from ._allowlist import AllowList
 from ._capture import model_ref
 from ._credentials import looks_like_token
 from ._errors import InvalidABID, NotFound, ValidationError
 from ._models import OutboundWebhook, User, WebhookDelivery
-from ._netguard import AddressGuard
 from ._outbox import Outbox
 from ._payload import dumps
 from ._registry import Registry
@@ -107,9 +107,10 @@ class HookValidator:
     ``OutboundWebhook`` when it opens.
     """
 
-    def __init__(self, registry: Registry, guard: AddressGuard) -> None:
+    def __init__(self, registry: Registry, allowlist: AllowList) -> None:
         self.registry = registry
-        self.guard = guard
+        self.allowlist = allowlist
+        self.guard = allowlist.guard
 
     def check_ref(self, ref: str | type[peewee.Model]) -> str:
         """The ref of the registered model ``ref`` names, if hooks may watch it."""
@@ -144,6 +145,7 @@ class HookValidator:
         if not isinstance(hook.endpoint, str) or len(hook.endpoint) > 2047:
             raise ValidationError("webhook endpoint must be a URL of at most 2047 characters")
         if judge_target and (not stored or stored.get("endpoint") != hook.endpoint):
+            self.allowlist.refresh()
             self.guard.check_endpoint(hook.endpoint)
         headers = {} if hook.headers is None else hook.headers
         if not isinstance(headers, Mapping):
@@ -203,12 +205,14 @@ class Webhooks:
         self,
         db: SQLiteDatabase,
         outbox: Outbox,
+        allowlist: AllowList,
         clock: Callable[[], datetime],
         secret_grace: timedelta,
         keep_deliveries: timedelta | None,
     ) -> None:
         self.db = db
         self.outbox = outbox
+        self._allowlist = allowlist
         self.clock = clock
         self.secret_grace = secret_grace
         self.keep_deliveries = keep_deliveries
@@ -256,6 +260,22 @@ class Webhooks:
                     f"a webhook for {hook.ref} at {hook.endpoint} already exists"
                 ) from None
             raise
+
+    def allowlist(self) -> builtins.list[str]:
+        """The hosts and networks hooks may reach beyond public addresses, for every process."""
+        return self._allowlist.entries()
+
+    def allow(self, entry: str) -> builtins.list[str]:
+        """Let hooks reach a host, an address or a network (``127.0.0.1/32``), in every process.
+
+        The list lives in the file, so the application, the ``tokenstore``
+        command and any dispatcher judge endpoints alike. Returns the list.
+        """
+        return self._allowlist.add([entry])
+
+    def disallow(self, entry: str) -> builtins.list[str]:
+        """Take an entry off the file's allowlist; returns the list."""
+        return self._allowlist.remove(entry)
 
     def list(self, enabled: bool | None = None) -> list[OutboundWebhook]:
         """Hooks, oldest first; ``enabled`` filters by state."""
