@@ -27,6 +27,7 @@ from ._models import OWN_MODELS, SYSTEM_USERNAME, OutboundWebhook, User
 from ._netguard import AddressGuard
 from ._options import Options
 from ._outbox import Outbox
+from ._outcomes import Outcomes
 from ._policy import RetryPolicy
 from ._registry import Registry
 from ._sending import Sender
@@ -97,12 +98,15 @@ class Store:
         allowlist.refresh()
         self.hook_validator = HookValidator(self.registry, allowlist)
         OutboundWebhook.validator = self.hook_validator
+        self.outcomes = Outcomes(
+            self.db, RetryPolicy(opts.disable_after_failures, opts.disable_after)
+        )
         self.outbox = Outbox(
             self.db,
             self.registry,
             self.clock,
             Sender(guard, opts.connect_timeout, opts.read_timeout, opts.delivery_deadline),
-            RetryPolicy(opts.disable_after_failures, opts.disable_after),
+            self.outcomes,
             opts.sync_budget,
             allowlist,
         )
@@ -117,7 +121,13 @@ class Store:
             header=opts.api_key_header,
         )
         self.webhooks = Webhooks(
-            self.db, self.outbox, allowlist, self.clock, opts.secret_grace, opts.keep_deliveries
+            self.db,
+            self.outbox,
+            self.outcomes,
+            allowlist,
+            self.clock,
+            opts.secret_grace,
+            opts.keep_deliveries,
         )
         if opts.dispatch_on_open:  # events only: opening a file should not wait on the network
             self.dispatch(deliver=False)
@@ -221,14 +231,14 @@ class Store:
         store; this call is for what happened elsewhere.
         """
         claimed_before = self.dispatcher.claimed_count()
-        delivered_before, failed_before = self.outbox.attempts_recorded()
+        delivered_before, failed_before = self.outcomes.attempts_recorded()
         with self.db.atomic():  # its commit claims what is unclaimed, then fires it
             conn = self.db.connection()
             self.dispatcher.release(conn, self.dispatcher.stale_claimants(conn))
             self.dispatcher.housekeeping(conn)
         if deliver:
             self.webhooks.deliver_due()
-        delivered, failed = self.outbox.attempts_recorded()
+        delivered, failed = self.outcomes.attempts_recorded()
         return Dispatched(
             events=self.dispatcher.claimed_count() - claimed_before,
             delivered=delivered - delivered_before,

@@ -24,6 +24,7 @@ from ._credentials import looks_like_token
 from ._errors import InvalidABID, NotFound, ValidationError
 from ._models import OutboundWebhook, User, WebhookDelivery
 from ._outbox import Outbox
+from ._outcomes import Outcomes
 from ._payload import dumps
 from ._registry import Registry
 from ._signing import SECRET_PREFIX, new_signing_secret, signing_key
@@ -205,6 +206,7 @@ class Webhooks:
         self,
         db: SQLiteDatabase,
         outbox: Outbox,
+        outcomes: Outcomes,
         allowlist: AllowList,
         clock: Callable[[], datetime],
         secret_grace: timedelta,
@@ -212,6 +214,7 @@ class Webhooks:
     ) -> None:
         self.db = db
         self.outbox = outbox
+        self.outcomes = outcomes
         self._allowlist = allowlist
         self.clock = clock
         self.secret_grace = secret_grace
@@ -339,7 +342,7 @@ class Webhooks:
     ) -> OutboundWebhook:
         """Turn a hook off; what it still had to send is given up (``redeliver`` brings it back)."""
         hook = self._hook(hook)
-        self.outbox.disable(hook, reason)
+        self.outcomes.disable(hook, reason)
         return hook
 
     def rotate_secret(
