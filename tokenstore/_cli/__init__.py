@@ -54,6 +54,7 @@ CLI_ONLY = {"demo"}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole parser: global options, then one subcommand per public call."""
     parser = _Parser(
         prog="tokenstore",
         description="API tokens and outbound webhooks in one SQLite file.",
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; 0 done, 1 a negative answer, 2 bad input or a fault (one line)."""
     args = build_parser().parse_args(argv)
     _settle_global_options(args)
     out = Output(args.json)

@@ -14,18 +14,21 @@ from ._values import _secret, parse_expiry
 
 
 def cmd_users_create(args: argparse.Namespace, out: Output) -> int:
+    """``store.users.create``."""
     with _open(args) as store:
         out.record(user_dict(store.users.create(args.username, superuser=args.superuser)))
     return 0
 
 
 def cmd_users_get(args: argparse.Namespace, out: Output) -> int:
+    """``store.users.get``."""
     with _open(args) as store:
         out.record(user_dict(store.users.get(args.username)))
     return 0
 
 
 def cmd_users_list(args: argparse.Namespace, out: Output) -> int:
+    """``store.users.list``."""
     with _open(args) as store:
         users = [user_dict(u) for u in store.users.list()]
     out.rows(users, ["id", "username", "is_superuser", "created_at"])
@@ -33,6 +36,7 @@ def cmd_users_list(args: argparse.Namespace, out: Output) -> int:
 
 
 def add_users_commands(commands: Commands) -> None:
+    """``tokenstore users ...``."""
     users = _group(
         commands,
         "users",
@@ -53,6 +57,7 @@ def add_users_commands(commands: Commands) -> None:
 
 
 def cmd_tokens_create(args: argparse.Namespace, out: Output) -> int:
+    """``store.tokens.create``; the secret is printed this once."""
     expires = None if args.expires is None else parse_expiry(args.expires)
     with _open(args) as store:
         token, secret = store.tokens.create(
@@ -64,12 +69,14 @@ def cmd_tokens_create(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_tokens_get(args: argparse.Namespace, out: Output) -> int:
+    """``store.tokens.get``."""
     with _open(args) as store:
         out.record(token_dict(store.tokens.get(args.abid)))
     return 0
 
 
 def cmd_tokens_list(args: argparse.Namespace, out: Output) -> int:
+    """``store.tokens.list``."""
     with _open(args) as store:
         names = {u.id: u.username for u in store.users.list()}
         found = store.tokens.list(args.user, include_revoked=args.include_revoked)
@@ -79,12 +86,14 @@ def cmd_tokens_list(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_tokens_revoke(args: argparse.Namespace, out: Output) -> int:
+    """``store.tokens.revoke``."""
     with _open(args) as store:
         out.record(token_dict(store.tokens.revoke(args.abid)))
     return 0
 
 
 def cmd_tokens_authenticate(args: argparse.Namespace, out: Output) -> int:
+    """``store.tokens.authenticate``: exit 0 if the secret grants access, else 1 and why."""
     secret = _secret(args.secret)
     with _open(args) as store:
         try:
@@ -97,6 +106,7 @@ def cmd_tokens_authenticate(args: argparse.Namespace, out: Output) -> int:
 
 
 def add_tokens_commands(commands: Commands) -> None:
+    """``tokenstore tokens ...``."""
     tokens = _group(
         commands,
         "tokens",

@@ -61,6 +61,7 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
 
 
 def _warn_waiting(waiting: dict[str, int]) -> None:
+    """Say on stderr which tables' events wait for a process with their models."""
     if waiting:
         tables = ", ".join(f"{table}: {count}" for table, count in waiting.items())
         print(
@@ -78,6 +79,7 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other error of the command."""
 
     def error(self, message: str) -> NoReturn:
+        """A usage error in one line, exit 2, like every other error of the command."""
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -85,6 +87,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Every option's help ends with its default, unless the help already names it."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
+        """The option's help, with its default unless the help says it already."""
         text = action.help or ""
         positional_required = not action.option_strings and action.nargs not in ("?", "*")
         if "(default" in text or action.default is argparse.SUPPRESS or positional_required:
@@ -134,6 +137,7 @@ def _add_global_options(parser: argparse.ArgumentParser, late: bool) -> None:
 
 
 def _env_list(name: str) -> list[str]:
+    """A comma-separated environment variable as a list (empty entries dropped)."""
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
 
 

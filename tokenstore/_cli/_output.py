@@ -16,10 +16,12 @@ from .._times import format_time
 
 
 def _time(value: datetime | None) -> str | None:
+    """A time as the file stores it, or None."""
     return None if value is None else format_time(value)
 
 
 def user_dict(user: User) -> dict[str, Any]:
+    """A user as the command shows it."""
     return {
         "id": user.id,
         "username": user.username,
@@ -29,6 +31,7 @@ def user_dict(user: User) -> dict[str, Any]:
 
 
 def token_dict(token: APIToken) -> dict[str, Any]:
+    """A token as the command shows it: redacted, never its digest."""
     return {
         "abid": token.abid,
         "id": str(token.id),
@@ -45,6 +48,7 @@ def token_dict(token: APIToken) -> dict[str, Any]:
 
 
 def hook_dict(hook: OutboundWebhook) -> dict[str, Any]:
+    """A hook as the command shows it: header names only, no secret."""
     return {
         "abid": hook.abid,
         "name": hook.name,
@@ -70,6 +74,7 @@ def hook_dict(hook: OutboundWebhook) -> dict[str, Any]:
 
 
 def delivery_dict(delivery: WebhookDelivery, hook_name: str) -> dict[str, Any]:
+    """A delivery as the command shows it, without its payload."""
     return {
         "webhook_id": delivery.abid,
         "hook": hook_name,
@@ -87,6 +92,7 @@ def delivery_dict(delivery: WebhookDelivery, hook_name: str) -> dict[str, Any]:
 
 
 def abid_dict(abid: ABID) -> dict[str, Any]:
+    """An ABID and its views."""
     return {
         "abid": str(abid),
         "prefix": abid.prefix,
@@ -102,6 +108,7 @@ def abid_dict(abid: ABID) -> dict[str, Any]:
 
 
 def _text(value: Any) -> str:
+    """A value as one cell of a text table."""
     if value is None:
         return ""
     if isinstance(value, dict):
@@ -118,6 +125,7 @@ class Output:
         self.as_json = as_json
 
     def record(self, data: dict[str, Any]) -> None:
+        """One record: JSON, or one "key: value" line per field."""
         if self.as_json:
             print(json.dumps(data, indent=2))
             return
@@ -126,6 +134,7 @@ class Output:
             print(f"{key:<{width}}  {_text(value)}".rstrip())
 
     def rows(self, items: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+        """Several records: a JSON list, or a text table of ``columns``."""
         if self.as_json:
             print(json.dumps(list(items), indent=2))
             return
@@ -139,6 +148,7 @@ class Output:
 
 
 def _allow_hint() -> str:
+    """How to allow a blocked address, for every process."""
     return (
         "to allow an address for every process that opens the file, run "
         "`tokenstore webhooks allow HOST_OR_CIDR` (e.g. 127.0.0.1/32), or pass --allow "
@@ -147,5 +157,6 @@ def _allow_hint() -> str:
 
 
 def _warn_if_blocked(delivery: WebhookDelivery) -> None:
+    """Tell on stderr how to allow an address a delivery was blocked from."""
     if delivery.last_error.startswith("blocked:"):
         print(f"tokenstore: the delivery was blocked; {_allow_hint()}", file=sys.stderr)

@@ -23,6 +23,7 @@ from ._values import _duration_type, _secret
 
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
+    """``tokenstore.open``: create the file (or check it) and report its schema."""
     with _open(args) as store:
         out.record(
             {
@@ -90,6 +91,7 @@ def watch(store: Store, interval: float) -> None:
 
 
 def add_store_commands(commands: Commands) -> None:
+    """``tokenstore init`` and ``tokenstore dispatch``."""
     _command(commands, "init", cmd_init, "tokenstore.open", "create the store file, or check it")
     p = _command(
         commands,
@@ -112,17 +114,20 @@ def add_store_commands(commands: Commands) -> None:
 
 
 def cmd_abid_parse(args: argparse.Namespace, out: Output) -> int:
+    """``tokenstore.ABID.parse``, showing every view."""
     out.record(abid_dict(ABID.parse(args.abid, prefix=args.prefix)))
     return 0
 
 
 def cmd_abid_new(args: argparse.Namespace, out: Output) -> int:
+    """``tokenstore.abid_from_values`` with a fresh random part."""
     abid = abid_from_values(args.prefix, datetime.now(UTC), args.uri, args.subtype, None)
     out.record(abid_dict(abid))
     return 0
 
 
 def add_abid_commands(commands: Commands) -> None:
+    """``tokenstore abid ...``."""
     abid = _group(
         commands,
         "abid",
@@ -189,6 +194,7 @@ def cmd_import_archivebox(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_listen(args: argparse.Namespace, out: Output) -> int:
+    """``tokenstore.make_receiver``: print each webhook that verifies, until Ctrl-C."""
     from .._receiver import make_receiver
 
     def show(payload: dict[str, Any], headers: Any) -> None:
@@ -201,13 +207,18 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     server = make_receiver(args.host, args.port, _secret(args.secret), show)
     port = server.server_address[1]
     print(f"listening on http://{args.host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    _serve_until_interrupted(server)
+    return 0
+
+
+def _serve_until_interrupted(server: Any) -> None:
+    """Serve until Ctrl-C, then close the socket."""
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
     finally:
         server.server_close()
-    return 0
 
 
 def cmd_serve(args: argparse.Namespace, out: Output) -> int:
@@ -221,24 +232,20 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
         if warning:
             print(warning, file=sys.stderr)
         shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
-        print(f"admin page on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr)
-        sys.stderr.flush()
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            print("stopped", file=sys.stderr)
-        finally:
-            server.server_close()
+        print(f"admin page on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        _serve_until_interrupted(server)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    """Run the demo on a throwaway file."""
     from .._demo import run_demo
 
     return run_demo(args.dir)
 
 
 def add_import_commands(commands: Commands) -> None:
+    """``tokenstore import ...``."""
     imports = _group(
         commands,
         "import",
@@ -272,6 +279,7 @@ def add_import_commands(commands: Commands) -> None:
 
 
 def add_tool_commands(commands: Commands) -> None:
+    """``tokenstore listen``, ``serve`` and ``demo``."""
     p = _command(
         commands,
         "listen",

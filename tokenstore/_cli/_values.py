@@ -56,6 +56,8 @@ def parse_expiry(text: str) -> datetime | timedelta:
 
 
 def _duration_type(option: str, allow_zero: bool = False) -> Callable[[str], timedelta]:
+    """An argparse type for a duration option (``90s``, ``15m``, ``12h``, ``30d``)."""
+
     def convert(text: str) -> timedelta:
         try:
             return parse_duration(text, option, allow_zero)
@@ -66,12 +68,14 @@ def _duration_type(option: str, allow_zero: bool = False) -> Callable[[str], tim
 
 
 def _positive_int(text: str) -> int:
+    """An argparse type for a whole number of at least 1."""
     if not text.isdecimal() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return int(text)
 
 
 def _header(text: str) -> tuple[str, str]:
+    """A ``Name=value`` header option as a pair."""
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise ValidationError(f"--header {text!r} must look like Name=value")

@@ -18,10 +18,12 @@ from ._values import _duration_type, _header, _positive_int, _secret
 
 
 def _headers(given: Sequence[str] | None) -> dict[str, str]:
+    """The ``--header`` options as a dict."""
     return dict(_header(h) for h in given or ())
 
 
 def cmd_webhooks_create(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.create``; the signing secret is printed this once."""
     with _open(args) as store:
         hook = store.webhooks.create(
             args.name,
@@ -38,6 +40,7 @@ def cmd_webhooks_create(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_webhooks_list(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.list``."""
     with _open(args) as store:
         hooks = [hook_dict(h) for h in store.webhooks.list(enabled=args.enabled)]
     out.rows(hooks, ["abid", "name", "signal", "ref", "endpoint", "enabled", "failure_count"])
@@ -45,6 +48,7 @@ def cmd_webhooks_list(args: argparse.Namespace, out: Output) -> int:
 
 
 def _show_allowlist(out: Output, entries: list[str]) -> None:
+    """The allowlist as rows of one column."""
     out.rows([{"entry": entry} for entry in entries], ["entry"])
 
 
@@ -70,12 +74,14 @@ def cmd_webhooks_disallow(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_webhooks_get(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.get``."""
     with _open(args) as store:
         out.record(hook_dict(store.webhooks.get(args.hook)))
     return 0
 
 
 def cmd_webhooks_update(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.update`` with the fields given; the rest stay."""
     changes: dict[str, Any] = {
         key: getattr(args, key)
         for key in ("name", "signal", "ref", "endpoint", "enabled", "keep_last_response")
@@ -93,6 +99,7 @@ def cmd_webhooks_update(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_webhooks_delete(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.delete``."""
     with _open(args) as store:
         hook = store.webhooks.get(args.hook)
         store.webhooks.delete(hook)
@@ -101,18 +108,21 @@ def cmd_webhooks_delete(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_webhooks_enable(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.enable``."""
     with _open(args) as store:
         out.record(hook_dict(store.webhooks.enable(args.hook)))
     return 0
 
 
 def cmd_webhooks_disable(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.disable``."""
     with _open(args) as store:
         out.record(hook_dict(store.webhooks.disable(args.hook, args.reason)))
     return 0
 
 
 def cmd_webhooks_rotate_secret(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.rotate_secret``; the new secret is printed this once."""
     with _open(args) as store:
         hook = store.webhooks.rotate_secret(args.hook, grace=args.grace)
         out.record({**hook_dict(hook), "secret": hook.secret})
@@ -120,6 +130,7 @@ def cmd_webhooks_rotate_secret(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_webhooks_deliveries(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.deliveries``: a page of the log."""
     with _open(args) as store:
         found = store.webhooks.deliveries(
             args.hook, status=args.status, limit=args.limit, before=args.before
@@ -141,6 +152,7 @@ def cmd_webhooks_prune(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_webhooks_delivery(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.delivery``, its payload included."""
     with _open(args) as store:
         delivery = store.webhooks.delivery(args.delivery)
         out.record({**delivery_dict(delivery, delivery.hook.name), "payload": delivery.payload})
@@ -148,34 +160,40 @@ def cmd_webhooks_delivery(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_webhooks_deliver_due(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.deliver_due``."""
     with _open(args, dispatch=False) as store:
         out.record({"deliveries_attempted": store.webhooks.deliver_due(limit=args.limit)})
     return 0
 
 
 def _sent(out: Output, delivery: WebhookDelivery, hook: str) -> int:
+    """Show a delivery just attempted; exit 1 unless it was delivered."""
     out.record(delivery_dict(delivery, hook))
     _warn_if_blocked(delivery)
     return 0 if delivery.status == "delivered" else 1
 
 
 def cmd_webhooks_ping(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.ping``; exit 1 unless delivered."""
     with _open(args) as store:
         hook = store.webhooks.get(args.hook)
         return _sent(out, store.webhooks.ping(hook), hook.name)
 
 
 def cmd_webhooks_redeliver(args: argparse.Namespace, out: Output) -> int:
+    """``store.webhooks.redeliver``; exit 1 unless delivered."""
     with _open(args) as store:
         delivery = store.webhooks.redeliver(args.delivery)
         return _sent(out, delivery, delivery.hook.name)
 
 
 def _hook_argument(parser: argparse.ArgumentParser) -> None:
+    """The positional HOOK argument (an ABID or a name)."""
     parser.add_argument("hook", help="the hook's ABID (whk_...) or name")
 
 
 def add_webhooks_commands(commands: Commands) -> None:
+    """``tokenstore webhooks ...``."""
     hooks = _group(
         commands,
         "webhooks",
