@@ -23,7 +23,8 @@ from tokenstore import _postgres as postgres
 from tokenstore import _postgres_ddl as postgres_ddl
 from tokenstore._capture import CaptureSpec
 from tokenstore._models import OWN_MODELS, APIToken, OutboundWebhook, User
-from tokenstore._sqlite import SCHEMA_VERSION, capture_triggers, schema_sql
+from tokenstore._sqlite import SCHEMA_VERSION, schema_sql
+from tokenstore._sqlite_ddl import capture_triggers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +103,8 @@ def test_newer_schema_version_is_refused_and_file_left_alone(db_path: Path) -> N
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
     before = db_path.read_bytes()
-    with pytest.raises(StoreError, match=r"schema version 2, newer than .* \(1\)"):
+    newer = rf"schema version {SCHEMA_VERSION + 1}, newer than .* \({SCHEMA_VERSION}\)"
+    with pytest.raises(StoreError, match=newer):
         tokenstore.open(db_path)
     assert db_path.read_bytes() == before
 
@@ -112,13 +114,14 @@ def test_a_newer_postgres_schema_is_refused_and_left_alone(pg_url: str) -> None:
     with _db.Raw(pg_url) as raw:
         raw.execute(
             "INSERT INTO tokenstore_schema_version (version, applied_at) VALUES (?, ?)",
-            (SCHEMA_VERSION + 1, "2030-01-01T00:00:00.000Z"),
+            (postgres.SCHEMA_VERSION + 1, "2030-01-01T00:00:00.000Z"),
         )
-    with pytest.raises(StoreError, match=r"schema version 2, newer than .* \(1\)"):
+    version = postgres.SCHEMA_VERSION
+    with pytest.raises(StoreError, match=rf"schema version {version + 1}, newer .* \({version}\)"):
         tokenstore.open(pg_url)
     assert _db.rows(pg_url, "SELECT version FROM tokenstore_schema_version ORDER BY 1") == [
-        (1,),
-        (2,),
+        (version,),
+        (version + 1,),
     ]
 
 
@@ -132,14 +135,15 @@ def test_a_postgres_migration_step_runs_once_under_the_lock(
         ran.append(1)
         conn.execute("ALTER TABLE tokenstore_listener ADD COLUMN note TEXT")
 
-    monkeypatch.setattr(postgres, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    monkeypatch.setitem(postgres.MIGRATIONS, SCHEMA_VERSION, step)
+    current = postgres.SCHEMA_VERSION
+    monkeypatch.setattr(postgres, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(postgres.MIGRATIONS, current, step)
     tokenstore.open(pg_url).close()
     tokenstore.open(pg_url).close()
     assert ran == [1]
     assert _db.rows(pg_url, "SELECT version FROM tokenstore_schema_version ORDER BY 1") == [
-        (1,),
-        (2,),
+        (current,),
+        (current + 1,),
     ]
     assert _db.rows(pg_url, "SELECT note FROM tokenstore_listener") == []
 
@@ -153,7 +157,9 @@ def test_concurrent_first_opens_create_the_schema_once(pg_url: str) -> None:
     ]
     errors = [proc.communicate(timeout=60)[1].decode() for proc in procs]
     assert [proc.returncode for proc in procs] == [0] * 4, errors
-    assert _db.rows(pg_url, "SELECT version FROM tokenstore_schema_version") == [(1,)]
+    assert _db.rows(pg_url, "SELECT version FROM tokenstore_schema_version") == [
+        (postgres.SCHEMA_VERSION,)
+    ]
     assert _db.rows(pg_url, "SELECT count(*) FROM tokenstore_user") == [(1,)]
 
 
@@ -279,7 +285,7 @@ def test_both_schemas_have_the_same_tables_columns_indexes_and_keys(
     lite = sqlite3.connect(tmp_path / "s.sqlite3")
     raw = _db.Raw(pg_url)
     try:
-        tables = {"tokenstore_change_event", "tokenstore_listener"}
+        tables = {"tokenstore_change_event", "tokenstore_listener", "tokenstore_webhook_allow"}
         tables |= {model._meta.table_name for model in OWN_MODELS}
         for table in sorted(tables):
             columns, indexes, fks = _table_shape(lite, table)
@@ -288,7 +294,10 @@ def test_both_schemas_have_the_same_tables_columns_indexes_and_keys(
             )
             assert (columns, indexes, fks) == _pg_table_shape(raw, table), table
         views = "SELECT table_name FROM information_schema.views WHERE table_schema = 'public'"
-        assert raw.rows(views) == [("tokenstore_delivery_log",)]
+        assert sorted(raw.rows(views)) == [
+            ("tokenstore_delivery_log",),
+            ("tokenstore_webhook_overview",),
+        ]
         pg_tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
         assert {t for (t,) in raw.rows(pg_tables)} == tables | {"tokenstore_schema_version"}
     finally:
@@ -420,3 +429,113 @@ def test_times_are_stored_as_fixed_width_utc_text(app_store: Store, db_path: Pat
 
 def timedelta_tz(hours: int) -> timezone:
     return timezone(timedelta(hours=hours))
+
+
+def _shape(path: Path) -> dict[str, object]:
+    """Everything a file's schema says: columns of each table, and every index, view, trigger."""
+    conn = sqlite3.connect(path)
+    try:
+        objects = conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE type != 'table' "
+            "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        ).fetchall()
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        columns = {t: conn.execute(f'PRAGMA table_info("{t}")').fetchall() for t in tables}
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+    return {"objects": objects, "columns": columns, "version": version}
+
+
+def test_a_version_1_file_is_brought_to_the_current_schema(tmp_path: Path) -> None:
+    """A file written by the first release opens, migrated, as if it had been made today."""
+    old = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(old)
+    conn.executescript((ROOT / "tests" / "schema-v1.sql").read_text())
+    conn.execute(
+        "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
+        "VALUES ('system', 1, '2024-01-01T00:00:00.000Z')"
+    )
+    conn.execute(
+        "INSERT INTO tokenstore_outbound_webhook VALUES ('00000000000000000000000000000001', "
+        "'whk_01HNZ2X4ZG0000000000000001', 1, '2024-01-01T00:00:00.000Z', "
+        "'2024-01-01T00:00:00.000Z', 'h', 'CREATE', 'tokenstore.models.APIToken', "
+        "'https://example.com/', '{}', '', 1, 0, '', NULL, NULL, "
+        "'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', NULL, NULL, 0, NULL, '')"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+    tokenstore.open(old).close()
+    fresh = tmp_path / "fresh.sqlite3"
+    tokenstore.open(fresh).close()
+    assert _shape(old) == _shape(fresh)
+    conn = sqlite3.connect(old)
+    try:
+        (ref,) = conn.execute("SELECT ref FROM tokenstore_outbound_webhook").fetchone()
+    finally:
+        conn.close()
+    assert ref == "tokenstore.APIToken"
+
+
+def _pg_shape(url: str) -> dict[str, object]:
+    """Everything a PostgreSQL database's schema says: columns, indexes, views, triggers."""
+    with _db.Raw(url) as raw:
+        return {
+            "columns": raw.rows(
+                "SELECT table_name, column_name, data_type, is_nullable, column_default "
+                "FROM information_schema.columns WHERE table_schema = 'public' ORDER BY 1, 2"
+            ),
+            "indexes": raw.rows(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+            ),
+            "views": raw.rows(
+                "SELECT table_name, view_definition FROM information_schema.views "
+                "WHERE table_schema = 'public' ORDER BY 1"
+            ),
+            "triggers": raw.rows(
+                "SELECT trigger_name, event_manipulation, action_statement "
+                "FROM information_schema.triggers ORDER BY 1, 2"
+            ),
+            "version": raw.rows("SELECT max(version) FROM tokenstore_schema_version"),
+        }
+
+
+def test_a_version_1_postgres_database_is_brought_to_the_current_schema(
+    pg_url: str, pg_admin_url: str
+) -> None:
+    """A database set up by the first release opens, migrated, as if it had been made today."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute((ROOT / "tests" / "schema-postgres-v1.sql").read_text())
+        raw.execute("INSERT INTO tokenstore_schema_version VALUES (1, '2024-01-01T00:00:00.000Z')")
+        raw.execute(
+            "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
+            "VALUES ('system', true, '2024-01-01T00:00:00.000Z')"
+        )
+        raw.execute(
+            "INSERT INTO tokenstore_outbound_webhook VALUES ('00000000000000000000000000000001', "
+            "'whk_01HNZ2X4ZG0000000000000001', 1, '2024-01-01T00:00:00.000Z', "
+            "'2024-01-01T00:00:00.000Z', 'h', 'CREATE', 'tokenstore.models.APIToken', "
+            "'https://example.com/', '{}', '', true, false, '', NULL, NULL, "
+            "'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', NULL, NULL, 0, NULL, '')"
+        )
+    tokenstore.open(pg_url).close()
+    fresh = pg_url.rpartition("/")[0] + "/" + pg_url.rpartition("/")[2] + "_fresh"
+    with psycopg_admin(pg_admin_url) as admin:
+        admin.execute(f'CREATE DATABASE "{fresh.rpartition("/")[2]}"')
+    try:
+        tokenstore.open(fresh).close()
+        assert _pg_shape(pg_url) == _pg_shape(fresh)
+    finally:
+        with psycopg_admin(pg_admin_url) as admin:
+            admin.execute(f'DROP DATABASE "{fresh.rpartition("/")[2]}" WITH (FORCE)')
+    assert _db.rows(pg_url, "SELECT ref FROM tokenstore_outbound_webhook") == [
+        ("tokenstore.APIToken",)
+    ]
+
+
+def psycopg_admin(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)

@@ -11,7 +11,7 @@ import re
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from ._capture import CaptureSpec
+from ._capture import CaptureSpec, RelationSpec
 from ._dispatch import ClaimStatements
 
 
@@ -57,6 +57,8 @@ class Backend(Protocol):
 
     def install_capture(self, spec: CaptureSpec) -> None: ...
 
+    def install_relation_capture(self, spec: RelationSpec) -> None: ...
+
     def wait_for_changes(self, timeout: float) -> bool: ...
 
 
@@ -67,7 +69,7 @@ def quote_literal(text: str) -> str:
 
 _WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE")
 #: Whitespace and comments that may come before a statement's first keyword.
-_LEADING = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
+LEADING = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
 #: A data-changing keyword anywhere in a ``WITH ...`` statement (a false positive costs
 #: a transaction; a miss would leave events unclaimed, so the test errs on the safe side).
 _DML_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE|MERGE)\b", re.IGNORECASE)
@@ -85,7 +87,7 @@ def is_write(sql: str) -> bool:
         return True
     if head.startswith("SELECT"):
         return False
-    match = _LEADING.match(sql)
+    match = LEADING.match(sql)
     start = match.end() if match else 0
     head = sql[start : start + 7].upper()
     if head.startswith(_WRITE_PREFIXES):

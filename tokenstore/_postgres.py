@@ -13,6 +13,7 @@ them into psycopg's ``%s``. psycopg (3) is an optional extra.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,12 +25,18 @@ from urllib.parse import urlsplit, urlunsplit
 import peewee
 
 from ._backend import CommitHooks, is_write, quote_literal
-from ._capture import CaptureSpec
+from ._capture import CaptureSpec, RelationSpec
 from ._compat import peewee_errors
 from ._dispatch import ClaimStatements
 from ._errors import StoreError
 from ._models import SYSTEM_USERNAME
-from ._postgres_ddl import CHANNEL, capture_triggers, claim_statements, function_name
+from ._postgres_ddl import (
+    CHANNEL,
+    capture_triggers,
+    claim_statements,
+    function_name,
+    relation_triggers,
+)
 from ._rows import quote_name
 from ._times import format_time, utcnow
 
@@ -37,10 +44,7 @@ if TYPE_CHECKING:
     import psycopg
 
 #: The schema version this code writes, kept in ``tokenstore_schema_version``.
-SCHEMA_VERSION = 1
-
-#: Steps that bring a database from version N to N+1, run under the schema lock.
-MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {}
+SCHEMA_VERSION = 2
 
 #: The table that records which schema version a database is at.
 VERSION_TABLE = "tokenstore_schema_version"
@@ -69,6 +73,54 @@ def redacted_url(url: str) -> str:
 def schema_sql() -> str:
     """The canonical DDL (also at the top of the source tree as ``schema-postgres.sql``)."""
     return resources.files("tokenstore").joinpath("schema-postgres.sql").read_text(encoding="utf-8")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a script into statements; function bodies between ``$$`` hold semicolons."""
+    buffer: list[str] = []
+    quoted = False
+    for line in script.splitlines():
+        if not buffer and (not line.strip() or line.startswith("--")):
+            continue
+        buffer.append(line)
+        quoted ^= line.count("$$") % 2 == 1
+        if not quoted and line.rstrip().endswith(";"):
+            yield "\n".join(buffer)
+            buffer = []
+
+
+_CREATES = re.compile(r'CREATE (?:UNIQUE )?(?:TABLE|INDEX|VIEW) "([^"]+)"')
+
+
+def schema_statement(name: str) -> str:
+    """The statement of schema-postgres.sql that creates ``name``: migrations reuse it."""
+    for statement in _statements(schema_sql()):
+        match = _CREATES.match(statement)
+        if match and match[1] == name:
+            return statement
+    raise StoreError(f"schema-postgres.sql creates nothing named {name!r}")
+
+
+def _to_version_2(conn: psycopg.Connection[Any]) -> None:
+    """Own models' refs by their public name; the delivery log's indexes; listeners' ``seen``;
+    the allowlist table; the hooks' overview without secrets (as SQLite's version 2)."""
+    conn.execute(
+        "UPDATE tokenstore_outbound_webhook SET ref = 'tokenstore.' || substr(ref, 19) "
+        "WHERE ref LIKE 'tokenstore.models.%'"
+    )
+    conn.execute('DROP INDEX IF EXISTS "tokenstore_webhook_delivery_hook_id"')
+    conn.execute('ALTER TABLE "tokenstore_listener" ADD COLUMN "seen" TEXT')
+    for name in (
+        "tokenstore_webhook_delivery_created_at_abid",
+        "tokenstore_webhook_delivery_hook_id_created_at_abid",
+        "tokenstore_webhook_allow",
+        "tokenstore_webhook_overview",
+    ):
+        conn.execute(schema_statement(name))
+
+
+#: Steps that bring a database from version N to N+1, run under the schema lock.
+MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {1: _to_version_2}
 
 
 # -- the connection -------------------------------------------------------------------------
@@ -264,14 +316,23 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
             super().create_tables(models, safe=safe, **options)
 
     def install_capture(self, spec: CaptureSpec) -> None:
-        """(Re)create a table's capture triggers so they match its model's current fields.
+        """(Re)create a table's capture triggers so they match its model's current fields."""
+        self._install_triggers(spec, "capture", capture_triggers(spec))
+
+    def install_relation_capture(self, spec: RelationSpec) -> None:
+        """(Re)create a join table's triggers so they match the sides registered now."""
+        self._install_triggers(spec, "relation", relation_triggers(spec))
+
+    def _install_triggers(
+        self, spec: CaptureSpec | RelationSpec, kind: str, statements: list[str]
+    ) -> None:
+        """Replace a table's triggers of one kind with ``statements`` (a function, then triggers).
 
         Dropping a trigger locks its table against every reader and writer, so
         triggers that are already as they should be (their function's comment
         holds a digest of the statements) are left alone: every process
         registers its models when it starts.
         """
-        statements = capture_triggers(spec)
         digest = hashlib.sha256("\n".join(statements).encode()).hexdigest()[:32]
         function = f"{function_name(spec)}()"
         with self.atomic():
@@ -283,7 +344,7 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
             if current == digest:
                 return
             for suffix in ("insert", "update", "delete"):
-                trigger = quote_name(f"{spec.table}_capture_{suffix}")
+                trigger = quote_name(f"{spec.table}_{kind}_{suffix}")
                 conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {quote_name(spec.table)}")
             for statement in statements:
                 conn.execute(statement)

@@ -7,9 +7,10 @@ SQLite backend generates its own; the rows recorded are the same.
 from __future__ import annotations
 
 from ._backend import quote_literal
-from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec
+from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec, RelationSpec
 from ._dispatch import ClaimStatements
 from ._errors import ValidationError
+from ._policy import RELATION_KIND
 from ._rows import quote_name
 
 #: The channel capture triggers notify when they record an event.
@@ -21,9 +22,10 @@ MAX_CAPTURED_COLUMNS = 50
 # -- capture --------------------------------------------------------------------------------
 
 
-def function_name(spec: CaptureSpec) -> str:
+def function_name(spec: CaptureSpec | RelationSpec) -> str:
     """The PL/pgSQL function a table's three capture triggers share (one per table)."""
-    return quote_name(spec.table.replace('"', "") + "_capture")
+    kind = "_relation" if isinstance(spec, RelationSpec) else "_capture"
+    return quote_name(spec.table.replace('"', "") + kind)
 
 
 def capture_triggers(spec: CaptureSpec) -> list[str]:
@@ -83,6 +85,59 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
         f"CREATE TRIGGER {quote_name(name + '_capture_update')} AFTER UPDATE {of}ON {on}\n"
         f"FOR EACH ROW WHEN ({changed})\nEXECUTE FUNCTION {function}()",
         f"CREATE TRIGGER {quote_name(name + '_capture_delete')} AFTER DELETE ON {on}\n"
+        f"FOR EACH ROW EXECUTE FUNCTION {function}()",
+    ]
+
+
+def relation_triggers(spec: RelationSpec) -> list[str]:
+    """The function and triggers that record a join table's changes (see ``RelationSpec``).
+
+    The same events as SQLite's: an INSERT per pair added, a DELETE per pair
+    removed, both for an UPDATE that moves a pair; each holds the two keys.
+    """
+    refs = ", ".join(quote_literal(ref) for ref in spec.refs) or "NULL"
+    first, second = (quote_name(c) for c in spec.columns)
+
+    def event(op: str, alias: str) -> str:
+        pk = "NULL" if spec.pk_column is None else f"{alias}.{quote_name(spec.pk_column)}::text"
+        pair = (
+            f"json_build_object({quote_literal(spec.columns[0])}, {alias}.{first}, "
+            f"{quote_literal(spec.columns[1])}, {alias}.{second})::text"
+        )
+        old, new = (pair, "NULL") if op == "DELETE" else ("NULL", pair)
+        return (
+            f"    INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)\n"
+            f"    VALUES ({quote_literal(spec.table)}, '{op}', {pk}, {old}, {new});\n"
+        )
+
+    function = function_name(spec)
+    name = spec.table.replace('"', "")
+    on = quote_name(spec.table)
+    return [
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+        "BEGIN\n"
+        f"  IF NOT (EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM "
+        f"{HOOK_TABLE} WHERE ref IN ({refs}) AND enabled "
+        f"AND strpos(signal, {quote_literal(RELATION_KIND)}) > 0)) THEN\n"
+        "    RETURN NULL;\n"
+        "  END IF;\n"
+        "  IF TG_OP IN ('UPDATE', 'DELETE') THEN\n"
+        f"{event('DELETE', 'OLD')}"
+        "  END IF;\n"
+        "  IF TG_OP IN ('INSERT', 'UPDATE') THEN\n"
+        f"{event('INSERT', 'NEW')}"
+        "  END IF;\n"
+        f"  PERFORM pg_notify('{CHANNEL}', '');\n"
+        "  RETURN NULL;\n"
+        "END\n"
+        "$$",
+        f"CREATE TRIGGER {quote_name(name + '_relation_insert')} AFTER INSERT ON {on}\n"
+        f"FOR EACH ROW EXECUTE FUNCTION {function}()",
+        f"CREATE TRIGGER {quote_name(name + '_relation_update')} "
+        f"AFTER UPDATE OF {first}, {second} ON {on}\n"
+        f"FOR EACH ROW WHEN (OLD.{first} IS DISTINCT FROM NEW.{first} "
+        f"OR OLD.{second} IS DISTINCT FROM NEW.{second})\nEXECUTE FUNCTION {function}()",
+        f"CREATE TRIGGER {quote_name(name + '_relation_delete')} AFTER DELETE ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
     ]
 

@@ -4,15 +4,18 @@ One file holds everything. This module opens it (refusing, before changing
 anything, files that are not SQLite or were written by a newer tokenstore),
 sets its pragmas, brings its schema up to date, writes the capture triggers,
 runs every write in a ``BEGIN IMMEDIATE`` transaction that tells the change
-dispatcher when it commits, and tells a watcher when another connection
-committed (``PRAGMA data_version``). A PostgreSQL backend is a sibling of
-this module with the same surface.
+dispatcher when it commits, reports a full disk, an I/O error or a lock that
+never came as a StoreError subclass, and tells a watcher when another
+connection committed (``PRAGMA data_version``). A PostgreSQL backend is a
+sibling of this module with the same surface.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,23 +26,25 @@ from typing import Any
 
 import peewee
 
-from ._backend import CommitHooks, is_write, quote_literal
-from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec
-from ._compat import peewee_errors
+from ._backend import LEADING, CommitHooks, is_write
+from ._capture import CaptureSpec, RelationSpec
+from ._compat import driver_error, peewee_errors
 from ._dispatch import ClaimStatements
-from ._errors import StoreError, ValidationError
+from ._errors import (
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreIOError,
+    StoreLocked,
+    StoreReadOnly,
+)
 from ._models import SYSTEM_USERNAME
 from ._rows import quote_name
+from ._sqlite_ddl import capture_triggers, claim_statements, relation_triggers
 from ._times import format_time, utcnow
 
 #: The ``PRAGMA user_version`` of files this code writes.
-SCHEMA_VERSION = 1
-
-#: Steps that bring a file from version N to N+1, run in one transaction each.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
-
-#: SQLite's default limit on function arguments bounds json_object() to this many columns.
-MAX_CAPTURED_COLUMNS = 63
+SCHEMA_VERSION = 2
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -68,6 +73,46 @@ def _statements(script: str) -> Iterator[str]:
 
 def _only_comments(text: str) -> bool:
     return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())
+
+
+_CREATES = re.compile(r'CREATE (?:UNIQUE )?(?:TABLE|INDEX|VIEW|TRIGGER) "([^"]+)"')
+
+
+def schema_statement(name: str) -> str:
+    """The statement of schema.sql that creates ``name``: migrations reuse the canonical DDL."""
+    for statement in _statements(schema_sql()):
+        code = "\n".join(line for line in statement.splitlines() if not line.startswith("--"))
+        match = _CREATES.match(code.strip())
+        if match and match[1] == name:
+            return code
+    raise StoreError(f"schema.sql creates nothing named {name!r}")
+
+
+def _to_version_2(conn: sqlite3.Connection) -> None:
+    """Own models' refs by their public name; the delivery log's indexes; listeners' ``seen``;
+    the allowlist table; the hooks' overview without secrets."""
+    conn.execute(
+        "UPDATE tokenstore_outbound_webhook SET ref = 'tokenstore.' || substr(ref, 19) "
+        "WHERE ref LIKE 'tokenstore.models.%'"
+    )
+    conn.execute('DROP INDEX IF EXISTS "tokenstore_webhook_delivery_hook_id"')
+    conn.execute('ALTER TABLE "tokenstore_listener" ADD COLUMN "seen" TEXT')
+    for name in (
+        "tokenstore_webhook_delivery_created_at_abid",
+        "tokenstore_webhook_delivery_hook_id_created_at_abid",
+        "tokenstore_webhook_allow",
+        "tokenstore_webhook_overview",
+    ):
+        conn.execute(schema_statement(name))
+    for table in ("tokenstore_user", "tokenstore_api_token", "tokenstore_outbound_webhook"):
+        for suffix in ("insert", "update", "delete"):
+            trigger = f"{table}_capture_{suffix}"
+            conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(trigger)}")
+            conn.execute(schema_statement(trigger))
+
+
+#: Steps that bring a file from version N to N+1, all in the opening transaction.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_version_2}
 
 
 def check_file(path: Path) -> int:
@@ -111,82 +156,43 @@ def create_private(path: Path) -> None:
     os.close(fd)
 
 
-# -- capture --------------------------------------------------------------------------------
-
-
-def capture_triggers(spec: CaptureSpec) -> list[str]:
-    """The CREATE TRIGGER statements that record a table's changes (see ``CaptureSpec``)."""
-    if len(spec.recorded) > MAX_CAPTURED_COLUMNS:
-        raise ValidationError(
-            f"{spec.ref}: change capture records at most {MAX_CAPTURED_COLUMNS} columns, "
-            f"this table has {len(spec.recorded)}"
-        )
-
-    def row(alias: str) -> str:
-        pairs = []
-        for column in spec.recorded:
-            value = f"{alias}.{quote_name(column.name)}"
-            if column.is_blob:
-                value = f"hex({value})"
-            pairs.append(f"'{column.name}', {value}")
-        return "json_object(" + ", ".join(pairs) + ")"
-
-    watched = [quote_name(c) for c in spec.watched]
-    # UPDATE OF: a statement that sets only quiet columns never even runs the trigger.
-    of = "OF " + ", ".join(watched) + " " if watched else ""
-    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in watched)
-    gate = (
-        f"(EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
-        f"WHERE ref = {quote_literal(spec.ref)} AND enabled))"
-    )
-    pk = quote_name(spec.pk_column)
-    insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
-    name = spec.table.replace('"', "")
-    values = f"VALUES ({quote_literal(spec.table)}"
-    on = quote_name(spec.table)
-    return [
-        f"CREATE TRIGGER {quote_name(name + '_capture_insert')} AFTER INSERT ON {on}\n"
-        f"WHEN {gate}\n"
-        f"BEGIN\n  {insert}\n  {values}, 'INSERT', NEW.{pk}, NULL, {row('NEW')});\n"
-        "END",
-        f"CREATE TRIGGER {quote_name(name + '_capture_update')} AFTER UPDATE {of}"
-        f"ON {on}\n"
-        f"WHEN {gate}\n  AND ({changed or '0'})\n"
-        f"BEGIN\n  {insert}\n  {values}, 'UPDATE', NEW.{pk}, {row('OLD')}, "
-        f"{row('NEW')});\nEND",
-        f"CREATE TRIGGER {quote_name(name + '_capture_delete')} AFTER DELETE ON {on}\n"
-        f"WHEN {gate}\n"
-        f"BEGIN\n  {insert}\n  {values}, 'DELETE', OLD.{pk}, {row('OLD')}, NULL);\n"
-        "END",
-    ]
-
-
-_RETURNED = "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at"
-
-
-def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
-    """The dispatcher's claim statements for these tables (see ``ClaimStatements``)."""
-    among = "table_name IN (" + ",".join(quote_literal(t) for t in tables) + ")"
-    return ClaimStatements(
-        drop_unheard=(
-            f"DELETE FROM {EVENT_TABLE} WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE}) "
-            f"AND claimed_by IS NULL AND {among}"
-        ),
-        claim=(
-            f"UPDATE {EVENT_TABLE} SET claimed_by = ?, claimed_at = ?, claims = claims + 1 "
-            f"WHERE claimed_by IS NULL AND {among} {_RETURNED}, claims - 1"
-        ),
-        consume=(
-            f"DELETE FROM {EVENT_TABLE} WHERE claimed_by IS NULL AND {among} {_RETURNED}, claims"
-        ),
-        consume_and_leave=(
-            f"UPDATE {EVENT_TABLE} SET claims = claims + 1 "
-            f"WHERE claimed_by IS NULL AND claims = 0 AND {among} {_RETURNED}, 0"
-        ),
-    )
-
-
 # -- the connection -------------------------------------------------------------------------
+
+#: What a failed SQLite call means for the store, by primary result code. Other codes
+#: (a constraint, a syntax error) are the caller's business and stay peewee's errors.
+_FAULTS: dict[int, tuple[type[StoreError], str]] = {
+    sqlite3.SQLITE_FULL: (StoreFull, "the disk is full"),
+    sqlite3.SQLITE_IOERR: (StoreIOError, "I/O error"),
+    sqlite3.SQLITE_CANTOPEN: (StoreIOError, "the file cannot be opened"),
+    sqlite3.SQLITE_BUSY: (StoreLocked, "the database stayed locked for {timeout:g} s"),
+    sqlite3.SQLITE_READONLY: (StoreReadOnly, "the store is read-only"),
+    sqlite3.SQLITE_CORRUPT: (StoreCorrupt, "the file is damaged (see PRAGMA integrity_check)"),
+    sqlite3.SQLITE_NOTADB: (StoreCorrupt, "the file is damaged (see PRAGMA integrity_check)"),
+}
+
+
+#: A statement's first keyword (a pragma's name too), to say in an error what was being done.
+_VERB = re.compile(LEADING.pattern + r"(PRAGMA\s+\w+|\w+)", re.DOTALL | re.IGNORECASE)
+
+
+def _verb(sql: str) -> str:
+    match = _VERB.match(sql)
+    return " ".join(match.group(1).split()) if match else "a statement"
+
+
+def _abandon(conn: sqlite3.Connection) -> None:
+    """Roll back what is left of a failed transaction; SQLite may have done it already."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+class _Begun(threading.local):
+    """Per thread: the connection whose transaction ``begin()`` (peewee's) opened, until it ends.
+
+    If SQLite no longer has one there, a storage fault rolled it back under peewee.
+    """
+
+    conn: sqlite3.Connection | None = None
 
 
 class _FetchedCursor:
@@ -228,7 +234,8 @@ class SQLiteDatabase(peewee.SqliteDatabase):
     every transaction takes the write lock up front (``BEGIN IMMEDIATE``, so
     concurrent writers wait on the busy timeout instead of failing), and every
     commit lets the change dispatcher claim the transaction's events first
-    and fire them after.
+    and fire them after. Storage faults are translated here, the one place
+    that tokenstore's calls, applications' models and ``atomic()`` all pass.
     """
 
     def __init__(self, path: Path, *, hooks: CommitHooks, busy_timeout: float) -> None:
@@ -245,9 +252,11 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         )
         self.path = path
         self.hooks = hooks
+        self.busy_timeout = busy_timeout
         #: The id of the ``system`` user, owner of records nobody else owns.
         self.system_user_id: int | None = None
         self._data_version: int | None = None
+        self._begun = _Begun()
 
     @staticmethod
     def sql(text: str) -> str:
@@ -261,63 +270,150 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         Inside an open transaction it simply joins it. Otherwise it takes the
         write lock up front, commits at the end and rolls back on any error.
         ``quiet`` is for bookkeeping that capture never records (a delivery's
-        outcome): its commit skips the dispatcher's claim. Driver errors come
-        out as peewee's classes.
+        outcome): its commit skips the dispatcher's claim. Storage faults come
+        out as StoreError subclasses, other driver errors as peewee's classes.
         """
         conn = self.connection()
         if conn.in_transaction:
             yield conn
             return
-        with peewee_errors:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if not quiet:
-                    self.hooks.on_begin(conn)
+        self._begin(conn, "BEGIN IMMEDIATE", announce=not quiet)
+        try:
+            with peewee_errors:
                 yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            if quiet:
-                conn.execute("COMMIT")
-            else:
-                self.commit()
+        except BaseException as exc:
+            _abandon(conn)
+            self._raise_fault(exc, "a write")
+            raise
+        self._commit(conn, claim=not quiet)
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        """Open this thread's connection (peewee opens one per thread, when first used)."""
+        try:
+            return bool(super().connect(reuse_if_open))
+        except peewee.DatabaseError as exc:
+            self._raise_fault(exc, "open")
+            raise
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
-        """Run a statement; a write outside a transaction gets a transaction of its own."""
-        conn = self.connection()
-        if conn.in_transaction or not is_write(sql):
+        """Run a statement; a write outside a transaction gets a transaction of its own.
+
+        Inside a transaction that a storage fault rolled back under peewee,
+        nothing more runs (it would commit on its own): a nested block's
+        rollback has nothing left to undo, anything else raises.
+        """
+        conn: sqlite3.Connection = self.connection()
+        if not conn.in_transaction:
+            if self._begun.conn is conn:
+                if sql.startswith("ROLLBACK TO SAVEPOINT"):
+                    return conn.cursor()
+                raise self._ended_early()
+            if is_write(sql):
+                with self.write():
+                    cursor = self._execute(sql, params)
+                    if cursor.description is not None:  # RETURNING rows: finish before COMMIT
+                        cursor = _FetchedCursor(cursor)
+                return cursor
+        return self._execute(sql, params)
+
+    def _execute(self, sql: str, params: Any) -> Any:
+        try:
             return super().execute_sql(sql, params)
-        with self.write():
-            cursor = super().execute_sql(sql, params)
-            if cursor.description is not None:  # RETURNING rows: finish before COMMIT
-                cursor = _FetchedCursor(cursor)
-        return cursor
+        except peewee.DatabaseError as exc:
+            self._raise_fault(exc, _verb(sql))
+            raise
 
     def begin(self, lock_type: str | None = None) -> None:
-        super().begin(lock_type)
         conn = self.connection()
+        self._begin(conn, f"BEGIN {lock_type or 'IMMEDIATE'}", announce=True)
+        self._begun.conn = conn
+
+    def _begin(self, conn: sqlite3.Connection, statement: str, *, announce: bool) -> None:
+        """Start a transaction; ``announce`` lets the dispatcher register this process first."""
         try:
-            self.hooks.on_begin(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
+            with peewee_errors:
+                conn.execute(statement)
+                try:
+                    if announce:
+                        self.hooks.on_begin(conn)
+                except BaseException:
+                    _abandon(conn)
+                    raise
+        except peewee.DatabaseError as exc:
+            self._raise_fault(exc, "BEGIN")
             raise
 
     def commit(self) -> None:
-        conn = self.connection()
-        claimed = self.hooks.claim(conn) if conn.in_transaction else None
-        with peewee_errors:
-            conn.execute("COMMIT")
+        """Claim the transaction's events, commit, then fire them (outside any transaction)."""
+        try:
+            self._commit(self.connection(), claim=True)
+        finally:
+            self._begun.conn = None
+
+    def _commit(self, conn: sqlite3.Connection, *, claim: bool) -> None:
+        """COMMIT; one that fails leaves nothing of its transaction and raises its own cause.
+
+        SQLite rolls back a transaction whose COMMIT failed on a full disk or
+        an I/O error, and keeps one that was refused (a busy lock, a deferred
+        constraint): that one is rolled back here, so either way the
+        connection is out of the transaction and nothing claimed fires.
+        """
+        if not conn.in_transaction:
+            raise self._ended_early()
+        try:
+            with peewee_errors:
+                claimed = self.hooks.claim(conn) if claim else None
+                conn.execute("COMMIT")
+        except BaseException as exc:
+            _abandon(conn)
+            self._raise_fault(exc, "COMMIT")
+            raise
         if claimed is not None:
             self.hooks.queue(claimed)
-        if not self.in_transaction():
+        if claim and not self.in_transaction():
             self.hooks.after_commit(conn)
 
     def rollback(self) -> None:
-        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires."""
-        super().rollback()
+        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires.
+
+        SQLite may have rolled back already (a failed COMMIT, a full disk): then
+        there is nothing to do, and the failure that ended it is what the caller sees.
+        """
+        conn = self.connection()
+        self._begun.conn = None
+        if conn.in_transaction:
+            try:
+                super().rollback()
+            except peewee.DatabaseError as exc:
+                self._raise_fault(exc, "ROLLBACK")
+                raise
         if not self.in_transaction():
-            self.hooks.after_commit(self.connection())
+            self.hooks.after_commit(conn)
+
+    def _ended_early(self) -> StoreError:
+        return StoreError(
+            f"{self.path}: this transaction was already rolled back by SQLite (as it is "
+            "when one of its statements meets a full disk or an I/O error); nothing of it "
+            "was saved and nothing more runs in it"
+        )
+
+    def _raise_fault(self, exc: BaseException, doing: str) -> None:
+        """Raise the StoreError that a failed SQLite call amounts to, if it is a storage fault.
+
+        It names the file, the cause and SQLite's own name for it; returns
+        (for the caller to re-raise ``exc``) on any other error.
+        """
+        cause = driver_error(exc)
+        if not isinstance(cause, sqlite3.Error):
+            return
+        code = getattr(cause, "sqlite_errorcode", None)
+        fault = _FAULTS.get(code & 0xFF) if code is not None else None
+        if fault is None:
+            return
+        kind, what = fault
+        name = getattr(cause, "sqlite_errorname", "")
+        message = what.format(timeout=self.busy_timeout)
+        raise kind(f"{self.path}: {message} ({name} during {doing})") from cause
 
     # -- schema and capture ---------------------------------------------------------------
 
@@ -345,6 +441,15 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         for suffix in ("insert", "update", "delete"):
             conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(f'{name}_capture_{suffix}')}")
         for statement in capture_triggers(spec):
+            conn.execute(statement)
+
+    def install_relation_capture(self, spec: RelationSpec) -> None:
+        """(Re)create a join table's triggers so they match the sides registered now."""
+        conn = self.connection()
+        name = spec.table.replace('"', "")
+        for suffix in ("insert", "update", "delete"):
+            conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(f'{name}_relation_{suffix}')}")
+        for statement in relation_triggers(spec):
             conn.execute(statement)
 
     @staticmethod

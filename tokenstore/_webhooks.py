@@ -10,6 +10,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,13 +18,14 @@ from typing import Any
 import peewee
 
 from ._abid import ABID
+from ._allowlist import AllowList
 from ._backend import Backend
 from ._capture import model_ref
 from ._credentials import looks_like_token
 from ._errors import InvalidABID, NotFound, ValidationError
 from ._models import OutboundWebhook, User, WebhookDelivery
-from ._netguard import AddressGuard
 from ._outbox import Outbox
+from ._outcomes import Outcomes
 from ._payload import dumps
 from ._registry import Registry
 from ._signing import SECRET_PREFIX, new_signing_secret, signing_key
@@ -51,6 +53,13 @@ SIGNAL_CHOICES = (
 )
 
 DELIVERY_STATUSES = ("pending", "failed", "delivered", "dead")
+
+#: How many batches of the delivery log the retry path prunes once a minute.
+PRUNE_BATCHES = 4
+
+#: How many deliveries ``deliveries()`` returns unless told, and at most.
+DELIVERIES_PAGE = 100
+MAX_DELIVERIES_PAGE = 10_000
 
 #: The fields ``update()`` may change; the rest is bookkeeping.
 EDITABLE = (
@@ -99,12 +108,27 @@ class HookValidator:
     ``OutboundWebhook`` when it opens.
     """
 
-    def __init__(self, registry: Registry, guard: AddressGuard) -> None:
+    def __init__(self, registry: Registry, allowlist: AllowList) -> None:
         self.registry = registry
-        self.guard = guard
+        self.allowlist = allowlist
+        self.guard = allowlist.guard
 
-    def __call__(self, hook: OutboundWebhook) -> None:
-        """Check a hook's fields before it is saved; raise ValidationError at the first fault."""
+    def check_ref(self, ref: str | type[peewee.Model]) -> str:
+        """The ref of the registered model ``ref`` names, if hooks may watch it."""
+        model = self.registry.for_ref(ref)
+        if model is WebhookDelivery:
+            raise ValidationError(
+                f"{model_ref(model)} cannot have webhooks: its changes are not "
+                "captured (a hook on it would report its own deliveries)"
+            )
+        return model_ref(model)
+
+    def __call__(self, hook: OutboundWebhook, *, judge_target: bool = True) -> None:
+        """Check a hook's fields before it is saved; raise ValidationError at the first fault.
+
+        ``judge_target=False`` leaves the ref and the endpoint to the caller: an
+        import keeps a hook whose model or address is refused here, disabled.
+        """
         name = hook.name
         if not isinstance(name, str) or not name.strip() or len(name) > 255:
             raise ValidationError(f"webhook name must be 1-255 characters, got {name!r}")
@@ -117,17 +141,12 @@ class HookValidator:
         # may know other models or allow other addresses, and must still be able to
         # enable or rename a hook the application made.
         stored = hook._stored or {}
-        if not stored or stored.get("ref") != hook.ref:
-            model = self.registry.for_ref(hook.ref)
-            if model is WebhookDelivery:
-                raise ValidationError(
-                    f"{model_ref(model)} cannot have webhooks: its changes are not "
-                    "captured (a hook on it would report its own deliveries)"
-                )
-            _set_if_changed(hook, "ref", model_ref(model))
+        if judge_target and (not stored or stored.get("ref") != hook.ref):
+            _set_if_changed(hook, "ref", self.check_ref(hook.ref))
         if not isinstance(hook.endpoint, str) or len(hook.endpoint) > 2047:
             raise ValidationError("webhook endpoint must be a URL of at most 2047 characters")
-        if not stored or stored.get("endpoint") != hook.endpoint:
+        if judge_target and (not stored or stored.get("endpoint") != hook.endpoint):
+            self.allowlist.refresh()
             self.guard.check_endpoint(hook.endpoint)
         headers = {} if hook.headers is None else hook.headers
         if not isinstance(headers, Mapping):
@@ -187,13 +206,20 @@ class Webhooks:
         self,
         db: Backend,
         outbox: Outbox,
+        outcomes: Outcomes,
+        allowlist: AllowList,
         clock: Callable[[], datetime],
-        secret_grace: timedelta = timedelta(hours=24),
+        secret_grace: timedelta,
+        keep_deliveries: timedelta | None,
     ) -> None:
         self.db = db
         self.outbox = outbox
+        self.outcomes = outcomes
+        self._allowlist = allowlist
         self.clock = clock
         self.secret_grace = secret_grace
+        self.keep_deliveries = keep_deliveries
+        self._next_prune = 0.0  # time.monotonic() of the retry path's next pruning
 
     def close(self) -> None:
         """Close this thread's HTTP session."""
@@ -239,6 +265,22 @@ class Webhooks:
                 ) from None
             raise
 
+    def allowlist(self) -> builtins.list[str]:
+        """The hosts and networks hooks may reach beyond public addresses, for every process."""
+        return self._allowlist.entries()
+
+    def allow(self, entry: str) -> builtins.list[str]:
+        """Let hooks reach a host, an address or a network (``127.0.0.1/32``), in every process.
+
+        The list lives in the file, so the application, the ``tokenstore``
+        command and any dispatcher judge endpoints alike. Returns the list.
+        """
+        return self._allowlist.add([entry])
+
+    def disallow(self, entry: str) -> builtins.list[str]:
+        """Take an entry off the file's allowlist; returns the list."""
+        return self._allowlist.remove(entry)
+
     def list(self, enabled: bool | None = None) -> list[OutboundWebhook]:
         """Hooks, oldest first; ``enabled`` filters by state."""
         query = OutboundWebhook.select().order_by(OutboundWebhook.created_at)
@@ -250,7 +292,7 @@ class Webhooks:
         """A hook by ABID (any case) or by name."""
         match = OutboundWebhook.name == key
         with contextlib.suppress(InvalidABID):  # not an ABID: a name, then
-            match |= OutboundWebhook.abid == str(ABID.parse(key, prefix="whk_"))
+            match |= OutboundWebhook.abid == ABID.parse(key, prefix="whk_").canonical
         hook = OutboundWebhook.get_or_none(match)
         if hook is None:
             secretish = looks_like_token(key) or str(key).startswith(SECRET_PREFIX)
@@ -301,7 +343,7 @@ class Webhooks:
     ) -> OutboundWebhook:
         """Turn a hook off; what it still had to send is given up (``redeliver`` brings it back)."""
         hook = self._hook(hook)
-        self.outbox.disable(hook, reason)
+        self.outcomes.disable(hook, reason)
         return hook
 
     def rotate_secret(
@@ -326,12 +368,27 @@ class Webhooks:
         self,
         hook: OutboundWebhook | str | None = None,
         status: str | None = None,
-        limit: int | None = None,
+        limit: int = DELIVERIES_PAGE,
+        before: WebhookDelivery | str | None = None,
     ) -> builtins.list[WebhookDelivery]:
-        """The delivery log, newest first, optionally for one hook or one status."""
+        """A page of the delivery log, newest first, optionally for one hook or one status.
+
+        ``before`` (a delivery or its ``msg_...`` ABID) is the cursor: the page
+        starts after it, so passing the last delivery of one page gives the next.
+        """
+        if type(limit) is not int or not 1 <= limit <= MAX_DELIVERIES_PAGE:
+            raise ValidationError(
+                f"limit must be a whole number from 1 to {MAX_DELIVERIES_PAGE}, got {limit!r}"
+            )
         query = WebhookDelivery.select().order_by(
             WebhookDelivery.created_at.desc(), WebhookDelivery.abid.desc()
         )
+        if before is not None:
+            after = before if isinstance(before, WebhookDelivery) else self.delivery(before)
+            query = query.where(
+                peewee.Tuple(WebhookDelivery.created_at, WebhookDelivery.abid)
+                < peewee.Tuple(format_time(after.created_at), after.abid)
+            )
         if hook is not None:
             query = query.where(WebhookDelivery.hook == self._hook(hook).id)
         if status is not None:
@@ -340,15 +397,27 @@ class Webhooks:
                     f"delivery status {status!r} is not one of: {', '.join(DELIVERY_STATUSES)}"
                 )
             query = query.where(WebhookDelivery.status == status)
-        if limit is not None:
-            query = query.limit(limit)
-        return list(query)
+        return list(query.limit(limit))
+
+    def prune(self, older_than: timedelta | None = None) -> int:
+        """Delete finished deliveries (delivered, dead) older than ``older_than``; how many.
+
+        The default is the store's ``keep_deliveries``. Each hook's latest
+        finished delivery is kept, so its last outcome stays readable. The
+        retry path also prunes, a little at a time, off the writing thread.
+        """
+        keep = self.keep_deliveries if older_than is None else older_than
+        if keep is None:
+            return 0
+        if not isinstance(keep, timedelta) or keep < timedelta(0):
+            raise ValidationError(f"older_than must be a timedelta of 0 or more, got {keep!r}")
+        return self.outbox.prune(keep)
 
     def delivery(self, abid: str) -> WebhookDelivery:
         """One delivery by its ABID (the ``webhook-id`` its receiver saw)."""
         try:
             found = WebhookDelivery.get_or_none(
-                WebhookDelivery.abid == str(ABID.parse(abid, prefix="msg_"))
+                WebhookDelivery.abid == ABID.parse(abid, prefix="msg_").canonical
             )
         except InvalidABID as exc:
             raise NotFound(f"no delivery {abid!r}: {exc}") from None
@@ -360,13 +429,18 @@ class Webhooks:
         """Attempt the deliveries whose retry time has come; returns how many were attempted.
 
         Rotated-out signing secrets whose grace period is over are erased
-        first: a secret nobody signs with should not stay in the file.
+        first: a secret nobody signs with should not stay in the file. Once a
+        minute it also prunes a few batches of the delivery log (see ``prune``).
         """
         cutoff = to_stored_time(self.clock() if now is None else now)
         OutboundWebhook.update(previous_secret=None, previous_secret_expires=None).where(
             OutboundWebhook.previous_secret_expires <= cutoff
         ).execute()
-        return self.outbox.deliver_due(now, limit)
+        attempted = self.outbox.deliver_due(now, limit)
+        if self.keep_deliveries is not None and time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + 60
+            self.outbox.prune(self.keep_deliveries, batches=PRUNE_BATCHES)
+        return attempted
 
     def ping(self, hook: OutboundWebhook | str) -> WebhookDelivery:
         """Send a ``webhook.ping`` message now, to check a receiver and its secret."""
