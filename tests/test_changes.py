@@ -807,7 +807,7 @@ def test_events_waiting_for_dispatch_fire_once_among_four_processes(
 
 @pytest.mark.parametrize("how", ["any-sender", "one-sender", "connect_via", "weak-gone"])
 def test_listening_follows_blinker_s_receivers_whichever_way_they_left(
-    memos: Store, how: str
+    memos: Store, db_path: Path, how: str
 ) -> None:
     """A process stops counting as a listener once its last receiver is gone."""
 
@@ -834,4 +834,4 @@ def test_listening_follows_blinker_s_receivers_whichever_way_they_left(
     assert not signals.any_event_receivers()
     memos.dispatch()
     Memo.create(name="nobody hears this")
-    assert events_left(memos.path) == []  # nothing recorded: no listener, no hook
+    assert events_left(db_path) == []  # nothing recorded: no listener, no hook

@@ -554,14 +554,12 @@ def test_dispatch_names_events_waiting_for_a_model_it_lacks(
     app = ("--allow", "127.0.0.1/32", "--app", "_app_models")
     subprocess.run([*COMMAND, *app, "webhooks", "create", "b", "_app_models.Bookmark", url],
                    env=env, check=True, capture_output=True, timeout=60)  # fmt: skip
-    conn = sqlite3.connect(db_path)
-    conn.execute(
+    _db.edit(
+        db_path,
         "INSERT INTO bookmark (id, abid, created_by_id, created_at, modified_at, url) VALUES "
         "('0192c63e6a1b7d459c1e3f2a7b8c9d0e', 'bkm_01JAZ6BQG09063B8A6AEXRS78E', 1, "
-        "'2024-10-24T12:00:00.000Z', '2024-10-24T12:00:00.000Z', 'https://example.com/')"
+        "'2024-10-24T12:00:00.000Z', '2024-10-24T12:00:00.000Z', 'https://example.com/')",
     )
-    conn.commit()
-    conn.close()
     waiting = subprocess.run([*COMMAND, "dispatch", "--json"], env=env, capture_output=True,
                              text=True, timeout=60)  # fmt: skip
     assert json.loads(waiting.stdout)["events_waiting"] == {"bookmark": 1}

@@ -111,7 +111,7 @@ def test_the_command_migrates_and_refuses_in_one_line(tmp_path: Path, pg_url: st
     parts = urlsplit(pg_url)
     env = {**os.environ, "PGPASSWORD": parts.password or ""}
     without_password = pg_url.replace(f":{parts.password}@", "@")
-    command = [sys.executable, "-m", "tokenstore._cli", "--json", "migrate"]
+    command = [sys.executable, "-m", "tokenstore", "--json", "migrate"]
     done = subprocess.run(
         [*command, str(source), without_password], capture_output=True, text=True, env=env
     )

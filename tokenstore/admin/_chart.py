@@ -21,9 +21,16 @@ PLOT_HEIGHT = 120
 WIDTH = PLOT_LEFT + HOURS * BAR_STEP + 10
 HEIGHT = PLOT_TOP + PLOT_HEIGHT + 30
 
-_OUTCOMES = """
-SELECT CAST((julianday(?) - julianday("last_attempt_at")) * 24 AS INTEGER), "status", count(*)
-FROM "{table}"
+# Hours ago, by comparing the stored text with each hour's start: times are fixed-width
+# UTC text, so text order is time order, and the same SQL runs on either backend.
+_HOURS_AGO = (
+    "CASE "
+    + " ".join(f'WHEN "last_attempt_at" > ? THEN {hours}' for hours in range(HOURS))
+    + " END"
+)
+_OUTCOMES = f"""
+SELECT {_HOURS_AGO}, "status", count(*)
+FROM "{{table}}"
 WHERE "last_attempt_at" > ? AND "status" IN ('delivered', 'failed', 'dead')
 GROUP BY 1, 2
 """
@@ -62,9 +69,11 @@ def hourly_outcomes(store: tokenstore.Store, now: datetime) -> list[tuple[int, i
     table = tokenstore.WebhookDelivery._meta.table_name
     since = now - timedelta(hours=HOURS)
     stamp = tokenstore.WebhookDelivery.last_attempt_at.db_value
-    rows = store.db.execute_sql(_OUTCOMES.format(table=table), (stamp(now), stamp(since)))
+    starts = [stamp(now - timedelta(hours=hours + 1)) for hours in range(HOURS)]
+    sql = store.db.sql(_OUTCOMES.format(table=table))
+    rows = store.db.execute_sql(sql, (*starts, stamp(since)))
     for hours_ago, status, count in rows:
-        if 0 <= hours_ago < HOURS:
+        if hours_ago is not None:
             counts[HOURS - 1 - hours_ago][0 if status == "delivered" else 1] += count
     return [(delivered, failed) for delivered, failed in counts]
 
