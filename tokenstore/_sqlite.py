@@ -264,6 +264,20 @@ class _FetchedCursor:
         self._rows = iter(())
 
 
+@contextmanager
+def _unstorable_values() -> Iterator[None]:
+    """A parameter the driver cannot bind is the caller's bad input, not a crash.
+
+    The API checks what it is given; this catches the rest (an application
+    model's field holding a lone surrogate or an int beyond 64 bits), which
+    the driver reports as OverflowError or UnicodeEncodeError.
+    """
+    try:
+        yield
+    except (OverflowError, UnicodeEncodeError) as exc:
+        raise ValidationError(f"a value cannot be stored in SQLite: {exc}") from None
+
+
 class SQLiteDatabase(peewee.SqliteDatabase):
     """SqliteDatabase that knows when its transactions commit.
 
@@ -329,13 +343,14 @@ class SQLiteDatabase(peewee.SqliteDatabase):
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own."""
         conn = self.connection()
-        if conn.in_transaction or not _is_write(sql):
-            return super().execute_sql(sql, params)
-        with self.write():
-            cursor = super().execute_sql(sql, params)
-            if cursor.description is not None:  # RETURNING rows: finish before COMMIT
-                cursor = _FetchedCursor(cursor)
-        return cursor
+        with _unstorable_values():
+            if conn.in_transaction or not _is_write(sql):
+                return super().execute_sql(sql, params)
+            with self.write():
+                cursor = super().execute_sql(sql, params)
+                if cursor.description is not None:  # RETURNING rows: finish before COMMIT
+                    cursor = _FetchedCursor(cursor)
+            return cursor
 
     def begin(self, lock_type: str | None = None) -> None:
         super().begin(lock_type)

@@ -20,6 +20,7 @@ import peewee
 from ._capture import CaptureSpec, model_ref
 from ._dispatch import Dispatcher
 from ._errors import StoreError, ValidationError
+from ._inputs import check_flag, check_seconds
 from ._models import OWN_MODELS, SYSTEM_USERNAME, OutboundWebhook, User
 from ._netguard import AddressGuard
 from ._options import Options
@@ -55,6 +56,8 @@ class Store:
         **options: Any,
     ) -> None:
         self.options = opts = Options.from_kwargs(options)
+        if clock is not None and not callable(clock):
+            raise ValidationError(f"clock must be a function, got {type(clock).__name__}")
         self.path = Path(path)
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.registry = Registry(OWN_MODELS)
@@ -164,6 +167,7 @@ class Store:
         Returns how many events this call claimed. Dispatch also happens by
         itself after every commit made through this store.
         """
+        check_flag(deliver, "deliver")
         before = self.dispatcher.claimed_count()
         with self.db.atomic():  # its commit claims what is unclaimed, then fires it
             conn = self.db.connection()
@@ -177,7 +181,7 @@ class Store:
 
     def wait_for_changes(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for another connection to commit; True if one did."""
-        return self.db.wait_for_changes(timeout)
+        return self.db.wait_for_changes(check_seconds(timeout, "timeout", allow_minimum=True))
 
 
 def open(path: str | os.PathLike[str], **options: Any) -> Store:

@@ -31,6 +31,7 @@ from ._errors import (
     RevokedToken,
     ValidationError,
 )
+from ._inputs import MAX_SPAN, check_flag, check_int, check_span, check_text
 from ._models import SYSTEM_USERNAME, APIToken, User
 from ._rows import Loader
 from ._sqlite import SQLiteDatabase
@@ -81,17 +82,19 @@ class Users:
                 f"username {username!r} is not valid: use 1-150 letters, digits or _.@+-"
             )
         try:
-            user: User = User.create(username=username, is_superuser=bool(superuser))
+            user: User = User.create(
+                username=username, is_superuser=check_flag(superuser, "superuser")
+            )
         except peewee.IntegrityError:
             raise ValidationError(f"username {username!r} is already taken") from None
         return user
 
     def get(self, username: str | int) -> User:
         """A user by username (or by integer id)."""
-        if isinstance(username, int):
-            user = User.get_or_none(User.id == username)
+        if isinstance(username, int) and not isinstance(username, bool):
+            user = User.get_or_none(User.id == check_int(username, "user id", minimum=1))
         else:
-            user = User.get_or_none(User.username == username)
+            user = User.get_or_none(User.username == check_text(username, "username"))
         if user is None:
             raise NotFound(f"no user {username!r}")
         return user
@@ -244,10 +247,8 @@ class Tokens:
         do; a token with no scopes is unrestricted.
         """
         owner = self._owner(user)
-        if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_LENGTH):
-            raise ValidationError(
-                f"token name must be a string of at most {MAX_NAME_LENGTH} characters or None"
-            )
+        if name is not None:
+            check_text(name, "token name", max_length=MAX_NAME_LENGTH)
         now = to_stored_time(self.clock())
         expiry = self._expiry(expires, now)
         scope_list = _check_scopes(scopes)
@@ -282,9 +283,7 @@ class Tokens:
         if expires is None:
             return None
         if isinstance(expires, timedelta):
-            if expires <= timedelta(0):
-                raise ValidationError(f"expires must be a positive timedelta, got {expires}")
-            return to_stored_time(now + expires)
+            return to_stored_time(now + check_span(expires, "expires", allow_zero=False))
         if not isinstance(expires, datetime):
             raise ValidationError(
                 f"expires must be a datetime, a timedelta or None, got {type(expires).__name__}"
@@ -293,6 +292,10 @@ class Tokens:
         if expiry <= now:
             raise ValidationError(
                 f"expires {expiry.isoformat()} is not in the future (now is {now.isoformat()})"
+            )
+        if expiry - now > MAX_SPAN:
+            raise ValidationError(
+                f"expires {expiry.isoformat()} is more than {MAX_SPAN.days} days from now"
             )
         return expiry
 
@@ -426,7 +429,7 @@ class Tokens:
         query = APIToken.select()
         if user is not None:
             query = query.where(APIToken.created_by == self._owner(user).id)
-        if not include_revoked:
+        if not check_flag(include_revoked, "include_revoked"):
             query = query.where(APIToken.revoked_at.is_null())
         return builtins.list(query.order_by(APIToken.created_at, APIToken.abid))
 
