@@ -11,9 +11,11 @@ this module with the same surface.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +44,8 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
 MAX_CAPTURED_COLUMNS = 63
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+
+logger = logging.getLogger("tokenstore.store")
 
 
 class CommitHooks(Protocol):
@@ -82,33 +86,155 @@ def _only_comments(text: str) -> bool:
     return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())
 
 
-def check_file(path: Path) -> int:
-    """Read a file's schema version without writing to it; refuse what is not ours to open."""
-    if not path.exists():
-        return 0
-    if path.is_dir():
-        raise StoreError(f"{path} is a directory, not a tokenstore file")
-    with path.open("rb") as f:
-        header = f.read(len(_SQLITE_HEADER))
-    if not header:
-        return 0
-    if header != _SQLITE_HEADER:
-        raise StoreError(
-            f"{path} is not an SQLite database (its first bytes are not an SQLite header)"
-        )
+#: The files SQLite keeps beside a WAL-mode database, which hold its data too.
+COMPANIONS = ("-wal", "-shm")
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def check_path(path: Path) -> None:
+    """Refuse a path the operating system cannot take, before anything touches it."""
+    text = str(path)
+    if "\x00" in text:
+        raise ValidationError("the store path must not contain a NUL character")
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        os.fsencode(text)
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"the store path is not valid Unicode (a lone surrogate at position {exc.start})"
+        ) from None
+
+
+def _companion(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _stat_regular(path: Path) -> os.stat_result | None:
+    """A file's status, None if missing; anything but a regular file is refused.
+
+    Only ``stat`` is used: opening a FIFO to read its header would block.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"{path} is a directory, not a tokenstore file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise StoreError(f"{path} is {kind}, not a tokenstore file")
+    return st
+
+
+def make_private(path: Path, st: os.stat_result) -> None:
+    """Take group and other permissions off a store file, or refuse it.
+
+    The file holds hook secrets and credentials, so it must not stay
+    readable by others; where the mode cannot be changed (another owner, a
+    read-only mount, an immutable file), opening it is refused.
+    """
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, mode & 0o700)
+    except OSError as exc:
+        raise StoreError(
+            f"{path} is open to group or others (mode {mode:04o}) and cannot be made "
+            f"private: {exc.strerror}; run `chmod 600 {path}` as its owner"
+        ) from None
+    logger.warning(
+        "%s was open to group or others (mode %04o); tightened to %04o",
+        path,
+        mode,
+        mode & 0o700,
+    )
+
+
+def connect_uri(path: Path, read_only: bool) -> str:
+    """The URI SQLite opens ``path`` by (a URI takes any file name, percent-encoded).
+
+    A WAL-mode file opened read-only needs its ``-shm`` file; in a folder
+    nobody may write that file cannot be made, and no writer can be at work
+    there either, so the file is opened as immutable instead.
+    """
+    uri = path.resolve().as_uri()
+    if not read_only:
+        return f"{uri}?mode=rw"
+    folder_writable = os.access(path.parent, os.W_OK)
+    if not folder_writable and not _companion(path, "-shm").exists():
+        return f"{uri}?mode=ro&immutable=1"
+    return f"{uri}?mode=ro"
+
+
+def writable(path: Path) -> bool:
+    """Whether this process may change the file and create its companions beside it."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _our_tables() -> frozenset[str]:
+    return frozenset(re.findall(r'^CREATE TABLE "(\w+)"', schema_sql(), re.MULTILINE))
+
+
+def _damaged(path: Path, what: str) -> StoreError:
+    return StoreError(
+        f'{path} {what}; check it with `sqlite3 {path} "PRAGMA integrity_check"` '
+        "and restore it from a backup"
+    )
+
+
+def check_file(path: Path) -> int:
+    """Read a file's schema version without writing to it; refuse what is not ours to open.
+
+    Refused: directories, FIFOs, devices and sockets (never opened), files
+    that are not SQLite, files of a newer tokenstore, and files that are
+    damaged or lack tables their version promises. Files open to group or
+    others are made private first (see ``make_private``).
+    """
+    st = _stat_regular(path)
+    companions = [(c, _stat_regular(c)) for c in (_companion(path, s) for s in COMPANIONS)]
+    if st is None:
+        return 0
+    if st.st_size:
+        with path.open("rb") as f:
+            header = f.read(len(_SQLITE_HEADER))
+        if header != _SQLITE_HEADER:
+            raise StoreError(
+                f"{path} is not an SQLite database (its first bytes are not an SQLite header)"
+            )
+    for file, file_st in [(path, st), *companions]:
+        if file_st is not None:
+            make_private(file, file_st)
+    if not st.st_size:
+        return 0
+    try:
+        conn = sqlite3.connect(connect_uri(path, read_only=True), uri=True)
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            for table in _our_tables() & tables:  # reads each table's first page
+                conn.execute(f"SELECT 1 FROM {quote_name(table)} LIMIT 1").fetchall()
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path} cannot be read as an SQLite database: {exc}") from None
+        if exc.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+            raise _damaged(path, f"is damaged ({exc})") from None
+        raise StoreError(f"cannot read {path}: {exc}") from None
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"{path} has schema version {version}, newer than this tokenstore understands "
             f"({SCHEMA_VERSION}); upgrade tokenstore to open it"
         )
+    missing = sorted(_our_tables() - tables) if version else []
+    if missing:
+        raise _damaged(path, f"has schema version {version} but lacks {', '.join(missing)}")
     return int(version)
 
 
@@ -288,19 +414,29 @@ class SQLiteDatabase(peewee.SqliteDatabase):
     and fire them after.
     """
 
-    def __init__(self, path: Path, *, hooks: CommitHooks, busy_timeout: float) -> None:
+    def __init__(
+        self, path: Path, *, hooks: CommitHooks, busy_timeout: float, read_only: bool = False
+    ) -> None:
+        # secure_delete: a deleted hook's or an erased rotated-out secret's bytes are
+        # overwritten, not left in free pages for anyone who reads the file.
+        pragmas: dict[str, object] = {
+            "synchronous": "normal",
+            "foreign_keys": 1,
+            "secure_delete": 1,
+            "busy_timeout": int(busy_timeout * 1000),
+        }
+        if not read_only:
+            pragmas = {"journal_mode": "wal", **pragmas}
         super().__init__(
-            str(path),
+            connect_uri(path, read_only),
+            uri=True,
             lock_type="IMMEDIATE",
             timeout=busy_timeout,
-            pragmas={
-                "journal_mode": "wal",
-                "synchronous": "normal",
-                "foreign_keys": 1,
-                "busy_timeout": int(busy_timeout * 1000),
-            },
+            pragmas=pragmas,
         )
         self.path = path
+        #: Opened with ``mode=ro``: every write raises StoreError before reaching SQLite.
+        self.read_only = read_only
         self.hooks = hooks
         #: The id of the ``system`` user, owner of records nobody else owns.
         self.system_user_id: int | None = None
@@ -321,6 +457,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         outcome): its commit skips the dispatcher's claim. Driver errors come
         out as peewee's classes.
         """
+        self.refuse_if_read_only()
         conn = self.connection()
         if conn.in_transaction:
             yield conn
@@ -344,7 +481,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         """Run a statement; a write outside a transaction gets a transaction of its own."""
         conn = self.connection()
         with _unstorable_values():
-            if conn.in_transaction or not _is_write(sql):
+            if not _is_write(sql) or (conn.in_transaction and not self.read_only):
                 return super().execute_sql(sql, params)
             with self.write():
                 cursor = super().execute_sql(sql, params)
@@ -352,7 +489,13 @@ class SQLiteDatabase(peewee.SqliteDatabase):
                     cursor = _FetchedCursor(cursor)
             return cursor
 
+    def refuse_if_read_only(self) -> None:
+        """Raise StoreError when this store was opened read-only."""
+        if self.read_only:
+            raise StoreError(f"{self.path} is open read-only: nothing can be written to it")
+
     def begin(self, lock_type: str | None = None) -> None:
+        self.refuse_if_read_only()
         super().begin(lock_type)
         conn = self.connection()
         try:
@@ -376,6 +519,11 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         super().rollback()
         if not self.in_transaction():
             self.hooks.after_commit(self.connection())
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the file and empty it, so old page versions leave no trace."""
+        with peewee_errors:
+            self.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- schema and capture ---------------------------------------------------------------
 
@@ -430,14 +578,41 @@ class SQLiteDatabase(peewee.SqliteDatabase):
             time.sleep(min(poll, remaining))
 
 
-def open_database(path: Path, hooks: CommitHooks, busy_timeout: float) -> SQLiteDatabase:
-    """The database of the tokenstore file at ``path``, created and brought up to date."""
+def open_database(
+    path: Path,
+    hooks: CommitHooks,
+    busy_timeout: float,
+    *,
+    create: bool = True,
+    read_only: bool = False,
+) -> SQLiteDatabase:
+    """The database of the tokenstore file at ``path``, created and brought up to date.
+
+    ``read_only`` opens it with ``mode=ro`` and changes nothing; a file or
+    folder this process cannot write is opened that way too (with a
+    warning), so reading a store never needs write access.
+    """
     if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
         raise StoreError("tokenstore needs a file path; an in-memory database is not shared")
+    check_path(path)
     version = check_file(path)
-    create_private(path)
-    db = SQLiteDatabase(path, hooks=hooks, busy_timeout=busy_timeout)
-    db.connection()
+    if not path.exists():
+        if read_only or not create:
+            raise StoreError(f"no store at {path} (run `tokenstore init`)")
+        create_private(path)
+    elif not read_only and not writable(path):
+        logger.warning("%s or its folder is not writable here; opening it read-only", path)
+        read_only = True
+    if read_only and version < SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} is not set up as a tokenstore file yet (schema version {version}); "
+            "open it once with write access"
+        )
+    db = SQLiteDatabase(path, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
+    try:
+        db.connection()
+    except peewee.DatabaseError as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from None
     if version < SCHEMA_VERSION:
         db.apply_schema()
     return db

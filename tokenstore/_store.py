@@ -62,7 +62,13 @@ class Store:
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.registry = Registry(OWN_MODELS)
         self.dispatcher = Dispatcher(self.registry, SQLiteDatabase, self.clock, opts.claim_timeout)
-        self.db = open_database(self.path, self.dispatcher, opts.busy_timeout)
+        self.db = open_database(
+            self.path,
+            self.dispatcher,
+            opts.busy_timeout,
+            create=opts.create,
+            read_only=opts.read_only,
+        )
         self.db.bind(list(OWN_MODELS), bind_refs=False, bind_backrefs=False)
         system = User.get_or_none(User.username == SYSTEM_USERNAME)
         if system is None:
@@ -90,7 +96,8 @@ class Store:
             header=opts.api_key_header,
         )
         self.webhooks = Webhooks(self.db, self.outbox, self.clock, opts.secret_grace)
-        if opts.dispatch_on_open:  # events only: opening a file should not wait on the network
+        if opts.dispatch_on_open and not self.db.read_only:
+            # events only: opening a file should not wait on the network
             self.dispatch(deliver=False)
 
     def __repr__(self) -> str:
@@ -111,15 +118,19 @@ class Store:
         """Close this thread's connection (other threads close theirs as they end).
 
         The store stops counting as a listener, so capture stops on its account.
+        Signing secrets past their grace are erased and the WAL is emptied into
+        the file, so erased and deleted secrets leave no copy in either.
         """
         self.webhooks.close()
-        if not self.db.is_closed():
+        if not self.db.is_closed() and not self.db.read_only:
             try:
+                self.webhooks.erase_expired_secrets()
                 with self.db.write(quiet=True) as conn:
                     self.dispatcher.unregister(conn)
+                self.db.checkpoint()
             except peewee.DatabaseError as exc:  # a read-only or vanished file still closes
                 logger.warning("could not unregister %s as a listener: %s", self.path, exc)
-            self.db.close()
+        self.db.close()
 
     def atomic(self) -> Any:
         """A transaction (a savepoint when nested); changes dispatch as the outermost commits."""

@@ -355,7 +355,8 @@ class Tokens:
                 f"it has: {', '.join(data['scopes'])}"
             )
         last_used = data["last_used_at"]
-        if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
+        stale = last_used is None or now - last_used >= LAST_USED_RESOLUTION
+        if stale and not self.db.read_only:  # a read-only store records nothing
             data["last_used_at"] = self._touch(data, now)
         return APIToken.from_stored(data)
 

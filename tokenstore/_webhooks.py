@@ -366,15 +366,21 @@ class Webhooks:
     def deliver_due(self, now: Any = None, limit: int = 100) -> int:
         """Attempt the deliveries whose retry time has come; returns how many were attempted.
 
-        Rotated-out signing secrets whose grace period is over are erased
-        first: a secret nobody signs with should not stay in the file.
+        Rotated-out signing secrets whose grace period is over are erased first.
         """
         check_int(limit, "limit", minimum=1)
+        self.erase_expired_secrets(now)
+        return self.outbox.deliver_due(now, limit)
+
+    def erase_expired_secrets(self, now: datetime | None = None) -> None:
+        """Erase rotated-out signing secrets whose grace is over: nobody signs with them now.
+
+        With ``secure_delete`` on, their bytes are overwritten, not just unlinked.
+        """
         cutoff = to_stored_time(self.clock() if now is None else now)
         OutboundWebhook.update(previous_secret=None, previous_secret_expires=None).where(
             OutboundWebhook.previous_secret_expires <= cutoff
         ).execute()
-        return self.outbox.deliver_due(now, limit)
 
     def ping(self, hook: OutboundWebhook | str) -> WebhookDelivery:
         """Send a ``webhook.ping`` message now, to check a receiver and its secret."""
