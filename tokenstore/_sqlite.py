@@ -225,7 +225,7 @@ def check_file(path: Path) -> int:
             conn.close()
     except sqlite3.DatabaseError as exc:
         if exc.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
-            raise _damaged(path, f"is damaged ({exc})") from None
+            raise _damaged(path, f"is corrupt ({exc})") from None
         raise StoreError(f"cannot read {path}: {exc}") from None
     if version > SCHEMA_VERSION:
         raise StoreError(
