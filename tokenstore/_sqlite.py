@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import peewee
 
 from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec
-from ._compat import peewee_errors
+from ._compat import RedactedQueryLog, peewee_errors
 from ._dispatch import ClaimStatements
 from ._errors import StoreError, ValidationError
 from ._models import SYSTEM_USERNAME
@@ -404,7 +404,7 @@ def _unstorable_values() -> Iterator[None]:
         raise ValidationError(f"a value cannot be stored in SQLite: {exc}") from None
 
 
-class SQLiteDatabase(peewee.SqliteDatabase):
+class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
     """SqliteDatabase that knows when its transactions commit.
 
     Every write runs in a transaction (a lone statement gets one of its own),
