@@ -17,6 +17,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import peewee
@@ -24,6 +25,7 @@ import peewee
 from ._abid import ABID, abid_from_values
 from ._errors import AuthenticationError, TokenstoreError, ValidationError
 from ._models import APIToken, OutboundWebhook, User, WebhookDelivery
+from ._signing import SECRET_PREFIX
 from ._store import SCHEMA_VERSION, Store
 from ._store import open as open_store
 from ._times import format_time
@@ -410,6 +412,35 @@ def cmd_webhooks_retry(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def listen_secret(args: argparse.Namespace) -> str:
+    """The signing secret ``listen`` verifies with, kept out of argv where it can be.
+
+    A secret given with ``--secret`` is visible to anyone running ``ps``; the
+    environment and a file (or stdin) are not.
+    """
+    if args.secret is not None and args.secret_file is not None:
+        raise ValidationError("give the signing secret with --secret or --secret-file, not both")
+    if args.secret_file == "-":
+        secret = sys.stdin.readline().strip()
+    elif args.secret_file is not None:
+        try:
+            secret = Path(args.secret_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValidationError(f"--secret-file {args.secret_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValidationError(f"--secret-file {args.secret_file} is not UTF-8 text") from None
+    else:
+        secret = args.secret or os.environ.get("TOKENSTORE_LISTEN_SECRET", "")
+    if not secret:
+        raise ValidationError(
+            "listen needs the hook's signing secret: set TOKENSTORE_LISTEN_SECRET "
+            "or pass --secret-file PATH (- reads it from stdin)"
+        )
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValidationError(f"the signing secret must be the hook's {SECRET_PREFIX}... secret")
+    return secret
+
+
 def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     from ._receiver import make_receiver
 
@@ -420,7 +451,7 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
             print(f"{headers.get('webhook-id')} {payload.get('type')} verified", flush=True)
             print(json.dumps(payload, indent=2), flush=True)
 
-    server = make_receiver(args.host, args.port, args.secret, show)
+    server = make_receiver(args.host, args.port, listen_secret(args), show)
     port = server.server_address[1]
     print(f"listening on http://{args.host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
@@ -594,7 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8787)
-    p.add_argument("--secret", required=True, help="the hook's whsec_... signing secret")
+    p.add_argument(
+        "--secret",
+        help="the hook's whsec_... signing secret (visible to ps: prefer "
+        "$TOKENSTORE_LISTEN_SECRET or --secret-file)",
+    )
+    p.add_argument("--secret-file", metavar="PATH", help="read the secret from PATH (- for stdin)")
 
     p = add(commands, "demo", cmd_demo, "run the whole story on a throwaway file")
     p.add_argument("--dir", help="where to put the demo's file (default: a new temporary folder)")
