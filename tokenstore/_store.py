@@ -58,6 +58,10 @@ class Store:
         self.options = opts = Options.from_kwargs(options)
         if clock is not None and not callable(clock):
             raise ValidationError(f"clock must be a function, got {type(clock).__name__}")
+        if not isinstance(path, str | os.PathLike) or not isinstance(os.fspath(path), str):
+            raise ValidationError(
+                f"the store path must be a str or a Path, got {type(path).__name__}"
+            )
         self.path = Path(path)
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.registry = Registry(OWN_MODELS)

@@ -140,6 +140,12 @@ def token_from_request(
     query string, so a client learns that its header is wrong. HTTP Basic is
     not read.
     """
+    if not isinstance(headers, Mapping):
+        raise ValidationError(f"headers must be a mapping, got {type(headers).__name__}")
+    if query is not None and not isinstance(query, str | Mapping):
+        raise ValidationError(
+            f"query must be a mapping, a query string or None, got {type(query).__name__}"
+        )
     token = _present(_header(headers, header))
     if token is not None:
         return token
