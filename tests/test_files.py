@@ -20,12 +20,13 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import peewee
 import pytest
 from conftest import Clock
 
 import tokenstore
 from tokenstore import Store, StoreError, ValidationError
-from tokenstore._models import OutboundWebhook
+from tokenstore._models import ABIDModel, OutboundWebhook
 
 
 def mode(path: Path) -> int:
@@ -252,6 +253,26 @@ def test_read_only_true_reads_and_never_writes(db_path: Path) -> None:
             conn.close()
     finally:
         store.close()
+    assert db_path.read_bytes() == before
+
+
+class Page(ABIDModel):
+    abid_prefix = "pag_"
+    title = peewee.TextField(default="")
+
+
+def test_a_read_only_store_registers_models_for_reading(db_path: Path) -> None:
+    with tokenstore.open(db_path) as store:
+        store.register(Page)
+        Page.create(title="kept")
+    before = db_path.read_bytes()
+    with tokenstore.open(db_path, read_only=True) as store:
+        store.register(Page)
+        assert [p.title for p in Page.select()] == ["kept"]
+        with pytest.raises(StoreError, match="is open read-only"):
+            Page.create(title="refused")
+        with pytest.raises(StoreError, match="is open read-only"):
+            Page.update(title="changed").execute()
     assert db_path.read_bytes() == before
 
 

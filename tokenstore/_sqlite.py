@@ -520,10 +520,17 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         if not self.in_transaction():
             self.hooks.after_commit(self.connection())
 
-    def checkpoint(self) -> None:
-        """Copy the WAL into the file and empty it, so old page versions leave no trace."""
+    def checkpoint_before_close(self) -> None:
+        """Copy the WAL into the file and empty it, so old page versions leave no trace.
+
+        Run just before closing: it does not wait on the busy timeout, so a
+        close is never held up by another process's long read; the WAL is then
+        emptied by whichever connection checkpoints next.
+        """
+        conn = self.connection()
         with peewee_errors:
-            self.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- schema and capture ---------------------------------------------------------------
 

@@ -131,7 +131,7 @@ class Store:
                 self.webhooks.erase_expired_secrets()
                 with self.db.write(quiet=True) as conn:
                     self.dispatcher.unregister(conn)
-                self.db.checkpoint()
+                self.db.checkpoint_before_close()
             except peewee.DatabaseError as exc:  # a read-only or vanished file still closes
                 logger.warning("could not unregister %s as a listener: %s", self.path, exc)
         self.db.close()
@@ -148,13 +148,16 @@ class Store:
         """Bind an application model to this store, create its table and capture its changes.
 
         Usable as a class decorator. Registering again is harmless and
-        refreshes the triggers to match the model's current fields.
+        refreshes the triggers to match the model's current fields. A
+        read-only store only binds the model, for reading.
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
             raise ValidationError(f"register() takes a peewee model class, got {model!r}")
         spec = CaptureSpec.of(model)
         model.bind(self.db, bind_refs=False, bind_backrefs=False)
         added = self.registry.add(model)  # known before the commit below claims its events
+        if self.db.read_only:  # readable as it is: no table or trigger can be made
+            return model
         try:
             with self.db.atomic():
                 self.db.create_tables([model], safe=True)
