@@ -123,6 +123,10 @@ def _receiver(**kwargs: Any) -> None:
     tokenstore.make_receiver(**args).server_close()
 
 
+def _app(environ: Any, start_response: Any) -> list[bytes]:
+    return []
+
+
 SIGNED = {"webhook-id": "msg_1", "webhook-timestamp": "1", "webhook-signature": "v1,AAAA"}
 
 
@@ -198,6 +202,10 @@ PROBES: dict[str, Callable[[World, Any], Any]] = {
     "verify_webhook(body)": lambda w, v: _verify(w.hook.secret, body=v),
     "verify_webhook(tolerance)": lambda w, v: _verify(w.hook.secret, tolerance=v),
     "verify_webhook(now)": lambda w, v: _verify(w.hook.secret, now=v),
+    "TokenAuthMiddleware(scope)": lambda w, v: tokenstore.TokenAuthMiddleware(_app, w.store, v),
+    "TokenAuthMiddleware(header)": lambda w, v: tokenstore.TokenAuthMiddleware(
+        _app, w.store, header=v
+    ),
     "make_receiver(port)": lambda w, v: _receiver(port=v),
     "make_receiver(secret)": lambda w, v: _receiver(secret=v),
     "make_receiver(tolerance)": lambda w, v: _receiver(tolerance=v),
