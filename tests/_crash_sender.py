@@ -36,6 +36,7 @@ def main() -> None:
         webhook_allow=["127.0.0.1/32"],
         connect_timeout=0.5,
         read_timeout=0.5,
+        delivery_deadline=1.0,
     )
     store.register(Note)
     store.webhooks.create("notes", Note, endpoint)

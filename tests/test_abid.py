@@ -1,6 +1,6 @@
-"""ABIDs: the vectors of shared/spec/abid.md, each derivation rule, the views, parsing.
+"""ABIDs: the vectors of docs/abid.md, each derivation rule, the views, parsing.
 
-Expected values come from the spec, from hashlib, or from python-ulid, never
+Expected values come from docs/abid.md, from hashlib, or from python-ulid, never
 from tokenstore itself, so a bug cannot confirm itself.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import pickle
+import string
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -27,6 +28,14 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 T1 = datetime(2024, 10, 24, 12, 0, 0, tzinfo=UTC)
 U1 = uuid.UUID("0192c63e-6a1b-7d45-9c1e-3f2a7b8c9d0e")
 V1 = "apt_01JAZ6BQG0D53BD22B01XRS78E"
+
+
+def ulid_uuid(suffix: str) -> uuid.UUID:
+    """python-ulid's reading of a suffix, after Crockford's aliases (I, L -> 1, O -> 0).
+
+    python-ulid refuses the aliases, so the test spells them out before asking it.
+    """
+    return ULID.from_str(suffix.upper().translate(str.maketrans("ILO", "110"))).to_uuid()
 
 
 def salted(text: str, salt: str = SALT) -> str:
@@ -312,10 +321,36 @@ def test_datetime_round_trips_milliseconds() -> None:
 def test_views_of_non_base32_abid_say_which_char() -> None:
     abid = make(subtype="-x", rand="a-b")
     assert str(abid) == "apt_01JAZ6BQG0D53BD22B-x000A-B"
-    assert abid.ulid == "01JAZ6BQG0D53BD22B-x000A-B"
+    assert str(ABID.parse(str(abid))) == str(abid)
     assert abid.datetime == T1  # the ts part is fine
-    with pytest.raises(InvalidABID, match=r"'-' at position 18 \(0-based\).*subtype"):
-        _ = abid.uuid
+    for view in ("uuid", "ulid"):
+        with pytest.raises(InvalidABID, match=r"'-' at position 18 \(0-based\).*subtype"):
+            getattr(abid, view)
+
+
+@pytest.mark.parametrize(
+    ("rand", "subtype"), [("xil0o1", "01"), ("LOLOLO", "Io"), ("abcdef", "lo")]
+)
+def test_views_read_i_and_l_as_one_and_o_as_zero(rand: str, subtype: str) -> None:
+    abid = make(subtype=subtype, rand=rand)
+    assert abid.rand == rand.upper()
+    assert abid.subtype == subtype
+    expected = ulid_uuid(abid.suffix)
+    assert abid.uuid == expected
+    assert ULID.from_str(abid.ulid).to_uuid() == expected
+    assert set(abid.ulid) <= set(CROCKFORD)
+    assert abid.datetime == T1
+
+
+def test_u_cannot_be_decoded_and_the_views_say_where() -> None:
+    abid = ABID.parse("apt_01JAZ6BQG0D53BD22B01XRSU8E")  # parsing takes it
+    assert abid.rand == "XRSU8E"
+    for view in ("uuid", "ulid"):
+        with pytest.raises(InvalidABID, match=r"'U' at position 23 \(0-based\).*rand"):
+            getattr(abid, view)
+    assert abid.datetime == T1
+    with pytest.raises(InvalidABID, match=r"'u' at position 19 \(0-based\).*subtype"):
+        _ = ABID.parse("apt_01JAZ6BQG0D53BD22B0uXRS78E").uuid
 
 
 def test_lowercase_verbatim_subtype_still_decodes() -> None:
@@ -325,6 +360,40 @@ def test_lowercase_verbatim_subtype_still_decodes() -> None:
 
 # ---------------------------------------------------------------------------
 # the value
+
+
+def test_parse_keeps_the_text_as_given() -> None:
+    # A verbatim lower-case subtype and a str rand with I, L, O and U: all of it the
+    # original can produce, and all of it must be written back unchanged.
+    for text in (
+        "whk_01JAZ6BQKV9063B8A6abIL0OUZ",
+        "tag_01HK153X00FFA6386515000042",
+        "apt_01jaz6bqg0d53bd22b01xrs78e",
+    ):
+        assert str(ABID.parse(text)) == text
+        assert ABID.parse(text).suffix == text[4:]
+
+
+def test_equality_ignores_the_case_of_the_suffix_and_agrees_with_hash() -> None:
+    upper = ABID.parse("whk_01JAZ6BQKV9063B8A6ABXRS78E")
+    for spelling in ("whk_01jaz6bqkv9063b8a6abxrs78e", "whk_01JAZ6BQKV9063B8A6abXRS78E"):
+        other = ABID.parse(spelling)
+        assert str(other) == spelling
+        assert other == upper
+        assert hash(other) == hash(upper)
+        assert other.canonical == "whk_01JAZ6BQKV9063B8A6ABXRS78E"
+    assert len({upper, ABID.parse("whk_01jaz6bqkv9063b8a6abxrs78e")}) == 1
+    assert upper != ABID.parse("whk_01JAZ6BQKV9063B8A6ACXRS78E")
+
+
+def test_only_ascii_letters_fold_case() -> None:
+    # str.upper() would make "ß" two chars and "é" an "É": neither is an ASCII case
+    # variant, so they stay different ABIDs (and equal ones still hash alike).
+    sharp = make(subtype="aß")
+    assert sharp == make(subtype="Aß")
+    assert hash(sharp) == hash(make(subtype="Aß"))
+    assert make(subtype="é1") != make(subtype="É1")
+    assert make(subtype="é1").canonical.endswith("é1XRS78E")
 
 
 def test_equality_and_hash_include_the_prefix() -> None:
@@ -422,6 +491,23 @@ def test_parse_names_the_bad_char_and_its_position() -> None:
         ABID.parse("apt_\u017f" + V1[5:])
 
 
+@pytest.mark.parametrize(("index", "char"), [(0, "I"), (3, "L"), (9, "o"), (12, "U"), (17, "-")])
+def test_parse_holds_ts_and_uri_to_base32(index: int, char: str) -> None:
+    # The original encodes these two parts itself, so an alias or a U there is a typo.
+    suffix = V1[4:]
+    bad = "apt_" + suffix[:index] + char + suffix[index + 1 :]
+    part = "ts" if index < 10 else "uri"
+    with pytest.raises(InvalidABID, match=rf"'{char}' at position {index} .*{part} part"):
+        ABID.parse(bad)
+
+
+@pytest.mark.parametrize(("index", "char"), [(18, "\n"), (25, "\x00"), (21, "\u2028")])
+def test_parse_refuses_unprintable_subtype_or_rand(index: int, char: str) -> None:
+    suffix = V1[4:]
+    with pytest.raises(InvalidABID, match=f"position {index} .*not a printable character"):
+        ABID.parse("apt_" + suffix[:index] + char + suffix[index + 1 :])
+
+
 def test_parse_refuses_more_than_one_underscore() -> None:
     with pytest.raises(InvalidABID, match="exactly one '_'"):
         ABID.parse("apt_" + V1[4:14] + "_" + V1[15:])
@@ -483,17 +569,19 @@ uris = st.one_of(
         lambda host: f"https://{host}/path", st.from_regex(r"[A-Za-z0-9.:-]{1,30}", fullmatch=True)
     ),
 )
-# A 2-char subtype is kept verbatim, so only uppercase base32 pairs survive the
-# uppercasing in parse; longer or shorter ones are hashed.
+LETTERS_AND_DIGITS = string.ascii_letters + string.digits
+# A 2-char subtype is kept verbatim, any letters and digits in any case (ArchiveBox
+# refs that happen to be 2 chars); longer or shorter ones are hashed.
 subtypes = st.one_of(
-    st.text(alphabet=CROCKFORD, min_size=2, max_size=2),
+    st.text(alphabet=LETTERS_AND_DIGITS, min_size=2, max_size=2),
     st.text(max_size=20).filter(lambda s: len(s) != 2),
 )
+# A str rand is its last 6 chars upper-cased: I, L, O and U included.
 rands = st.one_of(
     st.uuids(),
     st.none(),
     st.integers(min_value=0),
-    st.text(alphabet=CROCKFORD + CROCKFORD.lower(), max_size=12),
+    st.text(alphabet=LETTERS_AND_DIGITS, max_size=12),
 )
 
 
@@ -506,12 +594,23 @@ def test_parse_round_trips(
     text = str(abid)
     assert len(text) == 30
     parsed = ABID.parse(text)
+    assert str(parsed) == text
     assert parsed == abid
     assert hash(parsed) == hash(abid)
-    assert ABID.parse(text.lower()) == abid
-    assert ABID.parse(abid.typeid) == abid
-    assert ABID.parse(abid.suffix, prefix=abid.prefix) == abid
-    assert ULID.from_str(abid.ulid).to_uuid() == abid.uuid
+    for spelling in (text.lower(), abid.typeid, abid.canonical):
+        assert ABID.parse(spelling) == abid
+        assert hash(ABID.parse(spelling)) == hash(abid)
+    assert str(ABID.parse(abid.suffix, prefix=abid.prefix)) == text
+    if isinstance(subtype, str) and len(subtype) == 2:
+        assert abid.subtype == subtype
+    if isinstance(rand, str):
+        assert abid.rand == rand[-6:].upper().rjust(6, "0")
+    if "U" in abid.suffix.upper():
+        with pytest.raises(InvalidABID, match=r"'[Uu]' at position"):
+            _ = abid.uuid
+    else:
+        assert abid.uuid == ulid_uuid(abid.suffix)
+        assert ULID.from_str(abid.ulid).to_uuid() == abid.uuid
     assert abid.ts == str(ULID.from_datetime(ts))[:10]
     assert abid.datetime == EPOCH + timedelta(milliseconds=int(ts.timestamp() * 1000))
 
@@ -521,9 +620,17 @@ def check_only_invalid_abid(text: str, prefix: str | None = None) -> None:
         abid = ABID.parse(text, prefix=prefix)
     except InvalidABID:
         return
-    # Whatever parses must be a well-formed, decodable ABID.
+    # Whatever parses keeps its suffix, and either decodes as python-ulid reads it
+    # (aliases spelled out) or its views raise InvalidABID, nothing else.
     assert len(str(abid)) == 30
-    assert abid.uuid == ULID.from_str(abid.suffix).to_uuid()
+    assert abid.suffix == text[-26:]
+    assert ABID.parse(str(abid)) == abid
+    try:
+        value = abid.uuid
+    except InvalidABID:
+        assert not set(abid.suffix) <= set(CROCKFORD + CROCKFORD.lower() + "ILOilo")
+        return
+    assert value == ulid_uuid(abid.suffix)
 
 
 @settings(max_examples=300, deadline=None)

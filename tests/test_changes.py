@@ -432,7 +432,7 @@ def test_an_edit_in_the_sqlite3_module_of_another_process_is_dispatched(
     gone.save()
     saved = listen(signals.post_save, Memo)
     deleted = listen(signals.post_delete, Memo)
-    assert memos.dispatch() == 0  # with receivers connected, this registers as a listener
+    assert memos.dispatch().events == 0  # with receivers connected, this registers as a listener
     edit = (
         "import sqlite3, sys\n"
         "conn = sqlite3.connect(sys.argv[1])\n"
@@ -443,7 +443,7 @@ def test_an_edit_in_the_sqlite3_module_of_another_process_is_dispatched(
     subprocess.run([sys.executable, "-c", edit, str(db_path)], check=True, timeout=30)
     assert [op for _, _, op, _ in events_left(db_path)] == ["UPDATE", "DELETE"]
     assert saved == [] and deleted == []
-    assert memos.dispatch() == 2
+    assert memos.dispatch().events == 2
     [update] = saved
     assert (update["instance"].id, update["instance"].name, update["created"]) == (
         keep.id,
@@ -453,7 +453,7 @@ def test_an_edit_in_the_sqlite3_module_of_another_process_is_dispatched(
     [delete] = deleted
     assert (delete["instance"].id, delete["instance"].name) == (gone.id, "gone")
     assert events_left(db_path) == []
-    assert memos.dispatch() == 0
+    assert memos.dispatch().events == 0
 
 
 # -- capture only while someone listens ---------------------------------------------------
@@ -510,7 +510,7 @@ def test_a_listener_elsewhere_gets_the_writes_of_a_process_that_does_not_listen(
     )
     assert result.returncode == 0, result.stderr
     assert [op for _, _, op, _ in events_left(db_path)] == ["INSERT"] * 3
-    assert memos.dispatch() == 3
+    assert memos.dispatch().events == 3
     assert sorted(c["instance"].n for c in saved) == [0, 1, 2]
     assert events_left(db_path) == []
 
@@ -529,7 +529,7 @@ def test_a_writer_with_a_hook_but_no_receivers_leaves_the_events_to_listeners(
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert memos.dispatch() == 3
+    assert memos.dispatch().events == 3
     assert sorted(c["instance"].n for c in saved) == [0, 1, 2]
     assert events_left(db_path) == []
     assert len(memos.webhooks.deliveries()) == 3  # made once, by the writer
@@ -538,7 +538,7 @@ def test_a_writer_with_a_hook_but_no_receivers_leaves_the_events_to_listeners(
 def test_a_listener_that_died_is_forgotten_and_capture_stops(memos: Store, db_path: Path) -> None:
     pid = run_crashing_writer(db_path, "memo", "last words")
     assert any(c.split(":")[1] == str(pid) for c in listeners(db_path))
-    assert memos.dispatch() == 0  # nobody here listens: the dead writer's event is dropped
+    assert memos.dispatch().events == 0  # nobody here listens: the dead writer's event is dropped
     assert listeners(db_path) == []
     assert events_left(db_path) == []
     shell_edit(db_path, "UPDATE test_changes_memo SET name = 'unheard'")
@@ -623,10 +623,10 @@ def test_sigkill_between_commit_and_dispatch_is_recovered_by_dispatch_exactly_on
     assert crashed != os.getpid()
 
     saved = listen(signals.post_save, Memo)
-    assert memos.dispatch() == 1
+    assert memos.dispatch().events == 1
     assert [(c["instance"].name, c["created"]) for c in saved] == [("survivor", True)]
     assert events_left(db_path) == []
-    assert memos.dispatch() == 0
+    assert memos.dispatch().events == 0
     Memo(name="after").save()
     assert [c["instance"].name for c in saved] == ["survivor", "after"]
 
@@ -640,7 +640,7 @@ def test_sigkill_between_commit_and_dispatch_is_recovered_by_the_next_open(
     with tokenstore._store.open(db_path) as reopened:
         assert [(c["instance"].username, c["created"]) for c in saved] == [("survivor", True)]
         assert events_left(db_path) == []
-        assert reopened.dispatch() == 0
+        assert reopened.dispatch().events == 0
     assert len(saved) == 1
 
 
@@ -720,3 +720,35 @@ def test_four_processes_write_concurrently_and_every_event_fires_exactly_once(
     assert len(fired) == len(set(fired)), "some event fired twice"
     assert set(fired) == rows
     assert events_left(db_path) == []
+
+
+@pytest.mark.parametrize("how", ["any-sender", "one-sender", "connect_via", "weak-gone"])
+def test_listening_follows_blinker_s_receivers_whichever_way_they_left(
+    memos: Store, how: str
+) -> None:
+    """A process stops counting as a listener once its last receiver is gone."""
+
+    def receiver(sender: Any, **extra: Any) -> None:
+        pass
+
+    if how == "any-sender":
+        signals.post_save.connect(receiver, weak=False)
+        assert signals.any_event_receivers()
+        signals.post_save.disconnect(receiver)
+    elif how == "one-sender":
+        signals.post_save.connect(receiver, sender=Memo, weak=False)
+        assert signals.any_event_receivers()
+        signals.post_save.disconnect(receiver, sender=Memo)
+    elif how == "connect_via":
+        signals.row_changed.connect_via(Memo)(receiver)
+        assert signals.any_event_receivers()
+        signals.row_changed.disconnect(receiver, sender=Memo)
+    else:
+        signals.post_delete.connect(receiver, sender=Memo)  # weak: goes with the function
+        assert signals.any_event_receivers()
+        del receiver
+        gc.collect()
+    assert not signals.any_event_receivers()
+    memos.dispatch()
+    Memo.create(name="nobody hears this")
+    assert events_left(memos.path) == []  # nothing recorded: no listener, no hook

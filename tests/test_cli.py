@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import inspect
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -19,9 +23,13 @@ from typing import Any, ClassVar
 import pytest
 import requests
 
+import tokenstore as tokenstore_package
+from tokenstore._cli import CLI_ONLY, NOT_COMMANDS, build_parser
 from tokenstore._signing import sign
+from tokenstore._sqlite import SCHEMA_VERSION
+from tokenstore._store import Store
 
-COMMAND = [sys.executable, "-m", "tokenstore._cli"]
+COMMAND = [sys.executable, "-m", "tokenstore"]
 
 
 def tokenstore(
@@ -69,7 +77,7 @@ def receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
 
 def test_init_creates_the_file_and_reports_the_schema(db_path: Path) -> None:
     shown = as_json(db_path, "init")
-    assert shown["schema_version"] == 1
+    assert shown["schema_version"] == SCHEMA_VERSION
     assert db_path.exists()
     conn = sqlite3.connect(db_path)
     assert conn.execute("SELECT username FROM tokenstore_user").fetchall() == [("system",)]
@@ -88,7 +96,7 @@ def test_abid_parse_shows_parts_and_views(db_path: Path) -> None:
     assert shown["subtype"] == "01" and shown["rand"] == "XRS78E"
     assert shown["uuid"] == "0192be65-de00-6946-b688-4b007b8c9d0e"
     assert shown["typeid"] == "apt_01jaz6bqg0d53bd22b01xrs78e"
-    assert shown["datetime"] == "2024-10-24T12:00:00+00:00"
+    assert shown["datetime"] == "2024-10-24T12:00:00.000Z"
     human = tokenstore(db_path, "abid", "parse", "apt_01JAZ6BQG0D53BD22B01XRS78E").stdout
     assert "uuid" in human and "0192be65-de00-6946-b688-4b007b8c9d0e" in human
 
@@ -205,7 +213,7 @@ def test_dispatch_fires_events_written_by_the_sqlite3_module(
     conn.close()
     assert received == []
     done = as_json(db_path, *allow, "dispatch")
-    assert done["events"] == 1
+    assert done["events_dispatched"] == 1 and done["deliveries_delivered"] == 1
     assert [json.loads(b)["data"]["fields"]["username"] for _, b in received] == ["shell"]
 
 
@@ -262,12 +270,21 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "the receiver got 5 verified messages" in result.stdout
+    assert "the receiver got 7 verified messages" in result.stdout
     assert "anything from the rolled-back transaction? no" in result.stdout
     conn = sqlite3.connect(tmp_path / "demo.sqlite3")
-    statuses = conn.execute("SELECT status FROM tokenstore_delivery_log").fetchall()
+    log = conn.execute("SELECT event_type, status FROM tokenstore_delivery_log").fetchall()
     conn.close()
-    assert statuses == [("delivered",)] * 5
+    assert {status for _, status in log} == {"delivered"}
+    assert [event_type for event_type, _ in log] == [
+        "snapshot.created",
+        "snapshot.updated",
+        "snapshot.tags.added",
+        "snapshot.tags.removed",
+        "snapshot.created",
+        "snapshot.created",
+        "snapshot.deleted",
+    ]
 
 
 def test_app_models_are_registered_with_app_and_their_changes_delivered(
@@ -319,7 +336,7 @@ def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
     as_json(db_path, *allow, "webhooks", "add", "users", "tokenstore.User", url)
     env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
     proc = subprocess.Popen(
-        [*COMMAND, *allow, "dispatch", "--watch", "--interval", "0.05"],
+        [*COMMAND, *allow, "dispatch", "--watch", "--interval", "0.05s"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -341,4 +358,220 @@ def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
         out, err = proc.communicate(timeout=20)
     assert [json.loads(b)["data"]["fields"]["username"] for _, b in received] == ["watched"]
     assert proc.returncode == 0, err
-    assert "fired 1 events" in out and "stopped" in err
+    assert "dispatched 1 events" in out and "stopped" in err
+
+
+# -- the parser against the API and the README -------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def _commands(
+    parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every runnable command as (its words, its parser); aliases are not repeated."""
+    if parser.get_default("handler") is not None:
+        yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            seen: set[int] = set()
+            for name, sub in action.choices.items():
+                if id(sub) not in seen:
+                    seen.add(id(sub))
+                    yield from _commands(sub, (*path, name))
+
+
+def _resolve(call: str, store: Store) -> Any:
+    root, *names = call.split(".")
+    target: Any = {"store": store, "tokenstore": tokenstore_package}[root]
+    for name in names:
+        if root == "tokenstore" and not hasattr(target, name):  # a public subpackage
+            target = importlib.import_module(f"{target.__name__}.{name}")
+        else:
+            target = getattr(target, name)
+    return target
+
+
+def _public_methods(store: Store) -> set[str]:
+    found = set()
+    for prefix, obj in (
+        ("store", store),
+        ("store.users", store.users),
+        ("store.tokens", store.tokens),
+        ("store.webhooks", store.webhooks),
+    ):
+        for name in dir(obj):
+            if not name.startswith("_") and inspect.ismethod(getattr(obj, name)):
+                found.add(f"{prefix}.{name}")
+    return found
+
+
+def test_every_command_names_a_public_call_and_the_readme_shows_it(store: Store) -> None:
+    readme = (ROOT / "README.md").read_text()
+    commands = list(_commands(build_parser()))
+    assert len(commands) > 20
+    for words, parser in commands:
+        call = parser.get_default("call")
+        if " ".join(words) in CLI_ONLY:
+            assert call is None
+        else:
+            assert callable(_resolve(call, store)), words
+        assert f"tokenstore {' '.join(words)}" in readme, words
+
+
+def test_every_public_method_has_a_command_or_a_documented_reason(store: Store) -> None:
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    calls = {parser.get_default("call") for _, parser in _commands(build_parser())}
+    methods = _public_methods(store)
+    assert methods - calls == set(NOT_COMMANDS)
+    for left_out in NOT_COMMANDS:
+        assert f"`{left_out}`" in readme, left_out
+
+
+def test_every_option_has_help_with_its_default_and_every_group_an_example() -> None:
+    parser = build_parser()
+    for words, command in _commands(parser):
+        formatter = command._get_formatter()
+        for action in command._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            text = formatter._get_help_string(action)
+            assert text, (words, action.dest)
+            required = action.required or (not action.option_strings and action.nargs is None)
+            hidden = action.default is argparse.SUPPRESS  # a global option's copy
+            assert required or hidden or "default" in text, (words, action.dest)
+    groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, group in groups[0].choices.items():
+        if group.get_default("handler") is None:
+            assert group.epilog and "examples:" in group.epilog, name
+            assert f"tokenstore {name} " in group.epilog, name
+
+
+# -- conventions -----------------------------------------------------------------------------
+
+
+def test_global_options_work_after_the_command(tmp_path: Path) -> None:
+    late = tmp_path / "late.sqlite3"
+    tokenstore(tmp_path / "env.sqlite3", "users", "create", "dana", "--db", str(late))
+    listed = json.loads(tokenstore(tmp_path / "env.sqlite3", "users", "list", "--json", "--db",
+                                   str(late)).stdout)  # fmt: skip
+    assert [u["username"] for u in listed] == ["system", "dana"]
+    assert not (tmp_path / "env.sqlite3").exists()
+
+
+def test_old_command_names_still_work(db_path: Path) -> None:
+    as_json(db_path, "users", "add", "erin")
+    assert as_json(db_path, "users", "get", "erin")["username"] == "erin"
+    secret = as_json(db_path, "tokens", "create", "erin")["secret"]
+    assert as_json(db_path, "tokens", "verify", secret)["valid"] is True
+    assert as_json(db_path, "webhooks", "retry") == {"deliveries_attempted": 0}
+
+
+def test_times_print_in_the_one_stored_format(db_path: Path) -> None:
+    as_json(db_path, "users", "create", "fay")
+    token = as_json(db_path, "tokens", "create", "fay", "--expires", "2h")
+    for key in ("created_at", "expires"):
+        assert TIME.fullmatch(token[key]), (key, token[key])
+    shown = as_json(db_path, "tokens", "get", token["abid"])
+    assert shown["expires"] == token["expires"] and shown["created_at"] == token["created_at"]
+    text = tokenstore(db_path, "tokens", "list").stdout
+    assert token["expires"] in text
+    assert TIME.fullmatch(as_json(db_path, "users", "get", "fay")["created_at"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("tokens", "create", "--expires=-5m"), "is negative"),
+        (("tokens", "create", "--expires", "0s"), "longer than zero"),
+        (("tokens", "create", "--expires", "nan"), "neither a duration"),
+        (("tokens", "create", "--expires", "99999999999d"), "too long"),
+        (("tokens", "create", "--expires", "1e3s"), "neither a duration"),
+        (("dispatch", "--watch", "--interval", "0s"), "longer than zero"),
+        (("dispatch", "--interval", "inf"), "is not a duration"),
+        (("webhooks", "rotate-secret", "x", "--grace=-1h"), "is negative"),
+        (("webhooks", "deliveries", "--limit", "0"), "at least 1"),
+        (("tokens", "nope"), "invalid choice"),
+    ],
+)
+def test_bad_values_exit_2_with_one_line(
+    db_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = tokenstore(db_path, *args, expect=2)
+    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_a_zero_grace_ends_the_old_secret_at_once(db_path: Path) -> None:
+    as_json(db_path, "--allow", "127.0.0.1/32", "webhooks", "create", "h", "tokenstore.User",
+            "http://127.0.0.1:9/")  # fmt: skip
+    rotated = as_json(db_path, "webhooks", "rotate-secret", "h", "--grace", "0s")
+    assert TIME.fullmatch(rotated["secret_rotating_until"])
+    later = as_json(db_path, "webhooks", "rotate-secret", "h", "--grace", "90s")
+    assert later["secret_rotating_until"] > rotated["secret_rotating_until"]
+
+
+def test_a_blocked_address_says_how_to_allow_it(
+    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    url, received = receiver
+    refused = tokenstore(db_path, "webhooks", "create", "h", "tokenstore.User",
+                         "http://127.0.0.1:9/", expect=2)  # fmt: skip
+    assert refused.stderr.count("\n") == 1
+    assert "--allow" in refused.stderr and "TOKENSTORE_WEBHOOK_ALLOW" in refused.stderr
+    # Made by a process that allows the address, sent by one that does not:
+    as_json(db_path, "--allow", "127.0.0.1/32", "webhooks", "create", "h", "tokenstore.User", url)
+    blocked = tokenstore(db_path, "--json", "webhooks", "ping", "h", expect=1)
+    assert json.loads(blocked.stdout)["last_error"].startswith("blocked:") and received == []
+    assert "--allow" in blocked.stderr and "TOKENSTORE_WEBHOOK_ALLOW" in blocked.stderr
+
+
+def test_update_delivery_and_deliver_due(
+    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    url, received = receiver
+    allow = ("--allow", "127.0.0.1/32")
+    as_json(db_path, *allow, "webhooks", "create", "h", "tokenstore.User", "http://127.0.0.1:9/")
+    changes = ("--endpoint", url, "--signal", "create", "--header", "X-A=1", "--no-enabled")
+    changed = as_json(db_path, *allow, "webhooks", "update", "h", *changes)
+    assert changed["endpoint"] == url and changed["signal"] == "CREATE"
+    assert changed["headers"] == ["X-A"] and changed["enabled"] is False
+    assert [h["name"] for h in as_json(db_path, "webhooks", "list", "--disabled")] == ["h"]
+    assert as_json(db_path, "webhooks", "update", "h", "--enabled")["enabled"] is True
+    nothing = tokenstore(db_path, "webhooks", "update", "h", expect=2)
+    assert "at least one field" in nothing.stderr
+    as_json(db_path, *allow, "users", "create", "gus")
+    (log,) = as_json(db_path, "webhooks", "deliveries")
+    one = as_json(db_path, "webhooks", "delivery", log["webhook_id"])
+    assert one["status"] == "delivered" and json.loads(one["payload"])["type"] == "user.created"
+    assert received[-1][0]["X-A"] == "1"
+    assert as_json(db_path, *allow, "webhooks", "deliver-due") == {"deliveries_attempted": 0}
+
+
+def test_dispatch_names_events_waiting_for_a_model_it_lacks(
+    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    url, _ = receiver
+    here = str(Path(__file__).parent)
+    env = {**os.environ, "TOKENSTORE_DB": str(db_path), "PYTHONPATH": here}
+    app = ("--allow", "127.0.0.1/32", "--app", "_app_models")
+    subprocess.run([*COMMAND, *app, "webhooks", "create", "b", "_app_models.Bookmark", url],
+                   env=env, check=True, capture_output=True, timeout=60)  # fmt: skip
+    conn = sqlite3.connect(db_path)
+    conn.execute(
+        "INSERT INTO bookmark (id, abid, created_by_id, created_at, modified_at, url) VALUES "
+        "('0192c63e6a1b7d459c1e3f2a7b8c9d0e', 'bkm_01JAZ6BQG09063B8A6AEXRS78E', 1, "
+        "'2024-10-24T12:00:00.000Z', '2024-10-24T12:00:00.000Z', 'https://example.com/')"
+    )
+    conn.commit()
+    conn.close()
+    waiting = subprocess.run([*COMMAND, "dispatch", "--json"], env=env, capture_output=True,
+                             text=True, timeout=60)  # fmt: skip
+    assert json.loads(waiting.stdout)["events_waiting"] == {"bookmark": 1}
+    assert "--app" in waiting.stderr and "bookmark: 1" in waiting.stderr
+    done = subprocess.run([*COMMAND, *app, "dispatch", "--json"], env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    report = json.loads(done.stdout)
+    assert report["events_dispatched"] == 1 and report["deliveries_delivered"] == 1
+    assert report["events_waiting"] == {} and done.stderr == ""

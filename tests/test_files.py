@@ -25,8 +25,9 @@ import pytest
 from conftest import Clock
 
 import tokenstore
-from tokenstore import Store, StoreError, ValidationError
+from tokenstore import Store, StoreCorrupt, StoreError, StoreReadOnly, ValidationError
 from tokenstore._models import ABIDModel, OutboundWebhook
+from tokenstore._sqlite import SCHEMA_VERSION
 
 
 def mode(path: Path) -> int:
@@ -150,7 +151,7 @@ def test_a_truncated_file_is_refused_naming_it_and_integrity_check(db_path: Path
     with db_path.open("r+b") as f:
         f.truncate(4096)  # the first page survives, the tables' pages are gone
     before = db_path.read_bytes()
-    with pytest.raises(StoreError, match="is corrupt") as info:
+    with pytest.raises(StoreCorrupt, match="is corrupt") as info:
         tokenstore.open(db_path)
     assert str(db_path) in str(info.value)
     assert "PRAGMA integrity_check" in str(info.value)
@@ -169,12 +170,12 @@ def test_a_garbled_file_is_refused(db_path: Path) -> None:
 def test_our_version_without_our_tables_is_refused(db_path: Path) -> None:
     conn = sqlite3.connect(db_path)
     conn.execute("CREATE TABLE unrelated (x)")
-    conn.execute("PRAGMA user_version = 1")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.close()
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(StoreCorrupt) as info:
         tokenstore.open(db_path)
     message = str(info.value)
-    assert "has schema version 1 but lacks" in message
+    assert f"has schema version {SCHEMA_VERSION} but lacks" in message
     assert "tokenstore_api_token" in message and "tokenstore_user" in message
     assert "PRAGMA integrity_check" in message and str(db_path) in message
 
@@ -227,7 +228,7 @@ def assert_reads_work_and_writes_are_refused(store: Store) -> None:
         lambda: store.webhooks.create("h", "tokenstore.User", "http://127.0.0.1:9/"),
         lambda: store.dispatch(),
     ):
-        with pytest.raises(StoreError, match="is open read-only"):
+        with pytest.raises(StoreReadOnly, match="is open read-only"):
             write()
     assert [t.name for t in store.tokens.list(alice)] == ["ci"]
 
@@ -269,9 +270,9 @@ def test_a_read_only_store_registers_models_for_reading(db_path: Path) -> None:
     with tokenstore.open(db_path, read_only=True) as store:
         store.register(Page)
         assert [p.title for p in Page.select()] == ["kept"]
-        with pytest.raises(StoreError, match="is open read-only"):
+        with pytest.raises(StoreReadOnly, match="is open read-only"):
             Page.create(title="refused")
-        with pytest.raises(StoreError, match="is open read-only"):
+        with pytest.raises(StoreReadOnly, match="is open read-only"):
             Page.update(title="changed").execute()
     assert db_path.read_bytes() == before
 
@@ -307,7 +308,9 @@ def test_a_store_in_an_immutable_folder_opens_read_only(tmp_path: Path) -> None:
 
 def test_an_unset_file_cannot_be_opened_read_only(db_path: Path) -> None:
     db_path.touch(mode=0o600)
-    with pytest.raises(StoreError, match="not set up as a tokenstore file yet"):
+    with pytest.raises(
+        StoreReadOnly, match=f"has schema version 0 and needs version {SCHEMA_VERSION}"
+    ):
         tokenstore.open(db_path, read_only=True)
     assert db_path.read_bytes() == b""
 

@@ -95,7 +95,8 @@ def test_newer_schema_version_is_refused_and_file_left_alone(db_path: Path) -> N
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
     before = db_path.read_bytes()
-    with pytest.raises(StoreError, match=r"schema version 2, newer than .* \(1\)"):
+    newer = rf"schema version {SCHEMA_VERSION + 1}, newer than .* \({SCHEMA_VERSION}\)"
+    with pytest.raises(StoreError, match=newer):
         tokenstore.open(db_path)
     assert db_path.read_bytes() == before
 
@@ -275,3 +276,51 @@ def test_times_are_stored_as_fixed_width_utc_text(app_store: Store, db_path: Pat
 
 def timedelta_tz(hours: int) -> timezone:
     return timezone(timedelta(hours=hours))
+
+
+def _shape(path: Path) -> dict[str, object]:
+    """Everything a file's schema says: columns of each table, and every index, view, trigger."""
+    conn = sqlite3.connect(path)
+    try:
+        objects = conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE type != 'table' "
+            "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        ).fetchall()
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        columns = {t: conn.execute(f'PRAGMA table_info("{t}")').fetchall() for t in tables}
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        conn.close()
+    return {"objects": objects, "columns": columns, "version": version}
+
+
+def test_a_version_1_file_is_brought_to_the_current_schema(tmp_path: Path) -> None:
+    """A file written by the first release opens, migrated, as if it had been made today."""
+    old = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(old)
+    conn.executescript((ROOT / "tests" / "schema-v1.sql").read_text())
+    conn.execute(
+        "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
+        "VALUES ('system', 1, '2024-01-01T00:00:00.000Z')"
+    )
+    conn.execute(
+        "INSERT INTO tokenstore_outbound_webhook VALUES ('00000000000000000000000000000001', "
+        "'whk_01HNZ2X4ZG0000000000000001', 1, '2024-01-01T00:00:00.000Z', "
+        "'2024-01-01T00:00:00.000Z', 'h', 'CREATE', 'tokenstore.models.APIToken', "
+        "'https://example.com/', '{}', '', 1, 0, '', NULL, NULL, "
+        "'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', NULL, NULL, 0, NULL, '')"
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+    tokenstore.open(old).close()
+    fresh = tmp_path / "fresh.sqlite3"
+    tokenstore.open(fresh).close()
+    assert _shape(old) == _shape(fresh)
+    conn = sqlite3.connect(old)
+    try:
+        (ref,) = conn.execute("SELECT ref FROM tokenstore_outbound_webhook").fetchone()
+    finally:
+        conn.close()
+    assert ref == "tokenstore.APIToken"

@@ -4,8 +4,8 @@ An ABID is ``prefix + ts + uri + subtype + rand`` (4 + 10 + 8 + 2 + 6 chars). Th
 suffix is a ULID whose last 80 bits are not random but derived from the record
 (its owner, its type, its id), so that the same record always yields the same
 ABID, and an ABID says which owner and type it belongs to without a lookup. The
-exact algorithm, with vectors, is in ``shared/spec/abid.md``; this module follows
-it to the byte, including the original's quirks where compatibility needs them:
+exact algorithm, with vectors, is in ``docs/abid.md``; this module follows it to
+the byte, including the original's quirks where compatibility needs them:
 
 * ``ts`` is ``int(ts.timestamp() * 1000)``, the float formula of the original
   (and of python-ulid). For about 0.6% of datetimes that are exact milliseconds
@@ -21,6 +21,14 @@ would have guessed at or let through: naive datetimes, empty uri sources and
 malformed prefixes raise :class:`~tokenstore._errors.InvalidABID` (never an
 ``assert``, which ``python -O`` removes), and equality and hashing include the
 prefix, so an ``apt_`` and a ``whk_`` with the same suffix are different keys.
+
+Parsing keeps the text as given, so an ABID read from ArchiveBox is written back
+byte for byte: a verbatim subtype may be lower case, and a str rand may hold
+``I``, ``L``, ``O`` or ``U``, none of which a ULID encoder writes. Only the ts and
+uri parts, which the original always encodes itself, must be base32. Equality
+ignores the case of ASCII letters in the suffix (the TypeID spelling is the same
+ABID), and the decoding views read ``I`` and ``L`` as 1 and ``O`` as 0, as
+Crockford's base32 says.
 
 This module knows nothing of databases; :mod:`tokenstore._models` feeds it values.
 """
@@ -53,20 +61,32 @@ DEFAULT_ABID_PREFIX: Final = "obj_"
 
 _SUFFIX_LEN: Final = 26
 _RAND_LEN: Final = 6
+# The ts and uri parts: always encoded by the algorithm itself, so parsing holds them to base32.
+_ENCODED_LEN: Final = 18
 
 # (name, start, end) of each suffix part, for messages that say where a bad char is.
 _PARTS: Final = (("ts", 0, 10), ("uri", 10, 18), ("subtype", 18, 20), ("rand", 20, 26))
 
 _ALPHABET: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _VALID_CHARS: Final = frozenset(_ALPHABET + _ALPHABET.lower())
+# Crockford's decoding reads I and L as 1 and O as 0, in either case; U is never a digit.
+_ALIASES: Final = "IiLlOo"
+_DECODABLE_CHARS: Final = _VALID_CHARS | frozenset(_ALIASES)
 _LOWER_LETTERS: Final = frozenset("abcdefghijklmnopqrstuvwxyz")
 # Every 10-bit value as two Crockford chars: encoding is a few table lookups
 # instead of one divmod per char.
 _PAIRS: Final = tuple(a + b for a in _ALPHABET for b in _ALPHABET)
-# Crockford digits -> the digits int(x, 32) understands, so decoding runs in C.
+# Crockford digits (either case, aliases included) -> the digits int(x, 32)
+# understands, so decoding runs in C.
 _TO_INT_BASE32: Final = str.maketrans(
-    _ALPHABET + _ALPHABET.lower(), "0123456789abcdefghijklmnopqrstuv" * 2
+    _ALPHABET + _ALPHABET.lower() + _ALIASES,
+    "0123456789abcdefghijklmnopqrstuv" * 2 + "111100",
 )
+# Any decodable spelling -> the one a ULID encoder writes.
+_TO_CANONICAL: Final = str.maketrans(_ALPHABET.lower() + _ALIASES, _ALPHABET + "111100")
+# Upper case for ASCII letters only: str.upper() would turn a non-ASCII char
+# (say a verbatim subtype's "ß") into two.
+_ASCII_UPPER: Final = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _RAND_MASK: Final = (1 << 30) - 1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -95,15 +115,36 @@ def _is_crockford(text: str) -> bool:
     return not ("I" in upper or "L" in upper or "O" in upper or "U" in upper)
 
 
-def _bad_char_message(suffix: str) -> str:
-    """Name the first bad char and where it is; only called once the fast check failed."""
+def _is_decodable(text: str) -> bool:
+    """Like ``_is_crockford``, but with the aliases I, L and O that decoding reads."""
+    return text.isascii() and text.isalnum() and "U" not in text.upper()
+
+
+def _bad_char_message(suffix: str, decoding: bool = False) -> str:
+    """Name the first char parsing (or, with ``decoding``, the views) cannot take, and where.
+
+    Only called once a fast check failed.
+    """
     for index, char in enumerate(suffix):
-        if char not in _VALID_CHARS:
-            part = next(name for name, start, end in _PARTS if start <= index < end)
-            return (
-                f"bad character {char!r} at position {index} (0-based) of the suffix,"
-                f" in its {part} part: not Crockford base32 ({_ALPHABET})"
-            )
+        if decoding:
+            fine = char in _DECODABLE_CHARS
+        elif index < _ENCODED_LEN:
+            fine = char in _VALID_CHARS
+        else:
+            fine = char.isprintable()
+        if fine:
+            continue
+        part = next(name for name, start, end in _PARTS if start <= index < end)
+        if decoding:
+            rule = f"not Crockford base32 ({_ALPHABET}, with I and L read as 1, O as 0)"
+        elif index < _ENCODED_LEN:
+            rule = f"not Crockford base32 ({_ALPHABET})"
+        else:
+            rule = "not a printable character"
+        return (
+            f"bad character {char!r} at position {index} (0-based) of the suffix,"
+            f" in its {part} part: {rule}"
+        )
     return "the suffix is not Crockford base32"  # pragma: no cover - callers checked
 
 
@@ -239,11 +280,10 @@ def _rand_part(rand: object) -> str:
 
 
 class ABID:
-    """An ABID value: immutable, hashable, equal only to an ABID with the same text.
+    """An ABID value: immutable, hashable, equal to an ABID with the same text in any case.
 
-    Only the 30-char string is stored; the parts are slices of it. That keeps
-    construction to one slot write on the insert path, and ``hash()`` reuses the
-    string's cached hash.
+    Only the 30-char string is stored, as given; the parts are slices of it. That
+    keeps construction to one slot write on the insert path.
     """
 
     __slots__ = ("_text",)
@@ -319,48 +359,71 @@ class ABID:
     def __repr__(self) -> str:
         return f"ABID({self._text!r})"
 
+    def _key(self) -> str:
+        """The text with ASCII letters upper-cased: what equality and hashing compare.
+
+        The prefix is always lower case, so the key of ``apt_`` never equals one of
+        ``whk_``; the suffix's case does not count (``apt_01jaz...`` is ``apt_01JAZ...``).
+        Only ASCII letters change: a verbatim subtype or str rand may hold other
+        chars, and ``str.upper`` could map two different ones to the same text.
+        """
+        text = self._text
+        return text.upper() if text.isascii() else text.translate(_ASCII_UPPER)
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ABID):
-            return self._text == other._text
+            return self._text == other._text or self._key() == other._key()
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self._text)
+        return hash(self._key())
+
+    @property
+    def canonical(self) -> str:
+        """The one spelling all equal ABIDs share: the prefix, then the suffix upper-cased.
+
+        tokenstore's own tables store their ABIDs in this form (their subtypes and
+        rands are never lower case), so lookups by an ABID typed in any case use it.
+        """
+        return self._text[:4] + self._key()[4:]
 
     # -- views -------------------------------------------------------------
 
     @property
     def ulid(self) -> str:
-        """The suffix, which is the ULID text (for ABIDs whose chars are all base32)."""
-        return self._text[4:]
+        """The suffix as a ULID encoder writes it: upper case, ``I``/``L`` as 1, ``O`` as 0."""
+        return self._decodable_suffix().translate(_TO_CANONICAL)
 
     @property
     def typeid(self) -> str:
         """The TypeID spelling (``apt_01jaz6...``): prefix and suffix, lowercase."""
         return self._text.lower()
 
-    def _int(self) -> int:
+    def _decodable_suffix(self) -> str:
+        """The suffix, once it is known to decode to at most 128 bits; InvalidABID if not."""
         suffix = self._text[4:]
-        if not _is_crockford(suffix):
-            _fail(f"ABID {self._text!r} cannot be decoded: {_bad_char_message(suffix)}")
-        if suffix[0] > "7":
+        if not _is_decodable(suffix):
+            _fail(
+                f"ABID {self._text!r} cannot be decoded: {_bad_char_message(suffix, decoding=True)}"
+            )
+        if suffix[0].translate(_TO_INT_BASE32) > "7":
             _fail(
                 f"ABID {self._text!r} cannot be decoded: its suffix starts with"
                 f" {suffix[0]!r}, above '7', so it exceeds 128 bits"
             )
-        return int(suffix.translate(_TO_INT_BASE32), 32)
+        return suffix
 
     @property
     def uuid(self) -> uuid.UUID:
         """The 128-bit value of the suffix as a UUID (not the record's ``id``)."""
-        return uuid.UUID(int=self._int())
+        return uuid.UUID(int=int(self._decodable_suffix().translate(_TO_INT_BASE32), 32))
 
     @property
     def datetime(self) -> datetime:
         """The ts part as an aware UTC datetime, millisecond precision."""
         ts = self._text[4:14]
-        if not _is_crockford(ts):
-            _fail(f"ABID {self._text!r} cannot be decoded: {_bad_char_message(ts)}")
+        if not _is_decodable(ts):
+            _fail(f"ABID {self._text!r} cannot be decoded: {_bad_char_message(ts, decoding=True)}")
         ms = int(ts.translate(_TO_INT_BASE32), 32)
         try:
             return _EPOCH + timedelta(milliseconds=ms)
@@ -375,9 +438,12 @@ class ABID:
     def parse(cls, text: object, prefix: str | None = None) -> ABID:
         """Parse ``prefix_suffix`` (or a bare suffix), raising only InvalidABID.
 
-        The suffix is case-insensitive, so the TypeID spelling parses too. A bare
-        suffix takes ``prefix`` (default ``obj_``); a text whose own prefix differs
-        from a given ``prefix`` is refused rather than silently re-prefixed.
+        The suffix is kept as given (``str()`` gives it back) and read in any case,
+        so the TypeID spelling parses too. Its ts and uri parts must be base32; its
+        subtype and rand parts may hold any printable char, since the original
+        copies them from their sources. A bare suffix takes ``prefix`` (default
+        ``obj_``); a text whose own prefix differs from a given ``prefix`` is
+        refused rather than silently re-prefixed.
         """
         if type(text) is str:
             pass
@@ -405,9 +471,8 @@ class ABID:
             suffix = text
         if len(suffix) != _SUFFIX_LEN:
             _fail(f"expected {_SUFFIX_LEN} chars for the suffix, got {len(suffix)}")
-        if not _is_crockford(suffix):
+        if not (_is_crockford(suffix[:_ENCODED_LEN]) and suffix[_ENCODED_LEN:].isprintable()):
             _fail(_bad_char_message(suffix))
-        suffix = suffix.upper()
         if suffix[0] > "7":
             _fail(
                 f"bad character {suffix[0]!r} at position 0 (0-based) of the suffix:"

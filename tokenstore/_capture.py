@@ -104,3 +104,22 @@ class CaptureSpec:
             ),
             watched=tuple(f.column_name for f in fields if f.name not in quiet),
         )
+
+
+@dataclass(frozen=True)
+class RelationSpec:
+    """What the triggers of a join table record, whatever SQL dialect writes them.
+
+    A join table's rows are relations between two models: adding a row
+    records an INSERT event of the join table, removing one a DELETE event,
+    and an UPDATE that moves a row records both (the old pair removed, the
+    new one added). Each event carries both foreign keys (``columns``) and
+    nothing else, so the dispatcher can name both sides. ``refs`` are the
+    refs of the registered sides: while no process listens and no enabled
+    hook on one of them has M2M in its signal, a write records nothing.
+    """
+
+    table: str
+    pk_column: str | None
+    columns: tuple[str, str]
+    refs: tuple[str, ...]

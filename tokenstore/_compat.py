@@ -8,6 +8,8 @@ from (peewee 4, requests 2 with urllib3 1 or 2). What is relied on:
 peewee
   - ``peewee.__exception_wrapper__``: turns driver errors into peewee's own
     classes, for statements tokenstore runs on the raw connection.
+  - a peewee error's ``orig``: the driver exception it wraps (which holds
+    SQLite's result code).
   - a model instance's ``__data__``, ``_dirty`` and ``__rel__`` slots and the
     ``__no_default__`` constructor flag: building an instance from stored
     values without running defaults or per-field ``setattr``.
@@ -16,6 +18,11 @@ peewee
     read a stored value unchanged.
   - ``Database._log_query(sql, params)``: the one place peewee logs a
     statement (logger ``peewee``, DEBUG), overridden by ``RedactedQueryLog``.
+
+blinker
+  - ``Signal._by_sender``: which receivers are still connected, to which
+    senders. ``Signal.receivers`` keeps a receiver disconnected from the one
+    sender it was connected to, so it cannot tell.
 
 requests
   - ``PreparedRequest.prepare_*``: a POST prepared step by step, so the URL of
@@ -64,6 +71,20 @@ class RedactedQueryLog:
             _query_log.debug((sql, params))
 
 
+def driver_error(exc: BaseException) -> BaseException | None:
+    """The driver exception behind ``exc``: itself if peewee did not wrap it, else ``orig``.
+
+    peewee may wrap an error twice (a statement inside a wrapped block), so
+    the chain of ``orig`` is followed to its end.
+    """
+    while isinstance(exc, peewee.PeeweeException):
+        orig = getattr(exc, "orig", None)
+        if orig is None:
+            return None
+        exc = orig
+    return exc
+
+
 def loaded_instance(model: type[M], values: dict[str, Any], **state: Any) -> M:
     """An instance as a SELECT would load it, from Python values keyed by field name.
 
@@ -82,6 +103,21 @@ def adopt_state(instance: peewee.Model, values: dict[str, Any], **state: Any) ->
 def instance_without_defaults(model: type[M], values: dict[str, Any]) -> M:
     """An instance of any peewee model holding exactly ``values``, defaults not applied."""
     return model(__no_default__=True, **values)
+
+
+def values_of(instance: peewee.Model) -> dict[str, Any]:
+    """The instance's field values by name (not a copy)."""
+    return instance.__data__  # type: ignore[no-any-return]
+
+
+def loading(kwargs: dict[str, Any]) -> bool:
+    """Whether a model is being built from a row peewee read (defaults are not applied)."""
+    return bool(kwargs.get("__no_default__"))
+
+
+def is_connected(signal: Any) -> bool:
+    """Whether any receiver is connected to a blinker signal, for any sender."""
+    return any(signal._by_sender.values())
 
 
 def was_saved(instance: peewee.Model) -> bool:

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_TOKEN_PREFIX",
     "check_prefix",
     "generate_token",
+    "looks_like_legacy_token",
     "looks_like_token",
     "token_digest",
     "token_hint",
@@ -36,6 +37,8 @@ _HINT_LENGTH = 4
 _MIN_HINT_SOURCE = 16
 
 _PREFIX_RE = re.compile(r"[a-z]{2,8}")
+# ArchiveBox's tokens (``secrets.token_hex(16)``), which an import carries over as they are.
+_LEGACY_TOKEN_RE = re.compile(r"[0-9a-f]{32}")
 _TOKEN_RE = re.compile(
     rf"(?P<prefix>[a-z]{{2,8}})_(?P<random>[0-9A-Za-z]{{{_RANDOM_LENGTH}}})"
     rf"(?P<checksum>[0-9A-Za-z]{{{_CHECKSUM_LENGTH}}})"
@@ -43,7 +46,7 @@ _TOKEN_RE = re.compile(
 
 
 # Every two-character base62 string, by value: three lookups encode any CRC32
-# (62**6 > 2**32), a few times faster than a digit loop on the authentication path.
+# (62**6 > 2**32) without a loop over digits.
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 _PAIR_BASE = len(_PAIRS)
 
@@ -84,6 +87,15 @@ def looks_like_token(text: object, prefix: str | None = None) -> bool:
     if prefix is not None and match["prefix"] != prefix:
         return False
     return secrets.compare_digest(_checksum(match["random"]), match["checksum"])
+
+
+def looks_like_legacy_token(text: object) -> bool:
+    """Whether ``text`` has the shape of an ArchiveBox token: 32 lowercase hex digits.
+
+    Such tokens have no prefix and no checksum, so a typo in one cannot be told
+    from an unknown token; this only says it is not malformed.
+    """
+    return isinstance(text, str) and _LEGACY_TOKEN_RE.fullmatch(text) is not None
 
 
 def token_digest(secret: str) -> str:

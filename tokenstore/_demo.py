@@ -21,6 +21,15 @@ from ._errors import AuthenticationError
 from ._models import ABIDModel
 from ._receiver import make_receiver
 from ._store import open as open_store
+from ._times import format_time
+
+
+class Tag(ABIDModel):
+    """A label for snapshots; ArchiveBox keeps a snapshot's tags in a join table, like this."""
+
+    abid_prefix = "tag_"
+    abid_uri_src = "name"
+    name = peewee.TextField()
 
 
 class Snapshot(ABIDModel):
@@ -30,6 +39,7 @@ class Snapshot(ABIDModel):
     abid_uri_src = "url"
     url = peewee.TextField()
     title = peewee.TextField(default="")
+    tags = peewee.ManyToManyField(Tag, backref="snapshots")
 
 
 def _free_port() -> int:
@@ -58,8 +68,9 @@ def run_demo(directory: str | None = None) -> int:
 
     _step(f"open a store at {path}")
     store = open_store(path, webhook_allow=["127.0.0.1/32"])
+    store.register(Tag)
     store.register(Snapshot)
-    print("   tables, triggers and the 'system' user are in place; Snapshot is registered")
+    print("   tables, triggers and the 'system' user are in place; Tag and Snapshot are registered")
 
     _step("a user and an API token, shown once")
     alice = store.users.create("alice")
@@ -67,7 +78,7 @@ def run_demo(directory: str | None = None) -> int:
         alice, name="backup script", expires=timedelta(days=30), scopes=("snapshots:read",)
     )
     print(f"   secret (shown once, stored only as a SHA-256 digest): {secret}")
-    print(f"   the record: {token!r}, valid until {token.expires_as_iso8601}")
+    print(f"   the record: {token!r}, valid until {format_time(token.expires)}")
     print(f"   authenticate(secret) -> {store.tokens.authenticate(secret)!r}")
     tampered = secret[:-1] + ("A" if secret[-1] != "A" else "B")
     try:
@@ -78,7 +89,10 @@ def run_demo(directory: str | None = None) -> int:
     _step("a webhook to a receiver on 127.0.0.1")
     port = _free_port()
     hook = store.webhooks.create(
-        "demo receiver", Snapshot, f"http://127.0.0.1:{port}/hooks/snapshots"
+        "demo receiver",
+        Snapshot,
+        f"http://127.0.0.1:{port}/hooks/snapshots",
+        signal="CREATE_UPDATE_DELETE_OR_M2M",
     )
     server = make_receiver("127.0.0.1", port, hook.secret, on_event)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -92,6 +106,11 @@ def run_demo(directory: str | None = None) -> int:
         snap.title = "An article (edited)"
         snap.save()
         print(f"   updated {snap.abid}")
+        tag = Tag.create(name="news")
+        snap.tags.add(tag)
+        print(f"   tagged {snap.abid} with {tag.name!r} (a row in the join table, captured too)")
+        snap.tags.remove(tag)
+        print("   untagged it")
         try:
             with store.atomic():
                 Snapshot.create(url="https://example.com/never", title="rolled back")
@@ -105,7 +124,7 @@ def run_demo(directory: str | None = None) -> int:
         snap.delete_instance()
         print(f"   deleted {snap.abid}")
         with arrived:
-            arrived.wait_for(lambda: len(received) >= 5, timeout=10)
+            arrived.wait_for(lambda: len(received) >= 7, timeout=10)
     finally:
         server.shutdown()
         server.server_close()
@@ -117,7 +136,7 @@ def run_demo(directory: str | None = None) -> int:
 
     _step("the delivery log (store.webhooks.deliveries())")
     for d in reversed(store.webhooks.deliveries(hook)):
-        print(f"   {d.abid}  {d.event_type:<18} {d.status:<9} HTTP {d.last_status_code}"
+        print(f"   {d.abid}  {d.event_type:<22} {d.status:<9} HTTP {d.last_status_code}"
               f"  {d.duration_ms} ms")  # fmt: skip
     store.close()
 
@@ -131,5 +150,5 @@ def run_demo(directory: str | None = None) -> int:
     conn.close()
     print(f"   ({digests} token row; the file holds its digest, never the secret)")
     print(f"\nThe demo's file stays at {path}; delete the folder when you are done.")
-    ok = len(received) == 5 and not rolled_back
+    ok = len(received) == 7 and not rolled_back
     return 0 if ok else 1

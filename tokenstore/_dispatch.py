@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ from typing import Any, NamedTuple, Protocol
 
 from . import signals
 from ._capture import EVENT_TABLE, LISTENER_TABLE, ChangeEvent
+from ._m2m import RelationChange, runs
 from ._registry import Registry
-from ._rows import Loader
+from ._rows import Converter, Loader, build, quote_name
 from ._times import format_time
 
 logger = logging.getLogger("tokenstore.dispatch")
@@ -110,10 +112,13 @@ class Dispatcher:
         statements: Statements,
         clock: Callable[[], datetime],
         claim_timeout: timedelta,
+        listener_timeout: timedelta,
     ) -> None:
         self.registry = registry
         self.clock = clock
         self.claim_timeout = claim_timeout
+        self.listener_timeout = listener_timeout
+        self._next_housekeeping = 0.0  # time.monotonic() of the next look at the listeners
         self.consumers: list[tuple[Consumer, Callable[[Connection], bool]]] = []
         self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local = _ThreadState()
@@ -122,8 +127,12 @@ class Dispatcher:
         self._loaders: dict[type[Any], Loader[Any]] = {}
         sql = statements.sql
         self._register = sql(
-            f"INSERT INTO {LISTENER_TABLE} (claimant, since) SELECT ?, ? "
+            f"INSERT INTO {LISTENER_TABLE} (claimant, since, seen) SELECT ?, ?, ? "
             f"WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE} WHERE claimant = ?)"
+        )
+        self._seen = sql(
+            f"UPDATE {LISTENER_TABLE} SET seen = ? "
+            "WHERE claimant = ? AND (seen IS NULL OR seen < ?)"
         )
         self._unregister = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
         self._any_listener = f"SELECT 1 FROM {LISTENER_TABLE} LIMIT 1"
@@ -133,7 +142,7 @@ class Dispatcher:
             "WHERE claimed_by IS NOT NULL GROUP BY claimed_by"
         )
         self._release = sql(f"UPDATE {EVENT_TABLE} SET claimed_by = NULL WHERE claimed_by = ?")
-        self._listeners = f"SELECT claimant FROM {LISTENER_TABLE}"
+        self._listeners = f"SELECT claimant, coalesce(seen, since) FROM {LISTENER_TABLE}"
         self._forget = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
 
     def _statements(self) -> ClaimStatements:
@@ -159,7 +168,8 @@ class Dispatcher:
         Registering again is a read: no page is written once the row is there.
         """
         if signals.any_event_receivers():
-            conn.execute(self._register, (self.claimant, format_time(self.clock()), self.claimant))
+            now = format_time(self.clock())
+            conn.execute(self._register, (self.claimant, now, now, self.claimant))
 
     def unregister(self, conn: Connection) -> None:
         """Stop capture on this process's account (its store is closing)."""
@@ -185,15 +195,20 @@ class Dispatcher:
         inside the transaction. Consumers see an event only once: on its
         first claim, whose transaction also commits their work.
         """
+        if time.monotonic() >= self._next_housekeeping:
+            self.housekeeping(conn)
         wanted = [c for c, wants in self.consumers if wants(conn)]
         receivers = signals.any_event_receivers()
         if not wanted and not receivers:
             return Claimed()  # they are a listening process's to take (see drop_unheard)
         statements = self._statements()
         if receivers:
-            rows = conn.execute(
-                statements.claim, (self.claimant, format_time(self.clock()))
-            ).fetchall()
+            now = self.clock()
+            conn.execute(  # writes only once a minute: this listener is alive
+                self._seen,
+                (format_time(now), self.claimant, format_time(now - timedelta(minutes=1))),
+            )
+            rows = conn.execute(statements.claim, (self.claimant, format_time(now))).fetchall()
         elif conn.execute(self._any_listener).fetchone() is not None:
             rows = conn.execute(statements.consume_and_leave).fetchall()
         else:
@@ -206,6 +221,17 @@ class Dispatcher:
         first = [event for event, row in zip(events, rows, strict=True) if row[-1] == 0]
         followups = [f for f in (c(conn, first) for c in wanted) if f is not None] if first else []
         return Claimed(events if receivers else [], followups)
+
+    def waiting(self, conn: Connection) -> dict[str, int]:
+        """Events of tables this process has no model for, by table: they wait for one that has."""
+        tables = self.registry.tables()
+        marks = ",".join([self._backend.sql("?")] * len(tables))
+        rows = conn.execute(
+            f"SELECT table_name, count(*) FROM {EVENT_TABLE} "
+            f"WHERE table_name NOT IN ({marks}) GROUP BY table_name ORDER BY table_name",
+            tables,
+        )
+        return {table: count for table, count in rows}
 
     def claimed_count(self) -> int:
         """How many events this thread has claimed so far."""
@@ -227,8 +253,7 @@ class Dispatcher:
         try:
             while state.pending:
                 claimed = state.pending.pop(0)
-                for event in claimed.events:
-                    self.fire(event)
+                self.fire_all(conn, claimed.events)
                 try:
                     self.finish(conn, [e.id for e in claimed.events])
                 except Exception:
@@ -241,6 +266,61 @@ class Dispatcher:
         finally:
             state.running = False
 
+    def fire_all(self, conn: Connection, events: list[ChangeEvent]) -> None:
+        """Fire a claim's events in order; a run of relation events also fires ``m2m_changed``."""
+        for item in runs(events, self.registry.relation_for):
+            if isinstance(item, ChangeEvent):
+                self.fire(item)
+                continue
+            for event in item.events:
+                self.fire(event)
+            if signals.m2m_changed.receivers:
+                for change in item.changes(self.registry.knows):
+                    self.fire_relation(conn, change)
+
+    def fire_relation(self, conn: Connection, change: RelationChange) -> None:
+        """Send ``m2m_changed`` for one instance; the instance is read as it is now.
+
+        A row deleted since (its relations removed by the delete's cascade,
+        say) comes as an instance holding only its primary key.
+        """
+        model = change.side.model
+        if not signals.m2m_changed.has_receivers_for(model):
+            return
+        try:
+            instance = self._current(conn, model, change.key, change.side.convert)
+            pks = {change.other.convert(key) for key in change.keys}
+        except Exception:
+            logger.exception("could not rebuild %s from event %d", model.__name__, change.event.id)
+            return
+        signals.send_isolated(
+            signals.m2m_changed,
+            model,
+            instance=instance,
+            field=change.side.field,
+            action=change.action,
+            pks=pks,
+        )
+
+    def _current(self, conn: Connection, model: type[Any], key: Any, convert: Converter) -> Any:
+        """The row of ``model`` whose primary key is stored as ``key``, or just its key."""
+        loader = self._loader(model)
+        pk = model._meta.primary_key
+        row = conn.execute(
+            self._backend.sql(
+                f"SELECT {loader.columns} FROM {quote_name(model._meta.table_name)} "
+                f"WHERE {quote_name(pk.column_name)} = ?"
+            ),
+            (key,),
+        ).fetchone()
+        return build(model, {pk.name: convert(key)}) if row is None else loader.instance(row)
+
+    def _loader(self, model: type[Any]) -> Loader[Any]:
+        loader = self._loaders.get(model)
+        if loader is None:
+            loader = self._loaders[model] = Loader(model)
+        return loader
+
     def fire(self, event: ChangeEvent) -> None:
         """Turn one event into blinker signals; the sender is the model class."""
         model = self.registry.for_table(event.table)
@@ -252,10 +332,7 @@ class Dispatcher:
         if not signal.has_receivers_for(model):
             return
         try:
-            loader = self._loaders.get(model)
-            if loader is None:
-                loader = self._loaders[model] = Loader(model)
-            instance = loader.from_columns(event.row)
+            instance = self._loader(model).from_columns(event.row)
         except Exception:
             logger.exception("could not rebuild %s from event %d", model.__name__, event.id)
             return
@@ -299,8 +376,33 @@ class Dispatcher:
         for claimant in claimants:
             conn.execute(self._release, (claimant,))
 
+    def housekeeping(self, conn: Connection) -> None:
+        """Forget dead and silent listeners, and drop what nobody will hear; once a minute.
+
+        Run by every process's commits, so events cannot pile up for a
+        listener that stopped listening, even where nothing calls ``dispatch``.
+        """
+        self._next_housekeeping = time.monotonic() + 60
+        self.forget_dead_listeners(conn)
+        self.drop_unheard(conn)
+
     def forget_dead_listeners(self, conn: Connection) -> None:
-        """Listeners whose process ended without closing its store no longer keep capture on."""
-        for (claimant,) in conn.execute(self._listeners).fetchall():
+        """Listeners whose process ended, or that claimed nothing for ``listener_timeout``.
+
+        Such a listener no longer keeps capture on; once no listener is left,
+        its backlog is dropped (``drop_unheard``).
+        """
+        silent_since = format_time(self.clock() - self.listener_timeout)
+        for claimant, seen in conn.execute(self._listeners).fetchall():
+            if claimant == self.claimant:
+                continue
             if self._gone(claimant):
+                conn.execute(self._forget, (claimant,))
+            elif seen < silent_since:
+                logger.warning(
+                    "listener %s has claimed nothing since %s; removed, and the events "
+                    "waiting only for it are dropped",
+                    claimant,
+                    seen,
+                )
                 conn.execute(self._forget, (claimant,))

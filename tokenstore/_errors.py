@@ -5,6 +5,8 @@ derive from :class:`ValueError` so code that already guards input keeps working.
 Messages say what was wrong and where; they never contain a secret.
 """
 
+import peewee
+
 
 class TokenstoreError(Exception):
     """Base class of every error tokenstore raises on purpose."""
@@ -20,6 +22,33 @@ class ABIDDriftError(TokenstoreError, ValueError):
 
 class StoreError(TokenstoreError):
     """The store file cannot be opened or used (not SQLite, newer schema, ...)."""
+
+
+# The storage faults below are what SQLite reports while reading or writing the file;
+# the transaction that met one was rolled back whole. They also derive from peewee's
+# OperationalError, which is what code written against plain peewee already catches.
+# StoreError must stay their first base: peewee re-wraps an exception whose first base
+# carries one of its driver-error names.
+
+
+class StoreFull(StoreError, peewee.OperationalError):
+    """The disk (or the file-size limit) is full; the same write works once space is freed."""
+
+
+class StoreIOError(StoreError, peewee.OperationalError):
+    """The operating system failed a read or write of the file (or could not open it)."""
+
+
+class StoreLocked(StoreError, peewee.OperationalError):
+    """Another connection held the file's lock for the whole busy timeout; retry later."""
+
+
+class StoreReadOnly(StoreError, peewee.OperationalError):
+    """The file, its directory or the connection does not allow writing."""
+
+
+class StoreCorrupt(StoreError, peewee.OperationalError):
+    """The file is damaged; ``PRAGMA integrity_check`` tells how, a backup repairs it."""
 
 
 class ValidationError(TokenstoreError, ValueError):

@@ -146,11 +146,11 @@ class ABIDModel(BaseModel):
     modified_at = UTCDateTimeField()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        loaded = bool(kwargs.get("__no_default__"))
+        loaded = _compat.loading(kwargs)
         generated_id = not loaded and kwargs.get("id") is None
         super().__init__(*args, **kwargs)
         # What the row held when read: drift is judged against it without a SELECT.
-        self._stored: dict[str, Any] | None = dict(self.__data__) if loaded else None
+        self._stored: dict[str, Any] | None = dict(_compat.values_of(self)) if loaded else None
         self._id_generated = generated_id
         if generated_id:
             self.id = self.new_id()
@@ -161,7 +161,8 @@ class ABIDModel(BaseModel):
 
     def adopt(self, other: Self) -> None:
         """Take on the stored state of another instance of the same row (a fresher read)."""
-        _compat.adopt_state(self, dict(other.__data__), **self._loaded(dict(other.__data__)))
+        values = _compat.values_of(other)
+        _compat.adopt_state(self, dict(values), **self._loaded(dict(values)))
 
     @classmethod
     def new_id(cls) -> uuid.UUID:
@@ -210,7 +211,7 @@ class ABIDModel(BaseModel):
         if not type(self).abid_drift_allowed:
             self._refuse_drift()
         rows = int(peewee.Model.save(self, only=only))
-        self._stored = dict(self.__data__)
+        self._stored = dict(_compat.values_of(self))
         return rows
 
     def _insert(self) -> int:
@@ -230,7 +231,7 @@ class ABIDModel(BaseModel):
         insert_with_fresh_ids(
             cls._meta.table_name, self._insert_row, renew if self._id_generated else None
         )
-        self._stored = dict(self.__data__)
+        self._stored = dict(_compat.values_of(self))
         return 1
 
     def _insert_row(self) -> None:
@@ -240,7 +241,7 @@ class ABIDModel(BaseModel):
         instance holds), without building the same SQL again on every save.
         """
         cls = type(self)
-        data = self.__data__
+        data = _compat.values_of(self)
         names = tuple(data)
         sql = _INSERT_SQL.get((cls, names))
         fields = cls._meta.fields
@@ -283,7 +284,7 @@ class ABIDModel(BaseModel):
         self.abid = str(new)
         self.modified_at = utcnow()
         peewee.Model.save(self)
-        self._stored = dict(self.__data__)
+        self._stored = dict(_compat.values_of(self))
         return new
 
 
@@ -479,7 +480,11 @@ class WebhookDelivery(ABIDModel):
         User, column_name="created_by_id", on_delete="CASCADE", backref="+", index=False
     )
     hook = peewee.ForeignKeyField(
-        OutboundWebhook, column_name="hook_id", on_delete="CASCADE", backref="deliveries"
+        OutboundWebhook,
+        column_name="hook_id",
+        on_delete="CASCADE",
+        backref="deliveries",
+        index=False,  # the (hook_id, created_at, abid) index serves it
     )
     hook_id: Any  # peewee's accessor for the raw foreign key
     event_id = peewee.IntegerField(null=True)
@@ -496,6 +501,8 @@ class WebhookDelivery(ABIDModel):
 
     class Meta:
         table_name = "tokenstore_webhook_delivery"
+        # The delivery log's order, newest first, over all hooks and within one.
+        indexes = ((("created_at", "abid"), False), (("hook", "created_at", "abid"), False))
 
     def __repr__(self) -> str:
         return f"<WebhookDelivery {self.abid} {self.event_type} {self.status}>"

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from . import _deadline
 from ._errors import BlockedAddress, ValidationError
 
 if TYPE_CHECKING:
@@ -345,11 +346,14 @@ def _connect_pinned(conn: HTTPConnection, guard: AddressGuard) -> socket.socket:
     except socket.gaierror as exc:
         raise NameResolutionError(conn.host, conn, exc) from exc
     error: OSError | None = None
+    timeout = conn.timeout
     for address in addresses:
+        if isinstance(timeout, int | float):  # never past the attempt's deadline
+            timeout = _deadline.remaining(float(timeout))
         try:
             sock = create_connection(
                 (address, conn.port),  # an IP: create_connection does not look it up
-                conn.timeout,
+                timeout,
                 source_address=conn.source_address,
                 socket_options=conn.socket_options,
             )
@@ -357,6 +361,7 @@ def _connect_pinned(conn: HTTPConnection, guard: AddressGuard) -> socket.socket:
             error = exc
             continue
         sys.audit("http.client.connect", conn, conn.host, conn.port)
+        _deadline.watch(sock)
         return sock
     if isinstance(error, TimeoutError):
         raise ConnectTimeoutError(
@@ -399,13 +404,29 @@ def guarded_session(guard: AddressGuard) -> requests.Session:
     # _new_conn() only opens the socket; connect() then speaks TLS over it with
     # self.host (the name) for SNI and certificate checks, and requests sets the
     # Host header from the URL: pinning the address changes neither.
-    class GuardedHTTPConnection(HTTPConnection):
-        def _new_conn(self) -> socket.socket:
-            return _connect_pinned(self, guard)
+    # Whatever socket a request goes out on (new, reused, or wrapped in TLS) is put
+    # under the attempt's deadline before it is written to or read from.
+    class Pinned:
+        sock: socket.socket | None
 
-    class GuardedHTTPSConnection(HTTPSConnection):
         def _new_conn(self) -> socket.socket:
-            return _connect_pinned(self, guard)
+            return _connect_pinned(self, guard)  # type: ignore[arg-type]
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            if self.sock is not None:
+                _deadline.watch(self.sock)
+            super().request(*args, **kwargs)  # type: ignore[misc]
+
+        def getresponse(self) -> Any:
+            if self.sock is not None:
+                _deadline.watch(self.sock)
+            return super().getresponse()  # type: ignore[misc]
+
+    class GuardedHTTPConnection(Pinned, HTTPConnection):
+        pass
+
+    class GuardedHTTPSConnection(Pinned, HTTPSConnection):
+        pass
 
     class GuardedHTTPConnectionPool(HTTPConnectionPool):
         ConnectionCls = GuardedHTTPConnection

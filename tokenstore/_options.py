@@ -35,13 +35,27 @@ class Options:
     - ``api_key_header``: the header ``tokens.token_from_request`` reads first.
     - ``webhook_allow``: hosts or networks hooks may reach although the
       address guard refuses them by default (``["127.0.0.1/32"]``).
-    - ``connect_timeout`` / ``read_timeout``: seconds, per webhook request.
+    - ``connect_timeout`` / ``read_timeout``: seconds, per wait of a webhook request.
+    - ``delivery_deadline``: seconds one delivery attempt may take in all:
+      connecting, sending, and reading the status line, headers and body. An
+      attempt past it is recorded as failed and retried.
+    - ``sync_budget``: seconds the writing thread may spend, after a commit,
+      sending the webhooks that commit produced. What does not fit is left to
+      the retry path (``dispatch()``, ``webhooks.deliver_due()``, the retry
+      thread, ``tokenstore dispatch --watch``). A hook whose last attempt
+      failed is never tried from the writing thread.
     - ``disable_after_failures`` / ``disable_after``: a hook failing that many
       times in a row, over at least that long, is disabled.
     - ``secret_grace``: how long a rotated-out signing secret still signs.
     - ``claim_timeout``: after this long, another process may take over change
       events a live process claimed but never finished.
     - ``busy_timeout``: seconds a writer waits for the lock (at least 5).
+    - ``keep_deliveries``: finished deliveries (delivered, dead) older than
+      this are deleted, a batch at a time, by the retry path and by
+      ``webhooks.prune()``; each hook's latest is kept (``None``: keep all).
+    - ``listener_timeout``: a process registered as a listener that has claimed
+      nothing for this long is removed, and the events waiting only for it
+      are dropped, with a warning in the log.
     - ``dispatch_on_open``: fire events left behind by dead processes at once
       (deliveries wait for ``dispatch()`` or ``webhooks.deliver_due()``).
     - ``create``: make the file if it is missing; with False a missing file
@@ -60,11 +74,15 @@ class Options:
     webhook_allow: tuple[str, ...] = ()
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
+    delivery_deadline: float = 10.0
+    sync_budget: float = 5.0
     disable_after_failures: int = 10
     disable_after: timedelta = timedelta(days=1)
     secret_grace: timedelta = timedelta(hours=24)
     claim_timeout: timedelta = timedelta(hours=1)
     busy_timeout: float = 10.0
+    keep_deliveries: timedelta | None = timedelta(days=30)
+    listener_timeout: timedelta = timedelta(hours=1)
     dispatch_on_open: bool = True
     create: bool = True
     read_only: bool = False
@@ -86,11 +104,16 @@ class Options:
         object.__setattr__(self, "webhook_allow", allow)
         check_seconds(self.connect_timeout, "connect_timeout")
         check_seconds(self.read_timeout, "read_timeout")
+        check_seconds(self.delivery_deadline, "delivery_deadline")
+        check_seconds(self.sync_budget, "sync_budget", allow_minimum=True)
         check_int(self.disable_after_failures, "disable_after_failures", minimum=1)
         check_span(self.disable_after, "disable_after", allow_zero=True)
         check_span(self.secret_grace, "secret_grace", allow_zero=True)
         check_span(self.claim_timeout, "claim_timeout", allow_zero=False)
         check_seconds(self.busy_timeout, "busy_timeout", minimum=5, allow_minimum=True)
+        if self.keep_deliveries is not None:
+            check_span(self.keep_deliveries, "keep_deliveries", allow_zero=True)
+        check_span(self.listener_timeout, "listener_timeout", allow_zero=False)
         for name in ("dispatch_on_open", "create", "read_only"):
             check_flag(getattr(self, name), name)
 

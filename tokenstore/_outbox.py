@@ -14,6 +14,8 @@ once the lease runs out.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -23,11 +25,12 @@ from . import signals
 from ._capture import ChangeEvent, model_ref
 from ._compat import peewee_errors
 from ._dispatch import Connection
+from ._m2m import RelationRun, runs
 from ._models import OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
 from ._payload import PayloadBuilder, dumps
-from ._policy import KIND_BY_OP, RetryPolicy, parse_retry_after, signal_matches
+from ._policy import KIND_BY_OP, RELATION_KIND, RetryPolicy, parse_retry_after, signal_matches
 from ._registry import Registry
-from ._rows import Loader
+from ._rows import Loader, quote_name
 from ._sending import Outcome, Sender, message_headers, redacted
 from ._sqlite import SQLiteDatabase
 from ._times import format_time, to_stored_time, utcnow
@@ -76,9 +79,32 @@ _TAKE = (
 _TAKE_DUE = _TAKE + '"next_attempt_at" <= ?'
 _TAKE_HELD = _TAKE + '"attempts" = 0 AND "next_attempt_at" = ?'
 _SELECT_DUE = (
-    f'SELECT "id" FROM "{_DELIVERY_TABLE}" '
+    f'SELECT "id", "hook_id" FROM "{_DELIVERY_TABLE}" '
     "WHERE \"status\" IN ('pending', 'failed') AND \"next_attempt_at\" <= ? "
-    'ORDER BY "next_attempt_at" LIMIT ?'
+    'ORDER BY "next_attempt_at", "created_at" LIMIT ?'
+)
+# Deliveries this writer held but did not send: due at the given time instead.
+_RELEASE = (
+    f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
+    'WHERE "next_attempt_at" = ? AND "attempts" = 0 AND "id" IN ({marks})'
+)
+_NEXT_RETRY = (
+    f'SELECT min("next_attempt_at") FROM "{_DELIVERY_TABLE}" '
+    'WHERE "hook_id" = ? AND "status" = \'failed\''
+)
+_WAIT_BEHIND = (
+    f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
+    'WHERE "hook_id" = ? AND "status" IN (\'pending\', \'failed\') AND "next_attempt_at" <= ?'
+)
+# Finished deliveries created before a time, but never a hook's latest finished one.
+_PRUNE = (
+    f'DELETE FROM "{_DELIVERY_TABLE}" WHERE "id" IN ('
+    f'SELECT d."id" FROM "{_DELIVERY_TABLE}" AS d '
+    "WHERE d.\"created_at\" < ? AND d.\"status\" IN ('delivered', 'dead') "
+    f'AND d."id" != (SELECT k."id" FROM "{_DELIVERY_TABLE}" AS k '
+    'WHERE k."hook_id" = d."hook_id" AND k."status" IN (\'delivered\', \'dead\') '
+    'ORDER BY k."created_at" DESC, k."abid" DESC LIMIT 1) '
+    "LIMIT ?)"
 )
 _GIVE_UP = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL '
@@ -86,11 +112,19 @@ _GIVE_UP = (
 )
 
 
+class _Tally(threading.local):
+    """Per thread: how many attempts this thread has recorded, by outcome."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failed = 0
+
+
 class Outbox:
     """Creates, sends and records deliveries.
 
-    ``lease`` is how long an attempt may take: a delivery being attempted is
-    not due again before it runs out.
+    ``sync_budget`` is how long the writing thread may spend sending what its
+    commit produced; the rest goes out through ``deliver_due``.
     """
 
     def __init__(
@@ -100,13 +134,16 @@ class Outbox:
         clock: Callable[[], datetime],
         sender: Sender,
         policy: RetryPolicy,
+        sync_budget: float,
     ) -> None:
         self.db = db
+        self.sync_budget = sync_budget
         self.registry = registry
         self.clock = clock
         self.sender = sender
         self.policy = policy
         self.payloads = PayloadBuilder()
+        self._tally = _Tally()
         sql = db.sql
         self._select_hook = sql(_SELECT_HOOK)
         self._select_delivery = sql(_SELECT_DELIVERY)
@@ -118,10 +155,19 @@ class Outbox:
         self._take_held = sql(_TAKE_HELD)
         self._select_due = sql(_SELECT_DUE)
         self._give_up = sql(_GIVE_UP)
+        self._release_sql = sql(_RELEASE)
+        self._next_retry = sql(_NEXT_RETRY)
+        self._wait_behind = sql(_WAIT_BEHIND)
+        self._prune = sql(_PRUNE)
+
+    def attempts_recorded(self) -> tuple[int, int]:
+        """Delivered and failed attempts this thread has recorded so far."""
+        return self._tally.delivered, self._tally.failed
 
     @property
     def lease(self) -> timedelta:
-        return timedelta(seconds=self.sender.attempt_time + 5)
+        """How long a delivery is held for an attempt: its whole deadline, and a margin."""
+        return timedelta(seconds=self.sender.deadline + 5)
 
     def _now(self) -> datetime:
         return to_stored_time(self.clock())
@@ -145,7 +191,9 @@ class Outbox:
         """Write a pending delivery per matching hook and event; send them after commit.
 
         Hooks are matched on their ``ref`` and ``signal`` columns alone; only
-        a hook that matches is made into an instance (once per commit).
+        a hook that matches is made into an instance (once per commit). A
+        relation change (see ``_m2m``) is one delivery per hook with M2M in
+        its signal on the side's model.
         """
         rows = conn.execute(_ENABLED_HOOKS).fetchall()
         if not rows:
@@ -159,31 +207,57 @@ class Outbox:
         # does not send it at the same time; if this process dies, it is due after that.
         held_until = now + self.lease
         stamps = (format_time(now), format_time(held_until))
-        for event in events:
-            model = self.registry.for_table(event.table)
-            if model is None:
-                continue
-            ref = model_ref(model)
-            kind = KIND_BY_OP[event.op]
-            matching = [
+
+        def matching(ref: str, kind: str) -> list[int]:
+            return [
                 i
                 for i, (hook_ref, signal) in enumerate(candidates)
                 if hook_ref == ref and signal_matches(signal, kind)
             ]
-            if not matching:
-                continue
-            payload = self.payloads.change(model, ref, event)
+
+        def write(hook_indexes: list[int], payload: dict[str, Any], event_id: int) -> None:
             body = dumps(payload)
-            for i in matching:
+            for i in hook_indexes:
                 hook = hooks.get(i)
                 if hook is None:
                     hook = hooks[i] = _HOOKS.instance(rows[i])
-                delivery = self._new_delivery(hook.id, payload["type"], body, now, event.id)
+                delivery = self._new_delivery(hook.id, payload["type"], body, now, event_id)
                 self._insert(conn, delivery, stamps)
                 created.append((delivery, hook))
+
+        for item in runs(events, self.registry.relation_for):
+            if isinstance(item, RelationRun):
+                for change in item.changes(self.registry.knows):
+                    ref = model_ref(change.side.model)
+                    found = matching(ref, RELATION_KIND)
+                    if found:
+                        abid = self._abid(conn, change.side.model, change.key)
+                        write(found, self.payloads.relation(change, ref, abid), change.event.id)
+                continue
+            model = self.registry.for_table(item.table)
+            if model is None:
+                continue
+            ref = model_ref(model)
+            found = matching(ref, KIND_BY_OP[item.op])
+            if found:
+                write(found, self.payloads.change(model, ref, item), item.id)
         if not created:
             return None
         return lambda: self.attempt_all(created, held_until)
+
+    def _abid(self, conn: Connection, model: type[Any], key: Any) -> str | None:
+        """The ABID of a row by its stored primary key; None if it has none (or is gone)."""
+        if "abid" not in model._meta.fields:
+            return None
+        pk = model._meta.primary_key.column_name
+        row = conn.execute(
+            self.db.sql(
+                f"SELECT {quote_name('abid')} FROM {quote_name(model._meta.table_name)} "
+                f"WHERE {quote_name(pk)} = ?"
+            ),
+            (key,),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def _new_delivery(
         self,
@@ -265,22 +339,63 @@ class Outbox:
         deliveries: Iterable[tuple[WebhookDelivery, OutboundWebhook]],
         held_until: datetime,
     ) -> None:
-        """Send, one after another, the deliveries one commit wrote and held until ``held_until``.
+        """Send, in the writing thread, what one commit wrote and held until ``held_until``.
 
-        Each comes with its hook as that commit read it. A delivery whose hold
-        would run out before its attempt could end (one queued behind slow
-        receivers) is taken again first, as ``deliver_due`` takes it, and
-        skipped if a retry runner elsewhere took it meanwhile: sending it here
-        too would deliver it twice.
+        Each comes with its hook as that commit read it. The thread spends at
+        most ``sync_budget`` seconds here: what does not fit goes to the retry
+        path at once, oldest first. A hook whose last attempt failed is not
+        tried here at all, nor again after one of these attempts fails: its
+        deliveries wait behind its retry, so a dead receiver costs the writer
+        one deadline, not one per save.
+
+        A delivery whose hold could run out during its attempt is taken again
+        first, as ``deliver_due`` takes it, and skipped if a retry runner
+        elsewhere took it meanwhile: sending it here too would deliver it twice.
         """
-        budget = timedelta(seconds=self.sender.attempt_time)
+        stop_at = time.monotonic() + self.sync_budget
+        behind: dict[uuid.UUID, list[str]] = {}  # per failing hook, what waits behind its retry
+        later: list[str] = []
         for delivery, hook in deliveries:
+            if hook.failing_since is not None or hook.id in behind:
+                behind.setdefault(hook.id, []).append(delivery.id.hex)
+                continue
+            left = stop_at - time.monotonic()
+            if left <= 0:
+                later.append(delivery.id.hex)
+                continue
             now = self._now()
-            if now + budget >= held_until and not self._take(
+            could_end = now + timedelta(seconds=min(left, self.sender.deadline))
+            if could_end >= held_until and not self._take(
                 self._take_held, delivery.id.hex, now, format_time(held_until)
             ):
                 continue
-            self.attempt(delivery, now, hook)
+            self.attempt(delivery, now, hook, deadline=left)
+            if delivery.status != "delivered":
+                behind.setdefault(hook.id, [])
+        if later or any(behind.values()):
+            self._release(later, behind, held_until)
+
+    def _release(
+        self, later: list[str], behind: dict[uuid.UUID, list[str]], held_until: datetime
+    ) -> None:
+        """Hand unsent deliveries (still held by this writer) to the retry path.
+
+        ``later`` are due now; those ``behind`` a failing hook are due with its
+        next retry, so they go out together once the receiver is back.
+        """
+        held = format_time(held_until)
+        now = format_time(self._now())
+        with self.db.write(quiet=True) as conn:
+            groups = [(now, later)]
+            for hook_id, ids in behind.items():
+                if ids:
+                    row = conn.execute(self._next_retry, (hook_id.hex,)).fetchone()
+                    groups.append((max(row[0] or now, now), ids))
+            for when, ids in groups:
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start : start + 500]
+                    marks = ",".join([self.db.sql("?")] * len(chunk))
+                    conn.execute(self._release_sql.format(marks=marks), (when, held, *chunk))
 
     def _take(self, sql: str, delivery_id: str, now: datetime, condition: str) -> bool:
         """Hold an unsent delivery (by stored id) for one lease from ``now``, if ``sql`` agrees."""
@@ -294,12 +409,14 @@ class Outbox:
         delivery: WebhookDelivery,
         now: datetime | None = None,
         hook: OutboundWebhook | None = None,
+        deadline: float | None = None,
     ) -> WebhookDelivery:
         """Send one delivery and record the outcome on it and on its hook.
 
         ``now`` (default: the clock) is the time the attempt is made and
         recorded at, and the ``webhook-timestamp`` it is signed with. ``hook``
-        is the delivery's hook when the caller has just read it.
+        is the delivery's hook when the caller has just read it. ``deadline``
+        shortens the sender's deadline (seconds).
         """
         if hook is None:
             hook = self.hook(delivery.hook_id)
@@ -316,7 +433,7 @@ class Outbox:
             # A hook edited outside the API (the sqlite3 shell) may not make a request.
             outcome = Outcome(False, error=f"cannot build the request: {str(exc)[:500]}")
         else:
-            outcome = self.sender.post(hook.endpoint, body, headers)
+            outcome = self.sender.post(hook.endpoint, body, headers, deadline)
         if outcome.error:
             outcome.error = redacted(outcome.error, hook)
         self.record(hook, delivery, outcome, now)
@@ -367,6 +484,10 @@ class Outbox:
             self._write(conn, delivery)
         if disabled_reason:
             self.disable(hook, disabled_reason)
+        if outcome.ok:
+            self._tally.delivered += 1
+        else:
+            self._tally.failed += 1
         if outcome.ok:
             signals.send_isolated(
                 signals.webhook_delivered, OutboundWebhook, hook=hook, delivery=delivery
@@ -423,25 +544,55 @@ class Outbox:
         with self.db.write(quiet=True) as conn:
             self._write(conn, delivery)
 
+    def prune(self, older_than: timedelta, batches: int | None = None, batch: int = 500) -> int:
+        """Delete finished deliveries created over ``older_than`` ago; returns how many.
+
+        In batches of ``batch`` rows, one short transaction each, so writers
+        never wait long behind it; ``batches`` caps how many (None: until done).
+        """
+        cutoff = format_time(self._now() - older_than)
+        deleted = 0
+        done = 0
+        while batches is None or done < batches:
+            with self.db.write(quiet=True) as conn:
+                count = conn.execute(self._prune, (cutoff, batch)).rowcount
+            deleted += count
+            done += 1
+            if count < batch:
+                break
+        return deleted
+
     def deliver_due(self, now: datetime | None = None, limit: int = 100) -> int:
-        """Attempt every delivery whose time has come; returns how many were attempted.
+        """Attempt every delivery whose time has come, oldest first; returns how many.
 
         Each is taken with a conditional update first, so two processes
         running this at once never both send it. Without ``now`` the clock is
         read again for each one: sending the others took time, and a hold
-        counted from the start could run out before the attempt ends.
+        counted from the start could run out before the attempt ends. Once an
+        attempt to a hook fails, the hook's other due deliveries wait behind
+        its retry instead of being tried one after another.
         """
         fixed = now is not None
         start = self._now() if now is None else to_stored_time(now)
         stamp = format_time(start)
-        due = [row[0] for row in self.db.execute_sql(self._select_due, (stamp, limit)).fetchall()]
+        due = self.db.execute_sql(self._select_due, (stamp, limit)).fetchall()
+        failing: dict[str, str] = {}  # hook id -> when its retry is due
         attempted = 0
-        for delivery_id in due:
+        for delivery_id, hook_id in due:
+            if hook_id in failing:
+                continue
             at = start if fixed else self._now()
             if not self._take(self._take_due, delivery_id, at, stamp):
                 continue
             delivery = self.delivery(delivery_id)
-            if delivery is not None:
-                self.attempt(delivery, at)
-                attempted += 1
+            if delivery is None:
+                continue
+            self.attempt(delivery, at)
+            attempted += 1
+            if delivery.status == "failed" and delivery.next_attempt_at is not None:
+                failing[hook_id] = format_time(delivery.next_attempt_at)
+        if failing:
+            with self.db.write(quiet=True) as conn:
+                for hook_id, retry_at in failing.items():
+                    conn.execute(self._wait_behind, (retry_at, hook_id, stamp))
         return attempted

@@ -19,11 +19,15 @@ from typing import Any
 import peewee
 
 from ._capture import ChangeEvent
+from ._m2m import RelationChange
 from ._rows import value_kind
 from ._times import format_time
 
 #: The event type's last word for each captured operation.
 TYPE_BY_OP = {"INSERT": "created", "UPDATE": "updated", "DELETE": "deleted"}
+
+#: The event type's last word for each relation change.
+TYPE_BY_ACTION = {"add": "added", "remove": "removed"}
 
 _CANONICAL_TIME = re.compile(
     r"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z"
@@ -123,5 +127,28 @@ class PayloadBuilder:
                 "pk": None if pk is None else str(pk),
                 "abid": fields.get("abid"),
                 "fields": fields,
+            },
+        }
+
+    def relation(self, change: RelationChange, ref: str, abid: str | None) -> dict[str, Any]:
+        """``{"type", "timestamp", "data": {"model", "pk", "abid", "field", "action", "pks"}}``.
+
+        ``type`` is ``<model>.<field>.added`` or ``.removed``; ``pks`` are the
+        related primary keys, as text like ``pk``, in the order they were changed.
+        """
+        converters = self._for(change.relation.through)
+        key = converters[change.side.column][1]
+        related = converters[change.other.column][1]
+        model = change.side.model
+        return {
+            "type": f"{model.__name__.lower()}.{change.side.field}.{TYPE_BY_ACTION[change.action]}",
+            "timestamp": change.event.created_at,
+            "data": {
+                "model": ref,
+                "pk": str(key(change.key)),
+                "abid": abid,
+                "field": change.side.field,
+                "action": change.action,
+                "pks": [str(related(k)) for k in change.keys],
             },
         }

@@ -31,6 +31,9 @@ _MAX_RETRY_SECONDS = int(MAX_RETRY_AFTER.total_seconds())
 #: The kind of change each captured operation is, in django-signal-webhooks' signal names.
 KIND_BY_OP = {"INSERT": "CREATE", "UPDATE": "UPDATE", "DELETE": "DELETE"}
 
+#: The kind of a relation added or removed between two rows (Django's ``m2m_changed``).
+RELATION_KIND = "M2M"
+
 
 def signal_matches(signal: str, kind: str) -> bool:
     """django-signal-webhooks' rule: a hook fires for every kind its signal name contains."""
@@ -64,8 +67,8 @@ class RetryPolicy:
     not end it, nor does one failure a week.
     """
 
-    disable_after_failures: int = 10
-    disable_after: timedelta = timedelta(days=1)
+    disable_after_failures: int
+    disable_after: timedelta
 
     def next_attempt(
         self, attempts: int, now: datetime, retry_after: timedelta | None = None

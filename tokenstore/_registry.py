@@ -1,4 +1,4 @@
-"""The models a store knows, by table and by the ref hooks name them with."""
+"""The models a store knows, by table and by the ref hooks name them with, and their relations."""
 
 from __future__ import annotations
 
@@ -8,27 +8,34 @@ import peewee
 
 from ._capture import model_ref
 from ._errors import ValidationError
+from ._m2m import Relation
 
 
 class Registry:
     """tokenstore's own models and the application's registered ones.
 
-    A process claims change events only of tables it has a model for: an
-    event of an application table that the ``tokenstore`` command was not
-    told about (``--app``) waits for a process that knows it.
+    A process claims change events only of tables it has a model for, or
+    that join two models of which it knows at least one: an event of an
+    application table that the ``tokenstore`` command was not told about
+    (``--app``) waits for a process that knows it.
     """
 
     def __init__(self, models: tuple[type[peewee.Model], ...]) -> None:
         self._by_table: dict[str, type[peewee.Model]] = {m._meta.table_name: m for m in models}
+        self._relations: dict[str, Relation] = {}
 
     def __iter__(self) -> Iterator[type[peewee.Model]]:
         return iter(list(self._by_table.values()))
 
     def tables(self) -> tuple[str, ...]:
-        return tuple(self._by_table)
+        return (*self._by_table, *self._relations)
 
     def for_table(self, table: str) -> type[peewee.Model] | None:
         return self._by_table.get(table)
+
+    def knows(self, model: type[peewee.Model]) -> bool:
+        """Whether ``model`` itself (not another class on its table) is registered."""
+        return self._by_table.get(model._meta.table_name) is model
 
     def add(self, model: type[peewee.Model]) -> bool:
         """Know ``model``; False if it was known already. Refuses a table taken by another."""
@@ -39,11 +46,35 @@ class Registry:
                 f"table {table!r} already belongs to {model_ref(known)}; "
                 f"cannot register {model_ref(model)} for it"
             )
+        relation = self._relations.get(table)
+        if relation is not None:
+            raise ValidationError(
+                f"table {table!r} is the join table of a relation of "
+                f"{' and '.join(model_ref(s.model) for s in relation.sides)}; its changes are "
+                f"captured as theirs, so {model_ref(model)} cannot be registered for it"
+            )
         self._by_table[table] = model
         return known is None
 
     def remove(self, model: type[peewee.Model]) -> None:
+        """Forget ``model``, and the relations that no registered model is left on."""
         self._by_table.pop(model._meta.table_name, None)
+        for table, relation in list(self._relations.items()):
+            if not any(self.knows(side.model) for side in relation.sides):
+                del self._relations[table]
+
+    def add_relation(self, relation: Relation) -> None:
+        """Know a join table (one side at least is registered). Refuses a registered model's."""
+        model = self._by_table.get(relation.table)
+        if model is not None:
+            raise ValidationError(
+                f"table {relation.table!r} belongs to {model_ref(model)}; it cannot also be the "
+                f"join table of {' and '.join(model_ref(s.model) for s in relation.sides)}"
+            )
+        self._relations[relation.table] = relation
+
+    def relation_for(self, table: str) -> Relation | None:
+        return self._relations.get(table)
 
     def for_ref(self, ref: str | type[peewee.Model]) -> type[peewee.Model]:
         """The registered model a hook's ``ref`` names; unknown refs list the known ones."""

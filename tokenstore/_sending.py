@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from . import _compat
+from . import _compat, _deadline
 from ._errors import BlockedAddress
 from ._models import OutboundWebhook
 from ._netguard import AddressGuard
@@ -90,18 +90,21 @@ def redacted(error: str, hook: OutboundWebhook) -> str:
 
 
 class Sender:
-    """Posts messages over one keep-alive session per thread, through the address guard."""
+    """Posts messages over one keep-alive session per thread, through the address guard.
 
-    def __init__(self, guard: AddressGuard, connect_timeout: float, read_timeout: float) -> None:
+    Each attempt ends by ``deadline`` seconds, connecting, sending and reading
+    the answer together; ``connect_timeout`` and ``read_timeout`` bound each
+    single wait within it.
+    """
+
+    def __init__(
+        self, guard: AddressGuard, connect_timeout: float, read_timeout: float, deadline: float
+    ) -> None:
         self.guard = guard
         self.timeout = (connect_timeout, read_timeout)
+        self.deadline = deadline
         self._local = threading.local()
         self._urls: dict[str, str | None] = {}  # endpoint -> its prepared URL
-
-    @property
-    def attempt_time(self) -> float:
-        """The longest an attempt may take, in seconds."""
-        return float(sum(self.timeout))
 
     def session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
@@ -128,32 +131,48 @@ class Sender:
             self._urls[url] = request.url
         return request
 
-    def post(self, url: str, body: bytes, headers: dict[str, str]) -> Outcome:
-        """One POST; never raises for what the network or the receiver does."""
+    def post(
+        self, url: str, body: bytes, headers: dict[str, str], deadline: float | None = None
+    ) -> Outcome:
+        """One POST within ``deadline`` seconds (default: the sender's); never raises."""
+        seconds = self.deadline if deadline is None else min(deadline, self.deadline)
+        start = time.perf_counter()
+        with _deadline.limit(seconds) as attempt:
+            outcome = self._post(url, body, headers, attempt.deadline)
+        if attempt.expired:
+            return Outcome(
+                False,
+                outcome.status_code,
+                error=f"timed out: the attempt ran past its deadline of {seconds:g} s",
+                body=outcome.body,
+                duration_ms=_since(start),
+            )
+        outcome.duration_ms = _since(start)
+        return outcome
+
+    def _post(self, url: str, body: bytes, headers: dict[str, str], deadline: float) -> Outcome:
         import requests
 
-        start = time.perf_counter()
         try:
             request = self._prepare(url, body, headers)
             response = _compat.send_prepared(self.session(), request, self.timeout)
         except BlockedAddress as exc:
-            return Outcome(False, error=f"blocked: {exc}", duration_ms=_since(start))
+            return Outcome(False, error=f"blocked: {exc}")
         except requests.Timeout as exc:
-            return Outcome(False, error=f"timed out: {_short(exc)}", duration_ms=_since(start))
+            return Outcome(False, error=f"timed out: {_short(exc)}")
         except Exception as exc:
             # RequestException and its kind, but also what a hook's stored settings can
             # provoke (a header value http.client cannot encode): recorded, never raised.
-            return Outcome(
-                False, error=f"{type(exc).__name__}: {_short(exc)}", duration_ms=_since(start)
-            )
+            return Outcome(False, error=f"{type(exc).__name__}: {_short(exc)}")
         try:
-            text = _read_limited(response, time.monotonic() + self.timeout[1])
+            # The body gets one read timeout in all, within the attempt's deadline.
+            text = _read_limited(response, min(deadline, time.monotonic() + self.timeout[1]))
         except Exception as exc:
             text = f"(response body unreadable: {type(exc).__name__}: {_short(exc)})"
         finally:
             response.close()
         code = response.status_code
-        outcome = Outcome(200 <= code < 300, code, body=text, duration_ms=_since(start))
+        outcome = Outcome(200 <= code < 300, code, body=text)
         if outcome.ok:
             return outcome
         if 300 <= code < 400:

@@ -4,9 +4,10 @@ One file holds everything. This module opens it (refusing, before changing
 anything, files that are not SQLite or were written by a newer tokenstore),
 sets its pragmas, brings its schema up to date, writes the capture triggers,
 runs every write in a ``BEGIN IMMEDIATE`` transaction that tells the change
-dispatcher when it commits, and tells a watcher when another connection
-committed (``PRAGMA data_version``). A PostgreSQL backend is a sibling of
-this module with the same surface.
+dispatcher when it commits, reports a full disk, an I/O error or a lock that
+never came as a StoreError subclass, and tells a watcher when another
+connection committed (``PRAGMA data_version``). A PostgreSQL backend is a
+sibling of this module with the same surface.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import re
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,19 +28,25 @@ from typing import Any, Protocol
 
 import peewee
 
-from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec
-from ._compat import RedactedQueryLog, peewee_errors
+from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec, RelationSpec
+from ._compat import RedactedQueryLog, driver_error, peewee_errors
 from ._dispatch import ClaimStatements
-from ._errors import StoreError, ValidationError
+from ._errors import (
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreIOError,
+    StoreLocked,
+    StoreReadOnly,
+    ValidationError,
+)
 from ._models import SYSTEM_USERNAME
+from ._policy import RELATION_KIND
 from ._rows import quote_name
 from ._times import format_time, utcnow
 
 #: The ``PRAGMA user_version`` of files this code writes.
-SCHEMA_VERSION = 1
-
-#: Steps that bring a file from version N to N+1, run in one transaction each.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+SCHEMA_VERSION = 2
 
 #: SQLite's default limit on function arguments bounds json_object() to this many columns.
 MAX_CAPTURED_COLUMNS = 63
@@ -84,6 +92,46 @@ def _statements(script: str) -> Iterator[str]:
 
 def _only_comments(text: str) -> bool:
     return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())
+
+
+_CREATES = re.compile(r'CREATE (?:UNIQUE )?(?:TABLE|INDEX|VIEW|TRIGGER) "([^"]+)"')
+
+
+def schema_statement(name: str) -> str:
+    """The statement of schema.sql that creates ``name``: migrations reuse the canonical DDL."""
+    for statement in _statements(schema_sql()):
+        code = "\n".join(line for line in statement.splitlines() if not line.startswith("--"))
+        match = _CREATES.match(code.strip())
+        if match and match[1] == name:
+            return code
+    raise StoreError(f"schema.sql creates nothing named {name!r}")
+
+
+def _to_version_2(conn: sqlite3.Connection) -> None:
+    """Own models' refs by their public name; the delivery log's indexes; listeners' ``seen``;
+    the allowlist table; the hooks' overview without secrets."""
+    conn.execute(
+        "UPDATE tokenstore_outbound_webhook SET ref = 'tokenstore.' || substr(ref, 19) "
+        "WHERE ref LIKE 'tokenstore.models.%'"
+    )
+    conn.execute('DROP INDEX IF EXISTS "tokenstore_webhook_delivery_hook_id"')
+    conn.execute('ALTER TABLE "tokenstore_listener" ADD COLUMN "seen" TEXT')
+    for name in (
+        "tokenstore_webhook_delivery_created_at_abid",
+        "tokenstore_webhook_delivery_hook_id_created_at_abid",
+        "tokenstore_webhook_allow",
+        "tokenstore_webhook_overview",
+    ):
+        conn.execute(schema_statement(name))
+    for table in ("tokenstore_user", "tokenstore_api_token", "tokenstore_outbound_webhook"):
+        for suffix in ("insert", "update", "delete"):
+            trigger = f"{table}_capture_{suffix}"
+            conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(trigger)}")
+            conn.execute(schema_statement(trigger))
+
+
+#: Steps that bring a file from version N to N+1, all in the opening transaction.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_version_2}
 
 
 #: The files SQLite keeps beside a WAL-mode database, which hold its data too.
@@ -183,8 +231,8 @@ def _our_tables() -> frozenset[str]:
     return frozenset(re.findall(r'^CREATE TABLE "(\w+)"', schema_sql(), re.MULTILINE))
 
 
-def _damaged(path: Path, what: str) -> StoreError:
-    return StoreError(
+def _damaged(path: Path, what: str) -> StoreCorrupt:
+    return StoreCorrupt(
         f'{path} {what}; check it with `sqlite3 {path} "PRAGMA integrity_check"` '
         "and restore it from a backup"
     )
@@ -226,13 +274,14 @@ def check_file(path: Path) -> int:
     except sqlite3.DatabaseError as exc:
         if exc.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
             raise _damaged(path, f"is corrupt ({exc})") from None
-        raise StoreError(f"cannot read {path}: {exc}") from None
+        raise StoreIOError(f"cannot read {path}: {exc}") from None
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"{path} has schema version {version}, newer than this tokenstore understands "
             f"({SCHEMA_VERSION}); upgrade tokenstore to open it"
         )
-    missing = sorted(_our_tables() - tables) if version else []
+    # Older versions lack what their migrations add; those are checked as they migrate.
+    missing = sorted(_our_tables() - tables) if version == SCHEMA_VERSION else []
     if missing:
         raise _damaged(path, f"has schema version {version} but lacks {', '.join(missing)}")
     return int(version)
@@ -303,6 +352,41 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
     ]
 
 
+def relation_triggers(spec: RelationSpec) -> list[str]:
+    """The CREATE TRIGGER statements that record a join table's changes (see ``RelationSpec``)."""
+    refs = ", ".join(_literal(ref) for ref in spec.refs)
+    gate = (
+        f"(EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
+        f"WHERE ref IN ({refs}) AND enabled AND instr(signal, {_literal(RELATION_KIND)})))"
+    )
+    first, second = (quote_name(c) for c in spec.columns)
+
+    def event(op: str, alias: str) -> str:
+        pk = "NULL" if spec.pk_column is None else f"{alias}.{quote_name(spec.pk_column)}"
+        pair = (
+            f"json_object({_literal(spec.columns[0])}, {alias}.{first}, "
+            f"{_literal(spec.columns[1])}, {alias}.{second})"
+        )
+        old, new = (pair, "NULL") if op == "DELETE" else ("NULL", pair)
+        return (
+            f"  INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)\n"
+            f"  VALUES ({_literal(spec.table)}, '{op}', {pk}, {old}, {new});\n"
+        )
+
+    name = spec.table.replace('"', "")
+    on = quote_name(spec.table)
+    return [
+        f"CREATE TRIGGER {quote_name(name + '_relation_insert')} AFTER INSERT ON {on}\n"
+        f"WHEN {gate}\nBEGIN\n{event('INSERT', 'NEW')}END",
+        f"CREATE TRIGGER {quote_name(name + '_relation_update')} "
+        f"AFTER UPDATE OF {first}, {second} ON {on}\n"
+        f"WHEN {gate}\n  AND (OLD.{first} IS NOT NEW.{first} OR OLD.{second} IS NOT NEW.{second})\n"
+        f"BEGIN\n{event('DELETE', 'OLD')}{event('INSERT', 'NEW')}END",
+        f"CREATE TRIGGER {quote_name(name + '_relation_delete')} AFTER DELETE ON {on}\n"
+        f"WHEN {gate}\nBEGIN\n{event('DELETE', 'OLD')}END",
+    ]
+
+
 _RETURNED = "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at"
 
 
@@ -358,6 +442,43 @@ def _is_write(sql: str) -> bool:
     return head.startswith("WITH") and _DML_WORD.search(sql, start) is not None
 
 
+#: What a failed SQLite call means for the store, by primary result code. Other codes
+#: (a constraint, a syntax error) are the caller's business and stay peewee's errors.
+_FAULTS: dict[int, tuple[type[StoreError], str]] = {
+    sqlite3.SQLITE_FULL: (StoreFull, "the disk is full"),
+    sqlite3.SQLITE_IOERR: (StoreIOError, "I/O error"),
+    sqlite3.SQLITE_CANTOPEN: (StoreIOError, "the file cannot be opened"),
+    sqlite3.SQLITE_BUSY: (StoreLocked, "the database stayed locked for {timeout:g} s"),
+    sqlite3.SQLITE_READONLY: (StoreReadOnly, "the store is read-only"),
+    sqlite3.SQLITE_CORRUPT: (StoreCorrupt, "the file is damaged (see PRAGMA integrity_check)"),
+    sqlite3.SQLITE_NOTADB: (StoreCorrupt, "the file is damaged (see PRAGMA integrity_check)"),
+}
+
+
+#: A statement's first keyword (a pragma's name too), to say in an error what was being done.
+_VERB = re.compile(_LEADING.pattern + r"(PRAGMA\s+\w+|\w+)", re.DOTALL | re.IGNORECASE)
+
+
+def _verb(sql: str) -> str:
+    match = _VERB.match(sql)
+    return " ".join(match.group(1).split()) if match else "a statement"
+
+
+def _abandon(conn: sqlite3.Connection) -> None:
+    """Roll back what is left of a failed transaction; SQLite may have done it already."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+class _Begun(threading.local):
+    """Per thread: the connection whose transaction ``begin()`` (peewee's) opened, until it ends.
+
+    If SQLite no longer has one there, a storage fault rolled it back under peewee.
+    """
+
+    conn: sqlite3.Connection | None = None
+
+
 class _FetchedCursor:
     """The rows of a finished statement, read the way peewee reads a cursor.
 
@@ -411,7 +532,8 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
     every transaction takes the write lock up front (``BEGIN IMMEDIATE``, so
     concurrent writers wait on the busy timeout instead of failing), and every
     commit lets the change dispatcher claim the transaction's events first
-    and fire them after.
+    and fire them after. Storage faults are translated here, the one place
+    that tokenstore's calls, applications' models and ``atomic()`` all pass.
     """
 
     def __init__(
@@ -438,9 +560,11 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         #: Opened with ``mode=ro``: every write raises StoreError before reaching SQLite.
         self.read_only = read_only
         self.hooks = hooks
+        self.busy_timeout = busy_timeout
         #: The id of the ``system`` user, owner of records nobody else owns.
         self.system_user_id: int | None = None
         self._data_version: int | None = None
+        self._begun = _Begun()
 
     @staticmethod
     def sql(text: str) -> str:
@@ -454,71 +578,160 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         Inside an open transaction it simply joins it. Otherwise it takes the
         write lock up front, commits at the end and rolls back on any error.
         ``quiet`` is for bookkeeping that capture never records (a delivery's
-        outcome): its commit skips the dispatcher's claim. Driver errors come
-        out as peewee's classes.
+        outcome): its commit skips the dispatcher's claim. Storage faults come
+        out as StoreError subclasses, other driver errors as peewee's classes.
         """
         self.refuse_if_read_only()
         conn = self.connection()
         if conn.in_transaction:
             yield conn
             return
-        with peewee_errors:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if not quiet:
-                    self.hooks.on_begin(conn)
+        self._begin(conn, "BEGIN IMMEDIATE", announce=not quiet)
+        try:
+            with peewee_errors:
                 yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            if quiet:
-                conn.execute("COMMIT")
-            else:
-                self.commit()
+        except BaseException as exc:
+            _abandon(conn)
+            self._raise_fault(exc, "a write")
+            raise
+        self._commit(conn, claim=not quiet)
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        """Open this thread's connection (peewee opens one per thread, when first used)."""
+        try:
+            return bool(super().connect(reuse_if_open))
+        except peewee.DatabaseError as exc:
+            self._raise_fault(exc, "open")
+            raise
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
-        """Run a statement; a write outside a transaction gets a transaction of its own."""
-        conn = self.connection()
-        with _unstorable_values():
-            if not _is_write(sql) or (conn.in_transaction and not self.read_only):
+        """Run a statement; a write outside a transaction gets a transaction of its own.
+
+        Inside a transaction that a storage fault rolled back under peewee,
+        nothing more runs (it would commit on its own): a nested block's
+        rollback has nothing left to undo, anything else raises.
+        """
+        conn: sqlite3.Connection = self.connection()
+        if self.read_only and _is_write(sql):
+            self.refuse_if_read_only()
+        if not conn.in_transaction:
+            if self._begun.conn is conn:
+                if sql.startswith("ROLLBACK TO SAVEPOINT"):
+                    return conn.cursor()
+                raise self._ended_early()
+            if _is_write(sql):
+                with self.write():
+                    cursor = self._execute(sql, params)
+                    if cursor.description is not None:  # RETURNING rows: finish before COMMIT
+                        cursor = _FetchedCursor(cursor)
+                return cursor
+        return self._execute(sql, params)
+
+    def _execute(self, sql: str, params: Any) -> Any:
+        try:
+            with _unstorable_values():
                 return super().execute_sql(sql, params)
-            with self.write():
-                cursor = super().execute_sql(sql, params)
-                if cursor.description is not None:  # RETURNING rows: finish before COMMIT
-                    cursor = _FetchedCursor(cursor)
-            return cursor
+        except peewee.DatabaseError as exc:
+            self._raise_fault(exc, _verb(sql))
+            raise
 
     def refuse_if_read_only(self) -> None:
-        """Raise StoreError when this store was opened read-only."""
+        """Raise StoreReadOnly when this store was opened read-only."""
         if self.read_only:
-            raise StoreError(f"{self.path} is open read-only: nothing can be written to it")
+            raise StoreReadOnly(f"{self.path} is open read-only: nothing can be written to it")
 
     def begin(self, lock_type: str | None = None) -> None:
         self.refuse_if_read_only()
-        super().begin(lock_type)
         conn = self.connection()
+        self._begin(conn, f"BEGIN {lock_type or 'IMMEDIATE'}", announce=True)
+        self._begun.conn = conn
+
+    def _begin(self, conn: sqlite3.Connection, statement: str, *, announce: bool) -> None:
+        """Start a transaction; ``announce`` lets the dispatcher register this process first."""
         try:
-            self.hooks.on_begin(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
+            with peewee_errors:
+                conn.execute(statement)
+                try:
+                    if announce:
+                        self.hooks.on_begin(conn)
+                except BaseException:
+                    _abandon(conn)
+                    raise
+        except peewee.DatabaseError as exc:
+            self._raise_fault(exc, "BEGIN")
             raise
 
     def commit(self) -> None:
-        conn = self.connection()
-        claimed = self.hooks.claim(conn) if conn.in_transaction else None
-        with peewee_errors:
-            conn.execute("COMMIT")
+        """Claim the transaction's events, commit, then fire them (outside any transaction)."""
+        try:
+            self._commit(self.connection(), claim=True)
+        finally:
+            self._begun.conn = None
+
+    def _commit(self, conn: sqlite3.Connection, *, claim: bool) -> None:
+        """COMMIT; one that fails leaves nothing of its transaction and raises its own cause.
+
+        SQLite rolls back a transaction whose COMMIT failed on a full disk or
+        an I/O error, and keeps one that was refused (a busy lock, a deferred
+        constraint): that one is rolled back here, so either way the
+        connection is out of the transaction and nothing claimed fires.
+        """
+        if not conn.in_transaction:
+            raise self._ended_early()
+        try:
+            with peewee_errors:
+                claimed = self.hooks.claim(conn) if claim else None
+                conn.execute("COMMIT")
+        except BaseException as exc:
+            _abandon(conn)
+            self._raise_fault(exc, "COMMIT")
+            raise
         if claimed is not None:
             self.hooks.queue(claimed)
-        if not self.in_transaction():
+        if claim and not self.in_transaction():
             self.hooks.after_commit(conn)
 
     def rollback(self) -> None:
-        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires."""
-        super().rollback()
+        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires.
+
+        SQLite may have rolled back already (a failed COMMIT, a full disk): then
+        there is nothing to do, and the failure that ended it is what the caller sees.
+        """
+        conn = self.connection()
+        self._begun.conn = None
+        if conn.in_transaction:
+            try:
+                super().rollback()
+            except peewee.DatabaseError as exc:
+                self._raise_fault(exc, "ROLLBACK")
+                raise
         if not self.in_transaction():
-            self.hooks.after_commit(self.connection())
+            self.hooks.after_commit(conn)
+
+    def _ended_early(self) -> StoreError:
+        return StoreError(
+            f"{self.path}: this transaction was already rolled back by SQLite (as it is "
+            "when one of its statements meets a full disk or an I/O error); nothing of it "
+            "was saved and nothing more runs in it"
+        )
+
+    def _raise_fault(self, exc: BaseException, doing: str) -> None:
+        """Raise the StoreError that a failed SQLite call amounts to, if it is a storage fault.
+
+        It names the file, the cause and SQLite's own name for it; returns
+        (for the caller to re-raise ``exc``) on any other error.
+        """
+        cause = driver_error(exc)
+        if not isinstance(cause, sqlite3.Error):
+            return
+        code = getattr(cause, "sqlite_errorcode", None)
+        fault = _FAULTS.get(code & 0xFF) if code is not None else None
+        if fault is None:
+            return
+        kind, what = fault
+        name = getattr(cause, "sqlite_errorname", "")
+        message = what.format(timeout=self.busy_timeout)
+        raise kind(f"{self.path}: {message} ({name} during {doing})") from cause
 
     def checkpoint_before_close(self) -> None:
         """Copy the WAL into the file and empty it, so old page versions leave no trace.
@@ -528,9 +741,11 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         emptied by whichever connection checkpoints next.
         """
         conn = self.connection()
-        with peewee_errors:
+        try:
             conn.execute("PRAGMA busy_timeout = 0")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # a full disk, say: the next checkpoint will do it
+            logger.info("%s: the WAL was not emptied at close: %s", self.path, exc)
 
     # -- schema and capture ---------------------------------------------------------------
 
@@ -558,6 +773,15 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         for suffix in ("insert", "update", "delete"):
             conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(f'{name}_capture_{suffix}')}")
         for statement in capture_triggers(spec):
+            conn.execute(statement)
+
+    def install_relation_capture(self, spec: RelationSpec) -> None:
+        """(Re)create a join table's triggers so they match the sides registered now."""
+        conn = self.connection()
+        name = spec.table.replace('"', "")
+        for suffix in ("insert", "update", "delete"):
+            conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(f'{name}_relation_{suffix}')}")
+        for statement in relation_triggers(spec):
             conn.execute(statement)
 
     @staticmethod
@@ -611,15 +835,12 @@ def open_database(
         logger.warning("%s or its folder is not writable here; opening it read-only", path)
         read_only = True
     if read_only and version < SCHEMA_VERSION:
-        raise StoreError(
-            f"{path} is not set up as a tokenstore file yet (schema version {version}); "
-            "open it once with write access"
+        raise StoreReadOnly(
+            f"{path} has schema version {version} and needs version {SCHEMA_VERSION}: "
+            "open it once with write access to set it up"
         )
     db = SQLiteDatabase(path, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
-    try:
-        db.connection()
-    except peewee.DatabaseError as exc:
-        raise StoreError(f"cannot open {path}: {exc}") from None
+    db.connection()
     if version < SCHEMA_VERSION:
         db.apply_schema()
     return db

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import peewee
 
@@ -21,6 +22,7 @@ from ._capture import CaptureSpec, model_ref
 from ._dispatch import Dispatcher
 from ._errors import StoreError, ValidationError
 from ._inputs import check_flag, check_seconds
+from ._m2m import Relation
 from ._models import OWN_MODELS, SYSTEM_USERNAME, OutboundWebhook, User
 from ._netguard import AddressGuard
 from ._options import Options
@@ -34,7 +36,25 @@ from ._webhooks import HookValidator, Webhooks
 
 __all__ = ["SCHEMA_VERSION", "Store", "open"]
 
+if TYPE_CHECKING:
+    from ._archivebox import ArchiveBoxImport
+
 logger = logging.getLogger("tokenstore.store")
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    """What one ``store.dispatch()`` did.
+
+    ``events`` it fired; webhook attempts it made, ``delivered`` or
+    ``failed``; and events ``waiting`` for a process that has a model for
+    their table (by table), which this process cannot fire.
+    """
+
+    events: int
+    delivered: int
+    failed: int
+    waiting: dict[str, int]
 
 
 class Store:
@@ -65,7 +85,9 @@ class Store:
         self.path = Path(path)
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.registry = Registry(OWN_MODELS)
-        self.dispatcher = Dispatcher(self.registry, SQLiteDatabase, self.clock, opts.claim_timeout)
+        self.dispatcher = Dispatcher(
+            self.registry, SQLiteDatabase, self.clock, opts.claim_timeout, opts.listener_timeout
+        )
         self.db = open_database(
             self.path,
             self.dispatcher,
@@ -81,13 +103,15 @@ class Store:
         self.db.system_user_id = system.id
 
         guard = AddressGuard(opts.webhook_allow)
-        OutboundWebhook.validator = HookValidator(self.registry, guard)
+        self.hook_validator = HookValidator(self.registry, guard)
+        OutboundWebhook.validator = self.hook_validator
         self.outbox = Outbox(
             self.db,
             self.registry,
             self.clock,
-            Sender(guard, opts.connect_timeout, opts.read_timeout),
+            Sender(guard, opts.connect_timeout, opts.read_timeout, opts.delivery_deadline),
             RetryPolicy(opts.disable_after_failures, opts.disable_after),
+            opts.sync_budget,
         )
         self.dispatcher.add_consumer(self.outbox.on_events, self.outbox.wants_events)
         self.users = Users()
@@ -99,7 +123,9 @@ class Store:
             max_tokens_per_user=opts.max_tokens_per_user,
             header=opts.api_key_header,
         )
-        self.webhooks = Webhooks(self.db, self.outbox, self.clock, opts.secret_grace)
+        self.webhooks = Webhooks(
+            self.db, self.outbox, self.clock, opts.secret_grace, opts.keep_deliveries
+        )
         if opts.dispatch_on_open and not self.db.read_only:
             # events only: opening a file should not wait on the network
             self.dispatch(deliver=False)
@@ -126,14 +152,15 @@ class Store:
         the file, so erased and deleted secrets leave no copy in either.
         """
         self.webhooks.close()
+        self.tokens.flush_uses()
         if not self.db.is_closed() and not self.db.read_only:
             try:
                 self.webhooks.erase_expired_secrets()
                 with self.db.write(quiet=True) as conn:
                     self.dispatcher.unregister(conn)
-                self.db.checkpoint_before_close()
             except peewee.DatabaseError as exc:  # a read-only or vanished file still closes
                 logger.warning("could not unregister %s as a listener: %s", self.path, exc)
+            self.db.checkpoint_before_close()
         self.db.close()
 
     def atomic(self) -> Any:
@@ -148,25 +175,48 @@ class Store:
         """Bind an application model to this store, create its table and capture its changes.
 
         Usable as a class decorator. Registering again is harmless and
-        refreshes the triggers to match the model's current fields. A
+        refreshes the triggers to match the model's current fields. Each of
+        its many-to-many fields (its own, and the backrefs of other models'
+        fields) gets its join table and triggers that capture every relation
+        added or removed (``signals.m2m_changed``, hooks with M2M). A
         read-only store only binds the model, for reading.
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
             raise ValidationError(f"register() takes a peewee model class, got {model!r}")
         spec = CaptureSpec.of(model)
+        relations = [Relation.of(m2m) for m2m in model._meta.manytomany.values()]
         model.bind(self.db, bind_refs=False, bind_backrefs=False)
-        added = self.registry.add(model)  # known before the commit below claims its events
+        added = self.registry.add(model)
         if self.db.read_only:  # readable as it is: no table or trigger can be made
             return model
         try:
-            with self.db.atomic():
+            with self.db.write(quiet=True):  # DDL only: its events wait for a dispatch
                 self.db.create_tables([model], safe=True)
                 self.db.install_capture(spec)
+                for relation in relations:
+                    self._capture_relation(relation)
         except BaseException:
             if added:
                 self.registry.remove(model)
             raise
         return model
+
+    def _capture_relation(self, relation: Relation) -> None:
+        """Create a relation's join table and (re)install its triggers for the registered sides.
+
+        The table is created even if the other side's is not there yet (its
+        foreign key waits for it); registering the other side later refreshes
+        the triggers so they count its hooks too.
+        """
+        relation.through.bind(self.db, bind_refs=False, bind_backrefs=False)
+        self.registry.add_relation(relation)
+        self.db.create_tables([relation.through], safe=True)
+        refs = tuple(
+            model_ref(s.model)
+            for s in relation.sides
+            if s.field is not None and self.registry.knows(s.model)
+        )
+        self.db.install_relation_capture(relation.spec(refs))
 
     def model_for_ref(self, ref: str | type[peewee.Model]) -> type[peewee.Model]:
         """The registered model a hook's ``ref`` names; unknown refs list the known ones."""
@@ -177,29 +227,67 @@ class Store:
         """The registered models by table name, tokenstore's own included."""
         return {m._meta.table_name: m for m in self.registry}
 
-    def dispatch(self, deliver: bool = True) -> int:
+    def dispatch(self, deliver: bool = True) -> Dispatched:
         """Fire events nobody has fired yet: other processes' writes, shell edits, crashes.
 
         With ``deliver`` it then sends the webhook deliveries that are due,
         those a crashed process committed but never sent among them.
-        Returns how many events this call claimed. Dispatch also happens by
-        itself after every commit made through this store.
+        Dispatch also happens by itself after every commit made through this
+        store; this call is for what happened elsewhere.
         """
         check_flag(deliver, "deliver")
-        before = self.dispatcher.claimed_count()
+        claimed_before = self.dispatcher.claimed_count()
+        delivered_before, failed_before = self.outbox.attempts_recorded()
         with self.db.atomic():  # its commit claims what is unclaimed, then fires it
             conn = self.db.connection()
-            self.dispatcher.forget_dead_listeners(conn)
             self.dispatcher.release(conn, self.dispatcher.stale_claimants(conn))
-            self.dispatcher.drop_unheard(conn)
-        claimed = self.dispatcher.claimed_count() - before
+            self.dispatcher.housekeeping(conn)
         if deliver:
             self.webhooks.deliver_due()
-        return claimed
+        delivered, failed = self.outbox.attempts_recorded()
+        return Dispatched(
+            events=self.dispatcher.claimed_count() - claimed_before,
+            delivered=delivered - delivered_before,
+            failed=failed - failed_before,
+            waiting=self.dispatcher.waiting(self.db.connection()),
+        )
 
     def wait_for_changes(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for another connection to commit; True if one did."""
         return self.db.wait_for_changes(check_seconds(timeout, "timeout", allow_minimum=True))
+
+    def import_archivebox(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        ref_map: Mapping[str, str | type[peewee.Model]] | None = None,
+        cipher_key: str | None = None,
+        dry_run: bool = False,
+    ) -> ArchiveBoxImport:
+        """Copy users, API tokens and webhooks from ArchiveBox 0.8's ``index.sqlite3``.
+
+        The file is only read. Ids and ABIDs are kept; each plain-text token is
+        stored as its digest, so the same string authenticates here. A hook's
+        ``ref`` (a Django model path) is mapped through ``ref_map`` to a
+        registered model (``api.models.APIToken`` maps to ``tokenstore.APIToken``);
+        a hook whose ref is unmapped, whose endpoint the address guard refuses, or
+        whose encrypted auth token cannot be read (``cipher_key`` is ArchiveBox's
+        ``SIGNAL_WEBHOOKS["CIPHER_KEY"]``; it needs ``tokenstore[archivebox]``) is
+        imported disabled, saying why. Each imported hook gets a new signing
+        secret. All in one transaction; rows already here are left alone, so a
+        second import changes nothing; ``dry_run`` reports and writes nothing.
+        """
+        from ._archivebox import import_archivebox
+
+        return import_archivebox(
+            path,
+            db=self.db,
+            users=self.users,
+            validator=self.hook_validator,
+            ref_map=ref_map,
+            cipher_key=cipher_key,
+            dry_run=dry_run,
+        )
 
 
 def open(path: str | os.PathLike[str], **options: Any) -> Store:

@@ -7,6 +7,8 @@ import hashlib
 import hmac
 import logging
 import re
+import threading
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +20,7 @@ from ._abid import ABID
 from ._credentials import (
     DEFAULT_TOKEN_PREFIX,
     check_prefix,
+    looks_like_legacy_token,
     looks_like_token,
     token_digest,
     token_hint,
@@ -47,8 +50,7 @@ DEFAULT_API_KEY_HEADER = "X-API-Key"
 #: ArchiveBox treats these as "no token sent" (what empty API-explorer forms submit).
 ABSENT_VALUES = frozenset({"", "string", "None", "null"})
 
-#: ``last_used_at`` is written at most this often per token, so authentication
-#: stays a read and does not queue up behind writers.
+#: ``last_used_at`` moves in steps of this, and is written at most this late.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 MAX_NAME_LENGTH = 255
@@ -64,7 +66,7 @@ _REVOKED_AT = _TOKENS.at["revoked_at"]
 
 _TOUCH = (
     f'UPDATE "{_TABLE}" SET "last_used_at" = ? '
-    'WHERE "id" = ? AND ("last_used_at" IS NULL OR "last_used_at" <= ?)'
+    'WHERE "id" = ? AND ("last_used_at" IS NULL OR "last_used_at" < ?)'
 )
 _COUNT_LIVE = (
     f'SELECT count(*) FROM "{_TABLE}" WHERE "created_by_id" = ? AND "revoked_at" IS NULL '
@@ -234,6 +236,9 @@ class Tokens:
         self._converted: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._select_by_digest = db.sql(_SELECT_BY_DIGEST)
         self._touch_sql = db.sql(_TOUCH)
+        self._uses: dict[str, str] = {}  # token id -> when it was last used, not yet written
+        self._uses_lock = threading.Lock()
+        self._flusher: threading.Timer | None = None
         self._count_live = db.sql(_COUNT_LIVE)
 
     # -- issuing -----------------------------------------------------------------------
@@ -325,8 +330,10 @@ class Tokens:
 
         Raises InvalidToken (malformed, bad checksum, unknown), RevokedToken,
         ExpiredToken or MissingScope; messages never contain the secret. One
-        indexed SELECT by digest; a write happens only when the stored
-        ``last_used_at`` is a minute old or more. Safe from several threads.
+        indexed SELECT by digest, and never a write: the use is noted in
+        memory and written within a minute (``flush_uses``; also at
+        ``store.close()``), so checking a token never waits for the write
+        lock. Safe from several threads.
 
         The row is read on every call, so a revocation or an edit made by any
         process counts at once.
@@ -341,9 +348,9 @@ class Tokens:
             raise InvalidToken("API token is malformed") from None
         row = self.db.connection().execute(self._select_by_digest, (digest,)).fetchone()
         if row is None or not hmac.compare_digest(row[_DIGEST_AT], digest):
-            # Checked only on a miss, where it tells a mistyped secret from an unknown one:
-            # on the way to a hit it would cost a tenth of the lookup for nothing.
-            if not looks_like_token(secret):
+            # Checked only on a miss, where it tells a mistyped secret from an unknown one;
+            # a hit has proved the secret already.
+            if not (looks_like_token(secret) or looks_like_legacy_token(secret)):
                 raise InvalidToken("API token is malformed or fails its checksum")
             raise InvalidToken("API token is not recognised")
         data = self._values(row)
@@ -363,15 +370,17 @@ class Tokens:
         last_used = data["last_used_at"]
         stale = last_used is None or now - last_used >= LAST_USED_RESOLUTION
         if stale and not self.db.read_only:  # a read-only store records nothing
-            data["last_used_at"] = self._touch(data, now)
+            stamp = to_stored_time(now)
+            self._note_use(data["id"], stamp)
+            data["last_used_at"] = stamp
         return APIToken.from_stored(data)
 
     def _values(self, row: tuple[Any, ...]) -> dict[str, Any]:
         """A token row's Python values, converted once per distinct row.
 
-        A script uses its key over and over, and converting the row costs a
-        quarter of a lookup. The memo is keyed by the whole row, so a row that
-        changed in any way (revoked, used, edited) is simply a new key.
+        A script uses its key over and over. The memo is keyed by the whole
+        row, so a row that changed in any way (revoked, used, edited) is
+        simply a new key.
         """
         cached = self._converted.get(row)
         if cached is None:
@@ -382,22 +391,46 @@ class Tokens:
         values["scopes"] = list(cached["scopes"])  # the caller's to change, not the memo's
         return values
 
-    def _touch(self, data: dict[str, Any], now: datetime) -> datetime | None:
-        """Record use with one conditional UPDATE; a quiet field, so no change event.
+    def _note_use(self, token_id: uuid.UUID, stamp: datetime) -> None:
+        """Remember a use, to be written by ``flush_uses``: within a minute, or at ``close``."""
+        with self._uses_lock:
+            self._uses[token_id.hex] = format_time(stamp)
+            if self._flusher is None:
+                self._flusher = threading.Timer(
+                    LAST_USED_RESOLUTION.total_seconds(), self._flush_in_background
+                )
+                self._flusher.daemon = True
+                self._flusher.start()
 
-        The condition makes concurrent callers agree: whoever comes first in a
-        minute writes, the rest change nothing. Failing to record use (say, the
-        file is read-only) must not deny access, so it is logged, not raised.
-        Returns what ``last_used_at`` now holds, as far as this caller knows.
-        """
-        stamp = to_stored_time(now)
-        cutoff = format_time(stamp - LAST_USED_RESOLUTION)
+    def _flush_in_background(self) -> None:
         try:
-            self.db.execute_sql(self._touch_sql, (format_time(stamp), data["id"].hex, cutoff))
-        except peewee.OperationalError as exc:
-            logger.warning("could not record use of API token %s: %s", data["abid"], exc)
-            return data["last_used_at"]  # type: ignore[no-any-return]
-        return stamp
+            self.flush_uses()
+        finally:
+            self.db.close()  # the timer thread's own connection
+
+    def flush_uses(self) -> int:
+        """Write the uses ``authenticate`` noted since the last flush; returns how many.
+
+        One conditional UPDATE each, in one transaction: a later use already
+        written (by another process) is never moved back. ``last_used_at`` is a
+        quiet field, so no change event. Failing to record use (say, the file
+        is read-only) must not deny access, so it is logged, not raised.
+        """
+        with self._uses_lock:
+            uses, self._uses = self._uses, {}
+            timer, self._flusher = self._flusher, None
+        if timer is not None:
+            timer.cancel()
+        if not uses:
+            return 0
+        try:
+            with self.db.write(quiet=True) as conn:
+                for token_id, stamp in uses.items():
+                    conn.execute(self._touch_sql, (stamp, token_id, stamp))
+        except peewee.DatabaseError as exc:
+            logger.warning("could not record the use of %d API tokens: %s", len(uses), exc)
+            return 0
+        return len(uses)
 
     # -- managing ----------------------------------------------------------------------
 
@@ -421,7 +454,7 @@ class Tokens:
         if looks_like_token(abid):
             raise ValidationError("that is an API token secret, not a token's ABID (apt_...)")
         try:
-            wanted = str(ABID.parse(abid, prefix=APIToken.abid_prefix))
+            wanted = ABID.parse(abid, prefix=APIToken.abid_prefix).canonical
         except InvalidABID as exc:
             raise ValidationError(f"not an API token ABID: {exc}") from None
         token: APIToken | None = APIToken.get_or_none(APIToken.abid == wanted)

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -59,6 +60,13 @@ SIGNAL_CHOICES = (
 )
 
 DELIVERY_STATUSES = ("pending", "failed", "delivered", "dead")
+
+#: How many batches of the delivery log the retry path prunes once a minute.
+PRUNE_BATCHES = 4
+
+#: How many deliveries ``deliveries()`` returns unless told, and at most.
+DELIVERIES_PAGE = 100
+MAX_DELIVERIES_PAGE = 10_000
 
 #: The fields ``update()`` may change; the rest is bookkeeping.
 EDITABLE = (
@@ -110,8 +118,22 @@ class HookValidator:
         self.registry = registry
         self.guard = guard
 
-    def __call__(self, hook: OutboundWebhook) -> None:
-        """Check a hook's fields before it is saved; raise ValidationError at the first fault."""
+    def check_ref(self, ref: str | type[peewee.Model]) -> str:
+        """The ref of the registered model ``ref`` names, if hooks may watch it."""
+        model = self.registry.for_ref(ref)
+        if model is WebhookDelivery:
+            raise ValidationError(
+                f"{model_ref(model)} cannot have webhooks: its changes are not "
+                "captured (a hook on it would report its own deliveries)"
+            )
+        return model_ref(model)
+
+    def __call__(self, hook: OutboundWebhook, *, judge_target: bool = True) -> None:
+        """Check a hook's fields before it is saved; raise ValidationError at the first fault.
+
+        ``judge_target=False`` leaves the ref and the endpoint to the caller: an
+        import keeps a hook whose model or address is refused here, disabled.
+        """
         name = check_text(hook.name, "webhook name")
         if not name.strip() or len(name) > 255:
             raise ValidationError(f"webhook name must be 1-255 characters, got {name!r}")
@@ -124,17 +146,11 @@ class HookValidator:
         # may know other models or allow other addresses, and must still be able to
         # enable or rename a hook the application made.
         stored = hook._stored or {}
-        if not stored or stored.get("ref") != hook.ref:
-            model = self.registry.for_ref(hook.ref)
-            if model is WebhookDelivery:
-                raise ValidationError(
-                    f"{model_ref(model)} cannot have webhooks: its changes are not "
-                    "captured (a hook on it would report its own deliveries)"
-                )
-            _set_if_changed(hook, "ref", model_ref(model))
+        if judge_target and (not stored or stored.get("ref") != hook.ref):
+            _set_if_changed(hook, "ref", self.check_ref(hook.ref))
         if not isinstance(hook.endpoint, str) or len(hook.endpoint) > 2047:
             raise ValidationError("webhook endpoint must be a URL of at most 2047 characters")
-        if not stored or stored.get("endpoint") != hook.endpoint:
+        if judge_target and (not stored or stored.get("endpoint") != hook.endpoint):
             self.guard.check_endpoint(hook.endpoint)
             check_text(hook.endpoint, "webhook endpoint")  # the guard passes allowed hosts early
         headers = {} if hook.headers is None else hook.headers
@@ -192,12 +208,15 @@ class Webhooks:
         db: SQLiteDatabase,
         outbox: Outbox,
         clock: Callable[[], datetime],
-        secret_grace: timedelta = timedelta(hours=24),
+        secret_grace: timedelta,
+        keep_deliveries: timedelta | None,
     ) -> None:
         self.db = db
         self.outbox = outbox
         self.clock = clock
         self.secret_grace = secret_grace
+        self.keep_deliveries = keep_deliveries
+        self._next_prune = 0.0  # time.monotonic() of the retry path's next pruning
 
     def close(self) -> None:
         """Close this thread's HTTP session."""
@@ -257,7 +276,7 @@ class Webhooks:
         """A hook by ABID (any case) or by name."""
         match = OutboundWebhook.name == check_text(key, "webhook ABID or name")
         with contextlib.suppress(InvalidABID):  # not an ABID: a name, then
-            match |= OutboundWebhook.abid == str(ABID.parse(key, prefix="whk_"))
+            match |= OutboundWebhook.abid == ABID.parse(key, prefix="whk_").canonical
         hook = OutboundWebhook.get_or_none(match)
         if hook is None:
             secretish = looks_like_token(key) or str(key).startswith(SECRET_PREFIX)
@@ -333,12 +352,27 @@ class Webhooks:
         self,
         hook: OutboundWebhook | str | None = None,
         status: str | None = None,
-        limit: int | None = None,
+        limit: int = DELIVERIES_PAGE,
+        before: WebhookDelivery | str | None = None,
     ) -> builtins.list[WebhookDelivery]:
-        """The delivery log, newest first, optionally for one hook or one status."""
+        """A page of the delivery log, newest first, optionally for one hook or one status.
+
+        ``before`` (a delivery or its ``msg_...`` ABID) is the cursor: the page
+        starts after it, so passing the last delivery of one page gives the next.
+        """
+        if type(limit) is not int or not 1 <= limit <= MAX_DELIVERIES_PAGE:
+            raise ValidationError(
+                f"limit must be a whole number from 1 to {MAX_DELIVERIES_PAGE}, got {limit!r}"
+            )
         query = WebhookDelivery.select().order_by(
             WebhookDelivery.created_at.desc(), WebhookDelivery.abid.desc()
         )
+        if before is not None:
+            after = before if isinstance(before, WebhookDelivery) else self.delivery(before)
+            query = query.where(
+                peewee.Tuple(WebhookDelivery.created_at, WebhookDelivery.abid)
+                < peewee.Tuple(format_time(after.created_at), after.abid)
+            )
         if hook is not None:
             query = query.where(WebhookDelivery.hook == self._hook(hook).id)
         if status is not None:
@@ -347,15 +381,27 @@ class Webhooks:
                     f"delivery status {status!r} is not one of: {', '.join(DELIVERY_STATUSES)}"
                 )
             query = query.where(WebhookDelivery.status == status)
-        if limit is not None:
-            query = query.limit(check_int(limit, "limit", minimum=1))
-        return list(query)
+        return list(query.limit(limit))
+
+    def prune(self, older_than: timedelta | None = None) -> int:
+        """Delete finished deliveries (delivered, dead) older than ``older_than``; how many.
+
+        The default is the store's ``keep_deliveries``. Each hook's latest
+        finished delivery is kept, so its last outcome stays readable. The
+        retry path also prunes, a little at a time, off the writing thread.
+        """
+        keep = self.keep_deliveries if older_than is None else older_than
+        if keep is None:
+            return 0
+        if not isinstance(keep, timedelta) or keep < timedelta(0):
+            raise ValidationError(f"older_than must be a timedelta of 0 or more, got {keep!r}")
+        return self.outbox.prune(keep)
 
     def delivery(self, abid: str) -> WebhookDelivery:
         """One delivery by its ABID (the ``webhook-id`` its receiver saw)."""
         try:
             found = WebhookDelivery.get_or_none(
-                WebhookDelivery.abid == str(ABID.parse(abid, prefix="msg_"))
+                WebhookDelivery.abid == ABID.parse(abid, prefix="msg_").canonical
             )
         except InvalidABID as exc:
             raise NotFound(f"no delivery {abid!r}: {exc}") from None
@@ -366,11 +412,17 @@ class Webhooks:
     def deliver_due(self, now: Any = None, limit: int = 100) -> int:
         """Attempt the deliveries whose retry time has come; returns how many were attempted.
 
-        Rotated-out signing secrets whose grace period is over are erased first.
+        Rotated-out signing secrets whose grace period is over are erased
+        first. Once a minute it also prunes a few batches of the delivery log
+        (see ``prune``).
         """
         check_int(limit, "limit", minimum=1)
         self.erase_expired_secrets(now)
-        return self.outbox.deliver_due(now, limit)
+        attempted = self.outbox.deliver_due(now, limit)
+        if self.keep_deliveries is not None and time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + 60
+            self.outbox.prune(self.keep_deliveries, batches=PRUNE_BATCHES)
+        return attempted
 
     def erase_expired_secrets(self, now: datetime | None = None) -> None:
         """Erase rotated-out signing secrets whose grace is over: nobody signs with them now.
@@ -378,9 +430,11 @@ class Webhooks:
         With ``secure_delete`` on, their bytes are overwritten, not just unlinked.
         """
         cutoff = to_stored_time(self.clock() if now is None else now)
-        OutboundWebhook.update(previous_secret=None, previous_secret_expires=None).where(
-            OutboundWebhook.previous_secret_expires <= cutoff
-        ).execute()
+        expired = OutboundWebhook.previous_secret_expires <= cutoff
+        if OutboundWebhook.select().where(expired).exists():  # a read: no write lock if none
+            OutboundWebhook.update(previous_secret=None, previous_secret_expires=None).where(
+                expired
+            ).execute()
 
     def ping(self, hook: OutboundWebhook | str) -> WebhookDelivery:
         """Send a ``webhook.ping`` message now, to check a receiver and its secret."""

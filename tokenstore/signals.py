@@ -13,6 +13,8 @@ from typing import Any
 
 from blinker import Namespace, Signal
 
+from . import _compat
+
 logger = logging.getLogger("tokenstore.signals")
 
 namespace = Namespace()
@@ -31,6 +33,10 @@ post_delete = namespace.signal(
 row_changed = namespace.signal(
     "row_changed", doc="After any committed change is dispatched (event)."
 )
+m2m_changed = namespace.signal(
+    "m2m_changed",
+    doc="After a committed relation change is dispatched (instance, field, action, pks).",
+)
 webhook_delivered = namespace.signal(
     "webhook_delivered", doc="A delivery attempt got a 2xx answer (hook, delivery)."
 )
@@ -42,12 +48,12 @@ webhook_disabled = namespace.signal(
 )
 
 #: The signals fired from change events; if none has a receiver, events are dropped early.
-EVENT_SIGNALS = (post_save, post_delete, row_changed)
+EVENT_SIGNALS = (post_save, post_delete, row_changed, m2m_changed)
 
 
 def any_event_receivers() -> bool:
     """Whether this process listens for change events at all (so capture must record them)."""
-    return any(signal.receivers for signal in EVENT_SIGNALS)
+    return any(_compat.is_connected(signal) for signal in EVENT_SIGNALS)
 
 
 def send_isolated(signal: Signal, sender: Any, **kwargs: Any) -> None:

@@ -1,0 +1,97 @@
+"""A recording HTTP/1.1 server on 127.0.0.1 for the delivery tests: real sockets, no mocks."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Hit:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    headers: Message
+    body: bytes
+    client_port: int
+
+    def header_dict(self) -> dict[str, str]:
+        return {name: value for name, value in self.headers.items()}
+
+
+def answer(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> None:
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def ok(handler: BaseHTTPRequestHandler) -> None:
+    answer(handler, 200, b"thanks")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real receivers do
+    server: _Server
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        receiver = self.server.receiver
+        receiver.hits.append(
+            Hit(self.command, self.path, self.headers, body, self.client_address[1])
+        )
+        receiver.respond(self)
+
+    do_GET = do_POST
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def handle(self) -> None:
+        # The sender may hang up early, on purpose in some tests.
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            super().handle()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    receiver: Receiver
+
+
+@dataclass
+class Receiver:
+    """A stdlib HTTP/1.1 server on 127.0.0.1 that records requests and answers as told."""
+
+    respond: Callable[[BaseHTTPRequestHandler], None] = ok
+    hits: list[Hit] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.server.receiver = self
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
+        self.thread.daemon = True
+        self.thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,701 @@
+"""The admin page at the WSGI level: every route, signing in, CSRF, escaping, secrets once.
+
+The app is called directly with real environs (wsgiref's defaults) on a real
+store file; webhooks go to a real receiver on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+from wsgiref.util import setup_testing_defaults
+
+import pytest
+import requests
+from _admin_helpers import Received, receiving, serving
+
+import tokenstore
+from tokenstore import admin
+from tokenstore.admin import _pages
+from tokenstore.admin._sessions import Sessions
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+class Page:
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.text = body.decode("utf-8")
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    @property
+    def csrf(self) -> str:
+        found = CSRF.search(self.text)
+        assert found, self.text
+        return found[1]
+
+
+class Client:
+    """A browser of sorts: keeps the session cookie, follows nothing by itself."""
+
+    def __init__(self, app: admin.AdminApp, script_name: str = "") -> None:
+        self.app = app
+        self.script_name = script_name
+        self.cookie: str | None = None
+        self.csrf = ""
+
+    def request(
+        self, method: str, path: str, form: dict[str, str] | None = None, csrf: bool = True
+    ) -> Page:
+        target = urlsplit(path)
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": method,
+            "SCRIPT_NAME": self.script_name,
+            "PATH_INFO": target.path,
+            "QUERY_STRING": target.query,
+        }
+        if self.cookie:
+            environ["HTTP_COOKIE"] = f"tokenstore_admin={self.cookie}"
+        if method == "POST":
+            fields = dict(form or {})
+            if csrf:
+                fields.setdefault("csrf", self.csrf)
+            body = urlencode(fields).encode()
+            environ["CONTENT_TYPE"] = "application/x-www-form-urlencoded"
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ["wsgi.input"] = io.BytesIO(body)
+        setup_testing_defaults(environ)
+        started: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None):
+            started.extend([status, headers])
+
+        body = b"".join(self.app(environ, start_response))
+        page = Page(int(started[0].split()[0]), started[1], body)
+        cookie = page.header("Set-Cookie")
+        if cookie:
+            self.cookie = cookie.split(";")[0].split("=", 1)[1] or None
+        found = CSRF.search(page.text)
+        if found:
+            self.csrf = found[1]
+        return page
+
+    def get(self, path: str) -> Page:
+        return self.request("GET", path)
+
+    def post(self, path: str, form: dict[str, str] | None = None, csrf: bool = True) -> Page:
+        return self.request("POST", path, form, csrf)
+
+    def sign_in(self, secret: str) -> Page:
+        self.get("/login")
+        page = self.post("/login", {"token": secret})
+        if page.status == 303:
+            self.get("/")  # the signed-in session's pages carry its own CSRF token
+        return page
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, Received, list[int]]]:
+    """A loopback endpoint; tests set ``status[0]`` to the code it answers."""
+    with receiving() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def app(store: tokenstore.Store) -> admin.AdminApp:
+    return admin.make_app(store)
+
+
+@pytest.fixture
+def admin_secret(store: tokenstore.Store) -> str:
+    _, secret = store.tokens.create(store.users.create("root"), name="admin", scopes=["admin"])
+    return secret
+
+
+@pytest.fixture
+def client(app: admin.AdminApp, admin_secret: str) -> Client:
+    browser = Client(app)
+    assert browser.sign_in(admin_secret).status == 303
+    return browser
+
+
+def abid_of(text: str, prefix: str) -> str:
+    found = re.search(rf"\b{prefix}_[0-9A-Z]{{26}}\b", text)
+    assert found, text
+    return found[0]
+
+
+GET_ROUTES = [
+    "/",
+    "/users",
+    "/tokens",
+    "/tokens/{token}/revoke",
+    "/webhooks",
+    "/webhooks/{hook}",
+    "/webhooks/{hook}/delete",
+    "/deliveries",
+    "/deliveries/{delivery}",
+]
+POST_ROUTES = [
+    "/users",
+    "/tokens",
+    "/tokens/{token}/revoke",
+    "/webhooks",
+    "/webhooks/{hook}",
+    "/webhooks/{hook}/enable",
+    "/webhooks/{hook}/disable",
+    "/webhooks/{hook}/rotate",
+    "/webhooks/{hook}/ping",
+    "/webhooks/{hook}/delete",
+    "/deliveries/{delivery}/redeliver",
+    "/logout",
+]
+
+
+@pytest.fixture
+def records(store: tokenstore.Store, receiver: Any) -> dict[str, str]:
+    """One token, one hook and one delivery, for the routes that name one."""
+    url, _, _ = receiver
+    token, _ = store.tokens.create(store.users.create("alice"), name="alices-key")
+    hook = store.webhooks.create("recorded-hook", tokenstore.User, url)
+    delivery = store.webhooks.ping(hook)
+    return {"token": token.abid, "hook": hook.abid, "delivery": delivery.abid}
+
+
+# -- signing in ---------------------------------------------------------------------------
+
+
+def test_signed_out_every_page_sends_to_the_sign_in_form(
+    app: admin.AdminApp, records: dict[str, str]
+) -> None:
+    visitor = Client(app)
+    for route in GET_ROUTES:
+        page = visitor.get(route.format(**records))
+        assert page.status == 303, route
+        assert page.header("Location") == "/login"
+        assert "recorded-hook" not in page.text and "alices-key" not in page.text
+
+
+def test_signed_out_every_change_is_refused(
+    app: admin.AdminApp, store: tokenstore.Store, records: dict[str, str]
+) -> None:
+    visitor = Client(app)
+    visitor.get("/login")  # an anonymous session with a CSRF token does not help
+    for route in POST_ROUTES[:-1]:  # all but /logout, which ends the anonymous session
+        page = visitor.post(route.format(**records), {"username": "mallory", "name": "x"})
+        assert page.status == 403, route
+    assert [u.username for u in store.users.list()] == ["system", "alice"]
+    assert store.webhooks.get("recorded-hook").enabled
+    assert store.tokens.get(records["token"]).revoked_at is None
+
+
+def test_sign_in_sets_a_strict_http_only_expiring_cookie(
+    app: admin.AdminApp, admin_secret: str
+) -> None:
+    visitor = Client(app)
+    form = visitor.get("/login")
+    assert form.status == 200 and 'name="token"' in form.text
+    anonymous = visitor.cookie
+    signed_in = visitor.post("/login", {"token": admin_secret})
+    assert signed_in.status == 303 and signed_in.header("Location") == "/"
+    cookie = signed_in.header("Set-Cookie") or ""
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert re.search(r"Max-Age=[1-9]\d*", cookie) and "Path=/" in cookie
+    assert visitor.cookie and visitor.cookie != anonymous  # a new id once signed in
+    assert admin_secret not in cookie
+    assert visitor.get("/").status == 200
+    assert visitor.get("/login").status == 303  # already signed in
+
+
+def test_a_wrong_token_is_refused_without_echoing_it(app: admin.AdminApp) -> None:
+    visitor = Client(app)
+    visitor.get("/login")
+    page = visitor.post("/login", {"token": "tsk_not-a-real-token-at-all"})
+    assert page.status == 401
+    assert "not-a-real-token" not in page.text
+    assert visitor.get("/").status == 303
+
+
+@pytest.mark.parametrize(
+    ("superuser", "scopes", "status"),
+    [
+        (False, ["snapshots:read"], 403),
+        (False, [], 403),  # unrestricted for the API, but not an admin key
+        (True, ["snapshots:read"], 403),  # a superuser's key narrowed to something else
+        (True, [], 303),
+        (False, ["admin"], 303),
+        (False, ["admin", "snapshots:read"], 303),
+    ],
+)
+def test_who_may_sign_in(
+    app: admin.AdminApp, store: tokenstore.Store, superuser: bool, scopes: list[str], status: int
+) -> None:
+    user = store.users.create("someone", superuser=superuser)
+    _, secret = store.tokens.create(user, scopes=scopes)
+    visitor = Client(app)
+    page = visitor.sign_in(secret)
+    assert page.status == status
+    assert visitor.get("/users").status == (200 if status == 303 else 303)
+    if status == 403:
+        assert "admin" in page.text and secret not in page.text
+
+
+def test_revoking_the_token_ends_the_session_at_once(
+    client: Client, store: tokenstore.Store, admin_secret: str
+) -> None:
+    assert client.get("/tokens").status == 200
+    store.tokens.revoke(store.tokens.authenticate(admin_secret))
+    assert client.get("/tokens").status == 303
+    assert client.post("/users", {"username": "late"}).status == 403
+    assert "late" not in [u.username for u in store.users.list()]
+
+
+def test_an_expired_token_or_session_signs_out(ts: tokenstore.Store, clock: Any) -> None:
+    now = [0.0]
+    app = admin.AdminApp(ts, sessions=Sessions(clock=lambda: now[0]))
+    _, secret = ts.tokens.create(
+        ts.users.create("root"), scopes=["admin"], expires=timedelta(hours=1)
+    )
+    visitor = Client(app)
+    visitor.sign_in(secret)
+    assert visitor.get("/").status == 200
+    clock.advance(hours=2)
+    assert visitor.get("/").status == 303
+    clock.advance(hours=-2)
+    visitor.sign_in(secret)
+    assert visitor.get("/").status == 200
+    now[0] += 9 * 3600  # past the session's lifetime
+    assert visitor.get("/").status == 303
+
+
+def test_sign_out(client: Client) -> None:
+    assert client.post("/logout", csrf=False).status == 403
+    page = client.post("/logout")
+    assert page.status == 303 and page.header("Location") == "/login"
+    assert "Max-Age=0" in (page.header("Set-Cookie") or "")
+    assert client.get("/").status == 303
+
+
+# -- CSRF -----------------------------------------------------------------------------------
+
+
+def test_every_post_without_or_with_a_wrong_csrf_token_is_refused(
+    client: Client, store: tokenstore.Store, records: dict[str, str]
+) -> None:
+    for route in POST_ROUTES:
+        path = route.format(**records)
+        for csrf in (None, "forged", ""):
+            form = {"username": "mallory", "name": "x"}
+            if csrf is not None:
+                form["csrf"] = csrf
+            page = client.post(path, form, csrf=False)
+            assert page.status == 403, (route, csrf)
+            assert "CSRF" in page.text
+    assert [u.username for u in store.users.list()] == ["system", "root", "alice"]
+    assert store.webhooks.get("recorded-hook").enabled
+    assert store.tokens.get(records["token"]).revoked_at is None
+    assert client.get("/").status == 200  # still signed in
+
+
+def test_the_sign_in_form_needs_its_csrf_token(app: admin.AdminApp, admin_secret: str) -> None:
+    visitor = Client(app)
+    visitor.get("/login")
+    assert visitor.post("/login", {"token": admin_secret}, csrf=False).status == 403
+    stranger = Client(app)  # no session at all: a form posted from elsewhere
+    assert stranger.post("/login", {"token": admin_secret, "csrf": "x"}, csrf=False).status == 403
+    assert stranger.get("/").status == 303
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+
+def test_every_page_shows_when_signed_in(client: Client, records: dict[str, str]) -> None:
+    for route in GET_ROUTES:
+        page = client.get(route.format(**records))
+        assert page.status == 200, (route, page.text)
+        assert page.header("Cache-Control") == "no-store"
+        assert "default-src 'none'" in (page.header("Content-Security-Policy") or "")
+    assert client.get("/nowhere").status == 404
+    assert client.request("PUT", "/users").status == 405
+    assert client.get("/tokens/apt_01JAZ6BQG0D53BD22B01XRS78E/revoke").status == 404
+    assert client.get("/webhooks/no-such-hook").status == 404
+    assert client.get("/deliveries/msg_01JAZ6BQG0D53BD22B01XRS78E").status == 404
+
+
+def test_static_files(app: admin.AdminApp) -> None:
+    visitor = Client(app)
+    css = visitor.get("/static/admin.css")
+    assert (
+        css.status == 200
+        and css.header(
+            "Content-Type",
+        )
+        == "text/css; charset=utf-8"
+    )
+    assert visitor.get("/static/admin.js").status == 200
+    assert visitor.get("/static/../_app.py").status == 404
+    assert visitor.get("/static/nothing.css").status == 404
+
+
+def test_overview_counts_and_draws_the_last_day(
+    client: Client, store: tokenstore.Store, receiver: Any
+) -> None:
+    url, _, status = receiver
+    hook = store.webhooks.create("counted", tokenstore.User, url)
+    store.webhooks.ping(hook)
+    store.webhooks.ping(hook)
+    status[0] = 500
+    store.webhooks.ping(hook)
+    page = client.get("/")
+    counts = dict(re.findall(r"<dt>([a-z ]+)</dt><dd>(\d+)</dd>", page.text))
+    assert counts == {
+        "users": "1",
+        "live tokens": "1",
+        "webhooks": "1",
+        "enabled webhooks": "1",
+        "pending deliveries": "0",
+        "failed deliveries": "1",
+    }
+    svg = page.text[page.text.index("<svg") : page.text.index("</svg>")]
+    assert svg.count('<rect class="delivered"') == 1
+    assert svg.count('<rect class="failed"') == 1
+    assert "<title>the last hour: 2 delivered, 1 failed</title>" in svg
+    assert "<title>2 to 1 hours ago: 0 delivered, 0 failed</title>" in svg
+    # The busiest hour fills the plot: 2 delivered over 3 in all is 80 of 120 pixels.
+    assert 'height="80.0"' in svg and 'height="40.0"' in svg
+
+
+def test_chart_scales_to_the_busiest_hour() -> None:
+    from tokenstore.admin._chart import HOURS, PLOT_HEIGHT, chart
+
+    outcomes = [(0, 0)] * (HOURS - 2) + [(3, 1), (1, 1)]
+    picture = chart(outcomes)
+    assert picture.top_count == 4 and (picture.delivered, picture.failed) == (4, 2)
+    busiest = picture.bars[-2]
+    assert busiest.delivered_height + busiest.failed_height == PLOT_HEIGHT
+    assert busiest.failed_y + busiest.failed_height == busiest.delivered_y
+    assert picture.bars[-1].delivered_height == PLOT_HEIGHT / 4
+    assert picture.bars[0].hours_ago == HOURS and picture.bars[-1].hours_ago == 1
+
+
+def test_users_list_and_add(client: Client, store: tokenstore.Store) -> None:
+    added = client.post("/users", {"username": "bob", "superuser": "on"})
+    assert added.status == 303 and added.header("Location") == "/users"
+    page = client.get("/users")
+    assert "User bob added." in page.text and "<td>bob</td>" in page.text
+    # Tokens not revoked per user: root holds the admin token, bob none yet.
+    assert re.search(r"<td>root</td><td>no</td>\s*<td>1</td>", page.text), page.text
+    assert re.search(r"<td>bob</td><td>yes</td>\s*<td>0</td>", page.text), page.text
+    assert store.users.get("bob").is_superuser
+    refused = client.post("/users", {"username": "bob"})
+    assert refused.status == 400 and "already taken" in refused.text
+    assert client.get("/users").text.count("<td>bob</td>") == 1
+
+
+def test_token_secret_is_shown_once_and_revocation_asks_first(
+    client: Client, store: tokenstore.Store, records: dict[str, str]
+) -> None:
+    alice = store.users.get("alice")
+    made = client.post(
+        "/tokens",
+        {"user": str(alice.id), "name": "ci", "expires_days": "30", "scopes": "a:read, b:write"},
+    )
+    assert made.status == 303 and made.header("Location") == "/tokens"
+    once = client.get("/tokens")
+    secret = re.search(r'id="secret" class="secret" value="([^"]+)"', once.text)
+    assert secret, once.text
+    token = store.tokens.authenticate(secret[1])
+    assert token.name == "ci" and token.scopes == ["a:read", "b:write"]
+    assert token.created_by_id == alice.id and token.expires is not None
+    assert f"Token {token.abid} created." in once.text
+    assert token.token_redacted in once.text
+    for route in GET_ROUTES:  # never again, anywhere
+        assert secret[1] not in client.get(route.format(**records)).text
+
+    ask = client.get(f"/tokens/{token.abid}/revoke")
+    assert "for good?" in ask.text and store.tokens.get(token.abid).revoked_at is None
+    done = client.post(f"/tokens/{token.abid}/revoke")
+    assert done.status == 303
+    assert store.tokens.get(token.abid).revoked_at is not None
+    row = client.get("/tokens").text.split(f'<tr id="{token.abid}">')[1].split("</tr>")[0]
+    assert "revoked" in row and "Revoke…" not in row
+
+
+def test_token_form_errors_are_shown(client: Client, store: tokenstore.Store) -> None:
+    root = store.users.get("root")
+    for form, message in [
+        ({"expires_days": "soon"}, "give a number of days"),
+        ({"expires_days": "-1"}, "0 &lt; days"),
+        ({"scopes": "Bad Scope!"}, "is not valid"),
+        ({"user": "nobody"}, "no user"),
+    ]:
+        page = client.post("/tokens", {"user": str(root.id), **form})
+        assert page.status in (400, 404) and message in page.text, (form, page.text)
+    assert len(store.tokens.list()) == 1  # only the admin's own
+
+
+def test_webhook_pages_never_show_private_values(
+    client: Client, store: tokenstore.Store, receiver: Any
+) -> None:
+    url, received, _ = receiver
+    made = client.post(
+        "/webhooks",
+        {
+            "name": "orders",
+            "ref": "tokenstore.User",
+            "endpoint": url,
+            "signal": "CREATE",
+            "headers": "X-Api-Key: header-secret-value\n\nX-Plain: also-hidden",
+            "auth_token": "Bearer auth-secret-value",
+        },
+    )
+    assert made.status == 303
+    hook = store.webhooks.get("orders")
+    assert made.header("Location") == f"/webhooks/{hook.abid}"
+    assert hook.headers == {"X-Api-Key": "header-secret-value", "X-Plain": "also-hidden"}
+    once = client.get(f"/webhooks/{hook.abid}")
+    assert hook.secret in once.text and "Signing secret of webhook orders" in once.text
+    assert "X-Api-Key: ••••••" in once.text
+
+    pinged = client.post(f"/webhooks/{hook.abid}/ping")
+    delivery = pinged.header("Location") or ""
+    assert delivery.startswith("/deliveries/msg_")
+    shown = client.get(delivery)
+    assert "Ping sent: delivered." in shown.text
+    assert len(received) == 1 and received[0][0]["X-Api-Key"] == "header-secret-value"
+
+    pages = [client.get(p) for p in ("/", "/webhooks", f"/webhooks/{hook.abid}", delivery)]
+    pages.append(client.get(f"/deliveries?hook={hook.abid}"))
+    for page in pages:
+        for private in ("header-secret-value", "also-hidden", "auth-secret-value", hook.secret):
+            assert private not in page.text, (private, page.text)
+
+
+def test_delivery_page_shows_what_was_sent(
+    client: Client, store: tokenstore.Store, receiver: Any
+) -> None:
+    url, received, _ = receiver
+    hook = store.webhooks.create(
+        "shown", tokenstore.User, url, headers={"X-Key": "k-value"}, keep_last_response=True
+    )
+    sent = store.webhooks.ping(hook)
+    page = client.get(f"/deliveries/{sent.abid}")
+    headers = dict(
+        (html.unescape(k), html.unescape(v))
+        for k, v in re.findall(r"<tr><th>([^<]+)</th><td[^>]*><code>([^<]*)</code>", page.text)
+    )
+    got, body = received[0]
+    assert headers["X-Key"] == "••••••"
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature", "Content-Type"):
+        assert headers[name] == got[name], name
+    tokenstore.verify_webhook(hook.secret, headers, body)
+    payload = html.unescape(page.text.split('<pre id="payload">')[1].split("</pre>")[0])
+    assert json.loads(payload) == json.loads(body)
+    assert '<dd id="response-status">200</dd>' in page.text
+    assert "<pre>received</pre>" in page.text  # kept, and this was the hook's last attempt
+    assert re.search(r"took \d+ ms", page.text)
+
+    again = client.post(f"/deliveries/{sent.abid}/redeliver")
+    assert again.status == 303 and again.header("Location") == f"/deliveries/{sent.abid}"
+    assert "Redelivered: delivered." in client.get(f"/deliveries/{sent.abid}").text
+    assert store.webhooks.delivery(sent.abid).attempts == 2
+    assert len(received) == 2 and received[1][0]["webhook-id"] == sent.abid
+
+
+def test_webhook_edit_enable_disable_rotate_delete(
+    client: Client, store: tokenstore.Store, receiver: Any
+) -> None:
+    url, _, _ = receiver
+    hook = store.webhooks.create(
+        "editable", tokenstore.User, url, headers={"X-Key": "v1"}, auth_token="t1"
+    )
+    path = f"/webhooks/{hook.abid}"
+    form = {"name": "edited", "endpoint": url + "/v2", "signal": "UPDATE", "headers": ""}
+    assert client.post(path, form).status == 303
+    hook = store.webhooks.get(hook.abid)
+    assert (hook.name, hook.endpoint, hook.signal) == ("edited", url + "/v2", "UPDATE")
+    assert hook.headers == {"X-Key": "v1"} and hook.auth_token == "t1"  # empty keeps them
+    client.post(path, {**form, "headers": "X-New: v2", "auth_token": "t2"})
+    hook = store.webhooks.get(hook.abid)
+    assert hook.headers == {"X-New": "v2"} and hook.auth_token == "t2"
+    client.post(path, {**form, "clear_headers": "on", "clear_auth_token": "on"})
+    hook = store.webhooks.get(hook.abid)
+    assert hook.headers == {} and hook.auth_token == ""
+    refused = client.post(path, {**form, "endpoint": "ftp://example.com/"})
+    assert refused.status == 400 and store.webhooks.get(hook.abid).endpoint == url + "/v2"
+    bad_header = client.post(path, {**form, "headers": "no colon here"})
+    assert bad_header.status == 400 and "line 1" in bad_header.text
+
+    client.post(f"{path}/disable", {"reason": "receiver <down> for maintenance"})
+    page = client.get(path)
+    assert not store.webhooks.get(hook.abid).enabled
+    assert "receiver &lt;down&gt; for maintenance" in page.text
+    assert "receiver &lt;down&gt;" in client.get("/webhooks").text
+    client.post(f"{path}/enable")
+    assert store.webhooks.get(hook.abid).enabled
+
+    old = store.webhooks.get(hook.abid).secret
+    assert client.post(f"{path}/rotate").status == 303
+    rotated = store.webhooks.get(hook.abid)
+    assert rotated.secret != old and rotated.previous_secret == old
+    once = client.get(path).text
+    assert rotated.secret in once and old not in once and "the old one signs too" in once
+    assert rotated.secret not in client.get(path).text
+
+    ask = client.get(f"{path}/delete")
+    assert "Delete webhook edited" in ask.text and store.webhooks.list()
+    assert client.post(f"{path}/delete").header("Location") == "/webhooks"
+    assert store.webhooks.list() == []
+    assert client.get(path).status == 404
+
+
+def test_hook_health_shows_failures_and_next_attempt(
+    client: Client, store: tokenstore.Store, receiver: Any
+) -> None:
+    url, _, status = receiver
+    status[0] = 503
+    hook = store.webhooks.create("flaky", tokenstore.User, url)
+    failed = store.webhooks.ping(hook)
+    assert failed.status == "failed" and failed.next_attempt_at is not None
+    page = client.get(f"/webhooks/{hook.abid}").text
+    assert "1 failures in a row" in page
+    assert failed.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S UTC") in page
+    shown = client.get(f"/deliveries/{failed.abid}").text
+    assert "HTTP 503" in shown and '<dd id="response-status">503</dd>' in shown
+    assert "Not kept" in shown  # keep_last_response is off
+
+
+def test_deliveries_filter_and_cursor_paging(
+    client: Client, store: tokenstore.Store, receiver: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _, status = receiver
+    one = store.webhooks.create("one", tokenstore.User, url)
+    two = store.webhooks.create("two", tokenstore.User, url + "/two")
+    sent = [store.webhooks.ping(one).abid for _ in range(3)]
+    status[0] = 500
+    failed = store.webhooks.ping(two).abid
+
+    def listed(query: str) -> list[str]:
+        page = client.get(f"/deliveries?{query}")
+        assert page.status == 200, page.text
+        return re.findall(r'<a href="/deliveries/(msg_\w+)">', page.text)
+
+    assert listed("") == [failed, *reversed(sent)]
+    assert listed(f"hook={two.abid}") == [failed]
+    assert listed("hook=one&status=delivered") == list(reversed(sent))
+    assert listed("status=failed") == [failed]
+    assert listed("status=dead") == []
+    assert client.get("/deliveries?status=lost").status == 400
+
+    monkeypatch.setattr(_pages, "PAGE_SIZE", 2)
+    first = client.get("/deliveries?hook=one").text
+    assert re.findall(r'<a href="/deliveries/(msg_\w+)">', first) == [sent[2], sent[1]]
+    older = re.search(r'href="(/deliveries\?[^"]+)" rel="next"', first)
+    assert older, first
+    second = client.get(html.unescape(older[1])).text
+    assert re.findall(r'<a href="/deliveries/(msg_\w+)">', second) == [sent[0]]
+    assert 'rel="next"' not in second and "Newest" in second
+
+
+# -- escaping -------------------------------------------------------------------------------
+
+
+def test_everything_is_escaped(client: Client, store: tokenstore.Store, receiver: Any) -> None:
+    url, _, _ = receiver
+    evil = "<script>alert(1)</script>"
+    hook = store.webhooks.create(evil, tokenstore.User, url, headers={"X-Q'&": "v"})
+    store.tokens.create(store.users.get("root"), name='<img src=x onerror="alert(2)">')
+    sent = store.webhooks.ping(hook)
+    pages = ["/", "/webhooks", f"/webhooks/{hook.abid}", "/tokens", "/deliveries"]
+    pages += [f"/deliveries/{sent.abid}", f"/webhooks/{hook.abid}/delete"]
+    for path in pages:
+        text = client.get(path).text
+        assert "<script>alert" not in text and "<img src=x" not in text, path
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in client.get("/webhooks").text
+    assert "&lt;img src=x onerror=&#34;alert(2)&#34;&gt;" in client.get("/tokens").text
+    assert "X-Q&#39;&amp;: ••••••" in client.get(f"/webhooks/{hook.abid}").text
+    error = client.post("/users", {"username": evil})
+    assert error.status == 400 and "&lt;script&gt;" in error.text and evil not in error.text
+    missing = client.get("/webhooks/%3Cscript%3E")
+    assert missing.status == 404 and "<script>" not in missing.text
+
+
+# -- mounting, serving, the extra -----------------------------------------------------------
+
+
+def test_mounted_under_a_prefix(app: admin.AdminApp, admin_secret: str) -> None:
+    visitor = Client(app, script_name="/admin")
+    form = visitor.get("/login")
+    assert 'action="/admin/login"' in form.text and "Path=/admin" in (
+        form.header("Set-Cookie") or ""
+    )
+    assert visitor.post("/login", {"token": admin_secret}).header("Location") == "/admin/"
+    page = visitor.get("/")
+    assert 'href="/admin/tokens"' in page.text and 'href="/admin/static/admin.css"' in page.text
+    assert Client(app, script_name="/admin").get("/").header("Location") == "/admin/login"
+
+
+def test_only_loopback_unless_public(store: tokenstore.Store) -> None:
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert admin.public_warning(host) is None
+    assert "TLS" in (admin.public_warning("0.0.0.0") or "")
+    with pytest.raises(tokenstore.ValidationError, match="--public"):
+        admin.make_admin_server(store, "0.0.0.0", 0)
+    with pytest.raises(tokenstore.ValidationError, match="--public"):
+        admin.make_admin_server(store, "192.0.2.1", 0)
+
+
+def run_cli(db: Path, *args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    code = f"import sys\n{prelude}\nfrom tokenstore._cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, "--db", str(db), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_serve_refuses_a_public_address_without_public(db_path: Path) -> None:
+    result = run_cli(db_path, "serve", "--host", "0.0.0.0", "--port", "0")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "--public" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_clear_error_names_the_extra_when_jinja2_is_missing(db_path: Path) -> None:
+    blocked = "sys.modules['jinja2'] = None"
+    result = run_cli(db_path, "serve", "--port", "0", prelude=blocked)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and "tokenstore[admin]" in result.stderr
+    code = (
+        f"import sys\n{blocked}\nimport tokenstore, tokenstore.admin\n"
+        "store = tokenstore.open(sys.argv[1])\n"
+        "try:\n    tokenstore.admin.make_app(store)\n"
+        "except tokenstore.TokenstoreError as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", code, str(db_path)], capture_output=True, text=True, timeout=60
+    )
+    assert shown.stdout.startswith("AdminUnavailable ") and "tokenstore[admin]" in shown.stdout
+
+
+def test_serve_answers_on_loopback_and_asks_to_sign_in(tmp_path: Path) -> None:
+    with serving(tmp_path / "store.sqlite3", tmp_path / "serve.log") as url:
+        first = requests.get(f"{url}/deliveries", allow_redirects=False, timeout=10)
+        assert first.status_code == 303 and first.headers["Location"] == "/login"
+        form = requests.get(f"{url}/login", timeout=10)
+        assert form.status_code == 200 and 'name="csrf"' in form.text
+        assert "HttpOnly" in form.headers["Set-Cookie"]
+    assert "GET /deliveries" in (tmp_path / "serve.log").read_text()

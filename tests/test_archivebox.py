@@ -1,0 +1,689 @@
+"""Importing from ArchiveBox 0.8: real SQLite files made with its DDL and encodings.
+
+The databases are built here with the statements ArchiveBox's own file holds
+(verbatim from its sqlite_master) and values encoded the way Django writes them:
+naive UTC times with the fraction left out when the microsecond is 0, UUIDs as
+32 hex digits, booleans as 0/1, tokens in plain text, webhook auth tokens
+encrypted as django-signal-webhooks does (AES-GCM, nonce first, base64).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pytest_httpserver import HTTPServer
+
+import tokenstore
+from tokenstore import APIToken, ExpiredToken, OutboundWebhook, Store, User, ValidationError
+from tokenstore._abid import abid_from_values
+from tokenstore._sqlite import schema_sql
+
+DDL = [
+    'CREATE TABLE "api_apitoken" ("token" varchar(32) NOT NULL UNIQUE, "created_at" datetime NOT NULL, "expires" datetime NULL, "created_by_id" integer NOT NULL REFERENCES "auth_user" ("id") DEFERRABLE INITIALLY DEFERRED, "abid" varchar(30) NULL UNIQUE, "modified_at" datetime NOT NULL, "id" char(32) NOT NULL PRIMARY KEY)',  # noqa: E501
+    'CREATE INDEX "api_apitoken_created_by_id_920f9908" ON "api_apitoken" ("created_by_id")',
+    'CREATE INDEX "api_apitoken_created_c4654d71" ON "api_apitoken" ("created_at")',
+    'CREATE TABLE "api_outboundwebhook" ("name" varchar(255) NOT NULL UNIQUE, "signal" varchar(255) NOT NULL, "ref" varchar(1023) NOT NULL, "endpoint" varchar(2047) NOT NULL, "headers" text NOT NULL CHECK ((JSON_VALID("headers") OR "headers" IS NULL)), "auth_token" varchar(8000) NOT NULL, "enabled" bool NOT NULL, "keep_last_response" bool NOT NULL, "updated" datetime NOT NULL, "last_response" varchar(8000) NOT NULL, "last_success" datetime NULL, "last_failure" datetime NULL, "abid" varchar(30) NULL UNIQUE, "created_by_id" integer NOT NULL REFERENCES "auth_user" ("id") DEFERRABLE INITIALLY DEFERRED, "id" char(32) NOT NULL PRIMARY KEY, "modified_at" datetime NOT NULL, "created_at" datetime NOT NULL, "created" datetime NOT NULL, CONSTRAINT "prevent_duplicate_hooks_api_outboundwebhook" UNIQUE ("ref", "endpoint"))',  # noqa: E501
+    'CREATE INDEX "api_outboundwebhook_created_at_be314530" ON "api_outboundwebhook" ("created_at")',  # noqa: E501
+    'CREATE INDEX "api_outboundwebhook_created_by_id_7f433523" ON "api_outboundwebhook" ("created_by_id")',  # noqa: E501
+    'CREATE INDEX "api_outboundwebhook_ref_afd6fdf5" ON "api_outboundwebhook" ("ref")',
+    'CREATE TABLE "auth_user" ("id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "password" varchar(128) NOT NULL, "last_login" datetime NULL, "is_superuser" bool NOT NULL, "username" varchar(150) NOT NULL UNIQUE, "last_name" varchar(150) NOT NULL, "email" varchar(254) NOT NULL, "is_staff" bool NOT NULL, "is_active" bool NOT NULL, "date_joined" datetime NOT NULL, "first_name" varchar(150) NOT NULL)',  # noqa: E501
+    'CREATE TABLE "django_migrations" ("id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "app" varchar(255) NOT NULL, "name" varchar(255) NOT NULL, "applied" datetime NOT NULL)',  # noqa: E501
+]
+API_MIGRATIONS = [
+    "0001_initial",
+    "0002_alter_apitoken_options",
+    "0003_rename_user_apitoken_created_by_apitoken_abid_and_more",
+    "0004_alter_apitoken_id_alter_apitoken_uuid",
+    "0005_remove_apitoken_uuid_remove_outboundwebhook_uuid_and_more",
+    "0006_remove_outboundwebhook_uuid_apitoken_id_and_more",
+    "0007_alter_apitoken_created_by",
+    "0008_alter_apitoken_created_alter_apitoken_created_by_and_more",
+    "0009_rename_created_apitoken_created_at_and_more",
+]
+
+# The vectors of docs/abid.md, as ArchiveBox stores them.
+TOKEN_ID = uuid.UUID("0192c63e-6a1b-7d45-9c1e-3f2a7b8c9d0e")
+TOKEN_ABID = "apt_01JAZ6BQG0D53BD22B01XRS78E"  # owner: auth_user id 1
+TOKEN = "43bc580c38d8e576c0b61dec11f945de"
+HOOK_ID = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
+HOOK_ABID = "whk_01JAZ6BQKV9063B8A606AM8000"
+T1 = datetime(2024, 10, 24, 12, 0, 0)  # microsecond 0: stored with no fraction
+T2 = datetime(2024, 10, 24, 12, 0, 0, 123000)
+
+CIPHER_KEY = base64.b64encode(bytes(range(32))).decode()
+OTHER_KEY = base64.b64encode(b"another 16B key!").decode()
+
+
+def django_time(value: datetime | None) -> str | None:
+    """How Django writes a datetime to SQLite: naive UTC, no fraction when it is 0."""
+    if value is None:
+        return None
+    return value.isoformat(sep=" ")
+
+
+def encrypt(plain: str, key: str = CIPHER_KEY) -> str:
+    """django-signal-webhooks' encryption: base64(nonce || AES-GCM ciphertext || tag)."""
+    nonce = os.urandom(12)
+    return base64.b64encode(
+        nonce + AESGCM(base64.b64decode(key)).encrypt(nonce, plain.encode(), None)
+    ).decode()
+
+
+class ArchiveBox:
+    """An ArchiveBox 0.8 index.sqlite3 with the rows a test asks for."""
+
+    def __init__(self, path: Path, wal: bool = False) -> None:
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        if wal:
+            self.conn.execute("PRAGMA journal_mode=wal")
+        for statement in DDL:
+            self.conn.execute(statement)
+        for name in API_MIGRATIONS:
+            self.conn.execute(
+                "INSERT INTO django_migrations (app, name, applied) VALUES ('api', ?, ?)",
+                (name, django_time(T1)),
+            )
+        self.user(1, "system", superuser=True, password="")
+
+    def user(
+        self, id_: int, username: str, superuser: bool = False, password: str = "pbkdf2_sha256$x"
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO auth_user (id, password, last_login, is_superuser, username, last_name,"
+            " email, is_staff, is_active, date_joined, first_name)"
+            " VALUES (?, ?, NULL, ?, ?, '', '', ?, 1, ?, '')",
+            (id_, password, int(superuser), username, int(superuser), django_time(T1)),
+        )
+
+    def token(
+        self,
+        token: str,
+        owner: int = 1,
+        id_: uuid.UUID | None = None,
+        created: datetime = T1,
+        expires: datetime | None = None,
+        abid: str | None = None,
+    ) -> str:
+        id_ = id_ or uuid.uuid4()
+        if abid is None:
+            abid = str(abid_from_values("apt_", created.replace(tzinfo=UTC), owner, "01", id_))
+        modified = created + timedelta(microseconds=417)
+        self.conn.execute(
+            "INSERT INTO api_apitoken (token, created_at, expires, created_by_id, abid,"
+            " modified_at, id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                token,
+                django_time(created),
+                django_time(expires),
+                owner,
+                abid,
+                django_time(modified),
+                id_.hex,
+            ),
+        )
+        return abid
+
+    def hook(
+        self,
+        name: str,
+        ref: str,
+        endpoint: str,
+        owner: int = 1,
+        id_: uuid.UUID | None = None,
+        created: datetime = T1,
+        auth_token: str = "",
+        headers: dict[str, Any] | None = None,
+        enabled: bool = True,
+        abid: str | None = None,
+        signal: str = "CREATE_OR_UPDATE",
+    ) -> str:
+        id_ = id_ or uuid.uuid4()
+        if abid is None:
+            abid = str(abid_from_values("whk_", created.replace(tzinfo=UTC), endpoint, ref, id_))
+        self.conn.execute(
+            "INSERT INTO api_outboundwebhook (name, signal, ref, endpoint, headers, auth_token,"
+            " enabled, keep_last_response, updated, last_response, last_success, last_failure,"
+            " abid, created_by_id, id, modified_at, created_at, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, 'last body', ?, NULL, ?, ?, ?, ?, ?, ?)",
+            (
+                name,
+                signal,
+                ref,
+                endpoint,
+                json.dumps(headers or {}),
+                auth_token,
+                int(enabled),
+                django_time(created + timedelta(seconds=5, microseconds=1)),
+                django_time(created + timedelta(minutes=1)),
+                abid,
+                owner,
+                id_.hex,
+                django_time(created + timedelta(seconds=2)),
+                django_time(created),
+                django_time(created + timedelta(microseconds=900)),
+            ),
+        )
+        return abid
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def standard(tmp_path: Path, wal: bool = False) -> Path:
+    """The common case: system and admin, the vector token and hook, and a few more."""
+    box = ArchiveBox(tmp_path / "index.sqlite3", wal=wal)
+    box.user(2, "admin", superuser=True)
+    box.token(TOKEN, owner=1, id_=TOKEN_ID, abid=TOKEN_ABID)
+    box.token("0123456789abcdef0123456789abcdef", owner=2)
+    box.hook(
+        "snapshots",
+        "core.models.Snapshot",
+        "https://example.com/webhook/receiver",
+        id_=HOOK_ID,
+        created=T2,
+        abid=HOOK_ABID,
+    )
+    box.close()
+    return box.path
+
+
+def rows(store: Store) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything the import may write, to compare before and after."""
+    conn = store.db.connection()
+    return {
+        table: conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+        for table in ("tokenstore_user", "tokenstore_api_token", "tokenstore_outbound_webhook")
+    }
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- the common case ------------------------------------------------------------------------
+
+
+def test_users_tokens_and_hooks_come_over_with_ids_and_abids(store: Store, tmp_path: Path) -> None:
+    source = standard(tmp_path)
+    report = store.import_archivebox(source)
+
+    assert {t: vars(c) for t, c in report.counts.items()} == {
+        "auth_user": {"imported": 1, "present": 1, "refused": 0},
+        "api_apitoken": {"imported": 2, "present": 0, "refused": 0},
+        "api_outboundwebhook": {"imported": 1, "present": 0, "refused": 0},
+    }
+    admin = store.users.get("admin")
+    assert admin.is_superuser
+    assert admin.created_at == T1.replace(tzinfo=UTC)
+
+    token = APIToken.get_by_id(TOKEN_ID)
+    assert token.abid == TOKEN_ABID
+    assert store.tokens.get(TOKEN_ABID.lower()).id == TOKEN_ID  # the TypeID spelling finds it
+    assert token.created_by_id == store.system_user.id
+    assert token.created_at == T1.replace(tzinfo=UTC)  # stored without a fraction
+    assert token.modified_at == T1.replace(tzinfo=UTC)  # 417 µs, cut to the millisecond
+    assert token.expires is None
+    assert token.token_redacted == "************45de"
+    assert token.scopes == []
+
+    hook = OutboundWebhook.get_by_id(HOOK_ID)
+    assert hook.abid == HOOK_ABID
+    assert hook.created_at == T2.replace(tzinfo=UTC)
+    assert hook.ABID.datetime == hook.created_at
+
+
+def test_a_legacy_token_authenticates_and_is_stored_only_as_its_digest(
+    store: Store, tmp_path: Path
+) -> None:
+    store.import_archivebox(standard(tmp_path))
+    token = store.tokens.authenticate(TOKEN)
+    assert (token.id, token.abid) == (TOKEN_ID, TOKEN_ABID)
+    with pytest.raises(tokenstore.InvalidToken, match="not recognised"):
+        store.tokens.authenticate(TOKEN[:-1] + "0")
+    store.close()
+    files = [store.path, *store.path.parent.glob(store.path.name + "-*")]
+    for path in files:
+        assert TOKEN.encode() not in path.read_bytes()
+
+
+def test_an_expired_token_stays_expired(store: Store, tmp_path: Path) -> None:
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.token("f" * 32, expires=datetime(2025, 1, 1, 0, 0, 0, 1))
+    box.close()
+    store.import_archivebox(box.path)
+    with pytest.raises(ExpiredToken, match="2025-01-01T00:00:00"):
+        store.tokens.authenticate("f" * 32)
+
+
+def test_an_imported_row_saves_although_its_owner_id_differs_from_its_abid(
+    store: Store, tmp_path: Path
+) -> None:
+    store.users.create("carol")  # takes id 2 here, so ArchiveBox's admin (2) becomes 3
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.user(2, "admin")
+    abid = box.token("a" * 32, owner=2)
+    box.close()
+    store.import_archivebox(box.path)
+
+    token = store.tokens.get(abid)
+    assert token.created_by_id == store.users.get("admin").id == 3
+    assert token.compute_abid().uri != token.ABID.uri  # hashed from ArchiveBox's id 2
+    store.tokens.revoke(token)
+    assert APIToken.get_by_id(token.id).abid == abid
+    assert APIToken.get_by_id(token.id).revoked_at is not None
+
+
+def test_users_are_matched_by_username(store: Store, tmp_path: Path) -> None:
+    store.users.create("admin", superuser=False)
+    store.import_archivebox(standard(tmp_path))
+    assert [u.username for u in store.users.list()] == ["system", "admin"]
+    assert not store.users.get("admin").is_superuser  # the existing user is left as it was
+
+
+# -- webhooks -------------------------------------------------------------------------------
+
+
+def test_every_hook_field_carries_over_and_the_hook_delivers(
+    store: Store, tmp_path: Path, httpserver: HTTPServer
+) -> None:
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    hook_id = uuid.uuid4()
+    abid = box.hook(
+        "tokens",
+        "api.models.APIToken",
+        httpserver.url_for("/in"),
+        id_=hook_id,
+        auth_token=encrypt("Bearer s3cret"),
+        headers={"X-Archive-Source": "x", "X-Api-Version": "1"},
+        signal="CREATE_UPDATE_OR_DELETE",
+    )
+    box.close()
+    report = store.import_archivebox(box.path, cipher_key=CIPHER_KEY)
+    assert report.disabled == []
+    (hook,) = report.hooks
+    assert (hook.id, hook.abid, hook.name) == (hook_id, abid, "tokens")
+    assert hook.ref == "tokenstore.APIToken"
+    assert hook.signal == "CREATE_UPDATE_OR_DELETE"
+    assert hook.endpoint == httpserver.url_for("/in")
+    assert hook.headers == {"X-Archive-Source": "x", "X-Api-Version": "1"}
+    assert hook.auth_token == "Bearer s3cret"
+    assert hook.enabled and hook.keep_last_response and hook.disabled_reason == ""
+    assert hook.last_response == "last body"
+    assert hook.last_success == (T1 + timedelta(minutes=1)).replace(tzinfo=UTC)
+    assert hook.last_failure is None
+    assert hook.created == T1.replace(tzinfo=UTC)
+    assert hook.updated == (T1 + timedelta(seconds=5)).replace(tzinfo=UTC)  # the later one
+    assert hook.secret.startswith("whsec_")
+
+    httpserver.expect_request("/in", method="POST").respond_with_data("ok")
+    store.tokens.create(store.system_user)
+    (request,) = [r for r, _ in httpserver.log]
+    assert request.headers["Authorization"] == "Bearer s3cret"
+    assert request.headers["X-Archive-Source"] == "x"
+    assert json.loads(request.data)["type"] == "apitoken.created"
+
+
+def test_an_unmapped_ref_imports_the_hook_disabled_until_mapped(
+    store: Store, tmp_path: Path
+) -> None:
+    source = standard(tmp_path)
+    report = store.import_archivebox(source)
+    (note,) = report.disabled
+    assert note.row == f"{HOOK_ABID} ('snapshots')"
+    assert "core.models.Snapshot is not mapped" in note.reason
+    hook = OutboundWebhook.get_by_id(HOOK_ID)
+    assert not hook.enabled
+    assert hook.ref == "core.models.Snapshot"
+    assert hook.disabled_reason == note.reason
+
+
+def test_map_points_a_ref_at_a_registered_model(tmp_path: Path) -> None:
+    from _app_models import Bookmark
+
+    source = standard(tmp_path)
+    with tokenstore.open(tmp_path / "store.sqlite3") as store:
+        store.register(Bookmark)
+        report = store.import_archivebox(
+            source, ref_map={"core.models.Snapshot": "_app_models.Bookmark"}
+        )
+        assert report.disabled == []
+        hook = OutboundWebhook.get_by_id(HOOK_ID)
+        assert (hook.ref, hook.enabled, hook.abid) == ("_app_models.Bookmark", True, HOOK_ABID)
+        store.webhooks.update(hook, name="bookmarks")  # a later save: drift is allowed
+        assert OutboundWebhook.get_by_id(HOOK_ID).abid == HOOK_ABID
+
+
+def test_a_map_to_an_unknown_model_is_refused_before_anything_is_written(
+    store: Store, tmp_path: Path
+) -> None:
+    source = standard(tmp_path)
+    before = rows(store)
+    with pytest.raises(ValidationError, match=r"cannot map core\.models\.Snapshot to app\.Nope"):
+        store.import_archivebox(source, ref_map={"core.models.Snapshot": "app.Nope"})
+    assert rows(store) == before
+
+
+def test_a_refused_endpoint_imports_the_hook_disabled(store: Store, tmp_path: Path) -> None:
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("metadata", "api.models.APIToken", "http://169.254.169.254/latest")
+    box.close()
+    (note,) = store.import_archivebox(box.path).disabled
+    assert "its endpoint is refused" in note.reason
+    hook = store.webhooks.get("metadata")
+    assert (hook.enabled, hook.endpoint) == (False, "http://169.254.169.254/latest")
+
+
+def test_an_encrypted_auth_token_without_the_key_disables_the_hook(
+    store: Store, tmp_path: Path
+) -> None:
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("a", "api.models.APIToken", "https://a.example/", auth_token=encrypt("k1"))
+    box.hook("b", "api.models.APIToken", "https://b.example/", auth_token=encrypt("k2", OTHER_KEY))
+    box.hook("c", "api.models.APIToken", "https://c.example/", enabled=False)
+    box.close()
+    report = store.import_archivebox(box.path)
+    reasons = {note.row.split(" ")[1]: note.reason for note in report.disabled}
+    assert "no cipher key was given: set it again" in reasons["('a')"]
+    assert "no cipher key" in reasons["('b')"]
+    assert reasons["('c')"] == "disabled in ArchiveBox"
+    assert [h.auth_token for h in store.webhooks.list()] == ["", "", ""]
+
+
+def test_a_wrong_cipher_key_disables_only_the_hooks_it_cannot_read(
+    store: Store, tmp_path: Path
+) -> None:
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("a", "api.models.APIToken", "https://a.example/", auth_token=encrypt("k1"))
+    box.hook("b", "api.models.APIToken", "https://b.example/", auth_token=encrypt("k2", OTHER_KEY))
+    box.close()
+    report = store.import_archivebox(box.path, cipher_key=CIPHER_KEY)
+    ((row, reason),) = [(n.row, n.reason) for n in report.disabled]
+    assert row.endswith("('b')") and "cannot be decrypted with the given cipher key" in reason
+    assert store.webhooks.get("a").auth_token == "k1"
+    assert store.webhooks.get("a").enabled
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [("not base64!", "not base64"), ("QUJD", "16, 24 or 32 bytes for AES, got 3")],
+)
+def test_a_malformed_cipher_key_is_refused(
+    store: Store, tmp_path: Path, key: str, message: str
+) -> None:
+    source = standard(tmp_path)
+    with pytest.raises(ValidationError, match=message):
+        store.import_archivebox(source, cipher_key=key)
+    assert store.users.list() == [store.system_user]
+
+
+# -- idempotency, dry run, refusals ---------------------------------------------------------
+
+
+def test_a_second_import_changes_nothing(store: Store, tmp_path: Path) -> None:
+    source = standard(tmp_path)
+    store.import_archivebox(source)
+    before = rows(store)
+    again = store.import_archivebox(source)
+    assert rows(store) == before
+    assert {t: vars(c) for t, c in again.counts.items()} == {
+        "auth_user": {"imported": 0, "present": 2, "refused": 0},
+        "api_apitoken": {"imported": 0, "present": 2, "refused": 0},
+        "api_outboundwebhook": {"imported": 0, "present": 1, "refused": 0},
+    }
+    assert again.hooks == [] and again.disabled == []
+
+
+def test_a_dry_run_reports_the_same_and_writes_nothing(store: Store, tmp_path: Path) -> None:
+    source = standard(tmp_path)
+    before = rows(store)
+    dry = store.import_archivebox(source, dry_run=True)
+    assert rows(store) == before
+    assert dry.dry_run and dry.hooks == []
+    real = store.import_archivebox(source)
+    assert dry.counts == real.counts
+    assert dry.disabled == real.disabled
+
+
+def test_rows_that_cannot_be_taken_are_listed_with_the_reason(store: Store, tmp_path: Path) -> None:
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.user(2, "no spaces please")
+    box.token("b" * 32, owner=2)
+    box.token("c" * 32, abid="apt_not-an-abid")
+    box.token("d" * 32, owner=1)
+    box.hook("", "api.models.APIToken", "https://example.com/")
+    box.close()
+    report = store.import_archivebox(box.path)
+    reasons = {(n.table, n.row.split(" ")[0]): n.reason for n in report.refused}
+    assert "is not valid" in reasons[("auth_user", "id")]
+    assert any("auth_user id 2) was not imported" in r for r in reasons.values())
+    assert "its ABID is not valid" in reasons[("api_apitoken", "apt_not-an-abid")]
+    assert any("webhook name must be 1-255 characters" in r for r in reasons.values())
+    assert report.counts["api_apitoken"].imported == 1
+    assert report.counts["api_apitoken"].refused == 2
+    for note in report.refused:
+        for secret in ("b" * 32, "c" * 32):
+            assert secret not in note.reason and secret not in note.row
+
+
+def make_not_archivebox(kind: str, path: Path) -> Path:
+    if kind == "text":
+        path.write_text("hello, I am not a database\n" * 10)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "tokenstore":  # not opened as a store: that would rebind the models
+        with sqlite3.connect(path) as conn:
+            conn.executescript(schema_sql())
+    elif kind == "no migrations":
+        ArchiveBox(path).conn.execute("DELETE FROM django_migrations").connection.close()
+    elif kind == "no abid column":
+        box = ArchiveBox(path)  # with the api_apitoken of ArchiveBox 0.7
+        box.conn.execute("DROP TABLE api_apitoken")
+        box.conn.execute(
+            'CREATE TABLE "api_apitoken" ("id" integer NOT NULL PRIMARY KEY AUTOINCREMENT,'
+            ' "token" varchar(32) NOT NULL UNIQUE, "created" datetime NOT NULL,'
+            ' "expires" datetime NULL, "user_id" integer NOT NULL)'
+        )
+        box.close()
+    return path
+
+
+NOT_ARCHIVEBOX = {
+    "text": "not SQLite",
+    "empty": "not SQLite",
+    "tokenstore": "it has no django_migrations table",
+    "no migrations": "the api app's migrations 0001, 0002",
+    "no abid column": "api_apitoken has no column abid, created_at, modified_at, created_by_id",
+}
+
+
+@pytest.mark.parametrize("kind", NOT_ARCHIVEBOX)
+def test_a_file_that_is_not_archivebox_08_is_refused(
+    store: Store, tmp_path: Path, kind: str
+) -> None:
+    source = make_not_archivebox(kind, tmp_path / "other.sqlite3")
+    before = rows(store)
+    with pytest.raises(ValidationError, match=r"is not an ArchiveBox 0\.8 database") as caught:
+        store.import_archivebox(source)
+    assert NOT_ARCHIVEBOX[kind] in str(caught.value)
+    assert rows(store) == before
+
+
+def test_a_missing_file_is_refused(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="no such file"):
+        store.import_archivebox(tmp_path / "nowhere.sqlite3")
+
+
+def test_a_data_folder_means_its_index(store: Store, tmp_path: Path) -> None:
+    standard(tmp_path)
+    assert store.import_archivebox(tmp_path).counts["api_apitoken"].imported == 2
+
+
+# -- reading without writing ----------------------------------------------------------------
+
+
+def test_a_wal_file_without_its_wal_is_read_and_left_as_it_was(
+    store: Store, tmp_path: Path
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    source = standard(folder, wal=True)
+    assert source.read_bytes()[18] == 2  # WAL mode, closed cleanly: no -wal beside it
+    before = (digest(source), sorted(p.name for p in folder.iterdir()))
+    assert store.import_archivebox(source).counts["api_apitoken"].imported == 2
+    assert (digest(source), sorted(p.name for p in folder.iterdir())) == before
+
+
+def test_changes_still_in_the_wal_are_read(store: Store, tmp_path: Path) -> None:
+    box = ArchiveBox(tmp_path / "index.sqlite3", wal=True)
+    box.conn.execute("PRAGMA wal_autocheckpoint=0")
+    box.token("e" * 32)  # committed, but only in the -wal while box stays open
+    try:
+        assert (tmp_path / "index.sqlite3-wal").stat().st_size > 0
+        store.import_archivebox(box.path)
+        assert store.tokens.authenticate("e" * 32)
+    finally:
+        box.close()
+
+
+def test_a_read_only_copy_is_read(store: Store, tmp_path: Path) -> None:
+    source = standard(tmp_path)
+    copy = tmp_path / "copy" / "index.sqlite3"
+    copy.parent.mkdir()
+    shutil.copy(source, copy)
+    copy.chmod(stat.S_IRUSR | stat.S_IRGRP)
+    copy.parent.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        before = digest(copy)
+        assert store.import_archivebox(copy).counts["api_apitoken"].imported == 2
+        assert digest(copy) == before
+        assert sorted(p.name for p in copy.parent.iterdir()) == ["index.sqlite3"]
+    finally:
+        copy.parent.chmod(stat.S_IRWXU)
+
+
+# -- the command ----------------------------------------------------------------------------
+
+COMMAND = [sys.executable, "-m", "tokenstore._cli"]
+
+
+def run(
+    db: Path, *args: str, expect: int = 0, stdin: str | None = None, python: list[str] = COMMAND
+) -> subprocess.CompletedProcess[str]:
+    here = str(Path(__file__).parent)
+    env = {
+        **os.environ,
+        "TOKENSTORE_DB": str(db),
+        "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]),
+    }
+    env.pop("TOKENSTORE_WEBHOOK_ALLOW", None)
+    result = subprocess.run(
+        [*python, *args], capture_output=True, text=True, timeout=60, env=env, input=stdin
+    )
+    assert result.returncode == expect, (result.returncode, result.stdout, result.stderr)
+    return result
+
+
+def test_the_command_imports_maps_decrypts_and_shows_the_secrets(tmp_path: Path) -> None:
+    source = standard(tmp_path)
+    box = ArchiveBox(tmp_path / "more.sqlite3")
+    box.hook("keyed", "api.models.APIToken", "https://k.example/", auth_token=encrypt("k1"))
+    box.close()
+    db = tmp_path / "store.sqlite3"
+    args = ("--app", "_app_models", "import", "archivebox")
+    mapping = ("--map", "core.models.Snapshot=_app_models.Bookmark")
+    shown = json.loads(run(db, "--json", *args, str(source), *mapping).stdout)
+    assert shown["dry_run"] is False
+    assert {c["table"]: c["imported"] for c in shown["counts"]} == {
+        "auth_user": 1,
+        "api_apitoken": 2,
+        "api_outboundwebhook": 1,
+    }
+    ((hook),) = shown["hooks"]
+    assert (hook["abid"], hook["enabled"]) == (HOOK_ABID, True)
+    assert hook["secret"].startswith("whsec_")
+
+    keyed = run(db, "import", "archivebox", str(box.path), "--cipher-key", "-", stdin=CIPHER_KEY)
+    assert "keyed" in keyed.stdout and "whsec_" in keyed.stdout
+    with tokenstore.open(db) as store:
+        assert store.webhooks.get("keyed").auth_token == "k1"
+        assert store.tokens.authenticate(TOKEN).abid == TOKEN_ABID
+
+    again = run(db, *args, str(source), *mapping)
+    assert "whsec_" not in again.stdout
+    assert "api_apitoken" in again.stdout
+
+
+def test_the_command_lists_refusals_and_a_dry_run_writes_nothing(tmp_path: Path) -> None:
+    source = standard(tmp_path)
+    db = tmp_path / "store.sqlite3"
+    dry = run(db, "import", "archivebox", str(source), "--dry-run")
+    assert "dry run: nothing was written" in dry.stderr
+    assert f"disabled: api_outboundwebhook {HOOK_ABID} ('snapshots'): its model" in dry.stdout
+    assert "whsec_" not in dry.stdout
+    with tokenstore.open(db) as store:
+        assert store.users.list() == [store.system_user]
+        assert store.tokens.list() == [] and store.webhooks.list() == []
+
+
+@pytest.mark.parametrize("kind", ["text", "tokenstore", "no migrations"])
+def test_the_command_refuses_a_file_that_is_not_archivebox(tmp_path: Path, kind: str) -> None:
+    source = make_not_archivebox(kind, tmp_path / "other.sqlite3")
+    db = tmp_path / "store.sqlite3"
+    failed = run(db, "import", "archivebox", str(source), expect=2)
+    assert failed.stdout == ""
+    (line,) = failed.stderr.splitlines()
+    assert line.startswith("tokenstore: error: ") and "not an ArchiveBox 0.8 database" in line
+    with tokenstore.open(db) as store:
+        assert store.users.list() == [store.system_user] and store.tokens.list() == []
+
+
+def test_a_bad_map_is_refused(tmp_path: Path) -> None:
+    failed = run(tmp_path / "s.sqlite3", "import", "archivebox", "x", "--map", "nope", expect=2)
+    assert "--map 'nope' must look like" in failed.stderr
+
+
+def test_without_cryptography_the_cipher_key_names_the_extra(tmp_path: Path) -> None:
+    source = standard(tmp_path)
+    no_cryptography = [
+        sys.executable,
+        "-c",
+        "import sys; sys.modules['cryptography'] = None; "
+        "from tokenstore._cli import main; sys.exit(main())",
+    ]
+    failed = run(
+        tmp_path / "store.sqlite3",
+        "import",
+        "archivebox",
+        str(source),
+        "--cipher-key",
+        "-",
+        stdin=CIPHER_KEY,
+        expect=2,
+        python=no_cryptography,
+    )
+    (line,) = failed.stderr.splitlines()
+    assert "pip install 'tokenstore[archivebox]'" in line
+    assert CIPHER_KEY not in line
+
+
+def test_user_model_is_untouched_by_a_refused_import(tmp_path: Path) -> None:
+    with tokenstore.open(tmp_path / "store.sqlite3") as store:
+        before = list(User.select())
+        with pytest.raises(ValidationError):
+            store.import_archivebox(make_not_archivebox("text", tmp_path / "t"))
+        assert list(User.select()) == before

@@ -1,0 +1,369 @@
+"""Embedded means bounded: no receiver holds the writing thread past its deadline and budget.
+
+Real servers on 127.0.0.1 that answer slowly, trickle, or not at all; every
+wait in these tests is bounded, and every server stops when its test ends.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import peewee
+import pytest
+from _http import Receiver, ok
+from conftest import Clock
+
+import tokenstore
+from tokenstore import ABIDModel, Store
+from tokenstore._times import format_time
+
+LOOPBACK = ["127.0.0.1/32"]
+
+
+class Item(ABIDModel):
+    abid_prefix = "itm_"
+    n = peewee.IntegerField(default=0)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def open_store(path: Path, **options: object) -> Store:
+    options.setdefault("webhook_allow", LOOPBACK)
+    s = tokenstore.open(path, **options)  # type: ignore[arg-type]
+    s.register(Item)
+    return s
+
+
+class Trickler:
+    """A raw TCP server that reads a request, then sends a byte every ``pause`` seconds."""
+
+    def __init__(self, payload: bytes, pause: float) -> None:
+        self.payload = payload
+        self.pause = pause
+        self.stop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            try:
+                conn.recv(65536)
+                for byte in self.payload:
+                    if self.stop.wait(self.pause):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",  # the status line itself trickles
+        b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 200 + b"\r\n\r\n",  # a header trickles
+    ],
+    ids=["status-line", "headers"],
+)
+def test_a_trickling_receiver_costs_one_deadline(tmp_path: Path, payload: bytes) -> None:
+    trickler = Trickler(payload, pause=0.05)  # each byte well inside the read timeout
+    s = open_store(tmp_path / "s.sqlite3", read_timeout=2, delivery_deadline=1.0)
+    try:
+        s.webhooks.create("slow", Item, trickler.url)
+        start = time.monotonic()
+        Item.create(n=1)
+        elapsed = time.monotonic() - start
+        (delivery,) = s.webhooks.deliveries()
+    finally:
+        s.close()
+        trickler.close()
+    assert elapsed < 1.0 + 1.0
+    assert delivery.status == "failed"
+    assert "deadline of 1 s" in delivery.last_error
+    assert delivery.next_attempt_at is not None  # retried on the schedule
+
+
+def test_a_bulk_update_with_a_slow_hook_stays_within_the_budget(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    release = threading.Event()
+
+    def slow(handler: BaseHTTPRequestHandler) -> None:
+        release.wait(3)
+        ok(handler)
+
+    s = open_store(tmp_path / "s.sqlite3", delivery_deadline=0.5, sync_budget=1.0)
+    try:
+        with s.atomic():  # nobody listens yet: no deliveries
+            for n in range(20):
+                Item.create(n=n)
+        s.webhooks.create("slow", Item, receiver.url(), signal="UPDATE")
+        receiver.respond = slow
+        start = time.monotonic()
+        Item.update(n=Item.n + 1).execute()  # 20 changes, 20 deliveries
+        elapsed = time.monotonic() - start
+        assert elapsed < 1.0 + 0.5 + 0.5
+        assert len(receiver.hits) == 1  # one deadline spent; the rest wait behind its retry
+        statuses = [d.status for d in s.webhooks.deliveries(limit=100)]
+        assert statuses.count("failed") == 1 and statuses.count("pending") == 19
+
+        release.set()
+        receiver.respond = ok
+        later = datetime.now(UTC) + timedelta(minutes=1)
+        assert s.webhooks.deliver_due(now=later) == 20
+    finally:
+        s.close()
+    ids = [hit.headers["webhook-id"] for hit in receiver.hits[1:]]
+    assert len(ids) == len(set(ids)) == 20  # every delivery once, the failed one again
+
+
+def test_a_failing_endpoint_is_not_tried_from_the_write_path(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    def refuse(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(500)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    receiver.respond = refuse
+    s = open_store(tmp_path / "s.sqlite3")
+    try:
+        s.webhooks.create("down", Item, receiver.url())
+        Item.create(n=1)
+        assert len(receiver.hits) == 1
+        for n in range(5):
+            Item.create(n=n)
+        assert len(receiver.hits) == 1  # new deliveries wait behind the retry
+        pending = [d for d in s.webhooks.deliveries() if d.status == "pending"]
+        (failed,) = [d for d in s.webhooks.deliveries() if d.status == "failed"]
+        assert len(pending) == 5
+        assert {d.next_attempt_at for d in pending} == {failed.next_attempt_at}
+    finally:
+        s.close()
+
+
+def test_a_healthy_endpoint_is_delivered_before_save_returns(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    s = open_store(tmp_path / "s.sqlite3")
+    try:
+        s.webhooks.create("fine", Item, receiver.url())
+        for n in range(3):
+            Item.create(n=n)
+            assert len(receiver.hits) == n + 1
+        assert {d.status for d in s.webhooks.deliveries()} == {"delivered"}
+    finally:
+        s.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    import peewee, tokenstore
+    from tokenstore import ABIDModel
+
+    class Item(ABIDModel):
+        abid_prefix = "itm_"
+        n = peewee.IntegerField(default=0)
+
+    s = tokenstore.open(sys.argv[1], webhook_allow=["127.0.0.1/32"],
+                        delivery_deadline=0.5, sync_budget=1.0)
+    s.register(Item)
+    with s.atomic():
+        for n in range(30):
+            Item.create(n=n)
+    start = time.monotonic()
+    Item.update(n=Item.n + 1).execute()
+    print(round(time.monotonic() - start, 3))
+    s.close()
+    """
+)
+
+
+def test_a_process_bulk_updating_against_a_dead_hook_returns_in_budget_and_nothing_is_lost(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The writer is a process of its own; after it, the receiver recovers and gets it all."""
+    path = tmp_path / "s.sqlite3"
+    gate = threading.Event()
+
+    def hang(handler: BaseHTTPRequestHandler) -> None:
+        gate.wait(5)
+        ok(handler)
+
+    receiver.respond = hang
+    # The hook is made by the writer's own process, which knows the model.
+    setup = WRITER.replace(
+        "with s.atomic():",
+        f"s.webhooks.create('items', Item, {receiver.url()!r}, signal='UPDATE')\nwith s.atomic():",
+    )
+    (tmp_path / "app.py").write_text(setup)
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "app.py"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip()) < 1.0 + 0.5 + 0.5
+    gate.set()
+    receiver.respond = ok
+
+    s = tokenstore.open(path, webhook_allow=LOOPBACK)
+    try:
+        later = datetime.now(UTC) + timedelta(minutes=1)
+        s.webhooks.deliver_due(now=later, limit=1000)
+        statuses = {d.status for d in s.webhooks.deliveries(limit=1000)}
+    finally:
+        s.close()
+    assert statuses == {"delivered"}
+    updates = [h for h in receiver.hits if b"item.updated" in h.body]
+    ids = {h.headers["webhook-id"] for h in updates}
+    assert len(ids) == 30  # every change arrived, once per webhook-id (the first one twice)
+    assert len(updates) == 31
+
+
+# -- the file does not grow without bound ----------------------------------------------
+
+
+def clocked(path: Path, clock: Clock, **options: object) -> Store:
+    return open_store(path, clock=clock, **options)
+
+
+def test_prune_deletes_old_finished_deliveries_but_each_hook_keeps_its_latest(
+    tmp_path: Path, receiver: Receiver, clock: Clock
+) -> None:
+    s = clocked(tmp_path / "s.sqlite3", clock)
+    try:
+        s.webhooks.create("a", Item, receiver.url("/a"))
+        for n in range(3):
+            Item.create(n=n)  # three delivered
+        clock.advance(days=31)
+        receiver.respond = lambda h: h.send_error(500)
+        Item.create(n=3)  # failed: not finished, never pruned
+        s.webhooks.create("b", Item, receiver.url("/b"), signal="DELETE")
+        assert s.webhooks.prune() == 2  # a's two older ones; its latest finished one stays
+        statuses = sorted(d.status for d in s.webhooks.deliveries())
+        assert statuses == ["delivered", "failed"]
+        assert s.webhooks.prune(timedelta(0)) == 0
+        assert s.webhooks.prune(timedelta(days=400)) == 0
+    finally:
+        s.close()
+
+
+def test_the_delivery_log_pages_with_a_cursor(tmp_path: Path, receiver: Receiver) -> None:
+    s = open_store(tmp_path / "s.sqlite3")
+    try:
+        s.webhooks.create("a", Item, receiver.url())
+        with s.atomic():
+            for n in range(25):
+                Item.create(n=n)
+        every = s.webhooks.deliveries(limit=1000)
+        pages, before = [], None
+        while True:
+            page = s.webhooks.deliveries(limit=10, before=before)
+            if not page:
+                break
+            pages.append(page)
+            before = page[-1].abid
+        assert [len(p) for p in pages] == [10, 10, 5]
+        assert [d.abid for p in pages for d in p] == [d.abid for d in every]
+        assert every == sorted(every, key=lambda d: (d.created_at, d.abid), reverse=True)
+        with pytest.raises(tokenstore.ValidationError, match="limit"):
+            s.webhooks.deliveries(limit=-1)
+        assert len(s.webhooks.deliveries()) == 25  # the default page is 100
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("by_hook", [False, True])
+def test_an_index_serves_the_delivery_log_s_order(tmp_path: Path, by_hook: bool) -> None:
+    s = open_store(tmp_path / "s.sqlite3")
+    try:
+        hook = s.webhooks.create("a", Item, "http://127.0.0.1:9/")
+        query = tokenstore.WebhookDelivery.select().order_by(
+            tokenstore.WebhookDelivery.created_at.desc(), tokenstore.WebhookDelivery.abid.desc()
+        )
+        if by_hook:
+            query = query.where(tokenstore.WebhookDelivery.hook == hook.id)
+        sql, params = query.limit(20).sql()
+        plan = " ".join(
+            str(row) for row in s.db.connection().execute("EXPLAIN QUERY PLAN " + sql, params)
+        )
+    finally:
+        s.close()
+    assert "TEMP B-TREE" not in plan  # no sort: the rows come in index order
+    wanted = "hook_id_created_at_abid" if by_hook else "delivery_created_at_abid"
+    assert wanted in plan
+
+
+def test_a_silent_listener_is_removed_and_its_backlog_dropped(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    s = clocked(path, clock, listener_timeout=timedelta(hours=1))
+    try:
+        elsewhere = "another-host:1234:cafe"  # a listener this host cannot ask about
+        with s.db.write(quiet=True) as conn:
+            conn.execute(
+                "INSERT INTO tokenstore_listener (claimant, since, seen) VALUES (?, ?, ?)",
+                (elsewhere, "2000-01-01T00:00:00.000Z", format_time(clock.now)),
+            )
+        Item.create(n=1)  # recorded: someone listens
+        assert _count(path, "tokenstore_change_event") == 1
+        clock.advance(minutes=59)
+        s.dispatch()
+        assert _count(path, "tokenstore_listener") == 1  # not silent for long enough yet
+        clock.advance(minutes=2)
+        with caplog.at_level("WARNING", logger="tokenstore.dispatch"):
+            s.dispatch()
+        assert _count(path, "tokenstore_listener") == 0
+        assert _count(path, "tokenstore_change_event") == 0
+        assert elsewhere in caplog.text
+        Item.create(n=2)
+        assert _count(path, "tokenstore_change_event") == 0  # nobody listens: nothing kept
+    finally:
+        s.close()
+
+
+def _count(path: Path, table: str) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()

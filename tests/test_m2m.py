@@ -1,0 +1,371 @@
+"""Many-to-many relations: captured in SQL, fired as ``m2m_changed``, delivered to M2M hooks.
+
+Everything runs on real files: peewee's ``ManyToManyField`` accessors, its
+through model used directly, plain SQL from another process, and webhooks
+sent to a real HTTP server on loopback (pytest-httpserver) and checked with
+the ``standardwebhooks`` library. Receivers are always disconnected: blinker
+signals are module globals.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import peewee
+import pytest
+from pytest_httpserver import HTTPServer
+from standardwebhooks.webhooks import Webhook
+
+import tokenstore
+from tokenstore import ABIDModel, Store, signals
+from tokenstore._capture import EVENT_TABLE, LISTENER_TABLE
+from tokenstore._errors import ValidationError
+
+LOOPBACK = ["127.0.0.1/32", "::1/128", "localhost"]
+
+
+class Tag(ABIDModel):
+    abid_prefix = "tag_"
+    abid_uri_src = "name"
+    name = peewee.TextField()
+
+
+class Snapshot(ABIDModel):
+    abid_prefix = "snp_"
+    abid_uri_src = "url"
+    url = peewee.TextField()
+    tags = peewee.ManyToManyField(Tag, backref="snapshots")
+
+
+Through = Snapshot.tags.get_through_model()
+JOIN = Through._meta.table_name
+
+Calls = list[dict[str, Any]]
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[Store]:
+    """Overrides conftest's: both sides of the relation registered."""
+    s = tokenstore.open(db_path, webhook_allow=LOOPBACK)
+    s.register(Tag)
+    s.register(Snapshot)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@contextmanager
+def m2m_calls() -> Iterator[Calls]:
+    """Record ``m2m_changed``; connected strongly, always disconnected afterwards."""
+    calls: Calls = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        calls.append({"sender": sender, **kwargs})
+
+    signals.m2m_changed.connect(receiver, weak=False)
+    try:
+        yield calls
+    finally:
+        signals.m2m_changed.disconnect(receiver)
+
+
+def summary(calls: Calls) -> list[tuple[str, Any, str, str, set[Any]]]:
+    return [
+        (c["sender"].__name__, c["instance"].id, c["field"], c["action"], c["pks"]) for c in calls
+    ]
+
+
+def join_events(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        (count,) = conn.execute(
+            f"SELECT count(*) FROM {EVENT_TABLE} WHERE table_name = ?", (JOIN,)
+        ).fetchone()
+        return int(count)
+    finally:
+        conn.close()
+
+
+def tags(*names: str) -> list[Tag]:
+    return [Tag.create(name=name) for name in names]
+
+
+# -- signals --------------------------------------------------------------------------
+
+
+def test_add_remove_and_clear_fire_one_signal_per_instance_on_each_side(store: Store) -> None:
+    snap = Snapshot.create(url="https://example.com/a")
+    a, b, c = tags("a", "b", "c")
+    with m2m_calls() as calls:
+        snap.tags.add([a, b, c])
+    assert summary(calls) == [
+        ("Snapshot", snap.id, "tags", "add", {a.id, b.id, c.id}),
+        ("Tag", a.id, "snapshots", "add", {snap.id}),
+        ("Tag", b.id, "snapshots", "add", {snap.id}),
+        ("Tag", c.id, "snapshots", "add", {snap.id}),
+    ]
+    assert calls[0]["instance"].url == "https://example.com/a"  # the row, read back
+    assert calls[1]["instance"].name == "a"
+
+    with m2m_calls() as calls:
+        snap.tags.remove(b)
+    assert summary(calls) == [
+        ("Snapshot", snap.id, "tags", "remove", {b.id}),
+        ("Tag", b.id, "snapshots", "remove", {snap.id}),
+    ]
+
+    with m2m_calls() as calls:
+        snap.tags.clear()
+    assert summary(calls) == [
+        ("Snapshot", snap.id, "tags", "remove", {a.id, c.id}),
+        ("Tag", a.id, "snapshots", "remove", {snap.id}),
+        ("Tag", c.id, "snapshots", "remove", {snap.id}),
+    ]
+    assert list(snap.tags) == []
+    assert join_events(store.path) == 0  # fired events are deleted
+
+
+def test_the_backref_side_groups_by_its_own_instance(store: Store) -> None:
+    s1, s2 = (Snapshot.create(url=f"https://example.com/{n}") for n in (1, 2))
+    (tag,) = tags("news")
+    with m2m_calls() as calls:
+        tag.snapshots.add([s1, s2])
+    assert summary(calls) == [
+        ("Snapshot", s1.id, "tags", "add", {tag.id}),
+        ("Snapshot", s2.id, "tags", "add", {tag.id}),
+        ("Tag", tag.id, "snapshots", "add", {s1.id, s2.id}),
+    ]
+
+
+def test_the_through_model_used_directly_is_captured_and_an_update_is_remove_then_add(
+    store: Store,
+) -> None:
+    snap = Snapshot.create(url="https://example.com/")
+    a, b = tags("a", "b")
+    with m2m_calls() as calls:
+        Through.insert_many([{"snapshot": snap.id, "tag": a.id}]).execute()
+        Through.update(tag=b.id).where(Through.tag == a.id).execute()
+    snapshot_side = [c for c in summary(calls) if c[0] == "Snapshot"]
+    assert snapshot_side == [
+        ("Snapshot", snap.id, "tags", "add", {a.id}),
+        ("Snapshot", snap.id, "tags", "remove", {a.id}),
+        ("Snapshot", snap.id, "tags", "add", {b.id}),
+    ]
+    assert [t.name for t in snap.tags] == ["b"]
+
+
+def test_statements_in_one_transaction_with_nothing_between_are_one_change(store: Store) -> None:
+    """Row triggers cannot see statement boundaries: a run of like events is one change."""
+    snap = Snapshot.create(url="https://example.com/")
+    a, b, c = tags("a", "b", "c")
+    with m2m_calls() as calls, store.atomic():
+        snap.tags.add(a)
+        snap.tags.add(b)
+        Tag.update(name="renamed").where(Tag.id == c.id).execute()  # a change between
+        snap.tags.add(c)
+    assert [x for x in summary(calls) if x[0] == "Snapshot"] == [
+        ("Snapshot", snap.id, "tags", "add", {a.id, b.id}),
+        ("Snapshot", snap.id, "tags", "add", {c.id}),
+    ]
+
+
+def test_a_row_deleted_since_comes_as_an_instance_holding_its_key(store: Store) -> None:
+    snap = Snapshot.create(url="https://example.com/gone")
+    (a,) = tags("a")
+    snap.tags.add(a)
+    with m2m_calls() as calls, store.atomic():
+        snap.tags.clear()
+        snap.delete_instance()
+    (call,) = [c for c in calls if c["sender"] is Snapshot]
+    assert (call["instance"].id, call["instance"].url) == (snap.id, None)
+    assert (call["action"], call["pks"]) == ("remove", {a.id})
+
+
+def test_a_rolled_back_relation_change_fires_nothing(store: Store) -> None:
+    snap = Snapshot.create(url="https://example.com/")
+    a, b = tags("a", "b")
+    with m2m_calls() as calls:
+        with pytest.raises(RuntimeError), store.atomic():
+            snap.tags.add(a)
+            raise RuntimeError("undo")
+        with store.atomic():
+            with pytest.raises(RuntimeError), store.atomic():  # a savepoint
+                snap.tags.add(a)
+                raise RuntimeError("undo the savepoint only")
+            snap.tags.add(b)
+        store.dispatch()
+    assert summary(calls) == [
+        ("Snapshot", snap.id, "tags", "add", {b.id}),
+        ("Tag", b.id, "snapshots", "add", {snap.id}),
+    ]
+    assert [t.name for t in snap.tags] == ["b"]
+    assert join_events(store.path) == 0
+
+
+def test_an_m2m_changed_receiver_alone_makes_the_store_listen(store: Store) -> None:
+    assert not signals.any_event_receivers()
+    with m2m_calls():
+        assert signals.any_event_receivers()
+        store.dispatch()
+        conn = sqlite3.connect(store.path)
+        try:
+            (listeners,) = conn.execute(f"SELECT count(*) FROM {LISTENER_TABLE}").fetchone()
+        finally:
+            conn.close()
+    assert listeners == 1
+
+
+def test_sql_on_the_join_table_from_another_process_fires_at_dispatch(store: Store) -> None:
+    snap = Snapshot.create(url="https://example.com/")
+    a, b = tags("a", "b")
+    with m2m_calls() as calls:
+        store.dispatch()  # now listening: the other process's writes are recorded
+        edit = (
+            "import sqlite3, sys\n"
+            "conn = sqlite3.connect(sys.argv[1])\n"
+            "conn.execute(f'INSERT INTO {sys.argv[2]} (snapshot_id, tag_id) "
+            "VALUES (?, ?), (?, ?)', (sys.argv[3], sys.argv[4], sys.argv[3], sys.argv[5]))\n"
+            "conn.commit()\n"
+            "conn.execute(f'DELETE FROM {sys.argv[2]} WHERE tag_id = ?', (sys.argv[4],))\n"
+            "conn.commit()\n"
+        )
+        args = [str(store.path), JOIN, snap.id.hex, a.id.hex, b.id.hex]
+        subprocess.run([sys.executable, "-c", edit, *args], check=True, timeout=30)
+        assert calls == []
+        assert store.dispatch().events == 3
+    assert summary(calls) == [
+        ("Snapshot", snap.id, "tags", "add", {a.id, b.id}),
+        ("Tag", a.id, "snapshots", "add", {snap.id}),
+        ("Tag", b.id, "snapshots", "add", {snap.id}),
+        ("Snapshot", snap.id, "tags", "remove", {a.id}),
+        ("Tag", a.id, "snapshots", "remove", {snap.id}),
+    ]
+    assert [t.name for t in snap.tags] == ["b"]
+
+
+@pytest.mark.parametrize("registered", [Snapshot, Tag], ids=["Snapshot", "Tag"])
+def test_only_a_registered_side_hears(db_path: Path, registered: type[ABIDModel]) -> None:
+    other = Tag if registered is Snapshot else Snapshot
+    s = tokenstore.open(db_path)
+    try:
+        other.bind(s.db, bind_refs=False, bind_backrefs=False)
+        s.db.create_tables([other])  # the application's own table, not registered
+        s.register(registered)
+        snap = Snapshot.create(url="https://example.com/")
+        a, b = tags("a", "b")
+        with m2m_calls() as calls:
+            snap.tags.add([a, b])
+        if registered is Snapshot:
+            assert summary(calls) == [("Snapshot", snap.id, "tags", "add", {a.id, b.id})]
+        else:
+            assert summary(calls) == [
+                ("Tag", a.id, "snapshots", "add", {snap.id}),
+                ("Tag", b.id, "snapshots", "add", {snap.id}),
+            ]
+    finally:
+        s.close()
+
+
+def test_the_join_table_cannot_be_registered_as_a_model(store: Store) -> None:
+    with pytest.raises(ValidationError, match="join table"):
+        store.register(Through)
+
+
+def test_a_relation_of_a_model_with_itself_is_refused_before_anything_is_written(
+    store: Store,
+) -> None:
+    class Person(ABIDModel):
+        abid_prefix = "per_"
+
+    class Friendship(peewee.Model):
+        a = peewee.ForeignKeyField(Person, backref="+")
+        b = peewee.ForeignKeyField(Person, backref="+")
+
+    friends = peewee.ManyToManyField(Person, through_model=Friendship, backref="+")
+    Person._meta.add_field("friends", friends)
+    with pytest.raises(ValidationError, match=r"Person\.friends: .* with itself"):
+        store.register(Person)
+    assert not store.db.table_exists(Person._meta.table_name)
+    assert Person not in list(store.registry)
+
+
+# -- webhooks -------------------------------------------------------------------------
+
+
+def test_nothing_is_recorded_while_no_one_listens_and_no_hook_wants_m2m(
+    store: Store, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/hook").respond_with_data("ok")
+    snap = Snapshot.create(url="https://example.com/")
+    a, b = tags("a", "b")
+
+    def recorded_by(add: Tag) -> int:
+        with store.atomic():
+            snap.tags.add(add)
+            (count,) = store.db.execute_sql(
+                f"SELECT count(*) FROM {EVENT_TABLE} WHERE table_name = ?", (JOIN,)
+            ).fetchone()
+        return int(count)
+
+    store.webhooks.create("creates", Snapshot, httpserver.url_for("/hook"), signal="CREATE")
+    assert recorded_by(a) == 0
+    hook = store.webhooks.create("m2m", Snapshot, httpserver.url_for("/hook/2"), signal="M2M")
+    assert recorded_by(b) == 1
+    assert join_events(store.path) == 0  # taken by the commit that wrote the delivery
+    assert [d.event_type for d in store.webhooks.deliveries(hook)] == ["snapshot.tags.added"]
+
+
+def test_m2m_hooks_get_one_signed_delivery_per_relation_change_and_others_none(
+    store: Store, httpserver: HTTPServer
+) -> None:
+    httpserver.expect_request("/m2m", method="POST").respond_with_data("ok")
+    httpserver.expect_request("/create", method="POST").respond_with_data("ok")
+    httpserver.expect_request("/tags", method="POST").respond_with_data("ok")
+    m2m = store.webhooks.create("m2m", Snapshot, httpserver.url_for("/m2m"), signal="M2M")
+    create = store.webhooks.create("c", Snapshot, httpserver.url_for("/create"), signal="CREATE")
+    on_tags = store.webhooks.create(
+        "tags", Tag, httpserver.url_for("/tags"), signal="CREATE_UPDATE_DELETE_OR_M2M"
+    )
+    secrets = {"/m2m": m2m.secret, "/create": create.secret, "/tags": on_tags.secret}
+
+    snap = Snapshot.create(url="https://example.com/")
+    a, b = tags("a", "b")
+    snap.tags.add([a, b])
+    snap.tags.remove(a)
+
+    received: dict[str, list[dict[str, Any]]] = {path: [] for path in secrets}
+    for request, _ in httpserver.log:
+        body = request.get_data()
+        verified = Webhook(secrets[request.path]).verify(body, dict(request.headers))
+        assert verified == json.loads(body)
+        received[request.path].append(verified)
+
+    assert [p["type"] for p in received["/create"]] == ["snapshot.created"]
+    assert [p["type"] for p in received["/m2m"]] == ["snapshot.tags.added", "snapshot.tags.removed"]
+    added, removed = (p["data"] for p in received["/m2m"])
+    assert added == {
+        "model": store.ref(Snapshot),
+        "pk": str(snap.id),
+        "abid": snap.abid,
+        "field": "tags",
+        "action": "add",
+        "pks": [str(a.id), str(b.id)],
+    }
+    assert (removed["action"], removed["pks"]) == ("remove", [str(a.id)])
+    assert [(p["type"], p["data"]["pk"], p["data"].get("pks")) for p in received["/tags"]] == [
+        ("tag.created", str(a.id), None),
+        ("tag.created", str(b.id), None),
+        ("tag.snapshots.added", str(a.id), [str(snap.id)]),
+        ("tag.snapshots.added", str(b.id), [str(snap.id)]),
+        ("tag.snapshots.removed", str(a.id), [str(snap.id)]),
+    ]
+    assert received["/tags"][2]["data"]["abid"] == a.abid
+    assert {d.status for d in store.webhooks.deliveries(m2m)} == {"delivered"}

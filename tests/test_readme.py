@@ -1,0 +1,94 @@
+"""The README runs: its Python and shell blocks, as written, offline, twice in a row.
+
+A newcomer copies the blocks in order into one terminal, so the shell blocks
+run as one script, in a temporary folder, with this virtualenv's ``bin`` on
+PATH. The two set-up lines at the top are not run here (they build the very
+virtualenv running this test); they must be what CI runs, word for word.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+BLOCKS = [
+    (lang, body)
+    for lang, body in re.findall(r"^```(\w*)\n(.*?)^```$", README, flags=re.MULTILINE | re.DOTALL)
+]
+SETUP = [body for lang, body in BLOCKS[:2]]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSTORE_")}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def test_readme_opens_with_its_name_a_line_and_the_two_commands() -> None:
+    lines = README.splitlines()
+    assert lines[0] == "# tokenstore" and lines[1] == ""
+    assert lines[2] and not lines[2].startswith(("#", "`")) and lines[3] == ""
+    assert [lang for lang, _ in BLOCKS[:2]] == ["sh", "sh"]
+    demo, tests = (body.strip() for body in SETUP)
+    assert "\n" not in demo and demo.endswith("tokenstore demo")
+    assert "\n" not in tests and tests.endswith("python -m pytest -q")
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert ci[-1] == tests  # CI runs exactly the README's test command
+
+
+def test_python_blocks_run_twice_in_a_row(tmp_path: Path) -> None:
+    python = [body for lang, body in BLOCKS if lang == "python"]
+    assert python
+    outputs = []
+    for n, body in enumerate(python):
+        (tmp_path / f"example{n}.py").write_text(body)
+        for _ in range(2):
+            result = subprocess.run(
+                [sys.executable, f"example{n}.py"],
+                cwd=tmp_path,
+                env=_env(),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+        outputs.append(result.stdout)
+    assert "['snapshot.created']" in outputs[0]
+    assert "[('snapshot.tags.added', 2), ('snapshot.tags.removed', 1)]" in outputs[1]
+
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="the README uses the sqlite3 shell")
+def test_shell_blocks_run_twice_in_a_row(tmp_path: Path) -> None:
+    script = "\n".join(body for lang, body in BLOCKS[2:] if lang == "sh")
+    assert "tokenstore" in script
+    for _ in range(2):
+        # Its own process group, so a failed run leaves no background receiver behind.
+        shell = subprocess.Popen(
+            ["bash", "-e", "-u", "-o", "pipefail", "-c", script],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, err = shell.communicate(timeout=240)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(shell.pid, signal.SIGTERM)
+            shell.wait(timeout=30)
+        assert shell.returncode == 0, out[-4000:] + err[-4000:]
+        assert "webhook.ping verified" in out
+        assert "user.created verified" in out
+    assert "Traceback" not in err

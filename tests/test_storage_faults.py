@@ -1,0 +1,575 @@
+"""Storage faults reach the caller as StoreError subclasses, and leave nothing half-done.
+
+The faults are real: a small tmpfs mounted by the test and filled up (needs
+root, or CAP_SYS_ADMIN; where mounting is refused those tests skip and the
+file-size-limit tests, which run everywhere, stand in for them), a file-size
+limit in a child process (RLIMIT_FSIZE), a lock held by another connection
+past the busy timeout, ``PRAGMA query_only`` and a damaged page. After each
+one: the exception's type and message, ``PRAGMA integrity_check``, no event
+or delivery left behind by the failed write, no signal or request for it,
+and the same Store object working again once the fault is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import peewee
+import pytest
+from _storage_child import Entry, store_files
+
+import tokenstore
+from tokenstore import (
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreIOError,
+    StoreLocked,
+    StoreReadOnly,
+    TokenstoreError,
+    signals,
+)
+
+CHILD = str(Path(__file__).with_name("_storage_child.py"))
+COMMAND = [sys.executable, "-m", "tokenstore._cli"]
+
+
+# -- the parts ----------------------------------------------------------------------------
+
+
+@dataclass
+class Disk:
+    """A mounted tmpfs that the test fills to the last block and frees again."""
+
+    root: Path
+
+    @property
+    def filler(self) -> Path:
+        return self.root / "filler"
+
+    def fill(self) -> None:
+        with self.filler.open("ab", buffering=0) as f:
+            for _ in range(100_000):  # far more blocks than the disk has
+                try:
+                    f.write(b"\0" * 4096)
+                except OSError as exc:
+                    assert exc.errno == 28, exc  # ENOSPC: full
+                    return
+        raise AssertionError(f"{self.root} never filled up")
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Disk]:
+    root = tmp_path / "disk"
+    root.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        refused = mounted.stderr.strip() if mounted.returncode != 0 else ""
+    except FileNotFoundError:
+        refused = "no mount command"
+    if refused:
+        pytest.skip(
+            f"cannot mount a tmpfs here ({refused}); "
+            "the file-size-limit tests cover a write that finds no room"
+        )
+    try:
+        yield Disk(root)
+    finally:
+        if subprocess.run(["umount", str(root)], timeout=30).returncode != 0:
+            subprocess.run(["umount", "-l", str(root)], timeout=30, check=True)
+
+
+class Counter(BaseHTTPRequestHandler):
+    """Counts the webhook requests it answers."""
+
+    count = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).count += 1
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class Receiver:
+    url: str
+    handler: type[Counter]
+
+    @property
+    def count(self) -> int:
+        return self.handler.count
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    handler = type("Handler", (Counter,), {"count": 0})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Receiver(f"http://127.0.0.1:{server.server_address[1]}/hook", handler)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.fixture
+def saved() -> Iterator[list[str]]:
+    """The keys of the entries whose post_save signal fired."""
+    keys: list[str] = []
+
+    def on_save(sender: Any, instance: Entry, **extra: Any) -> None:
+        keys.append(instance.key)
+
+    signals.post_save.connect(on_save, sender=Entry, weak=False)
+    try:
+        yield keys
+    finally:
+        signals.post_save.disconnect(on_save, sender=Entry)
+
+
+@dataclass
+class World:
+    """A store with an application model, a hook on it and a user, and what it sent."""
+
+    store: tokenstore.Store
+    path: Path
+    receiver: Receiver
+    saved: list[str]
+    alice: tokenstore.User
+
+    def state(self) -> dict[str, Any]:
+        """What the file holds, read through a connection of its own."""
+        conn = sqlite3.connect(self.path)
+        try:
+
+            def rows(sql: str) -> list[Any]:
+                return conn.execute(sql).fetchall()
+
+            return {
+                "integrity": rows("PRAGMA integrity_check"),
+                "entries": [k for (k,) in rows("SELECT key FROM test_storage_entry ORDER BY key")],
+                "body_chars": rows("SELECT total(length(body)) FROM test_storage_entry")[0][0],
+                "users": [u for (u,) in rows("SELECT username FROM tokenstore_user ORDER BY id")],
+                "tokens": rows("SELECT count(*) FROM tokenstore_api_token")[0][0],
+                "hooks": rows("SELECT count(*) FROM tokenstore_outbound_webhook")[0][0],
+                "events": rows("SELECT count(*) FROM tokenstore_change_event")[0][0],
+                "deliveries": rows("SELECT count(*) FROM tokenstore_webhook_delivery")[0][0],
+            }
+        finally:
+            conn.close()
+
+
+def make_world(path: Path, receiver: Receiver, saved: list[str], **options: Any) -> World:
+    store = tokenstore.open(path, webhook_allow=["127.0.0.1/32"], **options)
+    store.register(Entry)
+    store.webhooks.create("entries", Entry, receiver.url)
+    alice = store.users.create("alice")
+    Entry.create(key="before")
+    assert saved == ["before"] and receiver.count == 1
+    return World(store, path, receiver, saved, alice)
+
+
+@pytest.fixture
+def on_disk(disk: Disk, receiver: Receiver, saved: list[str]) -> Iterator[World]:
+    world = make_world(disk.root / "store.sqlite3", receiver, saved)
+    try:
+        yield world
+    finally:
+        world.store.close()
+
+
+def expect_fault(kind: type[StoreError], write: Callable[[], object], *words: str) -> str:
+    """Run a write that must fail with ``kind``; return its message, checked for ``words``."""
+    with pytest.raises(kind) as caught:
+        write()
+    message = str(caught.value)
+    assert isinstance(caught.value, TokenstoreError)
+    assert isinstance(caught.value, peewee.OperationalError)  # what plain peewee code catches
+    for word in words:
+        assert word in message, (word, message)
+    assert "rollback" not in message.lower(), message
+    return message
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tokenstore: error: "), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def cli(db: Path, *args: str, **run: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, "--db", str(db), *args], capture_output=True, text=True, timeout=60, **run
+    )
+
+
+# -- a full disk ----------------------------------------------------------------------------
+
+
+def test_every_kind_of_write_on_a_full_disk_raises_store_full_and_leaves_nothing(
+    on_disk: World, disk: Disk
+) -> None:
+    world, store = on_disk, on_disk.store
+    token, secret = store.tokens.create(world.alice, name="old")
+    before = world.state()
+    disk.fill()
+
+    def in_one_transaction() -> None:
+        with store.atomic():
+            Entry.create(key="a1", body="a" * 5000)
+            Entry.create(key="a2", body="b" * 5000)
+
+    writes: list[Callable[[], object]] = [
+        lambda: Entry.create(key="big", body="x" * 20000),
+        lambda: Entry.update(body="y" * 20000).where(Entry.key == "before").execute(),
+        lambda: store.users.create("bob"),
+        lambda: store.tokens.create(world.alice, name="ci"),
+        lambda: store.webhooks.create("more", Entry, world.receiver.url + "/more"),
+        in_one_transaction,
+    ]
+    for write in writes:
+        message = expect_fault(StoreFull, write, str(world.path), "the disk is full", "SQLITE_FULL")
+        assert message.endswith("during COMMIT)"), message
+        assert not store.db.connection().in_transaction
+        assert world.state() == before
+    assert world.saved == ["before"] and world.receiver.count == 1
+
+    # Reads keep working: the rows, and authentication (its last-used stamp cannot be written).
+    assert [e.key for e in Entry.select()] == ["before"]
+    assert store.tokens.authenticate(secret).abid == token.abid
+
+    disk.free()
+    Entry.create(key="after", body="x" * 20000)
+    store.users.create("bob")
+    after = world.state()
+    assert after["integrity"] == [("ok",)]
+    assert after["entries"] == ["after", "before"]
+    assert after["users"] == ["system", "alice", "bob"]
+    assert after["deliveries"] == before["deliveries"] + 1 and after["events"] == 0
+    assert world.saved == ["before", "after"] and world.receiver.count == 2
+
+
+def test_a_statement_that_finds_no_room_ends_the_transaction_and_says_so(
+    on_disk: World, disk: Disk
+) -> None:
+    """A transaction bigger than the page cache writes pages before COMMIT, and fails there.
+
+    SQLite then rolls back the whole transaction: nested ``atomic()`` blocks
+    report the fault itself (not "no such savepoint"), and code that swallows
+    it and carries on gets a StoreError at commit instead of a half-saved mix.
+    """
+    world, store = on_disk, on_disk.store
+    store.db.execute_sql("PRAGMA cache_size = 5")  # pages spill to the WAL mid-transaction
+    before = world.state()
+    disk.fill()
+
+    def nested() -> None:
+        with store.atomic(), store.atomic():
+            for n in range(50):
+                Entry.create(key=f"n{n}", body=os.urandom(3000).hex())
+
+    expect_fault(StoreFull, nested, str(world.path), "the disk is full (SQLITE_FULL during INSERT)")
+    assert not store.db.connection().in_transaction and not store.db.in_transaction()
+
+    def carries_on() -> None:
+        with store.atomic():
+            try:
+                for n in range(50):
+                    Entry.create(key=f"c{n}", body=os.urandom(3000).hex())
+            except StoreFull:
+                pass
+            disk.free()
+            Entry.create(key="orphan")  # no transaction left: must not commit on its own
+
+    with pytest.raises(StoreError, match="already rolled back by SQLite") as caught:
+        carries_on()
+    assert not isinstance(caught.value, StoreFull)
+    state = world.state()
+    assert state == {**before, "integrity": [("ok",)]}
+    assert world.saved == ["before"] and world.receiver.count == 1
+
+    Entry.create(key="after")
+    assert world.state()["entries"] == ["after", "before"]
+    assert world.saved == ["before", "after"]
+
+
+def test_a_checkpoint_on_a_full_disk_raises_store_full(on_disk: World, disk: Disk) -> None:
+    world, store = on_disk, on_disk.store
+    for n in range(5):  # pages in the WAL that the main file has no room for yet
+        Entry.create(key=f"e{n}", body="x" * 3000)
+    disk.fill()
+    expect_fault(
+        StoreFull,
+        lambda: store.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)"),
+        str(world.path),
+        "SQLITE_FULL during PRAGMA wal_checkpoint",
+    )
+    assert world.state()["integrity"] == [("ok",)]
+    disk.free()
+    (busy, _, _) = store.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
+    assert Path(f"{world.path}-wal").stat().st_size == 0
+    assert len(world.state()["entries"]) == 6
+
+
+def test_the_command_on_a_full_disk_exits_2_with_one_line_and_still_reads(
+    on_disk: World, disk: Disk
+) -> None:
+    """The store stays open here, as in an application, so the WAL index already exists.
+
+    (A WAL-mode file whose last connection closed needs room for a new
+    ``-shm`` before anyone can read it; on a disk with no free block at all
+    that first open fails, as StoreIOError.)
+    """
+    world = on_disk
+    disk.fill()
+    one_line_error(cli(world.path, "users", "add", "bob"), str(world.path), "the disk is full")
+    one_line_error(cli(world.path, "tokens", "create", "alice"), "the disk is full")
+    listed = cli(world.path, "--json", "users", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert [u["username"] for u in json.loads(listed.stdout)] == ["system", "alice"]
+    assert world.state()["users"] == ["system", "alice"]
+    disk.free()
+    assert cli(world.path, "users", "add", "bob").returncode == 0
+    world.store.users.create("carol")
+    assert world.state()["users"] == ["system", "alice", "bob", "carol"]
+
+
+# -- a file-size limit ----------------------------------------------------------------------
+
+
+def test_a_file_size_limit_fails_writes_with_store_io_error_in_a_child_process(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    path, out = tmp_path / "store.sqlite3", tmp_path / "report.json"
+    subprocess.run(
+        [sys.executable, CHILD, str(path), str(out), receiver.url], check=True, timeout=120
+    )
+    report = json.loads(out.read_text(encoding="utf-8"))
+    for name, fault in report["faults"].items():
+        assert fault["type"] == StoreIOError.__name__, (name, fault)
+        assert fault["tokenstore_error"], name
+        message = fault["message"]
+        assert message.startswith(f"{path}: I/O error (SQLITE_IOERR_WRITE during "), message
+    assert report["in_transaction"] is False
+    assert report["readable"] == ["before"]
+    assert report["saved"] == ["before", "after"]
+    assert receiver.count == 2
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        entries = conn.execute("SELECT key FROM test_storage_entry ORDER BY key").fetchall()
+        assert entries == [("after",), ("before",)]
+        users = conn.execute("SELECT username FROM tokenstore_user ORDER BY id").fetchall()
+        assert users == [("system",), ("alice",), ("bob",)]
+        assert conn.execute("SELECT count(*) FROM tokenstore_api_token").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM tokenstore_change_event").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM tokenstore_webhook_delivery").fetchone() == (2,)
+    finally:
+        conn.close()
+
+
+def test_the_command_under_a_file_size_limit_exits_2_with_one_line(
+    tmp_path: Path, receiver: Receiver, saved: list[str]
+) -> None:
+    world = make_world(tmp_path / "store.sqlite3", receiver, saved)
+    try:
+        limit = max(p.stat().st_size for p in store_files(world.path))
+
+        def limited() -> None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+        result = cli(world.path, "users", "add", "bob", preexec_fn=limited)
+        one_line_error(result, str(world.path), "I/O error (SQLITE_IOERR_WRITE during COMMIT)")
+        assert "Traceback" not in result.stderr
+        listed = cli(world.path, "users", "list", preexec_fn=limited)
+        assert listed.returncode == 0 and "alice" in listed.stdout, listed.stderr
+        assert world.state()["users"] == ["system", "alice"]
+        assert cli(world.path, "users", "add", "bob").returncode == 0
+        assert world.state()["users"] == ["system", "alice", "bob"]
+    finally:
+        world.store.close()
+
+
+# -- a lock, a read-only connection, a damaged page -----------------------------------------
+
+
+def test_a_lock_held_past_the_busy_timeout_raises_store_locked(
+    tmp_path: Path, receiver: Receiver, saved: list[str]
+) -> None:
+    world = make_world(tmp_path / "store.sqlite3", receiver, saved, busy_timeout=5)
+    store = world.store
+    before = world.state()
+    other = sqlite3.connect(world.path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        expect_fault(
+            StoreLocked,
+            lambda: Entry.create(key="late"),
+            str(world.path),
+            "the database stayed locked for 5 s (SQLITE_BUSY during BEGIN)",
+        )
+        waited = time.monotonic() - started
+        assert 4.5 <= waited < 30, waited
+        assert not store.db.connection().in_transaction
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    try:
+        assert world.state() == before
+        Entry.create(key="late")
+        assert world.state()["entries"] == ["before", "late"]
+        assert world.saved == ["before", "late"] and world.receiver.count == 2
+    finally:
+        store.close()
+
+
+def test_a_read_only_connection_raises_store_read_only(
+    tmp_path: Path, receiver: Receiver, saved: list[str]
+) -> None:
+    world = make_world(tmp_path / "store.sqlite3", receiver, saved)
+    store = world.store
+    try:
+        before = world.state()
+        store.db.execute_sql("PRAGMA query_only = 1")
+        expect_fault(
+            StoreReadOnly,
+            lambda: store.users.create("bob"),
+            str(world.path),
+            "the store is read-only (SQLITE_READONLY during ",
+        )
+        assert world.state() == before
+        store.db.execute_sql("PRAGMA query_only = 0")
+        store.users.create("bob")
+        assert world.state()["users"] == ["system", "alice", "bob"]
+    finally:
+        store.close()
+
+
+def damage_table(path: Path, table: str) -> None:
+    """Give a closed store's table a root page of a type that does not exist."""
+    conn = sqlite3.connect(path)
+    try:
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        (root,) = conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
+        ).fetchone()
+    finally:
+        conn.close()
+    with path.open("r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xff")
+
+
+def test_a_damaged_page_raises_store_corrupt(
+    tmp_path: Path, receiver: Receiver, saved: list[str]
+) -> None:
+    path = tmp_path / "store.sqlite3"
+    world = make_world(path, receiver, saved)
+    for n in range(50):
+        Entry.create(key=f"e{n}", body="x" * 200)
+    world.store.close()
+    damage_table(path, "test_storage_entry")
+    store = tokenstore.open(path)
+    try:
+        store.register(Entry)
+        expect_fault(
+            StoreCorrupt,
+            lambda: list(Entry.select()),
+            str(path),
+            "the file is damaged (see PRAGMA integrity_check) (SQLITE_CORRUPT",
+        )
+        assert store.users.get("alice").username == "alice"  # the rest of the file still reads
+    finally:
+        store.close()
+
+
+def test_a_constraint_is_the_callers_data_and_stays_an_integrity_error(
+    tmp_path: Path, receiver: Receiver, saved: list[str]
+) -> None:
+    world = make_world(tmp_path / "store.sqlite3", receiver, saved)
+    try:
+        with pytest.raises(peewee.IntegrityError) as caught:
+            Entry.create(key="before")
+        assert not isinstance(caught.value, TokenstoreError)
+        assert world.state()["entries"] == ["before"]
+        Entry.create(key="next")
+        assert world.saved == ["before", "next"]
+    finally:
+        world.store.close()
+
+
+def test_a_thread_that_cannot_open_the_file_gets_store_io_error(
+    tmp_path: Path, receiver: Receiver, saved: list[str]
+) -> None:
+    """peewee opens a connection per thread when it is first used: here the folder is gone."""
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    world = make_world(folder / "store.sqlite3", receiver, saved)
+    try:
+        for p in store_files(world.path):
+            p.unlink()
+        folder.rmdir()
+        caught: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                world.store.users.list()
+            except BaseException as exc:
+                caught.append(exc)
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        thread.join(30)
+        assert len(caught) == 1 and isinstance(caught[0], StoreIOError), caught
+        assert str(caught[0]) == (
+            f"{world.path}: the file cannot be opened (SQLITE_CANTOPEN during open)"
+        )
+    finally:
+        folder.mkdir(exist_ok=True)
+        world.store.close()
+
+
+def test_the_command_reading_a_damaged_page_exits_2_with_one_line(
+    tmp_path: Path, receiver: Receiver, saved: list[str]
+) -> None:
+    """Token checks read on the raw connection, past the database class: the command still
+    reports the error in one line, with the file's name."""
+    path = tmp_path / "store.sqlite3"
+    world = make_world(path, receiver, saved)
+    _, secret = world.store.tokens.create(world.alice, name="ci")
+    world.store.close()
+    damage_table(path, "tokenstore_api_token")
+    result = cli(path, "tokens", "verify", secret)
+    one_line_error(result, f"{path}: database disk image is malformed")
+    assert secret not in result.stderr

@@ -1,0 +1,244 @@
+"""The admin page as a WSGI application: routing, signing in, sessions and CSRF.
+
+Every request but the sign-in form and the static files needs a signed-in
+session, and the token behind it is read again on every request, so a
+revocation or an expiry ends the session at once. Every POST must carry the
+session's CSRF token. The pages themselves are in ``_pages``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from wsgiref.types import StartResponse, WSGIEnvironment
+
+import tokenstore
+
+from . import _pages as pages
+from ._http import HTTPError, Request, Response, redirect
+from ._sessions import SESSION_LIFETIME, SIGN_IN_LIFETIME, Session, Sessions
+from ._templates import environment
+from ._visit import Visit
+
+COOKIE = "tokenstore_admin"
+#: The scope a token needs to sign in (unless it is a superuser's unrestricted token).
+ADMIN_SCOPE = "admin"
+
+_STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+
+def grants_admin(token: tokenstore.APIToken, owner: tokenstore.User) -> bool:
+    """Whether a valid token may use the admin page.
+
+    A token issued without scopes is unrestricted for the API, but that must
+    not make every plain user's key an admin key: it takes the scope
+    ``admin`` listed explicitly, or a superuser's token that is not narrowed
+    to other scopes.
+    """
+    scopes: list[str] = token.scopes or []
+    return ADMIN_SCOPE in scopes or (bool(owner.is_superuser) and not scopes)
+
+
+Handler = Callable[..., Response]
+
+
+@dataclass
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    #: For a POST: the page shown again, with the error, when the change is refused.
+    page: Handler | None = None
+
+
+def _routes() -> list[Route]:
+    abid = r"(?P<abid>[A-Za-z0-9_]{1,64})"
+    table: list[tuple[str, str, Handler, Handler | None]] = [
+        ("GET", "/", pages.overview, None),
+        ("GET", "/users", pages.users, None),
+        ("POST", "/users", pages.add_user, pages.users),
+        ("GET", "/tokens", pages.tokens, None),
+        ("POST", "/tokens", pages.create_token, pages.tokens),
+        ("GET", f"/tokens/{abid}/revoke", pages.confirm_revoke, None),
+        ("POST", f"/tokens/{abid}/revoke", pages.revoke_token, pages.tokens),
+        ("GET", "/webhooks", pages.webhooks, None),
+        ("POST", "/webhooks", pages.add_webhook, pages.webhooks),
+        ("GET", f"/webhooks/{abid}", pages.webhook, None),
+        ("POST", f"/webhooks/{abid}", pages.edit_webhook, pages.webhook),
+        ("POST", f"/webhooks/{abid}/enable", pages.enable_webhook, pages.webhook),
+        ("POST", f"/webhooks/{abid}/disable", pages.disable_webhook, pages.webhook),
+        ("POST", f"/webhooks/{abid}/rotate", pages.rotate_secret, pages.webhook),
+        ("POST", f"/webhooks/{abid}/ping", pages.ping_webhook, pages.webhook),
+        ("GET", f"/webhooks/{abid}/delete", pages.confirm_delete, None),
+        ("POST", f"/webhooks/{abid}/delete", pages.delete_webhook, pages.webhook),
+        ("GET", "/deliveries", pages.deliveries, None),
+        ("GET", f"/deliveries/{abid}", pages.delivery, None),
+        ("POST", f"/deliveries/{abid}/redeliver", pages.redeliver, pages.delivery),
+    ]
+    return [Route(m, re.compile(p + r"\Z"), h, page) for m, p, h, page in table]
+
+
+class AdminApp:
+    """The admin page for one store; see ``make_app``."""
+
+    def __init__(self, store: tokenstore.Store, sessions: Sessions | None = None) -> None:
+        self.store = store
+        self.sessions = sessions or Sessions()
+        self.templates = environment()
+        self.routes = _routes()
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(environ)
+        session = self.sessions.get(request.cookie(COOKIE))
+        try:
+            response = self.handle(request, session)
+        except HTTPError as exc:
+            response = self.error(request, exc.status, exc.message)
+        return response.send(start_response)
+
+    def handle(self, request: Request, session: Session | None) -> Response:
+        if request.path.startswith("/static/"):
+            return self.static(request)
+        if request.path == "/login":
+            return self.sign_in(request, session)
+        if request.path == "/logout" and request.method == "POST":
+            return self.sign_out(request, session)
+        route, groups = self.match(request)
+        visit = self.visit(request, session)
+        if visit is None:
+            if request.method == "GET":
+                return redirect(request.base + "/login")
+            raise HTTPError(403, "sign in first")
+        if request.method == "POST" and not visit.session.csrf_ok(request.form().get("csrf")):
+            raise HTTPError(403, "the form's CSRF token is missing or stale: reload the page")
+        try:
+            return route.handler(visit, **groups)
+        except tokenstore.NotFound as exc:
+            raise HTTPError(404, str(exc)) from None
+        except tokenstore.TokenstoreError as exc:
+            if route.page is None:
+                raise HTTPError(400, str(exc)) from None
+            return route.page(visit, error=str(exc), **groups)
+
+    def match(self, request: Request) -> tuple[Route, dict[str, str]]:
+        allowed = False
+        for route in self.routes:
+            found = route.pattern.match(request.path)
+            if found is None:
+                continue
+            if route.method == request.method:
+                return route, found.groupdict()
+            allowed = True
+        if allowed:
+            raise HTTPError(405, f"{request.method} is not allowed here")
+        raise HTTPError(404, f"no page {request.path}")
+
+    def visit(self, request: Request, session: Session | None) -> Visit | None:
+        """The signed-in visit, after checking its token again; None if signed out."""
+        if session is None or session.token_abid is None:
+            return None
+        try:
+            token = self.store.tokens.get(session.token_abid)
+            owner = self.store.users.get(int(token.created_by_id))
+        except tokenstore.NotFound:
+            self.sessions.end(session)
+            return None
+        if not token.is_valid(self.store.clock()) or not grants_admin(token, owner):
+            self.sessions.end(session)
+            return None
+        return Visit(request, session, owner, self.store, self.templates)
+
+    # -- signing in and out -----------------------------------------------------------------
+
+    def sign_in(self, request: Request, session: Session | None) -> Response:
+        if request.method == "GET":
+            if self.visit(request, session) is not None:
+                return redirect(request.base + "/")
+            fresh = self.sessions.new()
+            return self.login_page(request, fresh, 200, "", cookie=True)
+        if request.method != "POST":
+            raise HTTPError(405, f"{request.method} is not allowed here")
+        form = request.form()
+        if session is None or not session.csrf_ok(form.get("csrf")):
+            raise HTTPError(
+                403, "the sign-in form is stale or its CSRF token is missing: reload it"
+            )
+        try:
+            token = self.store.tokens.authenticate(form.get("token", "").strip())
+            owner = self.store.users.get(int(token.created_by_id))
+        except tokenstore.AuthenticationError as exc:
+            return self.login_page(request, session, 401, f"Not signed in: {exc}")
+        if not grants_admin(token, owner):
+            return self.login_page(
+                request,
+                session,
+                403,
+                f"Token {token.abid} may not use the admin page: it needs the scope "
+                f"{ADMIN_SCOPE!r}, or must be a superuser's token without scopes.",
+            )
+        self.sessions.end(session)  # a new id once signed in: a planted id is worth nothing
+        signed_in = self.sessions.new(token.abid)
+        response = redirect(request.base + "/")
+        response.headers.append(self.cookie(request, signed_in, SESSION_LIFETIME))
+        return response
+
+    def sign_out(self, request: Request, session: Session | None) -> Response:
+        if session is None or not session.csrf_ok(request.form().get("csrf")):
+            raise HTTPError(403, "the form's CSRF token is missing or stale: reload the page")
+        self.sessions.end(session)
+        response = redirect(request.base + "/login")
+        response.headers.append(self.cookie(request, None, 0))
+        return response
+
+    def login_page(
+        self, request: Request, session: Session, status: int, error: str, cookie: bool = False
+    ) -> Response:
+        html = self.templates.get_template("login.html").render(
+            base=request.base, csrf=session.csrf, error=error
+        )
+        response = Response(status, html.encode("utf-8"))
+        if cookie:
+            response.headers.append(self.cookie(request, session, SIGN_IN_LIFETIME))
+        return response
+
+    @staticmethod
+    def cookie(request: Request, session: Session | None, max_age: int) -> tuple[str, str]:
+        value = "" if session is None else session.id
+        parts = [
+            f"{COOKIE}={value}",
+            f"Path={request.base or '/'}",
+            f"Max-Age={max_age}",
+            "HttpOnly",
+            "SameSite=Strict",
+        ]
+        if request.secure:
+            parts.append("Secure")
+        return ("Set-Cookie", "; ".join(parts))
+
+    # -- the rest ---------------------------------------------------------------------------
+
+    def static(self, request: Request) -> Response:
+        name = request.path.removeprefix("/static/")
+        kind = _STATIC_TYPES.get(name[name.rfind(".") :] if "." in name else "")
+        folder = resources.files("tokenstore.admin").joinpath("static")
+        if kind is None or "/" in name or not folder.joinpath(name).is_file():
+            raise HTTPError(404, f"no static file {name!r}")
+        return Response(200, folder.joinpath(name).read_bytes(), content_type=kind)
+
+    def error(self, request: Request, status: int, message: str) -> Response:
+        html = self.templates.get_template("error.html").render(
+            base=request.base, status=status, message=message
+        )
+        return Response(status, html.encode("utf-8"))
+
+
+def make_app(store: tokenstore.Store) -> AdminApp:
+    """The admin page for ``store`` as a WSGI application, to serve or mount under a path.
+
+    Mounted under a prefix, links and the session cookie follow the
+    ``SCRIPT_NAME`` the server passes. Raises ``AdminUnavailable`` when the
+    optional extra ``tokenstore[admin]`` (Jinja2) is not installed.
+    """
+    return AdminApp(store)

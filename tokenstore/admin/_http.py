@@ -1,0 +1,109 @@
+"""Just enough HTTP on top of WSGI: a request with its form and cookies, a response.
+
+The admin page has a handful of plain forms, so the standard library is all
+it needs; bodies are capped so a large POST cannot tie up the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qs
+from wsgiref.types import StartResponse, WSGIEnvironment
+
+#: The largest form body read; the admin forms are far smaller.
+MAX_FORM_BYTES = 64 * 1024
+
+#: Sent with every page: nothing is cached, framed, or loaded from elsewhere.
+SECURITY_HEADERS = [
+    ("Cache-Control", "no-store"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+]
+
+
+class HTTPError(Exception):
+    """Ends a request with this status and message (shown on an error page)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/html; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def send(self, start_response: StartResponse) -> Iterable[bytes]:
+        phrase = HTTPStatus(self.status).phrase
+        headers = [
+            ("Content-Type", self.content_type),
+            ("Content-Length", str(len(self.body))),
+            *SECURITY_HEADERS,
+            *self.headers,
+        ]
+        start_response(f"{self.status} {phrase}", headers)
+        return [self.body]
+
+
+def redirect(location: str) -> Response:
+    """303 See Other: after a POST the browser GETs the result, so a reload resends nothing."""
+    return Response(303, headers=[("Location", location)])
+
+
+class Request:
+    """The parts of a WSGI environ the admin page reads."""
+
+    def __init__(self, environ: WSGIEnvironment) -> None:
+        self.environ = environ
+        self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
+        self.base: str = environ.get("SCRIPT_NAME", "").rstrip("/")
+        self.path: str = environ.get("PATH_INFO", "") or "/"
+        self.query = {
+            key: values[0] for key, values in parse_qs(environ.get("QUERY_STRING", "")).items()
+        }
+        self.secure = environ.get("wsgi.url_scheme") == "https"
+        self._form: dict[str, str] | None = None
+
+    def cookie(self, name: str) -> str | None:
+        try:
+            jar = SimpleCookie(self.environ.get("HTTP_COOKIE", ""))
+        except CookieError:
+            return None
+        morsel = jar.get(name)
+        return None if morsel is None else morsel.value
+
+    def form(self) -> dict[str, str]:
+        """The URL-encoded body of a POST; repeated names keep their first value."""
+        if self._form is None:
+            self._form = {key: values[0] for key, values in self.form_lists().items()}
+        return self._form
+
+    def form_lists(self) -> dict[str, list[str]]:
+        kind = self.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        if kind != "application/x-www-form-urlencoded":
+            raise HTTPError(415, "forms must be sent as application/x-www-form-urlencoded")
+        try:
+            length = int(self.environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise HTTPError(400, "Content-Length is not a number") from None
+        if length > MAX_FORM_BYTES:
+            raise HTTPError(413, f"form body over {MAX_FORM_BYTES} bytes")
+        raw = self.environ["wsgi.input"].read(length) if length > 0 else b""
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(400, "form body is not UTF-8") from None
+        return parse_qs(text, keep_blank_values=True)

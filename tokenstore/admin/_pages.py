@@ -1,0 +1,396 @@
+"""The pages: each function answers one route for a signed-in visit.
+
+They use tokenstore's public API (``store.users``, ``store.tokens``,
+``store.webhooks`` and the public models), and one private helper: the
+sender's ``message_headers``, to show a delivery's request headers. Secrets are put on a page once,
+through the session's ``reveal``, on the page after the one that made them;
+header values and auth tokens are never shown, only their names or presence.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import peewee
+
+import tokenstore
+from tokenstore import APIToken, OutboundWebhook, User, WebhookDelivery
+from tokenstore._sending import message_headers
+
+from ._chart import chart, hourly_outcomes
+from ._sessions import Reveal
+
+if TYPE_CHECKING:
+    from ._http import Response
+    from ._visit import Visit
+
+#: What masked values are shown as.
+MASK = "••••••"
+#: Deliveries per page of the delivery log.
+PAGE_SIZE = 50
+#: Delivery states, in the order the filter offers them.
+STATUSES = ("pending", "failed", "delivered", "dead")
+
+
+def _form(visit: Visit) -> dict[str, str]:
+    return visit.request.form()
+
+
+def _names(store: tokenstore.Store) -> dict[int, str]:
+    return {user.id: user.username for user in store.users.list()}
+
+
+# -- overview -------------------------------------------------------------------------------
+
+
+def overview(visit: Visit) -> Response:
+    store = visit.store
+    now = store.clock()
+    live_tokens = APIToken.select().where(
+        APIToken.revoked_at.is_null() & (APIToken.expires.is_null() | (APIToken.expires >= now))
+    )
+    hooks = store.webhooks.list()
+    counts = {
+        "users": User.select().where(User.id != store.system_user.id).count(),
+        "live tokens": live_tokens.count(),
+        "webhooks": len(hooks),
+        "enabled webhooks": sum(1 for hook in hooks if hook.enabled),
+        "pending deliveries": WebhookDelivery.select()
+        .where(WebhookDelivery.status == "pending")
+        .count(),
+        "failed deliveries": WebhookDelivery.select()
+        .where(WebhookDelivery.status.in_(("failed", "dead")))
+        .count(),
+    }
+    picture = chart(hourly_outcomes(store, now))
+    return visit.render("overview.html", page="overview", counts=counts, chart=picture)
+
+
+# -- users ----------------------------------------------------------------------------------
+
+
+def users(visit: Visit, error: str = "") -> Response:
+    store = visit.store
+    counted: Any = (  # (owner id, count) tuples, which peewee's stubs cannot say
+        APIToken.select(APIToken.created_by, peewee.fn.COUNT(APIToken.id))
+        .where(APIToken.revoked_at.is_null())
+        .group_by(APIToken.created_by)
+        .tuples()
+    )
+    owned: dict[int, int] = {owner: count for owner, count in counted}
+    shown = [u for u in store.users.list() if u.id != store.system_user.id]
+    return visit.render(
+        "users.html",
+        page="users",
+        users=shown,
+        owned=owned,
+        error=error,
+    )
+
+
+def add_user(visit: Visit) -> Response:
+    form = _form(visit)
+    user = visit.store.users.create(form.get("username", "").strip(), form.get("superuser") == "on")
+    return visit.done("/users", f"User {user.username} added.")
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+
+def token_state(token: APIToken, now: Any) -> str:
+    if token.revoked_at is not None:
+        return "revoked"
+    return "active" if token.is_valid(now) else "expired"
+
+
+def tokens(visit: Visit, error: str = "") -> Response:
+    store = visit.store
+    now = store.clock()
+    listed = store.tokens.list(include_revoked=True)
+    listed.reverse()  # newest first
+    return visit.render(
+        "tokens.html",
+        page="tokens",
+        tokens=[(token, token_state(token, now)) for token in listed],
+        names=_names(store),
+        users=store.users.list(),
+        error=error,
+    )
+
+
+def _expiry(text: str) -> timedelta | None:
+    if not text.strip():
+        return None
+    try:
+        days = float(text)
+    except ValueError:
+        raise tokenstore.ValidationError(
+            f"expires in {text!r} days: give a number of days, or leave it empty for never"
+        ) from None
+    if not 0 < days <= 36_500:
+        raise tokenstore.ValidationError(f"expires in {text!r} days: use 0 < days <= 36500")
+    return timedelta(days=days)
+
+
+def create_token(visit: Visit) -> Response:
+    form = _form(visit)
+    scopes = form.get("scopes", "").replace(",", " ").split()
+    user = form.get("user", "")
+    token, secret = visit.store.tokens.create(
+        int(user) if user.isdigit() else user,
+        name=form.get("name", "").strip() or None,
+        expires=_expiry(form.get("expires_days", "")),
+        scopes=scopes,
+    )
+    visit.session.reveal = Reveal(f"Secret of token {token.abid}", secret)
+    return visit.done("/tokens", f"Token {token.abid} created.")
+
+
+def confirm_revoke(visit: Visit, abid: str) -> Response:
+    token = visit.store.tokens.get(abid)
+    owner = _names(visit.store).get(token.created_by_id, "?")
+    return visit.render(
+        "confirm.html",
+        page="tokens",
+        title="Revoke token",
+        question=f"Revoke token {token.abid} ({token.token_redacted}, "
+        f"{token.name or 'unnamed'}, of {owner}) for good?",
+        action=f"/tokens/{token.abid}/revoke",
+        button="Revoke",
+        back="/tokens",
+    )
+
+
+def revoke_token(visit: Visit, abid: str) -> Response:
+    token = visit.store.tokens.revoke(abid)
+    return visit.done("/tokens", f"Token {token.abid} revoked.")
+
+
+# -- webhooks -------------------------------------------------------------------------------
+
+
+def parse_headers(text: str) -> dict[str, str]:
+    """``Name: value`` lines (blank lines skipped) as a headers mapping."""
+    headers: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name.strip():
+            raise tokenstore.ValidationError(
+                f"headers, line {number}: write each header as 'Name: value'"
+            )
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def next_attempt(hook: OutboundWebhook) -> Any:
+    """When the hook's next retry is due, if one is waiting."""
+    waiting = (
+        WebhookDelivery.select(WebhookDelivery.next_attempt_at)
+        .where(
+            (WebhookDelivery.hook == hook.id)
+            & WebhookDelivery.status.in_(("pending", "failed"))
+            & WebhookDelivery.next_attempt_at.is_null(False)
+        )
+        .order_by(WebhookDelivery.next_attempt_at)
+        .first()
+    )
+    return None if waiting is None else waiting.next_attempt_at
+
+
+def _refs(store: tokenstore.Store) -> list[str]:
+    return sorted(store.ref(model) for model in store.models.values())
+
+
+def webhooks(visit: Visit, error: str = "") -> Response:
+    store = visit.store
+    hooks = store.webhooks.list()
+    return visit.render(
+        "webhooks.html",
+        page="webhooks",
+        hooks=[(hook, next_attempt(hook)) for hook in hooks],
+        refs=_refs(store),
+        error=error,
+    )
+
+
+def add_webhook(visit: Visit) -> Response:
+    form = _form(visit)
+    hook = visit.store.webhooks.create(
+        form.get("name", "").strip(),
+        form.get("ref", ""),
+        form.get("endpoint", "").strip(),
+        signal=form.get("signal", "").strip() or "CREATE_UPDATE_OR_DELETE",
+        headers=parse_headers(form.get("headers", "")),
+        auth_token=form.get("auth_token", ""),
+        keep_last_response=form.get("keep_last_response") == "on",
+    )
+    visit.session.reveal = Reveal(f"Signing secret of webhook {hook.name}", hook.secret)
+    return visit.done(f"/webhooks/{hook.abid}", f"Webhook {hook.name} added.")
+
+
+def webhook(visit: Visit, abid: str, error: str = "") -> Response:
+    store = visit.store
+    hook = store.webhooks.get(abid)
+    recent = store.webhooks.deliveries(hook, limit=10)
+    return visit.render(
+        "webhook.html",
+        page="webhooks",
+        hook=hook,
+        header_names=sorted(hook.headers or {}),
+        next_attempt=next_attempt(hook),
+        deliveries=recent,
+        refs=_refs(store),
+        mask=MASK,
+        error=error,
+    )
+
+
+def edit_webhook(visit: Visit, abid: str) -> Response:
+    form = _form(visit)
+    changes: dict[str, Any] = {
+        "name": form.get("name", "").strip(),
+        "endpoint": form.get("endpoint", "").strip(),
+        "signal": form.get("signal", "").strip(),
+        "keep_last_response": form.get("keep_last_response") == "on",
+    }
+    # Stored values are never put in the form, so an empty field keeps them.
+    if form.get("clear_headers") == "on":
+        changes["headers"] = {}
+    elif form.get("headers", "").strip():
+        changes["headers"] = parse_headers(form["headers"])
+    if form.get("clear_auth_token") == "on":
+        changes["auth_token"] = ""
+    elif form.get("auth_token", ""):
+        changes["auth_token"] = form["auth_token"]
+    hook = visit.store.webhooks.update(abid, **changes)
+    return visit.done(f"/webhooks/{hook.abid}", f"Webhook {hook.name} saved.")
+
+
+def enable_webhook(visit: Visit, abid: str) -> Response:
+    hook = visit.store.webhooks.enable(abid)
+    return visit.done(f"/webhooks/{hook.abid}", f"Webhook {hook.name} enabled.")
+
+
+def disable_webhook(visit: Visit, abid: str) -> Response:
+    reason = _form(visit).get("reason", "").strip() or "disabled in the admin page"
+    hook = visit.store.webhooks.disable(abid, reason)
+    return visit.done(f"/webhooks/{hook.abid}", f"Webhook {hook.name} disabled.")
+
+
+def rotate_secret(visit: Visit, abid: str) -> Response:
+    hook = visit.store.webhooks.rotate_secret(abid)
+    visit.session.reveal = Reveal(f"New signing secret of webhook {hook.name}", hook.secret)
+    return visit.done(
+        f"/webhooks/{hook.abid}",
+        f"Signing secret of {hook.name} rotated; the old one signs too until "
+        f"{hook.previous_secret_expires:%Y-%m-%d %H:%M UTC}.",
+    )
+
+
+def ping_webhook(visit: Visit, abid: str) -> Response:
+    sent = visit.store.webhooks.ping(abid)
+    return visit.done(f"/deliveries/{sent.abid}", f"Ping sent: {sent.status}.")
+
+
+def confirm_delete(visit: Visit, abid: str) -> Response:
+    hook = visit.store.webhooks.get(abid)
+    return visit.render(
+        "confirm.html",
+        page="webhooks",
+        title="Delete webhook",
+        question=f"Delete webhook {hook.name} ({hook.abid}) and its delivery log?",
+        action=f"/webhooks/{hook.abid}/delete",
+        button="Delete",
+        back=f"/webhooks/{hook.abid}",
+    )
+
+
+def delete_webhook(visit: Visit, abid: str) -> Response:
+    hook = visit.store.webhooks.get(abid)
+    visit.store.webhooks.delete(hook)
+    return visit.done("/webhooks", f"Webhook {hook.name} deleted.")
+
+
+# -- deliveries -----------------------------------------------------------------------------
+
+
+def deliveries(visit: Visit) -> Response:
+    """The log, newest first, paged by a cursor: the last ABID of the page before."""
+    store = visit.store
+    query = visit.request.query
+    hook_key, status, after = query.get("hook", ""), query.get("status", ""), query.get("after")
+    found = WebhookDelivery.select().order_by(WebhookDelivery.abid.desc())
+    if hook_key:
+        found = found.where(WebhookDelivery.hook == store.webhooks.get(hook_key).id)
+    if status:
+        if status not in STATUSES:
+            raise tokenstore.ValidationError(f"status {status!r} is not one of {STATUSES}")
+        found = found.where(WebhookDelivery.status == status)
+    if after:
+        found = found.where(WebhookDelivery.abid < after)
+    rows = list(found.limit(PAGE_SIZE + 1))
+    hooks = store.webhooks.list()
+    return visit.render(
+        "deliveries.html",
+        page="deliveries",
+        deliveries=rows[:PAGE_SIZE],
+        more=rows[PAGE_SIZE - 1].abid if len(rows) > PAGE_SIZE else None,
+        hooks=hooks,
+        hook_names={hook.id: hook.name for hook in hooks},
+        hook_key=hook_key,
+        status_filter=status,
+        statuses=STATUSES,
+        first_page=not after,
+    )
+
+
+def request_headers(
+    store: tokenstore.Store, hook: OutboundWebhook, sent: WebhookDelivery
+) -> list[tuple[str, str]]:
+    """The headers of the delivery's last attempt, as the sender builds them, values masked.
+
+    They are built again for the attempt's time (now, if it was never sent)
+    from the hook as it is now; the signature is the one sent unless the hook
+    was edited or its secret rotated since. The one use of a private helper
+    here: the public API has no way to ask for a message's headers.
+    """
+    when = sent.last_attempt_at or store.clock()
+    built = message_headers(hook, sent.abid, sent.payload.encode("utf-8"), when)
+    private = {name.lower() for name in hook.headers or {}}
+    if hook.auth_token:
+        private.add("authorization")
+    return [(name, MASK if name.lower() in private else value) for name, value in built.items()]
+
+
+def delivery(visit: Visit, abid: str, error: str = "") -> Response:
+    store = visit.store
+    sent = store.webhooks.delivery(abid)
+    hook = store.webhooks.get(sent.hook.abid)
+    try:
+        payload = json.dumps(json.loads(sent.payload), indent=2, ensure_ascii=False)
+    except ValueError:
+        payload = sent.payload
+    # A hook keeps only its latest response body, and only with keep_last_response.
+    latest = sent.last_attempt_at is not None and sent.last_attempt_at in (
+        hook.last_success,
+        hook.last_failure,
+    )
+    return visit.render(
+        "delivery.html",
+        page="deliveries",
+        delivery=sent,
+        hook=hook,
+        payload=payload,
+        headers=request_headers(store, hook, sent),
+        response_body=hook.last_response if latest and hook.keep_last_response else None,
+        error=error,
+    )
+
+
+def redeliver(visit: Visit, abid: str) -> Response:
+    sent = visit.store.webhooks.redeliver(abid)
+    return visit.done(f"/deliveries/{sent.abid}", f"Redelivered: {sent.status}.")

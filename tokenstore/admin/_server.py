@@ -1,0 +1,83 @@
+"""``tokenstore serve``: the admin page on a threaded wsgiref server.
+
+Loopback only unless the caller says otherwise: the page carries sessions
+in cookies and secrets shown once, which must not cross a network in clear
+text, so any other address needs ``public=True`` and gets a warning to put
+TLS in front.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import tokenstore
+
+from ._app import make_app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """One line per request on stderr, as wsgiref does, but without the query string."""
+        sys.stderr.write(f"{self.address_string()} {self.command} {self.path.split('?')[0]}\n")
+
+
+class AdminServer(ThreadingMixIn, WSGIServer):
+    """A request per thread; each thread's database connection is closed when it ends."""
+
+    daemon_threads = True
+    store: tokenstore.Store
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.store.webhooks.close()
+            self.store.db.close()
+
+
+class _AdminServer6(AdminServer):
+    address_family = socket.AF_INET6
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def public_warning(host: str) -> str | None:
+    """What to tell the operator when the page listens beyond this machine."""
+    if is_loopback(host):
+        return None
+    return (
+        f"warning: the admin page listens on {host}, beyond this machine: put TLS in front "
+        "of it (session cookies and secrets shown once travel in clear text)"
+    )
+
+
+def make_admin_server(
+    store: tokenstore.Store, host: str = "127.0.0.1", port: int = 8787, public: bool = False
+) -> AdminServer:
+    """A server for the admin page of ``store``, bound but not yet serving.
+
+    Refuses any address but loopback unless ``public``; port 0 picks a free one.
+    """
+    if not is_loopback(host) and not public:
+        raise tokenstore.ValidationError(
+            f"--host {host!r} is not a loopback address: the admin page listens on "
+            "127.0.0.1 unless --public is given (then put TLS in front of it)"
+        )
+    server_class = _AdminServer6 if ":" in host else AdminServer
+    server = make_server(
+        host.strip("[]"), port, make_app(store), server_class, handler_class=_QuietHandler
+    )
+    server.store = store
+    return server

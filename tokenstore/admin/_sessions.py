@@ -1,0 +1,90 @@
+"""Server-side sessions in memory, keyed by a random id sent in an HttpOnly cookie.
+
+A session remembers which token signed in (its ABID, never its secret), the
+CSRF token its forms carry, and at most one secret waiting to be shown once.
+Restarting the server signs everybody out, which is the safe way round.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+#: How long a signed-in session lasts, whatever happens (seconds).
+SESSION_LIFETIME = 8 * 3600
+#: How long a visitor has to fill in the sign-in form (seconds).
+SIGN_IN_LIFETIME = 15 * 60
+#: The most sessions kept; past it the oldest are dropped (a flood of sign-in pages).
+MAX_SESSIONS = 10_000
+
+
+@dataclass
+class Reveal:
+    """A secret to show on the next page, then forget: a new token's or a rotated signing key."""
+
+    label: str
+    value: str
+
+
+@dataclass
+class Session:
+    id: str
+    expires: float
+    token_abid: str | None = None
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    notice: str = ""
+    reveal: Reveal | None = None
+
+    def csrf_ok(self, presented: str | None) -> bool:
+        return presented is not None and hmac.compare_digest(presented.encode(), self.csrf.encode())
+
+    def take_reveal(self) -> Reveal | None:
+        reveal, self.reveal = self.reveal, None
+        return reveal
+
+    def take_notice(self) -> str:
+        notice, self.notice = self.notice, ""
+        return notice
+
+
+class Sessions:
+    """The session table; safe to use from the threads of a threaded server."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def new(self, token_abid: str | None = None) -> Session:
+        """A fresh session: anonymous (for the sign-in form) or signed in as ``token_abid``."""
+        lifetime = SIGN_IN_LIFETIME if token_abid is None else SESSION_LIFETIME
+        session = Session(secrets.token_urlsafe(32), self.clock() + lifetime, token_abid)
+        with self._lock:
+            self._drop_expired()
+            while len(self._sessions) >= MAX_SESSIONS:
+                del self._sessions[next(iter(self._sessions))]
+            self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str | None) -> Session | None:
+        if not session_id:
+            return None
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None and session.expires <= self.clock():
+                del self._sessions[session_id]
+                return None
+            return session
+
+    def end(self, session: Session) -> None:
+        with self._lock:
+            self._sessions.pop(session.id, None)
+
+    def _drop_expired(self) -> None:
+        now = self.clock()
+        for key in [k for k, s in self._sessions.items() if s.expires <= now]:
+            del self._sessions[key]
