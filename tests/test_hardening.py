@@ -178,6 +178,13 @@ PROBES: dict[str, Callable[[World, Any], Any]] = {
     "webhooks.deliveries(hook)": lambda w, v: w.store.webhooks.deliveries(v),
     "webhooks.deliveries(status)": lambda w, v: w.store.webhooks.deliveries(status=v),
     "webhooks.deliveries(limit)": lambda w, v: w.store.webhooks.deliveries(limit=v),
+    "webhooks.deliveries(before)": lambda w, v: w.store.webhooks.deliveries(before=v),
+    "webhooks.prune": lambda w, v: w.store.webhooks.prune(v),
+    "store.import_archivebox(path)": lambda w, v: w.store.import_archivebox(v, dry_run=True),
+    "store.import_archivebox(ref_map)": lambda w, v: w.store.import_archivebox(
+        w.path, ref_map=v, dry_run=True
+    ),
+    "store.import_archivebox(dry_run)": lambda w, v: w.store.import_archivebox(w.path, dry_run=v),
     "webhooks.delivery": lambda w, v: w.store.webhooks.delivery(v),
     "webhooks.deliver_due(now)": lambda w, v: w.store.webhooks.deliver_due(v),
     "webhooks.deliver_due(limit)": lambda w, v: w.store.webhooks.deliver_due(limit=v),

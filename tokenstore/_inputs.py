@@ -9,8 +9,10 @@ nor where. Messages describe the fault, not the value: it may be a secret.
 from __future__ import annotations
 
 import math
+import os
 import re
 from datetime import timedelta
+from pathlib import Path
 
 from ._errors import ValidationError
 
@@ -39,6 +41,22 @@ def check_text(value: object, what: str, *, max_length: int | None = None) -> st
     if max_length is not None and len(value) > max_length:
         raise ValidationError(f"{what} must be at most {max_length} characters, got {len(value)}")
     return value
+
+
+def check_path(value: object, what: str) -> Path:
+    """A file path (str or path-like) the operating system can take: no NUL, encodable."""
+    if not isinstance(value, str | os.PathLike) or not isinstance(os.fspath(value), str):
+        raise ValidationError(f"{what} must be a str or a Path, got {type(value).__name__}")
+    text = os.fspath(value)
+    if "\x00" in text:
+        raise ValidationError(f"{what} must not contain a NUL character")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"{what} is not valid Unicode (a lone surrogate at position {exc.start})"
+        ) from None
+    return Path(text)
 
 
 def check_int(value: object, what: str, *, minimum: int = 0, maximum: int = MAX_INT) -> int:

@@ -145,19 +145,6 @@ _KINDS = (
 )
 
 
-def check_path(path: Path) -> None:
-    """Refuse a path the operating system cannot take, before anything touches it."""
-    text = str(path)
-    if "\x00" in text:
-        raise ValidationError("the store path must not contain a NUL character")
-    try:
-        os.fsencode(text)
-    except UnicodeEncodeError as exc:
-        raise ValidationError(
-            f"the store path is not valid Unicode (a lone surrogate at position {exc.start})"
-        ) from None
-
-
 def _companion(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
@@ -825,7 +812,6 @@ def open_database(
     """
     if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
         raise StoreError("tokenstore needs a file path; an in-memory database is not shared")
-    check_path(path)
     version = check_file(path)
     if not path.exists():
         if read_only or not create:

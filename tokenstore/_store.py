@@ -12,7 +12,6 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ import peewee
 from ._capture import CaptureSpec, model_ref
 from ._dispatch import Dispatcher
 from ._errors import StoreError, ValidationError
-from ._inputs import check_flag, check_seconds
+from ._inputs import check_flag, check_path, check_seconds, check_text
 from ._m2m import Relation
 from ._models import OWN_MODELS, SYSTEM_USERNAME, OutboundWebhook, User
 from ._netguard import AddressGuard
@@ -78,11 +77,7 @@ class Store:
         self.options = opts = Options.from_kwargs(options)
         if clock is not None and not callable(clock):
             raise ValidationError(f"clock must be a function, got {type(clock).__name__}")
-        if not isinstance(path, str | os.PathLike) or not isinstance(os.fspath(path), str):
-            raise ValidationError(
-                f"the store path must be a str or a Path, got {type(path).__name__}"
-            )
-        self.path = Path(path)
+        self.path = check_path(path, "the store path")
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.registry = Registry(OWN_MODELS)
         self.dispatcher = Dispatcher(
@@ -279,14 +274,18 @@ class Store:
         """
         from ._archivebox import import_archivebox
 
+        if ref_map is not None and not isinstance(ref_map, Mapping):
+            raise ValidationError(f"ref_map must be a mapping, got {type(ref_map).__name__}")
+        if cipher_key is not None:
+            check_text(cipher_key, "cipher_key")
         return import_archivebox(
-            path,
+            check_path(path, "path"),
             db=self.db,
             users=self.users,
             validator=self.hook_validator,
             ref_map=ref_map,
             cipher_key=cipher_key,
-            dry_run=dry_run,
+            dry_run=check_flag(dry_run, "dry_run"),
         )
 
 

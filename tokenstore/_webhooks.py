@@ -393,9 +393,7 @@ class Webhooks:
         keep = self.keep_deliveries if older_than is None else older_than
         if keep is None:
             return 0
-        if not isinstance(keep, timedelta) or keep < timedelta(0):
-            raise ValidationError(f"older_than must be a timedelta of 0 or more, got {keep!r}")
-        return self.outbox.prune(keep)
+        return self.outbox.prune(check_span(keep, "older_than", allow_zero=True))
 
     def delivery(self, abid: str) -> WebhookDelivery:
         """One delivery by its ABID (the ``webhook-id`` its receiver saw)."""
