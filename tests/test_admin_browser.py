@@ -95,7 +95,7 @@ def test_sign_in_tokens_webhooks_and_deliveries_in_chromium(
             page.fill("input[name=scopes]", "reports:read")
             page.click("text=Create token")
             secret = page.input_value("#secret")
-            assert page.is_visible("button.copy")  # unhidden by the page's script
+            page.wait_for_selector("button.copy", state="visible", timeout=5000)  # the script ran
             with tokenstore.open(db) as store:
                 token = store.tokens.authenticate(secret)
             assert token.scopes == ["reports:read"]

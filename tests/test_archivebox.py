@@ -578,7 +578,7 @@ def test_a_read_only_copy_is_read(store: Store, tmp_path: Path) -> None:
 
 # -- the command ----------------------------------------------------------------------------
 
-COMMAND = [sys.executable, "-m", "tokenstore._cli"]
+COMMAND = [sys.executable, "-m", "tokenstore"]
 
 
 def run(

@@ -520,11 +520,15 @@ def test_a_blocked_address_says_how_to_allow_it(
                          "http://127.0.0.1:9/", expect=2)  # fmt: skip
     assert refused.stderr.count("\n") == 1
     assert "--allow" in refused.stderr and "TOKENSTORE_WEBHOOK_ALLOW" in refused.stderr
-    # Made by a process that allows the address, sent by one that does not:
+    # Allowed once, by the process that made the hook: every later process agrees.
     as_json(db_path, "--allow", "127.0.0.1/32", "webhooks", "create", "h", "tokenstore.User", url)
+    tokenstore(db_path, "--json", "webhooks", "ping", "h")
+    assert len(received) == 1
+    assert as_json(db_path, "webhooks", "allowlist") == [{"entry": "127.0.0.1/32"}]
+    assert as_json(db_path, "webhooks", "disallow", "127.0.0.1/32") == []
     blocked = tokenstore(db_path, "--json", "webhooks", "ping", "h", expect=1)
-    assert json.loads(blocked.stdout)["last_error"].startswith("blocked:") and received == []
-    assert "--allow" in blocked.stderr and "TOKENSTORE_WEBHOOK_ALLOW" in blocked.stderr
+    assert json.loads(blocked.stdout)["last_error"].startswith("blocked:") and len(received) == 1
+    assert "webhooks allow" in blocked.stderr and "TOKENSTORE_WEBHOOK_ALLOW" in blocked.stderr
 
 
 def test_update_delivery_and_deliver_due(

@@ -18,7 +18,7 @@ import requests
 
 from tokenstore._signing import sign
 
-COMMAND = [sys.executable, "-m", "tokenstore._cli", "listen"]
+COMMAND = [sys.executable, "-m", "tokenstore", "listen"]
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 

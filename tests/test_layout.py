@@ -79,3 +79,8 @@ def test_the_public_surface_is_explicit() -> None:
     assert sorted(tokenstore.__all__) == sorted(set(tokenstore.__all__))
     for name in tokenstore.__all__:
         assert hasattr(tokenstore, name), name
+
+
+def test_no_module_is_much_over_500_lines() -> None:
+    lengths = {n: len(p.read_text().splitlines()) for n, p in MODULES.items()}
+    assert {n: c for n, c in lengths.items() if c > 600} == {}

@@ -268,7 +268,7 @@ def test_a_hook_on_a_name_dns_cannot_hold_is_refused_at_creation(db_path: Path, 
         store.close()
 
 
-CLI = [sys.executable, "-m", "tokenstore._cli"]
+CLI = [sys.executable, "-m", "tokenstore"]
 
 
 def test_the_command_refuses_a_name_dns_cannot_hold_in_one_line(db_path: Path) -> None:

@@ -43,7 +43,7 @@ from tokenstore import (
 )
 
 CHILD = str(Path(__file__).with_name("_storage_child.py"))
-COMMAND = [sys.executable, "-m", "tokenstore._cli"]
+COMMAND = [sys.executable, "-m", "tokenstore"]
 
 
 # -- the parts ----------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import tokenstore
 from tokenstore import ABIDDriftError, ABIDModel, Store, StoreError, ValidationError
 from tokenstore._capture import CaptureSpec
 from tokenstore._models import OWN_MODELS, APIToken, OutboundWebhook, User
-from tokenstore._sqlite import SCHEMA_VERSION, capture_triggers, schema_sql
+from tokenstore._sqlite import SCHEMA_VERSION, schema_sql
+from tokenstore._sqlite_ddl import capture_triggers
 
 ROOT = Path(__file__).resolve().parent.parent
 

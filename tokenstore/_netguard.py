@@ -188,6 +188,12 @@ class AddressGuard:
     """
 
     def __init__(self, allow: Iterable[str] = ()) -> None:
+        self._networks: tuple[_IPNetwork, ...] = ()
+        self._hosts: frozenset[str] = frozenset()
+        self.replace(allow)
+
+    def replace(self, allow: Iterable[str]) -> None:
+        """Allow exactly these entries from now on (the store's list changed)."""
         if isinstance(allow, str):
             raise ValidationError(
                 f"allow must be a list of entries, not the single string {allow!r}"
@@ -200,8 +206,12 @@ class AddressGuard:
                 hosts.add(parsed)
             else:
                 networks.append(parsed)
-        self._networks: tuple[_IPNetwork, ...] = tuple(networks)
-        self._hosts: frozenset[str] = frozenset(hosts)
+        self._networks, self._hosts = tuple(networks), frozenset(hosts)
+
+    @staticmethod
+    def canonical(entry: str) -> str:
+        """An allowlist entry in the one form it is stored in (``10.0.0.0/8``, ``host.example``)."""
+        return str(_parse_allow_entry(entry))
 
     def __repr__(self) -> str:
         entries = [str(net) for net in self._networks] + sorted(self._hosts)

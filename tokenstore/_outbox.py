@@ -14,26 +14,26 @@ once the lease runs out.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import signals
+from ._allowlist import AllowList
 from ._capture import ChangeEvent, model_ref
 from ._compat import peewee_errors
 from ._dispatch import Connection
 from ._m2m import RelationRun, runs
 from ._models import OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
+from ._outcomes import Outcomes
 from ._payload import PayloadBuilder, dumps
-from ._policy import KIND_BY_OP, RELATION_KIND, RetryPolicy, parse_retry_after, signal_matches
+from ._policy import KIND_BY_OP, RELATION_KIND, signal_matches
 from ._registry import Registry
 from ._rows import Loader, quote_name
 from ._sending import Outcome, Sender, message_headers, redacted
 from ._sqlite import SQLiteDatabase
-from ._times import format_time, to_stored_time, utcnow
+from ._times import format_time, to_stored_time
 
 _HOOKS = Loader(OutboundWebhook)
 _DELIVERIES = Loader(WebhookDelivery)
@@ -53,24 +53,6 @@ _INSERT_DELIVERY = (
     '"modified_at", "hook_id", "event_id", "event_type", "payload", "next_attempt_at", '
     '"status", "attempts", "last_error") '
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, '')"
-)
-_RECORD_DELIVERY = (
-    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = ?, "attempts" = ?, "next_attempt_at" = ?, '
-    '"last_attempt_at" = ?, "last_status_code" = ?, "last_error" = ?, "duration_ms" = ?, '
-    '"delivered_at" = ?, "modified_at" = ? WHERE "id" = ?'
-)
-# Counted in SQL, so attempts recorded at once by two threads both count. Like
-# django-signal-webhooks' bulk_update of these fields, outcomes leave ``updated`` alone.
-_HOOK_SUCCEEDED = (
-    f'UPDATE "{_HOOK_TABLE}" SET "last_success" = ?, "failure_count" = 0, '
-    '"failing_since" = NULL, "last_response" = '
-    'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ?'
-)
-_HOOK_FAILED = (
-    f'UPDATE "{_HOOK_TABLE}" SET "last_failure" = ?, "failure_count" = "failure_count" + 1, '
-    '"failing_since" = coalesce("failing_since", ?), "last_response" = '
-    'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ? '
-    'RETURNING "failure_count", "failing_since"'
 )
 _TAKE = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
@@ -106,18 +88,6 @@ _PRUNE = (
     'ORDER BY k."created_at" DESC, k."abid" DESC LIMIT 1) '
     "LIMIT ?)"
 )
-_GIVE_UP = (
-    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL '
-    "WHERE \"hook_id\" = ? AND \"status\" IN ('pending', 'failed')"
-)
-
-
-class _Tally(threading.local):
-    """Per thread: how many attempts this thread has recorded, by outcome."""
-
-    def __init__(self) -> None:
-        self.delivered = 0
-        self.failed = 0
 
 
 class Outbox:
@@ -133,36 +103,29 @@ class Outbox:
         registry: Registry,
         clock: Callable[[], datetime],
         sender: Sender,
-        policy: RetryPolicy,
+        outcomes: Outcomes,
         sync_budget: float,
+        allowlist: AllowList,
     ) -> None:
         self.db = db
         self.sync_budget = sync_budget
+        self.allowlist = allowlist
         self.registry = registry
         self.clock = clock
         self.sender = sender
-        self.policy = policy
+        self.outcomes = outcomes
         self.payloads = PayloadBuilder()
-        self._tally = _Tally()
         sql = db.sql
         self._select_hook = sql(_SELECT_HOOK)
         self._select_delivery = sql(_SELECT_DELIVERY)
         self._insert_delivery = sql(_INSERT_DELIVERY)
-        self._record_delivery = sql(_RECORD_DELIVERY)
-        self._hook_succeeded = sql(_HOOK_SUCCEEDED)
-        self._hook_failed = sql(_HOOK_FAILED)
         self._take_due = sql(_TAKE_DUE)
         self._take_held = sql(_TAKE_HELD)
         self._select_due = sql(_SELECT_DUE)
-        self._give_up = sql(_GIVE_UP)
         self._release_sql = sql(_RELEASE)
         self._next_retry = sql(_NEXT_RETRY)
         self._wait_behind = sql(_WAIT_BEHIND)
         self._prune = sql(_PRUNE)
-
-    def attempts_recorded(self) -> tuple[int, int]:
-        """Delivered and failed attempts this thread has recorded so far."""
-        return self._tally.delivered, self._tally.failed
 
     @property
     def lease(self) -> timedelta:
@@ -424,7 +387,7 @@ class Outbox:
             return delivery
         now = self._now() if now is None else to_stored_time(now)
         if not hook.enabled:
-            self._bury(delivery, f"hook disabled: {hook.disabled_reason or 'by hand'}")
+            self.outcomes.bury(delivery, f"hook disabled: {hook.disabled_reason or 'by hand'}")
             return delivery
         body = delivery.payload.encode("utf-8")
         try:
@@ -433,116 +396,12 @@ class Outbox:
             # A hook edited outside the API (the sqlite3 shell) may not make a request.
             outcome = Outcome(False, error=f"cannot build the request: {str(exc)[:500]}")
         else:
+            self.allowlist.refresh()  # judged by the file's list as it is now
             outcome = self.sender.post(hook.endpoint, body, headers, deadline)
         if outcome.error:
             outcome.error = redacted(outcome.error, hook)
-        self.record(hook, delivery, outcome, now)
+        self.outcomes.record(hook, delivery, outcome, now)
         return delivery
-
-    def record(
-        self, hook: OutboundWebhook, delivery: WebhookDelivery, outcome: Outcome, now: datetime
-    ) -> None:
-        """Write the attempt's outcome, schedule the next one, and disable hopeless hooks."""
-        delivery.attempts += 1
-        delivery.last_attempt_at = now
-        delivery.last_status_code = outcome.status_code
-        delivery.last_error = outcome.error
-        delivery.duration_ms = outcome.duration_ms
-        if hook.keep_last_response:
-            hook.last_response = outcome.body
-        stamp = format_time(now)
-        disabled_reason = ""
-        with self.db.write(quiet=True) as conn:
-            if outcome.ok:
-                conn.execute(self._hook_succeeded, (stamp, outcome.body, hook.id.hex))
-                hook.last_success = now
-                hook.failure_count = 0
-                hook.failing_since = None
-                delivery.status = "delivered"
-                delivery.delivered_at = now
-                delivery.next_attempt_at = None
-            else:
-                row = conn.execute(
-                    self._hook_failed, (stamp, stamp, outcome.body, hook.id.hex)
-                ).fetchone()
-                hook.last_failure = now
-                if row is None:  # the hook was deleted meanwhile
-                    row = (hook.failure_count + 1, stamp)
-                hook.failure_count = row[0]
-                hook.failing_since = OutboundWebhook.failing_since.python_value(row[1])
-                disabled_reason = self.policy.disabled_reason(
-                    now=now,
-                    gone=outcome.gone,
-                    failure_count=hook.failure_count,
-                    failing_since=hook.failing_since,
-                    error=outcome.error,
-                )
-                retry_after = parse_retry_after(outcome.retry_after, now)
-                next_attempt = self.policy.next_attempt(delivery.attempts, now, retry_after)
-                delivery.status = "dead" if disabled_reason or next_attempt is None else "failed"
-                delivery.next_attempt_at = None if disabled_reason else next_attempt
-            self._write(conn, delivery)
-        if disabled_reason:
-            self.disable(hook, disabled_reason)
-        if outcome.ok:
-            self._tally.delivered += 1
-        else:
-            self._tally.failed += 1
-        if outcome.ok:
-            signals.send_isolated(
-                signals.webhook_delivered, OutboundWebhook, hook=hook, delivery=delivery
-            )
-        else:
-            signals.send_isolated(
-                signals.webhook_failed,
-                OutboundWebhook,
-                hook=hook,
-                delivery=delivery,
-                error=outcome.error,
-            )
-        if disabled_reason:
-            signals.send_isolated(
-                signals.webhook_disabled, OutboundWebhook, hook=hook, reason=disabled_reason
-            )
-
-    def _write(self, conn: Connection, delivery: WebhookDelivery) -> None:
-        """Store a delivery's outcome fields, as they are on the instance."""
-        delivery.modified_at = utcnow()
-        db_value = WebhookDelivery.last_attempt_at.db_value
-
-        def time_value(value: Any) -> str | None:
-            return format_time(value) if isinstance(value, datetime) else db_value(value)
-
-        conn.execute(
-            self._record_delivery,
-            (
-                delivery.status,
-                delivery.attempts,
-                time_value(delivery.next_attempt_at),
-                time_value(delivery.last_attempt_at),
-                delivery.last_status_code,
-                delivery.last_error,
-                delivery.duration_ms,
-                time_value(delivery.delivered_at),
-                time_value(delivery.modified_at),
-                delivery.id.hex,
-            ),
-        )
-
-    def disable(self, hook: OutboundWebhook, reason: str) -> None:
-        """Stop a hook and give up on what it still had to send."""
-        with self.db.atomic():
-            hook.enabled = False
-            hook.disabled_reason = reason
-            hook.save(only=[OutboundWebhook.enabled, OutboundWebhook.disabled_reason])
-            self.db.execute_sql(self._give_up, (hook.id.hex,))
-
-    def _bury(self, delivery: WebhookDelivery, reason: str) -> None:
-        delivery.status = "dead"
-        delivery.next_attempt_at = None
-        delivery.last_error = reason
-        with self.db.write(quiet=True) as conn:
-            self._write(conn, delivery)
 
     def prune(self, older_than: timedelta, batches: int | None = None, batch: int = 500) -> int:
         """Delete finished deliveries created over ``older_than`` ago; returns how many.

@@ -1,22 +1,21 @@
 """The SQLite backend: everything tokenstore does that only SQLite does.
 
-One file holds everything. This module opens it (refusing, before changing
-anything, files that are not SQLite or were written by a newer tokenstore),
-sets its pragmas, brings its schema up to date, writes the capture triggers,
-runs every write in a ``BEGIN IMMEDIATE`` transaction that tells the change
-dispatcher when it commits, reports a full disk, an I/O error or a lock that
-never came as a StoreError subclass, and tells a watcher when another
-connection committed (``PRAGMA data_version``). A PostgreSQL backend is a
-sibling of this module with the same surface.
+One file holds everything. This module opens it (read-only when asked or
+when it cannot be written; ``_sqlite_file`` refuses, before changing
+anything, files that are not ours to open), sets its pragmas, brings its
+schema up to date, writes the capture triggers, runs every write in a
+``BEGIN IMMEDIATE`` transaction that tells the change dispatcher when it
+commits, reports a full disk, an I/O error or a lock that never came as a
+StoreError subclass, and tells a watcher when another connection committed
+(``PRAGMA data_version``). A PostgreSQL backend is a sibling of this module
+with the same surface.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ from typing import Any, Protocol
 
 import peewee
 
-from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec, RelationSpec
+from ._capture import CaptureSpec, RelationSpec
 from ._compat import RedactedQueryLog, driver_error, peewee_errors
 from ._dispatch import ClaimStatements
 from ._errors import (
@@ -41,17 +40,13 @@ from ._errors import (
     ValidationError,
 )
 from ._models import SYSTEM_USERNAME
-from ._policy import RELATION_KIND
 from ._rows import quote_name
+from ._sqlite_ddl import capture_triggers, claim_statements, relation_triggers
+from ._sqlite_file import check_file, connect_uri, create_private, writable
 from ._times import format_time, utcnow
 
 #: The ``PRAGMA user_version`` of files this code writes.
 SCHEMA_VERSION = 2
-
-#: SQLite's default limit on function arguments bounds json_object() to this many columns.
-MAX_CAPTURED_COLUMNS = 63
-
-_SQLITE_HEADER = b"SQLite format 3\x00"
 
 logger = logging.getLogger("tokenstore.store")
 
@@ -134,269 +129,8 @@ def _to_version_2(conn: sqlite3.Connection) -> None:
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_version_2}
 
 
-#: The files SQLite keeps beside a WAL-mode database, which hold its data too.
-COMPANIONS = ("-wal", "-shm")
-
-_KINDS = (
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def _companion(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
-
-
-def _stat_regular(path: Path) -> os.stat_result | None:
-    """A file's status, None if missing; anything but a regular file is refused.
-
-    Only ``stat`` is used: opening a FIFO to read its header would block.
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StoreError(f"cannot open {path}: {exc.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise StoreError(f"{path} is a directory, not a tokenstore file")
-    if not stat.S_ISREG(st.st_mode):
-        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
-        raise StoreError(f"{path} is {kind}, not a tokenstore file")
-    return st
-
-
-def make_private(path: Path, st: os.stat_result) -> None:
-    """Take group and other permissions off a store file, or refuse it.
-
-    The file holds hook secrets and credentials, so it must not stay
-    readable by others; where the mode cannot be changed (another owner, a
-    read-only mount, an immutable file), opening it is refused.
-    """
-    mode = stat.S_IMODE(st.st_mode)
-    if not mode & 0o077:
-        return
-    try:
-        os.chmod(path, mode & 0o700)
-    except OSError as exc:
-        raise StoreError(
-            f"{path} is open to group or others (mode {mode:04o}) and cannot be made "
-            f"private: {exc.strerror}; run `chmod 600 {path}` as its owner"
-        ) from None
-    logger.warning(
-        "%s was open to group or others (mode %04o); tightened to %04o",
-        path,
-        mode,
-        mode & 0o700,
-    )
-
-
-def connect_uri(path: Path, read_only: bool) -> str:
-    """The URI SQLite opens ``path`` by (a URI takes any file name, percent-encoded).
-
-    A WAL-mode file opened read-only needs its ``-shm`` file; in a folder
-    nobody may write that file cannot be made, and no writer can be at work
-    there either, so the file is opened as immutable instead.
-    """
-    uri = path.resolve().as_uri()
-    if not read_only:
-        return f"{uri}?mode=rw"
-    folder_writable = os.access(path.parent, os.W_OK)
-    if not folder_writable and not _companion(path, "-shm").exists():
-        return f"{uri}?mode=ro&immutable=1"
-    return f"{uri}?mode=ro"
-
-
-def writable(path: Path) -> bool:
-    """Whether this process may change the file and create its companions beside it."""
-    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
-
-
 def _our_tables() -> frozenset[str]:
     return frozenset(re.findall(r'^CREATE TABLE "(\w+)"', schema_sql(), re.MULTILINE))
-
-
-def _damaged(path: Path, what: str) -> StoreCorrupt:
-    return StoreCorrupt(
-        f'{path} {what}; check it with `sqlite3 {path} "PRAGMA integrity_check"` '
-        "and restore it from a backup"
-    )
-
-
-def check_file(path: Path) -> int:
-    """Read a file's schema version without writing to it; refuse what is not ours to open.
-
-    Refused: directories, FIFOs, devices and sockets (never opened), files
-    that are not SQLite, files of a newer tokenstore, and files that are
-    damaged or lack tables their version promises. Files open to group or
-    others are made private first (see ``make_private``).
-    """
-    st = _stat_regular(path)
-    companions = [(c, _stat_regular(c)) for c in (_companion(path, s) for s in COMPANIONS)]
-    if st is None:
-        return 0
-    if st.st_size:
-        with path.open("rb") as f:
-            header = f.read(len(_SQLITE_HEADER))
-        if header != _SQLITE_HEADER:
-            raise StoreError(
-                f"{path} is not an SQLite database (its first bytes are not an SQLite header)"
-            )
-    for file, file_st in [(path, st), *companions]:
-        if file_st is not None:
-            make_private(file, file_st)
-    if not st.st_size:
-        return 0
-    try:
-        conn = sqlite3.connect(connect_uri(path, read_only=True), uri=True)
-        try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-            for table in _our_tables() & tables:  # reads each table's first page
-                conn.execute(f"SELECT 1 FROM {quote_name(table)} LIMIT 1").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        if exc.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
-            raise _damaged(path, f"is corrupt ({exc})") from None
-        raise StoreIOError(f"cannot read {path}: {exc}") from None
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path} has schema version {version}, newer than this tokenstore understands "
-            f"({SCHEMA_VERSION}); upgrade tokenstore to open it"
-        )
-    # Older versions lack what their migrations add; those are checked as they migrate.
-    missing = sorted(_our_tables() - tables) if version == SCHEMA_VERSION else []
-    if missing:
-        raise _damaged(path, f"has schema version {version} but lacks {', '.join(missing)}")
-    return int(version)
-
-
-def create_private(path: Path) -> None:
-    """Create the file mode 0600 before SQLite does, so secrets are never world-readable."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise StoreError(f"cannot create {path}: {exc.strerror}") from None
-    os.close(fd)
-
-
-# -- capture --------------------------------------------------------------------------------
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def capture_triggers(spec: CaptureSpec) -> list[str]:
-    """The CREATE TRIGGER statements that record a table's changes (see ``CaptureSpec``)."""
-    if len(spec.recorded) > MAX_CAPTURED_COLUMNS:
-        raise ValidationError(
-            f"{spec.ref}: change capture records at most {MAX_CAPTURED_COLUMNS} columns, "
-            f"this table has {len(spec.recorded)}"
-        )
-
-    def row(alias: str) -> str:
-        pairs = []
-        for column in spec.recorded:
-            value = f"{alias}.{quote_name(column.name)}"
-            if column.is_blob:
-                value = f"hex({value})"
-            pairs.append(f"'{column.name}', {value}")
-        return "json_object(" + ", ".join(pairs) + ")"
-
-    watched = [quote_name(c) for c in spec.watched]
-    # UPDATE OF: a statement that sets only quiet columns never even runs the trigger.
-    of = "OF " + ", ".join(watched) + " " if watched else ""
-    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in watched)
-    gate = (
-        f"(EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
-        f"WHERE ref = {_literal(spec.ref)} AND enabled))"
-    )
-    pk = quote_name(spec.pk_column)
-    insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
-    name = spec.table.replace('"', "")
-    values = f"VALUES ({_literal(spec.table)}"
-    on = quote_name(spec.table)
-    return [
-        f"CREATE TRIGGER {quote_name(name + '_capture_insert')} AFTER INSERT ON {on}\n"
-        f"WHEN {gate}\n"
-        f"BEGIN\n  {insert}\n  {values}, 'INSERT', NEW.{pk}, NULL, {row('NEW')});\n"
-        "END",
-        f"CREATE TRIGGER {quote_name(name + '_capture_update')} AFTER UPDATE {of}"
-        f"ON {on}\n"
-        f"WHEN {gate}\n  AND ({changed or '0'})\n"
-        f"BEGIN\n  {insert}\n  {values}, 'UPDATE', NEW.{pk}, {row('OLD')}, "
-        f"{row('NEW')});\nEND",
-        f"CREATE TRIGGER {quote_name(name + '_capture_delete')} AFTER DELETE ON {on}\n"
-        f"WHEN {gate}\n"
-        f"BEGIN\n  {insert}\n  {values}, 'DELETE', OLD.{pk}, {row('OLD')}, NULL);\n"
-        "END",
-    ]
-
-
-def relation_triggers(spec: RelationSpec) -> list[str]:
-    """The CREATE TRIGGER statements that record a join table's changes (see ``RelationSpec``)."""
-    refs = ", ".join(_literal(ref) for ref in spec.refs)
-    gate = (
-        f"(EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
-        f"WHERE ref IN ({refs}) AND enabled AND instr(signal, {_literal(RELATION_KIND)})))"
-    )
-    first, second = (quote_name(c) for c in spec.columns)
-
-    def event(op: str, alias: str) -> str:
-        pk = "NULL" if spec.pk_column is None else f"{alias}.{quote_name(spec.pk_column)}"
-        pair = (
-            f"json_object({_literal(spec.columns[0])}, {alias}.{first}, "
-            f"{_literal(spec.columns[1])}, {alias}.{second})"
-        )
-        old, new = (pair, "NULL") if op == "DELETE" else ("NULL", pair)
-        return (
-            f"  INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)\n"
-            f"  VALUES ({_literal(spec.table)}, '{op}', {pk}, {old}, {new});\n"
-        )
-
-    name = spec.table.replace('"', "")
-    on = quote_name(spec.table)
-    return [
-        f"CREATE TRIGGER {quote_name(name + '_relation_insert')} AFTER INSERT ON {on}\n"
-        f"WHEN {gate}\nBEGIN\n{event('INSERT', 'NEW')}END",
-        f"CREATE TRIGGER {quote_name(name + '_relation_update')} "
-        f"AFTER UPDATE OF {first}, {second} ON {on}\n"
-        f"WHEN {gate}\n  AND (OLD.{first} IS NOT NEW.{first} OR OLD.{second} IS NOT NEW.{second})\n"
-        f"BEGIN\n{event('DELETE', 'OLD')}{event('INSERT', 'NEW')}END",
-        f"CREATE TRIGGER {quote_name(name + '_relation_delete')} AFTER DELETE ON {on}\n"
-        f"WHEN {gate}\nBEGIN\n{event('DELETE', 'OLD')}END",
-    ]
-
-
-_RETURNED = "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at"
-
-
-def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
-    """The dispatcher's claim statements for these tables (see ``ClaimStatements``)."""
-    among = "table_name IN (" + ",".join(_literal(t) for t in tables) + ")"
-    return ClaimStatements(
-        drop_unheard=(
-            f"DELETE FROM {EVENT_TABLE} WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE}) "
-            f"AND claimed_by IS NULL AND {among}"
-        ),
-        claim=(
-            f"UPDATE {EVENT_TABLE} SET claimed_by = ?, claimed_at = ?, claims = claims + 1 "
-            f"WHERE claimed_by IS NULL AND {among} {_RETURNED}, claims - 1"
-        ),
-        consume=(
-            f"DELETE FROM {EVENT_TABLE} WHERE claimed_by IS NULL AND {among} {_RETURNED}, claims"
-        ),
-        consume_and_leave=(
-            f"UPDATE {EVENT_TABLE} SET claims = claims + 1 "
-            f"WHERE claimed_by IS NULL AND claims = 0 AND {among} {_RETURNED}, 0"
-        ),
-    )
 
 
 # -- the connection -------------------------------------------------------------------------
@@ -812,7 +546,7 @@ def open_database(
     """
     if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
         raise StoreError("tokenstore needs a file path; an in-memory database is not shared")
-    version = check_file(path)
+    version = check_file(path, SCHEMA_VERSION, _our_tables())
     if not path.exists():
         if read_only or not create:
             raise StoreError(f"no store at {path} (run `tokenstore init`)")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
+from ._allowlist import AllowList
 from ._capture import CaptureSpec, model_ref
 from ._dispatch import Dispatcher
 from ._errors import StoreError, ValidationError
@@ -26,6 +27,7 @@ from ._models import OWN_MODELS, SYSTEM_USERNAME, OutboundWebhook, User
 from ._netguard import AddressGuard
 from ._options import Options
 from ._outbox import Outbox
+from ._outcomes import Outcomes
 from ._policy import RetryPolicy
 from ._registry import Registry
 from ._sending import Sender
@@ -97,16 +99,24 @@ class Store:
         self.system_user: User = system
         self.db.system_user_id = system.id
 
-        guard = AddressGuard(opts.webhook_allow)
-        self.hook_validator = HookValidator(self.registry, guard)
+        guard = AddressGuard()
+        allowlist = AllowList(self.db, guard, self.clock)
+        if opts.webhook_allow:
+            allowlist.add(opts.webhook_allow)  # into the file: every process applies it
+        allowlist.refresh()
+        self.hook_validator = HookValidator(self.registry, allowlist)
         OutboundWebhook.validator = self.hook_validator
+        self.outcomes = Outcomes(
+            self.db, RetryPolicy(opts.disable_after_failures, opts.disable_after)
+        )
         self.outbox = Outbox(
             self.db,
             self.registry,
             self.clock,
             Sender(guard, opts.connect_timeout, opts.read_timeout, opts.delivery_deadline),
-            RetryPolicy(opts.disable_after_failures, opts.disable_after),
+            self.outcomes,
             opts.sync_budget,
+            allowlist,
         )
         self.dispatcher.add_consumer(self.outbox.on_events, self.outbox.wants_events)
         self.users = Users()
@@ -119,7 +129,13 @@ class Store:
             header=opts.api_key_header,
         )
         self.webhooks = Webhooks(
-            self.db, self.outbox, self.clock, opts.secret_grace, opts.keep_deliveries
+            self.db,
+            self.outbox,
+            self.outcomes,
+            allowlist,
+            self.clock,
+            opts.secret_grace,
+            opts.keep_deliveries,
         )
         if opts.dispatch_on_open and not self.db.read_only:
             # events only: opening a file should not wait on the network
@@ -232,14 +248,14 @@ class Store:
         """
         check_flag(deliver, "deliver")
         claimed_before = self.dispatcher.claimed_count()
-        delivered_before, failed_before = self.outbox.attempts_recorded()
+        delivered_before, failed_before = self.outcomes.attempts_recorded()
         with self.db.atomic():  # its commit claims what is unclaimed, then fires it
             conn = self.db.connection()
             self.dispatcher.release(conn, self.dispatcher.stale_claimants(conn))
             self.dispatcher.housekeeping(conn)
         if deliver:
             self.webhooks.deliver_due()
-        delivered, failed = self.outbox.attempts_recorded()
+        delivered, failed = self.outcomes.attempts_recorded()
         return Dispatched(
             events=self.dispatcher.claimed_count() - claimed_before,
             delivered=delivered - delivered_before,

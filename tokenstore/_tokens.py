@@ -8,7 +8,6 @@ import hmac
 import logging
 import re
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -236,7 +235,7 @@ class Tokens:
         self._converted: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._select_by_digest = db.sql(_SELECT_BY_DIGEST)
         self._touch_sql = db.sql(_TOUCH)
-        self._uses: dict[str, str] = {}  # token id -> when it was last used, not yet written
+        self._uses: dict[str, datetime] = {}  # stored token id -> its last use, not yet written
         self._uses_lock = threading.Lock()
         self._flusher: threading.Timer | None = None
         self._count_live = db.sql(_COUNT_LIVE)
@@ -370,9 +369,7 @@ class Tokens:
         last_used = data["last_used_at"]
         stale = last_used is None or now - last_used >= LAST_USED_RESOLUTION
         if stale and not self.db.read_only:  # a read-only store records nothing
-            stamp = to_stored_time(now)
-            self._note_use(data["id"], stamp)
-            data["last_used_at"] = stamp
+            data["last_used_at"] = self._note_use(row[0], now)
         return APIToken.from_stored(data)
 
     def _values(self, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -391,16 +388,25 @@ class Tokens:
         values["scopes"] = list(cached["scopes"])  # the caller's to change, not the memo's
         return values
 
-    def _note_use(self, token_id: uuid.UUID, stamp: datetime) -> None:
-        """Remember a use, to be written by ``flush_uses``: within a minute, or at ``close``."""
+    def _note_use(self, token_id: str, now: datetime) -> datetime:
+        """Remember a use, to be written by ``flush_uses``: within a minute, or at ``close``.
+
+        Returns the time of use as it will be stored: a use noted less than a
+        minute ago stands, so a busy token costs a look-up here, not a note.
+        """
+        noted = self._uses.get(token_id)
+        if noted is not None and now - noted < LAST_USED_RESOLUTION:
+            return noted
+        stamp = to_stored_time(now)
         with self._uses_lock:
-            self._uses[token_id.hex] = format_time(stamp)
+            self._uses[token_id] = stamp
             if self._flusher is None:
                 self._flusher = threading.Timer(
                     LAST_USED_RESOLUTION.total_seconds(), self._flush_in_background
                 )
                 self._flusher.daemon = True
                 self._flusher.start()
+        return stamp
 
     def _flush_in_background(self) -> None:
         try:
@@ -425,7 +431,8 @@ class Tokens:
             return 0
         try:
             with self.db.write(quiet=True) as conn:
-                for token_id, stamp in uses.items():
+                for token_id, when in uses.items():
+                    stamp = format_time(when)
                     conn.execute(self._touch_sql, (stamp, token_id, stamp))
         except peewee.DatabaseError as exc:
             logger.warning("could not record the use of %d API tokens: %s", len(uses), exc)

@@ -18,6 +18,7 @@ from typing import Any
 import peewee
 
 from ._abid import ABID
+from ._allowlist import AllowList
 from ._capture import model_ref
 from ._credentials import looks_like_token
 from ._errors import InvalidABID, NotFound, ValidationError
@@ -30,8 +31,8 @@ from ._inputs import (
     check_text,
 )
 from ._models import OutboundWebhook, User, WebhookDelivery
-from ._netguard import AddressGuard
 from ._outbox import Outbox
+from ._outcomes import Outcomes
 from ._payload import dumps
 from ._registry import Registry
 from ._signing import SECRET_PREFIX, new_signing_secret, signing_key
@@ -114,9 +115,10 @@ class HookValidator:
     ``OutboundWebhook`` when it opens.
     """
 
-    def __init__(self, registry: Registry, guard: AddressGuard) -> None:
+    def __init__(self, registry: Registry, allowlist: AllowList) -> None:
         self.registry = registry
-        self.guard = guard
+        self.allowlist = allowlist
+        self.guard = allowlist.guard
 
     def check_ref(self, ref: str | type[peewee.Model]) -> str:
         """The ref of the registered model ``ref`` names, if hooks may watch it."""
@@ -151,6 +153,7 @@ class HookValidator:
         if not isinstance(hook.endpoint, str) or len(hook.endpoint) > 2047:
             raise ValidationError("webhook endpoint must be a URL of at most 2047 characters")
         if judge_target and (not stored or stored.get("endpoint") != hook.endpoint):
+            self.allowlist.refresh()
             self.guard.check_endpoint(hook.endpoint)
             check_text(hook.endpoint, "webhook endpoint")  # the guard passes allowed hosts early
         headers = {} if hook.headers is None else hook.headers
@@ -207,12 +210,16 @@ class Webhooks:
         self,
         db: SQLiteDatabase,
         outbox: Outbox,
+        outcomes: Outcomes,
+        allowlist: AllowList,
         clock: Callable[[], datetime],
         secret_grace: timedelta,
         keep_deliveries: timedelta | None,
     ) -> None:
         self.db = db
         self.outbox = outbox
+        self.outcomes = outcomes
+        self._allowlist = allowlist
         self.clock = clock
         self.secret_grace = secret_grace
         self.keep_deliveries = keep_deliveries
@@ -264,6 +271,22 @@ class Webhooks:
                     f"a webhook for {hook.ref} at {hook.endpoint} already exists"
                 ) from None
             raise
+
+    def allowlist(self) -> builtins.list[str]:
+        """The hosts and networks hooks may reach beyond public addresses, for every process."""
+        return self._allowlist.entries()
+
+    def allow(self, entry: str) -> builtins.list[str]:
+        """Let hooks reach a host, an address or a network (``127.0.0.1/32``), in every process.
+
+        The list lives in the file, so the application, the ``tokenstore``
+        command and any dispatcher judge endpoints alike. Returns the list.
+        """
+        return self._allowlist.add([entry])
+
+    def disallow(self, entry: str) -> builtins.list[str]:
+        """Take an entry off the file's allowlist; returns the list."""
+        return self._allowlist.remove(entry)
 
     def list(self, enabled: bool | None = None) -> list[OutboundWebhook]:
         """Hooks, oldest first; ``enabled`` filters by state."""
@@ -327,7 +350,7 @@ class Webhooks:
     ) -> OutboundWebhook:
         """Turn a hook off; what it still had to send is given up (``redeliver`` brings it back)."""
         hook = self._hook(hook)
-        self.outbox.disable(hook, check_text(reason, "reason", max_length=255))
+        self.outcomes.disable(hook, check_text(reason, "reason", max_length=255))
         return hook
 
     def rotate_secret(

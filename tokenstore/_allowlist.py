@@ -1,0 +1,64 @@
+"""The file's webhook allowlist: one address policy for every process that opens it.
+
+Which addresses hooks may reach is kept in the file (``tokenstore_webhook_allow``)
+rather than in each process's settings, so the application, the
+``tokenstore`` command and a dispatcher elsewhere judge a hook's endpoint
+alike: a delivery one of them would block is blocked by all of them, and a
+"blocked" failure is never one process's opinion. ``webhook_allow=`` given to
+``tokenstore.open`` (or ``--allow``) adds to the list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from ._netguard import AddressGuard
+from ._sqlite import SQLiteDatabase
+from ._times import format_time
+
+_TABLE = "tokenstore_webhook_allow"
+
+
+class AllowList:
+    """Keeps ``guard`` in step with the file's list; reads it again before each use."""
+
+    def __init__(
+        self, db: SQLiteDatabase, guard: AddressGuard, clock: Callable[[], datetime]
+    ) -> None:
+        self.db = db
+        self.guard = guard
+        self.clock = clock
+        self._entries: tuple[str, ...] = ()
+        self._select = f"SELECT entry FROM {_TABLE} ORDER BY entry"
+        self._insert = db.sql(
+            f"INSERT INTO {_TABLE} (entry, added_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        )
+        self._delete = db.sql(f"DELETE FROM {_TABLE} WHERE entry = ?")
+
+    def entries(self) -> list[str]:
+        """The entries in force, as stored."""
+        self.refresh()
+        return list(self._entries)
+
+    def refresh(self) -> None:
+        """Read the list again; another process may have changed it."""
+        entries = tuple(row[0] for row in self.db.connection().execute(self._select))
+        if entries != self._entries:
+            self.guard.replace(entries)
+            self._entries = entries
+
+    def add(self, entries: Iterable[str]) -> list[str]:
+        """Allow these entries from now on, in every process; returns the list."""
+        canonical = [AddressGuard.canonical(entry) for entry in entries]  # all valid, or none
+        stamp = format_time(self.clock())
+        with self.db.write(quiet=True) as conn:
+            for entry in canonical:
+                conn.execute(self._insert, (entry, stamp))
+        return self.entries()
+
+    def remove(self, entry: str) -> list[str]:
+        """Stop allowing an entry, in every process; returns the list."""
+        with self.db.write(quiet=True) as conn:
+            conn.execute(self._delete, (AddressGuard.canonical(entry),))
+        return self.entries()

@@ -1,0 +1,101 @@
+"""The ``tokenstore`` command: a thin layer over the Python API.
+
+Each command calls one public method and says which (``tokenstore tokens
+create`` is ``store.tokens.create``, recorded as the ``call`` default of its
+parser, which a test checks against the API), prints the result for people,
+or as JSON with ``--json``, and exits 2 with one line on stderr on bad input.
+The global options work before or after the command, so a command line can be
+edited at its end. Times print as the file stores them; durations are written
+one way for every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from collections.abc import Sequence
+
+import peewee
+
+from .._errors import BlockedAddress, TokenstoreError
+from .._version import __version__
+from ._accounts import add_tokens_commands, add_users_commands
+from ._base import _add_global_options, _Formatter, _Parser, _settle_global_options
+from ._output import Output, _allow_hint
+from ._store_commands import (
+    add_abid_commands,
+    add_import_commands,
+    add_store_commands,
+    add_tool_commands,
+)
+from ._webhooks import add_webhooks_commands
+
+__all__ = ["CLI_ONLY", "NOT_COMMANDS", "build_parser", "main"]
+
+#: Public calls the command leaves out on purpose, with the reason (the README repeats it).
+NOT_COMMANDS = {
+    "store.close": "every command closes its store when done",
+    "store.atomic": "a transaction cannot span separate command runs",
+    "store.register": "--app MODULE registers a module's models",
+    "store.ref": "it takes a model class; hooks name models as module.ClassName",
+    "store.model_for_ref": "it returns a model class; --app makes models known",
+    "store.tokens.token_from_request": "it reads an HTTP request's headers",
+    "store.wait_for_changes": "dispatch --watch waits with it between rounds",
+    "store.tokens.flush_uses": "every command writes the uses it noted as it closes",
+    "store.webhooks.close": "every command closes its store when done",
+    "store.webhooks.erase_expired_secrets": "every command does it as it closes its store",
+    "store.webhooks.start_retry_thread": "dispatch --watch sends due retries in the foreground",
+}
+
+#: Commands that stand for no single call: tools built from several.
+CLI_ONLY = {"demo"}
+
+# -- the parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole parser: global options, then one subcommand per public call."""
+    parser = _Parser(
+        prog="tokenstore",
+        description="API tokens and outbound webhooks in one SQLite file.",
+        epilog="examples:\n"
+        "  tokenstore init\n"
+        "  tokenstore users create alice\n"
+        "  tokenstore tokens list --json\n"
+        "  tokenstore --app myapp.models dispatch --watch\n"
+        "Global options work before or after the command.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tokenstore {__version__}")
+    _add_global_options(parser, late=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_store_commands(commands)
+    add_abid_commands(commands)
+    add_users_commands(commands)
+    add_tokens_commands(commands)
+    add_webhooks_commands(commands)
+    add_import_commands(commands)
+    add_tool_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; 0 done, 1 a negative answer, 2 bad input or a fault (one line)."""
+    args = build_parser().parse_args(argv)
+    _settle_global_options(args)
+    out = Output(args.json)
+    try:
+        code: int = args.handler(args, out)
+    except BlockedAddress as exc:
+        print(f"tokenstore: error: {exc}; {_allow_hint()}", file=sys.stderr)
+        return 2
+    except TokenstoreError as exc:
+        print(f"tokenstore: error: {exc}", file=sys.stderr)
+        return 2
+    except (sqlite3.Error, peewee.DatabaseError) as exc:  # a read on the raw connection
+        print(f"tokenstore: error: {args.db}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+    return code

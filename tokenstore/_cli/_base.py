@@ -1,0 +1,188 @@
+"""The parts every command is built from: opening the store, the parser, global options."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import peewee
+
+from .._errors import ValidationError
+from .._store import Store
+from .._store import open as open_store
+from ._output import Output
+
+DEFAULT_DB = "tokenstore.sqlite3"
+
+# -- opening the store ----------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace, Output], int]
+
+
+@contextmanager
+def _open(args: argparse.Namespace, dispatch: bool = True) -> Iterator[Store]:
+    """The store as the options describe it; by default after firing what is pending."""
+    store = open_store(args.db, webhook_allow=args.allow, dispatch_on_open=False)
+    try:
+        for name in args.app:
+            register_module(store, name)
+        if dispatch:
+            store.dispatch()
+        yield store
+    finally:
+        store.close()
+
+
+def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
+    """Register every peewee model a module defines, as the application itself would.
+
+    The command runs in its own process: to name an application's models in
+    hooks, or to fire their events with full field types, it needs the classes.
+    """
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise ValidationError(f"--app {name!r} cannot be imported: {exc}") from None
+    models = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, peewee.Model)
+        and obj.__module__ == module.__name__
+    ]
+    for model in models:
+        store.register(model)
+    return models
+
+
+def _warn_waiting(waiting: dict[str, int]) -> None:
+    """Say on stderr which tables' events wait for a process with their models."""
+    if waiting:
+        tables = ", ".join(f"{table}: {count}" for table, count in waiting.items())
+        print(
+            f"tokenstore: {sum(waiting.values())} events wait for tables this process has no "
+            f"model for ({tables}); pass --app MODULE (or set TOKENSTORE_APP) naming the "
+            "module that defines them",
+            file=sys.stderr,
+        )
+
+
+# -- the parser's building blocks -----------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        """A usage error in one line, exit 2, like every other error of the command."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless the help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        """The option's help, with its default unless the help says it already."""
+        text = action.help or ""
+        positional_required = not action.option_strings and action.nargs not in ("?", "*")
+        if "(default" in text or action.default is argparse.SUPPRESS or positional_required:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+#: (flags, dest, argparse keywords, help) of the options every command takes.
+_GLOBAL_OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
+    (
+        "--db",
+        "db",
+        {"metavar": "PATH"},
+        f"the store file (default: $TOKENSTORE_DB, else ./{DEFAULT_DB})",
+    ),
+    ("--json", "json", {"action": "store_true"}, "print JSON (default: text for people)"),
+    (
+        "--allow",
+        "allow",
+        {"action": "append", "metavar": "HOST_OR_CIDR"},
+        "let webhooks reach this host or network, which the address guard refuses by "
+        "default, e.g. 127.0.0.1/32; it is added to the file's allowlist, which every "
+        "process applies (repeatable; added to $TOKENSTORE_WEBHOOK_ALLOW, "
+        "comma-separated) (default: none)",
+    ),
+    (
+        "--app",
+        "app",
+        {"action": "append", "metavar": "MODULE"},
+        "import MODULE and register the peewee models it defines (repeatable; added to "
+        "$TOKENSTORE_APP, comma-separated) (default: none)",
+    ),
+)
+
+
+def _add_global_options(parser: argparse.ArgumentParser, late: bool) -> None:
+    """The global options; a command's own copies (``late``) land apart and are merged after."""
+    if not late:
+        for flag, dest, keywords, help_text in _GLOBAL_OPTIONS:
+            parser.add_argument(flag, dest=dest, help=help_text, **keywords)
+        return
+    group = parser.add_argument_group("global options (also accepted before the command)")
+    for flag, dest, keywords, help_text in _GLOBAL_OPTIONS:
+        group.add_argument(
+            flag, dest=f"late_{dest}", default=argparse.SUPPRESS, help=help_text, **keywords
+        )
+
+
+def _env_list(name: str) -> list[str]:
+    """A comma-separated environment variable as a list (empty entries dropped)."""
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def _settle_global_options(args: argparse.Namespace) -> None:
+    """One value per global option: after the command wins, then before it, then $VARIABLES."""
+    args.db = getattr(args, "late_db", None) or args.db or os.environ.get("TOKENSTORE_DB")
+    args.db = args.db or DEFAULT_DB
+    args.json = args.json or getattr(args, "late_json", False)
+    for dest, variable in (("allow", "TOKENSTORE_WEBHOOK_ALLOW"), ("app", "TOKENSTORE_APP")):
+        given = (getattr(args, dest) or []) + getattr(args, f"late_{dest}", [])
+        setattr(args, dest, _env_list(variable) + [item for item in given if item])
+
+
+Commands = Any  # argparse's private _SubParsersAction
+
+
+def _group(commands: Commands, name: str, help_text: str, examples: str) -> Commands:
+    """A command group (``tokens``, ``webhooks`` ...) with its examples under its help."""
+    parser = commands.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"examples:\n{examples}",
+        formatter_class=_Formatter,
+    )
+    return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+
+def _command(
+    group: Commands,
+    name: str,
+    handler: Handler,
+    call: str | None,
+    help_text: str,
+    aliases: Sequence[str] = (),
+) -> argparse.ArgumentParser:
+    """A command that runs ``call``; ``aliases`` are the names earlier versions used."""
+    description = help_text if call is None else f"{help_text} ({call})"
+    sub: argparse.ArgumentParser = group.add_parser(
+        name,
+        aliases=list(aliases),
+        help=help_text,
+        description=description,
+        formatter_class=_Formatter,
+    )
+    sub.set_defaults(handler=handler, call=call)
+    _add_global_options(sub, late=True)
+    return sub

@@ -1,0 +1,162 @@
+"""How the command shows records: text tables for people, JSON with ``--json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from .._abid import ABID
+from .._models import APIToken, OutboundWebhook, User, WebhookDelivery
+from .._times import format_time
+
+# -- how records are shown ----------------------------------------------------------------
+
+
+def _time(value: datetime | None) -> str | None:
+    """A time as the file stores it, or None."""
+    return None if value is None else format_time(value)
+
+
+def user_dict(user: User) -> dict[str, Any]:
+    """A user as the command shows it."""
+    return {
+        "id": user.id,
+        "username": user.username,
+        "is_superuser": user.is_superuser,
+        "created_at": _time(user.created_at),
+    }
+
+
+def token_dict(token: APIToken) -> dict[str, Any]:
+    """A token as the command shows it: redacted, never its digest."""
+    return {
+        "abid": token.abid,
+        "id": str(token.id),
+        "created_by_id": token.created_by_id,
+        "name": token.name,
+        "token": token.token_redacted,
+        "scopes": list(token.scopes or []),
+        "created_at": _time(token.created_at),
+        "expires": _time(token.expires),
+        "revoked_at": _time(token.revoked_at),
+        "last_used_at": _time(token.last_used_at),
+        "valid": token.is_valid(),
+    }
+
+
+def hook_dict(hook: OutboundWebhook) -> dict[str, Any]:
+    """A hook as the command shows it: header names only, no secret."""
+    return {
+        "abid": hook.abid,
+        "name": hook.name,
+        "signal": hook.signal,
+        "ref": hook.ref,
+        "endpoint": hook.endpoint,
+        "headers": sorted(hook.headers or {}),
+        "has_auth_token": bool(hook.auth_token),
+        "enabled": hook.enabled,
+        "disabled_reason": hook.disabled_reason,
+        "keep_last_response": hook.keep_last_response,
+        "created_at": _time(hook.created_at),
+        "modified_at": _time(hook.modified_at),
+        "last_success": _time(hook.last_success),
+        "last_failure": _time(hook.last_failure),
+        "failure_count": hook.failure_count,
+        "failing_since": _time(hook.failing_since),
+        "last_response": hook.last_response,
+        "secret_rotating_until": _time(
+            hook.previous_secret_expires if hook.previous_secret else None
+        ),
+    }
+
+
+def delivery_dict(delivery: WebhookDelivery, hook_name: str) -> dict[str, Any]:
+    """A delivery as the command shows it, without its payload."""
+    return {
+        "webhook_id": delivery.abid,
+        "hook": hook_name,
+        "event_type": delivery.event_type,
+        "status": delivery.status,
+        "attempts": delivery.attempts,
+        "last_status_code": delivery.last_status_code,
+        "last_error": delivery.last_error,
+        "duration_ms": delivery.duration_ms,
+        "created_at": _time(delivery.created_at),
+        "last_attempt_at": _time(delivery.last_attempt_at),
+        "next_attempt_at": _time(delivery.next_attempt_at),
+        "delivered_at": _time(delivery.delivered_at),
+    }
+
+
+def abid_dict(abid: ABID) -> dict[str, Any]:
+    """An ABID and its views."""
+    return {
+        "abid": str(abid),
+        "prefix": abid.prefix,
+        "ts": abid.ts,
+        "uri": abid.uri,
+        "subtype": abid.subtype,
+        "rand": abid.rand,
+        "ulid": abid.ulid,
+        "typeid": abid.typeid,
+        "datetime": format_time(abid.datetime),
+        "uuid": str(abid.uuid),
+    }
+
+
+def _text(value: Any) -> str:
+    """A value as one cell of a text table."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+class Output:
+    """Prints records as aligned ``key  value`` blocks, rows, or JSON."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def record(self, data: dict[str, Any]) -> None:
+        """One record: JSON, or one "key: value" line per field."""
+        if self.as_json:
+            print(json.dumps(data, indent=2))
+            return
+        width = max(len(k) for k in data)
+        for key, value in data.items():
+            print(f"{key:<{width}}  {_text(value)}".rstrip())
+
+    def rows(self, items: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+        """Several records: a JSON list, or a text table of ``columns``."""
+        if self.as_json:
+            print(json.dumps(list(items), indent=2))
+            return
+        if not items:
+            print("(none)")
+            return
+        table = [list(columns), *([_text(item.get(c)) for c in columns] for item in items)]
+        widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+        for row in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _allow_hint() -> str:
+    """How to allow a blocked address, for every process."""
+    return (
+        "to allow an address for every process that opens the file, run "
+        "`tokenstore webhooks allow HOST_OR_CIDR` (e.g. 127.0.0.1/32), or pass --allow "
+        "HOST_OR_CIDR or set TOKENSTORE_WEBHOOK_ALLOW once"
+    )
+
+
+def _warn_if_blocked(delivery: WebhookDelivery) -> None:
+    """Tell on stderr how to allow an address a delivery was blocked from."""
+    if delivery.last_error.startswith("blocked:"):
+        print(f"tokenstore: the delivery was blocked; {_allow_hint()}", file=sys.stderr)

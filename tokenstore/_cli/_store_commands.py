@@ -1,0 +1,345 @@
+"""Commands about the store itself: init, dispatch, abid, import, and the tools."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from .._abid import ABID, abid_from_values
+from .._errors import ValidationError
+from .._signing import SECRET_PREFIX
+from .._store import SCHEMA_VERSION, Store
+from .._times import format_time
+from ._base import Commands, _command, _group, _open, _warn_waiting
+from ._output import Output, abid_dict, hook_dict
+from ._values import _duration_type, _secret
+
+# -- store --------------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, out: Output) -> int:
+    """``tokenstore.open``: create the file (or check it) and report its schema."""
+    with _open(args) as store:
+        out.record(
+            {
+                "path": str(store.path.resolve()),
+                "schema_version": SCHEMA_VERSION,
+                "inspect_with": f"sqlite3 {store.path}",
+            }
+        )
+    return 0
+
+
+def cmd_dispatch(args: argparse.Namespace, out: Output) -> int:
+    """``store.dispatch()``, once or (``--watch``) whenever another connection commits."""
+    with _open(args, dispatch=False) as store:
+        if args.watch:
+            watch(store, args.interval.total_seconds())
+            return 0
+        report = store.dispatch()
+        out.record(
+            {
+                "events_dispatched": report.events,
+                "deliveries_attempted": report.delivered + report.failed,
+                "deliveries_delivered": report.delivered,
+                "deliveries_failed": report.failed,
+                "events_waiting": report.waiting,
+            }
+        )
+    _warn_waiting(report.waiting)
+    return 0
+
+
+def watch(store: Store, interval: float) -> None:
+    """Dispatch whenever another connection commits, and send due retries, until Ctrl-C.
+
+    Ctrl-C is taken between rounds, never in the middle of one: a transaction
+    or a delivery's bookkeeping is not cut short.
+    """
+    stopping = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    print(f"watching {store.path} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    warned: dict[str, int] = {}
+    try:
+        report = store.dispatch()
+        while True:
+            now = format_time(store.clock())
+            if report.events:
+                print(f"{now} dispatched {report.events} events", flush=True)
+            if report.delivered or report.failed:
+                print(
+                    f"{now} deliveries: {report.delivered} delivered, {report.failed} failed",
+                    flush=True,
+                )
+            if report.waiting != warned:
+                warned = report.waiting
+                _warn_waiting(warned)
+            if stopping.is_set():
+                break
+            store.wait_for_changes(interval)  # wakes early when another connection commits
+            if stopping.is_set():
+                break
+            report = store.dispatch()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print("stopped", file=sys.stderr)
+
+
+def add_store_commands(commands: Commands) -> None:
+    """``tokenstore init`` and ``tokenstore dispatch``."""
+    _command(commands, "init", cmd_init, "tokenstore.open", "create the store file, or check it")
+    p = _command(
+        commands,
+        "dispatch",
+        cmd_dispatch,
+        "store.dispatch",
+        "fire pending change events and send due deliveries, and say what was done",
+    )
+    p.add_argument("--watch", action="store_true", help="keep dispatching until Ctrl-C")
+    p.add_argument(
+        "--interval",
+        type=_duration_type("--interval"),
+        default=timedelta(seconds=1),
+        metavar="DURATION",
+        help="with --watch, how often to look for work (default: 1s)",
+    )
+
+
+# -- abid ---------------------------------------------------------------------------------
+
+
+def cmd_abid_parse(args: argparse.Namespace, out: Output) -> int:
+    """``tokenstore.ABID.parse``, showing every view."""
+    out.record(abid_dict(ABID.parse(args.abid, prefix=args.prefix)))
+    return 0
+
+
+def cmd_abid_new(args: argparse.Namespace, out: Output) -> int:
+    """``tokenstore.abid_from_values`` with a fresh random part."""
+    abid = abid_from_values(args.prefix, datetime.now(UTC), args.uri, args.subtype, None)
+    out.record(abid_dict(abid))
+    return 0
+
+
+def add_abid_commands(commands: Commands) -> None:
+    """``tokenstore abid ...``."""
+    abid = _group(
+        commands,
+        "abid",
+        "make and read ABIDs",
+        "  tokenstore abid parse apt_01JAZ6BQG0D53BD22B01XRS78E\n"
+        "  tokenstore abid new --prefix snp --uri https://example.com/",
+    )
+    p = _command(abid, "parse", cmd_abid_parse, "tokenstore.ABID.parse", "show an ABID's parts")
+    p.add_argument("abid", help="the ABID, e.g. apt_01JAZ6BQG0D53BD22B01XRS78E")
+    p.add_argument(
+        "--prefix", help="the prefix to expect, or to add to a bare suffix (default: any)"
+    )
+    p = _command(abid, "new", cmd_abid_new, "tokenstore.abid_from_values", "make an ABID for now")
+    p.add_argument("--prefix", required=True, help="three letters, e.g. snp")
+    p.add_argument("--uri", required=True, help="the uri source, e.g. a URL or an owner's id")
+    p.add_argument("--subtype", default="00", help="two characters kept as they are, else hashed")
+
+
+# -- tools --------------------------------------------------------------------------------
+
+
+def cmd_import_archivebox(args: argparse.Namespace, out: Output) -> int:
+    """Import an ArchiveBox database and show the counts, the refusals and the new secrets."""
+    ref_map: dict[str, str] = {}
+    for item in args.map or ():
+        old, sep, new = item.partition("=")
+        if not (sep and old.strip() and new.strip()):
+            raise ValidationError(
+                f"--map {item!r} must look like core.models.Snapshot=app.Snapshot"
+            )
+        ref_map[old.strip()] = new.strip()
+    cipher_key = sys.stdin.readline().strip() if args.cipher_key == "-" else args.cipher_key
+    with _open(args) as store:
+        report = store.import_archivebox(
+            args.path, ref_map=ref_map, cipher_key=cipher_key, dry_run=args.dry_run
+        )
+        counts = [{"table": t, **dataclasses.asdict(c)} for t, c in report.counts.items()]
+        notes = {
+            "refused": [dataclasses.asdict(note) for note in report.refused],
+            "disabled": [dataclasses.asdict(note) for note in report.disabled],
+        }
+        hooks = [{**hook_dict(hook), "secret": hook.secret} for hook in report.hooks]
+    if out.as_json:
+        out.record(
+            {"source": str(report.source), "dry_run": report.dry_run, "counts": counts}
+            | notes
+            | {"hooks": hooks}
+        )
+    else:
+        out.rows(counts, ["table", "imported", "present", "refused"])
+        for kind, listed in notes.items():
+            for note in listed:
+                print(f"{kind}: {note['table']} {note['row']}: {note['reason']}")
+        if hooks:
+            print("signing secrets of the imported hooks:")
+            out.rows(hooks, ["abid", "name", "enabled", "secret"])
+    if report.dry_run:
+        print("dry run: nothing was written", file=sys.stderr)
+    elif hooks:
+        print(
+            "Give each hook's secret to its receiver so it can verify signatures.", file=sys.stderr
+        )
+    return 0
+
+
+def listen_secret(args: argparse.Namespace) -> str:
+    """The signing secret ``listen`` verifies with, kept out of argv where it can be.
+
+    A secret given with ``--secret`` is visible to anyone running ``ps``; the
+    environment and a file (or stdin) are not.
+    """
+    if args.secret is not None and args.secret_file is not None:
+        raise ValidationError("give the signing secret with --secret or --secret-file, not both")
+    if args.secret_file == "-":
+        secret = _secret("-")
+    elif args.secret_file is not None:
+        try:
+            secret = Path(args.secret_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValidationError(f"--secret-file {args.secret_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValidationError(f"--secret-file {args.secret_file} is not UTF-8 text") from None
+    elif args.secret is not None:
+        secret = _secret(args.secret)
+    else:
+        secret = os.environ.get("TOKENSTORE_LISTEN_SECRET", "")
+    if not secret:
+        raise ValidationError(
+            "listen needs the hook's signing secret: set TOKENSTORE_LISTEN_SECRET "
+            "or pass --secret-file PATH (- reads it from stdin)"
+        )
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValidationError(f"the signing secret must be the hook's {SECRET_PREFIX}... secret")
+    return secret
+
+
+def cmd_listen(args: argparse.Namespace, out: Output) -> int:
+    """``tokenstore.make_receiver``: print each webhook that verifies, until Ctrl-C."""
+    from .._receiver import make_receiver
+
+    def show(payload: dict[str, Any], headers: Any) -> None:
+        if out.as_json:
+            print(json.dumps({"webhook_id": headers.get("webhook-id"), "payload": payload}))
+        else:
+            print(f"{headers.get('webhook-id')} {payload.get('type')} verified", flush=True)
+            print(json.dumps(payload, indent=2), flush=True)
+
+    server = make_receiver(args.host, args.port, listen_secret(args), show)
+    port = server.server_address[1]
+    print(f"listening on http://{args.host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    _serve_until_interrupted(server)
+    return 0
+
+
+def _serve_until_interrupted(server: Any) -> None:
+    """Serve until Ctrl-C, then close the socket."""
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+
+
+def cmd_serve(args: argparse.Namespace, out: Output) -> int:
+    """Serve the admin page until Ctrl-C."""
+    from ..admin import make_admin_server, public_warning
+
+    with _open(args) as store:
+        server = make_admin_server(store, args.host, args.port, public=args.public)
+        port = server.server_address[1]
+        warning = public_warning(args.host)
+        if warning:
+            print(warning, file=sys.stderr)
+        shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
+        print(f"admin page on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        _serve_until_interrupted(server)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    """Run the demo on a throwaway file."""
+    from .._demo import run_demo
+
+    return run_demo(args.dir)
+
+
+def add_import_commands(commands: Commands) -> None:
+    """``tokenstore import ...``."""
+    imports = _group(
+        commands,
+        "import",
+        "import users, tokens and hooks from other systems",
+        "  tokenstore import archivebox ~/archivebox/data --dry-run\n"
+        "  tokenstore --app myapp.models import archivebox index.sqlite3 "
+        "--map core.models.Snapshot=myapp.models.Snapshot",
+    )
+    p = _command(
+        imports,
+        "archivebox",
+        cmd_import_archivebox,
+        "store.import_archivebox",
+        "copy users, API tokens and webhooks from an ArchiveBox 0.8 index.sqlite3, "
+        "which is only read",
+    )
+    p.add_argument("path", help="ArchiveBox's index.sqlite3, or its data folder")
+    p.add_argument(
+        "--map",
+        action="append",
+        metavar="DJANGO_REF=REF",
+        help="hooks on this ArchiveBox model watch this registered model (repeatable)",
+    )
+    p.add_argument(
+        "--cipher-key",
+        metavar="KEY",
+        help="ArchiveBox's SIGNAL_WEBHOOKS CIPHER_KEY, to carry hooks' auth tokens over; "
+        "- reads it from stdin (keeps it out of the process list)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="report what would happen; write nothing")
+
+
+def add_tool_commands(commands: Commands) -> None:
+    """``tokenstore listen``, ``serve`` and ``demo``."""
+    p = _command(
+        commands,
+        "listen",
+        cmd_listen,
+        "tokenstore.make_receiver",
+        "receive webhooks, verify their signatures and print them",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    p.add_argument("--port", type=int, default=8787, help="the port; 0 picks a free one")
+    p.add_argument(
+        "--secret",
+        help="the hook's whsec_... signing secret, or - to read it from stdin "
+        "(in argv, a secret shows in ps: prefer $TOKENSTORE_LISTEN_SECRET or --secret-file)",
+    )
+    p.add_argument("--secret-file", metavar="PATH", help="read the secret from PATH (- for stdin)")
+    p = _command(
+        commands,
+        "serve",
+        cmd_serve,
+        "tokenstore.admin.make_app",
+        "serve the admin page; needs tokenstore[admin]",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="the address; loopback unless --public")
+    p.add_argument("--port", type=int, default=8787, help="the port; 0 picks a free one")
+    p.add_argument(
+        "--public", action="store_true", help="allow a non-loopback --host (put TLS in front)"
+    )
+    p = _command(commands, "demo", cmd_demo, None, "run the whole story on a throwaway file")
+    p.add_argument("--dir", help="where to put the demo's file (default: a new temporary folder)")

@@ -1,0 +1,94 @@
+"""Values given on the command line: durations, expiry times, headers, secrets."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+import sys
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from .._errors import ValidationError
+
+# -- durations and other values -----------------------------------------------------------
+
+_DURATION = re.compile(r"(-?)(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: Longer spans are a typo: nothing in tokenstore needs to wait a century.
+MAX_DURATION = timedelta(days=36500)
+DURATION_SYNTAX = "a number and a unit: 90s, 15m, 12h, 30d"
+
+
+def parse_duration(text: str, option: str, allow_zero: bool = False) -> timedelta:
+    """The one duration syntax of every option: ``90s``, ``15m``, ``12h``, ``30d``.
+
+    Written out in full so a negative, zero, not-a-number or absurd value
+    stops the command with a message naming the option, not a traceback.
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValidationError(f"{option} {text!r} is not a duration: use {DURATION_SYNTAX}")
+    if match[1]:
+        raise ValidationError(f"{option} {text!r} is negative: durations count forward")
+    seconds = float(match[2]) * _UNIT_SECONDS[match[3]]
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValidationError(f"{option} {text!r} is too long: at most {MAX_DURATION.days}d")
+    if seconds == 0 and not allow_zero:
+        raise ValidationError(f"{option} {text!r} must be longer than zero")
+    return timedelta(seconds=seconds)
+
+
+def parse_expiry(text: str) -> datetime | timedelta:
+    """A duration from now (``30d``) or an ISO-8601 time with a timezone."""
+    if _DURATION.fullmatch(text.strip()):
+        return parse_duration(text, "--expires")
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValidationError(
+            f"--expires {text!r} is neither a duration ({DURATION_SYNTAX}) "
+            "nor an ISO-8601 time like 2030-01-01T00:00:00Z"
+        ) from None
+    if when.tzinfo is None:
+        raise ValidationError(f"--expires {text!r} needs a timezone, e.g. {text}Z")
+    return when
+
+
+def _duration_type(option: str, allow_zero: bool = False) -> Callable[[str], timedelta]:
+    """An argparse type for a duration option (``90s``, ``15m``, ``12h``, ``30d``)."""
+
+    def convert(text: str) -> timedelta:
+        try:
+            return parse_duration(text, option, allow_zero)
+        except ValidationError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type for a whole number of at least 1."""
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _header(text: str) -> tuple[str, str]:
+    """A ``Name=value`` header option as a pair."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValidationError(f"--header {text!r} must look like Name=value")
+    return name.strip(), value
+
+
+def _secret(value: str) -> str:
+    """``-`` reads the value from stdin, which keeps a secret out of argv and shell history.
+
+    At a terminal it is asked for without echo, so it stays off the screen too.
+    """
+    if value != "-":
+        return value
+    if sys.stdin.isatty():
+        return getpass.getpass("secret (not shown): ").strip()
+    return sys.stdin.readline().strip()

@@ -1,0 +1,178 @@
+"""What an attempt came to, written down: the delivery's state, the hook's health, signals.
+
+After each attempt the delivery is marked delivered, failed (with its next
+attempt from the retry policy) or dead, the hook's failure streak is counted
+in SQL (so attempts recorded at once by two threads both count), and a hook
+the policy gives up on is disabled with what it still had to send.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from typing import Any
+
+from . import signals
+from ._dispatch import Connection
+from ._models import OutboundWebhook, WebhookDelivery
+from ._policy import RetryPolicy, parse_retry_after
+from ._sending import Outcome
+from ._sqlite import SQLiteDatabase
+from ._times import format_time, utcnow
+
+_HOOK_TABLE = OutboundWebhook._meta.table_name
+_DELIVERY_TABLE = WebhookDelivery._meta.table_name
+
+_RECORD_DELIVERY = (
+    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = ?, "attempts" = ?, "next_attempt_at" = ?, '
+    '"last_attempt_at" = ?, "last_status_code" = ?, "last_error" = ?, "duration_ms" = ?, '
+    '"delivered_at" = ?, "modified_at" = ? WHERE "id" = ?'
+)
+# Counted in SQL, so attempts recorded at once by two threads both count. Like
+# django-signal-webhooks' bulk_update of these fields, outcomes leave ``updated`` alone.
+_HOOK_SUCCEEDED = (
+    f'UPDATE "{_HOOK_TABLE}" SET "last_success" = ?, "failure_count" = 0, '
+    '"failing_since" = NULL, "last_response" = '
+    'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ?'
+)
+_HOOK_FAILED = (
+    f'UPDATE "{_HOOK_TABLE}" SET "last_failure" = ?, "failure_count" = "failure_count" + 1, '
+    '"failing_since" = coalesce("failing_since", ?), "last_response" = '
+    'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ? '
+    'RETURNING "failure_count", "failing_since"'
+)
+_GIVE_UP = (
+    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL '
+    "WHERE \"hook_id\" = ? AND \"status\" IN ('pending', 'failed')"
+)
+
+
+class _Tally(threading.local):
+    """Per thread: how many attempts this thread has recorded, by outcome."""
+
+    def __init__(self) -> None:
+        self.delivered = 0
+        self.failed = 0
+
+
+class Outcomes:
+    """Records attempts' outcomes; ``disable`` stops a hook."""
+
+    def __init__(self, db: SQLiteDatabase, policy: RetryPolicy) -> None:
+        self.db = db
+        self.policy = policy
+        self._tally = _Tally()
+        sql = db.sql
+        self._record_delivery = sql(_RECORD_DELIVERY)
+        self._hook_succeeded = sql(_HOOK_SUCCEEDED)
+        self._hook_failed = sql(_HOOK_FAILED)
+        self._give_up = sql(_GIVE_UP)
+
+    def attempts_recorded(self) -> tuple[int, int]:
+        """Delivered and failed attempts this thread has recorded so far."""
+        return self._tally.delivered, self._tally.failed
+
+    def record(
+        self, hook: OutboundWebhook, delivery: WebhookDelivery, outcome: Outcome, now: datetime
+    ) -> None:
+        """Write the attempt's outcome, schedule the next one, and disable hopeless hooks."""
+        delivery.attempts += 1
+        delivery.last_attempt_at = now
+        delivery.last_status_code = outcome.status_code
+        delivery.last_error = outcome.error
+        delivery.duration_ms = outcome.duration_ms
+        if hook.keep_last_response:
+            hook.last_response = outcome.body
+        stamp = format_time(now)
+        disabled_reason = ""
+        with self.db.write(quiet=True) as conn:
+            if outcome.ok:
+                conn.execute(self._hook_succeeded, (stamp, outcome.body, hook.id.hex))
+                hook.last_success = now
+                hook.failure_count = 0
+                hook.failing_since = None
+                delivery.status = "delivered"
+                delivery.delivered_at = now
+                delivery.next_attempt_at = None
+            else:
+                row = conn.execute(
+                    self._hook_failed, (stamp, stamp, outcome.body, hook.id.hex)
+                ).fetchone()
+                hook.last_failure = now
+                if row is None:  # the hook was deleted meanwhile
+                    row = (hook.failure_count + 1, stamp)
+                hook.failure_count = row[0]
+                hook.failing_since = OutboundWebhook.failing_since.python_value(row[1])
+                disabled_reason = self.policy.disabled_reason(
+                    now=now,
+                    gone=outcome.gone,
+                    failure_count=hook.failure_count,
+                    failing_since=hook.failing_since,
+                    error=outcome.error,
+                )
+                retry_after = parse_retry_after(outcome.retry_after, now)
+                next_attempt = self.policy.next_attempt(delivery.attempts, now, retry_after)
+                delivery.status = "dead" if disabled_reason or next_attempt is None else "failed"
+                delivery.next_attempt_at = None if disabled_reason else next_attempt
+            self._write(conn, delivery)
+        if disabled_reason:
+            self.disable(hook, disabled_reason)
+        if outcome.ok:
+            self._tally.delivered += 1
+        else:
+            self._tally.failed += 1
+        if outcome.ok:
+            signals.send_isolated(
+                signals.webhook_delivered, OutboundWebhook, hook=hook, delivery=delivery
+            )
+        else:
+            signals.send_isolated(
+                signals.webhook_failed,
+                OutboundWebhook,
+                hook=hook,
+                delivery=delivery,
+                error=outcome.error,
+            )
+        if disabled_reason:
+            signals.send_isolated(
+                signals.webhook_disabled, OutboundWebhook, hook=hook, reason=disabled_reason
+            )
+
+    def _write(self, conn: Connection, delivery: WebhookDelivery) -> None:
+        """Store a delivery's outcome fields, as they are on the instance."""
+        delivery.modified_at = utcnow()
+        db_value = WebhookDelivery.last_attempt_at.db_value
+
+        def time_value(value: Any) -> str | None:
+            return format_time(value) if isinstance(value, datetime) else db_value(value)
+
+        conn.execute(
+            self._record_delivery,
+            (
+                delivery.status,
+                delivery.attempts,
+                time_value(delivery.next_attempt_at),
+                time_value(delivery.last_attempt_at),
+                delivery.last_status_code,
+                delivery.last_error,
+                delivery.duration_ms,
+                time_value(delivery.delivered_at),
+                time_value(delivery.modified_at),
+                delivery.id.hex,
+            ),
+        )
+
+    def disable(self, hook: OutboundWebhook, reason: str) -> None:
+        """Stop a hook and give up on what it still had to send."""
+        with self.db.atomic():
+            hook.enabled = False
+            hook.disabled_reason = reason
+            hook.save(only=[OutboundWebhook.enabled, OutboundWebhook.disabled_reason])
+            self.db.execute_sql(self._give_up, (hook.id.hex,))
+
+    def bury(self, delivery: WebhookDelivery, reason: str) -> None:
+        delivery.status = "dead"
+        delivery.next_attempt_at = None
+        delivery.last_error = reason
+        with self.db.write(quiet=True) as conn:
+            self._write(conn, delivery)

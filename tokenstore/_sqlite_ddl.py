@@ -1,0 +1,130 @@
+"""The SQL that SQLite runs for change capture: trigger DDL and the dispatcher's claims.
+
+Generated from the backend-neutral descriptions in ``_capture`` (which
+columns a table's triggers record, which relation a join table holds); a
+PostgreSQL backend writes the same from them in its own dialect.
+"""
+
+from __future__ import annotations
+
+from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec, RelationSpec
+from ._dispatch import ClaimStatements
+from ._errors import ValidationError
+from ._policy import RELATION_KIND
+from ._rows import quote_name
+
+#: SQLite's default limit on function arguments bounds json_object() to this many columns.
+MAX_CAPTURED_COLUMNS = 63
+
+# -- capture --------------------------------------------------------------------------------
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def capture_triggers(spec: CaptureSpec) -> list[str]:
+    """The CREATE TRIGGER statements that record a table's changes (see ``CaptureSpec``)."""
+    if len(spec.recorded) > MAX_CAPTURED_COLUMNS:
+        raise ValidationError(
+            f"{spec.ref}: change capture records at most {MAX_CAPTURED_COLUMNS} columns, "
+            f"this table has {len(spec.recorded)}"
+        )
+
+    def row(alias: str) -> str:
+        pairs = []
+        for column in spec.recorded:
+            value = f"{alias}.{quote_name(column.name)}"
+            if column.is_blob:
+                value = f"hex({value})"
+            pairs.append(f"'{column.name}', {value}")
+        return "json_object(" + ", ".join(pairs) + ")"
+
+    watched = [quote_name(c) for c in spec.watched]
+    # UPDATE OF: a statement that sets only quiet columns never even runs the trigger.
+    of = "OF " + ", ".join(watched) + " " if watched else ""
+    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in watched)
+    gate = (
+        f"(EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
+        f"WHERE ref = {_literal(spec.ref)} AND enabled))"
+    )
+    pk = quote_name(spec.pk_column)
+    insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
+    name = spec.table.replace('"', "")
+    values = f"VALUES ({_literal(spec.table)}"
+    on = quote_name(spec.table)
+    return [
+        f"CREATE TRIGGER {quote_name(name + '_capture_insert')} AFTER INSERT ON {on}\n"
+        f"WHEN {gate}\n"
+        f"BEGIN\n  {insert}\n  {values}, 'INSERT', NEW.{pk}, NULL, {row('NEW')});\n"
+        "END",
+        f"CREATE TRIGGER {quote_name(name + '_capture_update')} AFTER UPDATE {of}"
+        f"ON {on}\n"
+        f"WHEN {gate}\n  AND ({changed or '0'})\n"
+        f"BEGIN\n  {insert}\n  {values}, 'UPDATE', NEW.{pk}, {row('OLD')}, "
+        f"{row('NEW')});\nEND",
+        f"CREATE TRIGGER {quote_name(name + '_capture_delete')} AFTER DELETE ON {on}\n"
+        f"WHEN {gate}\n"
+        f"BEGIN\n  {insert}\n  {values}, 'DELETE', OLD.{pk}, {row('OLD')}, NULL);\n"
+        "END",
+    ]
+
+
+def relation_triggers(spec: RelationSpec) -> list[str]:
+    """The CREATE TRIGGER statements that record a join table's changes (see ``RelationSpec``)."""
+    refs = ", ".join(_literal(ref) for ref in spec.refs)
+    gate = (
+        f"(EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
+        f"WHERE ref IN ({refs}) AND enabled AND instr(signal, {_literal(RELATION_KIND)})))"
+    )
+    first, second = (quote_name(c) for c in spec.columns)
+
+    def event(op: str, alias: str) -> str:
+        pk = "NULL" if spec.pk_column is None else f"{alias}.{quote_name(spec.pk_column)}"
+        pair = (
+            f"json_object({_literal(spec.columns[0])}, {alias}.{first}, "
+            f"{_literal(spec.columns[1])}, {alias}.{second})"
+        )
+        old, new = (pair, "NULL") if op == "DELETE" else ("NULL", pair)
+        return (
+            f"  INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)\n"
+            f"  VALUES ({_literal(spec.table)}, '{op}', {pk}, {old}, {new});\n"
+        )
+
+    name = spec.table.replace('"', "")
+    on = quote_name(spec.table)
+    return [
+        f"CREATE TRIGGER {quote_name(name + '_relation_insert')} AFTER INSERT ON {on}\n"
+        f"WHEN {gate}\nBEGIN\n{event('INSERT', 'NEW')}END",
+        f"CREATE TRIGGER {quote_name(name + '_relation_update')} "
+        f"AFTER UPDATE OF {first}, {second} ON {on}\n"
+        f"WHEN {gate}\n  AND (OLD.{first} IS NOT NEW.{first} OR OLD.{second} IS NOT NEW.{second})\n"
+        f"BEGIN\n{event('DELETE', 'OLD')}{event('INSERT', 'NEW')}END",
+        f"CREATE TRIGGER {quote_name(name + '_relation_delete')} AFTER DELETE ON {on}\n"
+        f"WHEN {gate}\nBEGIN\n{event('DELETE', 'OLD')}END",
+    ]
+
+
+_RETURNED = "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at"
+
+
+def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:
+    """The dispatcher's claim statements for these tables (see ``ClaimStatements``)."""
+    among = "table_name IN (" + ",".join(_literal(t) for t in tables) + ")"
+    return ClaimStatements(
+        drop_unheard=(
+            f"DELETE FROM {EVENT_TABLE} WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE}) "
+            f"AND claimed_by IS NULL AND {among}"
+        ),
+        claim=(
+            f"UPDATE {EVENT_TABLE} SET claimed_by = ?, claimed_at = ?, claims = claims + 1 "
+            f"WHERE claimed_by IS NULL AND {among} {_RETURNED}, claims - 1"
+        ),
+        consume=(
+            f"DELETE FROM {EVENT_TABLE} WHERE claimed_by IS NULL AND {among} {_RETURNED}, claims"
+        ),
+        consume_and_leave=(
+            f"UPDATE {EVENT_TABLE} SET claims = claims + 1 "
+            f"WHERE claimed_by IS NULL AND claims = 0 AND {among} {_RETURNED}, 0"
+        ),
+    )
