@@ -180,6 +180,8 @@ PROBES: dict[str, Callable[[World, Any], Any]] = {
     "webhooks.deliveries(limit)": lambda w, v: w.store.webhooks.deliveries(limit=v),
     "webhooks.deliveries(before)": lambda w, v: w.store.webhooks.deliveries(before=v),
     "webhooks.prune": lambda w, v: w.store.webhooks.prune(v),
+    "webhooks.allow": lambda w, v: w.store.webhooks.allow(v),
+    "webhooks.disallow": lambda w, v: w.store.webhooks.disallow(v),
     "store.import_archivebox(path)": lambda w, v: w.store.import_archivebox(v, dry_run=True),
     "store.import_archivebox(ref_map)": lambda w, v: w.store.import_archivebox(
         w.path, ref_map=v, dry_run=True
