@@ -232,20 +232,6 @@ class _FetchedCursor:
         self._rows = iter(())
 
 
-@contextmanager
-def _unstorable_values() -> Iterator[None]:
-    """A parameter the driver cannot bind is the caller's bad input, not a crash.
-
-    The API checks what it is given; this catches the rest (an application
-    model's field holding a lone surrogate or an int beyond 64 bits), which
-    the driver reports as OverflowError or UnicodeEncodeError.
-    """
-    try:
-        yield
-    except (OverflowError, UnicodeEncodeError) as exc:
-        raise ValidationError(f"a value cannot be stored in SQLite: {exc}") from None
-
-
 class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
     """SqliteDatabase that knows when its transactions commit.
 
@@ -350,11 +336,15 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
 
     def _execute(self, sql: str, params: Any) -> Any:
         try:
-            with _unstorable_values():
-                return super().execute_sql(sql, params)
+            return super().execute_sql(sql, params)
         except peewee.DatabaseError as exc:
             self._raise_fault(exc, _verb(sql))
             raise
+        except (OverflowError, UnicodeEncodeError) as exc:
+            # A parameter the driver cannot bind (an application model's field holding a
+            # lone surrogate, an int beyond 64 bits) is bad input that the API's own
+            # checks did not see, not a crash.
+            raise ValidationError(f"a value cannot be stored in SQLite: {exc}") from None
 
     def refuse_if_read_only(self) -> None:
         """Raise StoreReadOnly when this store was opened read-only."""
