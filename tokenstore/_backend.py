@@ -36,6 +36,8 @@ class Backend(Protocol):
 
     #: The id of the ``system`` user, owner of records nobody else owns.
     system_user_id: int | None
+    #: Opened read-only: nothing is written.
+    read_only: bool
 
     def sql(self, text: str) -> str:
         """A statement written with ``?`` placeholders, in this driver's style."""

@@ -16,6 +16,8 @@ peewee
   - ``Model._pk``: whether an instance was ever saved.
   - ``_StringField.adapt`` / ``IntegerField.adapt``: recognising fields that
     read a stored value unchanged.
+  - ``Database._log_query(sql, params)``: the one place peewee logs a
+    statement (logger ``peewee``, DEBUG), overridden by ``RedactedQueryLog``.
 
 blinker
   - ``Signal._by_sender``: which receivers are still connected, to which
@@ -33,6 +35,7 @@ requests
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,6 +49,26 @@ M = TypeVar("M", bound=peewee.Model)
 
 #: Driver errors raised inside it come out as peewee's classes (IntegrityError, ...).
 peewee_errors: AbstractContextManager[None] = peewee.__exception_wrapper__  # type: ignore[attr-defined]
+
+
+_query_log = logging.getLogger("peewee")
+
+
+class RedactedQueryLog:
+    """A database mixin: peewee's query log without the values of tokenstore's statements.
+
+    peewee logs every statement with its parameters at DEBUG. tokenstore's
+    tables hold hook secrets, auth tokens and header credentials, so the
+    statements that name them are logged with every value replaced: one rule
+    that also covers columns added later. An application's own statements
+    keep their values.
+    """
+
+    def _log_query(self, sql: str, params: Any) -> None:
+        if _query_log.isEnabledFor(logging.DEBUG):
+            if params and "tokenstore_" in sql:
+                params = tuple("<redacted>" for _ in params)
+            _query_log.debug((sql, params))
 
 
 def driver_error(exc: BaseException) -> BaseException | None:

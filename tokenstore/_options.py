@@ -11,8 +11,17 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
-from ._credentials import DEFAULT_TOKEN_PREFIX
+from ._credentials import DEFAULT_TOKEN_PREFIX, check_prefix
 from ._errors import ValidationError
+from ._inputs import (
+    check_flag,
+    check_header_name,
+    check_int,
+    check_seconds,
+    check_span,
+    check_text,
+)
+from ._netguard import AddressGuard
 from ._tokens import DEFAULT_API_KEY_HEADER
 
 
@@ -49,6 +58,14 @@ class Options:
       are dropped, with a warning in the log.
     - ``dispatch_on_open``: fire events left behind by dead processes at once
       (deliveries wait for ``dispatch()`` or ``webhooks.deliver_due()``).
+    - ``create``: make the file if it is missing; with False a missing file
+      is an error, so a mistyped path does not silently start an empty store.
+    - ``read_only``: open without ever writing (no schema, no listener, no
+      dispatch, no ``last_used_at``); writes raise StoreError. A file or
+      folder this process cannot write is opened read-only anyway.
+
+    Every option is checked here, types included (True is not a count), so a
+    bad one fails at ``open()`` naming itself rather than later, elsewhere.
     """
 
     token_prefix: str = DEFAULT_TOKEN_PREFIX
@@ -67,16 +84,38 @@ class Options:
     keep_deliveries: timedelta | None = timedelta(days=30)
     listener_timeout: timedelta = timedelta(hours=1)
     dispatch_on_open: bool = True
+    create: bool = True
+    read_only: bool = False
 
     def __post_init__(self) -> None:
+        check_prefix(self.token_prefix)
+        if self.max_tokens_per_user is not None:
+            check_int(self.max_tokens_per_user, "max_tokens_per_user", minimum=1)
+        check_header_name(self.api_key_header, "api_key_header")
         allow: Iterable[str] = self.webhook_allow
         if isinstance(allow, str):
             allow = [allow]
-        object.__setattr__(self, "webhook_allow", tuple(allow))
-        if self.busy_timeout < 5:
+        elif isinstance(allow, bytes | bytearray) or not isinstance(allow, Iterable):
             raise ValidationError(
-                f"busy_timeout must be at least 5 seconds, got {self.busy_timeout}"
+                f"webhook_allow must be a list of hosts or networks, got {type(allow).__name__}"
             )
+        allow = tuple(check_text(entry, "webhook_allow entry") for entry in allow)
+        AddressGuard(allow)  # refuses malformed entries now, naming them
+        object.__setattr__(self, "webhook_allow", allow)
+        check_seconds(self.connect_timeout, "connect_timeout")
+        check_seconds(self.read_timeout, "read_timeout")
+        check_seconds(self.delivery_deadline, "delivery_deadline")
+        check_seconds(self.sync_budget, "sync_budget", allow_minimum=True)
+        check_int(self.disable_after_failures, "disable_after_failures", minimum=1)
+        check_span(self.disable_after, "disable_after", allow_zero=True)
+        check_span(self.secret_grace, "secret_grace", allow_zero=True)
+        check_span(self.claim_timeout, "claim_timeout", allow_zero=False)
+        check_seconds(self.busy_timeout, "busy_timeout", minimum=5, allow_minimum=True)
+        if self.keep_deliveries is not None:
+            check_span(self.keep_deliveries, "keep_deliveries", allow_zero=True)
+        check_span(self.listener_timeout, "listener_timeout", allow_zero=False)
+        for name in ("dispatch_on_open", "create", "read_only"):
+            check_flag(getattr(self, name), name)
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> Options:

@@ -28,7 +28,7 @@ from ._backend import CommitHooks, is_write, quote_literal
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import peewee_errors
 from ._dispatch import ClaimStatements
-from ._errors import StoreError
+from ._errors import StoreError, StoreReadOnly
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import (
     CHANNEL,
@@ -157,10 +157,16 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
     dispatcher claim the transaction's events first and fire them after.
     """
 
-    def __init__(self, url: str, *, hooks: CommitHooks) -> None:
-        # A registered model's UUID primary key is stored as 32 hex digits, as on SQLite.
-        super().__init__(url, prefer_psycopg3=True, field_types={"UUID": "TEXT"})
+    def __init__(self, url: str, *, hooks: CommitHooks, read_only: bool = False) -> None:
+        # A registered model's UUID primary key is stored as 32 hex digits, as on SQLite;
+        # a read-only store's sessions refuse writes on the server too.
+        options: dict[str, Any] = (
+            {"options": "-c default_transaction_read_only=on"} if read_only else {}
+        )
+        super().__init__(url, prefer_psycopg3=True, field_types={"UUID": "TEXT"}, **options)
         self.url = url
+        #: Opened with ``read_only``: nothing is written, writes raise StoreReadOnly.
+        self.read_only = read_only
         self.hooks = hooks
         #: The id of the ``system`` user, owner of records nobody else owns.
         self.system_user_id: int | None = None
@@ -188,6 +194,7 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         way (``fetchone()``) waits for what was sent before it, as usual; row
         counts are valid once the block has ended.
         """
+        self.refuse_if_read_only()
         conn = self.connection()
         if _in_transaction(conn):
             yield conn
@@ -205,13 +212,23 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own."""
+        if self.read_only and is_write(sql):
+            self.refuse_if_read_only()
         conn = self.connection()
         if _in_transaction(conn) or not is_write(sql):
             return super().execute_sql(sql, params)
         with self.write():
             return super().execute_sql(sql, params)
 
+    def refuse_if_read_only(self) -> None:
+        """Raise StoreReadOnly when this store was opened read-only."""
+        if self.read_only:
+            raise StoreReadOnly(
+                f"{redacted_url(self.url)} is open read-only: nothing can be written to it"
+            )
+
     def begin(self, isolation_level: Any = None) -> None:
+        self.refuse_if_read_only()
         super().begin(isolation_level)
         conn = self.connection()
         try:
@@ -235,6 +252,9 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         super().rollback()
         if not self.in_transaction():
             self.hooks.after_commit(self.connection())
+
+    def checkpoint_before_close(self) -> None:
+        """Nothing to do: the server keeps its own files (SQLite empties its WAL here)."""
 
     def close(self) -> bool:
         """Close this thread's connection, and its listening one if it waited."""
@@ -385,16 +405,32 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
                 return False
 
 
-def open_database(url: str, hooks: CommitHooks) -> PostgresDatabase:
-    """The database at ``url``, its schema created or brought up to date."""
+def open_database(
+    url: str, hooks: CommitHooks, *, create: bool = True, read_only: bool = False
+) -> PostgresDatabase:
+    """The database at ``url``, its schema created or brought up to date.
+
+    Without ``create`` a database tokenstore has not set up is refused; with
+    ``read_only`` nothing is written, so its schema must already be current.
+    """
     _driver()  # without psycopg, say which extra brings it before peewee complains
-    db = PostgresDatabase(url, hooks=hooks)
+    db = PostgresDatabase(url, hooks=hooks, read_only=read_only)
     try:
         db.connection()
     except peewee.OperationalError as exc:
         db.close()
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StoreError(f"cannot connect to {redacted_url(url)}: {detail}") from None
-    if db.schema_version() != SCHEMA_VERSION:
+    version = db.schema_version()
+    if version == 0 and (read_only or not create):
+        db.close()
+        raise StoreError(f"{redacted_url(url)} holds no tokenstore (and create=False or read_only)")
+    if version != SCHEMA_VERSION:
+        if read_only and version < SCHEMA_VERSION:
+            db.close()
+            raise StoreReadOnly(
+                f"{redacted_url(url)} has schema version {version} and needs migrating to "
+                f"{SCHEMA_VERSION}, which a read-only store cannot do"
+            )
         db.apply_schema()
     return db

@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from ._errors import ValidationError, WebhookVerificationError
+from ._inputs import check_int, check_text
 from ._signing import signing_key, verify_webhook
 
 __all__ = ["MAX_BODY_BYTES", "make_receiver"]
@@ -46,6 +47,8 @@ def make_receiver(
     lower-cased names. Use port 0 to let the OS pick a free port and read it
     back from ``server.server_address``.
     """
+    check_text(host, "host")
+    check_int(port, "port", maximum=65535)
     signing_key(secret)  # fail at start-up, not on the first request
     if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
         raise ValidationError(f"tolerance must be a non-negative int of seconds, got {tolerance!r}")
@@ -125,4 +128,7 @@ def make_receiver(
             self._reply(204)
 
     server_class = _IPv6ThreadingHTTPServer if ":" in host else ThreadingHTTPServer
-    return server_class((host, port), Handler)
+    try:
+        return server_class((host, port), Handler)
+    except OSError as exc:  # a taken port, a host that is not ours or does not resolve
+        raise ValidationError(f"cannot listen on {host} port {port}: {exc.strerror}") from None

@@ -17,6 +17,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import re
 import secrets as _secrets
 import time
@@ -98,7 +99,9 @@ def signature_header(secrets: Sequence[str], msg_id: str, timestamp: int, body: 
 
 def _header(headers: Mapping[str, str], wanted: str) -> str:
     for name, value in headers.items():
-        if name.lower() == wanted:
+        if isinstance(name, str) and name.lower() == wanted:
+            if not isinstance(value, str):
+                raise WebhookVerificationError(f"{wanted} header is not text")
             if not value:
                 raise WebhookVerificationError(f"{wanted} header is empty")
             return value
@@ -122,8 +125,24 @@ def verify_webhook(
     """
     if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
         raise ValidationError(f"tolerance must be a non-negative int of seconds, got {tolerance!r}")
+    if now is not None and (
+        isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now)
+    ):
+        raise ValidationError(
+            f"now must be a finite number of seconds since the epoch, got {now!r}"
+        )
+    if not isinstance(headers, Mapping):
+        raise ValidationError(f"headers must be a mapping, got {type(headers).__name__}")
     key = signing_key(secret)
-    raw = body.encode("utf-8") if isinstance(body, str) else body
+    if isinstance(body, str):
+        try:
+            raw = body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("body is not valid Unicode (it holds a lone surrogate)") from None
+    elif isinstance(body, bytes | bytearray):
+        raw = bytes(body)
+    else:
+        raise ValidationError(f"body must be the bytes received, got {type(body).__name__}")
 
     msg_id = _header(headers, "webhook-id")
     timestamp_text = _header(headers, "webhook-timestamp").strip()

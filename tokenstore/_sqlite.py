@@ -1,18 +1,19 @@
 """The SQLite backend: everything tokenstore does that only SQLite does.
 
-One file holds everything. This module opens it (refusing, before changing
-anything, files that are not SQLite or were written by a newer tokenstore),
-sets its pragmas, brings its schema up to date, writes the capture triggers,
-runs every write in a ``BEGIN IMMEDIATE`` transaction that tells the change
-dispatcher when it commits, reports a full disk, an I/O error or a lock that
-never came as a StoreError subclass, and tells a watcher when another
-connection committed (``PRAGMA data_version``). A PostgreSQL backend is a
-sibling of this module with the same surface.
+One file holds everything. This module opens it (read-only when asked or
+when it cannot be written; ``_sqlite_file`` refuses, before changing
+anything, files that are not ours to open), sets its pragmas, brings its
+schema up to date, writes the capture triggers, runs every write in a
+``BEGIN IMMEDIATE`` transaction that tells the change dispatcher when it
+commits, reports a full disk, an I/O error or a lock that never came as a
+StoreError subclass, and tells a watcher when another connection committed
+(``PRAGMA data_version``). A PostgreSQL backend is a sibling of this module
+with the same surface.
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import re
 import sqlite3
 import threading
@@ -28,7 +29,7 @@ import peewee
 
 from ._backend import LEADING, CommitHooks, is_write
 from ._capture import CaptureSpec, RelationSpec
-from ._compat import driver_error, peewee_errors
+from ._compat import RedactedQueryLog, driver_error, peewee_errors
 from ._dispatch import ClaimStatements
 from ._errors import (
     StoreCorrupt,
@@ -37,16 +38,18 @@ from ._errors import (
     StoreIOError,
     StoreLocked,
     StoreReadOnly,
+    ValidationError,
 )
 from ._models import SYSTEM_USERNAME
 from ._rows import quote_name
 from ._sqlite_ddl import capture_triggers, claim_statements, relation_triggers
+from ._sqlite_file import check_file, connect_uri, create_private, writable
 from ._times import format_time, utcnow
 
 #: The ``PRAGMA user_version`` of files this code writes.
 SCHEMA_VERSION = 2
 
-_SQLITE_HEADER = b"SQLite format 3\x00"
+logger = logging.getLogger("tokenstore.store")
 
 
 # -- the file -------------------------------------------------------------------------------
@@ -115,45 +118,8 @@ def _to_version_2(conn: sqlite3.Connection) -> None:
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_version_2}
 
 
-def check_file(path: Path) -> int:
-    """Read a file's schema version without writing to it; refuse what is not ours to open."""
-    if not path.exists():
-        return 0
-    if path.is_dir():
-        raise StoreError(f"{path} is a directory, not a tokenstore file")
-    with path.open("rb") as f:
-        header = f.read(len(_SQLITE_HEADER))
-    if not header:
-        return 0
-    if header != _SQLITE_HEADER:
-        raise StoreError(
-            f"{path} is not an SQLite database (its first bytes are not an SQLite header)"
-        )
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path} cannot be read as an SQLite database: {exc}") from None
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path} has schema version {version}, newer than this tokenstore understands "
-            f"({SCHEMA_VERSION}); upgrade tokenstore to open it"
-        )
-    return int(version)
-
-
-def create_private(path: Path) -> None:
-    """Create the file mode 0600 before SQLite does, so secrets are never world-readable."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise StoreError(f"cannot create {path}: {exc.strerror}") from None
-    os.close(fd)
+def _our_tables() -> frozenset[str]:
+    return frozenset(re.findall(r'^CREATE TABLE "(\w+)"', schema_sql(), re.MULTILINE))
 
 
 # -- the connection -------------------------------------------------------------------------
@@ -227,7 +193,7 @@ class _FetchedCursor:
         self._rows = iter(())
 
 
-class SQLiteDatabase(peewee.SqliteDatabase):
+class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
     """SqliteDatabase that knows when its transactions commit.
 
     Every write runs in a transaction (a lone statement gets one of its own),
@@ -238,19 +204,29 @@ class SQLiteDatabase(peewee.SqliteDatabase):
     that tokenstore's calls, applications' models and ``atomic()`` all pass.
     """
 
-    def __init__(self, path: Path, *, hooks: CommitHooks, busy_timeout: float) -> None:
+    def __init__(
+        self, path: Path, *, hooks: CommitHooks, busy_timeout: float, read_only: bool = False
+    ) -> None:
+        # secure_delete: a deleted hook's or an erased rotated-out secret's bytes are
+        # overwritten, not left in free pages for anyone who reads the file.
+        pragmas: dict[str, object] = {
+            "synchronous": "normal",
+            "foreign_keys": 1,
+            "secure_delete": 1,
+            "busy_timeout": int(busy_timeout * 1000),
+        }
+        if not read_only:
+            pragmas = {"journal_mode": "wal", **pragmas}
         super().__init__(
-            str(path),
+            connect_uri(path, read_only),
+            uri=True,
             lock_type="IMMEDIATE",
             timeout=busy_timeout,
-            pragmas={
-                "journal_mode": "wal",
-                "synchronous": "normal",
-                "foreign_keys": 1,
-                "busy_timeout": int(busy_timeout * 1000),
-            },
+            pragmas=pragmas,
         )
         self.path = path
+        #: Opened with ``mode=ro``: every write raises StoreError before reaching SQLite.
+        self.read_only = read_only
         self.hooks = hooks
         self.busy_timeout = busy_timeout
         #: The id of the ``system`` user, owner of records nobody else owns.
@@ -273,6 +249,7 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         outcome): its commit skips the dispatcher's claim. Storage faults come
         out as StoreError subclasses, other driver errors as peewee's classes.
         """
+        self.refuse_if_read_only()
         conn = self.connection()
         if conn.in_transaction:
             yield conn
@@ -303,6 +280,8 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         rollback has nothing left to undo, anything else raises.
         """
         conn: sqlite3.Connection = self.connection()
+        if self.read_only and is_write(sql):
+            self.refuse_if_read_only()
         if not conn.in_transaction:
             if self._begun.conn is conn:
                 if sql.startswith("ROLLBACK TO SAVEPOINT"):
@@ -322,8 +301,19 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         except peewee.DatabaseError as exc:
             self._raise_fault(exc, _verb(sql))
             raise
+        except (OverflowError, UnicodeEncodeError) as exc:
+            # A parameter the driver cannot bind (an application model's field holding a
+            # lone surrogate, an int beyond 64 bits) is bad input that the API's own
+            # checks did not see, not a crash.
+            raise ValidationError(f"a value cannot be stored in SQLite: {exc}") from None
+
+    def refuse_if_read_only(self) -> None:
+        """Raise StoreReadOnly when this store was opened read-only."""
+        if self.read_only:
+            raise StoreReadOnly(f"{self.path} is open read-only: nothing can be written to it")
 
     def begin(self, lock_type: str | None = None) -> None:
+        self.refuse_if_read_only()
         conn = self.connection()
         self._begin(conn, f"BEGIN {lock_type or 'IMMEDIATE'}", announce=True)
         self._begun.conn = conn
@@ -415,6 +405,20 @@ class SQLiteDatabase(peewee.SqliteDatabase):
         message = what.format(timeout=self.busy_timeout)
         raise kind(f"{self.path}: {message} ({name} during {doing})") from cause
 
+    def checkpoint_before_close(self) -> None:
+        """Copy the WAL into the file and empty it, so old page versions leave no trace.
+
+        Run just before closing: it does not wait on the busy timeout, so a
+        close is never held up by another process's long read; the WAL is then
+        emptied by whichever connection checkpoints next.
+        """
+        conn = self.connection()
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:  # a full disk, say: the next checkpoint will do it
+            logger.info("%s: the WAL was not emptied at close: %s", self.path, exc)
+
     # -- schema and capture ---------------------------------------------------------------
 
     def apply_schema(self) -> None:
@@ -477,13 +481,36 @@ class SQLiteDatabase(peewee.SqliteDatabase):
             time.sleep(min(poll, remaining))
 
 
-def open_database(path: Path, hooks: CommitHooks, busy_timeout: float) -> SQLiteDatabase:
-    """The database of the tokenstore file at ``path``, created and brought up to date."""
+def open_database(
+    path: Path,
+    hooks: CommitHooks,
+    busy_timeout: float,
+    *,
+    create: bool = True,
+    read_only: bool = False,
+) -> SQLiteDatabase:
+    """The database of the tokenstore file at ``path``, created and brought up to date.
+
+    ``read_only`` opens it with ``mode=ro`` and changes nothing; a file or
+    folder this process cannot write is opened that way too (with a
+    warning), so reading a store never needs write access.
+    """
     if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
         raise StoreError("tokenstore needs a file path; an in-memory database is not shared")
-    version = check_file(path)
-    create_private(path)
-    db = SQLiteDatabase(path, hooks=hooks, busy_timeout=busy_timeout)
+    version = check_file(path, SCHEMA_VERSION, _our_tables())
+    if not path.exists():
+        if read_only or not create:
+            raise StoreError(f"no store at {path} (run `tokenstore init`)")
+        create_private(path)
+    elif not read_only and not writable(path):
+        logger.warning("%s or its folder is not writable here; opening it read-only", path)
+        read_only = True
+    if read_only and version < SCHEMA_VERSION:
+        raise StoreReadOnly(
+            f"{path} has schema version {version} and needs version {SCHEMA_VERSION}: "
+            "open it once with write access to set it up"
+        )
+    db = SQLiteDatabase(path, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
     db.connection()
     if version < SCHEMA_VERSION:
         db.apply_schema()

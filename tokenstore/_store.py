@@ -22,6 +22,7 @@ from ._allowlist import AllowList
 from ._capture import CaptureSpec, model_ref
 from ._dispatch import Dispatcher
 from ._errors import StoreError, ValidationError
+from ._inputs import check_flag, check_path, check_seconds, check_text
 from ._m2m import Relation
 from ._models import OWN_MODELS, SYSTEM_USERNAME, OutboundWebhook, User
 from ._netguard import AddressGuard
@@ -80,16 +81,17 @@ class Store:
         **options: Any,
     ) -> None:
         self.options = opts = Options.from_kwargs(options)
+        if clock is not None and not callable(clock):
+            raise ValidationError(f"clock must be a function, got {type(clock).__name__}")
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.registry = Registry(OWN_MODELS)
-        location = os.fspath(path)
         self.db: SQLiteDatabase | PostgresDatabase
         #: The SQLite file (None on PostgreSQL).
         self.path: Path | None
-        if is_url(location):
+        if isinstance(path, str) and is_url(path):
             self.path = None
             #: Where the store is, for people: the file, or the URL without its password.
-            self.location = redacted_url(location)
+            self.location = redacted_url(path)
             self.dispatcher = Dispatcher(
                 self.registry,
                 PostgresDatabase,
@@ -97,14 +99,22 @@ class Store:
                 opts.claim_timeout,
                 opts.listener_timeout,
             )
-            self.db = open_postgres(location, self.dispatcher)
+            self.db = open_postgres(
+                path, self.dispatcher, create=opts.create, read_only=opts.read_only
+            )
         else:
-            self.path = Path(location)
-            self.location = location
+            self.path = check_path(path, "the store path")
+            self.location = str(self.path)
             self.dispatcher = Dispatcher(
                 self.registry, SQLiteDatabase, self.clock, opts.claim_timeout, opts.listener_timeout
             )
-            self.db = open_database(self.path, self.dispatcher, opts.busy_timeout)
+            self.db = open_database(
+                self.path,
+                self.dispatcher,
+                opts.busy_timeout,
+                create=opts.create,
+                read_only=opts.read_only,
+            )
         self.db.bind(list(OWN_MODELS), bind_refs=False, bind_backrefs=False)
         system = User.get_or_none(User.username == SYSTEM_USERNAME)
         if system is None:
@@ -150,7 +160,8 @@ class Store:
             opts.secret_grace,
             opts.keep_deliveries,
         )
-        if opts.dispatch_on_open:  # events only: opening a file should not wait on the network
+        if opts.dispatch_on_open and not self.db.read_only:
+            # events only: opening a file should not wait on the network
             self.dispatch(deliver=False)
 
     def __repr__(self) -> str:
@@ -171,16 +182,20 @@ class Store:
         """Close this thread's connection (other threads close theirs as they end).
 
         The store stops counting as a listener, so capture stops on its account.
+        Signing secrets past their grace are erased and the WAL is emptied into
+        the file, so erased and deleted secrets leave no copy in either.
         """
         self.webhooks.close()
         self.tokens.flush_uses()
-        if not self.db.is_closed():
+        if not self.db.is_closed() and not self.db.read_only:
             try:
+                self.webhooks.erase_expired_secrets()
                 with self.db.write(quiet=True) as conn:
                     self.dispatcher.unregister(conn)
             except peewee.DatabaseError as exc:  # a read-only or vanished file still closes
                 logger.warning("could not unregister %s as a listener: %s", self.location, exc)
-            self.db.close()
+            self.db.checkpoint_before_close()
+        self.db.close()
 
     def atomic(self) -> Any:
         """A transaction (a savepoint when nested); changes dispatch as the outermost commits."""
@@ -197,7 +212,8 @@ class Store:
         refreshes the triggers to match the model's current fields. Each of
         its many-to-many fields (its own, and the backrefs of other models'
         fields) gets its join table and triggers that capture every relation
-        added or removed (``signals.m2m_changed``, hooks with M2M).
+        added or removed (``signals.m2m_changed``, hooks with M2M). A
+        read-only store only binds the model, for reading.
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
             raise ValidationError(f"register() takes a peewee model class, got {model!r}")
@@ -205,6 +221,8 @@ class Store:
         relations = [Relation.of(m2m) for m2m in model._meta.manytomany.values()]
         model.bind(self.db, bind_refs=False, bind_backrefs=False)
         added = self.registry.add(model)
+        if self.db.read_only:  # readable as it is: no table or trigger can be made
+            return model
         try:
             with self.db.write(quiet=True):  # DDL only: its events wait for a dispatch
                 self.db.create_tables([model], safe=True)
@@ -255,6 +273,7 @@ class Store:
         Dispatch also happens by itself after every commit made through this
         store; this call is for what happened elsewhere.
         """
+        check_flag(deliver, "deliver")
         claimed_before = self.dispatcher.claimed_count()
         delivered_before, failed_before = self.outcomes.attempts_recorded()
         with self.db.atomic():  # its commit claims what is unclaimed, then fires it
@@ -273,7 +292,7 @@ class Store:
 
     def wait_for_changes(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for another connection to commit; True if one did."""
-        return self.db.wait_for_changes(timeout)
+        return self.db.wait_for_changes(check_seconds(timeout, "timeout", allow_minimum=True))
 
     def import_archivebox(
         self,
@@ -298,14 +317,18 @@ class Store:
         """
         from ._archivebox import import_archivebox
 
+        if ref_map is not None and not isinstance(ref_map, Mapping):
+            raise ValidationError(f"ref_map must be a mapping, got {type(ref_map).__name__}")
+        if cipher_key is not None:
+            check_text(cipher_key, "cipher_key")
         return import_archivebox(
-            path,
+            check_path(path, "path"),
             db=self.db,
             users=self.users,
             validator=self.hook_validator,
             ref_map=ref_map,
             cipher_key=cipher_key,
-            dry_run=dry_run,
+            dry_run=check_flag(dry_run, "dry_run"),
         )
 
 

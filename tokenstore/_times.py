@@ -25,7 +25,10 @@ def to_stored_time(value: datetime) -> datetime:
         raise ValidationError(
             f"naive datetime {value.isoformat()} refused: pass a timezone-aware time"
         )
-    value = value.astimezone(UTC)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(f"{value.isoformat()} is out of range in UTC") from None
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
 
 

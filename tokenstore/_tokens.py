@@ -34,6 +34,7 @@ from ._errors import (
     RevokedToken,
     ValidationError,
 )
+from ._inputs import MAX_SPAN, check_flag, check_int, check_span, check_text
 from ._models import SYSTEM_USERNAME, APIToken, User
 from ._rows import Loader
 from ._times import format_time, to_stored_time
@@ -88,17 +89,19 @@ class Users:
             # A savepoint inside an open transaction: on PostgreSQL a failed statement
             # would otherwise abort the caller's whole transaction.
             with User._meta.database.atomic():
-                user: User = User.create(username=username, is_superuser=bool(superuser))
+                user: User = User.create(
+                    username=username, is_superuser=check_flag(superuser, "superuser")
+                )
         except peewee.IntegrityError:
             raise ValidationError(f"username {username!r} is already taken") from None
         return user
 
     def get(self, username: str | int) -> User:
         """A user by username (or by integer id)."""
-        if isinstance(username, int):
-            user = User.get_or_none(User.id == username)
+        if isinstance(username, int) and not isinstance(username, bool):
+            user = User.get_or_none(User.id == check_int(username, "user id", minimum=1))
         else:
-            user = User.get_or_none(User.username == username)
+            user = User.get_or_none(User.username == check_text(username, "username"))
         if user is None:
             raise NotFound(f"no user {username!r}")
         return user
@@ -144,6 +147,12 @@ def token_from_request(
     query string, so a client learns that its header is wrong. HTTP Basic is
     not read.
     """
+    if not isinstance(headers, Mapping):
+        raise ValidationError(f"headers must be a mapping, got {type(headers).__name__}")
+    if query is not None and not isinstance(query, str | Mapping):
+        raise ValidationError(
+            f"query must be a mapping, a query string or None, got {type(query).__name__}"
+        )
     token = _present(_header(headers, header))
     if token is not None:
         return token
@@ -255,10 +264,8 @@ class Tokens:
         do; a token with no scopes is unrestricted.
         """
         owner = self._owner(user)
-        if name is not None and (not isinstance(name, str) or len(name) > MAX_NAME_LENGTH):
-            raise ValidationError(
-                f"token name must be a string of at most {MAX_NAME_LENGTH} characters or None"
-            )
+        if name is not None:
+            check_text(name, "token name", max_length=MAX_NAME_LENGTH)
         now = to_stored_time(self.clock())
         expiry = self._expiry(expires, now)
         scope_list = _check_scopes(scopes)
@@ -293,9 +300,7 @@ class Tokens:
         if expires is None:
             return None
         if isinstance(expires, timedelta):
-            if expires <= timedelta(0):
-                raise ValidationError(f"expires must be a positive timedelta, got {expires}")
-            return to_stored_time(now + expires)
+            return to_stored_time(now + check_span(expires, "expires", allow_zero=False))
         if not isinstance(expires, datetime):
             raise ValidationError(
                 f"expires must be a datetime, a timedelta or None, got {type(expires).__name__}"
@@ -304,6 +309,10 @@ class Tokens:
         if expiry <= now:
             raise ValidationError(
                 f"expires {expiry.isoformat()} is not in the future (now is {now.isoformat()})"
+            )
+        if expiry - now > MAX_SPAN:
+            raise ValidationError(
+                f"expires {expiry.isoformat()} is more than {MAX_SPAN.days} days from now"
             )
         return expiry
 
@@ -365,7 +374,8 @@ class Tokens:
                 f"it has: {', '.join(data['scopes'])}"
             )
         last_used = data["last_used_at"]
-        if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
+        stale = last_used is None or now - last_used >= LAST_USED_RESOLUTION
+        if stale and not self.db.read_only:  # a read-only store records nothing
             data["last_used_at"] = self._note_use(row[0], now)
         return APIToken.from_stored(data)
 
@@ -473,7 +483,7 @@ class Tokens:
         query = APIToken.select()
         if user is not None:
             query = query.where(APIToken.created_by == self._owner(user).id)
-        if not include_revoked:
+        if not check_flag(include_revoked, "include_revoked"):
             query = query.where(APIToken.revoked_at.is_null())
         return builtins.list(query.order_by(APIToken.created_at, APIToken.abid))
 

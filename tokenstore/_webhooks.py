@@ -23,6 +23,14 @@ from ._backend import Backend
 from ._capture import model_ref
 from ._credentials import looks_like_token
 from ._errors import InvalidABID, NotFound, ValidationError
+from ._inputs import (
+    check_flag,
+    check_header_name,
+    check_int,
+    check_seconds,
+    check_span,
+    check_text,
+)
 from ._models import OutboundWebhook, User, WebhookDelivery
 from ._outbox import Outbox
 from ._outcomes import Outcomes
@@ -73,7 +81,6 @@ EDITABLE = (
     "keep_last_response",
 )
 
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # What http.client can put in a header value: Latin-1 without controls (tab is allowed).
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
@@ -129,8 +136,8 @@ class HookValidator:
         ``judge_target=False`` leaves the ref and the endpoint to the caller: an
         import keeps a hook whose model or address is refused here, disabled.
         """
-        name = hook.name
-        if not isinstance(name, str) or not name.strip() or len(name) > 255:
+        name = check_text(hook.name, "webhook name")
+        if not name.strip() or len(name) > 255:
             raise ValidationError(f"webhook name must be 1-255 characters, got {name!r}")
         if not isinstance(hook.signal, str) or hook.signal.upper() not in SIGNAL_CHOICES:
             raise ValidationError(
@@ -148,14 +155,12 @@ class HookValidator:
         if judge_target and (not stored or stored.get("endpoint") != hook.endpoint):
             self.allowlist.refresh()
             self.guard.check_endpoint(hook.endpoint)
+            check_text(hook.endpoint, "webhook endpoint")  # the guard passes allowed hosts early
         headers = {} if hook.headers is None else hook.headers
         if not isinstance(headers, Mapping):
             raise ValidationError(f"webhook headers must be a JSON object, got {headers!r}")
         for key, value in headers.items():
-            if not isinstance(key, str) or not _HEADER_NAME.fullmatch(key):
-                raise ValidationError(
-                    f"webhook header name {key!r} is not a valid HTTP header name"
-                )
+            check_header_name(key, "webhook header name")
             if not _header_value_ok(value):
                 raise ValidationError(
                     f"webhook header {key!r} must have a string value of Latin-1 "
@@ -169,8 +174,7 @@ class HookValidator:
                 "line breaks or other control characters"
             )
         for flag in ("enabled", "keep_last_response"):
-            if not isinstance(getattr(hook, flag), bool):
-                raise ValidationError(f"webhook {flag} must be true or false")
+            check_flag(getattr(hook, flag), f"webhook {flag}")
         if not hook.secret:
             hook.secret = new_signing_secret()  # made like Django's Model.objects.create()
         if not _secret_ok(hook.secret) or (
@@ -237,6 +241,10 @@ class Webhooks:
         created_by: User | None = None,
     ) -> OutboundWebhook:
         """Add a hook that POSTs each matching change of model ``ref`` to ``endpoint``."""
+        if created_by is not None and not isinstance(created_by, User):
+            raise ValidationError(
+                f"created_by must be a User or None, got {type(created_by).__name__}"
+            )
         hook = OutboundWebhook(
             name=name,
             ref=model_ref(ref) if isinstance(ref, type) else ref,
@@ -285,12 +293,12 @@ class Webhooks:
         """Hooks, oldest first; ``enabled`` filters by state."""
         query = OutboundWebhook.select().order_by(OutboundWebhook.created_at)
         if enabled is not None:
-            query = query.where(OutboundWebhook.enabled == enabled)
+            query = query.where(OutboundWebhook.enabled == check_flag(enabled, "enabled"))
         return list(query)
 
     def get(self, key: str) -> OutboundWebhook:
         """A hook by ABID (any case) or by name."""
-        match = OutboundWebhook.name == key
+        match = OutboundWebhook.name == check_text(key, "webhook ABID or name")
         with contextlib.suppress(InvalidABID):  # not an ABID: a name, then
             match |= OutboundWebhook.abid == ABID.parse(key, prefix="whk_").canonical
         hook = OutboundWebhook.get_or_none(match)
@@ -343,7 +351,7 @@ class Webhooks:
     ) -> OutboundWebhook:
         """Turn a hook off; what it still had to send is given up (``redeliver`` brings it back)."""
         hook = self._hook(hook)
-        self.outcomes.disable(hook, reason)
+        self.outcomes.disable(hook, check_text(reason, "reason", max_length=255))
         return hook
 
     def rotate_secret(
@@ -351,7 +359,7 @@ class Webhooks:
     ) -> OutboundWebhook:
         """Give a hook a new signing secret; the old one keeps signing too for ``grace``."""
         hook = self._hook(hook)
-        grace = self.secret_grace if grace is None else grace
+        grace = self.secret_grace if grace is None else check_span(grace, "grace", allow_zero=True)
         with self.db.atomic():
             hook.previous_secret = hook.secret
             hook.previous_secret_expires = to_stored_time(self.clock()) + grace
@@ -409,9 +417,7 @@ class Webhooks:
         keep = self.keep_deliveries if older_than is None else older_than
         if keep is None:
             return 0
-        if not isinstance(keep, timedelta) or keep < timedelta(0):
-            raise ValidationError(f"older_than must be a timedelta of 0 or more, got {keep!r}")
-        return self.outbox.prune(keep)
+        return self.outbox.prune(check_span(keep, "older_than", allow_zero=True))
 
     def delivery(self, abid: str) -> WebhookDelivery:
         """One delivery by its ABID (the ``webhook-id`` its receiver saw)."""
@@ -429,18 +435,28 @@ class Webhooks:
         """Attempt the deliveries whose retry time has come; returns how many were attempted.
 
         Rotated-out signing secrets whose grace period is over are erased
-        first: a secret nobody signs with should not stay in the file. Once a
-        minute it also prunes a few batches of the delivery log (see ``prune``).
+        first. Once a minute it also prunes a few batches of the delivery log
+        (see ``prune``).
         """
-        cutoff = to_stored_time(self.clock() if now is None else now)
-        OutboundWebhook.update(previous_secret=None, previous_secret_expires=None).where(
-            OutboundWebhook.previous_secret_expires <= cutoff
-        ).execute()
+        check_int(limit, "limit", minimum=1)
+        self.erase_expired_secrets(now)
         attempted = self.outbox.deliver_due(now, limit)
         if self.keep_deliveries is not None and time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + 60
             self.outbox.prune(self.keep_deliveries, batches=PRUNE_BATCHES)
         return attempted
+
+    def erase_expired_secrets(self, now: datetime | None = None) -> None:
+        """Erase rotated-out signing secrets whose grace is over: nobody signs with them now.
+
+        With ``secure_delete`` on, their bytes are overwritten, not just unlinked.
+        """
+        cutoff = to_stored_time(self.clock() if now is None else now)
+        expired = OutboundWebhook.previous_secret_expires <= cutoff
+        if OutboundWebhook.select().where(expired).exists():  # a read: no write lock if none
+            OutboundWebhook.update(previous_secret=None, previous_secret_expires=None).where(
+                expired
+            ).execute()
 
     def ping(self, hook: OutboundWebhook | str) -> WebhookDelivery:
         """Send a ``webhook.ping`` message now, to check a receiver and its secret."""
@@ -463,7 +479,7 @@ class Webhooks:
 
     def start_retry_thread(self, interval: float = 5.0) -> RetryThread:
         """Run ``deliver_due`` every ``interval`` seconds in a daemon thread until stopped."""
-        thread = RetryThread(self, interval)
+        thread = RetryThread(self, check_seconds(interval, "interval"))
         thread.start()
         return thread
 

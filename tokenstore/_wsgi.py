@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from ._errors import AuthenticationError, MissingScope, ValidationError
+from ._errors import AuthenticationError, MissingScope
+from ._inputs import check_header_name
 from ._tokens import _check_scope, token_from_request
 
 if TYPE_CHECKING:
@@ -43,8 +44,7 @@ class TokenAuthMiddleware:
             header = store.tokens.header
         if scope is not None:
             _check_scope(scope)  # fail at startup, not on the first request
-        if not isinstance(header, str) or not header or not header.isascii():
-            raise ValidationError(f"header must be a non-empty ASCII header name, got {header!r}")
+        check_header_name(header, "header")
         self.app = app
         self.store = store
         self.scope = scope

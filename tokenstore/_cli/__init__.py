@@ -44,6 +44,7 @@ NOT_COMMANDS = {
     "store.wait_for_changes": "dispatch --watch waits with it between rounds",
     "store.tokens.flush_uses": "every command writes the uses it noted as it closes",
     "store.webhooks.close": "every command closes its store when done",
+    "store.webhooks.erase_expired_secrets": "every command does it as it closes its store",
     "store.webhooks.start_retry_thread": "dispatch --watch sends due retries in the foreground",
 }
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from .._abid import ABID, abid_from_values
 from .._errors import ValidationError
 from .._migrate import migrate
+from .._signing import SECRET_PREFIX
 from .._store import SCHEMA_VERSION, Store
 from .._times import format_time
 from ._base import Commands, _command, _group, _open, _warn_waiting
@@ -213,6 +216,37 @@ def cmd_import_archivebox(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def listen_secret(args: argparse.Namespace) -> str:
+    """The signing secret ``listen`` verifies with, kept out of argv where it can be.
+
+    A secret given with ``--secret`` is visible to anyone running ``ps``; the
+    environment and a file (or stdin) are not.
+    """
+    if args.secret is not None and args.secret_file is not None:
+        raise ValidationError("give the signing secret with --secret or --secret-file, not both")
+    if args.secret_file == "-":
+        secret = _secret("-")
+    elif args.secret_file is not None:
+        try:
+            secret = Path(args.secret_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValidationError(f"--secret-file {args.secret_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ValidationError(f"--secret-file {args.secret_file} is not UTF-8 text") from None
+    elif args.secret is not None:
+        secret = _secret(args.secret)
+    else:
+        secret = os.environ.get("TOKENSTORE_LISTEN_SECRET", "")
+    if not secret:
+        raise ValidationError(
+            "listen needs the hook's signing secret: set TOKENSTORE_LISTEN_SECRET "
+            "or pass --secret-file PATH (- reads it from stdin)"
+        )
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValidationError(f"the signing secret must be the hook's {SECRET_PREFIX}... secret")
+    return secret
+
+
 def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     """``tokenstore.make_receiver``: print each webhook that verifies, until Ctrl-C."""
     from .._receiver import make_receiver
@@ -224,7 +258,7 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
             print(f"{headers.get('webhook-id')} {payload.get('type')} verified", flush=True)
             print(json.dumps(payload, indent=2), flush=True)
 
-    server = make_receiver(args.host, args.port, _secret(args.secret), show)
+    server = make_receiver(args.host, args.port, listen_secret(args), show)
     port = server.server_address[1]
     print(f"listening on http://{args.host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
     _serve_until_interrupted(server)
@@ -311,9 +345,10 @@ def add_tool_commands(commands: Commands) -> None:
     p.add_argument("--port", type=int, default=8787, help="the port; 0 picks a free one")
     p.add_argument(
         "--secret",
-        required=True,
-        help="the hook's whsec_... signing secret, or - to read it from stdin",
+        help="the hook's whsec_... signing secret, or - to read it from stdin "
+        "(in argv, a secret shows in ps: prefer $TOKENSTORE_LISTEN_SECRET or --secret-file)",
     )
+    p.add_argument("--secret-file", metavar="PATH", help="read the secret from PATH (- for stdin)")
     p = _command(
         commands,
         "serve",

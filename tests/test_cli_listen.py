@@ -1,0 +1,141 @@
+"""``tokenstore listen`` takes its secret from the environment, a file or stdin, not only argv.
+
+Each test runs the command in a subprocess on a free 127.0.0.1 port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tokenstore._signing import sign
+
+COMMAND = [sys.executable, "-m", "tokenstore", "listen"]
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TOKENSTORE_LISTEN_SECRET"}
+    return {**env, **extra}
+
+
+def run(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        input=stdin,
+        env=environment(**env),
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("tokenstore: error:")
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.mark.parametrize("source", ["env", "file", "stdin"])
+def test_listen_takes_the_secret_from_env_file_or_stdin(tmp_path: Path, source: str) -> None:
+    port = free_port()
+    args = ["--port", str(port)]
+    env = environment()
+    if source == "env":
+        env["TOKENSTORE_LISTEN_SECRET"] = SECRET
+    elif source == "file":
+        secret_file = tmp_path / "secret"
+        secret_file.write_text(SECRET + "\n")
+        args += ["--secret-file", str(secret_file)]
+    else:
+        args += ["--secret-file", "-"]
+    proc = subprocess.Popen(
+        [*COMMAND, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdin is not None
+    if source == "stdin":
+        proc.stdin.write(SECRET + "\n")
+        proc.stdin.flush()
+    try:
+        assert SECRET not in args  # nothing that ps shows carries it
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "listen did not start"
+                time.sleep(0.1)
+        body = b'{"type":"note.created","timestamp":"2024-01-01T00:00:00.000Z","data":{}}'
+        stamp = int(time.time())
+        headers = {
+            "webhook-id": "msg_1",
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": sign(SECRET, "msg_1", stamp, body),
+        }
+        reply = requests.post(f"http://127.0.0.1:{port}/", data=body, headers=headers, timeout=5)
+        assert reply.status_code == 204
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "msg_1 note.created verified" in out
+
+
+def test_a_secret_that_is_not_whsec_exits_2_with_one_line() -> None:
+    result = run("--port", str(free_port()), "--secret", "nope")
+    assert_one_line_error(result, "whsec_")
+    assert "nope" not in result.stderr
+
+
+def test_a_port_out_of_range_exits_2_with_one_line() -> None:
+    assert_one_line_error(run("--port", "99999", "--secret", SECRET), "port", "65535")
+
+
+def test_no_secret_at_all_exits_2_naming_where_to_put_it() -> None:
+    assert_one_line_error(run("--port", str(free_port())), "TOKENSTORE_LISTEN_SECRET")
+
+
+def test_a_missing_secret_file_exits_2(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    result = run("--port", str(free_port()), "--secret-file", str(missing))
+    assert_one_line_error(result, str(missing), "No such file")
+
+
+def test_secret_and_secret_file_together_exit_2(tmp_path: Path) -> None:
+    result = run("--secret", SECRET, "--secret-file", "-", stdin=SECRET)
+    assert_one_line_error(result, "not both")
+
+
+def test_a_port_in_use_exits_2_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("--port", str(port), TOKENSTORE_LISTEN_SECRET=SECRET)
+    assert_one_line_error(result, f"port {port}")

@@ -1,0 +1,364 @@
+"""The store file on disk: permissions, odd file types, damage, read-only access, secrets at rest.
+
+Tests run as root, where permission bits do not stop writes. Read-only
+files and folders are made with ``chattr +i`` (immutable: not even root may
+change them, and ``access(W_OK)`` says so); the tests that need it are
+skipped where the file system or the container does not allow it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import peewee
+import pytest
+from conftest import Clock
+
+import tokenstore
+from tokenstore import Store, StoreCorrupt, StoreError, StoreReadOnly, ValidationError
+from tokenstore._models import ABIDModel, OutboundWebhook
+from tokenstore._sqlite import SCHEMA_VERSION
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def make_store(path: Path) -> None:
+    with tokenstore.open(path) as store:
+        alice = store.users.create("alice")
+        store.tokens.create(alice, name="ci")
+
+
+def with_companions(path: Path) -> list[Path]:
+    return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+def chattr(flag: str, *paths: Path) -> bool:
+    """Set or clear the immutable flag; False where this machine does not allow it."""
+    if shutil.which("chattr") is None:
+        return False
+    done = subprocess.run(["chattr", flag, *map(str, paths)], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+@contextlib.contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    if not chattr("+i", *paths):
+        pytest.skip("chattr +i is not available here")
+    try:
+        yield
+    finally:
+        chattr("-i", *paths)
+
+
+# -- permissions ----------------------------------------------------------------------------
+
+
+def test_group_and_other_bits_are_taken_off_the_file_and_its_companions(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_store(db_path)
+    keeper = sqlite3.connect(db_path)  # an open reader keeps -wal and -shm in place
+    try:
+        keeper.execute("SELECT count(*) FROM tokenstore_user").fetchone()
+        files = with_companions(db_path)
+        assert all(f.exists() for f in files)
+        for f in files:
+            os.chmod(f, 0o644)
+        with caplog.at_level(logging.WARNING, logger="tokenstore"):
+            tokenstore.open(db_path).close()
+        assert [mode(f) for f in files] == [0o600, 0o600, 0o600]
+    finally:
+        keeper.close()
+    warned = [r.getMessage() for r in caplog.records if "tightened" in r.getMessage()]
+    assert len(warned) == 3
+    assert "0644" in warned[0] and "0600" in warned[0]
+
+
+def test_a_loose_file_that_cannot_be_tightened_is_refused(db_path: Path) -> None:
+    make_store(db_path)
+    os.chmod(db_path, 0o640)
+    with immutable(db_path):
+        with pytest.raises(StoreError, match=r"mode 0640\) and cannot be made private"):
+            tokenstore.open(db_path)
+        assert mode(db_path) == 0o640
+
+
+# -- odd file types -------------------------------------------------------------------------
+
+
+def open_in_thread(path: Path) -> BaseException | None:
+    """Open in a thread and give up waiting after a while: a FIFO opened to read would block."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            tokenstore.open(path).close()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "opening blocked"
+    return outcome[0]
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "store.sqlite3"
+    os.mkfifo(fifo)
+    error = open_in_thread(fifo)
+    assert isinstance(error, StoreError)
+    assert "is a FIFO, not a tokenstore file" in str(error)
+    assert str(fifo) in str(error)
+
+
+def test_a_fifo_in_place_of_the_wal_is_refused(db_path: Path) -> None:
+    make_store(db_path)
+    os.mkfifo(db_path.with_name(db_path.name + "-wal"))
+    error = open_in_thread(db_path)
+    assert isinstance(error, StoreError)
+    assert "-wal is a FIFO" in str(error)
+
+
+def test_a_device_is_refused() -> None:
+    with pytest.raises(StoreError, match="/dev/null is a character device"):
+        tokenstore.open("/dev/null")
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="is a directory"):
+        tokenstore.open(tmp_path)
+
+
+# -- damage ---------------------------------------------------------------------------------
+
+
+def test_a_truncated_file_is_refused_naming_it_and_integrity_check(db_path: Path) -> None:
+    make_store(db_path)
+    with db_path.open("r+b") as f:
+        f.truncate(4096)  # the first page survives, the tables' pages are gone
+    before = db_path.read_bytes()
+    with pytest.raises(StoreCorrupt, match="is corrupt") as info:
+        tokenstore.open(db_path)
+    assert str(db_path) in str(info.value)
+    assert "PRAGMA integrity_check" in str(info.value)
+    assert db_path.read_bytes() == before
+
+
+def test_a_garbled_file_is_refused(db_path: Path) -> None:
+    make_store(db_path)
+    with db_path.open("r+b") as f:
+        f.seek(100)  # after the 100-byte header: the schema page
+        f.write(bytes(range(256)) * 12)
+    with pytest.raises(StoreError, match=r"is corrupt.*PRAGMA integrity_check"):
+        tokenstore.open(db_path)
+
+
+def test_our_version_without_our_tables_is_refused(db_path: Path) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.execute("CREATE TABLE unrelated (x)")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.close()
+    with pytest.raises(StoreCorrupt) as info:
+        tokenstore.open(db_path)
+    message = str(info.value)
+    assert f"has schema version {SCHEMA_VERSION} but lacks" in message
+    assert "tokenstore_api_token" in message and "tokenstore_user" in message
+    assert "PRAGMA integrity_check" in message and str(db_path) in message
+
+
+# -- missing files and odd paths ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [{"create": False}, {"read_only": True}])
+def test_a_missing_file_is_not_created_when_asked_not_to(
+    tmp_path: Path, options: dict[str, bool]
+) -> None:
+    path = tmp_path / "typo.sqlite3"
+    with pytest.raises(StoreError, match=r"no store at .*typo.sqlite3 \(run `tokenstore init`\)"):
+        tokenstore.open(path, **options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_create_false_opens_an_existing_store(db_path: Path) -> None:
+    make_store(db_path)
+    with tokenstore.open(db_path, create=False) as store:
+        assert store.users.get("alice").username == "alice"
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "a\ud800b"])
+def test_paths_the_os_cannot_take_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValidationError, match="the store path"):
+        tokenstore.open(str(tmp_path / name))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_path_with_unusual_characters_works(tmp_path: Path) -> None:
+    """Files are opened by URI: ?, # and % in a name must not be read as URI syntax."""
+    path = tmp_path / "odd ?name#%20.sqlite3"
+    make_store(path)
+    with tokenstore.open(path) as store:
+        assert store.users.get("alice").username == "alice"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+# -- read-only ------------------------------------------------------------------------------
+
+
+def assert_reads_work_and_writes_are_refused(store: Store) -> None:
+    alice = store.users.get("alice")
+    assert [t.name for t in store.tokens.list(alice)] == ["ci"]
+    for write in (
+        lambda: store.users.create("bob"),
+        lambda: store.tokens.create(alice, name="more"),
+        lambda: store.tokens.revoke(store.tokens.list(alice)[0]),
+        lambda: store.webhooks.create("h", "tokenstore.User", "http://127.0.0.1:9/"),
+        lambda: store.dispatch(),
+    ):
+        with pytest.raises(StoreReadOnly, match="is open read-only"):
+            write()
+    assert [t.name for t in store.tokens.list(alice)] == ["ci"]
+
+
+def test_read_only_true_reads_and_never_writes(db_path: Path) -> None:
+    with tokenstore.open(db_path) as store:
+        alice = store.users.create("alice")
+        _, secret = store.tokens.create(alice, name="ci")
+    before = db_path.read_bytes()
+    store = tokenstore.open(db_path, read_only=True)
+    try:
+        assert store.db.read_only
+        token = store.tokens.authenticate(secret)
+        assert token.last_used_at is None  # use is not recorded
+        assert_reads_work_and_writes_are_refused(store)
+        conn = sqlite3.connect(db_path)
+        try:  # no listener registration, no last_used write
+            assert conn.execute("SELECT count(*) FROM tokenstore_listener").fetchone() == (0,)
+            assert conn.execute("SELECT last_used_at FROM tokenstore_api_token").fetchone() == (
+                None,
+            )
+        finally:
+            conn.close()
+    finally:
+        store.close()
+    assert db_path.read_bytes() == before
+
+
+class Page(ABIDModel):
+    abid_prefix = "pag_"
+    title = peewee.TextField(default="")
+
+
+def test_a_read_only_store_registers_models_for_reading(db_path: Path) -> None:
+    with tokenstore.open(db_path) as store:
+        store.register(Page)
+        Page.create(title="kept")
+    before = db_path.read_bytes()
+    with tokenstore.open(db_path, read_only=True) as store:
+        store.register(Page)
+        assert [p.title for p in Page.select()] == ["kept"]
+        with pytest.raises(StoreReadOnly, match="is open read-only"):
+            Page.create(title="refused")
+        with pytest.raises(StoreReadOnly, match="is open read-only"):
+            Page.update(title="changed").execute()
+    assert db_path.read_bytes() == before
+
+
+def test_an_immutable_file_opens_read_only(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_store(db_path)
+    before = db_path.read_bytes()
+    with immutable(db_path):
+        assert not os.access(db_path, os.W_OK)
+        with caplog.at_level(logging.WARNING, logger="tokenstore"):
+            store = tokenstore.open(db_path)
+        try:
+            assert store.db.read_only
+            assert_reads_work_and_writes_are_refused(store)
+        finally:
+            store.close()
+    assert db_path.read_bytes() == before
+    assert any("opening it read-only" in r.getMessage() for r in caplog.records)
+
+
+def test_a_store_in_an_immutable_folder_opens_read_only(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    path = folder / "store.sqlite3"
+    make_store(path)
+    assert [p.name for p in folder.iterdir()] == [path.name]  # no -wal, no -shm left
+    with immutable(folder):
+        with tokenstore.open(path) as store:
+            assert store.db.read_only
+            assert_reads_work_and_writes_are_refused(store)
+        assert [p.name for p in folder.iterdir()] == [path.name]
+
+
+def test_an_unset_file_cannot_be_opened_read_only(db_path: Path) -> None:
+    db_path.touch(mode=0o600)
+    with pytest.raises(
+        StoreReadOnly, match=f"has schema version 0 and needs version {SCHEMA_VERSION}"
+    ):
+        tokenstore.open(db_path, read_only=True)
+    assert db_path.read_bytes() == b""
+
+
+# -- secrets at rest ------------------------------------------------------------------------
+
+
+def file_bytes(path: Path) -> bytes:
+    return b"".join(f.read_bytes() for f in with_companions(path) if f.exists())
+
+
+def test_a_rotated_out_secret_is_gone_from_the_bytes_after_its_grace(
+    db_path: Path, clock: Clock
+) -> None:
+    store = tokenstore.open(db_path, clock=clock)
+    hook = store.webhooks.create("h", "tokenstore.User", "https://example.com/hook")
+    old = hook.secret
+    store.webhooks.rotate_secret(hook, grace=timedelta(hours=1))
+    store.close()
+    assert old.encode() in file_bytes(db_path)  # still signing: kept
+    clock.advance(hours=2)
+    store = tokenstore.open(db_path, clock=clock)
+    new = OutboundWebhook.get().secret
+    store.close()
+    data = file_bytes(db_path)
+    assert old.encode() not in data
+    assert new.encode() in data
+
+
+def test_a_deleted_hooks_secrets_are_gone_from_the_bytes(db_path: Path) -> None:
+    """Another process keeps the file open, so closing is not the last close that would
+    clear the WAL by itself: the store's own checkpoint has to."""
+    store = tokenstore.open(db_path)
+    other = sqlite3.connect(db_path)
+    other.execute("SELECT count(*) FROM tokenstore_user").fetchone()
+    hook = store.webhooks.create(
+        "h",
+        "tokenstore.User",
+        "https://example.com/hook",
+        auth_token="Bearer auth-token-3f9a1c",
+        headers={"X-Api-Key": "header-key-77b2e0"},
+    )
+    secrets = [hook.secret, "auth-token-3f9a1c", "header-key-77b2e0"]
+    assert all(s.encode() in file_bytes(db_path) for s in secrets)
+    store.webhooks.delete(hook)
+    store.close()
+    try:
+        data = file_bytes(db_path)
+        assert [s for s in secrets if s.encode() in data] == []
+    finally:
+        other.close()

@@ -1,0 +1,115 @@
+"""Checks of the plain values callers hand to the API: text, counts, seconds, spans, flags.
+
+Each check either returns the value or raises ValidationError naming the
+argument, so a bad value never reaches the driver, whose errors
+(OverflowError, UnicodeEncodeError, "datatype mismatch") say neither what
+nor where. Messages describe the fault, not the value: it may be a secret.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+
+from ._errors import ValidationError
+
+#: The largest integer an SQLite INTEGER column holds.
+MAX_INT = 2**63 - 1
+
+#: The longest span the API accepts (expiries, grace periods, timeouts): 100 years.
+MAX_SPAN = timedelta(days=36525)
+
+#: The most seconds any timeout or interval may be: a day.
+MAX_SECONDS = 86400.0
+
+
+def check_text(value: object, what: str, *, max_length: int | None = None) -> str:
+    """A string SQLite and HTTP can carry: no NUL character, no lone surrogate."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise ValidationError(f"{what} must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"{what} is not valid Unicode (a lone surrogate at position {exc.start})"
+        ) from None
+    if max_length is not None and len(value) > max_length:
+        raise ValidationError(f"{what} must be at most {max_length} characters, got {len(value)}")
+    return value
+
+
+def check_path(value: object, what: str) -> Path:
+    """A file path (str or path-like) the operating system can take: no NUL, encodable."""
+    if not isinstance(value, str | os.PathLike) or not isinstance(os.fspath(value), str):
+        raise ValidationError(f"{what} must be a str or a Path, got {type(value).__name__}")
+    text = os.fspath(value)
+    if "\x00" in text:
+        raise ValidationError(f"{what} must not contain a NUL character")
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            f"{what} is not valid Unicode (a lone surrogate at position {exc.start})"
+        ) from None
+    return Path(text)
+
+
+def check_int(value: object, what: str, *, minimum: int = 0, maximum: int = MAX_INT) -> int:
+    """An int (not a bool, not a float) within ``minimum``..``maximum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{what} must be an integer, got {type(value).__name__}")
+    if not minimum <= value <= maximum:
+        raise ValidationError(f"{what} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def check_seconds(
+    value: object, what: str, *, minimum: float = 0.0, allow_minimum: bool = False
+) -> float:
+    """A finite number of seconds above ``minimum`` (or equal, with ``allow_minimum``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(f"{what} must be a number of seconds, got {type(value).__name__}")
+    seconds = float(value)
+    low_ok = seconds >= minimum if allow_minimum else seconds > minimum
+    if not (math.isfinite(seconds) and low_ok and seconds <= MAX_SECONDS):
+        bound = "at least" if allow_minimum else "more than"
+        raise ValidationError(
+            f"{what} must be {bound} {minimum:g} and at most {MAX_SECONDS:g} seconds, got {value}"
+        )
+    return seconds
+
+
+def check_span(value: object, what: str, *, allow_zero: bool) -> timedelta:
+    """A timedelta that is positive (or zero, with ``allow_zero``) and at most ``MAX_SPAN``."""
+    if not isinstance(value, timedelta):
+        raise ValidationError(f"{what} must be a timedelta, got {type(value).__name__}")
+    low_ok = value >= timedelta(0) if allow_zero else value > timedelta(0)
+    if not (low_ok and value <= MAX_SPAN):
+        bound = "non-negative" if allow_zero else "positive"
+        raise ValidationError(
+            f"{what} must be a {bound} timedelta of at most {MAX_SPAN.days} days, got {value}"
+        )
+    return value
+
+
+def check_flag(value: object, what: str) -> bool:
+    """True or False, nothing merely truthy."""
+    if not isinstance(value, bool):
+        raise ValidationError(f"{what} must be true or false, got {type(value).__name__}")
+    return value
+
+
+#: An HTTP header name (RFC 9110 token characters).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def check_header_name(value: object, what: str) -> str:
+    """A string that is a valid HTTP header name."""
+    if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
+        raise ValidationError(f"{what} {value!r} is not a valid HTTP header name")
+    return value

@@ -1,0 +1,171 @@
+"""The store's file on disk, before SQLite opens it: its kind, its mode, its state.
+
+A store file holds secrets, so it must be a regular file readable by its
+owner only; it must be SQLite, of a version this code understands, and
+whole. All of this is judged with ``stat`` and a read-only connection, so a
+refused file is left as it was (only its mode may be tightened), a FIFO is
+never opened, and a file nobody may write can still be read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+from ._errors import StoreCorrupt, StoreError, StoreIOError
+from ._rows import quote_name
+
+logger = logging.getLogger("tokenstore.store")
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+#: The files SQLite keeps beside a WAL-mode database, which hold its data too.
+COMPANIONS = ("-wal", "-shm")
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _companion(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _stat_regular(path: Path) -> os.stat_result | None:
+    """A file's status, None if missing; anything but a regular file is refused.
+
+    Only ``stat`` is used: opening a FIFO to read its header would block.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"{path} is a directory, not a tokenstore file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise StoreError(f"{path} is {kind}, not a tokenstore file")
+    return st
+
+
+def make_private(path: Path, st: os.stat_result) -> None:
+    """Take group and other permissions off a store file, or refuse it.
+
+    The file holds hook secrets and credentials, so it must not stay
+    readable by others; where the mode cannot be changed (another owner, a
+    read-only mount, an immutable file), opening it is refused.
+    """
+    mode = stat.S_IMODE(st.st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        os.chmod(path, mode & 0o700)
+    except OSError as exc:
+        raise StoreError(
+            f"{path} is open to group or others (mode {mode:04o}) and cannot be made "
+            f"private: {exc.strerror}; run `chmod 600 {path}` as its owner"
+        ) from None
+    logger.warning(
+        "%s was open to group or others (mode %04o); tightened to %04o",
+        path,
+        mode,
+        mode & 0o700,
+    )
+
+
+def connect_uri(path: Path, read_only: bool) -> str:
+    """The URI SQLite opens ``path`` by (a URI takes any file name, percent-encoded).
+
+    A WAL-mode file opened read-only needs its ``-shm`` file; in a folder
+    nobody may write that file cannot be made, and no writer can be at work
+    there either, so the file is opened as immutable instead.
+    """
+    uri = path.resolve().as_uri()
+    if not read_only:
+        return f"{uri}?mode=rw"
+    folder_writable = os.access(path.parent, os.W_OK)
+    if not folder_writable and not _companion(path, "-shm").exists():
+        return f"{uri}?mode=ro&immutable=1"
+    return f"{uri}?mode=ro"
+
+
+def writable(path: Path) -> bool:
+    """Whether this process may change the file and create its companions beside it."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _damaged(path: Path, what: str) -> StoreCorrupt:
+    return StoreCorrupt(
+        f'{path} {what}; check it with `sqlite3 {path} "PRAGMA integrity_check"` '
+        "and restore it from a backup"
+    )
+
+
+def check_file(path: Path, schema_version: int, ours: frozenset[str]) -> int:
+    """Read a file's schema version without writing to it; refuse what is not ours to open.
+
+    Refused: directories, FIFOs, devices and sockets (never opened), files
+    that are not SQLite, files of a newer tokenstore, and files that are
+    damaged or lack tables their version promises. ``schema_version`` is
+    the version this code writes, ``ours`` the tables a file of that version
+    holds. Files open to group or others are made private first (see
+    ``make_private``).
+    """
+    st = _stat_regular(path)
+    companions = [(c, _stat_regular(c)) for c in (_companion(path, s) for s in COMPANIONS)]
+    if st is None:
+        return 0
+    if st.st_size:
+        with path.open("rb") as f:
+            header = f.read(len(_SQLITE_HEADER))
+        if header != _SQLITE_HEADER:
+            raise StoreError(
+                f"{path} is not an SQLite database (its first bytes are not an SQLite header)"
+            )
+    for file, file_st in [(path, st), *companions]:
+        if file_st is not None:
+            make_private(file, file_st)
+    if not st.st_size:
+        return 0
+    try:
+        conn = sqlite3.connect(connect_uri(path, read_only=True), uri=True)
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            for table in ours & present:  # reads each table's first page
+                conn.execute(f"SELECT 1 FROM {quote_name(table)} LIMIT 1").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        if exc.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+            raise _damaged(path, f"is corrupt ({exc})") from None
+        raise StoreIOError(f"cannot read {path}: {exc}") from None
+    if version > schema_version:
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this tokenstore understands "
+            f"({schema_version}); upgrade tokenstore to open it"
+        )
+    # Older versions lack what their migrations add; those are checked as they migrate.
+    missing = sorted(ours - present) if version == schema_version else []
+    if missing:
+        raise _damaged(path, f"has schema version {version} but lacks {', '.join(missing)}")
+    return int(version)
+
+
+def create_private(path: Path) -> None:
+    """Create the file mode 0600 before SQLite does, so secrets are never world-readable."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot create {path}: {exc.strerror}") from None
+    os.close(fd)
