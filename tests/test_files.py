@@ -29,6 +29,9 @@ from tokenstore import Store, StoreCorrupt, StoreError, StoreReadOnly, Validatio
 from tokenstore._models import ABIDModel, OutboundWebhook
 from tokenstore._sqlite import SCHEMA_VERSION
 
+#: All about the SQLite file itself (PostgreSQL's create and read_only: tests/test_store.py).
+pytestmark = pytest.mark.sqlite_only
+
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)

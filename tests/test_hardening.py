@@ -352,8 +352,10 @@ def test_open_refuses_paths_it_cannot_use(
 def test_a_value_sqlite_cannot_bind_is_a_validation_error(store: Store) -> None:
     """The driver's last word (an application's field holding what no column can) is ours too."""
     store.register(Probe)
-    with pytest.raises(ValidationError, match="cannot be stored in SQLite"):
+    backend = "SQLite" if store.path else "PostgreSQL"
+    with pytest.raises(ValidationError, match=f"cannot be stored in {backend}"):
         Probe.create(text="a\ud800")
-    with pytest.raises(ValidationError, match="cannot be stored in SQLite"):
-        Probe.update(text="x").where(Probe.created_by == 2**70).execute()
+    if store.path:  # PostgreSQL compares an integer beyond 64 bits as a numeric: no match
+        with pytest.raises(ValidationError, match="cannot be stored in SQLite"):
+            Probe.update(text="x").where(Probe.created_by == 2**70).execute()
     assert Probe.select().count() == 0

@@ -18,7 +18,14 @@ import peewee
 import pytest
 
 import tokenstore
-from tokenstore import ABIDDriftError, ABIDModel, Store, StoreError, ValidationError
+from tokenstore import (
+    ABIDDriftError,
+    ABIDModel,
+    Store,
+    StoreError,
+    StoreReadOnly,
+    ValidationError,
+)
 from tokenstore import _postgres as postgres
 from tokenstore import _postgres_ddl as postgres_ddl
 from tokenstore._capture import CaptureSpec
@@ -539,3 +546,23 @@ def psycopg_admin(url: str) -> Any:
     import psycopg
 
     return psycopg.connect(url, autocommit=True)
+
+
+def test_postgres_create_false_and_read_only(pg_url: str) -> None:
+    """As for a file: an empty database is not set up when asked not to; read-only never writes."""
+    for options in ({"create": False}, {"read_only": True}):
+        with pytest.raises(StoreError, match="holds no tokenstore"):
+            tokenstore.open(pg_url, **options)
+    assert _db.rows(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+    with tokenstore.open(pg_url) as writer:
+        writer.users.create("alice")
+    with tokenstore.open(pg_url, create=False) as again:
+        assert again.users.get("alice").username == "alice"
+    with tokenstore.open(pg_url, read_only=True) as reader:
+        assert sorted(u.username for u in reader.users.list()) == ["alice", "system"]
+        with pytest.raises(StoreReadOnly):
+            reader.users.create("bob")
+    assert _db.rows(pg_url, "SELECT username FROM tokenstore_user ORDER BY 1") == [
+        ("alice",),
+        ("system",),
+    ]

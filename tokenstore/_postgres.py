@@ -28,7 +28,7 @@ from ._backend import CommitHooks, is_write, quote_literal
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import peewee_errors
 from ._dispatch import ClaimStatements
-from ._errors import StoreError, StoreReadOnly
+from ._errors import StoreError, StoreReadOnly, ValidationError
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import (
     CHANNEL,
@@ -216,9 +216,17 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
             self.refuse_if_read_only()
         conn = self.connection()
         if _in_transaction(conn) or not is_write(sql):
-            return super().execute_sql(sql, params)
+            return self._execute(sql, params)
         with self.write():
+            return self._execute(sql, params)
+
+    def _execute(self, sql: str, params: Any) -> Any:
+        try:
             return super().execute_sql(sql, params)
+        except (OverflowError, UnicodeEncodeError) as exc:
+            # A parameter the driver cannot send (an application model's field holding a
+            # lone surrogate) is bad input that the API's own checks did not see.
+            raise ValidationError(f"a value cannot be stored in PostgreSQL: {exc}") from None
 
     def refuse_if_read_only(self) -> None:
         """Raise StoreReadOnly when this store was opened read-only."""
