@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import peewee
 
 from .._errors import BlockedAddress, TokenstoreError
+from .._postgres import redacted_url
 from .._version import __version__
 from ._accounts import add_tokens_commands, add_users_commands
 from ._base import _add_global_options, _Formatter, _Parser, _settle_global_options
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tokenstore: error: {exc}", file=sys.stderr)
         return 2
     except (sqlite3.Error, peewee.DatabaseError) as exc:  # a read on the raw connection
-        print(f"tokenstore: error: {args.db}: {exc}", file=sys.stderr)
+        print(f"tokenstore: error: {redacted_url(args.db)}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
