@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import tokenstore
 import tokenstore._store
 from tokenstore import Store
 
@@ -15,6 +16,13 @@ from tokenstore import Store
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "store.sqlite3"
+
+
+@pytest.fixture
+def store_file(db_path: Path) -> Path:
+    """An existing store at ``db_path``: every command but ``init`` needs one."""
+    tokenstore.open(db_path).close()
+    return db_path
 
 
 @pytest.fixture
