@@ -17,7 +17,9 @@ Then, on a store opened on that file:
   SELECT written by hand on a plain ``sqlite3`` connection (the baseline).
   Goal: at most 5 ms.
 - Bytes per delivery: the file's size after a checkpoint, over the rows,
-  and how the table and its indexes share it (``dbstat``).
+  and how the table and its indexes share it (``dbstat``), against the
+  same rows in a file of schema version 1 (``tests/schema-v1.sql``), which
+  had one index on ``hook_id`` instead of the two for order and cursor.
 - ``store.webhooks.prune(older_than=10 days)``: the time it takes and, while
   it runs, the longest write-lock hold of one batch (BEGIN to COMMIT, from
   the connection's statement trace) and the longest a writer in another
@@ -53,6 +55,8 @@ PRUNE_OLDER_THAN = timedelta(days=10)
 CHUNK = 50_000
 CALLS = 30
 GOAL_MS = 5.0
+# The schema before the log had its indexes for order and cursor: the size baseline.
+SCHEMA_V1 = Path(__file__).resolve().parent.parent / "tests" / "schema-v1.sql"
 
 INSERT = (
     "INSERT INTO tokenstore_webhook_delivery (id, abid, created_at, modified_at, "
@@ -135,20 +139,13 @@ def rows(
         )
 
 
-def build(path: Path, count: int) -> list[uuid.UUID]:
-    """The file with ``count`` deliveries; the hooks' ids, busiest first."""
-    store = tokenstore.open(path, webhook_allow=["127.0.0.1/32"])
-    hooks = [
-        store.webhooks.create(f"hook {i}", tokenstore.User, f"http://127.0.0.1:9/hook/{i}").id
-        for i in range(len(HOOK_WEIGHTS))
-    ]
-    user_id = store.db.system_user_id
-    store.close()
+def insert(path: Path, deliveries: Iterator[tuple[Any, ...]]) -> None:
+    """Write the deliveries in one transaction, ``CHUNK`` rows per executemany."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA cache_size = -262144")  # speed only: the pages come out the same
     conn.execute("BEGIN IMMEDIATE")
     batch = []
-    for row in rows(count, hooks, user_id, datetime.now(UTC)):
+    for row in deliveries:
         batch.append(row)
         if len(batch) == CHUNK:
             conn.executemany(INSERT, batch)
@@ -157,7 +154,19 @@ def build(path: Path, count: int) -> list[uuid.UUID]:
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    return hooks
+
+
+def build(path: Path, count: int) -> tuple[list[uuid.UUID], int]:
+    """The file with ``count`` deliveries; the hooks' ids, busiest first, and their owner."""
+    store = tokenstore.open(path, webhook_allow=["127.0.0.1/32"])
+    hooks = [
+        store.webhooks.create(f"hook {i}", tokenstore.User, f"http://127.0.0.1:9/hook/{i}").id
+        for i in range(len(HOOK_WEIGHTS))
+    ]
+    user_id = store.db.system_user_id
+    store.close()
+    insert(path, rows(count, hooks, user_id, datetime.now(UTC)))
+    return hooks, user_id
 
 
 # -- measuring ------------------------------------------------------------------------
@@ -174,19 +183,32 @@ def timed_ms(call: Callable[[], Any]) -> tuple[float, float]:
     return statistics.median(times), max(times)
 
 
-def size_report(path: Path, count: int) -> None:
+def log_bytes(path: Path) -> list[tuple[str, int]]:
+    """Bytes the delivery table and each of its indexes take, largest first (``dbstat``)."""
     conn = sqlite3.connect(path)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    parts = conn.execute(
+        "SELECT s.name, sum(s.pgsize) FROM dbstat AS s JOIN sqlite_master AS m "
+        "ON m.name = s.name WHERE m.tbl_name = 'tokenstore_webhook_delivery' "
+        "GROUP BY s.name ORDER BY 2 DESC"
+    ).fetchall()
+    conn.close()
+    return parts
+
+
+def size_report(path: Path, count: int, v1: Path, v1_count: int) -> None:
+    """Bytes per delivery here, and in a file of schema version 1 (the baseline)."""
     size = path.stat().st_size
     print(f"\nfile: {size:,} B after a checkpoint, {size / count:,.0f} B per delivery")
-    parts = conn.execute(
-        "SELECT name, sum(pgsize) FROM dbstat WHERE name LIKE 'tokenstore_webhook_delivery%' "
-        "OR name = 'sqlite_autoindex_tokenstore_webhook_delivery_1' GROUP BY name "
-        "ORDER BY 2 DESC"
-    ).fetchall()
-    for name, used in parts:
+    ours, base = log_bytes(path), log_bytes(v1)
+    for name, used in ours:
         print(f"  {name:<55} {used / count:>6,.0f} B per delivery")
-    conn.close()
+    print(
+        f"  the delivery table and its indexes: {sum(n for _, n in ours) / count:,.0f} B; "
+        f"with schema version 1 (the same rows, {v1_count:,} of them): "
+        f"{sum(n for _, n in base) / v1_count:,.0f} B"
+    )
+    for name, used in base:
+        print(f"    v1 {name:<52} {used / v1_count:>6,.0f} B per delivery")
 
 
 def writer(path: Path, stop: Path) -> None:
@@ -254,14 +276,19 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--v1-rows", type=int, default=200_000, help="rows of the v1 file")
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = folder / "log.sqlite3"
-        hook_ids = build(path, args.rows)
+        hook_ids, user_id = build(path, args.rows)
         print(f"{args.rows:,} deliveries written in {time.perf_counter() - started:.0f} s")
-        size_report(path, args.rows)
+        v1 = folder / "v1.sqlite3"
+        with sqlite3.connect(v1) as conn:
+            conn.executescript(SCHEMA_V1.read_text())
+        insert(v1, rows(args.v1_rows, hook_ids, user_id, datetime.now(UTC)))
+        size_report(path, args.rows, v1, args.v1_rows)
 
         store = tokenstore.open(path, webhook_allow=["127.0.0.1/32"])
         raw = sqlite3.connect(path)
