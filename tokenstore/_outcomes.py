@@ -23,6 +23,10 @@ from ._times import format_time, utcnow
 _HOOK_TABLE = OutboundWebhook._meta.table_name
 _DELIVERY_TABLE = WebhookDelivery._meta.table_name
 
+_COUNT_ATTEMPT = (
+    f'UPDATE "{_DELIVERY_TABLE}" SET "attempts" = "attempts" + 1 WHERE "id" = ? '
+    'RETURNING "attempts"'
+)
 _RECORD_DELIVERY = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "status" = ?, "attempts" = ?, "next_attempt_at" = ?, '
     '"last_attempt_at" = ?, "last_status_code" = ?, "last_error" = ?, "duration_ms" = ?, '
@@ -63,6 +67,7 @@ class Outcomes:
         self.policy = policy
         self._tally = _Tally()
         sql = db.sql
+        self._count_attempt = sql(_COUNT_ATTEMPT)
         self._record_delivery = sql(_RECORD_DELIVERY)
         self._hook_succeeded = sql(_HOOK_SUCCEEDED)
         self._hook_failed = sql(_HOOK_FAILED)
@@ -75,8 +80,11 @@ class Outcomes:
     def record(
         self, hook: OutboundWebhook, delivery: WebhookDelivery, outcome: Outcome, now: datetime
     ) -> None:
-        """Write the attempt's outcome, schedule the next one, and disable hopeless hooks."""
-        delivery.attempts += 1
+        """Write the attempt's outcome, schedule the next one, and disable hopeless hooks.
+
+        The attempt is counted in SQL, so the log counts every send even when
+        two senders held copies of the same delivery (a redelivery beside a retry).
+        """
         delivery.last_attempt_at = now
         delivery.last_status_code = outcome.status_code
         delivery.last_error = outcome.error
@@ -86,6 +94,8 @@ class Outcomes:
         stamp = format_time(now)
         disabled_reason = ""
         with self.db.write(quiet=True) as conn:
+            counted = conn.execute(self._count_attempt, (delivery.id.hex,)).fetchone()
+            delivery.attempts = delivery.attempts + 1 if counted is None else counted[0]
             if outcome.ok:
                 conn.execute(self._hook_succeeded, (stamp, outcome.body, hook.id.hex))
                 hook.last_success = now
