@@ -158,37 +158,47 @@ def tokenstore_saves(n: int) -> None:
 
 
 class RawBaseline:
-    """Baseline a: what any implementation must do, written as directly as it can be."""
+    """Baseline a: what any implementation must do, written as directly as it can be.
 
-    def __init__(self, path: Path, url: str, body: bytes) -> None:
+    ``create`` makes the table; processes sharing one file leave it to the first.
+    """
+
+    def __init__(self, path: Path, url: str, body: bytes, create: bool = True) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None)
         for pragma in PRAGMAS:
             self.conn.execute(pragma)
-        self.conn.execute(
-            "CREATE TABLE bench_note (id TEXT NOT NULL PRIMARY KEY, abid VARCHAR(30) NOT NULL, "
-            "created_by_id INTEGER NOT NULL, created_at TEXT NOT NULL, "
-            "modified_at TEXT NOT NULL, text TEXT NOT NULL)"
-        )
-        self.conn.execute('CREATE UNIQUE INDEX "bench_note_abid" ON "bench_note" ("abid")')
+        if create:
+            self.conn.execute(
+                "CREATE TABLE bench_note (id TEXT NOT NULL PRIMARY KEY, "
+                "abid VARCHAR(30) NOT NULL, created_by_id INTEGER NOT NULL, "
+                "created_at TEXT NOT NULL, modified_at TEXT NOT NULL, text TEXT NOT NULL)"
+            )
+            self.conn.execute('CREATE UNIQUE INDEX "bench_note_abid" ON "bench_note" ("abid")')
         self.session = requests.Session()
         self.url = url
         self.body = body
         self.headers = {"Content-Type": "application/json"}
 
+    def save(self, i: int) -> None:
+        """One row inserted and committed, then its body POSTed."""
+        execute = self.conn.execute
+        row_id = uuid.uuid4()
+        now = format_time(datetime.now(UTC))
+        execute("BEGIN IMMEDIATE")
+        execute(
+            "INSERT INTO bench_note VALUES (?, ?, 1, ?, ?, ?)",
+            (row_id.hex, "not_" + row_id.hex[:26].upper(), now, now, f"note {i}"),
+        )
+        execute("COMMIT")
+        response = self.session.post(
+            self.url, data=self.body, headers=self.headers, timeout=(3, 10)
+        )
+        response.raise_for_status()
+
     def saves(self, n: int) -> None:
-        execute, post = self.conn.execute, self.session.post
-        url, body, headers = self.url, self.body, self.headers
+        save = self.save
         for i in range(n):
-            row_id = uuid.uuid4()
-            now = format_time(datetime.now(UTC))
-            execute("BEGIN IMMEDIATE")
-            execute(
-                "INSERT INTO bench_note VALUES (?, ?, 1, ?, ?, ?)",
-                (row_id.hex, "not_" + row_id.hex[:26].upper(), now, now, f"note {i}"),
-            )
-            execute("COMMIT")
-            response = post(url, data=body, headers=headers, timeout=(3, 10))
-            response.raise_for_status()
+            save(i)
 
 
 def django_rate(url: str, workdir: Path) -> float | None:

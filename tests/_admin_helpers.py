@@ -14,6 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import tokenstore
+
 Received = list[tuple[dict[str, str], bytes]]
 
 
@@ -53,6 +55,7 @@ def serving(db: Path, log: Path) -> Iterator[str]:
     """`tokenstore serve` on a free loopback port, loopback hooks allowed; yields its URL."""
     env = {**os.environ, "TOKENSTORE_DB": str(db)}
     env.pop("TOKENSTORE_WEBHOOK_ALLOW", None)
+    tokenstore.open(db).close()  # only `init` creates a store
     command = [sys.executable, "-m", "tokenstore", "--allow", "127.0.0.1/32", "serve"]
     with log.open("w") as output:  # a file, not a pipe: a full pipe would stall the server
         server = subprocess.Popen([*command, "--port", "0"], stdout=output, stderr=output, env=env)

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import _pg_server
 import pytest
 
+import tokenstore
 import tokenstore._store
 from tokenstore import Store
 
@@ -103,6 +104,13 @@ def db_path(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Pat
     if backend == "postgres":
         return str(request.getfixturevalue("pg_url"))
     return tmp_path / "store.sqlite3"
+
+
+@pytest.fixture
+def store_file(db_path: Path) -> Path:
+    """An existing store at ``db_path``: every command but ``init`` needs one."""
+    tokenstore.open(db_path).close()
+    return db_path
 
 
 @pytest.fixture

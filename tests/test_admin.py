@@ -667,14 +667,16 @@ def run_cli(db: Path, *args: str, prelude: str = "") -> subprocess.CompletedProc
     )
 
 
-def test_serve_refuses_a_public_address_without_public(db_path: Path) -> None:
+def test_serve_refuses_a_public_address_without_public(store_file: Path) -> None:
+    db_path = store_file
     result = run_cli(db_path, "serve", "--host", "0.0.0.0", "--port", "0")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--public" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_a_clear_error_names_the_extra_when_jinja2_is_missing(db_path: Path) -> None:
+def test_a_clear_error_names_the_extra_when_jinja2_is_missing(store_file: Path) -> None:
+    db_path = store_file
     blocked = "sys.modules['jinja2'] = None"
     result = run_cli(db_path, "serve", "--port", "0", prelude=blocked)
     assert result.returncode == 2 and "Traceback" not in result.stderr

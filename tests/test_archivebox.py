@@ -33,6 +33,9 @@ from tokenstore import APIToken, ExpiredToken, OutboundWebhook, Store, User, Val
 from tokenstore._abid import abid_from_values
 from tokenstore._sqlite import schema_sql
 
+# Only ``init`` creates a store; the commands under test work on one that exists.
+pytestmark = pytest.mark.usefixtures("store_file")
+
 DDL = [
     'CREATE TABLE "api_apitoken" ("token" varchar(32) NOT NULL UNIQUE, "created_at" datetime NOT NULL, "expires" datetime NULL, "created_by_id" integer NOT NULL REFERENCES "auth_user" ("id") DEFERRABLE INITIALLY DEFERRED, "abid" varchar(30) NULL UNIQUE, "modified_at" datetime NOT NULL, "id" char(32) NOT NULL PRIMARY KEY)',  # noqa: E501
     'CREATE INDEX "api_apitoken_created_by_id_920f9908" ON "api_apitoken" ("created_by_id")',

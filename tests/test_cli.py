@@ -30,6 +30,9 @@ from tokenstore._signing import sign
 from tokenstore._sqlite import SCHEMA_VERSION
 from tokenstore._store import Store
 
+# Only ``init`` creates a store; the commands under test work on one that exists.
+pytestmark = pytest.mark.usefixtures("store_file")
+
 COMMAND = [sys.executable, "-m", "tokenstore"]
 
 
@@ -445,6 +448,7 @@ def test_every_option_has_help_with_its_default_and_every_group_an_example() -> 
 
 def test_global_options_work_after_the_command(tmp_path: Path) -> None:
     late = tmp_path / "late.sqlite3"
+    tokenstore(tmp_path / "env.sqlite3", "init", "--db", str(late))
     tokenstore(tmp_path / "env.sqlite3", "users", "create", "dana", "--db", str(late))
     listed = json.loads(tokenstore(tmp_path / "env.sqlite3", "users", "list", "--json", "--db",
                                    str(late)).stdout)  # fmt: skip
@@ -569,3 +573,53 @@ def test_dispatch_names_events_waiting_for_a_model_it_lacks(
     report = json.loads(done.stdout)
     assert report["events_dispatched"] == 1 and report["deliveries_delivered"] == 1
     assert report["events_waiting"] == {} and done.stderr == ""
+
+
+def test_a_missing_store_is_an_error_and_only_init_creates_one(tmp_path: Path) -> None:
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    missing = folder / "typo.sqlite3"
+    for command in (("tokens", "list"), ("users", "create", "x"), ("webhooks", "deliveries")):
+        failed = tokenstore(missing, *command, expect=2)
+        assert failed.stderr.strip() == (
+            f"tokenstore: error: no store at {missing} (run `tokenstore init`)"
+        )
+        assert list(folder.iterdir()) == []  # no file, no -wal, no -shm
+    tokenstore(missing, "init")
+    assert missing.exists()
+
+
+def test_read_commands_send_nothing_take_no_lock_and_are_fast(db_path: Path) -> None:
+    """A due delivery to an endpoint that never answers: reading the store must not try it."""
+    hanging = socket.create_server(("127.0.0.1", 0))  # accepts into its backlog, never answers
+    try:
+        url = f"http://127.0.0.1:{hanging.getsockname()[1]}/hook"
+        as_json(db_path, "--allow", "127.0.0.1/32", "webhooks", "create", "h",
+                "tokenstore.User", url, "--signal", "CREATE")  # fmt: skip
+        with tokenstore_package.open(db_path, delivery_deadline=0.2, sync_budget=0.0) as store:
+            store.users.create("due")  # its delivery waits, due now, for the retry path
+        writer = sqlite3.connect(db_path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")  # the write lock is taken: a writer would wait 10 s
+        try:
+            secret = as_json(db_path, "tokens", "list")  # warm up nothing; just read
+            start = time.monotonic()
+            for command in (
+                ("tokens", "list"),
+                ("users", "list"),
+                ("users", "get", "due"),
+                ("webhooks", "list"),
+                ("webhooks", "get", "h"),
+                ("webhooks", "deliveries"),
+                ("webhooks", "allowlist"),
+            ):
+                tokenstore(db_path, *command)
+            elapsed = time.monotonic() - start
+        finally:
+            writer.execute("ROLLBACK")
+            writer.close()
+        assert secret == []
+        assert elapsed < 7 * 2  # each a process start, none waiting on the lock or a receiver
+        (delivery,) = as_json(db_path, "webhooks", "deliveries")
+        assert delivery["status"] == "pending" and delivery["attempts"] == 0
+    finally:
+        hanging.close()

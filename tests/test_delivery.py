@@ -1088,3 +1088,17 @@ def test_a_process_killed_after_commit_has_its_delivery_sent_by_the_next_dispatc
         assert only_delivery(s).status == "delivered"
     finally:
         s.close()
+
+
+def test_two_senders_with_copies_of_one_delivery_count_both_sends(
+    store: Store, receiver: Receiver
+) -> None:
+    """The log's attempts equal the sends: counted in SQL, not from a copy read earlier."""
+    store.webhooks.create("h", Note, receiver.url())
+    Note.create(text="x")
+    first = only_delivery(store)
+    second = store.webhooks.delivery(first.abid)  # another sender's copy, read at the same time
+    store.webhooks.redeliver(first)
+    store.webhooks.redeliver(second)
+    assert len(receiver.hits) == 3
+    assert only_delivery(store).attempts == 3

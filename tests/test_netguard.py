@@ -271,7 +271,8 @@ def test_a_hook_on_a_name_dns_cannot_hold_is_refused_at_creation(db_path: Path, 
 CLI = [sys.executable, "-m", "tokenstore"]
 
 
-def test_the_command_refuses_a_name_dns_cannot_hold_in_one_line(db_path: Path) -> None:
+def test_the_command_refuses_a_name_dns_cannot_hold_in_one_line(store_file: Path) -> None:
+    db_path = store_file
     env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
     env.pop("TOKENSTORE_WEBHOOK_ALLOW", None)
     result = subprocess.run(

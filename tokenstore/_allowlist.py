@@ -10,6 +10,7 @@ alike: a delivery one of them would block is blocked by all of them, and a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -21,13 +22,15 @@ _TABLE = "tokenstore_webhook_allow"
 
 
 class AllowList:
-    """Keeps ``guard`` in step with the file's list; reads it again before each use."""
+    """Keeps ``guard`` in step with the file's list: read again for each check, and at most
+    a second before each send."""
 
     def __init__(self, db: Backend, guard: AddressGuard, clock: Callable[[], datetime]) -> None:
         self.db = db
         self.guard = guard
         self.clock = clock
         self._entries: tuple[str, ...] = ()
+        self._read_at = float("-inf")  # time.monotonic() of the last read
         self._select = f"SELECT entry FROM {_TABLE} ORDER BY entry"
         self._insert = db.sql(
             f"INSERT INTO {_TABLE} (entry, added_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
@@ -39,8 +42,16 @@ class AllowList:
         self.refresh()
         return list(self._entries)
 
-    def refresh(self) -> None:
-        """Read the list again; another process may have changed it."""
+    def refresh(self, at_most_every: float = 0.0) -> None:
+        """Read the list again (another process may have changed it).
+
+        With ``at_most_every`` (seconds), a list read that recently stands: a
+        sender on its hot path judges by the list as it was a moment ago.
+        """
+        now = time.monotonic()
+        if now - self._read_at < at_most_every:
+            return
+        self._read_at = now
         entries = tuple(row[0] for row in self.db.connection().execute(self._select))
         if entries != self._entries:
             self.guard.replace(entries)

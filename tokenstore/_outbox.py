@@ -398,7 +398,7 @@ class Outbox:
             # A hook edited outside the API (the sqlite3 shell) may not make a request.
             outcome = Outcome(False, error=f"cannot build the request: {str(exc)[:500]}")
         else:
-            self.allowlist.refresh()  # judged by the file's list as it is now
+            self.allowlist.refresh(at_most_every=1.0)  # the file's list, a second old at most
             outcome = self.sender.post(hook.endpoint, body, headers, deadline)
         if outcome.error:
             outcome.error = redacted(outcome.error, hook)

@@ -23,10 +23,13 @@ from ._times import format_time, utcnow
 _HOOK_TABLE = OutboundWebhook._meta.table_name
 _DELIVERY_TABLE = WebhookDelivery._meta.table_name
 
+# The attempt is counted in SQL: the log counts every send, even when two senders
+# held copies of one delivery (a redelivery beside a retry).
 _RECORD_DELIVERY = (
-    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = ?, "attempts" = ?, "next_attempt_at" = ?, '
-    '"last_attempt_at" = ?, "last_status_code" = ?, "last_error" = ?, "duration_ms" = ?, '
-    '"delivered_at" = ?, "modified_at" = ? WHERE "id" = ?'
+    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = ?, "attempts" = "attempts" + ?, '
+    '"next_attempt_at" = ?, "last_attempt_at" = ?, "last_status_code" = ?, "last_error" = ?, '
+    '"duration_ms" = ?, "delivered_at" = ?, "modified_at" = ? WHERE "id" = ? '
+    'RETURNING "attempts"'
 )
 # Counted in SQL, so attempts recorded at once by two threads both count. Like
 # django-signal-webhooks' bulk_update of these fields, outcomes leave ``updated`` alone.
@@ -76,7 +79,7 @@ class Outcomes:
         self, hook: OutboundWebhook, delivery: WebhookDelivery, outcome: Outcome, now: datetime
     ) -> None:
         """Write the attempt's outcome, schedule the next one, and disable hopeless hooks."""
-        delivery.attempts += 1
+        delivery.attempts += 1  # as this sender counts; the file's count is what is stored
         delivery.last_attempt_at = now
         delivery.last_status_code = outcome.status_code
         delivery.last_error = outcome.error
@@ -114,7 +117,7 @@ class Outcomes:
                 next_attempt = self.policy.next_attempt(delivery.attempts, now, retry_after)
                 delivery.status = "dead" if disabled_reason or next_attempt is None else "failed"
                 delivery.next_attempt_at = None if disabled_reason else next_attempt
-            self._write(conn, delivery)
+            self._write(conn, delivery, attempted=True)
         if disabled_reason:
             self.disable(hook, disabled_reason)
         if outcome.ok:
@@ -138,19 +141,19 @@ class Outcomes:
                 signals.webhook_disabled, OutboundWebhook, hook=hook, reason=disabled_reason
             )
 
-    def _write(self, conn: Connection, delivery: WebhookDelivery) -> None:
-        """Store a delivery's outcome fields, as they are on the instance."""
+    def _write(self, conn: Connection, delivery: WebhookDelivery, attempted: bool) -> None:
+        """Store a delivery's outcome fields, counting one more attempt if ``attempted``."""
         delivery.modified_at = utcnow()
         db_value = WebhookDelivery.last_attempt_at.db_value
 
         def time_value(value: Any) -> str | None:
             return format_time(value) if isinstance(value, datetime) else db_value(value)
 
-        conn.execute(
+        row = conn.execute(
             self._record_delivery,
             (
                 delivery.status,
-                delivery.attempts,
+                1 if attempted else 0,
                 time_value(delivery.next_attempt_at),
                 time_value(delivery.last_attempt_at),
                 delivery.last_status_code,
@@ -160,7 +163,9 @@ class Outcomes:
                 time_value(delivery.modified_at),
                 delivery.id.hex,
             ),
-        )
+        ).fetchone()
+        if row is not None:  # None: deleted meanwhile, with its hook
+            delivery.attempts = row[0]
 
     def disable(self, hook: OutboundWebhook, reason: str) -> None:
         """Stop a hook and give up on what it still had to send."""
@@ -175,4 +180,4 @@ class Outcomes:
         delivery.next_attempt_at = None
         delivery.last_error = reason
         with self.db.write(quiet=True) as conn:
-            self._write(conn, delivery)
+            self._write(conn, delivery, attempted=False)

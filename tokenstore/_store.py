@@ -124,7 +124,7 @@ class Store:
 
         guard = AddressGuard()
         allowlist = AllowList(self.db, guard, self.clock)
-        if opts.webhook_allow:
+        if opts.webhook_allow and not self.db.read_only:  # a read-only store sends nothing
             allowlist.add(opts.webhook_allow)  # into the file: every process applies it
         allowlist.refresh()
         self.hook_validator = HookValidator(self.registry, allowlist)

@@ -22,14 +22,14 @@ def cmd_users_create(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_users_get(args: argparse.Namespace, out: Output) -> int:
     """``store.users.get``."""
-    with _open(args) as store:
+    with _open(args, read=True) as store:
         out.record(user_dict(store.users.get(args.username)))
     return 0
 
 
 def cmd_users_list(args: argparse.Namespace, out: Output) -> int:
     """``store.users.list``."""
-    with _open(args) as store:
+    with _open(args, read=True) as store:
         users = [user_dict(u) for u in store.users.list()]
     out.rows(users, ["id", "username", "is_superuser", "created_at"])
     return 0
@@ -70,14 +70,14 @@ def cmd_tokens_create(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_tokens_get(args: argparse.Namespace, out: Output) -> int:
     """``store.tokens.get``."""
-    with _open(args) as store:
+    with _open(args, read=True) as store:
         out.record(token_dict(store.tokens.get(args.abid)))
     return 0
 
 
 def cmd_tokens_list(args: argparse.Namespace, out: Output) -> int:
     """``store.tokens.list``."""
-    with _open(args) as store:
+    with _open(args, read=True) as store:
         names = {u.id: u.username for u in store.users.list()}
         found = store.tokens.list(args.user, include_revoked=args.include_revoked)
         tokens = [{**token_dict(t), "user": names.get(t.created_by_id)} for t in found]
@@ -95,7 +95,7 @@ def cmd_tokens_revoke(args: argparse.Namespace, out: Output) -> int:
 def cmd_tokens_authenticate(args: argparse.Namespace, out: Output) -> int:
     """``store.tokens.authenticate``: exit 0 if the secret grants access, else 1 and why."""
     secret = _secret(args.secret)
-    with _open(args) as store:
+    with _open(args, read=True) as store:
         try:
             token = store.tokens.authenticate(secret, scope=args.scope)
         except AuthenticationError as exc:

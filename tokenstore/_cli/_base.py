@@ -25,14 +25,24 @@ Handler = Callable[[argparse.Namespace, Output], int]
 
 
 @contextmanager
-def _open(args: argparse.Namespace, dispatch: bool = True) -> Iterator[Store]:
-    """The store as the options describe it; by default after firing what is pending."""
-    store = open_store(args.db, webhook_allow=args.allow, dispatch_on_open=False)
+def _open(args: argparse.Namespace, *, read: bool = False, create: bool = False) -> Iterator[Store]:
+    """The store at ``--db``: read-only for commands that only ``read``.
+
+    Only ``init`` may ``create`` the file: a mistyped path is an error, not a
+    new empty store. Opening fires nothing and sends nothing; only the
+    commands that send (``dispatch``, ``deliver-due``, ``ping``,
+    ``redeliver``) do, and read-only commands never take the write lock.
+    """
+    store = open_store(
+        args.db,
+        webhook_allow=[] if read else args.allow,
+        dispatch_on_open=False,
+        create=create,
+        read_only=read,
+    )
     try:
         for name in args.app:
             register_module(store, name)
-        if dispatch:
-            store.dispatch()
         yield store
     finally:
         store.close()

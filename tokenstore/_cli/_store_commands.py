@@ -28,7 +28,7 @@ from ._values import _duration_type, _secret
 
 def cmd_init(args: argparse.Namespace, out: Output) -> int:
     """``tokenstore.open``: create the file (or check it) and report its schema."""
-    with _open(args) as store:
+    with _open(args, create=True) as store:
         path = store.path
         out.record(
             {
@@ -49,7 +49,7 @@ def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_dispatch(args: argparse.Namespace, out: Output) -> int:
     """``store.dispatch()``, once or (``--watch``) whenever another connection commits."""
-    with _open(args, dispatch=False) as store:
+    with _open(args) as store:
         if args.watch:
             watch(store, args.interval.total_seconds())
             return 0

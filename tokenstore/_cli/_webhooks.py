@@ -41,7 +41,7 @@ def cmd_webhooks_create(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_webhooks_list(args: argparse.Namespace, out: Output) -> int:
     """``store.webhooks.list``."""
-    with _open(args) as store:
+    with _open(args, read=True) as store:
         hooks = [hook_dict(h) for h in store.webhooks.list(enabled=args.enabled)]
     out.rows(hooks, ["abid", "name", "signal", "ref", "endpoint", "enabled", "failure_count"])
     return 0
@@ -54,28 +54,28 @@ def _show_allowlist(out: Output, entries: list[str]) -> None:
 
 def cmd_webhooks_allowlist(args: argparse.Namespace, out: Output) -> int:
     """The file's allowlist, which every process applies."""
-    with _open(args, dispatch=False) as store:
+    with _open(args, read=True) as store:
         _show_allowlist(out, store.webhooks.allowlist())
     return 0
 
 
 def cmd_webhooks_allow(args: argparse.Namespace, out: Output) -> int:
     """Add to the file's allowlist."""
-    with _open(args, dispatch=False) as store:
+    with _open(args) as store:
         _show_allowlist(out, store.webhooks.allow(args.entry))
     return 0
 
 
 def cmd_webhooks_disallow(args: argparse.Namespace, out: Output) -> int:
     """Take an entry off the file's allowlist."""
-    with _open(args, dispatch=False) as store:
+    with _open(args) as store:
         _show_allowlist(out, store.webhooks.disallow(args.entry))
     return 0
 
 
 def cmd_webhooks_get(args: argparse.Namespace, out: Output) -> int:
     """``store.webhooks.get``."""
-    with _open(args) as store:
+    with _open(args, read=True) as store:
         out.record(hook_dict(store.webhooks.get(args.hook)))
     return 0
 
@@ -131,7 +131,7 @@ def cmd_webhooks_rotate_secret(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_webhooks_deliveries(args: argparse.Namespace, out: Output) -> int:
     """``store.webhooks.deliveries``: a page of the log."""
-    with _open(args) as store:
+    with _open(args, read=True) as store:
         found = store.webhooks.deliveries(
             args.hook, status=args.status, limit=args.limit, before=args.before
         )
@@ -146,14 +146,14 @@ def cmd_webhooks_deliveries(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_webhooks_prune(args: argparse.Namespace, out: Output) -> int:
     """``store.webhooks.prune``, reporting how many deliveries went."""
-    with _open(args, dispatch=False) as store:
+    with _open(args) as store:
         out.record({"deliveries_deleted": store.webhooks.prune(args.older_than)})
     return 0
 
 
 def cmd_webhooks_delivery(args: argparse.Namespace, out: Output) -> int:
     """``store.webhooks.delivery``, its payload included."""
-    with _open(args) as store:
+    with _open(args, read=True) as store:
         delivery = store.webhooks.delivery(args.delivery)
         out.record({**delivery_dict(delivery, delivery.hook.name), "payload": delivery.payload})
     return 0
@@ -161,7 +161,7 @@ def cmd_webhooks_delivery(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_webhooks_deliver_due(args: argparse.Namespace, out: Output) -> int:
     """``store.webhooks.deliver_due``."""
-    with _open(args, dispatch=False) as store:
+    with _open(args) as store:
         out.record({"deliveries_attempted": store.webhooks.deliver_due(limit=args.limit)})
     return 0
 
