@@ -606,12 +606,14 @@ def run(
     return result
 
 
-def test_the_command_imports_maps_decrypts_and_shows_the_secrets(tmp_path: Path) -> None:
+def test_the_command_imports_maps_decrypts_and_shows_the_secrets(
+    tmp_path: Path, store_file: Path
+) -> None:
     source = standard(tmp_path)
     box = ArchiveBox(tmp_path / "more.sqlite3")
     box.hook("keyed", "api.models.APIToken", "https://k.example/", auth_token=encrypt("k1"))
     box.close()
-    db = tmp_path / "store.sqlite3"
+    db = store_file  # the fixture's store, on either backend
     args = ("--app", "_app_models", "import", "archivebox")
     mapping = ("--map", "core.models.Snapshot=_app_models.Bookmark")
     shown = json.loads(run(db, "--json", *args, str(source), *mapping).stdout)
@@ -636,9 +638,11 @@ def test_the_command_imports_maps_decrypts_and_shows_the_secrets(tmp_path: Path)
     assert "api_apitoken" in again.stdout
 
 
-def test_the_command_lists_refusals_and_a_dry_run_writes_nothing(tmp_path: Path) -> None:
+def test_the_command_lists_refusals_and_a_dry_run_writes_nothing(
+    tmp_path: Path, store_file: Path
+) -> None:
     source = standard(tmp_path)
-    db = tmp_path / "store.sqlite3"
+    db = store_file  # the fixture's store, on either backend
     dry = run(db, "import", "archivebox", str(source), "--dry-run")
     assert "dry run: nothing was written" in dry.stderr
     assert f"disabled: api_outboundwebhook {HOOK_ABID} ('snapshots'): its model" in dry.stdout
@@ -649,9 +653,11 @@ def test_the_command_lists_refusals_and_a_dry_run_writes_nothing(tmp_path: Path)
 
 
 @pytest.mark.parametrize("kind", ["text", "tokenstore", "no migrations"])
-def test_the_command_refuses_a_file_that_is_not_archivebox(tmp_path: Path, kind: str) -> None:
+def test_the_command_refuses_a_file_that_is_not_archivebox(
+    tmp_path: Path, store_file: Path, kind: str
+) -> None:
     source = make_not_archivebox(kind, tmp_path / "other.sqlite3")
-    db = tmp_path / "store.sqlite3"
+    db = store_file  # the fixture's store, on either backend
     failed = run(db, "import", "archivebox", str(source), expect=2)
     assert failed.stdout == ""
     (line,) = failed.stderr.splitlines()
@@ -665,7 +671,9 @@ def test_a_bad_map_is_refused(tmp_path: Path) -> None:
     assert "--map 'nope' must look like" in failed.stderr
 
 
-def test_without_cryptography_the_cipher_key_names_the_extra(tmp_path: Path) -> None:
+def test_without_cryptography_the_cipher_key_names_the_extra(
+    tmp_path: Path, store_file: Path
+) -> None:
     source = standard(tmp_path)
     no_cryptography = [
         sys.executable,
@@ -674,7 +682,7 @@ def test_without_cryptography_the_cipher_key_names_the_extra(tmp_path: Path) -> 
         "from tokenstore._cli import main; sys.exit(main())",
     ]
     failed = run(
-        tmp_path / "store.sqlite3",
+        store_file,
         "import",
         "archivebox",
         str(source),

@@ -598,8 +598,13 @@ def test_read_commands_send_nothing_take_no_lock_and_are_fast(db_path: Path) -> 
                 "tokenstore.User", url, "--signal", "CREATE")  # fmt: skip
         with tokenstore_package.open(db_path, delivery_deadline=0.2, sync_budget=0.0) as store:
             store.users.create("due")  # its delivery waits, due now, for the retry path
-        writer = sqlite3.connect(db_path, isolation_level=None)
-        writer.execute("BEGIN IMMEDIATE")  # the write lock is taken: a writer would wait 10 s
+        writer = _db.Raw(db_path)  # the write lock is taken: a writer would wait
+        if writer.postgres:
+            tables = "user, api_token, outbound_webhook, webhook_delivery, listener, change_event"
+            names = ", ".join(f"tokenstore_{t}" for t in tables.split(", "))
+            writer.execute(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
+        else:
+            writer.execute("BEGIN IMMEDIATE")
         try:
             secret = as_json(db_path, "tokens", "list")  # warm up nothing; just read
             start = time.monotonic()
@@ -615,7 +620,7 @@ def test_read_commands_send_nothing_take_no_lock_and_are_fast(db_path: Path) -> 
                 tokenstore(db_path, *command)
             elapsed = time.monotonic() - start
         finally:
-            writer.execute("ROLLBACK")
+            writer.rollback()
             writer.close()
         assert secret == []
         assert elapsed < 7 * 2  # each a process start, none waiting on the lock or a receiver
