@@ -18,17 +18,16 @@ Goal: with no one listening, capture costs at most 25% (time <= 1.25x plain).
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import peewee
+from _timing import timed
 
 import tokenstore._store
 from tokenstore._models import ABIDModel, User
@@ -109,19 +108,6 @@ def fill(db: peewee.Database) -> tuple[Snapshot, list[uuid.UUID]]:
         snap = Snapshot.create(url="https://example.com/bench")
         tag_ids = [Tag.create(name=f"tag {i}").id for i in range(RELATIONS)]
     return snap, tag_ids
-
-
-def timed(run: Callable[[], None]) -> float:
-    """Seconds one run takes, GC off while timing, as timeit does."""
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        run()
-        return time.perf_counter() - start
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def count(db: peewee.Database, sql: str) -> int:

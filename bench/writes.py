@@ -16,16 +16,15 @@ a bulk update of 10,000 rows with capture takes at most 2x as long.
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import peewee
+from _timing import timed
 
 import tokenstore._store
 from tokenstore._models import ABIDModel, User
@@ -100,19 +99,6 @@ def listened_store(path: Path) -> tokenstore._store.Store:
 
 def bind(db: peewee.Database) -> None:
     Item.bind(db, bind_refs=False, bind_backrefs=False)
-
-
-def timed(run: Callable[[], None]) -> float:
-    """Seconds one run takes, GC off while timing, as timeit does."""
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        run()
-        return time.perf_counter() - start
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def saves() -> None:

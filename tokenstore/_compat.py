@@ -85,19 +85,23 @@ def driver_error(exc: BaseException) -> BaseException | None:
     return exc
 
 
-def loaded_instance(model: type[M], values: dict[str, Any], **state: Any) -> M:
+def loaded_instance(model: type[M], values: dict[str, Any], state: dict[str, Any]) -> M:
     """An instance as a SELECT would load it, from Python values keyed by field name.
 
     ``values`` becomes the instance's own; ``state`` sets further attributes.
     """
     instance = model.__new__(model)
-    adopt_state(instance, values, **state)
+    adopt_state(instance, values, state)
     return instance
 
 
-def adopt_state(instance: peewee.Model, values: dict[str, Any], **state: Any) -> None:
+def adopt_state(instance: peewee.Model, values: dict[str, Any], state: dict[str, Any]) -> None:
     """Make ``instance`` hold ``values`` as freshly loaded, nothing marked changed."""
-    vars(instance).update(__data__=values, _dirty=set(), __rel__={}, **state)
+    attributes = vars(instance)
+    attributes["__data__"] = values
+    attributes["_dirty"] = set()
+    attributes["__rel__"] = {}
+    attributes.update(state)
 
 
 def instance_without_defaults(model: type[M], values: dict[str, Any]) -> M:

@@ -14,8 +14,6 @@ the guarded session report the sockets they use (``watch``).
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import socket
 import threading
 import time
@@ -65,37 +63,50 @@ def _shut(sock: socket.socket) -> None:
 
 
 class _Reaper:
-    """One daemon thread that expires attempts whose deadline has passed."""
+    """One daemon thread that expires the attempts whose deadline has passed.
+
+    It looks a few times a second while attempts are running, so a deadline
+    is enforced within ``TICK`` of passing; sending threads never wake it, and
+    it ends once nothing has run for ``IDLE`` seconds (the next attempt starts
+    it again).
+    """
+
+    TICK = 0.1
+    IDLE = 5.0
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Attempt]] = []
-        self._order = itertools.count()
-        self._wake = threading.Condition()
+        self._active: set[Attempt] = set()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def add(self, attempt: Attempt) -> None:
-        with self._wake:
-            heapq.heappush(self._heap, (attempt.deadline, next(self._order), attempt))
-            if self._thread is None or not self._thread.is_alive():
+        with self._lock:
+            self._active.add(attempt)
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="tokenstore-delivery-deadlines", daemon=True
                 )
                 self._thread.start()
-            elif self._heap[0][2] is attempt:
-                self._wake.notify()
+
+    def discard(self, attempt: Attempt) -> None:
+        with self._lock:
+            self._active.discard(attempt)
 
     def _run(self) -> None:
+        idle_since = time.monotonic()
         while True:
-            with self._wake:
-                while not self._heap:
-                    self._wake.wait()
-                deadline, _, attempt = self._heap[0]
-                wait = deadline - time.monotonic()
-                if wait > 0:
-                    self._wake.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-            attempt.expire()
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            with self._lock:
+                due = [attempt for attempt in self._active if attempt.deadline <= now]
+                self._active.difference_update(due)
+                if self._active:
+                    idle_since = now
+                elif now - idle_since > self.IDLE:
+                    self._thread = None
+                    return
+            for attempt in due:
+                attempt.expire()
 
 
 _reaper = _Reaper()
@@ -113,6 +124,7 @@ def limit(seconds: float) -> Iterator[Attempt]:
     finally:
         _local.attempt = None
         attempt.finish()
+        _reaper.discard(attempt)
 
 
 def watch(sock: socket.socket) -> None:

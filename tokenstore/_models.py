@@ -74,16 +74,17 @@ class BaseModel(peewee.Model):
     quiet_fields: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def from_stored(cls, values: dict[str, Any]) -> Self:
+    def from_stored(cls, values: dict[str, Any], snapshot: dict[str, Any] | None = None) -> Self:
         """An instance as a SELECT would load it, from Python values keyed by field name.
 
         No defaults run and no field is marked changed; ``values`` becomes the
-        instance's own.
+        instance's own. ``snapshot`` is what the row held, if the caller keeps
+        an unchanging copy already (it is only ever read).
         """
-        return _compat.loaded_instance(cls, values, **cls._loaded(values))
+        return _compat.loaded_instance(cls, values, cls._loaded(values, snapshot))
 
     @classmethod
-    def _loaded(cls, values: dict[str, Any]) -> dict[str, Any]:
+    def _loaded(cls, values: dict[str, Any], snapshot: dict[str, Any] | None) -> dict[str, Any]:
         """Further instance state for a row read from the file (see ``from_stored``)."""
         return {}
 
@@ -161,13 +162,13 @@ class ABIDModel(BaseModel):
             self.id = self.new_id()
 
     @classmethod
-    def _loaded(cls, values: dict[str, Any]) -> dict[str, Any]:
-        return {"_stored": dict(values), "_id_generated": False}
+    def _loaded(cls, values: dict[str, Any], snapshot: dict[str, Any] | None) -> dict[str, Any]:
+        return {"_stored": dict(values) if snapshot is None else snapshot, "_id_generated": False}
 
     def adopt(self, other: Self) -> None:
         """Take on the stored state of another instance of the same row (a fresher read)."""
         values = _compat.values_of(other)
-        _compat.adopt_state(self, dict(values), **self._loaded(dict(values)))
+        _compat.adopt_state(self, dict(values), self._loaded(values, None))
 
     @classmethod
     def new_id(cls) -> uuid.UUID:

@@ -54,7 +54,7 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 MAX_NAME_LENGTH = 255
 
-#: How many distinct token rows ``Tokens._values`` keeps converted.
+#: How many distinct token rows ``Tokens._stored`` keeps converted.
 _CONVERTED_ROWS = 1024
 
 _TOKENS = Loader(APIToken)
@@ -359,7 +359,7 @@ class Tokens:
             if not (looks_like_token(secret) or looks_like_legacy_token(secret)):
                 raise InvalidToken("API token is malformed or fails its checksum")
             raise InvalidToken("API token is not recognised")
-        data = self._values(row)
+        data = self._stored(row)
         now = self.clock()
         if row[_REVOKED_AT] is not None:
             raise RevokedToken(
@@ -373,27 +373,28 @@ class Tokens:
                 f"API token {_shown(data)} lacks scope {scope!r}; "
                 f"it has: {', '.join(data['scopes'])}"
             )
+        values = dict(data)  # the caller's to change; the memo's stays as it was read
+        values["scopes"] = list(data["scopes"])
         last_used = data["last_used_at"]
         stale = last_used is None or now - last_used >= LAST_USED_RESOLUTION
         if stale and not self.db.read_only:  # a read-only store records nothing
-            data["last_used_at"] = self._note_use(row[0], now)
-        return APIToken.from_stored(data)
+            values["last_used_at"] = self._note_use(row[0], now)
+            return APIToken.from_stored(values)  # as a SELECT after the use is written
+        return APIToken.from_stored(values, snapshot=data)
 
-    def _values(self, row: tuple[Any, ...]) -> dict[str, Any]:
-        """A token row's Python values, converted once per distinct row.
+    def _stored(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        """A token row's Python values, converted once per distinct row; never to be changed.
 
         A script uses its key over and over. The memo is keyed by the whole
         row, so a row that changed in any way (revoked, used, edited) is
         simply a new key.
         """
-        cached = self._converted.get(row)
-        if cached is None:
+        stored = self._converted.get(row)
+        if stored is None:
             if len(self._converted) >= _CONVERTED_ROWS:
                 self._converted.clear()
-            cached = self._converted[row] = _TOKENS.values(row)
-        values = dict(cached)
-        values["scopes"] = list(cached["scopes"])  # the caller's to change, not the memo's
-        return values
+            stored = self._converted[row] = _TOKENS.values(row)
+        return stored
 
     def _note_use(self, token_id: str, now: datetime) -> datetime:
         """Remember a use, to be written by ``flush_uses``: within a minute, or at ``close``.
