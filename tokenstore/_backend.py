@@ -8,11 +8,33 @@ SQL handling both backends share.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ._capture import CaptureSpec, RelationSpec
 from ._dispatch import ClaimStatements
+
+
+def to_version_2(execute: Callable[[str], object], statement: Callable[[str], str]) -> None:
+    """What version 2 changes on either backend (``statement`` reads that backend's schema).
+
+    Own models' refs by their public name; the delivery log's indexes;
+    listeners' ``seen``; the allowlist table; the hooks' overview without secrets.
+    """
+    execute(
+        "UPDATE tokenstore_outbound_webhook SET ref = 'tokenstore.' || substr(ref, 19) "
+        "WHERE ref LIKE 'tokenstore.models.%'"
+    )
+    execute('DROP INDEX IF EXISTS "tokenstore_webhook_delivery_hook_id"')
+    execute('ALTER TABLE "tokenstore_listener" ADD COLUMN "seen" TEXT')
+    for name in (
+        "tokenstore_webhook_delivery_created_at_abid",
+        "tokenstore_webhook_delivery_hook_id_created_at_abid",
+        "tokenstore_webhook_allow",
+        "tokenstore_webhook_overview",
+    ):
+        execute(statement(name))
 
 
 class CommitHooks(Protocol):

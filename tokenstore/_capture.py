@@ -82,6 +82,14 @@ class CaptureSpec:
     recorded: tuple[CapturedColumn, ...]
     watched: tuple[str, ...]
 
+    def check_width(self, most: int) -> None:
+        """Refuse a table whose recorded row needs more columns than a backend can build."""
+        if len(self.recorded) > most:
+            raise ValidationError(
+                f"{self.ref}: change capture records at most {most} columns, "
+                f"this table has {len(self.recorded)}"
+            )
+
     @classmethod
     def of(cls, model: type[peewee.Model]) -> CaptureSpec:
         meta = model._meta

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import peewee
 
-from ._backend import CommitHooks, is_write, quote_literal
+from ._backend import CommitHooks, is_write, quote_literal, to_version_2
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import peewee_errors
 from ._dispatch import ClaimStatements
@@ -102,21 +102,8 @@ def schema_statement(name: str) -> str:
 
 
 def _to_version_2(conn: psycopg.Connection[Any]) -> None:
-    """Own models' refs by their public name; the delivery log's indexes; listeners' ``seen``;
-    the allowlist table; the hooks' overview without secrets (as SQLite's version 2)."""
-    conn.execute(
-        "UPDATE tokenstore_outbound_webhook SET ref = 'tokenstore.' || substr(ref, 19) "
-        "WHERE ref LIKE 'tokenstore.models.%'"
-    )
-    conn.execute('DROP INDEX IF EXISTS "tokenstore_webhook_delivery_hook_id"')
-    conn.execute('ALTER TABLE "tokenstore_listener" ADD COLUMN "seen" TEXT')
-    for name in (
-        "tokenstore_webhook_delivery_created_at_abid",
-        "tokenstore_webhook_delivery_hook_id_created_at_abid",
-        "tokenstore_webhook_allow",
-        "tokenstore_webhook_overview",
-    ):
-        conn.execute(schema_statement(name))
+    """Version 2 (see ``to_version_2``); version 1 triggers here already name public refs."""
+    to_version_2(conn.execute, schema_statement)
 
 
 #: Steps that bring a database from version N to N+1, run under the schema lock.

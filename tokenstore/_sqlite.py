@@ -27,7 +27,7 @@ from typing import Any
 
 import peewee
 
-from ._backend import LEADING, CommitHooks, is_write
+from ._backend import LEADING, CommitHooks, is_write, to_version_2
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import RedactedQueryLog, driver_error, peewee_errors
 from ._dispatch import ClaimStatements
@@ -92,21 +92,8 @@ def schema_statement(name: str) -> str:
 
 
 def _to_version_2(conn: sqlite3.Connection) -> None:
-    """Own models' refs by their public name; the delivery log's indexes; listeners' ``seen``;
-    the allowlist table; the hooks' overview without secrets."""
-    conn.execute(
-        "UPDATE tokenstore_outbound_webhook SET ref = 'tokenstore.' || substr(ref, 19) "
-        "WHERE ref LIKE 'tokenstore.models.%'"
-    )
-    conn.execute('DROP INDEX IF EXISTS "tokenstore_webhook_delivery_hook_id"')
-    conn.execute('ALTER TABLE "tokenstore_listener" ADD COLUMN "seen" TEXT')
-    for name in (
-        "tokenstore_webhook_delivery_created_at_abid",
-        "tokenstore_webhook_delivery_hook_id_created_at_abid",
-        "tokenstore_webhook_allow",
-        "tokenstore_webhook_overview",
-    ):
-        conn.execute(schema_statement(name))
+    """Version 2 (see ``to_version_2``), and own tables' triggers with the models' public refs."""
+    to_version_2(conn.execute, schema_statement)
     for table in ("tokenstore_user", "tokenstore_api_token", "tokenstore_outbound_webhook"):
         for suffix in ("insert", "update", "delete"):
             trigger = f"{table}_capture_{suffix}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 from ._backend import quote_literal
 from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec, RelationSpec
 from ._dispatch import ClaimStatements
-from ._errors import ValidationError
 from ._policy import RELATION_KIND
 from ._rows import quote_name
 
@@ -22,11 +21,7 @@ MAX_CAPTURED_COLUMNS = 63
 
 def capture_triggers(spec: CaptureSpec) -> list[str]:
     """The CREATE TRIGGER statements that record a table's changes (see ``CaptureSpec``)."""
-    if len(spec.recorded) > MAX_CAPTURED_COLUMNS:
-        raise ValidationError(
-            f"{spec.ref}: change capture records at most {MAX_CAPTURED_COLUMNS} columns, "
-            f"this table has {len(spec.recorded)}"
-        )
+    spec.check_width(MAX_CAPTURED_COLUMNS)
 
     def row(alias: str) -> str:
         pairs = []
