@@ -194,9 +194,11 @@ def prepare(location: str, raw_location: str, url: str) -> str:
 
 def undelivered(location: str) -> int:
     with tokenstore.open(location, webhook_allow=ALLOW, dispatch_on_open=False) as store:
-        return len(store.webhooks.deliveries(status="failed", limit=None)) + len(
-            store.webhooks.deliveries(status="pending", limit=None)
-        )
+        (count,) = store.db.execute_sql(
+            "SELECT count(*) FROM tokenstore_webhook_delivery "
+            "WHERE status IN ('pending', 'failed')"
+        ).fetchone()
+        return int(count)
 
 
 def throughput(name: str, location: str, raw_location: str, url: str, tmp: Path) -> dict[int, Any]:
