@@ -262,7 +262,7 @@ def latency(name: str, location: str) -> tuple[float, float]:
         env = {**os.environ, "TOKENSTORE_DB": location, "PYTHONPATH": str(HERE)}
         command = ["--allow", "127.0.0.1/32", "--app", "_scale_models", "dispatch", "--watch"]
         watcher = subprocess.Popen(
-            [sys.executable, "-m", "tokenstore", *command, "--interval", "1"],
+            [sys.executable, "-m", "tokenstore", *command, "--interval", "1s"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
