@@ -195,8 +195,7 @@ def prepare(location: str, raw_location: str, url: str) -> str:
 def undelivered(location: str) -> int:
     with tokenstore.open(location, webhook_allow=ALLOW, dispatch_on_open=False) as store:
         (count,) = store.db.execute_sql(
-            "SELECT count(*) FROM tokenstore_webhook_delivery "
-            "WHERE status IN ('pending', 'failed')"
+            "SELECT count(*) FROM tokenstore_webhook_delivery WHERE status IN ('pending', 'failed')"
         ).fetchone()
         return int(count)
 

@@ -42,6 +42,8 @@ class Connection(Protocol):
 #: returns (if anything) runs after the commit. Webhook deliveries use this.
 Consumer = Callable[[Connection, list[ChangeEvent]], Callable[[], None] | None]
 
+_LISTENING = f"EXISTS (SELECT 1 FROM {LISTENER_TABLE})"
+
 
 class ClaimStatements(NamedTuple):
     """The statements that take events, limited to the tables one process knows.
@@ -119,7 +121,8 @@ class Dispatcher:
         self.claim_timeout = claim_timeout
         self.listener_timeout = listener_timeout
         self._next_housekeeping = 0.0  # time.monotonic() of the next look at the listeners
-        self.consumers: list[tuple[Consumer, Callable[[Connection], bool]]] = []
+        self.consumers: list[Consumer] = []
+        self._probe = f"SELECT {_LISTENING}"
         self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local = _ThreadState()
         self._backend = statements
@@ -135,7 +138,6 @@ class Dispatcher:
             "WHERE claimant = ? AND (seen IS NULL OR seen < ?)"
         )
         self._unregister = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
-        self._any_listener = f"SELECT 1 FROM {LISTENER_TABLE} LIMIT 1"
         self._finish = sql(f"DELETE FROM {EVENT_TABLE} WHERE claimed_by = ? AND id IN ({{marks}})")
         self._claimants = (
             f"SELECT claimed_by, min(claimed_at) FROM {EVENT_TABLE} "
@@ -154,9 +156,20 @@ class Dispatcher:
             self._claims = built  # one assignment: threads never see a half-built pair
         return built[1]
 
-    def add_consumer(self, consumer: Consumer, wants_events: Callable[[Connection], bool]) -> None:
-        """Register work that must be made durable with the events it reacts to."""
-        self.consumers.append((consumer, wants_events))
+    def add_consumer(self, consumer: Consumer, wants_events: str) -> None:
+        """Register work that must be made durable with the events it reacts to.
+
+        ``wants_events`` is an SQL condition, true while the consumer has a
+        use for events: every commit asks it, together with the others and
+        whether any process listens, in one statement.
+        """
+        self.consumers.append(consumer)
+        self._probe += f", {wants_events}"
+
+    def _listening_and_wanted(self, conn: Connection) -> tuple[bool, list[Consumer]]:
+        """Whether any process listens, and the consumers that want events now."""
+        listening, *wants = conn.execute(self._probe).fetchone()
+        return bool(listening), [c for c, want in zip(self.consumers, wants, strict=True) if want]
 
     # -- inside the transaction ---------------------------------------------------------
 
@@ -182,7 +195,7 @@ class Dispatcher:
         Events are recorded only while someone listens, so these are the few
         left over when the last listener went away or a hook was disabled.
         """
-        if not any(wants(conn) for _, wants in self.consumers):
+        if not self._listening_and_wanted(conn)[1]:
             conn.execute(self._statements().drop_unheard)
 
     def claim(self, conn: Connection) -> Claimed:
@@ -197,10 +210,12 @@ class Dispatcher:
         """
         if time.monotonic() >= self._next_housekeeping:
             self.housekeeping(conn)
-        wanted = [c for c, wants in self.consumers if wants(conn)]
         receivers = signals.any_event_receivers()
-        if not wanted and not receivers:
+        if not receivers and not self.consumers:
             return Claimed()  # they are a listening process's to take (see drop_unheard)
+        listening, wanted = self._listening_and_wanted(conn)
+        if not wanted and not receivers:
+            return Claimed()
         statements = self._statements()
         if receivers:
             now = self.clock()
@@ -209,7 +224,7 @@ class Dispatcher:
                 (format_time(now), self.claimant, format_time(now - timedelta(minutes=1))),
             )
             rows = conn.execute(statements.claim, (self.claimant, format_time(now))).fetchall()
-        elif conn.execute(self._any_listener).fetchone() is not None:
+        elif listening:
             rows = conn.execute(statements.consume_and_leave).fetchall()
         else:
             rows = conn.execute(statements.consume).fetchall()

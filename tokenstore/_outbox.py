@@ -46,7 +46,6 @@ _SELECT_HOOK = f'SELECT {_HOOKS.columns} FROM "{_HOOK_TABLE}" WHERE "id" = ?'
 _ENABLED_HOOKS = (
     f'SELECT {_HOOKS.columns} FROM "{_HOOK_TABLE}" WHERE "enabled" ORDER BY "created_at"'
 )
-_ANY_ENABLED_HOOK = f'SELECT 1 FROM "{_HOOK_TABLE}" WHERE "enabled" LIMIT 1'
 _SELECT_DELIVERY = f'SELECT {_DELIVERIES.columns} FROM "{_DELIVERY_TABLE}" WHERE "id" = ?'
 _INSERT_DELIVERY = (
     f'INSERT INTO "{_DELIVERY_TABLE}" ("id", "abid", "created_by_id", "created_at", '
@@ -88,6 +87,20 @@ _PRUNE = (
     'ORDER BY k."created_at" DESC, k."abid" DESC LIMIT 1) '
     "LIMIT ?)"
 )
+
+
+def _with_hooks(
+    created: list[tuple[WebhookDelivery, tuple[Any, ...]]],
+) -> list[tuple[WebhookDelivery, OutboundWebhook]]:
+    """Deliveries with their hooks, each hook made from its row once, after the commit."""
+    hooks: dict[uuid.UUID, OutboundWebhook] = {}
+    paired = []
+    for delivery, row in created:
+        hook = hooks.get(delivery.hook_id)
+        if hook is None:
+            hook = hooks[delivery.hook_id] = _HOOKS.instance(row)
+        paired.append((delivery, hook))
+    return paired
 
 
 class Outbox:
@@ -146,25 +159,23 @@ class Outbox:
 
     # -- inside the committing transaction ----------------------------------------------
 
-    @staticmethod
-    def wants_events(conn: Connection) -> bool:
-        return conn.execute(_ANY_ENABLED_HOOK).fetchone() is not None
+    #: The SQL condition under which deliveries are made from events: some hook is enabled.
+    wants_events = f'EXISTS (SELECT 1 FROM "{_HOOK_TABLE}" WHERE "enabled")'
 
     def on_events(self, conn: Connection, events: list[ChangeEvent]) -> Callable[[], None] | None:
         """Write a pending delivery per matching hook and event; send them after commit.
 
-        Hooks are matched on their ``ref`` and ``signal`` columns alone; only
-        a hook that matches is made into an instance (once per commit). A
+        Hooks are matched on their ``ref`` and ``signal`` columns alone; a
+        hook that matches is made into an instance after the commit. A
         relation change (see ``_m2m``) is one delivery per hook with M2M in
         its signal on the side's model.
         """
         rows = conn.execute(_ENABLED_HOOKS).fetchall()
         if not rows:
             return None
-        ref_at, signal_at = _HOOKS.at["ref"], _HOOKS.at["signal"]
+        id_at, ref_at, signal_at = _HOOKS.at["id"], _HOOKS.at["ref"], _HOOKS.at["signal"]
         candidates = [(row[ref_at], row[signal_at]) for row in rows]
-        hooks: dict[int, OutboundWebhook] = {}
-        created: list[tuple[WebhookDelivery, OutboundWebhook]] = []
+        created: list[tuple[WebhookDelivery, tuple[Any, ...]]] = []
         now = self._now()
         # The creator holds the delivery for one lease, so deliver_due elsewhere
         # does not send it at the same time; if this process dies, it is due after that.
@@ -181,12 +192,10 @@ class Outbox:
         def write(hook_indexes: list[int], payload: dict[str, Any], event_id: int) -> None:
             body = dumps(payload)
             for i in hook_indexes:
-                hook = hooks.get(i)
-                if hook is None:
-                    hook = hooks[i] = _HOOKS.instance(rows[i])
-                delivery = self._new_delivery(hook.id, payload["type"], body, now, event_id)
+                hook_id = uuid.UUID(rows[i][id_at])
+                delivery = self._new_delivery(hook_id, payload["type"], body, now, event_id)
                 self._insert(conn, delivery, stamps)
-                created.append((delivery, hook))
+                created.append((delivery, rows[i]))
 
         for item in runs(events, self.registry.relation_for):
             if isinstance(item, RelationRun):
@@ -206,7 +215,7 @@ class Outbox:
                 write(found, self.payloads.change(model, ref, item), item.id)
         if not created:
             return None
-        return lambda: self.attempt_all(created, held_until)
+        return lambda: self.attempt_all(_with_hooks(created), held_until)
 
     def _abid(self, conn: Connection, model: type[Any], key: Any) -> str | None:
         """The ABID of a row by its stored primary key; None if it has none (or is gone)."""

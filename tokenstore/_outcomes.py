@@ -14,7 +14,6 @@ from typing import Any
 
 from . import signals
 from ._backend import Backend
-from ._dispatch import Connection
 from ._models import OutboundWebhook, WebhookDelivery
 from ._policy import RetryPolicy, parse_retry_after
 from ._sending import Outcome
@@ -88,24 +87,27 @@ class Outcomes:
             hook.last_response = outcome.body
         stamp = format_time(now)
         disabled_reason = ""
-        with self.db.write(quiet=True) as conn:
-            if outcome.ok:
+        if outcome.ok:
+            hook.last_success = now
+            hook.failure_count = 0
+            hook.failing_since = None
+            delivery.status = "delivered"
+            delivery.delivered_at = now
+            delivery.next_attempt_at = None
+            stored = self._stored_outcome(delivery, attempted=True)  # before the lock is taken
+            with self.db.write(quiet=True) as conn:
                 conn.execute(self._hook_succeeded, (stamp, outcome.body, hook.id.hex))
-                hook.last_success = now
-                hook.failure_count = 0
-                hook.failing_since = None
-                delivery.status = "delivered"
-                delivery.delivered_at = now
-                delivery.next_attempt_at = None
-            else:
-                row = conn.execute(
+                row = conn.execute(self._record_delivery, stored).fetchone()
+        else:
+            with self.db.write(quiet=True) as conn:
+                counted = conn.execute(
                     self._hook_failed, (stamp, stamp, outcome.body, hook.id.hex)
                 ).fetchone()
                 hook.last_failure = now
-                if row is None:  # the hook was deleted meanwhile
-                    row = (hook.failure_count + 1, stamp)
-                hook.failure_count = row[0]
-                hook.failing_since = OutboundWebhook.failing_since.python_value(row[1])
+                if counted is None:  # the hook was deleted meanwhile
+                    counted = (hook.failure_count + 1, stamp)
+                hook.failure_count = counted[0]
+                hook.failing_since = OutboundWebhook.failing_since.python_value(counted[1])
                 disabled_reason = self.policy.disabled_reason(
                     now=now,
                     gone=outcome.gone,
@@ -117,7 +119,11 @@ class Outcomes:
                 next_attempt = self.policy.next_attempt(delivery.attempts, now, retry_after)
                 delivery.status = "dead" if disabled_reason or next_attempt is None else "failed"
                 delivery.next_attempt_at = None if disabled_reason else next_attempt
-            self._write(conn, delivery, attempted=True)
+                row = conn.execute(
+                    self._record_delivery, self._stored_outcome(delivery, attempted=True)
+                ).fetchone()
+        if row is not None:  # None: deleted meanwhile, with its hook
+            delivery.attempts = row[0]
         if disabled_reason:
             self.disable(hook, disabled_reason)
         if outcome.ok:
@@ -141,31 +147,31 @@ class Outcomes:
                 signals.webhook_disabled, OutboundWebhook, hook=hook, reason=disabled_reason
             )
 
-    def _write(self, conn: Connection, delivery: WebhookDelivery, attempted: bool) -> None:
-        """Store a delivery's outcome fields, counting one more attempt if ``attempted``."""
+    @staticmethod
+    def _stored_outcome(delivery: WebhookDelivery, attempted: bool) -> tuple[Any, ...]:
+        """The parameters of ``_RECORD_DELIVERY`` for a delivery's outcome fields, as stored.
+
+        ``attempted`` counts one more attempt. Made before the write lock is
+        taken where the outcome is known by then, so the lock covers SQL only.
+        """
         delivery.modified_at = utcnow()
         db_value = WebhookDelivery.last_attempt_at.db_value
 
         def time_value(value: Any) -> str | None:
             return format_time(value) if isinstance(value, datetime) else db_value(value)
 
-        row = conn.execute(
-            self._record_delivery,
-            (
-                delivery.status,
-                1 if attempted else 0,
-                time_value(delivery.next_attempt_at),
-                time_value(delivery.last_attempt_at),
-                delivery.last_status_code,
-                delivery.last_error,
-                delivery.duration_ms,
-                time_value(delivery.delivered_at),
-                time_value(delivery.modified_at),
-                delivery.id.hex,
-            ),
-        ).fetchone()
-        if row is not None:  # None: deleted meanwhile, with its hook
-            delivery.attempts = row[0]
+        return (
+            delivery.status,
+            1 if attempted else 0,
+            time_value(delivery.next_attempt_at),
+            time_value(delivery.last_attempt_at),
+            delivery.last_status_code,
+            delivery.last_error,
+            delivery.duration_ms,
+            time_value(delivery.delivered_at),
+            time_value(delivery.modified_at),
+            delivery.id.hex,
+        )
 
     def disable(self, hook: OutboundWebhook, reason: str) -> None:
         """Stop a hook and give up on what it still had to send."""
@@ -179,5 +185,6 @@ class Outcomes:
         delivery.status = "dead"
         delivery.next_attempt_at = None
         delivery.last_error = reason
+        stored = self._stored_outcome(delivery, attempted=False)
         with self.db.write(quiet=True) as conn:
-            self._write(conn, delivery, attempted=False)
+            conn.execute(self._record_delivery, stored).fetchone()

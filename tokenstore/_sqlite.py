@@ -133,10 +133,14 @@ def _verb(sql: str) -> str:
     return " ".join(match.group(1).split()) if match else "a statement"
 
 
-def _abandon(conn: sqlite3.Connection) -> None:
-    """Roll back what is left of a failed transaction; SQLite may have done it already."""
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
+#: A writer waiting for the lock tries again after this long, doubling up to the longest.
+_FIRST_PAUSE = 0.0001
+_LONGEST_PAUSE = 0.002
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
 class _Begun(threading.local):
@@ -218,6 +222,7 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         self.busy_timeout = busy_timeout
         #: The id of the ``system`` user, owner of records nobody else owns.
         self.system_user_id: int | None = None
+        self._busy_timeout_pragma = f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}"
         self._data_version: int | None = None
         self._begun = _Begun()
 
@@ -246,7 +251,7 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
             with peewee_errors:
                 yield conn
         except BaseException as exc:
-            _abandon(conn)
+            self._abandon(conn)
             self._raise_fault(exc, "a write")
             raise
         self._commit(conn, claim=not quiet)
@@ -309,16 +314,55 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         """Start a transaction; ``announce`` lets the dispatcher register this process first."""
         try:
             with peewee_errors:
-                conn.execute(statement)
+                self._take_write_lock(conn, statement)
                 try:
                     if announce:
                         self.hooks.on_begin(conn)
                 except BaseException:
-                    _abandon(conn)
+                    self._abandon(conn)
                     raise
         except peewee.DatabaseError as exc:
             self._raise_fault(exc, "BEGIN")
             raise
+
+    def _take_write_lock(self, conn: sqlite3.Connection, statement: str) -> None:
+        """Run ``statement`` (a BEGIN IMMEDIATE), waiting for the lock up to the busy timeout.
+
+        SQLite's own busy handler sleeps 1 ms at its first retry and longer
+        after, many times the length of a tokenstore write: with several
+        writer processes the lock would stand free while they sleep. Waiting
+        here in steps that start far shorter hands it on sooner; the steps
+        grow, so a long wait costs no more than SQLite's would.
+        """
+        conn.execute("PRAGMA busy_timeout = 0")
+        pause = _FIRST_PAUSE
+        give_up = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                conn.execute(statement)
+                return  # the timeout comes back when the transaction ends (_ended)
+            except sqlite3.OperationalError as exc:
+                if not _busy(exc) or time.monotonic() >= give_up:
+                    self._ended(conn)
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, _LONGEST_PAUSE)
+
+    def _ended(self, conn: sqlite3.Connection) -> None:
+        """After a write transaction: other statements wait for locks on the busy timeout again.
+
+        Inside the transaction nothing waits (this connection holds the write
+        lock), so the timeout is set back only now, after the lock is released.
+        """
+        conn.execute(self._busy_timeout_pragma)
+
+    def _abandon(self, conn: sqlite3.Connection) -> None:
+        """Roll back what is left of a failed transaction; SQLite may have done it already."""
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        finally:
+            self._ended(conn)
 
     def commit(self) -> None:
         """Claim the transaction's events, commit, then fire them (outside any transaction)."""
@@ -342,9 +386,10 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
                 claimed = self.hooks.claim(conn) if claim else None
                 conn.execute("COMMIT")
         except BaseException as exc:
-            _abandon(conn)
+            self._abandon(conn)
             self._raise_fault(exc, "COMMIT")
             raise
+        self._ended(conn)
         if claimed is not None:
             self.hooks.queue(claimed)
         if claim and not self.in_transaction():
@@ -358,12 +403,14 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         """
         conn = self.connection()
         self._begun.conn = None
-        if conn.in_transaction:
-            try:
+        try:
+            if conn.in_transaction:
                 super().rollback()
-            except peewee.DatabaseError as exc:
-                self._raise_fault(exc, "ROLLBACK")
-                raise
+        except peewee.DatabaseError as exc:
+            self._raise_fault(exc, "ROLLBACK")
+            raise
+        finally:
+            self._ended(conn)
         if not self.in_transaction():
             self.hooks.after_commit(conn)
 
