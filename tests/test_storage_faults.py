@@ -442,6 +442,7 @@ def test_a_lock_held_past_the_busy_timeout_raises_store_locked(
         waited = time.monotonic() - started
         assert 4.5 <= waited < 30, waited
         assert not store.db.connection().in_transaction
+        assert store.db.connection().execute("PRAGMA busy_timeout").fetchone()[0] == 5000
     finally:
         other.execute("ROLLBACK")
         other.close()

@@ -7,6 +7,8 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -89,6 +91,35 @@ def test_new_file_is_private_wal_and_versioned(store: Store, db_path: Path) -> N
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
     assert store.system_user.username == "system"
     assert store.system_user.is_superuser
+
+
+@pytest.mark.sqlite_only
+def test_a_writer_takes_the_lock_soon_after_another_process_releases_it(
+    app_store: Store, db_path: Path
+) -> None:
+    """SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20 ms...: a lock released after
+    40 ms would be taken at 53 ms at the earliest. Writers here try again in short steps."""
+    lateness = []
+    for _ in range(3):
+        other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        released: list[float] = []
+
+        def release(other: sqlite3.Connection = other, released: list[float] = released) -> None:
+            time.sleep(0.04)
+            other.execute("COMMIT")
+            released.append(time.monotonic())
+
+        thread = threading.Thread(target=release)
+        thread.start()
+        Note.create(title="waited")
+        taken = time.monotonic()
+        thread.join(timeout=10)
+        other.close()
+        lateness.append(taken - released[0])
+    assert min(lateness) < 0.008, lateness
+    # Outside its transactions the connection waits on the busy timeout again.
+    assert app_store.db.connection().execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
 
 
 def test_reopening_keeps_records_and_the_system_user(db_path: Path) -> None:
