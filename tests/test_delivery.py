@@ -553,6 +553,29 @@ def test_a_connection_reset_is_a_failure(store: Store) -> None:
     assert delivery.next_attempt_at is not None
 
 
+def test_a_healthy_hooks_row_is_written_at_most_once_a_second(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    hook = store.webhooks.create("steady", Note, receiver.url())
+    first = clock.now
+    Note.create(text="a")
+    clock.advance(seconds=0.5)
+    Note.create(text="b")
+    assert reload(hook).last_success == first  # within the second: the row is left alone
+    clock.advance(seconds=0.5)
+    Note.create(text="c")
+    assert reload(hook).last_success == clock.now
+    # A success after a failure clears the streak at once, whatever the second.
+    receiver.respond = lambda h: answer(h, 500)
+    Note.create(text="d")
+    assert reload(hook).failure_count == 1
+    receiver.respond = ok
+    store.webhooks.deliver_due(now=clock.advance(seconds=0.1) + timedelta(hours=1))
+    hook = reload(hook)
+    assert (hook.failure_count, hook.failing_since) == (0, None)
+    assert [d.status for d in store.webhooks.deliveries()] == ["delivered"] * 4
+
+
 def test_outcomes_are_recorded_per_hook(store: Store, receiver: Receiver) -> None:
     receiver.respond = lambda h: answer(h, 500 if h.path == "/bad" else 200, h.path.encode())
     good = store.webhooks.create("good", Note, receiver.url("/good"), keep_last_response=True)

@@ -9,7 +9,7 @@ the policy gives up on is disabled with what it still had to send.
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from . import signals
@@ -32,10 +32,14 @@ _RECORD_DELIVERY = (
 )
 # Counted in SQL, so attempts recorded at once by two threads both count. Like
 # django-signal-webhooks' bulk_update of these fields, outcomes leave ``updated`` alone.
+# A healthy hook's row is written at most once a second (``last_success`` is kept to
+# the second): otherwise every writer would update, and on PostgreSQL lock, one row.
 _HOOK_SUCCEEDED = (
     f'UPDATE "{_HOOK_TABLE}" SET "last_success" = ?, "failure_count" = 0, '
     '"failing_since" = NULL, "last_response" = '
-    'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ?'
+    'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ? AND ('
+    '"failure_count" != 0 OR "failing_since" IS NOT NULL OR "keep_last_response" '
+    'OR "last_success" IS NULL OR "last_success" <= ?)'
 )
 _HOOK_FAILED = (
     f'UPDATE "{_HOOK_TABLE}" SET "last_failure" = ?, "failure_count" = "failure_count" + 1, '
@@ -95,8 +99,9 @@ class Outcomes:
             delivery.delivered_at = now
             delivery.next_attempt_at = None
             stored = self._stored_outcome(delivery, attempted=True)  # before the lock is taken
+            a_second_ago = format_time(now - timedelta(seconds=1))
             with self.db.write(quiet=True) as conn:
-                conn.execute(self._hook_succeeded, (stamp, outcome.body, hook.id.hex))
+                conn.execute(self._hook_succeeded, (stamp, outcome.body, hook.id.hex, a_second_ago))
                 row = conn.execute(self._record_delivery, stored).fetchone()
         else:
             with self.db.write(quiet=True) as conn:
