@@ -9,7 +9,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -54,8 +54,11 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 MAX_NAME_LENGTH = 255
 
+_NO_TIME = timedelta(0)
+_MILLISECOND = timedelta(milliseconds=1)
+
 #: How many distinct token rows ``Tokens._stored`` keeps converted.
-_CONVERTED_ROWS = 1024
+_CONVERTED_ROWS = 128
 
 _TOKENS = Loader(APIToken)
 _TABLE = APIToken._meta.table_name
@@ -238,11 +241,13 @@ class Tokens:
         self.prefix = prefix
         self.max_tokens_per_user = max_tokens_per_user
         self.header = header
-        self._converted: dict[tuple[Any, ...], dict[str, Any]] = {}
+        # digest -> the row last read for it and its values
+        self._converted: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._select_by_digest = db.sql(_SELECT_BY_DIGEST)
         self._touch_sql = db.sql(_TOUCH)
         self._uses: dict[str, datetime] = {}  # stored token id -> its last use, not yet written
         self._uses_lock = threading.Lock()
+        self._stamp = datetime.min.replace(tzinfo=UTC)  # the latest use noted, as stored
         self._flusher: threading.Timer | None = None
         self._count_live = db.sql(_COUNT_LIVE)
         self._lock_owner = db.sql(_LOCK_OWNER)
@@ -359,7 +364,7 @@ class Tokens:
             if not (looks_like_token(secret) or looks_like_legacy_token(secret)):
                 raise InvalidToken("API token is malformed or fails its checksum")
             raise InvalidToken("API token is not recognised")
-        data = self._stored(row)
+        data = self._stored(digest, row)
         now = self.clock()
         if row[_REVOKED_AT] is not None:
             raise RevokedToken(
@@ -382,18 +387,20 @@ class Tokens:
             return APIToken.from_stored(values)  # as a SELECT after the use is written
         return APIToken.from_stored(values, snapshot=data)
 
-    def _stored(self, row: tuple[Any, ...]) -> dict[str, Any]:
+    def _stored(self, digest: str, row: tuple[Any, ...]) -> dict[str, Any]:
         """A token row's Python values, converted once per distinct row; never to be changed.
 
-        A script uses its key over and over. The memo is keyed by the whole
-        row, so a row that changed in any way (revoked, used, edited) is
-        simply a new key.
+        A script uses its key over and over. The memo is keyed by digest and
+        holds the row it converted: a row that changed in any way (revoked,
+        used, edited) no longer matches, and its new values replace the old.
         """
-        stored = self._converted.get(row)
-        if stored is None:
-            if len(self._converted) >= _CONVERTED_ROWS:
-                self._converted.clear()
-            stored = self._converted[row] = _TOKENS.values(row)
+        known = self._converted.get(digest)
+        if known is not None and known[0] == row:
+            return known[1]
+        if len(self._converted) >= _CONVERTED_ROWS:
+            self._converted.clear()
+        stored = _TOKENS.values(row)
+        self._converted[digest] = (row, stored)
         return stored
 
     def _note_use(self, token_id: str, now: datetime) -> datetime:
@@ -405,7 +412,9 @@ class Tokens:
         noted = self._uses.get(token_id)
         if noted is not None and now - noted < LAST_USED_RESOLUTION:
             return noted
-        stamp = to_stored_time(now)
+        stamp = self._stamp
+        if not _NO_TIME <= now - stamp < _MILLISECOND:  # uses in one millisecond share it
+            stamp = self._stamp = to_stored_time(now)
         with self._uses_lock:
             self._uses[token_id] = stamp
             if self._flusher is None:
