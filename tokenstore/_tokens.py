@@ -57,7 +57,7 @@ MAX_NAME_LENGTH = 255
 _NO_TIME = timedelta(0)
 _MILLISECOND = timedelta(milliseconds=1)
 
-#: How many distinct token rows ``Tokens._stored`` keeps converted.
+#: How many distinct token rows ``Tokens._remember`` keeps converted.
 _CONVERTED_ROWS = 128
 
 _TOKENS = Loader(APIToken)
@@ -364,7 +364,11 @@ class Tokens:
             if not (looks_like_token(secret) or looks_like_legacy_token(secret)):
                 raise InvalidToken("API token is malformed or fails its checksum")
             raise InvalidToken("API token is not recognised")
-        data = self._stored(digest, row)
+        known = self._converted.get(digest)
+        if known is not None and known[0] == row:
+            data, fresh = known[1], False
+        else:
+            data, fresh = _TOKENS.values(row), True
         now = self.clock()
         if row[_REVOKED_AT] is not None:
             raise RevokedToken(
@@ -378,30 +382,32 @@ class Tokens:
                 f"API token {_shown(data)} lacks scope {scope!r}; "
                 f"it has: {', '.join(data['scopes'])}"
             )
-        values = dict(data)  # the caller's to change; the memo's stays as it was read
-        values["scopes"] = list(data["scopes"])
         last_used = data["last_used_at"]
         stale = last_used is None or now - last_used >= LAST_USED_RESOLUTION
         if stale and not self.db.read_only:  # a read-only store records nothing
-            values["last_used_at"] = self._note_use(row[0], now)
-            return APIToken.from_stored(values)  # as a SELECT after the use is written
+            if not fresh:
+                data = dict(data)
+            data["last_used_at"] = self._note_use(row[0], now)  # as a SELECT after the flush
+            fresh = True
+        if fresh:
+            self._remember(digest, row, data)
+        values = dict(data)  # the caller's to change; the memo's stays as it is
+        values["scopes"] = list(data["scopes"])
         return APIToken.from_stored(values, snapshot=data)
 
-    def _stored(self, digest: str, row: tuple[Any, ...]) -> dict[str, Any]:
-        """A token row's Python values, converted once per distinct row; never to be changed.
+    def _remember(self, digest: str, row: tuple[Any, ...], data: dict[str, Any]) -> None:
+        """Keep a token row's values for the next check of the same row; never to be changed.
 
         A script uses its key over and over. The memo is keyed by digest and
         holds the row it converted: a row that changed in any way (revoked,
         used, edited) no longer matches, and its new values replace the old.
+        The values hold the use noted here, as the row will once it is
+        flushed, so the next check needs no copy. It is kept small: every row
+        it holds stays in memory, and the few busy keys are what it is for.
         """
-        known = self._converted.get(digest)
-        if known is not None and known[0] == row:
-            return known[1]
         if len(self._converted) >= _CONVERTED_ROWS:
             self._converted.clear()
-        stored = _TOKENS.values(row)
-        self._converted[digest] = (row, stored)
-        return stored
+        self._converted[digest] = (row, data)
 
     def _note_use(self, token_id: str, now: datetime) -> datetime:
         """Remember a use, to be written by ``flush_uses``: within a minute, or at ``close``.
