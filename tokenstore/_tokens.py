@@ -247,7 +247,8 @@ class Tokens:
         self._touch_sql = db.sql(_TOUCH)
         self._uses: dict[str, datetime] = {}  # stored token id -> its last use, not yet written
         self._uses_lock = threading.Lock()
-        self._stamp = datetime.min.replace(tzinfo=UTC)  # the latest use noted, as stored
+        # The stored time of the latest use noted; uses in the same millisecond share it.
+        self._stamp = datetime.min.replace(tzinfo=UTC)
         self._flusher: threading.Timer | None = None
         self._count_live = db.sql(_COUNT_LIVE)
         self._lock_owner = db.sql(_LOCK_OWNER)
