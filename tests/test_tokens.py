@@ -657,3 +657,39 @@ def test_authentication_does_not_wait_for_a_writer_holding_the_lock(ts: Store) -
         writer.rollback()
         writer.close()
     assert ts.tokens.flush_uses() == 1
+
+
+def test_uses_within_one_millisecond_share_a_stamp_cut_to_the_millisecond(
+    ts: Store, clock: Clock
+) -> None:
+    secrets = [ts.tokens.create()[1] for _ in range(4)]
+    clock.now = START + timedelta(microseconds=123)
+    assert ts.tokens.authenticate(secrets[0]).last_used_at == START
+    clock.advance(microseconds=876)  # still within START's millisecond
+    assert ts.tokens.authenticate(secrets[1]).last_used_at == START
+    clock.advance(microseconds=1)  # the next millisecond
+    assert ts.tokens.authenticate(secrets[2]).last_used_at == START + timedelta(milliseconds=1)
+    clock.now = START - timedelta(microseconds=1)  # a clock set back: no stamp from the future
+    assert ts.tokens.authenticate(secrets[3]).last_used_at == START - timedelta(milliseconds=1)
+    assert ts.tokens.flush_uses() == 4
+
+
+def test_a_use_checked_again_before_the_flush_is_the_one_noted(ts: Store, clock: Clock) -> None:
+    token, secret = ts.tokens.create()
+    first = ts.tokens.authenticate(secret)
+    clock.advance(seconds=30)
+    again = ts.tokens.authenticate(secret)  # the row still says never used
+    assert first.last_used_at == again.last_used_at == START
+    assert again._stored == again.__data__ and again._stored is not again.__data__
+    again.last_used_at = None  # the caller's copy: the next check is not affected
+    assert ts.tokens.authenticate(secret).last_used_at == START
+    assert ts.tokens.flush_uses() == 1
+    assert stored_row(ts, token)["last_used_at"] == format_time(START)
+
+
+def test_more_tokens_than_the_memo_holds_all_authenticate(ts: Store) -> None:
+    issued = [ts.tokens.create() for _ in range(tokens._CONVERTED_ROWS + 3)]
+    for _ in range(2):
+        for token, secret in issued:
+            assert ts.tokens.authenticate(secret).id == token.id
+    assert len(ts.tokens._converted) <= tokens._CONVERTED_ROWS

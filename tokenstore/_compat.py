@@ -89,19 +89,16 @@ def loaded_instance(model: type[M], values: dict[str, Any], state: dict[str, Any
     """An instance as a SELECT would load it, from Python values keyed by field name.
 
     ``values`` becomes the instance's own; ``state`` sets further attributes.
+    The attributes are set as one dict: this runs for every authenticated token.
     """
     instance = model.__new__(model)
-    adopt_state(instance, values, state)
+    instance.__dict__ = {"__data__": values, "_dirty": set(), "__rel__": {}, **state}
     return instance
 
 
-def adopt_state(instance: peewee.Model, values: dict[str, Any], state: dict[str, Any]) -> None:
-    """Make ``instance`` hold ``values`` as freshly loaded, nothing marked changed."""
-    attributes = vars(instance)
-    attributes["__data__"] = values
-    attributes["_dirty"] = set()
-    attributes["__rel__"] = {}
-    attributes.update(state)
+def adopt_state(instance: M, loaded: M) -> None:
+    """Make ``instance`` hold what ``loaded`` (a ``loaded_instance`` of its model) holds."""
+    vars(instance).update(vars(loaded))
 
 
 def instance_without_defaults(model: type[M], values: dict[str, Any]) -> M:

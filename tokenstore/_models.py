@@ -81,12 +81,7 @@ class BaseModel(peewee.Model):
         instance's own. ``snapshot`` is what the row held, if the caller keeps
         an unchanging copy already (it is only ever read).
         """
-        return _compat.loaded_instance(cls, values, cls._loaded(values, snapshot))
-
-    @classmethod
-    def _loaded(cls, values: dict[str, Any], snapshot: dict[str, Any] | None) -> dict[str, Any]:
-        """Further instance state for a row read from the file (see ``from_stored``)."""
-        return {}
+        return _compat.loaded_instance(cls, values, {})
 
     def save(self, force_insert: bool = False, only: Any = None) -> int:
         created = force_insert or not _compat.was_saved(self)
@@ -162,13 +157,13 @@ class ABIDModel(BaseModel):
             self.id = self.new_id()
 
     @classmethod
-    def _loaded(cls, values: dict[str, Any], snapshot: dict[str, Any] | None) -> dict[str, Any]:
-        return {"_stored": dict(values) if snapshot is None else snapshot, "_id_generated": False}
+    def from_stored(cls, values: dict[str, Any], snapshot: dict[str, Any] | None = None) -> Self:
+        state = {"_stored": dict(values) if snapshot is None else snapshot, "_id_generated": False}
+        return _compat.loaded_instance(cls, values, state)
 
     def adopt(self, other: Self) -> None:
         """Take on the stored state of another instance of the same row (a fresher read)."""
-        values = _compat.values_of(other)
-        _compat.adopt_state(self, dict(values), self._loaded(values, None))
+        _compat.adopt_state(self, self.from_stored(dict(_compat.values_of(other))))
 
     @classmethod
     def new_id(cls) -> uuid.UUID:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from operator import call
 from typing import Any, Generic, TypeVar
 
 import peewee
@@ -22,6 +23,15 @@ from ._fields import JSONField, UTCDateTimeField
 M = TypeVar("M", bound=peewee.Model)
 
 Converter = Callable[[Any], Any]
+
+_parse_iso = datetime.fromisoformat
+# A UUID keeps its value in two slots, which its __init__ sets past the class's refusal of
+# assignment (UUIDs are immutable). Setting them through the slots' own descriptors builds
+# the same UUID without the constructor's parsing and checks, which are most of its cost.
+_new_object = object.__new__
+_set_uuid_int = vars(uuid.UUID)["int"].__set__
+_set_uuid_safety = vars(uuid.UUID)["is_safe"].__set__
+_UNKNOWN_SAFETY = uuid.SafeUUID.unknown
 
 
 def quote_name(name: str) -> str:
@@ -51,16 +61,6 @@ def value_kind(field: peewee.Field) -> str | type | None:
     return _compat.plain_python_type(field)
 
 
-def _stored_time(raw: Any) -> datetime | None:
-    """A time as tokenstore stores it (``...Z``), parsed; None if it is in any other form."""
-    if type(raw) is str and raw[-1:] == "Z":
-        try:
-            return datetime.fromisoformat(raw)
-        except ValueError:
-            return None
-    return None
-
-
 def converter(field: peewee.Field) -> Converter:
     """The function that turns one stored value of ``field`` into its Python value."""
     general: Converter = field.python_value
@@ -70,18 +70,27 @@ def converter(field: peewee.Field) -> Converter:
         def time_value(raw: Any) -> Any:
             if raw is None:
                 return None
-            parsed = _stored_time(raw)
-            return general(raw) if parsed is None else parsed
+            if type(raw) is str and raw[-1:] == "Z":  # as tokenstore writes it
+                try:
+                    return _parse_iso(raw)
+                except ValueError:
+                    pass
+            return general(raw)
 
         return time_value
     if kind == "uuid":
 
         def uuid_value(raw: Any) -> Any:
-            if type(raw) is str and len(raw) == 32:
+            if type(raw) is str and len(raw) == 32:  # 32 hex digits, as peewee writes it
                 try:
-                    return uuid.UUID(hex=raw)
+                    number = int(raw, 16)
                 except ValueError:
-                    pass
+                    number = -1
+                if number >= 0:  # then it is what UUID(hex=raw) gives
+                    value = _new_object(uuid.UUID)
+                    _set_uuid_int(value, number)
+                    _set_uuid_safety(value, _UNKNOWN_SAFETY)
+                    return value
             return general(raw)
 
         return uuid_value
@@ -117,12 +126,13 @@ class Loader(Generic[M]):
         fields = model._meta.sorted_fields
         self.columns = column_list(model)
         self.at = {f.name: i for i, f in enumerate(fields)}
-        self._plan = [(f.name, converter(f)) for f in fields]
+        self._names = [f.name for f in fields]
+        self._converters = [converter(f) for f in fields]
         self._by_column = {f.column_name: (f, converter(f)) for f in fields}
 
     def values(self, row: Sequence[Any]) -> dict[str, Any]:
         """A row of ``columns`` as Python values keyed by field name."""
-        return {name: convert(raw) for (name, convert), raw in zip(self._plan, row, strict=True)}
+        return dict(zip(self._names, map(call, self._converters, row), strict=True))
 
     def instance(self, row: Sequence[Any]) -> M:
         """A row of ``columns`` as a model instance, as if a SELECT had loaded it."""

@@ -9,7 +9,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -54,8 +54,11 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 MAX_NAME_LENGTH = 255
 
-#: How many distinct token rows ``Tokens._stored`` keeps converted.
-_CONVERTED_ROWS = 1024
+_NO_TIME = timedelta(0)
+_MILLISECOND = timedelta(milliseconds=1)
+
+#: How many distinct token rows ``Tokens._remember`` keeps converted.
+_CONVERTED_ROWS = 128
 
 _TOKENS = Loader(APIToken)
 _TABLE = APIToken._meta.table_name
@@ -238,11 +241,14 @@ class Tokens:
         self.prefix = prefix
         self.max_tokens_per_user = max_tokens_per_user
         self.header = header
-        self._converted: dict[tuple[Any, ...], dict[str, Any]] = {}
+        # digest -> the row last read for it and its values
+        self._converted: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._select_by_digest = db.sql(_SELECT_BY_DIGEST)
         self._touch_sql = db.sql(_TOUCH)
         self._uses: dict[str, datetime] = {}  # stored token id -> its last use, not yet written
         self._uses_lock = threading.Lock()
+        # The stored time of the latest use noted; uses in the same millisecond share it.
+        self._stamp = datetime.min.replace(tzinfo=UTC)
         self._flusher: threading.Timer | None = None
         self._count_live = db.sql(_COUNT_LIVE)
         self._lock_owner = db.sql(_LOCK_OWNER)
@@ -359,7 +365,11 @@ class Tokens:
             if not (looks_like_token(secret) or looks_like_legacy_token(secret)):
                 raise InvalidToken("API token is malformed or fails its checksum")
             raise InvalidToken("API token is not recognised")
-        data = self._stored(row)
+        known = self._converted.get(digest)
+        if known is not None and known[0] == row:
+            data, fresh = known[1], False
+        else:
+            data, fresh = _TOKENS.values(row), True
         now = self.clock()
         if row[_REVOKED_AT] is not None:
             raise RevokedToken(
@@ -373,28 +383,32 @@ class Tokens:
                 f"API token {_shown(data)} lacks scope {scope!r}; "
                 f"it has: {', '.join(data['scopes'])}"
             )
-        values = dict(data)  # the caller's to change; the memo's stays as it was read
-        values["scopes"] = list(data["scopes"])
         last_used = data["last_used_at"]
         stale = last_used is None or now - last_used >= LAST_USED_RESOLUTION
         if stale and not self.db.read_only:  # a read-only store records nothing
-            values["last_used_at"] = self._note_use(row[0], now)
-            return APIToken.from_stored(values)  # as a SELECT after the use is written
+            if not fresh:
+                data = dict(data)
+            data["last_used_at"] = self._note_use(row[0], now)  # as a SELECT after the flush
+            fresh = True
+        if fresh:
+            self._remember(digest, row, data)
+        values = dict(data)  # the caller's to change; the memo's stays as it is
+        values["scopes"] = list(data["scopes"])
         return APIToken.from_stored(values, snapshot=data)
 
-    def _stored(self, row: tuple[Any, ...]) -> dict[str, Any]:
-        """A token row's Python values, converted once per distinct row; never to be changed.
+    def _remember(self, digest: str, row: tuple[Any, ...], data: dict[str, Any]) -> None:
+        """Keep a token row's values for the next check of the same row; never to be changed.
 
-        A script uses its key over and over. The memo is keyed by the whole
-        row, so a row that changed in any way (revoked, used, edited) is
-        simply a new key.
+        A script uses its key over and over. The memo is keyed by digest and
+        holds the row it converted: a row that changed in any way (revoked,
+        used, edited) no longer matches, and its new values replace the old.
+        The values hold the use noted here, as the row will once it is
+        flushed, so the next check needs no copy. It is kept small: every row
+        it holds stays in memory, and the few busy keys are what it is for.
         """
-        stored = self._converted.get(row)
-        if stored is None:
-            if len(self._converted) >= _CONVERTED_ROWS:
-                self._converted.clear()
-            stored = self._converted[row] = _TOKENS.values(row)
-        return stored
+        if len(self._converted) >= _CONVERTED_ROWS:
+            self._converted.clear()
+        self._converted[digest] = (row, data)
 
     def _note_use(self, token_id: str, now: datetime) -> datetime:
         """Remember a use, to be written by ``flush_uses``: within a minute, or at ``close``.
@@ -405,7 +419,9 @@ class Tokens:
         noted = self._uses.get(token_id)
         if noted is not None and now - noted < LAST_USED_RESOLUTION:
             return noted
-        stamp = to_stored_time(now)
+        stamp = self._stamp
+        if not _NO_TIME <= now - stamp < _MILLISECOND:  # uses in one millisecond share it
+            stamp = self._stamp = to_stored_time(now)
         with self._uses_lock:
             self._uses[token_id] = stamp
             if self._flusher is None:

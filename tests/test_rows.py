@@ -1,0 +1,53 @@
+"""The row loader's shortcuts give what the fields themselves give."""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+from typing import Any
+
+import pytest
+
+from tokenstore._errors import TokenstoreError
+from tokenstore._models import APIToken
+from tokenstore._rows import converter
+
+HEX = "34d33d59f9ee4110b2fcd9268791df73"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        HEX,
+        HEX.upper(),
+        "0" * 32,
+        "f" * 32,
+        "0x" + HEX[2:],  # int() and UUID(hex=) both take the prefix
+        "_".join([HEX[:15], HEX[16:]]),
+        " " + HEX[1:],
+        "+" + HEX[1:],
+        "-" + HEX[1:],  # negative: refused like UUID(hex=) refuses it
+        "g" + HEX[1:],
+        "{" + HEX[2:] + "}",
+        "34d33d59-f9ee-4110-b2fc-d9268791df73",
+        HEX[:31],
+        None,
+    ],
+)
+def test_uuid_column_reads_as_the_field_reads_it(raw: Any) -> None:
+    field = APIToken._meta.fields["id"]
+    fast = converter(field)
+    try:
+        expected = field.python_value(raw)
+    except (ValueError, TypeError, TokenstoreError) as exc:
+        with pytest.raises(type(exc)):
+            fast(raw)
+        return
+    got = fast(raw)
+    assert got == expected and type(got) is type(expected)
+    if isinstance(got, uuid.UUID):
+        assert got.is_safe is uuid.SafeUUID.unknown
+        assert hash(got) == hash(expected) and str(got) == str(expected)
+        assert pickle.loads(pickle.dumps(got)) == expected
+        with pytest.raises(TypeError):
+            got.int = 1  # type: ignore[misc]
