@@ -15,6 +15,15 @@ once). Two variants, at each process count:
   COMMIT (``BEGIN IMMEDIATE``, same pragmas) into one shared file, then
   ``requests.Session().post`` of the same body: ``RawBaseline.save``.
 
+- **floor** (not a goal's baseline, a yardstick): the least any outbox that
+  records its deliveries must do, in raw SQL on a file with tokenstore's
+  tables and indexes but no capture triggers: the row and its delivery row
+  in one write transaction, the POST, then the outcome (the delivery row,
+  and the hook's row once a second) in a second one, waiting for the lock
+  as tokenstore does: ``OutboxFloor.save``.
+  tokenstore/floor is tokenstore's own cost; floor/raw is the cost of
+  recording deliveries durably at all.
+
 All processes of a variant start together and save for a fixed time; the
 variants alternate round by round, and the best round of each counts.
 Reported per count: total saves per second, the ratio tokenstore/raw, and
@@ -29,18 +38,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from webhooks import Note, RawBaseline, start_receiver
+import requests
+from webhooks import PRAGMAS, Note, RawBaseline, start_receiver
 
 import tokenstore
+from tokenstore._times import format_time
 
 COUNTS = (1, 2, 4)
 WARM_SAVES = 50
@@ -60,6 +74,8 @@ def worker(variant: str, path: Path, url: str, body_file: Path) -> None:
 
         def save(i: int) -> Any:
             return Note.create(text=f"note {i}")
+    elif variant == "floor":
+        save = OutboxFloor(path, url, body_file.read_bytes()).save
     else:
         save = RawBaseline(path, url, body_file.read_bytes(), create=False).save
     for i in range(WARM_SAVES):
@@ -84,6 +100,80 @@ def worker(variant: str, path: Path, url: str, body_file: Path) -> None:
         print(json.dumps({"saves": i, "elapsed": now - start, "latencies": latencies}), flush=True)
     if variant == "tokenstore":
         store.close()
+
+
+class OutboxFloor:
+    """A durable outbox written as directly as it can be: see the module's doc."""
+
+    def __init__(self, path: Path, url: str, body: bytes) -> None:
+        self.conn = sqlite3.connect(path, isolation_level=None)
+        for pragma in PRAGMAS:
+            self.conn.execute(pragma)
+        (self.hook_id,) = self.conn.execute("SELECT id FROM tokenstore_outbound_webhook").fetchone()
+        self.session = requests.Session()
+        self.url = url
+        self.body = body
+        self.text = body.decode()
+        self.headers = {"Content-Type": "application/json"}
+
+    def begin(self) -> None:
+        """BEGIN IMMEDIATE, waiting for the lock in tokenstore's short steps (not SQLite's)."""
+        self.conn.execute("PRAGMA busy_timeout = 0")
+        pause = 0.0001
+        while True:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.002)
+        self.conn.execute("PRAGMA busy_timeout = 10000")
+
+    def save(self, i: int) -> None:
+        execute = self.conn.execute
+        row_id, delivery_id = uuid.uuid4(), uuid.uuid4()
+        now = format_time(datetime.now(UTC))
+        self.begin()
+        execute(
+            "INSERT INTO bench_note (id, abid, created_by_id, created_at, modified_at, text) "
+            "VALUES (?, ?, 1, ?, ?, ?)",
+            (row_id.hex, "not_" + row_id.hex[:26].upper(), now, now, f"note {i}"),
+        )
+        execute(
+            "INSERT INTO tokenstore_webhook_delivery (id, abid, created_by_id, created_at, "
+            "modified_at, hook_id, event_type, payload, next_attempt_at, status, attempts, "
+            "last_error) VALUES (?, ?, 1, ?, ?, ?, 'note.created', ?, ?, 'pending', 0, '')",
+            (
+                delivery_id.hex,
+                "msg_" + delivery_id.hex[:26].upper(),
+                now,
+                now,
+                self.hook_id,
+                self.text,
+                now,
+            ),
+        )
+        execute("COMMIT")
+        response = self.session.post(
+            self.url, data=self.body, headers=self.headers, timeout=(3, 10)
+        )
+        response.raise_for_status()
+        done = format_time(datetime.now(UTC))
+        a_second_ago = format_time(datetime.now(UTC) - timedelta(seconds=1))
+        self.begin()
+        execute(
+            "UPDATE tokenstore_webhook_delivery SET status = 'delivered', "
+            "attempts = attempts + 1, next_attempt_at = NULL, last_attempt_at = ?, "
+            "last_status_code = ?, duration_ms = 1, delivered_at = ?, modified_at = ? "
+            "WHERE id = ?",
+            (done, response.status_code, done, done, delivery_id.hex),
+        )
+        execute(
+            "UPDATE tokenstore_outbound_webhook SET last_success = ? "
+            "WHERE id = ? AND (last_success IS NULL OR last_success <= ?)",
+            (done, self.hook_id, a_second_ago),
+        )
+        execute("COMMIT")
 
 
 # -- the parent -----------------------------------------------------------------------
@@ -173,14 +263,21 @@ def run(tmp: Path, url: str, receiver_pid: int, seconds: float, rounds: int) -> 
     body_file.write_bytes(body)
     store.close()
     RawBaseline(raw_path, url, body).conn.close()
+    floor_path = tmp / "floor.sqlite3"
+    with tokenstore.open(floor_path, webhook_allow=["127.0.0.1/32"]) as floor:
+        floor.register(Note)
+        floor.webhooks.create("notes", Note, url)
+        for suffix in ("insert", "update", "delete"):  # the floor records no events
+            floor.db.execute_sql(f'DROP TRIGGER "bench_note_capture_{suffix}"')
 
     results = []
     for count in COUNTS:
         ours = Writers("tokenstore", count, ours_path, url, body_file)
         raw = Writers("raw", count, raw_path, url, body_file)
+        floor_writers = Writers("floor", count, floor_path, url, body_file)
         best: dict[str, tuple[float, list[float], float, float]] = {}
         for _ in range(rounds):
-            for name, writers in (("raw", raw), ("tokenstore", ours)):
+            for name, writers in (("raw", raw), ("floor", floor_writers), ("tokenstore", ours)):
                 cpu = cpu_seconds(receiver_pid)
                 wall = time.perf_counter()
                 rate, latencies, per_save = writers.round(seconds)
@@ -189,6 +286,7 @@ def run(tmp: Path, url: str, receiver_pid: int, seconds: float, rounds: int) -> 
                     best[name] = (rate, latencies, per_save, load)
         ours.stop()
         raw.stop()
+        floor_writers.stop()
         results.append((count, best))
 
     store = tokenstore.open(ours_path, webhook_allow=["127.0.0.1/32"])
@@ -207,7 +305,7 @@ def run(tmp: Path, url: str, receiver_pid: int, seconds: float, rounds: int) -> 
     )
     ok = True
     for count, best in results:
-        for name in ("raw", "tokenstore"):
+        for name in ("raw", "floor", "tokenstore"):
             rate, latencies, per_save, load = best[name]
             ratio = rate / best["raw"][0]
             print(
@@ -216,6 +314,10 @@ def run(tmp: Path, url: str, receiver_pid: int, seconds: float, rounds: int) -> 
                 f"{percentile(latencies, 0.99) * 1000:>7.2f} {per_save * 1e6:>6,.0f} us "
                 f"{load:>12.0%}"
             )
+        print(
+            f"  {'':>9} tokenstore/floor {best['tokenstore'][0] / best['floor'][0]:.2f}x, "
+            f"floor/raw {best['floor'][0] / best['raw'][0]:.2f}x"
+        )
         if count == 4:
             ratio = best["tokenstore"][0] / best["raw"][0]
             ok = ratio >= GOAL_AT_4
