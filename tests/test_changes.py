@@ -581,6 +581,7 @@ def test_weak_and_strong_receivers_behave_as_blinker_says(memos: Store) -> None:
     def dropped_receiver(sender: Any, **kwargs: Any) -> None:
         dropped_calls[0] += 1
 
+    before = set(signals.post_save.receivers)  # other tests' leftovers, if any
     signals.post_save.connect(strong, sender=Memo, weak=False)
     signals.post_save.connect(weak, sender=Memo)
     signals.post_save.connect(method_owner.method, sender=Memo)
@@ -593,7 +594,7 @@ def test_weak_and_strong_receivers_behave_as_blinker_says(memos: Store) -> None:
     finally:
         for receiver in (strong, weak, method_owner.method):
             signals.post_save.disconnect(receiver)
-    assert not signals.post_save.receivers
+    assert set(signals.post_save.receivers) == before
 
 
 def test_receivers_for_another_sender_are_not_called(memos: Store, listen: Listen) -> None:

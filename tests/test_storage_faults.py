@@ -151,7 +151,7 @@ def saved() -> Iterator[list[str]]:
     try:
         yield keys
     finally:
-        signals.post_save.disconnect(on_save, sender=Entry)
+        signals.post_save.disconnect(on_save)  # from every sender: blinker forgets it
 
 
 @dataclass
