@@ -34,6 +34,7 @@ from tokenstore._capture import CaptureSpec
 from tokenstore._models import OWN_MODELS, APIToken, OutboundWebhook, User
 from tokenstore._sqlite import SCHEMA_VERSION, schema_sql
 from tokenstore._sqlite_ddl import capture_triggers
+from tokenstore._times import format_time, parse_time, to_stored_time
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -470,6 +471,22 @@ def test_times_are_stored_as_fixed_width_utc_text(app_store: Store, db_path: Pat
     )
     [(stored,)] = _db.rows(db_path, "SELECT created_at FROM note WHERE abid = ?", (note.abid,))
     assert stored == "2024-10-24T12:00:00.123Z"
+
+
+@pytest.mark.sqlite_only
+def test_stored_times_keep_their_width_and_read_back_in_every_year() -> None:
+    for when in (
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2024, 10, 24, 14, 0, 0, 123456, tzinfo=timedelta_tz(2)),
+        datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
+    ):
+        text = format_time(when)
+        assert len(text) == len("2024-10-24T12:00:00.123Z"), text
+        assert format_time(when) == text  # asked again (the last answer is kept)
+        assert parse_time(text) == to_stored_time(when)
+    ordered = [datetime(y, 6, 1, tzinfo=UTC) for y in (5, 50, 500, 999, 1000, 2024)]
+    assert sorted(ordered, key=format_time) == ordered
 
 
 def timedelta_tz(hours: int) -> timezone:

@@ -19,6 +19,8 @@ def utcnow() -> datetime:
 
 def to_stored_time(value: datetime) -> datetime:
     """Aware UTC with millisecond precision: what a round trip through the file gives back."""
+    if type(value) is datetime and value.tzinfo is UTC:  # the clock's own kind: nothing to check
+        return value.replace(microsecond=value.microsecond // 1000 * 1000)
     if not isinstance(value, datetime):
         raise ValidationError(f"expected a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
@@ -35,14 +37,23 @@ def to_stored_time(value: datetime) -> datetime:
 def format_time(value: datetime) -> str:
     """The stored text of a time: fixed-width ISO-8601 UTC with milliseconds.
 
-    ``strftime`` does not pad years before 1000 to four digits, so those are
-    formatted by hand; a time already in stored form skips the conversion.
+    ``isoformat`` pads years before 1000 to four digits (``strftime`` would
+    not); a time already in stored form skips the conversion. A commit
+    formats its one "now" several times, so the last answer is kept.
     """
+    global _last_formatted
+    last = _last_formatted
+    if type(value) is datetime and value == last[0]:
+        return last[1]
+    stored = value
     if not (type(value) is datetime and value.tzinfo is UTC and value.microsecond % 1000 == 0):
-        value = to_stored_time(value)
-    if value.year >= 1000:
-        return value.isoformat(timespec="milliseconds")[:-6] + "Z"
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+        stored = to_stored_time(value)
+    text = stored.isoformat(timespec="milliseconds")[:-6] + "Z"  # the year padded to 4 digits
+    _last_formatted = (value, text)  # one assignment: threads see a whole pair
+    return text
+
+
+_last_formatted: tuple[datetime | None, str] = (None, "")
 
 
 def parse_time(text: object) -> datetime:
