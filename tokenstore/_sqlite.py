@@ -136,8 +136,8 @@ def _verb(sql: str) -> str:
 #: A writer waiting for the lock tries again after this long, doubling up to the longest.
 _FIRST_PAUSE = 0.0001
 _LONGEST_PAUSE = 0.002
-#: A BEGIN that took longer than this waited for another writer ...
-_WAITED = 0.0005
+#: A BEGIN that took longer than this waited for another writer (SQLite's first sleep) ...
+_WAITED = 0.001
 #: ... and for this long after, writers wait for the lock in those steps.
 _CONTENTION_MEMORY = 10.0
 
