@@ -98,11 +98,15 @@ def test_new_file_is_private_wal_and_versioned(store: Store, db_path: Path) -> N
 def test_a_writer_that_never_waited_adds_no_statement(tmp_path: Path) -> None:
     """The busy timeout is switched off around BEGIN only once a writer has had to wait.
 
-    A BEGIN that a loaded machine slows past the threshold counts as a wait too,
-    so a clean save is looked for on three fresh stores."""
+    A BEGIN that the machine slows past the threshold counts as a wait too (the
+    first on a new file creates its WAL), so each file is made before the store
+    under test opens it, and a clean save is looked for on three stores."""
     added = []
     for n in range(3):
-        with tokenstore.open(tmp_path / f"alone{n}.sqlite3") as store:
+        path = tmp_path / f"alone{n}.sqlite3"
+        with tokenstore.open(path) as made:
+            made.register(Note)
+        with tokenstore.open(path) as store:
             store.register(Note)
             statements = _db.statements_during(store, lambda: Note.create(title="alone"))
             added.append([sql for sql in statements if "busy_timeout" in sql])
