@@ -169,8 +169,6 @@ class Dispatcher:
     def _listening_and_wanted(self, conn: Connection) -> tuple[bool, list[Consumer]]:
         """Whether any process listens, and the consumers that want events now."""
         row = conn.execute(self._probe).fetchone()
-        if not any(row[1:]):
-            return bool(row[0]), []
         return bool(row[0]), [c for c, want in zip(self.consumers, row[1:], strict=True) if want]
 
     # -- inside the transaction ---------------------------------------------------------

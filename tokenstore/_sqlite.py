@@ -340,8 +340,8 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         writer processes the lock would stand free while they sleep. So once
         a writer of this store has had to wait, writers wait here instead for
         a while, in steps that start far shorter and grow, so that a long
-        wait costs no more than SQLite's would. Until then SQLite waits: the
-        switch costs two statements per transaction, a tenth of a lone save.
+        wait costs no more than SQLite's would. Until then SQLite waits, as
+        turning its timeout off and on again costs two statements each time.
         """
         started = time.monotonic()
         if started >= self._contended_until:
