@@ -481,6 +481,19 @@ def test_a_non_utf8_body_is_decoded_with_replacement(store: Store, receiver: Rec
     assert reload(hook).last_response == "caf\ufffd \ufffd\ufffd ok"
 
 
+def test_nul_bytes_in_an_answer_are_recorded_as_replacement_characters(
+    store: Store, receiver: Receiver
+) -> None:
+    """PostgreSQL text cannot hold NUL: a receiver sending one must still get its outcome kept."""
+    receiver.respond = lambda h: answer(h, 302, b"a\x00b", {"Location": "/x\x00y"})
+    hook = store.webhooks.create("nul", Note, receiver.url(), keep_last_response=True)
+    Note.create(text="x")
+    delivery = only_delivery(store)
+    assert (delivery.status, delivery.last_status_code) == ("failed", 302)
+    assert "redirect to /x\ufffdy not followed" in delivery.last_error
+    assert reload(hook).last_response == "a\ufffdb"
+
+
 def test_a_10_mb_body_is_cut_to_8000_characters_without_reading_it_all(
     store: Store, receiver: Receiver
 ) -> None:

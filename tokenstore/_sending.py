@@ -140,14 +140,15 @@ class Sender:
         with _deadline.limit(seconds) as attempt:
             outcome = self._post(url, body, headers, attempt.deadline)
         if attempt.expired:
-            return Outcome(
+            outcome = Outcome(
                 False,
                 outcome.status_code,
                 error=f"timed out: the attempt ran past its deadline of {seconds:g} s",
                 body=outcome.body,
-                duration_ms=_since(start),
             )
         outcome.duration_ms = _since(start)
+        outcome.error = _storable(outcome.error)
+        outcome.body = _storable(outcome.body)
         return outcome
 
     def _post(self, url: str, body: bytes, headers: dict[str, str], deadline: float) -> Outcome:
@@ -190,6 +191,11 @@ class Sender:
 
 def _since(start: float) -> int:
     return round((time.perf_counter() - start) * 1000)
+
+
+def _storable(text: str) -> str:
+    """A receiver's text as every backend can keep it: PostgreSQL text cannot hold NUL."""
+    return text.replace("\x00", "\ufffd")
 
 
 def _short(exc: BaseException) -> str:
