@@ -105,6 +105,47 @@ def test_a_missing_source_is_refused_and_creates_nothing(tmp_path: Path) -> None
     assert not (tmp_path / "nothing.sqlite3").exists()
 
 
+@pytest.mark.parametrize("spelled", ["{0}/", "{1}/./{2}", "{1}/link.sqlite3", "{1}/hard.sqlite3"])
+def test_the_same_file_spelled_another_way_is_refused(tmp_path: Path, spelled: str) -> None:
+    """With force, copying a file onto itself would first empty it: everything would be lost."""
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    (tmp_path / "link.sqlite3").symlink_to(source)
+    os.link(source, tmp_path / "hard.sqlite3")
+    held = snapshot(source)
+    dest = spelled.format(source, tmp_path, source.name)
+    with pytest.raises(StoreError, match="the source and the destination are the same"):
+        tokenstore.migrate(source, dest, force=True)
+    assert snapshot(source) == held
+
+
+@pytest.mark.parametrize(
+    ("source", "dest", "force", "message"),
+    [
+        (None, "dest.sqlite3", False, "source must be a str or a Path, got NoneType"),
+        (5, "dest.sqlite3", False, "source must be a str or a Path, got int"),
+        (b"s.sqlite3", "dest.sqlite3", False, "source must be a str or a Path, got bytes"),
+        ("s.sqlite3", "a\x00b", False, "destination must not contain a NUL"),
+        ("s.sqlite3", "a\ud800", False, "destination is not valid Unicode"),
+        ("x" * 5000, "dest.sqlite3", False, "cannot open x+: File name too long"),
+        ("s.sqlite3", "dest.sqlite3", "yes", "force must be true or false"),
+    ],
+)
+def test_bad_arguments_are_validation_errors_and_create_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: Any,
+    dest: Any,
+    force: Any,
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    tokenstore.open("s.sqlite3").close()
+    with pytest.raises(tokenstore.TokenstoreError, match=message):
+        tokenstore.migrate(source, dest, force=force)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite3"]
+
+
 def test_the_command_migrates_and_refuses_in_one_line(tmp_path: Path, pg_url: str) -> None:
     source = tmp_path / "source.sqlite3"
     fill(source)

@@ -19,6 +19,7 @@ import peewee
 
 from ._capture import EVENT_TABLE
 from ._errors import StoreError
+from ._inputs import check_flag, check_path, check_text
 from ._models import OWN_MODELS
 from ._postgres import PostgresDatabase, is_url, redacted_url
 from ._postgres import open_database as open_postgres
@@ -45,11 +46,32 @@ class _NoDispatch:
         pass
 
 
+def _location(value: object, what: str) -> str:
+    """A ``postgresql://`` URL, or a file path the operating system can take."""
+    if isinstance(value, str) and is_url(value):
+        return check_text(value, what)
+    return str(check_path(value, what))
+
+
+def _same_file(source: str, dest: str) -> bool:
+    """Whether two spellings (a symlink, a hard link, ``./``) name one file."""
+    if is_url(source) or is_url(dest):
+        return source == dest
+    try:
+        return Path(source).resolve() == Path(dest).resolve() or os.path.samefile(source, dest)
+    except (OSError, RuntimeError):  # one is missing, or a symlink loop: not one file
+        return False
+
+
 def _open(location: str, *, must_exist: bool) -> SQLiteDatabase | PostgresDatabase:
     if is_url(location):
         return open_postgres(location, _NoDispatch())
     path = Path(location)
-    if must_exist and not path.is_file():
+    try:
+        missing = must_exist and not path.is_file()
+    except OSError as exc:  # a name too long, say
+        raise StoreError(f"cannot open {location}: {exc.strerror}") from None
+    if missing:
         raise StoreError(f"migrate: the source {location} does not exist")
     return open_database(path, _NoDispatch(), _BUSY_TIMEOUT)
 
@@ -76,8 +98,9 @@ def migrate(
     holds anything but its ``system`` user is refused unless ``force``, which
     empties it first. Returns the number of rows copied per table.
     """
-    source, dest = os.fspath(source), os.fspath(dest)
-    if source == dest:
+    source, dest = _location(source, "source"), _location(dest, "destination")
+    check_flag(force, "force")
+    if _same_file(source, dest):
         raise StoreError("migrate: the source and the destination are the same")
     src = _open(source, must_exist=True)
     try:
