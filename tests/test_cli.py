@@ -628,3 +628,104 @@ def test_read_commands_send_nothing_take_no_lock_and_are_fast(db_path: Path) -> 
         assert delivery["status"] == "pending" and delivery["attempts"] == 0
     finally:
         hanging.close()
+
+
+def refused(db: Path, *args: str, stdin: bytes | None = b"", **env: str) -> str:
+    """Run a command that must fail on its input: exit 2, one line on stderr, no traceback.
+
+    ``stdin=None`` runs it with its standard input closed.
+    """
+    command = [*COMMAND, *args]
+    if stdin is None:
+        command = ["sh", "-c", 'exec "$@" <&-', "sh", *command]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        timeout=60,
+        input=stdin,
+        env={**os.environ, "TOKENSTORE_DB": str(db), **env},
+    )
+    stderr = done.stderr.decode(errors="replace")
+    assert done.returncode == 2, (done.returncode, stderr)
+    assert stderr.count("\n") == 1 and stderr.startswith("tokenstore") and "error:" in stderr
+    return stderr
+
+
+@pytest.mark.sqlite_only
+def test_a_header_option_without_a_value_is_refused_without_repeating_it(db_path: Path) -> None:
+    stderr = refused(db_path, "--allow", "127.0.0.1/32", "webhooks", "create", "h",
+                     "tokenstore.User", "http://127.0.0.1:9/",
+                     "--header", "Authorization: Bearer SEKRIT")  # fmt: skip
+    assert "Name=value" in stderr and "SEKRIT" not in stderr
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("listen", "--secret-file", "no\nsuch\rfile"),
+        ("import", "archivebox", "no\nsuch"),
+        ("users", "get", "a\u2028b"),
+        ("users", "list", "--no\nsuch-option"),
+    ],
+)
+def test_line_breaks_in_a_value_do_not_break_the_error_line(
+    db_path: Path, args: tuple[str, ...]
+) -> None:
+    assert "\\n" in refused(db_path, *args).replace("\\r", "\\n").replace("\\u2028", "\\n")
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tokens", "authenticate", "-"),
+        ("webhooks", "create", "h", "tokenstore.User", "http://127.0.0.1:9/", "--auth-token", "-"),
+        ("listen", "--secret", "-"),
+        ("listen", "--secret-file", "-"),
+        ("import", "archivebox", ".", "--cipher-key", "-"),
+    ],
+)
+def test_secrets_read_from_a_closed_or_undecodable_stdin_are_refused(
+    db_path: Path, args: tuple[str, ...]
+) -> None:
+    assert "stdin is closed" in refused(db_path, *args, stdin=None)
+    undecodable = refused(db_path, *args, stdin=b"\xff\xfe\n", PYTHONIOENCODING="utf-8")
+    assert "not UTF-8" in undecodable
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("def (\n", "SyntaxError"),
+        ("raise RuntimeError('boom')\n", "RuntimeError: boom"),
+        ("import sys\nsys.exit(3)\n", "SystemExit: 3"),
+    ],
+)
+def test_an_app_module_that_fails_as_it_is_imported_is_named(
+    db_path: Path, tmp_path: Path, source: str, message: str
+) -> None:
+    (tmp_path / "broken_app.py").write_text(source)
+    stderr = refused(db_path, "--app", "broken_app", "users", "list", PYTHONPATH=str(tmp_path))
+    assert "--app 'broken_app' failed as it was imported" in stderr and message in stderr
+    assert "--app '.'" in refused(db_path, "--app", ".", "users", "list")
+
+
+@pytest.mark.sqlite_only
+def test_odd_paths_and_addresses_for_the_tools_are_refused(db_path: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert str(a_file) in refused(db_path, "demo", "--dir", str(a_file))
+    assert "File name too long" in refused(db_path, "import", "archivebox", "x" * 5000)
+    assert "File name too long" in refused(db_path, "migrate", "x" * 5000, str(tmp_path / "d"))
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    assert "host name" in refused(db_path, "listen", "--host", "\u200b", "--secret", secret)
+    assert "port" in refused(db_path, "serve", "--port", "99999")
+    assert "host name" in refused(db_path, "serve", "--host", "\u200b", "--public")
+    taken = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = str(taken.getsockname()[1])
+        assert "cannot listen on 127.0.0.1 port" in refused(db_path, "serve", "--port", port)
+    finally:
+        taken.close()

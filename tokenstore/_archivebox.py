@@ -131,9 +131,13 @@ class _DryRun(Exception):
 
 def _source_path(path: str | os.PathLike[str]) -> Path:
     source = Path(path)
-    if source.is_dir():
-        source = source / "index.sqlite3"  # an ArchiveBox data folder
-    if not source.is_file():
+    try:
+        if source.is_dir():
+            source = source / "index.sqlite3"  # an ArchiveBox data folder
+        found = source.is_file()
+    except OSError as exc:  # a name too long, say
+        raise ValidationError(f"cannot read {source}: {exc.strerror}") from None
+    if not found:
         raise ValidationError(f"{source}: no such file (expected ArchiveBox's index.sqlite3)")
     return source
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import peewee
 
-from ._errors import AuthenticationError
+from ._errors import AuthenticationError, ValidationError
 from ._models import ABIDModel
 from ._receiver import make_receiver
 from ._store import open as open_store
@@ -55,7 +55,10 @@ def _step(text: str) -> None:
 
 def run_demo(directory: str | None = None) -> int:
     folder = Path(directory or tempfile.mkdtemp(prefix="tokenstore-demo-"))
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, a folder nobody may write ...
+        raise ValidationError(f"--dir {folder}: cannot make the folder: {exc.strerror}") from None
     path = folder / "demo.sqlite3"
     received: list[dict[str, Any]] = []
     arrived = threading.Condition()

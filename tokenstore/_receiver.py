@@ -132,3 +132,5 @@ def make_receiver(
         return server_class((host, port), Handler)
     except OSError as exc:  # a taken port, a host that is not ours or does not resolve
         raise ValidationError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
+    except (TypeError, UnicodeError):  # the socket module cannot encode it as a host name
+        raise ValidationError(f"cannot listen on {host!r}: not a host name or address") from None

@@ -23,7 +23,7 @@ from .._postgres import redacted_url
 from .._version import __version__
 from ._accounts import add_tokens_commands, add_users_commands
 from ._base import _add_global_options, _Formatter, _Parser, _settle_global_options
-from ._output import Output, _allow_hint
+from ._output import Output, _allow_hint, one_line
 from ._store_commands import (
     add_abid_commands,
     add_import_commands,
@@ -89,13 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args, out)
     except BlockedAddress as exc:
-        print(f"tokenstore: error: {exc}; {_allow_hint()}", file=sys.stderr)
+        print(f"tokenstore: error: {one_line(str(exc))}; {_allow_hint()}", file=sys.stderr)
         return 2
     except TokenstoreError as exc:
-        print(f"tokenstore: error: {exc}", file=sys.stderr)
+        print(f"tokenstore: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except (sqlite3.Error, peewee.DatabaseError) as exc:  # a read on the raw connection
-        print(f"tokenstore: error: {redacted_url(args.db)}: {exc}", file=sys.stderr)
+        print(f"tokenstore: error: {one_line(f'{redacted_url(args.db)}: {exc}')}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -15,7 +15,7 @@ import peewee
 from .._errors import ValidationError
 from .._store import Store
 from .._store import open as open_store
-from ._output import Output
+from ._output import Output, one_line
 
 DEFAULT_DB = "tokenstore.sqlite3"
 
@@ -58,6 +58,10 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
         module = importlib.import_module(name)
     except ImportError as exc:
         raise ValidationError(f"--app {name!r} cannot be imported: {exc}") from None
+    except (Exception, SystemExit) as exc:  # the module's own code failed as it ran
+        raise ValidationError(
+            f"--app {name!r} failed as it was imported: {type(exc).__name__}: {exc}"
+        ) from None
     models = [
         obj
         for obj in vars(module).values()
@@ -90,7 +94,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """A usage error in one line, exit 2, like every other error of the command."""
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

@@ -182,7 +182,7 @@ def cmd_import_archivebox(args: argparse.Namespace, out: Output) -> int:
                 f"--map {item!r} must look like core.models.Snapshot=app.Snapshot"
             )
         ref_map[old.strip()] = new.strip()
-    cipher_key = sys.stdin.readline().strip() if args.cipher_key == "-" else args.cipher_key
+    cipher_key = None if args.cipher_key is None else _secret(args.cipher_key)
     with _open(args) as store:
         report = store.import_archivebox(
             args.path, ref_map=ref_map, cipher_key=cipher_key, dry_run=args.dry_run

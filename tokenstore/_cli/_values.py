@@ -78,7 +78,8 @@ def _header(text: str) -> tuple[str, str]:
     """A ``Name=value`` header option as a pair."""
     name, sep, value = text.partition("=")
     if not sep or not name:
-        raise ValidationError(f"--header {text!r} must look like Name=value")
+        # Not quoted back: the text is likely a credential typed as "Name: value".
+        raise ValidationError("--header must look like Name=value (the value given is not shown)")
     return name.strip(), value
 
 
@@ -89,6 +90,11 @@ def _secret(value: str) -> str:
     """
     if value != "-":
         return value
-    if sys.stdin.isatty():
-        return getpass.getpass("secret (not shown): ").strip()
-    return sys.stdin.readline().strip()
+    if sys.stdin is None:
+        raise ValidationError("- reads the secret from stdin, but stdin is closed")
+    try:
+        if sys.stdin.isatty():
+            return getpass.getpass("secret (not shown): ").strip()
+        return sys.stdin.readline().strip()
+    except UnicodeDecodeError:
+        raise ValidationError("the secret read from stdin is not UTF-8 text") from None

@@ -75,9 +75,18 @@ def make_admin_server(
             f"--host {host!r} is not a loopback address: the admin page listens on "
             "127.0.0.1 unless --public is given (then put TLS in front of it)"
         )
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise tokenstore.ValidationError(f"--port must be between 0 and 65535, got {port!r}")
     server_class = _AdminServer6 if ":" in host else AdminServer
-    server = make_server(
-        host.strip("[]"), port, make_app(store), server_class, handler_class=_QuietHandler
-    )
+    try:
+        server = make_server(
+            host.strip("[]"), port, make_app(store), server_class, handler_class=_QuietHandler
+        )
+    except OSError as exc:  # a taken port, an address that is not this machine's
+        raise tokenstore.ValidationError(
+            f"cannot listen on {host} port {port}: {exc.strerror}"
+        ) from None
+    except (TypeError, UnicodeError):  # the socket module cannot encode it as a host name
+        raise tokenstore.ValidationError(f"--host {host!r} is not a host name or address") from None
     server.store = store
     return server
