@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -181,6 +182,57 @@ def test_our_version_without_our_tables_is_refused(db_path: Path) -> None:
     assert f"has schema version {SCHEMA_VERSION} but lacks" in message
     assert "tokenstore_api_token" in message and "tokenstore_user" in message
     assert "PRAGMA integrity_check" in message and str(db_path) in message
+
+
+@pytest.mark.parametrize("version", [-1, -(2**31)])
+def test_a_negative_schema_version_is_refused(db_path: Path, version: int) -> None:
+    make_store(db_path)
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+    with pytest.raises(StoreError, match=f"has schema version {version}, which no tokenstore"):
+        tokenstore.open(db_path)
+
+
+def _loose_file(path: Path, kind: str) -> type[StoreError]:
+    """A file open to others that opening refuses: what it is and the error it gets."""
+    if kind == "newer":
+        make_store(path)
+        conn = sqlite3.connect(path)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        conn.close()
+    elif kind == "truncated":
+        make_store(path)
+        with path.open("r+b") as f:
+            f.truncate(4096)
+    else:  # an empty file, which only a writer may set up
+        path.touch()
+    os.chmod(path, 0o644)
+    return StoreReadOnly if kind == "empty" else StoreError
+
+
+@pytest.mark.parametrize("kind", ["newer", "truncated", "empty"])
+def test_a_refused_file_keeps_its_mode_and_no_warning_is_logged(
+    db_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """Only a file that opens is made private: a refusal changes nothing and says one thing."""
+    error = _loose_file(db_path, kind)
+    with caplog.at_level(logging.WARNING, logger="tokenstore"), pytest.raises(error):
+        tokenstore.open(db_path, read_only=True)
+    assert mode(db_path) == 0o644
+    assert not [r for r in caplog.records if "tightened" in r.getMessage()]
+
+
+def test_the_command_refuses_a_loose_file_in_one_line(db_path: Path) -> None:
+    _loose_file(db_path, "empty")
+    done = subprocess.run(
+        [sys.executable, "-m", "tokenstore", "--db", str(db_path), "users", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "has schema version 0" in done.stderr
 
 
 # -- missing files and odd paths ------------------------------------------------------------

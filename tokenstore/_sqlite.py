@@ -43,7 +43,7 @@ from ._errors import (
 from ._models import SYSTEM_USERNAME
 from ._rows import quote_name
 from ._sqlite_ddl import capture_triggers, claim_statements, relation_triggers
-from ._sqlite_file import check_file, connect_uri, create_private, writable
+from ._sqlite_file import check_file, connect_uri, create_private, make_files_private, writable
 from ._times import format_time, utcnow
 
 #: The ``PRAGMA user_version`` of files this code writes.
@@ -565,6 +565,7 @@ def open_database(
             f"{path} has schema version {version} and needs version {SCHEMA_VERSION}: "
             "open it once with write access to set it up"
         )
+    make_files_private(path)
     db = SQLiteDatabase(path, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
     db.connection()
     if version < SCHEMA_VERSION:

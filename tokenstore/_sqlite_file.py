@@ -3,8 +3,8 @@
 A store file holds secrets, so it must be a regular file readable by its
 owner only; it must be SQLite, of a version this code understands, and
 whole. All of this is judged with ``stat`` and a read-only connection, so a
-refused file is left as it was (only its mode may be tightened), a FIFO is
-never opened, and a file nobody may write can still be read.
+refused file is left as it was (its mode too: only a file that opens is made
+private), a FIFO is never opened, and a file nobody may write can still be read.
 """
 
 from __future__ import annotations
@@ -81,6 +81,18 @@ def make_private(path: Path, st: os.stat_result) -> None:
     )
 
 
+def make_files_private(path: Path) -> None:
+    """Make the store file and the companions beside it private (see ``make_private``).
+
+    Run once the file is accepted, before SQLite writes to it; the companions
+    are looked at again, since reading the file may have made them.
+    """
+    for file in (path, *(_companion(path, suffix) for suffix in COMPANIONS)):
+        st = _stat_regular(file)
+        if st is not None:
+            make_private(file, st)
+
+
 def connect_uri(path: Path, read_only: bool) -> str:
     """The URI SQLite opens ``path`` by (a URI takes any file name, percent-encoded).
 
@@ -116,11 +128,12 @@ def check_file(path: Path, schema_version: int, ours: frozenset[str]) -> int:
     that are not SQLite, files of a newer tokenstore, and files that are
     damaged or lack tables their version promises. ``schema_version`` is
     the version this code writes, ``ours`` the tables a file of that version
-    holds. Files open to group or others are made private first (see
-    ``make_private``).
+    holds. Nothing is changed: a file that opens is made private afterwards
+    (see ``make_files_private``).
     """
     st = _stat_regular(path)
-    companions = [(c, _stat_regular(c)) for c in (_companion(path, s) for s in COMPANIONS)]
+    for suffix in COMPANIONS:
+        _stat_regular(_companion(path, suffix))
     if st is None:
         return 0
     if st.st_size:
@@ -130,9 +143,6 @@ def check_file(path: Path, schema_version: int, ours: frozenset[str]) -> int:
             raise StoreError(
                 f"{path} is not an SQLite database (its first bytes are not an SQLite header)"
             )
-    for file, file_st in [(path, st), *companions]:
-        if file_st is not None:
-            make_private(file, file_st)
     if not st.st_size:
         return 0
     try:
@@ -148,6 +158,11 @@ def check_file(path: Path, schema_version: int, ours: frozenset[str]) -> int:
         if exc.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
             raise _damaged(path, f"is corrupt ({exc})") from None
         raise StoreIOError(f"cannot read {path}: {exc}") from None
+    if version < 0:
+        raise StoreError(
+            f"{path} has schema version {version}, which no tokenstore writes: "
+            "it is not a tokenstore file"
+        )
     if version > schema_version:
         raise StoreError(
             f"{path} has schema version {version}, newer than this tokenstore understands "
