@@ -194,6 +194,29 @@ def test_check_endpoint_rejects_malformed_urls(url: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:0/", "port 0"),  # urllib3 would send it to port 80
+        ("http://example.com:0/", "port 0"),
+        ("http://example.com\\@127.0.0.1/", "backslash"),  # requests connects to example.com
+        ("http://127.0.0.1\\@example.com/", "backslash"),  # and this one to 127.0.0.1
+        ("http://[::1%25eth0]:8000/", "zone"),
+        ("http://[::1%eth0]:8000/", "zone"),
+        ("http://user:SEKRIT@127.0.0.1:8000/", "credentials"),
+        ("http://SEKRIT@example.com/", "credentials"),
+        ("http://:SEKRIT@example.com/", "credentials"),
+    ],
+)
+def test_check_endpoint_refuses_urls_that_would_not_be_sent_as_written(
+    url: str, message: str
+) -> None:
+    """Allowed hosts included: what is refused is the URL, not where it points."""
+    with pytest.raises(ValidationError, match=message) as info:
+        AddressGuard(["127.0.0.1/32", "::1/128"]).check_endpoint(url)
+    assert not isinstance(info.value, BlockedAddress) and "SEKRIT" not in str(info.value)
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "https://example.com/",

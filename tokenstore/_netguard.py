@@ -296,10 +296,12 @@ class AddressGuard:
             raise ValidationError("webhook URL must be a non-empty string")
         if _CONTROL_RE.search(url):
             raise ValidationError("webhook URL must not contain spaces or control characters")
+        if "\\" in url:  # read as "/" by browsers, as part of the user name by urlsplit
+            raise ValidationError("webhook URL must not contain a backslash")
         try:
             parts = urlsplit(url)
             host = parts.hostname
-            parts.port  # noqa: B018 - raises ValueError on a bad port
+            port = parts.port  # raises ValueError on a bad port
         except ValueError as exc:
             raise ValidationError(f"webhook URL is malformed: {_printable(exc)}") from None
         if parts.scheme.lower() not in ("http", "https"):
@@ -307,6 +309,23 @@ class AddressGuard:
             raise ValidationError(f"webhook URL scheme must be http or https, not {shown}")
         if not host:
             raise ValidationError("webhook URL has no host")
+        self._judge_host(host)
+        if port == 0:  # urllib3 reads port 0 as "none given" and connects to 80 or 443
+            raise ValidationError("webhook URL port must be 1-65535, not port 0")
+        if "%" in host:
+            raise ValidationError(
+                f"webhook URL host {host} has an IPv6 zone (%...), which names a network "
+                "interface of one machine; webhooks cannot be sent by it"
+            )
+        if parts.username is not None or parts.password is not None:
+            # Not quoted: a URL is shown in lists and logs, where a password must not be.
+            raise ValidationError(
+                "webhook URL must not carry credentials (user:password@): pass them as "
+                "auth_token or headers, which are kept private"
+            )
+
+    def _judge_host(self, host: str) -> None:
+        """Refuse a URL's host that no DNS could hold, or a literal address not allowed."""
         if self.host_allowed(host):
             return
         address = _literal_address(host)
