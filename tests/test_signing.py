@@ -164,6 +164,14 @@ def test_non_integer_timestamp_is_rejected(value: str) -> None:
         verify_webhook(secret, headers, BODY)
 
 
+def test_a_message_id_that_is_not_unicode_is_rejected() -> None:
+    """Headers built by hand (or decoded with surrogateescape) may hold a lone surrogate."""
+    secret = new_signing_secret()
+    headers = {**headers_for(secret), "webhook-id": "msg_\ud800"}
+    with pytest.raises(WebhookVerificationError, match="webhook-id header is not valid Unicode"):
+        verify_webhook(secret, headers, BODY)
+
+
 def test_second_of_several_signatures_matches() -> None:
     old, new = new_signing_secret(), new_signing_secret()
     ts = int(time.time())

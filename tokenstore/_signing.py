@@ -165,7 +165,10 @@ def verify_webhook(
         )
 
     # Sign the header text as received, as the sender did, not a re-formatted int.
-    expected = _signature_bytes(key, msg_id, timestamp_text, raw)
+    try:
+        expected = _signature_bytes(key, msg_id, timestamp_text, raw)
+    except UnicodeEncodeError:
+        raise WebhookVerificationError("webhook-id header is not valid Unicode") from None
     checked = 0
     for entry in signatures.split():
         version, _, encoded = entry.partition(",")
