@@ -578,6 +578,18 @@ def test_token_from_request_follows_archivebox_order() -> None:
     assert token_from_request({}, "") is None
 
 
+def test_header_names_that_are_not_text_are_skipped() -> None:
+    """A mapping built by hand may hold any key; only text names a header."""
+    headers: dict[Any, str] = {
+        1: "k0",
+        None: "k0",
+        b"X-API-Key": "k0",
+        "authorization": "Bearer k2",
+    }
+    assert token_from_request(headers) == "k2"
+    assert token_from_request({1: "k0"}, "api_key=k3") == "k3"
+
+
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
 def test_bearer_scheme_is_case_insensitive(scheme: str) -> None:
     assert token_from_request({"Authorization": f"{scheme} k2"}) == "k2"

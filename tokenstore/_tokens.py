@@ -120,7 +120,7 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     if value is None:
         wanted = name.lower()
         for key, candidate in headers.items():
-            if key.lower() == wanted:
+            if isinstance(key, str) and key.lower() == wanted:
                 return candidate
     return value
 
