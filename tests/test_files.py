@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import peewee
 import pytest
@@ -233,6 +234,33 @@ def test_the_command_refuses_a_loose_file_in_one_line(db_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "has schema version 0" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "listed"),
+    [
+        ("tokenstore_api_token", "scopes", lambda s: s.tokens.list()),
+        ("tokenstore_outbound_webhook", "headers", lambda s: s.webhooks.list()),
+    ],
+)
+def test_a_json_column_edited_into_nonsense_is_named_not_shown(
+    db_path: Path, table: str, column: str, listed: Any
+) -> None:
+    with tokenstore.open(db_path, webhook_allow=["127.0.0.1/32"]) as store:
+        store.tokens.create(store.users.create("alice"))
+        store.webhooks.create("h", "tokenstore.User", "http://127.0.0.1:9/")
+    conn = sqlite3.connect(db_path)
+    conn.execute(f"UPDATE {table} SET {column} = 'SEKRIT, not JSON'")
+    conn.commit()
+    conn.close()
+    expected = f"{column}: the stored value is not JSON"
+    store = tokenstore.open(db_path, read_only=True)
+    try:
+        with pytest.raises(ValidationError, match=expected) as info:
+            listed(store)
+    finally:
+        store.close()
+    assert "SEKRIT" not in str(info.value)
 
 
 # -- missing files and odd paths ------------------------------------------------------------

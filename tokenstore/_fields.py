@@ -48,4 +48,7 @@ class JSONField(peewee.TextField):
     def python_value(self, value: Any) -> Any:
         if value is None or not isinstance(value, str):
             return value
-        return json.loads(value)
+        try:
+            return json.loads(value)
+        except ValueError:  # edited by hand; not quoted, as it may hold header credentials
+            raise ValidationError(f"{self.name}: the stored value is not JSON") from None
