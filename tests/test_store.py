@@ -635,3 +635,9 @@ def test_postgres_create_false_and_read_only(pg_url: str) -> None:
         ("alice",),
         ("system",),
     ]
+
+
+@pytest.mark.parametrize("given", [None, int, "tokenstore.User", Note()])
+def test_ref_takes_only_a_model_class(store: Store, given: Any) -> None:
+    with pytest.raises(ValidationError, match="peewee model class"):
+        store.ref(given)

@@ -412,3 +412,38 @@ def test_saving_only_some_fields_is_still_validated(store: Store) -> None:
     with pytest.raises(BlockedAddress, match="link-local"):
         hook.save(only=[OutboundWebhook.endpoint])
     assert OutboundWebhook.get_by_id(hook.id).endpoint == "https://example.com/partial"
+
+
+# -- objects whose row is gone --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s, h: s.webhooks.update(h, name="back"),
+        lambda s, h: s.webhooks.enable(h),
+        lambda s, h: s.webhooks.disable(h),
+        lambda s, h: s.webhooks.rotate_secret(h),
+        lambda s, h: s.webhooks.ping(h),
+        lambda s, h: s.webhooks.delete(h),
+        lambda s, h: s.webhooks.deliveries(h),
+    ],
+)
+def test_a_hook_object_whose_row_is_gone_is_not_found(store: Store, call: Any) -> None:
+    """Another process (or this one) deleted it: saving the copy would change nothing."""
+    hook = store.webhooks.create("gone", "tokenstore.User", URL)
+    store.webhooks.delete("gone")
+    never_saved = OutboundWebhook(name="never", ref="tokenstore.User", endpoint=URL)
+    for stale in (hook, never_saved):
+        with pytest.raises(NotFound, match="no webhook"):
+            call(store, stale)
+    assert hook_count() == 0 and WebhookDelivery.select().count() == 0
+
+
+def test_redelivering_a_delivery_object_whose_row_is_gone_is_not_found(store: Store) -> None:
+    hook = store.webhooks.create("gone", "tokenstore.User", URL)
+    delivery = store.webhooks.ping(hook)
+    store.webhooks.delete(hook)  # and its delivery log with it
+    with pytest.raises(NotFound, match="no delivery"):
+        store.webhooks.redeliver(delivery)
+    assert WebhookDelivery.select().count() == 0

@@ -203,6 +203,8 @@ class Store:
 
     def ref(self, model: type[peewee.Model]) -> str:
         """The name hooks use for a model: ``module.ClassName``."""
+        if not (isinstance(model, type) and issubclass(model, peewee.Model)):
+            raise ValidationError(f"ref() takes a peewee model class, got {model!r}")
         return model_ref(model)
 
     def register(self, model: type[peewee.Model]) -> type[peewee.Model]:

@@ -368,7 +368,16 @@ class Webhooks:
         return hook
 
     def _hook(self, hook: OutboundWebhook | str) -> OutboundWebhook:
-        return hook if isinstance(hook, OutboundWebhook) else self.get(hook)
+        """The hook named, or the hook object given if its row is still there.
+
+        A copy whose row was deleted (or never stored) would save to nothing and
+        report success, or break a foreign key when a delivery is made for it.
+        """
+        if not isinstance(hook, OutboundWebhook):
+            return self.get(hook)
+        if not OutboundWebhook.select().where(OutboundWebhook.id == hook.id).exists():
+            raise NotFound(f"no webhook {hook.name!r}: it was deleted, or never stored")
+        return hook
 
     # -- deliveries ---------------------------------------------------------------------
 
@@ -475,6 +484,8 @@ class Webhooks:
         """Send a delivery again now, with the same ``webhook-id``."""
         if not isinstance(delivery, WebhookDelivery):
             delivery = self.delivery(delivery)
+        elif not WebhookDelivery.select().where(WebhookDelivery.id == delivery.id).exists():
+            raise NotFound(f"no delivery {delivery.abid}: it was deleted with its hook, or pruned")
         return self.outbox.attempt(delivery)
 
     def start_retry_thread(self, interval: float = 5.0) -> RetryThread:
