@@ -339,6 +339,19 @@ def test_the_probes_that_failed_on_main(
         call(store)
 
 
+def test_a_retry_threads_stop_checks_its_timeout_before_stopping(store: Store) -> None:
+    thread = store.webhooks.start_retry_thread(60)
+    try:
+        with pytest.raises(ValidationError, match="timeout must be a number of seconds, got str"):
+            thread.stop("x")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="timeout must be at least 0"):
+            thread.stop(math.nan)
+        assert thread.is_alive()
+    finally:
+        thread.stop()
+    assert not thread.is_alive()
+
+
 @pytest.mark.parametrize("path", ["a\x00b", "a\ud800b", b"store.sqlite3", 5, None])
 def test_open_refuses_paths_it_cannot_use(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: Any

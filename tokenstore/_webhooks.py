@@ -516,5 +516,8 @@ class RetryThread(threading.Thread):
             self.webhooks.db.close()  # this thread's connection
 
     def stop(self, timeout: float | None = None) -> None:
+        """Ask the thread to end, and wait up to ``timeout`` seconds (None: until it has)."""
+        if timeout is not None:
+            timeout = check_seconds(timeout, "timeout", allow_minimum=True)
         self._stopping.set()
         self.join(timeout)
