@@ -347,6 +347,7 @@ def test_static_files(app: admin.AdminApp) -> None:
     assert visitor.get("/static/admin.js").status == 200
     assert visitor.get("/static/../_app.py").status == 404
     assert visitor.get("/static/nothing.css").status == 404
+    assert visitor.get("/static/" + "a" * 300 + ".css").status == 404  # longer than a file name
 
 
 def test_overview_counts_and_draws_the_last_day(
@@ -440,6 +441,9 @@ def test_token_form_errors_are_shown(client: Client, store: tokenstore.Store) ->
         ({"expires_days": "-1"}, "0 &lt; days"),
         ({"scopes": "Bad Scope!"}, "is not valid"),
         ({"user": "nobody"}, "no user"),
+        ({"user": "\u00b2"}, "no user"),  # a digit to str.isdigit(), not to int()
+        ({"user": "9" * 30}, "user id must be between"),
+        ({"user": "9" * 5000}, "no user"),  # past int()'s digit limit: a name, then
     ]:
         page = client.post("/tokens", {"user": str(root.id), **form})
         assert page.status in (400, 404) and message in page.text, (form, page.text)

@@ -223,7 +223,11 @@ class AdminApp:
         name = request.path.removeprefix("/static/")
         kind = _STATIC_TYPES.get(name[name.rfind(".") :] if "." in name else "")
         folder = resources.files("tokenstore.admin").joinpath("static")
-        if kind is None or "/" in name or not folder.joinpath(name).is_file():
+        try:
+            found = kind is not None and "/" not in name and folder.joinpath(name).is_file()
+        except (OSError, ValueError):  # a name too long for the file system, or with a NUL
+            found = False
+        if kind is None or not found:
             raise HTTPError(404, f"no static file {name!r}")
         return Response(200, folder.joinpath(name).read_bytes(), content_type=kind)
 

@@ -138,8 +138,10 @@ def create_token(visit: Visit) -> Response:
     form = _form(visit)
     scopes = form.get("scopes", "").replace(",", " ").split()
     user = form.get("user", "")
+    # An id is ASCII digits ("\u00b2".isdigit() too), short enough for int() to take.
+    by_id = user.isascii() and user.isdigit() and len(user) <= 100
     token, secret = visit.store.tokens.create(
-        int(user) if user.isdigit() else user,
+        int(user) if by_id else user,
         name=form.get("name", "").strip() or None,
         expires=_expiry(form.get("expires_days", "")),
         scopes=scopes,
