@@ -280,6 +280,18 @@ def test_list_get_by_abid_or_name(store: Store) -> None:
         store.webhooks.get("whk_01M8BBKATK13B00F815ESVYW7G")
 
 
+def test_an_abid_names_its_own_hook_even_if_another_is_named_like_it(store: Store) -> None:
+    """Deleting by ABID must not delete a hook whose name happens to be that ABID."""
+    b = store.webhooks.create("b", Doc, URL + "/b")
+    impostor = store.webhooks.create(b.abid, Doc, URL + "/impostor")
+    lower = store.webhooks.create(b.abid.lower(), Doc, URL + "/lower")
+    for key in (b.abid, b.abid.lower()):
+        assert store.webhooks.get(key).id == b.id
+    assert store.webhooks.get(impostor.abid).id == impostor.id
+    store.webhooks.delete(b.abid)
+    assert sorted(h.id for h in store.webhooks.list()) == sorted([impostor.id, lower.id])
+
+
 def test_update_changes_fields_all_or_nothing(store: Store) -> None:
     hook = store.webhooks.create("docs", Doc, URL)
     updated = store.webhooks.update(

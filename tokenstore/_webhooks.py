@@ -297,11 +297,14 @@ class Webhooks:
         return list(query)
 
     def get(self, key: str) -> OutboundWebhook:
-        """A hook by ABID (any case) or by name."""
-        match = OutboundWebhook.name == check_text(key, "webhook ABID or name")
+        """A hook by ABID (any case) or by name; an ABID wins over a name spelled like it."""
+        check_text(key, "webhook ABID or name")
+        hook = None
         with contextlib.suppress(InvalidABID):  # not an ABID: a name, then
-            match |= OutboundWebhook.abid == ABID.parse(key, prefix="whk_").canonical
-        hook = OutboundWebhook.get_or_none(match)
+            abid = ABID.parse(key, prefix="whk_").canonical
+            hook = OutboundWebhook.get_or_none(OutboundWebhook.abid == abid)
+        if hook is None:
+            hook = OutboundWebhook.get_or_none(OutboundWebhook.name == key)
         if hook is None:
             secretish = looks_like_token(key) or str(key).startswith(SECRET_PREFIX)
             shown = "(a secret, not shown)" if secretish else repr(str(key)[:80])
