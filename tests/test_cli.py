@@ -729,3 +729,25 @@ def test_odd_paths_and_addresses_for_the_tools_are_refused(db_path: Path, tmp_pa
         assert "cannot listen on 127.0.0.1 port" in refused(db_path, "serve", "--port", port)
     finally:
         taken.close()
+
+
+@pytest.mark.sqlite_only
+def test_names_stdout_cannot_encode_are_shown_escaped(db_path: Path) -> None:
+    """A file name that is not UTF-8 (or a terminal that is not) must not end a command."""
+    store = os.fsencode(db_path.parent) + b"/\xff.sqlite3"
+    done = subprocess.run(
+        [*COMMAND, "--db", os.fsdecode(store), "init"],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"\\udcff.sqlite3" in done.stdout and os.path.exists(store)
+    done = subprocess.run(
+        [*COMMAND, "--db", str(db_path), "tokens", "create", "--name", "ren\u00e9e"],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert b"ren\\xe9e" in done.stdout

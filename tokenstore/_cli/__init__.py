@@ -12,6 +12,7 @@ one way for every option.
 from __future__ import annotations
 
 import argparse
+import io
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -83,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; 0 done, 1 a negative answer, 2 bad input or a fault (one line)."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # A file name that is not UTF-8, or a name the terminal's encoding lacks, is
+        # shown escaped, as on stderr, rather than ending the command half-printed.
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     _settle_global_options(args)
     out = Output(args.json)
