@@ -488,6 +488,19 @@ def test_rows_that_cannot_be_taken_are_listed_with_the_reason(store: Store, tmp_
             assert secret not in note.reason and secret not in note.row
 
 
+def test_a_nul_in_a_hooks_last_response_is_kept_as_a_replacement_character(
+    store: Store, tmp_path: Path
+) -> None:
+    """PostgreSQL text cannot hold NUL; SQLite's can, and ArchiveBox kept whatever came back."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("snapshots", "api.models.APIToken", "https://example.com/")
+    box.conn.execute("UPDATE api_outboundwebhook SET last_response = 'a' || char(0) || 'b'")
+    box.close()
+    store.import_archivebox(box.path)
+    (hook,) = store.webhooks.list()
+    assert hook.last_response == "a\ufffdb"
+
+
 def make_not_archivebox(kind: str, path: Path) -> Path:
     if kind == "text":
         path.write_text("hello, I am not a database\n" * 10)

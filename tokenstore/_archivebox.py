@@ -32,6 +32,7 @@ import peewee
 from ._abid import ABID
 from ._credentials import token_digest, token_hint
 from ._errors import InvalidABID, TokenstoreError, ValidationError
+from ._inputs import storable
 from ._models import APIToken, OutboundWebhook, User
 from ._signing import new_signing_secret
 from ._times import to_stored_time
@@ -420,7 +421,7 @@ class _Importer:
             auth_token=auth_token,
             enabled=not reasons,
             keep_last_response=bool(row["keep_last_response"]),
-            last_response=row["last_response"] or "",
+            last_response=storable(str(row["last_response"] or "")),
             last_success=_optional_time(row["last_success"], "last_success"),
             last_failure=_optional_time(row["last_failure"], "last_failure"),
             secret=new_signing_secret(),

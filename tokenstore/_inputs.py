@@ -104,6 +104,14 @@ def check_flag(value: object, what: str) -> bool:
     return value
 
 
+def storable(text: str) -> str:
+    """Text from outside (a receiver's answer, an imported row) as every backend keeps it.
+
+    PostgreSQL's text type cannot hold NUL: it becomes U+FFFD, as undecodable bytes do.
+    """
+    return text.replace("\x00", "\ufffd")
+
+
 #: An HTTP header name (RFC 9110 token characters).
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import _compat, _deadline
 from ._errors import BlockedAddress
+from ._inputs import storable
 from ._models import OutboundWebhook
 from ._netguard import AddressGuard
 from ._signing import signature_header
@@ -147,8 +148,8 @@ class Sender:
                 body=outcome.body,
             )
         outcome.duration_ms = _since(start)
-        outcome.error = _storable(outcome.error)
-        outcome.body = _storable(outcome.body)
+        outcome.error = storable(outcome.error)
+        outcome.body = storable(outcome.body)
         return outcome
 
     def _post(self, url: str, body: bytes, headers: dict[str, str], deadline: float) -> Outcome:
@@ -191,11 +192,6 @@ class Sender:
 
 def _since(start: float) -> int:
     return round((time.perf_counter() - start) * 1000)
-
-
-def _storable(text: str) -> str:
-    """A receiver's text as every backend can keep it: PostgreSQL text cannot hold NUL."""
-    return text.replace("\x00", "\ufffd")
 
 
 def _short(exc: BaseException) -> str:
