@@ -486,6 +486,7 @@ def test_times_print_in_the_one_stored_format(db_path: Path) -> None:
         (("tokens", "create", "--expires", "1e3s"), "neither a duration"),
         (("dispatch", "--watch", "--interval", "0s"), "longer than zero"),
         (("dispatch", "--interval", "inf"), "is not a duration"),
+        (("dispatch", "--watch", "--interval", "2d"), "--interval must be more than 0 and at most"),
         (("webhooks", "rotate-secret", "x", "--grace=-1h"), "is negative"),
         (("webhooks", "deliveries", "--limit", "0"), "at least 1"),
         (("tokens", "nope"), "invalid choice"),

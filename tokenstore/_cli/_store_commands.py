@@ -15,6 +15,7 @@ from typing import Any
 
 from .._abid import ABID, abid_from_values
 from .._errors import ValidationError
+from .._inputs import check_seconds
 from .._migrate import migrate
 from .._signing import SECRET_PREFIX
 from .._store import SCHEMA_VERSION, Store
@@ -49,9 +50,10 @@ def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_dispatch(args: argparse.Namespace, out: Output) -> int:
     """``store.dispatch()``, once or (``--watch``) whenever another connection commits."""
+    interval = check_seconds(args.interval.total_seconds(), "--interval")  # at most a day
     with _open(args) as store:
         if args.watch:
-            watch(store, args.interval.total_seconds())
+            watch(store, interval)
             return 0
         report = store.dispatch()
         out.record(
