@@ -752,3 +752,18 @@ def test_names_stdout_cannot_encode_are_shown_escaped(db_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert b"ren\\xe9e" in done.stdout
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_to_a_full_disk_is_one_line_of_error(db_path: Path) -> None:
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [*COMMAND, "--db", str(db_path), "users", "list"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "No space left on device" in done.stderr

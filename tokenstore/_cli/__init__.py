@@ -104,4 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # the machine failed the command: stdout on a full disk, say
+        print(f"tokenstore: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
     return code
