@@ -127,6 +127,13 @@ def test_a_missing_secret_file_exits_2(tmp_path: Path) -> None:
     assert_one_line_error(result, str(missing), "No such file")
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_secret_file_that_never_ends_exits_2() -> None:
+    """A secret is one short line: reading stops well before /dev/zero would fill memory."""
+    result = run("--port", str(free_port()), "--secret-file", "/dev/zero")
+    assert_one_line_error(result, "/dev/zero", "bytes")
+
+
 def test_secret_and_secret_file_together_exit_2(tmp_path: Path) -> None:
     result = run("--secret", SECRET, "--secret-file", "-", stdin=SECRET)
     assert_one_line_error(result, "not both")

@@ -218,6 +218,10 @@ def cmd_import_archivebox(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+#: The most a --secret-file is read; a whsec_ secret is well under a hundred bytes.
+_SECRET_FILE_BYTES = 4096
+
+
 def listen_secret(args: argparse.Namespace) -> str:
     """The signing secret ``listen`` verifies with, kept out of argv where it can be.
 
@@ -230,9 +234,17 @@ def listen_secret(args: argparse.Namespace) -> str:
         secret = _secret("-")
     elif args.secret_file is not None:
         try:
-            secret = Path(args.secret_file).read_text(encoding="utf-8").strip()
+            with Path(args.secret_file).open("rb") as file:
+                data = file.read(_SECRET_FILE_BYTES + 1)  # /dev/zero would never end
         except OSError as exc:
             raise ValidationError(f"--secret-file {args.secret_file}: {exc.strerror}") from None
+        if len(data) > _SECRET_FILE_BYTES:
+            raise ValidationError(
+                f"--secret-file {args.secret_file} holds over {_SECRET_FILE_BYTES} bytes: "
+                "a signing secret is one short line"
+            )
+        try:
+            secret = data.decode("utf-8").strip()
         except UnicodeDecodeError:
             raise ValidationError(f"--secret-file {args.secret_file} is not UTF-8 text") from None
     elif args.secret is not None:
