@@ -83,6 +83,10 @@ def _header(text: str) -> tuple[str, str]:
     return name.strip(), value
 
 
+#: The longest secret read from stdin: tokens, keys and auth headers are far shorter.
+_SECRET_CHARS = 65536
+
+
 def _secret(value: str) -> str:
     """``-`` reads the value from stdin, which keeps a secret out of argv and shell history.
 
@@ -95,6 +99,9 @@ def _secret(value: str) -> str:
     try:
         if sys.stdin.isatty():
             return getpass.getpass("secret (not shown): ").strip()
-        return sys.stdin.readline().strip()
+        line = sys.stdin.readline(_SECRET_CHARS + 1)  # < /dev/zero has no line end
     except UnicodeDecodeError:
         raise ValidationError("the secret read from stdin is not UTF-8 text") from None
+    if len(line) > _SECRET_CHARS:
+        raise ValidationError(f"the secret read from stdin is over {_SECRET_CHARS} characters")
+    return line.strip()
