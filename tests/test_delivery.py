@@ -253,6 +253,23 @@ def test_user_headers_cannot_override_the_signature_headers(
     Webhook(hook.secret).verify(hit.body, hit.header_dict())
 
 
+def test_user_headers_cannot_change_how_the_body_is_framed(
+    store: Store, receiver: Receiver
+) -> None:
+    """With Transfer-Encoding beside Content-Length a receiver (or its proxy) splits the body."""
+    store.webhooks.create(
+        "notes",
+        Note,
+        receiver.url(),
+        headers={"Transfer-Encoding": "chunked", "content-length": "1"},
+    )
+    Note.create(text="x")
+    (hit,) = receiver.hits
+    assert hit.headers.get_all("Transfer-Encoding") is None
+    assert hit.headers.get_all("Content-Length") == [str(len(hit.body))]
+    assert only_delivery(store).status == "delivered"
+
+
 def test_hooks_fire_by_signal_substring_model_and_enabled(store: Store, receiver: Receiver) -> None:
     for name in ("CREATE", "UPDATE_OR_DELETE", "M2M", "CREATE_OR_M2M", "DISABLED", "TOKENS"):
         signal_name = {"DISABLED": "CREATE_UPDATE_OR_DELETE", "TOKENS": "CREATE_UPDATE_OR_DELETE"}

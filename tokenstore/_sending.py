@@ -30,8 +30,18 @@ _RESPONSE_BYTES = RESPONSE_LIMIT * 4  # enough bytes for that many UTF-8 charact
 #: How many endpoints' prepared URLs a sender keeps (all of them are forgotten past that).
 _PREPARED_URLS = 1024
 
-#: Headers a hook may not set: they identify and sign the message.
-_OWN_HEADERS = frozenset({"user-agent", "webhook-id", "webhook-timestamp", "webhook-signature"})
+#: Headers a hook may not set: they identify, sign and frame the message (a Transfer-Encoding
+#: beside the Content-Length sent would have the receiver, or a proxy, split the body).
+_OWN_HEADERS = frozenset(
+    {
+        "user-agent",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "content-length",
+        "transfer-encoding",
+    }
+)
 
 
 @dataclass
