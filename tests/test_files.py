@@ -398,6 +398,17 @@ def test_an_unset_file_cannot_be_opened_read_only(db_path: Path) -> None:
     assert db_path.read_bytes() == b""
 
 
+def test_an_unset_file_nobody_may_write_is_refused_without_a_warning_first(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The command shows one line for a refusal: no "opening it read-only" before it."""
+    db_path.touch(mode=0o600)
+    refused = pytest.raises(StoreReadOnly, match="has schema version 0")
+    with immutable(db_path), caplog.at_level(logging.WARNING, logger="tokenstore"), refused:
+        tokenstore.open(db_path)
+    assert [r.getMessage() for r in caplog.records] == []
+
+
 # -- secrets at rest ------------------------------------------------------------------------
 
 

@@ -553,19 +553,21 @@ def open_database(
     if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
         raise StoreError("tokenstore needs a file path; an in-memory database is not shared")
     version = check_file(path, SCHEMA_VERSION, _our_tables())
+    fell_back = False  # said once the file is accepted: a refusal is one message
     if not path.exists():
         if read_only or not create:
             raise StoreError(f"no store at {path} (run `tokenstore init`)")
         create_private(path)
     elif not read_only and not writable(path):
-        logger.warning("%s or its folder is not writable here; opening it read-only", path)
-        read_only = True
+        read_only = fell_back = True
     if read_only and version < SCHEMA_VERSION:
         raise StoreReadOnly(
             f"{path} has schema version {version} and needs version {SCHEMA_VERSION}: "
             "open it once with write access to set it up"
         )
     make_files_private(path)
+    if fell_back:
+        logger.warning("%s or its folder is not writable here; opening it read-only", path)
     db = SQLiteDatabase(path, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
     db.connection()
     if version < SCHEMA_VERSION:
