@@ -17,7 +17,7 @@ import pytest
 from conftest import Clock
 
 import tokenstore._store
-from tokenstore import Store, User, signals
+from tokenstore import Store, signals
 from tokenstore import _tokens as tokens
 from tokenstore._credentials import generate_token, looks_like_token
 from tokenstore._errors import (
@@ -705,12 +705,3 @@ def test_more_tokens_than_the_memo_holds_all_authenticate(ts: Store) -> None:
         for token, secret in issued:
             assert ts.tokens.authenticate(secret).id == token.id
     assert len(ts.tokens._converted) <= tokens._CONVERTED_ROWS
-
-
-def test_a_user_object_that_is_not_stored_is_not_found(store: Store) -> None:
-    ghost = User(id=999, username="ghost")
-    with pytest.raises(NotFound, match="no user 999"):
-        store.tokens.create(ghost)
-    with pytest.raises(NotFound, match="no user 999"):
-        store.tokens.list(ghost)
-    assert store.tokens.list() == []

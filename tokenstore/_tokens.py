@@ -296,7 +296,7 @@ class Tokens:
         if isinstance(user, User):
             if user.id is None:
                 raise ValidationError(f"user {user.username!r} is not saved yet")
-            return self.users.get(check_int(user.id, "user id", minimum=1))  # deleted since?
+            return user
         if isinstance(user, str | int) and not isinstance(user, bool):
             return self.users.get(user)
         raise ValidationError(f"user must be a User, a username or an id, got {user!r}")
