@@ -183,7 +183,15 @@ class ABIDModel(BaseModel):
         field = cls._meta.combined.get(source)
         if field is None or value is None:
             return value
-        return field.python_value(value)
+        try:
+            return field.python_value(value)
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise ValidationError(
+                f"{cls.__name__}.{source}: {shown} is not a valid {type(field).__name__} "
+                f"value ({exc})"
+            ) from None
 
     def compute_abid(self) -> abids.ABID:
         """The ABID the current field values give (not necessarily the stored one)."""
