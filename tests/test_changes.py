@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from blinker import ANY, Signal
 
 import tokenstore._store
 from tokenstore import ChangeEvent, Store, signals
+from tokenstore import _dispatch as dispatch
 from tokenstore._capture import EVENT_TABLE
 from tokenstore._models import User
 from tokenstore._times import utcnow
@@ -245,6 +247,35 @@ def test_a_receiver_that_writes_has_its_events_fired_too(
         signals.post_save.disconnect(follow_up)
     assert memo_events(changed) == [("INSERT", "first"), ("INSERT", "second")]
     assert events_left(db_path) == []
+
+
+def test_receivers_that_keep_writing_are_stopped_not_looped_forever(
+    memos: Store, listen: Listen, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver that saves the model it listens to would cause changes without end."""
+    changed = listen(signals.row_changed, Memo)
+
+    def again(sender: Any, instance: Memo, created: bool, **kwargs: Any) -> None:
+        Memo(name="again").save()
+
+    signals.post_save.connect(again, sender=Memo, weak=False)
+    try:
+        with caplog.at_level(logging.ERROR, logger="tokenstore"):
+            saving = threading.Thread(target=lambda: Memo(name="first").save(), daemon=True)
+            saving.start()
+            saving.join(60)  # before the fix: never
+            assert not saving.is_alive()
+    finally:
+        signals.post_save.disconnect(again)
+    rounds = dispatch.MAX_RECEIVER_ROUNDS
+    assert len(memo_events(changed)) == rounds
+    assert Memo.select().count() == rounds + 1  # the last round's save is kept, not fired
+    assert any("kept writing" in r.getMessage() for r in caplog.records)
+    assert events_left(db_path) == []
+    caplog.clear()
+    Memo(name="later").save()  # the next save starts afresh
+    assert memo_events(changed)[-1] == ("INSERT", "later")
+    assert not caplog.records
 
 
 # -- rollback silence ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from tokenstore._errors import TokenstoreError
 from tokenstore._models import APIToken
-from tokenstore._rows import converter
+from tokenstore._rows import Loader, converter
 
 HEX = "34d33d59f9ee4110b2fcd9268791df73"
 
@@ -51,3 +51,32 @@ def test_uuid_column_reads_as_the_field_reads_it(raw: Any) -> None:
         assert pickle.loads(pickle.dumps(got)) == expected
         with pytest.raises(TypeError):
             got.int = 1  # type: ignore[misc]
+
+
+def test_a_whole_row_reads_as_each_field_reads_its_value() -> None:
+    row = (
+        HEX,
+        "apt_01M8MYA4AFA4101AAC01FCR5BY",
+        "7",  # an owner's id typed as text in the sqlite3 shell
+        "2026-11-30T00:40:07.759Z",
+        "2026-11-30 00:40:07",  # a time typed by hand
+        "a 'name', with \"quotes\"",
+        "b" * 64,
+        "FoCA",
+        None,
+        None,
+        "2025-11-30T00:40:07.759Z",
+        '["read", "write"]',
+    )
+    fields = APIToken._meta.sorted_fields
+    assert len(row) == len(fields)
+    expected = {f.name: f.python_value(raw) for f, raw in zip(fields, row, strict=True)}
+    got = Loader(APIToken).values(row)
+    assert got == expected and list(got) == [f.name for f in fields]
+    assert got["created_by"] == 7 and got["scopes"] == ["read", "write"]
+
+
+@pytest.mark.parametrize("length", [0, 11, 13])
+def test_a_row_of_another_length_is_refused(length: int) -> None:
+    with pytest.raises(ValueError):
+        Loader(APIToken).values((None,) * length)

@@ -479,6 +479,19 @@ def test_register_refuses_a_second_model_for_one_table(store: Store) -> None:
         store.register("note")  # type: ignore[arg-type]
 
 
+def test_register_refuses_the_abid_base_class(store: Store) -> None:
+    with pytest.raises(ValidationError, match="subclass"):
+        store.register(ABIDModel)
+    assert not store.db.table_exists(ABIDModel._meta.table_name)
+
+
+@pytest.mark.parametrize("bad_id", [2**70, "not-a-uuid", 5, b"x" * 16, 1.5, "\x00"])
+def test_an_id_that_is_no_uuid_is_refused_clearly(app_store: Store, bad_id: Any) -> None:
+    with pytest.raises(ValidationError, match=r"Note\.id"):
+        Note.create(title="t", id=bad_id)
+    assert Note.select().count() == 0
+
+
 def test_times_are_stored_as_fixed_width_utc_text(app_store: Store, db_path: Path) -> None:
     note = Note.create(
         title="t", created_at=datetime(2024, 10, 24, 14, 0, 0, 123456, tzinfo=timedelta_tz(2))

@@ -29,7 +29,7 @@ from tokenstore._errors import (
     RevokedToken,
     ValidationError,
 )
-from tokenstore._models import APIToken
+from tokenstore._models import APIToken, User
 from tokenstore._times import format_time
 from tokenstore._tokens import Tokens, token_from_request
 
@@ -705,3 +705,10 @@ def test_more_tokens_than_the_memo_holds_all_authenticate(ts: Store) -> None:
         for token, secret in issued:
             assert ts.tokens.authenticate(secret).id == token.id
     assert len(ts.tokens._converted) <= tokens._CONVERTED_ROWS
+
+
+def test_a_user_that_is_not_in_the_store_owns_nothing(store: Store) -> None:
+    ghost = User(id=999, username="ghost")  # deleted, or read from another store
+    with pytest.raises(NotFound, match="999"):
+        store.tokens.create(ghost)
+    assert store.tokens.list() == []

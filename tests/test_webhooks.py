@@ -19,7 +19,7 @@ from conftest import Clock
 import tokenstore
 from tokenstore import Store
 from tokenstore._errors import BlockedAddress, NotFound, ValidationError
-from tokenstore._models import ABIDModel, OutboundWebhook, WebhookDelivery
+from tokenstore._models import ABIDModel, OutboundWebhook, User, WebhookDelivery
 from tokenstore._webhooks import SIGNAL_CHOICES
 
 URL = "http://127.0.0.1:9/hook"  # allowed by the store fixture; never reached here
@@ -424,6 +424,13 @@ def test_saving_only_some_fields_is_still_validated(store: Store) -> None:
     with pytest.raises(BlockedAddress, match="link-local"):
         hook.save(only=[OutboundWebhook.endpoint])
     assert OutboundWebhook.get_by_id(hook.id).endpoint == "https://example.com/partial"
+
+
+def test_a_creator_that_is_not_in_the_store_is_refused(store: Store) -> None:
+    ghost = User(id=999, username="ghost")  # deleted, or read from another store
+    with pytest.raises(NotFound, match="999"):
+        store.webhooks.create("ghostly", Doc, URL, created_by=ghost)
+    assert store.webhooks.list() == []
 
 
 # -- objects whose row is gone --------------------------------------------------------------

@@ -44,6 +44,11 @@ Consumer = Callable[[Connection, list[ChangeEvent]], Callable[[], None] | None]
 
 _LISTENING = f"EXISTS (SELECT 1 FROM {LISTENER_TABLE})"
 
+#: How many rounds of changes, each written by receivers of the round before, one save
+#: may set off before receivers stop hearing them: a receiver that saves the model it
+#: listens to would otherwise keep the writing thread busy for good.
+MAX_RECEIVER_ROUNDS = 100
+
 
 class ClaimStatements(NamedTuple):
     """The statements that take events, limited to the tables one process knows.
@@ -73,6 +78,7 @@ class Claimed:
 
     events: list[ChangeEvent] = field(default_factory=list)
     followups: list[Callable[[], None]] = field(default_factory=list)
+    round: int = 0  #: 0 for an application's commit, n for one written by round n-1's receivers
 
     def __bool__(self) -> bool:
         return bool(self.events or self.followups)
@@ -98,6 +104,7 @@ class _ThreadState(threading.local):
     def __init__(self) -> None:
         self.pending: list[Claimed] = []
         self.running = False
+        self.round = 0  # of the claim whose events are being fired
         self.claimed = 0  # events this thread has claimed, ever: dispatch() counts by it
 
 
@@ -255,7 +262,9 @@ class Dispatcher:
     def queue(self, claimed: Claimed) -> None:
         """Remember what a transaction claimed, once its commit has succeeded."""
         if claimed:
-            self._local.pending.append(claimed)
+            state = self._local
+            claimed.round = state.round + 1 if state.running else 0
+            state.pending.append(claimed)
 
     # -- after the commit ---------------------------------------------------------------
 
@@ -268,7 +277,18 @@ class Dispatcher:
         try:
             while state.pending:
                 claimed = state.pending.pop(0)
-                self.fire_all(conn, claimed.events)
+                state.round = claimed.round
+                if claimed.round < MAX_RECEIVER_ROUNDS:
+                    self.fire_all(conn, claimed.events)
+                elif claimed.events:
+                    logger.error(
+                        "signal receivers kept writing for %d rounds, each round's saves "
+                        "causing the next (a receiver that saves what it hears?): %d events "
+                        "of round %d are dropped without firing",
+                        MAX_RECEIVER_ROUNDS,
+                        len(claimed.events),
+                        claimed.round,
+                    )
                 try:
                     self.finish(conn, [e.id for e in claimed.events])
                 except Exception:
@@ -280,6 +300,7 @@ class Dispatcher:
                         logger.exception("post-commit work %r failed", followup)
         finally:
             state.running = False
+            state.round = 0
 
     def fire_all(self, conn: Connection, events: list[ChangeEvent]) -> None:
         """Fire a claim's events in order; a run of relation events also fires ``m2m_changed``."""

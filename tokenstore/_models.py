@@ -16,7 +16,7 @@ import peewee
 
 from . import _abid as abids
 from . import _compat, _credentials, signals
-from ._errors import ABIDDriftError, ValidationError
+from ._errors import ABIDDriftError, NotFound, ValidationError
 from ._fields import JSONField, UTCDateTimeField
 from ._rows import quote_name
 from ._times import to_stored_time, utcnow
@@ -40,6 +40,18 @@ ABID_COLLISION_RETRIES = 5
 #: Ends every INSERT of an ABID record: a taken ABID inserts nothing instead of failing,
 #: so the transaction stays usable (PostgreSQL aborts a transaction on any error).
 ON_ABID_CONFLICT = ' ON CONFLICT ("abid") DO NOTHING'
+
+
+def unknown_owner(exc: peewee.IntegrityError, user_id: object) -> NotFound | None:
+    """The error to raise when an insert failed because its owner is not in this store.
+
+    A ``User`` instance can name a user the store does not have (deleted
+    meanwhile, or read from another store); the foreign key refuses the row.
+    SQLite and PostgreSQL word that refusal differently, and both name it.
+    """
+    if "foreign key" not in str(exc).lower():
+        return None
+    return NotFound(f"no user with id {user_id!r} in this store (deleted, or from another store)")
 
 
 def insert_with_fresh_ids(
@@ -183,7 +195,15 @@ class ABIDModel(BaseModel):
         field = cls._meta.combined.get(source)
         if field is None or value is None:
             return value
-        return field.python_value(value)
+        try:
+            return field.python_value(value)
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise ValidationError(
+                f"{cls.__name__}.{source}: {shown} is not a valid {type(field).__name__} "
+                f"value ({exc})"
+            ) from None
 
     def compute_abid(self) -> abids.ABID:
         """The ABID the current field values give (not necessarily the stored one)."""

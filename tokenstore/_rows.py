@@ -12,7 +12,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from operator import call
 from typing import Any, Generic, TypeVar
 
 import peewee
@@ -126,13 +125,9 @@ class Loader(Generic[M]):
         fields = model._meta.sorted_fields
         self.columns = column_list(model)
         self.at = {f.name: i for i, f in enumerate(fields)}
-        self._names = [f.name for f in fields]
-        self._converters = [converter(f) for f in fields]
         self._by_column = {f.column_name: (f, converter(f)) for f in fields}
-
-    def values(self, row: Sequence[Any]) -> dict[str, Any]:
+        self.values = _row_reader([(f.name, converter(f)) for f in fields])
         """A row of ``columns`` as Python values keyed by field name."""
-        return dict(zip(self._names, map(call, self._converters, row), strict=True))
 
     def instance(self, row: Sequence[Any]) -> M:
         """A row of ``columns`` as a model instance, as if a SELECT had loaded it."""
@@ -153,6 +148,23 @@ class Loader(Generic[M]):
                 raw = bytes.fromhex(raw)
             values[field.name] = convert(raw)
         return build(self.model, values)
+
+
+def _row_reader(fields: list[tuple[str, Converter]]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """A function turning a row into ``{name: convert(value), ...}``, with the dict written out.
+
+    Checking a token converts one whole row per call, and on a row this
+    short a loop over its columns (zip, map, a call to pair each value with
+    its converter) costs more than the conversions do. So the loop is
+    unrolled once per model, as ``dataclasses`` writes out an ``__init__``.
+    The unpacking fails, as a strict zip would, on a row of another length.
+    """
+    scope = {f"convert{i}": convert for i, (_, convert) in enumerate(fields)}
+    unpack = "".join(f"value{i}, " for i in range(len(fields)))
+    pairs = ", ".join(f"{name!r}: convert{i}(value{i})" for i, (name, _) in enumerate(fields))
+    exec(f"def values(row):\n    {unpack}= row\n    return {{{pairs}}}\n", scope)
+    reader: Callable[[Sequence[Any]], dict[str, Any]] = scope["values"]
+    return reader
 
 
 def build(model: type[M], values: dict[str, Any]) -> M:

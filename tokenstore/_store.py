@@ -24,7 +24,7 @@ from ._dispatch import Dispatcher
 from ._errors import StoreError, ValidationError
 from ._inputs import check_flag, check_path, check_seconds, check_text
 from ._m2m import Relation
-from ._models import OWN_MODELS, SYSTEM_USERNAME, OutboundWebhook, User
+from ._models import OWN_MODELS, SYSTEM_USERNAME, ABIDModel, BaseModel, OutboundWebhook, User
 from ._netguard import AddressGuard
 from ._options import Options
 from ._outbox import Outbox
@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from ._archivebox import ArchiveBoxImport
 
 logger = logging.getLogger("tokenstore.store")
+
+#: The models applications build theirs on: they are classes to subclass, not tables.
+_BASES = (BaseModel, ABIDModel)
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,10 @@ class Store:
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
             raise ValidationError(f"register() takes a peewee model class, got {model!r}")
+        if model in _BASES:
+            raise ValidationError(
+                f"{model.__name__} is a base class with no table of its own: register a subclass"
+            )
         spec = CaptureSpec.of(model)
         relations = [Relation.of(m2m) for m2m in model._meta.manytomany.values()]
         model.bind(self.db, bind_refs=False, bind_backrefs=False)

@@ -35,7 +35,7 @@ from ._errors import (
     ValidationError,
 )
 from ._inputs import MAX_SPAN, check_flag, check_int, check_span, check_text
-from ._models import SYSTEM_USERNAME, APIToken, User
+from ._models import SYSTEM_USERNAME, APIToken, User, unknown_owner
 from ._rows import Loader
 from ._times import format_time, to_stored_time
 
@@ -285,9 +285,15 @@ class Tokens:
             expires=expiry,
             scopes=scope_list,
         )
-        with self.db.atomic():
-            self._check_limit(owner, now)
-            token.save(force_insert=True)
+        try:
+            with self.db.atomic():
+                self._check_limit(owner, now)
+                token.save(force_insert=True)
+        except peewee.IntegrityError as exc:
+            missing = unknown_owner(exc, owner.id)
+            if missing is not None:
+                raise missing from None
+            raise
         return token, secret
 
     def _owner(self, user: User | str | int | None) -> User:

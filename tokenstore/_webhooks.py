@@ -31,7 +31,7 @@ from ._inputs import (
     check_span,
     check_text,
 )
-from ._models import OutboundWebhook, User, WebhookDelivery
+from ._models import OutboundWebhook, User, WebhookDelivery, unknown_owner
 from ._outbox import Outbox
 from ._outcomes import Outcomes
 from ._payload import dumps
@@ -271,6 +271,9 @@ class Webhooks:
                 raise ValidationError(
                     f"a webhook for {hook.ref} at {hook.endpoint} already exists"
                 ) from None
+            missing = unknown_owner(exc, hook.created_by_id)
+            if missing is not None:
+                raise missing from None
             raise
 
     def allowlist(self) -> builtins.list[str]:
