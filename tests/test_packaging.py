@@ -10,6 +10,7 @@ top (schema.sql) and the package data.
 from __future__ import annotations
 
 import email
+import re
 import subprocess
 import sys
 import tarfile
@@ -53,7 +54,7 @@ def test_sdist_carries_its_tests_and_they_run_from_it(tmp_path: Path) -> None:
     there, here = (_run(*collect, cwd=d).stdout.splitlines()[-1] for d in (tree, ROOT))
     assert there.split(" in ")[0] == here.split(" in ")[0]  # "N tests collected"
     ran = _run("-m", "pytest", "-q", "-p", "no:cacheprovider", *RUN_THERE, cwd=tree)
-    assert " passed" in ran.stdout and "failed" not in ran.stdout
+    assert " passed" in ran.stdout and not re.search(r"\d+ failed", ran.stdout)  # xfailed is fine
 
 
 def test_python_m_tokenstore_is_the_command(tmp_path: Path) -> None:
