@@ -299,6 +299,24 @@ def test_a_hook_whose_headers_were_edited_into_a_list_fails_its_delivery(db_path
         assert store.webhooks.ping("h").status == "failed"
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+def test_a_store_refused_once_open_is_closed(db_path: Path) -> None:
+    make_store(db_path)
+    conn = sqlite3.connect(db_path)
+    conn.execute("DELETE FROM tokenstore_user")
+    conn.commit()
+    conn.close()
+
+    def open_files() -> list[str]:
+        links = (os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd"))
+        return [link for link in links if link.startswith(str(db_path.resolve()))]
+
+    for _ in range(3):
+        with pytest.raises(StoreError, match="the 'system' user is missing"):
+            tokenstore.open(db_path)
+    assert open_files() == []
+
+
 # -- missing files and odd paths ------------------------------------------------------------
 
 

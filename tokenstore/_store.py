@@ -118,6 +118,14 @@ class Store:
                 create=opts.create,
                 read_only=opts.read_only,
             )
+        try:
+            self._assemble(opts)
+        except BaseException:  # a file refused once open (no system user, say) is not left open
+            self.db.close()
+            raise
+
+    def _assemble(self, opts: Options) -> None:
+        """Bind the models, check the store's own rows, and build each service on the database."""
         self.db.bind(list(OWN_MODELS), bind_refs=False, bind_backrefs=False)
         system = User.get_or_none(User.username == SYSTEM_USERNAME)
         if system is None:
