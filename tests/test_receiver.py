@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -208,6 +209,33 @@ def test_oversized_body_is_413_without_reading_it(receiver: Running) -> None:
     finally:
         conn.close()
     assert receiver.events.received == []
+
+
+def test_a_content_length_of_thousands_of_digits_is_413(receiver: Running) -> None:
+    """int() refuses over 4300 digits; the answer must still be one, not a dropped connection."""
+    host, port = receiver.server.server_address[:2]
+    conn = http.client.HTTPConnection(str(host), int(port), timeout=TIMEOUT)
+    try:
+        conn.putrequest("POST", "/")
+        conn.putheader("Content-Length", "9" * 5000)
+        conn.endheaders()
+        assert conn.getresponse().status == 413
+    finally:
+        conn.close()
+
+
+def test_a_client_that_hangs_up_leaves_no_traceback(
+    receiver: Running, capfd: pytest.CaptureFixture[str]
+) -> None:
+    host, port = receiver.server.server_address[:2]
+    for _ in range(3):  # reset while the server waits for the next request on the connection
+        sock = socket.create_connection((str(host), int(port)), timeout=TIMEOUT)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.recv(1024)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    requests.post(receiver.url, data=BODY, headers=signed_headers(BODY), timeout=TIMEOUT)
+    assert capfd.readouterr().err == ""
 
 
 def test_body_at_the_cap_is_accepted(receiver: Running) -> None:

@@ -11,6 +11,7 @@ never succeed, with a short JSON reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from collections.abc import Callable, Mapping
@@ -61,6 +62,11 @@ def make_receiver(
         def log_message(self, format: str, *args: Any) -> None:
             """Stay quiet: the application decides what to print."""
 
+        def handle(self) -> None:
+            """Serve the connection; a client that hangs up or stalls is no error of ours."""
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                super().handle()
+
         def _reply(self, status: int, error: str | None = None, **headers: str) -> None:
             body = b"" if error is None else json.dumps({"error": error}).encode()
             self.send_response(status)
@@ -89,17 +95,19 @@ def make_receiver(
                 self.close_connection = True
                 self._reply(411, "Content-Length header is required")
                 return None
-            if not length_text.strip().isdecimal():
+            digits = length_text.strip()
+            if not (digits.isascii() and digits.isdigit()):
                 self.close_connection = True
                 self._reply(400, "Content-Length header is not a number")
                 return None
-            length = int(length_text)
-            if length > MAX_BODY_BYTES:
+            # Thousands of digits would make int() refuse: such a length is too large anyway.
+            digits = digits.lstrip("0") or "0"
+            if len(digits) > len(str(MAX_BODY_BYTES)) or int(digits) > MAX_BODY_BYTES:
                 # The body stays unread, so the connection cannot be reused.
                 self.close_connection = True
                 self._reply(413, f"body is larger than {MAX_BODY_BYTES} bytes")
                 return None
-            return self.rfile.read(length)
+            return self.rfile.read(int(digits))
 
         def do_POST(self) -> None:
             body = self._read_body()
