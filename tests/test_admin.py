@@ -10,8 +10,12 @@ import html
 import io
 import json
 import re
+import socket
+import struct
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -695,6 +699,32 @@ def test_a_clear_error_names_the_extra_when_jinja2_is_missing(store_file: Path) 
         [sys.executable, "-c", code, str(db_path)], capture_output=True, text=True, timeout=60
     )
     assert shown.stdout.startswith("AdminUnavailable ") and "tokenstore[admin]" in shown.stdout
+
+
+def test_a_client_that_hangs_up_leaves_no_traceback(
+    store: tokenstore.Store, capfd: pytest.CaptureFixture[str]
+) -> None:
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        for request in (b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /login HTTP/1.1\r\n"):
+            sock = socket.create_connection(server.server_address[:2], timeout=10)
+            sock.sendall(request)
+            time.sleep(0.2)  # the server is reading the next request, or the headers
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        for garbled in (b"\x00\xff garbage\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n"):
+            with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+                sock.sendall(garbled)
+                answer = sock.recv(4096)  # an error page (without a status line for HTTP/0.9)
+                assert b"Error code: 400" in answer or b"Error code: 505" in answer
+        url = f"http://127.0.0.1:{server.server_address[1]}/login"
+        assert requests.get(url, timeout=10).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_serve_answers_on_loopback_and_asks_to_sign_in(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ TLS in front.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import sys
@@ -21,9 +22,17 @@ from ._app import make_app
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 30  # a client that stalls mid-request must not hold its thread for good
+
     def log_message(self, format: str, *args: Any) -> None:
         """One line per request on stderr, as wsgiref does, but without the query string."""
-        sys.stderr.write(f"{self.address_string()} {self.command} {self.path.split('?')[0]}\n")
+        path = getattr(self, "path", "")  # unset when the request line could not be read
+        sys.stderr.write(f"{self.address_string()} {self.command or '-'} {path.split('?')[0]}\n")
+
+    def handle(self) -> None:
+        """Serve the connection; a client that hangs up or stalls is no error of the page's."""
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            super().handle()
 
 
 class AdminServer(ThreadingMixIn, WSGIServer):
