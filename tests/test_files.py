@@ -185,6 +185,24 @@ def test_our_version_without_our_tables_is_refused(db_path: Path) -> None:
     assert "PRAGMA integrity_check" in message and str(db_path) in message
 
 
+@pytest.mark.parametrize("reset", [True, False])
+def test_tables_named_like_ours_without_our_version_are_refused_untouched(
+    db_path: Path, reset: bool
+) -> None:
+    if reset:  # a store whose PRAGMA user_version was set back to 0
+        make_store(db_path)
+    conn = sqlite3.connect(db_path)
+    if not reset:  # another program's file that happens to use one of our names
+        conn.execute("CREATE TABLE tokenstore_user (x)")
+    conn.execute("PRAGMA user_version = 0")
+    conn.commit()
+    conn.close()
+    before = db_path.read_bytes()
+    with pytest.raises(StoreError, match=r"tables named like tokenstore's \(.*tokenstore_user"):
+        tokenstore.open(db_path)
+    assert db_path.read_bytes() == before
+
+
 @pytest.mark.parametrize("version", [-1, -(2**31)])
 def test_a_negative_schema_version_is_refused(db_path: Path, version: int) -> None:
     make_store(db_path)

@@ -168,6 +168,12 @@ def check_file(path: Path, schema_version: int, ours: frozenset[str]) -> int:
             f"{path} has schema version {version}, newer than this tokenstore understands "
             f"({schema_version}); upgrade tokenstore to open it"
         )
+    clash = sorted(ours & present) if version == 0 else []
+    if clash:  # creating the schema would fail on them, half-way through its tables
+        raise StoreError(
+            f"{path} has tables named like tokenstore's ({', '.join(clash)}) but no tokenstore "
+            "schema version: another program's, or its PRAGMA user_version was reset"
+        )
     # Older versions lack what their migrations add; those are checked as they migrate.
     missing = sorted(ours - present) if version == schema_version else []
     if missing:
