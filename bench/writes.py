@@ -3,10 +3,11 @@
 Run: ``.venv/bin/python bench/writes.py``
 
 One ABIDModel subclass is measured two ways in the same run, rebinding it
-between them: registered with a tokenstore store (triggers, a transaction
-per lone write, the event claimed or dropped at commit) with no receivers
-and no webhooks, and bound to a plain ``peewee.SqliteDatabase`` on another
-file with the same pragmas and no triggers. The variants alternate round by
+between them: registered with a tokenstore store (triggers that ask whether
+anyone listens; with no receivers and no webhooks, a lone write has nothing
+to claim and runs in SQLite's implicit transaction), and bound to a plain
+``peewee.SqliteDatabase`` on another file with the same pragmas and no
+triggers. The variants alternate round by
 round and the best round of each counts, so a busy machine slows both alike
 instead of whichever ran during the noise.
 

@@ -114,13 +114,61 @@ def test_a_writer_that_never_waited_adds_no_statement(tmp_path: Path) -> None:
 
 
 @pytest.mark.sqlite_only
+def test_a_lone_save_with_nothing_to_claim_skips_the_transaction(app_store: Store) -> None:
+    """No receivers and no enabled hook: the save's commit would claim nothing, so the
+    statement runs in SQLite's implicit transaction. Anything that could claim makes
+    it a transaction of tokenstore's again."""
+
+    def begins() -> list[str]:
+        # A BEGIN that a loaded machine slows past 1 ms counts as a wait, and a writer
+        # that waited keeps to transactions for a while: this test is about claims.
+        app_store.db._contended_until = 0.0
+        statements = _db.statements_during(app_store, lambda: Note.create(title="t"))
+        return [sql for sql in statements if sql.startswith(("BEGIN", "COMMIT"))]
+
+    assert begins() == []
+    hook = app_store.webhooks.create("notes", Note, "http://127.0.0.1:9/x")
+    assert begins()[:2] == ["BEGIN IMMEDIATE", "COMMIT"]  # then its attempt is recorded
+    app_store.webhooks.update(hook, enabled=False)
+    assert begins() == []
+
+    def heard(sender: Any, **kwargs: Any) -> None:
+        pass
+
+    tokenstore.signals.row_changed.connect(heard, weak=False)
+    try:
+        assert begins() == ["BEGIN IMMEDIATE", "COMMIT"]
+    finally:
+        tokenstore.signals.row_changed.disconnect(heard)
+    assert begins() == []
+
+
+@pytest.mark.sqlite_only
 def test_a_writer_takes_the_lock_soon_after_another_process_releases_it(
     app_store: Store, db_path: Path
 ) -> None:
     """SQLite's own busy handler sleeps 1, 2, 5, 10, 15, 20 ms...: a lock released after
     40 ms would be taken at 53 ms at the earliest. Once a writer has waited, writers here
     try again in short steps (the first wait below is SQLite's; the best of the
-    others counts, as a loaded machine can be late to wake any of them)."""
+    others counts, as a loaded machine can be late to wake any of them). A receiver
+    makes each save a transaction of tokenstore's: a lone write that would claim
+    nothing waits as SQLite does."""
+
+    def heard(sender: Any, **kwargs: Any) -> None:
+        pass
+
+    tokenstore.signals.row_changed.connect(heard, weak=False)
+    try:
+        lateness = _lock_lateness(db_path)
+    finally:
+        tokenstore.signals.row_changed.disconnect(heard)
+    assert min(lateness) < 0.008, lateness
+    # Outside its transactions the connection waits on the busy timeout again.
+    assert app_store.db.connection().execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+
+
+def _lock_lateness(db_path: Path) -> list[float]:
+    """How long after another connection released the lock each of four saves took it."""
     lateness = []
     for _ in range(4):
         other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
@@ -139,9 +187,7 @@ def test_a_writer_takes_the_lock_soon_after_another_process_releases_it(
         thread.join(timeout=10)
         other.close()
         lateness.append(taken - released[0])
-    assert min(lateness) < 0.008, lateness
-    # Outside its transactions the connection waits on the busy timeout again.
-    assert app_store.db.connection().execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+    return lateness
 
 
 def test_reopening_keeps_records_and_the_system_user(db_path: Path) -> None:

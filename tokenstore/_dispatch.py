@@ -205,6 +205,18 @@ class Dispatcher:
         if not self._listening_and_wanted(conn)[1]:
             conn.execute(self._statements().drop_unheard)
 
+    def nothing_to_claim(self, conn: Connection) -> bool:
+        """Whether a lone write may skip its transaction: nothing would be claimed at its commit.
+
+        True when this process has no receivers, no consumer wants events
+        and no housekeeping is due. Events its triggers record meanwhile (a
+        listener or hook that appeared in between) are left for the
+        processes and commits that take them, as ``claim`` would leave them.
+        """
+        if time.monotonic() >= self._next_housekeeping or signals.any_event_receivers():
+            return False
+        return not self.consumers or not self._listening_and_wanted(conn)[1]
+
     def claim(self, conn: Connection) -> Claimed:
         """Take the unclaimed events (this transaction's, and any left by others).
 

@@ -36,6 +36,9 @@ class _NoDispatch:
     def on_begin(self, conn: Any) -> None:
         pass
 
+    def nothing_to_claim(self, conn: Any) -> bool:
+        return True
+
     def claim(self, conn: Any) -> None:
         return None
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import peewee
 
@@ -55,19 +55,55 @@ _SCHEMA_LOCK = 0x746F6B656E  # "token"
 _INSTALL_HINT = "PostgreSQL support needs psycopg: pip install 'tokenstore[postgres]'"
 
 
+#: Query parameters libpq reads a secret from (``?password=`` works like ``user:pw@``).
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 def is_url(location: str) -> bool:
-    """Whether ``tokenstore.open`` was given a PostgreSQL URL rather than a file path."""
-    return location.startswith(("postgresql://", "postgres://"))
+    """Whether ``tokenstore.open`` was given a PostgreSQL URL rather than a file path.
+
+    A scheme has no case, so ``POSTGRESQL://`` is a URL too (never a file
+    named like one, whose path would repeat the password in messages).
+    """
+    return location[:13].lower().startswith(("postgresql://", "postgres://"))
 
 
 def redacted_url(url: str) -> str:
-    """The URL without its password, for messages and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL without its password (in the user part or the query), for messages and reprs."""
+    scheme, separator, _ = url.partition("://")
+    if not separator:  # a file path
         return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # say, an unclosed [ in the host: nothing of it is shown
+        return f"{scheme}://***"
+    user, at, host = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0]}:***@{host}" if at and ":" in user else parts.netloc
+    query = "&".join(
+        f"{key}=***" if unquote(key).lower() in _SECRET_PARAMETERS else f"{key}{eq}{value}"
+        for key, eq, value in (pair.partition("=") for pair in parts.query.split("&"))
+    )
+    return (
+        f"{scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if parts.query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
+
+
+def connection_url(url: str) -> str:
+    """The URL as libpq must get it: its scheme in lower case, its user part unambiguous.
+
+    libpq takes the first ``@`` as the end of the password, where URL
+    parsers take the last; an ``@`` in a user name or password must be
+    written ``%40``, or the rest of the password would become the host name
+    and appear in connection errors.
+    """
+    scheme, _, rest = url.partition("://")
+    if rest.partition("/")[0].count("@") > 1:
+        raise ValidationError(
+            "the PostgreSQL URL's user name or password holds an '@': write it as %40"
+        )
+    return f"{scheme.lower()}://{rest}"
 
 
 def schema_sql() -> str:
@@ -409,6 +445,7 @@ def open_database(
     ``read_only`` nothing is written, so its schema must already be current.
     """
     _driver()  # without psycopg, say which extra brings it before peewee complains
+    url = connection_url(url)
     db = PostgresDatabase(url, hooks=hooks, read_only=read_only)
     try:
         db.connection()

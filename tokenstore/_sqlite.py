@@ -3,12 +3,12 @@
 One file holds everything. This module opens it (read-only when asked or
 when it cannot be written; ``_sqlite_file`` refuses, before changing
 anything, files that are not ours to open), sets its pragmas, brings its
-schema up to date, writes the capture triggers, runs every write in a
-``BEGIN IMMEDIATE`` transaction that tells the change dispatcher when it
-commits, reports a full disk, an I/O error or a lock that never came as a
-StoreError subclass, and tells a watcher when another connection committed
-(``PRAGMA data_version``). A PostgreSQL backend is a sibling of this module
-with the same surface.
+schema up to date, writes the capture triggers, runs writes in ``BEGIN
+IMMEDIATE`` transactions that tell the change dispatcher when they commit (a
+lone write that would claim nothing in SQLite's own), reports a full disk,
+an I/O error or a lock that never came as a StoreError subclass, and tells
+a watcher when another connection committed (``PRAGMA data_version``). A
+PostgreSQL backend is a sibling of this module with the same surface.
 """
 
 from __future__ import annotations
@@ -274,6 +274,10 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own.
 
+        That is tokenstore's ``write()``, unless its commit would claim
+        nothing (see ``Dispatcher.nothing_to_claim``) and no writer has had
+        to wait lately: then SQLite's implicit transaction.
+
         Inside a transaction that a storage fault rolled back under peewee,
         nothing more runs (it would commit on its own): a nested block's
         rollback has nothing left to undo, anything else raises.
@@ -287,12 +291,18 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
                     return conn.cursor()
                 raise self._ended_early()
             if is_write(sql):
+                if time.monotonic() >= self._contended_until and self.hooks.nothing_to_claim(conn):
+                    # Nothing to claim at its commit: the statement's own implicit
+                    # transaction will do, and it waits for the lock as SQLite does.
+                    return self._run_to_end(sql, params)
                 with self.write():
-                    cursor = self._execute(sql, params)
-                    if cursor.description is not None:  # RETURNING rows: finish before COMMIT
-                        cursor = _FetchedCursor(cursor)
-                return cursor
+                    return self._run_to_end(sql, params)
         return self._execute(sql, params)
+
+    def _run_to_end(self, sql: str, params: Any) -> Any:
+        """Run a statement and read any RETURNING rows at once, so its transaction can end."""
+        cursor = self._execute(sql, params)
+        return cursor if cursor.description is None else _FetchedCursor(cursor)
 
     def _execute(self, sql: str, params: Any) -> Any:
         try:
