@@ -702,11 +702,6 @@ def test_ref_takes_only_a_model_class(store: Store, given: Any) -> None:
         store.ref(given)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_postgres.redacted_url hides only the user:password@ form and is_url knows only "
-    "lower-case schemes (_postgres.py is the lead's to change)",
-)
 @pytest.mark.parametrize(
     "url",
     [
@@ -719,6 +714,6 @@ def test_a_postgresql_password_never_reaches_an_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
 ) -> None:
     monkeypatch.chdir(tmp_path)  # where a URL misread as a path would be looked for
-    with pytest.raises(tokenstore.StoreError) as info:
+    with pytest.raises(tokenstore.TokenstoreError) as info:
         tokenstore.open(url)
     assert "SEKRIT" not in str(info.value) and "KRIT" not in str(info.value)
