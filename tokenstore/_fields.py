@@ -52,3 +52,18 @@ class JSONField(peewee.TextField):
             return json.loads(value)
         except ValueError:  # edited by hand; not quoted, as it may hold header credentials
             raise ValidationError(f"{self.name}: the stored value is not JSON") from None
+
+
+class UUIDField(peewee.UUIDField):
+    """A UUID kept as 32 hex digits, as peewee keeps it.
+
+    A value edited by hand into something else is an error naming the
+    column, like the other fields here, rather than the ValueError of
+    ``uuid.UUID`` from deep inside a query.
+    """
+
+    def python_value(self, value: Any) -> Any:
+        try:
+            return super().python_value(value)
+        except (ValueError, TypeError, AttributeError):
+            raise ValidationError(f"{self.name}: the stored value is not a UUID") from None

@@ -17,7 +17,7 @@ import peewee
 from . import _abid as abids
 from . import _compat, _credentials, signals
 from ._errors import ABIDDriftError, NotFound, ValidationError
-from ._fields import JSONField, UTCDateTimeField
+from ._fields import JSONField, UTCDateTimeField, UUIDField
 from ._rows import quote_name
 from ._times import to_stored_time, utcnow
 
@@ -149,7 +149,7 @@ class ABIDModel(BaseModel):
         # revocation, a hook disabled after a 410).
         only_save_dirty = True
 
-    id = peewee.UUIDField(primary_key=True)
+    id = UUIDField(primary_key=True)
     abid = peewee.CharField(max_length=30, unique=True)
     created_by = peewee.ForeignKeyField(
         User, column_name="created_by_id", on_delete="CASCADE", backref="+", index=True

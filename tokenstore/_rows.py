@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 import peewee
 
 from . import _compat
-from ._fields import JSONField, UTCDateTimeField
+from ._fields import JSONField, UTCDateTimeField, UUIDField
 
 M = TypeVar("M", bound=peewee.Model)
 
@@ -53,7 +53,7 @@ def value_kind(field: peewee.Field) -> str | type | None:
         field = field.rel_field
     if type(field).python_value is UTCDateTimeField.python_value:
         return "time"
-    if type(field).python_value is peewee.UUIDField.python_value:
+    if type(field).python_value in (UUIDField.python_value, peewee.UUIDField.python_value):
         return "uuid"
     if type(field).python_value is JSONField.python_value:
         return "json"

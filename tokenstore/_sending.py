@@ -94,8 +94,12 @@ def redacted(error: str, hook: OutboundWebhook) -> str:
     the auth token or a credential in the hook's headers, and the error goes to
     the delivery log, the command's output and the ``webhook_failed`` signal.
     """
-    secrets = [hook.auth_token, hook.secret, hook.previous_secret, *(hook.headers or {}).values()]
-    for secret in sorted((x for x in secrets if x and len(x) >= 4), key=len, reverse=True):
+    # Headers edited by hand into something other than an object still get here.
+    headers = hook.headers.values() if isinstance(hook.headers, dict) else ()
+    secrets = [hook.auth_token, hook.secret, hook.previous_secret, *headers]
+    for secret in sorted(
+        (x for x in secrets if isinstance(x, str) and len(x) >= 4), key=len, reverse=True
+    ):
         error = error.replace(secret, "***").replace(repr(secret)[1:-1], "***")
     return error
 
