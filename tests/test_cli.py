@@ -275,6 +275,11 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     log = conn.execute("SELECT event_type, status FROM tokenstore_delivery_log").fetchall()
     conn.close()
     assert {status for _, status in log} == {"delivered"}
+    again = subprocess.run(
+        [*COMMAND, "demo", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 2 and again.stderr.count("\n") == 1
+    assert "holds a demo store already" in again.stderr
     assert [event_type for event_type, _ in log] == [
         "snapshot.created",
         "snapshot.updated",
