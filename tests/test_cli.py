@@ -773,3 +773,13 @@ def test_output_to_a_full_disk_is_one_line_of_error(db_path: Path) -> None:
         )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "No space left on device" in done.stderr
+
+
+@pytest.mark.sqlite_only
+def test_text_output_shows_control_characters_escaped(db_path: Path) -> None:
+    """A name may hold a line break or a terminal escape; a table row stays one plain line."""
+    tokenstore(db_path, "tokens", "create", "--name", "a\nb\x1b[31mc")
+    lines = tokenstore(db_path, "tokens", "list").stdout.splitlines()
+    assert len(lines) == 2 and "\x1b" not in lines[1]
+    assert "a\\nb\\x1b[31mc" in lines[1]
+    assert as_json(db_path, "tokens", "list")[0]["name"] == "a\nb\x1b[31mc"
