@@ -275,6 +275,11 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     log = conn.execute("SELECT event_type, status FROM tokenstore_delivery_log").fetchall()
     conn.close()
     assert {status for _, status in log} == {"delivered"}
+    again = subprocess.run(
+        [*COMMAND, "demo", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 2 and again.stderr.count("\n") == 1
+    assert "holds a demo store already" in again.stderr
     assert [event_type for event_type, _ in log] == [
         "snapshot.created",
         "snapshot.updated",
@@ -768,3 +773,13 @@ def test_output_to_a_full_disk_is_one_line_of_error(db_path: Path) -> None:
         )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "No space left on device" in done.stderr
+
+
+@pytest.mark.sqlite_only
+def test_text_output_shows_control_characters_escaped(db_path: Path) -> None:
+    """A name may hold a line break or a terminal escape; a table row stays one plain line."""
+    tokenstore(db_path, "tokens", "create", "--name", "a\nb\x1b[31mc")
+    lines = tokenstore(db_path, "tokens", "list").stdout.splitlines()
+    assert len(lines) == 2 and "\x1b" not in lines[1]
+    assert "a\\nb\\x1b[31mc" in lines[1]
+    assert as_json(db_path, "tokens", "list")[0]["name"] == "a\nb\x1b[31mc"

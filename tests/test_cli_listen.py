@@ -6,6 +6,7 @@ Each test runs the command in a subprocess on a free 127.0.0.1 port.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -146,3 +147,28 @@ def test_a_port_in_use_exits_2_with_one_line() -> None:
         port = taken.getsockname()[1]
         result = run("--port", str(port), TOKENSTORE_LISTEN_SECRET=SECRET)
     assert_one_line_error(result, f"port {port}")
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_host_is_listened_on_and_shown_in_brackets(host: str) -> None:
+    """The line "listening on URL" is what scripts read the port from: it must be a URL."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("::1 cannot be bound here")
+    proc = subprocess.Popen(
+        [*COMMAND, "--host", host, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(TOKENSTORE_LISTEN_SECRET=SECRET),
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert re.match(r"listening on http://\[::1\]:\d+/ ", line), line
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)

@@ -60,6 +60,8 @@ def run_demo(directory: str | None = None) -> int:
     except OSError as exc:  # a file of that name, a folder nobody may write ...
         raise ValidationError(f"--dir {folder}: cannot make the folder: {exc.strerror}") from None
     path = folder / "demo.sqlite3"
+    if path.exists():  # the story starts from nothing: a second run would meet the first's rows
+        raise ValidationError(f"--dir {folder} holds a demo store already: give a new folder")
     received: list[dict[str, Any]] = []
     arrived = threading.Condition()
 

@@ -137,7 +137,7 @@ def make_receiver(
 
     server_class = _IPv6ThreadingHTTPServer if ":" in host else ThreadingHTTPServer
     try:
-        return server_class((host, port), Handler)
+        return server_class((host.strip("[]"), port), Handler)  # "[::1]" as in a URL
     except OSError as exc:  # a taken port, a host that is not ours or does not resolve
         raise ValidationError(f"cannot listen on {host} port {port}: {exc.strerror}") from None
     except (TypeError, UnicodeError):  # the socket module cannot encode it as a host name

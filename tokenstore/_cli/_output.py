@@ -109,14 +109,17 @@ def abid_dict(abid: ABID) -> dict[str, Any]:
 
 
 def _text(value: Any) -> str:
-    """A value as one cell of a text table."""
+    """A value as one cell of a text table: one line, no control characters for the terminal.
+
+    Names and a receiver's answers may hold line breaks or escape sequences.
+    """
     if value is None:
         return ""
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {v}" for k, v in value.items())
+        return one_line(", ".join(f"{k}: {v}" for k, v in value.items()))
     if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return str(value)
+        return one_line(", ".join(str(v) for v in value))
+    return one_line(str(value))
 
 
 class Output:

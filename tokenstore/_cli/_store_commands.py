@@ -274,7 +274,8 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
 
     server = make_receiver(args.host, args.port, listen_secret(args), show)
     port = server.server_address[1]
-    print(f"listening on http://{args.host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
+    print(f"listening on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
     _serve_until_interrupted(server)
     return 0
 
