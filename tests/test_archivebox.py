@@ -396,6 +396,28 @@ def test_a_refused_endpoint_imports_the_hook_disabled(store: Store, tmp_path: Pa
     assert (hook.enabled, hook.endpoint) == (False, "http://169.254.169.254/latest")
 
 
+def test_credentials_in_a_hook_url_become_its_basic_auth(store: Store, tmp_path: Path) -> None:
+    """What requests made of ``user:password@`` in ArchiveBox, tokenstore keeps privately."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("basic", "api.models.APIToken", "https://bob:s%40cret@hooks.example/in")
+    box.hook("both", "api.models.APIToken", "https://bob:s3cret@b.example/", auth_token="Token x")
+    box.close()
+    report = store.import_archivebox(box.path)
+    basic = store.webhooks.get("basic")
+    expected = "Basic " + base64.b64encode(b"bob:s@cret").decode()
+    assert (basic.enabled, basic.endpoint, basic.auth_token) == (
+        True,
+        "https://hooks.example/in",
+        expected,
+    )
+    both = store.webhooks.get("both")
+    assert (both.enabled, both.endpoint) == (False, "https://b.example/")
+    (note,) = report.disabled
+    assert "credentials" in note.reason
+    shown = repr(report) + repr(store.webhooks.list()) + note.reason
+    assert "cret" not in shown
+
+
 def test_an_encrypted_auth_token_without_the_key_disables_the_hook(
     store: Store, tmp_path: Path
 ) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import peewee
 
@@ -384,8 +385,9 @@ class _Importer:
             )
         else:
             ref = target
+        endpoint, url_auth = _without_credentials(row["endpoint"])
         try:
-            self.validator.guard.check_endpoint(row["endpoint"])
+            self.validator.guard.check_endpoint(endpoint)
         except TokenstoreError as exc:
             reasons.append(f"its endpoint is refused: {exc}")
         auth_token = row["auth_token"] or ""
@@ -402,6 +404,13 @@ class _Importer:
                 except _RowRefused as exc:
                     auth_token = ""
                     reasons.append(str(exc))
+        if url_auth and row["auth_token"]:
+            reasons.append(
+                "its URL carried credentials as well as an auth token: the URL's were "
+                "dropped; check which one the receiver expects, then enable the hook"
+            )
+        elif url_auth:
+            auth_token = url_auth  # what requests sent for them before
         try:
             headers = json.loads(row["headers"] or "{}")
         except (TypeError, ValueError):
@@ -416,7 +425,7 @@ class _Importer:
             name=row["name"],
             signal=row["signal"],
             ref=ref,
-            endpoint=row["endpoint"],
+            endpoint=endpoint,
             headers=headers,
             auth_token=auth_token,
             enabled=not reasons,
@@ -444,6 +453,25 @@ def _describe_user(row: sqlite3.Row) -> str:
 def _describe_abid_row(row: sqlite3.Row) -> str:
     """A token or hook by its ABID, else its id: never by the token itself."""
     return str(row["abid"] or f"id {row['id']}")
+
+
+def _without_credentials(url: Any) -> tuple[Any, str]:
+    """A hook URL without ``user:password@``, and the Basic authorization they gave.
+
+    requests sends a URL's credentials as HTTP Basic auth; tokenstore keeps
+    URLs free of them (they are shown in lists), so they move to the hook's
+    private ``auth_token`` as the header value requests would have sent.
+    """
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except (TypeError, ValueError, AttributeError):  # the endpoint check says what is wrong
+        return url, ""
+    if user is None and password is None:
+        return url, ""
+    pair = f"{unquote(user or '')}:{unquote(password or '')}".encode()
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=netloc)), "Basic " + base64.b64encode(pair).decode()
 
 
 def _describe_hook(row: sqlite3.Row) -> str:
