@@ -432,6 +432,26 @@ def test_http_500_is_a_failure_and_its_body_is_kept(store: Store, receiver: Rece
     assert reload(hook).last_response == "database on fire"
 
 
+def test_a_kept_response_that_echoes_the_hooks_credentials_keeps_them_out(
+    store: Store, receiver: Receiver
+) -> None:
+    """Debugging receivers echo the request; the hook's secrets must not come back with it."""
+    receiver.respond = lambda h: answer(h, 500, str(dict(h.headers.items())).encode())
+    hook = store.webhooks.create(
+        "echo",
+        Note,
+        receiver.url(),
+        keep_last_response=True,
+        auth_token="Bearer s3cret-token",
+        headers={"X-Api-Key": "k3y-value-1234"},
+    )
+    Note.create(text="x")
+    kept = reload(hook).last_response
+    assert "X-Api-Key" in kept and "Authorization" in kept  # the echo itself is kept
+    assert "s3cret-token" not in kept and "k3y-value-1234" not in kept
+    assert hook.secret not in kept
+
+
 def test_http_410_disables_the_hook_and_gives_up_its_deliveries(
     store: Store, receiver: Receiver
 ) -> None:

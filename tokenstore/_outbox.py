@@ -411,6 +411,8 @@ class Outbox:
             outcome = self.sender.post(hook.endpoint, body, headers, deadline)
         if outcome.error:
             outcome.error = redacted(outcome.error, hook)
+        if outcome.body and hook.keep_last_response:  # an echo of the request holds secrets
+            outcome.body = redacted(outcome.body, hook)
         self.outcomes.record(hook, delivery, outcome, now)
         return delivery
 
