@@ -129,6 +129,9 @@ def test_a_lone_save_with_nothing_to_claim_skips_the_transaction(app_store: Stor
     assert begins() == []
     hook = app_store.webhooks.create("notes", Note, "http://127.0.0.1:9/x")
     assert begins()[:2] == ["BEGIN IMMEDIATE", "COMMIT"]  # then its attempt is recorded
+    statements = _db.statements_during(app_store, lambda: Note.create(title="t"))
+    probes = [sql for sql in statements if "FROM tokenstore_listener" in sql]
+    assert len(probes) == 1, probes  # asked by the commit's claim, not again before the write
     app_store.webhooks.update(hook, enabled=False)
     assert begins() == []
 

@@ -130,6 +130,9 @@ class Dispatcher:
         self._next_housekeeping = 0.0  # time.monotonic() of the next look at the listeners
         self.consumers: list[Consumer] = []
         self._probe = f"SELECT {_LISTENING}"
+        # What the last probe found: some consumer wanted events. A hint only, so that a
+        # write whose commit will claim anyway does not ask the probe twice.
+        self._wanted_lately = True
         self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local = _ThreadState()
         self._backend = statements
@@ -176,7 +179,9 @@ class Dispatcher:
     def _listening_and_wanted(self, conn: Connection) -> tuple[bool, list[Consumer]]:
         """Whether any process listens, and the consumers that want events now."""
         row = conn.execute(self._probe).fetchone()
-        return bool(row[0]), [c for c, want in zip(self.consumers, row[1:], strict=True) if want]
+        wanted = [c for c, want in zip(self.consumers, row[1:], strict=True) if want]
+        self._wanted_lately = bool(wanted)
+        return bool(row[0]), wanted
 
     # -- inside the transaction ---------------------------------------------------------
 
@@ -212,10 +217,14 @@ class Dispatcher:
         and no housekeeping is due. Events its triggers record meanwhile (a
         listener or hook that appeared in between) are left for the
         processes and commits that take them, as ``claim`` would leave them.
+        While the last probe found events wanted (a hook is enabled), the
+        answer is no without asking: the commit's claim asks anyway.
         """
         if time.monotonic() >= self._next_housekeeping or signals.any_event_receivers():
             return False
-        return not self.consumers or not self._listening_and_wanted(conn)[1]
+        if not self.consumers:
+            return True
+        return not self._wanted_lately and not self._listening_and_wanted(conn)[1]
 
     def claim(self, conn: Connection) -> Claimed:
         """Take the unclaimed events (this transaction's, and any left by others).
