@@ -611,6 +611,17 @@ def test_header_names_ignore_case_and_other_schemes_are_ignored() -> None:
     assert token_from_request({"X-API-Key": "k1"}, header="X-Custom") is None
 
 
+def test_archiveboxs_own_header_is_read_after_the_configured_one() -> None:
+    """Scripts written for ArchiveBox 0.8 send ``X-ArchiveBox-API-Key``; their keys still work."""
+    assert token_from_request({"X-ArchiveBox-API-Key": "k1"}) == "k1"
+    assert token_from_request({"x-archivebox-api-key": "k1"}, header="X-Custom") == "k1"
+    assert token_from_request({"X-ArchiveBox-API-Key": "k1", "X-API-Key": "k0"}) == "k0"
+    assert token_from_request({"X-ArchiveBox-API-Key": "k1", "Authorization": "Bearer k2"}) == (
+        "k1"
+    )
+    assert token_from_request({"X-ArchiveBox-API-Key": "null"}, "api_key=k3") == "k3"
+
+
 def test_store_tokens_use_their_configured_header(ts: Store) -> None:
     assert ts.tokens.token_from_request({"X-API-Key": "k1"}) == "k1"
     custom = Tokens(ts.db, ts.users, ts.clock, header="X-ArchiveBox-API-Key")
@@ -641,6 +652,21 @@ def test_secret_is_absent_from_the_database_files_and_logs(
     assert token.token_digest.encode() in data
     assert token.abid.encode() in data
     assert secret not in caplog.text and random_part not in caplog.text
+
+
+@pytest.mark.parametrize("name", ["josé", "Jürgen.M", "用户", "ölçü@example.org"])
+def test_usernames_take_letters_of_any_script_as_django_does(ts: Store, name: str) -> None:
+    """ArchiveBox users are Django users: ``[\\w.@+-]``, letters of any script."""
+    assert ts.users.create(name).username == name
+    assert ts.users.get(name).username == name
+
+
+@pytest.mark.parametrize(
+    "name", ["a b", "a\u202eb", "e\u0301", "a\x00", "a/b", "a" * 151, "", "\ud800"]
+)
+def test_usernames_refuse_what_django_refuses(ts: Store, name: str) -> None:
+    with pytest.raises(ValidationError, match="username"):
+        ts.users.create(name)
 
 
 def test_a_taken_username_is_refused_and_the_transaction_goes_on(ts: Store) -> None:

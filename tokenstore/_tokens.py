@@ -41,10 +41,13 @@ from ._times import format_time, to_stored_time
 
 logger = logging.getLogger("tokenstore.tokens")
 
-_USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,150}")
+# Django's rule (ArchiveBox's users are Django's): letters and digits of any script.
+_USERNAME = re.compile(r"[\w.@+-]{1,150}")
 _SCOPE = re.compile(r"[a-z0-9:._-]{1,100}")
 
 DEFAULT_API_KEY_HEADER = "X-API-Key"
+#: The header ArchiveBox 0.8 reads first; scripts written for it send their key there.
+ARCHIVEBOX_API_KEY_HEADER = "X-ArchiveBox-API-Key"
 
 #: ArchiveBox treats these as "no token sent" (what empty API-explorer forms submit).
 ABSENT_VALUES = frozenset({"", "string", "None", "null"})
@@ -83,7 +86,7 @@ class Users:
     """``store.users``: the owners tokens and hooks belong to."""
 
     def create(self, username: str, superuser: bool = False) -> User:
-        """Add a user; usernames are 1-150 letters, digits or ``_.@+-``, unique."""
+        """Add a user; usernames are 1-150 letters or digits (any script) or ``_.@+-``, unique."""
         if not isinstance(username, str) or not _USERNAME.fullmatch(username):
             raise ValidationError(
                 f"username {username!r} is not valid: use 1-150 letters, digits or _.@+-"
@@ -141,9 +144,10 @@ def token_from_request(
 ) -> str | None:
     """The token a request carries, looked for where ArchiveBox looks, in its order.
 
-    1. the API-key header (``header``), 2. ``Authorization: Bearer <token>``
-    (scheme in any case), 3. the ``api_key`` query parameter (``query`` is a
-    mapping, as from ``parse_qs``, or the raw query string). Values ArchiveBox
+    1. the API-key header (``header``), then ArchiveBox's own
+    ``X-ArchiveBox-API-Key``, 2. ``Authorization: Bearer <token>`` (scheme in
+    any case), 3. the ``api_key`` query parameter (``query`` is a mapping, as
+    from ``parse_qs``, or the raw query string). Values ArchiveBox
     ignores (``''``, ``'string'``, ``'None'``, ``'null'``) count as absent and
     the search goes on. The first present value is returned unchecked: unlike
     ArchiveBox, a wrong key in the header is not rescued by a right one in the
@@ -156,9 +160,10 @@ def token_from_request(
         raise ValidationError(
             f"query must be a mapping, a query string or None, got {type(query).__name__}"
         )
-    token = _present(_header(headers, header))
-    if token is not None:
-        return token
+    for name in (header, ARCHIVEBOX_API_KEY_HEADER):
+        token = _present(_header(headers, name))
+        if token is not None:
+            return token
     authorization = _header(headers, "Authorization")
     if isinstance(authorization, str):
         scheme, _, credentials = authorization.strip().partition(" ")
