@@ -366,6 +366,22 @@ class _Importer:
         ).execute()
         return True
 
+    def auth_token(self, stored: str, reasons: list[str]) -> str:
+        """A hook's auth token in plain text, or ``""`` with the reason it could not be read."""
+        if not stored:
+            return ""
+        if self.decrypt is None:
+            reasons.append(
+                "its auth token is encrypted and no cipher key was given: set it again "
+                "with webhooks.update(hook, auth_token=...), then enable the hook"
+            )
+            return ""
+        try:
+            return self.decrypt(stored)
+        except _RowRefused as exc:
+            reasons.append(str(exc))
+            return ""
+
     def take_hook(self, row: sqlite3.Row) -> bool:
         """Every field carries over; what cannot work here yet is imported disabled."""
         hook_id = _uuid(row["id"])
@@ -390,31 +406,19 @@ class _Importer:
             self.validator.guard.check_endpoint(endpoint)
         except TokenstoreError as exc:
             reasons.append(f"its endpoint is refused: {exc}")
-        auth_token = row["auth_token"] or ""
-        if auth_token:
-            if self.decrypt is None:
-                auth_token = ""
-                reasons.append(
-                    "its auth token is encrypted and no cipher key was given: set it again "
-                    "with webhooks.update(hook, auth_token=...), then enable the hook"
-                )
-            else:
-                try:
-                    auth_token = self.decrypt(auth_token)
-                except _RowRefused as exc:
-                    auth_token = ""
-                    reasons.append(str(exc))
-        if url_auth and row["auth_token"]:
-            reasons.append(
-                "its URL carried credentials as well as an auth token: the URL's were "
-                "dropped; check which one the receiver expects, then enable the hook"
-            )
-        elif url_auth:
-            auth_token = url_auth  # what requests sent for them before
         try:
             headers = json.loads(row["headers"] or "{}")
         except (TypeError, ValueError):
             raise _RowRefused("its headers are not JSON") from None
+        if url_auth:
+            # httpx, which django-signal-webhooks sends with, puts a URL's credentials in
+            # the Authorization header over the hook's auth token and any Authorization
+            # header of its own: the receiver only ever got these.
+            auth_token = url_auth
+            if isinstance(headers, dict):
+                headers = {k: v for k, v in headers.items() if str(k).lower() != "authorization"}
+        else:
+            auth_token = self.auth_token(row["auth_token"] or "", reasons)
         modified = max(_time(row["modified_at"], "modified_at"), _time(row["updated"], "updated"))
         hook = OutboundWebhook(
             id=hook_id,
@@ -458,9 +462,10 @@ def _describe_abid_row(row: sqlite3.Row) -> str:
 def _without_credentials(url: Any) -> tuple[Any, str]:
     """A hook URL without ``user:password@``, and the Basic authorization they gave.
 
-    requests sends a URL's credentials as HTTP Basic auth; tokenstore keeps
-    URLs free of them (they are shown in lists), so they move to the hook's
-    private ``auth_token`` as the header value requests would have sent.
+    httpx (django-signal-webhooks' client) sends a URL's credentials as HTTP
+    Basic auth, percent-decoded; tokenstore keeps URLs free of them (they are
+    shown in lists), so they move to the hook's private ``auth_token`` as the
+    header value httpx sent.
     """
     try:
         parts = urlsplit(url)
