@@ -433,6 +433,24 @@ def test_credentials_in_a_hook_url_become_its_basic_auth(store: Store, tmp_path:
     assert "cret" not in shown
 
 
+def test_an_empty_user_and_password_in_a_hook_url_is_no_credential(
+    store: Store, tmp_path: Path
+) -> None:
+    """httpx sends Basic auth only for a non-empty user or password; else the hook's own."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("at", "api.models.APIToken", "https://@a.example/", auth_token=encrypt("Token a"))
+    box.hook("colon", "api.models.APIToken", "https://:@b.example/")
+    box.hook("password", "api.models.APIToken", "https://:pw@c.example/")
+    box.close()
+    store.import_archivebox(box.path, cipher_key=CIPHER_KEY)
+    hooks = {h.name: (h.endpoint, h.auth_token, h.enabled) for h in store.webhooks.list()}
+    assert hooks == {
+        "at": ("https://a.example/", "Token a", True),
+        "colon": ("https://b.example/", "", True),
+        "password": ("https://c.example/", "Basic " + base64.b64encode(b":pw").decode(), True),
+    }
+
+
 def test_an_encrypted_auth_token_without_the_key_disables_the_hook(
     store: Store, tmp_path: Path
 ) -> None:

@@ -474,9 +474,11 @@ def _without_credentials(url: Any) -> tuple[Any, str]:
         return url, ""
     if user is None and password is None:
         return url, ""
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    if not user and not password:  # a bare "@" or ":@": httpx sends no Basic auth for it
+        return bare, ""
     pair = f"{unquote(user or '')}:{unquote(password or '')}".encode()
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=netloc)), "Basic " + base64.b64encode(pair).decode()
+    return bare, "Basic " + base64.b64encode(pair).decode()
 
 
 def _describe_hook(row: sqlite3.Row) -> str:
