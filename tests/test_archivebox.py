@@ -269,6 +269,23 @@ def test_a_legacy_token_authenticates_and_is_stored_only_as_its_digest(
         assert TOKEN.encode() not in path.read_bytes()
 
 
+def test_a_short_token_typed_into_archiveboxs_admin_keeps_working(
+    store: Store, tmp_path: Path
+) -> None:
+    """ArchiveBox's admin lets the token be edited to any text up to 32 chars.
+
+    Too short for tokenstore to show its last four characters without giving much
+    of it away, it is imported with no hint rather than refused.
+    """
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    abid = box.token("letmein")
+    box.close()
+    report = store.import_archivebox(box.path)
+    assert report.refused == []
+    token = store.tokens.authenticate("letmein")
+    assert (token.abid, token.token_redacted) == (abid, "*" * 12)
+
+
 def test_an_expired_token_stays_expired(store: Store, tmp_path: Path) -> None:
     box = ArchiveBox(tmp_path / "index.sqlite3")
     box.token("f" * 32, expires=datetime(2025, 1, 1, 0, 0, 0, 1))
