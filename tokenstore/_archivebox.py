@@ -425,6 +425,10 @@ class _Importer:
             auth_token = url_auth
             if isinstance(headers, dict):
                 headers = {k: v for k, v in headers.items() if str(k).lower() != "authorization"}
+        elif isinstance(headers, dict) and "Authorization" in headers:
+            # django-signal-webhooks sent this header in place of the auth token, so a
+            # token that cannot be read stops nothing that worked (tokenstore does the same).
+            auth_token = self.auth_token(row["auth_token"] or "", reasons=[])
         else:
             auth_token = self.auth_token(row["auth_token"] or "", reasons)
         modified = max(_time(row["modified_at"], "modified_at"), _time(row["updated"], "updated"))

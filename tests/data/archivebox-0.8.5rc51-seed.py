@@ -70,6 +70,7 @@ t_alice = APIToken.objects.create(  # made 40 days ago (explicit time, microseco
 t_bob = APIToken.objects.create(created_by=bob, expires=now + timedelta(days=365))
 t_carol = APIToken.objects.create(created_by=carol)  # her account is deactivated
 t_system = get_or_create_api_token(system)  # what ArchiveBox's CLI does: expires in 30 days
+t_typed = APIToken.objects.create(created_by=bob, token="letmein-ci")  # as typed into the admin
 
 snapshot_early = Snapshot.objects.create(
     url="https://example.com/articles/first", timestamp=str(time.time()), title="First"
@@ -132,6 +133,15 @@ h_both = OutboundWebhook.objects.create(  # credentials in the URL, an auth toke
     keep_last_response=True,
     created_by=admin,
 )
+h_header = OutboundWebhook.objects.create(  # an Authorization header beside an auth token
+    name="header-auth",
+    signal="CREATE_OR_UPDATE",
+    ref="api.models.APIToken",
+    endpoint=f"http://127.0.0.1:{port}/header",
+    auth_token="Bearer not-this-one",
+    headers={"Authorization": "Token from-headers"},
+    created_by=alice,
+)
 original_tag_endpoint = h_tags.endpoint
 
 # An edit after creation (allowed drift): the ABID keeps the old endpoint's hash.
@@ -169,6 +179,7 @@ facts = {
             ("bob", t_bob),
             ("carol_inactive", t_carol),
             ("system", t_system),
+            ("bob_typed", t_typed),
             ("admin_second", t_admin2),
         ]
     },
