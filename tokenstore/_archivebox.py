@@ -340,7 +340,11 @@ class _Importer:
         return True
 
     def take_token(self, row: sqlite3.Row) -> bool:
-        """The plain-text token becomes its digest and hint; the string keeps working."""
+        """The plain-text token becomes its digest and hint; the string keeps working.
+
+        A token too short to show its last characters safely gets no hint: it still
+        authenticates, and is shown as twelve stars.
+        """
         token_id = _uuid(row["id"])
         if APIToken.get_or_none(APIToken.id == token_id) is not None:
             return False
@@ -349,6 +353,10 @@ class _Importer:
         if not isinstance(secret, str) or not secret:
             raise _RowRefused("its token is empty")
         digest = token_digest(secret)
+        try:
+            hint = token_hint(secret)
+        except ValidationError:  # ArchiveBox's admin takes any token; too short to show a part
+            hint = ""
         clash = APIToken.get_or_none((APIToken.abid == abid) | (APIToken.token_digest == digest))
         if clash is not None:
             what = "ABID" if clash.abid == abid else "token"
@@ -360,11 +368,27 @@ class _Importer:
             created_at=_time(row["created_at"], "created_at"),
             modified_at=_time(row["modified_at"], "modified_at"),
             token_digest=digest,
-            token_hint=token_hint(secret),
+            token_hint=hint,
             expires=_optional_time(row["expires"], "expires"),
             scopes=[],
         ).execute()
         return True
+
+    def auth_token(self, stored: str, reasons: list[str]) -> str:
+        """A hook's auth token in plain text, or ``""`` with the reason it could not be read."""
+        if not stored:
+            return ""
+        if self.decrypt is None:
+            reasons.append(
+                "its auth token is encrypted and no cipher key was given: set it again "
+                "with webhooks.update(hook, auth_token=...), then enable the hook"
+            )
+            return ""
+        try:
+            return self.decrypt(stored)
+        except _RowRefused as exc:
+            reasons.append(str(exc))
+            return ""
 
     def take_hook(self, row: sqlite3.Row) -> bool:
         """Every field carries over; what cannot work here yet is imported disabled."""
@@ -390,31 +414,23 @@ class _Importer:
             self.validator.guard.check_endpoint(endpoint)
         except TokenstoreError as exc:
             reasons.append(f"its endpoint is refused: {exc}")
-        auth_token = row["auth_token"] or ""
-        if auth_token:
-            if self.decrypt is None:
-                auth_token = ""
-                reasons.append(
-                    "its auth token is encrypted and no cipher key was given: set it again "
-                    "with webhooks.update(hook, auth_token=...), then enable the hook"
-                )
-            else:
-                try:
-                    auth_token = self.decrypt(auth_token)
-                except _RowRefused as exc:
-                    auth_token = ""
-                    reasons.append(str(exc))
-        if url_auth and row["auth_token"]:
-            reasons.append(
-                "its URL carried credentials as well as an auth token: the URL's were "
-                "dropped; check which one the receiver expects, then enable the hook"
-            )
-        elif url_auth:
-            auth_token = url_auth  # what requests sent for them before
         try:
             headers = json.loads(row["headers"] or "{}")
         except (TypeError, ValueError):
             raise _RowRefused("its headers are not JSON") from None
+        if url_auth:
+            # httpx, which django-signal-webhooks sends with, puts a URL's credentials in
+            # the Authorization header over the hook's auth token and any Authorization
+            # header of its own: the receiver only ever got these.
+            auth_token = url_auth
+            if isinstance(headers, dict):
+                headers = {k: v for k, v in headers.items() if str(k).lower() != "authorization"}
+        elif isinstance(headers, dict) and "Authorization" in headers:
+            # django-signal-webhooks sent this header in place of the auth token, so a
+            # token that cannot be read stops nothing that worked (tokenstore does the same).
+            auth_token = self.auth_token(row["auth_token"] or "", reasons=[])
+        else:
+            auth_token = self.auth_token(row["auth_token"] or "", reasons)
         modified = max(_time(row["modified_at"], "modified_at"), _time(row["updated"], "updated"))
         hook = OutboundWebhook(
             id=hook_id,
@@ -458,9 +474,10 @@ def _describe_abid_row(row: sqlite3.Row) -> str:
 def _without_credentials(url: Any) -> tuple[Any, str]:
     """A hook URL without ``user:password@``, and the Basic authorization they gave.
 
-    requests sends a URL's credentials as HTTP Basic auth; tokenstore keeps
-    URLs free of them (they are shown in lists), so they move to the hook's
-    private ``auth_token`` as the header value requests would have sent.
+    httpx (django-signal-webhooks' client) sends a URL's credentials as HTTP
+    Basic auth, percent-decoded; tokenstore keeps URLs free of them (they are
+    shown in lists), so they move to the hook's private ``auth_token`` as the
+    header value httpx sent.
     """
     try:
         parts = urlsplit(url)
@@ -469,9 +486,11 @@ def _without_credentials(url: Any) -> tuple[Any, str]:
         return url, ""
     if user is None and password is None:
         return url, ""
+    bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    if not user and not password:  # a bare "@" or ":@": httpx sends no Basic auth for it
+        return bare, ""
     pair = f"{unquote(user or '')}:{unquote(password or '')}".encode()
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=netloc)), "Basic " + base64.b64encode(pair).decode()
+    return bare, "Basic " + base64.b64encode(pair).decode()
 
 
 def _describe_hook(row: sqlite3.Row) -> str:
