@@ -320,6 +320,20 @@ def test_users_are_matched_by_username(store: Store, tmp_path: Path) -> None:
     assert not store.users.get("admin").is_superuser  # the existing user is left as it was
 
 
+def test_a_user_named_in_another_script_comes_over_with_their_tokens(
+    store: Store, tmp_path: Path
+) -> None:
+    """Django takes letters of any script in a username, so ArchiveBox users may have them."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.user(2, "josé")
+    abid = box.token("b" * 32, owner=2)
+    box.close()
+    report = store.import_archivebox(box.path)
+    assert report.refused == []
+    token = store.tokens.authenticate("b" * 32)
+    assert token.abid == abid and token.created_by_id == store.users.get("josé").id
+
+
 # -- webhooks -------------------------------------------------------------------------------
 
 
