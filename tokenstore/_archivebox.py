@@ -44,8 +44,11 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_REF_MAP", "ArchiveBoxImport", "RowNote", "TableCounts", "import_archivebox"]
 
-#: Refs of ArchiveBox models that tokenstore has an equivalent of.
-DEFAULT_REF_MAP: Mapping[str, str] = {"api.models.APIToken": "tokenstore.APIToken"}
+#: Refs of ArchiveBox models that tokenstore has an equivalent of, which the import fills.
+DEFAULT_REF_MAP: Mapping[str, str] = {
+    "api.models.APIToken": "tokenstore.APIToken",
+    "django.contrib.auth.models.User": "tokenstore.User",
+}
 
 USERS = "auth_user"
 TOKENS = "api_apitoken"
