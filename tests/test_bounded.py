@@ -258,6 +258,59 @@ def test_a_process_bulk_updating_against_a_dead_hook_returns_in_budget_and_nothi
     assert len(updates) == 31
 
 
+SLOW_IMPORT = textwrap.dedent(
+    """
+    import sys, time
+    import peewee, tokenstore
+    from tokenstore import ABIDModel
+
+    class SlowRequests:  # the first import of requests takes a second, as on a cold disk
+        def find_spec(self, name, path=None, target=None):
+            if name == "requests":
+                time.sleep(1.0)
+                sys.meta_path.remove(self)
+            return None
+
+    class Item(ABIDModel):
+        abid_prefix = "itm_"
+
+    assert "requests" not in sys.modules
+    sys.meta_path.insert(0, SlowRequests())
+    s = tokenstore.open(sys.argv[1], webhook_allow=["127.0.0.1/32"], delivery_deadline=0.5)
+    s.register(Item)
+    s.webhooks.create("items", Item, sys.argv[2])
+    Item.create()
+    (d,) = s.webhooks.deliveries()
+    print(d.status, d.duration_ms, d.last_error)
+    s.close()
+    """
+)
+
+
+def test_loading_the_http_library_is_not_part_of_the_first_attempt(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """requests is imported on the first delivery; that is the app's time, not the receiver's.
+
+    Counted in the attempt, a slow first import (a cold disk) failed the first
+    delivery of a healthy receiver against a short deadline, and recorded the
+    import as the receiver's answer time.
+    """
+    (tmp_path / "app.py").write_text(SLOW_IMPORT)
+    result = subprocess.run(
+        [sys.executable, str(tmp_path / "app.py"), str(tmp_path / "s.sqlite3"), receiver.url()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    status, duration_ms, *_ = result.stdout.split()
+    assert status == "delivered", result.stdout
+    assert int(duration_ms) < 500
+    assert len(receiver.hits) == 1
+
+
 # -- the file does not grow without bound ----------------------------------------------
 
 

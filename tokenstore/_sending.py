@@ -151,9 +151,11 @@ class Sender:
     ) -> Outcome:
         """One POST within ``deadline`` seconds (default: the sender's); never raises."""
         seconds = self.deadline if deadline is None else min(deadline, self.deadline)
+        # The thread's first session loads requests: the app's time, not the receiver's.
+        session = self.session()
         start = time.perf_counter()
         with _deadline.limit(seconds) as attempt:
-            outcome = self._post(url, body, headers, attempt.deadline)
+            outcome = self._post(session, url, body, headers, attempt.deadline)
         if attempt.expired:
             outcome = Outcome(
                 False,
@@ -166,12 +168,19 @@ class Sender:
         outcome.body = storable(outcome.body)
         return outcome
 
-    def _post(self, url: str, body: bytes, headers: dict[str, str], deadline: float) -> Outcome:
+    def _post(
+        self,
+        session: requests.Session,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        deadline: float,
+    ) -> Outcome:
         import requests
 
         try:
             request = self._prepare(url, body, headers)
-            response = _compat.send_prepared(self.session(), request, self.timeout)
+            response = _compat.send_prepared(session, request, self.timeout)
         except BlockedAddress as exc:
             return Outcome(False, error=f"blocked: {exc}")
         except requests.Timeout as exc:
