@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -86,7 +87,7 @@ class Store:
         self.options = opts = Options.from_kwargs(options)
         if clock is not None and not callable(clock):
             raise ValidationError(f"clock must be a function, got {type(clock).__name__}")
-        self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
+        self.clock: Callable[[], datetime] = clock or partial(datetime.now, UTC)
         self.registry = Registry(OWN_MODELS)
         self.db: SQLiteDatabase | PostgresDatabase
         #: The SQLite file (None on PostgreSQL).
