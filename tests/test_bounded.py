@@ -151,6 +151,35 @@ def test_a_bulk_update_with_a_slow_hook_stays_within_the_budget(
     assert len(ids) == len(set(ids)) == 20  # every delivery once, the failed one again
 
 
+def test_one_call_of_the_retry_path_costs_one_deadline_per_hook_that_is_down(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Two hooks whose receivers hang, five due deliveries each: two deadlines, not ten."""
+    release = threading.Event()
+
+    def hang(handler: BaseHTTPRequestHandler) -> None:
+        release.wait(5)
+        ok(handler)
+
+    s = open_store(tmp_path / "s.sqlite3", delivery_deadline=0.4, sync_budget=0)
+    try:
+        s.webhooks.create("a", Item, receiver.url("/a"))
+        s.webhooks.create("b", Item, receiver.url("/b"))
+        for n in range(5):
+            Item.create(n=n)  # no budget: all ten go to the retry path
+        assert receiver.hits == []
+        receiver.respond = hang
+        start = time.monotonic()
+        attempted = s.webhooks.deliver_due(now=datetime.now(UTC) + timedelta(minutes=1))
+        elapsed = time.monotonic() - start
+    finally:
+        release.set()
+        s.close()
+    assert attempted == 2
+    assert sorted(hit.path for hit in receiver.hits) == ["/a", "/b"]
+    assert elapsed < 2 * 0.4 + 0.5
+
+
 def test_a_failing_endpoint_is_not_tried_from_the_write_path(
     tmp_path: Path, receiver: Receiver
 ) -> None:
