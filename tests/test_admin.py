@@ -61,8 +61,14 @@ class Client:
         self.csrf = ""
 
     def request(
-        self, method: str, path: str, form: dict[str, str] | None = None, csrf: bool = True
+        self,
+        method: str,
+        path: str,
+        form: dict[str, str] | None = None,
+        csrf: bool = True,
+        extra: dict[str, Any] | None = None,
     ) -> Page:
+        """``extra`` environ entries (headers, a raw body) override what the form would set."""
         target = urlsplit(path)
         environ: dict[str, Any] = {
             "REQUEST_METHOD": method,
@@ -80,6 +86,7 @@ class Client:
             environ["CONTENT_TYPE"] = "application/x-www-form-urlencoded"
             environ["CONTENT_LENGTH"] = str(len(body))
             environ["wsgi.input"] = io.BytesIO(body)
+        environ.update(extra or {})
         setup_testing_defaults(environ)
         started: list[Any] = []
 
@@ -99,8 +106,14 @@ class Client:
     def get(self, path: str) -> Page:
         return self.request("GET", path)
 
-    def post(self, path: str, form: dict[str, str] | None = None, csrf: bool = True) -> Page:
-        return self.request("POST", path, form, csrf)
+    def post(
+        self,
+        path: str,
+        form: dict[str, str] | None = None,
+        csrf: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> Page:
+        return self.request("POST", path, form, csrf, extra)
 
     def sign_in(self, secret: str) -> Page:
         self.get("/login")
@@ -320,6 +333,131 @@ def test_the_sign_in_form_needs_its_csrf_token(app: admin.AdminApp, admin_secret
     stranger = Client(app)  # no session at all: a form posted from elsewhere
     assert stranger.post("/login", {"token": admin_secret, "csrf": "x"}, csrf=False).status == 403
     assert stranger.get("/").status == 303
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"HTTP_SEC_FETCH_SITE": "cross-site"},
+        {"HTTP_SEC_FETCH_SITE": "same-site"},  # a sibling subdomain still gets the cookie
+        {"HTTP_ORIGIN": "http://evil.example"},
+        {"HTTP_REFERER": "http://evil.example/form.html"},
+        {"HTTP_ORIGIN": "http://[broken"},
+    ],
+)
+def test_a_form_posted_from_another_site_is_refused_even_with_its_csrf_token(
+    client: Client, app: admin.AdminApp, store: tokenstore.Store, headers: dict[str, str]
+) -> None:
+    page = client.post("/users", {"username": "mallory"}, extra=headers)
+    assert page.status == 403 and "another site" in page.text
+    assert client.post("/logout", extra=headers).status == 403
+    assert "mallory" not in [u.username for u in store.users.list()]
+    assert client.get("/").status == 200  # still signed in
+    visitor = Client(app)
+    visitor.get("/login")
+    _, secret = store.tokens.create(store.users.get("root"), scopes=["admin"])
+    assert visitor.post("/login", {"token": secret}, extra=headers).status == 403
+    assert visitor.get("/").status == 303
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # What browsers send: Sec-Fetch-Site decides, whatever Host a proxy passed on.
+        {"HTTP_SEC_FETCH_SITE": "same-origin", "HTTP_ORIGIN": "https://admin.example"},
+        {"HTTP_ORIGIN": "null"},  # a page with Referrer-Policy: no-referrer
+        {"HTTP_ORIGIN": "http://127.0.0.1"},  # the Host wsgiref's test defaults give
+        {},  # not a browser
+    ],
+)
+def test_a_form_posted_from_this_site_is_accepted(
+    client: Client, store: tokenstore.Store, headers: dict[str, str]
+) -> None:
+    assert client.post("/users", {"username": "bob"}, extra=headers).status == 303
+    assert "bob" in [u.username for u in store.users.list()]
+
+
+class _Stalled(io.BytesIO):
+    def read(self, size: int | None = -1) -> bytes:
+        raise TimeoutError("timed out")
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        ({"CONTENT_LENGTH": "-5"}, 400),
+        ({"CONTENT_LENGTH": "+20"}, 400),
+        ({"CONTENT_LENGTH": "1e3"}, 400),
+        ({"CONTENT_LENGTH": "9" * 5000}, 413),
+        ({"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked"}, 411),
+        ({"CONTENT_LENGTH": "1000"}, 400),  # the body ends early: the client hung up
+        ({"wsgi.input": _Stalled()}, 408),
+    ],
+)
+def test_a_form_body_that_is_not_what_its_headers_say_is_refused(
+    client: Client, store: tokenstore.Store, extra: dict[str, Any], status: int
+) -> None:
+    page = client.post("/users", {"username": "bob"}, extra=extra)
+    assert page.status == status, page.text
+    assert "bob" not in [u.username for u in store.users.list()]
+
+
+def test_a_stalled_form_body_gets_an_answer_and_no_traceback(
+    store: tokenstore.Store, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenstore.admin import _server
+
+    monkeypatch.setattr(_server._QuietHandler, "timeout", 0.5)
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+            sock.sendall(
+                b"POST /login HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 100\r\n\r\ncsrf=1"
+            )
+            answer = sock.recv(4096)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.startswith(b"HTTP/1.0 408 "), answer
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_flood_of_sign_in_forms_leaves_administrators_signed_in(
+    client: Client, app: admin.AdminApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenstore.admin import _sessions
+
+    monkeypatch.setattr(_sessions, "MAX_SESSIONS", 5)
+    first = Client(app)
+    first.get("/login")
+    for _ in range(20):
+        assert Client(app).get("/login").status == 200
+    assert client.get("/").status == 200
+    assert first.post("/login", {"token": "x"}).status == 403  # the oldest form was dropped
+
+
+def test_a_method_not_allowed_names_the_ones_that_are(
+    client: Client, store: tokenstore.Store
+) -> None:
+    for method, path, allowed in [
+        ("HEAD", "/", "GET"),
+        ("OPTIONS", "/users", "GET, POST"),
+        ("PUT", "/users", "GET, POST"),
+        ("DELETE", "/login", "GET, POST"),
+        ("GET", "/logout", "POST"),
+        ("BREW", "/webhooks", "GET, POST"),
+    ]:
+        page = client.request(method, path)
+        assert page.status == 405 and page.header("Allow") == allowed, (method, path)
+    assert client.get("/").status == 200  # GET /logout signed nobody out
+
+
+def test_make_app_needs_a_store() -> None:
+    with pytest.raises(tokenstore.ValidationError, match=r"store must be a tokenstore\.Store"):
+        admin.make_app(None)  # type: ignore[arg-type]
 
 
 # -- pages ----------------------------------------------------------------------------------

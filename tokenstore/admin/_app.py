@@ -96,14 +96,19 @@ class AdminApp:
             response = self.handle(request, session)
         except HTTPError as exc:
             response = self.error(request, exc.status, exc.message)
+            response.headers.extend(exc.headers)
         return response.send(start_response)
 
     def handle(self, request: Request, session: Session | None) -> Response:
         if request.path.startswith("/static/"):
             return self.static(request)
+        if request.method == "POST" and request.cross_site():
+            raise HTTPError(403, "a form posted from another site is refused")
         if request.path == "/login":
             return self.sign_in(request, session)
-        if request.path == "/logout" and request.method == "POST":
+        if request.path == "/logout":
+            if request.method != "POST":
+                raise _not_allowed(request, "POST")
             return self.sign_out(request, session)
         route, groups = self.match(request)
         visit = self.visit(request, session)
@@ -123,16 +128,16 @@ class AdminApp:
             return route.page(visit, error=str(exc), **groups)
 
     def match(self, request: Request) -> tuple[Route, dict[str, str]]:
-        allowed = False
+        allowed: list[str] = []
         for route in self.routes:
             found = route.pattern.match(request.path)
             if found is None:
                 continue
             if route.method == request.method:
                 return route, found.groupdict()
-            allowed = True
+            allowed.append(route.method)
         if allowed:
-            raise HTTPError(405, f"{request.method} is not allowed here")
+            raise _not_allowed(request, *allowed)
         raise HTTPError(404, f"no page {request.path}")
 
     def visit(self, request: Request, session: Session | None) -> Visit | None:
@@ -159,7 +164,7 @@ class AdminApp:
             fresh = self.sessions.new()
             return self.login_page(request, fresh, 200, "", cookie=True)
         if request.method != "POST":
-            raise HTTPError(405, f"{request.method} is not allowed here")
+            raise _not_allowed(request, "GET", "POST")
         form = request.form()
         if session is None or not session.csrf_ok(form.get("csrf")):
             raise HTTPError(
@@ -238,6 +243,11 @@ class AdminApp:
         return Response(status, html.encode("utf-8"))
 
 
+def _not_allowed(request: Request, *methods: str) -> HTTPError:
+    """405, with the ``Allow`` header HTTP requires to name the methods that work."""
+    return HTTPError(405, f"{request.method} is not allowed here", [("Allow", ", ".join(methods))])
+
+
 def make_app(store: tokenstore.Store) -> AdminApp:
     """The admin page for ``store`` as a WSGI application, to serve or mount under a path.
 
@@ -245,4 +255,8 @@ def make_app(store: tokenstore.Store) -> AdminApp:
     ``SCRIPT_NAME`` the server passes. Raises ``AdminUnavailable`` when the
     optional extra ``tokenstore[admin]`` (Jinja2) is not installed.
     """
+    if not isinstance(store, tokenstore.Store):  # else the first request would fail
+        raise tokenstore.ValidationError(
+            f"store must be a tokenstore.Store, got {type(store).__name__}"
+        )
     return AdminApp(store)
