@@ -778,6 +778,38 @@ def test_everything_is_escaped(client: Client, store: tokenstore.Store, receiver
     assert missing.status == 404 and "<script>" not in missing.text
 
 
+def test_text_reordering_and_control_characters_are_spelled_out(
+    client: Client, store: tokenstore.Store, receiver: Any
+) -> None:
+    """A right-to-left override in a name would show the rest of a line reversed."""
+    url, _, _ = receiver
+    name = "pay\u202egnp.exe"
+    hook = store.webhooks.create(name, tokenstore.User, url + "/\u2066x")
+    store.webhooks.disable(hook, "bell\x07 and \u2028 break")
+    pages = ["/webhooks", f"/webhooks/{hook.abid}", f"/webhooks/{hook.abid}/delete"]
+    for path in pages:
+        text = client.get(path).text
+        for hidden in ("\u202e", "\u2066", "\x07", "\u2028"):
+            assert hidden not in text.split('name="name" value=')[0], (path, hidden)
+    page = client.get(f"/webhooks/{hook.abid}").text
+    assert "pay\\u202egnp.exe" in page and "bell\\u0007 and \\u2028 break" in page
+    # The edit form keeps the value as stored: saving it unchanged changes nothing.
+    form = re.search(r'name="name" value="([^"]*)"', page)
+    endpoint = re.search(r'name="endpoint" type="url" value="([^"]*)"', page)
+    assert form and endpoint and html.unescape(form[1]) == name
+    saved = client.post(
+        f"/webhooks/{hook.abid}",
+        {
+            "name": html.unescape(form[1]),
+            "endpoint": html.unescape(endpoint[1]),
+            "signal": hook.signal,
+        },
+    )
+    assert saved.status == 303
+    assert store.webhooks.get(hook.abid).name == name
+    assert store.webhooks.get(hook.abid).endpoint == url + "/\u2066x"
+
+
 # -- mounting, serving, the extra -----------------------------------------------------------
 
 
