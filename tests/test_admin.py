@@ -476,6 +476,27 @@ def test_every_page_shows_when_signed_in(client: Client, records: dict[str, str]
     assert client.get("/deliveries/msg_01JAZ6BQG0D53BD22B01XRS78E").status == 404
 
 
+def test_every_answer_carries_the_security_headers(client: Client, app: admin.AdminApp) -> None:
+    """Pages, redirects, errors and static files alike: none framed, sniffed, cached or shared."""
+    answers = [
+        client.get("/"),
+        client.get("/nowhere"),
+        client.request("PUT", "/"),
+        client.post("/users", {"username": "bob"}),
+        client.get("/static/admin.css"),
+        Client(app).get("/"),
+        Client(app).get("/login"),
+    ]
+    for page in answers:
+        assert "frame-ancestors 'none'" in (page.header("Content-Security-Policy") or "")
+        assert page.header("X-Frame-Options") == "DENY"
+        assert page.header("X-Content-Type-Options") == "nosniff"
+        assert page.header("Referrer-Policy") == "no-referrer"
+        assert page.header("Cache-Control") == "no-store"
+        assert page.header("Cross-Origin-Opener-Policy") == "same-origin"
+        assert page.header("Cross-Origin-Resource-Policy") == "same-origin"
+
+
 def test_static_files(app: admin.AdminApp) -> None:
     visitor = Client(app)
     css = visitor.get("/static/admin.css")
@@ -895,6 +916,26 @@ def test_a_client_that_hangs_up_leaves_no_traceback(
         server.shutdown()
         server.server_close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_request_log_spells_out_control_characters(
+    store: tokenstore.Store, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An ESC in a request line must not reach the operator's terminal as one."""
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        for request in (b"G\x1bET /login", b"GET /\x1b[2J\x07", b"GET /\xc2\x9b2J"):
+            with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+                sock.sendall(request + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                while sock.recv(4096):  # read the whole answer, so the request is logged
+                    pass
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capfd.readouterr().err
+    assert "G\\x1bET /login" in err and "GET /\\x1b[2J\\x07" in err and "\\x9b2J" in err
+    assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in err), err
 
 
 def test_serve_answers_on_loopback_and_asks_to_sign_in(tmp_path: Path) -> None:

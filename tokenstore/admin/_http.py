@@ -16,7 +16,8 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 #: The largest form body read; the admin forms are far smaller.
 MAX_FORM_BYTES = 64 * 1024
 
-#: Sent with every page: nothing is cached, framed, or loaded from elsewhere.
+#: Sent with every page: nothing is cached, framed, loaded from elsewhere, or
+#: left reachable from (or loadable by) a window of another site.
 SECURITY_HEADERS = [
     ("Cache-Control", "no-store"),
     (
@@ -27,6 +28,8 @@ SECURITY_HEADERS = [
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
 ]
 
 
