@@ -20,7 +20,6 @@ import tokenstore
 
 from ._app import make_app
 
-
 #: C0 and C1 control characters, written as ``\\xNN`` in the log as http.server does its own:
 #: a request line holding ESC must not drive the operator's terminal.
 _CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
