@@ -402,6 +402,21 @@ def test_a_form_body_that_is_not_what_its_headers_say_is_refused(
     assert "bob" not in [u.username for u in store.users.list()]
 
 
+class _Trickle(io.BytesIO):
+    """An input stream that hands out a few bytes a call, as a WSGI server may."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(min(3, size if size is not None and size >= 0 else 3))
+
+
+def test_a_form_body_read_in_pieces_is_read_whole(client: Client, store: tokenstore.Store) -> None:
+    body = urlencode({"csrf": client.csrf, "username": "bob"}).encode()
+    extra = {"wsgi.input": _Trickle(body), "CONTENT_LENGTH": str(len(body))}
+    page = client.post("/users", extra=extra)
+    assert page.status == 303, page.text
+    assert "bob" in [u.username for u in store.users.list()]
+
+
 def test_a_stalled_form_body_gets_an_answer_and_no_traceback(
     store: tokenstore.Store, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

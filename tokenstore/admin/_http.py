@@ -122,18 +122,25 @@ class Request:
         kind = self.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
         if kind != "application/x-www-form-urlencoded":
             raise HTTPError(415, "forms must be sent as application/x-www-form-urlencoded")
-        length = self.content_length()
-        try:
-            raw = self.environ["wsgi.input"].read(length) if length > 0 else b""
-        except TimeoutError:
-            raise HTTPError(408, "the form body did not arrive in time") from None
-        if len(raw) < length:
-            raise HTTPError(400, f"form body ended after {len(raw)} of {length} bytes")
+        raw = self.body(self.content_length())
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise HTTPError(400, "form body is not UTF-8") from None
         return parse_qs(text, keep_blank_values=True)
+
+    def body(self, length: int) -> bytes:
+        """``length`` bytes of the body, read in as many calls as the server's stream needs."""
+        stream, raw = self.environ["wsgi.input"], b""
+        try:
+            while len(raw) < length:
+                chunk = stream.read(length - len(raw))
+                if not chunk:
+                    raise HTTPError(400, f"form body ended after {len(raw)} of {length} bytes")
+                raw += chunk
+        except TimeoutError:
+            raise HTTPError(408, "the form body did not arrive in time") from None
+        return raw
 
     def content_length(self) -> int:
         """The body's length, from a Content-Length of plain digits within the cap.
