@@ -512,6 +512,23 @@ def test_every_answer_carries_the_security_headers(client: Client, app: admin.Ad
         assert page.header("Cross-Origin-Resource-Policy") == "same-origin"
 
 
+@pytest.mark.parametrize("bad", ["zzz", "apt_zzz", "msg_" + "U" * 26, "whk_" + "0" * 27, "_" * 64])
+def test_a_malformed_or_unknown_id_is_a_400_or_404_on_every_route(
+    client: Client, store: tokenstore.Store, records: dict[str, str], bad: str
+) -> None:
+    before = [(t.abid, t.revoked_at) for t in store.tokens.list(include_revoked=True)]
+    routes = [("GET", r) for r in GET_ROUTES] + [("POST", r) for r in POST_ROUTES]
+    for method, route in routes:
+        if "{" not in route:
+            continue
+        path = re.sub(r"\{\w+\}", bad, route)
+        page = client.request(method, path)
+        assert page.status in (400, 404), (method, path, page.status)
+        assert "Traceback" not in page.text
+    assert [(t.abid, t.revoked_at) for t in store.tokens.list(include_revoked=True)] == before
+    assert store.webhooks.get("recorded-hook").enabled
+
+
 def test_static_files(app: admin.AdminApp) -> None:
     visitor = Client(app)
     css = visitor.get("/static/admin.css")

@@ -62,7 +62,7 @@ def _routes() -> list[Route]:
         ("GET", "/tokens", pages.tokens, None),
         ("POST", "/tokens", pages.create_token, pages.tokens),
         ("GET", f"/tokens/{abid}/revoke", pages.confirm_revoke, None),
-        ("POST", f"/tokens/{abid}/revoke", pages.revoke_token, pages.tokens),
+        ("POST", f"/tokens/{abid}/revoke", pages.revoke_token, None),
         ("GET", "/webhooks", pages.webhooks, None),
         ("POST", "/webhooks", pages.add_webhook, pages.webhooks),
         ("GET", f"/webhooks/{abid}", pages.webhook, None),
