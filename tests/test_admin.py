@@ -529,6 +529,14 @@ def test_a_malformed_or_unknown_id_is_a_400_or_404_on_every_route(
     assert store.webhooks.get("recorded-hook").enabled
 
 
+def test_a_refused_change_to_a_hook_that_is_not_there_is_a_404(client: Client) -> None:
+    """The form is refused first (bad headers), then the page to show it on is missing too."""
+    page = client.post("/webhooks/no_such_hook", {"name": "x", "headers": "no colon"})
+    assert page.status == 404 and "no webhook with ABID or name 'no_such_hook'" in html.unescape(
+        page.text
+    )
+
+
 def test_static_files(app: admin.AdminApp) -> None:
     visitor = Client(app)
     css = visitor.get("/static/admin.css")

@@ -125,7 +125,11 @@ class AdminApp:
         except tokenstore.TokenstoreError as exc:
             if route.page is None:
                 raise HTTPError(400, str(exc)) from None
-            return route.page(visit, error=str(exc), **groups)
+            error = str(exc)
+        try:
+            return route.page(visit, error=error, **groups)
+        except tokenstore.NotFound as exc:  # a form refused for a hook that is not there either
+            raise HTTPError(404, str(exc)) from None
 
     def match(self, request: Request) -> tuple[Route, dict[str, str]]:
         allowed: list[str] = []
