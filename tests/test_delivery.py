@@ -455,7 +455,7 @@ def test_a_kept_response_that_echoes_the_hooks_credentials_keeps_them_out(
 def test_a_kept_response_that_quotes_only_the_credential_keeps_it_out(
     store: Store, receiver: Receiver
 ) -> None:
-    """ "invalid token s3cret-token": a receiver quotes the credential without its scheme."""
+    """A receiver says "invalid token s3cret-token": the credential, without its scheme."""
     receiver.respond = lambda h: answer(
         h, 401, f"invalid token {h.headers['Authorization'].split()[-1]}".encode()
     )
