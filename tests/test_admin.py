@@ -464,6 +464,8 @@ def test_a_method_not_allowed_names_the_ones_that_are(
         ("DELETE", "/login", "GET, POST"),
         ("GET", "/logout", "POST"),
         ("BREW", "/webhooks", "GET, POST"),
+        ("POST", "/static/admin.css", "GET"),
+        ("PUT", "/static/admin.js", "GET"),
     ]:
         page = client.request(method, path)
         assert page.status == 405 and page.header("Allow") == allowed, (method, path)

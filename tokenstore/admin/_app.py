@@ -229,6 +229,8 @@ class AdminApp:
     # -- the rest ---------------------------------------------------------------------------
 
     def static(self, request: Request) -> Response:
+        if request.method != "GET":
+            raise _not_allowed(request, "GET")
         name = request.path.removeprefix("/static/")
         kind = _STATIC_TYPES.get(name[name.rfind(".") :] if "." in name else "")
         folder = resources.files("tokenstore.admin").joinpath("static")
