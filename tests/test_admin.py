@@ -816,6 +816,10 @@ def test_deliveries_filter_and_cursor_paging(
     second = client.get(html.unescape(older[1])).text
     assert re.findall(r'<a href="/deliveries/(msg_\w+)">', second) == [sent[0]]
     assert 'rel="next"' not in second and "Newest" in second
+    # A cursor that is no delivery's webhook-id says so instead of showing some page.
+    for garbage, code in [("zzz", 404), ("%00", 404), ("msg_" + "0" * 26, 404), (failed, 200)]:
+        page = client.get(f"/deliveries?after={garbage}")
+        assert page.status == code, (garbage, page.text)
 
 
 # -- escaping -------------------------------------------------------------------------------
