@@ -475,6 +475,8 @@ def test_a_method_not_allowed_names_the_ones_that_are(
 def test_make_app_needs_a_store() -> None:
     with pytest.raises(tokenstore.ValidationError, match=r"store must be a tokenstore\.Store"):
         admin.make_app(None)  # type: ignore[arg-type]
+    with pytest.raises(tokenstore.ValidationError, match="got str"):
+        admin.AdminApp("app.sqlite3")  # type: ignore[arg-type]
 
 
 # -- pages ----------------------------------------------------------------------------------

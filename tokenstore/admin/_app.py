@@ -84,6 +84,10 @@ class AdminApp:
     """The admin page for one store; see ``make_app``."""
 
     def __init__(self, store: tokenstore.Store, sessions: Sessions | None = None) -> None:
+        if not isinstance(store, tokenstore.Store):  # else the first request would fail
+            raise tokenstore.ValidationError(
+                f"store must be a tokenstore.Store, got {type(store).__name__}"
+            )
         self.store = store
         self.sessions = sessions or Sessions()
         self.templates = environment()
@@ -261,8 +265,4 @@ def make_app(store: tokenstore.Store) -> AdminApp:
     ``SCRIPT_NAME`` the server passes. Raises ``AdminUnavailable`` when the
     optional extra ``tokenstore[admin]`` (Jinja2) is not installed.
     """
-    if not isinstance(store, tokenstore.Store):  # else the first request would fail
-        raise tokenstore.ValidationError(
-            f"store must be a tokenstore.Store, got {type(store).__name__}"
-        )
     return AdminApp(store)
