@@ -61,8 +61,14 @@ class Client:
         self.csrf = ""
 
     def request(
-        self, method: str, path: str, form: dict[str, str] | None = None, csrf: bool = True
+        self,
+        method: str,
+        path: str,
+        form: dict[str, str] | None = None,
+        csrf: bool = True,
+        extra: dict[str, Any] | None = None,
     ) -> Page:
+        """``extra`` environ entries (headers, a raw body) override what the form would set."""
         target = urlsplit(path)
         environ: dict[str, Any] = {
             "REQUEST_METHOD": method,
@@ -80,6 +86,7 @@ class Client:
             environ["CONTENT_TYPE"] = "application/x-www-form-urlencoded"
             environ["CONTENT_LENGTH"] = str(len(body))
             environ["wsgi.input"] = io.BytesIO(body)
+        environ.update(extra or {})
         setup_testing_defaults(environ)
         started: list[Any] = []
 
@@ -99,8 +106,14 @@ class Client:
     def get(self, path: str) -> Page:
         return self.request("GET", path)
 
-    def post(self, path: str, form: dict[str, str] | None = None, csrf: bool = True) -> Page:
-        return self.request("POST", path, form, csrf)
+    def post(
+        self,
+        path: str,
+        form: dict[str, str] | None = None,
+        csrf: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> Page:
+        return self.request("POST", path, form, csrf, extra)
 
     def sign_in(self, secret: str) -> Page:
         self.get("/login")
@@ -322,6 +335,150 @@ def test_the_sign_in_form_needs_its_csrf_token(app: admin.AdminApp, admin_secret
     assert stranger.get("/").status == 303
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"HTTP_SEC_FETCH_SITE": "cross-site"},
+        {"HTTP_SEC_FETCH_SITE": "same-site"},  # a sibling subdomain still gets the cookie
+        {"HTTP_ORIGIN": "http://evil.example"},
+        {"HTTP_REFERER": "http://evil.example/form.html"},
+        {"HTTP_ORIGIN": "http://[broken"},
+    ],
+)
+def test_a_form_posted_from_another_site_is_refused_even_with_its_csrf_token(
+    client: Client, app: admin.AdminApp, store: tokenstore.Store, headers: dict[str, str]
+) -> None:
+    page = client.post("/users", {"username": "mallory"}, extra=headers)
+    assert page.status == 403 and "another site" in page.text
+    assert client.post("/logout", extra=headers).status == 403
+    assert "mallory" not in [u.username for u in store.users.list()]
+    assert client.get("/").status == 200  # still signed in
+    visitor = Client(app)
+    visitor.get("/login")
+    _, secret = store.tokens.create(store.users.get("root"), scopes=["admin"])
+    assert visitor.post("/login", {"token": secret}, extra=headers).status == 403
+    assert visitor.get("/").status == 303
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # What browsers send: Sec-Fetch-Site decides, whatever Host a proxy passed on.
+        {"HTTP_SEC_FETCH_SITE": "same-origin", "HTTP_ORIGIN": "https://admin.example"},
+        {"HTTP_ORIGIN": "null"},  # a page with Referrer-Policy: no-referrer
+        {"HTTP_ORIGIN": "http://127.0.0.1"},  # the Host wsgiref's test defaults give
+        {},  # not a browser
+    ],
+)
+def test_a_form_posted_from_this_site_is_accepted(
+    client: Client, store: tokenstore.Store, headers: dict[str, str]
+) -> None:
+    assert client.post("/users", {"username": "bob"}, extra=headers).status == 303
+    assert "bob" in [u.username for u in store.users.list()]
+
+
+class _Stalled(io.BytesIO):
+    def read(self, size: int | None = -1) -> bytes:
+        raise TimeoutError("timed out")
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        ({"CONTENT_LENGTH": "-5"}, 400),
+        ({"CONTENT_LENGTH": "+20"}, 400),
+        ({"CONTENT_LENGTH": "1e3"}, 400),
+        ({"CONTENT_LENGTH": "9" * 5000}, 413),
+        ({"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked"}, 411),
+        ({"CONTENT_LENGTH": "1000"}, 400),  # the body ends early: the client hung up
+        ({"wsgi.input": _Stalled()}, 408),
+    ],
+)
+def test_a_form_body_that_is_not_what_its_headers_say_is_refused(
+    client: Client, store: tokenstore.Store, extra: dict[str, Any], status: int
+) -> None:
+    page = client.post("/users", {"username": "bob"}, extra=extra)
+    assert page.status == status, page.text
+    assert "bob" not in [u.username for u in store.users.list()]
+
+
+class _Trickle(io.BytesIO):
+    """An input stream that hands out a few bytes a call, as a WSGI server may."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(min(3, size if size is not None and size >= 0 else 3))
+
+
+def test_a_form_body_read_in_pieces_is_read_whole(client: Client, store: tokenstore.Store) -> None:
+    body = urlencode({"csrf": client.csrf, "username": "bob"}).encode()
+    extra = {"wsgi.input": _Trickle(body), "CONTENT_LENGTH": str(len(body))}
+    page = client.post("/users", extra=extra)
+    assert page.status == 303, page.text
+    assert "bob" in [u.username for u in store.users.list()]
+
+
+def test_a_stalled_form_body_gets_an_answer_and_no_traceback(
+    store: tokenstore.Store, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenstore.admin import _server
+
+    monkeypatch.setattr(_server._QuietHandler, "timeout", 0.5)
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+            sock.sendall(
+                b"POST /login HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 100\r\n\r\ncsrf=1"
+            )
+            answer = sock.recv(4096)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.startswith(b"HTTP/1.0 408 "), answer
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_flood_of_sign_in_forms_leaves_administrators_signed_in(
+    client: Client, app: admin.AdminApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenstore.admin import _sessions
+
+    monkeypatch.setattr(_sessions, "MAX_SESSIONS", 5)
+    first = Client(app)
+    first.get("/login")
+    for _ in range(20):
+        assert Client(app).get("/login").status == 200
+    assert client.get("/").status == 200
+    assert first.post("/login", {"token": "x"}).status == 403  # the oldest form was dropped
+
+
+def test_a_method_not_allowed_names_the_ones_that_are(
+    client: Client, store: tokenstore.Store
+) -> None:
+    for method, path, allowed in [
+        ("HEAD", "/", "GET"),
+        ("OPTIONS", "/users", "GET, POST"),
+        ("PUT", "/users", "GET, POST"),
+        ("DELETE", "/login", "GET, POST"),
+        ("GET", "/logout", "POST"),
+        ("BREW", "/webhooks", "GET, POST"),
+        ("POST", "/static/admin.css", "GET"),
+        ("PUT", "/static/admin.js", "GET"),
+    ]:
+        page = client.request(method, path)
+        assert page.status == 405 and page.header("Allow") == allowed, (method, path)
+    assert client.get("/").status == 200  # GET /logout signed nobody out
+
+
+def test_make_app_needs_a_store() -> None:
+    with pytest.raises(tokenstore.ValidationError, match=r"store must be a tokenstore\.Store"):
+        admin.make_app(None)  # type: ignore[arg-type]
+    with pytest.raises(tokenstore.ValidationError, match="got str"):
+        admin.AdminApp("app.sqlite3")  # type: ignore[arg-type]
+
+
 # -- pages ----------------------------------------------------------------------------------
 
 
@@ -336,6 +493,52 @@ def test_every_page_shows_when_signed_in(client: Client, records: dict[str, str]
     assert client.get("/tokens/apt_01JAZ6BQG0D53BD22B01XRS78E/revoke").status == 404
     assert client.get("/webhooks/no-such-hook").status == 404
     assert client.get("/deliveries/msg_01JAZ6BQG0D53BD22B01XRS78E").status == 404
+
+
+def test_every_answer_carries_the_security_headers(client: Client, app: admin.AdminApp) -> None:
+    """Pages, redirects, errors and static files alike: none framed, sniffed, cached or shared."""
+    answers = [
+        client.get("/"),
+        client.get("/nowhere"),
+        client.request("PUT", "/"),
+        client.post("/users", {"username": "bob"}),
+        client.get("/static/admin.css"),
+        Client(app).get("/"),
+        Client(app).get("/login"),
+    ]
+    for page in answers:
+        assert "frame-ancestors 'none'" in (page.header("Content-Security-Policy") or "")
+        assert page.header("X-Frame-Options") == "DENY"
+        assert page.header("X-Content-Type-Options") == "nosniff"
+        assert page.header("Referrer-Policy") == "no-referrer"
+        assert page.header("Cache-Control") == "no-store"
+        assert page.header("Cross-Origin-Opener-Policy") == "same-origin"
+        assert page.header("Cross-Origin-Resource-Policy") == "same-origin"
+
+
+@pytest.mark.parametrize("bad", ["zzz", "apt_zzz", "msg_" + "U" * 26, "whk_" + "0" * 27, "_" * 64])
+def test_a_malformed_or_unknown_id_is_a_400_or_404_on_every_route(
+    client: Client, store: tokenstore.Store, records: dict[str, str], bad: str
+) -> None:
+    before = [(t.abid, t.revoked_at) for t in store.tokens.list(include_revoked=True)]
+    routes = [("GET", r) for r in GET_ROUTES] + [("POST", r) for r in POST_ROUTES]
+    for method, route in routes:
+        if "{" not in route:
+            continue
+        path = re.sub(r"\{\w+\}", bad, route)
+        page = client.request(method, path)
+        assert page.status in (400, 404), (method, path, page.status)
+        assert "Traceback" not in page.text
+    assert [(t.abid, t.revoked_at) for t in store.tokens.list(include_revoked=True)] == before
+    assert store.webhooks.get("recorded-hook").enabled
+
+
+def test_a_refused_change_to_a_hook_that_is_not_there_is_a_404(client: Client) -> None:
+    """The form is refused first (bad headers), then the page to show it on is missing too."""
+    page = client.post("/webhooks/no_such_hook", {"name": "x", "headers": "no colon"})
+    assert page.status == 404 and "no webhook with ABID or name 'no_such_hook'" in html.unescape(
+        page.text
+    )
 
 
 def test_static_files(app: admin.AdminApp) -> None:
@@ -615,6 +818,10 @@ def test_deliveries_filter_and_cursor_paging(
     second = client.get(html.unescape(older[1])).text
     assert re.findall(r'<a href="/deliveries/(msg_\w+)">', second) == [sent[0]]
     assert 'rel="next"' not in second and "Newest" in second
+    # A cursor that is no delivery's webhook-id says so instead of showing some page.
+    for garbage, code in [("zzz", 404), ("%00", 404), ("msg_" + "0" * 26, 404), (failed, 200)]:
+        page = client.get(f"/deliveries?after={garbage}")
+        assert page.status == code, (garbage, page.text)
 
 
 # -- escaping -------------------------------------------------------------------------------
@@ -638,6 +845,38 @@ def test_everything_is_escaped(client: Client, store: tokenstore.Store, receiver
     assert error.status == 400 and "&lt;script&gt;" in error.text and evil not in error.text
     missing = client.get("/webhooks/%3Cscript%3E")
     assert missing.status == 404 and "<script>" not in missing.text
+
+
+def test_text_reordering_and_control_characters_are_spelled_out(
+    client: Client, store: tokenstore.Store, receiver: Any
+) -> None:
+    """A right-to-left override in a name would show the rest of a line reversed."""
+    url, _, _ = receiver
+    name = "pay\u202egnp.exe"
+    hook = store.webhooks.create(name, tokenstore.User, url + "/\u2066x")
+    store.webhooks.disable(hook, "bell\x07 and \u2028 break")
+    pages = ["/webhooks", f"/webhooks/{hook.abid}", f"/webhooks/{hook.abid}/delete"]
+    for path in pages:
+        text = client.get(path).text
+        for hidden in ("\u202e", "\u2066", "\x07", "\u2028"):
+            assert hidden not in text.split('name="name" value=')[0], (path, hidden)
+    page = client.get(f"/webhooks/{hook.abid}").text
+    assert "pay\\u202egnp.exe" in page and "bell\\u0007 and \\u2028 break" in page
+    # The edit form keeps the value as stored: saving it unchanged changes nothing.
+    form = re.search(r'name="name" value="([^"]*)"', page)
+    endpoint = re.search(r'name="endpoint" type="url" value="([^"]*)"', page)
+    assert form and endpoint and html.unescape(form[1]) == name
+    saved = client.post(
+        f"/webhooks/{hook.abid}",
+        {
+            "name": html.unescape(form[1]),
+            "endpoint": html.unescape(endpoint[1]),
+            "signal": hook.signal,
+        },
+    )
+    assert saved.status == 303
+    assert store.webhooks.get(hook.abid).name == name
+    assert store.webhooks.get(hook.abid).endpoint == url + "/\u2066x"
 
 
 # -- mounting, serving, the extra -----------------------------------------------------------
@@ -725,6 +964,26 @@ def test_a_client_that_hangs_up_leaves_no_traceback(
         server.shutdown()
         server.server_close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_request_log_spells_out_control_characters(
+    store: tokenstore.Store, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An ESC in a request line must not reach the operator's terminal as one."""
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        for request in (b"G\x1bET /login", b"GET /\x1b[2J\x07", b"GET /\xc2\x9b2J"):
+            with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+                sock.sendall(request + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                while sock.recv(4096):  # read the whole answer, so the request is logged
+                    pass
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capfd.readouterr().err
+    assert "G\\x1bET /login" in err and "GET /\\x1b[2J\\x07" in err and "\\x9b2J" in err
+    assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in err), err
 
 
 def test_serve_answers_on_loopback_and_asks_to_sign_in(tmp_path: Path) -> None:

@@ -452,6 +452,21 @@ def test_a_kept_response_that_echoes_the_hooks_credentials_keeps_them_out(
     assert hook.secret not in kept
 
 
+def test_a_kept_response_that_quotes_only_the_credential_keeps_it_out(
+    store: Store, receiver: Receiver
+) -> None:
+    """A receiver says "invalid token s3cret-token": the credential, without its scheme."""
+    receiver.respond = lambda h: answer(
+        h, 401, f"invalid token {h.headers['Authorization'].split()[-1]}".encode()
+    )
+    hook = store.webhooks.create(
+        "echo", Note, receiver.url(), keep_last_response=True, auth_token="Bearer s3cret-token"
+    )
+    Note.create(text="x")
+    kept = reload(hook).last_response
+    assert kept.startswith("invalid token ") and "s3cret-token" not in kept
+
+
 def test_http_410_disables_the_hook_and_gives_up_its_deliveries(
     store: Store, receiver: Receiver
 ) -> None:

@@ -324,3 +324,87 @@ def test_tolerance_is_passed_to_verification() -> None:
 def test_bad_secret_fails_at_construction() -> None:
     with pytest.raises(ValidationError, match="whsec_"):
         make_receiver("127.0.0.1", 0, "not a secret", Events())
+
+
+def test_an_on_event_that_cannot_be_called_fails_at_construction() -> None:
+    for on_event in (None, "print"):
+        with pytest.raises(ValidationError, match="on_event"):
+            make_receiver("127.0.0.1", 0, SECRET, on_event)  # type: ignore[arg-type]
+
+
+def raw_post(receiver: Running, head: bytes, body: bytes) -> bytes:
+    host, port = receiver.server.server_address[:2]
+    with socket.create_connection((str(host), int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + head + b"\r\n" + body)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    "lengths", [(len(BODY), 3), (len(BODY), len(BODY))], ids=["differing", "repeated"]
+)
+def test_more_than_one_content_length_is_400(receiver: Running, lengths: tuple[int, int]) -> None:
+    """Two lengths are how request smuggling starts: which one a proxy used is unknowable."""
+    head = b"".join(b"Content-Length: %d\r\n" % n for n in lengths)
+    for name, value in signed_headers(BODY).items():
+        head += f"{name}: {value}\r\n".encode()
+    answer = raw_post(receiver, head, BODY)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"Content-Length" in answer
+    assert receiver.events.received == []
+
+
+def test_an_oversized_body_is_refused_before_100_continue(receiver: Running) -> None:
+    """A client that asks first must get the 413 instead of an invitation to send."""
+    answer = raw_post(
+        receiver, b"Expect: 100-continue\r\nContent-Length: %d\r\n" % (MAX_BODY_BYTES + 1), b""
+    )
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert b"100 Continue" not in answer
+
+
+def test_a_body_shorter_than_its_content_length_is_400(receiver: Running) -> None:
+    host, port = receiver.server.server_address[:2]
+    with socket.create_connection((str(host), int(port)), timeout=TIMEOUT) as sock:
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % (len(BODY) + 10)
+        for name, value in signed_headers(BODY).items():
+            head += f"{name}: {value}\r\n".encode()
+        sock.sendall(head + b"\r\n" + BODY)
+        sock.shutdown(socket.SHUT_WR)  # the client has sent all it will
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"ended after" in answer, answer
+    assert receiver.events.received == []
+
+
+def test_a_stalled_body_is_answered_408(
+    receiver: Running, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(receiver.server.RequestHandlerClass, "timeout", 0.5)
+    answer = raw_post(receiver, b"Content-Length: 100\r\n", b"{")
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [(b"BREW / HTTP/1.1", b"501"), (b"POST / HTTP/9.9", None), (b"POST /\x00 x y z", None)],
+)
+def test_http_server_refusals_are_json_too(
+    receiver: Running, request_line: bytes, status: bytes | None
+) -> None:
+    """A request line it cannot read is answered as HTTP/0.9 (a body, no status line)."""
+    host, port = receiver.server.server_address[:2]
+    with socket.create_connection((str(host), int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(request_line + b"\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    body = answer
+    if status is not None:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + status) and b"application/json" in head, answer
+    assert json.loads(body)["error"], answer

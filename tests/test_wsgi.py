@@ -170,3 +170,24 @@ def test_the_store_s_api_key_header_is_the_default(db_path: Path, clock: Clock) 
             assert "X-ArchiveBox-API-Key header" in refused(response, 401)
     finally:
         store.close()
+
+
+def test_what_is_not_an_app_or_a_store_is_refused_at_construction(ts: Store) -> None:
+    with pytest.raises(ValidationError, match="app must be a WSGI application"):
+        TokenAuthMiddleware(None, ts)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"store must be a tokenstore\.Store"):
+        TokenAuthMiddleware(echo, None)  # type: ignore[arg-type]
+
+
+def test_an_environ_without_a_text_query_string_is_a_401(ts: Store) -> None:
+    """A server that puts bytes (or None) there breaks PEP 3333, but is no 500 of ours."""
+    middleware = TokenAuthMiddleware(echo, ts)
+    started: list[str] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started.append(status)
+
+    for query in (b"api_key=x", None):
+        body = middleware({"QUERY_STRING": query, "REQUEST_METHOD": "GET"}, start_response)
+        assert started.pop() == "401 Unauthorized"
+        assert "API token required" in json.loads(b"".join(body))["error"]

@@ -15,6 +15,7 @@ import contextlib
 import json
 import socket
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -51,6 +52,8 @@ def make_receiver(
     check_text(host, "host")
     check_int(port, "port", maximum=65535)
     signing_key(secret)  # fail at start-up, not on the first request
+    if not callable(on_event):
+        raise ValidationError(f"on_event must be a callable, got {type(on_event).__name__}")
     if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
         raise ValidationError(f"tolerance must be a non-negative int of seconds, got {tolerance!r}")
 
@@ -80,34 +83,65 @@ def make_receiver(
             if body and self.command != "HEAD":
                 self.wfile.write(body)
 
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            """http.server's own refusals (a garbled request, an unknown method) in JSON too."""
+            self.close_connection = True
+            self._reply(code, message or HTTPStatus(code).phrase)
+
         def _not_allowed(self) -> None:
             self._reply(405, "only POST is accepted", Allow="POST")
 
         do_GET = do_HEAD = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _not_allowed
 
-        def _read_body(self) -> bytes | None:
+        def _refuse_body(self, status: int, error: str) -> None:
+            # The body stays unread, so the connection cannot be reused.
+            self.close_connection = True
+            self._reply(status, error)
+
+        def _length(self) -> int | None:
+            """The body's length, or None once the request has been refused for it."""
             if self.headers.get("Transfer-Encoding"):
-                self.close_connection = True
-                self._reply(411, "send the body with a Content-Length header")
+                self._refuse_body(411, "send the body with a Content-Length header")
                 return None
-            length_text = self.headers.get("Content-Length")
-            if length_text is None:
-                self.close_connection = True
-                self._reply(411, "Content-Length header is required")
+            lengths = self.headers.get_all("Content-Length", [])
+            if not lengths:
+                self._refuse_body(411, "Content-Length header is required")
                 return None
-            digits = length_text.strip()
+            if len(lengths) > 1:  # which one a proxy in front went by cannot be known
+                self._refuse_body(400, "Content-Length header appears more than once")
+                return None
+            digits = lengths[0].strip()
             if not (digits.isascii() and digits.isdigit()):
-                self.close_connection = True
-                self._reply(400, "Content-Length header is not a number")
+                self._refuse_body(400, "Content-Length header is not a number")
                 return None
             # Thousands of digits would make int() refuse: such a length is too large anyway.
             digits = digits.lstrip("0") or "0"
             if len(digits) > len(str(MAX_BODY_BYTES)) or int(digits) > MAX_BODY_BYTES:
-                # The body stays unread, so the connection cannot be reused.
-                self.close_connection = True
-                self._reply(413, f"body is larger than {MAX_BODY_BYTES} bytes")
+                self._refuse_body(413, f"body is larger than {MAX_BODY_BYTES} bytes")
                 return None
-            return self.rfile.read(int(digits))
+            return int(digits)
+
+        def handle_expect_100(self) -> bool:
+            """A sender that asks before sending hears a refusal, not an invitation."""
+            if self.command == "POST" and self._length() is None:
+                return False
+            return super().handle_expect_100()
+
+        def _read_body(self) -> bytes | None:
+            length = self._length()
+            if length is None:
+                return None
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                self._refuse_body(408, "the body did not arrive in time")
+                return None
+            if len(body) < length:
+                self._refuse_body(400, f"body ended after {len(body)} of {length} bytes")
+                return None
+            return body
 
         def do_POST(self) -> None:
             body = self._read_body()

@@ -97,6 +97,8 @@ def redacted(error: str, hook: OutboundWebhook) -> str:
     # Headers edited by hand into something other than an object still get here.
     headers = hook.headers.values() if isinstance(hook.headers, dict) else ()
     secrets = [hook.auth_token, hook.secret, hook.previous_secret, *headers]
+    # A receiver may quote only the credential of "Bearer <credential>", without its scheme.
+    secrets += [x.partition(" ")[2].strip() for x in secrets if isinstance(x, str)]
     for secret in sorted(
         (x for x in secrets if isinstance(x, str) and len(x) >= 4), key=len, reverse=True
     ):

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from ._errors import AuthenticationError, MissingScope
+from ._errors import AuthenticationError, MissingScope, ValidationError
 from ._inputs import check_header_name
+from ._store import Store
 from ._tokens import _check_scope, token_from_request
-
-if TYPE_CHECKING:
-    from ._store import Store
 
 ENVIRON_KEY = "tokenstore.token"
 
@@ -40,10 +37,15 @@ class TokenAuthMiddleware:
         scope: str | None = None,
         header: str | None = None,
     ) -> None:
+        # Fail at startup, not on the first request.
+        if not callable(app):
+            raise ValidationError(f"app must be a WSGI application, got {type(app).__name__}")
+        if not isinstance(store, Store):
+            raise ValidationError(f"store must be a tokenstore.Store, got {type(store).__name__}")
         if header is None:
             header = store.tokens.header
         if scope is not None:
-            _check_scope(scope)  # fail at startup, not on the first request
+            _check_scope(scope)
         check_header_name(header, "header")
         self.app = app
         self.store = store
@@ -60,7 +62,10 @@ class TokenAuthMiddleware:
             )
             if isinstance(value, str)
         }
-        secret = token_from_request(headers, environ.get("QUERY_STRING", ""), header=self.header)
+        query = environ.get("QUERY_STRING")
+        secret = token_from_request(
+            headers, query if isinstance(query, str) else "", header=self.header
+        )
         if secret is None:
             return _refuse(
                 start_response,

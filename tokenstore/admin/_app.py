@@ -62,7 +62,7 @@ def _routes() -> list[Route]:
         ("GET", "/tokens", pages.tokens, None),
         ("POST", "/tokens", pages.create_token, pages.tokens),
         ("GET", f"/tokens/{abid}/revoke", pages.confirm_revoke, None),
-        ("POST", f"/tokens/{abid}/revoke", pages.revoke_token, pages.tokens),
+        ("POST", f"/tokens/{abid}/revoke", pages.revoke_token, None),
         ("GET", "/webhooks", pages.webhooks, None),
         ("POST", "/webhooks", pages.add_webhook, pages.webhooks),
         ("GET", f"/webhooks/{abid}", pages.webhook, None),
@@ -84,6 +84,10 @@ class AdminApp:
     """The admin page for one store; see ``make_app``."""
 
     def __init__(self, store: tokenstore.Store, sessions: Sessions | None = None) -> None:
+        if not isinstance(store, tokenstore.Store):  # else the first request would fail
+            raise tokenstore.ValidationError(
+                f"store must be a tokenstore.Store, got {type(store).__name__}"
+            )
         self.store = store
         self.sessions = sessions or Sessions()
         self.templates = environment()
@@ -96,14 +100,19 @@ class AdminApp:
             response = self.handle(request, session)
         except HTTPError as exc:
             response = self.error(request, exc.status, exc.message)
+            response.headers.extend(exc.headers)
         return response.send(start_response)
 
     def handle(self, request: Request, session: Session | None) -> Response:
         if request.path.startswith("/static/"):
             return self.static(request)
+        if request.method == "POST" and request.cross_site():
+            raise HTTPError(403, "a form posted from another site is refused")
         if request.path == "/login":
             return self.sign_in(request, session)
-        if request.path == "/logout" and request.method == "POST":
+        if request.path == "/logout":
+            if request.method != "POST":
+                raise _not_allowed(request, "POST")
             return self.sign_out(request, session)
         route, groups = self.match(request)
         visit = self.visit(request, session)
@@ -120,19 +129,23 @@ class AdminApp:
         except tokenstore.TokenstoreError as exc:
             if route.page is None:
                 raise HTTPError(400, str(exc)) from None
-            return route.page(visit, error=str(exc), **groups)
+            error = str(exc)
+        try:
+            return route.page(visit, error=error, **groups)
+        except tokenstore.NotFound as exc:  # a form refused for a hook that is not there either
+            raise HTTPError(404, str(exc)) from None
 
     def match(self, request: Request) -> tuple[Route, dict[str, str]]:
-        allowed = False
+        allowed: list[str] = []
         for route in self.routes:
             found = route.pattern.match(request.path)
             if found is None:
                 continue
             if route.method == request.method:
                 return route, found.groupdict()
-            allowed = True
+            allowed.append(route.method)
         if allowed:
-            raise HTTPError(405, f"{request.method} is not allowed here")
+            raise _not_allowed(request, *allowed)
         raise HTTPError(404, f"no page {request.path}")
 
     def visit(self, request: Request, session: Session | None) -> Visit | None:
@@ -159,7 +172,7 @@ class AdminApp:
             fresh = self.sessions.new()
             return self.login_page(request, fresh, 200, "", cookie=True)
         if request.method != "POST":
-            raise HTTPError(405, f"{request.method} is not allowed here")
+            raise _not_allowed(request, "GET", "POST")
         form = request.form()
         if session is None or not session.csrf_ok(form.get("csrf")):
             raise HTTPError(
@@ -220,6 +233,8 @@ class AdminApp:
     # -- the rest ---------------------------------------------------------------------------
 
     def static(self, request: Request) -> Response:
+        if request.method != "GET":
+            raise _not_allowed(request, "GET")
         name = request.path.removeprefix("/static/")
         kind = _STATIC_TYPES.get(name[name.rfind(".") :] if "." in name else "")
         folder = resources.files("tokenstore.admin").joinpath("static")
@@ -236,6 +251,11 @@ class AdminApp:
             base=request.base, status=status, message=message
         )
         return Response(status, html.encode("utf-8"))
+
+
+def _not_allowed(request: Request, *methods: str) -> HTTPError:
+    """405, with the ``Allow`` header HTTP requires to name the methods that work."""
+    return HTTPError(405, f"{request.method} is not allowed here", [("Allow", ", ".join(methods))])
 
 
 def make_app(store: tokenstore.Store) -> AdminApp:

@@ -10,13 +10,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 #: The largest form body read; the admin forms are far smaller.
 MAX_FORM_BYTES = 64 * 1024
 
-#: Sent with every page: nothing is cached, framed, or loaded from elsewhere.
+#: Sent with every page: nothing is cached, framed, loaded from elsewhere, or
+#: left reachable from (or loadable by) a window of another site.
 SECURITY_HEADERS = [
     ("Cache-Control", "no-store"),
     (
@@ -27,16 +28,20 @@ SECURITY_HEADERS = [
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
 ]
 
 
 class HTTPError(Exception):
     """Ends a request with this status and message (shown on an error page)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        #: Extra response headers, such as the ``Allow`` a 405 must carry.
+        self.headers = headers or []
 
 
 @dataclass
@@ -77,6 +82,28 @@ class Request:
         self.secure = environ.get("wsgi.url_scheme") == "https"
         self._form: dict[str, str] | None = None
 
+    def cross_site(self) -> bool:
+        """Whether the browser says this request was started by another site.
+
+        The CSRF token already stops forged forms; this refuses them even
+        before, as Django does. ``Sec-Fetch-Site`` is set by the browser
+        itself, so a proxy that rewrites ``Host`` does not confuse it; only
+        without it are ``Origin`` (or ``Referer``) and ``Host`` compared. An
+        ``Origin`` of ``null`` is what a page with ``Referrer-Policy:
+        no-referrer`` sends, so it tells nothing.
+        """
+        fetch_site: str | None = self.environ.get("HTTP_SEC_FETCH_SITE")
+        if fetch_site is not None:
+            return fetch_site.strip().lower() not in ("same-origin", "none")
+        source: str = self.environ.get("HTTP_ORIGIN") or self.environ.get("HTTP_REFERER") or "null"
+        host: str = self.environ.get("HTTP_HOST", "")
+        if source.strip() == "null" or not host:
+            return False
+        try:
+            return urlsplit(source.strip()).netloc.lower() != host.strip().lower()
+        except ValueError:  # an unparseable origin is no proof of coming from here
+            return True
+
     def cookie(self, name: str) -> str | None:
         try:
             jar = SimpleCookie(self.environ.get("HTTP_COOKIE", ""))
@@ -95,15 +122,40 @@ class Request:
         kind = self.environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
         if kind != "application/x-www-form-urlencoded":
             raise HTTPError(415, "forms must be sent as application/x-www-form-urlencoded")
-        try:
-            length = int(self.environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise HTTPError(400, "Content-Length is not a number") from None
-        if length > MAX_FORM_BYTES:
-            raise HTTPError(413, f"form body over {MAX_FORM_BYTES} bytes")
-        raw = self.environ["wsgi.input"].read(length) if length > 0 else b""
+        raw = self.body(self.content_length())
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise HTTPError(400, "form body is not UTF-8") from None
         return parse_qs(text, keep_blank_values=True)
+
+    def body(self, length: int) -> bytes:
+        """``length`` bytes of the body, read in as many calls as the server's stream needs."""
+        stream, raw = self.environ["wsgi.input"], b""
+        try:
+            while len(raw) < length:
+                chunk = stream.read(length - len(raw))
+                if not chunk:
+                    raise HTTPError(400, f"form body ended after {len(raw)} of {length} bytes")
+                raw += chunk
+        except TimeoutError:
+            raise HTTPError(408, "the form body did not arrive in time") from None
+        return raw
+
+    def content_length(self) -> int:
+        """The body's length, from a Content-Length of plain digits within the cap.
+
+        A body without one (chunked) is refused rather than read as empty, so
+        its fields are never silently lost.
+        """
+        text = (self.environ.get("CONTENT_LENGTH") or "").strip()
+        if not text:
+            if self.environ.get("HTTP_TRANSFER_ENCODING"):
+                raise HTTPError(411, "send the form with a Content-Length header")
+            return 0
+        if not (text.isascii() and text.isdigit()):
+            raise HTTPError(400, "Content-Length is not a number")
+        digits = text.lstrip("0") or "0"
+        if len(digits) > len(str(MAX_FORM_BYTES)) or int(digits) > MAX_FORM_BYTES:
+            raise HTTPError(413, f"form body over {MAX_FORM_BYTES} bytes")
+        return int(digits)

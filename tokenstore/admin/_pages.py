@@ -325,16 +325,9 @@ def deliveries(visit: Visit) -> Response:
     store = visit.store
     query = visit.request.query
     hook_key, status, after = query.get("hook", ""), query.get("status", ""), query.get("after")
-    found = WebhookDelivery.select().order_by(WebhookDelivery.abid.desc())
-    if hook_key:
-        found = found.where(WebhookDelivery.hook == store.webhooks.get(hook_key).id)
-    if status:
-        if status not in STATUSES:
-            raise tokenstore.ValidationError(f"status {status!r} is not one of {STATUSES}")
-        found = found.where(WebhookDelivery.status == status)
-    if after:
-        found = found.where(WebhookDelivery.abid < after)
-    rows = list(found.limit(PAGE_SIZE + 1))
+    rows = store.webhooks.deliveries(
+        hook_key or None, status or None, limit=PAGE_SIZE + 1, before=after or None
+    )
     hooks = store.webhooks.list()
     return visit.render(
         "deliveries.html",

@@ -20,6 +20,10 @@ import tokenstore
 
 from ._app import make_app
 
+#: C0 and C1 control characters, written as ``\\xNN`` in the log as http.server does its own:
+#: a request line holding ESC must not drive the operator's terminal.
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
 
 class _QuietHandler(WSGIRequestHandler):
     timeout = 30  # a client that stalls mid-request must not hold its thread for good
@@ -27,7 +31,8 @@ class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """One line per request on stderr, as wsgiref does, but without the query string."""
         path = getattr(self, "path", "")  # unset when the request line could not be read
-        sys.stderr.write(f"{self.address_string()} {self.command or '-'} {path.split('?')[0]}\n")
+        line = f"{self.command or '-'} {path.split('?')[0]}".translate(_CONTROL)
+        sys.stderr.write(f"{self.address_string()} {line}\n")
 
     def handle(self) -> None:
         """Serve the connection; a client that hangs up or stalls is no error of the page's."""

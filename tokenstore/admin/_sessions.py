@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 SESSION_LIFETIME = 8 * 3600
 #: How long a visitor has to fill in the sign-in form (seconds).
 SIGN_IN_LIFETIME = 15 * 60
-#: The most sessions kept; past it the oldest are dropped (a flood of sign-in pages).
+#: The most sessions of each kind kept (signed in, and sign-in forms); past it the
+#: oldest of that kind are dropped.
 MAX_SESSIONS = 10_000
 
 
@@ -52,39 +53,51 @@ class Session:
 
 
 class Sessions:
-    """The session table; safe to use from the threads of a threaded server."""
+    """The session table; safe to use from the threads of a threaded server.
+
+    Sign-in forms and signed-in sessions are kept apart: anyone can ask for
+    sign-in forms by the thousand, and those must not push the signed-in
+    administrators out.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._sessions: dict[str, Session] = {}
+        self._signing_in: dict[str, Session] = {}
+        self._signed_in: dict[str, Session] = {}
         self._lock = threading.Lock()
 
     def new(self, token_abid: str | None = None) -> Session:
         """A fresh session: anonymous (for the sign-in form) or signed in as ``token_abid``."""
         lifetime = SIGN_IN_LIFETIME if token_abid is None else SESSION_LIFETIME
         session = Session(secrets.token_urlsafe(32), self.clock() + lifetime, token_abid)
+        table = self._signing_in if token_abid is None else self._signed_in
         with self._lock:
             self._drop_expired()
-            while len(self._sessions) >= MAX_SESSIONS:
-                del self._sessions[next(iter(self._sessions))]
-            self._sessions[session.id] = session
+            while len(table) >= MAX_SESSIONS:
+                del table[next(iter(table))]
+            table[session.id] = session
         return session
 
     def get(self, session_id: str | None) -> Session | None:
         if not session_id:
             return None
         with self._lock:
-            session = self._sessions.get(session_id)
-            if session is not None and session.expires <= self.clock():
-                del self._sessions[session_id]
-                return None
-            return session
+            for table in (self._signed_in, self._signing_in):
+                session = table.get(session_id)
+                if session is not None:
+                    if session.expires <= self.clock():
+                        del table[session_id]
+                        return None
+                    return session
+            return None
 
     def end(self, session: Session) -> None:
         with self._lock:
-            self._sessions.pop(session.id, None)
+            self._signed_in.pop(session.id, None)
+            self._signing_in.pop(session.id, None)
 
     def _drop_expired(self) -> None:
         now = self.clock()
-        for key in [k for k, s in self._sessions.items() if s.expires <= now]:
-            del self._sessions[key]
+        for table in (self._signed_in, self._signing_in):
+            for key in [k for k, s in table.items() if s.expires <= now]:
+                del table[key]

@@ -6,8 +6,9 @@ without it, and making the page says which extra to install.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import tokenstore
 
@@ -33,9 +34,34 @@ def environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=visible,
     )
     env.filters["when"] = when
+    # A form field's value exactly as stored, so saving the form unchanged changes nothing:
+    # escaped into Markup, which ``visible`` leaves alone.
+    env.filters["as_stored"] = env.filters["escape"]
     return env
+
+
+#: Control characters (but tab and line breaks) and the bidirectional overrides,
+#: marks and isolates, and the Unicode line and paragraph separators.
+_HIDDEN = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def visible(value: Any) -> Any:
+    """Every value a page shows, with invisible and text-reordering characters spelled out.
+
+    A hook name, endpoint or reason may hold a right-to-left override, which
+    would make the page show something other than what is stored (an ABID
+    reversed in "Delete webhook NAME (ABID)?"), or control characters that
+    show as nothing. They appear as ``\\u202e``. Values already marked safe
+    (form fields, through the ``as_stored`` filter) are left alone.
+    """
+    if isinstance(value, str) and not hasattr(value, "__html__"):
+        return _HIDDEN.sub(lambda found: f"\\u{ord(found[0]):04x}", value)
+    return value
 
 
 def when(value: datetime | None) -> str:
