@@ -622,6 +622,12 @@ def test_archiveboxs_own_header_is_read_after_the_configured_one() -> None:
     assert token_from_request({"X-ArchiveBox-API-Key": "null"}, "api_key=k3") == "k3"
 
 
+@pytest.mark.parametrize("header", [5, None, b"X-API-Key", "", "X API Key", "X-Key\n"])
+def test_a_header_that_cannot_name_one_is_refused(header: Any) -> None:
+    with pytest.raises(ValidationError, match="header"):
+        token_from_request({"X-API-Key": "k1"}, header=header)
+
+
 def test_store_tokens_use_their_configured_header(ts: Store) -> None:
     assert ts.tokens.token_from_request({"X-API-Key": "k1"}) == "k1"
     custom = Tokens(ts.db, ts.users, ts.clock, header="X-ArchiveBox-API-Key")

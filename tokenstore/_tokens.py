@@ -34,7 +34,7 @@ from ._errors import (
     RevokedToken,
     ValidationError,
 )
-from ._inputs import MAX_SPAN, check_flag, check_int, check_span, check_text
+from ._inputs import MAX_SPAN, check_flag, check_header_name, check_int, check_span, check_text
 from ._models import SYSTEM_USERNAME, APIToken, User, unknown_owner
 from ._rows import Loader
 from ._times import format_time, to_stored_time
@@ -156,6 +156,7 @@ def token_from_request(
     """
     if not isinstance(headers, Mapping):
         raise ValidationError(f"headers must be a mapping, got {type(headers).__name__}")
+    check_header_name(header, "header")
     if query is not None and not isinstance(query, str | Mapping):
         raise ValidationError(
             f"query must be a mapping, a query string or None, got {type(query).__name__}"
