@@ -269,6 +269,17 @@ def test_who_may_sign_in(
         assert "admin" in page.text and secret not in page.text
 
 
+@pytest.mark.parametrize(("scopes", "status"), [([], 403), (["admin"], 303)])
+def test_a_token_issued_to_nobody_needs_the_admin_scope(
+    app: admin.AdminApp, store: tokenstore.Store, scopes: list[str], status: int
+) -> None:
+    """``tokens.create()`` without a user gives the token to ``system``, a superuser that is
+    nobody: a script's key made that way must not open the admin page unasked."""
+    token, secret = store.tokens.create(scopes=scopes)
+    assert token.created_by.username == "system" and token.created_by.is_superuser
+    assert Client(app).sign_in(secret).status == status
+
+
 def test_revoking_the_token_ends_the_session_at_once(
     client: Client, store: tokenstore.Store, admin_secret: str
 ) -> None:

@@ -15,6 +15,7 @@ from importlib import resources
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 import tokenstore
+from tokenstore._models import SYSTEM_USERNAME
 
 from . import _pages as pages
 from ._http import HTTPError, Request, Response, redirect
@@ -35,10 +36,12 @@ def grants_admin(token: tokenstore.APIToken, owner: tokenstore.User) -> bool:
     A token issued without scopes is unrestricted for the API, but that must
     not make every plain user's key an admin key: it takes the scope
     ``admin`` listed explicitly, or a superuser's token that is not narrowed
-    to other scopes.
+    to other scopes. The ``system`` user is a superuser that is nobody (a
+    token created without a user is its), so its tokens need the scope.
     """
     scopes: list[str] = token.scopes or []
-    return ADMIN_SCOPE in scopes or (bool(owner.is_superuser) and not scopes)
+    implied = bool(owner.is_superuser) and owner.username != SYSTEM_USERNAME
+    return ADMIN_SCOPE in scopes or (implied and not scopes)
 
 
 Handler = Callable[..., Response]
