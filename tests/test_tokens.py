@@ -167,6 +167,7 @@ def test_expires_takes_a_timedelta_from_the_store_clock(ts: Store, clock: Clock)
         (START, "not in the future"),
         (timedelta(0), "positive timedelta"),
         (timedelta(seconds=-1), "positive timedelta"),
+        (timedelta(microseconds=999), "not in the future"),  # stored to the millisecond: now
         ("2031-01-01T00:00:00Z", "datetime, a timedelta or None"),
     ],
 )

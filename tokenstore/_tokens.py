@@ -318,7 +318,7 @@ class Tokens:
         if expires is None:
             return None
         if isinstance(expires, timedelta):
-            return to_stored_time(now + check_span(expires, "expires", allow_zero=False))
+            expires = now + check_span(expires, "expires", allow_zero=False)
         if not isinstance(expires, datetime):
             raise ValidationError(
                 f"expires must be a datetime, a timedelta or None, got {type(expires).__name__}"
