@@ -1005,3 +1005,32 @@ def test_serve_answers_on_loopback_and_asks_to_sign_in(tmp_path: Path) -> None:
         assert form.status_code == 200 and 'name="csrf"' in form.text
         assert "HttpOnly" in form.headers["Set-Cookie"]
     assert "GET /deliveries" in (tmp_path / "serve.log").read_text()
+
+
+def test_connections_beyond_the_bound_are_closed_and_the_page_serves_again_once_free(
+    store: tokenstore.Store,
+) -> None:
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    server.max_connections = 2
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    address = server.server_address[:2]
+    try:
+        idle = [socket.create_connection(address, timeout=10) for _ in range(2)]
+        try:
+            with socket.create_connection(address, timeout=10) as extra:
+                assert extra.recv(1) == b""  # closed unanswered, at once
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while True:  # the idle connections' threads end when they see them closed
+            try:
+                page = requests.get(f"http://{address[0]}:{address[1]}/login", timeout=10)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert page.status_code == 200

@@ -10,14 +10,13 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import requests
 
 from tokenstore._errors import ValidationError
-from tokenstore._receiver import MAX_BODY_BYTES, make_receiver
+from tokenstore._receiver import MAX_BODY_BYTES, ReceiverServer, make_receiver
 from tokenstore._signing import new_signing_secret, sign, signature_header
 
 TIMEOUT = 5
@@ -37,7 +36,7 @@ class Events:
 
 @dataclass
 class Running:
-    server: ThreadingHTTPServer
+    server: ReceiverServer
     events: Events
 
     @property
@@ -46,7 +45,7 @@ class Running:
         return f"http://127.0.0.1:{port}/hooks"
 
 
-def run(server: ThreadingHTTPServer) -> threading.Thread:
+def run(server: ReceiverServer) -> threading.Thread:
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     return thread
@@ -408,3 +407,27 @@ def test_http_server_refusals_are_json_too(
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 " + status) and b"application/json" in head, answer
     assert json.loads(body)["error"], answer
+
+
+def test_connections_beyond_the_bound_are_closed_and_served_again_once_free(
+    receiver: Running,
+) -> None:
+    """Idle connections hold a thread each; past the bound more are not given one."""
+    receiver.server.max_connections = 2
+    address = receiver.server.server_address[:2]
+    idle = [socket.create_connection(address, timeout=TIMEOUT) for _ in range(2)]
+    try:
+        with socket.create_connection(address, timeout=TIMEOUT) as extra:
+            assert extra.recv(1) == b""  # closed unanswered, at once
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # the idle connections' threads end when they see them closed
+        try:
+            answer = requests.get(receiver.url, timeout=TIMEOUT)
+            break
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert answer.status_code == 405

@@ -2,7 +2,8 @@
 
 It exists for demos, tests and local tools that want to react to a store's
 webhooks without a web framework, using only the standard library. It is not
-meant to face the internet: it has no TLS and one thread per request.
+meant to face the internet: it has no TLS, and a thread per connection (up
+to a bound).
 
 Responses follow what senders expect: 2xx only after the event was handled
 (so a crash in ``on_event`` leads to a retry), 4xx for requests that will
@@ -16,11 +17,12 @@ import json
 import socket
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 from ._errors import ValidationError, WebhookVerificationError
 from ._inputs import check_int, check_text
+from ._servers import BoundedThreads
 from ._signing import signing_key, verify_webhook
 
 __all__ = ["MAX_BODY_BYTES", "make_receiver"]
@@ -31,7 +33,11 @@ _SIGNED_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 EventCallback = Callable[[dict[str, Any], Mapping[str, str]], None]
 
 
-class _IPv6ThreadingHTTPServer(ThreadingHTTPServer):
+class ReceiverServer(BoundedThreads, HTTPServer):
+    """An HTTP server with a thread per connection, up to a bound (see ``_servers``)."""
+
+
+class _ReceiverServer6(ReceiverServer):
     address_family = socket.AF_INET6
 
 
@@ -42,7 +48,7 @@ def make_receiver(
     on_event: EventCallback,
     *,
     tolerance: int = 300,
-) -> ThreadingHTTPServer:
+) -> ReceiverServer:
     """Build (and bind) a receiver; the caller runs ``serve_forever()`` where it likes.
 
     ``on_event`` gets the decoded payload and the request headers, with
@@ -169,7 +175,7 @@ def make_receiver(
                 raise
             self._reply(204)
 
-    server_class = _IPv6ThreadingHTTPServer if ":" in host else ThreadingHTTPServer
+    server_class = _ReceiverServer6 if ":" in host else ReceiverServer
     try:
         return server_class((host.strip("[]"), port), Handler)  # "[::1]" as in a URL
     except OSError as exc:  # a taken port, a host that is not ours or does not resolve

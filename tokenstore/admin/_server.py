@@ -12,11 +12,11 @@ import contextlib
 import ipaddress
 import socket
 import sys
-from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import tokenstore
+from tokenstore._servers import BoundedThreads
 
 from ._app import make_app
 
@@ -40,10 +40,9 @@ class _QuietHandler(WSGIRequestHandler):
             super().handle()
 
 
-class AdminServer(ThreadingMixIn, WSGIServer):
-    """A request per thread; each thread's database connection is closed when it ends."""
+class AdminServer(BoundedThreads, WSGIServer):
+    """A connection per thread, up to a bound; each thread's database connection is closed."""
 
-    daemon_threads = True
     store: tokenstore.Store
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
