@@ -26,7 +26,7 @@ import peewee
 
 from ._backend import CommitHooks, is_write, quote_literal, to_version_2
 from ._capture import CaptureSpec, RelationSpec
-from ._compat import peewee_errors
+from ._compat import RedactedQueryLog, peewee_errors
 from ._dispatch import ClaimStatements
 from ._errors import StoreError, StoreReadOnly, ValidationError
 from ._models import SYSTEM_USERNAME
@@ -172,7 +172,7 @@ def _rolled_back_on_error(conn: psycopg.Connection[Any]) -> Iterator[None]:
         raise
 
 
-class PostgresDatabase(peewee.PostgresqlDatabase):
+class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     """PostgresqlDatabase (psycopg 3) that knows when its transactions commit.
 
     Like the SQLite backend: every write runs in a transaction (a lone
