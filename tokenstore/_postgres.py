@@ -26,9 +26,10 @@ import peewee
 
 from ._backend import CommitHooks, is_write, quote_literal, to_version_2
 from ._capture import CaptureSpec, RelationSpec
-from ._compat import RedactedQueryLog, peewee_errors
+from ._compat import RedactedQueryLog, driver_error, peewee_errors
 from ._dispatch import ClaimStatements
 from ._errors import StoreError, StoreReadOnly, ValidationError
+from ._inputs import check_text
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import (
     CHANNEL,
@@ -51,6 +52,11 @@ VERSION_TABLE = "tokenstore_schema_version"
 
 #: Advisory lock key held while a database's schema is created or migrated.
 _SCHEMA_LOCK = 0x746F6B656E  # "token"
+
+#: Seconds a new connection may take to be answered, unless the URL says (``connect_timeout``):
+#: a server that accepts but never answers (stopped, or a firewall's black hole) would
+#: otherwise hold every call forever.
+CONNECT_TIMEOUT = 10
 
 _INSTALL_HINT = "PostgreSQL support needs psycopg: pip install 'tokenstore[postgres]'"
 
@@ -91,19 +97,52 @@ def redacted_url(url: str) -> str:
 
 
 def connection_url(url: str) -> str:
-    """The URL as libpq must get it: its scheme in lower case, its user part unambiguous.
+    """The URL as libpq must get it: checked, its scheme ``postgresql``, its user part unambiguous.
 
     libpq takes the first ``@`` as the end of the password, where URL
     parsers take the last; an ``@`` in a user name or password must be
     written ``%40``, or the rest of the password would become the host name
-    and appear in connection errors.
+    and appear in connection errors. peewee hands libpq only a
+    ``postgresql://`` URL as one (``postgres://`` would be a database name).
+    A URL libpq cannot parse is refused here, without the parser's message
+    quoting the password back.
     """
-    scheme, _, rest = url.partition("://")
+    check_text(url, "the PostgreSQL URL")
+    rest = url.partition("://")[2]
     if rest.partition("/")[0].count("@") > 1:
         raise ValidationError(
             "the PostgreSQL URL's user name or password holds an '@': write it as %40"
         )
-    return f"{scheme.lower()}://{rest}"
+    url = f"postgresql://{rest}"
+    try:
+        _driver().conninfo.conninfo_to_dict(url)
+    except (_driver().ProgrammingError, UnicodeDecodeError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValidationError(
+            f"{redacted_url(url)} is not a valid PostgreSQL URL: {without_secrets(detail, url)}"
+        ) from None
+    return url
+
+
+def without_secrets(text: str, url: str) -> str:
+    """A driver's message with the URL, and any password of it, replaced by stars.
+
+    libpq quotes the part it could not parse, which may be the password or
+    the whole URL.
+    """
+    text = text.replace(url, redacted_url(url))
+    rest = url.partition("://")[2]
+    user = rest.partition("/")[0].partition("?")[0].rpartition("@")[0]
+    secrets = [user.partition(":")[2]] if ":" in user else []
+    query = rest.partition("?")[2].partition("#")[0]
+    for key, _, value in (pair.partition("=") for pair in query.split("&")):
+        if unquote(key).lower() in _SECRET_PARAMETERS:
+            secrets.append(value)
+    for secret in secrets:
+        for form in {secret, unquote(secret)}:
+            if form:
+                text = text.replace(form, "***")
+    return text
 
 
 def schema_sql() -> str:
@@ -186,6 +225,8 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         options: dict[str, Any] = (
             {"options": "-c default_transaction_read_only=on"} if read_only else {}
         )
+        if "connect_timeout" not in _driver().conninfo.conninfo_to_dict(url):
+            options["connect_timeout"] = CONNECT_TIMEOUT
         super().__init__(url, prefer_psycopg3=True, field_types={"UUID": "TEXT"}, **options)
         self.url = url
         #: Opened with ``read_only``: nothing is written, writes raise StoreReadOnly.
@@ -198,6 +239,20 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
 
     def __repr__(self) -> str:
         return f"<PostgresDatabase {redacted_url(self.url)!r}>"
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        """Open this thread's connection; one refused says why, without the password."""
+        try:
+            return bool(super().connect(reuse_if_open))
+        except peewee.DatabaseError as exc:
+            cause = driver_error(exc)
+            if cause is None:  # peewee's own ("already opened")
+                raise
+            text = str(cause).strip()
+            detail = text.splitlines()[0] if text else type(cause).__name__
+            raise StoreError(
+                f"cannot connect to {redacted_url(self.url)}: {without_secrets(detail, self.url)}"
+            ) from None
 
     @staticmethod
     def sql(text: str) -> str:
@@ -425,7 +480,9 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         deadline = time.monotonic() + timeout
         listener = getattr(self._listening, "conn", None)
         if listener is None:
-            listener = self._listening.conn = _driver().connect(self.url, autocommit=True)
+            listener = self._listening.conn = _driver().connect(
+                self.url, autocommit=True, **self.connect_params
+            )
             listener.execute(f"LISTEN {CHANNEL}")
         while True:
             remaining = max(0.0, deadline - time.monotonic())
@@ -447,12 +504,7 @@ def open_database(
     _driver()  # without psycopg, say which extra brings it before peewee complains
     url = connection_url(url)
     db = PostgresDatabase(url, hooks=hooks, read_only=read_only)
-    try:
-        db.connection()
-    except peewee.OperationalError as exc:
-        db.close()
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StoreError(f"cannot connect to {redacted_url(url)}: {detail}") from None
+    db.connection()
     version = db.schema_version()
     if version == 0 and (read_only or not create):
         db.close()
