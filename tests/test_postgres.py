@@ -7,13 +7,26 @@ refused or are ended by the server, sessions that may only read.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
+from collections.abc import Callable
+from typing import Any
 
+import _db
+import peewee
+import psycopg
 import pytest
 
 import tokenstore
-from tokenstore import StoreError, ValidationError
+from tokenstore import (
+    ABIDModel,
+    Store,
+    StoreError,
+    StoreIOError,
+    StoreReadOnly,
+    ValidationError,
+)
 from tokenstore import _postgres as postgres
 
 
@@ -61,3 +74,160 @@ def test_a_server_that_never_answers_is_given_up_on(monkeypatch: pytest.MonkeyPa
             tokenstore.open(url + "?connect_timeout=2")
         assert time.monotonic() - started < 10
     assert "SEKRIT" not in str(caught.value)
+
+
+# -- the server ends a connection -----------------------------------------------------------
+
+
+class Memo(ABIDModel):
+    abid_prefix = "mmo_"
+    abid_uri_src = "text"
+    text = peewee.TextField(default="memo")
+    count = peewee.IntegerField(default=0)
+
+
+def pg(store: Store) -> postgres.PostgresDatabase:
+    assert isinstance(store.db, postgres.PostgresDatabase)
+    return store.db
+
+
+def terminate(store: Store, pg_admin_url: str, conn: Any = None) -> None:
+    """End a connection of the store from the server's side, as an administrator (or a restart)."""
+    pid = (conn or pg(store).connection()).info.backend_pid
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    for _ in range(100):  # until the server has really let it go
+        if not _db.rows(pg_admin_url, "SELECT 1 FROM pg_stat_activity WHERE pid = ?", (pid,)):
+            return
+        time.sleep(0.01)
+
+
+def test_a_connection_the_server_ended_is_a_store_error_then_a_new_one(
+    pg_url: str, pg_admin_url: str
+) -> None:
+    store = tokenstore.open(pg_url)
+    try:
+        store.register(Memo)
+        alice = store.users.create("alice")
+        _, secret = store.tokens.create(alice, name="ci")
+        calls: list[Callable[[], object]] = [
+            lambda: store.users.get("alice"),  # peewee's query
+            lambda: store.tokens.authenticate(secret),  # a statement on the raw connection
+            lambda: store.users.create("bob"),  # a write of tokenstore's own
+            lambda: Memo.create(text="lone"),  # an application's write
+            lambda: store.dispatch(),
+        ]
+        for call in calls:
+            terminate(store, pg_admin_url)
+            with pytest.raises(StoreIOError, match="connection to the server was lost") as lost:
+                call()
+            assert "app-password" not in str(lost.value)
+            call()  # the next call connects again
+        terminate(store, pg_admin_url)
+        with pytest.raises(StoreIOError), store.atomic():  # nothing of it is half-written
+            Memo.create(text="first of two")
+        committed = pytest.raises(StoreIOError, match="lost before the transaction committed")
+        with committed, store.atomic():  # a block that goes on after the loss cannot commit
+            Memo.create(text="second")
+            terminate(store, pg_admin_url)
+            with pytest.raises(StoreIOError, match="lost"):
+                Memo.create(text="third")
+            with pytest.raises(StoreIOError, match="lost in the middle of a transaction"):
+                Memo.create(text="fourth")
+        assert [m.text for m in Memo.select()] == ["lone"]  # the second call's
+    finally:
+        store.close()
+    assert _db.rows(pg_url, "SELECT username FROM tokenstore_user ORDER BY 1") == [
+        ("alice",),
+        ("bob",),
+        ("system",),
+    ]
+
+
+def test_waiting_for_changes_listens_again_after_the_server_ended_it(
+    pg_url: str, pg_admin_url: str
+) -> None:
+    with tokenstore.open(pg_url) as store:
+        assert store.wait_for_changes(0.05) is False  # now listening
+        terminate(store, pg_admin_url, pg(store)._listening.conn)
+        assert store.wait_for_changes(5) is True  # what it missed is unknown: look
+        assert store.wait_for_changes(0.05) is False
+        with tokenstore.open(pg_url, webhook_allow=["127.0.0.1/32"], sync_budget=0) as other:
+            other.register(Memo)
+            other.webhooks.create("memos", Memo, "http://127.0.0.1:9/")  # changes are captured
+            Memo.create(text="elsewhere")
+        assert store.wait_for_changes(5) is True
+
+
+# -- values the server refuses --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"text": "a\x00b"},  # PostgreSQL's text holds no NUL (SQLite's does)
+        {"count": 2**31},  # peewee's IntegerField is 32 bits on PostgreSQL
+        {"count": -(2**63) - 1},
+    ],
+)
+def test_a_value_the_server_refuses_is_a_validation_error_and_nothing_is_written(
+    pg_url: str, values: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with tokenstore.open(pg_url) as store:
+        store.register(Memo)
+        with caplog.at_level(logging.WARNING):
+            with pytest.raises(ValidationError, match="cannot be stored in PostgreSQL"):
+                Memo.create(**values)
+            with pytest.raises(ValidationError), store.atomic():
+                Memo.create(text="before")
+                Memo.create(**values)
+            with pytest.raises(ValidationError):
+                Memo.select().where(Memo.text == "a\x00b").count()
+        assert Memo.select().count() == 0
+        Memo.create(text="after")  # the connection is usable
+        assert [m.text for m in Memo.select()] == ["after"]
+    # psycopg's warning about the pipeline the failure left behind is not logged
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+
+
+# -- a server that lets the session only read -----------------------------------------------
+
+READ_ONLY_SESSION = "options=-c%20default_transaction_read_only%3Don"
+
+
+def test_a_session_the_server_lets_only_read_opens_read_only(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with tokenstore.open(pg_url) as store:
+        store.users.create("alice")
+    with caplog.at_level(logging.WARNING, logger="tokenstore"):
+        store = tokenstore.open(f"{pg_url}?{READ_ONLY_SESSION}")
+    try:
+        assert store.db.read_only
+        assert store.users.get("alice").username == "alice"
+        with pytest.raises(StoreReadOnly, match="is open read-only"):
+            store.users.create("bob")
+    finally:
+        store.close()
+    assert any("opening it read-only" in r.getMessage() for r in caplog.records)
+    assert _db.rows(pg_url, "SELECT count(*) FROM tokenstore_user") == [(2,)]
+
+
+def test_an_empty_database_the_server_lets_only_read_is_refused_without_a_warning(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    refused = pytest.raises(StoreReadOnly, match="has schema version 0")
+    with caplog.at_level(logging.WARNING, logger="tokenstore"), refused:
+        tokenstore.open(f"{pg_url}?{READ_ONLY_SESSION}")
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_read_only_keeps_the_urls_own_options(pg_url: str) -> None:
+    """The URL's ``options`` (a search_path here) hold when tokenstore adds its own."""
+    _db.edit(pg_url, "CREATE SCHEMA elsewhere")
+    url = f"{pg_url}?options=-c%20search_path%3Delsewhere"
+    with tokenstore.open(url) as store:
+        store.users.create("alice")
+    assert _db.rows(pg_url, "SELECT count(*) FROM elsewhere.tokenstore_user") == [(2,)]
+    with tokenstore.open(url, read_only=True) as reader:
+        assert reader.users.get("alice").username == "alice"

@@ -13,22 +13,38 @@ them into psycopg's ``%s``. psycopg (3) is an optional extra.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import unquote, urlsplit
 
 import peewee
 
 from ._backend import CommitHooks, is_write, quote_literal, to_version_2
 from ._capture import CaptureSpec, RelationSpec
-from ._compat import RedactedQueryLog, driver_error, peewee_errors
+from ._compat import (
+    RedactedQueryLog,
+    current_connection,
+    driver_error,
+    forget_connection,
+    peewee_errors,
+)
 from ._dispatch import ClaimStatements
-from ._errors import StoreError, StoreReadOnly, ValidationError
+from ._errors import (
+    StoreCorrupt,
+    StoreError,
+    StoreFull,
+    StoreIOError,
+    StoreLocked,
+    StoreReadOnly,
+    TokenstoreError,
+    ValidationError,
+)
 from ._inputs import check_text
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import (
@@ -43,6 +59,8 @@ from ._times import format_time, utcnow
 
 if TYPE_CHECKING:
     import psycopg
+
+logger = logging.getLogger("tokenstore.store")
 
 #: The schema version this code writes, kept in ``tokenstore_schema_version``.
 SCHEMA_VERSION = 2
@@ -197,7 +215,114 @@ def _driver() -> Any:
 
 
 def _in_transaction(conn: psycopg.Connection[Any]) -> bool:
-    return bool(conn.info.transaction_status != _driver().pq.TransactionStatus.IDLE)
+    """Whether a transaction is open on the server (a lost connection has none)."""
+    status = _driver().pq.TransactionStatus
+    return conn.info.transaction_status not in (status.IDLE, status.UNKNOWN)
+
+
+#: What a failed statement means for the store, by SQLSTATE or its two-character class.
+#: Other errors (a constraint, a syntax error) are the caller's business and stay peewee's.
+_FAULTS: dict[str, tuple[type[TokenstoreError], str]] = {
+    "25006": (StoreReadOnly, "the server lets this session only read"),
+    "42501": (StoreError, "the role of the URL may not do this"),
+    "53100": (StoreFull, "the server's disk is full"),
+    "55P03": (StoreLocked, "a lock stayed taken by another transaction"),
+    "40P01": (StoreLocked, "a deadlock with another transaction; retry"),
+    "58030": (StoreIOError, "the server failed to read or write its files"),
+    "XX001": (StoreCorrupt, "the server found damaged data"),
+    "XX002": (StoreCorrupt, "the server found a damaged index"),
+}
+
+#: SQLSTATEs (and classes) of a connection the server ended or lost.
+_LOST = ("08", "57P01", "57P02", "57P03")
+
+
+def _fault(exc: Exception, conn: psycopg.Connection[Any], where: str) -> TokenstoreError | None:
+    """The tokenstore error a failed statement amounts to, or None to raise the driver's own.
+
+    A value the server refuses (class 22: NUL in text, a number out of its
+    column's range, a string too long for its column) is bad input, as the
+    same value is on SQLite when its driver refuses it; the value itself is
+    left out of the message, for it may be a secret.
+    """
+    state = getattr(exc, "sqlstate", None) or ""
+    text = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc).strip()
+    detail = text.partition("\n")[0] or type(exc).__name__
+    if conn.closed or state.startswith(_LOST):
+        return StoreIOError(
+            f"{where}: the connection to the server was lost ({detail}); "
+            "the next call connects again"
+        )
+    if isinstance(exc, _driver().DataError):  # the server's class 22, or psycopg's own
+        return ValidationError(
+            f"a value cannot be stored in PostgreSQL: {detail.partition(': ')[0]}"
+        )
+    kind, what = _FAULTS.get(state, (None, ""))
+    return None if kind is None else kind(f"{where}: {what} ({detail})")
+
+
+@contextmanager
+def _translated(conn: psycopg.Connection[Any], where: str) -> Iterator[None]:
+    """Raise the store's faults met in the block as tokenstore's errors (see ``_fault``)."""
+    try:
+        yield
+    except _driver().Error as exc:
+        fault = _fault(exc, conn, where)
+        if fault is None:
+            raise
+        raise fault from exc
+
+
+def _cursor_class(where: str) -> type[psycopg.Cursor[Any]]:
+    """psycopg's cursor, raising the store's faults as tokenstore's errors.
+
+    Every statement goes through a cursor: peewee's queries, and tokenstore's
+    own on the raw connection (``conn.execute`` makes one too), so this is
+    the one place that all of them pass, as ``_raise_fault`` is on SQLite.
+    Results come back from the server when read in a pipeline, so do its errors.
+    """
+    import psycopg
+
+    class Cursor(psycopg.Cursor[Any]):
+        def execute(self, query: Any, params: Any = None, **options: Any) -> Self:
+            with _translated(self.connection, where):
+                return super().execute(query, params, **options)
+
+        def fetchone(self) -> Any:
+            with _translated(self.connection, where):
+                return super().fetchone()
+
+        def fetchmany(self, size: int = 0) -> list[Any]:
+            with _translated(self.connection, where):
+                return super().fetchmany(size)
+
+        def fetchall(self) -> list[Any]:
+            with _translated(self.connection, where):
+                return super().fetchall()
+
+    return Cursor
+
+
+@contextmanager
+def _pipelined(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """``conn.pipeline()``, raising what failed in the block and nothing after it.
+
+    Leaving a pipeline collects what is still pending, which fails again
+    after a failed statement (or on a lost connection); psycopg would log
+    that second error as a warning, a stray line on a command's stderr.
+    """
+    failure: BaseException | None = None
+    try:
+        with conn.pipeline():
+            try:
+                yield
+            except BaseException as exc:
+                failure = exc
+    except _driver().Error:
+        if failure is None:
+            raise
+    if failure is not None:
+        raise failure
 
 
 @contextmanager
@@ -222,11 +347,15 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     def __init__(self, url: str, *, hooks: CommitHooks, read_only: bool = False) -> None:
         # A registered model's UUID primary key is stored as 32 hex digits, as on SQLite;
         # a read-only store's sessions refuse writes on the server too.
-        options: dict[str, Any] = (
-            {"options": "-c default_transaction_read_only=on"} if read_only else {}
-        )
-        if "connect_timeout" not in _driver().conninfo.conninfo_to_dict(url):
+        # The URL's own options are kept: a keyword given to psycopg replaces the URL's.
+        given = _driver().conninfo.conninfo_to_dict(url)
+        options: dict[str, Any] = {}
+        if read_only:
+            own = given.get("options")
+            options["options"] = f"{own or ''} -c default_transaction_read_only=on".lstrip()
+        if "connect_timeout" not in given:
             options["connect_timeout"] = CONNECT_TIMEOUT
+        options["cursor_factory"] = _cursor_class(redacted_url(url))
         super().__init__(url, prefer_psycopg3=True, field_types={"UUID": "TEXT"}, **options)
         self.url = url
         #: Opened with ``read_only``: nothing is written, writes raise StoreReadOnly.
@@ -248,11 +377,35 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             cause = driver_error(exc)
             if cause is None:  # peewee's own ("already opened")
                 raise
-            text = str(cause).strip()
-            detail = text.splitlines()[0] if text else type(cause).__name__
-            raise StoreError(
-                f"cannot connect to {redacted_url(self.url)}: {without_secrets(detail, self.url)}"
-            ) from None
+            raise self._cannot_connect(cause) from None
+
+    def _cannot_connect(self, cause: BaseException) -> StoreError:
+        text = str(cause).strip()
+        detail = text.splitlines()[0] if text else type(cause).__name__
+        return StoreError(
+            f"cannot connect to {redacted_url(self.url)}: {without_secrets(detail, self.url)}"
+        )
+
+    def connection(self) -> Any:
+        """This thread's connection; one the server ended is replaced by a new one.
+
+        Inside a transaction it is not: what the transaction did is gone
+        with the connection, so its next statement raises StoreIOError.
+        """
+        conn = current_connection(self)
+        if conn is not None and conn.closed:
+            if self.in_transaction():
+                raise StoreIOError(
+                    f"{redacted_url(self.url)}: the connection to the server was lost in the "
+                    "middle of a transaction, which was rolled back"
+                )
+            forget_connection(self)
+        return super().connection()
+
+    def cursor(self, named_cursor: Any = None) -> Any:
+        """peewee's cursor, on a connection that is still there (see ``connection``)."""
+        self.connection()
+        return super().cursor(named_cursor)
 
     @staticmethod
     def sql(text: str) -> str:
@@ -278,7 +431,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             yield conn
             return
         with peewee_errors, _rolled_back_on_error(conn):
-            with conn.pipeline():
+            with _translated(conn, redacted_url(self.url)), _pipelined(conn):
                 conn.execute("BEGIN")
                 if not quiet:
                     self.hooks.on_begin(conn)
@@ -324,7 +477,12 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             raise
 
     def commit(self) -> None:
-        conn = self.connection()
+        conn = current_connection(self)  # not a new one: the transaction is on this one
+        if conn is None or conn.closed:
+            raise StoreIOError(
+                f"{redacted_url(self.url)}: the connection to the server was lost before the "
+                "transaction committed; nothing of it was saved"
+            )
         claimed = self.hooks.claim(conn) if _in_transaction(conn) else None
         with peewee_errors:
             conn.execute("COMMIT")
@@ -334,10 +492,16 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             self.hooks.after_commit(conn)
 
     def rollback(self) -> None:
-        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires."""
-        super().rollback()
+        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires.
+
+        A lost connection's transaction ended with it: there is nothing to roll back,
+        and the error that ended it is what the caller sees.
+        """
+        conn = current_connection(self)
+        if conn is not None and not conn.closed:
+            super().rollback()
         if not self.in_transaction():
-            self.hooks.after_commit(self.connection())
+            self.hooks.after_commit(conn)
 
     def checkpoint_before_close(self) -> None:
         """Nothing to do: the server keeps its own files (SQLite empties its WAL here)."""
@@ -480,17 +644,30 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         deadline = time.monotonic() + timeout
         listener = getattr(self._listening, "conn", None)
         if listener is None:
-            listener = self._listening.conn = _driver().connect(
-                self.url, autocommit=True, **self.connect_params
-            )
-            listener.execute(f"LISTEN {CHANNEL}")
-        while True:
-            remaining = max(0.0, deadline - time.monotonic())
-            notes = list(listener.notifies(timeout=remaining, stop_after=1))
-            if any(note.pid != own for note in notes):
-                return True
-            if not notes or time.monotonic() >= deadline:
-                return False
+            listener = self._listening.conn = self._listen()
+        try:
+            while True:
+                remaining = max(0.0, deadline - time.monotonic())
+                notes = list(listener.notifies(timeout=remaining, stop_after=1))
+                if any(note.pid != own for note in notes):
+                    return True
+                if not notes or time.monotonic() >= deadline:
+                    return False
+        except _driver().OperationalError:
+            # The server ended the listening connection: what it would have heard since
+            # is unknown, so something may have changed. The next call listens anew.
+            listener.close()
+            self._listening.conn = None
+            return True
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        """A connection of its own, listening on the channel the capture triggers notify."""
+        try:
+            listener = _driver().connect(self.url, autocommit=True, **self.connect_params)
+        except _driver().Error as exc:
+            raise self._cannot_connect(exc) from None
+        listener.execute(f"LISTEN {CHANNEL}")
+        return listener  # type: ignore[no-any-return]
 
 
 def open_database(
@@ -500,21 +677,36 @@ def open_database(
 
     Without ``create`` a database tokenstore has not set up is refused; with
     ``read_only`` nothing is written, so its schema must already be current.
+    A server that lets the session only read (a standby, or
+    ``default_transaction_read_only``) is opened read-only, with a warning,
+    as a file this process cannot write is.
     """
     _driver()  # without psycopg, say which extra brings it before peewee complains
     url = connection_url(url)
     db = PostgresDatabase(url, hooks=hooks, read_only=read_only)
-    db.connection()
-    version = db.schema_version()
-    if version == 0 and (read_only or not create):
-        db.close()
-        raise StoreError(f"{redacted_url(url)} holds no tokenstore (and create=False or read_only)")
-    if version != SCHEMA_VERSION:
-        if read_only and version < SCHEMA_VERSION:
-            db.close()
+    try:
+        (setting,) = db.connection().execute("SHOW transaction_read_only").fetchone()
+        fell_back = not read_only and setting == "on"
+        version = db.schema_version()
+        if version == 0 and (read_only or not create):
+            raise StoreError(
+                f"{redacted_url(url)} holds no tokenstore (and create=False or read_only)"
+            )
+        if version < SCHEMA_VERSION and (read_only or fell_back):
             raise StoreReadOnly(
                 f"{redacted_url(url)} has schema version {version} and needs migrating to "
                 f"{SCHEMA_VERSION}, which a read-only store cannot do"
             )
-        db.apply_schema()
+        if fell_back:  # said once the database is accepted: a refusal is one message
+            logger.warning(
+                "%s lets this session only read (a standby server, or "
+                "default_transaction_read_only); opening it read-only",
+                redacted_url(url),
+            )
+            db.read_only = True
+        if version != SCHEMA_VERSION:
+            db.apply_schema()
+    except BaseException:
+        db.close()
+        raise
     return db
