@@ -24,6 +24,7 @@ from tokenstore import (
     Store,
     StoreError,
     StoreIOError,
+    StoreLocked,
     StoreReadOnly,
     ValidationError,
 )
@@ -231,3 +232,16 @@ def test_read_only_keeps_the_urls_own_options(pg_url: str) -> None:
     assert _db.rows(pg_url, "SELECT count(*) FROM elsewhere.tokenstore_user") == [(2,)]
     with tokenstore.open(url, read_only=True) as reader:
         assert reader.users.get("alice").username == "alice"
+
+
+def test_a_lock_another_session_keeps_is_waited_for_at_most_busy_timeout(pg_url: str) -> None:
+    """As an SQLite writer waits for the file's lock: StoreLocked, not a wait without end."""
+    with tokenstore.open(pg_url, busy_timeout=5) as store:
+        store.users.create("alice")
+        with psycopg.connect(pg_url) as other:  # a session left in a transaction holding a lock
+            other.execute("LOCK TABLE tokenstore_user IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(StoreLocked, match="busy_timeout"):
+                store.users.get("alice")
+            assert 4 < time.monotonic() - started < 30
+        assert store.users.get("alice").username == "alice"

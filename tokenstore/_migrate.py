@@ -26,7 +26,7 @@ from ._postgres import open_database as open_postgres
 from ._rows import column_list, quote_name
 from ._sqlite import SQLiteDatabase, open_database
 
-#: Seconds a writer waits for an SQLite file's lock during the copy.
+#: Seconds a writer waits for the file's lock (or a server's) during the copy.
 _BUSY_TIMEOUT = 30.0
 
 
@@ -95,7 +95,7 @@ def _same_file(source: str, dest: str) -> bool:
 
 def _open(location: str, *, must_exist: bool) -> SQLiteDatabase | PostgresDatabase:
     if is_url(location):  # a source that holds no tokenstore is refused, not set up
-        return open_postgres(location, _NoDispatch(), create=not must_exist)
+        return open_postgres(location, _NoDispatch(), _BUSY_TIMEOUT, create=not must_exist)
     path = Path(location)
     try:
         missing = must_exist and not path.is_file()

@@ -226,7 +226,7 @@ _FAULTS: dict[str, tuple[type[TokenstoreError], str]] = {
     "25006": (StoreReadOnly, "the server lets this session only read"),
     "42501": (StoreError, "the role of the URL may not do this"),
     "53100": (StoreFull, "the server's disk is full"),
-    "55P03": (StoreLocked, "a lock stayed taken by another transaction"),
+    "55P03": (StoreLocked, "another transaction held a lock for the whole busy_timeout"),
     "40P01": (StoreLocked, "a deadlock with another transaction; retry"),
     "58030": (StoreIOError, "the server failed to read or write its files"),
     "XX001": (StoreCorrupt, "the server found damaged data"),
@@ -344,15 +344,19 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     dispatcher claim the transaction's events first and fire them after.
     """
 
-    def __init__(self, url: str, *, hooks: CommitHooks, read_only: bool = False) -> None:
-        # A registered model's UUID primary key is stored as 32 hex digits, as on SQLite;
-        # a read-only store's sessions refuse writes on the server too.
-        # The URL's own options are kept: a keyword given to psycopg replaces the URL's.
+    def __init__(
+        self, url: str, *, hooks: CommitHooks, busy_timeout: float, read_only: bool = False
+    ) -> None:
+        # A registered model's UUID primary key is stored as 32 hex digits, as on SQLite.
+        # A statement waits for another transaction's lock at most busy_timeout, as an
+        # SQLite writer does (without it, a session left holding a lock held every call);
+        # a read-only store's sessions refuse writes on the server too. The URL's own
+        # options are kept: a keyword given to psycopg replaces the URL's.
         given = _driver().conninfo.conninfo_to_dict(url)
-        options: dict[str, Any] = {}
+        settings = [f"-c lock_timeout={int(busy_timeout * 1000)}", given.get("options", "")]
         if read_only:
-            own = given.get("options")
-            options["options"] = f"{own or ''} -c default_transaction_read_only=on".lstrip()
+            settings.append("-c default_transaction_read_only=on")
+        options: dict[str, Any] = {"options": " ".join(filter(None, settings))}
         if "connect_timeout" not in given:
             options["connect_timeout"] = CONNECT_TIMEOUT
         options["cursor_factory"] = _cursor_class(redacted_url(url))
@@ -671,7 +675,12 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
 
 
 def open_database(
-    url: str, hooks: CommitHooks, *, create: bool = True, read_only: bool = False
+    url: str,
+    hooks: CommitHooks,
+    busy_timeout: float,
+    *,
+    create: bool = True,
+    read_only: bool = False,
 ) -> PostgresDatabase:
     """The database at ``url``, its schema created or brought up to date.
 
@@ -683,7 +692,7 @@ def open_database(
     """
     _driver()  # without psycopg, say which extra brings it before peewee complains
     url = connection_url(url)
-    db = PostgresDatabase(url, hooks=hooks, read_only=read_only)
+    db = PostgresDatabase(url, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
     try:
         (setting,) = db.connection().execute("SHOW transaction_read_only").fetchone()
         fell_back = not read_only and setting == "on"

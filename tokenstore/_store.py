@@ -103,7 +103,11 @@ class Store:
                 opts.listener_timeout,
             )
             self.db = open_postgres(
-                path, self.dispatcher, create=opts.create, read_only=opts.read_only
+                path,
+                self.dispatcher,
+                opts.busy_timeout,
+                create=opts.create,
+                read_only=opts.read_only,
             )
         else:
             self.path = check_path(path, "the store path")
