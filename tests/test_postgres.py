@@ -75,6 +75,8 @@ def test_a_server_that_never_answers_is_given_up_on(monkeypatch: pytest.MonkeyPa
             tokenstore.open(url + "?connect_timeout=2")
         assert time.monotonic() - started < 10
     assert "SEKRIT" not in str(caught.value)
+    # what code written against plain peewee catches, as it did before (Store.close() too)
+    assert isinstance(caught.value, peewee.OperationalError)
 
 
 # -- the server ends a connection -----------------------------------------------------------

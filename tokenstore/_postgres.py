@@ -383,10 +383,11 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
                 raise
             raise self._cannot_connect(cause) from None
 
-    def _cannot_connect(self, cause: BaseException) -> StoreError:
+    def _cannot_connect(self, cause: BaseException) -> StoreIOError:
+        """What a refused connection raises: a StoreError, and the OperationalError it was."""
         text = str(cause).strip()
         detail = text.splitlines()[0] if text else type(cause).__name__
-        return StoreError(
+        return StoreIOError(
             f"cannot connect to {redacted_url(self.url)}: {without_secrets(detail, self.url)}"
         )
 
