@@ -8,7 +8,10 @@ refused or are ended by the server, sessions that may only read.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +25,7 @@ import tokenstore
 from tokenstore import (
     ABIDModel,
     Store,
+    StoreCorrupt,
     StoreError,
     StoreIOError,
     StoreLocked,
@@ -247,3 +251,61 @@ def test_a_lock_another_session_keeps_is_waited_for_at_most_busy_timeout(pg_url:
                 store.users.get("alice")
             assert 4 < time.monotonic() - started < 30
         assert store.users.get("alice").username == "alice"
+
+
+# -- what the database holds ----------------------------------------------------------------
+
+
+def test_a_database_without_a_table_its_version_promises_is_refused(pg_url: str) -> None:
+    tokenstore.open(pg_url).close()
+    _db.edit(pg_url, "DROP TABLE tokenstore_change_event")
+    for options in ({}, {"read_only": True}):
+        with pytest.raises(
+            StoreCorrupt, match="schema version 2 but lacks tokenstore_change_event"
+        ):
+            tokenstore.open(pg_url, **options)
+
+
+def test_tables_named_like_tokenstores_without_its_version_are_refused_untouched(
+    pg_url: str,
+) -> None:
+    """Another program's table (or a dropped version table): creating the schema would clash."""
+    _db.edit(
+        pg_url,
+        "CREATE TABLE tokenstore_user (name TEXT)",
+        "INSERT INTO tokenstore_user VALUES ('x')",
+    )
+    with pytest.raises(StoreError, match=r"tables named like tokenstore's \(tokenstore_user\)"):
+        tokenstore.open(pg_url)
+    assert _db.rows(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'") == [
+        ("tokenstore_user",)
+    ]
+    assert _db.rows(pg_url, "SELECT * FROM tokenstore_user") == [("x",)]
+
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def test_the_command_reports_a_raw_statements_error_in_a_line(pg_url: str) -> None:
+    """A statement tokenstore runs on the raw connection fails (a trigger refuses it here)."""
+    tokenstore.open(pg_url).close()
+    _db.edit(
+        pg_url,
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'refused by a trigger'; END $$",
+        "CREATE TRIGGER refuse BEFORE DELETE ON tokenstore_change_event "
+        "FOR EACH STATEMENT EXECUTE FUNCTION refuse()",
+        "INSERT INTO tokenstore_change_event (table_name, op, row_pk, new_row) "
+        "VALUES ('tokenstore_user', 'INSERT', '1', '{}')",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "tokenstore", "dispatch"],
+        env={**os.environ, "TOKENSTORE_DB": pg_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "app-password" not in done.stderr
+    assert done.stderr.splitlines()[-1].startswith("tokenstore: error: postgresql://app:***@")
+    assert "refused by a trigger" in done.stderr.splitlines()[-1]

@@ -194,6 +194,34 @@ def schema_statement(name: str) -> str:
     raise StoreError(f"schema-postgres.sql creates nothing named {name!r}")
 
 
+def _our_tables() -> frozenset[str]:
+    return frozenset(re.findall(r'^CREATE TABLE "(\w+)"', schema_sql(), re.MULTILINE))
+
+
+def _check_tables(db: PostgresDatabase, version: int) -> None:
+    """Refuse a database whose tables do not match its schema version, before anything runs.
+
+    Tables named like tokenstore's without a version (another program's, or a
+    version table dropped) would fail the schema's creation half-way; a
+    current version without all its tables fails every call later.
+    """
+    ours, present = _our_tables(), set(db.get_tables())
+    where = redacted_url(db.url)
+    clash = sorted(ours & present) if version == 0 else []
+    if clash:
+        raise StoreError(
+            f"{where} has tables named like tokenstore's ({', '.join(clash)}) but no tokenstore "
+            f"schema version ({VERSION_TABLE}): another program's, or its version table was "
+            "dropped"
+        )
+    missing = sorted(ours - present) if version == SCHEMA_VERSION else []
+    if missing:
+        raise StoreCorrupt(
+            f"{where} has schema version {version} but lacks {', '.join(missing)}; "
+            "restore it from a backup"
+        )
+
+
 def _to_version_2(conn: psycopg.Connection[Any]) -> None:
     """Version 2 (see ``to_version_2``); version 1 triggers here already name public refs."""
     to_version_2(conn.execute, schema_statement)
@@ -212,6 +240,15 @@ def _driver() -> Any:
     except ImportError:
         raise StoreError(_INSTALL_HINT) from None
     return psycopg
+
+
+def driver_errors() -> tuple[type[Exception], ...]:
+    """psycopg's base exception class, if psycopg is installed (a raw statement's errors)."""
+    try:
+        import psycopg
+    except ImportError:
+        return ()
+    return (psycopg.Error,)
 
 
 def _in_transaction(conn: psycopg.Connection[Any]) -> bool:
@@ -698,6 +735,7 @@ def open_database(
         (setting,) = db.connection().execute("SHOW transaction_read_only").fetchone()
         fell_back = not read_only and setting == "on"
         version = db.schema_version()
+        _check_tables(db, version)
         if version == 0 and (read_only or not create):
             raise StoreError(
                 f"{redacted_url(url)} holds no tokenstore (and create=False or read_only)"
