@@ -7,13 +7,17 @@ refused or are ended by the server, sessions that may only read.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import _db
@@ -309,3 +313,68 @@ def test_the_command_reports_a_raw_statements_error_in_a_line(pg_url: str) -> No
     assert "Traceback" not in done.stderr and "app-password" not in done.stderr
     assert done.stderr.splitlines()[-1].startswith("tokenstore: error: postgresql://app:***@")
     assert "refused by a trigger" in done.stderr.splitlines()[-1]
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[str, list[bytes]]]:
+    """A webhook receiver on 127.0.0.1 that keeps the bodies it is sent."""
+    received: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_dispatch_watch_outlives_the_server_ending_its_connections(
+    pg_url: str, receiver: tuple[str, list[bytes]]
+) -> None:
+    """A PostgreSQL restart (here: the server ending the watcher's sessions) is ridden out."""
+    url, received = receiver
+    allow = ("--allow", "127.0.0.1/32")
+    with tokenstore.open(pg_url, webhook_allow=["127.0.0.1/32"]) as store:
+        store.webhooks.create("users", "tokenstore.User", url)
+    env = {**os.environ, "TOKENSTORE_DB": pg_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenstore", *allow, "dispatch", "--watch", "--interval", "0.2s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        deadline = time.monotonic() + 20
+        while _db.rows(pg_url, sessions) < [(3,)] and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the watcher has its connection and its listening one
+        _db.edit(
+            pg_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        time.sleep(0.5)
+        _db.edit(
+            pg_url,
+            "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
+            "VALUES ('watched', FALSE, '2024-01-01T00:00:00.000Z')",
+        )
+        deadline = time.monotonic() + 20
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert [json.loads(body)["data"]["fields"]["username"] for body in received] == ["watched"]
+    assert proc.returncode == 0, err
+    assert "connection to the server was lost" in err and "trying again" in err
+    assert "Traceback" not in err and "app-password" not in err
