@@ -21,8 +21,9 @@ from ._capture import EVENT_TABLE
 from ._errors import StoreError, ValidationError
 from ._inputs import check_flag, check_path, check_text
 from ._models import OWN_MODELS
-from ._postgres import PostgresDatabase, is_url, redacted_url
+from ._postgres import PostgresDatabase
 from ._postgres import open_database as open_postgres
+from ._postgres_url import is_url, redacted_url
 from ._rows import column_list, quote_name
 from ._sqlite import SQLiteDatabase, open_database
 

@@ -20,8 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any
 
 import peewee
 
@@ -38,14 +37,10 @@ from ._dispatch import ClaimStatements
 from ._errors import (
     StoreCorrupt,
     StoreError,
-    StoreFull,
     StoreIOError,
-    StoreLocked,
     StoreReadOnly,
-    TokenstoreError,
     ValidationError,
 )
-from ._inputs import check_text
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import (
     CHANNEL,
@@ -54,6 +49,16 @@ from ._postgres_ddl import (
     function_name,
     relation_triggers,
 )
+from ._postgres_driver import (
+    cursor_class,
+    driver,
+    in_transaction,
+    pipelined,
+    rolled_back_on_error,
+    translated,
+)
+from ._postgres_url import connection_url, redacted_url, without_secrets
+from ._postgres_url import is_url as is_url  # bench/scale.py imports it from here
 from ._rows import quote_name
 from ._times import format_time, utcnow
 
@@ -75,92 +80,6 @@ _SCHEMA_LOCK = 0x746F6B656E  # "token"
 #: a server that accepts but never answers (stopped, or a firewall's black hole) would
 #: otherwise hold every call forever.
 CONNECT_TIMEOUT = 10
-
-_INSTALL_HINT = "PostgreSQL support needs psycopg: pip install 'tokenstore[postgres]'"
-
-
-#: Query parameters libpq reads a secret from (``?password=`` works like ``user:pw@``).
-_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
-
-
-def is_url(location: str) -> bool:
-    """Whether ``tokenstore.open`` was given a PostgreSQL URL rather than a file path.
-
-    A scheme has no case, so ``POSTGRESQL://`` is a URL too (never a file
-    named like one, whose path would repeat the password in messages).
-    """
-    return location[:13].lower().startswith(("postgresql://", "postgres://"))
-
-
-def redacted_url(url: str) -> str:
-    """The URL without its password (in the user part or the query), for messages and reprs."""
-    scheme, separator, _ = url.partition("://")
-    if not separator:  # a file path
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # say, an unclosed [ in the host: nothing of it is shown
-        return f"{scheme}://***"
-    user, at, host = parts.netloc.rpartition("@")
-    netloc = f"{user.partition(':')[0]}:***@{host}" if at and ":" in user else parts.netloc
-    query = "&".join(
-        f"{key}=***" if unquote(key).lower() in _SECRET_PARAMETERS else f"{key}{eq}{value}"
-        for key, eq, value in (pair.partition("=") for pair in parts.query.split("&"))
-    )
-    return (
-        f"{scheme}://{netloc}{parts.path}"
-        + (f"?{query}" if parts.query else "")
-        + (f"#{parts.fragment}" if parts.fragment else "")
-    )
-
-
-def connection_url(url: str) -> str:
-    """The URL as libpq must get it: checked, its scheme ``postgresql``, its user part unambiguous.
-
-    libpq takes the first ``@`` as the end of the password, where URL
-    parsers take the last; an ``@`` in a user name or password must be
-    written ``%40``, or the rest of the password would become the host name
-    and appear in connection errors. peewee hands libpq only a
-    ``postgresql://`` URL as one (``postgres://`` would be a database name).
-    A URL libpq cannot parse is refused here, without the parser's message
-    quoting the password back.
-    """
-    check_text(url, "the PostgreSQL URL")
-    rest = url.partition("://")[2]
-    if rest.partition("/")[0].count("@") > 1:
-        raise ValidationError(
-            "the PostgreSQL URL's user name or password holds an '@': write it as %40"
-        )
-    url = f"postgresql://{rest}"
-    try:
-        _driver().conninfo.conninfo_to_dict(url)
-    except (_driver().ProgrammingError, UnicodeDecodeError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValidationError(
-            f"{redacted_url(url)} is not a valid PostgreSQL URL: {without_secrets(detail, url)}"
-        ) from None
-    return url
-
-
-def without_secrets(text: str, url: str) -> str:
-    """A driver's message with the URL, and any password of it, replaced by stars.
-
-    libpq quotes the part it could not parse, which may be the password or
-    the whole URL.
-    """
-    text = text.replace(url, redacted_url(url))
-    rest = url.partition("://")[2]
-    user = rest.partition("/")[0].partition("?")[0].rpartition("@")[0]
-    secrets = [user.partition(":")[2]] if ":" in user else []
-    query = rest.partition("?")[2].partition("#")[0]
-    for key, _, value in (pair.partition("=") for pair in query.split("&")):
-        if unquote(key).lower() in _SECRET_PARAMETERS:
-            secrets.append(value)
-    for secret in secrets:
-        for form in {secret, unquote(secret)}:
-            if form:
-                text = text.replace(form, "***")
-    return text
 
 
 def schema_sql() -> str:
@@ -231,146 +150,7 @@ def _to_version_2(conn: psycopg.Connection[Any]) -> None:
 MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {1: _to_version_2}
 
 
-# -- the connection -------------------------------------------------------------------------
-
-
-def _driver() -> Any:
-    try:
-        import psycopg
-    except ImportError:
-        raise StoreError(_INSTALL_HINT) from None
-    return psycopg
-
-
-def driver_errors() -> tuple[type[Exception], ...]:
-    """psycopg's base exception class, if psycopg is installed (a raw statement's errors)."""
-    try:
-        import psycopg
-    except ImportError:
-        return ()
-    return (psycopg.Error,)
-
-
-def _in_transaction(conn: psycopg.Connection[Any]) -> bool:
-    """Whether a transaction is open on the server (a lost connection has none)."""
-    status = _driver().pq.TransactionStatus
-    return conn.info.transaction_status not in (status.IDLE, status.UNKNOWN)
-
-
-#: What a failed statement means for the store, by SQLSTATE or its two-character class.
-#: Other errors (a constraint, a syntax error) are the caller's business and stay peewee's.
-_FAULTS: dict[str, tuple[type[TokenstoreError], str]] = {
-    "25006": (StoreReadOnly, "the server lets this session only read"),
-    "42501": (StoreError, "the role of the URL may not do this"),
-    "53100": (StoreFull, "the server's disk is full"),
-    "55P03": (StoreLocked, "another transaction held a lock for the whole busy_timeout"),
-    "40P01": (StoreLocked, "a deadlock with another transaction; retry"),
-    "58030": (StoreIOError, "the server failed to read or write its files"),
-    "XX001": (StoreCorrupt, "the server found damaged data"),
-    "XX002": (StoreCorrupt, "the server found a damaged index"),
-}
-
-#: SQLSTATEs (and classes) of a connection the server ended or lost.
-_LOST = ("08", "57P01", "57P02", "57P03")
-
-
-def _fault(exc: Exception, conn: psycopg.Connection[Any], where: str) -> TokenstoreError | None:
-    """The tokenstore error a failed statement amounts to, or None to raise the driver's own.
-
-    A value the server refuses (class 22: NUL in text, a number out of its
-    column's range, a string too long for its column) is bad input, as the
-    same value is on SQLite when its driver refuses it; the value itself is
-    left out of the message, for it may be a secret.
-    """
-    state = getattr(exc, "sqlstate", None) or ""
-    text = getattr(getattr(exc, "diag", None), "message_primary", None) or str(exc).strip()
-    detail = text.partition("\n")[0] or type(exc).__name__
-    if conn.closed or state.startswith(_LOST):
-        return StoreIOError(
-            f"{where}: the connection to the server was lost ({detail}); "
-            "the next call connects again"
-        )
-    if isinstance(exc, _driver().DataError):  # the server's class 22, or psycopg's own
-        return ValidationError(
-            f"a value cannot be stored in PostgreSQL: {detail.partition(': ')[0]}"
-        )
-    kind, what = _FAULTS.get(state, (None, ""))
-    return None if kind is None else kind(f"{where}: {what} ({detail})")
-
-
-@contextmanager
-def _translated(conn: psycopg.Connection[Any], where: str) -> Iterator[None]:
-    """Raise the store's faults met in the block as tokenstore's errors (see ``_fault``)."""
-    try:
-        yield
-    except _driver().Error as exc:
-        fault = _fault(exc, conn, where)
-        if fault is None:
-            raise
-        raise fault from exc
-
-
-def _cursor_class(where: str) -> type[psycopg.Cursor[Any]]:
-    """psycopg's cursor, raising the store's faults as tokenstore's errors.
-
-    Every statement goes through a cursor: peewee's queries, and tokenstore's
-    own on the raw connection (``conn.execute`` makes one too), so this is
-    the one place that all of them pass, as ``_raise_fault`` is on SQLite.
-    Results come back from the server when read in a pipeline, so do its errors.
-    """
-    import psycopg
-
-    class Cursor(psycopg.Cursor[Any]):
-        def execute(self, query: Any, params: Any = None, **options: Any) -> Self:
-            with _translated(self.connection, where):
-                return super().execute(query, params, **options)
-
-        def fetchone(self) -> Any:
-            with _translated(self.connection, where):
-                return super().fetchone()
-
-        def fetchmany(self, size: int = 0) -> list[Any]:
-            with _translated(self.connection, where):
-                return super().fetchmany(size)
-
-        def fetchall(self) -> list[Any]:
-            with _translated(self.connection, where):
-                return super().fetchall()
-
-    return Cursor
-
-
-@contextmanager
-def _pipelined(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """``conn.pipeline()``, raising what failed in the block and nothing after it.
-
-    Leaving a pipeline collects what is still pending, which fails again
-    after a failed statement (or on a lost connection); psycopg would log
-    that second error as a warning, a stray line on a command's stderr.
-    """
-    failure: BaseException | None = None
-    try:
-        with conn.pipeline():
-            try:
-                yield
-            except BaseException as exc:
-                failure = exc
-    except _driver().Error:
-        if failure is None:
-            raise
-    if failure is not None:
-        raise failure
-
-
-@contextmanager
-def _rolled_back_on_error(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """End an open transaction with ROLLBACK if the block fails (errors of a pipeline too)."""
-    try:
-        yield
-    except BaseException:
-        if _in_transaction(conn):
-            conn.execute("ROLLBACK")
-        raise
+# -- the database ---------------------------------------------------------------------------
 
 
 class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
@@ -389,14 +169,14 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         # SQLite writer does (without it, a session left holding a lock held every call);
         # a read-only store's sessions refuse writes on the server too. The URL's own
         # options are kept: a keyword given to psycopg replaces the URL's.
-        given = _driver().conninfo.conninfo_to_dict(url)
+        given = driver().conninfo.conninfo_to_dict(url)
         settings = [f"-c lock_timeout={int(busy_timeout * 1000)}", given.get("options", "")]
         if read_only:
             settings.append("-c default_transaction_read_only=on")
         options: dict[str, Any] = {"options": " ".join(filter(None, settings))}
         if "connect_timeout" not in given:
             options["connect_timeout"] = CONNECT_TIMEOUT
-        options["cursor_factory"] = _cursor_class(redacted_url(url))
+        options["cursor_factory"] = cursor_class(redacted_url(url))
         super().__init__(url, prefer_psycopg3=True, field_types={"UUID": "TEXT"}, **options)
         self.url = url
         #: Opened with ``read_only``: nothing is written, writes raise StoreReadOnly.
@@ -469,11 +249,11 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         """
         self.refuse_if_read_only()
         conn = self.connection()
-        if _in_transaction(conn):
+        if in_transaction(conn):
             yield conn
             return
-        with peewee_errors, _rolled_back_on_error(conn):
-            with _translated(conn, redacted_url(self.url)), _pipelined(conn):
+        with peewee_errors, rolled_back_on_error(conn):
+            with translated(conn, redacted_url(self.url)), pipelined(conn):
                 conn.execute("BEGIN")
                 if not quiet:
                     self.hooks.on_begin(conn)
@@ -488,7 +268,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         if self.read_only and is_write(sql):
             self.refuse_if_read_only()
         conn = self.connection()
-        if _in_transaction(conn) or not is_write(sql):
+        if in_transaction(conn) or not is_write(sql):
             return self._execute(sql, params)
         with self.write():
             return self._execute(sql, params)
@@ -525,7 +305,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
                 f"{redacted_url(self.url)}: the connection to the server was lost before the "
                 "transaction committed; nothing of it was saved"
             )
-        claimed = self.hooks.claim(conn) if _in_transaction(conn) else None
+        claimed = self.hooks.claim(conn) if in_transaction(conn) else None
         with peewee_errors:
             conn.execute("COMMIT")
         if claimed is not None:
@@ -580,7 +360,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         creates the tables; the others then find them there.
         """
         conn = self.connection()
-        with peewee_errors, _rolled_back_on_error(conn):  # a script cannot be pipelined
+        with peewee_errors, rolled_back_on_error(conn):  # a script cannot be pipelined
             conn.execute("BEGIN")
             self._lock_schema(conn)
             version = self.schema_version()
@@ -695,7 +475,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
                     return True
                 if not notes or time.monotonic() >= deadline:
                     return False
-        except _driver().OperationalError:
+        except driver().OperationalError:
             # The server ended the listening connection: what it would have heard since
             # is unknown, so something may have changed. The next call listens anew.
             listener.close()
@@ -705,8 +485,8 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     def _listen(self) -> psycopg.Connection[Any]:
         """A connection of its own, listening on the channel the capture triggers notify."""
         try:
-            listener = _driver().connect(self.url, autocommit=True, **self.connect_params)
-        except _driver().Error as exc:
+            listener = driver().connect(self.url, autocommit=True, **self.connect_params)
+        except driver().Error as exc:
             raise self._cannot_connect(exc) from None
         listener.execute(f"LISTEN {CHANNEL}")
         return listener  # type: ignore[no-any-return]
@@ -728,7 +508,7 @@ def open_database(
     ``default_transaction_read_only``) is opened read-only, with a warning,
     as a file this process cannot write is.
     """
-    _driver()  # without psycopg, say which extra brings it before peewee complains
+    driver()  # without psycopg, say which extra brings it before peewee complains
     url = connection_url(url)
     db = PostgresDatabase(url, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
     try:

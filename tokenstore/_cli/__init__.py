@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import peewee
 
 from .._errors import BlockedAddress, TokenstoreError
-from .._postgres import driver_errors, is_url, redacted_url
+from .._postgres_driver import driver_errors
+from .._postgres_url import is_url, redacted_url
 from .._version import __version__
 from ._accounts import add_tokens_commands, add_users_commands
 from ._base import _add_global_options, _Formatter, _Parser, _settle_global_options
