@@ -224,6 +224,27 @@ def test_a_session_the_server_lets_only_read_opens_read_only(
     assert _db.rows(pg_url, "SELECT count(*) FROM tokenstore_user") == [(2,)]
 
 
+def test_a_role_that_may_not_change_the_tables_opens_read_only(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As a file this process cannot write: readable, with a warning (it failed on opening)."""
+    with tokenstore.open(pg_url) as store:
+        store.users.create("alice")
+    _db.edit(
+        pg_url, "REVOKE INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public FROM CURRENT_USER"
+    )
+    with caplog.at_level(logging.WARNING, logger="tokenstore"):
+        store = tokenstore.open(pg_url)
+    try:
+        assert store.db.read_only
+        assert [u.username for u in store.users.list()] == ["system", "alice"]
+        with pytest.raises(StoreReadOnly, match="is open read-only"):
+            store.users.create("bob")
+    finally:
+        store.close()
+    assert any("no right to change" in r.getMessage() for r in caplog.records)
+
+
 def test_an_empty_database_the_server_lets_only_read_is_refused_without_a_warning(
     pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -492,6 +492,22 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         return listener  # type: ignore[no-any-return]
 
 
+def _only_reads(db: PostgresDatabase, version: int) -> str | None:
+    """Why this session may only read the store, if it may: what an unwritable file is."""
+    conn = db.connection()
+    (setting,) = conn.execute("SHOW transaction_read_only").fetchone()
+    if setting == "on":
+        return "lets this session only read (a standby server, or default_transaction_read_only)"
+    if version == 0:  # nothing to judge yet: setting it up says whether the role may
+        return None
+    (writes,) = conn.execute(
+        "SELECT bool_and(has_table_privilege(t, p)) FROM unnest(%s::text[]) AS t, "
+        "unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) AS p",
+        (sorted(_our_tables()),),
+    ).fetchone()
+    return None if writes else "gives this role no right to change tokenstore's tables"
+
+
 def open_database(
     url: str,
     hooks: CommitHooks,
@@ -512,10 +528,10 @@ def open_database(
     url = connection_url(url)
     db = PostgresDatabase(url, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
     try:
-        (setting,) = db.connection().execute("SHOW transaction_read_only").fetchone()
-        fell_back = not read_only and setting == "on"
         version = db.schema_version()
         _check_tables(db, version)
+        why = None if read_only else _only_reads(db, version)
+        fell_back = why is not None
         if version == 0 and (read_only or not create):
             raise StoreError(
                 f"{redacted_url(url)} holds no tokenstore (and create=False or read_only)"
@@ -526,11 +542,7 @@ def open_database(
                 f"{SCHEMA_VERSION}, which a read-only store cannot do"
             )
         if fell_back:  # said once the database is accepted: a refusal is one message
-            logger.warning(
-                "%s lets this session only read (a standby server, or "
-                "default_transaction_read_only); opening it read-only",
-                redacted_url(url),
-            )
+            logger.warning("%s %s; opening it read-only", redacted_url(url), why)
             db.read_only = True
         if version != SCHEMA_VERSION:
             db.apply_schema()
