@@ -44,10 +44,12 @@ from ._errors import (
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import (
     CHANNEL,
+    LONGEST_NAME,
     capture_triggers,
     claim_statements,
     function_name,
     relation_triggers,
+    trigger_name,
 )
 from ._postgres_driver import (
     cursor_class,
@@ -111,6 +113,21 @@ def schema_statement(name: str) -> str:
         if match and match[1] == name:
             return statement
     raise StoreError(f"schema-postgres.sql creates nothing named {name!r}")
+
+
+def check_names(model: type[peewee.Model]) -> None:
+    """Refuse a table or column name longer than PostgreSQL keeps (63 bytes).
+
+    The server would cut it without a word: two long table names could
+    become one table, two long column names one column.
+    """
+    names = [model._meta.table_name, *(f.column_name for f in model._meta.sorted_fields)]
+    for name in names:
+        if len(name.encode()) > LONGEST_NAME:
+            raise ValidationError(
+                f"{model.__name__}: {name!r} is {len(name.encode())} bytes long, and PostgreSQL "
+                f"keeps only the first {LONGEST_NAME} of a name; give it a shorter name"
+            )
 
 
 def _our_tables() -> frozenset[str]:
@@ -399,7 +416,10 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
 
         With ``safe``, tables that exist are skipped outright: even
         ``CREATE INDEX IF NOT EXISTS`` locks its table against writers first.
+        A name PostgreSQL would cut is refused first (see ``check_names``).
         """
+        for model in models:
+            check_names(model)
         with self.atomic():
             self._lock_schema(self.connection())
             if safe:
@@ -409,15 +429,13 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
 
     def install_capture(self, spec: CaptureSpec) -> None:
         """(Re)create a table's capture triggers so they match its model's current fields."""
-        self._install_triggers(spec, "capture", capture_triggers(spec))
+        self._install_triggers(spec, capture_triggers(spec))
 
     def install_relation_capture(self, spec: RelationSpec) -> None:
         """(Re)create a join table's triggers so they match the sides registered now."""
-        self._install_triggers(spec, "relation", relation_triggers(spec))
+        self._install_triggers(spec, relation_triggers(spec))
 
-    def _install_triggers(
-        self, spec: CaptureSpec | RelationSpec, kind: str, statements: list[str]
-    ) -> None:
+    def _install_triggers(self, spec: CaptureSpec | RelationSpec, statements: list[str]) -> None:
         """Replace a table's triggers of one kind with ``statements`` (a function, then triggers).
 
         Dropping a trigger locks its table against every reader and writer, so
@@ -435,8 +453,8 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             ).fetchone() or (None,)
             if current == digest:
                 return
-            for suffix in ("insert", "update", "delete"):
-                trigger = quote_name(f"{spec.table}_{kind}_{suffix}")
+            for op in ("insert", "update", "delete"):
+                trigger = trigger_name(spec, op)
                 conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {quote_name(spec.table)}")
             for statement in statements:
                 conn.execute(statement)
@@ -503,7 +521,7 @@ def _only_reads(db: PostgresDatabase, version: int) -> str | None:
     (writes,) = conn.execute(
         "SELECT bool_and(has_table_privilege(t, p)) FROM unnest(%s::text[]) AS t, "
         "unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) AS p",
-        (sorted(_our_tables()),),
+        (sorted(_our_tables() & set(db.get_tables())),),  # an older version lacks some
     ).fetchone()
     return None if writes else "gives this role no right to change tokenstore's tables"
 

@@ -6,6 +6,8 @@ SQLite backend generates its own; the rows recorded are the same.
 
 from __future__ import annotations
 
+import hashlib
+
 from ._backend import quote_literal
 from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec, RelationSpec
 from ._dispatch import ClaimStatements
@@ -21,10 +23,37 @@ MAX_CAPTURED_COLUMNS = 50
 # -- capture --------------------------------------------------------------------------------
 
 
+#: PostgreSQL keeps the first 63 bytes of a name and drops the rest.
+LONGEST_NAME = 63
+
+
+def _name(table: str, suffix: str) -> str:
+    """``table + suffix`` as a name PostgreSQL keeps whole (quotes left out).
+
+    Cut at 63 bytes, a long table's three trigger names would be one name,
+    and two long tables would share a function; so a long table name is cut
+    and followed by a digest of the whole.
+    """
+    base = table.replace('"', "")
+    if len((base + suffix).encode()) <= LONGEST_NAME:
+        return base + suffix
+    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
+    room = LONGEST_NAME - len(suffix.encode()) - len(digest) - 1
+    return f"{base.encode()[:room].decode(errors='ignore')}_{digest}{suffix}"
+
+
+def _kind(spec: CaptureSpec | RelationSpec) -> str:
+    return "relation" if isinstance(spec, RelationSpec) else "capture"
+
+
 def function_name(spec: CaptureSpec | RelationSpec) -> str:
     """The PL/pgSQL function a table's three capture triggers share (one per table)."""
-    kind = "_relation" if isinstance(spec, RelationSpec) else "_capture"
-    return quote_name(spec.table.replace('"', "") + kind)
+    return quote_name(_name(spec.table, f"_{_kind(spec)}"))
+
+
+def trigger_name(spec: CaptureSpec | RelationSpec, op: str) -> str:
+    """The trigger that records a table's ``op`` (insert, update, delete)."""
+    return quote_name(_name(spec.table, f"_{_kind(spec)}_{op}"))
 
 
 def capture_triggers(spec: CaptureSpec) -> list[str]:
@@ -50,7 +79,6 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
     insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
     table = quote_literal(spec.table)
     on = quote_name(spec.table)
-    name = spec.table.replace('"', "")
     watched = [quote_name(c) for c in spec.watched]
     of = "OF " + ", ".join(watched) + " " if watched else ""
     changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in watched) or "false"
@@ -75,11 +103,11 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
         "  RETURN NULL;\n"
         "END\n"
         "$$",
-        f"CREATE TRIGGER {quote_name(name + '_capture_insert')} AFTER INSERT ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec, 'insert')} AFTER INSERT ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
-        f"CREATE TRIGGER {quote_name(name + '_capture_update')} AFTER UPDATE {of}ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec, 'update')} AFTER UPDATE {of}ON {on}\n"
         f"FOR EACH ROW WHEN ({changed})\nEXECUTE FUNCTION {function}()",
-        f"CREATE TRIGGER {quote_name(name + '_capture_delete')} AFTER DELETE ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec, 'delete')} AFTER DELETE ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
     ]
 
@@ -106,7 +134,6 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
         )
 
     function = function_name(spec)
-    name = spec.table.replace('"', "")
     on = quote_name(spec.table)
     return [
         f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
@@ -126,13 +153,13 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
         "  RETURN NULL;\n"
         "END\n"
         "$$",
-        f"CREATE TRIGGER {quote_name(name + '_relation_insert')} AFTER INSERT ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec, 'insert')} AFTER INSERT ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
-        f"CREATE TRIGGER {quote_name(name + '_relation_update')} "
+        f"CREATE TRIGGER {trigger_name(spec, 'update')} "
         f"AFTER UPDATE OF {first}, {second} ON {on}\n"
         f"FOR EACH ROW WHEN (OLD.{first} IS DISTINCT FROM NEW.{first} "
         f"OR OLD.{second} IS DISTINCT FROM NEW.{second})\nEXECUTE FUNCTION {function}()",
-        f"CREATE TRIGGER {quote_name(name + '_relation_delete')} AFTER DELETE ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec, 'delete')} AFTER DELETE ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
     ]
 
