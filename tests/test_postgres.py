@@ -373,6 +373,25 @@ def test_tables_named_like_tokenstores_without_its_version_are_refused_untouched
     assert _db.rows(pg_url, "SELECT * FROM tokenstore_user") == [("x",)]
 
 
+def test_an_opener_that_saw_no_schema_before_another_made_it_opens(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its first look (no version table) is older than the tables it then finds: no clash."""
+    tokenstore.open(pg_url).close()  # the other opener, done between the two looks
+    real = postgres.PostgresDatabase.schema_version
+    looks: list[int] = []
+
+    def first_look_before(db: postgres.PostgresDatabase) -> int:
+        looks.append(1)
+        return 0 if len(looks) == 1 else real(db)
+
+    monkeypatch.setattr(postgres.PostgresDatabase, "schema_version", first_look_before)
+    tokenstore.open(pg_url).close()
+    assert _db.rows(pg_url, "SELECT version FROM tokenstore_schema_version") == [
+        (postgres.SCHEMA_VERSION,)
+    ]
+
+
 # -- the command ----------------------------------------------------------------------------
 
 

@@ -134,27 +134,28 @@ def _our_tables() -> frozenset[str]:
     return frozenset(re.findall(r'^CREATE TABLE "(\w+)"', schema_sql(), re.MULTILINE))
 
 
-def _check_tables(db: PostgresDatabase, version: int) -> None:
-    """Refuse a database whose tables do not match its schema version, before anything runs.
-
-    Tables named like tokenstore's without a version (another program's, or a
-    version table dropped) would fail the schema's creation half-way; a
-    current version without all its tables fails every call later.
-    """
-    ours, present = _our_tables(), set(db.get_tables())
-    where = redacted_url(db.url)
-    clash = sorted(ours & present) if version == 0 else []
-    if clash:
-        raise StoreError(
-            f"{where} has tables named like tokenstore's ({', '.join(clash)}) but no tokenstore "
-            f"schema version ({VERSION_TABLE}): another program's, or its version table was "
-            "dropped"
-        )
-    missing = sorted(ours - present) if version == SCHEMA_VERSION else []
+def _refuse_missing_tables(db: PostgresDatabase) -> None:
+    """Refuse a database at the current version without all its tables: every call would fail."""
+    missing = sorted(_our_tables() - set(db.get_tables()))
     if missing:
         raise StoreCorrupt(
-            f"{where} has schema version {version} but lacks {', '.join(missing)}; "
-            "restore it from a backup"
+            f"{redacted_url(db.url)} has schema version {SCHEMA_VERSION} but lacks "
+            f"{', '.join(missing)}; restore it from a backup"
+        )
+
+
+def _refuse_clashing_tables(db: PostgresDatabase) -> None:
+    """Refuse tables named like tokenstore's in a database without its version table.
+
+    Another program's (or a version table dropped): creating the schema
+    would fail on the first of them, half-way through.
+    """
+    clash = sorted(_our_tables() & set(db.get_tables()))
+    if clash:
+        raise StoreError(
+            f"{redacted_url(db.url)} has tables named like tokenstore's ({', '.join(clash)}) "
+            f"but no tokenstore schema version ({VERSION_TABLE}): another program's, or its "
+            "version table was dropped"
         )
 
 
@@ -386,7 +387,8 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
                     f"{redacted_url(self.url)} has schema version {version}, newer than this "
                     f"tokenstore understands ({SCHEMA_VERSION}); upgrade tokenstore to open it"
                 )
-            if version == 0:
+            if version == 0:  # under the lock: another opener may just have made them
+                _refuse_clashing_tables(self)
                 conn.execute(schema_sql())
             else:
                 for step in range(version, SCHEMA_VERSION):
@@ -547,7 +549,8 @@ def open_database(
     db = PostgresDatabase(url, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
     try:
         version = db.schema_version()
-        _check_tables(db, version)
+        if version == SCHEMA_VERSION:
+            _refuse_missing_tables(db)
         why = None if read_only else _only_reads(db, version)
         fell_back = why is not None
         if version == 0 and (read_only or not create):
