@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 from ._errors import (
     StoreCorrupt,
@@ -96,16 +96,21 @@ def _fault(exc: Exception, conn: psycopg.Connection[Any], where: str) -> Tokenst
     return None if kind is None else kind(f"{where}: {what} ({detail})")
 
 
+def _raise_translated(exc: Exception, conn: psycopg.Connection[Any], where: str) -> NoReturn:
+    """Raise the tokenstore error a failed statement amounts to, else ``exc`` itself."""
+    fault = _fault(exc, conn, where)
+    if fault is None:
+        raise exc
+    raise fault from exc
+
+
 @contextmanager
 def translated(conn: psycopg.Connection[Any], where: str) -> Iterator[None]:
     """Raise the store's faults met in the block as tokenstore's errors (see ``_fault``)."""
     try:
         yield
     except driver().Error as exc:
-        fault = _fault(exc, conn, where)
-        if fault is None:
-            raise
-        raise fault from exc
+        _raise_translated(exc, conn, where)
 
 
 def cursor_class(where: str) -> type[psycopg.Cursor[Any]]:
@@ -120,20 +125,28 @@ def cursor_class(where: str) -> type[psycopg.Cursor[Any]]:
 
     class Cursor(psycopg.Cursor[Any]):
         def execute(self, query: Any, params: Any = None, **options: Any) -> Self:
-            with translated(self.connection, where):
+            try:
                 return super().execute(query, params, **options)
+            except psycopg.Error as exc:
+                _raise_translated(exc, self.connection, where)
 
         def fetchone(self) -> Any:
-            with translated(self.connection, where):
+            try:
                 return super().fetchone()
+            except psycopg.Error as exc:
+                _raise_translated(exc, self.connection, where)
 
         def fetchmany(self, size: int = 0) -> list[Any]:
-            with translated(self.connection, where):
+            try:
                 return super().fetchmany(size)
+            except psycopg.Error as exc:
+                _raise_translated(exc, self.connection, where)
 
         def fetchall(self) -> list[Any]:
-            with translated(self.connection, where):
+            try:
                 return super().fetchall()
+            except psycopg.Error as exc:
+                _raise_translated(exc, self.connection, where)
 
     return Cursor
 
