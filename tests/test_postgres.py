@@ -266,6 +266,32 @@ def test_a_value_the_server_refuses_is_a_validation_error_and_nothing_is_written
     assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
 
 
+class Reading(ABIDModel):
+    abid_prefix = "rdg_"
+    abid_uri_src = "name"
+    name = peewee.TextField(default="probe")
+    value = peewee.FloatField()
+
+
+def test_an_infinite_float_is_captured_on_both_backends(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    """Both accept the row; its event's JSON must be readable too (PostgreSQL writes it as text)."""
+    if store.path is not None:
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="SQLite's json_object() writes infinity as Inf, which is not JSON: "
+                "ChangeEvent's json.loads (_capture.py) raises JSONDecodeError in the commit",
+            )
+        )
+    store.register(Reading)
+    hook = store.webhooks.create("readings", Reading, "http://127.0.0.1:9/")
+    Reading.create(value=float("inf"))
+    assert [r.value for r in Reading.select()] == [float("inf")]
+    assert [d.event_type for d in store.webhooks.deliveries(hook)] == ["reading.created"]
+
+
 # -- a server that lets the session only read -----------------------------------------------
 
 READ_ONLY_SESSION = "options=-c%20default_transaction_read_only%3Don"
