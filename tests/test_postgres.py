@@ -418,6 +418,26 @@ def test_an_opener_that_saw_no_schema_before_another_made_it_opens(
     ]
 
 
+def test_a_database_of_another_encoding_keeps_unicode_text(pg_admin_url: str) -> None:
+    """On an SQL_ASCII database psycopg returned bytes for text, and open() failed."""
+    name = f"tokenstore_test_{os.getpid()}_sql_ascii"
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(
+            f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' TEMPLATE template0 "
+            "LC_COLLATE 'C' LC_CTYPE 'C'"
+        )
+    try:
+        url = pg_admin_url.rpartition("/")[0] + "/" + name
+        with tokenstore.open(url) as store:
+            alice = store.users.create("alice")
+            store.tokens.create(alice, name="é✓🎉")
+        with tokenstore.open(url, read_only=True) as store:
+            assert [t.name for t in store.tokens.list()] == ["é✓🎉"]
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
 # -- the command ----------------------------------------------------------------------------
 
 

@@ -195,7 +195,11 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         if "connect_timeout" not in given:
             options["connect_timeout"] = CONNECT_TIMEOUT
         options["cursor_factory"] = cursor_class(redacted_url(url))
-        super().__init__(url, prefer_psycopg3=True, field_types={"UUID": "TEXT"}, **options)
+        # Text is UTF-8 on the wire whatever the database's encoding: on an SQL_ASCII
+        # database psycopg would otherwise return bytes.
+        super().__init__(
+            url, prefer_psycopg3=True, field_types={"UUID": "TEXT"}, encoding="utf8", **options
+        )
         self.url = url
         #: Opened with ``read_only``: nothing is written, writes raise StoreReadOnly.
         self.read_only = read_only
