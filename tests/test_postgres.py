@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import _db
@@ -55,6 +56,35 @@ def test_a_url_libpq_cannot_take_is_a_validation_error_without_its_password(url:
     with pytest.raises(ValidationError, match="PostgreSQL URL") as caught:
         tokenstore.open(url)
     assert "SEKRIT" not in str(caught.value) and "KRIT" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "postgresql+psycopg://u:SEKRIT@127.0.0.1:1/db",  # SQLAlchemy's spelling
+        "pgsql://u:SEKRIT@127.0.0.1:1/db",
+        "host=127.0.0.1 port=1 password=SEKRIT",  # libpq's key=value string
+        "host=127.0.0.1 password='SE KRIT'",
+    ],
+)
+def test_a_server_address_that_is_no_postgresql_url_is_refused_not_made_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, location: str
+) -> None:
+    """Taken for a file path, it was created in the working folder, the password in its name."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match="tokenstore takes a postgresql:// URL") as caught:
+        tokenstore.open(location)
+    assert "KRIT" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_blanks_around_a_url_are_not_part_of_it(pg_url: str) -> None:
+    """A variable set with a stray space: taken for a file path, its password was in the error."""
+    with tokenstore.open(f"  {pg_url}") as store:
+        store.users.create("alice")
+        assert "app-password" not in repr(store)
+    with tokenstore.open(pg_url, create=False) as again:
+        assert again.users.get("alice").username == "alice"
 
 
 def test_the_postgres_scheme_opens_the_same_database(pg_url: str) -> None:

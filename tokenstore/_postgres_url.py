@@ -7,6 +7,7 @@ tokenstore shows where a store is in messages and reprs: always redacted.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote, urlsplit
 
 from ._errors import ValidationError
@@ -17,20 +18,32 @@ from ._postgres_driver import driver
 _SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
 
 
-def is_url(location: str) -> bool:
-    """Whether ``tokenstore.open`` was given a PostgreSQL URL rather than a file path.
+#: A location with a scheme (``xyz://``, blanks before it): a URL, never a file path.
+_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]*)://")
 
-    A scheme has no case, so ``POSTGRESQL://`` is a URL too (never a file
-    named like one, whose path would repeat the password in messages).
+#: How libpq's ``key=value`` connection strings begin.
+_CONNINFO = re.compile(r"\s*(?:host|hostaddr|port|dbname|user|password|service)\s*=", re.I)
+
+#: A password in a ``key=value`` connection string, quoted or not.
+_CONNINFO_SECRET = re.compile(r"((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
+
+
+def is_url(location: str) -> bool:
+    """Whether ``tokenstore.open`` was given a server's address rather than a file path.
+
+    Any ``scheme://`` counts (a scheme has no case), and so does libpq's
+    ``host=... password=...``: taken for a file, either would be created
+    under that name and repeat its password in messages.
+    ``connection_url`` then refuses all but a ``postgresql://`` URL.
     """
-    return location[:13].lower().startswith(("postgresql://", "postgres://"))
+    return bool(_SCHEME.match(location) or _CONNINFO.match(location))
 
 
 def redacted_url(url: str) -> str:
     """The URL without its password (in the user part or the query), for messages and reprs."""
     scheme, separator, _ = url.partition("://")
-    if not separator:  # a file path
-        return url
+    if not separator:  # a file path, or a key=value string
+        return _CONNINFO_SECRET.sub(r"\1***", url) if _CONNINFO.match(url) else url
     try:
         parts = urlsplit(url)
     except ValueError:  # say, an unclosed [ in the host: nothing of it is shown
@@ -60,7 +73,18 @@ def connection_url(url: str) -> str:
     quoting the password back.
     """
     check_text(url, "the PostgreSQL URL")
-    rest = url.partition("://")[2]
+    scheme = _SCHEME.match(url)
+    if scheme is None:
+        raise ValidationError(
+            f"{redacted_url(url)!r} is a key=value connection string: tokenstore takes a "
+            "postgresql:// URL (or an SQLite file's path)"
+        )
+    if scheme[1].lower() not in ("postgresql", "postgres"):
+        raise ValidationError(
+            f"{redacted_url(url)} is a {scheme[1]}:// URL: tokenstore takes a postgresql:// URL "
+            "(or an SQLite file's path)"
+        )
+    rest = url[scheme.end() :]
     if rest.partition("/")[0].count("@") > 1:
         raise ValidationError(
             "the PostgreSQL URL's user name or password holds an '@': write it as %40"
