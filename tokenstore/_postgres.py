@@ -115,7 +115,7 @@ def schema_statement(name: str) -> str:
     raise StoreError(f"schema-postgres.sql creates nothing named {name!r}")
 
 
-def check_names(model: type[peewee.Model]) -> None:
+def _check_names(model: type[peewee.Model]) -> None:
     """Refuse a table or column name longer than PostgreSQL keeps (63 bytes).
 
     The server would cut it without a word: two long table names could
@@ -422,10 +422,10 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
 
         With ``safe``, tables that exist are skipped outright: even
         ``CREATE INDEX IF NOT EXISTS`` locks its table against writers first.
-        A name PostgreSQL would cut is refused first (see ``check_names``).
+        A name PostgreSQL would cut is refused first (see ``_check_names``).
         """
         for model in models:
-            check_names(model)
+            _check_names(model)
         with self.atomic():
             self._lock_schema(self.connection())
             if safe:
