@@ -247,6 +247,45 @@ def test_tables_with_long_or_odd_names_are_captured_and_registered_again(
         ]
 
 
+def test_a_table_of_sixty_columns_is_captured_on_both_backends(store: Store) -> None:
+    """SQLite builds a row of up to 63 columns; PostgreSQL's json_build_object took 50."""
+    columns = {f"c{i}": peewee.IntegerField(default=i) for i in range(60)}
+    meta = type("Meta", (), {"table_name": "wide"})
+    wide = type("Wide", (peewee.Model,), {"__module__": __name__, "Meta": meta, **columns})
+    store.register(wide)
+    seen: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, instance: Any, **extra: Any) -> None:
+        seen.append({name: getattr(instance, name) for name in columns})
+
+    tokenstore.signals.post_save.connect(receiver, sender=wide, weak=False)
+    try:
+        wide.create()
+    finally:
+        tokenstore.signals.post_save.disconnect(receiver, sender=wide)
+    assert seen == [{f"c{i}": i for i in range(60)}]
+
+
+def test_a_column_name_with_a_quote_is_captured(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    if store.path is not None:
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="_sqlite_ddl.capture_triggers writes a column's name into a literal "
+                "unescaped (SQL syntax error); the PostgreSQL one quotes it",
+            )
+        )
+    meta = type("Meta", (), {"table_name": "quoted"})
+    field = peewee.TextField(column_name="it's", default="x")
+    model = type("Quoted", (peewee.Model,), {"__module__": __name__, "Meta": meta, "its": field})
+    store.register(model)
+    hook = store.webhooks.create("quoted", model, "http://127.0.0.1:9/")
+    model.create()
+    assert [d.event_type for d in store.webhooks.deliveries(hook)] == ["quoted.created"]
+
+
 def test_a_name_longer_than_postgresql_keeps_is_refused_before_anything_is_made(
     pg_url: str,
 ) -> None:

@@ -18,7 +18,7 @@ from ._rows import quote_name
 CHANNEL = "tokenstore_changes"
 
 #: json_build_object takes at most 100 arguments: a name and a value per column.
-MAX_CAPTURED_COLUMNS = 50
+_COLUMNS_PER_OBJECT = 50
 
 # -- capture --------------------------------------------------------------------------------
 
@@ -61,9 +61,9 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
 
     The gate (someone listens, or an enabled hook has the ref) needs a
     subquery, which a trigger's WHEN cannot hold, so the function checks it;
-    the WHEN of the UPDATE trigger skips updates of quiet columns alone.
+    the WHEN of the UPDATE trigger skips updates of quiet columns alone. A
+    row of more than 50 columns is built in parts, joined as ``jsonb``.
     """
-    spec.check_width(MAX_CAPTURED_COLUMNS)
 
     def row(alias: str) -> str:
         pairs = []
@@ -71,8 +71,15 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
             value = f"{alias}.{quote_name(column.name)}"
             if column.is_blob:
                 value = f"encode({value}, 'hex')"
-            pairs.append(f"'{column.name}', {value}")
-        return "json_build_object(" + ", ".join(pairs) + ")::text"
+            pairs.append(f"{quote_literal(column.name)}, {value}")
+        step = _COLUMNS_PER_OBJECT
+        parts = [
+            "json_build_object(" + ", ".join(pairs[i : i + step]) + ")"
+            for i in range(0, len(pairs), step)
+        ] or ["json_build_object()"]
+        if len(parts) == 1:
+            return parts[0] + "::text"
+        return "(" + " || ".join(f"{part}::jsonb" for part in parts) + ")::text"
 
     pk = quote_name(spec.pk_column)
     function = function_name(spec)
