@@ -414,6 +414,11 @@ def test_an_empty_database_the_server_lets_only_read_is_refused_without_a_warnin
     assert [r.getMessage() for r in caplog.records] == []
 
 
+def test_a_search_path_without_a_schema_is_a_store_error(pg_url: str) -> None:
+    with pytest.raises(StoreError, match="search_path names no schema"):
+        tokenstore.open(f"{pg_url}?options=-c%20search_path%3Dnowhere")
+
+
 def test_read_only_keeps_the_urls_own_options(pg_url: str) -> None:
     """The URL's ``options`` (a search_path here) hold when tokenstore adds its own."""
     _db.edit(pg_url, "CREATE SCHEMA elsewhere")

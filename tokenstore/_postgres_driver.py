@@ -60,6 +60,7 @@ def in_transaction(conn: psycopg.Connection[Any]) -> bool:
 _FAULTS: dict[str, tuple[type[TokenstoreError], str]] = {
     "25006": (StoreReadOnly, "the server lets this session only read"),
     "42501": (StoreError, "the role of the URL may not do this"),
+    "3F000": (StoreError, "the search_path names no schema that exists"),
     "53100": (StoreFull, "the server's disk is full"),
     "55P03": (StoreLocked, "another transaction held a lock for the whole busy_timeout"),
     "40P01": (StoreLocked, "a deadlock with another transaction; retry"),
