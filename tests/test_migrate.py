@@ -13,7 +13,7 @@ import _db
 import pytest
 
 import tokenstore
-from tokenstore import StoreError
+from tokenstore import StoreError, ValidationError
 
 LOOPBACK = ["127.0.0.1/32"]
 TABLES = (
@@ -164,3 +164,44 @@ def test_the_command_migrates_and_refuses_in_one_line(tmp_path: Path, pg_url: st
     assert again.returncode == 2
     assert again.stderr.count("\n") == 1 and "already holds data" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_a_postgres_source_that_holds_no_store_is_refused_and_left_alone(
+    tmp_path: Path, pg_url: str
+) -> None:
+    dest = tmp_path / "dest.sqlite3"
+    with pytest.raises(StoreError, match="holds no tokenstore"):
+        tokenstore.migrate(pg_url, dest)
+    assert _db.rows(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+    assert not dest.exists()
+
+
+@pytest.mark.parametrize(
+    "respelled", ["postgres{0}", "POSTGRESQL{0}", "postgresql{0}?sslmode=prefer"]
+)
+def test_the_same_database_by_another_url_is_refused(pg_url: str, respelled: str) -> None:
+    """With force, copying a database onto itself would first empty it."""
+    fill(pg_url)
+    held = snapshot(pg_url)
+    dest = respelled.format(pg_url[len("postgresql") :])
+    with pytest.raises(StoreError, match="the source and the destination are the same"):
+        tokenstore.migrate(pg_url, dest, force=True)
+    assert snapshot(pg_url) == held
+
+
+def test_text_postgres_cannot_hold_is_refused_naming_its_row(tmp_path: Path, pg_url: str) -> None:
+    """SQLite's text may hold NUL (edited in by hand), PostgreSQL's cannot: nothing is copied."""
+    source = tmp_path / "source.sqlite3"
+    made = fill(source)
+    _db.edit(
+        source,
+        "UPDATE tokenstore_api_token SET name = 'c' || char(0) || 'i' "
+        f"WHERE abid = '{made['token']}'",
+    )
+    [(token_id,)] = _db.rows(
+        source, "SELECT id FROM tokenstore_api_token WHERE abid = ?", (made["token"],)
+    )
+    with pytest.raises(ValidationError, match=f"row '{token_id}' of tokenstore_api_token.*NUL"):
+        tokenstore.migrate(source, pg_url)
+    assert _db.rows(pg_url, "SELECT username FROM tokenstore_user") == [("system",)]
+    assert _db.rows(pg_url, "SELECT count(*) FROM tokenstore_api_token") == [(0,)]

@@ -18,6 +18,8 @@ peewee
     read a stored value unchanged.
   - ``Database._log_query(sql, params)``: the one place peewee logs a
     statement (logger ``peewee``, DEBUG), overridden by ``RedactedQueryLog``.
+  - ``Database._state``: this thread's connection (``conn``), and ``reset()``
+    to forget one the server ended, so that the next call opens another.
 
 blinker
   - ``Signal._by_sender``: which receivers are still connected, to which
@@ -83,6 +85,16 @@ def driver_error(exc: BaseException) -> BaseException | None:
             return None
         exc = orig
     return exc
+
+
+def current_connection(db: peewee.Database) -> Any:
+    """This thread's open DB-API connection, or None; unlike ``connection()``, never a new one."""
+    return db._state.conn  # type: ignore[attr-defined]
+
+
+def forget_connection(db: peewee.Database) -> None:
+    """Drop this thread's connection from peewee's books (the server ended it), unclosed."""
+    db._state.reset()  # type: ignore[attr-defined]
 
 
 def loaded_instance(model: type[M], values: dict[str, Any], state: dict[str, Any]) -> M:

@@ -18,15 +18,16 @@ from typing import Any
 import peewee
 
 from ._capture import EVENT_TABLE
-from ._errors import StoreError
+from ._errors import StoreError, ValidationError
 from ._inputs import check_flag, check_path, check_text
 from ._models import OWN_MODELS
-from ._postgres import PostgresDatabase, is_url, redacted_url
+from ._postgres import PostgresDatabase
 from ._postgres import open_database as open_postgres
+from ._postgres_url import is_url, redacted_url
 from ._rows import column_list, quote_name
 from ._sqlite import SQLiteDatabase, open_database
 
-#: Seconds a writer waits for an SQLite file's lock during the copy.
+#: Seconds a writer waits for the file's lock (or a server's) during the copy.
 _BUSY_TIMEOUT = 30.0
 
 
@@ -56,6 +57,33 @@ def _location(value: object, what: str) -> str:
     return str(check_path(value, what))
 
 
+def _same_database(
+    src: SQLiteDatabase | PostgresDatabase, dst: SQLiteDatabase | PostgresDatabase
+) -> bool:
+    """Whether two URLs (``postgres://``, another host name, other parameters) reach one database.
+
+    The source's connection looks for the destination's among the sessions of
+    its own database: only the same server and database has it.
+    """
+    if not (isinstance(src, PostgresDatabase) and isinstance(dst, PostgresDatabase)):
+        return False
+    session = (
+        dst.connection()
+        .execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        .fetchone()
+    )
+    found = (
+        src.connection()
+        .execute(
+            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND backend_start = %s "
+            "AND datname = current_database()",
+            session,
+        )
+        .fetchone()
+    )
+    return found is not None
+
+
 def _same_file(source: str, dest: str) -> bool:
     """Whether two spellings (a symlink, a hard link, ``./``) name one file."""
     if is_url(source) or is_url(dest):
@@ -67,8 +95,8 @@ def _same_file(source: str, dest: str) -> bool:
 
 
 def _open(location: str, *, must_exist: bool) -> SQLiteDatabase | PostgresDatabase:
-    if is_url(location):
-        return open_postgres(location, _NoDispatch())
+    if is_url(location):  # a source that holds no tokenstore is refused, not set up
+        return open_postgres(location, _NoDispatch(), _BUSY_TIMEOUT, create=not must_exist)
     path = Path(location)
     try:
         missing = must_exist and not path.is_file()
@@ -109,6 +137,8 @@ def migrate(
     try:
         dst = _open(dest, must_exist=False)
         try:
+            if _same_database(src, dst):
+                raise StoreError("migrate: the source and the destination are the same")
             return _copy(src, dst, _where(dest), force)
         finally:
             dst.close()
@@ -170,6 +200,12 @@ def _copy_table(
             values = list(row)
             for i in flags:
                 values[i] = None if values[i] is None else bool(values[i])
-            conn.execute(insert, values)
+            try:
+                conn.execute(insert, values)
+            except ValidationError as exc:  # NUL in text, which PostgreSQL cannot store
+                raise ValidationError(
+                    f"migrate: row {values[0]!r} of {model._meta.table_name} cannot be copied "
+                    f"({exc}); nothing was written"
+                ) from None
         count += len(rows)
     return count

@@ -49,7 +49,8 @@ class Options:
     - ``secret_grace``: how long a rotated-out signing secret still signs.
     - ``claim_timeout``: after this long, another process may take over change
       events a live process claimed but never finished.
-    - ``busy_timeout``: seconds a writer waits for the lock (at least 5).
+    - ``busy_timeout``: seconds a writer waits for the lock (at least 5); on
+      PostgreSQL, any statement waiting for another session's lock.
     - ``keep_deliveries``: finished deliveries (delivered, dead) older than
       this are deleted, a batch at a time, by the retry path and by
       ``webhooks.prune()``; each hook's latest is kept (``None``: keep all).

@@ -13,6 +13,7 @@ them into psycopg's ``%s``. psycopg (3) is an optional extra.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import time
@@ -20,28 +21,53 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 import peewee
 
 from ._backend import CommitHooks, is_write, quote_literal, to_version_2
 from ._capture import CaptureSpec, RelationSpec
-from ._compat import peewee_errors
+from ._compat import (
+    RedactedQueryLog,
+    current_connection,
+    driver_error,
+    forget_connection,
+    peewee_errors,
+)
 from ._dispatch import ClaimStatements
-from ._errors import StoreError, StoreReadOnly, ValidationError
+from ._errors import (
+    StoreCorrupt,
+    StoreError,
+    StoreIOError,
+    StoreReadOnly,
+    ValidationError,
+)
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import (
     CHANNEL,
+    LONGEST_NAME,
     capture_triggers,
     claim_statements,
     function_name,
     relation_triggers,
+    trigger_name,
 )
+from ._postgres_driver import (
+    cursor_class,
+    driver,
+    in_transaction,
+    pipelined,
+    rolled_back_on_error,
+    translated,
+)
+from ._postgres_url import connection_url, redacted_url, without_secrets
+from ._postgres_url import is_url as is_url  # bench/scale.py imports it from here
 from ._rows import quote_name
 from ._times import format_time, utcnow
 
 if TYPE_CHECKING:
     import psycopg
+
+logger = logging.getLogger("tokenstore.store")
 
 #: The schema version this code writes, kept in ``tokenstore_schema_version``.
 SCHEMA_VERSION = 2
@@ -52,58 +78,10 @@ VERSION_TABLE = "tokenstore_schema_version"
 #: Advisory lock key held while a database's schema is created or migrated.
 _SCHEMA_LOCK = 0x746F6B656E  # "token"
 
-_INSTALL_HINT = "PostgreSQL support needs psycopg: pip install 'tokenstore[postgres]'"
-
-
-#: Query parameters libpq reads a secret from (``?password=`` works like ``user:pw@``).
-_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
-
-
-def is_url(location: str) -> bool:
-    """Whether ``tokenstore.open`` was given a PostgreSQL URL rather than a file path.
-
-    A scheme has no case, so ``POSTGRESQL://`` is a URL too (never a file
-    named like one, whose path would repeat the password in messages).
-    """
-    return location[:13].lower().startswith(("postgresql://", "postgres://"))
-
-
-def redacted_url(url: str) -> str:
-    """The URL without its password (in the user part or the query), for messages and reprs."""
-    scheme, separator, _ = url.partition("://")
-    if not separator:  # a file path
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # say, an unclosed [ in the host: nothing of it is shown
-        return f"{scheme}://***"
-    user, at, host = parts.netloc.rpartition("@")
-    netloc = f"{user.partition(':')[0]}:***@{host}" if at and ":" in user else parts.netloc
-    query = "&".join(
-        f"{key}=***" if unquote(key).lower() in _SECRET_PARAMETERS else f"{key}{eq}{value}"
-        for key, eq, value in (pair.partition("=") for pair in parts.query.split("&"))
-    )
-    return (
-        f"{scheme}://{netloc}{parts.path}"
-        + (f"?{query}" if parts.query else "")
-        + (f"#{parts.fragment}" if parts.fragment else "")
-    )
-
-
-def connection_url(url: str) -> str:
-    """The URL as libpq must get it: its scheme in lower case, its user part unambiguous.
-
-    libpq takes the first ``@`` as the end of the password, where URL
-    parsers take the last; an ``@`` in a user name or password must be
-    written ``%40``, or the rest of the password would become the host name
-    and appear in connection errors.
-    """
-    scheme, _, rest = url.partition("://")
-    if rest.partition("/")[0].count("@") > 1:
-        raise ValidationError(
-            "the PostgreSQL URL's user name or password holds an '@': write it as %40"
-        )
-    return f"{scheme.lower()}://{rest}"
+#: Seconds a new connection may take to be answered, unless the URL says (``connect_timeout``):
+#: a server that accepts but never answers (stopped, or a firewall's black hole) would
+#: otherwise hold every call forever.
+CONNECT_TIMEOUT = 10
 
 
 def schema_sql() -> str:
@@ -137,6 +115,50 @@ def schema_statement(name: str) -> str:
     raise StoreError(f"schema-postgres.sql creates nothing named {name!r}")
 
 
+def _check_names(model: type[peewee.Model]) -> None:
+    """Refuse a table or column name longer than PostgreSQL keeps (63 bytes).
+
+    The server would cut it without a word: two long table names could
+    become one table, two long column names one column.
+    """
+    names = [model._meta.table_name, *(f.column_name for f in model._meta.sorted_fields)]
+    for name in names:
+        if len(name.encode()) > LONGEST_NAME:
+            raise ValidationError(
+                f"{model.__name__}: {name!r} is {len(name.encode())} bytes long, and PostgreSQL "
+                f"keeps only the first {LONGEST_NAME} of a name; give it a shorter name"
+            )
+
+
+def _our_tables() -> frozenset[str]:
+    return frozenset(re.findall(r'^CREATE TABLE "(\w+)"', schema_sql(), re.MULTILINE))
+
+
+def _refuse_missing_tables(db: PostgresDatabase) -> None:
+    """Refuse a database at the current version without all its tables: every call would fail."""
+    missing = sorted(_our_tables() - set(db.get_tables()))
+    if missing:
+        raise StoreCorrupt(
+            f"{redacted_url(db.url)} has schema version {SCHEMA_VERSION} but lacks "
+            f"{', '.join(missing)}; restore it from a backup"
+        )
+
+
+def _refuse_clashing_tables(db: PostgresDatabase) -> None:
+    """Refuse tables named like tokenstore's in a database without its version table.
+
+    Another program's (or a version table dropped): creating the schema
+    would fail on the first of them, half-way through.
+    """
+    clash = sorted(_our_tables() & set(db.get_tables()))
+    if clash:
+        raise StoreError(
+            f"{redacted_url(db.url)} has tables named like tokenstore's ({', '.join(clash)}) "
+            f"but no tokenstore schema version ({VERSION_TABLE}): another program's, or its "
+            "version table was dropped"
+        )
+
+
 def _to_version_2(conn: psycopg.Connection[Any]) -> None:
     """Version 2 (see ``to_version_2``); version 1 triggers here already name public refs."""
     to_version_2(conn.execute, schema_statement)
@@ -146,33 +168,10 @@ def _to_version_2(conn: psycopg.Connection[Any]) -> None:
 MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {1: _to_version_2}
 
 
-# -- the connection -------------------------------------------------------------------------
+# -- the database ---------------------------------------------------------------------------
 
 
-def _driver() -> Any:
-    try:
-        import psycopg
-    except ImportError:
-        raise StoreError(_INSTALL_HINT) from None
-    return psycopg
-
-
-def _in_transaction(conn: psycopg.Connection[Any]) -> bool:
-    return bool(conn.info.transaction_status != _driver().pq.TransactionStatus.IDLE)
-
-
-@contextmanager
-def _rolled_back_on_error(conn: psycopg.Connection[Any]) -> Iterator[None]:
-    """End an open transaction with ROLLBACK if the block fails (errors of a pipeline too)."""
-    try:
-        yield
-    except BaseException:
-        if _in_transaction(conn):
-            conn.execute("ROLLBACK")
-        raise
-
-
-class PostgresDatabase(peewee.PostgresqlDatabase):
+class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     """PostgresqlDatabase (psycopg 3) that knows when its transactions commit.
 
     Like the SQLite backend: every write runs in a transaction (a lone
@@ -180,13 +179,27 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
     dispatcher claim the transaction's events first and fire them after.
     """
 
-    def __init__(self, url: str, *, hooks: CommitHooks, read_only: bool = False) -> None:
-        # A registered model's UUID primary key is stored as 32 hex digits, as on SQLite;
-        # a read-only store's sessions refuse writes on the server too.
-        options: dict[str, Any] = (
-            {"options": "-c default_transaction_read_only=on"} if read_only else {}
+    def __init__(
+        self, url: str, *, hooks: CommitHooks, busy_timeout: float, read_only: bool = False
+    ) -> None:
+        # A registered model's UUID primary key is stored as 32 hex digits, as on SQLite.
+        # A statement waits for another transaction's lock at most busy_timeout, as an
+        # SQLite writer does (without it, a session left holding a lock held every call);
+        # a read-only store's sessions refuse writes on the server too. The URL's own
+        # options are kept: a keyword given to psycopg replaces the URL's.
+        given = driver().conninfo.conninfo_to_dict(url)
+        settings = [f"-c lock_timeout={int(busy_timeout * 1000)}", given.get("options", "")]
+        if read_only:
+            settings.append("-c default_transaction_read_only=on")
+        options: dict[str, Any] = {"options": " ".join(filter(None, settings))}
+        if "connect_timeout" not in given:
+            options["connect_timeout"] = CONNECT_TIMEOUT
+        options["cursor_factory"] = cursor_class(redacted_url(url))
+        # Text is UTF-8 on the wire whatever the database's encoding: on an SQL_ASCII
+        # database psycopg would otherwise return bytes.
+        super().__init__(
+            url, prefer_psycopg3=True, field_types={"UUID": "TEXT"}, encoding="utf8", **options
         )
-        super().__init__(url, prefer_psycopg3=True, field_types={"UUID": "TEXT"}, **options)
         self.url = url
         #: Opened with ``read_only``: nothing is written, writes raise StoreReadOnly.
         self.read_only = read_only
@@ -198,6 +211,45 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
 
     def __repr__(self) -> str:
         return f"<PostgresDatabase {redacted_url(self.url)!r}>"
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        """Open this thread's connection; one refused says why, without the password."""
+        try:
+            return bool(super().connect(reuse_if_open))
+        except peewee.DatabaseError as exc:
+            cause = driver_error(exc)
+            if cause is None:  # peewee's own ("already opened")
+                raise
+            raise self._cannot_connect(cause) from None
+
+    def _cannot_connect(self, cause: BaseException) -> StoreIOError:
+        """What a refused connection raises: a StoreError, and the OperationalError it was."""
+        text = str(cause).strip()
+        detail = text.splitlines()[0] if text else type(cause).__name__
+        return StoreIOError(
+            f"cannot connect to {redacted_url(self.url)}: {without_secrets(detail, self.url)}"
+        )
+
+    def connection(self) -> Any:
+        """This thread's connection; one the server ended is replaced by a new one.
+
+        Inside a transaction it is not: what the transaction did is gone
+        with the connection, so its next statement raises StoreIOError.
+        """
+        conn = current_connection(self)
+        if conn is not None and conn.closed:
+            if self.in_transaction():
+                raise StoreIOError(
+                    f"{redacted_url(self.url)}: the connection to the server was lost in the "
+                    "middle of a transaction, which was rolled back"
+                )
+            forget_connection(self)
+        return super().connection()
+
+    def cursor(self, named_cursor: Any = None) -> Any:
+        """peewee's cursor, on a connection that is still there (see ``connection``)."""
+        self.connection()
+        return super().cursor(named_cursor)
 
     @staticmethod
     def sql(text: str) -> str:
@@ -219,11 +271,11 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         """
         self.refuse_if_read_only()
         conn = self.connection()
-        if _in_transaction(conn):
+        if in_transaction(conn):
             yield conn
             return
-        with peewee_errors, _rolled_back_on_error(conn):
-            with conn.pipeline():
+        with peewee_errors, rolled_back_on_error(conn):
+            with translated(conn, redacted_url(self.url)), pipelined(conn):
                 conn.execute("BEGIN")
                 if not quiet:
                     self.hooks.on_begin(conn)
@@ -238,7 +290,7 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         if self.read_only and is_write(sql):
             self.refuse_if_read_only()
         conn = self.connection()
-        if _in_transaction(conn) or not is_write(sql):
+        if in_transaction(conn) or not is_write(sql):
             return self._execute(sql, params)
         with self.write():
             return self._execute(sql, params)
@@ -269,8 +321,13 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
             raise
 
     def commit(self) -> None:
-        conn = self.connection()
-        claimed = self.hooks.claim(conn) if _in_transaction(conn) else None
+        conn = current_connection(self)  # not a new one: the transaction is on this one
+        if conn is None or conn.closed:
+            raise StoreIOError(
+                f"{redacted_url(self.url)}: the connection to the server was lost before the "
+                "transaction committed; nothing of it was saved"
+            )
+        claimed = self.hooks.claim(conn) if in_transaction(conn) else None
         with peewee_errors:
             conn.execute("COMMIT")
         if claimed is not None:
@@ -279,10 +336,16 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
             self.hooks.after_commit(conn)
 
     def rollback(self) -> None:
-        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires."""
-        super().rollback()
+        """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires.
+
+        A lost connection's transaction ended with it: there is nothing to roll back,
+        and the error that ended it is what the caller sees.
+        """
+        conn = current_connection(self)
+        if conn is not None and not conn.closed:
+            super().rollback()
         if not self.in_transaction():
-            self.hooks.after_commit(self.connection())
+            self.hooks.after_commit(conn)
 
     def checkpoint_before_close(self) -> None:
         """Nothing to do: the server keeps its own files (SQLite empties its WAL here)."""
@@ -319,7 +382,7 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         creates the tables; the others then find them there.
         """
         conn = self.connection()
-        with peewee_errors, _rolled_back_on_error(conn):  # a script cannot be pipelined
+        with peewee_errors, rolled_back_on_error(conn):  # a script cannot be pipelined
             conn.execute("BEGIN")
             self._lock_schema(conn)
             version = self.schema_version()
@@ -328,7 +391,8 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
                     f"{redacted_url(self.url)} has schema version {version}, newer than this "
                     f"tokenstore understands ({SCHEMA_VERSION}); upgrade tokenstore to open it"
                 )
-            if version == 0:
+            if version == 0:  # under the lock: another opener may just have made them
+                _refuse_clashing_tables(self)
                 conn.execute(schema_sql())
             else:
                 for step in range(version, SCHEMA_VERSION):
@@ -358,7 +422,10 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
 
         With ``safe``, tables that exist are skipped outright: even
         ``CREATE INDEX IF NOT EXISTS`` locks its table against writers first.
+        A name PostgreSQL would cut is refused first (see ``_check_names``).
         """
+        for model in models:
+            _check_names(model)
         with self.atomic():
             self._lock_schema(self.connection())
             if safe:
@@ -368,15 +435,13 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
 
     def install_capture(self, spec: CaptureSpec) -> None:
         """(Re)create a table's capture triggers so they match its model's current fields."""
-        self._install_triggers(spec, "capture", capture_triggers(spec))
+        self._install_triggers(spec, capture_triggers(spec))
 
     def install_relation_capture(self, spec: RelationSpec) -> None:
         """(Re)create a join table's triggers so they match the sides registered now."""
-        self._install_triggers(spec, "relation", relation_triggers(spec))
+        self._install_triggers(spec, relation_triggers(spec))
 
-    def _install_triggers(
-        self, spec: CaptureSpec | RelationSpec, kind: str, statements: list[str]
-    ) -> None:
+    def _install_triggers(self, spec: CaptureSpec | RelationSpec, statements: list[str]) -> None:
         """Replace a table's triggers of one kind with ``statements`` (a function, then triggers).
 
         Dropping a trigger locks its table against every reader and writer, so
@@ -394,8 +459,8 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
             ).fetchone() or (None,)
             if current == digest:
                 return
-            for suffix in ("insert", "update", "delete"):
-                trigger = quote_name(f"{spec.table}_{kind}_{suffix}")
+            for op in ("insert", "update", "delete"):
+                trigger = trigger_name(spec, op)
                 conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {quote_name(spec.table)}")
             for statement in statements:
                 conn.execute(statement)
@@ -425,44 +490,88 @@ class PostgresDatabase(peewee.PostgresqlDatabase):
         deadline = time.monotonic() + timeout
         listener = getattr(self._listening, "conn", None)
         if listener is None:
-            listener = self._listening.conn = _driver().connect(self.url, autocommit=True)
-            listener.execute(f"LISTEN {CHANNEL}")
-        while True:
-            remaining = max(0.0, deadline - time.monotonic())
-            notes = list(listener.notifies(timeout=remaining, stop_after=1))
-            if any(note.pid != own for note in notes):
-                return True
-            if not notes or time.monotonic() >= deadline:
-                return False
+            listener = self._listening.conn = self._listen()
+        try:
+            while True:
+                remaining = max(0.0, deadline - time.monotonic())
+                notes = list(listener.notifies(timeout=remaining, stop_after=1))
+                if any(note.pid != own for note in notes):
+                    return True
+                if not notes or time.monotonic() >= deadline:
+                    return False
+        except driver().OperationalError:
+            # The server ended the listening connection: what it would have heard since
+            # is unknown, so something may have changed. The next call listens anew.
+            listener.close()
+            self._listening.conn = None
+            return True
+
+    def _listen(self) -> psycopg.Connection[Any]:
+        """A connection of its own, listening on the channel the capture triggers notify."""
+        try:
+            listener = driver().connect(self.url, autocommit=True, **self.connect_params)
+        except driver().Error as exc:
+            raise self._cannot_connect(exc) from None
+        listener.execute(f"LISTEN {CHANNEL}")
+        return listener  # type: ignore[no-any-return]
+
+
+def _only_reads(db: PostgresDatabase, version: int) -> str | None:
+    """Why this session may only read the store, if it may: what an unwritable file is."""
+    conn = db.connection()
+    (setting,) = conn.execute("SHOW transaction_read_only").fetchone()
+    if setting == "on":
+        return "lets this session only read (a standby server, or default_transaction_read_only)"
+    if version == 0:  # nothing to judge yet: setting it up says whether the role may
+        return None
+    (writes,) = conn.execute(
+        "SELECT bool_and(has_table_privilege(t, p)) FROM unnest(%s::text[]) AS t, "
+        "unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) AS p",
+        (sorted(_our_tables() & set(db.get_tables())),),  # an older version lacks some
+    ).fetchone()
+    return None if writes else "gives this role no right to change tokenstore's tables"
 
 
 def open_database(
-    url: str, hooks: CommitHooks, *, create: bool = True, read_only: bool = False
+    url: str,
+    hooks: CommitHooks,
+    busy_timeout: float,
+    *,
+    create: bool = True,
+    read_only: bool = False,
 ) -> PostgresDatabase:
     """The database at ``url``, its schema created or brought up to date.
 
     Without ``create`` a database tokenstore has not set up is refused; with
     ``read_only`` nothing is written, so its schema must already be current.
+    A server that lets the session only read (a standby, or
+    ``default_transaction_read_only``) is opened read-only, with a warning,
+    as a file this process cannot write is.
     """
-    _driver()  # without psycopg, say which extra brings it before peewee complains
+    driver()  # without psycopg, say which extra brings it before peewee complains
     url = connection_url(url)
-    db = PostgresDatabase(url, hooks=hooks, read_only=read_only)
+    db = PostgresDatabase(url, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
     try:
-        db.connection()
-    except peewee.OperationalError as exc:
-        db.close()
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StoreError(f"cannot connect to {redacted_url(url)}: {detail}") from None
-    version = db.schema_version()
-    if version == 0 and (read_only or not create):
-        db.close()
-        raise StoreError(f"{redacted_url(url)} holds no tokenstore (and create=False or read_only)")
-    if version != SCHEMA_VERSION:
-        if read_only and version < SCHEMA_VERSION:
-            db.close()
+        version = db.schema_version()
+        if version == SCHEMA_VERSION:
+            _refuse_missing_tables(db)
+        why = None if read_only else _only_reads(db, version)
+        fell_back = why is not None
+        if version == 0 and (read_only or not create):
+            raise StoreError(
+                f"{redacted_url(url)} holds no tokenstore (and create=False or read_only)"
+            )
+        if version < SCHEMA_VERSION and (read_only or fell_back):
             raise StoreReadOnly(
                 f"{redacted_url(url)} has schema version {version} and needs migrating to "
                 f"{SCHEMA_VERSION}, which a read-only store cannot do"
             )
-        db.apply_schema()
+        if fell_back:  # said once the database is accepted: a refusal is one message
+            logger.warning("%s %s; opening it read-only", redacted_url(url), why)
+            db.read_only = True
+        if version != SCHEMA_VERSION:
+            db.apply_schema()
+    except BaseException:
+        db.close()
+        raise
     return db

@@ -6,6 +6,8 @@ SQLite backend generates its own; the rows recorded are the same.
 
 from __future__ import annotations
 
+import hashlib
+
 from ._backend import quote_literal
 from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec, RelationSpec
 from ._dispatch import ClaimStatements
@@ -16,15 +18,42 @@ from ._rows import quote_name
 CHANNEL = "tokenstore_changes"
 
 #: json_build_object takes at most 100 arguments: a name and a value per column.
-MAX_CAPTURED_COLUMNS = 50
+_COLUMNS_PER_OBJECT = 50
 
 # -- capture --------------------------------------------------------------------------------
 
 
+#: PostgreSQL keeps the first 63 bytes of a name and drops the rest.
+LONGEST_NAME = 63
+
+
+def _name(table: str, suffix: str) -> str:
+    """``table + suffix`` as a name PostgreSQL keeps whole (quotes left out).
+
+    Cut at 63 bytes, a long table's three trigger names would be one name,
+    and two long tables would share a function; so a long table name is cut
+    and followed by a digest of the whole.
+    """
+    base = table.replace('"', "")
+    if len((base + suffix).encode()) <= LONGEST_NAME:
+        return base + suffix
+    digest = hashlib.sha256(table.encode()).hexdigest()[:8]
+    room = LONGEST_NAME - len(suffix.encode()) - len(digest) - 1
+    return f"{base.encode()[:room].decode(errors='ignore')}_{digest}{suffix}"
+
+
+def _kind(spec: CaptureSpec | RelationSpec) -> str:
+    return "relation" if isinstance(spec, RelationSpec) else "capture"
+
+
 def function_name(spec: CaptureSpec | RelationSpec) -> str:
     """The PL/pgSQL function a table's three capture triggers share (one per table)."""
-    kind = "_relation" if isinstance(spec, RelationSpec) else "_capture"
-    return quote_name(spec.table.replace('"', "") + kind)
+    return quote_name(_name(spec.table, f"_{_kind(spec)}"))
+
+
+def trigger_name(spec: CaptureSpec | RelationSpec, op: str) -> str:
+    """The trigger that records a table's ``op`` (insert, update, delete)."""
+    return quote_name(_name(spec.table, f"_{_kind(spec)}_{op}"))
 
 
 def capture_triggers(spec: CaptureSpec) -> list[str]:
@@ -32,9 +61,9 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
 
     The gate (someone listens, or an enabled hook has the ref) needs a
     subquery, which a trigger's WHEN cannot hold, so the function checks it;
-    the WHEN of the UPDATE trigger skips updates of quiet columns alone.
+    the WHEN of the UPDATE trigger skips updates of quiet columns alone. A
+    row of more than 50 columns is built in parts, joined as ``jsonb``.
     """
-    spec.check_width(MAX_CAPTURED_COLUMNS)
 
     def row(alias: str) -> str:
         pairs = []
@@ -42,15 +71,21 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
             value = f"{alias}.{quote_name(column.name)}"
             if column.is_blob:
                 value = f"encode({value}, 'hex')"
-            pairs.append(f"'{column.name}', {value}")
-        return "json_build_object(" + ", ".join(pairs) + ")::text"
+            pairs.append(f"{quote_literal(column.name)}, {value}")
+        step = _COLUMNS_PER_OBJECT
+        parts = [
+            "json_build_object(" + ", ".join(pairs[i : i + step]) + ")"
+            for i in range(0, len(pairs), step)
+        ] or ["json_build_object()"]
+        if len(parts) == 1:
+            return parts[0] + "::text"
+        return "(" + " || ".join(f"{part}::jsonb" for part in parts) + ")::text"
 
     pk = quote_name(spec.pk_column)
     function = function_name(spec)
     insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
     table = quote_literal(spec.table)
     on = quote_name(spec.table)
-    name = spec.table.replace('"', "")
     watched = [quote_name(c) for c in spec.watched]
     of = "OF " + ", ".join(watched) + " " if watched else ""
     changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in watched) or "false"
@@ -75,11 +110,11 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
         "  RETURN NULL;\n"
         "END\n"
         "$$",
-        f"CREATE TRIGGER {quote_name(name + '_capture_insert')} AFTER INSERT ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec, 'insert')} AFTER INSERT ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
-        f"CREATE TRIGGER {quote_name(name + '_capture_update')} AFTER UPDATE {of}ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec, 'update')} AFTER UPDATE {of}ON {on}\n"
         f"FOR EACH ROW WHEN ({changed})\nEXECUTE FUNCTION {function}()",
-        f"CREATE TRIGGER {quote_name(name + '_capture_delete')} AFTER DELETE ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec, 'delete')} AFTER DELETE ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
     ]
 
@@ -106,7 +141,6 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
         )
 
     function = function_name(spec)
-    name = spec.table.replace('"', "")
     on = quote_name(spec.table)
     return [
         f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
@@ -126,13 +160,13 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
         "  RETURN NULL;\n"
         "END\n"
         "$$",
-        f"CREATE TRIGGER {quote_name(name + '_relation_insert')} AFTER INSERT ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec, 'insert')} AFTER INSERT ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
-        f"CREATE TRIGGER {quote_name(name + '_relation_update')} "
+        f"CREATE TRIGGER {trigger_name(spec, 'update')} "
         f"AFTER UPDATE OF {first}, {second} ON {on}\n"
         f"FOR EACH ROW WHEN (OLD.{first} IS DISTINCT FROM NEW.{first} "
         f"OR OLD.{second} IS DISTINCT FROM NEW.{second})\nEXECUTE FUNCTION {function}()",
-        f"CREATE TRIGGER {quote_name(name + '_relation_delete')} AFTER DELETE ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec, 'delete')} AFTER DELETE ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
     ]
 

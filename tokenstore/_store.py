@@ -31,8 +31,9 @@ from ._options import Options
 from ._outbox import Outbox
 from ._outcomes import Outcomes
 from ._policy import RetryPolicy
-from ._postgres import PostgresDatabase, is_url, redacted_url
+from ._postgres import PostgresDatabase
 from ._postgres import open_database as open_postgres
+from ._postgres_url import is_url, redacted_url
 from ._registry import Registry
 from ._sending import Sender
 from ._sqlite import SCHEMA_VERSION, SQLiteDatabase, open_database
@@ -104,7 +105,11 @@ class Store:
                 opts.listener_timeout,
             )
             self.db = open_postgres(
-                path, self.dispatcher, create=opts.create, read_only=opts.read_only
+                path,
+                self.dispatcher,
+                opts.busy_timeout,
+                create=opts.create,
+                read_only=opts.read_only,
             )
         else:
             self.path = check_path(path, "the store path")

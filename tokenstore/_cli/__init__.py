@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import peewee
 
 from .._errors import BlockedAddress, TokenstoreError
-from .._postgres import redacted_url
+from .._postgres_driver import driver_errors
+from .._postgres_url import is_url, redacted_url
 from .._version import __version__
 from ._accounts import add_tokens_commands, add_users_commands
 from ._base import _add_global_options, _Formatter, _Parser, _settle_global_options
@@ -91,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _settle_global_options(args)
     out = Output(args.json)
+    raw_errors: tuple[type[Exception], ...] = (
+        sqlite3.Error,
+        peewee.DatabaseError,
+        *(driver_errors() if is_url(args.db) else ()),
+    )
     try:
         code: int = args.handler(args, out)
     except BlockedAddress as exc:
@@ -99,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TokenstoreError as exc:
         print(f"tokenstore: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
-    except (sqlite3.Error, peewee.DatabaseError) as exc:  # a read on the raw connection
+    except raw_errors as exc:  # a statement on the raw connection
         print(f"tokenstore: error: {one_line(f'{redacted_url(args.db)}: {exc}')}", file=sys.stderr)
         return 2
     except BrokenPipeError:

@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .._abid import ABID, abid_from_values
-from .._errors import ValidationError
+from .._errors import StoreIOError, ValidationError
 from .._inputs import check_seconds
 from .._migrate import migrate
 from .._signing import SECRET_PREFIX
-from .._store import SCHEMA_VERSION, Store
+from .._store import SCHEMA_VERSION, Dispatched, Store
 from .._times import format_time
 from ._base import Commands, _command, _group, _open, _warn_waiting
-from ._output import Output, abid_dict, hook_dict
+from ._output import Output, abid_dict, hook_dict, one_line
 from ._values import _duration_type, _secret
 
 # -- store --------------------------------------------------------------------------------
@@ -80,8 +80,8 @@ def watch(store: Store, interval: float) -> None:
     print(f"watching {store.location} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     warned: dict[str, int] = {}
     try:
-        report = store.dispatch()
-        while True:
+        report: Dispatched | None = store.dispatch()
+        while report is not None:
             now = format_time(store.clock())
             if report.events:
                 print(f"{now} dispatched {report.events} events", flush=True)
@@ -93,15 +93,33 @@ def watch(store: Store, interval: float) -> None:
             if report.waiting != warned:
                 warned = report.waiting
                 _warn_waiting(warned)
-            if stopping.is_set():
-                break
-            store.wait_for_changes(interval)  # wakes early when another connection commits
-            if stopping.is_set():
-                break
-            report = store.dispatch()
+            report = _next_round(store, interval, stopping, warned)
     finally:
         signal.signal(signal.SIGINT, previous)
     print("stopped", file=sys.stderr)
+
+
+def _next_round(
+    store: Store, interval: float, stopping: threading.Event, waiting: dict[str, int]
+) -> Dispatched | None:
+    """Wait for changes and dispatch them; None once stopping.
+
+    A round that loses the database (a PostgreSQL server restarting) is said
+    in a line and tried again after ``interval``: the watcher outlives the outage.
+    """
+    if stopping.is_set():
+        return None
+    try:
+        store.wait_for_changes(interval)  # wakes early when another connection commits
+        return None if stopping.is_set() else store.dispatch()
+    except StoreIOError as exc:
+        print(
+            f"tokenstore: {one_line(str(exc))} (trying again in {interval:g} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        stopping.wait(interval)
+        return Dispatched(events=0, delivered=0, failed=0, waiting=waiting)
 
 
 def add_store_commands(commands: Commands) -> None:
