@@ -511,12 +511,6 @@ def test_a_store_with_receivers_registers_and_close_unregisters(
     assert listeners(db_path) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_dispatch: a store registered as a listener stays one until close(), and its own "
-    "housekeeping skips it, so after its last receiver is gone every write is still recorded "
-    "and kept (unbounded), then fired late when a receiver connects again",
-)
 def test_a_store_whose_last_receiver_left_stops_recording(
     memos: Store, db_path: Path, listen: Listen
 ) -> None:

@@ -133,6 +133,9 @@ class Dispatcher:
         # What the last probe found: some consumer wanted events. A hint only, so that a
         # write whose commit will claim anyway does not ask the probe twice.
         self._wanted_lately = True
+        # Whether this process has put itself in the listener table (``on_begin``), so the
+        # first commit after its last receiver left takes it out again.
+        self._registered = False
         self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local = _ThreadState()
         self._backend = statements
@@ -195,10 +198,12 @@ class Dispatcher:
         if signals.any_event_receivers():
             now = format_time(self.clock())
             conn.execute(self._register, (self.claimant, now, now, self.claimant))
+            self._registered = True
 
     def unregister(self, conn: Connection) -> None:
-        """Stop capture on this process's account (its store is closing)."""
+        """Stop capture on this process's account (its store is closing, its receivers left)."""
         conn.execute(self._unregister, (self.claimant,))
+        self._registered = False
         self.drop_unheard(conn)
 
     def drop_unheard(self, conn: Connection) -> None:
@@ -220,7 +225,9 @@ class Dispatcher:
         While the last probe found events wanted (a hook is enabled), the
         answer is no without asking: the commit's claim asks anyway.
         """
-        if time.monotonic() >= self._next_housekeeping or signals.any_event_receivers():
+        if self._registered or time.monotonic() >= self._next_housekeeping:
+            return False
+        if signals.any_event_receivers():
             return False
         if not self.consumers:
             return True
@@ -239,6 +246,8 @@ class Dispatcher:
         if time.monotonic() >= self._next_housekeeping:
             self.housekeeping(conn)
         receivers = signals.any_event_receivers()
+        if self._registered and not receivers:  # its last receiver left: it no longer listens
+            self.unregister(conn)
         if not receivers and not self.consumers:
             return Claimed()  # they are a listening process's to take (see drop_unheard)
         listening, wanted = self._listening_and_wanted(conn)
