@@ -20,6 +20,8 @@ peewee
     statement (logger ``peewee``, DEBUG), overridden by ``RedactedQueryLog``.
   - ``Database._state``: this thread's connection (``conn``), and ``reset()``
     to forget one the server ended, so that the next call opens another.
+  - ``peewee._manual``: what ``manual_commit()`` puts on the transaction
+    stack, though it opens no transaction.
 
 blinker
   - ``Signal._by_sender``: which receivers are still connected, to which
@@ -95,6 +97,16 @@ def current_connection(db: peewee.Database) -> Any:
 def forget_connection(db: peewee.Database) -> None:
     """Drop this thread's connection from peewee's books (the server ended it), unclosed."""
     db._state.reset()  # type: ignore[attr-defined]
+
+
+def in_transaction_block(db: peewee.Database) -> bool:
+    """Whether an ``atomic()``/``transaction()`` block is open; ``manual_commit()`` is none.
+
+    ``db.in_transaction()`` counts a manual_commit() block too, so a commit
+    made by hand inside one would wait for a later commit to be dispatched.
+    """
+    top = db.top_transaction()
+    return top is not None and not isinstance(top, peewee._manual)
 
 
 def loaded_instance(model: type[M], values: dict[str, Any], state: dict[str, Any]) -> M:

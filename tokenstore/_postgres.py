@@ -31,6 +31,7 @@ from ._compat import (
     current_connection,
     driver_error,
     forget_connection,
+    in_transaction_block,
     peewee_errors,
 )
 from ._dispatch import ClaimStatements
@@ -332,7 +333,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             conn.execute("COMMIT")
         if claimed is not None:
             self.hooks.queue(claimed)
-        if not self.in_transaction():
+        if not in_transaction_block(self):
             self.hooks.after_commit(conn)
 
     def rollback(self) -> None:
@@ -344,7 +345,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         conn = current_connection(self)
         if conn is not None and not conn.closed:
             super().rollback()
-        if not self.in_transaction():
+        if not in_transaction_block(self):
             self.hooks.after_commit(conn)
 
     def checkpoint_before_close(self) -> None:

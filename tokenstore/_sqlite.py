@@ -29,7 +29,7 @@ import peewee
 
 from ._backend import LEADING, CommitHooks, is_write, to_version_2
 from ._capture import CaptureSpec, RelationSpec
-from ._compat import RedactedQueryLog, driver_error, peewee_errors
+from ._compat import RedactedQueryLog, driver_error, in_transaction_block, peewee_errors
 from ._dispatch import ClaimStatements
 from ._errors import (
     StoreCorrupt,
@@ -423,7 +423,7 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         self._ended(conn)
         if claimed is not None:
             self.hooks.queue(claimed)
-        if claim and not self.in_transaction():
+        if claim and not in_transaction_block(self):
             self.hooks.after_commit(conn)
 
     def rollback(self) -> None:
@@ -442,7 +442,7 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
             raise
         finally:
             self._ended(conn)
-        if not self.in_transaction():
+        if not in_transaction_block(self):
             self.hooks.after_commit(conn)
 
     def _ended_early(self) -> StoreError:
