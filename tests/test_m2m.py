@@ -351,3 +351,69 @@ def test_m2m_hooks_get_one_signed_delivery_per_relation_change_and_others_none(
     ]
     assert received["/tags"][2]["data"]["abid"] == a.abid
     assert {d.status for d in store.webhooks.deliveries(m2m)} == {"delivered"}
+
+
+# -- registration refuses what it cannot capture faithfully -----------------------------
+
+
+def test_two_relations_sharing_one_join_table_are_refused_before_anything_is_written(
+    store: Store,
+) -> None:
+    """peewee names a field's own through model after the two models, so two fields clash."""
+
+    class Author(peewee.Model):
+        name = peewee.TextField()
+
+    class Book(peewee.Model):
+        title = peewee.TextField()
+        writers = peewee.ManyToManyField(Author, backref="written")
+        editors = peewee.ManyToManyField(Author, backref="edited")
+
+    join = Book.writers.through_model._meta.table_name
+    assert Book.editors.through_model._meta.table_name == join
+    for model in (Book, Author):  # whichever side comes first
+        with pytest.raises(ValidationError, match=rf"'{join}'.*Book\.writers.*Book\.editors"):
+            store.register(model)
+        assert not store.db.table_exists(model._meta.table_name)
+        assert model not in list(store.registry)
+    assert not store.db.table_exists(join)
+    assert join not in store.registry.tables()
+
+
+def test_a_through_model_whose_key_is_not_the_primary_key_is_refused(store: Store) -> None:
+    """Relations are told by primary key (``instance``, ``pks``): a ``field=`` key would lie."""
+
+    class Person(peewee.Model):
+        handle = peewee.CharField(unique=True)
+
+    class Club(peewee.Model):
+        name = peewee.TextField()
+
+    class Membership(peewee.Model):
+        person = peewee.ForeignKeyField(Person, field=Person.handle)
+        club = peewee.ForeignKeyField(Club)
+
+    Person._meta.add_field(
+        "clubs", peewee.ManyToManyField(Club, through_model=Membership, backref="people")
+    )
+    for model in (Club, Person):
+        with pytest.raises(
+            ValidationError, match=r"Membership\.person .* Person\.handle, not its primary key"
+        ):
+            store.register(model)
+        assert not store.db.table_exists(model._meta.table_name)
+
+
+def test_a_relation_keyed_by_a_blob_is_refused(store: Store) -> None:
+    """A BLOB key cannot travel in the events' JSON; refused at once, not at the first add."""
+
+    class Photo(peewee.Model):
+        id = peewee.BlobField(primary_key=True)
+
+    class Album(peewee.Model):
+        photos = peewee.ManyToManyField(Photo, backref="albums")
+
+    for model in (Photo, Album):
+        with pytest.raises(ValidationError, match=r"AlbumPhotoThrough\.photo .* BLOB"):
+            store.register(model)
+        assert not store.db.table_exists(model._meta.table_name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import peewee
 
@@ -63,14 +63,32 @@ class Registry:
             if not any(self.knows(side.model) for side in relation.sides):
                 del self._relations[table]
 
+    def check_relations(self, relations: Iterable[Relation]) -> None:
+        """Refuse relations whose join table is a registered model's, or another relation's.
+
+        Two ``ManyToManyField`` between the same two models, each without a
+        through model of its own, get one table (peewee names it after the
+        models): its rows cannot be told apart, so neither could be captured.
+        """
+        known = dict(self._relations)
+        for relation in relations:
+            model = self._by_table.get(relation.table)
+            if model is not None:
+                raise ValidationError(
+                    f"table {relation.table!r} belongs to {model_ref(model)}; it cannot also be "
+                    f"the join table of {' and '.join(model_ref(s.model) for s in relation.sides)}"
+                )
+            other = known.setdefault(relation.table, relation)
+            if other.fields() != relation.fields():
+                raise ValidationError(
+                    f"table {relation.table!r} would be the join table of both "
+                    f"{' / '.join(other.fields())} and {' / '.join(relation.fields())}; "
+                    "give each ManyToManyField a through_model of its own"
+                )
+
     def add_relation(self, relation: Relation) -> None:
-        """Know a join table (one side at least is registered). Refuses a registered model's."""
-        model = self._by_table.get(relation.table)
-        if model is not None:
-            raise ValidationError(
-                f"table {relation.table!r} belongs to {model_ref(model)}; it cannot also be the "
-                f"join table of {' and '.join(model_ref(s.model) for s in relation.sides)}"
-            )
+        """Know a join table (one side at least is registered); see ``check_relations``."""
+        self.check_relations([relation])
         self._relations[relation.table] = relation
 
     def relation_for(self, table: str) -> Relation | None:

@@ -236,6 +236,7 @@ class Store:
             )
         spec = CaptureSpec.of(model)
         relations = [Relation.of(m2m) for m2m in model._meta.manytomany.values()]
+        self.registry.check_relations(relations)
         model.bind(self.db, bind_refs=False, bind_backrefs=False)
         added = self.registry.add(model)
         if self.db.read_only:  # readable as it is: no table or trigger can be made
@@ -245,6 +246,7 @@ class Store:
                 self.db.create_tables([model], safe=True)
                 self.db.install_capture(spec)
                 for relation in relations:
+                    self.registry.add_relation(relation)
                     self._capture_relation(relation)
         except BaseException:
             if added:
@@ -262,7 +264,6 @@ class Store:
         triggers so they count its hooks too.
         """
         relation.through.bind(self.db, bind_refs=False, bind_backrefs=False)
-        self.registry.add_relation(relation)
         if not all(self.db.table_exists(s.model._meta.table_name) for s in relation.sides):
             return
         self.db.create_tables([relation.through], safe=True)
