@@ -417,3 +417,28 @@ def test_a_relation_keyed_by_a_blob_is_refused(store: Store) -> None:
         with pytest.raises(ValidationError, match=r"AlbumPhotoThrough\.photo .* BLOB"):
             store.register(model)
         assert not store.db.table_exists(model._meta.table_name)
+
+
+def test_a_side_without_a_field_registered_first_gets_its_join_table_with_the_other(
+    store: Store,
+) -> None:
+    """``backref="+"``: the other side has no field, and its registration still makes the table."""
+
+    class Label(peewee.Model):
+        name = peewee.TextField()
+
+    class Page(peewee.Model):
+        url = peewee.TextField()
+        labels = peewee.ManyToManyField(Label, backref="+")
+
+    store.register(Page)  # Label's table does not exist yet: the join table waits
+    join = Page.labels.through_model._meta.table_name
+    assert not store.db.table_exists(join)
+    store.register(Label)
+    assert store.db.table_exists(join)
+    page, label = Page.create(url="u"), Label.create(name="x")
+    with m2m_calls() as calls:
+        page.labels.add(label)
+    assert [(c["sender"], c["instance"].id, c["action"], c["pks"]) for c in calls] == [
+        (Page, page.id, "add", {label.id})
+    ]

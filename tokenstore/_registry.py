@@ -91,6 +91,10 @@ class Registry:
         self.check_relations([relation])
         self._relations[relation.table] = relation
 
+    def relations_of(self, model: type[peewee.Model]) -> list[Relation]:
+        """The known relations that ``model`` is a side of."""
+        return [r for r in self._relations.values() if any(s.model is model for s in r.sides)]
+
     def relation_for(self, table: str) -> Relation | None:
         return self._relations.get(table)
 

@@ -247,6 +247,8 @@ class Store:
                 self.db.install_capture(spec)
                 for relation in relations:
                     self.registry.add_relation(relation)
+                # with those, any relation whose other side has no field here (backref="+")
+                for relation in self.registry.relations_of(model):
                     self._capture_relation(relation)
         except BaseException:
             if added:
