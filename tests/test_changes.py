@@ -28,6 +28,7 @@ import pytest
 from _writer import Memo
 from blinker import ANY, Signal
 
+import tokenstore
 import tokenstore._store
 from tokenstore import ChangeEvent, Store, signals
 from tokenstore import _dispatch as dispatch
@@ -869,19 +870,22 @@ def test_listening_follows_blinker_s_receivers_whichever_way_they_left(
     assert events_left(db_path) == []  # nothing recorded: no listener, no hook
 
 
+def _xfail_on_postgres(store: Store, request: pytest.FixtureRequest, reason: str) -> None:
+    if store.path is None:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
 def test_tables_whose_names_differ_by_a_quote_keep_their_own_capture(
     store: Store, listen: Listen, request: pytest.FixtureRequest
 ) -> None:
     """A table's triggers are named after its whole name: registering another never drops them."""
-    if store.path is None:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="_postgres_ddl names a table's capture function after its name without "
-                "double quotes: the second table's function replaces the first's, so the "
-                "first table's rows are recorded under the second's name",
-            )
-        )
+    _xfail_on_postgres(
+        store,
+        request,
+        "_postgres_ddl names a table's capture function after its name without double "
+        "quotes: the second table's function replaces the first's, so the first table's "
+        "rows are recorded under the second's name",
+    )
 
     class Quoted(peewee.Model):
         name = peewee.TextField()
@@ -902,3 +906,37 @@ def test_tables_whose_names_differ_by_a_quote_keep_their_own_capture(
     Quoted.create(name="q")
     Unquoted.create(name="u")
     assert [(c["sender"], c["instance"].name) for c in saved] == [(Quoted, "q"), (Unquoted, "u")]
+
+
+def test_a_column_whose_name_holds_a_quote_is_captured(
+    store: Store, listen: Listen, request: pytest.FixtureRequest
+) -> None:
+    _xfail_on_postgres(
+        store, request, "_postgres_ddl writes column names into json_build_object unescaped"
+    )
+
+    class Remark(peewee.Model):
+        text = peewee.TextField(column_name="it's")
+
+    store.register(Remark)
+    saved = listen(signals.post_save)
+    Remark.create(text="hello")
+    assert [(c["sender"], c["instance"].text) for c in saved] == [(Remark, "hello")]
+
+
+def test_a_refused_registration_leaves_no_table_behind(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    _xfail_on_postgres(
+        store,
+        request,
+        "PostgresDatabase.create_tables commits the transaction register() writes in "
+        "(its atomic() sends its own BEGIN and COMMIT), so the refusal that follows "
+        "cannot take the table back",
+    )
+    columns = {f"c{i}": peewee.IntegerField(default=0) for i in range(70)}
+    Wide = type("Wide", (peewee.Model,), {"__module__": __name__, **columns})
+    with pytest.raises(tokenstore.TokenstoreError, match="at most"):
+        store.register(Wide)
+    assert not store.db.table_exists(Wide._meta.table_name)
+    assert Wide not in list(store.registry)

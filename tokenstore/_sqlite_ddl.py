@@ -48,7 +48,7 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
             value = f"{alias}.{quote_name(column.name)}"
             if column.is_blob:
                 value = f"hex({value})"
-            pairs.append(f"'{column.name}', {value}")
+            pairs.append(f"{quote_literal(column.name)}, {value}")
         return "json_object(" + ", ".join(pairs) + ")"
 
     watched = [quote_name(c) for c in spec.watched]
