@@ -512,6 +512,30 @@ def test_a_store_with_receivers_registers_and_close_unregisters(
     assert listeners(db_path) == []
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="_dispatch: a store registered as a listener stays one until close(), and its own "
+    "housekeeping skips it, so after its last receiver is gone every write is still recorded "
+    "and kept (unbounded), then fired late when a receiver connects again",
+)
+def test_a_store_whose_last_receiver_left_stops_recording(
+    memos: Store, db_path: Path, listen: Listen
+) -> None:
+    def receiver(sender: Any, **extra: Any) -> None:
+        pass
+
+    signals.m2m_changed.connect(receiver, weak=False)
+    Memo.create(name="heard")  # the store registers itself as a listener
+    signals.m2m_changed.disconnect(receiver)
+    for n in range(5):
+        Memo.create(name="nobody listens", n=n)
+    memos.dispatch()
+    assert events_left(db_path) == []
+    saved = listen(signals.post_save)
+    Memo.create(name="heard again")
+    assert [c["instance"].name for c in saved] == ["heard again"]
+
+
 def quiet_at(folder: Path) -> list[str]:
     """The rest of a quiet writer's arguments: a barrier already open, so it starts at once."""
     barrier = folder / "go"
