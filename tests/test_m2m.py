@@ -10,6 +10,9 @@ signals are module globals.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -442,3 +445,40 @@ def test_a_side_without_a_field_registered_first_gets_its_join_table_with_the_ot
     assert [(c["sender"], c["instance"].id, c["action"], c["pks"]) for c in calls] == [
         (Page, page.id, "add", {label.id})
     ]
+
+
+CLUB_APP = """
+import peewee
+
+class Person(peewee.Model):
+    name = peewee.TextField()
+
+class Club(peewee.Model):
+    name = peewee.TextField()
+
+class Membership(peewee.Model):
+    person = peewee.ForeignKeyField(Person)
+    club = peewee.ForeignKeyField(Club)
+    role = peewee.TextField(default="member")
+
+Person._meta.add_field(
+    "clubs", peewee.ManyToManyField(Club, through_model=Membership, backref="people")
+)
+"""
+
+
+def test_the_command_s_app_option_leaves_through_models_to_their_relation(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """``--app`` registers a module's models as the application does: not a join table."""
+    (tmp_path / "club_app.py").write_text(CLUB_APP)
+    tokenstore.open(db_path).close()
+    done = subprocess.run(
+        [sys.executable, "-m", "tokenstore", "--app", "club_app", "dispatch"],
+        env={**os.environ, "TOKENSTORE_DB": str(db_path), "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert _db.rows(db_path, "SELECT count(*) FROM membership") == [(0,)]  # the command made it
