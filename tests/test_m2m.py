@@ -482,3 +482,33 @@ def test_the_command_s_app_option_leaves_through_models_to_their_relation(
     )
     assert done.returncode == 0, done.stderr
     assert _db.rows(db_path, "SELECT count(*) FROM membership") == [(0,)]  # the command made it
+
+
+def test_a_process_that_registers_one_side_keeps_the_other_side_s_hooks_working(
+    store: Store, httpserver: HTTPServer
+) -> None:
+    """The join table's triggers are shared by every process: each opens them for both sides."""
+    httpserver.expect_request("/tags").respond_with_data("ok")
+    hook = store.webhooks.create("tags", Tag, httpserver.url_for("/tags"), signal="M2M")
+    snap = Snapshot.create(url="https://example.com/")
+    a, b = tags("a", "b")
+    snap.tags.add(a)
+    script = (
+        "import os, sys\n"
+        "sys.path.insert(0, os.path.dirname(os.environ['TEST_FILE']))\n"
+        "import tokenstore, test_m2m\n"
+        "store = tokenstore.open(os.environ['TOKENSTORE_TEST_TARGET'])\n"
+        "store.register(test_m2m.Snapshot)  # this process has no use for Tag\n"
+        "store.close()\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "TEST_FILE": __file__, "TOKENSTORE_TEST_TARGET": _db.location(store)},
+        check=True,
+        timeout=60,
+    )
+    snap.tags.add(b)
+    sent = [
+        (d.event_type, json.loads(d.payload)["data"]["pk"]) for d in store.webhooks.deliveries(hook)
+    ]
+    assert sorted(sent) == sorted([("tag.snapshots.added", str(t.id)) for t in (a, b)])

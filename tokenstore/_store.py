@@ -262,18 +262,15 @@ class Store:
         The table waits until both sides' tables exist (PostgreSQL checks a
         foreign key's table when it is created; on SQLite the relation is
         unusable before that anyway): registering the other side, or this one
-        again, creates it then. Registering the other side also refreshes the
-        triggers so they count its hooks too.
+        again, creates it then. The triggers count the hooks of both sides
+        that have a field, registered here or not: every process shares them,
+        and one that has no use for a side must not close them to its hooks.
         """
         relation.through.bind(self.db, bind_refs=False, bind_backrefs=False)
         if not all(self.db.table_exists(s.model._meta.table_name) for s in relation.sides):
             return
         self.db.create_tables([relation.through], safe=True)
-        refs = tuple(
-            model_ref(s.model)
-            for s in relation.sides
-            if s.field is not None and self.registry.knows(s.model)
-        )
+        refs = tuple(model_ref(s.model) for s in relation.sides if s.field is not None)
         self.db.install_relation_capture(relation.spec(refs))
 
     def model_for_ref(self, ref: str | type[peewee.Model]) -> type[peewee.Model]:
