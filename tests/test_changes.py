@@ -669,6 +669,33 @@ def test_weak_and_strong_receivers_behave_as_blinker_says(memos: Store) -> None:
     assert set(signals.post_save.receivers) == before
 
 
+def test_a_muted_signal_calls_no_receiver_as_blinker_says(memos: Store, listen: Listen) -> None:
+    saved = listen(signals.post_save, Memo)
+    with signals.post_save.muted():
+        Memo.create(name="muted")
+    Memo.create(name="heard")
+    assert [c["instance"].name for c in saved] == ["heard"]
+
+
+def test_a_coroutine_receiver_is_refused_with_an_error_in_the_log(
+    memos: Store, listen: Listen, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Signals are sent synchronously, as blinker's own send() does (it raises for these)."""
+
+    async def receiver(sender: Any, **kwargs: Any) -> None:
+        raise AssertionError("never awaited, so never run")
+
+    saved = listen(signals.post_save, Memo)
+    signals.post_save.connect(receiver, sender=Memo, weak=False)
+    try:
+        with caplog.at_level(logging.ERROR, logger="tokenstore.signals"):
+            Memo.create(name="one")
+    finally:
+        signals.post_save.disconnect(receiver, sender=Memo)
+    assert [c["instance"].name for c in saved] == ["one"]
+    assert "coroutine function" in caplog.text and "receiver" in caplog.text
+
+
 def test_receivers_for_another_sender_are_not_called(memos: Store, listen: Listen) -> None:
     other = listen(signals.post_save, sender=User)
     mine = listen(signals.post_save, sender=Memo)
