@@ -33,6 +33,7 @@ import tokenstore._store
 from tokenstore import ChangeEvent, Store, signals
 from tokenstore import _dispatch as dispatch
 from tokenstore._capture import EVENT_TABLE
+from tokenstore._errors import ValidationError
 from tokenstore._models import User
 from tokenstore._times import utcnow
 
@@ -935,6 +936,48 @@ def test_listening_follows_blinker_s_receivers_whichever_way_they_left(
     memos.dispatch()
     Memo.create(name="nobody hears this")
     assert events_left(db_path) == []  # nothing recorded: no listener, no hook
+
+
+def test_a_deferred_foreign_key_must_be_resolved_before_its_model_is_registered(
+    store: Store, listen: Listen
+) -> None:
+    """Unresolved, it has no type and no final column name: its table could only come out wrong."""
+
+    class Later(peewee.Model):
+        name = peewee.TextField()
+        target = peewee.DeferredForeignKey("LaterTarget", null=True)
+
+    with pytest.raises(ValidationError, match=r"Later\.target .* 'latertarget'"):
+        store.register(Later)
+    assert not store.db.table_exists(Later._meta.table_name)
+
+    class LaterTarget(peewee.Model):
+        name = peewee.TextField()
+
+    store.register(LaterTarget)
+    store.register(Later)
+    saved = listen(signals.post_save, Later)
+    target = LaterTarget.create(name="t")
+    Later.create(name="l", target=target)
+    assert [(c["instance"].name, c["instance"].target_id) for c in saved] == [("l", target.id)]
+
+
+def test_a_model_whose_table_lacks_a_column_is_refused_and_its_writes_keep_working(
+    store: Store, listen: Listen
+) -> None:
+    """A field added since the table was made: the triggers would name a column it lacks."""
+
+    class Grown(peewee.Model):
+        name = peewee.TextField()
+
+    store.register(Grown)
+    Grown._meta.add_field("extra", peewee.TextField(null=True))
+    with pytest.raises(ValidationError, match=r"Grown: its table 'grown' has no column 'extra'"):
+        store.register(Grown)  # as every process start does
+    Grown._meta.remove_field("extra")
+    saved = listen(signals.post_save, Grown)
+    Grown.create(name="still works")
+    assert [c["instance"].name for c in saved] == ["still works"]
 
 
 def _xfail_on_postgres(store: Store, request: pytest.FixtureRequest, reason: str) -> None:

@@ -234,6 +234,13 @@ class Store:
             raise ValidationError(
                 f"{model.__name__} is a base class with no table of its own: register a subclass"
             )
+        for field in model._meta.sorted_fields:
+            if isinstance(field, peewee.DeferredForeignKey):  # no type, no final column name yet
+                raise ValidationError(
+                    f"{model.__name__}.{field.name} is a DeferredForeignKey to "
+                    f"{field.rel_model_name!r}, which is not defined yet: define it before "
+                    f"registering {model.__name__}"
+                )
         spec = CaptureSpec.of(model)
         relations = [Relation.of(m2m) for m2m in model._meta.manytomany.values()]
         self.registry.check_relations(relations)
@@ -244,6 +251,7 @@ class Store:
         try:
             with self.db.write(quiet=True):  # DDL only: its events wait for a dispatch
                 self.db.create_tables([model], safe=True)
+                self._check_columns(model)
                 self.db.install_capture(spec)
                 for relation in relations:
                     self.registry.add_relation(relation)
@@ -255,6 +263,21 @@ class Store:
                 self.registry.remove(model)
             raise
         return model
+
+    def _check_columns(self, model: type[peewee.Model]) -> None:
+        """Refuse a model whose table lacks some of its columns (a field added since, say).
+
+        Triggers naming a missing column would make every write to the table fail.
+        """
+        table = model._meta.table_name
+        present = {column.name for column in self.db.get_columns(table)}
+        missing = [f.column_name for f in model._meta.sorted_fields if f.column_name not in present]
+        if missing:
+            raise ValidationError(
+                f"{model.__name__}: its table {table!r} has no column "
+                f"{', '.join(repr(c) for c in missing)}; bring the table up to date with the "
+                "model, then register it again"
+            )
 
     def _capture_relation(self, relation: Relation) -> None:
         """Create a relation's join table and (re)install its triggers for the registered sides.
@@ -270,6 +293,7 @@ class Store:
         if not all(self.db.table_exists(s.model._meta.table_name) for s in relation.sides):
             return
         self.db.create_tables([relation.through], safe=True)
+        self._check_columns(relation.through)
         refs = tuple(model_ref(s.model) for s in relation.sides if s.field is not None)
         self.db.install_relation_capture(relation.spec(refs))
 
