@@ -226,7 +226,9 @@ class Store:
         its many-to-many fields (its own, and the backrefs of other models'
         fields) gets its join table and triggers that capture every relation
         added or removed (``signals.m2m_changed``, hooks with M2M). A
-        read-only store only binds the model, for reading.
+        read-only store only binds the model, for reading. Refused, with
+        nothing written: a DeferredForeignKey not resolved yet, a table that
+        lacks some of the model's columns, and relations ``docs/m2m.md`` lists.
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
             raise ValidationError(f"register() takes a peewee model class, got {model!r}")
