@@ -980,6 +980,51 @@ def test_a_model_whose_table_lacks_a_column_is_refused_and_its_writes_keep_worki
     assert [c["instance"].name for c in saved] == ["still works"]
 
 
+@pytest.mark.parametrize(
+    "table",
+    ["tokenstore_change_event", "tokenstore_listener", "tokenstore_delivery_log", "tokenstore_x"],
+)
+def test_a_model_on_one_of_tokenstore_s_tables_is_refused(store: Store, table: str) -> None:
+    """Capture on the event table itself would record events about events, without end."""
+
+    class Intruder(peewee.Model):
+        op = peewee.TextField()
+
+        class Meta:
+            table_name = table
+
+    with pytest.raises(ValidationError, match=rf"'{table}' .* tokenstore's own"):
+        store.register(Intruder)
+    assert Intruder not in list(store.registry)
+    [(triggers,)] = _db.rows(
+        store,
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'tokenstore_x%'"
+        if store.path is not None
+        else "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tokenstore_x%'",
+    )
+    assert triggers == 0
+
+
+def test_a_join_table_in_tokenstore_s_namespace_is_refused(store: Store) -> None:
+    class Left(peewee.Model):
+        name = peewee.TextField()
+
+    class Right(peewee.Model):
+        name = peewee.TextField()
+
+    class Link(peewee.Model):
+        left = peewee.ForeignKeyField(Left)
+        right = peewee.ForeignKeyField(Right)
+
+        class Meta:
+            table_name = "tokenstore_listener"
+
+    Left._meta.add_field("rights", peewee.ManyToManyField(Right, through_model=Link))
+    with pytest.raises(ValidationError, match=r"'tokenstore_listener' .* tokenstore's own"):
+        store.register(Left)
+    assert not store.db.table_exists("left")
+
+
 def _xfail_on_postgres(store: Store, request: pytest.FixtureRequest, reason: str) -> None:
     if store.path is None:
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))

@@ -41,6 +41,8 @@ class Registry:
         """Know ``model``; False if it was known already. Refuses a table taken by another."""
         table = model._meta.table_name
         known = self._by_table.get(table)
+        if known is None:
+            _outside_namespace(table, model_ref(model))
         if known is not None and known is not model:
             raise ValidationError(
                 f"table {table!r} already belongs to {model_ref(known)}; "
@@ -72,6 +74,7 @@ class Registry:
         """
         known = dict(self._relations)
         for relation in relations:
+            _outside_namespace(relation.table, f"the join table of {' / '.join(relation.fields())}")
             model = self._by_table.get(relation.table)
             if model is not None:
                 raise ValidationError(
@@ -108,4 +111,21 @@ class Registry:
         raise ValidationError(
             f"unknown model ref {wanted!r}; registered models: {known} "
             "(the tokenstore command registers an application's models with --app MODULE)"
+        )
+
+
+#: The prefix of tokenstore's own tables and views (the change events, the listeners, ...).
+NAMESPACE = "tokenstore_"
+
+
+def _outside_namespace(table: str, what: str) -> None:
+    """Refuse an application table named like tokenstore's own: capture there loops or lies.
+
+    Triggers on the event table would record events about events without end;
+    on the listener table, every registration would become a change.
+    """
+    if table.startswith(NAMESPACE):
+        raise ValidationError(
+            f"table {table!r} of {what} is named like tokenstore's own tables "
+            f"({NAMESPACE}*); give it another table_name"
         )
