@@ -982,7 +982,7 @@ def test_a_model_whose_table_lacks_a_column_is_refused_and_its_writes_keep_worki
 
 @pytest.mark.parametrize(
     "table",
-    ["tokenstore_change_event", "tokenstore_listener", "tokenstore_delivery_log", "tokenstore_x"],
+    ["tokenstore_change_event", "Tokenstore_Listener", "tokenstore_delivery_log", "tokenstore_x"],
 )
 def test_a_model_on_one_of_tokenstore_s_tables_is_refused(store: Store, table: str) -> None:
     """Capture on the event table itself would record events about events, without end."""
@@ -1023,6 +1023,29 @@ def test_a_join_table_in_tokenstore_s_namespace_is_refused(store: Store) -> None
     with pytest.raises(ValidationError, match=r"'tokenstore_listener' .* tokenstore's own"):
         store.register(Left)
     assert not store.db.table_exists("left")
+
+
+def test_a_table_named_like_another_but_for_case_is_refused(store: Store, listen: Listen) -> None:
+    """SQLite's names ignore case: "Thing" and "thing" would be one table with two models."""
+
+    class Upper(peewee.Model):
+        name = peewee.TextField()
+
+        class Meta:
+            table_name = "Thing"
+
+    class Lower(peewee.Model):
+        name = peewee.TextField()
+
+        class Meta:
+            table_name = "thing"
+
+    store.register(Upper)
+    with pytest.raises(ValidationError, match=r"'thing' .* 'Thing' .* case"):
+        store.register(Lower)
+    saved = listen(signals.post_save)
+    Upper.create(name="u")
+    assert [(c["sender"], c["instance"].name) for c in saved] == [(Upper, "u")]
 
 
 def _xfail_on_postgres(store: Store, request: pytest.FixtureRequest, reason: str) -> None:

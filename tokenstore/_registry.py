@@ -43,6 +43,13 @@ class Registry:
         known = self._by_table.get(table)
         if known is None:
             _outside_namespace(table, model_ref(model))
+            for other, owner in self._by_table.items():
+                if other.lower() == table.lower():  # SQLite's names ignore case
+                    raise ValidationError(
+                        f"table {table!r} of {model_ref(model)} and table {other!r} of "
+                        f"{model_ref(owner)} differ only in case, which SQL does not always "
+                        "tell apart (SQLite never does); give one of them another table_name"
+                    )
         if known is not None and known is not model:
             raise ValidationError(
                 f"table {table!r} already belongs to {model_ref(known)}; "
@@ -124,7 +131,7 @@ def _outside_namespace(table: str, what: str) -> None:
     Triggers on the event table would record events about events without end;
     on the listener table, every registration would become a change.
     """
-    if table.startswith(NAMESPACE):
+    if table.lower().startswith(NAMESPACE):
         raise ValidationError(
             f"table {table!r} of {what} is named like tokenstore's own tables "
             f"({NAMESPACE}*); give it another table_name"
