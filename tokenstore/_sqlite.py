@@ -516,8 +516,9 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         conn = self.connection()
         names = trigger_names(table, kind)
         found = conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? "
-            f"AND name IN ({', '.join('?' * len(names))})",
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' "  # names ignore case
+            "AND tbl_name = ? COLLATE NOCASE "
+            f"AND name COLLATE NOCASE IN ({', '.join('?' * len(names))})",
             (table, *names),
         ).fetchall()
         for (name,) in found:
