@@ -28,10 +28,12 @@ import pytest
 from _writer import Memo
 from blinker import ANY, Signal
 
+import tokenstore
 import tokenstore._store
 from tokenstore import ChangeEvent, Store, signals
 from tokenstore import _dispatch as dispatch
 from tokenstore._capture import EVENT_TABLE
+from tokenstore._errors import ValidationError
 from tokenstore._models import User
 from tokenstore._times import utcnow
 
@@ -656,6 +658,33 @@ def test_weak_and_strong_receivers_behave_as_blinker_says(memos: Store) -> None:
     assert set(signals.post_save.receivers) == before
 
 
+def test_a_muted_signal_calls_no_receiver_as_blinker_says(memos: Store, listen: Listen) -> None:
+    saved = listen(signals.post_save, Memo)
+    with signals.post_save.muted():
+        Memo.create(name="muted")
+    Memo.create(name="heard")
+    assert [c["instance"].name for c in saved] == ["heard"]
+
+
+def test_a_coroutine_receiver_is_refused_with_an_error_in_the_log(
+    memos: Store, listen: Listen, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Signals are sent synchronously, as blinker's own send() does (it raises for these)."""
+
+    async def receiver(sender: Any, **kwargs: Any) -> None:
+        raise AssertionError("never awaited, so never run")
+
+    saved = listen(signals.post_save, Memo)
+    signals.post_save.connect(receiver, sender=Memo, weak=False)
+    try:
+        with caplog.at_level(logging.ERROR, logger="tokenstore.signals"):
+            Memo.create(name="one")
+    finally:
+        signals.post_save.disconnect(receiver, sender=Memo)
+    assert [c["instance"].name for c in saved] == ["one"]
+    assert "coroutine function" in caplog.text and "receiver" in caplog.text
+
+
 def test_receivers_for_another_sender_are_not_called(memos: Store, listen: Listen) -> None:
     other = listen(signals.post_save, sender=User)
     mine = listen(signals.post_save, sender=Memo)
@@ -895,3 +924,179 @@ def test_listening_follows_blinker_s_receivers_whichever_way_they_left(
     memos.dispatch()
     Memo.create(name="nobody hears this")
     assert events_left(db_path) == []  # nothing recorded: no listener, no hook
+
+
+def test_a_deferred_foreign_key_must_be_resolved_before_its_model_is_registered(
+    store: Store, listen: Listen
+) -> None:
+    """Unresolved, it has no type and no final column name: its table could only come out wrong."""
+
+    class Later(peewee.Model):
+        name = peewee.TextField()
+        target = peewee.DeferredForeignKey("LaterTarget", null=True)
+
+    with pytest.raises(ValidationError, match=r"Later\.target .* 'latertarget'"):
+        store.register(Later)
+    assert not store.db.table_exists(Later._meta.table_name)
+
+    class LaterTarget(peewee.Model):
+        name = peewee.TextField()
+
+    store.register(LaterTarget)
+    store.register(Later)
+    saved = listen(signals.post_save, Later)
+    target = LaterTarget.create(name="t")
+    Later.create(name="l", target=target)
+    assert [(c["instance"].name, c["instance"].target_id) for c in saved] == [("l", target.id)]
+
+
+def test_a_model_whose_table_lacks_a_column_is_refused_and_its_writes_keep_working(
+    store: Store, listen: Listen
+) -> None:
+    """A field added since the table was made: the triggers would name a column it lacks."""
+
+    class Grown(peewee.Model):
+        name = peewee.TextField()
+
+    store.register(Grown)
+    Grown._meta.add_field("extra", peewee.TextField(null=True))
+    with pytest.raises(ValidationError, match=r"Grown: its table 'grown' has no column 'extra'"):
+        store.register(Grown)  # as every process start does
+    Grown._meta.remove_field("extra")
+    saved = listen(signals.post_save, Grown)
+    Grown.create(name="still works")
+    assert [c["instance"].name for c in saved] == ["still works"]
+
+
+@pytest.mark.parametrize(
+    "table",
+    ["tokenstore_change_event", "Tokenstore_Listener", "tokenstore_delivery_log", "tokenstore_x"],
+)
+def test_a_model_on_one_of_tokenstore_s_tables_is_refused(store: Store, table: str) -> None:
+    """Capture on the event table itself would record events about events, without end."""
+
+    class Intruder(peewee.Model):
+        op = peewee.TextField()
+
+        class Meta:
+            table_name = table
+
+    with pytest.raises(ValidationError, match=rf"'{table}' .* tokenstore's own"):
+        store.register(Intruder)
+    assert Intruder not in list(store.registry)
+    [(triggers,)] = _db.rows(
+        store,
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'tokenstore_x%'"
+        if store.path is not None
+        else "SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'tokenstore_x%'",
+    )
+    assert triggers == 0
+
+
+def test_a_join_table_in_tokenstore_s_namespace_is_refused(store: Store) -> None:
+    class Left(peewee.Model):
+        name = peewee.TextField()
+
+    class Right(peewee.Model):
+        name = peewee.TextField()
+
+    class Link(peewee.Model):
+        left = peewee.ForeignKeyField(Left)
+        right = peewee.ForeignKeyField(Right)
+
+        class Meta:
+            table_name = "tokenstore_listener"
+
+    Left._meta.add_field("rights", peewee.ManyToManyField(Right, through_model=Link))
+    with pytest.raises(ValidationError, match=r"'tokenstore_listener' .* tokenstore's own"):
+        store.register(Left)
+    assert not store.db.table_exists("left")
+
+
+def test_a_table_named_like_another_but_for_case_is_refused(store: Store, listen: Listen) -> None:
+    """SQLite's names ignore case: "Thing" and "thing" would be one table with two models."""
+
+    class Upper(peewee.Model):
+        name = peewee.TextField()
+
+        class Meta:
+            table_name = "Thing"
+
+    class Lower(peewee.Model):
+        name = peewee.TextField()
+
+        class Meta:
+            table_name = "thing"
+
+    store.register(Upper)
+    with pytest.raises(ValidationError, match=r"'thing' .* 'Thing' .* case"):
+        store.register(Lower)
+    saved = listen(signals.post_save)
+    Upper.create(name="u")
+    assert [(c["sender"], c["instance"].name) for c in saved] == [(Upper, "u")]
+
+
+def _xfail_on_postgres(store: Store, request: pytest.FixtureRequest, reason: str) -> None:
+    if store.path is None:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
+def test_tables_whose_names_differ_by_a_quote_keep_their_own_capture(
+    store: Store, listen: Listen, request: pytest.FixtureRequest
+) -> None:
+    """A table's triggers are named after its whole name: registering another never drops them."""
+    _xfail_on_postgres(
+        store,
+        request,
+        "_postgres_ddl names a table's capture function after its name without double "
+        "quotes: the second table's function replaces the first's, so the first table's "
+        "rows are recorded under the second's name",
+    )
+
+    class Quoted(peewee.Model):
+        name = peewee.TextField()
+
+        class Meta:
+            table_name = 'memo "quoted"'
+
+    class Unquoted(peewee.Model):
+        name = peewee.TextField()
+
+        class Meta:
+            table_name = "memo quoted"
+
+    store.register(Quoted)
+    store.register(Quoted)  # again, as every process start does
+    store.register(Unquoted)
+    saved = listen(signals.post_save)
+    Quoted.create(name="q")
+    Unquoted.create(name="u")
+    assert [(c["sender"], c["instance"].name) for c in saved] == [(Quoted, "q"), (Unquoted, "u")]
+
+
+def test_a_column_whose_name_holds_a_quote_is_captured(store: Store, listen: Listen) -> None:
+    class Remark(peewee.Model):
+        text = peewee.TextField(column_name="it's")
+
+    store.register(Remark)
+    saved = listen(signals.post_save)
+    Remark.create(text="hello")
+    assert [(c["sender"], c["instance"].text) for c in saved] == [(Remark, "hello")]
+
+
+def test_a_refused_registration_leaves_no_table_behind(
+    store: Store, request: pytest.FixtureRequest
+) -> None:
+    _xfail_on_postgres(
+        store,
+        request,
+        "PostgresDatabase.create_tables commits the transaction register() writes in "
+        "(its atomic() sends its own BEGIN and COMMIT), so the refusal that follows "
+        "cannot take the table back",
+    )
+    columns = {f"c{i}": peewee.IntegerField(default=0) for i in range(70)}
+    Wide = type("Wide", (peewee.Model,), {"__module__": __name__, **columns})
+    with pytest.raises(tokenstore.TokenstoreError, match="at most"):
+        store.register(Wide)
+    assert not store.db.table_exists(Wide._meta.table_name)
+    assert Wide not in list(store.registry)

@@ -10,6 +10,9 @@ signals are module globals.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -351,3 +354,161 @@ def test_m2m_hooks_get_one_signed_delivery_per_relation_change_and_others_none(
     ]
     assert received["/tags"][2]["data"]["abid"] == a.abid
     assert {d.status for d in store.webhooks.deliveries(m2m)} == {"delivered"}
+
+
+# -- registration refuses what it cannot capture faithfully -----------------------------
+
+
+def test_two_relations_sharing_one_join_table_are_refused_before_anything_is_written(
+    store: Store,
+) -> None:
+    """peewee names a field's own through model after the two models, so two fields clash."""
+
+    class Author(peewee.Model):
+        name = peewee.TextField()
+
+    class Book(peewee.Model):
+        title = peewee.TextField()
+        writers = peewee.ManyToManyField(Author, backref="written")
+        editors = peewee.ManyToManyField(Author, backref="edited")
+
+    join = Book.writers.through_model._meta.table_name
+    assert Book.editors.through_model._meta.table_name == join
+    for model in (Book, Author):  # whichever side comes first
+        with pytest.raises(ValidationError, match=rf"'{join}'.*Book\.writers.*Book\.editors"):
+            store.register(model)
+        assert not store.db.table_exists(model._meta.table_name)
+        assert model not in list(store.registry)
+    assert not store.db.table_exists(join)
+    assert join not in store.registry.tables()
+
+
+def test_a_through_model_whose_key_is_not_the_primary_key_is_refused(store: Store) -> None:
+    """Relations are told by primary key (``instance``, ``pks``): a ``field=`` key would lie."""
+
+    class Person(peewee.Model):
+        handle = peewee.CharField(unique=True)
+
+    class Club(peewee.Model):
+        name = peewee.TextField()
+
+    class Membership(peewee.Model):
+        person = peewee.ForeignKeyField(Person, field=Person.handle)
+        club = peewee.ForeignKeyField(Club)
+
+    Person._meta.add_field(
+        "clubs", peewee.ManyToManyField(Club, through_model=Membership, backref="people")
+    )
+    for model in (Club, Person):
+        with pytest.raises(
+            ValidationError, match=r"Membership\.person .* Person\.handle, not its primary key"
+        ):
+            store.register(model)
+        assert not store.db.table_exists(model._meta.table_name)
+
+
+def test_a_relation_keyed_by_a_blob_is_refused(store: Store) -> None:
+    """A BLOB key cannot travel in the events' JSON; refused at once, not at the first add."""
+
+    class Photo(peewee.Model):
+        id = peewee.BlobField(primary_key=True)
+
+    class Album(peewee.Model):
+        photos = peewee.ManyToManyField(Photo, backref="albums")
+
+    for model in (Photo, Album):
+        with pytest.raises(ValidationError, match=r"AlbumPhotoThrough\.photo .* BLOB"):
+            store.register(model)
+        assert not store.db.table_exists(model._meta.table_name)
+
+
+def test_a_side_without_a_field_registered_first_gets_its_join_table_with_the_other(
+    store: Store,
+) -> None:
+    """``backref="+"``: the other side has no field, and its registration still makes the table."""
+
+    class Label(peewee.Model):
+        name = peewee.TextField()
+
+    class Page(peewee.Model):
+        url = peewee.TextField()
+        labels = peewee.ManyToManyField(Label, backref="+")
+
+    store.register(Page)  # Label's table does not exist yet: the join table waits
+    join = Page.labels.through_model._meta.table_name
+    assert not store.db.table_exists(join)
+    store.register(Label)
+    assert store.db.table_exists(join)
+    page, label = Page.create(url="u"), Label.create(name="x")
+    with m2m_calls() as calls:
+        page.labels.add(label)
+    assert [(c["sender"], c["instance"].id, c["action"], c["pks"]) for c in calls] == [
+        (Page, page.id, "add", {label.id})
+    ]
+
+
+CLUB_APP = """
+import peewee
+
+class Person(peewee.Model):
+    name = peewee.TextField()
+
+class Club(peewee.Model):
+    name = peewee.TextField()
+
+class Membership(peewee.Model):
+    person = peewee.ForeignKeyField(Person)
+    club = peewee.ForeignKeyField(Club)
+    role = peewee.TextField(default="member")
+
+Person._meta.add_field(
+    "clubs", peewee.ManyToManyField(Club, through_model=Membership, backref="people")
+)
+"""
+
+
+def test_the_command_s_app_option_leaves_through_models_to_their_relation(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """``--app`` registers a module's models as the application does: not a join table."""
+    (tmp_path / "club_app.py").write_text(CLUB_APP)
+    tokenstore.open(db_path).close()
+    done = subprocess.run(
+        [sys.executable, "-m", "tokenstore", "--app", "club_app", "dispatch"],
+        env={**os.environ, "TOKENSTORE_DB": str(db_path), "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert _db.rows(db_path, "SELECT count(*) FROM membership") == [(0,)]  # the command made it
+
+
+def test_a_process_that_registers_one_side_keeps_the_other_side_s_hooks_working(
+    store: Store, httpserver: HTTPServer
+) -> None:
+    """The join table's triggers are shared by every process: each opens them for both sides."""
+    httpserver.expect_request("/tags").respond_with_data("ok")
+    hook = store.webhooks.create("tags", Tag, httpserver.url_for("/tags"), signal="M2M")
+    snap = Snapshot.create(url="https://example.com/")
+    a, b = tags("a", "b")
+    snap.tags.add(a)
+    script = (
+        "import os, sys\n"
+        "sys.path.insert(0, os.path.dirname(os.environ['TEST_FILE']))\n"
+        "import tokenstore, test_m2m\n"
+        "store = tokenstore.open(os.environ['TOKENSTORE_TEST_TARGET'])\n"
+        "store.register(test_m2m.Snapshot)  # this process has no use for Tag\n"
+        "store.close()\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "TEST_FILE": __file__, "TOKENSTORE_TEST_TARGET": _db.location(store)},
+        check=True,
+        timeout=60,
+    )
+    snap.tags.add(b)
+    sent = [
+        (d.event_type, json.loads(d.payload)["data"]["pk"]) for d in store.webhooks.deliveries(hook)
+    ]
+    assert sorted(sent) == sorted([("tag.snapshots.added", str(t.id)) for t in (a, b)])

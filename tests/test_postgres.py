@@ -225,16 +225,8 @@ def named(table: str) -> type[ABIDModel]:
     ],
 )
 def test_tables_with_long_or_odd_names_are_captured_and_registered_again(
-    store: Store, tables: list[str], request: pytest.FixtureRequest
+    store: Store, tables: list[str]
 ) -> None:
-    if store.path is not None and '"' in tables[0]:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="SQLiteDatabase.install_capture drops triggers named after the table "
-                "with its quote, and capture_triggers creates them without (_sqlite.py)",
-            )
-        )
     models = [store.register(named(table)) for table in tables]
     hooks = [store.webhooks.create(f"h{i}", m, "http://127.0.0.1:9/") for i, m in enumerate(models)]
     for model in models:
@@ -266,17 +258,7 @@ def test_a_table_of_sixty_columns_is_captured_on_both_backends(store: Store) -> 
     assert seen == [{f"c{i}": i for i in range(60)}]
 
 
-def test_a_column_name_with_a_quote_is_captured(
-    store: Store, request: pytest.FixtureRequest
-) -> None:
-    if store.path is not None:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="_sqlite_ddl.capture_triggers writes a column's name into a literal "
-                "unescaped (SQL syntax error); the PostgreSQL one quotes it",
-            )
-        )
+def test_a_column_name_with_a_quote_is_captured(store: Store) -> None:
     meta = type("Meta", (), {"table_name": "quoted"})
     field = peewee.TextField(column_name="it's", default="x")
     model = type("Quoted", (peewee.Model,), {"__module__": __name__, "Meta": meta, "its": field})

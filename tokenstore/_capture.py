@@ -123,8 +123,9 @@ class RelationSpec:
     and an UPDATE that moves a row records both (the old pair removed, the
     new one added). Each event carries both foreign keys (``columns``) and
     nothing else, so the dispatcher can name both sides. ``refs`` are the
-    refs of the registered sides: while no process listens and no enabled
-    hook on one of them has M2M in its signal, a write records nothing.
+    refs of the sides that have a field for the relation: while no process
+    listens and no enabled hook on one of them has M2M in its signal, a
+    write records nothing.
     """
 
     table: str

@@ -82,6 +82,16 @@ class Relation:
                     f"{where}: its through model {through.__name__} has no foreign key "
                     f"to {end.__name__}"
                 )
+            key = f"{through.__name__}.{fk.name}"
+            if fk.rel_field is not end._meta.primary_key:
+                raise ValidationError(
+                    f"{where}: {key} refers to {end.__name__}.{fk.rel_field.name}, not its "
+                    "primary key; relations are captured and told by primary key"
+                )
+            if isinstance(fk.rel_field, peewee.BlobField):
+                raise ValidationError(
+                    f"{where}: {key} is a BLOB, which the captured events (JSON) cannot hold"
+                )
             return Side(end, name, fk.column_name, converter(fk))
 
         reverse = next(
@@ -96,6 +106,10 @@ class Relation:
         columns = [f.column_name for f in keys]
         ordered = columns.index(mine.column) < columns.index(theirs.column)
         return cls(through, (mine, theirs) if ordered else (theirs, mine))
+
+    def fields(self) -> tuple[str, ...]:
+        """The relation's fields, as ``Model.field``: what tells it from another on its table."""
+        return tuple(f"{s.model.__name__}.{s.field}" for s in self.sides if s.field is not None)
 
     def spec(self, refs: tuple[str, ...]) -> RelationSpec:
         """What the join table's triggers record, gated on hooks of the sides ``refs`` name."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import peewee
 
@@ -41,6 +41,15 @@ class Registry:
         """Know ``model``; False if it was known already. Refuses a table taken by another."""
         table = model._meta.table_name
         known = self._by_table.get(table)
+        if known is None:
+            _outside_namespace(table, model_ref(model))
+            for other, owner in self._by_table.items():
+                if other.lower() == table.lower():  # SQLite's names ignore case
+                    raise ValidationError(
+                        f"table {table!r} of {model_ref(model)} and table {other!r} of "
+                        f"{model_ref(owner)} differ only in case, which SQL does not always "
+                        "tell apart (SQLite never does); give one of them another table_name"
+                    )
         if known is not None and known is not model:
             raise ValidationError(
                 f"table {table!r} already belongs to {model_ref(known)}; "
@@ -63,15 +72,38 @@ class Registry:
             if not any(self.knows(side.model) for side in relation.sides):
                 del self._relations[table]
 
+    def check_relations(self, relations: Iterable[Relation]) -> None:
+        """Refuse relations whose join table is a registered model's, or another relation's.
+
+        Two ``ManyToManyField`` between the same two models, each without a
+        through model of its own, get one table (peewee names it after the
+        models): its rows cannot be told apart, so neither could be captured.
+        """
+        known = dict(self._relations)
+        for relation in relations:
+            _outside_namespace(relation.table, f"the join table of {' / '.join(relation.fields())}")
+            model = self._by_table.get(relation.table)
+            if model is not None:
+                raise ValidationError(
+                    f"table {relation.table!r} belongs to {model_ref(model)}; it cannot also be "
+                    f"the join table of {' and '.join(model_ref(s.model) for s in relation.sides)}"
+                )
+            other = known.setdefault(relation.table, relation)
+            if other.fields() != relation.fields():
+                raise ValidationError(
+                    f"table {relation.table!r} would be the join table of both "
+                    f"{' / '.join(other.fields())} and {' / '.join(relation.fields())}; "
+                    "give each ManyToManyField a through_model of its own"
+                )
+
     def add_relation(self, relation: Relation) -> None:
-        """Know a join table (one side at least is registered). Refuses a registered model's."""
-        model = self._by_table.get(relation.table)
-        if model is not None:
-            raise ValidationError(
-                f"table {relation.table!r} belongs to {model_ref(model)}; it cannot also be the "
-                f"join table of {' and '.join(model_ref(s.model) for s in relation.sides)}"
-            )
+        """Know a join table (one side at least is registered); see ``check_relations``."""
+        self.check_relations([relation])
         self._relations[relation.table] = relation
+
+    def relations_of(self, model: type[peewee.Model]) -> list[Relation]:
+        """The known relations that ``model`` is a side of."""
+        return [r for r in self._relations.values() if any(s.model is model for s in r.sides)]
 
     def relation_for(self, table: str) -> Relation | None:
         return self._relations.get(table)
@@ -86,4 +118,21 @@ class Registry:
         raise ValidationError(
             f"unknown model ref {wanted!r}; registered models: {known} "
             "(the tokenstore command registers an application's models with --app MODULE)"
+        )
+
+
+#: The prefix of tokenstore's own tables and views (the change events, the listeners, ...).
+NAMESPACE = "tokenstore_"
+
+
+def _outside_namespace(table: str, what: str) -> None:
+    """Refuse an application table named like tokenstore's own: capture there loops or lies.
+
+    Triggers on the event table would record events about events without end;
+    on the listener table, every registration would become a change.
+    """
+    if table.lower().startswith(NAMESPACE):
+        raise ValidationError(
+            f"table {table!r} of {what} is named like tokenstore's own tables "
+            f"({NAMESPACE}*); give it another table_name"
         )

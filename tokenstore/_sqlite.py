@@ -42,7 +42,7 @@ from ._errors import (
 )
 from ._models import SYSTEM_USERNAME
 from ._rows import quote_name
-from ._sqlite_ddl import capture_triggers, claim_statements, relation_triggers
+from ._sqlite_ddl import capture_triggers, claim_statements, relation_triggers, trigger_names
 from ._sqlite_file import check_file, connect_uri, create_private, make_files_private, writable
 from ._times import format_time, utcnow
 
@@ -505,20 +505,25 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
 
     def install_capture(self, spec: CaptureSpec) -> None:
         """(Re)create a table's capture triggers so they match its model's current fields."""
-        conn = self.connection()
-        name = spec.table
-        for suffix in ("insert", "update", "delete"):
-            conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(f'{name}_capture_{suffix}')}")
-        for statement in capture_triggers(spec):
-            conn.execute(statement)
+        self._replace_triggers(spec.table, "capture", capture_triggers(spec))
 
     def install_relation_capture(self, spec: RelationSpec) -> None:
         """(Re)create a join table's triggers so they match the sides registered now."""
+        self._replace_triggers(spec.table, "relation", relation_triggers(spec))
+
+    def _replace_triggers(self, table: str, kind: str, statements: list[str]) -> None:
+        """Drop the table's own triggers of this kind (never another table's), then create."""
         conn = self.connection()
-        name = spec.table.replace('"', "")
-        for suffix in ("insert", "update", "delete"):
-            conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(f'{name}_relation_{suffix}')}")
-        for statement in relation_triggers(spec):
+        names = trigger_names(table, kind)
+        found = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' "  # names ignore case
+            "AND tbl_name = ? COLLATE NOCASE "
+            f"AND name COLLATE NOCASE IN ({', '.join('?' * len(names))})",
+            (table, *names),
+        ).fetchall()
+        for (name,) in found:
+            conn.execute(f"DROP TRIGGER {quote_name(name)}")
+        for statement in statements:
             conn.execute(statement)
 
     @staticmethod

@@ -19,6 +19,25 @@ MAX_CAPTURED_COLUMNS = 63
 # -- capture --------------------------------------------------------------------------------
 
 
+def trigger_name(table: str, kind: str, op: str) -> str:
+    """The quoted name of a table's trigger: the table's whole name, so no two tables share it.
+
+    ``kind`` is "capture" or "relation", ``op`` "insert", "update" or "delete".
+    """
+    return quote_name(f"{table}_{kind}_{op}")
+
+
+def trigger_names(table: str, kind: str) -> list[str]:
+    """Every name a table's triggers of one kind have, or had (unquoted).
+
+    Files written before named them after the table without its double
+    quotes, a name another table could have too: both spellings are looked
+    for, among that table's own triggers, when they are replaced.
+    """
+    spellings = dict.fromkeys((table, table.replace('"', "")))
+    return [f"{name}_{kind}_{op}" for name in spellings for op in ("insert", "update", "delete")]
+
+
 def capture_triggers(spec: CaptureSpec) -> list[str]:
     """The CREATE TRIGGER statements that record a table's changes (see ``CaptureSpec``)."""
     spec.check_width(MAX_CAPTURED_COLUMNS)
@@ -29,7 +48,7 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
             value = f"{alias}.{quote_name(column.name)}"
             if column.is_blob:
                 value = f"hex({value})"
-            pairs.append(f"'{column.name}', {value}")
+            pairs.append(f"{quote_literal(column.name)}, {value}")
         return "json_object(" + ", ".join(pairs) + ")"
 
     watched = [quote_name(c) for c in spec.watched]
@@ -42,20 +61,19 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
     )
     pk = quote_name(spec.pk_column)
     insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
-    name = spec.table.replace('"', "")
     values = f"VALUES ({quote_literal(spec.table)}"
     on = quote_name(spec.table)
     return [
-        f"CREATE TRIGGER {quote_name(name + '_capture_insert')} AFTER INSERT ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec.table, 'capture', 'insert')} AFTER INSERT ON {on}\n"
         f"WHEN {gate}\n"
         f"BEGIN\n  {insert}\n  {values}, 'INSERT', NEW.{pk}, NULL, {row('NEW')});\n"
         "END",
-        f"CREATE TRIGGER {quote_name(name + '_capture_update')} AFTER UPDATE {of}"
+        f"CREATE TRIGGER {trigger_name(spec.table, 'capture', 'update')} AFTER UPDATE {of}"
         f"ON {on}\n"
         f"WHEN {gate}\n  AND ({changed or '0'})\n"
         f"BEGIN\n  {insert}\n  {values}, 'UPDATE', NEW.{pk}, {row('OLD')}, "
         f"{row('NEW')});\nEND",
-        f"CREATE TRIGGER {quote_name(name + '_capture_delete')} AFTER DELETE ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec.table, 'capture', 'delete')} AFTER DELETE ON {on}\n"
         f"WHEN {gate}\n"
         f"BEGIN\n  {insert}\n  {values}, 'DELETE', OLD.{pk}, {row('OLD')}, NULL);\n"
         "END",
@@ -83,16 +101,15 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
             f"  VALUES ({quote_literal(spec.table)}, '{op}', {pk}, {old}, {new});\n"
         )
 
-    name = spec.table.replace('"', "")
     on = quote_name(spec.table)
     return [
-        f"CREATE TRIGGER {quote_name(name + '_relation_insert')} AFTER INSERT ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec.table, 'relation', 'insert')} AFTER INSERT ON {on}\n"
         f"WHEN {gate}\nBEGIN\n{event('INSERT', 'NEW')}END",
-        f"CREATE TRIGGER {quote_name(name + '_relation_update')} "
+        f"CREATE TRIGGER {trigger_name(spec.table, 'relation', 'update')} "
         f"AFTER UPDATE OF {first}, {second} ON {on}\n"
         f"WHEN {gate}\n  AND (OLD.{first} IS NOT NEW.{first} OR OLD.{second} IS NOT NEW.{second})\n"
         f"BEGIN\n{event('DELETE', 'OLD')}{event('INSERT', 'NEW')}END",
-        f"CREATE TRIGGER {quote_name(name + '_relation_delete')} AFTER DELETE ON {on}\n"
+        f"CREATE TRIGGER {trigger_name(spec.table, 'relation', 'delete')} AFTER DELETE ON {on}\n"
         f"WHEN {gate}\nBEGIN\n{event('DELETE', 'OLD')}END",
     ]
 

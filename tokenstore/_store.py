@@ -232,7 +232,9 @@ class Store:
         its many-to-many fields (its own, and the backrefs of other models'
         fields) gets its join table and triggers that capture every relation
         added or removed (``signals.m2m_changed``, hooks with M2M). A
-        read-only store only binds the model, for reading.
+        read-only store only binds the model, for reading. Refused, with
+        nothing written: a DeferredForeignKey not resolved yet, a table that
+        lacks some of the model's columns, and relations ``docs/m2m.md`` lists.
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
             raise ValidationError(f"register() takes a peewee model class, got {model!r}")
@@ -240,8 +242,16 @@ class Store:
             raise ValidationError(
                 f"{model.__name__} is a base class with no table of its own: register a subclass"
             )
+        for field in model._meta.sorted_fields:
+            if isinstance(field, peewee.DeferredForeignKey):  # no type, no final column name yet
+                raise ValidationError(
+                    f"{model.__name__}.{field.name} is a DeferredForeignKey to "
+                    f"{field.rel_model_name!r}, which is not defined yet: define it before "
+                    f"registering {model.__name__}"
+                )
         spec = CaptureSpec.of(model)
         relations = [Relation.of(m2m) for m2m in model._meta.manytomany.values()]
+        self.registry.check_relations(relations)
         model.bind(self.db, bind_refs=False, bind_backrefs=False)
         added = self.registry.add(model)
         if self.db.read_only:  # readable as it is: no table or trigger can be made
@@ -249,8 +259,12 @@ class Store:
         try:
             with self.db.write(quiet=True):  # DDL only: its events wait for a dispatch
                 self.db.create_tables([model], safe=True)
+                self._check_columns(model)
                 self.db.install_capture(spec)
                 for relation in relations:
+                    self.registry.add_relation(relation)
+                # with those, any relation whose other side has no field here (backref="+")
+                for relation in self.registry.relations_of(model):
                     self._capture_relation(relation)
         except BaseException:
             if added:
@@ -258,25 +272,37 @@ class Store:
             raise
         return model
 
+    def _check_columns(self, model: type[peewee.Model]) -> None:
+        """Refuse a model whose table lacks some of its columns (a field added since, say).
+
+        Triggers naming a missing column would make every write to the table fail.
+        """
+        table = model._meta.table_name
+        present = {column.name for column in self.db.get_columns(table)}
+        missing = [f.column_name for f in model._meta.sorted_fields if f.column_name not in present]
+        if missing:
+            raise ValidationError(
+                f"{model.__name__}: its table {table!r} has no column "
+                f"{', '.join(repr(c) for c in missing)}; bring the table up to date with the "
+                "model, then register it again"
+            )
+
     def _capture_relation(self, relation: Relation) -> None:
         """Create a relation's join table and (re)install its triggers for the registered sides.
 
         The table waits until both sides' tables exist (PostgreSQL checks a
         foreign key's table when it is created; on SQLite the relation is
         unusable before that anyway): registering the other side, or this one
-        again, creates it then. Registering the other side also refreshes the
-        triggers so they count its hooks too.
+        again, creates it then. The triggers count the hooks of both sides
+        that have a field, registered here or not: every process shares them,
+        and one that has no use for a side must not close them to its hooks.
         """
         relation.through.bind(self.db, bind_refs=False, bind_backrefs=False)
-        self.registry.add_relation(relation)
         if not all(self.db.table_exists(s.model._meta.table_name) for s in relation.sides):
             return
         self.db.create_tables([relation.through], safe=True)
-        refs = tuple(
-            model_ref(s.model)
-            for s in relation.sides
-            if s.field is not None and self.registry.knows(s.model)
-        )
+        self._check_columns(relation.through)
+        refs = tuple(model_ref(s.model) for s in relation.sides if s.field is not None)
         self.db.install_relation_capture(relation.spec(refs))
 
     def model_for_ref(self, ref: str | type[peewee.Model]) -> type[peewee.Model]:

@@ -8,6 +8,7 @@ receiver that raises is logged and the rest still run.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -61,10 +62,21 @@ def send_isolated(signal: Signal, sender: Any, **kwargs: Any) -> None:
 
     blinker's own ``send`` stops at the first exception; here one faulty
     receiver must not cost the others their call, nor the application its write.
+    Otherwise it is ``send``: a muted signal calls no one, and a coroutine
+    function, which ``send`` refuses, is skipped with an error in the log
+    (called, it would only make a coroutine that nothing runs).
     """
-    if not signal.receivers:
+    if not signal.receivers or signal.is_muted:
         return
     for receiver in signal.receivers_for(sender):
+        if inspect.iscoroutinefunction(receiver):
+            logger.error(
+                "receiver %r of signal %r is a coroutine function; tokenstore sends "
+                "signals synchronously, so it is not called",
+                receiver,
+                getattr(signal, "name", signal),
+            )
+            continue
         try:
             receiver(sender, **kwargs)
         except Exception:

@@ -53,6 +53,8 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
 
     The command runs in its own process: to name an application's models in
     hooks, or to fire their events with full field types, it needs the classes.
+    A through model of a relation is not registered: registering either side
+    captures its join table.
     """
     try:
         module = importlib.import_module(name)
@@ -68,10 +70,20 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
         if isinstance(obj, type)
         and issubclass(obj, peewee.Model)
         and obj.__module__ == module.__name__
+        and not _is_through_model(obj)
     ]
     for model in models:
         store.register(model)
     return models
+
+
+def _is_through_model(model: type[peewee.Model]) -> bool:
+    """Whether a model is the join table of a ManyToManyField of a model it refers to."""
+    return any(
+        m2m.through_model is model
+        for target in list(model._meta.model_refs)
+        for m2m in target._meta.manytomany.values()
+    )
 
 
 def _warn_waiting(waiting: dict[str, int]) -> None:
