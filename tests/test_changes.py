@@ -1045,13 +1045,6 @@ def test_tables_whose_names_differ_by_a_quote_keep_their_own_capture(
     store: Store, listen: Listen, request: pytest.FixtureRequest
 ) -> None:
     """A table's triggers are named after its whole name: registering another never drops them."""
-    _xfail_on_postgres(
-        store,
-        request,
-        "_postgres_ddl names a table's capture function after its name without double "
-        "quotes: the second table's function replaces the first's, so the first table's "
-        "rows are recorded under the second's name",
-    )
 
     class Quoted(peewee.Model):
         name = peewee.TextField()

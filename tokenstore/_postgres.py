@@ -50,7 +50,7 @@ from ._postgres_ddl import (
     claim_statements,
     function_name,
     relation_triggers,
-    trigger_name,
+    trigger_names,
 )
 from ._postgres_driver import (
     cursor_class,
@@ -461,8 +461,8 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             if current == digest:
                 return
             for op in ("insert", "update", "delete"):
-                trigger = trigger_name(spec, op)
-                conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {quote_name(spec.table)}")
+                for trigger in trigger_names(spec, op):
+                    conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {quote_name(spec.table)}")
             for statement in statements:
                 conn.execute(statement)
             conn.execute(f"COMMENT ON FUNCTION {function} IS {quote_literal(digest)}")

@@ -32,10 +32,11 @@ def _name(table: str, suffix: str) -> str:
 
     Cut at 63 bytes, a long table's three trigger names would be one name,
     and two long tables would share a function; so a long table name is cut
-    and followed by a digest of the whole.
+    and followed by a digest of the whole. So is one whose quotes were left
+    out: ``a"b`` and ``ab`` would share a function too.
     """
     base = table.replace('"', "")
-    if len((base + suffix).encode()) <= LONGEST_NAME:
+    if base == table and len((base + suffix).encode()) <= LONGEST_NAME:
         return base + suffix
     digest = hashlib.sha256(table.encode()).hexdigest()[:8]
     room = LONGEST_NAME - len(suffix.encode()) - len(digest) - 1
@@ -54,6 +55,18 @@ def function_name(spec: CaptureSpec | RelationSpec) -> str:
 def trigger_name(spec: CaptureSpec | RelationSpec, op: str) -> str:
     """The trigger that records a table's ``op`` (insert, update, delete)."""
     return quote_name(_name(spec.table, f"_{_kind(spec)}_{op}"))
+
+
+def trigger_names(spec: CaptureSpec | RelationSpec, op: str) -> list[str]:
+    """``trigger_name``, and the name it had before a quoted table's names took a digest.
+
+    Registering again drops both, so the old trigger does not record twice.
+    """
+    names = [trigger_name(spec, op)]
+    before = spec.table.replace('"', "") + f"_{_kind(spec)}_{op}"
+    if quote_name(before) != names[0] and len(before.encode()) <= LONGEST_NAME:
+        names.append(quote_name(before))
+    return names
 
 
 def capture_triggers(spec: CaptureSpec) -> list[str]:
