@@ -1093,3 +1093,16 @@ def test_a_refused_registration_leaves_no_table_behind(
         store.register(Wide)
     assert not store.db.table_exists(Wide._meta.table_name)
     assert Wide not in list(store.registry)
+
+
+def test_an_event_recorded_with_sqlites_inf_reads_as_infinity_and_strings_stay_as_written() -> None:
+    """SQLite before 3.45 writes an infinite REAL as a bare ``Inf``; text saying so is text."""
+    row = '{"a":Inf,"b":-Inf,"c":"x:Inf,\\"Inf\\\\","d":"\\\\","e":1.5}'
+    event = ChangeEvent.from_row((1, "t", "INSERT", "1", None, row, "2026-01-01T00:00:00.000Z"))
+    assert event.new == {
+        "a": float("inf"),
+        "b": float("-inf"),
+        "c": 'x:Inf,"Inf\\',
+        "d": "\\",
+        "e": 1.5,
+    }

@@ -27,6 +27,34 @@ def model_ref(model: type[peewee.Model]) -> str:
     return f"{model.__module__}.{model.__qualname__}"
 
 
+def _loads(text: str) -> Any:
+    """A recorded row; SQLite before 3.45 writes an infinite REAL as ``Inf``, which is no JSON.
+
+    Only then (a failed parse) is the text read again, with each ``Inf``
+    outside a string written as JSON's ``Infinity``.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        parts = []
+        in_string = escaped = False
+        i = 0
+        while i < len(text):
+            char = text[i]
+            if in_string:
+                in_string = escaped or char != '"'
+                escaped = not escaped and char == "\\"
+            elif char == '"':
+                in_string = True
+            elif text.startswith("Inf", i) and not text.startswith("Infinity", i):
+                parts.append("Infinity")
+                i += 3
+                continue
+            parts.append(char)
+            i += 1
+        return json.loads("".join(parts))
+
+
 @dataclass(frozen=True)
 class ChangeEvent:
     """One captured row change, as the trigger recorded it."""
@@ -48,8 +76,8 @@ class ChangeEvent:
             table=table,
             op=op,
             pk=None if pk is None else str(pk),
-            old=None if old is None else json.loads(old),
-            new=None if new is None else json.loads(new),
+            old=None if old is None else _loads(old),
+            new=None if new is None else _loads(new),
             created_at=created_at,
         )
 
