@@ -116,12 +116,21 @@ def schema_statement(name: str) -> str:
     raise StoreError(f"schema-postgres.sql creates nothing named {name!r}")
 
 
-def _check_names(model: type[peewee.Model]) -> None:
-    """Refuse a table or column name longer than PostgreSQL keeps (63 bytes).
+#: The most columns a PostgreSQL table can have.
+MAX_COLUMNS = 1600
 
-    The server would cut it without a word: two long table names could
+
+def _check_names(model: type[peewee.Model]) -> None:
+    """Refuse a table or column name longer than PostgreSQL keeps (63 bytes), or too many columns.
+
+    The server would cut a name without a word: two long table names could
     become one table, two long column names one column.
     """
+    if len(model._meta.sorted_fields) > MAX_COLUMNS:
+        raise ValidationError(
+            f"{model.__name__} has {len(model._meta.sorted_fields)} columns; a PostgreSQL "
+            f"table can have at most {MAX_COLUMNS}"
+        )
     names = [model._meta.table_name, *(f.column_name for f in model._meta.sorted_fields)]
     for name in names:
         if len(name.encode()) > LONGEST_NAME:
@@ -427,7 +436,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         """
         for model in models:
             _check_names(model)
-        with self.atomic():
+        with self.write(quiet=True):  # joins the transaction register() writes in
             self._lock_schema(self.connection())
             if safe:
                 tables = set(self.get_tables())
@@ -452,7 +461,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         """
         digest = hashlib.sha256("\n".join(statements).encode()).hexdigest()[:32]
         function = f"{function_name(spec)}()"
-        with self.atomic():
+        with self.write(quiet=True):
             conn = self.connection()
             self._lock_schema(conn)
             (current,) = conn.execute(
