@@ -23,6 +23,7 @@ class BoundedThreads(ThreadingMixIn):
 
     daemon_threads = True
     max_connections = MAX_CONNECTIONS
+    _connection_slots: threading.BoundedSemaphore | None = None  # made at the first connection
 
     def process_request(self, request: Any, client_address: Any) -> None:
         slots = self._slots()
@@ -42,9 +43,7 @@ class BoundedThreads(ThreadingMixIn):
             self._slots().release()
 
     def _slots(self) -> threading.BoundedSemaphore:
-        slots: threading.BoundedSemaphore | None = self.__dict__.get("_connection_slots")
-        if slots is None:
-            slots = self.__dict__["_connection_slots"] = threading.BoundedSemaphore(
-                self.max_connections
-            )
-        return slots
+        """The free places; only the serving thread makes them, so no lock is needed here."""
+        if self._connection_slots is None:
+            self._connection_slots = threading.BoundedSemaphore(self.max_connections)
+        return self._connection_slots
