@@ -1094,3 +1094,24 @@ def test_an_event_recorded_with_sqlites_inf_reads_as_infinity_and_strings_stay_a
         "d": "\\",
         "e": 1.5,
     }
+
+
+@pytest.mark.parametrize("written", ["{bad", "[1, 2]", '"text"'])
+def test_an_event_row_that_cannot_be_read_is_dropped_and_saves_go_on(
+    memos: Store, db_path: Path, listen: Listen, caplog: pytest.LogCaptureFixture, written: str
+) -> None:
+    """Another program (or the sqlite3 shell) wrote an event row that is no row of JSON: it
+    must not make every later save fail. It is dropped, with its id in the error log."""
+    memos.webhooks.create("memos", Memo, "http://127.0.0.1:9/")
+    with _db.Raw(db_path) as raw:
+        raw.execute(
+            f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row) "
+            "VALUES (?, 'INSERT', 'x', NULL, ?)",
+            (Memo._meta.table_name, written),
+        )
+    saved = listen(signals.post_save)
+    Memo.create(name="after")
+    assert memo_events(saved) == [("INSERT", "after")]
+    assert events_left(db_path) == []
+    assert "cannot be read" in caplog.text
+    assert [d.event_type for d in memos.webhooks.deliveries()] == ["memo.created"]

@@ -55,6 +55,14 @@ def _loads(text: str) -> Any:
         return json.loads("".join(parts))
 
 
+def _recorded_row(text: str) -> dict[str, Any]:
+    """A row as a trigger records it: a JSON object (ValueError for anything else)."""
+    row = _loads(text)
+    if not isinstance(row, dict):
+        raise ValueError(f"the recorded row is a JSON {type(row).__name__}, not an object")
+    return row
+
+
 @dataclass(frozen=True)
 class ChangeEvent:
     """One captured row change, as the trigger recorded it."""
@@ -76,8 +84,8 @@ class ChangeEvent:
             table=table,
             op=op,
             pk=None if pk is None else str(pk),
-            old=None if old is None else _loads(old),
-            new=None if new is None else _loads(new),
+            old=None if old is None else _recorded_row(old),
+            new=None if new is None else _recorded_row(new),
             created_at=created_at,
         )
 

@@ -152,6 +152,7 @@ class Dispatcher:
         )
         self._unregister = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
         self._finish = sql(f"DELETE FROM {EVENT_TABLE} WHERE claimed_by = ? AND id IN ({{marks}})")
+        self._drop = sql(f"DELETE FROM {EVENT_TABLE} WHERE id IN ({{marks}})")
         self._claimants = (
             f"SELECT claimed_by, min(claimed_at) FROM {EVENT_TABLE} "
             "WHERE claimed_by IS NOT NULL GROUP BY claimed_by"
@@ -269,10 +270,32 @@ class Dispatcher:
             return Claimed()
         rows.sort(key=lambda row: row[0])
         self._local.claimed += len(rows)
-        events = [ChangeEvent.from_row(row[:-1]) for row in rows]
-        first = [event for event, row in zip(events, rows, strict=True) if row[-1] == 0]
+        events, first = self._readable(conn, rows)
         followups = [f for f in (c(conn, first) for c in wanted) if f is not None] if first else []
         return Claimed(events if receivers else [], followups)
+
+    def _readable(
+        self, conn: Connection, rows: list[Any]
+    ) -> tuple[list[ChangeEvent], list[ChangeEvent]]:
+        """The claimed rows' events, and those claimed for the first time.
+
+        A row that is no event (written into the table by hand or by another
+        program) is deleted with an error in the log: left there, it would
+        fail every commit that claims it.
+        """
+        events, first, unreadable = [], [], []
+        for row in rows:
+            try:
+                event = ChangeEvent.from_row(row[:-1])
+            except (ValueError, TypeError) as exc:
+                logger.error("change event %s cannot be read (%s); it is dropped", row[0], exc)
+                unreadable.append(row[0])
+                continue
+            events.append(event)
+            if row[-1] == 0:
+                first.append(event)
+        self._delete(conn, self._drop, unreadable)
+        return events, first
 
     def waiting(self, conn: Connection) -> dict[str, int]:
         """Events of tables this process has no model for, by table: they wait for one that has."""
@@ -411,12 +434,14 @@ class Dispatcher:
 
     def finish(self, conn: Connection, ids: list[int]) -> None:
         """Delete events that have been fired, only if this process still holds their claim."""
+        self._delete(conn, self._finish, ids, self.claimant)
+
+    def _delete(self, conn: Connection, statement: str, ids: list[int], *params: Any) -> None:
+        """Run a DELETE of events by id (its ``{marks}``), 500 ids at a time."""
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            conn.execute(
-                self._finish.format(marks=",".join([self._backend.sql("?")] * len(chunk))),
-                (self.claimant, *chunk),
-            )
+            marks = ",".join([self._backend.sql("?")] * len(chunk))
+            conn.execute(statement.format(marks=marks), (*params, *chunk))
 
     # -- recovery -----------------------------------------------------------------------
 
