@@ -126,7 +126,7 @@ class Loader(Generic[M]):
         self.columns = column_list(model)
         self.at = {f.name: i for i, f in enumerate(fields)}
         self._by_column = {f.column_name: (f, converter(f)) for f in fields}
-        self.values = _row_reader(fields)
+        self.values = _row_reader([(f.name, converter(f)) for f in fields])
         """A row of ``columns`` as Python values keyed by field name."""
 
     def instance(self, row: Sequence[Any]) -> M:
@@ -150,39 +150,19 @@ class Loader(Generic[M]):
         return build(self.model, values)
 
 
-#: Per kind of field, the stored values its converter gives back as they are, as a test
-#: the row reader writes inline (``{v}`` is the value) so those cost no call.
-_UNCHANGED: dict[str | type | None, str] = {
-    "time": "{v} is None",
-    str: "type({v}) is str or {v} is None",
-    int: "type({v}) is int or {v} is None",
-}
-
-
-def _row_reader(fields: list[peewee.Field]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+def _row_reader(fields: list[tuple[str, Converter]]) -> Callable[[Sequence[Any]], dict[str, Any]]:
     """A function turning a row into ``{name: convert(value), ...}``, with the dict written out.
 
     Checking a token converts one whole row per call, and on a row this
     short a loop over its columns (zip, map, a call to pair each value with
     its converter) costs more than the conversions do. So the loop is
-    unrolled once per model, as ``dataclasses`` writes out an ``__init__``,
-    and a value its converter would give back unchanged (a string, a NULL
-    time) skips the call. The unpacking fails, as a strict zip would, on a
-    row of another length.
+    unrolled once per model, as ``dataclasses`` writes out an ``__init__``.
+    The unpacking fails, as a strict zip would, on a row of another length.
     """
-    scope: dict[str, Any] = {}
-    pairs = []
-    for i, field in enumerate(fields):
-        scope[f"convert{i}"] = converter(field)
-        value, call = f"value{i}", f"convert{i}(value{i})"
-        unchanged = _UNCHANGED.get(value_kind(field))
-        expression = (
-            call if unchanged is None else f"{value} if {unchanged.format(v=value)} else {call}"
-        )
-        pairs.append(f"{field.name!r}: {expression}")
+    scope = {f"convert{i}": convert for i, (_, convert) in enumerate(fields)}
     unpack = "".join(f"value{i}, " for i in range(len(fields)))
-    body = ",\n        ".join(pairs)
-    exec(f"def values(row):\n    {unpack}= row\n    return {{\n        {body}\n    }}\n", scope)
+    pairs = ", ".join(f"{name!r}: convert{i}(value{i})" for i, (name, _) in enumerate(fields))
+    exec(f"def values(row):\n    {unpack}= row\n    return {{{pairs}}}\n", scope)
     reader: Callable[[Sequence[Any]], dict[str, Any]] = scope["values"]
     return reader
 
