@@ -154,9 +154,15 @@ def token_from_request(
     query string, so a client learns that its header is wrong. HTTP Basic is
     not read.
     """
+    return token_in(headers, query, check_header_name(header, "header"))
+
+
+def token_in(
+    headers: Mapping[str, str], query: Mapping[str, Any] | str | None, header: str
+) -> str | None:
+    """``token_from_request`` for callers whose ``header`` was checked when they were made."""
     if not isinstance(headers, Mapping):
         raise ValidationError(f"headers must be a mapping, got {type(headers).__name__}")
-    check_header_name(header, "header")
     if query is not None and not isinstance(query, str | Mapping):
         raise ValidationError(
             f"query must be a mapping, a query string or None, got {type(query).__name__}"
@@ -246,7 +252,7 @@ class Tokens:
         self.clock = clock
         self.prefix = prefix
         self.max_tokens_per_user = max_tokens_per_user
-        self.header = header
+        self.header = check_header_name(header, "header")  # read on every request: checked once
         # digest -> the row last read for it and its values
         self._converted: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._select_by_digest = db.sql(_SELECT_BY_DIGEST)
@@ -520,4 +526,4 @@ class Tokens:
         self, headers: Mapping[str, str], query: Mapping[str, Any] | str | None = None
     ) -> str | None:
         """``token_from_request()`` with this store's API-key header."""
-        return token_from_request(headers, query, header=self.header)
+        return token_in(headers, query, self.header)

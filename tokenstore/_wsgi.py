@@ -16,7 +16,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from ._errors import AuthenticationError, MissingScope, ValidationError
 from ._inputs import check_header_name
 from ._store import Store
-from ._tokens import _check_scope, token_from_request
+from ._tokens import _check_scope, token_in
 
 ENVIRON_KEY = "tokenstore.token"
 
@@ -63,9 +63,7 @@ class TokenAuthMiddleware:
             if isinstance(value, str)
         }
         query = environ.get("QUERY_STRING")
-        secret = token_from_request(
-            headers, query if isinstance(query, str) else "", header=self.header
-        )
+        secret = token_in(headers, query if isinstance(query, str) else "", self.header)
         if secret is None:
             return _refuse(
                 start_response,
