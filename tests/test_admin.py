@@ -439,7 +439,7 @@ def test_a_stalled_form_body_gets_an_answer_and_no_traceback(
     try:
         with socket.create_connection(server.server_address[:2], timeout=10) as sock:
             sock.sendall(
-                b"POST /login HTTP/1.1\r\nHost: x\r\n"
+                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Content-Type: application/x-www-form-urlencoded\r\n"
                 b"Content-Length: 100\r\n\r\ncsrf=1"
             )
@@ -1034,3 +1034,21 @@ def test_connections_beyond_the_bound_are_closed_and_the_page_serves_again_once_
         server.shutdown()
         server.server_close()
     assert page.status_code == 200
+
+
+def test_on_loopback_the_page_answers_only_to_names_of_this_machine(tmp_path: Path) -> None:
+    """A page found by another site's name (DNS rebinding) is refused before anything else."""
+    with serving(tmp_path / "store.sqlite3", tmp_path / "serve.log") as url:
+        port = urlsplit(url).port
+
+        def status(host: str) -> int:
+            answer = requests.get(f"{url}/login", headers={"Host": host}, timeout=10)
+            return answer.status_code
+
+        for host in ("attacker.example", f"attacker.example:{port}", "127.0.0.1.nip.io", "x"):
+            assert status(host) == 400, host
+        refused = requests.get(f"{url}/login", headers={"Host": "attacker.example"}, timeout=10)
+        assert "attacker.example" in refused.text and "localhost" in refused.text
+        for host in ("localhost", f"localhost:{port}", "app.localhost", f"127.0.0.1:{port}"):
+            assert status(host) == 200, host
+        assert status(f"[::1]:{port}") == 200

@@ -4,6 +4,11 @@ Loopback only unless the caller says otherwise: the page carries sessions
 in cookies and secrets shown once, which must not cross a network in clear
 text, so any other address needs ``public=True`` and gets a warning to put
 TLS in front.
+
+On loopback it also answers only to names of this machine. A web page can
+point a name of its own at 127.0.0.1 (DNS rebinding) and then reach the
+admin page as its own origin; the ``Host`` header its requests carry is
+that name, which no one serving on loopback uses.
 """
 
 from __future__ import annotations
@@ -12,13 +17,18 @@ import contextlib
 import ipaddress
 import socket
 import sys
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import tokenstore
 from tokenstore._servers import BoundedThreads
 
 from ._app import make_app
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 #: C0 and C1 control characters, written as ``\\xNN`` in the log as http.server does its own:
 #: a request line holding ESC must not drive the operator's terminal.
@@ -66,6 +76,43 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _names_this_machine(host: str) -> bool:
+    """Whether a ``Host`` names this machine: localhost, ``*.localhost``, a loopback address."""
+    try:
+        name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
+    except ValueError:  # an unclosed bracket
+        return False
+    return name == "localhost" or name.endswith(".localhost") or is_loopback(name)
+
+
+class _ThisMachineOnly:
+    """Refuse a request whose ``Host`` is another name (see the module's docstring).
+
+    A request without ``Host`` (HTTP/1.0) comes from no browser, and passes.
+    """
+
+    def __init__(self, app: WSGIApplication) -> None:
+        self.app = app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        host = environ.get("HTTP_HOST")
+        if host is None or _names_this_machine(host):
+            return self.app(environ, start_response)
+        body = (
+            f"Host {host[:100]!a} is not a name of this machine: the admin page on a "
+            "loopback address answers only to localhost and loopback addresses\n"
+        ).encode()
+        start_response(
+            "400 Bad Request",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("X-Content-Type-Options", "nosniff"),
+            ],
+        )
+        return [body]
+
+
 def public_warning(host: str) -> str | None:
     """What to tell the operator when the page listens beyond this machine."""
     if is_loopback(host):
@@ -82,6 +129,7 @@ def make_admin_server(
     """A server for the admin page of ``store``, bound but not yet serving.
 
     Refuses any address but loopback unless ``public``; port 0 picks a free one.
+    On loopback, requests that name another host are refused with 400.
     """
     if not is_loopback(host) and not public:
         raise tokenstore.ValidationError(
@@ -91,10 +139,11 @@ def make_admin_server(
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise tokenstore.ValidationError(f"--port must be between 0 and 65535, got {port!r}")
     server_class = _AdminServer6 if ":" in host else AdminServer
+    app: WSGIApplication = make_app(store)
+    if is_loopback(host):
+        app = _ThisMachineOnly(app)
     try:
-        server = make_server(
-            host.strip("[]"), port, make_app(store), server_class, handler_class=_QuietHandler
-        )
+        server = make_server(host.strip("[]"), port, app, server_class, handler_class=_QuietHandler)
     except OSError as exc:  # a taken port, an address that is not this machine's
         raise tokenstore.ValidationError(
             f"cannot listen on {host} port {port}: {exc.strerror}"
