@@ -1052,3 +1052,15 @@ def test_on_loopback_the_page_answers_only_to_names_of_this_machine(tmp_path: Pa
         for host in ("localhost", f"localhost:{port}", "app.localhost", f"127.0.0.1:{port}"):
             assert status(host) == 200, host
         assert status(f"[::1]:{port}") == 200
+
+
+def test_public_lifts_the_host_check_for_a_proxy_in_front(store: tokenstore.Store) -> None:
+    server = admin.make_admin_server(store, "127.0.0.1", 0, public=True)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/login"
+        page = requests.get(url, headers={"Host": "admin.example.org"}, timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert page.status_code == 200 and 'name="csrf"' in page.text

@@ -392,7 +392,10 @@ def add_tool_commands(commands: Commands) -> None:
     p.add_argument("--host", default="127.0.0.1", help="the address; loopback unless --public")
     p.add_argument("--port", type=int, default=8787, help="the port; 0 picks a free one")
     p.add_argument(
-        "--public", action="store_true", help="allow a non-loopback --host (put TLS in front)"
+        "--public",
+        action="store_true",
+        help="allow a non-loopback --host, and on loopback requests for any host name, as "
+        "a proxy in front passes them (put TLS in front)",
     )
     p = _command(commands, "demo", cmd_demo, None, "run the whole story on a throwaway file")
     p.add_argument("--dir", help="where to put the demo's file (default: a new temporary folder)")

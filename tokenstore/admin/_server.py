@@ -8,7 +8,9 @@ TLS in front.
 On loopback it also answers only to names of this machine. A web page can
 point a name of its own at 127.0.0.1 (DNS rebinding) and then reach the
 admin page as its own origin; the ``Host`` header its requests carry is
-that name, which no one serving on loopback uses.
+that name. A TLS proxy in front that passes its own public name as
+``Host`` is the one honest sender of such requests: ``public=True`` says
+the page is reached that way, and lifts the check.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ class _ThisMachineOnly:
             return self.app(environ, start_response)
         body = (
             f"Host {host[:100]!a} is not a name of this machine: the admin page on a "
-            "loopback address answers only to localhost and loopback addresses\n"
+            "loopback address answers only to localhost and loopback addresses (behind a "
+            "proxy that passes its own Host, serve it with --public)\n"
         ).encode()
         start_response(
             "400 Bad Request",
@@ -129,7 +132,8 @@ def make_admin_server(
     """A server for the admin page of ``store``, bound but not yet serving.
 
     Refuses any address but loopback unless ``public``; port 0 picks a free one.
-    On loopback, requests that name another host are refused with 400.
+    On loopback, requests that name another host are refused with 400 unless
+    ``public`` (the page is reached through a proxy that passes its own name).
     """
     if not is_loopback(host) and not public:
         raise tokenstore.ValidationError(
@@ -140,7 +144,7 @@ def make_admin_server(
         raise tokenstore.ValidationError(f"--port must be between 0 and 65535, got {port!r}")
     server_class = _AdminServer6 if ":" in host else AdminServer
     app: WSGIApplication = make_app(store)
-    if is_loopback(host):
+    if is_loopback(host) and not public:
         app = _ThisMachineOnly(app)
     try:
         server = make_server(host.strip("[]"), port, app, server_class, handler_class=_QuietHandler)
