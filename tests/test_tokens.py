@@ -372,6 +372,20 @@ def test_malformed_secrets_are_refused_with_at_most_one_read(ts: Store, garbage:
     assert len(ran) <= 1 and all(sql.startswith("SELECT") for sql in ran)
 
 
+class _Text(str):
+    """A str subclass, as frameworks hand over header values (Django's SafeString, say)."""
+
+    def __str__(self) -> str:
+        return "not the secret"
+
+
+def test_a_secret_in_a_str_subclass_authenticates_as_text(ts: Store) -> None:
+    token, secret = ts.tokens.create(scopes=["read"])
+    assert ts.tokens.authenticate(_Text(secret), scope="read").id == token.id
+    with pytest.raises(InvalidToken, match="checksum"):
+        ts.tokens.authenticate(_Text(secret[:-1] + "?"))
+
+
 def test_a_changed_character_fails_the_checksum(ts: Store) -> None:
     _, secret = ts.tokens.create()
     for index in (4, 20, len(secret) - 1):

@@ -371,7 +371,9 @@ class Tokens:
         if scope is not None:
             _check_scope(scope)  # a caller's mistake, so it fails whatever the secret
         if type(secret) is not str:
-            raise InvalidToken("API token is missing or not a string")
+            if not isinstance(secret, str):
+                raise InvalidToken("API token is missing or not a string")
+            secret = str.__str__(secret)  # a framework's str subclass: its text, not its __str__
         try:  # credentials.token_digest, inlined: this is the hot path
             digest = hashlib.sha256(secret.encode()).hexdigest()
         except UnicodeEncodeError:
