@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.message
 import hashlib
 import json
 import logging
@@ -11,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from wsgiref.headers import Headers as WSGIHeaders
 
 import _db
 import pytest
@@ -603,6 +605,19 @@ def test_header_names_that_are_not_text_are_skipped() -> None:
     }
     assert token_from_request(headers) == "k2"
     assert token_from_request({1: "k0"}, "api_key=k3") == "k3"
+
+
+def test_header_objects_of_web_frameworks_are_read() -> None:
+    """Flask's ``request.headers`` (werkzeug), ``wsgiref`` and ``http.client`` headers are
+    no ``Mapping``, yet have the ``get`` and ``items`` the search needs."""
+    wsgiref_headers = WSGIHeaders([("x-api-key", "k1")])
+    assert token_from_request(wsgiref_headers) == "k1"
+    message = email.message.Message()
+    message["Authorization"] = "Bearer k2"
+    assert token_from_request(message, "api_key=k3") == "k2"
+    assert token_from_request(email.message.Message(), "api_key=k3") == "k3"
+    with pytest.raises(ValidationError, match="headers must be a mapping"):
+        token_from_request([("X-API-Key", "k1")])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])

@@ -10,7 +10,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import peewee
@@ -117,7 +117,16 @@ class Users:
         return list(User.select().order_by(User.id))
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
+class HeaderLookup(Protocol):
+    """What ``token_from_request`` reads headers through: a ``Mapping``, or the header
+    objects of frameworks that are none (werkzeug's, ``wsgiref``'s, ``http.client``'s)."""
+
+    def get(self, name: str, /) -> Any: ...
+
+    def items(self) -> Iterable[tuple[Any, Any]]: ...
+
+
+def _header(headers: HeaderLookup, name: str) -> Any:
     """Header lookup that ignores case, for plain dicts as well as case-insensitive maps."""
     value = headers.get(name)
     if value is None:
@@ -138,7 +147,7 @@ def _present(value: Any) -> str | None:
 
 
 def token_from_request(
-    headers: Mapping[str, str],
+    headers: HeaderLookup,
     query: Mapping[str, Any] | str | None = None,
     header: str = DEFAULT_API_KEY_HEADER,
 ) -> str | None:
@@ -147,7 +156,8 @@ def token_from_request(
     1. the API-key header (``header``), then ArchiveBox's own
     ``X-ArchiveBox-API-Key``, 2. ``Authorization: Bearer <token>`` (scheme in
     any case), 3. the ``api_key`` query parameter (``query`` is a mapping, as
-    from ``parse_qs``, or the raw query string). Values ArchiveBox
+    from ``parse_qs``, or the raw query string; ``headers`` a mapping or a framework's
+    header object, such as Flask's ``request.headers``). Values ArchiveBox
     ignores (``''``, ``'string'``, ``'None'``, ``'null'``) count as absent and
     the search goes on. The first present value is returned unchecked: unlike
     ArchiveBox, a wrong key in the header is not rescued by a right one in the
@@ -158,10 +168,12 @@ def token_from_request(
 
 
 def token_in(
-    headers: Mapping[str, str], query: Mapping[str, Any] | str | None, header: str
+    headers: HeaderLookup, query: Mapping[str, Any] | str | None, header: str
 ) -> str | None:
     """``token_from_request`` for callers whose ``header`` was checked when they were made."""
-    if not isinstance(headers, Mapping):
+    if not isinstance(headers, Mapping) and not (
+        callable(getattr(headers, "get", None)) and callable(getattr(headers, "items", None))
+    ):
         raise ValidationError(f"headers must be a mapping, got {type(headers).__name__}")
     if query is not None and not isinstance(query, str | Mapping):
         raise ValidationError(
@@ -525,7 +537,7 @@ class Tokens:
         return builtins.list(query.order_by(APIToken.created_at, APIToken.abid))
 
     def token_from_request(
-        self, headers: Mapping[str, str], query: Mapping[str, Any] | str | None = None
+        self, headers: HeaderLookup, query: Mapping[str, Any] | str | None = None
     ) -> str | None:
         """``token_from_request()`` with this store's API-key header."""
         return token_in(headers, query, self.header)
