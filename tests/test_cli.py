@@ -469,6 +469,13 @@ def test_old_command_names_still_work(db_path: Path) -> None:
     assert as_json(db_path, "webhooks", "retry") == {"deliveries_attempted": 0}
 
 
+def test_show_is_get_for_users_and_tokens_as_for_webhooks(db_path: Path) -> None:
+    as_json(db_path, "users", "add", "fay")
+    assert as_json(db_path, "users", "show", "fay")["username"] == "fay"
+    abid = as_json(db_path, "tokens", "create", "fay")["abid"]
+    assert as_json(db_path, "tokens", "show", abid)["abid"] == abid
+
+
 def test_times_print_in_the_one_stored_format(db_path: Path) -> None:
     as_json(db_path, "users", "create", "fay")
     token = as_json(db_path, "tokens", "create", "fay", "--expires", "2h")
