@@ -705,6 +705,19 @@ def test_usernames_refuse_what_django_refuses(ts: Store, name: str) -> None:
         ts.users.create(name)
 
 
+def test_a_secret_given_where_a_user_is_named_is_not_repeated(ts: Store) -> None:
+    """A secret pasted for a username (``tokenstore tokens create "$SECRET"``) stays out of logs."""
+    _, secret = ts.tokens.create()
+    legacy = "0123456789abcdef0123456789abcdef"  # an ArchiveBox key
+    for given in (secret, legacy):
+        for call in (ts.users.get, ts.tokens.create, ts.tokens.list):
+            with pytest.raises(NotFound, match="API token secret") as caught:
+                call(given)
+            assert given not in str(caught.value) and given[4:20] not in str(caught.value)
+    with pytest.raises(NotFound, match="'bob'"):
+        ts.users.get("bob")  # other names are quoted back
+
+
 def test_a_taken_username_is_refused_and_the_transaction_goes_on(ts: Store) -> None:
     ts.users.create("alice")
     with ts.atomic():

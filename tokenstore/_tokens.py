@@ -109,6 +109,9 @@ class Users:
         else:
             user = User.get_or_none(User.username == check_text(username, "username"))
         if user is None:
+            if looks_like_token(username) or looks_like_legacy_token(username):
+                # a secret pasted for a name must not end up in a log
+                raise NotFound("no user of that name, which looks like an API token secret")
             raise NotFound(f"no user {username!r}")
         return user
 
