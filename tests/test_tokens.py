@@ -746,6 +746,36 @@ def test_authentication_does_not_wait_for_a_writer_holding_the_lock(ts: Store) -
     assert ts.tokens.flush_uses() == 1
 
 
+def test_uses_a_flush_could_not_write_are_kept_and_tried_again(
+    db_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer holding the lock past the busy timeout must not cost the use for good."""
+    store = tokenstore._store.open(db_path, clock=clock, busy_timeout=5)
+    try:
+        token, secret = store.tokens.create()
+        writer = _db.Raw(store)
+        if writer.postgres:
+            writer.execute('LOCK TABLE "tokenstore_api_token" IN EXCLUSIVE MODE')
+        else:
+            writer.execute("BEGIN IMMEDIATE")
+        try:
+            assert store.tokens.authenticate(secret).last_used_at == START
+            with caplog.at_level(logging.WARNING, logger="tokenstore.tokens"):
+                store.tokens._flush_in_background()  # the timer's flush, a minute later
+            assert "could not record the use of 1 API tokens" in caplog.text
+        finally:
+            writer.rollback()
+            writer.close()
+        assert store.tokens._flusher is not None  # the timer tries again in a minute
+        clock.advance(seconds=10)
+        assert store.tokens.authenticate(secret).last_used_at == START  # still the noted use
+        assert store.tokens.flush_uses() == 1
+        assert stored_row(store, token)["last_used_at"] == format_time(START)
+        assert store.tokens._flusher is None
+    finally:
+        store.close()
+
+
 def test_uses_within_one_millisecond_share_a_stamp_cut_to_the_millisecond(
     ts: Store, clock: Clock
 ) -> None:

@@ -459,17 +459,24 @@ class Tokens:
             stamp = self._stamp = to_stored_time(now)
         with self._uses_lock:
             self._uses[token_id] = stamp
-            if self._flusher is None:
-                self._flusher = threading.Timer(
-                    LAST_USED_RESOLUTION.total_seconds(), self._flush_in_background
-                )
-                self._flusher.daemon = True
-                self._flusher.start()
+            self._start_flusher()
         return stamp
+
+    def _start_flusher(self) -> None:
+        """Flush within a minute, unless a timer is already set; the caller holds the lock."""
+        if self._flusher is None:
+            self._flusher = threading.Timer(
+                LAST_USED_RESOLUTION.total_seconds(), self._flush_in_background
+            )
+            self._flusher.daemon = True
+            self._flusher.start()
 
     def _flush_in_background(self) -> None:
         try:
             self.flush_uses()
+            with self._uses_lock:
+                if self._uses:  # kept by a failed flush: try again in a minute
+                    self._start_flusher()
         finally:
             self.db.close()  # the timer thread's own connection
 
@@ -479,7 +486,9 @@ class Tokens:
         One conditional UPDATE each, in one transaction: a later use already
         written (by another process) is never moved back. ``last_used_at`` is a
         quiet field, so no change event. Failing to record use (say, the file
-        is read-only) must not deny access, so it is logged, not raised.
+        is locked or read-only) must not deny access, so it is logged, not
+        raised; the uses are kept for the next flush (the timer's tries again
+        a minute later), as ``authenticate`` will not note them again.
         """
         with self._uses_lock:
             uses, self._uses = self._uses, {}
@@ -495,6 +504,8 @@ class Tokens:
                     conn.execute(self._touch_sql, (stamp, token_id, stamp))
         except peewee.DatabaseError as exc:
             logger.warning("could not record the use of %d API tokens: %s", len(uses), exc)
+            with self._uses_lock:
+                self._uses = uses | self._uses  # a use noted meanwhile is the later one
             return 0
         return len(uses)
 
