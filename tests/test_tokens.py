@@ -620,6 +620,15 @@ def test_header_objects_of_web_frameworks_are_read() -> None:
         token_from_request([("X-API-Key", "k1")])  # type: ignore[arg-type]
 
 
+def test_header_values_given_as_lists_are_read_alike() -> None:
+    """Multi-value header maps (API Gateway's ``multiValueHeaders``) hold lists: the first
+    value counts, for Authorization as for the API-key headers."""
+    assert token_from_request({"X-API-Key": ["k1", "k0"]}) == "k1"
+    assert token_from_request({"Authorization": ["Bearer k2", "Bearer k0"]}) == "k2"
+    assert token_from_request({"Authorization": ("bearer k2",)}) == "k2"
+    assert token_from_request({"Authorization": []}, "api_key=k3") == "k3"
+
+
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
 def test_bearer_scheme_is_case_insensitive(scheme: str) -> None:
     assert token_from_request({"Authorization": f"{scheme} k2"}) == "k2"

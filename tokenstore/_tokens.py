@@ -140,9 +140,15 @@ def _header(headers: HeaderLookup, name: str) -> Any:
     return value
 
 
-def _present(value: Any) -> str | None:
+def _first(value: Any) -> Any:
+    """The first of several values (a multi-value map's list), or the one value."""
     if isinstance(value, list | tuple):
-        value = value[0] if value else None
+        return value[0] if value else None
+    return value
+
+
+def _present(value: Any) -> str | None:
+    value = _first(value)
     if not isinstance(value, str):
         return None
     value = value.strip()
@@ -186,7 +192,7 @@ def token_in(
         token = _present(_header(headers, name))
         if token is not None:
             return token
-    authorization = _header(headers, "Authorization")
+    authorization = _first(_header(headers, "Authorization"))
     if isinstance(authorization, str):
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() == "bearer":
