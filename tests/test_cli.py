@@ -151,6 +151,8 @@ def test_token_expiry_option_and_its_errors(db_path: Path) -> None:
         db_path, "tokens", "create", "bob", "--expires", "2030-01-01T00:00", expect=2
     )
     assert "timezone" in naive.stderr
+    for spaced in (" 12h ", " 2099-01-01T00:00:00Z\n"):  # as pasted, or read with its line end
+        assert as_json(db_path, "tokens", "create", "bob", "--expires", spaced)["expires"]
     missing = tokenstore(db_path, "tokens", "create", "nobody", expect=2)
     assert "no user 'nobody'" in missing.stderr
 
