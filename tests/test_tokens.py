@@ -164,7 +164,12 @@ def test_expires_takes_a_timedelta_from_the_store_clock(ts: Store, clock: Clock)
 @pytest.mark.parametrize(
     ("expires", "message"),
     [
-        (datetime(2031, 1, 1), "naive datetime"),
+        (datetime(2031, 1, 1), "^expires: naive datetime"),
+        (
+            datetime(9999, 12, 31, 23, tzinfo=timezone(-timedelta(hours=5))),
+            "^expires: .*out of range",
+        ),
+        (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))), "^expires: .*out of range"),
         (START - MS, "not in the future"),
         (START, "not in the future"),
         (timedelta(0), "positive timedelta"),

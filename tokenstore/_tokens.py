@@ -350,7 +350,10 @@ class Tokens:
             raise ValidationError(
                 f"expires must be a datetime, a timedelta or None, got {type(expires).__name__}"
             )
-        expiry = to_stored_time(expires)
+        try:
+            expiry = to_stored_time(expires)
+        except ValidationError as exc:  # naive, or beyond datetime's range once in UTC
+            raise ValidationError(f"expires: {exc}") from None
         if expiry <= now:
             raise ValidationError(
                 f"expires {expiry.isoformat()} is not in the future (now is {now.isoformat()})"
