@@ -309,6 +309,21 @@ def test_rows_written_by_hand_still_convert(ts: Store, clock: Clock) -> None:
     assert found.scopes == ["read"]
 
 
+@pytest.mark.parametrize("stored", ['"admin"', "null", "[1]", '[["admin"]]', '{"admin":1}'])
+def test_scopes_edited_into_no_list_of_strings_grant_nothing(ts: Store, stored: str) -> None:
+    """A JSON string would grant every part of itself (``'adm' in 'admin'``); other shapes
+    raised a raw TypeError. The row is damaged: the token is refused, naming it."""
+    token, secret = ts.tokens.create(scopes=["read"])
+    with _db.Raw(ts) as raw:
+        raw.execute(
+            "UPDATE tokenstore_api_token SET scopes = ? WHERE id = ?", (stored, token.id.hex)
+        )
+    for scope in ("adm", "admin", None):
+        with pytest.raises(ValidationError, match=f"{token.abid}.*scopes") as caught:
+            ts.tokens.authenticate(secret, scope)
+        assert secret not in str(caught.value)
+
+
 @pytest.mark.sqlite_only
 def test_lookup_uses_the_digest_index(ts: Store) -> None:
     plan = " ".join(

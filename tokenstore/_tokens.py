@@ -228,6 +228,17 @@ def _check_scopes(scopes: Iterable[str]) -> list[str]:
     return sorted(set(items))
 
 
+def _check_stored_scopes(data: dict[str, Any]) -> None:
+    """A row's scopes edited into something else (a JSON string would grant each part of
+    itself to ``in``) make the token grant nothing: the row is damaged."""
+    scopes = data["scopes"]
+    if not (isinstance(scopes, list) and all(isinstance(scope, str) for scope in scopes)):
+        raise ValidationError(
+            f"API token {data['abid']}: its stored scopes are not a list of strings "
+            "(the row was changed outside tokenstore)"
+        )
+
+
 def _check_scope(scope: object) -> str:
     if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise ValidationError(
@@ -414,6 +425,7 @@ class Tokens:
             data, fresh = known[1], False
         else:
             data, fresh = _TOKENS.values(row), True
+            _check_stored_scopes(data)
         now = self.clock()
         if row[_REVOKED_AT] is not None:
             raise RevokedToken(
