@@ -322,6 +322,8 @@ def test_scopes_edited_into_no_list_of_strings_grant_nothing(ts: Store, stored: 
         with pytest.raises(ValidationError, match=f"{token.abid}.*scopes") as caught:
             ts.tokens.authenticate(secret, scope)
         assert secret not in str(caught.value)
+    read = ts.tokens.get(token.abid)  # a copy read for a later check grants nothing either
+    assert not read.has_scope("adm") and not read.has_scope("admin")
 
 
 @pytest.mark.sqlite_only
