@@ -546,6 +546,19 @@ def test_a_row_changed_elsewhere_is_seen_on_the_next_call(ts: Store) -> None:
         ts.tokens.authenticate(secret, scope="read")
 
 
+def test_a_user_deleted_by_another_program_takes_its_tokens_with_it(ts: Store) -> None:
+    """The sqlite3 shell does not enforce foreign keys unless told: the user's row goes and
+    its tokens stay behind. They must stop working all the same, at once."""
+    alice = ts.users.create("alice")
+    _, secret = ts.tokens.create(alice)
+    _, other = ts.tokens.create()
+    ts.tokens.authenticate(secret)
+    _db.edit(ts, "DELETE FROM tokenstore_user WHERE username = 'alice'")
+    with pytest.raises(InvalidToken, match="not recognised"):
+        ts.tokens.authenticate(secret)
+    assert ts.tokens.authenticate(other).created_by_id == ts.system_user.id
+
+
 def test_concurrent_authentication_from_threads(ts: Store, clock: Clock) -> None:
     issued = [ts.tokens.create(name=f"t{i}") for i in range(5)]
     revoked, revoked_secret = ts.tokens.create()

@@ -65,7 +65,12 @@ _CONVERTED_ROWS = 128
 
 _TOKENS = Loader(APIToken)
 _TABLE = APIToken._meta.table_name
-_SELECT_BY_DIGEST = f'SELECT {_TOKENS.columns} FROM "{_TABLE}" WHERE token_digest = ?'
+# The owner must still exist: a user deleted by a program that does not enforce foreign
+# keys (the sqlite3 shell, by default) leaves its tokens behind, which must not work.
+_SELECT_BY_DIGEST = (
+    f'SELECT {_TOKENS.columns} FROM "{_TABLE}" WHERE token_digest = ? AND EXISTS '
+    f'(SELECT 1 FROM "tokenstore_user" AS owner WHERE owner."id" = "{_TABLE}"."created_by_id")'
+)
 _DIGEST_AT = _TOKENS.at["token_digest"]
 _REVOKED_AT = _TOKENS.at["revoked_at"]
 
