@@ -151,6 +151,8 @@ def test_token_expiry_option_and_its_errors(db_path: Path) -> None:
         db_path, "tokens", "create", "bob", "--expires", "2030-01-01T00:00", expect=2
     )
     assert "timezone" in naive.stderr
+    for spaced in (" 12h ", " 2099-01-01T00:00:00Z\n"):  # as pasted, or read with its line end
+        assert as_json(db_path, "tokens", "create", "bob", "--expires", spaced)["expires"]
     missing = tokenstore(db_path, "tokens", "create", "nobody", expect=2)
     assert "no user 'nobody'" in missing.stderr
 
@@ -467,6 +469,13 @@ def test_old_command_names_still_work(db_path: Path) -> None:
     secret = as_json(db_path, "tokens", "create", "erin")["secret"]
     assert as_json(db_path, "tokens", "verify", secret)["valid"] is True
     assert as_json(db_path, "webhooks", "retry") == {"deliveries_attempted": 0}
+
+
+def test_show_is_get_for_users_and_tokens_as_for_webhooks(db_path: Path) -> None:
+    as_json(db_path, "users", "add", "fay")
+    assert as_json(db_path, "users", "show", "fay")["username"] == "fay"
+    abid = as_json(db_path, "tokens", "create", "fay")["abid"]
+    assert as_json(db_path, "tokens", "show", abid)["abid"] == abid
 
 
 def test_times_print_in_the_one_stored_format(db_path: Path) -> None:

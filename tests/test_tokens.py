@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.message
 import hashlib
 import json
 import logging
@@ -11,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from wsgiref.headers import Headers as WSGIHeaders
 
 import _db
 import pytest
@@ -162,7 +164,12 @@ def test_expires_takes_a_timedelta_from_the_store_clock(ts: Store, clock: Clock)
 @pytest.mark.parametrize(
     ("expires", "message"),
     [
-        (datetime(2031, 1, 1), "naive datetime"),
+        (datetime(2031, 1, 1), "^expires: naive datetime"),
+        (
+            datetime(9999, 12, 31, 23, tzinfo=timezone(-timedelta(hours=5))),
+            "^expires: .*out of range",
+        ),
+        (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))), "^expires: .*out of range"),
         (START - MS, "not in the future"),
         (START, "not in the future"),
         (timedelta(0), "positive timedelta"),
@@ -302,6 +309,23 @@ def test_rows_written_by_hand_still_convert(ts: Store, clock: Clock) -> None:
     assert found.scopes == ["read"]
 
 
+@pytest.mark.parametrize("stored", ['"admin"', "null", "[1]", '[["admin"]]', '{"admin":1}'])
+def test_scopes_edited_into_no_list_of_strings_grant_nothing(ts: Store, stored: str) -> None:
+    """A JSON string would grant every part of itself (``'adm' in 'admin'``); other shapes
+    raised a raw TypeError. The row is damaged: the token is refused, naming it."""
+    token, secret = ts.tokens.create(scopes=["read"])
+    with _db.Raw(ts) as raw:
+        raw.execute(
+            "UPDATE tokenstore_api_token SET scopes = ? WHERE id = ?", (stored, token.id.hex)
+        )
+    for scope in ("adm", "admin", None):
+        with pytest.raises(ValidationError, match=f"{token.abid}.*scopes") as caught:
+            ts.tokens.authenticate(secret, scope)
+        assert secret not in str(caught.value)
+    read = ts.tokens.get(token.abid)  # a copy read for a later check grants nothing either
+    assert not read.has_scope("adm") and not read.has_scope("admin")
+
+
 @pytest.mark.sqlite_only
 def test_lookup_uses_the_digest_index(ts: Store) -> None:
     plan = " ".join(
@@ -370,6 +394,20 @@ def test_malformed_secrets_are_refused_with_at_most_one_read(ts: Store, garbage:
 
     ran = _db.statements_during(ts, attempt)
     assert len(ran) <= 1 and all(sql.startswith("SELECT") for sql in ran)
+
+
+class _Text(str):
+    """A str subclass, as frameworks hand over header values (Django's SafeString, say)."""
+
+    def __str__(self) -> str:
+        return "not the secret"
+
+
+def test_a_secret_in_a_str_subclass_authenticates_as_text(ts: Store) -> None:
+    token, secret = ts.tokens.create(scopes=["read"])
+    assert ts.tokens.authenticate(_Text(secret), scope="read").id == token.id
+    with pytest.raises(InvalidToken, match="checksum"):
+        ts.tokens.authenticate(_Text(secret[:-1] + "?"))
 
 
 def test_a_changed_character_fails_the_checksum(ts: Store) -> None:
@@ -508,6 +546,19 @@ def test_a_row_changed_elsewhere_is_seen_on_the_next_call(ts: Store) -> None:
         ts.tokens.authenticate(secret, scope="read")
 
 
+def test_a_user_deleted_by_another_program_takes_its_tokens_with_it(ts: Store) -> None:
+    """The sqlite3 shell does not enforce foreign keys unless told: the user's row goes and
+    its tokens stay behind. They must stop working all the same, at once."""
+    alice = ts.users.create("alice")
+    _, secret = ts.tokens.create(alice)
+    _, other = ts.tokens.create()
+    ts.tokens.authenticate(secret)
+    _db.edit(ts, "DELETE FROM tokenstore_user WHERE username = 'alice'")
+    with pytest.raises(InvalidToken, match="not recognised"):
+        ts.tokens.authenticate(secret)
+    assert ts.tokens.authenticate(other).created_by_id == ts.system_user.id
+
+
 def test_concurrent_authentication_from_threads(ts: Store, clock: Clock) -> None:
     issued = [ts.tokens.create(name=f"t{i}") for i in range(5)]
     revoked, revoked_secret = ts.tokens.create()
@@ -589,6 +640,28 @@ def test_header_names_that_are_not_text_are_skipped() -> None:
     }
     assert token_from_request(headers) == "k2"
     assert token_from_request({1: "k0"}, "api_key=k3") == "k3"
+
+
+def test_header_objects_of_web_frameworks_are_read() -> None:
+    """Flask's ``request.headers`` (werkzeug), ``wsgiref`` and ``http.client`` headers are
+    no ``Mapping``, yet have the ``get`` and ``items`` the search needs."""
+    wsgiref_headers = WSGIHeaders([("x-api-key", "k1")])
+    assert token_from_request(wsgiref_headers) == "k1"
+    message = email.message.Message()
+    message["Authorization"] = "Bearer k2"
+    assert token_from_request(message, "api_key=k3") == "k2"
+    assert token_from_request(email.message.Message(), "api_key=k3") == "k3"
+    with pytest.raises(ValidationError, match="headers must be a mapping"):
+        token_from_request([("X-API-Key", "k1")])  # type: ignore[arg-type]
+
+
+def test_header_values_given_as_lists_are_read_alike() -> None:
+    """Multi-value header maps (API Gateway's ``multiValueHeaders``) hold lists: the first
+    value counts, for Authorization as for the API-key headers."""
+    assert token_from_request({"X-API-Key": ["k1", "k0"]}) == "k1"
+    assert token_from_request({"Authorization": ["Bearer k2", "Bearer k0"]}) == "k2"
+    assert token_from_request({"Authorization": ("bearer k2",)}) == "k2"
+    assert token_from_request({"Authorization": []}, "api_key=k3") == "k3"
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
@@ -676,6 +749,19 @@ def test_usernames_refuse_what_django_refuses(ts: Store, name: str) -> None:
         ts.users.create(name)
 
 
+def test_a_secret_given_where_a_user_is_named_is_not_repeated(ts: Store) -> None:
+    """A secret pasted for a username (``tokenstore tokens create "$SECRET"``) stays out of logs."""
+    _, secret = ts.tokens.create()
+    legacy = "0123456789abcdef0123456789abcdef"  # an ArchiveBox key
+    for given in (secret, legacy):
+        for call in (ts.users.get, ts.tokens.create, ts.tokens.list):
+            with pytest.raises(NotFound, match="API token secret") as caught:
+                call(given)
+            assert given not in str(caught.value) and given[4:20] not in str(caught.value)
+    with pytest.raises(NotFound, match="'bob'"):
+        ts.users.get("bob")  # other names are quoted back
+
+
 def test_a_taken_username_is_refused_and_the_transaction_goes_on(ts: Store) -> None:
     ts.users.create("alice")
     with ts.atomic():
@@ -702,6 +788,36 @@ def test_authentication_does_not_wait_for_a_writer_holding_the_lock(ts: Store) -
         writer.rollback()
         writer.close()
     assert ts.tokens.flush_uses() == 1
+
+
+def test_uses_a_flush_could_not_write_are_kept_and_tried_again(
+    db_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer holding the lock past the busy timeout must not cost the use for good."""
+    store = tokenstore._store.open(db_path, clock=clock, busy_timeout=5)
+    try:
+        token, secret = store.tokens.create()
+        writer = _db.Raw(store)
+        if writer.postgres:
+            writer.execute('LOCK TABLE "tokenstore_api_token" IN EXCLUSIVE MODE')
+        else:
+            writer.execute("BEGIN IMMEDIATE")
+        try:
+            assert store.tokens.authenticate(secret).last_used_at == START
+            with caplog.at_level(logging.WARNING, logger="tokenstore.tokens"):
+                store.tokens._flush_in_background()  # the timer's flush, a minute later
+            assert "could not record the use of 1 API tokens" in caplog.text
+        finally:
+            writer.rollback()
+            writer.close()
+        assert store.tokens._flusher is not None  # the timer tries again in a minute
+        clock.advance(seconds=10)
+        assert store.tokens.authenticate(secret).last_used_at == START  # still the noted use
+        assert store.tokens.flush_uses() == 1
+        assert stored_row(store, token)["last_used_at"] == format_time(START)
+        assert store.tokens._flusher is None
+    finally:
+        store.close()
 
 
 def test_uses_within_one_millisecond_share_a_stamp_cut_to_the_millisecond(

@@ -86,11 +86,12 @@ def test_missing_token_is_401_with_a_json_error(url: str) -> None:
     assert refused(placeholder, 401) == message
 
 
-@pytest.mark.parametrize("where", ["header", "bearer", "query"])
+@pytest.mark.parametrize("where", ["header", "archivebox", "bearer", "query"])
 def test_a_valid_token_reaches_the_app_from_every_place(ts: Store, url: str, where: str) -> None:
     token, secret = ts.tokens.create()
     sent: dict[str, Any] = {
         "header": {"headers": {"X-API-Key": secret}},
+        "archivebox": {"headers": {"X-ArchiveBox-API-Key": secret}},  # docs/archivebox.md
         "bearer": {"headers": {"Authorization": f"bearer {secret}"}},
         "query": {"params": {"api_key": secret}},
     }[where]

@@ -381,8 +381,14 @@ class APIToken(ABIDModel):
         return not expires < for_date
 
     def has_scope(self, scope: str) -> bool:
-        """A token issued without scopes is unrestricted (as every ArchiveBox token is)."""
-        scopes: list[str] = self.scopes or []
+        """A token issued without scopes is unrestricted (as every ArchiveBox token is).
+
+        Scopes edited by hand into anything but a list of strings grant nothing
+        (``authenticate`` refuses such a token): ``in`` would match part of a string.
+        """
+        scopes = self.scopes
+        if not (isinstance(scopes, list) and all(isinstance(item, str) for item in scopes)):
+            return False
         return not scopes or scope in scopes
 
     def save(self, force_insert: bool = False, only: Any = None) -> int:

@@ -10,7 +10,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import peewee
@@ -65,7 +65,12 @@ _CONVERTED_ROWS = 128
 
 _TOKENS = Loader(APIToken)
 _TABLE = APIToken._meta.table_name
-_SELECT_BY_DIGEST = f'SELECT {_TOKENS.columns} FROM "{_TABLE}" WHERE token_digest = ?'
+# The owner must still exist: a user deleted by a program that does not enforce foreign
+# keys (the sqlite3 shell, by default) leaves its tokens behind, which must not work.
+_SELECT_BY_DIGEST = (
+    f'SELECT {_TOKENS.columns} FROM "{_TABLE}" WHERE token_digest = ? AND EXISTS '
+    f'(SELECT 1 FROM "tokenstore_user" AS owner WHERE owner."id" = "{_TABLE}"."created_by_id")'
+)
 _DIGEST_AT = _TOKENS.at["token_digest"]
 _REVOKED_AT = _TOKENS.at["revoked_at"]
 
@@ -109,6 +114,9 @@ class Users:
         else:
             user = User.get_or_none(User.username == check_text(username, "username"))
         if user is None:
+            if looks_like_token(username) or looks_like_legacy_token(username):
+                # a secret pasted for a name must not end up in a log
+                raise NotFound("no user of that name, which looks like an API token secret")
             raise NotFound(f"no user {username!r}")
         return user
 
@@ -117,7 +125,16 @@ class Users:
         return list(User.select().order_by(User.id))
 
 
-def _header(headers: Mapping[str, str], name: str) -> str | None:
+class HeaderLookup(Protocol):
+    """What ``token_from_request`` reads headers through: a ``Mapping``, or the header
+    objects of frameworks that are none (werkzeug's, ``wsgiref``'s, ``http.client``'s)."""
+
+    def get(self, name: str, /) -> Any: ...
+
+    def items(self) -> Iterable[tuple[Any, Any]]: ...
+
+
+def _header(headers: HeaderLookup, name: str) -> Any:
     """Header lookup that ignores case, for plain dicts as well as case-insensitive maps."""
     value = headers.get(name)
     if value is None:
@@ -128,9 +145,15 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return value
 
 
-def _present(value: Any) -> str | None:
+def _first(value: Any) -> Any:
+    """The first of several values (a multi-value map's list), or the one value."""
     if isinstance(value, list | tuple):
-        value = value[0] if value else None
+        return value[0] if value else None
+    return value
+
+
+def _present(value: Any) -> str | None:
+    value = _first(value)
     if not isinstance(value, str):
         return None
     value = value.strip()
@@ -138,7 +161,7 @@ def _present(value: Any) -> str | None:
 
 
 def token_from_request(
-    headers: Mapping[str, str],
+    headers: HeaderLookup,
     query: Mapping[str, Any] | str | None = None,
     header: str = DEFAULT_API_KEY_HEADER,
 ) -> str | None:
@@ -147,7 +170,8 @@ def token_from_request(
     1. the API-key header (``header``), then ArchiveBox's own
     ``X-ArchiveBox-API-Key``, 2. ``Authorization: Bearer <token>`` (scheme in
     any case), 3. the ``api_key`` query parameter (``query`` is a mapping, as
-    from ``parse_qs``, or the raw query string). Values ArchiveBox
+    from ``parse_qs``, or the raw query string; ``headers`` a mapping or a framework's
+    header object, such as Flask's ``request.headers``). Values ArchiveBox
     ignores (``''``, ``'string'``, ``'None'``, ``'null'``) count as absent and
     the search goes on. The first present value is returned unchecked: unlike
     ArchiveBox, a wrong key in the header is not rescued by a right one in the
@@ -158,10 +182,12 @@ def token_from_request(
 
 
 def token_in(
-    headers: Mapping[str, str], query: Mapping[str, Any] | str | None, header: str
+    headers: HeaderLookup, query: Mapping[str, Any] | str | None, header: str
 ) -> str | None:
     """``token_from_request`` for callers whose ``header`` was checked when they were made."""
-    if not isinstance(headers, Mapping):
+    if not isinstance(headers, Mapping) and not (
+        callable(getattr(headers, "get", None)) and callable(getattr(headers, "items", None))
+    ):
         raise ValidationError(f"headers must be a mapping, got {type(headers).__name__}")
     if query is not None and not isinstance(query, str | Mapping):
         raise ValidationError(
@@ -171,7 +197,7 @@ def token_in(
         token = _present(_header(headers, name))
         if token is not None:
             return token
-    authorization = _header(headers, "Authorization")
+    authorization = _first(_header(headers, "Authorization"))
     if isinstance(authorization, str):
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() == "bearer":
@@ -205,6 +231,17 @@ def _check_scopes(scopes: Iterable[str]) -> list[str]:
     for scope in items:
         _check_scope(scope)
     return sorted(set(items))
+
+
+def _check_stored_scopes(data: dict[str, Any]) -> None:
+    """A row's scopes edited into something else (a JSON string would grant each part of
+    itself to ``in``) make the token grant nothing: the row is damaged."""
+    scopes = data["scopes"]
+    if not (isinstance(scopes, list) and all(isinstance(scope, str) for scope in scopes)):
+        raise ValidationError(
+            f"API token {data['abid']}: its stored scopes are not a list of strings "
+            "(the row was changed outside tokenstore)"
+        )
 
 
 def _check_scope(scope: object) -> str:
@@ -329,7 +366,10 @@ class Tokens:
             raise ValidationError(
                 f"expires must be a datetime, a timedelta or None, got {type(expires).__name__}"
             )
-        expiry = to_stored_time(expires)
+        try:
+            expiry = to_stored_time(expires)
+        except ValidationError as exc:  # naive, or beyond datetime's range once in UTC
+            raise ValidationError(f"expires: {exc}") from None
         if expiry <= now:
             raise ValidationError(
                 f"expires {expiry.isoformat()} is not in the future (now is {now.isoformat()})"
@@ -371,7 +411,9 @@ class Tokens:
         if scope is not None:
             _check_scope(scope)  # a caller's mistake, so it fails whatever the secret
         if type(secret) is not str:
-            raise InvalidToken("API token is missing or not a string")
+            if not isinstance(secret, str):
+                raise InvalidToken("API token is missing or not a string")
+            secret = str.__str__(secret)  # a framework's str subclass: its text, not its __str__
         try:  # credentials.token_digest, inlined: this is the hot path
             digest = hashlib.sha256(secret.encode()).hexdigest()
         except UnicodeEncodeError:
@@ -388,6 +430,7 @@ class Tokens:
             data, fresh = known[1], False
         else:
             data, fresh = _TOKENS.values(row), True
+            _check_stored_scopes(data)
         now = self.clock()
         if row[_REVOKED_AT] is not None:
             raise RevokedToken(
@@ -442,17 +485,24 @@ class Tokens:
             stamp = self._stamp = to_stored_time(now)
         with self._uses_lock:
             self._uses[token_id] = stamp
-            if self._flusher is None:
-                self._flusher = threading.Timer(
-                    LAST_USED_RESOLUTION.total_seconds(), self._flush_in_background
-                )
-                self._flusher.daemon = True
-                self._flusher.start()
+            self._start_flusher()
         return stamp
+
+    def _start_flusher(self) -> None:
+        """Flush within a minute, unless a timer is already set; the caller holds the lock."""
+        if self._flusher is None:
+            self._flusher = threading.Timer(
+                LAST_USED_RESOLUTION.total_seconds(), self._flush_in_background
+            )
+            self._flusher.daemon = True
+            self._flusher.start()
 
     def _flush_in_background(self) -> None:
         try:
             self.flush_uses()
+            with self._uses_lock:
+                if self._uses:  # kept by a failed flush: try again in a minute
+                    self._start_flusher()
         finally:
             self.db.close()  # the timer thread's own connection
 
@@ -462,7 +512,9 @@ class Tokens:
         One conditional UPDATE each, in one transaction: a later use already
         written (by another process) is never moved back. ``last_used_at`` is a
         quiet field, so no change event. Failing to record use (say, the file
-        is read-only) must not deny access, so it is logged, not raised.
+        is locked or read-only) must not deny access, so it is logged, not
+        raised; the uses are kept for the next flush (the timer's tries again
+        a minute later), as ``authenticate`` will not note them again.
         """
         with self._uses_lock:
             uses, self._uses = self._uses, {}
@@ -478,6 +530,8 @@ class Tokens:
                     conn.execute(self._touch_sql, (stamp, token_id, stamp))
         except peewee.DatabaseError as exc:
             logger.warning("could not record the use of %d API tokens: %s", len(uses), exc)
+            with self._uses_lock:
+                self._uses = uses | self._uses  # a use noted meanwhile is the later one
             return 0
         return len(uses)
 
@@ -523,7 +577,7 @@ class Tokens:
         return builtins.list(query.order_by(APIToken.created_at, APIToken.abid))
 
     def token_from_request(
-        self, headers: Mapping[str, str], query: Mapping[str, Any] | str | None = None
+        self, headers: HeaderLookup, query: Mapping[str, Any] | str | None = None
     ) -> str | None:
         """``token_from_request()`` with this store's API-key header."""
         return token_in(headers, query, self.header)

@@ -16,7 +16,7 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 from ._errors import AuthenticationError, MissingScope, ValidationError
 from ._inputs import check_header_name
 from ._store import Store
-from ._tokens import _check_scope, token_in
+from ._tokens import ARCHIVEBOX_API_KEY_HEADER, _check_scope, token_in
 
 ENVIRON_KEY = "tokenstore.token"
 
@@ -51,16 +51,17 @@ class TokenAuthMiddleware:
         self.store = store
         self.scope = scope
         self.header = header
-        self._environ_key = "HTTP_" + header.upper().replace("-", "_")
+        # Where each header token_in reads sits in a WSGI environ.
+        self._environ_keys = {
+            name: _environ_key(name)
+            for name in (header, ARCHIVEBOX_API_KEY_HEADER, "Authorization")
+        }
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         headers = {
             name: value
-            for name, value in (
-                (self.header, environ.get(self._environ_key)),
-                ("Authorization", environ.get("HTTP_AUTHORIZATION")),
-            )
-            if isinstance(value, str)
+            for name, key in self._environ_keys.items()
+            if isinstance(value := environ.get(key), str)
         }
         query = environ.get("QUERY_STRING")
         secret = token_in(headers, query if isinstance(query, str) else "", self.header)
@@ -87,6 +88,11 @@ class TokenAuthMiddleware:
             )
         environ[ENVIRON_KEY] = token
         return self.app(environ, start_response)
+
+
+def _environ_key(header: str) -> str:
+    """The CGI name a WSGI server gives a request header."""
+    return "HTTP_" + header.upper().replace("-", "_")
 
 
 def _refuse(

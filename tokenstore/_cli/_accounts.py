@@ -48,7 +48,7 @@ def add_users_commands(commands: Commands) -> None:
     )
     p.add_argument("username", help="1-150 letters, digits or _.@+-")
     p.add_argument("--superuser", action="store_true", help="mark the user as a superuser")
-    p = _command(users, "get", cmd_users_get, "store.users.get", "show a user")
+    p = _command(users, "get", cmd_users_get, "store.users.get", "show a user", aliases=["show"])
     p.add_argument("username", help="the user's name")
     _command(users, "list", cmd_users_list, "store.users.list", "list users, oldest first")
 
@@ -134,7 +134,14 @@ def add_tokens_commands(commands: Commands) -> None:
         help="a scope the token grants, e.g. snapshots:read (repeatable) "
         "(default: none, which means unrestricted)",
     )
-    p = _command(tokens, "get", cmd_tokens_get, "store.tokens.get", "show a token by its ABID")
+    p = _command(
+        tokens,
+        "get",
+        cmd_tokens_get,
+        "store.tokens.get",
+        "show a token by its ABID",
+        aliases=["show"],
+    )
     p.add_argument("abid", help="the token's ABID (apt_...)")
     p = _command(tokens, "list", cmd_tokens_list, "store.tokens.list", "list tokens, oldest first")
     p.add_argument("--user", help="only this user's tokens (default: everyone's)")

@@ -40,11 +40,11 @@ def parse_duration(text: str, option: str, allow_zero: bool = False) -> timedelt
 
 
 def parse_expiry(text: str) -> datetime | timedelta:
-    """A duration from now (``30d``) or an ISO-8601 time with a timezone."""
+    """A duration from now (``30d``) or an ISO-8601 time with a timezone, spaces around allowed."""
     if _DURATION.fullmatch(text.strip()):
         return parse_duration(text, "--expires")
     try:
-        when = datetime.fromisoformat(text)
+        when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValidationError(
             f"--expires {text!r} is neither a duration ({DURATION_SYNTAX}) "
