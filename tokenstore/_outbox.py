@@ -427,7 +427,8 @@ class Outbox:
         done = 0
         while batches is None or done < batches:
             with self.db.write(quiet=True) as conn:
-                count = conn.execute(self._prune, (cutoff, batch)).rowcount
+                cursor = conn.execute(self._prune, (cutoff, batch))
+            count = cursor.rowcount  # known once the block has ended (PostgreSQL's pipeline)
             deleted += count
             done += 1
             if count < batch:
