@@ -35,7 +35,7 @@ from standardwebhooks.webhooks import Webhook
 
 import tokenstore
 from tokenstore import Store, signals
-from tokenstore._errors import BlockedAddress
+from tokenstore._errors import BlockedAddress, ValidationError
 from tokenstore._models import ABIDModel, OutboundWebhook, WebhookDelivery
 from tokenstore._policy import RETRY_SCHEDULE
 from tokenstore._sending import RESPONSE_LIMIT
@@ -919,6 +919,27 @@ def test_ping_and_redeliver(store: Store, receiver: Receiver) -> None:
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == delivery.abid
     assert first.body == second.body
     Webhook(hook.secret).verify(second.body, second.header_dict())
+
+
+def test_redeliver_and_ping_refuse_a_disabled_hook_and_leave_its_log_alone(
+    store: Store, receiver: Receiver
+) -> None:
+    """A delivered message stays delivered: it is not rewritten as dead, nor a ping logged."""
+    hook = store.webhooks.create("notes", Note, receiver.url())
+    Note.create(text="x")
+    delivered = only_delivery(store)
+    store.webhooks.disable(hook, "maintenance")
+    with pytest.raises(ValidationError, match="'notes' is disabled \\(maintenance\\)"):
+        store.webhooks.redeliver(delivered.abid)
+    with pytest.raises(ValidationError, match="'notes' is disabled"):
+        store.webhooks.ping(hook)
+    kept = only_delivery(store)
+    assert (kept.status, kept.attempts, kept.last_error) == ("delivered", 1, "")
+    assert len(receiver.hits) == 1
+
+    store.webhooks.enable(hook)
+    assert store.webhooks.redeliver(delivered.abid).status == "delivered"
+    assert receiver.hits[-1].headers["webhook-id"] == delivered.abid
 
 
 def test_a_rotated_secret_signs_alongside_the_old_one_for_the_grace_period(

@@ -475,7 +475,7 @@ class Webhooks:
 
     def ping(self, hook: OutboundWebhook | str) -> WebhookDelivery:
         """Send a ``webhook.ping`` message now, to check a receiver and its secret."""
-        hook = self._hook(hook)
+        hook = self._enabled(self._hook(hook))
         now = to_stored_time(self.clock())
         payload = {
             "type": "webhook.ping",
@@ -487,12 +487,27 @@ class Webhooks:
         return self.outbox.attempt(delivery, now)
 
     def redeliver(self, delivery: WebhookDelivery | str) -> WebhookDelivery:
-        """Send a delivery again now, with the same ``webhook-id``."""
+        """Send a delivery again now, with the same ``webhook-id``; its hook must be enabled."""
         if not isinstance(delivery, WebhookDelivery):
             delivery = self.delivery(delivery)
-        elif not WebhookDelivery.select().where(WebhookDelivery.id == delivery.id).exists():
+        hook = self.outbox.hook(delivery.hook_id)
+        if hook is None or self.outbox.delivery(delivery.id.hex) is None:
             raise NotFound(f"no delivery {delivery.abid}: it was deleted with its hook, or pruned")
-        return self.outbox.attempt(delivery)
+        return self.outbox.attempt(delivery, hook=self._enabled(hook))
+
+    @staticmethod
+    def _enabled(hook: OutboundWebhook) -> OutboundWebhook:
+        """The hook, if it may send: asked to send through a disabled hook, the caller is told.
+
+        Sending would otherwise be refused at the attempt, which records the
+        delivery as dead: a delivered message's log would say it never arrived.
+        """
+        if not hook.enabled:
+            raise ValidationError(
+                f"webhook {hook.name!r} is disabled ({hook.disabled_reason or 'by hand'}); "
+                "enable it first"
+            )
+        return hook
 
     def start_retry_thread(self, interval: float = 5.0) -> RetryThread:
         """Run ``deliver_due`` every ``interval`` seconds in a daemon thread until stopped."""
