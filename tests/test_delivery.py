@@ -728,6 +728,29 @@ def test_retries_follow_the_schedule_then_the_delivery_dies(
     assert stamps == sorted(stamps) and stamps[-1] - stamps[0] > 27 * 3600
 
 
+def test_a_delivery_dying_on_its_last_attempt_still_holds_back_its_hooks_others(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """One call of the retry path costs one deadline per hook that is down, also then."""
+    receiver.respond = lambda h: answer(h, 500)
+    store.webhooks.create("down", Note, receiver.url())
+    Note.create(text="first")
+    for delay in RETRY_SCHEDULE[1:-1]:
+        clock.advance(delay)
+        assert store.webhooks.deliver_due() == 1
+    Note.create(text="second")  # waits behind the first one's last retry
+    clock.advance(RETRY_SCHEDULE[-1])
+    assert store.webhooks.deliver_due() == 1
+    assert len(receiver.hits) == len(RETRY_SCHEDULE)
+    statuses = {
+        json.loads(d.payload)["data"]["fields"]["text"]: d.status
+        for d in store.webhooks.deliveries()
+    }
+    assert statuses == {"first": "dead", "second": "pending"}
+    clock.advance(RETRY_SCHEDULE[1])
+    assert store.webhooks.deliver_due() == 1  # its turn comes with the hook's next retry
+
+
 def test_a_retry_that_succeeds_delivers_and_resets_the_failure_count(
     store: Store, receiver: Receiver, clock: Clock
 ) -> None:
