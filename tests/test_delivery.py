@@ -751,6 +751,29 @@ def test_a_delivery_dying_on_its_last_attempt_still_holds_back_its_hooks_others(
     assert store.webhooks.deliver_due() == 1  # its turn comes with the hook's next retry
 
 
+def test_a_retry_goes_out_as_the_hook_is_at_the_attempt_with_the_body_of_the_commit(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """Endpoint, headers and secret are read per attempt; the body and webhook-id are fixed."""
+    receiver.respond = lambda h: answer(h, 500)
+    hook = store.webhooks.create("moved", Note, receiver.url("/old"))
+    note = Note.create(text="before")
+    Note.update(text="after").where(Note.id == note.id).execute()  # behind the first's retry
+    store.webhooks.update(hook, endpoint=receiver.url("/new"), headers={"X-Team": "ops"})
+    hook = store.webhooks.rotate_secret(hook, grace=timedelta(0))
+    receiver.respond = ok
+    clock.advance(RETRY_SCHEDULE[1])
+    assert store.webhooks.deliver_due() == 2
+    first, retry, second = receiver.hits
+    assert [first.path, retry.path, second.path] == ["/old", "/new", "/new"]
+    assert retry.headers["X-Team"] == "ops"
+    assert retry.headers["webhook-id"] == first.headers["webhook-id"]
+    assert retry.body == first.body
+    assert Webhook(hook.secret).verify(retry.body, retry.header_dict())["type"] == "note.created"
+    assert int(retry.headers["webhook-timestamp"]) == int(clock.now.timestamp())
+    assert json.loads(second.body)["type"] == "note.updated"
+
+
 def test_a_retry_that_succeeds_delivers_and_resets_the_failure_count(
     store: Store, receiver: Receiver, clock: Clock
 ) -> None:
@@ -963,6 +986,23 @@ def test_redeliver_and_ping_refuse_a_disabled_hook_and_leave_its_log_alone(
     store.webhooks.enable(hook)
     assert store.webhooks.redeliver(delivered.abid).status == "delivered"
     assert receiver.hits[-1].headers["webhook-id"] == delivered.abid
+
+
+def test_a_hook_turned_off_by_update_has_its_due_deliveries_marked_dead_by_the_retry_path(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """update(enabled=False) sets the flag only; nothing more is sent (docs/delivery.md)."""
+    receiver.respond = lambda h: answer(h, 500)
+    hook = store.webhooks.create("off", Note, receiver.url())
+    Note.create(text="one")
+    Note.create(text="two")  # behind the first's retry
+    store.webhooks.update(hook, enabled=False)
+    assert {d.status for d in store.webhooks.deliveries()} == {"failed", "pending"}
+    clock.advance(RETRY_SCHEDULE[1])
+    store.webhooks.deliver_due()
+    assert len(receiver.hits) == 1
+    dead = store.webhooks.deliveries()
+    assert {(d.status, d.last_error) for d in dead} == {("dead", "hook disabled: by hand")}
 
 
 def test_a_rotated_secret_signs_alongside_the_old_one_for_the_grace_period(
