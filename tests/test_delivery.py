@@ -817,6 +817,21 @@ def test_deliver_due_records_attempts_at_the_time_it_was_given(
         s.close()
 
 
+def test_deliver_due_refuses_a_time_with_no_room_for_a_retry_after_it(
+    store: Store, receiver: Receiver
+) -> None:
+    """A clear error, not an OverflowError from adding the lease, and nothing taken."""
+    receiver.respond = lambda h: answer(h, 500)
+    store.webhooks.create("h", Note, receiver.url())
+    Note.create(text="x")
+    end_of_time = datetime.max.replace(tzinfo=UTC)
+    for at in (end_of_time, end_of_time - timedelta(days=365)):
+        with pytest.raises(ValidationError, match="now must be at most 9899-"):
+            store.webhooks.deliver_due(now=at)
+    assert (only_delivery(store).status, len(receiver.hits)) == ("failed", 1)
+    assert store.webhooks.deliver_due(now=end_of_time - timedelta(days=36525)) == 1
+
+
 def test_deliver_due_reads_the_clock_again_for_each_delivery(
     store: Store, receiver: Receiver, clock: Clock
 ) -> None:

@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import peewee
@@ -24,6 +24,7 @@ from ._capture import model_ref
 from ._credentials import looks_like_token
 from ._errors import InvalidABID, NotFound, ValidationError
 from ._inputs import (
+    MAX_SPAN,
     check_flag,
     check_header_name,
     check_int,
@@ -83,6 +84,9 @@ EDITABLE = (
 
 # What http.client can put in a header value: Latin-1 without controls (tab is allowed).
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+#: The latest ``now`` that ``deliver_due`` accepts: the longest span still fits after it.
+LATEST_NOW = datetime.max.replace(tzinfo=UTC) - MAX_SPAN
 
 #: The fewest random bytes a signing secret may have (what the Standard Webhooks libraries make).
 MIN_SECRET_BYTES = 24
@@ -454,6 +458,9 @@ class Webhooks:
         (see ``prune``).
         """
         check_int(limit, "limit", minimum=1)
+        if now is not None and to_stored_time(now) > LATEST_NOW:
+            # Holds, retries and the log's cutoff are counted from it: they must fit.
+            raise ValidationError(f"now must be at most {format_time(LATEST_NOW)}, got {now}")
         self.erase_expired_secrets(now)
         attempted = self.outbox.deliver_due(now, limit)
         if self.keep_deliveries is not None and time.monotonic() >= self._next_prune:
