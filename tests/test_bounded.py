@@ -449,3 +449,20 @@ def _count(path: Path, table: str) -> int:
         return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
     finally:
         conn.close()
+
+
+def test_prune_says_how_many_it_deleted_and_deletes_them_all(db_path: Path, clock: Clock) -> None:
+    """More than one batch, on either backend; the count is of rows really deleted."""
+    s = clocked(db_path, clock, sync_budget=0)
+    try:
+        hook = s.webhooks.create("a", Item, "http://127.0.0.1:9/a")
+        with s.atomic():
+            for n in range(1001):
+                Item.create(n=n)
+        s.webhooks.disable(hook)  # all given up: dead, so finished
+        clock.advance(days=31)
+        assert s.webhooks.prune() == 1000
+        assert [d.status for d in s.webhooks.deliveries()] == ["dead"]
+        assert s.webhooks.prune(timedelta(0)) == 0
+    finally:
+        s.close()

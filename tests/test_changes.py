@@ -370,6 +370,28 @@ def test_bulk_update_delete_and_insert_produce_one_event_per_row(
     assert events_left(db_path) == []
 
 
+@pytest.mark.sqlite_only
+def test_replace_over_a_row_is_one_insert_and_an_upsert_one_update(
+    memos: Store, listen: Listen
+) -> None:
+    """As docs/delivery.md says: SQLite runs no delete trigger for REPLACE's deletion."""
+    memo = Memo(name="first", n=1)
+    memo.save()
+    changed = listen(signals.row_changed, Memo)
+    row = {
+        "id": memo.id,
+        "abid": memo.abid,
+        "created_by": memo.created_by_id,
+        "created_at": memo.created_at,
+        "modified_at": memo.modified_at,
+    }
+    Memo.replace(**row, name="replaced", n=2).execute()
+    Memo.insert(**row, name="upserted").on_conflict(
+        conflict_target=[Memo.id], update={Memo.name: "upserted", Memo.n: 3}
+    ).execute()
+    assert memo_events(changed) == [("INSERT", "replaced"), ("UPDATE", "upserted")]
+
+
 def test_an_update_that_changes_nothing_observable_produces_no_event(
     memos: Store, listen: Listen, db_path: Path
 ) -> None:

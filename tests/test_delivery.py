@@ -35,7 +35,7 @@ from standardwebhooks.webhooks import Webhook
 
 import tokenstore
 from tokenstore import Store, signals
-from tokenstore._errors import BlockedAddress
+from tokenstore._errors import BlockedAddress, ValidationError
 from tokenstore._models import ABIDModel, OutboundWebhook, WebhookDelivery
 from tokenstore._policy import RETRY_SCHEDULE
 from tokenstore._sending import RESPONSE_LIMIT
@@ -728,6 +728,52 @@ def test_retries_follow_the_schedule_then_the_delivery_dies(
     assert stamps == sorted(stamps) and stamps[-1] - stamps[0] > 27 * 3600
 
 
+def test_a_delivery_dying_on_its_last_attempt_still_holds_back_its_hooks_others(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """One call of the retry path costs one deadline per hook that is down, also then."""
+    receiver.respond = lambda h: answer(h, 500)
+    store.webhooks.create("down", Note, receiver.url())
+    Note.create(text="first")
+    for delay in RETRY_SCHEDULE[1:-1]:
+        clock.advance(delay)
+        assert store.webhooks.deliver_due() == 1
+    Note.create(text="second")  # waits behind the first one's last retry
+    clock.advance(RETRY_SCHEDULE[-1])
+    assert store.webhooks.deliver_due() == 1
+    assert len(receiver.hits) == len(RETRY_SCHEDULE)
+    statuses = {
+        json.loads(d.payload)["data"]["fields"]["text"]: d.status
+        for d in store.webhooks.deliveries()
+    }
+    assert statuses == {"first": "dead", "second": "pending"}
+    clock.advance(RETRY_SCHEDULE[1])
+    assert store.webhooks.deliver_due() == 1  # its turn comes with the hook's next retry
+
+
+def test_a_retry_goes_out_as_the_hook_is_at_the_attempt_with_the_body_of_the_commit(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """Endpoint, headers and secret are read per attempt; the body and webhook-id are fixed."""
+    receiver.respond = lambda h: answer(h, 500)
+    hook = store.webhooks.create("moved", Note, receiver.url("/old"))
+    note = Note.create(text="before")
+    Note.update(text="after").where(Note.id == note.id).execute()  # behind the first's retry
+    store.webhooks.update(hook, endpoint=receiver.url("/new"), headers={"X-Team": "ops"})
+    hook = store.webhooks.rotate_secret(hook, grace=timedelta(0))
+    receiver.respond = ok
+    clock.advance(RETRY_SCHEDULE[1])
+    assert store.webhooks.deliver_due() == 2
+    first, retry, second = receiver.hits
+    assert [first.path, retry.path, second.path] == ["/old", "/new", "/new"]
+    assert retry.headers["X-Team"] == "ops"
+    assert retry.headers["webhook-id"] == first.headers["webhook-id"]
+    assert retry.body == first.body
+    assert Webhook(hook.secret).verify(retry.body, retry.header_dict())["type"] == "note.created"
+    assert int(retry.headers["webhook-timestamp"]) == int(clock.now.timestamp())
+    assert json.loads(second.body)["type"] == "note.updated"
+
+
 def test_a_retry_that_succeeds_delivers_and_resets_the_failure_count(
     store: Store, receiver: Receiver, clock: Clock
 ) -> None:
@@ -769,6 +815,21 @@ def test_deliver_due_records_attempts_at_the_time_it_was_given(
         assert receiver.hits[-1].headers["webhook-timestamp"] == str(int(later.timestamp()))
     finally:
         s.close()
+
+
+def test_deliver_due_refuses_a_time_with_no_room_for_a_retry_after_it(
+    store: Store, receiver: Receiver
+) -> None:
+    """A clear error, not an OverflowError from adding the lease, and nothing taken."""
+    receiver.respond = lambda h: answer(h, 500)
+    store.webhooks.create("h", Note, receiver.url())
+    Note.create(text="x")
+    end_of_time = datetime.max.replace(tzinfo=UTC)
+    for at in (end_of_time, end_of_time - timedelta(days=365)):
+        with pytest.raises(ValidationError, match="now must be at most 9899-"):
+            store.webhooks.deliver_due(now=at)
+    assert (only_delivery(store).status, len(receiver.hits)) == ("failed", 1)
+    assert store.webhooks.deliver_due(now=end_of_time - timedelta(days=36525)) == 1
 
 
 def test_deliver_due_reads_the_clock_again_for_each_delivery(
@@ -919,6 +980,44 @@ def test_ping_and_redeliver(store: Store, receiver: Receiver) -> None:
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == delivery.abid
     assert first.body == second.body
     Webhook(hook.secret).verify(second.body, second.header_dict())
+
+
+def test_redeliver_and_ping_refuse_a_disabled_hook_and_leave_its_log_alone(
+    store: Store, receiver: Receiver
+) -> None:
+    """A delivered message stays delivered: it is not rewritten as dead, nor a ping logged."""
+    hook = store.webhooks.create("notes", Note, receiver.url())
+    Note.create(text="x")
+    delivered = only_delivery(store)
+    store.webhooks.disable(hook, "maintenance")
+    with pytest.raises(ValidationError, match="'notes' is disabled \\(maintenance\\)"):
+        store.webhooks.redeliver(delivered.abid)
+    with pytest.raises(ValidationError, match="'notes' is disabled"):
+        store.webhooks.ping(hook)
+    kept = only_delivery(store)
+    assert (kept.status, kept.attempts, kept.last_error) == ("delivered", 1, "")
+    assert len(receiver.hits) == 1
+
+    store.webhooks.enable(hook)
+    assert store.webhooks.redeliver(delivered.abid).status == "delivered"
+    assert receiver.hits[-1].headers["webhook-id"] == delivered.abid
+
+
+def test_a_hook_turned_off_by_update_has_its_due_deliveries_marked_dead_by_the_retry_path(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """update(enabled=False) sets the flag only; nothing more is sent (docs/delivery.md)."""
+    receiver.respond = lambda h: answer(h, 500)
+    hook = store.webhooks.create("off", Note, receiver.url())
+    Note.create(text="one")
+    Note.create(text="two")  # behind the first's retry
+    store.webhooks.update(hook, enabled=False)
+    assert {d.status for d in store.webhooks.deliveries()} == {"failed", "pending"}
+    clock.advance(RETRY_SCHEDULE[1])
+    store.webhooks.deliver_due()
+    assert len(receiver.hits) == 1
+    dead = store.webhooks.deliveries()
+    assert {(d.status, d.last_error) for d in dead} == {("dead", "hook disabled: by hand")}
 
 
 def test_a_rotated_secret_signs_alongside_the_old_one_for_the_grace_period(

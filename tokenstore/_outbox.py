@@ -427,7 +427,8 @@ class Outbox:
         done = 0
         while batches is None or done < batches:
             with self.db.write(quiet=True) as conn:
-                count = conn.execute(self._prune, (cutoff, batch)).rowcount
+                cursor = conn.execute(self._prune, (cutoff, batch))
+            count = cursor.rowcount  # known once the block has ended (PostgreSQL's pipeline)
             deleted += count
             done += 1
             if count < batch:
@@ -448,7 +449,7 @@ class Outbox:
         start = self._now() if now is None else to_stored_time(now)
         stamp = format_time(start)
         due = self.db.execute_sql(self._select_due, (stamp, limit)).fetchall()
-        failing: dict[str, str] = {}  # hook id -> when its retry is due
+        failing: dict[str, str | None] = {}  # hook id -> when its retry is due (None: none)
         attempted = 0
         for delivery_id, hook_id in due:
             if hook_id in failing:
@@ -459,12 +460,17 @@ class Outbox:
             delivery = self.delivery(delivery_id)
             if delivery is None:
                 continue
+            sends = delivery.attempts
             self.attempt(delivery, at)
             attempted += 1
-            if delivery.status == "failed" and delivery.next_attempt_at is not None:
-                failing[hook_id] = format_time(delivery.next_attempt_at)
-        if failing:
+            if delivery.status != "delivered" and delivery.attempts != sends:
+                # It was sent and failed; one that died on its last attempt has no
+                # retry to wait behind, but the receiver is as down as for the others.
+                retry = delivery.next_attempt_at
+                failing[hook_id] = None if retry is None else format_time(retry)
+        waits = [(retry_at, hook_id) for hook_id, retry_at in failing.items() if retry_at]
+        if waits:
             with self.db.write(quiet=True) as conn:
-                for hook_id, retry_at in failing.items():
+                for retry_at, hook_id in waits:
                     conn.execute(self._wait_behind, (retry_at, hook_id, stamp))
         return attempted

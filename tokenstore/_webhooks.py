@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import peewee
@@ -24,6 +24,7 @@ from ._capture import model_ref
 from ._credentials import looks_like_token
 from ._errors import InvalidABID, NotFound, ValidationError
 from ._inputs import (
+    MAX_SPAN,
     check_flag,
     check_header_name,
     check_int,
@@ -83,6 +84,9 @@ EDITABLE = (
 
 # What http.client can put in a header value: Latin-1 without controls (tab is allowed).
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+#: The latest ``now`` that ``deliver_due`` accepts: the longest span still fits after it.
+LATEST_NOW = datetime.max.replace(tzinfo=UTC) - MAX_SPAN
 
 #: The fewest random bytes a signing secret may have (what the Standard Webhooks libraries make).
 MIN_SECRET_BYTES = 24
@@ -454,6 +458,9 @@ class Webhooks:
         (see ``prune``).
         """
         check_int(limit, "limit", minimum=1)
+        if now is not None and to_stored_time(now) > LATEST_NOW:
+            # Holds, retries and the log's cutoff are counted from it: they must fit.
+            raise ValidationError(f"now must be at most {format_time(LATEST_NOW)}, got {now}")
         self.erase_expired_secrets(now)
         attempted = self.outbox.deliver_due(now, limit)
         if self.keep_deliveries is not None and time.monotonic() >= self._next_prune:
@@ -475,7 +482,7 @@ class Webhooks:
 
     def ping(self, hook: OutboundWebhook | str) -> WebhookDelivery:
         """Send a ``webhook.ping`` message now, to check a receiver and its secret."""
-        hook = self._hook(hook)
+        hook = self._enabled(self._hook(hook))
         now = to_stored_time(self.clock())
         payload = {
             "type": "webhook.ping",
@@ -487,12 +494,27 @@ class Webhooks:
         return self.outbox.attempt(delivery, now)
 
     def redeliver(self, delivery: WebhookDelivery | str) -> WebhookDelivery:
-        """Send a delivery again now, with the same ``webhook-id``."""
+        """Send a delivery again now, with the same ``webhook-id``; its hook must be enabled."""
         if not isinstance(delivery, WebhookDelivery):
             delivery = self.delivery(delivery)
-        elif not WebhookDelivery.select().where(WebhookDelivery.id == delivery.id).exists():
+        hook = self.outbox.hook(delivery.hook_id)
+        if hook is None or self.outbox.delivery(delivery.id.hex) is None:
             raise NotFound(f"no delivery {delivery.abid}: it was deleted with its hook, or pruned")
-        return self.outbox.attempt(delivery)
+        return self.outbox.attempt(delivery, hook=self._enabled(hook))
+
+    @staticmethod
+    def _enabled(hook: OutboundWebhook) -> OutboundWebhook:
+        """The hook, if it may send: asked to send through a disabled hook, the caller is told.
+
+        Sending would otherwise be refused at the attempt, which records the
+        delivery as dead: a delivered message's log would say it never arrived.
+        """
+        if not hook.enabled:
+            raise ValidationError(
+                f"webhook {hook.name!r} is disabled ({hook.disabled_reason or 'by hand'}); "
+                "enable it first"
+            )
+        return hook
 
     def start_retry_thread(self, interval: float = 5.0) -> RetryThread:
         """Run ``deliver_due`` every ``interval`` seconds in a daemon thread until stopped."""
