@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 from wsgiref.util import setup_testing_defaults
 
+import _db
 import pytest
 import requests
 from _admin_helpers import Received, receiving, serving
@@ -288,6 +289,22 @@ def test_revoking_the_token_ends_the_session_at_once(
     assert client.get("/tokens").status == 303
     assert client.post("/users", {"username": "late"}).status == 403
     assert "late" not in [u.username for u in store.users.list()]
+
+
+def test_scopes_edited_into_a_string_end_the_session(
+    app: admin.AdminApp, store: tokenstore.Store
+) -> None:
+    """A JSON string of scopes would hold 'admin' as a part ('"badminton"'); it grants nothing."""
+    token, secret = store.tokens.create(store.users.create("root"), scopes=["admin"])
+    visitor = Client(app)
+    assert visitor.sign_in(secret).status == 303
+    assert visitor.get("/users").status == 200
+    with _db.Raw(store) as raw:
+        raw.execute(
+            "UPDATE tokenstore_api_token SET scopes = '\"badminton\"' WHERE abid = ?",
+            (token.abid,),
+        )
+    assert visitor.get("/users").status == 303
 
 
 def test_an_expired_token_or_session_signs_out(ts: tokenstore.Store, clock: Any) -> None:

@@ -38,10 +38,13 @@ def grants_admin(token: tokenstore.APIToken, owner: tokenstore.User) -> bool:
     ``admin`` listed explicitly, or a superuser's token that is not narrowed
     to other scopes. The ``system`` user is a superuser that is nobody (a
     token created without a user is its), so its tokens need the scope.
+    Scopes damaged by hand into anything but a list grant nothing.
     """
-    scopes: list[str] = token.scopes or []
-    implied = bool(owner.is_superuser) and owner.username != SYSTEM_USERNAME
-    return ADMIN_SCOPE in scopes or (implied and not scopes)
+    if not token.has_scope(ADMIN_SCOPE):  # narrowed to other scopes, or damaged
+        return False
+    if ADMIN_SCOPE in token.scopes:
+        return True
+    return bool(owner.is_superuser) and owner.username != SYSTEM_USERNAME
 
 
 Handler = Callable[..., Response]
