@@ -372,3 +372,17 @@ def test_a_value_sqlite_cannot_bind_is_a_validation_error(store: Store) -> None:
         with pytest.raises(ValidationError, match="cannot be stored in SQLite"):
             Probe.update(text="x").where(Probe.created_by == 2**70).execute()
     assert Probe.select().count() == 0
+
+
+def test_a_huge_value_quoted_in_an_error_loses_its_middle_not_the_message(store: Store) -> None:
+    """A 100,000-character username made a 100,000-character error (and CLI line)."""
+    with pytest.raises(ValidationError) as caught:
+        store.users.create("x" * 50_000 + "tail")
+    message = str(caught.value)
+    assert len(message) <= 1_000
+    assert message.startswith("username 'xxx") and "characters left out" in message
+    assert "tail'" in message  # the end of the value, and what follows it, are kept
+    short = "y" * 300
+    with pytest.raises(tokenstore.NotFound) as found:
+        store.users.get(short)
+    assert str(found.value) == f"no user '{short}'"

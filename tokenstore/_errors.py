@@ -7,9 +7,22 @@ Messages say what was wrong and where; they never contain a secret.
 
 import peewee
 
+#: The longest message kept whole. A longer one quotes a huge value given
+#: by the caller; its middle is left out, so the message still says what was
+#: wrong and stays a line a log or a terminal can hold.
+_MAX_MESSAGE = 1000
+_HEAD, _TAIL = 600, 300
+
 
 class TokenstoreError(Exception):
     """Base class of every error tokenstore raises on purpose."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str) and len(args[0]) > _MAX_MESSAGE:
+            text = args[0]
+            left_out = len(text) - _HEAD - _TAIL
+            args = (f"{text[:_HEAD]}… ({left_out} characters left out) …{text[-_TAIL:]}",)
+        super().__init__(*args)
 
 
 class InvalidABID(TokenstoreError, ValueError):
