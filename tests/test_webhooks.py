@@ -196,12 +196,24 @@ def test_a_literal_private_address_is_refused_without_an_allowlist(db_path: Path
         ({"X-A": "bell\x07"}, "control characters"),
         ({"Bad Name": "1"}, "not a valid HTTP header name"),
         ({"": "1"}, "not a valid HTTP header name"),
+        ({"X-" + "a" * 8_000: "1"}, "at most 8000 characters"),
+        ({"X-A": "a" * 5_000, "X-B": "b" * 5_000}, "at most 8000 characters"),
+        ({f"X-{i}": "v" for i in range(2_000)}, "at most 8000 characters"),
     ],
 )
 def test_bad_headers_are_refused(store: Store, headers: Any, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         store.webhooks.create("docs", Doc, URL, headers=headers)
     assert hook_count() == 0
+
+
+def test_headers_and_auth_token_up_to_their_bound_are_kept(store: Store) -> None:
+    headers = {"X-A": "a" * 3_000, "X-B": "b" * 4_990}  # 8,000 characters in all
+    hook = store.webhooks.create("docs", Doc, URL, headers=headers, auth_token="t" * 8_000)
+    assert OutboundWebhook.get_by_id(hook.id).headers == headers
+    with pytest.raises(ValidationError, match="auth_token.*at most 8000 characters"):
+        store.webhooks.update(hook, auth_token="t" * 8_001)
+    assert OutboundWebhook.get_by_id(hook.id).auth_token == "t" * 8_000
 
 
 def test_headers_are_stored_as_a_json_object(store: Store) -> None:

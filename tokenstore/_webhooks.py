@@ -70,6 +70,10 @@ PRUNE_BATCHES = 4
 DELIVERIES_PAGE = 100
 MAX_DELIVERIES_PAGE = 10_000
 
+#: Characters a hook's headers may hold in all, and its auth token: ArchiveBox's
+#: bound on its auth token column, and within what HTTP servers take in headers.
+MAX_HEADERS = 8_000
+
 #: The fields ``update()`` may change; the rest is bookkeeping.
 EDITABLE = (
     "name",
@@ -170,12 +174,23 @@ class HookValidator:
                     f"webhook header {key!r} must have a string value of Latin-1 "
                     "characters without line breaks or other control characters"
                 )
+        size = sum(len(key) + len(value) for key, value in headers.items())
+        if size > MAX_HEADERS:
+            raise ValidationError(
+                f"webhook headers must be at most {MAX_HEADERS} characters in all, "
+                f"names and values, got {size}"
+            )
         _set_if_changed(hook, "headers", dict(headers))
         if not _header_value_ok(hook.auth_token):
             # The value is secret: the message does not quote it.
             raise ValidationError(
                 "webhook auth_token must be a string of Latin-1 characters without "
                 "line breaks or other control characters"
+            )
+        if len(hook.auth_token) > MAX_HEADERS:
+            raise ValidationError(
+                f"webhook auth_token must be at most {MAX_HEADERS} characters, "
+                f"got {len(hook.auth_token)}"
             )
         for flag in ("enabled", "keep_last_response"):
             check_flag(getattr(hook, flag), f"webhook {flag}")
