@@ -211,7 +211,7 @@ def test_headers_and_auth_token_up_to_their_bound_are_kept(store: Store) -> None
     headers = {"X-A": "a" * 3_000, "X-B": "b" * 4_990}  # 8,000 characters in all
     hook = store.webhooks.create("docs", Doc, URL, headers=headers, auth_token="t" * 8_000)
     assert OutboundWebhook.get_by_id(hook.id).headers == headers
-    with pytest.raises(ValidationError, match="auth_token.*at most 8000 characters"):
+    with pytest.raises(ValidationError, match=r"auth_token.*at most 8000 characters"):
         store.webhooks.update(hook, auth_token="t" * 8_001)
     assert OutboundWebhook.get_by_id(hook.id).auth_token == "t" * 8_000
 
