@@ -193,7 +193,10 @@ def test_scopes_are_checked_deduplicated_and_sorted(ts: Store) -> None:
             ts.tokens.create(scopes=bad)
     with pytest.raises(ValidationError, match=r"\['read'\]"):
         ts.tokens.create(scopes="read")
-    assert APIToken.select().count() == 1
+    assert len(ts.tokens.create(scopes=[f"s{i}" for i in range(100)])[0].scopes) == 100
+    with pytest.raises(ValidationError, match="at most 100 scopes, got 101"):
+        ts.tokens.create(scopes=[f"s{i}" for i in range(101)])
+    assert APIToken.select().count() == 2
 
 
 def test_name_must_be_short_text(ts: Store) -> None:

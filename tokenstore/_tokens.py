@@ -44,6 +44,8 @@ logger = logging.getLogger("tokenstore.tokens")
 # Django's rule (ArchiveBox's users are Django's): letters and digits of any script.
 _USERNAME = re.compile(r"[\w.@+-]{1,150}")
 _SCOPE = re.compile(r"[a-z0-9:._-]{1,100}")
+#: Every check converts a token's scopes (once per changed row): their number is kept small.
+MAX_SCOPES = 100
 
 DEFAULT_API_KEY_HEADER = "X-API-Key"
 #: The header ArchiveBox 0.8 reads first; scripts written for it send their key there.
@@ -230,7 +232,10 @@ def _check_scopes(scopes: Iterable[str]) -> list[str]:
         ) from None
     for scope in items:
         _check_scope(scope)
-    return sorted(set(items))
+    kept = sorted(set(items))
+    if len(kept) > MAX_SCOPES:
+        raise ValidationError(f"a token names at most {MAX_SCOPES} scopes, got {len(kept)}")
+    return kept
 
 
 def _check_stored_scopes(data: dict[str, Any]) -> None:
