@@ -539,7 +539,7 @@ def test_a_store_with_receivers_registers_and_close_unregisters(
     store = tokenstore._store.open(db_path)  # opening dispatches: registers at once
     try:
         [claimant] = listeners(db_path)
-        assert claimant == store.dispatcher.claimant
+        assert claimant == store._dispatcher.claimant
     finally:
         store.close()
     assert listeners(db_path) == []
@@ -1005,7 +1005,7 @@ def test_a_model_on_one_of_tokenstore_s_tables_is_refused(store: Store, table: s
 
     with pytest.raises(ValidationError, match=rf"'{table}' .* tokenstore's own"):
         store.register(Intruder)
-    assert Intruder not in list(store.registry)
+    assert Intruder not in list(store._registry)
     [(triggers,)] = _db.rows(
         store,
         "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'tokenstore_x%'"
@@ -1102,7 +1102,7 @@ def test_a_refused_registration_leaves_no_table_behind(store: Store) -> None:
     with pytest.raises(tokenstore.TokenstoreError, match="at most"):
         store.register(Wide)
     assert not store.db.table_exists(Wide._meta.table_name)
-    assert Wide not in list(store.registry)
+    assert Wide not in list(store._registry)
 
 
 def test_an_event_recorded_with_sqlites_inf_reads_as_infinity_and_strings_stay_as_written() -> None:

@@ -279,7 +279,7 @@ def test_a_relation_of_a_model_with_itself_is_refused_before_anything_is_written
     with pytest.raises(ValidationError, match=r"Person\.friends: .* with itself"):
         store.register(Person)
     assert not store.db.table_exists(Person._meta.table_name)
-    assert Person not in list(store.registry)
+    assert Person not in list(store._registry)
 
 
 # -- webhooks -------------------------------------------------------------------------
@@ -378,9 +378,9 @@ def test_two_relations_sharing_one_join_table_are_refused_before_anything_is_wri
         with pytest.raises(ValidationError, match=rf"'{join}'.*Book\.writers.*Book\.editors"):
             store.register(model)
         assert not store.db.table_exists(model._meta.table_name)
-        assert model not in list(store.registry)
+        assert model not in list(store._registry)
     assert not store.db.table_exists(join)
-    assert join not in store.registry.tables()
+    assert join not in store._registry.tables()
 
 
 def test_a_through_model_whose_key_is_not_the_primary_key_is_refused(store: Store) -> None:

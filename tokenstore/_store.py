@@ -89,7 +89,7 @@ class Store:
         if clock is not None and not callable(clock):
             raise ValidationError(f"clock must be a function, got {type(clock).__name__}")
         self.clock: Callable[[], datetime] = clock or partial(datetime.now, UTC)
-        self.registry = Registry(OWN_MODELS)
+        self._registry = Registry(OWN_MODELS)
         self.db: SQLiteDatabase | PostgresDatabase
         #: The SQLite file (None on PostgreSQL).
         self.path: Path | None
@@ -97,8 +97,8 @@ class Store:
             self.path = None
             #: Where the store is, for people: the file, or the URL without its password.
             self.location = redacted_url(path)
-            self.dispatcher = Dispatcher(
-                self.registry,
+            self._dispatcher = Dispatcher(
+                self._registry,
                 PostgresDatabase,
                 self.clock,
                 opts.claim_timeout,
@@ -106,7 +106,7 @@ class Store:
             )
             self.db = open_postgres(
                 path,
-                self.dispatcher,
+                self._dispatcher,
                 opts.busy_timeout,
                 create=opts.create,
                 read_only=opts.read_only,
@@ -114,12 +114,16 @@ class Store:
         else:
             self.path = check_path(path, "the store path")
             self.location = str(self.path)
-            self.dispatcher = Dispatcher(
-                self.registry, SQLiteDatabase, self.clock, opts.claim_timeout, opts.listener_timeout
+            self._dispatcher = Dispatcher(
+                self._registry,
+                SQLiteDatabase,
+                self.clock,
+                opts.claim_timeout,
+                opts.listener_timeout,
             )
             self.db = open_database(
                 self.path,
-                self.dispatcher,
+                self._dispatcher,
                 opts.busy_timeout,
                 create=opts.create,
                 read_only=opts.read_only,
@@ -144,21 +148,21 @@ class Store:
         if opts.webhook_allow and not self.db.read_only:  # a read-only store sends nothing
             allowlist.add(opts.webhook_allow)  # into the file: every process applies it
         allowlist.refresh()
-        self.hook_validator = HookValidator(self.registry, allowlist)
-        OutboundWebhook.validator = self.hook_validator
-        self.outcomes = Outcomes(
+        self._hook_validator = HookValidator(self._registry, allowlist)
+        OutboundWebhook.validator = self._hook_validator
+        self._outcomes = Outcomes(
             self.db, RetryPolicy(opts.disable_after_failures, opts.disable_after)
         )
-        self.outbox = Outbox(
+        self._outbox = Outbox(
             self.db,
-            self.registry,
+            self._registry,
             self.clock,
             Sender(guard, opts.connect_timeout, opts.read_timeout, opts.delivery_deadline),
-            self.outcomes,
+            self._outcomes,
             opts.sync_budget,
             allowlist,
         )
-        self.dispatcher.add_consumer(self.outbox.on_events, self.outbox.wants_events)
+        self._dispatcher.add_consumer(self._outbox.on_events, self._outbox.wants_events)
         self.users = Users()
         self.tokens = Tokens(
             self.db,
@@ -170,8 +174,8 @@ class Store:
         )
         self.webhooks = Webhooks(
             self.db,
-            self.outbox,
-            self.outcomes,
+            self._outbox,
+            self._outcomes,
             allowlist,
             self.clock,
             opts.secret_grace,
@@ -208,7 +212,7 @@ class Store:
             try:
                 self.webhooks.erase_expired_secrets()
                 with self.db.write(quiet=True) as conn:
-                    self.dispatcher.unregister(conn)
+                    self._dispatcher.unregister(conn)
             except peewee.DatabaseError as exc:  # a read-only or vanished file still closes
                 logger.warning("could not unregister %s as a listener: %s", self.location, exc)
             self.db.checkpoint_before_close()
@@ -251,9 +255,9 @@ class Store:
                 )
         spec = CaptureSpec.of(model)
         relations = [Relation.of(m2m) for m2m in model._meta.manytomany.values()]
-        self.registry.check_relations(relations)
+        self._registry.check_relations(relations)
         model.bind(self.db, bind_refs=False, bind_backrefs=False)
-        added = self.registry.add(model)
+        added = self._registry.add(model)
         if self.db.read_only:  # readable as it is: no table or trigger can be made
             return model
         try:
@@ -262,13 +266,13 @@ class Store:
                 self._check_columns(model)
                 self.db.install_capture(spec)
                 for relation in relations:
-                    self.registry.add_relation(relation)
+                    self._registry.add_relation(relation)
                 # with those, any relation whose other side has no field here (backref="+")
-                for relation in self.registry.relations_of(model):
+                for relation in self._registry.relations_of(model):
                     self._capture_relation(relation)
         except BaseException:
             if added:
-                self.registry.remove(model)
+                self._registry.remove(model)
             raise
         return model
 
@@ -307,12 +311,12 @@ class Store:
 
     def model_for_ref(self, ref: str | type[peewee.Model]) -> type[peewee.Model]:
         """The registered model a hook's ``ref`` names; unknown refs list the known ones."""
-        return self.registry.for_ref(ref)
+        return self._registry.for_ref(ref)
 
     @property
     def models(self) -> dict[str, type[peewee.Model]]:
         """The registered models by table name, tokenstore's own included."""
-        return {m._meta.table_name: m for m in self.registry}
+        return {m._meta.table_name: m for m in self._registry}
 
     def dispatch(self, deliver: bool = True) -> Dispatched:
         """Fire events nobody has fired yet: other processes' writes, shell edits, crashes.
@@ -323,20 +327,20 @@ class Store:
         store; this call is for what happened elsewhere.
         """
         check_flag(deliver, "deliver")
-        claimed_before = self.dispatcher.claimed_count()
-        delivered_before, failed_before = self.outcomes.attempts_recorded()
+        claimed_before = self._dispatcher.claimed_count()
+        delivered_before, failed_before = self._outcomes.attempts_recorded()
         with self.db.atomic():  # its commit claims what is unclaimed, then fires it
             conn = self.db.connection()
-            self.dispatcher.release(conn, self.dispatcher.stale_claimants(conn))
-            self.dispatcher.housekeeping(conn)
+            self._dispatcher.release(conn, self._dispatcher.stale_claimants(conn))
+            self._dispatcher.housekeeping(conn)
         if deliver:
             self.webhooks.deliver_due()
-        delivered, failed = self.outcomes.attempts_recorded()
+        delivered, failed = self._outcomes.attempts_recorded()
         return Dispatched(
-            events=self.dispatcher.claimed_count() - claimed_before,
+            events=self._dispatcher.claimed_count() - claimed_before,
             delivered=delivered - delivered_before,
             failed=failed - failed_before,
-            waiting=self.dispatcher.waiting(self.db.connection()),
+            waiting=self._dispatcher.waiting(self.db.connection()),
         )
 
     def wait_for_changes(self, timeout: float) -> bool:
@@ -374,7 +378,7 @@ class Store:
             check_path(path, "path"),
             db=self.db,
             users=self.users,
-            validator=self.hook_validator,
+            validator=self._hook_validator,
             ref_map=ref_map,
             cipher_key=cipher_key,
             dry_run=check_flag(dry_run, "dry_run"),
