@@ -535,6 +535,15 @@ def test_register_refuses_the_abid_base_class(store: Store) -> None:
     assert not store.db.table_exists(ABIDModel._meta.table_name)
 
 
+def test_saving_a_model_never_registered_says_to_register_it(store: Store) -> None:
+    class Unregistered(ABIDModel):
+        abid_prefix = "unr_"
+        title = peewee.TextField()
+
+    with pytest.raises(StoreError, match=r"Unregistered is not registered.*store\.register"):
+        Unregistered.create(title="t")
+
+
 @pytest.mark.parametrize("bad_id", [2**70, "not-a-uuid", 5, b"x" * 16, 1.5, "\x00"])
 def test_an_id_that_is_no_uuid_is_refused_clearly(app_store: Store, bad_id: Any) -> None:
     with pytest.raises(ValidationError, match=r"Note\.id"):

@@ -16,7 +16,7 @@ import peewee
 
 from . import _abid as abids
 from . import _compat, _credentials, signals
-from ._errors import ABIDDriftError, NotFound, ValidationError
+from ._errors import ABIDDriftError, NotFound, StoreError, ValidationError
 from ._fields import JSONField, UTCDateTimeField, UUIDField
 from ._rows import quote_name
 from ._times import to_stored_time, utcnow
@@ -223,6 +223,12 @@ class ABIDModel(BaseModel):
         return abids.ABID.parse(self.abid, prefix=type(self).abid_prefix)
 
     def save(self, force_insert: bool = False, only: Any = None) -> int:
+        if type(self)._meta.database is None:  # an application model never registered
+            name = type(self).__name__
+            raise StoreError(
+                f"{name} is not registered with a store: decorate the class with "
+                f"@store.register (or call store.register({name})) before saving it"
+            )
         if force_insert or self._stored is None:
             return self._insert()
         signals.send_isolated(signals.pre_save, type(self), instance=self, created=False)
