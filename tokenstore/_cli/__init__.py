@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import peewee
 
 from .._errors import BlockedAddress, TokenstoreError
+from .._netguard import HOW_TO_ALLOW
 from .._postgres_driver import driver_errors
 from .._postgres_url import is_url, redacted_url
 from .._version import __version__
@@ -100,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args, out)
     except BlockedAddress as exc:
-        print(f"tokenstore: error: {one_line(str(exc))}; {_allow_hint()}", file=sys.stderr)
+        # The command's own ways to allow an address replace the message's general ones.
+        message = str(exc).removesuffix(f"; {HOW_TO_ALLOW}")
+        print(f"tokenstore: error: {one_line(message)}; {_allow_hint()}", file=sys.stderr)
         return 2
     except TokenstoreError as exc:
         print(f"tokenstore: error: {one_line(str(exc))}", file=sys.stderr)
