@@ -26,6 +26,7 @@ import requests
 
 import tokenstore as tokenstore_package
 from tokenstore._cli import CLI_ONLY, NOT_COMMANDS, build_parser
+from tokenstore._inputs import MAX_SPAN
 from tokenstore._signing import sign
 from tokenstore._sqlite import SCHEMA_VERSION
 from tokenstore._store import Store
@@ -153,6 +154,11 @@ def test_token_expiry_option_and_its_errors(db_path: Path) -> None:
     assert "timezone" in naive.stderr
     missing = tokenstore(db_path, "tokens", "create", "nobody", expect=2)
     assert "no user 'nobody'" in missing.stderr
+    # The longest span is the API's (100 years), not a shorter one of the command's own.
+    longest = f"{MAX_SPAN.days}d"
+    assert as_json(db_path, "tokens", "create", "bob", "--expires", longest)["expires"]
+    too_long = tokenstore(db_path, "tokens", "create", "bob", "--expires", "36526d", expect=2)
+    assert f"at most {longest}" in too_long.stderr
 
 
 def test_webhooks_commands_end_to_end(
