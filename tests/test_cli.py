@@ -447,11 +447,26 @@ def test_every_option_has_help_with_its_default_and_every_group_an_example() -> 
             required = action.required or (not action.option_strings and action.nargs is None)
             hidden = action.default is argparse.SUPPRESS  # a global option's copy
             assert required or hidden or "default" in text, (words, action.dest)
+            assert "(default: None)" not in text % vars(action), (words, action.dest)
+            assert not action.required or "default" not in text, (words, action.dest)
     groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, group in groups[0].choices.items():
         if group.get_default("handler") is None:
             assert group.epilog and "examples:" in group.epilog, name
             assert f"tokenstore {name} " in group.epilog, name
+
+
+def test_help_says_what_commands_print_and_how_they_exit() -> None:
+    parser = build_parser()
+    assert "Exit status: 0" in parser.format_help()
+    commands = {" ".join(words): command for words, command in _commands(parser)}
+    for name in ("init", "dispatch", "migrate", "listen", "serve", "demo", "tokens create",
+                 "tokens authenticate", "webhooks create", "webhooks rotate-secret",
+                 "import archivebox"):  # fmt: skip
+        description = commands[name].description or ""
+        assert "Prints" in description or "Says" in description, name
+    for name in ("tokens authenticate", "webhooks ping", "webhooks redeliver"):
+        assert re.search(r"exit (0 [^,]*, )?1", commands[name].description or ""), name
 
 
 # -- conventions -----------------------------------------------------------------------------

@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  tokenstore users create alice\n"
         "  tokenstore tokens list --json\n"
         "  tokenstore --app myapp.models dispatch --watch\n"
-        "Global options work before or after the command.",
+        "Global options work before or after the command.\n"
+        "Exit status: 0 done; 1 a negative answer (tokens authenticate, webhooks ping and\n"
+        "redeliver); 2 bad input or a fault, said in one line on stderr.",
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"tokenstore {__version__}")

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -116,7 +117,12 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         """The option's help, with its default unless the help says it already."""
         text = action.help or ""
         positional_required = not action.option_strings and action.nargs not in ("?", "*")
-        if "(default" in text or action.default is argparse.SUPPRESS or positional_required:
+        if (
+            "(default" in text
+            or action.default is argparse.SUPPRESS
+            or positional_required
+            or action.required
+        ):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -199,9 +205,16 @@ def _command(
     call: str | None,
     help_text: str,
     aliases: Sequence[str] = (),
+    prints: str | None = None,
 ) -> argparse.ArgumentParser:
-    """A command that runs ``call``; ``aliases`` are the names earlier versions used."""
+    """A command that runs ``call``; ``aliases`` are the names earlier versions used.
+
+    ``prints`` says what the command prints, and how it exits, where the
+    help's first line and the usual record of what it touched do not.
+    """
     description = help_text if call is None else f"{help_text} ({call})"
+    if prints is not None:
+        description = f"{description}\n\n{textwrap.fill(prints, 78)}"
     sub: argparse.ArgumentParser = group.add_parser(
         name,
         aliases=list(aliases),

@@ -211,6 +211,7 @@ def add_webhooks_commands(commands: Commands) -> None:
         "store.webhooks.create",
         "add a hook that POSTs every matching change of a model",
         aliases=["add"],
+        prints="Prints the hook and its signing secret, shown this once: give it to the receiver.",
     )
     p.add_argument("name", help="a unique name for the hook")
     p.add_argument("ref", help="the model, as module.ClassName, e.g. tokenstore.User")
@@ -326,6 +327,7 @@ def add_webhooks_commands(commands: Commands) -> None:
         cmd_webhooks_rotate_secret,
         "store.webhooks.rotate_secret",
         "give a hook a new signing secret; the old one keeps signing for --grace",
+        prints="Prints the hook and its new signing secret, shown this once.",
     )
     _hook_argument(p)
     p.add_argument(
@@ -352,7 +354,8 @@ def add_webhooks_commands(commands: Commands) -> None:
     p.add_argument(
         "--before",
         metavar="WEBHOOK_ID",
-        help="only deliveries older than this one (msg_...): the next page after it",
+        help="only deliveries older than this one (msg_...): the next page after it "
+        "(default: from the newest)",
     )
     p = _command(
         hooks,
