@@ -1,5 +1,8 @@
 """The README runs: its Python and shell blocks, as written, offline, twice in a row.
 
+And the docs name every public name: docs/api.md lists each, the errors with
+when they are raised.
+
 A newcomer copies the blocks in order into one terminal, so the shell blocks
 run as one script, in a temporary folder, with this virtualenv's ``bin`` on
 PATH. The two set-up lines at the top are not run here (they build the very
@@ -18,6 +21,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import tokenstore
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -92,3 +97,18 @@ def test_shell_blocks_run_twice_in_a_row(tmp_path: Path) -> None:
         assert "webhook.ping verified" in out
         assert "user.created verified" in out
     assert "Traceback" not in err
+
+
+def test_the_api_page_names_every_public_name_and_error() -> None:
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert "(docs/api.md)" in README
+    for name in tokenstore.__all__:
+        assert f"`{name}" in api, name
+    errors = [
+        obj
+        for obj in vars(tokenstore).values()
+        if isinstance(obj, type) and issubclass(obj, tokenstore.TokenstoreError)
+    ]
+    assert len(errors) > 10
+    for error in errors:  # each one in the list of errors, with when it is raised
+        assert re.search(rf"^ *- `{error.__name__}`", api, flags=re.MULTILINE), error
