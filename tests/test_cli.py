@@ -142,6 +142,26 @@ def test_users_and_tokens_round_trip(db_path: Path) -> None:
     assert len(as_json(db_path, "tokens", "list", "--all")) == 1
 
 
+def test_json_shows_every_field_of_a_record_but_its_secrets(db_path: Path) -> None:
+    as_json(db_path, "users", "add", "alice")
+    token = as_json(db_path, "tokens", "create", "alice")
+    as_json(db_path, "webhooks", "create", "h", "tokenstore.User", "https://example.com/")
+    # Shown under another name: the token's hint as the redacted token, and when the
+    # rotated-out secret stops signing.
+    renamed = {"token_hint": "token", "previous_secret_expires": "secret_rotating_until"}
+    for model, shown in (
+        (tokenstore_package.User, as_json(db_path, "users", "get", "alice")),
+        (tokenstore_package.APIToken, as_json(db_path, "tokens", "get", token["abid"])),
+        (tokenstore_package.OutboundWebhook, as_json(db_path, "webhooks", "get", "h")),
+    ):
+        public = {
+            renamed.get(name, field.column_name)
+            for name, field in model._meta.fields.items()
+            if name not in model.private_fields
+        }
+        assert public <= set(shown), (model.__name__, public - set(shown))
+
+
 def test_token_expiry_option_and_its_errors(db_path: Path) -> None:
     as_json(db_path, "users", "add", "bob")
     token = as_json(db_path, "tokens", "create", "bob", "--expires", "2h")

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._errors import ValidationError
 from .._models import WebhookDelivery
-from .._webhooks import DELIVERIES_PAGE, DELIVERY_STATUSES
+from .._webhooks import DELIVERIES_PAGE, DELIVERY_STATUSES, MAX_DELIVERIES_PAGE
 from ._base import Commands, _command, _group, _open
 from ._output import Output, _warn_if_blocked, delivery_dict, hook_dict
 from ._values import _duration_type, _header, _positive_int, _secret
@@ -350,7 +350,12 @@ def add_webhooks_commands(commands: Commands) -> None:
         choices=DELIVERY_STATUSES,
         help="only deliveries in this state (default: all)",
     )
-    p.add_argument("--limit", type=_positive_int, default=DELIVERIES_PAGE, help="at most this many")
+    p.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=DELIVERIES_PAGE,
+        help=f"at most this many, up to {MAX_DELIVERIES_PAGE}",
+    )
     p.add_argument(
         "--before",
         metavar="WEBHOOK_ID",
