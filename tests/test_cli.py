@@ -634,6 +634,15 @@ def test_a_missing_store_is_an_error_and_only_init_creates_one(tmp_path: Path) -
         assert list(folder.iterdir()) == []  # no file, no -wal, no -shm
     tokenstore(missing, "init")
     assert missing.exists()
+    # With no --db and no $TOKENSTORE_DB, the message says it looked at the default.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSTORE_")}
+    default = subprocess.run([*COMMAND, "users", "list"], cwd=folder, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert default.returncode == 2 and default.stderr.count("\n") == 1
+    assert "no store at ./tokenstore.sqlite3, the default" in default.stderr
+    assert "--db PATH" in default.stderr and "TOKENSTORE_DB" in default.stderr
+    assert "tokenstore init" in default.stderr
+    assert not (folder / "tokenstore.sqlite3").exists()
 
 
 def test_read_commands_send_nothing_take_no_lock_and_are_fast(db_path: Path) -> None:

@@ -9,11 +9,12 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import peewee
 
-from .._errors import ValidationError
+from .._errors import StoreError, ValidationError
 from .._store import Store
 from .._store import open as open_store
 from ._output import Output, one_line
@@ -34,6 +35,11 @@ def _open(args: argparse.Namespace, *, read: bool = False, create: bool = False)
     commands that send (``dispatch``, ``deliver-due``, ``ping``,
     ``redeliver``) do, and read-only commands never take the write lock.
     """
+    if args.db_is_default and not create and not Path(DEFAULT_DB).exists():
+        raise StoreError(
+            f"no store at ./{DEFAULT_DB}, the default: name yours with --db PATH or "
+            "$TOKENSTORE_DB, or create one here with `tokenstore init`"
+        )
     store = open_store(
         args.db,
         webhook_allow=[] if read else args.allow,
@@ -176,6 +182,7 @@ def _env_list(name: str) -> list[str]:
 def _settle_global_options(args: argparse.Namespace) -> None:
     """One value per global option: after the command wins, then before it, then $VARIABLES."""
     args.db = getattr(args, "late_db", None) or args.db or os.environ.get("TOKENSTORE_DB")
+    args.db_is_default = not args.db  # a missing default file is said to be the default
     args.db = args.db or DEFAULT_DB
     args.json = args.json or getattr(args, "late_json", False)
     for dest, variable in (("allow", "TOKENSTORE_WEBHOOK_ALLOW"), ("app", "TOKENSTORE_APP")):
