@@ -27,6 +27,7 @@ import requests
 import tokenstore as tokenstore_package
 from tokenstore._cli import CLI_ONLY, NOT_COMMANDS, build_parser
 from tokenstore._inputs import MAX_SPAN
+from tokenstore._postgres_url import redacted_url
 from tokenstore._signing import sign
 from tokenstore._sqlite import SCHEMA_VERSION
 from tokenstore._store import Store
@@ -173,7 +174,7 @@ def test_token_expiry_option_and_its_errors(db_path: Path) -> None:
     )
     assert "timezone" in naive.stderr
     missing = tokenstore(db_path, "tokens", "create", "nobody", expect=2)
-    assert "no user 'nobody'" in missing.stderr
+    assert f"error: {redacted_url(str(db_path))}: no user 'nobody'" in missing.stderr  # where
     # The longest span is the API's (100 years), not a shorter one of the command's own.
     longest = f"{MAX_SPAN.days}d"
     assert as_json(db_path, "tokens", "create", "bob", "--expires", longest)["expires"]

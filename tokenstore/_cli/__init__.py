@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sqlite3
 import sys
 from collections.abc import Sequence
 
 import peewee
 
-from .._errors import BlockedAddress, TokenstoreError
+from .._errors import BlockedAddress, NotFound, TokenstoreError
 from .._netguard import HOW_TO_ALLOW
 from .._postgres_driver import driver_errors
 from .._postgres_url import is_url, redacted_url
@@ -106,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The command's own ways to allow an address replace the message's general ones.
         message = str(exc).removesuffix(f"; {HOW_TO_ALLOW}")
         print(f"tokenstore: error: {one_line(message)}; {_allow_hint()}", file=sys.stderr)
+        return 2
+    except NotFound as exc:  # named with the store searched: a wrong --db is the usual cause
+        where = redacted_url(args.db) if is_url(args.db) else os.path.abspath(args.db)
+        print(f"tokenstore: error: {one_line(f'{where}: {exc}')}", file=sys.stderr)
         return 2
     except TokenstoreError as exc:
         print(f"tokenstore: error: {one_line(str(exc))}", file=sys.stderr)
