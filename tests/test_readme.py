@@ -12,6 +12,7 @@ virtualenv running this test); they must be what CI runs, word for word.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import re
 import shutil
@@ -112,3 +113,25 @@ def test_the_api_page_names_every_public_name_and_error() -> None:
     assert len(errors) > 10
     for error in errors:  # each one in the list of errors, with when it is raised
         assert re.search(rf"^ *- `{error.__name__}`", api, flags=re.MULTILINE), error
+
+
+def test_every_public_name_and_its_methods_say_what_they_are_for() -> None:
+    undocumented = []
+    for name in tokenstore.__all__:
+        obj = getattr(tokenstore, name)
+        if isinstance(obj, str):  # a constant: docs/api.md says what it is
+            continue
+        if not inspect.getdoc(obj):
+            undocumented.append(name)
+        if inspect.isclass(obj):
+            for attribute, value in vars(obj).items():
+                function = getattr(value, "__func__", value)
+                if (
+                    attribute.startswith("_")
+                    or inspect.isclass(value)
+                    or not (callable(function) or isinstance(value, property))
+                ):
+                    continue
+                if not (function.__doc__ or "").strip():
+                    undocumented.append(f"{name}.{attribute}")
+    assert undocumented == []

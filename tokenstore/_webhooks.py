@@ -511,6 +511,7 @@ class RetryThread(threading.Thread):
         self._stopping = threading.Event()
 
     def run(self) -> None:
+        """Send what is due every ``interval`` until ``stop()``; a failed round is logged."""
         try:
             while not self._stopping.wait(self.interval):
                 try:
