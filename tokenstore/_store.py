@@ -74,8 +74,8 @@ class Store:
     database, so one process works with one open store at a time.
 
     ``path`` is an SQLite file or a ``postgresql://`` URL; ``options`` are
-    those of ``Options``; ``clock`` is a function returning the current aware
-    UTC time, for tests that move time by hand.
+    those ``help(tokenstore.open)`` lists; ``clock`` is a function returning
+    the current aware UTC time, for tests that move time by hand.
     """
 
     def __init__(

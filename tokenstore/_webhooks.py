@@ -315,7 +315,13 @@ class Webhooks:
         return hook
 
     def update(self, hook: OutboundWebhook | str, **changes: Any) -> OutboundWebhook:
-        """Change the given fields of a hook, all or nothing."""
+        """Change the given fields of a hook, all or nothing.
+
+        The fields are those of ``EDITABLE``: name, signal, ref, endpoint,
+        headers, auth_token, enabled, keep_last_response. ``enabled`` only
+        sets the flag: ``enable()`` also forgets the failure streak, and
+        ``disable()`` gives up what the hook still had to send.
+        """
         hook = self._hook(hook)
         unknown = sorted(set(changes) - set(EDITABLE))
         if unknown:

@@ -294,7 +294,8 @@ def add_webhooks_commands(commands: Commands) -> None:
     p.add_argument(
         "--enabled",
         action=argparse.BooleanOptionalAction,
-        help=f"turn the hook on or off (enable/disable also reset its failures) {unchanged}",
+        help="only set the hook's flag: `webhooks enable` also forgets its failures, "
+        f"`webhooks disable` gives up what it had to send {unchanged}",
     )
     p.add_argument(
         "--keep-last-response",
