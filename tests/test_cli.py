@@ -108,7 +108,7 @@ def test_abid_new_and_bad_input_exit_2(db_path: Path) -> None:
     shown = as_json(db_path, "abid", "new", "--prefix", "snp", "--uri", "https://example.com/x")
     assert shown["abid"].startswith("snp_") and shown["uri"] == "9063B8A6"
     bad = tokenstore(db_path, "abid", "parse", "apt_01JAZ6BQG0D53BD22B01XRS78", expect=2)
-    assert "tokenstore: error:" in bad.stderr and "26" in bad.stderr
+    assert "tokenstore: error: not an ABID:" in bad.stderr and "26" in bad.stderr
     assert bad.stdout == ""
 
 

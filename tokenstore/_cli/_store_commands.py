@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._abid import ABID, abid_from_values
-from .._errors import StoreIOError, ValidationError
+from .._errors import InvalidABID, StoreIOError, ValidationError
 from .._inputs import check_seconds
 from .._migrate import migrate
 from .._signing import SECRET_PREFIX
@@ -173,7 +173,11 @@ def add_store_commands(commands: Commands) -> None:
 
 def cmd_abid_parse(args: argparse.Namespace, out: Output) -> int:
     """``tokenstore.ABID.parse``, showing every view."""
-    out.record(abid_dict(ABID.parse(args.abid, prefix=args.prefix)))
+    try:
+        abid = ABID.parse(args.abid, prefix=args.prefix)
+    except InvalidABID as exc:  # its message says what is wrong with the text, not what it is
+        raise ValidationError(f"not an ABID: {exc}") from None
+    out.record(abid_dict(abid))
     return 0
 
 
