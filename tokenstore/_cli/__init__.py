@@ -47,9 +47,9 @@ NOT_COMMANDS = {
     "store.model_for_ref": "it returns a model class; --app makes models known",
     "store.tokens.token_from_request": "it reads an HTTP request's headers",
     "store.wait_for_changes": "dispatch --watch waits with it between rounds",
-    "store.tokens.flush_uses": "every command writes the uses it noted as it closes",
+    "store.tokens.flush_uses": "no command notes a use: tokens authenticate only reads",
     "store.webhooks.close": "every command closes its store when done",
-    "store.webhooks.erase_expired_secrets": "every command does it as it closes its store",
+    "store.webhooks.erase_expired_secrets": "every command that writes does it as it closes",
     "store.webhooks.start_retry_thread": "dispatch --watch sends due retries in the foreground",
 }
 
