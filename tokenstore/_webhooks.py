@@ -240,7 +240,16 @@ class Webhooks:
         keep_last_response: bool = False,
         created_by: User | None = None,
     ) -> OutboundWebhook:
-        """Add a hook that POSTs each matching change of model ``ref`` to ``endpoint``."""
+        """Add a hook that POSTs each matching change of model ``ref`` to ``endpoint``.
+
+        ``ref`` is a registered model or its ``module.ClassName``; ``signal``
+        names the kinds of change sent (``CREATE``, ``UPDATE``, ``DELETE``,
+        ``M2M`` or a combination such as ``CREATE_OR_UPDATE``); ``headers``
+        and ``auth_token`` (the Authorization header) go with every request
+        and stay private; ``created_by`` defaults to the system user. The
+        hook's signing secret is ``hook.secret``: give it to the receiver.
+        An endpoint at an address the guard refuses raises BlockedAddress.
+        """
         if created_by is not None and not isinstance(created_by, User):
             raise ValidationError(
                 f"created_by must be a User or None, got {type(created_by).__name__}"

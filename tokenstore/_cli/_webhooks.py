@@ -219,7 +219,8 @@ def add_webhooks_commands(commands: Commands) -> None:
     p.add_argument(
         "--signal",
         default="CREATE_UPDATE_OR_DELETE",
-        help="which changes to send: CREATE, UPDATE, DELETE or a combination like CREATE_OR_UPDATE",
+        help="which changes to send: CREATE, UPDATE, DELETE, M2M or a combination like "
+        "CREATE_OR_UPDATE",
     )
     p.add_argument(
         "--header",
