@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
@@ -633,6 +634,15 @@ def test_a_missing_store_is_an_error_and_only_init_creates_one(tmp_path: Path) -
             f"tokenstore: error: no store at {missing} (run `tokenstore init`)"
         )
         assert list(folder.iterdir()) == []  # no file, no -wal, no -shm
+    # Nor is another program's SQLite file made into a store by a mistyped --db.
+    other = folder / "other.sqlite3"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.commit()
+    other.chmod(0o600)
+    before = other.read_bytes()
+    refused = tokenstore(other, "users", "create", "x", expect=2)
+    assert "holds no tokenstore" in refused.stderr and other.read_bytes() == before
     tokenstore(missing, "init")
     assert missing.exists()
     # With no --db and no $TOKENSTORE_DB, the message says it looked at the default.

@@ -414,8 +414,8 @@ def open(path: str | os.PathLike[str], **options: Any) -> Store:
     - ``listener_timeout`` = timedelta(hours=1): a listening process that
       claims nothing this long is removed, its waiting events dropped.
     - ``dispatch_on_open`` = True: fire the events dead processes left.
-    - ``create`` = True: make a missing file (False: a missing file is an
-      error, so a mistyped path starts no empty store).
+    - ``create`` = True: make a missing file, or set up a file holding no
+      tokenstore (False: both are errors, so a mistyped path starts no store).
     - ``read_only`` = False: never write; writes raise StoreError. A file
       this process cannot write is opened read-only anyway, with a warning.
     """
