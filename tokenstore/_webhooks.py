@@ -464,9 +464,10 @@ class Webhooks:
     def deliver_due(self, now: Any = None, limit: int = 100) -> int:
         """Attempt the deliveries whose retry time has come; returns how many were attempted.
 
-        Rotated-out signing secrets whose grace period is over are erased
-        first. Once a minute it also prunes a few batches of the delivery log
-        (see ``prune``).
+        At most ``limit`` attempts; ``now`` (an aware datetime, default the
+        store's clock) decides what is due. Rotated-out signing secrets whose
+        grace period is over are erased first. Once a minute it also prunes a
+        few batches of the delivery log (see ``prune``).
         """
         check_int(limit, "limit", minimum=1)
         self.erase_expired_secrets(now)
