@@ -538,6 +538,7 @@ def test_times_print_in_the_one_stored_format(db_path: Path) -> None:
         (("webhooks", "rotate-secret", "x", "--grace=-1h"), "is negative"),
         (("webhooks", "deliveries", "--limit", "0"), "at least 1"),
         (("tokens", "nope"), "invalid choice"),
+        (("users", "list", "--bogus"), "--bogus (see tokenstore users list --help)"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(

@@ -93,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A file name that is not UTF-8, or a name the terminal's encoding lacks, is
         # shown escaped, as on stderr, rather than ending the command half-printed.
         sys.stdout.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # refused by the command they were given to, whose --help lists its options
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _settle_global_options(args)
     out = Output(args.json)
     raw_errors: tuple[type[Exception], ...] = (

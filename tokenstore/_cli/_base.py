@@ -229,6 +229,6 @@ def _command(
         description=description,
         formatter_class=_Formatter,
     )
-    sub.set_defaults(handler=handler, call=call)
+    sub.set_defaults(handler=handler, call=call, command_parser=sub)
     _add_global_options(sub, late=True)
     return sub
