@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
@@ -26,6 +27,8 @@ import requests
 
 import tokenstore as tokenstore_package
 from tokenstore._cli import CLI_ONLY, NOT_COMMANDS, build_parser
+from tokenstore._inputs import MAX_SPAN
+from tokenstore._postgres_url import redacted_url
 from tokenstore._signing import sign
 from tokenstore._sqlite import SCHEMA_VERSION
 from tokenstore._store import Store
@@ -106,7 +109,7 @@ def test_abid_new_and_bad_input_exit_2(db_path: Path) -> None:
     shown = as_json(db_path, "abid", "new", "--prefix", "snp", "--uri", "https://example.com/x")
     assert shown["abid"].startswith("snp_") and shown["uri"] == "9063B8A6"
     bad = tokenstore(db_path, "abid", "parse", "apt_01JAZ6BQG0D53BD22B01XRS78", expect=2)
-    assert "tokenstore: error:" in bad.stderr and "26" in bad.stderr
+    assert "tokenstore: error: not an ABID:" in bad.stderr and "26" in bad.stderr
     assert bad.stdout == ""
 
 
@@ -141,6 +144,26 @@ def test_users_and_tokens_round_trip(db_path: Path) -> None:
     assert len(as_json(db_path, "tokens", "list", "--all")) == 1
 
 
+def test_json_shows_every_field_of_a_record_but_its_secrets(db_path: Path) -> None:
+    as_json(db_path, "users", "add", "alice")
+    token = as_json(db_path, "tokens", "create", "alice")
+    as_json(db_path, "webhooks", "create", "h", "tokenstore.User", "https://example.com/")
+    # Shown under another name: the token's hint as the redacted token, and when the
+    # rotated-out secret stops signing.
+    renamed = {"token_hint": "token", "previous_secret_expires": "secret_rotating_until"}
+    for model, shown in (
+        (tokenstore_package.User, as_json(db_path, "users", "get", "alice")),
+        (tokenstore_package.APIToken, as_json(db_path, "tokens", "get", token["abid"])),
+        (tokenstore_package.OutboundWebhook, as_json(db_path, "webhooks", "get", "h")),
+    ):
+        public = {
+            renamed.get(name, field.column_name)
+            for name, field in model._meta.fields.items()
+            if name not in model.private_fields
+        }
+        assert public <= set(shown), (model.__name__, public - set(shown))
+
+
 def test_token_expiry_option_and_its_errors(db_path: Path) -> None:
     as_json(db_path, "users", "add", "bob")
     token = as_json(db_path, "tokens", "create", "bob", "--expires", "2h")
@@ -154,7 +177,12 @@ def test_token_expiry_option_and_its_errors(db_path: Path) -> None:
     for spaced in (" 12h ", " 2099-01-01T00:00:00Z\n"):  # as pasted, or read with its line end
         assert as_json(db_path, "tokens", "create", "bob", "--expires", spaced)["expires"]
     missing = tokenstore(db_path, "tokens", "create", "nobody", expect=2)
-    assert "no user 'nobody'" in missing.stderr
+    assert f"error: {redacted_url(str(db_path))}: no user 'nobody'" in missing.stderr  # where
+    # The longest span is the API's (100 years), not a shorter one of the command's own.
+    longest = f"{MAX_SPAN.days}d"
+    assert as_json(db_path, "tokens", "create", "bob", "--expires", longest)["expires"]
+    too_long = tokenstore(db_path, "tokens", "create", "bob", "--expires", "36526d", expect=2)
+    assert f"at most {longest}" in too_long.stderr
 
 
 def test_webhooks_commands_end_to_end(
@@ -443,11 +471,26 @@ def test_every_option_has_help_with_its_default_and_every_group_an_example() -> 
             required = action.required or (not action.option_strings and action.nargs is None)
             hidden = action.default is argparse.SUPPRESS  # a global option's copy
             assert required or hidden or "default" in text, (words, action.dest)
+            assert "(default: None)" not in text % vars(action), (words, action.dest)
+            assert not action.required or "default" not in text, (words, action.dest)
     groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, group in groups[0].choices.items():
         if group.get_default("handler") is None:
             assert group.epilog and "examples:" in group.epilog, name
             assert f"tokenstore {name} " in group.epilog, name
+
+
+def test_help_says_what_commands_print_and_how_they_exit() -> None:
+    parser = build_parser()
+    assert "Exit status: 0" in parser.format_help()
+    commands = {" ".join(words): command for words, command in _commands(parser)}
+    for name in ("init", "dispatch", "migrate", "listen", "serve", "demo", "tokens create",
+                 "tokens authenticate", "webhooks create", "webhooks rotate-secret",
+                 "import archivebox"):  # fmt: skip
+        description = commands[name].description or ""
+        assert "Prints" in description or "Says" in description, name
+    for name in ("tokens authenticate", "webhooks ping", "webhooks redeliver"):
+        assert re.search(r"exit (0 [^,]*, )?1", commands[name].description or ""), name
 
 
 # -- conventions -----------------------------------------------------------------------------
@@ -504,6 +547,7 @@ def test_times_print_in_the_one_stored_format(db_path: Path) -> None:
         (("webhooks", "rotate-secret", "x", "--grace=-1h"), "is negative"),
         (("webhooks", "deliveries", "--limit", "0"), "at least 1"),
         (("tokens", "nope"), "invalid choice"),
+        (("users", "list", "--bogus"), "--bogus (see tokenstore users list --help)"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(
@@ -600,8 +644,26 @@ def test_a_missing_store_is_an_error_and_only_init_creates_one(tmp_path: Path) -
             f"tokenstore: error: no store at {missing} (run `tokenstore init`)"
         )
         assert list(folder.iterdir()) == []  # no file, no -wal, no -shm
+    # Nor is another program's SQLite file made into a store by a mistyped --db.
+    other = folder / "other.sqlite3"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.commit()
+    other.chmod(0o600)
+    before = other.read_bytes()
+    refused = tokenstore(other, "users", "create", "x", expect=2)
+    assert "holds no tokenstore" in refused.stderr and other.read_bytes() == before
     tokenstore(missing, "init")
     assert missing.exists()
+    # With no --db and no $TOKENSTORE_DB, the message says it looked at the default.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENSTORE_")}
+    default = subprocess.run([*COMMAND, "users", "list"], cwd=folder, env=env,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert default.returncode == 2 and default.stderr.count("\n") == 1
+    assert "no store at ./tokenstore.sqlite3, the default" in default.stderr
+    assert "--db PATH" in default.stderr and "TOKENSTORE_DB" in default.stderr
+    assert "tokenstore init" in default.stderr
+    assert not (folder / "tokenstore.sqlite3").exists()
 
 
 def test_read_commands_send_nothing_take_no_lock_and_are_fast(db_path: Path) -> None:

@@ -213,8 +213,8 @@ def test_a_negative_schema_version_is_refused(db_path: Path, version: int) -> No
         tokenstore.open(db_path)
 
 
-def _loose_file(path: Path, kind: str) -> type[StoreError]:
-    """A file open to others that opening refuses: what it is and the error it gets."""
+def _loose_file(path: Path, kind: str) -> None:
+    """A file open to others that opening refuses (a StoreError)."""
     if kind == "newer":
         make_store(path)
         conn = sqlite3.connect(path)
@@ -227,7 +227,6 @@ def _loose_file(path: Path, kind: str) -> type[StoreError]:
     else:  # an empty file, which only a writer may set up
         path.touch()
     os.chmod(path, 0o644)
-    return StoreReadOnly if kind == "empty" else StoreError
 
 
 @pytest.mark.parametrize("kind", ["newer", "truncated", "empty"])
@@ -235,8 +234,8 @@ def test_a_refused_file_keeps_its_mode_and_no_warning_is_logged(
     db_path: Path, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
     """Only a file that opens is made private: a refusal changes nothing and says one thing."""
-    error = _loose_file(db_path, kind)
-    with caplog.at_level(logging.WARNING, logger="tokenstore"), pytest.raises(error):
+    _loose_file(db_path, kind)
+    with caplog.at_level(logging.WARNING, logger="tokenstore"), pytest.raises(StoreError):
         tokenstore.open(db_path, read_only=True)
     assert mode(db_path) == 0o644
     assert not [r for r in caplog.records if "tightened" in r.getMessage()]
@@ -251,7 +250,7 @@ def test_the_command_refuses_a_loose_file_in_one_line(db_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and "has schema version 0" in done.stderr
+    assert done.stderr.count("\n") == 1 and "holds no tokenstore" in done.stderr
 
 
 @pytest.mark.parametrize(
@@ -336,6 +335,24 @@ def test_a_missing_file_is_not_created_when_asked_not_to(
     with pytest.raises(StoreError, match=r"no store at .*typo.sqlite3 \(run `tokenstore init`\)"):
         tokenstore.open(path, **options)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("options", [{"create": False}, {"read_only": True}])
+def test_an_sqlite_file_of_another_program_is_not_set_up_when_asked_not_to(
+    tmp_path: Path, options: dict[str, bool]
+) -> None:
+    """As on PostgreSQL: without create, a file holding no tokenstore is refused, unchanged."""
+    path = tmp_path / "other.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (body TEXT)")
+    conn.commit()
+    conn.close()
+    path.chmod(0o600)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"other\.sqlite3 holds no tokenstore.*tokenstore init"):
+        tokenstore.open(path, **options)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.sqlite3"]
 
 
 def test_create_false_opens_an_existing_store(db_path: Path) -> None:
@@ -453,9 +470,7 @@ def test_a_store_in_an_immutable_folder_opens_read_only(tmp_path: Path) -> None:
 
 def test_an_unset_file_cannot_be_opened_read_only(db_path: Path) -> None:
     db_path.touch(mode=0o600)
-    with pytest.raises(
-        StoreReadOnly, match=f"has schema version 0 and needs version {SCHEMA_VERSION}"
-    ):
+    with pytest.raises(StoreError, match="holds no tokenstore"):
         tokenstore.open(db_path, read_only=True)
     assert db_path.read_bytes() == b""
 

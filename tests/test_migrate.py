@@ -181,6 +181,15 @@ def test_a_postgres_source_that_holds_no_store_is_refused_and_left_alone(
     assert not dest.exists()
 
 
+def test_an_sqlite_source_that_holds_no_store_is_refused_and_left_alone(tmp_path: Path) -> None:
+    source, dest = tmp_path / "empty.sqlite3", tmp_path / "dest.sqlite3"
+    source.touch(mode=0o600)
+    with pytest.raises(StoreError, match="holds no tokenstore"):
+        tokenstore.migrate(source, dest)
+    assert source.read_bytes() == b""  # not set up as a store on the way
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite3"]
+
+
 @pytest.mark.parametrize(
     "respelled", ["postgres{0}", "POSTGRESQL{0}", "postgresql{0}?sslmode=prefer"]
 )

@@ -354,7 +354,7 @@ def test_importing_tokenstore_does_not_import_requests() -> None:
 
 HOW_TO_ALLOW = (
     "to allow it, add the host or its network to the store's webhook allowlist "
-    "(webhook_allow= / --allow)"
+    "(store.webhooks.allow(), webhook_allow= or `tokenstore webhooks allow`)"
 )
 
 

@@ -1,5 +1,8 @@
 """The README runs: its Python and shell blocks, as written, offline, twice in a row.
 
+And the docs name every public name: docs/api.md lists each, the errors with
+when they are raised.
+
 A newcomer copies the blocks in order into one terminal, so the shell blocks
 run as one script, in a temporary folder, with this virtualenv's ``bin`` on
 PATH. The two set-up lines at the top are not run here (they build the very
@@ -9,6 +12,7 @@ virtualenv running this test); they must be what CI runs, word for word.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import re
 import shutil
@@ -18,6 +22,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import tokenstore
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -92,3 +98,40 @@ def test_shell_blocks_run_twice_in_a_row(tmp_path: Path) -> None:
         assert "webhook.ping verified" in out
         assert "user.created verified" in out
     assert "Traceback" not in err
+
+
+def test_the_api_page_names_every_public_name_and_error() -> None:
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert "(docs/api.md)" in README
+    for name in tokenstore.__all__:
+        assert f"`{name}" in api, name
+    errors = [
+        obj
+        for obj in vars(tokenstore).values()
+        if isinstance(obj, type) and issubclass(obj, tokenstore.TokenstoreError)
+    ]
+    assert len(errors) > 10
+    for error in errors:  # each one in the list of errors, with when it is raised
+        assert re.search(rf"^ *- `{error.__name__}`", api, flags=re.MULTILINE), error
+
+
+def test_every_public_name_and_its_methods_say_what_they_are_for() -> None:
+    undocumented = []
+    for name in tokenstore.__all__:
+        obj = getattr(tokenstore, name)
+        if isinstance(obj, str):  # a constant: docs/api.md says what it is
+            continue
+        if not inspect.getdoc(obj):
+            undocumented.append(name)
+        if inspect.isclass(obj):
+            for attribute, value in vars(obj).items():
+                function = getattr(value, "__func__", value)
+                if (
+                    attribute.startswith("_")
+                    or inspect.isclass(value)
+                    or not (callable(function) or isinstance(value, property))
+                ):
+                    continue
+                if not (function.__doc__ or "").strip():
+                    undocumented.append(f"{name}.{attribute}")
+    assert undocumented == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -533,6 +534,35 @@ def test_register_refuses_the_abid_base_class(store: Store) -> None:
     with pytest.raises(ValidationError, match="subclass"):
         store.register(ABIDModel)
     assert not store.db.table_exists(ABIDModel._meta.table_name)
+
+
+def _default_text(value: Any) -> str:
+    """An option's default as help(tokenstore.open) writes it."""
+    if isinstance(value, timedelta):
+        seconds = int(value.total_seconds())
+        for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+            if seconds % size == 0:
+                return f"timedelta({unit}={seconds // size})"
+        return f"timedelta(seconds={seconds})"
+    return repr(list(value) if isinstance(value, tuple) else value).replace("'", '"')
+
+
+def test_help_of_open_lists_every_option_with_its_default() -> None:
+    doc = tokenstore.open.__doc__ or ""
+    lines = {line.split("``")[1]: line for line in doc.splitlines() if line.startswith("    - ``")}
+    for option in dataclasses.fields(tokenstore.Options):
+        assert option.name in lines, option.name
+        assert f"= {_default_text(option.default)}" in lines[option.name], lines[option.name]
+    assert sorted(lines) == sorted(f.name for f in dataclasses.fields(tokenstore.Options))
+
+
+def test_saving_a_model_never_registered_says_to_register_it(store: Store) -> None:
+    class Unregistered(ABIDModel):
+        abid_prefix = "unr_"
+        title = peewee.TextField()
+
+    with pytest.raises(StoreError, match=r"Unregistered is not registered.*store\.register"):
+        Unregistered.create(title="t")
 
 
 @pytest.mark.parametrize("bad_id", [2**70, "not-a-uuid", 5, b"x" * 16, 1.5, "\x00"])

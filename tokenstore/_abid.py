@@ -329,26 +329,32 @@ class ABID:
 
     @property
     def prefix(self) -> str:
+        """The kind of record, three letters and ``_`` (``apt_``)."""
         return self._text[:4]
 
     @property
     def ts(self) -> str:
+        """The creation time: 10 base32 characters of milliseconds since 1970."""
         return self._text[4:14]
 
     @property
     def uri(self) -> str:
+        """The owner: 8 hex digits of a salted hash of the uri source."""
         return self._text[14:22]
 
     @property
     def subtype(self) -> str:
+        """The type: 2 characters, kept as given or hashed."""
         return self._text[22:24]
 
     @property
     def rand(self) -> str:
+        """The record's own part: 6 characters derived from its id."""
         return self._text[24:30]
 
     @property
     def suffix(self) -> str:
+        """The 26 characters after the prefix, laid out as a ULID."""
         return self._text[4:]
 
     # -- value semantics ---------------------------------------------------

@@ -95,7 +95,7 @@ def _same_file(source: str, dest: str) -> bool:
 
 
 def _open(location: str, *, must_exist: bool) -> SQLiteDatabase | PostgresDatabase:
-    if is_url(location):  # a source that holds no tokenstore is refused, not set up
+    if is_url(location):
         return open_postgres(location, _NoDispatch(), _BUSY_TIMEOUT, create=not must_exist)
     path = Path(location)
     try:
@@ -104,7 +104,8 @@ def _open(location: str, *, must_exist: bool) -> SQLiteDatabase | PostgresDataba
         raise StoreError(f"cannot open {location}: {exc.strerror}") from None
     if missing:
         raise StoreError(f"migrate: the source {location} does not exist")
-    return open_database(path, _NoDispatch(), _BUSY_TIMEOUT)
+    # A source that holds no tokenstore is refused, not set up, as on PostgreSQL.
+    return open_database(path, _NoDispatch(), _BUSY_TIMEOUT, create=not must_exist)
 
 
 def _where(location: str) -> str:

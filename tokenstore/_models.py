@@ -16,7 +16,7 @@ import peewee
 
 from . import _abid as abids
 from . import _compat, _credentials, signals
-from ._errors import ABIDDriftError, NotFound, ValidationError
+from ._errors import ABIDDriftError, NotFound, StoreError, ValidationError
 from ._fields import JSONField, UTCDateTimeField, UUIDField
 from ._rows import quote_name
 from ._times import to_stored_time, utcnow
@@ -121,6 +121,7 @@ class User(BaseModel):
 
 
 def _class_name(instance: Any) -> str:
+    """The default subtype source: the model's class name (hashed to two characters)."""
     return type(instance).__name__
 
 
@@ -132,6 +133,13 @@ class ABIDModel(BaseModel):
     recompute it only to detect *drift* (a source changed), which is refused
     unless ``abid_drift_allowed``. ``regenerate_abid()`` issues a new one on
     purpose.
+
+    The class attributes, with their defaults: ``abid_prefix`` ("obj_"; set
+    your own three letters), ``abid_ts_src`` ("created_at"),
+    ``abid_uri_src`` ("created_by_id"), ``abid_subtype_src`` (the class
+    name), ``abid_rand_src`` ("id"), ``abid_salt`` (DEFAULT_ABID_URI_SALT),
+    ``abid_drift_allowed`` (False). docs/abid.md says how each part is made.
+    Register the class with ``store.register`` before saving one.
     """
 
     abid_prefix: ClassVar[str] = "obj_"
@@ -170,6 +178,7 @@ class ABIDModel(BaseModel):
 
     @classmethod
     def from_stored(cls, values: dict[str, Any], snapshot: dict[str, Any] | None = None) -> Self:
+        """As ``BaseModel.from_stored``, remembering the row as stored (drift is judged on it)."""
         state = {"_stored": dict(values) if snapshot is None else snapshot, "_id_generated": False}
         return _compat.loaded_instance(cls, values, state)
 
@@ -223,6 +232,13 @@ class ABIDModel(BaseModel):
         return abids.ABID.parse(self.abid, prefix=type(self).abid_prefix)
 
     def save(self, force_insert: bool = False, only: Any = None) -> int:
+        """Insert with a new ABID, or update what changed after refusing ABID drift."""
+        if type(self)._meta.database is None:  # an application model never registered
+            name = type(self).__name__
+            raise StoreError(
+                f"{name} is not registered with a store: decorate the class with "
+                f"@store.register (or call store.register({name})) before saving it"
+            )
         if force_insert or self._stored is None:
             return self._insert()
         signals.send_isolated(signals.pre_save, type(self), instance=self, created=False)
@@ -318,13 +334,18 @@ class ABIDModel(BaseModel):
         return new
 
 
+def _token_subtype(_: Any) -> str:
+    """ArchiveBox's subtype of every API token: ``01``, kept as it is."""
+    return "01"
+
+
 class APIToken(ABIDModel):
     """An API key. The secret itself is never stored: only its digest and a hint."""
 
     abid_prefix = "apt_"
     abid_ts_src = "created_at"
     abid_uri_src = "created_by_id"
-    abid_subtype_src: ClassVar[ABIDSource] = staticmethod(lambda _: "01")
+    abid_subtype_src: ClassVar[ABIDSource] = staticmethod(_token_subtype)
     abid_rand_src = "id"
     abid_drift_allowed = True
     private_fields = ("token_digest",)

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     import requests
     from urllib3.connection import HTTPConnection
 
-__all__ = ["AddressGuard", "guarded_session"]
+__all__ = ["HOW_TO_ALLOW", "AddressGuard", "guarded_session"]
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -59,9 +59,9 @@ _LABEL_RE = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _CONTROL_RE = re.compile(r"[\x00-\x20\x7f]")
 
 #: How a refusal says what lifts it.
-_HOW_TO_ALLOW = (
+HOW_TO_ALLOW = (
     "to allow it, add the host or its network to the store's webhook allowlist "
-    "(webhook_allow= / --allow)"
+    "(store.webhooks.allow(), webhook_allow= or `tokenstore webhooks allow`)"
 )
 
 
@@ -284,7 +284,7 @@ class AddressGuard:
         reason = None if literal is None else self._explain(literal, name)
         if reason is None:
             reason = f"{name} resolves to {' and '.join(dict.fromkeys(kinds))}"
-        raise BlockedAddress(f"{reason}; {_HOW_TO_ALLOW}")
+        raise BlockedAddress(f"{reason}; {HOW_TO_ALLOW}")
 
     def check_endpoint(self, url: str) -> None:
         """Reject a hook URL early, with a clear message, when it is plainly unusable.
@@ -339,7 +339,9 @@ class AddressGuard:
             return
         reason = self._explain(address, host)
         if reason is not None:
-            raise BlockedAddress(f"webhook URL host {host} is not allowed: {reason}")
+            raise BlockedAddress(
+                f"webhook URL host {host} is not allowed: {reason}; {HOW_TO_ALLOW}"
+            )
 
 
 def _literal_address(host: str) -> _IPAddress | None:

@@ -29,42 +29,7 @@ from ._tokens import DEFAULT_API_KEY_HEADER
 class Options:
     """How a store behaves; ``tokenstore.open(path, **options)`` takes these by name.
 
-    - ``token_prefix``: the scannable prefix of new API token secrets.
-    - ``max_tokens_per_user``: at most this many live tokens per user; creating
-      one more is refused (``None``: no limit).
-    - ``api_key_header``: the header ``tokens.token_from_request`` reads first.
-    - ``webhook_allow``: hosts or networks hooks may reach although the
-      address guard refuses them by default (``["127.0.0.1/32"]``).
-    - ``connect_timeout`` / ``read_timeout``: seconds, per wait of a webhook request.
-    - ``delivery_deadline``: seconds one delivery attempt may take in all:
-      connecting, sending, and reading the status line, headers and body. An
-      attempt past it is recorded as failed and retried.
-    - ``sync_budget``: seconds the writing thread may spend, after a commit,
-      sending the webhooks that commit produced. What does not fit is left to
-      the retry path (``dispatch()``, ``webhooks.deliver_due()``, the retry
-      thread, ``tokenstore dispatch --watch``). A hook whose last attempt
-      failed is never tried from the writing thread.
-    - ``disable_after_failures`` / ``disable_after``: a hook failing that many
-      times in a row, over at least that long, is disabled.
-    - ``secret_grace``: how long a rotated-out signing secret still signs.
-    - ``claim_timeout``: after this long, another process may take over change
-      events a live process claimed but never finished.
-    - ``busy_timeout``: seconds a writer waits for the lock (at least 5); on
-      PostgreSQL, any statement waiting for another session's lock.
-    - ``keep_deliveries``: finished deliveries (delivered, dead) older than
-      this are deleted, a batch at a time, by the retry path and by
-      ``webhooks.prune()``; each hook's latest is kept (``None``: keep all).
-    - ``listener_timeout``: a process registered as a listener that has claimed
-      nothing for this long is removed, and the events waiting only for it
-      are dropped, with a warning in the log.
-    - ``dispatch_on_open``: fire events left behind by dead processes at once
-      (deliveries wait for ``dispatch()`` or ``webhooks.deliver_due()``).
-    - ``create``: make the file if it is missing; with False a missing file
-      is an error, so a mistyped path does not silently start an empty store.
-    - ``read_only``: open without ever writing (no schema, no listener, no
-      dispatch, no ``last_used_at``); writes raise StoreError. A file or
-      folder this process cannot write is opened read-only anyway.
-
+    ``help(tokenstore.open)`` says what each does, with its default and unit.
     Every option is checked here, types included (True is not a count), so a
     bad one fails at ``open()`` naming itself rather than later, elsewhere.
     """

@@ -116,8 +116,9 @@ class Registry:
                 return model
         known = ", ".join(sorted(model_ref(m) for m in self._by_table.values()))
         raise ValidationError(
-            f"unknown model ref {wanted!r}; registered models: {known} "
-            "(the tokenstore command registers an application's models with --app MODULE)"
+            f"unknown model ref {wanted!r}; registered models: {known} (register the model "
+            "with store.register(Model) first; the tokenstore command registers a module's "
+            "models with --app MODULE)"
         )
 
 

@@ -573,6 +573,11 @@ def open_database(
         if read_only or not create:
             raise StoreError(f"no store at {path} (run `tokenstore init`)")
         create_private(path)
+    elif version == 0 and (read_only or not create):  # another program's file, say
+        raise StoreError(
+            f"{path} holds no tokenstore (and create=False or read_only); "
+            "`tokenstore init` sets one up in it"
+        )
     elif not read_only and not writable(path):
         read_only = fell_back = True
     if read_only and version < SCHEMA_VERSION:

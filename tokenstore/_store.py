@@ -74,8 +74,8 @@ class Store:
     database, so one process works with one open store at a time.
 
     ``path`` is an SQLite file or a ``postgresql://`` URL; ``options`` are
-    those of ``Options``; ``clock`` is a function returning the current aware
-    UTC time, for tests that move time by hand.
+    those ``help(tokenstore.open)`` lists; ``clock`` is a function returning
+    the current aware UTC time, for tests that move time by hand.
     """
 
     def __init__(
@@ -388,6 +388,39 @@ class Store:
 def open(path: str | os.PathLike[str], **options: Any) -> Store:
     """Open (creating if needed) the tokenstore file at ``path``, or a ``postgresql://`` URL.
 
-    ``options`` are ``Options``'.
+    Every option is passed by name, checked here (a bad or unknown one raises
+    ValidationError naming it), and kept in ``store.options``. Seconds are
+    numbers (at most a day); spans are ``timedelta`` (at most 100 years).
+
+    - ``token_prefix`` = "tsk": the scannable prefix of new token secrets.
+    - ``max_tokens_per_user`` = None: live tokens a user may hold; one more is
+      refused (None: no limit).
+    - ``api_key_header`` = "X-API-Key": the header ``token_from_request``
+      and ``TokenAuthMiddleware`` read first.
+    - ``webhook_allow`` = []: hosts or networks (``"127.0.0.1/32"``,
+      ``"hooks.internal"``) added to the file's allowlist, which lets every
+      process's hooks reach them although the address guard refuses them.
+    - ``connect_timeout`` = 3.0: seconds to wait for a receiver to accept.
+    - ``read_timeout`` = 10.0: seconds to wait for each read of its answer.
+    - ``delivery_deadline`` = 10.0: seconds one attempt may take in all
+      (connecting, sending, the whole answer); past it, it failed.
+    - ``sync_budget`` = 5.0: seconds the writing thread spends after a commit
+      sending what it produced (0: none); the rest waits for the retry path.
+    - ``disable_after_failures`` = 10: failures in a row that disable a hook,
+    - ``disable_after`` = timedelta(days=1): over at least this long.
+    - ``secret_grace`` = timedelta(days=1): how long a rotated-out signing
+      secret still signs.
+    - ``claim_timeout`` = timedelta(hours=1): after this, events a process
+      on another machine claimed and never finished are taken over.
+    - ``busy_timeout`` = 10.0: seconds a write waits for the lock (at least 5).
+    - ``keep_deliveries`` = timedelta(days=30): finished deliveries older
+      than this are deleted, each hook's latest kept (None: keep all).
+    - ``listener_timeout`` = timedelta(hours=1): a listening process that
+      claims nothing this long is removed, its waiting events dropped.
+    - ``dispatch_on_open`` = True: fire the events dead processes left.
+    - ``create`` = True: make a missing file, or set up a file holding no
+      tokenstore (False: both are errors, so a mistyped path starts no store).
+    - ``read_only`` = False: never write; writes raise StoreError. A file
+      this process cannot write is opened read-only anyway, with a warning.
     """
     return Store(path, **options)

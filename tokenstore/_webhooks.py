@@ -259,7 +259,16 @@ class Webhooks:
         keep_last_response: bool = False,
         created_by: User | None = None,
     ) -> OutboundWebhook:
-        """Add a hook that POSTs each matching change of model ``ref`` to ``endpoint``."""
+        """Add a hook that POSTs each matching change of model ``ref`` to ``endpoint``.
+
+        ``ref`` is a registered model or its ``module.ClassName``; ``signal``
+        names the kinds of change sent (``CREATE``, ``UPDATE``, ``DELETE``,
+        ``M2M`` or a combination such as ``CREATE_OR_UPDATE``); ``headers``
+        and ``auth_token`` (the Authorization header) go with every request
+        and stay private; ``created_by`` defaults to the system user. The
+        hook's signing secret is ``hook.secret``: give it to the receiver.
+        An endpoint at an address the guard refuses raises BlockedAddress.
+        """
         if created_by is not None and not isinstance(created_by, User):
             raise ValidationError(
                 f"created_by must be a User or None, got {type(created_by).__name__}"
@@ -334,7 +343,13 @@ class Webhooks:
         return hook
 
     def update(self, hook: OutboundWebhook | str, **changes: Any) -> OutboundWebhook:
-        """Change the given fields of a hook, all or nothing."""
+        """Change the given fields of a hook, all or nothing.
+
+        The fields are those of ``EDITABLE``: name, signal, ref, endpoint,
+        headers, auth_token, enabled, keep_last_response. ``enabled`` only
+        sets the flag: ``enable()`` also forgets the failure streak, and
+        ``disable()`` gives up what the hook still had to send.
+        """
         hook = self._hook(hook)
         unknown = sorted(set(changes) - set(EDITABLE))
         if unknown:
@@ -468,9 +483,10 @@ class Webhooks:
     def deliver_due(self, now: Any = None, limit: int = 100) -> int:
         """Attempt the deliveries whose retry time has come; returns how many were attempted.
 
-        Rotated-out signing secrets whose grace period is over are erased
-        first. Once a minute it also prunes a few batches of the delivery log
-        (see ``prune``).
+        At most ``limit`` attempts; ``now`` (an aware datetime, default the
+        store's clock) decides what is due. Rotated-out signing secrets whose
+        grace period is over are erased first. Once a minute it also prunes a
+        few batches of the delivery log (see ``prune``).
         """
         check_int(limit, "limit", minimum=1)
         if now is not None and to_stored_time(now) > LATEST_NOW:
@@ -548,6 +564,7 @@ class RetryThread(threading.Thread):
         self._stopping = threading.Event()
 
     def run(self) -> None:
+        """Send what is due every ``interval`` until ``stop()``; a failed round is logged."""
         try:
             while not self._stopping.wait(self.interval):
                 try:

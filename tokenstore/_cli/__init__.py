@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sqlite3
 import sys
 from collections.abc import Sequence
 
 import peewee
 
-from .._errors import BlockedAddress, TokenstoreError
+from .._errors import BlockedAddress, NotFound, TokenstoreError
+from .._netguard import HOW_TO_ALLOW
 from .._postgres_driver import driver_errors
 from .._postgres_url import is_url, redacted_url
 from .._version import __version__
@@ -45,9 +47,9 @@ NOT_COMMANDS = {
     "store.model_for_ref": "it returns a model class; --app makes models known",
     "store.tokens.token_from_request": "it reads an HTTP request's headers",
     "store.wait_for_changes": "dispatch --watch waits with it between rounds",
-    "store.tokens.flush_uses": "every command writes the uses it noted as it closes",
+    "store.tokens.flush_uses": "no command notes a use: tokens authenticate only reads",
     "store.webhooks.close": "every command closes its store when done",
-    "store.webhooks.erase_expired_secrets": "every command does it as it closes its store",
+    "store.webhooks.erase_expired_secrets": "every command that writes does it as it closes",
     "store.webhooks.start_retry_thread": "dispatch --watch sends due retries in the foreground",
 }
 
@@ -67,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  tokenstore users create alice\n"
         "  tokenstore tokens list --json\n"
         "  tokenstore --app myapp.models dispatch --watch\n"
-        "Global options work before or after the command.",
+        "Global options work before or after the command.\n"
+        "Exit status: 0 done; 1 a negative answer (tokens authenticate, webhooks ping and\n"
+        "redeliver); 2 bad input or a fault, said in one line on stderr.",
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"tokenstore {__version__}")
@@ -89,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A file name that is not UTF-8, or a name the terminal's encoding lacks, is
         # shown escaped, as on stderr, rather than ending the command half-printed.
         sys.stdout.reconfigure(errors="backslashreplace")
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # refused by the command they were given to, whose --help lists its options
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _settle_global_options(args)
     out = Output(args.json)
     raw_errors: tuple[type[Exception], ...] = (
@@ -100,7 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args, out)
     except BlockedAddress as exc:
-        print(f"tokenstore: error: {one_line(str(exc))}; {_allow_hint()}", file=sys.stderr)
+        # The command's own ways to allow an address replace the message's general ones.
+        message = str(exc).removesuffix(f"; {HOW_TO_ALLOW}")
+        print(f"tokenstore: error: {one_line(message)}; {_allow_hint()}", file=sys.stderr)
+        return 2
+    except NotFound as exc:  # named with the store searched: a wrong --db is the usual cause
+        where = redacted_url(args.db) if is_url(args.db) else os.path.abspath(args.db)
+        print(f"tokenstore: error: {one_line(f'{where}: {exc}')}", file=sys.stderr)
         return 2
     except TokenstoreError as exc:
         print(f"tokenstore: error: {one_line(str(exc))}", file=sys.stderr)

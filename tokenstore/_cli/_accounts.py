@@ -117,7 +117,12 @@ def add_tokens_commands(commands: Commands) -> None:
         "  tokenstore tokens revoke apt_01JAZ6BQG0D53BD22B01XRS78E",
     )
     p = _command(
-        tokens, "create", cmd_tokens_create, "store.tokens.create", "issue a token, shown once"
+        tokens,
+        "create",
+        cmd_tokens_create,
+        "store.tokens.create",
+        "issue a token, shown once",
+        prints="Prints the token and its secret, shown this once: the file keeps only its digest.",
     )
     p.add_argument("user", nargs="?", help="the owner's username (default: the system user)")
     p.add_argument("--name", help="what the token is for (default: no name)")
@@ -155,6 +160,8 @@ def add_tokens_commands(commands: Commands) -> None:
         "store.tokens.authenticate",
         "check a secret: exit 0 if it grants access, 1 (with the reason) if not",
         aliases=["verify"],
+        prints="Prints the token the secret belongs to; if refused, valid False, the "
+        "reason (InvalidToken, ExpiredToken, RevokedToken or MissingScope) and the message.",
     )
     p.add_argument(
         "secret",

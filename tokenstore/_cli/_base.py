@@ -6,13 +6,15 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import peewee
 
-from .._errors import ValidationError
+from .._errors import StoreError, ValidationError
 from .._store import Store
 from .._store import open as open_store
 from ._output import Output, one_line
@@ -33,6 +35,11 @@ def _open(args: argparse.Namespace, *, read: bool = False, create: bool = False)
     commands that send (``dispatch``, ``deliver-due``, ``ping``,
     ``redeliver``) do, and read-only commands never take the write lock.
     """
+    if args.db_is_default and not create and not Path(DEFAULT_DB).exists():
+        raise StoreError(
+            f"no store at ./{DEFAULT_DB}, the default: name yours with --db PATH or "
+            "$TOKENSTORE_DB, or create one here with `tokenstore init`"
+        )
     store = open_store(
         args.db,
         webhook_allow=[] if read else args.allow,
@@ -116,7 +123,12 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         """The option's help, with its default unless the help says it already."""
         text = action.help or ""
         positional_required = not action.option_strings and action.nargs not in ("?", "*")
-        if "(default" in text or action.default is argparse.SUPPRESS or positional_required:
+        if (
+            "(default" in text
+            or action.default is argparse.SUPPRESS
+            or positional_required
+            or action.required
+        ):
             return text
         return f"{text} (default: %(default)s)"
 
@@ -170,6 +182,7 @@ def _env_list(name: str) -> list[str]:
 def _settle_global_options(args: argparse.Namespace) -> None:
     """One value per global option: after the command wins, then before it, then $VARIABLES."""
     args.db = getattr(args, "late_db", None) or args.db or os.environ.get("TOKENSTORE_DB")
+    args.db_is_default = not args.db  # a missing default file is said to be the default
     args.db = args.db or DEFAULT_DB
     args.json = args.json or getattr(args, "late_json", False)
     for dest, variable in (("allow", "TOKENSTORE_WEBHOOK_ALLOW"), ("app", "TOKENSTORE_APP")):
@@ -199,9 +212,16 @@ def _command(
     call: str | None,
     help_text: str,
     aliases: Sequence[str] = (),
+    prints: str | None = None,
 ) -> argparse.ArgumentParser:
-    """A command that runs ``call``; ``aliases`` are the names earlier versions used."""
+    """A command that runs ``call``; ``aliases`` are the names earlier versions used.
+
+    ``prints`` says what the command prints, and how it exits, where the
+    help's first line and the usual record of what it touched do not.
+    """
     description = help_text if call is None else f"{help_text} ({call})"
+    if prints is not None:
+        description = f"{description}\n\n{textwrap.fill(prints, 78)}"
     sub: argparse.ArgumentParser = group.add_parser(
         name,
         aliases=list(aliases),
@@ -209,6 +229,6 @@ def _command(
         description=description,
         formatter_class=_Formatter,
     )
-    sub.set_defaults(handler=handler, call=call)
+    sub.set_defaults(handler=handler, call=call, command_parser=sub)
     _add_global_options(sub, late=True)
     return sub

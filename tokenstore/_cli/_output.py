@@ -41,6 +41,7 @@ def token_dict(token: APIToken) -> dict[str, Any]:
         "token": token.token_redacted,
         "scopes": list(token.scopes or []),
         "created_at": _time(token.created_at),
+        "modified_at": _time(token.modified_at),
         "expires": _time(token.expires),
         "revoked_at": _time(token.revoked_at),
         "last_used_at": _time(token.last_used_at),
@@ -52,6 +53,8 @@ def hook_dict(hook: OutboundWebhook) -> dict[str, Any]:
     """A hook as the command shows it: header names only, no secret."""
     return {
         "abid": hook.abid,
+        "id": str(hook.id),
+        "created_by_id": hook.created_by_id,
         "name": hook.name,
         "signal": hook.signal,
         "ref": hook.ref,

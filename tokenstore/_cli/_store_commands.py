@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._abid import ABID, abid_from_values
-from .._errors import StoreIOError, ValidationError
+from .._errors import InvalidABID, StoreIOError, ValidationError
 from .._inputs import check_seconds
 from .._migrate import migrate
 from .._signing import SECRET_PREFIX
@@ -124,13 +124,26 @@ def _next_round(
 
 def add_store_commands(commands: Commands) -> None:
     """``tokenstore init``, ``dispatch`` and ``migrate``."""
-    _command(commands, "init", cmd_init, "tokenstore.open", "create the store file, or check it")
+    _command(
+        commands,
+        "init",
+        cmd_init,
+        "tokenstore.open",
+        "create the store file, or check it",
+        prints="Prints the file's full path (or the URL without its password), its schema "
+        "version and the command to look inside it. Every other command refuses a missing "
+        "store: only init creates one.",
+    )
     p = _command(
         commands,
         "dispatch",
         cmd_dispatch,
         "store.dispatch",
         "fire pending change events and send due deliveries, and say what was done",
+        prints="Prints how many events it fired and deliveries it attempted, delivered and "
+        "failed, and the events waiting for a table this process has no model for (named "
+        "on stderr too, with the --app that would fire them). With --watch: a line per "
+        "round that did something, until Ctrl-C, which exits 0.",
     )
     p.add_argument("--watch", action="store_true", help="keep dispatching until Ctrl-C")
     p.add_argument(
@@ -147,6 +160,8 @@ def add_store_commands(commands: Commands) -> None:
         "tokenstore.migrate",
         "copy users, tokens, hooks and deliveries to another store; give PostgreSQL "
         "passwords by PGPASSWORD or ~/.pgpass, not on the command line",
+        prints="Prints the rows copied per table. --db is not used: SOURCE and DEST name "
+        "both stores. Nothing is written unless every row is copied.",
     )
     p.add_argument("source", help="the store file or postgresql:// URL to copy from")
     p.add_argument("dest", help="the store file or postgresql:// URL to copy to")
@@ -158,7 +173,11 @@ def add_store_commands(commands: Commands) -> None:
 
 def cmd_abid_parse(args: argparse.Namespace, out: Output) -> int:
     """``tokenstore.ABID.parse``, showing every view."""
-    out.record(abid_dict(ABID.parse(args.abid, prefix=args.prefix)))
+    try:
+        abid = ABID.parse(args.abid, prefix=args.prefix)
+    except InvalidABID as exc:  # its message says what is wrong with the text, not what it is
+        raise ValidationError(f"not an ABID: {exc}") from None
+    out.record(abid_dict(abid))
     return 0
 
 
@@ -348,19 +367,24 @@ def add_import_commands(commands: Commands) -> None:
         "store.import_archivebox",
         "copy users, API tokens and webhooks from an ArchiveBox 0.8 index.sqlite3, "
         "which is only read",
+        prints="Prints per table how many rows were imported, were already here or were "
+        "refused; then each refused or disabled row with the reason, and the signing secret "
+        "of each imported hook, shown this once.",
     )
     p.add_argument("path", help="ArchiveBox's index.sqlite3, or its data folder")
     p.add_argument(
         "--map",
         action="append",
         metavar="DJANGO_REF=REF",
-        help="hooks on this ArchiveBox model watch this registered model (repeatable)",
+        help="hooks on this ArchiveBox model watch this registered model (repeatable) "
+        "(default: none: hooks on models but User and APIToken are imported disabled)",
     )
     p.add_argument(
         "--cipher-key",
         metavar="KEY",
         help="ArchiveBox's SIGNAL_WEBHOOKS CIPHER_KEY, to carry hooks' auth tokens over; "
-        "- reads it from stdin (keeps it out of the process list)",
+        "- reads it from stdin (keeps it out of the process list) (default: none; hooks "
+        "with an auth token are imported disabled)",
     )
     p.add_argument("--dry-run", action="store_true", help="report what would happen; write nothing")
 
@@ -373,21 +397,31 @@ def add_tool_commands(commands: Commands) -> None:
         cmd_listen,
         "tokenstore.make_receiver",
         "receive webhooks, verify their signatures and print them",
+        prints="Says 'listening on URL' on stderr, then prints each request that verifies: "
+        "'WEBHOOK_ID TYPE verified' and its JSON body (with --json, one JSON line each). "
+        "Requests that do not verify are answered 4xx and not printed. Runs until Ctrl-C, "
+        "which exits 0.",
     )
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
     p.add_argument("--port", type=int, default=8787, help="the port; 0 picks a free one")
     p.add_argument(
         "--secret",
         help="the hook's whsec_... signing secret, or - to read it from stdin "
-        "(in argv, a secret shows in ps: prefer $TOKENSTORE_LISTEN_SECRET or --secret-file)",
+        "(in argv, a secret shows in ps: prefer $TOKENSTORE_LISTEN_SECRET or --secret-file) "
+        "(default: $TOKENSTORE_LISTEN_SECRET)",
     )
-    p.add_argument("--secret-file", metavar="PATH", help="read the secret from PATH (- for stdin)")
+    p.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help="read the secret from PATH (- for stdin) (default: none)",
+    )
     p = _command(
         commands,
         "serve",
         cmd_serve,
         "tokenstore.admin.make_app",
         "serve the admin page; needs tokenstore[admin]",
+        prints="Says 'admin page on URL' on stderr and serves until Ctrl-C, which exits 0.",
     )
     p.add_argument("--host", default="127.0.0.1", help="the address; loopback unless --public")
     p.add_argument("--port", type=int, default=8787, help="the port; 0 picks a free one")
@@ -397,5 +431,13 @@ def add_tool_commands(commands: Commands) -> None:
         help="allow a non-loopback --host, and on loopback requests for any host name, as "
         "a proxy in front passes them (put TLS in front)",
     )
-    p = _command(commands, "demo", cmd_demo, None, "run the whole story on a throwaway file")
+    p = _command(
+        commands,
+        "demo",
+        cmd_demo,
+        None,
+        "run the whole story on a throwaway file",
+        prints="Prints each step, what its receiver got and the delivery log; the global "
+        "options are not used. Exits 1 if a step did not go as shown.",
+    )
     p.add_argument("--dir", help="where to put the demo's file (default: a new temporary folder)")

@@ -10,13 +10,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from .._errors import ValidationError
+from .._inputs import MAX_SPAN
 
 # -- durations and other values -----------------------------------------------------------
 
 _DURATION = re.compile(r"(-?)(\d+(?:\.\d+)?)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-#: Longer spans are a typo: nothing in tokenstore needs to wait a century.
-MAX_DURATION = timedelta(days=36500)
 DURATION_SYNTAX = "a number and a unit: 90s, 15m, 12h, 30d"
 
 
@@ -32,8 +31,8 @@ def parse_duration(text: str, option: str, allow_zero: bool = False) -> timedelt
     if match[1]:
         raise ValidationError(f"{option} {text!r} is negative: durations count forward")
     seconds = float(match[2]) * _UNIT_SECONDS[match[3]]
-    if seconds > MAX_DURATION.total_seconds():
-        raise ValidationError(f"{option} {text!r} is too long: at most {MAX_DURATION.days}d")
+    if seconds > MAX_SPAN.total_seconds():  # the API's own limit, named here
+        raise ValidationError(f"{option} {text!r} is too long: at most {MAX_SPAN.days}d")
     if seconds == 0 and not allow_zero:
         raise ValidationError(f"{option} {text!r} must be longer than zero")
     return timedelta(seconds=seconds)

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._errors import ValidationError
 from .._models import WebhookDelivery
-from .._webhooks import DELIVERIES_PAGE, DELIVERY_STATUSES
+from .._webhooks import DELIVERIES_PAGE, DELIVERY_STATUSES, MAX_DELIVERIES_PAGE
 from ._base import Commands, _command, _group, _open
 from ._output import Output, _warn_if_blocked, delivery_dict, hook_dict
 from ._values import _duration_type, _header, _positive_int, _secret
@@ -211,6 +211,7 @@ def add_webhooks_commands(commands: Commands) -> None:
         "store.webhooks.create",
         "add a hook that POSTs every matching change of a model",
         aliases=["add"],
+        prints="Prints the hook and its signing secret, shown this once: give it to the receiver.",
     )
     p.add_argument("name", help="a unique name for the hook")
     p.add_argument("ref", help="the model, as module.ClassName, e.g. tokenstore.User")
@@ -218,7 +219,8 @@ def add_webhooks_commands(commands: Commands) -> None:
     p.add_argument(
         "--signal",
         default="CREATE_UPDATE_OR_DELETE",
-        help="which changes to send: CREATE, UPDATE, DELETE or a combination like CREATE_OR_UPDATE",
+        help="which changes to send: CREATE, UPDATE, DELETE, M2M or a combination like "
+        "CREATE_OR_UPDATE",
     )
     p.add_argument(
         "--header",
@@ -293,7 +295,8 @@ def add_webhooks_commands(commands: Commands) -> None:
     p.add_argument(
         "--enabled",
         action=argparse.BooleanOptionalAction,
-        help=f"turn the hook on or off (enable/disable also reset its failures) {unchanged}",
+        help="only set the hook's flag: `webhooks enable` also forgets its failures, "
+        f"`webhooks disable` gives up what it had to send {unchanged}",
     )
     p.add_argument(
         "--keep-last-response",
@@ -326,6 +329,7 @@ def add_webhooks_commands(commands: Commands) -> None:
         cmd_webhooks_rotate_secret,
         "store.webhooks.rotate_secret",
         "give a hook a new signing secret; the old one keeps signing for --grace",
+        prints="Prints the hook and its new signing secret, shown this once.",
     )
     _hook_argument(p)
     p.add_argument(
@@ -348,11 +352,17 @@ def add_webhooks_commands(commands: Commands) -> None:
         choices=DELIVERY_STATUSES,
         help="only deliveries in this state (default: all)",
     )
-    p.add_argument("--limit", type=_positive_int, default=DELIVERIES_PAGE, help="at most this many")
+    p.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=DELIVERIES_PAGE,
+        help=f"at most this many, up to {MAX_DELIVERIES_PAGE}",
+    )
     p.add_argument(
         "--before",
         metavar="WEBHOOK_ID",
-        help="only deliveries older than this one (msg_...): the next page after it",
+        help="only deliveries older than this one (msg_...): the next page after it "
+        "(default: from the newest)",
     )
     p = _command(
         hooks,
