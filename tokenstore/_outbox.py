@@ -14,6 +14,7 @@ once the lease runs out.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -25,6 +26,7 @@ from ._backend import Backend
 from ._capture import ChangeEvent, model_ref
 from ._compat import peewee_errors
 from ._dispatch import Connection
+from ._errors import DamagedRow
 from ._m2m import RelationRun, runs
 from ._models import ON_ABID_CONFLICT, OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
 from ._outcomes import Outcomes
@@ -34,6 +36,8 @@ from ._registry import Registry
 from ._rows import Loader, quote_name
 from ._sending import Outcome, Sender, message_headers, redacted
 from ._times import format_time, to_stored_time
+
+logger = logging.getLogger("tokenstore.webhooks")
 
 _HOOKS = Loader(OutboundWebhook)
 _DELIVERIES = Loader(WebhookDelivery)
@@ -47,6 +51,11 @@ _ENABLED_HOOKS = (
     f'SELECT {_HOOKS.columns} FROM "{_HOOK_TABLE}" WHERE "enabled" ORDER BY "created_at"'
 )
 _SELECT_DELIVERY = f'SELECT {_DELIVERIES.columns} FROM "{_DELIVERY_TABLE}" WHERE "id" = ?'
+# A delivery whose row cannot be read is never sent: it is given up, saying why.
+_BURY_DAMAGED = (
+    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL, '
+    '"last_error" = ? WHERE "id" = ?'
+)
 _INSERT_DELIVERY = (
     f'INSERT INTO "{_DELIVERY_TABLE}" ("id", "abid", "created_by_id", "created_at", '
     '"modified_at", "hook_id", "event_id", "event_type", "payload", "next_attempt_at", '
@@ -92,14 +101,23 @@ _PRUNE = (
 def _with_hooks(
     created: list[tuple[WebhookDelivery, tuple[Any, ...]]],
 ) -> list[tuple[WebhookDelivery, OutboundWebhook]]:
-    """Deliveries with their hooks, each hook made from its row once, after the commit."""
-    hooks: dict[uuid.UUID, OutboundWebhook] = {}
+    """Deliveries with their hooks, each hook made from its row once, after the commit.
+
+    A hook whose row cannot be read sends nothing here; its deliveries stay
+    held, and the retry path meets them once the hold runs out.
+    """
+    hooks: dict[uuid.UUID, OutboundWebhook | None] = {}
     paired = []
     for delivery, row in created:
-        hook = hooks.get(delivery.hook_id)
-        if hook is None:
-            hook = hooks[delivery.hook_id] = _HOOKS.instance(row)
-        paired.append((delivery, hook))
+        if delivery.hook_id not in hooks:
+            try:
+                hooks[delivery.hook_id] = _HOOKS.instance(row)
+            except DamagedRow as exc:
+                logger.error("%s; its deliveries are not sent", exc)
+                hooks[delivery.hook_id] = None
+        hook = hooks[delivery.hook_id]
+        if hook is not None:
+            paired.append((delivery, hook))
     return paired
 
 
@@ -139,6 +157,7 @@ class Outbox:
         self._next_retry = sql(_NEXT_RETRY)
         self._wait_behind = sql(_WAIT_BEHIND)
         self._prune = sql(_PRUNE)
+        self._bury_damaged = sql(_BURY_DAMAGED)
 
     @property
     def lease(self) -> timedelta:
@@ -457,11 +476,21 @@ class Outbox:
             at = start if fixed else self._now()
             if not self._take(self._take_due, delivery_id, at, stamp):
                 continue
-            delivery = self.delivery(delivery_id)
+            try:
+                delivery = self.delivery(delivery_id)
+            except DamagedRow as exc:
+                logger.error("%s; the delivery is not sent and is marked dead", exc)
+                with self.db.write(quiet=True) as conn:
+                    conn.execute(self._bury_damaged, (str(exc), delivery_id))
+                continue
             if delivery is None:
                 continue
             sends = delivery.attempts
-            self.attempt(delivery, at)
+            try:
+                self.attempt(delivery, at)
+            except DamagedRow as exc:  # its hook's row: the delivery waits for it to be mended
+                logger.error("%s; delivery %s is not sent", exc, delivery.abid)
+                continue
             attempted += 1
             if delivery.status != "delivered" and delivery.attempts != sends:
                 # It was sent and failed; one that died on its last attempt has no
