@@ -194,3 +194,88 @@ def test_hook_headers_that_are_no_json_object_are_a_damaged_row(
     message = str(caught.value)
     assert f"tokenstore_outbound_webhook row {hook.abid}: column headers" in message
     assert "sesame" not in message and hook.secret not in message
+
+
+# -- text that is no UTF-8: the sqlite3 module refuses to read it at all --------------------
+
+NOT_UTF8 = "CAST(X'FFFE' AS TEXT)"
+
+
+def test_text_that_is_no_utf8_is_named_without_quoting_it(store: Store, path: Path) -> None:
+    hook = store.webhooks.create("h", "tokenstore.User", "http://127.0.0.1:9/")
+    edit(path, f"UPDATE tokenstore_outbound_webhook SET secret = {NOT_UTF8}")
+    with pytest.raises(DamagedRow) as caught:
+        store.webhooks.list()
+    assert str(caught.value) == (
+        f"tokenstore_outbound_webhook row {hook.abid}: column secret holds text that is "
+        f"not UTF-8; {OUTSIDE}"
+    )
+    result = subprocess.run(
+        [*COMMAND, "--db", str(path), "--json", "webhooks", "list"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count(b"\n") == 1 and b"\xff" not in result.stderr
+    assert hook.abid.encode() in result.stderr
+
+
+def test_a_token_row_with_text_that_is_no_utf8_fails_authentication(
+    store: Store, path: Path
+) -> None:
+    token, secret = store.tokens.create()
+    edit(path, f"UPDATE tokenstore_api_token SET token_hint = {NOT_UTF8}")
+    with pytest.raises(DamagedRow, match=f"{token.abid}: column token_hint holds text"):
+        store.tokens.authenticate(secret)
+
+
+def test_a_user_edited_into_text_that_is_no_utf8_does_not_stop_the_writers(
+    store: Store, path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The capture trigger records the row as it is; its event is dropped, not every commit."""
+    store.webhooks.create("users", "tokenstore.User", receiver.url())
+    alice = store.users.create("alice")
+    receiver.hits.clear()
+    with caplog.at_level(logging.ERROR, logger="tokenstore"):
+        edit(path, f"UPDATE tokenstore_user SET username = {NOT_UTF8} WHERE id = ?", alice.id)
+        store.users.create("bob")
+    assert [hit.body.count(b'"bob"') for hit in receiver.hits] == [1]
+    assert "cannot be read" in caplog.text
+    assert tokenstore.open(path).users.get("bob").username == "bob"
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        (f"endpoint = {NOT_UTF8}", "column endpoint holds text that is not UTF-8"),
+        ("id = 'not hex'", "column id holds text, not a UUID"),
+        ("signal = X'FF'", "column signal holds a blob, not UTF-8 text"),
+        ("failure_count = 'many'", "column failure_count holds text, not a whole number"),
+    ],
+)
+def test_a_damaged_hook_is_skipped_by_the_writer_and_the_others_still_deliver(
+    store: Store,
+    path: Path,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
+    change: str,
+    said: str,
+) -> None:
+    store.webhooks.create("bad", "tokenstore.User", receiver.url("/bad"))
+    store.webhooks.create("good", "tokenstore.User", receiver.url("/good"))
+    edit(path, f"UPDATE tokenstore_outbound_webhook SET {change} WHERE name = 'bad'")
+    with caplog.at_level(logging.ERROR, logger="tokenstore"):
+        store.users.create("alice")
+    assert [hit.path for hit in receiver.hits] == ["/good"]
+    assert said in caplog.text
+
+
+def test_deliver_due_goes_on_past_a_delivery_id_that_is_no_utf8(
+    store: Store, path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    damaged, fine = two_due_deliveries(store, path, receiver)
+    edit(path, f"UPDATE {DELIVERIES} SET id = {NOT_UTF8} WHERE abid = ?", damaged)
+    with caplog.at_level(logging.ERROR, logger="tokenstore"):
+        assert store.webhooks.deliver_due(far_future(store)) == 1
+    assert store.webhooks.delivery(fine).status == "delivered"
+    assert f"{DELIVERIES} row (its id unreadable) holds text that is not UTF-8" in caplog.text

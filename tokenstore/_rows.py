@@ -9,6 +9,8 @@ hand anything else (a time typed into the sqlite3 shell) to the field.
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -21,6 +23,8 @@ from ._errors import DamagedRow
 from ._fields import JSONField, UTCDateTimeField, UUIDField
 
 M = TypeVar("M", bound=peewee.Model)
+
+logger = logging.getLogger("tokenstore.store")
 
 Converter = Callable[[Any], Any]
 
@@ -297,7 +301,7 @@ class CheckedSelect(peewee.ModelSelect):
 
 
 def _check_rows(wrapper: Any) -> None:
-    initialize, process = wrapper.initialize, wrapper.process_row
+    initialize, process, iterate = wrapper.initialize, wrapper.process_row, wrapper.iterate
 
     def checked_initialize() -> None:
         initialize()
@@ -318,4 +322,97 @@ def _check_rows(wrapper: Any) -> None:
             }
             raise damaged_row(model, stored, exc) from None
 
+    def checked_iterate(cache: bool = True) -> Any:
+        try:
+            return iterate(cache)
+        except Exception as exc:
+            damaged = not_utf8(wrapper.model, exc, wrapper.cursor.connection)
+            if damaged is None:
+                raise
+            raise damaged from None
+
     wrapper.initialize, wrapper.process_row = checked_initialize, checked_process
+    wrapper.iterate = checked_iterate
+
+
+# How the sqlite3 module refuses to read stored text that is no UTF-8. It quotes the text,
+# which may be a secret: the message is never passed on.
+_NOT_UTF8 = re.compile(r"Could not decode to UTF-8 column '(.*?)' with text")
+
+
+def not_utf8(model: type[peewee.Model], error: Exception, conn: Any) -> DamagedRow | None:
+    """The DamagedRow for the sqlite3 module's refusal to read a text that is no UTF-8.
+
+    None for any other error. The module does not say which row it was
+    reading; on this path alone the table is searched for it (``conn`` is
+    the SQLite connection that failed).
+    """
+    found = _NOT_UTF8.match(str(error))
+    if found is None:
+        return None
+    column, table, name = found[1], model._meta.table_name, "(not found)"
+    names = {f.column_name for f in model._meta.sorted_fields}
+    if column in names:  # not in a join's other table
+        key = "abid" if "abid" in names else getattr(model._meta.primary_key, "column_name", "")
+        rows = conn.execute(
+            f"SELECT CAST({quote_name(key)} AS BLOB), CAST({quote_name(column)} AS BLOB) "
+            f"FROM {quote_name(table)}"
+        )
+        for key_value, value in rows:
+            try:
+                if isinstance(value, bytes):
+                    value.decode()
+            except UnicodeDecodeError:
+                name = row_name(model, {key: _text_if_utf8(key_value)})
+                break
+    return DamagedRow(
+        f"{table} row {name}: column {column} holds text that is not UTF-8; {_OUTSIDE}"
+    )
+
+
+def text_as_bytes(model: type[peewee.Model], columns: Sequence[str] | None = None) -> str:
+    """A SELECT list of ``columns`` (default: all) with text read back as bytes.
+
+    SQLite only, for ``readable_rows``.
+    """
+    names = columns or [f.column_name for f in model._meta.sorted_fields]
+    return ", ".join(
+        f"CASE WHEN typeof({q}) = 'text' THEN CAST({q} AS BLOB) ELSE {q} END"
+        for q in map(quote_name, names)
+    )
+
+
+def readable_rows(
+    conn: Any,
+    model: type[peewee.Model],
+    sql: str,
+    params: Sequence[Any] = (),
+    columns: Sequence[str] | None = None,
+) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` (selecting ``text_as_bytes(model, columns)``) that are UTF-8, decoded.
+
+    The others are left out, each with an error in the log: what reads the
+    rows goes on with the rest. For when the sqlite3 module refused to read them.
+    """
+    names = columns or [f.column_name for f in model._meta.sorted_fields]
+    rows = []
+    for row in conn.execute(sql, params):
+        try:
+            rows.append(tuple(v.decode() if type(v) is bytes else v for v in row))
+        except UnicodeDecodeError:
+            text = {name: _text_if_utf8(v) for name, v in zip(names, row, strict=True)}
+            logger.error(
+                "%s row %s holds text that is not UTF-8; %s, it is skipped",
+                model._meta.table_name,
+                row_name(model, text),
+                _OUTSIDE,
+            )
+    return rows
+
+
+def _text_if_utf8(value: Any) -> Any:
+    """Bytes read back from a text column as text; left as bytes if they are no UTF-8."""
+    try:
+        return value.decode() if type(value) is bytes else value
+    except UnicodeDecodeError:
+        return value
