@@ -279,3 +279,24 @@ def test_deliver_due_goes_on_past_a_delivery_id_that_is_no_utf8(
         assert store.webhooks.deliver_due(far_future(store)) == 1
     assert store.webhooks.delivery(fine).status == "delivered"
     assert f"{DELIVERIES} row (its id unreadable) holds text that is not UTF-8" in caplog.text
+
+
+def test_an_allowlist_entry_that_is_no_utf8_is_ignored_and_the_store_opens(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tokenstore.open(path, webhook_allow=["10.0.0.0/8"]).close()
+    edit(path, f"INSERT INTO tokenstore_webhook_allow VALUES ({NOT_UTF8}, '2020-01-01')")
+    with caplog.at_level(logging.ERROR, logger="tokenstore"), tokenstore.open(path) as store:
+        assert store.webhooks.allowlist() == ["10.0.0.0/8"]
+    assert "1 entries hold text that is not UTF-8" in caplog.text
+
+
+@pytest.mark.parametrize("claimant", ["X'FFFE'", "7"])
+def test_a_listener_row_that_no_listener_wrote_is_removed(path: Path, claimant: str) -> None:
+    tokenstore.open(path).close()
+    edit(path, f"INSERT INTO tokenstore_listener VALUES ({claimant}, X'00', NULL)")
+    with tokenstore.open(path) as store:
+        store.users.create("alice")
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM tokenstore_listener").fetchone() == (
+        0,
+    )

@@ -487,7 +487,10 @@ class Dispatcher:
         for claimant, seen in conn.execute(self._listeners).fetchall():
             if claimant == self.claimant:
                 continue
-            if self._gone(claimant):
+            if not (isinstance(claimant, str) and isinstance(seen, str)):  # no listener wrote it
+                logger.error("%s: a row that is no listener is removed", LISTENER_TABLE)
+                conn.execute(self._forget, (claimant,))
+            elif self._gone(claimant):
                 conn.execute(self._forget, (claimant,))
             elif seen < silent_since:
                 logger.warning(

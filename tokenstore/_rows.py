@@ -340,6 +340,14 @@ def _check_rows(wrapper: Any) -> None:
 _NOT_UTF8 = re.compile(r"Could not decode to UTF-8 column '(.*?)' with text")
 
 
+def refused_as_not_utf8(error: Exception) -> re.Match[str] | None:
+    """Whether ``error`` is the sqlite3 module's refusal to read text that is no UTF-8.
+
+    The match's group 1 is the column's name.
+    """
+    return _NOT_UTF8.match(str(error))
+
+
 def not_utf8(model: type[peewee.Model], error: Exception, conn: Any) -> DamagedRow | None:
     """The DamagedRow for the sqlite3 module's refusal to read a text that is no UTF-8.
 
@@ -347,7 +355,7 @@ def not_utf8(model: type[peewee.Model], error: Exception, conn: Any) -> DamagedR
     reading; on this path alone the table is searched for it (``conn`` is
     the SQLite connection that failed).
     """
-    found = _NOT_UTF8.match(str(error))
+    found = refused_as_not_utf8(error)
     if found is None:
         return None
     column, table, name = found[1], model._meta.table_name, "(not found)"
