@@ -291,7 +291,7 @@ def test_an_allowlist_entry_that_is_no_utf8_is_ignored_and_the_store_opens(
     assert "1 entries hold text that is not UTF-8" in caplog.text
 
 
-@pytest.mark.parametrize("claimant", ["X'FFFE'", "7"])
+@pytest.mark.parametrize("claimant", ["X'FFFE'", "7", NOT_UTF8])
 def test_a_listener_row_that_no_listener_wrote_is_removed(path: Path, claimant: str) -> None:
     tokenstore.open(path).close()
     edit(path, f"INSERT INTO tokenstore_listener VALUES ({claimant}, X'00', NULL)")
@@ -300,3 +300,16 @@ def test_a_listener_row_that_no_listener_wrote_is_removed(path: Path, claimant: 
     assert sqlite3.connect(path).execute("SELECT count(*) FROM tokenstore_listener").fetchone() == (
         0,
     )
+
+
+def test_an_event_for_a_table_named_in_text_that_is_no_utf8_waits_without_failing(
+    path: Path,
+) -> None:
+    tokenstore.open(path).close()
+    edit(
+        path,
+        "INSERT INTO tokenstore_change_event (table_name, op, row_pk, old_row, new_row) "
+        f"VALUES ({NOT_UTF8}, 'INSERT', 1, NULL, '{{}}')",
+    )
+    with tokenstore.open(path) as store:
+        assert store.dispatch().waiting == {"\ufffd\ufffd": 1}
