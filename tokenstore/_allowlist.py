@@ -10,15 +10,19 @@ alike: a delivery one of them would block is blocked by all of them, and a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from ._backend import Backend
 from ._netguard import AddressGuard
+from ._rows import refused_as_not_utf8
 from ._times import format_time
 
 _TABLE = "tokenstore_webhook_allow"
+
+logger = logging.getLogger("tokenstore.webhooks")
 
 
 class AllowList:
@@ -32,6 +36,8 @@ class AllowList:
         self._entries: tuple[str, ...] = ()
         self._read_at = float("-inf")  # time.monotonic() of the last read
         self._select = f"SELECT entry FROM {_TABLE} ORDER BY entry"
+        # SQLite only: an entry edited into text that is no UTF-8, which sqlite3 cannot read.
+        self._select_bytes = f"SELECT CAST(entry AS BLOB) FROM {_TABLE} ORDER BY entry"
         self._insert = db.sql(
             f"INSERT INTO {_TABLE} (entry, added_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
         )
@@ -52,7 +58,20 @@ class AllowList:
         if now - self._read_at < at_most_every:
             return
         self._read_at = now
-        entries = tuple(row[0] for row in self.db.connection().execute(self._select))
+        conn = self.db.connection()
+        try:
+            entries = tuple(row[0] for row in conn.execute(self._select))
+        except Exception as exc:
+            if refused_as_not_utf8(exc) is None:
+                raise
+            stored = [row[0] for row in conn.execute(self._select_bytes)]
+            entries = tuple(entry.decode() for entry in stored if _utf8(entry))
+            logger.error(
+                "%s: %d entries hold text that is not UTF-8 and are ignored; the rows "
+                "were changed outside tokenstore",
+                _TABLE,
+                len(stored) - len(entries),
+            )
         if entries != self._entries:
             self.guard.replace(entries)
             self._entries = entries
@@ -71,3 +90,11 @@ class AllowList:
         with self.db.write(quiet=True) as conn:
             conn.execute(self._delete, (AddressGuard.canonical(entry),))
         return self.entries()
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True

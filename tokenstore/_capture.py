@@ -55,6 +55,11 @@ def _loads(text: str) -> Any:
         return json.loads("".join(parts))
 
 
+def _text(value: Any) -> Any:
+    """A value read back as UTF-8 bytes, as text (UnicodeDecodeError, a ValueError, if none)."""
+    return value.decode() if type(value) is bytes else value
+
+
 def _recorded_row(text: str) -> dict[str, Any]:
     """A row as a trigger records it: a JSON object (ValueError for anything else)."""
     row = _loads(text)
@@ -77,8 +82,12 @@ class ChangeEvent:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> ChangeEvent:
-        """From ``id, table_name, op, row_pk, old_row, new_row, created_at``."""
-        id_, table, op, pk, old, new, created_at = row
+        """From ``id, table_name, op, row_pk, old_row, new_row, created_at``.
+
+        The last four may come as UTF-8 bytes (see the SQLite claim statements);
+        bytes that are no UTF-8 raise a ValueError, as other unreadable rows do.
+        """
+        id_, table, op, pk, old, new, created_at = map(_text, row)
         return cls(
             id=id_,
             table=table,

@@ -26,7 +26,7 @@ from . import signals
 from ._capture import EVENT_TABLE, LISTENER_TABLE, ChangeEvent
 from ._m2m import RelationChange, runs
 from ._registry import Registry
-from ._rows import Converter, Loader, build, quote_name
+from ._rows import Converter, Loader, build, quote_name, refused_as_not_utf8
 from ._times import format_time
 
 logger = logging.getLogger("tokenstore.dispatch")
@@ -301,12 +301,17 @@ class Dispatcher:
         """Events of tables this process has no model for, by table: they wait for one that has."""
         tables = self.registry.tables()
         marks = ",".join([self._backend.sql("?")] * len(tables))
-        rows = conn.execute(
+        sql = (
             f"SELECT table_name, count(*) FROM {EVENT_TABLE} "
-            f"WHERE table_name NOT IN ({marks}) GROUP BY table_name ORDER BY table_name",
-            tables,
+            f"WHERE table_name NOT IN ({marks}) GROUP BY table_name ORDER BY table_name"
         )
-        return {table: count for table, count in rows}
+        try:
+            return {table: count for table, count in conn.execute(sql, tables)}
+        except Exception as exc:  # a name written by hand, in text that is no UTF-8 (SQLite)
+            if refused_as_not_utf8(exc) is None:
+                raise
+        rows = conn.execute(sql.replace("table_name,", "CAST(table_name AS BLOB),", 1), tables)
+        return {table.decode(errors="replace"): count for table, count in rows}
 
     def claimed_count(self) -> int:
         """How many events this thread has claimed so far."""
@@ -477,6 +482,20 @@ class Dispatcher:
         self.forget_dead_listeners(conn)
         self.drop_unheard(conn)
 
+    def _forget_not_utf8(self, conn: Connection) -> None:
+        """Remove listener rows holding text that is no UTF-8 (SQLite): no listener wrote them."""
+        stored = (
+            f"CAST(claimant AS BLOB), CAST(coalesce(seen, since) AS BLOB) FROM {LISTENER_TABLE}"
+        )
+        for claimant, seen in conn.execute(f"SELECT {stored}").fetchall():
+            try:
+                claimant.decode(), seen.decode()
+            except UnicodeDecodeError:
+                logger.error("%s: a row in text that is no UTF-8 is removed", LISTENER_TABLE)
+                conn.execute(
+                    f"DELETE FROM {LISTENER_TABLE} WHERE CAST(claimant AS BLOB) = ?", (claimant,)
+                )
+
     def forget_dead_listeners(self, conn: Connection) -> None:
         """Listeners whose process ended, or that claimed nothing for ``listener_timeout``.
 
@@ -484,10 +503,20 @@ class Dispatcher:
         its backlog is dropped (``drop_unheard``).
         """
         silent_since = format_time(self.clock() - self.listener_timeout)
-        for claimant, seen in conn.execute(self._listeners).fetchall():
+        try:
+            listeners = conn.execute(self._listeners).fetchall()
+        except Exception as exc:
+            if refused_as_not_utf8(exc) is None:
+                raise
+            self._forget_not_utf8(conn)
+            listeners = conn.execute(self._listeners).fetchall()
+        for claimant, seen in listeners:
             if claimant == self.claimant:
                 continue
-            if self._gone(claimant):
+            if not (isinstance(claimant, str) and isinstance(seen, str)):  # no listener wrote it
+                logger.error("%s: a row that is no listener is removed", LISTENER_TABLE)
+                conn.execute(self._forget, (claimant,))
+            elif self._gone(claimant):
                 conn.execute(self._forget, (claimant,))
             elif seen < silent_since:
                 logger.warning(

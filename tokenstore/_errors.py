@@ -68,6 +68,15 @@ class ValidationError(TokenstoreError, ValueError):
     """A value given to the API is not acceptable; nothing was written."""
 
 
+class DamagedRow(ValidationError):
+    """A stored row holds a value tokenstore never writes there (edited outside tokenstore).
+
+    The message names the table, the row (its ABID or id) and the column,
+    never the value: the column may hold a secret. A ValidationError, as
+    such rows were reported before this class existed.
+    """
+
+
 class NotFound(TokenstoreError, LookupError):
     """No record matches the given identifier."""
 

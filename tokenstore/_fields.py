@@ -38,7 +38,17 @@ class UTCDateTimeField(peewee.Field):
 
 
 class JSONField(peewee.TextField):
-    """JSON kept as compact text, so the sqlite3 shell and json_extract() can read it."""
+    """JSON kept as compact text, so the sqlite3 shell and json_extract() can read it.
+
+    A field whose default is ``list`` or ``dict`` holds that shape only: a
+    stored value of another shape (edited by hand) is refused on reading,
+    rather than met later by code that expects a list or an object.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        default = kwargs.get("default")
+        self.shape: type | None = default if default in (list, dict) else None
 
     def db_value(self, value: Any) -> str | None:
         if value is None:
@@ -46,12 +56,18 @@ class JSONField(peewee.TextField):
         return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
     def python_value(self, value: Any) -> Any:
-        if value is None or not isinstance(value, str):
-            return value
-        try:
-            return json.loads(value)
-        except ValueError:  # edited by hand; not quoted, as it may hold header credentials
-            raise ValidationError(f"{self.name}: the stored value is not JSON") from None
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:  # edited by hand; not quoted, as it may hold header credentials
+                raise ValidationError(f"{self.name}: the stored value is not JSON") from None
+        elif isinstance(value, bytes | int | float):  # SQLite's other types: no JSON text
+            raise ValidationError(f"{self.name}: the stored value is not JSON text")
+        if self.shape is not None and not isinstance(value, self.shape):
+            raise ValidationError(f"{self.name}: the stored JSON is not a {self.shape.__name__}")
+        return value
 
 
 class UUIDField(peewee.UUIDField):

@@ -18,7 +18,7 @@ from . import _abid as abids
 from . import _compat, _credentials, signals
 from ._errors import ABIDDriftError, NotFound, StoreError, ValidationError
 from ._fields import JSONField, UTCDateTimeField, UUIDField
-from ._rows import quote_name
+from ._rows import CheckedSelect, quote_name
 from ._times import to_stored_time, utcnow
 
 #: A source of an ABID part: an attribute name, or a function of the instance.
@@ -84,6 +84,12 @@ class BaseModel(peewee.Model):
 
     private_fields: ClassVar[tuple[str, ...]] = ()
     quiet_fields: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def select(cls, *fields: Any) -> peewee.ModelSelect[Self]:
+        """As peewee's, but a row edited into values its fields cannot hold is a DamagedRow."""
+        query = CheckedSelect(cls, fields or cls._meta.sorted_fields, is_default=not fields)
+        return query  # type: ignore[return-value]
 
     @classmethod
     def from_stored(cls, values: dict[str, Any], snapshot: dict[str, Any] | None = None) -> Self:

@@ -14,6 +14,7 @@ once the lease runs out.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -25,15 +26,18 @@ from ._backend import Backend
 from ._capture import ChangeEvent, model_ref
 from ._compat import peewee_errors
 from ._dispatch import Connection
+from ._errors import DamagedRow
 from ._m2m import RelationRun, runs
 from ._models import ON_ABID_CONFLICT, OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
 from ._outcomes import Outcomes
 from ._payload import PayloadBuilder, dumps
 from ._policy import KIND_BY_OP, RELATION_KIND, signal_matches
 from ._registry import Registry
-from ._rows import Loader, quote_name
+from ._rows import Loader, not_utf8, quote_name, readable_rows, text_as_bytes
 from ._sending import Outcome, Sender, message_headers, redacted
 from ._times import format_time, to_stored_time
+
+logger = logging.getLogger("tokenstore.webhooks")
 
 _HOOKS = Loader(OutboundWebhook)
 _DELIVERIES = Loader(WebhookDelivery)
@@ -46,7 +50,13 @@ _SELECT_HOOK = f'SELECT {_HOOKS.columns} FROM "{_HOOK_TABLE}" WHERE "id" = ?'
 _ENABLED_HOOKS = (
     f'SELECT {_HOOKS.columns} FROM "{_HOOK_TABLE}" WHERE "enabled" ORDER BY "created_at"'
 )
+_ENABLED_HOOKS_AS_BYTES = _ENABLED_HOOKS.replace(_HOOKS.columns, text_as_bytes(OutboundWebhook))
 _SELECT_DELIVERY = f'SELECT {_DELIVERIES.columns} FROM "{_DELIVERY_TABLE}" WHERE "id" = ?'
+# A delivery whose row cannot be read is never sent: it is given up, saying why.
+_BURY_DAMAGED = (
+    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL, '
+    '"last_error" = ? WHERE "id" = ?'
+)
 _INSERT_DELIVERY = (
     f'INSERT INTO "{_DELIVERY_TABLE}" ("id", "abid", "created_by_id", "created_at", '
     '"modified_at", "hook_id", "event_id", "event_type", "payload", "next_attempt_at", '
@@ -59,10 +69,14 @@ _TAKE = (
 )
 _TAKE_DUE = _TAKE + '"next_attempt_at" <= ?'
 _TAKE_HELD = _TAKE + '"attempts" = 0 AND "next_attempt_at" = ?'
+_DUE_COLUMNS = ("id", "hook_id")
 _SELECT_DUE = (
     f'SELECT "id", "hook_id" FROM "{_DELIVERY_TABLE}" '
     "WHERE \"status\" IN ('pending', 'failed') AND \"next_attempt_at\" <= ? "
     'ORDER BY "next_attempt_at", "created_at" LIMIT ?'
+)
+_SELECT_DUE_AS_BYTES = _SELECT_DUE.replace(
+    '"id", "hook_id"', text_as_bytes(WebhookDelivery, _DUE_COLUMNS), 1
 )
 # Deliveries this writer held but did not send: due at the given time instead.
 _RELEASE = (
@@ -87,20 +101,6 @@ _PRUNE = (
     'ORDER BY k."created_at" DESC, k."abid" DESC LIMIT 1) '
     "LIMIT ?)"
 )
-
-
-def _with_hooks(
-    created: list[tuple[WebhookDelivery, tuple[Any, ...]]],
-) -> list[tuple[WebhookDelivery, OutboundWebhook]]:
-    """Deliveries with their hooks, each hook made from its row once, after the commit."""
-    hooks: dict[uuid.UUID, OutboundWebhook] = {}
-    paired = []
-    for delivery, row in created:
-        hook = hooks.get(delivery.hook_id)
-        if hook is None:
-            hook = hooks[delivery.hook_id] = _HOOKS.instance(row)
-        paired.append((delivery, hook))
-    return paired
 
 
 class Outbox:
@@ -135,10 +135,12 @@ class Outbox:
         self._take_due = sql(_TAKE_DUE)
         self._take_held = sql(_TAKE_HELD)
         self._select_due = sql(_SELECT_DUE)
+        self._select_due_as_bytes = sql(_SELECT_DUE_AS_BYTES)
         self._release_sql = sql(_RELEASE)
         self._next_retry = sql(_NEXT_RETRY)
         self._wait_behind = sql(_WAIT_BEHIND)
         self._prune = sql(_PRUNE)
+        self._bury_damaged = sql(_BURY_DAMAGED)
 
     @property
     def lease(self) -> timedelta:
@@ -149,13 +151,23 @@ class Outbox:
         return to_stored_time(self.clock())
 
     def hook(self, hook_id: uuid.UUID) -> OutboundWebhook | None:
-        row = self.db.connection().execute(self._select_hook, (hook_id.hex,)).fetchone()
+        row = self._fetch_one(OutboundWebhook, self._select_hook, hook_id.hex)
         return None if row is None else _HOOKS.instance(row)
 
     def delivery(self, delivery_id: str) -> WebhookDelivery | None:
         """A delivery by its stored id (hex)."""
-        row = self.db.connection().execute(self._select_delivery, (delivery_id,)).fetchone()
+        row = self._fetch_one(WebhookDelivery, self._select_delivery, delivery_id)
         return None if row is None else _DELIVERIES.instance(row)
+
+    def _fetch_one(self, model: type[Any], sql: str, key: str) -> Any:
+        """The row of ``model`` that ``sql`` selects by ``key``; DamagedRow if it is unreadable."""
+        conn = self.db.connection()
+        try:
+            return conn.execute(sql, (key,)).fetchone()
+        except Exception as exc:
+            if (damaged := not_utf8(model, exc, conn)) is None:
+                raise
+            raise damaged from None
 
     # -- inside the committing transaction ----------------------------------------------
 
@@ -165,37 +177,57 @@ class Outbox:
     def on_events(self, conn: Connection, events: list[ChangeEvent]) -> Callable[[], None] | None:
         """Write a pending delivery per matching hook and event; send them after commit.
 
-        Hooks are matched on their ``ref`` and ``signal`` columns alone; a
-        hook that matches is made into an instance after the commit. A
-        relation change (see ``_m2m``) is one delivery per hook with M2M in
-        its signal on the side's model.
+        Hooks are matched on their ``ref`` and ``signal`` columns; a hook
+        that matches is made into an instance, once per commit. A hook whose
+        row cannot be read is skipped with an error in the log: the others
+        still get their deliveries, and the commit goes on. A relation change
+        (see ``_m2m``) is one delivery per hook with M2M in its signal on the
+        side's model.
         """
-        rows = conn.execute(_ENABLED_HOOKS).fetchall()
+        try:
+            rows = conn.execute(_ENABLED_HOOKS).fetchall()
+        except Exception as exc:
+            if (damaged := not_utf8(OutboundWebhook, exc, conn)) is None:
+                raise
+            logger.error("%s; no delivery is made for it", damaged)
+            rows = readable_rows(conn, OutboundWebhook, _ENABLED_HOOKS_AS_BYTES)
         if not rows:
             return None
-        id_at, ref_at, signal_at = _HOOKS.at["id"], _HOOKS.at["ref"], _HOOKS.at["signal"]
+        ref_at, signal_at = _HOOKS.at["ref"], _HOOKS.at["signal"]
         candidates = [(row[ref_at], row[signal_at]) for row in rows]
-        created: list[tuple[WebhookDelivery, tuple[Any, ...]]] = []
+        hooks: dict[int, OutboundWebhook | None] = {}
+        created: list[tuple[WebhookDelivery, OutboundWebhook]] = []
         now = self._now()
         # The creator holds the delivery for one lease, so deliver_due elsewhere
         # does not send it at the same time; if this process dies, it is due after that.
         held_until = now + self.lease
         stamps = (format_time(now), format_time(held_until))
 
-        def matching(ref: str, kind: str) -> list[int]:
+        def hook_at(i: int) -> OutboundWebhook | None:
+            if i not in hooks:
+                try:
+                    hooks[i] = _HOOKS.instance(rows[i])
+                except DamagedRow as exc:
+                    logger.error("%s; no delivery is made for it", exc)
+                    hooks[i] = None
+            return hooks[i]
+
+        def matching(ref: str, kind: str) -> list[OutboundWebhook]:
             return [
-                i
+                hook
                 for i, (hook_ref, signal) in enumerate(candidates)
-                if hook_ref == ref and signal_matches(signal, kind)
+                if hook_ref == ref
+                and (type(signal) is not str or signal_matches(signal, kind))
+                and (hook := hook_at(i)) is not None
+                and signal_matches(hook.signal, kind)
             ]
 
-        def write(hook_indexes: list[int], payload: dict[str, Any], event_id: int) -> None:
+        def write(found: list[OutboundWebhook], payload: dict[str, Any], event_id: int) -> None:
             body = dumps(payload)
-            for i in hook_indexes:
-                hook_id = uuid.UUID(rows[i][id_at])
-                delivery = self._new_delivery(hook_id, payload["type"], body, now, event_id)
+            for hook in found:
+                delivery = self._new_delivery(hook.id, payload["type"], body, now, event_id)
                 self._insert(conn, delivery, stamps)
-                created.append((delivery, rows[i]))
+                created.append((delivery, hook))
 
         for item in runs(events, self.registry.relation_for):
             if isinstance(item, RelationRun):
@@ -215,7 +247,7 @@ class Outbox:
                 write(found, self.payloads.change(model, ref, item), item.id)
         if not created:
             return None
-        return lambda: self.attempt_all(_with_hooks(created), held_until)
+        return lambda: self.attempt_all(created, held_until)
 
     def _abid(self, conn: Connection, model: type[Any], key: Any) -> str | None:
         """The ABID of a row by its stored primary key; None if it has none (or is gone)."""
@@ -448,7 +480,15 @@ class Outbox:
         fixed = now is not None
         start = self._now() if now is None else to_stored_time(now)
         stamp = format_time(start)
-        due = self.db.execute_sql(self._select_due, (stamp, limit)).fetchall()
+        try:
+            due = self.db.execute_sql(self._select_due, (stamp, limit)).fetchall()
+        except Exception as exc:  # an id edited into text that is no UTF-8: the others go on
+            conn = self.db.connection()
+            if not_utf8(WebhookDelivery, exc, conn) is None:
+                raise
+            due = readable_rows(
+                conn, WebhookDelivery, self._select_due_as_bytes, (stamp, limit), _DUE_COLUMNS
+            )
         failing: dict[str, str | None] = {}  # hook id -> when its retry is due (None: none)
         attempted = 0
         for delivery_id, hook_id in due:
@@ -457,11 +497,21 @@ class Outbox:
             at = start if fixed else self._now()
             if not self._take(self._take_due, delivery_id, at, stamp):
                 continue
-            delivery = self.delivery(delivery_id)
+            try:
+                delivery = self.delivery(delivery_id)
+            except DamagedRow as exc:
+                logger.error("%s; the delivery is not sent and is marked dead", exc)
+                with self.db.write(quiet=True) as conn:
+                    conn.execute(self._bury_damaged, (str(exc), delivery_id))
+                continue
             if delivery is None:
                 continue
             sends = delivery.attempts
-            self.attempt(delivery, at)
+            try:
+                self.attempt(delivery, at)
+            except DamagedRow as exc:  # its hook's row: the delivery waits for it to be mended
+                logger.error("%s; delivery %s is not sent", exc, delivery.abid)
+                continue
             attempted += 1
             if delivery.status != "delivered" and delivery.attempts != sends:
                 # It was sent and failed; one that died on its last attempt has no

@@ -9,6 +9,8 @@ hand anything else (a time typed into the sqlite3 shell) to the field.
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -17,13 +19,18 @@ from typing import Any, Generic, TypeVar
 import peewee
 
 from . import _compat
+from ._errors import DamagedRow
 from ._fields import JSONField, UTCDateTimeField, UUIDField
 
 M = TypeVar("M", bound=peewee.Model)
 
+logger = logging.getLogger("tokenstore.store")
+
 Converter = Callable[[Any], Any]
 
 _parse_iso = datetime.fromisoformat
+#: The stored text of an empty JSON field of each shape (see ``JSONField.shape``).
+_EMPTY_JSON: dict[Any, str] = {list: "[]", dict: "{}"}
 # A UUID keeps its value in two slots, which its __init__ sets past the class's refusal of
 # assignment (UUIDs are immutable). Setting them through the slots' own descriptors builds
 # the same UUID without the constructor's parsing and checks, which are most of its cost.
@@ -94,15 +101,34 @@ def converter(field: peewee.Field) -> Converter:
 
         return uuid_value
     if kind == "json":
+        shape = getattr(field, "shape", None)
+        empty = _EMPTY_JSON.get(shape)
 
         def json_value(raw: Any) -> Any:
-            if raw == "[]":  # no scopes, no headers: the usual case, and a new object each time
-                return []
-            if raw == "{}":
-                return {}
+            if raw == empty:  # no scopes, no headers: the usual case, and a new object each time
+                return shape()  # type: ignore[misc]
             return general(raw)
 
         return json_value
+    if kind is int:
+
+        def whole_value(raw: Any) -> Any:
+            if raw is None or type(raw) is int:
+                return raw
+            value = general(raw)  # int(): text that is no number stays text
+            if type(value) is not int or isinstance(raw, float):
+                raise ValueError(f"{field.name}: the stored value is not a whole number")
+            return value
+
+        return whole_value
+    if isinstance(field, peewee.BooleanField):
+
+        def flag_value(raw: Any) -> Any:
+            if raw is not None and not isinstance(raw, int):  # bool('no') would be True
+                raise ValueError(f"{field.name}: the stored value is not 0 or 1")
+            return general(raw)
+
+        return flag_value
     if isinstance(kind, type):
         same: type = kind
 
@@ -126,8 +152,16 @@ class Loader(Generic[M]):
         self.columns = column_list(model)
         self.at = {f.name: i for i, f in enumerate(fields)}
         self._by_column = {f.column_name: (f, converter(f)) for f in fields}
-        self.values = _row_reader([(f.name, converter(f)) for f in fields])
-        """A row of ``columns`` as Python values keyed by field name."""
+        names = [f.column_name for f in fields]
+
+        def damaged(row: Sequence[Any], error: Exception) -> DamagedRow:
+            return damaged_row(model, dict(zip(names, row, strict=True)), error)
+
+        self.values = _row_reader([(f.name, converter(f)) for f in fields], damaged)
+        """A row of ``columns`` as Python values keyed by field name.
+
+        A value that does not convert raises ``DamagedRow`` naming the row and the column.
+        """
 
     def instance(self, row: Sequence[Any]) -> M:
         """A row of ``columns`` as a model instance, as if a SELECT had loaded it."""
@@ -139,30 +173,42 @@ class Loader(Generic[M]):
         Blobs arrive hex-encoded (JSON has no bytes); unknown columns are ignored.
         """
         values = {}
-        for column, raw in row.items():
-            known = self._by_column.get(column)
-            if known is None:
-                continue
-            field, convert = known
-            if isinstance(field, peewee.BlobField) and raw is not None:
-                raw = bytes.fromhex(raw)
-            values[field.name] = convert(raw)
+        try:
+            for column, raw in row.items():
+                known = self._by_column.get(column)
+                if known is None:
+                    continue
+                field, convert = known
+                if isinstance(field, peewee.BlobField) and raw is not None:
+                    raw = bytes.fromhex(raw)
+                values[field.name] = convert(raw)
+        except Exception as exc:
+            raise damaged_row(self.model, row, exc) from None
         return build(self.model, values)
 
 
-def _row_reader(fields: list[tuple[str, Converter]]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+def _row_reader(
+    fields: list[tuple[str, Converter]], damaged: Callable[[Sequence[Any], Exception], DamagedRow]
+) -> Callable[[Sequence[Any]], dict[str, Any]]:
     """A function turning a row into ``{name: convert(value), ...}``, with the dict written out.
 
     Checking a token converts one whole row per call, and on a row this
     short a loop over its columns (zip, map, a call to pair each value with
     its converter) costs more than the conversions do. So the loop is
     unrolled once per model, as ``dataclasses`` writes out an ``__init__``.
-    The unpacking fails, as a strict zip would, on a row of another length.
+    The unpacking fails, as a strict zip would, on a row of another length; a
+    value that fails to convert becomes ``damaged(row, error)``, raised (a try
+    costs nothing until something in it raises).
     """
-    scope = {f"convert{i}": convert for i, (_, convert) in enumerate(fields)}
+    scope: dict[str, Any] = {f"convert{i}": convert for i, (_, convert) in enumerate(fields)}
+    scope["damaged"] = damaged
     unpack = "".join(f"value{i}, " for i in range(len(fields)))
     pairs = ", ".join(f"{name!r}: convert{i}(value{i})" for i, (name, _) in enumerate(fields))
-    exec(f"def values(row):\n    {unpack}= row\n    return {{{pairs}}}\n", scope)
+    exec(
+        f"def values(row):\n    {unpack}= row\n    try:\n        return {{{pairs}}}\n"
+        "    except Exception as exc:\n        raise damaged(row, exc) from None\n",
+        scope,
+    )
     reader: Callable[[Sequence[Any]], dict[str, Any]] = scope["values"]
     return reader
 
@@ -173,3 +219,208 @@ def build(model: type[M], values: dict[str, Any]) -> M:
     if from_stored is not None:
         return from_stored(values)  # type: ignore[no-any-return]
     return _compat.instance_without_defaults(model, values)
+
+
+# What a stored value is, in SQLite's words, and what a column of each kind should hold.
+_STORED_TYPE = {
+    type(None): "NULL",
+    bytes: "a blob",
+    str: "text",
+    int: "an integer",
+    float: "a real",
+}
+_JSON_SHAPE: dict[Any, str] = {list: "a JSON list", dict: "a JSON object"}
+_EXPECTED: dict[Any, str] = {
+    "time": "an ISO-8601 time",
+    "uuid": "a UUID (32 hex digits)",
+    int: "a whole number",
+}
+_OUTSIDE = "the row was changed outside tokenstore"
+
+
+def _expected(field: peewee.Field) -> str:
+    kind = value_kind(field)
+    if kind == "json":
+        shape = getattr(field, "shape", None)
+        return _JSON_SHAPE.get(shape, "JSON")
+    if isinstance(field, peewee.BooleanField):
+        return "0 or 1"
+    return _EXPECTED.get(kind, "UTF-8 text" if kind is str else "a value its field reads")
+
+
+def row_name(model: type[peewee.Model], row: Mapping[str, Any]) -> str:
+    """How a message names a stored row: its ABID, else its primary key, as far as readable."""
+    pk = model._meta.primary_key
+    for column in ("abid", getattr(pk, "column_name", None)):
+        raw = row.get(column) if column else None
+        if isinstance(raw, int) or (isinstance(raw, str) and raw.isprintable() and raw):
+            text = str(raw)
+            return text if len(text) <= 64 else text[:60] + "…"
+    return "(its id unreadable)"
+
+
+def damaged_row(model: type[peewee.Model], row: Mapping[str, Any], error: Exception) -> DamagedRow:
+    """The error for a row (stored values by column) that ``error`` kept from converting.
+
+    Each value is converted again to find the column at fault. The message
+    says what the column holds by type only: the value may be a secret.
+    """
+    if isinstance(error, DamagedRow):
+        return error
+    table = model._meta.table_name
+    name = row_name(model, row)
+    for field in model._meta.sorted_fields:
+        if field.column_name not in row:
+            continue
+        raw = row[field.column_name]
+        try:
+            converter(field)(raw)
+        except Exception:
+            held = _STORED_TYPE.get(type(raw), type(raw).__name__)
+            return DamagedRow(
+                f"{table} row {name}: column {field.column_name} holds {held}, "
+                f"not {_expected(field)}; {_OUTSIDE}"
+            )
+    return DamagedRow(f"{table} row {name} cannot be read ({type(error).__name__}); {_OUTSIDE}")
+
+
+class CheckedSelect(peewee.ModelSelect):
+    """A SELECT of model rows that converts them as ``Loader`` does.
+
+    peewee's own conversions let a damaged value through (``int('x')`` falls
+    back to the text) or fail with an error that names nothing; here the
+    fields' values go through ``converter`` and a row that fails is a
+    ``DamagedRow`` naming it. Nothing changes for a row that converts.
+    """
+
+    def _get_cursor_wrapper(self, cursor: Any) -> Any:
+        wrapper = super()._get_cursor_wrapper(cursor)  # type: ignore[misc]
+        if isinstance(wrapper, peewee.BaseModelCursorWrapper):
+            _check_rows(wrapper)
+        return wrapper
+
+
+def _check_rows(wrapper: Any) -> None:
+    initialize, process, iterate = wrapper.initialize, wrapper.process_row, wrapper.iterate
+
+    def checked_initialize() -> None:
+        initialize()
+        wrapper.converters = [
+            converter(field) if convert is not None and convert == field.python_value else convert
+            for field, convert in zip(wrapper.fields, wrapper.converters, strict=True)
+        ]
+
+    def checked_process(row: Sequence[Any]) -> Any:
+        try:
+            return process(row)
+        except Exception as exc:
+            model = wrapper.model
+            stored = {
+                field.column_name: raw
+                for field, raw in zip(wrapper.fields, row, strict=True)
+                if field is not None and field.model is model
+            }
+            raise damaged_row(model, stored, exc) from None
+
+    def checked_iterate(cache: bool = True) -> Any:
+        try:
+            return iterate(cache)
+        except Exception as exc:
+            damaged = not_utf8(wrapper.model, exc, wrapper.cursor.connection)
+            if damaged is None:
+                raise
+            raise damaged from None
+
+    wrapper.initialize, wrapper.process_row = checked_initialize, checked_process
+    wrapper.iterate = checked_iterate
+
+
+# How the sqlite3 module refuses to read stored text that is no UTF-8. It quotes the text,
+# which may be a secret: the message is never passed on.
+_NOT_UTF8 = re.compile(r"Could not decode to UTF-8 column '(.*?)' with text")
+
+
+def refused_as_not_utf8(error: Exception) -> re.Match[str] | None:
+    """Whether ``error`` is the sqlite3 module's refusal to read text that is no UTF-8.
+
+    The match's group 1 is the column's name.
+    """
+    return _NOT_UTF8.match(str(error))
+
+
+def not_utf8(model: type[peewee.Model], error: Exception, conn: Any) -> DamagedRow | None:
+    """The DamagedRow for the sqlite3 module's refusal to read a text that is no UTF-8.
+
+    None for any other error. The module does not say which row it was
+    reading; on this path alone the table is searched for it (``conn`` is
+    the SQLite connection that failed).
+    """
+    found = refused_as_not_utf8(error)
+    if found is None:
+        return None
+    column, table, name = found[1], model._meta.table_name, "(not found)"
+    names = {f.column_name for f in model._meta.sorted_fields}
+    if column in names:  # not in a join's other table
+        key = "abid" if "abid" in names else getattr(model._meta.primary_key, "column_name", "")
+        rows = conn.execute(
+            f"SELECT CAST({quote_name(key)} AS BLOB), CAST({quote_name(column)} AS BLOB) "
+            f"FROM {quote_name(table)}"
+        )
+        for key_value, value in rows:
+            try:
+                if isinstance(value, bytes):
+                    value.decode()
+            except UnicodeDecodeError:
+                name = row_name(model, {key: _text_if_utf8(key_value)})
+                break
+    return DamagedRow(
+        f"{table} row {name}: column {column} holds text that is not UTF-8; {_OUTSIDE}"
+    )
+
+
+def text_as_bytes(model: type[peewee.Model], columns: Sequence[str] | None = None) -> str:
+    """A SELECT list of ``columns`` (default: all) with text read back as bytes.
+
+    SQLite only, for ``readable_rows``.
+    """
+    names = columns or [f.column_name for f in model._meta.sorted_fields]
+    return ", ".join(
+        f"CASE WHEN typeof({q}) = 'text' THEN CAST({q} AS BLOB) ELSE {q} END"
+        for q in map(quote_name, names)
+    )
+
+
+def readable_rows(
+    conn: Any,
+    model: type[peewee.Model],
+    sql: str,
+    params: Sequence[Any] = (),
+    columns: Sequence[str] | None = None,
+) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` (selecting ``text_as_bytes(model, columns)``) that are UTF-8, decoded.
+
+    The others are left out, each with an error in the log: what reads the
+    rows goes on with the rest. For when the sqlite3 module refused to read them.
+    """
+    names = columns or [f.column_name for f in model._meta.sorted_fields]
+    rows = []
+    for row in conn.execute(sql, params):
+        try:
+            rows.append(tuple(v.decode() if type(v) is bytes else v for v in row))
+        except UnicodeDecodeError:
+            text = {name: _text_if_utf8(v) for name, v in zip(names, row, strict=True)}
+            logger.error(
+                "%s row %s holds text that is not UTF-8; %s, it is skipped",
+                model._meta.table_name,
+                row_name(model, text),
+                _OUTSIDE,
+            )
+    return rows
+
+
+def _text_if_utf8(value: Any) -> Any:
+    """Bytes read back from a text column as text; left as bytes if they are no UTF-8."""
+    try:
+        return value.decode() if type(value) is bytes else value
+    except UnicodeDecodeError:
+        return value

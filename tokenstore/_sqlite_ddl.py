@@ -114,7 +114,13 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
     ]
 
 
-_RETURNED = "RETURNING id, table_name, op, row_pk, old_row, new_row, created_at"
+# The recorded text comes back as bytes: a row edited into text that is no UTF-8 (the
+# sqlite3 shell takes any bytes) is recorded as it is, and the sqlite3 module refuses
+# to read such text at all, failing the whole claim; ChangeEvent.from_row decodes it.
+_RETURNED = (
+    "RETURNING id, table_name, op, CAST(row_pk AS BLOB), CAST(old_row AS BLOB), "
+    "CAST(new_row AS BLOB), CAST(created_at AS BLOB)"
+)
 
 
 def claim_statements(tables: tuple[str, ...]) -> ClaimStatements:

@@ -36,7 +36,7 @@ from ._errors import (
 )
 from ._inputs import MAX_SPAN, check_flag, check_header_name, check_int, check_span, check_text
 from ._models import SYSTEM_USERNAME, APIToken, User, unknown_owner
-from ._rows import Loader
+from ._rows import Loader, not_utf8
 from ._times import format_time, to_stored_time
 
 logger = logging.getLogger("tokenstore.tokens")
@@ -423,7 +423,13 @@ class Tokens:
             digest = hashlib.sha256(secret.encode()).hexdigest()
         except UnicodeEncodeError:
             raise InvalidToken("API token is malformed") from None
-        row = self.db.connection().execute(self._select_by_digest, (digest,)).fetchone()
+        conn = self.db.connection()
+        try:
+            row = conn.execute(self._select_by_digest, (digest,)).fetchone()
+        except Exception as exc:
+            if (damaged := not_utf8(APIToken, exc, conn)) is None:
+                raise
+            raise damaged from None
         if row is None or not hmac.compare_digest(row[_DIGEST_AT], digest):
             # Checked only on a miss, where it tells a mistyped secret from an unknown one;
             # a hit has proved the secret already.

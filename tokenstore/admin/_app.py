@@ -161,7 +161,7 @@ class AdminApp:
         try:
             token = self.store.tokens.get(session.token_abid)
             owner = self.store.users.get(int(token.created_by_id))
-        except tokenstore.NotFound:
+        except (tokenstore.NotFound, tokenstore.DamagedRow):  # a damaged row grants nothing
             self.sessions.end(session)
             return None
         if not token.is_valid(self.store.clock()) or not grants_admin(token, owner):
@@ -187,7 +187,7 @@ class AdminApp:
         try:
             token = self.store.tokens.authenticate(form.get("token", "").strip())
             owner = self.store.users.get(int(token.created_by_id))
-        except tokenstore.AuthenticationError as exc:
+        except (tokenstore.AuthenticationError, tokenstore.DamagedRow) as exc:
             return self.login_page(request, session, 401, f"Not signed in: {exc}")
         if not grants_admin(token, owner):
             return self.login_page(
