@@ -22,6 +22,10 @@ peewee
     to forget one the server ended, so that the next call opens another.
   - ``peewee._manual``: what ``manual_commit()`` puts on the transaction
     stack, though it opens no transaction.
+  - ``ModelSelect._get_cursor_wrapper`` and a model cursor wrapper's
+    ``initialize``, ``converters``, ``fields``, ``process_row``, ``iterate``
+    and ``cursor``: converting a SELECT's rows with tokenstore's converters,
+    and naming a row that fails (``checked_select_class``).
 
 blinker
   - ``Signal._by_sender``: which receivers are still connected, to which
@@ -40,7 +44,7 @@ requests
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -214,3 +218,60 @@ def chunk_reader(response: requests.Response) -> Callable[[int], bytes]:
         return bytes(read(size, decode_content=True))
 
     return read_chunk
+
+
+def checked_select_class(
+    convert: Callable[[peewee.Field], Callable[[Any], Any]],
+    row_failed: Callable[[Any, dict[str, Any], Exception], BaseException],
+    read_failed: Callable[[Any, Exception, Any], BaseException | None],
+) -> type[peewee.ModelSelect]:
+    """A ``ModelSelect`` whose rows convert through ``convert(field)``.
+
+    A row that fails to convert raises ``row_failed(model, stored, error)``,
+    with the model's columns as stored; a row the driver cannot read raises
+    ``read_failed(model, error, connection)``, or the error itself if that
+    gives None.
+    """
+
+    def check_rows(wrapper: Any) -> None:
+        initialize, process, iterate = wrapper.initialize, wrapper.process_row, wrapper.iterate
+
+        def checked_initialize() -> None:
+            initialize()
+            wrapper.converters = [
+                convert(field) if old is not None and old == field.python_value else old
+                for field, old in zip(wrapper.fields, wrapper.converters, strict=True)
+            ]
+
+        def checked_process(row: Sequence[Any]) -> Any:
+            try:
+                return process(row)
+            except Exception as exc:
+                model = wrapper.model
+                stored = {
+                    field.column_name: raw
+                    for field, raw in zip(wrapper.fields, row, strict=True)
+                    if field is not None and field.model is model
+                }
+                raise row_failed(model, stored, exc) from None
+
+        def checked_iterate(cache: bool = True) -> Any:
+            try:
+                return iterate(cache)
+            except Exception as exc:
+                failed = read_failed(wrapper.model, exc, wrapper.cursor.connection)
+                if failed is None:
+                    raise
+                raise failed from None
+
+        wrapper.initialize, wrapper.process_row = checked_initialize, checked_process
+        wrapper.iterate = checked_iterate
+
+    class CheckedSelect(peewee.ModelSelect):
+        def _get_cursor_wrapper(self, cursor: Any) -> Any:
+            wrapper = super()._get_cursor_wrapper(cursor)  # type: ignore[misc]
+            if isinstance(wrapper, peewee.BaseModelCursorWrapper):
+                check_rows(wrapper)
+            return wrapper
+
+    return CheckedSelect

@@ -284,57 +284,6 @@ def damaged_row(model: type[peewee.Model], row: Mapping[str, Any], error: Except
     return DamagedRow(f"{table} row {name} cannot be read ({type(error).__name__}); {_OUTSIDE}")
 
 
-class CheckedSelect(peewee.ModelSelect):
-    """A SELECT of model rows that converts them as ``Loader`` does.
-
-    peewee's own conversions let a damaged value through (``int('x')`` falls
-    back to the text) or fail with an error that names nothing; here the
-    fields' values go through ``converter`` and a row that fails is a
-    ``DamagedRow`` naming it. Nothing changes for a row that converts.
-    """
-
-    def _get_cursor_wrapper(self, cursor: Any) -> Any:
-        wrapper = super()._get_cursor_wrapper(cursor)  # type: ignore[misc]
-        if isinstance(wrapper, peewee.BaseModelCursorWrapper):
-            _check_rows(wrapper)
-        return wrapper
-
-
-def _check_rows(wrapper: Any) -> None:
-    initialize, process, iterate = wrapper.initialize, wrapper.process_row, wrapper.iterate
-
-    def checked_initialize() -> None:
-        initialize()
-        wrapper.converters = [
-            converter(field) if convert is not None and convert == field.python_value else convert
-            for field, convert in zip(wrapper.fields, wrapper.converters, strict=True)
-        ]
-
-    def checked_process(row: Sequence[Any]) -> Any:
-        try:
-            return process(row)
-        except Exception as exc:
-            model = wrapper.model
-            stored = {
-                field.column_name: raw
-                for field, raw in zip(wrapper.fields, row, strict=True)
-                if field is not None and field.model is model
-            }
-            raise damaged_row(model, stored, exc) from None
-
-    def checked_iterate(cache: bool = True) -> Any:
-        try:
-            return iterate(cache)
-        except Exception as exc:
-            damaged = not_utf8(wrapper.model, exc, wrapper.cursor.connection)
-            if damaged is None:
-                raise
-            raise damaged from None
-
-    wrapper.initialize, wrapper.process_row = checked_initialize, checked_process
-    wrapper.iterate = checked_iterate
-
-
 # How the sqlite3 module refuses to read stored text that is no UTF-8. It quotes the text,
 # which may be a secret: the message is never passed on.
 _NOT_UTF8 = re.compile(r"Could not decode to UTF-8 column '(.*?)' with text")
@@ -424,3 +373,11 @@ def _text_if_utf8(value: Any) -> Any:
         return value.decode() if type(value) is bytes else value
     except UnicodeDecodeError:
         return value
+
+
+#: A SELECT of model rows that converts them as ``Loader`` does. peewee's own
+#: conversions let a damaged value through (``int('x')`` falls back to the
+#: text) or fail with an error that names nothing; here the fields' values go
+#: through ``converter`` and a row that fails is a ``DamagedRow`` naming it.
+#: Nothing changes for a row that converts.
+CheckedSelect = _compat.checked_select_class(converter, damaged_row, not_utf8)
