@@ -443,6 +443,27 @@ def test_a_silent_listener_is_removed_and_its_backlog_dropped(
         s.close()
 
 
+def test_a_hand_typed_listener_is_named_in_one_short_line(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.sqlite3"
+    s = clocked(path, clock, listener_timeout=timedelta(hours=1))
+    try:
+        typed = "forged\nWARNING injected " + "y" * 100_000
+        with s.db.write(quiet=True) as conn:
+            conn.execute(
+                "INSERT INTO tokenstore_listener (claimant, since, seen) VALUES (?, ?, ?)",
+                (typed, "2000-01-01T00:00:00.000Z", "2000-01-01T00:00:00.000Z"),
+            )
+        with caplog.at_level("WARNING", logger="tokenstore.dispatch"):
+            s.dispatch()
+        assert _count(path, "tokenstore_listener") == 0
+        (message,) = [r.getMessage() for r in caplog.records if "claimed nothing" in r.message]
+        assert "\n" not in message and len(message) < 500 and "forged\\nWARNING" in message
+    finally:
+        s.close()
+
+
 def _count(path: Path, table: str) -> int:
     conn = sqlite3.connect(path)
     try:

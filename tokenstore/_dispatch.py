@@ -520,7 +520,8 @@ class Dispatcher:
                 conn.execute(self._forget, (claimant,))
             elif seen < silent_since:
                 logger.warning(
-                    "listener %s has claimed nothing since %s; removed, and the events "
+                    # Shown quoted and cut: the table may have been written by hand.
+                    "listener %.200r has claimed nothing since %.40r; removed, and the events "
                     "waiting only for it are dropped",
                     claimant,
                     seen,
