@@ -375,9 +375,21 @@ def _text_if_utf8(value: Any) -> Any:
         return value
 
 
+# Each field's converter, with the field it was made for (ids are reused once a field is gone).
+_CONVERTERS: dict[int, tuple[peewee.Field, Converter]] = {}
+
+
+def _field_converter(field: peewee.Field) -> Converter:
+    """``converter(field)``, made once per field: every SELECT of a model asks for all of them."""
+    known = _CONVERTERS.get(id(field))
+    if known is None or known[0] is not field:
+        known = _CONVERTERS[id(field)] = (field, converter(field))
+    return known[1]
+
+
 #: A SELECT of model rows that converts them as ``Loader`` does. peewee's own
 #: conversions let a damaged value through (``int('x')`` falls back to the
 #: text) or fail with an error that names nothing; here the fields' values go
 #: through ``converter`` and a row that fails is a ``DamagedRow`` naming it.
 #: Nothing changes for a row that converts.
-CheckedSelect = _compat.checked_select_class(converter, damaged_row, not_utf8)
+CheckedSelect = _compat.checked_select_class(_field_converter, damaged_row, not_utf8)
