@@ -84,7 +84,7 @@ def _names_this_machine(host: str) -> bool:
         name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
     except ValueError:  # an unclosed bracket
         return False
-    return name == "localhost" or name.endswith(".localhost") or is_loopback(name)
+    return name.endswith(".localhost") or is_loopback(name)  # is_loopback knows localhost
 
 
 class _ThisMachineOnly:
