@@ -50,12 +50,27 @@ from tokenstore import _postgres as postgres
         "postgresql://u:SEKRIT@127.0.0.1:1/db?application_name=%ff",  # not UTF-8
         "postgresql://u:SEKRIT@127.0.0.1:1/db\x00",  # libpq would cut the name at the NUL
         "postgresql://u:SEKRIT@127.0.0.1:1/db\udc80",
+        # A '/' in the password: libpq ends the user part there, URL parsers end it at '@'.
+        "postgresql://u:SE/KRIT@127.0.0.1:1/db",
+        "postgresql://u:12/SEKRIT@127.0.0.1:1/db",
+        "postgresql://u:S@E/KRIT@127.0.0.1:1/db",
+        "postgresql://u:S/E?KRIT@127.0.0.1:1/db",
     ],
 )
 def test_a_url_libpq_cannot_take_is_a_validation_error_without_its_password(url: str) -> None:
     with pytest.raises(ValidationError, match="PostgreSQL URL") as caught:
         tokenstore.open(url)
     assert "SEKRIT" not in str(caught.value) and "KRIT" not in str(caught.value)
+
+
+@pytest.mark.parametrize("password", ["SE?KRIT", "SE#KRIT", "SE?K#RIT"])
+def test_a_password_holding_a_query_or_fragment_mark_is_not_shown(password: str) -> None:
+    """libpq reads the user part up to the '@'; a URL parser stops at '?' or '#', showing it."""
+    with pytest.raises(StoreIOError, match="cannot connect") as caught:
+        tokenstore.open(f"postgresql://u:{password}@127.0.0.1:1/db")
+    assert "KRIT" not in str(caught.value) and "postgresql://u:***@127.0.0.1:1/db" in str(
+        caught.value
+    )
 
 
 @pytest.mark.parametrize(

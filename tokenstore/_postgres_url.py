@@ -8,7 +8,7 @@ tokenstore shows where a store is in messages and reprs: always redacted.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from ._errors import ValidationError
 from ._inputs import check_text
@@ -39,26 +39,47 @@ def is_url(location: str) -> bool:
     return bool(_SCHEME.match(location) or _CONNINFO.match(location))
 
 
+def _user_part(rest: str) -> tuple[str, str]:
+    """The user part of a URL after ``scheme://``, as libpq reads it, and what follows it.
+
+    libpq takes everything up to the first ``@`` as the user part, unless a
+    ``/`` comes first; ``?`` and ``#`` end nothing there (a URL parser would
+    end the user part at them, and show the rest of the password as a query).
+    """
+    head = rest.partition("/")[0]
+    if "@" not in head:
+        return "", rest
+    user, _, after = rest.partition("@")
+    return user, after
+
+
+def _ambiguous(rest: str) -> bool:
+    """Whether where the password ends is anyone's guess: a second ``@``, or one after a ``/``.
+
+    A password holding ``/`` makes libpq read the user part as a host and
+    the rest of the password as the database name; one holding a second
+    ``@`` makes it read part of the password as the host.
+    """
+    head, slash, tail = rest.partition("/")
+    return head.count("@") > 1 or (bool(slash) and "@" in tail)
+
+
 def redacted_url(url: str) -> str:
     """The URL without its password (in the user part or the query), for messages and reprs."""
-    scheme, separator, _ = url.partition("://")
+    scheme, separator, rest = url.partition("://")
     if not separator:  # a file path, or a key=value string
         return _CONNINFO_SECRET.sub(r"\1***", url) if _CONNINFO.match(url) else url
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # say, an unclosed [ in the host: nothing of it is shown
+    if _ambiguous(rest):  # no part of it can be shown as surely no part of the password
         return f"{scheme}://***"
-    user, at, host = parts.netloc.rpartition("@")
-    netloc = f"{user.partition(':')[0]}:***@{host}" if at and ":" in user else parts.netloc
-    query = "&".join(
-        f"{key}=***" if unquote(key).lower() in _SECRET_PARAMETERS else f"{key}{eq}{value}"
-        for key, eq, value in (pair.partition("=") for pair in parts.query.split("&"))
-    )
-    return (
-        f"{scheme}://{netloc}{parts.path}"
-        + (f"?{query}" if parts.query else "")
-        + (f"#{parts.fragment}" if parts.fragment else "")
-    )
+    user, after = _user_part(rest)
+    shown = f"{user.partition(':')[0]}:***@" if ":" in user else f"{user}@" if user else ""
+    location, mark, query = after.partition("?")
+    if mark:
+        query = "&".join(
+            f"{key}=***" if unquote(key).lower() in _SECRET_PARAMETERS else f"{key}{eq}{value}"
+            for key, eq, value in (pair.partition("=") for pair in query.split("&"))
+        )
+    return f"{scheme}://{shown}{location}{mark}{query}"
 
 
 def connection_url(url: str) -> str:
@@ -85,9 +106,10 @@ def connection_url(url: str) -> str:
             "(or an SQLite file's path)"
         )
     rest = url[scheme.end() :]
-    if rest.partition("/")[0].count("@") > 1:
+    if _ambiguous(rest):
         raise ValidationError(
-            "the PostgreSQL URL's user name or password holds an '@': write it as %40"
+            "the PostgreSQL URL holds a second '@', or an '@' after a '/': a user name or "
+            "password holding '@' or '/' must be written with %40 and %2F"
         )
     url = f"postgresql://{rest}"
     try:
@@ -107,10 +129,9 @@ def without_secrets(text: str, url: str) -> str:
     the whole URL.
     """
     text = text.replace(url, redacted_url(url))
-    rest = url.partition("://")[2]
-    user = rest.partition("/")[0].partition("?")[0].rpartition("@")[0]
+    user, after = _user_part(url.partition("://")[2])
     secrets = [user.partition(":")[2]] if ":" in user else []
-    query = rest.partition("?")[2].partition("#")[0]
+    query = after.partition("?")[2].partition("#")[0]
     for key, _, value in (pair.partition("=") for pair in query.split("&")):
         if unquote(key).lower() in _SECRET_PARAMETERS:
             secrets.append(value)
