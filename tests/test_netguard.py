@@ -194,6 +194,22 @@ def test_check_endpoint_rejects_malformed_urls(url: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "http://u:hunter2/x@example.com/",  # a '/' in the password ends the authority there
+        "http://u:hunter2?x@example.com/",
+        "http://u:hunter2#x@example.com/",
+        "http://u:hunter2@example.com:hunter3/",
+    ],
+)
+def test_a_port_that_is_no_number_is_refused_without_quoting_it(url: str) -> None:
+    """What a URL parser takes for the port may be a password: the message names no part of it."""
+    with pytest.raises(ValidationError, match="port is not a number") as caught:
+        AddressGuard().check_endpoint(url)
+    assert "hunter" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
     ("url", "message"),
     [
         ("http://127.0.0.1:0/", "port 0"),  # urllib3 would send it to port 80

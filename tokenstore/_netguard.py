@@ -301,9 +301,14 @@ class AddressGuard:
         try:
             parts = urlsplit(url)
             host = parts.hostname
-            port = parts.port  # raises ValueError on a bad port
         except ValueError as exc:
             raise ValidationError(f"webhook URL is malformed: {_printable(exc)}") from None
+        try:
+            port = parts.port
+        except ValueError:  # not quoted: with a '/', '?' or '#' in a password, it is the password
+            raise ValidationError(
+                "webhook URL is malformed: its port is not a number from 1 to 65535"
+            ) from None
         if parts.scheme.lower() not in ("http", "https"):
             shown = parts.scheme or "(none)"
             raise ValidationError(f"webhook URL scheme must be http or https, not {shown}")
