@@ -240,3 +240,30 @@ def test_sign_rejects_bad_message_parts() -> None:
         sign(secret, MSG_ID, 1.5, BODY)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="bytes"):
         sign(secret, MSG_ID, 1, "text")  # type: ignore[arg-type]
+
+
+HUGE = 10**5000  # past float's range and past the digits str() will write
+
+
+@pytest.mark.parametrize(
+    "now", [10**400, -(10**400), HUGE, -HUGE], ids=["1e400", "-1e400", "huge", "-huge"]
+)
+def test_a_now_past_floats_range_is_a_validation_error(now: int) -> None:
+    secret = new_signing_secret()
+    with pytest.raises(ValidationError, match="now must be a finite number"):
+        verify_webhook(secret, headers_for(secret), BODY, now=now)
+
+
+@pytest.mark.parametrize("tolerance", [-HUGE, HUGE, 2**63], ids=["-huge", "huge", "2**63"])
+def test_a_huge_tolerance_is_a_validation_error(tolerance: int) -> None:
+    secret = new_signing_secret()
+    with pytest.raises(ValidationError, match="tolerance"):
+        verify_webhook(secret, headers_for(secret), BODY, tolerance=tolerance)
+
+
+@pytest.mark.parametrize("timestamp", [HUGE, -HUGE, 10**15], ids=["huge", "-huge", "10**15"])
+def test_sign_refuses_a_timestamp_verify_webhook_would_refuse(timestamp: int) -> None:
+    """verify_webhook reads at most 15 digits: a longer timestamp could never be verified."""
+    with pytest.raises(ValidationError, match="timestamp"):
+        sign(new_signing_secret(), MSG_ID, timestamp, BODY)
+    assert sign(new_signing_secret(), MSG_ID, 10**15 - 1, BODY).startswith("v1,")

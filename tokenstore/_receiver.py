@@ -61,8 +61,7 @@ def make_receiver(
     signing_key(secret)  # fail at start-up, not on the first request
     if not callable(on_event):
         raise ValidationError(f"on_event must be a callable, got {type(on_event).__name__}")
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
-        raise ValidationError(f"tolerance must be a non-negative int of seconds, got {tolerance!r}")
+    check_int(tolerance, "tolerance in seconds")
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "tokenstore-receiver"

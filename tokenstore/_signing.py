@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._errors import ValidationError, WebhookVerificationError
+from ._inputs import check_int
 
 __all__ = [
     "new_signing_secret",
@@ -38,7 +39,8 @@ SECRET_PREFIX = "whsec_"
 _SECRET_BYTES = 24  # the size the spec's reference implementations generate
 _BAD_SECRET = "signing secret must look like whsec_<base64>"
 # Timestamps are whole seconds; the cap keeps int() away from absurd inputs.
-_TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
+_TIMESTAMP_DIGITS = 15
+_TIMESTAMP_RE = re.compile(f"[0-9]{{1,{_TIMESTAMP_DIGITS}}}")
 
 
 def new_signing_secret() -> str:
@@ -75,10 +77,8 @@ def _signature_bytes(key: bytes, msg_id: str, timestamp: int | str, body: bytes)
 def _check_message(msg_id: str, timestamp: int, body: bytes) -> None:
     if not isinstance(msg_id, str) or not msg_id:
         raise ValidationError("webhook message id must be a non-empty str")
-    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
-        raise ValidationError(
-            f"webhook timestamp must be a non-negative int (Unix seconds), got {timestamp!r}"
-        )
+    # No longer than verify_webhook reads, or the signature could never be checked.
+    check_int(timestamp, "webhook timestamp (Unix seconds)", maximum=10**_TIMESTAMP_DIGITS - 1)
     if not isinstance(body, bytes):
         raise ValidationError(f"webhook body must be bytes, got {type(body).__name__}")
 
@@ -108,6 +108,20 @@ def _header(headers: Mapping[str, str], wanted: str) -> str:
     raise WebhookVerificationError(f"missing {wanted} header")
 
 
+def _epoch_seconds(now: object) -> float:
+    """``now`` as a float. An int past float's range is refused by its size, as str()
+    cannot write one of over 4,300 digits into the message."""
+    if isinstance(now, bool) or not isinstance(now, int | float):
+        shown = type(now).__name__
+    elif isinstance(now, int) and now.bit_length() > 1000:
+        shown = f"an int of {now.bit_length()} bits"
+    elif math.isfinite(now):
+        return float(now)
+    else:
+        shown = repr(now)
+    raise ValidationError(f"now must be a finite number of seconds since the epoch, got {shown}")
+
+
 def verify_webhook(
     secret: str,
     headers: Mapping[str, str],
@@ -123,14 +137,8 @@ def verify_webhook(
     ``body`` must be the exact bytes received: re-serialised JSON will not
     verify.
     """
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
-        raise ValidationError(f"tolerance must be a non-negative int of seconds, got {tolerance!r}")
-    if now is not None and (
-        isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now)
-    ):
-        raise ValidationError(
-            f"now must be a finite number of seconds since the epoch, got {now!r}"
-        )
+    check_int(tolerance, "tolerance in seconds")
+    current = time.time() if now is None else _epoch_seconds(now)
     if not isinstance(headers, Mapping):
         raise ValidationError(f"headers must be a mapping, got {type(headers).__name__}")
     key = signing_key(secret)
@@ -153,7 +161,6 @@ def verify_webhook(
             "webhook-timestamp header must be an integer number of seconds since the epoch"
         )
     timestamp = int(timestamp_text)
-    current = time.time() if now is None else now
     drift = current - timestamp
     if drift > tolerance:
         raise WebhookVerificationError(
