@@ -267,3 +267,16 @@ def test_sign_refuses_a_timestamp_verify_webhook_would_refuse(timestamp: int) ->
     with pytest.raises(ValidationError, match="timestamp"):
         sign(new_signing_secret(), MSG_ID, timestamp, BODY)
     assert sign(new_signing_secret(), MSG_ID, 10**15 - 1, BODY).startswith("v1,")
+
+
+@pytest.mark.parametrize("name", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+def test_a_signed_header_given_twice_is_refused(name: str) -> None:
+    """Two spellings of one header leave it open which one the application reads: a
+    replayed request with a second ``Webhook-Id`` would verify under the first and pass
+    the second to the application's duplicate check."""
+    secret = new_signing_secret()
+    headers = headers_for(secret)
+    twice = {**headers, name.title(): headers[name]}
+    with pytest.raises(WebhookVerificationError, match=f"{name} header appears more than once"):
+        verify_webhook(secret, twice, BODY)
+    assert verify_webhook(secret, headers, BODY) == json.loads(BODY)

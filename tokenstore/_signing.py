@@ -98,14 +98,21 @@ def signature_header(secrets: Sequence[str], msg_id: str, timestamp: int, body: 
 
 
 def _header(headers: Mapping[str, str], wanted: str) -> str:
-    for name, value in headers.items():
-        if isinstance(name, str) and name.lower() == wanted:
-            if not isinstance(value, str):
-                raise WebhookVerificationError(f"{wanted} header is not text")
-            if not value:
-                raise WebhookVerificationError(f"{wanted} header is empty")
-            return value
-    raise WebhookVerificationError(f"missing {wanted} header")
+    """The one value of a signed header, in any case. Given twice, it is refused: which
+    of the two the application goes on to read (its webhook-id, say) cannot be known."""
+    values = [
+        value for name, value in headers.items() if isinstance(name, str) and name.lower() == wanted
+    ]
+    if not values:
+        raise WebhookVerificationError(f"missing {wanted} header")
+    if len(values) > 1:
+        raise WebhookVerificationError(f"{wanted} header appears more than once")
+    value = values[0]
+    if not isinstance(value, str):
+        raise WebhookVerificationError(f"{wanted} header is not text")
+    if not value:
+        raise WebhookVerificationError(f"{wanted} header is empty")
+    return value
 
 
 def _epoch_seconds(now: object) -> float:
