@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import email.message
 import hashlib
 import hmac
 import json
 import time
 from datetime import UTC, datetime
+from wsgiref.headers import Headers as WSGIHeaders
 
 import pytest
 import standardwebhooks
@@ -280,3 +282,20 @@ def test_a_signed_header_given_twice_is_refused(name: str) -> None:
     with pytest.raises(WebhookVerificationError, match=f"{name} header appears more than once"):
         verify_webhook(secret, twice, BODY)
     assert verify_webhook(secret, headers, BODY) == json.loads(BODY)
+
+
+def test_header_objects_of_the_standard_library_are_read() -> None:
+    """http.server hands a handler an ``email.message.Message``, wsgiref builds ``Headers``:
+    neither is a ``Mapping``, and both hold a header given twice, which is refused."""
+    secret = new_signing_secret()
+    headers = headers_for(secret)
+    message = email.message.Message()
+    for name, value in headers.items():
+        message[name] = value
+    assert verify_webhook(secret, message, BODY) == json.loads(BODY)
+    assert verify_webhook(secret, WSGIHeaders(list(headers.items())), BODY) == json.loads(BODY)
+    message["Webhook-Id"] = "msg_replayed"
+    with pytest.raises(WebhookVerificationError, match="webhook-id header appears more than once"):
+        verify_webhook(secret, message, BODY)
+    with pytest.raises(ValidationError, match="headers must be a mapping"):
+        verify_webhook(secret, list(headers.items()), BODY)  # type: ignore[arg-type]

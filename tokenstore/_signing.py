@@ -21,8 +21,8 @@ import math
 import re
 import secrets as _secrets
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from ._errors import ValidationError, WebhookVerificationError
 from ._inputs import check_int
@@ -97,7 +97,14 @@ def signature_header(secrets: Sequence[str], msg_id: str, timestamp: int, body: 
     return " ".join(sign(secret, msg_id, timestamp, body) for secret in secrets)
 
 
-def _header(headers: Mapping[str, str], wanted: str) -> str:
+class HeaderItems(Protocol):
+    """What ``verify_webhook`` reads headers through: a ``Mapping``, or a header object
+    that is none (``http.server``'s and ``http.client``'s, ``wsgiref``'s, werkzeug's)."""
+
+    def items(self) -> Iterable[tuple[Any, Any]]: ...
+
+
+def _header(headers: HeaderItems, wanted: str) -> str:
     """The one value of a signed header, in any case. Given twice, it is refused: which
     of the two the application goes on to read (its webhook-id, say) cannot be known."""
     values = [
@@ -131,7 +138,7 @@ def _epoch_seconds(now: object) -> float:
 
 def verify_webhook(
     secret: str,
-    headers: Mapping[str, str],
+    headers: HeaderItems,
     body: bytes | str,
     *,
     tolerance: int = 300,
@@ -146,7 +153,7 @@ def verify_webhook(
     """
     check_int(tolerance, "tolerance in seconds")
     current = time.time() if now is None else _epoch_seconds(now)
-    if not isinstance(headers, Mapping):
+    if not callable(getattr(headers, "items", None)):
         raise ValidationError(f"headers must be a mapping, got {type(headers).__name__}")
     key = signing_key(secret)
     if isinstance(body, str):
