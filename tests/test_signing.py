@@ -299,3 +299,16 @@ def test_header_objects_of_the_standard_library_are_read() -> None:
         verify_webhook(secret, message, BODY)
     with pytest.raises(ValidationError, match="headers must be a mapping"):
         verify_webhook(secret, list(headers.items()), BODY)  # type: ignore[arg-type]
+
+
+def test_sign_refuses_a_message_id_that_is_not_unicode() -> None:
+    with pytest.raises(ValidationError, match="message id"):
+        sign(new_signing_secret(), "msg_\ud800", 1, BODY)
+
+
+@pytest.mark.parametrize(
+    "secrets", [5, None, b"whsec_", object()], ids=["int", "None", "bytes", "object"]
+)
+def test_signature_header_refuses_what_is_no_list_of_secrets(secrets: object) -> None:
+    with pytest.raises(ValidationError, match="sequence of signing secrets"):
+        signature_header(secrets, MSG_ID, 1, BODY)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from ._errors import ValidationError, WebhookVerificationError
-from ._inputs import check_int
+from ._inputs import check_int, check_text
 
 __all__ = [
     "new_signing_secret",
@@ -77,6 +77,7 @@ def _signature_bytes(key: bytes, msg_id: str, timestamp: int | str, body: bytes)
 def _check_message(msg_id: str, timestamp: int, body: bytes) -> None:
     if not isinstance(msg_id, str) or not msg_id:
         raise ValidationError("webhook message id must be a non-empty str")
+    check_text(msg_id, "webhook message id")  # it is signed as UTF-8 and sent in a header
     # No longer than verify_webhook reads, or the signature could never be checked.
     check_int(timestamp, "webhook timestamp (Unix seconds)", maximum=10**_TIMESTAMP_DIGITS - 1)
     if not isinstance(body, bytes):
@@ -92,7 +93,7 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 def signature_header(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
     """Sign with every secret, so receivers on either side of a rotation accept the message."""
-    if isinstance(secrets, str) or not secrets:
+    if isinstance(secrets, str | bytes) or not isinstance(secrets, Iterable) or not secrets:
         raise ValidationError("signature_header needs a non-empty sequence of signing secrets")
     return " ".join(sign(secret, msg_id, timestamp, body) for secret in secrets)
 
