@@ -254,3 +254,19 @@ def test_a_small_event_reaches_a_pipe_while_listen_runs(options: tuple[str, ...]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=20)
+
+
+def test_text_output_cannot_be_forged_by_the_id_or_the_type() -> None:
+    """The first line of an event names its id and type, both from the sender: a line
+    break or an escape sequence in them is shown escaped, not obeyed."""
+    proc, url = start_listening()
+    try:
+        reading, lines = start_reading(proc, 3)
+        body = json.dumps({"type": "a\nmsg_forged b verified\x1b[2J"}).encode()
+        assert post_signed(url, "msg_1\x1b]0;title\x07", body) == 204
+        reading.join(10)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert lines[0] == "msg_1\\x1b]0;title\\x07 a\\nmsg_forged b verified\\x1b[2J verified\n"
+    assert lines[1:] == ["{\n", '  "type": "a\\nmsg_forged b verified\\u001b[2J"\n']

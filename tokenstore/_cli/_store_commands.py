@@ -310,7 +310,10 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
         if out.as_json:
             text = json.dumps({"webhook_id": headers.get("webhook-id"), "payload": payload})
         else:
-            text = f"{headers.get('webhook-id')} {payload.get('type')} verified\n"
+            # The sender chose the id and the type: a line break or an escape sequence
+            # in them is shown escaped, or it could forge lines or drive the terminal.
+            shown = f"{headers.get('webhook-id')} {payload.get('type')}"
+            text = f"{one_line(shown)} verified\n"
             text += json.dumps(payload, indent=2)
         with printing:
             sys.stdout.write(text + "\n")
