@@ -433,7 +433,7 @@ def test_connections_beyond_the_bound_are_closed_and_served_again_once_free(
     assert answer.status_code == 405
 
 
-@pytest.mark.parametrize("host", ["", " ", "\t"])
+@pytest.mark.parametrize("host", ["", " ", "\t", "[]", " [ ] "])
 def test_an_empty_host_is_refused_rather_than_listening_everywhere(host: str) -> None:
     """The socket module reads an empty host as every interface: say it, do not guess."""
     with pytest.raises(ValidationError, match=r"0\.0\.0\.0"):

@@ -54,7 +54,8 @@ def make_receiver(
     lower-cased names. Use port 0 to let the OS pick a free port and read it
     back from ``server.server_address``.
     """
-    if not check_text(host, "host").strip():
+    # "[]" too, as the brackets of "[::1]" are dropped before the socket reads the rest.
+    if not check_text(host, "host").strip().strip("[]").strip():
         raise ValidationError("host is empty: name the address to listen on (0.0.0.0 for all)")
     check_int(port, "port", maximum=65535)
     signing_key(secret)  # fail at start-up, not on the first request
