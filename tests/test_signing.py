@@ -312,3 +312,20 @@ def test_sign_refuses_a_message_id_that_is_not_unicode() -> None:
 def test_signature_header_refuses_what_is_no_list_of_secrets(secrets: object) -> None:
     with pytest.raises(ValidationError, match="sequence of signing secrets"):
         signature_header(secrets, MSG_ID, 1, BODY)  # type: ignore[arg-type]
+
+
+def test_a_timestamp_with_leading_zeros_is_signed_as_its_integer() -> None:
+    """The reference libraries parse webhook-timestamp and sign the integer they read, so
+    ``0`` written before it changes no signature; a signature over the zeros matches none."""
+    secret = new_signing_secret()
+    ts = int(time.time())
+    headers = {**headers_for(secret, timestamp=ts), "webhook-timestamp": f"000{ts}"}
+    assert verify_webhook(secret, headers, BODY) == json.loads(BODY)
+    assert standardwebhooks.Webhook(secret).verify(BODY, headers) == json.loads(BODY)
+    key = signing_key(secret)
+    literal = hmac.new(key, f"{MSG_ID}.000{ts}.".encode() + BODY, hashlib.sha256).digest()
+    signed_zeros = {**headers, "webhook-signature": "v1," + base64.b64encode(literal).decode()}
+    with pytest.raises(WebhookVerificationError, match="no v1 signature"):
+        verify_webhook(secret, signed_zeros, BODY)
+    many_zeros = {**headers, "webhook-timestamp": "0" * 40 + str(ts)}
+    assert verify_webhook(secret, many_zeros, BODY) == json.loads(BODY)

@@ -38,9 +38,10 @@ __all__ = [
 SECRET_PREFIX = "whsec_"
 _SECRET_BYTES = 24  # the size the spec's reference implementations generate
 _BAD_SECRET = "signing secret must look like whsec_<base64>"
-# Timestamps are whole seconds; the cap keeps int() away from absurd inputs.
+# Timestamps are whole seconds, in ASCII digits only (int() would read "+1", "1_0" and
+# other scripts' digits); the cap keeps int() away from absurd inputs.
 _TIMESTAMP_DIGITS = 15
-_TIMESTAMP_RE = re.compile(f"[0-9]{{1,{_TIMESTAMP_DIGITS}}}")
+_TIMESTAMP_RE = re.compile(f"0*([0-9]{{1,{_TIMESTAMP_DIGITS}}})")
 
 
 def new_signing_secret() -> str:
@@ -69,7 +70,7 @@ def signing_key(secret: str) -> bytes:
     return key
 
 
-def _signature_bytes(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> bytes:
+def _signature_bytes(key: bytes, msg_id: str, timestamp: int, body: bytes) -> bytes:
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return hmac.new(key, signed, hashlib.sha256).digest()
 
@@ -171,11 +172,12 @@ def verify_webhook(
     timestamp_text = _header(headers, "webhook-timestamp").strip()
     signatures = _header(headers, "webhook-signature")
 
-    if not _TIMESTAMP_RE.fullmatch(timestamp_text):
+    digits = _TIMESTAMP_RE.fullmatch(timestamp_text)
+    if digits is None:
         raise WebhookVerificationError(
             "webhook-timestamp header must be an integer number of seconds since the epoch"
         )
-    timestamp = int(timestamp_text)
+    timestamp = int(digits[1])
     drift = current - timestamp
     if drift > tolerance:
         raise WebhookVerificationError(
@@ -186,9 +188,10 @@ def verify_webhook(
             f"webhook-timestamp is {-drift:.0f} seconds in the future (tolerance {tolerance} s)"
         )
 
-    # Sign the header text as received, as the sender did, not a re-formatted int.
+    # The integer read is signed, as the reference libraries do: leading zeros in the
+    # header change no signature, and a signature over them matches none.
     try:
-        expected = _signature_bytes(key, msg_id, timestamp_text, raw)
+        expected = _signature_bytes(key, msg_id, timestamp, raw)
     except UnicodeEncodeError:
         raise WebhookVerificationError("webhook-id header is not valid Unicode") from None
     checked = 0
