@@ -5,13 +5,16 @@ Each test runs the command in a subprocess on a free 127.0.0.1 port.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -172,3 +175,98 @@ def test_an_ipv6_host_is_listened_on_and_shown_in_brackets(host: str) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=20)
+
+
+def start_listening(*options: str) -> tuple[subprocess.Popen[str], str]:
+    """``tokenstore [options] listen`` on an OS-chosen port, its stdout a pipe as in a
+    script (no PYTHONUNBUFFERED), and the URL it announced."""
+    env = environment(TOKENSTORE_LISTEN_SECRET=SECRET)
+    env.pop("PYTHONUNBUFFERED", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenstore", *options, "listen", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    match = re.match(r"listening on (\S+) ", proc.stderr.readline())
+    assert match, proc.communicate(timeout=20)
+    return proc, match[1]
+
+
+def post_signed(url: str, msg_id: str, body: bytes) -> int:
+    stamp = int(time.time())
+    headers = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": sign(SECRET, msg_id, stamp, body),
+    }
+    return requests.post(url, data=body, headers=headers, timeout=20).status_code
+
+
+def start_reading(proc: subprocess.Popen[str], count: int) -> tuple[threading.Thread, list[str]]:
+    """Read ``count`` lines of stdout in a thread, while the command runs: a pipe nobody
+    reads would fill and stall the command."""
+    lines: list[str] = []
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        while len(lines) < count and (line := proc.stdout.readline()):
+            lines.append(line)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    return thread, lines
+
+
+def test_json_lines_arrive_whole_and_at_once_from_concurrent_events() -> None:
+    """Each event is one JSON line, written in one piece and flushed: events handled at
+    the same time do not interleave, and a script reading the pipe sees each at once."""
+    proc, url = start_listening("--json")
+    try:
+        ids = [f"msg_{n}" for n in range(24)]
+        bodies = {i: json.dumps({"type": "t", "data": i * 2000}).encode() for i in ids}
+        reading, lines = start_reading(proc, len(ids))
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda i: post_signed(url, i, bodies[i]), ids))
+        assert codes == [204] * len(ids)
+        reading.join(10)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert len(lines) == len(ids)
+    shown = [json.loads(line) for line in lines]
+    assert sorted(event["webhook_id"] for event in shown) == sorted(ids)
+    assert all(event["payload"] == json.loads(bodies[event["webhook_id"]]) for event in shown)
+
+
+@pytest.mark.parametrize("options", [("--json",), ()], ids=["json", "text"])
+def test_a_small_event_reaches_a_pipe_while_listen_runs(options: tuple[str, ...]) -> None:
+    """Written to a pipe, stdout is block-buffered: unflushed, a short line would wait
+    there until listen exits, and be lost if it is killed (the README's `kill`)."""
+    proc, url = start_listening(*options)
+    try:
+        reading, lines = start_reading(proc, 1)
+        assert post_signed(url, "msg_small", b'{"type":"note.created"}') == 204
+        reading.join(10)
+        assert lines and "msg_small" in lines[0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+
+
+def test_text_output_cannot_be_forged_by_the_id_or_the_type() -> None:
+    """The first line of an event names its id and type, both from the sender: a line
+    break or an escape sequence in them is shown escaped, not obeyed."""
+    proc, url = start_listening()
+    try:
+        reading, lines = start_reading(proc, 3)
+        body = json.dumps({"type": "a\nmsg_forged b verified\x1b[2J"}).encode()
+        assert post_signed(url, "msg_1\x1b]0;title\x07", body) == 204
+        reading.join(10)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert lines[0] == "msg_1\\x1b]0;title\\x07 a\\nmsg_forged b verified\\x1b[2J verified\n"
+    assert lines[1:] == ["{\n", '  "type": "a\\nmsg_forged b verified\\u001b[2J"\n']

@@ -433,8 +433,20 @@ def test_connections_beyond_the_bound_are_closed_and_served_again_once_free(
     assert answer.status_code == 405
 
 
-@pytest.mark.parametrize("host", ["", " ", "\t"])
+@pytest.mark.parametrize("host", ["", " ", "\t", "[]", " [ ] "])
 def test_an_empty_host_is_refused_rather_than_listening_everywhere(host: str) -> None:
     """The socket module reads an empty host as every interface: say it, do not guess."""
     with pytest.raises(ValidationError, match=r"0\.0\.0\.0"):
         make_receiver(host, 0, SECRET, Events())
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("port", 10**5000), ("port", -(10**5000)), ("tolerance", -(10**5000)), ("tolerance", 2**64)],
+    ids=["port-huge", "port-negative-huge", "tolerance-negative-huge", "tolerance-2**64"],
+)
+def test_huge_integers_are_validation_errors(option: str, value: int) -> None:
+    """str() refuses an int of over 4,300 digits: the message must not need it whole."""
+    options: dict[str, Any] = {"port": 0, option: value}
+    with pytest.raises(ValidationError, match=option):
+        make_receiver("127.0.0.1", secret=SECRET, on_event=Events(), **options)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import email.message
 import hashlib
 import hmac
 import json
 import time
 from datetime import UTC, datetime
+from wsgiref.headers import Headers as WSGIHeaders
 
 import pytest
 import standardwebhooks
@@ -240,3 +242,90 @@ def test_sign_rejects_bad_message_parts() -> None:
         sign(secret, MSG_ID, 1.5, BODY)  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="bytes"):
         sign(secret, MSG_ID, 1, "text")  # type: ignore[arg-type]
+
+
+HUGE = 10**5000  # past float's range and past the digits str() will write
+
+
+@pytest.mark.parametrize(
+    "now", [10**400, -(10**400), HUGE, -HUGE], ids=["1e400", "-1e400", "huge", "-huge"]
+)
+def test_a_now_past_floats_range_is_a_validation_error(now: int) -> None:
+    secret = new_signing_secret()
+    with pytest.raises(ValidationError, match="now must be a finite number"):
+        verify_webhook(secret, headers_for(secret), BODY, now=now)
+
+
+@pytest.mark.parametrize("tolerance", [-HUGE, HUGE, 2**63], ids=["-huge", "huge", "2**63"])
+def test_a_huge_tolerance_is_a_validation_error(tolerance: int) -> None:
+    secret = new_signing_secret()
+    with pytest.raises(ValidationError, match="tolerance"):
+        verify_webhook(secret, headers_for(secret), BODY, tolerance=tolerance)
+
+
+@pytest.mark.parametrize("timestamp", [HUGE, -HUGE, 10**15], ids=["huge", "-huge", "10**15"])
+def test_sign_refuses_a_timestamp_verify_webhook_would_refuse(timestamp: int) -> None:
+    """verify_webhook reads at most 15 digits: a longer timestamp could never be verified."""
+    with pytest.raises(ValidationError, match="timestamp"):
+        sign(new_signing_secret(), MSG_ID, timestamp, BODY)
+    assert sign(new_signing_secret(), MSG_ID, 10**15 - 1, BODY).startswith("v1,")
+
+
+@pytest.mark.parametrize("name", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+def test_a_signed_header_given_twice_is_refused(name: str) -> None:
+    """Two spellings of one header leave it open which one the application reads: a
+    replayed request with a second ``Webhook-Id`` would verify under the first and pass
+    the second to the application's duplicate check."""
+    secret = new_signing_secret()
+    headers = headers_for(secret)
+    twice = {**headers, name.title(): headers[name]}
+    with pytest.raises(WebhookVerificationError, match=f"{name} header appears more than once"):
+        verify_webhook(secret, twice, BODY)
+    assert verify_webhook(secret, headers, BODY) == json.loads(BODY)
+
+
+def test_header_objects_of_the_standard_library_are_read() -> None:
+    """http.server hands a handler an ``email.message.Message``, wsgiref builds ``Headers``:
+    neither is a ``Mapping``, and both hold a header given twice, which is refused."""
+    secret = new_signing_secret()
+    headers = headers_for(secret)
+    message = email.message.Message()
+    for name, value in headers.items():
+        message[name] = value
+    assert verify_webhook(secret, message, BODY) == json.loads(BODY)
+    assert verify_webhook(secret, WSGIHeaders(list(headers.items())), BODY) == json.loads(BODY)
+    message["Webhook-Id"] = "msg_replayed"
+    with pytest.raises(WebhookVerificationError, match="webhook-id header appears more than once"):
+        verify_webhook(secret, message, BODY)
+    with pytest.raises(ValidationError, match="headers must be a mapping"):
+        verify_webhook(secret, list(headers.items()), BODY)  # type: ignore[arg-type]
+
+
+def test_sign_refuses_a_message_id_that_is_not_unicode() -> None:
+    with pytest.raises(ValidationError, match="message id"):
+        sign(new_signing_secret(), "msg_\ud800", 1, BODY)
+
+
+@pytest.mark.parametrize(
+    "secrets", [5, None, b"whsec_", object()], ids=["int", "None", "bytes", "object"]
+)
+def test_signature_header_refuses_what_is_no_list_of_secrets(secrets: object) -> None:
+    with pytest.raises(ValidationError, match="sequence of signing secrets"):
+        signature_header(secrets, MSG_ID, 1, BODY)  # type: ignore[arg-type]
+
+
+def test_a_timestamp_with_leading_zeros_is_signed_as_its_integer() -> None:
+    """The reference libraries parse webhook-timestamp and sign the integer they read, so
+    ``0`` written before it changes no signature; a signature over the zeros matches none."""
+    secret = new_signing_secret()
+    ts = int(time.time())
+    headers = {**headers_for(secret, timestamp=ts), "webhook-timestamp": f"000{ts}"}
+    assert verify_webhook(secret, headers, BODY) == json.loads(BODY)
+    assert standardwebhooks.Webhook(secret).verify(BODY, headers) == json.loads(BODY)
+    key = signing_key(secret)
+    literal = hmac.new(key, f"{MSG_ID}.000{ts}.".encode() + BODY, hashlib.sha256).digest()
+    signed_zeros = {**headers, "webhook-signature": "v1," + base64.b64encode(literal).decode()}
+    with pytest.raises(WebhookVerificationError, match="no v1 signature"):
+        verify_webhook(secret, signed_zeros, BODY)
+    many_zeros = {**headers, "webhook-timestamp": "0" * 40 + str(ts)}
+    assert verify_webhook(secret, many_zeros, BODY) == json.loads(BODY)

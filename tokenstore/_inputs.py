@@ -64,7 +64,9 @@ def check_int(value: object, what: str, *, minimum: int = 0, maximum: int = MAX_
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(f"{what} must be an integer, got {type(value).__name__}")
     if not minimum <= value <= maximum:
-        raise ValidationError(f"{what} must be between {minimum} and {maximum}, got {value}")
+        # str() refuses an int of over 4,300 digits; its size says enough.
+        shown = value if value.bit_length() <= 256 else f"an integer of {value.bit_length()} bits"
+        raise ValidationError(f"{what} must be between {minimum} and {maximum}, got {shown}")
     return value
 
 

@@ -21,10 +21,11 @@ import math
 import re
 import secrets as _secrets
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
 
 from ._errors import ValidationError, WebhookVerificationError
+from ._inputs import check_int, check_text
 
 __all__ = [
     "new_signing_secret",
@@ -37,8 +38,10 @@ __all__ = [
 SECRET_PREFIX = "whsec_"
 _SECRET_BYTES = 24  # the size the spec's reference implementations generate
 _BAD_SECRET = "signing secret must look like whsec_<base64>"
-# Timestamps are whole seconds; the cap keeps int() away from absurd inputs.
-_TIMESTAMP_RE = re.compile(r"[0-9]{1,15}")
+# Timestamps are whole seconds, in ASCII digits only (int() would read "+1", "1_0" and
+# other scripts' digits); the cap keeps int() away from absurd inputs.
+_TIMESTAMP_DIGITS = 15
+_TIMESTAMP_RE = re.compile(f"0*([0-9]{{1,{_TIMESTAMP_DIGITS}}})")
 
 
 def new_signing_secret() -> str:
@@ -67,7 +70,7 @@ def signing_key(secret: str) -> bytes:
     return key
 
 
-def _signature_bytes(key: bytes, msg_id: str, timestamp: int | str, body: bytes) -> bytes:
+def _signature_bytes(key: bytes, msg_id: str, timestamp: int, body: bytes) -> bytes:
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return hmac.new(key, signed, hashlib.sha256).digest()
 
@@ -75,10 +78,9 @@ def _signature_bytes(key: bytes, msg_id: str, timestamp: int | str, body: bytes)
 def _check_message(msg_id: str, timestamp: int, body: bytes) -> None:
     if not isinstance(msg_id, str) or not msg_id:
         raise ValidationError("webhook message id must be a non-empty str")
-    if isinstance(timestamp, bool) or not isinstance(timestamp, int) or timestamp < 0:
-        raise ValidationError(
-            f"webhook timestamp must be a non-negative int (Unix seconds), got {timestamp!r}"
-        )
+    check_text(msg_id, "webhook message id")  # it is signed as UTF-8 and sent in a header
+    # No longer than verify_webhook reads, or the signature could never be checked.
+    check_int(timestamp, "webhook timestamp (Unix seconds)", maximum=10**_TIMESTAMP_DIGITS - 1)
     if not isinstance(body, bytes):
         raise ValidationError(f"webhook body must be bytes, got {type(body).__name__}")
 
@@ -92,25 +94,53 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 def signature_header(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> str:
     """Sign with every secret, so receivers on either side of a rotation accept the message."""
-    if isinstance(secrets, str) or not secrets:
+    if isinstance(secrets, str | bytes) or not isinstance(secrets, Iterable) or not secrets:
         raise ValidationError("signature_header needs a non-empty sequence of signing secrets")
     return " ".join(sign(secret, msg_id, timestamp, body) for secret in secrets)
 
 
-def _header(headers: Mapping[str, str], wanted: str) -> str:
-    for name, value in headers.items():
-        if isinstance(name, str) and name.lower() == wanted:
-            if not isinstance(value, str):
-                raise WebhookVerificationError(f"{wanted} header is not text")
-            if not value:
-                raise WebhookVerificationError(f"{wanted} header is empty")
-            return value
-    raise WebhookVerificationError(f"missing {wanted} header")
+class HeaderItems(Protocol):
+    """What ``verify_webhook`` reads headers through: a ``Mapping``, or a header object
+    that is none (``http.server``'s and ``http.client``'s, ``wsgiref``'s, werkzeug's)."""
+
+    def items(self) -> Iterable[tuple[Any, Any]]: ...
+
+
+def _header(headers: HeaderItems, wanted: str) -> str:
+    """The one value of a signed header, in any case. Given twice, it is refused: which
+    of the two the application goes on to read (its webhook-id, say) cannot be known."""
+    values = [
+        value for name, value in headers.items() if isinstance(name, str) and name.lower() == wanted
+    ]
+    if not values:
+        raise WebhookVerificationError(f"missing {wanted} header")
+    if len(values) > 1:
+        raise WebhookVerificationError(f"{wanted} header appears more than once")
+    value = values[0]
+    if not isinstance(value, str):
+        raise WebhookVerificationError(f"{wanted} header is not text")
+    if not value:
+        raise WebhookVerificationError(f"{wanted} header is empty")
+    return value
+
+
+def _epoch_seconds(now: object) -> float:
+    """``now`` as a float. An int past float's range is refused by its size, as str()
+    cannot write one of over 4,300 digits into the message."""
+    if isinstance(now, bool) or not isinstance(now, int | float):
+        shown = type(now).__name__
+    elif isinstance(now, int) and now.bit_length() > 1000:
+        shown = f"an int of {now.bit_length()} bits"
+    elif math.isfinite(now):
+        return float(now)
+    else:
+        shown = repr(now)
+    raise ValidationError(f"now must be a finite number of seconds since the epoch, got {shown}")
 
 
 def verify_webhook(
     secret: str,
-    headers: Mapping[str, str],
+    headers: HeaderItems,
     body: bytes | str,
     *,
     tolerance: int = 300,
@@ -123,15 +153,9 @@ def verify_webhook(
     ``body`` must be the exact bytes received: re-serialised JSON will not
     verify.
     """
-    if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0:
-        raise ValidationError(f"tolerance must be a non-negative int of seconds, got {tolerance!r}")
-    if now is not None and (
-        isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now)
-    ):
-        raise ValidationError(
-            f"now must be a finite number of seconds since the epoch, got {now!r}"
-        )
-    if not isinstance(headers, Mapping):
+    check_int(tolerance, "tolerance in seconds")
+    current = time.time() if now is None else _epoch_seconds(now)
+    if not callable(getattr(headers, "items", None)):
         raise ValidationError(f"headers must be a mapping, got {type(headers).__name__}")
     key = signing_key(secret)
     if isinstance(body, str):
@@ -148,12 +172,12 @@ def verify_webhook(
     timestamp_text = _header(headers, "webhook-timestamp").strip()
     signatures = _header(headers, "webhook-signature")
 
-    if not _TIMESTAMP_RE.fullmatch(timestamp_text):
+    digits = _TIMESTAMP_RE.fullmatch(timestamp_text)
+    if digits is None:
         raise WebhookVerificationError(
             "webhook-timestamp header must be an integer number of seconds since the epoch"
         )
-    timestamp = int(timestamp_text)
-    current = time.time() if now is None else now
+    timestamp = int(digits[1])
     drift = current - timestamp
     if drift > tolerance:
         raise WebhookVerificationError(
@@ -164,9 +188,10 @@ def verify_webhook(
             f"webhook-timestamp is {-drift:.0f} seconds in the future (tolerance {tolerance} s)"
         )
 
-    # Sign the header text as received, as the sender did, not a re-formatted int.
+    # The integer read is signed, as the reference libraries do: leading zeros in the
+    # header change no signature, and a signature over them matches none.
     try:
-        expected = _signature_bytes(key, msg_id, timestamp_text, raw)
+        expected = _signature_bytes(key, msg_id, timestamp, raw)
     except UnicodeEncodeError:
         raise WebhookVerificationError("webhook-id header is not valid Unicode") from None
     checked = 0

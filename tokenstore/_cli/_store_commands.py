@@ -302,12 +302,22 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
     """``tokenstore.make_receiver``: print each webhook that verifies, until Ctrl-C."""
     from .._receiver import make_receiver
 
+    printing = threading.Lock()
+
     def show(payload: dict[str, Any], headers: Any) -> None:
+        # Events arrive on several threads: each is written whole, under a lock, and
+        # flushed, so a script reading the pipe sees it at once and never half of two.
         if out.as_json:
-            print(json.dumps({"webhook_id": headers.get("webhook-id"), "payload": payload}))
+            text = json.dumps({"webhook_id": headers.get("webhook-id"), "payload": payload})
         else:
-            print(f"{headers.get('webhook-id')} {payload.get('type')} verified", flush=True)
-            print(json.dumps(payload, indent=2), flush=True)
+            # The sender chose the id and the type: a line break or an escape sequence
+            # in them is shown escaped, or it could forge lines or drive the terminal.
+            shown = f"{headers.get('webhook-id')} {payload.get('type')}"
+            text = f"{one_line(shown)} verified\n"
+            text += json.dumps(payload, indent=2)
+        with printing:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
 
     server = make_receiver(args.host, args.port, listen_secret(args), show)
     port = server.server_address[1]
