@@ -32,8 +32,9 @@ from tokenstore._errors import (
     ValidationError,
 )
 from tokenstore._models import APIToken, User
+from tokenstore._request_token import token_from_request
 from tokenstore._times import format_time
-from tokenstore._tokens import Tokens, token_from_request
+from tokenstore._tokens import Tokens
 
 START = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 MS = timedelta(milliseconds=1)

@@ -22,7 +22,7 @@ from ._inputs import (
     check_text,
 )
 from ._netguard import AddressGuard
-from ._tokens import DEFAULT_API_KEY_HEADER
+from ._request_token import DEFAULT_API_KEY_HEADER
 
 
 @dataclass(frozen=True, kw_only=True)

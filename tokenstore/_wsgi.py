@@ -15,8 +15,9 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from ._errors import AuthenticationError, MissingScope, ValidationError
 from ._inputs import check_header_name
+from ._request_token import ARCHIVEBOX_API_KEY_HEADER, token_in
 from ._store import Store
-from ._tokens import ARCHIVEBOX_API_KEY_HEADER, _check_scope, token_in
+from ._tokens import _check_scope
 
 ENVIRON_KEY = "tokenstore.token"
 
