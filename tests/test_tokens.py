@@ -283,6 +283,22 @@ def test_limit_must_be_a_positive_int(ts: Store, bad: Any) -> None:
 # -- authenticating ----------------------------------------------------------------------
 
 
+def test_authenticate_works_on_after_the_connection_was_closed_and_in_other_threads(
+    ts: Store,
+) -> None:
+    """The lookup's cursor is kept per thread and connection: a new connection gets its own."""
+    _, secret = ts.tokens.create(name="ci")
+    assert ts.tokens.authenticate(secret).name == "ci"
+    ts.db.close()  # this thread's connection: the next check opens another
+    assert ts.tokens.authenticate(secret).name == "ci"
+    found: list[str] = []
+    worker = threading.Thread(target=lambda: found.append(ts.tokens.authenticate(secret).name))
+    worker.start()
+    worker.join(timeout=30)
+    assert found == ["ci"]
+    assert ts.tokens.authenticate(secret).name == "ci"
+
+
 def test_authenticate_returns_the_token_as_a_select_would(ts: Store) -> None:
     token, secret = ts.tokens.create(name="ci", scopes=["read"], expires=timedelta(days=1))
     found = ts.tokens.authenticate(secret)

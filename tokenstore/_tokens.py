@@ -68,6 +68,7 @@ _SELECT_BY_DIGEST = (
 )
 _DIGEST_AT = _TOKENS.at["token_digest"]
 _REVOKED_AT = _TOKENS.at["revoked_at"]
+_SCOPES_AT = _TOKENS.at["scopes"]
 
 _TOUCH = (
     f'UPDATE "{_TABLE}" SET "last_used_at" = ? '
@@ -205,6 +206,7 @@ class Tokens:
         # digest -> the row last read for it and its values
         self._converted: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._select_by_digest = db.sql(_SELECT_BY_DIGEST)
+        self._lookup = threading.local()  # per thread: its connection and a cursor on it
         self._touch_sql = db.sql(_TOUCH)
         self._uses: dict[str, datetime] = {}  # stored token id -> its last use, not yet written
         self._uses_lock = threading.Lock()
@@ -330,9 +332,9 @@ class Tokens:
             digest = hashlib.sha256(secret.encode()).hexdigest()
         except UnicodeEncodeError:
             raise InvalidToken("API token is malformed") from None
-        conn = self.db.connection()
+        conn, cursor = self._lookup_cursor()
         try:
-            row = conn.execute(self._select_by_digest, (digest,)).fetchone()
+            row = cursor.execute(self._select_by_digest, (digest,)).fetchone()
         except Exception as exc:
             if (damaged := not_utf8(APIToken, exc, conn)) is None:
                 raise
@@ -348,7 +350,8 @@ class Tokens:
             data, fresh = known[1], False
         else:
             data, fresh = _TOKENS.values(row), True
-            _check_stored_scopes(data)
+            if row[_SCOPES_AT] != "[]":  # no scopes, as most tokens: nothing to check
+                _check_stored_scopes(data)
         now = self.clock()
         if row[_REVOKED_AT] is not None:
             raise RevokedToken(
@@ -374,6 +377,20 @@ class Tokens:
         values = dict(data)  # the caller's to change; the memo's stays as it is
         values["scopes"] = list(data["scopes"])
         return APIToken.from_stored(values, snapshot=data)
+
+    def _lookup_cursor(self) -> tuple[Any, Any]:
+        """This thread's connection, and the cursor the digest lookup runs on.
+
+        The cursor is made once per connection, not per check: beside one
+        indexed SELECT, making and dropping a cursor is a good part of what
+        a check costs in Python. A connection replaced (closed, lost) gets
+        a cursor of its own.
+        """
+        conn = self.db.connection()
+        held = getattr(self._lookup, "held", None)
+        if held is None or held[0] is not conn:
+            held = self._lookup.held = (conn, conn.cursor())
+        return held
 
     def _remember(self, digest: str, row: tuple[Any, ...], data: dict[str, Any]) -> None:
         """Keep a token row's values for the next check of the same row; never to be changed.
