@@ -125,28 +125,22 @@ def statements_during(store: Store, action: Callable[[], Any]) -> list[str]:
         finally:
             conn.set_trace_callback(None)
         return seen
-    cursor = conn.cursor  # psycopg's Connection.execute makes its cursor with it too
+    # Every statement goes through the store's cursor class (Connection.execute makes one
+    # too), cursors made before this call included: its execute is traced, for this
+    # connection's cursors only.
+    factory = conn.cursor_factory
+    original = factory.execute
 
-    class Traced:
-        def __init__(self, made: Any) -> None:
-            self.made = made
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.made, name)
-
-        def __iter__(self) -> Any:
-            return iter(self.made)
-
-        def execute(self, sql: Any, *args: Any, **kwargs: Any) -> Any:
+    def execute(self: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.connection is conn:
             seen.append(str(sql))
-            self.made.execute(sql, *args, **kwargs)
-            return self
+        return original(self, sql, *args, **kwargs)
 
-    conn.cursor = lambda *args, **kwargs: Traced(cursor(*args, **kwargs))
+    factory.execute = execute
     try:
         action()
     finally:
-        del conn.cursor
+        factory.execute = original
     return seen
 
 
