@@ -128,6 +128,14 @@ class _Receiver(BaseHTTPRequestHandler):
         pass
 
 
+def signed_in(app: admin.AdminApp, store: tokenstore.Store) -> Client:
+    """A client signed in with a new ``admin`` token of a new user ``root``."""
+    _, secret = store.tokens.create(store.users.create("root"), name="admin", scopes=["admin"])
+    browser = Client(app)
+    assert browser.sign_in(secret).status == 303
+    return browser
+
+
 @contextmanager
 def receiving() -> Iterator[tuple[str, Received, list[int]]]:
     """An endpoint on 127.0.0.1: its URL, what it received, and ``[status]`` it answers."""

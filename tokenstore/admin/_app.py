@@ -140,6 +140,8 @@ class AdminApp:
             return route.page(visit, error=error, **groups)
         except tokenstore.NotFound as exc:  # a form refused for a hook that is not there either
             raise HTTPError(404, str(exc)) from None
+        except tokenstore.TokenstoreError:  # the page cannot be shown either (a damaged row)
+            raise HTTPError(400, error) from None
 
     def match(self, request: Request) -> tuple[Route, dict[str, str]]:
         allowed: list[str] = []

@@ -1,0 +1,58 @@
+"""The admin page under hostile input: what adversarial probing found, each kept as a test.
+
+Damaged rows, odd request framing, cookies of other applications on the
+same host, and Host headers a browser would never send: each gets a clear
+4xx (or is served as it should be), never a 500 or a traceback.
+"""
+
+from __future__ import annotations
+
+import _db
+import pytest
+from _admin_helpers import Client, signed_in
+
+import tokenstore
+from tokenstore import admin
+
+#: Nothing listens there: a ping fails at once, and a delivery is recorded.
+NOWHERE = "http://127.0.0.1:9/hook"
+
+
+@pytest.fixture
+def client(store: tokenstore.Store) -> Client:
+    return signed_in(admin.make_app(store), store)
+
+
+# -- damaged rows ---------------------------------------------------------------------------
+
+
+@pytest.mark.sqlite_only  # PostgreSQL enforces the columns' types
+def test_a_refused_change_whose_page_is_damaged_too_is_a_400(
+    client: Client, store: tokenstore.Store
+) -> None:
+    """The change fails on a damaged row, and so does the page that would show the error."""
+    hook = store.webhooks.create("broken", tokenstore.User, NOWHERE)
+    sent = store.webhooks.ping(hook)
+    with _db.Raw(store) as raw:
+        raw.execute(
+            "UPDATE tokenstore_outbound_webhook SET last_success = 'garbage' WHERE abid = ?",
+            (hook.abid,),
+        )
+    paths = [f"/webhooks/{hook.abid}/{action}" for action in ("enable", "disable", "ping")]
+    for path in [*paths, f"/webhooks/{hook.abid}/rotate", f"/deliveries/{sent.abid}/redeliver"]:
+        page = client.post(path)
+        assert page.status == 400, (path, page.status)
+        assert "column last_success" in page.text and "Traceback" not in page.text
+
+
+def test_a_payload_nested_too_deep_to_indent_is_shown_as_stored(
+    client: Client, store: tokenstore.Store
+) -> None:
+    sent = store.webhooks.ping(store.webhooks.create("deep", tokenstore.User, NOWHERE))
+    nested = "[" * 100_000 + "]" * 100_000
+    with _db.Raw(store) as raw:
+        raw.execute(
+            "UPDATE tokenstore_webhook_delivery SET payload = ? WHERE abid = ?", (nested, sent.abid)
+        )
+    page = client.get(f"/deliveries/{sent.abid}")
+    assert page.status == 200 and nested in page.text
