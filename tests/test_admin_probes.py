@@ -56,3 +56,27 @@ def test_a_payload_nested_too_deep_to_indent_is_shown_as_stored(
         )
     page = client.get(f"/deliveries/{sent.abid}")
     assert page.status == 200 and nested in page.text
+
+
+# -- headers the page sets ------------------------------------------------------------------
+
+
+def test_a_stored_id_or_a_mount_point_cannot_add_response_headers(store: tokenstore.Store) -> None:
+    """An ABID edited to hold a line break reaches Location; a mount point, Set-Cookie's Path."""
+    hook = store.webhooks.create("forged", tokenstore.User, NOWHERE)
+    with _db.Raw(store) as raw:
+        raw.execute(
+            "UPDATE tokenstore_outbound_webhook SET abid = ? WHERE abid = ?",
+            ("whk_x\r\nSet-Cookie: a=b", hook.abid),
+        )
+    app = admin.make_app(store)
+    administrator = signed_in(app, store)
+    for browser in (administrator, Client(app, script_name="/admin;\r\nX-Evil: 1")):
+        for page in (browser.post("/webhooks/forged/disable"), browser.get("/login")):
+            for name, value in page.headers:
+                assert "\r" not in value and "\n" not in value, (name, value)
+            cookie = page.header("Set-Cookie")
+            attributes = [part.split("=")[0] for part in (cookie or "").split("; ")[1:]]
+            assert cookie is None or attributes == ["Path", "Max-Age", "HttpOnly", "SameSite"]
+    location = administrator.post("/webhooks/forged/enable").header("Location")
+    assert location == "/webhooks/whk_x%0D%0ASet-Cookie%3A%20a%3Db"

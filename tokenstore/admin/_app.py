@@ -18,7 +18,7 @@ import tokenstore
 from tokenstore._models import SYSTEM_USERNAME
 
 from . import _pages as pages
-from ._http import HTTPError, Request, Response, redirect
+from ._http import HTTPError, Request, Response, header_path, redirect
 from ._sessions import SESSION_LIFETIME, SIGN_IN_LIFETIME, Session, Sessions
 from ._templates import environment
 from ._visit import Visit
@@ -229,7 +229,7 @@ class AdminApp:
         value = "" if session is None else session.id
         parts = [
             f"{COOKIE}={value}",
-            f"Path={request.base or '/'}",
+            f"Path={header_path(request.base or '/')}",
             f"Max-Age={max_age}",
             "HttpOnly",
             "SameSite=Strict",

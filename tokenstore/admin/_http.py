@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 #: The largest form body read; the admin forms are far smaller.
@@ -65,7 +65,17 @@ class Response:
 
 def redirect(location: str) -> Response:
     """303 See Other: after a POST the browser GETs the result, so a reload resends nothing."""
-    return Response(303, headers=[("Location", location)])
+    return Response(303, headers=[("Location", header_path(location))])
+
+
+def header_path(path: str) -> str:
+    """A URL path fit for a header: line breaks, spaces, ``;`` and the rest percent-encoded.
+
+    Paths are built from the mount point and from stored ABIDs and names,
+    which a row edited by hand can fill with a line break: written into a
+    header as they are, they would add headers of their own choosing.
+    """
+    return quote(path, safe="/%")
 
 
 class Request:
