@@ -80,3 +80,25 @@ def test_a_stored_id_or_a_mount_point_cannot_add_response_headers(store: tokenst
             assert cookie is None or attributes == ["Path", "Max-Age", "HttpOnly", "SameSite"]
     location = administrator.post("/webhooks/forged/enable").header("Location")
     assert location == "/webhooks/whk_x%0D%0ASet-Cookie%3A%20a%3Db"
+
+
+# -- cookies --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "others",
+    [
+        'prefs={"theme":"dark"}; {}',  # JSON, as many a framework writes it
+        "greeting=hello world; {}",  # a space
+        "expires=1; {}",  # a name SimpleCookie takes for an attribute
+        "name=zoë; {}",  # not ASCII
+        "a@b=1; {}",  # a name SimpleCookie refuses outright
+        "{}; tokenstore_admin=from-another-port",  # the same name, set by another admin page
+        'tokenstore_admin="unterminated; {}',
+    ],
+)
+def test_other_cookies_of_this_host_do_not_hide_the_session(client: Client, others: str) -> None:
+    """On localhost every port shares the cookies; the browser sends the most specific first."""
+    ours = f"tokenstore_admin={client.cookie}"
+    page = client.request("GET", "/", extra={"HTTP_COOKIE": others.replace("{}", ours)})
+    assert page.status == 200, page.header("Location")

@@ -101,7 +101,8 @@ class AdminApp:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
-        session = self.sessions.get(request.cookie(COOKIE))
+        found = (self.sessions.get(value) for value in request.cookies(COOKIE))
+        session = next((s for s in found if s is not None), None)
         try:
             response = self.handle(request, session)
         except HTTPError as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, quote, urlsplit
 from wsgiref.types import StartResponse, WSGIEnvironment
 
@@ -114,13 +113,22 @@ class Request:
         except ValueError:  # an unparseable origin is no proof of coming from here
             return True
 
-    def cookie(self, name: str) -> str | None:
-        try:
-            jar = SimpleCookie(self.environ.get("HTTP_COOKIE", ""))
-        except CookieError:
-            return None
-        morsel = jar.get(name)
-        return None if morsel is None else morsel.value
+    def cookies(self, name: str) -> list[str]:
+        """Every value sent for the cookie ``name``, in the order the browser sent them.
+
+        The header carries the cookies of every application on this host (on
+        localhost, of every port), so one this page cannot parse must not hide
+        its own: ``SimpleCookie`` drops the lot at a value with a space or a
+        quote, and JSON has both. A browser sends the cookie of the longest
+        ``Path`` first, and another admin page on this host may have set one of
+        the same name: the caller tries each.
+        """
+        values = []
+        for pair in self.environ.get("HTTP_COOKIE", "").split(";"):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip() == name:
+                values.append(value.strip().strip('"'))
+        return values
 
     def form(self) -> dict[str, str]:
         """The URL-encoded body of a POST; repeated names keep their first value."""
