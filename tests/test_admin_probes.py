@@ -7,6 +7,8 @@ same host, and Host headers a browser would never send: each gets a clear
 
 from __future__ import annotations
 
+import io
+
 import _db
 import pytest
 from _admin_helpers import Client, signed_in
@@ -102,3 +104,22 @@ def test_other_cookies_of_this_host_do_not_hide_the_session(client: Client, othe
     ours = f"tokenstore_admin={client.cookie}"
     page = client.request("GET", "/", extra={"HTTP_COOKIE": others.replace("{}", ours)})
     assert page.status == 200, page.header("Location")
+
+
+# -- request framing ------------------------------------------------------------------------
+
+
+def test_a_chunked_body_is_refused_even_with_a_content_length(
+    client: Client, store: tokenstore.Store
+) -> None:
+    """Transfer-Encoding wins over Content-Length: the bytes are chunks, not the form."""
+    data = f"a=1&csrf={client.csrf}&username=bob&z=".encode()
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+    extra = {
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+    }
+    page = client.post("/users", extra=extra)
+    assert page.status == 411 and "Transfer-Encoding" in page.text
+    assert "bob" not in [user.username for user in store.users.list()]

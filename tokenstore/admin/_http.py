@@ -163,13 +163,17 @@ class Request:
     def content_length(self) -> int:
         """The body's length, from a Content-Length of plain digits within the cap.
 
-        A body without one (chunked) is refused rather than read as empty, so
-        its fields are never silently lost.
+        A chunked body is refused rather than read as empty, so its fields
+        are never silently lost; and refused when a Content-Length comes
+        with it too, since Transfer-Encoding wins and the bytes that length
+        covers are chunks, not the form.
         """
+        if self.environ.get("HTTP_TRANSFER_ENCODING", "identity").strip().lower() != "identity":
+            raise HTTPError(
+                411, "send the form with a Content-Length header and no Transfer-Encoding"
+            )
         text = (self.environ.get("CONTENT_LENGTH") or "").strip()
         if not text:
-            if self.environ.get("HTTP_TRANSFER_ENCODING"):
-                raise HTTPError(411, "send the form with a Content-Length header")
             return 0
         if not (text.isascii() and text.isdigit()):
             raise HTTPError(400, "Content-Length is not a number")
