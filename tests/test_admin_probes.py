@@ -8,6 +8,7 @@ same host, and Host headers a browser would never send: each gets a clear
 from __future__ import annotations
 
 import io
+from wsgiref.util import setup_testing_defaults
 
 import _db
 import pytest
@@ -123,3 +124,51 @@ def test_a_chunked_body_is_refused_even_with_a_content_length(
     page = client.post("/users", extra=extra)
     assert page.status == 411 and "Transfer-Encoding" in page.text
     assert "bob" not in [user.username for user in store.users.list()]
+
+
+# -- the Host check -------------------------------------------------------------------------
+
+
+def _host_status(store: tokenstore.Store, host: str) -> int:
+    """The status the loopback server's application answers a GET /login with ``host``."""
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    try:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/login", "HTTP_HOST": host}
+        setup_testing_defaults(environ)
+        started: list[str] = []
+        server.get_app()(environ, lambda status, headers, exc_info=None: started.append(status))
+    finally:
+        server.server_close()
+    return int(started[0].split()[0])
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "attacker.example@127.0.0.1",  # user information: the name is the part before
+        "user:password@localhost",
+        "localhost/attacker.example",
+        "localhost?attacker.example",
+        "localhost#attacker.example",
+        "127.0.0.1:80:80",
+        "localhost:-1",
+        "localhost:http",
+        "127.0.0.1\t",
+        ".localhost",
+        "app..localhost",
+        "localhost..",
+    ],
+)
+def test_a_host_header_that_is_not_a_name_and_a_port_is_refused(
+    store: tokenstore.Store, host: str
+) -> None:
+    assert _host_status(store, host) == 400
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost.", "LOCALHOST:8787", "App.Localhost", "[::1]:8787", "127.0.0.1:", "[::1]"]
+)
+def test_names_of_this_machine_in_any_case_with_a_port_or_a_final_dot_pass(
+    store: tokenstore.Store, host: str
+) -> None:
+    assert _host_status(store, host) == 200

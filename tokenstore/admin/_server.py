@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import socket
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import tokenstore
@@ -78,13 +78,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: ``Host`` as HTTP has it: a name or a bracketed IPv6 address, then an optional port of digits.
+#: Nothing else: user information, a path or a second port are no part of a Host.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+(?:%[\w.~-]+)?\]|[^\s\[\]:@/?#\\]*)(?::[0-9]*)?")
+
+
 def _names_this_machine(host: str) -> bool:
-    """Whether a ``Host`` names this machine: localhost, ``*.localhost``, a loopback address."""
-    try:
-        name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
-    except ValueError:  # an unclosed bracket
+    """Whether a ``Host`` names this machine: localhost, ``*.localhost``, a loopback address.
+
+    A Host a browser would not send (``attacker.example@127.0.0.1``) is not
+    parsed leniently into one of ours: it names nothing, and is refused.
+    """
+    found = _HOST.fullmatch(host)
+    if found is None:
         return False
-    return name.endswith(".localhost") or is_loopback(name)  # is_loopback knows localhost
+    name = found[1].lower().removesuffix(".")  # a fully qualified name ends in one dot
+    if name.endswith(".localhost"):
+        return all(name.split("."))  # no empty label
+    return is_loopback(name)  # is_loopback knows localhost
 
 
 class _ThisMachineOnly:
