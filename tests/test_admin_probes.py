@@ -8,6 +8,9 @@ same host, and Host headers a browser would never send: each gets a clear
 from __future__ import annotations
 
 import io
+import socket
+import threading
+import time
 from wsgiref.util import setup_testing_defaults
 
 import _db
@@ -172,3 +175,26 @@ def test_names_of_this_machine_in_any_case_with_a_port_or_a_final_dot_pass(
     store: tokenstore.Store, host: str
 ) -> None:
     assert _host_status(store, host) == 200
+
+
+def test_a_body_shorter_than_its_content_length_is_answered_within_seconds(
+    store: tokenstore.Store,
+) -> None:
+    """The head is in; a body that stops arriving gets its 408 soon, not when the idle wait ends."""
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=60) as sock:
+            started = time.monotonic()
+            sock.sendall(
+                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 100\r\n\r\ncsrf=1"
+            )
+            answer = sock.recv(4096)
+            waited = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.startswith(b"HTTP/1.0 408 "), answer
+    assert waited < 10, waited  # the idle wait for a request is 30 s

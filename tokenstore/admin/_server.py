@@ -39,6 +39,15 @@ _CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)
 
 class _QuietHandler(WSGIRequestHandler):
     timeout = 30  # a client that stalls mid-request must not hold its thread for good
+    #: Once the request's head is in, the longest silence of the client (seconds). A form
+    #: body is a few hundred bytes sent with the head: one that stops arriving gets its
+    #: 408 now, rather than when the idle wait for a request would end.
+    body_timeout = 2.0
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self.connection.settimeout(self.body_timeout)
+        return parsed
 
     def log_message(self, format: str, *args: Any) -> None:
         """One line per request on stderr, as wsgiref does, but without the query string."""
