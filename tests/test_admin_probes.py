@@ -198,3 +198,27 @@ def test_a_body_shorter_than_its_content_length_is_answered_within_seconds(
         server.server_close()
     assert answer.startswith(b"HTTP/1.0 408 "), answer
     assert waited < 10, waited  # the idle wait for a request is 30 s
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [
+        (b"GET /\r\n", b"400"),
+        (b"GET  HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET / HTTP/9.9\r\n\r\n", b"505"),
+    ],
+)
+def test_a_request_line_of_another_http_gets_a_status_line_at_once(
+    store: tokenstore.Store, request_line: bytes, status: bytes
+) -> None:
+    """HTTP/0.9 (a line of two words) is not served: no body-only answer, no wait for headers."""
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+            sock.sendall(request_line)
+            answer = sock.recv(4096)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.startswith(b"HTTP/1.0 " + status + b" "), answer

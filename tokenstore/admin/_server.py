@@ -43,8 +43,18 @@ class _QuietHandler(WSGIRequestHandler):
     #: body is a few hundred bytes sent with the head: one that stops arriving gets its
     #: 408 now, rather than when the idle wait for a request would end.
     body_timeout = 2.0
+    #: What an error found before the request line's version is read is answered as: the
+    #: standard library's default, HTTP/0.9, sends the error page without a status line.
+    default_request_version = "HTTP/1.0"
+    raw_requestline: bytes  # set by WSGIRequestHandler.handle, which typeshed does not say
 
     def parse_request(self) -> bool:
+        """Refuse HTTP/0.9 at once (it has no headers to wait for); then read the head."""
+        if len(self.raw_requestline.split()) == 2:
+            self.command, self.request_version = "", self.default_request_version
+            self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+            self.send_error(400, "HTTP/0.9 requests are not served")
+            return False
         parsed = super().parse_request()
         self.connection.settimeout(self.body_timeout)
         return parsed
