@@ -222,3 +222,15 @@ def test_a_request_line_of_another_http_gets_a_status_line_at_once(
         server.shutdown()
         server.server_close()
     assert answer.startswith(b"HTTP/1.0 " + status + b" "), answer
+
+
+# -- what an answer says --------------------------------------------------------------------
+
+
+def test_a_path_is_read_as_the_utf8_the_browser_sent(client: Client) -> None:
+    """PEP 3333 hands the path over as bytes in Latin-1: a 404 names it as it was typed."""
+    sent = "/webhooks/é\u202e".encode().decode("latin-1")  # what wsgiref puts in PATH_INFO
+    page = client.request("GET", "/", extra={"PATH_INFO": sent})
+    assert page.status == 404 and "no page /webhooks/é\\u202e" in page.text
+    broken = client.request("GET", "/", extra={"PATH_INFO": "/\xff\xfe"})  # not UTF-8
+    assert broken.status == 404 and "no page /\ufffd\ufffd" in broken.text

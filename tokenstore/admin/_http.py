@@ -77,6 +77,18 @@ def header_path(path: str) -> str:
     return quote(path, safe="/%")
 
 
+def _as_sent(text: str) -> str:
+    """A path as the browser sent it: PEP 3333 hands over its bytes as Latin-1, not UTF-8.
+
+    Routes are ASCII, so this changes only what a page says: "no page /é", not
+    "/Ã©". Bytes that are not UTF-8 show as U+FFFD.
+    """
+    try:
+        return text.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a server that decoded it already
+        return text
+
+
 class Request:
     """The parts of a WSGI environ the admin page reads."""
 
@@ -84,7 +96,7 @@ class Request:
         self.environ = environ
         self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
         self.base: str = environ.get("SCRIPT_NAME", "").rstrip("/")
-        self.path: str = environ.get("PATH_INFO", "") or "/"
+        self.path: str = _as_sent(environ.get("PATH_INFO", "")) or "/"
         self.query = {
             key: values[0] for key, values in parse_qs(environ.get("QUERY_STRING", "")).items()
         }
