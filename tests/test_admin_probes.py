@@ -227,6 +227,13 @@ def test_a_request_line_of_another_http_gets_a_status_line_at_once(
 # -- what an answer says --------------------------------------------------------------------
 
 
+def test_an_answer_to_head_has_no_body(client: Client) -> None:
+    """HEAD is not served (405, as tested elsewhere), and HTTP allows no body after HEAD."""
+    page = client.request("HEAD", "/")
+    assert page.status == 405 and page.text == ""
+    assert page.header("Allow") == "GET" and int(page.header("Content-Length") or 0) > 0
+
+
 def test_a_path_is_read_as_the_utf8_the_browser_sent(client: Client) -> None:
     """PEP 3333 hands the path over as bytes in Latin-1: a 404 names it as it was typed."""
     sent = "/webhooks/é\u202e".encode().decode("latin-1")  # what wsgiref puts in PATH_INFO

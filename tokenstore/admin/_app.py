@@ -108,7 +108,8 @@ class AdminApp:
         except HTTPError as exc:
             response = self.error(request, exc.status, exc.message)
             response.headers.extend(exc.headers)
-        return response.send(start_response)
+        body = response.send(start_response)
+        return [] if request.method == "HEAD" else body  # HTTP allows no body after HEAD
 
     def handle(self, request: Request, session: Session | None) -> Response:
         if request.path.startswith("/static/"):
