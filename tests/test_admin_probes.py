@@ -241,3 +241,17 @@ def test_a_path_is_read_as_the_utf8_the_browser_sent(client: Client) -> None:
     assert page.status == 404 and "no page /webhooks/é\\u202e" in page.text
     broken = client.request("GET", "/", extra={"PATH_INFO": "/\xff\xfe"})  # not UTF-8
     assert broken.status == 404 and "no page /\ufffd\ufffd" in broken.text
+
+
+# -- forms ----------------------------------------------------------------------------------
+
+
+def test_a_form_field_whose_escapes_are_not_utf8_is_refused(
+    client: Client, store: tokenstore.Store
+) -> None:
+    """The body is ASCII; what its %-escapes stand for must be UTF-8 too, not turned into U+FFFD."""
+    body = f"csrf={client.csrf}&user=root&name=caf%E9".encode()
+    extra = {"CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}
+    page = client.post("/tokens", extra=extra)
+    assert page.status == 400 and "not UTF-8" in page.text
+    assert [token.name for token in store.tokens.list()] == ["admin"]

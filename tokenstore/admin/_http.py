@@ -153,11 +153,10 @@ class Request:
         if kind != "application/x-www-form-urlencoded":
             raise HTTPError(415, "forms must be sent as application/x-www-form-urlencoded")
         raw = self.body(self.content_length())
-        try:
-            text = raw.decode("utf-8")
+        try:  # the body, and what its %-escapes stand for: never U+FFFD in place of a byte
+            return parse_qs(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
         except UnicodeDecodeError:
             raise HTTPError(400, "form body is not UTF-8") from None
-        return parse_qs(text, keep_blank_values=True)
 
     def body(self, length: int) -> bytes:
         """``length`` bytes of the body, read in as many calls as the server's stream needs."""
