@@ -255,3 +255,22 @@ def test_a_form_field_whose_escapes_are_not_utf8_is_refused(
     page = client.post("/tokens", extra=extra)
     assert page.status == 400 and "not UTF-8" in page.text
     assert [token.name for token in store.tokens.list()] == ["admin"]
+
+
+def test_two_content_lengths_that_differ_are_refused(store: tokenstore.Store) -> None:
+    """The page sees one (wsgiref passes the first); a proxy may have framed by the other."""
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+            sock.sendall(
+                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 6\r\nContent-Length: 3\r\n\r\ncsrf=1"
+            )
+            answer = b"".join(iter(lambda: sock.recv(4096), b""))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.startswith(b"HTTP/1.0 400 "), answer
+    assert b"Content-Length" in answer

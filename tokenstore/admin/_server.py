@@ -49,15 +49,24 @@ class _QuietHandler(WSGIRequestHandler):
     raw_requestline: bytes  # set by WSGIRequestHandler.handle, which typeshed does not say
 
     def parse_request(self) -> bool:
-        """Refuse HTTP/0.9 at once (it has no headers to wait for); then read the head."""
+        """Refuse HTTP/0.9 at once (it has no headers to wait for); then read the head.
+
+        Two Content-Length headers that differ are refused too (RFC 9112): the
+        page would read the body by the first, which wsgiref passes on, while
+        whatever framed the request may have gone by the other.
+        """
         if len(self.raw_requestline.split()) == 2:
             self.command, self.request_version = "", self.default_request_version
             self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
             self.send_error(400, "HTTP/0.9 requests are not served")
             return False
-        parsed = super().parse_request()
+        if not super().parse_request():
+            return False
+        if len({length.strip() for length in self.headers.get_all("Content-Length", [])}) > 1:
+            self.send_error(400, "Content-Length headers that differ")
+            return False
         self.connection.settimeout(self.body_timeout)
-        return parsed
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         """One line per request on stderr, as wsgiref does, but without the query string."""
