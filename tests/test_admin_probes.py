@@ -15,7 +15,8 @@ from wsgiref.util import setup_testing_defaults
 
 import _db
 import pytest
-from _admin_helpers import Client, signed_in
+import requests
+from _admin_helpers import Client, Page, signed_in
 
 import tokenstore
 from tokenstore import admin
@@ -274,3 +275,40 @@ def test_two_content_lengths_that_differ_are_refused(store: tokenstore.Store) ->
         server.server_close()
     assert answer.startswith(b"HTTP/1.0 400 "), answer
     assert b"Content-Length" in answer
+
+
+def test_a_client_that_stops_reading_the_answer_leaves_no_traceback(
+    store: tokenstore.Store, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page larger than the socket buffers, and a client that reads none of it: a hang-up."""
+    from tokenstore.admin import _server
+
+    monkeypatch.setattr(_server._QuietHandler, "body_timeout", 0.3)
+    _, secret = store.tokens.create(store.users.create("root"), scopes=["admin"])
+    sent = store.webhooks.ping(store.webhooks.create("big", tokenstore.User, NOWHERE))
+    with _db.Raw(store) as raw:  # a payload of 8 MB: more than loopback's buffers hold
+        raw.execute(
+            "UPDATE tokenstore_webhook_delivery SET payload = ? WHERE abid = ?",
+            ("x" * 8_000_000, sent.abid),
+        )
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        browser = requests.Session()
+        form = Page(200, [], browser.get(f"{url}/login", timeout=10).content)
+        browser.post(f"{url}/login", {"csrf": form.csrf, "token": secret}, timeout=10)
+        cookie = browser.cookies["tokenstore_admin"]
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(server.server_address[:2])
+            sock.sendall(
+                f"GET /deliveries/{sent.abid} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Cookie: tokenstore_admin={cookie}\r\n\r\n".encode()
+            )
+            time.sleep(2)  # the server gives up writing after 0.3 s without progress
+        assert requests.get(f"{url}/login", timeout=10).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err

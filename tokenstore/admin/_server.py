@@ -16,6 +16,7 @@ the page is reached that way, and lifts the check.
 from __future__ import annotations
 
 import contextlib
+import io
 import ipaddress
 import re
 import socket
@@ -37,16 +38,47 @@ if TYPE_CHECKING:
 _CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 
 
+class _Answer(io.BufferedIOBase):
+    """The stream a response is written to, where a client that stops reading has hung up.
+
+    A write that times out (the client read nothing while the socket's
+    timeout ran) is a ``ConnectionAbortedError``, which wsgiref takes for a
+    client gone, quietly: its own handling of a ``TimeoutError`` would print a
+    traceback and try to answer 500 on a connection nobody reads.
+    """
+
+    def __init__(self, stream: io.BufferedIOBase) -> None:
+        self.stream = stream
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.stream.write(data)
+        except TimeoutError:
+            raise ConnectionAbortedError("the client stopped reading the answer") from None
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        super().close()  # flushes first
+        self.stream.close()
+
+
 class _QuietHandler(WSGIRequestHandler):
     timeout = 30  # a client that stalls mid-request must not hold its thread for good
     #: Once the request's head is in, the longest silence of the client (seconds). A form
     #: body is a few hundred bytes sent with the head: one that stops arriving gets its
-    #: 408 now, rather than when the idle wait for a request would end.
+    #: 408 now, rather than when the idle wait for a request would end; and a client that
+    #: reads nothing of the answer for that long is taken to have hung up.
     body_timeout = 2.0
     #: What an error found before the request line's version is read is answered as: the
     #: standard library's default, HTTP/0.9, sends the error page without a status line.
     default_request_version = "HTTP/1.0"
     raw_requestline: bytes  # set by WSGIRequestHandler.handle, which typeshed does not say
+
+    def setup(self) -> None:
+        super().setup()
+        self.wfile = _Answer(self.wfile)
 
     def parse_request(self) -> bool:
         """Refuse HTTP/0.9 at once (it has no headers to wait for); then read the head.
