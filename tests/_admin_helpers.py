@@ -1,7 +1,8 @@
-"""What the admin page's tests share: a loopback webhook receiver and `tokenstore serve`."""
+"""What the admin page's tests share: a WSGI client, a loopback receiver, `tokenstore serve`."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -13,10 +14,102 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlencode, urlsplit
+from wsgiref.util import setup_testing_defaults
 
 import tokenstore
+from tokenstore import admin
 
 Received = list[tuple[dict[str, str], bytes]]
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+class Page:
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.text = body.decode("utf-8")
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k.lower() == name.lower()), None)
+
+    @property
+    def csrf(self) -> str:
+        found = CSRF.search(self.text)
+        assert found, self.text
+        return found[1]
+
+
+class Client:
+    """A browser of sorts: keeps the session cookie, follows nothing by itself."""
+
+    def __init__(self, app: admin.AdminApp, script_name: str = "") -> None:
+        self.app = app
+        self.script_name = script_name
+        self.cookie: str | None = None
+        self.csrf = ""
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        form: dict[str, str] | None = None,
+        csrf: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> Page:
+        """``extra`` environ entries (headers, a raw body) override what the form would set."""
+        target = urlsplit(path)
+        environ: dict[str, Any] = {
+            "REQUEST_METHOD": method,
+            "SCRIPT_NAME": self.script_name,
+            "PATH_INFO": target.path,
+            "QUERY_STRING": target.query,
+        }
+        if self.cookie:
+            environ["HTTP_COOKIE"] = f"tokenstore_admin={self.cookie}"
+        if method == "POST":
+            fields = dict(form or {})
+            if csrf:
+                fields.setdefault("csrf", self.csrf)
+            body = urlencode(fields).encode()
+            environ["CONTENT_TYPE"] = "application/x-www-form-urlencoded"
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ["wsgi.input"] = io.BytesIO(body)
+        environ.update(extra or {})
+        setup_testing_defaults(environ)
+        started: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None):
+            started.extend([status, headers])
+
+        body = b"".join(self.app(environ, start_response))
+        page = Page(int(started[0].split()[0]), started[1], body)
+        cookie = page.header("Set-Cookie")
+        if cookie:
+            self.cookie = cookie.split(";")[0].split("=", 1)[1] or None
+        found = CSRF.search(page.text)
+        if found:
+            self.csrf = found[1]
+        return page
+
+    def get(self, path: str) -> Page:
+        return self.request("GET", path)
+
+    def post(
+        self,
+        path: str,
+        form: dict[str, str] | None = None,
+        csrf: bool = True,
+        extra: dict[str, Any] | None = None,
+    ) -> Page:
+        return self.request("POST", path, form, csrf, extra)
+
+    def sign_in(self, secret: str) -> Page:
+        self.get("/login")
+        page = self.post("/login", {"token": secret})
+        if page.status == 303:
+            self.get("/")  # the signed-in session's pages carry its own CSRF token
+        return page
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -33,6 +126,14 @@ class _Receiver(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+
+def signed_in(app: admin.AdminApp, store: tokenstore.Store) -> Client:
+    """A client signed in with a new ``admin`` token of a new user ``root``."""
+    _, secret = store.tokens.create(store.users.create("root"), name="admin", scopes=["admin"])
+    browser = Client(app)
+    assert browser.sign_in(secret).status == 303
+    return browser
 
 
 @contextmanager

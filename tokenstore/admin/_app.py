@@ -18,7 +18,7 @@ import tokenstore
 from tokenstore._models import SYSTEM_USERNAME
 
 from . import _pages as pages
-from ._http import HTTPError, Request, Response, redirect
+from ._http import HTTPError, Request, Response, header_path, redirect
 from ._sessions import SESSION_LIFETIME, SIGN_IN_LIFETIME, Session, Sessions
 from ._templates import environment
 from ._visit import Visit
@@ -101,13 +101,15 @@ class AdminApp:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
-        session = self.sessions.get(request.cookie(COOKIE))
+        found = (self.sessions.get(value) for value in request.cookies(COOKIE))
+        session = next((s for s in found if s is not None), None)
         try:
             response = self.handle(request, session)
         except HTTPError as exc:
             response = self.error(request, exc.status, exc.message)
             response.headers.extend(exc.headers)
-        return response.send(start_response)
+        body = response.send(start_response)
+        return [] if request.method == "HEAD" else body  # HTTP allows no body after HEAD
 
     def handle(self, request: Request, session: Session | None) -> Response:
         if request.path.startswith("/static/"):
@@ -140,6 +142,8 @@ class AdminApp:
             return route.page(visit, error=error, **groups)
         except tokenstore.NotFound as exc:  # a form refused for a hook that is not there either
             raise HTTPError(404, str(exc)) from None
+        except tokenstore.TokenstoreError:  # the page cannot be shown either (a damaged row)
+            raise HTTPError(400, error) from None
 
     def match(self, request: Request) -> tuple[Route, dict[str, str]]:
         allowed: list[str] = []
@@ -227,7 +231,7 @@ class AdminApp:
         value = "" if session is None else session.id
         parts = [
             f"{COOKIE}={value}",
-            f"Path={request.base or '/'}",
+            f"Path={header_path(request.base or '/')}",
             f"Max-Age={max_age}",
             "HttpOnly",
             "SameSite=Strict",

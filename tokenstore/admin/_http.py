@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.cookies import CookieError, SimpleCookie
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 #: The largest form body read; the admin forms are far smaller.
@@ -65,7 +64,29 @@ class Response:
 
 def redirect(location: str) -> Response:
     """303 See Other: after a POST the browser GETs the result, so a reload resends nothing."""
-    return Response(303, headers=[("Location", location)])
+    return Response(303, headers=[("Location", header_path(location))])
+
+
+def header_path(path: str) -> str:
+    """A URL path fit for a header: line breaks, spaces, ``;`` and the rest percent-encoded.
+
+    Paths are built from the mount point and from stored ABIDs and names,
+    which a row edited by hand can fill with a line break: written into a
+    header as they are, they would add headers of their own choosing.
+    """
+    return quote(path, safe="/%")
+
+
+def _as_sent(text: str) -> str:
+    """A path as the browser sent it: PEP 3333 hands over its bytes as Latin-1, not UTF-8.
+
+    Routes are ASCII, so this changes only what a page says: "no page /é", not
+    "/Ã©". Bytes that are not UTF-8 show as U+FFFD.
+    """
+    try:
+        return text.encode("latin-1").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a server that decoded it already
+        return text
 
 
 class Request:
@@ -75,7 +96,7 @@ class Request:
         self.environ = environ
         self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
         self.base: str = environ.get("SCRIPT_NAME", "").rstrip("/")
-        self.path: str = environ.get("PATH_INFO", "") or "/"
+        self.path: str = _as_sent(environ.get("PATH_INFO", "")) or "/"
         self.query = {
             key: values[0] for key, values in parse_qs(environ.get("QUERY_STRING", "")).items()
         }
@@ -104,13 +125,22 @@ class Request:
         except ValueError:  # an unparseable origin is no proof of coming from here
             return True
 
-    def cookie(self, name: str) -> str | None:
-        try:
-            jar = SimpleCookie(self.environ.get("HTTP_COOKIE", ""))
-        except CookieError:
-            return None
-        morsel = jar.get(name)
-        return None if morsel is None else morsel.value
+    def cookies(self, name: str) -> list[str]:
+        """Every value sent for the cookie ``name``, in the order the browser sent them.
+
+        The header carries the cookies of every application on this host (on
+        localhost, of every port), so one this page cannot parse must not hide
+        its own: ``SimpleCookie`` drops the lot at a value with a space or a
+        quote, and JSON has both. A browser sends the cookie of the longest
+        ``Path`` first, and another admin page on this host may have set one of
+        the same name: the caller tries each.
+        """
+        values = []
+        for pair in self.environ.get("HTTP_COOKIE", "").split(";"):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip() == name:
+                values.append(value.strip().strip('"'))
+        return values
 
     def form(self) -> dict[str, str]:
         """The URL-encoded body of a POST; repeated names keep their first value."""
@@ -123,11 +153,10 @@ class Request:
         if kind != "application/x-www-form-urlencoded":
             raise HTTPError(415, "forms must be sent as application/x-www-form-urlencoded")
         raw = self.body(self.content_length())
-        try:
-            text = raw.decode("utf-8")
+        try:  # the body, and what its %-escapes stand for: never U+FFFD in place of a byte
+            return parse_qs(raw.decode("utf-8"), keep_blank_values=True, errors="strict")
         except UnicodeDecodeError:
             raise HTTPError(400, "form body is not UTF-8") from None
-        return parse_qs(text, keep_blank_values=True)
 
     def body(self, length: int) -> bytes:
         """``length`` bytes of the body, read in as many calls as the server's stream needs."""
@@ -145,13 +174,17 @@ class Request:
     def content_length(self) -> int:
         """The body's length, from a Content-Length of plain digits within the cap.
 
-        A body without one (chunked) is refused rather than read as empty, so
-        its fields are never silently lost.
+        A chunked body is refused rather than read as empty, so its fields
+        are never silently lost; and refused when a Content-Length comes
+        with it too, since Transfer-Encoding wins and the bytes that length
+        covers are chunks, not the form.
         """
+        if self.environ.get("HTTP_TRANSFER_ENCODING", "identity").strip().lower() != "identity":
+            raise HTTPError(
+                411, "send the form with a Content-Length header and no Transfer-Encoding"
+            )
         text = (self.environ.get("CONTENT_LENGTH") or "").strip()
         if not text:
-            if self.environ.get("HTTP_TRANSFER_ENCODING"):
-                raise HTTPError(411, "send the form with a Content-Length header")
             return 0
         if not (text.isascii() and text.isdigit()):
             raise HTTPError(400, "Content-Length is not a number")

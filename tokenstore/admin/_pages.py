@@ -367,7 +367,7 @@ def delivery(visit: Visit, abid: str, error: str = "") -> Response:
     hook = store.webhooks.get(sent.hook.abid)
     try:
         payload = json.dumps(json.loads(sent.payload), indent=2, ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         payload = sent.payload
     # A hook keeps only its latest response body, and only with keep_last_response.
     latest = sent.last_attempt_at is not None and sent.last_attempt_at in (

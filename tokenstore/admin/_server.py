@@ -16,12 +16,13 @@ the page is reached that way, and lifts the check.
 from __future__ import annotations
 
 import contextlib
+import io
 import ipaddress
+import re
 import socket
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import tokenstore
@@ -37,8 +38,67 @@ if TYPE_CHECKING:
 _CONTROL = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 
 
+class _Answer(io.BufferedIOBase):
+    """The stream a response is written to, where a client that stops reading has hung up.
+
+    A write that times out (the client read nothing while the socket's
+    timeout ran) is a ``ConnectionAbortedError``, which wsgiref takes for a
+    client gone, quietly: its own handling of a ``TimeoutError`` would print a
+    traceback and try to answer 500 on a connection nobody reads.
+    """
+
+    def __init__(self, stream: io.BufferedIOBase) -> None:
+        self.stream = stream
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.stream.write(data)
+        except TimeoutError:
+            raise ConnectionAbortedError("the client stopped reading the answer") from None
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        super().close()  # flushes first
+        self.stream.close()
+
+
 class _QuietHandler(WSGIRequestHandler):
     timeout = 30  # a client that stalls mid-request must not hold its thread for good
+    #: Once the request's head is in, the longest silence of the client (seconds). A form
+    #: body is a few hundred bytes sent with the head: one that stops arriving gets its
+    #: 408 now, rather than when the idle wait for a request would end; and a client that
+    #: reads nothing of the answer for that long is taken to have hung up.
+    body_timeout = 2.0
+    #: What an error found before the request line's version is read is answered as: the
+    #: standard library's default, HTTP/0.9, sends the error page without a status line.
+    default_request_version = "HTTP/1.0"
+    raw_requestline: bytes  # set by WSGIRequestHandler.handle, which typeshed does not say
+
+    def setup(self) -> None:
+        super().setup()
+        self.wfile = _Answer(self.wfile)
+
+    def parse_request(self) -> bool:
+        """Refuse HTTP/0.9 at once (it has no headers to wait for); then read the head.
+
+        Two Content-Length headers that differ are refused too (RFC 9112): the
+        page would read the body by the first, which wsgiref passes on, while
+        whatever framed the request may have gone by the other.
+        """
+        if len(self.raw_requestline.split()) == 2:
+            self.command, self.request_version = "", self.default_request_version
+            self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+            self.send_error(400, "HTTP/0.9 requests are not served")
+            return False
+        if not super().parse_request():
+            return False
+        if len({length.strip() for length in self.headers.get_all("Content-Length", [])}) > 1:
+            self.send_error(400, "Content-Length headers that differ")
+            return False
+        self.connection.settimeout(self.body_timeout)
+        return True
 
     def log_message(self, format: str, *args: Any) -> None:
         """One line per request on stderr, as wsgiref does, but without the query string."""
@@ -78,13 +138,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: ``Host`` as HTTP has it: a name or a bracketed IPv6 address, then an optional port of digits.
+#: Nothing else: user information, a path or a second port are no part of a Host.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+(?:%[\w.~-]+)?\]|[^\s\[\]:@/?#\\]*)(?::[0-9]*)?")
+
+
 def _names_this_machine(host: str) -> bool:
-    """Whether a ``Host`` names this machine: localhost, ``*.localhost``, a loopback address."""
-    try:
-        name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
-    except ValueError:  # an unclosed bracket
+    """Whether a ``Host`` names this machine: localhost, ``*.localhost``, a loopback address.
+
+    A Host a browser would not send (``attacker.example@127.0.0.1``) is not
+    parsed leniently into one of ours: it names nothing, and is refused.
+    """
+    found = _HOST.fullmatch(host)
+    if found is None:
         return False
-    return name.endswith(".localhost") or is_loopback(name)  # is_loopback knows localhost
+    name = found[1].lower().removesuffix(".")  # a fully qualified name ends in one dot
+    if name.endswith(".localhost"):
+        return all(name.split("."))  # no empty label
+    return is_loopback(name)  # is_loopback knows localhost
 
 
 class _ThisMachineOnly:

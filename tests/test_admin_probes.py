@@ -1,0 +1,314 @@
+"""The admin page under hostile input: what adversarial probing found, each kept as a test.
+
+Damaged rows, odd request framing, cookies of other applications on the
+same host, and Host headers a browser would never send: each gets a clear
+4xx (or is served as it should be), never a 500 or a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from wsgiref.util import setup_testing_defaults
+
+import _db
+import pytest
+import requests
+from _admin_helpers import Client, Page, signed_in
+
+import tokenstore
+from tokenstore import admin
+
+#: Nothing listens there: a ping fails at once, and a delivery is recorded.
+NOWHERE = "http://127.0.0.1:9/hook"
+
+
+@pytest.fixture
+def client(store: tokenstore.Store) -> Client:
+    return signed_in(admin.make_app(store), store)
+
+
+# -- damaged rows ---------------------------------------------------------------------------
+
+
+@pytest.mark.sqlite_only  # PostgreSQL enforces the columns' types
+def test_a_refused_change_whose_page_is_damaged_too_is_a_400(
+    client: Client, store: tokenstore.Store
+) -> None:
+    """The change fails on a damaged row, and so does the page that would show the error."""
+    hook = store.webhooks.create("broken", tokenstore.User, NOWHERE)
+    sent = store.webhooks.ping(hook)
+    with _db.Raw(store) as raw:
+        raw.execute(
+            "UPDATE tokenstore_outbound_webhook SET last_success = 'garbage' WHERE abid = ?",
+            (hook.abid,),
+        )
+    paths = [f"/webhooks/{hook.abid}/{action}" for action in ("enable", "disable", "ping")]
+    for path in [*paths, f"/webhooks/{hook.abid}/rotate", f"/deliveries/{sent.abid}/redeliver"]:
+        page = client.post(path)
+        assert page.status == 400, (path, page.status)
+        assert "column last_success" in page.text and "Traceback" not in page.text
+
+
+def test_a_payload_nested_too_deep_to_indent_is_shown_as_stored(
+    client: Client, store: tokenstore.Store
+) -> None:
+    sent = store.webhooks.ping(store.webhooks.create("deep", tokenstore.User, NOWHERE))
+    nested = "[" * 100_000 + "]" * 100_000
+    with _db.Raw(store) as raw:
+        raw.execute(
+            "UPDATE tokenstore_webhook_delivery SET payload = ? WHERE abid = ?", (nested, sent.abid)
+        )
+    page = client.get(f"/deliveries/{sent.abid}")
+    assert page.status == 200 and nested in page.text
+
+
+# -- headers the page sets ------------------------------------------------------------------
+
+
+def test_a_stored_id_or_a_mount_point_cannot_add_response_headers(store: tokenstore.Store) -> None:
+    """An ABID edited to hold a line break reaches Location; a mount point, Set-Cookie's Path."""
+    hook = store.webhooks.create("forged", tokenstore.User, NOWHERE)
+    with _db.Raw(store) as raw:
+        raw.execute(
+            "UPDATE tokenstore_outbound_webhook SET abid = ? WHERE abid = ?",
+            ("whk_x\r\nSet-Cookie: a=b", hook.abid),
+        )
+    app = admin.make_app(store)
+    administrator = signed_in(app, store)
+    for browser in (administrator, Client(app, script_name="/admin;\r\nX-Evil: 1")):
+        for page in (browser.post("/webhooks/forged/disable"), browser.get("/login")):
+            for name, value in page.headers:
+                assert "\r" not in value and "\n" not in value, (name, value)
+            cookie = page.header("Set-Cookie")
+            attributes = [part.split("=")[0] for part in (cookie or "").split("; ")[1:]]
+            assert cookie is None or attributes == ["Path", "Max-Age", "HttpOnly", "SameSite"]
+    location = administrator.post("/webhooks/forged/enable").header("Location")
+    assert location == "/webhooks/whk_x%0D%0ASet-Cookie%3A%20a%3Db"
+
+
+# -- cookies --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "others",
+    [
+        'prefs={"theme":"dark"}; {}',  # JSON, as many a framework writes it
+        "greeting=hello world; {}",  # a space
+        "expires=1; {}",  # a name SimpleCookie takes for an attribute
+        "name=zoë; {}",  # not ASCII
+        "a@b=1; {}",  # a name SimpleCookie refuses outright
+        "{}; tokenstore_admin=from-another-port",  # the same name, set by another admin page
+        'tokenstore_admin="unterminated; {}',
+    ],
+)
+def test_other_cookies_of_this_host_do_not_hide_the_session(client: Client, others: str) -> None:
+    """On localhost every port shares the cookies; the browser sends the most specific first."""
+    ours = f"tokenstore_admin={client.cookie}"
+    page = client.request("GET", "/", extra={"HTTP_COOKIE": others.replace("{}", ours)})
+    assert page.status == 200, page.header("Location")
+
+
+# -- request framing ------------------------------------------------------------------------
+
+
+def test_a_chunked_body_is_refused_even_with_a_content_length(
+    client: Client, store: tokenstore.Store
+) -> None:
+    """Transfer-Encoding wins over Content-Length: the bytes are chunks, not the form."""
+    data = f"a=1&csrf={client.csrf}&username=bob&z=".encode()
+    body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+    extra = {
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+    }
+    page = client.post("/users", extra=extra)
+    assert page.status == 411 and "Transfer-Encoding" in page.text
+    assert "bob" not in [user.username for user in store.users.list()]
+
+
+# -- the Host check -------------------------------------------------------------------------
+
+
+def _host_status(store: tokenstore.Store, host: str) -> int:
+    """The status the loopback server's application answers a GET /login with ``host``."""
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    try:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/login", "HTTP_HOST": host}
+        setup_testing_defaults(environ)
+        started: list[str] = []
+        server.get_app()(environ, lambda status, headers, exc_info=None: started.append(status))
+    finally:
+        server.server_close()
+    return int(started[0].split()[0])
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "attacker.example@127.0.0.1",  # user information: the name is the part before
+        "user:password@localhost",
+        "localhost/attacker.example",
+        "localhost?attacker.example",
+        "localhost#attacker.example",
+        "127.0.0.1:80:80",
+        "localhost:-1",
+        "localhost:http",
+        "127.0.0.1\t",
+        ".localhost",
+        "app..localhost",
+        "localhost..",
+    ],
+)
+def test_a_host_header_that_is_not_a_name_and_a_port_is_refused(
+    store: tokenstore.Store, host: str
+) -> None:
+    assert _host_status(store, host) == 400
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost.", "LOCALHOST:8787", "App.Localhost", "[::1]:8787", "127.0.0.1:", "[::1]"]
+)
+def test_names_of_this_machine_in_any_case_with_a_port_or_a_final_dot_pass(
+    store: tokenstore.Store, host: str
+) -> None:
+    assert _host_status(store, host) == 200
+
+
+def test_a_body_shorter_than_its_content_length_is_answered_within_seconds(
+    store: tokenstore.Store,
+) -> None:
+    """The head is in; a body that stops arriving gets its 408 soon, not when the idle wait ends."""
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=60) as sock:
+            started = time.monotonic()
+            sock.sendall(
+                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 100\r\n\r\ncsrf=1"
+            )
+            answer = sock.recv(4096)
+            waited = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.startswith(b"HTTP/1.0 408 "), answer
+    assert waited < 10, waited  # the idle wait for a request is 30 s
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [
+        (b"GET /\r\n", b"400"),
+        (b"GET  HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET / HTTP/9.9\r\n\r\n", b"505"),
+    ],
+)
+def test_a_request_line_of_another_http_gets_a_status_line_at_once(
+    store: tokenstore.Store, request_line: bytes, status: bytes
+) -> None:
+    """HTTP/0.9 (a line of two words) is not served: no body-only answer, no wait for headers."""
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+            sock.sendall(request_line)
+            answer = sock.recv(4096)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.startswith(b"HTTP/1.0 " + status + b" "), answer
+
+
+# -- what an answer says --------------------------------------------------------------------
+
+
+def test_an_answer_to_head_has_no_body(client: Client) -> None:
+    """HEAD is not served (405, as tested elsewhere), and HTTP allows no body after HEAD."""
+    page = client.request("HEAD", "/")
+    assert page.status == 405 and page.text == ""
+    assert page.header("Allow") == "GET" and int(page.header("Content-Length") or 0) > 0
+
+
+def test_a_path_is_read_as_the_utf8_the_browser_sent(client: Client) -> None:
+    """PEP 3333 hands the path over as bytes in Latin-1: a 404 names it as it was typed."""
+    sent = "/webhooks/é\u202e".encode().decode("latin-1")  # what wsgiref puts in PATH_INFO
+    page = client.request("GET", "/", extra={"PATH_INFO": sent})
+    assert page.status == 404 and "no page /webhooks/é\\u202e" in page.text
+    broken = client.request("GET", "/", extra={"PATH_INFO": "/\xff\xfe"})  # not UTF-8
+    assert broken.status == 404 and "no page /\ufffd\ufffd" in broken.text
+
+
+# -- forms ----------------------------------------------------------------------------------
+
+
+def test_a_form_field_whose_escapes_are_not_utf8_is_refused(
+    client: Client, store: tokenstore.Store
+) -> None:
+    """The body is ASCII; what its %-escapes stand for must be UTF-8 too, not turned into U+FFFD."""
+    body = f"csrf={client.csrf}&user=root&name=caf%E9".encode()
+    extra = {"CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}
+    page = client.post("/tokens", extra=extra)
+    assert page.status == 400 and "not UTF-8" in page.text
+    assert [token.name for token in store.tokens.list()] == ["admin"]
+
+
+def test_two_content_lengths_that_differ_are_refused(store: tokenstore.Store) -> None:
+    """The page sees one (wsgiref passes the first); a proxy may have framed by the other."""
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+            sock.sendall(
+                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 6\r\nContent-Length: 3\r\n\r\ncsrf=1"
+            )
+            answer = b"".join(iter(lambda: sock.recv(4096), b""))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answer.startswith(b"HTTP/1.0 400 "), answer
+    assert b"Content-Length" in answer
+
+
+def test_a_client_that_stops_reading_the_answer_leaves_no_traceback(
+    store: tokenstore.Store, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page larger than the socket buffers, and a client that reads none of it: a hang-up."""
+    from tokenstore.admin import _server
+
+    monkeypatch.setattr(_server._QuietHandler, "body_timeout", 0.3)
+    _, secret = store.tokens.create(store.users.create("root"), scopes=["admin"])
+    sent = store.webhooks.ping(store.webhooks.create("big", tokenstore.User, NOWHERE))
+    with _db.Raw(store) as raw:  # a payload of 8 MB: more than loopback's buffers hold
+        raw.execute(
+            "UPDATE tokenstore_webhook_delivery SET payload = ? WHERE abid = ?",
+            ("x" * 8_000_000, sent.abid),
+        )
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        browser = requests.Session()
+        form = Page(200, [], browser.get(f"{url}/login", timeout=10).content)
+        browser.post(f"{url}/login", {"csrf": form.csrf, "token": secret}, timeout=10)
+        cookie = browser.cookies["tokenstore_admin"]
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(server.server_address[:2])
+            sock.sendall(
+                f"GET /deliveries/{sent.abid} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Cookie: tokenstore_admin={cookie}\r\n\r\n".encode()
+            )
+            time.sleep(2)  # the server gives up writing after 0.3 s without progress
+        assert requests.get(f"{url}/login", timeout=10).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err
