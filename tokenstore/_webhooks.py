@@ -265,7 +265,12 @@ class Webhooks:
         names the kinds of change sent (``CREATE``, ``UPDATE``, ``DELETE``,
         ``M2M`` or a combination such as ``CREATE_OR_UPDATE``); ``headers``
         and ``auth_token`` (the Authorization header) go with every request
-        and stay private; ``created_by`` defaults to the system user. The
+        and stay private, but for the headers that identify, sign and frame
+        the message (``webhook-id``, ``webhook-timestamp``,
+        ``webhook-signature``, ``User-Agent``, ``Content-Length``,
+        ``Transfer-Encoding``): tokenstore sends its own of those (and no
+        Transfer-Encoding) whatever the hook holds, so a hook imported with one
+        keeps working; ``created_by`` defaults to the system user. The
         hook's signing secret is ``hook.secret``: give it to the receiver.
         An endpoint at an address the guard refuses raises BlockedAddress.
         """
