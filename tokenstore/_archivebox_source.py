@@ -1,0 +1,220 @@
+"""Reading an ArchiveBox 0.8 ``index.sqlite3``: opening it without writing, checking it, its values.
+
+What the file holds and how Django wrote it (naive UTC times, ids as 32 hex
+digits, encrypted auth tokens) is described in docs/archivebox.md; this
+module turns it into rows and Python values, or says why it cannot.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ._abid import ABID
+from ._errors import InvalidABID, ValidationError
+
+USERS = "auth_user"
+TOKENS = "api_apitoken"
+HOOKS = "api_outboundwebhook"
+
+#: The columns the import reads; a file without them is not an ArchiveBox 0.8 database.
+COLUMNS: Mapping[str, tuple[str, ...]] = {
+    USERS: ("id", "username", "is_superuser", "date_joined"),
+    TOKENS: ("id", "abid", "token", "created_at", "modified_at", "expires", "created_by_id"),
+    HOOKS: (
+        "id",
+        "abid",
+        "name",
+        "signal",
+        "ref",
+        "endpoint",
+        "headers",
+        "auth_token",
+        "enabled",
+        "keep_last_response",
+        "last_response",
+        "last_success",
+        "last_failure",
+        "created_at",
+        "modified_at",
+        "updated",
+        "created_by_id",
+    ),
+}
+#: The ``api`` app's migrations that made the tables as 0.8 has them.
+_API_MIGRATIONS = tuple(f"{n:04d}" for n in range(1, 10))
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_WAL_FORMAT = 2  # bytes 18 and 19 of the header: 1 for rollback journal, 2 for WAL
+_NONCE_BYTES = 12
+
+
+class RowRefused(Exception):
+    """This row cannot be taken; the message says why."""
+
+
+# -- reading the source ---------------------------------------------------------------------
+
+
+def source_path(path: str | os.PathLike[str]) -> Path:
+    source = Path(path)
+    try:
+        if source.is_dir():
+            source = source / "index.sqlite3"  # an ArchiveBox data folder
+        found = source.is_file()
+    except OSError as exc:  # a name too long, say
+        raise ValidationError(f"cannot read {source}: {exc.strerror}") from None
+    if not found:
+        raise ValidationError(f"{source}: no such file (expected ArchiveBox's index.sqlite3)")
+    return source
+
+
+def open_source(source: Path) -> sqlite3.Connection:
+    """Open the file for reading only, leaving nothing beside it.
+
+    A WAL-mode file with no ``-wal`` has nothing outside the main file, and
+    SQLite would create ``-wal`` and ``-shm`` files to open it even read-only:
+    it is opened as immutable instead. Otherwise read-only, so that changes
+    still in a ``-wal`` are seen; if that fails (a read-only folder), immutable
+    too, unless the ``-wal`` holds changes that immutable would miss.
+    """
+    with source.open("rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(_SQLITE_HEADER):
+        raise ValidationError(f"{source} is not an ArchiveBox 0.8 database: it is not SQLite")
+    wal = source.with_name(source.name + "-wal")
+    pending = wal.exists() and wal.stat().st_size > 0
+    uri = source.resolve().as_uri()
+    immutable = f"{uri}?mode=ro&immutable=1"
+    if header[18] == _WAL_FORMAT and not wal.exists():
+        return sqlite3.connect(immutable, uri=True)
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if pending:
+            raise ValidationError(
+                f"{source} cannot be opened read-only ({exc}) and its -wal file holds "
+                "changes that would be missed: copy the folder somewhere writable and "
+                "import the copy"
+            ) from None
+    return sqlite3.connect(immutable, uri=True)
+
+
+def check_source(conn: sqlite3.Connection, source: Path) -> None:
+    """Refuse, before anything is written, a file that is not an ArchiveBox 0.8 database."""
+    not_it = f"{source} is not an ArchiveBox 0.8 database"
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        raise ValidationError(f"{not_it}: {exc}") from None
+    for table in ("django_migrations", *COLUMNS):
+        if table not in tables:
+            raise ValidationError(f"{not_it}: it has no {table} table")
+    applied = {
+        str(name)[:4]
+        for (name,) in conn.execute("SELECT name FROM django_migrations WHERE app = 'api'")
+    }
+    missing = [number for number in _API_MIGRATIONS if number not in applied]
+    if missing:
+        raise ValidationError(
+            f"{not_it}: the api app's migrations {', '.join(missing)} were not applied "
+            "(older ArchiveBox versions keep no ABIDs; run ArchiveBox 0.8 on it first)"
+        )
+    for table, wanted in COLUMNS.items():
+        have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+        lacking = [column for column in wanted if column not in have]
+        if lacking:
+            raise ValidationError(f"{not_it}: {table} has no column {', '.join(lacking)}")
+
+
+def read_rows(conn: sqlite3.Connection, table: str) -> list[sqlite3.Row]:
+    columns = ", ".join(f'"{column}"' for column in COLUMNS[table])
+    order = "id" if table == USERS else "created_at, id"
+    return list(conn.execute(f'SELECT {columns} FROM "{table}" ORDER BY {order}'))
+
+
+# -- converting values ----------------------------------------------------------------------
+
+
+def stored_time(value: Any, column: str) -> datetime:
+    """Django's ``YYYY-MM-DD HH:MM:SS[.ffffff]``, naive UTC, as tokenstore's aware UTC.
+
+    The fraction is missing when the microsecond is 0; ``fromisoformat`` takes both.
+    """
+    if not isinstance(value, str):
+        raise RowRefused(f"{column} is not a date and time: {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise RowRefused(f"{column} is not a date and time: {value!r}") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def optional_time(value: Any, column: str) -> datetime | None:
+    return None if value is None else stored_time(value, column)
+
+
+def stored_uuid(value: Any) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise RowRefused(f"id {value!r} is not a UUID") from None
+
+
+def stored_abid(value: Any, prefix: str) -> str:
+    if value is None:
+        raise RowRefused("it has no ABID")
+    try:
+        return str(ABID.parse(value, prefix=prefix))
+    except InvalidABID as exc:
+        raise RowRefused(f"its ABID is not valid: {exc}") from None
+
+
+def decrypter(cipher_key: str | None) -> Callable[[str], str] | None:
+    """How django-signal-webhooks' encrypted auth tokens are read, given its CIPHER_KEY.
+
+    The stored value is ``base64(nonce (12 bytes) || AES-GCM ciphertext || tag)``,
+    the key ``base64decode(CIPHER_KEY)``.
+    """
+    if cipher_key is None:
+        return None
+    try:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        raise ValidationError(
+            "decrypting webhook auth tokens (the cipher key) needs the cryptography "
+            "package: pip install 'tokenstore[archivebox]'"
+        ) from None
+    try:
+        key = base64.b64decode(cipher_key, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError("the cipher key is not base64 (SIGNAL_WEBHOOKS CIPHER_KEY)") from None
+    if len(key) not in (16, 24, 32):
+        raise ValidationError(
+            f"the cipher key must decode to 16, 24 or 32 bytes for AES, got {len(key)}"
+        )
+    cipher = AESGCM(key)
+
+    def decrypt(stored: str) -> str:
+        try:
+            data = base64.b64decode(stored, validate=True)
+            plain = cipher.decrypt(data[:_NONCE_BYTES], data[_NONCE_BYTES:], None)
+            return plain.decode("utf-8")
+        except (binascii.Error, ValueError, InvalidTag):
+            raise RowRefused(
+                "its auth token cannot be decrypted with the given cipher key: set it "
+                "again with webhooks.update(hook, auth_token=...), then enable the hook"
+            ) from None
+
+    return decrypt
