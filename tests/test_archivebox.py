@@ -802,3 +802,72 @@ def test_user_model_is_untouched_by_a_refused_import(tmp_path: Path) -> None:
         with pytest.raises(ValidationError):
             store.import_archivebox(make_not_archivebox("text", tmp_path / "t"))
         assert list(User.select()) == before
+
+
+# -- a damaged or busy source ---------------------------------------------------------------
+
+
+def test_a_table_that_cannot_be_read_is_refused_before_anything_is_written(
+    store: Store, tmp_path: Path
+) -> None:
+    """A view over a table that is gone: SQLite fails only when it is read."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.conn.execute("DROP TABLE api_apitoken")
+    box.conn.execute("CREATE VIEW api_apitoken AS SELECT * FROM gone")
+    box.close()
+    before = rows(store)
+    with pytest.raises(ValidationError, match=r"index\.sqlite3 cannot be read: .*gone"):
+        store.import_archivebox(box.path)
+    assert rows(store) == before
+
+
+def test_a_damaged_file_is_refused_before_anything_is_written(store: Store, tmp_path: Path) -> None:
+    source = standard(tmp_path)
+    data = bytearray(source.read_bytes())
+    data[4096:] = b"\xff" * (len(data) - 4096)  # every page but the first, the schema's
+    source.write_bytes(bytes(data))
+    before = rows(store)
+    with pytest.raises(ValidationError, match=r"index\.sqlite3 cannot be read: .*malformed"):
+        store.import_archivebox(source)
+    assert rows(store) == before
+
+
+def test_text_that_is_not_utf8_or_a_blob_refuses_its_row_naming_the_column(
+    store: Store, tmp_path: Path
+) -> None:
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.user(2, "bytes")
+    box.token("a" * 32)
+    box.token("b" * 32)
+    box.hook("kept", "api.models.APIToken", "https://a.example/")
+    box.conn.execute("UPDATE auth_user SET username = x'6279746573' WHERE id = 2")
+    box.conn.execute(
+        "UPDATE api_apitoken SET token = CAST(x'ff61' AS TEXT) WHERE token = ?", ("a" * 32,)
+    )
+    box.conn.execute("UPDATE api_outboundwebhook SET last_response = CAST(x'61ff62' AS TEXT)")
+    box.close()
+    report = store.import_archivebox(box.path)
+    reasons = {n.table: n.reason for n in report.refused}
+    assert reasons == {
+        "auth_user": "username holds a BLOB",
+        "api_apitoken": "token holds text that is not UTF-8",
+    }
+    assert store.tokens.authenticate("b" * 32)
+    # ArchiveBox kept whatever a receiver answered: that much is kept, readable.
+    assert store.webhooks.get("kept").last_response == "a\ufffdb"
+
+
+def test_a_file_locked_by_a_writer_is_refused_not_read_under_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """ArchiveBox writing (rollback journal): what the file holds now may be half a change."""
+    source = standard(tmp_path)
+    writer = sqlite3.connect(source, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(ValidationError, match="is locked by another program"):
+            store.import_archivebox(source)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert store.tokens.list() == []

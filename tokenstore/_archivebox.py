@@ -34,10 +34,12 @@ from ._archivebox_source import (
     USERS,
     RowRefused,
     check_source,
+    check_values,
     decrypter,
     open_source,
     optional_time,
     read_rows,
+    response_text,
     source_path,
     stored_abid,
     stored_time,
@@ -124,8 +126,9 @@ class _Importer:
             (HOOKS, self.take_hook, _describe_hook),
         ):
             counts = self.report.counts[table]
-            for row in read_rows(conn, table):
+            for row in read_rows(conn, self.report.source, table):
                 try:
+                    check_values(row)
                     imported = take(row)
                 except (RowRefused, TokenstoreError) as exc:
                     counts.refused += 1
@@ -264,7 +267,7 @@ class _Importer:
             auth_token=auth_token,
             enabled=not reasons,
             keep_last_response=bool(row["keep_last_response"]),
-            last_response=storable(str(row["last_response"] or "")),
+            last_response=storable(response_text(row["last_response"])),
             last_success=optional_time(row["last_success"], "last_success"),
             last_failure=optional_time(row["last_failure"], "last_failure"),
             secret=new_signing_secret(),

@@ -94,20 +94,38 @@ def open_source(source: Path) -> sqlite3.Connection:
     uri = source.resolve().as_uri()
     immutable = f"{uri}?mode=ro&immutable=1"
     if header[18] == _WAL_FORMAT and not wal.exists():
-        return sqlite3.connect(immutable, uri=True)
-    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+        return _connect(immutable)
+    conn = _connect(f"{uri}?mode=ro")
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return conn
     except sqlite3.DatabaseError as exc:
         conn.close()
+        if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            # Read as immutable under a writer, the file may hold half of its change.
+            raise ValidationError(
+                f"{source} is locked by another program (ArchiveBox writing to it?): "
+                "try again when it has finished"
+            ) from None
         if pending:
             raise ValidationError(
                 f"{source} cannot be opened read-only ({exc}) and its -wal file holds "
                 "changes that would be missed: copy the folder somewhere writable and "
                 "import the copy"
             ) from None
-    return sqlite3.connect(immutable, uri=True)
+    return _connect(immutable)
+
+
+def _connect(uri: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True)
+    # Text that is no UTF-8 comes through (as lone surrogates) to check_values, which
+    # refuses its row naming the column, instead of failing the whole table's SELECT.
+    conn.text_factory = _lenient_text
+    return conn
+
+
+def _lenient_text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
 
 
 def check_source(conn: sqlite3.Connection, source: Path) -> None:
@@ -120,6 +138,13 @@ def check_source(conn: sqlite3.Connection, source: Path) -> None:
     for table in ("django_migrations", *COLUMNS):
         if table not in tables:
             raise ValidationError(f"{not_it}: it has no {table} table")
+    try:
+        _check_tables(conn, not_it)
+    except sqlite3.Error as exc:  # a damaged page, a view over a table that is gone
+        raise ValidationError(f"{source} cannot be read: {exc}") from None
+
+
+def _check_tables(conn: sqlite3.Connection, not_it: str) -> None:
     applied = {
         str(name)[:4]
         for (name,) in conn.execute("SELECT name FROM django_migrations WHERE app = 'api'")
@@ -137,10 +162,39 @@ def check_source(conn: sqlite3.Connection, source: Path) -> None:
             raise ValidationError(f"{not_it}: {table} has no column {', '.join(lacking)}")
 
 
-def read_rows(conn: sqlite3.Connection, table: str) -> list[sqlite3.Row]:
+def read_rows(conn: sqlite3.Connection, source: Path, table: str) -> list[sqlite3.Row]:
     columns = ", ".join(f'"{column}"' for column in COLUMNS[table])
     order = "id" if table == USERS else "created_at, id"
-    return list(conn.execute(f'SELECT {columns} FROM "{table}" ORDER BY {order}'))
+    try:
+        return list(conn.execute(f'SELECT {columns} FROM "{table}" ORDER BY {order}'))
+    except sqlite3.Error as exc:  # a damaged page; a writer that took the lock meanwhile
+        raise ValidationError(f"{source} cannot be read: {exc}") from None
+
+
+def check_values(row: sqlite3.Row) -> None:
+    """Refuse a row with a BLOB or with text that is no UTF-8, which Django never writes.
+
+    A hook's ``last_response`` is what a receiver answered, whatever it was:
+    ``response_text`` keeps it readable instead.
+    """
+    for column, value in zip(row.keys(), row, strict=True):
+        if column == "last_response":
+            continue
+        if isinstance(value, bytes):
+            raise RowRefused(f"{column} holds a BLOB")
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RowRefused(f"{column} holds text that is not UTF-8") from None
+
+
+def response_text(value: Any) -> str:
+    """A hook's last response as text, any bytes that are no UTF-8 replaced."""
+    if value is None:
+        return ""
+    data = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+    return data.decode("utf-8", "replace")
 
 
 # -- converting values ----------------------------------------------------------------------
