@@ -871,3 +871,42 @@ def test_a_file_locked_by_a_writer_is_refused_not_read_under_it(
         writer.execute("ROLLBACK")
         writer.close()
     assert store.tokens.list() == []
+
+
+# -- values Django never writes -------------------------------------------------------------
+
+
+def test_values_django_never_writes_refuse_their_row_naming_the_column(
+    store: Store, tmp_path: Path
+) -> None:
+    """A time past year 9999 in UTC, a flag that is not 0/1, a ref that is NULL."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.user(2, "flagged")
+    box.token("a" * 32)
+    box.token("b" * 32)
+    box.hook("nulref", "api.models.APIToken", "https://a.example/")
+    box.hook("flag", "api.models.APIToken", "https://b.example/")
+    box.conn.execute("UPDATE auth_user SET is_superuser = 'yes' WHERE id = 2")
+    box.conn.execute(
+        "UPDATE api_apitoken SET expires = '9999-12-31 23:00:00-05:00' WHERE token = ?",
+        ("a" * 32,),
+    )
+    for statement in (  # the NOT NULL of ref, as a hand-edited copy may lack it
+        "CREATE TABLE hooks AS SELECT * FROM api_outboundwebhook",
+        "DROP TABLE api_outboundwebhook",
+        "ALTER TABLE hooks RENAME TO api_outboundwebhook",
+        "UPDATE api_outboundwebhook SET ref = NULL WHERE name = 'nulref'",
+        "UPDATE api_outboundwebhook SET enabled = ' ' WHERE name = 'flag'",
+    ):
+        box.conn.execute(statement)
+    box.close()
+    report = store.import_archivebox(box.path)
+    reasons = sorted((n.table, n.reason) for n in report.refused)
+    assert reasons == [
+        ("api_apitoken", "expires is out of range: '9999-12-31 23:00:00-05:00'"),
+        ("api_outboundwebhook", "enabled is not 0 or 1: ' '"),
+        ("api_outboundwebhook", "ref is not text: None"),
+        ("auth_user", "is_superuser is not 0 or 1: 'yes'"),
+    ]
+    assert [u.username for u in store.users.list()] == ["system"]
+    assert store.tokens.authenticate("b" * 32)

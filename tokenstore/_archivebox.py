@@ -42,6 +42,8 @@ from ._archivebox_source import (
     response_text,
     source_path,
     stored_abid,
+    stored_flag,
+    stored_text,
     stored_time,
     stored_uuid,
 )
@@ -152,7 +154,8 @@ class _Importer:
             self.owners[row["id"]] = existing.id
             return False
         joined = stored_time(row["date_joined"], "date_joined")
-        user = self.users.create(row["username"], superuser=bool(row["is_superuser"]))
+        superuser = stored_flag(row["is_superuser"], "is_superuser")
+        user = self.users.create(row["username"], superuser=superuser)
         user.created_at = to_stored_time(joined)
         user.save()
         self.owners[row["id"]] = user.id
@@ -217,8 +220,10 @@ class _Importer:
         abid = stored_abid(row["abid"], OutboundWebhook.abid_prefix)
         if OutboundWebhook.get_or_none(OutboundWebhook.abid == abid) is not None:
             raise RowRefused(f"another webhook already has the ABID {abid}")
-        reasons = [] if row["enabled"] else ["disabled in ArchiveBox"]
-        ref = row["ref"]
+        enabled = stored_flag(row["enabled"], "enabled")
+        keep_last_response = stored_flag(row["keep_last_response"], "keep_last_response")
+        reasons = [] if enabled else ["disabled in ArchiveBox"]
+        ref = stored_text(row["ref"], "ref")
         target = self.ref_map.get(ref)
         if target is None:
             reasons.append(
@@ -266,7 +271,7 @@ class _Importer:
             headers=headers,
             auth_token=auth_token,
             enabled=not reasons,
-            keep_last_response=bool(row["keep_last_response"]),
+            keep_last_response=keep_last_response,
             last_response=storable(response_text(row["last_response"])),
             last_success=optional_time(row["last_success"], "last_success"),
             last_failure=optional_time(row["last_failure"], "last_failure"),

@@ -211,7 +211,25 @@ def stored_time(value: Any, column: str) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise RowRefused(f"{column} is not a date and time: {value!r}") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # an offset that moves it before year 1 or past 9999
+        raise RowRefused(f"{column} is out of range: {value!r}") from None
+
+
+def stored_flag(value: Any, column: str) -> bool:
+    """Django's 0 or 1; anything else (``'yes'``, ``' '``) is not read as true."""
+    if value not in (0, 1) or isinstance(value, float):
+        raise RowRefused(f"{column} is not 0 or 1: {value!r}")
+    return bool(value)
+
+
+def stored_text(value: Any, column: str) -> str:
+    if not isinstance(value, str):
+        raise RowRefused(f"{column} is not text: {value!r}")
+    return value
 
 
 def optional_time(value: Any, column: str) -> datetime | None:
