@@ -910,3 +910,28 @@ def test_values_django_never_writes_refuse_their_row_naming_the_column(
     ]
     assert [u.username for u in store.users.list()] == ["system"]
     assert store.tokens.authenticate("b" * 32)
+
+
+def test_notes_show_odd_values_quoted_on_one_line_and_cut(store: Store, tmp_path: Path) -> None:
+    """A note names the row and the column; 100 kB of it, or a line break, helps nobody."""
+    huge = "x" * 100_000
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.user(2, huge)
+    box.token("a" * 32)
+    box.token("b" * 32, abid="apt_\nforged line")
+    box.hook(huge, "api.models.APIToken", "https://a.example/")
+    box.hook("odd ref", "core.models.Snapshot\nforged: line", "https://b.example/")
+    box.conn.execute(
+        "UPDATE api_apitoken SET created_by_id = ? || char(10) || 'forged' WHERE token = ?",
+        (huge, "a" * 32),
+    )
+    box.conn.execute("UPDATE api_outboundwebhook SET created_at = ? WHERE name = ?", (huge, huge))
+    box.close()
+    report = store.import_archivebox(box.path)
+    notes = report.refused + report.disabled
+    assert len(report.refused) == 4 and len(report.disabled) == 1
+    for note in notes:
+        assert "\n" not in note.row + note.reason
+        assert len(note.row) < 120 and len(note.reason) < 600
+    (disabled,) = report.disabled
+    assert "its model 'core.models.Snapshot\\nforged: line' is not mapped" in disabled.reason

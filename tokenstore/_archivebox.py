@@ -36,10 +36,13 @@ from ._archivebox_source import (
     check_source,
     check_values,
     decrypter,
+    named,
     open_source,
     optional_time,
     read_rows,
+    reason,
     response_text,
+    shown,
     source_path,
     stored_abid,
     stored_flag,
@@ -134,7 +137,7 @@ class _Importer:
                     imported = take(row)
                 except (RowRefused, TokenstoreError) as exc:
                     counts.refused += 1
-                    self.report.refused.append(RowNote(table, describe(row), str(exc)))
+                    self.report.refused.append(RowNote(table, describe(row), reason(str(exc))))
                     continue
                 if imported:
                     counts.imported += 1
@@ -144,7 +147,8 @@ class _Importer:
     def owner(self, row: sqlite3.Row) -> int:
         owner = self.owners.get(row["created_by_id"])
         if owner is None:
-            raise RowRefused(f"its owner (auth_user id {row['created_by_id']}) was not imported")
+            owner_id = shown(row["created_by_id"])
+            raise RowRefused(f"its owner (auth_user id {owner_id}) was not imported")
         return owner
 
     def take_user(self, row: sqlite3.Row) -> bool:
@@ -227,8 +231,8 @@ class _Importer:
         target = self.ref_map.get(ref)
         if target is None:
             reasons.append(
-                f"its model {ref} is not mapped to a registered one (map it with "
-                f"--map {ref}=module.Model or ref_map; afterwards point the hook at a "
+                f"its model {named(ref)} is not mapped to a registered one (map it with "
+                f"--map {named(ref)}=module.Model or ref_map; afterwards point the hook at a "
                 "model with webhooks.update(hook, ref=...) and enable it)"
             )
         else:
@@ -283,18 +287,20 @@ class _Importer:
         self.validator(hook, judge_target=False)
         OutboundWebhook.insert(hook.__data__).execute()
         if reasons:
-            self.report.disabled.append(RowNote(HOOKS, _describe_hook(row), hook.disabled_reason))
+            self.report.disabled.append(
+                RowNote(HOOKS, _describe_hook(row), reason(hook.disabled_reason))
+            )
         self.written.append(hook_id)
         return True
 
 
 def _describe_user(row: sqlite3.Row) -> str:
-    return f"id {row['id']} ({row['username']!r})"
+    return f"id {named(row['id'])} ({shown(row['username'])})"
 
 
 def _describe_abid_row(row: sqlite3.Row) -> str:
     """A token or hook by its ABID, else its id: never by the token itself."""
-    return str(row["abid"] or f"id {row['id']}")
+    return named(row["abid"]) if row["abid"] else f"id {named(row['id'])}"
 
 
 def _without_credentials(url: Any) -> tuple[Any, str]:
@@ -320,7 +326,7 @@ def _without_credentials(url: Any) -> tuple[Any, str]:
 
 
 def _describe_hook(row: sqlite3.Row) -> str:
-    return f"{_describe_abid_row(row)} ({row['name']!r})"
+    return f"{_describe_abid_row(row)} ({shown(row['name'])})"
 
 
 def import_archivebox(

@@ -199,6 +199,31 @@ def response_text(value: Any) -> str:
 
 # -- converting values ----------------------------------------------------------------------
 
+#: The most characters of a value a note shows; the rest is left out (it may be 100 kB).
+_SHOWN = 60
+#: The most characters of a reason a note keeps (other modules' messages quote values too).
+_REASON = 400
+
+
+def shown(value: Any) -> str:
+    """A value as a note shows it: quoted (so a line break stays ``\\n``), and cut."""
+    text = repr(value)
+    if len(text) <= _SHOWN:
+        return text
+    return f"{text[: _SHOWN - 10]}… ({len(text)} characters)"
+
+
+def named(value: Any) -> str:
+    """An ABID, id or model path as it is, unless it is odd: then ``shown``."""
+    if isinstance(value, str) and value.isprintable() and " " not in value and value:
+        return value if len(value) <= _SHOWN else shown(value)
+    return shown(value)
+
+
+def reason(text: str) -> str:
+    """A reason for a note, cut; the start says what was wrong and where."""
+    return text if len(text) <= _REASON else f"{text[: _REASON - 1]}…"
+
 
 def stored_time(value: Any, column: str) -> datetime:
     """Django's ``YYYY-MM-DD HH:MM:SS[.ffffff]``, naive UTC, as tokenstore's aware UTC.
@@ -206,29 +231,29 @@ def stored_time(value: Any, column: str) -> datetime:
     The fraction is missing when the microsecond is 0; ``fromisoformat`` takes both.
     """
     if not isinstance(value, str):
-        raise RowRefused(f"{column} is not a date and time: {value!r}")
+        raise RowRefused(f"{column} is not a date and time: {shown(value)}")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise RowRefused(f"{column} is not a date and time: {value!r}") from None
+        raise RowRefused(f"{column} is not a date and time: {shown(value)}") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     try:
         return parsed.astimezone(UTC)
     except OverflowError:  # an offset that moves it before year 1 or past 9999
-        raise RowRefused(f"{column} is out of range: {value!r}") from None
+        raise RowRefused(f"{column} is out of range: {shown(value)}") from None
 
 
 def stored_flag(value: Any, column: str) -> bool:
     """Django's 0 or 1; anything else (``'yes'``, ``' '``) is not read as true."""
     if value not in (0, 1) or isinstance(value, float):
-        raise RowRefused(f"{column} is not 0 or 1: {value!r}")
+        raise RowRefused(f"{column} is not 0 or 1: {shown(value)}")
     return bool(value)
 
 
 def stored_text(value: Any, column: str) -> str:
     if not isinstance(value, str):
-        raise RowRefused(f"{column} is not text: {value!r}")
+        raise RowRefused(f"{column} is not text: {shown(value)}")
     return value
 
 
@@ -240,7 +265,7 @@ def stored_uuid(value: Any) -> uuid.UUID:
     try:
         return uuid.UUID(str(value))
     except ValueError:
-        raise RowRefused(f"id {value!r} is not a UUID") from None
+        raise RowRefused(f"id {shown(value)} is not a UUID") from None
 
 
 def stored_abid(value: Any, prefix: str) -> str:
