@@ -935,3 +935,24 @@ def test_notes_show_odd_values_quoted_on_one_line_and_cut(store: Store, tmp_path
         assert len(note.row) < 120 and len(note.reason) < 600
     (disabled,) = report.disabled
     assert "its model 'core.models.Snapshot\\nforged: line' is not mapped" in disabled.reason
+
+
+def test_a_second_row_with_an_id_already_read_is_refused_not_counted_present(
+    store: Store, tmp_path: Path
+) -> None:
+    """A copy without its primary keys may repeat an id; the second token would be lost."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    for statement in (
+        "CREATE TABLE copy AS SELECT * FROM api_apitoken",
+        "DROP TABLE api_apitoken",
+        "ALTER TABLE copy RENAME TO api_apitoken",
+    ):
+        box.conn.execute(statement)
+    box.token("a" * 32, id_=TOKEN_ID, abid=TOKEN_ABID)
+    box.token("b" * 32, id_=TOKEN_ID, created=T2)
+    box.close()
+    report = store.import_archivebox(box.path)
+    assert vars(report.counts["api_apitoken"]) == {"imported": 1, "present": 0, "refused": 1}
+    (note,) = report.refused
+    assert note.reason == "another row of api_apitoken has the same id"
+    assert store.tokens.authenticate("a" * 32).id == TOKEN_ID

@@ -123,6 +123,18 @@ class _Importer:
     report: ArchiveBoxImport
     owners: dict[int, int] = field(default_factory=dict)  # ArchiveBox user id -> tokenstore's
     written: list[uuid.UUID] = field(default_factory=list)
+    read: set[tuple[str, uuid.UUID]] = field(default_factory=set)  # (table, id) of rows seen
+
+    def first_read(self, table: str, row: sqlite3.Row) -> uuid.UUID:
+        """The row's id, unless an earlier row of the file had it (a copy without its keys).
+
+        Taken as "present", the second row would be lost without a word.
+        """
+        row_id = stored_uuid(row["id"])
+        if (table, row_id) in self.read:
+            raise RowRefused(f"another row of {table} has the same id")
+        self.read.add((table, row_id))
+        return row_id
 
     def run(self, conn: sqlite3.Connection) -> None:
         for table, take, describe in (
@@ -171,7 +183,7 @@ class _Importer:
         A token too short to show its last characters safely gets no hint: it still
         authenticates, and is shown as twelve stars.
         """
-        token_id = stored_uuid(row["id"])
+        token_id = self.first_read(TOKENS, row)
         if APIToken.get_or_none(APIToken.id == token_id) is not None:
             return False
         abid = stored_abid(row["abid"], APIToken.abid_prefix)
@@ -218,7 +230,7 @@ class _Importer:
 
     def take_hook(self, row: sqlite3.Row) -> bool:
         """Every field carries over; what cannot work here yet is imported disabled."""
-        hook_id = stored_uuid(row["id"])
+        hook_id = self.first_read(HOOKS, row)
         if OutboundWebhook.get_or_none(OutboundWebhook.id == hook_id) is not None:
             return False
         abid = stored_abid(row["abid"], OutboundWebhook.abid_prefix)
