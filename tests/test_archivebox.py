@@ -956,3 +956,22 @@ def test_a_second_row_with_an_id_already_read_is_refused_not_counted_present(
     (note,) = report.refused
     assert note.reason == "another row of api_apitoken has the same id"
     assert store.tokens.authenticate("a" * 32).id == TOKEN_ID
+
+
+def test_a_nul_or_a_ref_too_long_refuses_its_row_alike_on_both_backends(
+    store: Store, tmp_path: Path
+) -> None:
+    """PostgreSQL cannot store either (NUL in text; an index entry over 2.7 kB)."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("nul", "api.models.APIToken", "https://a.example/")
+    box.hook("long", "x" * 4000, "https://b.example/")
+    box.conn.execute(
+        "UPDATE api_outboundwebhook SET endpoint = endpoint || char(0) WHERE name = 'nul'"
+    )
+    box.close()
+    report = store.import_archivebox(box.path)
+    assert sorted(n.reason for n in report.refused) == [
+        "endpoint holds a NUL character",
+        "ref is 4000 characters, at most 1023",
+    ]
+    assert store.webhooks.list() == []

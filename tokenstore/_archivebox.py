@@ -239,7 +239,7 @@ class _Importer:
         enabled = stored_flag(row["enabled"], "enabled")
         keep_last_response = stored_flag(row["keep_last_response"], "keep_last_response")
         reasons = [] if enabled else ["disabled in ArchiveBox"]
-        ref = stored_text(row["ref"], "ref")
+        ref = stored_text(row["ref"], "ref", OutboundWebhook.ref.max_length)
         target = self.ref_map.get(ref)
         if target is None:
             reasons.append(

@@ -187,6 +187,8 @@ def check_values(row: sqlite3.Row) -> None:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 raise RowRefused(f"{column} holds text that is not UTF-8") from None
+            if "\x00" in value:  # PostgreSQL's text cannot hold it; SQLite's alike
+                raise RowRefused(f"{column} holds a NUL character")
 
 
 def response_text(value: Any) -> str:
@@ -251,9 +253,12 @@ def stored_flag(value: Any, column: str) -> bool:
     return bool(value)
 
 
-def stored_text(value: Any, column: str) -> str:
+def stored_text(value: Any, column: str, max_length: int) -> str:
+    """Text of a column Django bounds (``varchar(N)``), which SQLite does not enforce."""
     if not isinstance(value, str):
         raise RowRefused(f"{column} is not text: {shown(value)}")
+    if len(value) > max_length:
+        raise RowRefused(f"{column} is {len(value)} characters, at most {max_length}")
     return value
 
 
