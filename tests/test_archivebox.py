@@ -975,3 +975,9 @@ def test_a_nul_or_a_ref_too_long_refuses_its_row_alike_on_both_backends(
         "ref is 4000 characters, at most 1023",
     ]
     assert store.webhooks.list() == []
+
+
+def test_a_file_the_system_cannot_read_is_refused(store: Store) -> None:
+    """An I/O error (here /proc/self/mem at offset 0; an unreadable file for another user)."""
+    with pytest.raises(ValidationError, match="cannot read /proc/self/mem: Input/output error"):
+        store.import_archivebox("/proc/self/mem")

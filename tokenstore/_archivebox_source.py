@@ -85,8 +85,11 @@ def open_source(source: Path) -> sqlite3.Connection:
     still in a ``-wal`` are seen; if that fails (a read-only folder), immutable
     too, unless the ``-wal`` holds changes that immutable would miss.
     """
-    with source.open("rb") as f:
-        header = f.read(100)
+    try:
+        with source.open("rb") as f:
+            header = f.read(100)
+    except OSError as exc:  # not allowed to, or an I/O error
+        raise ValidationError(f"cannot read {source}: {exc.strerror}") from None
     if len(header) < 100 or not header.startswith(_SQLITE_HEADER):
         raise ValidationError(f"{source} is not an ArchiveBox 0.8 database: it is not SQLite")
     wal = source.with_name(source.name + "-wal")
