@@ -281,3 +281,26 @@ def test_a_row_the_destination_refuses_is_named_without_its_values(
     assert "nothing was written" in str(caught.value)
     assert "\n" not in str(caught.value) and made["hook_secret"] not in str(caught.value)
     assert rows_in(db_path)[1:] == [0, 0, 0]
+
+
+def test_force_on_a_destination_whose_users_other_tables_need_is_refused(
+    tmp_path: Path, db_path: Path | str
+) -> None:
+    """An application's table that keeps its rows' users (ON DELETE RESTRICT) stops --force."""
+    import peewee
+
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+
+    class Note(peewee.Model):
+        text = peewee.TextField()
+        owner = peewee.ForeignKeyField(tokenstore.User, on_delete="RESTRICT")
+
+    with tokenstore.open(db_path) as app:
+        app.register(Note)
+        Note.create(text="mine", owner=app.users.create("zed"))
+    held = snapshot(db_path)
+    with pytest.raises(ValidationError, match=r"^migrate: force cannot empty .*tokenstore_user"):
+        tokenstore.migrate(source, db_path, force=True)
+    assert snapshot(db_path) == held
+    assert _db.rows(db_path, "SELECT text FROM note") == [("mine",)]

@@ -168,7 +168,11 @@ def _copy(
             )
         last_event = _scalar(conn, f"SELECT coalesce(max(id), 0) FROM {EVENT_TABLE}")
         for model in reversed(OWN_MODELS):
-            conn.execute(f"DELETE FROM {quote_name(model._meta.table_name)}")
+            table = model._meta.table_name
+            # An application's table may keep its rows' users (ON DELETE RESTRICT).
+            with _refused(f"force cannot empty {table} in {where}"):
+                conn.execute(f"DELETE FROM {quote_name(table)}")
+                _count(dst, table)  # on PostgreSQL, a refusal comes back now
         for model in OWN_MODELS:
             copied[model._meta.table_name] = _copy_table(src, dst, conn, model)
         # The inserts above may have been captured (an enabled hook watches users):
@@ -215,10 +219,10 @@ def _copy_table(
             values = list(row)
             for i in flags:
                 values[i] = None if values[i] is None else bool(values[i])
-            with _refused(f"row {values[0]!r} of {table}"):
+            with _refused(f"row {values[0]!r} of {table} cannot be copied"):
                 conn.execute(insert, values)
         count += len(rows)
-    with _refused(table):  # on PostgreSQL, what the server refused comes back now
+    with _refused(f"{table} cannot be copied"):  # on PostgreSQL, a refusal comes back now
         _count(dst, table)
     return count
 
@@ -251,19 +255,14 @@ def _check(loader: Loader[Any], row: Any) -> None:
 
 @contextmanager
 def _refused(what: str) -> Iterator[None]:
-    """The destination's refusal of ``what`` as a ValidationError of one line."""
+    """The destination's refusal in the block as a ValidationError: ``what``, and why."""
     try:
         with peewee_errors:  # the driver's own errors as peewee's
             yield
     except ValidationError as exc:  # NUL in text, a number out of range, on PostgreSQL
-        raise ValidationError(
-            f"migrate: {what} cannot be copied ({exc}); nothing was written"
-        ) from None
+        raise ValidationError(f"migrate: {what} ({exc}); nothing was written") from None
     except peewee.DatabaseError as exc:
         if isinstance(exc, TokenstoreError):  # the store's own faults: disk full, lost server
             raise
         reason = str(exc).strip().partition("\n")[0]  # not PostgreSQL's DETAIL: the row itself
-        raise ValidationError(
-            f"migrate: {what} cannot be copied: the destination refused it ({reason}); "
-            "nothing was written"
-        ) from None
+        raise ValidationError(f"migrate: {what} ({reason}); nothing was written") from None
