@@ -981,3 +981,24 @@ def test_a_file_the_system_cannot_read_is_refused(store: Store) -> None:
     """An I/O error (here /proc/self/mem at offset 0; an unreadable file for another user)."""
     with pytest.raises(ValidationError, match="cannot read /proc/self/mem: Input/output error"):
         store.import_archivebox("/proc/self/mem")
+
+
+def test_a_missing_abid_is_made_from_the_row_as_archivebox_makes_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """The column is nullable; ArchiveBox fills an empty one from the row's sources on save."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.user(2, "admin")
+    expected_token = box.token("a" * 32, owner=2, id_=TOKEN_ID, created=T2)
+    expected_hook = box.hook(
+        "h", "core.models.Snapshot", "https://u:p@hooks.example:8443/in", id_=HOOK_ID
+    )
+    box.token("b" * 32, created=datetime(1969, 12, 31), abid="apt_set_to_null_below")
+    box.conn.execute("UPDATE api_apitoken SET abid = NULL")
+    box.conn.execute("UPDATE api_outboundwebhook SET abid = ''")
+    box.close()
+    report = store.import_archivebox(box.path)
+    (note,) = report.refused
+    assert note.reason.startswith("it has no ABID, and none can be made from it: ts must not")
+    assert store.tokens.authenticate("a" * 32).abid == expected_token
+    assert store.webhooks.get("h").abid == expected_hook

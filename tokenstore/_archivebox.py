@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import peewee
 
+from ._abid import abid_from_values
 from ._archivebox_source import (
     HOOKS,
     TOKENS,
@@ -186,7 +187,14 @@ class _Importer:
         token_id = self.first_read(TOKENS, row)
         if APIToken.get_or_none(APIToken.id == token_id) is not None:
             return False
-        abid = stored_abid(row["abid"], APIToken.abid_prefix)
+        created = stored_time(row["created_at"], "created_at")
+        abid = stored_abid(
+            row["abid"],
+            APIToken.abid_prefix,
+            lambda: abid_from_values(
+                APIToken.abid_prefix, created, row["created_by_id"], "01", token_id
+            ),
+        )
         secret = row["token"]
         if not isinstance(secret, str) or not secret:
             raise RowRefused("its token is empty")
@@ -203,7 +211,7 @@ class _Importer:
             id=token_id,
             abid=abid,
             created_by=self.owner(row),
-            created_at=stored_time(row["created_at"], "created_at"),
+            created_at=created,
             modified_at=stored_time(row["modified_at"], "modified_at"),
             token_digest=digest,
             token_hint=hint,
@@ -233,7 +241,14 @@ class _Importer:
         hook_id = self.first_read(HOOKS, row)
         if OutboundWebhook.get_or_none(OutboundWebhook.id == hook_id) is not None:
             return False
-        abid = stored_abid(row["abid"], OutboundWebhook.abid_prefix)
+        created = stored_time(row["created_at"], "created_at")
+        abid = stored_abid(
+            row["abid"],
+            OutboundWebhook.abid_prefix,
+            lambda: abid_from_values(
+                OutboundWebhook.abid_prefix, created, row["endpoint"], row["ref"], hook_id
+            ),
+        )
         if OutboundWebhook.get_or_none(OutboundWebhook.abid == abid) is not None:
             raise RowRefused(f"another webhook already has the ABID {abid}")
         enabled = stored_flag(row["enabled"], "enabled")
@@ -278,7 +293,7 @@ class _Importer:
             id=hook_id,
             abid=abid,
             created_by=self.owner(row),
-            created_at=stored_time(row["created_at"], "created_at"),
+            created_at=created,
             modified_at=modified,
             name=row["name"],
             signal=row["signal"],

@@ -276,9 +276,17 @@ def stored_uuid(value: Any) -> uuid.UUID:
         raise RowRefused(f"id {shown(value)} is not a UUID") from None
 
 
-def stored_abid(value: Any, prefix: str) -> str:
-    if value is None:
-        raise RowRefused("it has no ABID")
+def stored_abid(value: Any, prefix: str, sources: Callable[[], ABID]) -> str:
+    """The row's ABID; a missing one (NULL, ``''``) made from ``sources`` as ArchiveBox does.
+
+    The column is nullable, and ArchiveBox fills an empty one from the row's
+    own values when it saves the row: the ABID it would show.
+    """
+    if value is None or value == "":
+        try:
+            return str(sources())
+        except InvalidABID as exc:  # a time before 1970, an endpoint that is no URL
+            raise RowRefused(f"it has no ABID, and none can be made from it: {exc}") from None
     try:
         return str(ABID.parse(value, prefix=prefix))
     except InvalidABID as exc:
