@@ -1002,3 +1002,23 @@ def test_a_missing_abid_is_made_from_the_row_as_archivebox_makes_it(
     assert note.reason.startswith("it has no ABID, and none can be made from it: ts must not")
     assert store.tokens.authenticate("a" * 32).abid == expected_token
     assert store.webhooks.get("h").abid == expected_hook
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kept"),
+    [
+        ("https://bob:s3cret@[::1/in", "https://[::1/in"),  # no URL parser takes it
+        ("bob:s3cret@hooks.example/in", "hooks.example/in"),  # no scheme: no authority
+    ],
+)
+def test_credentials_in_a_url_that_does_not_parse_are_not_kept(
+    store: Store, tmp_path: Path, endpoint: str, kept: str
+) -> None:
+    """The hook is disabled, its URL refused; what looks like a password is still dropped."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("odd", "api.models.APIToken", endpoint, abid="whk_01JAZ6BQKV9063B8A606AM8000")
+    box.close()
+    report = store.import_archivebox(box.path)
+    hook = store.webhooks.get("odd")
+    assert (hook.endpoint, hook.enabled, hook.auth_token) == (kept, False, "")
+    assert "s3cret" not in repr(report) + repr(rows(store))

@@ -342,14 +342,31 @@ def _without_credentials(url: Any) -> tuple[Any, str]:
         parts = urlsplit(url)
         user, password = parts.username, parts.password
     except (TypeError, ValueError, AttributeError):  # the endpoint check says what is wrong
-        return url, ""
+        return _without_userinfo(url), ""
     if user is None and password is None:
-        return url, ""
+        return (url, "") if parts.netloc else (_without_userinfo(url), "")
     bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     if not user and not password:  # a bare "@" or ":@": httpx sends no Basic auth for it
         return bare, ""
     pair = f"{unquote(user or '')}:{unquote(password or '')}".encode()
     return bare, "Basic " + base64.b64encode(pair).decode()
+
+
+def _without_userinfo(url: Any) -> Any:
+    """A URL no parser takes (so httpx sent nothing) without what looks like ``user:pass@``.
+
+    The hook is imported disabled, its URL refused; the URL is still shown in
+    lists, so a password in it is dropped all the same.
+    """
+    if not isinstance(url, str):
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    if "@" not in rest[:end]:
+        return url
+    return f"{scheme}{sep}{rest[:end].rpartition('@')[2]}{rest[end:]}"
 
 
 def _describe_hook(row: sqlite3.Row) -> str:
