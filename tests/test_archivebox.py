@@ -21,7 +21,7 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import _db
 import pytest
@@ -1022,3 +1022,16 @@ def test_credentials_in_a_url_that_does_not_parse_are_not_kept(
     hook = store.webhooks.get("odd")
     assert (hook.endpoint, hook.enabled, hook.auth_token) == (kept, False, "")
     assert "s3cret" not in repr(report) + repr(rows(store))
+
+
+def test_endpoints_are_judged_by_the_allowlist_as_the_file_holds_it_now(
+    store: Store, tmp_path: Path
+) -> None:
+    """Another process (the command, say) allowed the host after this store opened."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("local", "api.models.APIToken", "http://10.1.2.3:9/in")
+    box.close()
+    run(cast(Path, _db.location(store)), "webhooks", "allow", "10.0.0.0/8")
+    report = store.import_archivebox(box.path)
+    assert report.disabled == []
+    assert store.webhooks.get("local").enabled

@@ -398,6 +398,7 @@ def import_archivebox(
         check_source(conn, source)
         report = ArchiveBoxImport(source=source, dry_run=dry_run)
         importer = _Importer(users, validator, refs, decrypt, report)
+        validator.allowlist.refresh()  # as the file holds it now: another process may have added
         try:
             with db.atomic():
                 importer.run(conn)
