@@ -1035,3 +1035,23 @@ def test_endpoints_are_judged_by_the_allowlist_as_the_file_holds_it_now(
     report = store.import_archivebox(box.path)
     assert report.disabled == []
     assert store.webhooks.get("local").enabled
+
+
+def test_a_row_the_database_refuses_takes_back_only_itself(store: Store, tmp_path: Path) -> None:
+    """PostgreSQL's index entries hold at most 2704 bytes; SQLite's have no such limit."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    wide = "https://a.example/" + "".join(chr(0x1F300 + (i * 7919) % 700) for i in range(2000))
+    box.hook("wide", "api.models.APIToken", wide)
+    box.hook("plain", "api.models.APIToken", "https://b.example/")
+    box.token("a" * 32)
+    box.close()
+    report = store.import_archivebox(box.path)
+    assert store.webhooks.get("plain").enabled
+    assert store.tokens.authenticate("a" * 32)
+    if store.path is not None:
+        assert report.refused == [] and store.webhooks.get("wide").endpoint == wide
+        return
+    (note,) = report.refused
+    assert note.row.endswith("('wide')")
+    assert note.reason.startswith("the database refused it: index row size")
+    assert "\n" not in note.reason

@@ -52,7 +52,7 @@ from ._archivebox_source import (
     stored_uuid,
 )
 from ._credentials import token_digest, token_hint
-from ._errors import TokenstoreError, ValidationError
+from ._errors import StoreError, TokenstoreError, ValidationError
 from ._inputs import storable
 from ._models import APIToken, OutboundWebhook, User
 from ._signing import new_signing_secret
@@ -117,6 +117,7 @@ class _DryRun(Exception):
 
 @dataclass
 class _Importer:
+    db: peewee.Database
     users: Users
     validator: HookValidator
     ref_map: dict[str, str]
@@ -147,15 +148,25 @@ class _Importer:
             for row in read_rows(conn, self.report.source, table):
                 try:
                     check_values(row)
-                    imported = take(row)
+                    with self.db.atomic():  # a savepoint: a refused row takes back only itself
+                        imported = take(row)
+                except StoreError:  # the store failing (disk full, server gone), not the row
+                    raise
                 except (RowRefused, TokenstoreError) as exc:
-                    counts.refused += 1
-                    self.report.refused.append(RowNote(table, describe(row), reason(str(exc))))
+                    self.refuse(table, describe(row), str(exc))
+                    continue
+                except peewee.DatabaseError as exc:  # PostgreSQL's limits (an index entry's size)
+                    first = str(exc).strip().partition("\n")[0]  # not the DETAIL: it quotes rows
+                    self.refuse(table, describe(row), f"the database refused it: {first}")
                     continue
                 if imported:
                     counts.imported += 1
                 else:
                     counts.present += 1
+
+    def refuse(self, table: str, row: str, why: str) -> None:
+        self.report.counts[table].refused += 1
+        self.report.refused.append(RowNote(table, row, reason(why)))
 
     def owner(self, row: sqlite3.Row) -> int:
         owner = self.owners.get(row["created_by_id"])
@@ -397,7 +408,7 @@ def import_archivebox(
     try:
         check_source(conn, source)
         report = ArchiveBoxImport(source=source, dry_run=dry_run)
-        importer = _Importer(users, validator, refs, decrypt, report)
+        importer = _Importer(db, users, validator, refs, decrypt, report)
         validator.allowlist.refresh()  # as the file holds it now: another process may have added
         try:
             with db.atomic():
