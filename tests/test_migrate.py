@@ -244,6 +244,10 @@ def rows_in(location: Path | str) -> list[int]:
             r"tokenstore_api_token row apt_\w+: column expires holds text, not an ISO-8601 time",
         ),
         (
+            "UPDATE tokenstore_api_token SET name = x'00ff' WHERE name = 'ci'",
+            r"tokenstore_api_token row apt_\w+: column name holds a blob",
+        ),
+        (
             "UPDATE tokenstore_webhook_delivery SET payload = CAST(x'7bff7d' AS TEXT)",
             r"tokenstore_webhook_delivery row msg_\w+: column payload holds text that is not UTF-8",
         ),
