@@ -21,7 +21,7 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import _db
 import pytest
@@ -802,3 +802,256 @@ def test_user_model_is_untouched_by_a_refused_import(tmp_path: Path) -> None:
         with pytest.raises(ValidationError):
             store.import_archivebox(make_not_archivebox("text", tmp_path / "t"))
         assert list(User.select()) == before
+
+
+# -- a damaged or busy source ---------------------------------------------------------------
+
+
+def test_a_table_that_cannot_be_read_is_refused_before_anything_is_written(
+    store: Store, tmp_path: Path
+) -> None:
+    """A view over a table that is gone: SQLite fails only when it is read."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.conn.execute("DROP TABLE api_apitoken")
+    box.conn.execute("CREATE VIEW api_apitoken AS SELECT * FROM gone")
+    box.close()
+    before = rows(store)
+    with pytest.raises(ValidationError, match=r"index\.sqlite3 cannot be read: .*gone"):
+        store.import_archivebox(box.path)
+    assert rows(store) == before
+
+
+def test_a_damaged_file_is_refused_before_anything_is_written(store: Store, tmp_path: Path) -> None:
+    source = standard(tmp_path)
+    data = bytearray(source.read_bytes())
+    data[4096:] = b"\xff" * (len(data) - 4096)  # every page but the first, the schema's
+    source.write_bytes(bytes(data))
+    before = rows(store)
+    with pytest.raises(ValidationError, match=r"index\.sqlite3 cannot be read: .*malformed"):
+        store.import_archivebox(source)
+    assert rows(store) == before
+
+
+def test_text_that_is_not_utf8_or_a_blob_refuses_its_row_naming_the_column(
+    store: Store, tmp_path: Path
+) -> None:
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.user(2, "bytes")
+    box.token("a" * 32)
+    box.token("b" * 32)
+    box.hook("kept", "api.models.APIToken", "https://a.example/")
+    box.conn.execute("UPDATE auth_user SET username = x'6279746573' WHERE id = 2")
+    box.conn.execute(
+        "UPDATE api_apitoken SET token = CAST(x'ff61' AS TEXT) WHERE token = ?", ("a" * 32,)
+    )
+    box.conn.execute("UPDATE api_outboundwebhook SET last_response = CAST(x'61ff62' AS TEXT)")
+    box.close()
+    report = store.import_archivebox(box.path)
+    reasons = {n.table: n.reason for n in report.refused}
+    assert reasons == {
+        "auth_user": "username holds a BLOB",
+        "api_apitoken": "token holds text that is not UTF-8",
+    }
+    assert store.tokens.authenticate("b" * 32)
+    # ArchiveBox kept whatever a receiver answered: that much is kept, readable.
+    assert store.webhooks.get("kept").last_response == "a\ufffdb"
+
+
+def test_a_file_locked_by_a_writer_is_refused_not_read_under_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """ArchiveBox writing (rollback journal): what the file holds now may be half a change."""
+    source = standard(tmp_path)
+    writer = sqlite3.connect(source, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(ValidationError, match="is locked by another program"):
+            store.import_archivebox(source)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert store.tokens.list() == []
+
+
+# -- values Django never writes -------------------------------------------------------------
+
+
+def test_values_django_never_writes_refuse_their_row_naming_the_column(
+    store: Store, tmp_path: Path
+) -> None:
+    """A time past year 9999 in UTC, a flag that is not 0/1, a ref that is NULL."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.user(2, "flagged")
+    box.token("a" * 32)
+    box.token("b" * 32)
+    box.hook("nulref", "api.models.APIToken", "https://a.example/")
+    box.hook("flag", "api.models.APIToken", "https://b.example/")
+    box.conn.execute("UPDATE auth_user SET is_superuser = 'yes' WHERE id = 2")
+    box.conn.execute(
+        "UPDATE api_apitoken SET expires = '9999-12-31 23:00:00-05:00' WHERE token = ?",
+        ("a" * 32,),
+    )
+    for statement in (  # the NOT NULL of ref, as a hand-edited copy may lack it
+        "CREATE TABLE hooks AS SELECT * FROM api_outboundwebhook",
+        "DROP TABLE api_outboundwebhook",
+        "ALTER TABLE hooks RENAME TO api_outboundwebhook",
+        "UPDATE api_outboundwebhook SET ref = NULL WHERE name = 'nulref'",
+        "UPDATE api_outboundwebhook SET enabled = ' ' WHERE name = 'flag'",
+    ):
+        box.conn.execute(statement)
+    box.close()
+    report = store.import_archivebox(box.path)
+    reasons = sorted((n.table, n.reason) for n in report.refused)
+    assert reasons == [
+        ("api_apitoken", "expires is out of range: '9999-12-31 23:00:00-05:00'"),
+        ("api_outboundwebhook", "enabled is not 0 or 1: ' '"),
+        ("api_outboundwebhook", "ref is not text: None"),
+        ("auth_user", "is_superuser is not 0 or 1: 'yes'"),
+    ]
+    assert [u.username for u in store.users.list()] == ["system"]
+    assert store.tokens.authenticate("b" * 32)
+
+
+def test_notes_show_odd_values_quoted_on_one_line_and_cut(store: Store, tmp_path: Path) -> None:
+    """A note names the row and the column; 100 kB of it, or a line break, helps nobody."""
+    huge = "x" * 100_000
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.user(2, huge)
+    box.token("a" * 32)
+    box.token("b" * 32, abid="apt_\nforged line")
+    box.hook(huge, "api.models.APIToken", "https://a.example/")
+    box.hook("odd ref", "core.models.Snapshot\nforged: line", "https://b.example/")
+    box.conn.execute(
+        "UPDATE api_apitoken SET created_by_id = ? || char(10) || 'forged' WHERE token = ?",
+        (huge, "a" * 32),
+    )
+    box.conn.execute("UPDATE api_outboundwebhook SET created_at = ? WHERE name = ?", (huge, huge))
+    box.close()
+    report = store.import_archivebox(box.path)
+    notes = report.refused + report.disabled
+    assert len(report.refused) == 4 and len(report.disabled) == 1
+    for note in notes:
+        assert "\n" not in note.row + note.reason
+        assert len(note.row) < 120 and len(note.reason) < 600
+    (disabled,) = report.disabled
+    assert "its model 'core.models.Snapshot\\nforged: line' is not mapped" in disabled.reason
+
+
+def test_a_second_row_with_an_id_already_read_is_refused_not_counted_present(
+    store: Store, tmp_path: Path
+) -> None:
+    """A copy without its primary keys may repeat an id; the second token would be lost."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    for statement in (
+        "CREATE TABLE copy AS SELECT * FROM api_apitoken",
+        "DROP TABLE api_apitoken",
+        "ALTER TABLE copy RENAME TO api_apitoken",
+    ):
+        box.conn.execute(statement)
+    box.token("a" * 32, id_=TOKEN_ID, abid=TOKEN_ABID)
+    box.token("b" * 32, id_=TOKEN_ID, created=T2)
+    box.close()
+    report = store.import_archivebox(box.path)
+    assert vars(report.counts["api_apitoken"]) == {"imported": 1, "present": 0, "refused": 1}
+    (note,) = report.refused
+    assert note.reason == "another row of api_apitoken has the same id"
+    assert store.tokens.authenticate("a" * 32).id == TOKEN_ID
+
+
+def test_a_nul_or_a_ref_too_long_refuses_its_row_alike_on_both_backends(
+    store: Store, tmp_path: Path
+) -> None:
+    """PostgreSQL cannot store either (NUL in text; an index entry over 2.7 kB)."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("nul", "api.models.APIToken", "https://a.example/")
+    box.hook("long", "x" * 4000, "https://b.example/")
+    box.conn.execute(
+        "UPDATE api_outboundwebhook SET endpoint = endpoint || char(0) WHERE name = 'nul'"
+    )
+    box.close()
+    report = store.import_archivebox(box.path)
+    assert sorted(n.reason for n in report.refused) == [
+        "endpoint holds a NUL character",
+        "ref is 4000 characters, at most 1023",
+    ]
+    assert store.webhooks.list() == []
+
+
+def test_a_file_the_system_cannot_read_is_refused(store: Store) -> None:
+    """An I/O error (here /proc/self/mem at offset 0; an unreadable file for another user)."""
+    with pytest.raises(ValidationError, match="cannot read /proc/self/mem: Input/output error"):
+        store.import_archivebox("/proc/self/mem")
+
+
+def test_a_missing_abid_is_made_from_the_row_as_archivebox_makes_it(
+    store: Store, tmp_path: Path
+) -> None:
+    """The column is nullable; ArchiveBox fills an empty one from the row's sources on save."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.user(2, "admin")
+    expected_token = box.token("a" * 32, owner=2, id_=TOKEN_ID, created=T2)
+    expected_hook = box.hook(
+        "h", "core.models.Snapshot", "https://u:p@hooks.example:8443/in", id_=HOOK_ID
+    )
+    box.token("b" * 32, created=datetime(1969, 12, 31), abid="apt_set_to_null_below")
+    box.conn.execute("UPDATE api_apitoken SET abid = NULL")
+    box.conn.execute("UPDATE api_outboundwebhook SET abid = ''")
+    box.close()
+    report = store.import_archivebox(box.path)
+    (note,) = report.refused
+    assert note.reason.startswith("it has no ABID, and none can be made from it: ts must not")
+    assert store.tokens.authenticate("a" * 32).abid == expected_token
+    assert store.webhooks.get("h").abid == expected_hook
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "kept"),
+    [
+        ("https://bob:s3cret@[::1/in", "https://[::1/in"),  # no URL parser takes it
+        ("bob:s3cret@hooks.example/in", "hooks.example/in"),  # no scheme: no authority
+    ],
+)
+def test_credentials_in_a_url_that_does_not_parse_are_not_kept(
+    store: Store, tmp_path: Path, endpoint: str, kept: str
+) -> None:
+    """The hook is disabled, its URL refused; what looks like a password is still dropped."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("odd", "api.models.APIToken", endpoint, abid="whk_01JAZ6BQKV9063B8A606AM8000")
+    box.close()
+    report = store.import_archivebox(box.path)
+    hook = store.webhooks.get("odd")
+    assert (hook.endpoint, hook.enabled, hook.auth_token) == (kept, False, "")
+    assert "s3cret" not in repr(report) + repr(rows(store))
+
+
+def test_endpoints_are_judged_by_the_allowlist_as_the_file_holds_it_now(
+    store: Store, tmp_path: Path
+) -> None:
+    """Another process (the command, say) allowed the host after this store opened."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("local", "api.models.APIToken", "http://10.1.2.3:9/in")
+    box.close()
+    run(cast(Path, _db.location(store)), "webhooks", "allow", "10.0.0.0/8")
+    report = store.import_archivebox(box.path)
+    assert report.disabled == []
+    assert store.webhooks.get("local").enabled
+
+
+def test_a_row_the_database_refuses_takes_back_only_itself(store: Store, tmp_path: Path) -> None:
+    """PostgreSQL's index entries hold at most 2704 bytes; SQLite's have no such limit."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    wide = "https://a.example/" + "".join(chr(0x1F300 + (i * 7919) % 700) for i in range(2000))
+    box.hook("wide", "api.models.APIToken", wide)
+    box.hook("plain", "api.models.APIToken", "https://b.example/")
+    box.token("a" * 32)
+    box.close()
+    report = store.import_archivebox(box.path)
+    assert store.webhooks.get("plain").enabled
+    assert store.tokens.authenticate("a" * 32)
+    if store.path is not None:
+        assert report.refused == [] and store.webhooks.get("wide").endpoint == wide
+        return
+    (note,) = report.refused
+    assert note.row.endswith("('wide')")
+    assert note.reason.startswith("the database refused it: index row size")
+    assert "\n" not in note.reason

@@ -219,3 +219,92 @@ def test_text_postgres_cannot_hold_is_refused_naming_its_row(tmp_path: Path, pg_
         tokenstore.migrate(source, pg_url)
     assert _db.rows(pg_url, "SELECT username FROM tokenstore_user") == [("system",)]
     assert _db.rows(pg_url, "SELECT count(*) FROM tokenstore_api_token") == [(0,)]
+
+
+def rows_in(location: Path | str) -> list[int]:
+    """How many rows each copied table holds (0 where the table does not exist)."""
+    if isinstance(location, Path) and not location.exists():
+        return [0] * len(TABLES)
+    return [_db.rows(location, f"SELECT count(*) FROM {table}")[0][0] for table in TABLES]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            "UPDATE tokenstore_user SET username = CAST(x'ff' AS TEXT) WHERE username = 'bob'",
+            r"tokenstore_user row \d+: column username holds text that is not UTF-8",
+        ),
+        (
+            "UPDATE tokenstore_user SET is_superuser = 'yes' WHERE username = 'bob'",
+            r"tokenstore_user row \d+: column is_superuser holds text, not 0 or 1",
+        ),
+        (
+            "UPDATE tokenstore_api_token SET expires = 'soon' WHERE name = 'ci'",
+            r"tokenstore_api_token row apt_\w+: column expires holds text, not an ISO-8601 time",
+        ),
+        (
+            "UPDATE tokenstore_api_token SET name = x'00ff' WHERE name = 'ci'",
+            r"tokenstore_api_token row apt_\w+: column name holds a blob",
+        ),
+        (
+            "UPDATE tokenstore_webhook_delivery SET payload = CAST(x'7bff7d' AS TEXT)",
+            r"tokenstore_webhook_delivery row msg_\w+: column payload holds text that is not UTF-8",
+        ),
+    ],
+)
+def test_a_damaged_source_row_is_refused_naming_it_and_nothing_is_written(
+    tmp_path: Path, db_path: Path | str, edit: str, message: str
+) -> None:
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    _db.edit(source, edit)
+    with pytest.raises(tokenstore.DamagedRow, match=f"^migrate: {message}.*nothing was written"):
+        tokenstore.migrate(source, db_path)
+    assert rows_in(db_path)[1:] == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [  # a hand-edited SQLite file breaks the rules the destination keeps
+        "UPDATE tokenstore_webhook_delivery SET hook_id = '00000000000000000000000000000000'",
+        "UPDATE tokenstore_webhook_delivery SET status = 'lost'",
+    ],
+)
+def test_a_row_the_destination_refuses_is_named_without_its_values(
+    tmp_path: Path, db_path: Path | str, edit: str
+) -> None:
+    """PostgreSQL's own message goes on to quote the whole row: the hook's secret with it."""
+    source = tmp_path / "source.sqlite3"
+    made = fill(source)
+    _db.edit(source, "PRAGMA foreign_keys = OFF", "PRAGMA ignore_check_constraints = ON", edit)
+    with pytest.raises(
+        ValidationError, match=r"^migrate: (row .* of )?tokenstore_webhook_delivery"
+    ) as caught:
+        tokenstore.migrate(source, db_path)
+    assert "nothing was written" in str(caught.value)
+    assert "\n" not in str(caught.value) and made["hook_secret"] not in str(caught.value)
+    assert rows_in(db_path)[1:] == [0, 0, 0]
+
+
+def test_force_on_a_destination_whose_users_other_tables_need_is_refused(
+    tmp_path: Path, db_path: Path | str
+) -> None:
+    """An application's table that keeps its rows' users (ON DELETE RESTRICT) stops --force."""
+    import peewee
+
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+
+    class Note(peewee.Model):
+        text = peewee.TextField()
+        owner = peewee.ForeignKeyField(tokenstore.User, on_delete="RESTRICT")
+
+    with tokenstore.open(db_path) as app:
+        app.register(Note)
+        Note.create(text="mine", owner=app.users.create("zed"))
+    held = snapshot(db_path)
+    with pytest.raises(ValidationError, match=r"^migrate: force cannot empty .*tokenstore_user"):
+        tokenstore.migrate(source, db_path, force=True)
+    assert snapshot(db_path) == held
+    assert _db.rows(db_path, "SELECT text FROM note") == [("mine",)]

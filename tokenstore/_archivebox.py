@@ -16,23 +16,43 @@ differ between the two), so importing again changes nothing.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import peewee
 
-from ._abid import ABID
+from ._abid import abid_from_values
+from ._archivebox_source import (
+    HOOKS,
+    TOKENS,
+    USERS,
+    RowRefused,
+    check_source,
+    check_values,
+    decrypter,
+    named,
+    open_source,
+    optional_time,
+    read_rows,
+    reason,
+    response_text,
+    shown,
+    source_path,
+    stored_abid,
+    stored_flag,
+    stored_text,
+    stored_time,
+    stored_uuid,
+)
 from ._credentials import token_digest, token_hint
-from ._errors import InvalidABID, TokenstoreError, ValidationError
+from ._errors import StoreError, TokenstoreError, ValidationError
 from ._inputs import storable
 from ._models import APIToken, OutboundWebhook, User
 from ._signing import new_signing_secret
@@ -49,41 +69,6 @@ DEFAULT_REF_MAP: Mapping[str, str] = {
     "api.models.APIToken": "tokenstore.APIToken",
     "django.contrib.auth.models.User": "tokenstore.User",
 }
-
-USERS = "auth_user"
-TOKENS = "api_apitoken"
-HOOKS = "api_outboundwebhook"
-
-#: The columns the import reads; a file without them is not an ArchiveBox 0.8 database.
-_COLUMNS: Mapping[str, tuple[str, ...]] = {
-    USERS: ("id", "username", "is_superuser", "date_joined"),
-    TOKENS: ("id", "abid", "token", "created_at", "modified_at", "expires", "created_by_id"),
-    HOOKS: (
-        "id",
-        "abid",
-        "name",
-        "signal",
-        "ref",
-        "endpoint",
-        "headers",
-        "auth_token",
-        "enabled",
-        "keep_last_response",
-        "last_response",
-        "last_success",
-        "last_failure",
-        "created_at",
-        "modified_at",
-        "updated",
-        "created_by_id",
-    ),
-}
-#: The ``api`` app's migrations that made the tables as 0.8 has them.
-_API_MIGRATIONS = tuple(f"{n:04d}" for n in range(1, 10))
-
-_SQLITE_HEADER = b"SQLite format 3\x00"
-_WAL_FORMAT = 2  # bytes 18 and 19 of the header: 1 for rollback journal, 2 for WAL
-_NONCE_BYTES = 12
 
 
 @dataclass
@@ -123,172 +108,8 @@ class ArchiveBoxImport:
     hooks: list[OutboundWebhook] = field(default_factory=list)
 
 
-class _RowRefused(Exception):
-    """This row cannot be taken; the message says why."""
-
-
 class _DryRun(Exception):
     """Raised at the end of a dry run, so the transaction rolls everything back."""
-
-
-# -- reading the source ---------------------------------------------------------------------
-
-
-def _source_path(path: str | os.PathLike[str]) -> Path:
-    source = Path(path)
-    try:
-        if source.is_dir():
-            source = source / "index.sqlite3"  # an ArchiveBox data folder
-        found = source.is_file()
-    except OSError as exc:  # a name too long, say
-        raise ValidationError(f"cannot read {source}: {exc.strerror}") from None
-    if not found:
-        raise ValidationError(f"{source}: no such file (expected ArchiveBox's index.sqlite3)")
-    return source
-
-
-def _open_source(source: Path) -> sqlite3.Connection:
-    """Open the file for reading only, leaving nothing beside it.
-
-    A WAL-mode file with no ``-wal`` has nothing outside the main file, and
-    SQLite would create ``-wal`` and ``-shm`` files to open it even read-only:
-    it is opened as immutable instead. Otherwise read-only, so that changes
-    still in a ``-wal`` are seen; if that fails (a read-only folder), immutable
-    too, unless the ``-wal`` holds changes that immutable would miss.
-    """
-    with source.open("rb") as f:
-        header = f.read(100)
-    if len(header) < 100 or not header.startswith(_SQLITE_HEADER):
-        raise ValidationError(f"{source} is not an ArchiveBox 0.8 database: it is not SQLite")
-    wal = source.with_name(source.name + "-wal")
-    pending = wal.exists() and wal.stat().st_size > 0
-    uri = source.resolve().as_uri()
-    immutable = f"{uri}?mode=ro&immutable=1"
-    if header[18] == _WAL_FORMAT and not wal.exists():
-        return sqlite3.connect(immutable, uri=True)
-    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True)
-    try:
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        return conn
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        if pending:
-            raise ValidationError(
-                f"{source} cannot be opened read-only ({exc}) and its -wal file holds "
-                "changes that would be missed: copy the folder somewhere writable and "
-                "import the copy"
-            ) from None
-    return sqlite3.connect(immutable, uri=True)
-
-
-def _check_source(conn: sqlite3.Connection, source: Path) -> None:
-    """Refuse, before anything is written, a file that is not an ArchiveBox 0.8 database."""
-    not_it = f"{source} is not an ArchiveBox 0.8 database"
-    try:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    except sqlite3.DatabaseError as exc:
-        raise ValidationError(f"{not_it}: {exc}") from None
-    for table in ("django_migrations", *_COLUMNS):
-        if table not in tables:
-            raise ValidationError(f"{not_it}: it has no {table} table")
-    applied = {
-        str(name)[:4]
-        for (name,) in conn.execute("SELECT name FROM django_migrations WHERE app = 'api'")
-    }
-    missing = [number for number in _API_MIGRATIONS if number not in applied]
-    if missing:
-        raise ValidationError(
-            f"{not_it}: the api app's migrations {', '.join(missing)} were not applied "
-            "(older ArchiveBox versions keep no ABIDs; run ArchiveBox 0.8 on it first)"
-        )
-    for table, wanted in _COLUMNS.items():
-        have = {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
-        lacking = [column for column in wanted if column not in have]
-        if lacking:
-            raise ValidationError(f"{not_it}: {table} has no column {', '.join(lacking)}")
-
-
-def _rows(conn: sqlite3.Connection, table: str) -> list[sqlite3.Row]:
-    columns = ", ".join(f'"{column}"' for column in _COLUMNS[table])
-    order = "id" if table == USERS else "created_at, id"
-    return list(conn.execute(f'SELECT {columns} FROM "{table}" ORDER BY {order}'))
-
-
-# -- converting values ----------------------------------------------------------------------
-
-
-def _time(value: Any, column: str) -> datetime:
-    """Django's ``YYYY-MM-DD HH:MM:SS[.ffffff]``, naive UTC, as tokenstore's aware UTC.
-
-    The fraction is missing when the microsecond is 0; ``fromisoformat`` takes both.
-    """
-    if not isinstance(value, str):
-        raise _RowRefused(f"{column} is not a date and time: {value!r}")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise _RowRefused(f"{column} is not a date and time: {value!r}") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def _optional_time(value: Any, column: str) -> datetime | None:
-    return None if value is None else _time(value, column)
-
-
-def _uuid(value: Any) -> uuid.UUID:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise _RowRefused(f"id {value!r} is not a UUID") from None
-
-
-def _abid(value: Any, prefix: str) -> str:
-    if value is None:
-        raise _RowRefused("it has no ABID")
-    try:
-        return str(ABID.parse(value, prefix=prefix))
-    except InvalidABID as exc:
-        raise _RowRefused(f"its ABID is not valid: {exc}") from None
-
-
-def _decrypter(cipher_key: str | None) -> Callable[[str], str] | None:
-    """How django-signal-webhooks' encrypted auth tokens are read, given its CIPHER_KEY.
-
-    The stored value is ``base64(nonce (12 bytes) || AES-GCM ciphertext || tag)``,
-    the key ``base64decode(CIPHER_KEY)``.
-    """
-    if cipher_key is None:
-        return None
-    try:
-        from cryptography.exceptions import InvalidTag
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-    except ImportError:
-        raise ValidationError(
-            "decrypting webhook auth tokens (the cipher key) needs the cryptography "
-            "package: pip install 'tokenstore[archivebox]'"
-        ) from None
-    try:
-        key = base64.b64decode(cipher_key, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValidationError("the cipher key is not base64 (SIGNAL_WEBHOOKS CIPHER_KEY)") from None
-    if len(key) not in (16, 24, 32):
-        raise ValidationError(
-            f"the cipher key must decode to 16, 24 or 32 bytes for AES, got {len(key)}"
-        )
-    cipher = AESGCM(key)
-
-    def decrypt(stored: str) -> str:
-        try:
-            data = base64.b64decode(stored, validate=True)
-            plain = cipher.decrypt(data[:_NONCE_BYTES], data[_NONCE_BYTES:], None)
-            return plain.decode("utf-8")
-        except (binascii.Error, ValueError, InvalidTag):
-            raise _RowRefused(
-                "its auth token cannot be decrypted with the given cipher key: set it "
-                "again with webhooks.update(hook, auth_token=...), then enable the hook"
-            ) from None
-
-    return decrypt
 
 
 # -- the import -----------------------------------------------------------------------------
@@ -296,6 +117,7 @@ def _decrypter(cipher_key: str | None) -> Callable[[str], str] | None:
 
 @dataclass
 class _Importer:
+    db: peewee.Database
     users: Users
     validator: HookValidator
     ref_map: dict[str, str]
@@ -303,6 +125,18 @@ class _Importer:
     report: ArchiveBoxImport
     owners: dict[int, int] = field(default_factory=dict)  # ArchiveBox user id -> tokenstore's
     written: list[uuid.UUID] = field(default_factory=list)
+    read: set[tuple[str, uuid.UUID]] = field(default_factory=set)  # (table, id) of rows seen
+
+    def first_read(self, table: str, row: sqlite3.Row) -> uuid.UUID:
+        """The row's id, unless an earlier row of the file had it (a copy without its keys).
+
+        Taken as "present", the second row would be lost without a word.
+        """
+        row_id = stored_uuid(row["id"])
+        if (table, row_id) in self.read:
+            raise RowRefused(f"another row of {table} has the same id")
+        self.read.add((table, row_id))
+        return row_id
 
     def run(self, conn: sqlite3.Connection) -> None:
         for table, take, describe in (
@@ -311,22 +145,34 @@ class _Importer:
             (HOOKS, self.take_hook, _describe_hook),
         ):
             counts = self.report.counts[table]
-            for row in _rows(conn, table):
+            for row in read_rows(conn, self.report.source, table):
                 try:
-                    imported = take(row)
-                except (_RowRefused, TokenstoreError) as exc:
-                    counts.refused += 1
-                    self.report.refused.append(RowNote(table, describe(row), str(exc)))
+                    check_values(row)
+                    with self.db.atomic():  # a savepoint: a refused row takes back only itself
+                        imported = take(row)
+                except StoreError:  # the store failing (disk full, server gone), not the row
+                    raise
+                except (RowRefused, TokenstoreError) as exc:
+                    self.refuse(table, describe(row), str(exc))
+                    continue
+                except peewee.DatabaseError as exc:  # PostgreSQL's limits (an index entry's size)
+                    first = str(exc).strip().partition("\n")[0]  # not the DETAIL: it quotes rows
+                    self.refuse(table, describe(row), f"the database refused it: {first}")
                     continue
                 if imported:
                     counts.imported += 1
                 else:
                     counts.present += 1
 
+    def refuse(self, table: str, row: str, why: str) -> None:
+        self.report.counts[table].refused += 1
+        self.report.refused.append(RowNote(table, row, reason(why)))
+
     def owner(self, row: sqlite3.Row) -> int:
         owner = self.owners.get(row["created_by_id"])
         if owner is None:
-            raise _RowRefused(f"its owner (auth_user id {row['created_by_id']}) was not imported")
+            owner_id = shown(row["created_by_id"])
+            raise RowRefused(f"its owner (auth_user id {owner_id}) was not imported")
         return owner
 
     def take_user(self, row: sqlite3.Row) -> bool:
@@ -335,8 +181,9 @@ class _Importer:
         if existing is not None:
             self.owners[row["id"]] = existing.id
             return False
-        joined = _time(row["date_joined"], "date_joined")
-        user = self.users.create(row["username"], superuser=bool(row["is_superuser"]))
+        joined = stored_time(row["date_joined"], "date_joined")
+        superuser = stored_flag(row["is_superuser"], "is_superuser")
+        user = self.users.create(row["username"], superuser=superuser)
         user.created_at = to_stored_time(joined)
         user.save()
         self.owners[row["id"]] = user.id
@@ -348,13 +195,20 @@ class _Importer:
         A token too short to show its last characters safely gets no hint: it still
         authenticates, and is shown as twelve stars.
         """
-        token_id = _uuid(row["id"])
+        token_id = self.first_read(TOKENS, row)
         if APIToken.get_or_none(APIToken.id == token_id) is not None:
             return False
-        abid = _abid(row["abid"], APIToken.abid_prefix)
+        created = stored_time(row["created_at"], "created_at")
+        abid = stored_abid(
+            row["abid"],
+            APIToken.abid_prefix,
+            lambda: abid_from_values(
+                APIToken.abid_prefix, created, row["created_by_id"], "01", token_id
+            ),
+        )
         secret = row["token"]
         if not isinstance(secret, str) or not secret:
-            raise _RowRefused("its token is empty")
+            raise RowRefused("its token is empty")
         digest = token_digest(secret)
         try:
             hint = token_hint(secret)
@@ -363,16 +217,16 @@ class _Importer:
         clash = APIToken.get_or_none((APIToken.abid == abid) | (APIToken.token_digest == digest))
         if clash is not None:
             what = "ABID" if clash.abid == abid else "token"
-            raise _RowRefused(f"another API token ({clash.abid}) already has this {what}")
+            raise RowRefused(f"another API token ({clash.abid}) already has this {what}")
         APIToken.insert(
             id=token_id,
             abid=abid,
             created_by=self.owner(row),
-            created_at=_time(row["created_at"], "created_at"),
-            modified_at=_time(row["modified_at"], "modified_at"),
+            created_at=created,
+            modified_at=stored_time(row["modified_at"], "modified_at"),
             token_digest=digest,
             token_hint=hint,
-            expires=_optional_time(row["expires"], "expires"),
+            expires=optional_time(row["expires"], "expires"),
             scopes=[],
         ).execute()
         return True
@@ -389,25 +243,34 @@ class _Importer:
             return ""
         try:
             return self.decrypt(stored)
-        except _RowRefused as exc:
+        except RowRefused as exc:
             reasons.append(str(exc))
             return ""
 
     def take_hook(self, row: sqlite3.Row) -> bool:
         """Every field carries over; what cannot work here yet is imported disabled."""
-        hook_id = _uuid(row["id"])
+        hook_id = self.first_read(HOOKS, row)
         if OutboundWebhook.get_or_none(OutboundWebhook.id == hook_id) is not None:
             return False
-        abid = _abid(row["abid"], OutboundWebhook.abid_prefix)
+        created = stored_time(row["created_at"], "created_at")
+        abid = stored_abid(
+            row["abid"],
+            OutboundWebhook.abid_prefix,
+            lambda: abid_from_values(
+                OutboundWebhook.abid_prefix, created, row["endpoint"], row["ref"], hook_id
+            ),
+        )
         if OutboundWebhook.get_or_none(OutboundWebhook.abid == abid) is not None:
-            raise _RowRefused(f"another webhook already has the ABID {abid}")
-        reasons = [] if row["enabled"] else ["disabled in ArchiveBox"]
-        ref = row["ref"]
+            raise RowRefused(f"another webhook already has the ABID {abid}")
+        enabled = stored_flag(row["enabled"], "enabled")
+        keep_last_response = stored_flag(row["keep_last_response"], "keep_last_response")
+        reasons = [] if enabled else ["disabled in ArchiveBox"]
+        ref = stored_text(row["ref"], "ref", OutboundWebhook.ref.max_length)
         target = self.ref_map.get(ref)
         if target is None:
             reasons.append(
-                f"its model {ref} is not mapped to a registered one (map it with "
-                f"--map {ref}=module.Model or ref_map; afterwards point the hook at a "
+                f"its model {named(ref)} is not mapped to a registered one (map it with "
+                f"--map {named(ref)}=module.Model or ref_map; afterwards point the hook at a "
                 "model with webhooks.update(hook, ref=...) and enable it)"
             )
         else:
@@ -420,7 +283,7 @@ class _Importer:
         try:
             headers = json.loads(row["headers"] or "{}")
         except (TypeError, ValueError):
-            raise _RowRefused("its headers are not JSON") from None
+            raise RowRefused("its headers are not JSON") from None
         if url_auth:
             # httpx, which django-signal-webhooks sends with, puts a URL's credentials in
             # the Authorization header over the hook's auth token and any Authorization
@@ -434,12 +297,14 @@ class _Importer:
             auth_token = self.auth_token(row["auth_token"] or "", reasons=[])
         else:
             auth_token = self.auth_token(row["auth_token"] or "", reasons)
-        modified = max(_time(row["modified_at"], "modified_at"), _time(row["updated"], "updated"))
+        modified = max(
+            stored_time(row["modified_at"], "modified_at"), stored_time(row["updated"], "updated")
+        )
         hook = OutboundWebhook(
             id=hook_id,
             abid=abid,
             created_by=self.owner(row),
-            created_at=_time(row["created_at"], "created_at"),
+            created_at=created,
             modified_at=modified,
             name=row["name"],
             signal=row["signal"],
@@ -448,10 +313,10 @@ class _Importer:
             headers=headers,
             auth_token=auth_token,
             enabled=not reasons,
-            keep_last_response=bool(row["keep_last_response"]),
-            last_response=storable(str(row["last_response"] or "")),
-            last_success=_optional_time(row["last_success"], "last_success"),
-            last_failure=_optional_time(row["last_failure"], "last_failure"),
+            keep_last_response=keep_last_response,
+            last_response=storable(response_text(row["last_response"])),
+            last_success=optional_time(row["last_success"], "last_success"),
+            last_failure=optional_time(row["last_failure"], "last_failure"),
             secret=new_signing_secret(),
             failure_count=0,
             disabled_reason="; ".join(reasons),
@@ -460,18 +325,20 @@ class _Importer:
         self.validator(hook, judge_target=False)
         OutboundWebhook.insert(hook.__data__).execute()
         if reasons:
-            self.report.disabled.append(RowNote(HOOKS, _describe_hook(row), hook.disabled_reason))
+            self.report.disabled.append(
+                RowNote(HOOKS, _describe_hook(row), reason(hook.disabled_reason))
+            )
         self.written.append(hook_id)
         return True
 
 
 def _describe_user(row: sqlite3.Row) -> str:
-    return f"id {row['id']} ({row['username']!r})"
+    return f"id {named(row['id'])} ({shown(row['username'])})"
 
 
 def _describe_abid_row(row: sqlite3.Row) -> str:
     """A token or hook by its ABID, else its id: never by the token itself."""
-    return str(row["abid"] or f"id {row['id']}")
+    return named(row["abid"]) if row["abid"] else f"id {named(row['id'])}"
 
 
 def _without_credentials(url: Any) -> tuple[Any, str]:
@@ -486,9 +353,9 @@ def _without_credentials(url: Any) -> tuple[Any, str]:
         parts = urlsplit(url)
         user, password = parts.username, parts.password
     except (TypeError, ValueError, AttributeError):  # the endpoint check says what is wrong
-        return url, ""
+        return _without_userinfo(url), ""
     if user is None and password is None:
-        return url, ""
+        return (url, "") if parts.netloc else (_without_userinfo(url), "")
     bare = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     if not user and not password:  # a bare "@" or ":@": httpx sends no Basic auth for it
         return bare, ""
@@ -496,8 +363,25 @@ def _without_credentials(url: Any) -> tuple[Any, str]:
     return bare, "Basic " + base64.b64encode(pair).decode()
 
 
+def _without_userinfo(url: Any) -> Any:
+    """A URL no parser takes (so httpx sent nothing) without what looks like ``user:pass@``.
+
+    The hook is imported disabled, its URL refused; the URL is still shown in
+    lists, so a password in it is dropped all the same.
+    """
+    if not isinstance(url, str):
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    if "@" not in rest[:end]:
+        return url
+    return f"{scheme}{sep}{rest[:end].rpartition('@')[2]}{rest[end:]}"
+
+
 def _describe_hook(row: sqlite3.Row) -> str:
-    return f"{_describe_abid_row(row)} ({row['name']!r})"
+    return f"{_describe_abid_row(row)} ({shown(row['name'])})"
 
 
 def import_archivebox(
@@ -511,20 +395,21 @@ def import_archivebox(
     dry_run: bool = False,
 ) -> ArchiveBoxImport:
     """Copy users, API tokens and webhooks from an ArchiveBox 0.8 database (see ``Store``)."""
-    source = _source_path(path)
-    decrypt = _decrypter(cipher_key)
+    source = source_path(path)
+    decrypt = decrypter(cipher_key)
     refs = dict(DEFAULT_REF_MAP)
     for old, new in (ref_map or {}).items():
         try:
             refs[old] = validator.check_ref(new)
         except ValidationError as exc:
             raise ValidationError(f"cannot map {old} to {new}: {exc}") from None
-    conn = _open_source(source)
+    conn = open_source(source)
     conn.row_factory = sqlite3.Row
     try:
-        _check_source(conn, source)
+        check_source(conn, source)
         report = ArchiveBoxImport(source=source, dry_run=dry_run)
-        importer = _Importer(users, validator, refs, decrypt, report)
+        importer = _Importer(db, users, validator, refs, decrypt, report)
+        validator.allowlist.refresh()  # as the file holds it now: another process may have added
         try:
             with db.atomic():
                 importer.run(conn)

@@ -12,19 +12,22 @@ are not copied; events the copy itself records are discarded with them.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import peewee
 
 from ._capture import EVENT_TABLE
-from ._errors import StoreError, ValidationError
+from ._compat import peewee_errors
+from ._errors import DamagedRow, StoreError, TokenstoreError, ValidationError
 from ._inputs import check_flag, check_path, check_text
 from ._models import OWN_MODELS
 from ._postgres import PostgresDatabase
 from ._postgres import open_database as open_postgres
 from ._postgres_url import is_url, redacted_url
-from ._rows import column_list, quote_name
+from ._rows import Loader, column_list, not_utf8, quote_name
 from ._sqlite import SQLiteDatabase, open_database
 
 #: Seconds a writer waits for the file's lock (or a server's) during the copy.
@@ -165,7 +168,11 @@ def _copy(
             )
         last_event = _scalar(conn, f"SELECT coalesce(max(id), 0) FROM {EVENT_TABLE}")
         for model in reversed(OWN_MODELS):
-            conn.execute(f"DELETE FROM {quote_name(model._meta.table_name)}")
+            table = model._meta.table_name
+            # An application's table may keep its rows' users (ON DELETE RESTRICT).
+            with _refused(f"force cannot empty {table} in {where}"):
+                conn.execute(f"DELETE FROM {quote_name(table)}")
+                _count(dst, table)  # on PostgreSQL, a refusal comes back now
         for model in OWN_MODELS:
             copied[model._meta.table_name] = _copy_table(src, dst, conn, model)
         # The inserts above may have been captured (an enabled hook watches users):
@@ -188,25 +195,68 @@ def _copy_table(
     conn: Any,
     model: type[peewee.Model],
 ) -> int:
-    """Copy one table's rows as stored; only booleans need converting (0/1 or true/false)."""
+    """Copy one table's rows as stored; only booleans need converting (0/1 or true/false).
+
+    Each row is first read as tokenstore reads it, so a row edited outside
+    tokenstore is refused naming its column, not copied for the new store to
+    choke on. What the destination itself refuses (a key to a row that is not
+    there, a status it does not know) is named by table and row, never with
+    the driver's detail, which quotes the whole row, secrets and all.
+    """
     fields = model._meta.sorted_fields
     flags = [i for i, f in enumerate(fields) if isinstance(f, peewee.BooleanField)]
-    table = quote_name(model._meta.table_name)
+    table = model._meta.table_name
+    loader = Loader(model)
     columns = column_list(model)
-    insert = dst.sql(f"INSERT INTO {table} ({columns}) VALUES ({', '.join('?' * len(fields))})")
-    cursor = src.connection().execute(f"SELECT {columns} FROM {table} ORDER BY 1")
+    insert = dst.sql(
+        f"INSERT INTO {quote_name(table)} ({columns}) VALUES ({', '.join('?' * len(fields))})"
+    )
+    cursor = src.connection().execute(f"SELECT {columns} FROM {quote_name(table)} ORDER BY 1")
     count = 0
-    while rows := cursor.fetchmany(500):
+    while rows := _fetch(src, cursor, model):
         for row in rows:
+            _check(loader, row)
             values = list(row)
             for i in flags:
                 values[i] = None if values[i] is None else bool(values[i])
-            try:
+            with _refused(f"row {values[0]!r} of {table} cannot be copied"):
                 conn.execute(insert, values)
-            except ValidationError as exc:  # NUL in text, which PostgreSQL cannot store
-                raise ValidationError(
-                    f"migrate: row {values[0]!r} of {model._meta.table_name} cannot be copied "
-                    f"({exc}); nothing was written"
-                ) from None
         count += len(rows)
+    with _refused(f"{table} cannot be copied"):  # on PostgreSQL, a refusal comes back now
+        _count(dst, table)
     return count
+
+
+def _fetch(src: SQLiteDatabase | PostgresDatabase, cursor: Any, model: type[peewee.Model]) -> Any:
+    """The next rows; text that is no UTF-8 (SQLite cannot hand it over) is a DamagedRow."""
+    try:
+        with peewee_errors:  # the driver's own errors as peewee's
+            return cursor.fetchmany(500)
+    except peewee.OperationalError as exc:
+        damaged = not_utf8(model, exc, src.connection())
+        if damaged is None:
+            raise
+        raise DamagedRow(f"migrate: {damaged}; nothing was written") from None
+
+
+def _check(loader: Loader[Any], row: Any) -> None:
+    """Refuse a row tokenstore itself could not read (a blob, text in a time or a flag)."""
+    try:
+        loader.values(row)
+    except DamagedRow as exc:
+        raise DamagedRow(f"migrate: {exc}; nothing was written") from None
+
+
+@contextmanager
+def _refused(what: str) -> Iterator[None]:
+    """The destination's refusal in the block as a ValidationError: ``what``, and why."""
+    try:
+        with peewee_errors:  # the driver's own errors as peewee's
+            yield
+    except ValidationError as exc:  # NUL in text, a number out of range, on PostgreSQL
+        raise ValidationError(f"migrate: {what} ({exc}); nothing was written") from None
+    except peewee.DatabaseError as exc:
+        if isinstance(exc, TokenstoreError):  # the store's own faults: disk full, lost server
+            raise
+        reason = str(exc).strip().partition("\n")[0]  # not PostgreSQL's DETAIL: the row itself
+        raise ValidationError(f"migrate: {what} ({reason}); nothing was written") from None
