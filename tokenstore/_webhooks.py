@@ -158,8 +158,13 @@ class HookValidator:
         stored = hook._stored or {}
         if judge_target and (not stored or stored.get("ref") != hook.ref):
             _set_if_changed(hook, "ref", self.check_ref(hook.ref))
-        if not isinstance(hook.endpoint, str) or len(hook.endpoint) > 2047:
-            raise ValidationError("webhook endpoint must be a URL of at most 2047 characters")
+        # Counted in UTF-8 bytes: past 2047, PostgreSQL's index of (ref, endpoint) may refuse
+        # the row, and percent-encoded on the wire the URL is longer still.
+        if not isinstance(hook.endpoint, str) or len(hook.endpoint.encode(errors="replace")) > 2047:
+            raise ValidationError(
+                "webhook endpoint must be a URL of at most 2047 characters "
+                "(bytes, in UTF-8: a non-ASCII character counts two to four)"
+            )
         if judge_target and (not stored or stored.get("endpoint") != hook.endpoint):
             self.allowlist.refresh()
             self.guard.check_endpoint(hook.endpoint)
