@@ -20,7 +20,8 @@ from ._netguard import AddressGuard
 from ._rows import refused_as_not_utf8
 from ._times import format_time
 
-_TABLE = "tokenstore_webhook_allow"
+#: Where the list is kept (``tokenstore.migrate`` copies it with the store).
+ALLOW_TABLE = "tokenstore_webhook_allow"
 
 logger = logging.getLogger("tokenstore.webhooks")
 
@@ -35,13 +36,13 @@ class AllowList:
         self.clock = clock
         self._entries: tuple[str, ...] = ()
         self._read_at = float("-inf")  # time.monotonic() of the last read
-        self._select = f"SELECT entry FROM {_TABLE} ORDER BY entry"
+        self._select = f"SELECT entry FROM {ALLOW_TABLE} ORDER BY entry"
         # SQLite only: an entry edited into text that is no UTF-8, which sqlite3 cannot read.
-        self._select_bytes = f"SELECT CAST(entry AS BLOB) FROM {_TABLE} ORDER BY entry"
+        self._select_bytes = f"SELECT CAST(entry AS BLOB) FROM {ALLOW_TABLE} ORDER BY entry"
         self._insert = db.sql(
-            f"INSERT INTO {_TABLE} (entry, added_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
+            f"INSERT INTO {ALLOW_TABLE} (entry, added_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
         )
-        self._delete = db.sql(f"DELETE FROM {_TABLE} WHERE entry = ?")
+        self._delete = db.sql(f"DELETE FROM {ALLOW_TABLE} WHERE entry = ?")
 
     def entries(self) -> list[str]:
         """The entries in force, as stored."""
@@ -69,7 +70,7 @@ class AllowList:
             logger.error(
                 "%s: %d entries hold text that is not UTF-8 and are ignored; the rows "
                 "were changed outside tokenstore",
-                _TABLE,
+                ALLOW_TABLE,
                 len(stored) - len(entries),
             )
         if entries != self._entries:

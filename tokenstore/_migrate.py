@@ -5,8 +5,9 @@ Rows are copied as stored, ids and ABIDs included, so tokens keep working
 their ``webhook-id``: a receiver that saw a message before the move drops
 its retry after it. Everything is written in one transaction on the
 destination, checked by counting, and committed only if the counts agree.
-Change events and listeners belong to the processes of the old store and
-are not copied; events the copy itself records are discarded with them.
+The address allowlist is the store's policy and is copied with it. Change
+events and listeners belong to the processes of the old store and are not
+copied; events the copy itself records are discarded with them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import peewee
 
+from ._allowlist import ALLOW_TABLE
 from ._capture import EVENT_TABLE
 from ._compat import peewee_errors
 from ._errors import DamagedRow, StoreError, TokenstoreError, ValidationError
@@ -127,7 +129,7 @@ def _count(db: SQLiteDatabase | PostgresDatabase, table: str) -> int:
 def migrate(
     source: str | os.PathLike[str], dest: str | os.PathLike[str], *, force: bool = False
 ) -> dict[str, int]:
-    """Copy every user, token, hook and delivery from ``source`` to ``dest``.
+    """Copy every user, token, hook and delivery, and the address allowlist, to ``dest``.
 
     Each is an SQLite file or a ``postgresql://`` URL. A destination that
     holds anything but its ``system`` user is refused unless ``force``, which
@@ -175,6 +177,7 @@ def _copy(
                 _count(dst, table)  # on PostgreSQL, a refusal comes back now
         for model in OWN_MODELS:
             copied[model._meta.table_name] = _copy_table(src, dst, conn, model)
+        copied[ALLOW_TABLE] = _copy_allowlist(src, dst, conn)
         # The inserts above may have been captured (an enabled hook watches users):
         # they are not changes anybody made.
         conn.execute(dst.sql(f"DELETE FROM {EVENT_TABLE} WHERE id > ?"), (last_event,))
@@ -225,6 +228,21 @@ def _copy_table(
     with _refused(f"{table} cannot be copied"):  # on PostgreSQL, a refusal comes back now
         _count(dst, table)
     return count
+
+
+def _copy_allowlist(
+    src: SQLiteDatabase | PostgresDatabase, dst: SQLiteDatabase | PostgresDatabase, conn: Any
+) -> int:
+    """Copy the file's address policy: the hooks that rely on it would be blocked without it."""
+    with _refused(f"{ALLOW_TABLE} cannot be read"):  # an entry edited into text no UTF-8
+        rows = src.connection().execute(f"SELECT entry, added_at FROM {ALLOW_TABLE}").fetchall()
+    conn.execute(f"DELETE FROM {ALLOW_TABLE}")
+    insert = dst.sql(f"INSERT INTO {ALLOW_TABLE} (entry, added_at) VALUES (?, ?)")
+    with _refused(f"{ALLOW_TABLE} cannot be copied"):
+        for row in rows:
+            conn.execute(insert, tuple(row))
+        _count(dst, ALLOW_TABLE)  # on PostgreSQL, a refusal comes back now
+    return len(rows)
 
 
 def _fetch(src: SQLiteDatabase | PostgresDatabase, cursor: Any, model: type[peewee.Model]) -> Any:
