@@ -841,6 +841,19 @@ def test_only_loopback_unless_public(store: tokenstore.Store) -> None:
         admin.make_admin_server(store, "192.0.2.1", 0)
 
 
+@pytest.mark.parametrize(
+    ("port", "shown"),
+    [(65536, "65536"), (-1, "-1"), (10**5000, "bits"), ("80", "str")],
+    ids=["above", "below", "huge", "text"],
+)
+def test_a_port_out_of_range_is_a_validation_error(
+    store: tokenstore.Store, port: object, shown: str
+) -> None:
+    """A port of over 4,300 digits is no number str() will write: the message says its size."""
+    with pytest.raises(tokenstore.ValidationError, match=f"port.*{shown}"):
+        admin.make_admin_server(store, "127.0.0.1", port)  # type: ignore[arg-type]
+
+
 def run_cli(db: Path, *args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
     code = f"import sys\n{prelude}\nfrom tokenstore._cli import main\nsys.exit(main(sys.argv[1:]))"
     return subprocess.run(

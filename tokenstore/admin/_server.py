@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import tokenstore
+from tokenstore._inputs import check_int
 from tokenstore._servers import BoundedThreads
 
 from ._app import make_app
@@ -211,8 +212,7 @@ def make_admin_server(
             f"--host {host!r} is not a loopback address: the admin page listens on "
             "127.0.0.1 unless --public is given (then put TLS in front of it)"
         )
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise tokenstore.ValidationError(f"--port must be between 0 and 65535, got {port!r}")
+    check_int(port, "--port", maximum=65535)
     server_class = _AdminServer6 if ":" in host else AdminServer
     app: WSGIApplication = make_app(store)
     if is_loopback(host) and not public:
