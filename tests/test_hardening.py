@@ -242,6 +242,30 @@ def test_only_tokenstore_errors_and_nothing_half_written(
         world.hook = world.store.webhooks.get(world.hook.abid)
 
 
+class _Unshowable:
+    """A value whose repr raises, as a broken object of the caller's might."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("this object cannot be shown")
+
+
+@pytest.mark.parametrize("probe", sorted(PROBES))
+@pytest.mark.parametrize(
+    "value", [10**5000, -(10**5000), _Unshowable()], ids=["huge", "-huge", "unshowable"]
+)
+def test_a_value_no_message_can_quote_is_still_a_tokenstore_error(
+    world: World, probe: str, value: Any
+) -> None:
+    """str() refuses an int of over 4,300 digits: quoting one made the error message raise."""
+    before = rows(world.path)
+    try:
+        PROBES[probe](world, value)
+    except TokenstoreError as exc:
+        assert len(str(exc)) <= 1100 and rows(world.path) == before
+    finally:
+        world.hook = world.store.webhooks.get(world.hook.abid)
+
+
 @pytest.mark.parametrize("name", sorted(f.name for f in Options.__dataclass_fields__.values()))
 @settings(max_examples=60, deadline=None)
 @given(value=ODD)

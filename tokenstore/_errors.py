@@ -14,6 +14,20 @@ _MAX_MESSAGE = 1000
 _HEAD, _TAIL = 600, 300
 
 
+def shown(value: object) -> str:
+    """A value given by the caller, as a message quotes it: its repr, or what it is.
+
+    The message about bad input must not fail itself: ``str()`` refuses an
+    int of over 4,300 digits, and an object's own ``__repr__`` may raise.
+    """
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        return repr(value)
+    except Exception:
+        return f"a {type(value).__name__} that cannot be shown"
+
+
 class TokenstoreError(Exception):
     """Base class of every error tokenstore raises on purpose."""
 

@@ -14,7 +14,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
-from ._errors import ValidationError
+from ._errors import ValidationError, shown
 
 #: The largest integer an SQLite INTEGER column holds.
 MAX_INT = 2**63 - 1
@@ -64,9 +64,7 @@ def check_int(value: object, what: str, *, minimum: int = 0, maximum: int = MAX_
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(f"{what} must be an integer, got {type(value).__name__}")
     if not minimum <= value <= maximum:
-        # str() refuses an int of over 4,300 digits; its size says enough.
-        shown = value if value.bit_length() <= 256 else f"an integer of {value.bit_length()} bits"
-        raise ValidationError(f"{what} must be between {minimum} and {maximum}, got {shown}")
+        raise ValidationError(f"{what} must be between {minimum} and {maximum}, got {shown(value)}")
     return value
 
 
@@ -76,12 +74,16 @@ def check_seconds(
     """A finite number of seconds above ``minimum`` (or equal, with ``allow_minimum``)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(f"{what} must be a number of seconds, got {type(value).__name__}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int past float's range: too many seconds
+        seconds = math.inf
     low_ok = seconds >= minimum if allow_minimum else seconds > minimum
     if not (math.isfinite(seconds) and low_ok and seconds <= MAX_SECONDS):
         bound = "at least" if allow_minimum else "more than"
         raise ValidationError(
-            f"{what} must be {bound} {minimum:g} and at most {MAX_SECONDS:g} seconds, got {value}"
+            f"{what} must be {bound} {minimum:g} and at most {MAX_SECONDS:g} seconds, "
+            f"got {shown(value)}"
         )
     return seconds
 
@@ -121,5 +123,5 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 def check_header_name(value: object, what: str) -> str:
     """A string that is a valid HTTP header name."""
     if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
-        raise ValidationError(f"{what} {value!r} is not a valid HTTP header name")
+        raise ValidationError(f"{what} {shown(value)} is not a valid HTTP header name")
     return value

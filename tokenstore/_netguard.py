@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import _deadline
-from ._errors import BlockedAddress, ValidationError
+from ._errors import BlockedAddress, ValidationError, shown
 
 if TYPE_CHECKING:
     import requests
@@ -115,7 +115,7 @@ def _host_name(host: str) -> str:
 
 def _parse_allow_entry(entry: object) -> _IPNetwork | str:
     if not isinstance(entry, str) or not entry.strip():
-        raise ValidationError(f"allowlist entry {entry!r} must be a non-empty string")
+        raise ValidationError(f"allowlist entry {shown(entry)} must be a non-empty string")
     text = entry.strip()
     if "/" in text:
         try:

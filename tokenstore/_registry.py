@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 import peewee
 
 from ._capture import model_ref
-from ._errors import ValidationError
+from ._errors import ValidationError, shown
 from ._m2m import Relation
 
 
@@ -110,13 +110,21 @@ class Registry:
 
     def for_ref(self, ref: str | type[peewee.Model]) -> type[peewee.Model]:
         """The registered model a hook's ``ref`` names; unknown refs list the known ones."""
-        wanted = model_ref(ref) if isinstance(ref, type) else str(ref)
+        if isinstance(ref, type):
+            wanted = model_ref(ref)
+        elif isinstance(ref, str):
+            wanted = ref
+        else:
+            raise ValidationError(
+                f"a hook's ref must be a model class or its 'module.ClassName', "
+                f"got {type(ref).__name__}"
+            )
         for model in self._by_table.values():
             if model_ref(model) == wanted:
                 return model
         known = ", ".join(sorted(model_ref(m) for m in self._by_table.values()))
         raise ValidationError(
-            f"unknown model ref {wanted!r}; registered models: {known} (register the model "
+            f"unknown model ref {shown(wanted)}; registered models: {known} (register the model "
             "with store.register(Model) first; the tokenstore command registers a module's "
             "models with --app MODULE)"
         )

@@ -22,7 +22,7 @@ import peewee
 from ._allowlist import AllowList
 from ._capture import CaptureSpec, model_ref
 from ._dispatch import Dispatcher
-from ._errors import StoreError, ValidationError
+from ._errors import StoreError, ValidationError, shown
 from ._inputs import check_flag, check_path, check_seconds, check_text
 from ._m2m import Relation
 from ._models import OWN_MODELS, SYSTEM_USERNAME, ABIDModel, BaseModel, OutboundWebhook, User
@@ -225,7 +225,7 @@ class Store:
     def ref(self, model: type[peewee.Model]) -> str:
         """The name hooks use for a model: ``module.ClassName``."""
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
-            raise ValidationError(f"ref() takes a peewee model class, got {model!r}")
+            raise ValidationError(f"ref() takes a peewee model class, got {shown(model)}")
         return model_ref(model)
 
     def register(self, model: type[peewee.Model]) -> type[peewee.Model]:
@@ -241,7 +241,7 @@ class Store:
         lacks some of the model's columns, and relations ``docs/m2m.md`` lists.
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
-            raise ValidationError(f"register() takes a peewee model class, got {model!r}")
+            raise ValidationError(f"register() takes a peewee model class, got {shown(model)}")
         if model in _BASES:
             raise ValidationError(
                 f"{model.__name__} is a base class with no table of its own: register a subclass"

@@ -32,6 +32,7 @@ from ._errors import (
     NotFound,
     RevokedToken,
     ValidationError,
+    shown,
 )
 from ._inputs import MAX_SPAN, check_flag, check_header_name, check_int, check_span, check_text
 from ._models import SYSTEM_USERNAME, APIToken, User, unknown_owner
@@ -90,7 +91,7 @@ class Users:
         """Add a user; usernames are 1-150 letters or digits (any script) or ``_.@+-``, unique."""
         if not isinstance(username, str) or not _USERNAME.fullmatch(username):
             raise ValidationError(
-                f"username {username!r} is not valid: use 1-150 letters, digits or _.@+-"
+                f"username {shown(username)} is not valid: use 1-150 letters, digits or _.@+-"
             )
         try:
             # A savepoint inside an open transaction: on PostgreSQL a failed statement
@@ -100,7 +101,7 @@ class Users:
                     username=username, is_superuser=check_flag(superuser, "superuser")
                 )
         except peewee.IntegrityError:
-            raise ValidationError(f"username {username!r} is already taken") from None
+            raise ValidationError(f"username {shown(username)} is already taken") from None
         return user
 
     def get(self, username: str | int) -> User:
@@ -113,7 +114,7 @@ class Users:
             if looks_like_token(username) or looks_like_legacy_token(username):
                 # a secret pasted for a name must not end up in a log
                 raise NotFound("no user of that name, which looks like an API token secret")
-            raise NotFound(f"no user {username!r}")
+            raise NotFound(f"no user {shown(username)}")
         return user
 
     def list(self) -> list[User]:
@@ -160,7 +161,7 @@ def _check_stored_scopes(data: dict[str, Any]) -> None:
 def _check_scope(scope: object) -> str:
     if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise ValidationError(
-            f"scope {scope!r} is not valid: use 1-100 characters from a-z, 0-9 and :._-"
+            f"scope {shown(scope)} is not valid: use 1-100 characters from a-z, 0-9 and :._-"
         )
     return scope
 
@@ -268,7 +269,7 @@ class Tokens:
             return user
         if isinstance(user, str | int) and not isinstance(user, bool):
             return self.users.get(user)
-        raise ValidationError(f"user must be a User, a username or an id, got {user!r}")
+        raise ValidationError(f"user must be a User, a username or an id, got {shown(user)}")
 
     @staticmethod
     def _expiry(expires: datetime | timedelta | None, now: datetime) -> datetime | None:

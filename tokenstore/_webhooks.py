@@ -22,7 +22,7 @@ from ._allowlist import AllowList
 from ._backend import Backend
 from ._capture import model_ref
 from ._credentials import looks_like_token
-from ._errors import InvalidABID, NotFound, ValidationError
+from ._errors import InvalidABID, NotFound, ValidationError, shown
 from ._inputs import (
     MAX_SPAN,
     check_flag,
@@ -149,7 +149,7 @@ class HookValidator:
             raise ValidationError(f"webhook name must be 1-255 characters, got {name!r}")
         if not isinstance(hook.signal, str) or hook.signal.upper() not in SIGNAL_CHOICES:
             raise ValidationError(
-                f"webhook signal {hook.signal!r} is not one of: {', '.join(SIGNAL_CHOICES)}"
+                f"webhook signal {shown(hook.signal)} is not one of: {', '.join(SIGNAL_CHOICES)}"
             )
         _set_if_changed(hook, "signal", hook.signal.upper())
         # The ref and the endpoint are judged when set: another process (the CLI, say)
@@ -171,7 +171,7 @@ class HookValidator:
             check_text(hook.endpoint, "webhook endpoint")  # the guard passes allowed hosts early
         headers = {} if hook.headers is None else hook.headers
         if not isinstance(headers, Mapping):
-            raise ValidationError(f"webhook headers must be a JSON object, got {headers!r}")
+            raise ValidationError(f"webhook headers must be a JSON object, got {shown(headers)}")
         for key, value in headers.items():
             check_header_name(key, "webhook header name")
             if not _header_value_ok(value):
@@ -445,7 +445,7 @@ class Webhooks:
         """
         if type(limit) is not int or not 1 <= limit <= MAX_DELIVERIES_PAGE:
             raise ValidationError(
-                f"limit must be a whole number from 1 to {MAX_DELIVERIES_PAGE}, got {limit!r}"
+                f"limit must be a whole number from 1 to {MAX_DELIVERIES_PAGE}, got {shown(limit)}"
             )
         query = WebhookDelivery.select().order_by(
             WebhookDelivery.created_at.desc(), WebhookDelivery.abid.desc()
@@ -461,7 +461,7 @@ class Webhooks:
         if status is not None:
             if status not in DELIVERY_STATUSES:
                 raise ValidationError(
-                    f"delivery status {status!r} is not one of: {', '.join(DELIVERY_STATUSES)}"
+                    f"delivery status {shown(status)} is not one of: {', '.join(DELIVERY_STATUSES)}"
                 )
             query = query.where(WebhookDelivery.status == status)
         return list(query.limit(limit))
@@ -485,9 +485,9 @@ class Webhooks:
                 WebhookDelivery.abid == ABID.parse(abid, prefix="msg_").canonical
             )
         except InvalidABID as exc:
-            raise NotFound(f"no delivery {abid!r}: {exc}") from None
+            raise NotFound(f"no delivery {shown(abid)}: {exc}") from None
         if found is None:
-            raise NotFound(f"no delivery {abid!r}")
+            raise NotFound(f"no delivery {shown(abid)}")
         return found
 
     def deliver_due(self, now: Any = None, limit: int = 100) -> int:
