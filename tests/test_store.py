@@ -530,6 +530,59 @@ def test_register_refuses_a_second_model_for_one_table(store: Store) -> None:
         store.register("note")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"table_name": "sqlite_notes"}, r"named like SQLite's own tables \(sqlite_\*\)"),
+        ({"table_name": "SQLite_Notes"}, r"named like SQLite's own tables"),
+        ({"table_name": "notes", "schema": "other"}, r"in schema 'other' \(Meta.schema\)"),
+    ],
+)
+def test_register_refuses_a_table_capture_cannot_watch(
+    store: Store, meta: dict[str, str], message: str
+) -> None:
+    model = type(
+        "Elsewhere",
+        (peewee.Model,),
+        {"__module__": __name__, "v": peewee.TextField(), "Meta": type("Meta", (), meta)},
+    )
+    with pytest.raises(ValidationError, match=rf"table '{meta['table_name']}' of .*Elsewhere"):
+        store.register(model)
+    with pytest.raises(ValidationError, match=message):
+        store.register(model)
+    assert model not in store.models.values()
+    assert not store.db.table_exists(meta["table_name"])
+
+
+def test_register_refuses_a_join_table_capture_cannot_watch(store: Store) -> None:
+    class Label(peewee.Model):
+        name = peewee.TextField()
+
+        class Meta:
+            table_name = "label"
+
+    through = peewee.DeferredThroughModel()
+
+    class Album(peewee.Model):
+        labels = peewee.ManyToManyField(Label, backref="albums", through_model=through)
+
+        class Meta:
+            table_name = "album"
+
+    class AlbumLabel(peewee.Model):
+        album = peewee.ForeignKeyField(Album)
+        label = peewee.ForeignKeyField(Label)
+
+        class Meta:
+            table_name = "album_label"
+            schema = "other"
+
+    through.set_model(AlbumLabel)
+    with pytest.raises(ValidationError, match=r"join table of Album.labels.*Meta.schema"):
+        store.register(Album)
+    assert not store.db.table_exists("album")
+
+
 def test_register_refuses_the_abid_base_class(store: Store) -> None:
     with pytest.raises(ValidationError, match="subclass"):
         store.register(ABIDModel)

@@ -42,7 +42,7 @@ class Registry:
         table = model._meta.table_name
         known = self._by_table.get(table)
         if known is None:
-            _outside_namespace(table, model_ref(model))
+            _check_table(model, model_ref(model))
             for other, owner in self._by_table.items():
                 if other.lower() == table.lower():  # SQLite's names ignore case
                     raise ValidationError(
@@ -81,7 +81,7 @@ class Registry:
         """
         known = dict(self._relations)
         for relation in relations:
-            _outside_namespace(relation.table, f"the join table of {' / '.join(relation.fields())}")
+            _check_table(relation.through, f"the join table of {' / '.join(relation.fields())}")
             model = self._by_table.get(relation.table)
             if model is not None:
                 raise ValidationError(
@@ -126,14 +126,35 @@ class Registry:
 NAMESPACE = "tokenstore_"
 
 
-def _outside_namespace(table: str, what: str) -> None:
-    """Refuse an application table named like tokenstore's own: capture there loops or lies.
+#: The prefix SQLite keeps for its own tables: it refuses to create one named so.
+SQLITE_PREFIX = "sqlite_"
 
-    Triggers on the event table would record events about events without end;
-    on the listener table, every registration would become a change.
+
+def _check_table(model: type[peewee.Model], what: str) -> None:
+    """Refuse a table that capture cannot watch, before anything is written.
+
+    Named like tokenstore's own, capture would loop or lie: triggers on the
+    event table would record events about events without end; on the
+    listener table, every registration would become a change. Named like
+    SQLite's own, SQLite refuses to create it, and so such a model could not
+    move between the backends. In a schema of its own (``Meta.schema``), its
+    events could not say which table they came from: events, claims and
+    triggers name a table by its name alone, in the store's own schema.
     """
+    table = model._meta.table_name
     if table.lower().startswith(NAMESPACE):
         raise ValidationError(
             f"table {table!r} of {what} is named like tokenstore's own tables "
             f"({NAMESPACE}*); give it another table_name"
+        )
+    if table.lower().startswith(SQLITE_PREFIX):
+        raise ValidationError(
+            f"table {table!r} of {what} is named like SQLite's own tables "
+            f"({SQLITE_PREFIX}*), which SQLite refuses to create; give it another table_name"
+        )
+    if model._meta.schema is not None:
+        raise ValidationError(
+            f"table {table!r} of {what} is in schema {model._meta.schema!r} (Meta.schema); "
+            "change capture knows a table by its name alone, in the store's own schema "
+            "(SQLite has no schemas): leave Meta.schema unset"
         )
