@@ -24,6 +24,7 @@ import tokenstore
 from tokenstore import (
     ABIDDriftError,
     ABIDModel,
+    InvalidABID,
     Store,
     StoreError,
     StoreReadOnly,
@@ -513,6 +514,63 @@ def test_an_explicit_id_that_collides_is_not_silently_replaced(app_store: Store)
     Scripted.create(id=uuid.UUID(int=(1 << 100) | 7), title="same", created_at=when)
     with pytest.raises(peewee.IntegrityError, match="abid"):
         Scripted.create(id=uuid.UUID(int=(2 << 100) | 7), title="same", created_at=when)
+
+
+def _abid_model(name: str, **attributes: Any) -> type[ABIDModel]:
+    """An ABIDModel of table ``sources`` with a text field ``v`` and these class attributes."""
+    meta = type("Meta", (), {"table_name": "sources"})
+    body = {"__module__": __name__, "v": peewee.TextField(null=True), "Meta": meta}
+    return type(name, (ABIDModel,), {**body, **attributes})
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"abid_prefix": "ab"}, r"Wrong\.abid_prefix: prefix must be 3 letters a-z"),
+        ({"abid_prefix": 5}, r"Wrong\.abid_prefix: prefix must be a str"),
+        ({"abid_ts_src": "created"}, r"Wrong\.abid_ts_src names 'created'.*ABID ts part"),
+        ({"abid_uri_src": "owner"}, r"Wrong\.abid_uri_src names 'owner'.*ABID uri part"),
+        ({"abid_subtype_src": "kind"}, r"Wrong\.abid_subtype_src names 'kind'.*subtype part"),
+        ({"abid_rand_src": "uuid"}, r"Wrong\.abid_rand_src names 'uuid'.*ABID rand part"),
+        ({"abid_rand_src": 7}, r"Wrong\.abid_rand_src must be the name .* got int"),
+        ({"abid_salt": b"salt"}, r"Wrong\.abid_salt must be a str, got bytes"),
+    ],
+)
+def test_register_refuses_abid_sources_that_cannot_be_read(
+    store: Store, attributes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        store.register(_abid_model("Wrong", **attributes))
+    assert not store.db.table_exists("sources")
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "message"),
+    [
+        ("abid_subtype_src", "a_", r"Odd\.ABID 'odd_\w{18}a_\w{6}' could not be parsed back"),
+        ("abid_rand_src", "a_b_cd", r"Odd\.ABID 'odd_\w{20}A_B_CD' could not be parsed back"),
+        ("abid_subtype_src", "\n\t", r"Odd\.ABID .*not a printable character"),
+        ("abid_rand_src", "ßßßßßß", r"Odd\.ABID .*expected 26 chars for the suffix, got 32"),
+    ],
+)
+def test_an_abid_that_could_not_be_read_back_is_never_stored(
+    store: Store, source: str, value: str, message: str
+) -> None:
+    # The sources copy these characters verbatim, as the original does; its parser refused
+    # them too (two '_', or 36 chars), so the record would fail every later read and update.
+    model = store.register(_abid_model("Odd", abid_prefix="odd_", **{source: "v"}))
+    with pytest.raises(InvalidABID, match=message):
+        model.create(v=value)
+    assert model.select().count() == 0
+    kept = model.create(v="ok")
+    assert model.get_by_id(kept.id).ABID == kept.ABID
+
+
+def test_an_abid_source_value_refused_names_the_model(store: Store) -> None:
+    model = store.register(_abid_model("Unowned", abid_uri_src="v"))
+    with pytest.raises(InvalidABID, match=r"^Unowned\.ABID: uri source must not be empty"):
+        model.create(v=" ")
+    assert model.select().count() == 0
 
 
 def test_register_refuses_a_second_model_for_one_table(store: Store) -> None:
