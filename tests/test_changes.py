@@ -1094,6 +1094,29 @@ def test_a_column_whose_name_holds_a_quote_is_captured(store: Store, listen: Lis
     assert [(c["sender"], c["instance"].text) for c in saved] == [(Remark, "hello")]
 
 
+def test_a_blob_primary_key_is_captured_as_hex(store: Store, listen: Listen) -> None:
+    class Digest(peewee.Model):
+        key = peewee.BlobField(primary_key=True)
+        note = peewee.TextField()
+
+    store.register(Digest)
+    saved, deleted, changed = (
+        listen(signals.post_save),
+        listen(signals.post_delete),
+        listen(signals.row_changed),
+    )
+    row = Digest.create(key=b"\x01\xff", note="a")
+    Digest.update(note="b").execute()
+    row.delete_instance()
+    # SQLite's hex() writes upper case, PostgreSQL's encode() lower, as in the rows' BLOBs.
+    assert [c["event"].pk.lower() for c in changed] == ["01ff"] * 3
+    assert [(c["instance"].key, c["instance"].note) for c in saved] == [
+        (b"\x01\xff", "a"),
+        (b"\x01\xff", "b"),
+    ]
+    assert [c["instance"].key for c in deleted] == [b"\x01\xff"]
+
+
 def test_a_refused_registration_leaves_no_table_behind(store: Store) -> None:
     """Too wide to capture on SQLite (63 columns), to be a table on PostgreSQL (1600)."""
     width = 70 if store.path is not None else 1601

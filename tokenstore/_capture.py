@@ -126,6 +126,8 @@ class CaptureSpec:
     pk_column: str
     recorded: tuple[CapturedColumn, ...]
     watched: tuple[str, ...]
+    #: A BLOB key is recorded as hex, as BLOB columns are: an event's key is text.
+    pk_is_blob: bool = False
 
     def check_width(self, most: int) -> None:
         """Refuse a table whose recorded row needs more columns than a backend can build."""
@@ -156,6 +158,7 @@ class CaptureSpec:
                 if f.name not in private
             ),
             watched=tuple(f.column_name for f in fields if f.name not in quiet),
+            pk_is_blob=isinstance(pk, peewee.BlobField),
         )
 
 

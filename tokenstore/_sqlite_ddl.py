@@ -60,22 +60,26 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
         f"WHERE ref = {quote_literal(spec.ref)} AND enabled))"
     )
     pk = quote_name(spec.pk_column)
+
+    def key(alias: str) -> str:
+        return f"hex({alias}.{pk})" if spec.pk_is_blob else f"{alias}.{pk}"
+
     insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
     values = f"VALUES ({quote_literal(spec.table)}"
     on = quote_name(spec.table)
     return [
         f"CREATE TRIGGER {trigger_name(spec.table, 'capture', 'insert')} AFTER INSERT ON {on}\n"
         f"WHEN {gate}\n"
-        f"BEGIN\n  {insert}\n  {values}, 'INSERT', NEW.{pk}, NULL, {row('NEW')});\n"
+        f"BEGIN\n  {insert}\n  {values}, 'INSERT', {key('NEW')}, NULL, {row('NEW')});\n"
         "END",
         f"CREATE TRIGGER {trigger_name(spec.table, 'capture', 'update')} AFTER UPDATE {of}"
         f"ON {on}\n"
         f"WHEN {gate}\n  AND ({changed or '0'})\n"
-        f"BEGIN\n  {insert}\n  {values}, 'UPDATE', NEW.{pk}, {row('OLD')}, "
+        f"BEGIN\n  {insert}\n  {values}, 'UPDATE', {key('NEW')}, {row('OLD')}, "
         f"{row('NEW')});\nEND",
         f"CREATE TRIGGER {trigger_name(spec.table, 'capture', 'delete')} AFTER DELETE ON {on}\n"
         f"WHEN {gate}\n"
-        f"BEGIN\n  {insert}\n  {values}, 'DELETE', OLD.{pk}, {row('OLD')}, NULL);\n"
+        f"BEGIN\n  {insert}\n  {values}, 'DELETE', {key('OLD')}, {row('OLD')}, NULL);\n"
         "END",
     ]
 
