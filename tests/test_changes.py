@@ -545,6 +545,41 @@ def test_a_store_with_receivers_registers_and_close_unregisters(
     assert listeners(db_path) == []
 
 
+def test_two_threads_registering_as_listener_at_once_both_write(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    saved = listen(signals.post_save)  # after opening: the first write registers
+    holding, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            with memos.atomic():
+                Memo.create(name="first")  # its transaction has added the listener row
+                holding.set()
+                release.wait(10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def second() -> None:
+        try:
+            Memo.create(name="second")  # finds no committed row; PostgreSQL waits on the key
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert holding.wait(10)
+    threads[1].start()
+    time.sleep(0.3)  # the second is waiting for the first's lock
+    release.set()
+    for thread in threads:
+        thread.join(20)
+    assert errors == []
+    assert sorted(c["instance"].name for c in saved) == ["first", "second"]
+    assert listeners(db_path) == [memos._dispatcher.claimant]
+
+
 def test_a_store_whose_last_receiver_left_stops_recording(
     memos: Store, db_path: Path, listen: Listen
 ) -> None:
