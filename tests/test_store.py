@@ -509,6 +509,32 @@ def test_abid_collision_retries_with_a_new_id(app_store: Store) -> None:
     assert Scripted.select().count() == 2
 
 
+def test_bulk_create_issues_each_record_its_abid_and_captures_each_once(
+    app_store: Store,
+) -> None:
+    when = datetime(2024, 10, 24, 12, 0, tzinfo=UTC)
+    clash = uuid.UUID(int=(1 << 100) | 0x2BADBEEF)
+    Scripted.ids[:] = [clash, uuid.UUID(int=(2 << 100) | 0x2BADBEEF)]  # the second collides
+    heard: list[tuple[str, bool]] = []
+
+    def receiver(sender: Any, instance: Any, created: bool, **extra: Any) -> None:
+        heard.append((instance.title, created))
+
+    tokenstore.signals.post_save.connect(receiver, sender=Scripted, weak=False)
+    try:
+        Scripted.bulk_create([Scripted(title="same", created_at=when) for _ in range(2)])
+    finally:
+        tokenstore.signals.post_save.disconnect(receiver, sender=Scripted)
+    rows = list(Scripted.select().order_by(Scripted.abid))
+    assert len(rows) == 2 and len({r.abid for r in rows}) == 2
+    assert clash in [r.id for r in rows]
+    assert all(r.ABID == r.compute_abid() for r in rows)
+    assert heard == [("same", True), ("same", True)]
+    loose = _abid_model("Loose")
+    with pytest.raises(StoreError, match="Loose is not registered"):
+        loose.bulk_create([loose(v="x")])
+
+
 def test_an_explicit_id_that_collides_is_not_silently_replaced(app_store: Store) -> None:
     when = datetime(2024, 10, 24, 12, 0, tzinfo=UTC)
     Scripted.create(id=uuid.UUID(int=(1 << 100) | 7), title="same", created_at=when)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
@@ -302,6 +303,20 @@ class ABIDModel(BaseModel):
                 f"from {old_part} to {new_part}; {cls.__name__} does not allow ABID drift "
                 f"(call regenerate_abid() to issue a new ABID on purpose)"
             )
+
+    @classmethod
+    def bulk_create(cls, model_list: Any, batch_size: Any = None) -> None:
+        """Insert each instance as ``save()`` does, all in one transaction.
+
+        peewee's own sends the instances' values as they are, without the
+        ABID, times and owner an insert issues (the write failed on the NOT
+        NULL ``abid``); each save also retries an ABID taken by another record,
+        which among many records of one millisecond can happen.
+        """
+        database = cls._meta.database  # None: the first save says to register the model
+        with nullcontext() if database is None else database.atomic():
+            for instance in model_list:
+                instance.save(force_insert=True)
 
     def regenerate_abid(self) -> abids.ABID:
         """Issue a new ABID from the current values and save it with the record."""
