@@ -528,7 +528,7 @@ def test_bulk_create_issues_each_record_its_abid_and_captures_each_once(
     rows = list(Scripted.select().order_by(Scripted.abid))
     assert len(rows) == 2 and len({r.abid for r in rows}) == 2
     assert clash in [r.id for r in rows]
-    assert all(r.ABID == r.compute_abid() for r in rows)
+    assert all(r.compute_abid() == r.ABID for r in rows)
     assert heard == [("same", True), ("same", True)]
     loose = _abid_model("Loose")
     with pytest.raises(StoreError, match="Loose is not registered"):
