@@ -560,6 +560,7 @@ def _abid_model(name: str, **attributes: Any) -> type[ABIDModel]:
         ({"abid_rand_src": "uuid"}, r"Wrong\.abid_rand_src names 'uuid'.*ABID rand part"),
         ({"abid_rand_src": 7}, r"Wrong\.abid_rand_src must be the name .* got int"),
         ({"abid_salt": b"salt"}, r"Wrong\.abid_salt must be a str, got bytes"),
+        ({"id": peewee.AutoField()}, r"Wrong\.id is an AutoField, but Wrong\.new_id\(\) makes"),
     ],
 )
 def test_register_refuses_abid_sources_that_cannot_be_read(
@@ -568,6 +569,18 @@ def test_register_refuses_abid_sources_that_cannot_be_read(
     with pytest.raises(ValidationError, match=message):
         store.register(_abid_model("Wrong", **attributes))
     assert not store.db.table_exists("sources")
+
+
+def test_an_integer_id_is_fine_with_a_new_id_of_its_own(store: Store) -> None:
+    numbers = iter(range(7, 100))
+    model = _abid_model(
+        "Numbered",
+        id=peewee.IntegerField(primary_key=True),
+        new_id=classmethod(lambda c: next(numbers)),
+    )
+    store.register(model)
+    record = model.create(v="x")
+    assert record.id == 7 and record.ABID.rand == "000007"
 
 
 @pytest.mark.parametrize(

@@ -52,9 +52,21 @@ def source_value(model: type[peewee.Model], instance: Any, source: ABIDSource) -
         ) from None
 
 
-def check_sources(model: type[peewee.Model]) -> None:
-    """Refuse a class whose ABIDs could not be made: say which attribute is wrong, and how."""
+def check_sources(model: type[peewee.Model], new_uuid: Callable[[], Any]) -> None:
+    """Refuse a class whose ABIDs could not be made: say which attribute is wrong, and how.
+
+    ``new_uuid`` is ABIDModel's own ``new_id``: a class that keeps it must have
+    a primary key that holds a UUID, not an integer (``id = AutoField()``).
+    """
     name = model.__name__
+    pk = model._meta.primary_key
+    new_id = getattr(model, "new_id", None)
+    keeps_uuids = getattr(new_id, "__func__", None) is getattr(new_uuid, "__func__", new_uuid)
+    if keeps_uuids and isinstance(pk, peewee.IntegerField):
+        raise ValidationError(
+            f"{name}.{pk.name} is an {type(pk).__name__}, but {name}.new_id() makes UUIDs: "
+            "keep ABIDModel's UUID id, or override new_id() to return what it holds"
+        )
     prefix = getattr(model, "abid_prefix", None)
     try:
         abids.ABID.parse("0" * 26, prefix=prefix)  # a bare suffix: checks the prefix alone

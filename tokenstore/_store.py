@@ -257,7 +257,7 @@ class Store:
                     f"registering {model.__name__}"
                 )
         if issubclass(model, ABIDModel):
-            check_sources(model)
+            check_sources(model, ABIDModel.new_id)
         spec = CaptureSpec.of(model)
         relations = [Relation.of(m2m) for m2m in model._meta.manytomany.values()]
         self._registry.check_relations(relations)
