@@ -633,6 +633,7 @@ def test_register_refuses_a_second_model_for_one_table(store: Store) -> None:
         ({"table_name": "sqlite_notes"}, r"named like SQLite's own tables \(sqlite_\*\)"),
         ({"table_name": "SQLite_Notes"}, r"named like SQLite's own tables"),
         ({"table_name": "notes", "schema": "other"}, r"in schema 'other' \(Meta.schema\)"),
+        ({"table_name": "notes", "temporary": True}, r"is temporary \(Meta.temporary\)"),
     ],
 )
 def test_register_refuses_a_table_capture_cannot_watch(
@@ -649,6 +650,36 @@ def test_register_refuses_a_table_capture_cannot_watch(
         store.register(model)
     assert model not in store.models.values()
     assert not store.db.table_exists(meta["table_name"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"v": peewee.TextField(column_name="a\0b")},
+            r"Odd\.v: its column name 'a\\x00b' holds NUL",
+        ),
+        (
+            {"v": peewee.TextField(), "w": peewee.TextField(column_name="V")},
+            r"Odd\.v and Odd\.w are both on column 'V' of table 'odd'",
+        ),
+    ],
+)
+def test_register_refuses_columns_no_table_could_have(
+    store: Store, fields: dict[str, peewee.Field], message: str
+) -> None:
+    meta = type("Meta", (), {"table_name": "odd"})
+    model = type("Odd", (peewee.Model,), {"__module__": __name__, "Meta": meta, **fields})
+    with pytest.raises(ValidationError, match=message):
+        store.register(model)
+    assert not store.db.table_exists("odd")
+
+
+def test_register_refuses_a_table_name_holding_nul(store: Store) -> None:
+    meta = type("Meta", (), {"table_name": "a\0b"})
+    model = type("Odd", (peewee.Model,), {"__module__": __name__, "Meta": meta})
+    with pytest.raises(ValidationError, match=r"table 'a\\x00b' of .*Odd: a table name cannot"):
+        store.register(model)
 
 
 def test_register_refuses_a_join_table_capture_cannot_watch(store: Store) -> None:

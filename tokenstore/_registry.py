@@ -133,6 +133,9 @@ SQLITE_PREFIX = "sqlite_"
 def _check_table(model: type[peewee.Model], what: str) -> None:
     """Refuse a table that capture cannot watch, before anything is written.
 
+    Its own rules below; and no name may hold NUL, nor two fields share a column
+    (the table could not even be created).
+
     Named like tokenstore's own, capture would loop or lie: triggers on the
     event table would record events about events without end; on the
     listener table, every registration would become a change. Named like
@@ -158,3 +161,30 @@ def _check_table(model: type[peewee.Model], what: str) -> None:
             "change capture knows a table by its name alone, in the store's own schema "
             "(SQLite has no schemas): leave Meta.schema unset"
         )
+    if model._meta.temporary:
+        raise ValidationError(
+            f"table {table!r} of {what} is temporary (Meta.temporary): it would live in one "
+            "connection only, where no trigger of the store's can watch it"
+        )
+    _check_columns(model, table, what)
+
+
+def _check_columns(model: type[peewee.Model], table: str, what: str) -> None:
+    """Refuse names no SQL statement can carry (NUL) and two fields on one column."""
+    if "\0" in table:
+        raise ValidationError(f"table {table!r} of {what}: a table name cannot hold NUL")
+    owners: dict[str, str] = {}
+    for field in model._meta.sorted_fields:
+        column = field.column_name
+        if "\0" in column:
+            raise ValidationError(
+                f"{model.__name__}.{field.name}: its column name {column!r} holds NUL, "
+                "which no SQL name can"
+            )
+        other = owners.setdefault(column.lower(), field.name)  # SQLite ignores case here too
+        if other != field.name:
+            raise ValidationError(
+                f"{model.__name__}.{other} and {model.__name__}.{field.name} are both on "
+                f"column {column!r} of table {table!r} (SQLite's column names ignore case); "
+                "give each field a column of its own"
+            )
