@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -1150,6 +1151,31 @@ def test_a_blob_primary_key_is_captured_as_hex(store: Store, listen: Listen) -> 
         (b"\x01\xff", "b"),
     ]
     assert [c["instance"].key for c in deleted] == [b"\x01\xff"]
+
+
+def test_floating_point_values_are_captured_to_the_last_digit(store: Store, listen: Listen) -> None:
+    class Reading(peewee.Model):
+        value = peewee.DoubleField(null=True)  # a FloatField is PostgreSQL's 4-byte REAL
+        exact = peewee.DecimalField(max_digits=20, decimal_places=6, null=True)
+
+    store.register(Reading)
+    saved, changed = listen(signals.post_save), listen(signals.row_changed)
+    values = [
+        123456789.12345679,
+        1.0000000000000002,
+        2.2250738585072014e-308,
+        -2.5e300,
+        float("inf"),
+        None,
+    ]
+    for value in values:
+        Reading.create(value=value, exact=Decimal("12345678.123456"))
+    stored = [r.value for r in Reading.select().order_by(Reading.id)]
+    assert stored == values
+    assert [c["instance"].value for c in saved] == stored
+    finite = [c["event"].row["value"] for c in changed][:4]  # PostgreSQL's JSON: "Infinity"
+    assert finite == stored[:4]
+    assert {c["instance"].exact for c in saved} == {Decimal("12345678.123456")}
 
 
 def test_a_refused_registration_leaves_no_table_behind(store: Store) -> None:

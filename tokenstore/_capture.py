@@ -108,6 +108,8 @@ class ChangeEvent:
 class CapturedColumn:
     name: str
     is_blob: bool
+    #: Holds floating-point numbers (FloatField, DecimalField): recorded to the last digit.
+    is_real: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,11 @@ class CaptureSpec:
             ref=model_ref(model),
             pk_column=pk.column_name,
             recorded=tuple(
-                CapturedColumn(f.column_name, isinstance(f, peewee.BlobField))
+                CapturedColumn(
+                    f.column_name,
+                    isinstance(f, peewee.BlobField),
+                    isinstance(f, (peewee.FloatField, peewee.DecimalField)),
+                )
                 for f in fields
                 if f.name not in private
             ),

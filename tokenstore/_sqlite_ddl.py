@@ -48,6 +48,8 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
             value = f"{alias}.{quote_name(column.name)}"
             if column.is_blob:
                 value = f"hex({value})"
+            elif column.is_real:
+                value = _exact_real(value)
             pairs.append(f"{quote_literal(column.name)}, {value}")
         return "json_object(" + ", ".join(pairs) + ")"
 
@@ -82,6 +84,20 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
         f"BEGIN\n  {insert}\n  {values}, 'DELETE', {key('OLD')}, {row('OLD')}, NULL);\n"
         "END",
     ]
+
+
+def _exact_real(value: str) -> str:
+    """A column's value for json_object(), a finite REAL written with all 17 digits.
+
+    json_object() writes a REAL with 15 significant digits (SQLite 3.40 does):
+    ``123456789.12345679`` was recorded as ``123456789.123457``, and receivers
+    and webhooks got a value the row does not hold. An infinity keeps SQLite's
+    own ``Inf`` (which ``_capture`` reads), and other types stay as they are.
+    """
+    return (
+        f"CASE WHEN typeof({value}) = 'real' AND abs({value}) <= 1.7976931348623157e308 "
+        f"THEN json(printf('%!.17g', {value})) ELSE {value} END"
+    )
 
 
 def relation_triggers(spec: RelationSpec) -> list[str]:
