@@ -1051,6 +1051,29 @@ def test_a_model_on_one_of_tokenstore_s_tables_is_refused(store: Store, table: s
     assert triggers == 0
 
 
+@pytest.mark.parametrize(
+    ("module", "name", "taken"),
+    [("app.models", "Note", "note_first"), ("tokenstore", "User", "tokenstore_user")],
+)
+def test_a_second_model_with_a_known_ref_is_refused(
+    store: Store, module: str, name: str, taken: str
+) -> None:
+    """Hooks name a model by module.ClassName: two classes of one name would share hooks."""
+
+    def model(table: str) -> type[peewee.Model]:
+        meta = type("Meta", (), {"table_name": table})
+        return type(name, (peewee.Model,), {"__module__": module, "Meta": meta})
+
+    if module != "tokenstore":
+        store.register(model(taken))
+    with pytest.raises(
+        ValidationError, match=rf"{module}.{name} .* registered for table '{taken}'"
+    ):
+        store.register(model("note_second"))
+    assert store.model_for_ref(f"{module}.{name}")._meta.table_name == taken
+    assert not store.db.table_exists("note_second")
+
+
 def test_a_join_table_in_tokenstore_s_namespace_is_refused(store: Store) -> None:
     class Left(peewee.Model):
         name = peewee.TextField()

@@ -43,6 +43,7 @@ class Registry:
         known = self._by_table.get(table)
         if known is None:
             _check_table(model, model_ref(model))
+            self._check_ref(model)
             for other, owner in self._by_table.items():
                 if other.lower() == table.lower():  # SQLite's names ignore case
                     raise ValidationError(
@@ -64,6 +65,23 @@ class Registry:
             )
         self._by_table[table] = model
         return known is None
+
+    def _check_ref(self, model: type[peewee.Model]) -> None:
+        """Refuse a second model with the ref of one known: hooks could not tell them apart.
+
+        A hook names its model by ``module.ClassName``, and the triggers of its
+        table open for the hooks of that ref: two classes of one name in one
+        module (one redefined), or a class put in the ``tokenstore`` module,
+        would each fire the other's hooks.
+        """
+        ref = model_ref(model)
+        for other in self._by_table.values():
+            if model_ref(other) == ref:
+                raise ValidationError(
+                    f"{ref} (table {model._meta.table_name!r}) has the ref of the model already "
+                    f"registered for table {other._meta.table_name!r}: hooks name a model by "
+                    "module.ClassName, so they could not tell the two apart; rename one class"
+                )
 
     def remove(self, model: type[peewee.Model]) -> None:
         """Forget ``model``, and the relations that no registered model is left on."""
