@@ -1074,6 +1074,33 @@ def test_a_second_model_with_a_known_ref_is_refused(
     assert not store.db.table_exists("note_second")
 
 
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"private_fields": "secret"}, r"Vault\.private_fields must be a tuple of field names"),
+        ({"private_fields": ("secrte",)}, r"Vault\.private_fields names 'secrte', which is no"),
+        ({"private_fields": ("pin_code",)}, r"names 'pin_code', which is no field .*secret"),
+        ({"quiet_fields": ("seen", 3)}, r"Vault\.quiet_fields must be a tuple of field names"),
+    ],
+)
+def test_private_and_quiet_fields_must_name_fields(
+    store: Store, attributes: dict[str, Any], message: str
+) -> None:
+    """A misspelt private field would have its value captured, signalled and sent."""
+    meta = type("Meta", (), {"table_name": "vault"})
+    body = {
+        "__module__": __name__,
+        "Meta": meta,
+        "secret": peewee.TextField(column_name="pin_code"),
+    }
+    model = type("Vault", (peewee.Model,), {**body, "seen": peewee.IntegerField(default=0)})
+    for name, value in attributes.items():
+        setattr(model, name, value)
+    with pytest.raises(ValidationError, match=message):
+        store.register(model)
+    assert not store.db.table_exists("vault")
+
+
 def test_a_join_table_in_tokenstore_s_namespace_is_refused(store: Store) -> None:
     class Left(peewee.Model):
         name = peewee.TextField()
