@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -545,6 +546,41 @@ def test_a_store_with_receivers_registers_and_close_unregisters(
     assert listeners(db_path) == []
 
 
+def test_two_threads_registering_as_listener_at_once_both_write(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    saved = listen(signals.post_save)  # after opening: the first write registers
+    holding, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            with memos.atomic():
+                Memo.create(name="first")  # its transaction has added the listener row
+                holding.set()
+                release.wait(10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def second() -> None:
+        try:
+            Memo.create(name="second")  # finds no committed row; PostgreSQL waits on the key
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert holding.wait(10)
+    threads[1].start()
+    time.sleep(0.3)  # the second is waiting for the first's lock
+    release.set()
+    for thread in threads:
+        thread.join(20)
+    assert errors == []
+    assert sorted(c["instance"].name for c in saved) == ["first", "second"]
+    assert listeners(db_path) == [memos._dispatcher.claimant]
+
+
 def test_a_store_whose_last_receiver_left_stops_recording(
     memos: Store, db_path: Path, listen: Listen
 ) -> None:
@@ -1015,6 +1051,56 @@ def test_a_model_on_one_of_tokenstore_s_tables_is_refused(store: Store, table: s
     assert triggers == 0
 
 
+@pytest.mark.parametrize(
+    ("module", "name", "taken"),
+    [("app.models", "Note", "note_first"), ("tokenstore", "User", "tokenstore_user")],
+)
+def test_a_second_model_with_a_known_ref_is_refused(
+    store: Store, module: str, name: str, taken: str
+) -> None:
+    """Hooks name a model by module.ClassName: two classes of one name would share hooks."""
+
+    def model(table: str) -> type[peewee.Model]:
+        meta = type("Meta", (), {"table_name": table})
+        return type(name, (peewee.Model,), {"__module__": module, "Meta": meta})
+
+    if module != "tokenstore":
+        store.register(model(taken))
+    with pytest.raises(
+        ValidationError, match=rf"{module}.{name} .* registered for table '{taken}'"
+    ):
+        store.register(model("note_second"))
+    assert store.model_for_ref(f"{module}.{name}")._meta.table_name == taken
+    assert not store.db.table_exists("note_second")
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"private_fields": "secret"}, r"Vault\.private_fields must be a tuple of field names"),
+        ({"private_fields": ("secrte",)}, r"Vault\.private_fields names 'secrte', which is no"),
+        ({"private_fields": ("pin_code",)}, r"names 'pin_code', which is no field .*secret"),
+        ({"quiet_fields": ("seen", 3)}, r"Vault\.quiet_fields must be a tuple of field names"),
+    ],
+)
+def test_private_and_quiet_fields_must_name_fields(
+    store: Store, attributes: dict[str, Any], message: str
+) -> None:
+    """A misspelt private field would have its value captured, signalled and sent."""
+    meta = type("Meta", (), {"table_name": "vault"})
+    body = {
+        "__module__": __name__,
+        "Meta": meta,
+        "secret": peewee.TextField(column_name="pin_code"),
+    }
+    model = type("Vault", (peewee.Model,), {**body, "seen": peewee.IntegerField(default=0)})
+    for name, value in attributes.items():
+        setattr(model, name, value)
+    with pytest.raises(ValidationError, match=message):
+        store.register(model)
+    assert not store.db.table_exists("vault")
+
+
 def test_a_join_table_in_tokenstore_s_namespace_is_refused(store: Store) -> None:
     class Left(peewee.Model):
         name = peewee.TextField()
@@ -1092,6 +1178,54 @@ def test_a_column_whose_name_holds_a_quote_is_captured(store: Store, listen: Lis
     saved = listen(signals.post_save)
     Remark.create(text="hello")
     assert [(c["sender"], c["instance"].text) for c in saved] == [(Remark, "hello")]
+
+
+def test_a_blob_primary_key_is_captured_as_hex(store: Store, listen: Listen) -> None:
+    class Digest(peewee.Model):
+        key = peewee.BlobField(primary_key=True)
+        note = peewee.TextField()
+
+    store.register(Digest)
+    saved, deleted, changed = (
+        listen(signals.post_save),
+        listen(signals.post_delete),
+        listen(signals.row_changed),
+    )
+    row = Digest.create(key=b"\x01\xff", note="a")
+    Digest.update(note="b").execute()
+    row.delete_instance()
+    # SQLite's hex() writes upper case, PostgreSQL's encode() lower, as in the rows' BLOBs.
+    assert [c["event"].pk.lower() for c in changed] == ["01ff"] * 3
+    assert [(c["instance"].key, c["instance"].note) for c in saved] == [
+        (b"\x01\xff", "a"),
+        (b"\x01\xff", "b"),
+    ]
+    assert [c["instance"].key for c in deleted] == [b"\x01\xff"]
+
+
+def test_floating_point_values_are_captured_to_the_last_digit(store: Store, listen: Listen) -> None:
+    class Reading(peewee.Model):
+        value = peewee.DoubleField(null=True)  # a FloatField is PostgreSQL's 4-byte REAL
+        exact = peewee.DecimalField(max_digits=20, decimal_places=6, null=True)
+
+    store.register(Reading)
+    saved, changed = listen(signals.post_save), listen(signals.row_changed)
+    values = [
+        123456789.12345679,
+        1.0000000000000002,
+        2.2250738585072014e-308,
+        -2.5e300,
+        float("inf"),
+        None,
+    ]
+    for value in values:
+        Reading.create(value=value, exact=Decimal("12345678.123456"))
+    stored = [r.value for r in Reading.select().order_by(Reading.id)]
+    assert stored == values
+    assert [c["instance"].value for c in saved] == stored
+    finite = [c["event"].row["value"] for c in changed][:4]  # PostgreSQL's JSON: "Infinity"
+    assert finite == stored[:4]
+    assert {c["instance"].exact for c in saved} == {Decimal("12345678.123456")}
 
 
 def test_a_refused_registration_leaves_no_table_behind(store: Store) -> None:

@@ -24,6 +24,7 @@ import tokenstore
 from tokenstore import (
     ABIDDriftError,
     ABIDModel,
+    InvalidABID,
     Store,
     StoreError,
     StoreReadOnly,
@@ -508,11 +509,107 @@ def test_abid_collision_retries_with_a_new_id(app_store: Store) -> None:
     assert Scripted.select().count() == 2
 
 
+def test_bulk_create_issues_each_record_its_abid_and_captures_each_once(
+    app_store: Store,
+) -> None:
+    when = datetime(2024, 10, 24, 12, 0, tzinfo=UTC)
+    clash = uuid.UUID(int=(1 << 100) | 0x2BADBEEF)
+    Scripted.ids[:] = [clash, uuid.UUID(int=(2 << 100) | 0x2BADBEEF)]  # the second collides
+    heard: list[tuple[str, bool]] = []
+
+    def receiver(sender: Any, instance: Any, created: bool, **extra: Any) -> None:
+        heard.append((instance.title, created))
+
+    tokenstore.signals.post_save.connect(receiver, sender=Scripted, weak=False)
+    try:
+        Scripted.bulk_create([Scripted(title="same", created_at=when) for _ in range(2)])
+    finally:
+        tokenstore.signals.post_save.disconnect(receiver, sender=Scripted)
+    rows = list(Scripted.select().order_by(Scripted.abid))
+    assert len(rows) == 2 and len({r.abid for r in rows}) == 2
+    assert clash in [r.id for r in rows]
+    assert all(r.compute_abid() == r.ABID for r in rows)
+    assert heard == [("same", True), ("same", True)]
+    loose = _abid_model("Loose")
+    with pytest.raises(StoreError, match="Loose is not registered"):
+        loose.bulk_create([loose(v="x")])
+
+
 def test_an_explicit_id_that_collides_is_not_silently_replaced(app_store: Store) -> None:
     when = datetime(2024, 10, 24, 12, 0, tzinfo=UTC)
     Scripted.create(id=uuid.UUID(int=(1 << 100) | 7), title="same", created_at=when)
     with pytest.raises(peewee.IntegrityError, match="abid"):
         Scripted.create(id=uuid.UUID(int=(2 << 100) | 7), title="same", created_at=when)
+
+
+def _abid_model(name: str, **attributes: Any) -> type[ABIDModel]:
+    """An ABIDModel of table ``sources`` with a text field ``v`` and these class attributes."""
+    meta = type("Meta", (), {"table_name": "sources"})
+    body = {"__module__": __name__, "v": peewee.TextField(null=True), "Meta": meta}
+    return type(name, (ABIDModel,), {**body, **attributes})
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"abid_prefix": "ab"}, r"Wrong\.abid_prefix: prefix must be 3 letters a-z"),
+        ({"abid_prefix": 5}, r"Wrong\.abid_prefix: prefix must be a str"),
+        ({"abid_ts_src": "created"}, r"Wrong\.abid_ts_src names 'created'.*ABID ts part"),
+        ({"abid_uri_src": "owner"}, r"Wrong\.abid_uri_src names 'owner'.*ABID uri part"),
+        ({"abid_subtype_src": "kind"}, r"Wrong\.abid_subtype_src names 'kind'.*subtype part"),
+        ({"abid_rand_src": "uuid"}, r"Wrong\.abid_rand_src names 'uuid'.*ABID rand part"),
+        ({"abid_rand_src": 7}, r"Wrong\.abid_rand_src must be the name .* got int"),
+        ({"abid_salt": b"salt"}, r"Wrong\.abid_salt must be a str, got bytes"),
+        ({"id": peewee.AutoField()}, r"Wrong\.id is an AutoField, but Wrong\.new_id\(\) makes"),
+    ],
+)
+def test_register_refuses_abid_sources_that_cannot_be_read(
+    store: Store, attributes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        store.register(_abid_model("Wrong", **attributes))
+    assert not store.db.table_exists("sources")
+
+
+def test_an_integer_id_is_fine_with_a_new_id_of_its_own(store: Store) -> None:
+    numbers = iter(range(7, 100))
+    model = _abid_model(
+        "Numbered",
+        id=peewee.IntegerField(primary_key=True),
+        new_id=classmethod(lambda c: next(numbers)),
+    )
+    store.register(model)
+    record = model.create(v="x")
+    assert record.id == 7 and record.ABID.rand == "000007"
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "message"),
+    [
+        ("abid_subtype_src", "a_", r"Odd\.ABID 'odd_\w{18}a_\w{6}' could not be parsed back"),
+        ("abid_rand_src", "a_b_cd", r"Odd\.ABID 'odd_\w{20}A_B_CD' could not be parsed back"),
+        ("abid_subtype_src", "\n\t", r"Odd\.ABID .*not a printable character"),
+        ("abid_rand_src", "ßßßßßß", r"Odd\.ABID .*expected 26 chars for the suffix, got 32"),
+    ],
+)
+def test_an_abid_that_could_not_be_read_back_is_never_stored(
+    store: Store, source: str, value: str, message: str
+) -> None:
+    # The sources copy these characters verbatim, as the original does; its parser refused
+    # them too (two '_', or 36 chars), so the record would fail every later read and update.
+    model = store.register(_abid_model("Odd", abid_prefix="odd_", **{source: "v"}))
+    with pytest.raises(InvalidABID, match=message):
+        model.create(v=value)
+    assert model.select().count() == 0
+    kept = model.create(v="ok")
+    assert model.get_by_id(kept.id).ABID == kept.ABID
+
+
+def test_an_abid_source_value_refused_names_the_model(store: Store) -> None:
+    model = store.register(_abid_model("Unowned", abid_uri_src="v"))
+    with pytest.raises(InvalidABID, match=r"^Unowned\.ABID: uri source must not be empty"):
+        model.create(v=" ")
+    assert model.select().count() == 0
 
 
 def test_register_refuses_a_second_model_for_one_table(store: Store) -> None:
@@ -528,6 +625,90 @@ def test_register_refuses_a_second_model_for_one_table(store: Store) -> None:
         store.register(Impostor)
     with pytest.raises(ValidationError, match="peewee model class"):
         store.register("note")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"table_name": "sqlite_notes"}, r"named like SQLite's own tables \(sqlite_\*\)"),
+        ({"table_name": "SQLite_Notes"}, r"named like SQLite's own tables"),
+        ({"table_name": "notes", "schema": "other"}, r"in schema 'other' \(Meta.schema\)"),
+        ({"table_name": "notes", "temporary": True}, r"is temporary \(Meta.temporary\)"),
+    ],
+)
+def test_register_refuses_a_table_capture_cannot_watch(
+    store: Store, meta: dict[str, str], message: str
+) -> None:
+    model = type(
+        "Elsewhere",
+        (peewee.Model,),
+        {"__module__": __name__, "v": peewee.TextField(), "Meta": type("Meta", (), meta)},
+    )
+    with pytest.raises(ValidationError, match=rf"table '{meta['table_name']}' of .*Elsewhere"):
+        store.register(model)
+    with pytest.raises(ValidationError, match=message):
+        store.register(model)
+    assert model not in store.models.values()
+    assert not store.db.table_exists(meta["table_name"])
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"v": peewee.TextField(column_name="a\0b")},
+            r"Odd\.v: its column name 'a\\x00b' holds NUL",
+        ),
+        (
+            {"v": peewee.TextField(), "w": peewee.TextField(column_name="V")},
+            r"Odd\.v and Odd\.w are both on column 'V' of table 'odd'",
+        ),
+    ],
+)
+def test_register_refuses_columns_no_table_could_have(
+    store: Store, fields: dict[str, peewee.Field], message: str
+) -> None:
+    meta = type("Meta", (), {"table_name": "odd"})
+    model = type("Odd", (peewee.Model,), {"__module__": __name__, "Meta": meta, **fields})
+    with pytest.raises(ValidationError, match=message):
+        store.register(model)
+    assert not store.db.table_exists("odd")
+
+
+def test_register_refuses_a_table_name_holding_nul(store: Store) -> None:
+    meta = type("Meta", (), {"table_name": "a\0b"})
+    model = type("Odd", (peewee.Model,), {"__module__": __name__, "Meta": meta})
+    with pytest.raises(ValidationError, match=r"table 'a\\x00b' of .*Odd: a table name cannot"):
+        store.register(model)
+
+
+def test_register_refuses_a_join_table_capture_cannot_watch(store: Store) -> None:
+    class Label(peewee.Model):
+        name = peewee.TextField()
+
+        class Meta:
+            table_name = "label"
+
+    through = peewee.DeferredThroughModel()
+
+    class Album(peewee.Model):
+        labels = peewee.ManyToManyField(Label, backref="albums", through_model=through)
+
+        class Meta:
+            table_name = "album"
+
+    class AlbumLabel(peewee.Model):
+        album = peewee.ForeignKeyField(Album)
+        label = peewee.ForeignKeyField(Label)
+
+        class Meta:
+            table_name = "album_label"
+            schema = "other"
+
+    through.set_model(AlbumLabel)
+    with pytest.raises(ValidationError, match=r"join table of Album.labels.*Meta.schema"):
+        store.register(Album)
+    assert not store.db.table_exists("album")
 
 
 def test_register_refuses_the_abid_base_class(store: Store) -> None:

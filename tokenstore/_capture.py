@@ -108,6 +108,8 @@ class ChangeEvent:
 class CapturedColumn:
     name: str
     is_blob: bool
+    #: Holds floating-point numbers (FloatField, DecimalField): recorded to the last digit.
+    is_real: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,8 @@ class CaptureSpec:
     pk_column: str
     recorded: tuple[CapturedColumn, ...]
     watched: tuple[str, ...]
+    #: A BLOB key is recorded as hex, as BLOB columns are: an event's key is text.
+    pk_is_blob: bool = False
 
     def check_width(self, most: int) -> None:
         """Refuse a table whose recorded row needs more columns than a backend can build."""
@@ -143,20 +147,48 @@ class CaptureSpec:
             raise ValidationError(
                 f"{model.__name__}: change capture needs a single-column primary key"
             )
-        private = set(getattr(model, "private_fields", ()))
-        quiet = set(getattr(model, "quiet_fields", ()))
+        private = _field_names(model, "private_fields")
+        quiet = _field_names(model, "quiet_fields")
         fields = list(meta.sorted_fields)
         return cls(
             table=meta.table_name,
             ref=model_ref(model),
             pk_column=pk.column_name,
             recorded=tuple(
-                CapturedColumn(f.column_name, isinstance(f, peewee.BlobField))
+                CapturedColumn(
+                    f.column_name,
+                    isinstance(f, peewee.BlobField),
+                    isinstance(f, (peewee.FloatField, peewee.DecimalField)),
+                )
                 for f in fields
                 if f.name not in private
             ),
             watched=tuple(f.column_name for f in fields if f.name not in quiet),
+            pk_is_blob=isinstance(pk, peewee.BlobField),
         )
+
+
+def _field_names(model: type[peewee.Model], attribute: str) -> set[str]:
+    """The field names a model lists in ``private_fields`` or ``quiet_fields``, checked.
+
+    A name that is no field's (misspelt, or a column name) would leave the
+    field it meant captured: a private one's value would reach every event,
+    signal and webhook body. A plain string would be taken for its letters.
+    """
+    names = getattr(model, attribute, ())
+    if not isinstance(names, tuple | list | set | frozenset) or not all(
+        isinstance(name, str) for name in names
+    ):
+        raise ValidationError(
+            f"{model.__name__}.{attribute} must be a tuple of field names, got {names!r}"
+        )
+    unknown = [name for name in names if name not in model._meta.fields]
+    if unknown:
+        raise ValidationError(
+            f"{model.__name__}.{attribute} names {', '.join(map(repr, unknown))}, which is no "
+            f"field of {model.__name__} (its fields: {', '.join(model._meta.fields)})"
+        )
+    return set(names)
 
 
 @dataclass(frozen=True)

@@ -142,9 +142,12 @@ class Dispatcher:
         self._claims: tuple[tuple[str, ...], ClaimStatements] | None = None
         self._loaders: dict[type[Any], Loader[Any]] = {}
         sql = statements.sql
+        # ON CONFLICT: two threads of this process may both find no row (PostgreSQL's
+        # transactions do not wait for each other's reads); the second then adds nothing.
         self._register = sql(
             f"INSERT INTO {LISTENER_TABLE} (claimant, since, seen) SELECT ?, ?, ? "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE} WHERE claimant = ?)"
+            f"WHERE NOT EXISTS (SELECT 1 FROM {LISTENER_TABLE} WHERE claimant = ?) "
+            "ON CONFLICT (claimant) DO NOTHING"
         )
         self._seen = sql(
             f"UPDATE {LISTENER_TABLE} SET seen = ? "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
@@ -16,15 +17,11 @@ import peewee
 
 from . import _abid as abids
 from . import _compat, _credentials, signals
-from ._errors import ABIDDriftError, NotFound, StoreError, ValidationError
+from ._abid_sources import SOURCES, ABIDSource, source_value, storable
+from ._errors import ABIDDriftError, InvalidABID, NotFound, StoreError, ValidationError
 from ._fields import JSONField, UTCDateTimeField, UUIDField
 from ._rows import CheckedSelect, quote_name
 from ._times import to_stored_time, utcnow
-
-#: A source of an ABID part: an attribute name, or a function of the instance.
-ABIDSource = str | Callable[[Any], Any]
-
-ABID_PARTS = ("ts", "uri", "subtype", "rand")
 
 #: The user that owns what nobody else owns (records made without ``created_by``).
 SYSTEM_USERNAME = "system"
@@ -197,40 +194,20 @@ class ABIDModel(BaseModel):
         """The primary key of a new record; override to choose ids yourself."""
         return uuid.uuid4()
 
-    @classmethod
-    def _source_value(cls, instance: ABIDModel, source: ABIDSource) -> Any:
-        """A source's value in the form a round trip through the file gives it.
-
-        A foreign key set as a hex string and the same key read back as a UUID
-        must give the same ABID, or every later save would look like drift.
-        """
-        if callable(source):
-            return source(instance)
-        value = getattr(instance, source)
-        field = cls._meta.combined.get(source)
-        if field is None or value is None:
-            return value
-        try:
-            return field.python_value(value)
-        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-            shown = repr(value)
-            shown = shown if len(shown) <= 80 else shown[:77] + "..."
-            raise ValidationError(
-                f"{cls.__name__}.{source}: {shown} is not a valid {type(field).__name__} "
-                f"value ({exc})"
-            ) from None
-
     def compute_abid(self) -> abids.ABID:
         """The ABID the current field values give (not necessarily the stored one)."""
         cls = type(self)
-        return abids.abid_from_values(
-            prefix=cls.abid_prefix,
-            ts=self._source_value(self, cls.abid_ts_src),
-            uri=self._source_value(self, cls.abid_uri_src),
-            subtype=self._source_value(self, cls.abid_subtype_src),
-            rand=self._source_value(self, cls.abid_rand_src),
-            salt=cls.abid_salt,
-        )
+        try:
+            return abids.abid_from_values(
+                prefix=cls.abid_prefix,
+                ts=source_value(cls, self, cls.abid_ts_src),
+                uri=source_value(cls, self, cls.abid_uri_src),
+                subtype=source_value(cls, self, cls.abid_subtype_src),
+                rand=source_value(cls, self, cls.abid_rand_src),
+                salt=cls.abid_salt,
+            )
+        except InvalidABID as exc:  # say whose ABID it was
+            raise InvalidABID(f"{cls.__name__}.ABID: {exc}") from None
 
     @property
     def ABID(self) -> abids.ABID:
@@ -265,11 +242,11 @@ class ABIDModel(BaseModel):
             self.modified_at = self.created_at
         if self.created_by_id is None:
             self.created_by_id = cls._meta.database.system_user_id
-        self.abid = str(self.compute_abid())
+        self.abid = storable(cls, self.compute_abid())
 
         def renew() -> None:
             self.id = cls.new_id()
-            self.abid = str(self.compute_abid())
+            self.abid = storable(cls, self.compute_abid())
 
         insert_with_fresh_ids(
             cls._meta.table_name, self._insert_row, renew if self._id_generated else None
@@ -310,11 +287,8 @@ class ABIDModel(BaseModel):
         cls = type(self)
         stored = abids.ABID.parse(self.abid, prefix=cls.abid_prefix)
         current = self.compute_abid()
-        for part, source in zip(
-            ABID_PARTS,
-            (cls.abid_ts_src, cls.abid_uri_src, cls.abid_subtype_src, cls.abid_rand_src),
-            strict=True,
-        ):
+        for part, attribute in SOURCES:
+            source = getattr(cls, attribute)
             old_part, new_part = getattr(stored, part), getattr(current, part)
             if old_part == new_part:
                 continue
@@ -330,10 +304,24 @@ class ABIDModel(BaseModel):
                 f"(call regenerate_abid() to issue a new ABID on purpose)"
             )
 
+    @classmethod
+    def bulk_create(cls, model_list: Any, batch_size: Any = None) -> None:
+        """Insert each instance as ``save()`` does, all in one transaction.
+
+        peewee's own sends the instances' values as they are, without the
+        ABID, times and owner an insert issues (the write failed on the NOT
+        NULL ``abid``); each save also retries an ABID taken by another record,
+        which among many records of one millisecond can happen.
+        """
+        database = cls._meta.database  # None: the first save says to register the model
+        with nullcontext() if database is None else database.atomic():
+            for instance in model_list:
+                instance.save(force_insert=True)
+
     def regenerate_abid(self) -> abids.ABID:
         """Issue a new ABID from the current values and save it with the record."""
         new = self.compute_abid()
-        self.abid = str(new)
+        self.abid = storable(type(self), new)
         self.modified_at = utcnow()
         peewee.Model.save(self)
         self._stored = dict(_compat.values_of(self))

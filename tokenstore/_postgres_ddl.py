@@ -95,6 +95,10 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
         return "(" + " || ".join(f"{part}::jsonb" for part in parts) + ")::text"
 
     pk = quote_name(spec.pk_column)
+
+    def key(alias: str) -> str:
+        return f"encode({alias}.{pk}, 'hex')" if spec.pk_is_blob else f"{alias}.{pk}::text"
+
     function = function_name(spec)
     insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
     table = quote_literal(spec.table)
@@ -111,13 +115,13 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
         "  END IF;\n"
         "  IF TG_OP = 'INSERT' THEN\n"
         f"    {insert}\n"
-        f"    VALUES ({table}, 'INSERT', NEW.{pk}::text, NULL, {row('NEW')});\n"
+        f"    VALUES ({table}, 'INSERT', {key('NEW')}, NULL, {row('NEW')});\n"
         "  ELSIF TG_OP = 'UPDATE' THEN\n"
         f"    {insert}\n"
-        f"    VALUES ({table}, 'UPDATE', NEW.{pk}::text, {row('OLD')}, {row('NEW')});\n"
+        f"    VALUES ({table}, 'UPDATE', {key('NEW')}, {row('OLD')}, {row('NEW')});\n"
         "  ELSE\n"
         f"    {insert}\n"
-        f"    VALUES ({table}, 'DELETE', OLD.{pk}::text, {row('OLD')}, NULL);\n"
+        f"    VALUES ({table}, 'DELETE', {key('OLD')}, {row('OLD')}, NULL);\n"
         "  END IF;\n"
         f"  PERFORM pg_notify('{CHANNEL}', '');\n"
         "  RETURN NULL;\n"

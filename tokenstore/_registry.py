@@ -42,7 +42,8 @@ class Registry:
         table = model._meta.table_name
         known = self._by_table.get(table)
         if known is None:
-            _outside_namespace(table, model_ref(model))
+            _check_table(model, model_ref(model))
+            self._check_ref(model)
             for other, owner in self._by_table.items():
                 if other.lower() == table.lower():  # SQLite's names ignore case
                     raise ValidationError(
@@ -65,6 +66,23 @@ class Registry:
         self._by_table[table] = model
         return known is None
 
+    def _check_ref(self, model: type[peewee.Model]) -> None:
+        """Refuse a second model with the ref of one known: hooks could not tell them apart.
+
+        A hook names its model by ``module.ClassName``, and the triggers of its
+        table open for the hooks of that ref: two classes of one name in one
+        module (one redefined), or a class put in the ``tokenstore`` module,
+        would each fire the other's hooks.
+        """
+        ref = model_ref(model)
+        for other in self._by_table.values():
+            if model_ref(other) == ref:
+                raise ValidationError(
+                    f"{ref} (table {model._meta.table_name!r}) has the ref of the model already "
+                    f"registered for table {other._meta.table_name!r}: hooks name a model by "
+                    "module.ClassName, so they could not tell the two apart; rename one class"
+                )
+
     def remove(self, model: type[peewee.Model]) -> None:
         """Forget ``model``, and the relations that no registered model is left on."""
         self._by_table.pop(model._meta.table_name, None)
@@ -81,7 +99,7 @@ class Registry:
         """
         known = dict(self._relations)
         for relation in relations:
-            _outside_namespace(relation.table, f"the join table of {' / '.join(relation.fields())}")
+            _check_table(relation.through, f"the join table of {' / '.join(relation.fields())}")
             model = self._by_table.get(relation.table)
             if model is not None:
                 raise ValidationError(
@@ -134,14 +152,65 @@ class Registry:
 NAMESPACE = "tokenstore_"
 
 
-def _outside_namespace(table: str, what: str) -> None:
-    """Refuse an application table named like tokenstore's own: capture there loops or lies.
+#: The prefix SQLite keeps for its own tables: it refuses to create one named so.
+SQLITE_PREFIX = "sqlite_"
 
-    Triggers on the event table would record events about events without end;
-    on the listener table, every registration would become a change.
+
+def _check_table(model: type[peewee.Model], what: str) -> None:
+    """Refuse a table that capture cannot watch, before anything is written.
+
+    Its own rules below; and no name may hold NUL, nor two fields share a column
+    (the table could not even be created).
+
+    Named like tokenstore's own, capture would loop or lie: triggers on the
+    event table would record events about events without end; on the
+    listener table, every registration would become a change. Named like
+    SQLite's own, SQLite refuses to create it, and so such a model could not
+    move between the backends. In a schema of its own (``Meta.schema``), its
+    events could not say which table they came from: events, claims and
+    triggers name a table by its name alone, in the store's own schema.
     """
+    table = model._meta.table_name
     if table.lower().startswith(NAMESPACE):
         raise ValidationError(
             f"table {table!r} of {what} is named like tokenstore's own tables "
             f"({NAMESPACE}*); give it another table_name"
         )
+    if table.lower().startswith(SQLITE_PREFIX):
+        raise ValidationError(
+            f"table {table!r} of {what} is named like SQLite's own tables "
+            f"({SQLITE_PREFIX}*), which SQLite refuses to create; give it another table_name"
+        )
+    if model._meta.schema is not None:
+        raise ValidationError(
+            f"table {table!r} of {what} is in schema {model._meta.schema!r} (Meta.schema); "
+            "change capture knows a table by its name alone, in the store's own schema "
+            "(SQLite has no schemas): leave Meta.schema unset"
+        )
+    if model._meta.temporary:
+        raise ValidationError(
+            f"table {table!r} of {what} is temporary (Meta.temporary): it would live in one "
+            "connection only, where no trigger of the store's can watch it"
+        )
+    _check_columns(model, table, what)
+
+
+def _check_columns(model: type[peewee.Model], table: str, what: str) -> None:
+    """Refuse names no SQL statement can carry (NUL) and two fields on one column."""
+    if "\0" in table:
+        raise ValidationError(f"table {table!r} of {what}: a table name cannot hold NUL")
+    owners: dict[str, str] = {}
+    for field in model._meta.sorted_fields:
+        column = field.column_name
+        if "\0" in column:
+            raise ValidationError(
+                f"{model.__name__}.{field.name}: its column name {column!r} holds NUL, "
+                "which no SQL name can"
+            )
+        other = owners.setdefault(column.lower(), field.name)  # SQLite ignores case here too
+        if other != field.name:
+            raise ValidationError(
+                f"{model.__name__}.{other} and {model.__name__}.{field.name} are both on "
+                f"column {column!r} of table {table!r} (SQLite's column names ignore case); "
+                "give each field a column of its own"
+            )

@@ -48,6 +48,8 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
             value = f"{alias}.{quote_name(column.name)}"
             if column.is_blob:
                 value = f"hex({value})"
+            elif column.is_real:
+                value = _exact_real(value)
             pairs.append(f"{quote_literal(column.name)}, {value}")
         return "json_object(" + ", ".join(pairs) + ")"
 
@@ -60,24 +62,42 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
         f"WHERE ref = {quote_literal(spec.ref)} AND enabled))"
     )
     pk = quote_name(spec.pk_column)
+
+    def key(alias: str) -> str:
+        return f"hex({alias}.{pk})" if spec.pk_is_blob else f"{alias}.{pk}"
+
     insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
     values = f"VALUES ({quote_literal(spec.table)}"
     on = quote_name(spec.table)
     return [
         f"CREATE TRIGGER {trigger_name(spec.table, 'capture', 'insert')} AFTER INSERT ON {on}\n"
         f"WHEN {gate}\n"
-        f"BEGIN\n  {insert}\n  {values}, 'INSERT', NEW.{pk}, NULL, {row('NEW')});\n"
+        f"BEGIN\n  {insert}\n  {values}, 'INSERT', {key('NEW')}, NULL, {row('NEW')});\n"
         "END",
         f"CREATE TRIGGER {trigger_name(spec.table, 'capture', 'update')} AFTER UPDATE {of}"
         f"ON {on}\n"
         f"WHEN {gate}\n  AND ({changed or '0'})\n"
-        f"BEGIN\n  {insert}\n  {values}, 'UPDATE', NEW.{pk}, {row('OLD')}, "
+        f"BEGIN\n  {insert}\n  {values}, 'UPDATE', {key('NEW')}, {row('OLD')}, "
         f"{row('NEW')});\nEND",
         f"CREATE TRIGGER {trigger_name(spec.table, 'capture', 'delete')} AFTER DELETE ON {on}\n"
         f"WHEN {gate}\n"
-        f"BEGIN\n  {insert}\n  {values}, 'DELETE', OLD.{pk}, {row('OLD')}, NULL);\n"
+        f"BEGIN\n  {insert}\n  {values}, 'DELETE', {key('OLD')}, {row('OLD')}, NULL);\n"
         "END",
     ]
+
+
+def _exact_real(value: str) -> str:
+    """A column's value for json_object(), a finite REAL written with all 17 digits.
+
+    json_object() writes a REAL with 15 significant digits (SQLite 3.40 does):
+    ``123456789.12345679`` was recorded as ``123456789.123457``, and receivers
+    and webhooks got a value the row does not hold. An infinity keeps SQLite's
+    own ``Inf`` (which ``_capture`` reads), and other types stay as they are.
+    """
+    return (
+        f"CASE WHEN typeof({value}) = 'real' AND abs({value}) <= 1.7976931348623157e308 "
+        f"THEN json(printf('%!.17g', {value})) ELSE {value} END"
+    )
 
 
 def relation_triggers(spec: RelationSpec) -> list[str]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
+from ._abid_sources import check_sources
 from ._allowlist import AllowList
 from ._capture import CaptureSpec, model_ref
 from ._dispatch import Dispatcher
@@ -237,8 +238,10 @@ class Store:
         fields) gets its join table and triggers that capture every relation
         added or removed (``signals.m2m_changed``, hooks with M2M). A
         read-only store only binds the model, for reading. Refused, with
-        nothing written: a DeferredForeignKey not resolved yet, a table that
-        lacks some of the model's columns, and relations ``docs/m2m.md`` lists.
+        nothing written: an ABIDModel whose prefix or sources are wrong (a
+        source naming no field or attribute), a DeferredForeignKey not
+        resolved yet, a table that lacks some of the model's columns, and
+        relations ``docs/m2m.md`` lists.
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
             raise ValidationError(f"register() takes a peewee model class, got {shown(model)}")
@@ -253,6 +256,8 @@ class Store:
                     f"{field.rel_model_name!r}, which is not defined yet: define it before "
                     f"registering {model.__name__}"
                 )
+        if issubclass(model, ABIDModel):
+            check_sources(model, ABIDModel.new_id)
         spec = CaptureSpec.of(model)
         relations = [Relation.of(m2m) for m2m in model._meta.manytomany.values()]
         self._registry.check_relations(relations)
