@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import peewee
@@ -24,7 +24,6 @@ from ._capture import model_ref
 from ._credentials import looks_like_token
 from ._errors import InvalidABID, NotFound, ValidationError
 from ._inputs import (
-    MAX_SPAN,
     check_flag,
     check_header_name,
     check_int,
@@ -38,7 +37,7 @@ from ._outcomes import Outcomes
 from ._payload import dumps
 from ._registry import Registry
 from ._signing import SECRET_PREFIX, new_signing_secret, signing_key
-from ._times import format_time, to_stored_time
+from ._times import LATEST_NOW, format_time, to_stored_time
 
 logger = logging.getLogger("tokenstore.webhooks")
 
@@ -88,9 +87,6 @@ EDITABLE = (
 
 # What http.client can put in a header value: Latin-1 without controls (tab is allowed).
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-
-#: The latest ``now`` that ``deliver_due`` accepts: the longest span still fits after it.
-LATEST_NOW = datetime.max.replace(tzinfo=UTC) - MAX_SPAN
 
 #: The fewest random bytes a signing secret may have (what the Standard Webhooks libraries make).
 MIN_SECRET_BYTES = 24
