@@ -1059,6 +1059,51 @@ def test_the_retry_thread_sends_what_is_due(store: Store, receiver: Receiver, cl
     assert len(receiver.hits) == 2
 
 
+@pytest.mark.parametrize("sync_budget", [5.0, 0.0])
+def test_a_clock_set_back_a_year_does_not_strand_what_it_scheduled(
+    db_path: Path, receiver: Receiver, clock: Clock, sync_budget: float
+) -> None:
+    """A retry (or a hold) scheduled by a clock a year ahead is due once the clock is put right.
+
+    Before, it waited for the clock to catch up: a year without a delivery.
+    """
+    store = open_store(db_path, clock, sync_budget=sync_budget)
+    try:
+        receiver.respond = lambda h: answer(h, 503)
+        hook = store.webhooks.create("flaky", Note, receiver.url())
+        Note.create(text="first")  # failed (retry in 5 s), or held and handed over unsent
+        Note.create(text="second")  # behind the first's retry, or handed over unsent
+        receiver.respond = ok
+        clock.advance(timedelta(days=-365))  # an NTP step puts the clock right
+        store.webhooks.deliver_due()
+        assert [d.status for d in store.webhooks.deliveries(hook)] == ["delivered"] * 2
+        assert sorted(
+            json.loads(hit.body)["data"]["fields"]["text"] for hit in receiver.hits[-2:]
+        ) == [
+            "first",
+            "second",
+        ]
+        clock.advance(timedelta(hours=11))  # nothing is sent twice
+        assert store.webhooks.deliver_due() == 0
+    finally:
+        store.close()
+
+
+def test_a_clock_set_back_less_than_any_retry_keeps_the_schedule(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """Only what no clock could have scheduled is due at once: a retry 5 s ahead still waits."""
+    receiver.respond = lambda h: answer(h, 503)
+    store.webhooks.create("flaky", Note, receiver.url())
+    Note.create(text="x")
+    receiver.respond = ok
+    clock.advance(timedelta(hours=-1))
+    assert store.webhooks.deliver_due() == 0
+    clock.advance(timedelta(hours=1, seconds=5))
+    assert store.webhooks.deliver_due() == 1
+    assert only_delivery(store).status == "delivered"
+
+
 def test_a_row_edited_into_nonsense_does_not_block_later_writes(
     store: Store, receiver: Receiver
 ) -> None:
