@@ -487,3 +487,23 @@ def test_prune_says_how_many_it_deleted_and_deletes_them_all(db_path: Path, cloc
         assert s.webhooks.prune(timedelta(0)) == 0
     finally:
         s.close()
+
+
+def test_the_retry_path_prunes_at_every_call_while_it_is_behind(
+    db_path: Path, clock: Clock
+) -> None:
+    """Once a minute, a few batches, could not keep up with a busy log: it grew without bound."""
+    s = clocked(db_path, clock, sync_budget=0)
+    try:
+        hook = s.webhooks.create("a", Item, "http://127.0.0.1:9/a")
+        with s.atomic():
+            for n in range(2600):
+                Item.create(n=n)
+        s.webhooks.disable(hook)  # all given up: dead, so finished
+        clock.advance(days=31)
+        s.webhooks.deliver_due()  # the first call's few batches: 2,000 rows
+        assert len(s.webhooks.deliveries(limit=10_000)) == 600
+        s.webhooks.deliver_due()  # at once, not a minute later: it was behind
+        assert len(s.webhooks.deliveries(limit=10_000)) == 1  # the hook's latest is kept
+    finally:
+        s.close()

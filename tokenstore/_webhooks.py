@@ -62,8 +62,10 @@ SIGNAL_CHOICES = (
 
 DELIVERY_STATUSES = ("pending", "failed", "delivered", "dead")
 
-#: How many batches of the delivery log the retry path prunes once a minute.
+#: How many batches of the delivery log the retry path prunes once a minute (or each
+#: call, while it is behind), and their size.
 PRUNE_BATCHES = 4
+PRUNE_BATCH = 500
 
 #: How many deliveries ``deliveries()`` returns unless told, and at most.
 DELIVERIES_PAGE = 100
@@ -492,7 +494,9 @@ class Webhooks:
         At most ``limit`` attempts; ``now`` (an aware datetime, default the
         store's clock) decides what is due. Rotated-out signing secrets whose
         grace period is over are erased first. Once a minute it also prunes a
-        few batches of the delivery log (see ``prune``).
+        few batches of the delivery log (see ``prune``); while the batches come
+        back full, at every call, so a log that grows faster than a few
+        batches a minute is still held to ``keep_deliveries``.
         """
         check_int(limit, "limit", minimum=1)
         if now is not None and to_stored_time(now) > LATEST_NOW:
@@ -502,7 +506,9 @@ class Webhooks:
         attempted = self.outbox.deliver_due(now, limit)
         if self.keep_deliveries is not None and time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + 60
-            self.outbox.prune(self.keep_deliveries, batches=PRUNE_BATCHES)
+            pruned = self.outbox.prune(self.keep_deliveries, PRUNE_BATCHES, PRUNE_BATCH)
+            if pruned == PRUNE_BATCHES * PRUNE_BATCH:  # behind: the next call goes on
+                self._next_prune = 0.0
         return attempted
 
     def erase_expired_secrets(self, now: datetime | None = None) -> None:
