@@ -1059,6 +1059,45 @@ def test_the_retry_thread_sends_what_is_due(store: Store, receiver: Receiver, cl
     assert len(receiver.hits) == 2
 
 
+def test_closing_the_store_stops_its_retry_threads(db_path: Path, clock: Clock) -> None:
+    """Left running, each open and close cost a thread and a connection (PostgreSQL ran out)."""
+    for _ in range(3):
+        store = open_store(db_path, clock)
+        threads = [store.webhooks.start_retry_thread(interval=0.01) for _ in range(2)]
+        time.sleep(0.05)  # a few rounds, each on the thread's own connection
+        store.close()
+        assert not any(thread.is_alive() for thread in threads)
+    assert "tokenstore-webhook-retries" not in {t.name for t in threading.enumerate()}
+
+
+def test_a_retry_thread_may_be_stopped_from_its_own_round(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """A receiver of ``webhook_delivered`` runs in the thread: stopping it there must not fail."""
+    receiver.respond = lambda h: answer(h, 503)
+    store.webhooks.create("flaky", Note, receiver.url())
+    Note.create(text="x")
+    receiver.respond = ok
+    clock.advance(timedelta(seconds=5))
+    errors: list[BaseException] = []
+
+    def stop_here(sender: Any, **kwargs: Any) -> None:
+        try:
+            thread.stop(1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    signals.webhook_delivered.connect(stop_here, weak=False)
+    try:
+        thread = store.webhooks.start_retry_thread(interval=0.01)
+        thread.join(5)
+    finally:
+        signals.webhook_delivered.disconnect(stop_here)
+    assert not thread.is_alive()
+    assert errors == []
+    assert only_delivery(store).status == "delivered"
+
+
 @pytest.mark.parametrize("sync_budget", [5.0, 0.0])
 def test_a_clock_set_back_a_year_does_not_strand_what_it_scheduled(
     db_path: Path, receiver: Receiver, clock: Clock, sync_budget: float

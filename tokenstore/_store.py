@@ -211,8 +211,10 @@ class Store:
 
         The store stops counting as a listener, so capture stops on its account.
         Signing secrets past their grace are erased and the WAL is emptied into
-        the file, so erased and deleted secrets leave no copy in either.
+        the file, so erased and deleted secrets leave no copy in either. Retry
+        threads started by ``webhooks.start_retry_thread`` are stopped.
         """
+        self.webhooks.stop_retry_threads()
         self.webhooks.close()
         self.tokens.flush_uses()
         if not self.db.is_closed() and not self.db.read_only:

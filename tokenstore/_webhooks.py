@@ -246,10 +246,23 @@ class Webhooks:
         self.secret_grace = secret_grace
         self.keep_deliveries = keep_deliveries
         self._next_prune = 0.0  # time.monotonic() of the retry path's next pruning
+        self._retry_threads: list[RetryThread] = []
 
     def close(self) -> None:
         """Close this thread's HTTP session."""
         self.outbox.sender.close()
+
+    def stop_retry_threads(self) -> None:
+        """Stop the retry threads started here (``store.close()`` does).
+
+        Left running after the store closed, each kept its connection and
+        went on sending: one more thread with every open and close. A round
+        in progress is waited for up to one lease; past that it ends by
+        itself, as its round does.
+        """
+        threads, self._retry_threads = self._retry_threads, []
+        for thread in threads:
+            thread.stop(self.outbox.lease.total_seconds())
 
     def create(
         self,
@@ -560,8 +573,13 @@ class Webhooks:
         return hook
 
     def start_retry_thread(self, interval: float = 5.0) -> RetryThread:
-        """Run ``deliver_due`` every ``interval`` seconds in a daemon thread until stopped."""
+        """Run ``deliver_due`` every ``interval`` seconds in a daemon thread until stopped.
+
+        It stops with ``stop()``, or when the store closes.
+        """
         thread = RetryThread(self, check_seconds(interval, "interval"))
+        self._retry_threads = [t for t in self._retry_threads if t.is_alive()]
+        self._retry_threads.append(thread)
         thread.start()
         return thread
 
@@ -588,8 +606,12 @@ class RetryThread(threading.Thread):
             self.webhooks.db.close()  # this thread's connection
 
     def stop(self, timeout: float | None = None) -> None:
-        """Ask the thread to end, and wait up to ``timeout`` seconds (None: until it has)."""
+        """Ask the thread to end, and wait up to ``timeout`` seconds (None: until it has).
+
+        Called from the thread itself (a signal receiver, say), it only asks.
+        """
         if timeout is not None:
             timeout = check_seconds(timeout, "timeout", allow_minimum=True)
         self._stopping.set()
-        self.join(timeout)
+        if self is not threading.current_thread():
+            self.join(timeout)
