@@ -895,6 +895,42 @@ def test_a_hook_failing_for_long_enough_is_disabled(
         s.close()
 
 
+def test_a_failure_streak_begun_by_a_clock_since_set_back_is_counted_from_now(
+    db_path: Path, receiver: Receiver, clock: Clock
+) -> None:
+    """Before, ``now - failing_since`` stayed negative, and the hook was never disabled
+    until the clock had caught up with the time the streak began."""
+    s = open_store(db_path, clock, disable_after_failures=3, disable_after=timedelta(hours=1))
+    try:
+        receiver.respond = lambda h: answer(h, 500)
+        hook = s.webhooks.create("flaky", Note, receiver.url())
+        clock.advance(timedelta(days=365))  # the clock runs a year ahead...
+        Note.create(text="ahead")
+        clock.advance(timedelta(days=-365))  # ...until NTP puts it right
+        for n in range(3):
+            clock.advance(timedelta(hours=1))
+            Note.create(text=str(n))
+            s.webhooks.deliver_due()
+        hook = reload(hook)
+        assert hook.failing_since is not None
+        assert hook.failing_since <= to_stored_time(clock.now)
+        assert hook.enabled is False
+        assert "failed attempts in a row" in hook.disabled_reason
+    finally:
+        s.close()
+
+
+def test_a_success_corrects_a_last_success_after_now(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    hook = store.webhooks.create("fine", Note, receiver.url())
+    clock.advance(timedelta(days=365))
+    Note.create(text="ahead")
+    clock.advance(timedelta(days=-365))
+    Note.create(text="now")
+    assert reload(hook).last_success == to_stored_time(clock.now)
+
+
 def test_two_threads_running_deliver_due_never_send_one_delivery_twice(
     store: Store, receiver: Receiver, clock: Clock
 ) -> None:
