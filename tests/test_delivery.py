@@ -963,6 +963,45 @@ def test_two_threads_running_deliver_due_never_send_one_delivery_twice(
     assert len(ids) == len(set(ids)) == 20
 
 
+def test_senders_moving_a_failing_hook_s_backlog_at_once_do_not_deadlock(
+    db_path: Path, receiver: Receiver, clock: Clock
+) -> None:
+    """Each locked the backlog's rows in its own order: PostgreSQL found a deadlock and
+    failed one sender with StoreLocked (``dispatch --watch`` exited on it)."""
+    s = open_store(db_path, clock, sync_budget=0)
+    try:
+        receiver.respond = lambda h: answer(h, 503)
+        for name in ("a", "b"):
+            s.webhooks.create(name, Note, receiver.url(f"/{name}"))
+        with s.atomic():
+            for n in range(2000):
+                Note.create(text=str(n))
+        errors: list[BaseException] = []
+        for _ in range(6):
+            clock.advance(timedelta(hours=11))
+            go = threading.Barrier(4)
+
+            def send(go: threading.Barrier = go) -> None:
+                go.wait()
+                try:
+                    s.webhooks.deliver_due()
+                except BaseException as exc:
+                    errors.append(exc)
+                finally:
+                    s.webhooks.close()
+                    s.db.close()
+
+            threads = [threading.Thread(target=send) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+        assert errors == []
+        assert len(s.webhooks.deliveries(limit=10_000)) == 4000
+    finally:
+        s.close()
+
+
 def test_sends_queued_behind_a_slow_one_are_taken_before_they_go(
     store: Store, receiver: Receiver, clock: Clock
 ) -> None:

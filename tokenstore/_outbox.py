@@ -93,6 +93,10 @@ _WAIT_BEHIND = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
     "WHERE \"hook_id\" = ? AND \"status\" IN ('pending', 'failed') AND " + _DUE
 )
+# The hook's row lock (a no-op write, captured by nobody), taken before its deliveries'
+# as recording an outcome takes them: on PostgreSQL two senders moving one hook's
+# backlog at once each locked its rows in its own order, and deadlocked.
+_LOCK_HOOK = f'UPDATE "{_HOOK_TABLE}" SET "id" = "id" WHERE "id" = ?'
 # Finished deliveries created before a time, but never a hook's latest finished one.
 _PRUNE = (
     f'DELETE FROM "{_DELIVERY_TABLE}" WHERE "id" IN ('
@@ -141,6 +145,7 @@ class Outbox:
         self._release_sql = sql(_RELEASE)
         self._next_retry = sql(_NEXT_RETRY)
         self._wait_behind = sql(_WAIT_BEHIND)
+        self._lock_hook = sql(_LOCK_HOOK)
         self._prune = sql(_PRUNE)
         self._bury_damaged = sql(_BURY_DAMAGED)
 
@@ -526,10 +531,11 @@ class Outbox:
                 # retry to wait behind, but the receiver is as down as for the others.
                 retry = delivery.next_attempt_at
                 failing[hook_id] = None if retry is None else format_time(retry)
-        waits = [(retry_at, hook_id) for hook_id, retry_at in failing.items() if retry_at]
+        waits = sorted((hook_id, retry_at) for hook_id, retry_at in failing.items() if retry_at)
         if waits:
             with self.db.write(quiet=True) as conn:
-                for retry_at, hook_id in waits:
+                for hook_id, retry_at in waits:  # hooks in one order, as every sender takes them
+                    conn.execute(self._lock_hook, (hook_id,))
                     conn.execute(self._wait_behind, (retry_at, hook_id, *due_range))
         return attempted
 
