@@ -1213,6 +1213,9 @@ def test_a_clock_set_back_less_than_any_retry_keeps_the_schedule(
     receiver.respond = ok
     clock.advance(timedelta(hours=-1))
     assert store.webhooks.deliver_due() == 0
+    # A time given is the caller's: by the schedule, a year back, nothing is due.
+    assert store.webhooks.deliver_due(now=clock.now - timedelta(days=365)) == 0
+    assert store.webhooks.deliver_due(now=datetime(1970, 1, 1, tzinfo=UTC)) == 0
     clock.advance(timedelta(hours=1, seconds=5))
     assert store.webhooks.deliver_due() == 1
     assert only_delivery(store).status == "delivered"

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ._allowlist import AllowList
@@ -69,6 +69,7 @@ _TAKE = (
 )
 # Due, or scheduled further ahead than any retry or hold is: the clock has gone back since.
 _DUE = '("next_attempt_at" <= ? OR "next_attempt_at" > ?)'
+_NEVER = format_time(datetime.max.replace(tzinfo=UTC))  # no stored time is after it
 _TAKE_DUE = _TAKE + _DUE
 _TAKE_HELD = _TAKE + '"attempts" = 0 AND "next_attempt_at" = ?'
 _DUE_COLUMNS = ("id", "hook_id")
@@ -492,15 +493,16 @@ class Outbox:
         read again for each one: sending the others took time, and a hold
         counted from the start could run out before the attempt ends. Once an
         attempt to a hook fails, the hook's other due deliveries wait behind
-        its retry instead of being tried one after another. Deliveries
-        scheduled beyond the ``horizon`` count as due, after the others.
+        its retry instead of being tried one after another. By the clock,
+        deliveries scheduled beyond the ``horizon`` count as due, after the
+        others; a ``now`` given is the caller's, and only the schedule counts.
         """
         fixed = now is not None
         start = self._now() if now is None else to_stored_time(now)
         stamp = format_time(start)
-        due_range = (stamp, format_time(start + self.horizon))
+        due_range = (stamp, _NEVER if fixed else format_time(start + self.horizon))
         due = self._due_rows(self._select_due, (stamp, limit))
-        if len(due) < limit:
+        if not fixed and len(due) < limit:
             due += self._due_rows(self._select_stranded, (due_range[1], limit - len(due)))
         failing: dict[str, str | None] = {}  # hook id -> when its retry is due (None: none)
         attempted = 0
