@@ -9,7 +9,6 @@ import builtins
 import contextlib
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -36,6 +35,7 @@ from ._outbox import Outbox
 from ._outcomes import Outcomes
 from ._payload import dumps
 from ._registry import Registry
+from ._retry_thread import RetryThread
 from ._signing import SECRET_PREFIX, new_signing_secret, signing_key
 from ._times import LATEST_NOW, format_time, to_stored_time
 
@@ -582,36 +582,3 @@ class Webhooks:
         self._retry_threads.append(thread)
         thread.start()
         return thread
-
-
-class RetryThread(threading.Thread):
-    """Sends due retries in the background for applications that want that."""
-
-    def __init__(self, webhooks: Webhooks, interval: float) -> None:
-        super().__init__(name="tokenstore-webhook-retries", daemon=True)
-        self.webhooks = webhooks
-        self.interval = interval
-        self._stopping = threading.Event()
-
-    def run(self) -> None:
-        """Send what is due every ``interval`` until ``stop()``; a failed round is logged."""
-        try:
-            while not self._stopping.wait(self.interval):
-                try:
-                    self.webhooks.deliver_due()
-                except Exception:
-                    logger.exception("sending due webhook retries failed")
-        finally:
-            self.webhooks.close()
-            self.webhooks.db.close()  # this thread's connection
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Ask the thread to end, and wait up to ``timeout`` seconds (None: until it has).
-
-        Called from the thread itself (a signal receiver, say), it only asks.
-        """
-        if timeout is not None:
-            timeout = check_seconds(timeout, "timeout", allow_minimum=True)
-        self._stopping.set()
-        if self is not threading.current_thread():
-            self.join(timeout)
