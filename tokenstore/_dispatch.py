@@ -483,8 +483,8 @@ class Dispatcher:
         listener that stopped listening, even where nothing calls ``dispatch``.
         """
         self._next_housekeeping = time.monotonic() + 60
-        self._rewind(conn)
         self.forget_dead_listeners(conn)
+        self._rewind(conn)  # after: a row no listener wrote is gone, not made to look alive
         self.drop_unheard(conn)
 
     def _rewind(self, conn: Connection) -> None:
