@@ -443,6 +443,37 @@ def test_a_silent_listener_is_removed_and_its_backlog_dropped(
         s.close()
 
 
+def test_a_listener_and_a_claim_stamped_by_a_clock_since_set_back_count_from_now(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Judged as stamped, a year ahead, a listener or claimant that died on another host
+    kept its events waiting until the clock had caught up."""
+    path = tmp_path / "s.sqlite3"
+    s = clocked(path, clock, listener_timeout=timedelta(hours=1))
+    try:
+        elsewhere = "another-host:1234:cafe"  # a process this host cannot ask about
+        ahead = format_time(clock.now + timedelta(days=365))
+        with s.db.write(quiet=True) as conn:
+            conn.execute(
+                "INSERT INTO tokenstore_listener (claimant, since, seen) VALUES (?, ?, ?)",
+                (elsewhere, ahead, ahead),
+            )
+        Item.create(n=1)  # recorded: someone listens; then claimed by it, a year ahead
+        with s.db.write(quiet=True) as conn:
+            conn.execute(
+                "UPDATE tokenstore_change_event SET claimed_by = ?, claimed_at = ?",
+                (elsewhere, ahead),
+            )
+        s.dispatch()
+        assert _count(path, "tokenstore_change_event") == 1  # not yet: it counts from now
+        clock.advance(minutes=61)  # past listener_timeout, and claim_timeout (an hour)
+        s.dispatch()
+        assert _count(path, "tokenstore_listener") == 0
+        assert _count(path, "tokenstore_change_event") == 0  # released, and nobody listens
+    finally:
+        s.close()
+
+
 def test_a_hand_typed_listener_is_named_in_one_short_line(
     tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -485,5 +516,25 @@ def test_prune_says_how_many_it_deleted_and_deletes_them_all(db_path: Path, cloc
         assert s.webhooks.prune() == 1000
         assert [d.status for d in s.webhooks.deliveries()] == ["dead"]
         assert s.webhooks.prune(timedelta(0)) == 0
+    finally:
+        s.close()
+
+
+def test_the_retry_path_prunes_at_every_call_while_it_is_behind(
+    db_path: Path, clock: Clock
+) -> None:
+    """Once a minute, a few batches, could not keep up with a busy log: it grew without bound."""
+    s = clocked(db_path, clock, sync_budget=0)
+    try:
+        hook = s.webhooks.create("a", Item, "http://127.0.0.1:9/a")
+        with s.atomic():
+            for n in range(2600):
+                Item.create(n=n)
+        s.webhooks.disable(hook)  # all given up: dead, so finished
+        clock.advance(days=31)
+        s.webhooks.deliver_due()  # the first call's few batches: 2,000 rows
+        assert len(s.webhooks.deliveries(limit=10_000)) == 600
+        s.webhooks.deliver_due()  # at once, not a minute later: it was behind
+        assert len(s.webhooks.deliveries(limit=10_000)) == 1  # the hook's latest is kept
     finally:
         s.close()

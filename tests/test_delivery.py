@@ -895,6 +895,42 @@ def test_a_hook_failing_for_long_enough_is_disabled(
         s.close()
 
 
+def test_a_failure_streak_begun_by_a_clock_since_set_back_is_counted_from_now(
+    db_path: Path, receiver: Receiver, clock: Clock
+) -> None:
+    """Before, ``now - failing_since`` stayed negative, and the hook was never disabled
+    until the clock had caught up with the time the streak began."""
+    s = open_store(db_path, clock, disable_after_failures=3, disable_after=timedelta(hours=1))
+    try:
+        receiver.respond = lambda h: answer(h, 500)
+        hook = s.webhooks.create("flaky", Note, receiver.url())
+        clock.advance(timedelta(days=365))  # the clock runs a year ahead...
+        Note.create(text="ahead")
+        clock.advance(timedelta(days=-365))  # ...until NTP puts it right
+        for n in range(3):
+            clock.advance(timedelta(hours=1))
+            Note.create(text=str(n))
+            s.webhooks.deliver_due()
+        hook = reload(hook)
+        assert hook.failing_since is not None
+        assert hook.failing_since <= to_stored_time(clock.now)
+        assert hook.enabled is False
+        assert "failed attempts in a row" in hook.disabled_reason
+    finally:
+        s.close()
+
+
+def test_a_success_corrects_a_last_success_after_now(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    hook = store.webhooks.create("fine", Note, receiver.url())
+    clock.advance(timedelta(days=365))
+    Note.create(text="ahead")
+    clock.advance(timedelta(days=-365))
+    Note.create(text="now")
+    assert reload(hook).last_success == to_stored_time(clock.now)
+
+
 def test_two_threads_running_deliver_due_never_send_one_delivery_twice(
     store: Store, receiver: Receiver, clock: Clock
 ) -> None:
@@ -925,6 +961,45 @@ def test_two_threads_running_deliver_due_never_send_one_delivery_twice(
     assert sum(counts) == 20
     ids = [hit.headers["webhook-id"] for hit in receiver.hits]
     assert len(ids) == len(set(ids)) == 20
+
+
+def test_senders_moving_a_failing_hook_s_backlog_at_once_do_not_deadlock(
+    db_path: Path, receiver: Receiver, clock: Clock
+) -> None:
+    """Each locked the backlog's rows in its own order: PostgreSQL found a deadlock and
+    failed one sender with StoreLocked (``dispatch --watch`` exited on it)."""
+    s = open_store(db_path, clock, sync_budget=0)
+    try:
+        receiver.respond = lambda h: answer(h, 503)
+        for name in ("a", "b"):
+            s.webhooks.create(name, Note, receiver.url(f"/{name}"))
+        with s.atomic():
+            for n in range(2000):
+                Note.create(text=str(n))
+        errors: list[BaseException] = []
+        for _ in range(6):
+            clock.advance(timedelta(hours=11))
+            go = threading.Barrier(4)
+
+            def send(go: threading.Barrier = go) -> None:
+                go.wait()
+                try:
+                    s.webhooks.deliver_due()
+                except BaseException as exc:
+                    errors.append(exc)
+                finally:
+                    s.webhooks.close()
+                    s.db.close()
+
+            threads = [threading.Thread(target=send) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+        assert errors == []
+        assert len(s.webhooks.deliveries(limit=10_000)) == 4000
+    finally:
+        s.close()
 
 
 def test_sends_queued_behind_a_slow_one_are_taken_before_they_go(
@@ -1057,6 +1132,93 @@ def test_the_retry_thread_sends_what_is_due(store: Store, receiver: Receiver, cl
     assert not thread.is_alive()
     assert only_delivery(store).status == "delivered"
     assert len(receiver.hits) == 2
+
+
+def test_closing_the_store_stops_its_retry_threads(db_path: Path, clock: Clock) -> None:
+    """Left running, each open and close cost a thread and a connection (PostgreSQL ran out)."""
+    for _ in range(3):
+        store = open_store(db_path, clock)
+        threads = [store.webhooks.start_retry_thread(interval=0.01) for _ in range(2)]
+        time.sleep(0.05)  # a few rounds, each on the thread's own connection
+        store.close()
+        assert not any(thread.is_alive() for thread in threads)
+    assert "tokenstore-webhook-retries" not in {t.name for t in threading.enumerate()}
+
+
+def test_a_retry_thread_may_be_stopped_from_its_own_round(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """A receiver of ``webhook_delivered`` runs in the thread: stopping it there must not fail."""
+    receiver.respond = lambda h: answer(h, 503)
+    store.webhooks.create("flaky", Note, receiver.url())
+    Note.create(text="x")
+    receiver.respond = ok
+    clock.advance(timedelta(seconds=5))
+    errors: list[BaseException] = []
+
+    def stop_here(sender: Any, **kwargs: Any) -> None:
+        try:
+            thread.stop(1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    signals.webhook_delivered.connect(stop_here, weak=False)
+    try:
+        thread = store.webhooks.start_retry_thread(interval=0.01)
+        thread.join(5)
+    finally:
+        signals.webhook_delivered.disconnect(stop_here)
+    assert not thread.is_alive()
+    assert errors == []
+    assert only_delivery(store).status == "delivered"
+
+
+@pytest.mark.parametrize("sync_budget", [5.0, 0.0])
+def test_a_clock_set_back_a_year_does_not_strand_what_it_scheduled(
+    db_path: Path, receiver: Receiver, clock: Clock, sync_budget: float
+) -> None:
+    """A retry (or a hold) scheduled by a clock a year ahead is due once the clock is put right.
+
+    Before, it waited for the clock to catch up: a year without a delivery.
+    """
+    store = open_store(db_path, clock, sync_budget=sync_budget)
+    try:
+        receiver.respond = lambda h: answer(h, 503)
+        hook = store.webhooks.create("flaky", Note, receiver.url())
+        Note.create(text="first")  # failed (retry in 5 s), or held and handed over unsent
+        Note.create(text="second")  # behind the first's retry, or handed over unsent
+        receiver.respond = ok
+        clock.advance(timedelta(days=-365))  # an NTP step puts the clock right
+        store.webhooks.deliver_due()
+        assert [d.status for d in store.webhooks.deliveries(hook)] == ["delivered"] * 2
+        assert sorted(
+            json.loads(hit.body)["data"]["fields"]["text"] for hit in receiver.hits[-2:]
+        ) == [
+            "first",
+            "second",
+        ]
+        clock.advance(timedelta(hours=11))  # nothing is sent twice
+        assert store.webhooks.deliver_due() == 0
+    finally:
+        store.close()
+
+
+def test_a_clock_set_back_less_than_any_retry_keeps_the_schedule(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """Only what no clock could have scheduled is due at once: a retry 5 s ahead still waits."""
+    receiver.respond = lambda h: answer(h, 503)
+    store.webhooks.create("flaky", Note, receiver.url())
+    Note.create(text="x")
+    receiver.respond = ok
+    clock.advance(timedelta(hours=-1))
+    assert store.webhooks.deliver_due() == 0
+    # A time given is the caller's: by the schedule, a year back, nothing is due.
+    assert store.webhooks.deliver_due(now=clock.now - timedelta(days=365)) == 0
+    assert store.webhooks.deliver_due(now=datetime(1970, 1, 1, tzinfo=UTC)) == 0
+    clock.advance(timedelta(hours=1, seconds=5))
+    assert store.webhooks.deliver_due() == 1
+    assert only_delivery(store).status == "delivered"
 
 
 def test_a_row_edited_into_nonsense_does_not_block_later_writes(

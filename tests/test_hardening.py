@@ -317,6 +317,55 @@ def test_bad_options_are_named(tmp_path: Path, options: dict[str, Any], message:
     assert list(tmp_path.iterdir()) == []
 
 
+def _raising_clock() -> datetime:
+    raise RuntimeError("no time server")
+
+
+@pytest.mark.parametrize(
+    ("clock", "message"),
+    [
+        (datetime.now, "the store's clock returned a bad time: naive datetime"),
+        (lambda: "2024-10-24T12:00:00Z", "the store's clock returned a bad time: expected a"),
+        (_raising_clock, "the store's clock raised RuntimeError: no time server"),
+        (lambda: datetime.max.replace(tzinfo=UTC), "the store's clock returned 9999-12-31"),
+        (lambda: datetime.min.replace(tzinfo=UTC), "the store's clock returned 0001-01-01"),
+        (lambda: datetime(1969, 12, 31, tzinfo=UTC), "outside 1970-01-01"),
+        (
+            lambda: datetime(9999, 12, 31, 20, tzinfo=timezone(timedelta(hours=-5))),
+            "is out of range in UTC",
+        ),
+    ],
+)
+def test_a_clock_that_cannot_answer_is_refused_at_open(
+    tmp_path: Path, clock: Callable[[], Any], message: str
+) -> None:
+    """Found later, such a time was a TypeError or an OverflowError from deep inside."""
+    with pytest.raises(ValidationError, match=message):
+        tokenstore.open(tmp_path / "store.sqlite3", clock=clock)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_clock_that_turns_bad_later_is_refused_where_it_is_read(
+    db_path: Path, backend: str
+) -> None:
+    answers: list[Any] = [datetime.now(timezone(timedelta(hours=2)))]  # aware, not UTC: fine
+    store = tokenstore.open(db_path, clock=lambda: answers[-1])
+    try:
+        token, secret = store.tokens.create(expires=timedelta(days=1))
+        assert token.created_at.tzinfo == UTC
+        answers.append(datetime.now())  # naive: before, a TypeError from comparing times
+        with pytest.raises(ValidationError, match="the store's clock returned a bad time"):
+            store.tokens.authenticate(secret)
+        answers.append(datetime.max.replace(tzinfo=UTC))  # before, an OverflowError
+        with pytest.raises(ValidationError, match="the store's clock returned 9999"):
+            store.tokens.create(expires=timedelta(days=1))
+        answers.append(datetime.now(UTC))
+        assert store.tokens.authenticate(secret).id == token.id
+    finally:
+        answers.append(datetime.now(UTC))
+        store.close()
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

@@ -548,6 +548,48 @@ def receiver() -> Iterator[tuple[str, list[bytes]]]:
     server.server_close()
 
 
+def test_dispatch_watch_outlives_a_lock_held_past_its_busy_timeout(
+    pg_url: str, receiver: tuple[str, list[bytes]]
+) -> None:
+    """A lock timeout or a deadlock (StoreLocked) is over once the other transaction is:
+    the watcher exited with status 2 on it."""
+    url, received = receiver
+    with tokenstore.open(pg_url, webhook_allow=["127.0.0.1/32"]) as store:
+        store.webhooks.create("users", "tokenstore.User", url)
+    quick = f"{pg_url}?options=-c%20lock_timeout%3D200"  # the URL's own setting wins
+    command = ["--db", quick, "--allow", "127.0.0.1/32", "dispatch", "--watch", "--interval"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenstore", *command, "0.1s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        deadline = time.monotonic() + 20
+        while _db.rows(pg_url, sessions) < [(3,)] and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the watcher has its connection and its listening one
+        with psycopg.connect(pg_url) as holder:  # holds the lock for a few of its rounds
+            holder.execute("LOCK TABLE tokenstore_change_event IN ACCESS EXCLUSIVE MODE")
+            time.sleep(1.5)
+            holder.rollback()
+        _db.edit(
+            pg_url,
+            "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
+            "VALUES ('watched', FALSE, '2024-01-01T00:00:00.000Z')",
+        )
+        deadline = time.monotonic() + 20
+        while not received and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert [json.loads(body)["data"]["fields"]["username"] for body in received] == ["watched"]
+    assert "busy_timeout" in err and "trying again" in err
+    assert "Traceback" not in err
+
+
 def test_dispatch_watch_outlives_the_server_ending_its_connections(
     pg_url: str, receiver: tuple[str, list[bytes]]
 ) -> None:

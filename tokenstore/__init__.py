@@ -39,11 +39,12 @@ from ._models import ABIDModel, APIToken, OutboundWebhook, User, WebhookDelivery
 from ._options import Options
 from ._receiver import make_receiver
 from ._request_token import token_from_request
+from ._retry_thread import RetryThread
 from ._signing import verify_webhook
 from ._store import Store, open
 from ._tokens import Tokens, Users
 from ._version import __version__
-from ._webhooks import RetryThread, Webhooks
+from ._webhooks import Webhooks
 from ._wsgi import TokenAuthMiddleware
 
 __all__ = [

@@ -162,6 +162,10 @@ class Dispatcher:
         )
         self._release = sql(f"UPDATE {EVENT_TABLE} SET claimed_by = NULL WHERE claimed_by = ?")
         self._listeners = f"SELECT claimant, coalesce(seen, since) FROM {LISTENER_TABLE}"
+        self._rewind_seen = sql(
+            f"UPDATE {LISTENER_TABLE} SET seen = ? WHERE coalesce(seen, since) > ?"
+        )
+        self._rewind_claims = sql(f"UPDATE {EVENT_TABLE} SET claimed_at = ? WHERE claimed_at > ?")
         self._forget = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
 
     def _statements(self) -> ClaimStatements:
@@ -483,7 +487,21 @@ class Dispatcher:
         """
         self._next_housekeeping = time.monotonic() + 60
         self.forget_dead_listeners(conn)
+        self._rewind(conn)  # after: a row no listener wrote is gone, not made to look alive
         self.drop_unheard(conn)
+
+    def _rewind(self, conn: Connection) -> None:
+        """Count heartbeats and claims stamped after now from now.
+
+        They were stamped by a clock since set back (an NTP step); judged as
+        they are, a listener or claimant that died meanwhile on another host
+        would be taken for alive until the clock caught up, a year on maybe,
+        and its events would wait that long.
+        """
+        now = self.clock()
+        stamps = (format_time(now), format_time(now + timedelta(minutes=1)))
+        conn.execute(self._rewind_seen, stamps)
+        conn.execute(self._rewind_claims, stamps)
 
     def _forget_not_utf8(self, conn: Connection) -> None:
         """Remove listener rows holding text that is no UTF-8 (SQLite): no listener wrote them."""

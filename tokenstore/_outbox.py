@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ._allowlist import AllowList
@@ -31,7 +31,7 @@ from ._m2m import RelationRun, runs
 from ._models import ON_ABID_CONFLICT, OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
 from ._outcomes import Outcomes
 from ._payload import PayloadBuilder, dumps
-from ._policy import KIND_BY_OP, RELATION_KIND, signal_matches
+from ._policy import KIND_BY_OP, MAX_RETRY_AFTER, RELATION_KIND, RETRY_SCHEDULE, signal_matches
 from ._registry import Registry
 from ._rows import Loader, not_utf8, quote_name, readable_rows, text_as_bytes
 from ._sending import Outcome, Sender, message_headers, redacted
@@ -67,7 +67,10 @@ _TAKE = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
     "WHERE \"id\" = ? AND \"status\" IN ('pending', 'failed') AND "
 )
-_TAKE_DUE = _TAKE + '"next_attempt_at" <= ?'
+# Due, or scheduled further ahead than any retry or hold is: the clock has gone back since.
+_DUE = '("next_attempt_at" <= ? OR "next_attempt_at" > ?)'
+_NEVER = format_time(datetime.max.replace(tzinfo=UTC))  # no stored time is after it
+_TAKE_DUE = _TAKE + _DUE
 _TAKE_HELD = _TAKE + '"attempts" = 0 AND "next_attempt_at" = ?'
 _DUE_COLUMNS = ("id", "hook_id")
 _SELECT_DUE = (
@@ -75,9 +78,9 @@ _SELECT_DUE = (
     "WHERE \"status\" IN ('pending', 'failed') AND \"next_attempt_at\" <= ? "
     'ORDER BY "next_attempt_at", "created_at" LIMIT ?'
 )
-_SELECT_DUE_AS_BYTES = _SELECT_DUE.replace(
-    '"id", "hook_id"', text_as_bytes(WebhookDelivery, _DUE_COLUMNS), 1
-)
+# A separate statement, not an OR: each is one range of the index, read only up to its limit.
+_SELECT_STRANDED = _SELECT_DUE.replace('"next_attempt_at" <= ?', '"next_attempt_at" > ?')
+_AS_BYTES = ('"id", "hook_id"', text_as_bytes(WebhookDelivery, _DUE_COLUMNS), 1)
 # Deliveries this writer held but did not send: due at the given time instead.
 _RELEASE = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
@@ -89,8 +92,12 @@ _NEXT_RETRY = (
 )
 _WAIT_BEHIND = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
-    'WHERE "hook_id" = ? AND "status" IN (\'pending\', \'failed\') AND "next_attempt_at" <= ?'
+    "WHERE \"hook_id\" = ? AND \"status\" IN ('pending', 'failed') AND " + _DUE
 )
+# The hook's row lock (a no-op write, captured by nobody), taken before its deliveries'
+# as recording an outcome takes them: on PostgreSQL two senders moving one hook's
+# backlog at once each locked its rows in its own order, and deadlocked.
+_LOCK_HOOK = f'UPDATE "{_HOOK_TABLE}" SET "id" = "id" WHERE "id" = ?'
 # Finished deliveries created before a time, but never a hook's latest finished one.
 _PRUNE = (
     f'DELETE FROM "{_DELIVERY_TABLE}" WHERE "id" IN ('
@@ -135,10 +142,11 @@ class Outbox:
         self._take_due = sql(_TAKE_DUE)
         self._take_held = sql(_TAKE_HELD)
         self._select_due = sql(_SELECT_DUE)
-        self._select_due_as_bytes = sql(_SELECT_DUE_AS_BYTES)
+        self._select_stranded = sql(_SELECT_STRANDED)
         self._release_sql = sql(_RELEASE)
         self._next_retry = sql(_NEXT_RETRY)
         self._wait_behind = sql(_WAIT_BEHIND)
+        self._lock_hook = sql(_LOCK_HOOK)
         self._prune = sql(_PRUNE)
         self._bury_damaged = sql(_BURY_DAMAGED)
 
@@ -146,6 +154,16 @@ class Outbox:
     def lease(self) -> timedelta:
         """How long a delivery is held for an attempt: its whole deadline, and a margin."""
         return timedelta(seconds=self.sender.deadline + 5)
+
+    @property
+    def horizon(self) -> timedelta:
+        """The furthest ahead of its clock a sender schedules a delivery (a retry or a hold).
+
+        A delivery due later than this from now was scheduled by a clock that
+        has since been set back (an NTP step, a laptop's clock put right): it
+        is due now rather than once the clock catches up, a year later maybe.
+        """
+        return max(MAX_RETRY_AFTER, *RETRY_SCHEDULE, self.lease) + timedelta(minutes=1)
 
     def _now(self) -> datetime:
         return to_stored_time(self.clock())
@@ -372,7 +390,7 @@ class Outbox:
             now = self._now()
             could_end = now + timedelta(seconds=min(left, self.sender.deadline))
             if could_end >= held_until and not self._take(
-                self._take_held, delivery.id.hex, now, format_time(held_until)
+                self._take_held, delivery.id.hex, now, (format_time(held_until),)
             ):
                 continue
             self.attempt(delivery, now, hook, deadline=left)
@@ -403,11 +421,11 @@ class Outbox:
                     marks = ",".join([self.db.sql("?")] * len(chunk))
                     conn.execute(self._release_sql.format(marks=marks), (when, held, *chunk))
 
-    def _take(self, sql: str, delivery_id: str, now: datetime, condition: str) -> bool:
+    def _take(self, sql: str, delivery_id: str, now: datetime, condition: tuple[str, ...]) -> bool:
         """Hold an unsent delivery (by stored id) for one lease from ``now``, if ``sql`` agrees."""
         hold = format_time(now + self.lease)
         with self.db.atomic():
-            cursor = self.db.execute_sql(sql, (hold, delivery_id, condition))
+            cursor = self.db.execute_sql(sql, (hold, delivery_id, *condition))
             return bool(cursor.rowcount)
 
     def attempt(
@@ -475,27 +493,24 @@ class Outbox:
         read again for each one: sending the others took time, and a hold
         counted from the start could run out before the attempt ends. Once an
         attempt to a hook fails, the hook's other due deliveries wait behind
-        its retry instead of being tried one after another.
+        its retry instead of being tried one after another. By the clock,
+        deliveries scheduled beyond the ``horizon`` count as due, after the
+        others; a ``now`` given is the caller's, and only the schedule counts.
         """
         fixed = now is not None
         start = self._now() if now is None else to_stored_time(now)
         stamp = format_time(start)
-        try:
-            due = self.db.execute_sql(self._select_due, (stamp, limit)).fetchall()
-        except Exception as exc:  # an id edited into text that is no UTF-8: the others go on
-            conn = self.db.connection()
-            if not_utf8(WebhookDelivery, exc, conn) is None:
-                raise
-            due = readable_rows(
-                conn, WebhookDelivery, self._select_due_as_bytes, (stamp, limit), _DUE_COLUMNS
-            )
+        due_range = (stamp, _NEVER if fixed else format_time(start + self.horizon))
+        due = self._due_rows(self._select_due, (stamp, limit))
+        if not fixed and len(due) < limit:
+            due += self._due_rows(self._select_stranded, (due_range[1], limit - len(due)))
         failing: dict[str, str | None] = {}  # hook id -> when its retry is due (None: none)
         attempted = 0
         for delivery_id, hook_id in due:
             if hook_id in failing:
                 continue
             at = start if fixed else self._now()
-            if not self._take(self._take_due, delivery_id, at, stamp):
+            if not self._take(self._take_due, delivery_id, at, due_range):
                 continue
             try:
                 delivery = self.delivery(delivery_id)
@@ -518,9 +533,22 @@ class Outbox:
                 # retry to wait behind, but the receiver is as down as for the others.
                 retry = delivery.next_attempt_at
                 failing[hook_id] = None if retry is None else format_time(retry)
-        waits = [(retry_at, hook_id) for hook_id, retry_at in failing.items() if retry_at]
+        waits = sorted((hook_id, retry_at) for hook_id, retry_at in failing.items() if retry_at)
         if waits:
             with self.db.write(quiet=True) as conn:
-                for retry_at, hook_id in waits:
-                    conn.execute(self._wait_behind, (retry_at, hook_id, stamp))
+                for hook_id, retry_at in waits:  # hooks in one order, as every sender takes them
+                    conn.execute(self._lock_hook, (hook_id,))
+                    conn.execute(self._wait_behind, (retry_at, hook_id, *due_range))
         return attempted
+
+    def _due_rows(self, sql: str, params: tuple[str, int]) -> list[Any]:
+        """The (id, hook id) rows a due query selects; rows it cannot read are left out."""
+        try:
+            return list(self.db.execute_sql(sql, params).fetchall())
+        except Exception as exc:  # an id edited into text that is no UTF-8: the others go on
+            conn = self.db.connection()
+            if not_utf8(WebhookDelivery, exc, conn) is None:
+                raise
+            return readable_rows(
+                conn, WebhookDelivery, sql.replace(*_AS_BYTES), params, _DUE_COLUMNS
+            )

@@ -34,16 +34,20 @@ _RECORD_DELIVERY = (
 # django-signal-webhooks' bulk_update of these fields, outcomes leave ``updated`` alone.
 # A healthy hook's row is written at most once a second (``last_success`` is kept to
 # the second): otherwise every writer would update, and on PostgreSQL lock, one row.
+# A ``last_success`` after now was written by a clock since set back: it is corrected.
 _HOOK_SUCCEEDED = (
     f'UPDATE "{_HOOK_TABLE}" SET "last_success" = ?, "failure_count" = 0, '
     '"failing_since" = NULL, "last_response" = '
     'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ? AND ('
     '"failure_count" != 0 OR "failing_since" IS NOT NULL OR "keep_last_response" '
-    'OR "last_success" IS NULL OR "last_success" <= ?)'
+    'OR "last_success" IS NULL OR "last_success" <= ? OR "last_success" > ?)'
 )
+# A streak "since" a time after now began by a clock since set back: it begins now, so
+# that ``disable_after`` is counted by this clock, not once it has caught up (a year on?).
 _HOOK_FAILED = (
     f'UPDATE "{_HOOK_TABLE}" SET "last_failure" = ?, "failure_count" = "failure_count" + 1, '
-    '"failing_since" = coalesce("failing_since", ?), "last_response" = '
+    '"failing_since" = CASE WHEN "failing_since" IS NULL OR "failing_since" > ? THEN ? '
+    'ELSE "failing_since" END, "last_response" = '
     'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ? '
     'RETURNING "failure_count", "failing_since"'
 )
@@ -101,12 +105,14 @@ class Outcomes:
             stored = self._stored_outcome(delivery, attempted=True)  # before the lock is taken
             a_second_ago = format_time(now - timedelta(seconds=1))
             with self.db.write(quiet=True) as conn:
-                conn.execute(self._hook_succeeded, (stamp, outcome.body, hook.id.hex, a_second_ago))
+                conn.execute(
+                    self._hook_succeeded, (stamp, outcome.body, hook.id.hex, a_second_ago, stamp)
+                )
                 row = conn.execute(self._record_delivery, stored).fetchone()
         else:
             with self.db.write(quiet=True) as conn:
                 counted = conn.execute(
-                    self._hook_failed, (stamp, stamp, outcome.body, hook.id.hex)
+                    self._hook_failed, (stamp, stamp, stamp, outcome.body, hook.id.hex)
                 ).fetchone()
                 hook.last_failure = now
                 if counted is None:  # the hook was deleted meanwhile

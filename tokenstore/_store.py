@@ -38,6 +38,7 @@ from ._postgres_url import is_url, redacted_url
 from ._registry import Registry
 from ._sending import Sender
 from ._sqlite import SCHEMA_VERSION, SQLiteDatabase, open_database
+from ._times import checked_clock
 from ._tokens import Tokens, Users
 from ._webhooks import HookValidator, Webhooks
 
@@ -76,7 +77,10 @@ class Store:
 
     ``path`` is an SQLite file or a ``postgresql://`` URL; ``options`` are
     those ``help(tokenstore.open)`` lists; ``clock`` is a function returning
-    the current aware UTC time, for tests that move time by hand.
+    the current aware time, for tests that move time by hand. Each answer is
+    checked: a naive time, another type, a time before 1970 or within 100
+    years of ``datetime.max``, or an exception from the clock raises
+    ValidationError (at ``open()`` already, which reads it once).
     """
 
     def __init__(
@@ -89,7 +93,10 @@ class Store:
         self.options = opts = Options.from_kwargs(options)
         if clock is not None and not callable(clock):
             raise ValidationError(f"clock must be a function, got {type(clock).__name__}")
-        self.clock: Callable[[], datetime] = clock or partial(datetime.now, UTC)
+        self.clock: Callable[[], datetime] = partial(datetime.now, UTC)
+        if clock is not None:
+            self.clock = checked_clock(clock)
+            self.clock()  # a clock that cannot answer fails here, before anything is opened
         self._registry = Registry(OWN_MODELS)
         self.db: SQLiteDatabase | PostgresDatabase
         #: The SQLite file (None on PostgreSQL).
@@ -205,8 +212,10 @@ class Store:
 
         The store stops counting as a listener, so capture stops on its account.
         Signing secrets past their grace are erased and the WAL is emptied into
-        the file, so erased and deleted secrets leave no copy in either.
+        the file, so erased and deleted secrets leave no copy in either. Retry
+        threads started by ``webhooks.start_retry_thread`` are stopped.
         """
+        self.webhooks.stop_retry_threads()
         self.webhooks.close()
         self.tokens.flush_uses()
         if not self.db.is_closed() and not self.db.read_only:

@@ -7,9 +7,17 @@ Every time that reaches the file or a message passes through here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ._errors import ValidationError
+from ._errors import TokenstoreError, ValidationError
+from ._inputs import MAX_SPAN
+
+#: The earliest "now" tokenstore counts from: ABIDs hold milliseconds since 1970.
+EARLIEST_NOW = datetime(1970, 1, 1, tzinfo=UTC)
+
+#: The latest "now": expiries, holds and the log's cutoff are counted from it, and must fit.
+LATEST_NOW = datetime.max.replace(tzinfo=UTC) - MAX_SPAN
 
 
 def utcnow() -> datetime:
@@ -32,6 +40,37 @@ def to_stored_time(value: datetime) -> datetime:
     except OverflowError:
         raise ValidationError(f"{value.isoformat()} is out of range in UTC") from None
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def checked_clock(clock: Callable[[], datetime]) -> Callable[[], datetime]:
+    """An application's clock, each answer checked and turned to aware UTC.
+
+    A clock that answers a naive time, another type, or a time no span can
+    be counted from would otherwise fail later, elsewhere, as a TypeError
+    or an OverflowError from datetime; one that raises is named here.
+    """
+
+    def now() -> datetime:
+        try:
+            value = clock()
+        except TokenstoreError:
+            raise
+        except Exception as exc:
+            raise ValidationError(
+                f"the store's clock raised {type(exc).__name__}: {str(exc)[:200]}"
+            ) from exc
+        try:
+            stored = to_stored_time(value)
+        except ValidationError as exc:
+            raise ValidationError(f"the store's clock returned a bad time: {exc}") from None
+        if not EARLIEST_NOW <= stored <= LATEST_NOW:
+            raise ValidationError(
+                f"the store's clock returned {stored.isoformat()}, outside "
+                f"{EARLIEST_NOW.isoformat()} to {LATEST_NOW.isoformat()}"
+            )
+        return value.astimezone(UTC)
+
+    return now
 
 
 def format_time(value: datetime) -> str:

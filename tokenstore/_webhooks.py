@@ -9,10 +9,9 @@ import builtins
 import contextlib
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import peewee
@@ -24,7 +23,6 @@ from ._capture import model_ref
 from ._credentials import looks_like_token
 from ._errors import InvalidABID, NotFound, ValidationError, shown
 from ._inputs import (
-    MAX_SPAN,
     check_flag,
     check_header_name,
     check_int,
@@ -37,8 +35,9 @@ from ._outbox import Outbox
 from ._outcomes import Outcomes
 from ._payload import dumps
 from ._registry import Registry
+from ._retry_thread import RetryThread
 from ._signing import SECRET_PREFIX, new_signing_secret, signing_key
-from ._times import format_time, to_stored_time
+from ._times import LATEST_NOW, format_time, to_stored_time
 
 logger = logging.getLogger("tokenstore.webhooks")
 
@@ -63,8 +62,10 @@ SIGNAL_CHOICES = (
 
 DELIVERY_STATUSES = ("pending", "failed", "delivered", "dead")
 
-#: How many batches of the delivery log the retry path prunes once a minute.
+#: How many batches of the delivery log the retry path prunes once a minute (or each
+#: call, while it is behind), and their size.
 PRUNE_BATCHES = 4
+PRUNE_BATCH = 500
 
 #: How many deliveries ``deliveries()`` returns unless told, and at most.
 DELIVERIES_PAGE = 100
@@ -88,9 +89,6 @@ EDITABLE = (
 
 # What http.client can put in a header value: Latin-1 without controls (tab is allowed).
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
-
-#: The latest ``now`` that ``deliver_due`` accepts: the longest span still fits after it.
-LATEST_NOW = datetime.max.replace(tzinfo=UTC) - MAX_SPAN
 
 #: The fewest random bytes a signing secret may have (what the Standard Webhooks libraries make).
 MIN_SECRET_BYTES = 24
@@ -248,10 +246,23 @@ class Webhooks:
         self.secret_grace = secret_grace
         self.keep_deliveries = keep_deliveries
         self._next_prune = 0.0  # time.monotonic() of the retry path's next pruning
+        self._retry_threads: list[RetryThread] = []
 
     def close(self) -> None:
         """Close this thread's HTTP session."""
         self.outbox.sender.close()
+
+    def stop_retry_threads(self) -> None:
+        """Stop the retry threads started here (``store.close()`` does).
+
+        Left running after the store closed, each kept its connection and
+        went on sending: one more thread with every open and close. A round
+        in progress is waited for up to one lease; past that it ends by
+        itself, as its round does.
+        """
+        threads, self._retry_threads = self._retry_threads, []
+        for thread in threads:
+            thread.stop(self.outbox.lease.total_seconds())
 
     def create(
         self,
@@ -496,7 +507,9 @@ class Webhooks:
         At most ``limit`` attempts; ``now`` (an aware datetime, default the
         store's clock) decides what is due. Rotated-out signing secrets whose
         grace period is over are erased first. Once a minute it also prunes a
-        few batches of the delivery log (see ``prune``).
+        few batches of the delivery log (see ``prune``); while the batches come
+        back full, at every call, so a log that grows faster than a few
+        batches a minute is still held to ``keep_deliveries``.
         """
         check_int(limit, "limit", minimum=1)
         if now is not None and to_stored_time(now) > LATEST_NOW:
@@ -506,7 +519,9 @@ class Webhooks:
         attempted = self.outbox.deliver_due(now, limit)
         if self.keep_deliveries is not None and time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + 60
-            self.outbox.prune(self.keep_deliveries, batches=PRUNE_BATCHES)
+            pruned = self.outbox.prune(self.keep_deliveries, PRUNE_BATCHES, PRUNE_BATCH)
+            if pruned == PRUNE_BATCHES * PRUNE_BATCH:  # behind: the next call goes on
+                self._next_prune = 0.0
         return attempted
 
     def erase_expired_secrets(self, now: datetime | None = None) -> None:
@@ -558,36 +573,12 @@ class Webhooks:
         return hook
 
     def start_retry_thread(self, interval: float = 5.0) -> RetryThread:
-        """Run ``deliver_due`` every ``interval`` seconds in a daemon thread until stopped."""
+        """Run ``deliver_due`` every ``interval`` seconds in a daemon thread until stopped.
+
+        It stops with ``stop()``, or when the store closes.
+        """
         thread = RetryThread(self, check_seconds(interval, "interval"))
+        self._retry_threads = [t for t in self._retry_threads if t.is_alive()]
+        self._retry_threads.append(thread)
         thread.start()
         return thread
-
-
-class RetryThread(threading.Thread):
-    """Sends due retries in the background for applications that want that."""
-
-    def __init__(self, webhooks: Webhooks, interval: float) -> None:
-        super().__init__(name="tokenstore-webhook-retries", daemon=True)
-        self.webhooks = webhooks
-        self.interval = interval
-        self._stopping = threading.Event()
-
-    def run(self) -> None:
-        """Send what is due every ``interval`` until ``stop()``; a failed round is logged."""
-        try:
-            while not self._stopping.wait(self.interval):
-                try:
-                    self.webhooks.deliver_due()
-                except Exception:
-                    logger.exception("sending due webhook retries failed")
-        finally:
-            self.webhooks.close()
-            self.webhooks.db.close()  # this thread's connection
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Ask the thread to end, and wait up to ``timeout`` seconds (None: until it has)."""
-        if timeout is not None:
-            timeout = check_seconds(timeout, "timeout", allow_minimum=True)
-        self._stopping.set()
-        self.join(timeout)

@@ -51,6 +51,7 @@ NOT_COMMANDS = {
     "store.webhooks.close": "every command closes its store when done",
     "store.webhooks.erase_expired_secrets": "every command that writes does it as it closes",
     "store.webhooks.start_retry_thread": "dispatch --watch sends due retries in the foreground",
+    "store.webhooks.stop_retry_threads": "no command starts a retry thread",
 }
 
 #: Commands that stand for no single call: tools built from several.
