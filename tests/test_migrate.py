@@ -265,6 +265,28 @@ def test_a_damaged_source_row_is_refused_naming_it_and_nothing_is_written(
     assert rows_in(db_path)[1:] == [0] * (len(TABLES) - 1)
 
 
+def test_a_failed_copy_into_a_new_file_leaves_no_file(tmp_path: Path) -> None:
+    """The empty store made for the copy goes with the failure: nothing half-written stays."""
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    _db.edit(source, "UPDATE tokenstore_api_token SET expires = 'soon' WHERE name = 'ci'")
+    dest = tmp_path / "new.sqlite3"
+    with pytest.raises(tokenstore.DamagedRow, match="nothing was written"):
+        tokenstore.migrate(source, dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["source.sqlite3"]
+
+
+def test_a_failed_copy_into_an_existing_store_leaves_it_as_it_was(tmp_path: Path) -> None:
+    source, dest = tmp_path / "source.sqlite3", tmp_path / "dest.sqlite3"
+    fill(source)
+    _db.edit(source, "UPDATE tokenstore_api_token SET expires = 'soon' WHERE name = 'ci'")
+    tokenstore.open(dest).close()
+    held = snapshot(dest)
+    with pytest.raises(tokenstore.DamagedRow):
+        tokenstore.migrate(source, dest)
+    assert dest.exists() and snapshot(dest) == held
+
+
 @pytest.mark.parametrize(
     "edit",
     [  # a hand-edited SQLite file breaks the rules the destination keeps

@@ -141,13 +141,19 @@ def migrate(
         raise StoreError("migrate: the source and the destination are the same")
     src = _open(source, must_exist=True)
     try:
+        made = not is_url(dest) and not os.path.lexists(dest)  # a file this call creates
         dst = _open(dest, must_exist=False)
+        copied = None
         try:
             if _same_database(src, dst):
                 raise StoreError("migrate: the source and the destination are the same")
-            return _copy(src, dst, _where(dest), force)
+            copied = _copy(src, dst, _where(dest), force)
+            return copied
         finally:
             dst.close()
+            if made and copied is None:  # the empty store made for the copy goes with it
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(dest + suffix).unlink(missing_ok=True)
     finally:
         src.close()
 
