@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from ._errors import ValidationError, WebhookVerificationError
+from ._errors import ValidationError, WebhookVerificationError, shown
 from ._inputs import check_int, check_text
 
 __all__ = [
@@ -125,17 +125,18 @@ def _header(headers: HeaderItems, wanted: str) -> str:
 
 
 def _epoch_seconds(now: object) -> float:
-    """``now`` as a float. An int past float's range is refused by its size, as str()
-    cannot write one of over 4,300 digits into the message."""
+    """``now`` as a float; an int past float's range is no finite number either."""
     if isinstance(now, bool) or not isinstance(now, int | float):
-        shown = type(now).__name__
-    elif isinstance(now, int) and now.bit_length() > 1000:
-        shown = f"an int of {now.bit_length()} bits"
-    elif math.isfinite(now):
-        return float(now)
+        what = type(now).__name__
     else:
-        shown = repr(now)
-    raise ValidationError(f"now must be a finite number of seconds since the epoch, got {shown}")
+        try:
+            seconds = float(now)
+        except OverflowError:
+            seconds = math.inf
+        if math.isfinite(seconds):
+            return seconds
+        what = shown(now)
+    raise ValidationError(f"now must be a finite number of seconds since the epoch, got {what}")
 
 
 def verify_webhook(
