@@ -40,10 +40,10 @@ from ._archivebox_source import (
     named,
     open_source,
     optional_time,
+    quoted,
     read_rows,
     reason,
     response_text,
-    shown,
     source_path,
     stored_abid,
     stored_flag,
@@ -171,7 +171,7 @@ class _Importer:
     def owner(self, row: sqlite3.Row) -> int:
         owner = self.owners.get(row["created_by_id"])
         if owner is None:
-            owner_id = shown(row["created_by_id"])
+            owner_id = quoted(row["created_by_id"])
             raise RowRefused(f"its owner (auth_user id {owner_id}) was not imported")
         return owner
 
@@ -333,7 +333,7 @@ class _Importer:
 
 
 def _describe_user(row: sqlite3.Row) -> str:
-    return f"id {named(row['id'])} ({shown(row['username'])})"
+    return f"id {named(row['id'])} ({quoted(row['username'])})"
 
 
 def _describe_abid_row(row: sqlite3.Row) -> str:
@@ -381,7 +381,7 @@ def _without_userinfo(url: Any) -> Any:
 
 
 def _describe_hook(row: sqlite3.Row) -> str:
-    return f"{_describe_abid_row(row)} ({shown(row['name'])})"
+    return f"{_describe_abid_row(row)} ({quoted(row['name'])})"
 
 
 def import_archivebox(

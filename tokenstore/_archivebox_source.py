@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._abid import ABID
-from ._errors import InvalidABID, ValidationError
+from ._errors import InvalidABID, ValidationError, shown
 
 USERS = "auth_user"
 TOKENS = "api_apitoken"
@@ -210,19 +210,19 @@ _SHOWN = 60
 _REASON = 400
 
 
-def shown(value: Any) -> str:
+def quoted(value: Any) -> str:
     """A value as a note shows it: quoted (so a line break stays ``\\n``), and cut."""
-    text = repr(value)
+    text = shown(value)
     if len(text) <= _SHOWN:
         return text
     return f"{text[: _SHOWN - 10]}… ({len(text)} characters)"
 
 
 def named(value: Any) -> str:
-    """An ABID, id or model path as it is, unless it is odd: then ``shown``."""
+    """An ABID, id or model path as it is, unless it is odd: then ``quoted``."""
     if isinstance(value, str) and value.isprintable() and " " not in value and value:
-        return value if len(value) <= _SHOWN else shown(value)
-    return shown(value)
+        return value if len(value) <= _SHOWN else quoted(value)
+    return quoted(value)
 
 
 def reason(text: str) -> str:
@@ -236,30 +236,30 @@ def stored_time(value: Any, column: str) -> datetime:
     The fraction is missing when the microsecond is 0; ``fromisoformat`` takes both.
     """
     if not isinstance(value, str):
-        raise RowRefused(f"{column} is not a date and time: {shown(value)}")
+        raise RowRefused(f"{column} is not a date and time: {quoted(value)}")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise RowRefused(f"{column} is not a date and time: {shown(value)}") from None
+        raise RowRefused(f"{column} is not a date and time: {quoted(value)}") from None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     try:
         return parsed.astimezone(UTC)
     except OverflowError:  # an offset that moves it before year 1 or past 9999
-        raise RowRefused(f"{column} is out of range: {shown(value)}") from None
+        raise RowRefused(f"{column} is out of range: {quoted(value)}") from None
 
 
 def stored_flag(value: Any, column: str) -> bool:
     """Django's 0 or 1; anything else (``'yes'``, ``' '``) is not read as true."""
     if value not in (0, 1) or isinstance(value, float):
-        raise RowRefused(f"{column} is not 0 or 1: {shown(value)}")
+        raise RowRefused(f"{column} is not 0 or 1: {quoted(value)}")
     return bool(value)
 
 
 def stored_text(value: Any, column: str, max_length: int) -> str:
     """Text of a column Django bounds (``varchar(N)``), which SQLite does not enforce."""
     if not isinstance(value, str):
-        raise RowRefused(f"{column} is not text: {shown(value)}")
+        raise RowRefused(f"{column} is not text: {quoted(value)}")
     if len(value) > max_length:
         raise RowRefused(f"{column} is {len(value)} characters, at most {max_length}")
     return value
@@ -273,7 +273,7 @@ def stored_uuid(value: Any) -> uuid.UUID:
     try:
         return uuid.UUID(str(value))
     except ValueError:
-        raise RowRefused(f"id {shown(value)} is not a UUID") from None
+        raise RowRefused(f"id {quoted(value)} is not a UUID") from None
 
 
 def stored_abid(value: Any, prefix: str, sources: Callable[[], ABID]) -> str:
