@@ -88,6 +88,16 @@ class Backend(Protocol):
     def wait_for_changes(self, timeout: float) -> bool: ...
 
 
+def row_lock(table: str) -> str:
+    """A statement that takes one row's lock (by ``id``) and changes nothing.
+
+    Writers that must not interleave on PostgreSQL take it first and queue
+    there; SQLite holds its write lock anyway. No capture trigger fires for
+    it: an update records an event only when a value changed.
+    """
+    return f'UPDATE "{table}" SET "id" = "id" WHERE "id" = ?'
+
+
 def quote_literal(text: str) -> str:
     """A string as an SQL literal."""
     return "'" + text.replace("'", "''") + "'"

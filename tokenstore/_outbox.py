@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ._allowlist import AllowList
-from ._backend import Backend
+from ._backend import Backend, row_lock
 from ._capture import ChangeEvent, model_ref
 from ._compat import peewee_errors
 from ._dispatch import Connection
@@ -94,10 +94,10 @@ _WAIT_BEHIND = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
     "WHERE \"hook_id\" = ? AND \"status\" IN ('pending', 'failed') AND " + _DUE
 )
-# The hook's row lock (a no-op write, captured by nobody), taken before its deliveries'
-# as recording an outcome takes them: on PostgreSQL two senders moving one hook's
-# backlog at once each locked its rows in its own order, and deadlocked.
-_LOCK_HOOK = f'UPDATE "{_HOOK_TABLE}" SET "id" = "id" WHERE "id" = ?'
+# The hook's row lock, taken before its deliveries' as recording an outcome takes them:
+# on PostgreSQL two senders moving one hook's backlog at once each locked its rows in
+# its own order, and deadlocked.
+_LOCK_HOOK = row_lock(_HOOK_TABLE)
 # Finished deliveries created before a time, but never a hook's latest finished one.
 _PRUNE = (
     f'DELETE FROM "{_DELIVERY_TABLE}" WHERE "id" IN ('

@@ -15,7 +15,7 @@ from typing import Any
 import peewee
 
 from ._abid import ABID
-from ._backend import Backend
+from ._backend import Backend, row_lock
 from ._credentials import (
     DEFAULT_TOKEN_PREFIX,
     check_prefix,
@@ -75,9 +75,8 @@ _TOUCH = (
     f'UPDATE "{_TABLE}" SET "last_used_at" = ? '
     'WHERE "id" = ? AND ("last_used_at" IS NULL OR "last_used_at" < ?)'
 )
-# Takes the owner's row lock (a no-op write, captured by nobody): on PostgreSQL two
-# creators for one owner then count one after the other; SQLite holds its write lock anyway.
-_LOCK_OWNER = 'UPDATE "tokenstore_user" SET "id" = "id" WHERE "id" = ?'
+# The owner's row lock: on PostgreSQL two creators for one owner count one after the other.
+_LOCK_OWNER = row_lock(User._meta.table_name)
 _COUNT_LIVE = (
     f'SELECT count(*) FROM "{_TABLE}" WHERE "created_by_id" = ? AND "revoked_at" IS NULL '
     'AND ("expires" IS NULL OR "expires" >= ?)'
