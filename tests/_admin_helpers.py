@@ -152,6 +152,18 @@ def receiving() -> Iterator[tuple[str, Received, list[int]]]:
 
 
 @contextmanager
+def running(store: tokenstore.Store) -> Iterator[Any]:
+    """The admin page's server on a free loopback port, serving in a thread until the block ends."""
+    server = admin.make_admin_server(store, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
 def serving(db: Path, log: Path) -> Iterator[str]:
     """`tokenstore serve` on a free loopback port, loopback hooks allowed; yields its URL."""
     env = {**os.environ, "TOKENSTORE_DB": str(db)}

@@ -25,7 +25,7 @@ from urllib.parse import urlencode, urlsplit
 import _db
 import pytest
 import requests
-from _admin_helpers import Client, Received, receiving, serving
+from _admin_helpers import Client, Received, receiving, running, serving
 
 import tokenstore
 from tokenstore import admin
@@ -360,19 +360,16 @@ def test_a_stalled_form_body_gets_an_answer_and_no_traceback(
     from tokenstore.admin import _server
 
     monkeypatch.setattr(_server._QuietHandler, "timeout", 0.5)
-    server = admin.make_admin_server(store, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
-            sock.sendall(
-                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Content-Type: application/x-www-form-urlencoded\r\n"
-                b"Content-Length: 100\r\n\r\ncsrf=1"
-            )
-            answer = sock.recv(4096)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with (
+        running(store) as server,
+        socket.create_connection(server.server_address[:2], timeout=10) as sock,
+    ):
+        sock.sendall(
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 100\r\n\r\ncsrf=1"
+        )
+        answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.0 408 "), answer
     assert "Traceback" not in capfd.readouterr().err
 
@@ -921,17 +918,12 @@ def test_the_request_log_spells_out_control_characters(
     store: tokenstore.Store, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """An ESC in a request line must not reach the operator's terminal as one."""
-    server = admin.make_admin_server(store, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
+    with running(store) as server:
         for request in (b"G\x1bET /login", b"GET /\x1b[2J\x07", b"GET /\xc2\x9b2J"):
             with socket.create_connection(server.server_address[:2], timeout=10) as sock:
                 sock.sendall(request + b" HTTP/1.1\r\nHost: x\r\n\r\n")
                 while sock.recv(4096):  # read the whole answer, so the request is logged
                     pass
-    finally:
-        server.shutdown()
-        server.server_close()
     err = capfd.readouterr().err
     assert "G\\x1bET /login" in err and "GET /\\x1b[2J\\x07" in err and "\\x9b2J" in err
     assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 for c in err), err

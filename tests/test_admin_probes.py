@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import socket
-import threading
 import time
 from wsgiref.util import setup_testing_defaults
 
 import _db
 import pytest
 import requests
-from _admin_helpers import Client, Page, signed_in
+from _admin_helpers import Client, Page, running, signed_in
 
 import tokenstore
 from tokenstore import admin
@@ -182,21 +181,18 @@ def test_a_body_shorter_than_its_content_length_is_answered_within_seconds(
     store: tokenstore.Store,
 ) -> None:
     """The head is in; a body that stops arriving gets its 408 soon, not when the idle wait ends."""
-    server = admin.make_admin_server(store, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        with socket.create_connection(server.server_address[:2], timeout=60) as sock:
-            started = time.monotonic()
-            sock.sendall(
-                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Content-Type: application/x-www-form-urlencoded\r\n"
-                b"Content-Length: 100\r\n\r\ncsrf=1"
-            )
-            answer = sock.recv(4096)
-            waited = time.monotonic() - started
-    finally:
-        server.shutdown()
-        server.server_close()
+    with (
+        running(store) as server,
+        socket.create_connection(server.server_address[:2], timeout=60) as sock,
+    ):
+        started = time.monotonic()
+        sock.sendall(
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 100\r\n\r\ncsrf=1"
+        )
+        answer = sock.recv(4096)
+        waited = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.0 408 "), answer
     assert waited < 10, waited  # the idle wait for a request is 30 s
 
@@ -213,15 +209,12 @@ def test_a_request_line_of_another_http_gets_a_status_line_at_once(
     store: tokenstore.Store, request_line: bytes, status: bytes
 ) -> None:
     """HTTP/0.9 (a line of two words) is not served: no body-only answer, no wait for headers."""
-    server = admin.make_admin_server(store, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
-            sock.sendall(request_line)
-            answer = sock.recv(4096)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with (
+        running(store) as server,
+        socket.create_connection(server.server_address[:2], timeout=10) as sock,
+    ):
+        sock.sendall(request_line)
+        answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.0 " + status + b" "), answer
 
 
@@ -260,19 +253,16 @@ def test_a_form_field_whose_escapes_are_not_utf8_is_refused(
 
 def test_two_content_lengths_that_differ_are_refused(store: tokenstore.Store) -> None:
     """The page sees one (wsgiref passes the first); a proxy may have framed by the other."""
-    server = admin.make_admin_server(store, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
-            sock.sendall(
-                b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                b"Content-Type: application/x-www-form-urlencoded\r\n"
-                b"Content-Length: 6\r\nContent-Length: 3\r\n\r\ncsrf=1"
-            )
-            answer = b"".join(iter(lambda: sock.recv(4096), b""))
-    finally:
-        server.shutdown()
-        server.server_close()
+    with (
+        running(store) as server,
+        socket.create_connection(server.server_address[:2], timeout=10) as sock,
+    ):
+        sock.sendall(
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 6\r\nContent-Length: 3\r\n\r\ncsrf=1"
+        )
+        answer = b"".join(iter(lambda: sock.recv(4096), b""))
     assert answer.startswith(b"HTTP/1.0 400 "), answer
     assert b"Content-Length" in answer
 
@@ -291,10 +281,8 @@ def test_a_client_that_stops_reading_the_answer_leaves_no_traceback(
             "UPDATE tokenstore_webhook_delivery SET payload = ? WHERE abid = ?",
             ("x" * 8_000_000, sent.abid),
         )
-    server = admin.make_admin_server(store, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with running(store) as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
         browser = requests.Session()
         form = Page(200, [], browser.get(f"{url}/login", timeout=10).content)
         browser.post(f"{url}/login", {"csrf": form.csrf, "token": secret}, timeout=10)
@@ -308,7 +296,4 @@ def test_a_client_that_stops_reading_the_answer_leaves_no_traceback(
             )
             time.sleep(2)  # the server gives up writing after 0.3 s without progress
         assert requests.get(f"{url}/login", timeout=10).status_code == 200
-    finally:
-        server.shutdown()
-        server.server_close()
     assert "Traceback" not in capfd.readouterr().err
