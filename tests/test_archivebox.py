@@ -31,7 +31,7 @@ from pytest_httpserver import HTTPServer
 import tokenstore
 from tokenstore import APIToken, ExpiredToken, OutboundWebhook, Store, User, ValidationError
 from tokenstore._abid import abid_from_values
-from tokenstore._sqlite import schema_sql
+from tokenstore._sqlite_ddl import schema_sql
 
 # Only ``init`` creates a store; the commands under test work on one that exists.
 pytestmark = pytest.mark.usefixtures("store_file")

@@ -34,8 +34,8 @@ from tokenstore import _postgres as postgres
 from tokenstore import _postgres_ddl as postgres_ddl
 from tokenstore._capture import CaptureSpec
 from tokenstore._models import OWN_MODELS, APIToken, OutboundWebhook, User
-from tokenstore._sqlite import SCHEMA_VERSION, schema_sql
-from tokenstore._sqlite_ddl import capture_triggers
+from tokenstore._sqlite import SCHEMA_VERSION
+from tokenstore._sqlite_ddl import capture_triggers, schema_sql
 from tokenstore._times import format_time, parse_time, to_stored_time
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,7 +301,7 @@ def test_memory_databases_and_short_busy_timeouts_are_refused(tmp_path: Path) ->
 
 def test_schema_sql_at_the_top_is_the_one_the_package_applies() -> None:
     assert (ROOT / "schema.sql").read_text() == schema_sql()
-    assert (ROOT / "schema-postgres.sql").read_text() == postgres.schema_sql()
+    assert (ROOT / "schema-postgres.sql").read_text() == postgres_ddl.schema_sql()
 
 
 def _table_shape(conn: sqlite3.Connection, table: str) -> tuple[object, ...]:
@@ -418,7 +418,7 @@ def test_both_schemas_have_the_same_tables_columns_indexes_and_keys(
 
 
 def test_schema_postgres_sql_holds_the_generated_capture() -> None:
-    script = " ".join(postgres.schema_sql().split())
+    script = " ".join(postgres_ddl.schema_sql().split())
     for model in (User, APIToken, OutboundWebhook):
         for statement in postgres_ddl.capture_triggers(CaptureSpec.of(model)):
             assert " ".join(statement.split()) + ";" in script

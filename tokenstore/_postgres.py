@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import peewee
@@ -50,6 +49,8 @@ from ._postgres_ddl import (
     claim_statements,
     function_name,
     relation_triggers,
+    schema_sql,
+    schema_statement,
     trigger_names,
 )
 from ._postgres_driver import (
@@ -83,37 +84,6 @@ _SCHEMA_LOCK = 0x746F6B656E  # "token"
 #: a server that accepts but never answers (stopped, or a firewall's black hole) would
 #: otherwise hold every call forever.
 CONNECT_TIMEOUT = 10
-
-
-def schema_sql() -> str:
-    """The canonical DDL (also at the top of the source tree as ``schema-postgres.sql``)."""
-    return resources.files("tokenstore").joinpath("schema-postgres.sql").read_text(encoding="utf-8")
-
-
-def _statements(script: str) -> Iterator[str]:
-    """Split a script into statements; function bodies between ``$$`` hold semicolons."""
-    buffer: list[str] = []
-    quoted = False
-    for line in script.splitlines():
-        if not buffer and (not line.strip() or line.startswith("--")):
-            continue
-        buffer.append(line)
-        quoted ^= line.count("$$") % 2 == 1
-        if not quoted and line.rstrip().endswith(";"):
-            yield "\n".join(buffer)
-            buffer = []
-
-
-_CREATES = re.compile(r'CREATE (?:UNIQUE )?(?:TABLE|INDEX|VIEW) "([^"]+)"')
-
-
-def schema_statement(name: str) -> str:
-    """The statement of schema-postgres.sql that creates ``name``: migrations reuse it."""
-    for statement in _statements(schema_sql()):
-        match = _CREATES.match(statement)
-        if match and match[1] == name:
-            return statement
-    raise StoreError(f"schema-postgres.sql creates nothing named {name!r}")
 
 
 #: The most columns a PostgreSQL table can have.

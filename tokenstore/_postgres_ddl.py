@@ -1,16 +1,22 @@
-"""The SQL that PostgreSQL runs for change capture: PL/pgSQL trigger DDL and the claims.
+"""The SQL that PostgreSQL runs: the schema file, PL/pgSQL capture triggers, the claims.
 
-Generated from the backend-neutral descriptions in ``_capture``, as the
-SQLite backend generates its own; the rows recorded are the same.
+The schema file is canonical: migrations take their statements from it. The
+triggers and claims are generated from the backend-neutral descriptions in
+``_capture``, as the SQLite backend generates its own; the rows recorded are
+the same.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Iterator
+from importlib import resources
 
 from ._backend import quote_literal
 from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec, RelationSpec
 from ._dispatch import ClaimStatements
+from ._errors import StoreError
 from ._policy import RELATION_KIND
 from ._rows import quote_name
 
@@ -19,6 +25,40 @@ CHANNEL = "tokenstore_changes"
 
 #: json_build_object takes at most 100 arguments: a name and a value per column.
 _COLUMNS_PER_OBJECT = 50
+
+# -- the schema file ------------------------------------------------------------------------
+
+
+def schema_sql() -> str:
+    """The canonical DDL (also at the top of the source tree as ``schema-postgres.sql``)."""
+    return resources.files("tokenstore").joinpath("schema-postgres.sql").read_text(encoding="utf-8")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a script into statements; function bodies between ``$$`` hold semicolons."""
+    buffer: list[str] = []
+    quoted = False
+    for line in script.splitlines():
+        if not buffer and (not line.strip() or line.startswith("--")):
+            continue
+        buffer.append(line)
+        quoted ^= line.count("$$") % 2 == 1
+        if not quoted and line.rstrip().endswith(";"):
+            yield "\n".join(buffer)
+            buffer = []
+
+
+_CREATES = re.compile(r'CREATE (?:UNIQUE )?(?:TABLE|INDEX|VIEW) "([^"]+)"')
+
+
+def schema_statement(name: str) -> str:
+    """The statement of schema-postgres.sql that creates ``name``: migrations reuse it."""
+    for statement in _statements(schema_sql()):
+        match = _CREATES.match(statement)
+        if match and match[1] == name:
+            return statement
+    raise StoreError(f"schema-postgres.sql creates nothing named {name!r}")
+
 
 # -- capture --------------------------------------------------------------------------------
 

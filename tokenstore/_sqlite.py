@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib import resources
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,15 @@ from ._errors import (
 )
 from ._models import SYSTEM_USERNAME
 from ._rows import quote_name
-from ._sqlite_ddl import capture_triggers, claim_statements, relation_triggers, trigger_names
+from ._sqlite_ddl import (
+    capture_triggers,
+    claim_statements,
+    relation_triggers,
+    schema_sql,
+    schema_statement,
+    statements,
+    trigger_names,
+)
 from ._sqlite_file import check_file, connect_uri, create_private, make_files_private, writable
 from ._times import format_time, utcnow
 
@@ -53,42 +60,6 @@ logger = logging.getLogger("tokenstore.store")
 
 
 # -- the file -------------------------------------------------------------------------------
-
-
-def schema_sql() -> str:
-    """The canonical DDL (also at the top of the source tree as ``schema.sql``)."""
-    return resources.files("tokenstore").joinpath("schema.sql").read_text(encoding="utf-8")
-
-
-def _statements(script: str) -> Iterator[str]:
-    """Split a script into statements; triggers hold semicolons, so ask SQLite."""
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            statement = buffer.strip()
-            buffer = ""
-            if statement.strip(";").strip() and not _only_comments(statement):
-                yield statement
-    if buffer.strip() and not _only_comments(buffer):
-        raise StoreError(f"schema.sql ends with an incomplete statement: {buffer.strip()[:60]!r}")
-
-
-def _only_comments(text: str) -> bool:
-    return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())
-
-
-_CREATES = re.compile(r'CREATE (?:UNIQUE )?(?:TABLE|INDEX|VIEW|TRIGGER) "([^"]+)"')
-
-
-def schema_statement(name: str) -> str:
-    """The statement of schema.sql that creates ``name``: migrations reuse the canonical DDL."""
-    for statement in _statements(schema_sql()):
-        code = "\n".join(line for line in statement.splitlines() if not line.startswith("--"))
-        match = _CREATES.match(code.strip())
-        if match and match[1] == name:
-            return code
-    raise StoreError(f"schema.sql creates nothing named {name!r}")
 
 
 def _to_version_2(conn: sqlite3.Connection) -> None:
@@ -491,7 +462,7 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         with self.write(quiet=True) as conn:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version == 0:
-                for statement in _statements(schema_sql()):
+                for statement in statements(schema_sql()):
                     conn.execute(statement)
             else:
                 for step in range(version, SCHEMA_VERSION):

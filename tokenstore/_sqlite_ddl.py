@@ -1,20 +1,66 @@
-"""The SQL that SQLite runs for change capture: trigger DDL and the dispatcher's claims.
+"""The SQL that SQLite runs: the schema file, change capture's triggers, the dispatcher's claims.
 
-Generated from the backend-neutral descriptions in ``_capture`` (which
-columns a table's triggers record, which relation a join table holds); a
-PostgreSQL backend writes the same from them in its own dialect.
+The schema file is canonical: migrations take their statements from it. The
+triggers and claims are generated from the backend-neutral descriptions in
+``_capture`` (which columns a table's triggers record, which relation a join
+table holds); a PostgreSQL backend writes the same in its own dialect.
 """
 
 from __future__ import annotations
 
+import re
+import sqlite3
+from collections.abc import Iterator
+from importlib import resources
+
 from ._backend import quote_literal
 from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec, RelationSpec
 from ._dispatch import ClaimStatements
+from ._errors import StoreError
 from ._policy import RELATION_KIND
 from ._rows import quote_name
 
 #: SQLite's default limit on function arguments bounds json_object() to this many columns.
 MAX_CAPTURED_COLUMNS = 63
+
+# -- the schema file ------------------------------------------------------------------------
+
+
+def schema_sql() -> str:
+    """The canonical DDL (also at the top of the source tree as ``schema.sql``)."""
+    return resources.files("tokenstore").joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+def statements(script: str) -> Iterator[str]:
+    """Split a script into statements; triggers hold semicolons, so ask SQLite."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statement = buffer.strip()
+            buffer = ""
+            if statement.strip(";").strip() and not _only_comments(statement):
+                yield statement
+    if buffer.strip() and not _only_comments(buffer):
+        raise StoreError(f"schema.sql ends with an incomplete statement: {buffer.strip()[:60]!r}")
+
+
+def _only_comments(text: str) -> bool:
+    return all(not line.strip() or line.strip().startswith("--") for line in text.splitlines())
+
+
+_CREATES = re.compile(r'CREATE (?:UNIQUE )?(?:TABLE|INDEX|VIEW|TRIGGER) "([^"]+)"')
+
+
+def schema_statement(name: str) -> str:
+    """The statement of schema.sql that creates ``name``: migrations reuse the canonical DDL."""
+    for statement in statements(schema_sql()):
+        code = "\n".join(line for line in statement.splitlines() if not line.startswith("--"))
+        match = _CREATES.match(code.strip())
+        if match and match[1] == name:
+            return code
+    raise StoreError(f"schema.sql creates nothing named {name!r}")
+
 
 # -- capture --------------------------------------------------------------------------------
 
