@@ -632,3 +632,24 @@ def test_dispatch_watch_outlives_the_server_ending_its_connections(
     assert proc.returncode == 0, err
     assert "connection to the server was lost" in err and "trying again" in err
     assert "Traceback" not in err and "app-password" not in err
+
+
+def test_a_delivered_attempt_is_recorded_in_one_statement(
+    pg_url: str, receiver: tuple[str, list[bytes]]
+) -> None:
+    """Every statement is a round trip and the driver's work on both sides, after every
+    send: the delivery's outcome and the hook's health go as one statement, in its own
+    transaction, and both are written."""
+    url, received = receiver
+    with tokenstore.open(pg_url, webhook_allow=["127.0.0.1/32"]) as store:
+        hook = store.webhooks.create("users", "tokenstore.User", url)
+        store.users.create("first")  # the hook's first success is written
+        statements = _db.statements_during(store, lambda: store.users.create("second"))
+        after_send = statements[statements.index("COMMIT") + 1 :]
+        assert len(after_send) == 1 and after_send[0].startswith("WITH"), after_send
+        assert [d.status for d in store.webhooks.deliveries(hook)] == ["delivered"] * 2
+        with store.db.connection().cursor() as cur:  # the hook's streak was reset in it
+            cur.execute("UPDATE tokenstore_outbound_webhook SET failure_count = 3")
+        store.users.create("third")
+        assert store.webhooks.get(hook.abid).failure_count == 0
+    assert len(received) == 3

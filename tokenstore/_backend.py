@@ -69,6 +69,11 @@ class Backend(Protocol):
     def write(self, *, quiet: bool = False) -> AbstractContextManager[Any]:
         """A write transaction of tokenstore's own (joining one already open)."""
 
+    def write_pair(
+        self, first: str, first_params: tuple[Any, ...], then: str, then_params: tuple[Any, ...]
+    ) -> Any:
+        """Two quiet writes as one transaction; the row ``then`` returns, or None."""
+
     def connection(self) -> Any: ...
 
     def execute_sql(self, sql: str, params: Any = None) -> Any: ...

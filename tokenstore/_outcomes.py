@@ -104,11 +104,12 @@ class Outcomes:
             delivery.next_attempt_at = None
             stored = self._stored_outcome(delivery, attempted=True)  # before the lock is taken
             a_second_ago = format_time(now - timedelta(seconds=1))
-            with self.db.write(quiet=True) as conn:
-                conn.execute(
-                    self._hook_succeeded, (stamp, outcome.body, hook.id.hex, a_second_ago, stamp)
-                )
-                row = conn.execute(self._record_delivery, stored).fetchone()
+            row = self.db.write_pair(
+                self._hook_succeeded,
+                (stamp, outcome.body, hook.id.hex, a_second_ago, stamp),
+                self._record_delivery,
+                stored,
+            )
         else:
             with self.db.write(quiet=True) as conn:
                 counted = conn.execute(

@@ -265,6 +265,22 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             if not quiet:
                 self.commit()  # a claim that fails is rolled back with the rest
 
+    def write_pair(
+        self, first: str, first_params: tuple[Any, ...], then: str, then_params: tuple[Any, ...]
+    ) -> Any:
+        """Two quiet writes as one statement, so one transaction and one round trip.
+
+        ``first`` runs as a data-modifying ``WITH`` of ``then``: both see the
+        rows as they were before the statement, so they must touch different
+        rows. Every statement costs a round trip and the driver's work on each
+        side; a delivery's outcome is two writes after every send.
+        """
+        self.refuse_if_read_only()
+        conn = self.connection()
+        with peewee_errors:
+            cursor = conn.execute(f"WITH first AS ({first}) {then}", (*first_params, *then_params))
+            return cursor.fetchone()
+
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own."""
         if self.read_only and is_write(sql):

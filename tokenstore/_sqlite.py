@@ -234,6 +234,14 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
             raise
         self._commit(conn, claim=not quiet)
 
+    def write_pair(
+        self, first: str, first_params: tuple[Any, ...], then: str, then_params: tuple[Any, ...]
+    ) -> Any:
+        """Two quiet writes in one transaction (see ``write``); the row ``then`` returns."""
+        with self.write(quiet=True) as conn:
+            conn.execute(first, first_params)
+            return conn.execute(then, then_params).fetchone()
+
     def connect(self, reuse_if_open: bool = False) -> bool:
         """Open this thread's connection (peewee opens one per thread, when first used)."""
         try:
