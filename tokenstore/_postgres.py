@@ -151,6 +151,11 @@ MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {1: _to_versi
 # -- the database ---------------------------------------------------------------------------
 
 
+#: UUIDs are text, as on SQLite; a FloatField is 8 bytes, as SQLite's REAL (peewee's
+#: default, PostgreSQL's 4-byte REAL, would keep 0.1 + 0.2 as 0.3 and refuse 1e300).
+_FIELD_TYPES = {"UUID": "TEXT", "FLOAT": "DOUBLE PRECISION"}
+
+
 class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     """PostgresqlDatabase (psycopg 3) that knows when its transactions commit.
 
@@ -178,7 +183,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         # Text is UTF-8 on the wire whatever the database's encoding: on an SQL_ASCII
         # database psycopg would otherwise return bytes.
         super().__init__(
-            url, prefer_psycopg3=True, field_types={"UUID": "TEXT"}, encoding="utf8", **options
+            url, prefer_psycopg3=True, field_types=_FIELD_TYPES, encoding="utf8", **options
         )
         self.url = url
         #: Opened with ``read_only``: nothing is written, writes raise StoreReadOnly.
