@@ -9,6 +9,7 @@ Subprocesses run ``tests/_writer.py``, which also defines the ``Memo`` model.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -1277,6 +1279,20 @@ def test_a_flag_is_recorded_as_zero_or_one_on_both_backends(store: Store, listen
     assert [row["on"] for row in rows[:3]] == [1, 0, None]
     assert [type(row["on"]) for row in rows[:2]] == [int, int]
     assert (rows[3]["username"], rows[3]["is_superuser"]) == ("root", 1)
+
+
+def test_a_naive_datetime_is_sent_in_the_same_iso_form_by_both_backends(store: Store) -> None:
+    """SQLite keeps ``str(datetime)`` (a space), PostgreSQL's JSON a ``T``: the body is ISO."""
+
+    class Visit(peewee.Model):
+        at = peewee.DateTimeField()
+
+    store.register(Visit)
+    store.webhooks.create("visits", Visit, "http://127.0.0.1:9/")
+    for at in (datetime(2020, 1, 2, 3, 4, 5, 678901), datetime(2020, 1, 2, 3, 4, 5)):
+        Visit.create(at=at)
+    sent = [json.loads(d.payload)["data"]["fields"]["at"] for d in store.webhooks.deliveries()]
+    assert sorted(sent) == ["2020-01-02T03:04:05", "2020-01-02T03:04:05.678901"]
 
 
 def test_a_refused_registration_leaves_no_table_behind(store: Store) -> None:
