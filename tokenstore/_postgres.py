@@ -560,7 +560,8 @@ def open_database(
         fell_back = why is not None
         if version == 0 and (read_only or not create):
             raise StoreError(
-                f"{redacted_url(url)} holds no tokenstore (and create=False or read_only)"
+                f"{redacted_url(url)} holds no tokenstore (and create=False or read_only); "
+                "`tokenstore init` sets one up in it"
             )
         if version < SCHEMA_VERSION and (read_only or fell_back):
             raise StoreReadOnly(
