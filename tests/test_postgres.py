@@ -7,6 +7,7 @@ refused or are ended by the server, sessions that may only read.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -330,6 +331,32 @@ def test_a_value_the_server_refuses_is_a_validation_error_and_nothing_is_written
         assert [m.text for m in Memo.select()] == ["after"]
     # psycopg's warning about the pipeline the failure left behind is not logged
     assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+
+
+def test_a_statement_after_one_that_failed_in_a_transaction_says_what_to_do(
+    store: Store,
+) -> None:
+    """SQLite undoes the failed statement alone; PostgreSQL runs nothing more in the
+    transaction. The error says so, and a savepoint (``store.atomic()``) works on both."""
+
+    class Tag(peewee.Model):
+        name = peewee.TextField(unique=True)
+
+    store.register(Tag)
+    Tag.create(name="taken")
+    with store.atomic():
+        with pytest.raises(peewee.IntegrityError), store.atomic():
+            Tag.create(name="taken")
+        Tag.create(name="after a savepoint")
+    on_postgres = store.path is None
+    refused = pytest.raises(StoreError, match=r"earlier statement.*store\.atomic\(\)")
+    with refused if on_postgres else contextlib.nullcontext(), store.atomic():
+        with pytest.raises(peewee.IntegrityError):
+            Tag.create(name="taken")
+        Tag.create(name="after")
+    if on_postgres:  # the transaction was rolled back whole: the store goes on
+        Tag.create(name="after")
+    assert sorted(t.name for t in Tag.select()) == ["after", "after a savepoint", "taken"]
 
 
 class Reading(ABIDModel):
