@@ -423,6 +423,6 @@ def import_archivebox(
         report.hooks = list(
             OutboundWebhook.select()
             .where(OutboundWebhook.id.in_(importer.written))
-            .order_by(OutboundWebhook.created_at)
+            .order_by(OutboundWebhook.created_at, OutboundWebhook.abid)
         )
     return report
