@@ -526,6 +526,26 @@ def test_a_database_of_another_encoding_keeps_unicode_text(pg_admin_url: str) ->
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+def test_a_database_of_another_collation_lists_the_allowlist_as_sqlite_does(
+    pg_admin_url: str,
+) -> None:
+    """Sorted by code point, as SQLite's BINARY sorts: ICU's en-US puts ``::1/128`` first."""
+    name = f"tokenstore_test_{os.getpid()}_icu"
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(
+            f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
+            "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+        )
+    try:
+        url = pg_admin_url.rpartition("/")[0] + "/" + name
+        entries = ["::1/128", "127.0.0.1/32", "a-b.example", "a.example"]
+        with tokenstore.open(url, webhook_allow=entries) as store:
+            assert store.webhooks.allowlist() == sorted(entries)
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
 # -- the command ----------------------------------------------------------------------------
 
 

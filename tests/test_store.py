@@ -903,7 +903,7 @@ def test_postgres_create_false_and_read_only(pg_url: str) -> None:
     """As for a file: an empty database is not set up when asked not to; read-only never writes."""
     for options in ({"create": False}, {"read_only": True}):
         # the same words as for a file of another program, with the same advice
-        with pytest.raises(StoreError, match="holds no tokenstore.*`tokenstore init` sets one up"):
+        with pytest.raises(StoreError, match=r"holds no tokenstore.*`tokenstore init` sets one up"):
             tokenstore.open(pg_url, **options)
     assert _db.rows(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
     with tokenstore.open(pg_url) as writer:
