@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -544,6 +545,25 @@ def test_a_database_of_another_collation_lists_the_allowlist_as_sqlite_does(
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_an_aware_time_of_an_application_reads_back_in_utc_whatever_the_servers_zone(
+    pg_url: str,
+) -> None:
+    """A TIMESTAMP column keeps an aware time converted to the session's zone: the server's
+    (here New York's) made 03:04 UTC read back as 22:04 the day before. Sessions use UTC."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute(
+            f"ALTER DATABASE \"{pg_url.rpartition('/')[2]}\" SET timezone = 'America/New_York'"
+        )
+
+    class Visit(peewee.Model):
+        at = peewee.DateTimeField()
+
+    with tokenstore.open(pg_url) as store:
+        store.register(Visit)
+        Visit.create(at=datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC))
+        assert [v.at for v in Visit.select()] == [datetime(2020, 1, 2, 3, 4, 5)]
 
 
 # -- the command ----------------------------------------------------------------------------

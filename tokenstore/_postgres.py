@@ -173,7 +173,12 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         # a read-only store's sessions refuse writes on the server too. The URL's own
         # options are kept: a keyword given to psycopg replaces the URL's.
         given = driver().conninfo.conninfo_to_dict(url)
-        settings = [f"-c lock_timeout={int(busy_timeout * 1000)}", given.get("options", "")]
+        # In UTC, as tokenstore's times are: a TIMESTAMP column of an application's keeps
+        # an aware time converted to the session's zone, which was the server's.
+        settings = [
+            f"-c lock_timeout={int(busy_timeout * 1000)} -c timezone=UTC",
+            given.get("options", ""),
+        ]
         if read_only:
             settings.append("-c default_transaction_read_only=on")
         options: dict[str, Any] = {"options": " ".join(filter(None, settings))}
