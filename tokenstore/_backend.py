@@ -92,6 +92,10 @@ class Backend(Protocol):
 
     def wait_for_changes(self, timeout: float) -> bool: ...
 
+    def ids_given_back(self, table: str) -> AbstractContextManager[None]:
+        """For a block that ends rolled back: the ids its inserts into ``table`` drew
+        are given to the next rows, as if it never ran."""
+
 
 def row_lock(table: str) -> str:
     """A statement that takes one row's lock (by ``id``) and changes nothing.

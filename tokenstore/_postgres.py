@@ -484,6 +484,19 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             (quote_name(table), column),
         )
 
+    @contextmanager
+    def ids_given_back(self, table: str) -> Iterator[None]:
+        """For a block that ends rolled back: a sequence does not go back with it (SQLite's
+        rowids do). The SHARE lock keeps inserters waiting, so none draws an id meanwhile."""
+        conn = self.connection()
+        conn.execute(f"LOCK TABLE {quote_name(table)} IN SHARE MODE")
+        (seq,) = conn.execute(
+            "SELECT pg_get_serial_sequence(%s, 'id')", (quote_name(table),)
+        ).fetchone()
+        last, called = conn.execute(f"SELECT last_value, is_called FROM {seq}").fetchone()
+        yield
+        conn.execute("SELECT setval(%s, %s, %s)", (seq, last, called))
+
     def wait_for_changes(self, timeout: float) -> bool:
         """Whether another connection committed captured changes since the last call.
 
