@@ -9,6 +9,7 @@ Subprocesses run ``tests/_writer.py``, which also defines the ``Memo`` model.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -1194,8 +1196,8 @@ def test_a_blob_primary_key_is_captured_as_hex(store: Store, listen: Listen) -> 
     row = Digest.create(key=b"\x01\xff", note="a")
     Digest.update(note="b").execute()
     row.delete_instance()
-    # SQLite's hex() writes upper case, PostgreSQL's encode() lower, as in the rows' BLOBs.
-    assert [c["event"].pk.lower() for c in changed] == ["01ff"] * 3
+    # SQLite's hex() writes upper case; PostgreSQL's triggers write the same.
+    assert [c["event"].pk for c in changed] == ["01FF"] * 3
     assert [(c["instance"].key, c["instance"].note) for c in saved] == [
         (b"\x01\xff", "a"),
         (b"\x01\xff", "b"),
@@ -1205,7 +1207,7 @@ def test_a_blob_primary_key_is_captured_as_hex(store: Store, listen: Listen) -> 
 
 def test_floating_point_values_are_captured_to_the_last_digit(store: Store, listen: Listen) -> None:
     class Reading(peewee.Model):
-        value = peewee.DoubleField(null=True)  # a FloatField is PostgreSQL's 4-byte REAL
+        value = peewee.DoubleField(null=True)
         exact = peewee.DecimalField(max_digits=20, decimal_places=6, null=True)
 
     store.register(Reading)
@@ -1226,6 +1228,71 @@ def test_floating_point_values_are_captured_to_the_last_digit(store: Store, list
     finite = [c["event"].row["value"] for c in changed][:4]  # PostgreSQL's JSON: "Infinity"
     assert finite == stored[:4]
     assert {c["instance"].exact for c in saved} == {Decimal("12345678.123456")}
+
+
+def test_a_float_field_keeps_every_digit_on_both_backends(store: Store, listen: Listen) -> None:
+    """peewee makes a FloatField PostgreSQL's 4-byte REAL; the store makes it SQLite's 8 bytes."""
+
+    class Sample(peewee.Model):
+        value = peewee.FloatField()
+
+    store.register(Sample)
+    saved = listen(signals.post_save)
+    values = [0.1 + 0.2, 1e300, 5e-324, 123456789.12345679]
+    for value in values:
+        Sample.create(value=value)
+    assert [s.value for s in Sample.select().order_by(Sample.id)] == values
+    assert [c["instance"].value for c in saved] == values
+    assert [c["event"].row["value"] for c in saved] == values
+
+
+def test_null_empty_and_bytes_in_a_blob_are_captured_as_they_are(
+    store: Store, listen: Listen
+) -> None:
+    """SQLite's hex(NULL) is '', which read back as b'': a NULL blob must stay None."""
+
+    class Attachment(peewee.Model):
+        data = peewee.BlobField(null=True)
+
+    store.register(Attachment)
+    saved, deleted = listen(signals.post_save), listen(signals.post_delete)
+    for data in (None, b"", b"\x00\xab"):
+        Attachment.create(data=data)
+    Attachment.delete().execute()
+    assert [c["event"].row["data"] for c in saved] == [None, "", "00AB"]
+    assert [c["instance"].data for c in saved] == [None, b"", b"\x00\xab"]
+    assert [c["instance"].data for c in deleted] == [None, b"", b"\x00\xab"]
+
+
+def test_a_flag_is_recorded_as_zero_or_one_on_both_backends(store: Store, listen: Listen) -> None:
+    """SQLite has no booleans; PostgreSQL's true and false read as its 1 and 0."""
+
+    class Switch(peewee.Model):
+        on = peewee.BooleanField(null=True)
+
+    store.register(Switch)
+    changed = listen(signals.row_changed)
+    for on in (True, False, None):
+        Switch.create(on=on)
+    store.users.create("root", superuser=True)
+    rows = [c["event"].row for c in changed]
+    assert [row["on"] for row in rows[:3]] == [1, 0, None]
+    assert [type(row["on"]) for row in rows[:2]] == [int, int]
+    assert (rows[3]["username"], rows[3]["is_superuser"]) == ("root", 1)
+
+
+def test_a_naive_datetime_is_sent_in_the_same_iso_form_by_both_backends(store: Store) -> None:
+    """SQLite keeps ``str(datetime)`` (a space), PostgreSQL's JSON a ``T``: the body is ISO."""
+
+    class Visit(peewee.Model):
+        at = peewee.DateTimeField()
+
+    store.register(Visit)
+    store.webhooks.create("visits", Visit, "http://127.0.0.1:9/")
+    for at in (datetime(2020, 1, 2, 3, 4, 5, 678901), datetime(2020, 1, 2, 3, 4, 5)):
+        Visit.create(at=at)
+    sent = [json.loads(d.payload)["data"]["fields"]["at"] for d in store.webhooks.deliveries()]
+    assert sorted(sent) == ["2020-01-02T03:04:05", "2020-01-02T03:04:05.678901"]
 
 
 def test_a_refused_registration_leaves_no_table_behind(store: Store) -> None:

@@ -1451,3 +1451,31 @@ def test_two_senders_with_copies_of_one_delivery_count_both_sends(
     store.webhooks.redeliver(second)
     assert len(receiver.hits) == 3
     assert only_delivery(store).attempts == 3
+
+
+def test_deliveries_due_at_one_time_go_out_in_event_order_on_both_backends(
+    db_path: Path, receiver: Receiver, clock: Clock
+) -> None:
+    """Ties in ``next_attempt_at`` and ``created_at`` (one commit's deliveries) go by event,
+    then by ABID. SQLite returned them in insertion order; PostgreSQL in the order it found
+    the rows, which updating some of them changed, and the retries and their signals with it."""
+    s = open_store(db_path, clock, sync_budget=0)
+    try:
+        for name in ("a", "b", "c"):
+            s.webhooks.create(name, Note, receiver.url(f"/{name}"))
+        with s.atomic():
+            for n in range(6):
+                Note.create(text=str(n))
+        made = s.webhooks.deliveries()
+        WebhookDelivery.update(last_error="moved").where(
+            WebhookDelivery.id.in_([d.id for d in made[::2]])
+        ).execute()
+        with listening(signals.webhook_delivered) as delivered:
+            assert s.webhooks.deliver_due() == 18
+        sent = [c["delivery"] for c in delivered]
+        assert [(d.event_id, d.abid) for d in sent] == sorted((d.event_id, d.abid) for d in made)
+        assert [json.loads(d.payload)["data"]["fields"]["text"] for d in sent[::3]] == [
+            str(n) for n in range(6)
+        ]
+    finally:
+        s.close()

@@ -7,6 +7,7 @@ refused or are ended by the server, sessions that may only read.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -332,6 +334,32 @@ def test_a_value_the_server_refuses_is_a_validation_error_and_nothing_is_written
     assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
 
 
+def test_a_statement_after_one_that_failed_in_a_transaction_says_what_to_do(
+    store: Store,
+) -> None:
+    """SQLite undoes the failed statement alone; PostgreSQL runs nothing more in the
+    transaction. The error says so, and a savepoint (``store.atomic()``) works on both."""
+
+    class Tag(peewee.Model):
+        name = peewee.TextField(unique=True)
+
+    store.register(Tag)
+    Tag.create(name="taken")
+    with store.atomic():
+        with pytest.raises(peewee.IntegrityError), store.atomic():
+            Tag.create(name="taken")
+        Tag.create(name="after a savepoint")
+    on_postgres = store.path is None
+    refused = pytest.raises(StoreError, match=r"earlier statement.*store\.atomic\(\)")
+    with refused if on_postgres else contextlib.nullcontext(), store.atomic():
+        with pytest.raises(peewee.IntegrityError):
+            Tag.create(name="taken")
+        Tag.create(name="after")
+    if on_postgres:  # the transaction was rolled back whole: the store goes on
+        Tag.create(name="after")
+    assert sorted(t.name for t in Tag.select()) == ["after", "after a savepoint", "taken"]
+
+
 class Reading(ABIDModel):
     abid_prefix = "rdg_"
     abid_uri_src = "name"
@@ -497,6 +525,45 @@ def test_a_database_of_another_encoding_keeps_unicode_text(pg_admin_url: str) ->
     finally:
         with psycopg.connect(pg_admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_a_database_of_another_collation_lists_the_allowlist_as_sqlite_does(
+    pg_admin_url: str,
+) -> None:
+    """Sorted by code point, as SQLite's BINARY sorts: ICU's en-US puts ``::1/128`` first."""
+    name = f"tokenstore_test_{os.getpid()}_icu"
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(
+            f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
+            "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+        )
+    try:
+        url = pg_admin_url.rpartition("/")[0] + "/" + name
+        entries = ["::1/128", "127.0.0.1/32", "a-b.example", "a.example"]
+        with tokenstore.open(url, webhook_allow=entries) as store:
+            assert store.webhooks.allowlist() == sorted(entries)
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_an_aware_time_of_an_application_reads_back_in_utc_whatever_the_servers_zone(
+    pg_url: str,
+) -> None:
+    """A TIMESTAMP column keeps an aware time converted to the session's zone: the server's
+    (here New York's) made 03:04 UTC read back as 22:04 the day before. Sessions use UTC."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute(
+            f"ALTER DATABASE \"{pg_url.rpartition('/')[2]}\" SET timezone = 'America/New_York'"
+        )
+
+    class Visit(peewee.Model):
+        at = peewee.DateTimeField()
+
+    with tokenstore.open(pg_url) as store:
+        store.register(Visit)
+        Visit.create(at=datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC))
+        assert [v.at for v in Visit.select()] == [datetime(2020, 1, 2, 3, 4, 5)]
 
 
 # -- the command ----------------------------------------------------------------------------

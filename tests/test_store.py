@@ -813,6 +813,14 @@ def test_a_version_1_file_is_brought_to_the_current_schema(tmp_path: Path) -> No
         "'https://example.com/', '{}', '', 1, 0, '', NULL, NULL, "
         "'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', NULL, NULL, 0, NULL, '')"
     )
+    # an application's package named so but for case is left alone, as on PostgreSQL
+    conn.execute(
+        "INSERT INTO tokenstore_outbound_webhook VALUES ('00000000000000000000000000000002', "
+        "'whk_01HNZ2X4ZG0000000000000002', 1, '2024-01-01T00:00:00.000Z', "
+        "'2024-01-01T00:00:00.000Z', 'i', 'CREATE', 'TokenStore.Models.Memo', "
+        "'https://example.com/', '{}', '', 1, 0, '', NULL, NULL, "
+        "'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', NULL, NULL, 0, NULL, '')"
+    )
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
@@ -823,10 +831,10 @@ def test_a_version_1_file_is_brought_to_the_current_schema(tmp_path: Path) -> No
     assert _shape(old) == _shape(fresh)
     conn = sqlite3.connect(old)
     try:
-        (ref,) = conn.execute("SELECT ref FROM tokenstore_outbound_webhook").fetchone()
+        refs = conn.execute("SELECT ref FROM tokenstore_outbound_webhook ORDER BY name").fetchall()
     finally:
         conn.close()
-    assert ref == "tokenstore.APIToken"
+    assert refs == [("tokenstore.APIToken",), ("TokenStore.Models.Memo",)]
 
 
 def _pg_shape(url: str) -> dict[str, object]:
@@ -894,7 +902,8 @@ def psycopg_admin(url: str) -> Any:
 def test_postgres_create_false_and_read_only(pg_url: str) -> None:
     """As for a file: an empty database is not set up when asked not to; read-only never writes."""
     for options in ({"create": False}, {"read_only": True}):
-        with pytest.raises(StoreError, match="holds no tokenstore"):
+        # the same words as for a file of another program, with the same advice
+        with pytest.raises(StoreError, match=r"holds no tokenstore.*`tokenstore init` sets one up"):
             tokenstore.open(pg_url, **options)
     assert _db.rows(pg_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
     with tokenstore.open(pg_url) as writer:

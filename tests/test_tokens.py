@@ -787,12 +787,14 @@ def test_a_secret_given_where_a_user_is_named_is_not_repeated(ts: Store) -> None
 
 
 def test_a_taken_username_is_refused_and_the_transaction_goes_on(ts: Store) -> None:
-    ts.users.create("alice")
+    alice = ts.users.create("alice")
     with ts.atomic():
         with pytest.raises(ValidationError, match="'alice' is already taken"):
             ts.users.create("alice")
-        ts.users.create("bob")  # on PostgreSQL too: the failed insert had a savepoint
+        bob = ts.users.create("bob")  # on PostgreSQL too: the failed insert had a savepoint
     assert sorted(u.username for u in ts.users.list()) == ["alice", "bob", "system"]
+    # a refused name uses up no id, on PostgreSQL (a sequence) as on SQLite
+    assert bob.id == alice.id + 1
 
 
 def test_authentication_does_not_wait_for_a_writer_holding_the_lock(ts: Store) -> None:

@@ -296,6 +296,22 @@ def test_list_get_by_abid_or_name(store: Store) -> None:
         store.webhooks.get("whk_01M8BBKATK13B00F815ESVYW7G")
 
 
+def test_hooks_made_in_one_millisecond_are_listed_in_one_order_on_both_backends(
+    store: Store,
+) -> None:
+    """Ties in ``created_at`` go by ABID, as tokens do: PostgreSQL returns tied rows in the
+    order it finds them, which an update changes; SQLite in the order they were inserted."""
+    for i in range(12):
+        store.webhooks.create(f"h{i:02}", Doc, f"{URL}/{i}")
+    OutboundWebhook.update(created_at=datetime(2030, 1, 1, tzinfo=UTC)).execute()
+    for i in range(0, 12, 3):
+        store.webhooks.update(f"h{i:02}", endpoint=f"{URL}/moved/{i}")
+    by_abid = sorted(store.webhooks.list(), key=lambda h: h.abid)
+    assert [h.name for h in store.webhooks.list()] == [h.name for h in by_abid]
+    enabled = [h.name for h in store.webhooks.list(enabled=True)]
+    assert enabled == [h.name for h in by_abid]
+
+
 def test_an_abid_names_its_own_hook_even_if_another_is_named_like_it(store: Store) -> None:
     """Deleting by ABID must not delete a hook whose name happens to be that ABID."""
     b = store.webhooks.create("b", Doc, URL + "/b")

@@ -36,9 +36,10 @@ class AllowList:
         self.clock = clock
         self._entries: tuple[str, ...] = ()
         self._read_at = float("-inf")  # time.monotonic() of the last read
-        self._select = f"SELECT entry FROM {ALLOW_TABLE} ORDER BY entry"
+        # Sorted here, by code point: PostgreSQL's ORDER BY follows the database's collation.
+        self._select = f"SELECT entry FROM {ALLOW_TABLE}"
         # SQLite only: an entry edited into text that is no UTF-8, which sqlite3 cannot read.
-        self._select_bytes = f"SELECT CAST(entry AS BLOB) FROM {ALLOW_TABLE} ORDER BY entry"
+        self._select_bytes = f"SELECT CAST(entry AS BLOB) FROM {ALLOW_TABLE}"
         self._insert = db.sql(
             f"INSERT INTO {ALLOW_TABLE} (entry, added_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
         )
@@ -61,12 +62,12 @@ class AllowList:
         self._read_at = now
         conn = self.db.connection()
         try:
-            entries = tuple(row[0] for row in conn.execute(self._select))
+            entries = tuple(sorted(row[0] for row in conn.execute(self._select)))
         except Exception as exc:
             if refused_as_not_utf8(exc) is None:
                 raise
             stored = [row[0] for row in conn.execute(self._select_bytes)]
-            entries = tuple(entry.decode() for entry in stored if _utf8(entry))
+            entries = tuple(sorted(entry.decode() for entry in stored if _utf8(entry)))
             logger.error(
                 "%s: %d entries hold text that is not UTF-8 and are ignored; the rows "
                 "were changed outside tokenstore",

@@ -59,6 +59,7 @@ from ._signing import new_signing_secret
 from ._times import to_stored_time
 
 if TYPE_CHECKING:
+    from ._backend import Backend
     from ._tokens import Users
     from ._webhooks import HookValidator
 
@@ -117,7 +118,7 @@ class _DryRun(Exception):
 
 @dataclass
 class _Importer:
-    db: peewee.Database
+    db: Backend
     users: Users
     validator: HookValidator
     ref_map: dict[str, str]
@@ -387,7 +388,7 @@ def _describe_hook(row: sqlite3.Row) -> str:
 def import_archivebox(
     path: str | os.PathLike[str],
     *,
-    db: peewee.Database,
+    db: Backend,
     users: Users,
     validator: HookValidator,
     ref_map: Mapping[str, str | type[peewee.Model]] | None = None,
@@ -412,8 +413,11 @@ def import_archivebox(
         validator.allowlist.refresh()  # as the file holds it now: another process may have added
         try:
             with db.atomic():
-                importer.run(conn)
-                if dry_run:
+                if not dry_run:
+                    importer.run(conn)
+                else:  # the same inserts, rolled back, ids and all
+                    with db.ids_given_back(User._meta.table_name):
+                        importer.run(conn)
                     raise _DryRun
         except _DryRun:
             return report
@@ -423,6 +427,6 @@ def import_archivebox(
         report.hooks = list(
             OutboundWebhook.select()
             .where(OutboundWebhook.id.in_(importer.written))
-            .order_by(OutboundWebhook.created_at)
+            .order_by(OutboundWebhook.created_at, OutboundWebhook.abid)
         )
     return report

@@ -24,7 +24,7 @@ def to_version_2(execute: Callable[[str], object], statement: Callable[[str], st
     """
     execute(
         "UPDATE tokenstore_outbound_webhook SET ref = 'tokenstore.' || substr(ref, 19) "
-        "WHERE ref LIKE 'tokenstore.models.%'"
+        "WHERE substr(ref, 1, 18) = 'tokenstore.models.'"  # not LIKE: SQLite's ignores case
     )
     execute('DROP INDEX IF EXISTS "tokenstore_webhook_delivery_hook_id"')
     execute('ALTER TABLE "tokenstore_listener" ADD COLUMN "seen" TEXT')
@@ -91,6 +91,10 @@ class Backend(Protocol):
     def install_relation_capture(self, spec: RelationSpec) -> None: ...
 
     def wait_for_changes(self, timeout: float) -> bool: ...
+
+    def ids_given_back(self, table: str) -> AbstractContextManager[None]:
+        """For a block that ends rolled back: the ids its inserts into ``table`` drew
+        are given to the next rows, as if it never ran."""
 
 
 def row_lock(table: str) -> str:

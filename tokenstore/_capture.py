@@ -61,11 +61,17 @@ def _text(value: Any) -> Any:
 
 
 def _recorded_row(text: str) -> dict[str, Any]:
-    """A row as a trigger records it: a JSON object (ValueError for anything else)."""
+    """A row as a trigger records it: a JSON object (ValueError for anything else).
+
+    SQLite has no booleans: its triggers record a flag as 1 or 0. PostgreSQL's
+    record a BOOLEAN column as true or false, read here as the same 1 or 0, so
+    an event holds the same values on both (JSON values in a row are only ever
+    columns' values, never nested).
+    """
     row = _loads(text)
     if not isinstance(row, dict):
         raise ValueError(f"the recorded row is a JSON {type(row).__name__}, not an object")
-    return row
+    return {key: int(value) if type(value) is bool else value for key, value in row.items()}
 
 
 @dataclass(frozen=True)

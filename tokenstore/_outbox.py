@@ -47,8 +47,10 @@ _DELIVERY_TABLE = WebhookDelivery._meta.table_name
 # The hot path (one delivery per matching hook on every save) runs these
 # statements directly rather than through peewee's query builder.
 _SELECT_HOOK = f'SELECT {_HOOKS.columns} FROM "{_HOOK_TABLE}" WHERE "id" = ?'
+# Ties go by ABID, here and below: PostgreSQL returns tied rows in the order it finds
+# them, which updates change, where SQLite keeps insertion order; both must agree.
 _ENABLED_HOOKS = (
-    f'SELECT {_HOOKS.columns} FROM "{_HOOK_TABLE}" WHERE "enabled" ORDER BY "created_at"'
+    f'SELECT {_HOOKS.columns} FROM "{_HOOK_TABLE}" WHERE "enabled" ORDER BY "created_at", "abid"'
 )
 _ENABLED_HOOKS_AS_BYTES = _ENABLED_HOOKS.replace(_HOOKS.columns, text_as_bytes(OutboundWebhook))
 _SELECT_DELIVERY = f'SELECT {_DELIVERIES.columns} FROM "{_DELIVERY_TABLE}" WHERE "id" = ?'
@@ -76,7 +78,8 @@ _DUE_COLUMNS = ("id", "hook_id")
 _SELECT_DUE = (
     f'SELECT "id", "hook_id" FROM "{_DELIVERY_TABLE}" '
     "WHERE \"status\" IN ('pending', 'failed') AND \"next_attempt_at\" <= ? "
-    'ORDER BY "next_attempt_at", "created_at" LIMIT ?'
+    # One commit's deliveries share both times: they go in the order of its events.
+    'ORDER BY "next_attempt_at", "created_at", coalesce("event_id", 0), "abid" LIMIT ?'
 )
 # A separate statement, not an OR: each is one range of the index, read only up to its limit.
 _SELECT_STRANDED = _SELECT_DUE.replace('"next_attempt_at" <= ?', '"next_attempt_at" > ?')

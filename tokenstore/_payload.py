@@ -36,9 +36,14 @@ _UUID_HEX = re.compile(r"[0-9a-f]{32}")
 
 
 def jsonable(value: Any) -> Any:
-    """A field value as JSON: times as ISO-8601, UUIDs dashed, bytes base64."""
+    """A field value as JSON: times as ISO-8601, UUIDs dashed, bytes base64.
+
+    An aware time is sent as stored times are, in UTC; a naive one as it is
+    (``isoformat``), not as the backend keeps it: SQLite's text has a space
+    where PostgreSQL's JSON has a ``T``.
+    """
     if isinstance(value, datetime):
-        return format_time(value)
+        return value.isoformat() if value.tzinfo is None else format_time(value)
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, bytes | bytearray | memoryview):

@@ -151,6 +151,11 @@ MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {1: _to_versi
 # -- the database ---------------------------------------------------------------------------
 
 
+#: UUIDs are text, as on SQLite; a FloatField is 8 bytes, as SQLite's REAL (peewee's
+#: default, PostgreSQL's 4-byte REAL, would keep 0.1 + 0.2 as 0.3 and refuse 1e300).
+_FIELD_TYPES = {"UUID": "TEXT", "FLOAT": "DOUBLE PRECISION"}
+
+
 class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     """PostgresqlDatabase (psycopg 3) that knows when its transactions commit.
 
@@ -168,7 +173,12 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         # a read-only store's sessions refuse writes on the server too. The URL's own
         # options are kept: a keyword given to psycopg replaces the URL's.
         given = driver().conninfo.conninfo_to_dict(url)
-        settings = [f"-c lock_timeout={int(busy_timeout * 1000)}", given.get("options", "")]
+        # In UTC, as tokenstore's times are: a TIMESTAMP column of an application's keeps
+        # an aware time converted to the session's zone, which was the server's.
+        settings = [
+            f"-c lock_timeout={int(busy_timeout * 1000)} -c timezone=UTC",
+            given.get("options", ""),
+        ]
         if read_only:
             settings.append("-c default_transaction_read_only=on")
         options: dict[str, Any] = {"options": " ".join(filter(None, settings))}
@@ -178,7 +188,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         # Text is UTF-8 on the wire whatever the database's encoding: on an SQL_ASCII
         # database psycopg would otherwise return bytes.
         super().__init__(
-            url, prefer_psycopg3=True, field_types={"UUID": "TEXT"}, encoding="utf8", **options
+            url, prefer_psycopg3=True, field_types=_FIELD_TYPES, encoding="utf8", **options
         )
         self.url = url
         #: Opened with ``read_only``: nothing is written, writes raise StoreReadOnly.
@@ -474,6 +484,19 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             (quote_name(table), column),
         )
 
+    @contextmanager
+    def ids_given_back(self, table: str) -> Iterator[None]:
+        """For a block that ends rolled back: a sequence does not go back with it (SQLite's
+        rowids do). The SHARE lock keeps inserters waiting, so none draws an id meanwhile."""
+        conn = self.connection()
+        conn.execute(f"LOCK TABLE {quote_name(table)} IN SHARE MODE")
+        (seq,) = conn.execute(
+            "SELECT pg_get_serial_sequence(%s, 'id')", (quote_name(table),)
+        ).fetchone()
+        last, called = conn.execute(f"SELECT last_value, is_called FROM {seq}").fetchone()
+        yield
+        conn.execute("SELECT setval(%s, %s, %s)", (seq, last, called))
+
     def wait_for_changes(self, timeout: float) -> bool:
         """Whether another connection committed captured changes since the last call.
 
@@ -555,7 +578,8 @@ def open_database(
         fell_back = why is not None
         if version == 0 and (read_only or not create):
             raise StoreError(
-                f"{redacted_url(url)} holds no tokenstore (and create=False or read_only)"
+                f"{redacted_url(url)} holds no tokenstore (and create=False or read_only); "
+                "`tokenstore init` sets one up in it"
             )
         if version < SCHEMA_VERSION and (read_only or fell_back):
             raise StoreReadOnly(

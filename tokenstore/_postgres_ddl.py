@@ -122,8 +122,8 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
         pairs = []
         for column in spec.recorded:
             value = f"{alias}.{quote_name(column.name)}"
-            if column.is_blob:
-                value = f"encode({value}, 'hex')"
+            if column.is_blob:  # in upper case, as SQLite's hex() writes it
+                value = f"upper(encode({value}, 'hex'))"
             pairs.append(f"{quote_literal(column.name)}, {value}")
         step = _COLUMNS_PER_OBJECT
         parts = [
@@ -137,7 +137,7 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
     pk = quote_name(spec.pk_column)
 
     def key(alias: str) -> str:
-        return f"encode({alias}.{pk}, 'hex')" if spec.pk_is_blob else f"{alias}.{pk}::text"
+        return f"upper(encode({alias}.{pk}, 'hex'))" if spec.pk_is_blob else f"{alias}.{pk}::text"
 
     function = function_name(spec)
     insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"

@@ -59,6 +59,12 @@ def in_transaction(conn: psycopg.Connection[Any]) -> bool:
 #: Other errors (a constraint, a syntax error) are the caller's business and stay peewee's.
 _FAULTS: dict[str, tuple[type[TokenstoreError], str]] = {
     "25006": (StoreReadOnly, "the server lets this session only read"),
+    "25P02": (
+        StoreError,
+        "an earlier statement of this transaction failed, and PostgreSQL runs nothing more "
+        "in it (SQLite undoes only that statement): run a statement that may fail in a "
+        "store.atomic() of its own",
+    ),
     "42501": (StoreError, "the role of the URL may not do this"),
     "3F000": (StoreError, "the search_path names no schema that exists"),
     "53100": (StoreFull, "the server's disk is full"),

@@ -92,8 +92,8 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
         pairs = []
         for column in spec.recorded:
             value = f"{alias}.{quote_name(column.name)}"
-            if column.is_blob:
-                value = f"hex({value})"
+            if column.is_blob:  # hex(NULL) is '', which would read back as b''
+                value = f"CASE WHEN {value} IS NULL THEN NULL ELSE hex({value}) END"
             elif column.is_real:
                 value = _exact_real(value)
             pairs.append(f"{quote_literal(column.name)}, {value}")

@@ -92,15 +92,19 @@ class Users:
             raise ValidationError(
                 f"username {shown(username)} is not valid: use 1-150 letters, digits or _.@+-"
             )
+        flag = check_flag(superuser, "superuser")
+        taken = ValidationError(f"username {shown(username)} is already taken")
+        # Looked up first: PostgreSQL's refused insert would still use up an id of its
+        # sequence, and the next user's id would differ from SQLite's.
+        if User.select().where(User.username == username).exists():
+            raise taken
         try:
             # A savepoint inside an open transaction: on PostgreSQL a failed statement
             # would otherwise abort the caller's whole transaction.
             with User._meta.database.atomic():
-                user: User = User.create(
-                    username=username, is_superuser=check_flag(superuser, "superuser")
-                )
-        except peewee.IntegrityError:
-            raise ValidationError(f"username {shown(username)} is already taken") from None
+                user: User = User.create(username=username, is_superuser=flag)
+        except peewee.IntegrityError:  # taken meanwhile, by another process
+            raise taken from None
         return user
 
     def get(self, username: str | int) -> User:

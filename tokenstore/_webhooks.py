@@ -342,8 +342,8 @@ class Webhooks:
         return self._allowlist.remove(entry)
 
     def list(self, enabled: bool | None = None) -> list[OutboundWebhook]:
-        """Hooks, oldest first; ``enabled`` filters by state."""
-        query = OutboundWebhook.select().order_by(OutboundWebhook.created_at)
+        """Hooks, oldest first (ties by ABID, alike on both backends); ``enabled`` filters."""
+        query = OutboundWebhook.select().order_by(OutboundWebhook.created_at, OutboundWebhook.abid)
         if enabled is not None:
             query = query.where(OutboundWebhook.enabled == check_flag(enabled, "enabled"))
         return list(query)
