@@ -941,3 +941,20 @@ def test_a_postgresql_password_never_reaches_an_error(
     with pytest.raises(tokenstore.TokenstoreError) as info:
         tokenstore.open(url)
     assert "SEKRIT" not in str(info.value) and "KRIT" not in str(info.value)
+
+
+def test_selects_of_expressions_on_own_models_read_as_peewee_reads_them(store: Store) -> None:
+    """Selects of own models convert their rows with the row loader; a column that is an
+    expression (a function, arithmetic, raw SQL) has no field, and peewee's own conversion
+    of it stays: the loader raised AttributeError on such a column."""
+    store.users.create("Alice")
+    ids = [user.id for user in User.select().order_by(User.username)]
+    lower = peewee.fn.LOWER(User.username)
+    by_name = User.select(lower.alias("low"), (User.id + 1).alias("next")).order_by(User.username)
+    assert list(by_name.tuples()) == [("alice", ids[0] + 1), ("system", ids[1] + 1)]
+    assert [row["low"] for row in by_name.dicts()] == ["alice", "system"]
+    assert [(user.low, user.next) for user in by_name] == [
+        ("alice", ids[0] + 1),
+        ("system", ids[1] + 1),
+    ]
+    assert list(User.select(peewee.SQL("1")).tuples()) == [(1,), (1,)]

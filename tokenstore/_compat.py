@@ -238,8 +238,12 @@ def checked_select_class(
 
         def checked_initialize() -> None:
             initialize()
+            # A column that is an expression (a function, arithmetic) has no field;
+            # peewee's own conversion of it, if any, stays.
             wrapper.converters = [
-                convert(field) if old is not None and old == field.python_value else old
+                convert(field)
+                if field is not None and old is not None and old == field.python_value
+                else old
                 for field, old in zip(wrapper.fields, wrapper.converters, strict=True)
             ]
 
