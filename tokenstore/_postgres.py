@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from ._backend import CommitHooks, is_write, quote_literal, to_version_2
+from ._backend import CommitHooks, is_write, quote_literal, sole_writer, to_version_2
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     RedactedQueryLog,
@@ -254,6 +254,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         if in_transaction(conn):
             yield conn
             return
+        sole_writer(self, self.url, redacted_url(self.url))
         with peewee_errors, rolled_back_on_error(conn):
             with translated(conn, redacted_url(self.url)), pipelined(conn):
                 conn.execute("BEGIN")
@@ -276,6 +277,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         side; a delivery's outcome is two writes after every send.
         """
         self.refuse_if_read_only()
+        sole_writer(self, self.url, redacted_url(self.url))
         conn = self.connection()
         with peewee_errors:
             cursor = conn.execute(f"WITH first AS ({first}) {then}", (*first_params, *then_params))
@@ -306,8 +308,14 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
                 f"{redacted_url(self.url)} is open read-only: nothing can be written to it"
             )
 
+    def writing_here(self) -> bool:
+        """Whether this thread's connection is in a transaction."""
+        conn = current_connection(self)
+        return conn is not None and not conn.closed and in_transaction(conn)
+
     def begin(self, isolation_level: Any = None) -> None:
         self.refuse_if_read_only()
+        sole_writer(self, self.url, redacted_url(self.url))
         super().begin(isolation_level)
         conn = self.connection()
         try:

@@ -26,9 +26,15 @@ from typing import Any
 
 import peewee
 
-from ._backend import LEADING, CommitHooks, is_write, to_version_2
+from ._backend import LEADING, CommitHooks, is_write, sole_writer, to_version_2
 from ._capture import CaptureSpec, RelationSpec
-from ._compat import RedactedQueryLog, driver_error, in_transaction_block, peewee_errors
+from ._compat import (
+    RedactedQueryLog,
+    current_connection,
+    driver_error,
+    in_transaction_block,
+    peewee_errors,
+)
 from ._dispatch import ClaimStatements
 from ._errors import (
     StoreCorrupt,
@@ -203,6 +209,8 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         self._contended_until = 0.0  # time.monotonic() until which writers poll for the lock
         self._data_version: int | None = None
         self._begun = _Begun()
+        stat = path.stat()
+        self._file = (stat.st_dev, stat.st_ino)  # another Store's path to it may differ
 
     @staticmethod
     def sql(text: str) -> str:
@@ -271,6 +279,7 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
                 raise self._ended_early()
             if is_write(sql):
                 if time.monotonic() >= self._contended_until and self.hooks.nothing_to_claim(conn):
+                    sole_writer(self, self._file, str(self.path))
                     # Nothing to claim at its commit: the statement's own implicit
                     # transaction will do, and it waits for the lock as SQLite does.
                     return self._run_to_end(sql, params)
@@ -295,6 +304,11 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
             # checks did not see, not a crash.
             raise ValidationError(f"a value cannot be stored in SQLite: {exc}") from None
 
+    def writing_here(self) -> bool:
+        """Whether this thread's connection is in a transaction."""
+        conn = current_connection(self)
+        return conn is not None and bool(conn.in_transaction)
+
     def refuse_if_read_only(self) -> None:
         """Raise StoreReadOnly when this store was opened read-only."""
         if self.read_only:
@@ -308,6 +322,7 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
 
     def _begin(self, conn: sqlite3.Connection, statement: str, *, announce: bool) -> None:
         """Start a transaction; ``announce`` lets the dispatcher register this process first."""
+        sole_writer(self, self._file, str(self.path))
         try:
             with peewee_errors:
                 self._take_write_lock(conn, statement)
