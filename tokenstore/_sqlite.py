@@ -207,7 +207,7 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         self.system_user_id: int | None = None
         self._busy_timeout_pragma = f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}"
         self._contended_until = 0.0  # time.monotonic() until which writers poll for the lock
-        self._data_version: int | None = None
+        self._seen = threading.local()  # per thread: its connection's last data_version
         self._begun = _Begun()
         stat = path.stat()
         self._file = (stat.st_dev, stat.st_ino)  # another Store's path to it may differ
@@ -529,15 +529,16 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
 
         SQLite has no notifications; ``PRAGMA data_version`` changes when
         another connection commits and costs no I/O to read, so it is polled.
+        Its values count one connection's view: each thread compares its own.
         """
         conn = self.connection()
         deadline = time.monotonic() + timeout
         while True:
             (version,) = conn.execute("PRAGMA data_version").fetchone()
-            if version != self._data_version:
-                first = self._data_version is None
-                self._data_version = version
-                if not first:
+            seen = getattr(self._seen, "version", None)  # (connection, its count)
+            if seen != (conn, version):
+                self._seen.version = (conn, version)
+                if seen is not None and seen[0] is conn:  # a new connection only starts
                     return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
