@@ -1002,3 +1002,31 @@ def test_stores_opened_by_several_threads_at_once_never_wait_for_themselves(
     assert len(outcomes) == 12
     assert [o for o in outcomes if o[1] > 3] == []  # busy_timeout is 5 s
     assert [o for o, _ in outcomes if o != "ok" and "another Store" not in o] == []
+
+
+def test_close_inside_a_transaction_is_refused_and_changes_nothing(store: Store) -> None:
+    """peewee cannot close a connection in a transaction: close() says so before it has
+    stopped anything or unregistered the listener inside the transaction."""
+    retries = store.webhooks.start_retry_thread(interval=60)
+    outcome: list[BaseException | None] = []
+
+    def request() -> None:
+        try:
+            with store.atomic():
+                store.users.create("before")
+                try:
+                    store.close()
+                except BaseException as exc:
+                    outcome.append(exc)
+                store.users.create("after")
+        finally:
+            store.db.close()
+
+    worker = threading.Thread(target=request, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive()
+    assert isinstance(outcome[0], StoreError), outcome
+    assert "inside a transaction" in str(outcome[0])
+    assert retries.is_alive()  # nothing of close() ran
+    assert {u.username for u in store.users.list()} >= {"before", "after"}
