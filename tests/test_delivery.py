@@ -1451,3 +1451,70 @@ def test_two_senders_with_copies_of_one_delivery_count_both_sends(
     store.webhooks.redeliver(second)
     assert len(receiver.hits) == 3
     assert only_delivery(store).attempts == 3
+
+
+class _Gated(peewee.TextField):
+    """Text whose reading pauses once, at a word, until told to go on: a slow field of the
+    application's, which the payload of its change reads inside the commit."""
+
+    reached = threading.Event()
+    proceed = threading.Event()
+
+    def python_value(self, value: Any) -> Any:
+        if value == "pause" and not self.reached.is_set():
+            self.reached.set()
+            self.proceed.wait(30)
+        return value
+
+
+class GatedNote(ABIDModel):
+    abid_prefix = "gat_"
+    text = _Gated(default="")
+
+
+def test_a_hook_deleted_while_a_save_makes_its_delivery_does_not_fail_the_save(
+    db_path: Path, clock: Clock, receiver: Receiver
+) -> None:
+    """On PostgreSQL the delete committed between the commit's read of the hooks and its
+    insert of the delivery, whose foreign key then failed the application's save with
+    peewee's IntegrityError. The hooks read are now kept from deletion until it commits."""
+    with open_store(db_path, clock) as store:
+        store.register(GatedNote)
+        hook = store.webhooks.create("gated", GatedNote, receiver.url())
+        _Gated.reached.clear()
+        _Gated.proceed.clear()
+        saved: list[BaseException | None] = []
+        deleted: list[BaseException | None] = []
+
+        def save() -> None:
+            try:
+                GatedNote.create(text="pause")
+                saved.append(None)
+            except BaseException as exc:
+                saved.append(exc)
+            finally:
+                store.db.close()
+
+        def delete() -> None:
+            try:
+                store.webhooks.delete(hook.name)
+                deleted.append(None)
+            except BaseException as exc:
+                deleted.append(exc)
+            finally:
+                store.db.close()
+
+        saver = threading.Thread(target=save, daemon=True)
+        saver.start()
+        assert _Gated.reached.wait(30)  # inside the commit, the hooks read
+        deleter = threading.Thread(target=delete, daemon=True)
+        deleter.start()
+        deleter.join(0.5)  # on PostgreSQL it has committed by now, unless it waits
+        _Gated.proceed.set()
+        saver.join(30)
+        deleter.join(30)
+        assert not saver.is_alive() and not deleter.is_alive()
+        assert saved == [None] and deleted == [None]
+        assert [n.text for n in GatedNote.select()] == ["pause"]
+        assert OutboundWebhook.select().count() == 0
+        assert WebhookDelivery.select().count() == 0  # deleted with its hook

@@ -65,6 +65,8 @@ class Backend(Protocol):
     system_user_id: int | None
     #: Opened read-only: nothing is written.
     read_only: bool
+    #: What ends a SELECT whose rows must not be deleted before its transaction ends.
+    keep_rows: str
 
     def sql(self, text: str) -> str:
         """A statement written with ``?`` placeholders, in this driver's style."""

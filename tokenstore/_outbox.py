@@ -136,6 +136,9 @@ class Outbox:
         self.outcomes = outcomes
         self.payloads = PayloadBuilder()
         sql = db.sql
+        # The hooks a commit makes deliveries for stay until it ends: on PostgreSQL a hook
+        # deleted in between failed the delivery's foreign key, and the application's save.
+        self._enabled_hooks = _ENABLED_HOOKS + db.keep_rows
         self._select_hook = sql(_SELECT_HOOK)
         self._select_delivery = sql(_SELECT_DELIVERY)
         self._insert_delivery = sql(_INSERT_DELIVERY)
@@ -203,7 +206,7 @@ class Outbox:
         side's model.
         """
         try:
-            rows = conn.execute(_ENABLED_HOOKS).fetchall()
+            rows = conn.execute(self._enabled_hooks).fetchall()
         except Exception as exc:
             if (damaged := not_utf8(OutboundWebhook, exc, conn)) is None:
                 raise

@@ -231,6 +231,9 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         self.connection()
         return super().cursor(named_cursor)
 
+    #: A delete waits for the transaction that read the rows (as for one that refers to them).
+    keep_rows = " FOR KEY SHARE"
+
     @staticmethod
     def sql(text: str) -> str:
         """A statement written with ``?`` placeholders, in psycopg's ``%s`` style.

@@ -212,6 +212,9 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         stat = path.stat()
         self._file = (stat.st_dev, stat.st_ino)  # another Store's path to it may differ
 
+    #: Nothing: SQLite has one writer at a time, so no delete can come between.
+    keep_rows = ""
+
     @staticmethod
     def sql(text: str) -> str:
         """A statement written with ``?`` placeholders, in this driver's style (the same)."""
