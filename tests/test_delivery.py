@@ -1518,3 +1518,45 @@ def test_a_hook_deleted_while_a_save_makes_its_delivery_does_not_fail_the_save(
         assert [n.text for n in GatedNote.select()] == ["pause"]
         assert OutboundWebhook.select().count() == 0
         assert WebhookDelivery.select().count() == 0  # deleted with its hook
+
+
+def test_a_ping_to_a_hook_deleted_meanwhile_says_it_is_gone(
+    store: Store, receiver: Receiver
+) -> None:
+    """The ping read the hook, then waited to write its delivery while another thread's
+    transaction deleted the hook: the delivery's foreign key failed with peewee's error."""
+    hook = store.webhooks.create("notes", Note, receiver.url())
+    deleted, commit = threading.Event(), threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def delete() -> None:
+        try:
+            with store.atomic():
+                store.webhooks.delete(hook.name)
+                deleted.set()
+                commit.wait(30)
+        finally:
+            store.db.close()
+
+    def ping() -> None:
+        try:
+            store.webhooks.ping(hook.name)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            store.db.close()
+
+    deleter = threading.Thread(target=delete, daemon=True)
+    deleter.start()
+    assert deleted.wait(30)
+    pinger = threading.Thread(target=ping, daemon=True)
+    pinger.start()
+    pinger.join(0.5)  # it has read the hook (committed, still there) and waits to write
+    commit.set()
+    deleter.join(30)
+    pinger.join(30)
+    assert not deleter.is_alive() and not pinger.is_alive()
+    assert isinstance(outcome[0], tokenstore.NotFound), outcome
+    assert "notes" in str(outcome[0])
+    assert receiver.hits == [] and WebhookDelivery.select().count() == 0

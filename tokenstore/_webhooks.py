@@ -546,7 +546,12 @@ class Webhooks:
             "data": {"hook": hook.abid, "name": hook.name, "ref": hook.ref},
         }
         # Held like a change's delivery: if this process dies before the attempt, it is retried.
-        delivery = self.outbox.create_ping(hook, dumps(payload), now)
+        try:
+            delivery = self.outbox.create_ping(hook, dumps(payload), now)
+        except peewee.IntegrityError as exc:  # its foreign key: deleted since it was read
+            if "foreign key" not in str(exc).lower():
+                raise
+            raise NotFound(f"no webhook {hook.name!r}: it was deleted meanwhile") from None
         return self.outbox.attempt(delivery, now)
 
     def redeliver(self, delivery: WebhookDelivery | str) -> WebhookDelivery:
