@@ -1560,3 +1560,58 @@ def test_a_ping_to_a_hook_deleted_meanwhile_says_it_is_gone(
     assert isinstance(outcome[0], tokenstore.NotFound), outcome
     assert "notes" in str(outcome[0])
     assert receiver.hits == [] and WebhookDelivery.select().count() == 0
+
+
+def test_an_outcome_recorded_while_a_hook_is_being_disabled_does_not_deadlock(
+    store: Store,
+) -> None:
+    """Every writer takes a hook's row before its deliveries' rows. On PostgreSQL a
+    successful attempt's outcome (the delivery's row, then its hook's in one statement)
+    took them the other way round, and met disable() in a deadlock."""
+    answers = iter([500])
+    hooked = Receiver(lambda handler: answer(handler, next(answers, 200)))
+    try:
+        hook = store.webhooks.create("notes", Note, hooked.url())
+        Note.create(text="first attempt fails")
+        (delivery,) = store.webhooks.deliveries(hook)
+        assert delivery.status == "failed"
+        hook_locked, go_on = threading.Event(), threading.Event()
+        outcomes: dict[str, BaseException | None] = {}
+
+        def disable() -> None:
+            try:
+                with store.atomic():
+                    store.webhooks.rotate_secret(hook.name)  # holds the hook's row
+                    hook_locked.set()
+                    go_on.wait(30)
+                    store.webhooks.disable(hook.name)  # and now its deliveries' rows
+                outcomes["disable"] = None
+            except BaseException as exc:
+                outcomes["disable"] = exc
+            finally:
+                store.db.close()
+
+        def redeliver() -> None:
+            try:
+                store.webhooks.redeliver(delivery.abid)
+                outcomes["redeliver"] = None
+            except BaseException as exc:
+                outcomes["redeliver"] = exc
+            finally:
+                store.db.close()
+
+        disabler = threading.Thread(target=disable, daemon=True)
+        disabler.start()
+        assert hook_locked.wait(30)
+        sender = threading.Thread(target=redeliver, daemon=True)
+        sender.start()
+        sender.join(0.5)  # sent, and recording its outcome: waiting for the hook's row
+        go_on.set()
+        disabler.join(30)
+        sender.join(30)
+        assert not disabler.is_alive() and not sender.is_alive()
+        assert outcomes == {"disable": None, "redeliver": None}
+        assert len(hooked.hits) == 2
+        assert store.webhooks.get(hook.name).enabled is False
+    finally:
+        hooked.close()

@@ -77,7 +77,7 @@ class Backend(Protocol):
     def write_pair(
         self, first: str, first_params: tuple[Any, ...], then: str, then_params: tuple[Any, ...]
     ) -> Any:
-        """Two quiet writes as one transaction; the row ``then`` returns, or None."""
+        """Two quiet writes as one transaction, ``first`` first; the row ``then`` returns."""
 
     def connection(self) -> Any: ...
 

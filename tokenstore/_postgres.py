@@ -274,16 +274,24 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     ) -> Any:
         """Two quiet writes as one statement, so one transaction and one round trip.
 
-        ``first`` runs as a data-modifying ``WITH`` of ``then``: both see the
-        rows as they were before the statement, so they must touch different
-        rows. Every statement costs a round trip and the driver's work on each
-        side; a delivery's outcome is two writes after every send.
+        Both run as data-modifying ``WITH`` queries and see the rows as they
+        were before the statement, so they must touch different rows. ``first``
+        (no RETURNING of its own) runs before ``then`` (which returns its row):
+        the row locks are taken in that order, as every writer takes a hook's
+        before its deliveries'. Written plainly, ``WITH first AS (...) UPDATE``
+        runs the outer update first, and met those writers in a deadlock.
+        Every statement costs a round trip and the driver's work on each side;
+        a delivery's outcome is two writes after every send.
         """
         self.refuse_if_read_only()
         sole_writer(self, self.url, redacted_url(self.url))
         conn = self.connection()
         with peewee_errors:
-            cursor = conn.execute(f"WITH first AS ({first}) {then}", (*first_params, *then_params))
+            cursor = conn.execute(
+                f"WITH first AS ({first} RETURNING 1), later AS ({then}) "
+                "SELECT * FROM later WHERE (SELECT count(*) FROM first) >= 0",  # first runs first
+                (*first_params, *then_params),
+            )
             return cursor.fetchone()
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
