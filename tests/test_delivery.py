@@ -9,6 +9,7 @@ checked exactly and quickly.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import struct
@@ -1615,3 +1616,42 @@ def test_an_outcome_recorded_while_a_hook_is_being_disabled_does_not_deadlock(
         assert store.webhooks.get(hook.name).enabled is False
     finally:
         hooked.close()
+
+
+def test_calls_that_send_are_refused_inside_a_transaction(store: Store) -> None:
+    """A send waits for the receiver; inside a transaction its locks were held all the
+    while (on SQLite the file's write lock, which another thread's write waited for)."""
+    slow = Receiver(lambda handler: (time.sleep(1.0), ok(handler)))
+    try:
+        hook = store.webhooks.create("notes", Note, slow.url())
+        Note.create(text="sent once, slowly")
+        (delivery,) = store.webhooks.deliveries(hook)
+        waited: list[float] = []
+
+        def write_meanwhile() -> None:
+            started = time.monotonic()
+            try:
+                store.users.create(f"meanwhile{len(waited)}")
+            finally:
+                waited.append(time.monotonic() - started)
+                store.db.close()
+
+        calls = {
+            "webhooks.ping()": lambda: store.webhooks.ping(hook),
+            "webhooks.redeliver()": lambda: store.webhooks.redeliver(delivery.abid),
+            "webhooks.deliver_due()": store.webhooks.deliver_due,
+            "store.dispatch()": store.dispatch,
+        }
+        for name, call in calls.items():
+            writer = threading.Thread(target=write_meanwhile, daemon=True)
+            refused = pytest.raises(tokenstore.StoreError, match=rf"{re.escape(name)} sends")
+            with refused, store.atomic():
+                writer.start()
+                call()
+            writer.join(30)
+            assert not writer.is_alive()
+        assert max(waited) < 0.5, waited  # nothing waited for a receiver
+        assert len(slow.hits) == 1  # the change's own delivery, before the calls
+        assert [d.attempts for d in store.webhooks.deliveries(hook)] == [1]
+    finally:
+        slow.close()

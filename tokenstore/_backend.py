@@ -81,6 +81,9 @@ class Backend(Protocol):
 
     def connection(self) -> Any: ...
 
+    def writing_here(self) -> bool:
+        """Whether this thread's connection is in a transaction."""
+
     def execute_sql(self, sql: str, params: Any = None) -> Any: ...
 
     def atomic(self) -> Any: ...

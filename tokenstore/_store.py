@@ -347,7 +347,8 @@ class Store:
         Dispatch also happens by itself after every commit made through this
         store; this call is for what happened elsewhere.
         """
-        check_flag(deliver, "deliver")
+        if check_flag(deliver, "deliver"):
+            self._outbox.refuse_in_transaction("store.dispatch()")
         claimed_before = self._dispatcher.claimed_count()
         delivered_before, failed_before = self._outcomes.attempts_recorded()
         with self.db.atomic():  # its commit claims what is unclaimed, then fires it

@@ -563,6 +563,7 @@ class Webhooks:
 
     def redeliver(self, delivery: WebhookDelivery | str) -> WebhookDelivery:
         """Send a delivery again now, with the same ``webhook-id``; its hook must be enabled."""
+        self.outbox.refuse_in_transaction("webhooks.redeliver()")
         if not isinstance(delivery, WebhookDelivery):
             delivery = self.delivery(delivery)
         hook = self.outbox.hook(delivery.hook_id)
