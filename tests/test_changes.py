@@ -880,6 +880,45 @@ def test_wait_for_changes_wakes_for_another_programs_commit_only(
     assert memos.wait_for_changes(0.05) is False  # heard once, not again
 
 
+def test_wait_for_changes_in_two_threads_hears_each_change_once_in_each(
+    memos: Store, db_path: Path
+) -> None:
+    """Each thread waits on its own connection, whose count of commits it must compare
+    with its own: against another thread's, nothing changed read as a change at once."""
+    memos.webhooks.create("memos", Memo, "http://127.0.0.1:9/never-answers")
+    steps = threading.Barrier(3, timeout=30)
+    heard: dict[str, list[bool]] = {"first": [], "second": []}
+
+    def watch(name: str) -> None:
+        try:
+            if name == "first":
+                memos.wait_for_changes(0.01)  # starts watching before the edits
+            steps.wait()
+            steps.wait()  # edited meanwhile
+            if name == "first":
+                heard[name].append(memos.wait_for_changes(10))
+            steps.wait()
+            if name == "second":
+                memos.wait_for_changes(0.01)  # starts watching after them
+            heard[name] += [memos.wait_for_changes(0.05) for _ in range(5)]
+        finally:
+            memos.db.close()
+
+    threads = [threading.Thread(target=watch, args=(n,), daemon=True) for n in heard]
+    for thread in threads:
+        thread.start()
+    steps.wait()
+    for n in range(3):
+        shell_edit(db_path, f"UPDATE test_changes_memo SET n = {n}")
+        Memo(name=f"edit {n}", n=n).save()
+    steps.wait()
+    steps.wait()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert heard == {"first": [True] + [False] * 5, "second": [False] * 5}
+
+
 def test_opening_a_url_without_the_postgres_extra_names_it(tmp_path: Path) -> None:
     script = (
         "import sys\n"

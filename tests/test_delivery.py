@@ -9,6 +9,7 @@ checked exactly and quickly.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import struct
@@ -1479,3 +1480,206 @@ def test_deliveries_due_at_one_time_go_out_in_event_order_on_both_backends(
         ]
     finally:
         s.close()
+
+
+class _Gated(peewee.TextField):
+    """Text whose reading pauses once, at a word, until told to go on: a slow field of the
+    application's, which the payload of its change reads inside the commit."""
+
+    reached = threading.Event()
+    proceed = threading.Event()
+
+    def python_value(self, value: Any) -> Any:
+        if value == "pause" and not self.reached.is_set():
+            self.reached.set()
+            self.proceed.wait(30)
+        return value
+
+
+class GatedNote(ABIDModel):
+    abid_prefix = "gat_"
+    text = _Gated(default="")
+
+
+def test_a_hook_deleted_while_a_save_makes_its_delivery_does_not_fail_the_save(
+    db_path: Path, clock: Clock, receiver: Receiver
+) -> None:
+    """On PostgreSQL the delete committed between the commit's read of the hooks and its
+    insert of the delivery, whose foreign key then failed the application's save with
+    peewee's IntegrityError. The hooks read are now kept from deletion until it commits."""
+    with open_store(db_path, clock) as store:
+        store.register(GatedNote)
+        hook = store.webhooks.create("gated", GatedNote, receiver.url())
+        _Gated.reached.clear()
+        _Gated.proceed.clear()
+        saved: list[BaseException | None] = []
+        deleted: list[BaseException | None] = []
+
+        def save() -> None:
+            try:
+                GatedNote.create(text="pause")
+                saved.append(None)
+            except BaseException as exc:
+                saved.append(exc)
+            finally:
+                store.db.close()
+
+        def delete() -> None:
+            try:
+                store.webhooks.delete(hook.name)
+                deleted.append(None)
+            except BaseException as exc:
+                deleted.append(exc)
+            finally:
+                store.db.close()
+
+        saver = threading.Thread(target=save, daemon=True)
+        saver.start()
+        assert _Gated.reached.wait(30)  # inside the commit, the hooks read
+        deleter = threading.Thread(target=delete, daemon=True)
+        deleter.start()
+        deleter.join(0.5)  # on PostgreSQL it has committed by now, unless it waits
+        _Gated.proceed.set()
+        saver.join(30)
+        deleter.join(30)
+        assert not saver.is_alive() and not deleter.is_alive()
+        assert saved == [None] and deleted == [None]
+        assert [n.text for n in GatedNote.select()] == ["pause"]
+        assert OutboundWebhook.select().count() == 0
+        assert WebhookDelivery.select().count() == 0  # deleted with its hook
+
+
+def test_a_ping_to_a_hook_deleted_meanwhile_says_it_is_gone(
+    store: Store, receiver: Receiver
+) -> None:
+    """The ping read the hook, then waited to write its delivery while another thread's
+    transaction deleted the hook: the delivery's foreign key failed with peewee's error."""
+    hook = store.webhooks.create("notes", Note, receiver.url())
+    deleted, commit = threading.Event(), threading.Event()
+    outcome: list[BaseException | None] = []
+
+    def delete() -> None:
+        try:
+            with store.atomic():
+                store.webhooks.delete(hook.name)
+                deleted.set()
+                commit.wait(30)
+        finally:
+            store.db.close()
+
+    def ping() -> None:
+        try:
+            store.webhooks.ping(hook.name)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+        finally:
+            store.db.close()
+
+    deleter = threading.Thread(target=delete, daemon=True)
+    deleter.start()
+    assert deleted.wait(30)
+    pinger = threading.Thread(target=ping, daemon=True)
+    pinger.start()
+    pinger.join(0.5)  # it has read the hook (committed, still there) and waits to write
+    commit.set()
+    deleter.join(30)
+    pinger.join(30)
+    assert not deleter.is_alive() and not pinger.is_alive()
+    assert isinstance(outcome[0], tokenstore.NotFound), outcome
+    assert "notes" in str(outcome[0])
+    assert receiver.hits == [] and WebhookDelivery.select().count() == 0
+
+
+def test_an_outcome_recorded_while_a_hook_is_being_disabled_does_not_deadlock(
+    store: Store,
+) -> None:
+    """Every writer takes a hook's row before its deliveries' rows. On PostgreSQL a
+    successful attempt's outcome (the delivery's row, then its hook's in one statement)
+    took them the other way round, and met disable() in a deadlock."""
+    answers = iter([500])
+    hooked = Receiver(lambda handler: answer(handler, next(answers, 200)))
+    try:
+        hook = store.webhooks.create("notes", Note, hooked.url())
+        Note.create(text="first attempt fails")
+        (delivery,) = store.webhooks.deliveries(hook)
+        assert delivery.status == "failed"
+        hook_locked, go_on = threading.Event(), threading.Event()
+        outcomes: dict[str, BaseException | None] = {}
+
+        def disable() -> None:
+            try:
+                with store.atomic():
+                    store.webhooks.rotate_secret(hook.name)  # holds the hook's row
+                    hook_locked.set()
+                    go_on.wait(30)
+                    store.webhooks.disable(hook.name)  # and now its deliveries' rows
+                outcomes["disable"] = None
+            except BaseException as exc:
+                outcomes["disable"] = exc
+            finally:
+                store.db.close()
+
+        def redeliver() -> None:
+            try:
+                store.webhooks.redeliver(delivery.abid)
+                outcomes["redeliver"] = None
+            except BaseException as exc:
+                outcomes["redeliver"] = exc
+            finally:
+                store.db.close()
+
+        disabler = threading.Thread(target=disable, daemon=True)
+        disabler.start()
+        assert hook_locked.wait(30)
+        sender = threading.Thread(target=redeliver, daemon=True)
+        sender.start()
+        sender.join(0.5)  # sent, and recording its outcome: waiting for the hook's row
+        go_on.set()
+        disabler.join(30)
+        sender.join(30)
+        assert not disabler.is_alive() and not sender.is_alive()
+        assert outcomes == {"disable": None, "redeliver": None}
+        assert len(hooked.hits) == 2
+        assert store.webhooks.get(hook.name).enabled is False
+    finally:
+        hooked.close()
+
+
+def test_calls_that_send_are_refused_inside_a_transaction(store: Store) -> None:
+    """A send waits for the receiver; inside a transaction its locks were held all the
+    while (on SQLite the file's write lock, which another thread's write waited for)."""
+    slow = Receiver(lambda handler: (time.sleep(1.0), ok(handler)))
+    try:
+        hook = store.webhooks.create("notes", Note, slow.url())
+        Note.create(text="sent once, slowly")
+        (delivery,) = store.webhooks.deliveries(hook)
+        waited: list[float] = []
+
+        def write_meanwhile() -> None:
+            started = time.monotonic()
+            try:
+                store.users.create(f"meanwhile{len(waited)}")
+            finally:
+                waited.append(time.monotonic() - started)
+                store.db.close()
+
+        calls = {
+            "webhooks.ping()": lambda: store.webhooks.ping(hook),
+            "webhooks.redeliver()": lambda: store.webhooks.redeliver(delivery.abid),
+            "webhooks.deliver_due()": store.webhooks.deliver_due,
+            "store.dispatch()": store.dispatch,
+        }
+        for name, call in calls.items():
+            writer = threading.Thread(target=write_meanwhile, daemon=True)
+            refused = pytest.raises(tokenstore.StoreError, match=rf"{re.escape(name)} sends")
+            with refused, store.atomic():
+                writer.start()
+                call()
+            writer.join(30)
+            assert not writer.is_alive()
+        assert max(waited) < 0.5, waited  # nothing waited for a receiver
+        assert len(slow.hits) == 1  # the change's own delivery, before the calls
+        assert [d.attempts for d in store.webhooks.deliveries(hook)] == [1]
+    finally:
+        slow.close()

@@ -958,3 +958,101 @@ def test_selects_of_expressions_on_own_models_read_as_peewee_reads_them(store: S
         ("system", ids[1] + 1),
     ]
     assert list(User.select(peewee.SQL("1")).tuples()) == [(1,), (1,)]
+
+
+def test_a_store_opened_before_another_refuses_a_write_split_between_them(db_path: Path) -> None:
+    """Models are bound to the most recently opened store: the older one's writes would
+    go through two connections, which on SQLite waited for each other in one thread until
+    busy_timeout, and on PostgreSQL committed apart (a rollback kept half). Refused at once."""
+    older = tokenstore.open(db_path, busy_timeout=5.0)
+    newer = tokenstore.open(db_path, busy_timeout=5.0)
+    try:
+        newer.register(Note)
+        owner = newer.users.create("alice")
+        outcome: list[BaseException | None] = []
+
+        def older_writes() -> None:
+            try:
+                with older.atomic():
+                    Note.create(title="bound to the newer store")
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        started = time.monotonic()
+        worker = threading.Thread(target=older_writes, daemon=True)
+        worker.start()
+        worker.join(30)
+        assert not worker.is_alive()
+        assert time.monotonic() - started < 2  # not busy_timeout, waiting for itself
+        assert isinstance(outcome[0], StoreError)
+        assert "another Store" in str(outcome[0]) and "most recently opened" in str(outcome[0])
+        with pytest.raises(StoreError, match="another Store"):
+            older.tokens.create(owner, name="split")
+        assert Note.select().count() == 0 and APIToken.select().count() == 0
+        # Each store alone still works, and the older one still closes.
+        Note.create(title="newer")
+        assert older.tokens.authenticate(newer.tokens.create(owner)[1]).created_by_id == owner.id
+    finally:
+        older.close()
+        newer.close()
+    with tokenstore.open(db_path) as again:
+        again.register(Note)
+        assert [n.title for n in Note.select()] == ["newer"]
+
+
+def test_stores_opened_by_several_threads_at_once_never_wait_for_themselves(
+    db_path: Path,
+) -> None:
+    """A store per request thread (unsupported: one store per process) fails fast, clearly."""
+    tokenstore.open(db_path).close()
+    outcomes: list[tuple[str, float]] = []
+
+    def requests(worker: int) -> None:
+        for n in range(3):
+            started = time.monotonic()
+            try:
+                with tokenstore.open(db_path, busy_timeout=5.0) as s:
+                    s.tokens.create(s.users.create(f"u{worker}-{n}"))
+                outcome = "ok"
+            except StoreError as exc:
+                outcome = str(exc)
+            outcomes.append((outcome, time.monotonic() - started))
+
+    threads = [threading.Thread(target=requests, args=(i,), daemon=True) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(outcomes) == 12
+    assert [o for o in outcomes if o[1] > 3] == []  # busy_timeout is 5 s
+    assert [o for o, _ in outcomes if o != "ok" and "another Store" not in o] == []
+
+
+def test_close_inside_a_transaction_is_refused_and_changes_nothing(store: Store) -> None:
+    """peewee cannot close a connection in a transaction: close() says so before it has
+    stopped anything or unregistered the listener inside the transaction."""
+    retries = store.webhooks.start_retry_thread(interval=60)
+    outcome: list[BaseException | None] = []
+
+    def request() -> None:
+        try:
+            with store.atomic():
+                store.users.create("before")
+                try:
+                    store.close()
+                except BaseException as exc:
+                    outcome.append(exc)
+                store.users.create("after")
+        finally:
+            store.db.close()
+
+    worker = threading.Thread(target=request, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive()
+    assert isinstance(outcome[0], StoreError), outcome
+    assert "inside a transaction" in str(outcome[0])
+    assert retries.is_alive()  # nothing of close() ran
+    assert {u.username for u in store.users.list()} >= {"before", "after"}

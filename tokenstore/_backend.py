@@ -8,12 +8,15 @@ SQL handling both backends share.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Callable, Hashable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ._capture import CaptureSpec, RelationSpec
 from ._dispatch import ClaimStatements
+from ._errors import StoreError
 
 
 def to_version_2(execute: Callable[[str], object], statement: Callable[[str], str]) -> None:
@@ -62,6 +65,8 @@ class Backend(Protocol):
     system_user_id: int | None
     #: Opened read-only: nothing is written.
     read_only: bool
+    #: What ends a SELECT whose rows must not be deleted before its transaction ends.
+    keep_rows: str
 
     def sql(self, text: str) -> str:
         """A statement written with ``?`` placeholders, in this driver's style."""
@@ -72,9 +77,12 @@ class Backend(Protocol):
     def write_pair(
         self, first: str, first_params: tuple[Any, ...], then: str, then_params: tuple[Any, ...]
     ) -> Any:
-        """Two quiet writes as one transaction; the row ``then`` returns, or None."""
+        """Two quiet writes as one transaction, ``first`` first; the row ``then`` returns."""
 
     def connection(self) -> Any: ...
+
+    def writing_here(self) -> bool:
+        """Whether this thread's connection is in a transaction."""
 
     def execute_sql(self, sql: str, params: Any = None) -> Any: ...
 
@@ -95,6 +103,45 @@ class Backend(Protocol):
     def ids_given_back(self, table: str) -> AbstractContextManager[None]:
         """For a block that ends rolled back: the ids its inserts into ``table`` drew
         are given to the next rows, as if it never ran."""
+
+
+class Writer(Protocol):
+    """A database object that can tell whether this thread's transaction on it is open."""
+
+    def writing_here(self) -> bool: ...
+
+
+class _Writers(threading.local):
+    """Per thread: the database object that last began a write, by the store it writes to."""
+
+    def __init__(self) -> None:
+        self.by_store: dict[Hashable, weakref.ref[Writer]] = {}
+
+
+_WRITERS = _Writers()
+
+
+def sole_writer(me: Writer, store: Hashable, where: str) -> None:
+    """Refuse a write through ``me`` while this thread writes through another object on ``store``.
+
+    Models are bound to the most recently opened Store, so a Store opened
+    before another on the same file or database writes through both
+    objects at once: on SQLite the second connection would wait, in the
+    very thread that holds the lock, until busy_timeout; on PostgreSQL the
+    two would commit apart, and a rollback would keep half.
+    """
+    held = _WRITERS.by_store.get(store)
+    other = held() if held is not None else None
+    if other is me:
+        return
+    if other is not None and other.writing_here():
+        raise StoreError(
+            f"{where}: this thread is already writing to it through another Store; "
+            "models are bound to the most recently opened store (tokenstore.open), so "
+            "two Stores open on one store in a process write through each other: "
+            "keep one store per process"
+        )
+    _WRITERS.by_store[store] = weakref.ref(me)
 
 
 def row_lock(table: str) -> str:

@@ -26,7 +26,7 @@ from ._backend import Backend, row_lock
 from ._capture import ChangeEvent, model_ref
 from ._compat import peewee_errors
 from ._dispatch import Connection
-from ._errors import DamagedRow
+from ._errors import DamagedRow, StoreError
 from ._m2m import RelationRun, runs
 from ._models import ON_ABID_CONFLICT, OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
 from ._outcomes import Outcomes
@@ -139,6 +139,9 @@ class Outbox:
         self.outcomes = outcomes
         self.payloads = PayloadBuilder()
         sql = db.sql
+        # The hooks a commit makes deliveries for stay until it ends: on PostgreSQL a hook
+        # deleted in between failed the delivery's foreign key, and the application's save.
+        self._enabled_hooks = _ENABLED_HOOKS + db.keep_rows
         self._select_hook = sql(_SELECT_HOOK)
         self._select_delivery = sql(_SELECT_DELIVERY)
         self._insert_delivery = sql(_INSERT_DELIVERY)
@@ -206,7 +209,7 @@ class Outbox:
         side's model.
         """
         try:
-            rows = conn.execute(_ENABLED_HOOKS).fetchall()
+            rows = conn.execute(self._enabled_hooks).fetchall()
         except Exception as exc:
             if (damaged := not_utf8(OutboundWebhook, exc, conn)) is None:
                 raise
@@ -351,8 +354,22 @@ class Outbox:
 
         insert_with_fresh_ids(_DELIVERY_TABLE, insert, renew)
 
+    def refuse_in_transaction(self, call: str) -> None:
+        """Raise StoreError if this thread's transaction is open: ``call`` sends webhooks.
+
+        A send waits for the receiver, up to the delivery deadline, and the
+        transaction's locks would be held all that time: on SQLite the
+        file's, which every other writer waits for.
+        """
+        if self.db.writing_here():
+            raise StoreError(
+                f"{call} sends webhooks, and was called inside a transaction, whose locks "
+                "it would hold while each receiver answers: call it after the transaction"
+            )
+
     def create_ping(self, hook: OutboundWebhook, body: str, now: datetime) -> WebhookDelivery:
         """A delivery that no change caused (``ping``): written now, sent by the caller."""
+        self.refuse_in_transaction("webhooks.ping()")
         delivery = self._new_delivery(hook.id, "webhook.ping", body, now)
         stamps = (format_time(delivery.created_at), format_time(delivery.next_attempt_at))
         with self.db.atomic():
@@ -500,6 +517,7 @@ class Outbox:
         deliveries scheduled beyond the ``horizon`` count as due, after the
         others; a ``now`` given is the caller's, and only the schedule counts.
         """
+        self.refuse_in_transaction("webhooks.deliver_due()")
         fixed = now is not None
         start = self._now() if now is None else to_stored_time(now)
         stamp = format_time(start)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from ._backend import CommitHooks, is_write, quote_literal, to_version_2
+from ._backend import CommitHooks, is_write, quote_literal, sole_writer, to_version_2
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     RedactedQueryLog,
@@ -241,6 +241,9 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         self.connection()
         return super().cursor(named_cursor)
 
+    #: A delete waits for the transaction that read the rows (as for one that refers to them).
+    keep_rows = " FOR KEY SHARE"
+
     @staticmethod
     def sql(text: str) -> str:
         """A statement written with ``?`` placeholders, in psycopg's ``%s`` style.
@@ -264,6 +267,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         if in_transaction(conn):
             yield conn
             return
+        sole_writer(self, self.url, redacted_url(self.url))
         with peewee_errors, rolled_back_on_error(conn):
             with translated(conn, redacted_url(self.url)), pipelined(conn):
                 conn.execute("BEGIN")
@@ -280,15 +284,24 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     ) -> Any:
         """Two quiet writes as one statement, so one transaction and one round trip.
 
-        ``first`` runs as a data-modifying ``WITH`` of ``then``: both see the
-        rows as they were before the statement, so they must touch different
-        rows. Every statement costs a round trip and the driver's work on each
-        side; a delivery's outcome is two writes after every send.
+        Both run as data-modifying ``WITH`` queries and see the rows as they
+        were before the statement, so they must touch different rows. ``first``
+        (no RETURNING of its own) runs before ``then`` (which returns its row):
+        the row locks are taken in that order, as every writer takes a hook's
+        before its deliveries'. Written plainly, ``WITH first AS (...) UPDATE``
+        runs the outer update first, and met those writers in a deadlock.
+        Every statement costs a round trip and the driver's work on each side;
+        a delivery's outcome is two writes after every send.
         """
         self.refuse_if_read_only()
+        sole_writer(self, self.url, redacted_url(self.url))
         conn = self.connection()
         with peewee_errors:
-            cursor = conn.execute(f"WITH first AS ({first}) {then}", (*first_params, *then_params))
+            cursor = conn.execute(
+                f"WITH first AS ({first} RETURNING 1), later AS ({then}) "
+                "SELECT * FROM later WHERE (SELECT count(*) FROM first) >= 0",  # first runs first
+                (*first_params, *then_params),
+            )
             return cursor.fetchone()
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
@@ -316,8 +329,14 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
                 f"{redacted_url(self.url)} is open read-only: nothing can be written to it"
             )
 
+    def writing_here(self) -> bool:
+        """Whether this thread's connection is in a transaction."""
+        conn = current_connection(self)
+        return conn is not None and not conn.closed and in_transaction(conn)
+
     def begin(self, isolation_level: Any = None) -> None:
         self.refuse_if_read_only()
+        sole_writer(self, self.url, redacted_url(self.url))
         super().begin(isolation_level)
         conn = self.connection()
         try:

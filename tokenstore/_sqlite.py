@@ -26,9 +26,15 @@ from typing import Any
 
 import peewee
 
-from ._backend import LEADING, CommitHooks, is_write, to_version_2
+from ._backend import LEADING, CommitHooks, is_write, sole_writer, to_version_2
 from ._capture import CaptureSpec, RelationSpec
-from ._compat import RedactedQueryLog, driver_error, in_transaction_block, peewee_errors
+from ._compat import (
+    RedactedQueryLog,
+    current_connection,
+    driver_error,
+    in_transaction_block,
+    peewee_errors,
+)
 from ._dispatch import ClaimStatements
 from ._errors import (
     StoreCorrupt,
@@ -201,8 +207,13 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         self.system_user_id: int | None = None
         self._busy_timeout_pragma = f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}"
         self._contended_until = 0.0  # time.monotonic() until which writers poll for the lock
-        self._data_version: int | None = None
+        self._seen = threading.local()  # per thread: its connection's last data_version
         self._begun = _Begun()
+        stat = path.stat()
+        self._file = (stat.st_dev, stat.st_ino)  # another Store's path to it may differ
+
+    #: Nothing: SQLite has one writer at a time, so no delete can come between.
+    keep_rows = ""
 
     @staticmethod
     def sql(text: str) -> str:
@@ -271,6 +282,7 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
                 raise self._ended_early()
             if is_write(sql):
                 if time.monotonic() >= self._contended_until and self.hooks.nothing_to_claim(conn):
+                    sole_writer(self, self._file, str(self.path))
                     # Nothing to claim at its commit: the statement's own implicit
                     # transaction will do, and it waits for the lock as SQLite does.
                     return self._run_to_end(sql, params)
@@ -295,6 +307,11 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
             # checks did not see, not a crash.
             raise ValidationError(f"a value cannot be stored in SQLite: {exc}") from None
 
+    def writing_here(self) -> bool:
+        """Whether this thread's connection is in a transaction."""
+        conn = current_connection(self)
+        return conn is not None and bool(conn.in_transaction)
+
     def refuse_if_read_only(self) -> None:
         """Raise StoreReadOnly when this store was opened read-only."""
         if self.read_only:
@@ -308,6 +325,7 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
 
     def _begin(self, conn: sqlite3.Connection, statement: str, *, announce: bool) -> None:
         """Start a transaction; ``announce`` lets the dispatcher register this process first."""
+        sole_writer(self, self._file, str(self.path))
         try:
             with peewee_errors:
                 self._take_write_lock(conn, statement)
@@ -518,15 +536,16 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
 
         SQLite has no notifications; ``PRAGMA data_version`` changes when
         another connection commits and costs no I/O to read, so it is polled.
+        Its values count one connection's view: each thread compares its own.
         """
         conn = self.connection()
         deadline = time.monotonic() + timeout
         while True:
             (version,) = conn.execute("PRAGMA data_version").fetchone()
-            if version != self._data_version:
-                first = self._data_version is None
-                self._data_version = version
-                if not first:
+            seen = getattr(self._seen, "version", None)  # (connection, its count)
+            if seen != (conn, version):
+                self._seen.version = (conn, version)
+                if seen is not None and seen[0] is conn:  # a new connection only starts
                     return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -213,8 +213,15 @@ class Store:
         The store stops counting as a listener, so capture stops on its account.
         Signing secrets past their grace are erased and the WAL is emptied into
         the file, so erased and deleted secrets leave no copy in either. Retry
-        threads started by ``webhooks.start_retry_thread`` are stopped.
+        threads started by ``webhooks.start_retry_thread`` are stopped. Inside
+        a transaction of this thread it raises StoreError and does nothing: the
+        connection cannot close under it, and its rollback would undo the rest.
         """
+        if self.db.in_transaction():
+            raise StoreError(
+                f"{self.location}: close() was called inside a transaction (atomic()); "
+                "close the store once the block has ended"
+            )
         self.webhooks.stop_retry_threads()
         self.webhooks.close()
         self.tokens.flush_uses()
@@ -340,7 +347,8 @@ class Store:
         Dispatch also happens by itself after every commit made through this
         store; this call is for what happened elsewhere.
         """
-        check_flag(deliver, "deliver")
+        if check_flag(deliver, "deliver"):
+            self._outbox.refuse_in_transaction("store.dispatch()")
         claimed_before = self._dispatcher.claimed_count()
         delivered_before, failed_before = self._outcomes.attempts_recorded()
         with self.db.atomic():  # its commit claims what is unclaimed, then fires it

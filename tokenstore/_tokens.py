@@ -77,6 +77,8 @@ _TOUCH = (
 )
 # The owner's row lock: on PostgreSQL two creators for one owner count one after the other.
 _LOCK_OWNER = row_lock(User._meta.table_name)
+# A token's row lock: a revoker waits there for another revocation of it to commit.
+_LOCK_TOKEN = row_lock(_TABLE)
 _COUNT_LIVE = (
     f'SELECT count(*) FROM "{_TABLE}" WHERE "created_by_id" = ? AND "revoked_at" IS NULL '
     'AND ("expires" IS NULL OR "expires" >= ?)'
@@ -219,6 +221,7 @@ class Tokens:
         self._flusher: threading.Timer | None = None
         self._count_live = db.sql(_COUNT_LIVE)
         self._lock_owner = db.sql(_LOCK_OWNER)
+        self._lock_token = db.sql(_LOCK_TOKEN)
 
     # -- issuing -----------------------------------------------------------------------
 
@@ -478,8 +481,15 @@ class Tokens:
 
     def revoke(self, token: APIToken | str) -> APIToken:
         """Revoke a token (or its ABID) for good; revoking it again changes nothing."""
+        abid = token.abid if isinstance(token, APIToken) else token
         with self.db.atomic():
-            current = self.get(token.abid if isinstance(token, APIToken) else token)
+            current = self.get(abid)
+            if current.revoked_at is None:
+                # Another revocation may be committing (PostgreSQL reads do not wait for
+                # it): wait for the row, then read what it holds now.
+                stored_id = APIToken.id.db_value(current.id)
+                self.db.connection().execute(self._lock_token, (stored_id,))
+                current = self.get(abid)
             if current.revoked_at is None:
                 current.revoked_at = to_stored_time(self.clock())
                 current.save()
