@@ -208,7 +208,7 @@ def test_waiting_for_changes_listens_again_after_the_server_ended_it(
 ) -> None:
     with tokenstore.open(pg_url) as store:
         assert store.wait_for_changes(0.05) is False  # now listening
-        terminate(store, pg_admin_url, pg(store)._listening.conn)
+        terminate(store, pg_admin_url, pg(store)._changes._local.conn)
         assert store.wait_for_changes(5) is True  # what it missed is unknown: look
         assert store.wait_for_changes(0.05) is False
         with tokenstore.open(pg_url, webhook_allow=["127.0.0.1/32"], sync_budget=0) as other:

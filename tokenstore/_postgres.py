@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -43,7 +41,6 @@ from ._errors import (
 )
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import (
-    CHANNEL,
     LONGEST_NAME,
     capture_triggers,
     claim_statements,
@@ -61,6 +58,7 @@ from ._postgres_driver import (
     rolled_back_on_error,
     translated,
 )
+from ._postgres_listen import ChangeListener
 from ._postgres_url import connection_url, redacted_url, without_secrets
 from ._postgres_url import is_url as is_url  # bench/scale.py imports it from here
 from ._rows import quote_name
@@ -196,8 +194,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         self.hooks = hooks
         #: The id of the ``system`` user, owner of records nobody else owns.
         self.system_user_id: int | None = None
-        #: Per thread, like the connection: the connection that LISTENs, once it waited.
-        self._listening = threading.local()
+        self._changes = ChangeListener(self._listening_connection)
 
     def __repr__(self) -> str:
         return f"<PostgresDatabase {redacted_url(self.url)!r}>"
@@ -377,10 +374,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
 
     def close(self) -> bool:
         """Close this thread's connection, and its listening one if it waited."""
-        listener = getattr(self._listening, "conn", None)
-        if listener is not None:
-            listener.close()
-            self._listening.conn = None
+        self._changes.close()
         return bool(super().close())
 
     # -- schema and capture ---------------------------------------------------------------
@@ -519,39 +513,17 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     def wait_for_changes(self, timeout: float) -> bool:
         """Whether another connection committed captured changes since the last call.
 
-        The first call starts listening on the channel the capture triggers
-        notify; later calls return as soon as a notification arrives (or has
-        arrived since), or False after ``timeout`` seconds. This thread's
-        own commits do not count, as on SQLite.
+        The capture triggers notify a channel; this waits for a notification
+        (see ``ChangeListener``). This thread's own commits do not count.
         """
-        own = self.connection().info.backend_pid
-        deadline = time.monotonic() + timeout
-        listener = getattr(self._listening, "conn", None)
-        if listener is None:
-            listener = self._listening.conn = self._listen()
-        try:
-            while True:
-                remaining = max(0.0, deadline - time.monotonic())
-                notes = list(listener.notifies(timeout=remaining, stop_after=1))
-                if any(note.pid != own for note in notes):
-                    return True
-                if not notes or time.monotonic() >= deadline:
-                    return False
-        except driver().OperationalError:
-            # The server ended the listening connection: what it would have heard since
-            # is unknown, so something may have changed. The next call listens anew.
-            listener.close()
-            self._listening.conn = None
-            return True
+        return self._changes.wait(self.connection().info.backend_pid, timeout)
 
-    def _listen(self) -> psycopg.Connection[Any]:
-        """A connection of its own, listening on the channel the capture triggers notify."""
+    def _listening_connection(self) -> psycopg.Connection[Any]:
+        """A connection of its own, outside any transaction, for LISTEN."""
         try:
-            listener = driver().connect(self.url, autocommit=True, **self.connect_params)
+            return driver().connect(self.url, autocommit=True, **self.connect_params)  # type: ignore[no-any-return]
         except driver().Error as exc:
             raise self._cannot_connect(exc) from None
-        listener.execute(f"LISTEN {CHANNEL}")
-        return listener  # type: ignore[no-any-return]
 
 
 def _only_reads(db: PostgresDatabase, version: int) -> str | None:
