@@ -59,7 +59,7 @@ from ._postgres_driver import (
     translated,
 )
 from ._postgres_listen import ChangeListener
-from ._postgres_url import connection_url, redacted_url, without_secrets
+from ._postgres_url import connection_url, lock_wait, redacted_url, without_secrets
 from ._postgres_url import is_url as is_url  # bench/scale.py imports it from here
 from ._rows import quote_name
 from ._times import format_time, utcnow
@@ -180,9 +180,10 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         if read_only:
             settings.append("-c default_transaction_read_only=on")
         options: dict[str, Any] = {"options": " ".join(filter(None, settings))}
+        self.lock_wait = lock_wait(options["options"], busy_timeout)
         if "connect_timeout" not in given:
             options["connect_timeout"] = CONNECT_TIMEOUT
-        options["cursor_factory"] = cursor_class(redacted_url(url))
+        options["cursor_factory"] = cursor_class(redacted_url(url), self.lock_wait)
         # Text is UTF-8 on the wire whatever the database's encoding: on an SQL_ASCII
         # database psycopg would otherwise return bytes.
         super().__init__(
@@ -266,7 +267,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             return
         sole_writer(self, self.url, redacted_url(self.url))
         with peewee_errors, rolled_back_on_error(conn):
-            with translated(conn, redacted_url(self.url)), pipelined(conn):
+            with translated(conn, redacted_url(self.url), self.lock_wait), pipelined(conn):
                 conn.execute("BEGIN")
                 if not quiet:
                     self.hooks.on_begin(conn)

@@ -68,7 +68,7 @@ _FAULTS: dict[str, tuple[type[TokenstoreError], str]] = {
     "42501": (StoreError, "the role of the URL may not do this"),
     "3F000": (StoreError, "the search_path names no schema that exists"),
     "53100": (StoreFull, "the server's disk is full"),
-    "55P03": (StoreLocked, "another transaction held a lock for the whole busy_timeout"),
+    "55P03": (StoreLocked, "the database stayed locked for {timeout:g} s"),
     "40P01": (StoreLocked, "a deadlock with another transaction; retry"),
     "58030": (StoreIOError, "the server failed to read or write its files"),
     "XX001": (StoreCorrupt, "the server found damaged data"),
@@ -79,7 +79,9 @@ _FAULTS: dict[str, tuple[type[TokenstoreError], str]] = {
 _LOST = ("08", "57P01", "57P02", "57P03")
 
 
-def _fault(exc: Exception, conn: psycopg.Connection[Any], where: str) -> TokenstoreError | None:
+def _fault(
+    exc: Exception, conn: psycopg.Connection[Any], where: str, lock_wait: float
+) -> TokenstoreError | None:
     """The tokenstore error a failed statement amounts to, or None to raise the driver's own.
 
     A value the server refuses (class 22: NUL in text, a number out of its
@@ -100,27 +102,31 @@ def _fault(exc: Exception, conn: psycopg.Connection[Any], where: str) -> Tokenst
             f"a value cannot be stored in PostgreSQL: {detail.partition(': ')[0]}"
         )
     kind, what = _FAULTS.get(state, (None, ""))
-    return None if kind is None else kind(f"{where}: {what} ({detail})")
+    if kind is None:
+        return None
+    return kind(f"{where}: {what.format(timeout=lock_wait)} ({detail})")
 
 
-def _raise_translated(exc: Exception, conn: psycopg.Connection[Any], where: str) -> NoReturn:
+def _raise_translated(
+    exc: Exception, conn: psycopg.Connection[Any], where: str, lock_wait: float
+) -> NoReturn:
     """Raise the tokenstore error a failed statement amounts to, else ``exc`` itself."""
-    fault = _fault(exc, conn, where)
+    fault = _fault(exc, conn, where, lock_wait)
     if fault is None:
         raise exc
     raise fault from exc
 
 
 @contextmanager
-def translated(conn: psycopg.Connection[Any], where: str) -> Iterator[None]:
+def translated(conn: psycopg.Connection[Any], where: str, lock_wait: float) -> Iterator[None]:
     """Raise the store's faults met in the block as tokenstore's errors (see ``_fault``)."""
     try:
         yield
     except driver().Error as exc:
-        _raise_translated(exc, conn, where)
+        _raise_translated(exc, conn, where, lock_wait)
 
 
-def cursor_class(where: str) -> type[psycopg.Cursor[Any]]:
+def cursor_class(where: str, lock_wait: float) -> type[psycopg.Cursor[Any]]:
     """psycopg's cursor, raising the store's faults as tokenstore's errors.
 
     Every statement goes through a cursor: peewee's queries, and tokenstore's
@@ -135,25 +141,25 @@ def cursor_class(where: str) -> type[psycopg.Cursor[Any]]:
             try:
                 return super().execute(query, params, **options)
             except psycopg.Error as exc:
-                _raise_translated(exc, self.connection, where)
+                _raise_translated(exc, self.connection, where, lock_wait)
 
         def fetchone(self) -> Any:
             try:
                 return super().fetchone()
             except psycopg.Error as exc:
-                _raise_translated(exc, self.connection, where)
+                _raise_translated(exc, self.connection, where, lock_wait)
 
         def fetchmany(self, size: int = 0) -> list[Any]:
             try:
                 return super().fetchmany(size)
             except psycopg.Error as exc:
-                _raise_translated(exc, self.connection, where)
+                _raise_translated(exc, self.connection, where, lock_wait)
 
         def fetchall(self) -> list[Any]:
             try:
                 return super().fetchall()
             except psycopg.Error as exc:
-                _raise_translated(exc, self.connection, where)
+                _raise_translated(exc, self.connection, where, lock_wait)
 
     return Cursor
 

@@ -140,3 +140,25 @@ def without_secrets(text: str, url: str) -> str:
             if form:
                 text = text.replace(form, "***")
     return text
+
+
+#: A ``lock_timeout`` set in a session's options (``-c lock_timeout=200``, ``--lock-timeout=2s``).
+_LOCK_TIMEOUT = re.compile(
+    r"(?:-c\s*|--)lock[_-]timeout\s*=\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?(?!\w)"
+)
+#: Seconds per unit of a PostgreSQL time setting; a bare number is milliseconds.
+_SECONDS = {"us": 1e-6, "ms": 1e-3, None: 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def lock_wait(options: str, busy_timeout: float) -> float:
+    """How long a statement of a session with these options waits for a lock, in seconds.
+
+    The last ``lock_timeout`` the options set wins, as on the server, so a
+    URL's own setting overrides ``busy_timeout``: the StoreLocked message
+    says how long the wait really was.
+    """
+    found = _LOCK_TIMEOUT.findall(options)
+    if not found:
+        return busy_timeout
+    number, unit = found[-1]
+    return float(number) * _SECONDS[unit or None]
