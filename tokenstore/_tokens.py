@@ -385,6 +385,17 @@ class Tokens:
         values["scopes"] = list(data["scopes"])
         return APIToken.from_stored(values, snapshot=data)
 
+    def start_afresh(self) -> None:
+        """In a forked child: no cursor on the parent's connection, and none of its uses.
+
+        The parent writes the uses it noted; its flush timer (and whatever
+        thread held the lock at the fork) does not exist here.
+        """
+        self._lookup = threading.local()
+        self._uses = {}
+        self._uses_lock = threading.Lock()
+        self._flusher = None
+
     def _lookup_cursor(self) -> tuple[Any, Any]:
         """This thread's connection, and the cursor the digest lookup runs on.
 
