@@ -1,0 +1,51 @@
+"""A store opened, then the process forks: children and parent use it at once.
+
+Each scenario runs in a process of its own (``tests/_forking_app.py``), with a
+timeout: before the fix, a child on PostgreSQL spoke on the parent's session
+and the parent hung waiting for an answer its child had read.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tokenstore import Store
+
+HERE = Path(__file__).parent
+CHILDREN = 4
+SAVES = 10
+
+
+def _run(mode: str, db_path: Path | str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, str(HERE / "_forking_app.py"), mode, str(db_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("mode", ["fork", "pool"])
+def test_children_forked_after_open_use_the_store_alongside_the_parent(
+    store: Store, db_path: Path | str, mode: str
+) -> None:
+    store.close()  # the scenario's own process opens it
+    result = _run(mode, db_path)
+    assert result["errors"] == []
+    # every save of parent and children delivered once, each delivery posted once
+    expected = {f"w{w}-{n}" for w in range(CHILDREN) for n in range(SAVES)}
+    expected |= {f"parent-{n}" for n in range(SAVES)} | {"parent-first", "parent-last"}
+    assert result["urls"] == dict.fromkeys(expected, 1)
+    assert result["posted"] == [1] * len(expected)
+    assert result["rows"] == len(expected)
+    # the children's close() neither ended the parent's registration nor left their own
+    assert result["listeners"] == [result["claimant"]]
