@@ -49,3 +49,26 @@ def test_children_forked_after_open_use_the_store_alongside_the_parent(
     assert result["rows"] == len(expected)
     # the children's close() neither ended the parent's registration nor left their own
     assert result["listeners"] == [result["claimant"]]
+
+
+_DEADLINE_CHILD = """
+import os, time
+from tokenstore import _deadline
+
+with _deadline.limit(5.0):  # the parent's watcher thread starts, and outlives the attempt
+    pass
+pid = os.fork()
+if pid == 0:
+    with _deadline.limit(0.2) as attempt:
+        time.sleep(1.0)
+    os._exit(0 if attempt.expired else 3)
+os._exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_child_forked_while_the_deadline_watcher_runs_watches_its_own_attempts() -> None:
+    # The watcher thread ran in the parent: the child's attempts would never expire.
+    done = subprocess.run(
+        [sys.executable, "-c", _DEADLINE_CHILD], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
