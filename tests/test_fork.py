@@ -72,3 +72,36 @@ def test_a_child_forked_while_the_deadline_watcher_runs_watches_its_own_attempts
         [sys.executable, "-c", _DEADLINE_CHILD], capture_output=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+_USES_CHILD = """
+import os, sys
+import tokenstore
+
+store = tokenstore.open(sys.argv[1])
+alice = store.users.create("alice")
+_, first = store.tokens.create(alice, name="parent's")
+_, second = store.tokens.create(alice, name="child's")
+store.tokens.authenticate(first)  # noted: the parent's flush timer starts
+pid = os.fork()
+if pid == 0:
+    store.tokens.authenticate(second)
+    timer = store.tokens._flusher  # the child's uses are written within a minute, by its own
+    os._exit(0 if timer is not None and timer.is_alive() else 3)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+store.close()
+sys.exit(code)
+"""
+
+
+def test_a_child_forked_with_uses_noted_writes_its_own_uses(
+    store: Store, db_path: Path | str
+) -> None:
+    store.close()
+    done = subprocess.run(
+        [sys.executable, "-c", _USES_CHILD, str(db_path)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
