@@ -59,7 +59,7 @@ def _on_save(sender: Any, **extra: Any) -> None:
 
 
 def _work(worker: int) -> str:
-    """A worker's use of the store it inherited (a pool's task gets no store: it forked with one)."""
+    """A worker's use of the store it inherited (a pool's task is given no store)."""
     store, secret = _opened
     try:
         for n in range(SAVES):
