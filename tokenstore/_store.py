@@ -149,7 +149,8 @@ class Store:
         """In a child forked from this process: the parent's connections stay the parent's.
 
         They are dropped unclosed (see ``_fork``), with the cursors, HTTP
-        sessions, claimant name and listener registration made on them; the
+        sessions, claimant name and listener registration made on them (the
+        token uses not yet written are dropped by ``Tokens`` itself); the
         child opens its own on first use. Retry threads are not carried over.
         """
         keep(current_connection(self.db))
@@ -157,7 +158,6 @@ class Store:
         if isinstance(self.db, PostgresDatabase):
             keep(self.db.forget_listener())
         self._dispatcher.start_afresh()
-        self.tokens.start_afresh()
         self._outbox.sender.start_afresh()
 
     def _assemble(self, opts: Options) -> None:
