@@ -14,6 +14,7 @@ the guarded session report the sockets they use (``watch``).
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
@@ -88,6 +89,12 @@ class _Reaper:
                 )
                 self._thread.start()
 
+    def forget_thread(self) -> None:
+        """In a forked child: the parent's watcher thread (and its lock's holder) is not here."""
+        self._active = set()
+        self._lock = threading.Lock()
+        self._thread = None
+
     def discard(self, attempt: Attempt) -> None:
         with self._lock:
             self._active.discard(attempt)
@@ -110,6 +117,7 @@ class _Reaper:
 
 
 _reaper = _Reaper()
+os.register_at_fork(after_in_child=_reaper.forget_thread)
 _local = threading.local()
 
 

@@ -98,6 +98,11 @@ def _process_alive(pid: int) -> bool:
         return True
 
 
+def _new_claimant() -> str:
+    """This process's name in claims and the listener table: stale once its pid is gone."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class _ThreadState(threading.local):
     """Per thread: what committed transactions claimed, and whether it is being fired."""
 
@@ -136,7 +141,7 @@ class Dispatcher:
         # Whether this process has put itself in the listener table (``on_begin``), so the
         # first commit after its last receiver left takes it out again.
         self._registered = False
-        self.claimant = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.claimant = _new_claimant()
         self._local = _ThreadState()
         self._backend = statements
         self._claims: tuple[tuple[str, ...], ClaimStatements] | None = None
@@ -167,6 +172,16 @@ class Dispatcher:
         )
         self._rewind_claims = sql(f"UPDATE {EVENT_TABLE} SET claimed_at = ? WHERE claimed_at > ?")
         self._forget = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
+
+    def start_afresh(self) -> None:
+        """In a forked child: claim and listen under a name of its own, not the parent's.
+
+        Under the parent's name, the child's claims would outlive it (the
+        parent's pid is alive) and its ``close()`` would unregister the parent.
+        """
+        self.claimant = _new_claimant()
+        self._registered = False
+        self._local = _ThreadState()
 
     def _statements(self) -> ClaimStatements:
         """This process's claim statements, built again only when its tables change."""

@@ -373,6 +373,10 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     def checkpoint_before_close(self) -> None:
         """Nothing to do: the server keeps its own files (SQLite empties its WAL here)."""
 
+    def forget_listener(self) -> psycopg.Connection[Any] | None:
+        """In a forked child: the parent's listening connection, dropped unclosed (see _fork)."""
+        return self._changes.forget()
+
     def close(self) -> bool:
         """Close this thread's connection, and its listening one if it waited."""
         self._changes.close()

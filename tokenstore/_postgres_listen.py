@@ -55,6 +55,15 @@ class ChangeListener:
             self.close()
             return True
 
+    def forget(self) -> psycopg.Connection[Any] | None:
+        """In a forked child: drop this thread's listening connection unclosed, and return it.
+
+        It is the parent's session; the next wait here listens on one of its own.
+        """
+        listener = getattr(self._local, "conn", None)
+        self._local = threading.local()
+        return listener
+
     def close(self) -> None:
         """Close this thread's listening connection, if it waited."""
         listener = getattr(self._local, "conn", None)

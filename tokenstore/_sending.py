@@ -132,6 +132,10 @@ class Sender:
             self._local.session = session
         return session
 
+    def start_afresh(self) -> None:
+        """In a forked child: leave the parent's keep-alive connections to it, unused."""
+        self._local = threading.local()
+
     def close(self) -> None:
         """Close this thread's session."""
         session = getattr(self._local, "session", None)

@@ -22,8 +22,10 @@ import peewee
 from ._abid_sources import check_sources
 from ._allowlist import AllowList
 from ._capture import CaptureSpec, model_ref
+from ._compat import current_connection, forget_connection
 from ._dispatch import Dispatcher
 from ._errors import StoreError, ValidationError, shown
+from ._fork import keep, on_fork_in_child
 from ._inputs import check_flag, check_path, check_seconds, check_text
 from ._m2m import Relation
 from ._models import OWN_MODELS, SYSTEM_USERNAME, ABIDModel, BaseModel, OutboundWebhook, User
@@ -141,6 +143,22 @@ class Store:
         except BaseException:  # a file refused once open (no system user, say) is not left open
             self.db.close()
             raise
+        on_fork_in_child(self._start_afresh)
+
+    def _start_afresh(self) -> None:
+        """In a child forked from this process: the parent's connections stay the parent's.
+
+        They are dropped unclosed (see ``_fork``), with the cursors, HTTP
+        sessions, claimant name and listener registration made on them (the
+        token uses not yet written are dropped by ``Tokens`` itself); the
+        child opens its own on first use. Retry threads are not carried over.
+        """
+        keep(current_connection(self.db))
+        forget_connection(self.db)
+        if isinstance(self.db, PostgresDatabase):
+            keep(self.db.forget_listener())
+        self._dispatcher.start_afresh()
+        self._outbox.sender.start_afresh()
 
     def _assemble(self, opts: Options) -> None:
         """Bind the models, check the store's own rows, and build each service on the database."""

@@ -34,6 +34,7 @@ from ._errors import (
     ValidationError,
     shown,
 )
+from ._fork import on_fork_in_child
 from ._inputs import MAX_SPAN, check_flag, check_header_name, check_int, check_span, check_text
 from ._models import SYSTEM_USERNAME, APIToken, User, unknown_owner
 from ._request_token import DEFAULT_API_KEY_HEADER, HeaderLookup, token_in
@@ -222,6 +223,7 @@ class Tokens:
         self._count_live = db.sql(_COUNT_LIVE)
         self._lock_owner = db.sql(_LOCK_OWNER)
         self._lock_token = db.sql(_LOCK_TOKEN)
+        on_fork_in_child(self._start_afresh)
 
     # -- issuing -----------------------------------------------------------------------
 
@@ -384,6 +386,17 @@ class Tokens:
         values = dict(data)  # the caller's to change; the memo's stays as it is
         values["scopes"] = list(data["scopes"])
         return APIToken.from_stored(values, snapshot=data)
+
+    def _start_afresh(self) -> None:
+        """In a forked child: no cursor on the parent's connection, and none of its uses.
+
+        The parent writes the uses it noted; its flush timer (and whatever
+        thread held the lock at the fork) does not exist here.
+        """
+        self._lookup = threading.local()
+        self._uses = {}
+        self._uses_lock = threading.Lock()
+        self._flusher = None
 
     def _lookup_cursor(self) -> tuple[Any, Any]:
         """This thread's connection, and the cursor the digest lookup runs on.

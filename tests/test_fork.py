@@ -1,0 +1,107 @@
+"""A store opened, then the process forks: children and parent use it at once.
+
+Each scenario runs in a process of its own (``tests/_forking_app.py``), with a
+timeout: before the fix, a child on PostgreSQL spoke on the parent's session
+and the parent hung waiting for an answer its child had read.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tokenstore import Store
+
+HERE = Path(__file__).parent
+CHILDREN = 4
+SAVES = 10
+
+
+def _run(mode: str, db_path: Path | str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, str(HERE / "_forking_app.py"), mode, str(db_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("mode", ["fork", "pool"])
+def test_children_forked_after_open_use_the_store_alongside_the_parent(
+    store: Store, db_path: Path | str, mode: str
+) -> None:
+    store.close()  # the scenario's own process opens it
+    result = _run(mode, db_path)
+    assert result["errors"] == []
+    # every save of parent and children delivered once, each delivery posted once
+    expected = {f"w{w}-{n}" for w in range(CHILDREN) for n in range(SAVES)}
+    expected |= {f"parent-{n}" for n in range(SAVES)} | {"parent-first", "parent-last"}
+    assert result["urls"] == dict.fromkeys(expected, 1)
+    assert result["posted"] == [1] * len(expected)
+    assert result["rows"] == len(expected)
+    # the children's close() neither ended the parent's registration nor left their own
+    assert result["listeners"] == [result["claimant"]]
+
+
+_DEADLINE_CHILD = """
+import os, time
+from tokenstore import _deadline
+
+with _deadline.limit(5.0):  # the parent's watcher thread starts, and outlives the attempt
+    pass
+pid = os.fork()
+if pid == 0:
+    with _deadline.limit(0.2) as attempt:
+        time.sleep(1.0)
+    os._exit(0 if attempt.expired else 3)
+os._exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_child_forked_while_the_deadline_watcher_runs_watches_its_own_attempts() -> None:
+    # The watcher thread ran in the parent: the child's attempts would never expire.
+    done = subprocess.run(
+        [sys.executable, "-c", _DEADLINE_CHILD], capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+
+_USES_CHILD = """
+import os, sys
+import tokenstore
+
+store = tokenstore.open(sys.argv[1])
+alice = store.users.create("alice")
+_, first = store.tokens.create(alice, name="parent's")
+_, second = store.tokens.create(alice, name="child's")
+store.tokens.authenticate(first)  # noted: the parent's flush timer starts
+pid = os.fork()
+if pid == 0:
+    store.tokens.authenticate(second)
+    timer = store.tokens._flusher  # the child's uses are written within a minute, by its own
+    os._exit(0 if timer is not None and timer.is_alive() else 3)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+store.close()
+sys.exit(code)
+"""
+
+
+def test_a_child_forked_with_uses_noted_writes_its_own_uses(
+    store: Store, db_path: Path | str
+) -> None:
+    store.close()
+    done = subprocess.run(
+        [sys.executable, "-c", _USES_CHILD, str(db_path)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
