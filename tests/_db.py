@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -152,3 +153,37 @@ def in_transaction(store: Store) -> bool:
     import psycopg
 
     return bool(conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
+
+
+def one_after_another(store: Store, action: Callable[[], Any]) -> dict[str, Any]:
+    """``action`` in two threads, each in a transaction; the second starts while the first's
+    is still open, and is given half a second to wait for it before the first commits.
+
+    Returns what each returned, or the exception it raised, as ``first`` and ``second``.
+    """
+    held, go_on = threading.Event(), threading.Event()
+    outcomes: dict[str, Any] = {}
+
+    def run(name: str, hold: bool) -> None:
+        try:
+            with store.atomic():
+                outcomes[name] = action()
+                if hold:
+                    held.set()
+                    go_on.wait(30)
+        except BaseException as exc:
+            outcomes[name] = exc
+        finally:
+            store.db.close()
+
+    first = threading.Thread(target=run, args=("first", True), daemon=True)
+    first.start()
+    assert held.wait(30)
+    second = threading.Thread(target=run, args=("second", False), daemon=True)
+    second.start()
+    second.join(0.5)  # it waits for the first one's commit
+    go_on.set()
+    first.join(30)
+    second.join(30)
+    assert not first.is_alive() and not second.is_alive()
+    return outcomes

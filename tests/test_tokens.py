@@ -894,31 +894,7 @@ def test_two_threads_revoking_one_token_both_succeed_with_the_first_time(store: 
     PostgreSQL the second read the row before that commit, then set another time, which
     the file's own trigger refused with peewee's IntegrityError."""
     token, secret = store.tokens.create(name="shared")
-    held, go_on = threading.Event(), threading.Event()
-    outcomes: dict[str, Any] = {}
-
-    def revoke(name: str, hold: bool) -> None:
-        try:
-            with store.atomic():
-                outcomes[name] = store.tokens.revoke(token.abid).revoked_at
-                if hold:
-                    held.set()
-                    go_on.wait(30)
-        except BaseException as exc:
-            outcomes[name] = exc
-        finally:
-            store.db.close()
-
-    first = threading.Thread(target=revoke, args=("first", True), daemon=True)
-    first.start()
-    assert held.wait(30)
-    second = threading.Thread(target=revoke, args=("second", False), daemon=True)
-    second.start()
-    second.join(0.5)  # it waits for the first one's commit
-    go_on.set()
-    first.join(30)
-    second.join(30)
-    assert not first.is_alive() and not second.is_alive()
+    outcomes = _db.one_after_another(store, lambda: store.tokens.revoke(token.abid).revoked_at)
     assert isinstance(outcomes["first"], datetime), outcomes
     assert outcomes["second"] == outcomes["first"]
     assert store.tokens.get(token.abid).revoked_at == outcomes["first"]

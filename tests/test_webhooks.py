@@ -7,12 +7,12 @@ is sent to, and no app model is saved while an enabled hook matches it.
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import _db
 import peewee
 import pytest
 from conftest import Clock
@@ -508,31 +508,7 @@ def test_two_threads_rotating_one_hooks_secret_keep_both_secrets_in_the_chain(
     it as the previous secret. Both read the secret before either wrote, and the later
     kept the one before both, so the first rotation's secret never signed anything."""
     hook = store.webhooks.create("docs", Doc, "http://127.0.0.1:9/hooks")
-    held, go_on = threading.Event(), threading.Event()
-    secrets: dict[str, Any] = {}
-
-    def rotate(name: str, hold: bool) -> None:
-        try:
-            with store.atomic():
-                secrets[name] = store.webhooks.rotate_secret(hook.name).secret
-                if hold:
-                    held.set()
-                    go_on.wait(30)
-        except BaseException as exc:
-            secrets[name] = exc
-        finally:
-            store.db.close()
-
-    first = threading.Thread(target=rotate, args=("first", True), daemon=True)
-    first.start()
-    assert held.wait(30)
-    second = threading.Thread(target=rotate, args=("second", False), daemon=True)
-    second.start()
-    second.join(0.5)  # it waits for the first one's commit
-    go_on.set()
-    first.join(30)
-    second.join(30)
-    assert not first.is_alive() and not second.is_alive()
+    secrets = _db.one_after_another(store, lambda: store.webhooks.rotate_secret(hook.name).secret)
     assert all(isinstance(s, str) for s in secrets.values()), secrets
     now = store.webhooks.get(hook.name)
     assert (now.previous_secret, now.secret) == (secrets["first"], secrets["second"])
