@@ -558,9 +558,17 @@ class Outbox:
         if waits:
             with self.db.write(quiet=True) as conn:
                 for hook_id, retry_at in waits:  # hooks in one order, as every sender takes them
-                    conn.execute(self._lock_hook, (hook_id,))
+                    self.lock_hook(hook_id)
                     conn.execute(self._wait_behind, (retry_at, hook_id, *due_range))
         return attempted
+
+    def lock_hook(self, hook_id: str) -> None:
+        """Take a hook's row lock (by stored id) in this thread's transaction.
+
+        Writers of a hook's rows take it first, and so one after another: a
+        rotation behind another rotation, a sender behind another sender.
+        """
+        self.db.execute_sql(self._lock_hook, (hook_id,))
 
     def _due_rows(self, sql: str, params: tuple[str, int]) -> list[Any]:
         """The (id, hook id) rows a due query selects; rows it cannot read are left out."""

@@ -18,7 +18,7 @@ import peewee
 
 from ._abid import ABID
 from ._allowlist import AllowList
-from ._backend import Backend, row_lock
+from ._backend import Backend
 from ._capture import model_ref
 from ._credentials import looks_like_token
 from ._errors import InvalidABID, NotFound, ValidationError, shown
@@ -88,8 +88,6 @@ EDITABLE = (
 )
 
 # What http.client can put in a header value: Latin-1 without controls (tab is allowed).
-# A hook's row lock: a rotation waits there for another rotation of it to commit.
-_LOCK_HOOK = row_lock(OutboundWebhook._meta.table_name)
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 #: The fewest random bytes a signing secret may have (what the Standard Webhooks libraries make).
@@ -249,7 +247,6 @@ class Webhooks:
         self.keep_deliveries = keep_deliveries
         self._next_prune = 0.0  # time.monotonic() of the retry path's next pruning
         self._retry_threads: list[RetryThread] = []
-        self._lock_hook = db.sql(_LOCK_HOOK)
 
     def close(self) -> None:
         """Close this thread's HTTP session."""
@@ -425,7 +422,7 @@ class Webhooks:
         hook = self._hook(hook)
         grace = self.secret_grace if grace is None else check_span(grace, "grace", allow_zero=True)
         with self.db.atomic():  # the secret as it is now: another rotation's may have committed
-            self.db.execute_sql(self._lock_hook, (OutboundWebhook.id.db_value(hook.id),))
+            self.outbox.lock_hook(OutboundWebhook.id.db_value(hook.id))
             stored = OutboundWebhook.get_or_none(OutboundWebhook.id == hook.id)
             if stored is None:
                 raise NotFound(f"no webhook {hook.name!r}: it was deleted meanwhile")
