@@ -117,7 +117,7 @@ def _refuse_missing_tables(db: PostgresDatabase) -> None:
     missing = sorted(_our_tables() - set(db.get_tables()))
     if missing:
         raise StoreCorrupt(
-            f"{redacted_url(db.url)} has schema version {SCHEMA_VERSION} but lacks "
+            f"{db.shown_url} has schema version {SCHEMA_VERSION} but lacks "
             f"{', '.join(missing)}; restore it from a backup"
         )
 
@@ -131,7 +131,7 @@ def _refuse_clashing_tables(db: PostgresDatabase) -> None:
     clash = sorted(_our_tables() & set(db.get_tables()))
     if clash:
         raise StoreError(
-            f"{redacted_url(db.url)} has tables named like tokenstore's ({', '.join(clash)}) "
+            f"{db.shown_url} has tables named like tokenstore's ({', '.join(clash)}) "
             f"but no tokenstore schema version ({VERSION_TABLE}): another program's, or its "
             "version table was dropped"
         )
@@ -183,7 +183,9 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         self.lock_wait = lock_wait(options["options"], busy_timeout)
         if "connect_timeout" not in given:
             options["connect_timeout"] = CONNECT_TIMEOUT
-        options["cursor_factory"] = cursor_class(redacted_url(url), self.lock_wait)
+        #: The URL as messages show it, without its password: every write may name it.
+        self.shown_url = redacted_url(url)
+        options["cursor_factory"] = cursor_class(self.shown_url, self.lock_wait)
         # Text is UTF-8 on the wire whatever the database's encoding: on an SQL_ASCII
         # database psycopg would otherwise return bytes.
         super().__init__(
@@ -198,7 +200,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         self._changes = ChangeListener(self._listening_connection)
 
     def __repr__(self) -> str:
-        return f"<PostgresDatabase {redacted_url(self.url)!r}>"
+        return f"<PostgresDatabase {self.shown_url!r}>"
 
     def connect(self, reuse_if_open: bool = False) -> bool:
         """Open this thread's connection; one refused says why, without the password."""
@@ -215,7 +217,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         text = str(cause).strip()
         detail = text.splitlines()[0] if text else type(cause).__name__
         return StoreIOError(
-            f"cannot connect to {redacted_url(self.url)}: {without_secrets(detail, self.url)}"
+            f"cannot connect to {self.shown_url}: {without_secrets(detail, self.url)}"
         )
 
     def connection(self) -> Any:
@@ -228,7 +230,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         if conn is not None and conn.closed:
             if self.in_transaction():
                 raise StoreIOError(
-                    f"{redacted_url(self.url)}: the connection to the server was lost in the "
+                    f"{self.shown_url}: the connection to the server was lost in the "
                     "middle of a transaction, which was rolled back"
                 )
             forget_connection(self)
@@ -265,9 +267,9 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         if in_transaction(conn):
             yield conn
             return
-        sole_writer(self, self.url, redacted_url(self.url))
+        sole_writer(self, self.url, self.shown_url)
         with peewee_errors, rolled_back_on_error(conn):
-            with translated(conn, redacted_url(self.url), self.lock_wait), pipelined(conn):
+            with translated(conn, self.shown_url, self.lock_wait), pipelined(conn):
                 conn.execute("BEGIN")
                 if not quiet:
                     self.hooks.on_begin(conn)
@@ -292,7 +294,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         a delivery's outcome is two writes after every send.
         """
         self.refuse_if_read_only()
-        sole_writer(self, self.url, redacted_url(self.url))
+        sole_writer(self, self.url, self.shown_url)
         conn = self.connection()
         with peewee_errors:
             cursor = conn.execute(
@@ -323,9 +325,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     def refuse_if_read_only(self) -> None:
         """Raise StoreReadOnly when this store was opened read-only."""
         if self.read_only:
-            raise StoreReadOnly(
-                f"{redacted_url(self.url)} is open read-only: nothing can be written to it"
-            )
+            raise StoreReadOnly(f"{self.shown_url} is open read-only: nothing can be written to it")
 
     def writing_here(self) -> bool:
         """Whether this thread's connection is in a transaction."""
@@ -334,7 +334,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
 
     def begin(self, isolation_level: Any = None) -> None:
         self.refuse_if_read_only()
-        sole_writer(self, self.url, redacted_url(self.url))
+        sole_writer(self, self.url, self.shown_url)
         super().begin(isolation_level)
         conn = self.connection()
         try:
@@ -347,7 +347,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         conn = current_connection(self)  # not a new one: the transaction is on this one
         if conn is None or conn.closed:
             raise StoreIOError(
-                f"{redacted_url(self.url)}: the connection to the server was lost before the "
+                f"{self.shown_url}: the connection to the server was lost before the "
                 "transaction committed; nothing of it was saved"
             )
         claimed = self.hooks.claim(conn) if in_transaction(conn) else None
@@ -412,7 +412,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             version = self.schema_version()
             if version > SCHEMA_VERSION:
                 raise StoreError(
-                    f"{redacted_url(self.url)} has schema version {version}, newer than this "
+                    f"{self.shown_url} has schema version {version}, newer than this "
                     f"tokenstore understands ({SCHEMA_VERSION}); upgrade tokenstore to open it"
                 )
             if version == 0:  # under the lock: another opener may just have made them
@@ -574,16 +574,16 @@ def open_database(
         fell_back = why is not None
         if version == 0 and (read_only or not create):
             raise StoreError(
-                f"{redacted_url(url)} holds no tokenstore (and create=False or read_only); "
+                f"{db.shown_url} holds no tokenstore (and create=False or read_only); "
                 "`tokenstore init` sets one up in it"
             )
         if version < SCHEMA_VERSION and (read_only or fell_back):
             raise StoreReadOnly(
-                f"{redacted_url(url)} has schema version {version} and needs migrating to "
+                f"{db.shown_url} has schema version {version} and needs migrating to "
                 f"{SCHEMA_VERSION}, which a read-only store cannot do"
             )
         if fell_back:  # said once the database is accepted: a refusal is one message
-            logger.warning("%s %s; opening it read-only", redacted_url(url), why)
+            logger.warning("%s %s; opening it read-only", db.shown_url, why)
             db.read_only = True
         if version != SCHEMA_VERSION:
             db.apply_schema()
