@@ -1056,3 +1056,12 @@ def test_close_inside_a_transaction_is_refused_and_changes_nothing(store: Store)
     assert "inside a transaction" in str(outcome[0])
     assert retries.is_alive()  # nothing of close() ran
     assert {u.username for u in store.users.list()} >= {"before", "after"}
+
+
+def test_an_abid_source_value_too_big_to_show_is_a_validation_error(store: Store) -> None:
+    """The message quoted the value with repr(), which refuses an int of over 4,300 digits:
+    the save raised a raw ValueError from inside the error path."""
+    model = store.register(_abid_model("Huge", abid_uri_src="id"))
+    with pytest.raises(ValidationError, match=r"^Huge\.id: an integer of \d+ bits is not a valid"):
+        model.create(id=10**5000, v="x")
+    assert model.select().count() == 0

@@ -15,7 +15,7 @@ from typing import Any
 import peewee
 
 from . import _abid as abids
-from ._errors import InvalidABID, ValidationError
+from ._errors import InvalidABID, ValidationError, shown
 
 #: A source of an ABID part: an attribute name, or a function of the instance.
 ABIDSource = str | Callable[[Any], Any]
@@ -44,11 +44,10 @@ def source_value(model: type[peewee.Model], instance: Any, source: ABIDSource) -
     try:
         return field.python_value(value)
     except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-        shown = repr(value)
-        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        text = shown(value)
+        text = text if len(text) <= 80 else text[:77] + "..."
         raise ValidationError(
-            f"{model.__name__}.{source}: {shown} is not a valid {type(field).__name__} "
-            f"value ({exc})"
+            f"{model.__name__}.{source}: {text} is not a valid {type(field).__name__} value ({exc})"
         ) from None
 
 
