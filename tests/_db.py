@@ -155,35 +155,54 @@ def in_transaction(store: Store) -> bool:
     return bool(conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
 
 
-def one_after_another(store: Store, action: Callable[[], Any]) -> dict[str, Any]:
-    """``action`` in two threads, each in a transaction; the second starts while the first's
-    is still open, and is given half a second to wait for it before the first commits.
+def while_held(
+    store: Store, first: Callable[[Callable[[], None]], Any], second: Callable[[], Any]
+) -> dict[str, Any]:
+    """``first(hold)`` in a thread; where it calls ``hold()``, ``second()`` starts in another
+    and is given half a second to wait for what the first holds, then the first goes on.
 
     Returns what each returned, or the exception it raised, as ``first`` and ``second``.
     """
     held, go_on = threading.Event(), threading.Event()
     outcomes: dict[str, Any] = {}
 
-    def run(name: str, hold: bool) -> None:
+    def hold() -> None:
+        held.set()
+        go_on.wait(30)
+
+    def run(name: str, action: Callable[[], Any]) -> None:
         try:
-            with store.atomic():
-                outcomes[name] = action()
-                if hold:
-                    held.set()
-                    go_on.wait(30)
+            outcomes[name] = action()
         except BaseException as exc:
             outcomes[name] = exc
         finally:
             store.db.close()
 
-    first = threading.Thread(target=run, args=("first", True), daemon=True)
-    first.start()
+    one = threading.Thread(target=run, args=("first", lambda: first(hold)), daemon=True)
+    one.start()
     assert held.wait(30)
-    second = threading.Thread(target=run, args=("second", False), daemon=True)
-    second.start()
-    second.join(0.5)  # it waits for the first one's commit
+    other = threading.Thread(target=run, args=("second", second), daemon=True)
+    other.start()
+    other.join(0.5)  # it waits for what the first holds
     go_on.set()
-    first.join(30)
-    second.join(30)
-    assert not first.is_alive() and not second.is_alive()
+    one.join(30)
+    other.join(30)
+    assert not one.is_alive() and not other.is_alive()
     return outcomes
+
+
+def one_after_another(store: Store, action: Callable[[], Any]) -> dict[str, Any]:
+    """``action`` in two threads, each in a transaction; the second starts while the first's
+    is still open, and is given half a second to wait for it before the first commits."""
+
+    def first(hold: Callable[[], None]) -> Any:
+        with store.atomic():
+            result = action()
+            hold()
+        return result
+
+    def second() -> Any:
+        with store.atomic():
+            return action()
+
+    return while_held(store, first, second)

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -1555,39 +1555,15 @@ def test_a_ping_to_a_hook_deleted_meanwhile_says_it_is_gone(
     """The ping read the hook, then waited to write its delivery while another thread's
     transaction deleted the hook: the delivery's foreign key failed with peewee's error."""
     hook = store.webhooks.create("notes", Note, receiver.url())
-    deleted, commit = threading.Event(), threading.Event()
-    outcome: list[BaseException | None] = []
 
-    def delete() -> None:
-        try:
-            with store.atomic():
-                store.webhooks.delete(hook.name)
-                deleted.set()
-                commit.wait(30)
-        finally:
-            store.db.close()
+    def delete(hold: Callable[[], None]) -> None:
+        with store.atomic():
+            store.webhooks.delete(hook.name)
+            hold()  # the ping reads the hook (committed, still there) and waits to write
 
-    def ping() -> None:
-        try:
-            store.webhooks.ping(hook.name)
-            outcome.append(None)
-        except BaseException as exc:
-            outcome.append(exc)
-        finally:
-            store.db.close()
-
-    deleter = threading.Thread(target=delete, daemon=True)
-    deleter.start()
-    assert deleted.wait(30)
-    pinger = threading.Thread(target=ping, daemon=True)
-    pinger.start()
-    pinger.join(0.5)  # it has read the hook (committed, still there) and waits to write
-    commit.set()
-    deleter.join(30)
-    pinger.join(30)
-    assert not deleter.is_alive() and not pinger.is_alive()
-    assert isinstance(outcome[0], tokenstore.NotFound), outcome
-    assert "notes" in str(outcome[0])
+    pinged = _db.while_held(store, delete, lambda: store.webhooks.ping(hook.name))["second"]
+    assert isinstance(pinged, tokenstore.NotFound), pinged
+    assert "notes" in str(pinged)
     assert receiver.hits == [] and WebhookDelivery.select().count() == 0
 
 
@@ -1604,42 +1580,16 @@ def test_an_outcome_recorded_while_a_hook_is_being_disabled_does_not_deadlock(
         Note.create(text="first attempt fails")
         (delivery,) = store.webhooks.deliveries(hook)
         assert delivery.status == "failed"
-        hook_locked, go_on = threading.Event(), threading.Event()
-        outcomes: dict[str, BaseException | None] = {}
 
-        def disable() -> None:
-            try:
-                with store.atomic():
-                    store.webhooks.rotate_secret(hook.name)  # holds the hook's row
-                    hook_locked.set()
-                    go_on.wait(30)
-                    store.webhooks.disable(hook.name)  # and now its deliveries' rows
-                outcomes["disable"] = None
-            except BaseException as exc:
-                outcomes["disable"] = exc
-            finally:
-                store.db.close()
+        def disable(hold: Callable[[], None]) -> None:
+            with store.atomic():
+                store.webhooks.rotate_secret(hook.name)  # holds the hook's row
+                hold()  # the redelivery is sent, and waits for the hook's row to record it
+                store.webhooks.disable(hook.name)  # and now its deliveries' rows
 
-        def redeliver() -> None:
-            try:
-                store.webhooks.redeliver(delivery.abid)
-                outcomes["redeliver"] = None
-            except BaseException as exc:
-                outcomes["redeliver"] = exc
-            finally:
-                store.db.close()
-
-        disabler = threading.Thread(target=disable, daemon=True)
-        disabler.start()
-        assert hook_locked.wait(30)
-        sender = threading.Thread(target=redeliver, daemon=True)
-        sender.start()
-        sender.join(0.5)  # sent, and recording its outcome: waiting for the hook's row
-        go_on.set()
-        disabler.join(30)
-        sender.join(30)
-        assert not disabler.is_alive() and not sender.is_alive()
-        assert outcomes == {"disable": None, "redeliver": None}
+        outcomes = _db.while_held(store, disable, lambda: store.webhooks.redeliver(delivery.abid))
+        assert outcomes["first"] is None, outcomes
+        assert isinstance(outcomes["second"], WebhookDelivery), outcomes
         assert len(hooked.hits) == 2
         assert store.webhooks.get(hook.name).enabled is False
     finally:
