@@ -155,6 +155,33 @@ def in_transaction(store: Store) -> bool:
     return bool(conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE)
 
 
+def at_once(store: Store, count: int, action: Callable[[int], Any]) -> list[Any]:
+    """``action(n)`` in ``count`` threads let go together; each closes its connections.
+
+    Returns what each returned, or the exception it raised, in thread order.
+    """
+    go = threading.Barrier(count, timeout=30)
+    outcomes: list[Any] = [None] * count
+
+    def run(n: int) -> None:
+        try:
+            go.wait()
+            outcomes[n] = action(n)
+        except BaseException as exc:
+            outcomes[n] = exc
+        finally:
+            store.webhooks.close()
+            store.db.close()
+
+    threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads)
+    return outcomes
+
+
 def while_held(
     store: Store, first: Callable[[Callable[[], None]], Any], second: Callable[[], Any]
 ) -> dict[str, Any]:

@@ -943,22 +943,7 @@ def test_two_threads_running_deliver_due_never_send_one_delivery_twice(
     receiver.hits.clear()
     receiver.respond = ok
     clock.advance(timedelta(seconds=5))
-    counts: list[int] = []
-    go = threading.Barrier(2)
-
-    def run() -> None:
-        go.wait()
-        try:
-            counts.append(store.webhooks.deliver_due())
-        finally:
-            store.webhooks.close()
-            store.db.close()
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    counts = _db.at_once(store, 2, lambda n: store.webhooks.deliver_due())
     assert sum(counts) == 20
     ids = [hit.headers["webhook-id"] for hit in receiver.hits]
     assert len(ids) == len(set(ids)) == 20
@@ -980,23 +965,8 @@ def test_senders_moving_a_failing_hook_s_backlog_at_once_do_not_deadlock(
         errors: list[BaseException] = []
         for _ in range(6):
             clock.advance(timedelta(hours=11))
-            go = threading.Barrier(4)
-
-            def send(go: threading.Barrier = go) -> None:
-                go.wait()
-                try:
-                    s.webhooks.deliver_due()
-                except BaseException as exc:
-                    errors.append(exc)
-                finally:
-                    s.webhooks.close()
-                    s.db.close()
-
-            threads = [threading.Thread(target=send) for _ in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(60)
+            sent = _db.at_once(s, 4, lambda n: s.webhooks.deliver_due())
+            errors += [outcome for outcome in sent if isinstance(outcome, BaseException)]
         assert errors == []
         assert len(s.webhooks.deliveries(limit=10_000)) == 4000
     finally:

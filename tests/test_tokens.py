@@ -245,29 +245,20 @@ def test_limit_refuses_creation_beyond_live_tokens(ts: Store, clock: Clock) -> N
 def test_limit_holds_against_concurrent_creators(ts: Store) -> None:
     limited = Tokens(ts.db, ts.users, ts.clock, max_tokens_per_user=3)
     owner = ts.users.create("busy")
-    outcomes: list[str] = []
-    barrier = threading.Barrier(8)
 
-    def create() -> None:
-        barrier.wait()
+    def create(n: int) -> str:
         try:
             limited.create(owner)
-            outcomes.append("created")
         except ValidationError:
-            outcomes.append("refused")
-        finally:
-            ts.db.close()
+            return "refused"
+        return "created"
 
     def linger(sender: Any, **kwargs: Any) -> None:
         time.sleep(0.05)  # between counting and inserting: time for the others to count
 
     signals.pre_save.connect(linger, sender=APIToken)
     try:
-        threads = [threading.Thread(target=create) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        outcomes = _db.at_once(ts, 8, create)
     finally:
         signals.pre_save.disconnect(linger, sender=APIToken)
     assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 5
@@ -587,30 +578,17 @@ def test_concurrent_authentication_from_threads(ts: Store, clock: Clock) -> None
     issued = [ts.tokens.create(name=f"t{i}") for i in range(5)]
     revoked, revoked_secret = ts.tokens.create()
     ts.tokens.revoke(revoked)
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(6)
 
     def work(n: int) -> None:
-        try:
-            barrier.wait()
-            for i in range(150):
-                token, secret = issued[(n + i) % len(issued)]
-                assert ts.tokens.authenticate(secret).id == token.id
-                with pytest.raises(RevokedToken):
-                    ts.tokens.authenticate(revoked_secret)
-                if i % 25 == 0:
-                    clock.advance(minutes=1)  # every thread now also races to write
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            ts.db.close()
+        for i in range(150):
+            token, secret = issued[(n + i) % len(issued)]
+            assert ts.tokens.authenticate(secret).id == token.id
+            with pytest.raises(RevokedToken):
+                ts.tokens.authenticate(revoked_secret)
+            if i % 25 == 0:
+                clock.advance(minutes=1)  # every thread now also races to write
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert _db.at_once(ts, 6, work) == [None] * 6
     ts.tokens.flush_uses()
     for token, _ in issued:
         assert stored_row(ts, token)["last_used_at"] is not None
