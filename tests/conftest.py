@@ -16,6 +16,7 @@ import itertools
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -70,13 +71,20 @@ def _admin(url: str) -> Any:
 @pytest.fixture
 def pg_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh, empty database on the test server, dropped after the test."""
+    with new_database(pg_admin_url) as url:
+        yield url
+
+
+@contextmanager
+def new_database(admin_url: str, options: str = "") -> Iterator[str]:
+    """The URL of a new database made with these ``CREATE DATABASE`` options, then dropped."""
     name = f"tokenstore_test_{os.getpid()}_{next(_databases)}"
-    with _admin(pg_admin_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    with _admin(admin_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" {options}')
     try:
-        yield urlunsplit(urlsplit(pg_admin_url)._replace(path=f"/{name}"))
+        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
     finally:
-        _drop(pg_admin_url, name)
+        _drop(admin_url, name)
 
 
 def _drop(admin_url: str, name: str) -> None:

@@ -28,6 +28,7 @@ import _db
 import peewee
 import psycopg
 import pytest
+from conftest import new_database
 
 import tokenstore
 from tokenstore import (
@@ -514,42 +515,24 @@ def test_an_opener_that_saw_no_schema_before_another_made_it_opens(
 
 def test_a_database_of_another_encoding_keeps_unicode_text(pg_admin_url: str) -> None:
     """On an SQL_ASCII database psycopg returned bytes for text, and open() failed."""
-    name = f"tokenstore_test_{os.getpid()}_sql_ascii"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(
-            f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' TEMPLATE template0 "
-            "LC_COLLATE 'C' LC_CTYPE 'C'"
-        )
-    try:
-        url = pg_admin_url.rpartition("/")[0] + "/" + name
+    options = "ENCODING 'SQL_ASCII' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'"
+    with new_database(pg_admin_url, options) as url:
         with tokenstore.open(url) as store:
             alice = store.users.create("alice")
             store.tokens.create(alice, name="é✓🎉")
         with tokenstore.open(url, read_only=True) as store:
             assert [t.name for t in store.tokens.list()] == ["é✓🎉"]
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def test_a_database_of_another_collation_lists_the_allowlist_as_sqlite_does(
     pg_admin_url: str,
 ) -> None:
     """Sorted by code point, as SQLite's BINARY sorts: ICU's en-US puts ``::1/128`` first."""
-    name = f"tokenstore_test_{os.getpid()}_icu"
-    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-        admin.execute(
-            f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
-            "ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
-        )
-    try:
-        url = pg_admin_url.rpartition("/")[0] + "/" + name
+    options = "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+    with new_database(pg_admin_url, options) as url:
         entries = ["::1/128", "127.0.0.1/32", "a-b.example", "a.example"]
         with tokenstore.open(url, webhook_allow=entries) as store:
             assert store.webhooks.allowlist() == sorted(entries)
-    finally:
-        with psycopg.connect(pg_admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def test_an_aware_time_of_an_application_reads_back_in_utc_whatever_the_servers_zone(
