@@ -503,16 +503,21 @@ def _count(path: Path, table: str) -> int:
         conn.close()
 
 
+def finished_long_ago(store: Store, clock: Clock, deliveries: int) -> None:
+    """A hook's ``deliveries`` deliveries, all given up (dead, so finished) 31 days ago."""
+    hook = store.webhooks.create("a", Item, "http://127.0.0.1:9/a")
+    with store.atomic():
+        for n in range(deliveries):
+            Item.create(n=n)
+    store.webhooks.disable(hook)
+    clock.advance(days=31)
+
+
 def test_prune_says_how_many_it_deleted_and_deletes_them_all(db_path: Path, clock: Clock) -> None:
     """More than one batch, on either backend; the count is of rows really deleted."""
     s = clocked(db_path, clock, sync_budget=0)
     try:
-        hook = s.webhooks.create("a", Item, "http://127.0.0.1:9/a")
-        with s.atomic():
-            for n in range(1001):
-                Item.create(n=n)
-        s.webhooks.disable(hook)  # all given up: dead, so finished
-        clock.advance(days=31)
+        finished_long_ago(s, clock, 1001)
         assert s.webhooks.prune() == 1000
         assert [d.status for d in s.webhooks.deliveries()] == ["dead"]
         assert s.webhooks.prune(timedelta(0)) == 0
@@ -526,12 +531,7 @@ def test_the_retry_path_prunes_at_every_call_while_it_is_behind(
     """Once a minute, a few batches, could not keep up with a busy log: it grew without bound."""
     s = clocked(db_path, clock, sync_budget=0)
     try:
-        hook = s.webhooks.create("a", Item, "http://127.0.0.1:9/a")
-        with s.atomic():
-            for n in range(2600):
-                Item.create(n=n)
-        s.webhooks.disable(hook)  # all given up: dead, so finished
-        clock.advance(days=31)
+        finished_long_ago(s, clock, 2600)
         s.webhooks.deliver_due()  # the first call's few batches: 2,000 rows
         assert len(s.webhooks.deliveries(limit=10_000)) == 600
         s.webhooks.deliver_due()  # at once, not a minute later: it was behind
