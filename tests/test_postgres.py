@@ -603,6 +603,25 @@ def receiver() -> Iterator[tuple[str, list[bytes]]]:
     server.server_close()
 
 
+def watcher(
+    pg_url: str, db: list[str], interval: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``tokenstore [DB] dispatch --watch``, once it has its connection and its listening one."""
+    command = [*db, "--allow", "127.0.0.1/32", "dispatch", "--watch", "--interval", interval]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokenstore", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    deadline = time.monotonic() + 20
+    while _db.rows(pg_url, sessions) < [(3,)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
 def test_dispatch_watch_outlives_a_lock_held_past_its_busy_timeout(
     pg_url: str, receiver: tuple[str, list[bytes]]
 ) -> None:
@@ -612,18 +631,8 @@ def test_dispatch_watch_outlives_a_lock_held_past_its_busy_timeout(
     with tokenstore.open(pg_url, webhook_allow=["127.0.0.1/32"]) as store:
         store.webhooks.create("users", "tokenstore.User", url)
     quick = f"{pg_url}?options=-c%20lock_timeout%3D200"  # the URL's own setting wins
-    command = ["--db", quick, "--allow", "127.0.0.1/32", "dispatch", "--watch", "--interval"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenstore", *command, "0.1s"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = watcher(pg_url, ["--db", quick], "0.1s")
     try:
-        sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        deadline = time.monotonic() + 20
-        while _db.rows(pg_url, sessions) < [(3,)] and time.monotonic() < deadline:
-            time.sleep(0.05)  # until the watcher has its connection and its listening one
         with psycopg.connect(pg_url) as holder:  # holds the lock for a few of its rounds
             holder.execute("LOCK TABLE tokenstore_change_event IN ACCESS EXCLUSIVE MODE")
             time.sleep(1.5)
@@ -650,22 +659,10 @@ def test_dispatch_watch_outlives_the_server_ending_its_connections(
 ) -> None:
     """A PostgreSQL restart (here: the server ending the watcher's sessions) is ridden out."""
     url, received = receiver
-    allow = ("--allow", "127.0.0.1/32")
     with tokenstore.open(pg_url, webhook_allow=["127.0.0.1/32"]) as store:
         store.webhooks.create("users", "tokenstore.User", url)
-    env = {**os.environ, "TOKENSTORE_DB": pg_url}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tokenstore", *allow, "dispatch", "--watch", "--interval", "0.2s"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    proc = watcher(pg_url, [], "0.2s", env={**os.environ, "TOKENSTORE_DB": pg_url})
     try:
-        sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        deadline = time.monotonic() + 20
-        while _db.rows(pg_url, sessions) < [(3,)] and time.monotonic() < deadline:
-            time.sleep(0.05)  # until the watcher has its connection and its listening one
         _db.edit(
             pg_url,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
