@@ -1086,11 +1086,16 @@ def test_a_rotated_secret_signs_alongside_the_old_one_for_the_grace_period(
         Webhook(old).verify(after.body, after.header_dict())
 
 
-def test_the_retry_thread_sends_what_is_due(store: Store, receiver: Receiver, clock: Clock) -> None:
+def failed_once(store: Store, receiver: Receiver) -> None:
+    """A hook whose one delivery failed (503) and waits for its retry; the receiver is back."""
     receiver.respond = lambda h: answer(h, 503)
     store.webhooks.create("flaky", Note, receiver.url())
     Note.create(text="x")
     receiver.respond = ok
+
+
+def test_the_retry_thread_sends_what_is_due(store: Store, receiver: Receiver, clock: Clock) -> None:
+    failed_once(store, receiver)
     clock.advance(timedelta(seconds=5))
     with listening(signals.webhook_delivered) as delivered:
         thread = store.webhooks.start_retry_thread(interval=0.02)
@@ -1120,10 +1125,7 @@ def test_a_retry_thread_may_be_stopped_from_its_own_round(
     store: Store, receiver: Receiver, clock: Clock
 ) -> None:
     """A receiver of ``webhook_delivered`` runs in the thread: stopping it there must not fail."""
-    receiver.respond = lambda h: answer(h, 503)
-    store.webhooks.create("flaky", Note, receiver.url())
-    Note.create(text="x")
-    receiver.respond = ok
+    failed_once(store, receiver)
     clock.advance(timedelta(seconds=5))
     errors: list[BaseException] = []
 
@@ -1178,10 +1180,7 @@ def test_a_clock_set_back_less_than_any_retry_keeps_the_schedule(
     store: Store, receiver: Receiver, clock: Clock
 ) -> None:
     """Only what no clock could have scheduled is due at once: a retry 5 s ahead still waits."""
-    receiver.respond = lambda h: answer(h, 503)
-    store.webhooks.create("flaky", Note, receiver.url())
-    Note.create(text="x")
-    receiver.respond = ok
+    failed_once(store, receiver)
     clock.advance(timedelta(hours=-1))
     assert store.webhooks.deliver_due() == 0
     # A time given is the caller's: by the schedule, a year back, nothing is due.
