@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -161,6 +162,16 @@ def running(store: tokenstore.Store) -> Iterator[Any]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def connected(store: tokenstore.Store, timeout: float = 10) -> Iterator[socket.socket]:
+    """A socket to the admin page's server (``running``), for requests no client would send."""
+    with (
+        running(store) as server,
+        socket.create_connection(server.server_address[:2], timeout=timeout) as sock,
+    ):
+        yield sock
 
 
 @contextmanager

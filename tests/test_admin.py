@@ -25,7 +25,7 @@ from urllib.parse import urlencode, urlsplit
 import _db
 import pytest
 import requests
-from _admin_helpers import Client, Received, receiving, running, serving
+from _admin_helpers import Client, Received, connected, receiving, running, serving
 
 import tokenstore
 from tokenstore import admin
@@ -360,10 +360,7 @@ def test_a_stalled_form_body_gets_an_answer_and_no_traceback(
     from tokenstore.admin import _server
 
     monkeypatch.setattr(_server._QuietHandler, "timeout", 0.5)
-    with (
-        running(store) as server,
-        socket.create_connection(server.server_address[:2], timeout=10) as sock,
-    ):
+    with connected(store) as sock:
         sock.sendall(
             b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/x-www-form-urlencoded\r\n"

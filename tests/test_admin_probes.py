@@ -15,7 +15,7 @@ from wsgiref.util import setup_testing_defaults
 import _db
 import pytest
 import requests
-from _admin_helpers import Client, Page, running, signed_in
+from _admin_helpers import Client, Page, connected, running, signed_in
 
 import tokenstore
 from tokenstore import admin
@@ -181,10 +181,7 @@ def test_a_body_shorter_than_its_content_length_is_answered_within_seconds(
     store: tokenstore.Store,
 ) -> None:
     """The head is in; a body that stops arriving gets its 408 soon, not when the idle wait ends."""
-    with (
-        running(store) as server,
-        socket.create_connection(server.server_address[:2], timeout=60) as sock,
-    ):
+    with connected(store, timeout=60) as sock:
         started = time.monotonic()
         sock.sendall(
             b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -209,10 +206,7 @@ def test_a_request_line_of_another_http_gets_a_status_line_at_once(
     store: tokenstore.Store, request_line: bytes, status: bytes
 ) -> None:
     """HTTP/0.9 (a line of two words) is not served: no body-only answer, no wait for headers."""
-    with (
-        running(store) as server,
-        socket.create_connection(server.server_address[:2], timeout=10) as sock,
-    ):
+    with connected(store) as sock:
         sock.sendall(request_line)
         answer = sock.recv(4096)
     assert answer.startswith(b"HTTP/1.0 " + status + b" "), answer
@@ -253,10 +247,7 @@ def test_a_form_field_whose_escapes_are_not_utf8_is_refused(
 
 def test_two_content_lengths_that_differ_are_refused(store: tokenstore.Store) -> None:
     """The page sees one (wsgiref passes the first); a proxy may have framed by the other."""
-    with (
-        running(store) as server,
-        socket.create_connection(server.server_address[:2], timeout=10) as sock,
-    ):
+    with connected(store) as sock:
         sock.sendall(
             b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/x-www-form-urlencoded\r\n"
