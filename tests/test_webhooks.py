@@ -20,8 +20,8 @@ from conftest import Clock
 import tokenstore
 from tokenstore import Store
 from tokenstore._errors import BlockedAddress, NotFound, ValidationError
+from tokenstore._hook_rules import SIGNAL_CHOICES
 from tokenstore._models import ABIDModel, OutboundWebhook, User, WebhookDelivery
-from tokenstore._webhooks import SIGNAL_CHOICES
 
 URL = "http://127.0.0.1:9/hook"  # allowed by the store fixture; never reached here
 

@@ -60,8 +60,8 @@ from ._times import to_stored_time
 
 if TYPE_CHECKING:
     from ._backend import Backend
+    from ._hook_rules import HookValidator
     from ._tokens import Users
-    from ._webhooks import HookValidator
 
 __all__ = ["DEFAULT_REF_MAP", "ArchiveBoxImport", "RowNote", "TableCounts", "import_archivebox"]
 

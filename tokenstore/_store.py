@@ -26,6 +26,7 @@ from ._compat import current_connection, forget_connection
 from ._dispatch import Dispatcher
 from ._errors import StoreError, ValidationError, shown
 from ._fork import keep, on_fork_in_child
+from ._hook_rules import HookValidator
 from ._inputs import check_flag, check_path, check_seconds, check_text
 from ._m2m import Relation
 from ._models import OWN_MODELS, SYSTEM_USERNAME, ABIDModel, BaseModel, OutboundWebhook, User
@@ -42,7 +43,7 @@ from ._sending import Sender
 from ._sqlite import SCHEMA_VERSION, SQLiteDatabase, open_database
 from ._times import checked_clock
 from ._tokens import Tokens, Users
-from ._webhooks import HookValidator, Webhooks
+from ._webhooks import Webhooks
 
 __all__ = ["SCHEMA_VERSION", "Store", "open"]
 
