@@ -213,6 +213,35 @@ def test_deliveries_whose_abids_collide_get_new_ids_instead_of_failing_the_commi
     ]
 
 
+def strict_json(body: bytes) -> Any:
+    """``body`` parsed as RFC 8259 JSON: Python's ``NaN`` and ``Infinity`` words refused."""
+
+    def refuse(word: str) -> Any:
+        raise ValueError(f"{word} is not JSON")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+def test_a_float_no_json_number_can_hold_is_sent_as_its_name(
+    store: Store, receiver: Receiver
+) -> None:
+    """JSON has no NaN or infinity: a receiver in any language must be able to parse the body."""
+
+    class Reading(ABIDModel):
+        abid_prefix = "rdg_"
+        value = peewee.FloatField(null=True)
+
+    store.register(Reading)
+    store.webhooks.create("readings", Reading, receiver.url())
+    values = [float("inf"), float("-inf"), float("nan"), 1.5]
+    for value in values:
+        Reading.create(value=value)
+    sent = [strict_json(hit.body)["data"]["fields"]["value"] for hit in receiver.hits]
+    # SQLite keeps a NaN as NULL (docs/postgresql.md); PostgreSQL keeps it.
+    nan = "NaN" if _db.is_postgres(store) else None
+    assert sent == ["Infinity", "-Infinity", nan, 1.5]
+
+
 def test_update_and_delete_are_sent_with_their_types(store: Store, receiver: Receiver) -> None:
     store.webhooks.create("notes", Note, receiver.url())
     note = Note.create(text="one")

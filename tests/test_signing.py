@@ -213,6 +213,14 @@ def test_invalid_json_body_is_a_verification_error() -> None:
         verify_webhook(secret, headers_for(secret, body), body)
 
 
+@pytest.mark.parametrize("word", ["NaN", "Infinity", "-Infinity"])
+def test_a_body_with_a_number_json_does_not_have_is_not_valid_json(word: str) -> None:
+    secret = new_signing_secret()
+    body = b'{"value": %s}' % word.encode()
+    with pytest.raises(WebhookVerificationError, match="not valid JSON"):
+        verify_webhook(secret, headers_for(secret, body), body)
+
+
 SECRET_LOOKALIKE = "whsec_c2VjcmV0IQ!!"
 
 

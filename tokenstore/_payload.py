@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import decimal
 import json
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -54,8 +55,34 @@ def jsonable(value: Any) -> Any:
 
 
 def dumps(payload: Any) -> str:
-    """Compact JSON, the exact bytes that are signed and sent."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Compact JSON, the exact bytes that are signed and sent.
+
+    JSON has no NaN or infinity, and Python's ``NaN`` and ``Infinity`` words
+    are refused by most parsers (JavaScript's, Go's), so such floats are sent
+    by name, as strings: ``"NaN"``, ``"Infinity"``, ``"-Infinity"``, as
+    PostgreSQL's JSON writes them.
+    """
+    try:
+        return _compact(payload)
+    except ValueError:  # a float no JSON number can hold, somewhere in it
+        return _compact(_named_floats(payload))
+
+
+def _compact(payload: Any) -> str:
+    return json.dumps(
+        payload, separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False
+    )
+
+
+def _named_floats(value: Any) -> Any:
+    """``value`` with every NaN and infinity, however deep, replaced by its name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {key: _named_floats(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_named_floats(item) for item in value]
+    return value
 
 
 def json_converter(field: peewee.Field) -> Callable[[Any], Any]:

@@ -215,6 +215,11 @@ def verify_webhook(
         )
 
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except (ValueError, RecursionError):
         raise WebhookVerificationError("webhook body is not valid JSON") from None
+
+
+def _not_json(word: str) -> Any:
+    """Python reads ``NaN`` and ``Infinity`` as numbers; JSON (RFC 8259) has no such words."""
+    raise ValueError(f"{word} is not JSON")
