@@ -178,6 +178,7 @@ class RawBaseline:
         self.url = url
         self.body = body
         self.headers = {"Content-Type": "application/json"}
+        self.timeout: tuple[float, float] = (3, 10)  # requests' (connect, read)
 
     def save(self, i: int) -> None:
         """One row inserted and committed, then its body POSTed."""
@@ -191,7 +192,7 @@ class RawBaseline:
         )
         execute("COMMIT")
         response = self.session.post(
-            self.url, data=self.body, headers=self.headers, timeout=(3, 10)
+            self.url, data=self.body, headers=self.headers, timeout=self.timeout
         )
         response.raise_for_status()
 
