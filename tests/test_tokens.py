@@ -174,7 +174,8 @@ def test_expires_takes_a_timedelta_from_the_store_clock(ts: Store, clock: Clock)
         (START - MS, "not in the future"),
         (
             START,
-            r"^expires 2030-01-02T03:04:05\.678Z is not in the future \(now is 2030-01-02T03:04:05\.678Z\)$",
+            r"^expires 2030-01-02T03:04:05\.678Z is not in the future"
+            r" \(now is 2030-01-02T03:04:05\.678Z\)$",
         ),
         (START + timedelta(days=36526), r"^expires 2130-\d\d-\d\dT03:04:05\.678Z is more than"),
         (timedelta(0), "positive timedelta"),
