@@ -506,6 +506,26 @@ def test_global_options_work_after_the_command(tmp_path: Path) -> None:
     assert not (tmp_path / "env.sqlite3").exists()
 
 
+def test_global_options_work_between_a_group_and_its_command(tmp_path: Path) -> None:
+    late = tmp_path / "late.sqlite3"
+    tokenstore(tmp_path / "env.sqlite3", "init", "--db", str(late))
+    tokenstore(tmp_path / "env.sqlite3", "users", "--db", str(late), "create", "dana")
+    listed = json.loads(
+        tokenstore(tmp_path / "env.sqlite3", "users", "--json", "list", "--db", str(late)).stdout
+    )
+    assert [u["username"] for u in listed] == ["system", "dana"]
+    shown = tokenstore(
+        tmp_path / "env.sqlite3", "abid", "--json", "parse", "apt_01JAZ6BQG0D53BD22B01XRS78E"
+    )
+    assert json.loads(shown.stdout)["abid"] == "apt_01JAZ6BQG0D53BD22B01XRS78E"
+    # --allow from every place adds up: before the group, after it, and after the command
+    tokenstore(late, "--allow", "10.1.0.0/16", "webhooks", "--allow", "10.2.0.0/16", "allow",
+               "10.3.0.0/16", "--allow", "10.4.0.0/16")  # fmt: skip
+    entries = as_json(late, "webhooks", "allowlist")
+    assert {e["entry"] for e in entries} == {f"10.{n}.0.0/16" for n in (1, 2, 3, 4)}
+    assert not (tmp_path / "env.sqlite3").exists()
+
+
 def test_old_command_names_still_work(db_path: Path) -> None:
     as_json(db_path, "users", "add", "erin")
     assert as_json(db_path, "users", "get", "erin")["username"] == "erin"
