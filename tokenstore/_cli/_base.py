@@ -26,14 +26,23 @@ DEFAULT_DB = "tokenstore.sqlite3"
 Handler = Callable[[argparse.Namespace, Output], int]
 
 
+class _Rehearsed(Exception):
+    """Raised to roll back a rehearsal's transaction once the command has run."""
+
+
 @contextmanager
-def _open(args: argparse.Namespace, *, read: bool = False, create: bool = False) -> Iterator[Store]:
+def _open(
+    args: argparse.Namespace, *, read: bool = False, create: bool = False, rehearse: bool = False
+) -> Iterator[Store]:
     """The store at ``--db``: read-only for commands that only ``read``.
 
     Only ``init`` may ``create`` the file: a mistyped path is an error, not a
     new empty store. Opening fires nothing and sends nothing; only the
     commands that send (``dispatch``, ``deliver-due``, ``ping``,
     ``redeliver``) do, and read-only commands never take the write lock.
+    A ``rehearse`` (a dry run) sees ``--allow`` and ``--app`` as a real run
+    would, inside one transaction that is rolled back: the entries and the
+    app's tables are not left in the store.
     """
     if args.db_is_default and not create and not Path(DEFAULT_DB).exists():
         raise StoreError(
@@ -42,15 +51,27 @@ def _open(args: argparse.Namespace, *, read: bool = False, create: bool = False)
         )
     store = open_store(
         args.db,
-        webhook_allow=[] if read else args.allow,
+        webhook_allow=[] if read or rehearse else args.allow,
         dispatch_on_open=False,
         create=create,
         read_only=read,
     )
     try:
-        for name in args.app:
-            register_module(store, name)
-        yield store
+        if not rehearse:
+            for name in args.app:
+                register_module(store, name)
+            yield store
+            return
+        try:
+            with store.atomic():
+                for entry in args.allow:
+                    store.webhooks.allow(entry)
+                for name in args.app:
+                    register_module(store, name)
+                yield store
+                raise _Rehearsed
+        except _Rehearsed:
+            pass
     finally:
         store.close()
 

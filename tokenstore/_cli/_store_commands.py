@@ -224,7 +224,7 @@ def cmd_import_archivebox(args: argparse.Namespace, out: Output) -> int:
             )
         ref_map[old.strip()] = new.strip()
     cipher_key = None if args.cipher_key is None else _secret(args.cipher_key)
-    with _open(args) as store:
+    with _open(args, rehearse=args.dry_run) as store:
         report = store.import_archivebox(
             args.path, ref_map=ref_map, cipher_key=cipher_key, dry_run=args.dry_run
         )
