@@ -105,6 +105,23 @@ def test_abid_parse_shows_parts_and_views(db_path: Path) -> None:
     assert "uuid" in human and "0192be65-de00-6946-b688-4b007b8c9d0e" in human
 
 
+def test_abid_parse_takes_every_abid_the_original_makes_even_one_its_views_cannot_decode(
+    db_path: Path,
+) -> None:
+    # A verbatim lowercase subtype, and a str rand holding I, O, L and U, as ArchiveBox makes.
+    text = "apt_01JAZ6BQG0D53BD22BabIOLUZZ"
+    shown = tokenstore(db_path, "--json", "abid", "parse", text)
+    record = json.loads(shown.stdout)
+    assert record["abid"] == text and (record["subtype"], record["rand"]) == ("ab", "IOLUZZ")
+    assert record["datetime"] == "2024-10-24T12:00:00.000Z"  # the ts part decodes
+    assert record["ulid"] is None and record["uuid"] is None
+    (note,) = shown.stderr.splitlines()
+    assert "'U' at position 23" in note and "Traceback" not in note
+    decodable = as_json(db_path, "abid", "parse", "apt_01JAZ6BQG0D53BD22BabIOL1ZZ")
+    assert decodable["abid"] == "apt_01JAZ6BQG0D53BD22BabIOL1ZZ"
+    assert decodable["ulid"] == "01JAZ6BQG0D53BD22BAB1011ZZ" and decodable["uuid"]
+
+
 def test_abid_new_and_bad_input_exit_2(db_path: Path) -> None:
     shown = as_json(db_path, "abid", "new", "--prefix", "snp", "--uri", "https://example.com/x")
     assert shown["abid"].startswith("snp_") and shown["uri"] == "9063B8A6"

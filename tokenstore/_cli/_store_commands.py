@@ -180,6 +180,10 @@ def cmd_abid_parse(args: argparse.Namespace, out: Output) -> int:
     except InvalidABID as exc:  # its message says what is wrong with the text, not what it is
         raise ValidationError(f"not an ABID: {exc}") from None
     out.record(abid_dict(abid))
+    try:
+        abid.uuid
+    except InvalidABID as exc:  # valid, as the original makes them; only the views are missing
+        print(f"tokenstore: no ulid or uuid view: {one_line(str(exc))}", file=sys.stderr)
     return 0
 
 
