@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 from .._abid import ABID
-from .._errors import InvalidABID
 from .._models import APIToken, OutboundWebhook, User, WebhookDelivery
 from .._times import format_time
 
@@ -96,17 +95,12 @@ def delivery_dict(delivery: WebhookDelivery, hook_name: str) -> dict[str, Any]:
     }
 
 
-def abid_dict(abid: ABID) -> dict[str, Any]:
-    """An ABID and its views; a view its suffix cannot be decoded to is None.
+def abid_dict(abid: ABID, decode: bool = True) -> dict[str, Any]:
+    """An ABID and its views; without ``decode``, none of those its suffix is decoded for.
 
     A verbatim subtype or a str rand of the original may hold a ``U``: the ABID
-    is valid, only its ULID and UUID views do not exist. The caller says why.
+    is valid, but it has no ULID or UUID view (InvalidABID says why).
     """
-    try:
-        ulid: str | None = abid.ulid
-        uuid: str | None = str(abid.uuid)
-    except InvalidABID:
-        ulid = uuid = None
     return {
         "abid": str(abid),
         "prefix": abid.prefix,
@@ -114,10 +108,10 @@ def abid_dict(abid: ABID) -> dict[str, Any]:
         "uri": abid.uri,
         "subtype": abid.subtype,
         "rand": abid.rand,
-        "ulid": ulid,
+        "ulid": abid.ulid if decode else None,
         "typeid": abid.typeid,
         "datetime": format_time(abid.datetime),
-        "uuid": uuid,
+        "uuid": str(abid.uuid) if decode else None,
     }
 
 

@@ -179,10 +179,10 @@ def cmd_abid_parse(args: argparse.Namespace, out: Output) -> int:
         abid = ABID.parse(args.abid, prefix=args.prefix)
     except InvalidABID as exc:  # its message says what is wrong with the text, not what it is
         raise ValidationError(f"not an ABID: {exc}") from None
-    out.record(abid_dict(abid))
     try:
-        abid.uuid
-    except InvalidABID as exc:  # valid, as the original makes them; only the views are missing
+        out.record(abid_dict(abid))
+    except InvalidABID as exc:  # valid, as the original makes them (a U): only the views are not
+        out.record(abid_dict(abid, decode=False))
         print(f"tokenstore: no ulid or uuid view: {one_line(str(exc))}", file=sys.stderr)
     return 0
 
