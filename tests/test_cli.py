@@ -377,15 +377,17 @@ def test_app_models_are_registered_with_app_and_their_changes_delivered(
     assert payload["data"]["fields"]["url"] == "https://example.com/"
 
 
+@pytest.mark.parametrize("output", ["text", "json"])
 def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
-    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]], output: str
 ) -> None:
     url, received = receiver
     allow = ("--allow", "127.0.0.1/32")
     as_json(db_path, *allow, "webhooks", "add", "users", "tokenstore.User", url)
     env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
+    json_flag = ("--json",) if output == "json" else ()
     proc = subprocess.Popen(
-        [*COMMAND, *allow, "dispatch", "--watch", "--interval", "0.05s"],
+        [*COMMAND, *allow, "dispatch", "--watch", "--interval", "0.05s", *json_flag],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -405,7 +407,14 @@ def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
         out, err = proc.communicate(timeout=20)
     assert [json.loads(b)["data"]["fields"]["username"] for _, b in received] == ["watched"]
     assert proc.returncode == 0, err
-    assert "dispatched 1 events" in out and "stopped" in err
+    assert "stopped" in err
+    if output == "text":
+        assert "dispatched 1 events" in out
+        return
+    rounds = [json.loads(line) for line in out.splitlines()]  # one JSON object per line
+    assert sum(r["events_dispatched"] for r in rounds) == 1
+    assert sum(r["deliveries_delivered"] for r in rounds) == 1
+    assert all(TIME.fullmatch(r["at"]) and r["events_waiting"] == {} for r in rounds)
 
 
 # -- the parser against the API and the README -------------------------------------------------
