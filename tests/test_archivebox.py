@@ -753,6 +753,29 @@ def test_the_command_lists_refusals_and_a_dry_run_writes_nothing(
         assert store.tokens.list() == [] and store.webhooks.list() == []
 
 
+def test_a_dry_run_with_app_and_allow_judges_by_them_and_writes_them_nowhere(
+    tmp_path: Path, store_file: Path
+) -> None:
+    """The README's dry run names --app (for --map) and --allow: neither may reach the store."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("local", "core.models.Snapshot", "http://127.0.0.1:9/hook")
+    box.close()
+    db = store_file  # the fixture's store, on either backend
+    with tokenstore.open(db) as store:
+        tables_before = set(store.db.get_tables())
+    args = ("--app", "_app_models", "--allow", "127.0.0.1/32", "import", "archivebox")
+    mapping = ("--map", "core.models.Snapshot=_app_models.Bookmark")
+    dry = json.loads(run(db, "--json", *args, str(box.path), *mapping, "--dry-run").stdout)
+    assert dry["dry_run"] is True and dry["disabled"] == [] and dry["refused"] == []
+    assert {c["table"]: c["imported"] for c in dry["counts"]}["api_outboundwebhook"] == 1
+    with tokenstore.open(db) as store:
+        assert set(store.db.get_tables()) == tables_before  # no table of the app's
+        assert store.webhooks.allowlist() == []
+        assert store.webhooks.list() == []
+    real = json.loads(run(db, "--json", *args, str(box.path), *mapping).stdout)
+    assert [(h["name"], h["enabled"]) for h in real["hooks"]] == [("local", True)]
+
+
 @pytest.mark.parametrize("kind", ["text", "tokenstore", "no migrations"])
 def test_the_command_refuses_a_file_that_is_not_archivebox(
     tmp_path: Path, store_file: Path, kind: str

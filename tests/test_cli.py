@@ -105,6 +105,23 @@ def test_abid_parse_shows_parts_and_views(db_path: Path) -> None:
     assert "uuid" in human and "0192be65-de00-6946-b688-4b007b8c9d0e" in human
 
 
+def test_abid_parse_takes_every_abid_the_original_makes_even_one_its_views_cannot_decode(
+    db_path: Path,
+) -> None:
+    # A verbatim lowercase subtype, and a str rand holding I, O, L and U, as ArchiveBox makes.
+    text = "apt_01JAZ6BQG0D53BD22BabIOLUZZ"
+    shown = tokenstore(db_path, "--json", "abid", "parse", text)
+    record = json.loads(shown.stdout)
+    assert record["abid"] == text and (record["subtype"], record["rand"]) == ("ab", "IOLUZZ")
+    assert record["datetime"] == "2024-10-24T12:00:00.000Z"  # the ts part decodes
+    assert record["ulid"] is None and record["uuid"] is None
+    (note,) = shown.stderr.splitlines()
+    assert "'U' at position 23" in note and "Traceback" not in note
+    decodable = as_json(db_path, "abid", "parse", "apt_01JAZ6BQG0D53BD22BabIOL1ZZ")
+    assert decodable["abid"] == "apt_01JAZ6BQG0D53BD22BabIOL1ZZ"
+    assert decodable["ulid"] == "01JAZ6BQG0D53BD22BAB1011ZZ" and decodable["uuid"]
+
+
 def test_abid_new_and_bad_input_exit_2(db_path: Path) -> None:
     shown = as_json(db_path, "abid", "new", "--prefix", "snp", "--uri", "https://example.com/x")
     assert shown["abid"].startswith("snp_") and shown["uri"] == "9063B8A6"
@@ -360,15 +377,17 @@ def test_app_models_are_registered_with_app_and_their_changes_delivered(
     assert payload["data"]["fields"]["url"] == "https://example.com/"
 
 
+@pytest.mark.parametrize("output", ["text", "json"])
 def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
-    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]], output: str
 ) -> None:
     url, received = receiver
     allow = ("--allow", "127.0.0.1/32")
     as_json(db_path, *allow, "webhooks", "add", "users", "tokenstore.User", url)
     env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
+    json_flag = ("--json",) if output == "json" else ()
     proc = subprocess.Popen(
-        [*COMMAND, *allow, "dispatch", "--watch", "--interval", "0.05s"],
+        [*COMMAND, *allow, "dispatch", "--watch", "--interval", "0.05s", *json_flag],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -388,7 +407,14 @@ def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
         out, err = proc.communicate(timeout=20)
     assert [json.loads(b)["data"]["fields"]["username"] for _, b in received] == ["watched"]
     assert proc.returncode == 0, err
-    assert "dispatched 1 events" in out and "stopped" in err
+    assert "stopped" in err
+    if output == "text":
+        assert "dispatched 1 events" in out
+        return
+    rounds = [json.loads(line) for line in out.splitlines()]  # one JSON object per line
+    assert sum(r["events_dispatched"] for r in rounds) == 1
+    assert sum(r["deliveries_delivered"] for r in rounds) == 1
+    assert all(TIME.fullmatch(r["at"]) and r["events_waiting"] == {} for r in rounds)
 
 
 # -- the parser against the API and the README -------------------------------------------------
@@ -503,6 +529,26 @@ def test_global_options_work_after_the_command(tmp_path: Path) -> None:
     listed = json.loads(tokenstore(tmp_path / "env.sqlite3", "users", "list", "--json", "--db",
                                    str(late)).stdout)  # fmt: skip
     assert [u["username"] for u in listed] == ["system", "dana"]
+    assert not (tmp_path / "env.sqlite3").exists()
+
+
+def test_global_options_work_between_a_group_and_its_command(tmp_path: Path) -> None:
+    late = tmp_path / "late.sqlite3"
+    tokenstore(tmp_path / "env.sqlite3", "init", "--db", str(late))
+    tokenstore(tmp_path / "env.sqlite3", "users", "--db", str(late), "create", "dana")
+    listed = json.loads(
+        tokenstore(tmp_path / "env.sqlite3", "users", "--json", "list", "--db", str(late)).stdout
+    )
+    assert [u["username"] for u in listed] == ["system", "dana"]
+    shown = tokenstore(
+        tmp_path / "env.sqlite3", "abid", "--json", "parse", "apt_01JAZ6BQG0D53BD22B01XRS78E"
+    )
+    assert json.loads(shown.stdout)["abid"] == "apt_01JAZ6BQG0D53BD22B01XRS78E"
+    # --allow from every place adds up: before the group, after it, and after the command
+    tokenstore(late, "--allow", "10.1.0.0/16", "webhooks", "--allow", "10.2.0.0/16", "allow",
+               "10.3.0.0/16", "--allow", "10.4.0.0/16")  # fmt: skip
+    entries = as_json(late, "webhooks", "allowlist")
+    assert {e["entry"] for e in entries} == {f"10.{n}.0.0/16" for n in (1, 2, 3, 4)}
     assert not (tmp_path / "env.sqlite3").exists()
 
 

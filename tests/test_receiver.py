@@ -10,6 +10,8 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from socketserver import ThreadingMixIn
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ import requests
 
 from tokenstore._errors import ValidationError
 from tokenstore._receiver import MAX_BODY_BYTES, ReceiverServer, make_receiver
+from tokenstore._servers import BoundedThreads
 from tokenstore._signing import new_signing_secret, sign, signature_header
 
 TIMEOUT = 5
@@ -431,6 +434,48 @@ def test_connections_beyond_the_bound_are_closed_and_served_again_once_free(
             assert time.monotonic() < deadline
             time.sleep(0.05)
     assert answer.status_code == 405
+
+
+class _CtrlCAsItsThreadRuns(ThreadingMixIn):
+    """Ctrl-C reaching the serving thread once a connection's thread has run.
+
+    On a busy machine ``Thread.start()`` can return after the new thread has
+    answered: the signal then lands in ``process_request``.
+    """
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        before = set(threading.enumerate())
+        super().process_request(request, client_address)  # type: ignore[misc]
+        for thread in set(threading.enumerate()) - before:
+            thread.join(TIMEOUT)
+        raise KeyboardInterrupt
+
+
+class _Answer204(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _InterruptedServer(BoundedThreads, _CtrlCAsItsThreadRuns, HTTPServer):
+    pass
+
+
+def test_ctrl_c_as_a_connection_is_served_stops_the_server() -> None:
+    """The connection's place is given back once: a second release was a ValueError that
+    socketserver printed and swallowed, with the KeyboardInterrupt, so Ctrl-C was lost."""
+    server = _InterruptedServer(("127.0.0.1", 0), _Answer204)
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=TIMEOUT) as client:
+            client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            with pytest.raises(KeyboardInterrupt):
+                server.handle_request()
+            assert client.recv(100).startswith(b"HTTP/1.0 204")
+    finally:
+        server.server_close()
 
 
 @pytest.mark.parametrize("host", ["", " ", "\t", "[]", " [ ] "])

@@ -21,7 +21,7 @@ from ._abid_sources import SOURCES, ABIDSource, source_value, storable
 from ._errors import ABIDDriftError, InvalidABID, NotFound, StoreError, ValidationError
 from ._fields import JSONField, UTCDateTimeField, UUIDField
 from ._rows import CheckedSelect, quote_name
-from ._times import to_stored_time, utcnow
+from ._times import format_time, to_stored_time, utcnow
 
 #: The user that owns what nobody else owns (records made without ``created_by``).
 SYSTEM_USERNAME = "system"
@@ -411,7 +411,7 @@ class APIToken(ABIDModel):
         revoked_at = (self._stored or {}).get("revoked_at")
         if revoked_at is not None and self.revoked_at != revoked_at:
             raise ValidationError(
-                f"API token {self.abid} was revoked at {revoked_at.isoformat()}; "
+                f"API token {self.abid} was revoked at {format_time(revoked_at)}; "
                 "revocation cannot be undone or changed"
             )
         return super().save(force_insert=force_insert, only=only)

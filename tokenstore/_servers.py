@@ -19,28 +19,50 @@ MAX_CONNECTIONS = 64
 
 
 class BoundedThreads(ThreadingMixIn):
-    """A ``ThreadingMixIn`` that serves at most ``max_connections`` connections at once."""
+    """A ``ThreadingMixIn`` that serves at most ``max_connections`` connections at once.
+
+    A connection's place is given back exactly once: by its thread when it
+    ends, or by the serving thread when starting that thread failed. Ctrl-C
+    can land in ``Thread.start()`` after the new thread has already run (on a
+    busy machine); both giving it back made the semaphore raise a ValueError,
+    which socketserver prints and swallows along with the KeyboardInterrupt.
+    """
 
     daemon_threads = True
     max_connections = MAX_CONNECTIONS
     _connection_slots: threading.BoundedSemaphore | None = None  # made at the first connection
+    # The connections holding a place, by id (a socket is alive, so its id unique, while it is
+    # served); whoever pops one gives its place back. dict.pop is atomic.
+    _holding: dict[int, bool] | None = None
 
     def process_request(self, request: Any, client_address: Any) -> None:
         slots = self._slots()
         if not slots.acquire(blocking=False):
             self.shutdown_request(request)  # type: ignore[attr-defined]
             return
+        self._held()[id(request)] = True
         try:
             super().process_request(request, client_address)
         except BaseException:
-            slots.release()
+            self._give_back(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            self._give_back(request)
+
+    def _give_back(self, request: Any) -> None:
+        """Free the place ``request`` holds, unless it was freed already."""
+        if self._held().pop(id(request), False):
             self._slots().release()
+
+    def _held(self) -> dict[int, bool]:
+        """The connections holding a place; made by the serving thread at the first one."""
+        if self._holding is None:
+            self._holding = {}
+        return self._holding
 
     def _slots(self) -> threading.BoundedSemaphore:
         """The free places; only the serving thread makes them, so no lock is needed here."""

@@ -295,11 +295,11 @@ class Tokens:
             raise ValidationError(f"expires: {exc}") from None
         if expiry <= now:
             raise ValidationError(
-                f"expires {expiry.isoformat()} is not in the future (now is {now.isoformat()})"
+                f"expires {format_time(expiry)} is not in the future (now is {format_time(now)})"
             )
         if expiry - now > MAX_SPAN:
             raise ValidationError(
-                f"expires {expiry.isoformat()} is more than {MAX_SPAN.days} days from now"
+                f"expires {format_time(expiry)} is more than {MAX_SPAN.days} days from now"
             )
         return expiry
 
@@ -364,11 +364,11 @@ class Tokens:
         now = self.clock()
         if row[_REVOKED_AT] is not None:
             raise RevokedToken(
-                f"API token {_shown(data)} was revoked at {data['revoked_at'].isoformat()}"
+                f"API token {_shown(data)} was revoked at {format_time(data['revoked_at'])}"
             )
         expires = data["expires"]
         if expires is not None and expires < now:
-            raise ExpiredToken(f"API token {_shown(data)} expired at {expires.isoformat()}")
+            raise ExpiredToken(f"API token {_shown(data)} expired at {format_time(expires)}")
         if scope is not None and data["scopes"] and scope not in data["scopes"]:
             raise MissingScope(
                 f"API token {_shown(data)} lacks scope {scope!r}; "

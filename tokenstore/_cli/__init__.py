@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"tokenstore {__version__}")
-    _add_global_options(parser, late=False)
+    _add_global_options(parser, "")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_store_commands(commands)
     add_abid_commands(commands)

@@ -26,14 +26,23 @@ DEFAULT_DB = "tokenstore.sqlite3"
 Handler = Callable[[argparse.Namespace, Output], int]
 
 
+class _Rehearsed(Exception):
+    """Raised to roll back a rehearsal's transaction once the command has run."""
+
+
 @contextmanager
-def _open(args: argparse.Namespace, *, read: bool = False, create: bool = False) -> Iterator[Store]:
+def _open(
+    args: argparse.Namespace, *, read: bool = False, create: bool = False, rehearse: bool = False
+) -> Iterator[Store]:
     """The store at ``--db``: read-only for commands that only ``read``.
 
     Only ``init`` may ``create`` the file: a mistyped path is an error, not a
     new empty store. Opening fires nothing and sends nothing; only the
     commands that send (``dispatch``, ``deliver-due``, ``ping``,
     ``redeliver``) do, and read-only commands never take the write lock.
+    A ``rehearse`` (a dry run) sees ``--allow`` and ``--app`` as a real run
+    would, inside one transaction that is rolled back: the entries and the
+    app's tables are not left in the store.
     """
     if args.db_is_default and not create and not Path(DEFAULT_DB).exists():
         raise StoreError(
@@ -42,15 +51,27 @@ def _open(args: argparse.Namespace, *, read: bool = False, create: bool = False)
         )
     store = open_store(
         args.db,
-        webhook_allow=[] if read else args.allow,
+        webhook_allow=[] if read or rehearse else args.allow,
         dispatch_on_open=False,
         create=create,
         read_only=read,
     )
     try:
-        for name in args.app:
-            register_module(store, name)
-        yield store
+        if not rehearse:
+            for name in args.app:
+                register_module(store, name)
+            yield store
+            return
+        try:
+            with store.atomic():
+                for entry in args.allow:
+                    store.webhooks.allow(entry)
+                for name in args.app:
+                    register_module(store, name)
+                yield store
+                raise _Rehearsed
+        except _Rehearsed:
+            pass
     finally:
         store.close()
 
@@ -161,16 +182,26 @@ _GLOBAL_OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
 )
 
 
-def _add_global_options(parser: argparse.ArgumentParser, late: bool) -> None:
-    """The global options; a command's own copies (``late``) land apart and are merged after."""
-    if not late:
+#: Where global options may stand, in the order their values are merged: before
+#: everything, after a group's name (``tokens --json list``), after the command.
+_PLACES = ("", "group_", "late_")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, place: str) -> None:
+    """The global options; a group's and a command's copies land apart and are merged after.
+
+    Each place keeps its own names because argparse parses a subcommand into a
+    namespace of its own and copies it over the outer one: one shared name
+    would let ``--allow`` after the command drop the one before it.
+    """
+    if not place:
         for flag, dest, keywords, help_text in _GLOBAL_OPTIONS:
             parser.add_argument(flag, dest=dest, help=help_text, **keywords)
         return
     group = parser.add_argument_group("global options (also accepted before the command)")
     for flag, dest, keywords, help_text in _GLOBAL_OPTIONS:
         group.add_argument(
-            flag, dest=f"late_{dest}", default=argparse.SUPPRESS, help=help_text, **keywords
+            flag, dest=f"{place}{dest}", default=argparse.SUPPRESS, help=help_text, **keywords
         )
 
 
@@ -180,13 +211,15 @@ def _env_list(name: str) -> list[str]:
 
 
 def _settle_global_options(args: argparse.Namespace) -> None:
-    """One value per global option: after the command wins, then before it, then $VARIABLES."""
-    args.db = getattr(args, "late_db", None) or args.db or os.environ.get("TOKENSTORE_DB")
+    """One value per global option: the latest place wins (after the command, after its
+    group, before both), then $VARIABLES; ``--allow`` and ``--app`` add up from all."""
+    dbs = [getattr(args, f"{place}db", None) for place in reversed(_PLACES)]
+    args.db = next((db for db in dbs if db), None) or os.environ.get("TOKENSTORE_DB")
     args.db_is_default = not args.db  # a missing default file is said to be the default
     args.db = args.db or DEFAULT_DB
-    args.json = args.json or getattr(args, "late_json", False)
+    args.json = any(getattr(args, f"{place}json", False) for place in _PLACES)
     for dest, variable in (("allow", "TOKENSTORE_WEBHOOK_ALLOW"), ("app", "TOKENSTORE_APP")):
-        given = (getattr(args, dest) or []) + getattr(args, f"late_{dest}", [])
+        given = [item for place in _PLACES for item in getattr(args, f"{place}{dest}", None) or []]
         setattr(args, dest, _env_list(variable) + [item for item in given if item])
 
 
@@ -202,6 +235,7 @@ def _group(commands: Commands, name: str, help_text: str, examples: str) -> Comm
         epilog=f"examples:\n{examples}",
         formatter_class=_Formatter,
     )
+    _add_global_options(parser, "group_")
     return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
 
 
@@ -230,5 +264,5 @@ def _command(
         formatter_class=_Formatter,
     )
     sub.set_defaults(handler=handler, call=call, command_parser=sub)
-    _add_global_options(sub, late=True)
+    _add_global_options(sub, "late_")
     return sub

@@ -95,8 +95,12 @@ def delivery_dict(delivery: WebhookDelivery, hook_name: str) -> dict[str, Any]:
     }
 
 
-def abid_dict(abid: ABID) -> dict[str, Any]:
-    """An ABID and its views."""
+def abid_dict(abid: ABID, decode: bool = True) -> dict[str, Any]:
+    """An ABID and its views; without ``decode``, none of those its suffix is decoded for.
+
+    A verbatim subtype or a str rand of the original may hold a ``U``: the ABID
+    is valid, but it has no ULID or UUID view (InvalidABID says why).
+    """
     return {
         "abid": str(abid),
         "prefix": abid.prefix,
@@ -104,10 +108,10 @@ def abid_dict(abid: ABID) -> dict[str, Any]:
         "uri": abid.uri,
         "subtype": abid.subtype,
         "rand": abid.rand,
-        "ulid": abid.ulid,
+        "ulid": abid.ulid if decode else None,
         "typeid": abid.typeid,
         "datetime": format_time(abid.datetime),
-        "uuid": str(abid.uuid),
+        "uuid": str(abid.uuid) if decode else None,
     }
 
 

@@ -53,27 +53,31 @@ def cmd_dispatch(args: argparse.Namespace, out: Output) -> int:
     interval = check_seconds(args.interval.total_seconds(), "--interval")  # at most a day
     with _open(args) as store:
         if args.watch:
-            watch(store, interval)
+            watch(store, interval, out)
             return 0
         report = store.dispatch()
-        out.record(
-            {
-                "events_dispatched": report.events,
-                "deliveries_attempted": report.delivered + report.failed,
-                "deliveries_delivered": report.delivered,
-                "deliveries_failed": report.failed,
-                "events_waiting": report.waiting,
-            }
-        )
+        out.record(_dispatched_dict(report))
     _warn_waiting(report.waiting)
     return 0
 
 
-def watch(store: Store, interval: float) -> None:
+def _dispatched_dict(report: Dispatched) -> dict[str, Any]:
+    """What one ``store.dispatch()`` did, as the command shows it."""
+    return {
+        "events_dispatched": report.events,
+        "deliveries_attempted": report.delivered + report.failed,
+        "deliveries_delivered": report.delivered,
+        "deliveries_failed": report.failed,
+        "events_waiting": report.waiting,
+    }
+
+
+def watch(store: Store, interval: float, out: Output) -> None:
     """Dispatch whenever another connection commits, and send due retries, until Ctrl-C.
 
     Ctrl-C is taken between rounds, never in the middle of one: a transaction
-    or a delivery's bookkeeping is not cut short.
+    or a delivery's bookkeeping is not cut short. With ``--json`` each round
+    that did something is one line of JSON (JSON Lines), stamped ``at``.
     """
     stopping = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: stopping.set())
@@ -83,9 +87,11 @@ def watch(store: Store, interval: float) -> None:
         report: Dispatched | None = store.dispatch()
         while report is not None:
             now = format_time(store.clock())
-            if report.events:
+            if out.as_json and (report.events or report.delivered or report.failed):
+                print(json.dumps({"at": now, **_dispatched_dict(report)}), flush=True)
+            elif report.events:
                 print(f"{now} dispatched {report.events} events", flush=True)
-            if report.delivered or report.failed:
+            if not out.as_json and (report.delivered or report.failed):
                 print(
                     f"{now} deliveries: {report.delivered} delivered, {report.failed} failed",
                     flush=True,
@@ -179,7 +185,11 @@ def cmd_abid_parse(args: argparse.Namespace, out: Output) -> int:
         abid = ABID.parse(args.abid, prefix=args.prefix)
     except InvalidABID as exc:  # its message says what is wrong with the text, not what it is
         raise ValidationError(f"not an ABID: {exc}") from None
-    out.record(abid_dict(abid))
+    try:
+        out.record(abid_dict(abid))
+    except InvalidABID as exc:  # valid, as the original makes them (a U): only the views are not
+        out.record(abid_dict(abid, decode=False))
+        print(f"tokenstore: no ulid or uuid view: {one_line(str(exc))}", file=sys.stderr)
     return 0
 
 
@@ -224,7 +234,7 @@ def cmd_import_archivebox(args: argparse.Namespace, out: Output) -> int:
             )
         ref_map[old.strip()] = new.strip()
     cipher_key = None if args.cipher_key is None else _secret(args.cipher_key)
-    with _open(args) as store:
+    with _open(args, rehearse=args.dry_run) as store:
         report = store.import_archivebox(
             args.path, ref_map=ref_map, cipher_key=cipher_key, dry_run=args.dry_run
         )
