@@ -100,6 +100,33 @@ def test_a_destination_with_data_is_refused_unless_forced(tmp_path: Path, pg_url
     assert snapshot(pg_url) == snapshot(source)
 
 
+def test_a_destination_whose_only_data_is_its_allowlist_is_refused_unless_forced(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """The allowlist is data too: copying over it silently would drop the entries it held."""
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    with tokenstore.open(db_path, webhook_allow=LOOPBACK) as other:
+        other.webhooks.allow("10.1.0.0/16")
+    held = snapshot(db_path)
+    with pytest.raises(StoreError, match=r"already holds data \(.*1 tokenstore_webhook_allow\)"):
+        tokenstore.migrate(source, db_path)
+    assert snapshot(db_path) == held
+    tokenstore.migrate(source, db_path, force=True)
+    assert snapshot(db_path) == snapshot(source)
+
+
+def test_a_new_destination_holding_only_entries_the_source_has_is_empty_enough(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """As made by ``tokenstore init`` in a shell that exports TOKENSTORE_WEBHOOK_ALLOW."""
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    tokenstore.open(db_path, webhook_allow=LOOPBACK).close()
+    tokenstore.migrate(source, db_path)
+    assert snapshot(db_path) == snapshot(source)
+
+
 def test_a_missing_source_is_refused_and_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         tokenstore.migrate(tmp_path / "nothing.sqlite3", tmp_path / "dest.sqlite3")
