@@ -26,7 +26,7 @@ TABLES = (
 
 
 def fill(location: Path | str) -> dict[str, Any]:
-    """A store with a user, a live and a revoked token, a hook and a failed delivery."""
+    """A store with a user, a live and a revoked token, a rotated hook and a failed delivery."""
     with tokenstore.open(location, webhook_allow=LOOPBACK, connect_timeout=1) as store:
         alice = store.users.create("alice")
         token, secret = store.tokens.create(alice, name="ci", scopes=["read"])
@@ -36,10 +36,14 @@ def fill(location: Path | str) -> dict[str, Any]:
         store.users.create("bob")  # its delivery fails: nothing listens on port 9
         [delivery] = store.webhooks.deliveries(hook)
         assert delivery.status == "failed"
+        first_secret = hook.secret
+        hook = store.webhooks.rotate_secret(hook)  # the old secret still signs for a while
+        assert hook.previous_secret == first_secret
         return {
             "secret": secret,
             "token": token.abid,
             "hook_secret": hook.secret,
+            "previous_secret": first_secret,
             "delivery": (delivery.abid, delivery.status, delivery.next_attempt_at),
         }
 
@@ -72,7 +76,7 @@ def test_a_store_moves_to_postgres_and_back_unchanged(tmp_path: Path, pg_url: st
     with tokenstore.open(pg_url, webhook_allow=LOOPBACK) as moved:
         assert moved.tokens.authenticate(made["secret"], scope="read").abid == made["token"]
         hook = moved.webhooks.get("users")
-        assert hook.secret == made["hook_secret"]
+        assert (hook.secret, hook.previous_secret) == (made["hook_secret"], made["previous_secret"])
         [delivery] = moved.webhooks.deliveries(hook)
         assert (delivery.abid, delivery.status, delivery.next_attempt_at) == made["delivery"]
         carol = moved.users.create("carol")  # new ids continue after the copied ones
