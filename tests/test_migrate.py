@@ -137,6 +137,20 @@ def test_a_missing_source_is_refused_and_creates_nothing(tmp_path: Path) -> None
     assert not (tmp_path / "nothing.sqlite3").exists()
 
 
+@pytest.mark.parametrize(
+    ("source", "kind"), [("folder", "a directory"), ("/dev/null", "a character device")]
+)
+def test_a_source_that_is_no_file_is_refused_as_what_it_is(
+    tmp_path: Path, source: str, kind: str
+) -> None:
+    """It exists: "does not exist" would send its owner looking for the wrong fault."""
+    (tmp_path / "folder").mkdir()
+    given = tmp_path / source if source == "folder" else Path(source)
+    with pytest.raises(StoreError, match=f"^{given} is {kind}, not a tokenstore file$"):
+        tokenstore.migrate(given, tmp_path / "dest.sqlite3")
+    assert not (tmp_path / "dest.sqlite3").exists()
+
+
 @pytest.mark.parametrize("spelled", ["{0}/", "{1}/./{2}", "{1}/link.sqlite3", "{1}/hard.sqlite3"])
 def test_the_same_file_spelled_another_way_is_refused(tmp_path: Path, spelled: str) -> None:
     """With force, copying a file onto itself would first empty it: everything would be lost."""

@@ -104,12 +104,13 @@ def _open(location: str, *, must_exist: bool) -> SQLiteDatabase | PostgresDataba
         return open_postgres(location, _NoDispatch(), _BUSY_TIMEOUT, create=not must_exist)
     path = Path(location)
     try:
-        missing = must_exist and not path.is_file()
+        missing = must_exist and not path.exists()
     except OSError as exc:  # a name too long, say
         raise StoreError(f"cannot open {location}: {exc.strerror}") from None
     if missing:
         raise StoreError(f"migrate: the source {location} does not exist")
-    # A source that holds no tokenstore is refused, not set up, as on PostgreSQL.
+    # A source that holds no tokenstore (or is a folder or a device: opening judges its
+    # kind) is refused, not set up, as on PostgreSQL.
     return open_database(path, _NoDispatch(), _BUSY_TIMEOUT, create=not must_exist)
 
 
