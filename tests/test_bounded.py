@@ -151,6 +151,33 @@ def test_a_bulk_update_with_a_slow_hook_stays_within_the_budget(
     assert len(ids) == len(set(ids)) == 20  # every delivery once, the failed one again
 
 
+def test_an_attempt_cut_short_by_the_sync_budget_says_so(db_path: Path, receiver: Receiver) -> None:
+    """Not "ran past its deadline of 0.499873 s": the deadline is 3 s, the budget cut it."""
+    release = threading.Event()
+
+    def hang(handler: BaseHTTPRequestHandler) -> None:
+        release.wait(5)
+        ok(handler)
+
+    receiver.respond = hang
+    s = open_store(db_path, delivery_deadline=3.0, sync_budget=0.5)
+    try:
+        s.webhooks.create("slow", Item, receiver.url())
+        start = time.monotonic()
+        Item.create(n=1)
+        elapsed = time.monotonic() - start
+        (delivery,) = s.webhooks.deliveries()
+    finally:
+        release.set()
+        s.close()
+    assert elapsed < 0.5 + 1.0
+    assert delivery.status == "failed"
+    assert delivery.last_error == (
+        "timed out: the attempt ran past the 0.5 s left of the writing thread's "
+        "sync_budget, short of its deadline of 3 s"
+    )
+
+
 def test_one_call_of_the_retry_path_costs_one_deadline_per_hook_that_is_down(
     db_path: Path, receiver: Receiver
 ) -> None:
