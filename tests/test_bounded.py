@@ -42,7 +42,7 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def open_store(path: Path, **options: object) -> Store:
+def open_store(path: Path | str, **options: object) -> Store:
     options.setdefault("webhook_allow", LOOPBACK)
     s = tokenstore.open(path, **options)  # type: ignore[arg-type]
     s.register(Item)
@@ -99,9 +99,9 @@ class Trickler:
     ],
     ids=["status-line", "headers"],
 )
-def test_a_trickling_receiver_costs_one_deadline(tmp_path: Path, payload: bytes) -> None:
+def test_a_trickling_receiver_costs_one_deadline(db_path: Path, payload: bytes) -> None:
     trickler = Trickler(payload, pause=0.05)  # each byte well inside the read timeout
-    s = open_store(tmp_path / "s.sqlite3", read_timeout=2, delivery_deadline=1.0)
+    s = open_store(db_path, read_timeout=2, delivery_deadline=1.0)
     try:
         s.webhooks.create("slow", Item, trickler.url)
         start = time.monotonic()
@@ -118,7 +118,7 @@ def test_a_trickling_receiver_costs_one_deadline(tmp_path: Path, payload: bytes)
 
 
 def test_a_bulk_update_with_a_slow_hook_stays_within_the_budget(
-    tmp_path: Path, receiver: Receiver
+    db_path: Path, receiver: Receiver
 ) -> None:
     release = threading.Event()
 
@@ -126,7 +126,7 @@ def test_a_bulk_update_with_a_slow_hook_stays_within_the_budget(
         release.wait(3)
         ok(handler)
 
-    s = open_store(tmp_path / "s.sqlite3", delivery_deadline=0.5, sync_budget=1.0)
+    s = open_store(db_path, delivery_deadline=0.5, sync_budget=1.0)
     try:
         with s.atomic():  # nobody listens yet: no deliveries
             for n in range(20):
@@ -151,8 +151,35 @@ def test_a_bulk_update_with_a_slow_hook_stays_within_the_budget(
     assert len(ids) == len(set(ids)) == 20  # every delivery once, the failed one again
 
 
+def test_an_attempt_cut_short_by_the_sync_budget_says_so(db_path: Path, receiver: Receiver) -> None:
+    """Not "ran past its deadline of 0.499873 s": the deadline is 3 s, the budget cut it."""
+    release = threading.Event()
+
+    def hang(handler: BaseHTTPRequestHandler) -> None:
+        release.wait(5)
+        ok(handler)
+
+    receiver.respond = hang
+    s = open_store(db_path, delivery_deadline=3.0, sync_budget=0.5)
+    try:
+        s.webhooks.create("slow", Item, receiver.url())
+        start = time.monotonic()
+        Item.create(n=1)
+        elapsed = time.monotonic() - start
+        (delivery,) = s.webhooks.deliveries()
+    finally:
+        release.set()
+        s.close()
+    assert elapsed < 0.5 + 1.0
+    assert delivery.status == "failed"
+    assert delivery.last_error == (
+        "timed out: the attempt ran past the 0.5 s left of the writing thread's "
+        "sync_budget, short of its deadline of 3 s"
+    )
+
+
 def test_one_call_of_the_retry_path_costs_one_deadline_per_hook_that_is_down(
-    tmp_path: Path, receiver: Receiver
+    db_path: Path, receiver: Receiver
 ) -> None:
     """Two hooks whose receivers hang, five due deliveries each: two deadlines, not ten."""
     release = threading.Event()
@@ -161,7 +188,7 @@ def test_one_call_of_the_retry_path_costs_one_deadline_per_hook_that_is_down(
         release.wait(5)
         ok(handler)
 
-    s = open_store(tmp_path / "s.sqlite3", delivery_deadline=0.4, sync_budget=0)
+    s = open_store(db_path, delivery_deadline=0.4, sync_budget=0)
     try:
         s.webhooks.create("a", Item, receiver.url("/a"))
         s.webhooks.create("b", Item, receiver.url("/b"))
@@ -181,7 +208,7 @@ def test_one_call_of_the_retry_path_costs_one_deadline_per_hook_that_is_down(
 
 
 def test_a_failing_endpoint_is_not_tried_from_the_write_path(
-    tmp_path: Path, receiver: Receiver
+    db_path: Path, receiver: Receiver
 ) -> None:
     def refuse(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(500)
@@ -189,7 +216,7 @@ def test_a_failing_endpoint_is_not_tried_from_the_write_path(
         handler.end_headers()
 
     receiver.respond = refuse
-    s = open_store(tmp_path / "s.sqlite3")
+    s = open_store(db_path)
     try:
         s.webhooks.create("down", Item, receiver.url())
         Item.create(n=1)
@@ -206,9 +233,9 @@ def test_a_failing_endpoint_is_not_tried_from_the_write_path(
 
 
 def test_a_healthy_endpoint_is_delivered_before_save_returns(
-    tmp_path: Path, receiver: Receiver
+    db_path: Path, receiver: Receiver
 ) -> None:
-    s = open_store(tmp_path / "s.sqlite3")
+    s = open_store(db_path)
     try:
         s.webhooks.create("fine", Item, receiver.url())
         for n in range(3):
@@ -244,10 +271,10 @@ WRITER = textwrap.dedent(
 
 
 def test_a_process_bulk_updating_against_a_dead_hook_returns_in_budget_and_nothing_is_lost(
-    tmp_path: Path, receiver: Receiver
+    db_path: Path, tmp_path: Path, receiver: Receiver
 ) -> None:
     """The writer is a process of its own; after it, the receiver recovers and gets it all."""
-    path = tmp_path / "s.sqlite3"
+    path = db_path
     gate = threading.Event()
 
     def hang(handler: BaseHTTPRequestHandler) -> None:
@@ -343,14 +370,14 @@ def test_loading_the_http_library_is_not_part_of_the_first_attempt(
 # -- the file does not grow without bound ----------------------------------------------
 
 
-def clocked(path: Path, clock: Clock, **options: object) -> Store:
+def clocked(path: Path | str, clock: Clock, **options: object) -> Store:
     return open_store(path, clock=clock, **options)
 
 
 def test_prune_deletes_old_finished_deliveries_but_each_hook_keeps_its_latest(
-    tmp_path: Path, receiver: Receiver, clock: Clock
+    db_path: Path, receiver: Receiver, clock: Clock
 ) -> None:
-    s = clocked(tmp_path / "s.sqlite3", clock)
+    s = clocked(db_path, clock)
     try:
         s.webhooks.create("a", Item, receiver.url("/a"))
         for n in range(3):
@@ -368,8 +395,8 @@ def test_prune_deletes_old_finished_deliveries_but_each_hook_keeps_its_latest(
         s.close()
 
 
-def test_the_delivery_log_pages_with_a_cursor(tmp_path: Path, receiver: Receiver) -> None:
-    s = open_store(tmp_path / "s.sqlite3")
+def test_the_delivery_log_pages_with_a_cursor(db_path: Path, receiver: Receiver) -> None:
+    s = open_store(db_path)
     try:
         s.webhooks.create("a", Item, receiver.url())
         with s.atomic():

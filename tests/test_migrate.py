@@ -26,7 +26,7 @@ TABLES = (
 
 
 def fill(location: Path | str) -> dict[str, Any]:
-    """A store with a user, a live and a revoked token, a hook and a failed delivery."""
+    """A store with a user, a live and a revoked token, a rotated hook and a failed delivery."""
     with tokenstore.open(location, webhook_allow=LOOPBACK, connect_timeout=1) as store:
         alice = store.users.create("alice")
         token, secret = store.tokens.create(alice, name="ci", scopes=["read"])
@@ -36,10 +36,14 @@ def fill(location: Path | str) -> dict[str, Any]:
         store.users.create("bob")  # its delivery fails: nothing listens on port 9
         [delivery] = store.webhooks.deliveries(hook)
         assert delivery.status == "failed"
+        first_secret = hook.secret
+        hook = store.webhooks.rotate_secret(hook)  # the old secret still signs for a while
+        assert hook.previous_secret == first_secret
         return {
             "secret": secret,
             "token": token.abid,
             "hook_secret": hook.secret,
+            "previous_secret": first_secret,
             "delivery": (delivery.abid, delivery.status, delivery.next_attempt_at),
         }
 
@@ -72,7 +76,7 @@ def test_a_store_moves_to_postgres_and_back_unchanged(tmp_path: Path, pg_url: st
     with tokenstore.open(pg_url, webhook_allow=LOOPBACK) as moved:
         assert moved.tokens.authenticate(made["secret"], scope="read").abid == made["token"]
         hook = moved.webhooks.get("users")
-        assert hook.secret == made["hook_secret"]
+        assert (hook.secret, hook.previous_secret) == (made["hook_secret"], made["previous_secret"])
         [delivery] = moved.webhooks.deliveries(hook)
         assert (delivery.abid, delivery.status, delivery.next_attempt_at) == made["delivery"]
         carol = moved.users.create("carol")  # new ids continue after the copied ones
@@ -100,10 +104,51 @@ def test_a_destination_with_data_is_refused_unless_forced(tmp_path: Path, pg_url
     assert snapshot(pg_url) == snapshot(source)
 
 
+def test_a_destination_whose_only_data_is_its_allowlist_is_refused_unless_forced(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """The allowlist is data too: copying over it silently would drop the entries it held."""
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    with tokenstore.open(db_path, webhook_allow=LOOPBACK) as other:
+        other.webhooks.allow("10.1.0.0/16")
+    held = snapshot(db_path)
+    with pytest.raises(StoreError, match=r"already holds data \(.*1 tokenstore_webhook_allow\)"):
+        tokenstore.migrate(source, db_path)
+    assert snapshot(db_path) == held
+    tokenstore.migrate(source, db_path, force=True)
+    assert snapshot(db_path) == snapshot(source)
+
+
+def test_a_new_destination_holding_only_entries_the_source_has_is_empty_enough(
+    tmp_path: Path, db_path: Path
+) -> None:
+    """As made by ``tokenstore init`` in a shell that exports TOKENSTORE_WEBHOOK_ALLOW."""
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    tokenstore.open(db_path, webhook_allow=LOOPBACK).close()
+    tokenstore.migrate(source, db_path)
+    assert snapshot(db_path) == snapshot(source)
+
+
 def test_a_missing_source_is_refused_and_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="does not exist"):
         tokenstore.migrate(tmp_path / "nothing.sqlite3", tmp_path / "dest.sqlite3")
     assert not (tmp_path / "nothing.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "kind"), [("folder", "a directory"), ("/dev/null", "a character device")]
+)
+def test_a_source_that_is_no_file_is_refused_as_what_it_is(
+    tmp_path: Path, source: str, kind: str
+) -> None:
+    """It exists: "does not exist" would send its owner looking for the wrong fault."""
+    (tmp_path / "folder").mkdir()
+    given = tmp_path / source if source == "folder" else Path(source)
+    with pytest.raises(StoreError, match=f"^{given} is {kind}, not a tokenstore file$"):
+        tokenstore.migrate(given, tmp_path / "dest.sqlite3")
+    assert not (tmp_path / "dest.sqlite3").exists()
 
 
 @pytest.mark.parametrize("spelled", ["{0}/", "{1}/./{2}", "{1}/link.sqlite3", "{1}/hard.sqlite3"])

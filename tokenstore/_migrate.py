@@ -25,7 +25,7 @@ from ._capture import EVENT_TABLE
 from ._compat import peewee_errors
 from ._errors import DamagedRow, StoreError, TokenstoreError, ValidationError
 from ._inputs import check_flag, check_path, check_text
-from ._models import OWN_MODELS
+from ._models import OWN_MODELS, SYSTEM_USERNAME, User
 from ._postgres import PostgresDatabase
 from ._postgres import open_database as open_postgres
 from ._postgres_url import is_url, redacted_url
@@ -104,12 +104,13 @@ def _open(location: str, *, must_exist: bool) -> SQLiteDatabase | PostgresDataba
         return open_postgres(location, _NoDispatch(), _BUSY_TIMEOUT, create=not must_exist)
     path = Path(location)
     try:
-        missing = must_exist and not path.is_file()
+        missing = must_exist and not path.exists()
     except OSError as exc:  # a name too long, say
         raise StoreError(f"cannot open {location}: {exc.strerror}") from None
     if missing:
         raise StoreError(f"migrate: the source {location} does not exist")
-    # A source that holds no tokenstore is refused, not set up, as on PostgreSQL.
+    # A source that holds no tokenstore (or is a folder or a device: opening judges its
+    # kind) is refused, not set up, as on PostgreSQL.
     return open_database(path, _NoDispatch(), _BUSY_TIMEOUT, create=not must_exist)
 
 
@@ -132,8 +133,9 @@ def migrate(
     """Copy every user, token, hook and delivery, and the address allowlist, to ``dest``.
 
     Each is an SQLite file or a ``postgresql://`` URL. A destination that
-    holds anything but its ``system`` user is refused unless ``force``, which
-    empties it first. Returns the number of rows copied per table.
+    holds anything but its ``system`` user (and allowlist entries the source
+    has too) is refused unless ``force``, which empties it first. Returns the
+    number of rows copied per table.
     """
     source, dest = _location(source, "source"), _location(dest, "destination")
     check_flag(force, "force")
@@ -166,9 +168,16 @@ def _copy(
 ) -> dict[str, int]:
     tables = [model._meta.table_name for model in OWN_MODELS]
     copied: dict[str, int] = {}
+    with _refused(f"{ALLOW_TABLE} cannot be read"):  # an entry edited into text no UTF-8
+        allowed = src.connection().execute(f"SELECT entry, added_at FROM {ALLOW_TABLE}").fetchall()
     with dst.write(quiet=True) as conn:
         held = {table: _count(dst, table) for table in tables}
-        if not force and sum(held.values()) > 1:  # its own system user is all a new one holds
+        # Entries the source also has are not lost (``tokenstore init`` adds
+        # $TOKENSTORE_WEBHOOK_ALLOW's); any other would be dropped by the copy.
+        with _refused(f"{ALLOW_TABLE} of {where} cannot be read"):
+            entries = {row[0] for row in conn.execute(f"SELECT entry FROM {ALLOW_TABLE}")}
+        held[ALLOW_TABLE] = len(entries - {row[0] for row in allowed})
+        if not force and _holds_data(conn, dst, held):
             raise StoreError(
                 f"migrate: {where} already holds data "
                 f"({', '.join(f'{n} {t}' for t, n in held.items() if n)}); "
@@ -183,7 +192,7 @@ def _copy(
                 _count(dst, table)  # on PostgreSQL, a refusal comes back now
         for model in OWN_MODELS:
             copied[model._meta.table_name] = _copy_table(src, dst, conn, model)
-        copied[ALLOW_TABLE] = _copy_allowlist(src, dst, conn)
+        copied[ALLOW_TABLE] = _copy_allowlist(dst, conn, allowed)
         # The inserts above may have been captured (an enabled hook watches users):
         # they are not changes anybody made.
         conn.execute(dst.sql(f"DELETE FROM {EVENT_TABLE} WHERE id > ?"), (last_event,))
@@ -196,6 +205,18 @@ def _copy(
                     f"{_count(dst, table)} were written; nothing was committed"
                 )
     return copied
+
+
+def _holds_data(conn: Any, dst: SQLiteDatabase | PostgresDatabase, held: dict[str, int]) -> bool:
+    """Whether the destination holds more than a new store does: its ``system`` user."""
+    users = User._meta.table_name
+    if any(count for table, count in held.items() if table != users):
+        return True
+    others = conn.execute(
+        dst.sql(f"SELECT count(*) FROM {quote_name(users)} WHERE username <> ?"),
+        (SYSTEM_USERNAME,),
+    ).fetchone()[0]
+    return int(others) > 0
 
 
 def _copy_table(
@@ -236,12 +257,8 @@ def _copy_table(
     return count
 
 
-def _copy_allowlist(
-    src: SQLiteDatabase | PostgresDatabase, dst: SQLiteDatabase | PostgresDatabase, conn: Any
-) -> int:
+def _copy_allowlist(dst: SQLiteDatabase | PostgresDatabase, conn: Any, rows: list[Any]) -> int:
     """Copy the file's address policy: the hooks that rely on it would be blocked without it."""
-    with _refused(f"{ALLOW_TABLE} cannot be read"):  # an entry edited into text no UTF-8
-        rows = src.connection().execute(f"SELECT entry, added_at FROM {ALLOW_TABLE}").fetchall()
     conn.execute(f"DELETE FROM {ALLOW_TABLE}")
     insert = dst.sql(f"INSERT INTO {ALLOW_TABLE} (entry, added_at) VALUES (?, ?)")
     with _refused(f"{ALLOW_TABLE} cannot be copied"):

@@ -163,10 +163,17 @@ class Sender:
         with _deadline.limit(seconds) as attempt:
             outcome = self._post(session, url, body, headers, attempt.deadline)
         if attempt.expired:
+            # A shorter deadline is what the writing thread's sync_budget had left.
+            limit = (
+                f"its deadline of {seconds:g} s"
+                if seconds == self.deadline
+                else f"the {seconds:.2g} s left of the writing thread's sync_budget, "
+                f"short of its deadline of {self.deadline:g} s"
+            )
             outcome = Outcome(
                 False,
                 outcome.status_code,
-                error=f"timed out: the attempt ran past its deadline of {seconds:g} s",
+                error=f"timed out: the attempt ran past {limit}",
                 body=outcome.body,
             )
         outcome.duration_ms = _since(start)
