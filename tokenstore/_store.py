@@ -209,8 +209,8 @@ class Store:
             opts.keep_deliveries,
         )
         if opts.dispatch_on_open and not self.db.read_only:
-            # events only: opening a file should not wait on the network
-            self.dispatch(deliver=False)
+            with self._outbox.unsent():  # opening a file does not wait on the network
+                self.dispatch(deliver=False)
 
     def __repr__(self) -> str:
         return f"<Store {self.location!r}>"
