@@ -455,7 +455,8 @@ def open(path: str | os.PathLike[str], **options: Any) -> Store:
       on another machine claimed and never finished are taken over.
     - ``busy_timeout`` = 10.0: seconds a write waits for the lock (at least 5).
     - ``keep_deliveries`` = timedelta(days=30): finished deliveries older
-      than this are deleted, each hook's latest kept (None: keep all).
+      than this are deleted by the retry path, each hook's latest kept
+      (None: keep all); without a retry path, call ``webhooks.prune()``.
     - ``listener_timeout`` = timedelta(hours=1): a listening process that
       claims nothing this long is removed, its waiting events dropped.
     - ``dispatch_on_open`` = True: fire the events dead processes left.
