@@ -341,6 +341,20 @@ def test_a_checkpoint_on_a_full_disk_raises_store_full(on_disk: World, disk: Dis
     assert len(world.state()["entries"]) == 6
 
 
+def test_a_store_that_cannot_be_made_on_a_full_disk_leaves_no_file(disk: Disk) -> None:
+    """An empty file left behind would be "a file that holds no tokenstore" to every command."""
+    path = disk.root / "new.sqlite3"
+    disk.fill()
+    expect_fault(StoreFull, lambda: tokenstore.open(path), str(path), "the disk is full")
+    one_line_error(cli(path, "init"), str(path), "the disk is full")
+    assert sorted(p.name for p in disk.root.iterdir()) == ["filler"]
+    one_line_error(cli(path, "users", "list"), f"no store at {path} (run `tokenstore init`)")
+    disk.free()
+    assert cli(path, "init").returncode == 0
+    with tokenstore.open(path, create=False) as store:
+        assert [u.username for u in store.users.list()] == ["system"]
+
+
 def test_the_command_on_a_full_disk_exits_2_with_one_line_and_still_reads(
     on_disk: World, disk: Disk
 ) -> None:
