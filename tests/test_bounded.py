@@ -117,6 +117,32 @@ def test_a_trickling_receiver_costs_one_deadline(db_path: Path, payload: bytes) 
     assert delivery.next_attempt_at is not None  # retried on the schedule
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize("how", ["save", "ping"])
+def test_a_silent_receiver_is_recorded_as_past_the_deadline(
+    tmp_path: Path, scheme: str, how: str
+) -> None:
+    """The sockets' own timeouts are cut to the time left, and end the attempt at its deadline
+    too: the log must say it was the deadline, not a read timeout the attempt never reached."""
+    silent = Trickler(b"H", pause=30)  # accepts, reads the request, then says nothing
+    s = open_store(tmp_path / "s.sqlite3", read_timeout=10, delivery_deadline=1.0)
+    try:
+        hook = s.webhooks.create("silent", Item, silent.url.replace("http", scheme, 1))
+        start = time.monotonic()
+        if how == "save":
+            Item.create(n=1)
+            (delivery,) = s.webhooks.deliveries()
+        else:
+            delivery = s.webhooks.ping(hook)
+        elapsed = time.monotonic() - start
+    finally:
+        s.close()
+        silent.close()
+    assert elapsed < 1.0 + 1.0
+    assert delivery.status == "failed"
+    assert delivery.last_error == "timed out: the attempt ran past its deadline of 1 s"
+
+
 def test_a_bulk_update_with_a_slow_hook_stays_within_the_budget(
     db_path: Path, receiver: Receiver
 ) -> None:

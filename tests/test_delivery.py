@@ -1438,6 +1438,28 @@ def test_a_process_killed_after_commit_has_its_delivery_sent_by_the_next_dispatc
         s.close()
 
 
+def test_opening_fires_what_was_written_elsewhere_but_sends_nothing(
+    db_path: Path, receiver: Receiver
+) -> None:
+    """The deliveries the events fired at open make wait for the retry path, due at once."""
+    s = tokenstore.open(db_path, webhook_allow=LOOPBACK)
+    s.users.create("alice")
+    s.webhooks.create("users", "tokenstore.User", receiver.url())
+    s.close()
+    with _db.Raw(db_path) as raw:  # an edit no tokenstore process saw
+        raw.execute("UPDATE tokenstore_user SET is_superuser = TRUE WHERE username = 'alice'")
+    s = tokenstore.open(db_path)
+    try:
+        assert receiver.hits == []
+        delivery = only_delivery(s)
+        assert (delivery.event_type, delivery.status) == ("user.updated", "pending")
+        assert s.webhooks.deliver_due() == 1  # not held by the opening process
+        (hit,) = receiver.hits
+        assert hit.headers["webhook-id"] == delivery.abid
+    finally:
+        s.close()
+
+
 def test_two_senders_with_copies_of_one_delivery_count_both_sends(
     store: Store, receiver: Receiver
 ) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -341,6 +342,20 @@ def test_a_checkpoint_on_a_full_disk_raises_store_full(on_disk: World, disk: Dis
     assert len(world.state()["entries"]) == 6
 
 
+def test_a_store_that_cannot_be_made_on_a_full_disk_leaves_no_file(disk: Disk) -> None:
+    """An empty file left behind would be "a file that holds no tokenstore" to every command."""
+    path = disk.root / "new.sqlite3"
+    disk.fill()
+    expect_fault(StoreFull, lambda: tokenstore.open(path), str(path), "the disk is full")
+    one_line_error(cli(path, "init"), str(path), "the disk is full")
+    assert sorted(p.name for p in disk.root.iterdir()) == ["filler"]
+    one_line_error(cli(path, "users", "list"), f"no store at {path} (run `tokenstore init`)")
+    disk.free()
+    assert cli(path, "init").returncode == 0
+    with tokenstore.open(path, create=False) as store:
+        assert [u.username for u in store.users.list()] == ["system"]
+
+
 def test_the_command_on_a_full_disk_exits_2_with_one_line_and_still_reads(
     on_disk: World, disk: Disk
 ) -> None:
@@ -362,6 +377,58 @@ def test_the_command_on_a_full_disk_exits_2_with_one_line_and_still_reads(
     assert cli(world.path, "users", "add", "bob").returncode == 0
     world.store.users.create("carol")
     assert world.state()["users"] == ["system", "alice", "bob", "carol"]
+
+
+def test_dispatch_watch_outlives_a_full_disk(on_disk: World, disk: Disk) -> None:
+    """The retry path of a deployment: a full disk is retried after freeing space, not fatal.
+
+    The watcher fires a change and sends it; the disk fills up while the
+    receiver answers, so recording the outcome meets the full disk.
+    """
+    world = on_disk
+    world.store.webhooks.create("users", "tokenstore.User", world.receiver.url + "/users")
+    arrived, answer = threading.Event(), threading.Event()
+    plain = world.receiver.handler.do_POST
+
+    def held(handler: Counter) -> None:
+        arrived.set()
+        answer.wait(30)
+        plain(handler)
+
+    def change(superuser: int) -> None:  # a change no tokenstore process has seen
+        conn = sqlite3.connect(world.path)
+        with conn:
+            conn.execute("UPDATE tokenstore_user SET is_superuser = ? WHERE id = 2", (superuser,))
+        conn.close()
+
+    world.receiver.handler.do_POST = held  # type: ignore[method-assign]
+    watcher = subprocess.Popen(
+        [*COMMAND, "--db", str(world.path), "dispatch", "--watch", "--interval", "1s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        change(1)
+        assert arrived.wait(30)
+        disk.fill()
+        answer.set()
+        time.sleep(3)  # the outcome meets the full disk; the watcher says so and waits
+        assert watcher.poll() is None, watcher.communicate(timeout=10)
+        disk.free()
+        world.receiver.handler.do_POST = plain  # type: ignore[method-assign]
+        change(0)
+        deadline = time.monotonic() + 30
+        while world.receiver.count < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert world.receiver.count >= 3  # the watcher carried on once there was room
+    finally:
+        answer.set()
+        watcher.send_signal(signal.SIGINT)
+        _, stderr = watcher.communicate(timeout=60)
+    assert "the disk is full (SQLITE_FULL during COMMIT)" in stderr, stderr
+    assert "Traceback" not in stderr, stderr
+    assert world.state()["integrity"] == [("ok",)]
 
 
 # -- a file-size limit ----------------------------------------------------------------------

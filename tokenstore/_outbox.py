@@ -15,9 +15,11 @@ once the lease runs out.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -138,6 +140,7 @@ class Outbox:
         self.sender = sender
         self.outcomes = outcomes
         self.payloads = PayloadBuilder()
+        self._unsent = threading.local()
         sql = db.sql
         # The hooks a commit makes deliveries for stay until it ends: on PostgreSQL a hook
         # deleted in between failed the delivery's foreign key, and the application's save.
@@ -173,6 +176,19 @@ class Outbox:
 
     def _now(self) -> datetime:
         return to_stored_time(self.clock())
+
+    @contextmanager
+    def unsent(self) -> Iterator[None]:
+        """Commits of this thread inside the block send nothing: what they make is due at once.
+
+        Opening a store fires the events others left, and must not wait on the
+        network for them; the retry path sends them, as it does any backlog.
+        """
+        self._unsent.on = True
+        try:
+            yield
+        finally:
+            self._unsent.on = False
 
     def hook(self, hook_id: uuid.UUID) -> OutboundWebhook | None:
         row = self._fetch_one(OutboundWebhook, self._select_hook, hook_id.hex)
@@ -222,9 +238,10 @@ class Outbox:
         hooks: dict[int, OutboundWebhook | None] = {}
         created: list[tuple[WebhookDelivery, OutboundWebhook]] = []
         now = self._now()
+        unsent = getattr(self._unsent, "on", False)
         # The creator holds the delivery for one lease, so deliver_due elsewhere
         # does not send it at the same time; if this process dies, it is due after that.
-        held_until = now + self.lease
+        held_until = now if unsent else now + self.lease
         stamps = (format_time(now), format_time(held_until))
 
         def hook_at(i: int) -> OutboundWebhook | None:
@@ -269,7 +286,7 @@ class Outbox:
             found = matching(ref, KIND_BY_OP[item.op])
             if found:
                 write(found, self.payloads.change(model, ref, item), item.id)
-        if not created:
+        if not created or unsent:
             return None
         return lambda: self.attempt_all(created, held_until)
 

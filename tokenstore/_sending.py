@@ -162,18 +162,12 @@ class Sender:
         start = time.perf_counter()
         with _deadline.limit(seconds) as attempt:
             outcome = self._post(session, url, body, headers, attempt.deadline)
-        if attempt.expired:
-            # A shorter deadline is what the writing thread's sync_budget had left.
-            limit = (
-                f"its deadline of {seconds:g} s"
-                if seconds == self.deadline
-                else f"the {seconds:.2g} s left of the writing thread's sync_budget, "
-                f"short of its deadline of {self.deadline:g} s"
-            )
+        # A socket timeout cut to the time left may end it a moment before the reaper does.
+        if attempt.expired or (not outcome.ok and attempt.remaining() == 0):
             outcome = Outcome(
                 False,
                 outcome.status_code,
-                error=f"timed out: the attempt ran past {limit}",
+                error=f"timed out: the attempt ran past {_limit(seconds, deadline, self.deadline)}",
                 body=outcome.body,
             )
         outcome.duration_ms = _since(start)
@@ -224,6 +218,16 @@ class Sender:
             if code in (429, 503):
                 outcome.retry_after = response.headers.get("Retry-After")
         return outcome
+
+
+def _limit(seconds: float, given: float | None, own: float) -> str:
+    """What ended an attempt at ``seconds``: its deadline, or what the writer's budget left."""
+    shown = f"{round(seconds, 2):g} s"
+    if given is None or given >= own:
+        return f"its deadline of {shown}"
+    return (
+        f"the {shown} left of the writing thread's sync_budget, short of its deadline of {own:g} s"
+    )
 
 
 def _since(start: float) -> int:

@@ -56,7 +56,7 @@ from ._sqlite_ddl import (
     statements,
     trigger_names,
 )
-from ._sqlite_file import check_file, connect_uri, create_private, make_files_private, writable
+from ._sqlite_file import connect_uri, prepare_file, remove_new_file
 from ._times import format_time, utcnow
 
 #: The ``PRAGMA user_version`` of files this code writes.
@@ -569,29 +569,17 @@ def open_database(
     """
     if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
         raise StoreError("tokenstore needs a file path; an in-memory database is not shared")
-    version = check_file(path, SCHEMA_VERSION, _our_tables())
-    fell_back = False  # said once the file is accepted: a refusal is one message
-    if not path.exists():
-        if read_only or not create:
-            raise StoreError(f"no store at {path} (run `tokenstore init`)")
-        create_private(path)
-    elif version == 0 and (read_only or not create):  # another program's file, say
-        raise StoreError(
-            f"{path} holds no tokenstore (and create=False or read_only); "
-            "`tokenstore init` sets one up in it"
-        )
-    elif not read_only and not writable(path):
-        read_only = fell_back = True
-    if read_only and version < SCHEMA_VERSION:
-        raise StoreReadOnly(
-            f"{path} has schema version {version} and needs version {SCHEMA_VERSION}: "
-            "open it once with write access to set it up"
-        )
-    make_files_private(path)
-    if fell_back:
-        logger.warning("%s or its folder is not writable here; opening it read-only", path)
+    version, read_only, created = prepare_file(
+        path, SCHEMA_VERSION, _our_tables(), create=create, read_only=read_only
+    )
     db = SQLiteDatabase(path, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
-    db.connection()
-    if version < SCHEMA_VERSION:
-        db.apply_schema()
+    try:
+        db.connection()
+        if version < SCHEMA_VERSION:
+            db.apply_schema()
+    except BaseException:
+        if created:  # made here and never set up (a full disk): no store, so no file
+            db.close()
+            remove_new_file(path)
+        raise
     return db

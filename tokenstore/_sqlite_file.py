@@ -9,13 +9,14 @@ private), a FIFO is never opened, and a file nobody may write can still be read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import stat
 from pathlib import Path
 
-from ._errors import StoreCorrupt, StoreError, StoreIOError
+from ._errors import StoreCorrupt, StoreError, StoreIOError, StoreReadOnly
 from ._rows import quote_name
 
 logger = logging.getLogger("tokenstore.store")
@@ -181,12 +182,56 @@ def check_file(path: Path, schema_version: int, ours: frozenset[str]) -> int:
     return int(version)
 
 
-def create_private(path: Path) -> None:
-    """Create the file mode 0600 before SQLite does, so secrets are never world-readable."""
+def prepare_file(
+    path: Path, schema_version: int, ours: frozenset[str], *, create: bool, read_only: bool
+) -> tuple[int, bool, bool]:
+    """Judge, and if need be create, the file SQLite is to open: (version, read_only, created).
+
+    ``read_only`` comes back true also for a file or folder this process
+    cannot write, said in a warning once the file is accepted (a refusal is
+    one message); ``created`` is whether this call made the file.
+    """
+    version = check_file(path, schema_version, ours)
+    fell_back = created = False
+    if not path.exists():
+        if read_only or not create:
+            raise StoreError(f"no store at {path} (run `tokenstore init`)")
+        created = create_private(path)
+    elif version == 0 and (read_only or not create):  # another program's file, say
+        raise StoreError(
+            f"{path} holds no tokenstore (and create=False or read_only); "
+            "`tokenstore init` sets one up in it"
+        )
+    elif not read_only and not writable(path):
+        read_only = fell_back = True
+    if read_only and version < schema_version:
+        raise StoreReadOnly(
+            f"{path} has schema version {version} and needs version {schema_version}: "
+            "open it once with write access to set it up"
+        )
+    make_files_private(path)
+    if fell_back:
+        logger.warning("%s or its folder is not writable here; opening it read-only", path)
+    return version, read_only, created
+
+
+def create_private(path: Path) -> bool:
+    """Create the file mode 0600 before SQLite does, so secrets are never world-readable.
+
+    Returns whether this call made it (False: another process just did).
+    """
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
-        return
+        return False
     except OSError as exc:
         raise StoreError(f"cannot create {path}: {exc.strerror}") from None
     os.close(fd)
+    return True
+
+
+def remove_new_file(path: Path) -> None:
+    """Remove a file just created that could not be set up, and what SQLite made beside it."""
+    for each in (path, *(_companion(path, suffix) for suffix in (*COMPANIONS, "-journal"))):
+        with contextlib.suppress(FileNotFoundError):
+            each.unlink()

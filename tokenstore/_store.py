@@ -209,8 +209,8 @@ class Store:
             opts.keep_deliveries,
         )
         if opts.dispatch_on_open and not self.db.read_only:
-            # events only: opening a file should not wait on the network
-            self.dispatch(deliver=False)
+            with self._outbox.unsent():  # opening a file does not wait on the network
+                self.dispatch(deliver=False)
 
     def __repr__(self) -> str:
         return f"<Store {self.location!r}>"
@@ -455,7 +455,8 @@ def open(path: str | os.PathLike[str], **options: Any) -> Store:
       on another machine claimed and never finished are taken over.
     - ``busy_timeout`` = 10.0: seconds a write waits for the lock (at least 5).
     - ``keep_deliveries`` = timedelta(days=30): finished deliveries older
-      than this are deleted, each hook's latest kept (None: keep all).
+      than this are deleted by the retry path, each hook's latest kept
+      (None: keep all); without a retry path, call ``webhooks.prune()``.
     - ``listener_timeout`` = timedelta(hours=1): a listening process that
       claims nothing this long is removed, its waiting events dropped.
     - ``dispatch_on_open`` = True: fire the events dead processes left.

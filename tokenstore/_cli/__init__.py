@@ -27,7 +27,7 @@ from .._postgres_url import is_url, redacted_url
 from .._version import __version__
 from ._accounts import add_tokens_commands, add_users_commands
 from ._base import _add_global_options, _Formatter, _Parser, _settle_global_options
-from ._output import Output, _allow_hint, one_line
+from ._output import Output, _allow_hint, log_lines, one_line
 from ._store_commands import (
     add_abid_commands,
     add_import_commands,
@@ -105,7 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         *(driver_errors() if is_url(args.db) else ()),
     )
     try:
-        code: int = args.handler(args, out)
+        with log_lines():
+            code: int = args.handler(args, out)
     except BlockedAddress as exc:
         # The command's own ways to allow an address replace the message's general ones.
         message = str(exc).removesuffix(f"; {HOW_TO_ALLOW}")

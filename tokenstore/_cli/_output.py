@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -165,6 +167,35 @@ _UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 def one_line(text: str) -> str:
     """An error message as one line: a value quoted in it may hold line breaks or controls."""
     return _UNPRINTABLE.sub(lambda m: repr(m[0])[1:-1], text)
+
+
+class _LogLine(logging.Formatter):
+    """A log record as the command prints it: its message, and its exception's, on one line.
+
+    With no handler of the application's, Python prints a logged exception's
+    traceback; a command never prints one (a post-commit send that a full disk
+    kept from being recorded, say, is logged by the library and said here).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text = f"{text}: {record.exc_info[1]}"
+        return one_line(text)
+
+
+@contextmanager
+def log_lines() -> Iterator[None]:
+    """While a command runs, tokenstore's warnings and errors go to stderr as single lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(_LogLine())
+    logger = logging.getLogger("tokenstore")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _allow_hint() -> str:

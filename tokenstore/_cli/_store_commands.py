@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._abid import ABID, abid_from_values
-from .._errors import InvalidABID, StoreIOError, StoreLocked, ValidationError
+from .._errors import InvalidABID, StoreFull, StoreIOError, StoreLocked, ValidationError
 from .._inputs import check_seconds
 from .._migrate import migrate
 from .._signing import SECRET_PREFIX
@@ -110,17 +110,17 @@ def _next_round(
 ) -> Dispatched | None:
     """Wait for changes and dispatch them; None once stopping.
 
-    A round that loses the database (a PostgreSQL server restarting), or
-    waits out its busy timeout behind another transaction's lock (or, on
-    PostgreSQL, is chosen to end a deadlock), is said in a line and tried
-    again after ``interval``: the watcher outlives the outage.
+    A round that loses the database (a PostgreSQL server restarting), finds
+    the disk full, or waits out its busy timeout behind another transaction's
+    lock (or, on PostgreSQL, is chosen to end a deadlock), is said in a line
+    and tried again after ``interval``: the watcher outlives the outage.
     """
     if stopping.is_set():
         return None
     try:
         store.wait_for_changes(interval)  # wakes early when another connection commits
         return None if stopping.is_set() else store.dispatch()
-    except (StoreIOError, StoreLocked) as exc:
+    except (StoreFull, StoreIOError, StoreLocked) as exc:
         print(
             f"tokenstore: {one_line(str(exc))} (trying again in {interval:g} s)",
             file=sys.stderr,
