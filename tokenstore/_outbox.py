@@ -4,7 +4,7 @@ A delivery row is written in the same transaction as the change it reports
 (inside the commit, as a consumer of the change dispatcher), so a committed
 change is never lost and a rolled-back one is never sent. The first attempt
 is made right after the commit, in the writing thread; later attempts follow
-the retry policy and are made by ``deliver_due()``.
+the retry policy and are made by the retry path (``_retry_path.py``).
 
 A delivery is *held* while an attempt may be running: its ``next_attempt_at``
 is moved one lease ahead before it is sent, with a conditional update, so two
@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ._allowlist import AllowList
@@ -33,7 +33,7 @@ from ._m2m import RelationRun, runs
 from ._models import ON_ABID_CONFLICT, OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
 from ._outcomes import Outcomes
 from ._payload import PayloadBuilder, dumps
-from ._policy import KIND_BY_OP, MAX_RETRY_AFTER, RELATION_KIND, RETRY_SCHEDULE, signal_matches
+from ._policy import KIND_BY_OP, RELATION_KIND, signal_matches
 from ._registry import Registry
 from ._rows import Loader, not_utf8, quote_name, readable_rows, text_as_bytes
 from ._sending import Outcome, Sender, message_headers, redacted
@@ -56,36 +56,18 @@ _ENABLED_HOOKS = (
 )
 _ENABLED_HOOKS_AS_BYTES = _ENABLED_HOOKS.replace(_HOOKS.columns, text_as_bytes(OutboundWebhook))
 _SELECT_DELIVERY = f'SELECT {_DELIVERIES.columns} FROM "{_DELIVERY_TABLE}" WHERE "id" = ?'
-# A delivery whose row cannot be read is never sent: it is given up, saying why.
-_BURY_DAMAGED = (
-    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL, '
-    '"last_error" = ? WHERE "id" = ?'
-)
 _INSERT_DELIVERY = (
     f'INSERT INTO "{_DELIVERY_TABLE}" ("id", "abid", "created_by_id", "created_at", '
     '"modified_at", "hook_id", "event_id", "event_type", "payload", "next_attempt_at", '
     '"status", "attempts", "last_error") '
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, '')" + ON_ABID_CONFLICT
 )
-_TAKE = (
+#: The start of a conditional update that holds a delivery for an attempt.
+TAKE = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
     "WHERE \"id\" = ? AND \"status\" IN ('pending', 'failed') AND "
 )
-# Due, or scheduled further ahead than any retry or hold is: the clock has gone back since.
-_DUE = '("next_attempt_at" <= ? OR "next_attempt_at" > ?)'
-_NEVER = format_time(datetime.max.replace(tzinfo=UTC))  # no stored time is after it
-_TAKE_DUE = _TAKE + _DUE
-_TAKE_HELD = _TAKE + '"attempts" = 0 AND "next_attempt_at" = ?'
-_DUE_COLUMNS = ("id", "hook_id")
-_SELECT_DUE = (
-    f'SELECT "id", "hook_id" FROM "{_DELIVERY_TABLE}" '
-    "WHERE \"status\" IN ('pending', 'failed') AND \"next_attempt_at\" <= ? "
-    # One commit's deliveries share both times: they go in the order of its events.
-    'ORDER BY "next_attempt_at", "created_at", coalesce("event_id", 0), "abid" LIMIT ?'
-)
-# A separate statement, not an OR: each is one range of the index, read only up to its limit.
-_SELECT_STRANDED = _SELECT_DUE.replace('"next_attempt_at" <= ?', '"next_attempt_at" > ?')
-_AS_BYTES = ('"id", "hook_id"', text_as_bytes(WebhookDelivery, _DUE_COLUMNS), 1)
+_TAKE_HELD = TAKE + '"attempts" = 0 AND "next_attempt_at" = ?'
 # Deliveries this writer held but did not send: due at the given time instead.
 _RELEASE = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
@@ -95,24 +77,10 @@ _NEXT_RETRY = (
     f'SELECT min("next_attempt_at") FROM "{_DELIVERY_TABLE}" '
     'WHERE "hook_id" = ? AND "status" = \'failed\''
 )
-_WAIT_BEHIND = (
-    f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
-    "WHERE \"hook_id\" = ? AND \"status\" IN ('pending', 'failed') AND " + _DUE
-)
 # The hook's row lock, taken before its deliveries' as recording an outcome takes them:
 # on PostgreSQL two senders moving one hook's backlog at once each locked its rows in
 # its own order, and deadlocked.
 _LOCK_HOOK = row_lock(_HOOK_TABLE)
-# Finished deliveries created before a time, but never a hook's latest finished one.
-_PRUNE = (
-    f'DELETE FROM "{_DELIVERY_TABLE}" WHERE "id" IN ('
-    f'SELECT d."id" FROM "{_DELIVERY_TABLE}" AS d '
-    "WHERE d.\"created_at\" < ? AND d.\"status\" IN ('delivered', 'dead') "
-    f'AND d."id" != (SELECT k."id" FROM "{_DELIVERY_TABLE}" AS k '
-    'WHERE k."hook_id" = d."hook_id" AND k."status" IN (\'delivered\', \'dead\') '
-    'ORDER BY k."created_at" DESC, k."abid" DESC LIMIT 1) '
-    "LIMIT ?)"
-)
 
 
 class Outbox:
@@ -148,33 +116,17 @@ class Outbox:
         self._select_hook = sql(_SELECT_HOOK)
         self._select_delivery = sql(_SELECT_DELIVERY)
         self._insert_delivery = sql(_INSERT_DELIVERY)
-        self._take_due = sql(_TAKE_DUE)
         self._take_held = sql(_TAKE_HELD)
-        self._select_due = sql(_SELECT_DUE)
-        self._select_stranded = sql(_SELECT_STRANDED)
         self._release_sql = sql(_RELEASE)
         self._next_retry = sql(_NEXT_RETRY)
-        self._wait_behind = sql(_WAIT_BEHIND)
         self._lock_hook = sql(_LOCK_HOOK)
-        self._prune = sql(_PRUNE)
-        self._bury_damaged = sql(_BURY_DAMAGED)
 
     @property
     def lease(self) -> timedelta:
         """How long a delivery is held for an attempt: its whole deadline, and a margin."""
         return timedelta(seconds=self.sender.deadline + 5)
 
-    @property
-    def horizon(self) -> timedelta:
-        """The furthest ahead of its clock a sender schedules a delivery (a retry or a hold).
-
-        A delivery due later than this from now was scheduled by a clock that
-        has since been set back (an NTP step, a laptop's clock put right): it
-        is due now rather than once the clock catches up, a year later maybe.
-        """
-        return max(MAX_RETRY_AFTER, *RETRY_SCHEDULE, self.lease) + timedelta(minutes=1)
-
-    def _now(self) -> datetime:
+    def now(self) -> datetime:
         return to_stored_time(self.clock())
 
     @contextmanager
@@ -237,7 +189,7 @@ class Outbox:
         candidates = [(row[ref_at], row[signal_at]) for row in rows]
         hooks: dict[int, OutboundWebhook | None] = {}
         created: list[tuple[WebhookDelivery, OutboundWebhook]] = []
-        now = self._now()
+        now = self.now()
         unsent = getattr(self._unsent, "on", False)
         # The creator holds the delivery for one lease, so deliver_due elsewhere
         # does not send it at the same time; if this process dies, it is due after that.
@@ -424,9 +376,9 @@ class Outbox:
             if left <= 0:
                 later.append(delivery.id.hex)
                 continue
-            now = self._now()
+            now = self.now()
             could_end = now + timedelta(seconds=min(left, self.sender.deadline))
-            if could_end >= held_until and not self._take(
+            if could_end >= held_until and not self.take(
                 self._take_held, delivery.id.hex, now, (format_time(held_until),)
             ):
                 continue
@@ -445,7 +397,7 @@ class Outbox:
         next retry, so they go out together once the receiver is back.
         """
         held = format_time(held_until)
-        now = format_time(self._now())
+        now = format_time(self.now())
         with self.db.write(quiet=True) as conn:
             groups = [(now, later)]
             for hook_id, ids in behind.items():
@@ -458,7 +410,7 @@ class Outbox:
                     marks = ",".join([self.db.sql("?")] * len(chunk))
                     conn.execute(self._release_sql.format(marks=marks), (when, held, *chunk))
 
-    def _take(self, sql: str, delivery_id: str, now: datetime, condition: tuple[str, ...]) -> bool:
+    def take(self, sql: str, delivery_id: str, now: datetime, condition: tuple[str, ...]) -> bool:
         """Hold an unsent delivery (by stored id) for one lease from ``now``, if ``sql`` agrees."""
         hold = format_time(now + self.lease)
         with self.db.atomic():
@@ -483,7 +435,7 @@ class Outbox:
             hook = self.hook(delivery.hook_id)
         if hook is None:  # deleted meanwhile, and its deliveries with it
             return delivery
-        now = self._now() if now is None else to_stored_time(now)
+        now = self.now() if now is None else to_stored_time(now)
         if not hook.enabled:
             self.outcomes.bury(delivery, f"hook disabled: {hook.disabled_reason or 'by hand'}")
             return delivery
@@ -503,82 +455,6 @@ class Outbox:
         self.outcomes.record(hook, delivery, outcome, now)
         return delivery
 
-    def prune(self, older_than: timedelta, batches: int | None = None, batch: int = 500) -> int:
-        """Delete finished deliveries created over ``older_than`` ago; returns how many.
-
-        In batches of ``batch`` rows, one short transaction each, so writers
-        never wait long behind it; ``batches`` caps how many (None: until done).
-        """
-        cutoff = format_time(self._now() - older_than)
-        deleted = 0
-        done = 0
-        while batches is None or done < batches:
-            with self.db.write(quiet=True) as conn:
-                cursor = conn.execute(self._prune, (cutoff, batch))
-            count = cursor.rowcount  # known once the block has ended (PostgreSQL's pipeline)
-            deleted += count
-            done += 1
-            if count < batch:
-                break
-        return deleted
-
-    def deliver_due(self, now: datetime | None = None, limit: int = 100) -> int:
-        """Attempt every delivery whose time has come, oldest first; returns how many.
-
-        Each is taken with a conditional update first, so two processes
-        running this at once never both send it. Without ``now`` the clock is
-        read again for each one: sending the others took time, and a hold
-        counted from the start could run out before the attempt ends. Once an
-        attempt to a hook fails, the hook's other due deliveries wait behind
-        its retry instead of being tried one after another. By the clock,
-        deliveries scheduled beyond the ``horizon`` count as due, after the
-        others; a ``now`` given is the caller's, and only the schedule counts.
-        """
-        self.refuse_in_transaction("webhooks.deliver_due()")
-        fixed = now is not None
-        start = self._now() if now is None else to_stored_time(now)
-        stamp = format_time(start)
-        due_range = (stamp, _NEVER if fixed else format_time(start + self.horizon))
-        due = self._due_rows(self._select_due, (stamp, limit))
-        if not fixed and len(due) < limit:
-            due += self._due_rows(self._select_stranded, (due_range[1], limit - len(due)))
-        failing: dict[str, str | None] = {}  # hook id -> when its retry is due (None: none)
-        attempted = 0
-        for delivery_id, hook_id in due:
-            if hook_id in failing:
-                continue
-            at = start if fixed else self._now()
-            if not self._take(self._take_due, delivery_id, at, due_range):
-                continue
-            try:
-                delivery = self.delivery(delivery_id)
-            except DamagedRow as exc:
-                logger.error("%s; the delivery is not sent and is marked dead", exc)
-                with self.db.write(quiet=True) as conn:
-                    conn.execute(self._bury_damaged, (str(exc), delivery_id))
-                continue
-            if delivery is None:
-                continue
-            sends = delivery.attempts
-            try:
-                self.attempt(delivery, at)
-            except DamagedRow as exc:  # its hook's row: the delivery waits for it to be mended
-                logger.error("%s; delivery %s is not sent", exc, delivery.abid)
-                continue
-            attempted += 1
-            if delivery.status != "delivered" and delivery.attempts != sends:
-                # It was sent and failed; one that died on its last attempt has no
-                # retry to wait behind, but the receiver is as down as for the others.
-                retry = delivery.next_attempt_at
-                failing[hook_id] = None if retry is None else format_time(retry)
-        waits = sorted((hook_id, retry_at) for hook_id, retry_at in failing.items() if retry_at)
-        if waits:
-            with self.db.write(quiet=True) as conn:
-                for hook_id, retry_at in waits:  # hooks in one order, as every sender takes them
-                    self.lock_hook(hook_id)
-                    conn.execute(self._wait_behind, (retry_at, hook_id, *due_range))
-        return attempted
-
     def lock_hook(self, hook_id: str) -> None:
         """Take a hook's row lock (by stored id) in this thread's transaction.
 
@@ -586,15 +462,3 @@ class Outbox:
         rotation behind another rotation, a sender behind another sender.
         """
         self.db.execute_sql(self._lock_hook, (hook_id,))
-
-    def _due_rows(self, sql: str, params: tuple[str, int]) -> list[Any]:
-        """The (id, hook id) rows a due query selects; rows it cannot read are left out."""
-        try:
-            return list(self.db.execute_sql(sql, params).fetchall())
-        except Exception as exc:  # an id edited into text that is no UTF-8: the others go on
-            conn = self.db.connection()
-            if not_utf8(WebhookDelivery, exc, conn) is None:
-                raise
-            return readable_rows(
-                conn, WebhookDelivery, sql.replace(*_AS_BYTES), params, _DUE_COLUMNS
-            )

@@ -39,6 +39,7 @@ from ._postgres import PostgresDatabase
 from ._postgres import open_database as open_postgres
 from ._postgres_url import is_url, redacted_url
 from ._registry import Registry
+from ._retry_path import RetryPath
 from ._sending import Sender
 from ._sqlite import SCHEMA_VERSION, SQLiteDatabase, open_database
 from ._times import checked_clock
@@ -202,6 +203,7 @@ class Store:
         self.webhooks = Webhooks(
             self.db,
             self._outbox,
+            RetryPath(self._outbox),
             self._outcomes,
             allowlist,
             self.clock,

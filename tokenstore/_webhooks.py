@@ -32,6 +32,7 @@ from ._models import OutboundWebhook, User, WebhookDelivery, unknown_owner
 from ._outbox import Outbox
 from ._outcomes import Outcomes
 from ._payload import dumps
+from ._retry_path import RetryPath
 from ._retry_thread import RetryThread
 from ._signing import SECRET_PREFIX, new_signing_secret
 from ._times import LATEST_NOW, format_time, to_stored_time
@@ -66,7 +67,7 @@ class Webhooks:
     """Create, change and inspect outbound webhooks; send what is due.
 
     Hooks are checked by the ``HookValidator`` bound to the model. Deliveries
-    are the outbox's: this is the API over it. ``secret_grace`` is how long a
+    are the outbox's and the retry path's: this is the API over them. ``secret_grace`` is how long a
     rotated-out signing secret still signs.
     """
 
@@ -74,6 +75,7 @@ class Webhooks:
         self,
         db: Backend,
         outbox: Outbox,
+        retry_path: RetryPath,
         outcomes: Outcomes,
         allowlist: AllowList,
         clock: Callable[[], datetime],
@@ -82,6 +84,7 @@ class Webhooks:
     ) -> None:
         self.db = db
         self.outbox = outbox
+        self.retry_path = retry_path
         self.outcomes = outcomes
         self._allowlist = allowlist
         self.clock = clock
@@ -333,7 +336,7 @@ class Webhooks:
         keep = self.keep_deliveries if older_than is None else older_than
         if keep is None:
             return 0
-        return self.outbox.prune(check_span(keep, "older_than", allow_zero=True))
+        return self.retry_path.prune(check_span(keep, "older_than", allow_zero=True))
 
     def delivery(self, abid: str) -> WebhookDelivery:
         """One delivery by its ABID (the ``webhook-id`` its receiver saw)."""
@@ -362,10 +365,10 @@ class Webhooks:
             # Holds, retries and the log's cutoff are counted from it: they must fit.
             raise ValidationError(f"now must be at most {format_time(LATEST_NOW)}, got {now}")
         self.erase_expired_secrets(now)
-        attempted = self.outbox.deliver_due(now, limit)
+        attempted = self.retry_path.deliver_due(now, limit)
         if self.keep_deliveries is not None and time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + 60
-            pruned = self.outbox.prune(self.keep_deliveries, PRUNE_BATCHES, PRUNE_BATCH)
+            pruned = self.retry_path.prune(self.keep_deliveries, PRUNE_BATCHES, PRUNE_BATCH)
             if pruned == PRUNE_BATCHES * PRUNE_BATCH:  # behind: the next call goes on
                 self._next_prune = 0.0
         return attempted
