@@ -206,6 +206,14 @@ def standard(tmp_path: Path, wal: bool = False) -> Path:
     return box.path
 
 
+def one_hook(tmp_path: Path, name: str, ref: str, endpoint: str, **row: Any) -> ArchiveBox:
+    """An ArchiveBox file holding one hook (``row``: its other columns), closed."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook(name, ref, endpoint, **row)
+    box.close()
+    return box
+
+
 def rows(store: Store) -> dict[str, list[tuple[Any, ...]]]:
     """Everything the import may write, to compare before and after."""
     conn = store.db.connection()
@@ -418,9 +426,7 @@ def test_a_map_to_an_unknown_model_is_refused_before_anything_is_written(
 
 
 def test_a_refused_endpoint_imports_the_hook_disabled(store: Store, tmp_path: Path) -> None:
-    box = ArchiveBox(tmp_path / "index.sqlite3")
-    box.hook("metadata", "api.models.APIToken", "http://169.254.169.254/latest")
-    box.close()
+    box = one_hook(tmp_path, "metadata", "api.models.APIToken", "http://169.254.169.254/latest")
     (note,) = store.import_archivebox(box.path).disabled
     assert "its endpoint is refused" in note.reason
     hook = store.webhooks.get("metadata")
@@ -757,9 +763,7 @@ def test_a_dry_run_with_app_and_allow_judges_by_them_and_writes_them_nowhere(
     tmp_path: Path, store_file: Path
 ) -> None:
     """The README's dry run names --app (for --map) and --allow: neither may reach the store."""
-    box = ArchiveBox(tmp_path / "index.sqlite3")
-    box.hook("local", "core.models.Snapshot", "http://127.0.0.1:9/hook")
-    box.close()
+    box = one_hook(tmp_path, "local", "core.models.Snapshot", "http://127.0.0.1:9/hook")
     db = store_file  # the fixture's store, on either backend
     with tokenstore.open(db) as store:
         tables_before = set(store.db.get_tables())
@@ -1040,9 +1044,9 @@ def test_credentials_in_a_url_that_does_not_parse_are_not_kept(
     store: Store, tmp_path: Path, endpoint: str, kept: str
 ) -> None:
     """The hook is disabled, its URL refused; what looks like a password is still dropped."""
-    box = ArchiveBox(tmp_path / "index.sqlite3")
-    box.hook("odd", "api.models.APIToken", endpoint, abid="whk_01JAZ6BQKV9063B8A606AM8000")
-    box.close()
+    box = one_hook(
+        tmp_path, "odd", "api.models.APIToken", endpoint, abid="whk_01JAZ6BQKV9063B8A606AM8000"
+    )
     report = store.import_archivebox(box.path)
     hook = store.webhooks.get("odd")
     assert (hook.endpoint, hook.enabled, hook.auth_token) == (kept, False, "")
@@ -1053,9 +1057,7 @@ def test_endpoints_are_judged_by_the_allowlist_as_the_file_holds_it_now(
     store: Store, tmp_path: Path
 ) -> None:
     """Another process (the command, say) allowed the host after this store opened."""
-    box = ArchiveBox(tmp_path / "index.sqlite3")
-    box.hook("local", "api.models.APIToken", "http://10.1.2.3:9/in")
-    box.close()
+    box = one_hook(tmp_path, "local", "api.models.APIToken", "http://10.1.2.3:9/in")
     run(cast(Path, _db.location(store)), "webhooks", "allow", "10.0.0.0/8")
     report = store.import_archivebox(box.path)
     assert report.disabled == []

@@ -24,7 +24,7 @@ from _http import Receiver, ok
 from conftest import Clock
 
 import tokenstore
-from tokenstore import ABIDModel, Store
+from tokenstore import ABIDModel, Store, WebhookDelivery
 from tokenstore._times import format_time
 
 LOOPBACK = ["127.0.0.1/32"]
@@ -47,6 +47,16 @@ def open_store(path: Path | str, **options: object) -> Store:
     s = tokenstore.open(path, **options)  # type: ignore[arg-type]
     s.register(Item)
     return s
+
+
+def one_save_timed(s: Store, url: str) -> tuple[float, WebhookDelivery]:
+    """A hook to ``url``, then one save: how long the save took, and its delivery."""
+    s.webhooks.create("slow", Item, url)
+    start = time.monotonic()
+    Item.create(n=1)
+    elapsed = time.monotonic() - start
+    (delivery,) = s.webhooks.deliveries()
+    return elapsed, delivery
 
 
 class Trickler:
@@ -103,11 +113,7 @@ def test_a_trickling_receiver_costs_one_deadline(db_path: Path, payload: bytes) 
     trickler = Trickler(payload, pause=0.05)  # each byte well inside the read timeout
     s = open_store(db_path, read_timeout=2, delivery_deadline=1.0)
     try:
-        s.webhooks.create("slow", Item, trickler.url)
-        start = time.monotonic()
-        Item.create(n=1)
-        elapsed = time.monotonic() - start
-        (delivery,) = s.webhooks.deliveries()
+        elapsed, delivery = one_save_timed(s, trickler.url)
     finally:
         s.close()
         trickler.close()
@@ -188,11 +194,7 @@ def test_an_attempt_cut_short_by_the_sync_budget_says_so(db_path: Path, receiver
     receiver.respond = hang
     s = open_store(db_path, delivery_deadline=3.0, sync_budget=0.5)
     try:
-        s.webhooks.create("slow", Item, receiver.url())
-        start = time.monotonic()
-        Item.create(n=1)
-        elapsed = time.monotonic() - start
-        (delivery,) = s.webhooks.deliveries()
+        elapsed, delivery = one_save_timed(s, receiver.url())
     finally:
         release.set()
         s.close()

@@ -91,17 +91,22 @@ def test_a_store_moves_to_postgres_and_back_unchanged(tmp_path: Path, pg_url: st
     assert [row[1] for row in after["tokenstore_user"]] == ["system", "alice", "bob", "carol"]
 
 
+def refused_unless_forced(source: Path, dest: Path | str, message: str) -> None:
+    """``migrate`` refuses ``dest`` (saying ``message``) and leaves it as it was; forced, copies."""
+    held = snapshot(dest)
+    with pytest.raises(StoreError, match=message):
+        tokenstore.migrate(source, dest)
+    assert snapshot(dest) == held
+    tokenstore.migrate(source, dest, force=True)
+    assert snapshot(dest) == snapshot(source)
+
+
 def test_a_destination_with_data_is_refused_unless_forced(tmp_path: Path, pg_url: str) -> None:
     source = tmp_path / "source.sqlite3"
     fill(source)
     with tokenstore.open(pg_url) as other:
         other.users.create("someone-else")
-    held = snapshot(pg_url)
-    with pytest.raises(StoreError, match=r"already holds data \(2 tokenstore_user\).*force"):
-        tokenstore.migrate(source, pg_url)
-    assert snapshot(pg_url) == held
-    tokenstore.migrate(source, pg_url, force=True)
-    assert snapshot(pg_url) == snapshot(source)
+    refused_unless_forced(source, pg_url, r"already holds data \(2 tokenstore_user\).*force")
 
 
 def test_a_destination_whose_only_data_is_its_allowlist_is_refused_unless_forced(
@@ -112,12 +117,7 @@ def test_a_destination_whose_only_data_is_its_allowlist_is_refused_unless_forced
     fill(source)
     with tokenstore.open(db_path, webhook_allow=LOOPBACK) as other:
         other.webhooks.allow("10.1.0.0/16")
-    held = snapshot(db_path)
-    with pytest.raises(StoreError, match=r"already holds data \(.*1 tokenstore_webhook_allow\)"):
-        tokenstore.migrate(source, db_path)
-    assert snapshot(db_path) == held
-    tokenstore.migrate(source, db_path, force=True)
-    assert snapshot(db_path) == snapshot(source)
+    refused_unless_forced(source, db_path, r"already holds data \(.*1 tokenstore_webhook_allow\)")
 
 
 def test_a_new_destination_holding_only_entries_the_source_has_is_empty_enough(
