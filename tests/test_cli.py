@@ -26,7 +26,7 @@ import pytest
 import requests
 
 import tokenstore as tokenstore_package
-from tokenstore._cli import CLI_ONLY, NOT_COMMANDS, build_parser
+from tokenstore._cli import CLI_ONLY, NOT_COMMANDS, PARAMETERS, build_parser
 from tokenstore._inputs import MAX_SPAN
 from tokenstore._postgres_url import redacted_url
 from tokenstore._signing import sign
@@ -263,6 +263,39 @@ def test_dispatch_fires_events_written_by_the_sqlite3_module(
     assert [json.loads(b)["data"]["fields"]["username"] for _, b in received] == ["shell"]
 
 
+def test_the_options_that_mirror_the_last_parameters_of_their_calls(
+    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
+) -> None:
+    """dispatch --no-deliver, deliver-due --now, webhooks create --owner, abid new --ts/--salt."""
+    url, received = receiver
+    allow = ("--allow", "127.0.0.1/32")
+    as_json(db_path, "users", "create", "alice")
+    hook = as_json(
+        db_path, *allow, "webhooks", "create", "u", "tokenstore.User", url, "--owner", "alice"
+    )
+    owner = as_json(db_path, "users", "get", "alice")
+    assert hook["created_by_id"] == owner["id"]
+    _db.edit(
+        db_path,
+        "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
+        "VALUES ('shell', FALSE, '2024-01-01T00:00:00.000Z')",
+    )
+    fired = as_json(db_path, *allow, "dispatch", "--no-deliver")
+    assert fired["events_dispatched"] == 1 and fired["deliveries_attempted"] == 0
+    assert received == []
+    before = ("--now", "2020-01-01T00:00:00Z")  # the delivery was made later: not due then
+    assert as_json(db_path, *allow, "webhooks", "deliver-due", *before)["deliveries_attempted"] == 0
+    assert as_json(db_path, *allow, "webhooks", "deliver-due")["deliveries_attempted"] == 1
+    assert [json.loads(b)["data"]["fields"]["username"] for _, b in received] == ["shell"]
+
+    new = ("abid", "new", "--prefix", "snp", "--uri", "https://example.com/x")
+    made = as_json(db_path, *new, "--ts", "2024-10-24T12:00:00Z")
+    assert made["datetime"] == "2024-10-24T12:00:00.000Z" and made["uri"] == "9063B8A6"
+    assert as_json(db_path, *new, "--salt", "another")["uri"] != "9063B8A6"
+    naive = tokenstore(db_path, *new, "--ts", "2024-10-24T12:00:00", expect=2)
+    assert "--ts" in naive.stderr and "timezone" in naive.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -483,6 +516,27 @@ def test_every_public_method_has_a_command_or_a_documented_reason(store: Store) 
     assert methods - calls == set(NOT_COMMANDS)
     for left_out in NOT_COMMANDS:
         assert f"`{left_out}`" in readme, left_out
+
+
+def test_every_parameter_of_a_commands_call_is_an_option_or_says_why_not(store: Store) -> None:
+    """The command and the call mirror each other down to their parameters."""
+    used = set()
+    for words, parser in _commands(build_parser()):
+        call = parser.get_default("call")
+        if call is None:
+            continue
+        name = " ".join(words)
+        dests = {action.dest.removeprefix("late_") for action in parser._actions}
+        for parameter in inspect.signature(_resolve(call, store)).parameters.values():
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            if parameter.name in dests:
+                continue
+            spelt = PARAMETERS.get(name, {}).get(parameter.name)
+            assert spelt is not None, f"{name}: {call}'s {parameter.name} has no option"
+            assert spelt in dests or " " in spelt, (name, parameter.name, spelt)
+            used.add((name, parameter.name))
+    assert used == {(name, p) for name, ps in PARAMETERS.items() for p in ps}
 
 
 def test_every_option_has_help_with_its_default_and_every_group_an_example() -> None:

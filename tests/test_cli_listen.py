@@ -72,7 +72,38 @@ def test_listen_takes_the_secret_from_env_file_or_stdin(tmp_path: Path, source: 
         args += ["--secret-file", str(secret_file)]
     else:
         args += ["--secret-file", "-"]
-    proc = subprocess.Popen(
+    proc = started(args, env)
+    assert proc.stdin is not None
+    if source == "stdin":
+        proc.stdin.write(SECRET + "\n")
+        proc.stdin.flush()
+    try:
+        assert SECRET not in args  # nothing that ps shows carries it
+        wait_for(proc, port)
+        assert signed_post(port, int(time.time())) == 204
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "msg_1 note.created verified" in out
+
+
+def test_tolerance_bounds_how_old_a_webhook_timestamp_may_be() -> None:
+    port = free_port()
+    env = environment(TOKENSTORE_LISTEN_SECRET=SECRET)
+    proc = started(["--port", str(port), "--tolerance", "10s"], env)
+    try:
+        wait_for(proc, port)
+        assert signed_post(port, int(time.time()) - 5) == 204
+        assert signed_post(port, int(time.time()) - 60) == 401  # within the default 5 minutes
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+
+
+def started(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    """``tokenstore listen ARGS`` in a subprocess, its stdin a pipe."""
+    return subprocess.Popen(
         [*COMMAND, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -80,35 +111,31 @@ def test_listen_takes_the_secret_from_env_file_or_stdin(tmp_path: Path, source: 
         text=True,
         env=env,
     )
-    assert proc.stdin is not None
-    if source == "stdin":
-        proc.stdin.write(SECRET + "\n")
-        proc.stdin.flush()
-    try:
-        assert SECRET not in args  # nothing that ps shows carries it
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "listen did not start"
-                time.sleep(0.1)
-        body = b'{"type":"note.created","timestamp":"2024-01-01T00:00:00.000Z","data":{}}'
-        stamp = int(time.time())
-        headers = {
-            "webhook-id": "msg_1",
-            "webhook-timestamp": str(stamp),
-            "webhook-signature": sign(SECRET, "msg_1", stamp, body),
-        }
-        reply = requests.post(f"http://127.0.0.1:{port}/", data=body, headers=headers, timeout=5)
-        assert reply.status_code == 204
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
-    assert "msg_1 note.created verified" in out
+
+
+def wait_for(proc: subprocess.Popen[str], port: int) -> None:
+    """Until the listener takes connections on ``port`` (at most 20 s)."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "listen did not start"
+            time.sleep(0.1)
+
+
+def signed_post(port: int, stamp: int) -> int:
+    """The status a webhook signed with SECRET at ``stamp`` gets from the listener."""
+    body = b'{"type":"note.created","timestamp":"2024-01-01T00:00:00.000Z","data":{}}'
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(stamp),
+        "webhook-signature": sign(SECRET, "msg_1", stamp, body),
+    }
+    reply = requests.post(f"http://127.0.0.1:{port}/", data=body, headers=headers, timeout=5)
+    return reply.status_code
 
 
 def test_a_secret_that_is_not_whsec_exits_2_with_one_line() -> None:

@@ -57,6 +57,22 @@ NOT_COMMANDS = {
 #: Commands that stand for no single call: tools built from several.
 CLI_ONLY = {"demo"}
 
+#: Parameters of a command's call that its options spell otherwise (the option's dest), or
+#: leave out (why). Every other parameter is an option or argument of the same name.
+PARAMETERS: dict[str, dict[str, str]] = {
+    "init": {"path": "db"},
+    "abid parse": {"text": "abid"},
+    "abid new": {"rand": "a fresh random part: a record's ABID comes from its own id"},
+    "tokens create": {"scopes": "scope"},
+    "tokens revoke": {"token": "abid"},
+    "webhooks create": {"headers": "header", "created_by": "owner"},
+    "webhooks get": {"key": "hook"},
+    "webhooks delivery": {"abid": "delivery"},
+    "import archivebox": {"ref_map": "map"},
+    "listen": {"on_event": "each webhook that verifies is printed"},
+    "serve": {"store": "the store is the one --db names"},
+}
+
 # -- the parser -----------------------------------------------------------------------------
 
 

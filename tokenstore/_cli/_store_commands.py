@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from .._abid import ABID, abid_from_values
+from .._abid import ABID, DEFAULT_ABID_URI_SALT, abid_from_values
 from .._errors import InvalidABID, StoreFull, StoreIOError, StoreLocked, ValidationError
 from .._inputs import check_seconds
 from .._migrate import migrate
@@ -22,7 +22,7 @@ from .._store import SCHEMA_VERSION, Dispatched, Store
 from .._times import format_time
 from ._base import Commands, _command, _group, _open, _warn_waiting
 from ._output import Output, abid_dict, hook_dict, one_line
-from ._values import _duration_type, _secret
+from ._values import _duration_type, _secret, _time_type
 
 # -- store --------------------------------------------------------------------------------
 
@@ -53,9 +53,9 @@ def cmd_dispatch(args: argparse.Namespace, out: Output) -> int:
     interval = check_seconds(args.interval.total_seconds(), "--interval")  # at most a day
     with _open(args) as store:
         if args.watch:
-            watch(store, interval, out)
+            watch(store, interval, out, args.deliver)
             return 0
-        report = store.dispatch()
+        report = store.dispatch(deliver=args.deliver)
         out.record(_dispatched_dict(report))
     _warn_waiting(report.waiting)
     return 0
@@ -72,7 +72,7 @@ def _dispatched_dict(report: Dispatched) -> dict[str, Any]:
     }
 
 
-def watch(store: Store, interval: float, out: Output) -> None:
+def watch(store: Store, interval: float, out: Output, deliver: bool = True) -> None:
     """Dispatch whenever another connection commits, and send due retries, until Ctrl-C.
 
     Ctrl-C is taken between rounds, never in the middle of one: a transaction
@@ -84,7 +84,7 @@ def watch(store: Store, interval: float, out: Output) -> None:
     print(f"watching {store.location} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     warned: dict[str, int] = {}
     try:
-        report: Dispatched | None = store.dispatch()
+        report: Dispatched | None = store.dispatch(deliver=deliver)
         while report is not None:
             now = format_time(store.clock())
             if out.as_json and (report.events or report.delivered or report.failed):
@@ -99,14 +99,18 @@ def watch(store: Store, interval: float, out: Output) -> None:
             if report.waiting != warned:
                 warned = report.waiting
                 _warn_waiting(warned)
-            report = _next_round(store, interval, stopping, warned)
+            report = _next_round(store, interval, stopping, warned, deliver)
     finally:
         signal.signal(signal.SIGINT, previous)
     print("stopped", file=sys.stderr)
 
 
 def _next_round(
-    store: Store, interval: float, stopping: threading.Event, waiting: dict[str, int]
+    store: Store,
+    interval: float,
+    stopping: threading.Event,
+    waiting: dict[str, int],
+    deliver: bool,
 ) -> Dispatched | None:
     """Wait for changes and dispatch them; None once stopping.
 
@@ -119,7 +123,7 @@ def _next_round(
         return None
     try:
         store.wait_for_changes(interval)  # wakes early when another connection commits
-        return None if stopping.is_set() else store.dispatch()
+        return None if stopping.is_set() else store.dispatch(deliver=deliver)
     except (StoreFull, StoreIOError, StoreLocked) as exc:
         print(
             f"tokenstore: {one_line(str(exc))} (trying again in {interval:g} s)",
@@ -154,6 +158,12 @@ def add_store_commands(commands: Commands) -> None:
         "round that did something, until Ctrl-C, which exits 0.",
     )
     p.add_argument("--watch", action="store_true", help="keep dispatching until Ctrl-C")
+    p.add_argument(
+        "--no-deliver",
+        dest="deliver",
+        action="store_false",
+        help="fire the events only; their deliveries and due retries wait for the retry path",
+    )
     p.add_argument(
         "--interval",
         type=_duration_type("--interval"),
@@ -194,8 +204,9 @@ def cmd_abid_parse(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_abid_new(args: argparse.Namespace, out: Output) -> int:
-    """``tokenstore.abid_from_values`` with a fresh random part."""
-    abid = abid_from_values(args.prefix, datetime.now(UTC), args.uri, args.subtype, None)
+    """``tokenstore.abid_from_values`` with a fresh random part (a record's id, in Python)."""
+    ts = datetime.now(UTC) if args.ts is None else args.ts
+    abid = abid_from_values(args.prefix, ts, args.uri, args.subtype, None, args.salt)
     out.record(abid_dict(abid))
     return 0
 
@@ -218,6 +229,15 @@ def add_abid_commands(commands: Commands) -> None:
     p.add_argument("--prefix", required=True, help="three letters, e.g. snp")
     p.add_argument("--uri", required=True, help="the uri source, e.g. a URL or an owner's id")
     p.add_argument("--subtype", default="00", help="two characters kept as they are, else hashed")
+    p.add_argument(
+        "--ts",
+        type=_time_type("--ts"),
+        metavar="TIME",
+        help="the time part's source, ISO-8601, e.g. 2024-10-24T12:00:00Z (default: now)",
+    )
+    p.add_argument(
+        "--salt", default=DEFAULT_ABID_URI_SALT, help="what the uri is hashed with, as ArchiveBox"
+    )
 
 
 # -- tools --------------------------------------------------------------------------------
@@ -331,7 +351,8 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
 
-    server = make_receiver(args.host, args.port, listen_secret(args), show)
+    tolerance = round(args.tolerance.total_seconds())
+    server = make_receiver(args.host, args.port, listen_secret(args), show, tolerance=tolerance)
     port = server.server_address[1]
     shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
     print(f"listening on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
@@ -436,6 +457,13 @@ def add_tool_commands(commands: Commands) -> None:
         "--secret-file",
         metavar="PATH",
         help="read the secret from PATH (- for stdin) (default: none)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=_duration_type("--tolerance"),
+        default=timedelta(minutes=5),
+        metavar="DURATION",
+        help="how far a webhook-timestamp may be from now (default: 5m)",
     )
     p = _command(
         commands,

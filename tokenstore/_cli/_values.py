@@ -1,4 +1,4 @@
-"""Values given on the command line: durations, expiry times, headers, secrets."""
+"""Values given on the command line: durations, times, headers, secrets."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from .._errors import ValidationError
 from .._inputs import MAX_SPAN
+
+T = TypeVar("T")
 
 # -- durations and other values -----------------------------------------------------------
 
@@ -42,24 +45,38 @@ def parse_expiry(text: str) -> datetime | timedelta:
     """A duration from now (``30d``) or an ISO-8601 time with a timezone, spaces around allowed."""
     if _DURATION.fullmatch(text.strip()):
         return parse_duration(text, "--expires")
+    return parse_time(text, "--expires", f"neither a duration ({DURATION_SYNTAX}) nor")
+
+
+def parse_time(text: str, option: str, wrong: str = "not") -> datetime:
+    """An ISO-8601 time with a timezone (``2030-01-01T00:00:00Z``), spaces around allowed."""
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValidationError(
-            f"--expires {text!r} is neither a duration ({DURATION_SYNTAX}) "
-            "nor an ISO-8601 time like 2030-01-01T00:00:00Z"
+            f"{option} {text!r} is {wrong} an ISO-8601 time like 2030-01-01T00:00:00Z"
         ) from None
     if when.tzinfo is None:
-        raise ValidationError(f"--expires {text!r} needs a timezone, e.g. {text}Z")
+        raise ValidationError(f"{option} {text!r} needs a timezone, e.g. {text.strip()}Z")
     return when
 
 
 def _duration_type(option: str, allow_zero: bool = False) -> Callable[[str], timedelta]:
     """An argparse type for a duration option (``90s``, ``15m``, ``12h``, ``30d``)."""
+    return _argument_type(lambda text: parse_duration(text, option, allow_zero))
 
-    def convert(text: str) -> timedelta:
+
+def _time_type(option: str) -> Callable[[str], datetime]:
+    """An argparse type for a time option (ISO-8601, with a timezone)."""
+    return _argument_type(lambda text: parse_time(text, option))
+
+
+def _argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` as argparse wants a type: its refusal is argparse's, said with the usage."""
+
+    def convert(text: str) -> T:
         try:
-            return parse_duration(text, option, allow_zero)
+            return parse(text)
         except ValidationError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -12,7 +12,7 @@ from .._models import WebhookDelivery
 from .._webhooks import DELIVERIES_PAGE, DELIVERY_STATUSES, MAX_DELIVERIES_PAGE
 from ._base import Commands, _command, _group, _open
 from ._output import Output, _warn_if_blocked, delivery_dict, hook_dict
-from ._values import _duration_type, _header, _positive_int, _secret
+from ._values import _duration_type, _header, _positive_int, _secret, _time_type
 
 # -- webhooks -----------------------------------------------------------------------------
 
@@ -33,6 +33,7 @@ def cmd_webhooks_create(args: argparse.Namespace, out: Output) -> int:
             headers=_headers(args.header),
             auth_token=_secret(args.auth_token),
             keep_last_response=args.keep_last_response,
+            created_by=None if args.owner is None else store.users.get(args.owner),
         )
         out.record({**hook_dict(hook), "secret": hook.secret})
     print("Give the secret to the receiver so it can verify signatures.", file=sys.stderr)
@@ -162,7 +163,8 @@ def cmd_webhooks_delivery(args: argparse.Namespace, out: Output) -> int:
 def cmd_webhooks_deliver_due(args: argparse.Namespace, out: Output) -> int:
     """``store.webhooks.deliver_due``."""
     with _open(args) as store:
-        out.record({"deliveries_attempted": store.webhooks.deliver_due(limit=args.limit)})
+        attempted = store.webhooks.deliver_due(args.now, limit=args.limit)
+        out.record({"deliveries_attempted": attempted})
     return 0
 
 
@@ -235,6 +237,11 @@ def add_webhooks_commands(commands: Commands) -> None:
     )
     p.add_argument(
         "--keep-last-response", action="store_true", help="keep the receiver's last answer"
+    )
+    p.add_argument(
+        "--owner",
+        metavar="USERNAME",
+        help="the user the hook belongs to (default: the system user)",
     )
 
     _command(
@@ -394,6 +401,12 @@ def add_webhooks_commands(commands: Commands) -> None:
         aliases=["retry"],
     )
     p.add_argument("--limit", type=_positive_int, default=100, help="at most this many")
+    p.add_argument(
+        "--now",
+        type=_time_type("--now"),
+        metavar="TIME",
+        help="what is due by this ISO-8601 time, e.g. 2030-01-01T00:00:00Z (default: now)",
+    )
     p = _command(
         hooks,
         "ping",
