@@ -14,7 +14,9 @@ from typing import Any, NoReturn
 
 import peewee
 
-from .._errors import StoreError, ValidationError
+from .._errors import StoreError, StoreReadOnly, ValidationError
+from .._postgres_url import is_url
+from .._sqlite_file import writable
 from .._store import Store
 from .._store import open as open_store
 from ._output import Output, one_line
@@ -39,6 +41,14 @@ def _open(args: argparse.Namespace, *, read: bool = False, create: bool = False)
         raise StoreError(
             f"no store at ./{DEFAULT_DB}, the default: name yours with --db PATH or "
             "$TOKENSTORE_DB, or create one here with `tokenstore init`"
+        )
+    # A write command says this in one line, not as a warning and then this; a path the
+    # system refuses (os.path.exists says False) is left to open(), which names the fault.
+    writes = not (read or create or is_url(args.db))
+    if writes and os.path.exists(args.db) and not writable(Path(args.db)):
+        raise StoreReadOnly(
+            f"{args.db} is read-only here (the file or its folder cannot be written), "
+            "and this command writes to it"
         )
     store = open_store(
         args.db,
