@@ -758,6 +758,7 @@ def test_line_breaks_in_a_value_do_not_break_the_error_line(
     [
         ("tokens", "authenticate", "-"),
         ("webhooks", "create", "h", "tokenstore.User", "http://127.0.0.1:9/", "--auth-token", "-"),
+        ("webhooks", "create", "h", "tokenstore.User", "http://127.0.0.1:9/", "--header", "K=-"),
         ("listen", "--secret", "-"),
         ("listen", "--secret-file", "-"),
         ("import", "archivebox", ".", "--cipher-key", "-"),
@@ -770,6 +771,20 @@ def test_secrets_read_from_a_closed_or_undecodable_stdin_are_refused(
     assert "over 65536 characters" in refused(db_path, *args, stdin=b"x" * 70000)
     undecodable = refused(db_path, *args, stdin=b"\xff\xfe\n", PYTHONIOENCODING="utf-8")
     assert "not UTF-8" in undecodable
+
+
+def test_a_header_value_is_read_from_stdin_and_kept_out_of_argv(db_path: Path) -> None:
+    tokenstore(db_path, "init")
+    args = ("--allow", "127.0.0.1/32", "webhooks", "create", "h", "tokenstore.User")
+    hook = "http://127.0.0.1:9/", "--header", "X-Key=-", "--header", "X-Team=ops"
+    tokenstore(db_path, *args, *hook, "--auth-token", "-", stdin="k3y-value\nBearer t0ken\n")
+    with tokenstore_package.open(db_path) as store:
+        (made,) = store.webhooks.list()
+        assert made.headers == {"X-Key": "k3y-value", "X-Team": "ops"}
+        assert made.auth_token == "Bearer t0ken"
+    tokenstore(db_path, "webhooks", "update", "h", "--header", "X-Key=-", stdin="n3w\n")
+    with tokenstore_package.open(db_path) as store:
+        assert store.webhooks.get("h").headers == {"X-Key": "n3w"}
 
 
 @pytest.mark.sqlite_only
