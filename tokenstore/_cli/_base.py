@@ -15,13 +15,14 @@ from typing import Any, NoReturn
 import peewee
 
 from .._errors import StoreError, StoreReadOnly, ValidationError
-from .._postgres_url import is_url
-from .._sqlite_file import writable
 from .._store import Store
 from .._store import open as open_store
-from ._output import Output, one_line
+from ._output import Output, held_lines, one_line
 
 DEFAULT_DB = "tokenstore.sqlite3"
+
+#: How the warning of a store opened read-only because it cannot be written ends.
+FELL_BACK = "; opening it read-only"
 
 # -- opening the store ----------------------------------------------------------------------
 
@@ -29,8 +30,14 @@ Handler = Callable[[argparse.Namespace, Output], int]
 
 
 @contextmanager
-def _open(args: argparse.Namespace, *, read: bool = False, create: bool = False) -> Iterator[Store]:
+def _open(
+    args: argparse.Namespace, *, read: bool = False, create: bool = False, browse: bool = False
+) -> Iterator[Store]:
     """The store at ``--db``: read-only for commands that only ``read``.
+
+    A command that writes is refused, in one line, on a store it can only
+    read; one that may ``browse`` a store it cannot write (the admin page)
+    gets it read-only, with the warning.
 
     Only ``init`` may ``create`` the file: a mistyped path is an error, not a
     new empty store. Opening fires nothing and sends nothing; only the
@@ -42,21 +49,20 @@ def _open(args: argparse.Namespace, *, read: bool = False, create: bool = False)
             f"no store at ./{DEFAULT_DB}, the default: name yours with --db PATH or "
             "$TOKENSTORE_DB, or create one here with `tokenstore init`"
         )
-    # A write command says this in one line, not as a warning and then this; a path the
-    # system refuses (os.path.exists says False) is left to open(), which names the fault.
-    writes = not (read or create or is_url(args.db))
-    if writes and os.path.exists(args.db) and not writable(Path(args.db)):
-        raise StoreReadOnly(
-            f"{args.db} is read-only here (the file or its folder cannot be written), "
-            "and this command writes to it"
+    with held_lines() as held:
+        store = open_store(
+            args.db,
+            webhook_allow=[] if read else args.allow,
+            dispatch_on_open=False,
+            create=create,
+            read_only=read,
         )
-    store = open_store(
-        args.db,
-        webhook_allow=[] if read else args.allow,
-        dispatch_on_open=False,
-        create=create,
-        read_only=read,
-    )
+        if store.db.read_only and not (read or create or browse):  # fell back: it would fail
+            store.close()
+            why = [r.getMessage() for r in held if r.getMessage().endswith(FELL_BACK)]
+            held[:] = [r for r in held if not r.getMessage().endswith(FELL_BACK)]
+            said = why[0].removesuffix(FELL_BACK) if why else f"{store.location} cannot be written"
+            raise StoreReadOnly(f"{said}: it opens read-only, and this command writes to it")
     try:
         for name in args.app:
             register_module(store, name)
