@@ -1456,6 +1456,12 @@ def test_opening_fires_what_was_written_elsewhere_but_sends_nothing(
         assert s.webhooks.deliver_due() == 1  # not held by the opening process
         (hit,) = receiver.hits
         assert hit.headers["webhook-id"] == delivery.abid
+        with _db.Raw(db_path) as raw:
+            raw.execute("UPDATE tokenstore_user SET is_superuser = FALSE WHERE username = 'alice'")
+        assert s.dispatch(deliver=False).events == 1  # fires, and sends nothing either
+        assert len(receiver.hits) == 1
+        assert s.dispatch().delivered == 1
+        assert len(receiver.hits) == 2
     finally:
         s.close()
 

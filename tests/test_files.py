@@ -457,6 +457,36 @@ def test_an_immutable_file_opens_read_only(db_path: Path, caplog: pytest.LogCapt
     assert any("opening it read-only" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_the_command_reads_an_unwritable_store_and_refuses_writes_in_one_line(
+    tmp_path: Path, where: str
+) -> None:
+    path = tmp_path / "ro" / "store.sqlite3"
+    path.parent.mkdir()
+    make_store(path)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tokenstore", "--db", str(path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    with immutable(path if where == "file" else path.parent):
+        listed = run("users", "list")
+        assert listed.returncode == 0 and "alice" in listed.stdout
+        assert listed.stderr == ""
+        for write in (["users", "add", "bob"], ["webhooks", "allow", "10.0.0.0/8"], ["dispatch"]):
+            done = run(*write)
+            assert done.returncode == 2, (write, done.stderr)
+            assert done.stderr.count("\n") == 1, (write, done.stderr)
+            assert done.stderr.startswith(f"tokenstore: error: {path} ")
+            assert "read-only" in done.stderr
+    with tokenstore.open(path) as store:
+        assert [u.username for u in store.users.list()] == ["system", "alice"]
+
+
 def test_a_store_in_an_immutable_folder_opens_read_only(tmp_path: Path) -> None:
     folder = tmp_path / "ro"
     folder.mkdir()

@@ -401,6 +401,32 @@ def test_a_session_the_server_lets_only_read_opens_read_only(
     assert _db.rows(pg_url, "SELECT count(*) FROM tokenstore_user") == [(2,)]
 
 
+def test_a_write_command_on_a_session_that_may_only_read_says_so_in_one_line(
+    pg_url: str,
+) -> None:
+    with tokenstore.open(pg_url) as store:
+        store.users.create("alice")
+    url = f"{pg_url}?{READ_ONLY_SESSION}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tokenstore", "--db", url, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    listed = run("users", "list")
+    assert (listed.returncode, listed.stderr) == (0, "") and "alice" in listed.stdout
+    for write in (["users", "add", "bob"], ["dispatch"]):
+        done = run(*write)
+        assert done.returncode == 2, (write, done.stderr)
+        assert done.stderr.count("\n") == 1, (write, done.stderr)
+        assert "lets this session only read" in done.stderr
+        assert "this command writes to it" in done.stderr
+    assert _db.rows(pg_url, "SELECT count(*) FROM tokenstore_user") == [(2,)]
+
+
 def test_a_role_that_may_not_change_the_tables_opens_read_only(
     pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

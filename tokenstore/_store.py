@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -211,8 +212,7 @@ class Store:
             opts.keep_deliveries,
         )
         if opts.dispatch_on_open and not self.db.read_only:
-            with self._outbox.unsent():  # opening a file does not wait on the network
-                self.dispatch(deliver=False)
+            self.dispatch(deliver=False)  # opening a file does not wait on the network
 
     def __repr__(self) -> str:
         return f"<Store {self.location!r}>"
@@ -364,7 +364,8 @@ class Store:
         """Fire events nobody has fired yet: other processes' writes, shell edits, crashes.
 
         With ``deliver`` it then sends the webhook deliveries that are due,
-        those a crashed process committed but never sent among them.
+        those a crashed process committed but never sent among them; without
+        it nothing is sent, and the deliveries the events make are due at once.
         Dispatch also happens by itself after every commit made through this
         store; this call is for what happened elsewhere.
         """
@@ -372,7 +373,10 @@ class Store:
             self._outbox.refuse_in_transaction("store.dispatch()")
         claimed_before = self._dispatcher.claimed_count()
         delivered_before, failed_before = self._outcomes.attempts_recorded()
-        with self.db.atomic():  # its commit claims what is unclaimed, then fires it
+        with (
+            nullcontext() if deliver else self._outbox.unsent(),
+            self.db.atomic(),  # its commit claims what is unclaimed, then fires it
+        ):
             conn = self.db.connection()
             self._dispatcher.release(conn, self._dispatcher.stale_claimants(conn))
             self._dispatcher.housekeeping(conn)

@@ -14,12 +14,15 @@ from typing import Any, NoReturn
 
 import peewee
 
-from .._errors import StoreError, ValidationError
+from .._errors import StoreError, StoreReadOnly, ValidationError
 from .._store import Store
 from .._store import open as open_store
-from ._output import Output, one_line
+from ._output import Output, held_lines, one_line
 
 DEFAULT_DB = "tokenstore.sqlite3"
+
+#: How the warning of a store opened read-only because it cannot be written ends.
+FELL_BACK = "; opening it read-only"
 
 # -- opening the store ----------------------------------------------------------------------
 
@@ -32,9 +35,18 @@ class _Rehearsed(Exception):
 
 @contextmanager
 def _open(
-    args: argparse.Namespace, *, read: bool = False, create: bool = False, rehearse: bool = False
+    args: argparse.Namespace,
+    *,
+    read: bool = False,
+    create: bool = False,
+    browse: bool = False,
+    rehearse: bool = False,
 ) -> Iterator[Store]:
     """The store at ``--db``: read-only for commands that only ``read``.
+
+    A command that writes is refused, in one line, on a store it can only
+    read; one that may ``browse`` a store it cannot write (the admin page)
+    gets it read-only, with the warning.
 
     Only ``init`` may ``create`` the file: a mistyped path is an error, not a
     new empty store. Opening fires nothing and sends nothing; only the
@@ -49,13 +61,20 @@ def _open(
             f"no store at ./{DEFAULT_DB}, the default: name yours with --db PATH or "
             "$TOKENSTORE_DB, or create one here with `tokenstore init`"
         )
-    store = open_store(
-        args.db,
-        webhook_allow=[] if read or rehearse else args.allow,
-        dispatch_on_open=False,
-        create=create,
-        read_only=read,
-    )
+    with held_lines() as held:
+        store = open_store(
+            args.db,
+            webhook_allow=[] if read or rehearse else args.allow,
+            dispatch_on_open=False,
+            create=create,
+            read_only=read,
+        )
+        if store.db.read_only and not (read or create or browse):  # fell back: it would fail
+            store.close()
+            why = [r.getMessage() for r in held if r.getMessage().endswith(FELL_BACK)]
+            held[:] = [r for r in held if not r.getMessage().endswith(FELL_BACK)]
+            said = why[0].removesuffix(FELL_BACK) if why else f"{store.location} cannot be written"
+            raise StoreReadOnly(f"{said}: it opens read-only, and this command writes to it")
     try:
         if not rehearse:
             for name in args.app:

@@ -184,18 +184,56 @@ class _LogLine(logging.Formatter):
         return one_line(text)
 
 
+class _Lines(logging.Handler):
+    """Prints records to stderr as ``_LogLine`` says; while ``held`` is a list, keeps them there."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(_LogLine())
+        self.held: list[logging.LogRecord] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.held is not None:
+            self.held.append(record)
+        else:
+            print(self.format(record), file=sys.stderr, flush=True)
+
+
+_lines: _Lines | None = None  # the running command's, set by log_lines
+
+
 @contextmanager
 def log_lines() -> Iterator[None]:
     """While a command runs, tokenstore's warnings and errors go to stderr as single lines."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.WARNING)
-    handler.setFormatter(_LogLine())
+    global _lines
+    _lines = _Lines()
     logger = logging.getLogger("tokenstore")
-    logger.addHandler(handler)
+    logger.addHandler(_lines)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        logger.removeHandler(_lines)
+        _lines = None
+
+
+@contextmanager
+def held_lines() -> Iterator[list[logging.LogRecord]]:
+    """Keep the command's log lines back; those still in the list are printed at the end.
+
+    A command that ends in an error because of what a warning said drops
+    the warning and says it in its one error line instead.
+    """
+    held: list[logging.LogRecord] = []
+    lines = _lines
+    if lines is not None:
+        lines.held = held
+    try:
+        yield held
+    finally:
+        if lines is not None:
+            lines.held = None
+            for record in held:
+                lines.handle(record)
 
 
 def _allow_hint() -> str:

@@ -374,7 +374,7 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
     """Serve the admin page until Ctrl-C."""
     from ..admin import make_admin_server, public_warning
 
-    with _open(args) as store:
+    with _open(args, browse=True) as store:
         server = make_admin_server(store, args.host, args.port, public=args.public)
         port = server.server_address[1]
         warning = public_warning(args.host)

@@ -91,12 +91,15 @@ def _positive_int(text: str) -> int:
 
 
 def _header(text: str) -> tuple[str, str]:
-    """A ``Name=value`` header option as a pair."""
+    """A ``Name=value`` header option as a pair; ``Name=-`` reads the value from stdin.
+
+    A header often carries a credential, which argv would show to ``ps``.
+    """
     name, sep, value = text.partition("=")
     if not sep or not name:
         # Not quoted back: the text is likely a credential typed as "Name: value".
         raise ValidationError("--header must look like Name=value (the value given is not shown)")
-    return name.strip(), value
+    return name.strip(), _secret(value)
 
 
 #: The longest secret read from stdin: tokens, keys and auth headers are far shorter.

@@ -228,7 +228,8 @@ def add_webhooks_commands(commands: Commands) -> None:
         "--header",
         action="append",
         metavar="NAME=VALUE",
-        help="a header sent with every request (repeatable) (default: none)",
+        help="a header sent with every request; NAME=- reads its value from stdin, a line "
+        "each, before --auth-token - (repeatable) (default: none)",
     )
     p.add_argument(
         "--auth-token",
@@ -293,7 +294,8 @@ def add_webhooks_commands(commands: Commands) -> None:
         "--header",
         action="append",
         metavar="NAME=VALUE",
-        help=f"replace the headers with these (repeatable) {unchanged}",
+        help="replace the headers with these; NAME=- reads a value from stdin (repeatable) "
+        f"{unchanged}",
     )
     headers.add_argument("--no-headers", action="store_true", help="remove every header")
     p.add_argument(
