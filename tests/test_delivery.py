@@ -1008,12 +1008,12 @@ def test_sends_queued_behind_a_slow_one_are_taken_before_they_go(
     """After one commit the writer sends its deliveries one by one. If the first
     outlasts the hold on the others, a retry runner elsewhere may take them; the
     writer must then leave them alone rather than send them a second time."""
-    store.webhooks.create("first", Note, receiver.url("/first"))
+    first = store.webhooks.create("first", Note, receiver.url("/first"))
     store.webhooks.create("second", Note, receiver.url("/second"))
     others: list[int] = []
 
     def meanwhile(sender: Any, **kwargs: Any) -> None:
-        if kwargs["hook"].name != "first":
+        if kwargs["hook"].id != first.id:  # this hook's, not a stray one's from elsewhere
             return
         clock.advance(timedelta(minutes=5))  # the first send took longer than the hold
 
