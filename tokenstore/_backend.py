@@ -54,6 +54,10 @@ class CommitHooks(Protocol):
     def after_commit(self, conn: Any) -> None: ...
 
 
+#: The warning of a store asked to write that opens read-only: ``%s`` is why (``fell_back``).
+FELL_BACK = "%s; opening it read-only"
+
+
 class Backend(Protocol):
     """A peewee database that runs tokenstore's transactions, schema and capture.
 
@@ -65,6 +69,8 @@ class Backend(Protocol):
     system_user_id: int | None
     #: Opened read-only: nothing is written.
     read_only: bool
+    #: Why a store asked to write was opened read-only instead (None: it was not).
+    fell_back: str | None
     #: What ends a SELECT whose rows must not be deleted before its transaction ends.
     keep_rows: str
 

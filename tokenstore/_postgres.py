@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from ._backend import CommitHooks, is_write, quote_literal, sole_writer, to_version_2
+from ._backend import FELL_BACK, CommitHooks, is_write, quote_literal, sole_writer, to_version_2
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     RedactedQueryLog,
@@ -194,6 +194,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         self.url = url
         #: Opened with ``read_only``: nothing is written, writes raise StoreReadOnly.
         self.read_only = read_only
+        self.fell_back: str | None = None  # why, if asked to write (set by open_database)
         self.hooks = hooks
         #: The id of the ``system`` user, owner of records nobody else owns.
         self.system_user_id: int | None = None
@@ -583,7 +584,8 @@ def open_database(
                 f"{SCHEMA_VERSION}, which a read-only store cannot do"
             )
         if fell_back:  # said once the database is accepted: a refusal is one message
-            logger.warning("%s %s; opening it read-only", db.shown_url, why)
+            db.fell_back = f"{db.shown_url} {why}"
+            logger.warning(FELL_BACK, db.fell_back)
             db.read_only = True
         if version != SCHEMA_VERSION:
             db.apply_schema()

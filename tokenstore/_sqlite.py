@@ -201,6 +201,7 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
         self.path = path
         #: Opened with ``mode=ro``: every write raises StoreError before reaching SQLite.
         self.read_only = read_only
+        self.fell_back: str | None = None  # why, if asked to write (set by open_database)
         self.hooks = hooks
         self.busy_timeout = busy_timeout
         #: The id of the ``system`` user, owner of records nobody else owns.
@@ -569,10 +570,12 @@ def open_database(
     """
     if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
         raise StoreError("tokenstore needs a file path; an in-memory database is not shared")
-    version, read_only, created = prepare_file(
+    version, fell_back, created = prepare_file(
         path, SCHEMA_VERSION, _our_tables(), create=create, read_only=read_only
     )
+    read_only = read_only or fell_back is not None
     db = SQLiteDatabase(path, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
+    db.fell_back = fell_back
     try:
         db.connection()
         if version < SCHEMA_VERSION:

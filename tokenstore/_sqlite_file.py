@@ -16,6 +16,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
+from ._backend import FELL_BACK
 from ._errors import StoreCorrupt, StoreError, StoreIOError, StoreReadOnly
 from ._rows import quote_name
 
@@ -184,15 +185,17 @@ def check_file(path: Path, schema_version: int, ours: frozenset[str]) -> int:
 
 def prepare_file(
     path: Path, schema_version: int, ours: frozenset[str], *, create: bool, read_only: bool
-) -> tuple[int, bool, bool]:
-    """Judge, and if need be create, the file SQLite is to open: (version, read_only, created).
+) -> tuple[int, str | None, bool]:
+    """Judge, and if need be create, the file SQLite is to open: (version, fell_back, created).
 
-    ``read_only`` comes back true also for a file or folder this process
-    cannot write, said in a warning once the file is accepted (a refusal is
-    one message); ``created`` is whether this call made the file.
+    ``fell_back`` says why a file asked to be written must be opened
+    read-only (this process cannot write it or its folder), said in a
+    warning once the file is accepted (a refusal is one message);
+    ``created`` is whether this call made the file.
     """
     version = check_file(path, schema_version, ours)
-    fell_back = created = False
+    fell_back: str | None = None
+    created = False
     if not path.exists():
         if read_only or not create:
             raise StoreError(f"no store at {path} (run `tokenstore init`)")
@@ -203,16 +206,16 @@ def prepare_file(
             "`tokenstore init` sets one up in it"
         )
     elif not read_only and not writable(path):
-        read_only = fell_back = True
-    if read_only and version < schema_version:
+        fell_back = f"{path} or its folder is not writable here"
+    if (read_only or fell_back) and version < schema_version:
         raise StoreReadOnly(
             f"{path} has schema version {version} and needs version {schema_version}: "
             "open it once with write access to set it up"
         )
     make_files_private(path)
     if fell_back:
-        logger.warning("%s or its folder is not writable here; opening it read-only", path)
-    return version, read_only, created
+        logger.warning(FELL_BACK, fell_back)
+    return version, fell_back, created
 
 
 def create_private(path: Path) -> bool:

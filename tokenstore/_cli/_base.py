@@ -14,15 +14,13 @@ from typing import Any, NoReturn
 
 import peewee
 
+from .._backend import FELL_BACK
 from .._errors import StoreError, StoreReadOnly, ValidationError
 from .._store import Store
 from .._store import open as open_store
 from ._output import Output, held_lines, one_line
 
 DEFAULT_DB = "tokenstore.sqlite3"
-
-#: How the warning of a store opened read-only because it cannot be written ends.
-FELL_BACK = "; opening it read-only"
 
 # -- opening the store ----------------------------------------------------------------------
 
@@ -69,12 +67,11 @@ def _open(
             create=create,
             read_only=read,
         )
-        if store.db.read_only and not (read or create or browse):  # fell back: it would fail
+        why = store.db.fell_back
+        if why is not None and not (read or create or browse):  # this command would fail
             store.close()
-            why = [r.getMessage() for r in held if r.getMessage().endswith(FELL_BACK)]
-            held[:] = [r for r in held if not r.getMessage().endswith(FELL_BACK)]
-            said = why[0].removesuffix(FELL_BACK) if why else f"{store.location} cannot be written"
-            raise StoreReadOnly(f"{said}: it opens read-only, and this command writes to it")
+            held[:] = [r for r in held if r.msg != FELL_BACK]  # said in the one error line
+            raise StoreReadOnly(f"{why}: it opens read-only, and this command writes to it")
     try:
         if not rehearse:
             for name in args.app:
