@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
@@ -95,3 +98,26 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (it was just bound, then given back)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[str] | None = None) -> None:
+    """Until something takes connections on 127.0.0.1:``port`` (at most 20 s).
+
+    ``proc``, the process that is to listen there, must not end meanwhile.
+    """
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert proc is None or proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, f"nothing listens on port {port}"
+            time.sleep(0.1)

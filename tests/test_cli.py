@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import _db
 import pytest
 import requests
+from _http import free_port, wait_listening
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -298,16 +299,9 @@ def test_the_options_that_mirror_the_last_parameters_of_their_calls(
     assert "--ts" in naive.stderr and "timezone" in naive.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_listen_verifies_prints_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [*COMMAND, "listen", "--port", str(port), "--secret", secret],
         stdout=subprocess.PIPE,
@@ -315,14 +309,7 @@ def test_listen_verifies_prints_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "listen did not start"
-                time.sleep(0.1)
+        wait_listening(port, proc)
         body = b'{"type":"note.created","timestamp":"2024-01-01T00:00:00.000Z","data":{}}'
         stamp = int(time.time())
         good = {

@@ -19,18 +19,12 @@ from pathlib import Path
 
 import pytest
 import requests
+from _http import free_port, wait_listening
 
 from tokenstore._signing import sign
 
 COMMAND = [sys.executable, "-m", "tokenstore", "listen"]
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -79,7 +73,7 @@ def test_listen_takes_the_secret_from_env_file_or_stdin(tmp_path: Path, source: 
         proc.stdin.flush()
     try:
         assert SECRET not in args  # nothing that ps shows carries it
-        wait_for(proc, port)
+        wait_listening(port, proc)
         assert signed_post(port, int(time.time())) == 204
     finally:
         proc.send_signal(signal.SIGINT)
@@ -93,7 +87,7 @@ def test_tolerance_bounds_how_old_a_webhook_timestamp_may_be() -> None:
     env = environment(TOKENSTORE_LISTEN_SECRET=SECRET)
     proc = started(["--port", str(port), "--tolerance", "10s"], env)
     try:
-        wait_for(proc, port)
+        wait_listening(port, proc)
         assert signed_post(port, int(time.time()) - 5) == 204
         assert signed_post(port, int(time.time()) - 60) == 401  # within the default 5 minutes
     finally:
@@ -111,19 +105,6 @@ def started(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
         text=True,
         env=env,
     )
-
-
-def wait_for(proc: subprocess.Popen[str], port: int) -> None:
-    """Until the listener takes connections on ``port`` (at most 20 s)."""
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "listen did not start"
-            time.sleep(0.1)
 
 
 def signed_post(port: int, stamp: int) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 import _db
 import peewee
 import pytest
-from _http import Receiver, answer, ok
+from _http import Receiver, answer, free_port, ok
 from blinker import Signal
 from conftest import Clock
 from standardwebhooks.webhooks import Webhook
@@ -110,13 +110,6 @@ def only_delivery(store: Store) -> WebhookDelivery:
 def reload(hook: OutboundWebhook) -> OutboundWebhook:
     fresh: OutboundWebhook = OutboundWebhook.get_by_id(hook.id)
     return fresh
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the request --------------------------------------------------------------------
@@ -414,7 +407,7 @@ def test_secrets_never_appear_in_payloads(store: Store, receiver: Receiver) -> N
 
 
 def test_receiver_down_is_a_failure_retried_after_five_seconds(store: Store, clock: Clock) -> None:
-    hook = store.webhooks.create("down", Note, f"http://127.0.0.1:{closed_port()}/")
+    hook = store.webhooks.create("down", Note, f"http://127.0.0.1:{free_port()}/")
     with listening(signals.webhook_failed) as failed:
         Note.create(text="x")
     delivery = only_delivery(store)

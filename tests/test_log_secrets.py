@@ -9,7 +9,6 @@ that answers, one that fails and a closed port) and deleted.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import traceback
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from urllib.parse import urlsplit
 
 import peewee
 import pytest
+from _http import free_port
 
 import tokenstore
 from tokenstore import AuthenticationError, ValidationError
@@ -73,13 +73,6 @@ def serve(status: int) -> ThreadingHTTPServer:
     return server
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def everything_in(record: logging.LogRecord) -> str:
     parts = [record.getMessage(), repr(record.msg), repr(record.args)]
     if record.exc_info:
@@ -116,7 +109,7 @@ def test_no_secret_in_any_log_record(db_path: Path | str, kept: Keep) -> None:
         for name, port in (
             ("ok", ok.server_address[1]),
             ("failing", failing.server_address[1]),
-            ("closed", closed_port()),
+            ("closed", free_port()),
         ):
             hook = store.webhooks.create(
                 name,

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import requests
+from _http import free_port
 
 import tokenstore._store
 from tokenstore._errors import BlockedAddress, ValidationError
@@ -508,12 +509,6 @@ def listener() -> Iterator[Listener]:
     live.stop()
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (it was just bound, then freed)."""
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Recorder:
     request_lines: list[bytes] = field(default_factory=list)
@@ -647,7 +642,7 @@ def test_a_name_with_an_allowed_and_a_private_address_gets_no_connection(
 def test_open_and_closed_blocked_ports_read_the_same(listener: Listener, host: str) -> None:
     session = guarded_session(AddressGuard())
     open_error = post_blocked(session, f"http://{host}:{listener.port}/")
-    closed_error = post_blocked(session, f"http://{host}:{closed_port()}/")
+    closed_error = post_blocked(session, f"http://{host}:{free_port()}/")
     assert str(open_error) == str(closed_error)
     assert listener.stop() == 0
 
@@ -658,7 +653,7 @@ def test_the_delivery_log_tells_nothing_about_blocked_ports(
     store = tokenstore._store.open(db_path, webhook_allow=())
     try:
         errors = []
-        for port in (listener.port, closed_port()):
+        for port in (listener.port, free_port()):
             hook = store.webhooks.create(
                 f"probe-{port}", "tokenstore.APIToken", f"http://localhost:{port}/"
             )
@@ -805,7 +800,7 @@ def test_ipv6_loopback_server(server6: LiveServer) -> None:
 def test_an_allowed_closed_port_is_an_ordinary_connection_error() -> None:
     session = guarded_session(AddressGuard(["127.0.0.1/32"]))
     with pytest.raises(requests.exceptions.ConnectionError, match="Connection refused"):
-        session.post(f"http://127.0.0.1:{closed_port()}/", data=b"{}", timeout=TIMEOUT)
+        session.post(f"http://127.0.0.1:{free_port()}/", data=b"{}", timeout=TIMEOUT)
 
 
 def test_an_unknown_name_is_an_ordinary_connection_error() -> None:
