@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from . import _deadline
+from . import _deadline, _lookup
 from ._errors import BlockedAddress, ValidationError, shown
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ class AddressGuard:
             return f"{shown} is {kind}"
         return f"{shown} embeds the IPv4 address {embedded}, and {embedded} is {kind}"
 
-    def addresses(self, host: str, port: int) -> list[str]:
+    def addresses(self, host: str, port: int, timeout: float | None = None) -> list[str]:
         """The addresses to connect to for ``host``, every one of them allowed.
 
         Raises :class:`BlockedAddress` if any address the host resolves to is
@@ -265,10 +265,11 @@ class AddressGuard:
         (or an allowlist to complete), and nothing is sent either way. The
         message gives the kind of address, not the address, so a delivery
         log does not map the internal network for whoever sets hook URLs.
-        Resolution errors are the resolver's ``socket.gaierror``.
+        Resolution errors are the resolver's ``socket.gaierror``, raised too
+        when it has not answered within ``timeout`` seconds (``None``: no limit).
         """
         name = host.strip("[]")
-        found = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+        found = _lookup.getaddrinfo(name, port, timeout)
         addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
         if self.host_allowed(name):
             return addresses
@@ -377,12 +378,14 @@ def _connect_pinned(conn: HTTPConnection, guard: AddressGuard) -> socket.socket:
     from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
     from urllib3.util.connection import create_connection
 
+    timeout = conn.timeout
+    # The lookup, like each connection attempt, within the connect timeout and the deadline.
+    lookup = _deadline.remaining(float(timeout)) if isinstance(timeout, int | float) else None
     try:
-        addresses = guard.addresses(conn.host, conn.port)
+        addresses = guard.addresses(conn.host, conn.port, lookup)
     except socket.gaierror as exc:
         raise NameResolutionError(conn.host, conn, exc) from exc
     error: OSError | None = None
-    timeout = conn.timeout
     for address in addresses:
         if isinstance(timeout, int | float):  # never past the attempt's deadline
             timeout = _deadline.remaining(float(timeout))

@@ -1,0 +1,148 @@
+"""A hook's host name is looked up within the attempt's deadline, however slow the resolver.
+
+The system resolver cannot be stopped once asked, and the one a hook's name
+sends it to is a third party. The tests run a process in namespaces of its
+own (user, mount, network) where /etc/resolv.conf names a server on
+127.0.0.1 that reads every query and never answers: the real resolver, the
+real getaddrinfo, a name server that has gone quiet.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_NAMESPACES = ["unshare", "--user", "--map-root-user", "--mount", "--net"]
+
+
+def _namespaces_usable() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    try:
+        probe = subprocess.run(
+            [*_NAMESPACES, "ip", "link", "set", "lo", "up"], capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(
+    not _namespaces_usable(),
+    reason="needs unshare and ip, and user namespaces this user may create",
+)
+
+# Each query is asked twice, 5 s apart: unbounded, one lookup holds its caller 10 s or more.
+_RESOLV_CONF = "nameserver 127.0.0.1\noptions timeout:5 attempts:2\n"
+
+_APP = textwrap.dedent(
+    """
+    import json, socket, sys, threading, time
+    import peewee, tokenstore
+    from tokenstore import ABIDModel
+
+    quiet = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    quiet.bind(("127.0.0.1", 53))  # the name server resolv.conf names: it never answers
+    swallow = lambda: [quiet.recvfrom(512) for _ in iter(int, 1)]
+    threading.Thread(target=swallow, daemon=True).start()
+
+    class Item(ABIDModel):
+        abid_prefix = "itm_"
+
+    s = tokenstore.open(
+        sys.argv[1], webhook_allow=["hook.example"], delivery_deadline=1.0, sync_budget=1.5
+    )
+    s.register(Item)
+    hooks = [s.webhooks.create(f"h{i}", Item, f"http://{i}.hook.example/") for i in range(3)]
+    start = time.monotonic()
+    Item.create()
+    save = time.monotonic() - start
+    start = time.monotonic()
+    pings = [s.webhooks.ping(hooks[0]) for _ in range(3)]
+    ping = (time.monotonic() - start) / 3
+    lookups = sum(t.name == "tokenstore-name-lookup" for t in threading.enumerate())
+    from tokenstore import _lookup
+    crowd = []
+    for i in range(_lookup.MAX_WAITING + 2):  # as many names again, each given up at once
+        try:
+            _lookup.getaddrinfo(f"{i}.crowd.example", 80, 0.01)
+        except socket.gaierror as exc:
+            crowd.append(str(exc))
+    crowded = sum(t.name == "tokenstore-name-lookup" for t in threading.enumerate())
+    print(json.dumps({
+        "save": save,
+        "ping": ping,
+        "lookups": lookups,
+        "errors": [d.last_error for d in s.webhooks.deliveries() if d.event_type == "item.created"],
+        "ping_errors": sorted({d.last_error for d in pings}),
+        "crowd": crowd,
+        "crowded": crowded,
+    }))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def quiet_resolver_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("dns")
+    (folder / "resolv.conf").write_text(_RESOLV_CONF)
+    (folder / "app.py").write_text(_APP)
+    script = (
+        'ip link set lo up && mount --bind "$1/resolv.conf" /etc/resolv.conf && '
+        'exec "$2" "$1/app.py" "$1/store.sqlite3"'
+    )
+    result = subprocess.run(
+        [*_NAMESPACES, "sh", "-c", script, "sh", str(folder), sys.executable],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    outcome: dict[str, Any] = json.loads(result.stdout)
+    return outcome
+
+
+def test_a_save_waits_one_deadline_for_a_resolver_that_never_answers(
+    quiet_resolver_run: dict[str, Any],
+) -> None:
+    """Three hooks, three names: the commit's budget, not three resolver timeouts."""
+    assert quiet_resolver_run["save"] < 1.5 + 0.5
+    errors = sorted(quiet_resolver_run["errors"])
+    assert errors[:2] == ["", "timed out: the attempt ran past its deadline of 1 s"]  # third: later
+    assert re.fullmatch(
+        r"timed out: the attempt ran past the 0\.\d+ s left of the writing thread's "
+        r"sync_budget, short of its deadline of 1 s",
+        errors[2],
+    )
+
+
+def test_each_attempt_at_a_quiet_name_costs_at_most_its_deadline(
+    quiet_resolver_run: dict[str, Any],
+) -> None:
+    assert quiet_resolver_run["ping"] < 1.0 + 0.5
+    assert quiet_resolver_run["ping_errors"] == [
+        "timed out: the attempt ran past its deadline of 1 s"
+    ]
+
+
+def test_lookups_left_waiting_on_the_resolver_are_few(quiet_resolver_run: dict[str, Any]) -> None:
+    """Attempts at one name share its lookup; one lookup per name is still waiting, no more."""
+    assert 1 <= quiet_resolver_run["lookups"] <= 3
+
+
+def test_names_waiting_on_the_resolver_are_bounded(quiet_resolver_run: dict[str, Any]) -> None:
+    """Past eight names the resolver has yet to answer, a lookup fails at once, starting none."""
+    assert quiet_resolver_run["crowded"] == 8
+    crowd = quiet_resolver_run["crowd"]
+    assert len(crowd) == 10
+    assert set(crowd[-4:]) == {"[Errno -3] the name resolver has yet to answer 8 earlier lookups"}
+    assert "[Errno -3] the name resolver did not answer within 0.01 s" in crowd
