@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import peewee
 
@@ -20,6 +20,12 @@ from ._errors import ValidationError
 EVENT_TABLE = "tokenstore_change_event"
 LISTENER_TABLE = "tokenstore_listener"
 HOOK_TABLE = "tokenstore_outbound_webhook"
+
+
+class Connection(Protocol):
+    """The DB-API connection of the committing transaction (sqlite3 or psycopg)."""
+
+    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
 
 
 def model_ref(model: type[peewee.Model]) -> str:

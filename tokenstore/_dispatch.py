@@ -12,30 +12,22 @@ them over.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 from . import signals
-from ._capture import EVENT_TABLE, LISTENER_TABLE, ChangeEvent
+from ._capture import EVENT_TABLE, LISTENER_TABLE, ChangeEvent, Connection
+from ._liveness import Liveness
 from ._m2m import RelationChange, runs
 from ._registry import Registry
 from ._rows import Converter, Loader, build, quote_name, refused_as_not_utf8
 from ._times import format_time
 
 logger = logging.getLogger("tokenstore.dispatch")
-
-
-class Connection(Protocol):
-    """The DB-API connection of the committing transaction (sqlite3 or psycopg)."""
-
-    def execute(self, sql: str, params: Any = ..., /) -> Any: ...
 
 
 #: Runs inside the committing transaction with the events it claimed first; what it
@@ -84,25 +76,6 @@ class Claimed:
         return bool(self.events or self.followups)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child its parent has not reaped yet is as dead as it gets
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _new_claimant() -> str:
-    """This process's name in claims and the listener table: stale once its pid is gone."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 class _ThreadState(threading.local):
     """Per thread: what committed transactions claimed, and whether it is being fired."""
 
@@ -125,13 +98,11 @@ class Dispatcher:
         registry: Registry,
         statements: Statements,
         clock: Callable[[], datetime],
-        claim_timeout: timedelta,
-        listener_timeout: timedelta,
+        liveness: Liveness,
     ) -> None:
         self.registry = registry
         self.clock = clock
-        self.claim_timeout = claim_timeout
-        self.listener_timeout = listener_timeout
+        self.liveness = liveness
         self._next_housekeeping = 0.0  # time.monotonic() of the next look at the listeners
         self.consumers: list[Consumer] = []
         self._probe = f"SELECT {_LISTENING}"
@@ -141,7 +112,6 @@ class Dispatcher:
         # Whether this process has put itself in the listener table (``on_begin``), so the
         # first commit after its last receiver left takes it out again.
         self._registered = False
-        self.claimant = _new_claimant()
         self._local = _ThreadState()
         self._backend = statements
         self._claims: tuple[tuple[str, ...], ClaimStatements] | None = None
@@ -161,25 +131,15 @@ class Dispatcher:
         self._unregister = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
         self._finish = sql(f"DELETE FROM {EVENT_TABLE} WHERE claimed_by = ? AND id IN ({{marks}})")
         self._drop = sql(f"DELETE FROM {EVENT_TABLE} WHERE id IN ({{marks}})")
-        self._claimants = (
-            f"SELECT claimed_by, min(claimed_at) FROM {EVENT_TABLE} "
-            "WHERE claimed_by IS NOT NULL GROUP BY claimed_by"
-        )
-        self._release = sql(f"UPDATE {EVENT_TABLE} SET claimed_by = NULL WHERE claimed_by = ?")
-        self._listeners = f"SELECT claimant, coalesce(seen, since) FROM {LISTENER_TABLE}"
-        self._rewind_seen = sql(
-            f"UPDATE {LISTENER_TABLE} SET seen = ? WHERE coalesce(seen, since) > ?"
-        )
-        self._rewind_claims = sql(f"UPDATE {EVENT_TABLE} SET claimed_at = ? WHERE claimed_at > ?")
-        self._forget = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
+
+    @property
+    def claimant(self) -> str:
+        """This process's name in its claims and in the listener table."""
+        return self.liveness.claimant
 
     def start_afresh(self) -> None:
-        """In a forked child: claim and listen under a name of its own, not the parent's.
-
-        Under the parent's name, the child's claims would outlive it (the
-        parent's pid is alive) and its ``close()`` would unregister the parent.
-        """
-        self.claimant = _new_claimant()
+        """In a forked child: claim and listen under a name of its own (``Liveness``)."""
+        self.liveness.start_afresh()
         self._registered = False
         self._local = _ThreadState()
 
@@ -472,28 +432,6 @@ class Dispatcher:
 
     # -- recovery -----------------------------------------------------------------------
 
-    def _gone(self, claimant: str) -> bool:
-        """Whether a claimant's process has ended (on this host; others cannot be asked)."""
-        if claimant == self.claimant:
-            return False
-        claim_host, _, rest = claimant.partition(":")
-        pid = rest.partition(":")[0]
-        return claim_host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
-
-    def stale_claimants(self, conn: Connection) -> list[str]:
-        """Claimants whose process is gone (or has held its claim past the timeout)."""
-        cutoff = format_time(self.clock() - self.claim_timeout)
-        return [
-            claimant
-            for claimant, oldest in conn.execute(self._claimants)
-            if claimant != self.claimant and (self._gone(claimant) or oldest < cutoff)
-        ]
-
-    def release(self, conn: Connection, claimants: Iterable[str]) -> None:
-        """Hand abandoned claims back, so the enclosing transaction claims them anew."""
-        for claimant in claimants:
-            conn.execute(self._release, (claimant,))
-
     def housekeeping(self, conn: Connection) -> None:
         """Forget dead and silent listeners, and drop what nobody will hear; once a minute.
 
@@ -501,65 +439,6 @@ class Dispatcher:
         listener that stopped listening, even where nothing calls ``dispatch``.
         """
         self._next_housekeeping = time.monotonic() + 60
-        self.forget_dead_listeners(conn)
-        self._rewind(conn)  # after: a row no listener wrote is gone, not made to look alive
+        self.liveness.forget_dead_listeners(conn)
+        self.liveness.rewind(conn)  # after: a row no listener wrote is gone, not made alive
         self.drop_unheard(conn)
-
-    def _rewind(self, conn: Connection) -> None:
-        """Count heartbeats and claims stamped after now from now.
-
-        They were stamped by a clock since set back (an NTP step); judged as
-        they are, a listener or claimant that died meanwhile on another host
-        would be taken for alive until the clock caught up, a year on maybe,
-        and its events would wait that long.
-        """
-        now = self.clock()
-        stamps = (format_time(now), format_time(now + timedelta(minutes=1)))
-        conn.execute(self._rewind_seen, stamps)
-        conn.execute(self._rewind_claims, stamps)
-
-    def _forget_not_utf8(self, conn: Connection) -> None:
-        """Remove listener rows holding text that is no UTF-8 (SQLite): no listener wrote them."""
-        stored = (
-            f"CAST(claimant AS BLOB), CAST(coalesce(seen, since) AS BLOB) FROM {LISTENER_TABLE}"
-        )
-        for claimant, seen in conn.execute(f"SELECT {stored}").fetchall():
-            try:
-                claimant.decode(), seen.decode()
-            except UnicodeDecodeError:
-                logger.error("%s: a row in text that is no UTF-8 is removed", LISTENER_TABLE)
-                conn.execute(
-                    f"DELETE FROM {LISTENER_TABLE} WHERE CAST(claimant AS BLOB) = ?", (claimant,)
-                )
-
-    def forget_dead_listeners(self, conn: Connection) -> None:
-        """Listeners whose process ended, or that claimed nothing for ``listener_timeout``.
-
-        Such a listener no longer keeps capture on; once no listener is left,
-        its backlog is dropped (``drop_unheard``).
-        """
-        silent_since = format_time(self.clock() - self.listener_timeout)
-        try:
-            listeners = conn.execute(self._listeners).fetchall()
-        except Exception as exc:
-            if refused_as_not_utf8(exc) is None:
-                raise
-            self._forget_not_utf8(conn)
-            listeners = conn.execute(self._listeners).fetchall()
-        for claimant, seen in listeners:
-            if claimant == self.claimant:
-                continue
-            if not (isinstance(claimant, str) and isinstance(seen, str)):  # no listener wrote it
-                logger.error("%s: a row that is no listener is removed", LISTENER_TABLE)
-                conn.execute(self._forget, (claimant,))
-            elif self._gone(claimant):
-                conn.execute(self._forget, (claimant,))
-            elif seen < silent_since:
-                logger.warning(
-                    # Shown quoted and cut: the table may have been written by hand.
-                    "listener %.200r has claimed nothing since %.40r; removed, and the events "
-                    "waiting only for it are dropped",
-                    claimant,
-                    seen,
-                )
-                conn.execute(self._forget, (claimant,))

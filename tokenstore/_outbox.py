@@ -25,9 +25,8 @@ from typing import Any
 
 from ._allowlist import AllowList
 from ._backend import Backend, row_lock
-from ._capture import ChangeEvent, model_ref
+from ._capture import ChangeEvent, Connection, model_ref
 from ._compat import peewee_errors
-from ._dispatch import Connection
 from ._errors import DamagedRow, StoreError
 from ._m2m import RelationRun, runs
 from ._models import ON_ABID_CONFLICT, OutboundWebhook, WebhookDelivery, insert_with_fresh_ids

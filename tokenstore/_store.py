@@ -29,6 +29,7 @@ from ._errors import StoreError, ValidationError, shown
 from ._fork import keep, on_fork_in_child
 from ._hook_rules import HookValidator
 from ._inputs import check_flag, check_path, check_seconds, check_text
+from ._liveness import Liveness
 from ._m2m import Relation
 from ._models import OWN_MODELS, SYSTEM_USERNAME, ABIDModel, BaseModel, OutboundWebhook, User
 from ._netguard import AddressGuard
@@ -110,12 +111,11 @@ class Store:
             self.path = None
             #: Where the store is, for people: the file, or the URL without its password.
             self.location = redacted_url(path)
+            self._liveness = Liveness(
+                PostgresDatabase.sql, self.clock, opts.claim_timeout, opts.listener_timeout
+            )
             self._dispatcher = Dispatcher(
-                self._registry,
-                PostgresDatabase,
-                self.clock,
-                opts.claim_timeout,
-                opts.listener_timeout,
+                self._registry, PostgresDatabase, self.clock, self._liveness
             )
             self.db = open_postgres(
                 path,
@@ -127,12 +127,11 @@ class Store:
         else:
             self.path = check_path(path, "the store path")
             self.location = str(self.path)
+            self._liveness = Liveness(
+                SQLiteDatabase.sql, self.clock, opts.claim_timeout, opts.listener_timeout
+            )
             self._dispatcher = Dispatcher(
-                self._registry,
-                SQLiteDatabase,
-                self.clock,
-                opts.claim_timeout,
-                opts.listener_timeout,
+                self._registry, SQLiteDatabase, self.clock, self._liveness
             )
             self.db = open_database(
                 self.path,
@@ -378,7 +377,7 @@ class Store:
             self.db.atomic(),  # its commit claims what is unclaimed, then fires it
         ):
             conn = self.db.connection()
-            self._dispatcher.release(conn, self._dispatcher.stale_claimants(conn))
+            self._liveness.release(conn, self._liveness.stale_claimants(conn))
             self._dispatcher.housekeeping(conn)
         if deliver:
             self.webhooks.deliver_due()
