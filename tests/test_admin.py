@@ -993,3 +993,13 @@ def test_public_lifts_the_host_check_for_a_proxy_in_front(store: tokenstore.Stor
         server.shutdown()
         server.server_close()
     assert page.status_code == 200 and 'name="csrf"' in page.text
+
+
+def test_the_new_hook_form_offers_only_models_a_hook_may_watch(
+    client: Client, store: tokenstore.Store
+) -> None:
+    page = client.get("/webhooks")
+    assert page.status == 200
+    offered = re.findall(r"<option>([^<]+)</option>", page.text)
+    assert "tokenstore.User" in offered and "tokenstore.APIToken" in offered
+    assert "tokenstore.WebhookDelivery" not in offered  # refused as a hook's ref

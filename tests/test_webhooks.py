@@ -141,6 +141,7 @@ def test_ref_accepts_a_model_class_or_its_name_and_refuses_unknown_ones(store: S
     message = str(info.value)
     assert "app.models.Missing" in message
     assert store.ref(Doc) in message and "tokenstore.APIToken" in message
+    assert "WebhookDelivery" not in message  # not a ref a hook may name
     assert "store.register" in message  # what to do about it
 
 

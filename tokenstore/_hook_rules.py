@@ -86,7 +86,7 @@ class HookValidator:
 
     def check_ref(self, ref: str | type[peewee.Model]) -> str:
         """The ref of the registered model ``ref`` names, if hooks may watch it."""
-        model = self.registry.for_ref(ref)
+        model = self.registry.for_ref(ref, unlisted=(WebhookDelivery,))
         if model is WebhookDelivery:
             raise ValidationError(
                 f"{model_ref(model)} cannot have webhooks: its changes are not "

@@ -126,8 +126,13 @@ class Registry:
     def relation_for(self, table: str) -> Relation | None:
         return self._relations.get(table)
 
-    def for_ref(self, ref: str | type[peewee.Model]) -> type[peewee.Model]:
-        """The registered model a hook's ``ref`` names; unknown refs list the known ones."""
+    def for_ref(
+        self, ref: str | type[peewee.Model], unlisted: tuple[type[peewee.Model], ...] = ()
+    ) -> type[peewee.Model]:
+        """The registered model a hook's ``ref`` names; unknown refs list the known ones.
+
+        ``unlisted`` models are left out of that list: the caller refuses them anyway.
+        """
         if isinstance(ref, type):
             wanted = model_ref(ref)
         elif isinstance(ref, str):
@@ -140,7 +145,8 @@ class Registry:
         for model in self._by_table.values():
             if model_ref(model) == wanted:
                 return model
-        known = ", ".join(sorted(model_ref(m) for m in self._by_table.values()))
+        listed = (m for m in self._by_table.values() if m not in unlisted)
+        known = ", ".join(sorted(model_ref(m) for m in listed))
         raise ValidationError(
             f"unknown model ref {shown(wanted)}; registered models: {known} (register the model "
             "with store.register(Model) first; the tokenstore command registers a module's "

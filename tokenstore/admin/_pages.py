@@ -204,7 +204,9 @@ def next_attempt(hook: OutboundWebhook) -> Any:
 
 
 def _refs(store: tokenstore.Store) -> list[str]:
-    return sorted(store.ref(model) for model in store.models.values())
+    """The models a new hook may watch: all but the delivery log, which is not captured."""
+    models = (m for m in store.models.values() if m is not WebhookDelivery)
+    return sorted(store.ref(model) for model in models)
 
 
 def webhooks(visit: Visit, error: str = "") -> Response:
