@@ -360,6 +360,18 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     ]
 
 
+def test_demo_refuses_json_rather_than_print_its_story_as_text(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*COMMAND, "--json", "demo", "--dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "--json" in result.stderr
+    assert not (tmp_path / "demo").exists()  # nothing made
+
+
 def test_app_models_are_registered_with_app_and_their_changes_delivered(
     db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
 ) -> None:

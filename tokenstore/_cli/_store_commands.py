@@ -390,6 +390,8 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     """Run the demo on a throwaway file."""
     from .._demo import run_demo
 
+    if out.as_json:
+        raise ValidationError("demo tells its story as text: --json does not apply to it")
     return run_demo(args.dir)
 
 
