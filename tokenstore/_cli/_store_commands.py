@@ -353,11 +353,16 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
 
     tolerance = round(args.tolerance.total_seconds())
     server = make_receiver(args.host, args.port, listen_secret(args), show, tolerance=tolerance)
-    port = server.server_address[1]
-    shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
-    print(f"listening on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    url = _served_url(args.host, server)
+    print(f"listening on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     _serve_until_interrupted(server)
     return 0
+
+
+def _served_url(host: str, server: Any) -> str:
+    """The URL a server listening on ``host`` answers at (an IPv6 address in brackets)."""
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    return f"http://{shown}:{server.server_address[1]}/"
 
 
 def _serve_until_interrupted(server: Any) -> None:
@@ -376,12 +381,11 @@ def cmd_serve(args: argparse.Namespace, out: Output) -> int:
 
     with _open(args, browse=True) as store:
         server = make_admin_server(store, args.host, args.port, public=args.public)
-        port = server.server_address[1]
         warning = public_warning(args.host)
         if warning:
             print(warning, file=sys.stderr)
-        shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
-        print(f"admin page on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        url = _served_url(args.host, server)
+        print(f"admin page on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         _serve_until_interrupted(server)
     return 0
 
