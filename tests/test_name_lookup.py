@@ -12,13 +12,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tokenstore import _lookup
 
 _NAMESPACES = ["unshare", "--user", "--map-root-user", "--mount", "--net"]
 
@@ -34,11 +38,6 @@ def _namespaces_usable() -> bool:
         return False
     return probe.returncode == 0
 
-
-pytestmark = pytest.mark.skipif(
-    not _namespaces_usable(),
-    reason="needs unshare and ip, and user namespaces this user may create",
-)
 
 # Each query is asked twice, 5 s apart: unbounded, one lookup holds its caller 10 s or more.
 _RESOLV_CONF = "nameserver 127.0.0.1\noptions timeout:5 attempts:2\n"
@@ -92,6 +91,8 @@ _APP = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def quiet_resolver_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if not _namespaces_usable():
+        pytest.skip("needs unshare and ip, and user namespaces this user may create")
     folder = tmp_path_factory.mktemp("dns")
     (folder / "resolv.conf").write_text(_RESOLV_CONF)
     (folder / "app.py").write_text(_APP)
@@ -146,3 +147,23 @@ def test_names_waiting_on_the_resolver_are_bounded(quiet_resolver_run: dict[str,
     assert len(crowd) == 10
     assert set(crowd[-4:]) == {"[Errno -3] the name resolver has yet to answer 8 earlier lookups"}
     assert "[Errno -3] the name resolver did not answer within 0.01 s" in crowd
+
+
+def test_a_name_the_resolver_cannot_even_encode_raises_as_getaddrinfo_does() -> None:
+    """Not every refusal is an OSError: a label past 63 characters fails IDNA encoding.
+
+    The lookup thread must hand that to the caller too, not die with it (a
+    traceback on stderr, and an empty answer taken for "no addresses").
+    """
+    name = "a" * 70 + ".example"
+    with pytest.raises(UnicodeError) as direct:
+        socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)
+    unraised: list[threading.ExceptHookArgs] = []
+    previous, threading.excepthook = threading.excepthook, unraised.append
+    try:
+        with pytest.raises(UnicodeError) as bounded:
+            _lookup.getaddrinfo(name, 80, 5.0)
+    finally:
+        threading.excepthook = previous
+    assert str(bounded.value) == str(direct.value)
+    assert unraised == []

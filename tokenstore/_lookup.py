@@ -34,12 +34,12 @@ class _Lookup:
         self.key = key
         self.done = threading.Event()
         self.answer: _Answer = []
-        self.error: OSError | None = None
+        self.error: Exception | None = None
 
     def run(self) -> None:
         try:
             self.answer = socket.getaddrinfo(*self.key, type=socket.SOCK_STREAM)
-        except OSError as exc:
+        except Exception as exc:  # gaierror, or a name IDNA cannot encode: the caller's to see
             self.error = exc
         finally:
             with _lock:
