@@ -235,6 +235,40 @@ def test_one_call_of_the_retry_path_costs_one_deadline_per_hook_that_is_down(
     assert elapsed < 2 * 0.4 + 0.5
 
 
+def test_closing_the_store_waits_one_lease_in_all_for_its_retry_threads(
+    db_path: Path, receiver: Receiver
+) -> None:
+    """Two retry threads, each in a round longer than a lease: close() waited a lease for each.
+
+    Documented: a round in progress is waited for up to one lease (the
+    delivery deadline and 5 s); the rest of it ends by itself.
+    """
+
+    def hang(handler: BaseHTTPRequestHandler) -> None:
+        time.sleep(1)
+        ok(handler)
+
+    deadline = 0.2
+    lease = deadline + 5
+    s = open_store(db_path, delivery_deadline=deadline, sync_budget=0)
+    try:
+        for n in range(120):  # a round costs a deadline per hook that is down: 24 s in all
+            s.webhooks.create(f"down{n}", Item, receiver.url(f"/{n}"))
+        Item.create(n=1)  # no budget: every delivery is due on the retry path
+        receiver.respond = hang
+        for _ in range(2):
+            s.webhooks.start_retry_thread(interval=0.01)
+        give_up = time.monotonic() + 5
+        while len(receiver.hits) < 4 and time.monotonic() < give_up:
+            time.sleep(0.01)
+        assert len(receiver.hits) >= 4  # both threads are well into their rounds
+    finally:
+        start = time.monotonic()
+        s.close()
+        elapsed = time.monotonic() - start
+    assert lease - 1 < elapsed < lease + 1.5
+
+
 def test_a_failing_endpoint_is_not_tried_from_the_write_path(
     db_path: Path, receiver: Receiver
 ) -> None:

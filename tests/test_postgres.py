@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import _db
 import peewee
@@ -202,6 +203,128 @@ def test_a_connection_the_server_ended_is_a_store_error_then_a_new_one(
         ("alice",),
         ("bob",),
         ("system",),
+    ]
+
+
+class FreezingProxy:
+    """A TCP relay to the server whose connections, once frozen, carry nothing more.
+
+    Bytes sent to a frozen connection are taken (the kernel acknowledges them)
+    and never passed on, as a server that stops answering does: a stopped
+    process, a hung disk, a machine swapping. New connections are relayed.
+    """
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        port = self.listener.getsockname()[1]
+        self.url = urlunsplit(
+            parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}")
+        )
+        self.frozen: list[threading.Event] = []
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(self.upstream, timeout=5)
+                server.settimeout(None)
+                frozen = threading.Event()
+                self.frozen.append(frozen)
+                self.sockets += [client, server]
+                for a, b in ((client, server), (server, client)):
+                    threading.Thread(target=self._pipe, args=(a, b, frozen), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, frozen: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not frozen.is_set():
+                    sink.sendall(data)
+
+    def freeze(self) -> None:
+        for frozen in self.frozen:
+            frozen.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def _raised(call: Callable[[], object]) -> BaseException | float:
+    """What ``call`` raised (a float, its time, if it returned)."""
+    started = time.monotonic()
+    try:
+        call()
+    except BaseException as exc:
+        return exc
+    return time.monotonic() - started
+
+
+def _frozen_mid_call(
+    proxy: FreezingProxy, call: Callable[[], object]
+) -> tuple[BaseException | float, BaseException | float]:
+    """On a thread of its own: ``call`` once, then again once the proxy froze, and a third time.
+
+    Returns what the second and third calls raised, or how long they took.
+    """
+    outcomes: list[BaseException | float] = []
+    connected, frozen = threading.Event(), threading.Event()
+
+    def thrice() -> None:
+        call()  # this thread's connection, relayed
+        connected.set()
+        frozen.wait(5)
+        outcomes.append(_raised(call))
+        outcomes.append(_raised(call))  # on a connection of its own
+
+    caller = threading.Thread(target=thrice, daemon=True)
+    caller.start()
+    assert connected.wait(5)
+    proxy.freeze()
+    frozen.set()
+    caller.join(15)  # the test's own bound: the proxy's closing ends a call still waiting
+    assert len(outcomes) == 2, "a call was still waiting after 15 s"
+    return outcomes[0], outcomes[1]
+
+
+def test_a_server_that_stops_answering_mid_call_holds_it_a_bounded_time(pg_url: str) -> None:
+    """Connected, then silent: every call waited for ever (the server's kernel acknowledges).
+
+    The client waits for an answer as long as the session lets a statement
+    run (its statement_timeout, here 100 ms, else 60 s) or wait for a lock,
+    whichever is longer, and 5 s more; then it ends the connection.
+    """
+    proxy = FreezingProxy(pg_url)
+    quick = "options=-c%20statement_timeout%3D100%20-c%20lock_timeout%3D100"
+    store = tokenstore.open(f"{proxy.url}?{quick}")
+    names = (f"user{n}" for n in itertools.count())
+    try:
+        _, secret = store.tokens.create(store.users.create("alice"), name="ci")
+        calls: list[Callable[[], object]] = [
+            lambda: store.tokens.authenticate(secret),  # a statement on the raw connection
+            lambda: store.users.create(next(names)),  # a pipelined write
+        ]
+        for call in calls:
+            lost, again = _frozen_mid_call(proxy, call)
+            assert isinstance(lost, StoreIOError), lost
+            assert "did not answer within 5.1 s" in str(lost)
+            assert "app-password" not in str(lost)
+            assert isinstance(again, float) and again < 2, again
+    finally:
+        proxy.close()
+        store.close()
+    assert _db.rows(pg_url, "SELECT username FROM tokenstore_user ORDER BY 1") == [
+        ("alice",),
+        ("system",),
+        ("user0",),
+        ("user2",),  # user1's write reached the server not even in part
     ]
 
 

@@ -51,6 +51,7 @@ from ._postgres_ddl import (
     trigger_names,
 )
 from ._postgres_driver import (
+    connection_class,
     cursor_class,
     driver,
     in_transaction,
@@ -59,7 +60,7 @@ from ._postgres_driver import (
     translated,
 )
 from ._postgres_listen import ChangeListener
-from ._postgres_url import connection_url, lock_wait, redacted_url, without_secrets
+from ._postgres_url import answer_wait, connection_url, lock_wait, redacted_url, without_secrets
 from ._postgres_url import is_url as is_url  # bench/scale.py imports it from here
 from ._rows import quote_name
 from ._times import format_time, utcnow
@@ -165,11 +166,10 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     def __init__(
         self, url: str, *, hooks: CommitHooks, busy_timeout: float, read_only: bool = False
     ) -> None:
-        # A registered model's UUID primary key is stored as 32 hex digits, as on SQLite.
-        # A statement waits for another transaction's lock at most busy_timeout, as an
-        # SQLite writer does (without it, a session left holding a lock held every call);
-        # a read-only store's sessions refuse writes on the server too. The URL's own
-        # options are kept: a keyword given to psycopg replaces the URL's.
+        # UUID primary keys are 32 hex digits, as on SQLite. A statement waits for another
+        # transaction's lock at most busy_timeout, as an SQLite writer does (without it, a
+        # session left holding a lock held every call); a read-only store's sessions refuse
+        # writes on the server too. The URL's options are kept (psycopg's keywords win).
         given = driver().conninfo.conninfo_to_dict(url)
         # In UTC, as tokenstore's times are: a TIMESTAMP column of an application's keeps
         # an aware time converted to the session's zone, which was the server's.
@@ -186,11 +186,8 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         #: The URL as messages show it, without its password: every write may name it.
         self.shown_url = redacted_url(url)
         options["cursor_factory"] = cursor_class(self.shown_url, self.lock_wait)
-        # Text is UTF-8 on the wire whatever the database's encoding: on an SQL_ASCII
-        # database psycopg would otherwise return bytes.
-        super().__init__(
-            url, prefer_psycopg3=True, field_types=_FIELD_TYPES, encoding="utf8", **options
-        )
+        self._connection_class = connection_class(answer_wait(options["options"], self.lock_wait))
+        super().__init__(url, prefer_psycopg3=True, field_types=_FIELD_TYPES, **options)
         self.url = url
         #: Opened with ``read_only``: nothing is written, writes raise StoreReadOnly.
         self.read_only = read_only
@@ -202,6 +199,13 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
 
     def __repr__(self) -> str:
         return f"<PostgresDatabase {self.shown_url!r}>"
+
+    def _connect(self) -> Any:
+        """A ``connection_class`` connection, made as peewee does; UTF-8 on the wire whatever
+        the database's encoding (psycopg would return an SQL_ASCII database's text as bytes)."""
+        return self._connection_class.connect(
+            self.url, autocommit=True, client_encoding="utf8", **self.connect_params
+        )
 
     def connect(self, reuse_if_open: bool = False) -> bool:
         """Open this thread's connection; one refused says why, without the password."""

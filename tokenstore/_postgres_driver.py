@@ -164,6 +164,34 @@ def cursor_class(where: str, lock_wait: float) -> type[psycopg.Cursor[Any]]:
     return Cursor
 
 
+def connection_class(answer_wait: float) -> type[psycopg.Connection[Any]]:
+    """psycopg's connection, which waits for the server at most ``answer_wait`` s a request.
+
+    Every request of a connection (a statement, a fetch, a pipeline's sync,
+    a commit) waits for its answer in ``Connection.wait``; one the server
+    does not answer in time ends the connection, so the call raises
+    StoreIOError (a lost connection) and the next one connects again.
+    ``wait``, its ``interval`` (psycopg's default: 0.1 s) and ``timeout``,
+    and ``_WaitTimeout`` are psycopg's, undocumented: relied on here alone.
+    """
+    import psycopg
+    from psycopg.errors import _WaitTimeout
+
+    class Connection(psycopg.Connection[Any]):
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            if timeout is not None:  # psycopg's own wait with a timeout (notifies, a cancel)
+                return super().wait(gen, interval, timeout)
+            try:
+                return super().wait(gen, interval, answer_wait)
+            except _WaitTimeout:
+                self.close()
+                raise psycopg.OperationalError(
+                    f"the server did not answer within {answer_wait:g} s"
+                ) from None
+
+    return Connection
+
+
 @contextmanager
 def pipelined(conn: psycopg.Connection[Any]) -> Iterator[None]:
     """``conn.pipeline()``, raising what failed in the block and nothing after it.

@@ -142,12 +142,24 @@ def without_secrets(text: str, url: str) -> str:
     return text
 
 
-#: A ``lock_timeout`` set in a session's options (``-c lock_timeout=200``, ``--lock-timeout=2s``).
-_LOCK_TIMEOUT = re.compile(
-    r"(?:-c\s*|--)lock[_-]timeout\s*=\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?(?!\w)"
-)
+#: A time setting in a session's options (``-c lock_timeout=200``, ``--lock-timeout=2s``).
+_SETTING = r"(?:-c\s*|--){name}\s*=\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?(?!\w)"
 #: Seconds per unit of a PostgreSQL time setting; a bare number is milliseconds.
 _SECONDS = {"us": 1e-6, "ms": 1e-3, None: 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+#: How long a statement may run, as the client sees it, unless the URL sets statement_timeout.
+STATEMENT_WAIT = 60.0
+#: What the client allows beyond a statement's run for the answer to arrive.
+ANSWER_MARGIN = 5.0
+
+
+def _seconds(options: str, name: str) -> float | None:
+    """The last value the options give a time setting, in seconds (as on the server)."""
+    found = re.findall(_SETTING.format(name=name.replace("_", "[_-]")), options)
+    if not found:
+        return None
+    number, unit = found[-1]
+    return float(number) * _SECONDS[unit or None]
 
 
 def lock_wait(options: str, busy_timeout: float) -> float:
@@ -157,8 +169,19 @@ def lock_wait(options: str, busy_timeout: float) -> float:
     URL's own setting overrides ``busy_timeout``: the StoreLocked message
     says how long the wait really was.
     """
-    found = _LOCK_TIMEOUT.findall(options)
-    if not found:
-        return busy_timeout
-    number, unit = found[-1]
-    return float(number) * _SECONDS[unit or None]
+    found = _seconds(options, "lock_timeout")
+    return busy_timeout if found is None else found
+
+
+def answer_wait(options: str, lock_wait: float) -> float:
+    """How long the client waits for the server's answer to one request, in seconds.
+
+    A server that stops answering (a stopped process, a hung disk) leaves
+    the connection open, and its kernel answers TCP keepalives: a call
+    would wait for ever. A statement may legitimately wait for a lock, or run as long as the
+    session's ``statement_timeout`` lets it (``STATEMENT_WAIT`` where the URL
+    sets none, or sets 0); past the longer of the two and ``ANSWER_MARGIN``,
+    the server is taken for gone.
+    """
+    running = _seconds(options, "statement_timeout") or STATEMENT_WAIT
+    return max(lock_wait, running) + ANSWER_MARGIN

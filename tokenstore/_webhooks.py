@@ -101,13 +101,16 @@ class Webhooks:
         """Stop the retry threads started here (``store.close()`` does).
 
         Left running after the store closed, each kept its connection and
-        went on sending: one more thread with every open and close. A round
-        in progress is waited for up to one lease; past that it ends by
-        itself, as its round does.
+        went on sending: one more thread with every open and close. Rounds
+        in progress are waited for up to one lease in all, however many
+        threads there are; past that each ends by itself, as its round does.
         """
         threads, self._retry_threads = self._retry_threads, []
+        for thread in threads:  # all asked first, so their rounds' ends are waited for together
+            thread.stop(0)
+        give_up = time.monotonic() + self.outbox.lease.total_seconds()
         for thread in threads:
-            thread.stop(self.outbox.lease.total_seconds())
+            thread.stop(max(0.0, give_up - time.monotonic()))
 
     def create(
         self,
