@@ -173,6 +173,7 @@ def connection_class(answer_wait: float) -> type[psycopg.Connection[Any]]:
     StoreIOError (a lost connection) and the next one connects again.
     ``wait``, its ``interval`` (psycopg's default: 0.1 s) and ``timeout``,
     and ``_WaitTimeout`` are psycopg's, undocumented: relied on here alone.
+    They came with psycopg 3.3.6, the ``postgres`` extra's lower bound.
     """
     import psycopg
     from psycopg.errors import _WaitTimeout
