@@ -522,6 +522,31 @@ def test_a_lock_held_past_the_busy_timeout_raises_store_locked(
         store.close()
 
 
+@pytest.mark.parametrize("busy_timeout", [5, 6])
+def test_opening_a_file_another_program_holds_locked_raises_store_locked(
+    tmp_path: Path, busy_timeout: int
+) -> None:
+    """Opening reads the file first (its version, its tables); a lock held all the while
+    is the same fault as at a write: StoreLocked after busy_timeout, not an I/O error."""
+    path = tmp_path / "store.sqlite3"
+    tokenstore.open(path).close()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("PRAGMA journal_mode=DELETE")  # as another program may leave it
+        other.execute("BEGIN EXCLUSIVE")  # readers too are kept out
+        started = time.monotonic()
+        with pytest.raises(StoreLocked) as raised:
+            tokenstore.open(path, busy_timeout=busy_timeout)
+        waited = time.monotonic() - started
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert str(raised.value) == (
+        f"{path}: the database stayed locked for {busy_timeout} s (SQLITE_BUSY during open)"
+    )
+    assert busy_timeout - 0.5 <= waited < busy_timeout + 5, waited
+
+
 def test_a_read_only_connection_raises_store_read_only(
     tmp_path: Path, receiver: Receiver, saved: list[str]
 ) -> None:

@@ -571,7 +571,12 @@ def open_database(
     if str(path) in ("", ":memory:") or str(path).startswith("file::memory:"):
         raise StoreError("tokenstore needs a file path; an in-memory database is not shared")
     version, fell_back, created = prepare_file(
-        path, SCHEMA_VERSION, _our_tables(), create=create, read_only=read_only
+        path,
+        SCHEMA_VERSION,
+        _our_tables(),
+        busy_timeout=busy_timeout,
+        create=create,
+        read_only=read_only,
     )
     read_only = read_only or fell_back is not None
     db = SQLiteDatabase(path, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)

@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 
 from ._backend import FELL_BACK
-from ._errors import StoreCorrupt, StoreError, StoreIOError, StoreReadOnly
+from ._errors import StoreCorrupt, StoreError, StoreIOError, StoreLocked, StoreReadOnly
 from ._rows import quote_name
 
 logger = logging.getLogger("tokenstore.store")
@@ -123,15 +123,17 @@ def _damaged(path: Path, what: str) -> StoreCorrupt:
     )
 
 
-def check_file(path: Path, schema_version: int, ours: frozenset[str]) -> int:
+def check_file(path: Path, schema_version: int, ours: frozenset[str], busy_timeout: float) -> int:
     """Read a file's schema version without writing to it; refuse what is not ours to open.
 
     Refused: directories, FIFOs, devices and sockets (never opened), files
     that are not SQLite, files of a newer tokenstore, and files that are
     damaged or lack tables their version promises. ``schema_version`` is
     the version this code writes, ``ours`` the tables a file of that version
-    holds. Nothing is changed: a file that opens is made private afterwards
-    (see ``make_files_private``).
+    holds. A lock another connection holds is waited for up to
+    ``busy_timeout``, as every statement of the store waits. Nothing is
+    changed: a file that opens is made private afterwards (see
+    ``make_files_private``).
     """
     st = _stat_regular(path)
     for suffix in COMPANIONS:
@@ -148,7 +150,7 @@ def check_file(path: Path, schema_version: int, ours: frozenset[str]) -> int:
     if not st.st_size:
         return 0
     try:
-        conn = sqlite3.connect(connect_uri(path, read_only=True), uri=True)
+        conn = sqlite3.connect(connect_uri(path, read_only=True), busy_timeout, uri=True)
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
@@ -159,6 +161,11 @@ def check_file(path: Path, schema_version: int, ours: frozenset[str]) -> int:
     except sqlite3.DatabaseError as exc:
         if exc.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
             raise _damaged(path, f"is corrupt ({exc})") from None
+        if exc.sqlite_errorname == "SQLITE_BUSY":
+            raise StoreLocked(
+                f"{path}: the database stayed locked for {busy_timeout:g} s "
+                "(SQLITE_BUSY during open)"
+            ) from None
         raise StoreIOError(f"cannot read {path}: {exc}") from None
     if version < 0:
         raise StoreError(
@@ -184,7 +191,13 @@ def check_file(path: Path, schema_version: int, ours: frozenset[str]) -> int:
 
 
 def prepare_file(
-    path: Path, schema_version: int, ours: frozenset[str], *, create: bool, read_only: bool
+    path: Path,
+    schema_version: int,
+    ours: frozenset[str],
+    *,
+    busy_timeout: float,
+    create: bool,
+    read_only: bool,
 ) -> tuple[int, str | None, bool]:
     """Judge, and if need be create, the file SQLite is to open: (version, fell_back, created).
 
@@ -193,7 +206,7 @@ def prepare_file(
     warning once the file is accepted (a refusal is one message);
     ``created`` is whether this call made the file.
     """
-    version = check_file(path, schema_version, ours)
+    version = check_file(path, schema_version, ours, busy_timeout)
     fell_back: str | None = None
     created = False
     if not path.exists():
