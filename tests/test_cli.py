@@ -861,6 +861,7 @@ def test_secrets_read_from_a_closed_or_undecodable_stdin_are_refused(
     db_path: Path, args: tuple[str, ...]
 ) -> None:
     assert "stdin is closed" in refused(db_path, *args, stdin=None)
+    assert "stdin ended before" in refused(db_path, *args, stdin=b"")  # not an empty secret
     assert "over 65536 characters" in refused(db_path, *args, stdin=b"x" * 70000)
     undecodable = refused(db_path, *args, stdin=b"\xff\xfe\n", PYTHONIOENCODING="utf-8")
     assert "not UTF-8" in undecodable

@@ -121,6 +121,8 @@ def _secret(value: str) -> str:
         line = sys.stdin.readline(_SECRET_CHARS + 1)  # < /dev/zero has no line end
     except UnicodeDecodeError:
         raise ValidationError("the secret read from stdin is not UTF-8 text") from None
+    if not line:  # an empty secret would be stored as if one were given
+        raise ValidationError("- reads the secret from stdin, but stdin ended before a line")
     if len(line) > _SECRET_CHARS:
         raise ValidationError(f"the secret read from stdin is over {_SECRET_CHARS} characters")
     return line.strip()
