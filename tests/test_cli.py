@@ -867,6 +867,20 @@ def test_secrets_read_from_a_closed_or_undecodable_stdin_are_refused(
     assert "not UTF-8" in undecodable
 
 
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("second", ["X-Key=2", "x-key=2", "X-KEY=-"])
+def test_a_header_named_twice_is_refused_rather_than_one_value_dropped(
+    db_path: Path, second: str
+) -> None:
+    tokenstore(db_path, "init")
+    create = ("--allow", "127.0.0.1/32", "webhooks", "create", "h", "tokenstore.User",
+              "http://127.0.0.1:9/", "--header", "X-Key=SEKRIT1", "--header", second)  # fmt: skip
+    stderr = refused(db_path, *create, stdin=b"SEKRIT2\n")
+    assert "--header" in stderr and "twice" in stderr and "SEKRIT" not in stderr
+    with tokenstore_package.open(db_path) as store:
+        assert store.webhooks.list() == []
+
+
 def test_a_header_value_is_read_from_stdin_and_kept_out_of_argv(db_path: Path) -> None:
     tokenstore(db_path, "init")
     args = ("--allow", "127.0.0.1/32", "webhooks", "create", "h", "tokenstore.User")

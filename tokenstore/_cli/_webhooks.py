@@ -18,8 +18,17 @@ from ._values import _duration_type, _header, _positive_int, _secret, _time_type
 
 
 def _headers(given: Sequence[str] | None) -> dict[str, str]:
-    """The ``--header`` options as a dict."""
-    return dict(_header(h) for h in given or ())
+    """The ``--header`` options as a dict; a name given twice is refused, not half dropped.
+
+    HTTP names ignore case, so ``X-Key`` and ``x-key`` would reach the receiver as one.
+    """
+    headers: dict[str, str] = {}
+    for option in given or ():
+        name, value = _header(option)
+        if name.lower() in (known.lower() for known in headers):
+            raise ValidationError(f"--header {name!r} is given twice (names ignore case)")
+        headers[name] = value
+    return headers
 
 
 def cmd_webhooks_create(args: argparse.Namespace, out: Output) -> int:
