@@ -204,6 +204,7 @@ def test_a_literal_private_address_is_refused_without_an_allowlist(db_path: Path
         ({"X-" + "a" * 8_000: "1"}, "at most 8000 characters"),
         ({"X-A": "a" * 5_000, "X-B": "b" * 5_000}, "at most 8000 characters"),
         ({f"X-{i}": "v" for i in range(2_000)}, "at most 8000 characters"),
+        ({"X-Key": "1", "x-key": "2"}, "'x-key' is named twice"),  # HTTP would send one
     ],
 )
 def test_bad_headers_are_refused(store: Store, headers: Any, message: str) -> None:
