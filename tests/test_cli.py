@@ -876,7 +876,8 @@ def test_a_header_named_twice_is_refused_rather_than_one_value_dropped(
     create = ("--allow", "127.0.0.1/32", "webhooks", "create", "h", "tokenstore.User",
               "http://127.0.0.1:9/", "--header", "X-Key=SEKRIT1", "--header", second)  # fmt: skip
     stderr = refused(db_path, *create, stdin=b"SEKRIT2\n")
-    assert "--header" in stderr and "twice" in stderr and "SEKRIT" not in stderr
+    assert "-key' is given twice" in stderr.lower() or "-key' is named twice" in stderr.lower()
+    assert "SEKRIT" not in stderr
     with tokenstore_package.open(db_path) as store:
         assert store.webhooks.list() == []
 
