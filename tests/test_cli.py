@@ -541,6 +541,8 @@ def test_every_option_has_help_with_its_default_and_every_group_an_example() -> 
             hidden = action.default is argparse.SUPPRESS  # a global option's copy
             assert required or hidden or "default" in text, (words, action.dest)
             assert "(default: None)" not in text % vars(action), (words, action.dest)
+            if isinstance(action, argparse._StoreConstAction):  # a flag is off unless given
+                assert "(default: True)" not in text % vars(action), (words, action.dest)
             assert not action.required or "default" not in text, (words, action.dest)
     groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, group in groups[0].choices.items():

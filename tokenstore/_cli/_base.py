@@ -167,6 +167,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
             or action.required
         ):
             return text
+        if isinstance(action, argparse._StoreFalseAction):
+            return f"{text} (default: False)"  # the flag is off unless given, whatever its dest
         return f"{text} (default: %(default)s)"
 
 
