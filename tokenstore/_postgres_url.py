@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-from ._errors import ValidationError
+from ._errors import StoreIOError, ValidationError
 from ._inputs import check_text
 from ._postgres_driver import driver
 
@@ -162,3 +162,19 @@ def lock_wait(options: str, busy_timeout: float) -> float:
         return busy_timeout
     number, unit = found[-1]
     return float(number) * _SECONDS[unit or None]
+
+
+#: How libpq (psycopg, for connect_timeout) refuses a value of the URL only as it connects.
+_REFUSED_VALUE = re.compile(
+    r"(connection is bad: )?(invalid (port number|integer value|\w+ value)|bad value for )"
+)
+
+
+def connect_error(url: str, cause: BaseException) -> StoreIOError | ValidationError:
+    """What a refused connection raises, without the password: the URL's fault when libpq
+    refused one of its values (a port, an sslmode), else a StoreError."""
+    text = str(cause).strip()
+    detail = without_secrets(text.splitlines()[0] if text else type(cause).__name__, url)
+    if _REFUSED_VALUE.match(detail):
+        return ValidationError(f"{redacted_url(url)} is not a valid PostgreSQL URL: {detail}")
+    return StoreIOError(f"cannot connect to {redacted_url(url)}: {detail}")
