@@ -677,6 +677,19 @@ def test_a_blocked_address_says_how_to_allow_it(
     assert "webhooks allow" in blocked.stderr and "TOKENSTORE_WEBHOOK_ALLOW" in blocked.stderr
 
 
+@pytest.mark.sqlite_only
+def test_a_bad_allow_entry_is_refused_by_a_command_that_only_reads(db_path: Path) -> None:
+    """A reading command writes no entry, but a typo in one is still bad input, not ignored."""
+    tokenstore(db_path, "init")
+    for args in (("users", "list"), ("webhooks", "allowlist"), ("tokens", "list")):
+        stderr = refused(db_path, "--allow", "not a host!", *args)
+        assert "allowlist entry 'not a host!'" in stderr
+        stderr = refused(db_path, *args, TOKENSTORE_WEBHOOK_ALLOW="10.0.0.0/33")
+        assert "'10.0.0.0/33'" in stderr
+    tokenstore(db_path, "--allow", "10.0.0.0/8", "users", "list")  # checked, not written
+    assert as_json(db_path, "webhooks", "allowlist") == []
+
+
 def test_update_delivery_and_deliver_due(
     db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
 ) -> None:

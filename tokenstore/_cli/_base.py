@@ -16,6 +16,7 @@ import peewee
 
 from .._backend import FELL_BACK
 from .._errors import StoreError, StoreReadOnly, ValidationError
+from .._netguard import AddressGuard
 from .._store import Store
 from .._store import open as open_store
 from ._output import Output, held_lines, one_line
@@ -59,6 +60,9 @@ def _open(
             f"no store at ./{DEFAULT_DB}, the default: name yours with --db PATH or "
             "$TOKENSTORE_DB, or create one here with `tokenstore init`"
         )
+    if read:  # nothing is written, but a typo in an entry is bad input all the same
+        for entry in args.allow:
+            AddressGuard.canonical(entry)
     with held_lines() as held:
         store = open_store(
             args.db,
@@ -186,8 +190,8 @@ _GLOBAL_OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
         "allow",
         {"action": "append", "metavar": "HOST_OR_CIDR"},
         "let webhooks reach this host or network, which the address guard refuses by "
-        "default, e.g. 127.0.0.1/32; it is added to the file's allowlist, which every "
-        "process applies (repeatable; added to $TOKENSTORE_WEBHOOK_ALLOW, "
+        "default, e.g. 127.0.0.1/32; a command that writes adds it to the file's allowlist, "
+        "which every process applies (repeatable; added to $TOKENSTORE_WEBHOOK_ALLOW, "
         "comma-separated) (default: none)",
     ),
     (
