@@ -649,6 +649,18 @@ def test_bad_values_exit_2_with_one_line(
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("given", ["2030-01-01", "2030-01-01 12:30", "2030-01-01T12:30:00.5"])
+def test_a_time_without_a_timezone_is_refused_with_advice_that_works(
+    db_path: Path, given: str
+) -> None:
+    tokenstore(db_path, "init")
+    stderr = tokenstore(db_path, "tokens", "create", "--expires", given, expect=2).stderr
+    advice = stderr.rstrip("\n").rpartition("e.g. ")[2]
+    tokenstore(db_path, "tokens", "create", "--expires", advice)  # what it says to write works
+    assert as_json(db_path, "tokens", "list")[0]["expires"].startswith(given[:10])
+
+
 def test_a_zero_grace_ends_the_old_secret_at_once(db_path: Path) -> None:
     as_json(db_path, "--allow", "127.0.0.1/32", "webhooks", "create", "h", "tokenstore.User",
             "http://127.0.0.1:9/")  # fmt: skip

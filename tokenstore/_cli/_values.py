@@ -56,8 +56,8 @@ def parse_time(text: str, option: str, wrong: str = "not") -> datetime:
         raise ValidationError(
             f"{option} {text!r} is {wrong} an ISO-8601 time like 2030-01-01T00:00:00Z"
         ) from None
-    if when.tzinfo is None:
-        raise ValidationError(f"{option} {text!r} needs a timezone, e.g. {text.strip()}Z")
+    if when.tzinfo is None:  # the advice written out in full: a bare date takes no Z
+        raise ValidationError(f"{option} {text!r} needs a timezone, e.g. {when.isoformat()}Z")
     return when
 
 
