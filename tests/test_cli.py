@@ -639,6 +639,9 @@ def test_times_print_in_the_one_stored_format(db_path: Path) -> None:
         (("webhooks", "deliveries", "--limit", "0"), "at least 1"),
         (("tokens", "nope"), "invalid choice"),
         (("users", "list", "--bogus"), "--bogus (see tokenstore users list --help)"),
+        # `--db "$DB"` with $DB unset: not a reason to use ./tokenstore.sqlite3
+        (("--db", "", "init"), "argument --db: it is empty"),
+        (("users", "list", "--db", ""), "argument --db: it is empty"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(

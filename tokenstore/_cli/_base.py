@@ -236,6 +236,8 @@ def _settle_global_options(args: argparse.Namespace) -> None:
     """One value per global option: the latest place wins (after the command, after its
     group, before both), then $VARIABLES; ``--allow`` and ``--app`` add up from all."""
     dbs = [getattr(args, f"{place}db", None) for place in reversed(_PLACES)]
+    if "" in dbs:  # `--db "$DB"` with $DB unset: no reason to use ./tokenstore.sqlite3
+        args.command_parser.error("argument --db: it is empty: name the store file or URL")
     args.db = next((db for db in dbs if db), None) or os.environ.get("TOKENSTORE_DB")
     args.db_is_default = not args.db  # a missing default file is said to be the default
     args.db = args.db or DEFAULT_DB
