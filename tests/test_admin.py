@@ -833,6 +833,9 @@ def test_only_loopback_unless_public(store: tokenstore.Store) -> None:
         admin.make_admin_server(store, "0.0.0.0", 0)
     with pytest.raises(tokenstore.ValidationError, match="--public"):
         admin.make_admin_server(store, "192.0.2.1", 0)
+    for empty in ("", " ", "[]"):  # would listen on every address, shown as http://:PORT/
+        with pytest.raises(tokenstore.ValidationError, match="--host is empty"):
+            admin.make_admin_server(store, empty, 0, public=True)
 
 
 @pytest.mark.parametrize(

@@ -553,6 +553,8 @@ def test_every_option_has_help_with_its_default_and_every_group_an_example() -> 
             hidden = action.default is argparse.SUPPRESS  # a global option's copy
             assert required or hidden or "default" in text, (words, action.dest)
             assert "(default: None)" not in text % vars(action), (words, action.dest)
+            if isinstance(action, argparse._StoreConstAction):  # a flag is off unless given
+                assert "(default: True)" not in text % vars(action), (words, action.dest)
             assert not action.required or "default" not in text, (words, action.dest)
     groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, group in groups[0].choices.items():
@@ -649,6 +651,9 @@ def test_times_print_in_the_one_stored_format(db_path: Path) -> None:
         (("webhooks", "deliveries", "--limit", "0"), "at least 1"),
         (("tokens", "nope"), "invalid choice"),
         (("users", "list", "--bogus"), "--bogus (see tokenstore users list --help)"),
+        # `--db "$DB"` with $DB unset: not a reason to use ./tokenstore.sqlite3
+        (("--db", "", "init"), "argument --db: it is empty"),
+        (("users", "list", "--db", ""), "argument --db: it is empty"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(
@@ -657,6 +662,18 @@ def test_bad_values_exit_2_with_one_line(
     result = tokenstore(db_path, *args, expect=2)
     assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("given", ["2030-01-01", "2030-01-01 12:30", "2030-01-01T12:30:00.5"])
+def test_a_time_without_a_timezone_is_refused_with_advice_that_works(
+    db_path: Path, given: str
+) -> None:
+    tokenstore(db_path, "init")
+    stderr = tokenstore(db_path, "tokens", "create", "--expires", given, expect=2).stderr
+    advice = stderr.rstrip("\n").rpartition("e.g. ")[2]
+    tokenstore(db_path, "tokens", "create", "--expires", advice)  # what it says to write works
+    assert as_json(db_path, "tokens", "list")[0]["expires"].startswith(given[:10])
 
 
 def test_a_zero_grace_ends_the_old_secret_at_once(db_path: Path) -> None:
@@ -685,6 +702,19 @@ def test_a_blocked_address_says_how_to_allow_it(
     blocked = tokenstore(db_path, "--json", "webhooks", "ping", "h", expect=1)
     assert json.loads(blocked.stdout)["last_error"].startswith("blocked:") and len(received) == 1
     assert "webhooks allow" in blocked.stderr and "TOKENSTORE_WEBHOOK_ALLOW" in blocked.stderr
+
+
+@pytest.mark.sqlite_only
+def test_a_bad_allow_entry_is_refused_by_a_command_that_only_reads(db_path: Path) -> None:
+    """A reading command writes no entry, but a typo in one is still bad input, not ignored."""
+    tokenstore(db_path, "init")
+    for args in (("users", "list"), ("webhooks", "allowlist"), ("tokens", "list")):
+        stderr = refused(db_path, "--allow", "not a host!", *args)
+        assert "allowlist entry 'not a host!'" in stderr
+        stderr = refused(db_path, *args, TOKENSTORE_WEBHOOK_ALLOW="10.0.0.0/33")
+        assert "'10.0.0.0/33'" in stderr
+    tokenstore(db_path, "--allow", "10.0.0.0/8", "users", "list")  # checked, not written
+    assert as_json(db_path, "webhooks", "allowlist") == []
 
 
 def test_update_delivery_and_deliver_due(
@@ -873,9 +903,25 @@ def test_secrets_read_from_a_closed_or_undecodable_stdin_are_refused(
     db_path: Path, args: tuple[str, ...]
 ) -> None:
     assert "stdin is closed" in refused(db_path, *args, stdin=None)
+    assert "stdin ended before" in refused(db_path, *args, stdin=b"")  # not an empty secret
     assert "over 65536 characters" in refused(db_path, *args, stdin=b"x" * 70000)
     undecodable = refused(db_path, *args, stdin=b"\xff\xfe\n", PYTHONIOENCODING="utf-8")
     assert "not UTF-8" in undecodable
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("second", ["X-Key=2", "x-key=2", "X-KEY=-"])
+def test_a_header_named_twice_is_refused_rather_than_one_value_dropped(
+    db_path: Path, second: str
+) -> None:
+    tokenstore(db_path, "init")
+    create = ("--allow", "127.0.0.1/32", "webhooks", "create", "h", "tokenstore.User",
+              "http://127.0.0.1:9/", "--header", "X-Key=SEKRIT1", "--header", second)  # fmt: skip
+    stderr = refused(db_path, *create, stdin=b"SEKRIT2\n")
+    assert "-key' is given twice" in stderr.lower() or "-key' is named twice" in stderr.lower()
+    assert "SEKRIT" not in stderr
+    with tokenstore_package.open(db_path) as store:
+        assert store.webhooks.list() == []
 
 
 def test_a_header_value_is_read_from_stdin_and_kept_out_of_argv(db_path: Path) -> None:

@@ -60,6 +60,11 @@ from tokenstore._postgres_url import redacted_url
         "postgresql://u:12/SEKRIT@127.0.0.1:1/db",
         "postgresql://u:S@E/KRIT@127.0.0.1:1/db",
         "postgresql://u:S/E?KRIT@127.0.0.1:1/db",
+        # Values libpq refuses only as it connects: still the URL's fault, not the server's.
+        "postgresql://u:SEKRIT@127.0.0.1:99999/db",
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?sslmode=bogus",
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?connect_timeout=abc",
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?target_session_attrs=bogus",
     ],
 )
 def test_a_url_libpq_cannot_take_is_a_validation_error_without_its_password(url: str) -> None:

@@ -762,9 +762,10 @@ def test_a_secret_given_where_a_user_is_named_is_not_repeated(ts: Store) -> None
     """A secret pasted for a username (``tokenstore tokens create "$SECRET"``) stays out of logs."""
     _, secret = ts.tokens.create()
     legacy = "0123456789abcdef0123456789abcdef"  # an ArchiveBox key
-    for given in (secret, legacy):
+    signing = "whsec_hqRiqLyjxhXJ5jxfH9FsA/P9+LcRKNBf"  # a hook's signing secret
+    for given in (secret, legacy, signing):
         for call in (ts.users.get, ts.tokens.create, ts.tokens.list):
-            with pytest.raises(NotFound, match="API token secret") as caught:
+            with pytest.raises(NotFound, match="looks like a secret") as caught:
                 call(given)
             assert given not in str(caught.value) and given[4:20] not in str(caught.value)
     with pytest.raises(NotFound, match="'bob'"):

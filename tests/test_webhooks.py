@@ -205,6 +205,7 @@ def test_a_literal_private_address_is_refused_without_an_allowlist(db_path: Path
         ({"X-" + "a" * 8_000: "1"}, "at most 8000 characters"),
         ({"X-A": "a" * 5_000, "X-B": "b" * 5_000}, "at most 8000 characters"),
         ({f"X-{i}": "v" for i in range(2_000)}, "at most 8000 characters"),
+        ({"X-Key": "1", "x-key": "2"}, "'x-key' is named twice"),  # HTTP would send one
     ],
 )
 def test_bad_headers_are_refused(store: Store, headers: Any, message: str) -> None:
@@ -312,6 +313,25 @@ def test_hooks_made_in_one_millisecond_are_listed_in_one_order_on_both_backends(
     assert [h.name for h in store.webhooks.list()] == [h.name for h in by_abid]
     enabled = [h.name for h in store.webhooks.list(enabled=True)]
     assert enabled == [h.name for h in by_abid]
+
+
+def test_a_secret_pasted_where_a_hook_or_delivery_is_named_is_not_repeated(store: Store) -> None:
+    """Lookups and allowlist entries never quote back a token or signing secret given by mistake."""
+    _, token = store.tokens.create()
+    signing = store.webhooks.create("docs", Doc, URL).secret
+    legacy = "0123456789abcdef0123456789abcdef"  # an ArchiveBox key
+    lookups = (store.webhooks.get, store.webhooks.delivery, store.webhooks.redeliver,
+               lambda given: store.webhooks.deliveries(before=given))  # fmt: skip
+    for given in (token, signing, legacy):
+        for call in lookups:
+            with pytest.raises(NotFound) as caught:
+                call(given)
+            assert given[6:20] not in str(caught.value), str(caught.value)
+        for entry_call in (store.webhooks.allow, store.webhooks.disallow):
+            with pytest.raises(ValidationError, match="looks like a secret") as refused:
+                entry_call(given)
+            assert given[6:20] not in str(refused.value)
+    assert store.webhooks.allowlist() == ["127.0.0.1/32"]  # no secret kept in the file
 
 
 def test_an_abid_names_its_own_hook_even_if_another_is_named_like_it(store: Store) -> None:

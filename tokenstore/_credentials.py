@@ -16,12 +16,14 @@ import secrets
 import zlib
 
 from ._errors import ValidationError
+from ._signing import SECRET_PREFIX
 
 __all__ = [
     "DEFAULT_TOKEN_PREFIX",
     "check_prefix",
     "generate_token",
     "looks_like_legacy_token",
+    "looks_like_secret",
     "looks_like_token",
     "token_digest",
     "token_hint",
@@ -96,6 +98,16 @@ def looks_like_legacy_token(text: object) -> bool:
     from an unknown token; this only says it is not malformed.
     """
     return isinstance(text, str) and _LEGACY_TOKEN_RE.fullmatch(text) is not None
+
+
+def looks_like_secret(text: object) -> bool:
+    """Whether ``text`` is a secret given where a name or an id belongs: an API token of
+    either kind, or a hook's signing secret. A message about it must not quote it back."""
+    return (
+        looks_like_token(text)
+        or looks_like_legacy_token(text)
+        or (isinstance(text, str) and text.startswith(SECRET_PREFIX))
+    )
 
 
 def token_digest(secret: str) -> str:

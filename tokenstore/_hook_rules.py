@@ -128,8 +128,12 @@ class HookValidator:
         headers = {} if hook.headers is None else hook.headers
         if not isinstance(headers, Mapping):
             raise ValidationError(f"webhook headers must be a JSON object, got {shown(headers)}")
+        named: set[str] = set()
         for key, value in headers.items():
             check_header_name(key, "webhook header name")
+            if key.lower() in named:  # HTTP names ignore case: the receiver would get one
+                raise ValidationError(f"webhook header {key!r} is named twice (ignoring case)")
+            named.add(key.lower())
             if not _header_value_ok(value):
                 raise ValidationError(
                     f"webhook header {key!r} must have a string value of Latin-1 "

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import _deadline, _lookup
+from ._credentials import looks_like_secret
 from ._errors import BlockedAddress, ValidationError, shown
 
 if TYPE_CHECKING:
@@ -210,7 +211,13 @@ class AddressGuard:
 
     @staticmethod
     def canonical(entry: str) -> str:
-        """An allowlist entry in the one form it is stored in (``10.0.0.0/8``, ``host.example``)."""
+        """An allowlist entry in the one form it is stored in (``10.0.0.0/8``, ``host.example``).
+
+        A token or signing secret pasted here would pass for a host name and be kept in
+        the file in clear: it is refused without being quoted.
+        """
+        if looks_like_secret(entry):
+            raise ValidationError("allowlist entry looks like a secret (not shown), not a host")
         return str(_parse_allow_entry(entry))
 
     def __repr__(self) -> str:

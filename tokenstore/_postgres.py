@@ -60,7 +60,7 @@ from ._postgres_driver import (
     translated,
 )
 from ._postgres_listen import ChangeListener
-from ._postgres_url import answer_wait, connection_url, lock_wait, redacted_url, without_secrets
+from ._postgres_url import answer_wait, connect_error, connection_url, lock_wait, redacted_url
 from ._postgres_url import is_url as is_url  # bench/scale.py imports it from here
 from ._rows import quote_name
 from ._times import format_time, utcnow
@@ -217,13 +217,9 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
                 raise
             raise self._cannot_connect(cause) from None
 
-    def _cannot_connect(self, cause: BaseException) -> StoreIOError:
-        """What a refused connection raises: a StoreError, and the OperationalError it was."""
-        text = str(cause).strip()
-        detail = text.splitlines()[0] if text else type(cause).__name__
-        return StoreIOError(
-            f"cannot connect to {self.shown_url}: {without_secrets(detail, self.url)}"
-        )
+    def _cannot_connect(self, cause: BaseException) -> StoreIOError | ValidationError:
+        """What a refused connection raises, without the password (see connect_error)."""
+        return connect_error(self.url, cause)
 
     def connection(self) -> Any:
         """This thread's connection; one the server ended is replaced by a new one.

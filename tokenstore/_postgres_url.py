@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-from ._errors import ValidationError
+from ._errors import StoreIOError, ValidationError
 from ._inputs import check_text
 from ._postgres_driver import driver
 
@@ -185,3 +185,19 @@ def answer_wait(options: str, lock_wait: float) -> float:
     """
     running = _seconds(options, "statement_timeout") or STATEMENT_WAIT
     return max(lock_wait, running) + ANSWER_MARGIN
+
+
+#: How libpq (psycopg, for connect_timeout) refuses a value of the URL only as it connects.
+_REFUSED_VALUE = re.compile(
+    r"(connection is bad: )?(invalid (port number|integer value|\w+ value)|bad value for )"
+)
+
+
+def connect_error(url: str, cause: BaseException) -> StoreIOError | ValidationError:
+    """What a refused connection raises, without the password: the URL's fault when libpq
+    refused one of its values (a port, an sslmode), else a StoreError."""
+    text = str(cause).strip()
+    detail = without_secrets(text.splitlines()[0] if text else type(cause).__name__, url)
+    if _REFUSED_VALUE.match(detail):
+        return ValidationError(f"{redacted_url(url)} is not a valid PostgreSQL URL: {detail}")
+    return StoreIOError(f"cannot connect to {redacted_url(url)}: {detail}")

@@ -20,6 +20,7 @@ from ._credentials import (
     DEFAULT_TOKEN_PREFIX,
     check_prefix,
     looks_like_legacy_token,
+    looks_like_secret,
     looks_like_token,
     token_digest,
     token_hint,
@@ -117,9 +118,9 @@ class Users:
         else:
             user = User.get_or_none(User.username == check_text(username, "username"))
         if user is None:
-            if looks_like_token(username) or looks_like_legacy_token(username):
+            if looks_like_secret(username):
                 # a secret pasted for a name must not end up in a log
-                raise NotFound("no user of that name, which looks like an API token secret")
+                raise NotFound("no user of that name, which looks like a secret (not shown)")
             raise NotFound(f"no user {shown(username)}")
         return user
 

@@ -19,7 +19,7 @@ from ._abid import ABID
 from ._allowlist import AllowList
 from ._backend import Backend
 from ._capture import model_ref
-from ._credentials import looks_like_token
+from ._credentials import looks_like_secret
 from ._errors import InvalidABID, NotFound, ValidationError, shown
 from ._inputs import (
     check_flag,
@@ -34,7 +34,7 @@ from ._outcomes import Outcomes
 from ._payload import dumps
 from ._retry_path import RetryPath
 from ._retry_thread import RetryThread
-from ._signing import SECRET_PREFIX, new_signing_secret
+from ._signing import new_signing_secret
 from ._times import LATEST_NOW, format_time, to_stored_time
 
 logger = logging.getLogger("tokenstore.webhooks")
@@ -206,8 +206,7 @@ class Webhooks:
         if hook is None:
             hook = OutboundWebhook.get_or_none(OutboundWebhook.name == key)
         if hook is None:
-            secretish = looks_like_token(key) or str(key).startswith(SECRET_PREFIX)
-            shown = "(a secret, not shown)" if secretish else repr(str(key)[:80])
+            shown = "(a secret, not shown)" if looks_like_secret(key) else repr(str(key)[:80])
             raise NotFound(f"no webhook with ABID or name {shown}")
         return hook
 
@@ -343,6 +342,8 @@ class Webhooks:
 
     def delivery(self, abid: str) -> WebhookDelivery:
         """One delivery by its ABID (the ``webhook-id`` its receiver saw)."""
+        if looks_like_secret(abid):  # pasted by mistake: not to be quoted into a log
+            raise NotFound("no delivery of that id, which looks like a secret (not shown)")
         try:
             found = WebhookDelivery.get_or_none(
                 WebhookDelivery.abid == ABID.parse(abid, prefix="msg_").canonical

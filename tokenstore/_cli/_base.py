@@ -16,6 +16,7 @@ import peewee
 
 from .._backend import FELL_BACK
 from .._errors import StoreError, StoreReadOnly, ValidationError
+from .._netguard import AddressGuard
 from .._store import Store
 from .._store import open as open_store
 from ._output import Output, held_lines, one_line
@@ -59,6 +60,9 @@ def _open(
             f"no store at ./{DEFAULT_DB}, the default: name yours with --db PATH or "
             "$TOKENSTORE_DB, or create one here with `tokenstore init`"
         )
+    if read:  # nothing is written, but a typo in an entry is bad input all the same
+        for entry in args.allow:
+            AddressGuard.canonical(entry)
     with held_lines() as held:
         store = open_store(
             args.db,
@@ -167,6 +171,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
             or action.required
         ):
             return text
+        if isinstance(action, argparse._StoreFalseAction):
+            return f"{text} (default: False)"  # the flag is off unless given, whatever its dest
         return f"{text} (default: %(default)s)"
 
 
@@ -184,8 +190,8 @@ _GLOBAL_OPTIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
         "allow",
         {"action": "append", "metavar": "HOST_OR_CIDR"},
         "let webhooks reach this host or network, which the address guard refuses by "
-        "default, e.g. 127.0.0.1/32; it is added to the file's allowlist, which every "
-        "process applies (repeatable; added to $TOKENSTORE_WEBHOOK_ALLOW, "
+        "default, e.g. 127.0.0.1/32; a command that writes adds it to the file's allowlist, "
+        "which every process applies (repeatable; added to $TOKENSTORE_WEBHOOK_ALLOW, "
         "comma-separated) (default: none)",
     ),
     (
@@ -230,6 +236,8 @@ def _settle_global_options(args: argparse.Namespace) -> None:
     """One value per global option: the latest place wins (after the command, after its
     group, before both), then $VARIABLES; ``--allow`` and ``--app`` add up from all."""
     dbs = [getattr(args, f"{place}db", None) for place in reversed(_PLACES)]
+    if "" in dbs:  # `--db "$DB"` with $DB unset: no reason to use ./tokenstore.sqlite3
+        args.command_parser.error("argument --db: it is empty: name the store file or URL")
     args.db = next((db for db in dbs if db), None) or os.environ.get("TOKENSTORE_DB")
     args.db_is_default = not args.db  # a missing default file is said to be the default
     args.db = args.db or DEFAULT_DB

@@ -56,8 +56,8 @@ def parse_time(text: str, option: str, wrong: str = "not") -> datetime:
         raise ValidationError(
             f"{option} {text!r} is {wrong} an ISO-8601 time like 2030-01-01T00:00:00Z"
         ) from None
-    if when.tzinfo is None:
-        raise ValidationError(f"{option} {text!r} needs a timezone, e.g. {text.strip()}Z")
+    if when.tzinfo is None:  # the advice written out in full: a bare date takes no Z
+        raise ValidationError(f"{option} {text!r} needs a timezone, e.g. {when.isoformat()}Z")
     return when
 
 
@@ -121,6 +121,8 @@ def _secret(value: str) -> str:
         line = sys.stdin.readline(_SECRET_CHARS + 1)  # < /dev/zero has no line end
     except UnicodeDecodeError:
         raise ValidationError("the secret read from stdin is not UTF-8 text") from None
+    if not line:  # an empty secret would be stored as if one were given
+        raise ValidationError("- reads the secret from stdin, but stdin ended before a line")
     if len(line) > _SECRET_CHARS:
         raise ValidationError(f"the secret read from stdin is over {_SECRET_CHARS} characters")
     return line.strip()

@@ -18,8 +18,17 @@ from ._values import _duration_type, _header, _positive_int, _secret, _time_type
 
 
 def _headers(given: Sequence[str] | None) -> dict[str, str]:
-    """The ``--header`` options as a dict."""
-    return dict(_header(h) for h in given or ())
+    """The ``--header`` options as a dict; a name given twice is refused, not half dropped.
+
+    Names differing only in case are the API's to refuse, as HTTP takes them for one.
+    """
+    headers: dict[str, str] = {}
+    for option in given or ():
+        name, value = _header(option)
+        if name in headers:
+            raise ValidationError(f"--header {name!r} is given twice")
+        headers[name] = value
+    return headers
 
 
 def cmd_webhooks_create(args: argparse.Namespace, out: Output) -> int:
