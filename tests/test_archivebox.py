@@ -643,6 +643,15 @@ def test_a_missing_file_is_refused(store: Store, tmp_path: Path) -> None:
         store.import_archivebox(tmp_path / "nowhere.sqlite3")
 
 
+def test_a_source_that_is_no_regular_file_is_called_so(store: Store) -> None:
+    """/dev/zero exists: "no such file" would send its user looking for a typo."""
+    with pytest.raises(ValidationError) as caught:
+        store.import_archivebox("/dev/zero")
+    assert str(caught.value) == (
+        "/dev/zero is not a regular file (expected ArchiveBox's index.sqlite3)"
+    )
+
+
 def test_a_data_folder_means_its_index(store: Store, tmp_path: Path) -> None:
     standard(tmp_path)
     assert store.import_archivebox(tmp_path).counts["api_apitoken"].imported == 2

@@ -68,11 +68,15 @@ def source_path(path: str | os.PathLike[str]) -> Path:
     try:
         if source.is_dir():
             source = source / "index.sqlite3"  # an ArchiveBox data folder
-        found = source.is_file()
+        found, regular = source.exists(), source.is_file()
     except OSError as exc:  # a name too long, say
         raise ValidationError(f"cannot read {source}: {exc.strerror}") from None
     if not found:
         raise ValidationError(f"{source}: no such file (expected ArchiveBox's index.sqlite3)")
+    if not regular:  # a device, a FIFO, a socket
+        raise ValidationError(
+            f"{source} is not a regular file (expected ArchiveBox's index.sqlite3)"
+        )
     return source
 
 
