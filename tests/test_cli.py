@@ -647,6 +647,7 @@ def test_times_print_in_the_one_stored_format(db_path: Path) -> None:
         (("dispatch", "--watch", "--interval", "0s"), "longer than zero"),
         (("dispatch", "--interval", "inf"), "is not a duration"),
         (("dispatch", "--watch", "--interval", "2d"), "--interval must be more than 0 and at most"),
+        (("dispatch", "--interval", "5s"), "--interval applies only with --watch"),
         (("webhooks", "rotate-secret", "x", "--grace=-1h"), "is negative"),
         (("webhooks", "deliveries", "--limit", "0"), "at least 1"),
         (("tokens", "nope"), "invalid choice"),

@@ -48,9 +48,16 @@ def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+#: How often ``dispatch --watch`` looks for work unless ``--interval`` says.
+_WATCH_INTERVAL = timedelta(seconds=1)
+
+
 def cmd_dispatch(args: argparse.Namespace, out: Output) -> int:
     """``store.dispatch()``, once or (``--watch``) whenever another connection commits."""
-    interval = check_seconds(args.interval.total_seconds(), "--interval")  # at most a day
+    if args.interval is not None and not args.watch:  # a lone dispatch never waits
+        raise ValidationError("--interval applies only with --watch")
+    given = _WATCH_INTERVAL if args.interval is None else args.interval
+    interval = check_seconds(given.total_seconds(), "--interval")  # at most a day
     with _open(args) as store:
         if args.watch:
             watch(store, interval, out, args.deliver)
@@ -167,7 +174,6 @@ def add_store_commands(commands: Commands) -> None:
     p.add_argument(
         "--interval",
         type=_duration_type("--interval"),
-        default=timedelta(seconds=1),
         metavar="DURATION",
         help="with --watch, how often to look for work (default: 1s)",
     )
