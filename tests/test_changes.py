@@ -1025,6 +1025,51 @@ def test_listening_follows_blinker_s_receivers_whichever_way_they_left(
     assert events_left(db_path) == []  # nothing recorded: no listener, no hook
 
 
+@pytest.mark.parametrize("how", ["receivers.clear()", "del receivers[id]", "receivers.pop()"])
+def test_receivers_removed_from_blinker_s_mapping_stop_the_listening_too(
+    memos: Store, db_path: Path, how: str
+) -> None:
+    """``Signal.receivers`` edited by hand leaves blinker's by-sender index behind: not a receiver."""
+
+    def receiver(sender: Any, **extra: Any) -> None:
+        raise AssertionError("removed, so never called")
+
+    signals.post_save.connect(receiver, sender=Memo, weak=False)
+    try:
+        Memo.create(name="registers")
+        assert listeners(db_path) == [memos._dispatcher.claimant]
+        if how == "receivers.clear()":
+            signals.post_save.receivers.clear()
+        elif how == "del receivers[id]":
+            del signals.post_save.receivers[id(receiver)]
+        else:
+            signals.post_save.receivers.pop(id(receiver))
+        assert not signals.any_event_receivers()
+        Memo.create(name="its commit leaves the listener table")
+        assert listeners(db_path) == []
+        shell_edit(db_path, "UPDATE test_changes_memo SET n = n + 1")
+        assert events_left(db_path) == []  # another program's write is recorded for nobody
+    finally:
+        signals.post_save.disconnect(receiver)  # blinker's by-sender index too
+
+
+def test_a_store_whose_signals_are_all_muted_stops_listening_until_unmuted(
+    memos: Store, db_path: Path, listen: Listen
+) -> None:
+    """While muted, tokenstore would call no receiver: no capture, no claim of others' events."""
+    saved = listen(signals.post_save, Memo)
+    Memo.create(name="heard")
+    assert listeners(db_path) == [memos._dispatcher.claimant]
+    with signals.post_save.muted():
+        Memo.create(name="muted")
+        assert listeners(db_path) == []
+        shell_edit(db_path, "UPDATE test_changes_memo SET n = n + 1")
+        assert events_left(db_path) == []
+    Memo.create(name="heard again")
+    assert listeners(db_path) == [memos._dispatcher.claimant]
+    assert [c["instance"].name for c in saved] == ["heard", "heard again"]
+
+
 def test_a_deferred_foreign_key_must_be_resolved_before_its_model_is_registered(
     store: Store, listen: Listen
 ) -> None:
