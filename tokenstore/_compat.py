@@ -31,7 +31,7 @@ blinker
   - ``Signal._by_sender``: which receivers are still connected, to which
     senders. ``Signal.receivers`` keeps a receiver disconnected from the one
     sender it was connected to, so it cannot tell; an id in ``_by_sender``
-    counts only while ``receivers`` holds it (weakly: as ``weakref.ref``).
+    counts only while ``receivers`` holds it.
 
 requests
   - ``PreparedRequest.prepare_*``: a POST prepared step by step, so the URL of
@@ -45,7 +45,6 @@ requests
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -149,19 +148,12 @@ def loading(kwargs: dict[str, Any]) -> bool:
 def is_connected(signal: Any) -> bool:
     """Whether any receiver is connected to a blinker signal, for any sender.
 
-    A receiver counts only while ``receivers`` still holds it, alive:
-    ``receivers`` edited by hand (``clear()``, ``del``, ``pop``) leaves its
-    id in ``_by_sender``, and blinker's ``receivers_for`` then skips it.
+    A receiver counts only while ``receivers`` still holds it: ``receivers``
+    edited by hand (``clear()``, ``del``, ``pop``) leaves its id in
+    ``_by_sender``, and blinker's ``receivers_for`` then skips it.
     """
-    receivers = signal.receivers
-    for bucket in list(signal._by_sender.values()):
-        for receiver_id in list(bucket):
-            receiver = receivers.get(receiver_id)
-            if receiver is not None and not (
-                isinstance(receiver, weakref.ref) and receiver() is None
-            ):
-                return True
-    return False
+    held = signal.receivers.keys()
+    return any(not held.isdisjoint(bucket) for bucket in list(signal._by_sender.values()))
 
 
 def was_saved(instance: peewee.Model) -> bool:
