@@ -1029,7 +1029,7 @@ def test_listening_follows_blinker_s_receivers_whichever_way_they_left(
 def test_receivers_removed_from_blinker_s_mapping_stop_the_listening_too(
     memos: Store, db_path: Path, how: str
 ) -> None:
-    """``Signal.receivers`` edited by hand leaves blinker's by-sender index behind: not a receiver."""
+    """``Signal.receivers`` edited by hand leaves its ids in blinker's by-sender index."""
 
     def receiver(sender: Any, **extra: Any) -> None:
         raise AssertionError("removed, so never called")
