@@ -993,7 +993,23 @@ def test_events_waiting_for_dispatch_fire_once_among_four_processes(
     assert events_left(db_path) == []
 
 
-@pytest.mark.parametrize("how", ["any-sender", "one-sender", "connect_via", "weak-gone"])
+class _Owner:
+    def method(self, sender: Any, **extra: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        "any-sender",
+        "one-sender",
+        "connect_via",
+        "weak-gone",
+        "connected_to",
+        "bound-method-gone",
+        "sender-gone",
+    ],
+)
 def test_listening_follows_blinker_s_receivers_whichever_way_they_left(
     memos: Store, db_path: Path, how: str
 ) -> None:
@@ -1014,15 +1030,102 @@ def test_listening_follows_blinker_s_receivers_whichever_way_they_left(
         signals.row_changed.connect_via(Memo)(receiver)
         assert signals.any_event_receivers()
         signals.row_changed.disconnect(receiver, sender=Memo)
-    else:
+    elif how == "weak-gone":
         signals.post_delete.connect(receiver, sender=Memo)  # weak: goes with the function
         assert signals.any_event_receivers()
         del receiver
         gc.collect()
-    assert not signals.any_event_receivers()
-    memos.dispatch()
-    Memo.create(name="nobody hears this")
-    assert events_left(db_path) == []  # nothing recorded: no listener, no hook
+    elif how == "connected_to":
+        with signals.m2m_changed.connected_to(receiver, sender=Memo):
+            Memo.create(name="heard")
+            assert listeners(db_path) == [memos._dispatcher.claimant]
+    elif how == "bound-method-gone":
+        owner = _Owner()
+        signals.row_changed.connect(owner.method)  # weak: goes with its instance
+        assert signals.any_event_receivers()
+        del owner
+        gc.collect()
+    else:
+        sender = type("Throwaway", (), {})
+        signals.post_save.connect(receiver, sender=sender, weak=False)
+        assert signals.any_event_receivers()
+        del sender
+        gc.collect()  # blinker forgets a sender that is gone, and its receivers with it
+    try:
+        assert not signals.any_event_receivers()
+        memos.dispatch()
+        assert listeners(db_path) == []
+        Memo.create(name="nobody hears this")
+        shell_edit(db_path, "UPDATE test_changes_memo SET n = n + 1")
+        assert events_left(db_path) == []  # nothing recorded: no listener, no hook
+    finally:
+        if how == "sender-gone":
+            signals.post_save.disconnect(receiver)
+
+
+def test_a_receiver_disconnected_from_one_sender_still_hears_the_others(
+    memos: Store, db_path: Path
+) -> None:
+    """``disconnect(fn, sender=X)`` of a receiver connected for any sender leaves it connected."""
+    heard: list[str] = []
+
+    def receiver(sender: Any, instance: Any, **extra: Any) -> None:
+        heard.append(instance.name)
+
+    signals.post_save.connect(receiver, weak=False)
+    try:
+        signals.post_save.disconnect(receiver, sender=Memo)
+        assert signals.any_event_receivers()
+        Memo.create(name="still heard")
+        assert listeners(db_path) == [memos._dispatcher.claimant]
+        assert heard == ["still heard"]
+    finally:
+        signals.post_save.disconnect(receiver)
+
+
+@pytest.mark.parametrize("how", ["receivers.clear()", "del receivers[id]", "receivers.pop()"])
+def test_receivers_removed_from_blinker_s_mapping_stop_the_listening_too(
+    memos: Store, db_path: Path, how: str
+) -> None:
+    """``Signal.receivers`` edited by hand leaves its ids in blinker's by-sender index."""
+
+    def receiver(sender: Any, **extra: Any) -> None:
+        raise AssertionError("removed, so never called")
+
+    signals.post_save.connect(receiver, sender=Memo, weak=False)
+    try:
+        Memo.create(name="registers")
+        assert listeners(db_path) == [memos._dispatcher.claimant]
+        if how == "receivers.clear()":
+            signals.post_save.receivers.clear()
+        elif how == "del receivers[id]":
+            del signals.post_save.receivers[id(receiver)]
+        else:
+            signals.post_save.receivers.pop(id(receiver))
+        assert not signals.any_event_receivers()
+        Memo.create(name="its commit leaves the listener table")
+        assert listeners(db_path) == []
+        shell_edit(db_path, "UPDATE test_changes_memo SET n = n + 1")
+        assert events_left(db_path) == []  # another program's write is recorded for nobody
+    finally:
+        signals.post_save.disconnect(receiver)  # blinker's by-sender index too
+
+
+def test_a_store_whose_signals_are_all_muted_stops_listening_until_unmuted(
+    memos: Store, db_path: Path, listen: Listen
+) -> None:
+    """While muted, tokenstore would call no receiver: no capture, no claim of others' events."""
+    saved = listen(signals.post_save, Memo)
+    Memo.create(name="heard")
+    assert listeners(db_path) == [memos._dispatcher.claimant]
+    with signals.post_save.muted():
+        Memo.create(name="muted")
+        assert listeners(db_path) == []
+        shell_edit(db_path, "UPDATE test_changes_memo SET n = n + 1")
+        assert events_left(db_path) == []
+    Memo.create(name="heard again")
+    assert listeners(db_path) == [memos._dispatcher.claimant]
+    assert [c["instance"].name for c in saved] == ["heard", "heard again"]
 
 
 def test_a_deferred_foreign_key_must_be_resolved_before_its_model_is_registered(

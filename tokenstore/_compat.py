@@ -30,7 +30,8 @@ peewee
 blinker
   - ``Signal._by_sender``: which receivers are still connected, to which
     senders. ``Signal.receivers`` keeps a receiver disconnected from the one
-    sender it was connected to, so it cannot tell.
+    sender it was connected to, so it cannot tell; an id in ``_by_sender``
+    counts only while ``receivers`` holds it.
 
 requests
   - ``PreparedRequest.prepare_*``: a POST prepared step by step, so the URL of
@@ -145,8 +146,14 @@ def loading(kwargs: dict[str, Any]) -> bool:
 
 
 def is_connected(signal: Any) -> bool:
-    """Whether any receiver is connected to a blinker signal, for any sender."""
-    return any(signal._by_sender.values())
+    """Whether any receiver is connected to a blinker signal, for any sender.
+
+    A receiver counts only while ``receivers`` still holds it: ``receivers``
+    edited by hand (``clear()``, ``del``, ``pop``) leaves its id in
+    ``_by_sender``, and blinker's ``receivers_for`` then skips it.
+    """
+    held = signal.receivers.keys()
+    return any(not held.isdisjoint(bucket) for bucket in list(signal._by_sender.values()))
 
 
 def was_saved(instance: peewee.Model) -> bool:

@@ -53,8 +53,13 @@ EVENT_SIGNALS = (post_save, post_delete, row_changed, m2m_changed)
 
 
 def any_event_receivers() -> bool:
-    """Whether this process listens for change events at all (so capture must record them)."""
-    return any(_compat.is_connected(signal) for signal in EVENT_SIGNALS)
+    """Whether this process listens for change events at all (so capture must record them).
+
+    A muted signal calls no one (``send_isolated``), so its receivers do not
+    count: events claimed for them would be dropped unheard, and taken from
+    the processes that do listen.
+    """
+    return any(not signal.is_muted and _compat.is_connected(signal) for signal in EVENT_SIGNALS)
 
 
 def send_isolated(signal: Signal, sender: Any, **kwargs: Any) -> None:
