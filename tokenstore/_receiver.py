@@ -21,8 +21,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 from ._errors import ValidationError, WebhookVerificationError
-from ._inputs import check_int, check_text
-from ._servers import BoundedThreads
+from ._inputs import check_int
+from ._servers import BoundedThreads, check_listen_host
 from ._signing import signing_key, verify_webhook
 
 __all__ = ["MAX_BODY_BYTES", "make_receiver"]
@@ -54,9 +54,7 @@ def make_receiver(
     lower-cased names. Use port 0 to let the OS pick a free port and read it
     back from ``server.server_address``.
     """
-    # "[]" too, as the brackets of "[::1]" are dropped before the socket reads the rest.
-    if not check_text(host, "host").strip().strip("[]").strip():
-        raise ValidationError("host is empty: name the address to listen on (0.0.0.0 for all)")
+    check_listen_host(host, "host")
     check_int(port, "port", maximum=65535)
     signing_key(secret)  # fail at start-up, not on the first request
     if not callable(on_event):

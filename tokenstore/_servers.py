@@ -1,4 +1,4 @@
-"""Thread-per-connection servers with a bound on the threads.
+"""Thread-per-connection servers with a bound on the threads, and the host they listen on.
 
 The receiver and the admin page serve each connection in a thread of its
 own, as the standard library's threading servers do. Without a bound, a
@@ -14,8 +14,18 @@ import threading
 from socketserver import ThreadingMixIn
 from typing import Any
 
+from ._errors import ValidationError
+from ._inputs import check_text
+
 #: Connections served at once; more are closed when accepted.
 MAX_CONNECTIONS = 64
+
+
+def check_listen_host(host: object, name: str, everywhere: str = "0.0.0.0 for all") -> None:
+    """Refuse an empty host to listen on, ``[]`` too: the brackets of ``[::1]`` are dropped
+    before the socket reads the rest, which would then listen on every address."""
+    if not check_text(host, name).strip().strip("[]").strip():
+        raise ValidationError(f"{name} is empty: name the address to listen on ({everywhere})")
 
 
 class BoundedThreads(ThreadingMixIn):

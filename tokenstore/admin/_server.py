@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import tokenstore
-from tokenstore._inputs import check_int, check_text
-from tokenstore._servers import BoundedThreads
+from tokenstore._inputs import check_int
+from tokenstore._servers import BoundedThreads, check_listen_host
 
 from ._app import make_app
 
@@ -207,10 +207,7 @@ def make_admin_server(
     On loopback, requests that name another host are refused with 400 unless
     ``public`` (the page is reached through a proxy that passes its own name).
     """
-    if not check_text(host, "--host").strip().strip("[]").strip():  # as make_receiver says
-        raise tokenstore.ValidationError(
-            "--host is empty: name the address to listen on (0.0.0.0 for all, with --public)"
-        )
+    check_listen_host(host, "--host", "0.0.0.0 for all, with --public")
     if not is_loopback(host) and not public:
         raise tokenstore.ValidationError(
             f"--host {host!r} is not a loopback address: the admin page listens on "
