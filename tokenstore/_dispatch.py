@@ -128,7 +128,6 @@ class Dispatcher:
             f"UPDATE {LISTENER_TABLE} SET seen = ? "
             "WHERE claimant = ? AND (seen IS NULL OR seen < ?)"
         )
-        self._unregister = sql(f"DELETE FROM {LISTENER_TABLE} WHERE claimant = ?")
         self._finish = sql(f"DELETE FROM {EVENT_TABLE} WHERE claimed_by = ? AND id IN ({{marks}})")
         self._drop = sql(f"DELETE FROM {EVENT_TABLE} WHERE id IN ({{marks}})")
 
@@ -185,7 +184,7 @@ class Dispatcher:
 
     def unregister(self, conn: Connection) -> None:
         """Stop capture on this process's account (its store is closing, its receivers left)."""
-        conn.execute(self._unregister, (self.claimant,))
+        self.liveness.forget(conn, self.claimant)
         self._registered = False
         self.drop_unheard(conn)
 

@@ -81,6 +81,10 @@ class Liveness:
         """
         self.claimant = _new_claimant()
 
+    def forget(self, conn: Connection, claimant: str) -> None:
+        """Take a listener out of the table: this process leaving, or one found dead."""
+        conn.execute(self._forget, (claimant,))
+
     def gone(self, claimant: str) -> bool:
         """Whether a claimant's process has ended (on this host; others cannot be asked)."""
         if claimant == self.claimant:
@@ -149,9 +153,9 @@ class Liveness:
                 continue
             if not (isinstance(claimant, str) and isinstance(seen, str)):  # no listener wrote it
                 logger.error("%s: a row that is no listener is removed", LISTENER_TABLE)
-                conn.execute(self._forget, (claimant,))
+                self.forget(conn, claimant)
             elif self.gone(claimant):
-                conn.execute(self._forget, (claimant,))
+                self.forget(conn, claimant)
             elif seen < silent_since:
                 logger.warning(
                     # Shown quoted and cut: the table may have been written by hand.
@@ -160,4 +164,4 @@ class Liveness:
                     claimant,
                     seen,
                 )
-                conn.execute(self._forget, (claimant,))
+                self.forget(conn, claimant)
