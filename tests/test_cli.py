@@ -33,7 +33,7 @@ from tokenstore._cli import CLI_ONLY, NOT_COMMANDS, PARAMETERS, build_parser
 from tokenstore._inputs import MAX_SPAN
 from tokenstore._postgres_url import redacted_url
 from tokenstore._signing import sign
-from tokenstore._sqlite import SCHEMA_VERSION
+from tokenstore._sqlite_schema import SCHEMA_VERSION
 from tokenstore._store import Store
 
 # Only ``init`` creates a store; the commands under test work on one that exists.

@@ -29,7 +29,7 @@ from conftest import Clock
 import tokenstore
 from tokenstore import DamagedRow, Store, StoreCorrupt, StoreError, StoreReadOnly, ValidationError
 from tokenstore._models import ABIDModel, OutboundWebhook
-from tokenstore._sqlite import SCHEMA_VERSION
+from tokenstore._sqlite_schema import SCHEMA_VERSION
 
 #: All about the SQLite file itself (PostgreSQL's create and read_only: tests/test_store.py).
 pytestmark = pytest.mark.sqlite_only

@@ -43,6 +43,7 @@ from tokenstore import (
     ValidationError,
 )
 from tokenstore import _postgres as postgres
+from tokenstore import _postgres_schema as postgres_schema
 from tokenstore._postgres_url import redacted_url
 
 
@@ -663,7 +664,7 @@ def test_an_opener_that_saw_no_schema_before_another_made_it_opens(
     monkeypatch.setattr(postgres.PostgresDatabase, "schema_version", first_look_before)
     tokenstore.open(pg_url).close()
     assert _db.rows(pg_url, "SELECT version FROM tokenstore_schema_version") == [
-        (postgres.SCHEMA_VERSION,)
+        (postgres_schema.SCHEMA_VERSION,)
     ]
 
 

@@ -30,12 +30,12 @@ from tokenstore import (
     StoreReadOnly,
     ValidationError,
 )
-from tokenstore import _postgres as postgres
 from tokenstore import _postgres_ddl as postgres_ddl
+from tokenstore import _postgres_schema as postgres_schema
 from tokenstore._capture import CaptureSpec
 from tokenstore._models import OWN_MODELS, APIToken, OutboundWebhook, User
-from tokenstore._sqlite import SCHEMA_VERSION
 from tokenstore._sqlite_ddl import capture_triggers, schema_sql
+from tokenstore._sqlite_schema import SCHEMA_VERSION
 from tokenstore._times import format_time, parse_time, to_stored_time
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,9 +226,9 @@ def test_a_newer_postgres_schema_is_refused_and_left_alone(pg_url: str) -> None:
     with _db.Raw(pg_url) as raw:
         raw.execute(
             "INSERT INTO tokenstore_schema_version (version, applied_at) VALUES (?, ?)",
-            (postgres.SCHEMA_VERSION + 1, "2030-01-01T00:00:00.000Z"),
+            (postgres_schema.SCHEMA_VERSION + 1, "2030-01-01T00:00:00.000Z"),
         )
-    version = postgres.SCHEMA_VERSION
+    version = postgres_schema.SCHEMA_VERSION
     with pytest.raises(StoreError, match=rf"schema version {version + 1}, newer .* \({version}\)"):
         tokenstore.open(pg_url)
     assert _db.rows(pg_url, "SELECT version FROM tokenstore_schema_version ORDER BY 1") == [
@@ -247,9 +247,9 @@ def test_a_postgres_migration_step_runs_once_under_the_lock(
         ran.append(1)
         conn.execute("ALTER TABLE tokenstore_listener ADD COLUMN note TEXT")
 
-    current = postgres.SCHEMA_VERSION
-    monkeypatch.setattr(postgres, "SCHEMA_VERSION", current + 1)
-    monkeypatch.setitem(postgres.MIGRATIONS, current, step)
+    current = postgres_schema.SCHEMA_VERSION
+    monkeypatch.setattr(postgres_schema, "SCHEMA_VERSION", current + 1)
+    monkeypatch.setitem(postgres_schema.MIGRATIONS, current, step)
     tokenstore.open(pg_url).close()
     tokenstore.open(pg_url).close()
     assert ran == [1]
@@ -270,7 +270,7 @@ def test_concurrent_first_opens_create_the_schema_once(pg_url: str) -> None:
     errors = [proc.communicate(timeout=60)[1].decode() for proc in procs]
     assert [proc.returncode for proc in procs] == [0] * 4, errors
     assert _db.rows(pg_url, "SELECT version FROM tokenstore_schema_version") == [
-        (postgres.SCHEMA_VERSION,)
+        (postgres_schema.SCHEMA_VERSION,)
     ]
     assert _db.rows(pg_url, "SELECT count(*) FROM tokenstore_user") == [(1,)]
 

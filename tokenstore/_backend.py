@@ -40,6 +40,11 @@ def to_version_2(execute: Callable[[str], object], statement: Callable[[str], st
         execute(statement(name))
 
 
+def tables_created(script: str) -> frozenset[str]:
+    """The tables a schema script creates: tokenstore's own, in either backend's schema file."""
+    return frozenset(re.findall(r'^CREATE TABLE "(\w+)"', script, re.MULTILINE))
+
+
 class CommitHooks(Protocol):
     """What the database tells the change dispatcher about each of its transactions."""
 

@@ -2,10 +2,11 @@
 
 Many processes on many machines may use one database at once, so what the
 SQLite backend gets from its single write lock is done here with row locks
-and notifications: migrations run under an advisory lock, events are claimed
-with ``FOR UPDATE SKIP LOCKED`` (each taken by exactly one transaction, none
-waiting on another), and capture triggers ``NOTIFY`` a channel that
-dispatchers ``LISTEN`` on, so a commit anywhere wakes them at once.
+and notifications: migrations and DDL run under an advisory lock
+(``_postgres_schema``), events are claimed with ``FOR UPDATE SKIP LOCKED``
+(each taken by exactly one transaction, none waiting on another), and
+capture triggers ``NOTIFY`` a channel that dispatchers ``LISTEN`` on, so a
+commit anywhere wakes them at once.
 Statements are written with ``?`` like everywhere else; ``sql()`` turns
 them into psycopg's ``%s``. psycopg (3) is an optional extra.
 """
@@ -14,14 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from ._backend import FELL_BACK, CommitHooks, is_write, quote_literal, sole_writer, to_version_2
+from . import _postgres_schema as schema
+from ._backend import FELL_BACK, CommitHooks, is_write, quote_literal, sole_writer
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     RedactedQueryLog,
@@ -33,21 +34,16 @@ from ._compat import (
 )
 from ._dispatch import ClaimStatements
 from ._errors import (
-    StoreCorrupt,
     StoreError,
     StoreIOError,
     StoreReadOnly,
     ValidationError,
 )
-from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import (
-    LONGEST_NAME,
     capture_triggers,
     claim_statements,
     function_name,
     relation_triggers,
-    schema_sql,
-    schema_statement,
     trigger_names,
 )
 from ._postgres_driver import (
@@ -63,88 +59,16 @@ from ._postgres_listen import ChangeListener
 from ._postgres_url import answer_wait, connect_error, connection_url, lock_wait, redacted_url
 from ._postgres_url import is_url as is_url  # bench/scale.py imports it from here
 from ._rows import quote_name
-from ._times import format_time, utcnow
 
 if TYPE_CHECKING:
     import psycopg
 
 logger = logging.getLogger("tokenstore.store")
 
-#: The schema version this code writes, kept in ``tokenstore_schema_version``.
-SCHEMA_VERSION = 2
-
-#: The table that records which schema version a database is at.
-VERSION_TABLE = "tokenstore_schema_version"
-
-#: Advisory lock key held while a database's schema is created or migrated.
-_SCHEMA_LOCK = 0x746F6B656E  # "token"
-
 #: Seconds a new connection may take to be answered, unless the URL says (``connect_timeout``):
 #: a server that accepts but never answers (stopped, or a firewall's black hole) would
 #: otherwise hold every call forever.
 CONNECT_TIMEOUT = 10
-
-
-#: The most columns a PostgreSQL table can have.
-MAX_COLUMNS = 1600
-
-
-def _check_names(model: type[peewee.Model]) -> None:
-    """Refuse a table or column name longer than PostgreSQL keeps (63 bytes), or too many columns.
-
-    The server would cut a name without a word: two long table names could
-    become one table, two long column names one column.
-    """
-    if len(model._meta.sorted_fields) > MAX_COLUMNS:
-        raise ValidationError(
-            f"{model.__name__} has {len(model._meta.sorted_fields)} columns; a PostgreSQL "
-            f"table can have at most {MAX_COLUMNS}"
-        )
-    names = [model._meta.table_name, *(f.column_name for f in model._meta.sorted_fields)]
-    for name in names:
-        if len(name.encode()) > LONGEST_NAME:
-            raise ValidationError(
-                f"{model.__name__}: {name!r} is {len(name.encode())} bytes long, and PostgreSQL "
-                f"keeps only the first {LONGEST_NAME} of a name; give it a shorter name"
-            )
-
-
-def _our_tables() -> frozenset[str]:
-    return frozenset(re.findall(r'^CREATE TABLE "(\w+)"', schema_sql(), re.MULTILINE))
-
-
-def _refuse_missing_tables(db: PostgresDatabase) -> None:
-    """Refuse a database at the current version without all its tables: every call would fail."""
-    missing = sorted(_our_tables() - set(db.get_tables()))
-    if missing:
-        raise StoreCorrupt(
-            f"{db.shown_url} has schema version {SCHEMA_VERSION} but lacks "
-            f"{', '.join(missing)}; restore it from a backup"
-        )
-
-
-def _refuse_clashing_tables(db: PostgresDatabase) -> None:
-    """Refuse tables named like tokenstore's in a database without its version table.
-
-    Another program's (or a version table dropped): creating the schema
-    would fail on the first of them, half-way through.
-    """
-    clash = sorted(_our_tables() & set(db.get_tables()))
-    if clash:
-        raise StoreError(
-            f"{db.shown_url} has tables named like tokenstore's ({', '.join(clash)}) "
-            f"but no tokenstore schema version ({VERSION_TABLE}): another program's, or its "
-            "version table was dropped"
-        )
-
-
-def _to_version_2(conn: psycopg.Connection[Any]) -> None:
-    """Version 2 (see ``to_version_2``); version 1 triggers here already name public refs."""
-    to_version_2(conn.execute, schema_statement)
-
-
-#: Steps that bring a database from version N to N+1, run under the schema lock.
-MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {1: _to_version_2}
 
 
 # -- the database ---------------------------------------------------------------------------
@@ -387,72 +311,27 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
 
     def schema_version(self) -> int:
         """The database's schema version; 0 for a database tokenstore has not set up."""
-        conn = self.connection()
-        # A plain query of the catalog sees what committed before it started (to_regclass
-        # may answer from a catalog cache older than the advisory lock just taken).
-        row = conn.execute(
-            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "
-            "AND tablename = %s",
-            (VERSION_TABLE,),
-        ).fetchone()
-        if row is None:
-            return 0
-        (version,) = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone() or (0,)
-        return int(version or 0)
+        return schema.schema_version(self.connection())
 
     def apply_schema(self) -> None:
-        """Bring the database to SCHEMA_VERSION, once, however many processes open it at once.
-
-        The advisory lock makes concurrent openers wait for the first, which
-        creates the tables; the others then find them there.
-        """
+        """Bring the database to its current schema, however many processes open it at once."""
         conn = self.connection()
         with peewee_errors, rolled_back_on_error(conn):  # a script cannot be pipelined
             conn.execute("BEGIN")
-            self._lock_schema(conn)
-            version = self.schema_version()
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.shown_url} has schema version {version}, newer than this "
-                    f"tokenstore understands ({SCHEMA_VERSION}); upgrade tokenstore to open it"
-                )
-            if version == 0:  # under the lock: another opener may just have made them
-                _refuse_clashing_tables(self)
-                conn.execute(schema_sql())
-            else:
-                for step in range(version, SCHEMA_VERSION):
-                    MIGRATIONS[step](conn)
-            conn.execute(
-                f"INSERT INTO {VERSION_TABLE} (version, applied_at) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (SCHEMA_VERSION, format_time(utcnow())),
-            )
-            conn.execute(
-                "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
-                "VALUES (%s, true, %s) ON CONFLICT DO NOTHING",
-                (SYSTEM_USERNAME, format_time(utcnow())),
-            )
+            schema.apply_schema(conn, self.shown_url, self.get_tables)
             conn.execute("COMMIT")
-
-    def _lock_schema(self, conn: psycopg.Connection[Any]) -> None:
-        """Wait for other processes changing tables or triggers, until this transaction ends.
-
-        Concurrent DDL on the same objects deadlocks or collides in the catalogs
-        (several processes registering one model at once); under the lock it queues.
-        """
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
 
     def create_tables(self, models: Any, safe: bool = True, **options: Any) -> None:
         """Create the tables that do not exist yet.
 
         With ``safe``, tables that exist are skipped outright: even
         ``CREATE INDEX IF NOT EXISTS`` locks its table against writers first.
-        A name PostgreSQL would cut is refused first (see ``_check_names``).
+        A name PostgreSQL would cut is refused first (see ``check_names``).
         """
         for model in models:
-            _check_names(model)
+            schema.check_names(model)
         with self.write(quiet=True):  # joins the transaction register() writes in
-            self._lock_schema(self.connection())
+            schema.lock_schema(self.connection())
             if safe:
                 tables = set(self.get_tables())
                 models = [m for m in models if m._meta.table_name not in tables]
@@ -478,7 +357,7 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
         function = f"{function_name(spec)}()"
         with self.write(quiet=True):
             conn = self.connection()
-            self._lock_schema(conn)
+            schema.lock_schema(conn)
             (current,) = conn.execute(
                 "SELECT obj_description(to_regprocedure(%s), 'pg_proc')", (function,)
             ).fetchone() or (None,)
@@ -532,22 +411,6 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
             raise self._cannot_connect(exc) from None
 
 
-def _only_reads(db: PostgresDatabase, version: int) -> str | None:
-    """Why this session may only read the store, if it may: what an unwritable file is."""
-    conn = db.connection()
-    (setting,) = conn.execute("SHOW transaction_read_only").fetchone()
-    if setting == "on":
-        return "lets this session only read (a standby server, or default_transaction_read_only)"
-    if version == 0:  # nothing to judge yet: setting it up says whether the role may
-        return None
-    (writes,) = conn.execute(
-        "SELECT bool_and(has_table_privilege(t, p)) FROM unnest(%s::text[]) AS t, "
-        "unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) AS p",
-        (sorted(_our_tables() & set(db.get_tables())),),  # an older version lacks some
-    ).fetchone()
-    return None if writes else "gives this role no right to change tokenstore's tables"
-
-
 def open_database(
     url: str,
     hooks: CommitHooks,
@@ -569,25 +432,25 @@ def open_database(
     db = PostgresDatabase(url, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
     try:
         version = db.schema_version()
-        if version == SCHEMA_VERSION:
-            _refuse_missing_tables(db)
-        why = None if read_only else _only_reads(db, version)
+        if version == schema.SCHEMA_VERSION:
+            schema.refuse_missing_tables(db.shown_url, db.get_tables())
+        why = None if read_only else schema.only_reads(db.connection(), version, db.get_tables)
         fell_back = why is not None
         if version == 0 and (read_only or not create):
             raise StoreError(
                 f"{db.shown_url} holds no tokenstore (and create=False or read_only); "
                 "`tokenstore init` sets one up in it"
             )
-        if version < SCHEMA_VERSION and (read_only or fell_back):
+        if version < schema.SCHEMA_VERSION and (read_only or fell_back):
             raise StoreReadOnly(
                 f"{db.shown_url} has schema version {version} and needs migrating to "
-                f"{SCHEMA_VERSION}, which a read-only store cannot do"
+                f"{schema.SCHEMA_VERSION}, which a read-only store cannot do"
             )
         if fell_back:  # said once the database is accepted: a refusal is one message
             db.fell_back = f"{db.shown_url} {why}"
             logger.warning(FELL_BACK, db.fell_back)
             db.read_only = True
-        if version != SCHEMA_VERSION:
+        if version != schema.SCHEMA_VERSION:
             db.apply_schema()
     except BaseException:
         db.close()

@@ -3,7 +3,7 @@
 One file holds everything. This module opens it (read-only when asked or
 when it cannot be written; ``_sqlite_file`` refuses, before changing
 anything, files that are not ours to open), sets its pragmas, brings its
-schema up to date, writes the capture triggers, runs writes in ``BEGIN
+schema up to date (``_sqlite_schema``), writes the capture triggers, runs writes in ``BEGIN
 IMMEDIATE`` transactions that tell the change dispatcher when they commit (a
 lone write that would claim nothing in SQLite's own), reports a full disk,
 an I/O error or a lock that never came as a StoreError subclass, and tells
@@ -18,7 +18,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any
 
 import peewee
 
-from ._backend import LEADING, CommitHooks, is_write, sole_writer, to_version_2
+from ._backend import LEADING, CommitHooks, is_write, sole_writer
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     RedactedQueryLog,
@@ -45,45 +45,17 @@ from ._errors import (
     StoreReadOnly,
     ValidationError,
 )
-from ._models import SYSTEM_USERNAME
 from ._rows import quote_name
 from ._sqlite_ddl import (
     capture_triggers,
     claim_statements,
     relation_triggers,
-    schema_sql,
-    schema_statement,
-    statements,
     trigger_names,
 )
 from ._sqlite_file import connect_uri, prepare_file, remove_new_file
-from ._times import format_time, utcnow
-
-#: The ``PRAGMA user_version`` of files this code writes.
-SCHEMA_VERSION = 2
+from ._sqlite_schema import SCHEMA_VERSION, apply_schema, our_tables
 
 logger = logging.getLogger("tokenstore.store")
-
-
-# -- the file -------------------------------------------------------------------------------
-
-
-def _to_version_2(conn: sqlite3.Connection) -> None:
-    """Version 2 (see ``to_version_2``), and own tables' triggers with the models' public refs."""
-    to_version_2(conn.execute, schema_statement)
-    for table in ("tokenstore_user", "tokenstore_api_token", "tokenstore_outbound_webhook"):
-        for suffix in ("insert", "update", "delete"):
-            trigger = f"{table}_capture_{suffix}"
-            conn.execute(f"DROP TRIGGER IF EXISTS {quote_name(trigger)}")
-            conn.execute(schema_statement(trigger))
-
-
-#: Steps that bring a file from version N to N+1, all in the opening transaction.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _to_version_2}
-
-
-def _our_tables() -> frozenset[str]:
-    return frozenset(re.findall(r'^CREATE TABLE "(\w+)"', schema_sql(), re.MULTILINE))
 
 
 # -- the connection -------------------------------------------------------------------------
@@ -487,19 +459,7 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
     def apply_schema(self) -> None:
         """Bring the file to SCHEMA_VERSION, once, even with several processes opening it."""
         with self.write(quiet=True) as conn:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version == 0:
-                for statement in statements(schema_sql()):
-                    conn.execute(statement)
-            else:
-                for step in range(version, SCHEMA_VERSION):
-                    MIGRATIONS[step](conn)
-            conn.execute(
-                "INSERT OR IGNORE INTO tokenstore_user (username, is_superuser, created_at) "
-                "VALUES (?, 1, ?)",
-                (SYSTEM_USERNAME, format_time(utcnow())),
-            )
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            apply_schema(conn)
 
     def ids_given_back(self, table: str) -> AbstractContextManager[None]:
         """A rollback gives the rowids its inserts took back by itself."""
@@ -573,7 +533,7 @@ def open_database(
     version, fell_back, created = prepare_file(
         path,
         SCHEMA_VERSION,
-        _our_tables(),
+        our_tables(),
         busy_timeout=busy_timeout,
         create=create,
         read_only=read_only,

@@ -43,7 +43,8 @@ from ._postgres_url import is_url, redacted_url
 from ._registry import Registry
 from ._retry_path import RetryPath
 from ._sending import Sender
-from ._sqlite import SCHEMA_VERSION, SQLiteDatabase, open_database
+from ._sqlite import SQLiteDatabase, open_database
+from ._sqlite_schema import SCHEMA_VERSION
 from ._times import checked_clock
 from ._tokens import Tokens, Users
 from ._webhooks import Webhooks

@@ -1,0 +1,168 @@
+"""A PostgreSQL database's tokenstore schema: which version it is at, and bringing it there.
+
+Processes on several machines may open one database at the same moment, and
+may register the same model at once: whatever changes tables, triggers or
+the version row runs under one advisory lock, so they queue instead of
+colliding in the catalogs. The version is a row in its own table, as
+``PRAGMA user_version`` is on SQLite; a database without that table but
+with tables named like tokenstore's is another program's, and is refused
+before anything is created in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any
+
+import peewee
+
+from ._backend import tables_created, to_version_2
+from ._errors import StoreCorrupt, StoreError, ValidationError
+from ._models import SYSTEM_USERNAME
+from ._postgres_ddl import LONGEST_NAME, schema_sql, schema_statement
+from ._times import format_time, utcnow
+
+if TYPE_CHECKING:
+    import psycopg
+
+#: The schema version this code writes, kept in ``tokenstore_schema_version``.
+SCHEMA_VERSION = 2
+
+#: The table that records which schema version a database is at.
+VERSION_TABLE = "tokenstore_schema_version"
+
+#: Advisory lock key held while a database's schema is created or migrated.
+_SCHEMA_LOCK = 0x746F6B656E  # "token"
+
+#: The most columns a PostgreSQL table can have.
+MAX_COLUMNS = 1600
+
+
+def check_names(model: type[peewee.Model]) -> None:
+    """Refuse a table or column name longer than PostgreSQL keeps (63 bytes), or too many columns.
+
+    The server would cut a name without a word: two long table names could
+    become one table, two long column names one column.
+    """
+    if len(model._meta.sorted_fields) > MAX_COLUMNS:
+        raise ValidationError(
+            f"{model.__name__} has {len(model._meta.sorted_fields)} columns; a PostgreSQL "
+            f"table can have at most {MAX_COLUMNS}"
+        )
+    names = [model._meta.table_name, *(f.column_name for f in model._meta.sorted_fields)]
+    for name in names:
+        if len(name.encode()) > LONGEST_NAME:
+            raise ValidationError(
+                f"{model.__name__}: {name!r} is {len(name.encode())} bytes long, and PostgreSQL "
+                f"keeps only the first {LONGEST_NAME} of a name; give it a shorter name"
+            )
+
+
+def our_tables() -> frozenset[str]:
+    """tokenstore's own tables, as the schema file names them."""
+    return tables_created(schema_sql())
+
+
+def refuse_missing_tables(shown_url: str, tables: Collection[str]) -> None:
+    """Refuse a database at the current version without all its tables: every call would fail."""
+    missing = sorted(our_tables() - set(tables))
+    if missing:
+        raise StoreCorrupt(
+            f"{shown_url} has schema version {SCHEMA_VERSION} but lacks "
+            f"{', '.join(missing)}; restore it from a backup"
+        )
+
+
+def _refuse_clashing_tables(shown_url: str, tables: Collection[str]) -> None:
+    """Refuse tables named like tokenstore's in a database without its version table.
+
+    Another program's (or a version table dropped): creating the schema
+    would fail on the first of them, half-way through.
+    """
+    clash = sorted(our_tables() & set(tables))
+    if clash:
+        raise StoreError(
+            f"{shown_url} has tables named like tokenstore's ({', '.join(clash)}) "
+            f"but no tokenstore schema version ({VERSION_TABLE}): another program's, or its "
+            "version table was dropped"
+        )
+
+
+def _to_version_2(conn: psycopg.Connection[Any]) -> None:
+    """Version 2 (see ``to_version_2``); version 1 triggers here already name public refs."""
+    to_version_2(conn.execute, schema_statement)
+
+
+#: Steps that bring a database from version N to N+1, run under the schema lock.
+MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {1: _to_version_2}
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The database's schema version; 0 for a database tokenstore has not set up."""
+    # A plain query of the catalog sees what committed before it started (to_regclass
+    # may answer from a catalog cache older than the advisory lock just taken).
+    row = conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = %s",
+        (VERSION_TABLE,),
+    ).fetchone()
+    if row is None:
+        return 0
+    (version,) = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone() or (0,)
+    return int(version or 0)
+
+
+def lock_schema(conn: psycopg.Connection[Any]) -> None:
+    """Wait for other processes changing tables or triggers, until this transaction ends.
+
+    Concurrent DDL on the same objects deadlocks or collides in the catalogs
+    (several processes registering one model at once); under the lock it queues.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+
+
+def apply_schema(
+    conn: psycopg.Connection[Any], shown_url: str, tables: Callable[[], Collection[str]]
+) -> None:
+    """Bring the database to SCHEMA_VERSION, inside the caller's transaction.
+
+    The advisory lock makes concurrent openers wait for the first, which
+    creates the tables; the others then find them there. ``tables`` lists
+    the database's tables, asked only for a database not set up yet.
+    """
+    lock_schema(conn)
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{shown_url} has schema version {version}, newer than this "
+            f"tokenstore understands ({SCHEMA_VERSION}); upgrade tokenstore to open it"
+        )
+    if version == 0:  # under the lock: another opener may just have made them
+        _refuse_clashing_tables(shown_url, tables())
+        conn.execute(schema_sql())
+    else:
+        for step in range(version, SCHEMA_VERSION):
+            MIGRATIONS[step](conn)
+    conn.execute(
+        f"INSERT INTO {VERSION_TABLE} (version, applied_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+        (SCHEMA_VERSION, format_time(utcnow())),
+    )
+    conn.execute(
+        "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
+        "VALUES (%s, true, %s) ON CONFLICT DO NOTHING",
+        (SYSTEM_USERNAME, format_time(utcnow())),
+    )
+
+
+def only_reads(conn: Any, version: int, tables: Callable[[], Collection[str]]) -> str | None:
+    """Why this session may only read the store, if it may: what an unwritable file is."""
+    (setting,) = conn.execute("SHOW transaction_read_only").fetchone()
+    if setting == "on":
+        return "lets this session only read (a standby server, or default_transaction_read_only)"
+    if version == 0:  # nothing to judge yet: setting it up says whether the role may
+        return None
+    (writes,) = conn.execute(
+        "SELECT bool_and(has_table_privilege(t, p)) FROM unnest(%s::text[]) AS t, "
+        "unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) AS p",
+        (sorted(our_tables() & set(tables())),),  # an older version lacks some
+    ).fetchone()
+    return None if writes else "gives this role no right to change tokenstore's tables"
