@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +32,7 @@ import tokenstore._store
 from tokenstore import Store
 
 BACKENDS = ("sqlite", "postgres")
-_databases = itertools.count()
+_database_numbers = itertools.count()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,21 +70,89 @@ def _admin(url: str) -> Any:
     return psycopg.connect(url, autocommit=True)
 
 
+class _Databases:
+    """Empty databases made one step ahead of the tests, and used ones dropped behind them.
+
+    Making and dropping a database costs the server about a tenth of a
+    second, and a thousand tests each need one: a thread of their own does
+    it while the tests run, on the other core. A database is made when a
+    test takes the one before it, so one is ready when the next test asks.
+    """
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self._ready: queue.Queue[str | BaseException] = queue.Queue()
+        # A name to drop; "" to make one; None to stop.
+        self._jobs: queue.Queue[str | None] = queue.Queue()
+        self._jobs.put("")
+        self._thread = threading.Thread(target=self._work, name="test-databases", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                if job:
+                    _drop(self.admin_url, job)
+                else:
+                    self._ready.put(_create(self.admin_url))
+            except BaseException as exc:  # the waiting test raises it
+                self._ready.put(exc)
+
+    def take(self) -> str:
+        self._jobs.put("")
+        made = self._ready.get(timeout=120)
+        if isinstance(made, BaseException):
+            raise made
+        return made
+
+    def give_back(self, name: str) -> None:
+        self._jobs.put(name)
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(timeout=120)
+        while not self._ready.empty():
+            made = self._ready.get()
+            if isinstance(made, str):
+                _drop(self.admin_url, made)
+
+
+@pytest.fixture(scope="session")
+def _databases_ahead(pg_admin_url: str) -> Iterator[_Databases]:
+    databases = _Databases(pg_admin_url)
+    try:
+        yield databases
+    finally:
+        databases.close()
+
+
 @pytest.fixture
-def pg_url(pg_admin_url: str) -> Iterator[str]:
+def pg_url(pg_admin_url: str, _databases_ahead: _Databases) -> Iterator[str]:
     """A fresh, empty database on the test server, dropped after the test."""
-    with new_database(pg_admin_url) as url:
-        yield url
+    name = _databases_ahead.take()
+    try:
+        yield _url_of(pg_admin_url, name)
+    finally:
+        _databases_ahead.give_back(name)
+
+
+def _create(admin_url: str, options: str = "") -> str:
+    name = f"tokenstore_test_{os.getpid()}_{next(_database_numbers)}"
+    with _admin(admin_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" {options}')
+    return name
+
+
+def _url_of(admin_url: str, name: str) -> str:
+    return urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
 
 
 @contextmanager
 def new_database(admin_url: str, options: str = "") -> Iterator[str]:
     """The URL of a new database made with these ``CREATE DATABASE`` options, then dropped."""
-    name = f"tokenstore_test_{os.getpid()}_{next(_databases)}"
-    with _admin(admin_url) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" {options}')
+    name = _create(admin_url, options)
     try:
-        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+        yield _url_of(admin_url, name)
     finally:
         _drop(admin_url, name)
 
