@@ -105,3 +105,55 @@ def test_a_child_forked_with_uses_noted_writes_its_own_uses(
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+_THREAD_CHILD = """
+import gc, os, sys, threading
+import tokenstore
+
+store = tokenstore.open(sys.argv[1])
+forked, checked, seen = threading.Event(), threading.Event(), []
+
+def worker():  # a thread with a connection of its own, alive across the fork
+    seen.append(len(store.users.list()))
+    forked.wait(30)
+    try:
+        seen.append(len(store.users.list()))
+    except Exception as exc:
+        seen.append(repr(exc))
+    checked.set()
+
+thread = threading.Thread(target=worker)
+thread.start()
+while not seen:
+    pass
+pid = os.fork()
+if pid == 0:  # the worker thread does not exist here: what it held is dropped with it
+    store.users.create("child")
+    gc.collect()
+    os._exit(0)
+os.waitpid(pid, 0)
+forked.set()
+checked.wait(30)
+thread.join(30)
+store.close()
+print(seen)
+sys.exit(0 if seen == [1, 2] else 3)
+"""
+
+
+def test_a_child_leaves_the_connections_of_the_parents_other_threads_alone(
+    store: Store, db_path: Path | str
+) -> None:
+    # A connection is closed when its thread ends (close_with_thread); in the child, the
+    # parent's other threads end at the fork, and closing their connections there ended
+    # the parent's PostgreSQL sessions.
+    store.close()
+    done = subprocess.run(
+        [sys.executable, "-c", _THREAD_CHILD, str(db_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]

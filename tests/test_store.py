@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import sqlite3
 import stat
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -1028,6 +1030,29 @@ def test_stores_opened_by_several_threads_at_once_never_wait_for_themselves(
     assert len(outcomes) == 12
     assert [o for o in outcomes if o[1] > 3] == []  # busy_timeout is 5 s
     assert [o for o, _ in outcomes if o != "ok" and "another Store" not in o] == []
+
+
+def test_a_thread_that_ends_leaves_no_unclosed_connection_behind(store: Store) -> None:
+    """Each thread has its own connection, which only it could close: it closes as the
+    thread ends, so nothing is left for the collector to warn about (psycopg, and
+    sqlite3 from Python 3.13, warn of a connection collected while open)."""
+    pages: list[int] = []
+
+    def request() -> None:
+        pages.append(len(store.users.list()))
+
+    gc.collect()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(3):
+            thread = threading.Thread(target=request)
+            thread.start()
+            thread.join(30)
+        del thread
+        gc.collect()
+    assert pages == [1, 1, 1]
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert store.users.list()  # this thread's own connection is still open
 
 
 def test_close_inside_a_transaction_is_refused_and_changes_nothing(store: Store) -> None:

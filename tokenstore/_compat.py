@@ -18,8 +18,9 @@ peewee
     read a stored value unchanged.
   - ``Database._log_query(sql, params)``: the one place peewee logs a
     statement (logger ``peewee``, DEBUG), overridden by ``RedactedQueryLog``.
-  - ``Database._state``: this thread's connection (``conn``), and ``reset()``
-    to forget one the server ended, so that the next call opens another.
+  - ``Database._state``: this thread's connection (``conn``), ``reset()``
+    to forget one the server ended, so that the next call opens another,
+    and room for one attribute of tokenstore's own (``close_with_thread``).
   - ``peewee._manual``: what ``manual_commit()`` puts on the transaction
     stack, though it opens no transaction.
   - ``ModelSelect._get_cursor_wrapper`` and a model cursor wrapper's
@@ -45,6 +46,7 @@ requests
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -97,6 +99,38 @@ def driver_error(exc: BaseException) -> BaseException | None:
 def current_connection(db: peewee.Database) -> Any:
     """This thread's open DB-API connection, or None; unlike ``connection()``, never a new one."""
     return db._state.conn  # type: ignore[attr-defined]
+
+
+class _CloserOf:
+    """Closes a connection when it is dropped, in the process that opened it: see
+    ``close_with_thread``. A process forked from it leaves it alone (see ``_fork``)."""
+
+    __slots__ = ("conn", "pid")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+
+    def __del__(self, getpid: Callable[[], int] = os.getpid) -> None:
+        # No module globals here: this may run as the interpreter shuts down.
+        if getpid() == self.pid:
+            try:  # noqa: SIM105 (contextlib is a global)
+                self.conn.close()
+            except Exception:  # SQLite's of another thread, or one lost
+                pass
+
+
+def close_with_thread(db: peewee.Database) -> None:
+    """Have this thread's new connection closed when the thread ends.
+
+    peewee keeps a connection per thread, which only that thread closes
+    (``db.close()``); a request or worker thread that ends without it drops
+    its connection open, and the collector warns of it (psycopg, and
+    sqlite3 from Python 3.13). The closer sits beside the connection in the
+    same per-thread state, so it goes with the thread and closes it first.
+    """
+    state = db._state  # type: ignore[attr-defined]
+    state.closer = _CloserOf(state.conn)
 
 
 def forget_connection(db: peewee.Database) -> None:

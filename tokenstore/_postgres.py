@@ -26,6 +26,7 @@ from ._backend import FELL_BACK, CommitHooks, is_write, quote_literal, sole_writ
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     RedactedQueryLog,
+    close_with_thread,
     current_connection,
     driver_error,
     forget_connection,
@@ -134,12 +135,15 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     def connect(self, reuse_if_open: bool = False) -> bool:
         """Open this thread's connection; one refused says why, without the password."""
         try:
-            return bool(super().connect(reuse_if_open))
+            opened = bool(super().connect(reuse_if_open))
         except peewee.DatabaseError as exc:
             cause = driver_error(exc)
             if cause is None:  # peewee's own ("already opened")
                 raise
             raise self._cannot_connect(cause) from None
+        if opened:
+            close_with_thread(self)
+        return opened
 
     def _cannot_connect(self, cause: BaseException) -> StoreIOError | ValidationError:
         """What a refused connection raises, without the password (see connect_error)."""

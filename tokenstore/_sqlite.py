@@ -30,6 +30,7 @@ from ._backend import LEADING, CommitHooks, is_write, sole_writer
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     RedactedQueryLog,
+    close_with_thread,
     current_connection,
     driver_error,
     in_transaction_block,
@@ -229,10 +230,13 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
     def connect(self, reuse_if_open: bool = False) -> bool:
         """Open this thread's connection (peewee opens one per thread, when first used)."""
         try:
-            return bool(super().connect(reuse_if_open))
+            opened = bool(super().connect(reuse_if_open))
         except peewee.DatabaseError as exc:
             self._raise_fault(exc, "open")
             raise
+        if opened:
+            close_with_thread(self)
+        return opened
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own.
