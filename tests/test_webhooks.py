@@ -286,7 +286,9 @@ def test_flags_must_be_booleans(store: Store) -> None:
 def test_list_get_by_abid_or_name(store: Store) -> None:
     a = store.webhooks.create("a", Doc, URL + "/a")
     b = store.webhooks.create("b", Doc, URL + "/b", signal="CREATE")
-    assert [h.name for h in store.webhooks.list()] == ["a", "b"]
+    # oldest first; two made in the same millisecond go by ABID
+    oldest_first = sorted([a, b], key=lambda h: (h.created_at, h.abid))
+    assert [h.name for h in store.webhooks.list()] == [h.name for h in oldest_first]
     store.webhooks.disable(b)
     assert [h.name for h in store.webhooks.list(enabled=True)] == ["a"]
     assert [h.name for h in store.webhooks.list(enabled=False)] == ["b"]
