@@ -905,6 +905,9 @@ def test_secrets_read_from_a_closed_or_undecodable_stdin_are_refused(
 ) -> None:
     assert "stdin is closed" in refused(db_path, *args, stdin=None)
     assert "stdin ended before" in refused(db_path, *args, stdin=b"")  # not an empty secret
+    # `echo "$SECRET" | ...` with $SECRET unset: a blank line is no secret either.
+    assert "stdin is blank" in refused(db_path, *args, stdin=b"\n")
+    assert "stdin is blank" in refused(db_path, *args, stdin=b" \t\r\n")
     assert "over 65536 characters" in refused(db_path, *args, stdin=b"x" * 70000)
     undecodable = refused(db_path, *args, stdin=b"\xff\xfe\n", PYTHONIOENCODING="utf-8")
     assert "not UTF-8" in undecodable
