@@ -618,6 +618,26 @@ def test_a_lock_another_session_keeps_is_waited_for_at_most_busy_timeout(pg_url:
         assert store.users.get("alice").username == "alice"
 
 
+def test_a_statement_the_urls_statement_timeout_cancels_is_a_store_error(pg_url: str) -> None:
+    """A URL may set statement_timeout (README): a wait for a lock it ends, shorter than
+    busy_timeout, raised psycopg's QueryCanceled through peewee, no tokenstore error, its
+    message two lines long. It is StoreLocked, as the same wait ended by lock_timeout is."""
+    quick = f"{pg_url}?options=-c%20statement_timeout%3D300"
+    with tokenstore.open(quick, busy_timeout=5) as store:
+        store.users.create("alice")
+        with psycopg.connect(pg_url) as other:  # a session left in a transaction holding a lock
+            other.execute("LOCK TABLE tokenstore_user IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(StoreLocked) as raised:
+                store.users.get("alice")
+            assert time.monotonic() - started < 4
+        message = str(raised.value)
+        assert message.startswith(f"{redacted_url(quick)}: the statement was cancelled"), message
+        assert "statement_timeout" in message and "\n" not in message
+        assert "app-password" not in message
+        assert store.users.get("alice").username == "alice"
+
+
 # -- what the database holds ----------------------------------------------------------------
 
 
