@@ -65,6 +65,12 @@ from tokenstore._postgres_url import redacted_url
         "postgresql://u:SEKRIT@127.0.0.1:1/db?sslmode=bogus",
         "postgresql://u:SEKRIT@127.0.0.1:1/db?connect_timeout=abc",
         "postgresql://u:SEKRIT@127.0.0.1:1/db?target_session_attrs=bogus",
+        # Refused per host as it connects, or in words of their own: the URL's fault too.
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?keepalives=x",
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?tcp_user_timeout=1.5",
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?ssl_min_protocol_version=bogus",
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?hostaddr=bad",
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?host=a,b&port=1,2,3",
     ],
 )
 def test_a_url_libpq_cannot_take_is_a_validation_error_without_its_password(url: str) -> None:
