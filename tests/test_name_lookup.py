@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _http import Receiver
 
-from tokenstore import _lookup
+import tokenstore
+from tokenstore import Store, _lookup
 
 _NAMESPACES = ["unshare", "--user", "--map-root-user", "--mount", "--net"]
 
@@ -222,3 +224,35 @@ def test_a_name_the_resolver_cannot_even_encode_raises_as_getaddrinfo_does() -> 
         threading.excepthook = previous
     assert str(bounded.value) == str(direct.value)
     assert unraised == []
+
+
+def test_a_send_held_back_keeps_its_delivery_and_its_hooks_record(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both backends: a held-back send counts no attempt and no failure, and goes out later.
+
+    Eight names stand in as still waiting on the resolver (lookups set up, never
+    started); the hook's own name, localhost, would resolve at once.
+    """
+    receiver = Receiver()
+    try:
+        hook = store.webhooks.create(
+            "local", tokenstore.User, f"http://localhost:{receiver.port}/hook"
+        )
+        for i in range(_lookup.MAX_WAITING):
+            key = (f"{i}.waiting.example", 80)
+            monkeypatch.setitem(_lookup._waiting, key, _lookup._Lookup(key))
+        held = store.webhooks.ping(hook)
+        assert (held.status, held.attempts, receiver.hits) == ("pending", 0, [])
+        assert held.last_error == "not sent: the name resolver has yet to answer 8 earlier lookups"
+        assert held.next_attempt_at is not None
+        assert 4 <= (held.next_attempt_at - held.created_at).total_seconds() <= 6
+        again = store.webhooks.get("local")
+        assert (again.failure_count, again.failing_since, again.last_failure) == (0, None, None)
+        assert again.enabled
+        monkeypatch.undo()  # the names are answered
+        assert store.webhooks.deliver_due(now=held.next_attempt_at) == 1
+        sent = store.webhooks.delivery(held.abid)
+        assert (sent.status, sent.attempts, len(receiver.hits)) == ("delivered", 1, 1)
+    finally:
+        receiver.close()
