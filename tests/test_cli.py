@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 import tokenstore as tokenstore_package
 from tokenstore._cli import CLI_ONLY, NOT_COMMANDS, PARAMETERS, build_parser
+from tokenstore._credentials import generate_token
 from tokenstore._inputs import MAX_SPAN
 from tokenstore._postgres_url import redacted_url
 from tokenstore._signing import sign
@@ -865,6 +866,29 @@ def refused(db: Path, *args: str, stdin: bytes | None = b"", **env: str) -> str:
 
 
 @pytest.mark.sqlite_only
+def test_a_usage_error_does_not_repeat_a_secret_or_a_urls_password(db_path: Path) -> None:
+    """argparse quotes what it could not place: a token given where none belongs, or a
+    PostgreSQL URL without its --db, went to stderr whole (a CI log keeps it)."""
+    tokenstore(db_path, "init")
+    token = generate_token()
+    signing = "whsec_hqRiqLyjxhXJ5jxfH9FsA/P9+LcRKNBf"
+    url = "postgresql://app:SEKRIT@127.0.0.1:1/db"
+    for args in (
+        ("tokens", "list", token),  # unrecognized arguments
+        ("users", "list", f"{signing}\n"),
+        ("users", "list", url),
+        ("webhooks", "deliveries", "--status", token),  # an invalid choice, quoted
+        ("--db", url, "webhooks", "deliveries", "--limit", "x"),
+    ):
+        stderr = refused(db_path, *args)
+        for secret in (token[4:30], signing[6:30], "SEKRIT"):
+            assert secret not in stderr, stderr
+    assert "unrecognized arguments: postgresql://app:***@127.0.0.1:1/db" in refused(
+        db_path, "users", "list", url
+    )
+
+
+@pytest.mark.sqlite_only
 def test_a_header_option_without_a_value_is_refused_without_repeating_it(db_path: Path) -> None:
     stderr = refused(db_path, "--allow", "127.0.0.1/32", "webhooks", "create", "h",
                      "tokenstore.User", "http://127.0.0.1:9/",
@@ -905,6 +929,9 @@ def test_secrets_read_from_a_closed_or_undecodable_stdin_are_refused(
 ) -> None:
     assert "stdin is closed" in refused(db_path, *args, stdin=None)
     assert "stdin ended before" in refused(db_path, *args, stdin=b"")  # not an empty secret
+    # `echo "$SECRET" | ...` with $SECRET unset: a blank line is no secret either.
+    assert "stdin is blank" in refused(db_path, *args, stdin=b"\n")
+    assert "stdin is blank" in refused(db_path, *args, stdin=b" \t\r\n")
     assert "over 65536 characters" in refused(db_path, *args, stdin=b"x" * 70000)
     undecodable = refused(db_path, *args, stdin=b"\xff\xfe\n", PYTHONIOENCODING="utf-8")
     assert "not UTF-8" in undecodable

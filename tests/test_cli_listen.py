@@ -185,6 +185,25 @@ def test_an_ipv6_host_is_listened_on_and_shown_in_brackets(host: str) -> None:
         proc.communicate(timeout=20)
 
 
+def test_an_ipv4_host_in_brackets_is_shown_as_a_url_takes_it() -> None:
+    """Brackets hold an IPv6 address in a URL: http://[127.0.0.1]:PORT/ is no URL at all
+    (urllib refuses it), though the socket listens on 127.0.0.1 once they are dropped."""
+    proc = subprocess.Popen(
+        [*COMMAND, "--host", "[127.0.0.1]", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(TOKENSTORE_LISTEN_SECRET=SECRET),
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert re.match(r"listening on http://127\.0\.0\.1:\d+/ ", line), line
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+
+
 def start_listening(*options: str) -> tuple[subprocess.Popen[str], str]:
     """``tokenstore [options] listen`` on an OS-chosen port, its stdout a pipe as in a
     script (no PYTHONUNBUFFERED), and the URL it announced."""

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _http import Receiver
 
-from tokenstore import _lookup
+import tokenstore
+from tokenstore import Store, _lookup
 
 _NAMESPACES = ["unshare", "--user", "--map-root-user", "--mount", "--net"]
 
@@ -41,10 +43,11 @@ def _namespaces_usable() -> bool:
 
 # Each query is asked twice, 5 s apart: unbounded, one lookup holds its caller 10 s or more.
 _RESOLV_CONF = "nameserver 127.0.0.1\noptions timeout:5 attempts:2\n"
+_HOSTS = "127.0.0.1 localhost\n127.0.0.1 ok.hook.example\n"
 
 _APP = textwrap.dedent(
     """
-    import json, socket, sys, threading, time
+    import http.server, json, socket, sys, threading, time
     import peewee, tokenstore
     from tokenstore import ABIDModel
 
@@ -53,11 +56,29 @@ _APP = textwrap.dedent(
     swallow = lambda: [quiet.recvfrom(512) for _ in iter(int, 1)]
     threading.Thread(target=swallow, daemon=True).start()
 
+    received = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    # ok.hook.example is in /etc/hosts: the resolver answers it without asking the name server.
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+
     class Item(ABIDModel):
         abid_prefix = "itm_"
 
     s = tokenstore.open(
-        sys.argv[1], webhook_allow=["hook.example"], delivery_deadline=1.0, sync_budget=1.5
+        sys.argv[1],
+        webhook_allow=["hook.example", "ok.hook.example"],
+        delivery_deadline=1.0,
+        sync_budget=1.5,
     )
     s.register(Item)
     hooks = [s.webhooks.create(f"h{i}", Item, f"http://{i}.hook.example/") for i in range(3)]
@@ -67,23 +88,37 @@ _APP = textwrap.dedent(
     start = time.monotonic()
     pings = [s.webhooks.ping(hooks[0]) for _ in range(3)]
     ping = (time.monotonic() - start) / 3
+    errors = [d.last_error for d in s.webhooks.deliveries() if d.event_type == "item.created"]
     lookups = sum(t.name == "tokenstore-name-lookup" for t in threading.enumerate())
     from tokenstore import _lookup
     crowd = []
     for i in range(_lookup.MAX_WAITING + 2):  # as many names again, each given up at once
         try:
             _lookup.getaddrinfo(f"{i}.crowd.example", 80, 0.01)
-        except socket.gaierror as exc:
+        except (socket.gaierror, _lookup.ResolverBusy) as exc:
             crowd.append(str(exc))
     crowded = sum(t.name == "tokenstore-name-lookup" for t in threading.enumerate())
+    # A hook whose name the resolver knows at once, while the names above still wait.
+    ok = s.webhooks.create("ok", Item, f"http://ok.hook.example:{receiver.server_port}/")
+    Item.create()
+    ok_ping = s.webhooks.ping(ok)
+    ok = s.webhooks.get("ok")
+    held = [d for d in s.webhooks.deliveries(hook=ok)]
     print(json.dumps({
         "save": save,
         "ping": ping,
         "lookups": lookups,
-        "errors": [d.last_error for d in s.webhooks.deliveries() if d.event_type == "item.created"],
+        "errors": errors,
         "ping_errors": sorted({d.last_error for d in pings}),
         "crowd": crowd,
         "crowded": crowded,
+        "held": sorted(
+            [d.event_type, d.status, d.attempts, d.last_error, d.next_attempt_at is not None]
+            for d in held
+        ),
+        "ping_status": ok_ping.status,
+        "ok_hook": [ok.enabled, ok.failure_count, ok.failing_since is None],
+        "received": len(received),
     }))
     """
 )
@@ -95,9 +130,11 @@ def quiet_resolver_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
         pytest.skip("needs unshare and ip, and user namespaces this user may create")
     folder = tmp_path_factory.mktemp("dns")
     (folder / "resolv.conf").write_text(_RESOLV_CONF)
+    (folder / "hosts").write_text(_HOSTS)
     (folder / "app.py").write_text(_APP)
     script = (
         'ip link set lo up && mount --bind "$1/resolv.conf" /etc/resolv.conf && '
+        'mount --bind "$1/hosts" /etc/hosts && '
         'exec "$2" "$1/app.py" "$1/store.sqlite3"'
     )
     result = subprocess.run(
@@ -145,8 +182,28 @@ def test_names_waiting_on_the_resolver_are_bounded(quiet_resolver_run: dict[str,
     assert quiet_resolver_run["crowded"] == 8
     crowd = quiet_resolver_run["crowd"]
     assert len(crowd) == 10
-    assert set(crowd[-4:]) == {"[Errno -3] the name resolver has yet to answer 8 earlier lookups"}
+    assert set(crowd[-4:]) == {"the name resolver has yet to answer 8 earlier lookups"}
     assert "[Errno -3] the name resolver did not answer within 0.01 s" in crowd
+
+
+def test_a_send_this_process_holds_back_is_no_failure_of_its_receiver(
+    quiet_resolver_run: dict[str, Any],
+) -> None:
+    """Too many names waiting on the resolver is this process's limit, not the hook's fault.
+
+    A hook whose name resolves at once, refused only because eight other names
+    are still waiting, is not sent to; the delivery counts no attempt and no
+    failure of its hook (which would end in disabling a healthy receiver), and
+    is due again shortly.
+    """
+    refusal = "not sent: the name resolver has yet to answer 8 earlier lookups"
+    assert quiet_resolver_run["received"] == 0
+    assert quiet_resolver_run["held"] == [
+        ["item.created", "pending", 0, refusal, True],
+        ["webhook.ping", "pending", 0, refusal, True],
+    ]
+    assert quiet_resolver_run["ping_status"] == "pending"
+    assert quiet_resolver_run["ok_hook"] == [True, 0, True]
 
 
 def test_a_name_the_resolver_cannot_even_encode_raises_as_getaddrinfo_does() -> None:
@@ -167,3 +224,35 @@ def test_a_name_the_resolver_cannot_even_encode_raises_as_getaddrinfo_does() -> 
         threading.excepthook = previous
     assert str(bounded.value) == str(direct.value)
     assert unraised == []
+
+
+def test_a_send_held_back_keeps_its_delivery_and_its_hooks_record(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both backends: a held-back send counts no attempt and no failure, and goes out later.
+
+    Eight names stand in as still waiting on the resolver (lookups set up, never
+    started); the hook's own name, localhost, would resolve at once.
+    """
+    receiver = Receiver()
+    try:
+        hook = store.webhooks.create(
+            "local", tokenstore.User, f"http://localhost:{receiver.port}/hook"
+        )
+        for i in range(_lookup.MAX_WAITING):
+            key = (f"{i}.waiting.example", 80)
+            monkeypatch.setitem(_lookup._waiting, key, _lookup._Lookup(key))
+        held = store.webhooks.ping(hook)
+        assert (held.status, held.attempts, receiver.hits) == ("pending", 0, [])
+        assert held.last_error == "not sent: the name resolver has yet to answer 8 earlier lookups"
+        assert held.next_attempt_at is not None
+        assert 4 <= (held.next_attempt_at - held.created_at).total_seconds() <= 6
+        again = store.webhooks.get("local")
+        assert (again.failure_count, again.failing_since, again.last_failure) == (0, None, None)
+        assert again.enabled
+        monkeypatch.undo()  # the names are answered
+        assert store.webhooks.deliver_due(now=held.next_attempt_at) == 1
+        sent = store.webhooks.delivery(held.abid)
+        assert (sent.status, sent.attempts, len(receiver.hits)) == ("delivered", 1, 1)
+    finally:
+        receiver.close()

@@ -24,7 +24,7 @@ from _http import free_port
 
 import tokenstore._store
 from tokenstore._errors import BlockedAddress, ValidationError
-from tokenstore._netguard import AddressGuard, _find_blocked, guarded_session
+from tokenstore._netguard import AddressGuard, _find_refusal, guarded_session
 
 TIMEOUT = 5
 
@@ -336,7 +336,7 @@ def test_allowlist_names_are_held_in_their_ascii_form() -> None:
         AddressGuard(["xn--abc.example"])
 
 
-def test_find_blocked_digs_through_real_wrappers() -> None:
+def test_find_refusal_digs_through_real_wrappers() -> None:
     """The unwrapping used if a future urllib3/requests wraps BlockedAddress."""
     from urllib3.exceptions import MaxRetryError, ProtocolError
 
@@ -344,15 +344,15 @@ def test_find_blocked_digs_through_real_wrappers() -> None:
     wrapped = requests.exceptions.ConnectionError(
         MaxRetryError(None, "/", reason=ProtocolError("Connection aborted.", inner))  # type: ignore[arg-type]
     )
-    assert _find_blocked(wrapped) is inner
+    assert _find_refusal(wrapped) is inner
     try:
         try:
             raise inner
         except BlockedAddress as exc:
             raise requests.exceptions.ConnectionError("boom") from exc
     except requests.exceptions.ConnectionError as outer:
-        assert _find_blocked(outer) is inner
-    assert _find_blocked(requests.exceptions.ConnectionError("plain")) is None
+        assert _find_refusal(outer) is inner
+    assert _find_refusal(requests.exceptions.ConnectionError("plain")) is None
 
 
 def test_importing_tokenstore_does_not_import_requests() -> None:

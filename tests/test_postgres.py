@@ -66,6 +66,12 @@ from tokenstore._postgres_url import redacted_url
         "postgresql://u:SEKRIT@127.0.0.1:1/db?sslmode=bogus",
         "postgresql://u:SEKRIT@127.0.0.1:1/db?connect_timeout=abc",
         "postgresql://u:SEKRIT@127.0.0.1:1/db?target_session_attrs=bogus",
+        # Refused per host as it connects, or in words of their own: the URL's fault too.
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?keepalives=x",
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?tcp_user_timeout=1.5",
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?ssl_min_protocol_version=bogus",
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?hostaddr=bad",
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?host=a,b&port=1,2,3",
     ],
 )
 def test_a_url_libpq_cannot_take_is_a_validation_error_without_its_password(url: str) -> None:
@@ -616,6 +622,26 @@ def test_a_lock_another_session_keeps_is_waited_for_at_most_busy_timeout(pg_url:
                 f"{redacted_url(pg_url)}: the database stayed locked for 5 s ("
             ), raised.value
             assert 4 < time.monotonic() - started < 30
+        assert store.users.get("alice").username == "alice"
+
+
+def test_a_statement_the_urls_statement_timeout_cancels_is_a_store_error(pg_url: str) -> None:
+    """A URL may set statement_timeout (README): a wait for a lock it ends, shorter than
+    busy_timeout, raised psycopg's QueryCanceled through peewee, no tokenstore error, its
+    message two lines long. It is StoreLocked, as the same wait ended by lock_timeout is."""
+    quick = f"{pg_url}?options=-c%20statement_timeout%3D300"
+    with tokenstore.open(quick, busy_timeout=5) as store:
+        store.users.create("alice")
+        with psycopg.connect(pg_url) as other:  # a session left in a transaction holding a lock
+            other.execute("LOCK TABLE tokenstore_user IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(StoreLocked) as raised:
+                store.users.get("alice")
+            assert time.monotonic() - started < 4
+        message = str(raised.value)
+        assert message.startswith(f"{redacted_url(quick)}: the statement was cancelled"), message
+        assert "statement_timeout" in message and "\n" not in message
+        assert "app-password" not in message
         assert store.users.get("alice").username == "alice"
 
 

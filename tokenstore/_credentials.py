@@ -100,13 +100,19 @@ def looks_like_legacy_token(text: object) -> bool:
     return isinstance(text, str) and _LEGACY_TOKEN_RE.fullmatch(text) is not None
 
 
+#: What a secret pasted as a word of a text may come wrapped in: quotes, brackets, a full stop.
+_AROUND_A_WORD = "'\"`<>()[]{},.;:"
+
+
 def looks_like_secret(text: object) -> bool:
-    """Whether ``text`` is a secret given where a name or an id belongs: an API token of
-    either kind, or a hook's signing secret. A message about it must not quote it back."""
-    return (
-        looks_like_token(text)
-        or looks_like_legacy_token(text)
-        or (isinstance(text, str) and text.startswith(SECRET_PREFIX))
+    """Whether ``text`` holds a secret given where a name or an id belongs: an API token of
+    either kind, or a hook's signing secret, alone or as a word of it (pasted with its line
+    end, in quotes, after ``Bearer``). A message about it must not quote it back."""
+    if not isinstance(text, str):
+        return False
+    return any(
+        looks_like_token(word) or looks_like_legacy_token(word) or word.startswith(SECRET_PREFIX)
+        for word in (part.strip(_AROUND_A_WORD) for part in text.split())
     )
 
 

@@ -10,7 +10,9 @@ as long as it may.
 A lookup given up on keeps running until the resolver answers or gives up
 itself. Attempts at a name still being looked up wait for that lookup rather
 than start another, and at most ``MAX_WAITING`` names are looked up at once:
-a dead name server costs a few threads, never one per attempt.
+a dead name server costs a few threads, never one per attempt. An attempt
+past that limit is refused with ``ResolverBusy``: the name was never asked
+about, so the refusal is this process's, not the receiver's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ from typing import Any
 MAX_WAITING = 8
 
 _Answer = list[tuple[Any, ...]]
+
+
+class ResolverBusy(Exception):
+    """``MAX_WAITING`` other names are waiting on the resolver: this one is not asked about.
+
+    Not a ``socket.gaierror``, which says what became of the name: a send
+    refused for this is no failure of its receiver. Being no ``OSError``, it
+    passes through urllib3 and requests unwrapped.
+    """
 
 
 class _Lookup:
@@ -66,8 +77,8 @@ def getaddrinfo(host: str, port: int, timeout: float | None) -> _Answer:
     """``socket.getaddrinfo(host, port, type=SOCK_STREAM)``, answered within ``timeout`` seconds.
 
     Raises ``socket.gaierror`` (EAI_AGAIN) when the resolver has not answered
-    by then (``None``: no limit), or when too many names are already waiting
-    on it. An IP address is no question for a name server and is answered on
+    by then (``None``: no limit), and ``ResolverBusy`` when too many names are
+    already waiting on it. An IP address is no question for a name server and is answered on
     the calling thread.
     """
     try:
@@ -81,9 +92,8 @@ def getaddrinfo(host: str, port: int, timeout: float | None) -> _Answer:
         lookup = _waiting.get(key)
         if lookup is None:
             if len(_waiting) >= MAX_WAITING:
-                raise socket.gaierror(
-                    socket.EAI_AGAIN,
-                    f"the name resolver has yet to answer {MAX_WAITING} earlier lookups",
+                raise ResolverBusy(
+                    f"the name resolver has yet to answer {MAX_WAITING} earlier lookups"
                 )
             lookup = _Lookup(key)
             threading.Thread(target=lookup.run, name="tokenstore-name-lookup", daemon=True).start()

@@ -273,7 +273,8 @@ class AddressGuard:
         message gives the kind of address, not the address, so a delivery
         log does not map the internal network for whoever sets hook URLs.
         Resolution errors are the resolver's ``socket.gaierror``, raised too
-        when it has not answered within ``timeout`` seconds (``None``: no limit).
+        when it has not answered within ``timeout`` seconds (``None``: no limit);
+        ``_lookup.ResolverBusy`` when too many other names are waiting on it.
         """
         name = host.strip("[]")
         found = _lookup.getaddrinfo(name, port, timeout)
@@ -416,8 +417,8 @@ def _connect_pinned(conn: HTTPConnection, guard: AddressGuard) -> socket.socket:
     raise NewConnectionError(conn, f"Failed to establish a new connection: {error}") from error
 
 
-def _find_blocked(exc: BaseException) -> BlockedAddress | None:
-    """Dig a BlockedAddress out of the wrappers urllib3 or requests may put around it."""
+def _find_refusal(exc: BaseException) -> BlockedAddress | _lookup.ResolverBusy | None:
+    """Dig a refusal of ours out of the wrappers urllib3 or requests may put around it."""
     seen: set[int] = set()
     pending: list[BaseException] = [exc]
     while pending:
@@ -425,7 +426,7 @@ def _find_blocked(exc: BaseException) -> BlockedAddress | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, BlockedAddress):
+        if isinstance(current, BlockedAddress | _lookup.ResolverBusy):
             return current
         linked: list[object] = [current.__cause__, current.__context__, *current.args]
         linked.append(getattr(current, "reason", None))
@@ -505,18 +506,18 @@ def guarded_session(guard: AddressGuard) -> requests.Session:
             cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
             proxies: Mapping[str, str] | None = None,
         ) -> requests.Response:
-            """Keep BlockedAddress catchable even if a urllib3/requests release wraps it.
+            """Keep our refusals catchable even if a urllib3/requests release wraps them.
 
-            With urllib3 2.8 and requests 2.34 it already passes through
-            unwrapped: it is not an OSError, so neither library catches it.
+            With urllib3 2.8 and requests 2.34 they already pass through
+            unwrapped: neither is an OSError, so neither library catches them.
             """
             try:
                 return super().send(request, stream, timeout, verify, cert, proxies)
             except requests.RequestException as exc:
-                blocked = _find_blocked(exc)
-                if blocked is None:
+                refusal = _find_refusal(exc)
+                if refusal is None:
                     raise
-                raise BlockedAddress(str(blocked)) from exc
+                raise type(refusal)(str(refusal)) from exc
 
     session = requests.Session()
     session.trust_env = False

@@ -8,6 +8,7 @@ the policy gives up on is disabled with what it still had to send.
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,9 +16,11 @@ from typing import Any
 from . import signals
 from ._backend import Backend
 from ._models import OutboundWebhook, WebhookDelivery
-from ._policy import RetryPolicy, parse_retry_after
+from ._policy import HELD_BACK, RetryPolicy, parse_retry_after
 from ._sending import Outcome
 from ._times import format_time, utcnow
+
+logger = logging.getLogger("tokenstore.webhooks")
 
 _HOOK_TABLE = OutboundWebhook._meta.table_name
 _DELIVERY_TABLE = WebhookDelivery._meta.table_name
@@ -85,7 +88,14 @@ class Outcomes:
     def record(
         self, hook: OutboundWebhook, delivery: WebhookDelivery, outcome: Outcome, now: datetime
     ) -> None:
-        """Write the attempt's outcome, schedule the next one, and disable hopeless hooks."""
+        """Write the attempt's outcome, schedule the next one, and disable hopeless hooks.
+
+        An outcome ``held_back`` was no attempt: the delivery is only due again
+        shortly, and its hook's record of failures is the receiver's, untouched.
+        """
+        if outcome.held_back:
+            self.hold_back(delivery, outcome.error, now)
+            return
         delivery.attempts += 1  # as this sender counts; the file's count is what is stored
         delivery.last_attempt_at = now
         delivery.last_status_code = outcome.status_code
@@ -196,6 +206,17 @@ class Outcomes:
     def bury(self, delivery: WebhookDelivery, reason: str) -> None:
         delivery.status = "dead"
         delivery.next_attempt_at = None
+        self._unsent(delivery, reason)
+
+    def hold_back(self, delivery: WebhookDelivery, reason: str, now: datetime) -> None:
+        """Keep a delivery this process did not send, for a limit of its own, due again soon."""
+        logger.warning("delivery %s: %s", delivery.abid, reason)
+        if delivery.status in ("pending", "failed"):  # not a redelivery of a finished one
+            delivery.next_attempt_at = now + HELD_BACK
+        self._unsent(delivery, reason)
+
+    def _unsent(self, delivery: WebhookDelivery, reason: str) -> None:
+        """Store a delivery's state, and why it was not sent, counting no attempt."""
         delivery.last_error = reason
         stored = self._stored_outcome(delivery, attempted=False)
         with self.db.write(quiet=True) as conn:

@@ -24,6 +24,10 @@ RETRY_SCHEDULE: tuple[timedelta, ...] = (
     timedelta(hours=10),
 )
 
+#: How soon a delivery this process held back (see ``_lookup.ResolverBusy``) is due again.
+#: It was not sent, so it counts no attempt and the schedule above does not move.
+HELD_BACK = timedelta(seconds=5)
+
 #: The longest Retry-After honoured; a receiver asking for more gets the schedule's longest step.
 MAX_RETRY_AFTER = timedelta(hours=10)
 _MAX_RETRY_SECONDS = int(MAX_RETRY_AFTER.total_seconds())

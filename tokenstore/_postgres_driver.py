@@ -70,6 +70,12 @@ _FAULTS: dict[str, tuple[type[TokenstoreError], str]] = {
     "53100": (StoreFull, "the server's disk is full"),
     "55P03": (StoreLocked, "the database stayed locked for {timeout:g} s"),
     "40P01": (StoreLocked, "a deadlock with another transaction; retry"),
+    # The URL may set statement_timeout below the lock wait: then it ends a wait for a lock.
+    "57014": (
+        StoreLocked,
+        "the statement was cancelled before it finished, by the session's statement_timeout "
+        "or by an administrator; retry",
+    ),
     "58030": (StoreIOError, "the server failed to read or write its files"),
     "XX001": (StoreCorrupt, "the server found damaged data"),
     "XX002": (StoreCorrupt, "the server found a damaged index"),

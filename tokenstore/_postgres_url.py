@@ -187,9 +187,13 @@ def answer_wait(options: str, lock_wait: float) -> float:
     return max(lock_wait, running) + ANSWER_MARGIN
 
 
-#: How libpq (psycopg, for connect_timeout) refuses a value of the URL only as it connects.
+#: How libpq (psycopg, for connect_timeout) refuses a value of the URL only as it connects:
+#: some values once per host it tries, in that host's words, and some with quotes.
 _REFUSED_VALUE = re.compile(
-    r"(connection is bad: )?(invalid (port number|integer value|\w+ value)|bad value for )"
+    r"(connection is bad: )?"
+    r'(connection to server (at "[^"]*", port \d+|on socket "[^"]*") failed: )?'
+    r'(invalid (port number|integer value|"?\w+"? value)|bad value for '
+    r"|could not parse network address |could not match \d+ [\w ]+ to \d+ )"
 )
 
 

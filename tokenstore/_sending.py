@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from . import _compat, _deadline
 from ._errors import BlockedAddress
 from ._inputs import storable
+from ._lookup import ResolverBusy
 from ._models import OutboundWebhook
 from ._netguard import AddressGuard
 from ._signing import signature_header
@@ -55,6 +56,8 @@ class Outcome:
     retry_after: str | None = None  #: the Retry-After header of a 429 or 503
     gone: bool = False
     duration_ms: int = 0
+    #: Not sent, for a limit of this process's own: no attempt, and no failure of the receiver.
+    held_back: bool = False
 
 
 def message_headers(
@@ -163,7 +166,9 @@ class Sender:
         with _deadline.limit(seconds) as attempt:
             outcome = self._post(session, url, body, headers, attempt.deadline)
         # A socket timeout cut to the time left may end it a moment before the reaper does.
-        if attempt.expired or (not outcome.ok and attempt.remaining() == 0):
+        if not outcome.held_back and (
+            attempt.expired or (not outcome.ok and attempt.remaining() == 0)
+        ):
             outcome = Outcome(
                 False,
                 outcome.status_code,
@@ -190,6 +195,8 @@ class Sender:
             response = _compat.send_prepared(session, request, self.timeout)
         except BlockedAddress as exc:
             return Outcome(False, error=f"blocked: {exc}")
+        except ResolverBusy as exc:
+            return Outcome(False, error=f"not sent: {exc}", held_back=True)
         except requests.Timeout as exc:
             return Outcome(False, error=f"timed out: {_short(exc)}")
         except Exception as exc:

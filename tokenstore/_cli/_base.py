@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
@@ -15,8 +16,10 @@ from typing import Any, NoReturn
 import peewee
 
 from .._backend import FELL_BACK
+from .._credentials import looks_like_secret
 from .._errors import StoreError, StoreReadOnly, ValidationError
 from .._netguard import AddressGuard
+from .._postgres_url import redacted_url
 from .._store import Store
 from .._store import open as open_store
 from ._output import Output, held_lines, one_line
@@ -153,8 +156,20 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other error of the command."""
 
     def error(self, message: str) -> NoReturn:
-        """A usage error in one line, exit 2, like every other error of the command."""
-        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+        """A usage error in one line, exit 2, like every other error of the command.
+
+        argparse quotes what it could not place: a secret given there (a token
+        where none belongs, a URL without its ``--db``) is not repeated.
+        """
+        said = one_line(re.sub(r"\S+", _not_secret, message))
+        self.exit(2, f"{self.prog}: error: {said} (see {self.prog} --help)\n")
+
+
+def _not_secret(word: re.Match[str]) -> str:
+    """A word of a usage error as shown: a secret left out, a URL without its password."""
+    if looks_like_secret(word[0]):
+        return "(a secret, not shown)"
+    return redacted_url(word[0]) if "://" in word[0] else word[0]
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

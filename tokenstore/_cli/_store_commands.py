@@ -366,8 +366,10 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
 
 
 def _served_url(host: str, server: Any) -> str:
-    """The URL a server listening on ``host`` answers at (an IPv6 address in brackets)."""
-    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    """The URL a server listening on ``host`` answers at: an IPv6 address in brackets, and
+    nothing else (the socket drops brackets given around an IPv4 address or a name)."""
+    bare = host.strip("[]")
+    shown = f"[{bare}]" if ":" in bare else bare
     return f"http://{shown}:{server.server_address[1]}/"
 
 

@@ -117,12 +117,19 @@ def _secret(value: str) -> str:
         raise ValidationError("- reads the secret from stdin, but stdin is closed")
     try:
         if sys.stdin.isatty():
-            return getpass.getpass("secret (not shown): ").strip()
-        line = sys.stdin.readline(_SECRET_CHARS + 1)  # < /dev/zero has no line end
+            line = getpass.getpass("secret (not shown): ")
+        else:
+            line = sys.stdin.readline(_SECRET_CHARS + 1)  # < /dev/zero has no line end
+            if not line:  # an empty secret would be stored as if one were given
+                raise ValidationError(
+                    "- reads the secret from stdin, but stdin ended before a line"
+                )
     except UnicodeDecodeError:
         raise ValidationError("the secret read from stdin is not UTF-8 text") from None
-    if not line:  # an empty secret would be stored as if one were given
-        raise ValidationError("- reads the secret from stdin, but stdin ended before a line")
     if len(line) > _SECRET_CHARS:
         raise ValidationError(f"the secret read from stdin is over {_SECRET_CHARS} characters")
+    if not line.strip():  # `echo "$SECRET" |` with $SECRET unset: no secret was given either
+        raise ValidationError(
+            "- reads the secret from stdin, but the line read from stdin is blank"
+        )
     return line.strip()
