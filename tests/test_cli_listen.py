@@ -160,15 +160,8 @@ def test_a_port_in_use_exits_2_with_one_line() -> None:
     assert_one_line_error(result, f"port {port}")
 
 
-@pytest.mark.parametrize("host", ["::1", "[::1]"])
-def test_an_ipv6_host_is_listened_on_and_shown_in_brackets(host: str) -> None:
-    """The line "listening on URL" is what scripts read the port from: it must be a URL."""
-    if not socket.has_ipv6:
-        pytest.skip("no IPv6 here")
-    try:
-        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
-    except OSError:
-        pytest.skip("::1 cannot be bound here")
+def _announced(host: str) -> str:
+    """The first line ``listen --host HOST`` writes (what it listens on), then stopped."""
     proc = subprocess.Popen(
         [*COMMAND, "--host", host, "--port", "0"],
         stdout=subprocess.PIPE,
@@ -178,30 +171,30 @@ def test_an_ipv6_host_is_listened_on_and_shown_in_brackets(host: str) -> None:
     )
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert re.match(r"listening on http://\[::1\]:\d+/ ", line), line
+        return proc.stderr.readline()
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=20)
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_host_is_listened_on_and_shown_in_brackets(host: str) -> None:
+    """The line "listening on URL" is what scripts read the port from: it must be a URL."""
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("::1 cannot be bound here")
+    line = _announced(host)
+    assert re.match(r"listening on http://\[::1\]:\d+/ ", line), line
 
 
 def test_an_ipv4_host_in_brackets_is_shown_as_a_url_takes_it() -> None:
     """Brackets hold an IPv6 address in a URL: http://[127.0.0.1]:PORT/ is no URL at all
     (urllib refuses it), though the socket listens on 127.0.0.1 once they are dropped."""
-    proc = subprocess.Popen(
-        [*COMMAND, "--host", "[127.0.0.1]", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(TOKENSTORE_LISTEN_SECRET=SECRET),
-    )
-    try:
-        assert proc.stderr is not None
-        line = proc.stderr.readline()
-        assert re.match(r"listening on http://127\.0\.0\.1:\d+/ ", line), line
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=20)
+    line = _announced("[127.0.0.1]")
+    assert re.match(r"listening on http://127\.0\.0\.1:\d+/ ", line), line
 
 
 def start_listening(*options: str) -> tuple[subprocess.Popen[str], str]:

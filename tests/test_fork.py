@@ -34,6 +34,18 @@ def _run(mode: str, db_path: Path | str) -> dict[str, object]:
     return result
 
 
+def _run_script(script: str, db_path: Path | str) -> None:
+    """Run a forking script on the store in a process of its own; it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(db_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("mode", ["fork", "pool"])
 def test_children_forked_after_open_use_the_store_alongside_the_parent(
     store: Store, db_path: Path | str, mode: str
@@ -98,13 +110,7 @@ def test_a_child_forked_with_uses_noted_writes_its_own_uses(
     store: Store, db_path: Path | str
 ) -> None:
     store.close()
-    done = subprocess.run(
-        [sys.executable, "-c", _USES_CHILD, str(db_path)],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    _run_script(_USES_CHILD, db_path)
 
 
 _THREAD_CHILD = """
@@ -149,11 +155,4 @@ def test_a_child_leaves_the_connections_of_the_parents_other_threads_alone(
     # parent's other threads end at the fork, and closing their connections there ended
     # the parent's PostgreSQL sessions.
     store.close()
-    done = subprocess.run(
-        [sys.executable, "-c", _THREAD_CHILD, str(db_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    _run_script(_THREAD_CHILD, db_path)

@@ -608,13 +608,20 @@ def test_read_only_keeps_the_urls_own_options(pg_url: str) -> None:
         assert reader.users.get("alice").username == "alice"
 
 
+@contextlib.contextmanager
+def _users_locked_elsewhere(pg_url: str) -> Iterator[None]:
+    """A session left in a transaction holding the users table's strongest lock."""
+    with psycopg.connect(pg_url) as other:
+        other.execute("LOCK TABLE tokenstore_user IN ACCESS EXCLUSIVE MODE")
+        yield
+
+
 def test_a_lock_another_session_keeps_is_waited_for_at_most_busy_timeout(pg_url: str) -> None:
     """As an SQLite writer waits for the file's lock: StoreLocked, not a wait without end,
     and the message says so as SQLite's does: how long it waited, then the server's words."""
     with tokenstore.open(pg_url, busy_timeout=5) as store:
         store.users.create("alice")
-        with psycopg.connect(pg_url) as other:  # a session left in a transaction holding a lock
-            other.execute("LOCK TABLE tokenstore_user IN ACCESS EXCLUSIVE MODE")
+        with _users_locked_elsewhere(pg_url):
             started = time.monotonic()
             with pytest.raises(StoreLocked) as raised:
                 store.users.get("alice")
@@ -632,8 +639,7 @@ def test_a_statement_the_urls_statement_timeout_cancels_is_a_store_error(pg_url:
     quick = f"{pg_url}?options=-c%20statement_timeout%3D300"
     with tokenstore.open(quick, busy_timeout=5) as store:
         store.users.create("alice")
-        with psycopg.connect(pg_url) as other:  # a session left in a transaction holding a lock
-            other.execute("LOCK TABLE tokenstore_user IN ACCESS EXCLUSIVE MODE")
+        with _users_locked_elsewhere(pg_url):
             started = time.monotonic()
             with pytest.raises(StoreLocked) as raised:
                 store.users.get("alice")
