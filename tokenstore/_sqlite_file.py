@@ -150,7 +150,7 @@ def check_file(path: Path, schema_version: int, ours: frozenset[str], busy_timeo
     if not st.st_size:
         return 0
     try:
-        conn = sqlite3.connect(connect_uri(path, read_only=True), busy_timeout, uri=True)
+        conn = sqlite3.connect(connect_uri(path, read_only=True), timeout=busy_timeout, uri=True)
         try:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
