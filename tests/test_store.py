@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import inspect
 import os
 import sqlite3
 import stat
@@ -731,8 +732,8 @@ def _default_text(value: Any) -> str:
 
 
 def test_help_of_open_lists_every_option_with_its_default() -> None:
-    doc = tokenstore.open.__doc__ or ""
-    lines = {line.split("``")[1]: line for line in doc.splitlines() if line.startswith("    - ``")}
+    doc = inspect.getdoc(tokenstore.open) or ""  # indented as written before Python 3.13
+    lines = {line.split("``")[1]: line for line in doc.splitlines() if line.startswith("- ``")}
     for option in dataclasses.fields(tokenstore.Options):
         assert option.name in lines, option.name
         assert f"= {_default_text(option.default)}" in lines[option.name], lines[option.name]
