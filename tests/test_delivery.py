@@ -1652,3 +1652,103 @@ def test_calls_that_send_are_refused_inside_a_transaction(store: Store) -> None:
         assert [d.attempts for d in store.webhooks.deliveries(hook)] == [1]
     finally:
         slow.close()
+
+
+def _edit(store: Store, edit: str, name: str, elsewhere: str) -> None:
+    """Change hook ``name`` as an admin would, in one of the ways ``edit`` names."""
+    if edit == "deleted":
+        store.webhooks.delete(name)
+    elif edit == "disabled":
+        store.webhooks.update(name, enabled=False)
+    elif edit.startswith("given up"):
+        store.webhooks.disable(name)
+        if edit.endswith("enabled"):
+            store.webhooks.enable(name)
+    elif edit == "moved":
+        store.webhooks.update(name, endpoint=elsewhere)
+    else:
+        store.webhooks.rotate_secret(name, grace=timedelta(0))
+
+
+_EDITS = ["deleted", "disabled", "given up", "given up, then enabled", "moved", "rotated"]
+
+
+@pytest.mark.parametrize("edit", _EDITS)
+def test_a_hook_edited_while_a_commits_first_delivery_is_sent_governs_the_rest(
+    store: Store, edit: str
+) -> None:
+    """The writing thread sent all of a commit's deliveries as the commit had read their
+    hook: an admin's delete, disable or edit committed while the first was on the wire
+    did not reach the others, which went to the old endpoint, signed with the erased
+    secret, for a hook deleted or given up before they were sent."""
+    sending, edited = threading.Event(), threading.Event()
+
+    def first_waits(handler: BaseHTTPRequestHandler) -> None:
+        sending.set()
+        edited.wait(0.4)  # under the read timeout
+        ok(handler)
+
+    slow, elsewhere = Receiver(first_waits), Receiver()
+    try:
+        hook = store.webhooks.create("notes", Note, slow.url())
+        failures: list[BaseException] = []
+
+        def meddle() -> None:
+            try:
+                assert sending.wait(10)
+                _edit(store, edit, hook.name, elsewhere.url())
+            except BaseException as exc:
+                failures.append(exc)
+            finally:
+                edited.set()
+                store.db.close()
+
+        meddler = threading.Thread(target=meddle, daemon=True)
+        meddler.start()
+        with store.atomic():
+            for text in ("first", "second", "third"):
+                Note.create(text=text)
+        meddler.join(10)
+        assert not meddler.is_alive() and failures == []
+        store.webhooks.deliver_due()  # the retry path finds nothing more to send either
+        statuses = sorted(d.status for d in WebhookDelivery.select())
+        if edit == "moved":
+            assert (len(slow.hits), len(elsewhere.hits)) == (1, 2)
+            assert statuses == ["delivered"] * 3
+        elif edit == "rotated":
+            assert (len(slow.hits), len(elsewhere.hits)) == (3, 0)
+            secret = reload(hook).secret
+            for hit in slow.hits[1:]:  # signed with the secret they were sent under
+                verify_webhook(secret, hit.header_dict(), hit.body)
+            assert statuses == ["delivered"] * 3
+        else:  # the first was on the wire when the hook changed; the rest not sent
+            assert (len(slow.hits), len(elsewhere.hits)) == (1, 0)
+            assert statuses == ([] if edit == "deleted" else ["dead", "dead", "delivered"])
+    finally:
+        slow.close()
+        elsewhere.close()
+
+
+def test_a_hook_deleted_while_a_slow_signal_receiver_runs_is_not_sent_to(
+    store: Store, receiver: Receiver
+) -> None:
+    """Receivers run after the commit and before its deliveries are sent; one that took
+    its time left the commit's read of the hook stale, and a hook deleted meanwhile by
+    another thread was still sent the change."""
+    hook = store.webhooks.create("notes", Note, receiver.url())
+
+    def slow_receiver(sender: Any, **kwargs: Any) -> None:
+        deleter = threading.Thread(
+            target=lambda: (store.webhooks.delete(hook.name), store.db.close())
+        )
+        deleter.start()
+        deleter.join(10)
+        time.sleep(0.2)  # past the time the commit's read of the hook serves
+
+    signals.post_save.connect(slow_receiver, sender=Note, weak=False)
+    try:
+        Note.create(text="heard, not sent")
+    finally:
+        signals.post_save.disconnect(slow_receiver, sender=Note)
+    assert receiver.hits == []
+    assert OutboundWebhook.select().count() == 0 and WebhookDelivery.select().count() == 0
