@@ -918,6 +918,45 @@ def test_a_hook_failing_for_long_enough_is_disabled(
         s.close()
 
 
+def test_an_enable_after_the_failure_that_disables_a_hook_is_not_undone(
+    db_path: Path, receiver: Receiver, clock: Clock
+) -> None:
+    """The failure was counted in one transaction and the hook disabled in the next: an
+    admin's enable() committed in between (on PostgreSQL) was overwritten by a disable
+    judged on the streak it had just reset. The disable's save (its pre_save) was that
+    moment; now the disable commits with the count, without a save, and the admin's
+    enable() comes after it."""
+    s = open_store(db_path, clock, disable_after_failures=1, disable_after=timedelta(0))
+    enablers: list[threading.Thread] = []
+
+    def enable_meanwhile(sender: Any, instance: OutboundWebhook, **kwargs: Any) -> None:
+        if instance.enabled or enablers:
+            return
+        enabler = threading.Thread(target=lambda: (s.webhooks.enable(hook.name), s.db.close()))
+        enablers.append(enabler)
+        enabler.start()
+        enabler.join(0.5)  # done by now, unless it waits for the disable to commit
+
+    try:
+        receiver.respond = lambda h: answer(h, 500)
+        hook = s.webhooks.create("flaky", Note, receiver.url())
+        signals.pre_save.connect(enable_meanwhile, sender=OutboundWebhook, weak=False)
+        try:
+            Note.create(text="fails, and the hook is disabled")
+        finally:
+            signals.pre_save.disconnect(enable_meanwhile, sender=OutboundWebhook)
+        for enabler in enablers:
+            enabler.join(30)
+            assert not enabler.is_alive()
+        if not enablers:  # no moment between the count and the disable: enabled after both
+            s.webhooks.enable(hook.name)
+        hook = reload(hook)
+        assert (hook.enabled, hook.disabled_reason, hook.failure_count) == (True, "", 0)
+        assert only_delivery(s).status == "dead"  # given up by the disable; redeliver sends it
+    finally:
+        s.close()
+
+
 def test_a_failure_streak_begun_by_a_clock_since_set_back_is_counted_from_now(
     db_path: Path, receiver: Receiver, clock: Clock
 ) -> None:

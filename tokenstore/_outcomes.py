@@ -54,6 +54,10 @@ _HOOK_FAILED = (
     'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ? '
     'RETURNING "failure_count", "failing_since"'
 )
+_STOP_HOOK = (
+    f'UPDATE "{_HOOK_TABLE}" SET "enabled" = ?, "disabled_reason" = ?, "modified_at" = ? '
+    'WHERE "id" = ?'
+)
 _GIVE_UP = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL '
     "WHERE \"hook_id\" = ? AND \"status\" IN ('pending', 'failed')"
@@ -79,6 +83,7 @@ class Outcomes:
         self._record_delivery = sql(_RECORD_DELIVERY)
         self._hook_succeeded = sql(_HOOK_SUCCEEDED)
         self._hook_failed = sql(_HOOK_FAILED)
+        self._stop_hook = sql(_STOP_HOOK)
         self._give_up = sql(_GIVE_UP)
 
     def attempts_recorded(self) -> tuple[int, int]:
@@ -144,10 +149,15 @@ class Outcomes:
                 row = conn.execute(
                     self._record_delivery, self._stored_outcome(delivery, attempted=True)
                 ).fetchone()
+                if disabled_reason:
+                    # With the count it judged: an enable() since would have reset the
+                    # streak, and one committed later waits for this and wins.
+                    hook.enabled, hook.disabled_reason = False, disabled_reason
+                    stopped = (False, disabled_reason, format_time(utcnow()), hook.id.hex)
+                    conn.execute(self._stop_hook, stopped)
+                    conn.execute(self._give_up, (hook.id.hex,))
         if row is not None:  # None: deleted meanwhile, with its hook
             delivery.attempts = row[0]
-        if disabled_reason:
-            self.disable(hook, disabled_reason)
         if outcome.ok:
             self._tally.delivered += 1
         else:
