@@ -1791,3 +1791,45 @@ def test_a_hook_deleted_while_a_slow_signal_receiver_runs_is_not_sent_to(
         signals.post_save.disconnect(slow_receiver, sender=Note)
     assert receiver.hits == []
     assert OutboundWebhook.select().count() == 0 and WebhookDelivery.select().count() == 0
+
+
+def test_a_delivery_given_up_while_its_attempt_fails_stays_given_up(
+    store: Store, clock: Clock
+) -> None:
+    """disable() gives up a hook's pending deliveries, and they stay dead after enable().
+    The one on the wire at the time was recorded "failed" when its receiver answered
+    500, and was sent again once the hook was enabled."""
+    sending, disabled = threading.Event(), threading.Event()
+
+    def fail_after_disable(handler: BaseHTTPRequestHandler) -> None:
+        sending.set()
+        disabled.wait(0.4)  # under the read timeout
+        answer(handler, 500)
+
+    failing = Receiver(fail_after_disable)
+    try:
+        hook = store.webhooks.create("notes", Note, failing.url())
+
+        def disable() -> None:
+            try:
+                assert sending.wait(10)
+                store.webhooks.disable(hook.name)
+            finally:
+                disabled.set()
+                store.db.close()
+
+        admin = threading.Thread(target=disable, daemon=True)
+        admin.start()
+        Note.create(text="on the wire when the hook was disabled")
+        admin.join(10)
+        assert not admin.is_alive()
+        delivery = only_delivery(store)
+        assert (delivery.status, delivery.attempts, delivery.next_attempt_at) == ("dead", 1, None)
+        store.webhooks.enable(hook.name)
+        clock.advance(timedelta(hours=1))
+        assert store.webhooks.deliver_due() == 0
+        assert len(failing.hits) == 1
+        store.webhooks.redeliver(delivery.abid)  # as documented, redeliver sends it again
+        assert len(failing.hits) == 2 and only_delivery(store).status == "failed"
+    finally:
+        failing.close()
