@@ -918,6 +918,45 @@ def test_a_hook_failing_for_long_enough_is_disabled(
         s.close()
 
 
+def test_an_enable_after_the_failure_that_disables_a_hook_is_not_undone(
+    db_path: Path, receiver: Receiver, clock: Clock
+) -> None:
+    """The failure was counted in one transaction and the hook disabled in the next: an
+    admin's enable() committed in between (on PostgreSQL) was overwritten by a disable
+    judged on the streak it had just reset. The disable's save (its pre_save) was that
+    moment; now the disable commits with the count, without a save, and the admin's
+    enable() comes after it."""
+    s = open_store(db_path, clock, disable_after_failures=1, disable_after=timedelta(0))
+    enablers: list[threading.Thread] = []
+
+    def enable_meanwhile(sender: Any, instance: OutboundWebhook, **kwargs: Any) -> None:
+        if instance.enabled or enablers:
+            return
+        enabler = threading.Thread(target=lambda: (s.webhooks.enable(hook.name), s.db.close()))
+        enablers.append(enabler)
+        enabler.start()
+        enabler.join(0.5)  # done by now, unless it waits for the disable to commit
+
+    try:
+        receiver.respond = lambda h: answer(h, 500)
+        hook = s.webhooks.create("flaky", Note, receiver.url())
+        signals.pre_save.connect(enable_meanwhile, sender=OutboundWebhook, weak=False)
+        try:
+            Note.create(text="fails, and the hook is disabled")
+        finally:
+            signals.pre_save.disconnect(enable_meanwhile, sender=OutboundWebhook)
+        for enabler in enablers:
+            enabler.join(30)
+            assert not enabler.is_alive()
+        if not enablers:  # no moment between the count and the disable: enabled after both
+            s.webhooks.enable(hook.name)
+        hook = reload(hook)
+        assert (hook.enabled, hook.disabled_reason, hook.failure_count) == (True, "", 0)
+        assert only_delivery(s).status == "dead"  # given up by the disable; redeliver sends it
+    finally:
+        s.close()
+
+
 def test_a_failure_streak_begun_by_a_clock_since_set_back_is_counted_from_now(
     db_path: Path, receiver: Receiver, clock: Clock
 ) -> None:
@@ -1652,3 +1691,145 @@ def test_calls_that_send_are_refused_inside_a_transaction(store: Store) -> None:
         assert [d.attempts for d in store.webhooks.deliveries(hook)] == [1]
     finally:
         slow.close()
+
+
+def _edit(store: Store, edit: str, name: str, elsewhere: str) -> None:
+    """Change hook ``name`` as an admin would, in one of the ways ``edit`` names."""
+    if edit == "deleted":
+        store.webhooks.delete(name)
+    elif edit == "disabled":
+        store.webhooks.update(name, enabled=False)
+    elif edit.startswith("given up"):
+        store.webhooks.disable(name)
+        if edit.endswith("enabled"):
+            store.webhooks.enable(name)
+    elif edit == "moved":
+        store.webhooks.update(name, endpoint=elsewhere)
+    else:
+        store.webhooks.rotate_secret(name, grace=timedelta(0))
+
+
+_EDITS = ["deleted", "disabled", "given up", "given up, then enabled", "moved", "rotated"]
+
+
+@pytest.mark.parametrize("edit", _EDITS)
+def test_a_hook_edited_while_a_commits_first_delivery_is_sent_governs_the_rest(
+    store: Store, edit: str
+) -> None:
+    """The writing thread sent all of a commit's deliveries as the commit had read their
+    hook: an admin's delete, disable or edit committed while the first was on the wire
+    did not reach the others, which went to the old endpoint, signed with the erased
+    secret, for a hook deleted or given up before they were sent."""
+    sending, edited = threading.Event(), threading.Event()
+
+    def first_waits(handler: BaseHTTPRequestHandler) -> None:
+        sending.set()
+        edited.wait(0.4)  # under the read timeout
+        ok(handler)
+
+    slow, elsewhere = Receiver(first_waits), Receiver()
+    try:
+        hook = store.webhooks.create("notes", Note, slow.url())
+        failures: list[BaseException] = []
+
+        def meddle() -> None:
+            try:
+                assert sending.wait(10)
+                _edit(store, edit, hook.name, elsewhere.url())
+            except BaseException as exc:
+                failures.append(exc)
+            finally:
+                edited.set()
+                store.db.close()
+
+        meddler = threading.Thread(target=meddle, daemon=True)
+        meddler.start()
+        with store.atomic():
+            for text in ("first", "second", "third"):
+                Note.create(text=text)
+        meddler.join(10)
+        assert not meddler.is_alive() and failures == []
+        store.webhooks.deliver_due()  # the retry path finds nothing more to send either
+        statuses = sorted(d.status for d in WebhookDelivery.select())
+        if edit == "moved":
+            assert (len(slow.hits), len(elsewhere.hits)) == (1, 2)
+            assert statuses == ["delivered"] * 3
+        elif edit == "rotated":
+            assert (len(slow.hits), len(elsewhere.hits)) == (3, 0)
+            secret = reload(hook).secret
+            for hit in slow.hits[1:]:  # signed with the secret they were sent under
+                verify_webhook(secret, hit.header_dict(), hit.body)
+            assert statuses == ["delivered"] * 3
+        else:  # the first was on the wire when the hook changed; the rest not sent
+            assert (len(slow.hits), len(elsewhere.hits)) == (1, 0)
+            assert statuses == ([] if edit == "deleted" else ["dead", "dead", "delivered"])
+    finally:
+        slow.close()
+        elsewhere.close()
+
+
+def test_a_hook_deleted_while_a_slow_signal_receiver_runs_is_not_sent_to(
+    store: Store, receiver: Receiver
+) -> None:
+    """Receivers run after the commit and before its deliveries are sent; one that took
+    its time left the commit's read of the hook stale, and a hook deleted meanwhile by
+    another thread was still sent the change."""
+    hook = store.webhooks.create("notes", Note, receiver.url())
+
+    def slow_receiver(sender: Any, **kwargs: Any) -> None:
+        deleter = threading.Thread(
+            target=lambda: (store.webhooks.delete(hook.name), store.db.close())
+        )
+        deleter.start()
+        deleter.join(10)
+        time.sleep(0.2)  # past the time the commit's read of the hook serves
+
+    signals.post_save.connect(slow_receiver, sender=Note, weak=False)
+    try:
+        Note.create(text="heard, not sent")
+    finally:
+        signals.post_save.disconnect(slow_receiver, sender=Note)
+    assert receiver.hits == []
+    assert OutboundWebhook.select().count() == 0 and WebhookDelivery.select().count() == 0
+
+
+def test_a_delivery_given_up_while_its_attempt_fails_stays_given_up(
+    store: Store, clock: Clock
+) -> None:
+    """disable() gives up a hook's pending deliveries, and they stay dead after enable().
+    The one on the wire at the time was recorded "failed" when its receiver answered
+    500, and was sent again once the hook was enabled."""
+    sending, disabled = threading.Event(), threading.Event()
+
+    def fail_after_disable(handler: BaseHTTPRequestHandler) -> None:
+        sending.set()
+        disabled.wait(0.4)  # under the read timeout
+        answer(handler, 500)
+
+    failing = Receiver(fail_after_disable)
+    try:
+        hook = store.webhooks.create("notes", Note, failing.url())
+
+        def disable() -> None:
+            try:
+                assert sending.wait(10)
+                store.webhooks.disable(hook.name)
+            finally:
+                disabled.set()
+                store.db.close()
+
+        admin = threading.Thread(target=disable, daemon=True)
+        admin.start()
+        Note.create(text="on the wire when the hook was disabled")
+        admin.join(10)
+        assert not admin.is_alive()
+        delivery = only_delivery(store)
+        assert (delivery.status, delivery.attempts, delivery.next_attempt_at) == ("dead", 1, None)
+        store.webhooks.enable(hook.name)
+        clock.advance(timedelta(hours=1))
+        assert store.webhooks.deliver_due() == 0
+        assert len(failing.hits) == 1
+        store.webhooks.redeliver(delivery.abid)  # as documented, redeliver sends it again
+        assert len(failing.hits) == 2 and only_delivery(store).status == "failed"
+    finally:
+        failing.close()

@@ -55,12 +55,25 @@ _ENABLED_HOOKS = (
 )
 _ENABLED_HOOKS_AS_BYTES = _ENABLED_HOOKS.replace(_HOOKS.columns, text_as_bytes(OutboundWebhook))
 _SELECT_DELIVERY = f'SELECT {_DELIVERIES.columns} FROM "{_DELIVERY_TABLE}" WHERE "id" = ?'
+# A delivery's hook, as it is now, if the delivery is still to be sent (not deleted
+# with its hook, nor given up by disable()).
+_LIVE_HOOK = _SELECT_HOOK.replace(
+    '"id" = ?',
+    f'"id" = (SELECT "hook_id" FROM "{_DELIVERY_TABLE}" '
+    "WHERE \"id\" = ? AND \"status\" IN ('pending', 'failed'))",
+)
 _INSERT_DELIVERY = (
     f'INSERT INTO "{_DELIVERY_TABLE}" ("id", "abid", "created_by_id", "created_at", '
     '"modified_at", "hook_id", "event_id", "event_type", "payload", "next_attempt_at", '
     '"status", "attempts", "last_error") '
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, '')" + ON_ABID_CONFLICT
 )
+#: How long after its commit a writer sends a delivery to its hook as the commit read
+#: it. An edit committed that soon after could as well have come just after the send
+#: began; later (a slow signal receiver, an earlier attempt of the same commit) the
+#: hook is read again, with the delivery's state.
+FRESH_READ = 0.1
+
 #: The start of a conditional update that holds a delivery for an attempt.
 TAKE = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
@@ -114,6 +127,7 @@ class Outbox:
         self._enabled_hooks = _ENABLED_HOOKS + db.keep_rows
         self._select_hook = sql(_SELECT_HOOK)
         self._select_delivery = sql(_SELECT_DELIVERY)
+        self._live_hook = sql(_LIVE_HOOK)
         self._insert_delivery = sql(_INSERT_DELIVERY)
         self._take_held = sql(_TAKE_HELD)
         self._release_sql = sql(_RELEASE)
@@ -142,7 +156,10 @@ class Outbox:
             self._unsent.on = False
 
     def hook(self, hook_id: uuid.UUID) -> OutboundWebhook | None:
-        row = self._fetch_one(OutboundWebhook, self._select_hook, hook_id.hex)
+        return self._fetch_hook(self._select_hook, hook_id.hex)
+
+    def _fetch_hook(self, sql: str, key: str) -> OutboundWebhook | None:
+        row = self._fetch_one(OutboundWebhook, sql, key)
         return None if row is None else _HOOKS.instance(row)
 
     def delivery(self, delivery_id: str) -> WebhookDelivery | None:
@@ -239,7 +256,8 @@ class Outbox:
                 write(found, self.payloads.change(model, ref, item), item.id)
         if not created or unsent:
             return None
-        return lambda: self.attempt_all(created, held_until)
+        fresh_until = time.monotonic() + FRESH_READ
+        return lambda: self.attempt_all(created, held_until, fresh_until)
 
     def _abid(self, conn: Connection, model: type[Any], key: Any) -> str | None:
         """The ABID of a row by its stored primary key; None if it has none (or is gone)."""
@@ -350,10 +368,15 @@ class Outbox:
         self,
         deliveries: Iterable[tuple[WebhookDelivery, OutboundWebhook]],
         held_until: datetime,
+        fresh_until: float,
     ) -> None:
         """Send, in the writing thread, what one commit wrote and held until ``held_until``.
 
-        Each comes with its hook as that commit read it. The thread spends at
+        Each comes with its hook as that commit read it, which serves until
+        ``fresh_until`` (``time.monotonic()``) unless an attempt was made
+        since; past that the hook is read again, so a delivery is sent as
+        its hook is now: not at all if the hook was deleted or it was given
+        up (``disable()``) meanwhile. The thread spends at
         most ``sync_budget`` seconds here: what does not fit goes to the retry
         path at once, oldest first. A hook whose last attempt failed is not
         tried here at all, nor again after one of these attempts fails: its
@@ -367,7 +390,13 @@ class Outbox:
         stop_at = time.monotonic() + self.sync_budget
         behind: dict[uuid.UUID, list[str]] = {}  # per failing hook, what waits behind its retry
         later: list[str] = []
+        attempted = False
         for delivery, hook in deliveries:
+            if attempted or time.monotonic() > fresh_until:
+                current = self._fetch_hook(self._live_hook, delivery.id.hex)
+                if current is None:  # deleted with its hook, or given up: not to be sent
+                    continue
+                hook = current
             if hook.failing_since is not None or hook.id in behind:
                 behind.setdefault(hook.id, []).append(delivery.id.hex)
                 continue
@@ -382,6 +411,7 @@ class Outbox:
             ):
                 continue
             self.attempt(delivery, now, hook, deadline=left)
+            attempted = True
             if delivery.status != "delivered":
                 behind.setdefault(hook.id, [])
         if later or any(behind.values()):

@@ -26,12 +26,17 @@ _HOOK_TABLE = OutboundWebhook._meta.table_name
 _DELIVERY_TABLE = WebhookDelivery._meta.table_name
 
 # The attempt is counted in SQL: the log counts every send, even when two senders
-# held copies of one delivery (a redelivery beside a retry).
+# held copies of one delivery (a redelivery beside a retry). A delivery given up
+# (disable()) while its attempt was under way stays dead, unless the attempt delivered
+# it or was a redelivery of a dead one: the first parameter says whether it stays.
 _RECORD_DELIVERY = (
-    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = ?, "attempts" = "attempts" + ?, '
-    '"next_attempt_at" = ?, "last_attempt_at" = ?, "last_status_code" = ?, "last_error" = ?, '
+    f'UPDATE "{_DELIVERY_TABLE}" SET '
+    "\"status\" = CASE WHEN \"status\" = 'dead' AND ? THEN 'dead' ELSE ? END, "
+    '"attempts" = "attempts" + ?, '
+    '"next_attempt_at" = CASE WHEN "status" = \'dead\' AND ? THEN NULL ELSE ? END, '
+    '"last_attempt_at" = ?, "last_status_code" = ?, "last_error" = ?, '
     '"duration_ms" = ?, "delivered_at" = ?, "modified_at" = ? WHERE "id" = ? '
-    'RETURNING "attempts"'
+    'RETURNING "attempts", "status"'
 )
 # Counted in SQL, so attempts recorded at once by two threads both count. Like
 # django-signal-webhooks' bulk_update of these fields, outcomes leave ``updated`` alone.
@@ -53,6 +58,10 @@ _HOOK_FAILED = (
     'ELSE "failing_since" END, "last_response" = '
     'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ? '
     'RETURNING "failure_count", "failing_since"'
+)
+_STOP_HOOK = (
+    f'UPDATE "{_HOOK_TABLE}" SET "enabled" = ?, "disabled_reason" = ?, "modified_at" = ? '
+    'WHERE "id" = ?'
 )
 _GIVE_UP = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL '
@@ -79,6 +88,7 @@ class Outcomes:
         self._record_delivery = sql(_RECORD_DELIVERY)
         self._hook_succeeded = sql(_HOOK_SUCCEEDED)
         self._hook_failed = sql(_HOOK_FAILED)
+        self._stop_hook = sql(_STOP_HOOK)
         self._give_up = sql(_GIVE_UP)
 
     def attempts_recorded(self) -> tuple[int, int]:
@@ -96,6 +106,7 @@ class Outcomes:
         if outcome.held_back:
             self.hold_back(delivery, outcome.error, now)
             return
+        stays_dead = not outcome.ok and delivery.status != "dead"  # see _RECORD_DELIVERY
         delivery.attempts += 1  # as this sender counts; the file's count is what is stored
         delivery.last_attempt_at = now
         delivery.last_status_code = outcome.status_code
@@ -112,7 +123,8 @@ class Outcomes:
             delivery.status = "delivered"
             delivery.delivered_at = now
             delivery.next_attempt_at = None
-            stored = self._stored_outcome(delivery, attempted=True)  # before the lock is taken
+            # Made before the lock is taken.
+            stored = self._stored_outcome(delivery, attempted=True, stays_dead=False)
             a_second_ago = format_time(now - timedelta(seconds=1))
             row = self.db.write_pair(
                 self._hook_succeeded,
@@ -142,12 +154,20 @@ class Outcomes:
                 delivery.status = "dead" if disabled_reason or next_attempt is None else "failed"
                 delivery.next_attempt_at = None if disabled_reason else next_attempt
                 row = conn.execute(
-                    self._record_delivery, self._stored_outcome(delivery, attempted=True)
+                    self._record_delivery,
+                    self._stored_outcome(delivery, attempted=True, stays_dead=stays_dead),
                 ).fetchone()
+                if disabled_reason:
+                    # With the count it judged: an enable() since would have reset the
+                    # streak, and one committed later waits for this and wins.
+                    hook.enabled, hook.disabled_reason = False, disabled_reason
+                    stopped = (False, disabled_reason, format_time(utcnow()), hook.id.hex)
+                    conn.execute(self._stop_hook, stopped)
+                    conn.execute(self._give_up, (hook.id.hex,))
         if row is not None:  # None: deleted meanwhile, with its hook
-            delivery.attempts = row[0]
-        if disabled_reason:
-            self.disable(hook, disabled_reason)
+            delivery.attempts, delivery.status = row
+            if delivery.status == "dead":
+                delivery.next_attempt_at = None
         if outcome.ok:
             self._tally.delivered += 1
         else:
@@ -170,10 +190,13 @@ class Outcomes:
             )
 
     @staticmethod
-    def _stored_outcome(delivery: WebhookDelivery, attempted: bool) -> tuple[Any, ...]:
+    def _stored_outcome(
+        delivery: WebhookDelivery, attempted: bool, stays_dead: bool
+    ) -> tuple[Any, ...]:
         """The parameters of ``_RECORD_DELIVERY`` for a delivery's outcome fields, as stored.
 
-        ``attempted`` counts one more attempt. Made before the write lock is
+        ``attempted`` counts one more attempt; ``stays_dead`` keeps a delivery
+        given up meanwhile as it is. Made before the write lock is
         taken where the outcome is known by then, so the lock covers SQL only.
         """
         delivery.modified_at = utcnow()
@@ -183,8 +206,10 @@ class Outcomes:
             return format_time(value) if isinstance(value, datetime) else db_value(value)
 
         return (
+            stays_dead,
             delivery.status,
             1 if attempted else 0,
+            stays_dead,
             time_value(delivery.next_attempt_at),
             time_value(delivery.last_attempt_at),
             delivery.last_status_code,
@@ -218,6 +243,6 @@ class Outcomes:
     def _unsent(self, delivery: WebhookDelivery, reason: str) -> None:
         """Store a delivery's state, and why it was not sent, counting no attempt."""
         delivery.last_error = reason
-        stored = self._stored_outcome(delivery, attempted=False)
+        stored = self._stored_outcome(delivery, attempted=False, stays_dead=True)
         with self.db.write(quiet=True) as conn:
             conn.execute(self._record_delivery, stored).fetchone()
