@@ -506,6 +506,10 @@ def test_http_410_disables_the_hook_and_gives_up_its_deliveries(
     assert "410" in hook.disabled_reason
     assert [c["reason"] for c in disabled] == [hook.disabled_reason]
     assert {d.status for d in store.webhooks.deliveries()} == {"dead"}
+    # the one attempted keeps the receiver's answer; the one given up says why
+    answered, given_up = sorted(d.last_error for d in store.webhooks.deliveries())
+    assert answered.startswith("HTTP 410")
+    assert given_up == f"hook disabled: {hook.disabled_reason}"
     Note.create(text="after")
     assert len(receiver.hits) == 2
     assert len(store.webhooks.deliveries()) == 2

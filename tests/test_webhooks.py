@@ -454,7 +454,8 @@ def test_disable_and_enable(store: Store) -> None:
     store.webhooks.disable(hook, reason="maintenance")
     stored = OutboundWebhook.get_by_id(hook.id)
     assert (stored.enabled, stored.disabled_reason) == (False, "maintenance")
-    assert WebhookDelivery.get_by_id(pending.id).status == "dead"
+    given_up = WebhookDelivery.get_by_id(pending.id)
+    assert (given_up.status, given_up.last_error) == ("dead", "hook disabled: maintenance")
     stored.failure_count = 4
     stored.save()
     store.webhooks.enable("docs")

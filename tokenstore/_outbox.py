@@ -30,7 +30,7 @@ from ._compat import peewee_errors
 from ._errors import DamagedRow, StoreError
 from ._m2m import RelationRun, runs
 from ._models import ON_ABID_CONFLICT, OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
-from ._outcomes import Outcomes
+from ._outcomes import Outcomes, given_up
 from ._payload import PayloadBuilder, dumps
 from ._policy import KIND_BY_OP, RELATION_KIND, signal_matches
 from ._registry import Registry
@@ -466,7 +466,7 @@ class Outbox:
             return delivery
         now = self.now() if now is None else to_stored_time(now)
         if not hook.enabled:
-            self.outcomes.bury(delivery, f"hook disabled: {hook.disabled_reason or 'by hand'}")
+            self.outcomes.bury(delivery, given_up(hook.disabled_reason))
             return delivery
         body = delivery.payload.encode("utf-8")
         try:

@@ -64,9 +64,14 @@ _STOP_HOOK = (
     'WHERE "id" = ?'
 )
 _GIVE_UP = (
-    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL '
-    "WHERE \"hook_id\" = ? AND \"status\" IN ('pending', 'failed')"
+    f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL, '
+    '"last_error" = ? WHERE "hook_id" = ? AND "status" IN (\'pending\', \'failed\')'
 )
+
+
+def given_up(disabled_reason: str) -> str:
+    """What the log says of a delivery dead because its hook was disabled."""
+    return f"hook disabled: {disabled_reason or 'by hand'}"
 
 
 class _Tally(threading.local):
@@ -163,7 +168,7 @@ class Outcomes:
                     hook.enabled, hook.disabled_reason = False, disabled_reason
                     stopped = (False, disabled_reason, format_time(utcnow()), hook.id.hex)
                     conn.execute(self._stop_hook, stopped)
-                    conn.execute(self._give_up, (hook.id.hex,))
+                    conn.execute(self._give_up, (given_up(disabled_reason), hook.id.hex))
         if row is not None:  # None: deleted meanwhile, with its hook
             delivery.attempts, delivery.status = row
             if delivery.status == "dead":
@@ -226,7 +231,7 @@ class Outcomes:
             hook.enabled = False
             hook.disabled_reason = reason
             hook.save(only=[OutboundWebhook.enabled, OutboundWebhook.disabled_reason])
-            self.db.execute_sql(self._give_up, (hook.id.hex,))
+            self.db.execute_sql(self._give_up, (given_up(reason), hook.id.hex))
 
     def bury(self, delivery: WebhookDelivery, reason: str) -> None:
         delivery.status = "dead"
