@@ -20,7 +20,7 @@ peewee
     statement (logger ``peewee``, DEBUG), overridden by ``RedactedQueryLog``.
   - ``Database._state``: this thread's connection (``conn``), ``reset()``
     to forget one the server ended, so that the next call opens another,
-    and room for one attribute of tokenstore's own (``close_with_thread``).
+    and room for one attribute of tokenstore's own (``ClosedWithThread``).
   - ``peewee._manual``: what ``manual_commit()`` puts on the transaction
     stack, though it opens no transaction.
   - ``ModelSelect._get_cursor_wrapper`` and a model cursor wrapper's
@@ -103,7 +103,7 @@ def current_connection(db: peewee.Database) -> Any:
 
 class _CloserOf:
     """Closes a connection when it is dropped, in the process that opened it: see
-    ``close_with_thread``. A process forked from it leaves it alone (see ``_fork``)."""
+    ``ClosedWithThread``. A process forked from it leaves it alone (see ``_fork``)."""
 
     __slots__ = ("conn", "pid")
 
@@ -120,17 +120,22 @@ class _CloserOf:
                 pass
 
 
-def close_with_thread(db: peewee.Database) -> None:
-    """Have this thread's new connection closed when the thread ends.
+class ClosedWithThread:
+    """A database mixin: each thread's connection is closed when the thread ends.
 
     peewee keeps a connection per thread, which only that thread closes
     (``db.close()``); a request or worker thread that ends without it drops
     its connection open, and the collector warns of it (psycopg, and
-    sqlite3 from Python 3.13). The closer sits beside the connection in the
-    same per-thread state, so it goes with the thread and closes it first.
+    sqlite3 from Python 3.13). A closer sits beside each new connection in
+    the same per-thread state, so it goes with the thread and closes it first.
     """
-    state = db._state  # type: ignore[attr-defined]
-    state.closer = _CloserOf(state.conn)
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        opened = bool(super().connect(reuse_if_open))  # type: ignore[misc]
+        if opened:
+            state = self._state  # type: ignore[attr-defined]
+            state.closer = _CloserOf(state.conn)
+        return opened
 
 
 def forget_connection(db: peewee.Database) -> None:

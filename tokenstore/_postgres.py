@@ -25,8 +25,8 @@ from . import _postgres_schema as schema
 from ._backend import FELL_BACK, CommitHooks, is_write, quote_literal, sole_writer
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
+    ClosedWithThread,
     RedactedQueryLog,
-    close_with_thread,
     current_connection,
     driver_error,
     forget_connection,
@@ -80,7 +80,7 @@ CONNECT_TIMEOUT = 10
 _FIELD_TYPES = {"UUID": "TEXT", "FLOAT": "DOUBLE PRECISION"}
 
 
-class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
+class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlDatabase):
     """PostgresqlDatabase (psycopg 3) that knows when its transactions commit.
 
     Like the SQLite backend: every write runs in a transaction (a lone
@@ -135,15 +135,12 @@ class PostgresDatabase(RedactedQueryLog, peewee.PostgresqlDatabase):
     def connect(self, reuse_if_open: bool = False) -> bool:
         """Open this thread's connection; one refused says why, without the password."""
         try:
-            opened = bool(super().connect(reuse_if_open))
+            return bool(super().connect(reuse_if_open))
         except peewee.DatabaseError as exc:
             cause = driver_error(exc)
             if cause is None:  # peewee's own ("already opened")
                 raise
             raise self._cannot_connect(cause) from None
-        if opened:
-            close_with_thread(self)
-        return opened
 
     def _cannot_connect(self, cause: BaseException) -> StoreIOError | ValidationError:
         """What a refused connection raises, without the password (see connect_error)."""

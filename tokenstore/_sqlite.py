@@ -29,8 +29,8 @@ import peewee
 from ._backend import LEADING, CommitHooks, is_write, sole_writer
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
+    ClosedWithThread,
     RedactedQueryLog,
-    close_with_thread,
     current_connection,
     driver_error,
     in_transaction_block,
@@ -140,7 +140,7 @@ class _FetchedCursor:
         self._rows = iter(())
 
 
-class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
+class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
     """SqliteDatabase that knows when its transactions commit.
 
     Every write runs in a transaction (a lone statement gets one of its own),
@@ -230,13 +230,10 @@ class SQLiteDatabase(RedactedQueryLog, peewee.SqliteDatabase):
     def connect(self, reuse_if_open: bool = False) -> bool:
         """Open this thread's connection (peewee opens one per thread, when first used)."""
         try:
-            opened = bool(super().connect(reuse_if_open))
+            return bool(super().connect(reuse_if_open))
         except peewee.DatabaseError as exc:
             self._raise_fault(exc, "open")
             raise
-        if opened:
-            close_with_thread(self)
-        return opened
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own.
