@@ -78,8 +78,8 @@ def getaddrinfo(host: str, port: int, timeout: float | None) -> _Answer:
 
     Raises ``socket.gaierror`` (EAI_AGAIN) when the resolver has not answered
     by then (``None``: no limit), and ``ResolverBusy`` when too many names are
-    already waiting on it. An IP address is no question for a name server and is answered on
-    the calling thread.
+    already waiting on it. An IP address is no question for a name server and
+    is answered on the calling thread.
     """
     try:
         ipaddress.ip_address(host)
