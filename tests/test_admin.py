@@ -572,6 +572,35 @@ def test_token_secret_is_shown_once_and_revocation_asks_first(
     assert "revoked" in row and "Revoke…" not in row
 
 
+def test_tokens_are_shown_a_page_at_a_time_newest_first(
+    client: Client, store: tokenstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store of many tokens is not rendered whole: a page, then "Older" to the next."""
+    for i in range(4):
+        store.tokens.create(name=f"t{i}")
+    newest_first = [t.abid for t in reversed(store.tokens.list(include_revoked=True))]
+    assert len(newest_first) == 5  # and the admin's own
+
+    def shown(page: str) -> list[str]:
+        return re.findall(r'<tr id="(apt_\w+)">', page)
+
+    monkeypatch.setattr(_pages, "PAGE_SIZE", 2)
+    seen: list[str] = []
+    page = client.get("/tokens").text
+    assert "Newest</a>" not in page and shown(page) == newest_first[:2]
+    while True:
+        seen += shown(page)
+        older = re.search(r'href="(/tokens\?after=[^"]+)" rel="next"', page)
+        if older is None:
+            break
+        page = client.get(html.unescape(older[1])).text
+        assert "Newest</a>" in page and len(seen) < 10
+    assert seen == newest_first
+    for garbage, code in [("zzz", 400), ("apt_" + "0" * 26, 404), (newest_first[0], 200)]:
+        answer = client.get(f"/tokens?after={garbage}")
+        assert answer.status == code, (garbage, answer.text)
+
+
 def test_token_form_errors_are_shown(client: Client, store: tokenstore.Store) -> None:
     root = store.users.get("root")
     for form, message in [

@@ -165,6 +165,22 @@ def test_users_and_tokens_round_trip(db_path: Path) -> None:
     assert len(as_json(db_path, "tokens", "list", "--all")) == 1
 
 
+def test_tokens_list_pages_back_from_the_newest(db_path: Path) -> None:
+    """``--limit`` and ``--before`` page as ``store.tokens.list`` does."""
+    made = [as_json(db_path, "tokens", "create", "--name", f"t{i}")["abid"] for i in range(5)]
+    everyone = [t["abid"] for t in as_json(db_path, "tokens", "list")]
+    assert sorted(everyone) == sorted(made)
+    newest = as_json(db_path, "tokens", "list", "--limit", "2")
+    assert [t["abid"] for t in newest] == everyone[3:]
+    page = as_json(db_path, "tokens", "list", "--limit", "2", "--before", newest[0]["abid"])
+    assert [t["abid"] for t in page] == everyone[1:3]
+    secret = as_json(db_path, "tokens", "create")["secret"]
+    mistaken = tokenstore(db_path, "tokens", "list", "--before", secret, expect=2)
+    assert "not a token's ABID" in mistaken.stderr and secret not in mistaken.stderr
+    zero = tokenstore(db_path, "tokens", "list", "--limit", "0", expect=2)
+    assert "--limit" in zero.stderr and "Traceback" not in zero.stderr
+
+
 def test_json_shows_every_field_of_a_record_but_its_secrets(db_path: Path) -> None:
     as_json(db_path, "users", "add", "alice")
     token = as_json(db_path, "tokens", "create", "alice")

@@ -624,6 +624,48 @@ def test_list_and_get(ts: Store, clock: Clock) -> None:
         ts.tokens.get(a2.id)  # type: ignore[arg-type]
 
 
+def test_list_pages_back_from_the_newest_with_limit_and_before(ts: Store, clock: Clock) -> None:
+    """``limit`` keeps the newest tokens of the listing (still oldest first, as ``tail``
+    does) and ``before`` continues from a token: pages walk back from the newest with
+    no gap and no repeat, across tokens made in the same millisecond too."""
+    for i in range(7):
+        ts.tokens.create(name=f"t{i}")
+        if i % 3 != 1:  # t1 and t2, t4 and t5 share their millisecond: the ABID orders them
+            clock.advance(seconds=1)
+    everyone = [t.abid for t in ts.tokens.list()]
+    assert [t.abid for t in ts.tokens.list(limit=100)] == everyone
+    pages: list[list[str]] = []
+    cursor: APIToken | None = None
+    while page := ts.tokens.list(limit=3, before=cursor):
+        pages.append([t.abid for t in page])
+        cursor = page[0]
+        assert len(pages) < 10
+    assert [len(page) for page in pages] == [3, 3, 1]
+    assert [abid for page in reversed(pages) for abid in page] == everyone
+    assert [t.abid for t in ts.tokens.list(before=everyone[3].lower())] == everyone[:3]
+
+    ts.tokens.revoke(everyone[5])
+    assert [t.abid for t in ts.tokens.list(limit=2)] == [everyone[4], everyone[6]]
+    shown = ts.tokens.list(limit=2, include_revoked=True)
+    assert [t.abid for t in shown] == everyone[5:]
+    assert [t.abid for t in ts.tokens.list("system", limit=1, before=everyone[1])] == everyone[:1]
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "3", [3]])
+def test_list_refuses_a_limit_that_is_no_positive_whole_number(ts: Store, bad: Any) -> None:
+    with pytest.raises(ValidationError, match="limit"):
+        ts.tokens.list(limit=bad)
+
+
+def test_list_before_an_unknown_or_mistaken_token_says_so(ts: Store) -> None:
+    with pytest.raises(NotFound, match="apt_01J00000000000000000000000"):
+        ts.tokens.list(before="apt_01J00000000000000000000000")
+    _, secret = ts.tokens.create()
+    with pytest.raises(ValidationError) as refused:
+        ts.tokens.list(before=secret)
+    assert secret not in str(refused.value)
+
+
 # -- reading a token from a request ------------------------------------------------------
 
 

@@ -529,15 +529,36 @@ class Tokens:
         return token
 
     def list(
-        self, user: User | str | int | None = None, include_revoked: bool = False
+        self,
+        user: User | str | int | None = None,
+        include_revoked: bool = False,
+        limit: int | None = None,
+        before: APIToken | str | None = None,
     ) -> list[APIToken]:
-        """Tokens, oldest first: one user's (or everyone's), expired ones included."""
-        query = APIToken.select()
+        """Tokens, oldest first: one user's (or everyone's), expired ones included.
+
+        ``limit`` keeps the newest that many, as ``tail`` does, and ``before``
+        (a token or its ``apt_...`` ABID) only those made before it: passing
+        the first token of one page gives the page before it, so a store of
+        many tokens is read a page at a time, back from the newest.
+        """
+        newest_first = (APIToken.created_at.desc(), APIToken.abid.desc())
+        query = APIToken.select().order_by(*newest_first)
         if user is not None:
             query = query.where(APIToken.created_by == self._owner(user).id)
         if not check_flag(include_revoked, "include_revoked"):
             query = query.where(APIToken.revoked_at.is_null())
-        return builtins.list(query.order_by(APIToken.created_at, APIToken.abid))
+        if before is not None:
+            after = self.get(before.abid if isinstance(before, APIToken) else before)
+            query = query.where(
+                peewee.Tuple(APIToken.created_at, APIToken.abid)
+                < peewee.Tuple(format_time(after.created_at), after.abid)
+            )
+        if limit is not None:
+            query = query.limit(check_int(limit, "limit", minimum=1))
+        page = builtins.list(query)
+        page.reverse()
+        return page
 
     def token_from_request(
         self, headers: HeaderLookup, query: Mapping[str, Any] | str | None = None

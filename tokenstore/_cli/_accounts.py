@@ -8,7 +8,7 @@ import sys
 from .._errors import AuthenticationError
 from ._base import Commands, _command, _group, _open
 from ._output import Output, token_dict, user_dict
-from ._values import _secret, parse_expiry
+from ._values import _positive_int, _secret, parse_expiry
 
 # -- users --------------------------------------------------------------------------------
 
@@ -79,7 +79,9 @@ def cmd_tokens_list(args: argparse.Namespace, out: Output) -> int:
     """``store.tokens.list``."""
     with _open(args, read=True) as store:
         names = {u.id: u.username for u in store.users.list()}
-        found = store.tokens.list(args.user, include_revoked=args.include_revoked)
+        found = store.tokens.list(
+            args.user, include_revoked=args.include_revoked, limit=args.limit, before=args.before
+        )
         tokens = [{**token_dict(t), "user": names.get(t.created_by_id)} for t in found]
     out.rows(tokens, ["abid", "user", "name", "token", "expires", "revoked_at", "valid"])
     return 0
@@ -151,6 +153,17 @@ def add_tokens_commands(commands: Commands) -> None:
     p = _command(tokens, "list", cmd_tokens_list, "store.tokens.list", "list tokens, oldest first")
     p.add_argument("--user", help="only this user's tokens (default: everyone's)")
     p.add_argument("--include-revoked", "--all", action="store_true", help="include revoked tokens")
+    p.add_argument(
+        "--limit",
+        type=_positive_int,
+        help="only the newest this many, still listed oldest first (default: all)",
+    )
+    p.add_argument(
+        "--before",
+        metavar="ABID",
+        help="only tokens made before this one (apt_...): with --limit, the page before it "
+        "(default: up to the newest)",
+    )
     p = _command(tokens, "revoke", cmd_tokens_revoke, "store.tokens.revoke", "revoke for good")
     p.add_argument("abid", help="the token's ABID (apt_...)")
     p = _command(

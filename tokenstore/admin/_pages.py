@@ -106,14 +106,19 @@ def token_state(token: APIToken, now: Any) -> str:
 
 
 def tokens(visit: Visit, error: str = "") -> Response:
+    """The tokens, newest first, a page at a time: ``after`` is the last ABID of the page before."""
     store = visit.store
     now = store.clock()
-    listed = store.tokens.list(include_revoked=True)
+    after = visit.request.query.get("after")
+    listed = store.tokens.list(include_revoked=True, limit=PAGE_SIZE + 1, before=after or None)
     listed.reverse()  # newest first
+    shown = listed[:PAGE_SIZE]
     return visit.render(
         "tokens.html",
         page="tokens",
-        tokens=[(token, token_state(token, now)) for token in listed],
+        tokens=[(token, token_state(token, now)) for token in shown],
+        more=shown[-1].abid if len(listed) > PAGE_SIZE else None,
+        first_page=not after,
         names=_names(store),
         users=store.users.list(),
         error=error,
