@@ -1733,7 +1733,7 @@ def test_a_hook_edited_while_a_commits_first_delivery_is_sent_governs_the_rest(
 
     def first_waits(handler: BaseHTTPRequestHandler) -> None:
         sending.set()
-        edited.wait(0.4)  # under the read timeout
+        edited.wait(5)  # under the read timeout (10 s); set as soon as the edit is done
         ok(handler)
 
     slow, elsewhere = Receiver(first_waits), Receiver()
@@ -1812,7 +1812,7 @@ def test_a_delivery_given_up_while_its_attempt_fails_stays_given_up(
 
     def fail_after_disable(handler: BaseHTTPRequestHandler) -> None:
         sending.set()
-        disabled.wait(0.4)  # under the read timeout
+        disabled.wait(5)  # under the read timeout (10 s); set as soon as disable() ends
         answer(handler, 500)
 
     failing = Receiver(fail_after_disable)
