@@ -543,6 +543,42 @@ def test_users_list_and_add(client: Client, store: tokenstore.Store) -> None:
     assert client.get("/users").text.count("<td>bob</td>") == 1
 
 
+def test_users_are_shown_a_page_at_a_time_and_owners_typed_once_they_are_many(
+    client: Client, store: tokenstore.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The users page pages as the tokens page does; past a page of users, the token
+    form asks for the owner's name instead of listing every user in a menu."""
+    monkeypatch.setattr(_pages, "PAGE_SIZE", 2)
+    form = client.get("/tokens").text
+    assert '<select name="user">' in form and "root</option>" in form  # root and system
+    for name in ("ann", "bob", "cy"):
+        store.users.create(name)
+    seen: list[str] = []
+    page = client.get("/users").text
+    assert "Newest</a>" not in page
+    while True:
+        rows = re.findall(r"<tr><td>\d+</td><td>(\w+)</td>", page)
+        assert len(rows) <= 2
+        seen += rows
+        older = re.search(r'href="(/users\?after=\d+)" rel="next"', page)
+        if older is None:
+            break
+        page = client.get(older[1]).text
+        assert "Newest</a>" in page and len(seen) < 10
+    assert seen == ["cy", "bob", "ann", "root"]  # newest first; the system user is not shown
+    for garbage in ("x", "-1", "9" * 40):
+        assert client.get(f"/users?after={garbage}").status == 400, garbage
+
+    form = client.get("/tokens").text
+    assert '<select name="user">' not in form and 'name="user" required' in form
+    made = client.post("/tokens", {"user": "bob", "name": "typed"})
+    assert made.status == 303
+    (token,) = [t for t in store.tokens.list() if t.name == "typed"]
+    assert token.created_by_id == store.users.get("bob").id
+    row = client.get("/tokens").text.split(f'<tr id="{token.abid}">')[1].split("</tr>")[0]
+    assert "<td>bob</td>" in row
+
+
 def test_token_secret_is_shown_once_and_revocation_asks_first(
     client: Client, store: tokenstore.Store, records: dict[str, str]
 ) -> None:

@@ -181,6 +181,18 @@ def test_tokens_list_pages_back_from_the_newest(db_path: Path) -> None:
     assert "--limit" in zero.stderr and "Traceback" not in zero.stderr
 
 
+def test_users_list_pages_back_from_the_newest(db_path: Path) -> None:
+    """``--limit`` and ``--before`` page as ``store.users.list`` does."""
+    for name in ("ann", "bob", "cy"):
+        as_json(db_path, "users", "create", name)
+    newest = as_json(db_path, "users", "list", "--limit", "2")
+    assert [u["username"] for u in newest] == ["bob", "cy"]
+    page = as_json(db_path, "users", "list", "--limit", "2", "--before", "bob")
+    assert [u["username"] for u in page] == ["system", "ann"]
+    unknown = tokenstore(db_path, "users", "list", "--before", "nobody", expect=2)
+    assert "no user 'nobody'" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
 def test_json_shows_every_field_of_a_record_but_its_secrets(db_path: Path) -> None:
     as_json(db_path, "users", "add", "alice")
     token = as_json(db_path, "tokens", "create", "alice")

@@ -9,6 +9,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -624,6 +625,17 @@ def test_list_and_get(ts: Store, clock: Clock) -> None:
         ts.tokens.get(a2.id)  # type: ignore[arg-type]
 
 
+def pages_back(listing: Callable[..., list[Any]], key: str) -> list[list[str]]:
+    """Pages of three, each from the first of the one before, until one comes back empty."""
+    pages: list[list[str]] = []
+    cursor = None
+    while page := listing(limit=3, before=cursor):
+        pages.append([getattr(record, key) for record in page])
+        cursor = page[0]
+        assert len(pages) < 10
+    return pages
+
+
 def test_list_pages_back_from_the_newest_with_limit_and_before(ts: Store, clock: Clock) -> None:
     """``limit`` keeps the newest tokens of the listing (still oldest first, as ``tail``
     does) and ``before`` continues from a token: pages walk back from the newest with
@@ -634,12 +646,7 @@ def test_list_pages_back_from_the_newest_with_limit_and_before(ts: Store, clock:
             clock.advance(seconds=1)
     everyone = [t.abid for t in ts.tokens.list()]
     assert [t.abid for t in ts.tokens.list(limit=100)] == everyone
-    pages: list[list[str]] = []
-    cursor: APIToken | None = None
-    while page := ts.tokens.list(limit=3, before=cursor):
-        pages.append([t.abid for t in page])
-        cursor = page[0]
-        assert len(pages) < 10
+    pages = pages_back(ts.tokens.list, "abid")
     assert [len(page) for page in pages] == [3, 3, 1]
     assert [abid for page in reversed(pages) for abid in page] == everyone
     assert [t.abid for t in ts.tokens.list(before=everyone[3].lower())] == everyone[:3]
@@ -649,6 +656,25 @@ def test_list_pages_back_from_the_newest_with_limit_and_before(ts: Store, clock:
     shown = ts.tokens.list(limit=2, include_revoked=True)
     assert [t.abid for t in shown] == everyone[5:]
     assert [t.abid for t in ts.tokens.list("system", limit=1, before=everyone[1])] == everyone[:1]
+
+
+def test_users_list_pages_back_from_the_newest(ts: Store) -> None:
+    """As ``tokens.list``: ``limit`` keeps the newest, ``before`` (a user, a name or an
+    id) continues from a user, and the pages put together are the whole list."""
+    for i in range(6):
+        ts.users.create(f"u{i}")
+    everyone = [u.username for u in ts.users.list()]
+    assert everyone == ["system", "u0", "u1", "u2", "u3", "u4", "u5"]
+    pages = pages_back(ts.users.list, "username")
+    assert pages == [["u3", "u4", "u5"], ["u0", "u1", "u2"], ["system"]]
+    assert [u.username for u in ts.users.list(limit=2, before="u3")] == ["u1", "u2"]
+    u1 = ts.users.get("u1")
+    assert [u.username for u in ts.users.list(before=u1.id)] == ["system", "u0"]
+    with pytest.raises(NotFound, match="nobody"):
+        ts.users.list(before="nobody")
+    for bad in (0, True, "2"):
+        with pytest.raises(ValidationError, match="limit"):
+            ts.users.list(limit=bad)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "3", [3]])

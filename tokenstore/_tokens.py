@@ -124,9 +124,23 @@ class Users:
             raise NotFound(f"no user {shown(username)}")
         return user
 
-    def list(self) -> list[User]:
-        """Every user, oldest first."""
-        return list(User.select().order_by(User.id))
+    def list(self, limit: int | None = None, before: User | str | int | None = None) -> list[User]:
+        """Every user, oldest first (by id).
+
+        ``limit`` keeps the newest that many and ``before`` (a user, a
+        username or an id) only those added before it, as in ``tokens.list``:
+        an application that maps each of its users onto one reads them a page
+        at a time.
+        """
+        query = User.select().order_by(User.id.desc())
+        if before is not None:
+            after = before if isinstance(before, User) else self.get(before)
+            query = query.where(User.id < after.id)
+        if limit is not None:
+            query = query.limit(check_int(limit, "limit", minimum=1))
+        page = list(query)
+        page.reverse()
+        return page
 
 
 def _shown(data: dict[str, Any]) -> str:

@@ -30,9 +30,23 @@ def cmd_users_get(args: argparse.Namespace, out: Output) -> int:
 def cmd_users_list(args: argparse.Namespace, out: Output) -> int:
     """``store.users.list``."""
     with _open(args, read=True) as store:
-        users = [user_dict(u) for u in store.users.list()]
+        users = [user_dict(u) for u in store.users.list(limit=args.limit, before=args.before)]
     out.rows(users, ["id", "username", "is_superuser", "created_at"])
     return 0
+
+
+def _page_options(parser: argparse.ArgumentParser, metavar: str, before: str) -> None:
+    """``--limit`` and ``--before``, the paging parameters of ``users.list`` and ``tokens.list``."""
+    parser.add_argument(
+        "--limit",
+        type=_positive_int,
+        help="only the newest this many, still listed oldest first (default: all)",
+    )
+    parser.add_argument(
+        "--before",
+        metavar=metavar,
+        help=f"only {before}: with --limit, the page before it (default: up to the newest)",
+    )
 
 
 def add_users_commands(commands: Commands) -> None:
@@ -50,7 +64,8 @@ def add_users_commands(commands: Commands) -> None:
     p.add_argument("--superuser", action="store_true", help="mark the user as a superuser")
     p = _command(users, "get", cmd_users_get, "store.users.get", "show a user", aliases=["show"])
     p.add_argument("username", help="the user's name")
-    _command(users, "list", cmd_users_list, "store.users.list", "list users, oldest first")
+    p = _command(users, "list", cmd_users_list, "store.users.list", "list users, oldest first")
+    _page_options(p, "USERNAME", "users added before this one")
 
 
 # -- tokens -------------------------------------------------------------------------------
@@ -153,17 +168,7 @@ def add_tokens_commands(commands: Commands) -> None:
     p = _command(tokens, "list", cmd_tokens_list, "store.tokens.list", "list tokens, oldest first")
     p.add_argument("--user", help="only this user's tokens (default: everyone's)")
     p.add_argument("--include-revoked", "--all", action="store_true", help="include revoked tokens")
-    p.add_argument(
-        "--limit",
-        type=_positive_int,
-        help="only the newest this many, still listed oldest first (default: all)",
-    )
-    p.add_argument(
-        "--before",
-        metavar="ABID",
-        help="only tokens made before this one (apt_...): with --limit, the page before it "
-        "(default: up to the newest)",
-    )
+    _page_options(p, "ABID", "tokens made before this one (apt_...)")
     p = _command(tokens, "revoke", cmd_tokens_revoke, "store.tokens.revoke", "revoke for good")
     p.add_argument("abid", help="the token's ABID (apt_...)")
     p = _command(

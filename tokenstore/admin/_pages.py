@@ -38,8 +38,10 @@ def _form(visit: Visit) -> dict[str, str]:
     return visit.request.form()
 
 
-def _names(store: tokenstore.Store) -> dict[int, str]:
-    return {user.id: user.username for user in store.users.list()}
+def _names(ids: set[int]) -> dict[int, str]:
+    """The usernames of these users (those a page shows), by id."""
+    pairs: Any = User.select(User.id, User.username).where(User.id.in_(ids)).tuples()
+    return dict(pairs)
 
 
 # -- overview -------------------------------------------------------------------------------
@@ -72,22 +74,37 @@ def overview(visit: Visit) -> Response:
 
 
 def users(visit: Visit, error: str = "") -> Response:
+    """The users, newest first, a page at a time: ``after`` is the last id of the page before."""
     store = visit.store
+    after = _user_id(visit.request.query.get("after", ""))
+    listed = store.users.list(limit=PAGE_SIZE + 2, before=after)  # one more, and the system user
+    listed = [u for u in reversed(listed) if u.id != store.system_user.id]
+    shown = listed[:PAGE_SIZE]
     counted: Any = (  # (owner id, count) tuples, which peewee's stubs cannot say
         APIToken.select(APIToken.created_by, peewee.fn.COUNT(APIToken.id))
-        .where(APIToken.revoked_at.is_null())
+        .where(APIToken.revoked_at.is_null(), APIToken.created_by.in_([u.id for u in shown]))
         .group_by(APIToken.created_by)
         .tuples()
     )
     owned: dict[int, int] = {owner: count for owner, count in counted}
-    shown = [u for u in store.users.list() if u.id != store.system_user.id]
     return visit.render(
         "users.html",
         page="users",
         users=shown,
         owned=owned,
+        more=shown[-1].id if len(listed) > PAGE_SIZE else None,
+        first_page=after is None,
         error=error,
     )
+
+
+def _user_id(text: str) -> int | None:
+    """A user id given in a query (the users page's cursor); empty means none."""
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise tokenstore.ValidationError(f"after must be a user id, got {text[:40]!r}")
+    return int(text)
 
 
 def add_user(visit: Visit) -> Response:
@@ -119,8 +136,10 @@ def tokens(visit: Visit, error: str = "") -> Response:
         tokens=[(token, token_state(token, now)) for token in shown],
         more=shown[-1].abid if len(listed) > PAGE_SIZE else None,
         first_page=not after,
-        names=_names(store),
-        users=store.users.list(),
+        names=_names({token.created_by_id for token in shown}),
+        # Owners to choose from, while there are few enough to list; past that, a name is typed.
+        users=store.users.list(limit=PAGE_SIZE + 1),
+        many_users=PAGE_SIZE,
         error=error,
     )
 
@@ -157,7 +176,7 @@ def create_token(visit: Visit) -> Response:
 
 def confirm_revoke(visit: Visit, abid: str) -> Response:
     token = visit.store.tokens.get(abid)
-    owner = _names(visit.store).get(token.created_by_id, "?")
+    owner = _names({token.created_by_id}).get(token.created_by_id, "?")
     return visit.render(
         "confirm.html",
         page="tokens",
