@@ -42,7 +42,8 @@ from ._request_token import token_from_request
 from ._retry_thread import RetryThread
 from ._signing import verify_webhook
 from ._store import Store, open
-from ._tokens import Tokens, Users
+from ._tokens import Tokens
+from ._users import Users
 from ._version import __version__
 from ._webhooks import Webhooks
 from ._wsgi import TokenAuthMiddleware

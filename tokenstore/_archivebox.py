@@ -61,7 +61,7 @@ from ._times import to_stored_time
 if TYPE_CHECKING:
     from ._backend import Backend
     from ._hook_rules import HookValidator
-    from ._tokens import Users
+    from ._users import Users
 
 __all__ = ["DEFAULT_REF_MAP", "ArchiveBoxImport", "RowNote", "TableCounts", "import_archivebox"]
 

@@ -46,7 +46,8 @@ from ._sending import Sender
 from ._sqlite import SQLiteDatabase, open_database
 from ._sqlite_schema import SCHEMA_VERSION
 from ._times import checked_clock
-from ._tokens import Tokens, Users
+from ._tokens import Tokens
+from ._users import Users
 from ._webhooks import Webhooks
 
 __all__ = ["SCHEMA_VERSION", "Store", "open"]

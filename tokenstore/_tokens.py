@@ -1,4 +1,4 @@
-"""Users and API tokens: issued once, stored as a digest, checked fast."""
+"""API tokens: issued once, stored as a digest, checked fast."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from ._credentials import (
     DEFAULT_TOKEN_PREFIX,
     check_prefix,
     looks_like_legacy_token,
-    looks_like_secret,
     looks_like_token,
     token_digest,
     token_hint,
@@ -36,16 +35,15 @@ from ._errors import (
     shown,
 )
 from ._fork import on_fork_in_child
-from ._inputs import MAX_SPAN, check_flag, check_header_name, check_int, check_span, check_text
+from ._inputs import MAX_SPAN, check_flag, check_header_name, check_span, check_text
 from ._models import SYSTEM_USERNAME, APIToken, User, unknown_owner
 from ._request_token import DEFAULT_API_KEY_HEADER, HeaderLookup, token_in
 from ._rows import Loader, not_utf8
 from ._times import format_time, to_stored_time
+from ._users import Users, newest
 
 logger = logging.getLogger("tokenstore.tokens")
 
-# Django's rule (ArchiveBox's users are Django's): letters and digits of any script.
-_USERNAME = re.compile(r"[\w.@+-]{1,150}")
 _SCOPE = re.compile(r"[a-z0-9:._-]{1,100}")
 #: Every check converts a token's scopes (once per changed row): their number is kept small.
 MAX_SCOPES = 100
@@ -85,62 +83,6 @@ _COUNT_LIVE = (
     f'SELECT count(*) FROM "{_TABLE}" WHERE "created_by_id" = ? AND "revoked_at" IS NULL '
     'AND ("expires" IS NULL OR "expires" >= ?)'
 )
-
-
-class Users:
-    """``store.users``: the owners tokens and hooks belong to."""
-
-    def create(self, username: str, superuser: bool = False) -> User:
-        """Add a user; usernames are 1-150 letters or digits (any script) or ``_.@+-``, unique."""
-        if not isinstance(username, str) or not _USERNAME.fullmatch(username):
-            raise ValidationError(
-                f"username {shown(username)} is not valid: use 1-150 letters, digits or _.@+-"
-            )
-        flag = check_flag(superuser, "superuser")
-        taken = ValidationError(f"username {shown(username)} is already taken")
-        # Looked up first: PostgreSQL's refused insert would still use up an id of its
-        # sequence, and the next user's id would differ from SQLite's.
-        if User.select().where(User.username == username).exists():
-            raise taken
-        try:
-            # A savepoint inside an open transaction: on PostgreSQL a failed statement
-            # would otherwise abort the caller's whole transaction.
-            with User._meta.database.atomic():
-                user: User = User.create(username=username, is_superuser=flag)
-        except peewee.IntegrityError:  # taken meanwhile, by another process
-            raise taken from None
-        return user
-
-    def get(self, username: str | int) -> User:
-        """A user by username (or by integer id)."""
-        if isinstance(username, int) and not isinstance(username, bool):
-            user = User.get_or_none(User.id == check_int(username, "user id", minimum=1))
-        else:
-            user = User.get_or_none(User.username == check_text(username, "username"))
-        if user is None:
-            if looks_like_secret(username):
-                # a secret pasted for a name must not end up in a log
-                raise NotFound("no user of that name, which looks like a secret (not shown)")
-            raise NotFound(f"no user {shown(username)}")
-        return user
-
-    def list(self, limit: int | None = None, before: User | str | int | None = None) -> list[User]:
-        """Every user, oldest first (by id).
-
-        ``limit`` keeps the newest that many and ``before`` (a user, a
-        username or an id) only those added before it, as in ``tokens.list``:
-        an application that maps each of its users onto one reads them a page
-        at a time.
-        """
-        query = User.select().order_by(User.id.desc())
-        if before is not None:
-            after = before if isinstance(before, User) else self.get(before)
-            query = query.where(User.id < after.id)
-        if limit is not None:
-            query = query.limit(check_int(limit, "limit", minimum=1))
-        page = list(query)
-        page.reverse()
-        return page
 
 
 def _shown(data: dict[str, Any]) -> str:
@@ -568,11 +510,7 @@ class Tokens:
                 peewee.Tuple(APIToken.created_at, APIToken.abid)
                 < peewee.Tuple(format_time(after.created_at), after.abid)
             )
-        if limit is not None:
-            query = query.limit(check_int(limit, "limit", minimum=1))
-        page = builtins.list(query)
-        page.reverse()
-        return page
+        return newest(query, limit)
 
     def token_from_request(
         self, headers: HeaderLookup, query: Mapping[str, Any] | str | None = None

@@ -1,0 +1,83 @@
+"""Users: the owners tokens and hooks belong to, and paging back from the newest."""
+
+from __future__ import annotations
+
+import re
+from typing import TypeVar
+
+import peewee
+
+from ._credentials import looks_like_secret
+from ._errors import NotFound, ValidationError, shown
+from ._inputs import check_flag, check_int, check_text
+from ._models import User
+
+# Django's rule (ArchiveBox's users are Django's): letters and digits of any script.
+_USERNAME = re.compile(r"[\w.@+-]{1,150}")
+
+M = TypeVar("M", bound=peewee.Model)
+
+
+def newest(query: peewee.ModelSelect[M], limit: int | None) -> list[M]:
+    """The first ``limit`` rows of a newest-first query (all, without one), oldest first.
+
+    ``users.list`` and ``tokens.list`` page this way: ``limit`` keeps the newest,
+    as ``tail`` does, and the page still reads oldest first.
+    """
+    if limit is not None:
+        query = query.limit(check_int(limit, "limit", minimum=1))
+    page = list(query)
+    page.reverse()
+    return page
+
+
+class Users:
+    """``store.users``: the owners tokens and hooks belong to."""
+
+    def create(self, username: str, superuser: bool = False) -> User:
+        """Add a user; usernames are 1-150 letters or digits (any script) or ``_.@+-``, unique."""
+        if not isinstance(username, str) or not _USERNAME.fullmatch(username):
+            raise ValidationError(
+                f"username {shown(username)} is not valid: use 1-150 letters, digits or _.@+-"
+            )
+        flag = check_flag(superuser, "superuser")
+        taken = ValidationError(f"username {shown(username)} is already taken")
+        # Looked up first: PostgreSQL's refused insert would still use up an id of its
+        # sequence, and the next user's id would differ from SQLite's.
+        if User.select().where(User.username == username).exists():
+            raise taken
+        try:
+            # A savepoint inside an open transaction: on PostgreSQL a failed statement
+            # would otherwise abort the caller's whole transaction.
+            with User._meta.database.atomic():
+                user: User = User.create(username=username, is_superuser=flag)
+        except peewee.IntegrityError:  # taken meanwhile, by another process
+            raise taken from None
+        return user
+
+    def get(self, username: str | int) -> User:
+        """A user by username (or by integer id)."""
+        if isinstance(username, int) and not isinstance(username, bool):
+            user = User.get_or_none(User.id == check_int(username, "user id", minimum=1))
+        else:
+            user = User.get_or_none(User.username == check_text(username, "username"))
+        if user is None:
+            if looks_like_secret(username):
+                # a secret pasted for a name must not end up in a log
+                raise NotFound("no user of that name, which looks like a secret (not shown)")
+            raise NotFound(f"no user {shown(username)}")
+        return user
+
+    def list(self, limit: int | None = None, before: User | str | int | None = None) -> list[User]:
+        """Every user, oldest first (by id).
+
+        ``limit`` keeps the newest that many and ``before`` (a user, a
+        username or an id) only those added before it, as in ``tokens.list``:
+        an application that maps each of its users onto one reads them a page
+        at a time.
+        """
+        query = User.select().order_by(User.id.desc())
+        if before is not None:
+            after = before if isinstance(before, User) else self.get(before)
+            query = query.where(User.id < after.id)
+        return newest(query, limit)
