@@ -76,10 +76,12 @@ def overview(visit: Visit) -> Response:
 def users(visit: Visit, error: str = "") -> Response:
     """The users, newest first, a page at a time: ``after`` is the last id of the page before."""
     store = visit.store
-    after = _user_id(visit.request.query.get("after", ""))
+    cursor = visit.request.query.get("after", "")
+    after = _as_id(cursor)
+    if cursor and after is None:
+        raise tokenstore.ValidationError(f"after must be a user id, got {cursor[:40]!r}")
     listed = store.users.list(limit=PAGE_SIZE + 2, before=after)  # one more, and the system user
-    listed = [u for u in reversed(listed) if u.id != store.system_user.id]
-    shown = listed[:PAGE_SIZE]
+    shown, more = _page([u for u in reversed(listed) if u.id != store.system_user.id])
     counted: Any = (  # (owner id, count) tuples, which peewee's stubs cannot say
         APIToken.select(APIToken.created_by, peewee.fn.COUNT(APIToken.id))
         .where(APIToken.revoked_at.is_null(), APIToken.created_by.in_([u.id for u in shown]))
@@ -92,19 +94,22 @@ def users(visit: Visit, error: str = "") -> Response:
         page="users",
         users=shown,
         owned=owned,
-        more=shown[-1].id if len(listed) > PAGE_SIZE else None,
+        more=more and more.id,
         first_page=after is None,
         error=error,
     )
 
 
-def _user_id(text: str) -> int | None:
-    """A user id given in a query (the users page's cursor); empty means none."""
-    if not text:
-        return None
-    if not (text.isascii() and text.isdigit() and len(text) <= 18):
-        raise tokenstore.ValidationError(f"after must be a user id, got {text[:40]!r}")
-    return int(text)
+def _as_id(text: str) -> int | None:
+    """``text`` as a user id, if it is one: ASCII digits ("\u00b2".isdigit() too), short
+    enough for int() to take. The range is ``store.users``' to check."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 100 else None
+
+
+def _page(rows: list[Any]) -> tuple[list[Any], Any]:
+    """Rows read one past ``PAGE_SIZE``: the page, and its last row if another page follows."""
+    shown = rows[:PAGE_SIZE]
+    return shown, shown[-1] if len(rows) > PAGE_SIZE else None
 
 
 def add_user(visit: Visit) -> Response:
@@ -129,12 +134,12 @@ def tokens(visit: Visit, error: str = "") -> Response:
     after = visit.request.query.get("after")
     listed = store.tokens.list(include_revoked=True, limit=PAGE_SIZE + 1, before=after or None)
     listed.reverse()  # newest first
-    shown = listed[:PAGE_SIZE]
+    shown, more = _page(listed)
     return visit.render(
         "tokens.html",
         page="tokens",
         tokens=[(token, token_state(token, now)) for token in shown],
-        more=shown[-1].abid if len(listed) > PAGE_SIZE else None,
+        more=more and more.abid,
         first_page=not after,
         names=_names({token.created_by_id for token in shown}),
         # Owners to choose from, while there are few enough to list; past that, a name is typed.
@@ -162,10 +167,9 @@ def create_token(visit: Visit) -> Response:
     form = _form(visit)
     scopes = form.get("scopes", "").replace(",", " ").split()
     user = form.get("user", "")
-    # An id is ASCII digits ("\u00b2".isdigit() too), short enough for int() to take.
-    by_id = user.isascii() and user.isdigit() and len(user) <= 100
+    owner = _as_id(user)
     token, secret = visit.store.tokens.create(
-        int(user) if by_id else user,
+        user if owner is None else owner,
         name=form.get("name", "").strip() or None,
         expires=_expiry(form.get("expires_days", "")),
         scopes=scopes,
@@ -354,12 +358,13 @@ def deliveries(visit: Visit) -> Response:
     rows = store.webhooks.deliveries(
         hook_key or None, status or None, limit=PAGE_SIZE + 1, before=after or None
     )
+    shown, more = _page(rows)
     hooks = store.webhooks.list()
     return visit.render(
         "deliveries.html",
         page="deliveries",
-        deliveries=rows[:PAGE_SIZE],
-        more=rows[PAGE_SIZE - 1].abid if len(rows) > PAGE_SIZE else None,
+        deliveries=shown,
+        more=more and more.abid,
         hooks=hooks,
         hook_names={hook.id: hook.name for hook in hooks},
         hook_key=hook_key,
