@@ -10,12 +10,6 @@ authentications per second, each including the SHA-256 of the secret:
     and builds no object: the practical ceiling.
 (b) plain peewee: ``APIToken.get_or_none(APIToken.token_digest == digest)``.
 
-The store's connections read the file through a memory map (``mmap_size``),
-which (a)'s plain connection does not. The same SELECT on a connection that
-does is reported beside them as (a'), for what the Python around the look-up
-costs on its own; the goals are against (a), what an application's own
-``sqlite3`` code gets.
-
 The store looks like one after a quiet night: a few tokens (5%, the hot ones
 among them) were used within the minute, the rest long ago (``last_used_at``
 a year old, or never used). Three workloads: "hot" presents the same 100
@@ -47,7 +41,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import tokenstore._sqlite
 import tokenstore._store
 from tokenstore._abid import abid_from_values
 from tokenstore._credentials import generate_token, token_digest, token_hint
@@ -142,14 +135,8 @@ def main() -> int:
         raw = sqlite3.connect(path)
         sha256 = hashlib.sha256
 
-        mapped = sqlite3.connect(path)
-        mapped.execute(f"PRAGMA mmap_size = {tokenstore._sqlite._MAPPED_BYTES}")
-
         def raw_select(secret: str) -> Any:
             return raw.execute(RAW_SELECT, (sha256(secret.encode()).hexdigest(),)).fetchone()
-
-        def mapped_select(secret: str) -> Any:
-            return mapped.execute(RAW_SELECT, (sha256(secret.encode()).hexdigest(),)).fetchone()
 
         def peewee_get(secret: str) -> Any:
             digest = sha256(secret.encode()).hexdigest()
@@ -172,11 +159,10 @@ def main() -> int:
         ok = True
         for name, load in workloads.items():
             peewee_load = load[: len(load) // 10]  # it is slow; fewer calls give the same rate
-            best = {"authenticate": 0.0, "raw": 0.0, "mapped": 0.0, "peewee": 0.0}
+            best = {"authenticate": 0.0, "raw": 0.0, "peewee": 0.0}
             for _ in range(args.repeats):
                 best["authenticate"] = max(best["authenticate"], rate(authenticate, load))
                 best["raw"] = max(best["raw"], rate(raw_select, load))
-                best["mapped"] = max(best["mapped"], rate(mapped_select, load))
                 best["peewee"] = max(best["peewee"], rate(peewee_get, peewee_load))
             vs_raw = best["authenticate"] / best["raw"]
             vs_peewee = best["authenticate"] / best["peewee"]
@@ -187,8 +173,6 @@ def main() -> int:
                 f"  authenticate()        {best['authenticate']:>10,.0f} /s\n"
                 f"  (a) raw sqlite3       {best['raw']:>10,.0f} /s   "
                 f"ratio {vs_raw:.2f}x (goal >= {GOAL_RAW}x)\n"
-                f"  (a') raw, mapped      {best['mapped']:>10,.0f} /s   "
-                f"ratio {best['authenticate'] / best['mapped']:.2f}x\n"
                 f"  (b) peewee get_or_none {best['peewee']:>9,.0f} /s   "
                 f"ratio {vs_peewee:.1f}x (goal >= {GOAL_PEEWEE:.0f}x)\n"
                 f"  {'goals met' if meets else 'GOALS MISSED'}"
@@ -206,7 +190,6 @@ def main() -> int:
             f"{changed(during, after):,} rows changed"
         )
         raw.close()
-        mapped.close()
         store.close()
     print(f"\ntotal {time.perf_counter() - started:.1f} s")
     return 0 if ok else 1

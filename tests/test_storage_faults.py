@@ -667,3 +667,54 @@ def test_the_command_reading_a_damaged_page_exits_2_with_one_line(
     result = cli(path, "tokens", "verify", secret)
     one_line_error(result, f"{path}: database disk image is malformed")
     assert secret not in result.stderr
+
+
+# -- a file cut short while open -------------------------------------------------------------
+
+CUT_SHORT = """
+import json, os, sys
+import tokenstore
+
+path = sys.argv[1]
+store = tokenstore.open(path)
+owner = store.users.create("alice")
+secrets = [store.tokens.create(owner, name=f"t{n}")[1] for n in range(2000)]
+store.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the rows are in the file itself now
+store.tokens.authenticate(secrets[0])
+os.truncate(path, 4096)  # another program cuts the file down to its first page
+seen = []
+for call in (
+    lambda: store.tokens.authenticate(secrets[1]).name,
+    lambda: store.tokens.authenticate(secrets[1999]).name,
+    lambda: len(store.tokens.list(owner)),
+):
+    try:
+        seen.append(call())
+    except tokenstore.TokenstoreError as exc:
+        seen.append(type(exc).__name__)
+print(json.dumps(seen))
+"""
+
+
+def test_a_file_cut_short_under_an_open_store_does_not_end_the_process(tmp_path: Path) -> None:
+    """The application embedding the store outlives what another program does to its file.
+
+    A file read through a memory map would end it here with SIGBUS: the pages
+    it had mapped are gone. Each call may answer from what is still readable or
+    raise a TokenstoreError; the process goes on either way."""
+    done = subprocess.run(
+        [sys.executable, "-c", CUT_SHORT, str(tmp_path / "store.sqlite3")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    errors = {
+        name
+        for name in tokenstore.__all__
+        if isinstance(kind := getattr(tokenstore, name), type)
+        and issubclass(kind, tokenstore.TokenstoreError)
+    }
+    answers = json.loads(done.stdout)
+    for answer, whole in zip(answers, ["t1", "t1999", 2000], strict=True):
+        assert answer == whole or answer in errors, answers

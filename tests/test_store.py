@@ -100,25 +100,6 @@ def test_new_file_is_private_wal_and_versioned(store: Store, db_path: Path) -> N
 
 
 @pytest.mark.sqlite_only
-def test_every_connection_reads_the_file_through_a_memory_map(store: Store, db_path: Path) -> None:
-    """A token check reads scattered pages of a large file; mapped, they need no read() call.
-
-    Each thread has its own connection, and a read-only store its own pragmas,
-    so all three are looked at."""
-
-    def mapped(target: Store) -> int:
-        return int(target.db.connection().execute("PRAGMA mmap_size").fetchone()[0])
-
-    other: list[int] = []
-    thread = threading.Thread(target=lambda: other.append(mapped(store)))
-    thread.start()
-    thread.join(10)
-    with tokenstore.open(db_path, read_only=True) as reader:
-        seen = [mapped(store), *other, mapped(reader)]
-    assert seen == [256 << 20] * 3
-
-
-@pytest.mark.sqlite_only
 def test_a_writer_that_never_waited_adds_no_statement(tmp_path: Path) -> None:
     """The busy timeout is switched off around BEGIN only once a writer has had to wait.
 

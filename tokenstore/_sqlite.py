@@ -90,12 +90,6 @@ _LONGEST_PAUSE = 0.002
 _WAITED = 0.001
 #: ... and for this long after, writers wait for the lock in those steps.
 _CONTENTION_MEMORY = 10.0
-#: How much of the file each connection reads through a memory map rather than
-#: read() calls. A token check touches a few pages scattered over a large file;
-#: mapped, they come from the OS's page cache, shared by every connection and
-#: process, without a system call or a copy into each connection's own cache.
-#: Address space only, not memory: pages are loaded as read, and evicted by the OS.
-_MAPPED_BYTES = 256 << 20
 
 
 def _busy(exc: sqlite3.Error) -> bool:
@@ -167,7 +161,6 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
             "foreign_keys": 1,
             "secure_delete": 1,
             "busy_timeout": int(busy_timeout * 1000),
-            "mmap_size": _MAPPED_BYTES,
         }
         if not read_only:
             pragmas = {"journal_mode": "wal", **pragmas}
