@@ -36,6 +36,7 @@ from tokenstore._models import APIToken, User
 from tokenstore._request_token import token_from_request
 from tokenstore._times import format_time
 from tokenstore._tokens import Tokens
+from tokenstore._users import usernames
 
 START = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
@@ -675,6 +676,17 @@ def test_users_list_pages_back_from_the_newest(ts: Store) -> None:
     for bad in (0, True, "2"):
         with pytest.raises(ValidationError, match="limit"):
             ts.users.list(limit=bad)  # type: ignore[arg-type]
+
+
+def test_usernames_names_the_users_asked_for_in_as_many_queries_as_it_takes(ts: Store) -> None:
+    """What a listing of tokens uses to name their owners, rather than reading every user."""
+    with ts.atomic():
+        made = {ts.users.create(f"u{i}").id: f"u{i}" for i in range(1201)}
+    asked = [*made, *made, 10**9]  # repeated ids, and one no user has
+    assert usernames(asked) == made
+    some = sorted(made)[::300]
+    assert usernames(iter(some)) == {id_: made[id_] for id_ in some}
+    assert usernames([]) == {}
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5, "3", [3]])

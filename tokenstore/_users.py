@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import peewee
 
@@ -16,6 +17,23 @@ from ._models import User
 _USERNAME = re.compile(r"[\w.@+-]{1,150}")
 
 M = TypeVar("M", bound=peewee.Model)
+
+#: Ids asked for in one query: far below SQLite's and PostgreSQL's limits on parameters.
+_IDS_AT_ONCE = 500
+
+
+def usernames(ids: Iterable[int]) -> dict[int, str]:
+    """The usernames of these users, by id: a listing names the owners it shows, and no others.
+
+    A store may have many more users than a page of tokens has owners.
+    """
+    wanted = sorted(set(ids))
+    found: dict[int, str] = {}
+    for start in range(0, len(wanted), _IDS_AT_ONCE):
+        chunk = wanted[start : start + _IDS_AT_ONCE]
+        pairs: Any = User.select(User.id, User.username).where(User.id.in_(chunk)).tuples()
+        found.update(pairs)
+    return found
 
 
 def newest(query: peewee.ModelSelect[M], limit: int | None) -> list[M]:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .._errors import AuthenticationError
+from .._users import usernames
 from ._base import Commands, _command, _group, _open
 from ._output import Output, token_dict, user_dict
 from ._values import _positive_int, _secret, parse_expiry
@@ -93,10 +94,10 @@ def cmd_tokens_get(args: argparse.Namespace, out: Output) -> int:
 def cmd_tokens_list(args: argparse.Namespace, out: Output) -> int:
     """``store.tokens.list``."""
     with _open(args, read=True) as store:
-        names = {u.id: u.username for u in store.users.list()}
         found = store.tokens.list(
             args.user, include_revoked=args.include_revoked, limit=args.limit, before=args.before
         )
+        names = usernames(token.created_by_id for token in found)
         tokens = [{**token_dict(t), "user": names.get(t.created_by_id)} for t in found]
     out.rows(tokens, ["abid", "user", "name", "token", "expires", "revoked_at", "valid"])
     return 0

@@ -18,6 +18,7 @@ import peewee
 import tokenstore
 from tokenstore import APIToken, OutboundWebhook, User, WebhookDelivery
 from tokenstore._sending import message_headers
+from tokenstore._users import usernames
 
 from ._chart import chart, hourly_outcomes
 from ._sessions import Reveal
@@ -36,12 +37,6 @@ STATUSES = ("pending", "failed", "delivered", "dead")
 
 def _form(visit: Visit) -> dict[str, str]:
     return visit.request.form()
-
-
-def _names(ids: set[int]) -> dict[int, str]:
-    """The usernames of these users (those a page shows), by id."""
-    pairs: Any = User.select(User.id, User.username).where(User.id.in_(ids)).tuples()
-    return dict(pairs)
 
 
 # -- overview -------------------------------------------------------------------------------
@@ -141,7 +136,7 @@ def tokens(visit: Visit, error: str = "") -> Response:
         tokens=[(token, token_state(token, now)) for token in shown],
         more=more and more.abid,
         first_page=not after,
-        names=_names({token.created_by_id for token in shown}),
+        names=usernames({token.created_by_id for token in shown}),
         # Owners to choose from, while there are few enough to list; past that, a name is typed.
         users=store.users.list(limit=PAGE_SIZE + 1),
         many_users=PAGE_SIZE,
@@ -180,7 +175,7 @@ def create_token(visit: Visit) -> Response:
 
 def confirm_revoke(visit: Visit, abid: str) -> Response:
     token = visit.store.tokens.get(abid)
-    owner = _names({token.created_by_id}).get(token.created_by_id, "?")
+    owner = usernames({token.created_by_id}).get(token.created_by_id, "?")
     return visit.render(
         "confirm.html",
         page="tokens",
