@@ -33,11 +33,13 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from . import _deadline, _lookup
+from . import _compat, _deadline, _lookup
 from ._credentials import looks_like_secret
 from ._errors import BlockedAddress, ValidationError, shown
 
 if TYPE_CHECKING:
+    from http.client import HTTPResponse
+
     import requests
     from urllib3.connection import HTTPConnection
 
@@ -455,6 +457,7 @@ def guarded_session(guard: AddressGuard) -> requests.Session:
     # under the attempt's deadline before it is written to or read from.
     class Pinned:
         sock: socket.socket | None
+        response_class: type[HTTPResponse] = _compat.FinalResponse  # past 1xx answers
 
         def _new_conn(self) -> socket.socket:
             return _connect_pinned(self, guard)  # type: ignore[arg-type]
