@@ -1147,6 +1147,21 @@ def test_ping_and_redeliver(store: Store, receiver: Receiver) -> None:
     Webhook(hook.secret).verify(second.body, second.header_dict())
 
 
+def test_redeliver_sends_the_body_stored_whatever_the_object_given_holds(
+    store: Store, receiver: Receiver
+) -> None:
+    """The same webhook-id must carry the same body: a copy edited in memory (never saved,
+    as a delivery's body never changes) had its edited body signed and sent under it."""
+    hook = store.webhooks.create("notes", Note, receiver.url())
+    delivery = store.webhooks.ping(hook)
+    delivery.payload = json.dumps({"type": "note.deleted", "data": {}})
+    again = store.webhooks.redeliver(delivery)
+    first, second = receiver.hits
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == delivery.abid
+    assert second.body == first.body
+    assert again.attempts == 2 and json.loads(again.payload)["type"] == "webhook.ping"
+
+
 def test_redeliver_and_ping_refuse_a_disabled_hook_and_leave_its_log_alone(
     store: Store, receiver: Receiver
 ) -> None:

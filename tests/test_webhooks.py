@@ -527,6 +527,15 @@ def test_redelivering_a_delivery_object_whose_row_is_gone_is_not_found(store: St
     assert WebhookDelivery.select().count() == 0
 
 
+def test_redelivering_a_delivery_object_never_saved_is_not_found(store: Store) -> None:
+    """Its hook is no hook: looking that up raised an AttributeError from deep inside."""
+    hook = store.webhooks.create("kept", "tokenstore.User", URL)
+    for never_saved in (WebhookDelivery(), WebhookDelivery(hook=hook, payload="{}")):
+        with pytest.raises(NotFound, match="no delivery"):
+            store.webhooks.redeliver(never_saved)
+    assert WebhookDelivery.select().count() == 0
+
+
 def test_two_threads_rotating_one_hooks_secret_keep_both_secrets_in_the_chain(
     store: Store,
 ) -> None:

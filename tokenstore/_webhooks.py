@@ -412,10 +412,16 @@ class Webhooks:
         self.outbox.refuse_in_transaction("webhooks.redeliver()")
         if not isinstance(delivery, WebhookDelivery):
             delivery = self.delivery(delivery)
-        hook = self.outbox.hook(delivery.hook_id)
-        if hook is None or self.outbox.delivery(delivery.id.hex) is None:
-            raise NotFound(f"no delivery {delivery.abid}: it was deleted with its hook, or pruned")
-        return self.outbox.attempt(delivery, hook=self._enabled(hook))
+        # The row, not the object given: one never saved has no hook to look up, and one
+        # edited in memory would send another body under the same webhook-id.
+        stored = self.outbox.delivery(delivery.id.hex)
+        hook = None if stored is None else self.outbox.hook(stored.hook_id)
+        if stored is None or hook is None:
+            raise NotFound(
+                f"no delivery {delivery.abid}: it was deleted with its hook, or pruned, "
+                "or never saved"
+            )
+        return self.outbox.attempt(stored, hook=self._enabled(hook))
 
     @staticmethod
     def _enabled(hook: OutboundWebhook) -> OutboundWebhook:
