@@ -552,6 +552,21 @@ def test_redirects_are_not_followed_and_count_as_failures(store: Store, receiver
     assert "/elsewhere" in delivery.last_error
 
 
+def test_a_huge_redirect_location_is_cut_like_any_other_error(
+    store: Store, receiver: Receiver
+) -> None:
+    """The receiver writes the Location: 64 kB a line, and folded over a hundred lines,
+    megabytes of it went into each attempt's last_error, the command's output and signals."""
+    where = "/" + "far" * 20_000
+    receiver.respond = lambda h: answer(h, 302, headers={"Location": where})
+    store.webhooks.create("moved", Note, receiver.url())
+    Note.create(text="x")
+    delivery = only_delivery(store)
+    assert (delivery.status, delivery.last_status_code) == ("failed", 302)
+    assert delivery.last_error.startswith("HTTP 302: redirect to /farfar")
+    assert len(delivery.last_error) < 600
+
+
 @pytest.mark.parametrize(
     "interim",
     [b"100 Continue", b"102 Processing", b"103 Early Hints\r\nLink: </style.css>; rel=preload"],
