@@ -63,6 +63,14 @@ EDITABLE = (
 )
 
 
+def _time_given(now: Any) -> datetime:
+    """The time a caller passed as ``now``, the message naming it when it is none."""
+    try:
+        return to_stored_time(now)
+    except ValidationError as exc:
+        raise ValidationError(f"now: {exc}") from None
+
+
 class Webhooks:
     """Create, change and inspect outbound webhooks; send what is due.
 
@@ -365,7 +373,7 @@ class Webhooks:
         batches a minute is still held to ``keep_deliveries``.
         """
         check_int(limit, "limit", minimum=1)
-        if now is not None and to_stored_time(now) > LATEST_NOW:
+        if now is not None and _time_given(now) > LATEST_NOW:
             # Holds, retries and the log's cutoff are counted from it: they must fit.
             raise ValidationError(f"now must be at most {format_time(LATEST_NOW)}, got {now}")
         self.erase_expired_secrets(now)
@@ -382,7 +390,7 @@ class Webhooks:
 
         With ``secure_delete`` on, their bytes are overwritten, not just unlinked.
         """
-        cutoff = to_stored_time(self.clock() if now is None else now)
+        cutoff = to_stored_time(self.clock()) if now is None else _time_given(now)
         expired = OutboundWebhook.previous_secret_expires <= cutoff
         if OutboundWebhook.select().where(expired).exists():  # a read: no write lock if none
             OutboundWebhook.update(previous_secret=None, previous_secret_expires=None).where(
