@@ -322,6 +322,10 @@ class Webhooks:
         )
         if before is not None:
             after = before if isinstance(before, WebhookDelivery) else self.delivery(before)
+            if after.created_at is None or after.abid is None:  # it has no place in the log
+                raise ValidationError(
+                    "before is a delivery never saved: pass one from the log, or its msg_ ABID"
+                )
             query = query.where(
                 peewee.Tuple(WebhookDelivery.created_at, WebhookDelivery.abid)
                 < peewee.Tuple(format_time(after.created_at), after.abid)
