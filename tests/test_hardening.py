@@ -402,6 +402,14 @@ def test_a_clock_that_turns_bad_later_is_refused_where_it_is_read(
         (lambda s: s.webhooks.deliver_due(datetime(2030, 1, 1)), "^now: naive datetime"),
         (lambda s: s.webhooks.erase_expired_secrets(0), "^now: expected a datetime, got int"),
         (
+            lambda s: s.webhooks.create("h", "tokenstore.User", None),
+            "^webhook endpoint must be a URL as a string, got NoneType",
+        ),
+        (
+            lambda s: s.webhooks.update("probe", endpoint=b"http://example.com/"),
+            "^webhook endpoint must be a URL as a string, got bytes",
+        ),
+        (
             lambda s: s.webhooks.deliveries(before=tokenstore.WebhookDelivery()),
             "^before is a delivery never saved",
         ),

@@ -116,7 +116,11 @@ class HookValidator:
             _set_if_changed(hook, "ref", self.check_ref(hook.ref))
         # Counted in UTF-8 bytes: past 2047, PostgreSQL's index of (ref, endpoint) may refuse
         # the row, and percent-encoded on the wire the URL is longer still.
-        if not isinstance(hook.endpoint, str) or len(hook.endpoint.encode(errors="replace")) > 2047:
+        if not isinstance(hook.endpoint, str):
+            raise ValidationError(
+                f"webhook endpoint must be a URL as a string, got {type(hook.endpoint).__name__}"
+            )
+        if len(hook.endpoint.encode(errors="replace")) > 2047:
             raise ValidationError(
                 "webhook endpoint must be a URL of at most 2047 characters "
                 "(bytes, in UTF-8: a non-ASCII character counts two to four)"
