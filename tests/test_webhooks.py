@@ -200,6 +200,10 @@ def test_a_literal_private_address_is_refused_without_an_allowlist(db_path: Path
         ({"X-A": "a\r\nX-Injected: 1"}, "line breaks"),
         ({"X-A": "tea \u2615"}, "Latin-1"),
         ({"X-A": "bell\x07"}, "control characters"),
+        # requests refuses a value that starts with a blank: no delivery could be sent
+        ({"X-A": " lead"}, "leading blank"),
+        ({"X-A": "\tlead"}, "leading blank"),
+        ({"X-A": "\xa0lead"}, "leading blank"),
         ({"Bad Name": "1"}, "not a valid HTTP header name"),
         ({"": "1"}, "not a valid HTTP header name"),
         ({"X-" + "a" * 8_000: "1"}, "at most 8000 characters"),
@@ -231,7 +235,7 @@ def test_headers_are_stored_as_a_json_object(store: Store) -> None:
     assert row == ("blue",)
 
 
-@pytest.mark.parametrize("token", ["line\nbreak", "caf\u00e9 \u2615", 42])
+@pytest.mark.parametrize("token", ["line\nbreak", "caf\u00e9 \u2615", 42, " Bearer t0k3n"])
 def test_bad_auth_tokens_are_refused_without_being_quoted(store: Store, token: Any) -> None:
     with pytest.raises(ValidationError, match="auth_token") as info:
         store.webhooks.create("docs", Doc, URL, auth_token=token)
