@@ -270,6 +270,12 @@ def test_check_endpoint_respects_allowlist() -> None:
         ("http://ex%41mple.com/", "label 'ex%41mple'"),
         ("http://\udcff.example/", "not a valid internationalized domain name"),
         ("http://\u2603.net/", "not a valid internationalized domain name"),
+        # Mapped by UTS 46, but urllib3 reads a URL's host label by label without it, and
+        # refuses them before any request: every delivery failed with InvalidURL.
+        ("http://\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com/", "internationalized"),
+        ("http://example\u3002com/", "not a valid internationalized domain name"),
+        ("http://ex\u00adample.com/", "not a valid internationalized domain name"),
+        ("http://\ufb01.example/", "not a valid internationalized domain name"),
         ("http://999.1.1.1/", "last label is all digits"),
         ("http://a\x00b.example/", "control characters"),
     ],

@@ -80,15 +80,22 @@ def _printable(exc: Exception) -> str:
 def _host_name(host: str) -> str:
     """``host`` as an ASCII DNS name (IDNA A-labels); ValueError saying why it cannot be one.
 
-    Non-ASCII names are encoded as requests encodes them (IDNA 2008 with
-    UTS 46 mapping), so a name refused here is one no request could use.
+    Non-ASCII names are encoded as urllib3 reads a URL's host before any
+    request: label by label, lower-cased, IDNA 2008 without the UTS 46
+    mapping (so no full-width letters or ideographic full stops), and a name
+    refused here is one no request could use.
     """
     name = host.strip().lower().removesuffix(".")
     if not name.isascii():
         import idna
 
         try:
-            name = idna.encode(name, uts46=True).decode("ascii")
+            name = ".".join(
+                label
+                if label.isascii()
+                else idna.encode(label, strict=True, std3_rules=True).decode("ascii")
+                for label in name.split(".")
+            )
         except (idna.IDNAError, UnicodeError) as exc:
             raise ValueError(
                 f"it is not a valid internationalized domain name ({_printable(exc)})"
