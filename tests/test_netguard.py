@@ -288,6 +288,18 @@ def test_check_endpoint_refuses_names_dns_cannot_hold(url: str, message: str) ->
 
 
 @pytest.mark.parametrize(
+    "url", ["http://[::1]x/", "http://x[::1]/", "http://[::1]]/", "http://[v1.fe]/"]
+)
+def test_brackets_hold_an_ipv6_address_and_nothing_else(url: str) -> None:
+    """urlsplit reads the address out of these (IPvFuture's as a host name), but urllib3
+    refuses them before any request: every delivery of the hook failed with InvalidURL."""
+    with pytest.raises(ValidationError, match=r"IPv6 address in brackets") as info:
+        AddressGuard(["::1/128"]).check_endpoint(url)
+    assert not isinstance(info.value, BlockedAddress)
+    AddressGuard(["::1/128"]).check_endpoint("http://[::1]:8080/")
+
+
+@pytest.mark.parametrize(
     "url",
     [
         "http://b\u00fccher.example/",

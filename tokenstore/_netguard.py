@@ -60,6 +60,7 @@ _UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
 
 _LABEL_RE = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _CONTROL_RE = re.compile(r"[\x00-\x20\x7f]")
+_BRACKETED = re.compile(r"\[[0-9A-Fa-f:.]+\](:[0-9]*)?")
 
 #: How a refusal says what lifts it.
 HOW_TO_ALLOW = (
@@ -345,6 +346,13 @@ class AddressGuard:
             raise ValidationError(
                 "webhook URL must not carry credentials (user:password@): pass them as "
                 "auth_token or headers, which are kept private"
+            )
+        # urlsplit reads a host out of "[::1]x" or "x[::1]" (and IPvFuture's "[v1.fe]" as a
+        # name); urllib3 refuses them before any request is made.
+        if "[" in parts.netloc and not _BRACKETED.fullmatch(parts.netloc):
+            raise ValidationError(
+                "webhook URL host must be an IPv6 address in brackets, as in "
+                "http://[2001:db8::1]:8080/, with nothing else around them"
             )
 
     def _judge_host(self, host: str) -> None:
