@@ -276,6 +276,9 @@ def test_check_endpoint_respects_allowlist() -> None:
         ("http://example\u3002com/", "not a valid internationalized domain name"),
         ("http://ex\u00adample.com/", "not a valid internationalized domain name"),
         ("http://\ufb01.example/", "not a valid internationalized domain name"),
+        # Blanks beyond ASCII's: the name was read stripped of them, urllib3 reads them in it.
+        ("http://example.com\u2028/", "not a valid internationalized domain name"),
+        ("http://\u3000example.com/", "not a valid internationalized domain name"),
         ("http://999.1.1.1/", "last label is all digits"),
         ("http://a\x00b.example/", "control characters"),
     ],

@@ -86,7 +86,7 @@ def _host_name(host: str) -> str:
     mapping (so no full-width letters or ideographic full stops), and a name
     refused here is one no request could use.
     """
-    name = host.strip().lower().removesuffix(".")
+    name = host.lower().removesuffix(".")  # not stripped: urllib3 takes a blank for part of it
     if not name.isascii():
         import idna
 
