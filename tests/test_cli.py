@@ -1017,6 +1017,19 @@ def test_an_app_module_that_fails_as_it_is_imported_is_named(
 
 
 @pytest.mark.sqlite_only
+def test_a_secret_given_as_the_app_module_is_not_repeated(db_path: Path) -> None:
+    """Pasted into --app (or $TOKENSTORE_APP) by mistake, it was quoted twice in the
+    message, once by the import's own error: stderr goes to CI logs."""
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    for stderr in (
+        refused(db_path, "--app", secret, "dispatch"),
+        refused(db_path, "webhooks", "list", TOKENSTORE_APP=secret),
+    ):
+        assert "MfKQ9r8" not in stderr
+        assert "--app" in stderr and "not shown" in stderr
+
+
+@pytest.mark.sqlite_only
 def test_odd_paths_and_addresses_for_the_tools_are_refused(db_path: Path, tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("")

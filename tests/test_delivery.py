@@ -552,6 +552,70 @@ def test_redirects_are_not_followed_and_count_as_failures(store: Store, receiver
     assert "/elsewhere" in delivery.last_error
 
 
+def test_a_huge_redirect_location_is_cut_like_any_other_error(
+    store: Store, receiver: Receiver
+) -> None:
+    """The receiver writes the Location: 64 kB a line, and folded over a hundred lines,
+    megabytes of it went into each attempt's last_error, the command's output and signals."""
+    where = "/" + "far" * 20_000
+    receiver.respond = lambda h: answer(h, 302, headers={"Location": where})
+    store.webhooks.create("moved", Note, receiver.url())
+    Note.create(text="x")
+    delivery = only_delivery(store)
+    assert (delivery.status, delivery.last_status_code) == ("failed", 302)
+    assert delivery.last_error.startswith("HTTP 302: redirect to /farfar")
+    assert len(delivery.last_error) < 600
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [b"100 Continue", b"102 Processing", b"103 Early Hints\r\nLink: </style.css>; rel=preload"],
+    ids=["100", "102", "103"],
+)
+def test_interim_answers_before_the_final_one_are_read_past(
+    store: Store, receiver: Receiver, interim: bytes
+) -> None:
+    """HTTP lets a server send 1xx answers before its final one, and a client must read past
+    them (RFC 9110, 15.2). A receiver that sends 103 Early Hints, then 200, has the message:
+    recorded as failed, it would be sent again and, in time, its hook disabled."""
+
+    def hints_first(handler: BaseHTTPRequestHandler) -> None:
+        handler.wfile.write(b"HTTP/1.1 " + interim + b"\r\n\r\n")
+        answer(handler, 200, b"thanks")
+
+    receiver.respond = hints_first
+    hook = store.webhooks.create("hints", Note, receiver.url(), keep_last_response=True)
+    Note.create(text="x")
+    Note.create(text="y")  # the kept-alive connection holds nothing of the first answer
+    outcomes = [(d.status, d.last_status_code) for d in store.webhooks.deliveries()]
+    assert outcomes == [("delivered", 200), ("delivered", 200)]
+    assert reload(hook).last_response == "thanks"
+    assert len({hit.client_port for hit in receiver.hits}) == 1
+
+
+def test_interim_answers_without_end_are_cut_at_the_deadline(
+    store: Store, receiver: Receiver
+) -> None:
+    stop = threading.Event()
+
+    def hints_forever(handler: BaseHTTPRequestHandler) -> None:
+        while not stop.wait(0.01):
+            handler.wfile.write(b"HTTP/1.1 103 Early Hints\r\n\r\n")
+
+    receiver.respond = hints_forever
+    store.webhooks.create("hints", Note, receiver.url())
+    start = time.monotonic()
+    try:
+        Note.create(text="x")
+        elapsed = time.monotonic() - start
+    finally:
+        stop.set()
+    delivery = only_delivery(store)
+    assert (delivery.status, delivery.last_status_code) == ("failed", None)
+    assert "deadline" in delivery.last_error
+    assert elapsed < DEADLINE + 1
+
+
 def test_a_non_utf8_body_is_decoded_with_replacement(store: Store, receiver: Receiver) -> None:
     receiver.respond = lambda h: answer(h, 200, b"caf\xe9 \xff\xfe ok")
     hook = store.webhooks.create("latin", Note, receiver.url(), keep_last_response=True)
@@ -1096,6 +1160,21 @@ def test_ping_and_redeliver(store: Store, receiver: Receiver) -> None:
     assert first.headers["webhook-id"] == second.headers["webhook-id"] == delivery.abid
     assert first.body == second.body
     Webhook(hook.secret).verify(second.body, second.header_dict())
+
+
+def test_redeliver_sends_the_body_stored_whatever_the_object_given_holds(
+    store: Store, receiver: Receiver
+) -> None:
+    """The same webhook-id must carry the same body: a copy edited in memory (never saved,
+    as a delivery's body never changes) had its edited body signed and sent under it."""
+    hook = store.webhooks.create("notes", Note, receiver.url())
+    delivery = store.webhooks.ping(hook)
+    delivery.payload = json.dumps({"type": "note.deleted", "data": {}})
+    again = store.webhooks.redeliver(delivery)
+    first, second = receiver.hits
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == delivery.abid
+    assert second.body == first.body
+    assert again.attempts == 2 and json.loads(again.payload)["type"] == "webhook.ping"
 
 
 def test_redeliver_and_ping_refuse_a_disabled_hook_and_leave_its_log_alone(

@@ -398,6 +398,21 @@ def test_a_clock_that_turns_bad_later_is_refused_where_it_is_read(
         (lambda s: s.webhooks.deliveries(limit="1; DROP TABLE x"), "limit must be a whole"),
         (lambda s: s.webhooks.deliveries(limit=-1), "limit must be a whole number from 1"),
         (lambda s: s.webhooks.deliver_due(limit=0), "limit must be between 1"),
+        (lambda s: s.webhooks.deliver_due("2030-01-01"), "^now: expected a datetime, got str"),
+        (lambda s: s.webhooks.deliver_due(datetime(2030, 1, 1)), "^now: naive datetime"),
+        (lambda s: s.webhooks.erase_expired_secrets(0), "^now: expected a datetime, got int"),
+        (
+            lambda s: s.webhooks.create("h", "tokenstore.User", None),
+            "^webhook endpoint must be a URL as a string, got NoneType",
+        ),
+        (
+            lambda s: s.webhooks.update("probe", endpoint=b"http://example.com/"),
+            "^webhook endpoint must be a URL as a string, got bytes",
+        ),
+        (
+            lambda s: s.webhooks.deliveries(before=tokenstore.WebhookDelivery()),
+            "^before is a delivery never saved",
+        ),
         (lambda s: s.wait_for_changes(math.nan), "timeout must be at least 0"),
         (lambda s: s.wait_for_changes(-1), "timeout must be at least 0"),
         (lambda s: s.webhooks.start_retry_thread(0), "interval must be more than 0"),

@@ -270,6 +270,15 @@ def test_check_endpoint_respects_allowlist() -> None:
         ("http://ex%41mple.com/", "label 'ex%41mple'"),
         ("http://\udcff.example/", "not a valid internationalized domain name"),
         ("http://\u2603.net/", "not a valid internationalized domain name"),
+        # Mapped by UTS 46, but urllib3 reads a URL's host label by label without it, and
+        # refuses them before any request: every delivery failed with InvalidURL.
+        ("http://\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com/", "internationalized"),
+        ("http://example\u3002com/", "not a valid internationalized domain name"),
+        ("http://ex\u00adample.com/", "not a valid internationalized domain name"),
+        ("http://\ufb01.example/", "not a valid internationalized domain name"),
+        # Blanks beyond ASCII's: the name was read stripped of them, urllib3 reads them in it.
+        ("http://example.com\u2028/", "not a valid internationalized domain name"),
+        ("http://\u3000example.com/", "not a valid internationalized domain name"),
         ("http://999.1.1.1/", "last label is all digits"),
         ("http://a\x00b.example/", "control characters"),
     ],
@@ -279,6 +288,18 @@ def test_check_endpoint_refuses_names_dns_cannot_hold(url: str, message: str) ->
         AddressGuard().check_endpoint(url)
     assert not isinstance(info.value, BlockedAddress)
     str(info.value).encode("utf-8")  # printable as it is, lone surrogates included
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1]x/", "http://x[::1]/", "http://[::1]]/", "http://[v1.fe]/"]
+)
+def test_brackets_hold_an_ipv6_address_and_nothing_else(url: str) -> None:
+    """urlsplit reads the address out of these (IPvFuture's as a host name), but urllib3
+    refuses them before any request: every delivery of the hook failed with InvalidURL."""
+    with pytest.raises(ValidationError, match=r"IPv6 address in brackets") as info:
+        AddressGuard(["::1/128"]).check_endpoint(url)
+    assert not isinstance(info.value, BlockedAddress)
+    AddressGuard(["::1/128"]).check_endpoint("http://[::1]:8080/")
 
 
 @pytest.mark.parametrize(

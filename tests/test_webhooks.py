@@ -200,6 +200,10 @@ def test_a_literal_private_address_is_refused_without_an_allowlist(db_path: Path
         ({"X-A": "a\r\nX-Injected: 1"}, "line breaks"),
         ({"X-A": "tea \u2615"}, "Latin-1"),
         ({"X-A": "bell\x07"}, "control characters"),
+        # requests refuses a value that starts with a blank: no delivery could be sent
+        ({"X-A": " lead"}, "leading blank"),
+        ({"X-A": "\tlead"}, "leading blank"),
+        ({"X-A": "\xa0lead"}, "leading blank"),
         ({"Bad Name": "1"}, "not a valid HTTP header name"),
         ({"": "1"}, "not a valid HTTP header name"),
         ({"X-" + "a" * 8_000: "1"}, "at most 8000 characters"),
@@ -231,7 +235,7 @@ def test_headers_are_stored_as_a_json_object(store: Store) -> None:
     assert row == ("blue",)
 
 
-@pytest.mark.parametrize("token", ["line\nbreak", "caf\u00e9 \u2615", 42])
+@pytest.mark.parametrize("token", ["line\nbreak", "caf\u00e9 \u2615", 42, " Bearer t0k3n"])
 def test_bad_auth_tokens_are_refused_without_being_quoted(store: Store, token: Any) -> None:
     with pytest.raises(ValidationError, match="auth_token") as info:
         store.webhooks.create("docs", Doc, URL, auth_token=token)
@@ -524,6 +528,15 @@ def test_redelivering_a_delivery_object_whose_row_is_gone_is_not_found(store: St
     store.webhooks.delete(hook)  # and its delivery log with it
     with pytest.raises(NotFound, match="no delivery"):
         store.webhooks.redeliver(delivery)
+    assert WebhookDelivery.select().count() == 0
+
+
+def test_redelivering_a_delivery_object_never_saved_is_not_found(store: Store) -> None:
+    """Its hook is no hook: looking that up raised an AttributeError from deep inside."""
+    hook = store.webhooks.create("kept", "tokenstore.User", URL)
+    for never_saved in (WebhookDelivery(), WebhookDelivery(hook=hook, payload="{}")):
+        with pytest.raises(NotFound, match="no delivery"):
+            store.webhooks.redeliver(never_saved)
     assert WebhookDelivery.select().count() == 0
 
 

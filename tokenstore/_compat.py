@@ -41,10 +41,15 @@ requests
     the address guard.
   - ``Response.raw.read1(n, decode_content=True)`` (urllib3): reading a body a
     chunk at a time, so a deadline can stop a trickle.
+
+http.client
+  - ``HTTPResponse._read_status``: the status line, which ``FinalResponse``
+    reads again past interim (1xx) answers; ``begin()`` skips 100 alone.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -264,6 +269,23 @@ def chunk_reader(response: requests.Response) -> Callable[[int], bytes]:
         return bytes(read(size, decode_content=True))
 
     return read_chunk
+
+
+class FinalResponse(http.client.HTTPResponse):
+    """An answer read past any interim (1xx) answers before it, as HTTP asks of a client.
+
+    http.client skips ``100 Continue`` only, and took a ``102 Processing`` or
+    ``103 Early Hints`` for the answer: a message the receiver then accepted
+    was recorded as failed, and sent again. ``101 Switching Protocols`` ends
+    the exchange (nothing asks for it), so it stays the answer.
+    """
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 101 < status < 200:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim answer's headers, unused
 
 
 def checked_select_class(

@@ -45,8 +45,9 @@ SIGNAL_CHOICES = (
 #: bound on its auth token column, and within what HTTP servers take in headers.
 MAX_HEADERS = 8_000
 
-# What http.client can put in a header value: Latin-1 without controls (tab is allowed).
-_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# What http.client can put in a header value: Latin-1 without controls (tab is allowed),
+# and what requests sends: nothing that starts with a blank (tab, space, NBSP, NEL).
+_HEADER_VALUE = re.compile(r"(?!\s)[\t\x20-\x7e\x80-\xff]*")
 
 #: The fewest random bytes a signing secret may have (what the Standard Webhooks libraries make).
 MIN_SECRET_BYTES = 24
@@ -116,7 +117,11 @@ class HookValidator:
             _set_if_changed(hook, "ref", self.check_ref(hook.ref))
         # Counted in UTF-8 bytes: past 2047, PostgreSQL's index of (ref, endpoint) may refuse
         # the row, and percent-encoded on the wire the URL is longer still.
-        if not isinstance(hook.endpoint, str) or len(hook.endpoint.encode(errors="replace")) > 2047:
+        if not isinstance(hook.endpoint, str):
+            raise ValidationError(
+                f"webhook endpoint must be a URL as a string, got {type(hook.endpoint).__name__}"
+            )
+        if len(hook.endpoint.encode(errors="replace")) > 2047:
             raise ValidationError(
                 "webhook endpoint must be a URL of at most 2047 characters "
                 "(bytes, in UTF-8: a non-ASCII character counts two to four)"
@@ -137,7 +142,7 @@ class HookValidator:
             if not _header_value_ok(value):
                 raise ValidationError(
                     f"webhook header {key!r} must have a string value of Latin-1 "
-                    "characters without line breaks or other control characters"
+                    "characters without a leading blank, line breaks or other control characters"
                 )
         size = sum(len(key) + len(value) for key, value in headers.items())
         if size > MAX_HEADERS:
@@ -150,7 +155,7 @@ class HookValidator:
             # The value is secret: the message does not quote it.
             raise ValidationError(
                 "webhook auth_token must be a string of Latin-1 characters without "
-                "line breaks or other control characters"
+                "a leading blank, line breaks or other control characters"
             )
         if len(hook.auth_token) > MAX_HEADERS:
             raise ValidationError(

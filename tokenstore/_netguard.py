@@ -33,11 +33,13 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from . import _deadline, _lookup
+from . import _compat, _deadline, _lookup
 from ._credentials import looks_like_secret
 from ._errors import BlockedAddress, ValidationError, shown
 
 if TYPE_CHECKING:
+    from http.client import HTTPResponse
+
     import requests
     from urllib3.connection import HTTPConnection
 
@@ -58,6 +60,7 @@ _UNIQUE_LOCAL = ipaddress.IPv6Network("fc00::/7")
 
 _LABEL_RE = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 _CONTROL_RE = re.compile(r"[\x00-\x20\x7f]")
+_BRACKETED = re.compile(r"\[[0-9A-Fa-f:.]+\](:[0-9]*)?")
 
 #: How a refusal says what lifts it.
 HOW_TO_ALLOW = (
@@ -78,15 +81,22 @@ def _printable(exc: Exception) -> str:
 def _host_name(host: str) -> str:
     """``host`` as an ASCII DNS name (IDNA A-labels); ValueError saying why it cannot be one.
 
-    Non-ASCII names are encoded as requests encodes them (IDNA 2008 with
-    UTS 46 mapping), so a name refused here is one no request could use.
+    Non-ASCII names are encoded as urllib3 reads a URL's host before any
+    request: label by label, lower-cased, IDNA 2008 without the UTS 46
+    mapping (so no full-width letters or ideographic full stops), and a name
+    refused here is one no request could use.
     """
-    name = host.strip().lower().removesuffix(".")
+    name = host.lower().removesuffix(".")  # not stripped: urllib3 takes a blank for part of it
     if not name.isascii():
         import idna
 
         try:
-            name = idna.encode(name, uts46=True).decode("ascii")
+            name = ".".join(
+                label
+                if label.isascii()
+                else idna.encode(label, strict=True, std3_rules=True).decode("ascii")
+                for label in name.split(".")
+            )
         except (idna.IDNAError, UnicodeError) as exc:
             raise ValueError(
                 f"it is not a valid internationalized domain name ({_printable(exc)})"
@@ -337,6 +347,13 @@ class AddressGuard:
                 "webhook URL must not carry credentials (user:password@): pass them as "
                 "auth_token or headers, which are kept private"
             )
+        # urlsplit reads a host out of "[::1]x" or "x[::1]" (and IPvFuture's "[v1.fe]" as a
+        # name); urllib3 refuses them before any request is made.
+        if "[" in parts.netloc and not _BRACKETED.fullmatch(parts.netloc):
+            raise ValidationError(
+                "webhook URL host must be an IPv6 address in brackets, as in "
+                "http://[2001:db8::1]:8080/, with nothing else around them"
+            )
 
     def _judge_host(self, host: str) -> None:
         """Refuse a URL's host that no DNS could hold, or a literal address not allowed."""
@@ -455,6 +472,7 @@ def guarded_session(guard: AddressGuard) -> requests.Session:
     # under the attempt's deadline before it is written to or read from.
     class Pinned:
         sock: socket.socket | None
+        response_class: type[HTTPResponse] = _compat.FinalResponse  # past 1xx answers
 
         def _new_conn(self) -> socket.socket:
             return _connect_pinned(self, guard)  # type: ignore[arg-type]

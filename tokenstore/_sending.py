@@ -215,7 +215,7 @@ class Sender:
         if outcome.ok:
             return outcome
         if 300 <= code < 400:
-            where = response.headers.get("Location", "(no Location)")
+            where = _short(response.headers.get("Location", "(no Location)"))
             outcome.error = f"HTTP {code}: redirect to {where} not followed"
         elif code == 410:
             outcome.error = "HTTP 410 Gone: the receiver asked for this hook to stop"
@@ -241,8 +241,9 @@ def _since(start: float) -> int:
     return round((time.perf_counter() - start) * 1000)
 
 
-def _short(exc: BaseException) -> str:
-    return str(exc)[:500]
+def _short(what: object) -> str:
+    """An error's text, or a receiver's header quoted in one, cut to a size a log line takes."""
+    return str(what)[:500]
 
 
 def _read_limited(response: requests.Response, deadline: float) -> str:

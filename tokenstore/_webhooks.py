@@ -63,6 +63,14 @@ EDITABLE = (
 )
 
 
+def _time_given(now: Any) -> datetime:
+    """The time a caller passed as ``now``, the message naming it when it is none."""
+    try:
+        return to_stored_time(now)
+    except ValidationError as exc:
+        raise ValidationError(f"now: {exc}") from None
+
+
 class Webhooks:
     """Create, change and inspect outbound webhooks; send what is due.
 
@@ -314,6 +322,10 @@ class Webhooks:
         )
         if before is not None:
             after = before if isinstance(before, WebhookDelivery) else self.delivery(before)
+            if after.created_at is None or after.abid is None:  # it has no place in the log
+                raise ValidationError(
+                    "before is a delivery never saved: pass one from the log, or its msg_ ABID"
+                )
             query = query.where(
                 peewee.Tuple(WebhookDelivery.created_at, WebhookDelivery.abid)
                 < peewee.Tuple(format_time(after.created_at), after.abid)
@@ -365,7 +377,7 @@ class Webhooks:
         batches a minute is still held to ``keep_deliveries``.
         """
         check_int(limit, "limit", minimum=1)
-        if now is not None and to_stored_time(now) > LATEST_NOW:
+        if now is not None and _time_given(now) > LATEST_NOW:
             # Holds, retries and the log's cutoff are counted from it: they must fit.
             raise ValidationError(f"now must be at most {format_time(LATEST_NOW)}, got {now}")
         self.erase_expired_secrets(now)
@@ -382,7 +394,7 @@ class Webhooks:
 
         With ``secure_delete`` on, their bytes are overwritten, not just unlinked.
         """
-        cutoff = to_stored_time(self.clock() if now is None else now)
+        cutoff = to_stored_time(self.clock()) if now is None else _time_given(now)
         expired = OutboundWebhook.previous_secret_expires <= cutoff
         if OutboundWebhook.select().where(expired).exists():  # a read: no write lock if none
             OutboundWebhook.update(previous_secret=None, previous_secret_expires=None).where(
@@ -412,10 +424,16 @@ class Webhooks:
         self.outbox.refuse_in_transaction("webhooks.redeliver()")
         if not isinstance(delivery, WebhookDelivery):
             delivery = self.delivery(delivery)
-        hook = self.outbox.hook(delivery.hook_id)
-        if hook is None or self.outbox.delivery(delivery.id.hex) is None:
-            raise NotFound(f"no delivery {delivery.abid}: it was deleted with its hook, or pruned")
-        return self.outbox.attempt(delivery, hook=self._enabled(hook))
+        # The row, not the object given: one never saved has no hook to look up, and one
+        # edited in memory would send another body under the same webhook-id.
+        stored = self.outbox.delivery(delivery.id.hex)
+        hook = None if stored is None else self.outbox.hook(stored.hook_id)
+        if stored is None or hook is None:
+            raise NotFound(
+                f"no delivery {delivery.abid}: it was deleted with its hook, or pruned, "
+                "or never saved"
+            )
+        return self.outbox.attempt(stored, hook=self._enabled(hook))
 
     @staticmethod
     def _enabled(hook: OutboundWebhook) -> OutboundWebhook:

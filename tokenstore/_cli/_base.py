@@ -107,6 +107,8 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
     A through model of a relation is not registered: registering either side
     captures its join table.
     """
+    if looks_like_secret(name):  # pasted by mistake: the import's error would quote it too
+        raise ValidationError("--app names no module: it looks like a secret (not shown)")
     try:
         module = importlib.import_module(name)
     except ImportError as exc:
