@@ -36,7 +36,7 @@ from standardwebhooks.webhooks import Webhook
 
 import tokenstore
 from tokenstore import Store, signals
-from tokenstore._errors import BlockedAddress, ValidationError
+from tokenstore._errors import BlockedAddress, StoreReadOnly, ValidationError
 from tokenstore._models import ABIDModel, OutboundWebhook, WebhookDelivery
 from tokenstore._policy import RETRY_SCHEDULE
 from tokenstore._sending import RESPONSE_LIMIT
@@ -1267,6 +1267,19 @@ def test_closing_the_store_stops_its_retry_threads(db_path: Path, clock: Clock) 
         time.sleep(0.05)  # a few rounds, each on the thread's own connection
         store.close()
         assert not any(thread.is_alive() for thread in threads)
+    assert "tokenstore-webhook-retries" not in {t.name for t in threading.enumerate()}
+
+
+def test_a_read_only_store_refuses_to_start_a_retry_thread(db_path: Path) -> None:
+    """A retry records each attempt, which such a store cannot: say so once, at the start.
+
+    Started anyway, the thread would log the same error at every interval, for ever."""
+    tokenstore.open(db_path).close()
+    with (
+        tokenstore.open(db_path, read_only=True) as reader,
+        pytest.raises(StoreReadOnly, match="read-only"),
+    ):
+        reader.webhooks.start_retry_thread(interval=0.01)
     assert "tokenstore-webhook-retries" not in {t.name for t in threading.enumerate()}
 
 

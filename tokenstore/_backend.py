@@ -95,6 +95,9 @@ class Backend(Protocol):
     def writing_here(self) -> bool:
         """Whether this thread's connection is in a transaction."""
 
+    def refuse_if_read_only(self) -> None:
+        """Raise StoreReadOnly when the store was opened read-only."""
+
     def execute_sql(self, sql: str, params: Any = None) -> Any: ...
 
     def atomic(self) -> Any: ...

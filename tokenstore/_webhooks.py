@@ -452,8 +452,10 @@ class Webhooks:
     def start_retry_thread(self, interval: float = 5.0) -> RetryThread:
         """Run ``deliver_due`` every ``interval`` seconds in a daemon thread until stopped.
 
-        It stops with ``stop()``, or when the store closes.
+        It stops with ``stop()``, or when the store closes. A read-only store
+        raises StoreReadOnly: each attempt is recorded, which it cannot do.
         """
+        self.db.refuse_if_read_only()
         thread = RetryThread(self, check_seconds(interval, "interval"))
         self._retry_threads = [t for t in self._retry_threads if t.is_alive()]
         self._retry_threads.append(thread)
