@@ -482,6 +482,32 @@ def test_the_delivery_log_pages_with_a_cursor(db_path: Path, receiver: Receiver)
         s.close()
 
 
+def test_a_cursor_pruned_from_the_log_still_marks_its_place(
+    db_path: Path, receiver: Receiver
+) -> None:
+    """Paging back through a log that retention prunes meanwhile: the cursor's row may be gone.
+
+    Its ABID holds the time it was made, which is all the place it needs. An
+    ABID of no delivery is NotFound only when it is no delivery's ABID at all."""
+    s = open_store(db_path)
+    try:
+        s.webhooks.create("a", Item, receiver.url())
+        with s.atomic():
+            for n in range(6):
+                Item.create(n=n)
+        every = [d.abid for d in s.webhooks.deliveries()]
+        cursor = every[2]
+        WebhookDelivery.delete().where(WebhookDelivery.abid == cursor).execute()
+        assert [d.abid for d in s.webhooks.deliveries(before=cursor)] == every[3:]
+        assert [d.abid for d in s.webhooks.deliveries(before=cursor.lower())] == every[3:]
+        with pytest.raises(tokenstore.NotFound, match="apt_"):
+            s.webhooks.deliveries(before="apt_" + cursor[4:])
+        with pytest.raises(tokenstore.NotFound):
+            s.webhooks.delivery(cursor)  # the delivery itself is gone
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("by_hook", [False, True])
 def test_an_index_serves_the_delivery_log_s_order(tmp_path: Path, by_hook: bool) -> None:
     s = open_store(tmp_path / "s.sqlite3")

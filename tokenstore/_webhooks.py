@@ -311,7 +311,8 @@ class Webhooks:
         """A page of the delivery log, newest first, optionally for one hook or one status.
 
         ``before`` (a delivery or its ``msg_...`` ABID) is the cursor: the page
-        starts after it, so passing the last delivery of one page gives the next.
+        starts after it, so passing the last delivery of one page gives the next,
+        even if that delivery was pruned meanwhile.
         """
         if type(limit) is not int or not 1 <= limit <= MAX_DELIVERIES_PAGE:
             raise ValidationError(
@@ -321,14 +322,9 @@ class Webhooks:
             WebhookDelivery.created_at.desc(), WebhookDelivery.abid.desc()
         )
         if before is not None:
-            after = before if isinstance(before, WebhookDelivery) else self.delivery(before)
-            if after.created_at is None or after.abid is None:  # it has no place in the log
-                raise ValidationError(
-                    "before is a delivery never saved: pass one from the log, or its msg_ ABID"
-                )
             query = query.where(
                 peewee.Tuple(WebhookDelivery.created_at, WebhookDelivery.abid)
-                < peewee.Tuple(format_time(after.created_at), after.abid)
+                < peewee.Tuple(*self._place_in_log(before))
             )
         if hook is not None:
             query = query.where(WebhookDelivery.hook == self._hook(hook).id)
@@ -339,6 +335,29 @@ class Webhooks:
                 )
             query = query.where(WebhookDelivery.status == status)
         return list(query.limit(limit))
+
+    def _place_in_log(self, before: WebhookDelivery | str) -> tuple[str, str]:
+        """Where a cursor stands in the log's order: its delivery's ``created_at`` and ABID.
+
+        A delivery pruned since its page was read still has a place: its ABID
+        holds the time it was made, to the millisecond, as ``created_at`` does.
+        """
+        if isinstance(before, WebhookDelivery):
+            after = before
+        else:
+            try:
+                after = self.delivery(before)
+            except NotFound as missing:
+                try:
+                    gone = ABID.parse(before, prefix="msg_")
+                    return format_time(gone.datetime), gone.canonical
+                except InvalidABID:  # no delivery's ABID at all
+                    raise missing from None
+        if after.created_at is None or after.abid is None:  # it has no place in the log
+            raise ValidationError(
+                "before is a delivery never saved: pass one from the log, or its msg_ ABID"
+            )
+        return format_time(after.created_at), after.abid
 
     def prune(self, older_than: timedelta | None = None) -> int:
         """Delete finished deliveries (delivered, dead) older than ``older_than``; how many.
