@@ -669,7 +669,7 @@ def test_the_command_reading_a_damaged_page_exits_2_with_one_line(
     assert secret not in result.stderr
 
 
-# -- a file cut short while open -------------------------------------------------------------
+# -- a file cut short, deleted or replaced while open ---------------------------------------
 
 CUT_SHORT = """
 import json, os, sys
@@ -718,3 +718,59 @@ def test_a_file_cut_short_under_an_open_store_does_not_end_the_process(tmp_path:
     answers = json.loads(done.stdout)
     for answer, whole in zip(answers, ["t1", "t1999", 2000], strict=True):
         assert answer == whole or answer in errors, answers
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_write_to_a_file_deleted_or_replaced_while_open_raises_rather_than_vanishes(
+    tmp_path: Path, receiver: Receiver, saved: list[str], how: str
+) -> None:
+    """The connection still holds the old file: what it wrote there nobody could open again.
+
+    SQLite refuses such a write itself only with a rollback journal
+    (SQLITE_READONLY_DBMOVED); in WAL mode it would succeed, and be lost."""
+    path = tmp_path / "store.sqlite3"
+    world = make_world(path, receiver, saved)
+    try:
+        if how == "deleted":
+            path.unlink()
+        else:  # a backup restored over it, say
+            other = tmp_path / "other.sqlite3"
+            sqlite3.connect(other).close()
+            os.replace(other, path)
+        writes = [
+            lambda: Entry.create(key="after"),
+            lambda: world.store.users.create("bob"),
+            lambda: world.store.tokens.create(world.alice),
+            lambda: world.store.db.execute_sql("DELETE FROM tokenstore_user WHERE id = -1"),
+        ]
+        for write in writes:
+            expect_fault(StoreReadOnly, write, str(path), "deleted or replaced")
+        assert saved == ["before"] and receiver.count == 1
+    finally:
+        world.store.close()
+
+
+def test_a_store_opened_by_a_relative_path_still_writes_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is the one opened, not whatever the name means from the new folder."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    store = tokenstore.open("store.sqlite3")
+    try:
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        sqlite3.connect("store.sqlite3").close()  # the same name here is another file
+        assert store.users.create("bob").username == "bob"
+        done: list[str] = []
+        thread = threading.Thread(target=lambda: done.append(store.users.create("eve").username))
+        thread.start()
+        thread.join(10)
+        assert done == ["eve"]
+    finally:
+        store.close()
+    conn = sqlite3.connect(tmp_path / "store.sqlite3")
+    try:
+        names = conn.execute("SELECT username FROM tokenstore_user ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    assert names == [("system",), ("bob",), ("eve",)]

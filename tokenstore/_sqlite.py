@@ -14,6 +14,7 @@ PostgreSQL backend is a sibling of this module with the same surface.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -185,6 +186,7 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
         self._begun = _Begun()
         stat = path.stat()
         self._file = (stat.st_dev, stat.st_ino)  # another Store's path to it may differ
+        self._resolved = str(path.resolve())  # as connections open it, whatever the cwd
 
     #: Nothing: SQLite has one writer at a time, so no delete can come between.
     keep_rows = ""
@@ -256,7 +258,7 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
                 raise self._ended_early()
             if is_write(sql):
                 if time.monotonic() >= self._contended_until and self.hooks.nothing_to_claim(conn):
-                    sole_writer(self, self._file, str(self.path))
+                    self._may_write()
                     # Nothing to claim at its commit: the statement's own implicit
                     # transaction will do, and it waits for the lock as SQLite does.
                     return self._run_to_end(sql, params)
@@ -291,6 +293,26 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
         if self.read_only:
             raise StoreReadOnly(f"{self.path} is open read-only: nothing can be written to it")
 
+    def _may_write(self) -> None:
+        """Refuse a write that would be lost or would wait on this very thread.
+
+        A file deleted or replaced (a backup restored over it) while open
+        stays open under the old name: SQLite refuses writes to it only with
+        a rollback journal, and in WAL mode what they wrote would be gone at
+        close. One stat per transaction finds it out.
+        """
+        sole_writer(self, self._file, str(self.path))
+        try:
+            stat = os.stat(self._resolved)
+        except OSError:
+            stat = None
+        if stat is None or (stat.st_dev, stat.st_ino) != self._file:
+            raise StoreReadOnly(
+                f"{self.path}: the file was deleted or replaced since the store opened it, "
+                "so what is written now would be lost (SQLITE_READONLY_DBMOVED); "
+                "open the store again"
+            )
+
     def begin(self, lock_type: str | None = None) -> None:
         self.refuse_if_read_only()
         conn = self.connection()
@@ -299,7 +321,7 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
 
     def _begin(self, conn: sqlite3.Connection, statement: str, *, announce: bool) -> None:
         """Start a transaction; ``announce`` lets the dispatcher register this process first."""
-        sole_writer(self, self._file, str(self.path))
+        self._may_write()
         try:
             with peewee_errors:
                 self._take_write_lock(conn, statement)
