@@ -819,10 +819,13 @@ def test_deliveries_filter_and_cursor_paging(
     second = client.get(html.unescape(older[1])).text
     assert re.findall(r'<a href="/deliveries/(msg_\w+)">', second) == newest_first(sent)[2:]
     assert 'rel="next"' not in second and "Newest" in second
-    # A cursor that is no delivery's webhook-id says so instead of showing some page.
-    for garbage, code in [("zzz", 404), ("%00", 404), ("msg_" + "0" * 26, 404), (failed.abid, 200)]:
+    # A cursor that is no delivery's webhook-id at all says so instead of showing some page.
+    for garbage, code in [("zzz", 404), ("%00", 404), ("apt_" + "0" * 26, 404), (failed.abid, 200)]:
         page = client.get(f"/deliveries?after={garbage}")
         assert page.status == code, (garbage, page.text)
+    # One of a delivery pruned since is still a place in the log: here, before any delivery.
+    gone = client.get("/deliveries?after=msg_" + "0" * 26)
+    assert gone.status == 200 and "/deliveries/msg_" not in gone.text
 
 
 # -- escaping -------------------------------------------------------------------------------
