@@ -126,6 +126,29 @@ def test_abid_parse_takes_every_abid_the_original_makes_even_one_its_views_canno
     assert decodable["ulid"] == "01JAZ6BQG0D53BD22BAB1011ZZ" and decodable["uuid"]
 
 
+def test_abid_parse_and_new_show_an_abid_whose_time_is_past_9999_without_its_views(
+    db_path: Path,
+) -> None:
+    # The largest ts part parses (it fits 128 bits) but is past datetime's range.
+    text = "apt_7ZZZZZZZZZD53BD22B01XRS78E"
+    shown = tokenstore(db_path, "--json", "abid", "parse", text)
+    record = json.loads(shown.stdout)
+    assert record["abid"] == text and record["ts"] == "7ZZZZZZZZZ"
+    assert record["datetime"] is None and record["ulid"] == text[4:]
+    (note,) = shown.stderr.splitlines()
+    assert "past the largest datetime" in note
+    # 9999-12-31T23:59:59 five hours west of UTC is in the year 10000 in UTC.
+    late = ("--prefix", "snp", "--uri", "x", "--ts", "9999-12-31T23:59:59-05:00")
+    made = tokenstore(db_path, "--json", "abid", "new", *late)
+    assert json.loads(made.stdout)["datetime"] is None
+    assert "past the largest datetime" in made.stderr
+    # A verbatim subtype the original copies, which no ULID view can decode.
+    odd = tokenstore(
+        db_path, "--json", "abid", "new", "--prefix", "snp", "--uri", "x", "--subtype", "_x"
+    )
+    assert json.loads(odd.stdout)["subtype"] == "_x" and "'_' at position 18" in odd.stderr
+
+
 def test_abid_new_and_bad_input_exit_2(db_path: Path) -> None:
     shown = as_json(db_path, "abid", "new", "--prefix", "snp", "--uri", "https://example.com/x")
     assert shown["abid"].startswith("snp_") and shown["uri"] == "9063B8A6"
