@@ -672,6 +672,8 @@ def test_users_list_pages_back_from_the_newest(ts: Store) -> None:
     assert [u.username for u in ts.users.list(before=u1.id)] == ["system", "u0"]
     with pytest.raises(NotFound, match="nobody"):
         ts.users.list(before="nobody")
+    with pytest.raises(ValidationError, match="'ghost' is not saved yet"):
+        ts.users.list(before=User(username="ghost"))  # no id to page back from: not "no users"
     for bad in (0, True, "2"):
         with pytest.raises(ValidationError, match="limit"):
             ts.users.list(limit=bad)  # type: ignore[arg-type]

@@ -40,7 +40,7 @@ from ._models import SYSTEM_USERNAME, APIToken, User, unknown_owner
 from ._request_token import DEFAULT_API_KEY_HEADER, HeaderLookup, token_in
 from ._rows import Loader, not_utf8
 from ._times import format_time, to_stored_time
-from ._users import Users, newest
+from ._users import Users, newest, saved
 
 logger = logging.getLogger("tokenstore.tokens")
 
@@ -229,9 +229,7 @@ class Tokens:
         if user is None:
             return self.users.get(SYSTEM_USERNAME)
         if isinstance(user, User):
-            if user.id is None:
-                raise ValidationError(f"user {user.username!r} is not saved yet")
-            return user
+            return saved(user)
         if isinstance(user, str | int) and not isinstance(user, bool):
             return self.users.get(user)
         raise ValidationError(f"user must be a User, a username or an id, got {shown(user)}")

@@ -31,6 +31,13 @@ def newest(query: peewee.ModelSelect[M], limit: int | None) -> list[M]:
     return page
 
 
+def saved(user: User) -> User:
+    """A User object given for a row: one never saved has no id, so it names no user."""
+    if user.id is None:
+        raise ValidationError(f"user {user.username!r} is not saved yet")
+    return user
+
+
 class Users:
     """``store.users``: the owners tokens and hooks belong to."""
 
@@ -78,6 +85,6 @@ class Users:
         """
         query = User.select().order_by(User.id.desc())
         if before is not None:
-            after = before if isinstance(before, User) else self.get(before)
+            after = saved(before) if isinstance(before, User) else self.get(before)
             query = query.where(User.id < after.id)
         return newest(query, limit)
