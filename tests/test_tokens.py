@@ -843,6 +843,24 @@ def test_a_secret_given_where_a_user_is_named_is_not_repeated(ts: Store) -> None
         ts.users.get("bob")  # other names are quoted back
 
 
+def test_a_secret_given_as_a_new_username_or_a_scope_is_not_repeated(ts: Store) -> None:
+    """``users create "$SECRET"`` twice, ``--scope "$SECRET"``: the refusal does not quote it."""
+    _, secret = ts.tokens.create()
+    signing = "whsec_hqRiqLyjxhXJ5jxfH9FsA/P9+LcRKNBf"  # a hook's signing secret ("/" is no name's)
+    ts.users.create(secret)  # a name like any other, which its owner chose
+    for call in (
+        lambda: ts.users.create(secret),  # taken
+        lambda: ts.users.create(signing),  # not a username
+        lambda: ts.tokens.create(scopes=[secret]),
+        lambda: ts.tokens.authenticate(secret, scope=signing),
+    ):
+        with pytest.raises(ValidationError, match="a secret, not shown") as caught:
+            call()
+        assert secret[4:-4] not in str(caught.value) and signing[6:-4] not in str(caught.value)
+    with pytest.raises(ValidationError, match="'Bad'"):
+        ts.tokens.create(scopes=["Bad"])  # other values are quoted back
+
+
 def test_a_taken_username_is_refused_and_the_transaction_goes_on(ts: Store) -> None:
     alice = ts.users.create("alice")
     with ts.atomic():

@@ -15,7 +15,7 @@ import re
 import secrets
 import zlib
 
-from ._errors import ValidationError
+from ._errors import ValidationError, shown
 from ._signing import SECRET_PREFIX
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "looks_like_legacy_token",
     "looks_like_secret",
     "looks_like_token",
+    "quoted",
     "token_digest",
     "token_hint",
 ]
@@ -114,6 +115,11 @@ def looks_like_secret(text: object) -> bool:
         looks_like_token(word) or looks_like_legacy_token(word) or word.startswith(SECRET_PREFIX)
         for word in (part.strip(_AROUND_A_WORD) for part in text.split())
     )
+
+
+def quoted(value: object) -> str:
+    """A caller's value as a message about it quotes it: left out if it looks like a secret."""
+    return "(a secret, not shown)" if looks_like_secret(value) else shown(value)
 
 
 def token_digest(secret: str) -> str:

@@ -21,6 +21,7 @@ from ._credentials import (
     check_prefix,
     looks_like_legacy_token,
     looks_like_token,
+    quoted,
     token_digest,
     token_hint,
 )
@@ -124,7 +125,7 @@ def _check_stored_scopes(data: dict[str, Any]) -> None:
 def _check_scope(scope: object) -> str:
     if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise ValidationError(
-            f"scope {shown(scope)} is not valid: use 1-100 characters from a-z, 0-9 and :._-"
+            f"scope {quoted(scope)} is not valid: use 1-100 characters from a-z, 0-9 and :._-"
         )
     return scope
 

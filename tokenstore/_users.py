@@ -7,7 +7,7 @@ from typing import TypeVar
 
 import peewee
 
-from ._credentials import looks_like_secret
+from ._credentials import looks_like_secret, quoted
 from ._errors import NotFound, ValidationError, shown
 from ._inputs import check_flag, check_int, check_text
 from ._models import User
@@ -45,10 +45,10 @@ class Users:
         """Add a user; usernames are 1-150 letters or digits (any script) or ``_.@+-``, unique."""
         if not isinstance(username, str) or not _USERNAME.fullmatch(username):
             raise ValidationError(
-                f"username {shown(username)} is not valid: use 1-150 letters, digits or _.@+-"
+                f"username {quoted(username)} is not valid: use 1-150 letters, digits or _.@+-"
             )
         flag = check_flag(superuser, "superuser")
-        taken = ValidationError(f"username {shown(username)} is already taken")
+        taken = ValidationError(f"username {quoted(username)} is already taken")
         # Looked up first: PostgreSQL's refused insert would still use up an id of its
         # sequence, and the next user's id would differ from SQLite's.
         if User.select().where(User.username == username).exists():
