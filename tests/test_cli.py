@@ -993,6 +993,31 @@ def test_secrets_read_from_a_closed_or_undecodable_stdin_are_refused(
 
 
 @pytest.mark.sqlite_only
+def test_ctrl_c_while_a_secret_is_awaited_on_stdin_ends_in_one_line(db_path: Path) -> None:
+    env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
+    proc = subprocess.Popen(
+        [*COMMAND, "tokens", "authenticate", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        # Interrupted only once it waits on the pipe, not while Python is still starting.
+        deadline = time.monotonic() + 30
+        while "pipe" not in Path(f"/proc/{proc.pid}/wchan").read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, "never read stdin"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err == "tokenstore: interrupted\n" and out == ""
+
+
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("second", ["X-Key=2", "x-key=2", "X-KEY=-"])
 def test_a_header_named_twice_is_refused_rather_than_one_value_dropped(
     db_path: Path, second: str
