@@ -993,6 +993,20 @@ def test_secrets_read_from_a_closed_or_undecodable_stdin_are_refused(
 
 
 @pytest.mark.sqlite_only
+@pytest.mark.parametrize(
+    "args",
+    [("users", "list", "--limit"), ("tokens", "list", "--limit"), ("serve", "--port")],
+)
+def test_a_number_of_thousands_of_digits_is_refused_in_a_short_line(
+    db_path: Path, args: tuple[str, ...]
+) -> None:
+    """Past Python's 4,300 digits int() refuses the text, and argparse quoted all of it."""
+    stderr = tokenstore(db_path, *args, "9" * 5000, expect=2).stderr
+    assert stderr.count("\n") == 1 and len(stderr) < 1200, stderr[:300]
+    assert "characters left out" in stderr and "_positive_int" not in stderr
+
+
+@pytest.mark.sqlite_only
 def test_ctrl_c_while_a_secret_is_awaited_on_stdin_ends_in_one_line(db_path: Path) -> None:
     env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
     proc = subprocess.Popen(
