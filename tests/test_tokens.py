@@ -861,6 +861,31 @@ def test_a_secret_given_as_a_new_username_or_a_scope_is_not_repeated(ts: Store) 
         ts.tokens.create(scopes=["Bad"])  # other values are quoted back
 
 
+@pytest.mark.sqlite_only
+def test_a_secret_given_as_a_prefix_a_header_name_or_an_allowed_host_is_not_repeated(
+    tmp_path: Path,
+) -> None:
+    """Options of open() and the header a request is read from: a secret pasted into one."""
+    secret = generate_token()
+    legacy = "0123456789abcdef0123456789abcdef"  # an ArchiveBox key, which is a valid scope
+    signing = "whsec_hqRiqLyjxhXJ5jxfH9FsA/P9+LcRKNBf"  # "/" makes it a malformed network
+    refusals: list[Callable[[], object]] = [
+        lambda: tokenstore.open(tmp_path / "a.sqlite3", token_prefix=secret),
+        lambda: tokenstore.open(tmp_path / "b.sqlite3", api_key_header=signing),
+        lambda: tokenstore.open(tmp_path / "c.sqlite3", webhook_allow=[signing]),
+        lambda: token_from_request({}, None, signing),
+    ]
+    for refusal in refusals:
+        with pytest.raises(ValidationError, match="secret") as caught:
+            refusal()
+        assert secret[4:-4] not in str(caught.value) and signing[6:-4] not in str(caught.value)
+    with tokenstore.open(tmp_path / "d.sqlite3") as store:
+        _, key = store.tokens.create(scopes=["read"])
+        with pytest.raises(MissingScope) as missing:
+            store.tokens.authenticate(key, scope=legacy)
+        assert legacy not in str(missing.value)
+
+
 def test_a_taken_username_is_refused_and_the_transaction_goes_on(ts: Store) -> None:
     alice = ts.users.create("alice")
     with ts.atomic():

@@ -16,10 +16,10 @@ import secrets
 import zlib
 
 from ._errors import ValidationError, shown
-from ._signing import SECRET_PREFIX
 
 __all__ = [
     "DEFAULT_TOKEN_PREFIX",
+    "SECRET_PREFIX",
     "check_prefix",
     "generate_token",
     "looks_like_legacy_token",
@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 DEFAULT_TOKEN_PREFIX = "tsk"
+
+#: How a hook's signing secret starts (Standard Webhooks).
+SECRET_PREFIX = "whsec_"
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _RANDOM_LENGTH = 30  # 30 * log2(62) ~ 178 bits of entropy
@@ -65,7 +68,7 @@ def check_prefix(prefix: object) -> str:
     """A token prefix as given, if it is one: 2 to 8 lowercase ASCII letters."""
     if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
         raise ValidationError(
-            f"token prefix must be 2 to 8 lowercase ASCII letters (a-z), got {prefix!r}"
+            f"token prefix must be 2 to 8 lowercase ASCII letters (a-z), got {quoted(prefix)}"
         )
     return prefix
 

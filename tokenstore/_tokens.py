@@ -327,7 +327,7 @@ class Tokens:
             raise ExpiredToken(f"API token {_shown(data)} expired at {format_time(expires)}")
         if scope is not None and data["scopes"] and scope not in data["scopes"]:
             raise MissingScope(
-                f"API token {_shown(data)} lacks scope {scope!r}; "
+                f"API token {_shown(data)} lacks scope {quoted(scope)}; "
                 f"it has: {', '.join(data['scopes'])}"
             )
         last_used = data["last_used_at"]

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .._abid import ABID, DEFAULT_ABID_URI_SALT, abid_from_values
+from .._credentials import SECRET_PREFIX
 from .._errors import InvalidABID, StoreFull, StoreIOError, StoreLocked, ValidationError
 from .._inputs import check_seconds
 from .._migrate import migrate
-from .._signing import SECRET_PREFIX
 from .._store import SCHEMA_VERSION, Dispatched, Store
 from .._times import format_time
 from ._base import Commands, _command, _group, _open, _warn_waiting
