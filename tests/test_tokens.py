@@ -347,6 +347,20 @@ def test_scopes_edited_into_no_list_of_strings_grant_nothing(ts: Store, stored: 
         assert not read.has_scope("adm") and not read.has_scope("admin")
 
 
+@pytest.mark.parametrize("scopes", ["admin", {"admin": 1}])
+def test_scopes_of_another_shape_saved_through_the_model_are_refused_unwritten(
+    ts: Store, scopes: Any
+) -> None:
+    """A token's scopes set to a string and saved made a row tokenstore itself then called
+    damaged, and every listing of tokens failed on it."""
+    token, secret = ts.tokens.create(scopes=["read"])
+    token.scopes = scopes
+    with pytest.raises(ValidationError, match="scopes must be a list"):
+        token.save()
+    assert [t.scopes for t in ts.tokens.list()] == [["read"]]
+    assert ts.tokens.authenticate(secret, "read").abid == token.abid
+
+
 @pytest.mark.sqlite_only
 def test_lookup_uses_the_digest_index(ts: Store) -> None:
     plan = " ".join(
