@@ -157,6 +157,27 @@ def test_abid_new_and_bad_input_exit_2(db_path: Path) -> None:
     assert bad.stdout == ""
 
 
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_a_token_whose_secret_cannot_be_printed_is_not_kept(
+    db_path: Path, json_flag: list[str]
+) -> None:
+    """The secret is shown once: a token created, its secret lost on a full disk, and exit 2."""
+    env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [*COMMAND, *json_flag, "tokens", "create", "--name", "lost"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "not kept" in result.stderr and "Traceback" not in result.stderr
+    assert as_json(db_path, "tokens", "list", "--all") == []
+
+
 def test_users_and_tokens_round_trip(db_path: Path) -> None:
     as_json(db_path, "users", "add", "alice")
     assert [u["username"] for u in as_json(db_path, "users", "list")] == ["system", "alice"]
