@@ -126,12 +126,56 @@ def test_abid_parse_takes_every_abid_the_original_makes_even_one_its_views_canno
     assert decodable["ulid"] == "01JAZ6BQG0D53BD22BAB1011ZZ" and decodable["uuid"]
 
 
+def test_abid_parse_and_new_show_an_abid_whose_time_is_past_9999_without_its_views(
+    db_path: Path,
+) -> None:
+    # The largest ts part parses (it fits 128 bits) but is past datetime's range.
+    text = "apt_7ZZZZZZZZZD53BD22B01XRS78E"
+    shown = tokenstore(db_path, "--json", "abid", "parse", text)
+    record = json.loads(shown.stdout)
+    assert record["abid"] == text and record["ts"] == "7ZZZZZZZZZ"
+    assert record["datetime"] is None and record["ulid"] == text[4:]
+    (note,) = shown.stderr.splitlines()
+    assert "past the largest datetime" in note
+    # 9999-12-31T23:59:59 five hours west of UTC is in the year 10000 in UTC.
+    late = ("--prefix", "snp", "--uri", "x", "--ts", "9999-12-31T23:59:59-05:00")
+    made = tokenstore(db_path, "--json", "abid", "new", *late)
+    assert json.loads(made.stdout)["datetime"] is None
+    assert "past the largest datetime" in made.stderr
+    # A verbatim subtype the original copies, which no ULID view can decode.
+    odd = tokenstore(
+        db_path, "--json", "abid", "new", "--prefix", "snp", "--uri", "x", "--subtype", "_x"
+    )
+    assert json.loads(odd.stdout)["subtype"] == "_x" and "'_' at position 18" in odd.stderr
+
+
 def test_abid_new_and_bad_input_exit_2(db_path: Path) -> None:
     shown = as_json(db_path, "abid", "new", "--prefix", "snp", "--uri", "https://example.com/x")
     assert shown["abid"].startswith("snp_") and shown["uri"] == "9063B8A6"
     bad = tokenstore(db_path, "abid", "parse", "apt_01JAZ6BQG0D53BD22B01XRS78", expect=2)
     assert "tokenstore: error: not an ABID:" in bad.stderr and "26" in bad.stderr
     assert bad.stdout == ""
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_a_token_whose_secret_cannot_be_printed_is_not_kept(
+    db_path: Path, json_flag: list[str]
+) -> None:
+    """The secret is shown once: a token created, its secret lost on a full disk, and exit 2."""
+    env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [*COMMAND, *json_flag, "tokens", "create", "--name", "lost"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert result.returncode == 2, result.stderr
+    assert "not kept" in result.stderr and "Traceback" not in result.stderr
+    assert as_json(db_path, "tokens", "list", "--all") == []
 
 
 def test_users_and_tokens_round_trip(db_path: Path) -> None:
@@ -967,6 +1011,45 @@ def test_secrets_read_from_a_closed_or_undecodable_stdin_are_refused(
     assert "over 65536 characters" in refused(db_path, *args, stdin=b"x" * 70000)
     undecodable = refused(db_path, *args, stdin=b"\xff\xfe\n", PYTHONIOENCODING="utf-8")
     assert "not UTF-8" in undecodable
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(
+    "args",
+    [("users", "list", "--limit"), ("tokens", "list", "--limit"), ("serve", "--port")],
+)
+def test_a_number_of_thousands_of_digits_is_refused_in_a_short_line(
+    db_path: Path, args: tuple[str, ...]
+) -> None:
+    """Past Python's 4,300 digits int() refuses the text, and argparse quoted all of it."""
+    stderr = tokenstore(db_path, *args, "9" * 5000, expect=2).stderr
+    assert stderr.count("\n") == 1 and len(stderr) < 1200, stderr[:300]
+    assert "characters left out" in stderr and "_positive_int" not in stderr
+
+
+@pytest.mark.sqlite_only
+def test_ctrl_c_while_a_secret_is_awaited_on_stdin_ends_in_one_line(db_path: Path) -> None:
+    env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
+    proc = subprocess.Popen(
+        [*COMMAND, "tokens", "authenticate", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        # Interrupted only once it waits on the pipe, not while Python is still starting.
+        deadline = time.monotonic() + 30
+        while "pipe" not in Path(f"/proc/{proc.pid}/wchan").read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, "never read stdin"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err == "tokenstore: interrupted\n" and out == ""
 
 
 @pytest.mark.sqlite_only

@@ -148,6 +148,15 @@ def test_a_directory_is_refused(tmp_path: Path) -> None:
         tokenstore.open(tmp_path)
 
 
+def test_a_link_to_a_missing_file_is_refused_naming_it(tmp_path: Path) -> None:
+    link = tmp_path / "store.sqlite3"
+    link.symlink_to(tmp_path / "gone" / "store.sqlite3")
+    with pytest.raises(StoreError, match="symbolic link to a missing file") as error:
+        tokenstore.open(link)
+    assert str(link) in str(error.value)
+    assert link.is_symlink() and not link.exists()
+
+
 # -- damage ---------------------------------------------------------------------------------
 
 

@@ -348,6 +348,20 @@ def test_scopes_edited_into_no_list_of_strings_grant_nothing(ts: Store, stored: 
         assert not read.has_scope("adm") and not read.has_scope("admin")
 
 
+@pytest.mark.parametrize("scopes", ["admin", {"admin": 1}])
+def test_scopes_of_another_shape_saved_through_the_model_are_refused_unwritten(
+    ts: Store, scopes: Any
+) -> None:
+    """A token's scopes set to a string and saved made a row tokenstore itself then called
+    damaged, and every listing of tokens failed on it."""
+    token, secret = ts.tokens.create(scopes=["read"])
+    token.scopes = scopes
+    with pytest.raises(ValidationError, match="scopes must be a list"):
+        token.save()
+    assert [t.scopes for t in ts.tokens.list()] == [["read"]]
+    assert ts.tokens.authenticate(secret, "read").abid == token.abid
+
+
 @pytest.mark.sqlite_only
 def test_lookup_uses_the_digest_index(ts: Store) -> None:
     plan = " ".join(
@@ -673,6 +687,8 @@ def test_users_list_pages_back_from_the_newest(ts: Store) -> None:
     assert [u.username for u in ts.users.list(before=u1.id)] == ["system", "u0"]
     with pytest.raises(NotFound, match="nobody"):
         ts.users.list(before="nobody")
+    with pytest.raises(ValidationError, match="'ghost' is not saved yet"):
+        ts.users.list(before=User(username="ghost"))  # no id to page back from: not "no users"
     for bad in (0, True, "2"):
         with pytest.raises(ValidationError, match="limit"):
             ts.users.list(limit=bad)  # type: ignore[arg-type]
@@ -851,6 +867,49 @@ def test_a_secret_given_where_a_user_is_named_is_not_repeated(ts: Store) -> None
             assert given.strip(" '\n")[-30:-4] not in str(caught.value)
     with pytest.raises(NotFound, match="'bob'"):
         ts.users.get("bob")  # other names are quoted back
+
+
+def test_a_secret_given_as_a_new_username_or_a_scope_is_not_repeated(ts: Store) -> None:
+    """``users create "$SECRET"`` twice, ``--scope "$SECRET"``: the refusal does not quote it."""
+    _, secret = ts.tokens.create()
+    signing = "whsec_hqRiqLyjxhXJ5jxfH9FsA/P9+LcRKNBf"  # a hook's signing secret ("/" is no name's)
+    ts.users.create(secret)  # a name like any other, which its owner chose
+    for call in (
+        lambda: ts.users.create(secret),  # taken
+        lambda: ts.users.create(signing),  # not a username
+        lambda: ts.tokens.create(scopes=[secret]),
+        lambda: ts.tokens.authenticate(secret, scope=signing),
+    ):
+        with pytest.raises(ValidationError, match="a secret, not shown") as caught:
+            call()
+        assert secret[4:-4] not in str(caught.value) and signing[6:-4] not in str(caught.value)
+    with pytest.raises(ValidationError, match="'Bad'"):
+        ts.tokens.create(scopes=["Bad"])  # other values are quoted back
+
+
+@pytest.mark.sqlite_only
+def test_a_secret_given_as_a_prefix_a_header_name_or_an_allowed_host_is_not_repeated(
+    tmp_path: Path,
+) -> None:
+    """Options of open() and the header a request is read from: a secret pasted into one."""
+    secret = generate_token()
+    legacy = "0123456789abcdef0123456789abcdef"  # an ArchiveBox key, which is a valid scope
+    signing = "whsec_hqRiqLyjxhXJ5jxfH9FsA/P9+LcRKNBf"  # "/" makes it a malformed network
+    refusals: list[Callable[[], object]] = [
+        lambda: tokenstore.open(tmp_path / "a.sqlite3", token_prefix=secret),
+        lambda: tokenstore.open(tmp_path / "b.sqlite3", api_key_header=signing),
+        lambda: tokenstore.open(tmp_path / "c.sqlite3", webhook_allow=[signing]),
+        lambda: token_from_request({}, None, signing),
+    ]
+    for refusal in refusals:
+        with pytest.raises(ValidationError, match="secret") as caught:
+            refusal()
+        assert secret[4:-4] not in str(caught.value) and signing[6:-4] not in str(caught.value)
+    with tokenstore.open(tmp_path / "d.sqlite3") as store:
+        _, key = store.tokens.create(scopes=["read"])
+        with pytest.raises(MissingScope) as missing:
+            store.tokens.authenticate(key, scope=legacy)
+        assert legacy not in str(missing.value)
 
 
 def test_a_taken_username_is_refused_and_the_transaction_goes_on(ts: Store) -> None:

@@ -15,21 +15,25 @@ import re
 import secrets
 import zlib
 
-from ._errors import ValidationError
-from ._signing import SECRET_PREFIX
+from ._errors import ValidationError, shown
 
 __all__ = [
     "DEFAULT_TOKEN_PREFIX",
+    "SECRET_PREFIX",
     "check_prefix",
     "generate_token",
     "looks_like_legacy_token",
     "looks_like_secret",
     "looks_like_token",
+    "quoted",
     "token_digest",
     "token_hint",
 ]
 
 DEFAULT_TOKEN_PREFIX = "tsk"
+
+#: How a hook's signing secret starts (Standard Webhooks).
+SECRET_PREFIX = "whsec_"
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _RANDOM_LENGTH = 30  # 30 * log2(62) ~ 178 bits of entropy
@@ -64,7 +68,7 @@ def check_prefix(prefix: object) -> str:
     """A token prefix as given, if it is one: 2 to 8 lowercase ASCII letters."""
     if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
         raise ValidationError(
-            f"token prefix must be 2 to 8 lowercase ASCII letters (a-z), got {prefix!r}"
+            f"token prefix must be 2 to 8 lowercase ASCII letters (a-z), got {quoted(prefix)}"
         )
     return prefix
 
@@ -114,6 +118,11 @@ def looks_like_secret(text: object) -> bool:
         looks_like_token(word) or looks_like_legacy_token(word) or word.startswith(SECRET_PREFIX)
         for word in (part.strip(_AROUND_A_WORD) for part in text.split())
     )
+
+
+def quoted(value: object) -> str:
+    """A caller's value as a message about it quotes it: left out if it looks like a secret."""
+    return "(a secret, not shown)" if looks_like_secret(value) else shown(value)
 
 
 def token_digest(secret: str) -> str:

@@ -28,14 +28,20 @@ def shown(value: object) -> str:
         return f"a {type(value).__name__} that cannot be shown"
 
 
+def shortened(message: str) -> str:
+    """A message as shown: one of over 1,000 characters keeps its start and its end."""
+    if len(message) <= _MAX_MESSAGE:
+        return message
+    left_out = len(message) - _HEAD - _TAIL
+    return f"{message[:_HEAD]}… ({left_out} characters left out) …{message[-_TAIL:]}"
+
+
 class TokenstoreError(Exception):
     """Base class of every error tokenstore raises on purpose."""
 
     def __init__(self, *args: object) -> None:
-        if len(args) == 1 and isinstance(args[0], str) and len(args[0]) > _MAX_MESSAGE:
-            text = args[0]
-            left_out = len(text) - _HEAD - _TAIL
-            args = (f"{text[:_HEAD]}… ({left_out} characters left out) …{text[-_TAIL:]}",)
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (shortened(args[0]),)
         super().__init__(*args)
 
 

@@ -41,8 +41,8 @@ class JSONField(peewee.TextField):
     """JSON kept as compact text, so the sqlite3 shell and json_extract() can read it.
 
     A field whose default is ``list`` or ``dict`` holds that shape only: a
-    stored value of another shape (edited by hand) is refused on reading,
-    rather than met later by code that expects a list or an object.
+    value of another shape is refused on writing, and one edited in by hand
+    on reading, rather than met later by code that expects a list or an object.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -53,6 +53,11 @@ class JSONField(peewee.TextField):
     def db_value(self, value: Any) -> str | None:
         if value is None:
             return None
+        if self.shape is not None and not isinstance(value, self.shape):
+            # Written, it would be a row tokenstore refuses to read back.
+            raise ValidationError(
+                f"{self.name} must be a {self.shape.__name__}, got {type(value).__name__}"
+            )
         return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
     def python_value(self, value: Any) -> Any:

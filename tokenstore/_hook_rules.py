@@ -16,11 +16,12 @@ import peewee
 
 from ._allowlist import AllowList
 from ._capture import model_ref
+from ._credentials import SECRET_PREFIX
 from ._errors import ValidationError, shown
 from ._inputs import check_flag, check_header_name, check_text
 from ._models import OutboundWebhook, WebhookDelivery
 from ._registry import Registry
-from ._signing import SECRET_PREFIX, new_signing_secret, signing_key
+from ._signing import new_signing_secret, signing_key
 
 #: django-signal-webhooks' signal choices; an event fires every choice whose name contains its kind.
 SIGNAL_CHOICES = (

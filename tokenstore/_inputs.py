@@ -14,6 +14,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 
+from ._credentials import quoted
 from ._errors import ValidationError, shown
 
 #: The largest integer an SQLite INTEGER column holds.
@@ -123,5 +124,5 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 def check_header_name(value: object, what: str) -> str:
     """A string that is a valid HTTP header name."""
     if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
-        raise ValidationError(f"{what} {shown(value)} is not a valid HTTP header name")
+        raise ValidationError(f"{what} {quoted(value)} is not a valid HTTP header name")
     return value

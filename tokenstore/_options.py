@@ -66,7 +66,8 @@ class Options:
                 f"webhook_allow must be a list of hosts or networks, got {type(allow).__name__}"
             )
         allow = tuple(check_text(entry, "webhook_allow entry") for entry in allow)
-        AddressGuard(allow)  # refuses malformed entries now, naming them
+        for entry in allow:  # refuses malformed entries now, naming them (a secret unnamed)
+            AddressGuard.canonical(entry)
         object.__setattr__(self, "webhook_allow", allow)
         check_seconds(self.connect_timeout, "connect_timeout")
         check_seconds(self.read_timeout, "read_timeout")

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
+from ._credentials import SECRET_PREFIX
 from ._errors import ValidationError, WebhookVerificationError, shown
 from ._inputs import check_int, check_text
 
@@ -35,7 +36,6 @@ __all__ = [
     "verify_webhook",
 ]
 
-SECRET_PREFIX = "whsec_"
 _SECRET_BYTES = 24  # the size the spec's reference implementations generate
 _BAD_SECRET = "signing secret must look like whsec_<base64>"
 # Timestamps are whole seconds, in ASCII digits only (int() would read "+1", "1_0" and

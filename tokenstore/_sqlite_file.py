@@ -239,6 +239,10 @@ def create_private(path: Path) -> bool:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
+        if path.is_symlink() and not path.exists():  # O_EXCL never follows a link
+            raise StoreError(
+                f"cannot create {path}: it is a symbolic link to a missing file"
+            ) from None
         return False
     except OSError as exc:
         raise StoreError(f"cannot create {path}: {exc.strerror}") from None

@@ -21,6 +21,7 @@ from ._credentials import (
     check_prefix,
     looks_like_legacy_token,
     looks_like_token,
+    quoted,
     token_digest,
     token_hint,
 )
@@ -40,7 +41,7 @@ from ._models import SYSTEM_USERNAME, APIToken, User, unknown_owner
 from ._request_token import DEFAULT_API_KEY_HEADER, HeaderLookup, token_in
 from ._rows import Loader, not_utf8
 from ._times import format_time, to_stored_time
-from ._users import Users, newest
+from ._users import Users, newest, saved
 
 logger = logging.getLogger("tokenstore.tokens")
 
@@ -124,7 +125,7 @@ def _check_stored_scopes(data: dict[str, Any]) -> None:
 def _check_scope(scope: object) -> str:
     if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise ValidationError(
-            f"scope {shown(scope)} is not valid: use 1-100 characters from a-z, 0-9 and :._-"
+            f"scope {quoted(scope)} is not valid: use 1-100 characters from a-z, 0-9 and :._-"
         )
     return scope
 
@@ -229,9 +230,7 @@ class Tokens:
         if user is None:
             return self.users.get(SYSTEM_USERNAME)
         if isinstance(user, User):
-            if user.id is None:
-                raise ValidationError(f"user {user.username!r} is not saved yet")
-            return user
+            return saved(user)
         if isinstance(user, str | int) and not isinstance(user, bool):
             return self.users.get(user)
         raise ValidationError(f"user must be a User, a username or an id, got {shown(user)}")
@@ -328,7 +327,7 @@ class Tokens:
             raise ExpiredToken(f"API token {_shown(data)} expired at {format_time(expires)}")
         if scope is not None and data["scopes"] and scope not in data["scopes"]:
             raise MissingScope(
-                f"API token {_shown(data)} lacks scope {scope!r}; "
+                f"API token {_shown(data)} lacks scope {quoted(scope)}; "
                 f"it has: {', '.join(data['scopes'])}"
             )
         last_used = data["last_used_at"]

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import peewee
 
-from ._credentials import looks_like_secret
+from ._credentials import looks_like_secret, quoted
 from ._errors import NotFound, ValidationError, shown
 from ._inputs import check_flag, check_int, check_text
 from ._models import User
@@ -49,6 +49,13 @@ def newest(query: peewee.ModelSelect[M], limit: int | None) -> list[M]:
     return page
 
 
+def saved(user: User) -> User:
+    """A User object given for a row: one never saved has no id, so it names no user."""
+    if user.id is None:
+        raise ValidationError(f"user {user.username!r} is not saved yet")
+    return user
+
+
 class Users:
     """``store.users``: the owners tokens and hooks belong to."""
 
@@ -56,10 +63,10 @@ class Users:
         """Add a user; usernames are 1-150 letters or digits (any script) or ``_.@+-``, unique."""
         if not isinstance(username, str) or not _USERNAME.fullmatch(username):
             raise ValidationError(
-                f"username {shown(username)} is not valid: use 1-150 letters, digits or _.@+-"
+                f"username {quoted(username)} is not valid: use 1-150 letters, digits or _.@+-"
             )
         flag = check_flag(superuser, "superuser")
-        taken = ValidationError(f"username {shown(username)} is already taken")
+        taken = ValidationError(f"username {quoted(username)} is already taken")
         # Looked up first: PostgreSQL's refused insert would still use up an id of its
         # sequence, and the next user's id would differ from SQLite's.
         if User.select().where(User.username == username).exists():
@@ -96,6 +103,6 @@ class Users:
         """
         query = User.select().order_by(User.id.desc())
         if before is not None:
-            after = before if isinstance(before, User) else self.get(before)
+            after = saved(before) if isinstance(before, User) else self.get(before)
             query = query.where(User.id < after.id)
         return newest(query, limit)

@@ -140,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:  # Ctrl-C, at a prompt say: what was under way rolled back
+        print("tokenstore: interrupted", file=sys.stderr)
+        return 130
     except OSError as exc:  # the machine failed the command: stdout on a full disk, say
         print(f"tokenstore: error: {one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .._errors import AuthenticationError
+from .._errors import AuthenticationError, StoreError
 from .._users import usernames
 from ._base import Commands, _command, _group, _open
 from ._output import Output, token_dict, user_dict
@@ -75,11 +75,17 @@ def add_users_commands(commands: Commands) -> None:
 def cmd_tokens_create(args: argparse.Namespace, out: Output) -> int:
     """``store.tokens.create``; the secret is printed this once."""
     expires = None if args.expires is None else parse_expiry(args.expires)
-    with _open(args) as store:
+    with _open(args) as store, store.atomic():
         token, secret = store.tokens.create(
             args.user, name=args.name, expires=expires, scopes=args.scope
         )
-        out.record({**token_dict(token), "secret": secret})
+        try:  # shown before the commit: a secret nobody saw is no token to keep
+            out.record({**token_dict(token), "secret": secret})
+            sys.stdout.flush()
+        except OSError as exc:  # a full disk, a closed pipe: the token rolls back
+            raise StoreError(
+                f"the secret could not be printed ({exc}): the token was not kept"
+            ) from None
     print("Store this secret now: it is not kept and will not be shown again.", file=sys.stderr)
     return 0
 

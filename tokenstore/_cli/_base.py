@@ -17,7 +17,7 @@ import peewee
 
 from .._backend import FELL_BACK
 from .._credentials import looks_like_secret
-from .._errors import StoreError, StoreReadOnly, ValidationError
+from .._errors import StoreError, StoreReadOnly, ValidationError, shortened
 from .._netguard import AddressGuard
 from .._postgres_url import redacted_url
 from .._store import Store
@@ -163,7 +163,7 @@ class _Parser(argparse.ArgumentParser):
         argparse quotes what it could not place: a secret given there (a token
         where none belongs, a URL without its ``--db``) is not repeated.
         """
-        said = one_line(re.sub(r"\S+", _not_secret, message))
+        said = one_line(shortened(re.sub(r"\S+", _not_secret, message)))
         self.exit(2, f"{self.prog}: error: {said} (see {self.prog} --help)\n")
 
 

@@ -6,12 +6,13 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from .._abid import ABID
+from .._errors import InvalidABID
 from .._models import APIToken, OutboundWebhook, User, WebhookDelivery
 from .._times import format_time
 
@@ -97,24 +98,35 @@ def delivery_dict(delivery: WebhookDelivery, hook_name: str) -> dict[str, Any]:
     }
 
 
-def abid_dict(abid: ABID, decode: bool = True) -> dict[str, Any]:
-    """An ABID and its views; without ``decode``, none of those its suffix is decoded for.
+def abid_dict(abid: ABID) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """An ABID, its parts and its views; and, by the reason, the views it has not.
 
-    A verbatim subtype or a str rand of the original may hold a ``U``: the ABID
-    is valid, but it has no ULID or UUID view (InvalidABID says why).
+    A verbatim subtype or a str rand of the original may hold a ``U``, and the
+    largest ts parts are past the year 9999: the ABID is valid, but such a view
+    is None, and InvalidABID says why.
     """
-    return {
+    missing: dict[str, list[str]] = {}
+
+    def view(name: str, read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except InvalidABID as exc:
+            missing.setdefault(str(exc), []).append(name)
+            return None
+
+    record = {
         "abid": str(abid),
         "prefix": abid.prefix,
         "ts": abid.ts,
         "uri": abid.uri,
         "subtype": abid.subtype,
         "rand": abid.rand,
-        "ulid": abid.ulid if decode else None,
+        "ulid": view("ulid", lambda: abid.ulid),
         "typeid": abid.typeid,
-        "datetime": format_time(abid.datetime),
-        "uuid": str(abid.uuid) if decode else None,
+        "datetime": view("datetime", lambda: format_time(abid.datetime)),
+        "uuid": view("uuid", lambda: str(abid.uuid)),
     }
+    return record, missing
 
 
 def _text(value: Any) -> str:

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .._abid import ABID, DEFAULT_ABID_URI_SALT, abid_from_values
+from .._credentials import SECRET_PREFIX
 from .._errors import InvalidABID, StoreFull, StoreIOError, StoreLocked, ValidationError
 from .._inputs import check_seconds
 from .._migrate import migrate
-from .._signing import SECRET_PREFIX
 from .._store import SCHEMA_VERSION, Dispatched, Store
 from .._times import format_time
 from ._base import Commands, _command, _group, _open, _warn_waiting
@@ -201,19 +201,26 @@ def cmd_abid_parse(args: argparse.Namespace, out: Output) -> int:
         abid = ABID.parse(args.abid, prefix=args.prefix)
     except InvalidABID as exc:  # its message says what is wrong with the text, not what it is
         raise ValidationError(f"not an ABID: {exc}") from None
-    try:
-        out.record(abid_dict(abid))
-    except InvalidABID as exc:  # valid, as the original makes them (a U): only the views are not
-        out.record(abid_dict(abid, decode=False))
-        print(f"tokenstore: no ulid or uuid view: {one_line(str(exc))}", file=sys.stderr)
+    _show_abid(abid, out)
     return 0
+
+
+def _show_abid(abid: ABID, out: Output) -> None:
+    """An ABID's parts and views; a view it has not is None, and a line on stderr says why.
+
+    Valid ABIDs can lack views: the original makes some with a U, and the
+    largest times are past the year 9999.
+    """
+    record, missing = abid_dict(abid)
+    out.record(record)
+    for why, views in missing.items():
+        print(f"tokenstore: no {' or '.join(views)} view: {one_line(why)}", file=sys.stderr)
 
 
 def cmd_abid_new(args: argparse.Namespace, out: Output) -> int:
     """``tokenstore.abid_from_values`` with a fresh random part (a record's id, in Python)."""
     ts = datetime.now(UTC) if args.ts is None else args.ts
-    abid = abid_from_values(args.prefix, ts, args.uri, args.subtype, None, args.salt)
-    out.record(abid_dict(abid))
+    _show_abid(abid_from_values(args.prefix, ts, args.uri, args.subtype, None, args.salt), out)
     return 0
 
 

@@ -85,9 +85,13 @@ def _argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 def _positive_int(text: str) -> int:
     """An argparse type for a whole number of at least 1."""
-    if not text.isdecimal() or int(text) < 1:
+    try:
+        number = int(text) if text.isdecimal() else 0
+    except ValueError:  # past the 4,300 digits int() takes, and so past any bound
+        raise argparse.ArgumentTypeError(f"{text!r} is too large a number") from None
+    if number < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return int(text)
+    return number
 
 
 def _header(text: str) -> tuple[str, str]:
