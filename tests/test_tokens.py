@@ -711,6 +711,21 @@ def test_list_refuses_a_limit_that_is_no_positive_whole_number(ts: Store, bad: A
         ts.tokens.list(limit=bad)
 
 
+def test_a_bad_cursor_is_named_as_the_before_it_was_given_as(ts: Store) -> None:
+    """The message of a lookup alone ("not an API token ABID") leaves the caller guessing which."""
+    calls = [
+        (lambda: ts.tokens.list(before="garbage"), ValidationError),
+        (lambda: ts.tokens.list(before="apt_01J00000000000000000000000"), NotFound),
+        (lambda: ts.users.list(before=[1]), ValidationError),  # type: ignore[arg-type]
+        (lambda: ts.users.list(before="nobody"), NotFound),
+        (lambda: ts.webhooks.deliveries(before="xx"), NotFound),
+    ]
+    for call, kind in calls:
+        with pytest.raises(kind) as raised:
+            call()
+        assert str(raised.value).startswith("before: "), str(raised.value)
+
+
 def test_list_before_an_unknown_or_mistaken_token_says_so(ts: Store) -> None:
     with pytest.raises(NotFound, match="apt_01J00000000000000000000000"):
         ts.tokens.list(before="apt_01J00000000000000000000000")

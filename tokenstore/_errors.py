@@ -5,6 +5,9 @@ derive from :class:`ValueError` so code that already guards input keeps working.
 Messages say what was wrong and where; they never contain a secret.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import peewee
 
 #: The longest message kept whole. A longer one quotes a huge value given
@@ -127,3 +130,16 @@ class WebhookVerificationError(TokenstoreError):
 
 class BlockedAddress(TokenstoreError):
     """A webhook endpoint resolves to an address the network guard refuses."""
+
+
+@contextmanager
+def about(parameter: str) -> Iterator[None]:
+    """Bad input met inside the block is reported as the value of ``parameter``.
+
+    A lookup's own message ("no user 'x'", "not an API token ABID") does not
+    say which argument held the value; the same error, named, does.
+    """
+    try:
+        yield
+    except (ValidationError, NotFound) as exc:
+        raise type(exc)(f"{parameter}: {exc}") from None

@@ -33,6 +33,7 @@ from ._errors import (
     NotFound,
     RevokedToken,
     ValidationError,
+    about,
     shown,
 )
 from ._fork import on_fork_in_child
@@ -245,10 +246,8 @@ class Tokens:
             raise ValidationError(
                 f"expires must be a datetime, a timedelta or None, got {type(expires).__name__}"
             )
-        try:
+        with about("expires"):  # naive, or beyond datetime's range once in UTC
             expiry = to_stored_time(expires)
-        except ValidationError as exc:  # naive, or beyond datetime's range once in UTC
-            raise ValidationError(f"expires: {exc}") from None
         if expiry <= now:
             raise ValidationError(
                 f"expires {format_time(expiry)} is not in the future (now is {format_time(now)})"
@@ -504,7 +503,8 @@ class Tokens:
         if not check_flag(include_revoked, "include_revoked"):
             query = query.where(APIToken.revoked_at.is_null())
         if before is not None:
-            after = self.get(before.abid if isinstance(before, APIToken) else before)
+            with about("before"):
+                after = self.get(before.abid if isinstance(before, APIToken) else before)
             query = query.where(
                 peewee.Tuple(APIToken.created_at, APIToken.abid)
                 < peewee.Tuple(format_time(after.created_at), after.abid)

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import peewee
 
 from ._credentials import looks_like_secret, quoted
-from ._errors import NotFound, ValidationError, shown
+from ._errors import NotFound, ValidationError, about, shown
 from ._inputs import check_flag, check_int, check_text
 from ._models import User
 
@@ -103,6 +103,7 @@ class Users:
         """
         query = User.select().order_by(User.id.desc())
         if before is not None:
-            after = saved(before) if isinstance(before, User) else self.get(before)
+            with about("before"):
+                after = saved(before) if isinstance(before, User) else self.get(before)
             query = query.where(User.id < after.id)
         return newest(query, limit)

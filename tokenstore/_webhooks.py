@@ -20,7 +20,7 @@ from ._allowlist import AllowList
 from ._backend import Backend
 from ._capture import model_ref
 from ._credentials import looks_like_secret
-from ._errors import InvalidABID, NotFound, ValidationError, shown
+from ._errors import InvalidABID, NotFound, ValidationError, about, shown
 from ._inputs import (
     check_flag,
     check_int,
@@ -65,10 +65,8 @@ EDITABLE = (
 
 def _time_given(now: Any) -> datetime:
     """The time a caller passed as ``now``, the message naming it when it is none."""
-    try:
+    with about("now"):
         return to_stored_time(now)
-    except ValidationError as exc:
-        raise ValidationError(f"now: {exc}") from None
 
 
 class Webhooks:
@@ -346,7 +344,8 @@ class Webhooks:
             after = before
         else:
             try:
-                after = self.delivery(before)
+                with about("before"):
+                    after = self.delivery(before)
             except NotFound as missing:
                 try:
                     gone = ABID.parse(before, prefix="msg_")
@@ -355,7 +354,7 @@ class Webhooks:
                     raise missing from None
         if after.created_at is None or after.abid is None:  # it has no place in the log
             raise ValidationError(
-                "before is a delivery never saved: pass one from the log, or its msg_ ABID"
+                "before: a delivery never saved; pass one from the log, or its msg_ ABID"
             )
         return format_time(after.created_at), after.abid
 
