@@ -179,6 +179,9 @@ def test_a_token_row_damaged_fails_authentication_without_the_secret(
     assert secret not in message
     with pytest.raises(DamagedRow):
         store.tokens.list()
+    with pytest.raises(DamagedRow) as cursor:  # the row is at fault, not the argument
+        store.tokens.list(before=token.abid)
+    assert str(cursor.value).startswith("tokenstore_api_token row "), str(cursor.value)
 
 
 @pytest.mark.parametrize("headers", ["[1]", '"text"', "{not json", "7"])

@@ -137,9 +137,12 @@ def about(parameter: str) -> Iterator[None]:
     """Bad input met inside the block is reported as the value of ``parameter``.
 
     A lookup's own message ("no user 'x'", "not an API token ABID") does not
-    say which argument held the value; the same error, named, does.
+    say which argument held the value; the same error, named, does. A row
+    found damaged is the file's fault, not the argument's: it passes as it is.
     """
     try:
         yield
+    except DamagedRow:
+        raise
     except (ValidationError, NotFound) as exc:
         raise type(exc)(f"{parameter}: {exc}") from None

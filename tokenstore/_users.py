@@ -52,7 +52,7 @@ def newest(query: peewee.ModelSelect[M], limit: int | None) -> list[M]:
 def saved(user: User) -> User:
     """A User object given for a row: one never saved has no id, so it names no user."""
     if user.id is None:
-        raise ValidationError(f"user {user.username!r} is not saved yet")
+        raise ValidationError(f"user {quoted(user.username)} is not saved yet")
     return user
 
 
