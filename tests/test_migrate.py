@@ -376,3 +376,43 @@ def test_force_on_a_destination_whose_users_other_tables_need_is_refused(
         tokenstore.migrate(source, db_path, force=True)
     assert snapshot(db_path) == held
     assert _db.rows(db_path, "SELECT text FROM note") == [("mine",)]
+
+
+def test_a_store_in_use_moves_as_it_was_at_one_moment(tmp_path: Path, db_path: Path | str) -> None:
+    """Another process writing the source meanwhile neither fails the copy nor tears it.
+
+    Tables read one after another, without one snapshot, took tokens whose
+    users were created after the users were read: the copy failed with a
+    FOREIGN KEY error blamed on a row, every time the source was in use.
+    """
+    import threading
+
+    with tokenstore.open(db_path) as store:
+        for i in range(600):  # more than one batch of reads per table
+            store.users.create(f"u{i}")
+    stop = threading.Event()
+
+    def write() -> None:
+        with tokenstore.open(db_path) as store:
+            for i in range(5000):  # bounded; stopped as soon as the copies are made
+                if stop.is_set():
+                    return
+                store.tokens.create(store.users.create(f"w{i}"), name="new")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for n in range(3):
+            dest = tmp_path / f"copy{n}.sqlite3"
+            copied = tokenstore.migrate(db_path, dest)
+            users, tokens = _db.rows(
+                dest,
+                "SELECT (SELECT count(*) FROM tokenstore_user), "
+                "(SELECT count(*) FROM tokenstore_api_token)",
+            )[0]
+            assert (users, tokens) == (copied["tokenstore_user"], copied["tokenstore_api_token"])
+            # Each new user was followed by its token (the last one's perhaps not yet).
+            assert users - 601 - tokens in (0, 1)
+    finally:
+        stop.set()
+        writer.join(timeout=60)

@@ -118,6 +118,24 @@ def _where(location: str) -> str:
     return redacted_url(location) if is_url(location) else location
 
 
+@contextmanager
+def _snapshot(src: SQLiteDatabase | PostgresDatabase) -> Iterator[None]:
+    """One read transaction over the whole copy: a store in use moves as it was at one moment.
+
+    Read table by table, a token could be copied whose user was created after
+    the users were read.
+    """
+    conn = src.connection()
+    if isinstance(src, PostgresDatabase):
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    else:
+        conn.execute("BEGIN")  # deferred: the first read fixes what the copy sees
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")  # it wrote nothing
+
+
 def _scalar(conn: Any, sql: str) -> int:
     (value,) = conn.execute(sql).fetchone()
     return int(value)
@@ -149,7 +167,8 @@ def migrate(
         try:
             if _same_database(src, dst):
                 raise StoreError("migrate: the source and the destination are the same")
-            copied = _copy(src, dst, _where(dest), force)
+            with _snapshot(src):
+                copied = _copy(src, dst, _where(dest), force)
             return copied
         finally:
             dst.close()
