@@ -1042,6 +1042,29 @@ def test_a_missing_abid_is_made_from_the_row_as_archivebox_makes_it(
     assert store.webhooks.get("h").abid == expected_hook
 
 
+def test_an_abid_in_lower_case_is_stored_as_tokenstore_looks_it_up(
+    store: Store, tmp_path: Path
+) -> None:
+    """A lower-case ABID (the TypeID spelling) is the same ABID, stored in its canonical form.
+
+    Kept as written, the token could not be found by its own ABID (lookups
+    use the canonical spelling), and a second token with that ABID in upper
+    case was imported beside it.
+    """
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.token("a" * 32, id_=TOKEN_ID, abid=TOKEN_ABID.lower())
+    box.token("b" * 32, abid=TOKEN_ABID)
+    box.hook("h", "api.models.APIToken", "https://hooks.example/in", abid=HOOK_ABID.lower())
+    box.close()
+    report = store.import_archivebox(box.path)
+    assert [n.reason for n in report.refused] == [
+        f"another API token ({TOKEN_ABID}) already has this ABID"
+    ]
+    assert store.tokens.get(TOKEN_ABID).id == TOKEN_ID
+    assert store.tokens.get(TOKEN_ABID).abid == TOKEN_ABID
+    assert store.webhooks.get(HOOK_ABID).abid == HOOK_ABID
+
+
 @pytest.mark.parametrize(
     ("endpoint", "kept"),
     [
