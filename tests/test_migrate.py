@@ -165,6 +165,29 @@ def test_the_same_file_spelled_another_way_is_refused(tmp_path: Path, spelled: s
     assert snapshot(source) == held
 
 
+@pytest.mark.parametrize("companion", ["-wal", "-shm", "-journal"])
+def test_a_destination_that_is_the_sources_own_journal_is_refused(
+    tmp_path: Path, companion: str
+) -> None:
+    """While the source is open, its -wal is an empty file: it was taken for a new store.
+
+    The copy was written into the source's live write-ahead log, reported as
+    done, and lost the next time the source was written.
+    """
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    with tokenstore.open(source) as running:  # another process using the store
+        running.users.list()
+        dest = tmp_path / f"source.sqlite3{companion}"
+        before = dest.read_bytes() if dest.exists() else None
+        with pytest.raises(
+            StoreError, match=f"^migrate: the destination is the source's {companion}"
+        ):
+            tokenstore.migrate(source, dest)
+        assert (dest.read_bytes() if dest.exists() else None) == before
+        assert not (tmp_path / f"source.sqlite3{companion}-wal").exists()
+
+
 @pytest.mark.parametrize(
     ("source", "dest", "force", "message"),
     [

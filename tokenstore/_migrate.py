@@ -89,6 +89,10 @@ def _same_database(
     return found is not None
 
 
+#: The files SQLite keeps beside a database, named after it.
+_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
 def _same_file(source: str, dest: str) -> bool:
     """Whether two spellings (a symlink, a hard link, ``./``) name one file."""
     if is_url(source) or is_url(dest):
@@ -97,6 +101,21 @@ def _same_file(source: str, dest: str) -> bool:
         return Path(source).resolve() == Path(dest).resolve() or os.path.samefile(source, dest)
     except (OSError, RuntimeError):  # one is missing, or a symlink loop: not one file
         return False
+
+
+def _companion(source: str, dest: str) -> str | None:
+    """Which of the source's own -wal, -shm or -journal ``dest`` names, if any.
+
+    While the source is open its -wal is an empty file, which would be taken
+    for a new store: the copy would go into the source's live log, and be lost.
+    """
+    if is_url(source) or is_url(dest):
+        return None
+    try:
+        real, wanted = str(Path(source).resolve()), Path(dest).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: opening it says so
+        return None
+    return next((s for s in _COMPANIONS if Path(real + s) == wanted), None)
 
 
 def _open(location: str, *, must_exist: bool) -> SQLiteDatabase | PostgresDatabase:
@@ -159,6 +178,8 @@ def migrate(
     check_flag(force, "force")
     if _same_file(source, dest):
         raise StoreError("migrate: the source and the destination are the same")
+    if companion := _companion(source, dest):
+        raise StoreError(f"migrate: the destination is the source's {companion} file")
     src = _open(source, must_exist=True)
     try:
         made = not is_url(dest) and not os.path.lexists(dest)  # a file this call creates
@@ -173,7 +194,7 @@ def migrate(
         finally:
             dst.close()
             if made and copied is None:  # the empty store made for the copy goes with it
-                for suffix in ("", "-wal", "-shm", "-journal"):
+                for suffix in ("", *_COMPANIONS):
                     Path(dest + suffix).unlink(missing_ok=True)
     finally:
         src.close()
