@@ -425,6 +425,25 @@ def test_a_map_to_an_unknown_model_is_refused_before_anything_is_written(
     assert rows(store) == before
 
 
+@pytest.mark.parametrize(
+    ("old", "message"),
+    [
+        (b"core.models.Snapshot", "ref_map key must be a string, got bytes"),
+        (5, "ref_map key must be a string, got int"),
+        ("core\x00models", "ref_map key must not contain a NUL character"),
+    ],
+)
+def test_a_map_from_something_no_ref_can_be_is_refused(
+    store: Store, tmp_path: Path, old: Any, message: str
+) -> None:
+    """It mapped nothing: the hooks it was meant for came over disabled, as unmapped."""
+    source = standard(tmp_path)
+    before = rows(store)
+    with pytest.raises(ValidationError, match=f"^{message}"):
+        store.import_archivebox(source, ref_map={old: "tokenstore.User"})
+    assert rows(store) == before
+
+
 def test_a_refused_endpoint_imports_the_hook_disabled(store: Store, tmp_path: Path) -> None:
     box = one_hook(tmp_path, "metadata", "api.models.APIToken", "http://169.254.169.254/latest")
     (note,) = store.import_archivebox(box.path).disabled
