@@ -344,6 +344,34 @@ def test_a_failed_copy_into_a_new_file_leaves_no_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source.sqlite3"]
 
 
+def test_a_failed_copy_never_removes_the_copy_another_migrate_made_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two copies to one new name: the one that loses leaves the winner's file alone.
+
+    The loser found the file new when it started, so on failing it removed
+    "its" new file, which by then held the other copy, committed and reported.
+    """
+    from tokenstore import _migrate
+
+    source, dest = tmp_path / "source.sqlite3", tmp_path / "new.sqlite3"
+    made = fill(source)
+    copy = _migrate._copy
+
+    def other_migrate_first(*args: Any) -> dict[str, int]:
+        monkeypatch.setattr(_migrate, "_copy", copy)
+        tokenstore.migrate(source, dest)  # another process, finishing first
+        return copy(*args)
+
+    monkeypatch.setattr(_migrate, "_copy", other_migrate_first)
+    with pytest.raises(StoreError, match=f"^migrate: {dest} "):
+        tokenstore.migrate(source, dest)
+    assert snapshot(dest) == snapshot(source)
+    with tokenstore.open(dest) as moved:
+        assert moved.tokens.authenticate(made["secret"]).abid == made["token"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.sqlite3", "source.sqlite3"]
+
+
 def test_a_failed_copy_into_an_existing_store_leaves_it_as_it_was(tmp_path: Path) -> None:
     source, dest = tmp_path / "source.sqlite3", tmp_path / "dest.sqlite3"
     fill(source)

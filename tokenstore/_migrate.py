@@ -13,6 +13,7 @@ copied; events the copy itself records are discarded with them.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -182,22 +183,48 @@ def migrate(
         raise StoreError(f"migrate: the destination is the source's {companion} file")
     src = _open(source, must_exist=True)
     try:
-        made = not is_url(dest) and not os.path.lexists(dest)  # a file this call creates
-        dst = _open(dest, must_exist=False)
+        # A new file is made aside and put in place complete, so a migrate that
+        # fails never removes a copy another one put at the same name meanwhile.
+        aside = None if is_url(dest) or os.path.lexists(dest) else _aside(dest)
         copied = None
+        try:
+            dst = _open(dest if aside is None else aside, must_exist=False)
+        except TokenstoreError as exc:  # a folder that is missing or closed: named as given
+            raise type(exc)(str(exc).replace(aside or dest, dest)) from None
         try:
             if _same_database(src, dst):
                 raise StoreError("migrate: the source and the destination are the same")
             with _snapshot(src):
                 copied = _copy(src, dst, _where(dest), force)
-            return copied
         finally:
             dst.close()
-            if made and copied is None:  # the empty store made for the copy goes with it
-                for suffix in ("", *_COMPANIONS):
-                    Path(dest + suffix).unlink(missing_ok=True)
+            if aside is not None:
+                try:
+                    if copied is not None:
+                        _put_in_place(aside, dest)
+                finally:
+                    for suffix in ("", *_COMPANIONS):
+                        Path(aside + suffix).unlink(missing_ok=True)
+        return copied
     finally:
         src.close()
+
+
+def _aside(dest: str) -> str:
+    """A name beside ``dest`` that no other call uses, short whatever ``dest`` is."""
+    return str(Path(dest).parent / f".tokenstore-migrate-{secrets.token_hex(6)}")
+
+
+def _put_in_place(aside: str, dest: str) -> None:
+    """Give the finished copy its name, unless something took that name meanwhile."""
+    try:
+        os.link(aside, dest)  # never replaces a file, unlike a rename
+    except FileExistsError:
+        raise StoreError(
+            f"migrate: {dest} was created by someone else during the copy; nothing was written"
+        ) from None
+    except OSError as exc:
+        raise StoreError(f"migrate: cannot name the copy {dest}: {exc.strerror}") from None
 
 
 def _copy(
