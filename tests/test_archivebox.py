@@ -425,6 +425,25 @@ def test_a_map_to_an_unknown_model_is_refused_before_anything_is_written(
     assert rows(store) == before
 
 
+@pytest.mark.parametrize(
+    ("old", "message"),
+    [
+        (b"core.models.Snapshot", "ref_map key must be a string, got bytes"),
+        (5, "ref_map key must be a string, got int"),
+        ("core\x00models", "ref_map key must not contain a NUL character"),
+    ],
+)
+def test_a_map_from_something_no_ref_can_be_is_refused(
+    store: Store, tmp_path: Path, old: Any, message: str
+) -> None:
+    """It mapped nothing: the hooks it was meant for came over disabled, as unmapped."""
+    source = standard(tmp_path)
+    before = rows(store)
+    with pytest.raises(ValidationError, match=f"^{message}"):
+        store.import_archivebox(source, ref_map={old: "tokenstore.User"})
+    assert rows(store) == before
+
+
 def test_a_refused_endpoint_imports_the_hook_disabled(store: Store, tmp_path: Path) -> None:
     box = one_hook(tmp_path, "metadata", "api.models.APIToken", "http://169.254.169.254/latest")
     (note,) = store.import_archivebox(box.path).disabled
@@ -1040,6 +1059,29 @@ def test_a_missing_abid_is_made_from_the_row_as_archivebox_makes_it(
     assert note.reason.startswith("it has no ABID, and none can be made from it: ts must not")
     assert store.tokens.authenticate("a" * 32).abid == expected_token
     assert store.webhooks.get("h").abid == expected_hook
+
+
+def test_an_abid_in_lower_case_is_stored_as_tokenstore_looks_it_up(
+    store: Store, tmp_path: Path
+) -> None:
+    """A lower-case ABID (the TypeID spelling) is the same ABID, stored in its canonical form.
+
+    Kept as written, the token could not be found by its own ABID (lookups
+    use the canonical spelling), and a second token with that ABID in upper
+    case was imported beside it.
+    """
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.token("a" * 32, id_=TOKEN_ID, abid=TOKEN_ABID.lower())
+    box.token("b" * 32, abid=TOKEN_ABID)
+    box.hook("h", "api.models.APIToken", "https://hooks.example/in", abid=HOOK_ABID.lower())
+    box.close()
+    report = store.import_archivebox(box.path)
+    assert [n.reason for n in report.refused] == [
+        f"another API token ({TOKEN_ABID}) already has this ABID"
+    ]
+    assert store.tokens.get(TOKEN_ABID).id == TOKEN_ID
+    assert store.tokens.get(TOKEN_ABID).abid == TOKEN_ABID
+    assert store.webhooks.get(HOOK_ABID).abid == HOOK_ABID
 
 
 @pytest.mark.parametrize(

@@ -165,6 +165,29 @@ def test_the_same_file_spelled_another_way_is_refused(tmp_path: Path, spelled: s
     assert snapshot(source) == held
 
 
+@pytest.mark.parametrize("companion", ["-wal", "-shm", "-journal"])
+def test_a_destination_that_is_the_sources_own_journal_is_refused(
+    tmp_path: Path, companion: str
+) -> None:
+    """While the source is open, its -wal is an empty file: it was taken for a new store.
+
+    The copy was written into the source's live write-ahead log, reported as
+    done, and lost the next time the source was written.
+    """
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    with tokenstore.open(source) as running:  # another process using the store
+        running.users.list()
+        dest = tmp_path / f"source.sqlite3{companion}"
+        before = dest.read_bytes() if dest.exists() else None
+        with pytest.raises(
+            StoreError, match=f"^migrate: the destination is the source's {companion}"
+        ):
+            tokenstore.migrate(source, dest)
+        assert (dest.read_bytes() if dest.exists() else None) == before
+        assert not (tmp_path / f"source.sqlite3{companion}-wal").exists()
+
+
 @pytest.mark.parametrize(
     ("source", "dest", "force", "message"),
     [
@@ -321,6 +344,34 @@ def test_a_failed_copy_into_a_new_file_leaves_no_file(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source.sqlite3"]
 
 
+def test_a_failed_copy_never_removes_the_copy_another_migrate_made_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two copies to one new name: the one that loses leaves the winner's file alone.
+
+    The loser found the file new when it started, so on failing it removed
+    "its" new file, which by then held the other copy, committed and reported.
+    """
+    from tokenstore import _migrate
+
+    source, dest = tmp_path / "source.sqlite3", tmp_path / "new.sqlite3"
+    made = fill(source)
+    copy = _migrate._copy
+
+    def other_migrate_first(*args: Any) -> dict[str, int]:
+        monkeypatch.setattr(_migrate, "_copy", copy)
+        tokenstore.migrate(source, dest)  # another process, finishing first
+        return copy(*args)
+
+    monkeypatch.setattr(_migrate, "_copy", other_migrate_first)
+    with pytest.raises(StoreError, match=f"^migrate: {dest} "):
+        tokenstore.migrate(source, dest)
+    assert snapshot(dest) == snapshot(source)
+    with tokenstore.open(dest) as moved:
+        assert moved.tokens.authenticate(made["secret"]).abid == made["token"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.sqlite3", "source.sqlite3"]
+
+
 def test_a_failed_copy_into_an_existing_store_leaves_it_as_it_was(tmp_path: Path) -> None:
     source, dest = tmp_path / "source.sqlite3", tmp_path / "dest.sqlite3"
     fill(source)
@@ -376,3 +427,43 @@ def test_force_on_a_destination_whose_users_other_tables_need_is_refused(
         tokenstore.migrate(source, db_path, force=True)
     assert snapshot(db_path) == held
     assert _db.rows(db_path, "SELECT text FROM note") == [("mine",)]
+
+
+def test_a_store_in_use_moves_as_it_was_at_one_moment(tmp_path: Path, db_path: Path | str) -> None:
+    """Another process writing the source meanwhile neither fails the copy nor tears it.
+
+    Tables read one after another, without one snapshot, took tokens whose
+    users were created after the users were read: the copy failed with a
+    FOREIGN KEY error blamed on a row, every time the source was in use.
+    """
+    import threading
+
+    with tokenstore.open(db_path) as store:
+        for i in range(600):  # more than one batch of reads per table
+            store.users.create(f"u{i}")
+    stop = threading.Event()
+
+    def write() -> None:
+        with tokenstore.open(db_path) as store:
+            for i in range(5000):  # bounded; stopped as soon as the copies are made
+                if stop.is_set():
+                    return
+                store.tokens.create(store.users.create(f"w{i}"), name="new")
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for n in range(3):
+            dest = tmp_path / f"copy{n}.sqlite3"
+            copied = tokenstore.migrate(db_path, dest)
+            users, tokens = _db.rows(
+                dest,
+                "SELECT (SELECT count(*) FROM tokenstore_user), "
+                "(SELECT count(*) FROM tokenstore_api_token)",
+            )[0]
+            assert (users, tokens) == (copied["tokenstore_user"], copied["tokenstore_api_token"])
+            # Each new user was followed by its token (the last one's perhaps not yet).
+            assert users - 601 - tokens in (0, 1)
+    finally:
+        stop.set()
+        writer.join(timeout=60)

@@ -53,7 +53,7 @@ from ._archivebox_source import (
 )
 from ._credentials import token_digest, token_hint
 from ._errors import StoreError, TokenstoreError, ValidationError
-from ._inputs import storable
+from ._inputs import check_text, storable
 from ._models import APIToken, OutboundWebhook, User
 from ._signing import new_signing_secret
 from ._times import to_stored_time
@@ -400,6 +400,7 @@ def import_archivebox(
     decrypt = decrypter(cipher_key)
     refs = dict(DEFAULT_REF_MAP)
     for old, new in (ref_map or {}).items():
+        check_text(old, "ref_map key")  # anything else maps no hook's ref
         try:
             refs[old] = validator.check_ref(new)
         except ValidationError as exc:

@@ -284,15 +284,17 @@ def stored_abid(value: Any, prefix: str, sources: Callable[[], ABID]) -> str:
     """The row's ABID; a missing one (NULL, ``''``) made from ``sources`` as ArchiveBox does.
 
     The column is nullable, and ArchiveBox fills an empty one from the row's
-    own values when it saves the row: the ABID it would show.
+    own values when it saves the row: the ABID it would show. Either is stored
+    in its canonical spelling, as tokenstore's tables keep ABIDs and look them
+    up: a lower-case one (the TypeID spelling) is the same ABID.
     """
     if value is None or value == "":
         try:
-            return str(sources())
+            return sources().canonical
         except InvalidABID as exc:  # a time before 1970, an endpoint that is no URL
             raise RowRefused(f"it has no ABID, and none can be made from it: {exc}") from None
     try:
-        return str(ABID.parse(value, prefix=prefix))
+        return ABID.parse(value, prefix=prefix).canonical
     except InvalidABID as exc:
         raise RowRefused(f"its ABID is not valid: {exc}") from None
 

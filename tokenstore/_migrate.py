@@ -13,6 +13,7 @@ copied; events the copy itself records are discarded with them.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,6 +90,10 @@ def _same_database(
     return found is not None
 
 
+#: The files SQLite keeps beside a database, named after it.
+_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
 def _same_file(source: str, dest: str) -> bool:
     """Whether two spellings (a symlink, a hard link, ``./``) name one file."""
     if is_url(source) or is_url(dest):
@@ -97,6 +102,21 @@ def _same_file(source: str, dest: str) -> bool:
         return Path(source).resolve() == Path(dest).resolve() or os.path.samefile(source, dest)
     except (OSError, RuntimeError):  # one is missing, or a symlink loop: not one file
         return False
+
+
+def _companion(source: str, dest: str) -> str | None:
+    """Which of the source's own -wal, -shm or -journal ``dest`` names, if any.
+
+    While the source is open its -wal is an empty file, which would be taken
+    for a new store: the copy would go into the source's live log, and be lost.
+    """
+    if is_url(source) or is_url(dest):
+        return None
+    try:
+        real, wanted = str(Path(source).resolve()), Path(dest).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: opening it says so
+        return None
+    return next((s for s in _COMPANIONS if Path(real + s) == wanted), None)
 
 
 def _open(location: str, *, must_exist: bool) -> SQLiteDatabase | PostgresDatabase:
@@ -116,6 +136,24 @@ def _open(location: str, *, must_exist: bool) -> SQLiteDatabase | PostgresDataba
 
 def _where(location: str) -> str:
     return redacted_url(location) if is_url(location) else location
+
+
+@contextmanager
+def _snapshot(src: SQLiteDatabase | PostgresDatabase) -> Iterator[None]:
+    """One read transaction over the whole copy: a store in use moves as it was at one moment.
+
+    Read table by table, a token could be copied whose user was created after
+    the users were read.
+    """
+    conn = src.connection()
+    if isinstance(src, PostgresDatabase):
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    else:
+        conn.execute("BEGIN")  # deferred: the first read fixes what the copy sees
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")  # it wrote nothing
 
 
 def _scalar(conn: Any, sql: str) -> int:
@@ -141,23 +179,52 @@ def migrate(
     check_flag(force, "force")
     if _same_file(source, dest):
         raise StoreError("migrate: the source and the destination are the same")
+    if companion := _companion(source, dest):
+        raise StoreError(f"migrate: the destination is the source's {companion} file")
     src = _open(source, must_exist=True)
     try:
-        made = not is_url(dest) and not os.path.lexists(dest)  # a file this call creates
-        dst = _open(dest, must_exist=False)
+        # A new file is made aside and put in place complete, so a migrate that
+        # fails never removes a copy another one put at the same name meanwhile.
+        aside = None if is_url(dest) or os.path.lexists(dest) else _aside(dest)
         copied = None
+        try:
+            dst = _open(dest if aside is None else aside, must_exist=False)
+        except TokenstoreError as exc:  # a folder that is missing or closed: named as given
+            raise type(exc)(str(exc).replace(aside or dest, dest)) from None
         try:
             if _same_database(src, dst):
                 raise StoreError("migrate: the source and the destination are the same")
-            copied = _copy(src, dst, _where(dest), force)
-            return copied
+            with _snapshot(src):
+                copied = _copy(src, dst, _where(dest), force)
         finally:
             dst.close()
-            if made and copied is None:  # the empty store made for the copy goes with it
-                for suffix in ("", "-wal", "-shm", "-journal"):
-                    Path(dest + suffix).unlink(missing_ok=True)
+            if aside is not None:
+                try:
+                    if copied is not None:
+                        _put_in_place(aside, dest)
+                finally:
+                    for suffix in ("", *_COMPANIONS):
+                        Path(aside + suffix).unlink(missing_ok=True)
+        return copied
     finally:
         src.close()
+
+
+def _aside(dest: str) -> str:
+    """A name beside ``dest`` that no other call uses, short whatever ``dest`` is."""
+    return str(Path(dest).parent / f".tokenstore-migrate-{secrets.token_hex(6)}")
+
+
+def _put_in_place(aside: str, dest: str) -> None:
+    """Give the finished copy its name, unless something took that name meanwhile."""
+    try:
+        os.link(aside, dest)  # never replaces a file, unlike a rename
+    except FileExistsError:
+        raise StoreError(
+            f"migrate: {dest} was created by someone else during the copy; nothing was written"
+        ) from None
+    except OSError as exc:
+        raise StoreError(f"migrate: cannot name the copy {dest}: {exc.strerror}") from None
 
 
 def _copy(
