@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -366,6 +367,25 @@ def test_a_failed_copy_never_removes_the_copy_another_migrate_made_meanwhile(
     monkeypatch.setattr(_migrate, "_copy", other_migrate_first)
     with pytest.raises(StoreError, match=f"^migrate: {dest} "):
         tokenstore.migrate(source, dest)
+    assert snapshot(dest) == snapshot(source)
+    with tokenstore.open(dest) as moved:
+        assert moved.tokens.authenticate(made["secret"]).abid == made["token"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.sqlite3", "source.sqlite3"]
+
+
+def test_a_folder_without_hard_links_still_gets_its_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAT on a USB stick and some network shares refuse link(): the copy is renamed instead."""
+    from tokenstore import _migrate
+
+    def no_links(*args: Any) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(_migrate.os, "link", no_links)
+    source, dest = tmp_path / "source.sqlite3", tmp_path / "new.sqlite3"
+    made = fill(source)
+    tokenstore.migrate(source, dest)
     assert snapshot(dest) == snapshot(source)
     with tokenstore.open(dest) as moved:
         assert moved.tokens.authenticate(made["secret"]).abid == made["token"]

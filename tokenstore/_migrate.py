@@ -12,6 +12,7 @@ copied; events the copy itself records are discarded with them.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -89,6 +90,9 @@ def _same_database(
     )
     return found is not None
 
+
+#: What link() says on a file system that has no hard links.
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 #: The files SQLite keeps beside a database, named after it.
 _COMPANIONS = ("-wal", "-shm", "-journal")
@@ -217,14 +221,21 @@ def _aside(dest: str) -> str:
 
 def _put_in_place(aside: str, dest: str) -> None:
     """Give the finished copy its name, unless something took that name meanwhile."""
+    taken = StoreError(
+        f"migrate: {dest} was created by someone else during the copy; nothing was written"
+    )
     try:
         os.link(aside, dest)  # never replaces a file, unlike a rename
     except FileExistsError:
-        raise StoreError(
-            f"migrate: {dest} was created by someone else during the copy; nothing was written"
-        ) from None
+        raise taken from None
     except OSError as exc:
-        raise StoreError(f"migrate: cannot name the copy {dest}: {exc.strerror}") from None
+        if exc.errno not in _NO_LINKS:
+            raise StoreError(f"migrate: cannot name the copy {dest}: {exc.strerror}") from None
+        # A file system without hard links (FAT, some network shares): a rename, once
+        # the name is seen free; only a copy finishing in that instant could be replaced.
+        if os.path.lexists(dest):
+            raise taken from None
+        os.rename(aside, dest)
 
 
 def _copy(
