@@ -187,6 +187,15 @@ def test_two_host_headers_are_refused_whichever_comes_last(store: tokenstore.Sto
         assert answer.startswith(b"HTTP/1.0 400 "), (hosts, answer[:200])
 
 
+def test_a_refused_host_answers_head_without_a_body(store: tokenstore.Store) -> None:
+    """The Host check answers before the page does, and HTTP allows no body after HEAD there too."""
+    with connected(store) as sock:
+        sock.sendall(b"HEAD /login HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        answer = b"".join(iter(lambda: sock.recv(4096), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 400 ") and body == b"", answer
+
+
 def test_a_body_shorter_than_its_content_length_is_answered_within_seconds(
     store: tokenstore.Store,
 ) -> None:

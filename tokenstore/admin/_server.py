@@ -186,7 +186,7 @@ class _ThisMachineOnly:
                 ("X-Content-Type-Options", "nosniff"),
             ],
         )
-        return [body]
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]  # no body after HEAD
 
 
 def public_warning(host: str) -> str | None:
