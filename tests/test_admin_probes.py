@@ -160,6 +160,7 @@ def _host_status(store: tokenstore.Store, host: str) -> int:
         ".localhost",
         "app..localhost",
         "localhost..",
+        "evil.example,app.localhost",  # a list of names
     ],
 )
 def test_a_host_header_that_is_not_a_name_and_a_port_is_refused(
@@ -175,6 +176,24 @@ def test_names_of_this_machine_in_any_case_with_a_port_or_a_final_dot_pass(
     store: tokenstore.Store, host: str
 ) -> None:
     assert _host_status(store, host) == 200
+
+
+def test_two_host_headers_are_refused_whichever_comes_last(store: tokenstore.Store) -> None:
+    """RFC 9112 wants a 400; wsgiref joins them with a comma, which must not pass for a name."""
+    for hosts in (b"evil.example", b"app.localhost"), (b"app.localhost", b"evil.example"):
+        with connected(store) as sock:
+            sock.sendall(b"GET /login HTTP/1.1\r\nHost: %s\r\nHost: %s\r\n\r\n" % hosts)
+            answer = b"".join(iter(lambda: sock.recv(4096), b""))
+        assert answer.startswith(b"HTTP/1.0 400 "), (hosts, answer[:200])
+
+
+def test_a_refused_host_answers_head_without_a_body(store: tokenstore.Store) -> None:
+    """The Host check answers before the page does, and HTTP allows no body after HEAD there too."""
+    with connected(store) as sock:
+        sock.sendall(b"HEAD /login HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        answer = b"".join(iter(lambda: sock.recv(4096), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 400 ") and body == b"", answer
 
 
 def test_a_body_shorter_than_its_content_length_is_answered_within_seconds(

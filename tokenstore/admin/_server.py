@@ -140,8 +140,9 @@ def is_loopback(host: str) -> bool:
 
 
 #: ``Host`` as HTTP has it: a name or a bracketed IPv6 address, then an optional port of digits.
-#: Nothing else: user information, a path or a second port are no part of a Host.
-_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+(?:%[\w.~-]+)?\]|[^\s\[\]:@/?#\\]*)(?::[0-9]*)?")
+#: Nothing else: user information, a path or a second port are no part of a Host, nor is
+#: a comma, which is how wsgiref joins two Host headers (RFC 9112 refuses a second one).
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+(?:%[\w.~-]+)?\]|[^\s\[\]:@/?#\\,]*)(?::[0-9]*)?")
 
 
 def _names_this_machine(host: str) -> bool:
@@ -185,7 +186,7 @@ class _ThisMachineOnly:
                 ("X-Content-Type-Options", "nosniff"),
             ],
         )
-        return [body]
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else [body]  # no body after HEAD
 
 
 def public_warning(host: str) -> str | None:
