@@ -395,11 +395,12 @@ class Webhooks:
         batches a minute is still held to ``keep_deliveries``.
         """
         check_int(limit, "limit", minimum=1)
-        if now is not None and _time_given(now) > LATEST_NOW:
+        when = None if now is None else _time_given(now)
+        if when is not None and when > LATEST_NOW:
             # Holds, retries and the log's cutoff are counted from it: they must fit.
             raise ValidationError(f"now must be at most {format_time(LATEST_NOW)}, got {now}")
-        self.erase_expired_secrets(now)
-        attempted = self.retry_path.deliver_due(now, limit)
+        self.erase_expired_secrets(when)
+        attempted = self.retry_path.deliver_due(when, limit)
         if self.keep_deliveries is not None and time.monotonic() >= self._next_prune:
             self._next_prune = time.monotonic() + 60
             pruned = self.retry_path.prune(self.keep_deliveries, PRUNE_BATCHES, PRUNE_BATCH)
