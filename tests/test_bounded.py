@@ -457,13 +457,19 @@ def test_prune_deletes_old_finished_deliveries_but_each_hook_keeps_its_latest(
         s.close()
 
 
-def test_the_delivery_log_pages_with_a_cursor(db_path: Path, receiver: Receiver) -> None:
+def logged(db_path: Path, receiver: Receiver, count: int) -> Store:
+    """A store whose log holds ``count`` deliveries of one hook, made in one transaction."""
     s = open_store(db_path)
+    s.webhooks.create("a", Item, receiver.url())
+    with s.atomic():
+        for n in range(count):
+            Item.create(n=n)
+    return s
+
+
+def test_the_delivery_log_pages_with_a_cursor(db_path: Path, receiver: Receiver) -> None:
+    s = logged(db_path, receiver, 25)
     try:
-        s.webhooks.create("a", Item, receiver.url())
-        with s.atomic():
-            for n in range(25):
-                Item.create(n=n)
         every = s.webhooks.deliveries(limit=1000)
         pages, before = [], None
         while True:
@@ -489,12 +495,8 @@ def test_a_cursor_pruned_from_the_log_still_marks_its_place(
 
     Its ABID holds the time it was made, which is all the place it needs. An
     ABID of no delivery is NotFound only when it is no delivery's ABID at all."""
-    s = open_store(db_path)
+    s = logged(db_path, receiver, 6)
     try:
-        s.webhooks.create("a", Item, receiver.url())
-        with s.atomic():
-            for n in range(6):
-                Item.create(n=n)
         every = [d.abid for d in s.webhooks.deliveries()]
         cursor = every[2]
         WebhookDelivery.delete().where(WebhookDelivery.abid == cursor).execute()
