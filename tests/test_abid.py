@@ -296,6 +296,17 @@ def test_none_prefix_is_obj() -> None:
     assert make(prefix=None).prefix == "obj_"
 
 
+def test_str_subclass_prefix_and_salt_are_taken_as_their_text() -> None:
+    # The original checks these with isinstance(..., str), so a framework's str
+    # subclass works there; it must not be refused as "not a str" here.
+    class Text(str):
+        __slots__ = ()
+
+    abid = make(prefix=Text("APT"), salt=Text("x"))
+    assert str(abid) == "apt_01JAZ6BQG0" + salted("1", "x")[:8] + "01XRS78E"
+    assert ABID.parse(V1[4:], prefix=Text("apt")) == ABID.parse(V1)
+
+
 @pytest.mark.parametrize("prefix", ["", "_", "ap", "apte", "ap1", "a-b", "a_b", "\u212apt", 7])
 def test_bad_prefix_is_refused(prefix: object) -> None:
     with pytest.raises(InvalidABID, match="prefix"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import inspect
 import os
 import sqlite3
@@ -572,6 +573,18 @@ def test_register_refuses_abid_sources_that_cannot_be_read(
     with pytest.raises(ValidationError, match=message):
         store.register(_abid_model("Wrong", **attributes))
     assert not store.db.table_exists("sources")
+
+
+def test_a_str_subclass_prefix_and_salt_are_taken_as_their_text(store: Store) -> None:
+    class Text(str):
+        __slots__ = ()
+
+    model = _abid_model("Salted", abid_prefix=Text("sal"), abid_salt=Text("x"))
+    store.register(model)
+    record = model.create(v="x")
+    owner = str(record.created_by_id).encode()
+    assert record.ABID.prefix == "sal_"
+    assert record.ABID.uri == hashlib.sha256(owner + b"x").hexdigest()[:8].upper()
 
 
 def test_an_integer_id_is_fine_with_a_new_id_of_its_own(store: Store) -> None:

@@ -179,7 +179,9 @@ def _normalise_prefix(prefix: object) -> str:
     if prefix is None:
         return DEFAULT_ABID_PREFIX
     if type(prefix) is not str:
-        _fail(f"prefix must be a str, got {type(prefix).__name__}")
+        if not isinstance(prefix, str):
+            _fail(f"prefix must be a str, got {type(prefix).__name__}")
+        prefix = str.__str__(prefix)  # a str subclass: its text, as the original takes it
     return _prefix_part(prefix)
 
 
@@ -236,7 +238,9 @@ def _uri_hash_part(uri: str | int, salt: str) -> str:
 
 def _uri_part(uri: object, salt: str) -> str:
     if type(salt) is not str:
-        _fail(f"salt must be a str, got {type(salt).__name__}")
+        if not isinstance(salt, str):
+            _fail(f"salt must be a str, got {type(salt).__name__}")
+        salt = str.__str__(salt)  # a str subclass: its text, as the original takes it
     # Cache on the value itself only for exact str and int (1 and "1" hash alike,
     # True is neither): another object's str() might change while it is cached.
     if type(uri) is str or type(uri) is int:

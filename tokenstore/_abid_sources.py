@@ -72,7 +72,7 @@ def check_sources(model: type[peewee.Model], new_uuid: Callable[[], Any]) -> Non
     except InvalidABID as exc:
         raise ValidationError(f"{name}.abid_prefix: {exc}") from None
     salt = getattr(model, "abid_salt", None)
-    if type(salt) is not str:
+    if not isinstance(salt, str):
         raise ValidationError(f"{name}.abid_salt must be a str, got {type(salt).__name__}")
     for part, attribute in SOURCES:
         source = getattr(model, attribute, None)
