@@ -275,6 +275,13 @@ def test_str_rand_is_the_last_six_chars_uppercased(rand: str, expected: str) -> 
     assert make(rand=rand).rand == expected
 
 
+@pytest.mark.parametrize("part", ["uri", "subtype", "rand"])
+def test_an_int_too_long_to_write_is_an_invalid_abid(part: str) -> None:
+    # str() of an int past Python's digit limit (4300 by default) raises a bare ValueError.
+    with pytest.raises(InvalidABID, match=f"{part} source"):
+        make(**{part: 10**5000})
+
+
 def test_none_rand_is_random_base32() -> None:
     rands = {make(rand=None).rand for _ in range(20)}
     assert len(rands) > 1

@@ -152,6 +152,14 @@ def _bad_char_message(suffix: str, decoding: bool = False) -> str:
 # parts
 
 
+def _text(source: object, part: str) -> str:
+    """``str(source)``, as the original takes a source; an int too long to write is refused."""
+    try:
+        return str(source)
+    except ValueError as exc:  # past sys.get_int_max_str_digits(), 4300 digits by default
+        raise InvalidABID(f"{part} source cannot be written as text: {exc}") from None
+
+
 # Normal form of every prefix spelling seen; a plain dict so hot paths can
 # ``.get()`` it inline. Bounded: only valid spellings go in, at most _CACHE_MAX.
 _PREFIXES: dict[str, str] = {}
@@ -219,7 +227,7 @@ def _ts_part(ts: object) -> str:
 @lru_cache(maxsize=1024)
 def _uri_hash_part(uri: str | int, salt: str) -> str:
     """Hash a uri source; cached by (value, salt) because a store has few owners."""
-    text = str(uri).strip()
+    text = _text(uri, "uri").strip()
     if not text or text == "None":
         _fail("uri source must not be empty or None: it identifies the owner")
     if "://" in text:
@@ -245,7 +253,7 @@ def _uri_part(uri: object, salt: str) -> str:
     # True is neither): another object's str() might change while it is cached.
     if type(uri) is str or type(uri) is int:
         return _uri_hash_part(uri, salt)
-    return _uri_hash_part(str(uri), salt)
+    return _uri_hash_part(_text(uri, "uri"), salt)
 
 
 @lru_cache(maxsize=1024)
@@ -258,7 +266,7 @@ def _subtype_hash_part(subtype: str) -> str:
 
 
 def _subtype_part(subtype: object) -> str:
-    text = subtype if type(subtype) is str else str(subtype)
+    text = subtype if type(subtype) is str else _text(subtype, "subtype")
     if len(text) == 2:
         return text
     return _subtype_hash_part(text)
@@ -273,9 +281,9 @@ def _rand_part(rand: object) -> str:
     elif isinstance(rand, uuid.UUID):
         value = rand.int & _RAND_MASK
     elif isinstance(rand, int):
-        return str(rand)[-_RAND_LEN:].rjust(_RAND_LEN, "0")
+        return _text(rand, "rand")[-_RAND_LEN:].rjust(_RAND_LEN, "0")
     else:
-        return str(rand)[-_RAND_LEN:].upper().rjust(_RAND_LEN, "0")
+        return _text(rand, "rand")[-_RAND_LEN:].upper().rjust(_RAND_LEN, "0")
     return pairs[value >> 20] + pairs[(value >> 10) & 1023] + pairs[value & 1023]
 
 
