@@ -214,6 +214,18 @@ def test_name_must_be_short_text(ts: Store) -> None:
             ts.tokens.create(name=bad)  # type: ignore[arg-type]
 
 
+def test_a_secret_given_as_the_name_is_refused_not_stored(ts: Store) -> None:
+    # The name is kept in clear and shown by tokens list: a secret pasted there
+    # would be readable in the file by anyone who can copy it.
+    _, secret = ts.tokens.create()
+    for name in (secret, f"ci {secret}\n", "0123456789abcdef0123456789abcdef", "whsec_abc"):
+        with pytest.raises(ValidationError, match=r"name looks like a secret \(not shown\)") as err:
+            ts.tokens.create(name=name)
+        assert name.split()[-1] not in str(err.value)
+    assert APIToken.select().count() == 1
+    assert ts.tokens.create(name="ci, tsk_ keys")[0].name == "ci, tsk_ keys"
+
+
 def test_token_prefix_is_configurable_and_old_prefixes_still_work(
     db_path: Path, clock: Clock
 ) -> None:

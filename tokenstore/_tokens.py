@@ -20,6 +20,7 @@ from ._credentials import (
     DEFAULT_TOKEN_PREFIX,
     check_prefix,
     looks_like_legacy_token,
+    looks_like_secret,
     looks_like_token,
     quoted,
     token_digest,
@@ -203,6 +204,8 @@ class Tokens:
         owner = self._owner(user)
         if name is not None:
             check_text(name, "token name", max_length=MAX_NAME_LENGTH)
+            if looks_like_secret(name):  # kept in clear and listed: no place for a secret
+                raise ValidationError("token name looks like a secret (not shown), not a name")
         now = to_stored_time(self.clock())
         expiry = self._expiry(expires, now)
         scope_list = _check_scopes(scopes)
