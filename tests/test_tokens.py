@@ -261,6 +261,21 @@ def test_limit_refuses_creation_beyond_live_tokens(ts: Store, clock: Clock) -> N
     assert len(limited.list(alice, include_revoked=True)) == 4
 
 
+def test_a_token_counts_against_the_limit_exactly_while_it_authenticates(
+    ts: Store, clock: Clock
+) -> None:
+    limited = Tokens(ts.db, ts.users, ts.clock, max_tokens_per_user=1)
+    _, secret = limited.create(expires=timedelta(minutes=1))
+    clock.advance(minutes=1)  # the instant it expires: still valid, so still live
+    limited.authenticate(secret)
+    with pytest.raises(ValidationError, match="already has 1 live API tokens"):
+        limited.create()
+    clock.advance(microseconds=1)  # past it, if by less than the stored millisecond
+    with pytest.raises(ExpiredToken):
+        limited.authenticate(secret)
+    limited.create()  # expired, so not live
+
+
 def test_limit_holds_against_concurrent_creators(ts: Store) -> None:
     limited = Tokens(ts.db, ts.users, ts.clock, max_tokens_per_user=3)
     owner = ts.users.create("busy")

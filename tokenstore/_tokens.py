@@ -58,6 +58,7 @@ MAX_NAME_LENGTH = 255
 
 _NO_TIME = timedelta(0)
 _MILLISECOND = timedelta(milliseconds=1)
+_UNDER_A_MILLISECOND = _MILLISECOND - timedelta(microseconds=1)
 
 #: How many distinct token rows ``Tokens._remember`` keeps converted.
 _CONVERTED_ROWS = 128
@@ -206,7 +207,8 @@ class Tokens:
             check_text(name, "token name", max_length=MAX_NAME_LENGTH)
             if looks_like_secret(name):  # kept in clear and listed: no place for a secret
                 raise ValidationError("token name looks like a secret (not shown), not a name")
-        now = to_stored_time(self.clock())
+        moment = self.clock()
+        now = to_stored_time(moment)
         expiry = self._expiry(expires, now)
         scope_list = _check_scopes(scopes)
         secret = APIToken.generate_secret_token(self.prefix)
@@ -221,7 +223,7 @@ class Tokens:
         )
         try:
             with self.db.atomic():
-                self._check_limit(owner, now)
+                self._check_limit(owner, moment)
                 token.save(force_insert=True)
         except peewee.IntegrityError as exc:
             missing = unknown_owner(exc, owner.id)
@@ -261,13 +263,19 @@ class Tokens:
             )
         return expiry
 
-    def _check_limit(self, owner: User, now: datetime) -> None:
-        """Runs inside the insert's write transaction, so two creators cannot both squeeze in."""
+    def _check_limit(self, owner: User, moment: datetime) -> None:
+        """Runs inside the insert's write transaction, so two creators cannot both squeeze in.
+
+        Live is what ``authenticate`` accepts at ``moment``: an expiry (whole
+        milliseconds) not before it. Rounding ``moment`` up to the millisecond
+        keeps that exact, so a token expired by a microsecond no longer counts.
+        """
         if self.max_tokens_per_user is None:
             return
         conn = self.db.connection()
         conn.execute(self._lock_owner, (owner.id,))
-        (live,) = conn.execute(self._count_live, (owner.id, format_time(now))).fetchone()
+        live_from = format_time(to_stored_time(moment + _UNDER_A_MILLISECOND))
+        (live,) = conn.execute(self._count_live, (owner.id, live_from)).fetchone()
         if live >= self.max_tokens_per_user:
             raise ValidationError(
                 f"user {owner.username!r} already has {live} live API tokens, the most allowed "
