@@ -1079,3 +1079,17 @@ def test_the_new_hook_form_offers_only_models_a_hook_may_watch(
     offered = re.findall(r"<option>([^<]+)</option>", page.text)
     assert "tokenstore.User" in offered and "tokenstore.APIToken" in offered
     assert "tokenstore.WebhookDelivery" not in offered  # refused as a hook's ref
+
+
+def test_overview_counts_a_token_expired_by_a_microsecond_as_no_longer_live(
+    ts: tokenstore.Store, clock: Any
+) -> None:
+    _, secret = ts.tokens.create(ts.users.create("root"), name="admin", scopes=["admin"])
+    _, brief = ts.tokens.create(ts.users.create("bob"), expires=timedelta(minutes=1))
+    browser = Client(admin.make_app(ts))
+    assert browser.sign_in(secret).status == 303
+    clock.advance(minutes=1, microseconds=1)  # past it, if by less than the stored millisecond
+    with pytest.raises(tokenstore.ExpiredToken):
+        ts.tokens.authenticate(brief)
+    counts = dict(re.findall(r"<dt>([a-z ]+)</dt><dd>(\d+)</dd>", browser.get("/").text))
+    assert counts["live tokens"] == "1"

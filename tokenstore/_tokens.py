@@ -133,6 +133,16 @@ def _check_scope(scope: object) -> str:
     return scope
 
 
+def live_from(moment: datetime) -> datetime:
+    """The earliest expiry that ``authenticate`` still accepts at ``moment``.
+
+    Expiries are stored to the millisecond, and a token expires once
+    ``moment`` is past its expiry, by however little. So ``moment`` rounds up
+    to the millisecond: a token expired by a microsecond is no longer live.
+    """
+    return to_stored_time(moment + _UNDER_A_MILLISECOND)
+
+
 class Tokens:
     """``store.tokens``: issue, authenticate, revoke and list API tokens.
 
@@ -266,16 +276,14 @@ class Tokens:
     def _check_limit(self, owner: User, moment: datetime) -> None:
         """Runs inside the insert's write transaction, so two creators cannot both squeeze in.
 
-        Live is what ``authenticate`` accepts at ``moment``: an expiry (whole
-        milliseconds) not before it. Rounding ``moment`` up to the millisecond
-        keeps that exact, so a token expired by a microsecond no longer counts.
+        Live is what ``authenticate`` accepts at ``moment`` (see ``live_from``).
         """
         if self.max_tokens_per_user is None:
             return
         conn = self.db.connection()
         conn.execute(self._lock_owner, (owner.id,))
-        live_from = format_time(to_stored_time(moment + _UNDER_A_MILLISECOND))
-        (live,) = conn.execute(self._count_live, (owner.id, live_from)).fetchone()
+        since = format_time(live_from(moment))
+        (live,) = conn.execute(self._count_live, (owner.id, since)).fetchone()
         if live >= self.max_tokens_per_user:
             raise ValidationError(
                 f"user {owner.username!r} already has {live} live API tokens, the most allowed "

@@ -1,10 +1,13 @@
 """The pages: each function answers one route for a signed-in visit.
 
 They use tokenstore's public API (``store.users``, ``store.tokens``,
-``store.webhooks`` and the public models), and one private helper: the
-sender's ``message_headers``, to show a delivery's request headers. Secrets are put on a page once,
-through the session's ``reveal``, on the page after the one that made them;
-header values and auth tokens are never shown, only their names or presence.
+``store.webhooks`` and the public models), and a few private helpers: the
+sender's ``message_headers``, to show a delivery's request headers;
+``usernames``, to name owners a page at a time; and ``live_from``, so the
+overview counts as live exactly the tokens ``authenticate`` accepts. Secrets
+are put on a page once, through the session's ``reveal``, on the page after
+the one that made them; header values and auth tokens are never shown, only
+their names or presence.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import peewee
 import tokenstore
 from tokenstore import APIToken, OutboundWebhook, User, WebhookDelivery
 from tokenstore._sending import message_headers
+from tokenstore._tokens import live_from
 from tokenstore._users import usernames
 
 from ._chart import chart, hourly_outcomes
@@ -46,7 +50,8 @@ def overview(visit: Visit) -> Response:
     store = visit.store
     now = store.clock()
     live_tokens = APIToken.select().where(
-        APIToken.revoked_at.is_null() & (APIToken.expires.is_null() | (APIToken.expires >= now))
+        APIToken.revoked_at.is_null()
+        & (APIToken.expires.is_null() | (APIToken.expires >= live_from(now)))
     )
     hooks = store.webhooks.list()
     counts = {
