@@ -1100,6 +1100,43 @@ def test_an_app_module_that_fails_as_it_is_imported_is_named(
 
 
 @pytest.mark.sqlite_only
+def test_the_installed_script_finds_an_app_module_in_the_current_folder(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """``tokenstore --app myapp`` beside myapp.py, as ``python -m tokenstore`` does.
+
+    The installed script starts with its own folder first on sys.path, not the
+    current one, so only ``python -m tokenstore`` found such a module; the README
+    calls the two the same command and shows ``--app myapp``.
+    """
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "myapp.py").write_text(
+        "import peewee\nfrom tokenstore import ABIDModel\n\n\n"
+        "class Note(ABIDModel):\n"
+        "    abid_prefix = 'not_'\n"
+        "    abid_uri_src = 'body'\n"
+        "    body = peewee.TextField()\n"
+    )
+    env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
+    env.pop("PYTHONPATH", None)
+    script = str(Path(sys.executable).parent / "tokenstore")
+    for name, command in (("script", [script]), ("module", COMMAND)):
+        result = subprocess.run(
+            [*command, "--app", "myapp", "webhooks", "create", name, "myapp.Note",
+             f"https://example.com/{name}"],
+            cwd=folder, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, (name, result.stderr)
+    # Python's -P (PYTHONSAFEPATH) asks for no current folder on sys.path: kept.
+    safe = subprocess.run(
+        [script, "--app", "myapp", "users", "list"], cwd=folder, capture_output=True,
+        text=True, timeout=60, env={**env, "PYTHONSAFEPATH": "1"},
+    )  # fmt: skip
+    assert safe.returncode == 2 and "No module named 'myapp'" in safe.stderr
+
+
+@pytest.mark.sqlite_only
 def test_a_secret_given_as_the_app_module_is_not_repeated(db_path: Path) -> None:
     """Pasted into --app (or $TOKENSTORE_APP) by mistake, it was quoted twice in the
     message, once by the import's own error: stderr goes to CI logs."""

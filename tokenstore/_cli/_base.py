@@ -109,6 +109,7 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
     """
     if looks_like_secret(name):  # pasted by mistake: the import's error would quote it too
         raise ValidationError("--app names no module: it looks like a secret (not shown)")
+    _search_current_folder()
     try:
         module = importlib.import_module(name)
     except ImportError as exc:
@@ -128,6 +129,18 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
     for model in models:
         store.register(model)
     return models
+
+
+def _search_current_folder() -> None:
+    """Let --app name a module in the current folder, as ``python -m tokenstore`` does.
+
+    The installed script starts with its own folder first on sys.path, so
+    ``tokenstore --app myapp`` beside myapp.py found nothing while the README calls
+    the two the same command. Python's -P (PYTHONSAFEPATH) keeps the folder out.
+    """
+    here = os.getcwd()
+    if not sys.flags.safe_path and "" not in sys.path and here not in sys.path:
+        sys.path.insert(0, here)
 
 
 def _is_through_model(model: type[peewee.Model]) -> bool:
