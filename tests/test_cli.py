@@ -1137,6 +1137,29 @@ def test_the_installed_script_finds_an_app_module_in_the_current_folder(
 
 
 @pytest.mark.sqlite_only
+def test_an_app_module_that_opens_a_store_as_it_is_imported_is_refused(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """A module-level ``store = tokenstore.open(...)`` rebinds every model to that store.
+
+    The command then read and wrote the module's file, not the one --db names:
+    ``users create`` added the user there and exited 0, ``users list`` listed it.
+    """
+    folder = tmp_path / "project"
+    folder.mkdir()
+    theirs = folder / "app.sqlite3"
+    (folder / "opening_app.py").write_text(
+        f"import tokenstore\n\nstore = tokenstore.open({str(theirs)!r})\n"
+    )
+    for command in (("users", "create", "zz"), ("users", "list")):
+        stderr = refused(db_path, "--app", "opening_app", *command, PYTHONPATH=str(folder))
+        assert "--app 'opening_app' opened a store as it was imported" in stderr, stderr
+    for path in (db_path, theirs):
+        with tokenstore_package.open(path, read_only=True) as store:
+            assert [u.username for u in store.users.list()] == ["system"]
+
+
+@pytest.mark.sqlite_only
 def test_a_secret_given_as_the_app_module_is_not_repeated(db_path: Path) -> None:
     """Pasted into --app (or $TOKENSTORE_APP) by mistake, it was quoted twice in the
     message, once by the import's own error: stderr goes to CI logs."""

@@ -18,6 +18,7 @@ import peewee
 from .._backend import FELL_BACK
 from .._credentials import looks_like_secret
 from .._errors import StoreError, StoreReadOnly, ValidationError, shortened
+from .._models import User
 from .._netguard import AddressGuard
 from .._postgres_url import redacted_url
 from .._store import Store
@@ -118,6 +119,12 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
         raise ValidationError(
             f"--app {name!r} failed as it was imported: {type(exc).__name__}: {exc}"
         ) from None
+    if User._meta.database is not store.db:  # a module-level tokenstore.open() rebound them
+        raise ValidationError(
+            f"--app {name!r} opened a store as it was imported, and every model now works "
+            "through that one, not the store this command opened: name a module that only "
+            "defines the models, and open the store where the application starts"
+        )
     models = [
         obj
         for obj in vars(module).values()
