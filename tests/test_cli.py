@@ -1128,6 +1128,20 @@ def test_the_installed_script_finds_an_app_module_in_the_current_folder(
             cwd=folder, env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert result.returncode == 0, (name, result.stderr)
+    # The folder comes after the installed modules: a file there named like one imported
+    # later (requests, at the first webhook sent) does not stand in for it.
+    (folder / "requests.py").write_text("raise SystemExit('the folder shadowed requests')\n")
+    allow = ("--allow", "127.0.0.1/32")
+    subprocess.run(
+        [script, *allow, "--app", "myapp", "webhooks", "create", "dead", "myapp.Note",
+         "http://127.0.0.1:9/"],
+        cwd=folder, env=env, capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    ping = subprocess.run(
+        [script, *allow, "--app", "myapp", "webhooks", "ping", "dead"],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ping.returncode == 1 and "shadowed" not in ping.stderr, ping.stderr
     # Python's -P (PYTHONSAFEPATH) asks for no current folder on sys.path: kept.
     safe = subprocess.run(
         [script, "--app", "myapp", "users", "list"], cwd=folder, capture_output=True,

@@ -143,11 +143,13 @@ def _search_current_folder() -> None:
 
     The installed script starts with its own folder first on sys.path, so
     ``tokenstore --app myapp`` beside myapp.py found nothing while the README calls
-    the two the same command. Python's -P (PYTHONSAFEPATH) keeps the folder out.
+    the two the same command. The folder goes last, so a file there cannot stand in
+    for a module imported later (requests, at the first webhook sent); Python's -P
+    (PYTHONSAFEPATH) keeps it out.
     """
     here = os.getcwd()
     if not sys.flags.safe_path and "" not in sys.path and here not in sys.path:
-        sys.path.insert(0, here)
+        sys.path.append(here)
 
 
 def _is_through_model(model: type[peewee.Model]) -> bool:
