@@ -1100,6 +1100,80 @@ def test_an_app_module_that_fails_as_it_is_imported_is_named(
 
 
 @pytest.mark.sqlite_only
+def test_the_installed_script_finds_an_app_module_in_the_current_folder(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """``tokenstore --app myapp`` beside myapp.py, as ``python -m tokenstore`` does.
+
+    The installed script starts with its own folder first on sys.path, not the
+    current one, so only ``python -m tokenstore`` found such a module; the README
+    calls the two the same command and shows ``--app myapp``.
+    """
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "myapp.py").write_text(
+        "import peewee\nfrom tokenstore import ABIDModel\n\n\n"
+        "class Note(ABIDModel):\n"
+        "    abid_prefix = 'not_'\n"
+        "    abid_uri_src = 'body'\n"
+        "    body = peewee.TextField()\n"
+    )
+    env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
+    env.pop("PYTHONPATH", None)
+    script = str(Path(sys.executable).parent / "tokenstore")
+    for name, command in (("script", [script]), ("module", COMMAND)):
+        result = subprocess.run(
+            [*command, "--app", "myapp", "webhooks", "create", name, "myapp.Note",
+             f"https://example.com/{name}"],
+            cwd=folder, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, (name, result.stderr)
+    # The folder comes after the installed modules: a file there named like one imported
+    # later (requests, at the first webhook sent) does not stand in for it.
+    (folder / "requests.py").write_text("raise SystemExit('the folder shadowed requests')\n")
+    allow = ("--allow", "127.0.0.1/32")
+    subprocess.run(
+        [script, *allow, "--app", "myapp", "webhooks", "create", "dead", "myapp.Note",
+         "http://127.0.0.1:9/"],
+        cwd=folder, env=env, capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    ping = subprocess.run(
+        [script, *allow, "--app", "myapp", "webhooks", "ping", "dead"],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ping.returncode == 1 and "shadowed" not in ping.stderr, ping.stderr
+    # Python's -P (PYTHONSAFEPATH) asks for no current folder on sys.path: kept.
+    safe = subprocess.run(
+        [script, "--app", "myapp", "users", "list"], cwd=folder, capture_output=True,
+        text=True, timeout=60, env={**env, "PYTHONSAFEPATH": "1"},
+    )  # fmt: skip
+    assert safe.returncode == 2 and "No module named 'myapp'" in safe.stderr
+
+
+@pytest.mark.sqlite_only
+def test_an_app_module_that_opens_a_store_as_it_is_imported_is_refused(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """A module-level ``store = tokenstore.open(...)`` rebinds every model to that store.
+
+    The command then read and wrote the module's file, not the one --db names:
+    ``users create`` added the user there and exited 0, ``users list`` listed it.
+    """
+    folder = tmp_path / "project"
+    folder.mkdir()
+    theirs = folder / "app.sqlite3"
+    (folder / "opening_app.py").write_text(
+        f"import tokenstore\n\nstore = tokenstore.open({str(theirs)!r})\n"
+    )
+    for command in (("users", "create", "zz"), ("users", "list")):
+        stderr = refused(db_path, "--app", "opening_app", *command, PYTHONPATH=str(folder))
+        assert "--app 'opening_app' opened a store as it was imported" in stderr, stderr
+    for path in (db_path, theirs):
+        with tokenstore_package.open(path, read_only=True) as store:
+            assert [u.username for u in store.users.list()] == ["system"]
+
+
+@pytest.mark.sqlite_only
 def test_a_secret_given_as_the_app_module_is_not_repeated(db_path: Path) -> None:
     """Pasted into --app (or $TOKENSTORE_APP) by mistake, it was quoted twice in the
     message, once by the import's own error: stderr goes to CI logs."""

@@ -18,6 +18,7 @@ import peewee
 from .._backend import FELL_BACK
 from .._credentials import looks_like_secret
 from .._errors import StoreError, StoreReadOnly, ValidationError, shortened
+from .._models import User
 from .._netguard import AddressGuard
 from .._postgres_url import redacted_url
 from .._store import Store
@@ -109,6 +110,7 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
     """
     if looks_like_secret(name):  # pasted by mistake: the import's error would quote it too
         raise ValidationError("--app names no module: it looks like a secret (not shown)")
+    _search_current_folder()
     try:
         module = importlib.import_module(name)
     except ImportError as exc:
@@ -117,6 +119,12 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
         raise ValidationError(
             f"--app {name!r} failed as it was imported: {type(exc).__name__}: {exc}"
         ) from None
+    if User._meta.database is not store.db:  # a module-level tokenstore.open() rebound them
+        raise ValidationError(
+            f"--app {name!r} opened a store as it was imported, and every model now works "
+            "through that one, not the store this command opened: name a module that only "
+            "defines the models, and open the store where the application starts"
+        )
     models = [
         obj
         for obj in vars(module).values()
@@ -128,6 +136,20 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
     for model in models:
         store.register(model)
     return models
+
+
+def _search_current_folder() -> None:
+    """Let --app name a module in the current folder, as ``python -m tokenstore`` does.
+
+    The installed script starts with its own folder first on sys.path, so
+    ``tokenstore --app myapp`` beside myapp.py found nothing while the README calls
+    the two the same command. The folder goes last, so a file there cannot stand in
+    for a module imported later (requests, at the first webhook sent); Python's -P
+    (PYTHONSAFEPATH) keeps it out.
+    """
+    here = os.getcwd()
+    if not sys.flags.safe_path and "" not in sys.path and here not in sys.path:
+        sys.path.append(here)
 
 
 def _is_through_model(model: type[peewee.Model]) -> bool:

@@ -238,7 +238,9 @@ def add_abid_commands(commands: Commands) -> None:
     p.add_argument(
         "--prefix", help="the prefix to expect, or to add to a bare suffix (default: any)"
     )
-    p = _command(abid, "new", cmd_abid_new, "tokenstore.abid_from_values", "make an ABID for now")
+    p = _command(
+        abid, "new", cmd_abid_new, "tokenstore.abid_from_values", "make an ABID, for now or --ts"
+    )
     p.add_argument("--prefix", required=True, help="three letters, e.g. snp")
     p.add_argument("--uri", required=True, help="the uri source, e.g. a URL or an owner's id")
     p.add_argument("--subtype", default="00", help="two characters kept as they are, else hashed")

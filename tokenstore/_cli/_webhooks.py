@@ -364,7 +364,9 @@ def add_webhooks_commands(commands: Commands) -> None:
         "store.webhooks.deliveries",
         "show the delivery log, newest first",
     )
-    p.add_argument("hook", nargs="?", help="the hook's ABID or name (default: every hook)")
+    p.add_argument(
+        "hook", nargs="?", help="the hook's ABID (whk_...) or name (default: every hook)"
+    )
     p.add_argument(
         "--status",
         choices=DELIVERY_STATUSES,
