@@ -608,6 +608,32 @@ def test_read_only_keeps_the_urls_own_options(pg_url: str) -> None:
         assert reader.users.get("alice").username == "alice"
 
 
+def test_a_store_in_a_schema_of_its_own_captures_writes_of_sessions_with_another_path(
+    pg_url: str,
+) -> None:
+    """The capture triggers named tokenstore's tables without their schema, so they were
+    looked up in the search_path of whoever wrote: psql's write of ``elsewhere.memo`` failed
+    with "relation tokenstore_listener does not exist" (or, with a store in public too,
+    recorded its event in that other store's queue)."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute("CREATE SCHEMA elsewhere")
+    path = f"{pg_url}?options=-c%20search_path%3Delsewhere"
+    with tokenstore.open(path, webhook_allow=["127.0.0.1/32"]) as store:
+        store.register(Memo)
+        store.users.create("alice")
+        store.webhooks.create("memos", Memo, "http://127.0.0.1:9/never")  # capture is on
+        with _db.Raw(pg_url) as raw:  # a session with the default search_path
+            raw.execute(
+                "INSERT INTO elsewhere.memo (id, abid, created_by_id, created_at, modified_at, "
+                "text, count) VALUES ('m1', 'mmo_1', 1, '2020-01-01T00:00:00.000Z', "
+                "'2020-01-01T00:00:00.000Z', 'by psql', 0)"
+            )
+            raw.execute("UPDATE elsewhere.tokenstore_user SET username = 'bob' WHERE id = 2")
+        captured = "SELECT table_name, op FROM elsewhere.tokenstore_change_event"
+        assert _db.rows(pg_url, captured) == [("memo", "INSERT")]
+        assert store.users.get("bob").id == 2  # tokenstore's own capture let the update be
+
+
 @contextlib.contextmanager
 def _users_locked_elsewhere(pg_url: str) -> Iterator[None]:
     """A session left in a transaction holding the users table's strongest lock."""
