@@ -677,6 +677,23 @@ def test_a_statement_the_urls_statement_timeout_cancels_is_a_store_error(pg_url:
         assert store.users.get("alice").username == "alice"
 
 
+def test_a_serialization_failure_is_store_locked_as_a_deadlock_is(pg_url: str) -> None:
+    """A database (or URL) may make transactions REPEATABLE READ or SERIALIZABLE: a write
+    that meets another transaction's commit then fails with SQLSTATE 40001, which came out
+    as peewee's OperationalError (or psycopg's own error), no tokenstore error at all."""
+    url = f"{pg_url}?options=-c%20default_transaction_isolation%3Drepeatable%5C%20read"
+    with tokenstore.open(url) as store:
+        token, _ = store.tokens.create(store.users.create("alice"), name="ci")
+        with pytest.raises(StoreLocked, match="retry"), store.atomic():
+            store.tokens.get(token.abid)  # the transaction's snapshot is taken here
+            with _db.Raw(pg_url) as raw:
+                raw.execute(
+                    "UPDATE tokenstore_api_token SET name = 'cd' WHERE id = ?", (token.id.hex,)
+                )
+            store.tokens.revoke(token)
+        assert store.tokens.revoke(token).revoked_at is not None  # retried, it goes through
+
+
 # -- what the database holds ----------------------------------------------------------------
 
 
