@@ -433,6 +433,11 @@ def open_database(
     db = PostgresDatabase(url, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
     try:
         version = db.schema_version()
+        if version < 0:  # as on SQLite; there is no migration from it
+            raise StoreError(
+                f"{db.shown_url} has schema version {version}, which no tokenstore writes: "
+                "it is not a tokenstore database"
+            )
         if version == schema.SCHEMA_VERSION:
             schema.refuse_missing_tables(db.shown_url, db.get_tables())
         why = None if read_only else schema.only_reads(db.connection(), version, db.get_tables)
