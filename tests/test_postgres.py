@@ -634,6 +634,22 @@ def test_a_store_in_a_schema_of_its_own_captures_writes_of_sessions_with_another
         assert store.users.get("bob").id == 2  # tokenstore's own capture let the update be
 
 
+def test_a_store_in_a_schema_of_its_own_captures_a_table_public_has_too(pg_url: str) -> None:
+    """The capture function was looked up by the search_path: a store in ``elsewhere`` with
+    ``public`` behind it found public's ``memo_capture``, took it for its own (the same
+    digest), and left ``elsewhere.memo`` without triggers: its changes never reached a hook."""
+    with tokenstore.open(pg_url) as store:
+        store.register(Memo)
+    with _db.Raw(pg_url) as raw:
+        raw.execute("CREATE SCHEMA elsewhere")
+    path = f"{pg_url}?options=-c%20search_path%3Delsewhere,public"
+    with tokenstore.open(path, webhook_allow=["127.0.0.1/32"]) as store:
+        store.register(Memo)
+        hook = store.webhooks.create("memos", Memo, "http://127.0.0.1:9/never")
+        Memo.create(text="kept in elsewhere")
+        assert [d.event_type for d in store.webhooks.deliveries(hook)] == ["memo.created"]
+
+
 @contextlib.contextmanager
 def _users_locked_elsewhere(pg_url: str) -> Iterator[None]:
     """A session left in a transaction holding the users table's strongest lock."""

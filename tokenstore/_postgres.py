@@ -359,8 +359,11 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         with self.write(quiet=True):
             conn = self.connection()
             schema.lock_schema(conn)
+            # In this store's schema: one later in the search_path is another store's.
             (current,) = conn.execute(
-                "SELECT obj_description(to_regprocedure(%s), 'pg_proc')", (function,)
+                "SELECT obj_description(to_regprocedure(format('%%I.%%s', current_schema(), "
+                "%s::text)), 'pg_proc')",
+                (function,),
             ).fetchone() or (None,)
             if current == digest:
                 return
