@@ -608,6 +608,21 @@ def test_read_only_keeps_the_urls_own_options(pg_url: str) -> None:
         assert reader.users.get("alice").username == "alice"
 
 
+def test_pgoptions_holds_where_the_url_sets_no_options(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq reads PGOPTIONS when the URL has no ``options``, as psql does; tokenstore's own
+    options replaced it, so a search_path given there was dropped and the store made in
+    public, where psql (``inspect_with``) did not look."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute("CREATE SCHEMA elsewhere")
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=elsewhere -c lock_timeout=2s")
+    with tokenstore.open(pg_url, busy_timeout=5) as store:
+        store.users.create("alice")
+        assert pg(store).lock_wait == 2
+    assert _db.rows(pg_url, "SELECT count(*) FROM elsewhere.tokenstore_user") == [(2,)]
+
+
 def test_a_store_in_a_schema_of_its_own_captures_writes_of_sessions_with_another_path(
     pg_url: str,
 ) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -98,9 +99,10 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         given = driver().conninfo.conninfo_to_dict(url)
         # In UTC, as tokenstore's times are: a TIMESTAMP column of an application's keeps
         # an aware time converted to the session's zone, which was the server's.
+        # libpq reads PGOPTIONS only where the URL sets no options: these would replace it.
         settings = [
             f"-c lock_timeout={int(busy_timeout * 1000)} -c timezone=UTC",
-            given.get("options", ""),
+            given.get("options", os.environ.get("PGOPTIONS", "")),
         ]
         if read_only:
             settings.append("-c default_transaction_read_only=on")
