@@ -755,6 +755,22 @@ def test_tables_named_like_tokenstores_without_its_version_are_refused_untouched
     assert _db.rows(pg_url, "SELECT * FROM tokenstore_user") == [("x",)]
 
 
+@pytest.mark.parametrize(
+    "version_table",
+    ["(applied_at TEXT)", "(version TEXT); INSERT INTO tokenstore_schema_version VALUES ('x')"],
+)
+def test_a_version_table_tokenstore_did_not_make_is_refused(
+    pg_url: str, version_table: str
+) -> None:
+    """Its version was read as tokenstore writes it: psycopg's UndefinedColumn, or int()'s
+    ValueError, came out of open()."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute(f"CREATE TABLE tokenstore_schema_version {version_table}")
+    for options in ({}, {"read_only": True}):
+        with pytest.raises(StoreError, match="tokenstore_schema_version that tokenstore did not"):
+            tokenstore.open(pg_url, **options)
+
+
 def test_an_opener_that_saw_no_schema_before_another_made_it_opens(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -314,7 +314,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
 
     def schema_version(self) -> int:
         """The database's schema version; 0 for a database tokenstore has not set up."""
-        return schema.schema_version(self.connection())
+        return schema.schema_version(self.connection(), self.shown_url)
 
     def apply_schema(self) -> None:
         """Bring the database to its current schema, however many processes open it at once."""

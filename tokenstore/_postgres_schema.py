@@ -97,16 +97,26 @@ def _to_version_2(conn: psycopg.Connection[Any]) -> None:
 MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {1: _to_version_2}
 
 
-def schema_version(conn: psycopg.Connection[Any]) -> int:
-    """The database's schema version; 0 for a database tokenstore has not set up."""
+def schema_version(conn: psycopg.Connection[Any], shown_url: str) -> int:
+    """The database's schema version; 0 for a database tokenstore has not set up.
+
+    A version table whose ``version`` is not a whole number is another program's.
+    """
     # A plain query of the catalog sees what committed before it started (to_regclass
     # may answer from a catalog cache older than the advisory lock just taken).
     row = conn.execute(
-        "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = %s",
+        "SELECT (SELECT data_type FROM information_schema.columns WHERE table_schema = "
+        "schemaname AND table_name = tablename AND column_name = 'version') "
+        "FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = %s",
         (VERSION_TABLE,),
     ).fetchone()
     if row is None:
         return 0
+    if row[0] not in ("integer", "bigint", "smallint"):
+        raise StoreError(
+            f"{shown_url} has a table {VERSION_TABLE} that tokenstore did not make (its "
+            "version column is missing or not a number): another program's"
+        )
     (version,) = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone() or (0,)
     return int(version or 0)
 
@@ -130,7 +140,7 @@ def apply_schema(
     the database's tables, asked only for a database not set up yet.
     """
     lock_schema(conn)
-    version = schema_version(conn)
+    version = schema_version(conn, shown_url)
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"{shown_url} has schema version {version}, newer than this "
