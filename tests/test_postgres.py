@@ -756,6 +756,27 @@ def test_tables_named_like_tokenstores_without_its_version_are_refused_untouched
 
 
 @pytest.mark.parametrize(
+    "another_programs",
+    [
+        "CREATE VIEW tokenstore_user AS SELECT 1 AS x",
+        "CREATE SEQUENCE tokenstore_change_event",
+        "CREATE TABLE t (x INT); CREATE INDEX tokenstore_user_username ON t (x)",
+        "CREATE FUNCTION tokenstore_user_capture() RETURNS INT LANGUAGE sql AS 'SELECT 1'",
+    ],
+)
+def test_objects_named_like_tokenstores_are_refused_as_its_tables_are(
+    pg_url: str, another_programs: str
+) -> None:
+    """Not tables, so not seen as a clash: creating the schema failed on them with peewee's
+    ProgrammingError ("relation ... already exists"). Nothing of the schema is made."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute(another_programs)
+    with pytest.raises(StoreError, match="tokenstore cannot be set up in it"):
+        tokenstore.open(pg_url)
+    assert _db.rows(pg_url, "SELECT to_regclass('tokenstore_api_token')") == [(None,)]
+
+
+@pytest.mark.parametrize(
     "version_table",
     ["(applied_at TEXT)", "(version TEXT); INSERT INTO tokenstore_schema_version VALUES ('x')"],
 )

@@ -20,6 +20,7 @@ from ._backend import tables_created, to_version_2
 from ._errors import StoreCorrupt, StoreError, ValidationError
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import LONGEST_NAME, schema_sql, schema_statement
+from ._postgres_driver import driver
 from ._times import format_time, utcnow
 
 if TYPE_CHECKING:
@@ -148,7 +149,14 @@ def apply_schema(
         )
     if version == 0:  # under the lock: another opener may just have made them
         _refuse_clashing_tables(shown_url, tables())
-        conn.execute(schema_sql())
+        try:
+            conn.execute(schema_sql())
+        except driver().Error as exc:  # nothing of it stays: the transaction is rolled back
+            detail = str(exc).strip().partition("\n")[0]
+            raise StoreError(
+                f"{shown_url}: tokenstore cannot be set up in it ({detail}): another "
+                "program's view, index, sequence, type or function has a name tokenstore uses"
+            ) from None
     else:
         for step in range(version, SCHEMA_VERSION):
             MIGRATIONS[step](conn)
