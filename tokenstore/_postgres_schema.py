@@ -105,10 +105,14 @@ def schema_version(conn: psycopg.Connection[Any], shown_url: str) -> int:
     """
     # A plain query of the catalog sees what committed before it started (to_regclass
     # may answer from a catalog cache older than the advisory lock just taken).
+    # The catalog, not information_schema, which hides the columns of a table the role
+    # has no rights on: then the SELECT below says so.
     row = conn.execute(
-        "SELECT (SELECT data_type FROM information_schema.columns WHERE table_schema = "
-        "schemaname AND table_name = tablename AND column_name = 'version') "
-        "FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = %s",
+        "SELECT (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a "
+        "WHERE a.attrelid = c.oid AND a.attname = 'version' AND NOT a.attisdropped) "
+        "FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relname = %s "
+        "AND c.relkind IN ('r', 'p')",
         (VERSION_TABLE,),
     ).fetchone()
     if row is None:
