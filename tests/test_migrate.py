@@ -273,6 +273,17 @@ def test_the_same_database_by_another_url_is_refused(pg_url: str, respelled: str
     assert snapshot(pg_url) == held
 
 
+def test_a_store_moves_to_another_schema_of_the_same_database(pg_url: str) -> None:
+    """Stores in two schemas of one database (the URL's search_path) are two stores: the
+    move was refused as a copy of a database onto itself."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute("CREATE SCHEMA moved")
+    fill(pg_url)
+    dest = f"{pg_url}?options=-c%20search_path%3Dmoved"
+    tokenstore.migrate(pg_url, dest)
+    assert snapshot(dest) == snapshot(pg_url)
+
+
 def test_text_postgres_cannot_hold_is_refused_naming_its_row(tmp_path: Path, pg_url: str) -> None:
     """SQLite's text may hold NUL (edited in by hand), PostgreSQL's cannot: nothing is copied."""
     source = tmp_path / "source.sqlite3"

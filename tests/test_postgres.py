@@ -608,6 +608,63 @@ def test_read_only_keeps_the_urls_own_options(pg_url: str) -> None:
         assert reader.users.get("alice").username == "alice"
 
 
+def test_pgoptions_holds_where_the_url_sets_no_options(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq reads PGOPTIONS when the URL has no ``options``, as psql does; tokenstore's own
+    options replaced it, so a search_path given there was dropped and the store made in
+    public, where psql (``inspect_with``) did not look."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute("CREATE SCHEMA elsewhere")
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=elsewhere -c lock_timeout=2s")
+    with tokenstore.open(pg_url, busy_timeout=5) as store:
+        store.users.create("alice")
+        assert pg(store).lock_wait == 2
+    assert _db.rows(pg_url, "SELECT count(*) FROM elsewhere.tokenstore_user") == [(2,)]
+
+
+def test_a_store_in_a_schema_of_its_own_captures_writes_of_sessions_with_another_path(
+    pg_url: str,
+) -> None:
+    """The capture triggers named tokenstore's tables without their schema, so they were
+    looked up in the search_path of whoever wrote: psql's write of ``elsewhere.memo`` failed
+    with "relation tokenstore_listener does not exist" (or, with a store in public too,
+    recorded its event in that other store's queue)."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute("CREATE SCHEMA elsewhere")
+    path = f"{pg_url}?options=-c%20search_path%3Delsewhere"
+    with tokenstore.open(path, webhook_allow=["127.0.0.1/32"]) as store:
+        store.register(Memo)
+        store.users.create("alice")
+        store.webhooks.create("memos", Memo, "http://127.0.0.1:9/never")  # capture is on
+        with _db.Raw(pg_url) as raw:  # a session with the default search_path
+            raw.execute(
+                "INSERT INTO elsewhere.memo (id, abid, created_by_id, created_at, modified_at, "
+                "text, count) VALUES ('m1', 'mmo_1', 1, '2020-01-01T00:00:00.000Z', "
+                "'2020-01-01T00:00:00.000Z', 'by psql', 0)"
+            )
+            raw.execute("UPDATE elsewhere.tokenstore_user SET username = 'bob' WHERE id = 2")
+        captured = "SELECT table_name, op FROM elsewhere.tokenstore_change_event"
+        assert _db.rows(pg_url, captured) == [("memo", "INSERT")]
+        assert store.users.get("bob").id == 2  # tokenstore's own capture let the update be
+
+
+def test_a_store_in_a_schema_of_its_own_captures_a_table_public_has_too(pg_url: str) -> None:
+    """The capture function was looked up by the search_path: a store in ``elsewhere`` with
+    ``public`` behind it found public's ``memo_capture``, took it for its own (the same
+    digest), and left ``elsewhere.memo`` without triggers: its changes never reached a hook."""
+    with tokenstore.open(pg_url) as store:
+        store.register(Memo)
+    with _db.Raw(pg_url) as raw:
+        raw.execute("CREATE SCHEMA elsewhere")
+    path = f"{pg_url}?options=-c%20search_path%3Delsewhere,public"
+    with tokenstore.open(path, webhook_allow=["127.0.0.1/32"]) as store:
+        store.register(Memo)
+        hook = store.webhooks.create("memos", Memo, "http://127.0.0.1:9/never")
+        Memo.create(text="kept in elsewhere")
+        assert [d.event_type for d in store.webhooks.deliveries(hook)] == ["memo.created"]
+
+
 @contextlib.contextmanager
 def _users_locked_elsewhere(pg_url: str) -> Iterator[None]:
     """A session left in a transaction holding the users table's strongest lock."""
@@ -651,6 +708,23 @@ def test_a_statement_the_urls_statement_timeout_cancels_is_a_store_error(pg_url:
         assert store.users.get("alice").username == "alice"
 
 
+def test_a_serialization_failure_is_store_locked_as_a_deadlock_is(pg_url: str) -> None:
+    """A database (or URL) may make transactions REPEATABLE READ or SERIALIZABLE: a write
+    that meets another transaction's commit then fails with SQLSTATE 40001, which came out
+    as peewee's OperationalError (or psycopg's own error), no tokenstore error at all."""
+    url = f"{pg_url}?options=-c%20default_transaction_isolation%3Drepeatable%5C%20read"
+    with tokenstore.open(url) as store:
+        token, _ = store.tokens.create(store.users.create("alice"), name="ci")
+        with pytest.raises(StoreLocked, match="retry"), store.atomic():
+            store.tokens.get(token.abid)  # the transaction's snapshot is taken here
+            with _db.Raw(pg_url) as raw:
+                raw.execute(
+                    "UPDATE tokenstore_api_token SET name = 'cd' WHERE id = ?", (token.id.hex,)
+                )
+            store.tokens.revoke(token)
+        assert store.tokens.revoke(token).revoked_at is not None  # retried, it goes through
+
+
 # -- what the database holds ----------------------------------------------------------------
 
 
@@ -679,6 +753,43 @@ def test_tables_named_like_tokenstores_without_its_version_are_refused_untouched
         ("tokenstore_user",)
     ]
     assert _db.rows(pg_url, "SELECT * FROM tokenstore_user") == [("x",)]
+
+
+@pytest.mark.parametrize(
+    "another_programs",
+    [
+        "CREATE VIEW tokenstore_user AS SELECT 1 AS x",
+        "CREATE SEQUENCE tokenstore_change_event",
+        "CREATE TABLE t (x INT); CREATE INDEX tokenstore_user_username ON t (x)",
+        "CREATE FUNCTION tokenstore_user_capture() RETURNS INT LANGUAGE sql AS 'SELECT 1'",
+    ],
+)
+def test_objects_named_like_tokenstores_are_refused_as_its_tables_are(
+    pg_url: str, another_programs: str
+) -> None:
+    """Not tables, so not seen as a clash: creating the schema failed on them with peewee's
+    ProgrammingError ("relation ... already exists"). Nothing of the schema is made."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute(another_programs)
+    with pytest.raises(StoreError, match="tokenstore cannot be set up in it"):
+        tokenstore.open(pg_url)
+    assert _db.rows(pg_url, "SELECT to_regclass('tokenstore_api_token')") == [(None,)]
+
+
+@pytest.mark.parametrize(
+    "version_table",
+    ["(applied_at TEXT)", "(version TEXT); INSERT INTO tokenstore_schema_version VALUES ('x')"],
+)
+def test_a_version_table_tokenstore_did_not_make_is_refused(
+    pg_url: str, version_table: str
+) -> None:
+    """Its version was read as tokenstore writes it: psycopg's UndefinedColumn, or int()'s
+    ValueError, came out of open()."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute(f"CREATE TABLE tokenstore_schema_version {version_table}")
+    for options in ({}, {"read_only": True}):
+        with pytest.raises(StoreError, match="tokenstore_schema_version that tokenstore did not"):
+            tokenstore.open(pg_url, **options)
 
 
 def test_an_opener_that_saw_no_schema_before_another_made_it_opens(

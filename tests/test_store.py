@@ -241,6 +241,17 @@ def test_a_newer_postgres_schema_is_refused_and_left_alone(pg_url: str) -> None:
     ]
 
 
+def test_a_negative_postgres_schema_version_is_refused_as_sqlites_is(pg_url: str) -> None:
+    """No tokenstore writes one: opening looked up its migration and raised a bare KeyError."""
+    tokenstore.open(pg_url).close()
+    with _db.Raw(pg_url) as raw:
+        raw.execute("UPDATE tokenstore_schema_version SET version = -1")
+    for options in ({}, {"create": False}, {"read_only": True}):
+        with pytest.raises(StoreError, match="schema version -1, which no tokenstore writes"):
+            tokenstore.open(pg_url, **options)
+    assert _db.rows(pg_url, "SELECT version FROM tokenstore_schema_version") == [(-1,)]
+
+
 def test_a_postgres_migration_step_runs_once_under_the_lock(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

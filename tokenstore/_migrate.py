@@ -67,23 +67,27 @@ def _location(value: object, what: str) -> str:
 def _same_database(
     src: SQLiteDatabase | PostgresDatabase, dst: SQLiteDatabase | PostgresDatabase
 ) -> bool:
-    """Whether two URLs (``postgres://``, another host name, other parameters) reach one database.
+    """Whether two URLs (``postgres://``, another host name, other parameters) reach one store.
 
     The source's connection looks for the destination's among the sessions of
-    its own database: only the same server and database has it.
+    its own database: only the same server and database has it. A store lives
+    in its session's schema (the URL's search_path), so two schemas are two stores.
     """
     if not (isinstance(src, PostgresDatabase) and isinstance(dst, PostgresDatabase)):
         return False
     session = (
         dst.connection()
-        .execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+        .execute(
+            "SELECT pid, backend_start, current_schema() FROM pg_stat_activity "
+            "WHERE pid = pg_backend_pid()"
+        )
         .fetchone()
     )
     found = (
         src.connection()
         .execute(
             "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND backend_start = %s "
-            "AND datname = current_database()",
+            "AND datname = current_database() AND current_schema() = %s",
             session,
         )
         .fetchone()

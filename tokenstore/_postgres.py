@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -98,9 +99,10 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         given = driver().conninfo.conninfo_to_dict(url)
         # In UTC, as tokenstore's times are: a TIMESTAMP column of an application's keeps
         # an aware time converted to the session's zone, which was the server's.
+        # libpq reads PGOPTIONS only where the URL sets no options: these would replace it.
         settings = [
             f"-c lock_timeout={int(busy_timeout * 1000)} -c timezone=UTC",
-            given.get("options", ""),
+            given.get("options", os.environ.get("PGOPTIONS", "")),
         ]
         if read_only:
             settings.append("-c default_transaction_read_only=on")
@@ -312,7 +314,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
 
     def schema_version(self) -> int:
         """The database's schema version; 0 for a database tokenstore has not set up."""
-        return schema.schema_version(self.connection())
+        return schema.schema_version(self.connection(), self.shown_url)
 
     def apply_schema(self) -> None:
         """Bring the database to its current schema, however many processes open it at once."""
@@ -359,8 +361,11 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         with self.write(quiet=True):
             conn = self.connection()
             schema.lock_schema(conn)
+            # In this store's schema: one later in the search_path is another store's.
             (current,) = conn.execute(
-                "SELECT obj_description(to_regprocedure(%s), 'pg_proc')", (function,)
+                "SELECT obj_description(to_regprocedure(format('%%I.%%s', current_schema(), "
+                "%s::text)), 'pg_proc')",
+                (function,),
             ).fetchone() or (None,)
             if current == digest:
                 return
@@ -433,6 +438,11 @@ def open_database(
     db = PostgresDatabase(url, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
     try:
         version = db.schema_version()
+        if version < 0:  # as on SQLite; there is no migration from it
+            raise StoreError(
+                f"{db.shown_url} has schema version {version}, which no tokenstore writes: "
+                "it is not a tokenstore database"
+            )
         if version == schema.SCHEMA_VERSION:
             schema.refuse_missing_tables(db.shown_url, db.get_tables())
         why = None if read_only else schema.only_reads(db.connection(), version, db.get_tables)

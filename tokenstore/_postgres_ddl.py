@@ -26,6 +26,11 @@ CHANNEL = "tokenstore_changes"
 #: json_build_object takes at most 100 arguments: a name and a value per column.
 _COLUMNS_PER_OBJECT = 50
 
+#: A capture function names tokenstore's tables without a schema; run with the search_path
+#: of the session that wrote (psql's, another program's), it found no such tables, or
+#: another store's in ``public``. It keeps the one it was made with, the store's.
+_TRIGGER_FUNCTION = "RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT"
+
 # -- the schema file ------------------------------------------------------------------------
 
 
@@ -147,7 +152,7 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
     of = "OF " + ", ".join(watched) + " " if watched else ""
     changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in watched) or "false"
     return [
-        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+        f"CREATE OR REPLACE FUNCTION {function}() {_TRIGGER_FUNCTION} AS $$\n"
         "BEGIN\n"
         f"  IF NOT (EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM "
         f"{HOOK_TABLE} WHERE ref = {quote_literal(spec.ref)} AND enabled)) THEN\n"
@@ -200,7 +205,7 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
     function = function_name(spec)
     on = quote_name(spec.table)
     return [
-        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+        f"CREATE OR REPLACE FUNCTION {function}() {_TRIGGER_FUNCTION} AS $$\n"
         "BEGIN\n"
         f"  IF NOT (EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM "
         f"{HOOK_TABLE} WHERE ref IN ({refs}) AND enabled "

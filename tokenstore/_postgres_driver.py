@@ -70,6 +70,8 @@ _FAULTS: dict[str, tuple[type[TokenstoreError], str]] = {
     "53100": (StoreFull, "the server's disk is full"),
     "55P03": (StoreLocked, "the database stayed locked for {timeout:g} s"),
     "40P01": (StoreLocked, "a deadlock with another transaction; retry"),
+    # Under REPEATABLE READ or SERIALIZABLE (the database's or the URL's default).
+    "40001": (StoreLocked, "another transaction changed what this one read or wrote; retry"),
     # The URL may set statement_timeout below the lock wait: then it ends a wait for a lock.
     "57014": (
         StoreLocked,

@@ -20,6 +20,7 @@ from ._backend import tables_created, to_version_2
 from ._errors import StoreCorrupt, StoreError, ValidationError
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import LONGEST_NAME, schema_sql, schema_statement
+from ._postgres_driver import driver
 from ._times import format_time, utcnow
 
 if TYPE_CHECKING:
@@ -97,16 +98,30 @@ def _to_version_2(conn: psycopg.Connection[Any]) -> None:
 MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {1: _to_version_2}
 
 
-def schema_version(conn: psycopg.Connection[Any]) -> int:
-    """The database's schema version; 0 for a database tokenstore has not set up."""
+def schema_version(conn: psycopg.Connection[Any], shown_url: str) -> int:
+    """The database's schema version; 0 for a database tokenstore has not set up.
+
+    A version table whose ``version`` is not a whole number is another program's.
+    """
     # A plain query of the catalog sees what committed before it started (to_regclass
     # may answer from a catalog cache older than the advisory lock just taken).
+    # The catalog, not information_schema, which hides the columns of a table the role
+    # has no rights on: then the SELECT below says so.
     row = conn.execute(
-        "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = %s",
+        "SELECT (SELECT format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute AS a "
+        "WHERE a.attrelid = c.oid AND a.attname = 'version' AND NOT a.attisdropped) "
+        "FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relname = %s "
+        "AND c.relkind IN ('r', 'p')",
         (VERSION_TABLE,),
     ).fetchone()
     if row is None:
         return 0
+    if row[0] not in ("integer", "bigint", "smallint"):
+        raise StoreError(
+            f"{shown_url} has a table {VERSION_TABLE} that tokenstore did not make (its "
+            "version column is missing or not a number): another program's"
+        )
     (version,) = conn.execute(f"SELECT max(version) FROM {VERSION_TABLE}").fetchone() or (0,)
     return int(version or 0)
 
@@ -130,7 +145,7 @@ def apply_schema(
     the database's tables, asked only for a database not set up yet.
     """
     lock_schema(conn)
-    version = schema_version(conn)
+    version = schema_version(conn, shown_url)
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"{shown_url} has schema version {version}, newer than this "
@@ -138,7 +153,14 @@ def apply_schema(
         )
     if version == 0:  # under the lock: another opener may just have made them
         _refuse_clashing_tables(shown_url, tables())
-        conn.execute(schema_sql())
+        try:
+            conn.execute(schema_sql())
+        except driver().Error as exc:  # nothing of it stays: the transaction is rolled back
+            detail = str(exc).strip().partition("\n")[0]
+            raise StoreError(
+                f"{shown_url}: tokenstore cannot be set up in it ({detail}): another "
+                "program's view, index, sequence, type or function has a name tokenstore uses"
+            ) from None
     else:
         for step in range(version, SCHEMA_VERSION):
             MIGRATIONS[step](conn)

@@ -190,7 +190,7 @@ ORDER BY created_at;
 -- recorded event also notifies the channel tokenstore_changes, which wakes
 -- dispatchers once the writing transaction commits.
 
-CREATE OR REPLACE FUNCTION "tokenstore_user_capture"() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION "tokenstore_user_capture"() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
   IF NOT (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.User' AND enabled)) THEN
     RETURN NULL;
@@ -220,7 +220,7 @@ EXECUTE FUNCTION "tokenstore_user_capture"();
 CREATE TRIGGER "tokenstore_user_capture_delete" AFTER DELETE ON "tokenstore_user"
 FOR EACH ROW EXECUTE FUNCTION "tokenstore_user_capture"();
 
-CREATE OR REPLACE FUNCTION "tokenstore_api_token_capture"() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION "tokenstore_api_token_capture"() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
   IF NOT (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.APIToken' AND enabled)) THEN
     RETURN NULL;
@@ -250,7 +250,7 @@ EXECUTE FUNCTION "tokenstore_api_token_capture"();
 CREATE TRIGGER "tokenstore_api_token_capture_delete" AFTER DELETE ON "tokenstore_api_token"
 FOR EACH ROW EXECUTE FUNCTION "tokenstore_api_token_capture"();
 
-CREATE OR REPLACE FUNCTION "tokenstore_outbound_webhook_capture"() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION "tokenstore_outbound_webhook_capture"() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
   IF NOT (EXISTS (SELECT 1 FROM tokenstore_listener) OR EXISTS (SELECT 1 FROM tokenstore_outbound_webhook WHERE ref = 'tokenstore.OutboundWebhook' AND enabled)) THEN
     RETURN NULL;
