@@ -294,6 +294,24 @@ def test_an_allowlist_entry_that_is_no_utf8_is_ignored_and_the_store_opens(
     assert "1 entries hold text that is not UTF-8" in caplog.text
 
 
+@pytest.mark.parametrize("entry", ["X'00FF'", "'!!bad host'", "'10.0.0.0/33'", "7"])
+def test_an_allowlist_entry_no_guard_can_read_is_ignored_and_sending_goes_on(
+    path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture, entry: str
+) -> None:
+    """Such a row made every attempt raise after its commit, and open() refuse the store."""
+    with tokenstore.open(path, webhook_allow=["127.0.0.1/32"]) as store:
+        store.webhooks.create("users", "tokenstore.User", receiver.url())
+        edit(path, f"INSERT INTO tokenstore_webhook_allow VALUES ({entry}, '2020-01-01')")
+        with caplog.at_level(logging.ERROR, logger="tokenstore"):
+            assert store.webhooks.allowlist() == ["127.0.0.1/32"]
+            store.users.create("alice")
+        assert store.webhooks.deliveries(limit=1)[0].status == "delivered"
+    assert "1 entries are no address, network or host name and are ignored" in caplog.text
+    assert "Traceback" not in caplog.text
+    with tokenstore.open(path) as store:
+        assert store.webhooks.allowlist() == ["127.0.0.1/32"]
+
+
 @pytest.mark.parametrize("claimant", ["X'FFFE'", "7", NOT_UTF8])
 def test_a_listener_row_that_no_listener_wrote_is_removed(path: Path, claimant: str) -> None:
     tokenstore.open(path).close()
