@@ -81,6 +81,20 @@ def far_future(store: Store) -> object:
     return store.clock() + timedelta(days=1)
 
 
+def test_a_delivery_whose_hook_was_deleted_in_the_shell_goes_as_it_would_have_with_it(
+    store: Store, path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shell enforces no foreign keys: the row stayed, and every call "attempted" it."""
+    store.webhooks.create("gone", "tokenstore.User", "http://127.0.0.1:9/")
+    store.users.create("alice")
+    edit(path, "DELETE FROM tokenstore_outbound_webhook WHERE name = 'gone'")
+    (orphan,) = store.webhooks.deliveries()
+    with caplog.at_level(logging.WARNING, logger="tokenstore"):
+        assert store.webhooks.deliver_due(far_future(store)) == 0
+    assert store.webhooks.deliveries() == []
+    assert f"delivery {orphan.abid}: its hook is gone" in caplog.text
+
+
 def test_attempts_as_text_is_skipped_by_deliver_due_and_marked_dead(
     store: Store, path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
