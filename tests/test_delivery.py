@@ -1245,6 +1245,20 @@ def test_a_hook_turned_off_by_update_has_its_due_deliveries_marked_dead_by_the_r
     assert {(d.status, d.last_error) for d in dead} == {("dead", "hook disabled: by hand")}
 
 
+def test_deliveries_given_up_unsent_are_not_counted_as_attempted(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """`webhooks deliver-due` said "deliveries_attempted 2" for two it sent nowhere."""
+    receiver.respond = lambda h: answer(h, 500)
+    hook = store.webhooks.create("off", Note, receiver.url())
+    Note.create(text="one")
+    Note.create(text="two")  # behind the first's retry
+    store.webhooks.update(hook, enabled=False)
+    clock.advance(RETRY_SCHEDULE[1])
+    assert store.webhooks.deliver_due() == 0
+    assert len(receiver.hits) == 1
+
+
 def test_a_rotated_secret_signs_alongside_the_old_one_for_the_grace_period(
     store: Store, receiver: Receiver, clock: Clock
 ) -> None:

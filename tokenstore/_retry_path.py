@@ -159,8 +159,10 @@ class RetryPath:
                 continue
             sends = delivery.attempts
             self.outbox.attempt(delivery, at, hook)
+            if delivery.attempts == sends:  # not sent: given up (its hook off), or held back
+                continue
             attempted += 1
-            if delivery.status != "delivered" and delivery.attempts != sends:
+            if delivery.status != "delivered":
                 # It was sent and failed; one that died on its last attempt has no
                 # retry to wait behind, but the receiver is as down as for the others.
                 retry = delivery.next_attempt_at
