@@ -153,9 +153,10 @@ class RetryPath:
             if hook is None:
                 # Deleted where foreign keys are not enforced (the sqlite3 shell, by default):
                 # the delivery goes as the hook's deletion would have taken it.
-                logger.warning("delivery %s: its hook is gone; it is deleted", delivery.abid)
                 with self.db.write(quiet=True) as conn:
-                    conn.execute(self._forget_orphan, (delivery_id,))
+                    cursor = conn.execute(self._forget_orphan, (delivery_id,))
+                if cursor.rowcount:  # known once the block has ended (PostgreSQL's pipeline)
+                    logger.warning("delivery %s: its hook is gone; it is deleted", delivery.abid)
                 continue
             sends = delivery.attempts
             self.outbox.attempt(delivery, at, hook)
