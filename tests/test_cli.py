@@ -817,6 +817,19 @@ def test_update_delivery_and_deliver_due(
     assert as_json(db_path, *allow, "webhooks", "deliver-due") == {"deliveries_attempted": 0}
 
 
+@pytest.mark.sqlite_only  # PostgreSQL enforces the foreign key: no delivery outlives its hook
+def test_a_delivery_whose_hook_is_gone_is_shown_without_a_traceback(db_path: Path) -> None:
+    """Deleted in the sqlite3 shell (no foreign keys), or by another process between reads."""
+    allow = ("--allow", "127.0.0.1/32")
+    as_json(db_path, *allow, "webhooks", "create", "h", "tokenstore.User", "http://127.0.0.1:9/")
+    as_json(db_path, *allow, "users", "create", "gus")
+    _db.edit(db_path, "DELETE FROM tokenstore_outbound_webhook")
+    (log,) = as_json(db_path, "webhooks", "deliveries")
+    assert log["hook"] == "(deleted)" and log["event_type"] == "user.created"
+    one = as_json(db_path, "webhooks", "delivery", log["webhook_id"])
+    assert one["hook"] == "(deleted)" and json.loads(one["payload"])["type"] == "user.created"
+
+
 def test_dispatch_names_events_waiting_for_a_model_it_lacks(
     db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
 ) -> None:

@@ -81,6 +81,20 @@ def far_future(store: Store) -> object:
     return store.clock() + timedelta(days=1)
 
 
+def test_a_delivery_whose_hook_was_deleted_in_the_shell_goes_as_it_would_have_with_it(
+    store: Store, path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shell enforces no foreign keys: the row stayed, and every call "attempted" it."""
+    store.webhooks.create("gone", "tokenstore.User", "http://127.0.0.1:9/")
+    store.users.create("alice")
+    edit(path, "DELETE FROM tokenstore_outbound_webhook WHERE name = 'gone'")
+    (orphan,) = store.webhooks.deliveries()
+    with caplog.at_level(logging.WARNING, logger="tokenstore"):
+        assert store.webhooks.deliver_due(far_future(store)) == 0
+    assert store.webhooks.deliveries() == []
+    assert f"delivery {orphan.abid}: its hook is gone" in caplog.text
+
+
 def test_attempts_as_text_is_skipped_by_deliver_due_and_marked_dead(
     store: Store, path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -292,6 +306,24 @@ def test_an_allowlist_entry_that_is_no_utf8_is_ignored_and_the_store_opens(
     with caplog.at_level(logging.ERROR, logger="tokenstore"), tokenstore.open(path) as store:
         assert store.webhooks.allowlist() == ["10.0.0.0/8"]
     assert "1 entries hold text that is not UTF-8" in caplog.text
+
+
+@pytest.mark.parametrize("entry", ["X'00FF'", "'!!bad host'", "'10.0.0.0/33'", "7"])
+def test_an_allowlist_entry_no_guard_can_read_is_ignored_and_sending_goes_on(
+    path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture, entry: str
+) -> None:
+    """Such a row made every attempt raise after its commit, and open() refuse the store."""
+    with tokenstore.open(path, webhook_allow=["127.0.0.1/32"]) as store:
+        store.webhooks.create("users", "tokenstore.User", receiver.url())
+        edit(path, f"INSERT INTO tokenstore_webhook_allow VALUES ({entry}, '2020-01-01')")
+        with caplog.at_level(logging.ERROR, logger="tokenstore"):
+            assert store.webhooks.allowlist() == ["127.0.0.1/32"]
+            store.users.create("alice")
+        assert store.webhooks.deliveries(limit=1)[0].status == "delivered"
+    assert "1 entries are no address, network or host name and are ignored" in caplog.text
+    assert "Traceback" not in caplog.text
+    with tokenstore.open(path) as store:
+        assert store.webhooks.allowlist() == ["127.0.0.1/32"]
 
 
 @pytest.mark.parametrize("claimant", ["X'FFFE'", "7", NOT_UTF8])

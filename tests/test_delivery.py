@@ -1025,6 +1025,36 @@ def test_an_enable_after_the_failure_that_disables_a_hook_is_not_undone(
         s.close()
 
 
+def test_failures_in_flight_together_disable_a_hook_once(
+    db_path: Path, receiver: Receiver, clock: Clock
+) -> None:
+    """Each failure recorded after the one that disabled the hook disabled it again: one
+    webhook_disabled per attempt that was under way, each overwriting the reason."""
+    s = open_store(db_path, clock, disable_after_failures=1, disable_after=timedelta(0))
+    try:
+        receiver.respond = lambda h: (time.sleep(0.2), answer(h, 500))
+        hook = s.webhooks.create("flaky", Note, receiver.url())
+        start = threading.Barrier(3)
+
+        def save(n: int) -> None:
+            start.wait()
+            Note.create(text=str(n))
+            s.db.close()
+
+        savers = [threading.Thread(target=save, args=(n,)) for n in range(3)]
+        with listening(signals.webhook_disabled) as disabled:
+            for saver in savers:
+                saver.start()
+            for saver in savers:
+                saver.join(30)
+        assert len(receiver.hits) == 3  # all three were on the wire at once
+        hook = reload(hook)
+        assert hook.enabled is False
+        assert [c["reason"] for c in disabled] == [hook.disabled_reason]
+    finally:
+        s.close()
+
+
 def test_a_failure_streak_begun_by_a_clock_since_set_back_is_counted_from_now(
     db_path: Path, receiver: Receiver, clock: Clock
 ) -> None:
@@ -1213,6 +1243,20 @@ def test_a_hook_turned_off_by_update_has_its_due_deliveries_marked_dead_by_the_r
     assert len(receiver.hits) == 1
     dead = store.webhooks.deliveries()
     assert {(d.status, d.last_error) for d in dead} == {("dead", "hook disabled: by hand")}
+
+
+def test_deliveries_given_up_unsent_are_not_counted_as_attempted(
+    store: Store, receiver: Receiver, clock: Clock
+) -> None:
+    """`webhooks deliver-due` said "deliveries_attempted 2" for two it sent nowhere."""
+    receiver.respond = lambda h: answer(h, 500)
+    hook = store.webhooks.create("off", Note, receiver.url())
+    Note.create(text="one")
+    Note.create(text="two")  # behind the first's retry
+    store.webhooks.update(hook, enabled=False)
+    clock.advance(RETRY_SCHEDULE[1])
+    assert store.webhooks.deliver_due() == 0
+    assert len(receiver.hits) == 1
 
 
 def test_a_rotated_secret_signs_alongside_the_old_one_for_the_grace_period(

@@ -86,6 +86,47 @@ def test_a_child_forked_while_the_deadline_watcher_runs_watches_its_own_attempts
     assert done.returncode == 0, done.stderr
 
 
+_IMPORTING_CHILD = """
+import os, sys, threading, time
+import tokenstore
+
+class SlowRequests:  # the first import of requests is slow, as on a cold disk
+    started = threading.Event()
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "requests":
+            sys.meta_path.remove(self)
+            self.started.set()
+            time.sleep(0.3)  # meanwhile the module's import lock is held
+        return None
+
+slow = SlowRequests()
+sys.meta_path.insert(0, slow)
+store = tokenstore.open(sys.argv[1], webhook_allow=["127.0.0.1/32"], sync_budget=0)
+store.webhooks.create("users", "tokenstore.User", "http://127.0.0.1:9/")
+store.users.create("alice")  # due now: the retry thread's first round sends it
+thread = store.webhooks.start_retry_thread(0.01)
+slow.started.wait(0.5)
+pid = os.fork()
+if pid == 0:
+    threading.Timer(5, os._exit, (3,)).start()  # deadlocked: the lock's holder is not here
+    import requests
+    os._exit(0)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+thread.stop()
+store.close()
+sys.exit(code)
+"""
+
+
+def test_a_child_forked_while_the_retry_thread_starts_can_load_the_http_library(
+    tmp_path: Path,
+) -> None:
+    # The retry thread imported requests on its first round, holding the module's import
+    # lock; a child forked meanwhile waited for that lock forever at its first send.
+    _run_script(_IMPORTING_CHILD, tmp_path / "store.sqlite3")
+
+
 _USES_CHILD = """
 import os, sys
 import tokenstore

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -343,6 +343,43 @@ def test_a_clock_that_cannot_answer_is_refused_at_open(
     with pytest.raises(ValidationError, match=message):
         tokenstore.open(tmp_path / "store.sqlite3", clock=clock)
     assert list(tmp_path.iterdir()) == []
+
+
+class _BrokenZone(tzinfo):
+    """A caller's time zone that cannot say its offset, or says one no datetime takes."""
+
+    def __init__(self, offset: Any) -> None:
+        self.offset = offset
+
+    def utcoffset(self, dt: datetime | None) -> Any:
+        if isinstance(self.offset, Exception):
+            raise self.offset
+        return self.offset
+
+    def dst(self, dt: datetime | None) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    "zone",
+    [
+        _BrokenZone(RuntimeError("no zone data")),
+        _BrokenZone(timedelta(hours=30)),
+        _BrokenZone("+02:00"),
+    ],
+    ids=["raises", "beyond-a-day", "not-a-timedelta"],
+)
+def test_a_time_whose_zone_cannot_answer_is_a_validation_error(
+    tmp_path: Path, zone: tzinfo
+) -> None:
+    """Its own RuntimeError, ValueError or TypeError came out of now= and out of a clock."""
+    broken = datetime(2024, 10, 24, 12, tzinfo=zone)
+    with pytest.raises(ValidationError, match="the store's clock returned a bad time"):
+        tokenstore.open(tmp_path / "clock.sqlite3", clock=lambda: broken)
+    with tokenstore.open(tmp_path / "store.sqlite3") as store:
+        for call in (store.webhooks.deliver_due, store.webhooks.erase_expired_secrets):
+            with pytest.raises(ValidationError, match=r"now: .*time zone"):
+                call(now=broken)
 
 
 def test_a_clock_that_turns_bad_later_is_refused_where_it_is_read(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from ._backend import Backend
+from ._errors import ValidationError
 from ._netguard import AddressGuard
 from ._rows import refused_as_not_utf8
 from ._times import format_time
@@ -62,15 +63,25 @@ class AllowList:
         self._read_at = now
         conn = self.db.connection()
         try:
-            entries = tuple(sorted(row[0] for row in conn.execute(self._select)))
+            stored = [row[0] for row in conn.execute(self._select)]
         except Exception as exc:
             if refused_as_not_utf8(exc) is None:
                 raise
-            stored = [row[0] for row in conn.execute(self._select_bytes)]
-            entries = tuple(sorted(entry.decode() for entry in stored if _utf8(entry)))
+            raw = [row[0] for row in conn.execute(self._select_bytes)]
+            stored = [entry.decode() for entry in raw if _utf8(entry)]
             logger.error(
                 "%s: %d entries hold text that is not UTF-8 and are ignored; the rows "
                 "were changed outside tokenstore",
+                ALLOW_TABLE,
+                len(raw) - len(stored),
+            )
+        # A row edited by hand (a blob, a malformed name) is ignored like one that is no
+        # UTF-8: it failed every send after its commit, and open() refused the store.
+        entries = tuple(sorted(entry for entry in stored if _readable(entry)))
+        if len(entries) < len(stored):
+            logger.error(
+                "%s: %d entries are no address, network or host name and are ignored; "
+                "the rows were changed outside tokenstore",
                 ALLOW_TABLE,
                 len(stored) - len(entries),
             )
@@ -92,6 +103,17 @@ class AllowList:
         with self.db.write(quiet=True) as conn:
             conn.execute(self._delete, (AddressGuard.canonical(entry),))
         return self.entries()
+
+
+def _readable(entry: object) -> bool:
+    """Whether a stored entry is one the guard can apply (tokenstore writes no other)."""
+    if not isinstance(entry, str):
+        return False
+    try:
+        AddressGuard.canonical(entry)
+    except ValidationError:
+        return False
+    return True
 
 
 def _utf8(data: bytes) -> bool:

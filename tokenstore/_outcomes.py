@@ -59,9 +59,11 @@ _HOOK_FAILED = (
     'CASE WHEN "keep_last_response" THEN ? ELSE "last_response" END WHERE "id" = ? '
     'RETURNING "failure_count", "failing_since"'
 )
+# Only a hook still enabled: the failures of attempts that were under way together each
+# reach the limit, and only the first disables it (and says so, once).
 _STOP_HOOK = (
     f'UPDATE "{_HOOK_TABLE}" SET "enabled" = ?, "disabled_reason" = ?, "modified_at" = ? '
-    'WHERE "id" = ?'
+    'WHERE "id" = ? AND "enabled" RETURNING "id"'
 )
 _GIVE_UP = (
     f'UPDATE "{_DELIVERY_TABLE}" SET "status" = \'dead\', "next_attempt_at" = NULL, '
@@ -165,10 +167,12 @@ class Outcomes:
                 if disabled_reason:
                     # With the count it judged: an enable() since would have reset the
                     # streak, and one committed later waits for this and wins.
-                    hook.enabled, hook.disabled_reason = False, disabled_reason
                     stopped = (False, disabled_reason, format_time(utcnow()), hook.id.hex)
-                    conn.execute(self._stop_hook, stopped)
-                    conn.execute(self._give_up, (given_up(disabled_reason), hook.id.hex))
+                    if conn.execute(self._stop_hook, stopped).fetchone() is not None:
+                        hook.enabled, hook.disabled_reason = False, disabled_reason
+                        conn.execute(self._give_up, (given_up(disabled_reason), hook.id.hex))
+                    else:  # disabled meanwhile, by another failure or by hand
+                        disabled_reason = ""
         if row is not None:  # None: deleted meanwhile, with its hook
             delivery.attempts, delivery.status = row
             if delivery.status == "dead":

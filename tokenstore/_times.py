@@ -31,7 +31,15 @@ def to_stored_time(value: datetime) -> datetime:
         return value.replace(microsecond=value.microsecond // 1000 * 1000)
     if not isinstance(value, datetime):
         raise ValidationError(f"expected a datetime, got {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
+    try:
+        offset = None if value.tzinfo is None else value.utcoffset()
+    except Exception as exc:  # a caller's tzinfo that raises, or answers what datetime refuses
+        shown = value.replace(tzinfo=None).isoformat()
+        raise ValidationError(
+            f"datetime {shown} has a time zone that cannot give its offset: "
+            f"{type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
+    if offset is None:
         raise ValidationError(
             f"naive datetime {value.isoformat()} refused: pass a timezone-aware time"
         )

@@ -476,6 +476,10 @@ class Webhooks:
         """
         self.db.refuse_if_read_only()
         thread = RetryThread(self, check_seconds(interval, "interval"))
+        # The HTTP library is loaded on this thread, which forks if anything does: loaded by
+        # the new thread's first round, it held an import lock a child forked meanwhile
+        # waited for forever.
+        self.outbox.sender.session()
         self._retry_threads = [t for t in self._retry_threads if t.is_alive()]
         self._retry_threads.append(thread)
         thread.start()

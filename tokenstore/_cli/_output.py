@@ -80,6 +80,17 @@ def hook_dict(hook: OutboundWebhook) -> dict[str, Any]:
     }
 
 
+#: The hook a delivery is shown with once its hook is gone: deleted by another process
+#: since the delivery was read, or in the sqlite3 shell, which enforces no foreign keys.
+HOOK_GONE = "(deleted)"
+
+
+def hook_name(hook_id: Any) -> str:
+    """The name of a delivery's hook (by its id), or HOOK_GONE."""
+    hook = OutboundWebhook.get_or_none(OutboundWebhook.id == hook_id)
+    return HOOK_GONE if hook is None else str(hook.name)
+
+
 def delivery_dict(delivery: WebhookDelivery, hook_name: str) -> dict[str, Any]:
     """A delivery as the command shows it, without its payload."""
     return {

@@ -11,7 +11,7 @@ from .._errors import ValidationError
 from .._models import WebhookDelivery
 from .._webhooks import DELIVERIES_PAGE, DELIVERY_STATUSES, MAX_DELIVERIES_PAGE
 from ._base import Commands, _command, _group, _open
-from ._output import Output, _warn_if_blocked, delivery_dict, hook_dict
+from ._output import HOOK_GONE, Output, _warn_if_blocked, delivery_dict, hook_dict, hook_name
 from ._values import _duration_type, _header, _positive_int, _secret, _time_type
 
 # -- webhooks -----------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def cmd_webhooks_deliveries(args: argparse.Namespace, out: Output) -> int:
         )
         names = {hook.id: hook.name for hook in store.webhooks.list()}
     out.rows(
-        [delivery_dict(d, names[d.hook_id]) for d in found],
+        [delivery_dict(d, names.get(d.hook_id, HOOK_GONE)) for d in found],
         ["webhook_id", "hook", "event_type", "status", "attempts", "last_status_code",
          "last_error", "created_at"],
     )  # fmt: skip
@@ -165,7 +165,8 @@ def cmd_webhooks_delivery(args: argparse.Namespace, out: Output) -> int:
     """``store.webhooks.delivery``, its payload included."""
     with _open(args, read=True) as store:
         delivery = store.webhooks.delivery(args.delivery)
-        out.record({**delivery_dict(delivery, delivery.hook.name), "payload": delivery.payload})
+        name = hook_name(delivery.hook_id)
+        out.record({**delivery_dict(delivery, name), "payload": delivery.payload})
     return 0
 
 
@@ -195,7 +196,7 @@ def cmd_webhooks_redeliver(args: argparse.Namespace, out: Output) -> int:
     """``store.webhooks.redeliver``; exit 1 unless delivered."""
     with _open(args) as store:
         delivery = store.webhooks.redeliver(args.delivery)
-        return _sent(out, delivery, delivery.hook.name)
+        return _sent(out, delivery, hook_name(delivery.hook_id))
 
 
 def _hook_argument(parser: argparse.ArgumentParser) -> None:
