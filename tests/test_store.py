@@ -1115,3 +1115,18 @@ def test_an_abid_source_value_too_big_to_show_is_a_validation_error(store: Store
     with pytest.raises(ValidationError, match=r"^Huge\.id: an integer of \d+ bits is not a valid"):
         model.create(id=10**5000, v="x")
     assert model.select().count() == 0
+
+
+def test_a_thread_that_writes_to_many_stores_in_turn_keeps_no_note_of_the_closed_ones(
+    tmp_path: Path,
+) -> None:
+    """An app that opens one file per project, in turn, must not grow per file it ever wrote."""
+    from tokenstore import _backend
+
+    before = len(_backend._WRITERS.by_store)
+    for n in range(30):
+        with tokenstore.open(tmp_path / f"project-{n}.sqlite3") as each:
+            each.users.create("owner")
+        del each
+        gc.collect()
+    assert len(_backend._WRITERS.by_store) <= before + 1  # the last one: the models hold it

@@ -155,6 +155,10 @@ def sole_writer(me: Writer, store: Hashable, where: str) -> None:
             "two Stores open on one store in a process write through each other: "
             "keep one store per process"
         )
+    if held is None:  # a store new to this thread: forget those whose objects are gone
+        by_store = _WRITERS.by_store
+        for gone in [key for key, ref in by_store.items() if ref() is None]:
+            del by_store[gone]
     _WRITERS.by_store[store] = weakref.ref(me)
 
 
