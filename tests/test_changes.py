@@ -1406,6 +1406,32 @@ def test_null_empty_and_bytes_in_a_blob_are_captured_as_they_are(
     assert [c["instance"].data for c in deleted] == [None, b"", b"\x00\xab"]
 
 
+def test_a_foreign_key_to_a_blob_primary_key_is_captured_as_hex(
+    store: Store, listen: Listen
+) -> None:
+    """The key's column holds the blob too: recorded raw, SQLite's JSON refused the write."""
+
+    class Archive(peewee.Model):
+        key = peewee.BlobField(primary_key=True)
+
+    class Part(peewee.Model):
+        archive = peewee.ForeignKeyField(Archive, null=True)
+
+    class Copy(peewee.Model):  # its primary key is the foreign key
+        archive = peewee.ForeignKeyField(Archive, primary_key=True)
+
+    for model in (Archive, Part, Copy):
+        store.register(model)
+    saved, deleted = listen(signals.post_save), listen(signals.post_delete)
+    archive = Archive.create(key=b"\x01\xff")
+    Part.create(archive=archive)
+    Copy.create(archive=archive)
+    Part.delete().execute()
+    assert [c["event"].pk for c in saved[1:]] == ["1", "01FF"]
+    assert [c["event"].row["archive_id"] for c in saved[1:] + deleted] == ["01FF"] * 3
+    assert [c["instance"].archive_id for c in saved[1:] + deleted] == [b"\x01\xff"] * 3
+
+
 def test_a_flag_is_recorded_as_zero_or_one_on_both_backends(store: Store, listen: Listen) -> None:
     """SQLite has no booleans; PostgreSQL's true and false read as its 1 and 0."""
 

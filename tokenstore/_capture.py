@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import peewee
 
 from ._errors import ValidationError
+from ._rows import holds_bytes
 
 EVENT_TABLE = "tokenstore_change_event"
 LISTENER_TABLE = "tokenstore_listener"
@@ -169,14 +170,14 @@ class CaptureSpec:
             recorded=tuple(
                 CapturedColumn(
                     f.column_name,
-                    isinstance(f, peewee.BlobField),
+                    holds_bytes(f),
                     isinstance(f, (peewee.FloatField, peewee.DecimalField)),
                 )
                 for f in fields
                 if f.name not in private
             ),
             watched=tuple(f.column_name for f in fields if f.name not in quiet),
-            pk_is_blob=isinstance(pk, peewee.BlobField),
+            pk_is_blob=holds_bytes(pk),
         )
 
 

@@ -32,7 +32,7 @@ import peewee
 
 from ._capture import ChangeEvent, RelationSpec
 from ._errors import ValidationError
-from ._rows import Converter, converter
+from ._rows import Converter, converter, holds_bytes
 
 #: What a captured operation on a join table does to the relation.
 ACTION_BY_OP = {"INSERT": "add", "DELETE": "remove"}
@@ -88,7 +88,7 @@ class Relation:
                     f"{where}: {key} refers to {end.__name__}.{fk.rel_field.name}, not its "
                     "primary key; relations are captured and told by primary key"
                 )
-            if isinstance(fk.rel_field, peewee.BlobField):
+            if holds_bytes(fk):
                 raise ValidationError(
                     f"{where}: {key} is a BLOB, which the captured events (JSON) cannot hold"
                 )
