@@ -1463,6 +1463,34 @@ def test_a_naive_datetime_is_sent_in_the_same_iso_form_by_both_backends(store: S
     assert sorted(sent) == ["2020-01-02T03:04:05", "2020-01-02T03:04:05.678901"]
 
 
+def test_bytes_are_sent_in_base64_as_the_readme_says(store: Store) -> None:
+    """Events keep a blob as hex; the body, a key and a foreign key to one included, has base64."""
+
+    class Scan(peewee.Model):
+        key = peewee.BlobField(primary_key=True)
+        data = peewee.BlobField(null=True)
+
+    class Page(peewee.Model):
+        scan = peewee.ForeignKeyField(Scan)
+
+    store.register(Scan)
+    store.register(Page)
+    store.webhooks.create("scans", Scan, "http://127.0.0.1:9/scans")
+    store.webhooks.create("pages", Page, "http://127.0.0.1:9/pages")
+    for key, data in ((b"\x00\xab", b"\xff\x00"), (b"\x01", b""), (b"\x02", None)):
+        Page.create(scan=Scan.create(key=key, data=data))
+    sent = [json.loads(d.payload)["data"] for d in store.webhooks.deliveries()]
+    scans = sorted(
+        (d["pk"], d["fields"]["key"], d["fields"]["data"]) for d in sent if "data" in d["fields"]
+    )
+    assert scans == [("AKs=", "AKs=", "/wA="), ("AQ==", "AQ==", ""), ("Ag==", "Ag==", None)]
+    assert sorted(d["fields"]["scan"] for d in sent if "scan" in d["fields"]) == [
+        "AKs=",
+        "AQ==",
+        "Ag==",
+    ]
+
+
 def test_a_refused_registration_leaves_no_table_behind(store: Store) -> None:
     """Too wide to capture on SQLite (63 columns), to be a table on PostgreSQL (1600)."""
     width = 70 if store.path is not None else 1601

@@ -21,7 +21,7 @@ import peewee
 
 from ._capture import ChangeEvent
 from ._m2m import RelationChange
-from ._rows import value_kind
+from ._rows import holds_bytes, value_kind
 from ._times import format_time
 
 #: The event type's last word for each captured operation.
@@ -101,6 +101,15 @@ def json_converter(field: peewee.Field) -> Callable[[Any], Any]:
         except Exception:
             return raw
 
+    if holds_bytes(field):  # captured as hex (JSON has no bytes), sent in base64
+
+        def blob_json(raw: Any) -> Any:
+            try:
+                return None if raw is None else jsonable(bytes.fromhex(raw))
+            except (TypeError, ValueError):
+                return raw
+
+        return blob_json
     kind = value_kind(field)
     if kind == "time":
 
