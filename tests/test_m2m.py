@@ -512,3 +512,32 @@ def test_a_process_that_registers_one_side_keeps_the_other_side_s_hooks_working(
         (d.event_type, json.loads(d.payload)["data"]["pk"]) for d in store.webhooks.deliveries(hook)
     ]
     assert sorted(sent) == sorted([("tag.snapshots.added", str(t.id)) for t in (a, b)])
+
+
+def test_an_abid_field_on_a_column_of_another_name_is_read_from_its_column(
+    store: Store,
+) -> None:
+    """The ABID of a relation's message was read from a column named ``abid``, whatever its field's.
+
+    SQLite took the missing column's name for a string and sent ``"abid"``; on
+    PostgreSQL the statement failed, and with it the application's ``add()``.
+    """
+
+    class Label(peewee.Model):
+        name = peewee.TextField()
+        abid = peewee.TextField(column_name="label abid", null=True)
+
+    class Note(peewee.Model):
+        labels = peewee.ManyToManyField(Label, backref="notes")
+
+    store.register(Label)
+    store.register(Note)
+    hook = store.webhooks.create("labels", Label, "http://127.0.0.1:9/", signal="M2M")
+    note = Note.create()
+    kept, unset = Label.create(name="a", abid="lbl_kept"), Label.create(name="b")
+    note.labels.add([kept, unset])
+    sent = [json.loads(d.payload)["data"] for d in store.webhooks.deliveries(hook)]
+    assert sorted((d["pk"], d["abid"]) for d in sent) == [
+        (str(kept.id), "lbl_kept"),
+        (str(unset.id), None),
+    ]
