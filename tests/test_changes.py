@@ -1324,6 +1324,28 @@ def test_a_column_whose_name_holds_a_quote_is_captured(store: Store, listen: Lis
     assert [(c["sender"], c["instance"].text) for c in saved] == [(Remark, "hello")]
 
 
+def test_names_holding_dollar_quotes_are_captured(store: Store, listen: Listen) -> None:
+    """PostgreSQL's trigger functions are dollar-quoted: a ``$$`` in a name ended the body."""
+
+    class Price(peewee.Model):
+        amount = peewee.TextField(column_name="in $$")
+
+        class Meta:
+            table_name = "price $$ list"
+
+    class Shop(peewee.Model):
+        prices = peewee.ManyToManyField(Price, backref="shops")
+
+    Shop.prices.through_model._meta.table_name = "shop $$ price"
+    store.register(Price)
+    store.register(Shop)
+    saved, changed = listen(signals.post_save), listen(signals.m2m_changed)
+    price = Price.create(amount="$$5")
+    Shop.create().prices.add(price)
+    assert [c["instance"].amount for c in saved if c["sender"] is Price] == ["$$5"]
+    assert [(c["sender"], c["action"]) for c in changed] == [(Shop, "add"), (Price, "add")]
+
+
 def test_a_blob_primary_key_is_captured_as_hex(store: Store, listen: Listen) -> None:
     class Digest(peewee.Model):
         key = peewee.BlobField(primary_key=True)

@@ -109,6 +109,22 @@ def trigger_names(spec: CaptureSpec | RelationSpec, op: str) -> list[str]:
     return names
 
 
+def _function(function: str, body: str) -> str:
+    """A trigger function whose body is dollar-quoted with a tag the body does not hold.
+
+    The body names the table and its columns, and a name may hold ``$$``,
+    which would end a body quoted with it.
+    """
+    tag, n = "$$", 0
+    while tag in body:
+        n += 1
+        tag = f"$q{n}$"
+    return (
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS {tag}\n"
+        f"{body}{tag}"
+    )
+
+
 def capture_triggers(spec: CaptureSpec) -> list[str]:
     """The function and triggers that record a table's changes (see ``CaptureSpec``).
 
@@ -146,8 +162,7 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
     watched = [quote_name(c) for c in spec.watched]
     of = "OF " + ", ".join(watched) + " " if watched else ""
     changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in watched) or "false"
-    return [
-        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+    body = (
         "BEGIN\n"
         f"  IF NOT (EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM "
         f"{HOOK_TABLE} WHERE ref = {quote_literal(spec.ref)} AND enabled)) THEN\n"
@@ -166,7 +181,9 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
         f"  PERFORM pg_notify('{CHANNEL}', '');\n"
         "  RETURN NULL;\n"
         "END\n"
-        "$$",
+    )
+    return [
+        _function(function, body),
         f"CREATE TRIGGER {trigger_name(spec, 'insert')} AFTER INSERT ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
         f"CREATE TRIGGER {trigger_name(spec, 'update')} AFTER UPDATE {of}ON {on}\n"
@@ -199,8 +216,7 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
 
     function = function_name(spec)
     on = quote_name(spec.table)
-    return [
-        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$\n"
+    body = (
         "BEGIN\n"
         f"  IF NOT (EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM "
         f"{HOOK_TABLE} WHERE ref IN ({refs}) AND enabled "
@@ -216,7 +232,9 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
         f"  PERFORM pg_notify('{CHANNEL}', '');\n"
         "  RETURN NULL;\n"
         "END\n"
-        "$$",
+    )
+    return [
+        _function(function, body),
         f"CREATE TRIGGER {trigger_name(spec, 'insert')} AFTER INSERT ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
         f"CREATE TRIGGER {trigger_name(spec, 'update')} "
