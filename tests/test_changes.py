@@ -1225,6 +1225,8 @@ def test_a_second_model_with_a_known_ref_is_refused(
         ({"private_fields": ("secrte",)}, r"Vault\.private_fields names 'secrte', which is no"),
         ({"private_fields": ("pin_code",)}, r"names 'pin_code', which is no field .*secret"),
         ({"quiet_fields": ("seen", 3)}, r"Vault\.quiet_fields must be a tuple of field names"),
+        # Every event, signal and message names its row by the key: it was sent all the same.
+        ({"private_fields": ("secret", "id")}, r"Vault\.private_fields names the primary key 'id'"),
     ],
 )
 def test_private_and_quiet_fields_must_name_fields(

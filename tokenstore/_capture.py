@@ -161,6 +161,11 @@ class CaptureSpec:
                 f"{model.__name__}: change capture needs a single-column primary key"
             )
         private = _field_names(model, "private_fields")
+        if pk.name in private:
+            raise ValidationError(
+                f"{model.__name__}.private_fields names the primary key {pk.name!r}: every "
+                "event, signal and webhook names its row by it, so it cannot be private"
+            )
         quiet = _field_names(model, "quiet_fields")
         fields = list(meta.sorted_fields)
         return cls(
