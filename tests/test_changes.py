@@ -1515,6 +1515,31 @@ def test_bytes_are_sent_in_base64_as_the_readme_says(store: Store) -> None:
     ]
 
 
+def test_a_value_json_cannot_hold_is_sent_as_stored_and_the_write_goes_on(store: Store) -> None:
+    """A field's Python value is converted inside the commit: one JSON refuses failed the save."""
+
+    class CalendarField(peewee.TextField):
+        """Stored as JSON text, read back keyed by date: JSON's keys are text only."""
+
+        def db_value(self, value: Any) -> Any:
+            return None if value is None else json.dumps(value)
+
+        def python_value(self, value: Any) -> Any:
+            if value is None:
+                return None
+            return {datetime.fromisoformat(day).date(): n for day, n in json.loads(value).items()}
+
+    class Plan(peewee.Model):
+        days = CalendarField(null=True)
+
+    store.register(Plan)
+    store.webhooks.create("plans", Plan, "http://127.0.0.1:9/")
+    Plan.create(days={"2024-01-02": 3})
+    assert [Plan.get().days] == [{datetime(2024, 1, 2).date(): 3}]
+    [delivery] = store.webhooks.deliveries()
+    assert json.loads(delivery.payload)["data"]["fields"]["days"] == '{"2024-01-02": 3}'
+
+
 def test_a_refused_registration_leaves_no_table_behind(store: Store) -> None:
     """Too wide to capture on SQLite (63 columns), to be a table on PostgreSQL (1600)."""
     width = 70 if store.path is not None else 1601

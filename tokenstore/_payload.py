@@ -89,15 +89,19 @@ def json_converter(field: peewee.Field) -> Callable[[Any], Any]:
     """The function that turns one captured value of ``field`` into JSON.
 
     A value the field cannot read (a row edited into nonsense in the sqlite3
-    shell) is sent as stored: the conversion runs inside the commit of
-    whatever transaction claims the event, and must not fail it. Values that
-    are already their own JSON (text of a text field, a time in stored form)
-    are passed through; the output is the same as the general path's.
+    shell), or whose Python value JSON cannot hold, is sent as stored: the
+    conversion runs inside the commit of whatever transaction claims the
+    event, and must not fail it. Values that are already their own JSON (text
+    of a text field, a time in stored form) are passed through; the output is
+    the same as the general path's.
     """
 
     def general(raw: Any) -> Any:
         try:
-            return jsonable(field.python_value(raw))
+            value = jsonable(field.python_value(raw))
+            if not isinstance(value, str | int | float | None):
+                dumps(value)  # JSON may refuse it (a key that is no text, a loop)
+            return value
         except Exception:
             return raw
 
