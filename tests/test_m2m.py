@@ -407,6 +407,31 @@ def test_a_through_model_whose_key_is_not_the_primary_key_is_refused(store: Stor
         assert not store.db.table_exists(model._meta.table_name)
 
 
+def test_a_through_model_with_two_keys_to_one_side_is_refused(store: Store) -> None:
+    """Which key is the relation's? peewee cannot tell; capture took the first, and lied."""
+
+    class Reader(peewee.Model):
+        name = peewee.TextField()
+
+    class Shelf(peewee.Model):
+        name = peewee.TextField()
+
+    class Loan(peewee.Model):
+        lent_by = peewee.ForeignKeyField(Reader, null=True)
+        reader = peewee.ForeignKeyField(Reader)
+        shelf = peewee.ForeignKeyField(Shelf)
+
+    Shelf._meta.add_field(
+        "readers", peewee.ManyToManyField(Reader, through_model=Loan, backref="shelves")
+    )
+    for model in (Reader, Shelf):
+        with pytest.raises(
+            ValidationError, match=r"Loan has 2 foreign keys to Reader \(lent_by, reader\)"
+        ):
+            store.register(model)
+        assert not store.db.table_exists(model._meta.table_name)
+
+
 def test_a_relation_keyed_by_a_blob_is_refused(store: Store) -> None:
     """A BLOB key cannot travel in the events' JSON; refused at once, not at the first add."""
 
