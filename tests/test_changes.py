@@ -1170,6 +1170,30 @@ def test_a_model_whose_table_lacks_a_column_is_refused_and_its_writes_keep_worki
     assert [c["instance"].name for c in saved] == ["still works"]
 
 
+def test_a_model_registered_again_with_a_new_field_signals_and_sends_it(
+    store: Store, listen: Listen
+) -> None:
+    """Registering again refreshes the triggers; the instances and bodies built from events too."""
+
+    class Grown(peewee.Model):
+        name = peewee.TextField()
+
+    store.register(Grown)
+    store.webhooks.create("grown", Grown, "http://127.0.0.1:9/")
+    saved = listen(signals.post_save, Grown)
+    Grown.create(name="before")
+    Grown._meta.add_field("extra", peewee.TextField(null=True))
+    try:
+        store.db.execute_sql('ALTER TABLE "grown" ADD COLUMN "extra" TEXT')
+        store.register(Grown)
+        Grown.create(name="after", extra="new")
+    finally:
+        Grown._meta.remove_field("extra")
+    assert [c["instance"].__data__.get("extra") for c in saved] == [None, "new"]
+    sent = [json.loads(d.payload)["data"]["fields"] for d in store.webhooks.deliveries()]
+    assert sorted(f.get("extra", "-") for f in sent) == ["-", "new"]
+
+
 @pytest.mark.parametrize(
     "table",
     ["tokenstore_change_event", "Tokenstore_Listener", "tokenstore_delivery_log", "tokenstore_x"],

@@ -390,6 +390,10 @@ class Dispatcher:
         ).fetchone()
         return build(model, {pk.name: convert(key)}) if row is None else loader.instance(row)
 
+    def forget(self, model: type[Any]) -> None:
+        """Drop what was built from a model's fields: registering it again may have changed them."""
+        self._loaders.pop(model, None)
+
     def _loader(self, model: type[Any]) -> Loader[Any]:
         loader = self._loaders.get(model)
         if loader is None:

@@ -147,6 +147,10 @@ class PayloadBuilder:
     def __init__(self) -> None:
         self._converters: dict[type[peewee.Model], dict[str, tuple[str, Callable[[Any], Any]]]] = {}
 
+    def forget(self, model: type[peewee.Model]) -> None:
+        """Drop a model's converters: registering it again may have changed its fields."""
+        self._converters.pop(model, None)
+
     def _for(self, model: type[peewee.Model]) -> dict[str, tuple[str, Callable[[Any], Any]]]:
         known = self._converters.get(model)
         if known is None:

@@ -271,7 +271,8 @@ class Store:
         """Bind an application model to this store, create its table and capture its changes.
 
         Usable as a class decorator. Registering again is harmless and
-        refreshes the triggers to match the model's current fields. Each of
+        refreshes the triggers, the signals' instances and the webhook bodies
+        to match the model's current fields. Each of
         its many-to-many fields (its own, and the backrefs of other models'
         fields) gets its join table and triggers that capture every relation
         added or removed (``signals.m2m_changed``, hooks with M2M). A
@@ -317,6 +318,8 @@ class Store:
             if added:
                 self._registry.remove(model)
             raise
+        self._dispatcher.forget(model)
+        self._outbox.payloads.forget(model)
         return model
 
     def _check_columns(self, model: type[peewee.Model]) -> None:
