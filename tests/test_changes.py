@@ -433,6 +433,15 @@ def test_raw_sql_writes_dispatch_right_after_they_commit(
     assert events_left(db_path) == []
 
 
+@pytest.mark.parametrize("sql", [None, b"SELECT 1", 1])
+def test_a_statement_that_is_no_text_is_refused_naming_it(memos: Store, sql: Any) -> None:
+    """The drivers' own TypeError ('NoneType' object is not subscriptable) said nothing useful."""
+    with pytest.raises(ValidationError, match=r"execute_sql\(\) takes an SQL statement as a str"):
+        memos.db.execute_sql(sql)
+    with memos.atomic(), pytest.raises(ValidationError, match="statement as a str"):
+        memos.db.execute_sql(sql)
+
+
 def test_a_cte_read_that_looks_like_a_write_still_returns_its_rows(memos: Store) -> None:
     """A ``WITH`` statement naming a write keyword gets a transaction, and keeps its rows."""
     Memo(name="x").save()

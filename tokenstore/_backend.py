@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from ._capture import CaptureSpec, RelationSpec
 from ._dispatch import ClaimStatements
-from ._errors import StoreError
+from ._errors import StoreError, ValidationError, shown
 
 
 def to_version_2(execute: Callable[[str], object], statement: Callable[[str], str]) -> None:
@@ -179,6 +179,12 @@ LEADING = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
 #: A data-changing keyword anywhere in a ``WITH ...`` statement (a false positive costs
 #: a transaction; a miss would leave events unclaimed, so the test errs on the safe side).
 _DML_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE|MERGE)\b", re.IGNORECASE)
+
+
+def check_statement(sql: object) -> None:
+    """Refuse a statement that is no text: the drivers' TypeError does not say what was wrong."""
+    if not isinstance(sql, str):
+        raise ValidationError(f"execute_sql() takes an SQL statement as a str, got {shown(sql)}")
 
 
 def is_write(sql: str) -> bool:

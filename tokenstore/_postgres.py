@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import peewee
 
 from . import _postgres_schema as schema
-from ._backend import FELL_BACK, CommitHooks, is_write, quote_literal, sole_writer
+from ._backend import FELL_BACK, CommitHooks, check_statement, is_write, quote_literal, sole_writer
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     ClosedWithThread,
@@ -232,6 +232,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own."""
+        check_statement(sql)
         if self.read_only and is_write(sql):
             self.refuse_if_read_only()
         conn = self.connection()

@@ -27,7 +27,7 @@ from typing import Any
 
 import peewee
 
-from ._backend import LEADING, CommitHooks, is_write, sole_writer
+from ._backend import LEADING, CommitHooks, check_statement, is_write, sole_writer
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     ClosedWithThread,
@@ -248,6 +248,7 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
         nothing more runs (it would commit on its own): a nested block's
         rollback has nothing left to undo, anything else raises.
         """
+        check_statement(sql)
         conn: sqlite3.Connection = self.connection()
         if self.read_only and is_write(sql):
             self.refuse_if_read_only()
