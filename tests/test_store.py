@@ -720,6 +720,12 @@ def test_register_refuses_the_abid_base_class(store: Store) -> None:
     assert not store.db.table_exists(ABIDModel._meta.table_name)
 
 
+def test_register_refuses_peewee_s_own_base_class(store: Store) -> None:
+    """peewee.Model has no ``_meta``: registering it raised AttributeError."""
+    with pytest.raises(ValidationError, match=r"Model is a base class .* register a subclass"):
+        store.register(peewee.Model)
+
+
 def _default_text(value: Any) -> str:
     """An option's default as help(tokenstore.open) writes it."""
     if isinstance(value, timedelta):

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tokenstore.store")
 
 #: The models applications build theirs on: they are classes to subclass, not tables.
-_BASES = (BaseModel, ABIDModel)
+_BASES = (peewee.Model, BaseModel, ABIDModel)
 
 
 @dataclass(frozen=True)
