@@ -1179,6 +1179,21 @@ def test_a_model_whose_table_lacks_a_column_is_refused_and_its_writes_keep_worki
     assert [c["instance"].name for c in saved] == ["still works"]
 
 
+def test_a_model_on_a_view_is_refused_naming_it(store: Store) -> None:
+    """A view has no row triggers: the driver's error came out of register() as it was."""
+
+    class Summary(peewee.Model):
+        total = peewee.IntegerField()
+
+        class Meta:
+            table_name = "summary"
+
+    store.db.execute_sql("CREATE VIEW summary AS SELECT 1 AS id, 2 AS total")
+    with pytest.raises(ValidationError, match=r"Summary: 'summary' is a view"):
+        store.register(Summary)
+    assert Summary not in store.models.values()
+
+
 def test_a_model_registered_again_with_a_new_field_signals_and_sends_it(
     store: Store, listen: Listen
 ) -> None:
