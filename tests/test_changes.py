@@ -1444,6 +1444,24 @@ def test_floating_point_values_are_captured_to_the_last_digit(store: Store, list
     assert {c["instance"].exact for c in saved} == {Decimal("12345678.123456")}
 
 
+def test_a_decimal_is_signalled_and_sent_as_stored(store: Store, listen: Listen) -> None:
+    """PostgreSQL keeps a NUMERIC exactly; read from the event's JSON as a float, it was rounded."""
+
+    class Ledger(peewee.Model):
+        amount = peewee.DecimalField(max_digits=40, decimal_places=20, null=True)
+
+    store.register(Ledger)
+    store.webhooks.create("ledger", Ledger, "http://127.0.0.1:9/")
+    saved = listen(signals.post_save, Ledger)
+    for amount in ("12345678901234567890.12345678901234567890", "0.10000000000000000001"):
+        Ledger.create(amount=Decimal(amount))
+    Ledger.create(amount=None)
+    stored = [row.amount for row in Ledger.select().order_by(Ledger.id)]
+    assert [c["instance"].amount for c in saved] == stored
+    sent = [json.loads(d.payload)["data"]["fields"] for d in store.webhooks.deliveries()]
+    assert sorted(f["amount"] or "" for f in sent) == sorted(str(a or "") for a in stored)
+
+
 def test_a_float_field_keeps_every_digit_on_both_backends(store: Store, listen: Listen) -> None:
     """peewee makes a FloatField PostgreSQL's 4-byte REAL; the store makes it SQLite's 8 bytes."""
 

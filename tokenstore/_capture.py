@@ -123,6 +123,9 @@ class CapturedColumn:
     is_blob: bool
     #: Holds floating-point numbers (FloatField, DecimalField): recorded to the last digit.
     is_real: bool = False
+    #: Holds exact decimals (DecimalField): PostgreSQL's NUMERIC is recorded as its text,
+    #: since a JSON number is read back as a float, which would round it.
+    is_decimal: bool = False
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,7 @@ class CaptureSpec:
                     f.column_name,
                     holds_bytes(f),
                     isinstance(f, (peewee.FloatField, peewee.DecimalField)),
+                    isinstance(f, peewee.DecimalField),
                 )
                 for f in fields
                 if f.name not in private

@@ -140,6 +140,8 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
             value = f"{alias}.{quote_name(column.name)}"
             if column.is_blob:  # in upper case, as SQLite's hex() writes it
                 value = f"upper(encode({value}, 'hex'))"
+            elif column.is_decimal:
+                value = f"{value}::text"
             pairs.append(f"{quote_literal(column.name)}, {value}")
         step = _COLUMNS_PER_OBJECT
         parts = [
