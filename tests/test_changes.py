@@ -36,7 +36,7 @@ import tokenstore._store
 from tokenstore import ChangeEvent, Store, signals
 from tokenstore import _dispatch as dispatch
 from tokenstore._capture import EVENT_TABLE
-from tokenstore._errors import ValidationError
+from tokenstore._errors import StoreError, ValidationError
 from tokenstore._models import User
 from tokenstore._times import utcnow
 
@@ -244,6 +244,24 @@ def test_work_committed_mid_transaction_fires_even_if_the_rest_rolls_back(
     assert memo_events(saved) == [("INSERT", "kept")]
     assert committed_names(db_path) == ["kept"]
     assert events_left(db_path) == []
+
+
+@pytest.mark.sqlite_only
+def test_a_commit_run_as_sql_inside_a_transaction_is_named_when_the_next_write_is_refused(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    """The message said SQLite had rolled the transaction back and nothing of it was saved."""
+    saved = listen(signals.post_save, Memo)
+    with (
+        pytest.raises(StoreError, match=r"or a COMMIT or ROLLBACK run through execute_sql"),
+        memos.atomic(),
+    ):
+        Memo(name="kept").save()
+        memos.db.execute_sql("COMMIT")
+        Memo(name="refused").save()
+    assert committed_names(db_path) == ["kept"]
+    memos.dispatch()
+    assert memo_events(saved) == [("INSERT", "kept")]
 
 
 def test_a_receiver_that_writes_has_its_events_fired_too(

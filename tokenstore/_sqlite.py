@@ -441,9 +441,10 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
 
     def _ended_early(self) -> StoreError:
         return StoreError(
-            f"{self.path}: this transaction was already rolled back by SQLite (as it is "
-            "when one of its statements meets a full disk or an I/O error); nothing of it "
-            "was saved and nothing more runs in it"
+            f"{self.path}: this transaction has ended: it was already rolled back by SQLite "
+            "(as it is when one of its statements meets a full disk or an I/O error, and "
+            "then nothing of it was saved), or a COMMIT or ROLLBACK run through execute_sql() "
+            "ended it; nothing more runs in it"
         )
 
     def _raise_fault(self, exc: BaseException, doing: str) -> None:
