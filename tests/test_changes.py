@@ -722,6 +722,26 @@ class Counter:
         self.calls += 1
 
 
+def test_a_receiver_that_closes_the_store_leaves_no_claimed_event_behind(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    """The heard events were deleted on the closed connection, which failed: they stayed
+    claimed by this live process, and would have been fired again once it was gone."""
+    saved = listen(signals.post_save, Memo)
+
+    def close(sender: Any, **kwargs: Any) -> None:
+        memos.close()
+
+    signals.post_save.connect(close, sender=Memo, weak=False)
+    try:
+        Memo(name="first").save()
+        Memo(name="second").save()
+    finally:
+        signals.post_save.disconnect(close, sender=Memo)
+    assert memo_events(saved) == [("INSERT", "first"), ("INSERT", "second")]
+    assert events_left(db_path) == []
+
+
 def test_weak_and_strong_receivers_behave_as_blinker_says(memos: Store) -> None:
     strong, weak, method_owner = Counter(), Counter(), Counter()
     dropped_calls = [0]

@@ -283,7 +283,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         if claimed is not None:
             self.hooks.queue(claimed)
         if not in_transaction_block(self):
-            self.hooks.after_commit(conn)
+            self.hooks.after_commit(self.connection)
 
     def rollback(self) -> None:
         """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires.
@@ -295,7 +295,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         if conn is not None and not conn.closed:
             super().rollback()
         if not in_transaction_block(self):
-            self.hooks.after_commit(conn)
+            self.hooks.after_commit(self.connection)
 
     def checkpoint_before_close(self) -> None:
         """Nothing to do: the server keeps its own files (SQLite empties its WAL here)."""

@@ -418,7 +418,7 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
         if claimed is not None:
             self.hooks.queue(claimed)
         if claim and not in_transaction_block(self):
-            self.hooks.after_commit(conn)
+            self.hooks.after_commit(self.connection)
 
     def rollback(self) -> None:
         """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires.
@@ -437,7 +437,7 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
         finally:
             self._ended(conn)
         if not in_transaction_block(self):
-            self.hooks.after_commit(conn)
+            self.hooks.after_commit(self.connection)
 
     def _ended_early(self) -> StoreError:
         return StoreError(
