@@ -391,6 +391,18 @@ def test_bulk_update_delete_and_insert_produce_one_event_per_row(
     assert events_left(db_path) == []
 
 
+def test_truncate_table_reports_each_row_deleted(memos: Store, listen: Listen) -> None:
+    """PostgreSQL runs no row trigger for TRUNCATE: its rows went without an event or a delivery
+    (SQLite has no TRUNCATE: peewee deletes the rows)."""
+    for name in ("a", "b"):
+        Memo(name=name).save()
+    hook = memos.webhooks.create("memos", Memo, "http://127.0.0.1:9/", signal="DELETE")
+    changed = listen(signals.row_changed, Memo)
+    Memo.truncate_table()
+    assert sorted(memo_events(changed)) == [("DELETE", "a"), ("DELETE", "b")]
+    assert sorted(d.event_type for d in memos.webhooks.deliveries(hook)) == ["memo.deleted"] * 2
+
+
 @pytest.mark.sqlite_only
 def test_replace_over_a_row_is_one_insert_and_an_upsert_one_update(
     memos: Store, listen: Listen

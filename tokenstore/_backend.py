@@ -173,7 +173,8 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-_WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE")
+#: TRUNCATE is PostgreSQL's: its capture trigger records the rows it removes.
+_WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "TRUNCATE")
 #: Whitespace and comments that may come before a statement's first keyword.
 LEADING = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
 #: A data-changing keyword anywhere in a ``WITH ...`` statement (a false positive costs
@@ -194,14 +195,14 @@ def is_write(sql: str) -> bool:
     may start with whitespace or comments, and a ``WITH`` prefix may lead to
     a write or to a plain read.
     """
-    head = sql[:7].upper()
+    head = sql[:8].upper()
     if head.startswith(_WRITE_PREFIXES):
         return True
     if head.startswith("SELECT"):
         return False
     match = LEADING.match(sql)
     start = match.end() if match else 0
-    head = sql[start : start + 7].upper()
+    head = sql[start : start + 8].upper()
     if head.startswith(_WRITE_PREFIXES):
         return True
     return head.startswith("WITH") and _DML_WORD.search(sql, start) is not None

@@ -46,6 +46,7 @@ from ._postgres_ddl import (
     function_name,
     relation_triggers,
     trigger_names,
+    truncate_triggers,
 )
 from ._postgres_driver import (
     connection_class,
@@ -341,11 +342,11 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
 
     def install_capture(self, spec: CaptureSpec) -> None:
         """(Re)create a table's capture triggers so they match its model's current fields."""
-        self._install_triggers(spec, capture_triggers(spec))
+        self._install_triggers(spec, [*capture_triggers(spec), *truncate_triggers(spec)])
 
     def install_relation_capture(self, spec: RelationSpec) -> None:
         """(Re)create a join table's triggers so they match the sides registered now."""
-        self._install_triggers(spec, relation_triggers(spec))
+        self._install_triggers(spec, [*relation_triggers(spec), *truncate_triggers(spec)])
 
     def _install_triggers(self, spec: CaptureSpec | RelationSpec, statements: list[str]) -> None:
         """Replace a table's triggers of one kind with ``statements`` (a function, then triggers).
@@ -365,7 +366,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
             ).fetchone() or (None,)
             if current == digest:
                 return
-            for op in ("insert", "update", "delete"):
+            for op in ("insert", "update", "delete", "truncate"):
                 for trigger in trigger_names(spec, op):
                     conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {quote_name(spec.table)}")
             for statement in statements:
