@@ -36,7 +36,7 @@ import tokenstore._store
 from tokenstore import ChangeEvent, Store, signals
 from tokenstore import _dispatch as dispatch
 from tokenstore._capture import EVENT_TABLE
-from tokenstore._errors import ValidationError
+from tokenstore._errors import StoreError, ValidationError
 from tokenstore._models import User
 from tokenstore._times import utcnow
 
@@ -246,6 +246,24 @@ def test_work_committed_mid_transaction_fires_even_if_the_rest_rolls_back(
     assert events_left(db_path) == []
 
 
+@pytest.mark.sqlite_only
+def test_a_commit_run_as_sql_inside_a_transaction_is_named_when_the_next_write_is_refused(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    """The message said SQLite had rolled the transaction back and nothing of it was saved."""
+    saved = listen(signals.post_save, Memo)
+    with (
+        pytest.raises(StoreError, match=r"or a COMMIT or ROLLBACK run through execute_sql"),
+        memos.atomic(),
+    ):
+        Memo(name="kept").save()
+        memos.db.execute_sql("COMMIT")
+        Memo(name="refused").save()
+    assert committed_names(db_path) == ["kept"]
+    memos.dispatch()
+    assert memo_events(saved) == [("INSERT", "kept")]
+
+
 def test_a_receiver_that_writes_has_its_events_fired_too(
     memos: Store, listen: Listen, db_path: Path
 ) -> None:
@@ -373,6 +391,18 @@ def test_bulk_update_delete_and_insert_produce_one_event_per_row(
     assert events_left(db_path) == []
 
 
+def test_truncate_table_reports_each_row_deleted(memos: Store, listen: Listen) -> None:
+    """PostgreSQL runs no row trigger for TRUNCATE: its rows went without an event or a delivery
+    (SQLite has no TRUNCATE: peewee deletes the rows)."""
+    for name in ("a", "b"):
+        Memo(name=name).save()
+    hook = memos.webhooks.create("memos", Memo, "http://127.0.0.1:9/", signal="DELETE")
+    changed = listen(signals.row_changed, Memo)
+    Memo.truncate_table()
+    assert sorted(memo_events(changed)) == [("DELETE", "a"), ("DELETE", "b")]
+    assert sorted(d.event_type for d in memos.webhooks.deliveries(hook)) == ["memo.deleted"] * 2
+
+
 @pytest.mark.sqlite_only
 def test_replace_over_a_row_is_one_insert_and_an_upsert_one_update(
     memos: Store, listen: Listen
@@ -431,6 +461,15 @@ def test_raw_sql_writes_dispatch_right_after_they_commit(
     memos.db.execute_sql(sql)
     assert memo_events(changed) == [("UPDATE", "raw")]
     assert events_left(db_path) == []
+
+
+@pytest.mark.parametrize("sql", [None, b"SELECT 1", 1])
+def test_a_statement_that_is_no_text_is_refused_naming_it(memos: Store, sql: Any) -> None:
+    """The drivers' own TypeError ('NoneType' object is not subscriptable) said nothing useful."""
+    with pytest.raises(ValidationError, match=r"execute_sql\(\) takes an SQL statement as a str"):
+        memos.db.execute_sql(sql)
+    with memos.atomic(), pytest.raises(ValidationError, match="statement as a str"):
+        memos.db.execute_sql(sql)
 
 
 def test_a_cte_read_that_looks_like_a_write_still_returns_its_rows(memos: Store) -> None:
@@ -693,6 +732,26 @@ class Counter:
 
     def method(self, sender: Any, **kwargs: Any) -> None:
         self.calls += 1
+
+
+def test_a_receiver_that_closes_the_store_leaves_no_claimed_event_behind(
+    memos: Store, listen: Listen, db_path: Path
+) -> None:
+    """The heard events were deleted on the closed connection, which failed: they stayed
+    claimed by this live process, and would have been fired again once it was gone."""
+    saved = listen(signals.post_save, Memo)
+
+    def close(sender: Any, **kwargs: Any) -> None:
+        memos.close()
+
+    signals.post_save.connect(close, sender=Memo, weak=False)
+    try:
+        Memo(name="first").save()
+        Memo(name="second").save()
+    finally:
+        signals.post_save.disconnect(close, sender=Memo)
+    assert memo_events(saved) == [("INSERT", "first"), ("INSERT", "second")]
+    assert events_left(db_path) == []
 
 
 def test_weak_and_strong_receivers_behave_as_blinker_says(memos: Store) -> None:
@@ -1170,6 +1229,45 @@ def test_a_model_whose_table_lacks_a_column_is_refused_and_its_writes_keep_worki
     assert [c["instance"].name for c in saved] == ["still works"]
 
 
+def test_a_model_on_a_view_is_refused_naming_it(store: Store) -> None:
+    """A view has no row triggers: the driver's error came out of register() as it was."""
+
+    class Summary(peewee.Model):
+        total = peewee.IntegerField()
+
+        class Meta:
+            table_name = "summary"
+
+    store.db.execute_sql("CREATE VIEW summary AS SELECT 1 AS id, 2 AS total")
+    with pytest.raises(ValidationError, match=r"Summary: 'summary' is a view"):
+        store.register(Summary)
+    assert Summary not in store.models.values()
+
+
+def test_a_model_registered_again_with_a_new_field_signals_and_sends_it(
+    store: Store, listen: Listen
+) -> None:
+    """Registering again refreshes the triggers; the instances and bodies built from events too."""
+
+    class Grown(peewee.Model):
+        name = peewee.TextField()
+
+    store.register(Grown)
+    store.webhooks.create("grown", Grown, "http://127.0.0.1:9/")
+    saved = listen(signals.post_save, Grown)
+    Grown.create(name="before")
+    Grown._meta.add_field("extra", peewee.TextField(null=True))
+    try:
+        store.db.execute_sql('ALTER TABLE "grown" ADD COLUMN "extra" TEXT')
+        store.register(Grown)
+        Grown.create(name="after", extra="new")
+    finally:
+        Grown._meta.remove_field("extra")
+    assert [c["instance"].__data__.get("extra") for c in saved] == [None, "new"]
+    sent = [json.loads(d.payload)["data"]["fields"] for d in store.webhooks.deliveries()]
+    assert sorted(f.get("extra", "-") for f in sent) == ["-", "new"]
+
+
 @pytest.mark.parametrize(
     "table",
     ["tokenstore_change_event", "Tokenstore_Listener", "tokenstore_delivery_log", "tokenstore_x"],
@@ -1225,6 +1323,8 @@ def test_a_second_model_with_a_known_ref_is_refused(
         ({"private_fields": ("secrte",)}, r"Vault\.private_fields names 'secrte', which is no"),
         ({"private_fields": ("pin_code",)}, r"names 'pin_code', which is no field .*secret"),
         ({"quiet_fields": ("seen", 3)}, r"Vault\.quiet_fields must be a tuple of field names"),
+        # Every event, signal and message names its row by the key: it was sent all the same.
+        ({"private_fields": ("secret", "id")}, r"Vault\.private_fields names the primary key 'id'"),
     ],
 )
 def test_private_and_quiet_fields_must_name_fields(
@@ -1324,6 +1424,28 @@ def test_a_column_whose_name_holds_a_quote_is_captured(store: Store, listen: Lis
     assert [(c["sender"], c["instance"].text) for c in saved] == [(Remark, "hello")]
 
 
+def test_names_holding_dollar_quotes_are_captured(store: Store, listen: Listen) -> None:
+    """PostgreSQL's trigger functions are dollar-quoted: a ``$$`` in a name ended the body."""
+
+    class Price(peewee.Model):
+        amount = peewee.TextField(column_name="in $$")
+
+        class Meta:
+            table_name = "price $$ list"
+
+    class Shop(peewee.Model):
+        prices = peewee.ManyToManyField(Price, backref="shops")
+
+    Shop.prices.through_model._meta.table_name = "shop $$ price"
+    store.register(Price)
+    store.register(Shop)
+    saved, changed = listen(signals.post_save), listen(signals.m2m_changed)
+    price = Price.create(amount="$$5")
+    Shop.create().prices.add(price)
+    assert [c["instance"].amount for c in saved if c["sender"] is Price] == ["$$5"]
+    assert [(c["sender"], c["action"]) for c in changed] == [(Shop, "add"), (Price, "add")]
+
+
 def test_a_blob_primary_key_is_captured_as_hex(store: Store, listen: Listen) -> None:
     class Digest(peewee.Model):
         key = peewee.BlobField(primary_key=True)
@@ -1372,6 +1494,24 @@ def test_floating_point_values_are_captured_to_the_last_digit(store: Store, list
     assert {c["instance"].exact for c in saved} == {Decimal("12345678.123456")}
 
 
+def test_a_decimal_is_signalled_and_sent_as_stored(store: Store, listen: Listen) -> None:
+    """PostgreSQL keeps a NUMERIC exactly; read from the event's JSON as a float, it was rounded."""
+
+    class Ledger(peewee.Model):
+        amount = peewee.DecimalField(max_digits=40, decimal_places=20, null=True)
+
+    store.register(Ledger)
+    store.webhooks.create("ledger", Ledger, "http://127.0.0.1:9/")
+    saved = listen(signals.post_save, Ledger)
+    for amount in ("12345678901234567890.12345678901234567890", "0.10000000000000000001"):
+        Ledger.create(amount=Decimal(amount))
+    Ledger.create(amount=None)
+    stored = [row.amount for row in Ledger.select().order_by(Ledger.id)]
+    assert [c["instance"].amount for c in saved] == stored
+    sent = [json.loads(d.payload)["data"]["fields"] for d in store.webhooks.deliveries()]
+    assert sorted(f["amount"] or "" for f in sent) == sorted(str(a or "") for a in stored)
+
+
 def test_a_float_field_keeps_every_digit_on_both_backends(store: Store, listen: Listen) -> None:
     """peewee makes a FloatField PostgreSQL's 4-byte REAL; the store makes it SQLite's 8 bytes."""
 
@@ -1406,6 +1546,32 @@ def test_null_empty_and_bytes_in_a_blob_are_captured_as_they_are(
     assert [c["instance"].data for c in deleted] == [None, b"", b"\x00\xab"]
 
 
+def test_a_foreign_key_to_a_blob_primary_key_is_captured_as_hex(
+    store: Store, listen: Listen
+) -> None:
+    """The key's column holds the blob too: recorded raw, SQLite's JSON refused the write."""
+
+    class Archive(peewee.Model):
+        key = peewee.BlobField(primary_key=True)
+
+    class Part(peewee.Model):
+        archive = peewee.ForeignKeyField(Archive, null=True)
+
+    class Copy(peewee.Model):  # its primary key is the foreign key
+        archive = peewee.ForeignKeyField(Archive, primary_key=True)
+
+    for model in (Archive, Part, Copy):
+        store.register(model)
+    saved, deleted = listen(signals.post_save), listen(signals.post_delete)
+    archive = Archive.create(key=b"\x01\xff")
+    Part.create(archive=archive)
+    Copy.create(archive=archive)
+    Part.delete().execute()
+    assert [c["event"].pk for c in saved[1:]] == ["1", "01FF"]
+    assert [c["event"].row["archive_id"] for c in saved[1:] + deleted] == ["01FF"] * 3
+    assert [c["instance"].archive_id for c in saved[1:] + deleted] == [b"\x01\xff"] * 3
+
+
 def test_a_flag_is_recorded_as_zero_or_one_on_both_backends(store: Store, listen: Listen) -> None:
     """SQLite has no booleans; PostgreSQL's true and false read as its 1 and 0."""
 
@@ -1435,6 +1601,59 @@ def test_a_naive_datetime_is_sent_in_the_same_iso_form_by_both_backends(store: S
         Visit.create(at=at)
     sent = [json.loads(d.payload)["data"]["fields"]["at"] for d in store.webhooks.deliveries()]
     assert sorted(sent) == ["2020-01-02T03:04:05", "2020-01-02T03:04:05.678901"]
+
+
+def test_bytes_are_sent_in_base64_as_the_readme_says(store: Store) -> None:
+    """Events keep a blob as hex; the body, a key and a foreign key to one included, has base64."""
+
+    class Scan(peewee.Model):
+        key = peewee.BlobField(primary_key=True)
+        data = peewee.BlobField(null=True)
+
+    class Page(peewee.Model):
+        scan = peewee.ForeignKeyField(Scan)
+
+    store.register(Scan)
+    store.register(Page)
+    store.webhooks.create("scans", Scan, "http://127.0.0.1:9/scans")
+    store.webhooks.create("pages", Page, "http://127.0.0.1:9/pages")
+    for key, data in ((b"\x00\xab", b"\xff\x00"), (b"\x01", b""), (b"\x02", None)):
+        Page.create(scan=Scan.create(key=key, data=data))
+    sent = [json.loads(d.payload)["data"] for d in store.webhooks.deliveries()]
+    scans = sorted(
+        (d["pk"], d["fields"]["key"], d["fields"]["data"]) for d in sent if "data" in d["fields"]
+    )
+    assert scans == [("AKs=", "AKs=", "/wA="), ("AQ==", "AQ==", ""), ("Ag==", "Ag==", None)]
+    assert sorted(d["fields"]["scan"] for d in sent if "scan" in d["fields"]) == [
+        "AKs=",
+        "AQ==",
+        "Ag==",
+    ]
+
+
+def test_a_value_json_cannot_hold_is_sent_as_stored_and_the_write_goes_on(store: Store) -> None:
+    """A field's Python value is converted inside the commit: one JSON refuses failed the save."""
+
+    class CalendarField(peewee.TextField):
+        """Stored as JSON text, read back keyed by date: JSON's keys are text only."""
+
+        def db_value(self, value: Any) -> Any:
+            return None if value is None else json.dumps(value)
+
+        def python_value(self, value: Any) -> Any:
+            if value is None:
+                return None
+            return {datetime.fromisoformat(day).date(): n for day, n in json.loads(value).items()}
+
+    class Plan(peewee.Model):
+        days = CalendarField(null=True)
+
+    store.register(Plan)
+    store.webhooks.create("plans", Plan, "http://127.0.0.1:9/")
+    Plan.create(days={"2024-01-02": 3})
+    assert [Plan.get().days] == [{datetime(2024, 1, 2).date(): 3}]
+    [delivery] = store.webhooks.deliveries()
+    assert json.loads(delivery.payload)["data"]["fields"]["days"] == '{"2024-01-02": 3}'
 
 
 def test_a_refused_registration_leaves_no_table_behind(store: Store) -> None:

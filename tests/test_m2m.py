@@ -130,6 +130,23 @@ def test_add_remove_and_clear_fire_one_signal_per_instance_on_each_side(store: S
     assert join_events(store) == 0  # fired events are deleted
 
 
+def test_a_truncated_join_table_removes_every_pair(store: Store) -> None:
+    """PostgreSQL runs no row trigger for TRUNCATE; the join table's own records the pairs."""
+    snap = Snapshot.create(url="https://example.com/")
+    a, b = tags("a", "b")
+    snap.tags.add([a, b])
+    with m2m_calls() as calls:
+        Through.truncate_table()
+    assert sorted(summary(calls), key=repr) == sorted(
+        [
+            ("Snapshot", snap.id, "tags", "remove", {a.id, b.id}),
+            ("Tag", a.id, "snapshots", "remove", {snap.id}),
+            ("Tag", b.id, "snapshots", "remove", {snap.id}),
+        ],
+        key=repr,
+    )
+
+
 def test_the_backref_side_groups_by_its_own_instance(store: Store) -> None:
     s1, s2 = (Snapshot.create(url=f"https://example.com/{n}") for n in (1, 2))
     (tag,) = tags("news")
@@ -407,6 +424,31 @@ def test_a_through_model_whose_key_is_not_the_primary_key_is_refused(store: Stor
         assert not store.db.table_exists(model._meta.table_name)
 
 
+def test_a_through_model_with_two_keys_to_one_side_is_refused(store: Store) -> None:
+    """Which key is the relation's? peewee cannot tell; capture took the first, and lied."""
+
+    class Reader(peewee.Model):
+        name = peewee.TextField()
+
+    class Shelf(peewee.Model):
+        name = peewee.TextField()
+
+    class Loan(peewee.Model):
+        lent_by = peewee.ForeignKeyField(Reader, null=True)
+        reader = peewee.ForeignKeyField(Reader)
+        shelf = peewee.ForeignKeyField(Shelf)
+
+    Shelf._meta.add_field(
+        "readers", peewee.ManyToManyField(Reader, through_model=Loan, backref="shelves")
+    )
+    for model in (Reader, Shelf):
+        with pytest.raises(
+            ValidationError, match=r"Loan has 2 foreign keys to Reader \(lent_by, reader\)"
+        ):
+            store.register(model)
+        assert not store.db.table_exists(model._meta.table_name)
+
+
 def test_a_relation_keyed_by_a_blob_is_refused(store: Store) -> None:
     """A BLOB key cannot travel in the events' JSON; refused at once, not at the first add."""
 
@@ -512,3 +554,32 @@ def test_a_process_that_registers_one_side_keeps_the_other_side_s_hooks_working(
         (d.event_type, json.loads(d.payload)["data"]["pk"]) for d in store.webhooks.deliveries(hook)
     ]
     assert sorted(sent) == sorted([("tag.snapshots.added", str(t.id)) for t in (a, b)])
+
+
+def test_an_abid_field_on_a_column_of_another_name_is_read_from_its_column(
+    store: Store,
+) -> None:
+    """The ABID of a relation's message was read from a column named ``abid``, whatever its field's.
+
+    SQLite took the missing column's name for a string and sent ``"abid"``; on
+    PostgreSQL the statement failed, and with it the application's ``add()``.
+    """
+
+    class Label(peewee.Model):
+        name = peewee.TextField()
+        abid = peewee.TextField(column_name="label abid", null=True)
+
+    class Note(peewee.Model):
+        labels = peewee.ManyToManyField(Label, backref="notes")
+
+    store.register(Label)
+    store.register(Note)
+    hook = store.webhooks.create("labels", Label, "http://127.0.0.1:9/", signal="M2M")
+    note = Note.create()
+    kept, unset = Label.create(name="a", abid="lbl_kept"), Label.create(name="b")
+    note.labels.add([kept, unset])
+    sent = [json.loads(d.payload)["data"] for d in store.webhooks.deliveries(hook)]
+    assert sorted((d["pk"], d["abid"]) for d in sent) == [
+        (str(kept.id), "lbl_kept"),
+        (str(unset.id), None),
+    ]

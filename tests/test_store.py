@@ -452,6 +452,23 @@ def test_schema_sql_triggers_are_the_generated_ones(store: Store) -> None:
             assert " ".join(stored[name].split()) == " ".join(statement.split()), name
 
 
+def test_an_abid_on_a_column_of_another_name_is_inserted(store: Store) -> None:
+    """The insert's ON CONFLICT named a column "abid", which such a table lacks."""
+
+    class Badge(ABIDModel):
+        abid_prefix = "bdg_"
+        abid_uri_src = "label"
+        abid = peewee.CharField(column_name="badge abid", unique=True)
+        label = peewee.TextField()
+
+    store.register(Badge)
+    first, second = Badge.create(label="a"), Badge.create(label="b")
+    assert [(b.label, b.abid) for b in Badge.select().order_by(Badge.label)] == [
+        ("a", first.abid),
+        ("b", second.abid),
+    ]
+
+
 def test_abid_is_issued_on_insert_from_its_sources(app_store: Store) -> None:
     note = Note.create(title="hello")
     assert note.abid.startswith("not_") and len(note.abid) == 30
@@ -742,6 +759,12 @@ def test_register_refuses_the_abid_base_class(store: Store) -> None:
     with pytest.raises(ValidationError, match="subclass"):
         store.register(ABIDModel)
     assert not store.db.table_exists(ABIDModel._meta.table_name)
+
+
+def test_register_refuses_peewee_s_own_base_class(store: Store) -> None:
+    """peewee.Model has no ``_meta``: registering it raised AttributeError."""
+    with pytest.raises(ValidationError, match=r"Model is a base class .* register a subclass"):
+        store.register(peewee.Model)
 
 
 def _default_text(value: Any) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from ._capture import CaptureSpec, RelationSpec
 from ._dispatch import ClaimStatements
-from ._errors import StoreError
+from ._errors import StoreError, ValidationError, shown
 
 
 def to_version_2(execute: Callable[[str], object], statement: Callable[[str], str]) -> None:
@@ -56,7 +56,7 @@ class CommitHooks(Protocol):
 
     def queue(self, claimed: Any) -> None: ...
 
-    def after_commit(self, conn: Any) -> None: ...
+    def after_commit(self, connection: Callable[[], Any]) -> None: ...
 
 
 #: The warning of a store asked to write that opens read-only: ``%s`` is why (``fell_back``).
@@ -177,12 +177,19 @@ def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-_WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE")
+#: TRUNCATE is PostgreSQL's: its capture trigger records the rows it removes.
+_WRITE_PREFIXES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE", "TRUNCATE")
 #: Whitespace and comments that may come before a statement's first keyword.
 LEADING = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/)*", re.DOTALL)
 #: A data-changing keyword anywhere in a ``WITH ...`` statement (a false positive costs
 #: a transaction; a miss would leave events unclaimed, so the test errs on the safe side).
 _DML_WORD = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE|MERGE)\b", re.IGNORECASE)
+
+
+def check_statement(sql: object) -> None:
+    """Refuse a statement that is no text: the drivers' TypeError does not say what was wrong."""
+    if not isinstance(sql, str):
+        raise ValidationError(f"execute_sql() takes an SQL statement as a str, got {shown(sql)}")
 
 
 def is_write(sql: str) -> bool:
@@ -192,14 +199,14 @@ def is_write(sql: str) -> bool:
     may start with whitespace or comments, and a ``WITH`` prefix may lead to
     a write or to a plain read.
     """
-    head = sql[:7].upper()
+    head = sql[:8].upper()
     if head.startswith(_WRITE_PREFIXES):
         return True
     if head.startswith("SELECT"):
         return False
     match = LEADING.match(sql)
     start = match.end() if match else 0
-    head = sql[start : start + 7].upper()
+    head = sql[start : start + 8].upper()
     if head.startswith(_WRITE_PREFIXES):
         return True
     return head.startswith("WITH") and _DML_WORD.search(sql, start) is not None

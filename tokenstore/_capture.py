@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import peewee
 
 from ._errors import ValidationError
+from ._rows import holds_bytes
 
 EVENT_TABLE = "tokenstore_change_event"
 LISTENER_TABLE = "tokenstore_listener"
@@ -122,6 +123,9 @@ class CapturedColumn:
     is_blob: bool
     #: Holds floating-point numbers (FloatField, DecimalField): recorded to the last digit.
     is_real: bool = False
+    #: Holds exact decimals (DecimalField): PostgreSQL's NUMERIC is recorded as its text,
+    #: since a JSON number is read back as a float, which would round it.
+    is_decimal: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,11 @@ class CaptureSpec:
                 f"{model.__name__}: change capture needs a single-column primary key"
             )
         private = _field_names(model, "private_fields")
+        if pk.name in private:
+            raise ValidationError(
+                f"{model.__name__}.private_fields names the primary key {pk.name!r}: every "
+                "event, signal and webhook names its row by it, so it cannot be private"
+            )
         quiet = _field_names(model, "quiet_fields")
         fields = list(meta.sorted_fields)
         return cls(
@@ -169,14 +178,15 @@ class CaptureSpec:
             recorded=tuple(
                 CapturedColumn(
                     f.column_name,
-                    isinstance(f, peewee.BlobField),
+                    holds_bytes(f),
                     isinstance(f, (peewee.FloatField, peewee.DecimalField)),
+                    isinstance(f, peewee.DecimalField),
                 )
                 for f in fields
                 if f.name not in private
             ),
             watched=tuple(f.column_name for f in fields if f.name not in quiet),
-            pk_is_blob=isinstance(pk, peewee.BlobField),
+            pk_is_blob=holds_bytes(pk),
         )
 
 

@@ -307,8 +307,13 @@ class Dispatcher:
 
     # -- after the commit ---------------------------------------------------------------
 
-    def after_commit(self, conn: Connection) -> None:
-        """Fire what committed transactions claimed. Never raises: the commit is done."""
+    def after_commit(self, connection: Callable[[], Connection]) -> None:
+        """Fire what committed transactions claimed. Never raises: the commit is done.
+
+        ``connection`` gives this thread's connection, asked for at each use: a
+        receiver may have closed the store, and the events it heard must still
+        be deleted, or they would be fired again once this process is gone.
+        """
         state = self._local
         if state.running or not state.pending:  # a receiver that wrote: the loop below has it
             return
@@ -318,7 +323,7 @@ class Dispatcher:
                 claimed = state.pending.pop(0)
                 state.round = claimed.round
                 if claimed.round < MAX_RECEIVER_ROUNDS:
-                    self.fire_all(conn, claimed.events)
+                    self.fire_all(connection, claimed.events)
                 elif claimed.events:
                     logger.error(
                         "signal receivers kept writing for %d rounds, each round's saves "
@@ -329,7 +334,7 @@ class Dispatcher:
                         claimed.round,
                     )
                 try:
-                    self.finish(conn, [e.id for e in claimed.events])
+                    self.finish(connection(), [e.id for e in claimed.events])
                 except Exception:
                     logger.exception("could not delete %d dispatched events", len(claimed.events))
                 for followup in claimed.followups:
@@ -341,7 +346,7 @@ class Dispatcher:
             state.running = False
             state.round = 0
 
-    def fire_all(self, conn: Connection, events: list[ChangeEvent]) -> None:
+    def fire_all(self, connection: Callable[[], Connection], events: list[ChangeEvent]) -> None:
         """Fire a claim's events in order; a run of relation events also fires ``m2m_changed``."""
         for item in runs(events, self.registry.relation_for):
             if isinstance(item, ChangeEvent):
@@ -351,9 +356,9 @@ class Dispatcher:
                 self.fire(event)
             if signals.m2m_changed.receivers:
                 for change in item.changes(self.registry.knows):
-                    self.fire_relation(conn, change)
+                    self.fire_relation(connection, change)
 
-    def fire_relation(self, conn: Connection, change: RelationChange) -> None:
+    def fire_relation(self, connection: Callable[[], Connection], change: RelationChange) -> None:
         """Send ``m2m_changed`` for one instance; the instance is read as it is now.
 
         A row deleted since (its relations removed by the delete's cascade,
@@ -363,7 +368,7 @@ class Dispatcher:
         if not signals.m2m_changed.has_receivers_for(model):
             return
         try:
-            instance = self._current(conn, model, change.key, change.side.convert)
+            instance = self._current(connection(), model, change.key, change.side.convert)
             pks = {change.other.convert(key) for key in change.keys}
         except Exception:
             logger.exception("could not rebuild %s from event %d", model.__name__, change.event.id)
@@ -389,6 +394,10 @@ class Dispatcher:
             (key,),
         ).fetchone()
         return build(model, {pk.name: convert(key)}) if row is None else loader.instance(row)
+
+    def forget(self, model: type[Any]) -> None:
+        """Drop what was built from a model's fields: registering it again may have changed them."""
+        self._loaders.pop(model, None)
 
     def _loader(self, model: type[Any]) -> Loader[Any]:
         loader = self._loaders.get(model)

@@ -32,7 +32,7 @@ import peewee
 
 from ._capture import ChangeEvent, RelationSpec
 from ._errors import ValidationError
-from ._rows import Converter, converter
+from ._rows import Converter, converter, holds_bytes
 
 #: What a captured operation on a join table does to the relation.
 ACTION_BY_OP = {"INSERT": "add", "DELETE": "remove"}
@@ -76,19 +76,26 @@ class Relation:
         keys = [f for f in through._meta.sorted_fields if isinstance(f, peewee.ForeignKeyField)]
 
         def side(end: type[peewee.Model], name: str | None) -> Side:
-            fk = next((f for f in keys if f.rel_model is end), None)
-            if fk is None:
+            found = [f for f in keys if f.rel_model is end]
+            if not found:
                 raise ValidationError(
                     f"{where}: its through model {through.__name__} has no foreign key "
                     f"to {end.__name__}"
                 )
+            if len(found) > 1:  # peewee cannot tell which is the relation's either
+                raise ValidationError(
+                    f"{where}: its through model {through.__name__} has {len(found)} foreign "
+                    f"keys to {end.__name__} ({', '.join(f.name for f in found)}); a relation "
+                    "is told by one key to each side"
+                )
+            fk = found[0]
             key = f"{through.__name__}.{fk.name}"
             if fk.rel_field is not end._meta.primary_key:
                 raise ValidationError(
                     f"{where}: {key} refers to {end.__name__}.{fk.rel_field.name}, not its "
                     "primary key; relations are captured and told by primary key"
                 )
-            if isinstance(fk.rel_field, peewee.BlobField):
+            if holds_bytes(fk):
                 raise ValidationError(
                     f"{where}: {key} is a BLOB, which the captured events (JSON) cannot hold"
                 )

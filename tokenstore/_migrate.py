@@ -53,7 +53,7 @@ class _NoDispatch:
     def queue(self, claimed: Any) -> None:
         pass
 
-    def after_commit(self, conn: Any) -> None:
+    def after_commit(self, connection: Any) -> None:
         pass
 
 

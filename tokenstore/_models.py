@@ -56,8 +56,9 @@ def insert_with_fresh_ids(
 ) -> None:
     """Run ``insert``; if its ABID is taken, ``renew`` the id and retry.
 
-    ``insert`` runs an INSERT ending in ``ON_ABID_CONFLICT`` and returns its
-    row count: 0 means the ABID was taken. An ABID keeps 30 random bits, and
+    ``insert`` runs an INSERT ending in ``ON CONFLICT`` on the ABID's column
+    (``ON_ABID_CONFLICT`` on tokenstore's tables) and returns its row count: 0
+    means the ABID was taken. An ABID keeps 30 random bits, and
     a bulk change writes many records of one kind in the same millisecond, so
     among thousands a collision is likely; it must not fail the write.
     Without ``renew`` (the caller chose the id) a collision is the caller's
@@ -272,9 +273,10 @@ class ABIDModel(BaseModel):
         if sql is None:
             columns = ", ".join(quote_name(fields[name].column_name) for name in names)
             marks = ", ".join([database.param] * len(names))
+            abid = quote_name(fields["abid"].column_name)  # a model may put it in another column
             sql = (
-                f"INSERT INTO {quote_name(cls._meta.table_name)} ({columns}) VALUES ({marks})"
-                + ON_ABID_CONFLICT
+                f"INSERT INTO {quote_name(cls._meta.table_name)} ({columns}) VALUES ({marks}) "
+                f"ON CONFLICT ({abid}) DO NOTHING"
             )
             _INSERT_SQL[key] = sql
         cursor = database.execute_sql(sql, [fields[name].db_value(data[name]) for name in names])

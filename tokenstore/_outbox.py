@@ -261,17 +261,18 @@ class Outbox:
 
     def _abid(self, conn: Connection, model: type[Any], key: Any) -> str | None:
         """The ABID of a row by its stored primary key; None if it has none (or is gone)."""
-        if "abid" not in model._meta.fields:
+        field = model._meta.fields.get("abid")
+        if field is None:
             return None
         pk = model._meta.primary_key.column_name
         row = conn.execute(
             self.db.sql(
-                f"SELECT {quote_name('abid')} FROM {quote_name(model._meta.table_name)} "
+                f"SELECT {quote_name(field.column_name)} FROM {quote_name(model._meta.table_name)} "
                 f"WHERE {quote_name(pk)} = ?"
             ),
             (key,),
         ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None or row[0] is None else str(row[0])
 
     def _new_delivery(
         self,

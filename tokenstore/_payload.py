@@ -21,7 +21,7 @@ import peewee
 
 from ._capture import ChangeEvent
 from ._m2m import RelationChange
-from ._rows import value_kind
+from ._rows import holds_bytes, value_kind
 from ._times import format_time
 
 #: The event type's last word for each captured operation.
@@ -89,18 +89,31 @@ def json_converter(field: peewee.Field) -> Callable[[Any], Any]:
     """The function that turns one captured value of ``field`` into JSON.
 
     A value the field cannot read (a row edited into nonsense in the sqlite3
-    shell) is sent as stored: the conversion runs inside the commit of
-    whatever transaction claims the event, and must not fail it. Values that
-    are already their own JSON (text of a text field, a time in stored form)
-    are passed through; the output is the same as the general path's.
+    shell), or whose Python value JSON cannot hold, is sent as stored: the
+    conversion runs inside the commit of whatever transaction claims the
+    event, and must not fail it. Values that are already their own JSON (text
+    of a text field, a time in stored form) are passed through; the output is
+    the same as the general path's.
     """
 
     def general(raw: Any) -> Any:
         try:
-            return jsonable(field.python_value(raw))
+            value = jsonable(field.python_value(raw))
+            if not isinstance(value, str | int | float | None):
+                dumps(value)  # JSON may refuse it (a key that is no text, a loop)
+            return value
         except Exception:
             return raw
 
+    if holds_bytes(field):  # captured as hex (JSON has no bytes), sent in base64
+
+        def blob_json(raw: Any) -> Any:
+            try:
+                return None if raw is None else jsonable(bytes.fromhex(raw))
+            except (TypeError, ValueError):
+                return raw
+
+        return blob_json
     kind = value_kind(field)
     if kind == "time":
 
@@ -133,6 +146,10 @@ class PayloadBuilder:
 
     def __init__(self) -> None:
         self._converters: dict[type[peewee.Model], dict[str, tuple[str, Callable[[Any], Any]]]] = {}
+
+    def forget(self, model: type[peewee.Model]) -> None:
+        """Drop a model's converters: registering it again may have changed its fields."""
+        self._converters.pop(model, None)
 
     def _for(self, model: type[peewee.Model]) -> dict[str, tuple[str, Callable[[Any], Any]]]:
         known = self._converters.get(model)

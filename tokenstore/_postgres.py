@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import peewee
 
 from . import _postgres_schema as schema
-from ._backend import FELL_BACK, CommitHooks, is_write, quote_literal, sole_writer
+from ._backend import FELL_BACK, CommitHooks, check_statement, is_write, quote_literal, sole_writer
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     ClosedWithThread,
@@ -47,6 +47,7 @@ from ._postgres_ddl import (
     function_name,
     relation_triggers,
     trigger_names,
+    truncate_triggers,
 )
 from ._postgres_driver import (
     connection_class,
@@ -234,6 +235,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
 
     def execute_sql(self, sql: str, params: Any = None) -> Any:
         """Run a statement; a write outside a transaction gets a transaction of its own."""
+        check_statement(sql)
         if self.read_only and is_write(sql):
             self.refuse_if_read_only()
         conn = self.connection()
@@ -284,7 +286,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         if claimed is not None:
             self.hooks.queue(claimed)
         if not in_transaction_block(self):
-            self.hooks.after_commit(conn)
+            self.hooks.after_commit(self.connection)
 
     def rollback(self) -> None:
         """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires.
@@ -296,7 +298,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         if conn is not None and not conn.closed:
             super().rollback()
         if not in_transaction_block(self):
-            self.hooks.after_commit(conn)
+            self.hooks.after_commit(self.connection)
 
     def checkpoint_before_close(self) -> None:
         """Nothing to do: the server keeps its own files (SQLite empties its WAL here)."""
@@ -342,11 +344,11 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
 
     def install_capture(self, spec: CaptureSpec) -> None:
         """(Re)create a table's capture triggers so they match its model's current fields."""
-        self._install_triggers(spec, capture_triggers(spec))
+        self._install_triggers(spec, [*capture_triggers(spec), *truncate_triggers(spec)])
 
     def install_relation_capture(self, spec: RelationSpec) -> None:
         """(Re)create a join table's triggers so they match the sides registered now."""
-        self._install_triggers(spec, relation_triggers(spec))
+        self._install_triggers(spec, [*relation_triggers(spec), *truncate_triggers(spec)])
 
     def _install_triggers(self, spec: CaptureSpec | RelationSpec, statements: list[str]) -> None:
         """Replace a table's triggers of one kind with ``statements`` (a function, then triggers).
@@ -369,7 +371,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
             ).fetchone() or (None,)
             if current == digest:
                 return
-            for op in ("insert", "update", "delete"):
+            for op in ("insert", "update", "delete", "truncate"):
                 for trigger in trigger_names(spec, op):
                     conn.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {quote_name(spec.table)}")
             for statement in statements:

@@ -114,6 +114,74 @@ def trigger_names(spec: CaptureSpec | RelationSpec, op: str) -> list[str]:
     return names
 
 
+def _function(function: str, body: str) -> str:
+    """A trigger function whose body is dollar-quoted with a tag the body does not hold.
+
+    The body names the table and its columns, and a name may hold ``$$``,
+    which would end a body quoted with it.
+    """
+    tag, n = "$$", 0
+    while tag in body:
+        n += 1
+        tag = f"$q{n}$"
+    return (
+        f"CREATE OR REPLACE FUNCTION {function}() {_TRIGGER_FUNCTION} AS {tag}\n"
+        f"{body}{tag}"
+    )
+
+
+def _gate(spec: CaptureSpec | RelationSpec) -> str:
+    """The condition under which a table's triggers record: someone listens, or a hook wants it."""
+    if isinstance(spec, RelationSpec):
+        refs = ", ".join(quote_literal(ref) for ref in spec.refs) or "NULL"
+        wanted = (
+            f"ref IN ({refs}) AND enabled AND strpos(signal, {quote_literal(RELATION_KIND)}) > 0"
+        )
+    else:
+        wanted = f"ref = {quote_literal(spec.ref)} AND enabled"
+    return (
+        f"EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
+        f"WHERE {wanted})"
+    )
+
+
+def _row(spec: CaptureSpec, alias: str) -> str:
+    """The recorded row of ``alias`` as JSON text (see ``CaptureSpec``)."""
+    pairs = []
+    for column in spec.recorded:
+        value = f"{alias}.{quote_name(column.name)}"
+        if column.is_blob:  # in upper case, as SQLite's hex() writes it
+            value = f"upper(encode({value}, 'hex'))"
+        elif column.is_decimal:
+            value = f"{value}::text"
+        pairs.append(f"{quote_literal(column.name)}, {value}")
+    step = _COLUMNS_PER_OBJECT
+    parts = [
+        "json_build_object(" + ", ".join(pairs[i : i + step]) + ")"
+        for i in range(0, len(pairs), step)
+    ] or ["json_build_object()"]
+    if len(parts) == 1:
+        return parts[0] + "::text"
+    return "(" + " || ".join(f"{part}::jsonb" for part in parts) + ")::text"
+
+
+def _key(spec: CaptureSpec, alias: str) -> str:
+    """The recorded primary key of ``alias`` as text."""
+    pk = quote_name(spec.pk_column)
+    return f"upper(encode({alias}.{pk}, 'hex'))" if spec.pk_is_blob else f"{alias}.{pk}::text"
+
+
+def _pair(spec: RelationSpec, alias: str) -> tuple[str, str]:
+    """The recorded primary key of a join row ``alias``, and its two keys as JSON text."""
+    pk = "NULL" if spec.pk_column is None else f"{alias}.{quote_name(spec.pk_column)}::text"
+    first, second = (quote_name(c) for c in spec.columns)
+    pair = (
+        f"json_build_object({quote_literal(spec.columns[0])}, {alias}.{first}, "
+        f"{quote_literal(spec.columns[1])}, {alias}.{second})::text"
+    )
+    return pk, pair
+
+
 def capture_triggers(spec: CaptureSpec) -> list[str]:
     """The function and triggers that record a table's changes (see ``CaptureSpec``).
 
@@ -122,28 +190,6 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
     the WHEN of the UPDATE trigger skips updates of quiet columns alone. A
     row of more than 50 columns is built in parts, joined as ``jsonb``.
     """
-
-    def row(alias: str) -> str:
-        pairs = []
-        for column in spec.recorded:
-            value = f"{alias}.{quote_name(column.name)}"
-            if column.is_blob:  # in upper case, as SQLite's hex() writes it
-                value = f"upper(encode({value}, 'hex'))"
-            pairs.append(f"{quote_literal(column.name)}, {value}")
-        step = _COLUMNS_PER_OBJECT
-        parts = [
-            "json_build_object(" + ", ".join(pairs[i : i + step]) + ")"
-            for i in range(0, len(pairs), step)
-        ] or ["json_build_object()"]
-        if len(parts) == 1:
-            return parts[0] + "::text"
-        return "(" + " || ".join(f"{part}::jsonb" for part in parts) + ")::text"
-
-    pk = quote_name(spec.pk_column)
-
-    def key(alias: str) -> str:
-        return f"upper(encode({alias}.{pk}, 'hex'))" if spec.pk_is_blob else f"{alias}.{pk}::text"
-
     function = function_name(spec)
     insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
     table = quote_literal(spec.table)
@@ -151,27 +197,28 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
     watched = [quote_name(c) for c in spec.watched]
     of = "OF " + ", ".join(watched) + " " if watched else ""
     changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in watched) or "false"
-    return [
-        f"CREATE OR REPLACE FUNCTION {function}() {_TRIGGER_FUNCTION} AS $$\n"
+    body = (
         "BEGIN\n"
-        f"  IF NOT (EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM "
-        f"{HOOK_TABLE} WHERE ref = {quote_literal(spec.ref)} AND enabled)) THEN\n"
+        f"  IF NOT ({_gate(spec)}) THEN\n"
         "    RETURN NULL;\n"
         "  END IF;\n"
         "  IF TG_OP = 'INSERT' THEN\n"
         f"    {insert}\n"
-        f"    VALUES ({table}, 'INSERT', {key('NEW')}, NULL, {row('NEW')});\n"
+        f"    VALUES ({table}, 'INSERT', {_key(spec, 'NEW')}, NULL, {_row(spec, 'NEW')});\n"
         "  ELSIF TG_OP = 'UPDATE' THEN\n"
         f"    {insert}\n"
-        f"    VALUES ({table}, 'UPDATE', {key('NEW')}, {row('OLD')}, {row('NEW')});\n"
+        f"    VALUES ({table}, 'UPDATE', {_key(spec, 'NEW')}, {_row(spec, 'OLD')}, "
+        f"{_row(spec, 'NEW')});\n"
         "  ELSE\n"
         f"    {insert}\n"
-        f"    VALUES ({table}, 'DELETE', {key('OLD')}, {row('OLD')}, NULL);\n"
+        f"    VALUES ({table}, 'DELETE', {_key(spec, 'OLD')}, {_row(spec, 'OLD')}, NULL);\n"
         "  END IF;\n"
         f"  PERFORM pg_notify('{CHANNEL}', '');\n"
         "  RETURN NULL;\n"
         "END\n"
-        "$$",
+    )
+    return [
+        _function(function, body),
         f"CREATE TRIGGER {trigger_name(spec, 'insert')} AFTER INSERT ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
         f"CREATE TRIGGER {trigger_name(spec, 'update')} AFTER UPDATE {of}ON {on}\n"
@@ -187,15 +234,10 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
     The same events as SQLite's: an INSERT per pair added, a DELETE per pair
     removed, both for an UPDATE that moves a pair; each holds the two keys.
     """
-    refs = ", ".join(quote_literal(ref) for ref in spec.refs) or "NULL"
     first, second = (quote_name(c) for c in spec.columns)
 
     def event(op: str, alias: str) -> str:
-        pk = "NULL" if spec.pk_column is None else f"{alias}.{quote_name(spec.pk_column)}::text"
-        pair = (
-            f"json_build_object({quote_literal(spec.columns[0])}, {alias}.{first}, "
-            f"{quote_literal(spec.columns[1])}, {alias}.{second})::text"
-        )
+        pk, pair = _pair(spec, alias)
         old, new = (pair, "NULL") if op == "DELETE" else ("NULL", pair)
         return (
             f"    INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)\n"
@@ -204,12 +246,9 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
 
     function = function_name(spec)
     on = quote_name(spec.table)
-    return [
-        f"CREATE OR REPLACE FUNCTION {function}() {_TRIGGER_FUNCTION} AS $$\n"
+    body = (
         "BEGIN\n"
-        f"  IF NOT (EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM "
-        f"{HOOK_TABLE} WHERE ref IN ({refs}) AND enabled "
-        f"AND strpos(signal, {quote_literal(RELATION_KIND)}) > 0)) THEN\n"
+        f"  IF NOT ({_gate(spec)}) THEN\n"
         "    RETURN NULL;\n"
         "  END IF;\n"
         "  IF TG_OP IN ('UPDATE', 'DELETE') THEN\n"
@@ -221,7 +260,9 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
         f"  PERFORM pg_notify('{CHANNEL}', '');\n"
         "  RETURN NULL;\n"
         "END\n"
-        "$$",
+    )
+    return [
+        _function(function, body),
         f"CREATE TRIGGER {trigger_name(spec, 'insert')} AFTER INSERT ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
         f"CREATE TRIGGER {trigger_name(spec, 'update')} "
@@ -230,6 +271,38 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
         f"OR OLD.{second} IS DISTINCT FROM NEW.{second})\nEXECUTE FUNCTION {function}()",
         f"CREATE TRIGGER {trigger_name(spec, 'delete')} AFTER DELETE ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
+    ]
+
+
+def truncate_triggers(spec: CaptureSpec | RelationSpec) -> list[str]:
+    """A function and trigger that record each row a TRUNCATE removes as a DELETE event.
+
+    PostgreSQL runs no row trigger for TRUNCATE (peewee's ``truncate_table()``),
+    so its rows went without an event; SQLite has none (peewee deletes the
+    rows there, an event each). This runs before it, while the rows are
+    there, behind the same gate as the table's other triggers.
+    """
+    if isinstance(spec, RelationSpec):
+        pk, row = _pair(spec, "t")
+    else:
+        pk, row = _key(spec, "t"), _row(spec, "t")
+    function = quote_name(_name(spec.table, f"_{_kind(spec)}_truncate"))
+    body = (
+        "BEGIN\n"
+        f"  IF NOT ({_gate(spec)}) THEN\n"
+        "    RETURN NULL;\n"
+        "  END IF;\n"
+        f"  INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)\n"
+        f"  SELECT {quote_literal(spec.table)}, 'DELETE', {pk}, {row}, NULL "
+        f"FROM {quote_name(spec.table)} AS t;\n"
+        f"  PERFORM pg_notify('{CHANNEL}', '');\n"
+        "  RETURN NULL;\n"
+        "END\n"
+    )
+    return [
+        _function(function, body),
+        f"CREATE TRIGGER {trigger_name(spec, 'truncate')} BEFORE TRUNCATE ON "
+        f"{quote_name(spec.table)}\nFOR EACH STATEMENT EXECUTE FUNCTION {function}()",
     ]
 
 

@@ -50,6 +50,17 @@ def column_list(model: type[peewee.Model]) -> str:
     return ", ".join(quote_name(f.column_name) for f in model._meta.sorted_fields)
 
 
+def holds_bytes(field: peewee.Field) -> bool:
+    """Whether a field's column holds a blob: a BlobField, or a foreign key to one.
+
+    Capture records such a column as hex (JSON has no bytes); a foreign key's
+    column holds what the key it refers to holds.
+    """
+    while isinstance(field, peewee.ForeignKeyField):
+        field = field.rel_field
+    return isinstance(field, peewee.BlobField)
+
+
 def value_kind(field: peewee.Field) -> str | type | None:
     """How a field reads stored values: ``"time"``, ``"uuid"``, ``"json"``, ``str``/``int``.
 
@@ -179,7 +190,7 @@ class Loader(Generic[M]):
                 if known is None:
                     continue
                 field, convert = known
-                if isinstance(field, peewee.BlobField) and raw is not None:
+                if raw is not None and holds_bytes(field):
                     raw = bytes.fromhex(raw)
                 values[field.name] = convert(raw)
         except Exception as exc:

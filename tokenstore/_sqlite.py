@@ -27,7 +27,7 @@ from typing import Any
 
 import peewee
 
-from ._backend import LEADING, CommitHooks, is_write, sole_writer
+from ._backend import LEADING, CommitHooks, check_statement, is_write, sole_writer
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     ClosedWithThread,
@@ -248,6 +248,7 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
         nothing more runs (it would commit on its own): a nested block's
         rollback has nothing left to undo, anything else raises.
         """
+        check_statement(sql)
         conn: sqlite3.Connection = self.connection()
         if self.read_only and is_write(sql):
             self.refuse_if_read_only()
@@ -417,7 +418,7 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
         if claimed is not None:
             self.hooks.queue(claimed)
         if claim and not in_transaction_block(self):
-            self.hooks.after_commit(conn)
+            self.hooks.after_commit(self.connection)
 
     def rollback(self) -> None:
         """Roll back; what earlier commits of an explicit ``transaction()`` claimed still fires.
@@ -436,13 +437,14 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
         finally:
             self._ended(conn)
         if not in_transaction_block(self):
-            self.hooks.after_commit(conn)
+            self.hooks.after_commit(self.connection)
 
     def _ended_early(self) -> StoreError:
         return StoreError(
-            f"{self.path}: this transaction was already rolled back by SQLite (as it is "
-            "when one of its statements meets a full disk or an I/O error); nothing of it "
-            "was saved and nothing more runs in it"
+            f"{self.path}: this transaction has ended: it was already rolled back by SQLite "
+            "(as it is when one of its statements meets a full disk or an I/O error, and "
+            "then nothing of it was saved), or a COMMIT or ROLLBACK run through execute_sql() "
+            "ended it; nothing more runs in it"
         )
 
     def _raise_fault(self, exc: BaseException, doing: str) -> None:

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("tokenstore.store")
 
 #: The models applications build theirs on: they are classes to subclass, not tables.
-_BASES = (BaseModel, ABIDModel)
+_BASES = (peewee.Model, BaseModel, ABIDModel)
 
 
 @dataclass(frozen=True)
@@ -271,15 +271,16 @@ class Store:
         """Bind an application model to this store, create its table and capture its changes.
 
         Usable as a class decorator. Registering again is harmless and
-        refreshes the triggers to match the model's current fields. Each of
+        refreshes the triggers, the signals' instances and the webhook bodies
+        to match the model's current fields. Each of
         its many-to-many fields (its own, and the backrefs of other models'
         fields) gets its join table and triggers that capture every relation
         added or removed (``signals.m2m_changed``, hooks with M2M). A
         read-only store only binds the model, for reading. Refused, with
         nothing written: an ABIDModel whose prefix or sources are wrong (a
         source naming no field or attribute), a DeferredForeignKey not
-        resolved yet, a table that lacks some of the model's columns, and
-        relations ``docs/m2m.md`` lists.
+        resolved yet, a table that lacks some of the model's columns, a view,
+        and relations ``docs/m2m.md`` lists.
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
             raise ValidationError(f"register() takes a peewee model class, got {shown(model)}")
@@ -317,14 +318,22 @@ class Store:
             if added:
                 self._registry.remove(model)
             raise
+        self._dispatcher.forget(model)
+        self._outbox.payloads.forget(model)
         return model
 
     def _check_columns(self, model: type[peewee.Model]) -> None:
-        """Refuse a model whose table lacks some of its columns (a field added since, say).
+        """Refuse a model on a view, or whose table lacks some of its columns (a field added since).
 
-        Triggers naming a missing column would make every write to the table fail.
+        A view has no row triggers to capture it by; triggers naming a missing
+        column would make every write to the table fail.
         """
         table = model._meta.table_name
+        if table in {view.name for view in self.db.get_views()}:
+            raise ValidationError(
+                f"{model.__name__}: {table!r} is a view, which has no triggers to capture "
+                "changes by; register models of tables"
+            )
         present = {column.name for column in self.db.get_columns(table)}
         missing = [f.column_name for f in model._meta.sorted_fields if f.column_name not in present]
         if missing:

@@ -21,9 +21,13 @@ logger = logging.getLogger("tokenstore.signals")
 namespace = Namespace()
 
 pre_save = namespace.signal(
-    "pre_save", doc="Before an instance is inserted or updated (instance, created)."
+    "pre_save",
+    doc="Before save() writes an ABIDModel or a tokenstore model (instance, created).",
 )
-pre_delete = namespace.signal("pre_delete", doc="Before an instance is deleted (instance).")
+pre_delete = namespace.signal(
+    "pre_delete",
+    doc="Before delete_instance() deletes an ABIDModel or a tokenstore model (instance).",
+)
 post_save = namespace.signal(
     "post_save",
     doc="After a committed insert or update is dispatched (instance, created, event).",
