@@ -124,10 +124,7 @@ def _function(function: str, body: str) -> str:
     while tag in body:
         n += 1
         tag = f"$q{n}$"
-    return (
-        f"CREATE OR REPLACE FUNCTION {function}() {_TRIGGER_FUNCTION} AS {tag}\n"
-        f"{body}{tag}"
-    )
+    return f"CREATE OR REPLACE FUNCTION {function}() {_TRIGGER_FUNCTION} AS {tag}\n{body}{tag}"
 
 
 def _gate(spec: CaptureSpec | RelationSpec) -> str:
