@@ -1147,7 +1147,7 @@ def test_a_thread_that_writes_to_many_stores_in_turn_keeps_no_note_of_the_closed
     from tokenstore import _backend
 
     before = len(_backend._WRITERS.by_store)
-    for n in range(30):
+    for n in range(8):
         with tokenstore.open(tmp_path / f"project-{n}.sqlite3") as each:
             each.users.create("owner")
         del each
