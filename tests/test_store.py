@@ -1152,4 +1152,6 @@ def test_a_thread_that_writes_to_many_stores_in_turn_keeps_no_note_of_the_closed
             each.users.create("owner")
         del each
         gc.collect()
-    assert len(_backend._WRITERS.by_store) <= before + 1  # the last one: the models hold it
+    # The last store's, and perhaps the one before it: the models held that one until the
+    # last was opened, so it may have died only after the last one's first write.
+    assert len(_backend._WRITERS.by_store) <= before + 2
