@@ -114,12 +114,27 @@ def trigger_names(spec: CaptureSpec | RelationSpec, op: str) -> list[str]:
     return names
 
 
-def _function(function: str, body: str) -> str:
-    """A trigger function whose body is dollar-quoted with a tag the body does not hold.
+#: The start of the statement that records an event.
+_RECORD = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
 
-    The body names the table and its columns, and a name may hold ``$$``,
-    which would end a body quoted with it.
+
+def _function(function: str, spec: CaptureSpec | RelationSpec, recording: str) -> str:
+    """A trigger function that runs ``recording`` behind the table's gate, then wakes dispatchers.
+
+    The body is dollar-quoted with a tag it does not hold: it names the
+    table and its columns, and a name may hold ``$$``, which would end a body
+    quoted with it.
     """
+    body = (
+        "BEGIN\n"
+        f"  IF NOT ({_gate(spec)}) THEN\n"
+        "    RETURN NULL;\n"
+        "  END IF;\n"
+        f"{recording}"
+        f"  PERFORM pg_notify('{CHANNEL}', '');\n"
+        "  RETURN NULL;\n"
+        "END\n"
+    )
     tag, n = "$$", 0
     while tag in body:
         n += 1
@@ -188,34 +203,26 @@ def capture_triggers(spec: CaptureSpec) -> list[str]:
     row of more than 50 columns is built in parts, joined as ``jsonb``.
     """
     function = function_name(spec)
-    insert = f"INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)"
     table = quote_literal(spec.table)
     on = quote_name(spec.table)
     watched = [quote_name(c) for c in spec.watched]
     of = "OF " + ", ".join(watched) + " " if watched else ""
     changed = " OR ".join(f"OLD.{c} IS DISTINCT FROM NEW.{c}" for c in watched) or "false"
-    body = (
-        "BEGIN\n"
-        f"  IF NOT ({_gate(spec)}) THEN\n"
-        "    RETURN NULL;\n"
-        "  END IF;\n"
+    recording = (
         "  IF TG_OP = 'INSERT' THEN\n"
-        f"    {insert}\n"
+        f"    {_RECORD}\n"
         f"    VALUES ({table}, 'INSERT', {_key(spec, 'NEW')}, NULL, {_row(spec, 'NEW')});\n"
         "  ELSIF TG_OP = 'UPDATE' THEN\n"
-        f"    {insert}\n"
+        f"    {_RECORD}\n"
         f"    VALUES ({table}, 'UPDATE', {_key(spec, 'NEW')}, {_row(spec, 'OLD')}, "
         f"{_row(spec, 'NEW')});\n"
         "  ELSE\n"
-        f"    {insert}\n"
+        f"    {_RECORD}\n"
         f"    VALUES ({table}, 'DELETE', {_key(spec, 'OLD')}, {_row(spec, 'OLD')}, NULL);\n"
         "  END IF;\n"
-        f"  PERFORM pg_notify('{CHANNEL}', '');\n"
-        "  RETURN NULL;\n"
-        "END\n"
     )
     return [
-        _function(function, body),
+        _function(function, spec, recording),
         f"CREATE TRIGGER {trigger_name(spec, 'insert')} AFTER INSERT ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
         f"CREATE TRIGGER {trigger_name(spec, 'update')} AFTER UPDATE {of}ON {on}\n"
@@ -237,29 +244,22 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
         pk, pair = _pair(spec, alias)
         old, new = (pair, "NULL") if op == "DELETE" else ("NULL", pair)
         return (
-            f"    INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)\n"
+            f"    {_RECORD}\n"
             f"    VALUES ({quote_literal(spec.table)}, '{op}', {pk}, {old}, {new});\n"
         )
 
     function = function_name(spec)
     on = quote_name(spec.table)
-    body = (
-        "BEGIN\n"
-        f"  IF NOT ({_gate(spec)}) THEN\n"
-        "    RETURN NULL;\n"
-        "  END IF;\n"
+    recording = (
         "  IF TG_OP IN ('UPDATE', 'DELETE') THEN\n"
         f"{event('DELETE', 'OLD')}"
         "  END IF;\n"
         "  IF TG_OP IN ('INSERT', 'UPDATE') THEN\n"
         f"{event('INSERT', 'NEW')}"
         "  END IF;\n"
-        f"  PERFORM pg_notify('{CHANNEL}', '');\n"
-        "  RETURN NULL;\n"
-        "END\n"
     )
     return [
-        _function(function, body),
+        _function(function, spec, recording),
         f"CREATE TRIGGER {trigger_name(spec, 'insert')} AFTER INSERT ON {on}\n"
         f"FOR EACH ROW EXECUTE FUNCTION {function}()",
         f"CREATE TRIGGER {trigger_name(spec, 'update')} "
@@ -284,20 +284,13 @@ def truncate_triggers(spec: CaptureSpec | RelationSpec) -> list[str]:
     else:
         pk, row = _key(spec, "t"), _row(spec, "t")
     function = quote_name(_name(spec.table, f"_{_kind(spec)}_truncate"))
-    body = (
-        "BEGIN\n"
-        f"  IF NOT ({_gate(spec)}) THEN\n"
-        "    RETURN NULL;\n"
-        "  END IF;\n"
-        f"  INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)\n"
+    recording = (
+        f"  {_RECORD}\n"
         f"  SELECT {quote_literal(spec.table)}, 'DELETE', {pk}, {row}, NULL "
         f"FROM {quote_name(spec.table)} AS t;\n"
-        f"  PERFORM pg_notify('{CHANNEL}', '');\n"
-        "  RETURN NULL;\n"
-        "END\n"
     )
     return [
-        _function(function, body),
+        _function(function, spec, recording),
         f"CREATE TRIGGER {trigger_name(spec, 'truncate')} BEFORE TRUNCATE ON "
         f"{quote_name(spec.table)}\nFOR EACH STATEMENT EXECUTE FUNCTION {function}()",
     ]
