@@ -26,6 +26,7 @@ __all__ = [
     "looks_like_secret",
     "looks_like_token",
     "quoted",
+    "refuse_secret",
     "token_digest",
     "token_hint",
 ]
@@ -118,6 +119,12 @@ def looks_like_secret(text: object) -> bool:
         looks_like_token(word) or looks_like_legacy_token(word) or word.startswith(SECRET_PREFIX)
         for word in (part.strip(_AROUND_A_WORD) for part in text.split())
     )
+
+
+def refuse_secret(value: object, what: str, instead: str) -> None:
+    """Refuse a secret pasted where text kept in clear belongs, without quoting it."""
+    if looks_like_secret(value):
+        raise ValidationError(f"{what} looks like a secret (not shown), not {instead}")
 
 
 def quoted(value: object) -> str:

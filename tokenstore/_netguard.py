@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import _compat, _deadline, _lookup
-from ._credentials import looks_like_secret
+from ._credentials import refuse_secret
 from ._errors import BlockedAddress, ValidationError, shown
 
 if TYPE_CHECKING:
@@ -226,8 +226,7 @@ class AddressGuard:
         A token or signing secret pasted here would pass for a host name and be kept in
         the file in clear: it is refused without being quoted.
         """
-        if looks_like_secret(entry):
-            raise ValidationError("allowlist entry looks like a secret (not shown), not a host")
+        refuse_secret(entry, "allowlist entry", "a host")
         return str(_parse_allow_entry(entry))
 
     def __repr__(self) -> str:

@@ -20,9 +20,9 @@ from ._credentials import (
     DEFAULT_TOKEN_PREFIX,
     check_prefix,
     looks_like_legacy_token,
-    looks_like_secret,
     looks_like_token,
     quoted,
+    refuse_secret,
     token_digest,
     token_hint,
 )
@@ -215,8 +215,7 @@ class Tokens:
         owner = self._owner(user)
         if name is not None:
             check_text(name, "token name", max_length=MAX_NAME_LENGTH)
-            if looks_like_secret(name):  # kept in clear and listed: no place for a secret
-                raise ValidationError("token name looks like a secret (not shown), not a name")
+            refuse_secret(name, "token name", "a name")  # kept in clear and listed
         moment = self.clock()
         now = to_stored_time(moment)
         expiry = self._expiry(expires, now)
