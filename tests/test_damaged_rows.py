@@ -326,6 +326,19 @@ def test_an_allowlist_entry_no_guard_can_read_is_ignored_and_sending_goes_on(
         assert store.webhooks.allowlist() == ["127.0.0.1/32"]
 
 
+@pytest.mark.parametrize("stored", ["LOCALHOST", "0:0::1", "127.0.0.1/32 "])
+def test_an_allowlist_entry_edited_into_another_spelling_can_be_disallowed(
+    path: Path, stored: str
+) -> None:
+    """Such a row was applied, but ``disallow`` looked for the canonical spelling only."""
+    tokenstore.open(path).close()
+    edit(path, f"INSERT INTO tokenstore_webhook_allow VALUES ('{stored}', '2020-01-01')")
+    with tokenstore.open(path) as store:
+        assert store.webhooks.allowlist() == [stored]
+        assert store.webhooks.disallow(stored) == []
+        assert store.webhooks.allowlist() == []
+
+
 @pytest.mark.parametrize("claimant", ["X'FFFE'", "7", NOT_UTF8])
 def test_a_listener_row_that_no_listener_wrote_is_removed(path: Path, claimant: str) -> None:
     tokenstore.open(path).close()

@@ -99,9 +99,17 @@ class AllowList:
         return self.entries()
 
     def remove(self, entry: str) -> list[str]:
-        """Stop allowing an entry, in every process; returns the list."""
+        """Stop allowing an entry, in every process; returns the list.
+
+        A row edited by hand into another spelling of the entry (``LOCALHOST``)
+        is applied as the entry, so it goes with it.
+        """
+        target = AddressGuard.canonical(entry)
+        self.refresh()
+        spellings = {target, *(e for e in self._entries if AddressGuard.canonical(e) == target)}
         with self.db.write(quiet=True) as conn:
-            conn.execute(self._delete, (AddressGuard.canonical(entry),))
+            for spelling in spellings:
+                conn.execute(self._delete, (spelling,))
         return self.entries()
 
 
