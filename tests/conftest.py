@@ -94,7 +94,7 @@ def _admin(url: str) -> Any:
 
 
 class _Databases:
-    """Empty databases made one step ahead of the tests, and used ones dropped behind them.
+    """Databases made one step ahead of the tests, and used ones dropped behind them.
 
     Making and dropping a database costs the server about a tenth of a
     second, and a thousand tests each need one: a thread of their own does
@@ -102,8 +102,9 @@ class _Databases:
     test takes the one before it, so one is ready when the next test asks.
     """
 
-    def __init__(self, admin_url: str) -> None:
+    def __init__(self, admin_url: str, options: str = "") -> None:
         self.admin_url = admin_url
+        self.options = options
         self._ready: queue.Queue[str | BaseException] = queue.Queue()
         # A name to drop; "" to make one; None to stop.
         self._jobs: queue.Queue[str | None] = queue.Queue()
@@ -117,7 +118,7 @@ class _Databases:
                 if job:
                     _drop(self.admin_url, job)
                 else:
-                    self._ready.put(_create(self.admin_url))
+                    self._ready.put(_create(self.admin_url, self.options))
             except BaseException as exc:  # the waiting test raises it
                 self._ready.put(exc)
 
@@ -149,14 +150,44 @@ def _databases_ahead(pg_admin_url: str) -> Iterator[_Databases]:
         databases.close()
 
 
+@pytest.fixture(scope="session")
+def _stores_ahead(pg_admin_url: str) -> Iterator[_Databases]:
+    """As ``_databases_ahead``, but each database a copy of one a store was opened on once.
+
+    Opening a store on an empty database makes its schema, about a tenth
+    of a second, and most tests only want a store to work with. They get a
+    copy (``CREATE DATABASE ... TEMPLATE``) of a database that
+    ``tokenstore.open`` prepared at the start of the session; the tests
+    that ask for ``pg_url`` alone still see the schema made from nothing.
+    """
+    template = _create(pg_admin_url)
+    tokenstore.open(_url_of(pg_admin_url, template)).close()
+    databases = _Databases(pg_admin_url, f'TEMPLATE "{template}"')
+    try:
+        yield databases
+    finally:
+        databases.close()
+        _drop(pg_admin_url, template)
+
+
+# The fixtures that open a store on the test's database: it may already hold the schema.
+_OPENING_FIXTURES = frozenset({"store", "ts", "store_file"})
+
+
 @pytest.fixture
-def pg_url(pg_admin_url: str, _databases_ahead: _Databases) -> Iterator[str]:
-    """A fresh, empty database on the test server, dropped after the test."""
-    name = _databases_ahead.take()
+def pg_url(pg_admin_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh database on the test server, dropped after the test.
+
+    It is empty, unless the test opens its store through a fixture: then
+    it is a copy of one holding the schema (see ``_stores_ahead``).
+    """
+    opens = not _OPENING_FIXTURES.isdisjoint(request.fixturenames)
+    databases = request.getfixturevalue("_stores_ahead" if opens else "_databases_ahead")
+    name = databases.take()
     try:
         yield _url_of(pg_admin_url, name)
     finally:
-        _databases_ahead.give_back(name)
+        databases.give_back(name)
 
 
 def _create(admin_url: str, options: str = "") -> str:
