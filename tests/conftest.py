@@ -162,6 +162,8 @@ def _stores_ahead(pg_admin_url: str) -> Iterator[_Databases]:
     """
     template = _create(pg_admin_url)
     tokenstore.open(_url_of(pg_admin_url, template)).close()
+    with _admin(pg_admin_url) as conn:  # a copy fails while anyone (autovacuum) is in it
+        conn.execute(f'ALTER DATABASE "{template}" ALLOW_CONNECTIONS false')
     databases = _Databases(pg_admin_url, f'TEMPLATE "{template}"')
     try:
         yield databases
