@@ -477,7 +477,7 @@ def test_a_retry_threads_stop_checks_its_timeout_before_stopping(store: Store) -
     assert not thread.is_alive()
 
 
-@pytest.mark.parametrize("path", ["a\x00b", "a\ud800b", b"store.sqlite3", 5, None])
+@pytest.mark.parametrize("path", ["a\x00b", "a\ud800b", b"store.sqlite3", 5, None, ""])
 def test_open_refuses_paths_it_cannot_use(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: Any
 ) -> None:

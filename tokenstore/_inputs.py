@@ -49,6 +49,8 @@ def check_path(value: object, what: str) -> Path:
     if not isinstance(value, str | os.PathLike) or not isinstance(os.fspath(value), str):
         raise ValidationError(f"{what} must be a str or a Path, got {type(value).__name__}")
     text = os.fspath(value)
+    if not text:  # the current folder, to the operating system: never what was meant
+        raise ValidationError(f"{what} is empty: name a file")
     if "\x00" in text:
         raise ValidationError(f"{what} must not contain a NUL character")
     try:
