@@ -1014,6 +1014,19 @@ def test_uses_a_flush_could_not_write_are_kept_and_tried_again(
         store.close()
 
 
+def test_uses_flushed_in_a_transaction_that_rolls_back_are_kept(ts: Store) -> None:
+    """The flush wrote them in the caller's transaction, then forgot them: lost at its rollback."""
+    token, secret = ts.tokens.create()
+    ts.tokens.authenticate(secret)
+    with pytest.raises(RuntimeError), ts.atomic():
+        assert ts.tokens.flush_uses() == 1
+        raise RuntimeError("the caller's transaction fails")
+    assert stored_row(ts, token)["last_used_at"] is None
+    assert ts.tokens._flusher is not None  # the timer still has them to write
+    assert ts.tokens.flush_uses() == 1
+    assert stored_row(ts, token)["last_used_at"] == format_time(START)
+
+
 def test_uses_within_one_millisecond_share_a_stamp_cut_to_the_millisecond(
     ts: Store, clock: Clock
 ) -> None:

@@ -442,11 +442,17 @@ class Tokens:
         quiet field, so no change event. Failing to record use (say, the file
         is locked or read-only) must not deny access, so it is logged, not
         raised; the uses are kept for the next flush (the timer's tries again
-        a minute later), as ``authenticate`` will not note them again.
+        a minute later), as ``authenticate`` will not note them again. Inside
+        the caller's transaction they are written in it and kept as well,
+        since it may yet roll back; written again, a use changes nothing.
         """
+        inside = self.db.writing_here()
         with self._uses_lock:
-            uses, self._uses = self._uses, {}
-            timer, self._flusher = self._flusher, None
+            if inside:
+                uses, timer = dict(self._uses), None
+            else:
+                uses, self._uses = self._uses, {}
+                timer, self._flusher = self._flusher, None
         if timer is not None:
             timer.cancel()
         if not uses:
