@@ -533,6 +533,7 @@ def test_http_410_disables_the_hook_and_gives_up_its_deliveries(
         (429, "9" * 30, timedelta(hours=10)),  # absurd: capped, not a crash
         (503, "soon", RETRY_SCHEDULE[1]),  # nonsense: the schedule applies
         (429, "\u00b2", RETRY_SCHEDULE[1]),  # a Unicode digit is not a number of seconds
+        (503, "0", RETRY_SCHEDULE[1]),  # sooner than the schedule: the schedule's wait
     ],
 )
 def test_429_and_503_honour_retry_after(

@@ -28,6 +28,12 @@ def test_retry_after_replaces_the_schedule_step() -> None:
     assert POLICY.next_attempt(1, NOW, timedelta(seconds=42)) == NOW + timedelta(seconds=42)
 
 
+def test_retry_after_never_brings_an_attempt_sooner_than_the_schedule() -> None:
+    """A ``Retry-After: 0`` would otherwise spend every attempt within a second."""
+    assert POLICY.next_attempt(1, NOW, timedelta(0)) == NOW + RETRY_SCHEDULE[1]
+    assert POLICY.next_attempt(3, NOW, timedelta(minutes=1)) == NOW + RETRY_SCHEDULE[3]
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [

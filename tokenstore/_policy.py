@@ -77,10 +77,15 @@ class RetryPolicy:
     def next_attempt(
         self, attempts: int, now: datetime, retry_after: timedelta | None = None
     ) -> datetime | None:
-        """When to try again after ``attempts`` failed attempts; None when the schedule is done."""
+        """When to try again after ``attempts`` failed attempts; None when the schedule is done.
+
+        A receiver's ``retry_after`` may put the attempt off, never bring it
+        sooner: a ``Retry-After: 0`` would have a retry thread spend every
+        attempt within a second.
+        """
         if attempts >= len(RETRY_SCHEDULE):
             return None
-        return now + (RETRY_SCHEDULE[attempts] if retry_after is None else retry_after)
+        return now + max(RETRY_SCHEDULE[attempts], retry_after or timedelta(0))
 
     def disabled_reason(
         self,
