@@ -909,10 +909,11 @@ def test_deliver_due_records_attempts_at_the_time_it_was_given(
         s.close()
 
 
-def test_deliver_due_refuses_a_time_with_no_room_for_a_retry_after_it(
+def test_deliver_due_refuses_a_time_the_stores_clock_could_not_answer(
     store: Store, receiver: Receiver
 ) -> None:
-    """A clear error, not an OverflowError from adding the lease, and nothing taken."""
+    """A clear error, not an OverflowError from adding the lease, and nothing taken.
+    Before 1970 too, as the ``clock=`` it stands for."""
     receiver.respond = lambda h: answer(h, 500)
     store.webhooks.create("h", Note, receiver.url())
     Note.create(text="x")
@@ -920,6 +921,8 @@ def test_deliver_due_refuses_a_time_with_no_room_for_a_retry_after_it(
     for at in (end_of_time, end_of_time - timedelta(days=365)):
         with pytest.raises(ValidationError, match="now must be at most 9899-"):
             store.webhooks.deliver_due(now=at)
+    with pytest.raises(ValidationError, match="now must be at least 1970-01-01"):
+        store.webhooks.deliver_due(now=datetime(1969, 12, 31, 23, 59, tzinfo=UTC))
     assert (only_delivery(store).status, len(receiver.hits)) == ("failed", 1)
     assert store.webhooks.deliver_due(now=end_of_time - timedelta(days=36525)) == 1
 

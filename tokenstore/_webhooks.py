@@ -35,7 +35,7 @@ from ._payload import dumps
 from ._retry_path import RetryPath
 from ._retry_thread import RetryThread
 from ._signing import new_signing_secret
-from ._times import LATEST_NOW, format_time, to_stored_time
+from ._times import EARLIEST_NOW, LATEST_NOW, format_time, to_stored_time
 
 logger = logging.getLogger("tokenstore.webhooks")
 
@@ -64,9 +64,22 @@ EDITABLE = (
 
 
 def _time_given(now: Any) -> datetime:
-    """The time a caller passed as ``now``, the message naming it when it is none."""
+    """The time a caller passed as ``now``, the message naming it when it is none.
+
+    It stands for the store's clock, so it is held to the range a clock's
+    reading is: holds, retries and the log's cutoff are counted from it.
+    """
     with about("now"):
-        return to_stored_time(now)
+        when = to_stored_time(now)
+    if when < EARLIEST_NOW:
+        raise ValidationError(
+            f"now must be at least {format_time(EARLIEST_NOW)}, got {format_time(when)}"
+        )
+    if when > LATEST_NOW:
+        raise ValidationError(
+            f"now must be at most {format_time(LATEST_NOW)}, got {format_time(when)}"
+        )
+    return when
 
 
 class Webhooks:
@@ -396,9 +409,6 @@ class Webhooks:
         """
         check_int(limit, "limit", minimum=1)
         when = None if now is None else _time_given(now)
-        if when is not None and when > LATEST_NOW:
-            # Holds, retries and the log's cutoff are counted from it: they must fit.
-            raise ValidationError(f"now must be at most {format_time(LATEST_NOW)}, got {now}")
         self.erase_expired_secrets(when)
         attempted = self.retry_path.deliver_due(when, limit)
         if self.keep_deliveries is not None and time.monotonic() >= self._next_prune:
