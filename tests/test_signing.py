@@ -141,6 +141,25 @@ def test_future_timestamp_is_rejected_with_how_far_off() -> None:
     assert verify_webhook(secret, headers, BODY, now=1_699_999_700) == json.loads(BODY)
 
 
+def test_a_timestamp_a_fraction_of_a_second_past_the_tolerance_says_so() -> None:
+    """Rounded to the nearest second, 300.4 s away read "300 seconds ... (tolerance 300 s)"."""
+    secret = new_signing_secret()
+    headers = headers_for(secret, timestamp=1_700_000_000)
+    with pytest.raises(WebhookVerificationError, match=r" 301 seconds old \(tolerance 300 s\)"):
+        verify_webhook(secret, headers, BODY, now=1_700_000_300.4)
+    with pytest.raises(WebhookVerificationError, match=r" 301 seconds in the future \(toler"):
+        verify_webhook(secret, headers, BODY, now=1_699_999_699.6)
+
+
+@pytest.mark.parametrize("digits", [16, 400])
+def test_a_timestamp_of_too_many_digits_is_said_to_be_too_far_in_the_future(digits: int) -> None:
+    """It is an integer: the message said it must be one."""
+    secret = new_signing_secret()
+    headers = {**headers_for(secret), "webhook-timestamp": "9" * digits}
+    with pytest.raises(WebhookVerificationError, match="is too far in the future: "):
+        verify_webhook(secret, headers, BODY)
+
+
 def test_tolerance_is_configurable() -> None:
     secret = new_signing_secret()
     headers = headers_for(secret, timestamp=1_700_000_000)
