@@ -485,6 +485,22 @@ def test_a_kept_response_that_echoes_the_hooks_credentials_keeps_them_out(
     assert hook.secret not in kept
 
 
+def test_a_kept_response_cut_inside_a_credential_keeps_its_start_out(
+    store: Store, receiver: Receiver
+) -> None:
+    """The answer is kept to its first RESPONSE_LIMIT characters: a credential the cut
+    falls inside left all but its last characters, past the reach of redaction."""
+    credential = "s3cret-token-0123456789"
+    kept_part = "y" * (RESPONSE_LIMIT - 12)
+    receiver.respond = lambda h: answer(h, 500, (kept_part + credential).encode())
+    hook = store.webhooks.create(
+        "echo", Note, receiver.url(), keep_last_response=True, auth_token=f"Bearer {credential}"
+    )
+    Note.create(text="x")
+    kept = reload(hook).last_response
+    assert kept.startswith(kept_part) and "s3cret" not in kept
+
+
 def test_a_kept_response_that_quotes_only_the_credential_keeps_it_out(
     store: Store, receiver: Receiver
 ) -> None:

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 RESPONSE_LIMIT = 8000
 _RESPONSE_BYTES = RESPONSE_LIMIT * 4  # enough bytes for that many UTF-8 characters
 
+#: Shorter values of a hook's (a header's "1", say) are not blanked out of texts.
+_SHORTEST_SECRET = 4
+
 #: How many endpoints' prepared URLs a sender keeps (all of them are forgotten past that).
 _PREPARED_URLS = 1024
 
@@ -96,6 +99,8 @@ def redacted(error: str, hook: OutboundWebhook) -> str:
     HTTP libraries quote a header value they refuse to send; that value may be
     the auth token or a credential in the hook's headers, and the error goes to
     the delivery log, the command's output and the ``webhook_failed`` signal.
+    A text cut to its first characters (a kept answer) may end inside a secret:
+    that start of it is blanked too.
     """
     # Headers edited by hand into something other than an object still get here.
     headers = hook.headers.values() if isinstance(hook.headers, dict) else ()
@@ -103,10 +108,21 @@ def redacted(error: str, hook: OutboundWebhook) -> str:
     # A receiver may quote only the credential of "Bearer <credential>", without its scheme.
     secrets += [x.partition(" ")[2].strip() for x in secrets if isinstance(x, str)]
     for secret in sorted(
-        (x for x in secrets if isinstance(x, str) and len(x) >= 4), key=len, reverse=True
+        (x for x in secrets if isinstance(x, str) and len(x) >= _SHORTEST_SECRET),
+        key=len,
+        reverse=True,
     ):
-        error = error.replace(secret, "***").replace(repr(secret)[1:-1], "***")
+        for form in (secret, repr(secret)[1:-1]):
+            error = _cut_off(error.replace(form, "***"), form)
     return error
+
+
+def _cut_off(text: str, secret: str) -> str:
+    """``text`` with the start of ``secret`` it ends with (it was cut inside it) blanked."""
+    for size in range(len(secret) - 1, _SHORTEST_SECRET - 1, -1):
+        if text.endswith(secret[:size]):
+            return text[:-size] + "***"
+    return text
 
 
 class Sender:
