@@ -697,6 +697,32 @@ def test_a_body_trickled_slowly_does_not_hold_the_writer_for_long(
     assert reload(hook).last_response.startswith("..........")
 
 
+def test_a_2xx_whose_body_stalls_past_the_deadline_is_delivered(
+    db_path: Path, clock: Clock, receiver: Receiver
+) -> None:
+    """The receiver accepted the message: as with a body trickled past the deadline, or
+    cut by a reset, it is delivered, not sent again (by a race with the deadline's reaper)."""
+    stop = threading.Event()
+
+    def stall(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100")
+        handler.end_headers()
+        handler.wfile.write(b"ok ")
+        handler.wfile.flush()
+        stop.wait(2)
+
+    receiver.respond = stall
+    s = open_store(db_path, clock, sync_budget=0.3)  # the writer's budget: under read_timeout
+    try:
+        s.webhooks.create("stall", Note, receiver.url())
+        assert timed_save(stop) < 2 * TIMEOUT
+        delivery = only_delivery(s)
+        assert (delivery.status, delivery.last_status_code) == ("delivered", 200)
+    finally:
+        s.close()
+
+
 def test_a_connection_reset_is_a_failure(store: Store) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

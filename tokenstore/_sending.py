@@ -180,11 +180,11 @@ class Sender:
         session = self.session()
         start = time.perf_counter()
         with _deadline.limit(seconds) as attempt:
-            outcome = self._post(session, url, body, headers, attempt.deadline)
+            outcome = self._post(session, url, body, headers, attempt)
         # A socket timeout cut to the time left may end it a moment before the reaper does.
-        if not outcome.held_back and (
-            attempt.expired or (not outcome.ok and attempt.remaining() == 0)
-        ):
+        # A 2xx whose headers came in time is the receiver's acceptance, whatever became of
+        # its body (cut by the deadline as by a reset): sent again, it would be a duplicate.
+        if not (outcome.held_back or outcome.ok) and (attempt.expired or attempt.remaining() == 0):
             outcome = Outcome(
                 False,
                 outcome.status_code,
@@ -202,7 +202,7 @@ class Sender:
         url: str,
         body: bytes,
         headers: dict[str, str],
-        deadline: float,
+        attempt: _deadline.Attempt,
     ) -> Outcome:
         import requests
 
@@ -219,9 +219,13 @@ class Sender:
             # RequestException and its kind, but also what a hook's stored settings can
             # provoke (a header value http.client cannot encode): recorded, never raised.
             return Outcome(False, error=f"{type(exc).__name__}: {_short(exc)}")
+        if attempt.expired:  # the deadline cut the answer's headers short: none came in time
+            response.close()
+            return Outcome(False, response.status_code)
         try:
             # The body gets one read timeout in all, within the attempt's deadline.
-            text = _read_limited(response, min(deadline, time.monotonic() + self.timeout[1]))
+            deadline = min(attempt.deadline, time.monotonic() + self.timeout[1])
+            text = _read_limited(response, deadline)
         except Exception as exc:
             text = f"(response body unreadable: {type(exc).__name__}: {_short(exc)})"
         finally:
