@@ -9,6 +9,7 @@ import hmac
 import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 from wsgiref.headers import Headers as WSGIHeaders
 
 import pytest
@@ -326,6 +327,29 @@ def test_header_objects_of_the_standard_library_are_read() -> None:
         verify_webhook(secret, message, BODY)
     with pytest.raises(ValidationError, match="headers must be a mapping"):
         verify_webhook(secret, list(headers.items()), BODY)  # type: ignore[arg-type]
+
+
+class _BrokenHeaders:
+    """A header object whose ``items()`` is not what a mapping's is."""
+
+    def __init__(self, items: Any) -> None:
+        self._items = items
+
+    def items(self) -> Any:
+        if isinstance(self._items, Exception):
+            raise self._items
+        return self._items
+
+
+@pytest.mark.parametrize(
+    "items",
+    [5, [("webhook-id", "a", "b")], [("webhook-id",)], [1, 2], RuntimeError("boom")],
+    ids=["not-iterable", "triples", "singles", "no-pairs", "raises"],
+)
+def test_headers_whose_items_are_no_pairs_are_a_validation_error(items: Any) -> None:
+    secret = new_signing_secret()
+    with pytest.raises(ValidationError, match=r"its items\(\) gave no pairs"):
+        verify_webhook(secret, _BrokenHeaders(items), BODY)
 
 
 def test_sign_refuses_a_message_id_that_is_not_unicode() -> None:

@@ -106,12 +106,22 @@ class HeaderItems(Protocol):
     def items(self) -> Iterable[tuple[Any, Any]]: ...
 
 
-def _header(headers: HeaderItems, wanted: str) -> str:
+def _header_pairs(headers: HeaderItems) -> list[tuple[Any, Any]]:
+    """The (name, value) pairs of ``headers``, read once; an ``items()`` that yields
+    something else, or raises, is the caller's mistake, named as such."""
+    try:
+        return [(name, value) for name, value in headers.items()]
+    except Exception as exc:
+        raise ValidationError(
+            "headers must be a mapping of header names to values: its items() gave no "
+            f"pairs ({type(exc).__name__})"
+        ) from None
+
+
+def _header(pairs: list[tuple[Any, Any]], wanted: str) -> str:
     """The one value of a signed header, in any case. Given twice, it is refused: which
     of the two the application goes on to read (its webhook-id, say) cannot be known."""
-    values = [
-        value for name, value in headers.items() if isinstance(name, str) and name.lower() == wanted
-    ]
+    values = [value for name, value in pairs if isinstance(name, str) and name.lower() == wanted]
     if not values:
         raise WebhookVerificationError(f"missing {wanted} header")
     if len(values) > 1:
@@ -169,9 +179,10 @@ def verify_webhook(
     else:
         raise ValidationError(f"body must be the bytes received, got {type(body).__name__}")
 
-    msg_id = _header(headers, "webhook-id")
-    timestamp_text = _header(headers, "webhook-timestamp").strip()
-    signatures = _header(headers, "webhook-signature")
+    pairs = _header_pairs(headers)
+    msg_id = _header(pairs, "webhook-id")
+    timestamp_text = _header(pairs, "webhook-timestamp").strip()
+    signatures = _header(pairs, "webhook-signature")
 
     digits = _TIMESTAMP_RE.fullmatch(timestamp_text)
     if digits is None:
