@@ -8,6 +8,7 @@ same host, and Host headers a browser would never send: each gets a clear
 from __future__ import annotations
 
 import io
+import select
 import socket
 import time
 from wsgiref.util import setup_testing_defaults
@@ -307,3 +308,55 @@ def test_a_client_that_stops_reading_the_answer_leaves_no_traceback(
             time.sleep(2)  # the server gives up writing after 0.3 s without progress
         assert requests.get(f"{url}/login", timeout=10).status_code == 200
     assert "Traceback" not in capfd.readouterr().err
+
+
+# -- a request's deadline -------------------------------------------------------------------
+
+
+def _trickled(sock: socket.socket, data: bytes, within: float) -> bytes | None:
+    """Send ``data`` a byte every 20 ms: what the server answered once it did (b"" for
+    closing), or None if it still waited for more after ``within`` seconds."""
+    started = time.monotonic()
+    for byte in data:
+        if select.select([sock], [], [], 0.02)[0]:
+            break
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:  # closed: what it answered before is still there to read
+            break
+        if time.monotonic() - started > within:
+            return None
+    try:
+        return sock.recv(4096)
+    except ConnectionResetError:
+        return b""
+
+
+@pytest.mark.parametrize(
+    ("data", "answer"),
+    [
+        (b"GET /login HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200, b""),
+        (
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 200\r\n\r\n" + b"a" * 200,
+            b"HTTP/1.0 408 ",
+        ),
+    ],
+    ids=["head", "body"],
+)
+def test_a_request_trickled_in_is_cut_off_at_its_deadline_while_others_are_served(
+    store: tokenstore.Store, monkeypatch: pytest.MonkeyPatch, data: bytes, answer: bytes
+) -> None:
+    """A byte every 20 ms never meets the per-read timeout; the whole request has a deadline."""
+    from tokenstore.admin import _server
+
+    monkeypatch.setattr(_server._QuietHandler, "request_deadline", 0.3, raising=False)
+    with running(store) as server, socket.create_connection(server.server_address[:2], 5) as slow:
+        begun = data.rindex(b"\r\n") + 2  # up to the last header, or the whole head
+        slow.sendall(data[:begun])  # the request has begun: its deadline runs
+        url = f"http://127.0.0.1:{server.server_address[1]}/login"
+        assert requests.get(url, timeout=5).status_code == 200  # another client meanwhile
+        got = _trickled(slow, data[begun:], within=1.2)
+    assert got is not None, "the server still waited for the trickled request"
+    assert got.startswith(answer), got[:200]

@@ -21,6 +21,7 @@ import ipaddress
 import re
 import socket
 import sys
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -65,6 +66,41 @@ class _Answer(io.BufferedIOBase):
         self.stream.close()
 
 
+class _Deadline(io.RawIOBase):
+    """The request's side of a connection, read against one deadline for the whole request.
+
+    Each read waits at most the socket's timeout, but a client that sends a
+    byte just within it, again and again, would hold its thread for good. From
+    the request's first byte, no read waits past ``limit`` seconds in all: then
+    it times out, as the read of a silent client does.
+    """
+
+    def __init__(self, sock: socket.socket, limit: float) -> None:
+        self.sock = sock
+        self.limit = limit
+        self.ends: float | None = None  # set when the first byte arrives
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        patience = self.sock.gettimeout()  # the handler's wait for one read
+        wait = patience
+        if self.ends is not None:
+            wait = self.ends - time.monotonic()
+            if wait <= 0:
+                raise TimeoutError("the request did not arrive within its deadline")
+            wait = wait if patience is None else min(wait, patience)
+        self.sock.settimeout(wait)
+        try:
+            count = self.sock.recv_into(buffer)
+        finally:
+            self.sock.settimeout(patience)
+        if self.ends is None and count:
+            self.ends = time.monotonic() + self.limit
+        return count
+
+
 class _QuietHandler(WSGIRequestHandler):
     timeout = 30  # a client that stalls mid-request must not hold its thread for good
     #: Once the request's head is in, the longest silence of the client (seconds). A form
@@ -72,6 +108,9 @@ class _QuietHandler(WSGIRequestHandler):
     #: 408 now, rather than when the idle wait for a request would end; and a client that
     #: reads nothing of the answer for that long is taken to have hung up.
     body_timeout = 2.0
+    #: From its first byte, how long a request has to arrive in all, head and body
+    #: (seconds): one trickled in a byte at a time is cut off then.
+    request_deadline = 5.0
     #: What an error found before the request line's version is read is answered as: the
     #: standard library's default, HTTP/0.9, sends the error page without a status line.
     default_request_version = "HTTP/1.0"
@@ -79,6 +118,7 @@ class _QuietHandler(WSGIRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.rfile = io.BufferedReader(_Deadline(self.connection, self.request_deadline))
         self.wfile = _Answer(self.wfile)
 
     def parse_request(self) -> bool:
