@@ -310,7 +310,7 @@ def test_a_client_that_stops_reading_the_answer_leaves_no_traceback(
     assert "Traceback" not in capfd.readouterr().err
 
 
-# -- a request's deadline -------------------------------------------------------------------
+# -- a request's deadline, its Host, a busy store -------------------------------------------
 
 
 def _trickled(sock: socket.socket, data: bytes, within: float) -> bytes | None:
@@ -360,3 +360,12 @@ def test_a_request_trickled_in_is_cut_off_at_its_deadline_while_others_are_serve
         got = _trickled(slow, data[begun:], within=1.2)
     assert got is not None, "the server still waited for the trickled request"
     assert got.startswith(answer), got[:200]
+
+
+def test_an_http_1_1_request_without_host_is_a_400(store: tokenstore.Store) -> None:
+    """RFC 9112, section 3.2: a server must answer 400 to HTTP/1.1 without a Host header."""
+    for version, status in (b"HTTP/1.1", b"400"), (b"HTTP/1.0", b"200"):
+        with connected(store) as sock:
+            sock.sendall(b"GET /login " + version + b"\r\n\r\n")
+            got = b"".join(iter(lambda: sock.recv(4096), b""))
+        assert got.startswith(b"HTTP/1.0 " + status + b" "), (version, got[:200])

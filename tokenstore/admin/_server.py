@@ -126,7 +126,8 @@ class _QuietHandler(WSGIRequestHandler):
 
         Two Content-Length headers that differ are refused too (RFC 9112): the
         page would read the body by the first, which wsgiref passes on, while
-        whatever framed the request may have gone by the other.
+        whatever framed the request may have gone by the other. So is an
+        HTTP/1.1 request without ``Host`` (RFC 9112, section 3.2).
         """
         if len(self.raw_requestline.split()) == 2:
             self.command, self.request_version = "", self.default_request_version
@@ -137,6 +138,10 @@ class _QuietHandler(WSGIRequestHandler):
             return False
         if len({length.strip() for length in self.headers.get_all("Content-Length", [])}) > 1:
             self.send_error(400, "Content-Length headers that differ")
+            return False
+        minor = int(self.request_version.rpartition(".")[2])  # HTTP/1.x: super() checked it
+        if minor > 0 and "Host" not in self.headers:
+            self.send_error(400, f"an {self.request_version} request needs a Host header")
             return False
         self.connection.settimeout(self.body_timeout)
         return True
