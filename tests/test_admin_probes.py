@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import select
 import socket
+import sqlite3
 import time
 from wsgiref.util import setup_testing_defaults
 
@@ -369,3 +370,28 @@ def test_an_http_1_1_request_without_host_is_a_400(store: tokenstore.Store) -> N
             sock.sendall(b"GET /login " + version + b"\r\n\r\n")
             got = b"".join(iter(lambda: sock.recv(4096), b""))
         assert got.startswith(b"HTTP/1.0 " + status + b" "), (version, got[:200])
+
+
+@pytest.mark.sqlite_only  # another program's lock on the file
+def test_a_write_while_another_program_holds_the_lock_is_a_503_to_retry(
+    client: Client, store: tokenstore.Store
+) -> None:
+    store.db.execute_sql("PRAGMA busy_timeout = 0")  # the wait is the store's; no need for it
+    other = sqlite3.connect(str(store.path), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        pages = [
+            client.post("/users", {"username": "bob"}),
+            client.post("/tokens", {"user": "root", "name": "late"}),
+        ]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    for page in pages:
+        assert page.status == 503, page.text
+        assert page.header("Retry-After") == "5"
+        assert "busy" in page.text and "Traceback" not in page.text
+    assert "bob" not in [user.username for user in store.users.list()]
+    assert [token.name for token in store.tokens.list()] == ["admin"]
+    assert client.get("/tokens").text.count("Secret of token") == 0  # no secret left to show
+    assert client.post("/users", {"username": "bob"}).status == 303  # and once it is free

@@ -27,6 +27,12 @@ COOKIE = "tokenstore_admin"
 #: The scope a token needs to sign in (unless it is a superuser's unrestricted token).
 ADMIN_SCOPE = "admin"
 
+#: What a request that met another program's lock on the store is told (with a 503).
+BUSY = (
+    "The store is busy: another program held its lock for as long as this page waits. "
+    "Nothing was changed; try again in a few seconds."
+)
+
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
 
 
@@ -108,6 +114,9 @@ class AdminApp:
         except HTTPError as exc:
             response = self.error(request, exc.status, exc.message)
             response.headers.extend(exc.headers)
+        except tokenstore.StoreLocked:  # rolled back whole: the same request works later
+            response = self.error(request, 503, BUSY)
+            response.headers.append(("Retry-After", "5"))
         body = response.send(start_response)
         return [] if request.method == "HEAD" else body  # HTTP allows no body after HEAD
 
@@ -134,6 +143,8 @@ class AdminApp:
             return route.handler(visit, **groups)
         except tokenstore.NotFound as exc:
             raise HTTPError(404, str(exc)) from None
+        except tokenstore.StoreLocked:
+            raise  # not the form's fault: nothing to show again
         except tokenstore.TokenstoreError as exc:
             if route.page is None:
                 raise HTTPError(400, str(exc)) from None
@@ -142,6 +153,8 @@ class AdminApp:
             return route.page(visit, error=error, **groups)
         except tokenstore.NotFound as exc:  # a form refused for a hook that is not there either
             raise HTTPError(404, str(exc)) from None
+        except tokenstore.StoreLocked:
+            raise
         except tokenstore.TokenstoreError:  # the page cannot be shown either (a damaged row)
             raise HTTPError(400, error) from None
 
