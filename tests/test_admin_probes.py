@@ -395,3 +395,11 @@ def test_a_write_while_another_program_holds_the_lock_is_a_503_to_retry(
     assert [token.name for token in store.tokens.list()] == ["admin"]
     assert client.get("/tokens").text.count("Secret of token") == 0  # no secret left to show
     assert client.post("/users", {"username": "bob"}).status == 303  # and once it is free
+
+
+def test_a_method_in_another_case_is_another_method(client: Client) -> None:
+    """Methods are case-sensitive (RFC 9110, section 9.1): "get" is not GET, nor "post" POST."""
+    for method in ("get", "post", "Get", "head"):
+        page = client.request(method, "/users")
+        assert page.status == 405, method
+        assert page.header("Allow") == "GET, POST" and page.text  # a body, this not being HEAD

@@ -94,7 +94,7 @@ class Request:
 
     def __init__(self, environ: WSGIEnvironment) -> None:
         self.environ = environ
-        self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
+        self.method: str = environ.get("REQUEST_METHOD", "GET")  # case-sensitive (RFC 9110)
         self.base: str = environ.get("SCRIPT_NAME", "").rstrip("/")
         self.path: str = _as_sent(environ.get("PATH_INFO", "")) or "/"
         self.query = {
