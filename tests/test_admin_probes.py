@@ -403,3 +403,28 @@ def test_a_method_in_another_case_is_another_method(client: Client) -> None:
         page = client.request(method, "/users")
         assert page.status == 405, method
         assert page.header("Allow") == "GET, POST" and page.text  # a body, this not being HEAD
+
+
+@pytest.mark.sqlite_only  # the file itself goes away
+def test_a_store_that_cannot_be_opened_is_a_503_not_a_traceback(
+    client: Client, store: tokenstore.Store
+) -> None:
+    """The app raised StoreIOError out of the WSGI call: a 500 and a traceback from the server.
+    A read-only store answered a change with the form again, as if the form were wrong."""
+    assert store.path is not None
+    store.db.close()  # each request of the server opens its connection again
+    moved = store.path.rename(store.path.with_name("elsewhere.sqlite3"))
+    try:
+        pages = [client.get("/"), client.get("/login"), client.post("/users", {"username": "bob"})]
+    finally:
+        moved.rename(store.path)
+    for page in pages:
+        assert page.status == 503, page.text
+        assert "cannot be opened" in page.text and page.header("Retry-After") is None
+    _, secret = store.tokens.create("root", scopes=["admin"])
+    with tokenstore.open(store.path, read_only=True) as read_only:
+        browser = Client(admin.make_app(read_only))
+        assert browser.sign_in(secret).status == 303
+        page = browser.post("/users", {"username": "bob"})
+    assert page.status == 503 and "read-only" in page.text, page.text
+    assert "bob" not in [user.username for user in store.users.list()]

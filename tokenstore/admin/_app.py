@@ -114,9 +114,8 @@ class AdminApp:
         except HTTPError as exc:
             response = self.error(request, exc.status, exc.message)
             response.headers.extend(exc.headers)
-        except tokenstore.StoreLocked:  # rolled back whole: the same request works later
-            response = self.error(request, 503, BUSY)
-            response.headers.append(("Retry-After", "5"))
+        except tokenstore.StoreError as exc:  # rolled back whole: no fault of the request's
+            response = self.unavailable(request, exc)
         body = response.send(start_response)
         return [] if request.method == "HEAD" else body  # HTTP allows no body after HEAD
 
@@ -143,7 +142,7 @@ class AdminApp:
             return route.handler(visit, **groups)
         except tokenstore.NotFound as exc:
             raise HTTPError(404, str(exc)) from None
-        except tokenstore.StoreLocked:
+        except tokenstore.StoreError:
             raise  # not the form's fault: nothing to show again
         except tokenstore.TokenstoreError as exc:
             if route.page is None:
@@ -153,7 +152,7 @@ class AdminApp:
             return route.page(visit, error=error, **groups)
         except tokenstore.NotFound as exc:  # a form refused for a hook that is not there either
             raise HTTPError(404, str(exc)) from None
-        except tokenstore.StoreLocked:
+        except tokenstore.StoreError:
             raise
         except tokenstore.TokenstoreError:  # the page cannot be shown either (a damaged row)
             raise HTTPError(400, error) from None
@@ -268,6 +267,18 @@ class AdminApp:
         if kind is None or not found:
             raise HTTPError(404, f"no static file {name!r}")
         return Response(200, folder.joinpath(name).read_bytes(), content_type=kind)
+
+    def unavailable(self, request: Request, exc: tokenstore.StoreError) -> Response:
+        """503: the store cannot serve the request now (locked, gone, read-only, full...).
+
+        Another program's lock passes within seconds, so that answer says when to
+        try again; the others last until someone acts, and say what is wrong.
+        """
+        if isinstance(exc, tokenstore.StoreLocked):
+            response = self.error(request, 503, BUSY)
+            response.headers.append(("Retry-After", "5"))
+            return response
+        return self.error(request, 503, f"The store cannot be used now: {exc}")
 
     def error(self, request: Request, status: int, message: str) -> Response:
         html = self.templates.get_template("error.html").render(
