@@ -428,3 +428,13 @@ def test_a_store_that_cannot_be_opened_is_a_503_not_a_traceback(
         page = browser.post("/users", {"username": "bob"})
     assert page.status == 503 and "read-only" in page.text, page.text
     assert "bob" not in [user.username for user in store.users.list()]
+
+
+def test_a_header_written_twice_in_the_form_is_refused_not_kept_once(
+    client: Client, store: tokenstore.Store
+) -> None:
+    """The lines became a dict: the first value was dropped without a word."""
+    form = {"name": "twice", "ref": "tokenstore.User", "endpoint": NOWHERE}
+    page = client.post("/webhooks", {**form, "headers": "X-Key: first\nX-Key: second"})
+    assert page.status == 400 and "line 2" in page.text and "named twice" in page.text
+    assert store.webhooks.list() == []

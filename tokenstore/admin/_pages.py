@@ -202,7 +202,11 @@ def revoke_token(visit: Visit, abid: str) -> Response:
 
 
 def parse_headers(text: str) -> dict[str, str]:
-    """``Name: value`` lines (blank lines skipped) as a headers mapping."""
+    """``Name: value`` lines (blank lines skipped) as a headers mapping.
+
+    A name written twice is refused: as a mapping, its first value would be
+    dropped without a word.
+    """
     headers: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -211,6 +215,10 @@ def parse_headers(text: str) -> dict[str, str]:
         if not sep or not name.strip():
             raise tokenstore.ValidationError(
                 f"headers, line {number}: write each header as 'Name: value'"
+            )
+        if name.strip().lower() in {given.lower() for given in headers}:
+            raise tokenstore.ValidationError(
+                f"headers, line {number}: {name.strip()!r} is named twice (ignoring case)"
             )
         headers[name.strip()] = value.strip()
     return headers
