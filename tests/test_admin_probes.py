@@ -438,3 +438,27 @@ def test_a_header_written_twice_in_the_form_is_refused_not_kept_once(
     page = client.post("/webhooks", {**form, "headers": "X-Key: first\nX-Key: second"})
     assert page.status == 400 and "line 2" in page.text and "named twice" in page.text
     assert store.webhooks.list() == []
+
+
+def test_a_secret_typed_where_it_does_not_belong_is_not_quoted_back(
+    client: Client, store: tokenstore.Store, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The page's own messages quote what was typed; a token pasted there is left out, as
+    the API's messages leave it out. So does the request log, which shows the path."""
+    _, secret = store.tokens.create("root", name="other")
+    pages = [
+        client.post("/tokens", {"user": "root", "expires_days": secret}),
+        client.get(f"/users?after={secret}"),
+        client.get(f"/{secret}"),
+        client.get(f"/webhooks/x/{secret}."),
+        client.get(f"/static/{secret}.css"),
+    ]
+    for page in pages:
+        assert page.status in (400, 404) and "not shown" in page.text, page.text
+        assert secret not in page.text
+    with connected(store) as sock:
+        sock.sendall(f"GET /tokens/{secret} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        while sock.recv(4096):  # the whole answer: the request is logged by then
+            pass
+    err = capfd.readouterr().err
+    assert "GET (a path holding a secret, not shown)" in err and secret not in err, err

@@ -18,7 +18,7 @@ import tokenstore
 from tokenstore._models import SYSTEM_USERNAME
 
 from . import _pages as pages
-from ._http import HTTPError, Request, Response, header_path, redirect
+from ._http import HTTPError, Request, Response, header_path, redirect, shown_path
 from ._sessions import SESSION_LIFETIME, SIGN_IN_LIFETIME, Session, Sessions
 from ._templates import environment
 from ._visit import Visit
@@ -168,7 +168,7 @@ class AdminApp:
             allowed.append(route.method)
         if allowed:
             raise _not_allowed(request, *allowed)
-        raise HTTPError(404, f"no page {request.path}")
+        raise HTTPError(404, f"no page {shown_path(request.path)}")
 
     def visit(self, request: Request, session: Session | None) -> Visit | None:
         """The signed-in visit, after checking its token again; None if signed out."""
@@ -265,7 +265,7 @@ class AdminApp:
         except (OSError, ValueError):  # a name too long for the file system, or with a NUL
             found = False
         if kind is None or not found:
-            raise HTTPError(404, f"no static file {name!r}")
+            raise HTTPError(404, f"no static file {shown_path(name)}")
         return Response(200, folder.joinpath(name).read_bytes(), content_type=kind)
 
     def unavailable(self, request: Request, exc: tokenstore.StoreError) -> Response:

@@ -12,6 +12,8 @@ from http import HTTPStatus
 from urllib.parse import parse_qs, quote, urlsplit
 from wsgiref.types import StartResponse, WSGIEnvironment
 
+from tokenstore._credentials import looks_like_secret
+
 #: The largest form body read; the admin forms are far smaller.
 MAX_FORM_BYTES = 64 * 1024
 
@@ -75,6 +77,15 @@ def header_path(path: str) -> str:
     header as they are, they would add headers of their own choosing.
     """
     return quote(path, safe="/%")
+
+
+def shown_path(path: str) -> str:
+    """A path as a message or the request log shows it: left out if a part of it looks like
+    a secret (a token pasted into the address bar), as the API's messages leave them out.
+    Its parts are what lies between slashes and dots, which no secret holds."""
+    if looks_like_secret(path.replace("/", " ").replace(".", " ")):
+        return "(a path holding a secret, not shown)"
+    return path
 
 
 def _as_sent(text: str) -> str:

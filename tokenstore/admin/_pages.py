@@ -20,6 +20,7 @@ import peewee
 
 import tokenstore
 from tokenstore import APIToken, OutboundWebhook, User, WebhookDelivery
+from tokenstore._credentials import quoted
 from tokenstore._sending import message_headers
 from tokenstore._tokens import live_from
 from tokenstore._users import usernames
@@ -79,7 +80,7 @@ def users(visit: Visit, error: str = "") -> Response:
     cursor = visit.request.query.get("after", "")
     after = _as_id(cursor)
     if cursor and after is None:
-        raise tokenstore.ValidationError(f"after must be a user id, got {cursor[:40]!r}")
+        raise tokenstore.ValidationError(f"after must be a user id, got {quoted(cursor)}")
     listed = store.users.list(limit=PAGE_SIZE + 2, before=after)  # one more, and the system user
     shown, more = _page([u for u in reversed(listed) if u.id != store.system_user.id])
     counted: Any = (  # (owner id, count) tuples, which peewee's stubs cannot say
@@ -156,10 +157,10 @@ def _expiry(text: str) -> timedelta | None:
         days = float(text)
     except ValueError:
         raise tokenstore.ValidationError(
-            f"expires in {text!r} days: give a number of days, or leave it empty for never"
+            f"expires in {quoted(text)} days: give a number of days, or leave it empty for never"
         ) from None
     if not 0 < days <= 36_500:
-        raise tokenstore.ValidationError(f"expires in {text!r} days: use 0 < days <= 36500")
+        raise tokenstore.ValidationError(f"expires in {quoted(text)} days: use 0 < days <= 36500")
     return timedelta(days=days)
 
 

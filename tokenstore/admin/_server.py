@@ -31,6 +31,7 @@ from tokenstore._inputs import check_int
 from tokenstore._servers import BoundedThreads, check_listen_host
 
 from ._app import make_app
+from ._http import shown_path
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -149,7 +150,7 @@ class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """One line per request on stderr, as wsgiref does, but without the query string."""
         path = getattr(self, "path", "")  # unset when the request line could not be read
-        line = f"{self.command or '-'} {path.split('?')[0]}".translate(_CONTROL)
+        line = f"{self.command or '-'} {shown_path(path.split('?')[0])}".translate(_CONTROL)
         sys.stderr.write(f"{self.address_string()} {line}\n")
 
     def handle(self) -> None:
