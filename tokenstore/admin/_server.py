@@ -119,6 +119,7 @@ class _QuietHandler(WSGIRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.rfile.close()  # the plain reader StreamRequestHandler made; the socket stays open
         self.rfile = io.BufferedReader(_Deadline(self.connection, self.request_deadline))
         self.wfile = _Answer(self.wfile)
 
