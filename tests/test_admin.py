@@ -642,6 +642,7 @@ def test_token_form_errors_are_shown(client: Client, store: tokenstore.Store) ->
     for form, message in [
         ({"expires_days": "soon"}, "give a number of days"),
         ({"expires_days": "-1"}, "0 &lt; days"),
+        ({"expires_days": "1e-300"}, "0 &lt; days"),  # above 0, but no time at all
         ({"scopes": "Bad Scope!"}, "is not valid"),
         ({"user": "nobody"}, "no user"),
         ({"user": "\u00b2"}, "no user"),  # a digit to str.isdigit(), not to int()

@@ -159,8 +159,11 @@ def _expiry(text: str) -> timedelta | None:
         raise tokenstore.ValidationError(
             f"expires in {quoted(text)} days: give a number of days, or leave it empty for never"
         ) from None
-    if not 0 < days <= 36_500:
-        raise tokenstore.ValidationError(f"expires in {quoted(text)} days: use 0 < days <= 36500")
+    # Above 0 but below a microsecond is no time at all, which the store refuses in its own words.
+    if not 0 < days <= 36_500 or not timedelta(days=days):
+        raise tokenstore.ValidationError(
+            f"expires in {quoted(text)} days: use 0 < days <= 36500 (a microsecond at least)"
+        )
     return timedelta(days=days)
 
 
