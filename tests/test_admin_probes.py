@@ -462,3 +462,11 @@ def test_a_secret_typed_where_it_does_not_belong_is_not_quoted_back(
             pass
     err = capfd.readouterr().err
     assert "GET (a path holding a secret, not shown)" in err and secret not in err, err
+
+
+def test_a_refused_cursor_is_named_as_the_address_names_it(client: Client) -> None:
+    """The pages' cursor is ``after``; the store's own name for it, ``before``, is in no URL."""
+    for path in ("/tokens?after=zzz", "/deliveries?after=zzz", "/users?after=" + "9" * 30):
+        page = client.get(path)
+        assert page.status in (400, 404) and '"error">after: ' in page.text, page.text
+        assert "before" not in page.text, page.text

@@ -13,6 +13,8 @@ their names or presence.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +83,8 @@ def users(visit: Visit, error: str = "") -> Response:
     after = _as_id(cursor)
     if cursor and after is None:
         raise tokenstore.ValidationError(f"after must be a user id, got {quoted(cursor)}")
-    listed = store.users.list(limit=PAGE_SIZE + 2, before=after)  # one more, and the system user
+    with _cursor():  # one more, and the system user
+        listed = store.users.list(limit=PAGE_SIZE + 2, before=after)
     shown, more = _page([u for u in reversed(listed) if u.id != store.system_user.id])
     counted: Any = (  # (owner id, count) tuples, which peewee's stubs cannot say
         APIToken.select(APIToken.created_by, peewee.fn.COUNT(APIToken.id))
@@ -99,6 +102,18 @@ def users(visit: Visit, error: str = "") -> Response:
         first_page=after is None,
         error=error,
     )
+
+
+@contextmanager
+def _cursor() -> Iterator[None]:
+    """A refused cursor named as the page's address names it: ``after``, not the store's
+    ``before``, which the visitor never typed."""
+    try:
+        yield
+    except (tokenstore.ValidationError, tokenstore.NotFound) as exc:
+        if not str(exc).startswith("before: "):
+            raise
+        raise type(exc)(f"after: {str(exc).removeprefix('before: ')}") from None
 
 
 def _as_id(text: str) -> int | None:
@@ -133,7 +148,8 @@ def tokens(visit: Visit, error: str = "") -> Response:
     store = visit.store
     now = store.clock()
     after = visit.request.query.get("after")
-    listed = store.tokens.list(include_revoked=True, limit=PAGE_SIZE + 1, before=after or None)
+    with _cursor():
+        listed = store.tokens.list(include_revoked=True, limit=PAGE_SIZE + 1, before=after or None)
     listed.reverse()  # newest first
     shown, more = _page(listed)
     return visit.render(
@@ -367,9 +383,10 @@ def deliveries(visit: Visit) -> Response:
     store = visit.store
     query = visit.request.query
     hook_key, status, after = query.get("hook", ""), query.get("status", ""), query.get("after")
-    rows = store.webhooks.deliveries(
-        hook_key or None, status or None, limit=PAGE_SIZE + 1, before=after or None
-    )
+    with _cursor():
+        rows = store.webhooks.deliveries(
+            hook_key or None, status or None, limit=PAGE_SIZE + 1, before=after or None
+        )
     shown, more = _page(rows)
     hooks = store.webhooks.list()
     return visit.render(
