@@ -30,7 +30,7 @@ ADMIN_SCOPE = "admin"
 #: What a request that met another program's lock on the store is told (with a 503).
 BUSY = (
     "The store is busy: another program held its lock for as long as this page waits. "
-    "Nothing was changed; try again in a few seconds."
+    "The write that met it was rolled back; try again in a few seconds."
 )
 
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
