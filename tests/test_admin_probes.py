@@ -470,3 +470,22 @@ def test_a_refused_cursor_is_named_as_the_address_names_it(client: Client) -> No
         page = client.get(path)
         assert page.status in (400, 404) and '"error">after: ' in page.text, page.text
         assert "before" not in page.text, page.text
+
+
+def test_past_the_deadline_what_has_arrived_is_still_read_but_nothing_waited_for() -> None:
+    """A body sent in time may be read late (the page read the store first): it is there."""
+    from tokenstore.admin._server import _Deadline
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.settimeout(2)
+        reader = _Deadline(ours, 0.05)
+        theirs.sendall(b"G")
+        assert reader.read(10) == b"G"  # the first byte: the deadline runs from here
+        theirs.sendall(b"ET / HTTP/1.1\r\n")
+        time.sleep(0.1)
+        assert reader.read(100) == b"ET / HTTP/1.1\r\n"
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            reader.read(100)
+        assert time.monotonic() - started < 0.5 and ours.gettimeout() == 2

@@ -73,7 +73,8 @@ class _Deadline(io.RawIOBase):
     Each read waits at most the socket's timeout, but a client that sends a
     byte just within it, again and again, would hold its thread for good. From
     the request's first byte, no read waits past ``limit`` seconds in all: then
-    it times out, as the read of a silent client does.
+    it times out, as the read of a silent client does. What arrived in time is
+    still read after it (the page may read the body once it has read the store).
     """
 
     def __init__(self, sock: socket.socket, limit: float) -> None:
@@ -88,13 +89,13 @@ class _Deadline(io.RawIOBase):
         patience = self.sock.gettimeout()  # the handler's wait for one read
         wait = patience
         if self.ends is not None:
-            wait = self.ends - time.monotonic()
-            if wait <= 0:
-                raise TimeoutError("the request did not arrive within its deadline")
+            wait = max(self.ends - time.monotonic(), 0.0)  # 0: only what has arrived
             wait = wait if patience is None else min(wait, patience)
         self.sock.settimeout(wait)
         try:
             count = self.sock.recv_into(buffer)
+        except BlockingIOError:  # nothing had arrived: the deadline has passed
+            raise TimeoutError("the request did not arrive within its deadline") from None
         finally:
             self.sock.settimeout(patience)
         if self.ends is None and count:
