@@ -142,8 +142,8 @@ class _QuietHandler(WSGIRequestHandler):
         if len({length.strip() for length in self.headers.get_all("Content-Length", [])}) > 1:
             self.send_error(400, "Content-Length headers that differ")
             return False
-        minor = int(self.request_version.rpartition(".")[2])  # HTTP/1.x: super() checked it
-        if minor > 0 and "Host" not in self.headers:
+        major, minor = self.request_version.removeprefix("HTTP/").split(".")  # super() checked
+        if (int(major), int(minor)) >= (1, 1) and "Host" not in self.headers:
             self.send_error(400, f"an {self.request_version} request needs a Host header")
             return False
         self.connection.settimeout(self.body_timeout)
