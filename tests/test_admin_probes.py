@@ -221,6 +221,7 @@ def test_a_body_shorter_than_its_content_length_is_answered_within_seconds(
         (b"GET /\r\n", b"400"),
         (b"GET  HTTP/1.1\r\n\r\n", b"400"),
         (b"GET / HTTP/9.9\r\n\r\n", b"505"),
+        (b"GET / HTTP/0.9\r\n\r\n", b"400"),  # the version named: it was served headerless
     ],
 )
 def test_a_request_line_of_another_http_gets_a_status_line_at_once(

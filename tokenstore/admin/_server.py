@@ -133,21 +133,29 @@ class _QuietHandler(WSGIRequestHandler):
         HTTP/1.1 request without ``Host`` (RFC 9112, section 3.2).
         """
         if len(self.raw_requestline.split()) == 2:
-            self.command, self.request_version = "", self.default_request_version
+            self.command = ""
             self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-            self.send_error(400, "HTTP/0.9 requests are not served")
-            return False
+            return self._refuse_http_0_9()
         if not super().parse_request():
             return False
+        major, minor = self.request_version.removeprefix("HTTP/").split(".")  # super() checked
+        version = (int(major), int(minor))
+        if version < (1, 0):  # named, as in "GET / HTTP/0.9": wsgiref would answer headerless
+            return self._refuse_http_0_9()
         if len({length.strip() for length in self.headers.get_all("Content-Length", [])}) > 1:
             self.send_error(400, "Content-Length headers that differ")
             return False
-        major, minor = self.request_version.removeprefix("HTTP/").split(".")  # super() checked
-        if (int(major), int(minor)) >= (1, 1) and "Host" not in self.headers:
+        if version >= (1, 1) and "Host" not in self.headers:
             self.send_error(400, f"an {self.request_version} request needs a Host header")
             return False
         self.connection.settimeout(self.body_timeout)
         return True
+
+    def _refuse_http_0_9(self) -> bool:
+        """A 400 with a status line and headers, which an HTTP/0.9 answer would not have."""
+        self.request_version = self.default_request_version
+        self.send_error(400, "HTTP/0.9 requests are not served")
+        return False
 
     def log_message(self, format: str, *args: Any) -> None:
         """One line per request on stderr, as wsgiref does, but without the query string."""
