@@ -583,3 +583,41 @@ def test_an_abid_field_on_a_column_of_another_name_is_read_from_its_column(
         (str(kept.id), "lbl_kept"),
         (str(unset.id), None),
     ]
+
+
+def test_sides_with_a_question_mark_in_their_names_are_read_back(store: Store) -> None:
+    """On PostgreSQL a ``?`` in a side's table or column name was taken for a placeholder.
+
+    The statements reading a side's ABID (for the message) and its row (for
+    ``m2m_changed``) went through the ``?`` to ``%s`` translation with the names
+    in them: the first failed the application's ``add()``, the second dropped
+    the signal with an error in the log.
+    """
+
+    class Label(peewee.Model):
+        name = peewee.TextField(column_name="name?")
+        abid = peewee.TextField(column_name="abid?", null=True)
+
+        class Meta:
+            table_name = "label?"
+
+    class Note(peewee.Model):
+        text = peewee.TextField(column_name="text?", default="n")
+        labels = peewee.ManyToManyField(Label, backref="notes")
+
+        class Meta:
+            table_name = "note?"
+
+    store.register(Label)
+    store.register(Note)
+    hook = store.webhooks.create("labels", Label, "http://127.0.0.1:9/", signal="M2M")
+    note, label = Note.create(), Label.create(name="a", abid="lbl_a")
+    with m2m_calls() as calls:
+        note.labels.add([label])
+    assert [(c["instance"], c["action"], c["pks"]) for c in calls] == [
+        (note, "add", {label.id}),
+        (label, "add", {note.id}),
+    ]
+    assert (calls[0]["instance"].text, calls[1]["instance"].name) == ("n", "a")
+    sent = [json.loads(d.payload)["data"] for d in store.webhooks.deliveries(hook)]
+    assert [(d["pk"], d["abid"]) for d in sent] == [(str(label.id), "lbl_a")]

@@ -24,7 +24,7 @@ from ._capture import EVENT_TABLE, LISTENER_TABLE, ChangeEvent, Connection
 from ._liveness import Liveness
 from ._m2m import RelationChange, runs
 from ._registry import Registry
-from ._rows import Converter, Loader, build, quote_name, refused_as_not_utf8
+from ._rows import Converter, Loader, build, refused_as_not_utf8, select_by_key
 from ._times import format_time
 
 logger = logging.getLogger("tokenstore.dispatch")
@@ -385,15 +385,13 @@ class Dispatcher:
     def _current(self, conn: Connection, model: type[Any], key: Any, convert: Converter) -> Any:
         """The row of ``model`` whose primary key is stored as ``key``, or just its key."""
         loader = self._loader(model)
-        pk = model._meta.primary_key
-        row = conn.execute(
-            self._backend.sql(
-                f"SELECT {loader.columns} FROM {quote_name(model._meta.table_name)} "
-                f"WHERE {quote_name(pk.column_name)} = ?"
-            ),
-            (key,),
-        ).fetchone()
-        return build(model, {pk.name: convert(key)}) if row is None else loader.instance(row)
+        statement = select_by_key(self._backend.sql, model, loader.columns)
+        row = conn.execute(statement, (key,)).fetchone()
+        return (
+            build(model, {model._meta.primary_key.name: convert(key)})
+            if row is None
+            else loader.instance(row)
+        )
 
     def forget(self, model: type[Any]) -> None:
         """Drop what was built from a model's fields: registering it again may have changed them."""

@@ -34,7 +34,7 @@ from ._outcomes import Outcomes, given_up
 from ._payload import PayloadBuilder, dumps
 from ._policy import KIND_BY_OP, RELATION_KIND, signal_matches
 from ._registry import Registry
-from ._rows import Loader, not_utf8, quote_name, readable_rows, text_as_bytes
+from ._rows import Loader, not_utf8, quote_name, readable_rows, select_by_key, text_as_bytes
 from ._sending import Outcome, Sender, message_headers, redacted
 from ._times import format_time, to_stored_time
 
@@ -264,14 +264,8 @@ class Outbox:
         field = model._meta.fields.get("abid")
         if field is None:
             return None
-        pk = model._meta.primary_key.column_name
-        row = conn.execute(
-            self.db.sql(
-                f"SELECT {quote_name(field.column_name)} FROM {quote_name(model._meta.table_name)} "
-                f"WHERE {quote_name(pk)} = ?"
-            ),
-            (key,),
-        ).fetchone()
+        statement = select_by_key(self.db.sql, model, quote_name(field.column_name))
+        row = conn.execute(statement, (key,)).fetchone()
         return None if row is None or row[0] is None else str(row[0])
 
     def _new_delivery(

@@ -45,6 +45,16 @@ def quote_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def select_by_key(sql: Callable[[str], str], model: type[peewee.Model], columns: str) -> str:
+    """``SELECT columns`` of ``model``'s row by its stored primary key, in a driver's style.
+
+    ``sql`` translates the ``?`` placeholder; the names are put in after it, so
+    a ``?`` in an application's table or column name stays part of the name.
+    """
+    table, key = model._meta.table_name, model._meta.primary_key.column_name  # type: ignore[union-attr]
+    return sql("SELECT {} FROM {} WHERE {} = ?").format(columns, quote_name(table), quote_name(key))
+
+
 def column_list(model: type[peewee.Model]) -> str:
     """Every column of a model, quoted, in field order: what ``Loader.values`` reads."""
     return ", ".join(quote_name(f.column_name) for f in model._meta.sorted_fields)
