@@ -440,6 +440,36 @@ def test_a_name_longer_than_postgresql_keeps_is_refused_before_anything_is_made(
     assert _db.rows(pg_url, tables) == []
 
 
+def test_a_name_holding_a_percent_sign_is_refused(pg_url: str) -> None:
+    """psycopg reads ``%`` in a statement as the start of a placeholder.
+
+    A new table so named failed register() with a raw ProgrammingError; one
+    made before (by psql) was registered, and then every commit that claimed
+    events failed, its claim statement naming the table.
+    """
+    with _db.Raw(pg_url) as raw:
+        raw.execute('CREATE TABLE "made%before" (id serial PRIMARY KEY)')
+    meta = type("Meta", (), {"table_name": "made%before"})
+    before = type("Before", (peewee.Model,), {"__module__": __name__, "Meta": meta})
+    model = named("percent")
+    model._meta.add_field("rate", peewee.TextField(column_name="rate%", default=""))
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        pass
+
+    tokenstore.signals.row_changed.connect(receiver, weak=False)
+    try:
+        with tokenstore.open(pg_url) as store:
+            for refused, name in ((before, "made%before"), (model, "rate%")):
+                with pytest.raises(ValidationError, match=f"'{name}' holds %, which psycopg"):
+                    store.register(refused)
+            store.users.create("after")
+            own = {t._meta.table_name for t in tokenstore._models.OWN_MODELS}
+            assert store.models.keys() == own
+    finally:
+        tokenstore.signals.row_changed.disconnect(receiver)
+
+
 # -- values the server refuses --------------------------------------------------------------
 
 

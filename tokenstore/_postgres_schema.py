@@ -43,7 +43,9 @@ def check_names(model: type[peewee.Model]) -> None:
     """Refuse a table or column name longer than PostgreSQL keeps (63 bytes), or too many columns.
 
     The server would cut a name without a word: two long table names could
-    become one table, two long column names one column.
+    become one table, two long column names one column. A name holding ``%``
+    is refused too: psycopg reads it in a statement as a placeholder's start,
+    so peewee could not write the table, nor tokenstore claim its events.
     """
     if len(model._meta.sorted_fields) > MAX_COLUMNS:
         raise ValidationError(
@@ -52,6 +54,11 @@ def check_names(model: type[peewee.Model]) -> None:
         )
     names = [model._meta.table_name, *(f.column_name for f in model._meta.sorted_fields)]
     for name in names:
+        if "%" in name:
+            raise ValidationError(
+                f"{model.__name__}: {name!r} holds %, which psycopg reads in a statement as "
+                "a placeholder's start; give it a name without %"
+            )
         if len(name.encode()) > LONGEST_NAME:
             raise ValidationError(
                 f"{model.__name__}: {name!r} is {len(name.encode())} bytes long, and PostgreSQL "
