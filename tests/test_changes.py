@@ -1667,6 +1667,20 @@ def test_a_refused_registration_leaves_no_table_behind(store: Store) -> None:
     assert Wide not in list(store._registry)
 
 
+def test_register_inside_a_transaction_is_refused_and_changes_nothing(store: Store) -> None:
+    """A rollback undid the table and triggers register() made in the block, while the store
+    went on counting the model as captured: a hook on it was accepted and never sent."""
+
+    class Later(peewee.Model):
+        text = peewee.TextField()
+
+    refused = pytest.raises(StoreError, match=r"register\(\) was called inside a transaction")
+    with store.atomic(), refused:
+        store.register(Later)
+    assert Later not in list(store._registry)
+    assert not store.db.table_exists(Later._meta.table_name)
+
+
 def test_an_event_recorded_with_sqlites_inf_reads_as_infinity_and_strings_stay_as_written() -> None:
     """SQLite before 3.45 writes an infinite REAL as a bare ``Inf``; text saying so is text."""
     row = '{"a":Inf,"b":-Inf,"c":"x:Inf,\\"Inf\\\\","d":"\\\\","e":1.5}'

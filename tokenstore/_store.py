@@ -280,10 +280,18 @@ class Store:
         nothing written: an ABIDModel whose prefix or sources are wrong (a
         source naming no field or attribute), a DeferredForeignKey not
         resolved yet, a table that lacks some of the model's columns, a view,
-        and relations ``docs/m2m.md`` lists.
+        and relations ``docs/m2m.md`` lists. Inside a transaction of this
+        thread it raises StoreError and does nothing: a rollback would undo
+        the table and triggers, and the model would look captured while nothing is.
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
             raise ValidationError(f"register() takes a peewee model class, got {shown(model)}")
+        if self.db.in_transaction():
+            raise StoreError(
+                f"{self.location}: register() was called inside a transaction (atomic()), "
+                "whose rollback would undo its table and triggers; register the model "
+                "before the block"
+            )
         if model in _BASES:
             raise ValidationError(
                 f"{model.__name__} is a base class with no table of its own: register a subclass"
