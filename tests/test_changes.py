@@ -1667,6 +1667,18 @@ def test_a_refused_registration_leaves_no_table_behind(store: Store) -> None:
     assert Wide not in list(store._registry)
 
 
+def test_registering_the_delivery_model_is_refused(memos: Store, listen: Listen) -> None:
+    """Its changes are not captured; registered, it got triggers recording every delivery and
+    every outcome as change events, in the file, for every process."""
+    memos.webhooks.create("memos", Memo, "http://127.0.0.1:9/")
+    with pytest.raises(ValidationError, match="WebhookDelivery cannot be registered"):
+        memos.register(tokenstore.WebhookDelivery)
+    changed = listen(signals.row_changed)
+    Memo.create(name="one")
+    memos.dispatch()
+    assert [c["event"].table for c in changed] == [Memo._meta.table_name]
+
+
 def test_register_inside_a_transaction_is_refused_and_changes_nothing(store: Store) -> None:
     """A rollback undid the table and triggers register() made in the block, while the store
     went on counting the model as captured: a hook on it was accepted and never sent."""

@@ -31,7 +31,15 @@ from ._hook_rules import HookValidator
 from ._inputs import check_flag, check_path, check_seconds, check_text
 from ._liveness import Liveness
 from ._m2m import Relation
-from ._models import OWN_MODELS, SYSTEM_USERNAME, ABIDModel, BaseModel, OutboundWebhook, User
+from ._models import (
+    OWN_MODELS,
+    SYSTEM_USERNAME,
+    ABIDModel,
+    BaseModel,
+    OutboundWebhook,
+    User,
+    WebhookDelivery,
+)
 from ._netguard import AddressGuard
 from ._options import Options
 from ._outbox import Outbox
@@ -286,6 +294,11 @@ class Store:
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
             raise ValidationError(f"register() takes a peewee model class, got {shown(model)}")
+        if model is WebhookDelivery:
+            raise ValidationError(
+                f"{model_ref(model)} cannot be registered: its changes are not captured "
+                "(every delivery and every outcome would become a change event)"
+            )
         if self.db.in_transaction():
             raise StoreError(
                 f"{self.location}: register() was called inside a transaction (atomic()), "
