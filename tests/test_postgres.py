@@ -440,6 +440,30 @@ def test_a_name_longer_than_postgresql_keeps_is_refused_before_anything_is_made(
     assert _db.rows(pg_url, tables) == []
 
 
+def test_a_model_registered_before_the_model_its_foreign_key_refers_to_is_told_so(
+    pg_url: str,
+) -> None:
+    """PostgreSQL checks a foreign key's table when a table is created: its error came out
+    raw (ProgrammingError: relation "parent" does not exist). SQLite makes the table."""
+
+    class Parent(peewee.Model):
+        name = peewee.TextField()
+
+    class Child(peewee.Model):
+        parent = peewee.ForeignKeyField(Parent)
+        up = peewee.ForeignKeyField("self", null=True)  # its own table: made with it
+
+    with tokenstore.open(pg_url) as store:
+        with pytest.raises(
+            ValidationError, match=r"Child\.parent refers to Parent.*register Parent"
+        ):
+            store.register(Child)
+        assert not store.db.table_exists("child")
+        store.register(Parent)
+        store.register(Child)
+        Child.create(parent=Parent.create(name="p"))
+
+
 def test_a_name_holding_a_percent_sign_is_refused(pg_url: str) -> None:
     """psycopg reads ``%`` in a statement as the start of a placeholder.
 

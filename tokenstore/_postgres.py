@@ -331,15 +331,20 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
 
         With ``safe``, tables that exist are skipped outright: even
         ``CREATE INDEX IF NOT EXISTS`` locks its table against writers first.
-        A name PostgreSQL would cut is refused first (see ``check_names``).
+        A name PostgreSQL would cut is refused first (see ``check_names``), and
+        so is a table whose foreign key refers to one not made yet: PostgreSQL
+        checks it at once, and its own error would not say to register that model.
         """
         for model in models:
             schema.check_names(model)
         with self.write(quiet=True):  # joins the transaction register() writes in
             schema.lock_schema(self.connection())
+            tables = set(self.get_tables())
             if safe:
-                tables = set(self.get_tables())
                 models = [m for m in models if m._meta.table_name not in tables]
+            made = tables | {m._meta.table_name for m in models}
+            for model in models:
+                schema.refuse_missing_references(model, made)
             super().create_tables(models, safe=safe, **options)
 
     def install_capture(self, spec: CaptureSpec) -> None:

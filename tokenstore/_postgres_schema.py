@@ -66,6 +66,18 @@ def check_names(model: type[peewee.Model]) -> None:
             )
 
 
+def refuse_missing_references(model: type[peewee.Model], tables: Collection[str]) -> None:
+    """Refuse a model with a foreign key to a table not among ``tables`` (made, or being made)."""
+    for field in model._meta.refs:
+        other = field.rel_model
+        if other._meta.table_name not in tables:
+            raise ValidationError(
+                f"{model.__name__}.{field.name} refers to {other.__name__}, whose table "
+                f"{other._meta.table_name!r} does not exist yet, and PostgreSQL checks a foreign "
+                f"key's table as it makes the table: register {other.__name__} first"
+            )
+
+
 def our_tables() -> frozenset[str]:
     """tokenstore's own tables, as the schema file names them."""
     return tables_created(schema_sql())
