@@ -585,6 +585,28 @@ def test_an_abid_field_on_a_column_of_another_name_is_read_from_its_column(
     ]
 
 
+def test_a_private_abid_field_is_not_sent_in_a_relation_s_message(store: Store) -> None:
+    """A change's message left it out, as private fields are; a relation's read it from the
+    row and sent it."""
+
+    class Badge(peewee.Model):
+        private_fields = ("abid",)
+        abid = peewee.TextField(null=True)
+
+    class Member(peewee.Model):
+        badges = peewee.ManyToManyField(Badge, backref="members")
+
+    store.register(Badge)
+    store.register(Member)
+    hook = store.webhooks.create("badges", Badge, "http://127.0.0.1:9/", signal="CREATE_OR_M2M")
+    Member.create().badges.add([Badge.create(abid="kept private")])
+    sent = [json.loads(d.payload) for d in store.webhooks.deliveries(hook)]
+    assert sorted((m["type"], m["data"]["abid"]) for m in sent) == [
+        ("badge.created", None),
+        ("badge.members.added", None),
+    ]
+
+
 def test_sides_with_a_question_mark_in_their_names_are_read_back(store: Store) -> None:
     """On PostgreSQL a ``?`` in a side's table or column name was taken for a placeholder.
 

@@ -163,7 +163,7 @@ class CaptureSpec:
             raise ValidationError(
                 f"{model.__name__}: change capture needs a single-column primary key"
             )
-        private = _field_names(model, "private_fields")
+        private = private_names(model)
         if pk.name in private:
             raise ValidationError(
                 f"{model.__name__}.private_fields names the primary key {pk.name!r}: every "
@@ -188,6 +188,11 @@ class CaptureSpec:
             watched=tuple(f.column_name for f in fields if f.name not in quiet),
             pk_is_blob=holds_bytes(pk),
         )
+
+
+def private_names(model: type[peewee.Model]) -> set[str]:
+    """The fields a model keeps out of every event, signal and webhook body (checked)."""
+    return _field_names(model, "private_fields")
 
 
 def _field_names(model: type[peewee.Model], attribute: str) -> set[str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from ._allowlist import AllowList
 from ._backend import Backend, row_lock
-from ._capture import ChangeEvent, Connection, model_ref
+from ._capture import ChangeEvent, Connection, model_ref, private_names
 from ._compat import peewee_errors
 from ._errors import DamagedRow, StoreError
 from ._m2m import RelationRun, runs
@@ -260,9 +260,9 @@ class Outbox:
         return lambda: self.attempt_all(created, held_until, fresh_until)
 
     def _abid(self, conn: Connection, model: type[Any], key: Any) -> str | None:
-        """The ABID of a row by its stored primary key; None if it has none (or is gone)."""
+        """The ABID of a row by its stored primary key; None if it has none, is gone or private."""
         field = model._meta.fields.get("abid")
-        if field is None:
+        if field is None or field.name in private_names(model):
             return None
         statement = select_by_key(self.db.sql, model, quote_name(field.column_name))
         row = conn.execute(statement, (key,)).fetchone()
