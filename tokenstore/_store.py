@@ -292,18 +292,27 @@ class Store:
         thread it raises StoreError and does nothing: a rollback would undo
         the table and triggers, and the model would look captured while nothing is.
         """
+        if self.db.in_transaction():
+            raise StoreError(
+                f"{self.location}: register() was called inside a transaction (atomic()), "
+                "whose rollback would undo its table and triggers; register the model "
+                "before the block"
+            )
+        return self._register(model)
+
+    def _register(self, model: type[peewee.Model]) -> type[peewee.Model]:
+        """``register()``, inside a transaction too: for a dry run that rolls it back.
+
+        The command's dry runs register ``--app`` models in the transaction
+        they roll back, so their tables are not left behind; the store is
+        closed right after, while it still counts them as registered.
+        """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
             raise ValidationError(f"register() takes a peewee model class, got {shown(model)}")
         if model is WebhookDelivery:
             raise ValidationError(
                 f"{model_ref(model)} cannot be registered: its changes are not captured "
                 "(every delivery and every outcome would become a change event)"
-            )
-        if self.db.in_transaction():
-            raise StoreError(
-                f"{self.location}: register() was called inside a transaction (atomic()), "
-                "whose rollback would undo its table and triggers; register the model "
-                "before the block"
             )
         if model in _BASES:
             raise ValidationError(

@@ -91,7 +91,7 @@ def _open(
                 for entry in args.allow:
                     store.webhooks.allow(entry)
                 for name in args.app:
-                    register_module(store, name)
+                    register_module(store, name, rehearsal=True)
                 yield store
                 raise _Rehearsed
         except _Rehearsed:
@@ -100,13 +100,17 @@ def _open(
         store.close()
 
 
-def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
+def register_module(
+    store: Store, name: str, *, rehearsal: bool = False
+) -> list[type[peewee.Model]]:
     """Register every peewee model a module defines, as the application itself would.
 
     The command runs in its own process: to name an application's models in
     hooks, or to fire their events with full field types, it needs the classes.
     A through model of a relation is not registered: registering either side
-    captures its join table.
+    captures its join table. A ``rehearsal`` registers them inside the dry
+    run's transaction, which register() refuses: its rollback takes the
+    tables away, and the store is closed with it.
     """
     if looks_like_secret(name):  # pasted by mistake: the import's error would quote it too
         raise ValidationError("--app names no module: it looks like a secret (not shown)")
@@ -133,8 +137,9 @@ def register_module(store: Store, name: str) -> list[type[peewee.Model]]:
         and obj.__module__ == module.__name__
         and not _is_through_model(obj)
     ]
+    register = store._register if rehearsal else store.register
     for model in models:
-        store.register(model)
+        register(model)
     return models
 
 
