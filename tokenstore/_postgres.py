@@ -339,12 +339,10 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
             schema.check_names(model)
         with self.write(quiet=True):  # joins the transaction register() writes in
             schema.lock_schema(self.connection())
-            tables = set(self.get_tables())
             if safe:
+                tables = set(self.get_tables())
                 models = [m for m in models if m._meta.table_name not in tables]
-            made = tables | {m._meta.table_name for m in models}
-            for model in models:
-                schema.refuse_missing_references(model, made)
+            schema.refuse_missing_references(self.connection(), models)
             super().create_tables(models, safe=safe, **options)
 
     def install_capture(self, spec: CaptureSpec) -> None:

@@ -21,6 +21,7 @@ from ._errors import StoreCorrupt, StoreError, ValidationError
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import LONGEST_NAME, schema_sql, schema_statement
 from ._postgres_driver import driver
+from ._rows import quote_name
 from ._times import format_time, utcnow
 
 if TYPE_CHECKING:
@@ -66,16 +67,28 @@ def check_names(model: type[peewee.Model]) -> None:
             )
 
 
-def refuse_missing_references(model: type[peewee.Model], tables: Collection[str]) -> None:
-    """Refuse a model with a foreign key to a table not among ``tables`` (made, or being made)."""
-    for field in model._meta.refs:
-        other = field.rel_model
-        if other._meta.table_name not in tables:
-            raise ValidationError(
-                f"{model.__name__}.{field.name} refers to {other.__name__}, whose table "
-                f"{other._meta.table_name!r} does not exist yet, and PostgreSQL checks a foreign "
-                f"key's table as it makes the table: register {other.__name__} first"
-            )
+def refuse_missing_references(conn: Any, models: list[type[peewee.Model]]) -> None:
+    """Refuse a model about to be made whose foreign key names a table that is not there.
+
+    PostgreSQL looks the name up as it makes the table (through the
+    search_path, or in the referenced model's schema), and so does this.
+    """
+    made = {m._meta.table_name for m in models}
+    for model in models:
+        for field in model._meta.refs:
+            other = field.rel_model
+            name = quote_name(other._meta.table_name)
+            if other._meta.schema is not None:
+                name = f"{quote_name(other._meta.schema)}.{name}"
+            if other._meta.table_name in made and other._meta.schema is None:
+                continue
+            (found,) = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+            if found is None:
+                raise ValidationError(
+                    f"{model.__name__}.{field.name} refers to {other.__name__}, whose table "
+                    f"{other._meta.table_name!r} does not exist yet, and PostgreSQL checks a "
+                    f"foreign key's table as it makes the table: register {other.__name__} first"
+                )
 
 
 def our_tables() -> frozenset[str]:
