@@ -449,10 +449,18 @@ def test_a_model_registered_before_the_model_its_foreign_key_refers_to_is_told_s
     class Parent(peewee.Model):
         name = peewee.TextField()
 
+    class Boss(peewee.Model):  # another schema's table, which the application does not register
+        class Meta:
+            schema = "staff"
+
     class Child(peewee.Model):
         parent = peewee.ForeignKeyField(Parent)
         up = peewee.ForeignKeyField("self", null=True)  # its own table: made with it
+        boss = peewee.ForeignKeyField(Boss, null=True)
 
+    with _db.Raw(pg_url) as raw:
+        raw.execute("CREATE SCHEMA staff")
+        raw.execute("CREATE TABLE staff.boss (id serial PRIMARY KEY)")
     with tokenstore.open(pg_url) as store:
         with pytest.raises(
             ValidationError, match=r"Child\.parent refers to Parent.*register Parent"
