@@ -607,6 +607,27 @@ def test_a_private_abid_field_is_not_sent_in_a_relation_s_message(store: Store) 
     ]
 
 
+def test_m2m_changed_leaves_a_side_s_private_fields_out_of_its_instance(store: Store) -> None:
+    """The instance is read from the row after the commit, and held them: post_save's,
+    built from the captured row, never did (private fields are never signalled)."""
+
+    class Vault(peewee.Model):
+        private_fields = ("secret",)
+        name = peewee.TextField()
+        secret = peewee.TextField(null=True)
+
+    class Keeper(peewee.Model):
+        vaults = peewee.ManyToManyField(Vault, backref="keepers")
+
+    store.register(Vault)
+    store.register(Keeper)
+    keeper, vault = Keeper.create(), Vault.create(name="v", secret="kept private")
+    with m2m_calls() as calls:
+        keeper.vaults.add([vault])
+    [heard] = [c["instance"] for c in calls if c["sender"] is Vault]
+    assert heard.__data__ == {"id": vault.id, "name": "v"}
+
+
 def test_sides_with_a_question_mark_in_their_names_are_read_back(store: Store) -> None:
     """On PostgreSQL a ``?`` in a side's table or column name was taken for a placeholder.
 

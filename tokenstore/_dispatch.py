@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 from . import signals
-from ._capture import EVENT_TABLE, LISTENER_TABLE, ChangeEvent, Connection
+from ._capture import EVENT_TABLE, LISTENER_TABLE, ChangeEvent, Connection, private_names
 from ._liveness import Liveness
 from ._m2m import RelationChange, runs
 from ._registry import Registry
@@ -383,15 +383,17 @@ class Dispatcher:
         )
 
     def _current(self, conn: Connection, model: type[Any], key: Any, convert: Converter) -> Any:
-        """The row of ``model`` whose primary key is stored as ``key``, or just its key."""
+        """The row of ``model`` whose primary key is stored as ``key``, or just its key.
+
+        Its private fields are left out, as they are of every signal's instance.
+        """
         loader = self._loader(model)
         statement = select_by_key(self._backend.sql, model, loader.columns)
         row = conn.execute(statement, (key,)).fetchone()
-        return (
-            build(model, {model._meta.primary_key.name: convert(key)})
-            if row is None
-            else loader.instance(row)
-        )
+        if row is None:
+            return build(model, {model._meta.primary_key.name: convert(key)})
+        private = private_names(model)
+        return build(model, {k: v for k, v in loader.values(row).items() if k not in private})
 
     def forget(self, model: type[Any]) -> None:
         """Drop what was built from a model's fields: registering it again may have changed them."""
