@@ -1679,6 +1679,30 @@ def test_registering_the_delivery_model_is_refused(memos: Store, listen: Listen)
     assert [c["event"].table for c in changed] == [Memo._meta.table_name]
 
 
+def test_a_field_made_private_is_left_out_of_events_recorded_before(
+    store: Store, db_path: Path, listen: Listen
+) -> None:
+    """A rolling deploy: events recorded (with the field) by triggers of the model as it was
+    are claimed by a process whose model lists it in private_fields. Their signals and
+    webhook bodies carried its value: they were built from every column the event held."""
+
+    class Vault(peewee.Model):
+        name = peewee.TextField()
+        secret = peewee.TextField()
+
+    store.register(Vault)
+    hook = store.webhooks.create("vaults", Vault, "http://127.0.0.1:9/")
+    with _db.Raw(db_path) as raw:  # another process of the old code
+        raw.execute("INSERT INTO vault (name, secret) VALUES ('v', 'kept private')")
+    Vault.private_fields = ("secret",)
+    store.register(Vault)
+    saved = listen(signals.post_save, sender=Vault)
+    store.dispatch()
+    assert [c["instance"].__data__ for c in saved] == [{"id": 1, "name": "v"}]
+    [delivery] = store.webhooks.deliveries(hook)
+    assert json.loads(delivery.payload)["data"]["fields"] == {"id": 1, "name": "v"}
+
+
 def test_register_inside_a_transaction_is_refused_and_changes_nothing(store: Store) -> None:
     """A rollback undid the table and triggers register() made in the block, while the store
     went on counting the model as captured: a hook on it was accepted and never sent."""

@@ -392,17 +392,22 @@ class Dispatcher:
         row = conn.execute(statement, (key,)).fetchone()
         if row is None:
             return build(model, {model._meta.primary_key.name: convert(key)})
-        private = private_names(model)
-        return build(model, {k: v for k, v in loader.values(row).items() if k not in private})
+        values = loader.values(row)
+        return build(model, {k: v for k, v in values.items() if k not in loader.leave_out})
 
     def forget(self, model: type[Any]) -> None:
         """Drop what was built from a model's fields: registering it again may have changed them."""
         self._loaders.pop(model, None)
 
     def _loader(self, model: type[Any]) -> Loader[Any]:
+        """The model's loader for signals' instances, which never hold its private fields.
+
+        Events recorded before a field was made private (by the triggers of the
+        model as another process, or this one earlier, had it) still hold it.
+        """
         loader = self._loaders.get(model)
         if loader is None:
-            loader = self._loaders[model] = Loader(model)
+            loader = self._loaders[model] = Loader(model, leave_out=private_names(model))
         return loader
 
     def fire(self, event: ChangeEvent) -> None:

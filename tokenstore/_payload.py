@@ -19,7 +19,7 @@ from typing import Any
 
 import peewee
 
-from ._capture import ChangeEvent
+from ._capture import ChangeEvent, private_names
 from ._m2m import RelationChange
 from ._rows import holds_bytes, value_kind
 from ._times import format_time
@@ -151,11 +151,21 @@ class PayloadBuilder:
         """Drop a model's converters: registering it again may have changed its fields."""
         self._converters.pop(model, None)
 
-    def _for(self, model: type[peewee.Model]) -> dict[str, tuple[str, Callable[[Any], Any]]]:
+    def _for(
+        self, model: type[peewee.Model], *, registered: bool = True
+    ) -> dict[str, tuple[str, Callable[[Any], Any]]]:
+        """Each column's field name and converter; a registered model's private fields left out.
+
+        Events recorded before a field was made private still hold it. A
+        through model is no registered model: its private_fields are not read.
+        """
         known = self._converters.get(model)
         if known is None:
+            private = private_names(model) if registered else set()
             known = self._converters[model] = {
-                f.column_name: (f.name, json_converter(f)) for f in model._meta.sorted_fields
+                f.column_name: (f.name, json_converter(f))
+                for f in model._meta.sorted_fields
+                if f.name not in private
             }
         return known
 
@@ -185,7 +195,7 @@ class PayloadBuilder:
         ``type`` is ``<model>.<field>.added`` or ``.removed``; ``pks`` are the
         related primary keys, as text like ``pk``, in the order they were changed.
         """
-        converters = self._for(change.relation.through)
+        converters = self._for(change.relation.through, registered=False)
         key = converters[change.side.column][1]
         related = converters[change.other.column][1]
         model = change.side.model

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -165,14 +165,19 @@ class Loader(Generic[M]):
 
     ``columns`` is the SELECT list that rows given to ``values`` and
     ``instance`` must follow; ``at`` gives a column's position in it by field name.
+    Fields named in ``leave_out`` (a model's private fields, for signals) are
+    ignored by ``from_columns``, as unknown columns are.
     """
 
-    def __init__(self, model: type[M]) -> None:
+    def __init__(self, model: type[M], leave_out: Collection[str] = ()) -> None:
         self.model = model
+        self.leave_out = frozenset(leave_out)
         fields = model._meta.sorted_fields
         self.columns = column_list(model)
         self.at = {f.name: i for i, f in enumerate(fields)}
-        self._by_column = {f.column_name: (f, converter(f)) for f in fields}
+        self._by_column = {
+            f.column_name: (f, converter(f)) for f in fields if f.name not in self.leave_out
+        }
         names = [f.column_name for f in fields]
 
         def damaged(row: Sequence[Any], error: Exception) -> DamagedRow:
