@@ -486,13 +486,30 @@ def test_a_name_holding_a_percent_sign_is_refused(pg_url: str) -> None:
     model = named("percent")
     model._meta.add_field("rate", peewee.TextField(column_name="rate%", default=""))
 
+    class Tag(peewee.Model):
+        pass
+
+    through = peewee.DeferredThroughModel()
+
+    class Tagged(peewee.Model):  # its relation is known from its registration on
+        tags = peewee.ManyToManyField(Tag, through_model=through)
+
+    class Joined(peewee.Model):
+        tagged = peewee.ForeignKeyField(Tagged)
+        tag = peewee.ForeignKeyField(Tag)
+
+        class Meta:
+            table_name = "join%ed"
+
+    through.set_model(Joined)
+
     def receiver(sender: Any, **kwargs: Any) -> None:
         pass
 
     tokenstore.signals.row_changed.connect(receiver, weak=False)
     try:
         with tokenstore.open(pg_url) as store:
-            for refused, name in ((before, "made%before"), (model, "rate%")):
+            for refused, name in ((before, "made%before"), (model, "rate%"), (Tagged, "join%ed")):
                 with pytest.raises(ValidationError, match=f"'{name}' holds %, which psycopg"):
                     store.register(refused)
             store.users.create("after")

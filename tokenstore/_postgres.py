@@ -337,6 +337,8 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         """
         for model in models:
             schema.check_names(model)
+            for m2m in model._meta.manytomany.values():  # its join table may come later
+                schema.check_names(m2m.through_model)
         with self.write(quiet=True):  # joins the transaction register() writes in
             schema.lock_schema(self.connection())
             if safe:
