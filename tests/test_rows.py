@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import pickle
 import uuid
+import weakref
 from typing import Any
 
+import peewee
 import pytest
 
+from tokenstore import Store
 from tokenstore._errors import TokenstoreError
-from tokenstore._models import APIToken
+from tokenstore._models import APIToken, BaseModel
 from tokenstore._rows import Loader, converter
 
 HEX = "34d33d59f9ee4110b2fcd9268791df73"
@@ -80,3 +84,21 @@ def test_a_whole_row_reads_as_each_field_reads_its_value() -> None:
 def test_a_row_of_another_length_is_refused(length: int) -> None:
     with pytest.raises(ValueError):
         Loader(APIToken).values((None,) * length)
+
+
+def test_a_model_made_on_the_fly_is_freed_after_its_rows_were_read(store: Store) -> None:
+    """The converters made for a SELECT's fields were kept, with the fields, for good."""
+
+    def read_a_model_made_now() -> weakref.ref[peewee.Field]:
+        class Scratch(BaseModel):
+            text = peewee.TextField()
+
+        with Scratch.bind_ctx(store.db):
+            store.db.create_tables([Scratch])
+            Scratch.create(text="x")
+            assert [row.text for row in Scratch.select()] == ["x"]
+        return weakref.ref(Scratch._meta.fields["text"])
+
+    field = read_a_model_made_now()
+    gc.collect()
+    assert field() is None

@@ -401,16 +401,21 @@ def _text_if_utf8(value: Any) -> Any:
         return value
 
 
-# Each field's converter, with the field it was made for (ids are reused once a field is gone).
-_CONVERTERS: dict[int, tuple[peewee.Field, Converter]] = {}
+# The attribute of a field its converter is kept in.
+_KEPT_AS = "_tokenstore_converter"
 
 
 def _field_converter(field: peewee.Field) -> Converter:
-    """``converter(field)``, made once per field: every SELECT of a model asks for all of them."""
-    known = _CONVERTERS.get(id(field))
-    if known is None or known[0] is not field:
-        known = _CONVERTERS[id(field)] = (field, converter(field))
-    return known[1]
+    """``converter(field)``, made once per field: every SELECT of a model asks for all of them.
+
+    It is kept on the field itself, so it goes with it: a table kept beside
+    would hold every field of every model ever read, made on the fly too.
+    """
+    kept = field.__dict__
+    known: Converter | None = kept.get(_KEPT_AS)
+    if known is None:
+        known = kept[_KEPT_AS] = converter(field)
+    return known
 
 
 #: A SELECT of model rows that converts them as ``Loader`` does. peewee's own
