@@ -72,6 +72,11 @@ from tokenstore._postgres_url import redacted_url
         "postgresql://u:SEKRIT@127.0.0.1:1/db?ssl_min_protocol_version=bogus",
         "postgresql://u:SEKRIT@127.0.0.1:1/db?hostaddr=bad",
         "postgresql://u:SEKRIT@127.0.0.1:1/db?host=a,b&port=1,2,3",
+        # A host name no DNS name can be (psycopg looks it up itself, and Python's IDNA
+        # codec refuses it): a label over 63 characters, an empty one.
+        f"postgresql://u:SEKRIT@{'h' * 64}.example:1/db",
+        "postgresql://u:SEKRIT@a..b:1/db",
+        "postgresql://u:SEKRIT@127.0.0.1:1/db?host=.",
     ],
 )
 def test_a_url_libpq_cannot_take_is_a_validation_error_without_its_password(url: str) -> None:

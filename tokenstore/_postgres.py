@@ -144,6 +144,8 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
             if cause is None:  # peewee's own ("already opened")
                 raise
             raise self._cannot_connect(cause) from None
+        except UnicodeError as exc:  # a host name psycopg cannot look up (see connect_error)
+            raise self._cannot_connect(exc) from None
 
     def _cannot_connect(self, cause: BaseException) -> StoreIOError | ValidationError:
         """What a refused connection raises, without the password (see connect_error)."""
@@ -420,7 +422,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         """A connection of its own, outside any transaction, for LISTEN."""
         try:
             return driver().connect(self.url, autocommit=True, **self.connect_params)  # type: ignore[no-any-return]
-        except driver().Error as exc:
+        except (driver().Error, UnicodeError) as exc:
             raise self._cannot_connect(exc) from None
 
 

@@ -199,9 +199,12 @@ _REFUSED_VALUE = re.compile(
 
 def connect_error(url: str, cause: BaseException) -> StoreIOError | ValidationError:
     """What a refused connection raises, without the password: the URL's fault when libpq
-    refused one of its values (a port, an sslmode), else a StoreError."""
+    refused one of its values (a port, an sslmode) or a host name cannot be looked up (a
+    label over 63 characters, or empty), else a StoreError."""
     text = str(cause).strip()
     detail = without_secrets(text.splitlines()[0] if text else type(cause).__name__, url)
-    if _REFUSED_VALUE.match(detail):
+    if isinstance(cause, UnicodeError):  # psycopg looks host names up with Python's IDNA codec
+        detail = f"a host name is no DNS name: {detail}"
+    if isinstance(cause, UnicodeError) or _REFUSED_VALUE.match(detail):
         return ValidationError(f"{redacted_url(url)} is not a valid PostgreSQL URL: {detail}")
     return StoreIOError(f"cannot connect to {redacted_url(url)}: {detail}")
