@@ -14,7 +14,7 @@ import _db
 import pytest
 
 import tokenstore
-from tokenstore import StoreError, ValidationError
+from tokenstore import StoreError, StoreIOError, ValidationError
 
 LOOPBACK = ["127.0.0.1/32"]
 TABLES = (
@@ -282,6 +282,19 @@ def test_a_store_moves_to_another_schema_of_the_same_database(pg_url: str) -> No
     dest = f"{pg_url}?options=-c%20search_path%3Dmoved"
     tokenstore.migrate(pg_url, dest)
     assert snapshot(dest) == snapshot(pg_url)
+
+
+def test_a_source_whose_server_ends_the_session_mid_copy_is_a_store_io_error(pg_url: str) -> None:
+    """The source's connection lost during the copy (a restart, an administrator, here the
+    session's idle_in_transaction_session_timeout): the read transaction's ROLLBACK on the
+    closed connection raised psycopg's OperationalError over the StoreIOError saying why."""
+    with _db.Raw(pg_url) as raw:
+        raw.execute("CREATE SCHEMA moved")
+    fill(pg_url)
+    source = f"{pg_url}?options=-c%20idle_in_transaction_session_timeout%3D1"
+    with pytest.raises(StoreIOError, match="the connection to the server was lost"):
+        tokenstore.migrate(source, f"{pg_url}?options=-c%20search_path%3Dmoved")
+    assert _db.rows(pg_url, "SELECT count(*) FROM moved.tokenstore_api_token") == [(0,)]
 
 
 def test_text_postgres_cannot_hold_is_refused_naming_its_row(tmp_path: Path, pg_url: str) -> None:

@@ -161,7 +161,8 @@ def _snapshot(src: SQLiteDatabase | PostgresDatabase) -> Iterator[None]:
     try:
         yield
     finally:
-        conn.execute("ROLLBACK")  # it wrote nothing
+        if src.writing_here():  # a connection the server ended has no transaction to end
+            conn.execute("ROLLBACK")  # it wrote nothing
 
 
 def _scalar(conn: Any, sql: str) -> int:
