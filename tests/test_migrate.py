@@ -14,7 +14,8 @@ import _db
 import pytest
 
 import tokenstore
-from tokenstore import StoreError, StoreIOError, ValidationError
+from tokenstore import StoreError, StoreIOError, StoreReadOnly, ValidationError
+from tokenstore import _cli as cli
 
 LOOPBACK = ["127.0.0.1/32"]
 TABLES = (
@@ -239,6 +240,24 @@ def test_the_command_migrates_and_refuses_in_one_line(tmp_path: Path, pg_url: st
     assert again.returncode == 2
     assert again.stderr.count("\n") == 1 and "already holds data" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_a_destination_this_session_may_only_read_is_refused_saying_why_in_one_line(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said only 'is open read-only', which nobody asked for; the command printed the
+    warning that it opened read-only before that error."""
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    tokenstore.open(pg_url).close()
+    dest = f"{pg_url}?options=-c%20default_transaction_read_only%3Don"
+    with pytest.raises(StoreReadOnly, match=r"lets this session only read.*nothing can be copied"):
+        tokenstore.migrate(source, dest)
+    capsys.readouterr()
+    assert cli.main(["migrate", str(source), dest]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lets this session only read" in err, err
+    assert _db.rows(pg_url, "SELECT count(*) FROM tokenstore_user") == [(1,)]
 
 
 def test_a_postgres_source_that_holds_no_store_is_refused_and_left_alone(

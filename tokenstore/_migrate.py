@@ -25,7 +25,7 @@ import peewee
 from ._allowlist import ALLOW_TABLE
 from ._capture import EVENT_TABLE
 from ._compat import peewee_errors
-from ._errors import DamagedRow, StoreError, TokenstoreError, ValidationError
+from ._errors import DamagedRow, StoreError, StoreReadOnly, TokenstoreError, ValidationError
 from ._inputs import check_flag, check_path, check_text
 from ._models import OWN_MODELS, SYSTEM_USERNAME, User
 from ._postgres import PostgresDatabase
@@ -201,6 +201,8 @@ def migrate(
         except TokenstoreError as exc:  # a folder that is missing or closed: named as given
             raise type(exc)(str(exc).replace(aside or dest, dest)) from None
         try:
+            if dst.fell_back is not None:  # asked to write, it opened read-only
+                raise StoreReadOnly(f"migrate: {dst.fell_back}: nothing can be copied into it")
             if _same_database(src, dst):
                 raise StoreError("migrate: the source and the destination are the same")
             with _snapshot(src):

@@ -14,14 +14,22 @@ from pathlib import Path
 from typing import Any
 
 from .._abid import ABID, DEFAULT_ABID_URI_SALT, abid_from_values
+from .._backend import FELL_BACK
 from .._credentials import SECRET_PREFIX
-from .._errors import InvalidABID, StoreFull, StoreIOError, StoreLocked, ValidationError
+from .._errors import (
+    InvalidABID,
+    StoreFull,
+    StoreIOError,
+    StoreLocked,
+    StoreReadOnly,
+    ValidationError,
+)
 from .._inputs import check_seconds
 from .._migrate import migrate
 from .._store import SCHEMA_VERSION, Dispatched, Store
 from .._times import format_time
 from ._base import Commands, _command, _group, _open, _warn_waiting
-from ._output import Output, abid_dict, hook_dict, one_line
+from ._output import Output, abid_dict, held_lines, hook_dict, one_line
 from ._values import _duration_type, _secret, _time_type
 
 # -- store --------------------------------------------------------------------------------
@@ -43,7 +51,12 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
     """``tokenstore.migrate``: copy everything to another store and verify the counts."""
-    copied = migrate(args.source, args.dest, force=args.force)
+    with held_lines() as held:
+        try:
+            copied = migrate(args.source, args.dest, force=args.force)
+        except StoreReadOnly:  # a destination that opened read-only: the error says why
+            held[:] = [r for r in held if r.msg != FELL_BACK]
+            raise
     out.record(dict(copied))
     return 0
 
