@@ -59,7 +59,8 @@ def _free_port() -> int:
 
 
 def start() -> Server:
-    """Start a fresh cluster with a database ``app`` owned by the role ``app``."""
+    """Start a fresh cluster with a database ``app`` owned by the role ``app``, which may
+    create databases and roles (tests of a store reached by two roles)."""
     bindir = binaries()
     if bindir is None:
         raise RuntimeError("no PostgreSQL binaries under /usr/lib/postgresql/*/bin")
@@ -113,7 +114,7 @@ def start() -> Server:
     psql = [*as_user, str(bindir / "psql"), "-h", str(folder / "sock"), "-p", str(port)]
     run(
         *psql, "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1",
-        "-c", "CREATE ROLE app LOGIN CREATEDB PASSWORD 'app-password'",
+        "-c", "CREATE ROLE app LOGIN CREATEDB CREATEROLE PASSWORD 'app-password'",
         "-c", "CREATE DATABASE app OWNER app",
     )  # fmt: skip
     return Server(f"postgresql://app:app-password@127.0.0.1:{port}/app", folder, pg_ctl)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import _db
 import pytest
@@ -290,6 +290,37 @@ def test_the_same_database_by_another_url_is_refused(pg_url: str, respelled: str
     with pytest.raises(StoreError, match="the source and the destination are the same"):
         tokenstore.migrate(pg_url, dest, force=True)
     assert snapshot(pg_url) == held
+
+
+def test_the_same_database_by_another_role_is_refused(pg_url: str) -> None:
+    """pg_stat_activity hides when another role's session started, so the copy onto itself
+    went ahead, and force emptied the store first: an application's rows that cascade from
+    its users were gone for good."""
+    parts = urlsplit(pg_url)
+    role = f"other_{parts.path[1:]}"
+    other = urlunsplit(
+        parts._replace(netloc=f"{role}:other-password@{parts.hostname}:{parts.port}")
+    )
+    fill(pg_url)
+    with _db.Raw(pg_url) as raw:  # the test server's role may create roles
+        raw.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'other-password'")
+        raw.execute(
+            "CREATE TABLE note (id SERIAL PRIMARY KEY, "
+            "user_id INTEGER REFERENCES tokenstore_user (id) ON DELETE CASCADE)"
+        )
+        for kind in ("TABLES", "SEQUENCES"):
+            raw.execute(f"GRANT ALL ON ALL {kind} IN SCHEMA public TO {role}")
+        raw.execute("INSERT INTO note (user_id) SELECT id FROM tokenstore_user")
+    try:
+        for source, dest in ((pg_url, other), (other, pg_url)):
+            with pytest.raises(StoreError, match="the source and the destination are the same"):
+                tokenstore.migrate(source, dest, force=True)
+        assert _db.rows(pg_url, "SELECT count(*) FROM note") == [(3,)]
+    finally:
+        with _db.Raw(pg_url) as raw:
+            for kind in ("TABLES", "SEQUENCES"):
+                raw.execute(f"REVOKE ALL ON ALL {kind} IN SCHEMA public FROM {role}")
+            raw.execute(f"DROP ROLE {role}")
 
 
 def test_a_store_moves_to_another_schema_of_the_same_database(pg_url: str) -> None:

@@ -67,31 +67,35 @@ def _location(value: object, what: str) -> str:
 def _same_database(
     src: SQLiteDatabase | PostgresDatabase, dst: SQLiteDatabase | PostgresDatabase
 ) -> bool:
-    """Whether two URLs (``postgres://``, another host name, other parameters) reach one store.
+    """Whether two URLs (``postgres://``, another host name, other parameters, another role)
+    reach one store.
 
-    The source's connection looks for the destination's among the sessions of
-    its own database: only the same server and database has it. A store lives
-    in its session's schema (the URL's search_path), so two schemas are two stores.
+    The destination's session holds an advisory lock of a random key while
+    the source's looks for it among the locks of its own database: only the
+    same server and database has it (``pg_locks`` shows every role's locks,
+    where ``pg_stat_activity`` hides when another role's session started).
+    A store lives in its session's schema (the URL's search_path), so two
+    schemas are two stores.
     """
     if not (isinstance(src, PostgresDatabase) and isinstance(dst, PostgresDatabase)):
         return False
-    session = (
-        dst.connection()
-        .execute(
-            "SELECT pid, backend_start, current_schema() FROM pg_stat_activity "
-            "WHERE pid = pg_backend_pid()"
+    key = secrets.randbits(63)
+    conn = dst.connection()
+    (schema,) = conn.execute("SELECT current_schema() FROM pg_advisory_lock(%s)", (key,)).fetchone()
+    try:
+        found = (
+            src.connection()
+            .execute(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND ((classid::bigint << 32) | objid::bigint) = %s AND objsubid = 1 "
+                "AND current_schema() = %s",
+                (key, schema),
+            )
+            .fetchone()
         )
-        .fetchone()
-    )
-    found = (
-        src.connection()
-        .execute(
-            "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND backend_start = %s "
-            "AND datname = current_database() AND current_schema() = %s",
-            session,
-        )
-        .fetchone()
-    )
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
     return found is not None
 
 
