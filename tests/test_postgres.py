@@ -681,6 +681,18 @@ def test_a_search_path_without_a_schema_is_a_store_error(pg_url: str) -> None:
         tokenstore.open(f"{pg_url}?options=-c%20search_path%3Dnowhere")
 
 
+@pytest.mark.parametrize(
+    "setting", ["lock_timeout%3Dabc", "no_such_setting%3D1", "statement_timeout%3D-5"]
+)
+def test_a_setting_the_server_refuses_in_the_urls_options_is_a_validation_error(
+    pg_url: str, setting: str
+) -> None:
+    """The URL's fault, as a value libpq refuses is; it was a StoreIOError blaming the
+    connection ('cannot connect to URL: ...')."""
+    with pytest.raises(ValidationError, match=r"is not a valid PostgreSQL URL: .*parameter"):
+        tokenstore.open(f"{pg_url}?options=-c%20{setting}")
+
+
 def test_read_only_keeps_the_urls_own_options(pg_url: str) -> None:
     """The URL's ``options`` (a search_path here) hold when tokenstore adds its own."""
     _db.edit(pg_url, "CREATE SCHEMA elsewhere")

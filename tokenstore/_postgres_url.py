@@ -188,19 +188,23 @@ def answer_wait(options: str, lock_wait: float) -> float:
 
 
 #: How libpq (psycopg, for connect_timeout) refuses a value of the URL only as it connects:
-#: some values once per host it tries, in that host's words, and some with quotes.
+#: some values once per host it tries, in that host's words, and some with quotes; and
+#: how the server refuses a setting of the URL's options as the session starts.
 _REFUSED_VALUE = re.compile(
-    r"(connection is bad: )?"
+    r"(connection (is bad|failed): )?"
     r'(connection to server (at "[^"]*", port \d+|on socket "[^"]*") failed: )?'
     r'(invalid (port number|integer value|"?\w+"? value)|bad value for '
-    r"|could not parse network address |could not match \d+ [\w ]+ to \d+ )"
+    r"|could not parse network address |could not match \d+ [\w ]+ to \d+ "
+    r"|FATAL:\s+(invalid value for parameter |unrecognized configuration parameter "
+    r"|\S+( \S+)? is outside the valid range for parameter ))"
 )
 
 
 def connect_error(url: str, cause: BaseException) -> StoreIOError | ValidationError:
     """What a refused connection raises, without the password: the URL's fault when libpq
-    refused one of its values (a port, an sslmode) or a host name cannot be looked up (a
-    label over 63 characters, or empty), else a StoreError."""
+    refused one of its values (a port, an sslmode), a host name cannot be looked up (a
+    label over 63 characters, or empty) or the server refused a setting of its options,
+    else a StoreError."""
     text = str(cause).strip()
     detail = without_secrets(text.splitlines()[0] if text else type(cause).__name__, url)
     if isinstance(cause, UnicodeError):  # psycopg looks host names up with Python's IDNA codec
