@@ -115,6 +115,31 @@ def test_a_server_address_that_is_no_postgresql_url_is_refused_not_made_a_file(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    "location",
+    [
+        Path("postgresql://u:SEKRIT@127.0.0.1:1/db"),  # a Path makes '//' one '/'
+        "postgresql:/u:SEKRIT@127.0.0.1:1/db",
+        Path("POSTGRES://u:SEKRIT@127.0.0.1:1/db"),
+    ],
+)
+def test_a_url_whose_slashes_a_path_collapsed_is_refused_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, location: Path | str
+) -> None:
+    """Taken for a file path, its password was in the error ('cannot create postgresql:/u:...')."""
+    monkeypatch.chdir(tmp_path)
+    calls: list[Callable[[], object]] = [
+        lambda: tokenstore.open(location),
+        lambda: tokenstore.migrate(location, tmp_path / "copy.sqlite3"),
+        lambda: tokenstore.migrate(tmp_path / "store.sqlite3", location),
+    ]
+    for call in calls:
+        with pytest.raises(ValidationError, match="pass the URL as a str") as caught:
+            call()
+        assert "KRIT" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_blanks_around_a_url_are_not_part_of_it(pg_url: str) -> None:
     """A variable set with a stray space: taken for a file path, its password was in the error."""
     with tokenstore.open(f"  {pg_url}") as store:

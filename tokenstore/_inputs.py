@@ -44,6 +44,10 @@ def check_text(value: object, what: str, *, max_length: int | None = None) -> st
     return value
 
 
+#: A PostgreSQL URL given as a path (``Path("postgresql://...")`` makes its '//' one '/').
+_COLLAPSED_URL = re.compile(r"\s*postgres(ql)?:/", re.IGNORECASE)
+
+
 def check_path(value: object, what: str) -> Path:
     """A file path (str or path-like) the operating system can take: no NUL, encodable."""
     if not isinstance(value, str | os.PathLike) or not isinstance(os.fspath(value), str):
@@ -51,6 +55,11 @@ def check_path(value: object, what: str) -> Path:
     text = os.fspath(value)
     if not text:  # the current folder, to the operating system: never what was meant
         raise ValidationError(f"{what} is empty: name a file")
+    if _COLLAPSED_URL.match(text):  # its password would be in every message naming the file
+        raise ValidationError(
+            f"{what} is a PostgreSQL URL, not a file path: pass the URL as a str, "
+            "postgresql://... (a pathlib.Path makes its '//' one '/')"
+        )
     if "\x00" in text:
         raise ValidationError(f"{what} must not contain a NUL character")
     try:
