@@ -121,6 +121,7 @@ def test_a_server_address_that_is_no_postgresql_url_is_refused_not_made_a_file(
         Path("postgresql://u:SEKRIT@127.0.0.1:1/db"),  # a Path makes '//' one '/'
         "postgresql:/u:SEKRIT@127.0.0.1:1/db",
         Path("POSTGRES://u:SEKRIT@127.0.0.1:1/db"),
+        Path("postgresql+psycopg://u:SEKRIT@127.0.0.1:1/db"),  # SQLAlchemy's spelling
     ],
 )
 def test_a_url_whose_slashes_a_path_collapsed_is_refused_without_its_password(
@@ -134,7 +135,7 @@ def test_a_url_whose_slashes_a_path_collapsed_is_refused_without_its_password(
         lambda: tokenstore.migrate(tmp_path / "store.sqlite3", location),
     ]
     for call in calls:
-        with pytest.raises(ValidationError, match="pass the URL as a str") as caught:
+        with pytest.raises(ValidationError, match="is a URL, not a file path") as caught:
             call()
         assert "KRIT" not in str(caught.value)
     assert list(tmp_path.iterdir()) == []

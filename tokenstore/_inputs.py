@@ -44,8 +44,9 @@ def check_text(value: object, what: str, *, max_length: int | None = None) -> st
     return value
 
 
-#: A PostgreSQL URL given as a path (``Path("postgresql://...")`` makes its '//' one '/').
-_COLLAPSED_URL = re.compile(r"\s*postgres(ql)?:/", re.IGNORECASE)
+#: A URL given as a path (``Path("postgresql://...")`` makes its '//' one '/'); a scheme has
+#: two letters at least, where ``C:/`` is a Windows drive.
+_COLLAPSED_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]+:/")
 
 
 def check_path(value: object, what: str) -> Path:
@@ -57,8 +58,8 @@ def check_path(value: object, what: str) -> Path:
         raise ValidationError(f"{what} is empty: name a file")
     if _COLLAPSED_URL.match(text):  # its password would be in every message naming the file
         raise ValidationError(
-            f"{what} is a PostgreSQL URL, not a file path: pass the URL as a str, "
-            "postgresql://... (a pathlib.Path makes its '//' one '/')"
+            f"{what} is a URL, not a file path; a postgresql:// URL is given as a str "
+            "(a pathlib.Path makes its '//' one '/')"
         )
     if "\x00" in text:
         raise ValidationError(f"{what} must not contain a NUL character")
