@@ -102,6 +102,10 @@ def test_a_password_holding_a_query_or_fragment_mark_is_not_shown(password: str)
         "pgsql://u:SEKRIT@127.0.0.1:1/db",
         "host=127.0.0.1 port=1 password=SEKRIT",  # libpq's key=value string
         "host=127.0.0.1 password='SE KRIT'",
+        # Led by another of libpq's keywords: the file was made, the password in its name.
+        "sslmode=disable host=127.0.0.1 password=SEKRIT",
+        "application_name=x password=SEKRIT",
+        "Connect_Timeout = 5 user=u password=SEKRIT",
     ],
 )
 def test_a_server_address_that_is_no_postgresql_url_is_refused_not_made_a_file(

@@ -21,8 +21,19 @@ _SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
 #: A location with a scheme (``xyz://``, blanks before it): a URL, never a file path.
 _SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]*)://")
 
+#: libpq's connection keywords (PostgreSQL 17's): a ``key=value`` string may begin with any.
+_KEYWORDS = (
+    "host|hostaddr|port|dbname|user|password|passfile|service|options|application_name|"
+    "fallback_application_name|connect_timeout|client_encoding|channel_binding|keepalives|"
+    "keepalives_idle|keepalives_interval|keepalives_count|tcp_user_timeout|replication|"
+    "gssencmode|gsslib|gssdelegation|krbsrvname|sslmode|sslnegotiation|requiressl|"
+    "sslcompression|sslcert|sslkey|sslcertmode|sslpassword|sslrootcert|sslcrl|sslcrldir|"
+    "sslsni|requirepeer|require_auth|ssl_min_protocol_version|ssl_max_protocol_version|"
+    "target_session_attrs|load_balance_hosts"
+)
+
 #: How libpq's ``key=value`` connection strings begin.
-_CONNINFO = re.compile(r"\s*(?:host|hostaddr|port|dbname|user|password|service)\s*=", re.I)
+_CONNINFO = re.compile(rf"\s*(?:{_KEYWORDS})\s*=", re.I)
 
 #: A password in a ``key=value`` connection string, quoted or not.
 _CONNINFO_SECRET = re.compile(r"((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I)
