@@ -930,6 +930,36 @@ def test_a_file_locked_by_a_writer_is_refused_not_read_under_it(
     assert store.tokens.list() == []
 
 
+def test_a_change_left_unfinished_by_a_crash_is_refused_not_read_half_done(
+    store: Store, tmp_path: Path
+) -> None:
+    """A hot journal: ArchiveBox stopped mid-write, part of its change already in the file.
+
+    The copy is taken while a writer's change has spilled into the file, as a crash
+    would leave it; only a writer could roll it back, which the import must not be.
+    """
+    source = standard(tmp_path)
+    writer = sqlite3.connect(source, isolation_level=None)
+    writer.execute("PRAGMA cache_size=1")  # spill the change into the file before commit
+    writer.execute("BEGIN")
+    writer.execute("UPDATE auth_user SET username = 'half_' || username")
+    writer.execute("CREATE TABLE pad AS SELECT zeroblob(4000) FROM pragma_table_info('auth_user')")
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for name in ("index.sqlite3", "index.sqlite3-journal"):
+        shutil.copy(tmp_path / name, crashed / name)
+    writer.execute("ROLLBACK")
+    writer.close()
+    half = sqlite3.connect(f"{(crashed / 'index.sqlite3').as_uri()}?mode=ro&immutable=1", uri=True)
+    assert half.execute("SELECT username FROM auth_user WHERE id = 2").fetchone() == ("half_admin",)
+    half.close()
+
+    with pytest.raises(ValidationError, match="left unfinished"):
+        store.import_archivebox(crashed)
+    assert store.users.list() == [store.users.get("system")]
+    assert sorted(p.name for p in crashed.iterdir()) == ["index.sqlite3", "index.sqlite3-journal"]
+
+
 # -- values Django never writes -------------------------------------------------------------
 
 

@@ -87,7 +87,8 @@ def open_source(source: Path) -> sqlite3.Connection:
     SQLite would create ``-wal`` and ``-shm`` files to open it even read-only:
     it is opened as immutable instead. Otherwise read-only, so that changes
     still in a ``-wal`` are seen; if that fails (a read-only folder), immutable
-    too, unless the ``-wal`` holds changes that immutable would miss.
+    too, unless the ``-wal`` holds changes that immutable would miss, or a
+    ``-journal`` holds a change its writer left unfinished.
     """
     try:
         with source.open("rb") as f:
@@ -113,6 +114,14 @@ def open_source(source: Path) -> sqlite3.Connection:
             raise ValidationError(
                 f"{source} is locked by another program (ArchiveBox writing to it?): "
                 "try again when it has finished"
+            ) from None
+        if exc.sqlite_errorcode == sqlite3.SQLITE_READONLY_ROLLBACK:
+            # A writer stopped mid-change (a crash): only a writer may roll it back, and
+            # read as immutable, the file holds part of a change that never happened.
+            raise ValidationError(
+                f"{source} holds a change its writer left unfinished (a -journal beside "
+                "it, from ArchiveBox stopping mid-write): open it once with ArchiveBox or "
+                "sqlite3, which rolls the change back, then import"
             ) from None
         if pending:
             raise ValidationError(
