@@ -523,6 +523,26 @@ def test_an_encrypted_auth_token_without_the_key_disables_the_hook(
     assert [h.auth_token for h in store.webhooks.list()] == ["", "", ""]
 
 
+def test_an_authorization_header_in_any_case_needs_no_cipher_key(
+    store: Store, tmp_path: Path
+) -> None:
+    """Header names are case-insensitive: tokenstore sends ``authorization`` in place of
+    the auth token as it does ``Authorization``, so an unreadable token stops nothing."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook(
+        "lower",
+        "api.models.APIToken",
+        "https://a.example/",
+        auth_token=encrypt("k1"),
+        headers={"authorization": "Token mine"},
+    )
+    box.close()
+    report = store.import_archivebox(box.path)
+    hook = store.webhooks.get("lower")
+    assert (hook.enabled, hook.auth_token) == (True, ""), hook.disabled_reason
+    assert hook.headers == {"authorization": "Token mine"} and report.disabled == []
+
+
 def test_a_wrong_cipher_key_disables_only_the_hooks_it_cannot_read(
     store: Store, tmp_path: Path
 ) -> None:

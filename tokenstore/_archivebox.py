@@ -291,10 +291,11 @@ class _Importer:
             # header of its own: the receiver only ever got these.
             auth_token = url_auth
             if isinstance(headers, dict):
-                headers = {k: v for k, v in headers.items() if str(k).lower() != "authorization"}
-        elif isinstance(headers, dict) and "Authorization" in headers:
-            # django-signal-webhooks sent this header in place of the auth token, so a
-            # token that cannot be read stops nothing that worked (tokenstore does the same).
+                headers = {k: v for k, v in headers.items() if not _is_authorization(k)}
+        elif isinstance(headers, dict) and any(map(_is_authorization, headers)):
+            # django-signal-webhooks sent this header in place of the auth token (before
+            # it, in any other case), and tokenstore sends it in place of the auth token
+            # whatever its case: a token that cannot be read stops nothing that worked.
             auth_token = self.auth_token(row["auth_token"] or "", reasons=[])
         else:
             auth_token = self.auth_token(row["auth_token"] or "", reasons)
@@ -331,6 +332,10 @@ class _Importer:
             )
         self.written.append(hook_id)
         return True
+
+
+def _is_authorization(header: Any) -> bool:
+    return str(header).lower() == "authorization"
 
 
 def _describe_user(row: sqlite3.Row) -> str:
