@@ -634,6 +634,47 @@ def test_a_nul_in_a_hooks_last_response_is_kept_as_a_replacement_character(
     assert hook.last_response == "a\ufffdb"
 
 
+def test_a_kept_response_that_echoes_the_hooks_credentials_has_them_blanked(
+    store: Store, tmp_path: Path
+) -> None:
+    """A receiver that echoed ArchiveBox's request answered with its credentials.
+
+    tokenstore blanks a hook's own secrets out of the response it keeps, and shows
+    that response where it shows no auth token or header value (``webhooks show``).
+    """
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook(
+        "echo",
+        "api.models.APIToken",
+        "https://mirror:hunter22@a.example/",
+        headers={"X-Api-Key": "key-7f3c9e1a"},
+    )
+    box.hook(
+        "token",
+        "api.models.APIToken",
+        "https://b.example/",
+        auth_token=encrypt("Bearer audit-7f3c9e1a2b"),
+    )
+    basic = "Basic " + base64.b64encode(b"mirror:hunter22").decode()
+    echoes = {
+        "echo": {"Authorization": basic, "X-Api-Key": "key-7f3c9e1a"},
+        "token": {"Authorization": "Bearer audit-7f3c9e1a2b", "X-Token": "audit-7f3c9e1a2b"},
+    }
+    for name, echo in echoes.items():
+        box.conn.execute(
+            "UPDATE api_outboundwebhook SET last_response = ? WHERE name = ?",
+            (json.dumps({"headers": echo}), name),
+        )
+    box.close()
+    store.import_archivebox(box.path, cipher_key=CIPHER_KEY)
+    assert store.webhooks.get("echo").last_response == (
+        '{"headers": {"Authorization": "***", "X-Api-Key": "***"}}'
+    )
+    assert store.webhooks.get("token").last_response == (
+        '{"headers": {"Authorization": "***", "X-Token": "***"}}'
+    )
+
+
 def make_not_archivebox(kind: str, path: Path) -> Path:
     if kind == "text":
         path.write_text("hello, I am not a database\n" * 10)

@@ -55,6 +55,7 @@ from ._credentials import token_digest, token_hint
 from ._errors import StoreError, TokenstoreError, ValidationError
 from ._inputs import check_text, storable
 from ._models import APIToken, OutboundWebhook, User
+from ._sending import redacted
 from ._signing import new_signing_secret
 from ._times import to_stored_time
 
@@ -323,6 +324,9 @@ class _Importer:
             failure_count=0,
             disabled_reason="; ".join(reasons),
         )
+        # A receiver that echoed the request answered with the hook's credentials: blanked
+        # out, as tokenstore keeps every response (it is shown; they are not).
+        hook.last_response = redacted(hook.last_response, hook)
         # The ref and endpoint were judged above: a refusal disables the hook, not the row.
         self.validator(hook, judge_target=False)
         OutboundWebhook.insert(hook.__data__).execute()
