@@ -675,6 +675,16 @@ def test_a_kept_response_that_echoes_the_hooks_credentials_has_them_blanked(
     )
 
 
+def test_a_kept_response_is_cut_to_what_tokenstore_keeps(store: Store, tmp_path: Path) -> None:
+    """django-signal-webhooks cut it to 8,000 characters, which SQLite does not enforce."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.hook("long", "api.models.APIToken", "https://a.example/")
+    box.conn.execute("UPDATE api_outboundwebhook SET last_response = ?", ("é" * 100_000,))
+    box.close()
+    store.import_archivebox(box.path)
+    assert store.webhooks.get("long").last_response == "é" * 8000
+
+
 def make_not_archivebox(kind: str, path: Path) -> Path:
     if kind == "text":
         path.write_text("hello, I am not a database\n" * 10)

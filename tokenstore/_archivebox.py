@@ -55,7 +55,7 @@ from ._credentials import token_digest, token_hint
 from ._errors import StoreError, TokenstoreError, ValidationError
 from ._inputs import check_text, storable
 from ._models import APIToken, OutboundWebhook, User
-from ._sending import redacted
+from ._sending import RESPONSE_LIMIT, redacted
 from ._signing import new_signing_secret
 from ._times import to_stored_time
 
@@ -325,8 +325,8 @@ class _Importer:
             disabled_reason="; ".join(reasons),
         )
         # A receiver that echoed the request answered with the hook's credentials: blanked
-        # out, as tokenstore keeps every response (it is shown; they are not).
-        hook.last_response = redacted(hook.last_response, hook)
+        # out, then cut, as tokenstore keeps every response (it is shown; they are not).
+        hook.last_response = redacted(hook.last_response, hook)[:RESPONSE_LIMIT]
         # The ref and endpoint were judged above: a refusal disables the hook, not the row.
         self.validator(hook, judge_target=False)
         OutboundWebhook.insert(hook.__data__).execute()
