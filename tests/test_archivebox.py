@@ -774,6 +774,25 @@ def test_changes_still_in_the_wal_are_read(store: Store, tmp_path: Path) -> None
         box.close()
 
 
+def test_a_wal_left_without_its_shm_is_read_and_the_folder_left_as_it_was(
+    store: Store, tmp_path: Path
+) -> None:
+    """No program has the file open (it would have a -shm): ArchiveBox was stopped, or the
+    folder copied. SQLite reading the -wal there would make a -shm beside it."""
+    box = ArchiveBox(tmp_path / "index.sqlite3", wal=True)
+    box.conn.execute("PRAGMA wal_autocheckpoint=0")
+    box.token("e" * 32)  # committed, but only in the -wal while box stays open
+    left = tmp_path / "left"
+    left.mkdir()
+    for name in ("index.sqlite3", "index.sqlite3-wal"):
+        shutil.copy(tmp_path / name, left / name)
+    box.close()
+    before = {p.name: digest(p) for p in left.iterdir()}
+    store.import_archivebox(left)
+    assert store.tokens.authenticate("e" * 32)
+    assert {p.name: digest(p) for p in left.iterdir()} == before
+
+
 def test_a_read_only_copy_is_read(store: Store, tmp_path: Path) -> None:
     source = standard(tmp_path)
     copy = tmp_path / "copy" / "index.sqlite3"

@@ -414,9 +414,8 @@ def import_archivebox(
             refs[old] = validator.check_ref(new)
         except ValidationError as exc:
             raise ValidationError(f"cannot map {old} to {new}: {exc}") from None
-    conn = open_source(source)
-    conn.row_factory = sqlite3.Row
-    try:
+    with open_source(source) as conn:
+        conn.row_factory = sqlite3.Row
         check_source(conn, source)
         report = ArchiveBoxImport(source=source, dry_run=dry_run)
         importer = _Importer(db, users, validator, refs, decrypt, report)
@@ -431,8 +430,6 @@ def import_archivebox(
                     raise _DryRun
         except _DryRun:
             return report
-    finally:
-        conn.close()
     if importer.written:
         report.hooks = list(
             OutboundWebhook.select()

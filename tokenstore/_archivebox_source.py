@@ -10,9 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import shutil
 import sqlite3
+import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,15 +83,19 @@ def source_path(path: str | os.PathLike[str]) -> Path:
     return source
 
 
-def open_source(source: Path) -> sqlite3.Connection:
-    """Open the file for reading only, leaving nothing beside it.
+@contextmanager
+def open_source(source: Path) -> Iterator[sqlite3.Connection]:
+    """The file opened for reading only, leaving nothing beside it; closed on leaving.
 
     A WAL-mode file with no ``-wal`` has nothing outside the main file, and
     SQLite would create ``-wal`` and ``-shm`` files to open it even read-only:
-    it is opened as immutable instead. Otherwise read-only, so that changes
-    still in a ``-wal`` are seen; if that fails (a read-only folder), immutable
-    too, unless the ``-wal`` holds changes that immutable would miss, or a
-    ``-journal`` holds a change its writer left unfinished.
+    it is opened as immutable instead. A ``-wal`` with no ``-shm`` (no program
+    has the file open: ArchiveBox stopped without closing it, or the folder was
+    copied) would get one made beside it: a private copy of the two is read.
+    Otherwise read-only, so that changes still in a ``-wal`` are seen; if that
+    fails (a read-only folder), immutable too, unless the ``-wal`` holds changes
+    that immutable would miss, or a ``-journal`` holds a change its writer left
+    unfinished.
     """
     try:
         with source.open("rb") as f:
@@ -99,6 +106,24 @@ def open_source(source: Path) -> sqlite3.Connection:
         raise ValidationError(f"{source} is not an ArchiveBox 0.8 database: it is not SQLite")
     wal = source.with_name(source.name + "-wal")
     pending = wal.exists() and wal.stat().st_size > 0
+    if pending and not source.with_name(source.name + "-shm").exists():
+        with tempfile.TemporaryDirectory(prefix="tokenstore-archivebox-") as folder:
+            copy = Path(folder) / source.name
+            try:
+                shutil.copyfile(source, copy)
+                shutil.copyfile(wal, copy.with_name(wal.name))
+            except OSError as exc:  # a full disk
+                raise ValidationError(
+                    f"cannot copy {source} and its -wal to read them: {exc.strerror}"
+                ) from None
+            with closing(_connect(f"{copy.as_uri()}?mode=ro")) as conn:
+                yield conn
+        return
+    with closing(_open(source, header, wal, pending)) as conn:
+        yield conn
+
+
+def _open(source: Path, header: bytes, wal: Path, pending: bool) -> sqlite3.Connection:
     uri = source.resolve().as_uri()
     immutable = f"{uri}?mode=ro&immutable=1"
     if header[18] == _WAL_FORMAT and not wal.exists():
