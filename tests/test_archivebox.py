@@ -606,16 +606,18 @@ def test_rows_that_cannot_be_taken_are_listed_with_the_reason(store: Store, tmp_
     box.token("b" * 32, owner=2)
     box.token("c" * 32, abid="apt_not-an-abid")
     box.token("d" * 32, owner=1)
+    gone = box.token("e" * 32, owner=9)  # its user deleted with foreign keys off
     box.hook("", "api.models.APIToken", "https://example.com/")
     box.close()
     report = store.import_archivebox(box.path)
     reasons = {(n.table, n.row.split(" ")[0]): n.reason for n in report.refused}
     assert "is not valid" in reasons[("auth_user", "id")]
-    assert any("auth_user id 2) was not imported" in r for r in reasons.values())
+    assert any("auth_user id 2) was refused above" in r for r in reasons.values())
+    assert reasons[("api_apitoken", gone)] == "its owner (auth_user id 9) is not in the file"
     assert "its ABID is not valid" in reasons[("api_apitoken", "apt_not-an-abid")]
     assert any("webhook name must be 1-255 characters" in r for r in reasons.values())
     assert report.counts["api_apitoken"].imported == 1
-    assert report.counts["api_apitoken"].refused == 2
+    assert report.counts["api_apitoken"].refused == 3
     for note in report.refused:
         for secret in ("b" * 32, "c" * 32):
             assert secret not in note.reason and secret not in note.row

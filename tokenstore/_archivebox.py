@@ -128,6 +128,7 @@ class _Importer:
     owners: dict[int, int] = field(default_factory=dict)  # ArchiveBox user id -> tokenstore's
     written: list[uuid.UUID] = field(default_factory=list)
     read: set[tuple[str, uuid.UUID]] = field(default_factory=set)  # (table, id) of rows seen
+    user_ids: set[Any] = field(default_factory=set)  # every auth_user id of the file
 
     def first_read(self, table: str, row: sqlite3.Row) -> uuid.UUID:
         """The row's id, unless an earlier row of the file had it (a copy without its keys).
@@ -148,6 +149,8 @@ class _Importer:
         ):
             counts = self.report.counts[table]
             for row in read_rows(conn, self.report.source, table):
+                if table == USERS:
+                    self.user_ids.add(row["id"])
                 try:
                     check_values(row)
                     with self.db.atomic():  # a savepoint: a refused row takes back only itself
@@ -174,7 +177,10 @@ class _Importer:
         owner = self.owners.get(row["created_by_id"])
         if owner is None:
             owner_id = quoted(row["created_by_id"])
-            raise RowRefused(f"its owner (auth_user id {owner_id}) was not imported")
+            if row["created_by_id"] in self.user_ids:
+                raise RowRefused(f"its owner (auth_user id {owner_id}) was refused above")
+            # Django deletes a user's tokens and hooks with them, unless foreign keys were off.
+            raise RowRefused(f"its owner (auth_user id {owner_id}) is not in the file")
         return owner
 
     def take_user(self, row: sqlite3.Row) -> bool:
