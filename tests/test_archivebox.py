@@ -776,6 +776,21 @@ def test_changes_still_in_the_wal_are_read(store: Store, tmp_path: Path) -> None
         box.close()
 
 
+def test_changes_in_the_wal_of_a_linked_file_are_read(store: Store, tmp_path: Path) -> None:
+    """An index.sqlite3 that is a symbolic link: SQLite keeps the -wal beside the file."""
+    box = ArchiveBox(tmp_path / "index.sqlite3", wal=True)
+    box.conn.execute("PRAGMA wal_autocheckpoint=0")
+    box.token("e" * 32)  # committed, but only in the -wal while box stays open
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "index.sqlite3").symlink_to(box.path)
+    try:
+        store.import_archivebox(linked)
+        assert store.tokens.authenticate("e" * 32)
+    finally:
+        box.close()
+
+
 def test_a_wal_left_without_its_shm_is_read_and_the_folder_left_as_it_was(
     store: Store, tmp_path: Path
 ) -> None:

@@ -104,13 +104,14 @@ def open_source(source: Path) -> Iterator[sqlite3.Connection]:
         raise ValidationError(f"cannot read {source}: {exc.strerror}") from None
     if len(header) < 100 or not header.startswith(_SQLITE_HEADER):
         raise ValidationError(f"{source} is not an ArchiveBox 0.8 database: it is not SQLite")
-    wal = source.with_name(source.name + "-wal")
+    real = source.resolve()  # a symbolic link's -wal and -shm are beside the file it names
+    wal = real.with_name(real.name + "-wal")
     pending = wal.exists() and wal.stat().st_size > 0
-    if pending and not source.with_name(source.name + "-shm").exists():
+    if pending and not real.with_name(real.name + "-shm").exists():
         with tempfile.TemporaryDirectory(prefix="tokenstore-archivebox-") as folder:
-            copy = Path(folder) / source.name
+            copy = Path(folder) / real.name
             try:
-                shutil.copyfile(source, copy)
+                shutil.copyfile(real, copy)
                 shutil.copyfile(wal, copy.with_name(wal.name))
             except OSError as exc:  # a full disk
                 raise ValidationError(
@@ -119,12 +120,12 @@ def open_source(source: Path) -> Iterator[sqlite3.Connection]:
             with closing(_connect(f"{copy.as_uri()}?mode=ro")) as conn:
                 yield conn
         return
-    with closing(_open(source, header, wal, pending)) as conn:
+    with closing(_open(source, real, header, wal, pending)) as conn:
         yield conn
 
 
-def _open(source: Path, header: bytes, wal: Path, pending: bool) -> sqlite3.Connection:
-    uri = source.resolve().as_uri()
+def _open(source: Path, real: Path, header: bytes, wal: Path, pending: bool) -> sqlite3.Connection:
+    uri = real.as_uri()
     immutable = f"{uri}?mode=ro&immutable=1"
     if header[18] == _WAL_FORMAT and not wal.exists():
         return _connect(immutable)
