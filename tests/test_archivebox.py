@@ -752,13 +752,17 @@ def test_a_data_folder_means_its_index(store: Store, tmp_path: Path) -> None:
 # -- reading without writing ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("empty_wal", [False, True], ids=["no -wal", "empty -wal"])
 def test_a_wal_file_without_its_wal_is_read_and_left_as_it_was(
-    store: Store, tmp_path: Path
+    store: Store, tmp_path: Path, empty_wal: bool
 ) -> None:
+    """Closed cleanly, or with an empty -wal and no -shm: no program has it open."""
     folder = tmp_path / "data"
     folder.mkdir()
     source = standard(folder, wal=True)
     assert source.read_bytes()[18] == 2  # WAL mode, closed cleanly: no -wal beside it
+    if empty_wal:
+        (folder / "index.sqlite3-wal").touch()
     before = (digest(source), sorted(p.name for p in folder.iterdir()))
     assert store.import_archivebox(source).counts["api_apitoken"].imported == 2
     assert (digest(source), sorted(p.name for p in folder.iterdir())) == before

@@ -87,9 +87,10 @@ def source_path(path: str | os.PathLike[str]) -> Path:
 def open_source(source: Path) -> Iterator[sqlite3.Connection]:
     """The file opened for reading only, leaving nothing beside it; closed on leaving.
 
-    A WAL-mode file with no ``-wal`` has nothing outside the main file, and
-    SQLite would create ``-wal`` and ``-shm`` files to open it even read-only:
-    it is opened as immutable instead. A ``-wal`` with no ``-shm`` (no program
+    A WAL-mode file with no ``-wal`` (or an empty one and no ``-shm``: no
+    program has it open) has nothing outside the main file, and SQLite would
+    create ``-wal`` and ``-shm`` files to open it even read-only: it is opened
+    as immutable instead. A ``-wal`` with no ``-shm`` (no program
     has the file open: ArchiveBox stopped without closing it, or the folder was
     copied) would get one made beside it: a private copy of the two is read.
     Otherwise read-only, so that changes still in a ``-wal`` are seen; if that
@@ -107,7 +108,8 @@ def open_source(source: Path) -> Iterator[sqlite3.Connection]:
     real = source.resolve()  # a symbolic link's -wal and -shm are beside the file it names
     wal = real.with_name(real.name + "-wal")
     pending = wal.exists() and wal.stat().st_size > 0
-    if pending and not real.with_name(real.name + "-shm").exists():
+    shm = real.with_name(real.name + "-shm").exists()
+    if pending and not shm:
         with tempfile.TemporaryDirectory(prefix="tokenstore-archivebox-") as folder:
             copy = Path(folder) / real.name
             try:
@@ -120,14 +122,15 @@ def open_source(source: Path) -> Iterator[sqlite3.Connection]:
             with closing(_connect(f"{copy.as_uri()}?mode=ro")) as conn:
                 yield conn
         return
-    with closing(_open(source, real, header, wal, pending)) as conn:
+    quiet = header[18] == _WAL_FORMAT and not pending and not (wal.exists() and shm)
+    with closing(_open(source, real, quiet, pending)) as conn:
         yield conn
 
 
-def _open(source: Path, real: Path, header: bytes, wal: Path, pending: bool) -> sqlite3.Connection:
+def _open(source: Path, real: Path, quiet: bool, pending: bool) -> sqlite3.Connection:
     uri = real.as_uri()
     immutable = f"{uri}?mode=ro&immutable=1"
-    if header[18] == _WAL_FORMAT and not wal.exists():
+    if quiet:
         return _connect(immutable)
     conn = _connect(f"{uri}?mode=ro")
     try:
