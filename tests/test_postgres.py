@@ -390,6 +390,14 @@ def test_waiting_for_changes_listens_again_after_the_server_ended_it(
         assert store.wait_for_changes(5) is True
 
 
+def test_the_listening_connection_waits_for_answers_as_long_as_the_others(pg_url: str) -> None:
+    """It was a plain driver connection: a server silent at its LISTEN held the waiter for good
+    (the relay that shows it takes 5 s; see the test above for the bound itself)."""
+    with tokenstore.open(pg_url) as store:
+        assert store.wait_for_changes(0.05) is False
+        assert isinstance(pg(store)._changes._local.conn, pg(store)._connection_class)
+
+
 # -- names PostgreSQL cuts at 63 bytes ------------------------------------------------------
 
 

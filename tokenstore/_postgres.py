@@ -419,9 +419,10 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         return self._changes.wait(self.connection().info.backend_pid, timeout)
 
     def _listening_connection(self) -> psycopg.Connection[Any]:
-        """A connection of its own, outside any transaction, for LISTEN."""
+        """A connection of its own, outside any transaction, for LISTEN; its answers are
+        waited for as long as the others' (a server silent at the LISTEN ends it)."""
         try:
-            return driver().connect(self.url, autocommit=True, **self.connect_params)  # type: ignore[no-any-return]
+            return self._connect()  # type: ignore[no-any-return]
         except (driver().Error, UnicodeError) as exc:
             raise self._cannot_connect(exc) from None
 

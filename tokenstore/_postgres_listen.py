@@ -37,11 +37,10 @@ class ChangeListener:
         """
         deadline = time.monotonic() + timeout
         listener = getattr(self._local, "conn", None)
-        if listener is None:
-            listener = self._connect()
-            listener.execute(f"LISTEN {CHANNEL}")
-            self._local.conn = listener
         try:
+            if listener is None:
+                listener = self._local.conn = self._connect()
+                listener.execute(f"LISTEN {CHANNEL}")
             while True:
                 remaining = max(0.0, deadline - time.monotonic())
                 notes = list(listener.notifies(timeout=remaining, stop_after=1))
