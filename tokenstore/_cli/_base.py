@@ -288,7 +288,13 @@ def _settle_global_options(args: argparse.Namespace) -> None:
     args.json = any(getattr(args, f"{place}json", False) for place in _PLACES)
     for dest, variable in (("allow", "TOKENSTORE_WEBHOOK_ALLOW"), ("app", "TOKENSTORE_APP")):
         given = [item for place in _PLACES for item in getattr(args, f"{place}{dest}", None) or []]
-        setattr(args, dest, _env_list(variable) + [item for item in given if item])
+        if not all(item.strip() for item in given):  # `--allow "$HOST"` with $HOST unset
+            args.command_parser.error(f"argument --{dest}: it is empty: name the {_NAMES[dest]}")
+        setattr(args, dest, _env_list(variable) + given)
+
+
+#: What an --allow or --app entry names, for the refusal of an empty one.
+_NAMES = {"allow": "host, address or network to allow", "app": "module to import"}
 
 
 Commands = Any  # argparse's private _SubParsersAction
