@@ -6,6 +6,8 @@ traceback and nothing on stdout. tests/test_cli.py runs the command end to end.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,50 @@ def test_an_empty_allow_or_app_is_refused_not_dropped(
     argv = (*given, *command) if where == "before" else (*command, *given)
     err = refused(capsys, "--db", db, *argv)
     assert f"argument {option}: it is empty" in err
+
+
+# -- listen and serve ---------------------------------------------------------------------------
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture
+def taken_port() -> Iterator[str]:
+    """A port taken on 127.0.0.1 and ::1: a command that got as far as listening fails
+    there at once, instead of serving until Ctrl-C, so a test of its refusals cannot hang."""
+    with socket.create_server(("::1", 0), family=socket.AF_INET6) as six:
+        port = six.getsockname()[1]
+        with socket.create_server(("127.0.0.1", port)):
+            yield str(port)
+
+
+# -- numbers and durations ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "digit", ["\u0663", "\uff13", "\u09e9"]
+)  # Arabic-Indic, fullwidth, Bengali
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("tokens", "create", "--expires", "{}d"),
+        ("webhooks", "rotate-secret", "h", "--grace", "{}s"),
+        ("webhooks", "prune", "--older-than", "{}d"),
+        ("dispatch", "--interval", "{}s"),
+        ("listen", "--secret", SECRET, "--tolerance", "{}m"),
+    ],
+)
+def test_a_duration_takes_ascii_digits_only(
+    db: str,
+    capsys: pytest.CaptureFixture[str],
+    taken_port: str,
+    argv: tuple[str, ...],
+    digit: str,
+) -> None:
+    """int() and \\d read other scripts' digits: a duration is written in ASCII digits."""
+    given = [part.format(digit) for part in argv]
+    if given[0] == "listen":
+        given += ["--port", taken_port]
+    option = argv[-2]
+    err = refused(capsys, "--db", db, *given)
+    assert option in err and repr(given[len(argv) - 1]) in err and "a duration" in err

@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 # -- durations and other values -----------------------------------------------------------
 
-_DURATION = re.compile(r"(-?)(\d+(?:\.\d+)?)([smhd])")
+_DURATION = re.compile(r"(-?)([0-9]+(?:\.[0-9]+)?)([smhd])")  # not \d: other scripts' digits
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION_SYNTAX = "a number and a unit: 90s, 15m, 12h, 30d"
 
