@@ -77,6 +77,20 @@ def taken_port() -> Iterator[str]:
             yield str(port)
 
 
+@pytest.mark.parametrize("host", ["[::1", "::1]", "[[::1]]", "[::1]]", "[127.0.0.1", "a[b]"])
+@pytest.mark.parametrize("command", [("listen", "--secret", SECRET), ("serve",)])
+def test_a_host_with_a_stray_bracket_is_refused_not_read_without_it(
+    db: str,
+    capsys: pytest.CaptureFixture[str],
+    taken_port: str,
+    command: tuple[str, ...],
+    host: str,
+) -> None:
+    """`[::1` listened on ::1: a typo was taken for an address the user did not write."""
+    err = refused(capsys, "--db", db, *command, "--port", taken_port, "--host", host)
+    assert "--host" in err and repr(host) in err and "bracket" in err
+
+
 # -- numbers and durations ----------------------------------------------------------------------
 
 

@@ -23,8 +23,18 @@ MAX_CONNECTIONS = 64
 
 def check_listen_host(host: object, name: str, everywhere: str = "0.0.0.0 for all") -> None:
     """Refuse an empty host to listen on, ``[]`` too: the brackets of ``[::1]`` are dropped
-    before the socket reads the rest, which would then listen on every address."""
-    if not check_text(host, name).strip().strip("[]").strip():
+    before the socket reads the rest, which would then listen on every address.
+
+    Brackets go in a pair around the whole address or not at all: ``[::1`` was read
+    as ``::1``, an address the user did not quite write.
+    """
+    text = check_text(host, name).strip()
+    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if "[" in inner or "]" in inner:
+        raise ValidationError(
+            f"{name} {text!r} has a stray bracket: write an IPv6 address as ::1 or [::1]"
+        )
+    if not inner.strip():
         raise ValidationError(f"{name} is empty: name the address to listen on ({everywhere})")
 
 

@@ -26,6 +26,7 @@ from .._errors import (
 )
 from .._inputs import check_seconds
 from .._migrate import migrate
+from .._servers import check_listen_host
 from .._store import SCHEMA_VERSION, Dispatched, Store
 from .._times import format_time
 from ._base import Commands, _command, _group, _open, _warn_waiting
@@ -379,6 +380,7 @@ def cmd_listen(args: argparse.Namespace, out: Output) -> int:
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
 
+    check_listen_host(args.host, "--host")  # named as the command spells it
     tolerance = round(args.tolerance.total_seconds())
     server = make_receiver(args.host, args.port, listen_secret(args), show, tolerance=tolerance)
     url = _served_url(args.host, server)
