@@ -6,6 +6,7 @@ traceback and nothing on stdout. tests/test_cli.py runs the command end to end.
 
 from __future__ import annotations
 
+import base64
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,3 +122,29 @@ def test_a_duration_takes_ascii_digits_only(
     option = argv[-2]
     err = refused(capsys, "--db", db, *given)
     assert option in err and repr(given[len(argv) - 1]) in err and "a duration" in err
+
+
+@pytest.mark.parametrize("key", [b"\x00\x01", b"k" * 23])
+@pytest.mark.parametrize("source", ["--secret", "--secret-file", "$TOKENSTORE_LISTEN_SECRET"])
+def test_listen_refuses_a_key_shorter_than_standard_webhooks_allows_and_hides_it(
+    db: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    taken_port: str,
+    source: str,
+    key: bytes,
+) -> None:
+    """A 2-byte key was taken, and then no webhook verified: the spec's keys have 24-64 bytes."""
+    secret = "whsec_" + base64.b64encode(key).decode()
+    options = ["--port", taken_port]
+    if source == "--secret":
+        options += ["--secret", secret]
+    elif source == "--secret-file":
+        (tmp_path / "secret").write_text(secret)
+        options += ["--secret-file", str(tmp_path / "secret")]
+    else:
+        monkeypatch.setenv("TOKENSTORE_LISTEN_SECRET", secret)
+    err = refused(capsys, "--db", db, "listen", *options)
+    assert source in err and f"{len(key)} bytes" in err and "at least 24" in err
+    assert secret.removeprefix("whsec_") not in err

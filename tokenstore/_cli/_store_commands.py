@@ -24,9 +24,11 @@ from .._errors import (
     StoreReadOnly,
     ValidationError,
 )
+from .._hook_rules import MIN_SECRET_BYTES
 from .._inputs import check_seconds
 from .._migrate import migrate
 from .._servers import check_listen_host
+from .._signing import signing_key
 from .._store import SCHEMA_VERSION, Dispatched, Store
 from .._times import format_time
 from ._base import Commands, _command, _group, _open, _warn_waiting
@@ -329,26 +331,27 @@ def listen_secret(args: argparse.Namespace) -> str:
     if args.secret is not None and args.secret_file is not None:
         raise ValidationError("give the signing secret with --secret or --secret-file, not both")
     if args.secret_file == "-":
-        secret = _secret("-")
+        secret, source = _secret("-"), "--secret-file -"
     elif args.secret_file is not None:
+        source = f"--secret-file {args.secret_file}"
         try:
             with Path(args.secret_file).open("rb") as file:
                 data = file.read(_SECRET_FILE_BYTES + 1)  # /dev/zero would never end
         except OSError as exc:
-            raise ValidationError(f"--secret-file {args.secret_file}: {exc.strerror}") from None
+            raise ValidationError(f"{source}: {exc.strerror}") from None
         if len(data) > _SECRET_FILE_BYTES:
             raise ValidationError(
-                f"--secret-file {args.secret_file} holds over {_SECRET_FILE_BYTES} bytes: "
+                f"{source} holds over {_SECRET_FILE_BYTES} bytes: "
                 "a signing secret is one short line"
             )
         try:
             secret = data.decode("utf-8").strip()
         except UnicodeDecodeError:
-            raise ValidationError(f"--secret-file {args.secret_file} is not UTF-8 text") from None
+            raise ValidationError(f"{source} is not UTF-8 text") from None
     elif args.secret is not None:
-        secret = _secret(args.secret)
+        secret, source = _secret(args.secret), "--secret"
     else:
-        secret = os.environ.get("TOKENSTORE_LISTEN_SECRET", "")
+        secret, source = os.environ.get("TOKENSTORE_LISTEN_SECRET", ""), "$TOKENSTORE_LISTEN_SECRET"
     if not secret:
         raise ValidationError(
             "listen needs the hook's signing secret: set TOKENSTORE_LISTEN_SECRET "
@@ -356,6 +359,12 @@ def listen_secret(args: argparse.Namespace) -> str:
         )
     if not secret.startswith(SECRET_PREFIX):
         raise ValidationError(f"the signing secret must be the hook's {SECRET_PREFIX}... secret")
+    key = signing_key(secret)
+    if len(key) < MIN_SECRET_BYTES:  # every webhook would fail to verify: say so at the start
+        raise ValidationError(
+            f"the signing secret of {source} is {len(key)} bytes once decoded: a hook's "
+            f"secret has at least {MIN_SECRET_BYTES}, as Standard Webhooks asks (not shown)"
+        )
     return secret
 
 
