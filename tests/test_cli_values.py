@@ -148,3 +148,17 @@ def test_listen_refuses_a_key_shorter_than_standard_webhooks_allows_and_hides_it
     err = refused(capsys, "--db", db, "listen", *options)
     assert source in err and f"{len(key)} bytes" in err and "at least 24" in err
     assert secret.removeprefix("whsec_") not in err
+
+
+# -- migrate ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "value"), [("--allow", "10.0.0.1"), ("--app", "tokenstore")])
+def test_migrate_refuses_the_options_it_would_ignore(
+    db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, option: str, value: str
+) -> None:
+    """migrate copies the source's allowlist as it is: an --allow it took was dropped unsaid."""
+    copy = tmp_path / "copy.sqlite3"
+    err = refused(capsys, option, value, "migrate", db, str(copy))
+    assert f"migrate takes no {option}" in err
+    assert not copy.exists()

@@ -286,10 +286,13 @@ def _settle_global_options(args: argparse.Namespace) -> None:
     args.db_is_default = not args.db  # a missing default file is said to be the default
     args.db = args.db or DEFAULT_DB
     args.json = any(getattr(args, f"{place}json", False) for place in _PLACES)
+    args.given = set()  # the options given on the command line, not by $VARIABLES
     for dest, variable in (("allow", "TOKENSTORE_WEBHOOK_ALLOW"), ("app", "TOKENSTORE_APP")):
         given = [item for place in _PLACES for item in getattr(args, f"{place}{dest}", None) or []]
         if not all(item.strip() for item in given):  # `--allow "$HOST"` with $HOST unset
             args.command_parser.error(f"argument --{dest}: it is empty: name the {_NAMES[dest]}")
+        if given:
+            args.given.add(f"--{dest}")
         setattr(args, dest, _env_list(variable) + given)
 
 

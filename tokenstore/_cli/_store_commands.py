@@ -53,7 +53,14 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
-    """``tokenstore.migrate``: copy everything to another store and verify the counts."""
+    """``tokenstore.migrate``: copy everything to another store and verify the counts.
+
+    The allowlist is copied as the source holds it, and the tables copied are
+    tokenstore's own: an ``--allow`` or ``--app`` would be ignored, so it is refused.
+    """
+    for option, why in _NOT_FOR_MIGRATE.items():
+        if option in args.given:
+            raise ValidationError(f"migrate takes no {option}: {why}")
     with held_lines() as held:
         try:
             copied = migrate(args.source, args.dest, force=args.force)
@@ -63,6 +70,14 @@ def cmd_migrate(args: argparse.Namespace, out: Output) -> int:
     out.record(dict(copied))
     return 0
 
+
+#: The global options ``migrate`` refuses, and why; $TOKENSTORE_WEBHOOK_ALLOW and
+#: $TOKENSTORE_APP, set for every command, are left unused.
+_NOT_FOR_MIGRATE = {
+    "--allow": "it copies the source's allowlist as it is; add an entry to the copy with "
+    "`tokenstore --db DEST webhooks allow HOST_OR_CIDR`",
+    "--app": "it copies tokenstore's own tables, which need no module's models",
+}
 
 #: How often ``dispatch --watch`` looks for work unless ``--interval`` says.
 _WATCH_INTERVAL = timedelta(seconds=1)
@@ -200,8 +215,9 @@ def add_store_commands(commands: Commands) -> None:
         "tokenstore.migrate",
         "copy users, tokens, hooks and deliveries to another store; give PostgreSQL "
         "passwords by PGPASSWORD or ~/.pgpass, not on the command line",
-        prints="Prints the rows copied per table. --db is not used: SOURCE and DEST name "
-        "both stores. Nothing is written unless every row is copied.",
+        prints="Prints the rows copied per table, the allowlist's entries included. --db is "
+        "not used: SOURCE and DEST name both stores; --allow and --app are refused. Nothing "
+        "is written unless every row is copied.",
     )
     p.add_argument("source", help="the store file or postgresql:// URL to copy from")
     p.add_argument("dest", help="the store file or postgresql:// URL to copy to")
