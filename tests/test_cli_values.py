@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,15 +19,20 @@ import tokenstore
 from tokenstore._cli import main
 
 
-@pytest.fixture
-def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An existing SQLite store, and an environment that names none of the options."""
-    for name in ("TOKENSTORE_DB", "TOKENSTORE_WEBHOOK_ALLOW", "TOKENSTORE_APP"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("TOKENSTORE_LISTEN_SECRET", raising=False)
-    path = tmp_path / "store.sqlite3"
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One SQLite store for the module: the commands here refuse their input, and write nothing."""
+    path = tmp_path_factory.mktemp("cli") / "store.sqlite3"
     tokenstore.open(path).close()
     return str(path)
+
+
+@pytest.fixture
+def db(store_path: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The module's store, and an environment that gives none of the options."""
+    for name in ("DB", "WEBHOOK_ALLOW", "APP", "LISTEN_SECRET"):
+        monkeypatch.delenv(f"TOKENSTORE_{name}", raising=False)
+    return store_path
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -162,3 +169,28 @@ def test_migrate_refuses_the_options_it_would_ignore(
     err = refused(capsys, option, value, "migrate", db, str(copy))
     assert f"migrate takes no {option}" in err
     assert not copy.exists()
+
+
+# -- Ctrl-C -------------------------------------------------------------------------------------
+
+INTERRUPTED_IN_ARGPARSE = """
+import argparse, os, signal, sys
+from tokenstore._cli import main
+parse = argparse.ArgumentParser.parse_known_args
+def interrupted(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, landing as the command line is read
+    return parse(*args, **kwargs)
+argparse.ArgumentParser.parse_known_args = interrupted
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_while_the_command_line_is_read_exits_130_in_one_line(db: str) -> None:
+    """The interrupt was handled only around the command's own work: argparse's got a traceback."""
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_IN_ARGPARSE, "--db", db, "users", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stderr, done.stdout) == (130, "tokenstore: interrupted\n", "")

@@ -105,7 +105,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; 0 done, 1 a negative answer, 2 bad input or a fault (one line)."""
+    """Run one command; 0 done, 1 a negative answer, 2 bad input or a fault (one line).
+
+    Ctrl-C exits 130 in one line wherever it lands: reading the command line
+    too, not only the command's work (which it rolls back).
+    """
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("tokenstore: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    """The command ``argv`` names, run; its faults said in one line."""
     if isinstance(sys.stdout, io.TextIOWrapper):
         # A file name that is not UTF-8, or a name the terminal's encoding lacks, is
         # shown escaped, as on stderr, rather than ending the command half-printed.
@@ -140,9 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:
         return 0
-    except KeyboardInterrupt:  # Ctrl-C, at a prompt say: what was under way rolled back
-        print("tokenstore: interrupted", file=sys.stderr)
-        return 130
     except OSError as exc:  # the machine failed the command: stdout on a full disk, say
         print(f"tokenstore: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
