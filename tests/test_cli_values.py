@@ -194,3 +194,21 @@ def test_ctrl_c_while_the_command_line_is_read_exits_130_in_one_line(db: str) ->
         timeout=60,
     )
     assert (done.returncode, done.stderr, done.stdout) == (130, "tokenstore: interrupted\n", "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "what"),
+    [
+        (("migrate", "", "{copy}"), "source"),
+        (("migrate", "{db}", ""), "destination"),
+        (("import", "archivebox", ""), "path"),
+    ],
+)
+def test_an_empty_path_argument_is_refused_not_read_as_the_current_folder(
+    db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: tuple[str, ...], what: str
+) -> None:
+    """`migrate "$OLD" new` with $OLD unset said '. is a directory'; import looked in ./."""
+    given = [part.format(db=db, copy=tmp_path / "copy.sqlite3") for part in argv]
+    err = refused(capsys, "--db", db, *given)
+    assert f"{what} is empty" in err
+    assert not (tmp_path / "copy.sqlite3").exists()

@@ -54,8 +54,8 @@ def check_path(value: object, what: str) -> Path:
     if not isinstance(value, str | os.PathLike) or not isinstance(os.fspath(value), str):
         raise ValidationError(f"{what} must be a str or a Path, got {type(value).__name__}")
     text = os.fspath(value)
-    if not text:  # the current folder, to the operating system: never what was meant
-        raise ValidationError(f"{what} is empty: name a file")
+    if not text:  # Path("") is the current folder: no name was given, e.g. an unset $VARIABLE
+        raise ValidationError(f"{what} is empty: it names no file")
     if _COLLAPSED_URL.match(text):  # its password would be in every message naming the file
         raise ValidationError(
             f"{what} is a URL, not a file path; a postgresql:// URL is given as a str "
