@@ -212,3 +212,29 @@ def test_an_empty_path_argument_is_refused_not_read_as_the_current_folder(
     err = refused(capsys, "--db", db, *given)
     assert f"{what} is empty" in err
     assert not (tmp_path / "copy.sqlite3").exists()
+
+
+def _digits(number: str, zero: str) -> str:
+    """``number`` written in the script whose digit zero is ``zero``."""
+    return "".join(chr(ord(zero) + int(digit)) for digit in number)
+
+
+@pytest.mark.parametrize("zero", ["\u0660", "\uff10"])  # Arabic-Indic, fullwidth
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("webhooks", "deliveries", "--limit", "3"),
+        ("webhooks", "deliver-due", "--limit", "3"),
+        ("users", "list", "--limit", "3"),
+        ("tokens", "list", "--limit", "3"),
+        ("listen", "--secret", SECRET, "--port", "{port}"),
+        ("serve", "--port", "{port}"),
+    ],
+)
+def test_a_number_takes_ascii_digits_only(
+    db: str, capsys: pytest.CaptureFixture[str], taken_port: str, argv: tuple[str, ...], zero: str
+) -> None:
+    """`serve --port` with fullwidth 8 and 0 listened on port 80: int() reads any digits."""
+    given = [*argv[:-1], _digits(argv[-1].format(port=taken_port), zero)]
+    err = refused(capsys, "--db", db, *given)
+    assert f"argument {argv[-2]}: {given[-1]!r} is not" in err

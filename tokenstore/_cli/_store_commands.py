@@ -33,7 +33,7 @@ from .._store import SCHEMA_VERSION, Dispatched, Store
 from .._times import format_time
 from ._base import Commands, _command, _group, _open, _warn_waiting
 from ._output import Output, abid_dict, held_lines, hook_dict, one_line
-from ._values import _duration_type, _secret, _time_type
+from ._values import _duration_type, _port, _secret, _time_type
 
 # -- store --------------------------------------------------------------------------------
 
@@ -509,7 +509,7 @@ def add_tool_commands(commands: Commands) -> None:
         "which exits 0.",
     )
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on")
-    p.add_argument("--port", type=int, default=8787, help="the port; 0 picks a free one")
+    p.add_argument("--port", type=_port, default=8787, help="the port; 0 picks a free one")
     p.add_argument(
         "--secret",
         help="the hook's whsec_... signing secret, or - to read it from stdin "
@@ -537,7 +537,7 @@ def add_tool_commands(commands: Commands) -> None:
         prints="Says 'admin page on URL' on stderr and serves until Ctrl-C, which exits 0.",
     )
     p.add_argument("--host", default="127.0.0.1", help="the address; loopback unless --public")
-    p.add_argument("--port", type=int, default=8787, help="the port; 0 picks a free one")
+    p.add_argument("--port", type=_port, default=8787, help="the port; 0 picks a free one")
     p.add_argument(
         "--public",
         action="store_true",

@@ -85,12 +85,24 @@ def _argument_type(parse: Callable[[str], T]) -> Callable[[str], T]:
 
 def _positive_int(text: str) -> int:
     """An argparse type for a whole number of at least 1."""
+    return _number(text, 1, "a whole number of at least 1")
+
+
+def _port(text: str) -> int:
+    """An argparse type for a port to listen on, whose range the server checks."""
+    return _number(text, 0, "a port number")
+
+
+def _number(text: str, least: int, what: str) -> int:
+    """A whole number in ASCII digits: int() also reads other scripts' digits, ``_`` and ``+``."""
+    if not (text.isascii() and text.isdecimal()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     try:
-        number = int(text) if text.isdecimal() else 0
+        number = int(text)
     except ValueError:  # past the 4,300 digits int() takes, and so past any bound
         raise argparse.ArgumentTypeError(f"{text!r} is too large a number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    if number < least:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
     return number
 
 
