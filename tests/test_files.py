@@ -16,6 +16,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -146,6 +147,35 @@ def test_a_device_is_refused() -> None:
 def test_a_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="is a directory"):
         tokenstore.open(tmp_path)
+
+
+OPEN_AND_SAY = """
+import sys, tokenstore
+try:
+    tokenstore.open(sys.argv[1])
+except tokenstore.StoreError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="needs setpriv")
+def test_a_file_this_user_cannot_read_is_a_store_error() -> None:
+    """Its header was read unguarded: a PermissionError, not a StoreError, and a raw message."""
+    with tempfile.TemporaryDirectory() as name:  # pytest's folders are closed to other users
+        folder = Path(name)
+        folder.chmod(0o755)  # the user below reaches the file, and cannot read it
+        tokenstore.open(folder / "store.sqlite3").close()
+        (folder / "store.sqlite3").chmod(0)
+        # root reads any file: the child runs as nobody, as tests/_pg_server.py runs postgres
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        done = subprocess.run(
+            [*(as_user if os.geteuid() == 0 else []), sys.executable, "-c", OPEN_AND_SAY,
+             str(folder / "store.sqlite3")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert done.stdout == f"cannot open {folder / 'store.sqlite3'}: Permission denied\n", done
 
 
 def test_a_link_to_a_missing_file_is_refused_naming_it(tmp_path: Path) -> None:

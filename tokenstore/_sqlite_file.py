@@ -141,8 +141,11 @@ def check_file(path: Path, schema_version: int, ours: frozenset[str], busy_timeo
     if st is None:
         return 0
     if st.st_size:
-        with path.open("rb") as f:
-            header = f.read(len(_SQLITE_HEADER))
+        try:
+            with path.open("rb") as f:
+                header = f.read(len(_SQLITE_HEADER))
+        except OSError as exc:  # a file this user may not read, say
+            raise StoreError(f"cannot open {path}: {exc.strerror}") from None
         if header != _SQLITE_HEADER:
             raise StoreError(
                 f"{path} is not an SQLite database (its first bytes are not an SQLite header)"
