@@ -238,3 +238,18 @@ def test_a_number_takes_ascii_digits_only(
     given = [*argv[:-1], _digits(argv[-1].format(port=taken_port), zero)]
     err = refused(capsys, "--db", db, *given)
     assert f"argument {argv[-2]}: {given[-1]!r} is not" in err
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (("--secret", ""), "--secret is empty"),
+        (("--secret-file", "/dev/null"), "--secret-file /dev/null is empty"),
+        (("--secret-file", ""), "--secret-file is empty"),
+    ],
+)
+def test_listen_says_which_secret_it_was_given_is_empty(
+    db: str, capsys: pytest.CaptureFixture[str], options: tuple[str, ...], said: str
+) -> None:
+    """It asked for --secret-file PATH when one was given, and empty: `--secret-file "$F"`."""
+    assert said in refused(capsys, "--db", db, "listen", *options)

@@ -346,33 +346,20 @@ def listen_secret(args: argparse.Namespace) -> str:
     """
     if args.secret is not None and args.secret_file is not None:
         raise ValidationError("give the signing secret with --secret or --secret-file, not both")
-    if args.secret_file == "-":
-        secret, source = _secret("-"), "--secret-file -"
-    elif args.secret_file is not None:
-        source = f"--secret-file {args.secret_file}"
-        try:
-            with Path(args.secret_file).open("rb") as file:
-                data = file.read(_SECRET_FILE_BYTES + 1)  # /dev/zero would never end
-        except OSError as exc:
-            raise ValidationError(f"{source}: {exc.strerror}") from None
-        if len(data) > _SECRET_FILE_BYTES:
-            raise ValidationError(
-                f"{source} holds over {_SECRET_FILE_BYTES} bytes: "
-                "a signing secret is one short line"
-            )
-        try:
-            secret = data.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            raise ValidationError(f"{source} is not UTF-8 text") from None
+    if args.secret_file is not None:
+        source = f"--secret-file {args.secret_file}".rstrip()
+        secret = _read_secret_file(args.secret_file, source)
     elif args.secret is not None:
         secret, source = _secret(args.secret), "--secret"
     else:
         secret, source = os.environ.get("TOKENSTORE_LISTEN_SECRET", ""), "$TOKENSTORE_LISTEN_SECRET"
-    if not secret:
+    if not secret and args.secret is None and args.secret_file is None:
         raise ValidationError(
             "listen needs the hook's signing secret: set TOKENSTORE_LISTEN_SECRET "
             "or pass --secret-file PATH (- reads it from stdin)"
         )
+    if not secret:  # `--secret-file "$FILE"` with $FILE unset, or a file left empty
+        raise ValidationError(f"{source} is empty: give the hook's {SECRET_PREFIX}... secret")
     if not secret.startswith(SECRET_PREFIX):
         raise ValidationError(f"the signing secret must be the hook's {SECRET_PREFIX}... secret")
     key = signing_key(secret)
@@ -382,6 +369,27 @@ def listen_secret(args: argparse.Namespace) -> str:
             f"secret has at least {MIN_SECRET_BYTES}, as Standard Webhooks asks (not shown)"
         )
     return secret
+
+
+def _read_secret_file(path: str, source: str) -> str:
+    """The secret in the file at ``path`` (``-``: stdin), stripped; empty for no path."""
+    if path == "-":
+        return _secret("-")
+    if not path:
+        return ""
+    try:
+        with Path(path).open("rb") as file:
+            data = file.read(_SECRET_FILE_BYTES + 1)  # /dev/zero would never end
+    except OSError as exc:
+        raise ValidationError(f"{source}: {exc.strerror}") from None
+    if len(data) > _SECRET_FILE_BYTES:
+        raise ValidationError(
+            f"{source} holds over {_SECRET_FILE_BYTES} bytes: a signing secret is one short line"
+        )
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValidationError(f"{source} is not UTF-8 text") from None
 
 
 def cmd_listen(args: argparse.Namespace, out: Output) -> int:
