@@ -253,3 +253,10 @@ def test_listen_says_which_secret_it_was_given_is_empty(
 ) -> None:
     """It asked for --secret-file PATH when one was given, and empty: `--secret-file "$F"`."""
     assert said in refused(capsys, "--db", db, "listen", *options)
+
+
+def test_demo_refuses_an_empty_dir_rather_than_make_a_folder_of_its_own(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`demo --dir "$DIR"` with $DIR unset ran in a new temporary folder, as without --dir."""
+    assert "--dir is empty" in refused(capsys, "demo", "--dir", "")

@@ -461,6 +461,8 @@ def cmd_demo(args: argparse.Namespace, out: Output) -> int:
 
     if out.as_json:
         raise ValidationError("demo tells its story as text: --json does not apply to it")
+    if args.dir == "":  # `--dir "$DIR"` with $DIR unset: not a reason to pick a folder
+        raise ValidationError("--dir is empty: name the folder, or leave --dir out for a new one")
     return run_demo(args.dir)
 
 
