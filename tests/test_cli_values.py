@@ -260,3 +260,12 @@ def test_demo_refuses_an_empty_dir_rather_than_make_a_folder_of_its_own(
 ) -> None:
     """`demo --dir "$DIR"` with $DIR unset ran in a new temporary folder, as without --dir."""
     assert "--dir is empty" in refused(capsys, "demo", "--dir", "")
+
+
+def test_a_map_given_twice_for_one_model_is_refused_rather_than_one_dropped(
+    db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The second --map for a model replaced the first unsaid, as --header twice no longer does."""
+    maps = ("--map", "core.models.Tag=app.Tag", "--map", " core.models.Tag = app.Label")
+    err = refused(capsys, "--db", db, "import", "archivebox", str(tmp_path), *maps)
+    assert "--map 'core.models.Tag' is given twice" in err

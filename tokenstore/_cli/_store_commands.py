@@ -299,6 +299,8 @@ def cmd_import_archivebox(args: argparse.Namespace, out: Output) -> int:
             raise ValidationError(
                 f"--map {item!r} must look like core.models.Snapshot=app.Snapshot"
             )
+        if old.strip() in ref_map:  # not one of the two dropped unsaid
+            raise ValidationError(f"--map {old.strip()!r} is given twice")
         ref_map[old.strip()] = new.strip()
     cipher_key = None if args.cipher_key is None else _secret(args.cipher_key)
     with _open(args, rehearse=args.dry_run) as store:
