@@ -269,3 +269,11 @@ def test_a_map_given_twice_for_one_model_is_refused_rather_than_one_dropped(
     maps = ("--map", "core.models.Tag=app.Tag", "--map", " core.models.Tag = app.Label")
     err = refused(capsys, "--db", db, "import", "archivebox", str(tmp_path), *maps)
     assert "--map 'core.models.Tag' is given twice" in err
+
+
+@pytest.mark.parametrize("path", ["a\x00b", "\ud800"])
+def test_a_secret_file_name_the_system_cannot_take_is_refused(
+    db: str, capsys: pytest.CaptureFixture[str], path: str
+) -> None:
+    """main(argv) from Python may hold what argv cannot: open() raised ValueError on them."""
+    assert "--secret-file" in refused(capsys, "--db", db, "listen", "--secret-file", path)

@@ -119,10 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     """The command ``argv`` names, run; its faults said in one line."""
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        # A file name that is not UTF-8, or a name the terminal's encoding lacks, is
-        # shown escaped, as on stderr, rather than ending the command half-printed.
-        sys.stdout.reconfigure(errors="backslashreplace")
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            # A file name that is not UTF-8, or a name the terminal's encoding lacks, is
+            # shown escaped rather than ending the command half-printed (stderr does it
+            # unless the process was started with another error handler, or is a test's).
+            stream.reconfigure(errors="backslashreplace")
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:  # refused by the command they were given to, whose --help lists its options
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")

@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from .._abid import ABID, DEFAULT_ABID_URI_SALT, abid_from_values
@@ -25,7 +24,7 @@ from .._errors import (
     ValidationError,
 )
 from .._hook_rules import MIN_SECRET_BYTES
-from .._inputs import check_seconds
+from .._inputs import check_path, check_seconds
 from .._migrate import migrate
 from .._servers import check_listen_host
 from .._signing import signing_key
@@ -380,7 +379,7 @@ def _read_secret_file(path: str, source: str) -> str:
     if not path:
         return ""
     try:
-        with Path(path).open("rb") as file:
+        with check_path(path, source).open("rb") as file:
             data = file.read(_SECRET_FILE_BYTES + 1)  # /dev/zero would never end
     except OSError as exc:
         raise ValidationError(f"{source}: {exc.strerror}") from None
