@@ -18,6 +18,8 @@ import pytest
 import tokenstore
 from tokenstore._cli import main
 
+Capsys = pytest.CaptureFixture[str]
+
 
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -35,7 +37,7 @@ def db(store_path: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return store_path
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+def run(capsys: Capsys, *argv: str) -> tuple[int, str, str]:
     """The exit status, stdout and stderr of one command run by ``main()``."""
     try:
         code = main(list(argv))
@@ -45,7 +47,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+def refused(capsys: Capsys, *argv: str) -> str:
     """The one line a command refusing its input says: exit 2, nothing on stdout."""
     code, out, err = run(capsys, *argv)
     assert (code, out) == (2, ""), (code, out, err)
@@ -60,7 +62,7 @@ def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 @pytest.mark.parametrize("option", ["--allow", "--app"])
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_an_empty_allow_or_app_is_refused_not_dropped(
-    db: str, capsys: pytest.CaptureFixture[str], option: str, where: str
+    db: str, capsys: Capsys, option: str, where: str
 ) -> None:
     """`--allow "$HOST"` with $HOST unset: the entry meant is missing, not to be ignored."""
     given = (option, "")
@@ -88,11 +90,7 @@ def taken_port() -> Iterator[str]:
 @pytest.mark.parametrize("host", ["[::1", "::1]", "[[::1]]", "[::1]]", "[127.0.0.1", "a[b]"])
 @pytest.mark.parametrize("command", [("listen", "--secret", SECRET), ("serve",)])
 def test_a_host_with_a_stray_bracket_is_refused_not_read_without_it(
-    db: str,
-    capsys: pytest.CaptureFixture[str],
-    taken_port: str,
-    command: tuple[str, ...],
-    host: str,
+    db: str, capsys: Capsys, taken_port: str, command: tuple[str, ...], host: str
 ) -> None:
     """`[::1` listened on ::1: a typo was taken for an address the user did not write."""
     err = refused(capsys, "--db", db, *command, "--port", taken_port, "--host", host)
@@ -102,9 +100,8 @@ def test_a_host_with_a_stray_bracket_is_refused_not_read_without_it(
 # -- numbers and durations ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "digit", ["\u0663", "\uff13", "\u09e9"]
-)  # Arabic-Indic, fullwidth, Bengali
+# Three of the scripts with digits of their own: Arabic-Indic, fullwidth, Bengali.
+@pytest.mark.parametrize("digit", ["\u0663", "\uff13", "\u09e9"])
 @pytest.mark.parametrize(
     "argv",
     [
@@ -116,11 +113,7 @@ def test_a_host_with_a_stray_bracket_is_refused_not_read_without_it(
     ],
 )
 def test_a_duration_takes_ascii_digits_only(
-    db: str,
-    capsys: pytest.CaptureFixture[str],
-    taken_port: str,
-    argv: tuple[str, ...],
-    digit: str,
+    db: str, capsys: Capsys, taken_port: str, argv: tuple[str, ...], digit: str
 ) -> None:
     """int() and \\d read other scripts' digits: a duration is written in ASCII digits."""
     given = [part.format(digit) for part in argv]
@@ -135,7 +128,7 @@ def test_a_duration_takes_ascii_digits_only(
 @pytest.mark.parametrize("source", ["--secret", "--secret-file", "$TOKENSTORE_LISTEN_SECRET"])
 def test_listen_refuses_a_key_shorter_than_standard_webhooks_allows_and_hides_it(
     db: str,
-    capsys: pytest.CaptureFixture[str],
+    capsys: Capsys,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     taken_port: str,
@@ -162,7 +155,7 @@ def test_listen_refuses_a_key_shorter_than_standard_webhooks_allows_and_hides_it
 
 @pytest.mark.parametrize(("option", "value"), [("--allow", "10.0.0.1"), ("--app", "tokenstore")])
 def test_migrate_refuses_the_options_it_would_ignore(
-    db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, option: str, value: str
+    db: str, capsys: Capsys, tmp_path: Path, option: str, value: str
 ) -> None:
     """migrate copies the source's allowlist as it is: an --allow it took was dropped unsaid."""
     copy = tmp_path / "copy.sqlite3"
@@ -205,7 +198,7 @@ def test_ctrl_c_while_the_command_line_is_read_exits_130_in_one_line(db: str) ->
     ],
 )
 def test_an_empty_path_argument_is_refused_not_read_as_the_current_folder(
-    db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: tuple[str, ...], what: str
+    db: str, capsys: Capsys, tmp_path: Path, argv: tuple[str, ...], what: str
 ) -> None:
     """`migrate "$OLD" new` with $OLD unset said '. is a directory'; import looked in ./."""
     given = [part.format(db=db, copy=tmp_path / "copy.sqlite3") for part in argv]
@@ -232,7 +225,7 @@ def _digits(number: str, zero: str) -> str:
     ],
 )
 def test_a_number_takes_ascii_digits_only(
-    db: str, capsys: pytest.CaptureFixture[str], taken_port: str, argv: tuple[str, ...], zero: str
+    db: str, capsys: Capsys, taken_port: str, argv: tuple[str, ...], zero: str
 ) -> None:
     """`serve --port` with fullwidth 8 and 0 listened on port 80: int() reads any digits."""
     given = [*argv[:-1], _digits(argv[-1].format(port=taken_port), zero)]
@@ -249,21 +242,21 @@ def test_a_number_takes_ascii_digits_only(
     ],
 )
 def test_listen_says_which_secret_it_was_given_is_empty(
-    db: str, capsys: pytest.CaptureFixture[str], options: tuple[str, ...], said: str
+    db: str, capsys: Capsys, options: tuple[str, ...], said: str
 ) -> None:
     """It asked for --secret-file PATH when one was given, and empty: `--secret-file "$F"`."""
     assert said in refused(capsys, "--db", db, "listen", *options)
 
 
 def test_demo_refuses_an_empty_dir_rather_than_make_a_folder_of_its_own(
-    db: str, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: Capsys
 ) -> None:
     """`demo --dir "$DIR"` with $DIR unset ran in a new temporary folder, as without --dir."""
     assert "--dir is empty" in refused(capsys, "demo", "--dir", "")
 
 
 def test_a_map_given_twice_for_one_model_is_refused_rather_than_one_dropped(
-    db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    db: str, capsys: Capsys, tmp_path: Path
 ) -> None:
     """The second --map for a model replaced the first unsaid, as --header twice no longer does."""
     maps = ("--map", "core.models.Tag=app.Tag", "--map", " core.models.Tag = app.Label")
@@ -273,7 +266,7 @@ def test_a_map_given_twice_for_one_model_is_refused_rather_than_one_dropped(
 
 @pytest.mark.parametrize("path", ["a\x00b", "\ud800"])
 def test_a_secret_file_name_the_system_cannot_take_is_refused(
-    db: str, capsys: pytest.CaptureFixture[str], path: str
+    db: str, capsys: Capsys, path: str
 ) -> None:
     """main(argv) from Python may hold what argv cannot: open() raised ValueError on them."""
     assert "--secret-file" in refused(capsys, "--db", db, "listen", "--secret-file", path)
