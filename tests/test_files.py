@@ -149,6 +149,18 @@ def test_a_directory_is_refused(tmp_path: Path) -> None:
         tokenstore.open(tmp_path)
 
 
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+def test_no_store_is_made_at_the_name_of_another_databases_log(tmp_path: Path, suffix: str) -> None:
+    """`tokenstore init --db app.sqlite3-journal` made a file app.sqlite3 then took for its
+    own journal: app.sqlite3 could no longer be read."""
+    tokenstore.open(tmp_path / "app.sqlite3").close()
+    with pytest.raises(StoreError, match=f"app.sqlite3{suffix} is the {suffix} file of"):
+        tokenstore.open(tmp_path / f"app.sqlite3{suffix}")
+    assert not (tmp_path / f"app.sqlite3{suffix}").exists()
+    with tokenstore.open(tmp_path / "app.sqlite3") as store:
+        assert [user.username for user in store.users.list()] == ["system"]
+
+
 OPEN_AND_SAY = """
 import sys, tokenstore
 try:

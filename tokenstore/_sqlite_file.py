@@ -123,6 +123,16 @@ def _damaged(path: Path, what: str) -> StoreCorrupt:
     )
 
 
+def _refuse_a_log_name(path: Path) -> None:
+    """Refuse to make a store named as the -wal, -shm or -journal of a database that exists:
+    SQLite would take the new file for that database's log, and it could not be read."""
+    for suffix in (*COMPANIONS, "-journal"):
+        name = path.name.removesuffix(suffix)
+        if name not in ("", path.name) and path.with_name(name).exists():
+            owner = path.with_name(name)
+            raise StoreError(f"{path} is the {suffix} file of {owner}: name another file")
+
+
 def check_file(path: Path, schema_version: int, ours: frozenset[str], busy_timeout: float) -> int:
     """Read a file's schema version without writing to it; refuse what is not ours to open.
 
@@ -215,6 +225,7 @@ def prepare_file(
     if not path.exists():
         if read_only or not create:
             raise StoreError(f"no store at {path} (run `tokenstore init`)")
+        _refuse_a_log_name(path)
         created = create_private(path)
     elif version == 0 and (read_only or not create):  # another program's file, say
         raise StoreError(
