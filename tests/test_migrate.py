@@ -190,6 +190,19 @@ def test_a_destination_that_is_the_sources_own_journal_is_refused(
         assert not (tmp_path / f"source.sqlite3{companion}-wal").exists()
 
 
+@pytest.mark.parametrize("companion", ["-wal", "-journal"])
+def test_a_destination_named_as_another_databases_journal_is_refused(
+    tmp_path: Path, companion: str
+) -> None:
+    """The copy, made aside and renamed, became a file SQLite takes for that database's log."""
+    fill(tmp_path / "source.sqlite3")
+    tokenstore.open(tmp_path / "app.sqlite3").close()
+    dest = tmp_path / f"app.sqlite3{companion}"
+    with pytest.raises(StoreError, match=f"app.sqlite3{companion} is the {companion} file of"):
+        tokenstore.migrate(tmp_path / "source.sqlite3", dest)
+    assert not dest.exists()
+
+
 @pytest.mark.parametrize(
     ("source", "dest", "force", "message"),
     [

@@ -33,6 +33,7 @@ from ._postgres import open_database as open_postgres
 from ._postgres_url import is_url, redacted_url
 from ._rows import Loader, column_list, not_utf8, quote_name
 from ._sqlite import SQLiteDatabase, open_database
+from ._sqlite_file import refuse_log_name
 
 #: Seconds a writer waits for the file's lock (or a server's) during the copy.
 _BUSY_TIMEOUT = 30.0
@@ -194,6 +195,8 @@ def migrate(
         raise StoreError("migrate: the source and the destination are the same")
     if companion := _companion(source, dest):
         raise StoreError(f"migrate: the destination is the source's {companion} file")
+    if not is_url(dest):  # made aside under another name, then renamed: checked here
+        refuse_log_name(Path(dest))
     src = _open(source, must_exist=True)
     try:
         # A new file is made aside and put in place complete, so a migrate that

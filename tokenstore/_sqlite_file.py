@@ -123,7 +123,7 @@ def _damaged(path: Path, what: str) -> StoreCorrupt:
     )
 
 
-def _refuse_a_log_name(path: Path) -> None:
+def refuse_log_name(path: Path) -> None:
     """Refuse to make a store named as the -wal, -shm or -journal of a database that exists:
     SQLite would take the new file for that database's log, and it could not be read."""
     for suffix in (*COMPANIONS, "-journal"):
@@ -220,12 +220,13 @@ def prepare_file(
     ``created`` is whether this call made the file.
     """
     version = check_file(path, schema_version, ours, busy_timeout)
+    if create and not version:  # missing, or empty as a live database's -wal can be
+        refuse_log_name(path)
     fell_back: str | None = None
     created = False
     if not path.exists():
         if read_only or not create:
             raise StoreError(f"no store at {path} (run `tokenstore init`)")
-        _refuse_a_log_name(path)
         created = create_private(path)
     elif version == 0 and (read_only or not create):  # another program's file, say
         raise StoreError(
