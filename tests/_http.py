@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import subprocess
 import threading
@@ -121,3 +122,22 @@ def wait_listening(port: int, proc: subprocess.Popen[str] | None = None) -> None
             assert proc is None or proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, f"nothing listens on port {port}"
             time.sleep(0.1)
+
+
+def trickled(sock: socket.socket, data: bytes, within: float) -> bytes | None:
+    """Send ``data`` a byte every 20 ms: what the server answered once it did (b"" for
+    closing), or None if it still waited for more after ``within`` seconds."""
+    started = time.monotonic()
+    for byte in data:
+        if select.select([sock], [], [], 0.02)[0]:
+            break
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:  # closed: what it answered before is still there to read
+            break
+        if time.monotonic() - started > within:
+            return None
+    try:
+        return sock.recv(4096)
+    except ConnectionResetError:
+        return b""

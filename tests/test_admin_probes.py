@@ -8,7 +8,6 @@ same host, and Host headers a browser would never send: each gets a clear
 from __future__ import annotations
 
 import io
-import select
 import socket
 import sqlite3
 import time
@@ -18,6 +17,7 @@ import _db
 import pytest
 import requests
 from _admin_helpers import Client, Page, connected, running, signed_in
+from _http import trickled
 
 import tokenstore
 from tokenstore import admin
@@ -315,25 +315,6 @@ def test_a_client_that_stops_reading_the_answer_leaves_no_traceback(
 # -- a request's deadline, its Host, a busy store -------------------------------------------
 
 
-def _trickled(sock: socket.socket, data: bytes, within: float) -> bytes | None:
-    """Send ``data`` a byte every 20 ms: what the server answered once it did (b"" for
-    closing), or None if it still waited for more after ``within`` seconds."""
-    started = time.monotonic()
-    for byte in data:
-        if select.select([sock], [], [], 0.02)[0]:
-            break
-        try:
-            sock.sendall(bytes([byte]))
-        except OSError:  # closed: what it answered before is still there to read
-            break
-        if time.monotonic() - started > within:
-            return None
-    try:
-        return sock.recv(4096)
-    except ConnectionResetError:
-        return b""
-
-
 @pytest.mark.parametrize(
     ("data", "answer"),
     [
@@ -359,7 +340,7 @@ def test_a_request_trickled_in_is_cut_off_at_its_deadline_while_others_are_serve
         slow.sendall(data[:begun])  # the request has begun: its deadline runs
         url = f"http://127.0.0.1:{server.server_address[1]}/login"
         assert requests.get(url, timeout=5).status_code == 200  # another client meanwhile
-        got = _trickled(slow, data[begun:], within=1.2)
+        got = trickled(slow, data[begun:], within=1.2)
     assert got is not None, "the server still waited for the trickled request"
     assert got.startswith(answer), got[:200]
 
@@ -475,7 +456,7 @@ def test_a_refused_cursor_is_named_as_the_address_names_it(client: Client) -> No
 
 def test_past_the_deadline_what_has_arrived_is_still_read_but_nothing_waited_for() -> None:
     """A body sent in time may be read late (the page read the store first): it is there."""
-    from tokenstore.admin._server import _Deadline
+    from tokenstore._servers import _Deadline
 
     ours, theirs = socket.socketpair()
     with ours, theirs:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+from _http import trickled
 
 from tokenstore._errors import ValidationError
 from tokenstore._receiver import MAX_BODY_BYTES, ReceiverServer, make_receiver
@@ -238,6 +239,29 @@ def test_a_client_that_hangs_up_leaves_no_traceback(
         sock.close()
     requests.post(receiver.url, data=BODY, headers=signed_headers(BODY), timeout=TIMEOUT)
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("data", "answer"),
+    [
+        (b"POST /hooks HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 200, b""),
+        (b"POST /hooks HTTP/1.1\r\nContent-Length: 200\r\n\r\n" + b"a" * 200, b"HTTP/1.1 408 "),
+    ],
+    ids=["head", "body"],
+)
+def test_a_request_trickled_in_is_cut_off_at_its_deadline_while_others_are_served(
+    receiver: Running, monkeypatch: pytest.MonkeyPatch, data: bytes, answer: bytes
+) -> None:
+    """A byte every 20 ms never meets the per-read timeout; the whole request has a deadline."""
+    handler = receiver.server.RequestHandlerClass
+    monkeypatch.setattr(handler, "request_deadline", 0.3, raising=False)
+    with socket.create_connection(receiver.server.server_address[:2], TIMEOUT) as slow:
+        begun = data.rindex(b"\r\n") + 2  # up to the last header, or the whole head
+        slow.sendall(data[:begun])  # the request has begun: its deadline runs
+        assert requests.post(receiver.url, data=b"{}", timeout=TIMEOUT).status_code == 401
+        got = trickled(slow, data[begun:], within=1.2)
+    assert got is not None, "the receiver still waited for the trickled request"
+    assert got.startswith(answer), got[:200]
 
 
 def test_body_at_the_cap_is_accepted(receiver: Running) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from ._errors import ValidationError, WebhookVerificationError
 from ._inputs import check_int
-from ._servers import BoundedThreads, check_listen_host
+from ._servers import BoundedThreads, check_listen_host, read_within
 from ._signing import signing_key, verify_webhook
 
 __all__ = ["MAX_BODY_BYTES", "make_receiver"]
@@ -65,6 +65,12 @@ def make_receiver(
         server_version = "tokenstore-receiver"
         protocol_version = "HTTP/1.1"
         timeout = 30  # a stalled client must not pin a thread forever
+        #: From its first byte, how long a request has to arrive in all (seconds).
+        request_deadline = 5.0
+
+        def setup(self) -> None:
+            super().setup()
+            self.rfile = read_within(self, self.request_deadline)
 
         def log_message(self, format: str, *args: Any) -> None:
             """Stay quiet: the application decides what to print."""

@@ -1,17 +1,23 @@
-"""Thread-per-connection servers with a bound on the threads, and the host they listen on.
+"""Thread-per-connection servers with a bound on the threads and on each request's time,
+and the host they listen on.
 
 The receiver and the admin page serve each connection in a thread of its
 own, as the standard library's threading servers do. Without a bound, a
 flood of connections (or a client that opens many and sends nothing) grows
 the process by a thread each. Here a connection beyond the bound is closed
 at once, unanswered: the client may try again, and the ones being served
-are not slowed.
+are not slowed. A client that trickles its request in, a byte just within
+each read's timeout, would hold its thread for good: a request has a
+deadline in all (``read_within``).
 """
 
 from __future__ import annotations
 
+import io
+import socket
 import threading
-from socketserver import ThreadingMixIn
+import time
+from socketserver import StreamRequestHandler, ThreadingMixIn
 from typing import Any
 
 from ._errors import ValidationError
@@ -36,6 +42,49 @@ def check_listen_host(host: object, name: str, everywhere: str = "0.0.0.0 for al
         )
     if not inner.strip():
         raise ValidationError(f"{name} is empty: name the address to listen on ({everywhere})")
+
+
+class _Deadline(io.RawIOBase):
+    """The request's side of a connection, read against one deadline for the whole request.
+
+    Each read waits at most the socket's timeout, but a client that sends a
+    byte just within it, again and again, would hold its thread for good. From
+    the request's first byte, no read waits past ``limit`` seconds in all: then
+    it times out, as the read of a silent client does. What arrived in time is
+    still read after it (a handler may read the body once it has done other work).
+    """
+
+    def __init__(self, sock: socket.socket, limit: float) -> None:
+        self.sock = sock
+        self.limit = limit
+        self.ends: float | None = None  # set when the first byte arrives
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        patience = self.sock.gettimeout()  # the handler's wait for one read
+        wait = patience
+        if self.ends is not None:
+            wait = max(self.ends - time.monotonic(), 0.0)  # 0: only what has arrived
+            wait = wait if patience is None else min(wait, patience)
+        self.sock.settimeout(wait)
+        try:
+            count = self.sock.recv_into(buffer)
+        except BlockingIOError:  # nothing had arrived: the deadline has passed
+            raise TimeoutError("the request did not arrive within its deadline") from None
+        finally:
+            self.sock.settimeout(patience)
+        if self.ends is None and count:
+            self.ends = time.monotonic() + self.limit
+        return count
+
+
+def read_within(handler: StreamRequestHandler, limit: float) -> io.BufferedReader:
+    """A reader for ``handler``'s request that gives it ``limit`` seconds in all (``_Deadline``),
+    in place of the plain one ``StreamRequestHandler.setup`` made, which it closes."""
+    handler.rfile.close()  # the socket stays open
+    return io.BufferedReader(_Deadline(handler.connection, limit))
 
 
 class BoundedThreads(ThreadingMixIn):

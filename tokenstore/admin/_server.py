@@ -21,14 +21,13 @@ import ipaddress
 import re
 import socket
 import sys
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import tokenstore
 from tokenstore._inputs import check_int
-from tokenstore._servers import BoundedThreads, check_listen_host
+from tokenstore._servers import BoundedThreads, check_listen_host, read_within
 
 from ._app import make_app
 from ._http import shown_path
@@ -67,42 +66,6 @@ class _Answer(io.BufferedIOBase):
         self.stream.close()
 
 
-class _Deadline(io.RawIOBase):
-    """The request's side of a connection, read against one deadline for the whole request.
-
-    Each read waits at most the socket's timeout, but a client that sends a
-    byte just within it, again and again, would hold its thread for good. From
-    the request's first byte, no read waits past ``limit`` seconds in all: then
-    it times out, as the read of a silent client does. What arrived in time is
-    still read after it (the page may read the body once it has read the store).
-    """
-
-    def __init__(self, sock: socket.socket, limit: float) -> None:
-        self.sock = sock
-        self.limit = limit
-        self.ends: float | None = None  # set when the first byte arrives
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        patience = self.sock.gettimeout()  # the handler's wait for one read
-        wait = patience
-        if self.ends is not None:
-            wait = max(self.ends - time.monotonic(), 0.0)  # 0: only what has arrived
-            wait = wait if patience is None else min(wait, patience)
-        self.sock.settimeout(wait)
-        try:
-            count = self.sock.recv_into(buffer)
-        except BlockingIOError:  # nothing had arrived: the deadline has passed
-            raise TimeoutError("the request did not arrive within its deadline") from None
-        finally:
-            self.sock.settimeout(patience)
-        if self.ends is None and count:
-            self.ends = time.monotonic() + self.limit
-        return count
-
-
 class _QuietHandler(WSGIRequestHandler):
     timeout = 30  # a client that stalls mid-request must not hold its thread for good
     #: Once the request's head is in, the longest silence of the client (seconds). A form
@@ -120,8 +83,7 @@ class _QuietHandler(WSGIRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.rfile.close()  # the plain reader StreamRequestHandler made; the socket stays open
-        self.rfile = io.BufferedReader(_Deadline(self.connection, self.request_deadline))
+        self.rfile = read_within(self, self.request_deadline)
         self.wfile = _Answer(self.wfile)
 
     def parse_request(self) -> bool:
