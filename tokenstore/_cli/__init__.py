@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import sqlite3
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 import peewee
 
@@ -104,17 +107,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where it lands so the command unwinds as it does for Ctrl-C."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; 0 done, 1 a negative answer, 2 bad input or a fault (one line).
 
     Ctrl-C exits 130 in one line wherever it lands: reading the command line
-    too, not only the command's work (which it rolls back).
+    too, not only the command's work (which it rolls back). SIGTERM, what a
+    service manager stops ``serve`` or ``dispatch --watch`` with, does the
+    same and exits 143: the store is closed (token uses written) and a
+    half-made copy removed, where the default action ended the process on
+    the spot.
     """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return _run(argv)
+    except _Terminated:
+        print("tokenstore: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("tokenstore: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, before)
 
 
 def _run(argv: Sequence[str] | None) -> int:
