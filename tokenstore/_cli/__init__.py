@@ -120,10 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Ctrl-C exits 130 in one line wherever it lands: reading the command line
     too, not only the command's work (which it rolls back). SIGTERM, what a
-    service manager stops ``serve`` or ``dispatch --watch`` with, does the
-    same and exits 143: the store is closed (token uses written) and a
-    half-made copy removed, where the default action ended the process on
-    the spot.
+    service manager stops ``serve`` or ``dispatch --watch`` with, unwinds the
+    same way (those two stop, exit 0, as on Ctrl-C; others exit 143): the
+    store is closed (token uses written) and a half-made copy removed, where
+    the default action ended the process on the spot.
     """
     in_main_thread = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
