@@ -488,10 +488,16 @@ def test_app_models_are_registered_with_app_and_their_changes_delivered(
     assert payload["data"]["fields"]["url"] == "https://example.com/"
 
 
-@pytest.mark.parametrize("output", ["text", "json"])
-def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
-    db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]], output: str
+@pytest.mark.parametrize(
+    ("output", "sent"), [("text", signal.SIGINT), ("json", signal.SIGTERM)], ids=["text", "json"]
+)
+def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c_or_sigterm(
+    db_path: Path,
+    receiver: tuple[str, list[tuple[dict[str, str], bytes]]],
+    output: str,
+    sent: signal.Signals,
 ) -> None:
+    """SIGTERM, a service manager's stop, is taken between rounds as Ctrl-C is."""
     url, received = receiver
     allow = ("--allow", "127.0.0.1/32")
     as_json(db_path, *allow, "webhooks", "add", "users", "tokenstore.User", url)
@@ -514,7 +520,7 @@ def test_dispatch_watch_delivers_shell_edits_and_stops_on_ctrl_c(
         while not received and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sent)
         out, err = proc.communicate(timeout=20)
     assert [json.loads(b)["data"]["fields"]["username"] for _, b in received] == ["watched"]
     assert proc.returncode == 0, err

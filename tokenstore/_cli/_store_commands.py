@@ -112,12 +112,12 @@ def _dispatched_dict(report: Dispatched) -> dict[str, Any]:
 def watch(store: Store, interval: float, out: Output, deliver: bool = True) -> None:
     """Dispatch whenever another connection commits, and send due retries, until Ctrl-C.
 
-    Ctrl-C is taken between rounds, never in the middle of one: a transaction
+    Ctrl-C (or SIGTERM) is taken between rounds, never in the middle of one: a transaction
     or a delivery's bookkeeping is not cut short. With ``--json`` each round
     that did something is one line of JSON (JSON Lines), stamped ``at``.
     """
     stopping = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    previous = {stop: signal.signal(stop, lambda *_: stopping.set()) for stop in _STOPS}
     print(f"watching {store.location} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     warned: dict[str, int] = {}
     try:
@@ -138,8 +138,13 @@ def watch(store: Store, interval: float, out: Output, deliver: bool = True) -> N
                 _warn_waiting(warned)
             report = _next_round(store, interval, stopping, warned, deliver)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
     print("stopped", file=sys.stderr)
+
+
+#: What stops ``dispatch --watch`` between rounds: Ctrl-C, and a service manager's SIGTERM.
+_STOPS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _next_round(
