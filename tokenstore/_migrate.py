@@ -33,7 +33,7 @@ from ._postgres import open_database as open_postgres
 from ._postgres_url import is_url, redacted_url
 from ._rows import Loader, column_list, not_utf8, quote_name
 from ._sqlite import SQLiteDatabase, open_database
-from ._sqlite_file import refuse_log_name
+from ._sqlite_file import LOG_FILES, refuse_log_name
 
 #: Seconds a writer waits for the file's lock (or a server's) during the copy.
 _BUSY_TIMEOUT = 30.0
@@ -103,9 +103,6 @@ def _same_database(
 #: What link() says on a file system that has no hard links.
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
-#: The files SQLite keeps beside a database, named after it.
-_COMPANIONS = ("-wal", "-shm", "-journal")
-
 
 def _same_file(source: str, dest: str) -> bool:
     """Whether two spellings (a symlink, a hard link, ``./``) name one file."""
@@ -129,7 +126,7 @@ def _companion(source: str, dest: str) -> str | None:
         real, wanted = str(Path(source).resolve()), Path(dest).resolve()
     except (OSError, RuntimeError):  # a symlink loop: opening it says so
         return None
-    return next((s for s in _COMPANIONS if Path(real + s) == wanted), None)
+    return next((s for s in LOG_FILES if Path(real + s) == wanted), None)
 
 
 def _open(location: str, *, must_exist: bool) -> SQLiteDatabase | PostgresDatabase:
@@ -221,7 +218,7 @@ def migrate(
                     if copied is not None:
                         _put_in_place(aside, dest)
                 finally:
-                    for suffix in ("", *_COMPANIONS):
+                    for suffix in ("", *LOG_FILES):
                         Path(aside + suffix).unlink(missing_ok=True)
         return copied
     finally:

@@ -27,6 +27,9 @@ _SQLITE_HEADER = b"SQLite format 3\x00"
 #: The files SQLite keeps beside a WAL-mode database, which hold its data too.
 COMPANIONS = ("-wal", "-shm")
 
+#: Every file SQLite keeps beside a database, named after it (a rollback journal too).
+LOG_FILES = (*COMPANIONS, "-journal")
+
 _KINDS = (
     (stat.S_ISFIFO, "a FIFO"),
     (stat.S_ISCHR, "a character device"),
@@ -126,7 +129,7 @@ def _damaged(path: Path, what: str) -> StoreCorrupt:
 def refuse_log_name(path: Path) -> None:
     """Refuse to make a store named as the -wal, -shm or -journal of a database that exists:
     SQLite would take the new file for that database's log, and it could not be read."""
-    for suffix in (*COMPANIONS, "-journal"):
+    for suffix in LOG_FILES:
         name = path.name.removesuffix(suffix)
         if name not in ("", path.name) and path.with_name(name).exists():
             owner = path.with_name(name)
@@ -267,6 +270,6 @@ def create_private(path: Path) -> bool:
 
 def remove_new_file(path: Path) -> None:
     """Remove a file just created that could not be set up, and what SQLite made beside it."""
-    for each in (path, *(_companion(path, suffix) for suffix in (*COMPANIONS, "-journal"))):
+    for each in (path, *(_companion(path, suffix) for suffix in LOG_FILES)):
         with contextlib.suppress(FileNotFoundError):
             each.unlink()
