@@ -477,6 +477,17 @@ def test_parse_is_case_insensitive_and_reads_typeids() -> None:
     assert ABID.parse("APT_" + V1[4:]) == abid
 
 
+@pytest.mark.parametrize("rand", ["xrs7\u03c3z", "xrs7\u0130z"])
+def test_typeid_of_a_non_ascii_rand_is_the_same_abid(rand: str) -> None:
+    # A str rand is upper-cased as ArchiveBox does, so any letter of any script can
+    # be there; str.lower() turned U+0130 into two chars and Sigma into a letter
+    # the ASCII-only equality does not fold, so the TypeID no longer parsed back.
+    abid = abid_from_values("apt", T1, 1, "01", rand)
+    assert abid.rand == rand.upper()
+    assert abid.typeid == "apt_01jaz6bqg0d53bd22b01xrs7" + rand[4].upper() + "z"
+    assert ABID.parse(abid.typeid) == abid
+
+
 def test_parse_bare_suffix_takes_the_given_prefix_or_obj() -> None:
     assert ABID.parse(V1[4:]).prefix == "obj_"
     assert ABID.parse(V1[4:], prefix="apt_") == ABID.parse(V1)

@@ -87,6 +87,8 @@ _TO_CANONICAL: Final = str.maketrans(_ALPHABET.lower() + _ALIASES, _ALPHABET + "
 # Upper case for ASCII letters only: str.upper() would turn a non-ASCII char
 # (say a verbatim subtype's "ß") into two.
 _ASCII_UPPER: Final = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# Its inverse, for the TypeID view: str.lower() would turn U+0130 into two chars.
+_ASCII_LOWER: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _RAND_MASK: Final = (1 << 30) - 1
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -414,8 +416,13 @@ class ABID:
 
     @property
     def typeid(self) -> str:
-        """The TypeID spelling (``apt_01jaz6...``): prefix and suffix, lowercase."""
-        return self._text.lower()
+        """The TypeID spelling (``apt_01jaz6...``): prefix and suffix, ASCII letters lowercase.
+
+        Other chars (a str rand's, upper-cased by its source) stay as they are, so the
+        TypeID is 30 chars and parses back to an equal ABID.
+        """
+        text = self._text
+        return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
     def _decodable_suffix(self) -> str:
         """The suffix, once it is known to decode to at most 128 bits; InvalidABID if not."""
