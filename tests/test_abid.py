@@ -11,7 +11,7 @@ import hashlib
 import pickle
 import string
 import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
 import pytest
 from hypothesis import given, settings
@@ -162,6 +162,28 @@ def test_non_datetime_ts_is_refused(ts: object) -> None:
 def test_ts_before_the_epoch_is_refused() -> None:
     with pytest.raises(InvalidABID, match="1970"):
         make(ts=datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=UTC))
+
+
+class _RaisingZone(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("no offset here")
+
+
+class _WrongTypeZone(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return 5  # type: ignore[return-value]
+
+
+class _DayLongZone(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=30)
+
+
+@pytest.mark.parametrize("zone", [_RaisingZone(), _WrongTypeZone(), _DayLongZone()])
+def test_ts_whose_zone_cannot_give_its_offset_is_refused(zone: tzinfo) -> None:
+    # A RuntimeError, TypeError or ValueError from inside datetime came out as it was.
+    with pytest.raises(InvalidABID, match="ts has a time zone that cannot give its offset"):
+        make(ts=datetime(2024, 10, 24, 12, 0, 0, tzinfo=zone))
 
 
 def test_ts_cache_does_not_leak_between_times() -> None:

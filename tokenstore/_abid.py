@@ -204,9 +204,17 @@ def _ts_part(ts: object) -> str:
     if type(ts) is not datetime and not isinstance(ts, datetime):
         _fail(f"ts must be a timezone-aware datetime, got {type(ts).__name__}")
     tz = ts.tzinfo
-    if tz is not UTC and (tz is None or ts.utcoffset() is None):
-        _fail("ts must be timezone-aware (got a naive datetime): tokenstore stores UTC times")
-    seconds = ts.timestamp()
+    try:  # a caller's tzinfo may raise, or answer what datetime refuses
+        if tz is not UTC and (tz is None or ts.utcoffset() is None):
+            _fail("ts must be timezone-aware (got a naive datetime): tokenstore stores UTC times")
+        seconds = ts.timestamp()
+    except InvalidABID:
+        raise
+    except Exception as exc:
+        raise InvalidABID(
+            "ts has a time zone that cannot give its offset: "
+            f"{type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
     if seconds < 0:
         _fail(f"ts must not be before 1970-01-01T00:00:00Z, got {ts.isoformat()}")
     # The original's float formula, kept for byte compatibility (see the module doc).
