@@ -226,6 +226,17 @@ def test_a_secret_given_as_the_name_is_refused_not_stored(ts: Store) -> None:
     assert ts.tokens.create(name="ci, tsk_ keys")[0].name == "ci, tsk_ keys"
 
 
+def test_a_secret_given_as_a_scope_is_refused_not_stored(ts: Store) -> None:
+    # Scopes are kept in clear, listed and quoted in MissingScope messages, as names are;
+    # an ArchiveBox key (32 lowercase hex digits) fits the scope alphabet.
+    legacy = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(ValidationError, match=r"scope looks like a secret \(not shown\)") as err:
+        ts.tokens.create(scopes=["read", legacy])
+    assert legacy not in str(err.value)
+    assert APIToken.select().count() == 0
+    assert ts.tokens.create(scopes=["0123456789abcdef"])[0].scopes == ["0123456789abcdef"]
+
+
 def test_token_prefix_is_configurable_and_old_prefixes_still_work(
     db_path: Path, clock: Clock
 ) -> None:

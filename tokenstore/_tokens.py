@@ -108,6 +108,7 @@ def _check_scopes(scopes: Iterable[str]) -> list[str]:
         ) from None
     for scope in items:
         _check_scope(scope)
+        refuse_secret(scope, "scope", "a scope")  # kept in clear, listed and quoted
     kept = sorted(set(items))
     if len(kept) > MAX_SCOPES:
         raise ValidationError(f"a token names at most {MAX_SCOPES} scopes, got {len(kept)}")
