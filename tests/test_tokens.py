@@ -1025,6 +1025,34 @@ def test_uses_a_flush_could_not_write_are_kept_and_tried_again(
         store.close()
 
 
+@pytest.mark.sqlite_only
+def test_uses_a_called_flush_could_not_write_are_tried_again_by_the_timer(
+    ts: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """flush_uses() cancelled the pending timer, and a failure left no timer to try again:
+    the uses waited for a later use or close(), and a process killed meanwhile lost them."""
+    token, secret = ts.tokens.create()
+    ts.tokens.authenticate(secret)
+    assert ts.tokens._flusher is not None
+    raw = _db.Raw(ts)
+    try:  # a trigger fails the write at once, where a lock would take the busy timeout
+        with raw:
+            raw.execute(
+                "CREATE TRIGGER refuse_uses BEFORE UPDATE OF last_used_at "
+                "ON tokenstore_api_token BEGIN SELECT RAISE(ABORT, 'not now'); END"
+            )
+        with caplog.at_level(logging.WARNING, logger="tokenstore.tokens"):
+            assert ts.tokens.flush_uses() == 0
+        assert "could not record the use of 1 API tokens" in caplog.text
+        assert ts.tokens._flusher is not None  # the timer tries again in a minute
+        with raw:
+            raw.execute("DROP TRIGGER refuse_uses")
+    finally:
+        raw.close()
+    assert ts.tokens.flush_uses() == 1
+    assert stored_row(ts, token)["last_used_at"] == format_time(START)
+
+
 def test_uses_flushed_in_a_transaction_that_rolls_back_are_kept(ts: Store) -> None:
     """The flush wrote them in the caller's transaction, then forgot them: lost at its rollback."""
     token, secret = ts.tokens.create()

@@ -254,7 +254,7 @@ class Store:
             )
         self.webhooks.stop_retry_threads()
         self.webhooks.close()
-        self.tokens.flush_uses()
+        self.tokens._flush(retry=False)
         if not self.db.is_closed() and not self.db.read_only:
             try:
                 self.webhooks.erase_expired_secrets()

@@ -429,9 +429,6 @@ class Tokens:
     def _flush_in_background(self) -> None:
         try:
             self.flush_uses()
-            with self._uses_lock:
-                if self._uses:  # kept by a failed flush: try again in a minute
-                    self._start_flusher()
         finally:
             self.db.close()  # the timer thread's own connection
 
@@ -442,11 +439,15 @@ class Tokens:
         written (by another process) is never moved back. ``last_used_at`` is a
         quiet field, so no change event. Failing to record use (say, the file
         is locked or read-only) must not deny access, so it is logged, not
-        raised; the uses are kept for the next flush (the timer's tries again
-        a minute later), as ``authenticate`` will not note them again. Inside
-        the caller's transaction they are written in it and kept as well,
-        since it may yet roll back; written again, a use changes nothing.
+        raised; the uses are kept, and the timer set to try again a minute
+        later, as ``authenticate`` will not note them again. Inside the
+        caller's transaction they are written in it and kept as well, since
+        it may yet roll back; written again, a use changes nothing.
         """
+        return self._flush(retry=True)
+
+    def _flush(self, retry: bool) -> int:
+        """``flush_uses``; ``close()`` passes ``retry=False``: no timer outlives the store."""
         inside = self.db.writing_here()
         with self._uses_lock:
             if inside:
@@ -467,6 +468,8 @@ class Tokens:
             logger.warning("could not record the use of %d API tokens: %s", len(uses), exc)
             with self._uses_lock:
                 self._uses = uses | self._uses  # a use noted meanwhile is the later one
+                if retry:
+                    self._start_flusher()
             return 0
         return len(uses)
 
