@@ -226,6 +226,25 @@ def test_a_secret_given_as_the_name_is_refused_not_stored(ts: Store) -> None:
     assert ts.tokens.create(name="ci, tsk_ keys")[0].name == "ci, tsk_ keys"
 
 
+def test_a_secret_glued_into_a_name_is_refused_not_stored(ts: Store) -> None:
+    # Only whole words were judged, so a secret pasted as key=value, a header line or
+    # a URL's query was kept in clear; a 40-digit commit hash is no ArchiveBox key.
+    _, secret = ts.tokens.create()
+    legacy = "0123456789abcdef0123456789abcdef"
+    for name in (
+        f"ci key={secret}",
+        f"X-API-Key:{secret}",
+        f"https://app.example/?api_key={legacy}&x=1",
+        f"deploy/{secret}\u200b",
+        "secret=whsec_abc",
+    ):
+        with pytest.raises(ValidationError, match=r"name looks like a secret \(not shown\)"):
+            ts.tokens.create(name=name)
+    assert APIToken.select().count() == 1
+    commit = "deploy 3f2a" + legacy + "9c1e"
+    assert ts.tokens.create(name=commit)[0].name == commit
+
+
 def test_a_secret_given_as_a_scope_is_refused_not_stored(ts: Store) -> None:
     # Scopes are kept in clear, listed and quoted in MissingScope messages, as names are;
     # an ArchiveBox key (32 lowercase hex digits) fits the scope alphabet.

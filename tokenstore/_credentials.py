@@ -105,20 +105,25 @@ def looks_like_legacy_token(text: object) -> bool:
     return isinstance(text, str) and _LEGACY_TOKEN_RE.fullmatch(text) is not None
 
 
-#: What a secret pasted as a word of a text may come wrapped in: quotes, brackets, a full stop.
-_AROUND_A_WORD = "'\"`<>()[]{},.;:"
+# A token or an ArchiveBox key anywhere in a text, glued to what surrounds it (``key=``,
+# ``X-API-Key:``, a URL's ``?api_key=``). Only the prefix and ``_`` are consumed, so a
+# match that fails its checksum does not hide a token right after it. A longer run of hex
+# digits (a commit hash) is no ArchiveBox key.
+_TOKEN_IN_TEXT = re.compile(
+    rf"[a-z]{{2,8}}_(?=([0-9A-Za-z]{{{_RANDOM_LENGTH}}})([0-9A-Za-z]{{{_CHECKSUM_LENGTH}}}))"
+)
+_LEGACY_TOKEN_IN_TEXT = re.compile(r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
 
 
 def looks_like_secret(text: object) -> bool:
     """Whether ``text`` holds a secret given where a name or an id belongs: an API token of
-    either kind, or a hook's signing secret, alone or as a word of it (pasted with its line
-    end, in quotes, after ``Bearer``). A message about it must not quote it back."""
+    either kind, or a hook's signing secret, anywhere in it (pasted with its line end, in
+    quotes, after ``Bearer`` or ``key=``). A message about it must not quote it back."""
     if not isinstance(text, str):
         return False
-    return any(
-        looks_like_token(word) or looks_like_legacy_token(word) or word.startswith(SECRET_PREFIX)
-        for word in (part.strip(_AROUND_A_WORD) for part in text.split())
-    )
+    if SECRET_PREFIX in text or _LEGACY_TOKEN_IN_TEXT.search(text):
+        return True
+    return any(_checksum(match[1]) == match[2] for match in _TOKEN_IN_TEXT.finditer(text))
 
 
 def refuse_secret(value: object, what: str, instead: str) -> None:
