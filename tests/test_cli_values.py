@@ -264,6 +264,25 @@ def test_a_map_given_twice_for_one_model_is_refused_rather_than_one_dropped(
     assert "--map 'core.models.Tag' is given twice" in err
 
 
+@pytest.mark.parametrize(
+    ("option", "argv"),
+    [
+        ("--scope", ("tokens", "authenticate", "x", "--scope", "admin", "--scope", "read")),
+        ("--name", ("tokens", "create", "--name", "ci", "--name", "deploy")),
+        ("--expires", ("tokens", "create", "--expires", "1d", "--expires", "30d")),
+        ("--user", ("tokens", "list", "--user", "alice", "--user", "system")),
+        ("--prefix", ("abid", "new", "--prefix", "apt", "--uri", "1", "--prefix", "tag")),
+        ("--db", ("--db", "a.sqlite3", "--db", "b.sqlite3", "tokens", "list")),
+    ],
+)
+def test_an_option_of_one_value_given_twice_is_refused_rather_than_the_first_dropped(
+    db: str, capsys: Capsys, option: str, argv: tuple[str, ...]
+) -> None:
+    """`tokens authenticate --scope admin --scope read` checked read alone and exited 0."""
+    err = refused(capsys, *(argv if option == "--db" else ("--db", db, *argv)))
+    assert f"argument {option}: given twice" in err
+
+
 @pytest.mark.parametrize("path", ["a\x00b", "\ud800"])
 def test_a_secret_file_name_the_system_cannot_take_is_refused(
     db: str, capsys: Capsys, path: str

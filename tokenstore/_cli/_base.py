@@ -181,8 +181,32 @@ def _warn_waiting(waiting: dict[str, int]) -> None:
 # -- the parser's building blocks -----------------------------------------------------------
 
 
+class _StoreOnce(argparse._StoreAction):
+    """An option that takes one value refuses a second: argparse let the last one win unsaid,
+    so ``tokens authenticate --scope admin --scope read`` checked ``read`` alone."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if self.option_strings:
+            given: set[str] = namespace.__dict__.setdefault("_given_once", set())
+            if self.dest in given:
+                parser.error(f"argument {option_string}: given twice; it takes one value")
+            given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line, like every other error of the command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
 
     def error(self, message: str) -> NoReturn:
         """A usage error in one line, exit 2, like every other error of the command.
