@@ -1139,3 +1139,35 @@ def test_two_threads_revoking_one_token_both_succeed_with_the_first_time(store: 
     assert store.tokens.get(token.abid).revoked_at == outcomes["first"]
     with pytest.raises(RevokedToken):
         store.tokens.authenticate(secret)
+
+
+@pytest.mark.sqlite_only
+def test_a_large_flush_writes_in_batches_each_its_own_transaction(
+    ts: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One transaction for every use noted held the write lock for all of them (8.7 µs a
+    use: a million tokens used within a minute held it near the busy timeout)."""
+    monkeypatch.setattr(tokens, "FLUSH_BATCH", 2)
+    made = [ts.tokens.create() for _ in range(5)]
+    for _, secret in made:
+        ts.tokens.authenticate(secret)
+    refused = made[2][0]  # the first of the second batch: the first batch stays written
+    raw = _db.Raw(ts)
+    try:
+        with raw:
+            raw.execute(
+                "CREATE TRIGGER refuse_uses BEFORE UPDATE OF last_used_at "
+                f"ON tokenstore_api_token WHEN NEW.id = '{refused.id.hex}' "
+                "BEGIN SELECT RAISE(ABORT, 'not now'); END"
+            )
+        with caplog.at_level(logging.WARNING, logger="tokenstore.tokens"):
+            assert ts.tokens.flush_uses() == 2
+        assert "could not record the use of 3 API tokens" in caplog.text
+        with raw:
+            raw.execute("DROP TRIGGER refuse_uses")
+    finally:
+        raw.close()
+    used = [stored_row(ts, token)["last_used_at"] for token, _ in made]
+    assert used == [format_time(START)] * 2 + [None] * 3
+    assert ts.tokens.flush_uses() == 3  # the rest were kept for the next flush
+    assert [stored_row(ts, token)["last_used_at"] for token, _ in made] == [format_time(START)] * 5
