@@ -1,11 +1,13 @@
-"""The README runs: its Python and shell blocks, as written, offline, twice in a row.
+"""The README runs: its Python and shell blocks, as written, offline, and again.
 
 And the docs name every public name: docs/api.md lists each, the errors with
 when they are raised.
 
 A newcomer copies the blocks in order into one terminal, so the shell blocks
 run as one script, in a temporary folder, with this virtualenv's ``bin`` on
-PATH. The two set-up lines at the top are not run here (they build the very
+PATH. The Python blocks run twice in a row; the shell script runs once and must
+leave nothing where a second run would find it (about 15 s a run, of its
+commands' process starts). The two set-up lines at the top are not run here (they build the very
 virtualenv running this test); they must be what CI runs, word for word.
 """
 
@@ -74,30 +76,39 @@ def test_python_blocks_run_twice_in_a_row(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("sqlite3") is None, reason="the README uses the sqlite3 shell")
-def test_shell_blocks_run_twice_in_a_row(tmp_path: Path) -> None:
+def test_shell_blocks_run_and_leave_nothing_a_second_run_would_find(tmp_path: Path) -> None:
+    """Run twice in a row, the second run started where the first one had: in a new
+    shell (the exports gone), the folder empty, a new folder from mktemp. So one run is
+    checked, and that it wrote nowhere but in its own new folder: not in the current
+    folder, nor $HOME, nor beside that folder in $TMPDIR."""
     script = "\n".join(body for lang, body in BLOCKS[2:] if lang == "sh")
-    assert "tokenstore" in script
-    for _ in range(2):
-        # Its own process group, so a failed run leaves no background receiver behind.
-        shell = subprocess.Popen(
-            ["bash", "-e", "-u", "-o", "pipefail", "-c", script],
-            cwd=tmp_path,
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            out, err = shell.communicate(timeout=240)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(shell.pid, signal.SIGTERM)
-            shell.wait(timeout=30)
-        assert shell.returncode == 0, out[-4000:] + err[-4000:]
-        assert "webhook.ping verified" in out
-        assert "user.created verified" in out
+    assert "tokenstore" in script and script.startswith("dir=$(mktemp -d)")
+    here, home, temp = (tmp_path / name for name in ("here", "home", "temp"))
+    for folder in (here, home, temp):
+        folder.mkdir()
+    # Its own process group, so a failed run leaves no background receiver behind.
+    shell = subprocess.Popen(
+        ["bash", "-e", "-u", "-o", "pipefail", "-c", script],
+        cwd=here,
+        env={**_env(), "HOME": str(home), "TMPDIR": str(temp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = shell.communicate(timeout=240)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGTERM)
+        shell.wait(timeout=30)
+    assert shell.returncode == 0, out[-4000:] + err[-4000:]
+    assert "webhook.ping verified" in out
+    assert "user.created verified" in out
     assert "Traceback" not in err
+    (made,) = temp.iterdir()  # the script's own folder, from mktemp -d
+    assert (made / "app.sqlite3").is_file()
+    assert list(here.iterdir()) == [] and list(home.iterdir()) == []
 
 
 def test_the_api_page_names_every_public_name_and_error() -> None:
