@@ -144,7 +144,7 @@ def receiving() -> Iterator[tuple[str, Received, list[int]]]:
     status = [200]
     handler = type("Handler", (_Receiver,), {"received": received, "status": status})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/hook", received, status
     finally:

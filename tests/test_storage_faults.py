@@ -130,7 +130,7 @@ class Receiver:
 def receiver() -> Iterator[Receiver]:
     handler = type("Handler", (Counter,), {"count": 0})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield Receiver(f"http://127.0.0.1:{server.server_address[1]}/hook", handler)
