@@ -40,9 +40,13 @@ def test_retry_after_never_brings_an_attempt_sooner_than_the_schedule() -> None:
         ("120", timedelta(seconds=120)),
         (" 7 ", timedelta(seconds=7)),
         ("99999999999999", MAX_RETRY_AFTER),
+        ("0000000000000007", timedelta(seconds=7)),  # leading zeros do not make it long
         ("Thu, 24 Oct 2024 12:01:00 GMT", timedelta(minutes=1)),
         ("Thu, 24 Oct 2024 11:00:00 GMT", timedelta(0)),
         ("Fri, 24 Oct 2025 12:00:00 GMT", MAX_RETRY_AFTER),
+        # The two obsolete forms recipients must still accept (RFC 9110, 5.6.7), in GMT.
+        ("Thursday, 24-Oct-24 12:01:00 GMT", timedelta(minutes=1)),
+        ("Thu Oct 24 12:01:00 2024", timedelta(minutes=1)),
         ("soon", None),
         ("-5", None),
         ("", None),

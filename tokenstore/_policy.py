@@ -7,7 +7,7 @@ the facts, which keeps every rule testable on its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 from ._times import format_time
@@ -50,15 +50,17 @@ def parse_retry_after(value: str | None, now: datetime) -> timedelta | None:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        # Capped before timedelta sees it: a receiver's "99999999999999" must not overflow it.
-        seconds = int(value) if len(value) <= 9 else _MAX_RETRY_SECONDS
+        # Capped before timedelta sees it: a receiver's "99999999999999" must not overflow it
+        # (its leading zeros, as in "0000000005", are no part of its size).
+        digits = value.lstrip("0")
+        seconds = int(digits or "0") if len(digits) <= 9 else _MAX_RETRY_SECONDS
         return timedelta(seconds=min(seconds, _MAX_RETRY_SECONDS))
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None
+    if when.tzinfo is None:  # asctime's form names no zone: every HTTP date is in GMT
+        when = when.replace(tzinfo=UTC)
     return max(timedelta(0), min(when - now, MAX_RETRY_AFTER))
 
 
