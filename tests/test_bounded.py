@@ -25,6 +25,7 @@ from conftest import Clock
 
 import tokenstore
 from tokenstore import ABIDModel, Store, WebhookDelivery
+from tokenstore import _dispatch as dispatch
 from tokenstore._times import format_time
 
 LOOPBACK = ["127.0.0.1/32"]
@@ -653,5 +654,35 @@ def test_the_retry_path_prunes_at_every_call_while_it_is_behind(
         assert len(s.webhooks.deliveries(limit=10_000)) == 600
         s.webhooks.deliver_due()  # at once, not a minute later: it was behind
         assert len(s.webhooks.deliveries(limit=10_000)) == 1  # the hook's latest is kept
+    finally:
+        s.close()
+
+
+def test_a_delivered_receiver_that_saves_what_a_hook_hears_does_not_hold_the_save_forever(
+    db_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each delivery's signal saved a row, whose delivery's signal saved one...: the first
+    save never returned. The chain is cut where receivers' rounds are; nothing is lost."""
+    monkeypatch.setattr(dispatch, "MAX_RECEIVER_ROUNDS", 3)
+    s = open_store(db_path)
+    s.webhooks.create("echo", Item, receiver.url())
+
+    def save_another(sender: object, **kwargs: object) -> None:
+        Item.create(n=len(receiver.hits))
+
+    tokenstore.signals.webhook_delivered.connect(save_another)
+    try:
+        saving = threading.Thread(target=lambda: Item.create(n=0), daemon=True)
+        saving.start()
+        saving.join(5)  # before the fix: never
+        assert not saving.is_alive()
+    finally:
+        tokenstore.signals.webhook_delivered.disconnect(save_another)
+    try:
+        assert len(receiver.hits) == 3  # one per round: the first save's is round 0
+        # The cut round's is written, held for the retry path as if its writer had died.
+        assert [d.status for d in s.webhooks.deliveries()] == ["pending"] + ["delivered"] * 3
+        assert s.webhooks.deliver_due(now=datetime.now(UTC) + timedelta(minutes=1)) == 1
+        assert len(receiver.hits) == 4
     finally:
         s.close()
