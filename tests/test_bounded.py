@@ -6,6 +6,8 @@ wait in these tests is bounded, and every server stops when its test ends.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -26,6 +28,7 @@ from conftest import Clock
 import tokenstore
 from tokenstore import ABIDModel, Store, WebhookDelivery
 from tokenstore import _dispatch as dispatch
+from tokenstore._cli import main
 from tokenstore._times import format_time
 
 LOOPBACK = ["127.0.0.1/32"]
@@ -684,5 +687,46 @@ def test_a_delivered_receiver_that_saves_what_a_hook_hears_does_not_hold_the_sav
         assert [d.status for d in s.webhooks.deliveries()] == ["pending"] + ["delivered"] * 3
         assert s.webhooks.deliver_due(now=datetime.now(UTC) + timedelta(minutes=1)) == 1
         assert len(receiver.hits) == 4
+    finally:
+        s.close()
+
+
+def test_dispatch_watch_asked_twice_to_stop_stops_at_once_mid_send(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C waited for the round: a delivery_deadline per hook that was down (8 hooks,
+    80 s). The second Ctrl-C cuts the round short; what was on the wire stays held."""
+    path = tmp_path / "watch.db"
+    s = open_store(path, sync_budget=0)
+    silent = socket.create_server(("127.0.0.1", 0))  # takes the request, never answers
+    accepted: list[socket.socket] = []
+    s.webhooks.create("silent", Item, f"http://127.0.0.1:{silent.getsockname()[1]}/")
+    Item.create(n=1)
+    s.close()
+
+    def interrupt_twice() -> None:
+        accepted.append(silent.accept()[0])  # the watcher is sending now
+        for _ in range(2):
+            time.sleep(0.05)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    stopper = threading.Thread(target=interrupt_twice, daemon=True)
+    stopper.start()
+    try:
+        start = time.monotonic()
+        code = main(["--db", str(path), "dispatch", "--watch"])
+        elapsed = time.monotonic() - start
+    finally:
+        stopper.join(5)
+        for sock in (silent, *accepted):
+            sock.close()
+    err = capfd.readouterr().err
+    assert code == 130, err
+    assert elapsed < 3  # before the fix: the 10 s delivery_deadline
+    assert "again: stop now" in err
+    s = open_store(path)
+    try:
+        (delivery,) = s.webhooks.deliveries()
+        assert (delivery.status, delivery.attempts) == ("pending", 0)  # held, sent again later
     finally:
         s.close()

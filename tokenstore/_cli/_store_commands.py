@@ -113,11 +113,23 @@ def watch(store: Store, interval: float, out: Output, deliver: bool = True) -> N
     """Dispatch whenever another connection commits, and send due retries, until Ctrl-C.
 
     Ctrl-C (or SIGTERM) is taken between rounds, never in the middle of one: a transaction
-    or a delivery's bookkeeping is not cut short. With ``--json`` each round
+    or a delivery's bookkeeping is not cut short. A round can take a delivery_deadline per
+    hook that is down, so a second one stops at once, as either stops other commands: the
+    attempt on the wire stays held, and is sent again later. With ``--json`` each round
     that did something is one line of JSON (JSON Lines), stamped ``at``.
     """
     stopping = threading.Event()
-    previous = {stop: signal.signal(stop, lambda *_: stopping.set()) for stop in _STOPS}
+
+    def on_stop(signum: int, frame: Any) -> None:
+        if stopping.is_set():
+            handler = previous[signal.Signals(signum)]
+            if callable(handler):
+                handler(signum, frame)  # main()'s: unwind, exit 130 or 143
+            raise KeyboardInterrupt
+        stopping.set()
+        os.write(2, b"tokenstore: stopping after this round (Ctrl-C or SIGTERM again: stop now)\n")
+
+    previous = {stop: signal.signal(stop, on_stop) for stop in _STOPS}
     print(f"watching {store.location} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     warned: dict[str, int] = {}
     try:
