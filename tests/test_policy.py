@@ -24,6 +24,13 @@ def test_the_schedule_is_followed_then_ends() -> None:
     assert POLICY.next_attempt(len(RETRY_SCHEDULE), NOW) is None
 
 
+def test_a_count_below_one_written_by_hand_takes_the_first_retry_step() -> None:
+    """A negative count indexed the schedule from its end, and past it: IndexError, raised
+    after the POST went out, from every retry path call that reached the delivery."""
+    assert POLICY.next_attempt(-100, NOW) == NOW + RETRY_SCHEDULE[1]
+    assert POLICY.next_attempt(-2, NOW) == NOW + RETRY_SCHEDULE[1]
+
+
 def test_retry_after_replaces_the_schedule_step() -> None:
     assert POLICY.next_attempt(1, NOW, timedelta(seconds=42)) == NOW + timedelta(seconds=42)
 

@@ -87,7 +87,9 @@ class RetryPolicy:
         """
         if attempts >= len(RETRY_SCHEDULE):
             return None
-        return now + max(RETRY_SCHEDULE[attempts], retry_after or timedelta(0))
+        # Counted after the attempt, so at least 1, but for a count edited by hand.
+        step = RETRY_SCHEDULE[max(attempts, 1)]
+        return now + max(step, retry_after or timedelta(0))
 
     def disabled_reason(
         self,
