@@ -44,10 +44,20 @@ _SELECT_DUE = (
 # A separate statement, not an OR: each is one range of the index, read only up to its limit.
 _SELECT_STRANDED = _SELECT_DUE.replace('"next_attempt_at" <= ?', '"next_attempt_at" > ?')
 _AS_BYTES = ('"id", "hook_id"', text_as_bytes(WebhookDelivery, _DUE_COLUMNS), 1)
+# A batch of a hook's due deliveries put off until its retry; the backlog of a hook down
+# for hours is many batches, one short transaction each, so writers never wait long. Read
+# through the due index, not the hook's (which holds all its log, finished deliveries
+# too): the hook's id is compared as an expression, which SQLite looks up by no index.
 _WAIT_BEHIND = (
-    f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? '
-    "WHERE \"hook_id\" = ? AND \"status\" IN ('pending', 'failed') AND " + _DUE
+    f'UPDATE "{_DELIVERY_TABLE}" SET "next_attempt_at" = ? WHERE "id" IN ('
+    f'SELECT "id" FROM "{_DELIVERY_TABLE}" '
+    "WHERE \"status\" IN ('pending', 'failed') AND \"next_attempt_at\" <= ? "
+    # Those moved already are not counted: the batches end, even when the retry is in range.
+    'AND "next_attempt_at" != ? AND "hook_id" || \'\' = ? LIMIT ?)'
 )
+_WAIT_BEHIND_STRANDED = _WAIT_BEHIND.replace('"next_attempt_at" <= ?', '"next_attempt_at" > ?')
+#: How many deliveries one transaction of ``_WAIT_BEHIND`` moves.
+WAIT_BATCH = 500
 _FORGET_ORPHAN = (
     f'DELETE FROM "{_DELIVERY_TABLE}" WHERE "id" = ? AND NOT EXISTS '
     f'(SELECT 1 FROM "{_HOOK_TABLE}" AS h WHERE h."id" = "{_DELIVERY_TABLE}"."hook_id")'
@@ -75,6 +85,7 @@ class RetryPath:
         self._select_due = sql(_SELECT_DUE)
         self._select_stranded = sql(_SELECT_STRANDED)
         self._wait_behind = sql(_WAIT_BEHIND)
+        self._wait_behind_stranded = sql(_WAIT_BEHIND_STRANDED)
         self._prune = sql(_PRUNE)
         self._bury_damaged = sql(_BURY_DAMAGED)
         self._forget_orphan = sql(_FORGET_ORPHAN)
@@ -168,13 +179,22 @@ class RetryPath:
                 # retry to wait behind, but the receiver is as down as for the others.
                 retry = delivery.next_attempt_at
                 failing[hook_id] = None if retry is None else format_time(retry)
-        waits = sorted((hook_id, retry_at) for hook_id, retry_at in failing.items() if retry_at)
-        if waits:
-            with self.db.write(quiet=True) as conn:
-                for hook_id, retry_at in waits:  # hooks in one order, as every sender takes them
-                    self.outbox.lock_hook(hook_id)
-                    conn.execute(self._wait_behind, (retry_at, hook_id, *due_range))
+        for hook_id, retry_at in sorted(failing.items()):  # hooks in one order, as all take them
+            if retry_at:
+                self._wait_behind_retry(hook_id, retry_at, due_range)
         return attempted
+
+    def _wait_behind_retry(self, hook_id: str, retry_at: str, due_range: tuple[str, str]) -> None:
+        """Put a failing hook's due deliveries off until its retry, a batch at a time."""
+        statements = (self._wait_behind, self._wait_behind_stranded)
+        for statement, bound in zip(statements, due_range, strict=True):
+            batch = (retry_at, bound, retry_at, hook_id, WAIT_BATCH)
+            while True:
+                with self.db.write(quiet=True) as conn:
+                    self.outbox.lock_hook(hook_id)
+                    cursor = conn.execute(statement, batch)
+                if cursor.rowcount < WAIT_BATCH:  # known once the block ended (PostgreSQL)
+                    break
 
     def _due_rows(self, sql: str, params: tuple[str, int]) -> list[Any]:
         """The (id, hook id) rows a due query selects; rows it cannot read are left out."""
