@@ -31,6 +31,7 @@ from tokenstore import ABIDModel, Store, WebhookDelivery
 from tokenstore import _dispatch as dispatch
 from tokenstore import _retry_path as retry_path
 from tokenstore._cli import main
+from tokenstore._outbox import _NEXT_RETRY
 from tokenstore._times import format_time
 
 LOOPBACK = ["127.0.0.1/32"]
@@ -760,3 +761,18 @@ def test_a_down_hook_s_backlog_is_moved_behind_its_retry_in_short_transactions(
         assert all("COMMIT" in statements[a:b] for a, b in itertools.pairwise(moves))
     finally:
         s.close()
+
+
+def test_a_save_behind_a_down_hook_finds_its_retry_through_the_due_index(tmp_path: Path) -> None:
+    """Each save to a failing hook looked its retry up through the hook's index, all its
+    log: 300,000 deliveries waiting made every save hold the write lock over a second."""
+    s = open_store(tmp_path / "s.sqlite3")
+    try:
+        conn = s.db.connection()
+        plan = " ".join(
+            str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + _NEXT_RETRY, ("",))
+        )
+    finally:
+        s.close()
+    assert "tokenstore_webhook_delivery_due" in plan
+    assert "TEMP B-TREE" not in plan  # read in order, up to the first of the hook's
