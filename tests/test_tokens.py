@@ -585,6 +585,21 @@ def test_saving_a_copy_read_before_the_revocation_does_not_undo_it(ts: Store) ->
         ts.tokens.authenticate(secret)
 
 
+@pytest.mark.parametrize("revoked_at", [None, START + timedelta(days=1)])
+def test_a_copy_read_before_the_revocation_cannot_set_revoked_at(
+    ts: Store, revoked_at: datetime | None
+) -> None:
+    token, secret = ts.tokens.create(name="before")
+    stale = ts.tokens.authenticate(secret)
+    ts.tokens.revoke(token.abid)
+    stale.revoked_at = revoked_at  # the copy knows nothing of the revocation
+    with pytest.raises(ValidationError, match=rf"API token {token.abid} was revoked meanwhile"):
+        stale.save()
+    assert stored_row(ts, token)["revoked_at"] == format_time(START)
+    with ts.db.atomic():  # the store still writes
+        ts.tokens.create(name="after")
+
+
 def test_the_file_itself_refuses_to_undo_a_revocation(ts: Store) -> None:
     token, _ = ts.tokens.create()
     ts.tokens.revoke(token)

@@ -416,7 +416,16 @@ class APIToken(ABIDModel):
                 f"API token {self.abid} was revoked at {format_time(revoked_at)}; "
                 "revocation cannot be undone or changed"
             )
-        return super().save(force_insert=force_insert, only=only)
+        try:
+            return super().save(force_insert=force_insert, only=only)
+        except peewee.IntegrityError as exc:
+            # A copy read before another revoked the token: the file's trigger refuses it.
+            if "revocation is final" not in str(exc):
+                raise
+            raise ValidationError(
+                f"API token {self.abid} was revoked meanwhile; "
+                "revocation cannot be undone or changed"
+            ) from None
 
     def __str__(self) -> str:
         return self.token_redacted
