@@ -1360,6 +1360,18 @@ def test_text_output_shows_control_characters_escaped(db_path: Path) -> None:
     assert as_json(db_path, "tokens", "list")[0]["name"] == "a\nb\x1b[31mc"
 
 
+@pytest.mark.sqlite_only
+def test_text_output_shows_c1_controls_and_bidi_overrides_escaped(db_path: Path) -> None:
+    """An 8-bit CSI (U+009B) is an escape to some terminals, and a bidi override or isolate
+    reorders what follows it on the line: a name could make a listing read otherwise."""
+    name = "ci\x9b31m \u202eevil\u202c \u2066x\u2069 \u200fy"
+    tokenstore(db_path, "tokens", "create", "--name", name)
+    row = tokenstore(db_path, "tokens", "list").stdout.splitlines()[1]
+    assert not set(row) & set("\x9b\u202e\u202c\u2066\u2069\u200f")
+    assert "ci\\x9b31m \\u202eevil\\u202c \\u2066x\\u2069 \\u200fy" in row
+    assert as_json(db_path, "tokens", "list")[0]["name"] == name
+
+
 # -- odd arguments anywhere ------------------------------------------------------------------
 
 #: Commands with one slot (None) for an odd value: every group, the options that take

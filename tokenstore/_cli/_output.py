@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from .._abid import ABID
-from .._errors import InvalidABID
+from .._errors import HIDDEN_CHARACTERS, InvalidABID
 from .._models import APIToken, OutboundWebhook, User, WebhookDelivery
 from .._times import format_time
 
@@ -183,8 +183,9 @@ class Output:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-#: What would break an error message into several lines, or hide part of it, on a terminal.
-_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+#: What would break an error message into several lines, or hide or reorder part of it, on
+#: a terminal.
+_UNPRINTABLE = re.compile(f"[\n\r{HIDDEN_CHARACTERS}]")
 
 
 def one_line(text: str) -> str:

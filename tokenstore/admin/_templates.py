@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import tokenstore
+from tokenstore._errors import HIDDEN_CHARACTERS
 
 if TYPE_CHECKING:
     import jinja2
@@ -43,11 +44,7 @@ def environment() -> jinja2.Environment:
     return env
 
 
-#: Control characters (but tab and line breaks) and the bidirectional overrides,
-#: marks and isolates, and the Unicode line and paragraph separators.
-_HIDDEN = re.compile(
-    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
-)
+_HIDDEN = re.compile(f"[{HIDDEN_CHARACTERS}]")
 
 
 def visible(value: Any) -> Any:
