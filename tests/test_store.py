@@ -1051,6 +1051,34 @@ def test_a_store_opened_before_another_refuses_a_write_split_between_them(db_pat
         assert [n.title for n in Note.select()] == ["newer"]
 
 
+@pytest.mark.sqlite_only
+def test_a_store_superseded_by_one_on_another_file_refuses_instead_of_using_that_file(
+    tmp_path: Path,
+) -> None:
+    """Models are bound to the most recently opened store: the older store's users, tokens
+    and webhooks read and wrote the newer store's file (a user created through ``a``
+    landed in ``b.sqlite3``). The older store now refuses, and still closes."""
+    a = tokenstore.open(tmp_path / "a.sqlite3")
+    b = tokenstore.open(tmp_path / "b.sqlite3")
+    try:
+        for call in (
+            lambda: a.users.create("alice"),
+            lambda: a.tokens.create(),
+            lambda: a.webhooks.list(),
+            lambda: a.dispatch(),
+        ):
+            with pytest.raises(StoreError, match=r"a\.sqlite3: a store opened later .*b\.sqlite3"):
+                call()
+        assert [u.username for u in b.users.list()] == ["system"]
+    finally:
+        a.close()
+        b.close()
+    assert _db.rows(tmp_path / "a.sqlite3", "SELECT username FROM tokenstore_user") == [("system",)]
+    with tokenstore.open(tmp_path / "a.sqlite3") as again:  # opened anew, it is in charge
+        assert again.users.create("alice").username == "alice"
+    assert _db.rows(tmp_path / "b.sqlite3", "SELECT username FROM tokenstore_user") == [("system",)]
+
+
 def test_stores_opened_by_several_threads_at_once_never_wait_for_themselves(
     db_path: Path,
 ) -> None:

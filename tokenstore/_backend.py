@@ -78,6 +78,11 @@ class Backend(Protocol):
     fell_back: str | None
     #: What ends a SELECT whose rows must not be deleted before its transaction ends.
     keep_rows: str
+    #: Which store this is, whatever path or URL spelling opened it: two database objects
+    #: with the same identity read and write the same rows.
+    identity: Hashable
+    #: Where the store is, for people: the file, or the URL without its password.
+    location: str
 
     def sql(self, text: str) -> str:
         """A statement written with ``?`` placeholders, in this driver's style."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -117,6 +117,8 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         self._connection_class = connection_class(answer_wait(options["options"], self.lock_wait))
         super().__init__(url, prefer_psycopg3=True, field_types=_FIELD_TYPES, **options)
         self.url = url
+        self.identity: Hashable = url
+        self.location = self.shown_url
         #: Opened with ``read_only``: nothing is written, writes raise StoreReadOnly.
         self.read_only = read_only
         self.fell_back: str | None = None  # why, if asked to write (set by open_database)
@@ -198,7 +200,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         if in_transaction(conn):
             yield conn
             return
-        sole_writer(self, self.url, self.shown_url)
+        sole_writer(self, self.identity, self.location)
         with peewee_errors, rolled_back_on_error(conn):
             with translated(conn, self.shown_url, self.lock_wait), pipelined(conn):
                 conn.execute("BEGIN")
@@ -225,7 +227,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         a delivery's outcome is two writes after every send.
         """
         self.refuse_if_read_only()
-        sole_writer(self, self.url, self.shown_url)
+        sole_writer(self, self.identity, self.location)
         conn = self.connection()
         with peewee_errors:
             cursor = conn.execute(
@@ -266,7 +268,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
 
     def begin(self, isolation_level: Any = None) -> None:
         self.refuse_if_read_only()
-        sole_writer(self, self.url, self.shown_url)
+        sole_writer(self, self.identity, self.location)
         super().begin(isolation_level)
         conn = self.connection()
         try:

@@ -19,7 +19,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
@@ -186,6 +186,8 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
         self._begun = _Begun()
         stat = path.stat()
         self._file = (stat.st_dev, stat.st_ino)  # another Store's path to it may differ
+        self.identity: Hashable = self._file
+        self.location = str(path)
         self._resolved = str(path.resolve())  # as connections open it, whatever the cwd
 
     #: Nothing: SQLite has one writer at a time, so no delete can come between.
@@ -302,7 +304,7 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
         a rollback journal, and in WAL mode what they wrote would be gone at
         close. One stat per transaction finds it out.
         """
-        sole_writer(self, self._file, str(self.path))
+        sole_writer(self, self.identity, self.location)
         try:
             stat = os.stat(self._resolved)
         except OSError:

@@ -22,6 +22,7 @@ import peewee
 
 from ._abid_sources import check_sources
 from ._allowlist import AllowList
+from ._backend import Backend
 from ._capture import CaptureSpec, model_ref
 from ._compat import current_connection, forget_connection
 from ._dispatch import Dispatcher
@@ -201,16 +202,16 @@ class Store:
             allowlist,
         )
         self._dispatcher.add_consumer(self._outbox.on_events, self._outbox.wants_events)
-        self.users = Users()
-        self.tokens = Tokens(
+        self._users = Users()
+        self._tokens = Tokens(
             self.db,
-            self.users,
+            self._users,
             self.clock,
             prefix=opts.token_prefix,
             max_tokens_per_user=opts.max_tokens_per_user,
             header=opts.api_key_header,
         )
-        self.webhooks = Webhooks(
+        self._webhooks = Webhooks(
             self.db,
             self._outbox,
             RetryPath(self._outbox),
@@ -225,6 +226,47 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<Store {self.location!r}>"
+
+    @property
+    def users(self) -> Users:
+        """The users tokens and hooks belong to."""
+        self._in_charge()
+        return self._users
+
+    @property
+    def tokens(self) -> Tokens:
+        """API tokens: issue, authenticate, revoke, list."""
+        self._in_charge()
+        return self._tokens
+
+    @property
+    def webhooks(self) -> Webhooks:
+        """Outbound hooks, their deliveries and the address allowlist."""
+        self._in_charge()
+        return self._webhooks
+
+    def _superseded_by(self) -> Backend | None:
+        """The database of a store opened later on another file or database, if any.
+
+        peewee binds a model class to one database, and each store binds
+        tokenstore's models to its own as it opens. A later store on the same
+        file or database changes nothing; one on another would have this
+        store's calls read and write that store's rows.
+        """
+        bound: Backend = User._meta.database
+        if bound is self.db or bound.identity == self.db.identity:
+            return None
+        return bound
+
+    def _in_charge(self) -> None:
+        """Refuse a call that would go to another store's rows (see ``_superseded_by``)."""
+        later = self._superseded_by()
+        if later is not None:
+            raise StoreError(
+                f"{self.location}: a store opened later in this process, on {later.location}, "
+                "has tokenstore's models bound to it (one store per process): "
+                "open this one again (tokenstore.open) to use it"
+            )
 
     def __enter__(self) -> Store:
         return self
@@ -252,12 +294,13 @@ class Store:
                 f"{self.location}: close() was called inside a transaction (atomic()); "
                 "close the store once the block has ended"
             )
-        self.webhooks.stop_retry_threads()
-        self.webhooks.close()
-        self.tokens._flush(retry=False)
+        self._webhooks.stop_retry_threads()
+        self._webhooks.close()
+        self._tokens._flush(retry=False)
         if not self.db.is_closed() and not self.db.read_only:
             try:
-                self.webhooks.erase_expired_secrets()
+                if self._superseded_by() is None:  # the models would reach the other store
+                    self._webhooks.erase_expired_secrets()
                 with self.db.write(quiet=True) as conn:
                     self._dispatcher.unregister(conn)
             except peewee.DatabaseError as exc:  # a read-only or vanished file still closes
@@ -292,6 +335,7 @@ class Store:
         thread it raises StoreError and does nothing: a rollback would undo
         the table and triggers, and the model would look captured while nothing is.
         """
+        self._in_charge()
         if self.db.in_transaction():
             raise StoreError(
                 f"{self.location}: register() was called inside a transaction (atomic()), "
@@ -409,6 +453,7 @@ class Store:
         Dispatch also happens by itself after every commit made through this
         store; this call is for what happened elsewhere.
         """
+        self._in_charge()
         if check_flag(deliver, "deliver"):
             self._outbox.refuse_in_transaction("store.dispatch()")
         claimed_before = self._dispatcher.claimed_count()
@@ -421,7 +466,7 @@ class Store:
             self._liveness.release(conn, self._liveness.stale_claimants(conn))
             self._dispatcher.housekeeping(conn)
         if deliver:
-            self.webhooks.deliver_due()
+            self._webhooks.deliver_due()
         delivered, failed = self._outcomes.attempts_recorded()
         return Dispatched(
             events=self._dispatcher.claimed_count() - claimed_before,
@@ -457,6 +502,7 @@ class Store:
         """
         from ._archivebox import import_archivebox
 
+        self._in_charge()
         if ref_map is not None and not isinstance(ref_map, Mapping):
             raise ValidationError(f"ref_map must be a mapping, got {type(ref_map).__name__}")
         if cipher_key is not None:
@@ -464,7 +510,7 @@ class Store:
         return import_archivebox(
             check_path(path, "path"),
             db=self.db,
-            users=self.users,
+            users=self._users,
             validator=self._hook_validator,
             ref_map=ref_map,
             cipher_key=cipher_key,
