@@ -593,6 +593,10 @@ def _abid_model(name: str, **attributes: Any) -> type[ABIDModel]:
         ({"abid_rand_src": 7}, r"Wrong\.abid_rand_src must be the name .* got int"),
         ({"abid_salt": b"salt"}, r"Wrong\.abid_salt must be a str, got bytes"),
         ({"id": peewee.AutoField()}, r"Wrong\.id is an AutoField, but Wrong\.new_id\(\) makes"),
+        # every insert ends ON CONFLICT ("abid"): without a unique abid, each create() failed
+        ({"abid": peewee.CharField(max_length=30)}, r"Wrong\.abid must be unique"),
+        ({"abid": peewee.CharField(max_length=30, index=True)}, r"Wrong\.abid must be unique"),
+        ({"abid": None}, r"Wrong\.abid must be unique"),
     ],
 )
 def test_register_refuses_abid_sources_that_cannot_be_read(
@@ -601,6 +605,14 @@ def test_register_refuses_abid_sources_that_cannot_be_read(
     with pytest.raises(ValidationError, match=message):
         store.register(_abid_model("Wrong", **attributes))
     assert not store.db.table_exists("sources")
+
+
+def test_an_abid_made_unique_by_an_index_of_the_model_is_fine(store: Store) -> None:
+    meta = type("Meta", (), {"table_name": "sources", "indexes": ((("abid",), True),)})
+    model = _abid_model("Indexed", abid=peewee.CharField(max_length=30), Meta=meta)
+    store.register(model)
+    first = model.create(v="x")
+    assert model.get_by_id(first.id).abid == first.abid
 
 
 def test_a_str_subclass_prefix_and_salt_are_taken_as_their_text(store: Store) -> None:

@@ -66,6 +66,16 @@ def check_sources(model: type[peewee.Model], new_uuid: Callable[[], Any]) -> Non
             f"{name}.{pk.name} is an {type(pk).__name__}, but {name}.new_id() makes UUIDs: "
             "keep ABIDModel's UUID id, or override new_id() to return what it holds"
         )
+    abid = model._meta.fields.get("abid")
+    unique_index = any(
+        isinstance(index, tuple) and tuple(index[0]) == ("abid",) and index[1]
+        for index in model._meta.indexes
+    )
+    if abid is None or not (abid.unique or abid.primary_key or unique_index):
+        raise ValidationError(
+            f"{name}.abid must be unique (peewee's unique=True, as ABIDModel's): "
+            "each insert relies on it to draw a new ABID when one is taken"
+        )
     prefix = getattr(model, "abid_prefix", None)
     try:
         abids.ABID.parse("0" * 26, prefix=prefix)  # a bare suffix: checks the prefix alone
