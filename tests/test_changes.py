@@ -1749,3 +1749,39 @@ def test_an_event_row_that_cannot_be_read_is_dropped_and_saves_go_on(
     assert events_left(db_path) == []
     assert "cannot be read" in caplog.text
     assert [d.event_type for d in memos.webhooks.deliveries()] == ["memo.created"]
+
+
+@pytest.mark.sqlite_only
+def test_a_consumer_added_while_another_thread_probes_is_seen_whole(store: Store) -> None:
+    """Another thread commits through a store still being opened (models are bound to the
+    newest store as it opens): its dispatcher gained a consumer in two steps, the list and
+    then the probe's column, and a probe between the two failed that commit (zip()'s
+    ValueError, seen in the several-threads test)."""
+    dispatcher = store._dispatcher
+    errors: list[Exception] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        conn = store.db.connection()
+        while not stop.is_set():
+            try:
+                dispatcher._listening_and_wanted(conn)
+            except ValueError as exc:
+                errors.append(exc)
+                return
+
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    try:
+        for _ in range(1000):  # SQLite's result rows hold at most 2000 columns
+            dispatcher.add_consumer(lambda events: None, "0")
+            if errors:
+                break
+    finally:
+        stop.set()
+        prober.join(10)
+        sys.setswitchinterval(switching)
+    assert not prober.is_alive()
+    assert errors == []

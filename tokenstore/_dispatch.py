@@ -104,8 +104,9 @@ class Dispatcher:
         self.clock = clock
         self.liveness = liveness
         self._next_housekeeping = 0.0  # time.monotonic() of the next look at the listeners
-        self.consumers: list[Consumer] = []
-        self._probe = f"SELECT {_LISTENING}"
+        # The consumers and the probe asking about them, replaced together in one assignment:
+        # a thread committing while another adds a consumer sees both before or both after.
+        self._consumers: tuple[tuple[Consumer, ...], str] = ((), f"SELECT {_LISTENING}")
         # What the last probe found: some consumer wanted events. A hint only, so that a
         # write whose commit will claim anyway does not ask the probe twice.
         self._wanted_lately = True
@@ -158,13 +159,19 @@ class Dispatcher:
         use for events: every commit asks it, together with the others and
         whether any process listens, in one statement.
         """
-        self.consumers.append(consumer)
-        self._probe += f", {wants_events}"
+        consumers, probe = self._consumers
+        self._consumers = ((*consumers, consumer), f"{probe}, {wants_events}")
+
+    @property
+    def consumers(self) -> tuple[Consumer, ...]:
+        """The work registered with ``add_consumer``, in its order."""
+        return self._consumers[0]
 
     def _listening_and_wanted(self, conn: Connection) -> tuple[bool, list[Consumer]]:
         """Whether any process listens, and the consumers that want events now."""
-        row = conn.execute(self._probe).fetchone()
-        wanted = [c for c, want in zip(self.consumers, row[1:], strict=True) if want]
+        consumers, probe = self._consumers
+        row = conn.execute(probe).fetchone()
+        wanted = [c for c, want in zip(consumers, row[1:], strict=True) if want]
         self._wanted_lately = bool(wanted)
         return bool(row[0]), wanted
 
