@@ -342,6 +342,26 @@ def test_a_user_named_in_another_script_comes_over_with_their_tokens(
     assert token.abid == abid and token.created_by_id == store.users.get("josé").id
 
 
+@pytest.mark.parametrize("username", ["Jane Doe", "admin ", "ops/lead#1", "x" * 150])
+def test_a_username_outside_djangos_rule_comes_over_with_their_tokens(
+    store: Store, tmp_path: Path, username: str
+) -> None:
+    """``archivebox init`` makes its ADMIN_USERNAME a superuser without Django's check.
+
+    A real 0.7.4 folder given ``ADMIN_USERNAME='Jane Doe'`` and upgraded by
+    0.8.5rc51 holds that user, and her token.
+    """
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.user(2, username, superuser=True)
+    abid = box.token("b" * 32, owner=2)
+    box.close()
+    report = store.import_archivebox(box.path)
+    assert report.refused == []
+    token = store.tokens.authenticate("b" * 32)
+    assert token.abid == abid and token.created_by.username == username
+    assert store.users.get(username).is_superuser
+
+
 # -- webhooks -------------------------------------------------------------------------------
 
 
@@ -602,7 +622,8 @@ def test_a_dry_run_reports_the_same_and_writes_nothing(store: Store, tmp_path: P
 
 def test_rows_that_cannot_be_taken_are_listed_with_the_reason(store: Store, tmp_path: Path) -> None:
     box = ArchiveBox(tmp_path / "index.sqlite3")
-    box.user(2, "no spaces please")
+    box.user(2, "x" * 151)  # varchar(150), which SQLite does not enforce
+    box.user(3, "")
     box.token("b" * 32, owner=2)
     box.token("c" * 32, abid="apt_not-an-abid")
     box.token("d" * 32, owner=1)
@@ -611,7 +632,11 @@ def test_rows_that_cannot_be_taken_are_listed_with_the_reason(store: Store, tmp_
     box.close()
     report = store.import_archivebox(box.path)
     reasons = {(n.table, n.row.split(" ")[0]): n.reason for n in report.refused}
-    assert "is not valid" in reasons[("auth_user", "id")]
+    users = {n.row: n.reason for n in report.refused if n.table == "auth_user"}
+    assert users == {
+        f"id 2 ('{'x' * 49}… (153 characters))": "username is 151 characters, at most 150",
+        "id 3 ('')": "its username is empty",
+    }
     assert any("auth_user id 2) was refused above" in r for r in reasons.values())
     assert reasons[("api_apitoken", gone)] == "its owner (auth_user id 9) is not in the file"
     assert "its ABID is not valid" in reasons[("api_apitoken", "apt_not-an-abid")]

@@ -58,11 +58,11 @@ from ._models import APIToken, OutboundWebhook, User
 from ._sending import RESPONSE_LIMIT, redacted
 from ._signing import new_signing_secret
 from ._times import to_stored_time
+from ._users import add_user
 
 if TYPE_CHECKING:
     from ._backend import Backend
     from ._hook_rules import HookValidator
-    from ._users import Users
 
 __all__ = ["DEFAULT_REF_MAP", "ArchiveBoxImport", "RowNote", "TableCounts", "import_archivebox"]
 
@@ -110,6 +110,10 @@ class ArchiveBoxImport:
     hooks: list[OutboundWebhook] = field(default_factory=list)
 
 
+#: Django's ``auth_user.username`` is ``varchar(150)``, which SQLite does not enforce.
+_USERNAME_LENGTH = 150
+
+
 class _DryRun(Exception):
     """Raised at the end of a dry run, so the transaction rolls everything back."""
 
@@ -120,7 +124,6 @@ class _DryRun(Exception):
 @dataclass
 class _Importer:
     db: Backend
-    users: Users
     validator: HookValidator
     ref_map: dict[str, str]
     decrypt: Callable[[str], str] | None
@@ -189,9 +192,13 @@ class _Importer:
         if existing is not None:
             self.owners[row["id"]] = existing.id
             return False
+        username = stored_text(row["username"], "username", _USERNAME_LENGTH)
+        if not username:
+            raise RowRefused("its username is empty")
         joined = stored_time(row["date_joined"], "date_joined")
         superuser = stored_flag(row["is_superuser"], "is_superuser")
-        user = self.users.create(row["username"], superuser=superuser)
+        # Not Users.create's rule: ArchiveBox's ADMIN_USERNAME ('Jane Doe') skipped Django's.
+        user = add_user(username, superuser)
         user.created_at = to_stored_time(joined)
         user.save()
         self.owners[row["id"]] = user.id
@@ -404,7 +411,6 @@ def import_archivebox(
     path: str | os.PathLike[str],
     *,
     db: Backend,
-    users: Users,
     validator: HookValidator,
     ref_map: Mapping[str, str | type[peewee.Model]] | None = None,
     cipher_key: str | None = None,
@@ -424,7 +430,7 @@ def import_archivebox(
         conn.row_factory = sqlite3.Row
         check_source(conn, source)
         report = ArchiveBoxImport(source=source, dry_run=dry_run)
-        importer = _Importer(db, users, validator, refs, decrypt, report)
+        importer = _Importer(db, validator, refs, decrypt, report)
         validator.allowlist.refresh()  # as the file holds it now: another process may have added
         try:
             with db.atomic():

@@ -510,7 +510,6 @@ class Store:
         return import_archivebox(
             check_path(path, "path"),
             db=self.db,
-            users=self._users,
             validator=self._hook_validator,
             ref_map=ref_map,
             cipher_key=cipher_key,

@@ -56,6 +56,28 @@ def saved(user: User) -> User:
     return user
 
 
+def add_user(username: str, superuser: bool) -> User:
+    """A new user of a name already checked: by ``Users.create``, or as another system kept it.
+
+    The ArchiveBox import takes names ``Users.create`` would not (ArchiveBox
+    makes its ``ADMIN_USERNAME`` a user without Django's check), so the rule
+    on names is the caller's; uniqueness is checked here.
+    """
+    taken = ValidationError(f"username {quoted(username)} is already taken")
+    # Looked up first: PostgreSQL's refused insert would still use up an id of its
+    # sequence, and the next user's id would differ from SQLite's.
+    if User.select().where(User.username == username).exists():
+        raise taken
+    try:
+        # A savepoint inside an open transaction: on PostgreSQL a failed statement
+        # would otherwise abort the caller's whole transaction.
+        with User._meta.database.atomic():
+            user: User = User.create(username=username, is_superuser=superuser)
+    except peewee.IntegrityError:  # taken meanwhile, by another process
+        raise taken from None
+    return user
+
+
 class Users:
     """``store.users``: the owners tokens and hooks belong to."""
 
@@ -65,20 +87,7 @@ class Users:
             raise ValidationError(
                 f"username {quoted(username)} is not valid: use 1-150 letters, digits or _.@+-"
             )
-        flag = check_flag(superuser, "superuser")
-        taken = ValidationError(f"username {quoted(username)} is already taken")
-        # Looked up first: PostgreSQL's refused insert would still use up an id of its
-        # sequence, and the next user's id would differ from SQLite's.
-        if User.select().where(User.username == username).exists():
-            raise taken
-        try:
-            # A savepoint inside an open transaction: on PostgreSQL a failed statement
-            # would otherwise abort the caller's whole transaction.
-            with User._meta.database.atomic():
-                user: User = User.create(username=username, is_superuser=flag)
-        except peewee.IntegrityError:  # taken meanwhile, by another process
-            raise taken from None
-        return user
+        return add_user(username, check_flag(superuser, "superuser"))
 
     def get(self, username: str | int) -> User:
         """A user by username (or by integer id)."""
