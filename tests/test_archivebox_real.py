@@ -65,12 +65,12 @@ def sent(path: str, header: str) -> str | None:
     return value
 
 
-def archivebox(folder: Path, wal: bool = False) -> Path:
+def archivebox(folder: Path, wal: bool = False, dump: Path = DUMP) -> Path:
     """The dump as a file again; ``wal`` leaves it in WAL mode, as ArchiveBox does."""
     folder.mkdir(exist_ok=True)
     path = folder / "index.sqlite3"
     conn = sqlite3.connect(path)
-    conn.executescript(DUMP.read_text())
+    conn.executescript(dump.read_text())
     if wal:
         conn.execute("PRAGMA journal_mode=wal")
     conn.close()
