@@ -722,8 +722,15 @@ def make_not_archivebox(kind: str, path: Path) -> Path:
             conn.executescript(schema_sql())
     elif kind == "no migrations":
         ArchiveBox(path).conn.execute("DELETE FROM django_migrations").connection.close()
+    elif kind == "archivebox 0.7":  # snapshots, and no api app at all
+        box = ArchiveBox(path)
+        box.conn.execute("DROP TABLE api_apitoken")
+        box.conn.execute("DROP TABLE api_outboundwebhook")
+        box.conn.execute("DELETE FROM django_migrations")
+        box.conn.execute('CREATE TABLE "core_snapshot" ("id" char(32) NOT NULL PRIMARY KEY)')
+        box.close()
     elif kind == "no abid column":
-        box = ArchiveBox(path)  # with the api_apitoken of ArchiveBox 0.7
+        box = ArchiveBox(path)  # with the api_apitoken of an early 0.8 development version
         box.conn.execute("DROP TABLE api_apitoken")
         box.conn.execute(
             'CREATE TABLE "api_apitoken" ("id" integer NOT NULL PRIMARY KEY AUTOINCREMENT,'
@@ -739,6 +746,10 @@ NOT_ARCHIVEBOX = {
     "empty": "not SQLite",
     "tokenstore": "it has no django_migrations table",
     "no migrations": "the api app's migrations 0001, 0002",
+    "archivebox 0.7": (
+        "it has no api_apitoken table: it is from ArchiveBox 0.7 or older, which kept no "
+        "API tokens or webhooks (run ArchiveBox 0.8's archivebox init on its folder first)"
+    ),
     "no abid column": "api_apitoken has no column abid, created_at, modified_at, created_by_id",
 }
 

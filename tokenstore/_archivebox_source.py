@@ -173,6 +173,19 @@ def _lenient_text(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+def _older(tables: set[str], table: str) -> str:
+    """Why an ArchiveBox file lacks an ``api`` table, when it is 0.7's: most folders began there.
+
+    ArchiveBox 0.7 and older had no ``api`` app, but their snapshots' table.
+    """
+    if not table.startswith("api_") or "core_snapshot" not in tables:
+        return ""
+    return (
+        ": it is from ArchiveBox 0.7 or older, which kept no API tokens or webhooks "
+        "(run ArchiveBox 0.8's archivebox init on its folder first)"
+    )
+
+
 def check_source(conn: sqlite3.Connection, source: Path) -> None:
     """Refuse, before anything is written, a file that is not an ArchiveBox 0.8 database."""
     not_it = f"{source} is not an ArchiveBox 0.8 database"
@@ -182,7 +195,7 @@ def check_source(conn: sqlite3.Connection, source: Path) -> None:
         raise ValidationError(f"{not_it}: {exc}") from None
     for table in ("django_migrations", *COLUMNS):
         if table not in tables:
-            raise ValidationError(f"{not_it}: it has no {table} table")
+            raise ValidationError(f"{not_it}: it has no {table} table{_older(tables, table)}")
     try:
         _check_tables(conn, not_it)
     except sqlite3.Error as exc:  # a damaged page, a view over a table that is gone
