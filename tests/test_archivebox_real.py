@@ -98,6 +98,35 @@ def owners(path: Path) -> dict[int, str]:
     return {row["id"]: row["username"] for row in source_rows(path, "auth_user")}
 
 
+def users_came_over(store: Store, source: Path) -> None:
+    """Each auth_user row is the user of its name, as superuser, and joined when it did.
+
+    ``system`` is tokenstore's own, which keeps its own time.
+    """
+    for row in source_rows(source, "auth_user"):
+        user = store.users.get(row["username"])
+        assert user.is_superuser == bool(row["is_superuser"])
+        if row["username"] != "system":
+            assert user.created_at == stored(row["date_joined"])
+
+
+def tokens_came_over(store: Store, source: Path, tokens: dict[str, dict[str, Any]]) -> None:
+    """Each recorded token authenticates as its row: id, ABID, owner, times and expiry."""
+    names = owners(source)
+    by_id = {row["id"]: row for row in source_rows(source, "api_apitoken")}
+    for recorded in tokens.values():
+        row = by_id[recorded["id"]]
+        token = authenticated(store, recorded)
+        assert (token.id, token.abid) == (uuid.UUID(recorded["id"]), recorded["abid"])
+        assert token.created_by.username == names[recorded["created_by_id"]]
+        assert token.created_at == stored(row["created_at"])
+        assert token.modified_at == stored(row["modified_at"])
+        assert token.expires == stored(row["expires"])
+        hint = recorded["token"][-4:] if len(recorded["token"]) >= 16 else ""  # letmein-ci
+        assert token.token_redacted == "*" * 12 + hint
+        assert store.tokens.get(recorded["abid"]).id == token.id
+
+
 def authenticated(store: Store, recorded: dict[str, Any]) -> APIToken:
     """The imported token, as its recorded plaintext authenticates it today.
 
@@ -137,11 +166,7 @@ def test_every_user_comes_over_matched_by_username(store: Store, tmp_path: Path)
         [],
         {"imported": 4, "present": 1, "refused": 0},  # system is tokenstore's own
     )
-    for row in source_rows(source, "auth_user"):
-        user = store.users.get(row["username"])
-        assert user.is_superuser == bool(row["is_superuser"])
-        if row["username"] != "system":
-            assert user.created_at == stored(row["date_joined"])
+    users_came_over(store, source)
     assert [u.username for u in store.users.list()] == list(FACTS["users"])
 
 
@@ -151,19 +176,7 @@ def test_every_recorded_token_authenticates_with_its_id_abid_owner_and_expiry(
     source = archivebox(tmp_path)
     report = store.import_archivebox(source)
     assert vars(report.counts["api_apitoken"]) == {"imported": 7, "present": 0, "refused": 0}
-    names = owners(source)
-    by_id = {row["id"]: row for row in source_rows(source, "api_apitoken")}
-    for recorded in TOKENS.values():
-        row = by_id[recorded["id"]]
-        token = authenticated(store, recorded)
-        assert (token.id, token.abid) == (uuid.UUID(recorded["id"]), recorded["abid"])
-        assert token.created_by.username == names[recorded["created_by_id"]]
-        assert token.created_at == stored(row["created_at"])
-        assert token.modified_at == stored(row["modified_at"])
-        assert token.expires == stored(row["expires"])
-        hint = recorded["token"][-4:] if len(recorded["token"]) >= 16 else ""  # letmein-ci
-        assert token.token_redacted == "*" * 12 + hint
-        assert store.tokens.get(recorded["abid"]).id == token.id
+    tokens_came_over(store, source, TOKENS)
 
 
 def test_no_plaintext_token_reaches_the_store(store: Store, tmp_path: Path) -> None:

@@ -42,9 +42,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_archivebox_real import archivebox, owners, source_rows, stored
+from test_archivebox_real import (
+    archivebox,
+    owners,
+    source_rows,
+    tokens_came_over,
+    users_came_over,
+)
 
-from tokenstore import APIToken, ExpiredToken, OutboundWebhook, Store
+from tokenstore import OutboundWebhook, Store
 from tokenstore._abid import abid_from_values
 
 pytestmark = pytest.mark.usefixtures("store_file")
@@ -76,30 +82,15 @@ def test_every_user_comes_over_under_the_name_archivebox_kept(store: Store, tmp_
         [],
         {"imported": 11, "present": 1, "refused": 0},  # system is tokenstore's own
     )
-    for row in source_rows(source, "auth_user"):
-        user = store.users.get(row["username"])
-        assert user.is_superuser == bool(row["is_superuser"])
-        if row["username"] != "system":
-            assert user.created_at == stored(row["date_joined"])
+    users_came_over(store, source)
     assert store.users.get("Alice").id != store.users.get("alice").id
 
 
-def test_every_token_authenticates_with_its_id_abid_and_owner(store: Store, tmp_path: Path) -> None:
+def test_every_token_authenticates_as_its_row(store: Store, tmp_path: Path) -> None:
     source = upgraded(tmp_path)
     report = store.import_archivebox(source)
     assert vars(report.counts["api_apitoken"]) == {"imported": 11, "present": 0, "refused": 0}
-    names = owners(source)
-    by_id = {row["id"]: row for row in source_rows(source, "api_apitoken")}
-    for label, recorded in TOKENS.items():
-        if label == "alice_expired":
-            with pytest.raises(ExpiredToken, match=recorded["abid"]):
-                store.tokens.authenticate(recorded["token"])
-            token = APIToken.get_by_id(uuid.UUID(recorded["id"]))
-        else:
-            token = store.tokens.authenticate(recorded["token"])
-        assert (token.id, token.abid) == (uuid.UUID(recorded["id"]), recorded["abid"])
-        assert token.created_by.username == names[recorded["created_by_id"]]
-        assert token.expires == stored(by_id[recorded["id"]]["expires"])
+    tokens_came_over(store, source, TOKENS)
 
 
 # (table, the uri source column, the subtype: the ref column or a constant)
