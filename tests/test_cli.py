@@ -1372,6 +1372,31 @@ def test_text_output_shows_c1_controls_and_bidi_overrides_escaped(db_path: Path)
     assert as_json(db_path, "tokens", "list")[0]["name"] == name
 
 
+@pytest.mark.sqlite_only
+def test_text_tables_align_wide_and_combining_characters_as_a_terminal_shows_them(
+    db_path: Path,
+) -> None:
+    """A CJK character takes two columns on a terminal, a combining accent none: padding by
+    characters shifted every later column of such a row."""
+    import unicodedata
+
+    def width(text: str) -> int:
+        return sum(
+            0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+            for c in text
+        )
+
+    tokenstore(db_path, "users", "create", "李雷")
+    for user, name in (("李雷", "ci"), ("system", "李雷的"), ("system", "jose\u0301")):
+        tokenstore(db_path, "tokens", "create", user, "--name", name)
+    lines = tokenstore(db_path, "tokens", "list").stdout.splitlines()
+    header, rows = lines[0], lines[1:]
+    column = header.index("token")
+    assert len(rows) == 3
+    for row in rows:  # the token starts where its heading does, as the terminal shows the row
+        assert width(row[: row.index("*")]) == column, row
+
+
 # -- odd arguments anywhere ------------------------------------------------------------------
 
 #: Commands with one slot (None) for an odd value: every group, the options that take

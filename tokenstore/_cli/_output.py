@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -178,9 +179,18 @@ class Output:
             print("(none)")
             return
         table = [list(columns), *([_text(item.get(c)) for c in columns] for item in items)]
-        widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+        widths = [max(_columns(row[i]) for row in table) for i in range(len(columns))]
         for row in table:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+            cells = (cell + " " * (w - _columns(cell)) for cell, w in zip(row, widths, strict=True))
+            print("  ".join(cells).rstrip())
+
+
+def _columns(text: str) -> int:
+    """How many terminal columns ``text`` takes: a CJK character two, a combining mark none."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
 
 
 #: What would break an error message into several lines, or hide or reorder part of it, on
