@@ -1249,7 +1249,8 @@ def test_an_abid_in_lower_case_is_stored_as_tokenstore_looks_it_up(
     """
     box = ArchiveBox(tmp_path / "index.sqlite3")
     box.token("a" * 32, id_=TOKEN_ID, abid=TOKEN_ABID.lower())
-    box.token("b" * 32, id_=uuid.UUID(int=1), created=T2, abid=TOKEN_ABID)  # later: the import keeps the first
+    # created later, so the import keeps the first, though this id sorts first
+    box.token("b" * 32, id_=uuid.UUID(int=1), created=T2, abid=TOKEN_ABID)
     box.hook("h", "api.models.APIToken", "https://hooks.example/in", abid=HOOK_ABID.lower())
     box.close()
     report = store.import_archivebox(box.path)
