@@ -280,6 +280,11 @@ def test_the_sign_in_form_needs_its_csrf_token(app: admin.AdminApp, admin_secret
         {"HTTP_ORIGIN": "http://evil.example"},
         {"HTTP_REFERER": "http://evil.example/form.html"},
         {"HTTP_ORIGIN": "http://[broken"},
+        # Without Sec-Fetch-Site, an opaque origin (a sandboxed frame, a data: URL) proves
+        # nothing of where the form was; the page's own forms send their origin.
+        {"HTTP_ORIGIN": "null"},
+        {"HTTP_ORIGIN": "null", "HTTP_REFERER": "http://evil.example/form.html"},
+        {"HTTP_ORIGIN": "http://127.0.0.1", "HTTP_REFERER": "http://evil.example/form.html"},
     ],
 )
 def test_a_form_posted_from_another_site_is_refused_even_with_its_csrf_token(
@@ -302,8 +307,9 @@ def test_a_form_posted_from_another_site_is_refused_even_with_its_csrf_token(
     [
         # What browsers send: Sec-Fetch-Site decides, whatever Host a proxy passed on.
         {"HTTP_SEC_FETCH_SITE": "same-origin", "HTTP_ORIGIN": "https://admin.example"},
-        {"HTTP_ORIGIN": "null"},  # a page with Referrer-Policy: no-referrer
         {"HTTP_ORIGIN": "http://127.0.0.1"},  # the Host wsgiref's test defaults give
+        {"HTTP_ORIGIN": "http://127.0.0.1", "HTTP_REFERER": "http://127.0.0.1/users"},
+        {"HTTP_REFERER": "http://127.0.0.1/users"},
         {},  # not a browser
     ],
 )
@@ -441,7 +447,8 @@ def test_every_answer_carries_the_security_headers(client: Client, app: admin.Ad
         assert "frame-ancestors 'none'" in (page.header("Content-Security-Policy") or "")
         assert page.header("X-Frame-Options") == "DENY"
         assert page.header("X-Content-Type-Options") == "nosniff"
-        assert page.header("Referrer-Policy") == "no-referrer"
+        # Browsers then send Origin and Referer on the page's own POSTs, but to no other site.
+        assert page.header("Referrer-Policy") == "same-origin"
         assert page.header("Cache-Control") == "no-store"
         assert page.header("Cross-Origin-Opener-Policy") == "same-origin"
         assert page.header("Cross-Origin-Resource-Policy") == "same-origin"

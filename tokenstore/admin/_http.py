@@ -28,7 +28,7 @@ SECURITY_HEADERS = [
     ),
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "no-referrer"),
+    ("Referrer-Policy", "same-origin"),
     ("Cross-Origin-Opener-Policy", "same-origin"),
     ("Cross-Origin-Resource-Policy", "same-origin"),
 ]
@@ -88,6 +88,15 @@ def shown_path(path: str) -> str:
     return path
 
 
+def _names_host(source: str, host: str) -> bool:
+    """Whether an ``Origin`` or ``Referer`` names ``host``; ``null`` or an unparseable
+    one is no proof of coming from here."""
+    try:
+        return bool(host) and urlsplit(source.strip()).netloc.lower() == host
+    except ValueError:
+        return False
+
+
 def _as_sent(text: str) -> str:
     """A path as the browser sent it: PEP 3333 hands over its bytes as Latin-1, not UTF-8.
 
@@ -119,22 +128,19 @@ class Request:
 
         The CSRF token already stops forged forms; this refuses them even
         before, as Django does. ``Sec-Fetch-Site`` is set by the browser
-        itself, so a proxy that rewrites ``Host`` does not confuse it; only
-        without it are ``Origin`` (or ``Referer``) and ``Host`` compared. An
-        ``Origin`` of ``null`` is what a page with ``Referrer-Policy:
-        no-referrer`` sends, so it tells nothing.
+        itself, so a proxy that rewrites ``Host`` does not confuse it. Only
+        without it are ``Origin`` and ``Referer`` compared with ``Host``, each
+        that is sent: an ``Origin`` of ``null`` (a sandboxed frame, a
+        ``data:`` page) names no host of ours and is refused, and a foreign
+        ``Referer`` is refused whatever ``Origin`` says. The page sends
+        ``Referrer-Policy: same-origin``, so its own forms carry both.
         """
         fetch_site: str | None = self.environ.get("HTTP_SEC_FETCH_SITE")
         if fetch_site is not None:
             return fetch_site.strip().lower() not in ("same-origin", "none")
-        source: str = self.environ.get("HTTP_ORIGIN") or self.environ.get("HTTP_REFERER") or "null"
-        host: str = self.environ.get("HTTP_HOST", "")
-        if source.strip() == "null" or not host:
-            return False
-        try:
-            return urlsplit(source.strip()).netloc.lower() != host.strip().lower()
-        except ValueError:  # an unparseable origin is no proof of coming from here
-            return True
+        host: str = self.environ.get("HTTP_HOST", "").strip().lower()
+        sources = (self.environ.get(name) for name in ("HTTP_ORIGIN", "HTTP_REFERER"))
+        return any(source and not _names_host(source, host) for source in sources)
 
     def cookies(self, name: str) -> list[str]:
         """Every value sent for the cookie ``name``, in the order the browser sent them.
