@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import os
 import re
@@ -23,6 +24,8 @@ from tokenstore import admin
 
 Received = list[tuple[dict[str, str], bytes]]
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+FORM = re.compile(r'<form method="post" action="([^"]*)".*?</form>', re.S)
+HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
 
 
 class Page:
@@ -39,6 +42,14 @@ class Page:
         found = CSRF.search(self.text)
         assert found, self.text
         return found[1]
+
+    def form(self, action: str) -> dict[str, str]:
+        """The hidden fields of the page's form that posts to ``action``, as a browser sends
+        them (CSRF token, versions, one-time form id)."""
+        for found in FORM.finditer(self.text):
+            if found[1] == action:
+                return {name: html.unescape(value) for name, value in HIDDEN.findall(found[0])}
+        raise AssertionError(f"no form posting to {action}: {self.text}")
 
 
 class Client:

@@ -762,7 +762,7 @@ def test_webhook_edit_enable_disable_rotate_delete(
     assert store.webhooks.get(hook.abid).enabled
 
     old = store.webhooks.get(hook.abid).secret
-    assert client.post(f"{path}/rotate").status == 303
+    assert client.post(f"{path}/rotate", client.get(path).form(f"{path}/rotate")).status == 303
     rotated = store.webhooks.get(hook.abid)
     assert rotated.secret != old and rotated.previous_secret == old
     once = client.get(path).text
@@ -774,6 +774,28 @@ def test_webhook_edit_enable_disable_rotate_delete(
     assert client.post(f"{path}/delete").header("Location") == "/webhooks"
     assert store.webhooks.list() == []
     assert client.get(path).status == 404
+
+
+def test_a_rotate_form_sent_twice_rotates_once(
+    client: Client, store: tokenstore.Store, receiver: Any
+) -> None:
+    """A double click, or the form sent again from the history: one rotation, and a line
+    saying why the second did nothing. The form carries the secret's version, not the secret."""
+    url, _, _ = receiver
+    hook = store.webhooks.create("twice", tokenstore.User, url)
+    path = f"/webhooks/{hook.abid}"
+    form = client.get(path).form(f"{path}/rotate")
+    assert form["secret_version"] == hook.secret_version and hook.secret not in str(form)
+    assert client.post(f"{path}/rotate", form).status == 303
+    rotated = store.webhooks.get(hook.abid)
+    again = client.post(f"{path}/rotate", form)
+    assert again.status == 400 and "rotated meanwhile" in again.text
+    assert rotated.secret in again.text  # the first rotation's secret, shown once, is not lost
+    assert store.webhooks.get(hook.abid).secret == rotated.secret
+    assert rotated.previous_secret == hook.secret
+    without = client.post(f"{path}/rotate")
+    assert without.status == 400 and "secret_version" in without.text
+    assert store.webhooks.get(hook.abid).secret == rotated.secret
 
 
 def test_hook_health_shows_failures_and_next_attempt(

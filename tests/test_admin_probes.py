@@ -47,9 +47,11 @@ def test_a_refused_change_whose_page_is_damaged_too_is_a_400(
             "UPDATE tokenstore_outbound_webhook SET last_success = 'garbage' WHERE abid = ?",
             (hook.abid,),
         )
-    paths = [f"/webhooks/{hook.abid}/{action}" for action in ("enable", "disable", "ping")]
-    for path in [*paths, f"/webhooks/{hook.abid}/rotate", f"/deliveries/{sent.abid}/redeliver"]:
-        page = client.post(path)
+    forms = {f"/webhooks/{hook.abid}/{action}": {} for action in ("enable", "disable", "ping")}
+    forms[f"/webhooks/{hook.abid}/rotate"] = {"secret_version": hook.secret_version}
+    forms[f"/deliveries/{sent.abid}/redeliver"] = {}
+    for path, form in forms.items():
+        page = client.post(path, form)
         assert page.status == 400, (path, page.status)
         assert "column last_success" in page.text and "Traceback" not in page.text
 

@@ -551,3 +551,23 @@ def test_two_threads_rotating_one_hooks_secret_keep_both_secrets_in_the_chain(
     assert all(isinstance(s, str) for s in secrets.values()), secrets
     now = store.webhooks.get(hook.name)
     assert (now.previous_secret, now.secret) == (secrets["first"], secrets["second"])
+
+
+def test_rotating_with_the_secret_version_seen_rotates_once_however_often_it_is_sent(
+    store: Store,
+) -> None:
+    """A form sent twice (a double click, a replay) names the version it was shown; the
+    second rotation, even one racing the first, finds another version and changes nothing."""
+    hook = store.webhooks.create("docs", Doc, "http://127.0.0.1:9/hooks")
+    seen, original = hook.secret_version, hook.secret
+    assert original not in seen and len(seen) == 16
+    outcome = _db.one_after_another(
+        store, lambda: store.webhooks.rotate_secret(hook.name, expected=seen).secret
+    )
+    refused = [value for value in outcome.values() if isinstance(value, ValidationError)]
+    assert len(refused) == 1, outcome
+    assert "rotated meanwhile" in str(refused[0]) and "docs" in str(refused[0])
+    now = store.webhooks.get(hook.name)
+    assert now.previous_secret == original and now.secret in outcome.values()
+    assert now.secret_version != seen
+    assert store.webhooks.rotate_secret(hook.name, expected=now.secret_version).secret != now.secret

@@ -21,6 +21,7 @@ from ._abid_sources import SOURCES, ABIDSource, source_value, storable
 from ._errors import ABIDDriftError, InvalidABID, NotFound, StoreError, ValidationError
 from ._fields import JSONField, UTCDateTimeField, UUIDField
 from ._rows import CheckedSelect, quote_name
+from ._signing import secret_version
 from ._times import format_time, to_stored_time, utcnow
 
 #: The user that owns what nobody else owns (records made without ``created_by``).
@@ -506,6 +507,11 @@ class OutboundWebhook(ABIDModel):
     def updated(self) -> datetime:
         """django-signal-webhooks' name for ``modified_at``."""
         return self.modified_at  # type: ignore[no-any-return]
+
+    @property
+    def secret_version(self) -> str:
+        """Names the signing secret without giving it away, for ``rotate_secret(expected=)``."""
+        return secret_version(self.secret)
 
     #: Checks a hook before every save; a store binds its ``HookValidator`` here when it opens.
     validator: ClassVar[Callable[[OutboundWebhook], None] | None] = None

@@ -49,6 +49,12 @@ def new_signing_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(_SECRET_BYTES)).decode("ascii")
 
 
+def secret_version(secret: str) -> str:
+    """A short fingerprint of a signing secret: another with each rotation, and no help in
+    guessing the secret (16 hex digits of its SHA-256), so a page may carry it in a form."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()[:16]
+
+
 def signing_key(secret: str) -> bytes:
     """Decode a secret into HMAC key bytes.
 

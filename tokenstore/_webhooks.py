@@ -282,16 +282,31 @@ class Webhooks:
         return hook
 
     def rotate_secret(
-        self, hook: OutboundWebhook | str, grace: timedelta | None = None
+        self,
+        hook: OutboundWebhook | str,
+        grace: timedelta | None = None,
+        expected: str | None = None,
     ) -> OutboundWebhook:
-        """Give a hook a new signing secret; the old one keeps signing too for ``grace``."""
+        """Give a hook a new signing secret; the old one keeps signing too for ``grace``.
+
+        ``expected`` is the ``secret_version`` the caller saw: if the hook's secret is
+        another by now (the same request sent twice, a rotation elsewhere), nothing is
+        rotated and ``ValidationError`` says so.
+        """
         hook = self._hook(hook)
         grace = self.secret_grace if grace is None else check_span(grace, "grace", allow_zero=True)
+        if expected is not None:
+            check_text(expected, "expected")
         with self.db.atomic():  # the secret as it is now: another rotation's may have committed
             self.outbox.lock_hook(OutboundWebhook.id.db_value(hook.id))
             stored = OutboundWebhook.get_or_none(OutboundWebhook.id == hook.id)
             if stored is None:
                 raise NotFound(f"no webhook {hook.name!r}: it was deleted meanwhile")
+            if expected is not None and stored.secret_version != expected:
+                raise ValidationError(
+                    f"the signing secret of webhook {stored.name!r} was rotated meanwhile "
+                    "(it is not the version expected): it was not rotated again"
+                )
             hook.previous_secret = stored.secret
             hook.previous_secret_expires = to_stored_time(self.clock()) + grace
             hook.secret = new_signing_secret()

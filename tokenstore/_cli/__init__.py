@@ -69,6 +69,9 @@ PARAMETERS: dict[str, dict[str, str]] = {
     "tokens create": {"scopes": "scope"},
     "tokens revoke": {"token": "abid"},
     "webhooks create": {"headers": "header", "created_by": "owner"},
+    "webhooks rotate-secret": {
+        "expected": "a form's guard against being sent twice: one run rotates once"
+    },
     "webhooks get": {"key": "hook"},
     "webhooks delivery": {"abid": "delivery"},
     "import archivebox": {"ref_map": "map"},

@@ -46,6 +46,16 @@ def _form(visit: Visit) -> dict[str, str]:
     return visit.request.form()
 
 
+def _required(form: dict[str, str], name: str) -> str:
+    """A hidden field every form of the page carries: without it, the form is not the page's."""
+    value = form.get(name)
+    if not value:
+        raise tokenstore.ValidationError(
+            f"the form carries no {name}: reload the page and send it again"
+        )
+    return value
+
+
 # -- overview -------------------------------------------------------------------------------
 
 
@@ -342,7 +352,9 @@ def disable_webhook(visit: Visit, abid: str) -> Response:
 
 
 def rotate_secret(visit: Visit, abid: str) -> Response:
-    hook = visit.store.webhooks.rotate_secret(abid)
+    """Once per form: a second send of it finds the secret it names rotated already."""
+    expected = _required(_form(visit), "secret_version")
+    hook = visit.store.webhooks.rotate_secret(abid, expected=expected)
     visit.session.reveal = Reveal(f"New signing secret of webhook {hook.name}", hook.secret)
     return visit.done(
         f"/webhooks/{hook.abid}",
