@@ -578,7 +578,9 @@ def test_users_are_shown_a_page_at_a_time_and_owners_typed_once_they_are_many(
 
     form = client.get("/tokens").text
     assert '<select name="user">' not in form and 'name="user" required' in form
-    made = client.post("/tokens", {"user": "bob", "name": "typed"})
+    made = client.post(
+        "/tokens", {**client.get("/tokens").form("/tokens"), "user": "bob", "name": "typed"}
+    )
     assert made.status == 303
     (token,) = [t for t in store.tokens.list() if t.name == "typed"]
     assert token.created_by_id == store.users.get("bob").id
@@ -592,7 +594,13 @@ def test_token_secret_is_shown_once_and_revocation_asks_first(
     alice = store.users.get("alice")
     made = client.post(
         "/tokens",
-        {"user": str(alice.id), "name": "ci", "expires_days": "30", "scopes": "a:read, b:write"},
+        {
+            **client.get("/tokens").form("/tokens"),
+            "user": str(alice.id),
+            "name": "ci",
+            "expires_days": "30",
+            "scopes": "a:read, b:write",
+        },
     )
     assert made.status == 303 and made.header("Location") == "/tokens"
     once = client.get("/tokens")
@@ -613,6 +621,39 @@ def test_token_secret_is_shown_once_and_revocation_asks_first(
     assert store.tokens.get(token.abid).revoked_at is not None
     row = client.get("/tokens").text.split(f'<tr id="{token.abid}">')[1].split("</tr>")[0]
     assert "revoked" in row and "Revoke…" not in row
+
+
+def test_a_create_token_form_sent_twice_makes_one_token(
+    client: Client, store: tokenstore.Store
+) -> None:
+    """A double click, or the form sent again from the history: each rendered form carries
+    a one-time id, and a second send is refused with a line saying so."""
+    form = {**client.get("/tokens").form("/tokens"), "user": "root", "name": "once"}
+    assert client.post("/tokens", form).status == 303
+    again = client.post("/tokens", form)
+    assert again.status == 400 and "sent already" in again.text
+    assert re.search(r'id="secret" class="secret" value="[^"]+"', again.text)  # not lost
+    assert [t.name for t in store.tokens.list()].count("once") == 1
+    other = client.get("/tokens").form("/tokens")  # a form rendered anew is a new one
+    assert other["form_id"] != form["form_id"]
+    assert client.post("/tokens", {**other, "user": "root", "name": "once"}).status == 303
+    without = client.post("/tokens", {"user": "root", "name": "bare"})
+    assert without.status == 400 and "form_id" in without.text
+    assert [t.name for t in store.tokens.list()].count("once") == 2
+    assert "bare" not in [t.name for t in store.tokens.list()]
+
+
+def test_a_redeliver_form_sent_twice_redelivers_once(
+    client: Client, store: tokenstore.Store, receiver: Any
+) -> None:
+    url, received, _ = receiver
+    sent = store.webhooks.ping(store.webhooks.create("twice", tokenstore.User, url))
+    path = f"/deliveries/{sent.abid}/redeliver"
+    form = client.get(f"/deliveries/{sent.abid}").form(path)
+    assert client.post(path, form).status == 303
+    again = client.post(path, form)
+    assert again.status == 400 and "sent already" in again.text
+    assert store.webhooks.delivery(sent.abid).attempts == 2 and len(received) == 2
 
 
 def test_tokens_are_shown_a_page_at_a_time_newest_first(
@@ -646,6 +687,7 @@ def test_tokens_are_shown_a_page_at_a_time_newest_first(
 
 def test_token_form_errors_are_shown(client: Client, store: tokenstore.Store) -> None:
     root = store.users.get("root")
+    sent = client.get("/tokens").form("/tokens")  # a refused form may be sent again, fixed
     for form, message in [
         ({"expires_days": "soon"}, "give a number of days"),
         ({"expires_days": "-1"}, "0 &lt; days"),
@@ -656,7 +698,7 @@ def test_token_form_errors_are_shown(client: Client, store: tokenstore.Store) ->
         ({"user": "9" * 30}, "user id must be between"),
         ({"user": "9" * 5000}, "no user"),  # past int()'s digit limit: a name, then
     ]:
-        page = client.post("/tokens", {"user": str(root.id), **form})
+        page = client.post("/tokens", {**sent, "user": str(root.id), **form})
         assert page.status in (400, 404) and message in page.text, (form, page.text)
     assert len(store.tokens.list()) == 1  # only the admin's own
 
@@ -722,7 +764,9 @@ def test_delivery_page_shows_what_was_sent(
     assert "<pre>received</pre>" in page.text  # kept, and this was the hook's last attempt
     assert re.search(r"took \d+ ms", page.text)
 
-    again = client.post(f"/deliveries/{sent.abid}/redeliver")
+    again = client.post(
+        f"/deliveries/{sent.abid}/redeliver", page.form(f"/deliveries/{sent.abid}/redeliver")
+    )
     assert again.status == 303 and again.header("Location") == f"/deliveries/{sent.abid}"
     assert "Redelivered: delivered." in client.get(f"/deliveries/{sent.abid}").text
     assert store.webhooks.delivery(sent.abid).attempts == 2

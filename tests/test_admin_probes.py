@@ -42,6 +42,8 @@ def test_a_refused_change_whose_page_is_damaged_too_is_a_400(
     """The change fails on a damaged row, and so does the page that would show the error."""
     hook = store.webhooks.create("broken", tokenstore.User, NOWHERE)
     sent = store.webhooks.ping(hook)
+    redeliver = f"/deliveries/{sent.abid}/redeliver"
+    redeliver_form = client.get(f"/deliveries/{sent.abid}").form(redeliver)  # shown before
     with _db.Raw(store) as raw:
         raw.execute(
             "UPDATE tokenstore_outbound_webhook SET last_success = 'garbage' WHERE abid = ?",
@@ -49,7 +51,7 @@ def test_a_refused_change_whose_page_is_damaged_too_is_a_400(
         )
     forms = {f"/webhooks/{hook.abid}/{action}": {} for action in ("enable", "disable", "ping")}
     forms[f"/webhooks/{hook.abid}/rotate"] = {"secret_version": hook.secret_version}
-    forms[f"/deliveries/{sent.abid}/redeliver"] = {}
+    forms[redeliver] = redeliver_form
     for path, form in forms.items():
         page = client.post(path, form)
         assert page.status == 400, (path, page.status)
@@ -368,10 +370,11 @@ def test_a_write_while_another_program_holds_the_lock_is_a_503_to_retry(
 def _a_write_meeting_the_lock_is_a_503(client: Client, store: tokenstore.Store) -> None:
     other = sqlite3.connect(str(store.path), isolation_level=None)
     try:
+        form = client.get("/tokens").form("/tokens")
         other.execute("BEGIN IMMEDIATE")
         pages = [
             client.post("/users", {"username": "bob"}),
-            client.post("/tokens", {"user": "root", "name": "late"}),
+            client.post("/tokens", {**form, "user": "root", "name": "late"}),
         ]
     finally:
         other.execute("ROLLBACK")
@@ -384,6 +387,8 @@ def _a_write_meeting_the_lock_is_a_503(client: Client, store: tokenstore.Store) 
     assert [token.name for token in store.tokens.list()] == ["admin"]
     assert client.get("/tokens").text.count("Secret of token") == 0  # no secret left to show
     assert client.post("/users", {"username": "bob"}).status == 303  # and once it is free
+    # The token form did nothing, so it may be sent again.
+    assert client.post("/tokens", {**form, "user": "root", "name": "late"}).status == 303
 
 
 def test_a_method_in_another_case_is_another_method(client: Client) -> None:
@@ -436,7 +441,10 @@ def test_a_secret_typed_where_it_does_not_belong_is_not_quoted_back(
     the API's messages leave it out. So does the request log, which shows the path."""
     _, secret = store.tokens.create("root", name="other")
     pages = [
-        client.post("/tokens", {"user": "root", "expires_days": secret}),
+        client.post(
+            "/tokens",
+            {**client.get("/tokens").form("/tokens"), "user": "root", "expires_days": secret},
+        ),
         client.get(f"/users?after={secret}"),
         client.get(f"/{secret}"),
         client.get(f"/webhooks/x/{secret}."),

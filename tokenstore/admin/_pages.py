@@ -28,7 +28,7 @@ from tokenstore._tokens import live_from
 from tokenstore._users import usernames
 
 from ._chart import chart, hourly_outcomes
-from ._sessions import Reveal
+from ._sessions import MAX_FORMS, Reveal
 
 if TYPE_CHECKING:
     from ._http import Response
@@ -44,6 +44,25 @@ STATUSES = ("pending", "failed", "delivered", "dead")
 
 def _form(visit: Visit) -> dict[str, str]:
     return visit.request.form()
+
+
+@contextmanager
+def _once(visit: Visit) -> Iterator[None]:
+    """The block, for a form sent for the first time: one sent again (a double click, the
+    page sent again from the history) is refused. A block that fails did nothing, and
+    gives the form back to be sent again."""
+    form_id = _required(_form(visit), "form_id")
+    if not visit.session.take_form(form_id):
+        raise tokenstore.ValidationError(
+            "this form was sent already (a double click, or the page sent again), or is "
+            f"older than the session's last {MAX_FORMS} forms: it was not carried out again; "
+            "reload the page for a new one"
+        )
+    try:
+        yield
+    except BaseException:
+        visit.session.keep_form(form_id)
+        raise
 
 
 def _required(form: dict[str, str], name: str) -> str:
@@ -172,6 +191,7 @@ def tokens(visit: Visit, error: str = "") -> Response:
         # Owners to choose from, while there are few enough to list; past that, a name is typed.
         users=store.users.list(limit=PAGE_SIZE + 1),
         many_users=PAGE_SIZE,
+        form_id=visit.session.keep_form(),
         error=error,
     )
 
@@ -198,12 +218,13 @@ def create_token(visit: Visit) -> Response:
     scopes = form.get("scopes", "").replace(",", " ").split()
     user = form.get("user", "")
     owner = _as_id(user)
-    token, secret = visit.store.tokens.create(
-        user if owner is None else owner,
-        name=form.get("name", "").strip() or None,
-        expires=_expiry(form.get("expires_days", "")),
-        scopes=scopes,
-    )
+    with _once(visit):
+        token, secret = visit.store.tokens.create(
+            user if owner is None else owner,
+            name=form.get("name", "").strip() or None,
+            expires=_expiry(form.get("expires_days", "")),
+            scopes=scopes,
+        )
     visit.session.reveal = Reveal(f"Secret of token {token.abid}", secret)
     return visit.done("/tokens", f"Token {token.abid} created.")
 
@@ -454,10 +475,12 @@ def delivery(visit: Visit, abid: str, error: str = "") -> Response:
         payload=payload,
         headers=request_headers(store, hook, sent),
         response_body=hook.last_response if latest and hook.keep_last_response else None,
+        form_id=visit.session.keep_form(),
         error=error,
     )
 
 
 def redeliver(visit: Visit, abid: str) -> Response:
-    sent = visit.store.webhooks.redeliver(abid)
+    with _once(visit):
+        sent = visit.store.webhooks.redeliver(abid)
     return visit.done(f"/deliveries/{sent.abid}", f"Redelivered: {sent.status}.")

@@ -1,7 +1,8 @@
 """Server-side sessions in memory, keyed by a random id sent in an HttpOnly cookie.
 
 A session remembers which token signed in (its ABID, never its secret), the
-CSRF token its forms carry, and at most one secret waiting to be shown once.
+CSRF token its forms carry, the one-time ids of the forms it was shown that
+must be carried out once, and at most one secret waiting to be shown once.
 Restarting the server signs everybody out, which is the safe way round.
 """
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 SESSION_LIFETIME = 8 * 3600
 #: How long a visitor has to fill in the sign-in form (seconds).
 SIGN_IN_LIFETIME = 15 * 60
+#: The most one-time form ids a session keeps; past it the oldest are forgotten.
+MAX_FORMS = 100
 #: The most sessions of each kind kept (signed in, and sign-in forms); past it the
 #: oldest of that kind are dropped.
 MAX_SESSIONS = 10_000
@@ -39,9 +42,29 @@ class Session:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     notice: str = ""
     reveal: Reveal | None = None
+    #: One-time ids of the forms shown and not yet sent, oldest first.
+    forms: dict[str, None] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def csrf_ok(self, presented: str | None) -> bool:
         return presented is not None and hmac.compare_digest(presented.encode(), self.csrf.encode())
+
+    def keep_form(self, form_id: str | None = None) -> str:
+        """Remember a one-time form id (a new one unless given back); returns it."""
+        form_id = form_id or secrets.token_urlsafe(16)
+        with self._lock:
+            self.forms[form_id] = None
+            while len(self.forms) > MAX_FORMS:
+                del self.forms[next(iter(self.forms))]
+        return form_id
+
+    def take_form(self, form_id: str) -> bool:
+        """Whether ``form_id`` was waiting to be sent; it is not any more."""
+        with self._lock:
+            if form_id not in self.forms:
+                return False
+            del self.forms[form_id]
+            return True
 
     def take_reveal(self) -> Reveal | None:
         reveal, self.reveal = self.reveal, None
