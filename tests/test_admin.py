@@ -782,19 +782,23 @@ def test_webhook_edit_enable_disable_rotate_delete(
     )
     path = f"/webhooks/{hook.abid}"
     form = {"name": "edited", "endpoint": url + "/v2", "signal": "UPDATE", "headers": ""}
-    assert client.post(path, form).status == 303
+
+    def edit(**fields: str) -> Any:
+        return client.post(path, {**client.get(path).form(path), **form, **fields})
+
+    assert edit().status == 303
     hook = store.webhooks.get(hook.abid)
     assert (hook.name, hook.endpoint, hook.signal) == ("edited", url + "/v2", "UPDATE")
     assert hook.headers == {"X-Key": "v1"} and hook.auth_token == "t1"  # empty keeps them
-    client.post(path, {**form, "headers": "X-New: v2", "auth_token": "t2"})
+    assert edit(headers="X-New: v2", auth_token="t2").status == 303
     hook = store.webhooks.get(hook.abid)
     assert hook.headers == {"X-New": "v2"} and hook.auth_token == "t2"
-    client.post(path, {**form, "clear_headers": "on", "clear_auth_token": "on"})
+    assert edit(clear_headers="on", clear_auth_token="on").status == 303
     hook = store.webhooks.get(hook.abid)
     assert hook.headers == {} and hook.auth_token == ""
-    refused = client.post(path, {**form, "endpoint": "ftp://example.com/"})
+    refused = edit(endpoint="ftp://example.com/")
     assert refused.status == 400 and store.webhooks.get(hook.abid).endpoint == url + "/v2"
-    bad_header = client.post(path, {**form, "headers": "no colon here"})
+    bad_header = edit(headers="no colon here")
     assert bad_header.status == 400 and "line 1" in bad_header.text
 
     client.post(f"{path}/disable", {"reason": "receiver <down> for maintenance"})
@@ -818,6 +822,32 @@ def test_webhook_edit_enable_disable_rotate_delete(
     assert client.post(f"{path}/delete").header("Location") == "/webhooks"
     assert store.webhooks.list() == []
     assert client.get(path).status == 404
+
+
+def test_a_hook_saved_in_another_tab_meanwhile_is_not_overwritten(
+    client: Client, store: tokenstore.Store, receiver: Any
+) -> None:
+    """Two tabs show the edit form; the later save names the version it was shown, and is
+    refused with a line saying the hook changed, instead of putting back the old values."""
+    url, _, _ = receiver
+    hook = store.webhooks.create("tabs", tokenstore.User, url, signal="CREATE")
+    path = f"/webhooks/{hook.abid}"
+    first, second = client.get(path).form(path), client.get(path).form(path)
+    assert first["hook_version"] == second["hook_version"]
+    time.sleep(0.01)  # the version is the hook's modified_at, in milliseconds
+    fields = {"name": "tabs", "endpoint": url}
+    assert client.post(path, {**first, **fields, "signal": "UPDATE"}).status == 303
+    stale = client.post(path, {**second, **fields, "signal": "CREATE", "name": "renamed"})
+    assert stale.status == 400 and "changed meanwhile" in stale.text
+    assert (store.webhooks.get(hook.abid).signal, store.webhooks.get(hook.abid).name) == (
+        "UPDATE",
+        "tabs",
+    )
+    without = client.post(path, {**fields, "signal": "DELETE"})
+    assert without.status == 400 and "hook_version" in without.text
+    assert store.webhooks.get(hook.abid).signal == "UPDATE"
+    fresh = client.get(path).form(path)
+    assert client.post(path, {**fresh, **fields, "signal": "DELETE"}).status == 303
 
 
 def test_a_rotate_form_sent_twice_rotates_once(
@@ -938,7 +968,8 @@ def test_text_reordering_and_control_characters_are_spelled_out(
         text = client.get(path).text
         for hidden in ("\u202e", "\u2066", "\x07", "\u2028"):
             assert hidden not in text.split('name="name" value=')[0], (path, hidden)
-    page = client.get(f"/webhooks/{hook.abid}").text
+    shown = client.get(f"/webhooks/{hook.abid}")
+    page = shown.text
     assert "pay\\u202egnp.exe" in page and "bell\\u0007 and \\u2028 break" in page
     # The edit form keeps the value as stored: saving it unchanged changes nothing.
     form = re.search(r'name="name" value="([^"]*)"', page)
@@ -947,6 +978,7 @@ def test_text_reordering_and_control_characters_are_spelled_out(
     saved = client.post(
         f"/webhooks/{hook.abid}",
         {
+            **shown.form(f"/webhooks/{hook.abid}"),
             "name": html.unescape(form[1]),
             "endpoint": html.unescape(endpoint[1]),
             "signal": hook.signal,

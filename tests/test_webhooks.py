@@ -7,6 +7,7 @@ is sent to, and no app model is saved while an enabled hook matches it.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -571,3 +572,24 @@ def test_rotating_with_the_secret_version_seen_rotates_once_however_often_it_is_
     assert now.previous_secret == original and now.secret in outcome.values()
     assert now.secret_version != seen
     assert store.webhooks.rotate_secret(hook.name, expected=now.secret_version).secret != now.secret
+
+
+def test_an_update_from_a_stale_copy_is_refused_when_asked(store: Store) -> None:
+    """Two editors read the hook, each saves a change: the later one, saying which version it
+    read, is refused rather than silently putting back what the first changed."""
+    hook = store.webhooks.create("docs", Doc, "http://127.0.0.1:9/hooks")
+    seen = hook.modified_at
+    time.sleep(0.01)  # the version is modified_at, in milliseconds
+    outcome = _db.one_after_another(
+        store,
+        lambda: store.webhooks.update(hook.name, unchanged_since=seen, signal="UPDATE").signal,
+    )
+    refused = [value for value in outcome.values() if isinstance(value, ValidationError)]
+    assert len(refused) == 1 and "UPDATE" in outcome.values(), outcome
+    assert "changed meanwhile" in str(refused[0]) and "docs" in str(refused[0])
+    stale = store.webhooks.get("docs")
+    with pytest.raises(ValidationError, match="changed meanwhile"):
+        store.webhooks.update(stale, unchanged_since=seen, name="renamed")
+    assert stale.name == "docs" and store.webhooks.get("docs").signal == "UPDATE"
+    renamed = store.webhooks.update(stale, unchanged_since=stale.modified_at, name="renamed")
+    assert store.webhooks.get("renamed").modified_at == renamed.modified_at

@@ -229,13 +229,22 @@ class Webhooks:
             raise NotFound(f"no webhook with ABID or name {shown}")
         return hook
 
-    def update(self, hook: OutboundWebhook | str, **changes: Any) -> OutboundWebhook:
+    def update(
+        self,
+        hook: OutboundWebhook | str,
+        *,
+        unchanged_since: datetime | None = None,
+        **changes: Any,
+    ) -> OutboundWebhook:
         """Change the given fields of a hook, all or nothing.
 
         The fields are those of ``EDITABLE``: name, signal, ref, endpoint,
         headers, auth_token, enabled, keep_last_response. ``enabled`` only
         sets the flag: ``enable()`` also forgets the failure streak, and
         ``disable()`` gives up what the hook still had to send.
+        ``unchanged_since`` is the ``modified_at`` the caller saw: if the
+        hook was changed since (another editor saved), nothing is written and
+        ``ValidationError`` says so.
         """
         hook = self._hook(hook)
         unknown = sorted(set(changes) - set(EDITABLE))
@@ -245,11 +254,23 @@ class Webhooks:
             )
         if "ref" in changes and isinstance(changes["ref"], type):
             changes["ref"] = model_ref(changes["ref"])
+        if unchanged_since is not None:
+            with about("unchanged_since"):
+                unchanged_since = to_stored_time(unchanged_since)
         before = {key: getattr(hook, key) for key in changes}
         for key, value in changes.items():
             setattr(hook, key, value)
         try:
-            self._save(hook)
+            with self.db.atomic():
+                if unchanged_since is not None:
+                    stored = self._locked(hook)
+                    if stored.modified_at != unchanged_since:
+                        raise ValidationError(
+                            f"webhook {stored.name!r} was changed meanwhile (at "
+                            f"{format_time(stored.modified_at)}, after "
+                            f"{format_time(unchanged_since)}): nothing was saved"
+                        )
+                self._save(hook)
         except Exception:
             # Nothing was stored; the caller's object must not claim otherwise,
             # or its next save() would write the refused values after all.
@@ -298,10 +319,7 @@ class Webhooks:
         if expected is not None:
             check_text(expected, "expected")
         with self.db.atomic():  # the secret as it is now: another rotation's may have committed
-            self.outbox.lock_hook(OutboundWebhook.id.db_value(hook.id))
-            stored = OutboundWebhook.get_or_none(OutboundWebhook.id == hook.id)
-            if stored is None:
-                raise NotFound(f"no webhook {hook.name!r}: it was deleted meanwhile")
+            stored = self._locked(hook)
             if expected is not None and stored.secret_version != expected:
                 raise ValidationError(
                     f"the signing secret of webhook {stored.name!r} was rotated meanwhile "
@@ -312,6 +330,15 @@ class Webhooks:
             hook.secret = new_signing_secret()
             hook.save()
         return hook
+
+    def _locked(self, hook: OutboundWebhook) -> OutboundWebhook:
+        """The hook's row as stored now, locked for this transaction: the writers that
+        check it first (a rotation, an update that names a version) go one after another."""
+        self.outbox.lock_hook(OutboundWebhook.id.db_value(hook.id))
+        stored = OutboundWebhook.get_or_none(OutboundWebhook.id == hook.id)
+        if stored is None:
+            raise NotFound(f"no webhook {hook.name!r}: it was deleted meanwhile")
+        return stored
 
     def _hook(self, hook: OutboundWebhook | str) -> OutboundWebhook:
         """The hook named, or the hook object given if its row is still there.

@@ -69,6 +69,9 @@ PARAMETERS: dict[str, dict[str, str]] = {
     "tokens create": {"scopes": "scope"},
     "tokens revoke": {"token": "abid"},
     "webhooks create": {"headers": "header", "created_by": "owner"},
+    "webhooks update": {
+        "unchanged_since": "an editor's guard against saving over a newer change: a run reads none"
+    },
     "webhooks rotate-secret": {
         "expected": "a form's guard against being sent twice: one run rotates once"
     },

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import peewee
@@ -341,7 +341,16 @@ def webhook(visit: Visit, abid: str, error: str = "") -> Response:
 
 
 def edit_webhook(visit: Visit, abid: str) -> Response:
+    """Saves the form over the hook it was shown: a hook saved meanwhile (in another tab) is
+    refused, not overwritten with what this form showed of it."""
     form = _form(visit)
+    version = _required(form, "hook_version")
+    try:
+        shown = datetime.fromisoformat(version)
+    except ValueError:
+        raise tokenstore.ValidationError(
+            f"hook_version {quoted(version)} is not a time: reload the page"
+        ) from None
     changes: dict[str, Any] = {
         "name": form.get("name", "").strip(),
         "endpoint": form.get("endpoint", "").strip(),
@@ -357,7 +366,7 @@ def edit_webhook(visit: Visit, abid: str) -> Response:
         changes["auth_token"] = ""
     elif form.get("auth_token", ""):
         changes["auth_token"] = form["auth_token"]
-    hook = visit.store.webhooks.update(abid, **changes)
+    hook = visit.store.webhooks.update(abid, unchanged_since=shown, **changes)
     return visit.done(f"/webhooks/{hook.abid}", f"Webhook {hook.name} saved.")
 
 
