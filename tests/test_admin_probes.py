@@ -434,6 +434,30 @@ def test_a_header_written_twice_in_the_form_is_refused_not_kept_once(
     assert store.webhooks.list() == []
 
 
+@pytest.mark.parametrize(
+    "separator", ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\u2028", "\r", "\x85"]
+)
+def test_the_headers_field_splits_lines_at_line_feeds_only(
+    client: Client, store: tokenstore.Store, separator: str
+) -> None:
+    """str.splitlines() also breaks at these: a value holding one became a second header of
+    the value's choosing. A line ends at LF (or CRLF, as browsers send a textarea); anything
+    else stays in the value: the store refuses a control character, and keeps NEL (\\x85),
+    which is Latin-1 text to HTTP."""
+    lines = "X-One: 1\r\nX-Two: 2\n\r\nX-Three: 3\r\n"
+    sent = {"ref": "tokenstore.User", "endpoint": NOWHERE, "name": "crlf", "headers": lines}
+    assert client.post("/webhooks", sent).status == 303
+    assert store.webhooks.get("crlf").headers == {"X-One": "1", "X-Two": "2", "X-Three": "3"}
+    one = {**sent, "endpoint": f"{NOWHERE}/one", "name": "one"}
+    page = client.post("/webhooks", {**one, "headers": f"X-A: a{separator}X-B: b"})
+    if separator == "\x85":
+        assert page.status == 303
+        assert store.webhooks.get("one").headers == {"X-A": f"a{separator}X-B: b"}
+    else:
+        assert page.status == 400 and "X-A" in page.text, page.text
+        assert [hook.name for hook in store.webhooks.list()] == ["crlf"]
+
+
 def test_a_secret_typed_where_it_does_not_belong_is_not_quoted_back(
     client: Client, store: tokenstore.Store, capfd: pytest.CaptureFixture[str]
 ) -> None:

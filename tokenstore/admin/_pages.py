@@ -255,11 +255,16 @@ def revoke_token(visit: Visit, abid: str) -> Response:
 def parse_headers(text: str) -> dict[str, str]:
     """``Name: value`` lines (blank lines skipped) as a headers mapping.
 
-    A name written twice is refused: as a mapping, its first value would be
-    dropped without a word.
+    A line ends at LF, or CRLF as browsers send a textarea; not at whatever
+    else ``str.splitlines`` breaks at (a lone CR, U+2028, ``\\x0b``...): a value
+    holding one stays one value, which the store refuses for its control
+    character, rather than a second header of the value's making. A name
+    written twice is refused: as a mapping, its first value would be dropped
+    without a word.
     """
     headers: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         name, sep, value = line.partition(":")
