@@ -623,6 +623,20 @@ def test_token_secret_is_shown_once_and_revocation_asks_first(
     assert "revoked" in row and "Revoke…" not in row
 
 
+def test_the_token_owner_typed_with_blanks_around_it_is_found(
+    client: Client, store: tokenstore.Store
+) -> None:
+    """Past 50 users the owner is typed: a name or id pasted with a space or a tab around it
+    named no user; the other fields of the page are stripped the same way."""
+    bob = store.users.create("bob")
+    for typed in (" bob ", "\tbob", f" {bob.id}\n"):
+        form = client.get("/tokens").form("/tokens")
+        page = client.post("/tokens", {**form, "user": typed, "name": repr(typed)})
+        assert page.status == 303, (typed, page.text)
+    owners = {t.name: t.created_by_id for t in store.tokens.list() if t.name != "admin"}
+    assert len(owners) == 3 and set(owners.values()) == {bob.id}
+
+
 def test_a_create_token_form_sent_twice_makes_one_token(
     client: Client, store: tokenstore.Store
 ) -> None:

@@ -216,7 +216,7 @@ def _expiry(text: str) -> timedelta | None:
 def create_token(visit: Visit) -> Response:
     form = _form(visit)
     scopes = form.get("scopes", "").replace(",", " ").split()
-    user = form.get("user", "")
+    user = form.get("user", "").strip()
     owner = _as_id(user)
     with _once(visit):
         token, secret = visit.store.tokens.create(
