@@ -838,6 +838,32 @@ def test_webhook_edit_enable_disable_rotate_delete(
     assert client.get(path).status == 404
 
 
+def test_enabling_an_enabled_hook_or_disabling_a_disabled_one_changes_nothing(
+    client: Client, store: tokenstore.Store, receiver: Any
+) -> None:
+    """The button sent twice, or from a tab showing the hook's old state: no error, and
+    neither the failure streak nor the reason it was disabled for is lost."""
+    url, _, status = receiver
+    status[0] = 500
+    hook = store.webhooks.create("steady", tokenstore.User, url)
+    store.webhooks.ping(hook)
+    path = f"/webhooks/{hook.abid}"
+    before = store.webhooks.get(hook.abid)
+    assert before.enabled and before.failure_count == 1
+    page = client.post(f"{path}/enable")
+    assert page.status == 303 and "already enabled" in client.get(path).text
+    after = store.webhooks.get(hook.abid)
+    assert (after.failure_count, after.modified_at) == (1, before.modified_at)
+
+    store.webhooks.disable(hook, "the receiver answered 410 Gone")
+    before = store.webhooks.get(hook.abid)
+    page = client.post(f"{path}/disable", {"reason": ""})
+    assert page.status == 303 and "already disabled" in client.get(path).text
+    after = store.webhooks.get(hook.abid)
+    assert after.disabled_reason == "the receiver answered 410 Gone"
+    assert after.modified_at == before.modified_at and not after.enabled
+
+
 def test_a_hook_saved_in_another_tab_meanwhile_is_not_overwritten(
     client: Client, store: tokenstore.Store, receiver: Any
 ) -> None:

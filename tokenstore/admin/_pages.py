@@ -376,13 +376,21 @@ def edit_webhook(visit: Visit, abid: str) -> Response:
 
 
 def enable_webhook(visit: Visit, abid: str) -> Response:
-    hook = visit.store.webhooks.enable(abid)
+    """Enables a disabled hook; an enabled one keeps its failure streak, untouched."""
+    hook = visit.store.webhooks.get(abid)
+    if hook.enabled:
+        return visit.done(f"/webhooks/{hook.abid}", f"Webhook {hook.name} is already enabled.")
+    hook = visit.store.webhooks.enable(hook)
     return visit.done(f"/webhooks/{hook.abid}", f"Webhook {hook.name} enabled.")
 
 
 def disable_webhook(visit: Visit, abid: str) -> Response:
+    """Disables an enabled hook; a disabled one keeps the reason it was disabled for."""
     reason = _form(visit).get("reason", "").strip() or "disabled in the admin page"
-    hook = visit.store.webhooks.disable(abid, reason)
+    hook = visit.store.webhooks.get(abid)
+    if not hook.enabled:
+        return visit.done(f"/webhooks/{hook.abid}", f"Webhook {hook.name} is already disabled.")
+    hook = visit.store.webhooks.disable(hook, reason)
     return visit.done(f"/webhooks/{hook.abid}", f"Webhook {hook.name} disabled.")
 
 
