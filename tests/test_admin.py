@@ -242,6 +242,19 @@ def test_sign_out(client: Client) -> None:
     assert client.get("/").status == 303
 
 
+def test_signing_out_twice_lands_on_the_sign_in_form(client: Client) -> None:
+    """A double click on Sign out, or the button of another tab: the second finds no session,
+    and has nobody left to sign out; it is no error."""
+    cookie, csrf = client.cookie, client.csrf
+    assert client.post("/logout").status == 303
+    client.cookie = cookie  # the second click went out with the first's cookie
+    for _ in range(2):
+        page = client.post("/logout", {"csrf": csrf})
+        assert page.status == 303 and page.header("Location") == "/login", page.text
+        client.cookie = None
+    assert client.get("/").status == 303
+
+
 # -- CSRF -----------------------------------------------------------------------------------
 
 

@@ -220,9 +220,12 @@ class AdminApp:
         return response
 
     def sign_out(self, request: Request, session: Session | None) -> Response:
-        if session is None or not session.csrf_ok(request.form().get("csrf")):
-            raise HTTPError(403, "the form's CSRF token is missing or stale: reload the page")
-        self.sessions.end(session)
+        """End the session; with none (signed out already, in another tab or by a double
+        click) there is nobody to sign out, and the sign-in form follows all the same."""
+        if session is not None:
+            if not session.csrf_ok(request.form().get("csrf")):
+                raise HTTPError(403, "the form's CSRF token is missing or stale: reload the page")
+            self.sessions.end(session)
         response = redirect(request.base + "/login")
         response.headers.append(self.cookie(request, None, 0))
         return response
