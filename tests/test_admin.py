@@ -683,6 +683,19 @@ def test_a_redeliver_form_sent_twice_redelivers_once(
     assert store.webhooks.delivery(sent.abid).attempts == 2 and len(received) == 2
 
 
+def test_revoking_the_token_signed_in_with_warns_first(
+    client: Client, store: tokenstore.Store, records: dict[str, str]
+) -> None:
+    """Revoking it ends the session at once: the page asking first says so."""
+    (own,) = [token for token in store.tokens.list() if token.name == "admin"]
+    ask = client.get(f"/tokens/{own.abid}/revoke")
+    assert ask.status == 200 and "the token this session signed in with" in ask.text
+    other = client.get(f"/tokens/{records['token']}/revoke")
+    assert "signed in with" not in other.text
+    done = client.post(f"/tokens/{own.abid}/revoke")
+    assert done.status == 303 and client.get("/tokens").header("Location") == "/login"
+
+
 def test_tokens_are_shown_a_page_at_a_time_newest_first(
     client: Client, store: tokenstore.Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -241,6 +241,9 @@ def confirm_revoke(visit: Visit, abid: str) -> Response:
         action=f"/tokens/{token.abid}/revoke",
         button="Revoke",
         back="/tokens",
+        warning="This is the token this session signed in with: revoking it signs you out."
+        if token.abid == visit.session.token_abid
+        else "",
     )
 
 
@@ -421,6 +424,7 @@ def confirm_delete(visit: Visit, abid: str) -> Response:
         action=f"/webhooks/{hook.abid}/delete",
         button="Delete",
         back=f"/webhooks/{hook.abid}",
+        warning="",
     )
 
 
