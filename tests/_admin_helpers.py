@@ -59,6 +59,8 @@ class Client:
         self.app = app
         self.script_name = script_name
         self.cookie: str | None = None
+        #: The session cookie's name: it carries the port (wsgiref's test defaults say 80).
+        self.cookie_name = "tokenstore_admin_80"
         self.csrf = ""
 
     def request(
@@ -78,7 +80,7 @@ class Client:
             "QUERY_STRING": target.query,
         }
         if self.cookie:
-            environ["HTTP_COOKIE"] = f"tokenstore_admin={self.cookie}"
+            environ["HTTP_COOKIE"] = f"{self.cookie_name}={self.cookie}"
         if method == "POST":
             fields = dict(form or {})
             if csrf:
@@ -98,7 +100,8 @@ class Client:
         page = Page(int(started[0].split()[0]), started[1], body)
         cookie = page.header("Set-Cookie")
         if cookie:
-            self.cookie = cookie.split(";")[0].split("=", 1)[1] or None
+            self.cookie_name, _, value = cookie.split(";")[0].partition("=")
+            self.cookie = value or None
         found = CSRF.search(page.text)
         if found:
             self.csrf = found[1]

@@ -146,6 +146,23 @@ def test_sign_in_sets_a_strict_http_only_expiring_cookie(
     assert visitor.get("/login").status == 303  # already signed in
 
 
+@pytest.mark.parametrize(
+    ("host", "name"),
+    [
+        ("127.0.0.1:8787", "tokenstore_admin_8787"),
+        ("[::1]:8788", "tokenstore_admin_8788"),
+        ("[::1]", "tokenstore_admin_8080"),  # no port in Host: the server's
+        ("localhost", "tokenstore_admin_8080"),
+        ("localhost:x", "tokenstore_admin_8080"),
+    ],
+)
+def test_the_session_cookie_is_named_for_the_port_the_browser_reached(
+    app: admin.AdminApp, host: str, name: str
+) -> None:
+    page = Client(app).request("GET", "/login", extra={"HTTP_HOST": host, "SERVER_PORT": "8080"})
+    assert (page.header("Set-Cookie") or "").startswith(f"{name}="), page.header("Set-Cookie")
+
+
 def test_a_wrong_token_is_refused_without_echoing_it(app: admin.AdminApp) -> None:
     visitor = Client(app)
     visitor.get("/login")

@@ -106,15 +106,35 @@ def test_a_stored_id_or_a_mount_point_cannot_add_response_headers(store: tokenst
         "expires=1; {}",  # a name SimpleCookie takes for an attribute
         "name=zoë; {}",  # not ASCII
         "a@b=1; {}",  # a name SimpleCookie refuses outright
-        "{}; tokenstore_admin=from-another-port",  # the same name, set by another admin page
-        'tokenstore_admin="unterminated; {}',
+        "{}; tokenstore_admin_80=from-another-path",  # the same name, set by another mount
+        'tokenstore_admin_80="unterminated; {}',
+        "tokenstore_admin=an-older-version; {}",
     ],
 )
 def test_other_cookies_of_this_host_do_not_hide_the_session(client: Client, others: str) -> None:
     """On localhost every port shares the cookies; the browser sends the most specific first."""
-    ours = f"tokenstore_admin={client.cookie}"
+    ours = f"{client.cookie_name}={client.cookie}"
     page = client.request("GET", "/", extra={"HTTP_COOKIE": others.replace("{}", ours)})
     assert page.status == 200, page.header("Location")
+
+
+def test_two_admin_pages_on_one_host_keep_their_sessions_apart(store: tokenstore.Store) -> None:
+    """A browser keeps one cookie jar for a host, whatever the port: the second page's session
+    cookie, of the same name, replaced the first's, which was signed out."""
+    _, secret = store.tokens.create(store.users.create("root"), scopes=["admin"])
+    browser = requests.Session()
+    with running(store) as first, running(store) as second:
+        urls = [f"http://127.0.0.1:{server.server_address[1]}" for server in (first, second)]
+        for url in urls:
+            form = Page(200, [], browser.get(f"{url}/login", timeout=10).content)
+            signed_in = browser.post(
+                f"{url}/login", {"csrf": form.csrf, "token": secret}, allow_redirects=False
+            )
+            assert signed_in.status_code == 303
+        for url in urls:
+            assert browser.get(f"{url}/", allow_redirects=False, timeout=10).status_code == 200
+    names = sorted(cookie.name for cookie in browser.cookies)
+    assert names == sorted(f"tokenstore_admin_{url.rpartition(':')[2]}" for url in urls)
 
 
 # -- request framing ------------------------------------------------------------------------
@@ -304,13 +324,13 @@ def test_a_client_that_stops_reading_the_answer_leaves_no_traceback(
         browser = requests.Session()
         form = Page(200, [], browser.get(f"{url}/login", timeout=10).content)
         browser.post(f"{url}/login", {"csrf": form.csrf, "token": secret}, timeout=10)
-        cookie = browser.cookies["tokenstore_admin"]
+        cookie = browser.cookies[f"tokenstore_admin_{server.server_address[1]}"]
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect(server.server_address[:2])
             sock.sendall(
                 f"GET /deliveries/{sent.abid} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Cookie: tokenstore_admin={cookie}\r\n\r\n".encode()
+                f"Cookie: tokenstore_admin_{server.server_address[1]}={cookie}\r\n\r\n".encode()
             )
             time.sleep(2)  # the server gives up writing after 0.3 s without progress
         assert requests.get(f"{url}/login", timeout=10).status_code == 200

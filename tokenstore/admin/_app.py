@@ -23,6 +23,8 @@ from ._sessions import SESSION_LIFETIME, SIGN_IN_LIFETIME, Session, Sessions
 from ._templates import environment
 from ._visit import Visit
 
+#: The session cookie's name, followed by ``_PORT``: a browser keeps one cookie jar for a
+#: host whatever the port, and two admin pages on localhost must not replace each other's.
 COOKIE = "tokenstore_admin"
 #: The scope a token needs to sign in (unless it is a superuser's unrestricted token).
 ADMIN_SCOPE = "admin"
@@ -107,7 +109,7 @@ class AdminApp:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
-        found = (self.sessions.get(value) for value in request.cookies(COOKIE))
+        found = (self.sessions.get(value) for value in request.cookies(cookie_name(request)))
         session = next((s for s in found if s is not None), None)
         try:
             response = self.handle(request, session)
@@ -245,7 +247,7 @@ class AdminApp:
     def cookie(request: Request, session: Session | None, max_age: int) -> tuple[str, str]:
         value = "" if session is None else session.id
         parts = [
-            f"{COOKIE}={value}",
+            f"{cookie_name(request)}={value}",
             f"Path={header_path(request.base or '/')}",
             f"Max-Age={max_age}",
             "HttpOnly",
@@ -288,6 +290,12 @@ class AdminApp:
             base=request.base, status=status, message=message
         )
         return Response(status, html.encode("utf-8"))
+
+
+def cookie_name(request: Request) -> str:
+    """The session cookie's name for the port the browser reached."""
+    port = request.port()
+    return f"{COOKIE}_{port}" if port else COOKIE
 
 
 def _not_allowed(request: Request, *methods: str) -> HTTPError:

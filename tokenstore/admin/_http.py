@@ -142,6 +142,15 @@ class Request:
         sources = (self.environ.get(name) for name in ("HTTP_ORIGIN", "HTTP_REFERER"))
         return any(source and not _names_host(source, host) for source in sources)
 
+    def port(self) -> str:
+        """The port the browser reached: the one its ``Host`` names (what its cookie jar
+        sees, behind a proxy too), else the server's."""
+        host: str = self.environ.get("HTTP_HOST", "")
+        name, sep, port = host.rpartition(":")
+        if sep and port.isascii() and port.isdigit() and (":" not in name or name[-1:] == "]"):
+            return port
+        return str(self.environ.get("SERVER_PORT", ""))
+
     def cookies(self, name: str) -> list[str]:
         """Every value sent for the cookie ``name``, in the order the browser sent them.
 
