@@ -30,7 +30,7 @@ from _admin_helpers import Client, Received, connected, receiving, running, serv
 import tokenstore
 from tokenstore import admin
 from tokenstore.admin import _pages
-from tokenstore.admin._sessions import Sessions
+from tokenstore.admin._sessions import Reveal, Sessions
 
 
 @pytest.fixture
@@ -270,6 +270,18 @@ def test_signing_out_twice_lands_on_the_sign_in_form(client: Client) -> None:
         assert page.status == 303 and page.header("Location") == "/login", page.text
         client.cookie = None
     assert client.get("/").status == 303
+
+
+def test_a_sessions_repr_hides_its_secrets() -> None:
+    """A session in a log line or a traceback must not hand over its cookie, its CSRF token,
+    its one-time form ids or the secret it waits to show."""
+    session = Sessions().new("apt_01ABC")
+    session.reveal = Reveal("Secret of token apt_01ABC", "the-secret-value")
+    form_id = session.keep_form()
+    for shown in (repr(session), str(session), repr(session.reveal)):
+        for secret in (session.id, session.csrf, form_id, "the-secret-value"):
+            assert secret not in shown, shown
+    assert "apt_01ABC" in repr(session)  # which token signed in is no secret
 
 
 # -- CSRF -----------------------------------------------------------------------------------

@@ -31,20 +31,22 @@ class Reveal:
     """A secret to show on the next page, then forget: a new token's or a rotated signing key."""
 
     label: str
-    value: str
+    value: str = field(repr=False)
 
 
 @dataclass
 class Session:
-    id: str
+    """One visitor's session; its repr leaves out what would let another act as it."""
+
+    id: str = field(repr=False)
     expires: float
     token_abid: str | None = None
-    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     notice: str = ""
     reveal: Reveal | None = None
     #: One-time ids of the forms shown and not yet sent, oldest first.
-    forms: dict[str, None] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    forms: dict[str, None] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def csrf_ok(self, presented: str | None) -> bool:
         return presented is not None and hmac.compare_digest(presented.encode(), self.csrf.encode())
