@@ -25,7 +25,15 @@ from urllib.parse import urlencode, urlsplit
 import _db
 import pytest
 import requests
-from _admin_helpers import Client, Received, connected, receiving, running, serving
+from _admin_helpers import (
+    Client,
+    Received,
+    connected,
+    receiving,
+    running,
+    serving,
+    signed_in,
+)
 
 import tokenstore
 from tokenstore import admin
@@ -965,6 +973,22 @@ def test_a_rotate_form_sent_twice_rotates_once(
     without = client.post(f"{path}/rotate")
     assert without.status == 400 and "secret_version" in without.text
     assert store.webhooks.get(hook.abid).secret == rotated.secret
+
+
+def test_a_rotated_out_secret_past_its_grace_is_not_said_to_sign(
+    ts: tokenstore.Store, clock: Any
+) -> None:
+    """The store keeps one rotated-out secret, erased by the next sending round once its grace
+    is over; until then the page said it "signs too until" a time already past."""
+    browser = signed_in(admin.make_app(ts), ts)
+    hook = ts.webhooks.create("graced", tokenstore.User, "https://hooks.example/in")
+    ts.webhooks.rotate_secret(hook, grace=timedelta(minutes=5))
+    path = f"/webhooks/{hook.abid}"
+    browser.get(path)  # the new secret, shown once
+    assert "the previous one signs too until" in browser.get(path).text
+    clock.advance(minutes=6)
+    page = browser.get(path).text
+    assert "signs too" not in page and "the previous one stopped signing at" in page
 
 
 def test_hook_health_shows_failures_and_next_attempt(

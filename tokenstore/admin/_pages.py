@@ -340,6 +340,7 @@ def webhook(visit: Visit, abid: str, error: str = "") -> Response:
         page="webhooks",
         hook=hook,
         header_names=sorted(hook.headers or {}),
+        now=store.clock(),
         next_attempt=next_attempt(hook),
         deliveries=recent,
         refs=_refs(store),
