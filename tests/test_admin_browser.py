@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _admin_helpers import Received, receiving, serving
@@ -77,6 +78,8 @@ def test_sign_in_tokens_webhooks_and_deliveries_in_chromium(
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            posts: list[Any] = []
+            page.on("request", lambda r: posts.append(r) if r.method == "POST" else None)
 
             # Signed out, every page leads to the sign-in form.
             page.goto(f"{url}/tokens")
@@ -140,6 +143,14 @@ def test_sign_in_tokens_webhooks_and_deliveries_in_chromium(
             assert page.text_content("#response-status") == "500"
             page.click("text=receiver")
             assert "1 failures in a row" in page.inner_text("dl")
+
+            # Every form the page sent carried its origin and address (Referrer-Policy:
+            # same-origin), which a browser without Sec-Fetch-Site is judged by.
+            assert len(posts) == 7  # sign in, create, revoke, add, ping, redeliver, ping
+            for post in posts:
+                sent = post.all_headers()
+                assert sent.get("origin") == url, (post.url, sent)
+                assert sent.get("referer", "").startswith(f"{url}/"), (post.url, sent)
 
             page.click("nav >> text=Overview")
             assert page.locator("svg.chart rect.delivered").count() == 1
