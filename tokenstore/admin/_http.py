@@ -144,12 +144,12 @@ class Request:
 
     def port(self) -> str:
         """The port the browser reached: the one its ``Host`` names (what its cookie jar
-        sees, behind a proxy too), else the server's."""
+        sees, behind a proxy too), else the server's; digits, or "" if neither says."""
         host: str = self.environ.get("HTTP_HOST", "")
         name, sep, port = host.rpartition(":")
-        if sep and port.isascii() and port.isdigit() and (":" not in name or name[-1:] == "]"):
-            return port
-        return str(self.environ.get("SERVER_PORT", ""))
+        if not sep or (":" in name and name[-1:] != "]"):  # none, or a bare IPv6 address
+            port = str(self.environ.get("SERVER_PORT", ""))
+        return port if port.isascii() and port.isdigit() else ""
 
     def cookies(self, name: str) -> list[str]:
         """Every value sent for the cookie ``name``, in the order the browser sent them.
