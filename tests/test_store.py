@@ -1195,3 +1195,37 @@ def test_a_thread_that_writes_to_many_stores_in_turn_keeps_no_note_of_the_closed
     # The last store's, and perhaps the one before it: the models held that one until the
     # last was opened, so it may have died only after the last one's first write.
     assert len(_backend._WRITERS.by_store) <= before + 2
+
+
+@pytest.mark.parametrize("opened", ["execute_sql", "connection"])
+def test_a_transaction_begun_by_hand_is_a_store_error_that_says_so(
+    store: Store, opened: str
+) -> None:
+    """A BEGIN run by hand: SQLite's atomic() raised a raw 'cannot start a transaction
+    within a transaction', and tokenstore's own writes silently joined it on both
+    backends (PostgreSQL's atomic() too, with a server warning), to be committed or
+    rolled back by whatever the application did next."""
+    store.register(Note)
+    if opened == "execute_sql":
+        store.db.execute_sql("BEGIN")
+    else:
+        store.db.connection().execute("BEGIN")
+    calls = [
+        lambda: store.users.create("bob"),
+        lambda: Note.create(title="x"),
+        lambda: store.atomic().__enter__(),
+    ]
+    for call in calls:
+        with pytest.raises(StoreError, match="a transaction is open that tokenstore did not begin"):
+            call()
+    store.db.execute_sql("ROLLBACK")
+    assert store.users.create("bob").username == "bob"
+    with store.atomic():
+        assert Note.create(title="x").title == "x"
+    store.db.begin()  # peewee's own: writes join it, and atomic() cannot begin inside it
+    Note.create(title="y")
+    with pytest.raises(StoreError, match=r"begun with db\.begin\(\) is open.*db\.savepoint"):
+        store.users.create("carol")
+    store.db.rollback()
+    assert [u.username for u in store.users.list() if u.username != "system"] == ["bob"]
+    assert [n.title for n in Note.select()] == ["x"]

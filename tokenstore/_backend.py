@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from collections.abc import Callable, Hashable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 from ._capture import CaptureSpec, RelationSpec
@@ -165,6 +165,53 @@ def sole_writer(me: Writer, store: Hashable, where: str) -> None:
         for gone in [key for key, ref in by_store.items() if ref() is None]:
             del by_store[gone]
     _WRITERS.by_store[store] = weakref.ref(me)
+
+
+class Begun(threading.local):
+    """Per thread: the connection whose transaction ``begin()`` (peewee's) opened, until it
+    ends, and the one whose transaction ``write()`` (tokenstore's own) opened."""
+
+    conn: Any = None
+    writing: Any = None
+
+    @contextmanager
+    def writes(self, conn: Any) -> Iterator[None]:
+        """Inside the block, ``conn``'s transaction is tokenstore's own ``write()``."""
+        self.writing = conn
+        try:
+            yield
+        finally:
+            self.writing = None
+
+
+def refuse_unknown_transaction(db: Any, begun: Begun, conn: Any, where: str) -> None:
+    """Refuse to write in an open transaction that neither a peewee block nor ``begin()`` began.
+
+    A BEGIN run by hand (through ``execute_sql()`` or on the connection) is
+    one: tokenstore cannot tell when it commits, so its writes would be
+    committed or rolled back by whatever the application does next, and its
+    own ``atomic()`` cannot begin (SQLite raised a raw "cannot start a
+    transaction within a transaction"; PostgreSQL only warns).
+    """
+    if conn is not begun.conn and conn is not begun.writing and db.top_transaction() is None:
+        raise StoreError(
+            f"{where}: a transaction is open that tokenstore did not begin (a BEGIN run by "
+            "hand, through execute_sql() or on the connection), and it cannot tell when that "
+            "commits: end it (COMMIT or ROLLBACK) and use store.atomic() instead"
+        )
+
+
+def refuse_begin_inside(db: Any, begun: Begun, conn: Any, where: str) -> None:
+    """Refuse ``begin()`` (an outermost ``atomic()``) on a connection already in a transaction.
+
+    SQLite raised a raw "cannot start a transaction within a transaction";
+    PostgreSQL only warns, and the block's COMMIT would end the open one.
+    """
+    refuse_unknown_transaction(db, begun, conn, where)
+    raise StoreError(
+        f"{where}: a transaction begun with db.begin() is open, and atomic() cannot begin "
+        "another inside it: use db.savepoint() there, or store.atomic() for the whole"
+    )
 
 
 def row_lock(table: str) -> str:

@@ -23,7 +23,17 @@ from typing import TYPE_CHECKING, Any
 import peewee
 
 from . import _postgres_schema as schema
-from ._backend import FELL_BACK, CommitHooks, check_statement, is_write, quote_literal, sole_writer
+from ._backend import (
+    FELL_BACK,
+    Begun,
+    CommitHooks,
+    check_statement,
+    is_write,
+    quote_literal,
+    refuse_begin_inside,
+    refuse_unknown_transaction,
+    sole_writer,
+)
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     ClosedWithThread,
@@ -126,6 +136,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         #: The id of the ``system`` user, owner of records nobody else owns.
         self.system_user_id: int | None = None
         self._changes = ChangeListener(self._listening_connection)
+        self._begun = Begun()
 
     def __repr__(self) -> str:
         return f"<PostgresDatabase {self.shown_url!r}>"
@@ -198,10 +209,11 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         self.refuse_if_read_only()
         conn = self.connection()
         if in_transaction(conn):
+            refuse_unknown_transaction(self, self._begun, conn, self.shown_url)
             yield conn
             return
         sole_writer(self, self.identity, self.location)
-        with peewee_errors, rolled_back_on_error(conn):
+        with peewee_errors, self._begun.writes(conn), rolled_back_on_error(conn):
             with translated(conn, self.shown_url, self.lock_wait), pipelined(conn):
                 conn.execute("BEGIN")
                 if not quiet:
@@ -229,6 +241,8 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         self.refuse_if_read_only()
         sole_writer(self, self.identity, self.location)
         conn = self.connection()
+        if in_transaction(conn):
+            refuse_unknown_transaction(self, self._begun, conn, self.shown_url)
         with peewee_errors:
             cursor = conn.execute(
                 f"WITH first AS ({first} RETURNING 1), later AS ({then}) "
@@ -243,7 +257,10 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         if self.read_only and is_write(sql):
             self.refuse_if_read_only()
         conn = self.connection()
-        if in_transaction(conn) or not is_write(sql):
+        if not is_write(sql):
+            return self._execute(sql, params)
+        if in_transaction(conn):
+            refuse_unknown_transaction(self, self._begun, conn, self.shown_url)
             return self._execute(sql, params)
         with self.write():
             return self._execute(sql, params)
@@ -269,13 +286,16 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
     def begin(self, isolation_level: Any = None) -> None:
         self.refuse_if_read_only()
         sole_writer(self, self.identity, self.location)
-        super().begin(isolation_level)
         conn = self.connection()
+        if in_transaction(conn):
+            refuse_begin_inside(self, self._begun, conn, self.shown_url)
+        super().begin(isolation_level)
         try:
             self.hooks.on_begin(conn)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self._begun.conn = conn
 
     def commit(self) -> None:
         conn = current_connection(self)  # not a new one: the transaction is on this one
@@ -284,6 +304,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
                 f"{self.shown_url}: the connection to the server was lost before the "
                 "transaction committed; nothing of it was saved"
             )
+        self._begun.conn = None
         claimed = self.hooks.claim(conn) if in_transaction(conn) else None
         with peewee_errors:
             conn.execute("COMMIT")
@@ -299,6 +320,7 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         and the error that ended it is what the caller sees.
         """
         conn = current_connection(self)
+        self._begun.conn = None
         if conn is not None and not conn.closed:
             super().rollback()
         if not in_transaction_block(self):

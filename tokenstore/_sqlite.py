@@ -27,7 +27,16 @@ from typing import Any
 
 import peewee
 
-from ._backend import LEADING, CommitHooks, check_statement, is_write, sole_writer
+from ._backend import (
+    LEADING,
+    Begun,
+    CommitHooks,
+    check_statement,
+    is_write,
+    refuse_begin_inside,
+    refuse_unknown_transaction,
+    sole_writer,
+)
 from ._capture import CaptureSpec, RelationSpec
 from ._compat import (
     ClosedWithThread,
@@ -98,13 +107,12 @@ def _busy(exc: sqlite3.Error) -> bool:
     return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
-class _Begun(threading.local):
+class _Begun(Begun):
     """Per thread: the connection whose transaction ``begin()`` (peewee's) opened, until it ends.
 
     If SQLite no longer has one there, a storage fault rolled it back under peewee.
     """
 
-    conn: sqlite3.Connection | None = None
     #: Whether the open transaction's BEGIN turned the busy timeout off (``_take_write_lock``).
     polling = False
 
@@ -211,17 +219,19 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
         self.refuse_if_read_only()
         conn = self.connection()
         if conn.in_transaction:
+            refuse_unknown_transaction(self, self._begun, conn, self.location)
             yield conn
             return
-        self._begin(conn, "BEGIN IMMEDIATE", announce=not quiet)
-        try:
-            with peewee_errors:
-                yield conn
-        except BaseException as exc:
-            self._abandon(conn)
-            self._raise_fault(exc, "a write")
-            raise
-        self._commit(conn, claim=not quiet)
+        with self._begun.writes(conn):
+            self._begin(conn, "BEGIN IMMEDIATE", announce=not quiet)
+            try:
+                with peewee_errors:
+                    yield conn
+            except BaseException as exc:
+                self._abandon(conn)
+                self._raise_fault(exc, "a write")
+                raise
+            self._commit(conn, claim=not quiet)
 
     def write_pair(
         self, first: str, first_params: tuple[Any, ...], then: str, then_params: tuple[Any, ...]
@@ -267,6 +277,8 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
                     return self._run_to_end(sql, params)
                 with self.write():
                     return self._run_to_end(sql, params)
+        elif is_write(sql):
+            refuse_unknown_transaction(self, self._begun, conn, self.location)
         return self._execute(sql, params)
 
     def _run_to_end(self, sql: str, params: Any) -> Any:
@@ -319,6 +331,8 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
     def begin(self, lock_type: str | None = None) -> None:
         self.refuse_if_read_only()
         conn = self.connection()
+        if conn.in_transaction:
+            refuse_begin_inside(self, self._begun, conn, self.location)
         self._begin(conn, f"BEGIN {lock_type or 'IMMEDIATE'}", announce=True)
         self._begun.conn = conn
 
