@@ -421,6 +421,17 @@ def test_paths_the_os_cannot_take_are_refused(tmp_path: Path, name: str) -> None
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("uri", ["file:store.sqlite3", "file:store.sqlite3?mode=ro", "FILE:///x"])
+def test_an_sqlite_uri_is_refused_not_made_a_file_named_like_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uri: str
+) -> None:
+    """'file:store.sqlite3?mode=ro' was a new store in a file of that very name."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match=r"is an SQLite URI \(file:\.\.\.\), not a file path"):
+        tokenstore.open(uri)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_path_with_unusual_characters_works(tmp_path: Path) -> None:
     """Files are opened by URI: ?, # and % in a name must not be read as URI syntax."""
     path = tmp_path / "odd ?name#%20.sqlite3"

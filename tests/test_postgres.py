@@ -139,9 +139,72 @@ def test_a_url_whose_slashes_a_path_collapsed_is_refused_without_its_password(
         lambda: tokenstore.migrate(tmp_path / "store.sqlite3", location),
     ]
     for call in calls:
-        with pytest.raises(ValidationError, match="is a URL, not a file path") as caught:
+        with pytest.raises(ValidationError, match="URL, not a file path") as caught:
             call()
         assert "KRIT" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "postgres:/host/db",  # one slash
+        "postgresql:/",
+        "postgres:/u:SEKRIT@127.0.0.1:1/db",
+        "postgresql:u:SEKRIT@127.0.0.1:1/db",  # no slash: it was a file path holding a '/'
+        "postgresql:SEKRIT",  # ... or a file in the working folder, named like the URL
+        "postgressql://u:SEKRIT@127.0.0.1:1/db",  # a letter too many
+        "postgre://u:SEKRIT@127.0.0.1:1/db",
+        "posgresql://u:SEKRIT@127.0.0.1:1/db",
+        "pgsql://u:SEKRIT@127.0.0.1:1/db",
+        "PG://u:SEKRIT@127.0.0.1:1/db",
+    ],
+)
+def test_a_mistyped_postgresql_url_is_refused_as_one_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, location: str
+) -> None:
+    """'postgres:/host/db' was told a pathlib.Path had collapsed its '//' (a str was given),
+    'postgressql://' was 'a postgressql:// URL' as if another database's, and
+    'postgresql:SEKRIT' was made an SQLite file of that name."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match="a mistyped PostgreSQL URL") as caught:
+        tokenstore.open(location)
+    assert "postgresql://" in str(caught.value)
+    assert "KRIT" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("location", "said"),
+    [
+        ("mysql://u:SEKRIT@127.0.0.1/db", "is a URL (mysql://)"),
+        ("http://127.0.0.1/db", "is a URL (http://)"),
+        ("sqlite:///store.sqlite3", "is a URL (sqlite://)"),
+        ("pgsql://u:SEKRIT@127.0.0.1:1/db", "a mistyped PostgreSQL URL"),
+        ("postgresql:/u:SEKRIT@127.0.0.1:1/db", "a mistyped PostgreSQL URL"),
+    ],
+)
+def test_a_url_that_is_no_postgresql_url_is_refused_as_such_without_the_postgres_extra(
+    tmp_path: Path, location: str, said: str
+) -> None:
+    """Without psycopg, 'mysql://...' was told to pip install 'tokenstore[postgres]'."""
+    script = (
+        "import sys\n"
+        "sys.modules['psycopg'] = None  # as if the extra were not installed\n"
+        "import tokenstore\n"
+        "tokenstore.open(sys.argv[1])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, location],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("tokenstore._errors.ValidationError: ") and said in last, last
+    assert "pip install" not in done.stderr and "KRIT" not in last
     assert list(tmp_path.iterdir()) == []
 
 

@@ -8,6 +8,7 @@ nor where. Messages describe the fault, not the value: it may be a secret.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -48,6 +49,57 @@ def check_text(value: object, what: str, *, max_length: int | None = None) -> st
 #: two letters at least, where ``C:/`` is a Windows drive.
 _COLLAPSED_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]+:/")
 
+#: What a path begins with when it is a URL: a scheme, its colon, and any slashes.
+_SCHEME_COLON = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]+):/*")
+
+
+def mistyped_postgres(scheme: str) -> bool:
+    """Whether a URL's scheme is a misspelling of ``postgresql`` (or another tool's name for it).
+
+    ``pgsql``, ``postgressql``, ``postgre``, ``posgresql``, SQLAlchemy's
+    ``postgresql+psycopg``: none is another database's scheme.
+    """
+    name = scheme.lower()
+    return name.startswith(("postgres", "pg")) or bool(
+        difflib.get_close_matches(name, ("postgresql", "postgres"), cutoff=0.75)
+    )
+
+
+def sqlite_uri(what: str) -> str:
+    """Why a ``file:`` URI is refused: SQLite's URI syntax, not a path of a file."""
+    return (
+        f"{what} is an SQLite URI (file:...), not a file path: give the file's path "
+        "(tokenstore opens it with the options it needs; read_only=True opens it read-only)"
+    )
+
+
+def _not_a_path(value: object, text: str, what: str) -> str | None:
+    """Why ``text`` is a URL rather than a file path (None: it may be a path).
+
+    Taken for a path, a URL was made a file named like it in the working
+    folder, and its password was in every message naming that file.
+    """
+    if not isinstance(value, str) and _COLLAPSED_URL.match(text):
+        return (
+            f"{what} is a URL, not a file path; a postgresql:// URL is given as a str "
+            "(a pathlib.Path makes its '//' one '/')"
+        )
+    scheme = _SCHEME_COLON.match(text)
+    if scheme is None:
+        return None
+    if scheme[1].lower() == "file":
+        return sqlite_uri(what)
+    if mistyped_postgres(scheme[1]):
+        return (
+            f"{what} is a mistyped PostgreSQL URL, not a file path: it begins "
+            f"{scheme[0].strip()!r}, where one begins 'postgresql://'"
+        )
+    if _COLLAPSED_URL.match(text):
+        return (
+            f"{what} is a {scheme[1]}: URL, not a file path; tokenstore takes a postgresql:// URL"
+        )
+    return None
+
 
 def check_path(value: object, what: str) -> Path:
     """A file path (str or path-like) the operating system can take: no NUL, encodable."""
@@ -56,11 +108,9 @@ def check_path(value: object, what: str) -> Path:
     text = os.fspath(value)
     if not text:  # Path("") is the current folder: no name was given, e.g. an unset $VARIABLE
         raise ValidationError(f"{what} is empty: it names no file")
-    if _COLLAPSED_URL.match(text):  # its password would be in every message naming the file
-        raise ValidationError(
-            f"{what} is a URL, not a file path; a postgresql:// URL is given as a str "
-            "(a pathlib.Path makes its '//' one '/')"
-        )
+    why = _not_a_path(value, text, what)
+    if why is not None:
+        raise ValidationError(why)
     if "\x00" in text:
         raise ValidationError(f"{what} must not contain a NUL character")
     try:

@@ -467,8 +467,7 @@ def open_database(
     ``default_transaction_read_only``) is opened read-only, with a warning,
     as a file this process cannot write is.
     """
-    driver()  # without psycopg, say which extra brings it before peewee complains
-    url = connection_url(url)
+    url = connection_url(url)  # refuses what is no PostgreSQL URL before it needs psycopg
     db = PostgresDatabase(url, hooks=hooks, busy_timeout=busy_timeout, read_only=read_only)
     try:
         version = db.schema_version()

@@ -11,7 +11,7 @@ import re
 from urllib.parse import unquote
 
 from ._errors import StoreIOError, ValidationError
-from ._inputs import check_text
+from ._inputs import check_text, mistyped_postgres, sqlite_uri
 from ._postgres_driver import driver
 
 #: Query parameters libpq reads a secret from (``?password=`` works like ``user:pw@``).
@@ -111,10 +111,13 @@ def connection_url(url: str) -> str:
             f"{redacted_url(url)!r} is a key=value connection string: tokenstore takes a "
             "postgresql:// URL (or an SQLite file's path)"
         )
+    if scheme[1].lower() == "file":
+        raise ValidationError(sqlite_uri("the store path"))
     if scheme[1].lower() not in ("postgresql", "postgres"):
+        kind = "a mistyped PostgreSQL URL" if mistyped_postgres(scheme[1]) else "a URL"
         raise ValidationError(
-            f"{redacted_url(url)} is a {scheme[1]}:// URL: tokenstore takes a postgresql:// URL "
-            "(or an SQLite file's path)"
+            f"{redacted_url(url)} is {kind} ({scheme[1]}://): tokenstore takes a "
+            "postgresql:// URL (or an SQLite file's path)"
         )
     rest = url[scheme.end() :]
     if _ambiguous(rest):
