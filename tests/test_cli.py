@@ -937,6 +937,33 @@ def test_dispatch_names_events_waiting_for_a_model_it_lacks(
 
 
 @ONCE
+def test_a_store_the_environment_named_that_cannot_be_opened_is_said_to_come_from_it(
+    tmp_path: Path,
+) -> None:
+    """The path came from $TOKENSTORE_DB, set long ago in a shell profile: the error named
+    only the path, and the user looked for it in the command they had just typed."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    missing = folder / "missing.sqlite3"
+    cases = [
+        (str(missing), f"$TOKENSTORE_DB: no store at {missing}"),
+        (str(folder), f"$TOKENSTORE_DB: {folder} is a directory"),
+        ("postgres:/u:SEKRIT@127.0.0.1:1/db", "$TOKENSTORE_DB: the store path is a mistyped"),
+        ("postgresql://u:SEKRIT@127.0.0.1:1/db", "$TOKENSTORE_DB: cannot connect to"),
+    ]
+    for location, said in cases:
+        env = {**os.environ, "TOKENSTORE_DB": location}
+        for argv in (["users", "list"], ["--db", location, "users", "list"]):
+            done = run(argv, env)
+            assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+            assert "KRIT" not in done.stderr
+            # A --db given on the command line is what the error is about.
+            assert (said in done.stderr) == (argv[0] != "--db"), done.stderr
+            assert said.partition("$TOKENSTORE_DB: ")[2] in done.stderr
+    assert list(folder.iterdir()) == []
+
+
+@ONCE
 def test_a_missing_store_is_an_error_and_only_init_creates_one(tmp_path: Path) -> None:
     folder = tmp_path / "elsewhere"
     folder.mkdir()
@@ -944,7 +971,7 @@ def test_a_missing_store_is_an_error_and_only_init_creates_one(tmp_path: Path) -
     for command in (("tokens", "list"), ("users", "create", "x"), ("webhooks", "deliveries")):
         failed = tokenstore(missing, *command, expect=2)
         assert failed.stderr.strip() == (
-            f"tokenstore: error: no store at {missing} (run `tokenstore init`)"
+            f"tokenstore: error: $TOKENSTORE_DB: no store at {missing} (run `tokenstore init`)"
         )
         assert list(folder.iterdir()) == []  # no file, no -wal, no -shm
     # Nor is another program's SQLite file made into a store by a mistyped --db.

@@ -17,7 +17,7 @@ import peewee
 
 from .._backend import FELL_BACK
 from .._credentials import looks_like_secret
-from .._errors import StoreError, StoreReadOnly, ValidationError, shortened
+from .._errors import StoreError, StoreReadOnly, TokenstoreError, ValidationError, shortened
 from .._models import User
 from .._netguard import AddressGuard
 from .._postgres_url import redacted_url
@@ -67,7 +67,7 @@ def _open(
     if read:  # nothing is written, but a typo in an entry is bad input all the same
         for entry in args.allow:
             AddressGuard.canonical(entry)
-    with held_lines() as held:
+    with held_lines() as held, _named_by_environment(args.db_from_environment):
         store = open_store(
             args.db,
             webhook_allow=[] if read or rehearse else args.allow,
@@ -98,6 +98,21 @@ def _open(
             pass
     finally:
         store.close()
+
+
+@contextmanager
+def _named_by_environment(named: bool) -> Iterator[None]:
+    """An error opening a store that $TOKENSTORE_DB named begins ``$TOKENSTORE_DB:``.
+
+    The variable may have been set long ago, in a shell profile: without it
+    the message names a path the command line does not hold.
+    """
+    try:
+        yield
+    except TokenstoreError as exc:
+        if not named:
+            raise
+        raise type(exc)(f"$TOKENSTORE_DB: {exc}") from None
 
 
 def register_module(
@@ -306,7 +321,10 @@ def _settle_global_options(args: argparse.Namespace) -> None:
     dbs = [getattr(args, f"{place}db", None) for place in reversed(_PLACES)]
     if "" in dbs:  # `--db "$DB"` with $DB unset: no reason to use ./tokenstore.sqlite3
         args.command_parser.error("argument --db: it is empty: name the store file or URL")
-    args.db = next((db for db in dbs if db), None) or os.environ.get("TOKENSTORE_DB")
+    args.db = next((db for db in dbs if db), None)
+    #: The store an error is about came from $TOKENSTORE_DB: the error says so.
+    args.db_from_environment = not args.db and bool(os.environ.get("TOKENSTORE_DB"))
+    args.db = args.db or os.environ.get("TOKENSTORE_DB")
     args.db_is_default = not args.db  # a missing default file is said to be the default
     args.db = args.db or DEFAULT_DB
     args.json = any(getattr(args, f"{place}json", False) for place in _PLACES)
