@@ -432,6 +432,29 @@ def test_an_sqlite_uri_is_refused_not_made_a_file_named_like_it(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_missing_path_that_begins_with_a_tilde_says_it_was_not_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--db '~/app.sqlite3'` (quoted, or from a config file) was 'no store at
+    ~/app.sqlite3', and the user looked in their home folder, where the file is."""
+    home = tmp_path / "home"
+    home.mkdir()
+    make_store(home / "app.sqlite3")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    hint = "'~' is not expanded here, as a shell expands it only unquoted at the start of a word"
+    for path, create, said in [
+        ("~/app.sqlite3", False, f"no store at ~/app.sqlite3: {hint}; did you mean {home}/"),
+        ("~/new/app.sqlite3", True, "cannot create ~/new/app.sqlite3: No such file or "),
+        ("~nobody-here/app.sqlite3", True, f"directory; {hint}"),
+    ]:
+        with pytest.raises(StoreError) as caught:
+            tokenstore.open(path, create=create)
+        assert said in str(caught.value)
+        assert hint in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+
+
 def test_a_path_with_unusual_characters_works(tmp_path: Path) -> None:
     """Files are opened by URI: ?, # and % in a name must not be read as URI syntax."""
     path = tmp_path / "odd ?name#%20.sqlite3"

@@ -229,7 +229,12 @@ def prepare_file(
     created = False
     if not path.exists():
         if read_only or not create:
-            raise StoreError(f"no store at {path} (run `tokenstore init`)")
+            note = _unexpanded(path)
+            raise StoreError(
+                f"no store at {path}: {note}"
+                if note
+                else f"no store at {path} (run `tokenstore init`)"
+            )
         created = create_private(path)
     elif version == 0 and (read_only or not create):  # another program's file, say
         raise StoreError(
@@ -249,6 +254,19 @@ def prepare_file(
     return version, fell_back, created
 
 
+def _unexpanded(path: Path) -> str | None:
+    """What to say of a missing path that begins with ``~``, which no shell expanded.
+
+    Quoted (``--db '~/app.sqlite3'``), or read from a file, it is a folder
+    named ``~`` in the working folder; the user looks in their home folder.
+    """
+    if not str(path).startswith("~"):
+        return None
+    said = "'~' is not expanded here, as a shell expands it only unquoted at the start of a word"
+    meant = os.path.expanduser(path)
+    return said if meant == str(path) else f"{said}; did you mean {meant}?"
+
+
 def create_private(path: Path) -> bool:
     """Create the file mode 0600 before SQLite does, so secrets are never world-readable.
 
@@ -263,7 +281,10 @@ def create_private(path: Path) -> bool:
             ) from None
         return False
     except OSError as exc:
-        raise StoreError(f"cannot create {path}: {exc.strerror}") from None
+        note = _unexpanded(path)
+        raise StoreError(
+            f"cannot create {path}: {exc.strerror}{f'; {note}' if note else ''}"
+        ) from None
     os.close(fd)
     return True
 
