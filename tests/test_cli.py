@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import sqlite3
@@ -27,6 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 import _db
 import pytest
@@ -473,8 +475,9 @@ def test_listen_verifies_prints_and_stops_on_ctrl_c(tmp_path: Path) -> None:
 
 @ONCE
 def test_demo_runs_to_completion(tmp_path: Path) -> None:
+    folder = tmp_path / "the user's demo"  # the sqlite3 command it prints is quoted for a shell
     result = subprocess.run(
-        [*COMMAND, "demo", "--dir", str(tmp_path)],
+        [*COMMAND, "demo", "--dir", str(folder)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -482,15 +485,21 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "the receiver got 7 verified messages" in result.stdout
     assert "anything from the rolled-back transaction? no" in result.stdout
-    conn = sqlite3.connect(tmp_path / "demo.sqlite3")
+    path = folder / "demo.sqlite3"
+    conn = sqlite3.connect(path)
     log = conn.execute("SELECT event_type, status FROM tokenstore_delivery_log").fetchall()
     conn.close()
     assert {status for _, status in log} == {"delivered"}
+    (inspect,) = [line for line in result.stdout.splitlines() if "sqlite3 " in line]
+    assert shlex.split(inspect)[:2] == ["sqlite3", str(path)]
+    assert shlex.split(inspect)[2].startswith("SELECT ")
     again = subprocess.run(
-        [*COMMAND, "demo", "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+        [*COMMAND, "demo", "--dir", str(folder)], capture_output=True, text=True, timeout=60
     )
     assert again.returncode == 2 and again.stderr.count("\n") == 1
     assert "holds a demo store already" in again.stderr
+    # It said only to give a new folder: the user ran it again in the same one, to start over.
+    assert f"delete {shlex.quote(str(path))}" in again.stderr, again.stderr
     # In the order the receiver got them: the delivery log view goes by created_at, which
     # two changes the demo makes within one millisecond share (those come in no set order).
     received = re.findall(r"receiver: msg_\w+ (\S+) \(signature verified\)", result.stdout)
@@ -504,6 +513,41 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
         "snapshot.deleted",
     ]
     assert sorted(event_type for event_type, _ in log) == sorted(received)
+
+
+@ONCE
+@pytest.mark.parametrize("folder", ["file:demo", "postgresql:/u:SEKRIT@127.0.0.1/db"])
+def test_demo_refuses_a_folder_named_like_a_uri_and_makes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str
+) -> None:
+    """--dir file:demo made the folder, then the store under it was refused as a URI."""
+    monkeypatch.chdir(tmp_path)
+    stderr = refused(tmp_path / "store.sqlite3", "demo", "--dir", folder)
+    assert "--dir" in stderr and "not a file path" in stderr and "KRIT" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.sqlite3"]
+
+
+@pytest.mark.parametrize("where", ["my folder", "it's here", "a $HOME"])
+def test_the_command_init_prints_to_look_inside_is_quoted_and_holds_no_password(
+    db_path: Path, tmp_path: Path, where: str
+) -> None:
+    """`sqlite3 my folder/app.sqlite3` ran sqlite3 on 'my', and `psql URL` showed the URL
+    as messages do, with '***' for its password: copied, psql took that for the password."""
+    if isinstance(db_path, Path):
+        db_path = tmp_path / where / "app.sqlite3"
+        db_path.parent.mkdir()
+    inspect = json.loads(tokenstore(db_path, "--json", "init").stdout)["inspect_with"]
+    tool, location = shlex.split(inspect)
+    if isinstance(db_path, Path):
+        assert (tool, location) == ("sqlite3", str(db_path))
+    else:
+        password = urlsplit(str(db_path)).password
+        assert password and password not in inspect and "***" not in inspect
+        parts = urlsplit(str(db_path))
+        assert (tool, location) == (
+            "psql",
+            urlunsplit(parts._replace(netloc=f"{parts.username}@{parts.hostname}:{parts.port}")),
+        )
 
 
 @ONCE

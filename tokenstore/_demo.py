@@ -6,18 +6,19 @@ It is also the shortest complete example of using tokenstore from Python.
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import sqlite3
 import tempfile
 import threading
 from collections.abc import Mapping
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import peewee
 
 from ._errors import AuthenticationError, ValidationError
+from ._inputs import check_path
 from ._models import ABIDModel
 from ._receiver import make_receiver
 from ._store import open as open_store
@@ -54,14 +55,17 @@ def _step(text: str) -> None:
 
 
 def run_demo(directory: str | None = None) -> int:
-    folder = Path(directory or tempfile.mkdtemp(prefix="tokenstore-demo-"))
+    folder = check_path(directory or tempfile.mkdtemp(prefix="tokenstore-demo-"), "--dir")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file of that name, a folder nobody may write ...
         raise ValidationError(f"--dir {folder}: cannot make the folder: {exc.strerror}") from None
     path = folder / "demo.sqlite3"
     if path.exists():  # the story starts from nothing: a second run would meet the first's rows
-        raise ValidationError(f"--dir {folder} holds a demo store already: give a new folder")
+        raise ValidationError(
+            f"--dir {folder} holds a demo store already: delete {shlex.quote(str(path))} "
+            "to start over, or give a new folder"
+        )
     received: list[dict[str, Any]] = []
     arrived = threading.Condition()
 
@@ -147,7 +151,7 @@ def run_demo(directory: str | None = None) -> int:
 
     query = "SELECT webhook_id, event_type, status, last_status_code FROM tokenstore_delivery_log"
     _step("look inside with sqlite3")
-    print(f'   sqlite3 {path} "{query}"')
+    print(f"   sqlite3 {shlex.quote(str(path))} {shlex.quote(query)}")
     conn = sqlite3.connect(path)
     for row in conn.execute(query):
         print("   " + "|".join("" if v is None else str(v) for v in row))

@@ -68,8 +68,8 @@ def mistyped_postgres(scheme: str) -> bool:
 def sqlite_uri(what: str) -> str:
     """Why a ``file:`` URI is refused: SQLite's URI syntax, not a path of a file."""
     return (
-        f"{what} is an SQLite URI (file:...), not a file path: give the file's path "
-        "(tokenstore opens it with the options it needs; read_only=True opens it read-only)"
+        f"{what} is an SQLite URI (file:...), not a file path: give a plain path "
+        "(tokenstore opens the file with the options it needs; read_only=True for mode=ro)"
     )
 
 

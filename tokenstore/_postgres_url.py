@@ -75,21 +75,30 @@ def _ambiguous(rest: str) -> bool:
     return head.count("@") > 1 or (bool(slash) and "@" in tail)
 
 
-def redacted_url(url: str) -> str:
-    """The URL without its password (in the user part or the query), for messages and reprs."""
+def redacted_url(url: str, *, dropped: bool = False) -> str:
+    """The URL without its password (in the user part or the query), for messages and reprs.
+
+    ``dropped``: left out rather than shown as ``***``, for a command to copy
+    (``psql URL``), which would take the stars for the password.
+    """
     scheme, separator, rest = url.partition("://")
     if not separator:  # a file path, or a key=value string
         return _CONNINFO_SECRET.sub(r"\1***", url) if _CONNINFO.match(url) else url
     if _ambiguous(rest):  # no part of it can be shown as surely no part of the password
         return f"{scheme}://***"
     user, after = _user_part(rest)
-    shown = f"{user.partition(':')[0]}:***@" if ":" in user else f"{user}@" if user else ""
+    name, colon, _ = user.partition(":")
+    hidden = ":***" if colon and not dropped else ""
+    shown = f"{name}{hidden}@" if user else ""
     location, mark, query = after.partition("?")
     if mark:
+        pairs = [pair.partition("=") for pair in query.split("&")]
         query = "&".join(
             f"{key}=***" if unquote(key).lower() in _SECRET_PARAMETERS else f"{key}{eq}{value}"
-            for key, eq, value in (pair.partition("=") for pair in query.split("&"))
+            for key, eq, value in pairs
+            if not (dropped and unquote(key).lower() in _SECRET_PARAMETERS)
         )
+        mark = mark if query else ""
     return f"{scheme}://{shown}{location}{mark}{query}"
 
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from .._errors import (
 from .._hook_rules import MIN_SECRET_BYTES
 from .._inputs import check_path, check_seconds
 from .._migrate import migrate
+from .._postgres_url import redacted_url
 from .._servers import check_listen_host
 from .._signing import signing_key
 from .._store import SCHEMA_VERSION, Dispatched, Store
@@ -45,7 +47,12 @@ def cmd_init(args: argparse.Namespace, out: Output) -> int:
             {
                 "path": store.location if path is None else str(path.resolve()),
                 "schema_version": SCHEMA_VERSION,
-                "inspect_with": f"psql {store.location}" if path is None else f"sqlite3 {path}",
+                # quoted for a shell; psql asks for the password, so the URL holds none
+                "inspect_with": (
+                    f"psql {shlex.quote(redacted_url(args.db.strip(), dropped=True))}"
+                    if path is None
+                    else f"sqlite3 {shlex.quote(str(path))}"
+                ),
             }
         )
     return 0
