@@ -1125,6 +1125,27 @@ def test_a_usage_error_does_not_repeat_a_secret_or_a_urls_password(db_path: Path
 
 
 @pytest.mark.sqlite_only
+def test_a_usage_error_hides_the_password_of_an_argument_that_is_no_well_formed_url(
+    db_path: Path,
+) -> None:
+    """Only a word holding '://' was redacted: a mistyped URL, a key=value string, or a
+    password holding a blank (argparse's message splits it into words) was shown."""
+    tokenstore(db_path, "init")
+    for given in (
+        "postgres:/app:SEKRIT@127.0.0.1:1/db",
+        "postgresql:app:SEKRIT@127.0.0.1/db",
+        "app:SEKRIT@127.0.0.1",
+        "host=127.0.0.1 password=SEKRIT",
+        "postgresql://app:SE KRIT@127.0.0.1:1/db",
+        "postgresql://app@127.0.0.1:1/db?password=SE%20KRIT",
+    ):
+        for args in (("users", "list", given), ("webhooks", "deliveries", "--status", given)):
+            stderr = refused(db_path, *args)
+            assert "KRIT" not in stderr and "SE " not in stderr, stderr
+            assert "127.0.0.1" in stderr  # the rest is shown: the user sees which argument
+
+
+@pytest.mark.sqlite_only
 def test_a_header_option_without_a_value_is_refused_without_repeating_it(db_path: Path) -> None:
     stderr = refused(db_path, "--allow", "127.0.0.1/32", "webhooks", "create", "h",
                      "tokenstore.User", "http://127.0.0.1:9/",

@@ -102,6 +102,17 @@ def redacted_url(url: str, *, dropped: bool = False) -> str:
     return f"{scheme}://{shown}{location}{mark}{query}"
 
 
+#: A user part with a password in what is no URL: ``postgres:/u:pw@host``, ``u:pw@host``
+#: (in the quotes a usage error may put around it).
+_LOOSE_USER_PART = re.compile(r"(\s*['\"]?(?:[A-Za-z][A-Za-z0-9+.-]*:/*)?[^:/@\s]*):[^@]*@")
+
+
+def hidden_password(text: str) -> str:
+    """Something a user typed, as a message quotes it: a URL or a ``key=value`` string
+    redacted, and a ``user:password@`` of a mistyped URL without its password."""
+    return redacted_url(text) if is_url(text) else _LOOSE_USER_PART.sub(r"\1:***@", text, 1)
+
+
 def connection_url(url: str) -> str:
     """The URL as libpq must get it: checked, its scheme ``postgresql``, its user part unambiguous.
 

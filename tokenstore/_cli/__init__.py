@@ -29,7 +29,7 @@ from .._postgres_driver import driver_errors
 from .._postgres_url import is_url, redacted_url
 from .._version import __version__
 from ._accounts import add_tokens_commands, add_users_commands
-from ._base import _add_global_options, _Formatter, _Parser, _settle_global_options
+from ._base import GIVEN, _add_global_options, _Formatter, _Parser, _settle_global_options
 from ._output import Output, _allow_hint, log_lines, one_line
 from ._store_commands import (
     add_abid_commands,
@@ -154,6 +154,7 @@ def _run(argv: Sequence[str] | None) -> int:
             # shown escaped rather than ending the command half-printed (stderr does it
             # unless the process was started with another error handler, or is a test's).
             stream.reconfigure(errors="backslashreplace")
+    GIVEN.set(sys.argv[1:] if argv is None else argv)
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:  # refused by the command they were given to, whose --help lists its options
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")

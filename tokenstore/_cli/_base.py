@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,7 +21,7 @@ from .._credentials import looks_like_secret
 from .._errors import StoreError, StoreReadOnly, TokenstoreError, ValidationError, shortened
 from .._models import User
 from .._netguard import AddressGuard
-from .._postgres_url import redacted_url
+from .._postgres_url import hidden_password
 from .._store import Store
 from .._store import open as open_store
 from ._output import Output, held_lines, one_line
@@ -229,15 +230,21 @@ class _Parser(argparse.ArgumentParser):
         argparse quotes what it could not place: a secret given there (a token
         where none belongs, a URL without its ``--db``) is not repeated.
         """
+        for given in GIVEN.get():  # whole, as a password holding a blank is not one word
+            message = message.replace(given, hidden_password(given))
         said = one_line(shortened(re.sub(r"\S+", _not_secret, message)))
         self.exit(2, f"{self.prog}: error: {said} (see {self.prog} --help)\n")
+
+
+#: The arguments of the command line being parsed, which a usage error may quote.
+GIVEN: ContextVar[Sequence[str]] = ContextVar("GIVEN", default=())
 
 
 def _not_secret(word: re.Match[str]) -> str:
     """A word of a usage error as shown: a secret left out, a URL without its password."""
     if looks_like_secret(word[0]):
         return "(a secret, not shown)"
-    return redacted_url(word[0]) if "://" in word[0] else word[0]
+    return hidden_password(word[0])
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
