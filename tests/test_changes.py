@@ -1244,6 +1244,53 @@ def test_a_model_on_a_view_is_refused_naming_it(store: Store) -> None:
     assert Summary not in store.models.values()
 
 
+def test_a_model_register_refused_is_left_unbound_and_registers_once_its_table_is_fixed(
+    store: Store, listen: Listen
+) -> None:
+    """It stayed bound to the store: a save reached the table with a raw driver error
+    ('table ... has no column named extra'), not the error of an unregistered model."""
+
+    class Lacking(tokenstore.ABIDModel):
+        abid_prefix = "lck_"
+        abid_uri_src = "name"
+        name = peewee.TextField()
+        extra = peewee.TextField(default="")
+
+    columns = "id TEXT PRIMARY KEY, abid TEXT UNIQUE, created_at TEXT, modified_at TEXT, "
+    store.db.execute_sql(f"CREATE TABLE lacking ({columns}created_by_id INTEGER, name TEXT)")
+    with pytest.raises(ValidationError, match=r"Lacking: its table 'lacking' has no column"):
+        store.register(Lacking)
+    with pytest.raises(StoreError, match="Lacking is not registered"):
+        Lacking.create(name="refused")
+    store.db.execute_sql("ALTER TABLE lacking ADD COLUMN extra TEXT")
+    store.register(Lacking)
+    saved = listen(signals.post_save, Lacking)
+    Lacking.create(name="now")
+    assert [c["instance"].name for c in saved] == ["now"]
+
+
+def test_an_abid_model_on_a_view_is_refused_naming_it(store: Store) -> None:
+    """Its ABID index was made first: the driver's 'views may not be indexed' (SQLite) or
+    '"summary" is not a table' came out of register() instead."""
+
+    class Summary(tokenstore.ABIDModel):
+        abid_prefix = "sum_"
+        name = peewee.TextField()
+
+        class Meta:
+            table_name = "abid_summary"
+
+    store.db.execute_sql(
+        "CREATE VIEW abid_summary AS SELECT 'x' AS id, 'sum_x' AS abid, '' AS created_at, "
+        "'' AS modified_at, NULL AS created_by_id, 'n' AS name"
+    )
+    with pytest.raises(ValidationError, match=r"Summary: 'abid_summary' is a view"):
+        store.register(Summary)
+    assert Summary not in store.models.values()
+    with pytest.raises(StoreError, match="Summary is not registered"):
+        Summary.create(name="refused")
+
+
 def test_a_model_registered_again_with_a_new_field_signals_and_sends_it(
     store: Store, listen: Listen
 ) -> None:

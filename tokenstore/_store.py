@@ -374,12 +374,14 @@ class Store:
         spec = CaptureSpec.of(model)
         relations = [Relation.of(m2m) for m2m in model._meta.manytomany.values()]
         self._registry.check_relations(relations)
+        bound_before = model._meta.database
         model.bind(self.db, bind_refs=False, bind_backrefs=False)
         added = self._registry.add(model)
         if self.db.read_only:  # readable as it is: no table or trigger can be made
             return model
         try:
             with self.db.write(quiet=True):  # DDL only: its events wait for a dispatch
+                self._refuse_view(model)  # before its indexes are made: a view has none
                 self.db.create_tables([model], safe=True)
                 self._check_columns(model)
                 self.db.install_capture(spec)
@@ -389,25 +391,29 @@ class Store:
                 for relation in self._registry.relations_of(model):
                     self._capture_relation(relation)
         except BaseException:
-            if added:
+            if added:  # refused: as it was, so saving it says it is not registered
                 self._registry.remove(model)
+                model.bind(bound_before, bind_refs=False, bind_backrefs=False)
             raise
         self._dispatcher.forget(model)
         self._outbox.payloads.forget(model)
         return model
 
-    def _check_columns(self, model: type[peewee.Model]) -> None:
-        """Refuse a model on a view, or whose table lacks some of its columns (a field added since).
-
-        A view has no row triggers to capture it by; triggers naming a missing
-        column would make every write to the table fail.
-        """
+    def _refuse_view(self, model: type[peewee.Model]) -> None:
+        """Refuse a model on a view: it has no row triggers to capture it by."""
         table = model._meta.table_name
         if table in {view.name for view in self.db.get_views()}:
             raise ValidationError(
                 f"{model.__name__}: {table!r} is a view, which has no triggers to capture "
                 "changes by; register models of tables"
             )
+
+    def _check_columns(self, model: type[peewee.Model]) -> None:
+        """Refuse a model whose table lacks some of its columns (a field added since).
+
+        Triggers naming a missing column would make every write to the table fail.
+        """
+        table = model._meta.table_name
         present = {column.name for column in self.db.get_columns(table)}
         missing = [f.column_name for f in model._meta.sorted_fields if f.column_name not in present]
         if missing:
@@ -430,6 +436,7 @@ class Store:
         relation.through.bind(self.db, bind_refs=False, bind_backrefs=False)
         if not all(self.db.table_exists(s.model._meta.table_name) for s in relation.sides):
             return
+        self._refuse_view(relation.through)
         self.db.create_tables([relation.through], safe=True)
         self._check_columns(relation.through)
         refs = tuple(model_ref(s.model) for s in relation.sides if s.field is not None)
