@@ -593,3 +593,20 @@ def test_an_update_from_a_stale_copy_is_refused_when_asked(store: Store) -> None
     assert stale.name == "docs" and store.webhooks.get("docs").signal == "UPDATE"
     renamed = store.webhooks.update(stale, unchanged_since=stale.modified_at, name="renamed")
     assert store.webhooks.get("renamed").modified_at == renamed.modified_at
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("given", ["User", "user", "models.User", "tokenstore.user", "Usr"])
+def test_a_ref_given_by_its_class_name_asks_if_the_full_ref_was_meant(
+    store: Store, given: str
+) -> None:
+    """'unknown model ref 'User'; registered models: ...' left the user to spot the form."""
+    with pytest.raises(ValidationError, match=r"did you mean 'tokenstore\.User'\?"):
+        store.webhooks.create("h", given, "http://127.0.0.1:9/")
+
+
+@pytest.mark.sqlite_only
+def test_a_ref_like_no_registered_model_is_not_given_a_guess(store: Store) -> None:
+    with pytest.raises(ValidationError, match="unknown model ref 'Invoice'") as caught:
+        store.webhooks.create("h", "Invoice", "http://127.0.0.1:9/")
+    assert "did you mean" not in str(caught.value)

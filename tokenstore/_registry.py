@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Iterator
 
 import peewee
@@ -145,13 +146,27 @@ class Registry:
         for model in self._by_table.values():
             if model_ref(model) == wanted:
                 return model
-        listed = (m for m in self._by_table.values() if m not in unlisted)
-        known = ", ".join(sorted(model_ref(m) for m in listed))
+        refs = sorted(model_ref(m) for m in self._by_table.values() if m not in unlisted)
+        meant = _meant(wanted, refs)
+        guess = f" (did you mean {meant!r}? a ref is 'module.ClassName')" if meant else ""
         raise ValidationError(
-            f"unknown model ref {shown(wanted)}; registered models: {known} (register the model "
-            "with store.register(Model) first; the tokenstore command registers a module's "
-            "models with --app MODULE)"
+            f"unknown model ref {shown(wanted)}{guess}; registered models: {', '.join(refs)} "
+            "(register the model with store.register(Model) first; the tokenstore command "
+            "registers a module's models with --app MODULE)"
         )
+
+
+def _meant(wanted: str, refs: list[str]) -> str | None:
+    """The one ref that ``wanted`` names by its class name alone, in another case, or with a
+    letter wrong (``User``, ``user``, ``models.User``, ``Usr`` for ``tokenstore.User``)."""
+    by_class: dict[str, list[str]] = {}
+    for ref in refs:
+        by_class.setdefault(ref.rpartition(".")[2].casefold(), []).append(ref)
+    same = [ref for ref in refs if ref.casefold() == wanted.casefold()]
+    name = wanted.rpartition(".")[2].casefold()
+    close = difflib.get_close_matches(name, list(by_class), n=1, cutoff=0.8)
+    found = same or by_class.get(name) or (by_class[close[0]] if close else [])
+    return found[0] if len(found) == 1 else None
 
 
 #: The prefix of tokenstore's own tables and views (the change events, the listeners, ...).
