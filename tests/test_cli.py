@@ -1131,7 +1131,7 @@ def test_a_usage_error_hides_the_password_of_an_argument_that_is_no_well_formed_
     """Only a word holding '://' was redacted: a mistyped URL, a key=value string, or a
     password holding a blank (argparse's message splits it into words) was shown."""
     tokenstore(db_path, "init")
-    for given in (
+    for typed in (
         "postgres:/app:SEKRIT@127.0.0.1:1/db",
         "postgresql:app:SEKRIT@127.0.0.1/db",
         "app:SEKRIT@127.0.0.1",
@@ -1139,7 +1139,7 @@ def test_a_usage_error_hides_the_password_of_an_argument_that_is_no_well_formed_
         "postgresql://app:SE KRIT@127.0.0.1:1/db",
         "postgresql://app@127.0.0.1:1/db?password=SE%20KRIT",
     ):
-        for args in (("users", "list", given), ("webhooks", "deliveries", "--status", given)):
+        for args in (("users", "list", typed), ("webhooks", "deliveries", "--status", typed)):
             stderr = refused(db_path, *args)
             assert "KRIT" not in stderr and "SE " not in stderr, stderr
             assert "127.0.0.1" in stderr  # the rest is shown: the user sees which argument
@@ -1295,6 +1295,35 @@ def test_an_app_module_that_fails_as_it_is_imported_is_named(
     stderr = refused(db_path, "--app", "broken_app", "users", "list", process=True, **where)
     assert "--app 'broken_app' failed as it was imported" in stderr and message in stderr
     assert "--app '.'" in refused(db_path, "--app", ".", "users", "list")
+
+
+@pytest.mark.sqlite_only
+def test_an_app_given_as_a_file_path_names_the_module_meant(
+    db_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--app app/models.py: 'No module named 'app/models'', and ./app/models.py a
+    TypeError about relative imports; the user had to know what a module name is."""
+    project = tmp_path / "project"
+    (project / "app").mkdir(parents=True)
+    (project / "app" / "__init__.py").write_text("")
+    (project / "app" / "models.py").write_text("")
+    (project / "loose").mkdir()
+    (project / "loose" / "tasks.py").write_text("")
+    monkeypatch.chdir(project)
+    for typed, meant in [
+        ("app/models.py", "did you mean --app app.models? (run here)"),
+        ("./app/models.py", "did you mean --app app.models? (run here)"),
+        (str(project / "app" / "models.py"), "did you mean --app app.models? (run here)"),
+        ("app/", "did you mean --app app? (run here)"),
+        ("loose/tasks.py", "did you mean --app loose.tasks? (run here)"),
+        ("models.py", "did you mean --app models? (run here)"),
+    ]:
+        stderr = refused(db_path, "--app", typed, "users", "list")
+        assert "--app takes a module's name, not a file's path" in stderr, stderr
+        assert meant in stderr, stderr
+    monkeypatch.chdir(project / "loose")
+    stderr = refused(db_path, "--app", "../app/models.py", "users", "list")
+    assert f"did you mean --app app.models? (run in {project})" in stderr, stderr
 
 
 @pytest.mark.sqlite_only

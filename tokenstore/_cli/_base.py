@@ -130,6 +130,9 @@ def register_module(
     """
     if looks_like_secret(name):  # pasted by mistake: the import's error would quote it too
         raise ValidationError("--app names no module: it looks like a secret (not shown)")
+    meant = _module_of_file(name)
+    if meant is not None:
+        raise ValidationError(f"--app takes a module's name, not a file's path: {meant}")
     _search_current_folder()
     try:
         module = importlib.import_module(name)
@@ -157,6 +160,28 @@ def register_module(
     for model in models:
         register(model)
     return models
+
+
+def _module_of_file(name: str) -> str | None:
+    """For an --app that names a file or a folder (``app/models.py``): the module it holds.
+
+    Its name counts the packages (folders with ``__init__.py``) around it, and
+    then the folders between the current one and theirs; a file outside the
+    current folder is imported from where its packages start.
+    """
+    if not name.endswith(".py") and "/" not in name and os.sep not in name:
+        return None
+    file = Path(name.removesuffix(".py")).resolve()
+    parts = [file.name]
+    folder = file.parent
+    while (folder / "__init__.py").is_file():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    here = Path.cwd().resolve()
+    if folder.is_relative_to(here):
+        parts[:0] = folder.relative_to(here).parts
+        return f"did you mean --app {'.'.join(parts)}? (run here)"
+    return f"did you mean --app {'.'.join(parts)}? (run in {folder})"
 
 
 def _search_current_folder() -> None:
