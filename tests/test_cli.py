@@ -1327,6 +1327,17 @@ def test_an_app_given_as_a_file_path_names_the_module_meant(
 
 
 @pytest.mark.sqlite_only
+def test_a_username_given_for_a_tokens_abid_is_told_what_an_abid_is(db_path: Path) -> None:
+    """`tokens get alice` said 'expected 26 chars for the suffix, got 5'."""
+    tokenstore(db_path, "users", "create", "alice")
+    for command in ("get", "revoke"):
+        stderr = refused(db_path, "tokens", command, "alice")
+        assert "not an API token ABID" in stderr
+        assert "apt_ and 26 letters and digits" in stderr, stderr
+        assert "tokenstore tokens list --user NAME" in stderr, stderr
+
+
+@pytest.mark.sqlite_only
 def test_the_installed_script_finds_an_app_module_in_the_current_folder(
     db_path: Path, tmp_path: Path
 ) -> None:

@@ -132,8 +132,20 @@ def _check_scope(scope: object) -> str:
     if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise ValidationError(
             f"scope {quoted(scope)} is not valid: use 1-100 characters from a-z, 0-9 and :._-"
+            + _several(scope)
         )
     return scope
+
+
+def _several(scope: object) -> str:
+    """What to add when a scope is a list of them in one string (``"read,write"``)."""
+    parts = re.split(r"[,\s]+", scope.strip()) if isinstance(scope, str) else []
+    if len(parts) < 2 or not all(_SCOPE.fullmatch(part) for part in parts):
+        return ""
+    return (
+        "; it holds several: scopes are given one each, as items of a list "
+        f"(scopes={parts!r}), or {' '.join(f'--scope {part}' for part in parts)}"
+    )
 
 
 def live_from(moment: datetime) -> datetime:
