@@ -1327,6 +1327,18 @@ def test_an_app_given_as_a_file_path_names_the_module_meant(
 
 
 @pytest.mark.sqlite_only
+def test_a_scope_list_in_one_scope_option_is_told_to_give_one_per_option(db_path: Path) -> None:
+    """--scope read,write was 'not valid: use 1-100 characters from ...', as if ',' were
+    only an unlucky character."""
+    tokenstore(db_path, "users", "create", "alice")
+    for typed in ("read,write", "read, write", "read write"):
+        stderr = refused(db_path, "tokens", "create", "alice", "--scope", typed)
+        assert "scopes are given one each" in stderr, stderr
+        assert "--scope read --scope write" in stderr, stderr
+    assert "one each" not in refused(db_path, "tokens", "create", "alice", "--scope", "a b!")
+
+
+@pytest.mark.sqlite_only
 def test_a_username_given_for_a_tokens_abid_is_told_what_an_abid_is(db_path: Path) -> None:
     """`tokens get alice` said 'expected 26 chars for the suffix, got 5'."""
     tokenstore(db_path, "users", "create", "alice")

@@ -522,7 +522,11 @@ class Tokens:
         try:
             wanted = ABID.parse(abid, prefix=APIToken.abid_prefix).canonical
         except InvalidABID as exc:
-            raise ValidationError(f"not an API token ABID: {exc}") from None
+            raise ValidationError(
+                f"not an API token ABID ({exc}): a token's ABID is apt_ and 26 letters and "
+                "digits, as store.tokens.list() and `tokenstore tokens list --user NAME` show "
+                "them; a token is not found by its user's name"
+            ) from None
         token: APIToken | None = APIToken.get_or_none(APIToken.abid == wanted)
         if token is None:
             raise NotFound(f"no API token {wanted}")
