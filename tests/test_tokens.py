@@ -503,6 +503,20 @@ def test_a_secret_in_a_str_subclass_authenticates_as_text(ts: Store) -> None:
         ts.tokens.authenticate(_Text(secret[:-1] + "?"))
 
 
+@pytest.mark.parametrize(
+    "around", ["Bearer {}", "Authorization: Bearer {}", "{}\n", " {}", "'{}'", "api_key={}"]
+)
+def test_a_secret_with_more_around_it_is_told_to_be_passed_alone(ts: Store, around: str) -> None:
+    """A header's value copied whole ('Bearer tsk_...'), or the secret with its line end,
+    was 'malformed or fails its checksum', as if a character of it were wrong."""
+    _, secret = ts.tokens.create()
+    with pytest.raises(InvalidToken, match="pass the token alone") as caught:
+        ts.tokens.authenticate(around.format(secret))
+    assert secret[4:-6] not in str(caught.value)
+    with pytest.raises(InvalidToken, match=r"fails its checksum$"):  # no token in it
+        ts.tokens.authenticate(around.format(secret[:-1] + ("B" if secret[-1] != "B" else "C")))
+
+
 def test_a_changed_character_fails_the_checksum(ts: Store) -> None:
     _, secret = ts.tokens.create()
     for index in (4, 20, len(secret) - 1):

@@ -119,9 +119,12 @@ def looks_like_secret(text: object) -> bool:
     """Whether ``text`` holds a secret given where a name or an id belongs: an API token of
     either kind, or a hook's signing secret, anywhere in it (pasted with its line end, in
     quotes, after ``Bearer`` or ``key=``). A message about it must not quote it back."""
-    if not isinstance(text, str):
-        return False
-    if SECRET_PREFIX in text or _LEGACY_TOKEN_IN_TEXT.search(text):
+    return isinstance(text, str) and (SECRET_PREFIX in text or holds_token(text))
+
+
+def holds_token(text: str) -> bool:
+    """Whether an API token of either kind is anywhere in ``text``, whatever is around it."""
+    if _LEGACY_TOKEN_IN_TEXT.search(text):
         return True
     return any(_checksum(match[1]) == match[2] for match in _TOKEN_IN_TEXT.finditer(text))
 

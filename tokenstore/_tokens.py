@@ -19,6 +19,7 @@ from ._backend import Backend, row_lock
 from ._credentials import (
     DEFAULT_TOKEN_PREFIX,
     check_prefix,
+    holds_token,
     looks_like_legacy_token,
     looks_like_token,
     quoted,
@@ -340,6 +341,11 @@ class Tokens:
             # Checked only on a miss, where it tells a mistyped secret from an unknown one;
             # a hit has proved the secret already.
             if not (looks_like_token(secret) or looks_like_legacy_token(secret)):
+                if holds_token(secret):  # a header's value copied whole, a line end ...
+                    raise InvalidToken(
+                        "API token is malformed: a token is in it with more around it (a "
+                        "'Bearer ' prefix, quotes, blanks or a line end): pass the token alone"
+                    )
                 raise InvalidToken("API token is malformed or fails its checksum")
             raise InvalidToken("API token is not recognised")
         known = self._converted.get(digest)
