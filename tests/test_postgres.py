@@ -158,6 +158,8 @@ def test_a_url_whose_slashes_a_path_collapsed_is_refused_without_its_password(
         "posgresql://u:SEKRIT@127.0.0.1:1/db",
         "pgsql://u:SEKRIT@127.0.0.1:1/db",
         "PG://u:SEKRIT@127.0.0.1:1/db",
+        "u:SEKRIT@127.0.0.1",  # no scheme: a file of that name was made
+        "u:SEKRIT@127.0.0.1:1/db",
     ],
 )
 def test_a_mistyped_postgresql_url_is_refused_as_one_without_its_password(

@@ -49,6 +49,9 @@ def check_text(value: object, what: str, *, max_length: int | None = None) -> st
 #: two letters at least, where ``C:/`` is a Windows drive.
 _COLLAPSED_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]+:/")
 
+#: A URL's ``user:password@`` with no scheme before it (a file name holds no such thing).
+_USER_PART = re.compile(r"\s*[^:/@\s]+:[^/@]*@")
+
 #: What a path begins with when it is a URL: a scheme, its colon, and any slashes.
 _SCHEME_COLON = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]+):/*")
 
@@ -85,16 +88,19 @@ def _not_a_path(value: object, text: str, what: str) -> str | None:
             "(a pathlib.Path makes its '//' one '/')"
         )
     scheme = _SCHEME_COLON.match(text)
-    if scheme is None:
-        return None
-    if scheme[1].lower() == "file":
+    if scheme and scheme[1].lower() == "file":
         return sqlite_uri(what)
-    if mistyped_postgres(scheme[1]):
+    if scheme and mistyped_postgres(scheme[1]):
         return (
             f"{what} is a mistyped PostgreSQL URL, not a file path: it begins "
             f"{scheme[0].strip()!r}, where one begins 'postgresql://'"
         )
-    if _COLLAPSED_URL.match(text):
+    if _USER_PART.match(text):
+        return (
+            f"{what} is a mistyped PostgreSQL URL, not a file path: it begins with a user "
+            "and a password (user:password@host), without the 'postgresql://' before them"
+        )
+    if scheme and _COLLAPSED_URL.match(text):
         return (
             f"{what} is a {scheme[1]}: URL, not a file path; tokenstore takes a postgresql:// URL"
         )
