@@ -7,6 +7,7 @@ is sent to, and no app model is saved while an enabled hook matches it.
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -610,3 +611,24 @@ def test_a_ref_like_no_registered_model_is_not_given_a_guess(store: Store) -> No
     with pytest.raises(ValidationError, match="unknown model ref 'Invoice'") as caught:
         store.webhooks.create("h", "Invoice", "http://127.0.0.1:9/")
     assert "did you mean" not in str(caught.value)
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(
+    ("entry", "meant"),
+    [
+        ("localhost:8000", "'localhost'"),
+        ("127.0.0.1:8000", "'127.0.0.1'"),
+        ("[::1]:8000", "'::1'"),
+        ("http://localhost:8000/hooks", "'localhost'"),
+        ("https://u:SEKRIT@hooks.internal/x", "'hooks.internal'"),
+    ],
+)
+def test_an_allowlist_entry_with_a_port_or_a_scheme_names_the_host_meant(
+    store: Store, entry: str, meant: str
+) -> None:
+    """'localhost:8000' was 'its label 'localhost:8000' is not 1-63 letters, digits, ...',
+    and a URL 'not a valid CIDR network': an entry allows a host whatever the port."""
+    with pytest.raises(ValidationError, match=f"did you mean {re.escape(meant)}") as caught:
+        store.webhooks.allow(entry)
+    assert "whatever the port" in str(caught.value) and "KRIT" not in str(caught.value)

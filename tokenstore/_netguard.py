@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from . import _compat, _deadline, _lookup
 from ._credentials import refuse_secret
 from ._errors import BlockedAddress, ValidationError, shown
+from ._postgres_url import redacted_url
 
 if TYPE_CHECKING:
     from http.client import HTTPResponse
@@ -128,6 +129,13 @@ def _parse_allow_entry(entry: object) -> _IPNetwork | str:
     if not isinstance(entry, str) or not entry.strip():
         raise ValidationError(f"allowlist entry {shown(entry)} must be a non-empty string")
     text = entry.strip()
+    meant = _host_of_url_or_port(text)
+    if meant is not None:
+        written = "a URL" if "://" in text else "a host and a port"
+        raise ValidationError(
+            f"allowlist entry {redacted_url(entry)!r} is {written}: an entry is a host or a "
+            f"network, allowed whatever the port; did you mean {meant!r}?"
+        )
     if "/" in text:
         try:
             return ipaddress.ip_network(text, strict=True)
@@ -147,6 +155,26 @@ def _parse_allow_entry(entry: object) -> _IPNetwork | str:
         raise ValidationError(
             f"allowlist entry {entry!r} is not an IP address, a CIDR network or a hostname: {exc}"
         ) from None
+
+
+#: A host (a name, an IPv4 address, or an IPv6 one in brackets) and a port.
+_HOST_AND_PORT = re.compile(r"(\[[^\]]+\]|[^:\[\]/]+):[0-9]+")
+
+
+def _host_of_url_or_port(text: str) -> str | None:
+    """The host an entry names along with a scheme or a port (``http://localhost:8000/``,
+    ``localhost:8000``), which allowing cannot take; None for any other entry.
+
+    A URL is quoted without its password.
+    """
+    if "://" in text:
+        try:
+            return urlsplit(text).hostname
+        except ValueError:
+            return None
+    if _HOST_AND_PORT.fullmatch(text):
+        return text.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    return None
 
 
 def _embedded_ipv4(ip: _IPAddress) -> ipaddress.IPv4Address | None:
