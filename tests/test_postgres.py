@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -181,7 +182,7 @@ def test_a_mistyped_postgresql_url_is_refused_as_one_without_its_password(
     [
         ("mysql://u:SEKRIT@127.0.0.1/db", "is a URL (mysql://)"),
         ("http://127.0.0.1/db", "is a URL (http://)"),
-        ("sqlite:///store.sqlite3", "is a URL (sqlite://)"),
+        ("sqlite:///store.sqlite3", "is an SQLite URL (sqlite://)"),
         ("pgsql://u:SEKRIT@127.0.0.1:1/db", "a mistyped PostgreSQL URL"),
         ("postgresql:/u:SEKRIT@127.0.0.1:1/db", "a mistyped PostgreSQL URL"),
     ],
@@ -207,6 +208,25 @@ def test_a_url_that_is_no_postgresql_url_is_refused_as_such_without_the_postgres
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("tokenstore._errors.ValidationError: ") and said in last, last
     assert "pip install" not in done.stderr and "KRIT" not in last
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "meant"),
+    [
+        ("sqlite:///app.sqlite3", "'app.sqlite3'"),  # SQLAlchemy's: three slashes, relative
+        ("sqlite:////srv/app.sqlite3", "'/srv/app.sqlite3'"),
+        ("SQLite3:///app.sqlite3", "'app.sqlite3'"),
+    ],
+)
+def test_an_sqlalchemy_sqlite_url_is_told_the_path_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, meant: str
+) -> None:
+    """It was 'a URL (sqlite://): tokenstore takes a postgresql:// URL (or an SQLite
+    file's path)', leaving the user to work out which part is the path."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match=f"did you mean {re.escape(meant)}"):
+        tokenstore.open(url)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -133,6 +133,13 @@ def connection_url(url: str) -> str:
         )
     if scheme[1].lower() == "file":
         raise ValidationError(sqlite_uri("the store path"))
+    if scheme[1].lower() in ("sqlite", "sqlite3"):  # SQLAlchemy's: sqlite:///relative/path
+        meant = url[scheme.end() :].removeprefix("/")
+        guess = f"did you mean {meant!r}?" if meant not in ("", ":memory:") else "one on disk"
+        raise ValidationError(
+            f"{redacted_url(url)} is an SQLite URL ({scheme[1]}://): tokenstore takes an "
+            f"SQLite file's path: {guess}"
+        )
     if scheme[1].lower() not in ("postgresql", "postgres"):
         kind = "a mistyped PostgreSQL URL" if mistyped_postgres(scheme[1]) else "a URL"
         raise ValidationError(
