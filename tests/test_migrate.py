@@ -139,6 +139,28 @@ def test_a_missing_source_is_refused_and_creates_nothing(tmp_path: Path) -> None
     assert not (tmp_path / "nothing.sqlite3").exists()
 
 
+def test_a_path_that_begins_with_a_tilde_is_said_not_to_be_expanded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A missing '~/source' did not say why; a '~/copy' destination was said to mean the
+    hidden file made aside, '/root/.tokenstore-migrate-8095211e0a22'."""
+    home = tmp_path / "home"
+    home.mkdir()
+    fill(home / "source.sqlite3")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    hint = "'~' is not expanded here"
+    with pytest.raises(StoreError) as caught:
+        tokenstore.migrate("~/source.sqlite3", tmp_path / "copy.sqlite3")
+    assert hint in str(caught.value) and f"did you mean {home}/source.sqlite3?" in str(caught.value)
+    with pytest.raises(StoreError) as caught:
+        tokenstore.migrate(home / "source.sqlite3", "~/copy.sqlite3")
+    said = str(caught.value)
+    assert said.startswith("cannot create ~/copy.sqlite3: No such file or directory"), said
+    assert hint in said and f"did you mean {home}/copy.sqlite3?" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+
+
 @pytest.mark.parametrize(
     ("source", "kind"), [("folder", "a directory"), ("/dev/null", "a character device")]
 )

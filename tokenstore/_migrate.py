@@ -33,7 +33,7 @@ from ._postgres import open_database as open_postgres
 from ._postgres_url import is_url, redacted_url
 from ._rows import Loader, column_list, not_utf8, quote_name
 from ._sqlite import SQLiteDatabase, open_database
-from ._sqlite_file import LOG_FILES, refuse_log_name
+from ._sqlite_file import LOG_FILES, refuse_log_name, unexpanded
 
 #: Seconds a writer waits for the file's lock (or a server's) during the copy.
 _BUSY_TIMEOUT = 30.0
@@ -138,7 +138,10 @@ def _open(location: str, *, must_exist: bool) -> SQLiteDatabase | PostgresDataba
     except OSError as exc:  # a name too long, say
         raise StoreError(f"cannot open {location}: {exc.strerror}") from None
     if missing:
-        raise StoreError(f"migrate: the source {location} does not exist")
+        note = unexpanded(path)
+        raise StoreError(
+            f"migrate: the source {location} does not exist{f': {note}' if note else ''}"
+        )
     # A source that holds no tokenstore (or is a folder or a device: opening judges its
     # kind) is refused, not set up, as on PostgreSQL.
     return open_database(path, _NoDispatch(), _BUSY_TIMEOUT, create=not must_exist)
@@ -203,7 +206,14 @@ def migrate(
         try:
             dst = _open(dest if aside is None else aside, must_exist=False)
         except TokenstoreError as exc:  # a folder that is missing or closed: named as given
-            raise type(exc)(str(exc).replace(aside or dest, dest)) from None
+            said = str(exc)
+            if aside is not None:  # what '~' would have been (see unexpanded) too
+                for made, given in (
+                    (aside, dest),
+                    (os.path.expanduser(aside), os.path.expanduser(dest)),
+                ):
+                    said = said.replace(made, given)
+            raise type(exc)(said) from None
         try:
             if dst.fell_back is not None:  # asked to write, it opened read-only
                 raise StoreReadOnly(f"migrate: {dst.fell_back}: nothing can be copied into it")

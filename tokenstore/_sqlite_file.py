@@ -229,7 +229,7 @@ def prepare_file(
     created = False
     if not path.exists():
         if read_only or not create:
-            note = _unexpanded(path)
+            note = unexpanded(path)
             raise StoreError(
                 f"no store at {path}: {note}"
                 if note
@@ -254,7 +254,7 @@ def prepare_file(
     return version, fell_back, created
 
 
-def _unexpanded(path: Path) -> str | None:
+def unexpanded(path: Path) -> str | None:
     """What to say of a missing path that begins with ``~``, which no shell expanded.
 
     Quoted (``--db '~/app.sqlite3'``), or read from a file, it is a folder
@@ -281,7 +281,7 @@ def create_private(path: Path) -> bool:
             ) from None
         return False
     except OSError as exc:
-        note = _unexpanded(path)
+        note = unexpanded(path)
         raise StoreError(
             f"cannot create {path}: {exc.strerror}{f'; {note}' if note else ''}"
         ) from None
