@@ -257,6 +257,17 @@ def store(db_path: Path) -> Iterator[Store]:
         s.close()
 
 
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home folder of the test's own (``$HOME``), the working folder its parent: what a
+    path beginning with '~' would have meant."""
+    folder = tmp_path / "home"
+    folder.mkdir()
+    monkeypatch.setenv("HOME", str(folder))
+    monkeypatch.chdir(tmp_path)
+    return folder
+
+
 class Clock:
     """A store clock the test moves by hand (``tokenstore.open(..., clock=clock)``).
 

@@ -433,15 +433,11 @@ def test_an_sqlite_uri_is_refused_not_made_a_file_named_like_it(
 
 
 def test_a_missing_path_that_begins_with_a_tilde_says_it_was_not_expanded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, home: Path
 ) -> None:
     """`--db '~/app.sqlite3'` (quoted, or from a config file) was 'no store at
     ~/app.sqlite3', and the user looked in their home folder, where the file is."""
-    home = tmp_path / "home"
-    home.mkdir()
     make_store(home / "app.sqlite3")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(tmp_path)
     hint = "'~' is not expanded here, as a shell expands it only unquoted at the start of a word"
     for path, create, said in [
         ("~/app.sqlite3", False, f"no store at ~/app.sqlite3: {hint}; did you mean {home}/"),

@@ -140,15 +140,11 @@ def test_a_missing_source_is_refused_and_creates_nothing(tmp_path: Path) -> None
 
 
 def test_a_path_that_begins_with_a_tilde_is_said_not_to_be_expanded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, home: Path
 ) -> None:
     """A missing '~/source' did not say why; a '~/copy' destination was said to mean the
     hidden file made aside, '/root/.tokenstore-migrate-8095211e0a22'."""
-    home = tmp_path / "home"
-    home.mkdir()
     fill(home / "source.sqlite3")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.chdir(tmp_path)
     hint = "'~' is not expanded here"
     with pytest.raises(StoreError) as caught:
         tokenstore.migrate("~/source.sqlite3", tmp_path / "copy.sqlite3")
