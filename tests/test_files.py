@@ -432,6 +432,14 @@ def test_an_sqlite_uri_is_refused_not_made_a_file_named_like_it(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_store_in_a_missing_folder_says_the_folder_is_missing(tmp_path: Path) -> None:
+    """'cannot create .../typo/app.sqlite3: No such file or directory' did not say which."""
+    path = tmp_path / "typo" / "app.sqlite3"
+    with pytest.raises(StoreError, match=f"^cannot create {path}: its folder {path.parent} does"):
+        tokenstore.open(path)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_missing_path_that_begins_with_a_tilde_says_it_was_not_expanded(
     tmp_path: Path, home: Path
 ) -> None:
@@ -441,8 +449,8 @@ def test_a_missing_path_that_begins_with_a_tilde_says_it_was_not_expanded(
     hint = "'~' is not expanded here, as a shell expands it only unquoted at the start of a word"
     for path, create, said in [
         ("~/app.sqlite3", False, f"no store at ~/app.sqlite3: {hint}; did you mean {home}/"),
-        ("~/new/app.sqlite3", True, "cannot create ~/new/app.sqlite3: No such file or "),
-        ("~nobody-here/app.sqlite3", True, f"directory; {hint}"),
+        ("~/new/app.sqlite3", True, "cannot create ~/new/app.sqlite3: its folder ~/new does "),
+        ("~nobody-here/app.sqlite3", True, f"not exist; {hint}"),
     ]:
         with pytest.raises(StoreError) as caught:
             tokenstore.open(path, create=create)

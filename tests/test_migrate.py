@@ -152,7 +152,7 @@ def test_a_path_that_begins_with_a_tilde_is_said_not_to_be_expanded(
     with pytest.raises(StoreError) as caught:
         tokenstore.migrate(home / "source.sqlite3", "~/copy.sqlite3")
     said = str(caught.value)
-    assert said.startswith("cannot create ~/copy.sqlite3: No such file or directory"), said
+    assert said.startswith("cannot create ~/copy.sqlite3: its folder ~ does not exist"), said
     assert hint in said and f"did you mean {home}/copy.sqlite3?" in said, said
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
 

@@ -10,6 +10,7 @@ private), a FIFO is never opened, and a file nobody may write can still be read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -281,10 +282,10 @@ def create_private(path: Path) -> bool:
             ) from None
         return False
     except OSError as exc:
+        missing = exc.errno == errno.ENOENT and not path.parent.is_dir()
+        why = f"its folder {path.parent} does not exist" if missing else exc.strerror
         note = unexpanded(path)
-        raise StoreError(
-            f"cannot create {path}: {exc.strerror}{f'; {note}' if note else ''}"
-        ) from None
+        raise StoreError(f"cannot create {path}: {why}{f'; {note}' if note else ''}") from None
     os.close(fd)
     return True
 
