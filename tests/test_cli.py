@@ -339,7 +339,8 @@ def test_token_expiry_option_and_its_errors(db_path: Path) -> None:
     for spaced in (" 12h ", " 2099-01-01T00:00:00Z\n"):  # as pasted, or read with its line end
         assert as_json(db_path, "tokens", "create", "bob", "--expires", spaced)["expires"]
     missing = tokenstore(db_path, "tokens", "create", "nobody", expect=2)
-    assert f"error: {redacted_url(str(db_path))}: no user 'nobody'" in missing.stderr  # where
+    where = f"$TOKENSTORE_DB: {redacted_url(str(db_path))}"  # the usual cause: a wrong store
+    assert f"error: {where}: no user 'nobody'" in missing.stderr
     # The longest span is the API's (100 years), not a shorter one of the command's own.
     longest = f"{MAX_SPAN.days}d"
     assert as_json(db_path, "tokens", "create", "bob", "--expires", longest)["expires"]
@@ -1005,6 +1006,20 @@ def test_a_store_the_environment_named_that_cannot_be_opened_is_said_to_come_fro
             assert (said in done.stderr) == (argv[0] != "--db"), done.stderr
             assert said.partition("$TOKENSTORE_DB: ")[2] in done.stderr
     assert list(folder.iterdir()) == []
+
+
+def test_a_record_not_found_in_the_store_the_environment_named_says_it_came_from_it(
+    db_path: Path,
+) -> None:
+    """'no user ...' names the store searched, a wrong one being the usual cause: named by
+    $TOKENSTORE_DB, it was not said where that store had come from."""
+    env = {**os.environ, "TOKENSTORE_DB": str(db_path)}
+    where = redacted_url(str(db_path)) if "://" in str(db_path) else str(db_path)
+    done = run(["users", "get", "nobody"], env)
+    assert done.returncode == 2
+    assert done.stderr == f"tokenstore: error: $TOKENSTORE_DB: {where}: no user 'nobody'\n"
+    given = run(["--db", str(db_path), "users", "get", "nobody"], env)
+    assert given.stderr == f"tokenstore: error: {where}: no user 'nobody'\n"
 
 
 @ONCE

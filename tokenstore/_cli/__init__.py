@@ -175,6 +175,8 @@ def _run(argv: Sequence[str] | None) -> int:
         return 2
     except NotFound as exc:  # named with the store searched: a wrong --db is the usual cause
         where = redacted_url(args.db) if is_url(args.db) else os.path.abspath(args.db)
+        if args.db_from_environment:
+            where = f"$TOKENSTORE_DB: {where}"
         print(f"tokenstore: error: {one_line(f'{where}: {exc}')}", file=sys.stderr)
         return 2
     except TokenstoreError as exc:
