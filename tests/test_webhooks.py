@@ -611,6 +611,7 @@ def test_a_ref_like_no_registered_model_is_not_given_a_guess(store: Store) -> No
     with pytest.raises(ValidationError, match="unknown model ref 'Invoice'") as caught:
         store.webhooks.create("h", "Invoice", "http://127.0.0.1:9/")
     assert "did you mean" not in str(caught.value)
+    assert "(a ref is 'module.ClassName')" in str(caught.value)
 
 
 @pytest.mark.sqlite_only
@@ -632,3 +633,14 @@ def test_an_allowlist_entry_with_a_port_or_a_scheme_names_the_host_meant(
     with pytest.raises(ValidationError, match=f"did you mean {re.escape(meant)}") as caught:
         store.webhooks.allow(entry)
     assert "whatever the port" in str(caught.value) and "KRIT" not in str(caught.value)
+
+
+@pytest.mark.sqlite_only
+def test_a_ref_to_a_model_not_registered_names_the_app_option_that_would_register_it(
+    store: Store,
+) -> None:
+    """The message said '--app MODULE', and the user had to work out MODULE from the ref."""
+    with pytest.raises(
+        ValidationError, match=r"registers its module's models with --app app\.models\)"
+    ):
+        store.webhooks.create("h", "app.models.Snapshot", "http://127.0.0.1:9/")

@@ -148,11 +148,18 @@ class Registry:
                 return model
         refs = sorted(model_ref(m) for m in self._by_table.values() if m not in unlisted)
         meant = _meant(wanted, refs)
-        guess = f" (did you mean {meant!r}? a ref is 'module.ClassName')" if meant else ""
+        module = wanted.rpartition(".")[0]
+        app = "a module's models with --app MODULE"
+        if meant is not None:
+            guess = f" (did you mean {meant!r}? a ref is 'module.ClassName')"
+        elif module:  # a module the command can import, whose model is not registered
+            guess, app = "", f"its module's models with --app {module}"
+        else:
+            guess = " (a ref is 'module.ClassName')"
         raise ValidationError(
             f"unknown model ref {shown(wanted)}{guess}; registered models: {', '.join(refs)} "
-            "(register the model with store.register(Model) first; the tokenstore command "
-            "registers a module's models with --app MODULE)"
+            f"(register the model with store.register(Model) first; the tokenstore command "
+            f"registers {app})"
         )
 
 
