@@ -212,6 +212,27 @@ def test_a_url_that_is_no_postgresql_url_is_refused_as_such_without_the_postgres
 
 
 @pytest.mark.parametrize(
+    "location",
+    [
+        "'postgresql://u:SEKRIT@127.0.0.1:1/db'",  # docker's --env-file keeps the quotes
+        '"postgresql://u:SEKRIT@127.0.0.1:1/db"',
+        "'app.sqlite3'",
+        ' "app.sqlite3"\n',
+    ],
+)
+def test_a_location_in_quotes_is_refused_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, location: str
+) -> None:
+    """Taken for a file path, the quoted URL was 'no store at 'postgresql:/u:SEKRIT@...'',
+    its password in the message, and a quoted file name a new store named with its quotes."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match="is in quotes") as caught:
+        tokenstore.open(location)
+    assert "KRIT" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     ("url", "meant"),
     [
         ("sqlite:///app.sqlite3", "'app.sqlite3'"),  # SQLAlchemy's: three slashes, relative

@@ -87,6 +87,12 @@ def _not_a_path(value: object, text: str, what: str) -> str | None:
             f"{what} is a URL, not a file path; a postgresql:// URL is given as a str "
             "(a pathlib.Path makes its '//' one '/')"
         )
+    bare = text.strip()
+    if len(bare) > 1 and bare[0] in "'\"" and bare[-1] == bare[0]:
+        return (
+            f"{what} is in quotes, which would be part of the file's name (or hide a URL): "
+            "give it without them (docker's --env-file and some .env readers keep them)"
+        )
     scheme = _SCHEME_COLON.match(text)
     if scheme and scheme[1].lower() == "file":
         return sqlite_uri(what)
