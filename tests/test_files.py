@@ -432,6 +432,19 @@ def test_an_sqlite_uri_is_refused_not_made_a_file_named_like_it(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["app.sqlite3\r", "app.sqlite3\n", "\napp.sqlite3"])
+def test_a_path_with_a_line_end_at_either_end_is_refused_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """$TOKENSTORE_DB read from a file written on Windows ends with '\r': 'no store at
+    app.sqlite3' (the '\r' unseen) for a file that was there, and `init` made a second one."""
+    monkeypatch.chdir(tmp_path)
+    make_store(tmp_path / "app.sqlite3")
+    with pytest.raises(ValidationError, match="the store path begins or ends with a line end"):
+        tokenstore.open(name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.sqlite3"]
+
+
 def test_a_store_in_a_missing_folder_says_the_folder_is_missing(tmp_path: Path) -> None:
     """'cannot create .../typo/app.sqlite3: No such file or directory' did not say which."""
     path = tmp_path / "typo" / "app.sqlite3"

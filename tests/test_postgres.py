@@ -252,12 +252,17 @@ def test_an_sqlalchemy_sqlite_url_is_told_the_path_it_names(
 
 
 def test_blanks_around_a_url_are_not_part_of_it(pg_url: str) -> None:
-    """A variable set with a stray space: taken for a file path, its password was in the error."""
+    """A variable set with a stray space: taken for a file path, its password was in the error.
+    One read from a file written on Windows ends with '\r': the database's name ended with it,
+    and 'database "app\r" does not exist' showed nothing wrong."""
     with tokenstore.open(f"  {pg_url}") as store:
         store.users.create("alice")
         assert "app-password" not in repr(store)
     with tokenstore.open(pg_url, create=False) as again:
         assert again.users.get("alice").username == "alice"
+    with tokenstore.open(f"{pg_url}\r\n", create=False) as again:
+        assert again.users.get("alice").username == "alice"
+        assert again.location == redacted_url(pg_url)
 
 
 def test_the_postgres_scheme_opens_the_same_database(pg_url: str) -> None:

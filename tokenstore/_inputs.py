@@ -87,6 +87,11 @@ def _not_a_path(value: object, text: str, what: str) -> str | None:
             f"{what} is a URL, not a file path; a postgresql:// URL is given as a str "
             "(a pathlib.Path makes its '//' one '/')"
         )
+    if text[:1] in ("\r", "\n") or text[-1:] in ("\r", "\n"):
+        return (
+            f"{what} begins or ends with a line end ('\\r' or '\\n'), which would be part of "
+            "the file's name: a value read from a file written on Windows ends with '\\r'"
+        )
     bare = text.strip()
     if len(bare) > 1 and bare[0] in "'\"" and bare[-1] == bare[0]:
         return (

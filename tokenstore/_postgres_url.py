@@ -146,7 +146,7 @@ def connection_url(url: str) -> str:
             f"{redacted_url(url)} is {kind} ({scheme[1]}://): tokenstore takes a "
             "postgresql:// URL (or an SQLite file's path)"
         )
-    rest = url[scheme.end() :]
+    rest = url[scheme.end() :].rstrip()  # blanks and line ends around it are not part of it
     if _ambiguous(rest):
         raise ValidationError(
             "the PostgreSQL URL holds a second '@', or an '@' after a '/': a user name or "

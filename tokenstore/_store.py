@@ -121,7 +121,7 @@ class Store:
         if isinstance(path, str) and is_url(path):
             self.path = None
             #: Where the store is, for people: the file, or the URL without its password.
-            self.location = redacted_url(path)
+            self.location = redacted_url(path.strip())
             self._liveness = Liveness(
                 PostgresDatabase.sql, self.clock, opts.claim_timeout, opts.listener_timeout
             )
