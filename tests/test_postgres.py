@@ -217,7 +217,7 @@ def test_a_url_that_is_no_postgresql_url_is_refused_as_such_without_the_postgres
         "'postgresql://u:SEKRIT@127.0.0.1:1/db'",  # docker's --env-file keeps the quotes
         '"postgresql://u:SEKRIT@127.0.0.1:1/db"',
         "'app.sqlite3'",
-        ' "app.sqlite3"\n',
+        ' "app.sqlite3" ',
     ],
 )
 def test_a_location_in_quotes_is_refused_without_its_password(
