@@ -96,6 +96,16 @@ def test_a_password_holding_a_query_or_fragment_mark_is_not_shown(password: str)
     )
 
 
+def refused_making_nothing(folder: Path, location: str, match: str) -> str:
+    """The message of ``open(location)`` refused as ``match`` says, in the working ``folder``:
+    it shows no password, and nothing was made there."""
+    with pytest.raises(ValidationError, match=match) as caught:
+        tokenstore.open(location)
+    assert "KRIT" not in str(caught.value)
+    assert list(folder.iterdir()) == []
+    return str(caught.value)
+
+
 @pytest.mark.parametrize(
     "location",
     [
@@ -114,10 +124,7 @@ def test_a_server_address_that_is_no_postgresql_url_is_refused_not_made_a_file(
 ) -> None:
     """Taken for a file path, it was created in the working folder, the password in its name."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValidationError, match="tokenstore takes a postgresql:// URL") as caught:
-        tokenstore.open(location)
-    assert "KRIT" not in str(caught.value)
-    assert list(tmp_path.iterdir()) == []
+    refused_making_nothing(tmp_path, location, "tokenstore takes a postgresql:// URL")
 
 
 @pytest.mark.parametrize(
@@ -170,11 +177,9 @@ def test_a_mistyped_postgresql_url_is_refused_as_one_without_its_password(
     'postgressql://' was 'a postgressql:// URL' as if another database's, and
     'postgresql:SEKRIT' was made an SQLite file of that name."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValidationError, match="a mistyped PostgreSQL URL") as caught:
-        tokenstore.open(location)
-    assert "postgresql://" in str(caught.value)
-    assert "KRIT" not in str(caught.value)
-    assert list(tmp_path.iterdir()) == []
+    assert "postgresql://" in refused_making_nothing(
+        tmp_path, location, "a mistyped PostgreSQL URL"
+    )
 
 
 @pytest.mark.parametrize(
@@ -226,10 +231,7 @@ def test_a_location_in_quotes_is_refused_without_its_password(
     """Taken for a file path, the quoted URL was 'no store at 'postgresql:/u:SEKRIT@...'',
     its password in the message, and a quoted file name a new store named with its quotes."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValidationError, match="is in quotes") as caught:
-        tokenstore.open(location)
-    assert "KRIT" not in str(caught.value)
-    assert list(tmp_path.iterdir()) == []
+    refused_making_nothing(tmp_path, location, "is in quotes")
 
 
 @pytest.mark.parametrize(
