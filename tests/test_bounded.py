@@ -776,3 +776,40 @@ def test_a_save_behind_a_down_hook_finds_its_retry_through_the_due_index(tmp_pat
         s.close()
     assert "tokenstore_webhook_delivery_due" in plan
     assert "TEMP B-TREE" not in plan  # read in order, up to the first of the hook's
+
+
+def _rows(s: Store, table: str) -> int:
+    return int(s.db.execute_sql(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def test_events_no_live_listener_claims_are_dropped_after_the_listener_timeout(
+    db_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listener alive on another host that has no model for ``item`` (a worker hearing
+    only tokenstore's own tables) kept capture on: every save of an Item recorded an
+    event that no process would ever claim, and the table grew by one row a save."""
+    s = clocked(db_path, clock, listener_timeout=timedelta(hours=1))
+    try:
+        elsewhere = "another-host:1234:cafe"  # alive: it claims (its own tables) every minute
+        with s.db.write(quiet=True) as conn:
+            conn.execute(
+                s.db.sql(
+                    "INSERT INTO tokenstore_listener (claimant, since, seen) VALUES (?, ?, ?)"
+                ),
+                (elsewhere, format_time(clock.now), format_time(clock.now)),
+            )
+        for step in range(30):  # 5 hours, a save every 10 minutes
+            Item.create(n=step)
+            clock.advance(minutes=10)
+            with s.db.write(quiet=True) as conn:  # the listener's heartbeat, as its claims
+                conn.execute(
+                    s.db.sql("UPDATE tokenstore_listener SET seen = ?"), (format_time(clock.now),)
+                )
+            with caplog.at_level("WARNING", logger="tokenstore.dispatch"):
+                s.dispatch()
+        assert _rows(s, "tokenstore_listener") == 1  # the listener is alive
+        waiting = _rows(s, "tokenstore_change_event")
+        assert waiting <= 7, waiting  # the last hour's saves at most
+        assert "'item'" in caplog.text and "no listener claimed" in caplog.text
+    finally:
+        s.close()

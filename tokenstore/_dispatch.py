@@ -288,18 +288,44 @@ class Dispatcher:
     def waiting(self, conn: Connection) -> dict[str, int]:
         """Events of tables this process has no model for, by table: they wait for one that has."""
         tables = self.registry.tables()
-        marks = ",".join([self._backend.sql("?")] * len(tables))
-        sql = (
-            f"SELECT table_name, count(*) FROM {EVENT_TABLE} "
-            f"WHERE table_name NOT IN ({marks}) GROUP BY table_name"
-        )
+        return self._by_table(conn, self._not_among(tables), tables)
+
+    def _not_among(self, tables: tuple[str, ...]) -> str:
+        return f"table_name NOT IN ({','.join([self._backend.sql('?')] * len(tables))})"
+
+    def _by_table(self, conn: Connection, where: str, params: tuple[Any, ...]) -> dict[str, int]:
+        """How many events meet ``where``, by table name."""
+        sql = f"SELECT table_name, count(*) FROM {EVENT_TABLE} WHERE {where} GROUP BY table_name"
         try:  # sorted here, by code point: PostgreSQL's ORDER BY follows its collation
-            return dict(sorted(conn.execute(sql, tables)))
+            return dict(sorted(conn.execute(sql, params)))
         except Exception as exc:  # a name written by hand, in text that is no UTF-8 (SQLite)
             if refused_as_not_utf8(exc) is None:
                 raise
-        rows = conn.execute(sql.replace("table_name,", "CAST(table_name AS BLOB),", 1), tables)
+        rows = conn.execute(sql.replace("table_name,", "CAST(table_name AS BLOB),", 1), params)
         return dict(sorted((table.decode(errors="replace"), count) for table, count in rows))
+
+    def drop_unclaimed(self, conn: Connection) -> None:
+        """Delete events no listener claimed within ``listener_timeout`` of their capture.
+
+        Every listener still registered has claimed since (one silent that
+        long is removed), and left them: none has a model for their table, so
+        they would wait for ever while it listens. The tables this process
+        claims itself, if it listens, are left to its own claim.
+        """
+        where = f"claimed_by IS NULL AND created_at < {self._backend.sql('?')}"
+        params: tuple[Any, ...] = (format_time(self.clock() - self.liveness.listener_timeout),)
+        if signals.any_event_receivers():
+            tables = self.registry.tables()
+            where, params = f"{where} AND {self._not_among(tables)}", (*params, *tables)
+        dropped = self._by_table(conn, where, params)
+        if dropped:
+            logger.warning(
+                "change events that no listener claimed within %s are dropped (no listening "
+                "process has a model for their table): %s",
+                self.liveness.listener_timeout,
+                ", ".join(f"{count} of {table[:200]!r}" for table, count in dropped.items()),
+            )
+            conn.execute(f"DELETE FROM {EVENT_TABLE} WHERE {where}", params)
 
     def claimed_count(self) -> int:
         """How many events this thread has claimed so far."""
@@ -467,3 +493,4 @@ class Dispatcher:
         self.liveness.forget_dead_listeners(conn)
         self.liveness.rewind(conn)  # after: a row no listener wrote is gone, not made alive
         self.drop_unheard(conn)
+        self.drop_unclaimed(conn)
