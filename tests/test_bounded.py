@@ -813,3 +813,30 @@ def test_events_no_live_listener_claims_are_dropped_after_the_listener_timeout(
         assert "'item'" in caplog.text and "no listener claimed" in caplog.text
     finally:
         s.close()
+
+
+def test_a_listener_idle_past_the_listener_timeout_still_fires_its_own_tables_events(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """Dropping events no listener claimed leaves those this process claims itself."""
+    path = tmp_path / "s.sqlite3"
+    heard: list[int] = []
+
+    def hear(sender: object, instance: Item, **kwargs: object) -> None:
+        heard.append(instance.n)
+
+    tokenstore.signals.post_save.connect(hear, sender=Item)
+    s = clocked(path, clock, listener_timeout=timedelta(hours=1))
+    try:
+        Item.create(n=1)  # heard at once: it listens
+        other = sqlite3.connect(path)  # another program's write, captured by the triggers
+        with other:
+            other.execute("UPDATE item SET n = 7")
+        other.close()
+        clock.advance(hours=2)
+        s.dispatch()
+        assert heard == [1, 7]
+        assert _rows(s, "tokenstore_change_event") == 0
+    finally:
+        tokenstore.signals.post_save.disconnect(hear)
+        s.close()
