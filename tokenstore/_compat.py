@@ -106,7 +106,7 @@ def current_connection(db: peewee.Database) -> Any:
     return db._state.conn  # type: ignore[attr-defined]
 
 
-class _CloserOf:
+class CloserOf:
     """Closes a connection when it is dropped, in the process that opened it: see
     ``ClosedWithThread``. A process forked from it leaves it alone (see ``_fork``)."""
 
@@ -139,7 +139,7 @@ class ClosedWithThread:
         opened = bool(super().connect(reuse_if_open))  # type: ignore[misc]
         if opened:
             state = self._state  # type: ignore[attr-defined]
-            state.closer = _CloserOf(state.conn)
+            state.closer = CloserOf(state.conn)
         return opened
 
 

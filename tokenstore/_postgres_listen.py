@@ -3,7 +3,7 @@
 ``dispatch --watch`` and ``store.wait_for_changes()`` wait for a notification
 instead of polling. Listening needs a connection of its own (one inside a
 transaction would hear nothing until it ends), made per thread when the
-thread first waits.
+thread first waits and closed when the thread ends.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._compat import CloserOf
 from ._postgres_ddl import CHANNEL
 from ._postgres_driver import driver
 
@@ -40,6 +41,7 @@ class ChangeListener:
         try:
             if listener is None:
                 listener = self._local.conn = self._connect()
+                self._local.closer = CloserOf(listener)  # goes with the thread, closing it
                 listener.execute(f"LISTEN {CHANNEL}")
             while True:
                 remaining = max(0.0, deadline - time.monotonic())
