@@ -840,3 +840,37 @@ def test_a_listener_idle_past_the_listener_timeout_still_fires_its_own_tables_ev
     finally:
         tokenstore.signals.post_save.disconnect(hear)
         s.close()
+
+
+class Wide(ABIDModel):
+    """Seven optional columns: inserts name them in any order and any subset."""
+
+    abid_prefix = "wid_"
+    a = peewee.IntegerField(null=True)
+    b = peewee.IntegerField(null=True)
+    c = peewee.IntegerField(null=True)
+    d = peewee.IntegerField(null=True)
+    e = peewee.IntegerField(null=True)
+    f = peewee.IntegerField(null=True)
+    g = peewee.IntegerField(null=True)
+
+
+def test_insert_statements_kept_per_model_and_column_set_are_bounded(tmp_path: Path) -> None:
+    """Each INSERT is built once per model and the columns it names, in their order, and
+    kept: an application inserting rows that name their columns in changing orders
+    (a dict per row from a CSV's header, say) added a statement per order, for ever."""
+    from tokenstore import _models
+
+    s = open_store(tmp_path / "s.sqlite3")
+    try:
+        s.register(Wide)
+        orders = itertools.islice(
+            itertools.permutations("abcdefg"), _models.INSERT_STATEMENTS + 100
+        )
+        with s.atomic():
+            for order in orders:
+                Wide.create(**{name: 1 for name in order})
+        assert Wide.select().count() == _models.INSERT_STATEMENTS + 100
+        assert len(_models._INSERT_SQL) <= _models.INSERT_STATEMENTS
+    finally:
+        s.close()

@@ -28,8 +28,9 @@ from ._times import format_time, to_stored_time, utcnow
 SYSTEM_USERNAME = "system"
 
 #: INSERT statements by model, the field names they set and the driver's placeholder
-#: (see ``ABIDModel._insert_row``).
+#: (see ``ABIDModel._insert_row``), at most ``INSERT_STATEMENTS``.
 _INSERT_SQL: dict[tuple[type[peewee.Model], tuple[str, ...], str], str] = {}
+INSERT_STATEMENTS = 1024
 
 #: How many fresh ids an insert tries when its ABID collides with an existing one.
 ABID_COLLISION_RETRIES = 5
@@ -279,6 +280,8 @@ class ABIDModel(BaseModel):
                 f"INSERT INTO {quote_name(cls._meta.table_name)} ({columns}) VALUES ({marks}) "
                 f"ON CONFLICT ({abid}) DO NOTHING"
             )
+            if len(_INSERT_SQL) >= INSERT_STATEMENTS:  # columns named in ever new orders
+                _INSERT_SQL.clear()
             _INSERT_SQL[key] = sql
         cursor = database.execute_sql(sql, [fields[name].db_value(data[name]) for name in names])
         if cursor.rowcount:
