@@ -6,6 +6,7 @@ store file; webhooks go to a real receiver on 127.0.0.1.
 
 from __future__ import annotations
 
+import gc
 import html
 import io
 import json
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -443,6 +445,58 @@ def test_a_flood_of_sign_in_forms_leaves_administrators_signed_in(
         assert Client(app).get("/login").status == 200
     assert client.get("/").status == 200
     assert first.post("/login", {"token": "x"}).status == 403  # the oldest form was dropped
+
+
+def test_signed_in_sessions_are_capped_the_oldest_signed_out(
+    app: admin.AdminApp, admin_secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokenstore.admin import _sessions
+
+    monkeypatch.setattr(_sessions, "MAX_SESSIONS", 5)
+    browsers = [Client(app) for _ in range(8)]
+    for browser in browsers:
+        assert browser.sign_in(admin_secret).status == 303
+    assert len(app.sessions._signed_in) == 5
+    assert [b.get("/").status for b in browsers] == [303] * 3 + [200] * 5
+
+
+def test_a_session_keeps_at_most_max_forms_one_time_form_ids(client: Client) -> None:
+    """Every view of the tokens page gives its create form a one-time id: a tab left to
+    reload itself must not grow its session."""
+    from tokenstore.admin import _sessions
+
+    first = re.search(r'name="form_id" value="([^"]+)"', client.get("/tokens").text)
+    assert first is not None
+    for _ in range(_sessions.MAX_FORMS + 20):
+        assert client.get("/tokens").status == 200
+    (session,) = client.app.sessions._signed_in.values()
+    assert len(session.forms) == _sessions.MAX_FORMS
+    assert first[1] not in session.forms  # the oldest forgotten
+
+
+def test_expired_sessions_are_dropped_with_what_they_held(ts: tokenstore.Store) -> None:
+    """An expired session, and the secret it still waited to show, goes at the next
+    sign-in form anyone asks for, or at its own next request."""
+    now = [0.0]
+    app = admin.AdminApp(ts, sessions=Sessions(clock=lambda: now[0]))
+    _, secret = ts.tokens.create(ts.users.create("root"), scopes=["admin"])
+    browsers = [Client(app) for _ in range(3)]
+    for browser in browsers:
+        assert browser.sign_in(secret).status == 303
+    form = re.search(r'name="form_id" value="([^"]+)"', browsers[0].get("/tokens").text)
+    assert form is not None
+    created = browsers[0].post("/tokens", {"user": "root", "name": "unseen", "form_id": form[1]})
+    assert created.status == 303  # its secret waits to be shown on the next page, never seen
+    (waiting,) = [s for s in app.sessions._signed_in.values() if s.reveal is not None]
+    held = weakref.ref(waiting)
+    del waiting
+    now[0] += 9 * 3600  # past every session's lifetime
+    assert browsers[1].get("/").status == 303  # its own request drops it
+    assert len(app.sessions._signed_in) == 2
+    assert Client(app).get("/login").status == 200  # anyone's new session drops the rest
+    assert app.sessions._signed_in == {} and len(app.sessions._signing_in) == 1
+    gc.collect()
+    assert held() is None  # nothing else held the session, or the secret it kept
 
 
 def test_a_method_not_allowed_names_the_ones_that_are(
