@@ -874,3 +874,83 @@ def test_insert_statements_kept_per_model_and_column_set_are_bounded(tmp_path: P
         assert len(_models._INSERT_SQL) <= _models.INSERT_STATEMENTS
     finally:
         s.close()
+
+
+def test_stores_opened_used_and_closed_in_turn_leave_nothing_behind(tmp_path: Path) -> None:
+    """An app that opens a store per project, in turn, must not grow per store it closed:
+    no store stays alive, and the process-wide lists that name stores do not grow."""
+    import gc
+    import weakref
+
+    from tokenstore import _backend, _fork
+
+    def use(n: int) -> weakref.ref[Store]:
+        s = open_store(tmp_path / f"project-{n}.sqlite3")
+        _, secret = s.tokens.create()
+        s.tokens.authenticate(secret)
+        s.webhooks.create("h", Item, "http://127.0.0.1:9/h")
+        Item.create(n=n)
+        s.dispatch()
+        s.close()
+        return weakref.ref(s)
+
+    use(0)
+    gc.collect()
+    callbacks, writers = len(_fork._callbacks), len(_backend._WRITERS.by_store)
+    stores = [use(n) for n in range(1, 201)]
+    gc.collect()
+    assert [ref for ref in stores if ref() is not None] == []
+    use(201)  # what names the collected stores is pruned as the next one opens and writes
+    assert len(_fork._callbacks) <= callbacks
+    assert len(_backend._WRITERS.by_store) <= writers + 1
+
+
+def test_threads_that_used_a_store_and_ended_leave_nothing_behind(
+    db_path: Path, receiver: Receiver
+) -> None:
+    """Each thread has its own connection, cursor and HTTP session: all go with it."""
+    import gc
+
+    s = open_store(db_path)
+    try:
+        _, secret = s.tokens.create()
+        s.webhooks.create("h", Item, receiver.url("/h"))
+
+        def work() -> None:
+            s.tokens.authenticate(secret)
+            Item.create(n=1)
+            s.dispatch()
+
+        def run(threads: int) -> None:
+            for _ in range(threads):
+                thread = threading.Thread(target=work)
+                thread.start()
+                thread.join(30)
+                assert not thread.is_alive()
+
+        run(5)
+        gc.collect()
+        before = len(gc.get_objects())
+        run(100)
+        assert len(receiver.hits) == 105
+        receiver.hits.clear()  # what the receiver recorded is the test's, not the store's
+        gc.collect()
+        assert len(gc.get_objects()) - before < 100  # less than one object a thread
+    finally:
+        s.close()
+
+
+def test_a_sender_keeps_at_most_prepared_urls_endpoints(db_path: Path) -> None:
+    """A hook's URL is prepared once and kept; hooks changed to ever new URLs (a
+    per-tenant path, say) must not grow the sender."""
+    from tokenstore import _sending
+
+    s = open_store(db_path)
+    try:
+        sender = s._outbox.sender
+        for n in range(_sending._PREPARED_URLS + 50):
+            outcome = sender.post(f"http://127.0.0.1:9/tenant/{n}", b"{}", {}, deadline=1)
+            assert not outcome.ok
+        assert 0 < len(sender._urls) <= _sending._PREPARED_URLS
+    finally:
+        s.close()
