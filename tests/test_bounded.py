@@ -954,3 +954,20 @@ def test_a_sender_keeps_at_most_prepared_urls_endpoints(db_path: Path) -> None:
         assert 0 < len(sender._urls) <= _sending._PREPARED_URLS
     finally:
         s.close()
+
+
+def test_a_thread_keeps_connections_alive_to_ten_receivers_at_most(db_path: Path) -> None:
+    """A thread's HTTP session keeps a connection alive per receiver it sent to, for the
+    next delivery; hooks to ever new receivers must not pile up open sockets."""
+    receivers = [Receiver() for _ in range(14)]
+    s = open_store(db_path)
+    try:
+        sender = s._outbox.sender
+        for r in receivers:
+            assert sender.post(r.url("/h"), b"{}", {}).ok
+        pools = sender.session().get_adapter("http://").poolmanager.pools
+        assert len(pools) == 10  # the ten sent to last, each holding its connection
+    finally:
+        s.close()
+        for r in receivers:
+            r.close()
