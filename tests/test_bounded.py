@@ -971,3 +971,47 @@ def test_a_thread_keeps_connections_alive_to_ten_receivers_at_most(db_path: Path
         s.close()
         for r in receivers:
             r.close()
+
+
+def test_a_listening_connection_no_thread_waits_on_is_closed(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that waited for changes once and then never again, while it lives, kept
+    its LISTEN session: once its socket filled, the server queued every later commit's
+    notification for it (1.3 million commits took 0.5% of the server's 8 GB queue, and a
+    full queue makes every commit fail). A listening connection no thread has waited on
+    for IDLE_LISTENING seconds is now closed; its thread's next wait says that something
+    may have changed, and listens anew."""
+    from tokenstore import _postgres_listen
+
+    monkeypatch.setattr(_postgres_listen, "IDLE_LISTENING", 0.2)
+    s = open_store(pg_url)
+    waited, resume, answers = threading.Event(), threading.Event(), []
+
+    def waits_once_then_idles() -> None:
+        answers.append(s.wait_for_changes(0.01))
+        waited.set()
+        resume.wait(30)
+        answers.append(s.wait_for_changes(0.01))  # its connection was closed meanwhile
+        answers.append(s.wait_for_changes(0.01))  # listening again
+        s.db.close()
+
+    thread = threading.Thread(target=waits_once_then_idles)
+    try:
+        thread.start()
+        assert waited.wait(30)
+        (listening,) = s.db._changes._listening
+        assert not listening.closed
+        for _ in range(50):  # closed within twice IDLE_LISTENING
+            if listening.closed:
+                break
+            time.sleep(0.1)
+        assert listening.closed
+        resume.set()
+        thread.join(30)
+        assert answers == [False, True, False]
+        assert len(s.db._changes._listening) == 0  # the thread closed its own as it ended
+    finally:
+        resume.set()
+        thread.join(30)
+        s.close()
