@@ -7,6 +7,7 @@ wait in these tests is bounded, and every server stops when its test ends.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
@@ -840,6 +841,38 @@ def test_a_listener_idle_past_the_listener_timeout_still_fires_its_own_tables_ev
     finally:
         tokenstore.signals.post_save.disconnect(hear)
         s.close()
+
+
+def test_events_a_hook_wants_wait_past_the_listener_timeout_for_a_process_with_their_model(
+    tmp_path: Path, clock: Clock, receiver: Receiver
+) -> None:
+    """A row changed in the sqlite3 shell while the application is away is its hook's to
+    send: a process without the model (a command, a worker), doing its housekeeping
+    hours later, dropped the event, and the application back never sent it."""
+    path = tmp_path / "s.sqlite3"
+    app = open_store(path)
+    app.webhooks.create("items", Item, receiver.url())
+    Item.create(n=1)
+    app.close()
+    other = sqlite3.connect(path)  # another program's write, captured for the hook
+    with other:
+        other.execute("UPDATE item SET n = 7")
+    other.close()
+    clock.advance(hours=2)
+    command = tokenstore.open(path, clock=clock, listener_timeout=timedelta(hours=1))
+    try:
+        command.users.create("someone")  # a write: its commit does the housekeeping
+        command.dispatch()
+        assert _rows(command, "tokenstore_change_event") == 1
+    finally:
+        command.close()
+    back = open_store(path)
+    try:
+        back.dispatch()  # sends what the store kept for it
+        sent = [json.loads(hit.body)["data"]["fields"]["n"] for hit in receiver.hits]
+        assert sent == [1, 7]
+    finally:
+        back.close()
 
 
 class Wide(ABIDModel):

@@ -310,8 +310,13 @@ class Dispatcher:
         Every listener still registered has claimed since (one silent that
         long is removed), and left them: none has a model for their table, so
         they would wait for ever while it listens. The tables this process
-        claims itself, if it listens, are left to its own claim.
+        claims itself, if it listens, are left to its own claim. Nothing is
+        dropped while a hook is enabled: a hook's events wait for a process
+        with their model however long, as a row changed in the sqlite3 shell
+        while the application is away is sent once it is back.
         """
+        if self._listening_and_wanted(conn)[1]:
+            return
         where = f"claimed_by IS NULL AND created_at < {self._backend.sql('?')}"
         params: tuple[Any, ...] = (format_time(self.clock() - self.liveness.listener_timeout),)
         if signals.any_event_receivers():
