@@ -195,14 +195,17 @@ class Dispatcher:
         self._registered = False
         self.drop_unheard(conn)
 
-    def drop_unheard(self, conn: Connection) -> None:
+    def drop_unheard(self, conn: Connection) -> bool:
         """Delete unclaimed events nobody will hear: no process listens, no hook wants them.
 
         Events are recorded only while someone listens, so these are the few
         left over when the last listener went away or a hook was disabled.
+        Whether no hook wants events, so that only listeners would take them.
         """
-        if not self._listening_and_wanted(conn)[1]:
-            conn.execute(self._statements().drop_unheard)
+        if self._listening_and_wanted(conn)[1]:
+            return False
+        conn.execute(self._statements().drop_unheard)
+        return True
 
     def nothing_to_claim(self, conn: Connection) -> bool:
         """Whether a lone write may skip its transaction: nothing would be claimed at its commit.
@@ -310,13 +313,11 @@ class Dispatcher:
         Every listener still registered has claimed since (one silent that
         long is removed), and left them: none has a model for their table, so
         they would wait for ever while it listens. The tables this process
-        claims itself, if it listens, are left to its own claim. Nothing is
-        dropped while a hook is enabled: a hook's events wait for a process
-        with their model however long, as a row changed in the sqlite3 shell
-        while the application is away is sent once it is back.
+        claims itself, if it listens, are left to its own claim. Called only
+        while no hook is enabled (``drop_unheard`` says): a hook's events wait
+        for a process with their model however long, as a row changed in the
+        sqlite3 shell while the application is away is sent once it is back.
         """
-        if self._listening_and_wanted(conn)[1]:
-            return
         where = f"claimed_by IS NULL AND created_at < {self._backend.sql('?')}"
         params: tuple[Any, ...] = (format_time(self.clock() - self.liveness.listener_timeout),)
         if signals.any_event_receivers():
@@ -497,5 +498,5 @@ class Dispatcher:
         self._next_housekeeping = time.monotonic() + 60
         self.liveness.forget_dead_listeners(conn)
         self.liveness.rewind(conn)  # after: a row no listener wrote is gone, not made alive
-        self.drop_unheard(conn)
-        self.drop_unclaimed(conn)
+        if self.drop_unheard(conn):  # no hook wants events: they serve listeners alone
+            self.drop_unclaimed(conn)

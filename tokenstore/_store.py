@@ -556,8 +556,8 @@ def open(path: str | os.PathLike[str], **options: Any) -> Store:
       than this are deleted by the retry path, each hook's latest kept
       (None: keep all); without a retry path, call ``webhooks.prune()``.
     - ``listener_timeout`` = timedelta(hours=1): a listening process that
-      claims nothing this long is removed, its waiting events dropped; an
-      event no listener claims this long is dropped too.
+      claims nothing this long is removed, its waiting events dropped; while
+      no hook is enabled, an event no listener claims this long is dropped too.
     - ``dispatch_on_open`` = True: fire the events dead processes left.
     - ``create`` = True: make a missing file, or set up a file holding no
       tokenstore (False: both are errors, so a mistyped path starts no store).
