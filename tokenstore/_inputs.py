@@ -45,14 +45,12 @@ def check_text(value: object, what: str, *, max_length: int | None = None) -> st
     return value
 
 
-#: A URL given as a path (``Path("postgresql://...")`` makes its '//' one '/'); a scheme has
-#: two letters at least, where ``C:/`` is a Windows drive.
-_COLLAPSED_URL = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]+:/")
-
 #: A URL's ``user:password@`` with no scheme before it (a file name holds no such thing).
 _USER_PART = re.compile(r"\s*[^:/@\s]+:[^/@]*@")
 
-#: What a path begins with when it is a URL: a scheme, its colon, and any slashes.
+#: What a path begins with when it is a URL: a scheme, its colon, and any slashes. A scheme
+#: has two letters at least, where ``C:/`` is a Windows drive; followed by a slash, it is a
+#: URL given as a path (``Path("postgresql://...")`` makes its '//' one '/').
 _SCHEME_COLON = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]+):/*")
 
 
@@ -82,7 +80,9 @@ def _not_a_path(value: object, text: str, what: str) -> str | None:
     Taken for a path, a URL was made a file named like it in the working
     folder, and its password was in every message naming that file.
     """
-    if not isinstance(value, str) and _COLLAPSED_URL.match(text):
+    scheme = _SCHEME_COLON.match(text)
+    slashed = scheme is not None and scheme[0].endswith("/")
+    if not isinstance(value, str) and slashed:
         return (
             f"{what} is a URL, not a file path; a postgresql:// URL is given as a str "
             "(a pathlib.Path makes its '//' one '/')"
@@ -98,7 +98,6 @@ def _not_a_path(value: object, text: str, what: str) -> str | None:
             f"{what} is in quotes, which would be part of the file's name (or hide a URL): "
             "give it without them (docker's --env-file and some .env readers keep them)"
         )
-    scheme = _SCHEME_COLON.match(text)
     if scheme and scheme[1].lower() == "file":
         return sqlite_uri(what)
     if scheme and mistyped_postgres(scheme[1]):
@@ -111,7 +110,7 @@ def _not_a_path(value: object, text: str, what: str) -> str | None:
             f"{what} is a mistyped PostgreSQL URL, not a file path: it begins with a user "
             "and a password (user:password@host), without the 'postgresql://' before them"
         )
-    if scheme and _COLLAPSED_URL.match(text):
+    if scheme and slashed:
         return (
             f"{what} is a {scheme[1]}: URL, not a file path; tokenstore takes a postgresql:// URL"
         )
