@@ -31,12 +31,8 @@ from .._version import __version__
 from ._accounts import add_tokens_commands, add_users_commands
 from ._base import GIVEN, _add_global_options, _Formatter, _Parser, _settle_global_options
 from ._output import Output, _allow_hint, log_lines, one_line
-from ._store_commands import (
-    add_abid_commands,
-    add_import_commands,
-    add_store_commands,
-    add_tool_commands,
-)
+from ._store_commands import add_abid_commands, add_import_commands, add_store_commands
+from ._tools import add_tool_commands
 from ._webhooks import add_webhooks_commands
 
 __all__ = ["CLI_ONLY", "NOT_COMMANDS", "build_parser", "main"]
