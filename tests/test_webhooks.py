@@ -533,6 +533,23 @@ def test_redelivering_a_delivery_object_whose_row_is_gone_is_not_found(store: St
     assert WebhookDelivery.select().count() == 0
 
 
+@pytest.mark.parametrize("wrong", [5, None, b"msg_01J00000000000000000000000", ["msg_"]])
+def test_a_delivery_looked_up_by_no_text_at_all_is_a_validation_error(
+    store: Store, wrong: Any
+) -> None:
+    """A webhook-id is text: anything else is a wrong type (docs/api.md's ValidationError),
+    as tokens.get and webhooks.get say, not "no delivery" (NotFound)."""
+    calls = [
+        store.webhooks.delivery,
+        store.webhooks.redeliver,
+        lambda value: store.webhooks.deliveries(before=value),
+    ]
+    for call in calls[: 2 if wrong is None else 3]:  # before=None is the first page
+        with pytest.raises(ValidationError, match="msg_") as raised:
+            call(wrong)
+        assert not isinstance(raised.value, NotFound)
+
+
 def test_redelivering_a_delivery_object_never_saved_is_not_found(store: Store) -> None:
     """Its hook is no hook: looking that up raised an AttributeError from deep inside."""
     hook = store.webhooks.create("kept", "tokenstore.User", URL)

@@ -426,7 +426,15 @@ class Webhooks:
         return self.retry_path.prune(check_span(keep, "older_than", allow_zero=True))
 
     def delivery(self, abid: str) -> WebhookDelivery:
-        """One delivery by its ABID (the ``webhook-id`` its receiver saw)."""
+        """One delivery by its ABID (the ``webhook-id`` its receiver saw).
+
+        Text that is no delivery's ABID is no delivery (NotFound), as an
+        unknown one is; anything but text is the caller's mistake (ValidationError).
+        """
+        if not isinstance(abid, str):
+            raise ValidationError(
+                f"a delivery's webhook-id (msg_...) is text, got {type(abid).__name__}"
+            )
         if looks_like_secret(abid):  # pasted by mistake: not to be quoted into a log
             raise NotFound("no delivery of that id, which looks like a secret (not shown)")
         try:
