@@ -21,11 +21,14 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tokenstore
+from tokenstore import DEFAULT_ABID_URI_SALT
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -124,6 +127,52 @@ def test_the_api_page_names_every_public_name_and_error() -> None:
     assert len(errors) > 10
     for error in errors:  # each one in the list of errors, with when it is raised
         assert re.search(rf"^ *- `{error.__name__}`", api, flags=re.MULTILINE), error
+
+
+def _signature(name: str, call: Any) -> str:
+    """``name(a, b=1, *, c=None)``: a call as docs/api.md writes it, without annotations."""
+    parameters = []
+    for parameter in inspect.signature(call).parameters.values():
+        if parameter.name == "self":
+            continue
+        default = parameter.default
+        if default is not parameter.empty:  # the salt by its public name, as help() cannot
+            shown = "DEFAULT_ABID_URI_SALT" if default is DEFAULT_ABID_URI_SALT else repr(default)
+            default = type("Shown", (), {"__repr__": lambda self, text=shown: text})()
+        parameters.append(parameter.replace(annotation=parameter.empty, default=default))
+    bare = inspect.Signature(parameters)
+    return f"{name}{bare}"
+
+
+def _documented_calls() -> Iterator[tuple[str, Any]]:
+    """Every public call a caller makes, under the name docs/api.md gives it."""
+    for name in tokenstore.__all__:
+        obj = getattr(tokenstore, name)
+        if inspect.isfunction(obj) or obj is tokenstore.TokenAuthMiddleware:
+            yield name, obj
+    yield "ABID.parse", tokenstore.ABID.parse
+    yield "stop", tokenstore.RetryThread.stop
+    for owner, prefix in (
+        (tokenstore.Store, "store."),
+        (tokenstore.Users, ""),
+        (tokenstore.Tokens, ""),
+        (tokenstore.Webhooks, ""),
+    ):
+        for name, value in vars(owner).items():
+            if not name.startswith("_") and inspect.isfunction(value):
+                yield f"{prefix}{name}", value
+
+
+def test_the_api_page_gives_every_call_its_real_signature() -> None:
+    """docs/api.md is taken at its word: each call with its parameters, defaults and their
+    order as the code has them, so a parameter added, renamed or given another default
+    shows up here until the page says so."""
+    api = " ".join((ROOT / "docs" / "api.md").read_text(encoding="utf-8").split())
+    calls = list(_documented_calls())
+    assert len(calls) > 40
+    missing = [_signature(name, call) for name, call in calls]
+    missing = [text for text in missing if f"`{text}`" not in api]
+    assert missing == []
 
 
 def test_every_public_name_and_its_methods_say_what_they_are_for() -> None:

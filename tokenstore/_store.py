@@ -563,5 +563,10 @@ def open(path: str | os.PathLike[str], **options: Any) -> Store:
       tokenstore (False: both are errors, so a mistyped path starts no store).
     - ``read_only`` = False: never write; writes raise StoreError. A file
       this process cannot write is opened read-only anyway, with a warning.
+    - ``clock`` = None: a function returning the current aware time, for
+      tests that move time by hand (None: the system's). Each answer is
+      checked, at ``open()`` already: a naive time, another type, a time
+      before 1970 or within 100 years of ``datetime.max``, or an exception
+      from the clock raises ValidationError.
     """
     return Store(path, **options)
