@@ -1,7 +1,8 @@
 """The README runs: its Python and shell blocks, as written, offline, and again.
 
 And the docs name every public name: docs/api.md lists each, the errors with
-when they are raised.
+when they are raised, and every call with its real signature. The examples of
+docs/*.md run as written too.
 
 A newcomer copies the blocks in order into one terminal, so the shell blocks
 run as one script, in a temporary folder, with this virtualenv's ``bin`` on
@@ -14,7 +15,10 @@ virtualenv running this test); they must be what CI runs, word for word.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.metadata
 import inspect
+import json
 import os
 import re
 import shutil
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 import tokenstore
 from tokenstore import DEFAULT_ABID_URI_SALT
@@ -112,6 +117,114 @@ def test_shell_blocks_run_and_leave_nothing_a_second_run_would_find(tmp_path: Pa
     (made,) = temp.iterdir()  # the script's own folder, from mktemp -d
     assert (made / "app.sqlite3").is_file()
     assert list(here.iterdir()) == [] and list(home.iterdir()) == []
+
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", flags=re.MULTILINE | re.DOTALL)
+
+
+def _doc_blocks(lang: str) -> list[tuple[str, str]]:
+    return [
+        (page.name, body)
+        for page in DOCS
+        for kind, body in FENCE.findall(page.read_text(encoding="utf-8"))
+        if kind == lang
+    ]
+
+
+def test_every_block_of_the_docs_is_one_the_tests_run_or_read() -> None:
+    """A block in docs/*.md is Python or shell that runs below, JSON that parses, or plain
+    text (messages as printed): a new example of another kind would go unchecked."""
+    kinds = {kind for page in DOCS for kind, _ in FENCE.findall(page.read_text("utf-8"))}
+    assert kinds <= {"python", "sh", "json", ""}, kinds
+    assert _doc_blocks("python") and _doc_blocks("sh") and _doc_blocks("json")
+    for _page, body in _doc_blocks("json"):
+        json.loads(body)  # an example payload, "…" standing for the rest of a value
+
+
+def test_the_python_blocks_of_the_docs_run_twice_in_a_row(
+    db_path: Path | str, tmp_path: Path
+) -> None:
+    """As written, in a folder of their own; one that reads $TOKENSTORE_DB runs on each
+    backend (docs/postgresql.md's example is about PostgreSQL), the others on a file."""
+    env = _env()
+    env["TOKENSTORE_DB"] = str(db_path)
+    for n, (page, body) in enumerate(_doc_blocks("python")):
+        if "TOKENSTORE_DB" not in body and not isinstance(db_path, Path):
+            continue
+        folder = tmp_path / f"example{n}"
+        folder.mkdir()
+        (folder / "example.py").write_text(body)
+        for _ in range(2):
+            done = subprocess.run(
+                [sys.executable, "example.py"],
+                cwd=folder,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, (page, done.stdout + done.stderr)
+
+
+def _serving(line: str, folder: Path) -> None:
+    """Start a line that serves until Ctrl-C, fetch its page, and stop it as the docs say."""
+    server = subprocess.Popen(
+        ["bash", "-c", f"exec {line}"],
+        cwd=folder,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        said = server.stderr.readline()  # "admin page on URL", once it listens
+        url = re.search(r"http://\S+", said)
+        assert url, said
+        assert requests.get(url[0], timeout=10, allow_redirects=False).status_code in (200, 303)
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=30)
+    assert server.returncode == 0, said + err
+
+
+def test_the_shell_blocks_of_the_docs_run_in_order(tmp_path: Path) -> None:
+    """Each page's blocks, line by line in one new folder, as a reader types them: a `pip
+    install` of an extra is checked to be installed here, a server is started, asked for its
+    page and stopped with Ctrl-C, every other line must succeed."""
+    pages = sorted({page for page, _ in _doc_blocks("sh")})
+    for page in pages:
+        folder = tmp_path / page
+        folder.mkdir()
+        lines = [
+            line
+            for name, body in _doc_blocks("sh")
+            if name == page
+            for line in body.splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        for line in lines:
+            extra = re.fullmatch(r"pip install 'tokenstore\[(\w+)\]'(\s+#.*)?", line)
+            if extra:
+                assert importlib.metadata.requires("tokenstore"), line
+                for requirement in importlib.metadata.requires("tokenstore") or []:
+                    if f'extra == "{extra[1]}"' in requirement:
+                        importlib.import_module(re.split(r"[^\w]", requirement)[0].lower())
+                continue
+            assert not line.startswith("pip "), line
+            if re.search(r"\btokenstore\b.* (serve|listen)\b", line):
+                _serving(line, folder)
+                continue
+            done = subprocess.run(
+                ["bash", "-e", "-o", "pipefail", "-c", line],
+                cwd=folder,
+                env=_env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, (page, line, done.stdout + done.stderr)
 
 
 def test_the_api_page_names_every_public_name_and_error() -> None:
