@@ -276,6 +276,18 @@ def _documented_calls() -> Iterator[tuple[str, Any]]:
                 yield f"{prefix}{name}", value
 
 
+def test_the_admin_page_s_doc_gives_every_name_of_tokenstore_admin() -> None:
+    """tokenstore.admin is public too: docs/admin.md names each export, a call with its
+    real signature."""
+    admin = importlib.import_module("tokenstore.admin")
+    page = " ".join((ROOT / "docs" / "admin.md").read_text(encoding="utf-8").split())
+    missing = [
+        _signature(name, getattr(admin, name)) if inspect.isfunction(getattr(admin, name)) else name
+        for name in admin.__all__
+    ]
+    assert [text for text in missing if f"`{text}" not in page] == []
+
+
 def test_the_api_page_gives_every_call_its_real_signature() -> None:
     """docs/api.md is taken at its word: each call with its parameters, defaults and their
     order as the code has them, so a parameter added, renamed or given another default
