@@ -1313,3 +1313,101 @@ def test_a_row_the_database_refuses_takes_back_only_itself(store: Store, tmp_pat
     assert note.row.endswith("('wide')")
     assert note.reason.startswith("the database refused it: index row size")
     assert "\n" not in note.reason
+
+
+# -- many rows: taken in batches --------------------------------------------------------------
+
+
+def test_rows_are_matched_across_and_within_batches_as_one_by_one(
+    store: Store, tmp_path: Path
+) -> None:
+    """1,200 tokens, more than one batch: a repeated id, ABID or token is refused wherever
+    the first one was, before or in the same batch, and the notes keep the file's order."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    for statement in (  # no primary key, as in a copy that lost it: ids may repeat
+        "CREATE TABLE copy AS SELECT * FROM api_apitoken",
+        "DROP TABLE api_apitoken",
+        "ALTER TABLE copy RENAME TO api_apitoken",
+    ):
+        box.conn.execute(statement)
+    ids = [uuid.UUID(int=i + 1) for i in range(1200)]
+    abids: dict[int, str] = {}
+    box.conn.execute("BEGIN")
+    for i, id_ in enumerate(ids):
+        created = T1 + timedelta(seconds=i)
+        secret = f"{i:032x}"
+        if i == 700:  # the id of a token of the first batch
+            id_ = ids[10]
+        abid = {900: abids.get(100), 300: abids.get(200)}.get(i)  # an earlier ABID
+        if i == 1100:  # the token of one earlier in its own batch
+            secret = f"{1050:032x}"
+        abids[i] = box.token(secret, id_=id_, created=created, abid=abid)
+    box.conn.execute("COMMIT")
+    box.close()
+
+    report = store.import_archivebox(box.path)
+    assert [(n.row, n.reason) for n in report.refused] == [
+        (abids[200], f"another API token ({abids[200]}) already has this ABID"),
+        (abids[700], "another row of api_apitoken has the same id"),
+        (abids[100], f"another API token ({abids[100]}) already has this ABID"),
+        (abids[1100], f"another API token ({abids[1050]}) already has this token"),
+    ]
+    assert vars(report.counts["api_apitoken"]) == {"imported": 1196, "present": 0, "refused": 4}
+    assert store.tokens.authenticate(f"{200:032x}").id == ids[200]  # the first one kept
+    assert store.tokens.authenticate(f"{10:032x}").id == ids[10]
+    for refused in (300, 700):
+        with pytest.raises(tokenstore.InvalidToken):
+            store.tokens.authenticate(f"{refused:032x}")
+
+    again = store.import_archivebox(box.path)
+    assert vars(again.counts["api_apitoken"]) == {"imported": 0, "present": 1196, "refused": 4}
+    assert again.refused == report.refused
+
+
+def test_a_row_the_database_refuses_among_many_takes_back_only_itself(
+    store: Store, tmp_path: Path
+) -> None:
+    """On PostgreSQL the batch's INSERT fails; taken again row by row, only its row is
+    refused, and the notes keep the file's order."""
+    wide = "api.models." + "".join(chr(0x1F300 + (i * 7919) % 700) for i in range(1000))
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    box.conn.execute("BEGIN")
+    for i in range(600):
+        ref = wide if i == 250 else "api.models.APIToken"
+        box.hook(
+            "" if i == 260 else f"h{i}",
+            ref,
+            f"https://h{i}.example/",
+            created=T1 + timedelta(seconds=i),
+        )
+    box.conn.execute("COMMIT")
+    box.close()
+    report = store.import_archivebox(box.path)
+    reasons = [(n.row.rpartition(" ")[2], n.reason.split(":")[0]) for n in report.refused]
+    empty = ("('')", "webhook name must be 1-255 characters, got ''")
+    if store.path is not None:  # SQLite has no such limit
+        assert reasons == [empty]
+        assert len(store.webhooks.list()) == 599
+        return
+    assert reasons == [("('h250')", "the database refused it"), empty]
+    assert report.refused[0].reason.startswith("the database refused it: index row size")
+    assert len(store.webhooks.list()) == 598
+    assert [h.name for h in report.hooks][249:251] == ["h249", "h251"]
+
+
+def test_two_hooks_of_one_name_in_one_batch_keep_the_first(store: Store, tmp_path: Path) -> None:
+    """The store's unique index refuses the batch's INSERT: taken again row by row, the
+    second is refused by name, as when each row was written on its own."""
+    box = ArchiveBox(tmp_path / "index.sqlite3")
+    for statement in (  # no UNIQUE on name, as in a copy that lost it
+        "CREATE TABLE hooks AS SELECT * FROM api_outboundwebhook",
+        "DROP TABLE api_outboundwebhook",
+        "ALTER TABLE hooks RENAME TO api_outboundwebhook",
+    ):
+        box.conn.execute(statement)
+    first = box.hook("twice", "api.models.APIToken", "https://a.example/")
+    box.hook("twice", "api.models.APIToken", "https://b.example/", created=T2)
+    box.close()
+    report = store.import_archivebox(box.path)
+    assert [n.reason for n in report.refused] == ["a webhook named 'twice' already exists"]
+    assert store.webhooks.get("twice").abid == first

@@ -220,11 +220,17 @@ def _check_tables(conn: sqlite3.Connection, not_it: str) -> None:
             raise ValidationError(f"{not_it}: {table} has no column {', '.join(lacking)}")
 
 
-def read_rows(conn: sqlite3.Connection, source: Path, table: str) -> list[sqlite3.Row]:
+def read_rows(
+    conn: sqlite3.Connection, source: Path, table: str, batch: int
+) -> Iterator[list[sqlite3.Row]]:
+    """The table's rows in the import's order, ``batch`` at a time: a big file is never
+    held whole, and one failing to read (a damaged page) is a ValidationError."""
     columns = ", ".join(f'"{column}"' for column in COLUMNS[table])
     order = "id" if table == USERS else "created_at, id"
     try:
-        return list(conn.execute(f'SELECT {columns} FROM "{table}" ORDER BY {order}'))
+        cursor = conn.execute(f'SELECT {columns} FROM "{table}" ORDER BY {order}')
+        while rows := cursor.fetchmany(batch):
+            yield rows
     except sqlite3.Error as exc:  # a damaged page; a writer that took the lock meanwhile
         raise ValidationError(f"{source} cannot be read: {exc}") from None
 
