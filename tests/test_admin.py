@@ -503,18 +503,72 @@ def test_a_method_not_allowed_names_the_ones_that_are(
     client: Client, store: tokenstore.Store
 ) -> None:
     for method, path, allowed in [
-        ("HEAD", "/", "GET"),
-        ("OPTIONS", "/users", "GET, POST"),
-        ("PUT", "/users", "GET, POST"),
-        ("DELETE", "/login", "GET, POST"),
+        ("HEAD", "/logout", "POST"),
+        ("OPTIONS", "/users", "GET, HEAD, POST"),
+        ("PUT", "/users", "GET, HEAD, POST"),
+        ("DELETE", "/login", "GET, HEAD, POST"),
         ("GET", "/logout", "POST"),
-        ("BREW", "/webhooks", "GET, POST"),
-        ("POST", "/static/admin.css", "GET"),
-        ("PUT", "/static/admin.js", "GET"),
+        ("BREW", "/webhooks", "GET, HEAD, POST"),
+        ("PUT", "/webhooks/x/enable", "POST"),
+        ("POST", "/static/admin.css", "GET, HEAD"),
+        ("PUT", "/static/admin.js", "GET, HEAD"),
     ]:
         page = client.request(method, path)
         assert page.status == 405 and page.header("Allow") == allowed, (method, path)
     assert client.get("/").status == 200  # GET /logout signed nobody out
+
+
+def test_head_answers_every_page_as_get_does_without_a_body(
+    client: Client, app: admin.AdminApp, records: dict[str, str]
+) -> None:
+    """RFC 9110: HEAD is supported wherever GET is; monitors and link checkers send it.
+    It got a 405 on every page."""
+    visitor = Client(app)
+    asked = [(client, route.format(**records)) for route in GET_ROUTES]
+    asked += [(client, "/static/admin.css"), (visitor, "/"), (visitor, "/login")]
+    for browser, path in asked:
+        head = browser.request("HEAD", path)
+        got = browser.get(path)
+        assert head.status == got.status, (path, head.status, head.text)
+        assert head.text == "", path
+        for name in ("Content-Type", "Content-Length", "Location", "Cache-Control"):
+            assert head.header(name) == got.header(name), (path, name)
+    assert client.request("HEAD", "/nowhere").status == 404
+
+
+def test_head_changes_nothing(client: Client, app: admin.AdminApp) -> None:
+    """HEAD is no visit: it neither takes the secret or notice waiting for the next page,
+    nor keeps a one-time form id, nor makes a sign-in session, nor signs anyone out."""
+    form = {**client.get("/tokens").form("/tokens"), "user": "root", "name": "shown-once"}
+    assert client.post("/tokens", form).status == 303
+    (session,) = app.sessions._signed_in.values()
+    forms = dict(session.forms)
+    for _ in range(3):
+        assert client.request("HEAD", "/tokens").status == 200
+    assert session.forms == forms
+    shown = client.get("/tokens").text
+    assert 'id="secret" class="secret"' in shown and "shown-once" in shown
+    assert "created." in shown
+    visitor = Client(app)
+    anonymous = len(app.sessions._signing_in)
+    page = visitor.request("HEAD", "/login")
+    assert page.status == 200 and page.header("Set-Cookie") is None
+    assert len(app.sessions._signing_in) == anonymous
+    assert client.request("HEAD", "/logout").status == 405
+    assert client.get("/").status == 200  # still signed in
+
+
+def test_head_over_http(store: tokenstore.Store) -> None:
+    """Through the server: the head of the answer, then the connection is the next request's."""
+    with running(store) as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for path in ("/login", "/", "/static/admin.js"):
+            head = requests.head(url + path, timeout=10, allow_redirects=False)
+            got = requests.get(url + path, timeout=10, allow_redirects=False)
+            assert head.status_code == got.status_code, path
+            assert head.content == b"" and head.headers["Content-Length"] == str(
+                len(got.content)
+            ), path
 
 
 def test_make_app_needs_a_store() -> None:

@@ -119,7 +119,7 @@ class AdminApp:
         except tokenstore.StoreError as exc:  # rolled back whole: no fault of the request's
             response = self.unavailable(request, exc)
         body = response.send(start_response)
-        return [] if request.method == "HEAD" else body  # HTTP allows no body after HEAD
+        return [] if request.head else body  # HTTP allows no body after HEAD
 
     def handle(self, request: Request, session: Session | None) -> Response:
         if request.path.startswith("/static/"):
@@ -135,7 +135,7 @@ class AdminApp:
         route, groups = self.match(request)
         visit = self.visit(request, session)
         if visit is None:
-            if request.method == "GET":
+            if request.reads == "GET":
                 return redirect(request.base + "/login")
             raise HTTPError(403, "sign in first")
         if request.method == "POST" and not visit.session.csrf_ok(request.form().get("csrf")):
@@ -165,7 +165,7 @@ class AdminApp:
             found = route.pattern.match(request.path)
             if found is None:
                 continue
-            if route.method == request.method:
+            if route.method == request.reads:
                 return route, found.groupdict()
             allowed.append(route.method)
         if allowed:
@@ -190,11 +190,11 @@ class AdminApp:
     # -- signing in and out -----------------------------------------------------------------
 
     def sign_in(self, request: Request, session: Session | None) -> Response:
-        if request.method == "GET":
+        if request.reads == "GET":
             if self.visit(request, session) is not None:
                 return redirect(request.base + "/")
-            fresh = self.sessions.new()
-            return self.login_page(request, fresh, 200, "", cookie=True)
+            fresh = self.sessions.new(keep=not request.head)  # HEAD makes nobody a session
+            return self.login_page(request, fresh, 200, "", cookie=not request.head)
         if request.method != "POST":
             raise _not_allowed(request, "GET", "POST")
         form = request.form()
@@ -260,7 +260,7 @@ class AdminApp:
     # -- the rest ---------------------------------------------------------------------------
 
     def static(self, request: Request) -> Response:
-        if request.method != "GET":
+        if request.reads != "GET":
             raise _not_allowed(request, "GET")
         name = request.path.removeprefix("/static/")
         kind = _STATIC_TYPES.get(name[name.rfind(".") :] if "." in name else "")
@@ -299,8 +299,10 @@ def cookie_name(request: Request) -> str:
 
 
 def _not_allowed(request: Request, *methods: str) -> HTTPError:
-    """405, with the ``Allow`` header HTTP requires to name the methods that work."""
-    return HTTPError(405, f"{request.method} is not allowed here", [("Allow", ", ".join(methods))])
+    """405, with the ``Allow`` header HTTP requires to name the methods that work: HEAD
+    wherever GET is."""
+    allowed = sorted({*methods, *(("HEAD",) if "GET" in methods else ())})
+    return HTTPError(405, f"{request.method} is not allowed here", [("Allow", ", ".join(allowed))])
 
 
 def make_app(store: tokenstore.Store) -> AdminApp:

@@ -115,6 +115,11 @@ class Request:
     def __init__(self, environ: WSGIEnvironment) -> None:
         self.environ = environ
         self.method: str = environ.get("REQUEST_METHOD", "GET")  # case-sensitive (RFC 9110)
+        #: HEAD asks what GET would answer, headers only (RFC 9110): answered as GET is, it must
+        #: leave nothing changed, neither the store nor the session.
+        self.head = self.method == "HEAD"
+        #: The method the page answers: GET's for a HEAD.
+        self.reads = "GET" if self.head else self.method
         self.base: str = environ.get("SCRIPT_NAME", "").rstrip("/")
         self.path: str = _as_sent(environ.get("PATH_INFO", "")) or "/"
         self.query = {

@@ -191,7 +191,7 @@ def tokens(visit: Visit, error: str = "") -> Response:
         # Owners to choose from, while there are few enough to list; past that, a name is typed.
         users=store.users.list(limit=PAGE_SIZE + 1),
         many_users=PAGE_SIZE,
-        form_id=visit.session.keep_form(),
+        form_id=visit.form_id(),
         error=error,
     )
 
@@ -502,7 +502,7 @@ def delivery(visit: Visit, abid: str, error: str = "") -> Response:
         payload=payload,
         headers=request_headers(store, hook, sent),
         response_body=hook.last_response if latest and hook.keep_last_response else None,
-        form_id=visit.session.keep_form(),
+        form_id=visit.form_id(),
         error=error,
     )
 

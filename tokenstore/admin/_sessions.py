@@ -26,6 +26,11 @@ MAX_FORMS = 100
 MAX_SESSIONS = 10_000
 
 
+def new_form_id() -> str:
+    """A one-time form id: random, so that no form can be sent for another."""
+    return secrets.token_urlsafe(16)
+
+
 @dataclass
 class Reveal:
     """A secret to show on the next page, then forget: a new token's or a rotated signing key."""
@@ -53,7 +58,7 @@ class Session:
 
     def keep_form(self, form_id: str | None = None) -> str:
         """Remember a one-time form id (a new one unless given back); returns it."""
-        form_id = form_id or secrets.token_urlsafe(16)
+        form_id = form_id or new_form_id()
         with self._lock:
             self.forms[form_id] = None
             while len(self.forms) > MAX_FORMS:
@@ -91,10 +96,13 @@ class Sessions:
         self._signed_in: dict[str, Session] = {}
         self._lock = threading.Lock()
 
-    def new(self, token_abid: str | None = None) -> Session:
-        """A fresh session: anonymous (for the sign-in form) or signed in as ``token_abid``."""
+    def new(self, token_abid: str | None = None, keep: bool = True) -> Session:
+        """A fresh session: anonymous (for the sign-in form) or signed in as ``token_abid``;
+        not kept (``keep=False``) for a page that only shows what a new one would look like."""
         lifetime = SIGN_IN_LIFETIME if token_abid is None else SESSION_LIFETIME
         session = Session(secrets.token_urlsafe(32), self.clock() + lifetime, token_abid)
+        if not keep:
+            return session
         table = self._signing_in if token_abid is None else self._signed_in
         with self._lock:
             self._drop_expired()

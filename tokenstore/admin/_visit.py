@@ -8,7 +8,7 @@ from typing import Any
 import tokenstore
 
 from ._http import Request, Response, redirect
-from ._sessions import Session
+from ._sessions import Session, new_form_id
 
 
 @dataclass
@@ -28,15 +28,21 @@ class Visit:
         """A page; one shown again with the error of a refused change is a 400."""
         context.setdefault("error", "")
         status = 400 if context["error"] else 200
+        session, head = self.session, self.request.head  # HEAD leaves them for the next page
         html = self.templates.get_template(template).render(
             base=self.request.base,
-            csrf=self.session.csrf,
+            csrf=session.csrf,
             admin=self.owner,
-            notice=self.session.take_notice(),
-            reveal=self.session.take_reveal(),
+            notice=session.notice if head else session.take_notice(),
+            reveal=session.reveal if head else session.take_reveal(),
             **context,
         )
         return Response(status, html.encode("utf-8"))
+
+    def form_id(self) -> str:
+        """A one-time id for a form on this page; kept by the session unless the page is
+        asked for by HEAD, whose form nobody will ever send."""
+        return new_form_id() if self.request.head else self.session.keep_form()
 
     def done(self, path: str, notice: str) -> Response:
         """Redirect after a change, with a line saying what was done on the next page."""
