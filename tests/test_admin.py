@@ -328,6 +328,43 @@ def test_the_sign_in_form_needs_its_csrf_token(app: admin.AdminApp, admin_secret
     assert stranger.get("/").status == 303
 
 
+def test_a_sign_in_form_sent_twice_signs_in(app: admin.AdminApp, admin_secret: str) -> None:
+    """A double click: the second send went out with the first's cookie, the sign-in form's,
+    which the first ended, and got a 403. Sent again from the history once signed in, it
+    carries the old form's CSRF token: a 403 too. Either lands signed in now."""
+    visitor = Client(app)
+    visitor.get("/login")
+    form_cookie, form = visitor.cookie, {"token": admin_secret, "csrf": visitor.csrf}
+    assert visitor.post("/login", form, csrf=False).status == 303
+    visitor.cookie = form_cookie  # the second click went out before the first was answered
+    again = visitor.post("/login", form, csrf=False)
+    assert again.status == 303 and again.header("Location") == "/", again.text
+    assert visitor.cookie != form_cookie and visitor.get("/").status == 200
+    back = visitor.post("/login", form, csrf=False)  # from the history, signed in
+    assert back.status == 303 and back.header("Location") == "/", back.text
+    assert visitor.get("/").status == 200
+
+
+def test_a_sign_in_form_sent_again_signs_in_only_with_a_good_token(
+    app: admin.AdminApp, store: tokenstore.Store, admin_secret: str
+) -> None:
+    """The form's session is no key of itself: whoever holds it (it may have been planted)
+    still needs a token that signs in, and a form from another site is refused as ever."""
+    visitor = Client(app)
+    visitor.get("/login")
+    form_cookie, csrf = visitor.cookie, visitor.csrf
+    assert visitor.post("/login", {"token": admin_secret}).status == 303
+    planted = Client(app)
+    planted.cookie, planted.csrf = form_cookie, csrf
+    assert planted.post("/login", {"token": "tsk_not-a-real-token-at-all"}).status == 401
+    cross = {"HTTP_SEC_FETCH_SITE": "cross-site"}
+    assert planted.post("/login", {"token": admin_secret}, extra=cross).status == 403
+    assert planted.get("/").status == 303
+    signed_in = Client(app)  # signed in, from another site: refused, not waved through
+    assert signed_in.sign_in(admin_secret).status == 303
+    assert signed_in.post("/login", {"token": "x"}, extra=cross).status == 403
+
+
 @pytest.mark.parametrize(
     "headers",
     [

@@ -197,6 +197,8 @@ class AdminApp:
             return self.login_page(request, fresh, 200, "", cookie=not request.head)
         if request.method != "POST":
             raise _not_allowed(request, "GET", "POST")
+        if self.visit(request, session) is not None:  # the form sent again from the history
+            return redirect(request.base + "/")
         form = request.form()
         if session is None or not session.csrf_ok(form.get("csrf")):
             raise HTTPError(
@@ -215,7 +217,9 @@ class AdminApp:
                 f"Token {token.abid} may not use the admin page: it needs the scope "
                 f"{ADMIN_SCOPE!r}, or must be a superuser's token without scopes.",
             )
-        self.sessions.end(session)  # a new id once signed in: a planted id is worth nothing
+        # A new id once signed in: a planted id is worth nothing. The form's session stays,
+        # as anonymous as it was, for the same form sent again (a double click): it went out
+        # with this session's cookie, and signs in by the token it carries, as this one did.
         signed_in = self.sessions.new(token.abid)
         response = redirect(request.base + "/")
         response.headers.append(self.cookie(request, signed_in, SESSION_LIFETIME))
