@@ -882,6 +882,44 @@ def test_revoking_the_token_signed_in_with_warns_first(
     assert done.status == 303 and client.get("/tokens").header("Location") == "/login"
 
 
+def test_a_delete_or_revoke_form_sent_twice_lands_on_the_list_saying_so(
+    client: Client, store: tokenstore.Store, records: dict[str, str]
+) -> None:
+    """Two tabs, the back button, a double click: the second delete of a hook found it gone,
+    and got a 404 page. It lands on the list, which says so; a revocation sent again says it
+    was revoked already. A hook that is not there, in a form that was never shown, stays a 404."""
+    path = f"/webhooks/{records['hook']}/delete"
+    form = client.get(path).form(path)
+    assert client.post(path, form).status == 303
+    again = client.post(path, form)
+    assert again.status == 303 and again.header("Location") == "/webhooks", again.text
+    assert "Webhook recorded-hook was deleted already" in client.get("/webhooks").text
+    assert client.post(path).status == 404  # not the confirmation's form
+    assert client.get(path).status == 404
+    revoke = f"/tokens/{records['token']}/revoke"
+    form = client.get(revoke).form(revoke)
+    assert client.post(revoke, form).header("Location") == "/tokens"
+    again = client.post(revoke, form)
+    assert again.status == 303 and again.header("Location") == "/tokens", again.text
+    listed = client.get("/tokens").text
+    assert f"Token {records['token']} was revoked already" in listed
+
+
+def test_revoking_the_token_signed_in_with_twice_lands_on_the_sign_in_form(
+    client: Client, store: tokenstore.Store
+) -> None:
+    """The first send revoked it and so ended the session: the second got "sign in first"."""
+    (own,) = [token for token in store.tokens.list() if token.name == "admin"]
+    path = f"/tokens/{own.abid}/revoke"
+    form = client.get(path).form(path)
+    assert client.post(path, form).status == 303
+    again = client.post(path, form)
+    assert again.status == 303 and again.header("Location") == "/login", again.text
+    assert client.get("/").status == 303
+    other = client.post("/users", {"username": "bob"})  # any other form is refused
+    assert other.status == 403 and "bob" not in [u.username for u in store.users.list()]
+
+
 def test_tokens_are_shown_a_page_at_a_time_newest_first(
     client: Client, store: tokenstore.Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

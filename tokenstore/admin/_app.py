@@ -135,7 +135,7 @@ class AdminApp:
         route, groups = self.match(request)
         visit = self.visit(request, session)
         if visit is None:
-            if request.reads == "GET":
+            if request.reads == "GET" or self.revoked_own_token(request, session):
                 return redirect(request.base + "/login")
             raise HTTPError(403, "sign in first")
         if request.method == "POST" and not visit.session.csrf_ok(request.form().get("csrf")):
@@ -186,6 +186,18 @@ class AdminApp:
             self.sessions.end(session)
             return None
         return Visit(request, session, owner, self.store, self.templates)
+
+    def revoked_own_token(self, request: Request, session: Session | None) -> bool:
+        """Whether a signed-out POST revokes the token its session signed in with, revoked
+        already: the same form sent twice, whose first send revoked it and so signed out.
+        What it asks for is done, and the sign-in form follows, as after the first send."""
+        own = session and session.token_abid
+        if request.method != "POST" or not own or request.path != f"/tokens/{own}/revoke":
+            return False
+        try:
+            return self.store.tokens.get(own).revoked_at is not None
+        except (tokenstore.NotFound, tokenstore.DamagedRow):
+            return False
 
     # -- signing in and out -----------------------------------------------------------------
 

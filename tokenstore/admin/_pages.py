@@ -241,6 +241,7 @@ def confirm_revoke(visit: Visit, abid: str) -> Response:
         action=f"/tokens/{token.abid}/revoke",
         button="Revoke",
         back="/tokens",
+        fields=[],
         warning="This is the token this session signed in with: revoking it signs you out."
         if token.abid == visit.session.token_abid
         else "",
@@ -248,7 +249,11 @@ def confirm_revoke(visit: Visit, abid: str) -> Response:
 
 
 def revoke_token(visit: Visit, abid: str) -> Response:
-    token = visit.store.tokens.revoke(abid)
+    """Revokes the token; one revoked already (the form sent twice, another tab) is said so."""
+    token = visit.store.tokens.get(abid)
+    if token.revoked_at is not None:
+        return visit.done("/tokens", f"Token {token.abid} was revoked already.")
+    token = visit.store.tokens.revoke(token)
     return visit.done("/tokens", f"Token {token.abid} revoked.")
 
 
@@ -425,12 +430,24 @@ def confirm_delete(visit: Visit, abid: str) -> Response:
         action=f"/webhooks/{hook.abid}/delete",
         button="Delete",
         back=f"/webhooks/{hook.abid}",
+        # The name the hook had (as the page shows it), sent back: a second send finds the
+        # hook gone, and says whose.
+        fields=[("hook_name", hook.name)],
         warning="",
     )
 
 
 def delete_webhook(visit: Visit, abid: str) -> Response:
-    hook = visit.store.webhooks.get(abid)
+    """Deletes the hook. The confirmation's form sent again (a double click, another tab,
+    the back button) finds it gone: the hook it was shown for was deleted, and the list
+    says so. Without that form, a hook that is not there is not found."""
+    try:
+        hook = visit.store.webhooks.get(abid)
+    except tokenstore.NotFound:
+        shown = _form(visit).get("hook_name")
+        if not shown:
+            raise
+        return visit.done("/webhooks", f"Webhook {shown} was deleted already.")
     visit.store.webhooks.delete(hook)
     return visit.done("/webhooks", f"Webhook {hook.name} deleted.")
 
