@@ -39,8 +39,9 @@ from _admin_helpers import (
 
 import tokenstore
 from tokenstore import admin
-from tokenstore.admin import _pages
+from tokenstore.admin import _pages, _throttle
 from tokenstore.admin._sessions import Reveal, Sessions
+from tokenstore.admin._throttle import SignInThrottle
 
 
 @pytest.fixture
@@ -263,6 +264,54 @@ def test_an_expired_token_or_session_signs_out(ts: tokenstore.Store, clock: Any)
     assert visitor.get("/").status == 200
     now[0] += 9 * 3600  # past the session's lifetime
     assert visitor.get("/").status == 303
+
+
+def _from(address: str) -> dict[str, str]:
+    return {"REMOTE_ADDR": address}
+
+
+def test_failed_sign_ins_from_one_address_are_answered_429_without_a_lookup(
+    store: tokenstore.Store, admin_secret: str
+) -> None:
+    """Nothing bounded them: one client could make the page look tokens up without end.
+    Past a burst of failures its address waits, even with a good token (which is not
+    looked up), while other addresses and signed-in sessions are served as before."""
+    now = [0.0]
+    app = admin.AdminApp(store, throttle=SignInThrottle(clock=lambda: now[0]))
+    for _ in range(3):  # sign-ins that succeed count for nothing
+        assert Client(app).sign_in(admin_secret).status == 303
+    guesser = Client(app)
+    guesser.get("/login")
+    wrong = {"token": "tsk_not-a-real-token-at-all"}
+    for _ in range(_throttle.MAX_FAILURES):
+        assert guesser.post("/login", wrong, extra=_from("192.0.2.7")).status == 401
+    waits = guesser.post("/login", {"token": admin_secret}, extra=_from("192.0.2.7"))
+    assert waits.status == 429 and waits.header("Retry-After") == "6", waits.text
+    assert "Too many failed sign-ins" in waits.text and guesser.get("/").status == 303
+    assert guesser.post("/login", wrong, extra=_from("192.0.2.8")).status == 401  # another
+    now[0] += 6
+    assert guesser.post("/login", wrong, extra=_from("192.0.2.7")).status == 401  # one more
+    assert guesser.post("/login", wrong, extra=_from("192.0.2.7")).status == 429
+    now[0] += 6
+    signed_in = guesser.post("/login", {"token": admin_secret}, extra=_from("192.0.2.7"))
+    assert signed_in.status == 303
+
+
+def test_the_sign_in_throttle_remembers_a_bounded_number_of_addresses() -> None:
+    """A flood of failures from ever new addresses must not grow the table without end; an
+    IPv6 client holds a /64 of addresses, and counts as one."""
+    throttle = SignInThrottle(clock=lambda: 0.0, max_addresses=100)
+    for number in range(1000):
+        throttle.failed(f"198.51.{number // 256}.{number % 256}")
+    assert len(throttle._buckets) == 100
+    assert throttle.wait("198.51.0.0") == 0  # forgotten: the oldest went first
+    for number in range(_throttle.MAX_FAILURES):
+        throttle.failed(f"2001:db8:1:2::{number:x}")
+    assert throttle.wait("2001:db8:1:2:ffff::1") == 6
+    assert throttle.wait("2001:db8:1:3::1") == 0
+    for _ in range(_throttle.MAX_FAILURES):
+        throttle.failed("::ffff:203.0.113.9")  # an IPv4 client of a dual-stack server
+    assert throttle.wait("203.0.113.9") == 6
 
 
 def test_sign_out(client: Client) -> None:

@@ -530,3 +530,20 @@ def test_past_the_deadline_what_has_arrived_is_still_read_but_nothing_waited_for
         with pytest.raises(TimeoutError):
             reader.read(100)
         assert time.monotonic() - started < 0.5 and ours.gettimeout() == 2
+
+
+def test_failed_sign_ins_over_http_get_a_429_with_retry_after(store: tokenstore.Store) -> None:
+    """The server passes the client's address: a guesser on 127.0.0.1 waits."""
+    from tokenstore.admin import _throttle
+
+    with running(store) as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}/login"
+        browser = requests.Session()
+        csrf = Page(200, [], browser.get(url, timeout=10).content).csrf
+        statuses = [
+            browser.post(url, {"csrf": csrf, "token": "x"}, timeout=10).status_code
+            for _ in range(_throttle.MAX_FAILURES + 1)
+        ]
+        last = browser.post(url, {"csrf": csrf, "token": "x"}, timeout=10)
+    assert statuses == [401] * _throttle.MAX_FAILURES + [429], statuses
+    assert last.status_code == 429 and 1 <= int(last.headers["Retry-After"]) <= 6

@@ -21,6 +21,7 @@ from . import _pages as pages
 from ._http import HTTPError, Request, Response, header_path, redirect, shown_path
 from ._sessions import SESSION_LIFETIME, SIGN_IN_LIFETIME, Session, Sessions
 from ._templates import environment
+from ._throttle import SignInThrottle
 from ._visit import Visit
 
 #: The session cookie's name, followed by ``_PORT``: a browser keeps one cookie jar for a
@@ -97,13 +98,19 @@ def _routes() -> list[Route]:
 class AdminApp:
     """The admin page for one store; see ``make_app``."""
 
-    def __init__(self, store: tokenstore.Store, sessions: Sessions | None = None) -> None:
+    def __init__(
+        self,
+        store: tokenstore.Store,
+        sessions: Sessions | None = None,
+        throttle: SignInThrottle | None = None,
+    ) -> None:
         if not isinstance(store, tokenstore.Store):  # else the first request would fail
             raise tokenstore.ValidationError(
                 f"store must be a tokenstore.Store, got {type(store).__name__}"
             )
         self.store = store
         self.sessions = sessions or Sessions()
+        self.throttle = throttle or SignInThrottle()
         self.templates = environment()
         self.routes = _routes()
 
@@ -216,12 +223,25 @@ class AdminApp:
             raise HTTPError(
                 403, "the sign-in form is stale or its CSRF token is missing: reload it"
             )
+        address = request.environ.get("REMOTE_ADDR", "")
+        wait = self.throttle.wait(address)
+        if wait:  # told before the token is looked up: that is the work it bounds
+            response = self.login_page(
+                request,
+                session,
+                429,
+                f"Too many failed sign-ins from this address: try again in {wait} seconds.",
+            )
+            response.headers.append(("Retry-After", str(wait)))
+            return response
         try:
             token = self.store.tokens.authenticate(form.get("token", "").strip())
             owner = self.store.users.get(int(token.created_by_id))
         except (tokenstore.AuthenticationError, tokenstore.DamagedRow) as exc:
+            self.throttle.failed(address)
             return self.login_page(request, session, 401, f"Not signed in: {exc}")
         if not grants_admin(token, owner):
+            self.throttle.failed(address)
             return self.login_page(
                 request,
                 session,
