@@ -12,6 +12,7 @@ import io
 import json
 import re
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -642,6 +643,24 @@ def test_head_changes_nothing(client: Client, app: admin.AdminApp) -> None:
     assert len(app.sessions._signing_in) == anonymous
     assert client.request("HEAD", "/logout").status == 405
     assert client.get("/").status == 200  # still signed in
+
+
+@pytest.mark.sqlite_only  # another connection's view of the file's commits
+def test_reading_a_page_writes_nothing_to_the_store(
+    client: Client, store: tokenstore.Store, records: dict[str, str]
+) -> None:
+    """GET and HEAD of every page, and the sign-in form: no commit reaches the file."""
+    assert store.path is not None
+    store.tokens.flush_uses()  # the sign-in's use of its token, noted in memory till now
+    watcher = sqlite3.connect(str(store.path))
+    try:
+        version = watcher.execute("PRAGMA data_version").fetchone()
+        for method in ("GET", "HEAD"):
+            for route in [*GET_ROUTES, "/login"]:
+                assert client.request(method, route.format(**records)).status in (200, 303)
+                assert watcher.execute("PRAGMA data_version").fetchone() == version, route
+    finally:
+        watcher.close()
 
 
 def test_head_over_http(store: tokenstore.Store) -> None:
