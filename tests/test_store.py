@@ -796,7 +796,20 @@ def test_help_of_open_lists_every_option_with_its_default() -> None:
     for option in dataclasses.fields(tokenstore.Options):
         assert option.name in lines, option.name
         assert f"= {_default_text(option.default)}" in lines[option.name], lines[option.name]
-    assert sorted(lines) == sorted(f.name for f in dataclasses.fields(tokenstore.Options))
+    # clock is open()'s one keyword beside the options: it is a function, not a setting.
+    assert sorted(lines) == sorted(
+        [f.name for f in dataclasses.fields(tokenstore.Options)] + ["clock"]
+    )
+
+
+def test_an_unknown_option_is_refused_naming_every_keyword_open_takes(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as caught:
+        tokenstore.open(tmp_path / "x.db", create=True, clok=lambda: datetime.now(UTC))
+    message = str(caught.value)
+    assert message.startswith("unknown option clok (did you mean clock?); options are: ")
+    for name in [f.name for f in dataclasses.fields(tokenstore.Options)] + ["clock"]:
+        assert name in message.partition("options are: ")[2].split(", "), name
+    assert not (tmp_path / "x.db").exists()
 
 
 def test_saving_a_model_never_registered_says_to_register_it(store: Store) -> None:

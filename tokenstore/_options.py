@@ -6,7 +6,8 @@ from here, so a default changed here changes everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import difflib
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
@@ -85,12 +86,19 @@ class Options:
             check_flag(getattr(self, name), name)
 
     @classmethod
-    def from_kwargs(cls, options: dict[str, Any]) -> Options:
-        """The options given by name; an unknown name is refused with the known ones listed."""
+    def from_kwargs(cls, options: dict[str, Any], beside: Collection[str] = ()) -> Options:
+        """The options given by name; an unknown name is refused with the known ones listed.
+
+        ``beside`` names the caller's other keywords (``open()``'s ``clock``),
+        listed too: the message is the caller's whole list of what it takes.
+        """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(options) - known)
         if unknown:
+            takes = sorted(known | set(beside))
+            close = difflib.get_close_matches(unknown[0], takes, n=1)
+            hint = f" (did you mean {close[0]}?)" if len(unknown) == 1 and close else ""
             raise ValidationError(
-                f"unknown option {', '.join(unknown)}; options are: {', '.join(sorted(known))}"
+                f"unknown option {', '.join(unknown)}{hint}; options are: {', '.join(takes)}"
             )
         return cls(**options)

@@ -107,7 +107,7 @@ class Store:
         clock: Callable[[], datetime] | None = None,
         **options: Any,
     ) -> None:
-        self.options = opts = Options.from_kwargs(options)
+        self.options = opts = Options.from_kwargs(options, beside=("clock",))
         if clock is not None and not callable(clock):
             raise ValidationError(f"clock must be a function, got {type(clock).__name__}")
         self.clock: Callable[[], datetime] = partial(datetime.now, UTC)
