@@ -511,3 +511,21 @@ def test_a_huge_value_quoted_in_an_error_loses_its_middle_not_the_message(store:
     with pytest.raises(tokenstore.NotFound) as found:
         store.users.get(short)
     assert str(found.value) == f"no user '{short}'"
+
+
+class _LyingStr(str):
+    """A str whose str() names another file, with a NUL in it."""
+
+    def __str__(self) -> str:
+        return "\x00other"
+
+
+def test_a_str_subclass_path_is_its_own_characters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Path() called the subclass's __str__: a ValueError, or another file than the one checked."""
+    monkeypatch.chdir(tmp_path)
+    with tokenstore.open(_LyingStr("store.sqlite3")) as store:
+        assert store.path is not None and store.path.name == "store.sqlite3"
+    tokenstore.migrate(_LyingStr("store.sqlite3"), _LyingStr("copy.sqlite3"))
+    assert (tmp_path / "copy.sqlite3").exists()

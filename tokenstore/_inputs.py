@@ -121,7 +121,9 @@ def check_path(value: object, what: str) -> Path:
     """A file path (str or path-like) the operating system can take: no NUL, encodable."""
     if not isinstance(value, str | os.PathLike) or not isinstance(os.fspath(value), str):
         raise ValidationError(f"{what} must be a str or a Path, got {type(value).__name__}")
-    text = os.fspath(value)
+    # Its characters as a plain str: Path() and open() call a str subclass's own __str__,
+    # which may name another file than the one checked here (or hold a NUL).
+    text = str.__str__(os.fspath(value))
     if not text:  # Path("") is the current folder: no name was given, e.g. an unset $VARIABLE
         raise ValidationError(f"{what} is empty: it names no file")
     why = _not_a_path(value, text, what)
