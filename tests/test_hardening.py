@@ -529,3 +529,46 @@ def test_a_str_subclass_path_is_its_own_characters(
         assert store.path is not None and store.path.name == "store.sqlite3"
     tokenstore.migrate(_LyingStr("store.sqlite3"), _LyingStr("copy.sqlite3"))
     assert (tmp_path / "copy.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s, v: s.model_for_ref(v),
+        lambda s, v: s.ref(v),
+        lambda s, v: s.register(v),
+        lambda s, v: s.webhooks.create("h", v, CLOSED),
+        lambda s, v: s.webhooks.create("h", "tokenstore.User", CLOSED, signal=v),
+        lambda s, v: s.webhooks.create("h", "tokenstore.User", CLOSED, headers=v),
+        lambda s, v: s.tokens.create(scopes=v),
+        lambda s, v: s.webhooks.deliveries(status=v),
+        lambda s, v: s.webhooks.deliveries(limit=v),
+        lambda s, v: tokenstore.make_receiver(v, 0, "whsec_x", lambda p, h: None),
+    ],
+    ids=[
+        "model_for_ref",
+        "ref",
+        "register",
+        "ref=",
+        "signal",
+        "headers",
+        "scopes",
+        "status",
+        "limit",
+        "host",
+    ],
+)
+def test_a_secret_given_in_the_wrong_place_is_not_quoted_back(
+    tmp_path: Path, call: Callable[[Store, Any], Any]
+) -> None:
+    with tokenstore.open(tmp_path / "store.sqlite3", webhook_allow=["127.0.0.1/32"]) as store:
+        _, secret = store.tokens.create()
+        with pytest.raises(ValidationError) as caught:
+            call(store, secret)
+        assert secret not in str(caught.value)
+
+
+def test_scopes_as_bytes_are_refused_as_such(store: Store) -> None:
+    """Bytes iterate as numbers: the message was about a scope 120."""
+    with pytest.raises(ValidationError, match="scopes must be a list of strings, got bytes"):
+        store.tokens.create(scopes=b"x")

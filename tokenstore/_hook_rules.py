@@ -16,8 +16,8 @@ import peewee
 
 from ._allowlist import AllowList
 from ._capture import model_ref
-from ._credentials import SECRET_PREFIX
-from ._errors import ValidationError, shown
+from ._credentials import SECRET_PREFIX, quoted
+from ._errors import ValidationError
 from ._inputs import check_flag, check_header_name, check_text
 from ._models import OutboundWebhook, WebhookDelivery
 from ._registry import Registry
@@ -107,7 +107,7 @@ class HookValidator:
             raise ValidationError(f"webhook name must be 1-255 characters, got {name!r}")
         if not isinstance(hook.signal, str) or hook.signal.upper() not in SIGNAL_CHOICES:
             raise ValidationError(
-                f"webhook signal {shown(hook.signal)} is not one of: {', '.join(SIGNAL_CHOICES)}"
+                f"webhook signal {quoted(hook.signal)} is not one of: {', '.join(SIGNAL_CHOICES)}"
             )
         _set_if_changed(hook, "signal", hook.signal.upper())
         # The ref and the endpoint are judged when set: another process (the CLI, say)
@@ -133,7 +133,7 @@ class HookValidator:
             check_text(hook.endpoint, "webhook endpoint")  # the guard passes allowed hosts early
         headers = {} if hook.headers is None else hook.headers
         if not isinstance(headers, Mapping):
-            raise ValidationError(f"webhook headers must be a JSON object, got {shown(headers)}")
+            raise ValidationError(f"webhook headers must be a JSON object, got {quoted(headers)}")
         named: set[str] = set()
         for key, value in headers.items():
             check_header_name(key, "webhook header name")

@@ -8,7 +8,8 @@ from collections.abc import Iterable, Iterator
 import peewee
 
 from ._capture import model_ref
-from ._errors import ValidationError, shown
+from ._credentials import quoted
+from ._errors import ValidationError
 from ._m2m import Relation
 
 
@@ -157,7 +158,7 @@ class Registry:
         else:
             guess = " (a ref is 'module.ClassName')"
         raise ValidationError(
-            f"unknown model ref {shown(wanted)}{guess}; registered models: {', '.join(refs)} "
+            f"unknown model ref {quoted(wanted)}{guess}; registered models: {', '.join(refs)} "
             f"(register the model with store.register(Model) first; the tokenstore command "
             f"registers {app})"
         )

@@ -20,6 +20,7 @@ import time
 from socketserver import StreamRequestHandler, ThreadingMixIn
 from typing import Any
 
+from ._credentials import refuse_secret
 from ._errors import ValidationError
 from ._inputs import check_text
 
@@ -35,6 +36,7 @@ def check_listen_host(host: object, name: str, everywhere: str = "0.0.0.0 for al
     as ``::1``, an address the user did not quite write.
     """
     text = check_text(host, name).strip()
+    refuse_secret(text, name, "a host to listen on")  # a message about it would quote it
     inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
     if "[" in inner or "]" in inner:
         raise ValidationError(

@@ -25,8 +25,9 @@ from ._allowlist import AllowList
 from ._backend import Backend
 from ._capture import CaptureSpec, model_ref
 from ._compat import current_connection, forget_connection
+from ._credentials import quoted
 from ._dispatch import Dispatcher
-from ._errors import StoreError, ValidationError, shown
+from ._errors import StoreError, ValidationError
 from ._fork import keep, on_fork_in_child
 from ._hook_rules import HookValidator
 from ._inputs import check_flag, check_path, check_seconds, check_text
@@ -315,7 +316,7 @@ class Store:
     def ref(self, model: type[peewee.Model]) -> str:
         """The name hooks use for a model: ``module.ClassName``."""
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
-            raise ValidationError(f"ref() takes a peewee model class, got {shown(model)}")
+            raise ValidationError(f"ref() takes a peewee model class, got {quoted(model)}")
         return model_ref(model)
 
     def register(self, model: type[peewee.Model]) -> type[peewee.Model]:
@@ -352,7 +353,7 @@ class Store:
         closed right after, while it still counts them as registered.
         """
         if not (isinstance(model, type) and issubclass(model, peewee.Model)):
-            raise ValidationError(f"register() takes a peewee model class, got {shown(model)}")
+            raise ValidationError(f"register() takes a peewee model class, got {quoted(model)}")
         if model is WebhookDelivery:
             raise ValidationError(
                 f"{model_ref(model)} cannot be registered: its changes are not captured "

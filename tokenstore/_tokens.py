@@ -100,10 +100,12 @@ def _shown(data: dict[str, Any]) -> str:
 def _check_scopes(scopes: Iterable[str]) -> list[str]:
     if isinstance(scopes, str):
         raise ValidationError(
-            f"scopes must be a list of strings, got the string {scopes!r} "
-            f"(write [{scopes!r}] for one scope)"
+            f"scopes must be a list of strings, got the string {quoted(scopes)} "
+            f"(write [{quoted(scopes)}] for one scope)"
         )
     try:
+        if isinstance(scopes, bytes | bytearray):  # iterable, but of numbers
+            raise TypeError
         items = builtins.list(scopes)
     except TypeError:
         raise ValidationError(

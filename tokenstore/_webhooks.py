@@ -19,7 +19,7 @@ from ._abid import ABID
 from ._allowlist import AllowList
 from ._backend import Backend
 from ._capture import model_ref
-from ._credentials import looks_like_secret
+from ._credentials import looks_like_secret, quoted
 from ._errors import InvalidABID, NotFound, ValidationError, about, shown
 from ._inputs import (
     check_flag,
@@ -369,7 +369,7 @@ class Webhooks:
         """
         if type(limit) is not int or not 1 <= limit <= MAX_DELIVERIES_PAGE:
             raise ValidationError(
-                f"limit must be a whole number from 1 to {MAX_DELIVERIES_PAGE}, got {shown(limit)}"
+                f"limit must be a whole number from 1 to {MAX_DELIVERIES_PAGE}, got {quoted(limit)}"
             )
         query = WebhookDelivery.select().order_by(
             WebhookDelivery.created_at.desc(), WebhookDelivery.abid.desc()
@@ -384,7 +384,8 @@ class Webhooks:
         if status is not None:
             if status not in DELIVERY_STATUSES:
                 raise ValidationError(
-                    f"delivery status {shown(status)} is not one of: {', '.join(DELIVERY_STATUSES)}"
+                    f"delivery status {quoted(status)} is not one of: "
+                    f"{', '.join(DELIVERY_STATUSES)}"
                 )
             query = query.where(WebhookDelivery.status == status)
         return list(query.limit(limit))
