@@ -572,3 +572,11 @@ def test_scopes_as_bytes_are_refused_as_such(store: Store) -> None:
     """Bytes iterate as numbers: the message was about a scope 120."""
     with pytest.raises(ValidationError, match="scopes must be a list of strings, got bytes"):
         store.tokens.create(scopes=b"x")
+
+
+def test_a_str_subclass_is_stored_as_its_own_characters(store: Store) -> None:
+    """check_text passed the subclass on; PostgreSQL's driver stored what its __str__ said."""
+    hook = store.webhooks.create("probe", "tokenstore.User", CLOSED)
+    store.webhooks.disable(hook, _LyingStr("by hand"))
+    assert store.webhooks.get("probe").disabled_reason == "by hand"
+

@@ -14,9 +14,12 @@ import os
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from ._credentials import quoted
 from ._errors import ValidationError, shown
+
+_T = TypeVar("_T")
 
 #: The largest integer an SQLite INTEGER column holds.
 MAX_INT = 2**63 - 1
@@ -42,7 +45,9 @@ def check_text(value: object, what: str, *, max_length: int | None = None) -> st
         ) from None
     if max_length is not None and len(value) > max_length:
         raise ValidationError(f"{what} must be at most {max_length} characters, got {len(value)}")
-    return value
+    # The checked characters as a plain str: a str subclass's own __str__ (which drivers
+    # and f-strings call) may say anything, a NUL included.
+    return str.__str__(value)
 
 
 #: A URL's ``user:password@`` with no scheme before it (a file name holds no such thing).
@@ -179,6 +184,14 @@ def check_span(value: object, what: str, *, allow_zero: bool) -> timedelta:
         raise ValidationError(
             f"{what} must be a {bound} timedelta of at most {MAX_SPAN.days} days, got {value}"
         )
+    return value
+
+
+def check_instance(value: object, cls: type[_T], what: str) -> _T:
+    """An instance of ``cls`` (a token, a user, a signal): what a call reads attributes of,
+    where anything else was an AttributeError from inside."""
+    if not isinstance(value, cls):
+        raise ValidationError(f"{what} must be a {cls.__name__}, got {type(value).__name__}")
     return value
 
 
