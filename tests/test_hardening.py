@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tokenstore
+import tokenstore.admin
 from tokenstore import ABID, Options, Store, TokenstoreError, ValidationError
 from tokenstore._inputs import MAX_SPAN
 from tokenstore._models import ABIDModel
@@ -580,3 +581,23 @@ def test_a_str_subclass_is_stored_as_its_own_characters(store: Store) -> None:
     store.webhooks.disable(hook, _LyingStr("by hand"))
     assert store.webhooks.get("probe").disabled_reason == "by hand"
 
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s: tokenstore.admin.grants_admin(None, s.system_user), "token must be a"),
+        (lambda s: tokenstore.admin.grants_admin(s.tokens.create()[0], 0), "owner must be a"),
+        (lambda s: tokenstore.admin.public_warning(None), "host must be a string"),
+        (lambda s: tokenstore.admin.make_admin_server(s, port=0, public=1), "public must be"),
+        (lambda s: tokenstore.signals.send_isolated(None, s), "signal must be a Signal"),
+        (lambda s: s.tokens.create()[0].has_scope(None), "scope must be a string"),
+        (lambda s: s.tokens.create()[0].is_valid(0), "for_date: expected a datetime"),
+        (lambda s: s.tokens.create(scopes=tokenstore.User), "scopes must be a list"),
+    ],
+)
+def test_helpers_refuse_a_wrong_type(
+    store: Store, call: Callable[[Store], Any], message: str
+) -> None:
+    """An AttributeError from inside, or a False/True for anything (is_valid, has_scope)."""
+    with pytest.raises(ValidationError, match=message):
+        call(store)

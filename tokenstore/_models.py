@@ -18,8 +18,16 @@ import peewee
 from . import _abid as abids
 from . import _compat, _credentials, signals
 from ._abid_sources import SOURCES, ABIDSource, source_value, storable
-from ._errors import ABIDDriftError, InvalidABID, NotFound, StoreError, ValidationError
+from ._errors import (
+    ABIDDriftError,
+    InvalidABID,
+    NotFound,
+    StoreError,
+    ValidationError,
+    about,
+)
 from ._fields import JSONField, UTCDateTimeField, UUIDField
+from ._inputs import check_text
 from ._rows import CheckedSelect, quote_name
 from ._signing import secret_version
 from ._times import format_time, to_stored_time, utcnow
@@ -390,16 +398,15 @@ class APIToken(ABIDModel):
         As in the original, a token is still valid at the exact instant it
         expires. ``for_date`` must be timezone-aware; it is not rounded.
         """
+        if for_date is None:
+            for_date = datetime.now(UTC)
+        else:  # checked first: a token without expiry answered True to any value at all
+            with about("for_date"):
+                to_stored_time(for_date)
         if self.revoked_at is not None:
             return False
         expires: datetime | None = self.expires
-        if expires is None:
-            return True
-        if for_date is None:
-            for_date = datetime.now(UTC)
-        elif not isinstance(for_date, datetime) or for_date.utcoffset() is None:
-            raise ValidationError(f"for_date must be a timezone-aware datetime, got {for_date!r}")
-        return not expires < for_date
+        return expires is None or not expires < for_date
 
     def has_scope(self, scope: str) -> bool:
         """A token issued without scopes is unrestricted (as every ArchiveBox token is).
@@ -407,6 +414,7 @@ class APIToken(ABIDModel):
         Scopes edited by hand into anything but a list of strings grant nothing
         (``authenticate`` refuses such a token): ``in`` would match part of a string.
         """
+        check_text(scope, "scope")  # None or a list was a False, or a True if unrestricted
         scopes = self.scopes
         if not (isinstance(scopes, list) and all(isinstance(item, str) for item in scopes)):
             return False

@@ -104,7 +104,8 @@ def _check_scopes(scopes: Iterable[str]) -> list[str]:
             f"(write [{quoted(scopes)}] for one scope)"
         )
     try:
-        if isinstance(scopes, bytes | bytearray):  # iterable, but of numbers
+        # Bytes iterate as numbers; a class (a peewee model) iterates by querying.
+        if isinstance(scopes, bytes | bytearray | type):
             raise TypeError
         items = builtins.list(scopes)
     except TypeError:

@@ -15,6 +15,7 @@ from typing import Any
 from blinker import Namespace, Signal
 
 from . import _compat
+from ._inputs import check_instance
 
 logger = logging.getLogger("tokenstore.signals")
 
@@ -75,6 +76,7 @@ def send_isolated(signal: Signal, sender: Any, **kwargs: Any) -> None:
     function, which ``send`` refuses, is skipped with an error in the log
     (called, it would only make a coroutine that nothing runs).
     """
+    check_instance(signal, Signal, "signal")
     if not signal.receivers or signal.is_muted:
         return
     for receiver in signal.receivers_for(sender):

@@ -15,6 +15,7 @@ from importlib import resources
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 import tokenstore
+from tokenstore._inputs import check_instance
 from tokenstore._models import SYSTEM_USERNAME
 
 from . import _pages as pages
@@ -49,6 +50,8 @@ def grants_admin(token: tokenstore.APIToken, owner: tokenstore.User) -> bool:
     token created without a user is its), so its tokens need the scope.
     Scopes damaged by hand into anything but a list grant nothing.
     """
+    check_instance(token, tokenstore.APIToken, "token")
+    check_instance(owner, tokenstore.User, "owner")
     if not token.has_scope(ADMIN_SCOPE):  # narrowed to other scopes, or damaged
         return False
     if ADMIN_SCOPE in token.scopes:

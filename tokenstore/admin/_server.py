@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import tokenstore
-from tokenstore._inputs import check_int
+from tokenstore._inputs import check_flag, check_int, check_text
 from tokenstore._servers import BoundedThreads, check_listen_host, read_within
 
 from ._app import make_app
@@ -209,6 +209,7 @@ class _ThisMachineOnly:
 
 def public_warning(host: str) -> str | None:
     """What to tell the operator when the page listens beyond this machine."""
+    check_text(host, "host")
     if is_loopback(host):
         return None
     return (
@@ -227,6 +228,7 @@ def make_admin_server(
     ``public`` (the page is reached through a proxy that passes its own name).
     """
     check_listen_host(host, "--host", "0.0.0.0 for all, with --public")
+    check_flag(public, "public")
     if not is_loopback(host) and not public:
         raise tokenstore.ValidationError(
             f"--host {host!r} is not a loopback address: the admin page listens on "
