@@ -499,8 +499,6 @@ ANY_TYPE = {
     "tokenstore.abid_from_values(rand)",
     # None is an ABID without prefix, as abid_from_values(prefix=None) makes.
     "ABID()(prefix)",
-    # A private Sessions object, for tests; not named in docs/admin.md.
-    "AdminApp()(sessions)",
 }
 
 #: The calls that open a store, taking the models from the world's (one store per process).

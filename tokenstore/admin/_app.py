@@ -107,13 +107,16 @@ class AdminApp:
         sessions: Sessions | None = None,
         throttle: SignInThrottle | None = None,
     ) -> None:
-        if not isinstance(store, tokenstore.Store):  # else the first request would fail
-            raise tokenstore.ValidationError(
-                f"store must be a tokenstore.Store, got {type(store).__name__}"
-            )
-        self.store = store
-        self.sessions = sessions or Sessions()
-        self.throttle = throttle or SignInThrottle()
+        # Checked here, else the first request would fail.
+        self.store = check_instance(store, tokenstore.Store, "store")
+        self.sessions = (
+            Sessions() if sessions is None else check_instance(sessions, Sessions, "sessions")
+        )
+        self.throttle = (
+            SignInThrottle()
+            if throttle is None
+            else check_instance(throttle, SignInThrottle, "throttle")
+        )
         self.templates = environment()
         self.routes = _routes()
 
