@@ -29,7 +29,14 @@ from .._postgres_driver import driver_errors
 from .._postgres_url import is_url, redacted_url
 from .._version import __version__
 from ._accounts import add_tokens_commands, add_users_commands
-from ._base import GIVEN, _add_global_options, _Formatter, _Parser, _settle_global_options
+from ._base import (
+    GIVEN,
+    _add_global_options,
+    _Formatter,
+    _Parser,
+    _settle_global_options,
+    hide_given,
+)
 from ._output import Output, _allow_hint, log_lines, one_line
 from ._store_commands import add_abid_commands, add_import_commands, add_store_commands
 from ._tools import add_tool_commands
@@ -167,23 +174,28 @@ def _run(argv: Sequence[str] | None) -> int:
     except BlockedAddress as exc:
         # The command's own ways to allow an address replace the message's general ones.
         message = str(exc).removesuffix(f"; {HOW_TO_ALLOW}")
-        print(f"tokenstore: error: {one_line(message)}; {_allow_hint()}", file=sys.stderr)
+        _error(f"{message}; {_allow_hint()}")
         return 2
     except NotFound as exc:  # named with the store searched: a wrong --db is the usual cause
         where = redacted_url(args.db) if is_url(args.db) else os.path.abspath(args.db)
         if args.db_from_environment:
             where = f"$TOKENSTORE_DB: {where}"
-        print(f"tokenstore: error: {one_line(f'{where}: {exc}')}", file=sys.stderr)
+        _error(f"{where}: {exc}")
         return 2
     except TokenstoreError as exc:
-        print(f"tokenstore: error: {one_line(str(exc))}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except raw_errors as exc:  # a statement on the raw connection
-        print(f"tokenstore: error: {one_line(f'{redacted_url(args.db)}: {exc}')}", file=sys.stderr)
+        _error(f"{redacted_url(args.db)}: {exc}")
         return 2
     except BrokenPipeError:
         return 0
     except OSError as exc:  # the machine failed the command: stdout on a full disk, say
-        print(f"tokenstore: error: {one_line(str(exc))}", file=sys.stderr)
+        _error(str(exc))
         return 2
     return code
+
+
+def _error(message: str) -> None:
+    """A command's fault in one line on stderr, no secret of its command line quoted."""
+    print(f"tokenstore: error: {one_line(hide_given(message))}", file=sys.stderr)

@@ -255,14 +255,24 @@ class _Parser(argparse.ArgumentParser):
         argparse quotes what it could not place: a secret given there (a token
         where none belongs, a URL without its ``--db``) is not repeated.
         """
-        for given in GIVEN.get():  # whole, as a password holding a blank is not one word
-            message = message.replace(given, hidden_password(given))
-        said = one_line(shortened(re.sub(r"\S+", _not_secret, message)))
+        said = one_line(shortened(hide_given(message)))
         self.exit(2, f"{self.prog}: error: {said} (see {self.prog} --help)\n")
 
 
 #: The arguments of the command line being parsed, which a usage error may quote.
 GIVEN: ContextVar[Sequence[str]] = ContextVar("GIVEN", default=())
+
+
+def hide_given(message: str) -> str:
+    """An error message with the secrets of the command line left out: a token or signing
+    secret given where a name, a path or a time belongs, a URL's password.
+
+    Messages quote a caller's value to say what was wrong with it; a secret pasted
+    by mistake must not be echoed to the terminal or a CI log, whichever layer spoke.
+    """
+    for given in GIVEN.get():  # whole, as a password holding a blank is not one word
+        message = message.replace(given, hidden_password(given))
+    return re.sub(r"\S+", _not_secret, message)
 
 
 def _not_secret(word: re.Match[str]) -> str:
