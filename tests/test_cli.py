@@ -1153,6 +1153,9 @@ def test_a_usage_error_hides_the_password_of_an_argument_that_is_no_well_formed_
         "host=127.0.0.1 password=SEKRIT",
         "postgresql://app:SE KRIT@127.0.0.1:1/db",
         "postgresql://app@127.0.0.1:1/db?password=SE%20KRIT",
+        # Longer than any location: not searched (which took minutes), cut coarsely instead.
+        "x" * 3000 + " app:SEKRIT@127.0.0.1",
+        "postgres:/app:SEKRIT@127.0.0.1 " + "y" * 3000,
     ):
         for args in (("users", "list", typed), ("webhooks", "deliveries", "--status", typed)):
             stderr = refused(db_path, *args)

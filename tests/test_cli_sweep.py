@@ -351,7 +351,8 @@ def hostile(world: World) -> dict[str, str]:
         "cr": "a\rb",
         "rtl": "\u202e",
         "surrogate": os.fsdecode(b"\xff"),
-        "huge": "x" * 100_000,
+        # Long, and with a colon and an at sign after it: a user:password@ search must stay linear.
+        "huge": "x" * 100_000 + "/:@",
         "minus-one": "-1",
         "zero": "0",
         "inf": "1e309",

@@ -102,6 +102,8 @@ def redacted_url(url: str, *, dropped: bool = False) -> str:
     return f"{scheme}://{shown}{location}{mark}{query}"
 
 
+#: The longest text searched for a user part: beyond the URLs browsers and servers take.
+_SEARCHED = 2048
 #: A user part with a password in what is no URL: ``postgres:/u:pw@host``, ``u:pw@host``
 #: (in the quotes a usage error may put around it).
 _LOOSE_USER_PART = re.compile(r"(\s*['\"]?(?:[A-Za-z][A-Za-z0-9+.-]*:/*)?[^:/@\s]*):[^@]*@")
@@ -111,12 +113,18 @@ def hidden_password(text: str) -> str:
     """Something a user typed, as a message quotes it: a URL or a ``key=value`` string
     redacted, and a ``user:password@`` of a mistyped URL without its password.
 
-    Text without both a ``:`` and an ``@`` holds no password, and is not searched: the
-    search backtracks over every start, and took over a minute on a 100 KB argument.
+    Text without a ``:`` before an ``@`` holds no password. The search backtracks
+    from every start (a minute for 100 KB), so text longer than any location is not
+    searched: all from its first ``:`` to its last ``@`` is left out, the password in it.
     """
     if is_url(text):
         return redacted_url(text)
-    return _LOOSE_USER_PART.sub(r"\1:***@", text, 1) if ":" in text and "@" in text else text
+    colon, at = text.find(":"), text.rfind("@")
+    if not 0 <= colon < at:
+        return text
+    if len(text) > _SEARCHED:
+        return f"{text[:colon]}:***{text[at:]}"
+    return _LOOSE_USER_PART.sub(r"\1:***@", text, 1)
 
 
 def connection_url(url: str) -> str:
