@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +343,30 @@ def test_a_secret_pasted_where_a_hook_or_delivery_is_named_is_not_repeated(store
                 entry_call(given)
             assert given.strip(" '.\n")[-30:-4] not in str(refused.value).lower()
     assert store.webhooks.allowlist() == ["127.0.0.1/32"]  # no secret kept in the file
+
+
+def test_a_secret_given_as_a_username_hook_name_or_reason_is_refused_not_stored(
+    store: Store,
+) -> None:
+    """Usernames, hook names and disable reasons are kept in clear and printed, as token
+    names are: a secret pasted there is refused without being quoted, and nothing is written."""
+    _, token = store.tokens.create()
+    hook = store.webhooks.create("docs", Doc, URL)
+    legacy = "0123456789abcdef0123456789abcdef"  # an ArchiveBox key
+    before = (User.select().count(), [(h.name, h.disabled_reason) for h in store.webhooks.list()])
+    for secret in (token, hook.secret, legacy):
+        for call, what in (
+            (partial(store.users.create, secret), "username"),
+            (partial(store.webhooks.create, f"ci {secret}", Doc, URL + "/2"), "webhook name"),
+            (partial(store.webhooks.update, hook, name=secret), "webhook name"),
+            (partial(store.webhooks.disable, hook, f"key={secret}"), "reason"),
+        ):
+            with pytest.raises(ValidationError, match=f"{what} looks like a secret") as refused:
+                call()
+            assert secret[-20:] not in str(refused.value)
+    after = (User.select().count(), [(h.name, h.disabled_reason) for h in store.webhooks.list()])
+    assert after == before
+    assert store.users.create("tsk_fan").username == "tsk_fan"  # no secret: a name
 
 
 def test_an_abid_names_its_own_hook_even_if_another_is_named_like_it(store: Store) -> None:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import peewee
 
-from ._credentials import looks_like_secret, quoted
+from ._credentials import looks_like_secret, quoted, refuse_secret
 from ._errors import NotFound, ValidationError, about, shown
 from ._inputs import check_flag, check_int, check_text
 from ._models import User
@@ -83,6 +83,7 @@ class Users:
 
     def create(self, username: str, superuser: bool = False) -> User:
         """Add a user; usernames are 1-150 letters or digits (any script) or ``_.@+-``, unique."""
+        refuse_secret(username, "username", "a name")  # kept in clear, listed and printed
         if not isinstance(username, str) or not _USERNAME.fullmatch(username):
             raise ValidationError(
                 f"username {quoted(username)} is not valid: use 1-150 letters, digits or _.@+-"
