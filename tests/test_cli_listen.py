@@ -121,7 +121,7 @@ def signed_post(port: int, stamp: int) -> int:
 
 def test_a_secret_that_is_not_whsec_exits_2_with_one_line() -> None:
     result = run("--port", str(free_port()), "--secret", "nope")
-    assert_one_line_error(result, "whsec_")
+    assert_one_line_error(result, "whsec and an underscore")
     assert "nope" not in result.stderr
 
 

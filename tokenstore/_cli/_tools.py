@@ -24,6 +24,13 @@ from ._values import _duration_type, _port, _secret
 #: The most a --secret-file is read; a whsec_ secret is well under a hundred bytes.
 _SECRET_FILE_BYTES = 4096
 
+#: What a signing secret looks like, in words: the bare prefix would be taken for a secret
+#: and left out of the error line (see _base.hide_given).
+_GIVE = (
+    f"give the hook's signing secret: {SECRET_PREFIX.rstrip('_')} and an underscore, "
+    "then its key, as webhooks create printed it"
+)
+
 
 def listen_secret(args: argparse.Namespace) -> str:
     """The signing secret ``listen`` verifies with, kept out of argv where it can be.
@@ -46,9 +53,9 @@ def listen_secret(args: argparse.Namespace) -> str:
             "or pass --secret-file PATH (- reads it from stdin)"
         )
     if not secret:  # `--secret-file "$FILE"` with $FILE unset, or a file left empty
-        raise ValidationError(f"{source} is empty: give the hook's {SECRET_PREFIX}... secret")
+        raise ValidationError(f"{source} is empty: {_GIVE}")
     if not secret.startswith(SECRET_PREFIX):
-        raise ValidationError(f"the signing secret must be the hook's {SECRET_PREFIX}... secret")
+        raise ValidationError(f"that is no signing secret: {_GIVE}")
     key = signing_key(secret)
     if len(key) < MIN_SECRET_BYTES:  # every webhook would fail to verify: say so at the start
         raise ValidationError(
