@@ -191,7 +191,6 @@ class _Importer:
         A user is made as ``users.create`` makes one (its signals, its capture
         events); ArchiveBox has a handful.
         """
-        counts = self.report.counts[USERS]
         checked = [(row, unstorable(row)) for row in rows]
         # Text only: PostgreSQL refuses to compare a text column with a number.
         names = [row["username"] for row, bad in checked if bad is None]
@@ -207,13 +206,9 @@ class _Importer:
             except StoreError:  # the store failing (disk full, server gone), not the row
                 raise
             except _ROW_ERRORS as exc:
-                counts.refused += 1
-                self.report.refused.append(_note(USERS, row, _refusal(exc)))
+                self.tally(USERS, "refused", _note(USERS, row, _refusal(exc)))
                 continue
-            if imported:
-                counts.imported += 1
-            else:
-                counts.present += 1
+            self.tally(USERS, "imported" if imported else "present")
 
     def take_user(self, row: sqlite3.Row, existing: dict[str, int]) -> bool:
         """Users are matched by username: ArchiveBox's ``system`` is tokenstore's."""
@@ -256,13 +251,18 @@ class _Importer:
             batch.outcomes = [("refused", _note(table, rows[0], _refusal(exc)))]
             batch.values.clear()
         self.read |= batch.read
-        counts = self.report.counts[table]
         for outcome, note in batch.outcomes:
-            setattr(counts, outcome, getattr(counts, outcome) + 1)
-            if note is not None:
-                (self.report.refused if outcome == "refused" else self.report.disabled).append(note)
+            self.tally(table, outcome, note)
         if table == HOOKS:
             self.written.extend(values["id"] for values in batch.values)
+
+    def tally(self, table: str, outcome: str, note: RowNote | None = None) -> None:
+        """Count a row's outcome (``imported``, ``present`` or ``refused``) in the report,
+        with its note: why it was refused, or why an imported hook is disabled."""
+        counts = self.report.counts[table]
+        setattr(counts, outcome, getattr(counts, outcome) + 1)
+        if note is not None:
+            (self.report.refused if outcome == "refused" else self.report.disabled).append(note)
 
     def judge(self, table: str, rows: list[sqlite3.Row]) -> _Batch:
         """What becomes of each row, against the store's rows read in one query per key."""
@@ -289,7 +289,7 @@ class _Importer:
                 continue
             batch.values.append(values)
             reasons = values["disabled_reason"] if table == HOOKS else ""
-            note = RowNote(HOOKS, _describe_hook(row), reason(reasons)) if reasons else None
+            note = _note(HOOKS, row, reasons) if reasons else None
             batch.outcomes.append(("imported", note))
         return batch
 
@@ -440,8 +440,7 @@ def _refusal(exc: Exception) -> str:
 
 
 def _note(table: str, row: sqlite3.Row, why: str) -> RowNote:
-    describe = _describe_user if table == USERS else _describe_hook if table == HOOKS else None
-    return RowNote(table, (describe or _describe_abid_row)(row), reason(why))
+    return RowNote(table, _DESCRIBE[table](row), reason(why))
 
 
 def _is_authorization(header: Any) -> bool:
@@ -498,6 +497,10 @@ def _without_userinfo(url: Any) -> Any:
 
 def _describe_hook(row: sqlite3.Row) -> str:
     return f"{_describe_abid_row(row)} ({quoted(row['name'])})"
+
+
+#: How a report names a row of each table.
+_DESCRIBE = {USERS: _describe_user, TOKENS: _describe_abid_row, HOOKS: _describe_hook}
 
 
 def import_archivebox(
