@@ -16,7 +16,7 @@ import peewee
 
 from ._allowlist import AllowList
 from ._capture import model_ref
-from ._credentials import SECRET_PREFIX, quoted, refuse_secret
+from ._credentials import SECRET_PREFIX, quoted
 from ._errors import ValidationError
 from ._inputs import check_flag, check_header_name, check_text
 from ._models import OutboundWebhook, WebhookDelivery
@@ -102,8 +102,7 @@ class HookValidator:
         ``judge_target=False`` leaves the ref and the endpoint to the caller: an
         import keeps a hook whose model or address is refused here, disabled.
         """
-        name = check_text(hook.name, "webhook name")
-        refuse_secret(name, "webhook name", "a name")  # kept in clear, listed and printed
+        name = check_text(hook.name, "webhook name", kept_as="a name")
         if not name.strip() or len(name) > 255:
             raise ValidationError(f"webhook name must be 1-255 characters, got {name!r}")
         if not isinstance(hook.signal, str) or hook.signal.upper() not in SIGNAL_CHOICES:

@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from ._credentials import quoted
+from ._credentials import quoted, refuse_secret
 from ._errors import ValidationError, shown
 
 _T = TypeVar("_T")
@@ -31,8 +31,14 @@ MAX_SPAN = timedelta(days=36525)
 MAX_SECONDS = 86400.0
 
 
-def check_text(value: object, what: str, *, max_length: int | None = None) -> str:
-    """A string SQLite and HTTP can carry: no NUL character, no lone surrogate."""
+def check_text(
+    value: object, what: str, *, max_length: int | None = None, kept_as: str | None = None
+) -> str:
+    """A string SQLite and HTTP can carry: no NUL character, no lone surrogate.
+
+    Text the file keeps in clear and commands print (``kept_as`` says as what: "a
+    name", "a reason") must hold no token or signing secret pasted by mistake.
+    """
     if not isinstance(value, str):
         raise ValidationError(f"{what} must be a string, got {type(value).__name__}")
     if "\x00" in value:
@@ -45,6 +51,8 @@ def check_text(value: object, what: str, *, max_length: int | None = None) -> st
         ) from None
     if max_length is not None and len(value) > max_length:
         raise ValidationError(f"{what} must be at most {max_length} characters, got {len(value)}")
+    if kept_as is not None:
+        refuse_secret(value, what, kept_as)
     # The checked characters as a plain str: a str subclass's own __str__ (which drivers
     # and f-strings call) may say anything, a NUL included.
     return str.__str__(value)

@@ -233,8 +233,7 @@ class Tokens:
         """
         owner = self._owner(user)
         if name is not None:
-            check_text(name, "token name", max_length=MAX_NAME_LENGTH)
-            refuse_secret(name, "token name", "a name")  # kept in clear and listed
+            check_text(name, "token name", max_length=MAX_NAME_LENGTH, kept_as="a name")
         moment = self.clock()
         now = to_stored_time(moment)
         expiry = self._expiry(expires, now)

@@ -19,7 +19,7 @@ from ._abid import ABID
 from ._allowlist import AllowList
 from ._backend import Backend
 from ._capture import model_ref
-from ._credentials import looks_like_secret, quoted, refuse_secret
+from ._credentials import looks_like_secret, quoted
 from ._errors import InvalidABID, NotFound, ValidationError, about, shown
 from ._inputs import (
     check_flag,
@@ -299,9 +299,9 @@ class Webhooks:
     ) -> OutboundWebhook:
         """Turn a hook off; what it still had to send is given up (``redeliver`` brings it back)."""
         hook = self._hook(hook)
-        reason = check_text(reason, "reason", max_length=255)
-        refuse_secret(reason, "reason", "a reason")  # kept in clear in disabled_reason
-        self.outcomes.disable(hook, reason)
+        self.outcomes.disable(
+            hook, check_text(reason, "reason", max_length=255, kept_as="a reason")
+        )
         return hook
 
     def rotate_secret(
