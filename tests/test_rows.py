@@ -80,6 +80,39 @@ def test_a_whole_row_reads_as_each_field_reads_its_value() -> None:
     assert got["created_by"] == 7 and got["scopes"] == ["read", "write"]
 
 
+def test_a_given_field_is_not_read_and_keeps_its_place_among_the_values() -> None:
+    """A lookup's key is passed in, unconverted, and the values come in field order."""
+    full = Loader(APIToken)
+    row = (
+        HEX,
+        "apt_01M8MYA4AFA4101AAC01FCR5BY",
+        7,
+        "2026-11-30T00:40:07.759Z",
+        "2026-11-30T00:40:07.759Z",
+        "name",
+        "b" * 64,
+        "FoCA",
+        None,
+        None,
+        None,
+        "[]",
+    )
+    loader = Loader(APIToken, given=("token_digest", "name"))
+    assert "token_digest" not in loader.columns and '"name"' not in loader.columns
+    assert loader.columns.split(", ") == [
+        c for c in full.columns.split(", ") if c not in ('"token_digest"', '"name"')
+    ]
+    short = tuple(
+        v for i, v in enumerate(row) if i not in (full.at["name"], full.at["token_digest"])
+    )
+    assert loader.at["token_hint"] == short.index("FoCA")
+    got = loader.values(short, "d" * 64, "given name")
+    assert list(got) == list(full.values(row))
+    assert got == {**full.values(row), "token_digest": "d" * 64, "name": "given name"}
+    with pytest.raises(ValueError):
+        loader.values(row, "d" * 64, "given name")  # a row holding the given columns too
+
+
 @pytest.mark.parametrize("length", [0, 11, 13])
 def test_a_row_of_another_length_is_refused(length: int) -> None:
     with pytest.raises(ValueError):

@@ -31,7 +31,7 @@ from ._models import OWN_MODELS, SYSTEM_USERNAME, User
 from ._postgres import PostgresDatabase
 from ._postgres import open_database as open_postgres
 from ._postgres_url import is_url, redacted_url
-from ._rows import Loader, column_list, not_utf8, quote_name
+from ._rows import Loader, not_utf8, quote_name
 from ._sqlite import SQLiteDatabase, open_database
 from ._sqlite_file import LOG_FILES, refuse_log_name, unexpanded
 
@@ -336,7 +336,7 @@ def _copy_table(
     flags = [i for i, f in enumerate(fields) if isinstance(f, peewee.BooleanField)]
     table = model._meta.table_name
     loader = Loader(model)
-    columns = column_list(model)
+    columns = loader.columns
     insert = dst.sql(
         f"INSERT INTO {quote_name(table)} ({columns}) VALUES ({', '.join('?' * len(fields))})"
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -55,9 +55,9 @@ def select_by_key(sql: Callable[[str], str], model: type[peewee.Model], columns:
     return sql("SELECT {} FROM {} WHERE {} = ?").format(columns, quote_name(table), quote_name(key))
 
 
-def column_list(model: type[peewee.Model]) -> str:
-    """Every column of a model, quoted, in field order: what ``Loader.values`` reads."""
-    return ", ".join(quote_name(f.column_name) for f in model._meta.sorted_fields)
+def column_list(fields: Iterable[peewee.Field]) -> str:
+    """The fields' columns, quoted, as a SELECT list (``Loader.columns``)."""
+    return ", ".join(quote_name(f.column_name) for f in fields)
 
 
 def holds_bytes(field: peewee.Field) -> bool:
@@ -167,24 +167,34 @@ class Loader(Generic[M]):
     ``instance`` must follow; ``at`` gives a column's position in it by field name.
     Fields named in ``leave_out`` (a model's private fields, for signals) are
     ignored by ``from_columns``, as unknown columns are.
+
+    Fields named in ``given`` are the ones a query's caller holds already
+    (the key it looked the row up by): they are not in ``columns``, and
+    ``values`` takes their Python values after the row, in the order named.
+    Reading back a value the WHERE clause has just matched costs a column
+    for nothing, on a path (checking a token) where each column counts.
     """
 
-    def __init__(self, model: type[M], leave_out: Collection[str] = ()) -> None:
+    def __init__(
+        self, model: type[M], leave_out: Collection[str] = (), given: Sequence[str] = ()
+    ) -> None:
         self.model = model
         self.leave_out = frozenset(leave_out)
-        fields = model._meta.sorted_fields
-        self.columns = column_list(model)
-        self.at = {f.name: i for i, f in enumerate(fields)}
         self._by_column = {
-            f.column_name: (f, converter(f)) for f in fields if f.name not in self.leave_out
+            f.column_name: (f, converter(f))
+            for f in model._meta.sorted_fields
+            if f.name not in self.leave_out
         }
+        fields = [f for f in model._meta.sorted_fields if f.name not in given]
+        self.columns = column_list(fields)
+        self.at = {f.name: i for i, f in enumerate(fields)}
         names = [f.column_name for f in fields]
 
         def damaged(row: Sequence[Any], error: Exception) -> DamagedRow:
             return damaged_row(model, dict(zip(names, row, strict=True)), error)
 
-        self.values = _row_reader([(f.name, converter(f)) for f in fields], damaged)
-        """A row of ``columns`` as Python values keyed by field name.
+        self.values = _row_reader(model._meta.sorted_fields, given, damaged)
+        """A row of ``columns`` (then the ``given`` values) as Python values keyed by field name.
 
         A value that does not convert raises ``DamagedRow`` naming the row and the column.
         """
@@ -214,28 +224,40 @@ class Loader(Generic[M]):
 
 
 def _row_reader(
-    fields: list[tuple[str, Converter]], damaged: Callable[[Sequence[Any], Exception], DamagedRow]
-) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    fields: Sequence[peewee.Field],
+    given: Sequence[str],
+    damaged: Callable[[Sequence[Any], Exception], DamagedRow],
+) -> Callable[..., dict[str, Any]]:
     """A function turning a row into ``{name: convert(value), ...}``, with the dict written out.
 
     Checking a token converts one whole row per call, and on a row this
     short a loop over its columns (zip, map, a call to pair each value with
     its converter) costs more than the conversions do. So the loop is
     unrolled once per model, as ``dataclasses`` writes out an ``__init__``.
-    The unpacking fails, as a strict zip would, on a row of another length; a
-    value that fails to convert becomes ``damaged(row, error)``, raised (a try
-    costs nothing until something in it raises).
+    The fields named in ``given`` are not in the row: the function takes
+    their values as further arguments, unconverted, and the dict keeps the
+    fields' order. The unpacking fails, as a strict zip would, on a row of
+    another length; a value that fails to convert becomes ``damaged(row,
+    error)``, raised (a try costs nothing until something in it raises).
     """
-    scope: dict[str, Any] = {f"convert{i}": convert for i, (_, convert) in enumerate(fields)}
+    read = [f for f in fields if f.name not in given]
+    scope: dict[str, Any] = {f"convert{i}": converter(f) for i, f in enumerate(read)}
     scope["damaged"] = damaged
-    unpack = "".join(f"value{i}, " for i in range(len(fields)))
-    pairs = ", ".join(f"{name!r}: convert{i}(value{i})" for i, (name, _) in enumerate(fields))
+    unpack = "".join(f"value{i}, " for i in range(len(read)))
+    arguments = "".join(f", given{i}" for i in range(len(given)))
+    at = {f.name: i for i, f in enumerate(read)}
+    pairs = ", ".join(
+        f"{f.name!r}: given{given.index(f.name)}"
+        if f.name in given
+        else f"{f.name!r}: convert{at[f.name]}(value{at[f.name]})"
+        for f in fields
+    )
     exec(
-        f"def values(row):\n    {unpack}= row\n    try:\n        return {{{pairs}}}\n"
+        f"def values(row{arguments}):\n    {unpack}= row\n    try:\n        return {{{pairs}}}\n"
         "    except Exception as exc:\n        raise damaged(row, exc) from None\n",
         scope,
     )
-    reader: Callable[[Sequence[Any]], dict[str, Any]] = scope["values"]
+    reader: Callable[..., dict[str, Any]] = scope["values"]
     return reader
 
 
