@@ -879,6 +879,20 @@ def test_a_time_without_a_timezone_is_refused_with_advice_that_works(
     assert as_json(db_path, "tokens", "list")[0]["expires"].startswith(given[:10])
 
 
+def test_a_signing_secret_edited_by_hand_is_refused_saying_what_one_looks_like(
+    db_path: Path,
+) -> None:
+    """The message names the form in words: a bare whsec_ would be left out of the line
+    as a secret, and the line would tell the user nothing."""
+    as_json(db_path, "--allow", "127.0.0.1/32", "webhooks", "create", "h", "tokenstore.User",
+            "http://127.0.0.1:9/")  # fmt: skip
+    _db.edit(db_path, "UPDATE tokenstore_outbound_webhook SET secret = 'whsec_!!notbase64'")
+    result = tokenstore(db_path, "webhooks", "rotate-secret", "h", expect=2)
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "whsec and an underscore, then a base64 key" in result.stderr, result.stderr
+    assert "not shown" not in result.stderr and "notbase64" not in result.stderr
+
+
 def test_a_zero_grace_ends_the_old_secret_at_once(db_path: Path) -> None:
     as_json(db_path, "--allow", "127.0.0.1/32", "webhooks", "create", "h", "tokenstore.User",
             "http://127.0.0.1:9/")  # fmt: skip

@@ -250,7 +250,7 @@ SECRET_LOOKALIKE = "whsec_c2VjcmV0IQ!!"
 )
 def test_bad_secret_formats(bad: object) -> None:
     with pytest.raises(
-        ValidationError, match=r"signing secret must look like whsec_<base64>"
+        ValidationError, match=r"signing secret must be whsec and an underscore, then a base64 key"
     ) as info:
         signing_key(bad)  # type: ignore[arg-type]
     if isinstance(bad, str) and len(bad) > len("whsec_"):

@@ -35,6 +35,9 @@ DEFAULT_TOKEN_PREFIX = "tsk"
 
 #: How a hook's signing secret starts (Standard Webhooks).
 SECRET_PREFIX = "whsec_"
+#: A signing secret's form, in words for messages: the bare prefix would itself be taken for
+#: a secret and left out where messages are cleaned of them (the CLI's error lines).
+SECRET_FORM = f"{SECRET_PREFIX[:-1]} and an underscore, then a base64 key"
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _RANDOM_LENGTH = 30  # 30 * log2(62) ~ 178 bits of entropy

@@ -16,7 +16,7 @@ import peewee
 
 from ._allowlist import AllowList
 from ._capture import model_ref
-from ._credentials import SECRET_PREFIX, quoted
+from ._credentials import SECRET_FORM, SECRET_PREFIX, quoted
 from ._errors import ValidationError
 from ._inputs import check_flag, check_header_name, check_text
 from ._models import OutboundWebhook, WebhookDelivery
@@ -171,8 +171,7 @@ class HookValidator:
             hook.previous_secret is not None and not _secret_ok(hook.previous_secret)
         ):
             raise ValidationError(
-                f"webhook signing secret must be {SECRET_PREFIX}<base64> of at least "
-                f"{MIN_SECRET_BYTES} bytes"
+                f"webhook signing secret must be {SECRET_FORM} of at least {MIN_SECRET_BYTES} bytes"
             )
         self._refuse_duplicates(hook)
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from ._credentials import SECRET_PREFIX
+from ._credentials import SECRET_FORM, SECRET_PREFIX
 from ._errors import ValidationError, WebhookVerificationError, shown
 from ._inputs import check_int, check_text
 
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 _SECRET_BYTES = 24  # the size the spec's reference implementations generate
-_BAD_SECRET = "signing secret must look like whsec_<base64>"
+_BAD_SECRET = f"signing secret must be {SECRET_FORM}"
 # Timestamps are whole seconds, in ASCII digits only (int() would read "+1", "1_0" and
 # other scripts' digits); past the cap (some 30 million years) int() is not asked.
 _TIMESTAMP_DIGITS = 15

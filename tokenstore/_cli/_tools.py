@@ -11,7 +11,7 @@ import threading
 from datetime import timedelta
 from typing import Any
 
-from .._credentials import SECRET_PREFIX
+from .._credentials import SECRET_FORM, SECRET_PREFIX
 from .._errors import ValidationError
 from .._hook_rules import MIN_SECRET_BYTES
 from .._inputs import check_path
@@ -24,12 +24,7 @@ from ._values import _duration_type, _port, _secret
 #: The most a --secret-file is read; a whsec_ secret is well under a hundred bytes.
 _SECRET_FILE_BYTES = 4096
 
-#: What a signing secret looks like, in words: the bare prefix would be taken for a secret
-#: and left out of the error line (see _base.hide_given).
-_GIVE = (
-    f"give the hook's signing secret: {SECRET_PREFIX.rstrip('_')} and an underscore, "
-    "then its key, as webhooks create printed it"
-)
+_GIVE = f"give the hook's signing secret: {SECRET_FORM}, as webhooks create printed it"
 
 
 def listen_secret(args: argparse.Namespace) -> str:
