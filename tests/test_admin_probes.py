@@ -214,6 +214,30 @@ def test_two_host_headers_are_refused_whichever_comes_last(store: tokenstore.Sto
         assert answer.startswith(b"HTTP/1.0 400 "), (hosts, answer[:200])
 
 
+@pytest.mark.parametrize(
+    ("target", "host", "status"),
+    [
+        (b"http://127.0.0.1/login", b"127.0.0.1", b"200"),
+        (b"HTTP://localhost:8787/login?next=%2F", b"evil.example", b"200"),  # the target's wins
+        (b"http://app.localhost", b"127.0.0.1", b"303"),  # no path: the root, which signs in
+        (b"http://evil.example/login", b"127.0.0.1", b"400"),
+        (b"http://attacker.example@127.0.0.1/login", b"127.0.0.1", b"400"),
+        (b"https:///login", b"127.0.0.1", b"400"),
+    ],
+)
+def test_a_target_in_absolute_form_is_served_as_its_path_on_its_host(
+    store: tokenstore.Store, target: bytes, host: bytes, status: bytes
+) -> None:
+    """RFC 9112, section 3.2.2: a server takes the absolute form, and its authority stands
+    for Host, so the check of this machine's names judges it rather than the header."""
+    with connected(store) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, host))
+        answer = b"".join(iter(lambda: sock.recv(4096), b""))
+    assert answer.startswith(b"HTTP/1.0 " + status + b" "), answer[:300]
+    if status == b"200":
+        assert b"Sign in" in answer or b"sign in" in answer, answer[-500:]
+
+
 def test_a_refused_host_answers_head_without_a_body(store: tokenstore.Store) -> None:
     """The Host check answers before the page does, and HTTP allows no body after HEAD there too."""
     with connected(store) as sock:

@@ -23,6 +23,7 @@ import socket
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import tokenstore
@@ -110,7 +111,30 @@ class _QuietHandler(WSGIRequestHandler):
         if version >= (1, 1) and "Host" not in self.headers:
             self.send_error(400, f"an {self.request_version} request needs a Host header")
             return False
+        if not self._take_absolute_form():
+            return False
         self.connection.settimeout(self.body_timeout)
+        return True
+
+    def _take_absolute_form(self) -> bool:
+        """Serve a target in absolute form (``GET http://host/path``) as its path on its host.
+
+        Servers must accept the form (RFC 9112, section 3.2.2), and its
+        authority then stands for ``Host``, whatever the header says: so it is
+        the name the check of this machine's names (``_ThisMachineOnly``)
+        judges. False once a target that cannot be split has been answered.
+        """
+        scheme, separator, _ = self.path.partition("://")
+        if not separator or scheme.lower() not in ("http", "https"):
+            return True
+        try:
+            target = urlsplit(self.path)
+        except ValueError:  # an authority such as [::1 that is no address
+            self.send_error(400, "a request target in absolute form that is not a URL")
+            return False
+        self.path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        del self.headers["Host"]
+        self.headers["Host"] = target.netloc
         return True
 
     def _refuse_http_0_9(self) -> bool:
