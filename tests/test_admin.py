@@ -1228,6 +1228,10 @@ def test_a_rotate_form_sent_twice_rotates_once(
     without = client.post(f"{path}/rotate")
     assert without.status == 400 and "secret_version" in without.text
     assert store.webhooks.get(hook.abid).secret == rotated.secret
+    # A form made by hand is told about its own field, not the API's name for it (expected).
+    nul = client.post(f"{path}/rotate", {**form, "secret_version": "a\x00b"})
+    assert nul.status == 400 and "secret_version must not contain a NUL" in nul.text, nul.text
+    assert "expected" not in nul.text and store.webhooks.get(hook.abid).secret == rotated.secret
 
 
 def test_a_rotated_out_secret_past_its_grace_is_not_said_to_sign(

@@ -23,6 +23,7 @@ import peewee
 import tokenstore
 from tokenstore import APIToken, OutboundWebhook, User, WebhookDelivery
 from tokenstore._credentials import quoted
+from tokenstore._inputs import check_text
 from tokenstore._sending import message_headers
 from tokenstore._tokens import live_from
 from tokenstore._users import usernames
@@ -66,13 +67,17 @@ def _once(visit: Visit) -> Iterator[None]:
 
 
 def _required(form: dict[str, str], name: str) -> str:
-    """A hidden field every form of the page carries: without it, the form is not the page's."""
+    """A hidden field every form of the page carries: without it, the form is not the page's.
+
+    It is checked here as text under its own name: a form made by hand must not
+    be told about the API's name for what it sent.
+    """
     value = form.get(name)
     if not value:
         raise tokenstore.ValidationError(
             f"the form carries no {name}: reload the page and send it again"
         )
-    return value
+    return check_text(value, name)
 
 
 # -- overview -------------------------------------------------------------------------------
