@@ -348,7 +348,7 @@ def test_tolerance_is_passed_to_verification() -> None:
 
 
 def test_bad_secret_fails_at_construction() -> None:
-    with pytest.raises(ValidationError, match="whsec_"):
+    with pytest.raises(ValidationError, match="whsec and an underscore, then a base64 key"):
         make_receiver("127.0.0.1", 0, "not a secret", Events())
 
 
