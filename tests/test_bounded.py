@@ -6,6 +6,7 @@ wait in these tests is bounded, and every server stops when its test ends.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import peewee
 import pytest
-from _http import Receiver, ok
+from _http import Receiver, answer, ok
 from conftest import Clock
 
 import tokenstore
@@ -298,6 +299,69 @@ def test_a_failing_endpoint_is_not_tried_from_the_write_path(
         (failed,) = [d for d in s.webhooks.deliveries() if d.status == "failed"]
         assert len(pending) == 5
         assert {d.next_attempt_at for d in pending} == {failed.next_attempt_at}
+    finally:
+        s.close()
+
+
+class Picky:
+    """Answers ``status`` to the message of an item whose ``n`` is ``refused``, 200 to the rest."""
+
+    def __init__(self, receiver: Receiver, refused: int, status: int = 413) -> None:
+        self.receiver, self.refused, self.status = receiver, refused, status
+
+    def __call__(self, handler: BaseHTTPRequestHandler) -> None:
+        data = json.loads(self.receiver.hits[-1].body)["data"]["fields"]
+        answer(handler, self.status if data["n"] == self.refused else 200)
+
+    def items(self) -> list[int]:
+        """The ``n`` of each message received, in order."""
+        return [json.loads(hit.body)["data"]["fields"]["n"] for hit in self.receiver.hits]
+
+
+def test_a_message_the_receiver_refuses_holds_up_none_of_its_hook_s_others(
+    db_path: Path, receiver: Receiver
+) -> None:
+    """A 413 (or 400, 422 ...) is the receiver's verdict on one message, not a sign it is down.
+
+    The message is retried on its schedule; the hook's newer deliveries do not
+    wait behind that retry (5 s, and then up to 10 h), but go to the retry path
+    at once. Once one of them is delivered, saves deliver before returning again.
+    """
+    receiver.respond = picky = Picky(receiver, refused=7)
+    s = open_store(db_path)
+    try:
+        s.webhooks.create("picky", Item, receiver.url())
+        Item.create(n=7)
+        Item.create(n=1)  # the hook is failing: not tried from the write path
+        Item.create(n=2)
+        assert picky.items() == [7]
+        assert s.webhooks.deliver_due() == 2  # its retry is 5 s off; these are due now
+        assert picky.items() == [7, 1, 2]
+        Item.create(n=3)
+        assert picky.items() == [7, 1, 2, 3]  # delivered before create() returned
+        by_status = sorted((d.status, d.last_status_code) for d in s.webhooks.deliveries())
+        assert by_status == [("delivered", 200)] * 3 + [("failed", 413)]
+    finally:
+        s.close()
+
+
+def test_the_retry_path_goes_on_past_a_message_the_receiver_refuses(
+    db_path: Path, receiver: Receiver
+) -> None:
+    """A backlog that waited out a down receiver goes out in one call, past a refused message."""
+    receiver.respond = functools.partial(answer, status=503)
+    s = open_store(db_path)
+    try:
+        s.webhooks.create("picky", Item, receiver.url())
+        for n in (7, 1, 2):
+            Item.create(n=n)
+        assert len(receiver.hits) == 1  # the others wait behind its retry
+        (first,) = [d for d in s.webhooks.deliveries() if d.status == "failed"]
+        receiver.respond = picky = Picky(receiver, refused=7, status=400)
+        assert s.webhooks.deliver_due(now=first.next_attempt_at) == 3
+        assert picky.items()[1:] == [7, 1, 2]
+        statuses = sorted(d.status for d in s.webhooks.deliveries())
+        assert statuses == ["delivered", "delivered", "failed"]
     finally:
         s.close()
 

@@ -35,7 +35,7 @@ from ._payload import PayloadBuilder, dumps
 from ._policy import KIND_BY_OP, RELATION_KIND, signal_matches
 from ._registry import Registry
 from ._rows import Loader, not_utf8, quote_name, readable_rows, select_by_key, text_as_bytes
-from ._sending import Outcome, Sender, message_headers, redacted
+from ._sending import Outcome, Sender, message_headers, redacted, refused
 from ._times import format_time, to_stored_time
 
 logger = logging.getLogger("tokenstore.webhooks")
@@ -89,7 +89,7 @@ _RELEASE = (
 # own index holds all its log, and a backlog of 300,000 made every save wait a second.
 # Its id is compared as an expression, which SQLite looks up by no index.
 _NEXT_RETRY = (
-    f'SELECT "next_attempt_at" FROM "{_DELIVERY_TABLE}" '
+    f'SELECT "next_attempt_at", "last_status_code", "last_error" FROM "{_DELIVERY_TABLE}" '
     "WHERE \"status\" IN ('pending', 'failed') AND \"status\" = 'failed' "
     'AND "next_attempt_at" IS NOT NULL AND "hook_id" || \'\' = ? '
     'ORDER BY "next_attempt_at" LIMIT 1'
@@ -423,7 +423,9 @@ class Outbox:
         """Hand unsent deliveries (still held by this writer) to the retry path.
 
         ``later`` are due now; those ``behind`` a failing hook are due with its
-        next retry, so they go out together once the receiver is back.
+        next retry, so they go out together once the receiver is back. When
+        that retry is of a message the receiver refused (``refused``), the
+        receiver is up: they are due now too.
         """
         held = format_time(held_until)
         now = format_time(self.now())
@@ -432,7 +434,8 @@ class Outbox:
             for hook_id, ids in behind.items():
                 if ids:
                     row = conn.execute(self._next_retry, (hook_id.hex,)).fetchone()
-                    groups.append((max(row[0] if row else now, now), ids))
+                    wait = row is not None and not refused(row[1], row[2])
+                    groups.append((max(row[0], now) if wait else now, ids))
             for when, ids in groups:
                 for start in range(0, len(ids), 500):
                     chunk = ids[start : start + 500]

@@ -18,6 +18,7 @@ from ._models import OutboundWebhook, WebhookDelivery
 from ._outbox import TAKE, Outbox
 from ._policy import MAX_RETRY_AFTER, RETRY_SCHEDULE
 from ._rows import not_utf8, readable_rows, text_as_bytes
+from ._sending import refused
 from ._times import format_time, to_stored_time
 
 logger = logging.getLogger("tokenstore.webhooks")
@@ -174,9 +175,12 @@ class RetryPath:
             if delivery.attempts == sends:  # not sent: given up (its hook off), or held back
                 continue
             attempted += 1
-            if delivery.status != "delivered":
-                # It was sent and failed; one that died on its last attempt has no
-                # retry to wait behind, but the receiver is as down as for the others.
+            if delivery.status != "delivered" and not refused(
+                delivery.last_status_code, delivery.last_error
+            ):
+                # It was sent and failed for want of an answer; one that died on its last
+                # attempt has no retry to wait behind, but the receiver is as down as for
+                # the others. One the receiver refused does not hold up the next.
                 retry = delivery.next_attempt_at
                 failing[hook_id] = None if retry is None else format_time(retry)
         for hook_id, retry_at in sorted(failing.items()):  # hooks in one order, as all take them

@@ -63,6 +63,29 @@ class Outcome:
     held_back: bool = False
 
 
+#: How the error of an attempt that ran out of time begins.
+TIMED_OUT = "timed out"
+
+
+def refused(status_code: object, error: object) -> bool:
+    """Whether a failed attempt was turned down by a receiver that is up: the message's fault.
+
+    A 3xx or a 4xx other than 408 and 429 is the receiver's answer to this
+    one message (too large, a payload its schema rejects, a redirect not
+    followed), given in time: the hook's other deliveries need not wait for
+    this one's retry. No answer, a 5xx, a 408, a 429, or an answer that came
+    past the deadline say the receiver is down, busy or slow. The values may
+    be as stored: one edited by hand into something else says no answer came.
+    """
+    return (
+        type(status_code) is int
+        and 300 <= status_code < 500
+        and status_code not in (408, 429)
+        and isinstance(error, str)
+        and not error.startswith(TIMED_OUT)
+    )
+
+
 def message_headers(
     hook: OutboundWebhook, msg_id: str, body: bytes, now: datetime
 ) -> dict[str, str]:
@@ -188,7 +211,8 @@ class Sender:
             outcome = Outcome(
                 False,
                 outcome.status_code,
-                error=f"timed out: the attempt ran past {_limit(seconds, deadline, self.deadline)}",
+                error=f"{TIMED_OUT}: the attempt ran past "
+                f"{_limit(seconds, deadline, self.deadline)}",
                 body=outcome.body,
             )
         outcome.duration_ms = _since(start)
@@ -214,7 +238,7 @@ class Sender:
         except ResolverBusy as exc:
             return Outcome(False, error=f"not sent: {exc}", held_back=True)
         except requests.Timeout as exc:
-            return Outcome(False, error=f"timed out: {_short(exc)}")
+            return Outcome(False, error=f"{TIMED_OUT}: {_short(exc)}")
         except Exception as exc:
             # RequestException and its kind, but also what a hook's stored settings can
             # provoke (a header value http.client cannot encode): recorded, never raised.
