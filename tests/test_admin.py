@@ -121,10 +121,56 @@ def test_signed_out_every_page_sends_to_the_sign_in_form(
 ) -> None:
     visitor = Client(app)
     for route in GET_ROUTES:
-        page = visitor.get(route.format(**records))
+        path = route.format(**records)
+        page = visitor.get(path)
         assert page.status == 303, route
-        assert page.header("Location") == "/login"
+        back = "" if path == "/" else "?" + urlencode({"next": path})
+        assert page.header("Location") == "/login" + back
         assert "recorded-hook" not in page.text and "alices-key" not in page.text
+
+
+def test_signing_in_leads_back_to_the_page_asked_for(
+    app: admin.AdminApp, admin_secret: str, records: dict[str, str]
+) -> None:
+    """A link to a hook followed while signed out shows that hook once signed in."""
+    visitor = Client(app)
+    wanted = f"/webhooks/{records['hook']}"
+    sent_to = visitor.get(wanted).header("Location") or ""
+    form = visitor.get(sent_to)
+    assert form.status == 200
+    page = visitor.post("/login", {**form.form("/login"), "token": admin_secret})
+    assert page.status == 303 and page.header("Location") == wanted
+    assert "recorded-hook" in visitor.get(wanted).text
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//evil.example/",
+        "https://evil.example/",
+        "/\\evil.example",
+        "/webhooks/x/../../evil",
+        "/tokens\r\nSet-Cookie: planted=1",
+        "/logout",
+        "/login",
+        "/static/admin.css",
+        "/users?x=1",
+        "/webhooks/{secret}",  # a token pasted into the address bar
+        "",
+    ],
+)
+def test_signing_in_leads_only_to_a_page_of_its_own(
+    app: admin.AdminApp, admin_secret: str, target: str
+) -> None:
+    """``next`` is the visitor's to write: anything but a page to read here leads to ``/``."""
+    visitor = Client(app)
+    target = target.replace("{secret}", admin_secret)
+    form = visitor.get("/login?" + urlencode({"next": target}))
+    assert form.status == 200
+    assert 'name="next"' not in form.text and admin_secret not in form.text
+    page = visitor.post("/login", {"token": admin_secret, "next": target})
+    assert page.status == 303 and page.header("Location") == "/"
+    assert visitor.get("/login?" + urlencode({"next": target})).header("Location") == "/"
 
 
 def test_signed_out_every_change_is_refused(
@@ -947,7 +993,8 @@ def test_revoking_the_token_signed_in_with_warns_first(
     other = client.get(f"/tokens/{records['token']}/revoke")
     assert "signed in with" not in other.text
     done = client.post(f"/tokens/{own.abid}/revoke")
-    assert done.status == 303 and client.get("/tokens").header("Location") == "/login"
+    assert done.status == 303
+    assert client.get("/tokens").header("Location") == "/login?next=%2Ftokens"
 
 
 def test_a_delete_or_revoke_form_sent_twice_lands_on_the_list_saying_so(
@@ -1489,7 +1536,8 @@ def test_the_request_log_spells_out_control_characters(
 def test_serve_answers_on_loopback_and_asks_to_sign_in(tmp_path: Path) -> None:
     with serving(tmp_path / "store.sqlite3", tmp_path / "serve.log") as url:
         first = requests.get(f"{url}/deliveries", allow_redirects=False, timeout=10)
-        assert first.status_code == 303 and first.headers["Location"] == "/login"
+        assert first.status_code == 303
+        assert first.headers["Location"] == "/login?next=%2Fdeliveries"
         form = requests.get(f"{url}/login", timeout=10)
         assert form.status_code == 200 and 'name="csrf"' in form.text
         assert "HttpOnly" in form.headers["Set-Cookie"]

@@ -81,12 +81,12 @@ def test_sign_in_tokens_webhooks_and_deliveries_in_chromium(
             posts: list[Any] = []
             page.on("request", lambda r: posts.append(r) if r.method == "POST" else None)
 
-            # Signed out, every page leads to the sign-in form.
+            # Signed out, every page leads to the sign-in form, and signing in back to it.
             page.goto(f"{url}/tokens")
-            assert page.url == f"{url}/login"
+            assert page.url == f"{url}/login?next=%2Ftokens"
             page.fill("#token", admin_secret)
             page.click("button[type=submit]")
-            assert page.text_content("h1") == "Overview"
+            assert page.url == f"{url}/tokens" and page.text_content("h1") == "API tokens"
             (cookie,) = page.context.cookies()
             assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
             assert cookie["expires"] > time.time()

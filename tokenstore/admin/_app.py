@@ -148,6 +148,8 @@ class AdminApp:
         route, groups = self.match(request)
         visit = self.visit(request, session)
         if visit is None:
+            if request.reads == "GET" and self.landing(request.path) != "/":
+                return redirect(request.base + "/login", next=request.path)
             if request.reads == "GET" or self.revoked_own_token(request, session):
                 return redirect(request.base + "/login")
             raise HTTPError(403, "sign in first")
@@ -214,17 +216,32 @@ class AdminApp:
 
     # -- signing in and out -----------------------------------------------------------------
 
+    def landing(self, target: str) -> str:
+        """Where signing in leads: ``target``, the page a signed-out visit asked for, if it
+        is a page to read here; else the overview.
+
+        The visitor writes ``target`` (``/login?next=...``): another site's
+        address, a form's action or a path holding a secret leads to ``/``.
+        """
+        if shown_path(target) == target and any(
+            route.method == "GET" and route.pattern.match(target) for route in self.routes
+        ):
+            return target
+        return "/"
+
     def sign_in(self, request: Request, session: Session | None) -> Response:
         if request.reads == "GET":
+            landing = self.landing(request.query.get("next", ""))
             if self.visit(request, session) is not None:
-                return redirect(request.base + "/")
+                return redirect(request.base + landing)
             fresh = self.sessions.new(keep=not request.head)  # HEAD makes nobody a session
-            return self.login_page(request, fresh, 200, "", cookie=not request.head)
+            return self.login_page(request, fresh, 200, "", landing, cookie=not request.head)
         if request.method != "POST":
             raise _not_allowed(request, "GET", "POST")
-        if self.visit(request, session) is not None:  # the form sent again from the history
-            return redirect(request.base + "/")
         form = request.form()
+        landing = self.landing(form.get("next", ""))
+        if self.visit(request, session) is not None:  # the form sent again from the history
+            return redirect(request.base + landing)
         if session is None or not session.csrf_ok(form.get("csrf")):
             raise HTTPError(
                 403, "the sign-in form is stale or its CSRF token is missing: reload it"
@@ -237,6 +254,7 @@ class AdminApp:
                 session,
                 429,
                 f"Too many failed sign-ins from this address: try again in {wait} seconds.",
+                landing,
             )
             response.headers.append(("Retry-After", str(wait)))
             return response
@@ -245,7 +263,7 @@ class AdminApp:
             owner = self.store.users.get(int(token.created_by_id))
         except (tokenstore.AuthenticationError, tokenstore.DamagedRow) as exc:
             self.throttle.failed(address)
-            return self.login_page(request, session, 401, f"Not signed in: {exc}")
+            return self.login_page(request, session, 401, f"Not signed in: {exc}", landing)
         if not grants_admin(token, owner):
             self.throttle.failed(address)
             return self.login_page(
@@ -254,12 +272,13 @@ class AdminApp:
                 403,
                 f"Token {token.abid} may not use the admin page: it needs the scope "
                 f"{ADMIN_SCOPE!r}, or must be a superuser's token without scopes.",
+                landing,
             )
         # A new id once signed in: a planted id is worth nothing. The form's session stays,
         # as anonymous as it was, for the same form sent again (a double click): it went out
         # with this session's cookie, and signs in by the token it carries, as this one did.
         signed_in = self.sessions.new(token.abid)
-        response = redirect(request.base + "/")
+        response = redirect(request.base + landing)
         response.headers.append(self.cookie(request, signed_in, SESSION_LIFETIME))
         return response
 
@@ -275,10 +294,17 @@ class AdminApp:
         return response
 
     def login_page(
-        self, request: Request, session: Session, status: int, error: str, cookie: bool = False
+        self,
+        request: Request,
+        session: Session,
+        status: int,
+        error: str,
+        landing: str,
+        cookie: bool = False,
     ) -> Response:
+        """The sign-in form, leading to ``landing`` (see ``landing()``) once signed in."""
         html = self.templates.get_template("login.html").render(
-            base=request.base, csrf=session.csrf, error=error
+            base=request.base, csrf=session.csrf, error=error, landing=landing
         )
         response = Response(status, html.encode("utf-8"))
         if cookie:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 from wsgiref.types import StartResponse, WSGIEnvironment
 
 from tokenstore._credentials import looks_like_secret
@@ -64,9 +64,10 @@ class Response:
         return [self.body]
 
 
-def redirect(location: str) -> Response:
+def redirect(location: str, **query: str) -> Response:
     """303 See Other: after a POST the browser GETs the result, so a reload resends nothing."""
-    return Response(303, headers=[("Location", header_path(location))])
+    where = header_path(location) + (f"?{urlencode(query)}" if query else "")
+    return Response(303, headers=[("Location", where)])
 
 
 def header_path(path: str) -> str:
