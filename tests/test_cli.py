@@ -934,6 +934,23 @@ def test_a_bad_allow_entry_is_refused_by_a_command_that_only_reads(db_path: Path
     assert as_json(db_path, "webhooks", "allowlist") == []
 
 
+def test_a_refused_command_leaves_no_allow_entry_behind(db_path: Path) -> None:
+    """``--allow`` is written for the command's sake: one refused takes its new entries back.
+
+    An entry the file held already stays, and one given to a command that
+    did its job stays too, as documented.
+    """
+    tokenstore(db_path, "webhooks", "allow", "10.1.0.0/16")
+    refused(db_path, "--allow", "10.9.9.0/24", "--allow", "10.1.0.0/16", "users", "add", "a b")
+    refused(db_path, "webhooks", "delete", "no-such-hook", TOKENSTORE_WEBHOOK_ALLOW="10.7.7.7")
+    assert as_json(db_path, "webhooks", "allowlist") == [{"entry": "10.1.0.0/16"}]
+    tokenstore(db_path, "--allow", "10.9.9.0/24", "users", "add", "alice")
+    assert as_json(db_path, "webhooks", "allowlist") == [
+        {"entry": "10.1.0.0/16"},
+        {"entry": "10.9.9.0/24"},
+    ]
+
+
 def test_update_delivery_and_deliver_due(
     db_path: Path, receiver: tuple[str, list[tuple[dict[str, str], bytes]]]
 ) -> None:

@@ -65,17 +65,10 @@ def _open(
             f"no store at ./{DEFAULT_DB}, the default: name yours with --db PATH or "
             "$TOKENSTORE_DB, or create one here with `tokenstore init`"
         )
-    if read:  # nothing is written, but a typo in an entry is bad input all the same
-        for entry in args.allow:
-            AddressGuard.canonical(entry)
+    for entry in args.allow:  # all good before any is written; a typo is bad input when reading
+        AddressGuard.canonical(entry)
     with held_lines() as held, _named_by_environment(args.db_from_environment):
-        store = open_store(
-            args.db,
-            webhook_allow=[] if read or rehearse else args.allow,
-            dispatch_on_open=False,
-            create=create,
-            read_only=read,
-        )
+        store = open_store(args.db, dispatch_on_open=False, create=create, read_only=read)
         why = store.db.fell_back
         if why is not None and not (read or create or browse):  # this command would fail
             store.close()
@@ -83,9 +76,15 @@ def _open(
             raise StoreReadOnly(f"{why}: it opens read-only, and this command writes to it")
     try:
         if not rehearse:
-            for name in args.app:
-                register_module(store, name)
-            yield store
+            added = [] if read else _allowed(store, args.allow)
+            try:
+                for name in args.app:
+                    register_module(store, name)
+                yield store
+            except TokenstoreError:  # a refused command leaves no entry its --allow added
+                for entry in added:
+                    store.webhooks.disallow(entry)
+                raise
             return
         try:
             with store.atomic():
@@ -99,6 +98,16 @@ def _open(
             pass
     finally:
         store.close()
+
+
+def _allowed(store: Store, entries: list[str]) -> list[str]:
+    """Add ``--allow``'s entries to the file's allowlist; returns those it did not hold."""
+    if not entries:
+        return []
+    held = set(store.webhooks.allowlist())
+    for entry in entries:
+        store.webhooks.allow(entry)
+    return [entry for entry in store.webhooks.allowlist() if entry not in held]
 
 
 @contextmanager
