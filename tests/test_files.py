@@ -254,6 +254,28 @@ def test_tables_named_like_ours_without_our_version_are_refused_untouched(
     assert db_path.read_bytes() == before
 
 
+def test_a_version_set_back_by_hand_is_refused_saying_the_tables_do_not_match(
+    db_path: Path,
+) -> None:
+    """A file of this version stamped 1: migrating it fails on what is there already."""
+    make_store(db_path)
+    conn = sqlite3.connect(db_path)
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with pytest.raises(StoreError) as info:
+        tokenstore.open(db_path)
+    message = str(info.value)
+    assert message.startswith(f"{db_path} has schema version 1, but its tables are not")
+    assert "duplicate column name" in message and "changed outside tokenstore" in message
+    conn = sqlite3.connect(db_path)
+    try:  # nothing half-done: the version and the tables are as they were
+        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(tokenstore_listener)")]
+        assert columns.count("seen") == 1
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("version", [-1, -(2**31)])
 def test_a_negative_schema_version_is_refused(db_path: Path, version: int) -> None:
     make_store(db_path)

@@ -912,6 +912,23 @@ def test_a_version_1_file_is_brought_to_the_current_schema(tmp_path: Path) -> No
     assert refs == [("tokenstore.APIToken",), ("TokenStore.Models.Memo",)]
 
 
+def test_a_postgres_version_set_back_by_hand_is_refused_saying_the_tables_do_not_match(
+    pg_url: str,
+) -> None:
+    tokenstore.open(pg_url).close()
+    with _db.Raw(pg_url) as raw:
+        raw.execute("DELETE FROM tokenstore_schema_version")
+        raw.execute("INSERT INTO tokenstore_schema_version VALUES (1, '2024-01-01T00:00:00.000Z')")
+    with pytest.raises(StoreError) as info:
+        tokenstore.open(pg_url)
+    message = str(info.value)
+    assert "has schema version 1, but its tables are not" in message
+    assert '"seen" of relation "tokenstore_listener" already exists' in message
+    assert "changed outside tokenstore" in message
+    with _db.Raw(pg_url) as raw:  # rolled back: the version is as it was
+        assert raw.rows("SELECT version FROM tokenstore_schema_version") == [(1,)]
+
+
 def _pg_shape(url: str) -> dict[str, object]:
     """Everything a PostgreSQL database's schema says: columns, indexes, views, triggers."""
     with _db.Raw(url) as raw:

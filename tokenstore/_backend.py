@@ -40,6 +40,20 @@ def to_version_2(execute: Callable[[str], object], statement: Callable[[str], st
         execute(statement(name))
 
 
+def not_that_version(where: str, version: int, current: int, error: Exception) -> StoreError:
+    """The error for a store whose tables are not those of the schema version it says it has.
+
+    A migration step met them (a version set back by hand on a newer file):
+    the step's own error says where.
+    """
+    detail = str(error).strip().partition("\n")[0]
+    return StoreError(
+        f"{where} has schema version {version}, but its tables are not that version's: "
+        f"bringing them to version {current} failed ({detail}); the version was changed "
+        "outside tokenstore"
+    )
+
+
 def tables_created(script: str) -> frozenset[str]:
     """The tables a schema script creates: tokenstore's own, in either backend's schema file."""
     return frozenset(re.findall(r'^CREATE TABLE "(\w+)"', script, re.MULTILINE))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import peewee
 
-from ._backend import tables_created, to_version_2
+from ._backend import not_that_version, tables_created, to_version_2
 from ._errors import StoreCorrupt, StoreError, ValidationError
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import LONGEST_NAME, schema_sql, schema_statement
@@ -195,7 +195,12 @@ def apply_schema(
             ) from None
     else:
         for step in range(version, SCHEMA_VERSION):
-            MIGRATIONS[step](conn)
+            try:
+                MIGRATIONS[step](conn)
+            except driver().Error as exc:
+                if not (exc.sqlstate or "").startswith("42"):  # class 42: a column there, or not
+                    raise
+                raise not_that_version(shown_url, version, SCHEMA_VERSION, exc) from None
     conn.execute(
         f"INSERT INTO {VERSION_TABLE} (version, applied_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
         (SCHEMA_VERSION, format_time(utcnow())),

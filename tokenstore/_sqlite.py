@@ -500,7 +500,7 @@ class SQLiteDatabase(RedactedQueryLog, ClosedWithThread, peewee.SqliteDatabase):
     def apply_schema(self) -> None:
         """Bring the file to SCHEMA_VERSION, once, even with several processes opening it."""
         with self.write(quiet=True) as conn:
-            apply_schema(conn)
+            apply_schema(conn, str(self.path))
 
     def ids_given_back(self, table: str) -> AbstractContextManager[None]:
         """A rollback gives the rowids its inserts took back by itself."""

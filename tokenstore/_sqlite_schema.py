@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from ._backend import tables_created, to_version_2
+from ._backend import not_that_version, tables_created, to_version_2
 from ._models import SYSTEM_USERNAME
 from ._rows import quote_name
 from ._sqlite_ddl import schema_sql, schema_statement, statements
@@ -41,15 +41,20 @@ def our_tables() -> frozenset[str]:
     return tables_created(schema_sql())
 
 
-def apply_schema(conn: sqlite3.Connection) -> None:
-    """Bring the file to SCHEMA_VERSION, inside the caller's write transaction."""
+def apply_schema(conn: sqlite3.Connection, path: str) -> None:
+    """Bring the file at ``path`` to SCHEMA_VERSION, inside the caller's write transaction."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version == 0:
         for statement in statements(schema_sql()):
             conn.execute(statement)
     else:
         for step in range(version, SCHEMA_VERSION):
-            MIGRATIONS[step](conn)
+            try:
+                MIGRATIONS[step](conn)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_ERROR:  # a storage fault
+                    raise
+                raise not_that_version(path, version, SCHEMA_VERSION, exc) from None
     conn.execute(
         "INSERT OR IGNORE INTO tokenstore_user (username, is_superuser, created_at) "
         "VALUES (?, 1, ?)",
