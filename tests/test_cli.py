@@ -1566,6 +1566,20 @@ def test_text_output_shows_c1_controls_and_bidi_overrides_escaped(db_path: Path)
 
 
 @pytest.mark.sqlite_only
+def test_text_output_shows_tabs_and_invisible_characters_escaped(db_path: Path) -> None:
+    """A tab in a name moves the columns after it, which could read as a column of its own;
+    a zero-width space, word joiner or byte-order mark makes two names look the same."""
+    name = "ci\tFAKE \u200bx\u2060y\ufeffz"
+    tokenstore(db_path, "tokens", "create", "--name", name)
+    header, row = tokenstore(db_path, "tokens", "list").stdout.splitlines()
+    assert not set(row) & set("\t\u200b\u2060\ufeff")
+    assert "ci\\tFAKE \\u200bx\\u2060y\\ufeffz" in row
+    assert row.index("ci\\t") == header.index("name")  # the next columns as aligned
+    assert row.index("*") == header.index("token")
+    assert as_json(db_path, "tokens", "list")[0]["name"] == name
+
+
+@pytest.mark.sqlite_only
 def test_text_tables_align_wide_and_combining_characters_as_a_terminal_shows_them(
     db_path: Path,
 ) -> None:

@@ -19,10 +19,12 @@ _HEAD, _TAIL = 600, 300
 
 #: Characters that show as nothing or change how the rest of a line reads, as a regular
 #: expression's character class body: C0 controls but tab and line breaks, DEL and the C1
-#: controls (U+009B is a terminal's CSI), bidirectional marks, overrides and isolates, and
-#: the Unicode line and paragraph separators. The command and the admin page spell them out.
+#: controls (U+009B is a terminal's CSI), bidirectional marks, overrides and isolates, the
+#: Unicode line and paragraph separators, and the zero-width space, word joiner and byte
+#: order mark, which make two names look alike. The command and the admin page spell them out.
 HIDDEN_CHARACTERS = (
-    "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+    "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e"
+    "\u2060\u2066-\u2069\ufeff"
 )
 
 

@@ -193,9 +193,9 @@ def _columns(text: str) -> int:
     )
 
 
-#: What would break an error message into several lines, or hide or reorder part of it, on
-#: a terminal.
-_UNPRINTABLE = re.compile(f"[\n\r{HIDDEN_CHARACTERS}]")
+#: What would break an error message into several lines, hide or reorder part of it, or move
+#: a table's columns (a tab), on a terminal.
+_UNPRINTABLE = re.compile(f"[\t\n\r{HIDDEN_CHARACTERS}]")
 
 
 def one_line(text: str) -> str:
