@@ -369,11 +369,27 @@ def test_a_secret_given_as_a_username_hook_name_or_reason_is_refused_not_stored(
     assert store.users.create("tsk_fan").username == "tsk_fan"  # no secret: a name
 
 
-def test_an_abid_names_its_own_hook_even_if_another_is_named_like_it(store: Store) -> None:
-    """Deleting by ABID must not delete a hook whose name happens to be that ABID."""
+def test_a_hook_may_not_be_named_like_a_hook_s_abid(store: Store) -> None:
+    """Hooks are found by ABID or by name: a name spelled as an ABID would name two hooks,
+    or none by its name, and another one once the ABID's hook is deleted."""
     b = store.webhooks.create("b", Doc, URL + "/b")
-    impostor = store.webhooks.create(b.abid, Doc, URL + "/impostor")
-    lower = store.webhooks.create(b.abid.lower(), Doc, URL + "/lower")
+    for name in (b.abid, b.abid.lower(), "whk_01HNZ2X4ZG0000000000000001"):
+        with pytest.raises(ValidationError, match=r"webhook name '.*' is spelled as an ABID"):
+            store.webhooks.create(name, Doc, URL + "/impostor")
+        with pytest.raises(ValidationError, match="spelled as an ABID"):
+            store.webhooks.update(b, name=name)
+    assert [h.name for h in store.webhooks.list()] == ["b"]
+    store.webhooks.update(b, name="whk_notes")  # not an ABID: a name like any other
+    assert store.webhooks.get("whk_notes").id == b.id
+
+
+def test_an_abid_names_its_own_hook_even_if_another_is_named_like_it(store: Store) -> None:
+    """Deleting by ABID must not delete a hook renamed like it by hand (the sqlite3 shell)."""
+    b = store.webhooks.create("b", Doc, URL + "/b")
+    impostor = store.webhooks.create("impostor", Doc, URL + "/impostor")
+    lower = store.webhooks.create("lower", Doc, URL + "/lower")
+    for hook, name in ((impostor, b.abid), (lower, b.abid.lower())):
+        OutboundWebhook.update(name=name).where(OutboundWebhook.id == hook.id).execute()
     for key in (b.abid, b.abid.lower()):
         assert store.webhooks.get(key).id == b.id
     assert store.webhooks.get(impostor.abid).id == impostor.id

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 
 import peewee
 
+from ._abid import ABID
 from ._allowlist import AllowList
 from ._capture import model_ref
 from ._credentials import SECRET_FORM, SECRET_PREFIX, quoted
-from ._errors import ValidationError
+from ._errors import InvalidABID, ValidationError
 from ._inputs import check_flag, check_header_name, check_text
 from ._models import OutboundWebhook, WebhookDelivery
 from ._registry import Registry
@@ -67,6 +68,15 @@ def _secret_ok(secret: object) -> bool:
         return False
 
 
+def _spelled_as_abid(name: str) -> bool:
+    """Whether ``name`` reads as a hook's ABID (in any case), as ``webhooks.get`` reads a key."""
+    try:
+        ABID.parse(name, prefix=OutboundWebhook.abid_prefix)
+    except InvalidABID:
+        return False
+    return True
+
+
 def _set_if_changed(hook: OutboundWebhook, name: str, value: object) -> None:
     """Normalise a field, marking it changed only if it was not normal: saves write changes."""
     if getattr(hook, name) != value:
@@ -105,6 +115,12 @@ class HookValidator:
         name = check_text(hook.name, "webhook name", kept_as="a name")
         if not name.strip() or len(name) > 255:
             raise ValidationError(f"webhook name must be 1-255 characters, got {name!r}")
+        stored = hook._stored or {}
+        if stored.get("name") != name and _spelled_as_abid(name):  # a stored one may stay
+            raise ValidationError(
+                f"webhook name {name!r} is spelled as an ABID, and a hook is found by its ABID "
+                "or by its name: choose a name that is not one"
+            )
         if not isinstance(hook.signal, str) or hook.signal.upper() not in SIGNAL_CHOICES:
             raise ValidationError(
                 f"webhook signal {quoted(hook.signal)} is not one of: {', '.join(SIGNAL_CHOICES)}"
@@ -113,7 +129,6 @@ class HookValidator:
         # The ref and the endpoint are judged when set: another process (the CLI, say)
         # may know other models or allow other addresses, and must still be able to
         # enable or rename a hook the application made.
-        stored = hook._stored or {}
         if judge_target and (not stored or stored.get("ref") != hook.ref):
             _set_if_changed(hook, "ref", self.check_ref(hook.ref))
         # Counted in UTF-8 bytes: past 2047, PostgreSQL's index of (ref, endpoint) may refuse

@@ -155,6 +155,8 @@ class Webhooks:
         Transfer-Encoding) whatever the hook holds, so a hook imported with one
         keeps working; ``created_by`` defaults to the system user. The
         hook's signing secret is ``hook.secret``: give it to the receiver.
+        The ``name`` is unique, and no hook's ABID (``whk_...``): hooks are
+        found by either.
         An endpoint at an address the guard refuses raises BlockedAddress.
         """
         if created_by is not None and not isinstance(created_by, User):
