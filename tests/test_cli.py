@@ -1484,7 +1484,19 @@ def test_a_secret_given_as_the_app_module_is_not_repeated(db_path: Path) -> None
         refused(db_path, "webhooks", "list", TOKENSTORE_APP=secret),
     ):
         assert "MfKQ9r8" not in stderr
-        assert "--app" in stderr and "not shown" in stderr
+        assert "app" in stderr.lower() and "not shown" in stderr
+
+
+@pytest.mark.sqlite_only
+def test_a_module_named_by_the_environment_is_said_to_come_from_it(db_path: Path) -> None:
+    """$TOKENSTORE_APP may have been set long ago: the message names it, not an --app the
+    command line does not hold, as for $TOKENSTORE_DB."""
+    stderr = refused(db_path, "webhooks", "list", TOKENSTORE_APP="no_such_module_here")
+    assert "error: $TOKENSTORE_APP 'no_such_module_here' cannot be imported" in stderr
+    stderr = refused(db_path, "--app", "no_such_module_here", "webhooks", "list")
+    assert "error: --app 'no_such_module_here' cannot be imported" in stderr
+    stderr = refused(db_path, "webhooks", "list", TOKENSTORE_APP="whsec_MfKQ9r8GKYqrTwjUPD8ILP")
+    assert "$TOKENSTORE_APP names no module" in stderr
 
 
 @pytest.mark.sqlite_only

@@ -79,7 +79,7 @@ def _open(
             added = [] if read else _allowed(store, args.allow)
             try:
                 for name in args.app:
-                    register_module(store, name)
+                    register_module(store, name, option=_app_option(args, name))
                 yield store
             except TokenstoreError:  # a refused command leaves no entry its --allow added
                 for entry in added:
@@ -91,13 +91,18 @@ def _open(
                 for entry in args.allow:
                     store.webhooks.allow(entry)
                 for name in args.app:
-                    register_module(store, name, rehearsal=True)
+                    register_module(store, name, rehearsal=True, option=_app_option(args, name))
                 yield store
                 raise _Rehearsed
         except _Rehearsed:
             pass
     finally:
         store.close()
+
+
+def _app_option(args: argparse.Namespace, name: str) -> str:
+    """Where an --app module came from, as a message names it: the option, or $TOKENSTORE_APP."""
+    return "--app" if name in args.app_given else "$TOKENSTORE_APP"
 
 
 def _allowed(store: Store, entries: list[str]) -> list[str]:
@@ -126,7 +131,7 @@ def _named_by_environment(named: bool) -> Iterator[None]:
 
 
 def register_module(
-    store: Store, name: str, *, rehearsal: bool = False
+    store: Store, name: str, *, rehearsal: bool = False, option: str = "--app"
 ) -> list[type[peewee.Model]]:
     """Register every peewee model a module defines, as the application itself would.
 
@@ -135,25 +140,26 @@ def register_module(
     A through model of a relation is not registered: registering either side
     captures its join table. A ``rehearsal`` registers them inside the dry
     run's transaction, which register() refuses: its rollback takes the
-    tables away, and the store is closed with it.
+    tables away, and the store is closed with it. Messages say where the
+    name came from: ``option``.
     """
     if looks_like_secret(name):  # pasted by mistake: the import's error would quote it too
-        raise ValidationError("--app names no module: it looks like a secret (not shown)")
+        raise ValidationError(f"{option} names no module: it looks like a secret (not shown)")
     meant = _module_of_file(name)
     if meant is not None:
-        raise ValidationError(f"--app takes a module's name, not a file's path: {meant}")
+        raise ValidationError(f"{option} takes a module's name, not a file's path: {meant}")
     _search_current_folder()
     try:
         module = importlib.import_module(name)
     except ImportError as exc:
-        raise ValidationError(f"--app {name!r} cannot be imported: {exc}") from None
+        raise ValidationError(f"{option} {name!r} cannot be imported: {exc}") from None
     except (Exception, SystemExit) as exc:  # the module's own code failed as it ran
         raise ValidationError(
-            f"--app {name!r} failed as it was imported: {type(exc).__name__}: {exc}"
+            f"{option} {name!r} failed as it was imported: {type(exc).__name__}: {exc}"
         ) from None
     if User._meta.database is not store.db:  # a module-level tokenstore.open() rebound them
         raise ValidationError(
-            f"--app {name!r} opened a store as it was imported, and every model now works "
+            f"{option} {name!r} opened a store as it was imported, and every model now works "
             "through that one, not the store this command opened: name a module that only "
             "defines the models, and open the store where the application starts"
         )
@@ -387,6 +393,7 @@ def _settle_global_options(args: argparse.Namespace) -> None:
         if given:
             args.given.add(f"--{dest}")
         setattr(args, dest, _env_list(variable) + given)
+        setattr(args, f"{dest}_given", given)
 
 
 #: What an --allow or --app entry names, for the refusal of an empty one.
