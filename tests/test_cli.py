@@ -1488,6 +1488,16 @@ def test_a_secret_given_as_the_app_module_is_not_repeated(db_path: Path) -> None
 
 
 @pytest.mark.sqlite_only
+def test_an_argument_that_is_not_utf8_is_said_to_be_so(db_path: Path) -> None:
+    """Python holds an argument's byte that is no UTF-8 as a lone surrogate (U+DC85 for
+    0x85): the message says what the shell was given, not Python's name for it."""
+    stderr = refused(db_path, "tokens", "create", "--name", "a\udc85", process=True)
+    assert "token name is not UTF-8 (byte 0x85 at position 1)" in stderr
+    stderr = refused(db_path, "tokens", "create", "--name", "a\ud800")  # from Python only
+    assert "token name is not valid Unicode (a lone surrogate at position 1)" in stderr
+
+
+@pytest.mark.sqlite_only
 def test_a_module_named_by_the_environment_is_said_to_come_from_it(db_path: Path) -> None:
     """$TOKENSTORE_APP may have been set long ago: the message names it, not an --app the
     command line does not hold, as for $TOKENSTORE_DB."""

@@ -46,9 +46,7 @@ def check_text(
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValidationError(
-            f"{what} is not valid Unicode (a lone surrogate at position {exc.start})"
-        ) from None
+        raise _not_unicode(what, value, exc.start) from None
     if max_length is not None and len(value) > max_length:
         raise ValidationError(f"{what} must be at most {max_length} characters, got {len(value)}")
     if kept_as is not None:
@@ -147,10 +145,21 @@ def check_path(value: object, what: str) -> Path:
     try:
         os.fsencode(text)
     except UnicodeEncodeError as exc:
-        raise ValidationError(
-            f"{what} is not valid Unicode (a lone surrogate at position {exc.start})"
-        ) from None
+        raise _not_unicode(what, text, exc.start) from None
     return Path(text)
+
+
+def _not_unicode(what: str, text: str, at: int) -> ValidationError:
+    """The error for text with a lone surrogate at ``at``.
+
+    One from U+DC80 to U+DCFF is how Python holds a byte that was no UTF-8
+    (in a command's argument, an environment variable, a file name): the
+    message names that byte, which is what the user gave.
+    """
+    code = ord(text[at])
+    if 0xDC80 <= code <= 0xDCFF:
+        return ValidationError(f"{what} is not UTF-8 (byte 0x{code - 0xDC00:02x} at position {at})")
+    return ValidationError(f"{what} is not valid Unicode (a lone surrogate at position {at})")
 
 
 def check_int(value: object, what: str, *, minimum: int = 0, maximum: int = MAX_INT) -> int:
