@@ -12,6 +12,7 @@ and a hook made with an odd endpoint is deleted at once.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -306,6 +307,8 @@ def test_every_option_is_checked(name: str, value: Any) -> None:
         ({"token_prefix": "TSK"}, "token prefix must be 2 to 8 lowercase"),
         ({"api_key_header": "X-API Key"}, "api_key_header 'X-API Key' is not a valid HTTP"),
         ({"webhook_allow": b"127.0.0.1"}, "webhook_allow must be a list"),
+        ({"webhook_allow": {"127.0.0.1": False}}, "webhook_allow must be a list of hosts .*dict"),
+        ({"webhook_allow": itertools.repeat("::1")}, "webhook_allow must be a list of at most"),
         ({"webhook_allow": ["10.0.0.0/8\x00"]}, "webhook_allow entry must not contain a NUL"),
         ({"webhook_allow": ["300.0.0.0/8"]}, "not a valid CIDR"),
     ],

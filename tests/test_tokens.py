@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.message
 import hashlib
+import itertools
 import json
 import logging
 import threading
@@ -205,6 +206,17 @@ def test_scopes_are_checked_deduplicated_and_sorted(ts: Store) -> None:
     with pytest.raises(ValidationError, match="at most 100 scopes, got 101"):
         ts.tokens.create(scopes=[f"s{i}" for i in range(101)])
     assert APIToken.select().count() == 2
+
+
+def test_scopes_given_as_a_mapping_or_without_end_are_refused(ts: Store) -> None:
+    """A dict iterates as its keys, which were kept as the scopes, its values dropped; an
+    iterator without end was read until memory ran out."""
+    with pytest.raises(ValidationError, match="scopes must be a list of strings, got dict"):
+        ts.tokens.create(scopes={"read": True})  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="scopes must be a list of at most 10000 strings"):
+        ts.tokens.create(scopes=itertools.repeat("read"))
+    assert ts.tokens.create(scopes=["read"] * 10_000)[0].scopes == ["read"]
+    assert APIToken.select().count() == 1
 
 
 def test_name_must_be_short_text(ts: Store) -> None:

@@ -9,9 +9,11 @@ nor where. Messages describe the fault, not the value: it may be a secret.
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
 import os
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -160,6 +162,31 @@ def _not_unicode(what: str, text: str, at: int) -> ValidationError:
     if 0xDC80 <= code <= 0xDCFF:
         return ValidationError(f"{what} is not UTF-8 (byte 0x{code - 0xDC00:02x} at position {at})")
     return ValidationError(f"{what} is not valid Unicode (a lone surrogate at position {at})")
+
+
+#: The most items a list given to tokenstore (scopes, webhook_allow) may hold, repeats included.
+MAX_ITEMS = 10_000
+
+
+def check_items(values: object, what: str, kind: str) -> list[object]:
+    """The items of a list of ``kind`` the caller gave, at most MAX_ITEMS of them.
+
+    Bytes iterate as numbers, a class (a peewee model) by querying, and a
+    mapping by its keys with its values dropped: each is refused, as is
+    anything not iterable. An iterator that never ends is refused once it
+    has given more than MAX_ITEMS.
+    """
+    try:
+        if isinstance(values, bytes | bytearray | type | Mapping):
+            raise TypeError
+        items = list(itertools.islice(values, MAX_ITEMS + 1))  # type: ignore[call-overload]
+    except TypeError:
+        raise ValidationError(
+            f"{what} must be a list of {kind}, got {type(values).__name__}"
+        ) from None
+    if len(items) > MAX_ITEMS:
+        raise ValidationError(f"{what} must be a list of at most {MAX_ITEMS} {kind}")
+    return items
 
 
 def check_int(value: object, what: str, *, minimum: int = 0, maximum: int = MAX_INT) -> int:

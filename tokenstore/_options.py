@@ -7,7 +7,7 @@ from here, so a default changed here changes everywhere.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
@@ -18,6 +18,7 @@ from ._inputs import (
     check_flag,
     check_header_name,
     check_int,
+    check_items,
     check_seconds,
     check_span,
     check_text,
@@ -59,14 +60,11 @@ class Options:
         if self.max_tokens_per_user is not None:
             check_int(self.max_tokens_per_user, "max_tokens_per_user", minimum=1)
         check_header_name(self.api_key_header, "api_key_header")
-        allow: Iterable[str] = self.webhook_allow
-        if isinstance(allow, str):
-            allow = [allow]
-        elif isinstance(allow, bytes | bytearray) or not isinstance(allow, Iterable):
-            raise ValidationError(
-                f"webhook_allow must be a list of hosts or networks, got {type(allow).__name__}"
-            )
-        allow = tuple(check_text(entry, "webhook_allow entry") for entry in allow)
+        given: object = self.webhook_allow
+        if isinstance(given, str):  # one entry
+            given = [given]
+        items = check_items(given, "webhook_allow", "hosts or networks")
+        allow = tuple(check_text(entry, "webhook_allow entry") for entry in items)
         for entry in allow:  # refuses malformed entries now, naming them (a secret unnamed)
             AddressGuard.canonical(entry)
         object.__setattr__(self, "webhook_allow", allow)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import hashlib
 import logging
 import re
@@ -38,7 +37,7 @@ from ._errors import (
     shown,
 )
 from ._fork import on_fork_in_child
-from ._inputs import MAX_SPAN, check_flag, check_header_name, check_span, check_text
+from ._inputs import MAX_SPAN, check_flag, check_header_name, check_items, check_span, check_text
 from ._models import SYSTEM_USERNAME, APIToken, User, unknown_owner
 from ._request_token import DEFAULT_API_KEY_HEADER, HeaderLookup, token_in
 from ._rows import Loader, not_utf8
@@ -102,17 +101,8 @@ def _check_scopes(scopes: Iterable[str]) -> list[str]:
             f"scopes must be a list of strings, got the string {quoted(scopes)} "
             f"(write [{quoted(scopes)}] for one scope)"
         )
-    try:
-        # Bytes iterate as numbers; a class (a peewee model) iterates by querying.
-        if isinstance(scopes, bytes | bytearray | type):
-            raise TypeError
-        items = builtins.list(scopes)
-    except TypeError:
-        raise ValidationError(
-            f"scopes must be a list of strings, got {type(scopes).__name__}"
-        ) from None
+    items = [_check_scope(scope) for scope in check_items(scopes, "scopes", "strings")]
     for scope in items:
-        _check_scope(scope)
         refuse_secret(scope, "scope", "a scope")  # kept in clear, listed and quoted
     kept = sorted(set(items))
     if len(kept) > MAX_SCOPES:
