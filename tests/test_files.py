@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import sqlite3
 import stat
@@ -609,6 +610,30 @@ def test_the_command_reads_an_unwritable_store_and_refuses_writes_in_one_line(
             assert "read-only" in done.stderr
     with tokenstore.open(path) as store:
         assert [u.username for u in store.users.list()] == ["system", "alice"]
+
+
+def test_the_admin_page_serves_a_store_it_cannot_write_whatever_allow_says(
+    db_path: Path,
+) -> None:
+    """``serve`` browses a file it may not write; an --allow it cannot add is no reason
+    to refuse, as no delivery is sent from it either."""
+    make_store(db_path)
+    command = [sys.executable, "-m", "tokenstore", "--db", str(db_path), "--allow", "127.0.0.1"]
+    with immutable(db_path):
+        serving = subprocess.Popen(
+            [*command, "serve", "--port", "0"], stderr=subprocess.PIPE, text=True
+        )
+        lines = []
+        try:
+            assert serving.stderr is not None
+            for _ in range(2):  # the warning, then the page's address (or the error)
+                if select.select([serving.stderr], [], [], 20)[0]:
+                    lines.append(serving.stderr.readline())
+        finally:
+            serving.terminate()
+            serving.wait(timeout=10)
+    assert len(lines) == 2 and "opening it read-only" in lines[0], lines
+    assert "admin page on http://127.0.0.1:" in lines[1], lines
 
 
 def test_a_store_in_an_immutable_folder_opens_read_only(tmp_path: Path) -> None:

@@ -76,7 +76,8 @@ def _open(
             raise StoreReadOnly(f"{why}: it opens read-only, and this command writes to it")
     try:
         if not rehearse:
-            added = [] if read else _allowed(store, args.allow)
+            # A store this command may only browse, read-only, sends nothing: no entry is needed.
+            added = [] if read or store.db.read_only else _allowed(store, args.allow)
             try:
                 for name in args.app:
                     register_module(store, name, option=_app_option(args, name))
