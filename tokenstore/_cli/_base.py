@@ -103,7 +103,7 @@ def _open(
 
 def _app_option(args: argparse.Namespace, name: str) -> str:
     """Where an --app module came from, as a message names it: the option, or $TOKENSTORE_APP."""
-    return "--app" if name in args.app_given else "$TOKENSTORE_APP"
+    return "--app" if name in args.given.get("--app", ()) else "$TOKENSTORE_APP"
 
 
 def _allowed(store: Store, entries: list[str]) -> list[str]:
@@ -386,15 +386,15 @@ def _settle_global_options(args: argparse.Namespace) -> None:
     args.db_is_default = not args.db  # a missing default file is said to be the default
     args.db = args.db or DEFAULT_DB
     args.json = any(getattr(args, f"{place}json", False) for place in _PLACES)
-    args.given = set()  # the options given on the command line, not by $VARIABLES
+    #: The options given on the command line, not by $VARIABLES, with what each gave.
+    args.given = {}
     for dest, variable in (("allow", "TOKENSTORE_WEBHOOK_ALLOW"), ("app", "TOKENSTORE_APP")):
         given = [item for place in _PLACES for item in getattr(args, f"{place}{dest}", None) or []]
         if not all(item.strip() for item in given):  # `--allow "$HOST"` with $HOST unset
             args.command_parser.error(f"argument --{dest}: it is empty: name the {_NAMES[dest]}")
         if given:
-            args.given.add(f"--{dest}")
+            args.given[f"--{dest}"] = given
         setattr(args, dest, _env_list(variable) + given)
-        setattr(args, f"{dest}_given", given)
 
 
 #: What an --allow or --app entry names, for the refusal of an empty one.
