@@ -94,13 +94,16 @@ def _admin(url: str) -> Any:
 
 
 class _Databases:
-    """Databases made one step ahead of the tests, and used ones dropped behind them.
+    """Databases made ahead of the tests, and used ones dropped behind them.
 
-    Making and dropping a database costs the server about a tenth of a
-    second, and a thousand tests each need one: a thread of their own does
-    it while the tests run, on the other core. A database is made when a
-    test takes the one before it, so one is ready when the next test asks.
+    Making a database costs the server a tenth of a second or more, longer
+    than most tests take, and a thousand tests each need one: ``WORKERS``
+    threads of their own make and drop them while the tests run, on the
+    other core. A database is made when a test takes one, so ``WORKERS``
+    are on their way when the next test asks.
     """
+
+    WORKERS = 3
 
     def __init__(self, admin_url: str, options: str = "") -> None:
         self.admin_url = admin_url
@@ -108,9 +111,13 @@ class _Databases:
         self._ready: queue.Queue[str | BaseException] = queue.Queue()
         # A name to drop; "" to make one; None to stop.
         self._jobs: queue.Queue[str | None] = queue.Queue()
-        self._jobs.put("")
-        self._thread = threading.Thread(target=self._work, name="test-databases", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._work, name="test-databases", daemon=True)
+            for _ in range(self.WORKERS)
+        ]
+        for thread in self._threads:
+            self._jobs.put("")
+            thread.start()
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
@@ -133,8 +140,10 @@ class _Databases:
         self._jobs.put(name)
 
     def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(timeout=120)
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout=120)
         while not self._ready.empty():
             made = self._ready.get()
             if isinstance(made, str):
