@@ -1575,6 +1575,32 @@ def test_a_float_field_keeps_every_digit_on_both_backends(store: Store, listen: 
     assert [c["event"].row["value"] for c in saved] == values
 
 
+def test_a_foreign_key_to_a_floating_point_or_decimal_key_keeps_every_digit(
+    store: Store, listen: Listen
+) -> None:
+    """The key's column holds what the key it refers to holds: recorded as a plain column,
+    SQLite wrote 15 digits of the REAL and PostgreSQL's NUMERIC was read back as a float."""
+
+    class Reading(peewee.Model):
+        id = peewee.DoubleField(primary_key=True)
+
+    class Lot(peewee.Model):
+        id = peewee.DecimalField(primary_key=True, max_digits=30, decimal_places=2)
+
+    class Note(peewee.Model):
+        reading = peewee.ForeignKeyField(Reading)
+        lot = peewee.ForeignKeyField(Lot)
+
+    for model in (Reading, Lot, Note):
+        store.register(model)
+    saved = listen(signals.post_save, Note)
+    reading = Reading.create(id=0.1 + 0.2)
+    lot = Lot.create(id=Decimal("12345678901234567.89"))
+    Note.create(reading=reading, lot=lot)
+    stored = Note.select(Note.reading, Note.lot).tuples().get()
+    assert [(c["instance"].reading_id, c["instance"].lot_id) for c in saved] == [stored]
+
+
 def test_null_empty_and_bytes_in_a_blob_are_captured_as_they_are(
     store: Store, listen: Listen
 ) -> None:

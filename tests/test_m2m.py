@@ -9,6 +9,7 @@ signals are module globals.
 
 from __future__ import annotations
 
+import decimal
 import json
 import os
 import subprocess
@@ -664,3 +665,52 @@ def test_sides_with_a_question_mark_in_their_names_are_read_back(store: Store) -
     assert (calls[0]["instance"].text, calls[1]["instance"].name) == ("n", "a")
     sent = [json.loads(d.payload)["data"] for d in store.webhooks.deliveries(hook)]
     assert [(d["pk"], d["abid"]) for d in sent] == [(str(label.id), "lbl_a")]
+
+
+def test_floating_point_and_decimal_keys_are_told_as_the_rows_hold_them(store: Store) -> None:
+    """A relation's keys were recorded as the plain column: SQLite's json_object() wrote a
+    REAL with 15 digits, and PostgreSQL's NUMERIC went through a JSON number, a float.
+
+    ``pk``/``pks`` named other rows than the change messages did (0.3 for
+    0.30000000000000004), the ABID of such a row was not found (null), and
+    ``m2m_changed`` got the rounded keys.
+    """
+
+    class Reading(peewee.Model):
+        id = peewee.FloatField(primary_key=True)
+        abid = peewee.TextField(null=True)
+
+    class Lot(peewee.Model):
+        id = peewee.DecimalField(primary_key=True, max_digits=30, decimal_places=2)
+        readings = peewee.ManyToManyField(Reading, backref="lots")
+
+    store.register(Reading)
+    store.register(Lot)
+    hooks = [
+        store.webhooks.create(model.__name__, model, "http://127.0.0.1:9/", signal="CREATE_OR_M2M")
+        for model in (Reading, Lot)
+    ]
+    lot = Lot.create(id=decimal.Decimal("12345678901234567.89"))
+    readings = [
+        Reading.create(id=0.1 + 0.2, abid="rd_a"),
+        Reading.create(id=123456789.12345679, abid="rd_b"),
+    ]
+    with m2m_calls() as calls:
+        lot.readings.add(readings)
+    lot_id = Lot.get().id  # as the row holds it (SQLite's NUMERIC keeps 15 digits itself)
+    assert [(c["instance"].id, c["pks"]) for c in calls] == [
+        (lot_id, {0.1 + 0.2, 123456789.12345679}),
+        (0.1 + 0.2, {lot_id}),
+        (123456789.12345679, {lot_id}),
+    ]
+    sent = [json.loads(d.payload) for hook in hooks for d in store.webhooks.deliveries(hook)]
+    created = {m["data"]["pk"] for m in sent if m["type"].endswith(".created")}
+    related = [m["data"] for m in sent if m["type"].endswith(".added")]
+    assert sorted((d["pk"], d["abid"], d["pks"]) for d in related) == sorted(
+        [
+            (str(lot_id), None, ["0.30000000000000004", "123456789.12345679"]),
+            ("0.30000000000000004", "rd_a", [str(lot_id)]),
+            ("123456789.12345679", "rd_b", [str(lot_id)]),
+        ]
+    )
+    assert {d["pk"] for d in related} == created

@@ -127,6 +127,24 @@ class CapturedColumn:
     #: since a JSON number is read back as a float, which would round it.
     is_decimal: bool = False
 
+    @classmethod
+    def of(cls, field: peewee.Field) -> CapturedColumn:
+        """How ``field``'s column is recorded; a foreign key's as the key it refers to.
+
+        A foreign key's column holds what that key holds: a key to a
+        FloatField or DecimalField recorded as a plain column lost digits
+        (SQLite's json_object() writes 15, a JSON number is read as a float).
+        """
+        target = field
+        while isinstance(target, peewee.ForeignKeyField):
+            target = target.rel_field
+        return cls(
+            field.column_name,
+            holds_bytes(field),
+            isinstance(target, (peewee.FloatField, peewee.DecimalField)),
+            isinstance(target, peewee.DecimalField),
+        )
+
 
 @dataclass(frozen=True)
 class CaptureSpec:
@@ -175,16 +193,7 @@ class CaptureSpec:
             table=meta.table_name,
             ref=model_ref(model),
             pk_column=pk.column_name,
-            recorded=tuple(
-                CapturedColumn(
-                    f.column_name,
-                    holds_bytes(f),
-                    isinstance(f, (peewee.FloatField, peewee.DecimalField)),
-                    isinstance(f, peewee.DecimalField),
-                )
-                for f in fields
-                if f.name not in private
-            ),
+            recorded=tuple(CapturedColumn.of(f) for f in fields if f.name not in private),
             watched=tuple(f.column_name for f in fields if f.name not in quiet),
             pk_is_blob=holds_bytes(pk),
         )
@@ -234,5 +243,6 @@ class RelationSpec:
 
     table: str
     pk_column: str | None
-    columns: tuple[str, str]
+    #: The two foreign keys' columns, recorded as the keys they refer to are.
+    columns: tuple[CapturedColumn, CapturedColumn]
     refs: tuple[str, ...]

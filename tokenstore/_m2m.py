@@ -30,7 +30,7 @@ from typing import Any
 
 import peewee
 
-from ._capture import ChangeEvent, RelationSpec
+from ._capture import CapturedColumn, ChangeEvent, RelationSpec
 from ._errors import ValidationError
 from ._rows import Converter, converter, holds_bytes
 
@@ -122,10 +122,12 @@ class Relation:
         """What the join table's triggers record, gated on hooks of the sides ``refs`` name."""
         pk = self.through._meta.primary_key
         single = isinstance(pk, peewee.Field) and not isinstance(pk, peewee.CompositeKey)
+        by_column = {f.column_name: f for f in self.through._meta.sorted_fields}
+        first, second = (CapturedColumn.of(by_column[s.column]) for s in self.sides)
         return RelationSpec(
             table=self.table,
             pk_column=pk.column_name if isinstance(pk, peewee.Field) and single else None,
-            columns=(self.sides[0].column, self.sides[1].column),
+            columns=(first, second),
             refs=refs,
         )
 

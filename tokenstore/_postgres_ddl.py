@@ -14,7 +14,14 @@ from collections.abc import Iterator
 from importlib import resources
 
 from ._backend import quote_literal
-from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec, RelationSpec
+from ._capture import (
+    EVENT_TABLE,
+    HOOK_TABLE,
+    LISTENER_TABLE,
+    CapturedColumn,
+    CaptureSpec,
+    RelationSpec,
+)
 from ._dispatch import ClaimStatements
 from ._errors import StoreError
 from ._policy import RELATION_KIND
@@ -186,12 +193,12 @@ def _key(spec: CaptureSpec, alias: str) -> str:
 def _pair(spec: RelationSpec, alias: str) -> tuple[str, str]:
     """The recorded primary key of a join row ``alias``, and its two keys as JSON text."""
     pk = "NULL" if spec.pk_column is None else f"{alias}.{quote_name(spec.pk_column)}::text"
-    first, second = (quote_name(c) for c in spec.columns)
-    pair = (
-        f"json_build_object({quote_literal(spec.columns[0])}, {alias}.{first}, "
-        f"{quote_literal(spec.columns[1])}, {alias}.{second})::text"
-    )
-    return pk, pair
+
+    def key(column: CapturedColumn) -> str:  # a NUMERIC as its text, as _row records it
+        value = f"{alias}.{quote_name(column.name)}"
+        return f"{quote_literal(column.name)}, {value}{'::text' if column.is_decimal else ''}"
+
+    return pk, f"json_build_object({', '.join(key(c) for c in spec.columns)})::text"
 
 
 def capture_triggers(spec: CaptureSpec) -> list[str]:
@@ -238,7 +245,7 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
     The same events as SQLite's: an INSERT per pair added, a DELETE per pair
     removed, both for an UPDATE that moves a pair; each holds the two keys.
     """
-    first, second = (quote_name(c) for c in spec.columns)
+    first, second = (quote_name(c.name) for c in spec.columns)
 
     def event(op: str, alias: str) -> str:
         pk, pair = _pair(spec, alias)

@@ -14,7 +14,14 @@ from collections.abc import Iterator
 from importlib import resources
 
 from ._backend import quote_literal
-from ._capture import EVENT_TABLE, HOOK_TABLE, LISTENER_TABLE, CaptureSpec, RelationSpec
+from ._capture import (
+    EVENT_TABLE,
+    HOOK_TABLE,
+    LISTENER_TABLE,
+    CapturedColumn,
+    CaptureSpec,
+    RelationSpec,
+)
 from ._dispatch import ClaimStatements
 from ._errors import StoreError
 from ._policy import RELATION_KIND
@@ -153,14 +160,15 @@ def relation_triggers(spec: RelationSpec) -> list[str]:
         f"(EXISTS (SELECT 1 FROM {LISTENER_TABLE}) OR EXISTS (SELECT 1 FROM {HOOK_TABLE} "
         f"WHERE ref IN ({refs}) AND enabled AND instr(signal, {quote_literal(RELATION_KIND)})))"
     )
-    first, second = (quote_name(c) for c in spec.columns)
+    first, second = (quote_name(c.name) for c in spec.columns)
+
+    def key(column: CapturedColumn, alias: str) -> str:
+        value = f"{alias}.{quote_name(column.name)}"
+        return f"{quote_literal(column.name)}, {_exact_real(value) if column.is_real else value}"
 
     def event(op: str, alias: str) -> str:
         pk = "NULL" if spec.pk_column is None else f"{alias}.{quote_name(spec.pk_column)}"
-        pair = (
-            f"json_object({quote_literal(spec.columns[0])}, {alias}.{first}, "
-            f"{quote_literal(spec.columns[1])}, {alias}.{second})"
-        )
+        pair = f"json_object({', '.join(key(c, alias) for c in spec.columns)})"
         old, new = (pair, "NULL") if op == "DELETE" else ("NULL", pair)
         return (
             f"  INSERT INTO {EVENT_TABLE} (table_name, op, row_pk, old_row, new_row)\n"
