@@ -557,6 +557,51 @@ def test_a_process_that_registers_one_side_keeps_the_other_side_s_hooks_working(
     assert sorted(sent) == sorted([("tag.snapshots.added", str(t.id)) for t in (a, b)])
 
 
+def test_a_process_that_registers_one_side_and_writes_delivers_to_the_other_side_s_hooks(
+    store: Store, httpserver: HTTPServer
+) -> None:
+    """Hooks live in the file: the writer made deliveries for the sides it registered only.
+
+    Its claim took the events, so a Tag hook never heard of a relation that an
+    application registering only Snapshot added, although the triggers had
+    recorded it for that hook.
+    """
+    httpserver.expect_request("/tags").respond_with_data("ok")
+    hook = store.webhooks.create("tags", Tag, httpserver.url_for("/tags"), signal="M2M")
+    (tag,) = tags("a")
+    script = (
+        "import os, sys\n"
+        "sys.path.insert(0, os.path.dirname(os.environ['TEST_FILE']))\n"
+        "import tokenstore, test_m2m\n"
+        "target = os.environ['TOKENSTORE_TEST_TARGET']\n"
+        "store = tokenstore.open(target, webhook_allow=['127.0.0.1/32'])\n"
+        "store.register(test_m2m.Snapshot)  # this process has no use for Tag\n"
+        "snap = test_m2m.Snapshot.create(url='https://example.com/')\n"
+        "snap.tags.add([os.environ['TAG']])\n"
+        "print(snap.id)\n"
+        "store.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={
+            **os.environ,
+            "TEST_FILE": __file__,
+            "TOKENSTORE_TEST_TARGET": _db.location(store),
+            "TAG": tag.id.hex,
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    store.dispatch()
+    sent = [json.loads(d.payload)["data"] for d in store.webhooks.deliveries(hook)]
+    assert [(d["pk"], d["abid"], d["pks"]) for d in sent] == [
+        (str(tag.id), tag.abid, [done.stdout.strip()])
+    ]
+    assert {d.status for d in store.webhooks.deliveries(hook)} == {"delivered"}
+
+
 def test_an_abid_field_on_a_column_of_another_name_is_read_from_its_column(
     store: Store,
 ) -> None:

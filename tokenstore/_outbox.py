@@ -195,7 +195,7 @@ class Outbox:
         row cannot be read is skipped with an error in the log: the others
         still get their deliveries, and the commit goes on. A relation change
         (see ``_m2m``) is one delivery per hook with M2M in its signal on the
-        side's model.
+        side's model, whether or not this process registered that side.
         """
         try:
             rows = conn.execute(self._enabled_hooks).fetchall()
@@ -245,7 +245,9 @@ class Outbox:
 
         for item in runs(events, self.registry.relation_for):
             if isinstance(item, RelationRun):
-                for change in item.changes(self.registry.knows):
+                # Every side, registered here or not: hooks live in the file, and this
+                # claim takes the events from processes that registered the other side.
+                for change in item.changes(lambda model: True):
                     ref = model_ref(change.side.model)
                     found = matching(ref, RELATION_KIND)
                     if found:
