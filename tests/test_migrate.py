@@ -6,6 +6,7 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -448,6 +449,39 @@ def test_a_failed_copy_into_a_new_file_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(tokenstore.DamagedRow, match="nothing was written"):
         tokenstore.migrate(source, dest)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["source.sqlite3"]
+
+
+def test_the_copy_a_killed_migrate_left_aside_is_removed_by_the_next(tmp_path: Path) -> None:
+    """A migrate killed midway (SIGKILL: no ``finally`` runs) left its copy aside for good.
+
+    The hidden file and its logs were as large as the store, nothing ever
+    removed them, and each run killed so left one more. The next migrate into
+    that folder removes those whose process is gone.
+    """
+    source = tmp_path / "source.sqlite3"
+    fill(source)
+    _db.edit(  # rows enough for the copy to take a while
+        source,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) "
+        "INSERT INTO tokenstore_user (username, is_superuser, created_at) "
+        "SELECT 'user' || i, 0, '2024-01-01T00:00:00.000Z' FROM n",
+    )
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    script = "import sys, tokenstore; tokenstore.migrate(sys.argv[1], sys.argv[2])"
+    child = subprocess.Popen([sys.executable, "-c", script, source, folder / "first.sqlite3"])
+    deadline = time.monotonic() + 60
+    while not any(folder.iterdir()):  # the copy, being made aside
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    child.kill()
+    child.wait()
+    assert any(p.name.startswith(".tokenstore-migrate-") for p in folder.iterdir())
+
+    tokenstore.migrate(source, folder / "second.sqlite3")
+    left = sorted(p.name for p in folder.iterdir())
+    assert left in (["second.sqlite3"], ["first.sqlite3", "second.sqlite3"]), left
+    assert snapshot(folder / "second.sqlite3") == snapshot(source)
 
 
 def test_a_failed_copy_never_removes_the_copy_another_migrate_made_meanwhile(

@@ -25,7 +25,8 @@ from ._times import format_time
 logger = logging.getLogger("tokenstore.dispatch")
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid still runs (a zombie does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -91,7 +92,7 @@ class Liveness:
             return False
         claim_host, _, rest = claimant.partition(":")
         pid = rest.partition(":")[0]
-        return claim_host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
+        return claim_host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
 
     def stale_claimants(self, conn: Connection) -> list[str]:
         """Claimants whose process is gone (or has held its claim past the timeout)."""

@@ -13,8 +13,11 @@ copied; events the copy itself records are discarded with them.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import re
 import secrets
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +30,7 @@ from ._capture import EVENT_TABLE
 from ._compat import peewee_errors
 from ._errors import DamagedRow, StoreError, StoreReadOnly, TokenstoreError, ValidationError
 from ._inputs import check_flag, check_path, check_text
+from ._liveness import process_alive
 from ._models import OWN_MODELS, SYSTEM_USERNAME, User
 from ._postgres import PostgresDatabase
 from ._postgres import open_database as open_postgres
@@ -202,6 +206,8 @@ def migrate(
         # A new file is made aside and put in place complete, so a migrate that
         # fails never removes a copy another one put at the same name meanwhile.
         aside = None if is_url(dest) or os.path.lexists(dest) else _aside(dest)
+        if aside is not None:
+            _remove_abandoned_asides(Path(dest).parent)
         copied = None
         try:
             dst = _open(dest if aside is None else aside, must_exist=False)
@@ -235,9 +241,51 @@ def migrate(
         src.close()
 
 
+#: A copy made aside, or one of its logs: this host (a hash of its name), the pid that
+#: makes it, a random part.
+_ASIDE = re.compile(
+    r"\.tokenstore-migrate-([0-9a-f]{8})-([0-9]{1,7})-[0-9a-f]{12}"
+    f"(?:{'|'.join(map(re.escape, LOG_FILES))})?"
+)
+
+
+def _this_host() -> str:
+    """This host's part of an aside's name: short, and only letters and digits whatever its name."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
 def _aside(dest: str) -> str:
-    """A name beside ``dest`` that no other call uses, short whatever ``dest`` is."""
-    return str(Path(dest).parent / f".tokenstore-migrate-{secrets.token_hex(6)}")
+    """A name beside ``dest`` that no other call uses, short whatever ``dest`` is.
+
+    It names this host and process, so a later migrate can tell a copy whose
+    maker was killed (SIGKILL, a crash: no ``finally`` ran) from one in progress.
+    """
+    name = f".tokenstore-migrate-{_this_host()}-{os.getpid()}-{secrets.token_hex(6)}"
+    return str(Path(dest).parent / name)
+
+
+def _remove_abandoned_asides(folder: Path) -> None:
+    """Delete the copies, and their logs, that a migrate killed midway left in ``folder``.
+
+    Each can be as large as the store it copied, and nothing else would ever
+    remove them. Only this host's are judged, by their maker's pid: a process
+    on another host sharing the folder cannot be asked, so its copies stay.
+    """
+    host = _this_host()
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return  # a folder that cannot be listed is reported by the open that follows
+    for name in names:
+        found = _ASIDE.fullmatch(name)
+        if found is None or found[1] != host or process_alive(int(found[2])):
+            continue
+        try:
+            (folder / name).unlink()
+        except FileNotFoundError:
+            pass  # another migrate removed it first
+        except OSError:
+            return  # a folder this process may not change: the copy is refused there anyway
 
 
 def _put_in_place(aside: str, dest: str) -> None:
