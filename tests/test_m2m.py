@@ -759,3 +759,37 @@ def test_floating_point_and_decimal_keys_are_told_as_the_rows_hold_them(store: S
         ]
     )
     assert {d["pk"] for d in related} == created
+
+
+def _relation_models(with_abid: bool) -> tuple[type[peewee.Model], type[peewee.Model]]:
+    """Label and Item, related; a newer Label has an ``abid`` field."""
+
+    class Label(peewee.Model):
+        name = peewee.TextField()
+        if with_abid:
+            abid = peewee.TextField(null=True)
+
+    class Item(peewee.Model):
+        text = peewee.TextField()
+        labels = peewee.ManyToManyField(Label, backref="items")
+
+    return Label, Item
+
+
+def test_a_side_this_process_does_not_register_is_checked_against_its_table(
+    db_path: Path,
+) -> None:
+    """Its hooks get deliveries from this process, which reads its ABID: a Label model with
+    an ``abid`` field its table lacks made every relation write fail on PostgreSQL (column
+    "abid" does not exist, outside the exception hierarchy) and told SQLite's hooks the
+    ABID "abid". Registering the side that relates to it is refused instead, as
+    registering the side itself is."""
+    with tokenstore.open(db_path, webhook_allow=LOOPBACK) as first:
+        label, item = _relation_models(with_abid=False)
+        first.register(label)
+        first.register(item)
+        first.webhooks.create("labels", label, "http://127.0.0.1:9/", signal="M2M")
+    with tokenstore.open(db_path, webhook_allow=LOOPBACK) as second:
+        label, item = _relation_models(with_abid=True)
+        with pytest.raises(ValidationError, match=r"Label: its table 'label' has no column 'abid'"):
+            second.register(item)

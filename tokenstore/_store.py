@@ -433,6 +433,8 @@ class Store:
         again, creates it then. The triggers count the hooks of both sides
         that have a field, registered here or not: every process shares them,
         and one that has no use for a side must not close them to its hooks.
+        Such a side's table is checked against its model as a registered one's
+        is: this process makes deliveries to its hooks, reading its ABID.
         """
         relation.through.bind(self.db, bind_refs=False, bind_backrefs=False)
         if not all(self.db.table_exists(s.model._meta.table_name) for s in relation.sides):
@@ -440,7 +442,10 @@ class Store:
         self._refuse_view(relation.through)
         self.db.create_tables([relation.through], safe=True)
         self._check_columns(relation.through)
-        refs = tuple(model_ref(s.model) for s in relation.sides if s.field is not None)
+        hooked = [s.model for s in relation.sides if s.field is not None]
+        for model in hooked:  # a side not registered here too: its hooks' deliveries read it
+            self._check_columns(model)
+        refs = tuple(model_ref(model) for model in hooked)
         self.db.install_relation_capture(relation.spec(refs))
 
     def model_for_ref(self, ref: str | type[peewee.Model]) -> type[peewee.Model]:
