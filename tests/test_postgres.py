@@ -1250,3 +1250,40 @@ def test_a_delivered_attempt_is_recorded_in_one_statement(
         store.users.create("third")
         assert store.webhooks.get(hook.abid).failure_count == 0
     assert len(received) == 3
+
+
+def test_a_delivery_another_process_took_meanwhile_is_passed_over_under_repeatable_read(
+    pg_url: str, receiver: tuple[str, list[bytes]]
+) -> None:
+    """Under REPEATABLE READ or SERIALIZABLE (a database's default), the update that takes a
+    due delivery fails with a serialization failure when another process changed the row
+    while it waited, where READ COMMITTED finds the row taken and goes on: deliver_due
+    raised StoreLocked and sent nothing more, so processes running it at once kept failing."""
+    url, received = receiver
+    rr = f"{pg_url}?options=-c%20default_transaction_isolation%3Drepeatable%5C%20read"
+    with tokenstore.open(rr, webhook_allow=["127.0.0.1/32"], sync_budget=0) as store:
+        hook = store.webhooks.create("users", "tokenstore.User", url)
+        store.users.create("first")
+        store.users.create("second")
+        taken = store.webhooks.deliveries(hook)[-1]  # the oldest: deliver_due tries it first
+        with psycopg.connect(pg_url) as other:  # another process sends it meanwhile
+            other.execute(
+                "UPDATE tokenstore_webhook_delivery SET status = 'delivered', "
+                "next_attempt_at = NULL WHERE id = %s",
+                (taken.id.hex,),
+            )
+
+            def commit_once_waited_for() -> None:
+                waiting = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                deadline = time.monotonic() + 10
+                while not _db.rows(pg_url, waiting) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                other.commit()
+
+            committer = threading.Thread(target=commit_once_waited_for)
+            committer.start()
+            try:
+                assert store.webhooks.deliver_due() == 1
+            finally:
+                committer.join()
+    assert [json.loads(body)["data"]["fields"]["username"] for body in received] == ["second"]

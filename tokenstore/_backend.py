@@ -238,6 +238,16 @@ def row_lock(table: str) -> str:
     return f'UPDATE "{table}" SET "id" = "id" WHERE "id" = ?'
 
 
+def changed_meanwhile(exc: BaseException) -> bool:
+    """Whether a statement failed because another transaction changed its rows since the
+    transaction's snapshot (SQLSTATE 40001: REPEATABLE READ or SERIALIZABLE on PostgreSQL).
+
+    Under READ COMMITTED the same statement reads the new row instead and goes on; a
+    conditional update that only takes a row nobody took yet may treat this as taken.
+    """
+    return getattr(exc.__cause__, "sqlstate", None) == "40001"
+
+
 def quote_literal(text: str) -> str:
     """A string as an SQL literal."""
     return "'" + text.replace("'", "''") + "'"

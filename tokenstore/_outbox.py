@@ -24,10 +24,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ._allowlist import AllowList
-from ._backend import Backend, row_lock
+from ._backend import Backend, changed_meanwhile, row_lock
 from ._capture import ChangeEvent, Connection, model_ref, private_names
 from ._compat import peewee_errors
-from ._errors import DamagedRow, StoreError
+from ._errors import DamagedRow, StoreError, StoreLocked
 from ._m2m import RelationRun, runs
 from ._models import ON_ABID_CONFLICT, OutboundWebhook, WebhookDelivery, insert_with_fresh_ids
 from ._outcomes import Outcomes, given_up
@@ -445,11 +445,21 @@ class Outbox:
                     conn.execute(self._release_sql.format(marks=marks), (when, held, *chunk))
 
     def take(self, sql: str, delivery_id: str, now: datetime, condition: tuple[str, ...]) -> bool:
-        """Hold an unsent delivery (by stored id) for one lease from ``now``, if ``sql`` agrees."""
+        """Hold an unsent delivery (by stored id) for one lease from ``now``, if ``sql`` agrees.
+
+        A row another process changed while this waited for it is taken, as READ
+        COMMITTED would find it: a database whose transactions are REPEATABLE READ or
+        SERIALIZABLE refuses the update instead, which must not end the caller's round.
+        """
         hold = format_time(now + self.lease)
-        with self.db.atomic():
-            cursor = self.db.execute_sql(sql, (hold, delivery_id, *condition))
-            return bool(cursor.rowcount)
+        try:
+            with self.db.atomic():
+                cursor = self.db.execute_sql(sql, (hold, delivery_id, *condition))
+                return bool(cursor.rowcount)
+        except StoreLocked as exc:
+            if self.db.writing_here() or not changed_meanwhile(exc):
+                raise
+            return False
 
     def attempt(
         self,
