@@ -549,6 +549,28 @@ def test_tables_with_long_or_odd_names_are_captured_and_registered_again(
         ]
 
 
+@pytest.mark.parametrize("table", ["back\\slash", "quo'te\\'"])
+def test_a_name_with_a_backslash_is_captured_where_strings_are_not_standard_conforming(
+    pg_url: str, table: str
+) -> None:
+    """A database or role may keep standard_conforming_strings off (PostgreSQL before 9.1
+    did; old applications still ask for it): a backslash in a plain literal is an escape
+    there. Names were written into the triggers and the claim as plain literals, so a
+    table named with a backslash had its changes recorded under another name (never sent
+    to its hooks), or its trigger could not be made at all (peewee's ProgrammingError)."""
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        database = admin.info.dbname
+        admin.execute(f'ALTER DATABASE "{database}" SET standard_conforming_strings = off')
+    with tokenstore.open(pg_url, webhook_allow=["127.0.0.1/32"], sync_budget=0) as store:
+        model = store.register(named(table))
+        hook = store.webhooks.create("h", model, "http://127.0.0.1:9/")
+        model.create(name="by tokenstore")
+        quoted = '"' + table.replace('"', '""') + '"'
+        _db.edit(pg_url, f"UPDATE {quoted} SET note = 'by a shell'")  # a session of its own
+        store.dispatch(deliver=False)
+        assert len(store.webhooks.deliveries(hook)) == 2
+
+
 def test_a_table_of_sixty_columns_is_captured_on_both_backends(store: Store) -> None:
     """SQLite builds a row of up to 63 columns; PostgreSQL's json_build_object took 50."""
     columns = {f"c{i}": peewee.IntegerField(default=i) for i in range(60)}

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from importlib import resources
 
-from ._backend import quote_literal
+from ._backend import quote_literal as plain_literal
 from ._capture import (
     EVENT_TABLE,
     HOOK_TABLE,
@@ -26,6 +26,20 @@ from ._dispatch import ClaimStatements
 from ._errors import StoreError
 from ._policy import RELATION_KIND
 from ._rows import quote_name
+
+
+def quote_literal(text: str) -> str:
+    """A string as a literal PostgreSQL reads alike whatever ``standard_conforming_strings`` is.
+
+    With it off (a database's or role's setting; PostgreSQL's default before 9.1) a
+    backslash in a plain literal is an escape, in each session a trigger runs in too, so a
+    table named with one was recorded under another name. Text holding one is written as
+    an escape string (``E'...'``), which reads the same either way; other text stays a
+    plain literal, so the triggers of existing stores keep their digest.
+    """
+    plain = plain_literal(text)
+    return "E" + plain.replace("\\", "\\\\") if "\\" in text else plain
+
 
 #: The channel capture triggers notify when they record an event.
 CHANNEL = "tokenstore_changes"
