@@ -8,7 +8,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -106,6 +106,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def taken_port() -> Iterator[int]:
+    """A port held on both 127.0.0.1 and ::1 for the block: a server started there fails at once.
+
+    The port is free on ::1 when drawn, but may be in use on 127.0.0.1 (another test's
+    client socket, a database connection); another is drawn then, a bounded number of times.
+    """
+    for _ in range(50):
+        with socket.create_server(("::1", 0), family=socket.AF_INET6) as six:
+            port = int(six.getsockname()[1])
+            try:
+                four = socket.create_server(("127.0.0.1", port))
+            except OSError:
+                continue
+            with four:
+                yield port
+                return
+    raise RuntimeError("no port was free on both 127.0.0.1 and ::1 in 50 draws")
 
 
 def wait_listening(port: int, proc: subprocess.Popen[str] | None = None) -> None:

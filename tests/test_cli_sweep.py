@@ -31,7 +31,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _http
 import pytest
 from test_archivebox import standard
 from test_cli import _commands
@@ -110,10 +110,8 @@ class World:
 @pytest.fixture(scope="module")
 def taken_port() -> Iterator[str]:
     """A port taken on 127.0.0.1 and ::1: listen and serve fail there instead of serving."""
-    with socket.create_server(("::1", 0), family=socket.AF_INET6) as six:
-        port = six.getsockname()[1]
-        with socket.create_server(("127.0.0.1", port)):
-            yield str(port)
+    with _http.taken_port() as port:
+        yield str(port)
 
 
 @pytest.fixture(scope="module")

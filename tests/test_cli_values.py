@@ -7,12 +7,12 @@ traceback and nothing on stdout. tests/test_cli.py runs the command end to end.
 from __future__ import annotations
 
 import base64
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import _http
 import pytest
 
 import tokenstore
@@ -81,10 +81,8 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 def taken_port() -> Iterator[str]:
     """A port taken on 127.0.0.1 and ::1: a command that got as far as listening fails
     there at once, instead of serving until Ctrl-C, so a test of its refusals cannot hang."""
-    with socket.create_server(("::1", 0), family=socket.AF_INET6) as six:
-        port = six.getsockname()[1]
-        with socket.create_server(("127.0.0.1", port)):
-            yield str(port)
+    with _http.taken_port() as port:
+        yield str(port)
 
 
 @pytest.mark.parametrize("host", ["[::1", "::1]", "[[::1]]", "[::1]]", "[127.0.0.1", "a[b]"])
