@@ -122,8 +122,9 @@ class Relation:
         """What the join table's triggers record, gated on hooks of the sides ``refs`` name."""
         pk = self.through._meta.primary_key
         single = isinstance(pk, peewee.Field) and not isinstance(pk, peewee.CompositeKey)
-        by_column = {f.column_name: f for f in self.through._meta.sorted_fields}
-        first, second = (CapturedColumn.of(by_column[s.column]) for s in self.sides)
+        first, second = (
+            CapturedColumn.of(self.through._meta.columns[s.column]) for s in self.sides
+        )
         return RelationSpec(
             table=self.table,
             pk_column=pk.column_name if isinstance(pk, peewee.Field) and single else None,
