@@ -443,8 +443,9 @@ class Store:
         self.db.create_tables([relation.through], safe=True)
         self._check_columns(relation.through)
         hooked = [s.model for s in relation.sides if s.field is not None]
-        for model in hooked:  # a side not registered here too: its hooks' deliveries read it
-            self._check_columns(model)
+        for model in hooked:  # a registered side was checked as it was registered
+            if not self._registry.knows(model):
+                self._check_columns(model)
         refs = tuple(model_ref(model) for model in hooked)
         self.db.install_relation_capture(relation.spec(refs))
 
