@@ -63,6 +63,7 @@ from ._postgres_driver import (
     connection_class,
     cursor_class,
     driver,
+    ended_while_idle,
     in_transaction,
     pipelined,
     rolled_back_on_error,
@@ -167,11 +168,12 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
     def connection(self) -> Any:
         """This thread's connection; one the server ended is replaced by a new one.
 
-        Inside a transaction it is not: what the transaction did is gone
-        with the connection, so its next statement raises StoreIOError.
+        Between transactions that loses nothing, so the call goes on (see
+        ``ended_while_idle``). Inside one it is not: what the transaction did
+        is gone with the connection, so its next statement raises StoreIOError.
         """
         conn = current_connection(self)
-        if conn is not None and conn.closed:
+        if conn is not None and ended_while_idle(conn):
             if self.in_transaction():
                 raise StoreIOError(
                     f"{self.shown_url}: the connection to the server was lost in the "

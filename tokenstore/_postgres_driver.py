@@ -10,8 +10,9 @@ extra, so nothing here imports it before it is used.
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 from ._errors import (
@@ -53,6 +54,45 @@ def in_transaction(conn: psycopg.Connection[Any]) -> bool:
     """Whether a transaction is open on the server (a lost connection has none)."""
     status = driver().pq.TransactionStatus
     return conn.info.transaction_status not in (status.IDLE, status.UNKNOWN)
+
+
+#: Reads of what waits on an idle connection's socket: a message, then the end of the stream.
+_FAREWELL_READS = 4
+#: Milliseconds the end of the stream may lag behind the message read before it.
+_FAREWELL_WAIT = 100
+
+
+def ended_while_idle(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the server ended a connection that sits outside a transaction.
+
+    A restart, an administrator or ``idle_session_timeout`` ends a session
+    between two calls; the client hears of it only when it next reads. An
+    idle connection is sent nothing else (notifications go to the listening
+    one), so anything waiting on its socket is read at once: a farewell
+    marks the connection closed, and the call gets a new one instead of
+    failing, at the cost of one ``poll()`` rather than a round trip. A
+    message read waits up to ``_FAREWELL_WAIT`` for the end that follows it;
+    a notification (to a ``LISTEN`` the application ran on this connection)
+    is a message with no end after it, so the call after one starts that
+    much later; the notification is kept, as psycopg keeps it.
+    Where the platform has no ``poll()``, the first statement finds out, as
+    it does for a connection lost without a word.
+    """
+    if conn.closed:
+        return True
+    poll = getattr(select, "poll", None)
+    if poll is None or in_transaction(conn):
+        return False
+    waiting = poll()
+    waiting.register(conn.pgconn.socket, select.POLLIN)
+    wait = 0  # milliseconds
+    for _ in range(_FAREWELL_READS):  # the server's last message, then the end of the stream
+        if conn.closed or not waiting.poll(wait):
+            break
+        with suppress(driver().OperationalError):  # "server closed the connection"
+            conn.pgconn.consume_input()
+        wait = _FAREWELL_WAIT
+    return bool(conn.closed)
 
 
 #: What a failed statement means for the store, by SQLSTATE or its two-character class.
