@@ -50,7 +50,7 @@ from ._archivebox_source import (
     stored_uuid,
 )
 from ._credentials import token_hint
-from ._errors import StoreError, TokenstoreError, ValidationError
+from ._errors import StoreError, TokenstoreError, ValidationError, first_line
 from ._inputs import check_text, storable
 from ._models import APIToken, OutboundWebhook, User
 from ._sending import RESPONSE_LIMIT, redacted
@@ -435,8 +435,7 @@ _ROW_ERRORS = (RowRefused, TokenstoreError, peewee.DatabaseError)
 def _refusal(exc: Exception) -> str:
     if isinstance(exc, RowRefused | TokenstoreError):
         return str(exc)
-    first = str(exc).strip().partition("\n")[0]  # not the DETAIL: it quotes rows
-    return f"the database refused it: {first}"
+    return f"the database refused it: {first_line(exc)}"
 
 
 def _note(table: str, row: sqlite3.Row, why: str) -> RowNote:

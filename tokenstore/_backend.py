@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from ._capture import CaptureSpec, RelationSpec
 from ._dispatch import ClaimStatements
-from ._errors import StoreError, ValidationError, shown
+from ._errors import StoreError, ValidationError, first_line, shown
 
 
 def to_version_2(execute: Callable[[str], object], statement: Callable[[str], str]) -> None:
@@ -46,7 +46,7 @@ def not_that_version(where: str, version: int, current: int, error: Exception) -
     A migration step met them (a version set back by hand on a newer file):
     the step's own error says where.
     """
-    detail = str(error).strip().partition("\n")[0]
+    detail = first_line(error)
     return StoreError(
         f"{where} has schema version {version}, but its tables are not that version's: "
         f"bringing them to version {current} failed ({detail}); the version was changed "

@@ -42,6 +42,12 @@ def shown(value: object) -> str:
         return f"a {type(value).__name__} that cannot be shown"
 
 
+def first_line(error: BaseException) -> str:
+    """A driver's error as a message quotes it: its first line, without PostgreSQL's DETAIL,
+    which quotes the row (and so, maybe, a secret)."""
+    return str(error).strip().partition("\n")[0]
+
+
 def shortened(message: str) -> str:
     """A message as shown: one of over 1,000 characters keeps its start and its end."""
     if len(message) <= _MAX_MESSAGE:

@@ -28,7 +28,14 @@ import peewee
 from ._allowlist import ALLOW_TABLE
 from ._capture import EVENT_TABLE
 from ._compat import peewee_errors
-from ._errors import DamagedRow, StoreError, StoreReadOnly, TokenstoreError, ValidationError
+from ._errors import (
+    DamagedRow,
+    StoreError,
+    StoreReadOnly,
+    TokenstoreError,
+    ValidationError,
+    first_line,
+)
 from ._inputs import check_flag, check_path, check_text
 from ._liveness import process_alive
 from ._models import OWN_MODELS, SYSTEM_USERNAME, User
@@ -446,5 +453,4 @@ def _refused(what: str) -> Iterator[None]:
     except peewee.DatabaseError as exc:
         if isinstance(exc, TokenstoreError):  # the store's own faults: disk full, lost server
             raise
-        reason = str(exc).strip().partition("\n")[0]  # not PostgreSQL's DETAIL: the row itself
-        raise ValidationError(f"migrate: {what} ({reason}); nothing was written") from None
+        raise ValidationError(f"migrate: {what} ({first_line(exc)}); nothing was written") from None

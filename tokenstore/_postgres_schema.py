@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import peewee
 
 from ._backend import not_that_version, tables_created, to_version_2
-from ._errors import StoreCorrupt, StoreError, ValidationError
+from ._errors import StoreCorrupt, StoreError, ValidationError, first_line
 from ._models import SYSTEM_USERNAME
 from ._postgres_ddl import LONGEST_NAME, schema_sql, schema_statement
 from ._postgres_driver import driver
@@ -188,9 +188,8 @@ def apply_schema(
         try:
             conn.execute(schema_sql())
         except driver().Error as exc:  # nothing of it stays: the transaction is rolled back
-            detail = str(exc).strip().partition("\n")[0]
             raise StoreError(
-                f"{shown_url}: tokenstore cannot be set up in it ({detail}): another "
+                f"{shown_url}: tokenstore cannot be set up in it ({first_line(exc)}): another "
                 "program's view, index, sequence, type or function has a name tokenstore uses"
             ) from None
     else:
