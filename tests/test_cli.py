@@ -811,6 +811,14 @@ def test_global_options_work_between_a_group_and_its_command(tmp_path: Path) -> 
     assert not (tmp_path / "env.sqlite3").exists()
 
 
+def test_a_refused_command_takes_back_only_the_entries_its_allow_added(db_path: Path) -> None:
+    as_json(db_path, "webhooks", "allow", "10.1.0.0/16")
+    tokenstore(db_path, "--allow", "10.1.0.0/16", "--allow", "10.2.0.0/16", "webhooks", "create",
+               "h", "NoSuchModel", "http://10.2.0.1/", expect=2)  # fmt: skip
+    entries = as_json(db_path, "webhooks", "allowlist")
+    assert [e["entry"] for e in entries] == ["10.1.0.0/16"]
+
+
 def test_old_command_names_still_work(db_path: Path) -> None:
     as_json(db_path, "users", "add", "erin")
     assert as_json(db_path, "users", "get", "erin")["username"] == "erin"

@@ -112,8 +112,8 @@ def _allowed(store: Store, entries: list[str]) -> list[str]:
         return []
     held = set(store.webhooks.allowlist())
     for entry in entries:
-        store.webhooks.allow(entry)
-    return [entry for entry in store.webhooks.allowlist() if entry not in held]
+        now = store.webhooks.allow(entry)  # the list, as it is after this entry
+    return [entry for entry in now if entry not in held]
 
 
 @contextmanager
