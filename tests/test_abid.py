@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import pickle
 import string
 import uuid
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -92,6 +95,46 @@ def test_spec_vectors(
     assert str(abid) == expected
     assert len(str(abid)) == 30
     assert ABID.parse(expected) == abid
+
+
+# Computed by ArchiveBox 0.8.5rc51's own abid_utils (tag v0.8.5rc51): the file holds only
+# inputs and the ABIDs it gave for them, each input's type named ({"int": 1}).
+ARCHIVEBOX_VECTORS = json.loads(
+    (Path(__file__).parent / "data" / "abid-vectors.json").read_text(encoding="utf-8")
+)["cases"]
+SOURCE_TYPES = {"str": str, "int": int, "uuid": uuid.UUID}
+
+
+def source(typed: dict[str, Any]) -> object:
+    ((kind, value),) = typed.items()
+    return SOURCE_TYPES[kind](value)
+
+
+@pytest.mark.parametrize("case", ARCHIVEBOX_VECTORS, ids=lambda case: case["abid"])
+def test_archivebox_vectors(case: dict[str, Any]) -> None:
+    salt = case.get("salt", SALT)
+    abid = abid_from_values(
+        case["prefix"],
+        datetime.fromisoformat(case["ts"]),
+        source(case["uri"]),
+        source(case["subtype"]),
+        source(case["rand"]),  # type: ignore[arg-type]
+        salt,
+    )
+    assert str(abid) == case["abid"]
+    parsed = ABID.parse(case["abid"])
+    assert str(parsed) == case["abid"] and parsed == abid
+
+
+def test_archivebox_vectors_cover_every_kind_of_source() -> None:
+    assert 40 <= len(ARCHIVEBOX_VECTORS) <= 80
+    kinds = {
+        (part, *case[part]) for case in ARCHIVEBOX_VECTORS for part in ("uri", "subtype", "rand")
+    }
+    assert kinds == {
+        ("uri", "int"), ("uri", "str"), ("subtype", "int"), ("subtype", "str"),
+        ("rand", "int"), ("rand", "str"), ("rand", "uuid"),
+    }  # fmt: skip
 
 
 def test_first_vector_parts_and_views() -> None:
