@@ -204,7 +204,13 @@ def test_non_datetime_ts_is_refused(ts: object) -> None:
 
 def test_ts_before_the_epoch_is_refused() -> None:
     with pytest.raises(InvalidABID, match="1970"):
-        make(ts=datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=UTC))
+        make(ts=datetime(1969, 12, 31, 23, 59, 59, 999000, tzinfo=UTC))
+
+
+def test_ts_in_the_last_millisecond_of_1969_is_cut_to_zero_as_the_original_does() -> None:
+    # int(-0.0005 * 1000) is 0: ArchiveBox 0.8.5rc51 gives ts 0000000000, and refuses -1 ms.
+    abid = make(ts=datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=UTC))
+    assert str(abid) == "apt_0000000000D53BD22B01XRS78E"
 
 
 class _RaisingZone(tzinfo):

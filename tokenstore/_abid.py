@@ -215,10 +215,11 @@ def _ts_part(ts: object) -> str:
             "ts has a time zone that cannot give its offset: "
             f"{type(exc).__name__}: {str(exc)[:200]}"
         ) from None
-    if seconds < 0:
-        _fail(f"ts must not be before 1970-01-01T00:00:00Z, got {ts.isoformat()}")
-    # The original's float formula, kept for byte compatibility (see the module doc).
+    # The original's float formula, kept for byte compatibility (see the module doc): it
+    # cuts the last millisecond of 1969 to 0, and refuses what is earlier.
     ms = int(seconds * 1000)
+    if ms < 0:
+        _fail(f"ts must not be before 1970-01-01T00:00:00Z, got {ts.isoformat()}")
     cached = _last_ts
     if cached[0] == ms:
         return cached[1]
