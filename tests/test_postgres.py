@@ -13,10 +13,12 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +32,7 @@ import _db
 import peewee
 import psycopg
 import pytest
+from _http import free_port, wait_listening
 from conftest import new_database
 
 import tokenstore
@@ -910,6 +913,74 @@ def test_read_only_keeps_the_urls_own_options(pg_url: str) -> None:
     assert _db.rows(pg_url, "SELECT count(*) FROM elsewhere.tokenstore_user") == [(2,)]
     with tokenstore.open(url, read_only=True) as reader:
         assert reader.users.get("alice").username == "alice"
+
+
+def show(store: Store, setting: str) -> str:
+    return str(pg(store).execute_sql(f"SHOW {setting}").fetchone()[0])
+
+
+def test_the_session_settings_tokenstore_needs_yield_to_the_urls(pg_url: str) -> None:
+    """tokenstore's session takes UTC and waits ``busy_timeout`` for a lock; the URL's own
+    ``options`` win, except that a read-only store's sessions are read-only whatever they say."""
+    with tokenstore.open(pg_url, busy_timeout=6) as store:
+        assert (show(store, "lock_timeout"), show(store, "TimeZone")) == ("6s", "UTC")
+        assert show(store, "default_transaction_read_only") == "off"
+    own = "options=-c%20lock_timeout%3D200%20-c%20TimeZone%3DAsia/Kathmandu"
+    with tokenstore.open(f"{pg_url}?{own}", busy_timeout=6) as store:
+        assert (show(store, "lock_timeout"), show(store, "TimeZone")) == ("200ms", "Asia/Kathmandu")
+        assert pg(store).lock_wait == 0.2
+    url = f"{pg_url}?options=-c%20default_transaction_read_only%3Doff"
+    with tokenstore.open(url, read_only=True) as reader:
+        assert show(reader, "default_transaction_read_only") == "on"
+
+
+@pytest.fixture
+def bouncer(pg_url: str) -> Iterator[str]:
+    """A PgBouncer in session mode in front of ``pg_url``'s server: a URL through it."""
+    binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+    if binary is None:
+        reason = "no pgbouncer (apt-get install pgbouncer)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs {reason}")
+        pytest.skip(reason)
+    parts = urlsplit(pg_url)
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = Path(tempfile.mkdtemp(prefix="tokenstore-pgbouncer-"))  # not under pytest's 0700
+    if as_user:  # PgBouncer refuses to run as root
+        shutil.chown(folder, "postgres")
+    port = free_port()
+    config = folder / "pgbouncer.ini"
+    config.write_text(
+        f"[databases]\n* = host={parts.hostname} port={parts.port} user={parts.username} "
+        f"password={parts.password}\n[pgbouncer]\nlisten_addr = 127.0.0.1\n"
+        f"listen_port = {port}\nunix_socket_dir =\nauth_type = any\npool_mode = session\n"
+        f"logfile = {folder / 'pgbouncer.log'}\n"
+    )
+    config.chmod(0o644)
+    proc = subprocess.Popen([*as_user, binary, str(config)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(port, proc)
+        yield urlunsplit(
+            parts._replace(netloc=f"{parts.netloc.rpartition('@')[0]}@127.0.0.1:{port}")
+        )
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_store_works_through_pgbouncer_in_session_mode(bouncer: str) -> None:
+    """PgBouncer, the usual pooler in front of PostgreSQL, refuses a connection whose startup
+    packet carries ``options`` ("unsupported startup parameter"): tokenstore's settings are
+    made once the session has started."""
+    with tokenstore.open(bouncer, busy_timeout=6) as store:
+        alice = store.users.create("alice")
+        _, secret = store.tokens.create(alice, name="ci")
+        assert store.tokens.authenticate(secret).name == "ci"
+        assert (show(store, "lock_timeout"), show(store, "TimeZone")) == ("6s", "UTC")
+    with tokenstore.open(bouncer, read_only=True) as reader:
+        assert reader.users.get("alice").username == "alice"
+        assert show(reader, "default_transaction_read_only") == "on"
 
 
 def test_pgoptions_holds_where_the_url_sets_no_options(

@@ -70,7 +70,14 @@ from ._postgres_driver import (
     translated,
 )
 from ._postgres_listen import ChangeListener
-from ._postgres_url import answer_wait, connect_error, connection_url, lock_wait, redacted_url
+from ._postgres_url import (
+    answer_wait,
+    connect_error,
+    connection_url,
+    lock_wait,
+    redacted_url,
+    sets,
+)
 from ._postgres_url import is_url as is_url  # bench/scale.py imports it from here
 from ._rows import quote_name
 
@@ -104,28 +111,31 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
     def __init__(
         self, url: str, *, hooks: CommitHooks, busy_timeout: float, read_only: bool = False
     ) -> None:
-        # UUID primary keys are 32 hex digits, as on SQLite. A statement waits for another
-        # transaction's lock at most busy_timeout, as an SQLite writer does (without it, a
-        # session left holding a lock held every call); a read-only store's sessions refuse
-        # writes on the server too. The URL's options are kept (psycopg's keywords win).
+        # UUID primary keys are 32 hex digits, as on SQLite.
         given = driver().conninfo.conninfo_to_dict(url)
+        # The session starts with the URL's options, else PGOPTIONS (libpq's rule).
+        own = given.get("options", os.environ.get("PGOPTIONS", ""))
+        # A statement waits for another transaction's lock at most busy_timeout, as an
+        # SQLite writer does (without it, a session left holding a lock held every call).
         # In UTC, as tokenstore's times are: a TIMESTAMP column of an application's keeps
-        # an aware time converted to the session's zone, which was the server's.
-        # libpq reads PGOPTIONS only where the URL sets no options: these would replace it.
-        settings = [
-            f"-c lock_timeout={int(busy_timeout * 1000)} -c timezone=UTC",
-            given.get("options", os.environ.get("PGOPTIONS", "")),
-        ]
+        # an aware time converted to the session's zone, which was the server's. Both
+        # yield to the URL's own; a read-only store's sessions refuse writes whatever it
+        # says. They are set once the session has started, not sent as its options:
+        # PgBouncer, the usual pooler, refuses a connection whose startup carries any.
+        wanted = {"lock_timeout": f"{int(busy_timeout * 1000)}ms", "TimeZone": "UTC"}
+        settings = {name: value for name, value in wanted.items() if not sets(own, name)}
         if read_only:
-            settings.append("-c default_transaction_read_only=on")
-        options: dict[str, Any] = {"options": " ".join(filter(None, settings))}
-        self.lock_wait = lock_wait(options["options"], busy_timeout)
+            settings["default_transaction_read_only"] = "on"
+        self._settings = tuple(item for pair in settings.items() for item in pair)
+        self._set_settings = "SELECT " + ", ".join(["set_config(%s, %s, false)"] * len(settings))
+        self.lock_wait = lock_wait(own, busy_timeout)
+        options: dict[str, Any] = {}
         if "connect_timeout" not in given:
             options["connect_timeout"] = CONNECT_TIMEOUT
         #: The URL as messages show it, without its password: every write may name it.
         self.shown_url = redacted_url(url)
         options["cursor_factory"] = cursor_class(self.shown_url, self.lock_wait)
-        self._connection_class = connection_class(answer_wait(options["options"], self.lock_wait))
+        self._connection_class = connection_class(answer_wait(own, self.lock_wait))
         super().__init__(url, prefer_psycopg3=True, field_types=_FIELD_TYPES, **options)
         self.url = url
         self.identity: Hashable = url
@@ -143,11 +153,19 @@ class PostgresDatabase(RedactedQueryLog, ClosedWithThread, peewee.PostgresqlData
         return f"<PostgresDatabase {self.shown_url!r}>"
 
     def _connect(self) -> Any:
-        """A ``connection_class`` connection, made as peewee does; UTF-8 on the wire whatever
-        the database's encoding (psycopg would return an SQL_ASCII database's text as bytes)."""
-        return self._connection_class.connect(
+        """A ``connection_class`` connection, made as peewee does, with tokenstore's settings;
+        UTF-8 on the wire whatever the database's encoding (psycopg would return an SQL_ASCII
+        database's text as bytes)."""
+        conn = self._connection_class.connect(
             self.url, autocommit=True, client_encoding="utf8", **self.connect_params
         )
+        if self._settings:
+            try:
+                conn.execute(self._set_settings, self._settings)
+            except BaseException:
+                conn.close()
+                raise
+        return conn
 
     def connect(self, reuse_if_open: bool = False) -> bool:
         """Open this thread's connection; one refused says why, without the password."""

@@ -217,6 +217,12 @@ def _seconds(options: str, name: str) -> float | None:
     return float(number) * _SECONDS[unit or None]
 
 
+def sets(options: str, name: str) -> bool:
+    """Whether the options set ``name`` at all (``-c name=...`` or ``--name=...``, any case)."""
+    pattern = r"(?:-c\s*|--){name}\s*=".format(name=name.replace("_", "[_-]"))
+    return re.search(pattern, options, re.IGNORECASE) is not None
+
+
 def lock_wait(options: str, busy_timeout: float) -> float:
     """How long a statement of a session with these options waits for a lock, in seconds.
 
