@@ -60,6 +60,8 @@ def in_transaction(conn: psycopg.Connection[Any]) -> bool:
 _FAREWELL_READS = 4
 #: Milliseconds the end of the stream may lag behind the message read before it.
 _FAREWELL_WAIT = 100
+#: ``select.poll``, where the platform has it (not on Windows).
+_POLL = getattr(select, "poll", None)
 
 
 def ended_while_idle(conn: psycopg.Connection[Any]) -> bool:
@@ -80,10 +82,9 @@ def ended_while_idle(conn: psycopg.Connection[Any]) -> bool:
     """
     if conn.closed:
         return True
-    poll = getattr(select, "poll", None)
-    if poll is None or in_transaction(conn):
+    if _POLL is None or in_transaction(conn):
         return False
-    waiting = poll()
+    waiting = _POLL()
     waiting.register(conn.pgconn.socket, select.POLLIN)
     wait = 0  # milliseconds
     for _ in range(_FAREWELL_READS):  # the server's last message, then the end of the stream

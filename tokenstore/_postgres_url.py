@@ -197,8 +197,10 @@ def without_secrets(text: str, url: str) -> str:
     return text
 
 
-#: A time setting in a session's options (``-c lock_timeout=200``, ``--lock-timeout=2s``).
-_SETTING = r"(?:-c\s*|--){name}\s*=\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?(?!\w)"
+#: A setting named in a session's options (``-c lock_timeout=``, ``--lock-timeout=``).
+_NAMED = r"(?:-c\s*|--){name}\s*="
+#: A time setting and its value (``-c lock_timeout=200``, ``--lock-timeout=2s``).
+_SETTING = _NAMED + r"\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?(?!\w)"
 #: Seconds per unit of a PostgreSQL time setting; a bare number is milliseconds.
 _SECONDS = {"us": 1e-6, "ms": 1e-3, None: 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -219,7 +221,7 @@ def _seconds(options: str, name: str) -> float | None:
 
 def sets(options: str, name: str) -> bool:
     """Whether the options set ``name`` at all (``-c name=...`` or ``--name=...``, any case)."""
-    pattern = r"(?:-c\s*|--){name}\s*=".format(name=name.replace("_", "[_-]"))
+    pattern = _NAMED.format(name=name.replace("_", "[_-]"))
     return re.search(pattern, options, re.IGNORECASE) is not None
 
 
