@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+#: What a command of the server's programs starts with: initdb, and PgBouncer too, refuse
+#: to run as root, so under root they run as ``postgres``.
+AS_POSTGRES = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 _WATCHDOG = """
 while kill -0 "$1" 2>/dev/null; do sleep 1; done
@@ -64,25 +67,24 @@ def start() -> Server:
     bindir = binaries()
     if bindir is None:
         raise RuntimeError("no PostgreSQL binaries under /usr/lib/postgresql/*/bin")
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     folder = Path(tempfile.mkdtemp(prefix="tokenstore-pg-"))
     (folder / "sock").mkdir()
     (folder / ".pw").write_text("postgres-password\n")
-    if as_user:
+    if AS_POSTGRES:
         shutil.chown(folder, "postgres")
         shutil.chown(folder / "sock", "postgres")
         shutil.chown(folder / ".pw", "postgres")
     folder.chmod(0o700)
-    pg_ctl = [*as_user, str(bindir / "pg_ctl")]
+    pg_ctl = [*AS_POSTGRES, str(bindir / "pg_ctl")]
     port = _free_port()
 
     def run(*command: str) -> None:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"{command[len(as_user)]} failed: {done.stderr.strip()[-500:]}")
+            raise RuntimeError(f"{command[len(AS_POSTGRES)]} failed: {done.stderr.strip()[-500:]}")
 
     run(
-        *as_user,
+        *AS_POSTGRES,
         str(bindir / "initdb"),
         "-D",
         str(folder / "data"),
@@ -111,7 +113,7 @@ def start() -> Server:
         *pg_ctl, "-D", str(folder / "data"), "-l", str(folder / "server.log"), "-w", "-t", "60",
         "-o", options, "start",
     )  # fmt: skip
-    psql = [*as_user, str(bindir / "psql"), "-h", str(folder / "sock"), "-p", str(port)]
+    psql = [*AS_POSTGRES, str(bindir / "psql"), "-h", str(folder / "sock"), "-p", str(port)]
     run(
         *psql, "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1",
         "-c", "CREATE ROLE app LOGIN CREATEDB CREATEROLE PASSWORD 'app-password'",

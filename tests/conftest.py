@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
 import _pg_server
@@ -68,6 +68,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("backend", BACKENDS[:1] if only_sqlite else BACKENDS)
 
 
+def missing(what: str) -> NoReturn:
+    """Skip a test for a program the machine lacks; under ``CI=true``, fail it: CI has them all."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI needs {what}")
+    pytest.skip(what)
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
     """A URL whose role may create databases: the given server's, or a throwaway one's."""
@@ -76,10 +83,7 @@ def pg_admin_url() -> Iterator[str]:
         yield given
         return
     if _pg_server.binaries() is None:
-        reason = "no PostgreSQL binaries (apt-get install postgresql, or TOKENSTORE_TEST_PG_URL)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs PostgreSQL: {reason}")
-        pytest.skip(reason)
+        missing("PostgreSQL: no binaries (apt-get install postgresql, or TOKENSTORE_TEST_PG_URL)")
     server = _pg_server.start()
     try:
         yield server.url

@@ -33,7 +33,8 @@ import peewee
 import psycopg
 import pytest
 from _http import free_port, wait_listening
-from conftest import new_database
+from _pg_server import AS_POSTGRES
+from conftest import missing, new_database
 
 import tokenstore
 from tokenstore import (
@@ -939,14 +940,10 @@ def bouncer(pg_url: str) -> Iterator[str]:
     """A PgBouncer in session mode in front of ``pg_url``'s server: a URL through it."""
     binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
     if binary is None:
-        reason = "no pgbouncer (apt-get install pgbouncer)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs {reason}")
-        pytest.skip(reason)
+        missing("PgBouncer: no pgbouncer (apt-get install pgbouncer)")
     parts = urlsplit(pg_url)
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     folder = Path(tempfile.mkdtemp(prefix="tokenstore-pgbouncer-"))  # not under pytest's 0700
-    if as_user:  # PgBouncer refuses to run as root
+    if AS_POSTGRES:  # PgBouncer refuses to run as root
         shutil.chown(folder, "postgres")
     port = free_port()
     config = folder / "pgbouncer.ini"
@@ -957,7 +954,7 @@ def bouncer(pg_url: str) -> Iterator[str]:
         f"logfile = {folder / 'pgbouncer.log'}\n"
     )
     config.chmod(0o644)
-    proc = subprocess.Popen([*as_user, binary, str(config)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*AS_POSTGRES, binary, str(config)], stderr=subprocess.PIPE, text=True)
     try:
         wait_listening(port, proc)
         yield urlunsplit(
